@@ -1,0 +1,347 @@
+/*
+ * GEMM and convolution on OpenBLAS.
+ *
+ * OpenBLAS runs single-threaded; the pool splits each GEMM (by batch, rows
+ * or columns) so the two never oversubscribe the cores.  A convolution in
+ * NHWC is one GEMM over im2col rows: y (N*OH*OW, F) = cols (N*OH*OW,
+ * KH*KW*C) @ w (KH*KW*C, F).  Each thread takes a range of output rows and
+ * walks it in sub-chunks whose im2col workspace stays in cache; a 1x1
+ * stride-1 unpadded convolution reads x as its own cols.
+ */
+#include <string.h>
+#include <cblas.h>
+#include "cpu.h"
+
+/* Bytes of im2col workspace per sub-chunk: small enough for L2, large
+ * enough for an efficient GEMM. */
+#define COLS_BUDGET ((int64_t)512 * 1024)
+/* FMAs below which a GEMM is not worth splitting. */
+#define GEMM_SERIAL_FMAS ((double)(1 << 18))
+
+static void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                  float *c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {
+    for (int64_t i = 0; i < m; i++)
+      for (int64_t j = 0; j < n; j++) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+              (blasint)m, (blasint)n, (blasint)k, alpha, a, (blasint)lda, b, (blasint)ldb,
+              beta, c, (blasint)ldc);
+}
+
+/* ---- batched GEMM ---- */
+
+typedef struct gemm_job {
+  bool ta, tb;
+  int64_t m, n, k;
+  float alpha, beta;
+  const float *a, *b;
+  float *c;
+  int64_t sa, sb, sc;
+  int split; /* 0: batch, 1: rows of c, 2: columns of c */
+  int64_t parts, batch;
+} gemm_job;
+
+/* Items are (batch, part) pairs; a part is a range of rows or columns. */
+static void gemm_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  gemm_job *j = arg;
+  for (int64_t t = begin; t < end; t++) {
+    int64_t bi = t / j->parts, p = t % j->parts;
+    const float *a = j->a + bi * j->sa, *b = j->b + bi * j->sb;
+    float *c = j->c + bi * j->sc;
+    int64_t lda = j->ta ? j->m : j->k, ldb = j->tb ? j->k : j->n;
+    if (j->split == 1) {
+      int64_t r0 = j->m * p / j->parts, r1 = j->m * (p + 1) / j->parts;
+      sgemm(j->ta, j->tb, r1 - r0, j->n, j->k, j->alpha, a + (j->ta ? r0 : r0 * lda), lda,
+            b, ldb, j->beta, c + r0 * j->n, j->n);
+    } else {
+      int64_t c0 = j->n * p / j->parts, c1 = j->n * (p + 1) / j->parts;
+      sgemm(j->ta, j->tb, j->m, c1 - c0, j->k, j->alpha, a, lda,
+            b + (j->tb ? c0 * ldb : c0), ldb, j->beta, c + c0, j->n);
+    }
+  }
+}
+
+int lunet_cpu_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+                   float alpha, lunet_cbuf a, int64_t sa, lunet_cbuf b, int64_t sb,
+                   float beta, lunet_buf c, int64_t sc, int64_t batch) {
+  if (m < 0 || n < 0 || k < 0 || batch < 0)
+    return lunet_cpu_error(LUNET_ERR_SHAPE, "gemm: negative size m=%lld n=%lld k=%lld "
+                                            "batch=%lld",
+                           (long long)m, (long long)n, (long long)k, (long long)batch);
+  if (sc == 0 && batch > 1)
+    return lunet_cpu_error(LUNET_ERR_ARG, "gemm: stride_c 0 with batch %lld would write "
+                                          "one c from every batch entry",
+                           (long long)batch);
+  gemm_job j = {ta, tb, m, n, k, alpha, beta, a, b, c, sa, sb, sc, 1, 1, batch};
+  int threads = lunet_cpu_threads(be);
+  double fmas = (double)m * (double)n * (double)k;
+  if (threads > 1 && batch < threads && fmas >= GEMM_SERIAL_FMAS) {
+    /* Split the larger side of c, in parts of at least 16 rows/columns. */
+    j.split = m >= n ? 1 : 2;
+    int64_t side = j.split == 1 ? m : n;
+    j.parts = side / 16 < threads ? (side / 16 > 0 ? side / 16 : 1) : threads;
+  }
+  int64_t grain = batch * j.parts > 1 && fmas * (double)batch >= GEMM_SERIAL_FMAS ? 1
+                                                                                  : batch * j.parts;
+  lunet_cpu_parallel(be, batch * j.parts, grain, gemm_task, &j);
+  return 0;
+}
+
+/* ---- im2col ---- */
+
+static inline bool conv_is_1x1(const lunet_conv2d_desc *d) {
+  return d->kh == 1 && d->kw == 1 && d->sh == 1 && d->sw == 1 && d->pad_top == 0 &&
+         d->pad_left == 0 && d->oh == d->h && d->ow == d->w;
+}
+
+/* Output row r = (n, oy, ox) flattened. */
+typedef struct row_pos {
+  int64_t n, oy, ox;
+} row_pos;
+
+static row_pos row_at(const lunet_conv2d_desc *d, int64_t r) {
+  int64_t p = r % (d->oh * d->ow);
+  return (row_pos){r / (d->oh * d->ow), p / d->ow, p % d->ow};
+}
+
+static inline void row_next(const lunet_conv2d_desc *d, row_pos *q) {
+  if (++q->ox == d->ow) {
+    q->ox = 0;
+    if (++q->oy == d->oh) {
+      q->oy = 0;
+      q->n++;
+    }
+  }
+}
+
+/* cols (nr, KH*KW*C) <- the windows of output rows [r0, r0+nr); taps in the
+ * padding read as zero.  A tap row inside the image is KW*C contiguous floats. */
+static void im2col(float *restrict cols, const float *restrict x, const lunet_conv2d_desc *d,
+                   int64_t r0, int64_t nr) {
+  int64_t c = d->c, run = d->kw * c, kk = d->kh * run;
+  row_pos q = row_at(d, r0);
+  for (int64_t r = 0; r < nr; r++, row_next(d, &q)) {
+    float *row = cols + r * kk;
+    const float *xn = x + q.n * d->h * d->w * c;
+    int64_t ix0 = q.ox * d->sw - d->pad_left;
+    for (int64_t ky = 0; ky < d->kh; ky++) {
+      float *dst = row + ky * run;
+      int64_t iy = q.oy * d->sh - d->pad_top + ky;
+      if (iy < 0 || iy >= d->h) {
+        memset(dst, 0, (size_t)run * sizeof(float));
+        continue;
+      }
+      const float *src = xn + iy * d->w * c;
+      if (ix0 >= 0 && ix0 + d->kw <= d->w) {
+        memcpy(dst, src + ix0 * c, (size_t)run * sizeof(float));
+        continue;
+      }
+      for (int64_t kx = 0; kx < d->kw; kx++) {
+        int64_t ix = ix0 + kx;
+        if (ix < 0 || ix >= d->w) memset(dst + kx * c, 0, (size_t)c * sizeof(float));
+        else memcpy(dst + kx * c, src + ix * c, (size_t)c * sizeof(float));
+      }
+    }
+  }
+}
+
+/* dx += the scatter of dcols (nr, KH*KW*C) for output rows [r0, r0+nr). */
+static void col2im_add(float *restrict dx, const float *restrict dcols,
+                       const lunet_conv2d_desc *d, int64_t r0, int64_t nr) {
+  int64_t c = d->c, run = d->kw * c, kk = d->kh * run;
+  row_pos q = row_at(d, r0);
+  for (int64_t r = 0; r < nr; r++, row_next(d, &q)) {
+    const float *row = dcols + r * kk;
+    float *dxn = dx + q.n * d->h * d->w * c;
+    int64_t ix0 = q.ox * d->sw - d->pad_left;
+    for (int64_t ky = 0; ky < d->kh; ky++) {
+      int64_t iy = q.oy * d->sh - d->pad_top + ky;
+      if (iy < 0 || iy >= d->h) continue;
+      const float *src = row + ky * run;
+      float *dst = dxn + iy * d->w * c;
+      if (ix0 >= 0 && ix0 + d->kw <= d->w) {
+        float *restrict o = dst + ix0 * c;
+        for (int64_t i = 0; i < run; i++) o[i] += src[i];
+        continue;
+      }
+      for (int64_t kx = 0; kx < d->kw; kx++) {
+        int64_t ix = ix0 + kx;
+        if (ix < 0 || ix >= d->w) continue;
+        float *restrict o = dst + ix * c;
+        for (int64_t i = 0; i < c; i++) o[i] += src[kx * c + i];
+      }
+    }
+  }
+}
+
+/* ---- convolution ---- */
+
+typedef struct conv_job {
+  const lunet_conv2d_desc *d;
+  const float *x, *w, *bias, *dy;
+  float *y, *dx;
+  float *ws;         /* per chunk: ws_floats */
+  int64_t ws_floats; /* cols, then (filter) the dw part, then db part (doubles) */
+  int64_t sub;       /* rows per sub-chunk */
+  int64_t kk;        /* KH*KW*C */
+  int64_t dw_off, db_off;
+} conv_job;
+
+static int64_t round16(int64_t v) { return (v + 15) & ~(int64_t)15; }
+
+static int64_t sub_rows(int64_t kk) {
+  int64_t r = COLS_BUDGET / (kk * (int64_t)sizeof(float));
+  return r < 16 ? 16 : r;
+}
+
+/* Output rows [begin, end). */
+static void conv_fwd_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  conv_job *j = arg;
+  const lunet_conv2d_desc *d = j->d;
+  float *ws = j->ws ? j->ws + chunk * j->ws_floats : NULL;
+  for (int64_t r = begin; r < end; r += j->sub) {
+    int64_t nr = end - r < j->sub ? end - r : j->sub;
+    const float *cols = j->x + r * d->c;
+    if (ws) {
+      im2col(ws, j->x, d, r, nr);
+      cols = ws;
+    }
+    float *y = j->y + r * d->f;
+    sgemm(false, false, nr, d->f, j->kk, 1.0f, cols, j->kk, j->w, d->f, 0.0f, y, d->f);
+    if (!j->bias) continue;
+    for (int64_t i = 0; i < nr; i++) {
+      float *restrict yr = y + i * d->f;
+      const float *restrict b = j->bias;
+      for (int64_t f = 0; f < d->f; f++) yr[f] += b[f];
+    }
+  }
+}
+
+/* A workspace of `chunks` blocks of `floats` each from the buffer pool. */
+static float *workspace(lunet_backend *be, int64_t chunks, int64_t floats) {
+  return lunet_cpu_buffer_alloc(be, (size_t)(chunks * floats) * sizeof(float));
+}
+
+int lunet_cpu_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w,
+                     lunet_cbuf bias, const lunet_conv2d_desc *d) {
+  int rc = lunet_cpu_check_conv(d, "conv2d");
+  if (rc) return rc;
+  conv_job j = {.d = d, .x = x, .w = w, .bias = bias, .y = y, .kk = d->kh * d->kw * d->c};
+  int64_t rows = d->n * d->oh * d->ow;
+  j.sub = sub_rows(j.kk);
+  if (!conv_is_1x1(d)) {
+    j.ws_floats = j.sub * j.kk;
+    j.ws = workspace(be, lunet_cpu_threads(be), j.ws_floats);
+    if (!j.ws) return LUNET_ERR_NOMEM;
+  }
+  lunet_cpu_parallel(be, rows, 16, conv_fwd_task, &j);
+  if (j.ws) lunet_cpu_buffer_free(be, j.ws);
+  return 0;
+}
+
+/* Samples [begin, end): dx is zeroed, then each sub-chunk of output rows
+ * scatters dcols = dy @ w^T into it.  Whole samples per thread keep the
+ * scatters of two threads apart. */
+static void conv_bwd_data_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  conv_job *j = arg;
+  const lunet_conv2d_desc *d = j->d;
+  int64_t per = d->oh * d->ow, r_end = end * per;
+  if (!j->ws) {
+    sgemm(false, true, r_end - begin * per, d->c, d->f, 1.0f, j->dy + begin * per * d->f,
+          d->f, j->w, d->f, 0.0f, j->dx + begin * per * d->c, d->c);
+    return;
+  }
+  float *ws = j->ws + chunk * j->ws_floats;
+  memset(j->dx + begin * d->h * d->w * d->c, 0,
+         (size_t)((end - begin) * d->h * d->w * d->c) * sizeof(float));
+  for (int64_t r = begin * per; r < r_end; r += j->sub) {
+    int64_t nr = r_end - r < j->sub ? r_end - r : j->sub;
+    sgemm(false, true, nr, j->kk, d->f, 1.0f, j->dy + r * d->f, d->f, j->w, d->f, 0.0f, ws,
+          j->kk);
+    col2im_add(j->dx, ws, d, r, nr);
+  }
+}
+
+int lunet_cpu_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf dy,
+                                   lunet_cbuf w, const lunet_conv2d_desc *d) {
+  int rc = lunet_cpu_check_conv(d, "conv2d_backward_data");
+  if (rc) return rc;
+  conv_job j = {.d = d, .w = w, .dy = dy, .dx = dx, .kk = d->kh * d->kw * d->c};
+  j.sub = sub_rows(j.kk);
+  if (!conv_is_1x1(d)) {
+    j.ws_floats = j.sub * j.kk;
+    j.ws = workspace(be, lunet_cpu_threads(be), j.ws_floats);
+    if (!j.ws) return LUNET_ERR_NOMEM;
+  }
+  lunet_cpu_parallel(be, d->n, 1, conv_bwd_data_task, &j);
+  if (j.ws) lunet_cpu_buffer_free(be, j.ws);
+  return 0;
+}
+
+/* Output rows [begin, end) into this chunk's dw part (KK, F) and db part (F,
+ * doubles): dw += cols^T @ dy, db += column sums of dy. */
+static void conv_bwd_filter_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  conv_job *j = arg;
+  const lunet_conv2d_desc *d = j->d;
+  float *base = j->ws + chunk * j->ws_floats;
+  float *cols_ws = base, *dw = base + j->dw_off;
+  double *db = (double *)(base + j->db_off);
+  bool is1x1 = conv_is_1x1(d);
+  for (int64_t f = 0; f < d->f; f++) db[f] = 0.0;
+  for (int64_t r = begin; r < end; r += j->sub) {
+    int64_t nr = end - r < j->sub ? end - r : j->sub;
+    const float *cols = j->x + r * d->c;
+    if (!is1x1) {
+      im2col(cols_ws, j->x, d, r, nr);
+      cols = cols_ws;
+    }
+    const float *dy = j->dy + r * d->f;
+    sgemm(true, false, j->kk, d->f, nr, 1.0f, cols, j->kk, dy, d->f, r == begin ? 0.0f : 1.0f,
+          dw, d->f);
+    for (int64_t i = 0; i < nr; i++)
+      for (int64_t f = 0; f < d->f; f++) db[f] += dy[i * d->f + f];
+  }
+}
+
+int lunet_cpu_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf db,
+                                     lunet_cbuf dy, lunet_cbuf x,
+                                     const lunet_conv2d_desc *d) {
+  int rc = lunet_cpu_check_conv(d, "conv2d_backward_filter");
+  if (rc) return rc;
+  conv_job j = {.d = d, .x = x, .dy = dy, .kk = d->kh * d->kw * d->c};
+  int64_t rows = d->n * d->oh * d->ow, kf = j.kk * d->f;
+  j.sub = sub_rows(j.kk);
+  /* cols, the dw part, the db part as doubles, each 64-byte aligned */
+  j.dw_off = round16(j.sub * j.kk);
+  j.db_off = round16(j.dw_off + kf);
+  j.ws_floats = round16(j.db_off + 2 * d->f);
+  int threads = lunet_cpu_threads(be);
+  j.ws = workspace(be, threads, j.ws_floats);
+  if (!j.ws) return LUNET_ERR_NOMEM;
+  int64_t chunks = lunet_cpu_chunks(be, rows, 16);
+  lunet_cpu_parallel(be, rows, 16, conv_bwd_filter_task, &j);
+  /* Sum the parts in chunk order: the same result for the same thread count. */
+  float *out = dw;
+  if (rows == 0) memset(out, 0, (size_t)kf * sizeof(float));
+  for (int64_t t = 0; t < chunks && rows > 0; t++) {
+    const float *part = j.ws + t * j.ws_floats + j.dw_off;
+    if (t == 0) memcpy(out, part, (size_t)kf * sizeof(float));
+    else
+      for (int64_t i = 0; i < kf; i++) out[i] += part[i];
+  }
+  if (db) {
+    float *pdb = db;
+    for (int64_t f = 0; f < d->f; f++) {
+      double s = 0.0;
+      for (int64_t t = 0; t < chunks && rows > 0; t++)
+        s += ((const double *)(j.ws + t * j.ws_floats + j.db_off))[f];
+      pdb[f] = (float)s;
+    }
+  }
+  lunet_cpu_buffer_free(be, j.ws);
+  return 0;
+}

@@ -1,0 +1,394 @@
+/*
+ * Fast kernels for the rest: softmax and its cross-entropy, batch norm,
+ * dropout masks, row gathers, fused optimizer updates and the affine
+ * resample.  Rows (or channel blocks, or flat ranges) go to the pool in
+ * static chunks; nothing here depends on how many chunks there are.
+ */
+#include <string.h>
+#include "cpu.h"
+#include "lunet/resample.h"
+
+#define GRAIN 16384
+
+/* ---- softmax ---- */
+
+typedef struct sm_job {
+  bool log;
+  float *y, *dx, *loss;
+  const float *x, *dy, *labels;
+  int64_t cols;
+} sm_job;
+
+static float row_max(const float *restrict x, int64_t n) {
+  float m = -INFINITY;
+  for (int64_t j = 0; j < n; j++) m = x[j] > m ? x[j] : m;
+  return m;
+}
+
+static void softmax_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  sm_job *j = arg;
+  int64_t n = j->cols;
+  for (int64_t r = begin; r < end; r++) {
+    const float *restrict x = j->x + r * n;
+    float *restrict y = j->y + r * n;
+    float m = row_max(x, n), sum = 0.0f;
+    if (j->log) {
+      for (int64_t k = 0; k < n; k++) sum += expf(x[k] - m);
+      float lse = m + logf(sum);
+      for (int64_t k = 0; k < n; k++) y[k] = x[k] - lse;
+    } else {
+      for (int64_t k = 0; k < n; k++) {
+        y[k] = expf(x[k] - m);
+        sum += y[k];
+      }
+      float inv = 1.0f / sum;
+      for (int64_t k = 0; k < n; k++) y[k] *= inv;
+    }
+  }
+}
+
+int lunet_cpu_softmax(lunet_backend *be, bool log, lunet_buf y, lunet_cbuf x, size_t rows,
+                      size_t cols) {
+  sm_job j = {.log = log, .y = y, .x = x, .cols = (int64_t)cols};
+  lunet_cpu_parallel(be, (int64_t)rows, GRAIN / ((int64_t)cols + 1) + 1, softmax_task, &j);
+  return 0;
+}
+
+static void softmax_back_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  sm_job *j = arg;
+  int64_t n = j->cols;
+  for (int64_t r = begin; r < end; r++) {
+    const float *restrict g = j->dy + r * n, *restrict y = j->x + r * n;
+    float *restrict dx = j->dx + r * n;
+    float s = 0.0f;
+    if (j->log) {
+      for (int64_t k = 0; k < n; k++) s += g[k];
+      for (int64_t k = 0; k < n; k++) dx[k] = g[k] - expf(y[k]) * s;
+    } else {
+      for (int64_t k = 0; k < n; k++) s += g[k] * y[k];
+      for (int64_t k = 0; k < n; k++) dx[k] = y[k] * (g[k] - s);
+    }
+  }
+}
+
+int lunet_cpu_softmax_backward(lunet_backend *be, bool log, lunet_buf dx, lunet_cbuf dy,
+                               lunet_cbuf y, size_t rows, size_t cols) {
+  sm_job j = {.log = log, .dx = dx, .dy = dy, .x = y, .cols = (int64_t)cols};
+  lunet_cpu_parallel(be, (int64_t)rows, GRAIN / ((int64_t)cols + 1) + 1, softmax_back_task,
+                     &j);
+  return 0;
+}
+
+/* loss = logsumexp(row) - row[label]; dlogits = softmax - onehot. */
+static void xent_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  sm_job *j = arg;
+  int64_t n = j->cols;
+  for (int64_t r = begin; r < end; r++) {
+    const float *restrict x = j->x + r * n;
+    int64_t label = (int64_t)j->labels[r];
+    float m = row_max(x, n), sum = 0.0f;
+    for (int64_t k = 0; k < n; k++) sum += expf(x[k] - m);
+    float lse = m + logf(sum);
+    j->loss[r] = lse - x[label];
+    if (!j->dx) continue;
+    float *restrict d = j->dx + r * n;
+    for (int64_t k = 0; k < n; k++) d[k] = expf(x[k] - lse);
+    d[label] -= 1.0f;
+  }
+}
+
+int lunet_cpu_softmax_xent(lunet_backend *be, lunet_buf loss, lunet_buf dlogits,
+                           lunet_cbuf logits, lunet_cbuf labels, size_t rows, size_t cols) {
+  const float *pl = labels;
+  for (size_t r = 0; r < rows; r++) {
+    int rc = lunet_cpu_check_label(pl[r], r, cols);
+    if (rc) return rc;
+  }
+  sm_job j = {.loss = loss, .dx = dlogits, .x = logits, .labels = labels,
+              .cols = (int64_t)cols};
+  lunet_cpu_parallel(be, (int64_t)rows, GRAIN / ((int64_t)cols + 1) + 1, xent_task, &j);
+  return 0;
+}
+
+/* ---- batch norm: blocks of channels, all rows each ---- */
+
+#define BN_BLOCK 16
+
+typedef struct bn_job {
+  bool training;
+  float *y, *save_mean, *save_invstd, *run_mean, *run_var, *dgamma, *dbeta;
+  const float *x, *gamma, *beta, *dy;
+  int64_t rows, c;
+  float momentum, epsilon;
+} bn_job;
+
+/* Channels [c0, c0+w) of x (rows, c): mean and biased variance, two passes. */
+static void bn_stats(const bn_job *j, int64_t c0, int64_t w, double *mean, double *var) {
+  for (int64_t k = 0; k < w; k++) mean[k] = var[k] = 0.0;
+  for (int64_t r = 0; r < j->rows; r++)
+    for (int64_t k = 0; k < w; k++) mean[k] += j->x[r * j->c + c0 + k];
+  for (int64_t k = 0; k < w; k++) mean[k] = j->rows ? mean[k] / (double)j->rows : 0.0;
+  for (int64_t r = 0; r < j->rows; r++)
+    for (int64_t k = 0; k < w; k++) {
+      double dlt = j->x[r * j->c + c0 + k] - mean[k];
+      var[k] += dlt * dlt;
+    }
+  for (int64_t k = 0; k < w; k++) var[k] = j->rows ? var[k] / (double)j->rows : 0.0;
+}
+
+static void bn_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  bn_job *j = arg;
+  for (int64_t blk = begin; blk < end; blk++) {
+    int64_t c0 = blk * BN_BLOCK, w = j->c - c0 < BN_BLOCK ? j->c - c0 : BN_BLOCK;
+    float scale[BN_BLOCK], shift[BN_BLOCK];
+    double mean[BN_BLOCK], var[BN_BLOCK];
+    if (j->training) bn_stats(j, c0, w, mean, var);
+    for (int64_t k = 0; k < w; k++) {
+      int64_t ch = c0 + k;
+      float mu, invstd;
+      if (j->training) {
+        mu = (float)mean[k];
+        invstd = (float)(1.0 / sqrt(var[k] + (double)j->epsilon));
+        if (j->save_mean) j->save_mean[ch] = mu;
+        if (j->save_invstd) j->save_invstd[ch] = invstd;
+        if (j->run_mean)
+          j->run_mean[ch] = j->run_mean[ch] * j->momentum + mu * (1.0f - j->momentum);
+        if (j->run_var)
+          j->run_var[ch] =
+              j->run_var[ch] * j->momentum + (float)var[k] * (1.0f - j->momentum);
+      } else {
+        mu = j->run_mean[ch];
+        invstd = 1.0f / sqrtf(j->run_var[ch] + j->epsilon);
+      }
+      float g = j->gamma ? j->gamma[ch] : 1.0f, b = j->beta ? j->beta[ch] : 0.0f;
+      scale[k] = g * invstd;
+      shift[k] = b - mu * g * invstd;
+    }
+    for (int64_t r = 0; r < j->rows; r++) {
+      const float *restrict x = j->x + r * j->c + c0;
+      float *restrict y = j->y + r * j->c + c0;
+      for (int64_t k = 0; k < w; k++) y[k] = x[k] * scale[k] + shift[k];
+    }
+  }
+}
+
+int lunet_cpu_batchnorm(lunet_backend *be, bool training, lunet_buf y, lunet_buf save_mean,
+                        lunet_buf save_invstd, lunet_buf run_mean, lunet_buf run_var,
+                        lunet_cbuf x, lunet_cbuf gamma, lunet_cbuf beta, size_t rows,
+                        size_t c, float momentum, float epsilon) {
+  if (!training && (!run_mean || !run_var))
+    return lunet_cpu_error(LUNET_ERR_ARG, "batchnorm: inference needs the running mean "
+                                          "and variance");
+  bn_job j = {.training = training, .y = y, .save_mean = save_mean,
+              .save_invstd = save_invstd, .run_mean = run_mean, .run_var = run_var,
+              .x = x, .gamma = gamma, .beta = beta, .rows = (int64_t)rows,
+              .c = (int64_t)c, .momentum = momentum, .epsilon = epsilon};
+  int64_t blocks = ((int64_t)c + BN_BLOCK - 1) / BN_BLOCK;
+  lunet_cpu_parallel(be, blocks, GRAIN / ((int64_t)rows * BN_BLOCK + 1) + 1, bn_task, &j);
+  return 0;
+}
+
+static void bn_back_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  bn_job *j = arg;
+  const float *mean = j->save_mean, *invstd = j->save_invstd;
+  for (int64_t blk = begin; blk < end; blk++) {
+    int64_t c0 = blk * BN_BLOCK, w = j->c - c0 < BN_BLOCK ? j->c - c0 : BN_BLOCK;
+    double sdy[BN_BLOCK] = {0}, sdyx[BN_BLOCK] = {0};
+    for (int64_t r = 0; r < j->rows; r++)
+      for (int64_t k = 0; k < w; k++) {
+        double g = j->dy[r * j->c + c0 + k];
+        sdy[k] += g;
+        sdyx[k] += g * ((j->x[r * j->c + c0 + k] - mean[c0 + k]) * invstd[c0 + k]);
+      }
+    float a[BN_BLOCK], b[BN_BLOCK], e[BN_BLOCK];
+    for (int64_t k = 0; k < w; k++) {
+      int64_t ch = c0 + k;
+      if (j->dgamma) j->dgamma[ch] = (float)sdyx[k];
+      if (j->dbeta) j->dbeta[ch] = (float)sdy[k];
+      /* dx = a*dy - b - e*xhat with xhat = (x - mean)*invstd */
+      double g = j->gamma ? j->gamma[ch] : 1.0, inv_r = j->rows ? 1.0 / (double)j->rows : 0.0;
+      a[k] = (float)(g * invstd[ch]);
+      b[k] = (float)(g * invstd[ch] * sdy[k] * inv_r);
+      e[k] = (float)(g * invstd[ch] * sdyx[k] * inv_r);
+    }
+    for (int64_t r = 0; r < j->rows; r++) {
+      const float *restrict x = j->x + r * j->c + c0, *restrict dy = j->dy + r * j->c + c0;
+      float *restrict dx = j->y + r * j->c + c0;
+      for (int64_t k = 0; k < w; k++)
+        dx[k] = a[k] * dy[k] - b[k] - e[k] * ((x[k] - mean[c0 + k]) * invstd[c0 + k]);
+    }
+  }
+}
+
+int lunet_cpu_batchnorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf dgamma,
+                                 lunet_buf dbeta, lunet_cbuf dy, lunet_cbuf x,
+                                 lunet_cbuf gamma, lunet_cbuf save_mean,
+                                 lunet_cbuf save_invstd, size_t rows, size_t c) {
+  bn_job j = {.y = dx, .dgamma = dgamma, .dbeta = dbeta, .dy = dy, .x = x, .gamma = gamma,
+              .save_mean = (float *)save_mean, .save_invstd = (float *)save_invstd,
+              .rows = (int64_t)rows, .c = (int64_t)c};
+  int64_t blocks = ((int64_t)c + BN_BLOCK - 1) / BN_BLOCK;
+  lunet_cpu_parallel(be, blocks, GRAIN / ((int64_t)rows * BN_BLOCK + 1) + 1, bn_back_task,
+                     &j);
+  return 0;
+}
+
+/* ---- dropout, gather ---- */
+
+typedef struct flat_job {
+  float *p, *s1, *s2;
+  const float *g;
+  float lr, a, b, eps, wd, alpha;
+  bool flag;
+  uint64_t seed, counter;
+  char *y;
+  const char *x;
+  const int64_t *idx;
+  size_t row_bytes;
+} flat_job;
+
+static void dropout_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  flat_job *j = arg;
+  float keep = 1.0f / (1.0f - j->a);
+  for (int64_t i = begin; i < end; i++)
+    j->p[i] = lunet_philox_uniform(j->seed, j->counter + (uint64_t)i) >= j->a ? keep : 0.0f;
+}
+
+int lunet_cpu_dropout_mask(lunet_backend *be, lunet_buf mask, size_t n, float rate,
+                           uint64_t seed, uint64_t counter) {
+  if (!(rate >= 0.0f && rate <= 1.0f))
+    return lunet_cpu_error(LUNET_ERR_ARG, "dropout_mask: rate %g is outside [0, 1]",
+                           (double)rate);
+  flat_job j = {.p = mask, .a = rate, .seed = seed, .counter = counter};
+  lunet_cpu_parallel(be, (int64_t)n, 4096, dropout_task, &j);
+  return 0;
+}
+
+static void gather_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  flat_job *j = arg;
+  for (int64_t i = begin; i < end; i++)
+    memcpy(j->y + (size_t)i * j->row_bytes, j->x + (size_t)j->idx[i] * j->row_bytes,
+           j->row_bytes);
+}
+
+int lunet_cpu_gather_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, const int64_t *idx,
+                          size_t n, size_t row_bytes) {
+  flat_job j = {.y = y, .x = x, .idx = idx, .row_bytes = row_bytes};
+  int64_t grain = (int64_t)(65536 / (row_bytes + 1)) + 1;
+  lunet_cpu_parallel(be, (int64_t)n, grain, gather_task, &j);
+  return 0;
+}
+
+/* ---- optimizers (Keras's formulas; see backend.h and the brief in each) ---- */
+
+static void sgd_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  flat_job *j = arg;
+  float *restrict p = j->p, *restrict v = j->s1;
+  const float *restrict g = j->g;
+  float lr = j->lr, mom = j->a;
+  if (j->wd > 0.0f)
+    for (int64_t i = begin; i < end; i++) p[i] -= lr * j->wd * p[i];
+  if (!v) {
+    for (int64_t i = begin; i < end; i++) p[i] -= lr * g[i];
+  } else if (j->flag) {
+    for (int64_t i = begin; i < end; i++) {
+      v[i] = mom * v[i] - lr * g[i];
+      p[i] += mom * v[i] - lr * g[i];
+    }
+  } else {
+    for (int64_t i = begin; i < end; i++) {
+      v[i] = mom * v[i] - lr * g[i];
+      p[i] += v[i];
+    }
+  }
+}
+
+int lunet_cpu_sgd_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf velocity,
+                         size_t n, float lr, float momentum, bool nesterov,
+                         float weight_decay) {
+  if (!velocity && momentum != 0.0f)
+    return lunet_cpu_error(LUNET_ERR_ARG, "sgd_update: momentum %g needs a velocity buffer",
+                           (double)momentum);
+  flat_job j = {.p = p, .g = g, .s1 = velocity, .lr = lr, .a = momentum, .flag = nesterov,
+                .wd = weight_decay};
+  lunet_cpu_parallel(be, (int64_t)n, GRAIN, sgd_task, &j);
+  return 0;
+}
+
+static void adam_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  flat_job *j = arg;
+  float *restrict p = j->p, *restrict m = j->s1, *restrict v = j->s2;
+  const float *restrict g = j->g;
+  float b1 = j->a, b2 = j->b, alpha = j->alpha, eps = j->eps;
+  if (j->wd > 0.0f)
+    for (int64_t i = begin; i < end; i++) p[i] -= j->lr * j->wd * p[i];
+  for (int64_t i = begin; i < end; i++) {
+    m[i] = b1 * m[i] + (1.0f - b1) * g[i];
+    v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
+    p[i] -= alpha * m[i] / (sqrtf(v[i]) + eps);
+  }
+}
+
+int lunet_cpu_adam_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf m,
+                          lunet_buf v, size_t n, float lr, float beta1, float beta2,
+                          float epsilon, float weight_decay, int64_t step) {
+  float alpha;
+  int rc = lunet_cpu_adam_alpha(lr, beta1, beta2, step, &alpha);
+  if (rc) return rc;
+  flat_job j = {.p = p, .g = g, .s1 = m, .s2 = v, .lr = lr, .a = beta1, .b = beta2,
+                .eps = epsilon, .wd = weight_decay, .alpha = alpha};
+  lunet_cpu_parallel(be, (int64_t)n, GRAIN, adam_task, &j);
+  return 0;
+}
+
+static void rmsprop_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  flat_job *j = arg;
+  float *restrict p = j->p, *restrict ms = j->s1, *restrict mom = j->s2;
+  const float *restrict g = j->g;
+  float rho = j->a, lr = j->lr, eps = j->eps;
+  for (int64_t i = begin; i < end; i++) {
+    ms[i] = rho * ms[i] + (1.0f - rho) * g[i] * g[i];
+    float inc = lr * g[i] / sqrtf(ms[i] + eps);
+    if (mom) {
+      mom[i] = j->b * mom[i] + inc;
+      p[i] -= mom[i];
+    } else {
+      p[i] -= inc;
+    }
+  }
+}
+
+int lunet_cpu_rmsprop_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf ms,
+                             lunet_buf mom, size_t n, float lr, float rho, float momentum,
+                             float epsilon) {
+  flat_job j = {.p = p, .g = g, .s1 = ms, .s2 = momentum > 0.0f ? mom : NULL, .lr = lr,
+                .a = rho, .b = momentum, .eps = epsilon};
+  lunet_cpu_parallel(be, (int64_t)n, GRAIN, rmsprop_task, &j);
+  return 0;
+}
+
+/* ---- affine resample: one sample per item ---- */
+
+typedef struct resample_job {
+  float *y;
+  const float *x, *mats;
+  size_t h, w, c, oh, ow;
+  lunet_fill_mode mode;
+  float fill;
+} resample_job;
+
+static void resample_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  resample_job *j = arg;
+  for (int64_t i = begin; i < end; i++)
+    lunet_resample_one(j->y + (size_t)i * j->oh * j->ow * j->c,
+                       j->x + (size_t)i * j->h * j->w * j->c, j->mats + 6 * i, j->h, j->w,
+                       j->c, j->oh, j->ow, j->mode, j->fill);
+}
+
+int lunet_cpu_affine_resample(lunet_backend *be, lunet_buf y, lunet_cbuf x,
+                              const float *mats, size_t n, size_t h, size_t w, size_t c,
+                              size_t oh, size_t ow, lunet_fill_mode mode, float fill) {
+  resample_job j = {y, x, mats, h, w, c, oh, ow, mode, fill};
+  lunet_cpu_parallel(be, (int64_t)n, 1, resample_task, &j);
+  return 0;
+}

@@ -1,0 +1,191 @@
+/*
+ * Fast pooling in NHWC: every inner loop runs over the C contiguous
+ * channels of a pixel.  Max-pool 2x2 stride 2 without padding (the Keras
+ * default, 20%+ of a CNN step) has its own forward and backward; the
+ * backward recomputes each window's maximum from x and writes all four
+ * cells, so dx needs no zeroing pass and no scatter.
+ */
+#include <string.h>
+#include "cpu.h"
+
+typedef struct pool_job {
+  const lunet_pool2d_desc *d;
+  lunet_pool_mode mode;
+  float *y, *dx;
+  const float *x, *dy;
+} pool_job;
+
+static bool is_2x2(const lunet_pool2d_desc *d) {
+  return d->kh == 2 && d->kw == 2 && d->sh == 2 && d->sw == 2 && d->pad_top == 0 &&
+         d->pad_left == 0 && 2 * d->oh <= d->h && 2 * d->ow <= d->w;
+}
+
+/* Output rows (n, oy) [begin, end) of a 2x2 stride-2 max pool. */
+static void max2x2_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  pool_job *j = arg;
+  const lunet_pool2d_desc *d = j->d;
+  int64_t c = d->c;
+  for (int64_t t = begin; t < end; t++) {
+    int64_t n = t / d->oh, oy = t % d->oh;
+    const float *r0 = j->x + ((n * d->h + 2 * oy) * d->w) * c, *r1 = r0 + d->w * c;
+    float *yr = j->y + t * d->ow * c;
+    for (int64_t ox = 0; ox < d->ow; ox++) {
+      const float *restrict a = r0 + 2 * ox * c, *restrict b = a + c;
+      const float *restrict e = r1 + 2 * ox * c, *restrict f = e + c;
+      float *restrict o = yr + ox * c;
+      for (int64_t k = 0; k < c; k++) {
+        float m0 = b[k] > a[k] ? b[k] : a[k], m1 = f[k] > e[k] ? f[k] : e[k];
+        o[k] = m1 > m0 ? m1 : m0;
+      }
+    }
+  }
+}
+
+/* dx for output rows (n, oy) [begin, end): the gradient goes to the first
+ * maximum in scan order a b / e f; input rows and columns no window covers
+ * (odd sizes) are zeroed by the task that owns the sample's last row. */
+static void max2x2_back_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  pool_job *j = arg;
+  const lunet_pool2d_desc *d = j->d;
+  int64_t c = d->c, row = d->w * c;
+  for (int64_t t = begin; t < end; t++) {
+    int64_t n = t / d->oh, oy = t % d->oh;
+    int64_t off = ((n * d->h + 2 * oy) * d->w) * c;
+    const float *r0 = j->x + off, *r1 = r0 + row;
+    float *q0 = j->dx + off, *q1 = q0 + row;
+    const float *g = j->dy + t * d->ow * c;
+    for (int64_t ox = 0; ox < d->ow; ox++) {
+      int64_t o = 2 * ox * c;
+      const float *restrict a = r0 + o, *restrict b = a + c, *restrict e = r1 + o,
+                            *restrict f = e + c, *restrict gr = g + ox * c;
+      float *restrict da = q0 + o, *restrict db = da + c, *restrict de = q1 + o,
+                      *restrict df = de + c;
+      for (int64_t k = 0; k < c; k++) {
+        float m0 = b[k] > a[k] ? b[k] : a[k], m1 = f[k] > e[k] ? f[k] : e[k];
+        float m = m1 > m0 ? m1 : m0;
+        bool ta = a[k] == m, tb = !ta && b[k] == m, te = !ta && !tb && e[k] == m;
+        bool tf = !ta && !tb && !te;
+        da[k] = ta ? gr[k] : 0.0f;
+        db[k] = tb ? gr[k] : 0.0f;
+        de[k] = te ? gr[k] : 0.0f;
+        df[k] = tf ? gr[k] : 0.0f;
+      }
+    }
+    for (int64_t ix = 2 * d->ow; ix < d->w; ix++) {
+      memset(q0 + ix * c, 0, (size_t)c * sizeof(float));
+      memset(q1 + ix * c, 0, (size_t)c * sizeof(float));
+    }
+    if (oy == d->oh - 1 && 2 * d->oh < d->h)
+      memset(q1 + row, 0, (size_t)((d->h - 2 * d->oh) * row) * sizeof(float));
+  }
+}
+
+/* The window of output (oy, ox) clipped to the image: rows [*y0, *y1),
+ * columns [*x0, *x1). */
+static void window(const lunet_pool2d_desc *d, int64_t oy, int64_t ox, int64_t *y0,
+                   int64_t *y1, int64_t *x0, int64_t *x1) {
+  int64_t sy = oy * d->sh - d->pad_top, sx = ox * d->sw - d->pad_left;
+  *y0 = sy < 0 ? 0 : sy;
+  *y1 = sy + d->kh > d->h ? d->h : sy + d->kh;
+  *x0 = sx < 0 ? 0 : sx;
+  *x1 = sx + d->kw > d->w ? d->w : sx + d->kw;
+}
+
+/* Output rows (n, oy) [begin, end) of any pool. */
+static void pool_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  pool_job *j = arg;
+  const lunet_pool2d_desc *d = j->d;
+  int64_t c = d->c;
+  for (int64_t t = begin; t < end; t++) {
+    int64_t n = t / d->oh, oy = t % d->oh;
+    const float *xn = j->x + n * d->h * d->w * c;
+    for (int64_t ox = 0; ox < d->ow; ox++) {
+      float *restrict o = j->y + (t * d->ow + ox) * c;
+      int64_t y0, y1, x0, x1;
+      window(d, oy, ox, &y0, &y1, &x0, &x1);
+      int64_t count = (y1 - y0) * (x1 - x0);
+      if (count <= 0) {
+        memset(o, 0, (size_t)c * sizeof(float));
+        continue;
+      }
+      memcpy(o, xn + (y0 * d->w + x0) * c, (size_t)c * sizeof(float));
+      for (int64_t iy = y0; iy < y1; iy++)
+        for (int64_t ix = iy == y0 ? x0 + 1 : x0; ix < x1; ix++) {
+          const float *restrict v = xn + (iy * d->w + ix) * c;
+          if (j->mode == LUNET_POOL_MAX)
+            for (int64_t k = 0; k < c; k++) o[k] = v[k] > o[k] ? v[k] : o[k];
+          else
+            for (int64_t k = 0; k < c; k++) o[k] += v[k];
+        }
+      if (j->mode == LUNET_POOL_AVG) {
+        float inv = 1.0f / (float)count;
+        for (int64_t k = 0; k < c; k++) o[k] *= inv;
+      }
+    }
+  }
+}
+
+/* Samples [begin, end) of any pool's backward; windows may overlap, so one
+ * thread owns a whole sample's dx. */
+static void pool_back_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  pool_job *j = arg;
+  const lunet_pool2d_desc *d = j->d;
+  int64_t c = d->c;
+  memset(j->dx + begin * d->h * d->w * c, 0,
+         (size_t)((end - begin) * d->h * d->w * c) * sizeof(float));
+  for (int64_t n = begin; n < end; n++) {
+    const float *xn = j->x + n * d->h * d->w * c;
+    float *dxn = j->dx + n * d->h * d->w * c;
+    for (int64_t oy = 0; oy < d->oh; oy++)
+      for (int64_t ox = 0; ox < d->ow; ox++) {
+        const float *g = j->dy + ((n * d->oh + oy) * d->ow + ox) * c;
+        int64_t y0, y1, x0, x1;
+        window(d, oy, ox, &y0, &y1, &x0, &x1);
+        int64_t count = (y1 - y0) * (x1 - x0);
+        if (count <= 0) continue;
+        if (j->mode == LUNET_POOL_AVG) {
+          float inv = 1.0f / (float)count;
+          for (int64_t iy = y0; iy < y1; iy++)
+            for (int64_t ix = x0; ix < x1; ix++) {
+              float *restrict o = dxn + (iy * d->w + ix) * c;
+              for (int64_t k = 0; k < c; k++) o[k] += g[k] * inv;
+            }
+          continue;
+        }
+        for (int64_t k = 0; k < c; k++) {
+          int64_t best = y0 * d->w + x0;
+          for (int64_t iy = y0; iy < y1; iy++)
+            for (int64_t ix = x0; ix < x1; ix++)
+              if (xn[(iy * d->w + ix) * c + k] > xn[best * c + k]) best = iy * d->w + ix;
+          dxn[best * c + k] += g[k];
+        }
+      }
+  }
+}
+
+int lunet_cpu_pool2d(lunet_backend *be, lunet_pool_mode mode, lunet_buf y, lunet_cbuf x,
+                     const lunet_pool2d_desc *d) {
+  int rc = lunet_cpu_check_pool(d, "pool2d");
+  if (rc) return rc;
+  pool_job j = {.d = d, .mode = mode, .y = y, .x = x};
+  int64_t rows = d->n * d->oh, grain = 16384 / (d->ow * d->c * d->kh * d->kw) + 1;
+  lunet_cpu_parallel(be, rows, grain,
+                     mode == LUNET_POOL_MAX && is_2x2(d) ? max2x2_task : pool_task, &j);
+  return 0;
+}
+
+int lunet_cpu_pool2d_backward(lunet_backend *be, lunet_pool_mode mode, lunet_buf dx,
+                              lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y,
+                              const lunet_pool2d_desc *d) {
+  int rc = lunet_cpu_check_pool(d, "pool2d_backward");
+  if (rc) return rc;
+  pool_job j = {.d = d, .mode = mode, .dx = dx, .x = x, .dy = dy};
+  if (mode == LUNET_POOL_MAX && is_2x2(d)) {
+    int64_t grain = 16384 / (d->ow * d->c * 4) + 1;
+    lunet_cpu_parallel(be, d->n * d->oh, grain, max2x2_back_task, &j);
+  } else {
+    int64_t grain = 16384 / (d->h * d->w * d->c) + 1;
+    lunet_cpu_parallel(be, d->n, grain, pool_back_task, &j);
+  }
+  return 0;
+}

@@ -1,0 +1,210 @@
+/*
+ * lunet backend ABI: what a compute backend shared object implements.
+ *
+ * A backend .so exports one symbol, LUNET_BACKEND_ENTRY, returning a
+ * descriptor.  The loader checks abi_major (must equal LUNET_BACKEND_ABI_MAJOR),
+ * abi_minor (may be lower: members appended after it are treated as NULL)
+ * and struct_size before any other call, and names both versions on a
+ * mismatch.
+ *
+ * Buffers are opaque handles (void *) that the backend hands out; for the CPU
+ * backend a handle is the host address of the data.  All sizes are in
+ * elements unless named *_bytes.  Every op returns 0 on success or a
+ * lunet_status, with a message readable through iface.last_error().  An
+ * optional member left NULL means "not supported": the core reports it as
+ * an error naming op and backend.  Ops may run asynchronously; the core calls
+ * synchronize() before reading results on the host.
+ */
+#ifndef LUNET_BACKEND_H
+#define LUNET_BACKEND_H
+
+#include "lunet/lunet.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LUNET_BACKEND_ABI_MAJOR 1
+#define LUNET_BACKEND_ABI_MINOR 0
+#define LUNET_BACKEND_ENTRY lunet_backend_entry
+#define LUNET_BACKEND_ENTRY_NAME "lunet_backend_entry"
+
+typedef void *lunet_buf;
+typedef const void *lunet_cbuf;
+typedef struct lunet_backend lunet_backend; /* a backend's own state */
+
+/* Broadcasting geometry: out shape and each input's strides (0 on a
+ * broadcast axis), in elements. */
+typedef struct lunet_bcast_desc {
+  int ndim;
+  int64_t shape[LUNET_MAX_DIMS];
+  int64_t a_strides[LUNET_MAX_DIMS];
+  int64_t b_strides[LUNET_MAX_DIMS];
+} lunet_bcast_desc;
+
+/* y[index] = x[x_offset + sum(index_i * x_strides_i)] over `shape`, writing y
+ * at y_offset + sum(index_i * y_strides_i).  Permute, slice, concat and
+ * broadcast-expand are all this one copy. */
+typedef struct lunet_strided_desc {
+  int ndim;
+  size_t elem_size;
+  int64_t shape[LUNET_MAX_DIMS];
+  int64_t x_strides[LUNET_MAX_DIMS];
+  int64_t y_strides[LUNET_MAX_DIMS];
+  int64_t x_offset, y_offset;
+} lunet_strided_desc;
+
+typedef struct lunet_backend_i {
+  /* ---- required ---- */
+  const char *(*last_error)(lunet_backend *be);
+  /* The device this backend runs on and what it uses, for lunet.backends(). */
+  void (*describe)(lunet_backend *be, lunet_backend_info *info);
+  int (*set_threads)(lunet_backend *be, int n);
+
+  lunet_buf (*buffer_alloc)(lunet_backend *be, size_t nbytes); /* NULL: out of memory */
+  void (*buffer_free)(lunet_backend *be, lunet_buf buf);
+  int (*buffer_upload)(lunet_backend *be, lunet_buf dst, size_t offset_bytes,
+                       const void *src, size_t nbytes);
+  int (*buffer_download)(lunet_backend *be, lunet_cbuf src, size_t offset_bytes,
+                         void *dst, size_t nbytes);
+  int (*buffer_copy)(lunet_backend *be, lunet_buf dst, size_t dst_offset_bytes,
+                     lunet_cbuf src, size_t src_offset_bytes, size_t nbytes);
+  int (*synchronize)(lunet_backend *be);
+
+  /* ---- primitives (float32 unless said) ---- */
+  int (*fill)(lunet_backend *be, lunet_buf y, float value, size_t n);
+  /* y (n) of dtype ydt <- x (n) of dtype xdt */
+  int (*cast)(lunet_backend *be, lunet_buf y, lunet_dtype ydt, lunet_cbuf x,
+              lunet_dtype xdt, size_t n);
+  int (*strided_copy)(lunet_backend *be, lunet_buf y, lunet_cbuf x,
+                      const lunet_strided_desc *d);
+
+  /* y (n) = f(x) */
+  int (*unary)(lunet_backend *be, lunet_unary_op op, float alpha, float beta,
+               lunet_buf y, lunet_cbuf x, size_t n);
+  /* dx (n) = dy * f'(x), y = f(x) */
+  int (*unary_backward)(lunet_backend *be, lunet_unary_op op, float alpha, float beta,
+                        lunet_buf dx, lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y,
+                        size_t n);
+  int (*binary)(lunet_backend *be, lunet_binary_op op, lunet_buf y, lunet_cbuf a,
+                lunet_cbuf b, const lunet_bcast_desc *d);
+  /* x viewed as (outer, len, inner) -> y (outer, inner) */
+  int (*reduce)(lunet_backend *be, lunet_reduce_op op, lunet_buf y, lunet_cbuf x,
+                size_t outer, size_t len, size_t inner);
+  /* x (rows, cols) -> y (rows) float32 index of the first maximum */
+  int (*argmax)(lunet_backend *be, lunet_buf y, lunet_cbuf x, size_t rows, size_t cols);
+
+  /* c (batch, M, N) = alpha * op(a) op(b) + beta * c, row-major; a is (M,K)
+   * or (K,M) when trans_a; b is (K,N) or (N,K) when trans_b.  A stride of 0
+   * reuses one matrix for the whole batch. */
+  int (*gemm)(lunet_backend *be, bool trans_a, bool trans_b, int64_t m, int64_t n,
+              int64_t k, float alpha, lunet_cbuf a, int64_t stride_a, lunet_cbuf b,
+              int64_t stride_b, float beta, lunet_buf c, int64_t stride_c,
+              int64_t batch);
+
+  /* x (N,H,W,C), w (KH,KW,C,F), bias (F) or NULL -> y (N,OH,OW,F) */
+  int (*conv2d)(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w,
+                lunet_cbuf bias, const lunet_conv2d_desc *d);
+  /* dy (N,OH,OW,F), w (KH,KW,C,F) -> dx (N,H,W,C) */
+  int (*conv2d_backward_data)(lunet_backend *be, lunet_buf dx, lunet_cbuf dy,
+                              lunet_cbuf w, const lunet_conv2d_desc *d);
+  /* dy (N,OH,OW,F), x (N,H,W,C) -> dw (KH,KW,C,F), db (F) or NULL; overwrites */
+  int (*conv2d_backward_filter)(lunet_backend *be, lunet_buf dw, lunet_buf db,
+                                lunet_cbuf dy, lunet_cbuf x, const lunet_conv2d_desc *d);
+  /* x (N,H,W,C) -> y (N,OH,OW,C); avg excludes padding from the count */
+  int (*pool2d)(lunet_backend *be, lunet_pool_mode mode, lunet_buf y, lunet_cbuf x,
+                const lunet_pool2d_desc *d);
+  /* dy (N,OH,OW,C), x, y -> dx (N,H,W,C); max routes to the first maximum */
+  int (*pool2d_backward)(lunet_backend *be, lunet_pool_mode mode, lunet_buf dx,
+                         lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y,
+                         const lunet_pool2d_desc *d);
+
+  /* x, y (rows, cols), over cols */
+  int (*softmax)(lunet_backend *be, bool log, lunet_buf y, lunet_cbuf x, size_t rows,
+                 size_t cols);
+  int (*softmax_backward)(lunet_backend *be, bool log, lunet_buf dx, lunet_cbuf dy,
+                          lunet_cbuf y, size_t rows, size_t cols);
+  /* logits (rows, cols), labels (rows) float ids in [0, cols) -> loss (rows),
+   * dlogits (rows, cols) = softmax - onehot or NULL */
+  int (*softmax_xent)(lunet_backend *be, lunet_buf loss, lunet_buf dlogits,
+                      lunet_cbuf logits, lunet_cbuf labels, size_t rows, size_t cols);
+
+  /* x, y (rows, C); training: batch mean and biased variance, saved as
+   * save_mean/save_invstd, and the running stats updated as Keras does
+   * (run = run*momentum + batch*(1-momentum)); inference: running stats. */
+  int (*batchnorm)(lunet_backend *be, bool training, lunet_buf y, lunet_buf save_mean,
+                   lunet_buf save_invstd, lunet_buf run_mean, lunet_buf run_var,
+                   lunet_cbuf x, lunet_cbuf gamma, lunet_cbuf beta, size_t rows,
+                   size_t c, float momentum, float epsilon);
+  int (*batchnorm_backward)(lunet_backend *be, lunet_buf dx, lunet_buf dgamma,
+                            lunet_buf dbeta, lunet_cbuf dy, lunet_cbuf x,
+                            lunet_cbuf gamma, lunet_cbuf save_mean,
+                            lunet_cbuf save_invstd, size_t rows, size_t c);
+
+  /* mask (n): element i keeps (value 1/(1-rate)) when
+   * lunet_philox_uniform(seed, counter + i) >= rate, else 0. */
+  int (*dropout_mask)(lunet_backend *be, lunet_buf mask, size_t n, float rate,
+                      uint64_t seed, uint64_t counter);
+
+  /* y (n, row_bytes) = x rows idx[i]; idx (n) int64 on the host, in range */
+  int (*gather_rows)(lunet_backend *be, lunet_buf y, lunet_cbuf x, const int64_t *idx,
+                     size_t n, size_t row_bytes);
+
+  /* In place on p and state (n each). */
+  int (*sgd_update)(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf velocity,
+                    size_t n, float lr, float momentum, bool nesterov,
+                    float weight_decay);
+  int (*adam_update)(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf m,
+                     lunet_buf v, size_t n, float lr, float beta1, float beta2,
+                     float epsilon, float weight_decay, int64_t step);
+  int (*rmsprop_update)(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf ms,
+                        lunet_buf mom, size_t n, float lr, float rho, float momentum,
+                        float epsilon);
+
+  /* x (N,H,W,C) -> y (N,OH,OW,C); mats (N,6) host floats; the reference is
+   * lunet_resample_one() in lunet/resample.h */
+  int (*affine_resample)(lunet_backend *be, lunet_buf y, lunet_cbuf x, const float *mats,
+                         size_t n, size_t h, size_t w, size_t c, size_t oh, size_t ow,
+                         lunet_fill_mode fill_mode, float fill);
+} lunet_backend_i;
+
+typedef struct lunet_backend_desc {
+  uint32_t abi_major, abi_minor;
+  uint32_t struct_size; /* sizeof(lunet_backend_desc) as the backend was built */
+  uint32_t iface_size;  /* sizeof(lunet_backend_i) as the backend was built */
+  const char *name;     /* "cpu", "vulkan" */
+  const char *version;
+  /* Is there a usable device here?  Returns a score (higher is better, 0:
+   * unavailable, with the reason written into why). */
+  int (*probe)(char *why, size_t why_len);
+  /* threads <= 0: the backend's default.  NULL with the reason in err. */
+  lunet_backend *(*init)(int threads, char *err, size_t err_len);
+  void (*shutdown)(lunet_backend *be);
+  const lunet_backend_i *iface;
+} lunet_backend_desc;
+
+typedef const lunet_backend_desc *(*lunet_backend_entry_fn)(void);
+
+/* Counter-based RNG shared by every backend: Philox4x32-10, so a random
+ * stream is the same on CPU and GPU.  Returns a float in [0, 1). */
+static inline float lunet_philox_uniform(uint64_t seed, uint64_t counter) {
+  uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = 0, c3 = 0;
+  uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+  for (int r = 0; r < 10; r++) {
+    uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+    uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
+    c1 = (uint32_t)p1;
+    c3 = (uint32_t)p0;
+    c0 = n0;
+    c2 = n2;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return (float)(c0 >> 8) * (1.0f / 16777216.0f);
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

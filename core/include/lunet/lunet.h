@@ -1,0 +1,178 @@
+/*
+ * lunet: the public C API of liblunet.
+ *
+ * Every function that can fail returns a status (or NULL) and leaves a
+ * message in the context: lunet_ctx_error().  Nothing here aborts on input a
+ * user or a file can cause.
+ *
+ * Ownership: functions named _new, and every op that returns a tensor, hand
+ * the caller one reference, to be dropped with lunet_tensor_release().
+ * Functions named _get borrow.
+ *
+ * Threads: a lunet_ctx is used by one thread at a time.  The registry of
+ * backends and plugins is process-wide and guarded by a mutex.
+ */
+#ifndef LUNET_LUNET_H
+#define LUNET_LUNET_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#if defined(LUNET_BUILDING)
+#define LUNET_API __attribute__((visibility("default")))
+#else
+#define LUNET_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LUNET_VERSION_STRING "0.1.0"
+#define LUNET_MAX_DIMS 8
+
+typedef enum lunet_status {
+  LUNET_OK = 0,
+  LUNET_ERR_ARG,         /* a bad argument value */
+  LUNET_ERR_SHAPE,       /* shapes do not fit together */
+  LUNET_ERR_NOMEM,       /* host or device out of memory */
+  LUNET_ERR_IO,          /* a file could not be read or written */
+  LUNET_ERR_FORMAT,      /* a file is not what it claims to be */
+  LUNET_ERR_CHECKSUM,    /* bytes do not match the published checksum */
+  LUNET_ERR_NET,         /* a download failed */
+  LUNET_ERR_NOTFOUND,    /* no such backend, plugin, layer or file */
+  LUNET_ERR_ABI,         /* a shared object built for another ABI */
+  LUNET_ERR_UNSUPPORTED, /* the backend cannot run this op */
+  LUNET_ERR_INTERRUPTED, /* the user pressed Ctrl-C */
+  LUNET_ERR_DEVICE       /* the device failed (lost, driver error) */
+} lunet_status;
+
+typedef enum lunet_dtype {
+  LUNET_F32 = 0, /* the compute type */
+  LUNET_U8 = 1,  /* image data */
+  LUNET_I32 = 2  /* indices, labels */
+} lunet_dtype;
+
+typedef struct lunet_ctx lunet_ctx;
+typedef struct lunet_tensor lunet_tensor;
+typedef struct lunet_layer lunet_layer;
+
+/* ---- context and errors ---- */
+
+LUNET_API lunet_ctx *lunet_ctx_new(void);
+LUNET_API void lunet_ctx_free(lunet_ctx *ctx);
+LUNET_API const char *lunet_ctx_error(const lunet_ctx *ctx);
+LUNET_API lunet_status lunet_ctx_status(const lunet_ctx *ctx);
+/* Sets the context's error and returns `status`, for `return lunet_error(...)`. */
+LUNET_API lunet_status lunet_error(lunet_ctx *ctx, lunet_status status,
+                                   const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+LUNET_API void lunet_clear_error(lunet_ctx *ctx);
+LUNET_API const char *lunet_status_name(lunet_status s);
+
+/* Seeds the context's counter-based RNG (initializers, dropout, shuffles). */
+LUNET_API void lunet_seed(lunet_ctx *ctx, uint64_t seed);
+LUNET_API uint64_t lunet_seed_get(const lunet_ctx *ctx);
+/* Reserves `n` counters from the context's stream and returns the first:
+ * every random draw is keyed by (seed, counter), so results do not depend on
+ * thread count. */
+LUNET_API uint64_t lunet_rng_take(lunet_ctx *ctx, uint64_t n);
+
+/* Ctrl-C: the REPL sets this flag from its signal handler; long loops poll it. */
+LUNET_API void lunet_interrupt(void);
+LUNET_API bool lunet_interrupted(void);
+LUNET_API void lunet_interrupt_clear(void);
+
+/* ---- backends ---- */
+
+typedef struct lunet_backend_info {
+  char name[32];
+  char device[128]; /* e.g. "AMD EPYC (2 threads)" */
+  char detail[256]; /* e.g. "OpenBLAS 0.3.21, kernel SkylakeX" */
+  int threads;
+  bool available;   /* false: detail says why */
+  bool is_default;
+} lunet_backend_info;
+
+/* Loads every backend found (idempotent).  Fills up to `max` infos and
+ * returns how many backends are known. */
+LUNET_API int lunet_backends(lunet_ctx *ctx, lunet_backend_info *out, int max);
+/* Makes `name` the default backend of new tensors in this context. */
+LUNET_API lunet_status lunet_use(lunet_ctx *ctx, const char *name);
+LUNET_API const char *lunet_default_backend(lunet_ctx *ctx);
+LUNET_API lunet_status lunet_set_threads(lunet_ctx *ctx, int n);
+LUNET_API int lunet_get_threads(lunet_ctx *ctx);
+/* Operations run on the CPU because the tensor's backend lacks them. */
+LUNET_API uint64_t lunet_fallback_count(lunet_ctx *ctx);
+
+/* ---- plugins ---- */
+
+/* Loads a layer plugin .so (built-in plugins load on first use). */
+LUNET_API lunet_status lunet_load_plugin(lunet_ctx *ctx, const char *path);
+/* The i-th known layer type (0-based) or NULL past the end; loads the
+ * built-in plugins first.  *plugin receives the plugin's name. */
+LUNET_API const struct lunet_layer_type *lunet_layer_type_at(lunet_ctx *ctx, int i,
+                                                             const char **plugin);
+LUNET_API const struct lunet_layer_type *lunet_layer_type_find(lunet_ctx *ctx,
+                                                               const char *name);
+
+/* ---- tensors ---- */
+
+/* A new tensor on the default backend; contents undefined. */
+LUNET_API lunet_tensor *lunet_tensor_new(lunet_ctx *ctx, lunet_dtype dt,
+                                         int ndim, const int64_t *shape);
+/* Same, on the named backend (NULL: the default). */
+LUNET_API lunet_tensor *lunet_tensor_new_on(lunet_ctx *ctx, const char *backend,
+                                            lunet_dtype dt, int ndim,
+                                            const int64_t *shape);
+LUNET_API lunet_tensor *lunet_tensor_from_data(lunet_ctx *ctx, lunet_dtype dt,
+                                               int ndim, const int64_t *shape,
+                                               const void *data);
+LUNET_API lunet_tensor *lunet_tensor_retain(lunet_tensor *t);
+LUNET_API void lunet_tensor_release(lunet_tensor *t);
+
+LUNET_API int lunet_tensor_ndim(const lunet_tensor *t);
+LUNET_API int64_t lunet_tensor_dim(const lunet_tensor *t, int i); /* i<0 from the end */
+LUNET_API const int64_t *lunet_tensor_shape(const lunet_tensor *t);
+LUNET_API int64_t lunet_tensor_numel(const lunet_tensor *t);
+LUNET_API lunet_dtype lunet_tensor_dtype(const lunet_tensor *t);
+LUNET_API const char *lunet_tensor_backend(const lunet_tensor *t);
+LUNET_API size_t lunet_dtype_size(lunet_dtype dt);
+LUNET_API const char *lunet_dtype_name(lunet_dtype dt);
+/* "(2, 3)" into buf; returns buf. */
+LUNET_API char *lunet_shape_str(int ndim, const int64_t *shape, char *buf,
+                                size_t n);
+
+LUNET_API lunet_status lunet_tensor_read(lunet_ctx *ctx, const lunet_tensor *t,
+                                         void *dst, size_t nbytes);
+LUNET_API lunet_status lunet_tensor_write(lunet_ctx *ctx, lunet_tensor *t,
+                                          const void *src, size_t nbytes);
+/* Reads one element (any dtype) as a double. */
+LUNET_API lunet_status lunet_tensor_item(lunet_ctx *ctx, const lunet_tensor *t,
+                                         int64_t flat_index, double *out);
+/* A copy on another backend. */
+LUNET_API lunet_tensor *lunet_tensor_to(lunet_ctx *ctx, lunet_tensor *t,
+                                        const char *backend);
+
+/* Autograd flags.  A tensor that requires grad collects .grad in backward. */
+LUNET_API void lunet_tensor_set_requires_grad(lunet_tensor *t, bool on);
+LUNET_API bool lunet_tensor_requires_grad(const lunet_tensor *t);
+LUNET_API lunet_tensor *lunet_tensor_grad_get(lunet_tensor *t); /* borrowed, may be NULL */
+LUNET_API void lunet_tensor_zero_grad(lunet_tensor *t);
+/* Runs the tape backward from `t` (a scalar, or any tensor with `grad_out`). */
+LUNET_API lunet_status lunet_backward(lunet_ctx *ctx, lunet_tensor *t,
+                                      lunet_tensor *grad_out);
+/* Grad mode: while off, ops record nothing (inference, optimizer steps). */
+LUNET_API bool lunet_grad_enabled(lunet_ctx *ctx);
+LUNET_API bool lunet_set_grad_enabled(lunet_ctx *ctx, bool on); /* returns previous */
+/* A tensor sharing t's data, cut from the tape. */
+LUNET_API lunet_tensor *lunet_detach(lunet_ctx *ctx, lunet_tensor *t);
+
+#ifdef __cplusplus
+}
+#endif
+
+#include "lunet/ops.h"
+
+#endif

@@ -1,0 +1,566 @@
+/*
+ * The tape: ops on tensors that require grad record a node holding their
+ * inputs; lunet_backward() visits the nodes in reverse topological order and
+ * accumulates gradients into the leaves' .grad.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+lunet_node *lunet_node_new(lunet_ctx *ctx, const char *name, int ninputs,
+                           lunet_tensor *const *inputs) {
+  lunet_node *n = calloc(1, sizeof *n);
+  if (!n) {
+    lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory recording %s", name);
+    return NULL;
+  }
+  n->refcount = 1;
+  n->name = name;
+  n->ninputs = ninputs;
+  for (int i = 0; i < ninputs; i++) n->inputs[i] = lunet_tensor_retain(inputs[i]);
+  return n;
+}
+
+void lunet_node_release(lunet_node *n) {
+  if (!n || --n->refcount > 0) return;
+  if (n->release) n->release(n);
+  for (int i = 0; i < n->ninputs; i++) lunet_tensor_release(n->inputs[i]);
+  for (int i = 0; i < 4; i++) lunet_tensor_release(n->saved[i]);
+  free(n);
+}
+
+bool lunet_needs_grad(lunet_ctx *ctx, int n, lunet_tensor *const *ts) {
+  if (!ctx->grad_enabled) return false;
+  for (int i = 0; i < n; i++)
+    if (ts[i] && (ts[i]->requires_grad || ts[i]->grad_fn)) return true;
+  return false;
+}
+
+void lunet_node_attach(lunet_tensor *out, lunet_node *n) { out->grad_fn = n; }
+
+lunet_tensor *lunet_scalar_like(lunet_ctx *ctx, const lunet_tensor *like, float v) {
+  lunet_tensor *t = lunet_tensor_on(ctx, like->buf->be, LUNET_F32, 0, NULL);
+  if (t && lunet_op_fill(ctx, t, v)) {
+    lunet_tensor_release(t);
+    return NULL;
+  }
+  return t;
+}
+
+/* Saves an alias of t (its data, without its grad_fn) to avoid a cycle
+ * between a node and its own output. */
+static bool save(lunet_ctx *ctx, lunet_node *n, int slot, lunet_tensor *t) {
+  n->saved[slot] = lunet_tensor_alias(ctx, t, t->ndim, t->shape);
+  return n->saved[slot] != NULL;
+}
+
+/* Records `out = op(inputs)` when needed; on failure releases out. */
+static lunet_tensor *record(lunet_ctx *ctx, lunet_tensor *out, const char *name, int ninputs,
+                            lunet_tensor *const *inputs,
+                            lunet_status (*bw)(lunet_ctx *, lunet_node *, lunet_tensor *,
+                                               lunet_tensor **),
+                            lunet_node **node_out) {
+  if (node_out) *node_out = NULL;
+  if (!out || !lunet_needs_grad(ctx, ninputs, inputs)) return out;
+  lunet_node *n = lunet_node_new(ctx, name, ninputs, inputs);
+  if (!n) {
+    lunet_tensor_release(out);
+    return NULL;
+  }
+  n->backward = bw;
+  out->grad_fn = n;
+  if (node_out) *node_out = n;
+  return out;
+}
+
+/* ---- backward ---- */
+
+typedef struct order {
+  lunet_tensor **items;
+  size_t n, cap;
+} order;
+
+static bool push(lunet_ctx *ctx, order *o, lunet_tensor *t) {
+  if (o->n == o->cap) {
+    size_t cap = o->cap ? 2 * o->cap : 64;
+    lunet_tensor **items = realloc(o->items, cap * sizeof *items);
+    if (!items) {
+      lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory in backward");
+      return false;
+    }
+    o->items = items;
+    o->cap = cap;
+  }
+  o->items[o->n++] = t;
+  return true;
+}
+
+/* Post-order over the graph: every tensor comes after its inputs.  An
+ * explicit stack, since a long RNN unroll would overflow recursion. */
+static bool topo(lunet_ctx *ctx, lunet_tensor *root, uint64_t gen, order *out) {
+  order stack = {0};
+  bool ok = push(ctx, &stack, root);
+  root->grad_fn->mark = gen;
+  size_t *next = NULL, depth_cap = 0;
+  while (ok && stack.n) {
+    if (depth_cap < stack.cap) {
+      size_t *nn = realloc(next, stack.cap * sizeof *nn);
+      if (!nn) { ok = false; break; }
+      for (size_t i = depth_cap; i < stack.cap; i++) nn[i] = 0;
+      next = nn;
+      depth_cap = stack.cap;
+    }
+    lunet_tensor *t = stack.items[stack.n - 1];
+    lunet_node *n = t->grad_fn;
+    size_t *i = &next[stack.n - 1];
+    if (*i < (size_t)n->ninputs) {
+      lunet_tensor *in = n->inputs[(*i)++];
+      if (in->grad_fn && in->grad_fn->mark != gen) {
+        in->grad_fn->mark = gen;
+        next[stack.n] = 0;
+        ok = push(ctx, &stack, in);
+      }
+    } else {
+      stack.n--;
+      ok = push(ctx, out, t);
+    }
+  }
+  free(stack.items);
+  free(next);
+  if (!ok && ctx->status == LUNET_OK) lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory in backward");
+  return ok;
+}
+
+static lunet_status add_into(lunet_ctx *ctx, lunet_tensor **slot, lunet_tensor *g) {
+  if (!*slot) {
+    *slot = g;
+    return LUNET_OK;
+  }
+  lunet_status s = lunet_op_accumulate(ctx, *slot, g);
+  lunet_tensor_release(g);
+  return s;
+}
+
+static lunet_status propagate(lunet_ctx *ctx, lunet_tensor *t) {
+  lunet_node *n = t->grad_fn;
+  lunet_tensor *dx[LUNET_NODE_MAX_INPUTS] = {0};
+  lunet_tensor *dy = t->acc;
+  t->acc = NULL;
+  lunet_status s = n->backward(ctx, n, dy, dx);
+  lunet_tensor_release(dy);
+  for (int i = 0; i < n->ninputs; i++) {
+    lunet_tensor *in = n->inputs[i];
+    if (!dx[i]) continue;
+    if (s != LUNET_OK) {
+      lunet_tensor_release(dx[i]);
+      continue;
+    }
+    if (in->grad_fn) {
+      s = add_into(ctx, &in->acc, dx[i]);
+    } else if (in->requires_grad) {
+      /* A leaf's gradient keeps the leaf's shape (views of one buffer may differ). */
+      lunet_tensor *g = dx[i];
+      if (!lunet_shape_equal(g, in)) {
+        g = lunet_tensor_alias(ctx, dx[i], in->ndim, in->shape);
+        lunet_tensor_release(dx[i]);
+        if (!g) { s = ctx->status; continue; }
+      }
+      s = add_into(ctx, &in->grad, g);
+    } else {
+      lunet_tensor_release(dx[i]);
+    }
+  }
+  return s;
+}
+
+lunet_status lunet_backward(lunet_ctx *ctx, lunet_tensor *root, lunet_tensor *grad_out) {
+  static uint64_t generation;
+  if (!root->grad_fn) {
+    if (!root->requires_grad)
+      return lunet_error(ctx, LUNET_ERR_ARG, "backward: this tensor does not require grad "
+                         "(no input of the computation had requires_grad(true))");
+    lunet_tensor *g = grad_out ? lunet_tensor_retain(grad_out) : lunet_scalar_like(ctx, root, 1);
+    if (!g) return ctx->status;
+    if (!grad_out) {
+      lunet_tensor *a = lunet_tensor_alias(ctx, g, root->ndim, root->shape);
+      lunet_tensor_release(g);
+      if (!a) return ctx->status;
+      g = a;
+    }
+    return add_into(ctx, &root->grad, g);
+  }
+  if (!grad_out && root->numel != 1)
+    return lunet_error(ctx, LUNET_ERR_ARG, "backward on a tensor of %lld elements needs a "
+                       "gradient argument (or call it on a scalar loss)", (long long)root->numel);
+  lunet_tensor *g = grad_out ? lunet_tensor_retain(grad_out) : lunet_scalar_like(ctx, root, 1);
+  if (!g) return ctx->status;
+  if (!grad_out) {
+    lunet_tensor *a = lunet_tensor_alias(ctx, g, root->ndim, root->shape);
+    lunet_tensor_release(g);
+    if (!a) return ctx->status;
+    g = a;
+  }
+  lunet_tensor_release(root->acc);
+  root->acc = g;
+  order o = {0};
+  lunet_status s = topo(ctx, root, ++generation, &o) ? LUNET_OK : ctx->status;
+  bool prev = lunet_set_grad_enabled(ctx, false);
+  for (size_t i = o.n; s == LUNET_OK && i-- > 0;)
+    if (o.items[i]->acc) s = propagate(ctx, o.items[i]);
+  for (size_t i = 0; i < o.n; i++) {
+    lunet_tensor_release(o.items[i]->acc);
+    o.items[i]->acc = NULL;
+  }
+  lunet_set_grad_enabled(ctx, prev);
+  free(o.items);
+  return s;
+}
+
+/* ---- elementwise ---- */
+
+static lunet_tensor *reduce_like(lunet_ctx *ctx, lunet_tensor *g, const lunet_tensor *like) {
+  if (!g || lunet_shape_equal(g, like)) return g;
+  lunet_tensor *r = lunet_op_sum_to(ctx, g, like->ndim, like->shape);
+  lunet_tensor_release(g);
+  if (r && !lunet_shape_equal(r, like)) {
+    lunet_tensor *a = lunet_tensor_alias(ctx, r, like->ndim, like->shape);
+    lunet_tensor_release(r);
+    r = a;
+  }
+  return r;
+}
+
+static lunet_tensor *bin(lunet_ctx *ctx, lunet_binary_op op, lunet_tensor *a, lunet_tensor *b) {
+  return lunet_op_binary(ctx, op, a, b);
+}
+
+static lunet_status binary_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
+                                    lunet_tensor **dx) {
+  lunet_tensor *a = n->inputs[0], *b = n->inputs[1], *ga = NULL, *gb = NULL;
+  lunet_binary_op op = (lunet_binary_op)n->iparams[0];
+  bool need_a = a->requires_grad || a->grad_fn, need_b = b->requires_grad || b->grad_fn;
+  switch (op) {
+  case LUNET_BINARY_ADD:
+    ga = need_a ? lunet_tensor_retain(dy) : NULL;
+    gb = need_b ? lunet_tensor_retain(dy) : NULL;
+    break;
+  case LUNET_BINARY_SUB:
+    ga = need_a ? lunet_tensor_retain(dy) : NULL;
+    gb = need_b ? lunet_op_unary(ctx, LUNET_UNARY_NEG, dy, 0, 0) : NULL;
+    break;
+  case LUNET_BINARY_MUL:
+    ga = need_a ? bin(ctx, LUNET_BINARY_MUL, dy, b) : NULL;
+    gb = need_b ? bin(ctx, LUNET_BINARY_MUL, dy, a) : NULL;
+    break;
+  case LUNET_BINARY_DIV: {
+    ga = need_a ? bin(ctx, LUNET_BINARY_DIV, dy, b) : NULL;
+    if (need_b) { /* -dy * a / b^2 = -(dy / b) * (a / b) */
+      lunet_tensor *q = bin(ctx, LUNET_BINARY_DIV, dy, b), *r = bin(ctx, LUNET_BINARY_DIV, a, b);
+      lunet_tensor *p = q && r ? bin(ctx, LUNET_BINARY_MUL, q, r) : NULL;
+      gb = p ? lunet_op_unary(ctx, LUNET_UNARY_NEG, p, 0, 0) : NULL;
+      lunet_tensor_release(q);
+      lunet_tensor_release(r);
+      lunet_tensor_release(p);
+    }
+    break;
+  }
+  case LUNET_BINARY_POW: { /* y = a^b: da = b a^(b-1) dy = dy*y*b/a, db = dy*y*ln a */
+    lunet_tensor *y = n->saved[0];
+    lunet_tensor *dyy = bin(ctx, LUNET_BINARY_MUL, dy, y);
+    if (need_a && dyy) {
+      lunet_tensor *t = bin(ctx, LUNET_BINARY_MUL, dyy, b);
+      ga = t ? bin(ctx, LUNET_BINARY_DIV, t, a) : NULL;
+      lunet_tensor_release(t);
+    }
+    if (need_b && dyy) {
+      lunet_tensor *la = lunet_op_unary(ctx, LUNET_UNARY_LOG, a, 0, 0);
+      gb = la ? bin(ctx, LUNET_BINARY_MUL, dyy, la) : NULL;
+      lunet_tensor_release(la);
+    }
+    lunet_tensor_release(dyy);
+    break;
+  }
+  case LUNET_BINARY_MAX:
+  case LUNET_BINARY_MIN: { /* the gradient goes to the selected side (a on ties) */
+    lunet_tensor *y = n->saved[0];
+    lunet_tensor *ma = bin(ctx, LUNET_BINARY_EQ, a, y);
+    lunet_tensor *mb = ma ? lunet_op_unary(ctx, LUNET_UNARY_AFFINE, ma, -1, 1) : NULL;
+    ga = need_a && ma ? bin(ctx, LUNET_BINARY_MUL, dy, ma) : NULL;
+    gb = need_b && mb ? bin(ctx, LUNET_BINARY_MUL, dy, mb) : NULL;
+    lunet_tensor_release(ma);
+    lunet_tensor_release(mb);
+    break;
+  }
+  default: /* comparisons have no gradient */
+    return LUNET_OK;
+  }
+  dx[0] = need_a ? reduce_like(ctx, ga, a) : NULL;
+  dx[1] = need_b ? reduce_like(ctx, gb, b) : NULL;
+  if ((need_a && !dx[0]) || (need_b && !dx[1])) return ctx->status ? ctx->status : LUNET_ERR_NOMEM;
+  return LUNET_OK;
+}
+
+static lunet_tensor *binary(lunet_ctx *ctx, lunet_binary_op op, lunet_tensor *a, lunet_tensor *b) {
+  lunet_node *n;
+  lunet_tensor *y = record(ctx, bin(ctx, op, a, b), "binary", 2, (lunet_tensor *[]){a, b},
+                           binary_backward, &n);
+  if (n) {
+    n->iparams[0] = op;
+    if ((op == LUNET_BINARY_POW || op == LUNET_BINARY_MAX || op == LUNET_BINARY_MIN) &&
+        !save(ctx, n, 0, y)) {
+      lunet_tensor_release(y);
+      return NULL;
+    }
+  }
+  return y;
+}
+
+lunet_tensor *lunet_add(lunet_ctx *ctx, lunet_tensor *a, lunet_tensor *b) {
+  return binary(ctx, LUNET_BINARY_ADD, a, b);
+}
+lunet_tensor *lunet_sub(lunet_ctx *ctx, lunet_tensor *a, lunet_tensor *b) {
+  return binary(ctx, LUNET_BINARY_SUB, a, b);
+}
+lunet_tensor *lunet_mul(lunet_ctx *ctx, lunet_tensor *a, lunet_tensor *b) {
+  return binary(ctx, LUNET_BINARY_MUL, a, b);
+}
+lunet_tensor *lunet_div(lunet_ctx *ctx, lunet_tensor *a, lunet_tensor *b) {
+  return binary(ctx, LUNET_BINARY_DIV, a, b);
+}
+lunet_tensor *lunet_pow(lunet_ctx *ctx, lunet_tensor *a, lunet_tensor *b) {
+  return binary(ctx, LUNET_BINARY_POW, a, b);
+}
+lunet_tensor *lunet_maximum(lunet_ctx *ctx, lunet_tensor *a, lunet_tensor *b) {
+  return binary(ctx, LUNET_BINARY_MAX, a, b);
+}
+lunet_tensor *lunet_compare(lunet_ctx *ctx, lunet_binary_op op, lunet_tensor *a, lunet_tensor *b) {
+  return bin(ctx, op, a, b);
+}
+
+static lunet_status unary_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
+                                   lunet_tensor **dx) {
+  dx[0] = lunet_op_unary_backward(ctx, (lunet_unary_op)n->iparams[0], dy, n->inputs[0],
+                                  n->saved[0], n->fparams[0], n->fparams[1]);
+  return dx[0] ? LUNET_OK : ctx->status;
+}
+
+lunet_tensor *lunet_unary(lunet_ctx *ctx, lunet_unary_op op, lunet_tensor *x, float alpha,
+                          float beta) {
+  lunet_node *n;
+  lunet_tensor *y = record(ctx, lunet_op_unary(ctx, op, x, alpha, beta), "unary", 1, &x,
+                           unary_backward, &n);
+  if (n) {
+    n->iparams[0] = op;
+    n->fparams[0] = alpha;
+    n->fparams[1] = beta;
+    if (!save(ctx, n, 0, y)) {
+      lunet_tensor_release(y);
+      return NULL;
+    }
+  }
+  return y;
+}
+
+/* ---- matmul ---- */
+
+/* Gradient of one matmul side; sums over the batch when that side was 2-D. */
+static lunet_tensor *matmul_grad(lunet_ctx *ctx, lunet_tensor *l, lunet_tensor *r, bool tl,
+                                 bool tr, const lunet_tensor *like) {
+  lunet_tensor *g = lunet_op_matmul(ctx, l, r, tl, tr);
+  if (!g || like->ndim == g->ndim) return g;
+  return reduce_like(ctx, g, like);
+}
+
+static lunet_status matmul_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
+                                    lunet_tensor **dx) {
+  lunet_tensor *a = n->inputs[0], *b = n->inputs[1];
+  if (a->requires_grad || a->grad_fn) {
+    dx[0] = matmul_grad(ctx, dy, b, false, true, a);
+    if (!dx[0]) return ctx->status;
+  }
+  if (b->requires_grad || b->grad_fn) {
+    dx[1] = matmul_grad(ctx, a, dy, true, false, b);
+    if (!dx[1]) return ctx->status;
+  }
+  return LUNET_OK;
+}
+
+lunet_tensor *lunet_matmul(lunet_ctx *ctx, lunet_tensor *a, lunet_tensor *b) {
+  return record(ctx, lunet_op_matmul(ctx, a, b, false, false), "matmul", 2,
+                (lunet_tensor *[]){a, b}, matmul_backward, NULL);
+}
+
+/* ---- reductions ---- */
+
+static lunet_status reduce_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
+                                    lunet_tensor **dx) {
+  lunet_tensor *x = n->inputs[0];
+  lunet_reduce_op op = (lunet_reduce_op)n->iparams[0];
+  int axis = (int)n->iparams[1];
+  /* dy with the reduced axis kept as 1, then broadcast over x. */
+  int64_t kshape[LUNET_MAX_DIMS];
+  for (int i = 0; i < x->ndim; i++)
+    kshape[i] = axis == LUNET_ALL_AXES || i == axis ? 1 : x->shape[i];
+  lunet_tensor *k = lunet_tensor_alias(ctx, dy, x->ndim, kshape);
+  if (!k) return ctx->status;
+  lunet_tensor *g = NULL;
+  if (op == LUNET_REDUCE_SUM || op == LUNET_REDUCE_MEAN) {
+    lunet_tensor *ones = lunet_op_empty_like(ctx, x);
+    if (ones && !lunet_op_fill(ctx, ones, op == LUNET_REDUCE_SUM ? 1.0f :
+                               (float)k->numel / (float)(x->numel ? x->numel : 1)))
+      g = bin(ctx, LUNET_BINARY_MUL, ones, k);
+    lunet_tensor_release(ones);
+  } else { /* max/min: to every element equal to the result */
+    lunet_tensor *y = lunet_tensor_alias(ctx, n->saved[0], x->ndim, kshape);
+    lunet_tensor *mask = y ? bin(ctx, LUNET_BINARY_EQ, x, y) : NULL;
+    g = mask ? bin(ctx, LUNET_BINARY_MUL, mask, k) : NULL;
+    lunet_tensor_release(y);
+    lunet_tensor_release(mask);
+  }
+  lunet_tensor_release(k);
+  dx[0] = g;
+  return g ? LUNET_OK : ctx->status;
+}
+
+lunet_tensor *lunet_reduce(lunet_ctx *ctx, lunet_reduce_op op, lunet_tensor *x, int axis,
+                           bool keepdims) {
+  lunet_node *n;
+  int a = axis == LUNET_ALL_AXES ? axis : axis < 0 ? axis + x->ndim : axis;
+  lunet_tensor *y = record(ctx, lunet_op_reduce(ctx, op, x, axis, keepdims), "reduce", 1, &x,
+                           reduce_backward, &n);
+  if (n) {
+    n->iparams[0] = op;
+    n->iparams[1] = a;
+    if (!save(ctx, n, 0, y)) {
+      lunet_tensor_release(y);
+      return NULL;
+    }
+  }
+  return y;
+}
+
+/* ---- shape ops ---- */
+
+static lunet_status reshape_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
+                                     lunet_tensor **dx) {
+  lunet_tensor *x = n->inputs[0];
+  dx[0] = lunet_tensor_alias(ctx, dy, x->ndim, x->shape);
+  return dx[0] ? LUNET_OK : ctx->status;
+}
+
+lunet_tensor *lunet_reshape(lunet_ctx *ctx, lunet_tensor *x, int ndim, const int64_t *shape) {
+  return record(ctx, lunet_tensor_alias(ctx, x, ndim, shape), "reshape", 1, &x,
+                reshape_backward, NULL);
+}
+
+static lunet_status permute_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
+                                     lunet_tensor **dx) {
+  int inv[LUNET_MAX_DIMS];
+  for (int i = 0; i < dy->ndim; i++) inv[n->iparams[i]] = i;
+  dx[0] = lunet_op_permute(ctx, dy, inv);
+  return dx[0] ? LUNET_OK : ctx->status;
+}
+
+lunet_tensor *lunet_permute(lunet_ctx *ctx, lunet_tensor *x, const int *perm) {
+  lunet_node *n;
+  lunet_tensor *y = record(ctx, lunet_op_permute(ctx, x, perm), "permute", 1, &x,
+                           permute_backward, &n);
+  if (n)
+    for (int i = 0; i < x->ndim; i++) n->iparams[i] = perm[i];
+  return y;
+}
+
+/* Writes dy into a zero tensor shaped like x at the sliced positions. */
+static lunet_status slice_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
+                                   lunet_tensor **dx) {
+  lunet_tensor *x = n->inputs[0];
+  lunet_tensor *g = lunet_op_empty_like(ctx, x);
+  if (!g || lunet_op_fill(ctx, g, 0)) {
+    lunet_tensor_release(g);
+    return ctx->status;
+  }
+  lunet_strided_desc d = {.ndim = x->ndim, .elem_size = 4};
+  int64_t xs = 1, ys = 1;
+  for (int i = x->ndim - 1; i >= 0; i--) {
+    int64_t start = n->iparams[i], step = n->iparams[LUNET_MAX_DIMS + i];
+    d.shape[i] = dy->shape[i];
+    d.x_strides[i] = ys;
+    d.y_strides[i] = xs * step;
+    d.y_offset += start * xs;
+    xs *= x->shape[i];
+    ys *= dy->shape[i];
+  }
+  lunet_be *be = x->buf->be;
+  if (dy->numel &&
+      lunet_be_check(ctx, be, be->i->strided_copy(be->state, g->buf->handle, dy->buf->handle, &d),
+                     "slice backward")) {
+    lunet_tensor_release(g);
+    return ctx->status;
+  }
+  dx[0] = g;
+  return LUNET_OK;
+}
+
+lunet_tensor *lunet_slice(lunet_ctx *ctx, lunet_tensor *x, const int64_t *start,
+                          const int64_t *stop, const int64_t *step) {
+  lunet_node *n;
+  lunet_tensor *y = record(ctx, lunet_op_slice(ctx, x, start, stop, step), "slice", 1, &x,
+                           slice_backward, &n);
+  if (n)
+    for (int i = 0; i < x->ndim; i++) {
+      n->iparams[i] = start[i];
+      n->iparams[LUNET_MAX_DIMS + i] = step[i];
+    }
+  return y;
+}
+
+static lunet_status concat_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
+                                    lunet_tensor **dx) {
+  int axis = (int)n->iparams[0];
+  int64_t start[LUNET_MAX_DIMS] = {0}, stop[LUNET_MAX_DIMS], step[LUNET_MAX_DIMS];
+  for (int i = 0; i < dy->ndim; i++) {
+    stop[i] = dy->shape[i];
+    step[i] = 1;
+  }
+  for (int k = 0; k < n->ninputs; k++) {
+    stop[axis] = start[axis] + n->inputs[k]->shape[axis];
+    dx[k] = lunet_op_slice(ctx, dy, start, stop, step);
+    if (!dx[k]) return ctx->status;
+    start[axis] = stop[axis];
+  }
+  return LUNET_OK;
+}
+
+lunet_tensor *lunet_concat(lunet_ctx *ctx, lunet_tensor *const *xs, int n, int axis) {
+  if (n > LUNET_NODE_MAX_INPUTS && lunet_needs_grad(ctx, n, xs)) {
+    lunet_error(ctx, LUNET_ERR_ARG, "concat records at most %d tensors for autograd",
+                LUNET_NODE_MAX_INPUTS);
+    return NULL;
+  }
+  lunet_node *node;
+  lunet_tensor *y = record(ctx, lunet_op_concat(ctx, xs, n, axis), "concat", n, xs,
+                           concat_backward, &node);
+  if (node) node->iparams[0] = axis < 0 ? axis + xs[0]->ndim : axis;
+  return y;
+}
+
+static lunet_status softmax_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
+                                     lunet_tensor **dx) {
+  dx[0] = lunet_op_softmax_backward(ctx, dy, n->saved[0], n->iparams[0] != 0);
+  return dx[0] ? LUNET_OK : ctx->status;
+}
+
+lunet_tensor *lunet_softmax(lunet_ctx *ctx, lunet_tensor *x, bool log) {
+  lunet_node *n;
+  lunet_tensor *y = record(ctx, lunet_op_softmax(ctx, x, log), "softmax", 1, &x,
+                           softmax_backward, &n);
+  if (n) {
+    n->iparams[0] = log;
+    if (!save(ctx, n, 0, y)) {
+      lunet_tensor_release(y);
+      return NULL;
+    }
+  }
+  return y;
+}

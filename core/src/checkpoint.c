@@ -1,0 +1,216 @@
+/* safetensors read and write, with cJSON for the header. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "lunet/checkpoint.h"
+
+static const char *st_dtype(lunet_dtype dt) {
+  return dt == LUNET_F32 ? "F32" : dt == LUNET_U8 ? "U8" : "I32";
+}
+
+static cJSON *header_json(int n, const char *const *names, lunet_tensor *const *ts, int nmeta,
+                          const char *const *keys, const char *const *values) {
+  cJSON *root = cJSON_CreateObject();
+  if (!root) return NULL;
+  if (nmeta) {
+    cJSON *m = cJSON_AddObjectToObject(root, "__metadata__");
+    for (int i = 0; m && i < nmeta; i++) cJSON_AddStringToObject(m, keys[i], values[i]);
+  }
+  size_t off = 0;
+  for (int i = 0; i < n; i++) {
+    cJSON *e = cJSON_AddObjectToObject(root, names[i]);
+    if (!e) break;
+    cJSON_AddStringToObject(e, "dtype", st_dtype(ts[i]->dtype));
+    cJSON *shape = cJSON_AddArrayToObject(e, "shape");
+    for (int d = 0; d < ts[i]->ndim; d++)
+      cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)ts[i]->shape[d]));
+    size_t nb = (size_t)ts[i]->numel * lunet_dtype_size(ts[i]->dtype);
+    cJSON *offs = cJSON_AddArrayToObject(e, "data_offsets");
+    cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off));
+    cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(off + nb)));
+    off += nb;
+  }
+  return root;
+}
+
+lunet_status lunet_safetensors_save(lunet_ctx *ctx, const char *path, int n,
+                                    const char *const *names, lunet_tensor *const *ts, int nmeta,
+                                    const char *const *keys, const char *const *values) {
+  cJSON *root = header_json(n, names, ts, nmeta, keys, values);
+  char *json = root ? cJSON_PrintUnformatted(root) : NULL;
+  cJSON_Delete(root);
+  if (!json) return lunet_error(ctx, LUNET_ERR_NOMEM, "%s: out of memory writing the header", path);
+  /* The header is padded with spaces to 8 bytes, as the format recommends. */
+  size_t hlen = strlen(json), padded = (hlen + 7) / 8 * 8;
+  char tmp[4096];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *f = fopen(tmp, "wb");
+  lunet_status s = LUNET_OK;
+  if (!f) {
+    free(json);
+    return lunet_error(ctx, LUNET_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
+  }
+  unsigned char len8[8];
+  for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)padded >> (8 * i));
+  bool ok = fwrite(len8, 1, 8, f) == 8 && fwrite(json, 1, hlen, f) == hlen;
+  for (size_t i = hlen; ok && i < padded; i++) ok = fputc(' ', f) != EOF;
+  free(json);
+  for (int i = 0; ok && i < n; i++) {
+    size_t nb = (size_t)ts[i]->numel * lunet_dtype_size(ts[i]->dtype);
+    void *buf = malloc(nb ? nb : 1);
+    if (!buf) { s = lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory"); ok = false; break; }
+    if ((s = lunet_tensor_read(ctx, ts[i], buf, nb))) ok = false;
+    else ok = fwrite(buf, 1, nb, f) == nb;
+    free(buf);
+  }
+  if (fclose(f) != 0) ok = false;
+  if (!ok) {
+    remove(tmp);
+    return s ? s : lunet_error(ctx, LUNET_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+  }
+  if (rename(tmp, path) != 0) {
+    remove(tmp);
+    return lunet_error(ctx, LUNET_ERR_IO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+  }
+  return LUNET_OK;
+}
+
+struct lunet_safetensors {
+  int n, nmeta;
+  char **names, **keys, **values;
+  lunet_tensor **tensors;
+};
+
+void lunet_safetensors_free(lunet_safetensors *st) {
+  if (!st) return;
+  for (int i = 0; i < st->n; i++) {
+    free(st->names[i]);
+    lunet_tensor_release(st->tensors[i]);
+  }
+  for (int i = 0; i < st->nmeta; i++) {
+    free(st->keys[i]);
+    free(st->values[i]);
+  }
+  free(st->names);
+  free(st->tensors);
+  free(st->keys);
+  free(st->values);
+  free(st);
+}
+
+static lunet_status bad(lunet_ctx *ctx, const char *path, const char *why) {
+  return lunet_error(ctx, LUNET_ERR_FORMAT, "%s is not a valid safetensors file: %s", path, why);
+}
+
+static lunet_status read_entry(lunet_ctx *ctx, const char *path, cJSON *e, const unsigned char *data,
+                               size_t dlen, lunet_tensor **out) {
+  cJSON *dt = cJSON_GetObjectItem(e, "dtype"), *shape = cJSON_GetObjectItem(e, "shape");
+  cJSON *offs = cJSON_GetObjectItem(e, "data_offsets");
+  if (!cJSON_IsString(dt) || !cJSON_IsArray(shape) || cJSON_GetArraySize(offs) != 2)
+    return bad(ctx, path, "an entry lacks dtype, shape or data_offsets");
+  lunet_dtype t = !strcmp(dt->valuestring, "F32") ? LUNET_F32
+                  : !strcmp(dt->valuestring, "U8") ? LUNET_U8
+                  : !strcmp(dt->valuestring, "I32") ? LUNET_I32 : (lunet_dtype)-1;
+  if ((int)t < 0)
+    return lunet_error(ctx, LUNET_ERR_FORMAT, "%s: tensor '%s' has dtype %s; lunet reads F32, U8 "
+                       "and I32", path, e->string, dt->valuestring);
+  int nd = cJSON_GetArraySize(shape);
+  if (nd > LUNET_MAX_DIMS) return bad(ctx, path, "too many dimensions");
+  int64_t sh[LUNET_MAX_DIMS], numel = 1;
+  for (int d = 0; d < nd; d++) {
+    double v = cJSON_GetArrayItem(shape, d)->valuedouble;
+    if (v < 0 || v > 1e12) return bad(ctx, path, "a dimension is out of range");
+    sh[d] = (int64_t)v;
+    numel *= sh[d];
+  }
+  double a = cJSON_GetArrayItem(offs, 0)->valuedouble, b = cJSON_GetArrayItem(offs, 1)->valuedouble;
+  size_t nb = (size_t)numel * lunet_dtype_size(t);
+  if (a < 0 || b < a || (size_t)b > dlen || (size_t)(b - a) != nb)
+    return lunet_error(ctx, LUNET_ERR_FORMAT, "%s: tensor '%s' lies outside the file (offsets "
+                       "%.0f..%.0f of %zu data bytes): the file is truncated or corrupt", path,
+                       e->string, a, b, dlen);
+  *out = lunet_tensor_from_data(ctx, t, nd, sh, data + (size_t)a);
+  return *out ? LUNET_OK : ctx->status;
+}
+
+static unsigned char *slurp(lunet_ctx *ctx, const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    lunet_error(ctx, LUNET_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    return NULL;
+  }
+  fseek(f, 0, SEEK_END);
+  long size = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  unsigned char *buf = size >= 0 ? malloc((size_t)size + 1) : NULL;
+  if (!buf || fread(buf, 1, (size_t)size, f) != (size_t)size) {
+    lunet_error(ctx, LUNET_ERR_IO, "cannot read %s", path);
+    free(buf);
+    buf = NULL;
+  }
+  fclose(f);
+  *len = (size_t)size;
+  return buf;
+}
+
+static lunet_status parse(lunet_ctx *ctx, const char *path, const unsigned char *buf, size_t len,
+                          lunet_safetensors *st) {
+  if (len < 8) return bad(ctx, path, "shorter than its 8-byte header length");
+  uint64_t hlen = 0;
+  for (int i = 0; i < 8; i++) hlen |= (uint64_t)buf[i] << (8 * i);
+  if (hlen > len - 8) return bad(ctx, path, "the header runs past the end (truncated?)");
+  cJSON *root = cJSON_ParseWithLength((const char *)buf + 8, (size_t)hlen);
+  if (!cJSON_IsObject(root)) {
+    cJSON_Delete(root);
+    return bad(ctx, path, "the header is not a JSON object");
+  }
+  int count = cJSON_GetArraySize(root);
+  st->names = calloc((size_t)count + 1, sizeof *st->names);
+  st->tensors = calloc((size_t)count + 1, sizeof *st->tensors);
+  st->keys = calloc((size_t)count + 64, sizeof *st->keys);
+  st->values = calloc((size_t)count + 64, sizeof *st->values);
+  lunet_status s = st->names && st->tensors && st->keys && st->values
+                       ? LUNET_OK : lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
+  cJSON *e;
+  cJSON_ArrayForEach(e, root) {
+    if (s) break;
+    if (!strcmp(e->string, "__metadata__")) {
+      cJSON *m;
+      cJSON_ArrayForEach(m, e) {
+        if (!cJSON_IsString(m) || st->nmeta >= count + 63) continue;
+        st->keys[st->nmeta] = strdup(m->string);
+        st->values[st->nmeta++] = strdup(m->valuestring);
+      }
+      continue;
+    }
+    s = read_entry(ctx, path, e, buf + 8 + hlen, len - 8 - hlen, &st->tensors[st->n]);
+    if (!s) st->names[st->n++] = strdup(e->string);
+  }
+  cJSON_Delete(root);
+  return s;
+}
+
+lunet_safetensors *lunet_safetensors_load(lunet_ctx *ctx, const char *path) {
+  size_t len;
+  unsigned char *buf = slurp(ctx, path, &len);
+  if (!buf) return NULL;
+  lunet_safetensors *st = calloc(1, sizeof *st);
+  lunet_status s = st ? parse(ctx, path, buf, len, st) : lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
+  free(buf);
+  if (s) {
+    lunet_safetensors_free(st);
+    return NULL;
+  }
+  return st;
+}
+
+int lunet_safetensors_count(const lunet_safetensors *st) { return st->n; }
+const char *lunet_safetensors_name(const lunet_safetensors *st, int i) { return st->names[i]; }
+lunet_tensor *lunet_safetensors_tensor(const lunet_safetensors *st, int i) { return st->tensors[i]; }
+int lunet_safetensors_meta_count(const lunet_safetensors *st) { return st->nmeta; }
+const char *lunet_safetensors_meta_key(const lunet_safetensors *st, int i) { return st->keys[i]; }
+const char *lunet_safetensors_meta_value(const lunet_safetensors *st, int i) { return st->values[i]; }

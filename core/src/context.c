@@ -1,0 +1,75 @@
+/* The per-context state: error message, RNG stream, grad mode, default backend. */
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+lunet_ctx *lunet_ctx_new(void) {
+  lunet_ctx *ctx = calloc(1, sizeof *ctx);
+  if (!ctx) return NULL;
+  ctx->grad_enabled = true;
+  ctx->seed = 0x5eed;
+  ctx->backend = -1;
+  return ctx;
+}
+
+void lunet_ctx_free(lunet_ctx *ctx) { free(ctx); }
+
+const char *lunet_ctx_error(const lunet_ctx *ctx) {
+  return ctx->status == LUNET_OK ? "no error" : ctx->msg;
+}
+
+lunet_status lunet_ctx_status(const lunet_ctx *ctx) { return ctx->status; }
+
+lunet_status lunet_error(lunet_ctx *ctx, lunet_status status, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(ctx->msg, sizeof ctx->msg, fmt, ap);
+  va_end(ap);
+  ctx->status = status;
+  return status;
+}
+
+void lunet_clear_error(lunet_ctx *ctx) {
+  ctx->status = LUNET_OK;
+  ctx->msg[0] = '\0';
+}
+
+const char *lunet_status_name(lunet_status s) {
+  static const char *const names[] = {
+      "ok",       "bad argument",   "shape mismatch", "out of memory", "I/O error",
+      "bad format", "checksum mismatch", "download failed", "not found",
+      "ABI mismatch", "unsupported", "interrupted", "device error"};
+  return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "unknown error";
+}
+
+void lunet_seed(lunet_ctx *ctx, uint64_t seed) {
+  ctx->seed = seed;
+  ctx->rng_counter = 0;
+}
+
+uint64_t lunet_seed_get(const lunet_ctx *ctx) { return ctx->seed; }
+
+uint64_t lunet_rng_take(lunet_ctx *ctx, uint64_t n) {
+  uint64_t first = ctx->rng_counter;
+  ctx->rng_counter += n;
+  return first;
+}
+
+/* The one flag a signal handler may touch. */
+static volatile sig_atomic_t interrupt_flag;
+
+void lunet_interrupt(void) { interrupt_flag = 1; }
+bool lunet_interrupted(void) { return interrupt_flag != 0; }
+void lunet_interrupt_clear(void) { interrupt_flag = 0; }
+
+bool lunet_grad_enabled(lunet_ctx *ctx) { return ctx->grad_enabled; }
+
+bool lunet_set_grad_enabled(lunet_ctx *ctx, bool on) {
+  bool prev = ctx->grad_enabled;
+  ctx->grad_enabled = on;
+  return prev;
+}

@@ -1,0 +1,101 @@
+/* liblunet's private structures, shared by core/src files only. */
+#ifndef LUNET_INTERNAL_H
+#define LUNET_INTERNAL_H
+
+#include <pthread.h>
+#include "lunet/backend.h"
+#include "lunet/plugin.h"
+
+#define LUNET_HIDDEN __attribute__((visibility("hidden")))
+
+struct lunet_ctx {
+  lunet_status status;
+  char msg[1024];
+  uint64_t seed, rng_counter;
+  bool grad_enabled;
+  int backend; /* registry index of the default backend; -1 until chosen */
+  uint64_t fallbacks;
+};
+
+/* A loaded backend (the registry owns it for the life of the process). */
+typedef struct lunet_be {
+  const lunet_backend_desc *desc;
+  const lunet_backend_i *i;
+  lunet_backend *state; /* NULL when unavailable */
+  char name[32];
+  char path[512];
+  char why[256];        /* why it is unavailable */
+  int score;
+} lunet_be;
+
+/* Device memory with a reference count; tensors and their aliases share it. */
+typedef struct lunet_buffer {
+  int refcount;
+  lunet_be *be;
+  lunet_buf handle;
+  size_t nbytes;
+} lunet_buffer;
+
+typedef struct lunet_node lunet_node;
+
+struct lunet_tensor {
+  int refcount;
+  lunet_dtype dtype;
+  int ndim;
+  int64_t shape[LUNET_MAX_DIMS];
+  int64_t numel;
+  lunet_buffer *buf;
+  bool requires_grad;
+  lunet_tensor *grad;    /* accumulated gradient (leaves) */
+  lunet_node *grad_fn;   /* the op that made it, when recorded */
+  lunet_tensor *acc;     /* gradient being accumulated during one backward */
+};
+
+/* One recorded op: backward() receives dy and writes one gradient per input
+ * (NULL where none is needed), each a new reference. */
+#define LUNET_NODE_MAX_INPUTS 16
+struct lunet_node {
+  int refcount;
+  uint64_t mark; /* visit generation of the last backward */
+  const char *name;
+  int ninputs;
+  lunet_tensor *inputs[LUNET_NODE_MAX_INPUTS];
+  lunet_tensor *saved[4];       /* tensors backward needs (aliases, no grad_fn) */
+  float fparams[4];
+  int64_t iparams[LUNET_MAX_DIMS * 3];
+  void *data;                   /* op-specific (a layer for layer nodes) */
+  lunet_status (*backward)(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
+                           lunet_tensor **dx);
+  void (*release)(lunet_node *n);
+};
+
+/* registry.c */
+LUNET_HIDDEN lunet_be *lunet_registry_backend(lunet_ctx *ctx, const char *name);
+LUNET_HIDDEN lunet_be *lunet_registry_default(lunet_ctx *ctx);
+LUNET_HIDDEN const lunet_layer_type *lunet_registry_layer_type(const char *name,
+                                                               const char **plugin);
+
+/* tensor.c */
+LUNET_HIDDEN lunet_tensor *lunet_tensor_on(lunet_ctx *ctx, lunet_be *be, lunet_dtype dt,
+                                           int ndim, const int64_t *shape);
+LUNET_HIDDEN lunet_tensor *lunet_tensor_alias(lunet_ctx *ctx, lunet_tensor *t, int ndim,
+                                              const int64_t *shape);
+LUNET_HIDDEN int64_t lunet_shape_numel(int ndim, const int64_t *shape);
+LUNET_HIDDEN bool lunet_shape_equal(const lunet_tensor *a, const lunet_tensor *b);
+/* Host address of a CPU tensor's data, NULL on other backends. */
+LUNET_HIDDEN void *lunet_tensor_host(const lunet_tensor *t);
+
+/* ops.c: backend status -> context error */
+LUNET_HIDDEN lunet_status lunet_be_check(lunet_ctx *ctx, lunet_be *be, int rc,
+                                         const char *op);
+
+/* autograd.c */
+LUNET_HIDDEN lunet_tensor *lunet_scalar_like(lunet_ctx *ctx, const lunet_tensor *like,
+                                             float v);
+LUNET_HIDDEN lunet_node *lunet_node_new(lunet_ctx *ctx, const char *name, int ninputs,
+                                        lunet_tensor *const *inputs);
+LUNET_HIDDEN bool lunet_needs_grad(lunet_ctx *ctx, int n, lunet_tensor *const *ts);
+LUNET_HIDDEN void lunet_node_attach(lunet_tensor *out, lunet_node *n);
+LUNET_HIDDEN void lunet_node_release(lunet_node *n);
+
+#endif

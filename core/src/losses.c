@@ -1,0 +1,194 @@
+/* Losses as tape ops; Keras's definitions and its probability clipping. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define EPS 1e-7f
+
+static lunet_status xent_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
+                                  lunet_tensor **dx) {
+  lunet_tensor *g = lunet_op_binary(ctx, LUNET_BINARY_MUL, n->saved[0], dy);
+  dx[0] = g ? lunet_op_unary(ctx, LUNET_UNARY_AFFINE, g, n->fparams[0], 0) : NULL;
+  lunet_tensor_release(g);
+  return dx[0] ? LUNET_OK : ctx->status;
+}
+
+/* Fused softmax + sparse cross-entropy on logits: mean over rows. */
+static lunet_tensor *sparse_xent_logits(lunet_ctx *ctx, lunet_tensor *logits,
+                                        lunet_tensor *labels) {
+  bool grad = lunet_needs_grad(ctx, 1, &logits);
+  lunet_tensor *dlogits = NULL;
+  lunet_tensor *rows = lunet_op_softmax_xent(ctx, logits, labels, grad ? &dlogits : NULL);
+  lunet_tensor *loss = rows ? lunet_op_reduce(ctx, LUNET_REDUCE_MEAN, rows, LUNET_ALL_AXES, false)
+                            : NULL;
+  int64_t nrows = rows ? rows->numel : 1;
+  lunet_tensor_release(rows);
+  if (loss && grad) {
+    lunet_node *n = lunet_node_new(ctx, "sparse_categorical_crossentropy", 1, &logits);
+    if (!n) {
+      lunet_tensor_release(loss);
+      loss = NULL;
+    } else {
+      n->backward = xent_backward;
+      n->saved[0] = dlogits;
+      dlogits = NULL;
+      n->fparams[0] = 1.0f / (float)(nrows ? nrows : 1);
+      lunet_node_attach(loss, n);
+    }
+  }
+  lunet_tensor_release(dlogits);
+  return loss;
+}
+
+/* A constant tensor on t's backend from host floats. */
+static lunet_tensor *constant(lunet_ctx *ctx, const lunet_tensor *like, int ndim,
+                              const int64_t *shape, const float *data) {
+  lunet_tensor *t = lunet_op_new(ctx, like, LUNET_F32, ndim, shape);
+  if (t && lunet_tensor_write(ctx, t, data, sizeof(float) * (size_t)t->numel)) {
+    lunet_tensor_release(t);
+    return NULL;
+  }
+  return t;
+}
+
+/* One-hot rows (R, K) from class ids, checking their range. */
+static lunet_tensor *one_hot(lunet_ctx *ctx, const lunet_tensor *pred, lunet_tensor *labels) {
+  int64_t k = pred->shape[pred->ndim - 1], r = pred->numel / (k ? k : 1);
+  float *ids = malloc(sizeof(float) * (size_t)(r ? r : 1));
+  float *oh = calloc((size_t)(r * k > 0 ? r * k : 1), sizeof(float));
+  lunet_tensor *t = NULL;
+  if (!ids || !oh) {
+    lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory for one-hot labels");
+  } else if (lunet_tensor_read(ctx, labels, ids, sizeof(float) * (size_t)r) == LUNET_OK) {
+    int64_t bad = -1;
+    for (int64_t i = 0; i < r && bad < 0; i++) {
+      int64_t c = (int64_t)ids[i];
+      if ((float)c != ids[i] || c < 0 || c >= k) bad = i;
+      else oh[i * k + c] = 1.0f;
+    }
+    if (bad >= 0)
+      lunet_error(ctx, LUNET_ERR_ARG, "label %g at row %lld is outside [0, %lld)", ids[bad],
+                  (long long)bad, (long long)k);
+    else
+      t = constant(ctx, pred, pred->ndim, pred->shape, oh);
+  }
+  free(ids);
+  free(oh);
+  return t;
+}
+
+/* -mean(sum(onehot * log(clip(p)), -1)) and friends: differentiable ops. */
+static lunet_tensor *neg_mean_sum(lunet_ctx *ctx, lunet_tensor *target, lunet_tensor *logp) {
+  lunet_tensor *prod = lunet_mul(ctx, target, logp);
+  lunet_tensor *s = prod ? lunet_reduce(ctx, LUNET_REDUCE_SUM, prod, -1, false) : NULL;
+  lunet_tensor *m = s ? lunet_reduce(ctx, LUNET_REDUCE_MEAN, s, LUNET_ALL_AXES, false) : NULL;
+  lunet_tensor *loss = m ? lunet_unary(ctx, LUNET_UNARY_NEG, m, 0, 0) : NULL;
+  lunet_tensor_release(prod);
+  lunet_tensor_release(s);
+  lunet_tensor_release(m);
+  return loss;
+}
+
+static lunet_tensor *log_clipped(lunet_ctx *ctx, lunet_tensor *p) {
+  lunet_tensor *c = lunet_unary(ctx, LUNET_UNARY_CLIP, p, EPS, 1.0f - EPS);
+  lunet_tensor *l = c ? lunet_unary(ctx, LUNET_UNARY_LOG, c, 0, 0) : NULL;
+  lunet_tensor_release(c);
+  return l;
+}
+
+static lunet_tensor *categorical(lunet_ctx *ctx, lunet_tensor *pred, lunet_tensor *target,
+                                 bool from_logits) {
+  lunet_tensor *logp;
+  if (from_logits) {
+    logp = lunet_softmax(ctx, pred, true);
+  } else { /* Keras rescales the probabilities to sum to one first */
+    lunet_tensor *s = lunet_reduce(ctx, LUNET_REDUCE_SUM, pred, -1, true);
+    lunet_tensor *p = s ? lunet_div(ctx, pred, s) : NULL;
+    logp = p ? log_clipped(ctx, p) : NULL;
+    lunet_tensor_release(s);
+    lunet_tensor_release(p);
+  }
+  lunet_tensor *loss = logp ? neg_mean_sum(ctx, target, logp) : NULL;
+  lunet_tensor_release(logp);
+  return loss;
+}
+
+static lunet_tensor *mse(lunet_ctx *ctx, lunet_tensor *pred, lunet_tensor *truth) {
+  lunet_tensor *d = lunet_sub(ctx, pred, truth);
+  lunet_tensor *sq = d ? lunet_unary(ctx, LUNET_UNARY_SQUARE, d, 0, 0) : NULL;
+  lunet_tensor *loss = sq ? lunet_reduce(ctx, LUNET_REDUCE_MEAN, sq, LUNET_ALL_AXES, false) : NULL;
+  lunet_tensor_release(d);
+  lunet_tensor_release(sq);
+  return loss;
+}
+
+/* Keras: logits: max(x,0) - x*z + log(1 + exp(-|x|)); else clipped logs. */
+static lunet_tensor *binary_xent(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *z,
+                                 bool from_logits) {
+  lunet_tensor *t[8] = {0}, *loss = NULL;
+  if (from_logits) {
+    if ((t[0] = lunet_unary(ctx, LUNET_UNARY_RELU, x, 0, 0)) &&
+        (t[1] = lunet_mul(ctx, x, z)) && (t[2] = lunet_sub(ctx, t[0], t[1])) &&
+        (t[3] = lunet_unary(ctx, LUNET_UNARY_ABS, x, 0, 0)) &&
+        (t[4] = lunet_unary(ctx, LUNET_UNARY_AFFINE, t[3], -1, 0)) &&
+        (t[5] = lunet_unary(ctx, LUNET_UNARY_EXP, t[4], 0, 0)) &&
+        (t[6] = lunet_unary(ctx, LUNET_UNARY_AFFINE, t[5], 1, 1)) &&
+        (t[7] = lunet_unary(ctx, LUNET_UNARY_LOG, t[6], 0, 0))) {
+      lunet_tensor *sum = lunet_add(ctx, t[2], t[7]);
+      loss = sum ? lunet_reduce(ctx, LUNET_REDUCE_MEAN, sum, LUNET_ALL_AXES, false) : NULL;
+      lunet_tensor_release(sum);
+    }
+  } else {
+    /* -(z log p + (1 - z) log(1 - p)) */
+    if ((t[0] = log_clipped(ctx, x)) && (t[1] = lunet_unary(ctx, LUNET_UNARY_AFFINE, x, -1, 1)) &&
+        (t[2] = log_clipped(ctx, t[1])) && (t[3] = lunet_mul(ctx, z, t[0])) &&
+        (t[4] = lunet_unary(ctx, LUNET_UNARY_AFFINE, z, -1, 1)) &&
+        (t[5] = lunet_mul(ctx, t[4], t[2])) && (t[6] = lunet_add(ctx, t[3], t[5])) &&
+        (t[7] = lunet_reduce(ctx, LUNET_REDUCE_MEAN, t[6], LUNET_ALL_AXES, false)))
+      loss = lunet_unary(ctx, LUNET_UNARY_NEG, t[7], 0, 0);
+  }
+  for (int i = 0; i < 8; i++) lunet_tensor_release(t[i]);
+  return loss;
+}
+
+static bool same_count(lunet_ctx *ctx, const char *name, const lunet_tensor *pred,
+                       const lunet_tensor *truth, int64_t want) {
+  if (truth->numel == want) return true;
+  char a[128], b[128];
+  lunet_error(ctx, LUNET_ERR_SHAPE, "%s: y_pred has shape %s but y_true has shape %s", name,
+              lunet_shape_str(pred->ndim, pred->shape, a, sizeof a),
+              lunet_shape_str(truth->ndim, truth->shape, b, sizeof b));
+  return false;
+}
+
+lunet_tensor *lunet_loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pred,
+                         lunet_tensor *truth, bool from_logits) {
+  if (pred->ndim < 1) {
+    lunet_error(ctx, LUNET_ERR_SHAPE, "loss: y_pred must have a batch axis");
+    return NULL;
+  }
+  int64_t k = pred->shape[pred->ndim - 1];
+  switch (kind) {
+  case LUNET_LOSS_MSE:
+    return same_count(ctx, "mean_squared_error", pred, truth, pred->numel) ? mse(ctx, pred, truth)
+                                                                           : NULL;
+  case LUNET_LOSS_BINARY_CE:
+    return same_count(ctx, "binary_crossentropy", pred, truth, pred->numel)
+               ? binary_xent(ctx, pred, truth, from_logits) : NULL;
+  case LUNET_LOSS_CATEGORICAL_CE:
+    return same_count(ctx, "categorical_crossentropy", pred, truth, pred->numel)
+               ? categorical(ctx, pred, truth, from_logits) : NULL;
+  case LUNET_LOSS_SPARSE_CATEGORICAL_CE: {
+    if (!same_count(ctx, "sparse_categorical_crossentropy", pred, truth, pred->numel / (k ? k : 1)))
+      return NULL;
+    if (from_logits) return sparse_xent_logits(ctx, pred, truth);
+    lunet_tensor *oh = one_hot(ctx, pred, truth);
+    lunet_tensor *loss = oh ? categorical(ctx, pred, oh, false) : NULL;
+    lunet_tensor_release(oh);
+    return loss;
+  }
+  }
+  lunet_error(ctx, LUNET_ERR_ARG, "unknown loss kind %d", (int)kind);
+  return NULL;
+}

@@ -1,0 +1,333 @@
+/*
+ * The registry: the one process-wide object.  It loads backends and layer
+ * plugins (dlopen), checks their ABI before any other call, and keeps them
+ * for the life of the process.  Every access holds `lock`.
+ */
+#define _GNU_SOURCE
+#include <cpuid.h>
+#include <dirent.h>
+#include <dlfcn.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define MAX_BACKENDS 8
+#define MAX_PLUGINS 32
+#define MAX_TYPES 256
+
+typedef struct plugin_entry {
+  const lunet_plugin_desc *desc;
+  char path[512];
+} plugin_entry;
+
+static struct {
+  pthread_mutex_t lock;
+  bool backends_scanned, plugins_scanned;
+  lunet_be backends[MAX_BACKENDS];
+  int nbackends;
+  plugin_entry plugins[MAX_PLUGINS];
+  int nplugins;
+  const lunet_layer_type *types[MAX_TYPES];
+  int type_plugin[MAX_TYPES];
+  int ntypes;
+  char searched[2048]; /* the folders looked in, for "nothing found" errors */
+} reg = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* The folder of liblunet.so itself: backends and plugins sit under it. */
+static void libdir(char *out, size_t n) {
+  Dl_info info;
+  out[0] = '\0';
+  if (dladdr((void *)libdir, &info) && info.dli_fname) {
+    char tmp[512];
+    snprintf(tmp, sizeof tmp, "%s", info.dli_fname);
+    snprintf(out, n, "%s", dirname(tmp));
+  }
+}
+
+/* Debian's OpenBLAS 0.3.21 does not know recent CPUs and falls back to slow
+ * generic kernels.  Before the CPU backend (and with it libopenblas) loads,
+ * pick the best kernel family this CPU and OS can run, unless the user set
+ * OPENBLAS_CORETYPE: we never override it. */
+static void choose_openblas_kernel(void) {
+  if (getenv("OPENBLAS_CORETYPE")) return;
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return;
+  bool osxsave = c & bit_OSXSAVE, fma = c & bit_FMA, avx = c & bit_AVX;
+  if (!osxsave || !avx) return;
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  bool ymm = (lo & 0x6) == 0x6, zmm = (lo & 0xe6) == 0xe6;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return;
+  bool avx2 = b & bit_AVX2;
+  bool avx512 = (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512DQ) &&
+                (b & bit_AVX512VL);
+  if (avx512 && zmm && fma)
+    setenv("OPENBLAS_CORETYPE", "SkylakeX", 0);
+  else if (avx2 && fma && ymm)
+    setenv("OPENBLAS_CORETYPE", "Haswell", 0);
+  else
+    return;
+  setenv("LUNET_OPENBLAS_CORETYPE_CHOSEN", "1", 1);
+}
+
+static void add_searched(const char *dir) {
+  size_t len = strlen(reg.searched);
+  snprintf(reg.searched + len, sizeof reg.searched - len, "%s%s", len ? ", " : "", dir);
+}
+
+/* Calls fn(path) for every *.so in the folders of the colon-separated `env`
+ * variable, then in <libdir>/<sub>. */
+static void scan(const char *env, const char *sub, void (*fn)(const char *)) {
+  char dirs[4096] = "", own[512];
+  const char *e = getenv(env);
+  libdir(own, sizeof own);
+  snprintf(dirs, sizeof dirs, "%s%s%s/%s", e ? e : "", e ? ":" : "", own, sub);
+  for (char *save = NULL, *dir = strtok_r(dirs, ":", &save); dir;
+       dir = strtok_r(NULL, ":", &save)) {
+    add_searched(dir);
+    DIR *dh = opendir(dir);
+    if (!dh) continue;
+    struct dirent *de;
+    while ((de = readdir(dh))) {
+      size_t len = strlen(de->d_name);
+      if (len < 4 || strcmp(de->d_name + len - 3, ".so") != 0) continue;
+      char path[1024];
+      snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+      fn(path);
+    }
+    closedir(dh);
+  }
+}
+
+static void load_backend(const char *path) {
+  if (reg.nbackends == MAX_BACKENDS) return;
+  void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!h) {
+    fprintf(stderr, "lunet: skipping backend %s: %s\n", path, dlerror());
+    return;
+  }
+  lunet_backend_entry_fn entry = (lunet_backend_entry_fn)dlsym(h, LUNET_BACKEND_ENTRY_NAME);
+  const lunet_backend_desc *d = entry ? entry() : NULL;
+  if (!d) {
+    fprintf(stderr, "lunet: skipping %s: no %s symbol (not a lunet backend)\n", path,
+            LUNET_BACKEND_ENTRY_NAME);
+    dlclose(h);
+    return;
+  }
+  if (d->abi_major != LUNET_BACKEND_ABI_MAJOR || d->struct_size < sizeof *d ||
+      d->iface_size < sizeof(lunet_backend_i)) {
+    fprintf(stderr,
+            "lunet: skipping backend %s: built for backend ABI %u.%u (descriptor %u "
+            "bytes), this lunet has ABI %d.%d (%zu bytes); rebuild it against this "
+            "lunet's headers\n",
+            path, d->abi_major, d->abi_minor, d->struct_size, LUNET_BACKEND_ABI_MAJOR,
+            LUNET_BACKEND_ABI_MINOR, sizeof *d);
+    dlclose(h);
+    return;
+  }
+  for (int i = 0; i < reg.nbackends; i++)
+    if (strcmp(reg.backends[i].name, d->name) == 0) return; /* first found wins */
+  lunet_be *be = &reg.backends[reg.nbackends++];
+  memset(be, 0, sizeof *be);
+  be->desc = d;
+  be->i = d->iface;
+  snprintf(be->name, sizeof be->name, "%s", d->name);
+  snprintf(be->path, sizeof be->path, "%s", path);
+  be->score = d->probe(be->why, sizeof be->why);
+  if (be->score > 0) {
+    be->state = d->init(0, be->why, sizeof be->why);
+    if (!be->state) be->score = 0;
+  }
+}
+
+static void scan_backends(void) {
+  if (reg.backends_scanned) return;
+  reg.backends_scanned = true;
+  choose_openblas_kernel();
+  scan("LUNET_BACKEND_PATH", "lunet/backends", load_backend);
+}
+
+lunet_be *lunet_registry_backend(lunet_ctx *ctx, const char *name) {
+  pthread_mutex_lock(&reg.lock);
+  scan_backends();
+  lunet_be *found = NULL;
+  for (int i = 0; i < reg.nbackends; i++)
+    if (strcmp(reg.backends[i].name, name) == 0) found = &reg.backends[i];
+  pthread_mutex_unlock(&reg.lock);
+  if (!found) {
+    char names[256] = "";
+    for (int i = 0; i < reg.nbackends; i++)
+      snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "",
+               reg.backends[i].name);
+    lunet_error(ctx, LUNET_ERR_NOTFOUND,
+                "no backend named '%s' (available: %s; searched %s; set "
+                "LUNET_BACKEND_PATH to add folders)",
+                name, reg.nbackends ? names : "none", reg.searched);
+    return NULL;
+  }
+  if (!found->state) {
+    lunet_error(ctx, LUNET_ERR_DEVICE, "backend '%s' is unavailable: %s", name, found->why);
+    return NULL;
+  }
+  return found;
+}
+
+lunet_be *lunet_registry_default(lunet_ctx *ctx) {
+  if (ctx->backend >= 0) return &reg.backends[ctx->backend];
+  /* The CPU is always there; LUNET_BACKEND or lunet.use() picks another. */
+  const char *name = getenv("LUNET_BACKEND");
+  lunet_be *be = lunet_registry_backend(ctx, name && *name ? name : "cpu");
+  if (be) ctx->backend = (int)(be - reg.backends);
+  return be;
+}
+
+lunet_status lunet_use(lunet_ctx *ctx, const char *name) {
+  lunet_be *be = lunet_registry_backend(ctx, name);
+  if (!be) return ctx->status;
+  ctx->backend = (int)(be - reg.backends);
+  return LUNET_OK;
+}
+
+const char *lunet_default_backend(lunet_ctx *ctx) {
+  lunet_be *be = lunet_registry_default(ctx);
+  return be ? be->name : "none";
+}
+
+int lunet_backends(lunet_ctx *ctx, lunet_backend_info *out, int max) {
+  lunet_be *def = lunet_registry_default(ctx);
+  pthread_mutex_lock(&reg.lock);
+  scan_backends();
+  for (int i = 0; i < reg.nbackends && i < max; i++) {
+    lunet_be *be = &reg.backends[i];
+    memset(&out[i], 0, sizeof out[i]);
+    snprintf(out[i].name, sizeof out[i].name, "%s", be->name);
+    if (be->state) {
+      be->i->describe(be->state, &out[i]);
+      out[i].available = true;
+    } else {
+      snprintf(out[i].detail, sizeof out[i].detail, "%s", be->why);
+    }
+    out[i].is_default = be == def;
+  }
+  int n = reg.nbackends;
+  pthread_mutex_unlock(&reg.lock);
+  return n;
+}
+
+lunet_status lunet_set_threads(lunet_ctx *ctx, int n) {
+  if (n < 1) return lunet_error(ctx, LUNET_ERR_ARG, "threads must be at least 1, got %d", n);
+  pthread_mutex_lock(&reg.lock);
+  scan_backends();
+  for (int i = 0; i < reg.nbackends; i++)
+    if (reg.backends[i].state) reg.backends[i].i->set_threads(reg.backends[i].state, n);
+  pthread_mutex_unlock(&reg.lock);
+  return LUNET_OK;
+}
+
+int lunet_get_threads(lunet_ctx *ctx) {
+  lunet_be *be = lunet_registry_default(ctx);
+  if (!be) return 0;
+  lunet_backend_info info;
+  memset(&info, 0, sizeof info);
+  be->i->describe(be->state, &info);
+  return info.threads;
+}
+
+uint64_t lunet_fallback_count(lunet_ctx *ctx) { return ctx->fallbacks; }
+
+/* ---- layer plugins ---- */
+
+static lunet_status add_plugin(lunet_ctx *ctx, const char *path) {
+  for (int i = 0; i < reg.nplugins; i++)
+    if (strcmp(reg.plugins[i].path, path) == 0) return LUNET_OK;
+  if (reg.nplugins == MAX_PLUGINS)
+    return lunet_error(ctx, LUNET_ERR_ARG, "too many plugins (at most %d)", MAX_PLUGINS);
+  void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!h)
+    return lunet_error(ctx, LUNET_ERR_NOTFOUND, "cannot load plugin %s: %s", path,
+                       dlerror());
+  lunet_plugin_entry_fn entry = (lunet_plugin_entry_fn)dlsym(h, LUNET_PLUGIN_ENTRY_NAME);
+  const lunet_plugin_desc *d = entry ? entry() : NULL;
+  if (!d) {
+    dlclose(h);
+    return lunet_error(ctx, LUNET_ERR_ABI,
+                       "%s is not a lunet plugin: it exports no %s() (build it against "
+                       "lunet/plugin.h; see plugins/example)",
+                       path, LUNET_PLUGIN_ENTRY_NAME);
+  }
+  if (d->abi_major != LUNET_PLUGIN_ABI_MAJOR || d->abi_minor > LUNET_PLUGIN_ABI_MINOR ||
+      d->struct_size < sizeof *d) {
+    lunet_status s = lunet_error(
+        ctx, LUNET_ERR_ABI,
+        "plugin %s was built for plugin ABI %u.%u (descriptor %u bytes); this lunet "
+        "has plugin ABI %d.%d (%zu bytes): rebuild the plugin against this lunet's "
+        "headers (pkg-config lunet)",
+        path, d->abi_major, d->abi_minor, d->struct_size, LUNET_PLUGIN_ABI_MAJOR,
+        LUNET_PLUGIN_ABI_MINOR, sizeof *d);
+    dlclose(h);
+    return s;
+  }
+  int p = reg.nplugins++;
+  reg.plugins[p].desc = d;
+  snprintf(reg.plugins[p].path, sizeof reg.plugins[p].path, "%s", path);
+  for (int i = 0; i < d->ntypes && reg.ntypes < MAX_TYPES; i++) {
+    const lunet_layer_type *t = d->types[i];
+    if (t->struct_size < sizeof *t) continue;
+    int slot = reg.ntypes;
+    for (int j = 0; j < reg.ntypes; j++)
+      if (strcmp(reg.types[j]->name, t->name) == 0) slot = j; /* later plugin replaces */
+    if (slot == reg.ntypes) reg.ntypes++;
+    reg.types[slot] = t;
+    reg.type_plugin[slot] = p;
+  }
+  return LUNET_OK;
+}
+
+static lunet_ctx *scan_ctx;
+static void scan_plugin(const char *path) {
+  if (add_plugin(scan_ctx, path) != LUNET_OK) {
+    fprintf(stderr, "lunet: skipping plugin: %s\n", lunet_ctx_error(scan_ctx));
+    lunet_clear_error(scan_ctx);
+  }
+}
+
+static void scan_plugins(lunet_ctx *ctx) {
+  if (reg.plugins_scanned) return;
+  reg.plugins_scanned = true;
+  scan_ctx = ctx;
+  scan("LUNET_PLUGIN_PATH", "lunet/plugins", scan_plugin);
+}
+
+lunet_status lunet_load_plugin(lunet_ctx *ctx, const char *path) {
+  char real[4096];
+  if (!realpath(path, real))
+    return lunet_error(ctx, LUNET_ERR_NOTFOUND, "plugin %s: no such file", path);
+  pthread_mutex_lock(&reg.lock);
+  scan_plugins(ctx);
+  lunet_status s = add_plugin(ctx, real);
+  pthread_mutex_unlock(&reg.lock);
+  return s;
+}
+
+const lunet_layer_type *lunet_layer_type_at(lunet_ctx *ctx, int i, const char **plugin) {
+  pthread_mutex_lock(&reg.lock);
+  scan_plugins(ctx);
+  const lunet_layer_type *t = NULL;
+  if (i >= 0 && i < reg.ntypes) {
+    t = reg.types[i];
+    if (plugin) *plugin = reg.plugins[reg.type_plugin[i]].desc->name;
+  }
+  pthread_mutex_unlock(&reg.lock);
+  return t;
+}
+
+const lunet_layer_type *lunet_layer_type_find(lunet_ctx *ctx, const char *name) {
+  const lunet_layer_type *t;
+  for (int i = 0; (t = lunet_layer_type_at(ctx, i, NULL)); i++)
+    if (strcmp(t->name, name) == 0) return t;
+  lunet_error(ctx, LUNET_ERR_NOTFOUND, "no layer type named '%s'", name);
+  return NULL;
+}

@@ -1,0 +1,233 @@
+/* Tensors: a shape over a reference-counted backend buffer. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+size_t lunet_dtype_size(lunet_dtype dt) { return dt == LUNET_U8 ? 1 : 4; }
+
+const char *lunet_dtype_name(lunet_dtype dt) {
+  switch (dt) {
+  case LUNET_F32: return "float32";
+  case LUNET_U8: return "uint8";
+  case LUNET_I32: return "int32";
+  }
+  return "?";
+}
+
+int64_t lunet_shape_numel(int ndim, const int64_t *shape) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++) n *= shape[i];
+  return n;
+}
+
+bool lunet_shape_equal(const lunet_tensor *a, const lunet_tensor *b) {
+  if (a->ndim != b->ndim) return false;
+  for (int i = 0; i < a->ndim; i++)
+    if (a->shape[i] != b->shape[i]) return false;
+  return true;
+}
+
+char *lunet_shape_str(int ndim, const int64_t *shape, char *buf, size_t n) {
+  size_t len = (size_t)snprintf(buf, n, "(");
+  for (int i = 0; i < ndim && len < n; i++)
+    len += (size_t)snprintf(buf + len, n - len, "%s%lld", i ? ", " : "", (long long)shape[i]);
+  if (len < n) snprintf(buf + len, n - len, ndim == 1 ? ",)" : ")");
+  return buf;
+}
+
+static lunet_tensor *header(lunet_ctx *ctx, lunet_dtype dt, int ndim, const int64_t *shape) {
+  if (ndim < 0 || ndim > LUNET_MAX_DIMS) {
+    lunet_error(ctx, LUNET_ERR_SHAPE, "tensors have at most %d dimensions, got %d",
+                LUNET_MAX_DIMS, ndim);
+    return NULL;
+  }
+  for (int i = 0; i < ndim; i++)
+    if (shape[i] < 0) {
+      lunet_error(ctx, LUNET_ERR_SHAPE, "dimension %d is negative (%lld)", i + 1,
+                  (long long)shape[i]);
+      return NULL;
+    }
+  lunet_tensor *t = calloc(1, sizeof *t);
+  if (!t) {
+    lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory for a tensor header");
+    return NULL;
+  }
+  t->refcount = 1;
+  t->dtype = dt;
+  t->ndim = ndim;
+  memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
+  t->numel = lunet_shape_numel(ndim, shape);
+  return t;
+}
+
+lunet_tensor *lunet_tensor_on(lunet_ctx *ctx, lunet_be *be, lunet_dtype dt, int ndim,
+                              const int64_t *shape) {
+  lunet_tensor *t = header(ctx, dt, ndim, shape);
+  if (!t) return NULL;
+  size_t nbytes = (size_t)t->numel * lunet_dtype_size(dt);
+  t->buf = calloc(1, sizeof *t->buf);
+  if (t->buf) t->buf->handle = be->i->buffer_alloc(be->state, nbytes ? nbytes : 4);
+  if (!t->buf || !t->buf->handle) {
+    char s[128];
+    lunet_error(ctx, LUNET_ERR_NOMEM,
+                "out of memory on backend '%s' allocating %zu bytes for a %s tensor of "
+                "shape %s (use a smaller batch size or model)",
+                be->name, nbytes, lunet_dtype_name(dt), lunet_shape_str(ndim, shape, s, sizeof s));
+    free(t->buf);
+    free(t);
+    return NULL;
+  }
+  t->buf->refcount = 1;
+  t->buf->be = be;
+  t->buf->nbytes = nbytes;
+  return t;
+}
+
+lunet_tensor *lunet_tensor_alias(lunet_ctx *ctx, lunet_tensor *src, int ndim,
+                                 const int64_t *shape) {
+  lunet_tensor *t = header(ctx, src->dtype, ndim, shape);
+  if (!t) return NULL;
+  if (t->numel != src->numel) {
+    char a[128], b[128];
+    lunet_error(ctx, LUNET_ERR_SHAPE, "cannot reshape %s (%lld elements) to %s (%lld elements)",
+                lunet_shape_str(src->ndim, src->shape, a, sizeof a), (long long)src->numel,
+                lunet_shape_str(ndim, shape, b, sizeof b), (long long)t->numel);
+    free(t);
+    return NULL;
+  }
+  t->buf = src->buf;
+  t->buf->refcount++;
+  return t;
+}
+
+lunet_tensor *lunet_tensor_new_on(lunet_ctx *ctx, const char *backend, lunet_dtype dt,
+                                  int ndim, const int64_t *shape) {
+  lunet_be *be = backend ? lunet_registry_backend(ctx, backend) : lunet_registry_default(ctx);
+  return be ? lunet_tensor_on(ctx, be, dt, ndim, shape) : NULL;
+}
+
+lunet_tensor *lunet_tensor_new(lunet_ctx *ctx, lunet_dtype dt, int ndim,
+                               const int64_t *shape) {
+  return lunet_tensor_new_on(ctx, NULL, dt, ndim, shape);
+}
+
+lunet_tensor *lunet_tensor_from_data(lunet_ctx *ctx, lunet_dtype dt, int ndim,
+                                     const int64_t *shape, const void *data) {
+  lunet_tensor *t = lunet_tensor_new(ctx, dt, ndim, shape);
+  if (t && lunet_tensor_write(ctx, t, data, (size_t)t->numel * lunet_dtype_size(dt))) {
+    lunet_tensor_release(t);
+    return NULL;
+  }
+  return t;
+}
+
+lunet_tensor *lunet_tensor_retain(lunet_tensor *t) {
+  if (t) t->refcount++;
+  return t;
+}
+
+void lunet_tensor_release(lunet_tensor *t) {
+  if (!t || --t->refcount > 0) return;
+  if (t->buf && --t->buf->refcount == 0) {
+    t->buf->be->i->buffer_free(t->buf->be->state, t->buf->handle);
+    free(t->buf);
+  }
+  lunet_tensor_release(t->grad);
+  lunet_tensor_release(t->acc);
+  if (t->grad_fn) lunet_node_release(t->grad_fn);
+  free(t);
+}
+
+int lunet_tensor_ndim(const lunet_tensor *t) { return t->ndim; }
+const int64_t *lunet_tensor_shape(const lunet_tensor *t) { return t->shape; }
+int64_t lunet_tensor_numel(const lunet_tensor *t) { return t->numel; }
+lunet_dtype lunet_tensor_dtype(const lunet_tensor *t) { return t->dtype; }
+const char *lunet_tensor_backend(const lunet_tensor *t) { return t->buf->be->name; }
+
+int64_t lunet_tensor_dim(const lunet_tensor *t, int i) {
+  if (i < 0) i += t->ndim;
+  return i >= 0 && i < t->ndim ? t->shape[i] : 0;
+}
+
+void *lunet_tensor_host(const lunet_tensor *t) {
+  return strcmp(t->buf->be->name, "cpu") == 0 ? t->buf->handle : NULL;
+}
+
+static lunet_status check_size(lunet_ctx *ctx, const lunet_tensor *t, size_t nbytes) {
+  if (nbytes != t->buf->nbytes && !(t->numel == 0 && nbytes == 0))
+    return lunet_error(ctx, LUNET_ERR_ARG, "tensor holds %zu bytes, got a buffer of %zu",
+                       t->buf->nbytes, nbytes);
+  return LUNET_OK;
+}
+
+lunet_status lunet_tensor_read(lunet_ctx *ctx, const lunet_tensor *t, void *dst,
+                               size_t nbytes) {
+  if (check_size(ctx, t, nbytes)) return ctx->status;
+  lunet_be *be = t->buf->be;
+  int rc = be->i->synchronize(be->state);
+  if (!rc && nbytes) rc = be->i->buffer_download(be->state, t->buf->handle, 0, dst, nbytes);
+  return lunet_be_check(ctx, be, rc, "download");
+}
+
+lunet_status lunet_tensor_write(lunet_ctx *ctx, lunet_tensor *t, const void *src,
+                                size_t nbytes) {
+  if (check_size(ctx, t, nbytes)) return ctx->status;
+  lunet_be *be = t->buf->be;
+  int rc = nbytes ? be->i->buffer_upload(be->state, t->buf->handle, 0, src, nbytes) : 0;
+  return lunet_be_check(ctx, be, rc, "upload");
+}
+
+lunet_status lunet_tensor_item(lunet_ctx *ctx, const lunet_tensor *t, int64_t i,
+                               double *out) {
+  if (i < 0 || i >= t->numel)
+    return lunet_error(ctx, LUNET_ERR_ARG, "index %lld is outside a tensor of %lld elements",
+                       (long long)i, (long long)t->numel);
+  lunet_be *be = t->buf->be;
+  size_t es = lunet_dtype_size(t->dtype);
+  union { float f; int32_t i; uint8_t u; } v;
+  int rc = be->i->synchronize(be->state);
+  if (!rc) rc = be->i->buffer_download(be->state, t->buf->handle, (size_t)i * es, &v, es);
+  if (lunet_be_check(ctx, be, rc, "download")) return ctx->status;
+  *out = t->dtype == LUNET_F32 ? v.f : t->dtype == LUNET_I32 ? v.i : v.u;
+  return LUNET_OK;
+}
+
+lunet_tensor *lunet_tensor_to(lunet_ctx *ctx, lunet_tensor *t, const char *backend) {
+  lunet_be *be = lunet_registry_backend(ctx, backend);
+  if (!be) return NULL;
+  if (be == t->buf->be) return lunet_op_copy(ctx, t);
+  size_t n = t->buf->nbytes;
+  void *host = malloc(n ? n : 1);
+  if (!host) {
+    lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory moving %zu bytes", n);
+    return NULL;
+  }
+  lunet_tensor *out = NULL;
+  if (lunet_tensor_read(ctx, t, host, n) == LUNET_OK) {
+    out = lunet_tensor_on(ctx, be, t->dtype, t->ndim, t->shape);
+    if (out && lunet_tensor_write(ctx, out, host, n)) {
+      lunet_tensor_release(out);
+      out = NULL;
+    }
+  }
+  free(host);
+  if (out) out->requires_grad = t->requires_grad;
+  return out;
+}
+
+void lunet_tensor_set_requires_grad(lunet_tensor *t, bool on) { t->requires_grad = on; }
+bool lunet_tensor_requires_grad(const lunet_tensor *t) {
+  return t->requires_grad || t->grad_fn;
+}
+lunet_tensor *lunet_tensor_grad_get(lunet_tensor *t) { return t->grad; }
+
+void lunet_tensor_zero_grad(lunet_tensor *t) {
+  lunet_tensor_release(t->grad);
+  t->grad = NULL;
+}
+
+lunet_tensor *lunet_detach(lunet_ctx *ctx, lunet_tensor *t) {
+  return lunet_tensor_alias(ctx, t, t->ndim, t->shape);
+}

@@ -1,0 +1,63 @@
+-- lunet: the Lua API.  `local nn = require "lunet"`.
+local C = require "lunet.core"
+
+local nn = {}
+nn.version = C.version
+nn._C = C
+
+-- tensors
+nn.tensor, nn.zeros, nn.ones, nn.full = C.tensor, C.zeros, C.ones, C.full
+nn.rand, nn.randn, nn.arange, nn.cat = C.rand, C.randn, C.arange, C.cat
+nn.is_tensor = C.is_tensor
+nn.Tensor = C.tensor_methods
+
+-- Extra tensor methods written in Lua.
+function nn.Tensor.assign(t, src)
+  C.assign(t, src)
+  return t
+end
+
+function nn.seed(n) return C.seed(n) end
+function nn.threads(n) return C.threads(n) end
+function nn.backends() return C.backends() end
+function nn.use(name) return C.use(name) end
+function nn.default_backend() return C.default_backend() end
+
+-- Runs f with gradient recording off (inference, manual updates).
+function nn.no_grad(f, ...)
+  local prev = C.set_no_grad(true)
+  local res = table.pack(pcall(f, ...))
+  C.set_no_grad(prev)
+  if not res[1] then error(res[2], 0) end
+  return table.unpack(res, 2, res.n)
+end
+
+nn.regularizers = {}
+function nn.regularizers.l1(v) return { kind = "l1", l1 = v or 0.01, l2 = 0 } end
+function nn.regularizers.l2(v) return { kind = "l2", l1 = 0, l2 = v or 0.01 } end
+function nn.regularizers.l1_l2(a, b)
+  if type(a) == "table" then a, b = a.l1, a.l2 end
+  return { kind = "l1_l2", l1 = a or 0.01, l2 = b or 0.01 }
+end
+
+local layers = require "lunet.layers"
+layers.install(nn)
+nn.load_plugin = layers.load_plugin
+nn.check_plugin = layers.check_plugin
+nn.help = layers.help
+
+local model = require "lunet.model"
+nn.Sequential = model.Sequential
+nn.load_model = model.load_model
+
+local optim = require "lunet.optim"
+nn.optimizers = optim.optimizers
+nn.losses = optim.losses
+nn.callbacks = optim.callbacks
+nn.schedules = optim.schedules
+
+nn.datasets = require "lunet.datasets"
+nn.augment = require "lunet.augment"
+
+-- Threads from LUNET_THREADS are read by the backend itself.
+return nn

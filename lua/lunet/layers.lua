@@ -1,0 +1,322 @@
+-- Layer constructors made from the plugins' argument schemas:
+-- nn.Conv2D{32, 3, activation = "relu"} == nn.Conv2D{filters = 32, kernel_size = 3, ...}
+local C = require "lunet.core"
+
+local M = {}
+
+local Layer = {}
+Layer.__index = Layer
+M.Layer = Layer
+
+local counters = {}
+
+local function snake(name)
+  return (name:gsub("(%l)(%u)", "%1_%2"):gsub("(%d)(%u)", "%1_%2"):lower())
+end
+
+local function describe(v)
+  if type(v) == "string" then return string.format("'%s'", v) end
+  return tostring(v)
+end
+
+local function default_value(s)
+  if s.default == nil then return nil end
+  local f = assert(load("return " .. s.default, "=default", "t", {}))
+  return f()
+end
+
+local positive_ok = { axis = true, seed = true }
+
+-- Checks one value against its schema entry; returns the value to store.
+local function check_arg(tname, s, v, argpos)
+  local where = argpos and ("#" .. argpos) or ("'" .. s.name .. "'")
+  local function bad(msg) error(string.format("bad argument %s to '%s' (%s)", where, tname, msg), 4) end
+  if v == nil then
+    if s.required then bad(s.name .. " is required") end
+    return nil
+  end
+  local t = s.type
+  if t == "int" then
+    if math.type(v) ~= "integer" and not (type(v) == "number" and v == math.floor(v)) then
+      bad(string.format("%s must be an integer, got %s", s.name, describe(v)))
+    end
+    v = math.tointeger(v)
+    if not positive_ok[s.name] and v < 1 then bad(string.format("%s must be positive, got %d", s.name, v)) end
+  elseif t == "float" then
+    if type(v) ~= "number" then bad(string.format("%s must be a number, got %s", s.name, type(v))) end
+  elseif t == "bool" then
+    if type(v) ~= "boolean" then bad(string.format("%s must be true or false, got %s", s.name, describe(v))) end
+  elseif t == "string" then
+    if type(v) ~= "string" then bad(string.format("%s must be a string, got %s", s.name, type(v))) end
+    if s.choices then
+      local ok = false
+      for c in s.choices:gmatch("[^|]+") do if c == v then ok = true end end
+      if not ok then
+        bad(string.format("%s must be one of %s, got '%s'", s.name, s.choices:gsub("|", ", "), v))
+      end
+    end
+  elseif t == "int2" then
+    local vals = type(v) == "table" and v or { v }
+    if #vals < 1 or #vals > 2 then bad(string.format("%s must be an integer or a pair {h, w}", s.name)) end
+    for _, x in ipairs(vals) do
+      if math.type(x) ~= "integer" then bad(string.format("%s must hold integers, got %s", s.name, describe(x))) end
+      if x < 1 then bad(string.format("%s must be positive, got %d", s.name, x)) end
+    end
+  elseif t == "shape" then
+    if type(v) ~= "table" then bad(string.format("%s must be a list of sizes like {28, 28, 1}", s.name)) end
+    for _, x in ipairs(v) do
+      if math.type(x) ~= "integer" or x < 1 then
+        bad(string.format("%s must hold positive integers, got %s", s.name, describe(x)))
+      end
+    end
+  elseif t == "regularizer" then
+    if type(v) ~= "table" or (v.l1 == nil and v.l2 == nil) then
+      bad(string.format("%s must be nn.regularizers.l1(...), l2(...) or l1_l2(...)", s.name))
+    end
+  end
+  return v
+end
+
+local function arg_names(info)
+  local names = {}
+  for _, s in ipairs(info.args) do names[#names + 1] = s.name end
+  return table.concat(names, ", ")
+end
+
+-- Parses a call's arguments against the schema; returns the named table.
+local function parse_args(info, ...)
+  local n = select("#", ...)
+  local given = { ... }
+  local first = info.args[1]
+  local tbl
+  if n == 0 then
+    tbl = {}
+  elseif n == 1 and type(given[1]) == "table" and getmetatable(given[1]) == nil
+      and not (first and first.type == "shape") then
+    tbl = given[1]
+  else
+    tbl = given
+  end
+  local out = {}
+  local npos = 0
+  for i = 1, #tbl do
+    if i > info.positional then
+      error(string.format("bad argument #%d to '%s' (at most %d positional arguments; name the others: %s)",
+        i, info.name, info.positional, arg_names(info)), 3)
+    end
+    npos = i
+  end
+  for k in pairs(tbl) do
+    if type(k) ~= "number" then
+      local known = false
+      for _, s in ipairs(info.args) do if s.name == k then known = true end end
+      if not known then
+        error(string.format("bad argument '%s' to '%s' (unknown argument; valid: %s)", tostring(k), info.name,
+          arg_names(info)), 3)
+      end
+    elseif math.type(k) ~= "integer" or k < 1 or k > npos then
+      error(string.format("bad argument to '%s' (unexpected key %s)", info.name, tostring(k)), 3)
+    end
+  end
+  for i, s in ipairs(info.args) do
+    local v, pos = tbl[s.name], nil
+    if i <= npos then
+      if v ~= nil then
+        error(string.format("bad argument #%d to '%s' (%s given both by position and by name)", i, info.name, s.name), 3)
+      end
+      v, pos = tbl[i], i
+    end
+    if v == nil then v = default_value(s) end
+    out[s.name] = check_arg(info.name, s, v, pos)
+  end
+  return out
+end
+
+local types -- name -> schema info, loaded on first use
+
+local function load_types()
+  types = C.layer_types()
+  return types
+end
+
+function M.types()
+  return types or load_types()
+end
+
+function M.new(tname, ...)
+  local info = M.types()[tname]
+  if not info then error(string.format("no layer type '%s'", tname), 2) end
+  local args = parse_args(info, ...)
+  local handle = C.layer_new(tname, args)
+  local base = snake(tname)
+  counters[base] = (counters[base] or 0) + 1
+  local name = args.name or (counters[base] == 1 and base or base .. "_" .. (counters[base] - 1))
+  local self = setmetatable({ type = tname, args = args, handle = handle, name = name }, Layer)
+  if args.input_shape then self:build(args.input_shape) end
+  return self
+end
+
+function Layer:build(shape)
+  self.output_shape = C.layer_build(self.handle, shape)
+  self.input_shape = shape
+  return self.output_shape
+end
+
+function Layer:weights()
+  return C.layer_weights(self.handle)
+end
+
+function Layer:count_params()
+  local total, trainable = 0, 0
+  for _, w in ipairs(self:weights()) do
+    local n = w.tensor:numel()
+    total = total + n
+    if w.trainable then trainable = trainable + n end
+  end
+  return total, trainable
+end
+
+function Layer:get_weights()
+  local out = {}
+  for i, w in ipairs(self:weights()) do out[i] = w.tensor:clone() end
+  return out
+end
+
+function Layer:set_weights(list)
+  local ws = self:weights()
+  if type(list) ~= "table" or #list ~= #ws then
+    error(string.format("%s: set_weights expects %d tensors, got %s", self.name, #ws,
+      type(list) == "table" and #list or type(list)), 2)
+  end
+  for i, w in ipairs(ws) do
+    local src = list[i]
+    if type(src) == "table" then src = C.tensor(src) end
+    local a, b = w.tensor:shape(), src:shape()
+    if table.concat(a, ",") ~= table.concat(b, ",") then
+      error(string.format("%s: weight %d (%s) has shape (%s), got (%s)", self.name, i, w.name,
+        table.concat(a, ", "), table.concat(b, ", ")), 2)
+    end
+    C.assign(w.tensor, src)
+  end
+end
+
+function Layer:__call(x, training)
+  return C.layer_call(self.handle, x, training or false, false)
+end
+
+function Layer:__tostring()
+  return string.format("%s(name=%s)", self.type, self.name)
+end
+
+function M.install(nn)
+  local mt = {}
+  function mt.__index(t, k)
+    local info = type(k) == "string" and M.types()[k]
+    if info then
+      local ctor = function(...) return M.new(k, ...) end
+      rawset(t, k, ctor)
+      return ctor
+    end
+    if type(k) == "string" and k:match("^%u") then
+      local names = {}
+      for name in pairs(M.types()) do names[#names + 1] = name end
+      table.sort(names)
+      error(string.format("lunet has no layer or class '%s' (layers: %s)", k, table.concat(names, ", ")), 2)
+    end
+    return nil
+  end
+  setmetatable(nn, mt)
+  for name in pairs(M.types()) do local _ = nn[name] end
+end
+
+function M.load_plugin(path)
+  C.load_plugin(path)
+  load_types()
+  local nn = package.loaded.lunet
+  if nn then
+    for name in pairs(types) do rawset(nn, name, function(...) return M.new(name, ...) end) end
+  end
+  return true
+end
+
+local function no_grad_loss(layer, x, r)
+  local prev = C.set_no_grad(true)
+  local ok, res = pcall(function() return (layer(x, false) * r):sum():item() end)
+  C.set_no_grad(prev)
+  if not ok then error(res, 0) end
+  return res
+end
+
+-- Finite-difference gradient check of a layer type's shipped test cases.
+function M.check_plugin(tname, opts)
+  opts = opts or {}
+  local cases = C.layer_tests(tname)
+  local results = {}
+  for i, case in ipairs(cases) do
+    local f = assert(load("return {" .. case.args .. "}", "=args", "t", {}))
+    local layer = M.new(tname, f())
+    local shape = { case.batch }
+    for _, d in ipairs(case.shape) do shape[#shape + 1] = d end
+    C.seed(1000 + i)
+    local x = C.randn(shape)
+    x:requires_grad(true)
+    local y = layer(x, false)
+    local r = C.randn(y:shape())
+    local loss = (y * r):sum()
+    loss:backward()
+    local function numeric(t, k, eps)
+      local vals = t:reshape(-1):totable()
+      local orig = vals[k]
+      local function at(v)
+        vals[k] = v
+        C.assign(t, C.tensor(vals):reshape(t:shape()))
+        local l = no_grad_loss(layer, x, r)
+        return l
+      end
+      local up, down = at(orig + eps), at(orig - eps)
+      vals[k] = orig
+      C.assign(t, C.tensor(vals):reshape(t:shape()))
+      return (up - down) / (2 * eps)
+    end
+    local worst = 0
+    local targets = { { name = "input", tensor = x, grad = x.grad } }
+    for _, w in ipairs(layer:weights()) do
+      if w.trainable then targets[#targets + 1] = { name = w.name, tensor = w.tensor, grad = w.tensor.grad } end
+    end
+    for _, tg in ipairs(targets) do
+      local g = tg.grad and tg.grad:reshape(-1):totable() or {}
+      local n = tg.tensor:numel()
+      local step = math.max(1, n // 12)
+      for k = 1, n, step do
+        local num = numeric(tg.tensor, k, opts.eps or 5e-3)
+        local ana = g[k] or 0
+        local err = math.abs(num - ana) / math.max(1, math.abs(num), math.abs(ana))
+        if err > worst then worst = err end
+      end
+    end
+    results[i] = { args = case.args, max_error = worst, ok = worst <= case.tolerance, tolerance = case.tolerance }
+  end
+  return results
+end
+
+function M.help(what)
+  local tps = M.types()
+  if what == nil then
+    local names = {}
+    for name in pairs(tps) do names[#names + 1] = name end
+    table.sort(names)
+    print("layers: " .. table.concat(names, ", "))
+    print("see nn.help(\"Conv2D\") for a layer's arguments; README.md for the whole API")
+    return
+  end
+  local info = tps[what]
+  if not info then error("no layer type '" .. tostring(what) .. "'", 2) end
+  print(string.format("nn.%s: %s  [plugin %s]", info.name, info.doc, info.plugin))
+  for i, s in ipairs(info.args) do
+    print(string.format("  %s%-20s %-11s %-16s %s", i <= info.positional and "*" or " ", s.name, s.type,
+      s.required and "(required)" or ("= " .. s.default), s.doc))
+  end
+  print("  (* may be given by position)")
+end
+
+return M

@@ -1,0 +1,474 @@
+-- Sequential models: build, summary, compile, fit, evaluate, predict,
+-- weights and checkpoints.
+local C = require "lunet.core"
+local layers = require "lunet.layers"
+local optim = require "lunet.optim"
+local Progress = require "lunet.progress"
+
+local M = {}
+local Model = {}
+Model.__index = Model
+
+local function shape_str(s)
+  return "(None, " .. table.concat(s, ", ") .. ")"
+end
+
+function M.Sequential(list, opts)
+  local self = setmetatable({ layers = {}, built = false, epoch = 0, name = (opts and opts.name) or "sequential" }, Model)
+  for i, l in ipairs(list or {}) do
+    if getmetatable(l) ~= layers.Layer then
+      error(string.format("bad argument #1 to 'Sequential' (entry %d is a %s, not a layer)", i, type(l)), 2)
+    end
+    self:add(l)
+  end
+  return self
+end
+
+function Model:add(layer)
+  self.layers[#self.layers + 1] = layer
+  self.built = false
+  return self
+end
+
+-- Builds every layer for one sample's shape.
+function Model:build(shape)
+  shape = shape or self.layers[1] and self.layers[1].args.input_shape
+  if not shape then
+    error("the model's input shape is unknown: give the first layer input_shape = {...} or call model:build{...}", 2)
+  end
+  local s = shape
+  self.handles, self.params = {}, {}
+  for i, l in ipairs(self.layers) do
+    local ok, out = pcall(layers.Layer.build, l, s)
+    if not ok then error(string.format("layer %d (%s): %s", i, l.name, out), 2) end
+    s = out
+    self.handles[i] = l.handle
+    for _, w in ipairs(l:weights()) do
+      if w.trainable then self.params[#self.params + 1] = w.tensor end
+    end
+  end
+  self.input_shape, self.output_shape, self.built = shape, s, true
+  return s
+end
+
+local function ensure_built(self, x)
+  if self.built then return end
+  local s = self.layers[1] and self.layers[1].args.input_shape
+  if not s and x then
+    s = x:shape()
+    table.remove(s, 1)
+  end
+  self:build(s)
+end
+
+local function fmt_int(n)
+  local s = tostring(math.floor(n))
+  return (s:reverse():gsub("(%d%d%d)", "%1,"):reverse():gsub("^,", ""))
+end
+
+local function fmt_bytes(n)
+  if n >= 1024 * 1024 then return string.format("%.2f MB", n / 1024 / 1024) end
+  return string.format("%.2f KB", n / 1024)
+end
+
+function Model:summary(print_fn)
+  ensure_built(self)
+  print_fn = print_fn or print
+  local rows, total, trainable = {}, 0, 0
+  for _, l in ipairs(self.layers) do
+    local t, tr = l:count_params()
+    total, trainable = total + t, trainable + tr
+    rows[#rows + 1] = { string.format("%s (%s)", l.name, l.type), shape_str(l.output_shape), fmt_int(t) }
+  end
+  local w = { 29, 26, 12 }
+  for _, r in ipairs(rows) do for i = 1, 3 do w[i] = math.max(w[i], #r[i] + 2) end end
+  local line = string.rep("─", w[1] + w[2] + w[3])
+  local function row(a, b, c) return a .. string.rep(" ", w[1] - #a) .. b .. string.rep(" ", w[2] - #b) .. c end
+  print_fn(string.format('Model: "%s"', self.name))
+  print_fn(line)
+  print_fn(row("Layer (type)", "Output Shape", "Param #"))
+  print_fn(string.rep("═", w[1] + w[2] + w[3]))
+  for i, r in ipairs(rows) do
+    print_fn(row(r[1], r[2], r[3]))
+    if i < #rows then print_fn(line) end
+  end
+  print_fn(string.rep("═", w[1] + w[2] + w[3]))
+  print_fn(string.format("Total params: %s (%s)", fmt_int(total), fmt_bytes(total * 4)))
+  print_fn(string.format("Trainable params: %s (%s)", fmt_int(trainable), fmt_bytes(trainable * 4)))
+  print_fn(string.format("Non-trainable params: %s (%s)", fmt_int(total - trainable), fmt_bytes((total - trainable) * 4)))
+  print_fn(line)
+  return total
+end
+
+function Model:count_params()
+  ensure_built(self)
+  local total = 0
+  for _, l in ipairs(self.layers) do total = total + l:count_params() end
+  return total
+end
+
+local metric_for = {
+  sparse_categorical_crossentropy = "sparse", categorical_crossentropy = "categorical",
+  binary_crossentropy = "binary", mean_squared_error = "none",
+}
+
+function Model:compile(o)
+  if type(o) ~= "table" then error("bad argument #1 to 'compile' (table expected)", 2) end
+  for k in pairs(o) do
+    if k ~= "optimizer" and k ~= "loss" and k ~= "metrics" then
+      error(string.format("bad argument '%s' to 'compile' (unknown; valid: optimizer, loss, metrics)", tostring(k)), 2)
+    end
+  end
+  self.optimizer = optim.optimizers.get(o.optimizer or "rmsprop")
+  self.loss = optim.losses.get(o.loss or error("bad argument 'loss' to 'compile' (a loss is required)", 2))
+  self.metrics = {}
+  for _, m in ipairs(o.metrics or {}) do
+    if m ~= "accuracy" and m ~= "acc" then
+      error(string.format("bad argument 'metrics' to 'compile' (unknown metric '%s'; valid: accuracy)", tostring(m)), 2)
+    end
+    self.metrics[#self.metrics + 1] = "accuracy"
+  end
+  self.step_opts = { loss = self.loss.name, from_logits = self.loss.from_logits,
+    metric = #self.metrics > 0 and metric_for[self.loss.name] or "none" }
+  return self
+end
+
+local function nsamples(t) return t:shape()[1] end
+
+local function check_xy(x, y, what)
+  if not C.is_tensor(x) then error(string.format("bad argument #1 to '%s' (tensor expected, got %s)", what, type(x)), 3) end
+  if not C.is_tensor(y) then error(string.format("bad argument #2 to '%s' (tensor expected, got %s)", what, type(y)), 3) end
+  if x:dim() < 1 or y:dim() < 1 or nsamples(x) ~= nsamples(y) then
+    error(string.format("%s: x has %d samples but y has %d (they must have the same first dimension)", what,
+      x:dim() > 0 and nsamples(x) or 0, y:dim() > 0 and nsamples(y) or 0), 3)
+  end
+end
+
+-- A permutation of 1..n from the seeded counter-based stream.
+local function permutation(n)
+  local seed, c = C.seed(), C.rng_take(n)
+  local p = {}
+  for i = 1, n do p[i] = i end
+  for i = n, 2, -1 do
+    local j = 1 + math.floor(C.philox(seed, c + i) * i)
+    p[i], p[j] = p[j], p[i]
+  end
+  return p
+end
+
+local function step_opts(self, training)
+  local o = {}
+  for k, v in pairs(self.step_opts) do o[k] = v end
+  o.training = training
+  return o
+end
+
+-- Mean loss and accuracy over x, y in batches, inference mode.
+local function run_eval(self, x, y, batch_size)
+  local n = nsamples(x)
+  local opts = step_opts(self, false)
+  local loss_sum, correct = 0, 0
+  for first = 1, n, batch_size do
+    local count = math.min(batch_size, n - first + 1)
+    local xb, yb = C.take_rows(x, first, count), C.take_rows(y, first, count)
+    local l, c = C.step(self.handles, xb, yb, opts)
+    xb:free()
+    yb:free()
+    loss_sum, correct = loss_sum + l * count, correct + c
+    if C.interrupted() then error("interrupted", 0) end
+  end
+  local logs = { loss = loss_sum / math.max(n, 1) }
+  if #self.metrics > 0 then
+    local per = opts.metric == "binary" and (y:numel() // math.max(n, 1)) or 1
+    logs.accuracy = correct / math.max(n * per, 1)
+  end
+  return logs
+end
+
+local fit_options = { epochs = true, batch_size = true, validation_data = true, validation_split = true, shuffle = true,
+  augment = true, callbacks = true, verbose = true, initial_epoch = true }
+
+local function call_cbs(cbs, name, ...)
+  for _, cb in ipairs(cbs) do
+    local f = cb[name]
+    if f then f(cb, ...) end
+  end
+end
+
+function Model:fit(x, y, o)
+  o = o or {}
+  for k in pairs(o) do
+    if not fit_options[k] then
+      local names = {}
+      for n in pairs(fit_options) do names[#names + 1] = n end
+      table.sort(names)
+      error(string.format("bad argument '%s' to 'fit' (unknown option; valid: %s)", tostring(k),
+        table.concat(names, ", ")), 2)
+    end
+  end
+  if not self.optimizer then error("fit: call model:compile{optimizer = ..., loss = ...} first", 2) end
+  check_xy(x, y, "fit")
+  ensure_built(self, x)
+  local epochs, bs = o.epochs or 1, o.batch_size or 32
+  if math.type(bs) ~= "integer" or bs < 1 then error("bad argument 'batch_size' to 'fit' (positive integer expected)", 2) end
+  local verbose = o.verbose
+  if verbose == nil or verbose == "auto" then verbose = 1 end
+  local n = nsamples(x)
+  local xv, yv
+  if o.validation_data then
+    xv, yv = o.validation_data[1], o.validation_data[2]
+    check_xy(xv, yv, "fit (validation_data)")
+  elseif o.validation_split and o.validation_split > 0 then
+    local nv = math.floor(n * o.validation_split)
+    if nv < 1 or nv >= n then error("fit: validation_split leaves no training or no validation samples", 2) end
+    xv, yv = C.take_rows(x, n - nv + 1, nv), C.take_rows(y, n - nv + 1, nv)
+    x, y = C.take_rows(x, 1, n - nv), C.take_rows(y, 1, n - nv)
+    n = n - nv
+  end
+  local aug = o.augment
+  local cbs = o.callbacks or {}
+  local history = { loss = {}, epoch = {} }
+  local keys = { "loss" }
+  if #self.metrics > 0 then keys[2] = "accuracy" end
+  for _, k in ipairs(keys) do history[k] = history[k] or {} end
+  if xv then
+    for _, k in ipairs(keys) do history["val_" .. k] = {} end
+  end
+  self.stop_training = false
+  local opts = step_opts(self, true)
+  local steps = (n + bs - 1) // bs
+  call_cbs(cbs, "on_train_begin", self)
+  local first_epoch = (o.initial_epoch or 0) + 1
+  for epoch = first_epoch, epochs do
+    if verbose ~= 0 then print(string.format("Epoch %d/%d", epoch, epochs)) end
+    call_cbs(cbs, "on_epoch_begin", self, epoch)
+    local order = (o.shuffle == false) and nil or permutation(n)
+    local bar = Progress.new(steps, verbose)
+    local loss_sum, correct, seen = 0, 0, 0
+    local logs = {}
+    for s = 1, steps do
+      local first, count = (s - 1) * bs + 1, math.min(bs, n - (s - 1) * bs)
+      local xb = order and C.take_rows(x, order, first, count) or C.take_rows(x, first, count)
+      local yb = order and C.take_rows(y, order, first, count) or C.take_rows(y, first, count)
+      if aug then
+        local xa = aug:apply(xb, { epoch = epoch, first_index = first - 1 })
+        xb:free()
+        xb = xa
+      end
+      local ok, l, c = pcall(C.step, self.handles, xb, yb, opts)
+      xb:free()
+      yb:free()
+      if not ok then error("fit: " .. tostring(l), 2) end
+      if l ~= l then error(string.format("fit: the loss became NaN at epoch %d, step %d (lower the learning rate?)", epoch, s), 2) end
+      self.optimizer:apply(self.params)
+      loss_sum, correct, seen = loss_sum + l * count, correct + c, seen + count
+      logs.loss = loss_sum / seen
+      if #self.metrics > 0 then
+        local per = opts.metric == "binary" and (y:numel() // n) or 1
+        logs.accuracy = correct / (seen * per)
+      end
+      bar:update(s, logs, keys, false)
+      if C.interrupted() then error("interrupted", 0) end
+    end
+    if xv then
+      local vl = run_eval(self, xv, yv, bs)
+      for _, k in ipairs(keys) do logs["val_" .. k] = vl[k] end
+    end
+    local all = {}
+    for _, k in ipairs(keys) do all[#all + 1] = k end
+    if xv then for _, k in ipairs(keys) do all[#all + 1] = "val_" .. k end end
+    bar:update(steps, logs, all, true)
+    for k, v in pairs(logs) do
+      history[k] = history[k] or {}
+      table.insert(history[k], v)
+    end
+    table.insert(history.epoch, epoch)
+    self.epoch = epoch
+    call_cbs(cbs, "on_epoch_end", self, epoch, logs)
+    collectgarbage("step")
+    if self.stop_training then break end
+  end
+  call_cbs(cbs, "on_train_end", self)
+  self.history = history
+  return history
+end
+
+function Model:evaluate(x, y, o)
+  if not self.optimizer then error("evaluate: call model:compile{...} first", 2) end
+  check_xy(x, y, "evaluate")
+  ensure_built(self, x)
+  o = o or {}
+  local logs = run_eval(self, x, y, o.batch_size or 32)
+  if o.verbose and o.verbose ~= 0 then
+    local parts = {}
+    for k, v in pairs(logs) do parts[#parts + 1] = string.format("%s: %.4f", k, v) end
+    table.sort(parts)
+    print(table.concat(parts, " - "))
+  end
+  return logs
+end
+
+function Model:predict(x, o)
+  if not C.is_tensor(x) then error(string.format("bad argument #1 to 'predict' (tensor expected, got %s)", type(x)), 2) end
+  ensure_built(self, x)
+  local bs = (o and o.batch_size) or 32
+  local n = nsamples(x)
+  if n <= bs then return C.predict(self.handles, x) end
+  local parts = {}
+  for first = 1, n, bs do
+    local xb = C.take_rows(x, first, math.min(bs, n - first + 1))
+    parts[#parts + 1] = C.predict(self.handles, xb)
+    xb:free()
+  end
+  return C.cat(parts, 1)
+end
+
+-- model(x): a differentiable call, so a model can sit inside a bigger function.
+function Model:__call(x, training)
+  ensure_built(self, x)
+  local h = x
+  for _, l in ipairs(self.layers) do h = C.layer_call(l.handle, h, training or false, false) end
+  return h
+end
+
+function Model:get_weights()
+  ensure_built(self)
+  local out = {}
+  for _, l in ipairs(self.layers) do
+    for _, w in ipairs(l:get_weights()) do out[#out + 1] = w end
+  end
+  return out
+end
+
+function Model:set_weights(list)
+  ensure_built(self)
+  local k = 0
+  for _, l in ipairs(self.layers) do
+    local n = #l:weights()
+    local part = {}
+    for i = 1, n do part[i] = list[k + i] end
+    k = k + n
+    l:set_weights(part)
+  end
+  if k ~= #list then error(string.format("set_weights: the model has %d weights, got %d", k, #list), 2) end
+end
+
+-- ---- checkpoints (safetensors) ----
+
+local function serialize(v)
+  local t = type(v)
+  if t == "table" then
+    local parts = {}
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = k end
+    table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+    for _, k in ipairs(keys) do
+      local key = type(k) == "number" and ("[" .. k .. "]") or string.format("[%q]", k)
+      parts[#parts + 1] = key .. "=" .. serialize(v[k])
+    end
+    return "{" .. table.concat(parts, ",") .. "}"
+  elseif t == "string" then
+    return string.format("%q", v)
+  elseif t == "number" then
+    return math.type(v) == "integer" and tostring(v) or string.format("%.17g", v)
+  elseif t == "boolean" or t == "nil" then
+    return tostring(v)
+  end
+  error("cannot save a " .. t .. " in a model config")
+end
+
+local function deserialize(s, path)
+  local f, err = load("return " .. s, "=" .. path, "t", {})
+  if not f then error(path .. ": corrupt model config: " .. err, 3) end
+  return f()
+end
+
+local function weight_entries(self)
+  local entries = {}
+  for i, l in ipairs(self.layers) do
+    for _, w in ipairs(l:weights()) do
+      entries[#entries + 1] = { name = string.format("layers.%d.%s", i - 1, w.name), tensor = w.tensor }
+    end
+  end
+  return entries
+end
+
+function Model:config()
+  local cfg = { name = self.name, layers = {} }
+  for i, l in ipairs(self.layers) do
+    local args = {}
+    for k, v in pairs(l.args) do args[k] = v end
+    args.name = l.name
+    cfg.layers[i] = { type = l.type, args = args }
+  end
+  cfg.input_shape = self.input_shape
+  return cfg
+end
+
+function Model:save(path, o)
+  ensure_built(self)
+  local entries = weight_entries(self)
+  local meta = { format = "lunet", lunet_version = C.version, config = serialize(self:config()),
+    epoch = tostring((o and o.epoch) or self.epoch), rng_seed = tostring(C.seed()), rng_counter = tostring(C.rng_take(0)) }
+  if self.optimizer then
+    meta.optimizer = serialize(self.optimizer:config())
+    meta.compile = serialize({ loss = self.loss.name, from_logits = self.loss.from_logits, metrics = self.metrics })
+    for i, s in pairs(self.optimizer.states) do
+      for k, t in ipairs(s) do entries[#entries + 1] = { name = string.format("optimizer.%d.%d", i, k), tensor = t } end
+    end
+  end
+  C.save_safetensors(path, entries, meta)
+end
+
+-- Copies a checkpoint's weights into this model, checking names and shapes.
+function Model:load_weights(path)
+  ensure_built(self)
+  local entries = C.load_safetensors(path)
+  local by = {}
+  for _, e in ipairs(entries) do by[e.name] = e.tensor end
+  for _, e in ipairs(weight_entries(self)) do
+    local src = by[e.name]
+    if not src then error(string.format("%s does not belong to this model: it has no weight '%s'", path, e.name), 2) end
+    local a, b = table.concat(e.tensor:shape(), ", "), table.concat(src:shape(), ", ")
+    if a ~= b then
+      error(string.format("%s belongs to another model: '%s' has shape (%s), this model expects (%s)", path, e.name, b, a), 2)
+    end
+  end
+  for _, e in ipairs(weight_entries(self)) do C.assign(e.tensor, by[e.name]) end
+  return by
+end
+
+function M.load_model(path)
+  local entries, meta = C.load_safetensors(path)
+  if meta.format ~= "lunet" or not meta.config then
+    error(path .. " holds no lunet model config (was it saved by model:save?)", 2)
+  end
+  local cfg = deserialize(meta.config, path)
+  local list = {}
+  for i, lc in ipairs(cfg.layers) do list[i] = layers.new(lc.type, lc.args) end
+  local model = M.Sequential(list, { name = cfg.name })
+  model:build(cfg.input_shape)
+  local by = model:load_weights(path)
+  if meta.compile and meta.optimizer then
+    local comp, oc = deserialize(meta.compile, path), deserialize(meta.optimizer, path)
+    local name = oc.name
+    local args = {}
+    for k, v in pairs(oc) do if k ~= "name" and k ~= "iterations" then args[k] = v end end
+    model:compile({ optimizer = optim.optimizers[name](args),
+      loss = optim.losses.get({ name = comp.loss, from_logits = comp.from_logits }), metrics = comp.metrics })
+    model.optimizer.iterations = oc.iterations or 0
+    for i = 1, #model.params do
+      local s = {}
+      for k = 1, 2 do s[k] = by[string.format("optimizer.%d.%d", i, k)] end
+      if s[1] then model.optimizer.states[i] = s end
+    end
+  end
+  model.epoch = tonumber(meta.epoch) or 0
+  if meta.rng_seed then
+    C.seed(math.tointeger(tonumber(meta.rng_seed)))
+    C.rng_take(math.tointeger(tonumber(meta.rng_counter)) or 0)
+  end
+  return model
+end
+
+return M

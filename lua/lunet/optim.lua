@@ -1,0 +1,252 @@
+-- Optimizers, losses, callbacks and learning-rate schedules (Keras's names
+-- and defaults).
+local C = require "lunet.core"
+
+local M = { optimizers = {}, losses = {}, callbacks = {}, schedules = {} }
+
+local Optimizer = {}
+Optimizer.__index = Optimizer
+
+local function check_fields(name, opts, allowed)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then
+    error(string.format("bad argument #1 to '%s' (table expected, got %s)", name, type(opts)), 3)
+  end
+  for k in pairs(opts) do
+    if not allowed[k] then
+      local names = {}
+      for a in pairs(allowed) do names[#names + 1] = a end
+      table.sort(names)
+      error(string.format("bad argument '%s' to '%s' (unknown argument; valid: %s)", tostring(k), name,
+        table.concat(names, ", ")), 3)
+    end
+  end
+  return opts
+end
+
+local function make(kind, name, defaults, opts, nslots)
+  local allowed = {}
+  for k in pairs(defaults) do allowed[k] = true end
+  opts = check_fields(name, opts, allowed)
+  local self = setmetatable({ kind = kind, name = name, iterations = 0, nslots = nslots, states = {} }, Optimizer)
+  for k, v in pairs(defaults) do
+    local val = opts[k]
+    if val == nil then val = v end
+    self[k] = val
+  end
+  local lr = self.learning_rate
+  if type(lr) ~= "number" and type(lr) ~= "function" and not (type(lr) == "table" and getmetatable(lr)) then
+    error(string.format("bad argument 'learning_rate' to '%s' (number or schedule expected)", name), 3)
+  end
+  return self
+end
+
+function M.optimizers.SGD(opts)
+  return make("sgd", "SGD", { learning_rate = 0.01, momentum = 0.0, nesterov = false, weight_decay = 0 }, opts, 1)
+end
+
+function M.optimizers.Adam(opts)
+  return make("adam", "Adam", { learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7,
+    weight_decay = 0 }, opts, 2)
+end
+
+function M.optimizers.AdamW(opts)
+  return make("adam", "AdamW", { learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7,
+    weight_decay = 0.004 }, opts, 2)
+end
+
+function M.optimizers.RMSprop(opts)
+  return make("rmsprop", "RMSprop", { learning_rate = 0.001, rho = 0.9, momentum = 0.0, epsilon = 1e-7 }, opts, 2)
+end
+
+local by_name = { sgd = "SGD", adam = "Adam", adamw = "AdamW", rmsprop = "RMSprop" }
+
+function M.optimizers.get(o)
+  if type(o) == "table" and getmetatable(o) == Optimizer then return o end
+  if type(o) == "string" and by_name[o:lower()] then return M.optimizers[by_name[o:lower()]]() end
+  error(string.format("unknown optimizer %s (valid: sgd, adam, adamw, rmsprop, or nn.optimizers.Adam{...})",
+    type(o) == "string" and ("'" .. o .. "'") or type(o)), 3)
+end
+
+-- The learning rate at the current step.
+function Optimizer:current_lr()
+  local lr = self.learning_rate
+  if type(lr) == "number" then return lr end
+  return lr(self.iterations)
+end
+
+function Optimizer:hyper()
+  local lr = self:current_lr()
+  if self.kind == "sgd" then
+    return { lr = lr, a = self.momentum, wd = self.weight_decay, flag = self.nesterov }
+  elseif self.kind == "adam" then
+    return { lr = lr, a = self.beta_1, b = self.beta_2, c = self.epsilon, wd = self.weight_decay }
+  end
+  return { lr = lr, a = self.rho, b = self.momentum, c = self.epsilon }
+end
+
+-- One update of every parameter from its .grad (cleared afterwards).
+function Optimizer:apply(params)
+  local states = self.states
+  for i, p in ipairs(params) do
+    if not states[i] then
+      local s = {}
+      local needs = self.nslots
+      if self.kind == "sgd" and self.momentum == 0 then needs = 0 end
+      if self.kind == "rmsprop" and self.momentum == 0 then needs = 1 end
+      for k = 1, needs do s[k] = C.zeros(p:shape()) end
+      states[i] = s
+    end
+  end
+  self.iterations = self.iterations + 1
+  C.apply_updates(self.kind, params, states, self:hyper(), self.iterations)
+end
+
+function Optimizer:config()
+  local cfg = { name = self.name, iterations = self.iterations }
+  for _, k in ipairs({ "learning_rate", "momentum", "nesterov", "beta_1", "beta_2", "epsilon", "rho", "weight_decay" }) do
+    if type(self[k]) ~= "function" and type(self[k]) ~= "table" then cfg[k] = self[k] end
+  end
+  return cfg
+end
+
+-- ---- losses ----
+
+local loss_names = {
+  mean_squared_error = "mean_squared_error", mse = "mean_squared_error",
+  categorical_crossentropy = "categorical_crossentropy",
+  sparse_categorical_crossentropy = "sparse_categorical_crossentropy",
+  binary_crossentropy = "binary_crossentropy",
+}
+
+local function loss_object(name, opts)
+  opts = opts or {}
+  return { name = name, from_logits = opts.from_logits or false }
+end
+
+M.losses.MeanSquaredError = function(o) return loss_object("mean_squared_error", o) end
+M.losses.CategoricalCrossentropy = function(o) return loss_object("categorical_crossentropy", o) end
+M.losses.SparseCategoricalCrossentropy = function(o) return loss_object("sparse_categorical_crossentropy", o) end
+M.losses.BinaryCrossentropy = function(o) return loss_object("binary_crossentropy", o) end
+
+function M.losses.get(l)
+  if type(l) == "table" and loss_names[l.name] then return l end
+  if type(l) == "string" and loss_names[l] then return loss_object(loss_names[l]) end
+  error(string.format("unknown loss %s (valid: mean_squared_error, categorical_crossentropy, "
+    .. "sparse_categorical_crossentropy, binary_crossentropy, or nn.losses.X{from_logits = true})",
+    type(l) == "string" and ("'" .. l .. "'") or type(l)), 3)
+end
+
+-- ---- learning-rate schedules (functions of the step) ----
+
+function M.schedules.ExponentialDecay(o)
+  local lr0, steps, rate, stair = o.initial_learning_rate, o.decay_steps, o.decay_rate, o.staircase
+  return function(step)
+    local p = step / steps
+    if stair then p = math.floor(p) end
+    return lr0 * rate ^ p
+  end
+end
+
+function M.schedules.CosineDecay(o)
+  local lr0, steps, alpha = o.initial_learning_rate, o.decay_steps, o.alpha or 0
+  return function(step)
+    local t = math.min(step, steps) / steps
+    return lr0 * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi * t)) + alpha)
+  end
+end
+
+-- ---- callbacks ----
+
+local Callback = {}
+Callback.__index = Callback
+function Callback:on_train_begin() end
+function Callback:on_epoch_begin() end
+function Callback:on_epoch_end() end
+function Callback:on_train_end() end
+
+local function callback(fields)
+  return setmetatable(fields, Callback)
+end
+
+local function improved(self, value)
+  if self.best == nil then return true end
+  if self.mode == "max" then return value > self.best + self.min_delta end
+  return value < self.best - self.min_delta
+end
+
+local function monitor_mode(monitor, mode)
+  if mode and mode ~= "auto" then return mode end
+  return (monitor:find("acc") or monitor:find("auc")) and "max" or "min"
+end
+
+function M.callbacks.EarlyStopping(o)
+  o = check_fields("EarlyStopping", o, { monitor = true, min_delta = true, patience = true, mode = true,
+    restore_best_weights = true, verbose = true })
+  local self = callback({ monitor = o.monitor or "val_loss", min_delta = o.min_delta or 0, patience = o.patience or 0,
+    restore_best_weights = o.restore_best_weights or false, verbose = o.verbose })
+  self.mode = monitor_mode(self.monitor, o.mode)
+  function self:on_train_begin() self.wait, self.best, self.best_weights, self.stopped_epoch = 0, nil, nil, nil end
+  function self:on_epoch_end(model, epoch, logs)
+    local v = logs[self.monitor]
+    if v == nil then return end
+    if improved(self, v) then
+      self.best, self.wait, self.best_epoch = v, 0, epoch
+      if self.restore_best_weights then self.best_weights = model:get_weights() end
+    else
+      self.wait = self.wait + 1
+      if self.wait > self.patience then
+        self.stopped_epoch = epoch
+        model.stop_training = true
+      end
+    end
+  end
+  function self:on_train_end(model)
+    if self.restore_best_weights and self.best_weights then
+      model:set_weights(self.best_weights)
+      if self.verbose ~= 0 and self.stopped_epoch then
+        print(string.format("Restoring model weights from the end of the best epoch: %d.", self.best_epoch))
+      end
+    end
+  end
+  return self
+end
+
+function M.callbacks.ModelCheckpoint(o)
+  if type(o) == "string" then o = { path = o } end
+  o = check_fields("ModelCheckpoint", o, { path = true, filepath = true, monitor = true, save_best_only = true,
+    mode = true, verbose = true })
+  local path = o.path or o.filepath
+  if type(path) ~= "string" then error("bad argument 'path' to 'ModelCheckpoint' (a file path is required)", 2) end
+  local self = callback({ path = path, monitor = o.monitor or "val_loss", save_best_only = o.save_best_only or false,
+    min_delta = 0, verbose = o.verbose })
+  self.mode = monitor_mode(self.monitor, o.mode)
+  function self:on_epoch_end(model, epoch, logs)
+    local v = logs[self.monitor]
+    local file = self.path:gsub("{epoch}", string.format("%02d", epoch))
+    if self.save_best_only then
+      if v == nil or not improved(self, v) then return end
+      self.best = v
+    end
+    model:save(file, { epoch = epoch })
+    if self.verbose and self.verbose ~= 0 then print("saved " .. file) end
+  end
+  return self
+end
+
+function M.callbacks.LearningRateScheduler(fn)
+  if type(fn) ~= "function" then error("bad argument #1 to 'LearningRateScheduler' (function(epoch, lr) expected)", 2) end
+  local self = callback({})
+  function self:on_epoch_begin(model, epoch)
+    local opt = model.optimizer
+    opt.learning_rate = fn(epoch - 1, opt:current_lr())
+  end
+  return self
+end
+
+-- A callback from plain functions: nn.callbacks.LambdaCallback{on_epoch_end = function(model, epoch, logs) end}
+function M.callbacks.LambdaCallback(fns)
+  return callback(fns)
+end
+
+return M

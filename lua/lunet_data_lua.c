@@ -1,0 +1,184 @@
+/*
+ * Lua binding of lunet/data.h, used by lua/lunet/datasets.lua:
+ *   download{url=, dest=, mirrors=, size=, md5=, sha256=, retries=, backoff=,
+ *            connect_timeout=, stall_timeout=, stall_speed=, progress=, label=}
+ *   sha256(path), md5(path) -> hex
+ *   read_idx(path [, limit [, add_channel]]) -> float32 tensor, rows in the file
+ *   read_cifar10(path [, limit]) -> x_train, y_train, x_test, y_test
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "lunet_lua.h"
+#include "lunet/data.h"
+
+/* ---- download ---- */
+
+static const char *opt_string(lua_State *L, int t, const char *key) {
+  int type = lua_getfield(L, t, key);
+  const char *s = NULL;
+  if (type == LUA_TSTRING)
+    s = lua_tostring(L, -1); /* stays valid: the table holds the string */
+  else if (type != LUA_TNIL)
+    luaL_error(L, "bad argument #1 to 'download' (field '%s' must be a string, got %s)", key,
+               luaL_typename(L, -1));
+  lua_pop(L, 1);
+  return s;
+}
+
+static lua_Number opt_number(lua_State *L, int t, const char *key, lua_Number def) {
+  int type = lua_getfield(L, t, key);
+  lua_Number v = def;
+  if (type == LUA_TNUMBER)
+    v = lua_tonumber(L, -1);
+  else if (type != LUA_TNIL)
+    luaL_error(L, "bad argument #1 to 'download' (field '%s' must be a number, got %s)", key,
+               luaL_typename(L, -1));
+  lua_pop(L, 1);
+  return v;
+}
+
+static lunet_progress_mode opt_progress(lua_State *L, int t) {
+  static const char *const names[] = {"auto", "quiet", "none", NULL};
+  const char *s = opt_string(L, t, "progress");
+  if (!s) return LUNET_PROGRESS_AUTO;
+  for (int i = 0; names[i]; i++)
+    if (strcmp(s, names[i]) == 0) return (lunet_progress_mode)i;
+  luaL_error(L, "bad argument #1 to 'download' (progress must be 'auto', 'quiet' or 'none', "
+                "got '%s')", s);
+  return LUNET_PROGRESS_AUTO;
+}
+
+/* mirrors = {"https://...", ...} into a NULL-terminated array.  The table
+ * and the array (a userdata) stay on the stack until l_download returns, so
+ * the strings live and a Lua error on the way frees everything. */
+static const char **opt_mirrors(lua_State *L, int t) {
+  if (lua_getfield(L, t, "mirrors") == LUA_TNIL) return NULL;
+  luaL_argexpected(L, lua_istable(L, -1), 1, "table of strings in field 'mirrors'");
+  int mt = lua_gettop(L);
+  lua_Integer n = luaL_len(L, mt);
+  if (n < 0 || n > 32) luaL_error(L, "bad argument #1 to 'download' (at most 32 mirrors)");
+  const char **m = lua_newuserdatauv(L, (size_t)(n + 1) * sizeof *m, 0);
+  for (lua_Integer i = 1; i <= n; i++) {
+    if (lua_geti(L, mt, i) != LUA_TSTRING)
+      luaL_error(L, "bad argument #1 to 'download' (mirrors[%d] must be a string)", (int)i);
+    m[i - 1] = lua_tostring(L, -1);
+    lua_pop(L, 1);
+  }
+  m[n] = NULL;
+  return m;
+}
+
+static int l_download(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lunet_download_opts o = lunet_download_opts_default();
+  o.url = opt_string(L, 1, "url");
+  o.dest = opt_string(L, 1, "dest");
+  if (!o.url) return luaL_error(L, "bad argument #1 to 'download' (field 'url' is required)");
+  if (!o.dest) return luaL_error(L, "bad argument #1 to 'download' (field 'dest' is required)");
+  o.md5 = opt_string(L, 1, "md5");
+  o.sha256 = opt_string(L, 1, "sha256");
+  o.label = opt_string(L, 1, "label");
+  o.size = (int64_t)opt_number(L, 1, "size", 0);
+  o.retries = (int)opt_number(L, 1, "retries", o.retries);
+  o.backoff_ms = (int)(opt_number(L, 1, "backoff", o.backoff_ms / 1000.0) * 1000);
+  o.connect_timeout_s = (int)opt_number(L, 1, "connect_timeout", o.connect_timeout_s);
+  o.stall_timeout_s = (int)opt_number(L, 1, "stall_timeout", o.stall_timeout_s);
+  o.stall_bytes_per_s = (int)opt_number(L, 1, "stall_speed", o.stall_bytes_per_s);
+  o.progress = opt_progress(L, 1);
+  o.mirrors = opt_mirrors(L, 1);
+  lunet_ctx *ctx = lunetL_ctx(L);
+  if (lunet_download(ctx, &o) != LUNET_OK) return lunetL_error(L, NULL);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* ---- checksums ---- */
+
+static int l_sha256(lua_State *L) {
+  char hex[65];
+  if (lunet_file_sha256(lunetL_ctx(L), luaL_checkstring(L, 1), hex) != LUNET_OK)
+    return lunetL_error(L, NULL);
+  lua_pushstring(L, hex);
+  return 1;
+}
+
+static int l_md5(lua_State *L) {
+  char hex[33];
+  if (lunet_file_md5(lunetL_ctx(L), luaL_checkstring(L, 1), hex) != LUNET_OK)
+    return lunetL_error(L, NULL);
+  lua_pushstring(L, hex);
+  return 1;
+}
+
+/* ---- arrays to tensors ---- */
+
+/* A float32 tensor of a's first `rows` rows (all when rows < 0), with a
+ * trailing axis of 1 when add_channel; frees a either way.  NULL on error
+ * (the context has the message). */
+static lunet_tensor *array_to_f32(lunet_ctx *ctx, lunet_array *a, int64_t rows,
+                                  bool add_channel) {
+  int64_t shape[5];
+  int ndim = a->ndim;
+  memcpy(shape, a->shape, sizeof a->shape);
+  if (rows >= 0 && rows < shape[0]) shape[0] = rows;
+  if (add_channel) shape[ndim++] = 1;
+  lunet_tensor *u8 = lunet_tensor_from_data(ctx, LUNET_U8, ndim, shape, a->data);
+  lunet_array_free(a);
+  if (!u8) return NULL;
+  lunet_tensor *f = lunet_op_cast(ctx, u8, LUNET_F32);
+  lunet_tensor_release(u8);
+  return f;
+}
+
+static int64_t opt_limit(lua_State *L, int arg) {
+  if (lua_isnoneornil(L, arg)) return -1;
+  lua_Integer n = luaL_checkinteger(L, arg);
+  luaL_argcheck(L, n >= 0, arg, "limit must be >= 0");
+  return (int64_t)n;
+}
+
+static int l_read_idx(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  int64_t limit = opt_limit(L, 2);
+  bool add_channel = lua_toboolean(L, 3);
+  lunet_ctx *ctx = lunetL_ctx(L);
+  lunet_array a;
+  if (lunet_read_idx(ctx, path, &a) != LUNET_OK) return lunetL_error(L, NULL);
+  lua_Integer rows = (lua_Integer)a.shape[0];
+  lunetL_pushtensor(L, array_to_f32(ctx, &a, limit, add_channel));
+  lua_pushinteger(L, rows);
+  return 2;
+}
+
+static int l_read_cifar10(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  int64_t limit = opt_limit(L, 2);
+  lunet_ctx *ctx = lunetL_ctx(L);
+  lunet_array arr[4];
+  if (lunet_read_cifar10(ctx, path, &arr[0], &arr[1], &arr[2], &arr[3]) != LUNET_OK)
+    return lunetL_error(L, NULL);
+  lunet_tensor *t[4] = {NULL};
+  bool ok = true;
+  for (int i = 0; i < 4; i++) {
+    t[i] = ok ? array_to_f32(ctx, &arr[i], i < 2 ? limit : -1, false) : NULL;
+    if (!t[i]) {
+      lunet_array_free(&arr[i]);
+      ok = false;
+    }
+  }
+  if (!ok) {
+    for (int i = 0; i < 4; i++)
+      if (t[i]) lunet_tensor_release(t[i]);
+    return lunetL_error(L, "cifar10");
+  }
+  for (int i = 0; i < 4; i++) lunetL_pushtensor(L, t[i]);
+  return 4;
+}
+
+static const luaL_Reg data_funcs[] = {
+    {"download", l_download},   {"sha256", l_sha256},
+    {"md5", l_md5},             {"read_idx", l_read_idx},
+    {"read_cifar10", l_read_cifar10}, {NULL, NULL}};
+
+void lunetL_open_data(lua_State *L) { luaL_setfuncs(L, data_funcs, 0); }

@@ -1,0 +1,34 @@
+/*
+ * Shared pieces of the Lua binding (the lua/ C files): the tensor userdata and the
+ * per-state context.  Internal to the binding: hidden visibility.
+ */
+#ifndef LUNET_LUA_H
+#define LUNET_LUA_H
+
+#include <lua.h>
+#include <lauxlib.h>
+#include "lunet/lunet.h"
+
+#define LUNETL_HIDDEN __attribute__((visibility("hidden")))
+#define LUNETL_TENSOR "lunet.Tensor"
+
+/* The lunet_ctx of this Lua state (created on first use, freed with it). */
+LUNETL_HIDDEN lunet_ctx *lunetL_ctx(lua_State *L);
+/* Raises a Lua error with the context's message; `what` (may be NULL) is
+ * put in front, e.g. "Conv2D". */
+LUNETL_HIDDEN int lunetL_error(lua_State *L, const char *what);
+/* Checks argument `arg` is a tensor; borrowed. */
+LUNETL_HIDDEN lunet_tensor *lunetL_checktensor(lua_State *L, int arg);
+LUNETL_HIDDEN lunet_tensor *lunetL_totensor(lua_State *L, int arg); /* NULL if not one */
+/* Pushes t as a Lua tensor, taking over the caller's reference; t == NULL
+ * raises the context's error instead. */
+LUNETL_HIDDEN void lunetL_pushtensor(lua_State *L, lunet_tensor *t);
+
+/* Registration of the binding's parts into the module table on the top of
+ * the stack. */
+LUNETL_HIDDEN void lunetL_open_tensor(lua_State *L);
+LUNETL_HIDDEN void lunetL_open_model(lua_State *L);
+LUNETL_HIDDEN void lunetL_open_data(lua_State *L);
+LUNETL_HIDDEN void lunetL_open_augment(lua_State *L);
+
+#endif

@@ -1,0 +1,198 @@
+/* Activation: applies a named function elementwise (softmax: over the last
+ * axis).  The layer applies it itself; the `activation` argument of Dense and
+ * Conv2D is the core's business instead. */
+#include <float.h>
+#include <string.h>
+#include "layers.h"
+
+typedef enum act_kind {
+  ACT_LINEAR,
+  ACT_UNARY,   /* one lunet_unary_op */
+  ACT_SOFTMAX,
+  ACT_LOG_SOFTMAX,
+  ACT_ELU,     /* x > 0 ? x : exp(x) - 1 */
+  ACT_SILU     /* x * sigmoid(x) */
+} act_kind;
+
+typedef struct act_fn {
+  const char *name;
+  act_kind kind;
+  lunet_unary_op op;
+  float alpha; /* leaky_relu's negative slope (Keras's default 0.2) */
+} act_fn;
+
+static const act_fn act_fns[] = {
+    {"linear", ACT_LINEAR, 0, 0.0f},
+    {"relu", ACT_UNARY, LUNET_UNARY_RELU, 0.0f},
+    {"sigmoid", ACT_UNARY, LUNET_UNARY_SIGMOID, 0.0f},
+    {"tanh", ACT_UNARY, LUNET_UNARY_TANH, 0.0f},
+    {"gelu", ACT_UNARY, LUNET_UNARY_GELU, 0.0f},
+    {"leaky_relu", ACT_UNARY, LUNET_UNARY_LEAKY_RELU, 0.2f},
+    {"softmax", ACT_SOFTMAX, 0, 0.0f},
+    {"log_softmax", ACT_LOG_SOFTMAX, 0, 0.0f},
+    {"elu", ACT_ELU, 0, 0.0f},
+    {"silu", ACT_SILU, 0, 0.0f},
+    {"swish", ACT_SILU, 0, 0.0f},
+};
+
+typedef struct act_state {
+  lunet_tensor *x, *y; /* input and output of the last forward */
+  lunet_tensor *aux;   /* elu: exp(min(x, 0)), its derivative; silu: sigmoid(x) */
+} act_state;
+
+static const lunet_arg_schema act_args[] = {
+    {"activation", LUNET_ARG_STRING, NULL, "the function to apply",
+     "relu|sigmoid|tanh|softmax|log_softmax|gelu|leaky_relu|elu|silu|swish|linear"},
+    LAYERS_ARG_INPUT_SHAPE,
+    LAYERS_ARG_NAME,
+};
+
+static const act_fn *act_lookup(const lunet_layer *l) {
+  const char *name = lunet_layer_get_string(l, "activation");
+  for (size_t i = 0; name && i < sizeof act_fns / sizeof act_fns[0]; i++)
+    if (strcmp(act_fns[i].name, name) == 0) return &act_fns[i];
+  return NULL;
+}
+
+/* The schema's choices already reject unknown names; this covers a core
+ * that does not check them. */
+static lunet_status act_unknown(lunet_layer *l) {
+  const char *name = lunet_layer_get_string(l, "activation");
+  return lunet_layer_error(l, LUNET_ERR_ARG, "unknown activation \"%s\" (expected one of %s)",
+                           name ? name : "nil", act_args[0].choices);
+}
+
+static lunet_status act_build(lunet_layer *l, int in_ndim, const int64_t *in, int *out_ndim,
+                              int64_t *out) {
+  if (!act_lookup(l)) return act_unknown(l);
+  *out_ndim = in_ndim;
+  for (int i = 0; i < in_ndim; i++) out[i] = in[i];
+  return LUNET_OK;
+}
+
+/* elu(x) = relu(x) + exp(min(x, 0)) - 1; keeps e = exp(min(x, 0)) = elu'(x). */
+static lunet_tensor *elu_forward(lunet_ctx *ctx, const lunet_tensor *x, lunet_tensor **e) {
+  lunet_tensor *neg = lunet_op_unary(ctx, LUNET_UNARY_CLIP, x, -FLT_MAX, 0.0f);
+  lunet_tensor *r = NULL, *sum = NULL, *y = NULL;
+  if (neg && (*e = lunet_op_unary(ctx, LUNET_UNARY_EXP, neg, 0.0f, 0.0f)) &&
+      (r = lunet_op_unary(ctx, LUNET_UNARY_RELU, x, 0.0f, 0.0f)) &&
+      (sum = lunet_op_binary(ctx, LUNET_BINARY_ADD, r, *e)))
+    y = lunet_op_unary(ctx, LUNET_UNARY_AFFINE, sum, 1.0f, -1.0f);
+  layers_release(neg);
+  layers_release(r);
+  layers_release(sum);
+  return y;
+}
+
+/* silu(x) = x * s with s = sigmoid(x), kept for backward. */
+static lunet_tensor *silu_forward(lunet_ctx *ctx, const lunet_tensor *x, lunet_tensor **s) {
+  if (!(*s = lunet_op_unary(ctx, LUNET_UNARY_SIGMOID, x, 0.0f, 0.0f))) return NULL;
+  return lunet_op_binary(ctx, LUNET_BINARY_MUL, x, *s);
+}
+
+/* x (N, ...) -> y (N, ...) */
+static lunet_status act_forward(lunet_layer *l, lunet_tensor *x, lunet_tensor **y,
+                                bool training) {
+  (void)training;
+  lunet_ctx *ctx = lunet_layer_ctx(l);
+  act_state *st = lunet_layer_state(l);
+  const act_fn *fn = act_lookup(l);
+  lunet_tensor *aux = NULL;
+  if (!fn) return act_unknown(l);
+  switch (fn->kind) {
+  case ACT_LINEAR: *y = layers_reshape_like(ctx, x, x); break;
+  case ACT_UNARY: *y = lunet_op_unary(ctx, fn->op, x, fn->alpha, 0.0f); break;
+  case ACT_SOFTMAX: *y = lunet_op_softmax(ctx, x, false); break;
+  case ACT_LOG_SOFTMAX: *y = lunet_op_softmax(ctx, x, true); break;
+  case ACT_ELU: *y = elu_forward(ctx, x, &aux); break;
+  case ACT_SILU: *y = silu_forward(ctx, x, &aux); break;
+  }
+  if (!*y) {
+    layers_release(aux);
+    return layers_failed(l);
+  }
+  layers_set(&st->x, lunet_tensor_retain(x));
+  layers_set(&st->y, lunet_tensor_retain(*y));
+  layers_set(&st->aux, aux);
+  return LUNET_OK;
+}
+
+/* silu'(x) = s + y * (1 - s); dx = dy * silu'(x) */
+static lunet_tensor *silu_backward(lunet_ctx *ctx, const lunet_tensor *dy,
+                                   const act_state *st) {
+  lunet_tensor *om = lunet_op_unary(ctx, LUNET_UNARY_AFFINE, st->aux, -1.0f, 1.0f);
+  lunet_tensor *t = NULL, *d = NULL, *dx = NULL;
+  if (om && (t = lunet_op_binary(ctx, LUNET_BINARY_MUL, st->y, om)) &&
+      (d = lunet_op_binary(ctx, LUNET_BINARY_ADD, st->aux, t)))
+    dx = lunet_op_binary(ctx, LUNET_BINARY_MUL, dy, d);
+  layers_release(om);
+  layers_release(t);
+  layers_release(d);
+  return dx;
+}
+
+/* dy (N, ...) -> dx (N, ...) */
+static lunet_tensor *act_dx(lunet_ctx *ctx, const act_fn *fn, lunet_tensor *dy,
+                            const act_state *st) {
+  switch (fn->kind) {
+  case ACT_LINEAR: return layers_reshape_like(ctx, dy, dy);
+  case ACT_UNARY:
+    return lunet_op_unary_backward(ctx, fn->op, dy, st->x, st->y, fn->alpha, 0.0f);
+  case ACT_SOFTMAX: return lunet_op_softmax_backward(ctx, dy, st->y, false);
+  case ACT_LOG_SOFTMAX: return lunet_op_softmax_backward(ctx, dy, st->y, true);
+  case ACT_ELU: return lunet_op_binary(ctx, LUNET_BINARY_MUL, dy, st->aux);
+  case ACT_SILU: return silu_backward(ctx, dy, st);
+  }
+  return NULL;
+}
+
+static lunet_status act_backward(lunet_layer *l, lunet_tensor *dy, lunet_tensor **dx,
+                                 bool need_dx) {
+  act_state *st = lunet_layer_state(l);
+  const act_fn *fn = act_lookup(l);
+  *dx = NULL;
+  if (!fn) return act_unknown(l);
+  if (!st->y) return lunet_layer_error(l, LUNET_ERR_ARG, "backward called before forward");
+  if (need_dx && !(*dx = act_dx(lunet_layer_ctx(l), fn, dy, st))) return layers_failed(l);
+  layers_set(&st->x, NULL);
+  layers_set(&st->y, NULL);
+  layers_set(&st->aux, NULL);
+  return LUNET_OK;
+}
+
+static void act_destroy(lunet_layer *l) {
+  act_state *st = lunet_layer_state(l);
+  layers_set(&st->x, NULL);
+  layers_set(&st->y, NULL);
+  layers_set(&st->aux, NULL);
+}
+
+static const lunet_layer_test act_tests[] = {
+    {"\"relu\"", 1, {7}, 3, 1e-2f},
+    {"\"sigmoid\"", 1, {7}, 3, 1e-2f},
+    {"\"tanh\"", 2, {3, 4}, 2, 1e-2f},
+    {"\"softmax\"", 1, {5}, 3, 1e-2f},
+    {"\"softmax\"", 3, {2, 2, 3}, 2, 1e-2f},
+    {"\"log_softmax\"", 1, {5}, 3, 1e-2f},
+    {"\"gelu\"", 1, {7}, 3, 1e-2f},
+    {"activation = \"leaky_relu\"", 1, {7}, 3, 1e-2f},
+    {"\"elu\"", 1, {7}, 3, 1e-2f},
+    {"\"silu\"", 1, {7}, 3, 1e-2f},
+    {"\"linear\"", 1, {4}, 2, 1e-2f},
+};
+
+LAYERS_HIDDEN const lunet_layer_type layers_activation = {
+    .struct_size = sizeof(lunet_layer_type),
+    .name = "Activation",
+    .doc = "Applies an activation function: relu, sigmoid, tanh, softmax, gelu, ...",
+    .args = act_args,
+    .nargs = sizeof act_args / sizeof act_args[0],
+    .positional = 1,
+    .state_size = sizeof(act_state),
+    .build = act_build,
+    .forward = act_forward,
+    .backward = act_backward,
+    .destroy = act_destroy,
+    .tests = act_tests,
+    .ntests = sizeof act_tests / sizeof act_tests[0],
+};

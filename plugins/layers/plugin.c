@@ -1,0 +1,28 @@
+/* The built-in layers plugin's entry point: the one symbol layers.so exports. */
+#include "layers.h"
+
+static const lunet_layer_type *const layer_types[] = {
+    &layers_dense,
+    &layers_conv2d,
+    &layers_max_pooling2d,
+    &layers_average_pooling2d,
+    &layers_global_average_pooling2d,
+    &layers_flatten,
+    &layers_dropout,
+    &layers_batch_normalization,
+    &layers_activation,
+};
+
+static const lunet_plugin_desc layers_plugin = {
+    .abi_major = LUNET_PLUGIN_ABI_MAJOR,
+    .abi_minor = LUNET_PLUGIN_ABI_MINOR,
+    .struct_size = sizeof(lunet_plugin_desc),
+    .name = "layers",
+    .version = LUNET_VERSION_STRING,
+    .types = layer_types,
+    .ntypes = sizeof layer_types / sizeof layer_types[0],
+};
+
+__attribute__((visibility("default"))) const lunet_plugin_desc *lunet_plugin_entry(void) {
+  return &layers_plugin;
+}

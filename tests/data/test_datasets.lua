@@ -1,0 +1,188 @@
+-- lunet.datasets end to end: downloads from tests/data/http_server.py on the
+-- loopback, the cache (re-hash, re-download), path=, limit=, errors, verify().
+--
+--   lunet tests/data/test_datasets.lua [WORKDIR]
+--
+-- WORKDIR (default: a fresh folder under /tmp) receives the fixtures, the
+-- server's folder and the cache.  Exits non-zero on the first failure.
+
+local ds = require "lunet.datasets"
+local C = require "lunet.core"
+
+-- The two lines that know the tensor binding's API (used on small tensors).
+local function shape_of(t) return t:shape() end                                 -- {d1, ...}
+local function value_at(t, flat) return t:reshape(-1):totable()[flat + 1] end   -- from 0
+
+local here = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
+local work = arg and arg[1] or os.tmpname() .. ".d"
+-- Start clean, removing only what this test creates.
+os.execute(string.format("rm -rf '%s/srv' '%s/cache' '%s/cache2' '%s/cache3' '%s/cache4' " ..
+                         "'%s/empty-cache' && mkdir -p '%s/srv'",
+                         work, work, work, work, work, work, work))
+
+local failures = 0
+local function check(cond, fmt, ...)
+  if not cond then
+    failures = failures + 1
+    io.stderr:write("FAIL: ", string.format(fmt, ...), "\n")
+  end
+end
+
+local function same_shape(t, want, what)
+  local got = shape_of(t)
+  local ok = #got == #want
+  for i = 1, #want do ok = ok and got[i] == want[i] end
+  check(ok, "%s: shape {%s}, expected {%s}", what, table.concat(got, ","), table.concat(want, ","))
+end
+
+local function expect_error(fn, patterns, what)
+  local ok, err = pcall(fn)
+  check(not ok, "%s: no error", what)
+  if ok then return end
+  for _, p in ipairs(patterns) do
+    check(tostring(err):find(p, 1, true), "%s: error lacks %q:\n%s", what, p, tostring(err))
+  end
+end
+
+local function write(path, bytes)
+  local f = assert(io.open(path, "wb"))
+  f:write(bytes)
+  f:close()
+end
+
+local function shell(cmd)
+  local p = assert(io.popen(cmd))
+  local out = p:read("l")
+  p:close()
+  return out
+end
+
+-- ---- fixtures ----
+
+local PER_BATCH = 4
+local cifar_sha = shell(string.format("python3 '%s/make_cifar_fixture.py' '%s/srv/cifar-10-binary.tar.gz' %d",
+                                      here, work, PER_BATCH))
+
+-- MNIST-style files, uncompressed under the .gz names (gzopen reads both):
+-- 6 training and 2 test images; pixel i of image n is (n * 31 + i) % 256.
+local function idx_images(n)
+  local parts = { string.pack(">I4I4I4I4", 0x803, n, 28, 28) }
+  for k = 0, n - 1 do
+    local row = {}
+    for i = 0, 783 do row[#row + 1] = string.char((k * 31 + i) % 256) end
+    parts[#parts + 1] = table.concat(row)
+  end
+  return table.concat(parts)
+end
+local function idx_labels(labels)
+  return string.pack(">I4I4", 0x801, #labels) .. string.char(table.unpack(labels))
+end
+write(work .. "/srv/train-images-idx3-ubyte.gz", idx_images(6))
+write(work .. "/srv/train-labels-idx1-ubyte.gz", idx_labels { 5, 0, 4, 1, 9, 2 })
+write(work .. "/srv/t10k-images-idx3-ubyte.gz", idx_images(2))
+write(work .. "/srv/t10k-labels-idx1-ubyte.gz", idx_labels { 7, 2 })
+local mnist_sha = {}
+for _, f in ipairs(ds.mnist.files) do mnist_sha[f.name] = C.sha256(work .. "/srv/" .. f.name) end
+
+-- ---- the server ----
+
+local server = assert(io.popen(string.format("python3 '%s/http_server.py' '%s/srv' --timeout 60",
+                                             here, work)))
+local port = server:read("l")
+local base = "http://127.0.0.1:" .. port
+local cache = work .. "/cache"
+
+-- ---- CIFAR-10 ----
+
+local curl = base .. "/ok/c1/cifar-10-binary.tar.gz"
+local xtr, ytr, xte, yte = ds.cifar10.load_data { url = curl, sha256 = cifar_sha, dir = cache,
+                                                  verbose = false }
+same_shape(xtr, { 5 * PER_BATCH, 32, 32, 3 }, "cifar x_train")
+same_shape(ytr, { 5 * PER_BATCH }, "cifar y_train")
+same_shape(xte, { PER_BATCH, 32, 32, 3 }, "cifar x_test")
+same_shape(yte, { PER_BATCH }, "cifar y_test")
+-- The test batch holds the classes in turn; class 0's colour is (40, 90, 20)
+-- +-24, and row 10 is outside its bright band (rows 0..2).
+for n = 0, PER_BATCH - 1 do check(value_at(yte, n) == n % 10, "y_test[%d]", n) end
+for c, base_colour in ipairs { 40, 90, 20 } do
+  local v = value_at(xte, (10 * 32 + 5) * 3 + (c - 1))
+  check(math.abs(v - base_colour) <= 24, "x_test[0,10,5,%d] = %s, expected %d+-24", c - 1, v,
+        base_colour)
+end
+local cached = cache .. "/cifar10/cifar-10-binary.tar.gz"
+check(C.sha256(cached) == cifar_sha, "cached file's sha256")
+
+-- A verified cache is used without the network.
+xtr = ds.cifar10.load_data { url = base .. "/404/c2/cifar-10-binary.tar.gz", sha256 = cifar_sha,
+                             dir = cache, verbose = false }
+same_shape(xtr, { 5 * PER_BATCH, 32, 32, 3 }, "cifar from cache")
+
+-- A damaged cache is detected by verify() and downloaded again by load_data.
+write(cached, "garbage")
+local ok, report = ds.verify("cifar10", { dir = cache, sha256 = cifar_sha })
+check(ok == false and report:find(cached, 1, true) and report:find("expected " .. cifar_sha, 1, true),
+      "verify of a damaged cache: %s", tostring(report))
+ds.cifar10.load_data { url = base .. "/ok/c3/cifar-10-binary.tar.gz", sha256 = cifar_sha,
+                       dir = cache, verbose = false }
+check(C.sha256(cached) == cifar_sha, "re-downloaded after damage")
+check(ds.verify("cifar10", { dir = cache, sha256 = cifar_sha }) == true, "verify after repair")
+
+-- limit keeps the first training samples; path skips the checksum.
+xtr, ytr, xte = ds.cifar10.load_data { path = work .. "/srv/cifar-10-binary.tar.gz", limit = 3 }
+same_shape(xtr, { 3, 32, 32, 3 }, "cifar limit x")
+same_shape(ytr, { 3 }, "cifar limit y")
+same_shape(xte, { PER_BATCH, 32, 32, 3 }, "cifar limit leaves the test set")
+
+-- Errors name the URL, the cause and the options.
+expect_error(function()
+  ds.cifar10.load_data { url = base .. "/ok/c4/cifar-10-binary.tar.gz", sha256 = string.rep("0", 64),
+                         dir = work .. "/cache2", verbose = false }
+end, { "checksum mismatch", "expected sha256 " .. string.rep("0", 64), "got " .. cifar_sha,
+       "url =", "path =", "sha256 =", "dir =" }, "wrong sha256")
+expect_error(function()
+  ds.cifar10.load_data { url = "http://127.0.0.1:1/cifar-10-binary.tar.gz", dir = work .. "/cache3",
+                         retries = 0, verbose = false }
+end, { "http://127.0.0.1:1/cifar-10-binary.tar.gz", "Failed to connect", "url =", "path =",
+       "sha256 =", "dir = <the cache folder, now " .. work .. "/cache3>" }, "offline")
+expect_error(function()
+  ds.cifar10.load_data { url = base .. "/404/c5/cifar-10-binary.tar.gz", sha256 = cifar_sha,
+                         dir = work .. "/cache4", verbose = false }
+end, { base .. "/404/c5/cifar-10-binary.tar.gz: HTTP 404 (Not Found)" }, "404")
+
+-- ---- MNIST-style ----
+
+local mx, my, mxt, myt = ds.mnist.load_data { url = base .. "/ok/m1", sha256 = mnist_sha,
+                                              dir = cache, verbose = false }
+same_shape(mx, { 6, 28, 28, 1 }, "mnist x_train")
+same_shape(my, { 6 }, "mnist y_train")
+same_shape(mxt, { 2, 28, 28, 1 }, "mnist x_test")
+same_shape(myt, { 2 }, "mnist y_test")
+for n, y in ipairs { 5, 0, 4, 1, 9, 2 } do check(value_at(my, n - 1) == y, "mnist y[%d]", n - 1) end
+check(value_at(mx, 2 * 784 + 100) == (2 * 31 + 100) % 256, "mnist x[2, 3, 16, 0]")
+check(value_at(mxt, 784 + 783) == (31 + 783) % 256, "mnist x_test[1, 27, 27, 0]")
+mx = ds.mnist.load_data { path = work .. "/srv", limit = 4 }
+same_shape(mx, { 4, 28, 28, 1 }, "mnist path + limit")
+
+-- Debian's Fashion-MNIST copy, when installed, needs no network.
+local debian = "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"
+local f = io.open(debian, "rb")
+if f then
+  f:close()
+  local fx, fy, fxt, fyt = ds.fashion_mnist.load_data { dir = work .. "/empty-cache", limit = 10,
+                                                       verbose = false }
+  same_shape(fx, { 10, 28, 28, 1 }, "fashion x_train")
+  same_shape(fy, { 10 }, "fashion y_train")
+  same_shape(fxt, { 10000, 28, 28, 1 }, "fashion x_test")
+  same_shape(fyt, { 10000 }, "fashion y_test")
+  -- The first training label of Fashion-MNIST is 9 (Ankle boot).
+  check(value_at(fy, 0) == 9, "fashion y_train[0] = %s", value_at(fy, 0))
+end
+
+pcall(C.download, { url = base .. "/_quit", dest = work .. "/quit.txt", retries = 0,
+                    progress = "none" })
+server:close()
+if failures > 0 then
+  io.stderr:write(failures, " check(s) failed\n")
+  os.exit(1)
+end
+print("test_datasets: all checks passed")

@@ -1,0 +1,427 @@
+/*
+ * lunet_download against tests/data/http_server.py on the loopback: good
+ * transfers, resume, retries, HTTP errors, checksums, stalls, Ctrl-C.
+ * The expected digests of the served file were computed with Python's
+ * hashlib from the same byte formula (see blob_byte).
+ */
+#define _GNU_SOURCE
+#include <check.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lunet/data.h"
+
+#ifndef DATA_TEST_DIR
+#define DATA_TEST_DIR "tests/data"
+#endif
+
+#define BLOB_SIZE 300000
+#define BLOB_SHA256 "10e5ea249ba15cf9da0925b29f6caca069e088f63eec3521e5560c1a0394058a"
+#define BLOB_MD5 "384d43b457e4391d851b65dec6507b1e"
+/* The same bytes with the first one inverted (what /wrong/ serves). */
+#define WRONG_SHA256 "d0301aa180e16fac3ccd109adae5801f90ad67fdabeba2e4a1f0fcf80e2f9396"
+
+static char tmpdir[] = "/tmp/lunet_data_dl_XXXXXX";
+static char srvdir[256], logpath[256];
+static pid_t server_pid = -1;
+static int port;
+static lunet_ctx *ctx;
+
+static uint8_t blob_byte(uint32_t i) { return (uint8_t)((uint32_t)(i * 2654435761u) >> 13); }
+
+static void write_blob(const char *path) {
+  FILE *f = fopen(path, "wb");
+  if (!f) abort();
+  for (uint32_t i = 0; i < BLOB_SIZE; i++) fputc(blob_byte(i), f);
+  fclose(f);
+}
+
+/* Starts the server (once, in Check's parent process) and reads its port. */
+static void start_server(void) {
+  if (!mkdtemp(tmpdir)) abort();
+  snprintf(srvdir, sizeof srvdir, "%s/srv", tmpdir);
+  snprintf(logpath, sizeof logpath, "%s/requests.log", tmpdir);
+  mkdir(srvdir, 0755);
+  char blob[300];
+  snprintf(blob, sizeof blob, "%s/blob.bin", srvdir);
+  write_blob(blob);
+  int fds[2];
+  if (pipe(fds) != 0) abort();
+  server_pid = fork();
+  if (server_pid == 0) {
+    dup2(fds[1], 1);
+    close(fds[0]);
+    execlp("python3", "python3", DATA_TEST_DIR "/http_server.py", srvdir, "--log", logpath,
+           "--timeout", "120", (char *)NULL);
+    _exit(127);
+  }
+  close(fds[1]);
+  FILE *f = fdopen(fds[0], "r");
+  if (!f || fscanf(f, "%d", &port) != 1) {
+    fprintf(stderr, "test_download: the HTTP server did not start\n");
+    abort();
+  }
+  fclose(f);
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+  (void)sb, (void)flag, (void)ftw;
+  return remove(path);
+}
+
+static void stop_server(void) {
+  if (server_pid > 0) {
+    kill(server_pid, SIGTERM);
+    waitpid(server_pid, NULL, 0);
+  }
+  nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void setup(void) {
+  ctx = lunet_ctx_new();
+  lunet_interrupt_clear();
+}
+
+static void teardown(void) { lunet_ctx_free(ctx); }
+
+/* ---- helpers ---- */
+
+static char *url_of(const char *path) {
+  static char buf[4][256];
+  static int k;
+  char *u = buf[k++ % 4];
+  snprintf(u, 256, "http://127.0.0.1:%d%s", port, path);
+  return u;
+}
+
+static char *dest_of(const char *name) {
+  static char buf[4][300];
+  static int k;
+  char *d = buf[k++ % 4];
+  snprintf(d, 300, "%s/%s/blob.bin", tmpdir, name);
+  return d;
+}
+
+static long size_of(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0 ? (long)st.st_size : -1;
+}
+
+static long size_with(const char *dest, const char *suffix) {
+  char p[400];
+  snprintf(p, sizeof p, "%s%s", dest, suffix);
+  return size_of(p);
+}
+
+static void assert_blob(const char *path) {
+  FILE *f = fopen(path, "rb");
+  ck_assert_ptr_nonnull(f);
+  uint32_t i = 0;
+  int c;
+  while ((c = fgetc(f)) != EOF) {
+    ck_assert_msg(i < BLOB_SIZE && c == blob_byte(i), "byte %u differs", i);
+    i++;
+  }
+  fclose(f);
+  ck_assert_uint_eq(i, BLOB_SIZE);
+}
+
+/* The server's log lines for one request path, joined by '|'. */
+static char *log_for(const char *path) {
+  static char out[1024];
+  out[0] = '\0';
+  FILE *f = fopen(logpath, "r");
+  if (!f) return out;
+  char line[512];
+  size_t n = strlen(path);
+  while (fgets(line, sizeof line, f)) {
+    if (strncmp(line, path, n) != 0 || line[n] != ' ') continue;
+    line[strcspn(line, "\n")] = '\0';
+    if (out[0]) strcat(out, "|");
+    strncat(out, line + n + 1, sizeof out - strlen(out) - 1);
+  }
+  fclose(f);
+  return out;
+}
+
+static lunet_download_opts fast_opts(const char *path, const char *dest) {
+  lunet_download_opts o = lunet_download_opts_default();
+  o.url = url_of(path);
+  o.dest = dest;
+  o.retries = 0;
+  o.backoff_ms = 10;
+  o.connect_timeout_s = 5;
+  o.stall_timeout_s = 5;
+  o.progress = LUNET_PROGRESS_NONE;
+  return o;
+}
+
+/* ---- tests ---- */
+
+START_TEST(good_download_with_checksums) {
+  char *dest = dest_of("good");
+  lunet_download_opts o = fast_opts("/ok/good/blob.bin", dest);
+  o.size = BLOB_SIZE;
+  o.sha256 = BLOB_SHA256;
+  o.md5 = BLOB_MD5;
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_OK);
+  assert_blob(dest);
+  ck_assert_int_eq(size_with(dest, ".part"), -1);
+  ck_assert_str_eq(log_for("/ok/good/blob.bin"), "- 200");
+}
+END_TEST
+
+START_TEST(resume_after_truncation) {
+  char *dest = dest_of("resume");
+  lunet_download_opts o = fast_opts("/truncate/resume/blob.bin", dest);
+  o.sha256 = BLOB_SHA256;
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_ERR_NET);
+  ck_assert_int_eq(size_with(dest, ".part"), BLOB_SIZE / 2);
+  ck_assert_int_eq(size_of(dest), -1);
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_OK);
+  assert_blob(dest);
+  ck_assert_str_eq(log_for("/truncate/resume/blob.bin"), "- 200|bytes=150000- 206");
+}
+END_TEST
+
+START_TEST(resume_within_one_call) {
+  char *dest = dest_of("resume1");
+  lunet_download_opts o = fast_opts("/truncate/resume1/blob.bin", dest);
+  o.size = BLOB_SIZE;
+  o.md5 = BLOB_MD5;
+  o.retries = 2;
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_OK);
+  assert_blob(dest);
+  ck_assert_str_eq(log_for("/truncate/resume1/blob.bin"), "- 200|bytes=150000- 206");
+}
+END_TEST
+
+START_TEST(server_ignoring_range_restarts) {
+  char *dest = dest_of("norange");
+  lunet_download_opts o = fast_opts("/truncnorange/x/blob.bin", dest);
+  o.sha256 = BLOB_SHA256;
+  o.retries = 1;
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_OK);
+  assert_blob(dest);
+  ck_assert_str_eq(log_for("/truncnorange/x/blob.bin"), "- 200|bytes=150000- 200");
+}
+END_TEST
+
+START_TEST(range_416_restarts) {
+  char *dest = dest_of("r416");
+  lunet_download_opts o = fast_opts("/trunc416/x/blob.bin", dest);
+  o.sha256 = BLOB_SHA256;
+  o.retries = 1;
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_OK);
+  assert_blob(dest);
+  ck_assert_str_eq(log_for("/trunc416/x/blob.bin"), "- 200|bytes=150000- 416|- 200");
+}
+END_TEST
+
+START_TEST(retry_after_transient_500s) {
+  char *dest = dest_of("flaky");
+  lunet_download_opts o = fast_opts("/flaky2/x/blob.bin", dest);
+  o.sha256 = BLOB_SHA256;
+  o.retries = 3;
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_OK);
+  assert_blob(dest);
+  ck_assert_str_eq(log_for("/flaky2/x/blob.bin"), "- 500|- 500|- 200");
+}
+END_TEST
+
+START_TEST(http_404_names_url_and_code) {
+  char *dest = dest_of("e404");
+  lunet_download_opts o = fast_opts("/404/x/blob.bin", dest);
+  o.retries = 3; /* a 404 is final: no retries */
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_ERR_NET);
+  char want[300];
+  snprintf(want, sizeof want, "%s: HTTP 404 (Not Found)", url_of("/404/x/blob.bin"));
+  ck_assert_str_eq(lunet_ctx_error(ctx), want);
+  ck_assert_str_eq(log_for("/404/x/blob.bin"), "- 404");
+  ck_assert_int_eq(size_of(dest), -1);
+}
+END_TEST
+
+START_TEST(http_500_gives_up_after_retries) {
+  char *dest = dest_of("e500");
+  lunet_download_opts o = fast_opts("/500/x/blob.bin", dest);
+  o.retries = 1;
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_ERR_NET);
+  char want[300];
+  snprintf(want, sizeof want, "%s: HTTP 500 (Internal Server Error) (gave up after 2 attempts)",
+           url_of("/500/x/blob.bin"));
+  ck_assert_str_eq(lunet_ctx_error(ctx), want);
+  ck_assert_str_eq(log_for("/500/x/blob.bin"), "- 500|- 500");
+}
+END_TEST
+
+START_TEST(mirror_after_dead_url) {
+  char *dest = dest_of("mirror");
+  lunet_download_opts o = fast_opts("/404/m/blob.bin", dest);
+  const char *mirrors[] = {url_of("/ok/m/blob.bin"), NULL};
+  o.mirrors = mirrors;
+  o.sha256 = BLOB_SHA256;
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_OK);
+  assert_blob(dest);
+  ck_assert_str_eq(log_for("/404/m/blob.bin"), "- 404");
+  ck_assert_str_eq(log_for("/ok/m/blob.bin"), "- 200");
+}
+END_TEST
+
+START_TEST(all_urls_failing_lists_each) {
+  char *dest = dest_of("allfail");
+  lunet_download_opts o = fast_opts("/404/mm/blob.bin", dest);
+  const char *mirrors[] = {url_of("/500/mm/blob.bin"), NULL};
+  o.mirrors = mirrors;
+  o.retries = 1;
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_ERR_NET);
+  char want[600];
+  snprintf(want, sizeof want,
+           "all 2 urls failed: %s: HTTP 404 (Not Found); %s: HTTP 500 (Internal Server Error) "
+           "(gave up after 3 attempts)",
+           url_of("/404/mm/blob.bin"), url_of("/500/mm/blob.bin"));
+  ck_assert_str_eq(lunet_ctx_error(ctx), want);
+  ck_assert_str_eq(log_for("/404/mm/blob.bin"), "- 404");
+  ck_assert_str_eq(log_for("/500/mm/blob.bin"), "- 500|- 500");
+}
+END_TEST
+
+START_TEST(wrong_checksum_moves_file_aside) {
+  char *dest = dest_of("wrong");
+  lunet_download_opts o = fast_opts("/wrong/x/blob.bin", dest);
+  o.sha256 = BLOB_SHA256;
+  o.retries = 2; /* the same bytes again would not help: no retries */
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_ERR_CHECKSUM);
+  ck_assert_int_eq(size_of(dest), -1);
+  ck_assert_int_eq(size_with(dest, ".part"), -1);
+  ck_assert_int_eq(size_with(dest, ".corrupt"), BLOB_SIZE);
+  char want[800];
+  snprintf(want, sizeof want,
+           "%s: checksum mismatch: expected sha256 " BLOB_SHA256 ", got " WRONG_SHA256
+           "; the file was moved to %s.corrupt (pass the right checksum, or another url)",
+           url_of("/wrong/x/blob.bin"), dest);
+  ck_assert_str_eq(lunet_ctx_error(ctx), want);
+  ck_assert_str_eq(log_for("/wrong/x/blob.bin"), "- 200");
+}
+END_TEST
+
+START_TEST(stall_times_out) {
+  char *dest = dest_of("stall");
+  lunet_download_opts o = fast_opts("/stall/x/blob.bin", dest);
+  o.stall_timeout_s = 1;
+  o.stall_bytes_per_s = 1000; /* curl averages speed over ~5 s: 1000 B then silence */
+  time_t t0 = time(NULL);
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_ERR_NET);
+  ck_assert_int_le(time(NULL) - t0, 5);
+  char want[300];
+  snprintf(want, sizeof want,
+           "%s: the transfer stalled (under 1000 bytes/s for 1 s) after 1000 bytes: ",
+           url_of("/stall/x/blob.bin"));
+  ck_assert_msg(strncmp(lunet_ctx_error(ctx), want, strlen(want)) == 0, "got: %s",
+                lunet_ctx_error(ctx));
+  ck_assert_int_eq(size_with(dest, ".part"), 1000);
+  ck_assert_int_eq(size_of(dest), -1);
+}
+END_TEST
+
+static void *interrupt_later(void *arg) {
+  (void)arg;
+  struct timespec ts = {0, 300 * 1000 * 1000};
+  nanosleep(&ts, NULL);
+  lunet_interrupt();
+  return NULL;
+}
+
+START_TEST(interrupt_keeps_part) {
+  char *dest = dest_of("intr");
+  lunet_download_opts o = fast_opts("/slow/x/blob.bin", dest);
+  o.retries = 3;
+  pthread_t th;
+  pthread_create(&th, NULL, interrupt_later, NULL);
+  time_t t0 = time(NULL);
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_ERR_INTERRUPTED);
+  pthread_join(th, NULL);
+  lunet_interrupt_clear();
+  ck_assert_int_le(time(NULL) - t0, 3);
+  long part = size_with(dest, ".part");
+  ck_assert_int_gt(part, 0);
+  ck_assert_int_lt(part, BLOB_SIZE);
+  char want[400];
+  snprintf(want, sizeof want, "download of %s interrupted; %s.part kept (%ld bytes)",
+           url_of("/slow/x/blob.bin"), dest, part);
+  ck_assert_msg(strncmp(lunet_ctx_error(ctx), want, strlen(want)) == 0, "got: %s",
+                lunet_ctx_error(ctx));
+}
+END_TEST
+
+START_TEST(connection_refused_names_url) {
+  char *dest = dest_of("refused");
+  lunet_download_opts o = fast_opts("", dest);
+  o.url = "http://127.0.0.1:1/x/blob.bin";
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_ERR_NET);
+  const char *msg = lunet_ctx_error(ctx);
+  ck_assert_msg(strncmp(msg, "http://127.0.0.1:1/x/blob.bin: Failed to connect", 48) == 0,
+                "got: %s", msg);
+}
+END_TEST
+
+START_TEST(file_digests) {
+  char path[300], hex[65], md5[33];
+  snprintf(path, sizeof path, "%s/blob.bin", srvdir);
+  ck_assert_int_eq(lunet_file_sha256(ctx, path, hex), LUNET_OK);
+  ck_assert_str_eq(hex, BLOB_SHA256);
+  ck_assert_int_eq(lunet_file_md5(ctx, path, md5), LUNET_OK);
+  ck_assert_str_eq(md5, BLOB_MD5);
+  snprintf(path, sizeof path, "%s/missing.bin", srvdir);
+  ck_assert_int_eq(lunet_file_sha256(ctx, path, hex), LUNET_ERR_NOTFOUND);
+  char want[400];
+  snprintf(want, sizeof want, "%s: cannot open for hashing: No such file or directory", path);
+  ck_assert_str_eq(lunet_ctx_error(ctx), want);
+}
+END_TEST
+
+START_TEST(missing_url_is_an_argument_error) {
+  lunet_download_opts o = lunet_download_opts_default();
+  o.dest = dest_of("nourl");
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_ERR_ARG);
+  ck_assert_str_eq(lunet_ctx_error(ctx), "download: url and dest are required");
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("data_download");
+  TCase *tc = tcase_create("download");
+  tcase_add_unchecked_fixture(tc, start_server, stop_server);
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 20);
+  tcase_add_test(tc, good_download_with_checksums);
+  tcase_add_test(tc, resume_after_truncation);
+  tcase_add_test(tc, resume_within_one_call);
+  tcase_add_test(tc, server_ignoring_range_restarts);
+  tcase_add_test(tc, range_416_restarts);
+  tcase_add_test(tc, retry_after_transient_500s);
+  tcase_add_test(tc, http_404_names_url_and_code);
+  tcase_add_test(tc, http_500_gives_up_after_retries);
+  tcase_add_test(tc, mirror_after_dead_url);
+  tcase_add_test(tc, all_urls_failing_lists_each);
+  tcase_add_test(tc, wrong_checksum_moves_file_aside);
+  tcase_add_test(tc, stall_times_out);
+  tcase_add_test(tc, interrupt_keeps_part);
+  tcase_add_test(tc, connection_refused_names_url);
+  tcase_add_test(tc, file_digests);
+  tcase_add_test(tc, missing_url_is_an_argument_error);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
