@@ -1,6 +1,7 @@
 /* File checksums through OpenSSL's EVP digests, for downloads and caches. */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/evp.h>
@@ -23,17 +24,20 @@ static lunet_status file_digest(lunet_ctx *ctx, const char *path, const EVP_MD *
   if (!f)
     return lunet_error(ctx, errno == ENOENT ? LUNET_ERR_NOTFOUND : LUNET_ERR_IO,
                        "%s: cannot open for hashing: %s", path, strerror(errno));
+  enum { BUF = 1 << 16 };
   EVP_MD_CTX *md = EVP_MD_CTX_new();
-  if (!md || !EVP_DigestInit_ex(md, type, NULL)) {
+  unsigned char *buf = malloc(BUF);
+  if (!md || !buf || !EVP_DigestInit_ex(md, type, NULL)) {
     fclose(f);
     EVP_MD_CTX_free(md);
+    free(buf);
     return lunet_error(ctx, LUNET_ERR_NOMEM, "%s: cannot start a digest", path);
   }
-  static __thread unsigned char buf[1 << 16];
   size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) EVP_DigestUpdate(md, buf, n);
+  while ((n = fread(buf, 1, BUF, f)) > 0) EVP_DigestUpdate(md, buf, n);
   int failed = ferror(f);
   fclose(f);
+  free(buf);
   unsigned char out[EVP_MAX_MD_SIZE];
   unsigned len = 0;
   EVP_DigestFinal_ex(md, out, &len);

@@ -92,7 +92,7 @@ local function parse_args(info, ...)
   if n == 0 then
     tbl = {}
   elseif n == 1 and type(given[1]) == "table" and getmetatable(given[1]) == nil
-      and not (first and first.type == "shape") then
+      and not (info.positional > 0 and first and first.type == "shape") then
     tbl = given[1]
   else
     tbl = given

@@ -3,8 +3,9 @@
  * `a.b.c` or `a.b:c`; the part before the last separator is looked up
  * without running any code (raw table reads, and __index only when it is a
  * table: no function is called, so completing has no side effects), and the
- * last part is completed from the keys of that value, its __index chain,
- * and for `:` only keys holding functions.  A single word completes from
+ * last part is completed from the keys of that value, its __index chain
+ * (or, where __index is a function, the metatable's __methods table), and
+ * for `:` only keys holding functions.  A single word completes from
  * the globals and the keywords.
  *
  * One match is inserted; several insert their common prefix, or are listed
@@ -108,16 +109,29 @@ static void add_keys(lua_State *L, int t, int set, const char *part, int methods
   }
 }
 
+/* Where __index is a function (the tensor's: it also serves properties),
+ * the methods sit in the metatable's __methods table, or in the metatable
+ * itself; both are offered.  The metatable is on top. */
+static void add_hidden_methods(lua_State *L, int set, const char *part, int methods) {
+  add_keys(L, lua_gettop(L), set, part, methods, 1);
+  lua_pushliteral(L, "__methods");
+  if (lua_rawget(L, -2) == LUA_TTABLE) add_keys(L, lua_gettop(L), set, part, methods, 0);
+  lua_pop(L, 1);
+}
+
 /* Adds the candidates from the value on top (popped): its own keys and
- * those of its __index tables.  Where __index is a function, the methods
- * are usually kept in the metatable itself, so its keys are offered. */
+ * those of its __index tables. */
 static void add_candidates(lua_State *L, int set, const char *part, int methods) {
   for (int depth = 0; depth < MAX_CHAIN; depth++) {
     if (lua_istable(L, -1)) add_keys(L, lua_gettop(L), set, part, methods, 0);
     if (!lua_getmetatable(L, -1)) break;
     lua_pushliteral(L, "__index");
     int kind = lua_rawget(L, -2);
-    if (kind == LUA_TFUNCTION) add_keys(L, lua_gettop(L) - 1, set, part, methods, 1);
+    if (kind == LUA_TFUNCTION) {
+      lua_pop(L, 1);
+      add_hidden_methods(L, set, part, methods);
+      lua_pushnil(L); /* in place of __index */
+    }
     lua_remove(L, -2); /* the metatable */
     lua_remove(L, -2); /* the value */
     if (kind != LUA_TTABLE) break;

@@ -191,6 +191,16 @@ def case_complete(exe, home):
     s.send("('hi', '\\n')\r")
     s.expect(r"\nhi\nfile \(0x")
     s.prompt()
+    # __index is a function: the methods are found in __methods.
+    s.send("mt = {__methods = {resize = function(self, n) return n + 1 end}}; "
+           "mt.__index = function(t, k) return mt.__methods[k] end; "
+           "proxy = setmetatable({}, mt)\r")
+    s.prompt()
+    s.send("proxy:resi\t")
+    s.expect(r"proxy:resize$")
+    s.send("(8)\r")
+    s.expect(r"\n9\n")
+    s.prompt()
     # Completion calls no function: an __index function must not run.
     s.send("calls = 0; trap = setmetatable({}, {__index = function() calls = calls + 1 end})\r")
     s.prompt()
@@ -253,6 +263,17 @@ def case_library(exe, home):
     s = start(exe, home)
     s.send("type(nn), nn == require 'lunet'\r")
     s.expect(r"\ntable\ttrue\n")
+    s.prompt()
+    s.send("nn.zer\t")
+    s.expect(r"nn\.zeros$")
+    s.send("({2, 3})\r")
+    s.prompt()
+    s.send("x = nn.zeros({2, 3})\r")
+    s.prompt()
+    s.send("x:resh\t")  # a tensor's methods
+    s.expect(r"x:reshape$")
+    s.send("({3, 2}):numel()\r")
+    s.expect(r"\n6(\.0)?\n")
     assert s.close() == 0
 
 

@@ -1,0 +1,172 @@
+-- Training and inference throughput of the CIFAR-10 example CNN in lunet.
+--
+--   lunet bench/bench_cnn.lua [--backend NAME] [--threads N]
+--                             [--batches 32,64,128] [--seconds S]
+--                             [--repeats R] [--infer-batch B] [--json]
+--
+-- A training step is the same code path as model:fit: C.step (forward,
+-- loss, backward, all in C) followed by optimizer:apply (Adam).  fit's own
+-- per-batch work (row gathering, progress bar) is left out, so these
+-- figures are the model's cost, not the loop's.  Inference is C.predict on
+-- one batch (what model:predict does for a batch that fits).
+--
+-- Each measurement: warm-up steps, then R timed runs of about S seconds
+-- each; the figure is the median of the R runs' images/s.  The data is
+-- random (nn.rand), which does not change the arithmetic.
+local nn = require "lunet"
+local C = nn._C
+
+local function usage(msg)
+  io.stderr:write("bench_cnn.lua: ", msg, "\n",
+    "usage: lunet bench/bench_cnn.lua [--backend NAME] [--threads N] [--batches 32,64,128]\n",
+    "       [--seconds S] [--repeats R] [--infer-batch B] [--json]\n")
+  os.exit(2)
+end
+
+local function parse_args(argv)
+  local o = { batches = { 32, 64, 128 }, seconds = 3, repeats = 3, infer_batch = 256, json = false }
+  local i = 1
+  local function value(name)
+    i = i + 1
+    if argv[i] == nil then usage(name .. " needs a value") end
+    return argv[i]
+  end
+  local function number(name)
+    local v = tonumber(value(name))
+    if not v or v <= 0 then usage(name .. " needs a positive number") end
+    return v
+  end
+  while i <= #argv do
+    local a = argv[i]
+    if a == "--backend" then o.backend = value(a)
+    elseif a == "--threads" then o.threads = math.tointeger(number(a)) or usage("--threads needs an integer")
+    elseif a == "--seconds" then o.seconds = number(a)
+    elseif a == "--repeats" then o.repeats = math.tointeger(number(a)) or usage("--repeats needs an integer")
+    elseif a == "--infer-batch" then o.infer_batch = math.tointeger(number(a)) or usage("--infer-batch needs an integer")
+    elseif a == "--json" then o.json = true
+    elseif a == "--batches" then
+      o.batches = {}
+      for b in value(a):gmatch("[^,]+") do
+        local n = math.tointeger(tonumber(b))
+        if not n or n < 1 then usage("--batches takes positive integers separated by commas, e.g. 32,64,128") end
+        o.batches[#o.batches + 1] = n
+      end
+    elseif a == "-h" or a == "--help" then usage("help")
+    else usage("unknown argument '" .. a .. "'") end
+    i = i + 1
+  end
+  return o
+end
+
+local function build_model()
+  local m = nn.Sequential{
+    nn.Conv2D{32, 3, activation = "relu", input_shape = {32, 32, 3}}, nn.MaxPooling2D(2),
+    nn.Conv2D{64, 3, activation = "relu"}, nn.MaxPooling2D(2),
+    nn.Conv2D{128, 3, activation = "relu"}, nn.MaxPooling2D(2),
+    nn.Flatten(), nn.Dense{512, activation = "relu"}, nn.Dense{10, activation = "softmax"}}
+  m:compile{optimizer = nn.optimizers.Adam{}, loss = "sparse_categorical_crossentropy", metrics = {"accuracy"}}
+  m:build()
+  return m
+end
+
+-- Integer class labels 0..9 as a float tensor, as the dataset loaders give.
+local function labels(n)
+  local t = {}
+  for i = 1, n do t[i] = (i * 7) % 10 end
+  return nn.tensor(t)
+end
+
+local function median(v)
+  local s = {}
+  for i, x in ipairs(v) do s[i] = x end
+  table.sort(s)
+  local n = #s
+  if n % 2 == 1 then return s[(n + 1) // 2] end
+  return (s[n // 2] + s[n // 2 + 1]) / 2
+end
+
+-- Runs fn until `seconds` have passed (at least 2 calls); images/s.
+local function timed(fn, batch, seconds)
+  local t0, count = C.now(), 0
+  repeat
+    fn()
+    count = count + 1
+  until count >= 2 and C.now() - t0 >= seconds
+  return count * batch / (C.now() - t0)
+end
+
+local function measure(fn, batch, o)
+  for _ = 1, 3 do fn() end -- warm-up: first-touch allocations, pools, caches
+  local runs = {}
+  for r = 1, o.repeats do runs[r] = timed(fn, batch, o.seconds) end
+  return median(runs), runs
+end
+
+local function train_fn(m, batch)
+  local x, y = nn.rand{batch, 32, 32, 3}, labels(batch)
+  local opts = { training = true }
+  for k, v in pairs(m.step_opts) do opts[k] = v end
+  return function()
+    local l = C.step(m.handles, x, y, opts)
+    if l ~= l then error("the loss became NaN") end
+    m.optimizer:apply(m.params)
+  end
+end
+
+local function infer_fn(m, batch)
+  local x = nn.rand{batch, 32, 32, 3}
+  return function()
+    local p = C.predict(m.handles, x)
+    p:free()
+  end
+end
+
+local function backend_info(name)
+  for _, b in ipairs(nn.backends()) do
+    if b.name == name then return b end
+  end
+  return { name = name, device = "?", detail = "?" }
+end
+
+local function json_str(s)
+  return '"' .. tostring(s):gsub('[%c"\\]', function(c)
+    return string.format("\\u%04x", c:byte())
+  end) .. '"'
+end
+
+local function main(argv)
+  local o = parse_args(argv)
+  if o.backend then nn.use(o.backend) end
+  if o.threads then nn.threads(o.threads) end
+  nn.seed(1)
+  local info = backend_info(nn.default_backend())
+  local threads = nn.threads()
+  if not o.json then
+    print(string.format("backend: %s (%s) - %s", info.name, info.device, info.detail))
+    print(string.format("threads: %d   OPENBLAS_CORETYPE=%s", threads, os.getenv("OPENBLAS_CORETYPE") or "(unset)"))
+    print(string.format("timing: 3 warm-up steps, then median of %d runs of %.1f s each", o.repeats, o.seconds))
+  end
+  local m = build_model()
+  local train = {}
+  for _, b in ipairs(o.batches) do
+    local med, runs = measure(train_fn(m, b), b, o)
+    collectgarbage()
+    train[#train + 1] = { batch = b, ips = med }
+    if not o.json then
+      local r = {}
+      for i, v in ipairs(runs) do r[i] = string.format("%.0f", v) end
+      print(string.format("train  batch %4d: %8.1f images/s  (runs: %s)", b, med, table.concat(r, ", ")))
+    end
+  end
+  local inf = measure(infer_fn(m, o.infer_batch), o.infer_batch, o)
+  if not o.json then
+    print(string.format("infer  batch %4d: %8.1f images/s", o.infer_batch, inf))
+    return
+  end
+  local parts = {}
+  for _, t in ipairs(train) do parts[#parts + 1] = string.format('"%d":%.2f', t.batch, t.ips) end
+  print(string.format('{"impl":"lunet","backend":%s,"detail":%s,"threads":%d,"train":{%s},"infer":{"%d":%.2f}}',
+    json_str(info.name), json_str(info.detail), threads, table.concat(parts, ","), o.infer_batch, inf))
+end
+
+main(arg or {})

@@ -1,0 +1,72 @@
+-- Command-line handling shared by the recipes in recipes/.
+local M = {}
+
+local usage = [[
+usage: %s [options]
+  --epochs N          training epochs (default %d)
+  --batch-size N      batch size (default %d)
+  --backend NAME      compute backend (default: cpu; see nn.backends())
+  --threads N         CPU threads (default: all cores, or $LUNET_THREADS)
+  --data PATH|URL     a local copy (archive or folder) or a mirror URL of the dataset
+  --sha256 HEX        the checksum the download must have (with a URL)
+  --limit N           train on the first N training samples only
+  --seed N            random seed (default 1)
+  --augment           random augmentation during training%s
+  --no-augment        no augmentation%s
+  --save PATH         save the trained model (safetensors) to PATH
+  --verbose N         0 silent, 1 progress bar, 2 one line per epoch
+  -h, --help          this text]]
+
+-- Parses `argv` into a table; defaults = {epochs =, batch_size =, augment =}.
+function M.parse(argv, defaults, prog)
+  local o = { epochs = defaults.epochs, batch_size = defaults.batch_size, augment = defaults.augment, seed = 1 }
+  local function text()
+    return string.format(usage, prog, defaults.epochs, defaults.batch_size,
+      defaults.augment and " (default)" or "", defaults.augment and "" or " (default)")
+  end
+  local numeric = { ["--epochs"] = "epochs", ["--batch-size"] = "batch_size", ["--limit"] = "limit",
+    ["--seed"] = "seed", ["--threads"] = "threads", ["--verbose"] = "verbose" }
+  local strings = { ["--backend"] = "backend", ["--data"] = "data", ["--sha256"] = "sha256", ["--save"] = "save" }
+  local i = 1
+  while i <= #argv do
+    local a = argv[i]
+    local key, inline = a:match("^(%-%-[%w-]+)=(.*)$")
+    key = key or a
+    local function value()
+      if inline then return inline end
+      i = i + 1
+      if argv[i] == nil then error(string.format("%s: %s needs a value\n%s", prog, key, text()), 0) end
+      return argv[i]
+    end
+    if key == "-h" or key == "--help" then
+      print(text())
+      os.exit(0)
+    elseif numeric[key] then
+      local v = math.tointeger(tonumber(value()))
+      if not v or v < 0 then error(string.format("%s: %s needs a non-negative integer", prog, key), 0) end
+      o[numeric[key]] = v
+    elseif strings[key] then
+      o[strings[key]] = value()
+    elseif key == "--augment" then
+      o.augment = true
+    elseif key == "--no-augment" then
+      o.augment = false
+    else
+      error(string.format("%s: unknown option '%s'\n%s", prog, a, text()), 0)
+    end
+    i = i + 1
+  end
+  return o
+end
+
+-- The dataset options for load_data from the parsed command line.
+function M.data_options(o)
+  local d = { limit = o.limit, verbose = true }
+  if o.data then
+    if o.data:match("^%a[%w+.-]*://") then d.url = o.data else d.path = o.data end
+  end
+  d.sha256 = o.sha256
+  return d
+end
+
+return M

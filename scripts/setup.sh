@@ -1,0 +1,18 @@
+#!/bin/sh
+# Installs lunet's dependencies (Debian 12 packages), builds it in build/
+# and installs it under /usr/local, so `lua recipes/cifar_cnn.lua` works.
+# Run as root from the repository root.
+set -eu
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+  ca-certificates gcc libc6-dev make cmake pkg-config \
+  lua5.4 liblua5.4-dev libopenblas-dev libcurl4-openssl-dev zlib1g-dev \
+  libarchive-dev libcjson-dev libstb-dev libedit-dev libssl-dev \
+  check libsubunit-dev python3 dataset-fashion-mnist >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$(nproc)"
+cmake --install build >/dev/null
+ldconfig
+echo "lunet installed: try 'lunet' for the REPL or 'lua recipes/fashion_mnist_cnn.lua'"

@@ -1,0 +1,50 @@
+-- A tiny assertion helper for the Lua tests: check.run{name = fn, ...}
+-- prints one line per test and "N passed, M failed" at the end.
+local M = {}
+
+function M.near(a, b, tol, what)
+  tol = tol or 1e-5
+  if math.abs(a - b) > tol * math.max(1, math.abs(b)) then
+    error(string.format("%s: got %.9g, expected %.9g", what or "value", a, b), 2)
+  end
+end
+
+function M.eq(a, b, what)
+  if a ~= b then error(string.format("%s: got %s, expected %s", what or "value", tostring(a), tostring(b)), 2) end
+end
+
+function M.same_table(a, b, tol, what)
+  if type(a) ~= "table" then return M.near(a, b, tol, what) end
+  M.eq(#a, #b, (what or "table") .. " length")
+  for i = 1, #a do M.same_table(a[i], b[i], tol, (what or "table") .. "[" .. i .. "]") end
+end
+
+-- Asserts f() fails with a message containing `pattern` (plain text).
+function M.fails(f, pattern)
+  local ok, err = pcall(f)
+  if ok then error("expected an error containing: " .. pattern, 2) end
+  if not tostring(err):find(pattern, 1, true) then
+    error(string.format("error message\n  %s\ndoes not contain\n  %s", tostring(err), pattern), 2)
+  end
+end
+
+function M.run(tests)
+  local names = {}
+  for name in pairs(tests) do names[#names + 1] = name end
+  table.sort(names)
+  local passed, failed = 0, 0
+  for _, name in ipairs(names) do
+    local ok, err = xpcall(tests[name], debug.traceback)
+    if ok then
+      passed = passed + 1
+      print("ok   " .. name)
+    else
+      failed = failed + 1
+      print("FAIL " .. name .. "\n" .. tostring(err))
+    end
+  end
+  print(string.format("%d passed, %d failed", passed, failed))
+  os.exit(failed == 0 and 0 or 1)
+end
+
+return M

@@ -1,0 +1,159 @@
+-- Models: training learns, checkpoints round-trip, layers pass gradient
+-- checks, bad input gets clear errors.
+package.path = arg[0]:gsub("[^/]+$", "") .. "?.lua;" .. package.path
+local check = require "check"
+local nn = require "lunet"
+
+local T = {}
+
+-- y = 3 x1 - 2 x2 + 1, learned by one Dense unit with MSE.
+function T.dense_mse_learns_linear_map()
+  nn.seed(11)
+  local x = nn.randn(256, 2)
+  local y = x:matmul(nn.tensor{{3}, {-2}}) + 1
+  local m = nn.Sequential{nn.Dense{1, input_shape = {2}}}
+  m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "mean_squared_error"}
+  local h = m:fit(x, y, {epochs = 30, batch_size = 32, verbose = 0})
+  assert(h.loss[#h.loss] < 1e-4, "final loss " .. h.loss[#h.loss])
+  local w = m:get_weights()
+  check.same_table(w[1]:totable(), {{3}, {-2}}, 1e-2, "kernel")
+  check.same_table(w[2]:totable(), {1}, 1e-2, "bias")
+end
+
+local function blobs(n)
+  nn.seed(5)
+  local x = nn.randn(n, 8, 8, 1)
+  local labels = {}
+  for i = 1, n do labels[i] = (i - 1) % 3 end
+  local y = nn.tensor(labels)
+  -- class c brightens a third of the image
+  local mask = {}
+  for i = 1, n do
+    local img = {}
+    for r = 1, 8 do
+      img[r] = {}
+      for c = 1, 8 do img[r][c] = {((c - 1) // 3 == labels[i]) and 2 or 0} end
+    end
+    mask[i] = img
+  end
+  return x + nn.tensor(mask), y
+end
+
+local function small_cnn()
+  return nn.Sequential{
+    nn.Conv2D{4, 3, activation = "relu", padding = "same", input_shape = {8, 8, 1}},
+    nn.MaxPooling2D(2), nn.BatchNormalization(), nn.Flatten(), nn.Dropout(0.1),
+    nn.Dense{3, activation = "softmax", kernel_regularizer = nn.regularizers.l2(1e-4)}}
+end
+
+function T.cnn_learns_and_is_reproducible()
+  local x, y = blobs(192)
+  local function run()
+    nn.seed(42)
+    local m = small_cnn()
+    m:compile{optimizer = "adam", loss = "sparse_categorical_crossentropy", metrics = {"accuracy"}}
+    return m, m:fit(x, y, {epochs = 8, batch_size = 16, validation_split = 0.25, verbose = 0})
+  end
+  local m, h = run()
+  assert(h.val_accuracy[#h.val_accuracy] > 0.9, "val accuracy " .. h.val_accuracy[#h.val_accuracy])
+  check.eq(#h.loss, 8, "history entries")
+  local _, h2 = run()
+  for i = 1, 8 do check.eq(h2.loss[i], h.loss[i], "loss of epoch " .. i .. " with the same seed") end
+  local p = m:predict(x)
+  check.same_table(p:shape(), {192, 3})
+  check.near(p[1]:sum():item(), 1, 1e-5, "softmax rows sum to one")
+end
+
+function T.save_and_load_resume_exactly()
+  local x, y = blobs(96)
+  nn.seed(9)
+  local m = small_cnn()
+  m:compile{optimizer = nn.optimizers.Adam{learning_rate = 3e-3}, loss = "sparse_categorical_crossentropy",
+    metrics = {"accuracy"}}
+  m:fit(x, y, {epochs = 2, batch_size = 16, verbose = 0})
+  local path = os.tmpname()
+  m:save(path)
+  local before = m:evaluate(x, y)
+  local h1 = m:fit(x, y, {epochs = 3, initial_epoch = 2, batch_size = 16, verbose = 0})
+  local m2 = nn.load_model(path)
+  check.near(m2:evaluate(x, y).loss, before.loss, 1e-6, "loaded model's loss")
+  local h2 = m2:fit(x, y, {epochs = 3, initial_epoch = m2.epoch, batch_size = 16, verbose = 0})
+  check.near(h2.loss[1], h1.loss[1], 1e-6, "resumed training loss")
+  -- a truncated checkpoint and one from another model are refused
+  local f = io.open(path, "rb")
+  local bytes = f:read("a")
+  f:close()
+  local cut = os.tmpname()
+  f = io.open(cut, "wb")
+  f:write(bytes:sub(1, #bytes - 100))
+  f:close()
+  check.fails(function() nn.load_model(cut) end, "truncated or corrupt")
+  local other = nn.Sequential{nn.Dense{2, input_shape = {5}}}
+  check.fails(function() other:load_weights(path) end, "belongs to another model: 'layers.0.kernel' has shape (3, 3, 1, 4), this model expects (5, 2)")
+  os.remove(path)
+  os.remove(cut)
+end
+
+function T.every_builtin_layer_passes_gradient_check()
+  for _, name in ipairs{"Dense", "Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
+      "Flatten", "BatchNormalization", "Activation"} do
+    local results = nn.check_plugin(name)
+    assert(#results > 0, name .. " ships no test cases")
+    for _, r in ipairs(results) do
+      assert(r.ok, string.format("%s{%s}: max relative error %.3g > %.3g", name, r.args, r.max_error, r.tolerance))
+    end
+  end
+end
+
+function T.summary_counts_the_seed_cnn()
+  local m = nn.Sequential{
+    nn.Conv2D{32, 3, activation = "relu", input_shape = {32, 32, 3}}, nn.MaxPooling2D(2),
+    nn.Conv2D{64, 3, activation = "relu"}, nn.MaxPooling2D(2),
+    nn.Conv2D{128, 3, activation = "relu"}, nn.MaxPooling2D(2),
+    nn.Flatten(), nn.Dense{512, activation = "relu"}, nn.Dense{10, activation = "softmax"}}
+  local lines = {}
+  check.eq(m:summary(function(s) lines[#lines + 1] = s end), 361034, "parameters")
+  local text = table.concat(lines, "\n")
+  assert(text:find("Total params: 361,034", 1, true), text)
+  assert(text:find("(None, 2, 2, 128)", 1, true), text)
+end
+
+function T.positional_and_named_arguments_agree()
+  local a = nn.Conv2D{32, 3, activation = "relu", input_shape = {8, 8, 3}}
+  local b = nn.Conv2D{filters = 32, kernel_size = 3, activation = "relu", input_shape = {8, 8, 3}}
+  check.same_table(a.output_shape, b.output_shape)
+  check.same_table(nn.Flatten().args, nn.Flatten{}.args)
+end
+
+function T.bad_input_errors()
+  check.fails(function() nn.Conv2D{32, 0} end, "bad argument #2 to 'Conv2D' (kernel_size must be positive, got 0)")
+  check.fails(function() nn.Conv2D{32, 3, padding = "full"} end, "padding must be one of valid, same, got 'full'")
+  check.fails(function() nn.Dense{10, activaton = "relu"} end, "unknown argument; valid: units, activation")
+  check.fails(function() return nn.Conv3D{} end, "lunet has no layer or class 'Conv3D'")
+  local m = nn.Sequential{nn.Dense{3, activation = "softmax", input_shape = {4}}}
+  check.fails(function() m:compile{optimizer = "adamax", loss = "mse"} end, "unknown optimizer 'adamax'")
+  check.fails(function() m:compile{optimizer = "adam", loss = "hinge"} end, "unknown loss 'hinge'")
+  m:compile{optimizer = "adam", loss = "sparse_categorical_crossentropy", metrics = {"accuracy"}}
+  check.fails(function() m:fit(nn.ones(10, 4), nn.zeros(9), {verbose = 0}) end, "x has 10 samples but y has 9")
+  check.fails(function() m:fit(nn.ones(4, 4), nn.tensor{0, 1, 2, 7}, {verbose = 0}) end,
+    "label 7 at row 3 is outside [0, 3)")
+  check.fails(function() m:fit(nn.ones(4, 5), nn.zeros(4), {verbose = 0}) end,
+    "Dense: expected input of shape (None, 4), got (4, 5)")
+  check.fails(function() m:fit(nn.ones(4, 4), nn.zeros(4), {epoch = 2}) end, "unknown option; valid:")
+  -- the model is intact after all that
+  local h = m:fit(nn.ones(4, 4), nn.zeros(4), {epochs = 1, verbose = 0})
+  check.eq(#h.loss, 1)
+  check.fails(function() nn.load_plugin("/nonexistent/plugin.so") end, "no such file")
+  check.fails(function() nn.use("warp-drive") end, "no backend named 'warp-drive'")
+end
+
+function T.backends_list_cpu_with_kernel()
+  local found
+  for _, b in ipairs(nn.backends()) do if b.name == "cpu" then found = b end end
+  assert(found and found.available and found.threads >= 1, "cpu backend listed")
+  assert(found.detail:find("kernel", 1, true), found.detail)
+  check.eq(nn.threads(1), 1)
+  check.eq(nn.threads(2), 2)
+end
+
+check.run(T)

@@ -1,0 +1,113 @@
+-- Tensor ops and autograd against hand-computed values and finite differences.
+package.path = arg[0]:gsub("[^/]+$", "") .. "?.lua;" .. package.path
+local check = require "check"
+local nn = require "lunet"
+
+local T = {}
+
+function T.arithmetic_broadcast()
+  local a = nn.tensor{{1, 2, 3}, {4, 5, 6}}
+  local b = nn.tensor{10, 20, 30}
+  check.same_table((a + b):totable(), {{11, 22, 33}, {14, 25, 36}})
+  check.same_table((a - 1):totable(), {{0, 1, 2}, {3, 4, 5}})
+  check.same_table((2 * a):totable(), {{2, 4, 6}, {8, 10, 12}})
+  check.same_table((a / b):totable(), {{0.1, 0.1, 0.1}, {0.4, 0.25, 0.2}}, 1e-6)
+  check.same_table((-a):totable(), {{-1, -2, -3}, {-4, -5, -6}})
+end
+
+function T.reductions_and_argmax()
+  local a = nn.tensor{{1, 5, 3}, {4, 2, 6}}
+  check.eq(a:sum():item(), 21)
+  check.same_table(a:sum(1):totable(), {5, 7, 9})
+  check.same_table(a:mean(2):totable(), {3, 4})
+  check.same_table(a:max(2):totable(), {5, 6})
+  check.same_table(a:argmax(-1):totable(), {1, 2})
+end
+
+function T.matmul_reshape_transpose_index()
+  local a = nn.tensor{{1, 2}, {3, 4}, {5, 6}}
+  local b = nn.tensor{{1, 0, 2}, {0, 1, 3}}
+  check.same_table(a:matmul(b):totable(), {{1, 2, 8}, {3, 4, 18}, {5, 6, 28}})
+  check.same_table(a:transpose():totable(), {{1, 3, 5}, {2, 4, 6}})
+  check.same_table(a:reshape(2, 3):totable(), {{1, 2, 3}, {4, 5, 6}})
+  check.same_table(a:reshape(-1):shape(), {6})
+  check.same_table(a[2]:totable(), {3, 4})
+  check.eq(a[3][2], 6)
+  check.same_table(a[{{2, 3}, 1}]:totable(), {3, 5})
+  check.same_table(a[{{}, {2, 2}}]:totable(), {{2}, {4}, {6}})
+end
+
+function T.unary_and_softmax()
+  local x = nn.tensor{0, math.log(2)}
+  check.same_table(x:softmax():totable(), {1 / 3, 2 / 3}, 1e-6)
+  check.same_table(nn.tensor{-1, 2}:relu():totable(), {0, 2})
+  check.near(nn.tensor{0}:sigmoid():totable()[1], 0.5)
+  check.near(nn.tensor{1}:exp():item(), math.exp(1), 1e-6)
+end
+
+function T.constructors()
+  check.same_table(nn.zeros(2, 2):totable(), {{0, 0}, {0, 0}})
+  check.same_table(nn.ones{3}:totable(), {1, 1, 1})
+  check.same_table(nn.arange(0, 5, 2):totable(), {0, 2, 4})
+  nn.seed(3)
+  local r = nn.rand(1000)
+  check.near(r:mean():item(), 0.5, 0.05)
+  local n = nn.randn(4000)
+  check.near(n:mean():item(), 0.0, 0.1)
+  nn.seed(3)
+  check.same_table(nn.rand(1000):totable(), r:totable(), 0, "same seed, same numbers")
+end
+
+function T.printing()
+  local s = tostring(nn.tensor{{1.5, 2}, {3, 4}})
+  assert(s:find("1.5000", 1, true), s)
+  assert(s:find("shape=(2, 2), dtype=float32, device=cpu", 1, true), s)
+  local big = tostring(nn.zeros(100, 100))
+  assert(big:find("...", 1, true) and #big < 2000, "large tensors are abridged")
+end
+
+-- d/dx of sum(f(x) * r) by central differences, against backward().
+local function grad_check(f, shape)
+  nn.seed(7)
+  local x = nn.randn(shape)
+  x:requires_grad(true)
+  local r = nn.randn(f(x):shape())
+  local loss = (f(x) * r):sum()
+  loss:backward()
+  local g = x.grad:reshape(-1):totable()
+  local vals = x:reshape(-1):totable()
+  local eps = 1e-2
+  for k = 1, #vals, math.max(1, #vals // 8) do
+    local function at(v)
+      local c = {}
+      for i, y in ipairs(vals) do c[i] = y end
+      c[k] = v
+      local t = nn.tensor(c):reshape(shape)
+      return nn.no_grad(function() return (f(t) * r):sum():item() end)
+    end
+    local num = (at(vals[k] + eps) - at(vals[k] - eps)) / (2 * eps)
+    check.near(g[k], num, 2e-2, "gradient " .. k)
+  end
+end
+
+function T.autograd_elementwise()
+  local w = nn.tensor{{0.5, -1, 2}}
+  grad_check(function(x) return (x * w + x:exp()):tanh() end, {2, 3})
+  grad_check(function(x) return x:sigmoid() / (x:square() + 1) end, {3, 2})
+end
+
+function T.autograd_matmul_reduce_softmax()
+  local w = nn.tensor{{1, 2}, {0.5, -1}, {0, 3}}
+  grad_check(function(x) return x:matmul(w):softmax() end, {4, 3})
+  grad_check(function(x) return x:sum(2):reshape(2, 1) * x:mean(1) end, {2, 3})
+  grad_check(function(x) return x:transpose():log_softmax() end, {3, 2})
+end
+
+function T.errors_name_shapes()
+  check.fails(function() return nn.ones(2, 3) + nn.ones(4) end, "shapes (2, 3) and (4,) do not broadcast")
+  check.fails(function() return nn.ones(2, 3):matmul(nn.ones(2, 3)) end, "matmul: shapes (2, 3) and (2, 3) do not fit")
+  check.fails(function() return nn.ones(2):backward() end, "does not require grad")
+  check.fails(function() return nn.tensor{{1, 2}, {3}} end, "ragged")
+end
+
+check.run(T)

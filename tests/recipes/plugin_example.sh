@@ -1,0 +1,32 @@
+#!/bin/sh
+# Builds plugins/example out of tree against lunet installed into a scratch
+# prefix (pkg-config lunet), loads it from Lua and trains it; a copy built
+# for another ABI version must be refused with both versions named.
+set -eu
+build=$1 src=$2 work=$3
+rm -rf "$work"
+mkdir -p "$work"
+cmake --install "$build" --prefix "$work/prefix" >/dev/null
+cp -r "$src/plugins/example" "$work/example"
+libdir=$(ls -d "$work"/prefix/lib*/pkgconfig | head -n 1)
+export PKG_CONFIG_PATH="$libdir"
+make -s -C "$work/example" example.so
+sed 's/LUNET_PLUGIN_ABI_MAJOR,/LUNET_PLUGIN_ABI_MAJOR + 1,/' "$work/example/example.c" > "$work/example/future.c"
+cc -std=gnu11 -fPIC -shared $(pkg-config --cflags lunet) -o "$work/example/future.so" \
+  "$work/example/future.c" $(pkg-config --libs lunet)
+cat > "$work/train.lua" <<LUA
+local nn = require "lunet"
+local ok, err = pcall(nn.load_plugin, "$work/example/future.so")
+assert(not ok and tostring(err):find("built for plugin ABI 2.0", 1, true)
+  and tostring(err):find("this lunet has plugin ABI 1.0", 1, true), tostring(err))
+nn.load_plugin("$work/example/example.so")
+nn.seed(1)
+local x = nn.randn(64, 3)
+local y = x * nn.tensor{2, -1, 0.5} + 1
+local m = nn.Sequential{nn.Scale{input_shape = {3}}}
+m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.2}, loss = "mse"}
+local h = m:fit(x, y, {epochs = 40, batch_size = 16, verbose = 0})
+assert(h.loss[#h.loss] < 1e-3, "loss " .. h.loss[#h.loss])
+print("example plugin trained, final loss " .. h.loss[#h.loss])
+LUA
+"$build/bin/lunet" "$work/train.lua"
