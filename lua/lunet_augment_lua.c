@@ -30,10 +30,6 @@ typedef struct pipeline {
   int nsteps;
 } pipeline;
 
-/* For the fit loop (lunet_lua.h has no slot for it; declare it where used):
- * argument `arg` as a pipeline, borrowed. */
-LUNETL_HIDDEN lunet_augment *lunetL_checkaugment(lua_State *L, int arg);
-
 lunet_augment *lunetL_checkaugment(lua_State *L, int arg) {
   pipeline *p = luaL_checkudata(L, arg, AUGMENT_MT);
   if (!p->a) luaL_argerror(L, arg, "the augment pipeline is closed");

@@ -155,6 +155,8 @@ void *lunet_tensor_host(const lunet_tensor *t) {
   return strcmp(t->buf->be->name, "cpu") == 0 ? t->buf->handle : NULL;
 }
 
+const void *lunet_tensor_host_data(const lunet_tensor *t) { return lunet_tensor_host(t); }
+
 static lunet_status check_size(lunet_ctx *ctx, const lunet_tensor *t, size_t nbytes) {
   if (nbytes != t->buf->nbytes && !(t->numel == 0 && nbytes == 0))
     return lunet_error(ctx, LUNET_ERR_ARG, "tensor holds %zu bytes, got a buffer of %zu",

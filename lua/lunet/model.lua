@@ -185,6 +185,36 @@ local function run_eval(self, x, y, batch_size)
   return logs
 end
 
+-- The epoch's batches as a function: next(step) -> xb, yb; next(nil) stops.
+-- Host (cpu, float32) data goes through the prefetch thread, which gathers
+-- and augments the next batches while the current step computes.
+local function batch_source(x, y, order, n, bs, aug, epoch)
+  local host = x:device() == "cpu" and y:device() == "cpu" and x:dtype() == "float32" and y:dtype() == "float32"
+  if host then
+    if not order then
+      order = {}
+      for i = 1, n do order[i] = i end
+    end
+    local b = C.batches_new(x, y, order, bs, aug and aug.handle, aug and aug.seed or 0, epoch)
+    return function(step)
+      if step == nil then return C.batches_close(b) end
+      return C.batches_next(b)
+    end
+  end
+  return function(step)
+    if step == nil then return end
+    local first, count = (step - 1) * bs + 1, math.min(bs, n - (step - 1) * bs)
+    local xb = order and C.take_rows(x, order, first, count) or C.take_rows(x, first, count)
+    local yb = order and C.take_rows(y, order, first, count) or C.take_rows(y, first, count)
+    if aug then
+      local xa = aug:apply(xb, { epoch = epoch, first_index = first - 1 })
+      xb:free()
+      xb = xa
+    end
+    return xb, yb
+  end
+end
+
 local fit_options = { epochs = true, batch_size = true, validation_data = true, validation_split = true, shuffle = true,
   augment = true, callbacks = true, verbose = true, initial_epoch = true }
 
@@ -246,20 +276,18 @@ function Model:fit(x, y, o)
     local bar = Progress.new(steps, verbose)
     local loss_sum, correct, seen = 0, 0, 0
     local logs = {}
+    local next_batch = batch_source(x, y, order, n, bs, aug, epoch)
     for s = 1, steps do
-      local first, count = (s - 1) * bs + 1, math.min(bs, n - (s - 1) * bs)
-      local xb = order and C.take_rows(x, order, first, count) or C.take_rows(x, first, count)
-      local yb = order and C.take_rows(y, order, first, count) or C.take_rows(y, first, count)
-      if aug then
-        local xa = aug:apply(xb, { epoch = epoch, first_index = first - 1 })
-        xb:free()
-        xb = xa
-      end
+      local xb, yb = next_batch(s)
+      local count = nsamples(xb)
       local ok, l, c = pcall(C.step, self.handles, xb, yb, opts)
       xb:free()
       yb:free()
-      if not ok then error("fit: " .. tostring(l), 2) end
-      if l ~= l then error(string.format("fit: the loss became NaN at epoch %d, step %d (lower the learning rate?)", epoch, s), 2) end
+      if not ok then next_batch(nil) error("fit: " .. tostring(l), 2) end
+      if l ~= l then
+        next_batch(nil)
+        error(string.format("fit: the loss became NaN at epoch %d, step %d (lower the learning rate?)", epoch, s), 2)
+      end
       self.optimizer:apply(self.params)
       loss_sum, correct, seen = loss_sum + l * count, correct + c, seen + count
       logs.loss = loss_sum / seen
@@ -268,8 +296,9 @@ function Model:fit(x, y, o)
         logs.accuracy = correct / (seen * per)
       end
       bar:update(s, logs, keys, false)
-      if C.interrupted() then error("interrupted", 0) end
+      if C.interrupted() then next_batch(nil) error("interrupted", 0) end
     end
+    next_batch(nil)
     if xv then
       local vl = run_eval(self, xv, yv, bs)
       for _, k in ipairs(keys) do logs["val_" .. k] = vl[k] end

@@ -151,6 +151,9 @@ LUNET_API lunet_status lunet_tensor_write(lunet_ctx *ctx, lunet_tensor *t,
 /* Reads one element (any dtype) as a double. */
 LUNET_API lunet_status lunet_tensor_item(lunet_ctx *ctx, const lunet_tensor *t,
                                          int64_t flat_index, double *out);
+/* The host address of a tensor's data when its backend keeps data in host
+ * memory (the CPU), else NULL.  Valid while the tensor lives. */
+LUNET_API const void *lunet_tensor_host_data(const lunet_tensor *t);
 /* A copy on another backend. */
 LUNET_API lunet_tensor *lunet_tensor_to(lunet_ctx *ctx, lunet_tensor *t,
                                         const char *backend);

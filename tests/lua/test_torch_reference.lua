@@ -1,0 +1,52 @@
+-- A small CNN's probabilities, loss, gradients and one Adam step against
+-- PyTorch's (tests/fixtures/torch_cnn.lua, made by make_torch_cnn.py).
+local here = arg[0]:gsub("[^/]+$", "")
+package.path = here .. "?.lua;" .. package.path
+local check = require "check"
+local nn = require "lunet"
+local ref = dofile(here .. "../fixtures/torch_cnn.lua")
+
+local function model()
+  local m = nn.Sequential{
+    nn.Conv2D{3, 3, activation = "relu", input_shape = {6, 6, 2}},
+    nn.MaxPooling2D(2), nn.Flatten(), nn.Dense{5, activation = "softmax"}}
+  m:set_weights({nn.tensor(ref.weights[1]), nn.tensor(ref.weights[2]), nn.tensor(ref.weights[3]),
+    nn.tensor(ref.weights[4])})
+  return m
+end
+
+local T = {}
+
+function T.forward_matches_torch()
+  local m = model()
+  check.same_table(m:predict(nn.tensor(ref.x)):totable(), ref.probs, 1e-5, "probabilities")
+end
+
+function T.loss_gradients_and_adam_step_match_torch()
+  local m = model()
+  m:compile{optimizer = nn.optimizers.Adam{learning_rate = 1e-2}, loss = "sparse_categorical_crossentropy"}
+  local x, y = nn.tensor(ref.x), nn.tensor(ref.labels)
+  local loss = nn._C.step(m.handles, x, y, {loss = "sparse_categorical_crossentropy", training = true})
+  check.near(loss, ref.loss, 1e-5, "loss")
+  for i, p in ipairs(m.params) do check.same_table(p.grad:totable(), ref.grads[i], 1e-4, "gradient " .. i) end
+  m.optimizer:apply(m.params)
+  for i, w in ipairs(m:get_weights()) do check.same_table(w:totable(), ref.after_adam[i], 1e-5, "weight " .. i) end
+end
+
+function T.generic_autograd_path_matches_torch()
+  -- the same loss through model(x) and the non-fused loss path
+  local m = model()
+  local x = nn.tensor(ref.x)
+  local p = m(x)
+  local onehot = {}
+  for i, l in ipairs(ref.labels) do
+    onehot[i] = {0, 0, 0, 0, 0}
+    onehot[i][l + 1] = 1
+  end
+  local loss = -(nn.tensor(onehot) * p:log()):sum() / #ref.labels
+  check.near(loss:item(), ref.loss, 1e-5, "loss")
+  loss:backward()
+  for i, w in ipairs(m.params) do check.same_table(w.grad:totable(), ref.grads[i], 1e-4, "gradient " .. i) end
+end
+
+check.run(T)
