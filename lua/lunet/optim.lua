@@ -246,7 +246,15 @@ end
 
 -- A callback from plain functions: nn.callbacks.LambdaCallback{on_epoch_end = function(model, epoch, logs) end}
 function M.callbacks.LambdaCallback(fns)
-  return callback(fns)
+  local self = callback({})
+  for name, fn in pairs(fns or {}) do
+    if not Callback[name] then
+      error(string.format("bad argument '%s' to 'LambdaCallback' (valid: on_train_begin, on_epoch_begin, "
+        .. "on_epoch_end, on_train_end)", tostring(name)), 2)
+    end
+    self[name] = function(_, ...) return fn(...) end
+  end
+  return self
 end
 
 return M

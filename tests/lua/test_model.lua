@@ -147,6 +147,55 @@ function T.bad_input_errors()
   check.fails(function() nn.use("warp-drive") end, "no backend named 'warp-drive'")
 end
 
+function T.callbacks_and_schedules()
+  local x, y = blobs(96)
+  nn.seed(4)
+  local m = small_cnn()
+  -- a learning rate so high that validation loss stops improving
+  m:compile{optimizer = nn.optimizers.SGD{learning_rate = 2.0}, loss = "sparse_categorical_crossentropy"}
+  local stopper = nn.callbacks.EarlyStopping{monitor = "val_loss", patience = 1, restore_best_weights = true,
+    verbose = 0}
+  local seen = {}
+  local logger = nn.callbacks.LambdaCallback{on_epoch_end = function(_, epoch, logs) seen[epoch] = logs.val_loss end}
+  local h = m:fit(x, y, {epochs = 30, batch_size = 16, validation_split = 0.25, verbose = 0,
+    callbacks = {stopper, logger}})
+  assert(#h.loss < 30, "EarlyStopping stopped the run early")
+  check.eq(#h.loss, stopper.best_epoch + 2, "stops after patience + 1 epochs without improvement")
+  local best = math.huge
+  for _, v in pairs(seen) do best = math.min(best, v) end
+  check.eq(stopper.best, best, "best val_loss")
+  -- restored weights give the best epoch's validation loss
+  local xv, yv = nn._C.take_rows(x, 73, 24), nn._C.take_rows(y, 73, 24)
+  check.near(m:evaluate(xv, yv).loss, best, 1e-5, "restored weights")
+
+  local lrs = {}
+  local sched = nn.callbacks.LearningRateScheduler(function(epoch, lr) lrs[#lrs + 1] = lr return 0.1 / (epoch + 1) end)
+  local m2 = small_cnn()
+  m2:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.5}, loss = "sparse_categorical_crossentropy"}
+  m2:fit(x, y, {epochs = 3, batch_size = 32, verbose = 0, callbacks = {sched}})
+  check.same_table(lrs, {0.5, 0.1, 0.05}, 1e-12, "scheduled learning rates")
+  local decay = nn.schedules.ExponentialDecay{initial_learning_rate = 0.1, decay_steps = 10, decay_rate = 0.5}
+  check.near(decay(20), 0.025, 1e-12, "ExponentialDecay")
+end
+
+function T.resource_errors_are_recoverable()
+  check.fails(function() return nn.zeros(1000000, 1000000) end, "out of memory on backend 'cpu'")
+  local notplugin = os.tmpname() .. ".so"
+  local f = io.open(notplugin, "wb")
+  f:write("not an ELF file")
+  f:close()
+  check.fails(function() nn.load_plugin(notplugin) end, "cannot load plugin " .. notplugin)
+  os.remove(notplugin)
+  -- a real shared object without lunet's entry point
+  local libz
+  for _, dir in ipairs{"/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib"} do
+    local g = io.open(dir .. "/libz.so.1", "rb")
+    if g then g:close() libz = dir .. "/libz.so.1" break end
+  end
+  if libz then check.fails(function() nn.load_plugin(libz) end, "is not a lunet plugin") end
+  check.eq(nn.ones(2):sum():item(), 2, "still working afterwards")
+end
+
 function T.backends_list_cpu_with_kernel()
   local found
   for _, b in ipairs(nn.backends()) do if b.name == "cpu" then found = b end end
