@@ -14,7 +14,9 @@
 
 /* Bytes of im2col workspace per sub-chunk: small enough for L2, large
  * enough for an efficient GEMM. */
+#ifndef COLS_BUDGET
 #define COLS_BUDGET ((int64_t)512 * 1024)
+#endif
 /* FMAs below which a GEMM is not worth splitting. */
 #define GEMM_SERIAL_FMAS ((double)(1 << 18))
 
@@ -202,7 +204,7 @@ static int64_t sub_rows(int64_t kk) {
 static void conv_fwd_task(void *arg, int64_t begin, int64_t end, int chunk) {
   conv_job *j = arg;
   const lunet_conv2d_desc *d = j->d;
-  float *ws = j->ws ? j->ws + chunk * j->ws_floats : NULL;
+  float *ws = j->ws ? j->ws + lunet_cpu_tid() * j->ws_floats : NULL;
   for (int64_t r = begin; r < end; r += j->sub) {
     int64_t nr = end - r < j->sub ? end - r : j->sub;
     const float *cols = j->x + r * d->c;
@@ -255,7 +257,7 @@ static void conv_bwd_data_task(void *arg, int64_t begin, int64_t end, int chunk)
           d->f, j->w, d->f, 0.0f, j->dx + begin * per * d->c, d->c);
     return;
   }
-  float *ws = j->ws + chunk * j->ws_floats;
+  float *ws = j->ws + lunet_cpu_tid() * j->ws_floats;
   memset(j->dx + begin * d->h * d->w * d->c, 0,
          (size_t)((end - begin) * d->h * d->w * d->c) * sizeof(float));
   for (int64_t r = begin * per; r < r_end; r += j->sub) {

@@ -19,12 +19,15 @@
  * to the system. */
 #define LUNET_CPU_POOL_CAP ((size_t)1 << 30)
 
-/* A task run by the pool: items [begin, end), `chunk` in [0, threads). */
+/* A task run by the pool: items [begin, end) of chunk `chunk`.  Which
+ * thread runs a chunk varies; lunet_cpu_tid() names it (for scratch space). */
 typedef void (*lunet_cpu_task)(void *arg, int64_t begin, int64_t end, int chunk);
 
-/* The backend's own threads: the caller runs chunk 0, workers the rest.
- * Chunks are static (item ranges depend only on n and the thread count), so
- * results are the same run to run. */
+/* The backend's own threads: n-1 workers plus the calling thread.  A
+ * parallel region cuts [0, n) into static chunks (ranges depend only on n and
+ * the thread count, so results are the same run to run); the caller and
+ * the workers claim chunks from a counter, so a worker the OS has not
+ * scheduled yet delays nothing: the caller runs its chunks. */
 typedef struct lunet_cpu_pool {
   int n; /* threads, the caller included */
   pthread_t *workers;
@@ -32,13 +35,14 @@ typedef struct lunet_cpu_pool {
   pthread_mutex_t mu;     /* guards sleeping and waking */
   pthread_mutex_t run_mu; /* one parallel region at a time */
   pthread_cond_t start_cv, done_cv;
-  atomic_uint_fast64_t gen;
-  atomic_int pending;
+  atomic_uint_fast64_t gen;   /* bumped for every region (and to stop) */
+  atomic_uint_fast64_t claim; /* region << 32 | chunks << 16 | next chunk */
+  atomic_int done;            /* chunks finished in this region */
+  atomic_int sleepers;
   bool stop;
   lunet_cpu_task fn;
   void *arg;
   int64_t total;
-  int chunks;
 } lunet_cpu_pool;
 
 /* Freed buffers of one size, ready for reuse. */
@@ -67,6 +71,8 @@ void lunet_cpu_pool_stop(lunet_cpu_pool *p);
 void lunet_cpu_parallel(lunet_backend *be, int64_t n, int64_t grain, lunet_cpu_task fn,
                         void *arg);
 int lunet_cpu_threads(lunet_backend *be);
+/* The pool thread running the current chunk: 0 (the caller) .. n-1. */
+int lunet_cpu_tid(void);
 /* The number of chunks lunet_cpu_parallel() will use for (n, grain). */
 int lunet_cpu_chunks(lunet_backend *be, int64_t n, int64_t grain);
 

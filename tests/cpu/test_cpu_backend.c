@@ -968,6 +968,30 @@ START_TEST(test_determinism) {
 }
 END_TEST
 
+/* Many short regions back to back, with thread-count changes in between:
+ * the pool must neither lose nor repeat a chunk. */
+START_TEST(test_pool_stress) {
+  const size_t rows = 64, cols = 512;
+  float *x = rnd(rows * cols, -1, 1), want[512], got[512];
+  N->reduce(be, LUNET_REDUCE_SUM, want, x, 1, rows, cols);
+  for (int round = 0; round < 3000; round++) {
+    if (round % 1000 == 999) ck_assert_int_eq(F->set_threads(be, 1 + round / 1000), 0);
+    memset(got, 0, sizeof got);
+    F->reduce(be, LUNET_REDUCE_SUM, got, x, 1, rows, cols);
+    if (memcmp(got, want, sizeof got) != 0) {
+      expect_close(got, want, cols, 1e-5f, 1e-5f, "stress reduce");
+    }
+  }
+  float *y = zeros(200000);
+  for (int round = 0; round < 500; round++) {
+    F->fill(be, y, (float)round, 200000);
+    expect_true(y[0] == (float)round && y[199999] == (float)round && y[100000] == (float)round,
+                "fill round %d", round);
+  }
+  free(x), free(y);
+}
+END_TEST
+
 START_TEST(test_bad_geometry) {
   lunet_conv2d_desc d = conv_desc((conv_case){1, 3, 3, 1, 1, 3, 3, 1, 1, 0});
   d.sh = 0;
@@ -1008,6 +1032,7 @@ static Suite *cpu_suite(void) {
   tcase_add_test(tc, test_cast_fill_copy_gather);
   tcase_add_test(tc, test_dropout_and_resample);
   tcase_add_test(tc, test_determinism);
+  tcase_add_test(tc, test_pool_stress);
   tcase_add_test(tc, test_bad_geometry);
   suite_add_tcase(s, tc);
   return s;
