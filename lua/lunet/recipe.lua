@@ -69,4 +69,23 @@ function M.data_options(o)
   return d
 end
 
+-- Seed, backend and threads from the command line.
+function M.setup(nn, o)
+  nn.seed(o.seed)
+  if o.backend then nn.use(o.backend) end
+  if o.threads then nn.threads(o.threads) end
+end
+
+-- Summary, fit with the test set as validation, the final "test accuracy:"
+-- line, and the checkpoint when --save was given.
+function M.train(model, x_train, y_train, x_test, y_test, augment, o)
+  model:summary()
+  model:fit(x_train, y_train, { epochs = o.epochs, batch_size = o.batch_size, validation_data = { x_test, y_test },
+    augment = augment, verbose = o.verbose })
+  local result = model:evaluate(x_test, y_test)
+  if o.save then model:save(o.save) end
+  print(string.format("test accuracy: %.4f", result.accuracy))
+  return result
+end
+
 return M
