@@ -30,7 +30,8 @@ local positive_ok = { axis = true, seed = true }
 -- Checks one value against its schema entry; returns the value to store.
 local function check_arg(tname, s, v, argpos)
   local where = argpos and ("#" .. argpos) or ("'" .. s.name .. "'")
-  local function bad(msg) error(string.format("bad argument %s to '%s' (%s)", where, tname, msg), 4) end
+  -- level 5: bad, check_arg, parse_args, new, then the caller (constructors tail-call new)
+  local function bad(msg) error(string.format("bad argument %s to '%s' (%s)", where, tname, msg), 5) end
   if v == nil then
     if s.required then bad(s.name .. " is required") end
     return nil

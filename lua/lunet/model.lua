@@ -97,7 +97,6 @@ function Model:summary(print_fn)
   print_fn(string.format("Trainable params: %s (%s)", fmt_int(trainable), fmt_bytes(trainable * 4)))
   print_fn(string.format("Non-trainable params: %s (%s)", fmt_int(total - trainable), fmt_bytes((total - trainable) * 4)))
   print_fn(line)
-  return total
 end
 
 function Model:count_params()

@@ -112,7 +112,8 @@ function T.summary_counts_the_seed_cnn()
     nn.Conv2D{128, 3, activation = "relu"}, nn.MaxPooling2D(2),
     nn.Flatten(), nn.Dense{512, activation = "relu"}, nn.Dense{10, activation = "softmax"}}
   local lines = {}
-  check.eq(m:summary(function(s) lines[#lines + 1] = s end), 361034, "parameters")
+  m:summary(function(s) lines[#lines + 1] = s end)
+  check.eq(m:count_params(), 361034, "parameters")
   local text = table.concat(lines, "\n")
   assert(text:find("Total params: 361,034", 1, true), text)
   assert(text:find("(None, 2, 2, 128)", 1, true), text)
@@ -127,6 +128,8 @@ end
 
 function T.bad_input_errors()
   check.fails(function() nn.Conv2D{32, 0} end, "bad argument #2 to 'Conv2D' (kernel_size must be positive, got 0)")
+  local ok, err = pcall(function() nn.Dense{0} end)
+  assert(not ok and err:find("^[^:]*test_model.lua:%d+: bad argument #1 to 'Dense'"), "points at the caller: " .. err)
   check.fails(function() nn.Conv2D{32, 3, padding = "full"} end, "padding must be one of valid, same, got 'full'")
   check.fails(function() nn.Dense{10, activaton = "relu"} end, "unknown argument; valid: units, activation")
   check.fails(function() return nn.Conv3D{} end, "lunet has no layer or class 'Conv3D'")
