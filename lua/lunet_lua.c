@@ -73,16 +73,17 @@ void lunetL_pushtensor(lua_State *L, lunet_tensor *t) {
 }
 
 /* A number argument becomes a scalar tensor on the other operand's backend. */
+/* NULL with the context's error set when the scalar cannot be made; the
+ * caller raises after releasing what it holds. */
 static lunet_tensor *operand(lua_State *L, int arg, const lunet_tensor *like) {
   lunet_tensor *t = lunetL_totensor(L, arg);
   if (t) return lunet_tensor_retain(t);
-  if (!lua_isnumber(L, arg)) luaL_typeerror(L, arg, "tensor or number");
   float v = (float)lua_tonumber(L, arg);
   lunet_ctx *ctx = lunetL_ctx(L);
   lunet_tensor *s = lunet_op_new(ctx, like, LUNET_F32, 0, NULL);
-  if (!s || lunet_op_fill(ctx, s, v)) {
+  if (s && lunet_op_fill(ctx, s, v)) {
     lunet_tensor_release(s);
-    lunetL_error(L, NULL);
+    s = NULL;
   }
   return s;
 }
@@ -90,8 +91,11 @@ static lunet_tensor *operand(lua_State *L, int arg, const lunet_tensor *like) {
 static int arith(lua_State *L, lunet_tensor *(*fn)(lunet_ctx *, lunet_tensor *, lunet_tensor *)) {
   lunet_tensor *like = lunetL_totensor(L, 1);
   if (!like) like = lunetL_checktensor(L, 2);
-  lunet_tensor *a = operand(L, 1, like), *b = operand(L, 2, like);
-  lunet_tensor *y = fn(lunetL_ctx(L), a, b);
+  /* Type errors first: nothing is held yet when they raise. */
+  for (int arg = 1; arg <= 2; arg++)
+    if (!lunetL_totensor(L, arg) && !lua_isnumber(L, arg)) luaL_typeerror(L, arg, "tensor or number");
+  lunet_tensor *a = operand(L, 1, like), *b = a ? operand(L, 2, like) : NULL;
+  lunet_tensor *y = a && b ? fn(lunetL_ctx(L), a, b) : NULL;
   lunet_tensor_release(a);
   lunet_tensor_release(b);
   lunetL_pushtensor(L, y);
@@ -443,7 +447,7 @@ static int t_requires_grad(lua_State *L) {
 static int t_backward(lua_State *L) {
   lunet_tensor *t = lunetL_checktensor(L, 1);
   lunet_tensor *g = lua_isnoneornil(L, 2) ? NULL : lunetL_checktensor(L, 2);
-  if (lunet_backward(lunetL_ctx(L), t, g)) lunetL_error(L, "backward");
+  if (lunet_backward(lunetL_ctx(L), t, g)) lunetL_error(L, NULL);
   return 0;
 }
 
@@ -464,7 +468,7 @@ static int t_to(lua_State *L) {
 }
 
 static int t_clone(lua_State *L) {
-  lunetL_pushtensor(L, lunet_op_copy(lunetL_ctx(L), lunetL_checktensor(L, 1)));
+  lunetL_pushtensor(L, lunet_copy(lunetL_ctx(L), lunetL_checktensor(L, 1)));
   return 1;
 }
 
@@ -484,8 +488,9 @@ static int t_fill(lua_State *L) {
 
 static int t_eq(lua_State *L) {
   lunet_tensor *like = lunetL_checktensor(L, 1);
+  if (!lunetL_totensor(L, 2)) luaL_checknumber(L, 2);
   lunet_tensor *b = operand(L, 2, like);
-  lunet_tensor *y = lunet_compare(lunetL_ctx(L), LUNET_BINARY_EQ, like, b);
+  lunet_tensor *y = b ? lunet_compare(lunetL_ctx(L), LUNET_BINARY_EQ, like, b) : NULL;
   lunet_tensor_release(b);
   lunetL_pushtensor(L, y);
   return 1;
@@ -652,11 +657,11 @@ static int l_tensor(lua_State *L) {
   nested_shape(L, 1, shape, &nd);
   int64_t n = 1;
   for (int i = 0; i < nd; i++) n *= shape[i];
-  float *data = malloc(sizeof(float) * (size_t)(n ? n : 1));
-  if (!data) return luaL_error(L, "tensor: out of host memory");
+  /* Scratch as a userdata: the collector frees it if fill_nested raises. */
+  float *data = lua_newuserdatauv(L, sizeof(float) * (size_t)(n ? n : 1), 0);
   if (n) fill_nested(L, 1, shape, nd, 0, data, &pos);
   lunet_tensor *t = lunet_tensor_from_data(ctx, LUNET_F32, nd, shape, data);
-  free(data);
+  lua_pop(L, 1);
   if (t && dt != LUNET_F32) {
     lunet_tensor *c = lunet_op_cast(ctx, t, dt);
     lunet_tensor_release(t);

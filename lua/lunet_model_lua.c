@@ -20,7 +20,7 @@ static lunet_layer *check_layer(lua_State *L, int arg) {
 
 static int layer_gc(lua_State *L) {
   lunet_layer **p = luaL_checkudata(L, 1, LAYER_MT);
-  lunet_layer_free(*p);
+  lunet_layer_release(*p);
   *p = NULL;
   return 0;
 }
@@ -267,6 +267,13 @@ static lunet_tensor *forward(lunet_ctx *ctx, lunet_layer **layers, int n, lunet_
   return h;
 }
 
+static bool same_shape(const lunet_tensor *a, const lunet_tensor *b) {
+  if (lunet_tensor_ndim(a) != lunet_tensor_ndim(b)) return false;
+  for (int i = 0; i < lunet_tensor_ndim(a); i++)
+    if (lunet_tensor_dim(a, i) != lunet_tensor_dim(b, i)) return false;
+  return true;
+}
+
 /* Correct predictions in the batch, for the accuracy metric. */
 static lunet_status count_correct(lunet_ctx *ctx, lunet_tensor *pred, lunet_tensor *y,
                                   const step_opts *o, double *correct) {
@@ -278,16 +285,17 @@ static lunet_status count_correct(lunet_ctx *ctx, lunet_tensor *pred, lunet_tens
     lunet_tensor *th = lunet_op_new(ctx, pred, LUNET_F32, 0, NULL);
     if (th && !lunet_op_fill(ctx, th, t)) a = lunet_op_binary(ctx, LUNET_BINARY_GT, pred, th);
     lunet_tensor_release(th);
-    b = lunet_tensor_retain(y);
-    if (a && b && lunet_tensor_numel(a) != lunet_tensor_numel(b)) {
+    b = lunet_tensor_dtype(y) == LUNET_F32 ? lunet_tensor_retain(y) : lunet_op_cast(ctx, y, LUNET_F32);
+    if (a && b && !same_shape(a, b)) {
       lunet_tensor *r = lunet_op_reshape(ctx, b, lunet_tensor_ndim(a), lunet_tensor_shape(a));
       lunet_tensor_release(b);
       b = r;
     }
   } else {
     a = lunet_op_argmax(ctx, pred);
-    b = o->metric == 2 ? lunet_op_argmax(ctx, y) : lunet_tensor_retain(y);
-    if (a && b && lunet_tensor_ndim(b) != lunet_tensor_ndim(a)) {
+    b = o->metric == 2 ? lunet_op_argmax(ctx, y)
+        : lunet_tensor_dtype(y) == LUNET_F32 ? lunet_tensor_retain(y) : lunet_op_cast(ctx, y, LUNET_F32);
+    if (a && b && !same_shape(a, b)) {
       lunet_tensor *r = lunet_op_reshape(ctx, b, lunet_tensor_ndim(a), lunet_tensor_shape(a));
       lunet_tensor_release(b);
       b = r;
@@ -347,7 +355,7 @@ static int l_step(lua_State *L) {
   lunet_tensor *pred = forward(ctx, layers, n, x, &o);
   lunet_tensor *loss = pred ? lunet_loss(ctx, o.loss, pred, y, o.from_logits || o.fuse) : NULL;
   double value = 0, correct = 0;
-  if (loss && o.training) loss = add_penalties(ctx, layers, n, loss);
+  if (loss) loss = add_penalties(ctx, layers, n, loss);
   lunet_status s = loss ? LUNET_OK : lunet_ctx_status(ctx);
   if (!s && o.training) s = lunet_backward(ctx, loss, NULL);
   if (!s) s = lunet_tensor_item(ctx, loss, 0, &value);

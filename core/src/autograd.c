@@ -22,14 +22,6 @@ lunet_node *lunet_node_new(lunet_ctx *ctx, const char *name, int ninputs,
   return n;
 }
 
-void lunet_node_release(lunet_node *n) {
-  if (!n || --n->refcount > 0) return;
-  if (n->release) n->release(n);
-  for (int i = 0; i < n->ninputs; i++) lunet_tensor_release(n->inputs[i]);
-  for (int i = 0; i < 4; i++) lunet_tensor_release(n->saved[i]);
-  free(n);
-}
-
 bool lunet_needs_grad(lunet_ctx *ctx, int n, lunet_tensor *const *ts) {
   if (!ctx->grad_enabled) return false;
   for (int i = 0; i < n; i++)
@@ -74,6 +66,24 @@ static lunet_tensor *record(lunet_ctx *ctx, lunet_tensor *out, const char *name,
   return out;
 }
 
+/* ---- copies: clone and moves between backends pass the gradient back ---- */
+
+static lunet_status copy_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
+                                  lunet_tensor **dx) {
+  lunet_tensor *x = n->inputs[0];
+  dx[0] = dy->buf->be == x->buf->be ? lunet_tensor_retain(dy)
+                                    : lunet_tensor_to(ctx, dy, x->buf->be->name);
+  return dx[0] ? LUNET_OK : ctx->status;
+}
+
+lunet_tensor *lunet_record_copy(lunet_ctx *ctx, lunet_tensor *out, lunet_tensor *in) {
+  return record(ctx, out, "copy", 1, &in, copy_backward, NULL);
+}
+
+lunet_tensor *lunet_copy(lunet_ctx *ctx, lunet_tensor *x) {
+  return lunet_record_copy(ctx, lunet_op_copy(ctx, x), x);
+}
+
 /* ---- backward ---- */
 
 typedef struct order {
@@ -104,7 +114,7 @@ static bool topo(lunet_ctx *ctx, lunet_tensor *root, uint64_t gen, order *out) {
   root->grad_fn->mark = gen;
   size_t *next = NULL, depth_cap = 0;
   while (ok && stack.n) {
-    if (depth_cap < stack.cap) {
+    if (depth_cap < stack.cap) { /* new slots start at input 0 */
       size_t *nn = realloc(next, stack.cap * sizeof *nn);
       if (!nn) { ok = false; break; }
       for (size_t i = depth_cap; i < stack.cap; i++) nn[i] = 0;
@@ -118,8 +128,9 @@ static bool topo(lunet_ctx *ctx, lunet_tensor *root, uint64_t gen, order *out) {
       lunet_tensor *in = n->inputs[(*i)++];
       if (in->grad_fn && in->grad_fn->mark != gen) {
         in->grad_fn->mark = gen;
-        next[stack.n] = 0;
         ok = push(ctx, &stack, in);
+        if (ok && depth_cap < stack.cap) continue; /* grow next[] first */
+        if (ok) next[stack.n - 1] = 0;
       }
     } else {
       stack.n--;
@@ -132,8 +143,18 @@ static bool topo(lunet_ctx *ctx, lunet_tensor *root, uint64_t gen, order *out) {
   return ok;
 }
 
+/* Adds g into *slot, taking g's reference.  A gradient shared with anyone
+ * else (the same dy handed to both inputs of an add, a user's grad_out, a
+ * reshape alias) is copied before it becomes an accumulator, so
+ * accumulating in place never changes another tensor. */
 static lunet_status add_into(lunet_ctx *ctx, lunet_tensor **slot, lunet_tensor *g) {
   if (!*slot) {
+    if (g->refcount > 1 || g->buf->refcount > 1) {
+      lunet_tensor *c = lunet_op_copy(ctx, g);
+      lunet_tensor_release(g);
+      if (!c) return ctx->status;
+      g = c;
+    }
     *slot = g;
     return LUNET_OK;
   }
@@ -175,7 +196,12 @@ static lunet_status propagate(lunet_ctx *ctx, lunet_tensor *t) {
 }
 
 lunet_status lunet_backward(lunet_ctx *ctx, lunet_tensor *root, lunet_tensor *grad_out) {
-  static uint64_t generation;
+  if (grad_out && !lunet_shape_equal(grad_out, root)) {
+    char a[128], b[128];
+    return lunet_error(ctx, LUNET_ERR_SHAPE, "backward: the gradient has shape %s but the tensor "
+                       "has shape %s", lunet_shape_str(grad_out->ndim, grad_out->shape, a, sizeof a),
+                       lunet_shape_str(root->ndim, root->shape, b, sizeof b));
+  }
   if (!root->grad_fn) {
     if (!root->requires_grad)
       return lunet_error(ctx, LUNET_ERR_ARG, "backward: this tensor does not require grad "
@@ -204,7 +230,7 @@ lunet_status lunet_backward(lunet_ctx *ctx, lunet_tensor *root, lunet_tensor *gr
   lunet_tensor_release(root->acc);
   root->acc = g;
   order o = {0};
-  lunet_status s = topo(ctx, root, ++generation, &o) ? LUNET_OK : ctx->status;
+  lunet_status s = topo(ctx, root, ++ctx->generation, &o) ? LUNET_OK : ctx->status;
   bool prev = lunet_set_grad_enabled(ctx, false);
   for (size_t i = o.n; s == LUNET_OK && i-- > 0;)
     if (o.items[i]->acc) s = propagate(ctx, o.items[i]);
@@ -265,13 +291,17 @@ static lunet_status binary_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor 
     }
     break;
   }
-  case LUNET_BINARY_POW: { /* y = a^b: da = b a^(b-1) dy = dy*y*b/a, db = dy*y*ln a */
+  case LUNET_BINARY_POW: { /* y = a^b: da = dy b a^(b-1) (finite at a = 0), db = dy y ln a */
     lunet_tensor *y = n->saved[0];
     lunet_tensor *dyy = bin(ctx, LUNET_BINARY_MUL, dy, y);
     if (need_a && dyy) {
-      lunet_tensor *t = bin(ctx, LUNET_BINARY_MUL, dyy, b);
-      ga = t ? bin(ctx, LUNET_BINARY_DIV, t, a) : NULL;
-      lunet_tensor_release(t);
+      lunet_tensor *bm1 = lunet_op_unary(ctx, LUNET_UNARY_AFFINE, b, 1, -1);
+      lunet_tensor *p = bm1 ? bin(ctx, LUNET_BINARY_POW, a, bm1) : NULL;
+      lunet_tensor *bp = p ? bin(ctx, LUNET_BINARY_MUL, b, p) : NULL;
+      ga = bp ? bin(ctx, LUNET_BINARY_MUL, dy, bp) : NULL;
+      lunet_tensor_release(bm1);
+      lunet_tensor_release(p);
+      lunet_tensor_release(bp);
     }
     if (need_b && dyy) {
       lunet_tensor *la = lunet_op_unary(ctx, LUNET_UNARY_LOG, a, 0, 0);
@@ -411,12 +441,16 @@ static lunet_status reduce_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor 
                                (float)k->numel / (float)(x->numel ? x->numel : 1)))
       g = bin(ctx, LUNET_BINARY_MUL, ones, k);
     lunet_tensor_release(ones);
-  } else { /* max/min: to every element equal to the result */
+  } else { /* max/min: shared equally by the elements equal to the result */
     lunet_tensor *y = lunet_tensor_alias(ctx, n->saved[0], x->ndim, kshape);
     lunet_tensor *mask = y ? bin(ctx, LUNET_BINARY_EQ, x, y) : NULL;
-    g = mask ? bin(ctx, LUNET_BINARY_MUL, mask, k) : NULL;
+    lunet_tensor *cnt = mask ? lunet_op_reduce(ctx, LUNET_REDUCE_SUM, mask, axis, true) : NULL;
+    lunet_tensor *share = cnt ? bin(ctx, LUNET_BINARY_DIV, k, cnt) : NULL;
+    g = share ? bin(ctx, LUNET_BINARY_MUL, mask, share) : NULL;
     lunet_tensor_release(y);
     lunet_tensor_release(mask);
+    lunet_tensor_release(cnt);
+    lunet_tensor_release(share);
   }
   lunet_tensor_release(k);
   dx[0] = g;

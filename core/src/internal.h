@@ -15,6 +15,7 @@ struct lunet_ctx {
   bool grad_enabled;
   int backend; /* registry index of the default backend; -1 until chosen */
   uint64_t fallbacks;
+  uint64_t generation; /* visit mark of the current backward */
 };
 
 /* A loaded backend (the registry owns it for the life of the process). */
@@ -64,6 +65,7 @@ struct lunet_node {
   float fparams[4];
   int64_t iparams[LUNET_MAX_DIMS * 3];
   void *data;                   /* op-specific (a layer for layer nodes) */
+  void *extra;                  /* op-specific (a layer call's saved state) */
   lunet_status (*backward)(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
                            lunet_tensor **dx);
   void (*release)(lunet_node *n);
@@ -97,5 +99,7 @@ LUNET_HIDDEN lunet_node *lunet_node_new(lunet_ctx *ctx, const char *name, int ni
 LUNET_HIDDEN bool lunet_needs_grad(lunet_ctx *ctx, int n, lunet_tensor *const *ts);
 LUNET_HIDDEN void lunet_node_attach(lunet_tensor *out, lunet_node *n);
 LUNET_HIDDEN void lunet_node_release(lunet_node *n);
+/* Records out = copy of in (any backends) when in needs grad. */
+LUNET_HIDDEN lunet_tensor *lunet_record_copy(lunet_ctx *ctx, lunet_tensor *out, lunet_tensor *in);
 
 #endif

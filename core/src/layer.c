@@ -29,10 +29,11 @@ typedef struct weight {
 typedef enum act_kind { ACT_NONE, ACT_UNARY, ACT_SOFTMAX } act_kind;
 
 struct lunet_layer {
+  int refcount;
   lunet_ctx *ctx;
   const lunet_layer_type *type;
   arg_value *args;
-  void *state;
+  void *state; /* the running call's state (each call gets its own block) */
   weight w[MAX_WEIGHTS];
   int nweights;
   lunet_tensor *pending[MAX_WEIGHTS]; /* weight grads of the running backward */
@@ -63,13 +64,19 @@ lunet_layer *lunet_layer_new(lunet_ctx *ctx, const lunet_layer_type *t) {
     lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory for a %s layer", t->name);
     return NULL;
   }
+  l->refcount = 1;
   l->ctx = ctx;
   l->type = t;
   return l;
 }
 
-void lunet_layer_free(lunet_layer *l) {
-  if (!l) return;
+lunet_layer *lunet_layer_retain(lunet_layer *l) {
+  if (l) l->refcount++;
+  return l;
+}
+
+void lunet_layer_release(lunet_layer *l) {
+  if (!l || --l->refcount > 0) return;
   if (l->type->destroy) l->type->destroy(l);
   for (int i = 0; i < l->nweights; i++) lunet_tensor_release(l->w[i].t);
   for (int i = 0; i < l->type->nargs; i++) free(l->args[i].s);
@@ -379,16 +386,26 @@ static void release_pending(lunet_layer *l) {
   }
 }
 
-/* Node inputs: x, then the trainable weights in order. */
+/* Node inputs: x, then the trainable weights in order; n->extra is the
+ * call's own state block, so calling a layer again before backward (a
+ * shared layer, d(d(x))) keeps each call's saved tensors apart. */
 static lunet_status layer_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
                                    lunet_tensor **dx) {
   lunet_layer *l = n->data;
+  if (n->iparams[0])
+    return lunet_layer_error(l, LUNET_ERR_ARG, "backward through the same call a second time: the "
+                             "layer released what it saved after the first backward (run the "
+                             "forward pass again)");
   lunet_tensor *x = n->inputs[0];
   bool need_dx = x->requires_grad || x->grad_fn;
   lunet_tensor *g = NULL;
+  void *prev = l->state;
+  l->state = n->extra;
   release_pending(l);
   lunet_status s = l->type->backward(l, dy, &g, need_dx);
+  l->state = prev;
   if (s == LUNET_OK) {
+    n->iparams[0] = 1;
     dx[0] = g;
     for (int i = 0, k = 1; i < l->nweights; i++)
       if (l->w[i].trainable) {
@@ -400,6 +417,22 @@ static lunet_status layer_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *
   }
   release_pending(l);
   return s;
+}
+
+/* Frees one call's state block: the plugin releases what it holds. */
+static void drop_state(lunet_layer *l, void *state) {
+  if (!state) return;
+  void *prev = l->state;
+  l->state = state;
+  if (l->type->destroy) l->type->destroy(l);
+  l->state = prev;
+  free(state);
+}
+
+static void layer_node_release(lunet_node *n) {
+  lunet_layer *l = n->data;
+  drop_state(l, n->extra);
+  lunet_layer_release(l);
 }
 
 static bool input_fits(lunet_layer *l, const lunet_tensor *x) {
@@ -424,23 +457,36 @@ lunet_tensor *lunet_layer_call(lunet_ctx *ctx, lunet_layer *l, lunet_tensor *x, 
   for (int i = 0; i < l->nweights && ninputs < LUNET_NODE_MAX_INPUTS; i++)
     if (l->w[i].trainable) inputs[ninputs++] = l->w[i].t;
   bool grad = lunet_needs_grad(ctx, ninputs, inputs);
+  void *state = l->type->state_size ? calloc(1, l->type->state_size) : NULL;
+  if (l->type->state_size && !state) {
+    lunet_layer_error(l, LUNET_ERR_NOMEM, "out of host memory for the layer's state");
+    return NULL;
+  }
+  void *prev_state = l->state;
+  l->state = state;
   bool prev = lunet_set_grad_enabled(ctx, false);
   lunet_tensor *y = NULL;
   lunet_status s = l->type->forward(l, x, &y, training);
   lunet_set_grad_enabled(ctx, prev);
+  l->state = prev_state;
   if (s != LUNET_OK || !y) {
     lunet_tensor_release(y);
+    drop_state(l, state);
     if (ctx->status == LUNET_OK) lunet_layer_error(l, LUNET_ERR_ARG, "forward produced no output");
     return NULL;
   }
-  if (grad) {
-    lunet_node *n = lunet_node_new(ctx, l->type->name, ninputs, inputs);
-    if (!n) {
+  lunet_node *n = grad ? lunet_node_new(ctx, l->type->name, ninputs, inputs) : NULL;
+  if (!n) { /* inference, or no memory to record: nothing will need the state */
+    drop_state(l, state);
+    if (grad) {
       lunet_tensor_release(y);
       return NULL;
     }
-    n->data = l;
+  } else {
+    n->data = lunet_layer_retain(l);
+    n->extra = state;
     n->backward = layer_backward;
+    n->release = layer_node_release;
     y->grad_fn = n;
   }
   if (skip_activation || l->act == ACT_NONE) return y;

@@ -162,12 +162,33 @@ static bool same_count(lunet_ctx *ctx, const char *name, const lunet_tensor *pre
   return false;
 }
 
+static lunet_tensor *loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pred,
+                         lunet_tensor *truth, bool from_logits);
+
+/* Labels in any dtype become float32, and targets with the prediction's
+ * element count take its shape: a (N,) target against a (N, 1) prediction
+ * must not broadcast into an (N, N) loss. */
 lunet_tensor *lunet_loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pred,
                          lunet_tensor *truth, bool from_logits) {
   if (pred->ndim < 1) {
     lunet_error(ctx, LUNET_ERR_SHAPE, "loss: y_pred must have a batch axis");
     return NULL;
   }
+  lunet_tensor *t = truth->dtype == LUNET_F32 ? lunet_tensor_retain(truth)
+                                              : lunet_op_cast(ctx, truth, LUNET_F32);
+  if (t && kind != LUNET_LOSS_SPARSE_CATEGORICAL_CE && t->numel == pred->numel &&
+      !lunet_shape_equal(t, pred)) {
+    lunet_tensor *r = lunet_tensor_alias(ctx, t, pred->ndim, pred->shape);
+    lunet_tensor_release(t);
+    t = r;
+  }
+  lunet_tensor *l = t ? loss(ctx, kind, pred, t, from_logits) : NULL;
+  lunet_tensor_release(t);
+  return l;
+}
+
+static lunet_tensor *loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pred,
+                         lunet_tensor *truth, bool from_logits) {
   int64_t k = pred->shape[pred->ndim - 1];
   switch (kind) {
   case LUNET_LOSS_MSE:

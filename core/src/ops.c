@@ -128,6 +128,11 @@ lunet_tensor *lunet_op_unary_backward(lunet_ctx *ctx, lunet_unary_op op,
                                       const lunet_tensor *y, float alpha, float beta) {
   lunet_be *be = BE3("unary_backward", dy, x, y);
   if (!be) return NULL;
+  if ((x && x->numel != dy->numel) || (y && y->numel != dy->numel)) {
+    lunet_error(ctx, LUNET_ERR_SHAPE, "unary_backward: the gradient has %lld elements, the input %lld",
+                (long long)dy->numel, (long long)(x ? x->numel : y->numel));
+    return NULL;
+  }
   lunet_tensor *dx = lunet_op_empty_like(ctx, dy);
   if (!dx) return NULL;
   return done(ctx, be, be->i->unary_backward(be->state, op, alpha, beta, dx->buf->handle,
@@ -283,8 +288,15 @@ lunet_tensor *lunet_op_matmul(lunet_ctx *ctx, const lunet_tensor *a, const lunet
   int64_t ma = a->shape[a->ndim - 1] * a->shape[a->ndim - 2];
   int64_t mb = b->shape[b->ndim - 1] * b->shape[b->ndim - 2];
   int64_t ba = ma > 0 ? a->numel / ma : 1, bb = mb > 0 ? b->numel / mb : 1;
-  bool batch_ok = a->ndim == 2 || b->ndim == 2 || (a->ndim == b->ndim && ba == bb);
-  if (k != k2 || !batch_ok) {
+  bool batch_ok = a->ndim == 2 || b->ndim == 2 || a->ndim == b->ndim;
+  for (int i = 0; batch_ok && a->ndim > 2 && b->ndim > 2 && i < a->ndim - 2; i++)
+    batch_ok = a->shape[i] == b->shape[i];
+  if (!batch_ok) {
+    lunet_error(ctx, LUNET_ERR_SHAPE, "matmul: the batch dimensions of %s and %s differ (they must "
+                "be equal, or one operand 2-D)", shape_s(a, s1, sizeof s1), shape_s(b, s2, sizeof s2));
+    return NULL;
+  }
+  if (k != k2) {
     lunet_error(ctx, LUNET_ERR_SHAPE, "matmul: shapes %s and %s do not fit (inner sizes %lld "
                 "and %lld)", shape_s(a, s1, sizeof s1), shape_s(b, s2, sizeof s2),
                 (long long)k, (long long)k2);
@@ -372,6 +384,7 @@ lunet_tensor *lunet_op_conv2d_backward_data(lunet_ctx *ctx, const lunet_tensor *
                                             const lunet_tensor *w, const lunet_conv2d_desc *d) {
   lunet_be *be = BE2("conv2d_backward_data", dy, w);
   if (!be || !supported(ctx, be, be->i->conv2d_backward_data, "conv2d_backward_data") ||
+      !has_shape(ctx, "conv2d_backward_data", "kernel", w, 4, (int64_t[]){d->kh, d->kw, d->c, d->f}) ||
       !has_shape(ctx, "conv2d_backward_data", "dy", dy, 4, (int64_t[]){d->n, d->oh, d->ow, d->f}))
     return NULL;
   lunet_tensor *dx = lunet_tensor_on(ctx, be, LUNET_F32, 4, (int64_t[]){d->n, d->h, d->w, d->c});
@@ -387,6 +400,7 @@ lunet_tensor *lunet_op_conv2d_backward_filter(lunet_ctx *ctx, const lunet_tensor
   lunet_be *be = BE2("conv2d_backward_filter", dy, x);
   if (db) *db = NULL;
   if (!be || !supported(ctx, be, be->i->conv2d_backward_filter, "conv2d_backward_filter") ||
+      !has_shape(ctx, "conv2d_backward_filter", "input", x, 4, (int64_t[]){d->n, d->h, d->w, d->c}) ||
       !has_shape(ctx, "conv2d_backward_filter", "dy", dy, 4,
                  (int64_t[]){d->n, d->oh, d->ow, d->f}))
     return NULL;
@@ -423,7 +437,10 @@ lunet_tensor *lunet_op_pool2d_backward(lunet_ctx *ctx, lunet_pool_mode mode,
                                        const lunet_tensor *dy, const lunet_tensor *x,
                                        const lunet_tensor *y, const lunet_pool2d_desc *d) {
   lunet_be *be = BE3("pool2d_backward", dy, x, y);
-  if (!be || !supported(ctx, be, be->i->pool2d_backward, "pool2d_backward")) return NULL;
+  if (!be || !supported(ctx, be, be->i->pool2d_backward, "pool2d_backward") ||
+      !has_shape(ctx, "pool2d_backward", "dy", dy, 4, (int64_t[]){d->n, d->oh, d->ow, d->c}) ||
+      !has_shape(ctx, "pool2d_backward", "input", x, 4, (int64_t[]){d->n, d->h, d->w, d->c}))
+    return NULL;
   lunet_tensor *dx = lunet_op_empty_like(ctx, x);
   if (!dx) return NULL;
   return done(ctx, be, be->i->pool2d_backward(be->state, mode, dx->buf->handle, dy->buf->handle,
@@ -451,6 +468,12 @@ lunet_tensor *lunet_op_softmax_backward(lunet_ctx *ctx, const lunet_tensor *dy,
                                         const lunet_tensor *y, bool log) {
   lunet_be *be = BE2("softmax_backward", dy, y);
   if (!be) return NULL;
+  if (!lunet_shape_equal(dy, y)) {
+    char s1[128], s2[128];
+    lunet_error(ctx, LUNET_ERR_SHAPE, "softmax_backward: gradient %s, output %s",
+                shape_s(dy, s1, sizeof s1), shape_s(y, s2, sizeof s2));
+    return NULL;
+  }
   lunet_tensor *dx = lunet_op_empty_like(ctx, y);
   size_t cols = last_dim(y);
   if (!dx) return NULL;
@@ -696,18 +719,29 @@ lunet_tensor *lunet_op_concat(lunet_ctx *ctx, lunet_tensor *const *xs, int n, in
 
 /* ---- optimizers ---- */
 
+/* The gradient and every state slot must match the parameter. */
 static lunet_status same_numel(lunet_ctx *ctx, const char *op, const lunet_tensor *p,
-                               const lunet_tensor *g) {
-  if (p->numel == g->numel) return LUNET_OK;
-  return lunet_error(ctx, LUNET_ERR_SHAPE, "%s: gradient has %lld elements, parameter %lld", op,
-                     (long long)g->numel, (long long)p->numel);
+                               const lunet_tensor *g, const lunet_tensor *s1,
+                               const lunet_tensor *s2) {
+  if (p->numel != g->numel)
+    return lunet_error(ctx, LUNET_ERR_SHAPE, "%s: gradient has %lld elements, parameter %lld", op,
+                       (long long)g->numel, (long long)p->numel);
+  const lunet_tensor *st[2] = {s1, s2};
+  for (int i = 0; i < 2; i++)
+    if (st[i] && (st[i]->numel != p->numel || st[i]->buf->be != p->buf->be ||
+                  st[i]->dtype != LUNET_F32))
+      return lunet_error(ctx, LUNET_ERR_SHAPE, "%s: optimizer state has %lld elements on '%s', the "
+                         "parameter %lld on '%s' (is one optimizer shared by two models? give each "
+                         "model its own)", op, (long long)st[i]->numel, st[i]->buf->be->name,
+                         (long long)p->numel, p->buf->be->name);
+  return LUNET_OK;
 }
 
 lunet_status lunet_op_sgd_update(lunet_ctx *ctx, lunet_tensor *p, const lunet_tensor *g,
                                  lunet_tensor *vel, float lr, float momentum, bool nesterov,
                                  float wd) {
-  lunet_be *be = BE3("sgd", p, g, vel);
-  if (!be || same_numel(ctx, "sgd", p, g)) return ctx->status;
+  lunet_be *be = BE2("sgd", p, g);
+  if (!be || same_numel(ctx, "sgd", p, g, vel, NULL)) return ctx->status;
   return lunet_be_check(ctx, be, be->i->sgd_update(be->state, p->buf->handle, g->buf->handle,
                                                    vel ? vel->buf->handle : NULL,
                                                    (size_t)p->numel, lr, momentum, nesterov, wd),
@@ -717,8 +751,8 @@ lunet_status lunet_op_sgd_update(lunet_ctx *ctx, lunet_tensor *p, const lunet_te
 lunet_status lunet_op_adam_update(lunet_ctx *ctx, lunet_tensor *p, const lunet_tensor *g,
                                   lunet_tensor *m, lunet_tensor *v, float lr, float b1, float b2,
                                   float eps, float wd, int64_t step) {
-  lunet_be *be = BE3("adam", p, g, m);
-  if (!be || same_numel(ctx, "adam", p, g)) return ctx->status;
+  lunet_be *be = BE2("adam", p, g);
+  if (!be || same_numel(ctx, "adam", p, g, m, v)) return ctx->status;
   return lunet_be_check(ctx, be, be->i->adam_update(be->state, p->buf->handle, g->buf->handle,
                                                     m->buf->handle, v->buf->handle,
                                                     (size_t)p->numel, lr, b1, b2, eps, wd, step),
@@ -728,8 +762,10 @@ lunet_status lunet_op_adam_update(lunet_ctx *ctx, lunet_tensor *p, const lunet_t
 lunet_status lunet_op_rmsprop_update(lunet_ctx *ctx, lunet_tensor *p, const lunet_tensor *g,
                                      lunet_tensor *ms, lunet_tensor *mom, float lr, float rho,
                                      float momentum, float eps) {
-  lunet_be *be = BE3("rmsprop", p, g, ms);
-  if (!be || same_numel(ctx, "rmsprop", p, g)) return ctx->status;
+  lunet_be *be = BE2("rmsprop", p, g);
+  if (!be) return ctx->status;
+  if (!ms) return lunet_error(ctx, LUNET_ERR_ARG, "rmsprop: the mean-square state is required");
+  if (same_numel(ctx, "rmsprop", p, g, ms, mom)) return ctx->status;
   return lunet_be_check(ctx, be, be->i->rmsprop_update(be->state, p->buf->handle, g->buf->handle,
                                                        ms->buf->handle,
                                                        mom ? mom->buf->handle : NULL,

@@ -1,7 +1,9 @@
 /*
  * The registry: the one process-wide object.  It loads backends and layer
  * plugins (dlopen), checks their ABI before any other call, and keeps them
- * for the life of the process.  Every access holds `lock`.
+ * for the life of the process.  Loading and scanning hold `lock`; an entry,
+ * once added, never changes or moves, so readers of a found entry need no
+ * lock.
  */
 #define _GNU_SOURCE
 #include <cpuid.h>

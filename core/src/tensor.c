@@ -128,17 +128,67 @@ lunet_tensor *lunet_tensor_retain(lunet_tensor *t) {
   return t;
 }
 
-void lunet_tensor_release(lunet_tensor *t) {
-  if (!t || --t->refcount > 0) return;
+/* Tensors and tape nodes waiting to be freed.  Dropping the last
+ * reference to a long graph frees the whole chain: a worklist instead of
+ * recursion keeps a deep graph (a long unroll) off the C stack. */
+typedef struct worklist {
+  lunet_tensor **t;
+  lunet_node **n;
+  size_t nt, ct, nn, cn;
+} worklist;
+
+static bool grow(void **items, size_t *cap, size_t need, size_t size) {
+  if (need <= *cap) return true;
+  size_t cap2 = *cap ? 2 * *cap : 32;
+  void *p = realloc(*items, cap2 * size);
+  if (!p) return false; /* out of memory: the object leaks rather than crash */
+  *items = p;
+  *cap = cap2;
+  return true;
+}
+
+static void drop_tensor(worklist *w, lunet_tensor *t) {
+  if (t && --t->refcount == 0 && grow((void **)&w->t, &w->ct, w->nt + 1, sizeof *w->t))
+    w->t[w->nt++] = t;
+}
+
+static void drop_node(worklist *w, lunet_node *n) {
+  if (n && --n->refcount == 0 && grow((void **)&w->n, &w->cn, w->nn + 1, sizeof *w->n))
+    w->n[w->nn++] = n;
+}
+
+static void free_tensor(worklist *w, lunet_tensor *t) {
   if (t->buf && --t->buf->refcount == 0) {
     t->buf->be->i->buffer_free(t->buf->be->state, t->buf->handle);
     free(t->buf);
   }
-  lunet_tensor_release(t->grad);
-  lunet_tensor_release(t->acc);
-  if (t->grad_fn) lunet_node_release(t->grad_fn);
+  drop_tensor(w, t->grad);
+  drop_tensor(w, t->acc);
+  drop_node(w, t->grad_fn);
   free(t);
 }
+
+static void free_node(worklist *w, lunet_node *n) {
+  if (n->release) n->release(n);
+  for (int i = 0; i < n->ninputs; i++) drop_tensor(w, n->inputs[i]);
+  for (int i = 0; i < 4; i++) drop_tensor(w, n->saved[i]);
+  free(n);
+}
+
+static void release(lunet_tensor *t, lunet_node *n) {
+  worklist w = {0};
+  drop_tensor(&w, t);
+  drop_node(&w, n);
+  while (w.nt || w.nn) {
+    if (w.nt) free_tensor(&w, w.t[--w.nt]);
+    else free_node(&w, w.n[--w.nn]);
+  }
+  free(w.t);
+  free(w.n);
+}
+
+void lunet_tensor_release(lunet_tensor *t) { release(t, NULL); }
+void lunet_node_release(lunet_node *n) { release(NULL, n); }
 
 int lunet_tensor_ndim(const lunet_tensor *t) { return t->ndim; }
 const int64_t *lunet_tensor_shape(const lunet_tensor *t) { return t->shape; }
@@ -199,7 +249,7 @@ lunet_status lunet_tensor_item(lunet_ctx *ctx, const lunet_tensor *t, int64_t i,
 lunet_tensor *lunet_tensor_to(lunet_ctx *ctx, lunet_tensor *t, const char *backend) {
   lunet_be *be = lunet_registry_backend(ctx, backend);
   if (!be) return NULL;
-  if (be == t->buf->be) return lunet_op_copy(ctx, t);
+  if (be == t->buf->be) return lunet_copy(ctx, t);
   size_t n = t->buf->nbytes;
   void *host = malloc(n ? n : 1);
   if (!host) {
@@ -215,8 +265,7 @@ lunet_tensor *lunet_tensor_to(lunet_ctx *ctx, lunet_tensor *t, const char *backe
     }
   }
   free(host);
-  if (out) out->requires_grad = t->requires_grad;
-  return out;
+  return lunet_record_copy(ctx, out, t);
 }
 
 void lunet_tensor_set_requires_grad(lunet_tensor *t, bool on) { t->requires_grad = on; }

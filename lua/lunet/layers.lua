@@ -177,9 +177,12 @@ function Layer:count_params()
   return total, trainable
 end
 
+-- Copies of the weights, off the tape.
 function Layer:get_weights()
   local out = {}
+  local prev = C.set_no_grad(true)
   for i, w in ipairs(self:weights()) do out[i] = w.tensor:clone() end
+  C.set_no_grad(prev)
   return out
 end
 

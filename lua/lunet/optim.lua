@@ -35,6 +35,7 @@ local function make(kind, name, defaults, opts, nslots)
     self[k] = val
   end
   local lr = self.learning_rate
+  if type(lr) == "table" and lr.schedule then lr = M.schedules.from_config(lr) self.learning_rate = lr end
   if type(lr) ~= "number" and type(lr) ~= "function" and not (type(lr) == "table" and getmetatable(lr)) then
     error(string.format("bad argument 'learning_rate' to '%s' (number or schedule expected)", name), 3)
   end
@@ -68,7 +69,8 @@ function M.optimizers.get(o)
     type(o) == "string" and ("'" .. o .. "'") or type(o)), 3)
 end
 
--- The learning rate at the current step.
+-- The learning rate of the next update (a schedule sees the number of
+-- updates done so far, 0 for the first, as in Keras).
 function Optimizer:current_lr()
   local lr = self.learning_rate
   if type(lr) == "number" then return lr end
@@ -85,8 +87,14 @@ function Optimizer:hyper()
   return { lr = lr, a = self.rho, b = self.momentum, c = self.epsilon }
 end
 
--- One update of every parameter from its .grad (cleared afterwards).
+-- One update of every parameter from its .grad (cleared afterwards).  An
+-- optimizer belongs to the parameter list it first updated.
 function Optimizer:apply(params)
+  if self.owner and self.owner ~= params then
+    error(self.name .. " optimizer already trains another model's weights: give each model its own "
+      .. "optimizer (nn.optimizers." .. self.name .. "{...})", 3)
+  end
+  self.owner = params
   local states = self.states
   for i, p in ipairs(params) do
     if not states[i] then
@@ -98,14 +106,20 @@ function Optimizer:apply(params)
       states[i] = s
     end
   end
+  local hyper = self:hyper()
   self.iterations = self.iterations + 1
-  C.apply_updates(self.kind, params, states, self:hyper(), self.iterations)
+  C.apply_updates(self.kind, params, states, hyper, self.iterations)
 end
 
+-- What a checkpoint stores.  A schedule made by nn.schedules is saved as its
+-- configuration; a plain Lua function cannot be, so its current value is.
 function Optimizer:config()
   local cfg = { name = self.name, iterations = self.iterations }
   for _, k in ipairs({ "learning_rate", "momentum", "nesterov", "beta_1", "beta_2", "epsilon", "rho", "weight_decay" }) do
-    if type(self[k]) ~= "function" and type(self[k]) ~= "table" then cfg[k] = self[k] end
+    local v = self[k]
+    if type(v) == "table" and v.config then cfg[k] = v:config()
+    elseif type(v) == "function" then cfg[k] = v(self.iterations)
+    else cfg[k] = v end
   end
   return cfg
 end
@@ -137,23 +151,48 @@ function M.losses.get(l)
     type(l) == "string" and ("'" .. l .. "'") or type(l)), 3)
 end
 
--- ---- learning-rate schedules (functions of the step) ----
+-- ---- learning-rate schedules: callable objects of the step, saved with
+-- the model ----
 
-function M.schedules.ExponentialDecay(o)
-  local lr0, steps, rate, stair = o.initial_learning_rate, o.decay_steps, o.decay_rate, o.staircase
-  return function(step)
-    local p = step / steps
-    if stair then p = math.floor(p) end
-    return lr0 * rate ^ p
+local Schedule = {}
+Schedule.__index = Schedule
+function Schedule:__call(step) return self.fn(self.cfg, step) end
+function Schedule:config() return self.cfg end
+
+local schedule_fns = {
+  ExponentialDecay = function(c, step)
+    local p = step / c.decay_steps
+    if c.staircase then p = math.floor(p) end
+    return c.initial_learning_rate * c.decay_rate ^ p
+  end,
+  CosineDecay = function(c, step)
+    local t = math.min(step, c.decay_steps) / c.decay_steps
+    local alpha = c.alpha or 0
+    return c.initial_learning_rate * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi * t)) + alpha)
+  end,
+}
+
+local schedule_args = {
+  ExponentialDecay = { "initial_learning_rate", "decay_steps", "decay_rate" },
+  CosineDecay = { "initial_learning_rate", "decay_steps" },
+}
+
+for name, fn in pairs(schedule_fns) do
+  M.schedules[name] = function(o)
+    o = check_fields(name, o, { initial_learning_rate = true, decay_steps = true, decay_rate = true,
+      staircase = true, alpha = true })
+    for _, k in ipairs(schedule_args[name]) do
+      if type(o[k]) ~= "number" then error(string.format("bad argument '%s' to '%s' (number expected)", k, name), 2) end
+    end
+    local cfg = { schedule = name }
+    for k, v in pairs(o) do cfg[k] = v end
+    return setmetatable({ cfg = cfg, fn = fn }, Schedule)
   end
 end
 
-function M.schedules.CosineDecay(o)
-  local lr0, steps, alpha = o.initial_learning_rate, o.decay_steps, o.alpha or 0
-  return function(step)
-    local t = math.min(step, steps) / steps
-    return lr0 * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi * t)) + alpha)
-  end
+function M.schedules.from_config(cfg)
+  if not schedule_fns[cfg.schedule] then error("unknown learning-rate schedule '" .. tostring(cfg.schedule) .. "'", 2) end
+  return setmetatable({ cfg = cfg, fn = schedule_fns[cfg.schedule] }, Schedule)
 end
 
 -- ---- callbacks ----
@@ -195,7 +234,7 @@ function M.callbacks.EarlyStopping(o)
       if self.restore_best_weights then self.best_weights = model:get_weights() end
     else
       self.wait = self.wait + 1
-      if self.wait > self.patience then
+      if self.wait >= self.patience then
         self.stopped_epoch = epoch
         model.stop_training = true
       end

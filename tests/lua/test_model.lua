@@ -126,6 +126,26 @@ function T.positional_and_named_arguments_agree()
   check.same_table(nn.Flatten().args, nn.Flatten{}.args)
 end
 
+function T.one_dimensional_targets()
+  nn.seed(2)
+  local x = nn.randn(8, 2)
+  local y = nn.randn(8)
+  local m = nn.Sequential{nn.Dense{1, input_shape = {2}}}
+  m:compile{optimizer = "sgd", loss = "mse"}
+  local p = m:predict(x):reshape(-1)
+  local want = ((p - y):square()):mean():item()
+  check.near(m:evaluate(x, y).loss, want, 1e-5, "MSE of (N, 1) predictions against (N,) targets")
+  local b = nn.Sequential{nn.Dense{1, activation = "sigmoid", input_shape = {2}}}
+  b:compile{optimizer = "sgd", loss = "binary_crossentropy", metrics = {"accuracy"}}
+  local acc = b:evaluate(x, nn.tensor{0, 1, 0, 1, 1, 0, 1, 0}).accuracy
+  assert(acc >= 0 and acc <= 1, "binary accuracy " .. acc)
+  local ints = nn.tensor({0, 1, 2, 1}, "int32")
+  local c = nn.Sequential{nn.Dense{3, input_shape = {2}}, nn.Activation("softmax")}
+  c:compile{optimizer = "adam", loss = "sparse_categorical_crossentropy", metrics = {"accuracy"}}
+  local h = c:fit(nn.randn(4, 2), ints, {epochs = 1, verbose = 0})
+  check.eq(#h.loss, 1, "int32 labels train through the unfused loss")
+end
+
 function T.bad_input_errors()
   check.fails(function() nn.Conv2D{32, 0} end, "bad argument #2 to 'Conv2D' (kernel_size must be positive, got 0)")
   local ok, err = pcall(function() nn.Dense{0} end)
@@ -163,7 +183,7 @@ function T.callbacks_and_schedules()
   local h = m:fit(x, y, {epochs = 30, batch_size = 16, validation_split = 0.25, verbose = 0,
     callbacks = {stopper, logger}})
   assert(#h.loss < 30, "EarlyStopping stopped the run early")
-  check.eq(#h.loss, stopper.best_epoch + 2, "stops after patience + 1 epochs without improvement")
+  check.eq(#h.loss, stopper.best_epoch + 1, "stops after patience epochs without improvement (Keras)")
   local best = math.huge
   for _, v in pairs(seen) do best = math.min(best, v) end
   check.eq(stopper.best, best, "best val_loss")
@@ -179,6 +199,24 @@ function T.callbacks_and_schedules()
   check.same_table(lrs, {0.5, 0.1, 0.05}, 1e-12, "scheduled learning rates")
   local decay = nn.schedules.ExponentialDecay{initial_learning_rate = 0.1, decay_steps = 10, decay_rate = 0.5}
   check.near(decay(20), 0.025, 1e-12, "ExponentialDecay")
+  -- a schedule is evaluated at step 0 for the first update and survives save/load
+  local m3 = small_cnn()
+  m3:compile{optimizer = nn.optimizers.SGD{learning_rate = decay}, loss = "sparse_categorical_crossentropy"}
+  check.near(m3.optimizer:current_lr(), 0.1, 1e-12, "first update's rate")
+  m3:fit(x, y, {epochs = 1, batch_size = 32, verbose = 0})
+  check.near(m3.optimizer:current_lr(), 0.1 * 0.5 ^ 0.3, 1e-9, "rate after 3 updates")
+  local path = os.tmpname()
+  m3:save(path)
+  local m4 = nn.load_model(path)
+  os.remove(path)
+  check.near(m4.optimizer:current_lr(), 0.1 * 0.5 ^ 0.3, 1e-9, "schedule restored")
+  -- one optimizer cannot train two models
+  local shared = nn.optimizers.Adam{}
+  local a, b = small_cnn(), small_cnn()
+  a:compile{optimizer = shared, loss = "sparse_categorical_crossentropy"}
+  b:compile{optimizer = shared, loss = "sparse_categorical_crossentropy"}
+  a:fit(x, y, {epochs = 1, verbose = 0})
+  check.fails(function() b:fit(x, y, {epochs = 1, verbose = 0}) end, "already trains another model's weights")
 end
 
 function T.resource_errors_are_recoverable()

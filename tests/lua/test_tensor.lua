@@ -103,11 +103,74 @@ function T.autograd_matmul_reduce_softmax()
   grad_check(function(x) return x:transpose():log_softmax() end, {3, 2})
 end
 
+function T.gradients_are_never_shared()
+  local a = nn.tensor{1}:requires_grad(true)
+  local b = nn.tensor{1}:requires_grad(true)
+  ;((a * 3):sum() + (a + b):sum()):backward()
+  check.eq(a.grad:item(), 4, "a.grad")
+  check.eq(b.grad:item(), 1, "b.grad (an add hands one dy to both inputs)")
+  local g = nn.tensor{5}
+  local c = nn.tensor{2}:requires_grad(true)
+  c:backward(g)
+  c:backward(g)
+  check.eq(g:item(), 5, "the user's gradient tensor is left alone")
+  check.eq(c.grad:item(), 10, "leaf gradients accumulate")
+end
+
+function T.deep_graphs_backward_and_free()
+  local x = nn.ones(1):requires_grad(true)
+  local y = x
+  for _ = 1, 5000 do y = y + 1 end
+  y:sum():backward()
+  check.eq(x.grad:item(), 1, "gradient through 5000 adds")
+  y = nil
+  collectgarbage()
+end
+
+function T.edge_case_gradients()
+  local w = nn.zeros(3):requires_grad(true)
+  w:pow(2):sum():backward()
+  check.same_table(w.grad:totable(), {0, 0, 0}, 0, "d/dw w^2 at 0")
+  local m = nn.ones(4):requires_grad(true)
+  m:max():backward()
+  check.same_table(m.grad:totable(), {0.25, 0.25, 0.25, 0.25}, 1e-7, "ties share the max's gradient")
+  local x = nn.ones(2):requires_grad(true)
+  ;(x:clone() * x):sum():backward()
+  check.same_table(x.grad:totable(), {2, 2}, 0, "clone passes gradients")
+  check.fails(function() nn.ones(3):requires_grad(true):exp():backward(nn.ones(1000)) end,
+    "backward: the gradient has shape (1000,) but the tensor has shape (3,)")
+end
+
+function T.layers_keep_each_calls_state()
+  local d = nn.Dense{1, use_bias = false, input_shape = {1}}
+  d:set_weights{nn.tensor{{2}}}
+  local w = d:weights()[1].tensor
+  local y1 = d(nn.tensor{{3}})
+  local _ = d(nn.tensor{{100}})
+  y1:sum():backward()
+  check.eq(w.grad:item(), 3, "gradient of the first call")
+  local x = nn.ones(1, 1):requires_grad(true)
+  local z = d(d(x)):sum()
+  z:backward()
+  check.eq(x.grad:item(), 4, "d(d(x))")
+  check.fails(function() z:backward() end, "backward through the same call a second time")
+  local y
+  do
+    local tmp = nn.Dense{4, input_shape = {3}}
+    y = tmp(nn.ones(2, 3)):sum()
+  end
+  collectgarbage()
+  collectgarbage()
+  y:backward() -- the graph keeps its layer alive
+end
+
 function T.errors_name_shapes()
   check.fails(function() return nn.ones(2, 3) + nn.ones(4) end, "shapes (2, 3) and (4,) do not broadcast")
   check.fails(function() return nn.ones(2, 3):matmul(nn.ones(2, 3)) end, "matmul: shapes (2, 3) and (2, 3) do not fit")
   check.fails(function() return nn.ones(2):backward() end, "does not require grad")
   check.fails(function() return nn.tensor{{1, 2}, {3}} end, "ragged")
+  check.fails(function() return nn.ones(2, 3, 4, 5):matmul(nn.ones(3, 2, 5, 6)) end,
+    "the batch dimensions of (2, 3, 4, 5) and (3, 2, 5, 6) differ")
 end
 
 check.run(T)

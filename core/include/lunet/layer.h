@@ -12,10 +12,13 @@
 extern "C" {
 #endif
 
-/* A new layer of type `t`; every argument starts at "unset" (the binding
- * sets each one, defaults included, before build). */
+/* A new layer of type `t` (one reference); every argument starts at
+ * "unset" (the binding sets each one, defaults included, before build).
+ * Tape nodes of the layer's calls hold references too, so a layer lives
+ * until the graphs that used it are gone. */
 LUNET_API lunet_layer *lunet_layer_new(lunet_ctx *ctx, const lunet_layer_type *t);
-LUNET_API void lunet_layer_free(lunet_layer *l);
+LUNET_API lunet_layer *lunet_layer_retain(lunet_layer *l);
+LUNET_API void lunet_layer_release(lunet_layer *l);
 LUNET_API const lunet_layer_type *lunet_layer_type_get(const lunet_layer *l);
 
 LUNET_API lunet_status lunet_layer_set_nil(lunet_layer *l, const char *arg);

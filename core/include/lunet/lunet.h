@@ -154,7 +154,7 @@ LUNET_API lunet_status lunet_tensor_item(lunet_ctx *ctx, const lunet_tensor *t,
 /* The host address of a tensor's data when its backend keeps data in host
  * memory (the CPU), else NULL.  Valid while the tensor lives. */
 LUNET_API const void *lunet_tensor_host_data(const lunet_tensor *t);
-/* A copy on another backend. */
+/* A copy on another backend (recorded on the tape: gradients move back). */
 LUNET_API lunet_tensor *lunet_tensor_to(lunet_ctx *ctx, lunet_tensor *t,
                                         const char *backend);
 

@@ -262,6 +262,8 @@ LUNET_API lunet_tensor *lunet_slice(lunet_ctx *ctx, lunet_tensor *x, const int64
 LUNET_API lunet_tensor *lunet_concat(lunet_ctx *ctx, lunet_tensor *const *xs, int n,
                                      int axis);
 LUNET_API lunet_tensor *lunet_softmax(lunet_ctx *ctx, lunet_tensor *x, bool log);
+/* A copy that passes gradients back to x. */
+LUNET_API lunet_tensor *lunet_copy(lunet_ctx *ctx, lunet_tensor *x);
 
 /* Losses: y_pred (N, ...) against y_true; mean over samples (and over the
  * last axis for MSE and binary cross-entropy, as Keras does).
