@@ -6,11 +6,13 @@ local nn = require "lunet"
 local recipe = require "lunet.recipe"
 local seed_cnn = dofile(arg[0]:gsub("[^/]*$", "") .. "seed_cnn.lua")
 
-local o = recipe.parse(arg, { epochs = 10, batch_size = 64, augment = false }, "cifar_cnn.lua")
-recipe.setup(nn, o)
-local x_train, y_train, x_test, y_test = nn.datasets.cifar10.load_data(recipe.data_options(o))
-local augment = o.augment and nn.augment.Sequential{
-  nn.augment.RandomFlip("horizontal"),
-  nn.augment.RandomTranslation(0.1, 0.1, {fill_mode = "nearest"}),
-  seed = o.seed} or nil
-recipe.train(seed_cnn(nn, {32, 32, 3}), x_train / 255, y_train, x_test / 255, y_test, augment, o)
+recipe.main("cifar_cnn.lua", function()
+  local o = recipe.parse(arg, { epochs = 10, batch_size = 64, augment = false }, "cifar_cnn.lua")
+  recipe.setup(nn, o)
+  local x_train, y_train, x_test, y_test = nn.datasets.cifar10.load_data(recipe.data_options(o))
+  local augment = o.augment and nn.augment.Sequential{
+    nn.augment.RandomFlip("horizontal"),
+    nn.augment.RandomTranslation(0.1, 0.1, {fill_mode = "nearest"}),
+    seed = o.seed} or nil
+  recipe.train(seed_cnn(nn, {32, 32, 3}), x_train / 255, y_train, x_test / 255, y_test, augment, o)
+end)

@@ -6,9 +6,11 @@ local nn = require "lunet"
 local recipe = require "lunet.recipe"
 local seed_cnn = dofile(arg[0]:gsub("[^/]*$", "") .. "seed_cnn.lua")
 
-local o = recipe.parse(arg, { epochs = 2, batch_size = 32, augment = false }, "fashion_mnist_cnn.lua")
-recipe.setup(nn, o)
-local x_train, y_train, x_test, y_test = nn.datasets.fashion_mnist.load_data(recipe.data_options(o))
-local augment = o.augment and nn.augment.Sequential{
-  nn.augment.RandomTranslation(0.1, 0.1, {fill_mode = "constant"}), seed = o.seed} or nil
-recipe.train(seed_cnn(nn, {28, 28, 1}), x_train / 255, y_train, x_test / 255, y_test, augment, o)
+recipe.main("fashion_mnist_cnn.lua", function()
+  local o = recipe.parse(arg, { epochs = 2, batch_size = 32, augment = false }, "fashion_mnist_cnn.lua")
+  recipe.setup(nn, o)
+  local x_train, y_train, x_test, y_test = nn.datasets.fashion_mnist.load_data(recipe.data_options(o))
+  local augment = o.augment and nn.augment.Sequential{
+    nn.augment.RandomTranslation(0.1, 0.1, {fill_mode = "constant"}), seed = o.seed} or nil
+  recipe.train(seed_cnn(nn, {28, 28, 1}), x_train / 255, y_train, x_test / 255, y_test, augment, o)
+end)

@@ -35,7 +35,7 @@ function M.parse(argv, defaults, prog)
     local function value()
       if inline then return inline end
       i = i + 1
-      if argv[i] == nil then error(string.format("%s: %s needs a value\n%s", prog, key, text()), 0) end
+      if argv[i] == nil then error(string.format("%s needs a value\n%s", key, text()), 0) end
       return argv[i]
     end
     if key == "-h" or key == "--help" then
@@ -43,7 +43,7 @@ function M.parse(argv, defaults, prog)
       os.exit(0)
     elseif numeric[key] then
       local v = math.tointeger(tonumber(value()))
-      if not v or v < 0 then error(string.format("%s: %s needs a non-negative integer", prog, key), 0) end
+      if not v or v < 0 then error(string.format("%s needs a non-negative integer", key), 0) end
       o[numeric[key]] = v
     elseif strings[key] then
       o[strings[key]] = value()
@@ -52,7 +52,7 @@ function M.parse(argv, defaults, prog)
     elseif key == "--no-augment" then
       o.augment = false
     else
-      error(string.format("%s: unknown option '%s'\n%s", prog, a, text()), 0)
+      error(string.format("unknown option '%s'\n%s", a, text()), 0)
     end
     i = i + 1
   end
@@ -67,6 +67,20 @@ function M.data_options(o)
   end
   d.sha256 = o.sha256
   return d
+end
+
+-- Runs a recipe's body; an error (a failed download, a bad option) is
+-- reported as one message and exit status 1, without a Lua traceback
+-- (LUNET_TRACEBACK=1 shows it).
+function M.main(prog, body)
+  local ok, err = xpcall(body, function(e)
+    if os.getenv("LUNET_TRACEBACK") == "1" then return debug.traceback(tostring(e), 2) end
+    return tostring(e)
+  end)
+  if not ok then
+    io.stderr:write(prog, ": ", err, "\n")
+    os.exit(1)
+  end
 end
 
 -- Seed, backend and threads from the command line.
