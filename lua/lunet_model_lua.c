@@ -220,6 +220,11 @@ static int l_layer_weights(lua_State *L) {
   return 1;
 }
 
+static int l_layer_to(lua_State *L) {
+  if (lunet_layer_to(lunetL_ctx(L), check_layer(L, 1), luaL_checkstring(L, 2))) lunetL_error(L, NULL);
+  return 0;
+}
+
 static int l_layer_activation(lua_State *L) {
   const char *a = lunet_layer_activation(check_layer(L, 1));
   if (a) lua_pushstring(L, a);
@@ -588,6 +593,7 @@ static const luaL_Reg functions[] = {
     {"layer_new", l_layer_new},       {"layer_build", l_layer_build},
     {"layer_shapes", l_layer_shapes}, {"layer_call", l_layer_call},
     {"layer_weights", l_layer_weights}, {"layer_activation", l_layer_activation},
+    {"layer_to", l_layer_to},
     {"step", l_step},                 {"predict", l_predict},
     {"sgd_update", l_sgd_update},     {"adam_update", l_adam_update},
     {"rmsprop_update", l_rmsprop_update}, {"assign", l_assign},

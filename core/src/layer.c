@@ -289,6 +289,24 @@ int lunet_layer_add_weight(lunet_layer *l, const char *name, int ndim, const int
   return l->nweights++;
 }
 
+lunet_status lunet_layer_to(lunet_ctx *ctx, lunet_layer *l, const char *backend) {
+  lunet_tensor *moved[MAX_WEIGHTS] = {0};
+  bool prev = lunet_set_grad_enabled(ctx, false);
+  for (int i = 0; i < l->nweights; i++)
+    if (!(moved[i] = lunet_tensor_to(ctx, l->w[i].t, backend))) {
+      lunet_set_grad_enabled(ctx, prev);
+      for (int k = 0; k < i; k++) lunet_tensor_release(moved[k]);
+      return ctx->status;
+    }
+  lunet_set_grad_enabled(ctx, prev);
+  for (int i = 0; i < l->nweights; i++) {
+    moved[i]->requires_grad = l->w[i].trainable;
+    lunet_tensor_release(l->w[i].t);
+    l->w[i].t = moved[i];
+  }
+  return LUNET_OK;
+}
+
 lunet_tensor *lunet_layer_weight(lunet_layer *l, int i) {
   return i >= 0 && i < l->nweights ? l->w[i].t : NULL;
 }

@@ -359,6 +359,21 @@ function Model:__call(x, training)
   return h
 end
 
+-- Moves the model (weights and optimizer state) to another backend; new
+-- tensors for fit/predict must then live there too (nn.use(name)).
+function Model:to(backend)
+  ensure_built(self)
+  for _, l in ipairs(self.layers) do C.layer_to(l.handle, backend) end
+  if self.optimizer then
+    for _, s in pairs(self.optimizer.states) do
+      for k, t in ipairs(s) do s[k] = t:to(backend):detach() end
+    end
+    self.optimizer.owner = nil
+  end
+  self:build(self.input_shape)
+  return self
+end
+
 function Model:get_weights()
   ensure_built(self)
   local out = {}

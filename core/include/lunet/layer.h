@@ -38,6 +38,9 @@ LUNET_API bool lunet_layer_built(const lunet_layer *l);
 LUNET_API int lunet_layer_output_shape(const lunet_layer *l, int64_t *out); /* returns ndim */
 LUNET_API int lunet_layer_input_shape(const lunet_layer *l, int64_t *in);
 
+/* Moves every weight to another backend (copies; the old ones are released). */
+LUNET_API lunet_status lunet_layer_to(lunet_ctx *ctx, lunet_layer *l, const char *backend);
+
 LUNET_API int lunet_layer_weight_count(const lunet_layer *l);
 LUNET_API const char *lunet_layer_weight_name(const lunet_layer *l, int i);
 LUNET_API bool lunet_layer_weight_trainable(const lunet_layer *l, int i);
