@@ -289,8 +289,8 @@ static int augment_apply(lua_State *L) {
     if (lunet_augment_apply(ctx, a, out, in, count, h, w, c, idx, seed,
                             (uint64_t)epoch) == LUNET_OK) {
       int64_t shape[4] = {count, oh, ow, oc};
-      y = nd == 4 ? lunet_tensor_from_data(ctx, LUNET_F32, 4, shape, out)
-                  : lunet_tensor_from_data(ctx, LUNET_F32, 3, shape + 1, out);
+      y = nd == 4 ? lunet_tensor_from_data_on(ctx, lunet_tensor_backend(x), LUNET_F32, 4, shape, out)
+                  : lunet_tensor_from_data_on(ctx, lunet_tensor_backend(x), LUNET_F32, 3, shape + 1, out);
     }
   }
   free(in);

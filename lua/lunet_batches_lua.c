@@ -2,6 +2,7 @@
  * The training batches of Model:fit, prepared (gathered and augmented) on a
  * prefetch thread while the current step computes.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +17,7 @@ typedef struct batches {
   int x_ndim, y_ndim;
   int64_t x_shape[LUNET_MAX_DIMS], y_shape[LUNET_MAX_DIMS]; /* one sample */
   int64_t x_numel, y_numel;
+  char device[32]; /* where the batches go: the model's backend */
 } batches;
 
 static void close_batches(batches *p) {
@@ -39,7 +41,7 @@ static const float *host_f32(lua_State *L, int arg, const char *what) {
   return p;
 }
 
-/* C.batches_new(x, y, order, batch_size, aug|nil, seed, epoch) */
+/* C.batches_new(x, y, order, batch_size, aug|nil, seed, epoch, device) */
 static int l_batches_new(lua_State *L) {
   lunet_tensor *x = lunetL_checktensor(L, 1), *y = lunetL_checktensor(L, 2);
   const float *xh = host_f32(L, 1, "x"), *yh = host_f32(L, 2, "y");
@@ -80,6 +82,7 @@ static int l_batches_new(lua_State *L) {
     o.c = p->x_shape[2];
     lunet_augment_output_shape(aug, o.h, o.w, o.c, &p->x_shape[0], &p->x_shape[1], &p->x_shape[2]);
   }
+  snprintf(p->device, sizeof p->device, "%s", luaL_optstring(L, 8, "cpu"));
   p->b = lunet_batches_new(lunetL_ctx(L), &o);
   free(order);
   if (!p->b) lunetL_error(L, "fit");
@@ -91,11 +94,11 @@ static int l_batches_new(lua_State *L) {
   return 1;
 }
 
-static lunet_tensor *batch_tensor(lunet_ctx *ctx, int64_t count, int nd, const int64_t *sample,
-                                  const float *data) {
+static lunet_tensor *batch_tensor(lunet_ctx *ctx, const char *device, int64_t count, int nd,
+                                  const int64_t *sample, const float *data) {
   int64_t shape[LUNET_MAX_DIMS] = {count};
   memcpy(shape + 1, sample, sizeof(int64_t) * (size_t)nd);
-  return lunet_tensor_from_data(ctx, LUNET_F32, nd + 1, shape, data);
+  return lunet_tensor_from_data_on(ctx, device, LUNET_F32, nd + 1, shape, data);
 }
 
 /* C.batches_next(b) -> xb, yb (on the default backend), or nil at the end */
@@ -106,8 +109,8 @@ static int l_batches_next(lua_State *L) {
   int64_t count = 0;
   if (lunet_batches_next(p->b, p->xbuf, p->ybuf, &count)) lunetL_error(L, "fit");
   if (count == 0) return 0;
-  lunetL_pushtensor(L, batch_tensor(ctx, count, p->x_ndim, p->x_shape, p->xbuf));
-  lunetL_pushtensor(L, batch_tensor(ctx, count, p->y_ndim, p->y_shape, p->ybuf));
+  lunetL_pushtensor(L, batch_tensor(ctx, p->device, count, p->x_ndim, p->x_shape, p->xbuf));
+  lunetL_pushtensor(L, batch_tensor(ctx, p->device, count, p->y_ndim, p->y_shape, p->ybuf));
   return 2;
 }
 

@@ -123,7 +123,8 @@ static lunet_tensor *array_to_f32(lunet_ctx *ctx, lunet_array *a, int64_t rows,
   memcpy(shape, a->shape, sizeof a->shape);
   if (rows >= 0 && rows < shape[0]) shape[0] = rows;
   if (add_channel) shape[ndim++] = 1;
-  lunet_tensor *u8 = lunet_tensor_from_data(ctx, LUNET_U8, ndim, shape, a->data);
+  /* Data sets live in host memory; fit moves each batch to the model's device. */
+  lunet_tensor *u8 = lunet_tensor_from_data_on(ctx, "cpu", LUNET_U8, ndim, shape, a->data);
   lunet_array_free(a);
   if (!u8) return NULL;
   lunet_tensor *f = lunet_op_cast(ctx, u8, LUNET_F32);

@@ -115,7 +115,12 @@ lunet_tensor *lunet_tensor_new(lunet_ctx *ctx, lunet_dtype dt, int ndim,
 
 lunet_tensor *lunet_tensor_from_data(lunet_ctx *ctx, lunet_dtype dt, int ndim,
                                      const int64_t *shape, const void *data) {
-  lunet_tensor *t = lunet_tensor_new(ctx, dt, ndim, shape);
+  return lunet_tensor_from_data_on(ctx, NULL, dt, ndim, shape, data);
+}
+
+lunet_tensor *lunet_tensor_from_data_on(lunet_ctx *ctx, const char *backend, lunet_dtype dt,
+                                        int ndim, const int64_t *shape, const void *data) {
+  lunet_tensor *t = lunet_tensor_new_on(ctx, backend, dt, ndim, shape);
   if (t && lunet_tensor_write(ctx, t, data, (size_t)t->numel * lunet_dtype_size(dt))) {
     lunet_tensor_release(t);
     return NULL;

@@ -48,6 +48,8 @@ function Model:build(shape)
     end
   end
   self.input_shape, self.output_shape, self.built = shape, s, true
+  -- the model's device: where its weights live (batches are moved there)
+  self.device = self.params[1] and self.params[1]:device() or C.default_backend()
   return s
 end
 
@@ -155,6 +157,15 @@ local function permutation(n)
   return p
 end
 
+-- Rows [first, first+count) of t on `device`.
+local function rows_on(t, first, count, device, order)
+  local r = order and C.take_rows(t, order, first, count) or C.take_rows(t, first, count)
+  if r:device() == device then return r end
+  local moved = r:to(device)
+  r:free()
+  return moved
+end
+
 local function step_opts(self, training)
   local o = {}
   for k, v in pairs(self.step_opts) do o[k] = v end
@@ -169,7 +180,7 @@ local function run_eval(self, x, y, batch_size)
   local loss_sum, correct = 0, 0
   for first = 1, n, batch_size do
     local count = math.min(batch_size, n - first + 1)
-    local xb, yb = C.take_rows(x, first, count), C.take_rows(y, first, count)
+    local xb, yb = rows_on(x, first, count, self.device), rows_on(y, first, count, self.device)
     local l, c = C.step(self.handles, xb, yb, opts)
     xb:free()
     yb:free()
@@ -187,14 +198,14 @@ end
 -- The epoch's batches as a function: next(step) -> xb, yb; next(nil) stops.
 -- Host (cpu, float32) data goes through the prefetch thread, which gathers
 -- and augments the next batches while the current step computes.
-local function batch_source(x, y, order, n, bs, aug, epoch)
+local function batch_source(x, y, order, n, bs, aug, epoch, device)
   local host = x:device() == "cpu" and y:device() == "cpu" and x:dtype() == "float32" and y:dtype() == "float32"
   if host then
     if not order then
       order = {}
       for i = 1, n do order[i] = i end
     end
-    local b = C.batches_new(x, y, order, bs, aug and aug.handle, aug and aug.seed or 0, epoch)
+    local b = C.batches_new(x, y, order, bs, aug and aug.handle, aug and aug.seed or 0, epoch, device)
     return function(step)
       if step == nil then return C.batches_close(b) end
       return C.batches_next(b)
@@ -203,8 +214,7 @@ local function batch_source(x, y, order, n, bs, aug, epoch)
   return function(step)
     if step == nil then return end
     local first, count = (step - 1) * bs + 1, math.min(bs, n - (step - 1) * bs)
-    local xb = order and C.take_rows(x, order, first, count) or C.take_rows(x, first, count)
-    local yb = order and C.take_rows(y, order, first, count) or C.take_rows(y, first, count)
+    local xb, yb = rows_on(x, first, count, device, order), rows_on(y, first, count, device, order)
     if aug then
       local xa = aug:apply(xb, { epoch = epoch, first_index = first - 1 })
       xb:free()
@@ -275,7 +285,7 @@ function Model:fit(x, y, o)
     local bar = Progress.new(steps, verbose)
     local loss_sum, correct, seen = 0, 0, 0
     local logs = {}
-    local next_batch = batch_source(x, y, order, n, bs, aug, epoch)
+    local next_batch = batch_source(x, y, order, n, bs, aug, epoch, self.device)
     for s = 1, steps do
       local xb, yb = next_batch(s)
       local count = nsamples(xb)
@@ -341,10 +351,10 @@ function Model:predict(x, o)
   ensure_built(self, x)
   local bs = (o and o.batch_size) or 32
   local n = nsamples(x)
-  if n <= bs then return C.predict(self.handles, x) end
+  if n <= bs and x:device() == self.device then return C.predict(self.handles, x) end
   local parts = {}
   for first = 1, n, bs do
-    local xb = C.take_rows(x, first, math.min(bs, n - first + 1))
+    local xb = rows_on(x, first, math.min(bs, n - first + 1), self.device)
     parts[#parts + 1] = C.predict(self.handles, xb)
     xb:free()
   end

@@ -129,6 +129,10 @@ LUNET_API lunet_tensor *lunet_tensor_new_on(lunet_ctx *ctx, const char *backend,
 LUNET_API lunet_tensor *lunet_tensor_from_data(lunet_ctx *ctx, lunet_dtype dt,
                                                int ndim, const int64_t *shape,
                                                const void *data);
+/* Same, on the named backend (NULL: the default). */
+LUNET_API lunet_tensor *lunet_tensor_from_data_on(lunet_ctx *ctx, const char *backend,
+                                                  lunet_dtype dt, int ndim,
+                                                  const int64_t *shape, const void *data);
 LUNET_API lunet_tensor *lunet_tensor_retain(lunet_tensor *t);
 LUNET_API void lunet_tensor_release(lunet_tensor *t);
 

@@ -1,0 +1,467 @@
+/*
+ * The Vulkan backend's device side: loading libvulkan, the instance (with the
+ * validation layer when LUNET_VULKAN_VALIDATION=1), choosing a physical
+ * device, the logical device and queue, probe/init/shutdown/describe, and
+ * the error slot.
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "vk.h"
+
+#define LUNET_VK_DEFINE(name) PFN_##name name;
+LUNET_VK_GLOBAL_FUNCS(LUNET_VK_DEFINE)
+LUNET_VK_INSTANCE_FUNCS(LUNET_VK_DEFINE)
+#undef LUNET_VK_DEFINE
+
+static PFN_vkGetInstanceProcAddr get_proc;
+static pthread_once_t load_once = PTHREAD_ONCE_INIT;
+static char load_why[256];
+static __thread char error_msg[512];
+
+/* ---- errors ---- */
+
+int lunet_vk_error(int status, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(error_msg, sizeof error_msg, fmt, ap);
+  va_end(ap);
+  return status;
+}
+
+const char *lunet_vk_last_error(lunet_backend *be) {
+  (void)be;
+  return error_msg;
+}
+
+const char *lunet_vk_result_name(VkResult r) {
+  switch (r) {
+  case VK_SUCCESS: return "VK_SUCCESS";
+  case VK_TIMEOUT: return "VK_TIMEOUT";
+  case VK_ERROR_OUT_OF_HOST_MEMORY: return "VK_ERROR_OUT_OF_HOST_MEMORY";
+  case VK_ERROR_OUT_OF_DEVICE_MEMORY: return "VK_ERROR_OUT_OF_DEVICE_MEMORY";
+  case VK_ERROR_INITIALIZATION_FAILED: return "VK_ERROR_INITIALIZATION_FAILED";
+  case VK_ERROR_DEVICE_LOST: return "VK_ERROR_DEVICE_LOST";
+  case VK_ERROR_LAYER_NOT_PRESENT: return "VK_ERROR_LAYER_NOT_PRESENT";
+  case VK_ERROR_EXTENSION_NOT_PRESENT: return "VK_ERROR_EXTENSION_NOT_PRESENT";
+  case VK_ERROR_FEATURE_NOT_PRESENT: return "VK_ERROR_FEATURE_NOT_PRESENT";
+  case VK_ERROR_INCOMPATIBLE_DRIVER: return "VK_ERROR_INCOMPATIBLE_DRIVER";
+  case VK_ERROR_TOO_MANY_OBJECTS: return "VK_ERROR_TOO_MANY_OBJECTS";
+  case VK_ERROR_OUT_OF_POOL_MEMORY: return "VK_ERROR_OUT_OF_POOL_MEMORY";
+  case VK_ERROR_INVALID_SHADER_NV: return "VK_ERROR_INVALID_SHADER_NV";
+  default: return "VK_ERROR (unknown code)";
+  }
+}
+
+int lunet_vk_check(lunet_backend *be, VkResult r, const char *what) {
+  if (r == VK_SUCCESS) return 0;
+  if (r == VK_ERROR_DEVICE_LOST) {
+    be->lost = true;
+    return lunet_vk_error(LUNET_ERR_DEVICE,
+                          "%s: the Vulkan device was lost (VK_ERROR_DEVICE_LOST; a driver "
+                          "reset or a kernel that ran too long): restart lunet to use "
+                          "the device again, or move on with lunet.use(\"cpu\")",
+                          what);
+  }
+  if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY)
+    return lunet_vk_error(LUNET_ERR_NOMEM, "%s: out of %s memory (%s)", what,
+                          r == VK_ERROR_OUT_OF_DEVICE_MEMORY ? "device" : "host",
+                          lunet_vk_result_name(r));
+  return lunet_vk_error(LUNET_ERR_DEVICE, "%s failed: %s (%d)", what,
+                        lunet_vk_result_name(r), (int)r);
+}
+
+/* ---- loading libvulkan ---- */
+
+static void load(void) {
+  void *h = dlopen("libvulkan.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!h) h = dlopen("libvulkan.so", RTLD_NOW | RTLD_LOCAL);
+  if (!h) {
+    snprintf(load_why, sizeof load_why,
+             "no Vulkan loader: libvulkan.so.1 cannot be opened (install libvulkan1 "
+             "and a driver such as mesa-vulkan-drivers)");
+    return;
+  }
+  get_proc = (PFN_vkGetInstanceProcAddr)dlsym(h, "vkGetInstanceProcAddr");
+  if (!get_proc) {
+    snprintf(load_why, sizeof load_why, "libvulkan.so.1 has no vkGetInstanceProcAddr");
+    return;
+  }
+#define LUNET_VK_LOAD(name) name = (PFN_##name)get_proc(NULL, #name);
+  LUNET_VK_GLOBAL_FUNCS(LUNET_VK_LOAD)
+#undef LUNET_VK_LOAD
+  if (!vkCreateInstance || !vkEnumerateInstanceLayerProperties)
+    snprintf(load_why, sizeof load_why, "the Vulkan loader lacks vkCreateInstance");
+}
+
+int lunet_vk_load(char *why, size_t why_len) {
+  pthread_once(&load_once, load);
+  if (load_why[0]) {
+    snprintf(why, why_len, "%s", load_why);
+    return -1;
+  }
+  return 0;
+}
+
+int lunet_vk_load_instance(VkInstance inst, char *why, size_t why_len) {
+#define LUNET_VK_LOAD(name) name = (PFN_##name)get_proc(inst, #name);
+  LUNET_VK_INSTANCE_FUNCS(LUNET_VK_LOAD)
+#undef LUNET_VK_LOAD
+  if (!vkEnumeratePhysicalDevices || !vkCreateDevice || !vkCmdDispatch) {
+    snprintf(why, why_len, "the Vulkan loader lacks core 1.0 entry points");
+    return -1;
+  }
+  return 0;
+}
+
+/* ---- instance ---- */
+
+static bool env_on(const char *name) {
+  const char *v = getenv(name);
+  return v && *v && strcmp(v, "0") != 0;
+}
+
+static bool have_layer(const char *name) {
+  uint32_t n = 0;
+  if (vkEnumerateInstanceLayerProperties(&n, NULL) != VK_SUCCESS || n == 0) return false;
+  VkLayerProperties *p = calloc(n, sizeof *p);
+  bool found = false;
+  if (p && vkEnumerateInstanceLayerProperties(&n, p) == VK_SUCCESS)
+    for (uint32_t i = 0; i < n; i++)
+      if (strcmp(p[i].layerName, name) == 0) found = true;
+  free(p);
+  return found;
+}
+
+/* Validation messages go to stderr and are counted: the tests fail on any. */
+static VKAPI_ATTR VkBool32 VKAPI_CALL on_message(
+    VkDebugUtilsMessageSeverityFlagBitsEXT sev, VkDebugUtilsMessageTypeFlagsEXT type,
+    const VkDebugUtilsMessengerCallbackDataEXT *data, void *user) {
+  lunet_backend *be = user;
+  bool error = sev & VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT;
+  if (error) be->validation_errors++;
+  else be->validation_warnings++;
+  fprintf(stderr, "lunet vulkan validation %s: %s\n", error ? "error" : "warning",
+          data && data->pMessage ? data->pMessage : "(no message)");
+  return VK_FALSE;
+}
+
+static VkDebugUtilsMessengerCreateInfoEXT messenger_info(lunet_backend *be) {
+  return (VkDebugUtilsMessengerCreateInfoEXT){
+      .sType = VK_STRUCTURE_TYPE_DEBUG_UTILS_MESSENGER_CREATE_INFO_EXT,
+      .messageSeverity = VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT |
+                         VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT,
+      .messageType = VK_DEBUG_UTILS_MESSAGE_TYPE_GENERAL_BIT_EXT |
+                     VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT |
+                     VK_DEBUG_UTILS_MESSAGE_TYPE_PERFORMANCE_BIT_EXT,
+      .pfnUserCallback = on_message,
+      .pUserData = be};
+}
+
+/* be may be NULL (probe): no validation then. */
+static VkResult make_instance(lunet_backend *be, VkInstance *inst, bool *validation) {
+  uint32_t version = VK_API_VERSION_1_0;
+  if (vkEnumerateInstanceVersion) vkEnumerateInstanceVersion(&version);
+  VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
+                           .pApplicationName = "lunet",
+                           .pEngineName = "lunet",
+                           .apiVersion = version >= VK_API_VERSION_1_2 ? VK_API_VERSION_1_2
+                                                                       : version};
+  const char *layer = "VK_LAYER_KHRONOS_validation";
+  const char *ext = VK_EXT_DEBUG_UTILS_EXTENSION_NAME;
+  *validation = be && env_on("LUNET_VULKAN_VALIDATION") && have_layer(layer);
+  VkDebugUtilsMessengerCreateInfoEXT dbg = be ? messenger_info(be)
+                                              : (VkDebugUtilsMessengerCreateInfoEXT){0};
+  /* Synchronization validation too: a missing barrier is the bug to catch. */
+  VkValidationFeatureEnableEXT sync = VK_VALIDATION_FEATURE_ENABLE_SYNCHRONIZATION_VALIDATION_EXT;
+  VkValidationFeaturesEXT features = {.sType = VK_STRUCTURE_TYPE_VALIDATION_FEATURES_EXT,
+                                      .pNext = &dbg,
+                                      .enabledValidationFeatureCount = 1,
+                                      .pEnabledValidationFeatures = &sync};
+  VkInstanceCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO,
+                             .pNext = *validation ? &features : NULL,
+                             .pApplicationInfo = &app,
+                             .enabledLayerCount = *validation ? 1 : 0,
+                             .ppEnabledLayerNames = &layer,
+                             .enabledExtensionCount = *validation ? 1 : 0,
+                             .ppEnabledExtensionNames = &ext};
+  return vkCreateInstance(&ci, NULL, inst);
+}
+
+/* ---- physical devices ---- */
+
+static const char *type_name(VkPhysicalDeviceType t) {
+  switch (t) {
+  case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: return "discrete GPU";
+  case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: return "integrated GPU";
+  case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: return "virtual GPU";
+  case VK_PHYSICAL_DEVICE_TYPE_CPU: return "CPU";
+  default: return "other";
+  }
+}
+
+/* Discrete > integrated > virtual > CPU; 0 for a device without compute. */
+static int device_score(VkPhysicalDevice pd) {
+  VkPhysicalDeviceProperties p;
+  vkGetPhysicalDeviceProperties(pd, &p);
+  uint32_t nq = 0;
+  vkGetPhysicalDeviceQueueFamilyProperties(pd, &nq, NULL);
+  VkQueueFamilyProperties q[32];
+  if (nq > 32) nq = 32;
+  vkGetPhysicalDeviceQueueFamilyProperties(pd, &nq, q);
+  bool compute = false;
+  for (uint32_t i = 0; i < nq; i++)
+    if (q[i].queueFlags & VK_QUEUE_COMPUTE_BIT) compute = true;
+  if (!compute || p.apiVersion < VK_API_VERSION_1_1) return 0;
+  switch (p.deviceType) {
+  case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: return 40;
+  case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: return 30;
+  case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: return 20;
+  case VK_PHYSICAL_DEVICE_TYPE_CPU: return 10;
+  default: return 5;
+  }
+}
+
+static uint64_t device_memory(VkPhysicalDevice pd) {
+  VkPhysicalDeviceMemoryProperties m;
+  vkGetPhysicalDeviceMemoryProperties(pd, &m);
+  uint64_t best = 0;
+  for (uint32_t i = 0; i < m.memoryHeapCount; i++)
+    if ((m.memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) &&
+        m.memoryHeaps[i].size > best)
+      best = m.memoryHeaps[i].size;
+  return best;
+}
+
+/* The chosen device's index: LUNET_VULKAN_DEVICE or the best score; -1 with
+ * the reason in why. */
+static int choose_device(VkPhysicalDevice *pds, uint32_t n, char *why, size_t why_len) {
+  const char *env = getenv("LUNET_VULKAN_DEVICE");
+  if (env && *env) {
+    char *end;
+    long v = strtol(env, &end, 10);
+    if (*end || v < 0 || v >= (long)n) {
+      snprintf(why, why_len,
+               "LUNET_VULKAN_DEVICE=%s is not a device index (found %u device%s: use 0 to "
+               "%u)",
+               env, n, n == 1 ? "" : "s", n - 1);
+      return -1;
+    }
+    if (device_score(pds[v]) == 0) {
+      snprintf(why, why_len, "LUNET_VULKAN_DEVICE=%ld names a device without a compute "
+                             "queue or below Vulkan 1.1", v);
+      return -1;
+    }
+    return (int)v;
+  }
+  int best = -1, best_score = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    int s = device_score(pds[i]);
+    if (s > best_score) best = (int)i, best_score = s;
+  }
+  if (best < 0)
+    snprintf(why, why_len, "no Vulkan device with a compute queue and Vulkan 1.1 or later");
+  return best;
+}
+
+/* Enumerates the devices of inst into pds (at most LUNET_VK_MAX_DEVICES). */
+static uint32_t list_devices(VkInstance inst, VkPhysicalDevice *pds, char *why,
+                             size_t why_len) {
+  uint32_t n = LUNET_VK_MAX_DEVICES;
+  VkResult r = vkEnumeratePhysicalDevices(inst, &n, pds);
+  if (r != VK_SUCCESS && r != VK_INCOMPLETE) {
+    snprintf(why, why_len, "no Vulkan device: vkEnumeratePhysicalDevices failed (%s)",
+             lunet_vk_result_name(r));
+    return 0;
+  }
+  if (n == 0)
+    snprintf(why, why_len, "no Vulkan device: vkEnumeratePhysicalDevices found none");
+  return n;
+}
+
+int lunet_vk_probe(char *why, size_t why_len) {
+  if (why && why_len) why[0] = '\0';
+  if (lunet_vk_load(why, why_len)) return 0;
+  VkInstance inst;
+  bool validation;
+  VkResult r = make_instance(NULL, &inst, &validation);
+  if (r != VK_SUCCESS) {
+    snprintf(why, why_len, "no Vulkan device: vkCreateInstance failed (%s; is a driver "
+                           "such as mesa-vulkan-drivers installed?)",
+             lunet_vk_result_name(r));
+    return 0;
+  }
+  int score = 0;
+  VkPhysicalDevice pds[LUNET_VK_MAX_DEVICES];
+  if (lunet_vk_load_instance(inst, why, why_len) == 0) {
+    uint32_t n = list_devices(inst, pds, why, why_len);
+    int i = n ? choose_device(pds, n, why, why_len) : -1;
+    if (i >= 0) score = device_score(pds[i]);
+  }
+  if (vkDestroyInstance) vkDestroyInstance(inst, NULL);
+  return score;
+}
+
+/* "0: llvmpipe (CPU, 2.0 GiB, in use); 1: ..." */
+static void describe_devices(lunet_backend *be, VkPhysicalDevice *pds, uint32_t n) {
+  size_t len = 0;
+  be->devices[0] = '\0';
+  for (uint32_t i = 0; i < n && len < sizeof be->devices; i++) {
+    VkPhysicalDeviceProperties p;
+    vkGetPhysicalDeviceProperties(pds[i], &p);
+    len += (size_t)snprintf(be->devices + len, sizeof be->devices - len,
+                            "%s%u: %s (%s, %.1f GiB%s)", i ? "; " : "", i, p.deviceName,
+                            type_name(p.deviceType),
+                            (double)device_memory(pds[i]) / (1 << 30),
+                            (int)i == be->device_index ? ", in use" : "");
+  }
+}
+
+static void driver_info(lunet_backend *be) {
+  VkPhysicalDeviceDriverProperties drv = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES};
+  VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
+                                    .pNext = &drv};
+  snprintf(be->driver, sizeof be->driver, "driver %u", be->props.driverVersion);
+  if (be->props.apiVersion >= VK_API_VERSION_1_2 && vkGetPhysicalDeviceProperties2) {
+    vkGetPhysicalDeviceProperties2(be->phys, &p2);
+    snprintf(be->driver, sizeof be->driver, "%.40s %.80s", drv.driverName, drv.driverInfo);
+  }
+}
+
+/* ---- logical device ---- */
+
+static int make_device(lunet_backend *be, char *err, size_t err_len) {
+  uint32_t nq = 0;
+  vkGetPhysicalDeviceQueueFamilyProperties(be->phys, &nq, NULL);
+  VkQueueFamilyProperties q[32];
+  if (nq > 32) nq = 32;
+  vkGetPhysicalDeviceQueueFamilyProperties(be->phys, &nq, q);
+  /* A compute queue without graphics is the dedicated (async) one. */
+  int pick = -1;
+  for (uint32_t i = 0; i < nq; i++)
+    if ((q[i].queueFlags & VK_QUEUE_COMPUTE_BIT) &&
+        (pick < 0 || !(q[i].queueFlags & VK_QUEUE_GRAPHICS_BIT)))
+      pick = (int)i;
+  be->qfamily = (uint32_t)pick;
+  float prio = 1.0f;
+  VkDeviceQueueCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
+                                .queueFamilyIndex = be->qfamily,
+                                .queueCount = 1,
+                                .pQueuePriorities = &prio};
+  VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
+                           .queueCreateInfoCount = 1,
+                           .pQueueCreateInfos = &qi};
+  VkResult r = vkCreateDevice(be->phys, &di, NULL, &be->dev);
+  if (r != VK_SUCCESS) {
+    snprintf(err, err_len, "vulkan: vkCreateDevice failed on %s (%s)",
+             be->props.deviceName, lunet_vk_result_name(r));
+    return -1;
+  }
+  vkGetDeviceQueue(be->dev, be->qfamily, 0, &be->queue);
+  return 0;
+}
+
+static int check_limits(lunet_backend *be, char *err, size_t err_len) {
+  const VkPhysicalDeviceLimits *l = &be->props.limits;
+  if (l->maxPerStageDescriptorStorageBuffers < LUNET_VK_BINDINGS ||
+      l->maxPushConstantsSize < LUNET_VK_PUSH_BYTES) {
+    snprintf(err, err_len,
+             "vulkan: %s allows %u storage buffers per shader and %u bytes of push "
+             "constants; lunet needs %d and %d",
+             be->props.deviceName, l->maxPerStageDescriptorStorageBuffers,
+             l->maxPushConstantsSize, LUNET_VK_BINDINGS, LUNET_VK_PUSH_BYTES);
+    return -1;
+  }
+  be->wg = l->maxComputeWorkGroupInvocations >= 256 && l->maxComputeWorkGroupSize[0] >= 256
+               ? 256
+               : 128;
+  be->tile = l->maxComputeWorkGroupInvocations >= 256 ? 16 : 8;
+  return 0;
+}
+
+static int open_device(lunet_backend *be, char *err, size_t err_len) {
+  VkPhysicalDevice pds[LUNET_VK_MAX_DEVICES];
+  char why[256] = "";
+  uint32_t n = list_devices(be->inst, pds, why, sizeof why);
+  be->device_index = n ? choose_device(pds, n, why, sizeof why) : -1;
+  if (be->device_index < 0) {
+    snprintf(err, err_len, "%s", why);
+    return -1;
+  }
+  be->phys = pds[be->device_index];
+  vkGetPhysicalDeviceProperties(be->phys, &be->props);
+  vkGetPhysicalDeviceMemoryProperties(be->phys, &be->memprops);
+  describe_devices(be, pds, n);
+  driver_info(be);
+  if (check_limits(be, err, err_len)) return -1;
+  return make_device(be, err, err_len);
+}
+
+lunet_backend *lunet_vk_init(int threads, char *err, size_t err_len) {
+  (void)threads;
+  if (lunet_vk_load(err, err_len)) return NULL;
+  lunet_backend *be = calloc(1, sizeof *be);
+  if (!be) {
+    snprintf(err, err_len, "vulkan: out of memory allocating the backend state");
+    return NULL;
+  }
+  bool validation;
+  VkResult r = make_instance(be, &be->inst, &validation);
+  if (r != VK_SUCCESS) {
+    snprintf(err, err_len, "vulkan: vkCreateInstance failed (%s)", lunet_vk_result_name(r));
+    free(be);
+    return NULL;
+  }
+  if (lunet_vk_load_instance(be->inst, err, err_len)) goto fail;
+  be->validation = validation;
+  if (validation) {
+    VkDebugUtilsMessengerCreateInfoEXT mi = messenger_info(be);
+    if (vkCreateDebugUtilsMessengerEXT)
+      vkCreateDebugUtilsMessengerEXT(be->inst, &mi, NULL, &be->messenger);
+  }
+  if (open_device(be, err, err_len)) goto fail;
+  if (lunet_vk_frames_init(be) || lunet_vk_kernels_init(be)) {
+    snprintf(err, err_len, "vulkan: %s", lunet_vk_last_error(be));
+    goto fail;
+  }
+  return be;
+fail:
+  lunet_vk_shutdown(be);
+  return NULL;
+}
+
+void lunet_vk_shutdown(lunet_backend *be) {
+  if (!be) return;
+  if (be->dev) {
+    vkDeviceWaitIdle(be->dev);
+    lunet_vk_kernels_free(be);
+    lunet_vk_frames_free(be);
+    vkDestroyDevice(be->dev, NULL);
+  }
+  if (be->messenger) vkDestroyDebugUtilsMessengerEXT(be->inst, be->messenger, NULL);
+  if (be->inst) vkDestroyInstance(be->inst, NULL);
+  free(be);
+}
+
+void lunet_vk_describe(lunet_backend *be, lunet_backend_info *info) {
+  memset(info, 0, sizeof *info);
+  snprintf(info->name, sizeof info->name, "vulkan");
+  snprintf(info->device, sizeof info->device, "%.96s (%s, %.1f GiB)", be->props.deviceName,
+           type_name(be->props.deviceType), (double)device_memory(be->phys) / (1 << 30));
+  snprintf(info->detail, sizeof info->detail, "%.80s, Vulkan %u.%u.%u%s; devices: %.120s",
+           be->driver, VK_API_VERSION_MAJOR(be->props.apiVersion),
+           VK_API_VERSION_MINOR(be->props.apiVersion),
+           VK_API_VERSION_PATCH(be->props.apiVersion),
+           be->validation ? ", validation on" : "", be->devices);
+  info->threads = 1;
+  info->available = !be->lost;
+}
+
+/* For the tests: the validation layer's error and warning counts so far. */
+__attribute__((visibility("default"))) int lunet_vk_validation_count(lunet_backend *be) {
+  return be ? be->validation_errors + be->validation_warnings : 0;
+}

@@ -1,0 +1,142 @@
+/*
+ * Kernels: the embedded SPIR-V modules, one pipeline per (shader, mode)
+ * created on first use, and the dispatch that binds buffers and push
+ * constants into the current batch.
+ *
+ * Every pipeline shares one layout: LUNET_VK_BINDINGS storage buffers and
+ * LUNET_VK_PUSH_BYTES of push constants.  Specialization constants: 0 and 1
+ * the workgroup size, 2 the mode (which op of the family), 3 the GEMM tile.
+ */
+#include <stdio.h>
+#include <string.h>
+#include "vk.h"
+
+int lunet_vk_kernels_init(lunet_backend *be) {
+  VkDescriptorSetLayoutBinding b[LUNET_VK_BINDINGS];
+  for (uint32_t i = 0; i < LUNET_VK_BINDINGS; i++)
+    b[i] = (VkDescriptorSetLayoutBinding){.binding = i,
+                                          .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                          .descriptorCount = 1,
+                                          .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
+  VkDescriptorSetLayoutCreateInfo li = {.sType =
+                                            VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
+                                        .bindingCount = LUNET_VK_BINDINGS,
+                                        .pBindings = b};
+  VkResult r = vkCreateDescriptorSetLayout(be->dev, &li, NULL, &be->dsl);
+  if (r) return lunet_vk_check(be, r, "vkCreateDescriptorSetLayout");
+  VkPushConstantRange pr = {VK_SHADER_STAGE_COMPUTE_BIT, 0, LUNET_VK_PUSH_BYTES};
+  VkPipelineLayoutCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
+                                   .setLayoutCount = 1,
+                                   .pSetLayouts = &be->dsl,
+                                   .pushConstantRangeCount = 1,
+                                   .pPushConstantRanges = &pr};
+  r = vkCreatePipelineLayout(be->dev, &pi, NULL, &be->layout);
+  return r ? lunet_vk_check(be, r, "vkCreatePipelineLayout") : 0;
+}
+
+void lunet_vk_kernels_free(lunet_backend *be) {
+  for (int s = 0; s < VK_SH_COUNT; s++) {
+    for (int m = 0; m < LUNET_VK_MAX_MODES; m++)
+      if (be->pipes[s][m]) vkDestroyPipeline(be->dev, be->pipes[s][m], NULL);
+    if (be->modules[s]) vkDestroyShaderModule(be->dev, be->modules[s], NULL);
+  }
+  if (be->layout) vkDestroyPipelineLayout(be->dev, be->layout, NULL);
+  if (be->dsl) vkDestroyDescriptorSetLayout(be->dev, be->dsl, NULL);
+}
+
+static int make_pipeline(lunet_backend *be, lunet_vk_shader sh, int mode) {
+  const lunet_vk_spirv *sp = &lunet_vk_shaders[sh];
+  VkResult r;
+  if (!be->modules[sh]) {
+    VkShaderModuleCreateInfo mi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
+                                   .codeSize = sp->bytes,
+                                   .pCode = sp->code};
+    r = vkCreateShaderModule(be->dev, &mi, NULL, &be->modules[sh]);
+    if (r)
+      return lunet_vk_error(LUNET_ERR_DEVICE, "vulkan: shader %s.comp does not load (%s)",
+                            sp->name, lunet_vk_result_name(r));
+  }
+  bool tiled = sh == VK_SH_GEMM;
+  uint32_t spec[4] = {tiled ? be->tile : be->wg, tiled ? be->tile : 1, (uint32_t)mode,
+                      be->tile};
+  VkSpecializationMapEntry me[4];
+  for (uint32_t i = 0; i < 4; i++) me[i] = (VkSpecializationMapEntry){i, 4 * i, 4};
+  VkSpecializationInfo si = {4, me, sizeof spec, spec};
+  VkComputePipelineCreateInfo ci = {
+      .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
+      .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
+                .stage = VK_SHADER_STAGE_COMPUTE_BIT,
+                .module = be->modules[sh],
+                .pName = "main",
+                .pSpecializationInfo = &si},
+      .layout = be->layout};
+  r = vkCreateComputePipelines(be->dev, VK_NULL_HANDLE, 1, &ci, NULL, &be->pipes[sh][mode]);
+  if (r == VK_ERROR_DEVICE_LOST) return lunet_vk_check(be, r, "vkCreateComputePipelines");
+  if (r)
+    return lunet_vk_error(LUNET_ERR_DEVICE,
+                          "vulkan: shader %s.comp (mode %d) does not build into a pipeline "
+                          "on %s (%s)",
+                          sp->name, mode, be->props.deviceName, lunet_vk_result_name(r));
+  return 0;
+}
+
+uint32_t lunet_vk_groups(lunet_backend *be, size_t n) {
+  size_t g = (n + be->wg - 1) / be->wg;
+  size_t cap = be->props.limits.maxComputeWorkGroupCount[0];
+  if (cap > 65535) cap = 65535;
+  return (uint32_t)(g == 0 ? 1 : g < cap ? g : cap);
+}
+
+int lunet_vk_dispatch(lunet_backend *be, lunet_vk_shader sh, int mode,
+                      lunet_cbuf const *bufs, int nbufs, const void *pc, size_t pc_bytes,
+                      uint32_t gx, uint32_t gy, uint32_t gz) {
+  const VkPhysicalDeviceLimits *l = &be->props.limits;
+  if (gx > l->maxComputeWorkGroupCount[0] || gy > l->maxComputeWorkGroupCount[1] ||
+      gz > l->maxComputeWorkGroupCount[2])
+    return lunet_vk_error(LUNET_ERR_ARG,
+                          "vulkan: %s needs %u x %u x %u workgroups, more than the device's "
+                          "%u x %u x %u",
+                          lunet_vk_shaders[sh].name, gx, gy, gz,
+                          l->maxComputeWorkGroupCount[0], l->maxComputeWorkGroupCount[1],
+                          l->maxComputeWorkGroupCount[2]);
+  VkDescriptorBufferInfo info[LUNET_VK_BINDINGS];
+  VkWriteDescriptorSet w[LUNET_VK_BINDINGS];
+  for (int i = 0; i < LUNET_VK_BINDINGS; i++) {
+    const lunet_vk_buffer *b = i < nbufs && bufs[i] ? bufs[i] : &be->dummy;
+    if (b->size > l->maxStorageBufferRange)
+      return lunet_vk_error(LUNET_ERR_ARG,
+                            "vulkan: %s: a buffer of %zu bytes is more than this device "
+                            "binds to a shader (maxStorageBufferRange %u)",
+                            lunet_vk_shaders[sh].name, b->size, l->maxStorageBufferRange);
+    info[i] = (VkDescriptorBufferInfo){b->buf, 0, VK_WHOLE_SIZE};
+    w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
+                                  .dstBinding = (uint32_t)i,
+                                  .descriptorCount = 1,
+                                  .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                  .pBufferInfo = &info[i]};
+  }
+  if (!be->pipes[sh][mode]) {
+    int rc = make_pipeline(be, sh, mode);
+    if (rc) return rc;
+  }
+  VkCommandBuffer cmd = lunet_vk_cmd(be, 1);
+  if (!cmd) return LUNET_ERR_DEVICE;
+  VkDescriptorSetAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
+                                    .descriptorPool = be->frames[be->cur].dpool,
+                                    .descriptorSetCount = 1,
+                                    .pSetLayouts = &be->dsl};
+  VkDescriptorSet set;
+  VkResult r = vkAllocateDescriptorSets(be->dev, &ai, &set);
+  if (r) return lunet_vk_check(be, r, "vkAllocateDescriptorSets");
+  for (int i = 0; i < LUNET_VK_BINDINGS; i++) w[i].dstSet = set;
+  vkUpdateDescriptorSets(be->dev, LUNET_VK_BINDINGS, w, 0, NULL);
+  uint8_t push[LUNET_VK_PUSH_BYTES] = {0};
+  memcpy(push, pc, pc_bytes < sizeof push ? pc_bytes : sizeof push);
+  vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->pipes[sh][mode]);
+  vkCmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->layout, 0, 1, &set, 0,
+                          NULL);
+  vkCmdPushConstants(cmd, be->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
+  vkCmdDispatch(cmd, gx, gy, gz);
+  lunet_vk_barrier(be, cmd);
+  return 0;
+}

@@ -1,0 +1,472 @@
+/*
+ * Device memory and command batches.
+ *
+ * Buffers are device-local storage buffers; freed ones wait in a pool of size
+ * classes, so that steady-state training allocates nothing.  Reusing a
+ * freed buffer while earlier commands still read it is safe because every
+ * command is followed by a full barrier and batches run in submission order.
+ *
+ * Commands are recorded into one of two frames: while one batch runs on the
+ * device the other is recorded; a batch is submitted when its descriptor
+ * sets or staging space run out, and at synchronize() or a download.
+ * Uploads are copied into the frame's host-visible staging buffer and
+ * recorded as transfers, so they stay ordered with the kernels around them.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "vk.h"
+
+#define STAGING_MAX ((size_t)16 << 20) /* per frame; bigger uploads go in pieces */
+#define STAGING_MIN ((size_t)1 << 20)
+#define WAIT_NS (600ull * 1000000000ull) /* a batch taking longer is an error */
+
+static void destroy(lunet_backend *be, lunet_vk_buffer *b);
+
+/* ---- raw buffers ---- */
+
+int lunet_vk_memory_type(lunet_backend *be, uint32_t bits, VkMemoryPropertyFlags want,
+                         VkMemoryPropertyFlags avoid) {
+  for (int pass = 0; pass < 2; pass++)
+    for (uint32_t i = 0; i < be->memprops.memoryTypeCount; i++) {
+      VkMemoryPropertyFlags f = be->memprops.memoryTypes[i].propertyFlags;
+      if (!(bits & (1u << i)) || (f & want) != want) continue;
+      if (pass == 0 && (f & avoid)) continue;
+      return (int)i;
+    }
+  return -1;
+}
+
+/* A buffer of `size` bytes in memory type `mem_type` (UINT32_MAX: device-local). */
+int lunet_vk_raw_buffer(lunet_backend *be, lunet_vk_buffer *b, size_t size,
+                        uint32_t mem_type, VkBufferUsageFlags usage) {
+  memset(b, 0, sizeof *b);
+  VkBufferCreateInfo bi = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
+                           .size = size,
+                           .usage = usage,
+                           .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
+  VkResult r = vkCreateBuffer(be->dev, &bi, NULL, &b->buf);
+  if (r != VK_SUCCESS) return lunet_vk_check(be, r, "vkCreateBuffer");
+  VkMemoryRequirements req;
+  vkGetBufferMemoryRequirements(be->dev, b->buf, &req);
+  if (mem_type == UINT32_MAX || !(req.memoryTypeBits & (1u << mem_type))) {
+    int t = lunet_vk_memory_type(be, req.memoryTypeBits,
+                                 mem_type == UINT32_MAX
+                                     ? VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT
+                                     : be->memprops.memoryTypes[mem_type].propertyFlags,
+                                 0);
+    if (t < 0) t = lunet_vk_memory_type(be, req.memoryTypeBits, 0, 0);
+    mem_type = (uint32_t)t;
+  }
+  VkDeviceSize heap = be->memprops.memoryHeaps[be->memprops.memoryTypes[mem_type].heapIndex].size;
+  if (req.size > heap) {
+    lunet_vk_raw_free(be, b);
+    return lunet_vk_error(LUNET_ERR_NOMEM,
+                          "out of device memory: %zu bytes asked, the memory heap of %s "
+                          "holds %llu",
+                          size, be->props.deviceName, (unsigned long long)heap);
+  }
+  VkMemoryAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
+                             .allocationSize = req.size,
+                             .memoryTypeIndex = mem_type};
+  r = vkAllocateMemory(be->dev, &ai, NULL, &b->mem);
+  if (r == VK_SUCCESS) r = vkBindBufferMemory(be->dev, b->buf, b->mem, 0);
+  if (r == VK_SUCCESS &&
+      (be->memprops.memoryTypes[mem_type].propertyFlags & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT))
+    r = vkMapMemory(be->dev, b->mem, 0, VK_WHOLE_SIZE, 0, &b->map);
+  if (r != VK_SUCCESS) {
+    lunet_vk_raw_free(be, b);
+    return lunet_vk_check(be, r, "allocating a Vulkan buffer");
+  }
+  b->size = size;
+  return 0;
+}
+
+void lunet_vk_raw_free(lunet_backend *be, lunet_vk_buffer *b) {
+  if (b->buf) vkDestroyBuffer(be->dev, b->buf, NULL);
+  if (b->mem) vkFreeMemory(be->dev, b->mem, NULL);
+  memset(b, 0, sizeof *b);
+}
+
+/* ---- frames ---- */
+
+int lunet_vk_frames_init(lunet_backend *be) {
+  VkCommandPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
+                                .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,
+                                .queueFamilyIndex = be->qfamily};
+  VkResult r = vkCreateCommandPool(be->dev, &pi, NULL, &be->cmdpool);
+  if (r) return lunet_vk_check(be, r, "vkCreateCommandPool");
+  VkDescriptorPoolSize ps = {VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                             LUNET_VK_SETS_PER_FRAME * LUNET_VK_BINDINGS};
+  VkDescriptorPoolCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO,
+                                   .maxSets = LUNET_VK_SETS_PER_FRAME,
+                                   .poolSizeCount = 1,
+                                   .pPoolSizes = &ps};
+  VkFenceCreateInfo fi = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+  for (int i = 0; i < 2; i++) {
+    lunet_vk_frame *f = &be->frames[i];
+    VkCommandBufferAllocateInfo ci = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
+                                      .commandPool = be->cmdpool,
+                                      .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
+                                      .commandBufferCount = 1};
+    if ((r = vkAllocateCommandBuffers(be->dev, &ci, &f->cmd)) ||
+        (r = vkCreateFence(be->dev, &fi, NULL, &f->fence)) ||
+        (r = vkCreateDescriptorPool(be->dev, &di, NULL, &f->dpool)))
+      return lunet_vk_check(be, r, "creating a command batch");
+  }
+  /* Staging and readback: host-visible; readback prefers cached memory. */
+  VkMemoryPropertyFlags hv = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT |
+                             VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+  int up = lunet_vk_memory_type(be, ~0u, hv, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT);
+  int down = lunet_vk_memory_type(be, ~0u, hv | VK_MEMORY_PROPERTY_HOST_CACHED_BIT, 0);
+  if (down < 0) down = up;
+  if (up < 0)
+    return lunet_vk_error(LUNET_ERR_DEVICE, "%s has no host-visible coherent memory",
+                          be->props.deviceName);
+  be->type_upload = (uint32_t)up;
+  be->type_readback = (uint32_t)down;
+  be->pool_cap = (size_t)1 << 30;
+  VkBufferUsageFlags st = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT |
+                          VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT;
+  int rc = lunet_vk_raw_buffer(be, &be->dummy, 256, UINT32_MAX, st);
+  if (!rc) rc = lunet_vk_raw_buffer(be, &be->errbuf, 256, be->type_readback, st);
+  if (rc) return rc;
+  memset(be->errbuf.map, 0xff, 16);
+  return 0;
+}
+
+void lunet_vk_frames_free(lunet_backend *be) {
+  for (int i = 0; i < 2; i++) {
+    lunet_vk_frame *f = &be->frames[i];
+    if (f->fence) vkDestroyFence(be->dev, f->fence, NULL);
+    if (f->dpool) vkDestroyDescriptorPool(be->dev, f->dpool, NULL);
+    lunet_vk_raw_free(be, &f->staging);
+  }
+  lunet_vk_pool_drain(be);
+  /* Buffers the caller never freed die with the device. */
+  while (be->live) destroy(be, be->live);
+  free(be->doomed);
+  free(be->bins);
+  lunet_vk_raw_free(be, &be->dummy);
+  lunet_vk_raw_free(be, &be->errbuf);
+  lunet_vk_raw_free(be, &be->readback);
+  if (be->cmdpool) vkDestroyCommandPool(be->dev, be->cmdpool, NULL);
+}
+
+void lunet_vk_barrier(lunet_backend *be, VkCommandBuffer cmd) {
+  (void)be;
+  VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+                        .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT |
+                                         VK_ACCESS_TRANSFER_WRITE_BIT |
+                                         VK_ACCESS_HOST_WRITE_BIT,
+                        .dstAccessMask = VK_ACCESS_SHADER_READ_BIT |
+                                         VK_ACCESS_SHADER_WRITE_BIT |
+                                         VK_ACCESS_TRANSFER_READ_BIT |
+                                         VK_ACCESS_TRANSFER_WRITE_BIT |
+                                         VK_ACCESS_HOST_READ_BIT};
+  /* The host stage on the right: kernels' flags (errbuf) are read after
+   * the fence. */
+  vkCmdPipelineBarrier(cmd,
+                       VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT |
+                           VK_PIPELINE_STAGE_HOST_BIT,
+                       VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT |
+                           VK_PIPELINE_STAGE_HOST_BIT,
+                       0, 1, &mb, 0, NULL, 0, NULL);
+}
+
+/* Waits for frame f's batch and makes it recordable again. */
+static int frame_wait(lunet_backend *be, lunet_vk_frame *f) {
+  if (f->state != FRAME_SUBMITTED) return 0;
+  VkResult r = vkWaitForFences(be->dev, 1, &f->fence, VK_TRUE, WAIT_NS);
+  if (r == VK_TIMEOUT)
+    return lunet_vk_error(LUNET_ERR_DEVICE,
+                          "vulkan: a command batch did not finish within %llu s (the device "
+                          "hangs or the work is far too large)",
+                          WAIT_NS / 1000000000ull);
+  if (r) return lunet_vk_check(be, r, "waiting for the device");
+  vkResetFences(be->dev, 1, &f->fence);
+  f->state = FRAME_IDLE;
+  return 0;
+}
+
+static int frame_submit(lunet_backend *be, lunet_vk_frame *f) {
+  if (f->state != FRAME_RECORDING) return 0;
+  VkResult r = vkEndCommandBuffer(f->cmd);
+  if (r) return lunet_vk_check(be, r, "vkEndCommandBuffer");
+  VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO,
+                     .commandBufferCount = 1,
+                     .pCommandBuffers = &f->cmd};
+  r = vkQueueSubmit(be->queue, 1, &si, f->fence);
+  f->state = r ? FRAME_IDLE : FRAME_SUBMITTED;
+  return r ? lunet_vk_check(be, r, "vkQueueSubmit") : 0;
+}
+
+static int frame_begin(lunet_backend *be, lunet_vk_frame *f) {
+  int rc = frame_wait(be, f);
+  if (rc) return rc;
+  vkResetDescriptorPool(be->dev, f->dpool, 0);
+  vkResetCommandBuffer(f->cmd, 0);
+  VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+                                 .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
+  VkResult r = vkBeginCommandBuffer(f->cmd, &bi);
+  if (r) return lunet_vk_check(be, r, "vkBeginCommandBuffer");
+  /* Orders this batch after the previous ones (buffers may be reused). */
+  lunet_vk_barrier(be, f->cmd);
+  f->state = FRAME_RECORDING;
+  f->nsets = f->ncmds = 0;
+  f->staging_used = 0;
+  return 0;
+}
+
+/* Submits the frame being recorded and starts recording the other. */
+static int frame_flip(lunet_backend *be) {
+  int rc = frame_submit(be, &be->frames[be->cur]);
+  if (rc) return rc;
+  be->cur ^= 1;
+  return frame_begin(be, &be->frames[be->cur]);
+}
+
+VkCommandBuffer lunet_vk_cmd(lunet_backend *be, int sets) {
+  if (be->lost) {
+    lunet_vk_error(LUNET_ERR_DEVICE, "the Vulkan device was lost earlier: restart lunet "
+                                     "to use it again, or lunet.use(\"cpu\")");
+    return NULL;
+  }
+  lunet_vk_frame *f = &be->frames[be->cur];
+  int rc = 0;
+  if (f->state != FRAME_RECORDING) rc = frame_begin(be, f);
+  else if (f->nsets + sets > LUNET_VK_SETS_PER_FRAME) rc = frame_flip(be);
+  if (rc) return NULL;
+  f = &be->frames[be->cur];
+  f->nsets += sets;
+  f->ncmds++;
+  return f->cmd;
+}
+
+/* Raised by kernels (softmax_xent labels) into errbuf; reported and cleared. */
+static int check_flags(lunet_backend *be) {
+  uint32_t *e = be->errbuf.map;
+  if (e[0] == UINT32_MAX) return 0;
+  float label;
+  memcpy(&label, &e[1], sizeof label);
+  uint32_t row = e[0], cols = e[2];
+  memset(e, 0xff, 16);
+  if (label == (float)(int64_t)label)
+    return lunet_vk_error(LUNET_ERR_ARG, "softmax_xent: label %g at row %u is outside [0, %u)",
+                          (double)label, row, cols);
+  return lunet_vk_error(LUNET_ERR_ARG,
+                        "softmax_xent: label %g at row %u is not an integer class id in "
+                        "[0, %u)",
+                        (double)label, row, cols);
+}
+
+int lunet_vk_synchronize(lunet_backend *be) {
+  if (be->lost) return lunet_vk_error(LUNET_ERR_DEVICE, "the Vulkan device was lost");
+  int rc = frame_submit(be, &be->frames[be->cur]);
+  for (int i = 0; i < 2 && !rc; i++) rc = frame_wait(be, &be->frames[(be->cur + 1 + i) & 1]);
+  if (rc) return rc;
+  for (size_t i = 0; i < be->ndoomed; i++) destroy(be, be->doomed[i]);
+  be->ndoomed = 0;
+  return check_flags(be);
+}
+
+/* ---- the buffer pool ---- */
+
+static void destroy(lunet_backend *be, lunet_vk_buffer *b) {
+  if (b->prev) b->prev->next = b->next;
+  else be->live = b->next;
+  if (b->next) b->next->prev = b->prev;
+  lunet_vk_raw_free(be, b);
+  free(b);
+}
+
+/* Size classes: 256-byte steps up to 4 KiB, then eighths of a power of two,
+ * so a pooled buffer wastes at most an eighth. */
+static size_t size_class(size_t n) {
+  if (n <= 4096) return (n + 255) & ~(size_t)255;
+  size_t p = 4096;
+  while (p * 2 < n) p *= 2;
+  size_t step = p / 8;
+  return (n + step - 1) / step * step;
+}
+
+static lunet_vk_bin *find_bin(lunet_backend *be, size_t size, bool create) {
+  for (size_t i = 0; i < be->nbins; i++)
+    if (be->bins[i].size == size) return &be->bins[i];
+  if (!create) return NULL;
+  if (be->nbins == be->bins_cap) {
+    size_t cap = be->bins_cap ? 2 * be->bins_cap : 32;
+    lunet_vk_bin *nb = realloc(be->bins, cap * sizeof *nb);
+    if (!nb) return NULL;
+    be->bins = nb;
+    be->bins_cap = cap;
+  }
+  lunet_vk_bin *b = &be->bins[be->nbins++];
+  memset(b, 0, sizeof *b);
+  b->size = size;
+  return b;
+}
+
+void lunet_vk_pool_drain(lunet_backend *be) {
+  for (size_t i = 0; i < be->nbins; i++) {
+    for (size_t j = 0; j < be->bins[i].count; j++) destroy(be, be->bins[i].bufs[j]);
+    free(be->bins[i].bufs);
+  }
+  be->nbins = 0;
+  be->idle_bytes = 0;
+}
+
+static lunet_vk_buffer *new_buffer(lunet_backend *be, size_t size) {
+  lunet_vk_buffer *b = calloc(1, sizeof *b);
+  if (!b) return NULL;
+  VkBufferUsageFlags usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT |
+                             VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
+                             VK_BUFFER_USAGE_TRANSFER_DST_BIT;
+  if (lunet_vk_raw_buffer(be, b, size, UINT32_MAX, usage)) {
+    free(b);
+    return NULL;
+  }
+  b->next = be->live;
+  if (be->live) be->live->prev = b;
+  be->live = b;
+  return b;
+}
+
+lunet_buf lunet_vk_buffer_alloc(lunet_backend *be, size_t nbytes) {
+  if (be->lost) return NULL;
+  size_t size = size_class(nbytes ? nbytes : 4);
+  lunet_vk_bin *bin = find_bin(be, size, false);
+  if (bin && bin->count) {
+    be->idle_bytes -= size;
+    return bin->bufs[--bin->count];
+  }
+  lunet_vk_buffer *b = new_buffer(be, size);
+  if (!b && !be->lost && lunet_vk_synchronize(be) == 0) {
+    /* Out of memory: give the idle pool back and try once more. */
+    lunet_vk_pool_drain(be);
+    b = new_buffer(be, size);
+  }
+  return b;
+}
+
+void lunet_vk_buffer_free(lunet_backend *be, lunet_buf buf) {
+  lunet_vk_buffer *b = buf;
+  if (!b) return;
+  lunet_vk_bin *bin = be->idle_bytes + b->size <= be->pool_cap ? find_bin(be, b->size, true)
+                                                               : NULL;
+  lunet_vk_buffer ***list = bin ? &bin->bufs : &be->doomed;
+  size_t *count = bin ? &bin->count : &be->ndoomed, *cap = bin ? &bin->cap : &be->doomed_cap;
+  if (*count == *cap) {
+    size_t ncap = *cap ? 2 * *cap : 8;
+    lunet_vk_buffer **nl = realloc(*list, ncap * sizeof *nl);
+    if (!nl) return; /* leaks one buffer rather than destroying it while in use */
+    *list = nl;
+    *cap = ncap;
+  }
+  (*list)[(*count)++] = b;
+  if (bin) be->idle_bytes += b->size;
+}
+
+/* ---- transfers ---- */
+
+static void record_copy(VkCommandBuffer cmd, VkBuffer src, size_t soff, VkBuffer dst,
+                        size_t doff, size_t n) {
+  VkBufferCopy c = {.srcOffset = soff, .dstOffset = doff, .size = n};
+  vkCmdCopyBuffer(cmd, src, dst, 1, &c);
+}
+
+static int check_range(lunet_vk_buffer *b, size_t off, size_t n, const char *what) {
+  if (off + n <= b->size && off + n >= off) return 0;
+  return lunet_vk_error(LUNET_ERR_ARG, "%s: bytes [%zu, %zu) are outside a buffer of %zu",
+                        what, off, off + n, b->size);
+}
+
+/* Room for n staging bytes in the current frame: flips to a fresh frame and
+ * grows its staging buffer when needed.  Returns the offset, or -1. */
+static int64_t staging_reserve(lunet_backend *be, size_t n) {
+  if (!lunet_vk_cmd(be, 0)) return -1;
+  lunet_vk_frame *f = &be->frames[be->cur];
+  if (f->staging_used + n > f->staging.size) {
+    if (f->staging_used && frame_flip(be)) return -1;
+    f = &be->frames[be->cur];
+    if (n > f->staging.size) {
+      /* The fresh frame's previous batch finished: its staging is free. */
+      size_t size = f->staging.size ? f->staging.size : STAGING_MIN;
+      while (size < n) size *= 2;
+      lunet_vk_raw_free(be, &f->staging);
+      if (lunet_vk_raw_buffer(be, &f->staging, size, be->type_upload,
+                              VK_BUFFER_USAGE_TRANSFER_SRC_BIT))
+        return -1;
+    }
+  }
+  int64_t off = (int64_t)f->staging_used;
+  f->staging_used += (n + 15) & ~(size_t)15;
+  return off;
+}
+
+int lunet_vk_buffer_upload(lunet_backend *be, lunet_buf dst, size_t off, const void *src,
+                           size_t nbytes) {
+  lunet_vk_buffer *d = dst;
+  int rc = check_range(d, off, nbytes, "upload");
+  for (size_t done = 0; !rc && done < nbytes;) {
+    size_t n = nbytes - done < STAGING_MAX ? nbytes - done : STAGING_MAX;
+    int64_t so = staging_reserve(be, n);
+    if (so < 0) return LUNET_ERR_DEVICE;
+    lunet_vk_frame *f = &be->frames[be->cur];
+    memcpy((char *)f->staging.map + so, (const char *)src + done, n);
+    VkCommandBuffer cmd = lunet_vk_cmd(be, 0);
+    record_copy(cmd, f->staging.buf, (size_t)so, d->buf, off + done, n);
+    lunet_vk_barrier(be, cmd);
+    done += n;
+  }
+  return rc;
+}
+
+static void host_barrier(VkCommandBuffer cmd) {
+  VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+                        .srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT,
+                        .dstAccessMask = VK_ACCESS_HOST_READ_BIT};
+  vkCmdPipelineBarrier(cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_HOST_BIT, 0, 1,
+                       &mb, 0, NULL, 0, NULL);
+}
+
+int lunet_vk_buffer_download(lunet_backend *be, lunet_cbuf src, size_t off, void *dst,
+                             size_t nbytes) {
+  const lunet_vk_buffer *s = src;
+  int rc = check_range((lunet_vk_buffer *)s, off, nbytes, "download");
+  if (!rc && be->readback.size < nbytes && be->readback.size < STAGING_MAX) {
+    if ((rc = lunet_vk_synchronize(be))) return rc;
+    size_t size = STAGING_MIN;
+    while (size < nbytes && size < STAGING_MAX) size *= 2;
+    lunet_vk_raw_free(be, &be->readback);
+    rc = lunet_vk_raw_buffer(be, &be->readback, size, be->type_readback,
+                             VK_BUFFER_USAGE_TRANSFER_DST_BIT);
+  }
+  for (size_t done = 0; !rc && done < nbytes;) {
+    size_t n = nbytes - done < be->readback.size ? nbytes - done : be->readback.size;
+    VkCommandBuffer cmd = lunet_vk_cmd(be, 0);
+    if (!cmd) return LUNET_ERR_DEVICE;
+    record_copy(cmd, s->buf, off + done, be->readback.buf, 0, n);
+    host_barrier(cmd);
+    if ((rc = lunet_vk_synchronize(be))) return rc;
+    memcpy((char *)dst + done, be->readback.map, n);
+    done += n;
+  }
+  return rc;
+}
+
+int lunet_vk_buffer_copy(lunet_backend *be, lunet_buf dst, size_t doff, lunet_cbuf src,
+                         size_t soff, size_t nbytes) {
+  lunet_vk_buffer *d = dst;
+  const lunet_vk_buffer *s = src;
+  int rc = check_range(d, doff, nbytes, "copy");
+  if (!rc) rc = check_range((lunet_vk_buffer *)s, soff, nbytes, "copy");
+  if (rc || nbytes == 0) return rc;
+  if (s == d && soff < doff + nbytes && doff < soff + nbytes)
+    return lunet_vk_error(LUNET_ERR_ARG, "copy: overlapping ranges in one buffer");
+  VkCommandBuffer cmd = lunet_vk_cmd(be, 0);
+  if (!cmd) return LUNET_ERR_DEVICE;
+  record_copy(cmd, s->buf, soff, d->buf, doff, nbytes);
+  lunet_vk_barrier(be, cmd);
+  return 0;
+}

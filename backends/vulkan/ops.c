@@ -1,0 +1,625 @@
+/*
+ * The Vulkan backend's ops: argument checks, push constants and dispatches.
+ * The math is in the shaders (shaders/<family>.comp); the semantics are those of the CPU
+ * backend's naive reference (backends/cpu/naive.c).
+ *
+ * Indices inside shaders are 32-bit: a tensor of 2^31 elements or more is
+ * refused with a message rather than miscomputed.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "vk.h"
+
+#define MAX_ELEMS ((int64_t)INT32_MAX)
+
+static int too_big(int64_t n, const char *op) {
+  if (n >= 0 && n <= MAX_ELEMS) return 0;
+  return lunet_vk_error(LUNET_ERR_ARG,
+                        "%s: %lld elements is more than the Vulkan backend indexes (2^31 - "
+                        "1); split the tensor",
+                        op, (long long)n);
+}
+
+static uint32_t min_u32(size_t a, size_t b) { return (uint32_t)(a < b ? a : b); }
+
+/* ---- memory-like ops ---- */
+
+static int vk_fill(lunet_backend *be, lunet_buf y, float value, size_t n) {
+  if (n == 0) return 0;
+  lunet_vk_buffer *b = y;
+  VkCommandBuffer cmd = lunet_vk_cmd(be, 0);
+  if (!cmd) return LUNET_ERR_DEVICE;
+  uint32_t bits;
+  memcpy(&bits, &value, sizeof bits);
+  vkCmdFillBuffer(cmd, b->buf, 0, n * sizeof(float), bits);
+  lunet_vk_barrier(be, cmd);
+  return 0;
+}
+
+static int cast_mode(lunet_dtype ydt, lunet_dtype xdt) {
+  if (xdt == LUNET_U8 && ydt == LUNET_F32) return 0;
+  if (xdt == LUNET_I32 && ydt == LUNET_F32) return 1;
+  if (xdt == LUNET_F32 && ydt == LUNET_U8) return 2;
+  if (xdt == LUNET_F32 && ydt == LUNET_I32) return 3;
+  if (xdt == LUNET_U8 && ydt == LUNET_I32) return 4;
+  if (xdt == LUNET_I32 && ydt == LUNET_U8) return 5;
+  return -1;
+}
+
+static int vk_cast(lunet_backend *be, lunet_buf y, lunet_dtype ydt, lunet_cbuf x,
+                   lunet_dtype xdt, size_t n) {
+  if (n == 0) return 0;
+  if (ydt == xdt) return lunet_vk_buffer_copy(be, y, 0, x, 0, n * (ydt == LUNET_U8 ? 1 : 4));
+  int mode = cast_mode(ydt, xdt);
+  if (mode < 0)
+    return lunet_vk_error(LUNET_ERR_ARG, "cast: dtype %d to %d is not known", (int)xdt,
+                          (int)ydt);
+  int rc = too_big((int64_t)n, "cast");
+  if (rc) return rc;
+  uint32_t pc[1] = {(uint32_t)n};
+  size_t items = mode == 2 || mode == 5 ? (n + 3) / 4 : n;
+  return lunet_vk_dispatch(be, VK_SH_CAST, mode, (lunet_cbuf[]){y, x}, 2, pc, sizeof pc,
+                           lunet_vk_groups(be, items), 1, 1);
+}
+
+typedef struct copy_pc {
+  uint32_t ndim, total;
+  int32_t x_off, y_off;
+  int32_t shape[8], xs[8], ys[8];
+} copy_pc;
+
+static int vk_strided_copy(lunet_backend *be, lunet_buf y, lunet_cbuf x,
+                           const lunet_strided_desc *d) {
+  int64_t total = 1, words = d->elem_size / 4;
+  bool bytes = d->elem_size == 1;
+  if (!bytes && (d->elem_size == 0 || d->elem_size % 4 != 0))
+    return lunet_vk_error(LUNET_ERR_UNSUPPORTED,
+                          "strided_copy: elements of %zu bytes (the Vulkan backend copies 1 "
+                          "and multiples of 4)",
+                          d->elem_size);
+  if (d->ndim < 0 || d->ndim > LUNET_MAX_DIMS || (words > 1 && d->ndim == LUNET_MAX_DIMS))
+    return lunet_vk_error(LUNET_ERR_ARG, "strided_copy: %d dims", d->ndim);
+  copy_pc pc = {.ndim = (uint32_t)d->ndim};
+  int64_t scale = bytes ? 1 : words, xo = d->x_offset * scale, yo = d->y_offset * scale;
+  int rc = too_big(xo, "strided_copy") || too_big(yo, "strided_copy");
+  for (int i = 0; i < d->ndim && !rc; i++) {
+    total *= d->shape[i];
+    int64_t xs = d->x_strides[i] * scale, ys = d->y_strides[i] * scale;
+    if (d->shape[i] > MAX_ELEMS || llabs(xs) > MAX_ELEMS || llabs(ys) > MAX_ELEMS)
+      rc = too_big(MAX_ELEMS + 1, "strided_copy");
+    pc.shape[i] = (int32_t)d->shape[i];
+    pc.xs[i] = (int32_t)xs;
+    pc.ys[i] = (int32_t)ys;
+  }
+  if (words > 1) {
+    /* A wide element is an extra innermost axis of 4-byte words. */
+    pc.shape[pc.ndim] = (int32_t)words;
+    pc.xs[pc.ndim] = pc.ys[pc.ndim] = 1;
+    pc.ndim++;
+    total *= words;
+  }
+  if (rc || (rc = too_big(total, "strided_copy"))) return rc;
+  if (total == 0) return 0;
+  pc.total = (uint32_t)total;
+  pc.x_off = (int32_t)xo;
+  pc.y_off = (int32_t)yo;
+  return lunet_vk_dispatch(be, VK_SH_COPY, bytes ? 1 : 0, (lunet_cbuf[]){y, x}, 2, &pc,
+                           sizeof pc, lunet_vk_groups(be, (size_t)total), 1, 1);
+}
+
+/* y (n, row_bytes) = x rows idx[i]: one transfer with a region per run of
+ * consecutive rows. */
+static int vk_gather_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, const int64_t *idx,
+                          size_t n, size_t row_bytes) {
+  const lunet_vk_buffer *src = x;
+  lunet_vk_buffer *dst = y;
+  if (n == 0 || row_bytes == 0) return 0;
+  if (n * row_bytes > dst->size)
+    return lunet_vk_error(LUNET_ERR_ARG, "gather_rows: %zu rows of %zu bytes overflow the "
+                                         "output", n, row_bytes);
+  VkBufferCopy *r = malloc(n * sizeof *r);
+  if (!r) return lunet_vk_error(LUNET_ERR_NOMEM, "gather_rows: out of host memory");
+  uint32_t nr = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (idx[i] < 0 || (size_t)(idx[i] + 1) * row_bytes > src->size) {
+      free(r);
+      return lunet_vk_error(LUNET_ERR_ARG, "gather_rows: index %lld at %zu is outside the "
+                                           "%zu rows of the source",
+                            (long long)idx[i], i, src->size / row_bytes);
+    }
+    VkDeviceSize so = (VkDeviceSize)idx[i] * row_bytes, d = i * row_bytes;
+    if (nr && r[nr - 1].srcOffset + r[nr - 1].size == so && r[nr - 1].dstOffset + r[nr - 1].size == d)
+      r[nr - 1].size += row_bytes;
+    else
+      r[nr++] = (VkBufferCopy){so, d, row_bytes};
+  }
+  VkCommandBuffer cmd = lunet_vk_cmd(be, 0);
+  if (cmd) {
+    vkCmdCopyBuffer(cmd, src->buf, dst->buf, nr, r);
+    lunet_vk_barrier(be, cmd);
+  }
+  free(r);
+  return cmd ? 0 : LUNET_ERR_DEVICE;
+}
+
+/* ---- elementwise ---- */
+
+typedef struct unary_pc {
+  uint32_t n, op, has_x, has_y;
+  float alpha, beta;
+} unary_pc;
+
+static int vk_unary(lunet_backend *be, lunet_unary_op op, float alpha, float beta,
+                    lunet_buf y, lunet_cbuf x, size_t n) {
+  if ((unsigned)op >= LUNET_UNARY_COUNT)
+    return lunet_vk_error(LUNET_ERR_ARG, "unary: unknown op %d", (int)op);
+  int rc = too_big((int64_t)n, "unary");
+  if (rc || n == 0) return rc;
+  unary_pc pc = {(uint32_t)n, (uint32_t)op, 1, 0, alpha, beta};
+  return lunet_vk_dispatch(be, VK_SH_UNARY, 0, (lunet_cbuf[]){y, x}, 2, &pc, sizeof pc,
+                           lunet_vk_groups(be, n), 1, 1);
+}
+
+static int vk_unary_backward(lunet_backend *be, lunet_unary_op op, float alpha, float beta,
+                             lunet_buf dx, lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y,
+                             size_t n) {
+  if ((unsigned)op >= LUNET_UNARY_COUNT)
+    return lunet_vk_error(LUNET_ERR_ARG, "unary_backward: unknown op %d", (int)op);
+  int rc = too_big((int64_t)n, "unary_backward");
+  if (rc || n == 0) return rc;
+  unary_pc pc = {(uint32_t)n, (uint32_t)op, x != NULL, y != NULL, alpha, beta};
+  return lunet_vk_dispatch(be, VK_SH_UNARY, 1, (lunet_cbuf[]){dx, x, dy, y}, 4, &pc,
+                           sizeof pc, lunet_vk_groups(be, n), 1, 1);
+}
+
+typedef struct binary_pc {
+  uint32_t ndim, total, op, pad;
+  int32_t shape[8], as[8], bs[8];
+} binary_pc;
+
+/* Drops unit axes and merges axes that are contiguous in both inputs, so a
+ * same-shape op is one flat loop. */
+static int vk_binary(lunet_backend *be, lunet_binary_op op, lunet_buf y, lunet_cbuf a,
+                     lunet_cbuf b, const lunet_bcast_desc *d) {
+  if ((unsigned)op >= LUNET_BINARY_COUNT)
+    return lunet_vk_error(LUNET_ERR_ARG, "binary: unknown op %d", (int)op);
+  if (d->ndim < 0 || d->ndim > LUNET_MAX_DIMS)
+    return lunet_vk_error(LUNET_ERR_ARG, "binary: %d dims", d->ndim);
+  int64_t sh[8], as[8], bs[8], total = 1;
+  int nd = 0;
+  for (int i = 0; i < d->ndim; i++) {
+    total *= d->shape[i];
+    if (d->shape[i] == 1) continue;
+    if (nd && as[nd - 1] == d->a_strides[i] * d->shape[i] &&
+        bs[nd - 1] == d->b_strides[i] * d->shape[i]) {
+      sh[nd - 1] *= d->shape[i];
+    } else {
+      sh[nd] = d->shape[i];
+      nd++;
+    }
+    as[nd - 1] = d->a_strides[i];
+    bs[nd - 1] = d->b_strides[i];
+  }
+  int rc = too_big(total, "binary");
+  if (rc || total == 0) return rc;
+  binary_pc pc = {.ndim = (uint32_t)(nd ? nd : 1), .total = (uint32_t)total, .op = (uint32_t)op};
+  pc.shape[0] = 1;
+  for (int i = 0; i < nd; i++) {
+    pc.shape[i] = (int32_t)sh[i];
+    pc.as[i] = (int32_t)as[i];
+    pc.bs[i] = (int32_t)bs[i];
+  }
+  return lunet_vk_dispatch(be, VK_SH_BINARY, 0, (lunet_cbuf[]){y, a, b}, 3, &pc, sizeof pc,
+                           lunet_vk_groups(be, (size_t)total), 1, 1);
+}
+
+/* ---- reductions ---- */
+
+static int reduce_dispatch(lunet_backend *be, int op, lunet_buf y, lunet_cbuf x,
+                           size_t outer, size_t len, size_t inner, bool argmax) {
+  int rc = too_big((int64_t)(outer * len * inner), argmax ? "argmax" : "reduce");
+  if (!rc) rc = too_big((int64_t)(outer * inner), argmax ? "argmax" : "reduce");
+  if (rc || outer * inner == 0) return rc;
+  uint32_t pc[4] = {(uint32_t)outer, (uint32_t)len, (uint32_t)inner, (uint32_t)op};
+  size_t outs = outer * inner;
+  /* Many short reductions: one invocation each; else a workgroup each. */
+  int mode = argmax ? 1 : (len <= 64 || outs >= 16384) ? 2 : 0;
+  uint32_t groups = mode == 2 ? lunet_vk_groups(be, outs) : min_u32(outs, 65535);
+  return lunet_vk_dispatch(be, VK_SH_REDUCE, mode, (lunet_cbuf[]){y, x}, 2, pc, sizeof pc,
+                           groups, 1, 1);
+}
+
+static int vk_reduce(lunet_backend *be, lunet_reduce_op op, lunet_buf y, lunet_cbuf x,
+                     size_t outer, size_t len, size_t inner) {
+  if ((unsigned)op >= LUNET_REDUCE_COUNT)
+    return lunet_vk_error(LUNET_ERR_ARG, "reduce: unknown op %d", (int)op);
+  return reduce_dispatch(be, op, y, x, outer, len, inner, false);
+}
+
+static int vk_argmax(lunet_backend *be, lunet_buf y, lunet_cbuf x, size_t rows, size_t cols) {
+  return reduce_dispatch(be, 0, y, x, rows, cols, 1, true);
+}
+
+/* ---- GEMM and convolution (gemm.comp) ---- */
+
+typedef struct gemm_pc {
+  uint32_t m, n, k, ta, tb, batch;
+  int32_t sa, sb, sc;
+  float alpha, beta;
+  int32_t cn, h, w, c, f, kh, kw, sh, sw, pt, pl, oh, ow;
+  uint32_t has_bias;
+} gemm_pc;
+
+static uint32_t tiles(lunet_backend *be, int64_t n) {
+  int64_t t = (n + be->tile - 1) / be->tile;
+  return (uint32_t)(t < 1 ? 1 : t > 65535 ? 65535 : t);
+}
+
+static int vk_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+                   float alpha, lunet_cbuf a, int64_t sa, lunet_cbuf b, int64_t sb, float beta,
+                   lunet_buf c, int64_t sc, int64_t batch) {
+  if (m < 0 || n < 0 || k < 0 || batch < 0)
+    return lunet_vk_error(LUNET_ERR_SHAPE, "gemm: negative size m=%lld n=%lld k=%lld "
+                                           "batch=%lld", (long long)m, (long long)n,
+                          (long long)k, (long long)batch);
+  if (m == 0 || n == 0 || batch == 0) return 0;
+  int rc = too_big(m * k + (batch - 1) * sa, "gemm");
+  if (!rc) rc = too_big(k * n + (batch - 1) * sb, "gemm");
+  if (!rc) rc = too_big(m * n + (batch - 1) * sc, "gemm");
+  if (rc) return rc;
+  gemm_pc pc = {.m = (uint32_t)m, .n = (uint32_t)n, .k = (uint32_t)k, .ta = ta, .tb = tb,
+                .batch = (uint32_t)batch, .sa = (int32_t)sa, .sb = (int32_t)sb,
+                .sc = (int32_t)sc, .alpha = alpha, .beta = beta};
+  return lunet_vk_dispatch(be, VK_SH_GEMM, 0, (lunet_cbuf[]){c, a, b}, 3, &pc, sizeof pc,
+                           tiles(be, n), tiles(be, m), min_u32((size_t)batch, 65535));
+}
+
+static int check_conv(const lunet_conv2d_desc *d, const char *op) {
+  if (d->n < 0 || d->h < 1 || d->w < 1 || d->c < 1 || d->f < 1 || d->kh < 1 ||
+      d->kw < 1 || d->sh < 1 || d->sw < 1 || d->oh < 1 || d->ow < 1 || d->pad_top < 0 ||
+      d->pad_left < 0)
+    return lunet_vk_error(LUNET_ERR_SHAPE,
+                          "%s: bad geometry n=%lld h=%lld w=%lld c=%lld f=%lld kernel "
+                          "%lldx%lld stride %lldx%lld out %lldx%lld (fill it with "
+                          "lunet_conv2d_geometry)",
+                          op, (long long)d->n, (long long)d->h, (long long)d->w,
+                          (long long)d->c, (long long)d->f, (long long)d->kh,
+                          (long long)d->kw, (long long)d->sh, (long long)d->sw,
+                          (long long)d->oh, (long long)d->ow);
+  int rc = too_big(d->n * d->h * d->w * d->c, op);
+  if (!rc) rc = too_big(d->n * d->oh * d->ow * d->f, op);
+  if (!rc) rc = too_big(d->kh * d->kw * d->c * d->f, op);
+  return rc;
+}
+
+static gemm_pc conv_pc(const lunet_conv2d_desc *d, int64_t m, int64_t n, int64_t k) {
+  return (gemm_pc){.m = (uint32_t)m, .n = (uint32_t)n, .k = (uint32_t)k, .batch = 1,
+                   .alpha = 1.0f, .cn = (int32_t)d->n, .h = (int32_t)d->h,
+                   .w = (int32_t)d->w, .c = (int32_t)d->c, .f = (int32_t)d->f,
+                   .kh = (int32_t)d->kh, .kw = (int32_t)d->kw, .sh = (int32_t)d->sh,
+                   .sw = (int32_t)d->sw, .pt = (int32_t)d->pad_top,
+                   .pl = (int32_t)d->pad_left, .oh = (int32_t)d->oh, .ow = (int32_t)d->ow};
+}
+
+/* x (N,H,W,C), w (KH,KW,C,F), bias (F) or NULL -> y (N,OH,OW,F) */
+static int vk_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w,
+                     lunet_cbuf bias, const lunet_conv2d_desc *d) {
+  int rc = check_conv(d, "conv2d");
+  if (rc || d->n == 0) return rc;
+  int64_t m = d->n * d->oh * d->ow;
+  gemm_pc pc = conv_pc(d, m, d->f, d->kh * d->kw * d->c);
+  pc.has_bias = bias != NULL;
+  return lunet_vk_dispatch(be, VK_SH_GEMM, 1, (lunet_cbuf[]){y, x, w, bias}, 4, &pc,
+                           sizeof pc, tiles(be, d->f), tiles(be, m), 1);
+}
+
+/* dy (N,OH,OW,F), w (KH,KW,C,F) -> dx (N,H,W,C) */
+static int vk_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf dy,
+                                   lunet_cbuf w, const lunet_conv2d_desc *d) {
+  int rc = check_conv(d, "conv2d_backward_data");
+  if (rc || d->n == 0) return rc;
+  int64_t m = d->n * d->h * d->w;
+  gemm_pc pc = conv_pc(d, m, d->c, d->kh * d->kw * d->f);
+  return lunet_vk_dispatch(be, VK_SH_GEMM, 2, (lunet_cbuf[]){dx, dy, w}, 3, &pc, sizeof pc,
+                           tiles(be, d->c), tiles(be, m), 1);
+}
+
+/* dy (N,OH,OW,F), x (N,H,W,C) -> dw (KH,KW,C,F), db (F) or NULL */
+static int vk_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf db,
+                                     lunet_cbuf dy, lunet_cbuf x,
+                                     const lunet_conv2d_desc *d) {
+  int rc = check_conv(d, "conv2d_backward_filter");
+  if (rc) return rc;
+  int64_t m = d->kh * d->kw * d->c, rows = d->n * d->oh * d->ow;
+  gemm_pc pc = conv_pc(d, m, d->f, rows);
+  rc = lunet_vk_dispatch(be, VK_SH_GEMM, 3, (lunet_cbuf[]){dw, x, dy}, 3, &pc, sizeof pc,
+                         tiles(be, d->f), tiles(be, m), 1);
+  if (rc || !db) return rc;
+  return reduce_dispatch(be, LUNET_REDUCE_SUM, db, dy, 1, (size_t)rows, (size_t)d->f, false);
+}
+
+/* ---- pooling ---- */
+
+static int check_pool(const lunet_pool2d_desc *d, const char *op) {
+  if (d->n < 0 || d->h < 1 || d->w < 1 || d->c < 1 || d->kh < 1 || d->kw < 1 ||
+      d->sh < 1 || d->sw < 1 || d->oh < 1 || d->ow < 1 || d->pad_top < 0 ||
+      d->pad_left < 0 || d->pad_top >= d->kh || d->pad_left >= d->kw)
+    return lunet_vk_error(LUNET_ERR_SHAPE,
+                          "%s: bad geometry n=%lld h=%lld w=%lld c=%lld pool %lldx%lld "
+                          "stride %lldx%lld pad %lld,%lld out %lldx%lld (fill it with "
+                          "lunet_pool2d_geometry)",
+                          op, (long long)d->n, (long long)d->h, (long long)d->w,
+                          (long long)d->c, (long long)d->kh, (long long)d->kw,
+                          (long long)d->sh, (long long)d->sw, (long long)d->pad_top,
+                          (long long)d->pad_left, (long long)d->oh, (long long)d->ow);
+  int rc = too_big(d->n * d->h * d->w * d->c, op);
+  return rc ? rc : too_big(d->n * d->oh * d->ow * d->c, op);
+}
+
+static int pool_dispatch(lunet_backend *be, int mode, lunet_buf out, lunet_cbuf x,
+                         lunet_cbuf dy, const lunet_pool2d_desc *d, int64_t total) {
+  int32_t pc[12] = {(int32_t)d->n,  (int32_t)d->h,  (int32_t)d->w,  (int32_t)d->c,
+                    (int32_t)d->kh, (int32_t)d->kw, (int32_t)d->sh, (int32_t)d->sw,
+                    (int32_t)d->pad_top, (int32_t)d->pad_left, (int32_t)d->oh,
+                    (int32_t)d->ow};
+  if (total == 0) return 0;
+  return lunet_vk_dispatch(be, VK_SH_POOL, mode, (lunet_cbuf[]){out, x, dy}, 3, pc,
+                           sizeof pc, lunet_vk_groups(be, (size_t)total), 1, 1);
+}
+
+/* x (N,H,W,C) -> y (N,OH,OW,C) */
+static int vk_pool2d(lunet_backend *be, lunet_pool_mode mode, lunet_buf y, lunet_cbuf x,
+                     const lunet_pool2d_desc *d) {
+  int rc = check_pool(d, "pool2d");
+  if (rc) return rc;
+  return pool_dispatch(be, mode == LUNET_POOL_MAX ? 0 : 1, y, x, NULL, d,
+                       d->n * d->oh * d->ow * d->c);
+}
+
+/* dy (N,OH,OW,C), x (N,H,W,C) -> dx (N,H,W,C) */
+static int vk_pool2d_backward(lunet_backend *be, lunet_pool_mode mode, lunet_buf dx,
+                              lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y,
+                              const lunet_pool2d_desc *d) {
+  int rc = check_pool(d, "pool2d_backward");
+  if (rc) return rc;
+  return pool_dispatch(be, mode == LUNET_POOL_MAX ? 2 : 3, dx, x, dy, d,
+                       d->n * d->h * d->w * d->c);
+}
+
+/* ---- softmax family ---- */
+
+static int softmax_dispatch(lunet_backend *be, int mode, lunet_cbuf const *bufs, int nbufs,
+                            size_t rows, size_t cols, bool has_d) {
+  int rc = too_big((int64_t)(rows * cols), "softmax");
+  if (rc || rows == 0) return rc;
+  uint32_t pc[3] = {(uint32_t)rows, (uint32_t)cols, has_d};
+  return lunet_vk_dispatch(be, VK_SH_SOFTMAX, mode, bufs, nbufs, pc, sizeof pc,
+                           min_u32(rows, 65535), 1, 1);
+}
+
+/* x, y (rows, cols) */
+static int vk_softmax(lunet_backend *be, bool log, lunet_buf y, lunet_cbuf x, size_t rows,
+                      size_t cols) {
+  return softmax_dispatch(be, log ? 1 : 0, (lunet_cbuf[]){y, x}, 2, rows, cols, false);
+}
+
+/* dy, y, dx (rows, cols) */
+static int vk_softmax_backward(lunet_backend *be, bool log, lunet_buf dx, lunet_cbuf dy,
+                               lunet_cbuf y, size_t rows, size_t cols) {
+  return softmax_dispatch(be, log ? 3 : 2, (lunet_cbuf[]){dx, dy, y}, 3, rows, cols, false);
+}
+
+/* logits (rows, cols), labels (rows) -> loss (rows), dlogits (rows, cols) or
+ * NULL.  A label outside [0, cols) raises a flag on the device, reported by
+ * the next synchronize() (the core calls it before reading any result), so
+ * the labels need not come back to the host every step. */
+static int vk_softmax_xent(lunet_backend *be, lunet_buf loss, lunet_buf dlogits,
+                           lunet_cbuf logits, lunet_cbuf labels, size_t rows, size_t cols) {
+  lunet_cbuf bufs[5] = {loss, logits, labels, dlogits, &be->errbuf};
+  int rc = softmax_dispatch(be, 4, bufs, 5, rows, cols, dlogits != NULL);
+  if (rc || rows == 0) return rc;
+  uint32_t pc[3] = {(uint32_t)rows, (uint32_t)cols, 0};
+  return lunet_vk_dispatch(be, VK_SH_SOFTMAX, 5, bufs, 5, pc, sizeof pc, 1, 1, 1);
+}
+
+/* ---- batch norm ---- */
+
+typedef struct bn_pc {
+  uint32_t rows, c, has_run, inference, has_gamma, has_beta;
+  float momentum, eps;
+} bn_pc;
+
+/* x, y (rows, c); the stats (c) */
+static int vk_batchnorm(lunet_backend *be, bool training, lunet_buf y, lunet_buf save_mean,
+                        lunet_buf save_invstd, lunet_buf run_mean, lunet_buf run_var,
+                        lunet_cbuf x, lunet_cbuf gamma, lunet_cbuf beta, size_t rows,
+                        size_t c, float momentum, float epsilon) {
+  if (!training && (!run_mean || !run_var))
+    return lunet_vk_error(LUNET_ERR_ARG, "batchnorm: inference needs the running mean "
+                                         "and variance");
+  int rc = too_big((int64_t)(rows * c), "batchnorm");
+  if (rc || c == 0) return rc;
+  bn_pc pc = {(uint32_t)rows, (uint32_t)c, run_mean || run_var, !training, gamma != NULL,
+              beta != NULL, momentum, epsilon};
+  if (!training)
+    return lunet_vk_dispatch(be, VK_SH_BATCHNORM, 1,
+                             (lunet_cbuf[]){y, x, gamma, beta, run_mean, run_var}, 6, &pc,
+                             sizeof pc, lunet_vk_groups(be, rows * c), 1, 1);
+  /* Scratch for the stats the caller does not keep (the pool makes it free). */
+  lunet_buf tmp[4] = {NULL};
+  lunet_buf *need[4] = {&save_mean, &save_invstd, &run_mean, &run_var};
+  for (int i = 0; i < 4 && !rc; i++)
+    if (!*need[i] && (i < 2 || pc.has_run)) {
+      if (!(tmp[i] = *need[i] = lunet_vk_buffer_alloc(be, c * sizeof(float))))
+        rc = lunet_vk_error(LUNET_ERR_NOMEM, "batchnorm: out of device memory for stats");
+    }
+  if (!rc)
+    rc = lunet_vk_dispatch(be, VK_SH_BATCHNORM, 0,
+                           (lunet_cbuf[]){NULL, x, NULL, NULL, save_mean, save_invstd,
+                                          run_mean, run_var},
+                           8, &pc, sizeof pc, min_u32(c, 65535), 1, 1);
+  if (!rc && rows)
+    rc = lunet_vk_dispatch(be, VK_SH_BATCHNORM, 1,
+                           (lunet_cbuf[]){y, x, gamma, beta, save_mean, save_invstd}, 6,
+                           &pc, sizeof pc, lunet_vk_groups(be, rows * c), 1, 1);
+  for (int i = 0; i < 4; i++) lunet_vk_buffer_free(be, tmp[i]);
+  return rc;
+}
+
+/* dy, x, dx (rows, c); gamma, stats, dgamma, dbeta (c) */
+static int vk_batchnorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf dgamma,
+                                 lunet_buf dbeta, lunet_cbuf dy, lunet_cbuf x,
+                                 lunet_cbuf gamma, lunet_cbuf save_mean,
+                                 lunet_cbuf save_invstd, size_t rows, size_t c) {
+  int rc = too_big((int64_t)(rows * c), "batchnorm_backward");
+  if (rc || c == 0) return rc;
+  bn_pc pc = {.rows = (uint32_t)rows, .c = (uint32_t)c, .has_gamma = gamma != NULL};
+  lunet_buf tmp[2] = {NULL, NULL};
+  if (!dgamma && !(tmp[0] = dgamma = lunet_vk_buffer_alloc(be, c * sizeof(float))))
+    rc = LUNET_ERR_NOMEM;
+  if (!dbeta && !(tmp[1] = dbeta = lunet_vk_buffer_alloc(be, c * sizeof(float))))
+    rc = LUNET_ERR_NOMEM;
+  if (rc) rc = lunet_vk_error(rc, "batchnorm_backward: out of device memory for sums");
+  lunet_cbuf bufs[8] = {dx, x, gamma, dy, save_mean, save_invstd, dgamma, dbeta};
+  if (!rc)
+    rc = lunet_vk_dispatch(be, VK_SH_BATCHNORM, 2, bufs, 8, &pc, sizeof pc,
+                           min_u32(c, 65535), 1, 1);
+  if (!rc && rows)
+    rc = lunet_vk_dispatch(be, VK_SH_BATCHNORM, 3, bufs, 8, &pc, sizeof pc,
+                           lunet_vk_groups(be, rows * c), 1, 1);
+  lunet_vk_buffer_free(be, tmp[0]);
+  lunet_vk_buffer_free(be, tmp[1]);
+  return rc;
+}
+
+/* ---- dropout ---- */
+
+static int vk_dropout_mask(lunet_backend *be, lunet_buf mask, size_t n, float rate,
+                           uint64_t seed, uint64_t counter) {
+  if (!(rate >= 0.0f && rate <= 1.0f))
+    return lunet_vk_error(LUNET_ERR_ARG, "dropout_mask: rate %g is outside [0, 1]",
+                          (double)rate);
+  int rc = too_big((int64_t)n, "dropout_mask");
+  if (rc || n == 0) return rc;
+  struct {
+    uint32_t n, seed_lo, seed_hi, ctr_lo, ctr_hi;
+    float rate, scale;
+  } pc = {(uint32_t)n, (uint32_t)seed, (uint32_t)(seed >> 32), (uint32_t)counter,
+          (uint32_t)(counter >> 32), rate, 1.0f / (1.0f - rate)};
+  return lunet_vk_dispatch(be, VK_SH_DROPOUT, 0, (lunet_cbuf[]){mask}, 1, &pc, sizeof pc,
+                           lunet_vk_groups(be, n), 1, 1);
+}
+
+/* ---- optimizers (in place on p and the state, n each) ---- */
+
+typedef struct optim_pc {
+  uint32_t n, has_s1, has_s2, flag;
+  float lr, a, b, eps, wd, step;
+} optim_pc;
+
+static int optim_dispatch(lunet_backend *be, int mode, lunet_buf p, lunet_cbuf g,
+                          lunet_buf s1, lunet_buf s2, optim_pc *pc) {
+  int rc = too_big((int64_t)pc->n, "optimizer update");
+  if (rc || pc->n == 0) return rc;
+  return lunet_vk_dispatch(be, VK_SH_OPTIM, mode, (lunet_cbuf[]){p, g, s1, s2}, 4, pc,
+                           sizeof *pc, lunet_vk_groups(be, pc->n), 1, 1);
+}
+
+static int vk_sgd_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf velocity,
+                         size_t n, float lr, float momentum, bool nesterov,
+                         float weight_decay) {
+  if (!velocity && momentum != 0.0f)
+    return lunet_vk_error(LUNET_ERR_ARG, "sgd_update: momentum %g needs a velocity buffer",
+                          (double)momentum);
+  optim_pc pc = {.n = (uint32_t)n, .has_s1 = velocity != NULL, .flag = nesterov, .lr = lr,
+                 .a = momentum, .wd = weight_decay};
+  return optim_dispatch(be, 0, p, g, velocity, NULL, &pc);
+}
+
+static int vk_adam_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf m,
+                          lunet_buf v, size_t n, float lr, float beta1, float beta2,
+                          float epsilon, float weight_decay, int64_t step) {
+  if (step < 1)
+    return lunet_vk_error(LUNET_ERR_ARG,
+                          "adam_update: step is %lld, expected 1 or more (the count of "
+                          "updates including this one)",
+                          (long long)step);
+  double t = (double)step;
+  float alpha = (float)((double)lr * sqrt(1.0 - pow((double)beta2, t)) /
+                        (1.0 - pow((double)beta1, t)));
+  optim_pc pc = {.n = (uint32_t)n, .has_s1 = 1, .has_s2 = 1, .lr = lr, .a = beta1,
+                 .b = beta2, .eps = epsilon, .wd = weight_decay, .step = alpha};
+  return optim_dispatch(be, 1, p, g, m, v, &pc);
+}
+
+static int vk_rmsprop_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf ms,
+                             lunet_buf mom, size_t n, float lr, float rho, float momentum,
+                             float epsilon) {
+  optim_pc pc = {.n = (uint32_t)n, .has_s1 = 1, .has_s2 = mom != NULL, .lr = lr, .a = rho,
+                 .b = momentum, .eps = epsilon};
+  return optim_dispatch(be, 2, p, g, ms, mom, &pc);
+}
+
+/* ---- augmentation ---- */
+
+/* x (N,H,W,C) -> y (N,OH,OW,C); mats (N,6) on the host, uploaded per call. */
+static int vk_affine_resample(lunet_backend *be, lunet_buf y, lunet_cbuf x,
+                              const float *mats, size_t n, size_t h, size_t w, size_t c,
+                              size_t oh, size_t ow, lunet_fill_mode fill_mode, float fill) {
+  int rc = too_big((int64_t)(n * h * w * c), "affine_resample");
+  if (!rc) rc = too_big((int64_t)(n * oh * ow * c), "affine_resample");
+  if (rc || n * oh * ow * c == 0) return rc;
+  lunet_buf m = lunet_vk_buffer_alloc(be, n * 6 * sizeof(float));
+  if (!m) return lunet_vk_error(LUNET_ERR_NOMEM, "affine_resample: out of device memory");
+  rc = lunet_vk_buffer_upload(be, m, 0, mats, n * 6 * sizeof(float));
+  struct {
+    int32_t n, h, w, c, oh, ow, mode;
+    float fill;
+  } pc = {(int32_t)n, (int32_t)h, (int32_t)w, (int32_t)c, (int32_t)oh, (int32_t)ow,
+          (int32_t)fill_mode, fill};
+  if (!rc)
+    rc = lunet_vk_dispatch(be, VK_SH_RESAMPLE, 0, (lunet_cbuf[]){y, x, m}, 3, &pc,
+                           sizeof pc, lunet_vk_groups(be, n * oh * ow * c), 1, 1);
+  lunet_vk_buffer_free(be, m);
+  return rc;
+}
+
+static int vk_set_threads(lunet_backend *be, int n) { return 0; }
+
+const lunet_backend_i lunet_vk_vtable = {
+    .last_error = lunet_vk_last_error,
+    .describe = lunet_vk_describe,
+    .set_threads = vk_set_threads,
+    .buffer_alloc = lunet_vk_buffer_alloc,
+    .buffer_free = lunet_vk_buffer_free,
+    .buffer_upload = lunet_vk_buffer_upload,
+    .buffer_download = lunet_vk_buffer_download,
+    .buffer_copy = lunet_vk_buffer_copy,
+    .synchronize = lunet_vk_synchronize,
+    .fill = vk_fill,
+    .cast = vk_cast,
+    .strided_copy = vk_strided_copy,
+    .unary = vk_unary,
+    .unary_backward = vk_unary_backward,
+    .binary = vk_binary,
+    .reduce = vk_reduce,
+    .argmax = vk_argmax,
+    .gemm = vk_gemm,
+    .conv2d = vk_conv2d,
+    .conv2d_backward_data = vk_conv2d_backward_data,
+    .conv2d_backward_filter = vk_conv2d_backward_filter,
+    .pool2d = vk_pool2d,
+    .pool2d_backward = vk_pool2d_backward,
+    .softmax = vk_softmax,
+    .softmax_backward = vk_softmax_backward,
+    .softmax_xent = vk_softmax_xent,
+    .batchnorm = vk_batchnorm,
+    .batchnorm_backward = vk_batchnorm_backward,
+    .dropout_mask = vk_dropout_mask,
+    .gather_rows = vk_gather_rows,
+    .sgd_update = vk_sgd_update,
+    .adam_update = vk_adam_update,
+    .rmsprop_update = vk_rmsprop_update,
+    .affine_resample = vk_affine_resample,
+};

@@ -1,0 +1,232 @@
+/*
+ * The Vulkan backend's private header: its state, the Vulkan entry points it
+ * loads at run time, buffers and their pool, command batching and kernels.
+ *
+ * libvulkan is opened with dlopen rather than linked, so that a machine
+ * without the loader still loads this module and gets a clear "unavailable"
+ * reason from probe() instead of a dlopen failure.  The entry points are
+ * process-wide (the loader's own are too); everything else hangs off the
+ * backend state.  One thread at a time uses a backend (as a lunet_ctx).
+ */
+#ifndef LUNET_VK_H
+#define LUNET_VK_H
+
+#define VK_NO_PROTOTYPES
+#include <vulkan/vulkan.h>
+#include "lunet/backend.h"
+
+/* ---- entry points (loaded by lunet_vk_load) ---- */
+#define LUNET_VK_GLOBAL_FUNCS(X)                                                          \
+  X(vkCreateInstance)                                                                      \
+  X(vkEnumerateInstanceLayerProperties)                                                    \
+  X(vkEnumerateInstanceVersion)
+#define LUNET_VK_INSTANCE_FUNCS(X)                                                        \
+  X(vkDestroyInstance)                                                                     \
+  X(vkEnumeratePhysicalDevices)                                                            \
+  X(vkGetPhysicalDeviceProperties)                                                         \
+  X(vkGetPhysicalDeviceProperties2)                                                        \
+  X(vkGetPhysicalDeviceMemoryProperties)                                                   \
+  X(vkGetPhysicalDeviceQueueFamilyProperties)                                              \
+  X(vkCreateDevice)                                                                        \
+  X(vkDestroyDevice)                                                                       \
+  X(vkGetDeviceQueue)                                                                      \
+  X(vkCreateDebugUtilsMessengerEXT)                                                        \
+  X(vkDestroyDebugUtilsMessengerEXT)                                                       \
+  X(vkCreateBuffer)                                                                        \
+  X(vkDestroyBuffer)                                                                       \
+  X(vkGetBufferMemoryRequirements)                                                         \
+  X(vkAllocateMemory)                                                                      \
+  X(vkFreeMemory)                                                                          \
+  X(vkBindBufferMemory)                                                                    \
+  X(vkMapMemory)                                                                           \
+  X(vkUnmapMemory)                                                                         \
+  X(vkCreateCommandPool)                                                                   \
+  X(vkDestroyCommandPool)                                                                  \
+  X(vkAllocateCommandBuffers)                                                              \
+  X(vkBeginCommandBuffer)                                                                  \
+  X(vkEndCommandBuffer)                                                                    \
+  X(vkResetCommandBuffer)                                                                  \
+  X(vkCreateFence)                                                                         \
+  X(vkDestroyFence)                                                                        \
+  X(vkWaitForFences)                                                                       \
+  X(vkResetFences)                                                                         \
+  X(vkQueueSubmit)                                                                         \
+  X(vkDeviceWaitIdle)                                                                      \
+  X(vkCreateDescriptorSetLayout)                                                           \
+  X(vkDestroyDescriptorSetLayout)                                                          \
+  X(vkCreateDescriptorPool)                                                                \
+  X(vkDestroyDescriptorPool)                                                               \
+  X(vkResetDescriptorPool)                                                                 \
+  X(vkAllocateDescriptorSets)                                                              \
+  X(vkUpdateDescriptorSets)                                                                \
+  X(vkCreatePipelineLayout)                                                                \
+  X(vkDestroyPipelineLayout)                                                               \
+  X(vkCreateShaderModule)                                                                  \
+  X(vkDestroyShaderModule)                                                                 \
+  X(vkCreateComputePipelines)                                                              \
+  X(vkDestroyPipeline)                                                                     \
+  X(vkCmdBindPipeline)                                                                     \
+  X(vkCmdBindDescriptorSets)                                                               \
+  X(vkCmdPushConstants)                                                                    \
+  X(vkCmdDispatch)                                                                         \
+  X(vkCmdPipelineBarrier)                                                                  \
+  X(vkCmdCopyBuffer)                                                                       \
+  X(vkCmdFillBuffer)
+
+#define LUNET_VK_DECLARE(name) extern PFN_##name name;
+LUNET_VK_GLOBAL_FUNCS(LUNET_VK_DECLARE)
+LUNET_VK_INSTANCE_FUNCS(LUNET_VK_DECLARE)
+#undef LUNET_VK_DECLARE
+
+/* Opens libvulkan and the global entry points; 0 or -1 with the reason. */
+int lunet_vk_load(char *why, size_t why_len);
+/* The instance-level entry points (all of them, through the instance). */
+int lunet_vk_load_instance(VkInstance inst, char *why, size_t why_len);
+
+/* ---- kernels: one pipeline per (shader, mode) ---- */
+typedef enum lunet_vk_shader {
+  VK_SH_CAST,
+  VK_SH_COPY,
+  VK_SH_UNARY,
+  VK_SH_BINARY,
+  VK_SH_REDUCE,
+  VK_SH_GEMM,
+  VK_SH_SOFTMAX,
+  VK_SH_OPTIM,
+  VK_SH_DROPOUT,
+  VK_SH_POOL,
+  VK_SH_BATCHNORM,
+  VK_SH_RESAMPLE,
+  VK_SH_COUNT
+} lunet_vk_shader;
+
+#define LUNET_VK_MAX_MODES 8
+#define LUNET_VK_BINDINGS 8
+#define LUNET_VK_PUSH_BYTES 128
+
+/* The SPIR-V embedded at build time (shaders.c, generated). */
+typedef struct lunet_vk_spirv {
+  const char *name;
+  const uint32_t *code;
+  size_t bytes;
+} lunet_vk_spirv;
+extern const lunet_vk_spirv lunet_vk_shaders[VK_SH_COUNT];
+
+/* ---- buffers ---- */
+typedef struct lunet_vk_buffer {
+  VkBuffer buf;
+  VkDeviceMemory mem;
+  size_t size; /* bytes allocated (the pool's size class) */
+  void *map;   /* host address for host-visible buffers (staging), else NULL */
+  struct lunet_vk_buffer *prev, *next; /* the live list (pool buffers only) */
+} lunet_vk_buffer;
+
+/* Freed device buffers of one size class, ready for reuse. */
+typedef struct lunet_vk_bin {
+  size_t size;
+  lunet_vk_buffer **bufs;
+  size_t count, cap;
+} lunet_vk_bin;
+
+/* One command batch: recorded while the other may run on the device. */
+typedef enum { FRAME_IDLE, FRAME_RECORDING, FRAME_SUBMITTED } lunet_vk_frame_state;
+typedef struct lunet_vk_frame {
+  VkCommandBuffer cmd;
+  VkFence fence;
+  VkDescriptorPool dpool;
+  lunet_vk_frame_state state;
+  int nsets, ncmds;
+  lunet_vk_buffer staging; /* uploads of this batch */
+  size_t staging_used;
+} lunet_vk_frame;
+
+#define LUNET_VK_MAX_DEVICES 16
+#define LUNET_VK_SETS_PER_FRAME 256
+
+struct lunet_backend {
+  VkInstance inst;
+  VkDebugUtilsMessengerEXT messenger;
+  bool validation; /* the Khronos validation layer is on */
+  int validation_errors, validation_warnings;
+  VkPhysicalDevice phys;
+  VkPhysicalDeviceProperties props;
+  VkPhysicalDeviceMemoryProperties memprops;
+  char driver[128];
+  char devices[256]; /* "0: llvmpipe (cpu, in use); 1: ..." */
+  int device_index;
+  VkDevice dev;
+  VkQueue queue;
+  uint32_t qfamily;
+  uint32_t type_device, type_upload, type_readback; /* memory type indices */
+  VkCommandPool cmdpool;
+  lunet_vk_frame frames[2];
+  int cur;
+  VkDescriptorSetLayout dsl;
+  VkPipelineLayout layout;
+  VkShaderModule modules[VK_SH_COUNT];
+  VkPipeline pipes[VK_SH_COUNT][LUNET_VK_MAX_MODES];
+  uint32_t wg;   /* 1-D workgroup size */
+  uint32_t tile; /* GEMM tile edge */
+  lunet_vk_buffer dummy;    /* bound to unused bindings */
+  lunet_vk_buffer errbuf;   /* host-visible flags kernels raise (bad labels) */
+  lunet_vk_buffer readback; /* downloads */
+  lunet_vk_buffer *live; /* every pool buffer, freed or not: destroyed at shutdown */
+  lunet_vk_bin *bins;
+  size_t nbins, bins_cap, idle_bytes, pool_cap;
+  lunet_vk_buffer **doomed; /* freed past the pool cap, destroyed at the next wait */
+  size_t ndoomed, doomed_cap;
+  bool lost; /* the device was lost: every call fails */
+};
+
+/* ---- errors (thread-local message) ---- */
+int lunet_vk_error(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A VkResult as a status with "what: VK_ERROR_..." (marks a lost device). */
+int lunet_vk_check(lunet_backend *be, VkResult r, const char *what);
+const char *lunet_vk_result_name(VkResult r);
+const char *lunet_vk_last_error(lunet_backend *be);
+
+/* ---- device (device.c) ---- */
+int lunet_vk_probe(char *why, size_t why_len);
+lunet_backend *lunet_vk_init(int threads, char *err, size_t err_len);
+void lunet_vk_shutdown(lunet_backend *be);
+void lunet_vk_describe(lunet_backend *be, lunet_backend_info *info);
+
+/* ---- memory and batches (memory.c) ---- */
+int lunet_vk_raw_buffer(lunet_backend *be, lunet_vk_buffer *b, size_t size,
+                        uint32_t mem_type, VkBufferUsageFlags usage);
+void lunet_vk_raw_free(lunet_backend *be, lunet_vk_buffer *b);
+int lunet_vk_memory_type(lunet_backend *be, uint32_t bits, VkMemoryPropertyFlags want,
+                         VkMemoryPropertyFlags avoid);
+lunet_buf lunet_vk_buffer_alloc(lunet_backend *be, size_t nbytes);
+void lunet_vk_buffer_free(lunet_backend *be, lunet_buf buf);
+int lunet_vk_buffer_upload(lunet_backend *be, lunet_buf dst, size_t off, const void *src,
+                           size_t nbytes);
+int lunet_vk_buffer_download(lunet_backend *be, lunet_cbuf src, size_t off, void *dst,
+                             size_t nbytes);
+int lunet_vk_buffer_copy(lunet_backend *be, lunet_buf dst, size_t doff, lunet_cbuf src,
+                         size_t soff, size_t nbytes);
+int lunet_vk_synchronize(lunet_backend *be);
+void lunet_vk_pool_drain(lunet_backend *be);
+/* The command buffer of the batch being recorded (starting one if needed);
+ * `sets` descriptor sets are reserved in it.  NULL on error. */
+VkCommandBuffer lunet_vk_cmd(lunet_backend *be, int sets);
+/* Orders everything recorded so far before everything recorded next. */
+void lunet_vk_barrier(lunet_backend *be, VkCommandBuffer cmd);
+int lunet_vk_frames_init(lunet_backend *be);
+void lunet_vk_frames_free(lunet_backend *be);
+
+/* ---- kernels (kernels.c) ---- */
+int lunet_vk_kernels_init(lunet_backend *be);
+void lunet_vk_kernels_free(lunet_backend *be);
+/* Records one dispatch of shader `sh` in mode `mode` over groups (gx, gy, gz),
+ * buffers bound at 0..nbufs-1 (NULL: a dummy), push constants `pc`. */
+int lunet_vk_dispatch(lunet_backend *be, lunet_vk_shader sh, int mode,
+                      lunet_cbuf const *bufs, int nbufs, const void *pc, size_t pc_bytes,
+                      uint32_t gx, uint32_t gy, uint32_t gz);
+/* Workgroups covering n items at the 1-D size, capped for a grid-stride loop. */
+uint32_t lunet_vk_groups(lunet_backend *be, size_t n);
+
+/* ---- ops (ops.c, nn.c) ---- */
+extern const lunet_backend_i lunet_vk_vtable;
+
+#endif

@@ -1,0 +1,93 @@
+#version 450
+// Reductions.  x viewed as (outer, len, inner) -> y (outer, inner).
+// MODE 0: one workgroup per output, a tree over len (long reductions).
+// MODE 1: argmax, x (rows=outer, cols=len) -> y (rows) float index of the
+//         first maximum, one workgroup per row.
+// MODE 2: one invocation per output, a loop over len (many short ones).
+// op: 0 sum, 1 mean, 2 max, 3 min (lunet_reduce_op).
+layout(local_size_x_id = 0) in;
+layout(constant_id = 2) const int MODE = 0;
+layout(std430, binding = 0) writeonly buffer Y { float y[]; };
+layout(std430, binding = 1) readonly buffer X { float x[]; };
+layout(push_constant, std430) uniform PC { uint outer, len, inner, op; } pc;
+
+shared float red[gl_WorkGroupSize.x];
+shared uint ridx[gl_WorkGroupSize.x];
+
+#define INF uintBitsToFloat(0x7f800000u)
+
+float init() { return pc.op == 2u ? -INF : pc.op == 3u ? INF : 0.0; }
+
+float combine(float acc, float v) {
+  if (pc.op == 2u) return v > acc ? v : acc;
+  if (pc.op == 3u) return v < acc ? v : acc;
+  return acc + v;
+}
+
+float finish(float acc) {
+  if (pc.op != 1u) return acc;
+  return pc.len != 0u ? acc / float(pc.len) : uintBitsToFloat(0x7fc00000u);
+}
+
+void reduce_groups() {
+  uint t = gl_LocalInvocationID.x, outs = pc.outer * pc.inner;
+  for (uint o = gl_WorkGroupID.x; o < outs; o += gl_NumWorkGroups.x) {
+    uint base = (o / pc.inner) * pc.len * pc.inner + o % pc.inner;
+    float acc = init();
+    for (uint j = t; j < pc.len; j += gl_WorkGroupSize.x) acc = combine(acc, x[base + j * pc.inner]);
+    red[t] = acc;
+    barrier();
+    for (uint s = gl_WorkGroupSize.x / 2u; s > 0u; s >>= 1) {
+      if (t < s) red[t] = combine(red[t], red[t + s]);
+      barrier();
+    }
+    if (t == 0u) y[o] = finish(red[0]);
+    barrier();
+  }
+}
+
+void argmax_rows() {
+  uint t = gl_LocalInvocationID.x;
+  for (uint r = gl_WorkGroupID.x; r < pc.outer; r += gl_NumWorkGroups.x) {
+    float best = -INF;
+    uint bi = 0xffffffffu;
+    for (uint j = t; j < pc.len; j += gl_WorkGroupSize.x) {
+      float v = x[r * pc.len + j];
+      if (bi == 0xffffffffu || v > best) { best = v; bi = j; }
+    }
+    red[t] = best;
+    ridx[t] = bi;
+    barrier();
+    for (uint s = gl_WorkGroupSize.x / 2u; s > 0u; s >>= 1) {
+      if (t < s) {
+        float v = red[t + s];
+        uint i = ridx[t + s];
+        // The first maximum: ties go to the lower index.
+        if (i != 0xffffffffu &&
+            (ridx[t] == 0xffffffffu || v > red[t] || (v == red[t] && i < ridx[t]))) {
+          red[t] = v;
+          ridx[t] = i;
+        }
+      }
+      barrier();
+    }
+    if (t == 0u) y[r] = ridx[0] == 0xffffffffu ? 0.0 : float(ridx[0]);
+    barrier();
+  }
+}
+
+void reduce_serial() {
+  uint outs = pc.outer * pc.inner, stride = gl_NumWorkGroups.x * gl_WorkGroupSize.x;
+  for (uint o = gl_GlobalInvocationID.x; o < outs; o += stride) {
+    uint base = (o / pc.inner) * pc.len * pc.inner + o % pc.inner;
+    float acc = init();
+    for (uint j = 0u; j < pc.len; j++) acc = combine(acc, x[base + j * pc.inner]);
+    y[o] = finish(acc);
+  }
+}
+
+void main() {
+  if (MODE == 0) reduce_groups();
+  else if (MODE == 1) argmax_rows();
+  else reduce_serial();
+}
