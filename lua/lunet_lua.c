@@ -806,14 +806,32 @@ static int l_backends(lua_State *L) {
     lua_setfield(L, -2, "available");
     lua_pushboolean(L, info[i].is_default);
     lua_setfield(L, -2, "default");
+    lua_createtable(L, info[i].ndevices, 0);
+    for (int d = 0; d < info[i].ndevices && d < LUNET_MAX_DEVICES; d++) {
+      lua_createtable(L, 0, 5);
+      lua_pushinteger(L, d);
+      lua_setfield(L, -2, "index");
+      lua_pushstring(L, info[i].devices[d].name);
+      lua_setfield(L, -2, "name");
+      lua_pushstring(L, info[i].devices[d].type);
+      lua_setfield(L, -2, "type");
+      lua_pushinteger(L, (lua_Integer)info[i].devices[d].memory);
+      lua_setfield(L, -2, "memory");
+      lua_pushboolean(L, d == info[i].device_index);
+      lua_setfield(L, -2, "in_use");
+      lua_rawseti(L, -2, d + 1);
+    }
+    lua_setfield(L, -2, "devices");
     lua_rawseti(L, -2, i + 1);
   }
   return 1;
 }
 
+/* C.use(name [, device]) */
 static int l_use(lua_State *L) {
   lunet_ctx *ctx = lunetL_ctx(L);
-  if (lunet_use(ctx, luaL_checkstring(L, 1))) lunetL_error(L, "use");
+  if (lunet_use_device(ctx, luaL_checkstring(L, 1), (int)luaL_optinteger(L, 2, -1)))
+    lunetL_error(L, "use");
   lua_pushstring(L, lunet_default_backend(ctx));
   return 1;
 }

@@ -77,6 +77,12 @@ static void cpu_describe(lunet_backend *be, lunet_backend_info *info) {
            openblas_get_corename());
   info->threads = threads;
   info->available = true;
+  info->ndevices = 1;
+  info->device_index = 0;
+  snprintf(info->devices[0].name, sizeof info->devices[0].name, "%s", model);
+  snprintf(info->devices[0].type, sizeof info->devices[0].type, "CPU");
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  info->devices[0].memory = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
 }
 
 static int cpu_set_threads(lunet_backend *be, int n) {

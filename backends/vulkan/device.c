@@ -305,13 +305,21 @@ int lunet_vk_probe(char *why, size_t why_len) {
   return score;
 }
 
-/* "0: llvmpipe (CPU, 2.0 GiB, in use); 1: ..." */
+/* "0: llvmpipe (CPU, 2.0 GiB, in use); 1: ..." and the device list of
+ * lunet_backend_info. */
 static void describe_devices(lunet_backend *be, VkPhysicalDevice *pds, uint32_t n) {
   size_t len = 0;
   be->devices[0] = '\0';
+  be->ndevices = 0;
   for (uint32_t i = 0; i < n && len < sizeof be->devices; i++) {
     VkPhysicalDeviceProperties p;
     vkGetPhysicalDeviceProperties(pds[i], &p);
+    if (be->ndevices < LUNET_MAX_DEVICES) {
+      lunet_device_info *d = &be->device_list[be->ndevices++];
+      snprintf(d->name, sizeof d->name, "%.127s", p.deviceName);
+      snprintf(d->type, sizeof d->type, "%s", type_name(p.deviceType));
+      d->memory = device_memory(pds[i]);
+    }
     len += (size_t)snprintf(be->devices + len, sizeof be->devices - len,
                             "%s%u: %s (%s, %.1f GiB%s)", i ? "; " : "", i, p.deviceName,
                             type_name(p.deviceType),
@@ -459,6 +467,9 @@ void lunet_vk_describe(lunet_backend *be, lunet_backend_info *info) {
            be->validation ? ", validation on" : "", be->devices);
   info->threads = 1;
   info->available = !be->lost;
+  info->device_index = be->device_index;
+  info->ndevices = be->ndevices < LUNET_MAX_DEVICES ? be->ndevices : LUNET_MAX_DEVICES;
+  for (int i = 0; i < info->ndevices; i++) info->devices[i] = be->device_list[i];
 }
 
 /* For the tests: the validation layer's error and warning counts so far. */

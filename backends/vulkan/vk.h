@@ -153,6 +153,8 @@ struct lunet_backend {
   VkPhysicalDeviceMemoryProperties memprops;
   char driver[128];
   char devices[256]; /* "0: llvmpipe (cpu, in use); 1: ..." */
+  lunet_device_info device_list[LUNET_MAX_DEVICES];
+  int ndevices;
   int device_index;
   VkDevice dev;
   VkQueue queue;

@@ -36,6 +36,7 @@ static struct {
   int type_plugin[MAX_TYPES];
   int ntypes;
   char searched[2048]; /* the folders looked in, for "nothing found" errors */
+  int threads;         /* lunet_set_threads() before a backend started; 0: default */
 } reg = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* The folder of liblunet.so itself: backends and plugins sit under it. */
@@ -90,17 +91,19 @@ static void scan(const char *env, const char *sub, void (*fn)(const char *)) {
   for (char *save = NULL, *dir = strtok_r(dirs, ":", &save); dir;
        dir = strtok_r(NULL, ":", &save)) {
     add_searched(dir);
-    DIR *dh = opendir(dir);
-    if (!dh) continue;
-    struct dirent *de;
-    while ((de = readdir(dh))) {
-      size_t len = strlen(de->d_name);
-      if (len < 4 || strcmp(de->d_name + len - 3, ".so") != 0) continue;
-      char path[1024];
-      snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-      fn(path);
+    struct dirent **names;
+    int n = scandir(dir, &names, NULL, alphasort); /* a stable order: cpu before vulkan */
+    for (int k = 0; k < n; k++) {
+      const char *f = names[k]->d_name;
+      size_t len = strlen(f);
+      if (len >= 4 && strcmp(f + len - 3, ".so") == 0) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", dir, f);
+        fn(path);
+      }
+      free(names[k]);
     }
-    closedir(dh);
+    if (n >= 0) free(names);
   }
 }
 
@@ -139,10 +142,20 @@ static void load_backend(const char *path) {
   snprintf(be->name, sizeof be->name, "%s", d->name);
   snprintf(be->path, sizeof be->path, "%s", path);
   be->score = d->probe(be->why, sizeof be->why);
-  if (be->score > 0) {
-    be->state = d->init(0, be->why, sizeof be->why);
-    if (!be->state) be->score = 0;
-  }
+}
+
+/* A backend starts (init) on first use, so its device can be chosen first;
+ * a failed start leaves the reason in `why` and is tried again on the next
+ * use (after the user picked another device, say). */
+static void start(lunet_be *be) {
+  if (be->state || be->score <= 0) return;
+  be->state = be->desc->init(reg.threads, be->why, sizeof be->why);
+}
+
+static lunet_be *find(const char *name) {
+  for (int i = 0; i < reg.nbackends; i++)
+    if (strcmp(reg.backends[i].name, name) == 0) return &reg.backends[i];
+  return NULL;
 }
 
 static void scan_backends(void) {
@@ -155,9 +168,8 @@ static void scan_backends(void) {
 lunet_be *lunet_registry_backend(lunet_ctx *ctx, const char *name) {
   pthread_mutex_lock(&reg.lock);
   scan_backends();
-  lunet_be *found = NULL;
-  for (int i = 0; i < reg.nbackends; i++)
-    if (strcmp(reg.backends[i].name, name) == 0) found = &reg.backends[i];
+  lunet_be *found = find(name);
+  if (found) start(found);
   pthread_mutex_unlock(&reg.lock);
   if (!found) {
     char names[256] = "";
@@ -193,6 +205,45 @@ lunet_status lunet_use(lunet_ctx *ctx, const char *name) {
   return LUNET_OK;
 }
 
+/* "LUNET_VULKAN_DEVICE" for "vulkan". */
+static const char *device_variable(const char *name, char *var, size_t n) {
+  snprintf(var, n, "LUNET_%s_DEVICE", name);
+  for (char *c = var; *c; c++)
+    if (*c >= 'a' && *c <= 'z') *c = (char)(*c - 'a' + 'A');
+  return var;
+}
+
+/* Picks the device of backend `name`: before the backend starts, or while
+ * no tensor lives on it, it (re)starts on that device. */
+lunet_status lunet_use_device(lunet_ctx *ctx, const char *name, int device) {
+  char var[64];
+  if (device < 0) return lunet_use(ctx, name);
+  pthread_mutex_lock(&reg.lock);
+  scan_backends();
+  lunet_be *be = find(name);
+  lunet_backend_info info;
+  memset(&info, 0, sizeof info);
+  if (be && be->state) be->i->describe(be->state, &info);
+  long live = be ? __atomic_load_n(&be->live, __ATOMIC_RELAXED) : 0;
+  lunet_status s = LUNET_OK;
+  if (be && be->state && info.device_index != device && live > 0) {
+    s = lunet_error(ctx, LUNET_ERR_ARG,
+                    "backend '%s' runs on device %d (%s) and %ld tensor buffer%s live there; "
+                    "pick the device before creating %s tensors, or set %s=%d before starting",
+                    name, info.device_index, info.device, live, live == 1 ? "" : "s", name,
+                    device_variable(name, var, sizeof var), device);
+  } else if (be && (!be->state || info.device_index != device)) {
+    if (be->state) be->desc->shutdown(be->state);
+    be->state = NULL;
+    char val[16];
+    snprintf(val, sizeof val, "%d", device);
+    setenv(device_variable(name, var, sizeof var), val, 1);
+    start(be);
+  }
+  pthread_mutex_unlock(&reg.lock);
+  return s ? s : lunet_use(ctx, name);
+}
+
 const char *lunet_default_backend(lunet_ctx *ctx) {
   lunet_be *be = lunet_registry_default(ctx);
   return be ? be->name : "none";
@@ -204,6 +255,7 @@ int lunet_backends(lunet_ctx *ctx, lunet_backend_info *out, int max) {
   scan_backends();
   for (int i = 0; i < reg.nbackends && i < max; i++) {
     lunet_be *be = &reg.backends[i];
+    start(be);
     memset(&out[i], 0, sizeof out[i]);
     snprintf(out[i].name, sizeof out[i].name, "%s", be->name);
     if (be->state) {
@@ -223,6 +275,7 @@ lunet_status lunet_set_threads(lunet_ctx *ctx, int n) {
   if (n < 1) return lunet_error(ctx, LUNET_ERR_ARG, "threads must be at least 1, got %d", n);
   pthread_mutex_lock(&reg.lock);
   scan_backends();
+  reg.threads = n; /* for backends that start later */
   for (int i = 0; i < reg.nbackends; i++)
     if (reg.backends[i].state) reg.backends[i].i->set_threads(reg.backends[i].state, n);
   pthread_mutex_unlock(&reg.lock);

@@ -82,6 +82,7 @@ lunet_tensor *lunet_tensor_on(lunet_ctx *ctx, lunet_be *be, lunet_dtype dt, int 
   t->buf->refcount = 1;
   t->buf->be = be;
   t->buf->nbytes = nbytes;
+  __atomic_add_fetch(&be->live, 1, __ATOMIC_RELAXED);
   return t;
 }
 
@@ -165,6 +166,7 @@ static void drop_node(worklist *w, lunet_node *n) {
 static void free_tensor(worklist *w, lunet_tensor *t) {
   if (t->buf && --t->buf->refcount == 0) {
     t->buf->be->i->buffer_free(t->buf->be->state, t->buf->handle);
+    __atomic_sub_fetch(&t->buf->be->live, 1, __ATOMIC_RELAXED);
     free(t->buf);
   }
   drop_tensor(w, t->grad);

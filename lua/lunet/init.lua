@@ -20,7 +20,14 @@ end
 function nn.seed(n) return C.seed(n) end
 function nn.threads(n) return C.threads(n) end
 function nn.backends() return C.backends() end
-function nn.use(name) return C.use(name) end
+-- nn.use("vulkan") or nn.use("vulkan", {device = 1}).
+function nn.use(name, opts)
+  local device = opts and opts.device
+  if device ~= nil and math.type(device) ~= "integer" then
+    error("bad argument #2 to 'use' (device must be an integer index, see nn.backends())", 2)
+  end
+  return C.use(name, device)
+end
 function nn.default_backend() return C.default_backend() end
 
 -- Runs f with gradient recording off (inference, manual updates).

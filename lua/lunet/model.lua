@@ -21,6 +21,11 @@ function M.Sequential(list, opts)
     end
     self:add(l)
   end
+  -- built at once when the first layer names its input, as in Keras
+  if self.layers[1] and self.layers[1].args.input_shape then
+    local ok, err = pcall(self.build, self)
+    if not ok then error(err, 2) end
+  end
   return self
 end
 

@@ -7,6 +7,11 @@
  * and struct_size before any other call, and names both versions on a
  * mismatch.
  *
+ * ABI 1.1 appended the device list to lunet_backend_info (describe() fills
+ * ndevices, device_index and devices[]).  A backend that runs on one of
+ * several devices reads LUNET_<NAME>_DEVICE (e.g. LUNET_VULKAN_DEVICE) in
+ * init(); the core sets it when the user picks a device.
+ *
  * Buffers are opaque handles (void *) that the backend hands out; for the CPU
  * backend a handle is the host address of the data.  All sizes are in
  * elements unless named *_bytes.  Every op returns 0 on success or a
@@ -25,7 +30,7 @@ extern "C" {
 #endif
 
 #define LUNET_BACKEND_ABI_MAJOR 1
-#define LUNET_BACKEND_ABI_MINOR 0
+#define LUNET_BACKEND_ABI_MINOR 1
 #define LUNET_BACKEND_ENTRY lunet_backend_entry
 #define LUNET_BACKEND_ENTRY_NAME "lunet_backend_entry"
 

@@ -86,6 +86,15 @@ LUNET_API void lunet_interrupt_clear(void);
 
 /* ---- backends ---- */
 
+#define LUNET_MAX_DEVICES 8
+
+/* One device a backend can run on (backend ABI 1.1). */
+typedef struct lunet_device_info {
+  char name[128];   /* "NVIDIA H200" */
+  char type[16];    /* "discrete GPU", "integrated GPU", "virtual GPU", "CPU" */
+  uint64_t memory;  /* bytes */
+} lunet_device_info;
+
 typedef struct lunet_backend_info {
   char name[32];
   char device[128]; /* e.g. "AMD EPYC (2 threads)" */
@@ -93,6 +102,10 @@ typedef struct lunet_backend_info {
   int threads;
   bool available;   /* false: detail says why */
   bool is_default;
+  /* Appended in backend ABI 1.1; zero from 1.0 backends. */
+  int ndevices;     /* entries of devices[] */
+  int device_index; /* the one in use */
+  lunet_device_info devices[LUNET_MAX_DEVICES];
 } lunet_backend_info;
 
 /* Loads every backend found (idempotent).  Fills up to `max` infos and
@@ -100,6 +113,10 @@ typedef struct lunet_backend_info {
 LUNET_API int lunet_backends(lunet_ctx *ctx, lunet_backend_info *out, int max);
 /* Makes `name` the default backend of new tensors in this context. */
 LUNET_API lunet_status lunet_use(lunet_ctx *ctx, const char *name);
+/* Same, on device `device` of that backend (-1: its choice).  The backend
+ * restarts on that device when no tensor lives on it yet; otherwise asking
+ * for another device is an error. */
+LUNET_API lunet_status lunet_use_device(lunet_ctx *ctx, const char *name, int device);
 LUNET_API const char *lunet_default_backend(lunet_ctx *ctx);
 LUNET_API lunet_status lunet_set_threads(lunet_ctx *ctx, int n);
 LUNET_API int lunet_get_threads(lunet_ctx *ctx);

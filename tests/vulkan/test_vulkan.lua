@@ -1,0 +1,89 @@
+-- The Vulkan backend from Lua: the CIFAR CNN trains the same on Vulkan as on
+-- the CPU, tensors and models move, mixing devices is a clear error.
+-- Exits 77 (skipped) where no Vulkan device exists.
+package.path = arg[0]:gsub("[^/]+$", "") .. "../lua/?.lua;" .. package.path
+local check = require "check"
+local nn = require "lunet"
+
+local vk
+for _, b in ipairs(nn.backends()) do if b.name == "vulkan" then vk = b end end
+if not (vk and vk.available) then
+  print("SKIP: no usable Vulkan device: " .. (vk and vk.detail or "the backend is not built"))
+  os.exit(77)
+end
+
+local T = {}
+
+local function seed_cnn()
+  return nn.Sequential{
+    nn.Conv2D{32, 3, activation = "relu", input_shape = {32, 32, 3}}, nn.MaxPooling2D(2),
+    nn.Conv2D{64, 3, activation = "relu"}, nn.MaxPooling2D(2),
+    nn.Conv2D{128, 3, activation = "relu"}, nn.MaxPooling2D(2),
+    nn.Flatten(), nn.Dense{512, activation = "relu"}, nn.Dense{10, activation = "softmax"}}
+end
+
+-- 20 steps of the seed CNN from one seed: the losses agree to 1e-3 relative.
+function T.cifar_cnn_trains_the_same_on_both_backends()
+  nn.use("cpu")
+  nn.seed(7)
+  local x = nn.rand(160, 32, 32, 3)
+  local labels = {}
+  for i = 1, 160 do labels[i] = (i * 7) % 10 end
+  local y = nn.tensor(labels)
+  local function run(backend)
+    nn.use(backend)
+    nn.seed(1)
+    local m = seed_cnn()
+    m:compile{optimizer = nn.optimizers.Adam{}, loss = "sparse_categorical_crossentropy"}
+    check.eq(m.device, backend, "the model's device")
+    local losses = {}
+    local cb = nn.callbacks.LambdaCallback{on_epoch_end = function(_, _, logs) losses[#losses + 1] = logs.loss end}
+    m:fit(x, y, {epochs = 2, batch_size = 16, shuffle = false, verbose = 0, callbacks = {cb}})
+    return losses, m
+  end
+  local cpu = run("cpu")
+  local gpu, m = run("vulkan")
+  for i = 1, #cpu do check.near(gpu[i], cpu[i], 1e-3, "epoch " .. i .. " loss (10 steps each)") end
+  nn.use("cpu")
+  local p = m:predict(x)
+  check.eq(p:device(), "vulkan", "predictions stay on the model's device")
+end
+
+function T.tensors_move_and_mixing_is_an_error()
+  nn.use("cpu")
+  local a = nn.tensor{{1, 2}, {3, 4}}
+  local g = a:to("vulkan")
+  check.eq(g:device(), "vulkan")
+  check.same_table((g * 2 + 1):to("cpu"):totable(), {{3, 5}, {7, 9}})
+  check.fails(function() return a + g end, "inputs live on different backends ('cpu' and 'vulkan')")
+  local w = nn.ones(2):requires_grad(true)
+  ;(w:to("vulkan") * 3):sum():backward()
+  check.same_table(w.grad:totable(), {3, 3}, 0, "gradients come back across backends")
+end
+
+function T.a_model_moves_with_its_optimizer()
+  nn.use("cpu")
+  nn.seed(3)
+  local x, y = nn.rand(32, 4), nn.rand(32, 2)
+  local m = nn.Sequential{nn.Dense{2, input_shape = {4}}}
+  m:compile{optimizer = "adam", loss = "mse"}
+  m:fit(x, y, {epochs = 1, verbose = 0})
+  m:to("vulkan")
+  check.eq(m.device, "vulkan")
+  local h = m:fit(x, y, {epochs = 1, verbose = 0}) -- host data, batches moved to the device
+  assert(h.loss[1] == h.loss[1], "finite loss")
+  m:to("cpu")
+  check.eq(m:predict(x):device(), "cpu")
+end
+
+function T.devices_are_listed()
+  assert(#vk.devices >= 1, "at least one device")
+  local in_use = 0
+  for _, d in ipairs(vk.devices) do
+    assert(d.name ~= "" and d.type ~= "" and d.memory > 0, "device fields")
+    if d.in_use then in_use = in_use + 1 end
+  end
+  check.eq(in_use, 1, "devices in use")
+end
+
+check.run(T)
