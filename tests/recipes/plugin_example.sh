@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds plugins/example out of tree against lunet installed into a scratch
-# prefix (pkg-config lunet), loads it from Lua and trains it; a copy built
-# for another ABI version must be refused with both versions named.
+# prefix (with pkg-config lunet, and with CMake's find_package(lunet)), loads
+# it from Lua and trains it; a copy built for another ABI version must be
+# refused with both versions named.
 set -eu
 build=$1 src=$2 work=$3
 rm -rf "$work"
@@ -11,6 +12,9 @@ cp -r "$src/plugins/example" "$work/example"
 libdir=$(ls -d "$work"/prefix/lib*/pkgconfig | head -n 1)
 export PKG_CONFIG_PATH="$libdir"
 make -s -C "$work/example" example.so
+# the same plugin through CMake's find_package(lunet)
+cmake -S "$work/example" -B "$work/example-cmake" -DCMAKE_PREFIX_PATH="$work/prefix" >/dev/null
+cmake --build "$work/example-cmake" >/dev/null
 sed 's/LUNET_PLUGIN_ABI_MAJOR,/LUNET_PLUGIN_ABI_MAJOR + 1,/' "$work/example/example.c" > "$work/example/future.c"
 cc -std=gnu11 -fPIC -shared $(pkg-config --cflags lunet) -o "$work/example/future.so" \
   "$work/example/future.c" $(pkg-config --libs lunet)
@@ -20,6 +24,7 @@ local ok, err = pcall(nn.load_plugin, "$work/example/future.so")
 assert(not ok and tostring(err):find("built for plugin ABI 2.0", 1, true)
   and tostring(err):find("this lunet has plugin ABI 1.0", 1, true), tostring(err))
 nn.load_plugin("$work/example/example.so")
+nn.load_plugin("$work/example-cmake/example.so") -- the CMake build: same types, loads too
 nn.seed(1)
 local x = nn.randn(64, 3)
 local y = x * nn.tensor{2, -1, 0.5} + 1
