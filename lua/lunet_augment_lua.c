@@ -11,9 +11,8 @@
  *   RandomRotation    factor = {lo, hi}, fill_mode, fill_value
  *   RandomTranslation height_factor = {lo, hi}, width_factor = {lo, hi}, fill_mode, fill_value
  *   RandomCrop        height, width, padding
- *   RandomZoom        height_factor = {lo, hi}, width_factor = {lo, hi} or nil, fill_mode, fill_value
- *   Rescaling         scale, offset
- *   Normalization     mean = {...}, std = {...} (numbers)
+ *   RandomZoom        height_factor = {lo, hi}, width_factor = {lo, hi} or nil, fill_mode,
+ * fill_value Rescaling         scale, offset Normalization     mean = {...}, std = {...} (numbers)
  * The pipeline userdata ("lunet.Augment") wraps a lunet_augment *; other
  * parts of the binding get it with lunetL_checkaugment() below.
  */
@@ -42,8 +41,7 @@ static int step_error(lua_State *L, int i, const char *kind, const char *msg) {
   return luaL_error(L, "augment: step %d (%s): %s", i, kind, msg);
 }
 
-static double num_field(lua_State *L, int i, const char *kind, const char *key,
-                        double dflt) {
+static double num_field(lua_State *L, int i, const char *kind, const char *key, double dflt) {
   lua_getfield(L, -1, key);
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
@@ -57,8 +55,7 @@ static double num_field(lua_State *L, int i, const char *kind, const char *key,
 }
 
 /* key = {lo, hi}; returns false when absent. */
-static bool range_field(lua_State *L, int i, const char *kind, const char *key,
-                        double r[2]) {
+static bool range_field(lua_State *L, int i, const char *kind, const char *key, double r[2]) {
   lua_getfield(L, -1, key);
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
@@ -105,8 +102,7 @@ static int64_t list_len(lua_State *L, int i, const char *kind, const char *key) 
 }
 
 /* v (n) = t.key, a single value repeated n times. */
-static void read_list(lua_State *L, int i, const char *kind, const char *key, float *v,
-                      int64_t n) {
+static void read_list(lua_State *L, int i, const char *kind, const char *key, float *v, int64_t n) {
   lua_getfield(L, -1, key);
   bool one = lua_isnumber(L, -1);
   int64_t len = one ? 1 : (int64_t)luaL_len(L, -1);
@@ -121,8 +117,7 @@ static void read_list(lua_State *L, int i, const char *kind, const char *key, fl
 }
 
 static lunet_status add_flip(lua_State *L, lunet_ctx *ctx, lunet_augment *a, int i) {
-  static const char *const names[] = {"horizontal", "vertical", "horizontal_and_vertical",
-                                      NULL};
+  static const char *const names[] = {"horizontal", "vertical", "horizontal_and_vertical", NULL};
   lua_getfield(L, -1, "mode");
   const char *s = luaL_optstring(L, -1, "horizontal_and_vertical");
   int k = 0;
@@ -155,8 +150,7 @@ static lunet_status add_geometric(lua_State *L, lunet_ctx *ctx, lunet_augment *a
   return lunet_augment_add_translation(ctx, a, hr[0], hr[1], wr[0], wr[1], mode, fill);
 }
 
-static lunet_status add_normalization(lua_State *L, lunet_ctx *ctx, lunet_augment *a,
-                                      int i) {
+static lunet_status add_normalization(lua_State *L, lunet_ctx *ctx, lunet_augment *a, int i) {
   const char *kind = "Normalization";
   int64_t nm = list_len(L, i, kind, "mean"), ns = list_len(L, i, kind, "std");
   if (nm != ns && nm != 1 && ns != 1)
@@ -223,8 +217,10 @@ static int augment_gc(lua_State *L) {
 
 static int augment_tostring(lua_State *L) {
   pipeline *p = luaL_checkudata(L, 1, AUGMENT_MT);
-  if (!p->a) lua_pushliteral(L, "lunet.Augment (closed)");
-  else lua_pushfstring(L, "lunet.Augment (%d steps)", p->nsteps);
+  if (!p->a)
+    lua_pushliteral(L, "lunet.Augment (closed)");
+  else
+    lua_pushfstring(L, "lunet.Augment (%d steps)", p->nsteps);
   return 1;
 }
 
@@ -278,19 +274,20 @@ static int augment_apply(lua_State *L) {
   lunet_augment_output_shape(a, h, w, c, &oh, &ow, &oc);
   float *in = host_floats(ctx, x);
   if (!in) return lunetL_error(L, "augment");
-  float *out = malloc((size_t)(count * oh * ow * oc > 0 ? count * oh * ow * oc : 1) *
-                      sizeof *out);
+  float *out = malloc((size_t)(count * oh * ow * oc > 0 ? count * oh * ow * oc : 1) * sizeof *out);
   int64_t *idx = malloc((size_t)(count > 0 ? count : 1) * sizeof *idx);
   lunet_tensor *y = NULL;
   if (!out || !idx) {
     lunet_error(ctx, LUNET_ERR_NOMEM, "augment: out of memory");
   } else {
     for (int64_t i = 0; i < count; i++) idx[i] = first + i;
-    if (lunet_augment_apply(ctx, a, out, in, count, h, w, c, idx, seed,
-                            (uint64_t)epoch) == LUNET_OK) {
+    if (lunet_augment_apply(ctx, a, out, in, count, h, w, c, idx, seed, (uint64_t)epoch) ==
+        LUNET_OK) {
       int64_t shape[4] = {count, oh, ow, oc};
-      y = nd == 4 ? lunet_tensor_from_data_on(ctx, lunet_tensor_backend(x), LUNET_F32, 4, shape, out)
-                  : lunet_tensor_from_data_on(ctx, lunet_tensor_backend(x), LUNET_F32, 3, shape + 1, out);
+      y = nd == 4
+              ? lunet_tensor_from_data_on(ctx, lunet_tensor_backend(x), LUNET_F32, 4, shape, out)
+              : lunet_tensor_from_data_on(ctx, lunet_tensor_backend(x), LUNET_F32, 3, shape + 1,
+                                          out);
     }
   }
   free(in);
@@ -341,17 +338,13 @@ static int png_grid(lua_State *L) {
 }
 
 static const luaL_Reg augment_methods[] = {
-    {"__gc", augment_gc},
-    {"__close", augment_gc},
-    {"__tostring", augment_tostring},
-    {NULL, NULL}};
+    {"__gc", augment_gc}, {"__close", augment_gc}, {"__tostring", augment_tostring}, {NULL, NULL}};
 
-static const luaL_Reg augment_funcs[] = {
-    {"augment_new", augment_new},
-    {"augment_apply", augment_apply},
-    {"augment_output_shape", augment_output_shape},
-    {"png_grid", png_grid},
-    {NULL, NULL}};
+static const luaL_Reg augment_funcs[] = {{"augment_new", augment_new},
+                                         {"augment_apply", augment_apply},
+                                         {"augment_output_shape", augment_output_shape},
+                                         {"png_grid", png_grid},
+                                         {NULL, NULL}};
 
 void lunetL_open_augment(lua_State *L) {
   if (luaL_newmetatable(L, AUGMENT_MT)) {

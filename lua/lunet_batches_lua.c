@@ -37,7 +37,8 @@ static const float *host_f32(lua_State *L, int arg, const char *what) {
   lunet_tensor *t = lunetL_checktensor(L, arg);
   const void *p = lunet_tensor_host_data(t);
   if (!p || lunet_tensor_dtype(t) != LUNET_F32)
-    luaL_argerror(L, arg, lua_pushfstring(L, "%s must be a float32 tensor on the cpu backend", what));
+    luaL_argerror(L, arg,
+                  lua_pushfstring(L, "%s must be a float32 tensor on the cpu backend", what));
   return p;
 }
 
@@ -67,8 +68,14 @@ static int l_batches_new(lua_State *L) {
   p->y_ndim = lunet_tensor_ndim(y) - 1;
   memcpy(p->x_shape, lunet_tensor_shape(x) + 1, sizeof(int64_t) * (size_t)p->x_ndim);
   memcpy(p->y_shape, lunet_tensor_shape(y) + 1, sizeof(int64_t) * (size_t)p->y_ndim);
-  lunet_batches_opts o = {.x = xh, .y = yh, .n = n, .batch_size = bs, .order = order,
-                          .order_len = len, .aug = aug, .seed = (uint64_t)luaL_optinteger(L, 6, 0),
+  lunet_batches_opts o = {.x = xh,
+                          .y = yh,
+                          .n = n,
+                          .batch_size = bs,
+                          .order = order,
+                          .order_len = len,
+                          .aug = aug,
+                          .seed = (uint64_t)luaL_optinteger(L, 6, 0),
                           .epoch = (uint64_t)luaL_optinteger(L, 7, 0)};
   o.sample_numel = n ? lunet_tensor_numel(x) / n : 0;
   o.y_numel = n ? lunet_tensor_numel(y) / n : 0;

@@ -44,8 +44,10 @@ static lunet_progress_mode opt_progress(lua_State *L, int t) {
   if (!s) return LUNET_PROGRESS_AUTO;
   for (int i = 0; names[i]; i++)
     if (strcmp(s, names[i]) == 0) return (lunet_progress_mode)i;
-  luaL_error(L, "bad argument #1 to 'download' (progress must be 'auto', 'quiet' or 'none', "
-                "got '%s')", s);
+  luaL_error(L,
+             "bad argument #1 to 'download' (progress must be 'auto', 'quiet' or 'none', "
+             "got '%s')",
+             s);
   return LUNET_PROGRESS_AUTO;
 }
 
@@ -116,8 +118,7 @@ static int l_md5(lua_State *L) {
 /* A float32 tensor of a's first `rows` rows (all when rows < 0), with a
  * trailing axis of 1 when add_channel; frees a either way.  NULL on error
  * (the context has the message). */
-static lunet_tensor *array_to_f32(lunet_ctx *ctx, lunet_array *a, int64_t rows,
-                                  bool add_channel) {
+static lunet_tensor *array_to_f32(lunet_ctx *ctx, lunet_array *a, int64_t rows, bool add_channel) {
   int64_t shape[5];
   int ndim = a->ndim;
   memcpy(shape, a->shape, sizeof a->shape);
@@ -177,9 +178,11 @@ static int l_read_cifar10(lua_State *L) {
   return 4;
 }
 
-static const luaL_Reg data_funcs[] = {
-    {"download", l_download},   {"sha256", l_sha256},
-    {"md5", l_md5},             {"read_idx", l_read_idx},
-    {"read_cifar10", l_read_cifar10}, {NULL, NULL}};
+static const luaL_Reg data_funcs[] = {{"download", l_download},
+                                      {"sha256", l_sha256},
+                                      {"md5", l_md5},
+                                      {"read_idx", l_read_idx},
+                                      {"read_cifar10", l_read_cifar10},
+                                      {NULL, NULL}};
 
 void lunetL_open_data(lua_State *L) { luaL_setfuncs(L, data_funcs, 0); }

@@ -45,8 +45,10 @@ lunet_ctx *lunetL_ctx(lua_State *L) {
 int lunetL_error(lua_State *L, const char *what) {
   lunet_ctx *ctx = lunetL_ctx(L);
   const char *msg = lunet_ctx_error(ctx);
-  if (what) lua_pushfstring(L, "%s: %s", what, msg);
-  else lua_pushstring(L, msg);
+  if (what)
+    lua_pushfstring(L, "%s: %s", what, msg);
+  else
+    lua_pushstring(L, msg);
   lunet_clear_error(ctx);
   return lua_error(L);
 }
@@ -93,7 +95,8 @@ static int arith(lua_State *L, lunet_tensor *(*fn)(lunet_ctx *, lunet_tensor *, 
   if (!like) like = lunetL_checktensor(L, 2);
   /* Type errors first: nothing is held yet when they raise. */
   for (int arg = 1; arg <= 2; arg++)
-    if (!lunetL_totensor(L, arg) && !lua_isnumber(L, arg)) luaL_typeerror(L, arg, "tensor or number");
+    if (!lunetL_totensor(L, arg) && !lua_isnumber(L, arg))
+      luaL_typeerror(L, arg, "tensor or number");
   lunet_tensor *a = operand(L, 1, like), *b = a ? operand(L, 2, like) : NULL;
   lunet_tensor *y = a && b ? fn(lunetL_ctx(L), a, b) : NULL;
   lunet_tensor_release(a);
@@ -145,8 +148,8 @@ static int t_log_softmax(lua_State *L) {
 }
 
 static int t_matmul(lua_State *L) {
-  lunetL_pushtensor(L, lunet_matmul(lunetL_ctx(L), lunetL_checktensor(L, 1),
-                                    lunetL_checktensor(L, 2)));
+  lunetL_pushtensor(
+      L, lunet_matmul(lunetL_ctx(L), lunetL_checktensor(L, 1), lunetL_checktensor(L, 2)));
   return 1;
 }
 
@@ -156,8 +159,8 @@ static int check_axis(lua_State *L, int arg, const lunet_tensor *t) {
   lua_Integer a = luaL_checkinteger(L, arg);
   int nd = lunet_tensor_ndim(t);
   if (a == 0 || a > nd || a < -nd)
-    luaL_argerror(L, arg, lua_pushfstring(L, "axis %d is out of range for a tensor of rank %d",
-                                          (int)a, nd));
+    luaL_argerror(
+        L, arg, lua_pushfstring(L, "axis %d is out of range for a tensor of rank %d", (int)a, nd));
   return a > 0 ? (int)a - 1 : (int)a + nd;
 }
 
@@ -186,8 +189,7 @@ static int t_argmax(lua_State *L) {
     return 1;
   }
   int axis = lua_isnoneornil(L, 2) ? 0 : check_axis(L, 2, t);
-  if (axis != lunet_tensor_ndim(t) - 1)
-    luaL_argerror(L, 2, "argmax supports the last axis (-1)");
+  if (axis != lunet_tensor_ndim(t) - 1) luaL_argerror(L, 2, "argmax supports the last axis (-1)");
   lunetL_pushtensor(L, lunet_op_argmax(ctx, t));
   return 1;
 }
@@ -313,8 +315,7 @@ static double *host_values(lua_State *L, lunet_tensor *t) {
   return out;
 }
 
-static void push_nested(lua_State *L, const double *v, const int64_t *shape, int nd,
-                        int64_t *pos) {
+static void push_nested(lua_State *L, const double *v, const int64_t *shape, int nd, int64_t *pos) {
   if (nd == 0) {
     lua_pushnumber(L, v[(*pos)++]);
     return;
@@ -338,8 +339,9 @@ static int t_totable(lua_State *L) {
 static int t_item(lua_State *L) {
   lunet_tensor *t = lunetL_checktensor(L, 1);
   if (lunet_tensor_numel(t) != 1)
-    luaL_argerror(L, 1, lua_pushfstring(L, "item() needs a tensor of one element, this one has %d",
-                                        (int)lunet_tensor_numel(t)));
+    luaL_argerror(L, 1,
+                  lua_pushfstring(L, "item() needs a tensor of one element, this one has %d",
+                                  (int)lunet_tensor_numel(t)));
   double v;
   if (lunet_tensor_item(lunetL_ctx(L), t, 0, &v)) lunetL_error(L, NULL);
   lua_pushnumber(L, v);
@@ -358,9 +360,12 @@ typedef struct printer {
 
 static void put_value(printer *p, double x) {
   char s[64];
-  if (p->ints) snprintf(s, sizeof s, "%.0f", x);
-  else if (p->sci) snprintf(s, sizeof s, "%.4e", x);
-  else snprintf(s, sizeof s, "%.4f", x);
+  if (p->ints)
+    snprintf(s, sizeof s, "%.0f", x);
+  else if (p->sci)
+    snprintf(s, sizeof s, "%.4e", x);
+  else
+    snprintf(s, sizeof s, "%.4f", x);
   luaL_addstring(p->b, s);
 }
 
@@ -375,8 +380,10 @@ static void put_dim(printer *p, int d, int64_t off, int64_t stride, bool abridge
         for (int k = 0; k < indent + 1; k++) luaL_addchar(p->b, ' ');
       i = n - 3;
     }
-    if (d == p->nd - 1) put_value(p, p->v[off + i]);
-    else put_dim(p, d + 1, off + i * inner, inner, abridge, indent + 1);
+    if (d == p->nd - 1)
+      put_value(p, p->v[off + i]);
+    else
+      put_dim(p, d + 1, off + i * inner, inner, abridge, indent + 1);
     if (i + 1 < n) {
       luaL_addchar(p->b, ',');
       if (d == p->nd - 1) {
@@ -410,8 +417,10 @@ static int t_tostring(lua_State *L) {
   }
   if (lunet_tensor_dtype(t) != LUNET_F32) p.ints = true;
   p.sci = !p.ints && (amax >= 1e5 || (amax > 0 && amax < 1e-3));
-  if (p.nd == 0) put_value(&p, n ? v[0] : 0);
-  else put_dim(&p, 0, 0, n, n > 1000, 7);
+  if (p.nd == 0)
+    put_value(&p, n ? v[0] : 0);
+  else
+    put_dim(&p, 0, 0, n, n > 1000, 7);
   free(v);
   char shape[160];
   lunet_shape_str(p.nd, p.shape, shape, sizeof shape);
@@ -462,8 +471,8 @@ static int t_detach(lua_State *L) {
 }
 
 static int t_to(lua_State *L) {
-  lunetL_pushtensor(L, lunet_tensor_to(lunetL_ctx(L), lunetL_checktensor(L, 1),
-                                       luaL_checkstring(L, 2)));
+  lunetL_pushtensor(
+      L, lunet_tensor_to(lunetL_ctx(L), lunetL_checktensor(L, 1), luaL_checkstring(L, 2)));
   return 1;
 }
 
@@ -474,8 +483,9 @@ static int t_clone(lua_State *L) {
 
 static int t_float(lua_State *L) {
   lunet_tensor *t = lunetL_checktensor(L, 1);
-  lunetL_pushtensor(L, lunet_tensor_dtype(t) == LUNET_F32 ? lunet_tensor_retain(t)
-                                                          : lunet_op_cast(lunetL_ctx(L), t, LUNET_F32));
+  lunetL_pushtensor(L, lunet_tensor_dtype(t) == LUNET_F32
+                           ? lunet_tensor_retain(t)
+                           : lunet_op_cast(lunetL_ctx(L), t, LUNET_F32));
   return 1;
 }
 
@@ -549,8 +559,10 @@ static int t_index(lua_State *L) {
     const char *k = lua_tostring(L, 2);
     if (!strcmp(k, "grad")) {
       lunet_tensor *g = lunet_tensor_grad_get(t);
-      if (!g) lua_pushnil(L);
-      else lunetL_pushtensor(L, lunet_tensor_retain(g));
+      if (!g)
+        lua_pushnil(L);
+      else
+        lunetL_pushtensor(L, lunet_tensor_retain(g));
       return 1;
     }
     luaL_getmetafield(L, 1, "__methods");
@@ -581,27 +593,55 @@ static int t_len(lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg tensor_methods[] = {
-    {"shape", t_shape},   {"size", t_shape},       {"numel", t_numel},
-    {"dim", t_dim},       {"dtype", t_dtype},      {"device", t_device},
-    {"totable", t_totable}, {"item", t_item},      {"reshape", t_reshape},
-    {"view", t_reshape},  {"permute", t_permute},  {"transpose", t_transpose},
-    {"matmul", t_matmul}, {"sum", t_sum},          {"mean", t_mean},
-    {"max", t_max},       {"min", t_min},          {"argmax", t_argmax},
-    {"exp", t_exp},       {"log", t_log},          {"sqrt", t_sqrt},
-    {"abs", t_abs},       {"relu", t_relu},        {"sigmoid", t_sigmoid},
-    {"tanh", t_tanh},     {"gelu", t_gelu},        {"leaky_relu", t_leaky_relu},
-    {"square", t_square}, {"clip", t_clip},        {"softmax", t_softmax},
-    {"log_softmax", t_log_softmax}, {"maximum", t_maximum}, {"pow", t_pow},
-    {"eq", t_eq},         {"requires_grad", t_requires_grad}, {"backward", t_backward},
-    {"zero_grad", t_zero_grad}, {"detach", t_detach}, {"to", t_to},
-    {"clone", t_clone},   {"float", t_float},      {"fill", t_fill},
-    {"free", t_gc},       {NULL, NULL}};
+static const luaL_Reg tensor_methods[] = {{"shape", t_shape},
+                                          {"size", t_shape},
+                                          {"numel", t_numel},
+                                          {"dim", t_dim},
+                                          {"dtype", t_dtype},
+                                          {"device", t_device},
+                                          {"totable", t_totable},
+                                          {"item", t_item},
+                                          {"reshape", t_reshape},
+                                          {"view", t_reshape},
+                                          {"permute", t_permute},
+                                          {"transpose", t_transpose},
+                                          {"matmul", t_matmul},
+                                          {"sum", t_sum},
+                                          {"mean", t_mean},
+                                          {"max", t_max},
+                                          {"min", t_min},
+                                          {"argmax", t_argmax},
+                                          {"exp", t_exp},
+                                          {"log", t_log},
+                                          {"sqrt", t_sqrt},
+                                          {"abs", t_abs},
+                                          {"relu", t_relu},
+                                          {"sigmoid", t_sigmoid},
+                                          {"tanh", t_tanh},
+                                          {"gelu", t_gelu},
+                                          {"leaky_relu", t_leaky_relu},
+                                          {"square", t_square},
+                                          {"clip", t_clip},
+                                          {"softmax", t_softmax},
+                                          {"log_softmax", t_log_softmax},
+                                          {"maximum", t_maximum},
+                                          {"pow", t_pow},
+                                          {"eq", t_eq},
+                                          {"requires_grad", t_requires_grad},
+                                          {"backward", t_backward},
+                                          {"zero_grad", t_zero_grad},
+                                          {"detach", t_detach},
+                                          {"to", t_to},
+                                          {"clone", t_clone},
+                                          {"float", t_float},
+                                          {"fill", t_fill},
+                                          {"free", t_gc},
+                                          {NULL, NULL}};
 
 static const luaL_Reg tensor_meta[] = {
-    {"__add", t_add}, {"__sub", t_sub},   {"__mul", t_mul},           {"__div", t_div},
-    {"__pow", t_pow}, {"__unm", t_unm},   {"__tostring", t_tostring}, {"__gc", t_gc},
-    {"__close", t_gc}, {"__index", t_index}, {"__len", t_len},        {NULL, NULL}};
+    {"__add", t_add},  {"__sub", t_sub},     {"__mul", t_mul},           {"__div", t_div},
+    {"__pow", t_pow},  {"__unm", t_unm},     {"__tostring", t_tostring}, {"__gc", t_gc},
+    {"__close", t_gc}, {"__index", t_index}, {"__len", t_len},           {NULL, NULL}};
 
 /* ---- constructors ---- */
 
@@ -630,8 +670,9 @@ static void fill_nested(lua_State *L, int idx, const int64_t *shape, int nd, int
     } else {
       int ok;
       lua_Number v = lua_tonumberx(L, -1, &ok);
-      if (!ok) luaL_error(L, "tensor: element %d is a %s, not a number", (int)(*pos + 1),
-                          luaL_typename(L, -1));
+      if (!ok)
+        luaL_error(L, "tensor: element %d is a %s, not a number", (int)(*pos + 1),
+                   luaL_typename(L, -1));
       out[(*pos)++] = (float)v;
     }
     lua_pop(L, 1);
@@ -722,7 +763,8 @@ static int l_randn(lua_State *L) { return random_tensor(L, true); }
 
 static int l_arange(lua_State *L) {
   double start = 0, stop, step = luaL_optnumber(L, 3, 1);
-  if (lua_isnoneornil(L, 2)) stop = luaL_checknumber(L, 1);
+  if (lua_isnoneornil(L, 2))
+    stop = luaL_checknumber(L, 1);
   else {
     start = luaL_checknumber(L, 1);
     stop = luaL_checknumber(L, 2);
@@ -866,15 +908,27 @@ static int l_isatty(lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg functions[] = {
-    {"now", l_now}, {"isatty", l_isatty},
-    {"tensor", l_tensor},   {"zeros", l_zeros},     {"ones", l_ones},
-    {"full", l_full},       {"rand", l_rand},       {"randn", l_randn},
-    {"arange", l_arange},   {"is_tensor", l_is_tensor}, {"cat", l_cat},
-    {"seed", l_seed},       {"rng_take", l_rng_take}, {"philox", l_philox},
-    {"threads", l_threads}, {"backends", l_backends}, {"use", l_use},
-    {"default_backend", l_default_backend}, {"set_no_grad", l_no_grad},
-    {"interrupted", l_interrupted}, {NULL, NULL}};
+static const luaL_Reg functions[] = {{"now", l_now},
+                                     {"isatty", l_isatty},
+                                     {"tensor", l_tensor},
+                                     {"zeros", l_zeros},
+                                     {"ones", l_ones},
+                                     {"full", l_full},
+                                     {"rand", l_rand},
+                                     {"randn", l_randn},
+                                     {"arange", l_arange},
+                                     {"is_tensor", l_is_tensor},
+                                     {"cat", l_cat},
+                                     {"seed", l_seed},
+                                     {"rng_take", l_rng_take},
+                                     {"philox", l_philox},
+                                     {"threads", l_threads},
+                                     {"backends", l_backends},
+                                     {"use", l_use},
+                                     {"default_backend", l_default_backend},
+                                     {"set_no_grad", l_no_grad},
+                                     {"interrupted", l_interrupted},
+                                     {NULL, NULL}};
 
 void lunetL_open_tensor(lua_State *L) {
   luaL_newmetatable(L, LUNETL_TENSOR);

@@ -26,8 +26,8 @@ static int layer_gc(lua_State *L) {
 }
 
 static const char *arg_type_name(lunet_arg_type t) {
-  static const char *const names[] = {"int", "float", "bool", "string", "int2", "shape",
-                                      "regularizer"};
+  static const char *const names[] = {"int",  "float", "bool",       "string",
+                                      "int2", "shape", "regularizer"};
   return (unsigned)t < 7 ? names[t] : "?";
 }
 
@@ -126,10 +126,14 @@ static lunet_status set_arg(lua_State *L, lunet_layer *l, const lunet_arg_schema
   const char *tn = lunet_layer_type_get(l)->name;
   if (lua_isnil(L, -1)) return lunet_layer_set_nil(l, s->name);
   switch (s->type) {
-  case LUNET_ARG_INT: return lunet_layer_set_int(l, s->name, lua_tointeger(L, -1));
-  case LUNET_ARG_FLOAT: return lunet_layer_set_float(l, s->name, lua_tonumber(L, -1));
-  case LUNET_ARG_BOOL: return lunet_layer_set_bool(l, s->name, lua_toboolean(L, -1));
-  case LUNET_ARG_STRING: return lunet_layer_set_string(l, s->name, lua_tostring(L, -1));
+  case LUNET_ARG_INT:
+    return lunet_layer_set_int(l, s->name, lua_tointeger(L, -1));
+  case LUNET_ARG_FLOAT:
+    return lunet_layer_set_float(l, s->name, lua_tonumber(L, -1));
+  case LUNET_ARG_BOOL:
+    return lunet_layer_set_bool(l, s->name, lua_toboolean(L, -1));
+  case LUNET_ARG_STRING:
+    return lunet_layer_set_string(l, s->name, lua_tostring(L, -1));
   case LUNET_ARG_INT2:
   case LUNET_ARG_SHAPE: {
     int64_t v[LUNET_MAX_DIMS];
@@ -139,8 +143,8 @@ static lunet_status set_arg(lua_State *L, lunet_layer *l, const lunet_arg_schema
   case LUNET_ARG_REGULARIZER: {
     lua_getfield(L, -1, "l1");
     lua_getfield(L, -2, "l2");
-    lunet_status st = lunet_layer_set_regularizer(l, s->name, luaL_optnumber(L, -2, 0),
-                                                  luaL_optnumber(L, -1, 0));
+    lunet_status st =
+        lunet_layer_set_regularizer(l, s->name, luaL_optnumber(L, -2, 0), luaL_optnumber(L, -1, 0));
     lua_pop(L, 2);
     return st;
   }
@@ -197,8 +201,8 @@ static int l_layer_shapes(lua_State *L) {
 static int l_layer_call(lua_State *L) {
   lunet_layer *l = check_layer(L, 1);
   lunet_tensor *x = lunetL_checktensor(L, 2);
-  lunetL_pushtensor(L, lunet_layer_call(lunetL_ctx(L), l, x, lua_toboolean(L, 3),
-                                        lua_toboolean(L, 4)));
+  lunetL_pushtensor(
+      L, lunet_layer_call(lunetL_ctx(L), l, x, lua_toboolean(L, 3), lua_toboolean(L, 4)));
   return 1;
 }
 
@@ -221,14 +225,17 @@ static int l_layer_weights(lua_State *L) {
 }
 
 static int l_layer_to(lua_State *L) {
-  if (lunet_layer_to(lunetL_ctx(L), check_layer(L, 1), luaL_checkstring(L, 2))) lunetL_error(L, NULL);
+  if (lunet_layer_to(lunetL_ctx(L), check_layer(L, 1), luaL_checkstring(L, 2)))
+    lunetL_error(L, NULL);
   return 0;
 }
 
 static int l_layer_activation(lua_State *L) {
   const char *a = lunet_layer_activation(check_layer(L, 1));
-  if (a) lua_pushstring(L, a);
-  else lua_pushnil(L);
+  if (a)
+    lua_pushstring(L, a);
+  else
+    lua_pushnil(L);
   return 1;
 }
 
@@ -290,7 +297,8 @@ static lunet_status count_correct(lunet_ctx *ctx, lunet_tensor *pred, lunet_tens
     lunet_tensor *th = lunet_op_new(ctx, pred, LUNET_F32, 0, NULL);
     if (th && !lunet_op_fill(ctx, th, t)) a = lunet_op_binary(ctx, LUNET_BINARY_GT, pred, th);
     lunet_tensor_release(th);
-    b = lunet_tensor_dtype(y) == LUNET_F32 ? lunet_tensor_retain(y) : lunet_op_cast(ctx, y, LUNET_F32);
+    b = lunet_tensor_dtype(y) == LUNET_F32 ? lunet_tensor_retain(y)
+                                           : lunet_op_cast(ctx, y, LUNET_F32);
     if (a && b && !same_shape(a, b)) {
       lunet_tensor *r = lunet_op_reshape(ctx, b, lunet_tensor_ndim(a), lunet_tensor_shape(a));
       lunet_tensor_release(b);
@@ -298,8 +306,9 @@ static lunet_status count_correct(lunet_ctx *ctx, lunet_tensor *pred, lunet_tens
     }
   } else {
     a = lunet_op_argmax(ctx, pred);
-    b = o->metric == 2 ? lunet_op_argmax(ctx, y)
-        : lunet_tensor_dtype(y) == LUNET_F32 ? lunet_tensor_retain(y) : lunet_op_cast(ctx, y, LUNET_F32);
+    b = o->metric == 2                       ? lunet_op_argmax(ctx, y)
+        : lunet_tensor_dtype(y) == LUNET_F32 ? lunet_tensor_retain(y)
+                                             : lunet_op_cast(ctx, y, LUNET_F32);
     if (a && b && !same_shape(a, b)) {
       lunet_tensor *r = lunet_op_reshape(ctx, b, lunet_tensor_ndim(a), lunet_tensor_shape(a));
       lunet_tensor_release(b);
@@ -328,7 +337,8 @@ static int read_layers(lua_State *L, int idx, lunet_layer **out, int max) {
 }
 
 /* Adds every layer's regularization penalty to the loss. */
-static lunet_tensor *add_penalties(lunet_ctx *ctx, lunet_layer **layers, int n, lunet_tensor *loss) {
+static lunet_tensor *add_penalties(lunet_ctx *ctx, lunet_layer **layers, int n,
+                                   lunet_tensor *loss) {
   for (int i = 0; loss && i < n; i++) {
     lunet_tensor *p = lunet_layer_penalty(ctx, layers[i]);
     if (!p) {
@@ -457,9 +467,12 @@ static int l_apply_updates(lua_State *L) {
     lua_pop(L, 2);
     if (!g) continue;
     lunet_status s = LUNET_OK;
-    if (kind == 0) s = lunet_op_sgd_update(ctx, p, g, s1, h[0], h[1], h[5] != 0, h[4]);
-    else if (kind == 1) s = lunet_op_adam_update(ctx, p, g, s1, s2, h[0], h[1], h[2], h[3], h[4], step);
-    else s = lunet_op_rmsprop_update(ctx, p, g, s1, s2, h[0], h[1], h[2], h[3]);
+    if (kind == 0)
+      s = lunet_op_sgd_update(ctx, p, g, s1, h[0], h[1], h[5] != 0, h[4]);
+    else if (kind == 1)
+      s = lunet_op_adam_update(ctx, p, g, s1, s2, h[0], h[1], h[2], h[3], h[4], step);
+    else
+      s = lunet_op_rmsprop_update(ctx, p, g, s1, s2, h[0], h[1], h[2], h[3]);
     lunet_tensor_zero_grad(p);
     if (s) lunetL_error(L, NULL);
   }
@@ -494,12 +507,13 @@ static int l_take_rows(lua_State *L) {
   lunet_tensor *x = lunetL_checktensor(L, 1);
   lunet_ctx *ctx = lunetL_ctx(L);
   if (lua_isinteger(L, 2)) {
-    lunetL_pushtensor(L, lunet_op_slice_rows(ctx, x, lua_tointeger(L, 2) - 1,
-                                             luaL_checkinteger(L, 3)));
+    lunetL_pushtensor(
+        L, lunet_op_slice_rows(ctx, x, lua_tointeger(L, 2) - 1, luaL_checkinteger(L, 3)));
     return 1;
   }
   luaL_checktype(L, 2, LUA_TTABLE);
-  int64_t first = luaL_optinteger(L, 3, 1), count = luaL_optinteger(L, 4, (lua_Integer)luaL_len(L, 2) - first + 1);
+  int64_t first = luaL_optinteger(L, 3, 1),
+          count = luaL_optinteger(L, 4, (lua_Integer)luaL_len(L, 2) - first + 1);
   int64_t *idx = malloc(sizeof(int64_t) * (size_t)(count > 0 ? count : 1));
   if (!idx) return luaL_error(L, "out of host memory");
   for (int64_t i = 0; i < count; i++) {
@@ -588,19 +602,27 @@ static int l_load_plugin(lua_State *L) {
   return 0;
 }
 
-static const luaL_Reg functions[] = {
-    {"layer_types", l_layer_types},   {"layer_tests", l_layer_tests},
-    {"layer_new", l_layer_new},       {"layer_build", l_layer_build},
-    {"layer_shapes", l_layer_shapes}, {"layer_call", l_layer_call},
-    {"layer_weights", l_layer_weights}, {"layer_activation", l_layer_activation},
-    {"layer_to", l_layer_to},
-    {"step", l_step},                 {"predict", l_predict},
-    {"sgd_update", l_sgd_update},     {"adam_update", l_adam_update},
-    {"rmsprop_update", l_rmsprop_update}, {"assign", l_assign},
-    {"apply_updates", l_apply_updates},
-    {"take_rows", l_take_rows},       {"save_safetensors", l_save_safetensors},
-    {"load_safetensors", l_load_safetensors}, {"load_plugin", l_load_plugin},
-    {NULL, NULL}};
+static const luaL_Reg functions[] = {{"layer_types", l_layer_types},
+                                     {"layer_tests", l_layer_tests},
+                                     {"layer_new", l_layer_new},
+                                     {"layer_build", l_layer_build},
+                                     {"layer_shapes", l_layer_shapes},
+                                     {"layer_call", l_layer_call},
+                                     {"layer_weights", l_layer_weights},
+                                     {"layer_activation", l_layer_activation},
+                                     {"layer_to", l_layer_to},
+                                     {"step", l_step},
+                                     {"predict", l_predict},
+                                     {"sgd_update", l_sgd_update},
+                                     {"adam_update", l_adam_update},
+                                     {"rmsprop_update", l_rmsprop_update},
+                                     {"assign", l_assign},
+                                     {"apply_updates", l_apply_updates},
+                                     {"take_rows", l_take_rows},
+                                     {"save_safetensors", l_save_safetensors},
+                                     {"load_safetensors", l_load_safetensors},
+                                     {"load_plugin", l_load_plugin},
+                                     {NULL, NULL}};
 
 void lunetL_open_model(lua_State *L) {
   if (luaL_newmetatable(L, LAYER_MT)) {

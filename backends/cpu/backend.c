@@ -73,8 +73,7 @@ static void cpu_describe(lunet_backend *be, lunet_backend_info *info) {
   /* openblas_get_config() already starts with "OpenBLAS <version>". */
   const char *cfg = openblas_get_config();
   snprintf(info->detail, sizeof info->detail, "%s%s, kernel %s",
-           strncmp(cfg, "OpenBLAS", 8) == 0 ? "" : "OpenBLAS ", cfg,
-           openblas_get_corename());
+           strncmp(cfg, "OpenBLAS", 8) == 0 ? "" : "OpenBLAS ", cfg, openblas_get_corename());
   info->threads = threads;
   info->available = true;
   info->ndevices = 1;
@@ -87,14 +86,13 @@ static void cpu_describe(lunet_backend *be, lunet_backend_info *info) {
 
 static int cpu_set_threads(lunet_backend *be, int n) {
   if (n <= 0) n = default_threads();
-  if (n > 1024)
-    return lunet_cpu_error(LUNET_ERR_ARG, "cpu: %d threads requested, at most 1024", n);
+  if (n > 1024) return lunet_cpu_error(LUNET_ERR_ARG, "cpu: %d threads requested, at most 1024", n);
   if (n == be->pool.n) return 0;
   lunet_cpu_pool_stop(&be->pool);
   if (lunet_cpu_pool_start(&be->pool, n) != 0) {
     lunet_cpu_pool_start(&be->pool, 1);
-    return lunet_cpu_error(LUNET_ERR_NOMEM,
-                           "cpu: could not start %d threads (running on 1 thread)", n);
+    return lunet_cpu_error(LUNET_ERR_NOMEM, "cpu: could not start %d threads (running on 1 thread)",
+                           n);
   }
   openblas_set_num_threads(1);
   return 0;

@@ -13,46 +13,42 @@ int lunet_cpu_adam_alpha(float lr, float beta1, float beta2, int64_t step, float
                            "updates including this one)",
                            (long long)step);
   double t = (double)step;
-  *alpha = (float)((double)lr * sqrt(1.0 - pow((double)beta2, t)) /
-                   (1.0 - pow((double)beta1, t)));
+  *alpha = (float)((double)lr * sqrt(1.0 - pow((double)beta2, t)) / (1.0 - pow((double)beta1, t)));
   return 0;
 }
 
 int lunet_cpu_check_conv(const lunet_conv2d_desc *d, const char *op) {
-  if (d->n < 0 || d->h < 1 || d->w < 1 || d->c < 1 || d->f < 1 || d->kh < 1 ||
-      d->kw < 1 || d->sh < 1 || d->sw < 1 || d->oh < 1 || d->ow < 1 || d->pad_top < 0 ||
-      d->pad_left < 0)
+  if (d->n < 0 || d->h < 1 || d->w < 1 || d->c < 1 || d->f < 1 || d->kh < 1 || d->kw < 1 ||
+      d->sh < 1 || d->sw < 1 || d->oh < 1 || d->ow < 1 || d->pad_top < 0 || d->pad_left < 0)
     return lunet_cpu_error(LUNET_ERR_SHAPE,
                            "%s: bad geometry n=%lld h=%lld w=%lld c=%lld f=%lld kernel "
                            "%lldx%lld stride %lldx%lld out %lldx%lld (fill it with "
                            "lunet_conv2d_geometry)",
-                           op, (long long)d->n, (long long)d->h, (long long)d->w,
-                           (long long)d->c, (long long)d->f, (long long)d->kh,
-                           (long long)d->kw, (long long)d->sh, (long long)d->sw,
-                           (long long)d->oh, (long long)d->ow);
+                           op, (long long)d->n, (long long)d->h, (long long)d->w, (long long)d->c,
+                           (long long)d->f, (long long)d->kh, (long long)d->kw, (long long)d->sh,
+                           (long long)d->sw, (long long)d->oh, (long long)d->ow);
   return 0;
 }
 
 int lunet_cpu_check_pool(const lunet_pool2d_desc *d, const char *op) {
-  if (d->n < 0 || d->h < 1 || d->w < 1 || d->c < 1 || d->kh < 1 || d->kw < 1 ||
-      d->sh < 1 || d->sw < 1 || d->oh < 1 || d->ow < 1 || d->pad_top < 0 ||
-      d->pad_left < 0 || d->pad_top >= d->kh || d->pad_left >= d->kw)
+  if (d->n < 0 || d->h < 1 || d->w < 1 || d->c < 1 || d->kh < 1 || d->kw < 1 || d->sh < 1 ||
+      d->sw < 1 || d->oh < 1 || d->ow < 1 || d->pad_top < 0 || d->pad_left < 0 ||
+      d->pad_top >= d->kh || d->pad_left >= d->kw)
     return lunet_cpu_error(LUNET_ERR_SHAPE,
                            "%s: bad geometry n=%lld h=%lld w=%lld c=%lld pool %lldx%lld "
                            "stride %lldx%lld pad %lld,%lld out %lldx%lld (fill it with "
                            "lunet_pool2d_geometry)",
-                           op, (long long)d->n, (long long)d->h, (long long)d->w,
-                           (long long)d->c, (long long)d->kh, (long long)d->kw,
-                           (long long)d->sh, (long long)d->sw, (long long)d->pad_top,
-                           (long long)d->pad_left, (long long)d->oh, (long long)d->ow);
+                           op, (long long)d->n, (long long)d->h, (long long)d->w, (long long)d->c,
+                           (long long)d->kh, (long long)d->kw, (long long)d->sh, (long long)d->sw,
+                           (long long)d->pad_top, (long long)d->pad_left, (long long)d->oh,
+                           (long long)d->ow);
   return 0;
 }
 
 int lunet_cpu_check_label(float label, size_t row, size_t cols) {
   if (label >= 0.0f && label < (float)cols && label == floorf(label)) return 0;
   if (label == floorf(label))
-    return lunet_cpu_error(LUNET_ERR_ARG,
-                           "softmax_xent: label %g at row %zu is outside [0, %zu)",
+    return lunet_cpu_error(LUNET_ERR_ARG, "softmax_xent: label %g at row %zu is outside [0, %zu)",
                            (double)label, row, cols);
   return lunet_cpu_error(LUNET_ERR_ARG,
                          "softmax_xent: label %g at row %zu is not an integer class id "
@@ -62,9 +58,12 @@ int lunet_cpu_check_label(float label, size_t row, size_t cols) {
 
 static float load_as_float(const void *x, lunet_dtype dt, size_t i) {
   switch (dt) {
-  case LUNET_U8: return (float)((const uint8_t *)x)[i];
-  case LUNET_I32: return (float)((const int32_t *)x)[i];
-  default: return ((const float *)x)[i];
+  case LUNET_U8:
+    return (float)((const uint8_t *)x)[i];
+  case LUNET_I32:
+    return (float)((const int32_t *)x)[i];
+  default:
+    return ((const float *)x)[i];
   }
 }
 
@@ -80,8 +79,8 @@ static uint8_t float_to_u8(float v) {
   return (uint8_t)(r < 0.0f ? 0.0f : r > 255.0f ? 255.0f : r);
 }
 
-void lunet_cpu_cast_range(void *y, lunet_dtype ydt, const void *x, lunet_dtype xdt,
-                          size_t begin, size_t end) {
+void lunet_cpu_cast_range(void *y, lunet_dtype ydt, const void *x, lunet_dtype xdt, size_t begin,
+                          size_t end) {
   if (ydt == xdt) {
     size_t es = ydt == LUNET_U8 ? 1 : 4;
     memcpy((char *)y + begin * es, (const char *)x + begin * es, (end - begin) * es);
@@ -100,8 +99,11 @@ void lunet_cpu_cast_range(void *y, lunet_dtype ydt, const void *x, lunet_dtype x
   }
   for (size_t i = begin; i < end; i++) {
     float v = load_as_float(x, xdt, i);
-    if (ydt == LUNET_F32) ((float *)y)[i] = v;
-    else if (ydt == LUNET_U8) ((uint8_t *)y)[i] = float_to_u8(v);
-    else ((int32_t *)y)[i] = float_to_i32(v);
+    if (ydt == LUNET_F32)
+      ((float *)y)[i] = v;
+    else if (ydt == LUNET_U8)
+      ((uint8_t *)y)[i] = float_to_u8(v);
+    else
+      ((int32_t *)y)[i] = float_to_i32(v);
   }
 }

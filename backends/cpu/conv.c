@@ -20,9 +20,8 @@
 /* FMAs below which a GEMM is not worth splitting. */
 #define GEMM_SERIAL_FMAS ((double)(1 << 18))
 
-static void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
-                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
-                  float *c, int64_t ldc) {
+static void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                  int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     for (int64_t i = 0; i < m; i++)
@@ -30,8 +29,8 @@ static void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha
     return;
   }
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-              (blasint)m, (blasint)n, (blasint)k, alpha, a, (blasint)lda, b, (blasint)ldb,
-              beta, c, (blasint)ldc);
+              (blasint)m, (blasint)n, (blasint)k, alpha, a, (blasint)lda, b, (blasint)ldb, beta, c,
+              (blasint)ldc);
 }
 
 /* ---- batched GEMM ---- */
@@ -57,26 +56,28 @@ static void gemm_task(void *arg, int64_t begin, int64_t end, int chunk) {
     int64_t lda = j->ta ? j->m : j->k, ldb = j->tb ? j->k : j->n;
     if (j->split == 1) {
       int64_t r0 = j->m * p / j->parts, r1 = j->m * (p + 1) / j->parts;
-      sgemm(j->ta, j->tb, r1 - r0, j->n, j->k, j->alpha, a + (j->ta ? r0 : r0 * lda), lda,
-            b, ldb, j->beta, c + r0 * j->n, j->n);
+      sgemm(j->ta, j->tb, r1 - r0, j->n, j->k, j->alpha, a + (j->ta ? r0 : r0 * lda), lda, b, ldb,
+            j->beta, c + r0 * j->n, j->n);
     } else {
       int64_t c0 = j->n * p / j->parts, c1 = j->n * (p + 1) / j->parts;
-      sgemm(j->ta, j->tb, j->m, c1 - c0, j->k, j->alpha, a, lda,
-            b + (j->tb ? c0 * ldb : c0), ldb, j->beta, c + c0, j->n);
+      sgemm(j->ta, j->tb, j->m, c1 - c0, j->k, j->alpha, a, lda, b + (j->tb ? c0 * ldb : c0), ldb,
+            j->beta, c + c0, j->n);
     }
   }
 }
 
 int lunet_cpu_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
-                   float alpha, lunet_cbuf a, int64_t sa, lunet_cbuf b, int64_t sb,
-                   float beta, lunet_buf c, int64_t sc, int64_t batch) {
+                   float alpha, lunet_cbuf a, int64_t sa, lunet_cbuf b, int64_t sb, float beta,
+                   lunet_buf c, int64_t sc, int64_t batch) {
   if (m < 0 || n < 0 || k < 0 || batch < 0)
-    return lunet_cpu_error(LUNET_ERR_SHAPE, "gemm: negative size m=%lld n=%lld k=%lld "
-                                            "batch=%lld",
+    return lunet_cpu_error(LUNET_ERR_SHAPE,
+                           "gemm: negative size m=%lld n=%lld k=%lld "
+                           "batch=%lld",
                            (long long)m, (long long)n, (long long)k, (long long)batch);
   if (sc == 0 && batch > 1)
-    return lunet_cpu_error(LUNET_ERR_ARG, "gemm: stride_c 0 with batch %lld would write "
-                                          "one c from every batch entry",
+    return lunet_cpu_error(LUNET_ERR_ARG,
+                           "gemm: stride_c 0 with batch %lld would write "
+                           "one c from every batch entry",
                            (long long)batch);
   gemm_job j = {ta, tb, m, n, k, alpha, beta, a, b, c, sa, sb, sc, 1, 1, batch};
   int threads = lunet_cpu_threads(be);
@@ -87,8 +88,8 @@ int lunet_cpu_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, in
     int64_t side = j.split == 1 ? m : n;
     j.parts = side / 16 < threads ? (side / 16 > 0 ? side / 16 : 1) : threads;
   }
-  int64_t grain = batch * j.parts > 1 && fmas * (double)batch >= GEMM_SERIAL_FMAS ? 1
-                                                                                  : batch * j.parts;
+  int64_t grain =
+      batch * j.parts > 1 && fmas * (double)batch >= GEMM_SERIAL_FMAS ? 1 : batch * j.parts;
   lunet_cpu_parallel(be, batch * j.parts, grain, gemm_task, &j);
   return 0;
 }
@@ -144,16 +145,18 @@ static void im2col(float *restrict cols, const float *restrict x, const lunet_co
       }
       for (int64_t kx = 0; kx < d->kw; kx++) {
         int64_t ix = ix0 + kx;
-        if (ix < 0 || ix >= d->w) memset(dst + kx * c, 0, (size_t)c * sizeof(float));
-        else memcpy(dst + kx * c, src + ix * c, (size_t)c * sizeof(float));
+        if (ix < 0 || ix >= d->w)
+          memset(dst + kx * c, 0, (size_t)c * sizeof(float));
+        else
+          memcpy(dst + kx * c, src + ix * c, (size_t)c * sizeof(float));
       }
     }
   }
 }
 
 /* dx += the scatter of dcols (nr, KH*KW*C) for output rows [r0, r0+nr). */
-static void col2im_add(float *restrict dx, const float *restrict dcols,
-                       const lunet_conv2d_desc *d, int64_t r0, int64_t nr) {
+static void col2im_add(float *restrict dx, const float *restrict dcols, const lunet_conv2d_desc *d,
+                       int64_t r0, int64_t nr) {
   int64_t c = d->c, run = d->kw * c, kk = d->kh * run;
   row_pos q = row_at(d, r0);
   for (int64_t r = 0; r < nr; r++, row_next(d, &q)) {
@@ -228,8 +231,8 @@ static float *workspace(lunet_backend *be, int64_t chunks, int64_t floats) {
   return lunet_cpu_buffer_alloc(be, (size_t)(chunks * floats) * sizeof(float));
 }
 
-int lunet_cpu_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w,
-                     lunet_cbuf bias, const lunet_conv2d_desc *d) {
+int lunet_cpu_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w, lunet_cbuf bias,
+                     const lunet_conv2d_desc *d) {
   int rc = lunet_cpu_check_conv(d, "conv2d");
   if (rc) return rc;
   conv_job j = {.d = d, .x = x, .w = w, .bias = bias, .y = y, .kk = d->kh * d->kw * d->c};
@@ -253,8 +256,8 @@ static void conv_bwd_data_task(void *arg, int64_t begin, int64_t end, int chunk)
   const lunet_conv2d_desc *d = j->d;
   int64_t per = d->oh * d->ow, r_end = end * per;
   if (!j->ws) {
-    sgemm(false, true, r_end - begin * per, d->c, d->f, 1.0f, j->dy + begin * per * d->f,
-          d->f, j->w, d->f, 0.0f, j->dx + begin * per * d->c, d->c);
+    sgemm(false, true, r_end - begin * per, d->c, d->f, 1.0f, j->dy + begin * per * d->f, d->f,
+          j->w, d->f, 0.0f, j->dx + begin * per * d->c, d->c);
     return;
   }
   float *ws = j->ws + lunet_cpu_tid() * j->ws_floats;
@@ -262,14 +265,13 @@ static void conv_bwd_data_task(void *arg, int64_t begin, int64_t end, int chunk)
          (size_t)((end - begin) * d->h * d->w * d->c) * sizeof(float));
   for (int64_t r = begin * per; r < r_end; r += j->sub) {
     int64_t nr = r_end - r < j->sub ? r_end - r : j->sub;
-    sgemm(false, true, nr, j->kk, d->f, 1.0f, j->dy + r * d->f, d->f, j->w, d->f, 0.0f, ws,
-          j->kk);
+    sgemm(false, true, nr, j->kk, d->f, 1.0f, j->dy + r * d->f, d->f, j->w, d->f, 0.0f, ws, j->kk);
     col2im_add(j->dx, ws, d, r, nr);
   }
 }
 
-int lunet_cpu_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf dy,
-                                   lunet_cbuf w, const lunet_conv2d_desc *d) {
+int lunet_cpu_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf w,
+                                   const lunet_conv2d_desc *d) {
   int rc = lunet_cpu_check_conv(d, "conv2d_backward_data");
   if (rc) return rc;
   conv_job j = {.d = d, .w = w, .dy = dy, .dx = dx, .kk = d->kh * d->kw * d->c};
@@ -302,16 +304,15 @@ static void conv_bwd_filter_task(void *arg, int64_t begin, int64_t end, int chun
       cols = cols_ws;
     }
     const float *dy = j->dy + r * d->f;
-    sgemm(true, false, j->kk, d->f, nr, 1.0f, cols, j->kk, dy, d->f, r == begin ? 0.0f : 1.0f,
-          dw, d->f);
+    sgemm(true, false, j->kk, d->f, nr, 1.0f, cols, j->kk, dy, d->f, r == begin ? 0.0f : 1.0f, dw,
+          d->f);
     for (int64_t i = 0; i < nr; i++)
       for (int64_t f = 0; f < d->f; f++) db[f] += dy[i * d->f + f];
   }
 }
 
-int lunet_cpu_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf db,
-                                     lunet_cbuf dy, lunet_cbuf x,
-                                     const lunet_conv2d_desc *d) {
+int lunet_cpu_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf db, lunet_cbuf dy,
+                                     lunet_cbuf x, const lunet_conv2d_desc *d) {
   int rc = lunet_cpu_check_conv(d, "conv2d_backward_filter");
   if (rc) return rc;
   conv_job j = {.d = d, .x = x, .dy = dy, .kk = d->kh * d->kw * d->c};
@@ -331,7 +332,8 @@ int lunet_cpu_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf 
   if (rows == 0) memset(out, 0, (size_t)kf * sizeof(float));
   for (int64_t t = 0; t < chunks && rows > 0; t++) {
     const float *part = j.ws + t * j.ws_floats + j.dw_off;
-    if (t == 0) memcpy(out, part, (size_t)kf * sizeof(float));
+    if (t == 0)
+      memcpy(out, part, (size_t)kf * sizeof(float));
     else
       for (int64_t i = 0; i < kf; i++) out[i] += part[i];
   }

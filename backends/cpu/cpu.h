@@ -68,8 +68,7 @@ const char *lunet_cpu_last_error(lunet_backend *be);
 int lunet_cpu_pool_start(lunet_cpu_pool *p, int n);
 void lunet_cpu_pool_stop(lunet_cpu_pool *p);
 /* Runs fn over [0, n) in at most pool->n chunks of at least `grain` items. */
-void lunet_cpu_parallel(lunet_backend *be, int64_t n, int64_t grain, lunet_cpu_task fn,
-                        void *arg);
+void lunet_cpu_parallel(lunet_backend *be, int64_t n, int64_t grain, lunet_cpu_task fn, void *arg);
 int lunet_cpu_threads(lunet_backend *be);
 /* The pool thread running the current chunk: 0 (the caller) .. n-1. */
 int lunet_cpu_tid(void);
@@ -95,136 +94,173 @@ int lunet_cpu_check_label(float label, size_t row, size_t cols);
 
 /* ---- fast kernels ---- */
 int lunet_cpu_fill(lunet_backend *be, lunet_buf y, float value, size_t n);
-int lunet_cpu_cast(lunet_backend *be, lunet_buf y, lunet_dtype ydt, lunet_cbuf x,
-                   lunet_dtype xdt, size_t n);
+int lunet_cpu_cast(lunet_backend *be, lunet_buf y, lunet_dtype ydt, lunet_cbuf x, lunet_dtype xdt,
+                   size_t n);
 int lunet_cpu_strided_copy(lunet_backend *be, lunet_buf y, lunet_cbuf x,
                            const lunet_strided_desc *d);
-int lunet_cpu_unary(lunet_backend *be, lunet_unary_op op, float alpha, float beta,
-                    lunet_buf y, lunet_cbuf x, size_t n);
+int lunet_cpu_unary(lunet_backend *be, lunet_unary_op op, float alpha, float beta, lunet_buf y,
+                    lunet_cbuf x, size_t n);
 int lunet_cpu_unary_backward(lunet_backend *be, lunet_unary_op op, float alpha, float beta,
-                             lunet_buf dx, lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y,
-                             size_t n);
-int lunet_cpu_binary(lunet_backend *be, lunet_binary_op op, lunet_buf y, lunet_cbuf a,
-                     lunet_cbuf b, const lunet_bcast_desc *d);
-int lunet_cpu_reduce(lunet_backend *be, lunet_reduce_op op, lunet_buf y, lunet_cbuf x,
-                     size_t outer, size_t len, size_t inner);
-int lunet_cpu_argmax(lunet_backend *be, lunet_buf y, lunet_cbuf x, size_t rows,
-                     size_t cols);
+                             lunet_buf dx, lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y, size_t n);
+int lunet_cpu_binary(lunet_backend *be, lunet_binary_op op, lunet_buf y, lunet_cbuf a, lunet_cbuf b,
+                     const lunet_bcast_desc *d);
+int lunet_cpu_reduce(lunet_backend *be, lunet_reduce_op op, lunet_buf y, lunet_cbuf x, size_t outer,
+                     size_t len, size_t inner);
+int lunet_cpu_argmax(lunet_backend *be, lunet_buf y, lunet_cbuf x, size_t rows, size_t cols);
 int lunet_cpu_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
-                   float alpha, lunet_cbuf a, int64_t sa, lunet_cbuf b, int64_t sb,
-                   float beta, lunet_buf c, int64_t sc, int64_t batch);
-int lunet_cpu_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w,
-                     lunet_cbuf bias, const lunet_conv2d_desc *d);
-int lunet_cpu_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf dy,
-                                   lunet_cbuf w, const lunet_conv2d_desc *d);
-int lunet_cpu_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf db,
-                                     lunet_cbuf dy, lunet_cbuf x,
-                                     const lunet_conv2d_desc *d);
+                   float alpha, lunet_cbuf a, int64_t sa, lunet_cbuf b, int64_t sb, float beta,
+                   lunet_buf c, int64_t sc, int64_t batch);
+int lunet_cpu_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w, lunet_cbuf bias,
+                     const lunet_conv2d_desc *d);
+int lunet_cpu_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf w,
+                                   const lunet_conv2d_desc *d);
+int lunet_cpu_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf db, lunet_cbuf dy,
+                                     lunet_cbuf x, const lunet_conv2d_desc *d);
 int lunet_cpu_pool2d(lunet_backend *be, lunet_pool_mode mode, lunet_buf y, lunet_cbuf x,
                      const lunet_pool2d_desc *d);
-int lunet_cpu_pool2d_backward(lunet_backend *be, lunet_pool_mode mode, lunet_buf dx,
-                              lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y,
-                              const lunet_pool2d_desc *d);
+int lunet_cpu_pool2d_backward(lunet_backend *be, lunet_pool_mode mode, lunet_buf dx, lunet_cbuf dy,
+                              lunet_cbuf x, lunet_cbuf y, const lunet_pool2d_desc *d);
 int lunet_cpu_softmax(lunet_backend *be, bool log, lunet_buf y, lunet_cbuf x, size_t rows,
                       size_t cols);
 int lunet_cpu_softmax_backward(lunet_backend *be, bool log, lunet_buf dx, lunet_cbuf dy,
                                lunet_cbuf y, size_t rows, size_t cols);
-int lunet_cpu_softmax_xent(lunet_backend *be, lunet_buf loss, lunet_buf dlogits,
-                           lunet_cbuf logits, lunet_cbuf labels, size_t rows, size_t cols);
+int lunet_cpu_softmax_xent(lunet_backend *be, lunet_buf loss, lunet_buf dlogits, lunet_cbuf logits,
+                           lunet_cbuf labels, size_t rows, size_t cols);
 int lunet_cpu_batchnorm(lunet_backend *be, bool training, lunet_buf y, lunet_buf save_mean,
-                        lunet_buf save_invstd, lunet_buf run_mean, lunet_buf run_var,
-                        lunet_cbuf x, lunet_cbuf gamma, lunet_cbuf beta, size_t rows,
-                        size_t c, float momentum, float epsilon);
-int lunet_cpu_batchnorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf dgamma,
-                                 lunet_buf dbeta, lunet_cbuf dy, lunet_cbuf x,
-                                 lunet_cbuf gamma, lunet_cbuf save_mean,
-                                 lunet_cbuf save_invstd, size_t rows, size_t c);
-int lunet_cpu_dropout_mask(lunet_backend *be, lunet_buf mask, size_t n, float rate,
-                           uint64_t seed, uint64_t counter);
+                        lunet_buf save_invstd, lunet_buf run_mean, lunet_buf run_var, lunet_cbuf x,
+                        lunet_cbuf gamma, lunet_cbuf beta, size_t rows, size_t c, float momentum,
+                        float epsilon);
+int lunet_cpu_batchnorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf dgamma, lunet_buf dbeta,
+                                 lunet_cbuf dy, lunet_cbuf x, lunet_cbuf gamma,
+                                 lunet_cbuf save_mean, lunet_cbuf save_invstd, size_t rows,
+                                 size_t c);
+int lunet_cpu_dropout_mask(lunet_backend *be, lunet_buf mask, size_t n, float rate, uint64_t seed,
+                           uint64_t counter);
 int lunet_cpu_gather_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, const int64_t *idx,
                           size_t n, size_t row_bytes);
-int lunet_cpu_sgd_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf velocity,
-                         size_t n, float lr, float momentum, bool nesterov,
-                         float weight_decay);
-int lunet_cpu_adam_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf m,
-                          lunet_buf v, size_t n, float lr, float beta1, float beta2,
-                          float epsilon, float weight_decay, int64_t step);
+int lunet_cpu_sgd_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf velocity, size_t n,
+                         float lr, float momentum, bool nesterov, float weight_decay);
+int lunet_cpu_adam_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf m, lunet_buf v,
+                          size_t n, float lr, float beta1, float beta2, float epsilon,
+                          float weight_decay, int64_t step);
 int lunet_cpu_rmsprop_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf ms,
                              lunet_buf mom, size_t n, float lr, float rho, float momentum,
                              float epsilon);
-int lunet_cpu_affine_resample(lunet_backend *be, lunet_buf y, lunet_cbuf x,
-                              const float *mats, size_t n, size_t h, size_t w, size_t c,
-                              size_t oh, size_t ow, lunet_fill_mode mode, float fill);
+int lunet_cpu_affine_resample(lunet_backend *be, lunet_buf y, lunet_cbuf x, const float *mats,
+                              size_t n, size_t h, size_t w, size_t c, size_t oh, size_t ow,
+                              lunet_fill_mode mode, float fill);
 
 /* ---- scalar definitions shared by fast and naive kernels ---- */
 static inline float lunet_cpu_unary_one(lunet_unary_op op, float alpha, float beta, float x) {
   switch (op) {
-  case LUNET_UNARY_NEG: return -x;
-  case LUNET_UNARY_EXP: return expf(x);
-  case LUNET_UNARY_LOG: return logf(x);
-  case LUNET_UNARY_SQRT: return sqrtf(x);
-  case LUNET_UNARY_ABS: return fabsf(x);
-  case LUNET_UNARY_SQUARE: return x * x;
-  case LUNET_UNARY_RELU: return x > 0.0f ? x : 0.0f;
+  case LUNET_UNARY_NEG:
+    return -x;
+  case LUNET_UNARY_EXP:
+    return expf(x);
+  case LUNET_UNARY_LOG:
+    return logf(x);
+  case LUNET_UNARY_SQRT:
+    return sqrtf(x);
+  case LUNET_UNARY_ABS:
+    return fabsf(x);
+  case LUNET_UNARY_SQUARE:
+    return x * x;
+  case LUNET_UNARY_RELU:
+    return x > 0.0f ? x : 0.0f;
   case LUNET_UNARY_SIGMOID:
     /* Two forms so that exp never overflows. */
-    if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
+    if (x >= 0.0f)
+      return 1.0f / (1.0f + expf(-x));
     else {
       float e = expf(x);
       return e / (1.0f + e);
     }
-  case LUNET_UNARY_TANH: return tanhf(x);
-  case LUNET_UNARY_GELU: return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
-  case LUNET_UNARY_LEAKY_RELU: return x > 0.0f ? x : alpha * x;
-  case LUNET_UNARY_AFFINE: return alpha * x + beta;
-  case LUNET_UNARY_CLIP: return fminf(fmaxf(x, alpha), beta);
-  case LUNET_UNARY_RECIP: return 1.0f / x;
-  case LUNET_UNARY_SIGN: return (float)((x > 0.0f) - (x < 0.0f));
-  default: return NAN;
+  case LUNET_UNARY_TANH:
+    return tanhf(x);
+  case LUNET_UNARY_GELU:
+    return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
+  case LUNET_UNARY_LEAKY_RELU:
+    return x > 0.0f ? x : alpha * x;
+  case LUNET_UNARY_AFFINE:
+    return alpha * x + beta;
+  case LUNET_UNARY_CLIP:
+    return fminf(fmaxf(x, alpha), beta);
+  case LUNET_UNARY_RECIP:
+    return 1.0f / x;
+  case LUNET_UNARY_SIGN:
+    return (float)((x > 0.0f) - (x < 0.0f));
+  default:
+    return NAN;
   }
 }
 
 /* dy * f'(x), with y = f(x) where the derivative is cheaper from y. */
 static inline float lunet_cpu_unary_grad_one(lunet_unary_op op, float alpha, float beta, float dy,
-                               float x, float y) {
+                                             float x, float y) {
   switch (op) {
-  case LUNET_UNARY_NEG: return -dy;
-  case LUNET_UNARY_EXP: return dy * y;
-  case LUNET_UNARY_LOG: return dy / x;
-  case LUNET_UNARY_SQRT: return dy * 0.5f / y;
-  case LUNET_UNARY_ABS: return x > 0.0f ? dy : x < 0.0f ? -dy : 0.0f;
-  case LUNET_UNARY_SQUARE: return 2.0f * x * dy;
-  case LUNET_UNARY_RELU: return x > 0.0f ? dy : 0.0f;
-  case LUNET_UNARY_SIGMOID: return dy * y * (1.0f - y);
-  case LUNET_UNARY_TANH: return dy * (1.0f - y * y);
+  case LUNET_UNARY_NEG:
+    return -dy;
+  case LUNET_UNARY_EXP:
+    return dy * y;
+  case LUNET_UNARY_LOG:
+    return dy / x;
+  case LUNET_UNARY_SQRT:
+    return dy * 0.5f / y;
+  case LUNET_UNARY_ABS:
+    return x > 0.0f ? dy : x < 0.0f ? -dy : 0.0f;
+  case LUNET_UNARY_SQUARE:
+    return 2.0f * x * dy;
+  case LUNET_UNARY_RELU:
+    return x > 0.0f ? dy : 0.0f;
+  case LUNET_UNARY_SIGMOID:
+    return dy * y * (1.0f - y);
+  case LUNET_UNARY_TANH:
+    return dy * (1.0f - y * y);
   case LUNET_UNARY_GELU: {
     float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
     float pdf = expf(-0.5f * x * x) * 0.3989422804014327f; /* 1/sqrt(2 pi) */
     return dy * (cdf + x * pdf);
   }
-  case LUNET_UNARY_LEAKY_RELU: return x > 0.0f ? dy : alpha * dy;
-  case LUNET_UNARY_AFFINE: return alpha * dy;
+  case LUNET_UNARY_LEAKY_RELU:
+    return x > 0.0f ? dy : alpha * dy;
+  case LUNET_UNARY_AFFINE:
+    return alpha * dy;
   /* As TensorFlow's clip_by_value: the bounds themselves pass the gradient. */
-  case LUNET_UNARY_CLIP: return (x >= alpha && x <= beta) ? dy : 0.0f;
-  case LUNET_UNARY_RECIP: return -dy * y * y;
-  case LUNET_UNARY_SIGN: return 0.0f;
-  default: return NAN;
+  case LUNET_UNARY_CLIP:
+    return (x >= alpha && x <= beta) ? dy : 0.0f;
+  case LUNET_UNARY_RECIP:
+    return -dy * y * y;
+  case LUNET_UNARY_SIGN:
+    return 0.0f;
+  default:
+    return NAN;
   }
 }
 
 static inline float lunet_cpu_binary_one(lunet_binary_op op, float a, float b) {
   switch (op) {
-  case LUNET_BINARY_ADD: return a + b;
-  case LUNET_BINARY_SUB: return a - b;
-  case LUNET_BINARY_MUL: return a * b;
-  case LUNET_BINARY_DIV: return a / b;
-  case LUNET_BINARY_MAX: return a > b ? a : b;
-  case LUNET_BINARY_MIN: return a < b ? a : b;
-  case LUNET_BINARY_POW: return powf(a, b);
-  case LUNET_BINARY_EQ: return a == b ? 1.0f : 0.0f;
-  case LUNET_BINARY_GT: return a > b ? 1.0f : 0.0f;
-  case LUNET_BINARY_LT: return a < b ? 1.0f : 0.0f;
-  default: return NAN;
+  case LUNET_BINARY_ADD:
+    return a + b;
+  case LUNET_BINARY_SUB:
+    return a - b;
+  case LUNET_BINARY_MUL:
+    return a * b;
+  case LUNET_BINARY_DIV:
+    return a / b;
+  case LUNET_BINARY_MAX:
+    return a > b ? a : b;
+  case LUNET_BINARY_MIN:
+    return a < b ? a : b;
+  case LUNET_BINARY_POW:
+    return powf(a, b);
+  case LUNET_BINARY_EQ:
+    return a == b ? 1.0f : 0.0f;
+  case LUNET_BINARY_GT:
+    return a > b ? 1.0f : 0.0f;
+  case LUNET_BINARY_LT:
+    return a < b ? 1.0f : 0.0f;
+  default:
+    return NAN;
   }
 }
 
@@ -232,8 +268,8 @@ static inline float lunet_cpu_binary_one(lunet_binary_op op, float a, float b) {
 int lunet_cpu_adam_alpha(float lr, float beta1, float beta2, int64_t step, float *alpha);
 /* y[i] (ydt) <- x[i] (xdt) for i in [begin, end): to U8 rounds and clamps to
  * [0, 255], to I32 truncates toward zero and saturates; NaN becomes 0. */
-void lunet_cpu_cast_range(void *y, lunet_dtype ydt, const void *x, lunet_dtype xdt,
-                          size_t begin, size_t end);
+void lunet_cpu_cast_range(void *y, lunet_dtype ydt, const void *x, lunet_dtype xdt, size_t begin,
+                          size_t end);
 
 /* ---- the naive reference vtable (naive.c) ---- */
 extern const lunet_backend_i lunet_cpu_naive_vtable;

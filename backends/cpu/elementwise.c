@@ -37,11 +37,10 @@ static void cast_task(void *arg, int64_t begin, int64_t end, int chunk) {
   lunet_cpu_cast_range(j->vy, j->ydt, j->vx, j->xdt, (size_t)begin, (size_t)end);
 }
 
-int lunet_cpu_cast(lunet_backend *be, lunet_buf y, lunet_dtype ydt, lunet_cbuf x,
-                   lunet_dtype xdt, size_t n) {
+int lunet_cpu_cast(lunet_backend *be, lunet_buf y, lunet_dtype ydt, lunet_cbuf x, lunet_dtype xdt,
+                   size_t n) {
   if ((unsigned)ydt > LUNET_I32 || (unsigned)xdt > LUNET_I32)
-    return lunet_cpu_error(LUNET_ERR_ARG, "cast: unknown dtype %d or %d", (int)xdt,
-                           (int)ydt);
+    return lunet_cpu_error(LUNET_ERR_ARG, "cast: unknown dtype %d or %d", (int)xdt, (int)ydt);
   ew_job j = {.vy = y, .vx = x, .ydt = ydt, .xdt = xdt};
   lunet_cpu_parallel(be, (int64_t)n, GRAIN, cast_task, &j);
   return 0;
@@ -79,8 +78,8 @@ static void unary_task(void *arg, int64_t begin, int64_t end, int chunk) {
   unary_range(j->op, j->alpha, j->beta, j->y + begin, j->x + begin, end - begin);
 }
 
-int lunet_cpu_unary(lunet_backend *be, lunet_unary_op op, float alpha, float beta,
-                    lunet_buf y, lunet_cbuf x, size_t n) {
+int lunet_cpu_unary(lunet_backend *be, lunet_unary_op op, float alpha, float beta, lunet_buf y,
+                    lunet_cbuf x, size_t n) {
   if ((unsigned)op >= LUNET_UNARY_COUNT)
     return lunet_cpu_error(LUNET_ERR_ARG, "unary: unknown op %d", (int)op);
   ew_job j = {.op = op, .alpha = alpha, .beta = beta, .y = y, .x = x};
@@ -110,23 +109,29 @@ static void unary_grad_range(lunet_unary_op op, float a, float b, float *restric
 static void unary_grad_task(void *arg, int64_t begin, int64_t end, int chunk) {
   ew_job *j = arg;
   unary_grad_range(j->op, j->alpha, j->beta, j->y + begin, j->dy + begin,
-                   j->x ? j->x + begin : NULL, j->yin ? j->yin + begin : NULL,
-                   end - begin);
+                   j->x ? j->x + begin : NULL, j->yin ? j->yin + begin : NULL, end - begin);
 }
 
 /* Which of x and y an op's derivative reads. */
 static int unary_grad_needs(lunet_unary_op op) {
   switch (op) {
-  case LUNET_UNARY_NEG: case LUNET_UNARY_AFFINE: case LUNET_UNARY_SIGN: return 0;
-  case LUNET_UNARY_EXP: case LUNET_UNARY_SQRT: case LUNET_UNARY_SIGMOID:
-  case LUNET_UNARY_TANH: case LUNET_UNARY_RECIP: return 2;
-  default: return 1;
+  case LUNET_UNARY_NEG:
+  case LUNET_UNARY_AFFINE:
+  case LUNET_UNARY_SIGN:
+    return 0;
+  case LUNET_UNARY_EXP:
+  case LUNET_UNARY_SQRT:
+  case LUNET_UNARY_SIGMOID:
+  case LUNET_UNARY_TANH:
+  case LUNET_UNARY_RECIP:
+    return 2;
+  default:
+    return 1;
   }
 }
 
 int lunet_cpu_unary_backward(lunet_backend *be, lunet_unary_op op, float alpha, float beta,
-                             lunet_buf dx, lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y,
-                             size_t n) {
+                             lunet_buf dx, lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y, size_t n) {
   if ((unsigned)op >= LUNET_UNARY_COUNT)
     return lunet_cpu_error(LUNET_ERR_ARG, "unary_backward: unknown op %d", (int)op);
   int need = unary_grad_needs(op);
@@ -142,8 +147,8 @@ int lunet_cpu_unary_backward(lunet_backend *be, lunet_unary_op op, float alpha, 
 
 /* y (n) = a[i*as] op b[i*bs]; the stride patterns of the fast paths get
  * their own loops. */
-static void binary_row(lunet_binary_op op, float *restrict y, const float *restrict a,
-                       int64_t as, const float *restrict b, int64_t bs, int64_t n) {
+static void binary_row(lunet_binary_op op, float *restrict y, const float *restrict a, int64_t as,
+                       const float *restrict b, int64_t bs, int64_t n) {
   if (as == 1 && bs == 1) {
     if (op == LUNET_BINARY_ADD)
       for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
@@ -190,8 +195,8 @@ static void binary_task(void *arg, int64_t begin, int64_t end, int chunk) {
     bo += idx[i] * d->b_strides[i];
   }
   for (int64_t r = begin; r < end; r++) {
-    binary_row(j->op, j->y + r * j->len, j->a + ao, d->a_strides[nd], j->b + bo,
-               d->b_strides[nd], j->len);
+    binary_row(j->op, j->y + r * j->len, j->a + ao, d->a_strides[nd], j->b + bo, d->b_strides[nd],
+               j->len);
     for (int i = nd - 1; i >= 0; i--) {
       ao += d->a_strides[i];
       bo += d->b_strides[i];
@@ -206,8 +211,7 @@ static void binary_task(void *arg, int64_t begin, int64_t end, int chunk) {
 static void binary_flat_task(void *arg, int64_t begin, int64_t end, int chunk) {
   bin_job *j = arg;
   int64_t as = j->d.a_strides[0], bs = j->d.b_strides[0];
-  binary_row(j->op, j->y + begin, j->a + begin * as, as, j->b + begin * bs, bs,
-             end - begin);
+  binary_row(j->op, j->y + begin, j->a + begin * as, as, j->b + begin * bs, bs, end - begin);
 }
 
 /* Drops size-1 axes and merges neighbours that are contiguous in out, a and
@@ -236,13 +240,12 @@ static void collapse_bcast(lunet_bcast_desc *o, const lunet_bcast_desc *d) {
   }
 }
 
-int lunet_cpu_binary(lunet_backend *be, lunet_binary_op op, lunet_buf y, lunet_cbuf a,
-                     lunet_cbuf b, const lunet_bcast_desc *d) {
+int lunet_cpu_binary(lunet_backend *be, lunet_binary_op op, lunet_buf y, lunet_cbuf a, lunet_cbuf b,
+                     const lunet_bcast_desc *d) {
   if ((unsigned)op >= LUNET_BINARY_COUNT)
     return lunet_cpu_error(LUNET_ERR_ARG, "binary: unknown op %d", (int)op);
   if (d->ndim < 0 || d->ndim > LUNET_MAX_DIMS)
-    return lunet_cpu_error(LUNET_ERR_SHAPE, "binary: %d dims, at most %d", d->ndim,
-                           LUNET_MAX_DIMS);
+    return lunet_cpu_error(LUNET_ERR_SHAPE, "binary: %d dims, at most %d", d->ndim, LUNET_MAX_DIMS);
   for (int i = 0; i < d->ndim; i++)
     if (d->shape[i] == 0) return 0;
   bin_job j = {.op = op, .y = y, .a = a, .b = b};
@@ -329,11 +332,15 @@ static void reduce_task(void *arg, int64_t begin, int64_t end, int chunk) {
   }
 }
 
-int lunet_cpu_reduce(lunet_backend *be, lunet_reduce_op op, lunet_buf y, lunet_cbuf x,
-                     size_t outer, size_t len, size_t inner) {
+int lunet_cpu_reduce(lunet_backend *be, lunet_reduce_op op, lunet_buf y, lunet_cbuf x, size_t outer,
+                     size_t len, size_t inner) {
   if ((unsigned)op >= LUNET_REDUCE_COUNT)
     return lunet_cpu_error(LUNET_ERR_ARG, "reduce: unknown op %d", (int)op);
-  red_job j = {.op = op, .y = y, .x = x, .outer = (int64_t)outer, .len = (int64_t)len,
+  red_job j = {.op = op,
+               .y = y,
+               .x = x,
+               .outer = (int64_t)outer,
+               .len = (int64_t)len,
                .inner = (int64_t)inner};
   j.blocks = inner == 1 ? 1 : ((int64_t)inner + REDUCE_BLOCK - 1) / REDUCE_BLOCK;
   int64_t items = j.outer * j.blocks;
@@ -360,8 +367,7 @@ static void argmax_task(void *arg, int64_t begin, int64_t end, int chunk) {
   }
 }
 
-int lunet_cpu_argmax(lunet_backend *be, lunet_buf y, lunet_cbuf x, size_t rows,
-                     size_t cols) {
+int lunet_cpu_argmax(lunet_backend *be, lunet_buf y, lunet_cbuf x, size_t rows, size_t cols) {
   argmax_job j = {.y = y, .x = x, .cols = (int64_t)cols};
   int64_t grain = cols >= GRAIN ? 1 : GRAIN / (int64_t)(cols ? cols : 1);
   lunet_cpu_parallel(be, (int64_t)rows, grain, argmax_task, &j);
@@ -377,8 +383,7 @@ typedef struct copy_job {
   int64_t len;
 } copy_job;
 
-static void copy_row(char *y, const char *x, int64_t ys, int64_t xs, int64_t n,
-                     size_t es) {
+static void copy_row(char *y, const char *x, int64_t ys, int64_t xs, int64_t n, size_t es) {
   if (xs == 1 && ys == 1) {
     memcpy(y, x, (size_t)n * es);
   } else if (es == 4) {
@@ -421,8 +426,8 @@ static void copy_flat_task(void *arg, int64_t begin, int64_t end, int chunk) {
   const lunet_strided_desc *d = &j->d;
   int64_t es = (int64_t)d->elem_size;
   copy_row(j->y + (d->y_offset + begin * d->y_strides[0]) * es,
-           j->x + (d->x_offset + begin * d->x_strides[0]) * es, d->y_strides[0],
-           d->x_strides[0], end - begin, d->elem_size);
+           j->x + (d->x_offset + begin * d->x_strides[0]) * es, d->y_strides[0], d->x_strides[0],
+           end - begin, d->elem_size);
 }
 
 static void collapse_strided(lunet_strided_desc *o, const lunet_strided_desc *d) {
@@ -453,8 +458,8 @@ static void collapse_strided(lunet_strided_desc *o, const lunet_strided_desc *d)
 int lunet_cpu_strided_copy(lunet_backend *be, lunet_buf y, lunet_cbuf x,
                            const lunet_strided_desc *d) {
   if (d->ndim < 0 || d->ndim > LUNET_MAX_DIMS || d->elem_size == 0)
-    return lunet_cpu_error(LUNET_ERR_SHAPE, "strided_copy: %d dims of %zu-byte elements",
-                           d->ndim, d->elem_size);
+    return lunet_cpu_error(LUNET_ERR_SHAPE, "strided_copy: %d dims of %zu-byte elements", d->ndim,
+                           d->elem_size);
   for (int i = 0; i < d->ndim; i++)
     if (d->shape[i] == 0) return 0;
   copy_job j = {.y = y, .x = x};

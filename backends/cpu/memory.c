@@ -14,9 +14,7 @@ static size_t round_size(size_t nbytes) {
   return (nbytes + LUNET_CPU_ALIGN - 1) & ~(size_t)(LUNET_CPU_ALIGN - 1);
 }
 
-static size_t *block_header(void *data) {
-  return (size_t *)((char *)data - LUNET_CPU_ALIGN);
-}
+static size_t *block_header(void *data) { return (size_t *)((char *)data - LUNET_CPU_ALIGN); }
 
 static lunet_cpu_bin *find_bin(lunet_backend *be, size_t size) {
   for (size_t i = 0; i < be->nbins; i++)

@@ -33,28 +33,27 @@ static int naive_strided_copy(lunet_backend *be, lunet_buf y, lunet_cbuf x,
       xo += idx[i] * d->x_strides[i];
       yo += idx[i] * d->y_strides[i];
     }
-    memcpy((char *)y + yo * (int64_t)d->elem_size,
-           (const char *)x + xo * (int64_t)d->elem_size, d->elem_size);
+    memcpy((char *)y + yo * (int64_t)d->elem_size, (const char *)x + xo * (int64_t)d->elem_size,
+           d->elem_size);
   }
   return 0;
 }
 
-static int naive_unary(lunet_backend *be, lunet_unary_op op, float alpha, float beta,
-                       lunet_buf y, lunet_cbuf x, size_t n) {
+static int naive_unary(lunet_backend *be, lunet_unary_op op, float alpha, float beta, lunet_buf y,
+                       lunet_cbuf x, size_t n) {
   const float *px = x;
   float *py = y;
   for (size_t i = 0; i < n; i++) py[i] = lunet_cpu_unary_one(op, alpha, beta, px[i]);
   return 0;
 }
 
-static int naive_unary_backward(lunet_backend *be, lunet_unary_op op, float alpha,
-                                float beta, lunet_buf dx, lunet_cbuf dy, lunet_cbuf x,
-                                lunet_cbuf y, size_t n) {
+static int naive_unary_backward(lunet_backend *be, lunet_unary_op op, float alpha, float beta,
+                                lunet_buf dx, lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y, size_t n) {
   const float *px = x, *py = y, *pdy = dy;
   float *pdx = dx;
   for (size_t i = 0; i < n; i++)
-    pdx[i] = lunet_cpu_unary_grad_one(op, alpha, beta, pdy[i], px ? px[i] : 0.0f,
-                                      py ? py[i] : 0.0f);
+    pdx[i] =
+        lunet_cpu_unary_grad_one(op, alpha, beta, pdy[i], px ? px[i] : 0.0f, py ? py[i] : 0.0f);
   return 0;
 }
 
@@ -83,14 +82,15 @@ static int naive_reduce(lunet_backend *be, lunet_reduce_op op, lunet_buf y, lune
   float *py = y;
   for (size_t o = 0; o < outer; o++) {
     for (size_t i = 0; i < inner; i++) {
-      double acc = op == LUNET_REDUCE_MAX   ? -INFINITY
-                   : op == LUNET_REDUCE_MIN ? INFINITY
-                                            : 0.0;
+      double acc = op == LUNET_REDUCE_MAX ? -INFINITY : op == LUNET_REDUCE_MIN ? INFINITY : 0.0;
       for (size_t j = 0; j < len; j++) {
         float v = px[(o * len + j) * inner + i];
-        if (op == LUNET_REDUCE_MAX) acc = v > acc ? v : acc;
-        else if (op == LUNET_REDUCE_MIN) acc = v < acc ? v : acc;
-        else acc += v;
+        if (op == LUNET_REDUCE_MAX)
+          acc = v > acc ? v : acc;
+        else if (op == LUNET_REDUCE_MIN)
+          acc = v < acc ? v : acc;
+        else
+          acc += v;
       }
       if (op == LUNET_REDUCE_MEAN) acc = len ? acc / (double)len : NAN;
       py[o * inner + i] = (float)acc;
@@ -99,8 +99,7 @@ static int naive_reduce(lunet_backend *be, lunet_reduce_op op, lunet_buf y, lune
   return 0;
 }
 
-static int naive_argmax(lunet_backend *be, lunet_buf y, lunet_cbuf x, size_t rows,
-                        size_t cols) {
+static int naive_argmax(lunet_backend *be, lunet_buf y, lunet_cbuf x, size_t rows, size_t cols) {
   const float *px = x;
   float *py = y;
   for (size_t r = 0; r < rows; r++) {
@@ -112,9 +111,9 @@ static int naive_argmax(lunet_backend *be, lunet_buf y, lunet_cbuf x, size_t row
   return 0;
 }
 
-static int naive_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n,
-                      int64_t k, float alpha, lunet_cbuf a, int64_t sa, lunet_cbuf b,
-                      int64_t sb, float beta, lunet_buf c, int64_t sc, int64_t batch) {
+static int naive_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+                      float alpha, lunet_cbuf a, int64_t sa, lunet_cbuf b, int64_t sb, float beta,
+                      lunet_buf c, int64_t sc, int64_t batch) {
   for (int64_t bi = 0; bi < batch; bi++) {
     const float *pa = (const float *)a + bi * sa, *pb = (const float *)b + bi * sb;
     float *pc = (float *)c + bi * sc;
@@ -143,8 +142,8 @@ static inline int64_t in_col(const lunet_conv2d_desc *d, int64_t ox, int64_t kx)
 }
 
 /* x (N,H,W,C), w (KH,KW,C,F), bias (F) or NULL -> y (N,OH,OW,F); direct 7-loop. */
-static int naive_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w,
-                        lunet_cbuf bias, const lunet_conv2d_desc *d) {
+static int naive_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w, lunet_cbuf bias,
+                        const lunet_conv2d_desc *d) {
   int rc = lunet_cpu_check_conv(d, "conv2d");
   if (rc) return rc;
   const float *px = x, *pw = w, *pb = bias;
@@ -169,8 +168,8 @@ static int naive_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf
 
 /* dy (N,OH,OW,F), w (KH,KW,C,F) -> dx (N,H,W,C): each input pixel gathers the
  * outputs whose window covers it. */
-static int naive_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf dy,
-                                      lunet_cbuf w, const lunet_conv2d_desc *d) {
+static int naive_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf w,
+                                      const lunet_conv2d_desc *d) {
   int rc = lunet_cpu_check_conv(d, "conv2d_backward_data");
   if (rc) return rc;
   const float *pdy = dy, *pw = w;
@@ -195,8 +194,7 @@ static int naive_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbu
 
 /* dy (N,OH,OW,F), x (N,H,W,C) -> dw (KH,KW,C,F), db (F) or NULL. */
 static int naive_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf db,
-                                        lunet_cbuf dy, lunet_cbuf x,
-                                        const lunet_conv2d_desc *d) {
+                                        lunet_cbuf dy, lunet_cbuf x, const lunet_conv2d_desc *d) {
   int rc = lunet_cpu_check_conv(d, "conv2d_backward_filter");
   if (rc) return rc;
   const float *pdy = dy, *px = x;
@@ -228,8 +226,8 @@ static int naive_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_b
 
 /* The first maximum of output (n, oy, ox) channel c, scanning kh then kw;
  * returns the flat input pixel index, -1 for a window of padding only. */
-static int64_t pool_argmax(const float *x, const lunet_pool2d_desc *d, int64_t n,
-                           int64_t oy, int64_t ox, int64_t c) {
+static int64_t pool_argmax(const float *x, const lunet_pool2d_desc *d, int64_t n, int64_t oy,
+                           int64_t ox, int64_t c) {
   int64_t best = -1;
   for (int64_t ky = 0; ky < d->kh; ky++)
     for (int64_t kx = 0; kx < d->kw; kx++) {
@@ -315,8 +313,8 @@ static int naive_pool2d_backward(lunet_backend *be, lunet_pool_mode mode, lunet_
 }
 
 /* x, y (rows, cols) */
-static int naive_softmax(lunet_backend *be, bool log, lunet_buf y, lunet_cbuf x,
-                         size_t rows, size_t cols) {
+static int naive_softmax(lunet_backend *be, bool log, lunet_buf y, lunet_cbuf x, size_t rows,
+                         size_t cols) {
   const float *px = x;
   float *py = y;
   for (size_t r = 0; r < rows; r++) {
@@ -343,16 +341,14 @@ static int naive_softmax_backward(lunet_backend *be, bool log, lunet_buf dx, lun
     double s = 0.0;
     for (size_t j = 0; j < cols; j++) s += log ? (double)g[j] : (double)g[j] * yr[j];
     for (size_t j = 0; j < cols; j++)
-      pdx[r * cols + j] =
-          log ? (float)(g[j] - expf(yr[j]) * s) : (float)(yr[j] * (g[j] - s));
+      pdx[r * cols + j] = log ? (float)(g[j] - expf(yr[j]) * s) : (float)(yr[j] * (g[j] - s));
   }
   return 0;
 }
 
 /* logits (rows, cols), labels (rows) -> loss (rows), dlogits (rows, cols) or NULL */
 static int naive_softmax_xent(lunet_backend *be, lunet_buf loss, lunet_buf dlogits,
-                              lunet_cbuf logits, lunet_cbuf labels, size_t rows,
-                              size_t cols) {
+                              lunet_cbuf logits, lunet_cbuf labels, size_t rows, size_t cols) {
   const float *px = logits, *pl = labels;
   float *ploss = loss, *pd = dlogits;
   for (size_t r = 0; r < rows; r++) {
@@ -376,11 +372,10 @@ static int naive_softmax_xent(lunet_backend *be, lunet_buf loss, lunet_buf dlogi
 }
 
 /* x, y (rows, c) */
-static int naive_batchnorm(lunet_backend *be, bool training, lunet_buf y,
-                           lunet_buf save_mean, lunet_buf save_invstd, lunet_buf run_mean,
-                           lunet_buf run_var, lunet_cbuf x, lunet_cbuf gamma,
-                           lunet_cbuf beta, size_t rows, size_t c, float momentum,
-                           float epsilon) {
+static int naive_batchnorm(lunet_backend *be, bool training, lunet_buf y, lunet_buf save_mean,
+                           lunet_buf save_invstd, lunet_buf run_mean, lunet_buf run_var,
+                           lunet_cbuf x, lunet_cbuf gamma, lunet_cbuf beta, size_t rows, size_t c,
+                           float momentum, float epsilon) {
   const float *px = x, *pg = gamma, *pb = beta;
   float *py = y, *psm = save_mean, *psi = save_invstd, *prm = run_mean, *prv = run_var;
   if (!training && (!prm || !prv))
@@ -415,9 +410,9 @@ static int naive_batchnorm(lunet_backend *be, bool training, lunet_buf y,
 
 /* dx = gamma*invstd/R * (R*dy - sum(dy) - xhat*sum(dy*xhat)) */
 static int naive_batchnorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf dgamma,
-                                    lunet_buf dbeta, lunet_cbuf dy, lunet_cbuf x,
-                                    lunet_cbuf gamma, lunet_cbuf save_mean,
-                                    lunet_cbuf save_invstd, size_t rows, size_t c) {
+                                    lunet_buf dbeta, lunet_cbuf dy, lunet_cbuf x, lunet_cbuf gamma,
+                                    lunet_cbuf save_mean, lunet_cbuf save_invstd, size_t rows,
+                                    size_t c) {
   const float *pdy = dy, *px = x, *pg = gamma, *pm = save_mean, *pi = save_invstd;
   float *pdx = dx, *pdg = dgamma, *pdb = dbeta;
   for (size_t ch = 0; ch < c; ch++) {
@@ -432,8 +427,8 @@ static int naive_batchnorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf d
     double g = pg ? pg[ch] : 1.0;
     for (size_t r = 0; r < rows; r++) {
       double xhat = (px[r * c + ch] - pm[ch]) * pi[ch];
-      pdx[r * c + ch] = (float)(g * pi[ch] / (double)rows *
-                                ((double)rows * pdy[r * c + ch] - sdy - xhat * sdyx));
+      pdx[r * c + ch] =
+          (float)(g * pi[ch] / (double)rows * ((double)rows * pdy[r * c + ch] - sdy - xhat * sdyx));
     }
   }
   return 0;
@@ -442,25 +437,22 @@ static int naive_batchnorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf d
 static int naive_dropout_mask(lunet_backend *be, lunet_buf mask, size_t n, float rate,
                               uint64_t seed, uint64_t counter) {
   if (!(rate >= 0.0f && rate <= 1.0f))
-    return lunet_cpu_error(LUNET_ERR_ARG, "dropout_mask: rate %g is outside [0, 1]",
-                           (double)rate);
+    return lunet_cpu_error(LUNET_ERR_ARG, "dropout_mask: rate %g is outside [0, 1]", (double)rate);
   float *pm = mask;
   for (size_t i = 0; i < n; i++)
     pm[i] = lunet_philox_uniform(seed, counter + i) >= rate ? 1.0f / (1.0f - rate) : 0.0f;
   return 0;
 }
 
-static int naive_gather_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x,
-                             const int64_t *idx, size_t n, size_t row_bytes) {
+static int naive_gather_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, const int64_t *idx,
+                             size_t n, size_t row_bytes) {
   for (size_t i = 0; i < n; i++)
-    memcpy((char *)y + i * row_bytes, (const char *)x + (size_t)idx[i] * row_bytes,
-           row_bytes);
+    memcpy((char *)y + i * row_bytes, (const char *)x + (size_t)idx[i] * row_bytes, row_bytes);
   return 0;
 }
 
-static int naive_sgd_update(lunet_backend *be, lunet_buf p, lunet_cbuf g,
-                            lunet_buf velocity, size_t n, float lr, float momentum,
-                            bool nesterov, float weight_decay) {
+static int naive_sgd_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf velocity,
+                            size_t n, float lr, float momentum, bool nesterov, float weight_decay) {
   float *pp = p, *pv = velocity;
   const float *pg = g;
   if (!pv && momentum != 0.0f)
@@ -473,15 +465,17 @@ static int naive_sgd_update(lunet_backend *be, lunet_buf p, lunet_cbuf g,
       continue;
     }
     pv[i] = momentum * pv[i] - lr * pg[i];
-    if (nesterov) pp[i] += momentum * pv[i] - lr * pg[i];
-    else pp[i] += pv[i];
+    if (nesterov)
+      pp[i] += momentum * pv[i] - lr * pg[i];
+    else
+      pp[i] += pv[i];
   }
   return 0;
 }
 
-static int naive_adam_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf m,
-                             lunet_buf v, size_t n, float lr, float beta1, float beta2,
-                             float epsilon, float weight_decay, int64_t step) {
+static int naive_adam_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf m, lunet_buf v,
+                             size_t n, float lr, float beta1, float beta2, float epsilon,
+                             float weight_decay, int64_t step) {
   float alpha;
   int rc = lunet_cpu_adam_alpha(lr, beta1, beta2, step, &alpha);
   if (rc) return rc;
@@ -497,8 +491,8 @@ static int naive_adam_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet
 }
 
 static int naive_rmsprop_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf ms,
-                                lunet_buf mom, size_t n, float lr, float rho,
-                                float momentum, float epsilon) {
+                                lunet_buf mom, size_t n, float lr, float rho, float momentum,
+                                float epsilon) {
   float *pp = p, *pms = ms, *pmom = mom;
   const float *pg = g;
   for (size_t i = 0; i < n; i++) {
@@ -514,12 +508,12 @@ static int naive_rmsprop_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lu
   return 0;
 }
 
-static int naive_affine_resample(lunet_backend *be, lunet_buf y, lunet_cbuf x,
-                                 const float *mats, size_t n, size_t h, size_t w, size_t c,
-                                 size_t oh, size_t ow, lunet_fill_mode mode, float fill) {
+static int naive_affine_resample(lunet_backend *be, lunet_buf y, lunet_cbuf x, const float *mats,
+                                 size_t n, size_t h, size_t w, size_t c, size_t oh, size_t ow,
+                                 lunet_fill_mode mode, float fill) {
   for (size_t i = 0; i < n; i++)
-    lunet_resample_one((float *)y + i * oh * ow * c, (const float *)x + i * h * w * c,
-                       mats + 6 * i, h, w, c, oh, ow, mode, fill);
+    lunet_resample_one((float *)y + i * oh * ow * c, (const float *)x + i * h * w * c, mats + 6 * i,
+                       h, w, c, oh, ow, mode, fill);
   return 0;
 }
 

@@ -74,8 +74,7 @@ static void softmax_back_task(void *arg, int64_t begin, int64_t end, int chunk) 
 int lunet_cpu_softmax_backward(lunet_backend *be, bool log, lunet_buf dx, lunet_cbuf dy,
                                lunet_cbuf y, size_t rows, size_t cols) {
   sm_job j = {.log = log, .dx = dx, .dy = dy, .x = y, .cols = (int64_t)cols};
-  lunet_cpu_parallel(be, (int64_t)rows, GRAIN / ((int64_t)cols + 1) + 1, softmax_back_task,
-                     &j);
+  lunet_cpu_parallel(be, (int64_t)rows, GRAIN / ((int64_t)cols + 1) + 1, softmax_back_task, &j);
   return 0;
 }
 
@@ -97,15 +96,14 @@ static void xent_task(void *arg, int64_t begin, int64_t end, int chunk) {
   }
 }
 
-int lunet_cpu_softmax_xent(lunet_backend *be, lunet_buf loss, lunet_buf dlogits,
-                           lunet_cbuf logits, lunet_cbuf labels, size_t rows, size_t cols) {
+int lunet_cpu_softmax_xent(lunet_backend *be, lunet_buf loss, lunet_buf dlogits, lunet_cbuf logits,
+                           lunet_cbuf labels, size_t rows, size_t cols) {
   const float *pl = labels;
   for (size_t r = 0; r < rows; r++) {
     int rc = lunet_cpu_check_label(pl[r], r, cols);
     if (rc) return rc;
   }
-  sm_job j = {.loss = loss, .dx = dlogits, .x = logits, .labels = labels,
-              .cols = (int64_t)cols};
+  sm_job j = {.loss = loss, .dx = dlogits, .x = logits, .labels = labels, .cols = (int64_t)cols};
   lunet_cpu_parallel(be, (int64_t)rows, GRAIN / ((int64_t)cols + 1) + 1, xent_task, &j);
   return 0;
 }
@@ -154,8 +152,7 @@ static void bn_task(void *arg, int64_t begin, int64_t end, int chunk) {
         if (j->run_mean)
           j->run_mean[ch] = j->run_mean[ch] * j->momentum + mu * (1.0f - j->momentum);
         if (j->run_var)
-          j->run_var[ch] =
-              j->run_var[ch] * j->momentum + (float)var[k] * (1.0f - j->momentum);
+          j->run_var[ch] = j->run_var[ch] * j->momentum + (float)var[k] * (1.0f - j->momentum);
       } else {
         mu = j->run_mean[ch];
         invstd = 1.0f / sqrtf(j->run_var[ch] + j->epsilon);
@@ -173,16 +170,25 @@ static void bn_task(void *arg, int64_t begin, int64_t end, int chunk) {
 }
 
 int lunet_cpu_batchnorm(lunet_backend *be, bool training, lunet_buf y, lunet_buf save_mean,
-                        lunet_buf save_invstd, lunet_buf run_mean, lunet_buf run_var,
-                        lunet_cbuf x, lunet_cbuf gamma, lunet_cbuf beta, size_t rows,
-                        size_t c, float momentum, float epsilon) {
+                        lunet_buf save_invstd, lunet_buf run_mean, lunet_buf run_var, lunet_cbuf x,
+                        lunet_cbuf gamma, lunet_cbuf beta, size_t rows, size_t c, float momentum,
+                        float epsilon) {
   if (!training && (!run_mean || !run_var))
     return lunet_cpu_error(LUNET_ERR_ARG, "batchnorm: inference needs the running mean "
                                           "and variance");
-  bn_job j = {.training = training, .y = y, .save_mean = save_mean,
-              .save_invstd = save_invstd, .run_mean = run_mean, .run_var = run_var,
-              .x = x, .gamma = gamma, .beta = beta, .rows = (int64_t)rows,
-              .c = (int64_t)c, .momentum = momentum, .epsilon = epsilon};
+  bn_job j = {.training = training,
+              .y = y,
+              .save_mean = save_mean,
+              .save_invstd = save_invstd,
+              .run_mean = run_mean,
+              .run_var = run_var,
+              .x = x,
+              .gamma = gamma,
+              .beta = beta,
+              .rows = (int64_t)rows,
+              .c = (int64_t)c,
+              .momentum = momentum,
+              .epsilon = epsilon};
   int64_t blocks = ((int64_t)c + BN_BLOCK - 1) / BN_BLOCK;
   lunet_cpu_parallel(be, blocks, GRAIN / ((int64_t)rows * BN_BLOCK + 1) + 1, bn_task, &j);
   return 0;
@@ -220,16 +226,22 @@ static void bn_back_task(void *arg, int64_t begin, int64_t end, int chunk) {
   }
 }
 
-int lunet_cpu_batchnorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf dgamma,
-                                 lunet_buf dbeta, lunet_cbuf dy, lunet_cbuf x,
-                                 lunet_cbuf gamma, lunet_cbuf save_mean,
-                                 lunet_cbuf save_invstd, size_t rows, size_t c) {
-  bn_job j = {.y = dx, .dgamma = dgamma, .dbeta = dbeta, .dy = dy, .x = x, .gamma = gamma,
-              .save_mean = (float *)save_mean, .save_invstd = (float *)save_invstd,
-              .rows = (int64_t)rows, .c = (int64_t)c};
+int lunet_cpu_batchnorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf dgamma, lunet_buf dbeta,
+                                 lunet_cbuf dy, lunet_cbuf x, lunet_cbuf gamma,
+                                 lunet_cbuf save_mean, lunet_cbuf save_invstd, size_t rows,
+                                 size_t c) {
+  bn_job j = {.y = dx,
+              .dgamma = dgamma,
+              .dbeta = dbeta,
+              .dy = dy,
+              .x = x,
+              .gamma = gamma,
+              .save_mean = (float *)save_mean,
+              .save_invstd = (float *)save_invstd,
+              .rows = (int64_t)rows,
+              .c = (int64_t)c};
   int64_t blocks = ((int64_t)c + BN_BLOCK - 1) / BN_BLOCK;
-  lunet_cpu_parallel(be, blocks, GRAIN / ((int64_t)rows * BN_BLOCK + 1) + 1, bn_back_task,
-                     &j);
+  lunet_cpu_parallel(be, blocks, GRAIN / ((int64_t)rows * BN_BLOCK + 1) + 1, bn_back_task, &j);
   return 0;
 }
 
@@ -254,11 +266,10 @@ static void dropout_task(void *arg, int64_t begin, int64_t end, int chunk) {
     j->p[i] = lunet_philox_uniform(j->seed, j->counter + (uint64_t)i) >= j->a ? keep : 0.0f;
 }
 
-int lunet_cpu_dropout_mask(lunet_backend *be, lunet_buf mask, size_t n, float rate,
-                           uint64_t seed, uint64_t counter) {
+int lunet_cpu_dropout_mask(lunet_backend *be, lunet_buf mask, size_t n, float rate, uint64_t seed,
+                           uint64_t counter) {
   if (!(rate >= 0.0f && rate <= 1.0f))
-    return lunet_cpu_error(LUNET_ERR_ARG, "dropout_mask: rate %g is outside [0, 1]",
-                           (double)rate);
+    return lunet_cpu_error(LUNET_ERR_ARG, "dropout_mask: rate %g is outside [0, 1]", (double)rate);
   flat_job j = {.p = mask, .a = rate, .seed = seed, .counter = counter};
   lunet_cpu_parallel(be, (int64_t)n, 4096, dropout_task, &j);
   return 0;
@@ -267,8 +278,7 @@ int lunet_cpu_dropout_mask(lunet_backend *be, lunet_buf mask, size_t n, float ra
 static void gather_task(void *arg, int64_t begin, int64_t end, int chunk) {
   flat_job *j = arg;
   for (int64_t i = begin; i < end; i++)
-    memcpy(j->y + (size_t)i * j->row_bytes, j->x + (size_t)j->idx[i] * j->row_bytes,
-           j->row_bytes);
+    memcpy(j->y + (size_t)i * j->row_bytes, j->x + (size_t)j->idx[i] * j->row_bytes, j->row_bytes);
 }
 
 int lunet_cpu_gather_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, const int64_t *idx,
@@ -303,13 +313,17 @@ static void sgd_task(void *arg, int64_t begin, int64_t end, int chunk) {
   }
 }
 
-int lunet_cpu_sgd_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf velocity,
-                         size_t n, float lr, float momentum, bool nesterov,
-                         float weight_decay) {
+int lunet_cpu_sgd_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf velocity, size_t n,
+                         float lr, float momentum, bool nesterov, float weight_decay) {
   if (!velocity && momentum != 0.0f)
     return lunet_cpu_error(LUNET_ERR_ARG, "sgd_update: momentum %g needs a velocity buffer",
                            (double)momentum);
-  flat_job j = {.p = p, .g = g, .s1 = velocity, .lr = lr, .a = momentum, .flag = nesterov,
+  flat_job j = {.p = p,
+                .g = g,
+                .s1 = velocity,
+                .lr = lr,
+                .a = momentum,
+                .flag = nesterov,
                 .wd = weight_decay};
   lunet_cpu_parallel(be, (int64_t)n, GRAIN, sgd_task, &j);
   return 0;
@@ -329,14 +343,22 @@ static void adam_task(void *arg, int64_t begin, int64_t end, int chunk) {
   }
 }
 
-int lunet_cpu_adam_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf m,
-                          lunet_buf v, size_t n, float lr, float beta1, float beta2,
-                          float epsilon, float weight_decay, int64_t step) {
+int lunet_cpu_adam_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf m, lunet_buf v,
+                          size_t n, float lr, float beta1, float beta2, float epsilon,
+                          float weight_decay, int64_t step) {
   float alpha;
   int rc = lunet_cpu_adam_alpha(lr, beta1, beta2, step, &alpha);
   if (rc) return rc;
-  flat_job j = {.p = p, .g = g, .s1 = m, .s2 = v, .lr = lr, .a = beta1, .b = beta2,
-                .eps = epsilon, .wd = weight_decay, .alpha = alpha};
+  flat_job j = {.p = p,
+                .g = g,
+                .s1 = m,
+                .s2 = v,
+                .lr = lr,
+                .a = beta1,
+                .b = beta2,
+                .eps = epsilon,
+                .wd = weight_decay,
+                .alpha = alpha};
   lunet_cpu_parallel(be, (int64_t)n, GRAIN, adam_task, &j);
   return 0;
 }
@@ -361,8 +383,14 @@ static void rmsprop_task(void *arg, int64_t begin, int64_t end, int chunk) {
 int lunet_cpu_rmsprop_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf ms,
                              lunet_buf mom, size_t n, float lr, float rho, float momentum,
                              float epsilon) {
-  flat_job j = {.p = p, .g = g, .s1 = ms, .s2 = momentum > 0.0f ? mom : NULL, .lr = lr,
-                .a = rho, .b = momentum, .eps = epsilon};
+  flat_job j = {.p = p,
+                .g = g,
+                .s1 = ms,
+                .s2 = momentum > 0.0f ? mom : NULL,
+                .lr = lr,
+                .a = rho,
+                .b = momentum,
+                .eps = epsilon};
   lunet_cpu_parallel(be, (int64_t)n, GRAIN, rmsprop_task, &j);
   return 0;
 }
@@ -381,13 +409,13 @@ static void resample_task(void *arg, int64_t begin, int64_t end, int chunk) {
   resample_job *j = arg;
   for (int64_t i = begin; i < end; i++)
     lunet_resample_one(j->y + (size_t)i * j->oh * j->ow * j->c,
-                       j->x + (size_t)i * j->h * j->w * j->c, j->mats + 6 * i, j->h, j->w,
-                       j->c, j->oh, j->ow, j->mode, j->fill);
+                       j->x + (size_t)i * j->h * j->w * j->c, j->mats + 6 * i, j->h, j->w, j->c,
+                       j->oh, j->ow, j->mode, j->fill);
 }
 
-int lunet_cpu_affine_resample(lunet_backend *be, lunet_buf y, lunet_cbuf x,
-                              const float *mats, size_t n, size_t h, size_t w, size_t c,
-                              size_t oh, size_t ow, lunet_fill_mode mode, float fill) {
+int lunet_cpu_affine_resample(lunet_backend *be, lunet_buf y, lunet_cbuf x, const float *mats,
+                              size_t n, size_t h, size_t w, size_t c, size_t oh, size_t ow,
+                              lunet_fill_mode mode, float fill) {
   resample_job j = {y, x, mats, h, w, c, oh, ow, mode, fill};
   lunet_cpu_parallel(be, (int64_t)n, 1, resample_task, &j);
   return 0;

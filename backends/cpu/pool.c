@@ -82,8 +82,8 @@ static void max2x2_back_task(void *arg, int64_t begin, int64_t end, int chunk) {
 
 /* The window of output (oy, ox) clipped to the image: rows [*y0, *y1),
  * columns [*x0, *x1). */
-static void window(const lunet_pool2d_desc *d, int64_t oy, int64_t ox, int64_t *y0,
-                   int64_t *y1, int64_t *x0, int64_t *x1) {
+static void window(const lunet_pool2d_desc *d, int64_t oy, int64_t ox, int64_t *y0, int64_t *y1,
+                   int64_t *x0, int64_t *x1) {
   int64_t sy = oy * d->sh - d->pad_top, sx = ox * d->sw - d->pad_left;
   *y0 = sy < 0 ? 0 : sy;
   *y1 = sy + d->kh > d->h ? d->h : sy + d->kh;
@@ -169,14 +169,13 @@ int lunet_cpu_pool2d(lunet_backend *be, lunet_pool_mode mode, lunet_buf y, lunet
   if (rc) return rc;
   pool_job j = {.d = d, .mode = mode, .y = y, .x = x};
   int64_t rows = d->n * d->oh, grain = 16384 / (d->ow * d->c * d->kh * d->kw) + 1;
-  lunet_cpu_parallel(be, rows, grain,
-                     mode == LUNET_POOL_MAX && is_2x2(d) ? max2x2_task : pool_task, &j);
+  lunet_cpu_parallel(be, rows, grain, mode == LUNET_POOL_MAX && is_2x2(d) ? max2x2_task : pool_task,
+                     &j);
   return 0;
 }
 
-int lunet_cpu_pool2d_backward(lunet_backend *be, lunet_pool_mode mode, lunet_buf dx,
-                              lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y,
-                              const lunet_pool2d_desc *d) {
+int lunet_cpu_pool2d_backward(lunet_backend *be, lunet_pool_mode mode, lunet_buf dx, lunet_cbuf dy,
+                              lunet_cbuf x, lunet_cbuf y, const lunet_pool2d_desc *d) {
   int rc = lunet_cpu_check_pool(d, "pool2d_backward");
   if (rc) return rc;
   pool_job j = {.d = d, .mode = mode, .dx = dx, .x = x, .dy = dy};

@@ -66,8 +66,7 @@ static uint64_t wait_generation(lunet_cpu_pool *p, uint64_t seen) {
   /* seq_cst pairs with the caller's store of gen and load of sleepers:
    * either it sees us asleep or we see its region. */
   atomic_fetch_add(&p->sleepers, 1);
-  while ((g = atomic_load(&p->gen)) == seen)
-    pthread_cond_wait(&p->start_cv, &p->mu);
+  while ((g = atomic_load(&p->gen)) == seen) pthread_cond_wait(&p->start_cv, &p->mu);
   atomic_fetch_sub_explicit(&p->sleepers, 1, memory_order_relaxed);
   pthread_mutex_unlock(&p->mu);
   return g;
@@ -146,8 +145,7 @@ int lunet_cpu_chunks(lunet_backend *be, int64_t n, int64_t grain) {
   return chunks < 1 ? 1 : (int)chunks;
 }
 
-void lunet_cpu_parallel(lunet_backend *be, int64_t n, int64_t grain, lunet_cpu_task fn,
-                        void *arg) {
+void lunet_cpu_parallel(lunet_backend *be, int64_t n, int64_t grain, lunet_cpu_task fn, void *arg) {
   lunet_cpu_pool *p = &be->pool;
   if (n <= 0) return;
   int chunks = lunet_cpu_chunks(be, n, grain);

@@ -39,20 +39,34 @@ const char *lunet_vk_last_error(lunet_backend *be) {
 
 const char *lunet_vk_result_name(VkResult r) {
   switch (r) {
-  case VK_SUCCESS: return "VK_SUCCESS";
-  case VK_TIMEOUT: return "VK_TIMEOUT";
-  case VK_ERROR_OUT_OF_HOST_MEMORY: return "VK_ERROR_OUT_OF_HOST_MEMORY";
-  case VK_ERROR_OUT_OF_DEVICE_MEMORY: return "VK_ERROR_OUT_OF_DEVICE_MEMORY";
-  case VK_ERROR_INITIALIZATION_FAILED: return "VK_ERROR_INITIALIZATION_FAILED";
-  case VK_ERROR_DEVICE_LOST: return "VK_ERROR_DEVICE_LOST";
-  case VK_ERROR_LAYER_NOT_PRESENT: return "VK_ERROR_LAYER_NOT_PRESENT";
-  case VK_ERROR_EXTENSION_NOT_PRESENT: return "VK_ERROR_EXTENSION_NOT_PRESENT";
-  case VK_ERROR_FEATURE_NOT_PRESENT: return "VK_ERROR_FEATURE_NOT_PRESENT";
-  case VK_ERROR_INCOMPATIBLE_DRIVER: return "VK_ERROR_INCOMPATIBLE_DRIVER";
-  case VK_ERROR_TOO_MANY_OBJECTS: return "VK_ERROR_TOO_MANY_OBJECTS";
-  case VK_ERROR_OUT_OF_POOL_MEMORY: return "VK_ERROR_OUT_OF_POOL_MEMORY";
-  case VK_ERROR_INVALID_SHADER_NV: return "VK_ERROR_INVALID_SHADER_NV";
-  default: return "VK_ERROR (unknown code)";
+  case VK_SUCCESS:
+    return "VK_SUCCESS";
+  case VK_TIMEOUT:
+    return "VK_TIMEOUT";
+  case VK_ERROR_OUT_OF_HOST_MEMORY:
+    return "VK_ERROR_OUT_OF_HOST_MEMORY";
+  case VK_ERROR_OUT_OF_DEVICE_MEMORY:
+    return "VK_ERROR_OUT_OF_DEVICE_MEMORY";
+  case VK_ERROR_INITIALIZATION_FAILED:
+    return "VK_ERROR_INITIALIZATION_FAILED";
+  case VK_ERROR_DEVICE_LOST:
+    return "VK_ERROR_DEVICE_LOST";
+  case VK_ERROR_LAYER_NOT_PRESENT:
+    return "VK_ERROR_LAYER_NOT_PRESENT";
+  case VK_ERROR_EXTENSION_NOT_PRESENT:
+    return "VK_ERROR_EXTENSION_NOT_PRESENT";
+  case VK_ERROR_FEATURE_NOT_PRESENT:
+    return "VK_ERROR_FEATURE_NOT_PRESENT";
+  case VK_ERROR_INCOMPATIBLE_DRIVER:
+    return "VK_ERROR_INCOMPATIBLE_DRIVER";
+  case VK_ERROR_TOO_MANY_OBJECTS:
+    return "VK_ERROR_TOO_MANY_OBJECTS";
+  case VK_ERROR_OUT_OF_POOL_MEMORY:
+    return "VK_ERROR_OUT_OF_POOL_MEMORY";
+  case VK_ERROR_INVALID_SHADER_NV:
+    return "VK_ERROR_INVALID_SHADER_NV";
+  default:
+    return "VK_ERROR (unknown code)";
   }
 }
 
@@ -70,8 +84,8 @@ int lunet_vk_check(lunet_backend *be, VkResult r, const char *what) {
     return lunet_vk_error(LUNET_ERR_NOMEM, "%s: out of %s memory (%s)", what,
                           r == VK_ERROR_OUT_OF_DEVICE_MEMORY ? "device" : "host",
                           lunet_vk_result_name(r));
-  return lunet_vk_error(LUNET_ERR_DEVICE, "%s failed: %s (%d)", what,
-                        lunet_vk_result_name(r), (int)r);
+  return lunet_vk_error(LUNET_ERR_DEVICE, "%s failed: %s (%d)", what, lunet_vk_result_name(r),
+                        (int)r);
 }
 
 /* ---- loading libvulkan ---- */
@@ -137,13 +151,16 @@ static bool have_layer(const char *name) {
 }
 
 /* Validation messages go to stderr and are counted: the tests fail on any. */
-static VKAPI_ATTR VkBool32 VKAPI_CALL on_message(
-    VkDebugUtilsMessageSeverityFlagBitsEXT sev, VkDebugUtilsMessageTypeFlagsEXT type,
-    const VkDebugUtilsMessengerCallbackDataEXT *data, void *user) {
+static VKAPI_ATTR VkBool32 VKAPI_CALL on_message(VkDebugUtilsMessageSeverityFlagBitsEXT sev,
+                                                 VkDebugUtilsMessageTypeFlagsEXT type,
+                                                 const VkDebugUtilsMessengerCallbackDataEXT *data,
+                                                 void *user) {
   lunet_backend *be = user;
   bool error = sev & VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT;
-  if (error) be->validation_errors++;
-  else be->validation_warnings++;
+  if (error)
+    be->validation_errors++;
+  else
+    be->validation_warnings++;
   fprintf(stderr, "lunet vulkan validation %s: %s\n", error ? "error" : "warning",
           data && data->pMessage ? data->pMessage : "(no message)");
   return VK_FALSE;
@@ -168,13 +185,13 @@ static VkResult make_instance(lunet_backend *be, VkInstance *inst, bool *validat
   VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
                            .pApplicationName = "lunet",
                            .pEngineName = "lunet",
-                           .apiVersion = version >= VK_API_VERSION_1_2 ? VK_API_VERSION_1_2
-                                                                       : version};
+                           .apiVersion =
+                               version >= VK_API_VERSION_1_2 ? VK_API_VERSION_1_2 : version};
   const char *layer = "VK_LAYER_KHRONOS_validation";
   const char *ext = VK_EXT_DEBUG_UTILS_EXTENSION_NAME;
   *validation = be && env_on("LUNET_VULKAN_VALIDATION") && have_layer(layer);
-  VkDebugUtilsMessengerCreateInfoEXT dbg = be ? messenger_info(be)
-                                              : (VkDebugUtilsMessengerCreateInfoEXT){0};
+  VkDebugUtilsMessengerCreateInfoEXT dbg =
+      be ? messenger_info(be) : (VkDebugUtilsMessengerCreateInfoEXT){0};
   /* Synchronization validation too: a missing barrier is the bug to catch. */
   VkValidationFeatureEnableEXT sync = VK_VALIDATION_FEATURE_ENABLE_SYNCHRONIZATION_VALIDATION_EXT;
   VkValidationFeaturesEXT features = {.sType = VK_STRUCTURE_TYPE_VALIDATION_FEATURES_EXT,
@@ -195,11 +212,16 @@ static VkResult make_instance(lunet_backend *be, VkInstance *inst, bool *validat
 
 static const char *type_name(VkPhysicalDeviceType t) {
   switch (t) {
-  case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: return "discrete GPU";
-  case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: return "integrated GPU";
-  case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: return "virtual GPU";
-  case VK_PHYSICAL_DEVICE_TYPE_CPU: return "CPU";
-  default: return "other";
+  case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU:
+    return "discrete GPU";
+  case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU:
+    return "integrated GPU";
+  case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU:
+    return "virtual GPU";
+  case VK_PHYSICAL_DEVICE_TYPE_CPU:
+    return "CPU";
+  default:
+    return "other";
   }
 }
 
@@ -217,11 +239,16 @@ static int device_score(VkPhysicalDevice pd) {
     if (q[i].queueFlags & VK_QUEUE_COMPUTE_BIT) compute = true;
   if (!compute || p.apiVersion < VK_API_VERSION_1_1) return 0;
   switch (p.deviceType) {
-  case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: return 40;
-  case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: return 30;
-  case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: return 20;
-  case VK_PHYSICAL_DEVICE_TYPE_CPU: return 10;
-  default: return 5;
+  case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU:
+    return 40;
+  case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU:
+    return 30;
+  case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU:
+    return 20;
+  case VK_PHYSICAL_DEVICE_TYPE_CPU:
+    return 10;
+  default:
+    return 5;
   }
 }
 
@@ -230,8 +257,7 @@ static uint64_t device_memory(VkPhysicalDevice pd) {
   vkGetPhysicalDeviceMemoryProperties(pd, &m);
   uint64_t best = 0;
   for (uint32_t i = 0; i < m.memoryHeapCount; i++)
-    if ((m.memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) &&
-        m.memoryHeaps[i].size > best)
+    if ((m.memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) && m.memoryHeaps[i].size > best)
       best = m.memoryHeaps[i].size;
   return best;
 }
@@ -251,8 +277,10 @@ static int choose_device(VkPhysicalDevice *pds, uint32_t n, char *why, size_t wh
       return -1;
     }
     if (device_score(pds[v]) == 0) {
-      snprintf(why, why_len, "LUNET_VULKAN_DEVICE=%ld names a device without a compute "
-                             "queue or below Vulkan 1.1", v);
+      snprintf(why, why_len,
+               "LUNET_VULKAN_DEVICE=%ld names a device without a compute "
+               "queue or below Vulkan 1.1",
+               v);
       return -1;
     }
     return (int)v;
@@ -268,8 +296,7 @@ static int choose_device(VkPhysicalDevice *pds, uint32_t n, char *why, size_t wh
 }
 
 /* Enumerates the devices of inst into pds (at most LUNET_VK_MAX_DEVICES). */
-static uint32_t list_devices(VkInstance inst, VkPhysicalDevice *pds, char *why,
-                             size_t why_len) {
+static uint32_t list_devices(VkInstance inst, VkPhysicalDevice *pds, char *why, size_t why_len) {
   uint32_t n = LUNET_VK_MAX_DEVICES;
   VkResult r = vkEnumeratePhysicalDevices(inst, &n, pds);
   if (r != VK_SUCCESS && r != VK_INCOMPLETE) {
@@ -277,8 +304,7 @@ static uint32_t list_devices(VkInstance inst, VkPhysicalDevice *pds, char *why,
              lunet_vk_result_name(r));
     return 0;
   }
-  if (n == 0)
-    snprintf(why, why_len, "no Vulkan device: vkEnumeratePhysicalDevices found none");
+  if (n == 0) snprintf(why, why_len, "no Vulkan device: vkEnumeratePhysicalDevices found none");
   return n;
 }
 
@@ -289,8 +315,9 @@ int lunet_vk_probe(char *why, size_t why_len) {
   bool validation;
   VkResult r = make_instance(NULL, &inst, &validation);
   if (r != VK_SUCCESS) {
-    snprintf(why, why_len, "no Vulkan device: vkCreateInstance failed (%s; is a driver "
-                           "such as mesa-vulkan-drivers installed?)",
+    snprintf(why, why_len,
+             "no Vulkan device: vkCreateInstance failed (%s; is a driver "
+             "such as mesa-vulkan-drivers installed?)",
              lunet_vk_result_name(r));
     return 0;
   }
@@ -322,15 +349,14 @@ static void describe_devices(lunet_backend *be, VkPhysicalDevice *pds, uint32_t 
     }
     len += (size_t)snprintf(be->devices + len, sizeof be->devices - len,
                             "%s%u: %s (%s, %.1f GiB%s)", i ? "; " : "", i, p.deviceName,
-                            type_name(p.deviceType),
-                            (double)device_memory(pds[i]) / (1 << 30),
+                            type_name(p.deviceType), (double)device_memory(pds[i]) / (1 << 30),
                             (int)i == be->device_index ? ", in use" : "");
   }
 }
 
 static void driver_info(lunet_backend *be) {
-  VkPhysicalDeviceDriverProperties drv = {
-      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES};
+  VkPhysicalDeviceDriverProperties drv = {.sType =
+                                              VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES};
   VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
                                     .pNext = &drv};
   snprintf(be->driver, sizeof be->driver, "driver %u", be->props.driverVersion);
@@ -365,8 +391,8 @@ static int make_device(lunet_backend *be, char *err, size_t err_len) {
                            .pQueueCreateInfos = &qi};
   VkResult r = vkCreateDevice(be->phys, &di, NULL, &be->dev);
   if (r != VK_SUCCESS) {
-    snprintf(err, err_len, "vulkan: vkCreateDevice failed on %s (%s)",
-             be->props.deviceName, lunet_vk_result_name(r));
+    snprintf(err, err_len, "vulkan: vkCreateDevice failed on %s (%s)", be->props.deviceName,
+             lunet_vk_result_name(r));
     return -1;
   }
   vkGetDeviceQueue(be->dev, be->qfamily, 0, &be->queue);
@@ -380,13 +406,12 @@ static int check_limits(lunet_backend *be, char *err, size_t err_len) {
     snprintf(err, err_len,
              "vulkan: %s allows %u storage buffers per shader and %u bytes of push "
              "constants; lunet needs %d and %d",
-             be->props.deviceName, l->maxPerStageDescriptorStorageBuffers,
-             l->maxPushConstantsSize, LUNET_VK_BINDINGS, LUNET_VK_PUSH_BYTES);
+             be->props.deviceName, l->maxPerStageDescriptorStorageBuffers, l->maxPushConstantsSize,
+             LUNET_VK_BINDINGS, LUNET_VK_PUSH_BYTES);
     return -1;
   }
-  be->wg = l->maxComputeWorkGroupInvocations >= 256 && l->maxComputeWorkGroupSize[0] >= 256
-               ? 256
-               : 128;
+  be->wg =
+      l->maxComputeWorkGroupInvocations >= 256 && l->maxComputeWorkGroupSize[0] >= 256 ? 256 : 128;
   be->tile = l->maxComputeWorkGroupInvocations >= 256 ? 16 : 8;
   return 0;
 }
@@ -462,8 +487,7 @@ void lunet_vk_describe(lunet_backend *be, lunet_backend_info *info) {
            type_name(be->props.deviceType), (double)device_memory(be->phys) / (1 << 30));
   snprintf(info->detail, sizeof info->detail, "%.80s, Vulkan %u.%u.%u%s; devices: %.120s",
            be->driver, VK_API_VERSION_MAJOR(be->props.apiVersion),
-           VK_API_VERSION_MINOR(be->props.apiVersion),
-           VK_API_VERSION_PATCH(be->props.apiVersion),
+           VK_API_VERSION_MINOR(be->props.apiVersion), VK_API_VERSION_PATCH(be->props.apiVersion),
            be->validation ? ", validation on" : "", be->devices);
   info->threads = 1;
   info->available = !be->lost;

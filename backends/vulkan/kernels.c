@@ -53,12 +53,11 @@ static int make_pipeline(lunet_backend *be, lunet_vk_shader sh, int mode) {
                                    .pCode = sp->code};
     r = vkCreateShaderModule(be->dev, &mi, NULL, &be->modules[sh]);
     if (r)
-      return lunet_vk_error(LUNET_ERR_DEVICE, "vulkan: shader %s.comp does not load (%s)",
-                            sp->name, lunet_vk_result_name(r));
+      return lunet_vk_error(LUNET_ERR_DEVICE, "vulkan: shader %s.comp does not load (%s)", sp->name,
+                            lunet_vk_result_name(r));
   }
   bool tiled = sh == VK_SH_GEMM;
-  uint32_t spec[4] = {tiled ? be->tile : be->wg, tiled ? be->tile : 1, (uint32_t)mode,
-                      be->tile};
+  uint32_t spec[4] = {tiled ? be->tile : be->wg, tiled ? be->tile : 1, (uint32_t)mode, be->tile};
   VkSpecializationMapEntry me[4];
   for (uint32_t i = 0; i < 4; i++) me[i] = (VkSpecializationMapEntry){i, 4 * i, 4};
   VkSpecializationInfo si = {4, me, sizeof spec, spec};
@@ -87,18 +86,17 @@ uint32_t lunet_vk_groups(lunet_backend *be, size_t n) {
   return (uint32_t)(g == 0 ? 1 : g < cap ? g : cap);
 }
 
-int lunet_vk_dispatch(lunet_backend *be, lunet_vk_shader sh, int mode,
-                      lunet_cbuf const *bufs, int nbufs, const void *pc, size_t pc_bytes,
-                      uint32_t gx, uint32_t gy, uint32_t gz) {
+int lunet_vk_dispatch(lunet_backend *be, lunet_vk_shader sh, int mode, lunet_cbuf const *bufs,
+                      int nbufs, const void *pc, size_t pc_bytes, uint32_t gx, uint32_t gy,
+                      uint32_t gz) {
   const VkPhysicalDeviceLimits *l = &be->props.limits;
   if (gx > l->maxComputeWorkGroupCount[0] || gy > l->maxComputeWorkGroupCount[1] ||
       gz > l->maxComputeWorkGroupCount[2])
     return lunet_vk_error(LUNET_ERR_ARG,
                           "vulkan: %s needs %u x %u x %u workgroups, more than the device's "
                           "%u x %u x %u",
-                          lunet_vk_shaders[sh].name, gx, gy, gz,
-                          l->maxComputeWorkGroupCount[0], l->maxComputeWorkGroupCount[1],
-                          l->maxComputeWorkGroupCount[2]);
+                          lunet_vk_shaders[sh].name, gx, gy, gz, l->maxComputeWorkGroupCount[0],
+                          l->maxComputeWorkGroupCount[1], l->maxComputeWorkGroupCount[2]);
   VkDescriptorBufferInfo info[LUNET_VK_BINDINGS];
   VkWriteDescriptorSet w[LUNET_VK_BINDINGS];
   for (int i = 0; i < LUNET_VK_BINDINGS; i++) {
@@ -133,8 +131,7 @@ int lunet_vk_dispatch(lunet_backend *be, lunet_vk_shader sh, int mode,
   uint8_t push[LUNET_VK_PUSH_BYTES] = {0};
   memcpy(push, pc, pc_bytes < sizeof push ? pc_bytes : sizeof push);
   vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->pipes[sh][mode]);
-  vkCmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->layout, 0, 1, &set, 0,
-                          NULL);
+  vkCmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->layout, 0, 1, &set, 0, NULL);
   vkCmdPushConstants(cmd, be->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
   vkCmdDispatch(cmd, gx, gy, gz);
   lunet_vk_barrier(be, cmd);

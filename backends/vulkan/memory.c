@@ -38,8 +38,8 @@ int lunet_vk_memory_type(lunet_backend *be, uint32_t bits, VkMemoryPropertyFlags
 }
 
 /* A buffer of `size` bytes in memory type `mem_type` (UINT32_MAX: device-local). */
-int lunet_vk_raw_buffer(lunet_backend *be, lunet_vk_buffer *b, size_t size,
-                        uint32_t mem_type, VkBufferUsageFlags usage) {
+int lunet_vk_raw_buffer(lunet_backend *be, lunet_vk_buffer *b, size_t size, uint32_t mem_type,
+                        VkBufferUsageFlags usage) {
   memset(b, 0, sizeof *b);
   VkBufferCreateInfo bi = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
                            .size = size,
@@ -115,8 +115,8 @@ int lunet_vk_frames_init(lunet_backend *be) {
       return lunet_vk_check(be, r, "creating a command batch");
   }
   /* Staging and readback: host-visible; readback prefers cached memory. */
-  VkMemoryPropertyFlags hv = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT |
-                             VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+  VkMemoryPropertyFlags hv =
+      VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
   int up = lunet_vk_memory_type(be, ~0u, hv, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT);
   int down = lunet_vk_memory_type(be, ~0u, hv | VK_MEMORY_PROPERTY_HOST_CACHED_BIT, 0);
   if (down < 0) down = up;
@@ -126,8 +126,8 @@ int lunet_vk_frames_init(lunet_backend *be) {
   be->type_upload = (uint32_t)up;
   be->type_readback = (uint32_t)down;
   be->pool_cap = (size_t)1 << 30;
-  VkBufferUsageFlags st = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT |
-                          VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT;
+  VkBufferUsageFlags st = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
+                          VK_BUFFER_USAGE_TRANSFER_DST_BIT;
   int rc = lunet_vk_raw_buffer(be, &be->dummy, 256, UINT32_MAX, st);
   if (!rc) rc = lunet_vk_raw_buffer(be, &be->errbuf, 256, be->type_readback, st);
   if (rc) return rc;
@@ -156,14 +156,11 @@ void lunet_vk_frames_free(lunet_backend *be) {
 void lunet_vk_barrier(lunet_backend *be, VkCommandBuffer cmd) {
   (void)be;
   VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-                        .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT |
-                                         VK_ACCESS_TRANSFER_WRITE_BIT |
+                        .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT |
                                          VK_ACCESS_HOST_WRITE_BIT,
-                        .dstAccessMask = VK_ACCESS_SHADER_READ_BIT |
-                                         VK_ACCESS_SHADER_WRITE_BIT |
+                        .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT |
                                          VK_ACCESS_TRANSFER_READ_BIT |
-                                         VK_ACCESS_TRANSFER_WRITE_BIT |
-                                         VK_ACCESS_HOST_READ_BIT};
+                                         VK_ACCESS_TRANSFER_WRITE_BIT | VK_ACCESS_HOST_READ_BIT};
   /* The host stage on the right: kernels' flags (errbuf) are read after
    * the fence. */
   vkCmdPipelineBarrier(cmd,
@@ -193,9 +190,8 @@ static int frame_submit(lunet_backend *be, lunet_vk_frame *f) {
   if (f->state != FRAME_RECORDING) return 0;
   VkResult r = vkEndCommandBuffer(f->cmd);
   if (r) return lunet_vk_check(be, r, "vkEndCommandBuffer");
-  VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO,
-                     .commandBufferCount = 1,
-                     .pCommandBuffers = &f->cmd};
+  VkSubmitInfo si = {
+      .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &f->cmd};
   r = vkQueueSubmit(be->queue, 1, &si, f->fence);
   f->state = r ? FRAME_IDLE : FRAME_SUBMITTED;
   return r ? lunet_vk_check(be, r, "vkQueueSubmit") : 0;
@@ -234,8 +230,10 @@ VkCommandBuffer lunet_vk_cmd(lunet_backend *be, int sets) {
   }
   lunet_vk_frame *f = &be->frames[be->cur];
   int rc = 0;
-  if (f->state != FRAME_RECORDING) rc = frame_begin(be, f);
-  else if (f->nsets + sets > LUNET_VK_SETS_PER_FRAME) rc = frame_flip(be);
+  if (f->state != FRAME_RECORDING)
+    rc = frame_begin(be, f);
+  else if (f->nsets + sets > LUNET_VK_SETS_PER_FRAME)
+    rc = frame_flip(be);
   if (rc) return NULL;
   f = &be->frames[be->cur];
   f->nsets += sets;
@@ -273,8 +271,10 @@ int lunet_vk_synchronize(lunet_backend *be) {
 /* ---- the buffer pool ---- */
 
 static void destroy(lunet_backend *be, lunet_vk_buffer *b) {
-  if (b->prev) b->prev->next = b->next;
-  else be->live = b->next;
+  if (b->prev)
+    b->prev->next = b->next;
+  else
+    be->live = b->next;
   if (b->next) b->next->prev = b->prev;
   lunet_vk_raw_free(be, b);
   free(b);
@@ -319,8 +319,7 @@ void lunet_vk_pool_drain(lunet_backend *be) {
 static lunet_vk_buffer *new_buffer(lunet_backend *be, size_t size) {
   lunet_vk_buffer *b = calloc(1, sizeof *b);
   if (!b) return NULL;
-  VkBufferUsageFlags usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT |
-                             VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
+  VkBufferUsageFlags usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
                              VK_BUFFER_USAGE_TRANSFER_DST_BIT;
   if (lunet_vk_raw_buffer(be, b, size, UINT32_MAX, usage)) {
     free(b);
@@ -352,8 +351,7 @@ lunet_buf lunet_vk_buffer_alloc(lunet_backend *be, size_t nbytes) {
 void lunet_vk_buffer_free(lunet_backend *be, lunet_buf buf) {
   lunet_vk_buffer *b = buf;
   if (!b) return;
-  lunet_vk_bin *bin = be->idle_bytes + b->size <= be->pool_cap ? find_bin(be, b->size, true)
-                                                               : NULL;
+  lunet_vk_bin *bin = be->idle_bytes + b->size <= be->pool_cap ? find_bin(be, b->size, true) : NULL;
   lunet_vk_buffer ***list = bin ? &bin->bufs : &be->doomed;
   size_t *count = bin ? &bin->count : &be->ndoomed, *cap = bin ? &bin->cap : &be->doomed_cap;
   if (*count == *cap) {
@@ -369,16 +367,16 @@ void lunet_vk_buffer_free(lunet_backend *be, lunet_buf buf) {
 
 /* ---- transfers ---- */
 
-static void record_copy(VkCommandBuffer cmd, VkBuffer src, size_t soff, VkBuffer dst,
-                        size_t doff, size_t n) {
+static void record_copy(VkCommandBuffer cmd, VkBuffer src, size_t soff, VkBuffer dst, size_t doff,
+                        size_t n) {
   VkBufferCopy c = {.srcOffset = soff, .dstOffset = doff, .size = n};
   vkCmdCopyBuffer(cmd, src, dst, 1, &c);
 }
 
 static int check_range(lunet_vk_buffer *b, size_t off, size_t n, const char *what) {
   if (off + n <= b->size && off + n >= off) return 0;
-  return lunet_vk_error(LUNET_ERR_ARG, "%s: bytes [%zu, %zu) are outside a buffer of %zu",
-                        what, off, off + n, b->size);
+  return lunet_vk_error(LUNET_ERR_ARG, "%s: bytes [%zu, %zu) are outside a buffer of %zu", what,
+                        off, off + n, b->size);
 }
 
 /* Room for n staging bytes in the current frame: flips to a fresh frame and
@@ -426,8 +424,8 @@ static void host_barrier(VkCommandBuffer cmd) {
   VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
                         .srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT,
                         .dstAccessMask = VK_ACCESS_HOST_READ_BIT};
-  vkCmdPipelineBarrier(cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_HOST_BIT, 0, 1,
-                       &mb, 0, NULL, 0, NULL);
+  vkCmdPipelineBarrier(cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb,
+                       0, NULL, 0, NULL);
 }
 
 int lunet_vk_buffer_download(lunet_backend *be, lunet_cbuf src, size_t off, void *dst,
@@ -455,8 +453,8 @@ int lunet_vk_buffer_download(lunet_backend *be, lunet_cbuf src, size_t off, void
   return rc;
 }
 
-int lunet_vk_buffer_copy(lunet_backend *be, lunet_buf dst, size_t doff, lunet_cbuf src,
-                         size_t soff, size_t nbytes) {
+int lunet_vk_buffer_copy(lunet_backend *be, lunet_buf dst, size_t doff, lunet_cbuf src, size_t soff,
+                         size_t nbytes) {
   lunet_vk_buffer *d = dst;
   const lunet_vk_buffer *s = src;
   int rc = check_range(d, doff, nbytes, "copy");

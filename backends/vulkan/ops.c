@@ -47,14 +47,13 @@ static int cast_mode(lunet_dtype ydt, lunet_dtype xdt) {
   return -1;
 }
 
-static int vk_cast(lunet_backend *be, lunet_buf y, lunet_dtype ydt, lunet_cbuf x,
-                   lunet_dtype xdt, size_t n) {
+static int vk_cast(lunet_backend *be, lunet_buf y, lunet_dtype ydt, lunet_cbuf x, lunet_dtype xdt,
+                   size_t n) {
   if (n == 0) return 0;
   if (ydt == xdt) return lunet_vk_buffer_copy(be, y, 0, x, 0, n * (ydt == LUNET_U8 ? 1 : 4));
   int mode = cast_mode(ydt, xdt);
   if (mode < 0)
-    return lunet_vk_error(LUNET_ERR_ARG, "cast: dtype %d to %d is not known", (int)xdt,
-                          (int)ydt);
+    return lunet_vk_error(LUNET_ERR_ARG, "cast: dtype %d to %d is not known", (int)xdt, (int)ydt);
   int rc = too_big((int64_t)n, "cast");
   if (rc) return rc;
   uint32_t pc[1] = {(uint32_t)n};
@@ -104,8 +103,8 @@ static int vk_strided_copy(lunet_backend *be, lunet_buf y, lunet_cbuf x,
   pc.total = (uint32_t)total;
   pc.x_off = (int32_t)xo;
   pc.y_off = (int32_t)yo;
-  return lunet_vk_dispatch(be, VK_SH_COPY, bytes ? 1 : 0, (lunet_cbuf[]){y, x}, 2, &pc,
-                           sizeof pc, lunet_vk_groups(be, (size_t)total), 1, 1);
+  return lunet_vk_dispatch(be, VK_SH_COPY, bytes ? 1 : 0, (lunet_cbuf[]){y, x}, 2, &pc, sizeof pc,
+                           lunet_vk_groups(be, (size_t)total), 1, 1);
 }
 
 /* y (n, row_bytes) = x rows idx[i]: one transfer with a region per run of
@@ -116,20 +115,24 @@ static int vk_gather_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, const in
   lunet_vk_buffer *dst = y;
   if (n == 0 || row_bytes == 0) return 0;
   if (n * row_bytes > dst->size)
-    return lunet_vk_error(LUNET_ERR_ARG, "gather_rows: %zu rows of %zu bytes overflow the "
-                                         "output", n, row_bytes);
+    return lunet_vk_error(LUNET_ERR_ARG,
+                          "gather_rows: %zu rows of %zu bytes overflow the "
+                          "output",
+                          n, row_bytes);
   VkBufferCopy *r = malloc(n * sizeof *r);
   if (!r) return lunet_vk_error(LUNET_ERR_NOMEM, "gather_rows: out of host memory");
   uint32_t nr = 0;
   for (size_t i = 0; i < n; i++) {
     if (idx[i] < 0 || (size_t)(idx[i] + 1) * row_bytes > src->size) {
       free(r);
-      return lunet_vk_error(LUNET_ERR_ARG, "gather_rows: index %lld at %zu is outside the "
-                                           "%zu rows of the source",
+      return lunet_vk_error(LUNET_ERR_ARG,
+                            "gather_rows: index %lld at %zu is outside the "
+                            "%zu rows of the source",
                             (long long)idx[i], i, src->size / row_bytes);
     }
     VkDeviceSize so = (VkDeviceSize)idx[i] * row_bytes, d = i * row_bytes;
-    if (nr && r[nr - 1].srcOffset + r[nr - 1].size == so && r[nr - 1].dstOffset + r[nr - 1].size == d)
+    if (nr && r[nr - 1].srcOffset + r[nr - 1].size == so &&
+        r[nr - 1].dstOffset + r[nr - 1].size == d)
       r[nr - 1].size += row_bytes;
     else
       r[nr++] = (VkBufferCopy){so, d, row_bytes};
@@ -150,8 +153,8 @@ typedef struct unary_pc {
   float alpha, beta;
 } unary_pc;
 
-static int vk_unary(lunet_backend *be, lunet_unary_op op, float alpha, float beta,
-                    lunet_buf y, lunet_cbuf x, size_t n) {
+static int vk_unary(lunet_backend *be, lunet_unary_op op, float alpha, float beta, lunet_buf y,
+                    lunet_cbuf x, size_t n) {
   if ((unsigned)op >= LUNET_UNARY_COUNT)
     return lunet_vk_error(LUNET_ERR_ARG, "unary: unknown op %d", (int)op);
   int rc = too_big((int64_t)n, "unary");
@@ -162,15 +165,14 @@ static int vk_unary(lunet_backend *be, lunet_unary_op op, float alpha, float bet
 }
 
 static int vk_unary_backward(lunet_backend *be, lunet_unary_op op, float alpha, float beta,
-                             lunet_buf dx, lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y,
-                             size_t n) {
+                             lunet_buf dx, lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y, size_t n) {
   if ((unsigned)op >= LUNET_UNARY_COUNT)
     return lunet_vk_error(LUNET_ERR_ARG, "unary_backward: unknown op %d", (int)op);
   int rc = too_big((int64_t)n, "unary_backward");
   if (rc || n == 0) return rc;
   unary_pc pc = {(uint32_t)n, (uint32_t)op, x != NULL, y != NULL, alpha, beta};
-  return lunet_vk_dispatch(be, VK_SH_UNARY, 1, (lunet_cbuf[]){dx, x, dy, y}, 4, &pc,
-                           sizeof pc, lunet_vk_groups(be, n), 1, 1);
+  return lunet_vk_dispatch(be, VK_SH_UNARY, 1, (lunet_cbuf[]){dx, x, dy, y}, 4, &pc, sizeof pc,
+                           lunet_vk_groups(be, n), 1, 1);
 }
 
 typedef struct binary_pc {
@@ -180,8 +182,8 @@ typedef struct binary_pc {
 
 /* Drops unit axes and merges axes that are contiguous in both inputs, so a
  * same-shape op is one flat loop. */
-static int vk_binary(lunet_backend *be, lunet_binary_op op, lunet_buf y, lunet_cbuf a,
-                     lunet_cbuf b, const lunet_bcast_desc *d) {
+static int vk_binary(lunet_backend *be, lunet_binary_op op, lunet_buf y, lunet_cbuf a, lunet_cbuf b,
+                     const lunet_bcast_desc *d) {
   if ((unsigned)op >= LUNET_BINARY_COUNT)
     return lunet_vk_error(LUNET_ERR_ARG, "binary: unknown op %d", (int)op);
   if (d->ndim < 0 || d->ndim > LUNET_MAX_DIMS)
@@ -216,8 +218,8 @@ static int vk_binary(lunet_backend *be, lunet_binary_op op, lunet_buf y, lunet_c
 
 /* ---- reductions ---- */
 
-static int reduce_dispatch(lunet_backend *be, int op, lunet_buf y, lunet_cbuf x,
-                           size_t outer, size_t len, size_t inner, bool argmax) {
+static int reduce_dispatch(lunet_backend *be, int op, lunet_buf y, lunet_cbuf x, size_t outer,
+                           size_t len, size_t inner, bool argmax) {
   int rc = too_big((int64_t)(outer * len * inner), argmax ? "argmax" : "reduce");
   if (!rc) rc = too_big((int64_t)(outer * inner), argmax ? "argmax" : "reduce");
   if (rc || outer * inner == 0) return rc;
@@ -226,12 +228,12 @@ static int reduce_dispatch(lunet_backend *be, int op, lunet_buf y, lunet_cbuf x,
   /* Many short reductions: one invocation each; else a workgroup each. */
   int mode = argmax ? 1 : (len <= 64 || outs >= 16384) ? 2 : 0;
   uint32_t groups = mode == 2 ? lunet_vk_groups(be, outs) : min_u32(outs, 65535);
-  return lunet_vk_dispatch(be, VK_SH_REDUCE, mode, (lunet_cbuf[]){y, x}, 2, pc, sizeof pc,
-                           groups, 1, 1);
+  return lunet_vk_dispatch(be, VK_SH_REDUCE, mode, (lunet_cbuf[]){y, x}, 2, pc, sizeof pc, groups,
+                           1, 1);
 }
 
-static int vk_reduce(lunet_backend *be, lunet_reduce_op op, lunet_buf y, lunet_cbuf x,
-                     size_t outer, size_t len, size_t inner) {
+static int vk_reduce(lunet_backend *be, lunet_reduce_op op, lunet_buf y, lunet_cbuf x, size_t outer,
+                     size_t len, size_t inner) {
   if ((unsigned)op >= LUNET_REDUCE_COUNT)
     return lunet_vk_error(LUNET_ERR_ARG, "reduce: unknown op %d", (int)op);
   return reduce_dispatch(be, op, y, x, outer, len, inner, false);
@@ -260,33 +262,40 @@ static int vk_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, in
                    float alpha, lunet_cbuf a, int64_t sa, lunet_cbuf b, int64_t sb, float beta,
                    lunet_buf c, int64_t sc, int64_t batch) {
   if (m < 0 || n < 0 || k < 0 || batch < 0)
-    return lunet_vk_error(LUNET_ERR_SHAPE, "gemm: negative size m=%lld n=%lld k=%lld "
-                                           "batch=%lld", (long long)m, (long long)n,
-                          (long long)k, (long long)batch);
+    return lunet_vk_error(LUNET_ERR_SHAPE,
+                          "gemm: negative size m=%lld n=%lld k=%lld "
+                          "batch=%lld",
+                          (long long)m, (long long)n, (long long)k, (long long)batch);
   if (m == 0 || n == 0 || batch == 0) return 0;
   int rc = too_big(m * k + (batch - 1) * sa, "gemm");
   if (!rc) rc = too_big(k * n + (batch - 1) * sb, "gemm");
   if (!rc) rc = too_big(m * n + (batch - 1) * sc, "gemm");
   if (rc) return rc;
-  gemm_pc pc = {.m = (uint32_t)m, .n = (uint32_t)n, .k = (uint32_t)k, .ta = ta, .tb = tb,
-                .batch = (uint32_t)batch, .sa = (int32_t)sa, .sb = (int32_t)sb,
-                .sc = (int32_t)sc, .alpha = alpha, .beta = beta};
+  gemm_pc pc = {.m = (uint32_t)m,
+                .n = (uint32_t)n,
+                .k = (uint32_t)k,
+                .ta = ta,
+                .tb = tb,
+                .batch = (uint32_t)batch,
+                .sa = (int32_t)sa,
+                .sb = (int32_t)sb,
+                .sc = (int32_t)sc,
+                .alpha = alpha,
+                .beta = beta};
   return lunet_vk_dispatch(be, VK_SH_GEMM, 0, (lunet_cbuf[]){c, a, b}, 3, &pc, sizeof pc,
                            tiles(be, n), tiles(be, m), min_u32((size_t)batch, 65535));
 }
 
 static int check_conv(const lunet_conv2d_desc *d, const char *op) {
-  if (d->n < 0 || d->h < 1 || d->w < 1 || d->c < 1 || d->f < 1 || d->kh < 1 ||
-      d->kw < 1 || d->sh < 1 || d->sw < 1 || d->oh < 1 || d->ow < 1 || d->pad_top < 0 ||
-      d->pad_left < 0)
+  if (d->n < 0 || d->h < 1 || d->w < 1 || d->c < 1 || d->f < 1 || d->kh < 1 || d->kw < 1 ||
+      d->sh < 1 || d->sw < 1 || d->oh < 1 || d->ow < 1 || d->pad_top < 0 || d->pad_left < 0)
     return lunet_vk_error(LUNET_ERR_SHAPE,
                           "%s: bad geometry n=%lld h=%lld w=%lld c=%lld f=%lld kernel "
                           "%lldx%lld stride %lldx%lld out %lldx%lld (fill it with "
                           "lunet_conv2d_geometry)",
-                          op, (long long)d->n, (long long)d->h, (long long)d->w,
-                          (long long)d->c, (long long)d->f, (long long)d->kh,
-                          (long long)d->kw, (long long)d->sh, (long long)d->sw,
-                          (long long)d->oh, (long long)d->ow);
+                          op, (long long)d->n, (long long)d->h, (long long)d->w, (long long)d->c,
+                          (long long)d->f, (long long)d->kh, (long long)d->kw, (long long)d->sh,
+                          (long long)d->sw, (long long)d->oh, (long long)d->ow);
   int rc = too_big(d->n * d->h * d->w * d->c, op);
   if (!rc) rc = too_big(d->n * d->oh * d->ow * d->f, op);
   if (!rc) rc = too_big(d->kh * d->kw * d->c * d->f, op);
@@ -294,29 +303,41 @@ static int check_conv(const lunet_conv2d_desc *d, const char *op) {
 }
 
 static gemm_pc conv_pc(const lunet_conv2d_desc *d, int64_t m, int64_t n, int64_t k) {
-  return (gemm_pc){.m = (uint32_t)m, .n = (uint32_t)n, .k = (uint32_t)k, .batch = 1,
-                   .alpha = 1.0f, .cn = (int32_t)d->n, .h = (int32_t)d->h,
-                   .w = (int32_t)d->w, .c = (int32_t)d->c, .f = (int32_t)d->f,
-                   .kh = (int32_t)d->kh, .kw = (int32_t)d->kw, .sh = (int32_t)d->sh,
-                   .sw = (int32_t)d->sw, .pt = (int32_t)d->pad_top,
-                   .pl = (int32_t)d->pad_left, .oh = (int32_t)d->oh, .ow = (int32_t)d->ow};
+  return (gemm_pc){.m = (uint32_t)m,
+                   .n = (uint32_t)n,
+                   .k = (uint32_t)k,
+                   .batch = 1,
+                   .alpha = 1.0f,
+                   .cn = (int32_t)d->n,
+                   .h = (int32_t)d->h,
+                   .w = (int32_t)d->w,
+                   .c = (int32_t)d->c,
+                   .f = (int32_t)d->f,
+                   .kh = (int32_t)d->kh,
+                   .kw = (int32_t)d->kw,
+                   .sh = (int32_t)d->sh,
+                   .sw = (int32_t)d->sw,
+                   .pt = (int32_t)d->pad_top,
+                   .pl = (int32_t)d->pad_left,
+                   .oh = (int32_t)d->oh,
+                   .ow = (int32_t)d->ow};
 }
 
 /* x (N,H,W,C), w (KH,KW,C,F), bias (F) or NULL -> y (N,OH,OW,F) */
-static int vk_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w,
-                     lunet_cbuf bias, const lunet_conv2d_desc *d) {
+static int vk_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w, lunet_cbuf bias,
+                     const lunet_conv2d_desc *d) {
   int rc = check_conv(d, "conv2d");
   if (rc || d->n == 0) return rc;
   int64_t m = d->n * d->oh * d->ow;
   gemm_pc pc = conv_pc(d, m, d->f, d->kh * d->kw * d->c);
   pc.has_bias = bias != NULL;
-  return lunet_vk_dispatch(be, VK_SH_GEMM, 1, (lunet_cbuf[]){y, x, w, bias}, 4, &pc,
-                           sizeof pc, tiles(be, d->f), tiles(be, m), 1);
+  return lunet_vk_dispatch(be, VK_SH_GEMM, 1, (lunet_cbuf[]){y, x, w, bias}, 4, &pc, sizeof pc,
+                           tiles(be, d->f), tiles(be, m), 1);
 }
 
 /* dy (N,OH,OW,F), w (KH,KW,C,F) -> dx (N,H,W,C) */
-static int vk_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf dy,
-                                   lunet_cbuf w, const lunet_conv2d_desc *d) {
+static int vk_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf w,
+                                   const lunet_conv2d_desc *d) {
   int rc = check_conv(d, "conv2d_backward_data");
   if (rc || d->n == 0) return rc;
   int64_t m = d->n * d->h * d->w;
@@ -326,9 +347,8 @@ static int vk_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf d
 }
 
 /* dy (N,OH,OW,F), x (N,H,W,C) -> dw (KH,KW,C,F), db (F) or NULL */
-static int vk_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf db,
-                                     lunet_cbuf dy, lunet_cbuf x,
-                                     const lunet_conv2d_desc *d) {
+static int vk_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf db, lunet_cbuf dy,
+                                     lunet_cbuf x, const lunet_conv2d_desc *d) {
   int rc = check_conv(d, "conv2d_backward_filter");
   if (rc) return rc;
   int64_t m = d->kh * d->kw * d->c, rows = d->n * d->oh * d->ow;
@@ -342,30 +362,29 @@ static int vk_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf 
 /* ---- pooling ---- */
 
 static int check_pool(const lunet_pool2d_desc *d, const char *op) {
-  if (d->n < 0 || d->h < 1 || d->w < 1 || d->c < 1 || d->kh < 1 || d->kw < 1 ||
-      d->sh < 1 || d->sw < 1 || d->oh < 1 || d->ow < 1 || d->pad_top < 0 ||
-      d->pad_left < 0 || d->pad_top >= d->kh || d->pad_left >= d->kw)
+  if (d->n < 0 || d->h < 1 || d->w < 1 || d->c < 1 || d->kh < 1 || d->kw < 1 || d->sh < 1 ||
+      d->sw < 1 || d->oh < 1 || d->ow < 1 || d->pad_top < 0 || d->pad_left < 0 ||
+      d->pad_top >= d->kh || d->pad_left >= d->kw)
     return lunet_vk_error(LUNET_ERR_SHAPE,
                           "%s: bad geometry n=%lld h=%lld w=%lld c=%lld pool %lldx%lld "
                           "stride %lldx%lld pad %lld,%lld out %lldx%lld (fill it with "
                           "lunet_pool2d_geometry)",
-                          op, (long long)d->n, (long long)d->h, (long long)d->w,
-                          (long long)d->c, (long long)d->kh, (long long)d->kw,
-                          (long long)d->sh, (long long)d->sw, (long long)d->pad_top,
-                          (long long)d->pad_left, (long long)d->oh, (long long)d->ow);
+                          op, (long long)d->n, (long long)d->h, (long long)d->w, (long long)d->c,
+                          (long long)d->kh, (long long)d->kw, (long long)d->sh, (long long)d->sw,
+                          (long long)d->pad_top, (long long)d->pad_left, (long long)d->oh,
+                          (long long)d->ow);
   int rc = too_big(d->n * d->h * d->w * d->c, op);
   return rc ? rc : too_big(d->n * d->oh * d->ow * d->c, op);
 }
 
-static int pool_dispatch(lunet_backend *be, int mode, lunet_buf out, lunet_cbuf x,
-                         lunet_cbuf dy, const lunet_pool2d_desc *d, int64_t total) {
-  int32_t pc[12] = {(int32_t)d->n,  (int32_t)d->h,  (int32_t)d->w,  (int32_t)d->c,
-                    (int32_t)d->kh, (int32_t)d->kw, (int32_t)d->sh, (int32_t)d->sw,
-                    (int32_t)d->pad_top, (int32_t)d->pad_left, (int32_t)d->oh,
-                    (int32_t)d->ow};
+static int pool_dispatch(lunet_backend *be, int mode, lunet_buf out, lunet_cbuf x, lunet_cbuf dy,
+                         const lunet_pool2d_desc *d, int64_t total) {
+  int32_t pc[12] = {(int32_t)d->n,       (int32_t)d->h,        (int32_t)d->w,  (int32_t)d->c,
+                    (int32_t)d->kh,      (int32_t)d->kw,       (int32_t)d->sh, (int32_t)d->sw,
+                    (int32_t)d->pad_top, (int32_t)d->pad_left, (int32_t)d->oh, (int32_t)d->ow};
   if (total == 0) return 0;
-  return lunet_vk_dispatch(be, VK_SH_POOL, mode, (lunet_cbuf[]){out, x, dy}, 3, pc,
-                           sizeof pc, lunet_vk_groups(be, (size_t)total), 1, 1);
+  return lunet_vk_dispatch(be, VK_SH_POOL, mode, (lunet_cbuf[]){out, x, dy}, 3, pc, sizeof pc,
+                           lunet_vk_groups(be, (size_t)total), 1, 1);
 }
 
 /* x (N,H,W,C) -> y (N,OH,OW,C) */
@@ -378,13 +397,11 @@ static int vk_pool2d(lunet_backend *be, lunet_pool_mode mode, lunet_buf y, lunet
 }
 
 /* dy (N,OH,OW,C), x (N,H,W,C) -> dx (N,H,W,C) */
-static int vk_pool2d_backward(lunet_backend *be, lunet_pool_mode mode, lunet_buf dx,
-                              lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y,
-                              const lunet_pool2d_desc *d) {
+static int vk_pool2d_backward(lunet_backend *be, lunet_pool_mode mode, lunet_buf dx, lunet_cbuf dy,
+                              lunet_cbuf x, lunet_cbuf y, const lunet_pool2d_desc *d) {
   int rc = check_pool(d, "pool2d_backward");
   if (rc) return rc;
-  return pool_dispatch(be, mode == LUNET_POOL_MAX ? 2 : 3, dx, x, dy, d,
-                       d->n * d->h * d->w * d->c);
+  return pool_dispatch(be, mode == LUNET_POOL_MAX ? 2 : 3, dx, x, dy, d, d->n * d->h * d->w * d->c);
 }
 
 /* ---- softmax family ---- */
@@ -414,8 +431,8 @@ static int vk_softmax_backward(lunet_backend *be, bool log, lunet_buf dx, lunet_
  * NULL.  A label outside [0, cols) raises a flag on the device, reported by
  * the next synchronize() (the core calls it before reading any result), so
  * the labels need not come back to the host every step. */
-static int vk_softmax_xent(lunet_backend *be, lunet_buf loss, lunet_buf dlogits,
-                           lunet_cbuf logits, lunet_cbuf labels, size_t rows, size_t cols) {
+static int vk_softmax_xent(lunet_backend *be, lunet_buf loss, lunet_buf dlogits, lunet_cbuf logits,
+                           lunet_cbuf labels, size_t rows, size_t cols) {
   lunet_cbuf bufs[5] = {loss, logits, labels, dlogits, &be->errbuf};
   int rc = softmax_dispatch(be, 4, bufs, 5, rows, cols, dlogits != NULL);
   if (rc || rows == 0) return rc;
@@ -432,16 +449,17 @@ typedef struct bn_pc {
 
 /* x, y (rows, c); the stats (c) */
 static int vk_batchnorm(lunet_backend *be, bool training, lunet_buf y, lunet_buf save_mean,
-                        lunet_buf save_invstd, lunet_buf run_mean, lunet_buf run_var,
-                        lunet_cbuf x, lunet_cbuf gamma, lunet_cbuf beta, size_t rows,
-                        size_t c, float momentum, float epsilon) {
+                        lunet_buf save_invstd, lunet_buf run_mean, lunet_buf run_var, lunet_cbuf x,
+                        lunet_cbuf gamma, lunet_cbuf beta, size_t rows, size_t c, float momentum,
+                        float epsilon) {
   if (!training && (!run_mean || !run_var))
     return lunet_vk_error(LUNET_ERR_ARG, "batchnorm: inference needs the running mean "
                                          "and variance");
   int rc = too_big((int64_t)(rows * c), "batchnorm");
   if (rc || c == 0) return rc;
-  bn_pc pc = {(uint32_t)rows, (uint32_t)c, run_mean || run_var, !training, gamma != NULL,
-              beta != NULL, momentum, epsilon};
+  bn_pc pc = {(uint32_t)rows, (uint32_t)c,   run_mean || run_var,
+              !training,      gamma != NULL, beta != NULL,
+              momentum,       epsilon};
   if (!training)
     return lunet_vk_dispatch(be, VK_SH_BATCHNORM, 1,
                              (lunet_cbuf[]){y, x, gamma, beta, run_mean, run_var}, 6, &pc,
@@ -455,23 +473,23 @@ static int vk_batchnorm(lunet_backend *be, bool training, lunet_buf y, lunet_buf
         rc = lunet_vk_error(LUNET_ERR_NOMEM, "batchnorm: out of device memory for stats");
     }
   if (!rc)
-    rc = lunet_vk_dispatch(be, VK_SH_BATCHNORM, 0,
-                           (lunet_cbuf[]){NULL, x, NULL, NULL, save_mean, save_invstd,
-                                          run_mean, run_var},
-                           8, &pc, sizeof pc, min_u32(c, 65535), 1, 1);
+    rc = lunet_vk_dispatch(
+        be, VK_SH_BATCHNORM, 0,
+        (lunet_cbuf[]){NULL, x, NULL, NULL, save_mean, save_invstd, run_mean, run_var}, 8, &pc,
+        sizeof pc, min_u32(c, 65535), 1, 1);
   if (!rc && rows)
     rc = lunet_vk_dispatch(be, VK_SH_BATCHNORM, 1,
-                           (lunet_cbuf[]){y, x, gamma, beta, save_mean, save_invstd}, 6,
-                           &pc, sizeof pc, lunet_vk_groups(be, rows * c), 1, 1);
+                           (lunet_cbuf[]){y, x, gamma, beta, save_mean, save_invstd}, 6, &pc,
+                           sizeof pc, lunet_vk_groups(be, rows * c), 1, 1);
   for (int i = 0; i < 4; i++) lunet_vk_buffer_free(be, tmp[i]);
   return rc;
 }
 
 /* dy, x, dx (rows, c); gamma, stats, dgamma, dbeta (c) */
-static int vk_batchnorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf dgamma,
-                                 lunet_buf dbeta, lunet_cbuf dy, lunet_cbuf x,
-                                 lunet_cbuf gamma, lunet_cbuf save_mean,
-                                 lunet_cbuf save_invstd, size_t rows, size_t c) {
+static int vk_batchnorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf dgamma, lunet_buf dbeta,
+                                 lunet_cbuf dy, lunet_cbuf x, lunet_cbuf gamma,
+                                 lunet_cbuf save_mean, lunet_cbuf save_invstd, size_t rows,
+                                 size_t c) {
   int rc = too_big((int64_t)(rows * c), "batchnorm_backward");
   if (rc || c == 0) return rc;
   bn_pc pc = {.rows = (uint32_t)rows, .c = (uint32_t)c, .has_gamma = gamma != NULL};
@@ -483,8 +501,8 @@ static int vk_batchnorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf dgam
   if (rc) rc = lunet_vk_error(rc, "batchnorm_backward: out of device memory for sums");
   lunet_cbuf bufs[8] = {dx, x, gamma, dy, save_mean, save_invstd, dgamma, dbeta};
   if (!rc)
-    rc = lunet_vk_dispatch(be, VK_SH_BATCHNORM, 2, bufs, 8, &pc, sizeof pc,
-                           min_u32(c, 65535), 1, 1);
+    rc =
+        lunet_vk_dispatch(be, VK_SH_BATCHNORM, 2, bufs, 8, &pc, sizeof pc, min_u32(c, 65535), 1, 1);
   if (!rc && rows)
     rc = lunet_vk_dispatch(be, VK_SH_BATCHNORM, 3, bufs, 8, &pc, sizeof pc,
                            lunet_vk_groups(be, rows * c), 1, 1);
@@ -495,18 +513,22 @@ static int vk_batchnorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf dgam
 
 /* ---- dropout ---- */
 
-static int vk_dropout_mask(lunet_backend *be, lunet_buf mask, size_t n, float rate,
-                           uint64_t seed, uint64_t counter) {
+static int vk_dropout_mask(lunet_backend *be, lunet_buf mask, size_t n, float rate, uint64_t seed,
+                           uint64_t counter) {
   if (!(rate >= 0.0f && rate <= 1.0f))
-    return lunet_vk_error(LUNET_ERR_ARG, "dropout_mask: rate %g is outside [0, 1]",
-                          (double)rate);
+    return lunet_vk_error(LUNET_ERR_ARG, "dropout_mask: rate %g is outside [0, 1]", (double)rate);
   int rc = too_big((int64_t)n, "dropout_mask");
   if (rc || n == 0) return rc;
   struct {
     uint32_t n, seed_lo, seed_hi, ctr_lo, ctr_hi;
     float rate, scale;
-  } pc = {(uint32_t)n, (uint32_t)seed, (uint32_t)(seed >> 32), (uint32_t)counter,
-          (uint32_t)(counter >> 32), rate, 1.0f / (1.0f - rate)};
+  } pc = {(uint32_t)n,
+          (uint32_t)seed,
+          (uint32_t)(seed >> 32),
+          (uint32_t)counter,
+          (uint32_t)(counter >> 32),
+          rate,
+          1.0f / (1.0f - rate)};
   return lunet_vk_dispatch(be, VK_SH_DROPOUT, 0, (lunet_cbuf[]){mask}, 1, &pc, sizeof pc,
                            lunet_vk_groups(be, n), 1, 1);
 }
@@ -518,55 +540,70 @@ typedef struct optim_pc {
   float lr, a, b, eps, wd, step;
 } optim_pc;
 
-static int optim_dispatch(lunet_backend *be, int mode, lunet_buf p, lunet_cbuf g,
-                          lunet_buf s1, lunet_buf s2, optim_pc *pc) {
+static int optim_dispatch(lunet_backend *be, int mode, lunet_buf p, lunet_cbuf g, lunet_buf s1,
+                          lunet_buf s2, optim_pc *pc) {
   int rc = too_big((int64_t)pc->n, "optimizer update");
   if (rc || pc->n == 0) return rc;
-  return lunet_vk_dispatch(be, VK_SH_OPTIM, mode, (lunet_cbuf[]){p, g, s1, s2}, 4, pc,
-                           sizeof *pc, lunet_vk_groups(be, pc->n), 1, 1);
+  return lunet_vk_dispatch(be, VK_SH_OPTIM, mode, (lunet_cbuf[]){p, g, s1, s2}, 4, pc, sizeof *pc,
+                           lunet_vk_groups(be, pc->n), 1, 1);
 }
 
-static int vk_sgd_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf velocity,
-                         size_t n, float lr, float momentum, bool nesterov,
-                         float weight_decay) {
+static int vk_sgd_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf velocity, size_t n,
+                         float lr, float momentum, bool nesterov, float weight_decay) {
   if (!velocity && momentum != 0.0f)
     return lunet_vk_error(LUNET_ERR_ARG, "sgd_update: momentum %g needs a velocity buffer",
                           (double)momentum);
-  optim_pc pc = {.n = (uint32_t)n, .has_s1 = velocity != NULL, .flag = nesterov, .lr = lr,
-                 .a = momentum, .wd = weight_decay};
+  optim_pc pc = {.n = (uint32_t)n,
+                 .has_s1 = velocity != NULL,
+                 .flag = nesterov,
+                 .lr = lr,
+                 .a = momentum,
+                 .wd = weight_decay};
   return optim_dispatch(be, 0, p, g, velocity, NULL, &pc);
 }
 
-static int vk_adam_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf m,
-                          lunet_buf v, size_t n, float lr, float beta1, float beta2,
-                          float epsilon, float weight_decay, int64_t step) {
+static int vk_adam_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf m, lunet_buf v,
+                          size_t n, float lr, float beta1, float beta2, float epsilon,
+                          float weight_decay, int64_t step) {
   if (step < 1)
     return lunet_vk_error(LUNET_ERR_ARG,
                           "adam_update: step is %lld, expected 1 or more (the count of "
                           "updates including this one)",
                           (long long)step);
   double t = (double)step;
-  float alpha = (float)((double)lr * sqrt(1.0 - pow((double)beta2, t)) /
-                        (1.0 - pow((double)beta1, t)));
-  optim_pc pc = {.n = (uint32_t)n, .has_s1 = 1, .has_s2 = 1, .lr = lr, .a = beta1,
-                 .b = beta2, .eps = epsilon, .wd = weight_decay, .step = alpha};
+  float alpha =
+      (float)((double)lr * sqrt(1.0 - pow((double)beta2, t)) / (1.0 - pow((double)beta1, t)));
+  optim_pc pc = {.n = (uint32_t)n,
+                 .has_s1 = 1,
+                 .has_s2 = 1,
+                 .lr = lr,
+                 .a = beta1,
+                 .b = beta2,
+                 .eps = epsilon,
+                 .wd = weight_decay,
+                 .step = alpha};
   return optim_dispatch(be, 1, p, g, m, v, &pc);
 }
 
 static int vk_rmsprop_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf ms,
                              lunet_buf mom, size_t n, float lr, float rho, float momentum,
                              float epsilon) {
-  optim_pc pc = {.n = (uint32_t)n, .has_s1 = 1, .has_s2 = mom != NULL, .lr = lr, .a = rho,
-                 .b = momentum, .eps = epsilon};
+  optim_pc pc = {.n = (uint32_t)n,
+                 .has_s1 = 1,
+                 .has_s2 = mom != NULL,
+                 .lr = lr,
+                 .a = rho,
+                 .b = momentum,
+                 .eps = epsilon};
   return optim_dispatch(be, 2, p, g, ms, mom, &pc);
 }
 
 /* ---- augmentation ---- */
 
 /* x (N,H,W,C) -> y (N,OH,OW,C); mats (N,6) on the host, uploaded per call. */
-static int vk_affine_resample(lunet_backend *be, lunet_buf y, lunet_cbuf x,
-                              const float *mats, size_t n, size_t h, size_t w, size_t c,
-                              size_t oh, size_t ow, lunet_fill_mode fill_mode, float fill) {
+static int vk_affine_resample(lunet_backend *be, lunet_buf y, lunet_cbuf x, const float *mats,
+                              size_t n, size_t h, size_t w, size_t c, size_t oh, size_t ow,
+                              lunet_fill_mode fill_mode, float fill) {
   int rc = too_big((int64_t)(n * h * w * c), "affine_resample");
   if (!rc) rc = too_big((int64_t)(n * oh * ow * c), "affine_resample");
   if (rc || n * oh * ow * c == 0) return rc;
@@ -576,11 +613,11 @@ static int vk_affine_resample(lunet_backend *be, lunet_buf y, lunet_cbuf x,
   struct {
     int32_t n, h, w, c, oh, ow, mode;
     float fill;
-  } pc = {(int32_t)n, (int32_t)h, (int32_t)w, (int32_t)c, (int32_t)oh, (int32_t)ow,
-          (int32_t)fill_mode, fill};
+  } pc = {(int32_t)n,  (int32_t)h,  (int32_t)w,         (int32_t)c,
+          (int32_t)oh, (int32_t)ow, (int32_t)fill_mode, fill};
   if (!rc)
-    rc = lunet_vk_dispatch(be, VK_SH_RESAMPLE, 0, (lunet_cbuf[]){y, x, m}, 3, &pc,
-                           sizeof pc, lunet_vk_groups(be, n * oh * ow * c), 1, 1);
+    rc = lunet_vk_dispatch(be, VK_SH_RESAMPLE, 0, (lunet_cbuf[]){y, x, m}, 3, &pc, sizeof pc,
+                           lunet_vk_groups(be, n * oh * ow * c), 1, 1);
   lunet_vk_buffer_free(be, m);
   return rc;
 }

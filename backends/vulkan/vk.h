@@ -16,61 +16,61 @@
 #include "lunet/backend.h"
 
 /* ---- entry points (loaded by lunet_vk_load) ---- */
-#define LUNET_VK_GLOBAL_FUNCS(X)                                                          \
-  X(vkCreateInstance)                                                                      \
-  X(vkEnumerateInstanceLayerProperties)                                                    \
+#define LUNET_VK_GLOBAL_FUNCS(X)                                                                   \
+  X(vkCreateInstance)                                                                              \
+  X(vkEnumerateInstanceLayerProperties)                                                            \
   X(vkEnumerateInstanceVersion)
-#define LUNET_VK_INSTANCE_FUNCS(X)                                                        \
-  X(vkDestroyInstance)                                                                     \
-  X(vkEnumeratePhysicalDevices)                                                            \
-  X(vkGetPhysicalDeviceProperties)                                                         \
-  X(vkGetPhysicalDeviceProperties2)                                                        \
-  X(vkGetPhysicalDeviceMemoryProperties)                                                   \
-  X(vkGetPhysicalDeviceQueueFamilyProperties)                                              \
-  X(vkCreateDevice)                                                                        \
-  X(vkDestroyDevice)                                                                       \
-  X(vkGetDeviceQueue)                                                                      \
-  X(vkCreateDebugUtilsMessengerEXT)                                                        \
-  X(vkDestroyDebugUtilsMessengerEXT)                                                       \
-  X(vkCreateBuffer)                                                                        \
-  X(vkDestroyBuffer)                                                                       \
-  X(vkGetBufferMemoryRequirements)                                                         \
-  X(vkAllocateMemory)                                                                      \
-  X(vkFreeMemory)                                                                          \
-  X(vkBindBufferMemory)                                                                    \
-  X(vkMapMemory)                                                                           \
-  X(vkUnmapMemory)                                                                         \
-  X(vkCreateCommandPool)                                                                   \
-  X(vkDestroyCommandPool)                                                                  \
-  X(vkAllocateCommandBuffers)                                                              \
-  X(vkBeginCommandBuffer)                                                                  \
-  X(vkEndCommandBuffer)                                                                    \
-  X(vkResetCommandBuffer)                                                                  \
-  X(vkCreateFence)                                                                         \
-  X(vkDestroyFence)                                                                        \
-  X(vkWaitForFences)                                                                       \
-  X(vkResetFences)                                                                         \
-  X(vkQueueSubmit)                                                                         \
-  X(vkDeviceWaitIdle)                                                                      \
-  X(vkCreateDescriptorSetLayout)                                                           \
-  X(vkDestroyDescriptorSetLayout)                                                          \
-  X(vkCreateDescriptorPool)                                                                \
-  X(vkDestroyDescriptorPool)                                                               \
-  X(vkResetDescriptorPool)                                                                 \
-  X(vkAllocateDescriptorSets)                                                              \
-  X(vkUpdateDescriptorSets)                                                                \
-  X(vkCreatePipelineLayout)                                                                \
-  X(vkDestroyPipelineLayout)                                                               \
-  X(vkCreateShaderModule)                                                                  \
-  X(vkDestroyShaderModule)                                                                 \
-  X(vkCreateComputePipelines)                                                              \
-  X(vkDestroyPipeline)                                                                     \
-  X(vkCmdBindPipeline)                                                                     \
-  X(vkCmdBindDescriptorSets)                                                               \
-  X(vkCmdPushConstants)                                                                    \
-  X(vkCmdDispatch)                                                                         \
-  X(vkCmdPipelineBarrier)                                                                  \
-  X(vkCmdCopyBuffer)                                                                       \
+#define LUNET_VK_INSTANCE_FUNCS(X)                                                                 \
+  X(vkDestroyInstance)                                                                             \
+  X(vkEnumeratePhysicalDevices)                                                                    \
+  X(vkGetPhysicalDeviceProperties)                                                                 \
+  X(vkGetPhysicalDeviceProperties2)                                                                \
+  X(vkGetPhysicalDeviceMemoryProperties)                                                           \
+  X(vkGetPhysicalDeviceQueueFamilyProperties)                                                      \
+  X(vkCreateDevice)                                                                                \
+  X(vkDestroyDevice)                                                                               \
+  X(vkGetDeviceQueue)                                                                              \
+  X(vkCreateDebugUtilsMessengerEXT)                                                                \
+  X(vkDestroyDebugUtilsMessengerEXT)                                                               \
+  X(vkCreateBuffer)                                                                                \
+  X(vkDestroyBuffer)                                                                               \
+  X(vkGetBufferMemoryRequirements)                                                                 \
+  X(vkAllocateMemory)                                                                              \
+  X(vkFreeMemory)                                                                                  \
+  X(vkBindBufferMemory)                                                                            \
+  X(vkMapMemory)                                                                                   \
+  X(vkUnmapMemory)                                                                                 \
+  X(vkCreateCommandPool)                                                                           \
+  X(vkDestroyCommandPool)                                                                          \
+  X(vkAllocateCommandBuffers)                                                                      \
+  X(vkBeginCommandBuffer)                                                                          \
+  X(vkEndCommandBuffer)                                                                            \
+  X(vkResetCommandBuffer)                                                                          \
+  X(vkCreateFence)                                                                                 \
+  X(vkDestroyFence)                                                                                \
+  X(vkWaitForFences)                                                                               \
+  X(vkResetFences)                                                                                 \
+  X(vkQueueSubmit)                                                                                 \
+  X(vkDeviceWaitIdle)                                                                              \
+  X(vkCreateDescriptorSetLayout)                                                                   \
+  X(vkDestroyDescriptorSetLayout)                                                                  \
+  X(vkCreateDescriptorPool)                                                                        \
+  X(vkDestroyDescriptorPool)                                                                       \
+  X(vkResetDescriptorPool)                                                                         \
+  X(vkAllocateDescriptorSets)                                                                      \
+  X(vkUpdateDescriptorSets)                                                                        \
+  X(vkCreatePipelineLayout)                                                                        \
+  X(vkDestroyPipelineLayout)                                                                       \
+  X(vkCreateShaderModule)                                                                          \
+  X(vkDestroyShaderModule)                                                                         \
+  X(vkCreateComputePipelines)                                                                      \
+  X(vkDestroyPipeline)                                                                             \
+  X(vkCmdBindPipeline)                                                                             \
+  X(vkCmdBindDescriptorSets)                                                                       \
+  X(vkCmdPushConstants)                                                                            \
+  X(vkCmdDispatch)                                                                                 \
+  X(vkCmdPipelineBarrier)                                                                          \
+  X(vkCmdCopyBuffer)                                                                               \
   X(vkCmdFillBuffer)
 
 #define LUNET_VK_DECLARE(name) extern PFN_##name name;
@@ -167,12 +167,12 @@ struct lunet_backend {
   VkPipelineLayout layout;
   VkShaderModule modules[VK_SH_COUNT];
   VkPipeline pipes[VK_SH_COUNT][LUNET_VK_MAX_MODES];
-  uint32_t wg;   /* 1-D workgroup size */
-  uint32_t tile; /* GEMM tile edge */
+  uint32_t wg;              /* 1-D workgroup size */
+  uint32_t tile;            /* GEMM tile edge */
   lunet_vk_buffer dummy;    /* bound to unused bindings */
   lunet_vk_buffer errbuf;   /* host-visible flags kernels raise (bad labels) */
   lunet_vk_buffer readback; /* downloads */
-  lunet_vk_buffer *live; /* every pool buffer, freed or not: destroyed at shutdown */
+  lunet_vk_buffer *live;    /* every pool buffer, freed or not: destroyed at shutdown */
   lunet_vk_bin *bins;
   size_t nbins, bins_cap, idle_bytes, pool_cap;
   lunet_vk_buffer **doomed; /* freed past the pool cap, destroyed at the next wait */
@@ -194,8 +194,8 @@ void lunet_vk_shutdown(lunet_backend *be);
 void lunet_vk_describe(lunet_backend *be, lunet_backend_info *info);
 
 /* ---- memory and batches (memory.c) ---- */
-int lunet_vk_raw_buffer(lunet_backend *be, lunet_vk_buffer *b, size_t size,
-                        uint32_t mem_type, VkBufferUsageFlags usage);
+int lunet_vk_raw_buffer(lunet_backend *be, lunet_vk_buffer *b, size_t size, uint32_t mem_type,
+                        VkBufferUsageFlags usage);
 void lunet_vk_raw_free(lunet_backend *be, lunet_vk_buffer *b);
 int lunet_vk_memory_type(lunet_backend *be, uint32_t bits, VkMemoryPropertyFlags want,
                          VkMemoryPropertyFlags avoid);
@@ -205,8 +205,8 @@ int lunet_vk_buffer_upload(lunet_backend *be, lunet_buf dst, size_t off, const v
                            size_t nbytes);
 int lunet_vk_buffer_download(lunet_backend *be, lunet_cbuf src, size_t off, void *dst,
                              size_t nbytes);
-int lunet_vk_buffer_copy(lunet_backend *be, lunet_buf dst, size_t doff, lunet_cbuf src,
-                         size_t soff, size_t nbytes);
+int lunet_vk_buffer_copy(lunet_backend *be, lunet_buf dst, size_t doff, lunet_cbuf src, size_t soff,
+                         size_t nbytes);
 int lunet_vk_synchronize(lunet_backend *be);
 void lunet_vk_pool_drain(lunet_backend *be);
 /* The command buffer of the batch being recorded (starting one if needed);
@@ -222,9 +222,9 @@ int lunet_vk_kernels_init(lunet_backend *be);
 void lunet_vk_kernels_free(lunet_backend *be);
 /* Records one dispatch of shader `sh` in mode `mode` over groups (gx, gy, gz),
  * buffers bound at 0..nbufs-1 (NULL: a dummy), push constants `pc`. */
-int lunet_vk_dispatch(lunet_backend *be, lunet_vk_shader sh, int mode,
-                      lunet_cbuf const *bufs, int nbufs, const void *pc, size_t pc_bytes,
-                      uint32_t gx, uint32_t gy, uint32_t gz);
+int lunet_vk_dispatch(lunet_backend *be, lunet_vk_shader sh, int mode, lunet_cbuf const *bufs,
+                      int nbufs, const void *pc, size_t pc_bytes, uint32_t gx, uint32_t gy,
+                      uint32_t gz);
 /* Workgroups covering n items at the 1-D size, capped for a grid-stride loop. */
 uint32_t lunet_vk_groups(lunet_backend *be, size_t n);
 

@@ -24,13 +24,13 @@ typedef enum step_kind {
 
 typedef struct step {
   step_kind kind;
-  int draw;             /* first draw number of this step */
-  int flip;             /* lunet_flip_mode bits */
-  double lo[2], hi[2];  /* [0]: height or angle, [1]: width */
-  bool same;            /* zoom: width follows height */
+  int draw;            /* first draw number of this step */
+  int flip;            /* lunet_flip_mode bits */
+  double lo[2], hi[2]; /* [0]: height or angle, [1]: width */
+  bool same;           /* zoom: width follows height */
   int64_t height, width, padding;
   float scale, offset;
-  float *mean, *std;    /* (nchan) */
+  float *mean, *std; /* (nchan) */
   int64_t nchan;
 } step;
 
@@ -38,16 +38,16 @@ struct lunet_augment {
   step *steps;
   int n, cap;
   int draws;
-  bool geometric;        /* any geometric step: a resample is needed */
-  bool fills;            /* some step reads outside the image */
-  lunet_fill_mode mode;  /* the one fill mode of the resample */
+  bool geometric;       /* any geometric step: a resample is needed */
+  bool fills;           /* some step reads outside the image */
+  lunet_fill_mode mode; /* the one fill mode of the resample */
   float fill;
   const char *fill_owner;
 };
 
-static const char *const step_names[] = {"RandomFlip", "RandomRotation",
-                                         "RandomTranslation", "RandomCrop",
-                                         "RandomZoom", "Rescaling", "Normalization"};
+static const char *const step_names[] = {"RandomFlip",   "RandomRotation", "RandomTranslation",
+                                         "RandomCrop",   "RandomZoom",     "Rescaling",
+                                         "Normalization"};
 static const char *const mode_names[] = {"reflect", "constant", "nearest", "wrap"};
 
 lunet_augment *lunet_augment_new(lunet_ctx *ctx) {
@@ -100,8 +100,7 @@ static lunet_status claim_fill(lunet_ctx *ctx, lunet_augment *a, const char *who
                        "%s: fill_mode '%s' (fill_value %g) differs from %s's '%s' "
                        "(fill_value %g); the geometric steps share one resample, so "
                        "give them the same fill",
-                       who, mode_names[mode], fill, a->fill_owner, mode_names[a->mode],
-                       a->fill);
+                       who, mode_names[mode], fill, a->fill_owner, mode_names[a->mode], a->fill);
   a->fills = true;
   a->mode = mode;
   a->fill = fill;
@@ -109,24 +108,22 @@ static lunet_status claim_fill(lunet_ctx *ctx, lunet_augment *a, const char *who
   return LUNET_OK;
 }
 
-static lunet_status check_range(lunet_ctx *ctx, const char *who, const char *what,
-                                double lo, double hi, double min, double max,
-                                bool open_min) {
+static lunet_status check_range(lunet_ctx *ctx, const char *who, const char *what, double lo,
+                                double hi, double min, double max, bool open_min) {
   if (!isfinite(lo) || !isfinite(hi))
-    return lunet_error(ctx, LUNET_ERR_ARG, "%s: %s must be finite, got [%g, %g]", who,
-                       what, lo, hi);
+    return lunet_error(ctx, LUNET_ERR_ARG, "%s: %s must be finite, got [%g, %g]", who, what, lo,
+                       hi);
   if (lo > hi)
     return lunet_error(ctx, LUNET_ERR_ARG,
-                       "%s: %s range [%g, %g] is reversed (lower must be <= upper)", who,
-                       what, lo, hi);
+                       "%s: %s range [%g, %g] is reversed (lower must be <= upper)", who, what, lo,
+                       hi);
   if ((open_min ? lo <= min : lo < min) || hi > max)
-    return lunet_error(ctx, LUNET_ERR_ARG, "%s: %s must be in %s%g, %g], got [%g, %g]",
-                       who, what, open_min ? "(" : "[", min, max, lo, hi);
+    return lunet_error(ctx, LUNET_ERR_ARG, "%s: %s must be in %s%g, %g], got [%g, %g]", who, what,
+                       open_min ? "(" : "[", min, max, lo, hi);
   return LUNET_OK;
 }
 
-lunet_status lunet_augment_add_flip(lunet_ctx *ctx, lunet_augment *a,
-                                    lunet_flip_mode mode) {
+lunet_status lunet_augment_add_flip(lunet_ctx *ctx, lunet_augment *a, lunet_flip_mode mode) {
   if (mode < LUNET_FLIP_HORIZONTAL || mode > LUNET_FLIP_HORIZONTAL_AND_VERTICAL)
     return lunet_error(ctx, LUNET_ERR_ARG,
                        "RandomFlip: mode must be horizontal, vertical or "
@@ -136,8 +133,8 @@ lunet_status lunet_augment_add_flip(lunet_ctx *ctx, lunet_augment *a,
   return push(ctx, a, s, 2);
 }
 
-lunet_status lunet_augment_add_rotation(lunet_ctx *ctx, lunet_augment *a, double lo,
-                                        double hi, lunet_fill_mode mode, float fill) {
+lunet_status lunet_augment_add_rotation(lunet_ctx *ctx, lunet_augment *a, double lo, double hi,
+                                        lunet_fill_mode mode, float fill) {
   const char *who = "RandomRotation";
   lunet_status st = check_range(ctx, who, "factor", lo, hi, -1, 1, false);
   if (st == LUNET_OK) st = claim_fill(ctx, a, who, mode, fill);
@@ -158,8 +155,8 @@ lunet_status lunet_augment_add_translation(lunet_ctx *ctx, lunet_augment *a, dou
   return push(ctx, a, s, 2);
 }
 
-lunet_status lunet_augment_add_crop(lunet_ctx *ctx, lunet_augment *a, int64_t height,
-                                    int64_t width, int64_t padding) {
+lunet_status lunet_augment_add_crop(lunet_ctx *ctx, lunet_augment *a, int64_t height, int64_t width,
+                                    int64_t padding) {
   if (height <= 0 || width <= 0)
     return lunet_error(ctx, LUNET_ERR_ARG,
                        "RandomCrop: height and width must be positive, got %lld x %lld",
@@ -175,17 +172,16 @@ lunet_status lunet_augment_add_crop(lunet_ctx *ctx, lunet_augment *a, int64_t he
   return push(ctx, a, s, 2);
 }
 
-lunet_status lunet_augment_add_zoom(lunet_ctx *ctx, lunet_augment *a, double h_lo,
-                                    double h_hi, bool same_as_height, double w_lo,
-                                    double w_hi, lunet_fill_mode mode, float fill) {
+lunet_status lunet_augment_add_zoom(lunet_ctx *ctx, lunet_augment *a, double h_lo, double h_hi,
+                                    bool same_as_height, double w_lo, double w_hi,
+                                    lunet_fill_mode mode, float fill) {
   const char *who = "RandomZoom";
   lunet_status st = check_range(ctx, who, "height_factor", h_lo, h_hi, -1, HUGE_VAL, true);
   if (st == LUNET_OK && !same_as_height)
     st = check_range(ctx, who, "width_factor", w_lo, w_hi, -1, HUGE_VAL, true);
   if (st == LUNET_OK) st = claim_fill(ctx, a, who, mode, fill);
   if (st != LUNET_OK) return st;
-  step s = {.kind = STEP_ZOOM, .lo = {h_lo, w_lo}, .hi = {h_hi, w_hi},
-            .same = same_as_height};
+  step s = {.kind = STEP_ZOOM, .lo = {h_lo, w_lo}, .hi = {h_hi, w_hi}, .same = same_as_height};
   return push(ctx, a, s, 2);
 }
 
@@ -193,15 +189,13 @@ lunet_status lunet_augment_add_rescaling(lunet_ctx *ctx, lunet_augment *a, float
                                          float offset) {
   if (!isfinite(scale) || !isfinite(offset))
     return lunet_error(ctx, LUNET_ERR_ARG,
-                       "Rescaling: scale and offset must be finite, got %g and %g", scale,
-                       offset);
+                       "Rescaling: scale and offset must be finite, got %g and %g", scale, offset);
   step s = {.kind = STEP_RESCALING, .scale = scale, .offset = offset};
   return push(ctx, a, s, 0);
 }
 
-lunet_status lunet_augment_add_normalization(lunet_ctx *ctx, lunet_augment *a,
-                                             const float *mean, const float *std,
-                                             int64_t nchan) {
+lunet_status lunet_augment_add_normalization(lunet_ctx *ctx, lunet_augment *a, const float *mean,
+                                             const float *std, int64_t nchan) {
   if (nchan <= 0 || !mean || !std)
     return lunet_error(ctx, LUNET_ERR_ARG,
                        "Normalization: mean and std need at least one value each");
@@ -243,8 +237,8 @@ void lunet_augment_output_shape(const lunet_augment *a, int64_t h, int64_t w, in
   *oc = c;
 }
 
-lunet_status lunet_augment_check(lunet_ctx *ctx, const lunet_augment *a, int64_t h,
-                                 int64_t w, int64_t c) {
+lunet_status lunet_augment_check(lunet_ctx *ctx, const lunet_augment *a, int64_t h, int64_t w,
+                                 int64_t c) {
   if (h <= 0 || w <= 0 || c <= 0)
     return lunet_error(ctx, LUNET_ERR_SHAPE,
                        "augment: samples must be (H, W, C) with positive sizes, got "
@@ -259,8 +253,8 @@ lunet_status lunet_augment_check(lunet_ctx *ctx, const lunet_augment *a, int64_t
                            "RandomCrop: the %lld x %lld crop does not fit in the %lld x "
                            "%lld input padded by %lld; lower height/width or raise "
                            "padding",
-                           (long long)s->height, (long long)s->width, (long long)h,
-                           (long long)w, (long long)s->padding);
+                           (long long)s->height, (long long)s->width, (long long)h, (long long)w,
+                           (long long)s->padding);
       h = s->height;
       w = s->width;
     } else if (s->kind == STEP_NORMALIZATION && s->nchan != 1 && s->nchan != c) {
@@ -277,9 +271,9 @@ lunet_status lunet_augment_check(lunet_ctx *ctx, const lunet_augment *a, int64_t
 
 /* m (2x3, implicit last row 0 0 1) = m * t: t acts first on output coords. */
 static void compose(double m[6], const double t[6]) {
-  double r[6] = {m[0] * t[0] + m[1] * t[3], m[0] * t[1] + m[1] * t[4],
+  double r[6] = {m[0] * t[0] + m[1] * t[3],        m[0] * t[1] + m[1] * t[4],
                  m[0] * t[2] + m[1] * t[5] + m[2], m[3] * t[0] + m[4] * t[3],
-                 m[3] * t[1] + m[4] * t[4], m[3] * t[2] + m[4] * t[5] + m[5]};
+                 m[3] * t[1] + m[4] * t[4],        m[3] * t[2] + m[4] * t[5] + m[5]};
   memcpy(m, r, sizeof r);
 }
 
@@ -295,8 +289,7 @@ static double uniform(const draws *d, int draw, double lo, double hi) {
 /* The output->input map of one geometric step whose input is (*h, *w);
  * updates (*h, *w) to its output size.  Formulas follow Keras's
  * get_rotation_matrix / get_translation_matrix / get_zoom_matrix. */
-static void step_matrix(const step *s, const draws *d, int64_t *h, int64_t *w,
-                        double t[6]) {
+static void step_matrix(const step *s, const draws *d, int64_t *h, int64_t *w, double t[6]) {
   double cx = (double)(*w - 1) / 2, cy = (double)(*h - 1) / 2;
   double id[6] = {1, 0, 0, 0, 1, 0};
   memcpy(t, id, sizeof id);
@@ -339,7 +332,8 @@ static void step_matrix(const step *s, const draws *d, int64_t *h, int64_t *w,
     memcpy(t, z, sizeof z);
     break;
   }
-  default: break;
+  default:
+    break;
   }
 }
 
@@ -377,8 +371,8 @@ static bool is_identity(const double m[6]) {
 }
 
 /* in (h,w,c) -> out (oh,ow,c): one sample. */
-static void apply_one(const lunet_augment *a, float *out, const float *in, int64_t h,
-                      int64_t w, int64_t c, int64_t oh, int64_t ow, const draws *d) {
+static void apply_one(const lunet_augment *a, float *out, const float *in, int64_t h, int64_t w,
+                      int64_t c, int64_t oh, int64_t ow, const draws *d) {
   double m[6];
   sample_matrix(a, d, h, w, m);
   if (oh == h && ow == w && is_identity(m)) {
@@ -387,16 +381,15 @@ static void apply_one(const lunet_augment *a, float *out, const float *in, int64
     float mf[6];
     for (int k = 0; k < 6; k++) mf[k] = (float)m[k];
     lunet_fill_mode mode = a->fills ? a->mode : LUNET_FILL_REFLECT;
-    lunet_resample_one(out, in, mf, (size_t)h, (size_t)w, (size_t)c, (size_t)oh,
-                       (size_t)ow, mode, a->fill);
+    lunet_resample_one(out, in, mf, (size_t)h, (size_t)w, (size_t)c, (size_t)oh, (size_t)ow, mode,
+                       a->fill);
   }
   pointwise(a, out, oh * ow, c);
 }
 
 lunet_status lunet_augment_apply(lunet_ctx *ctx, const lunet_augment *a, float *out,
-                                 const float *in, int64_t n, int64_t h, int64_t w,
-                                 int64_t c, const int64_t *sample_index, uint64_t seed,
-                                 uint64_t epoch) {
+                                 const float *in, int64_t n, int64_t h, int64_t w, int64_t c,
+                                 const int64_t *sample_index, uint64_t seed, uint64_t epoch) {
   if (n < 0)
     return lunet_error(ctx, LUNET_ERR_ARG, "augment: sample count must be >= 0, got %lld",
                        (long long)n);

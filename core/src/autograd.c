@@ -116,7 +116,10 @@ static bool topo(lunet_ctx *ctx, lunet_tensor *root, uint64_t gen, order *out) {
   while (ok && stack.n) {
     if (depth_cap < stack.cap) { /* new slots start at input 0 */
       size_t *nn = realloc(next, stack.cap * sizeof *nn);
-      if (!nn) { ok = false; break; }
+      if (!nn) {
+        ok = false;
+        break;
+      }
       for (size_t i = depth_cap; i < stack.cap; i++) nn[i] = 0;
       next = nn;
       depth_cap = stack.cap;
@@ -139,7 +142,8 @@ static bool topo(lunet_ctx *ctx, lunet_tensor *root, uint64_t gen, order *out) {
   }
   free(stack.items);
   free(next);
-  if (!ok && ctx->status == LUNET_OK) lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory in backward");
+  if (!ok && ctx->status == LUNET_OK)
+    lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory in backward");
   return ok;
 }
 
@@ -185,7 +189,10 @@ static lunet_status propagate(lunet_ctx *ctx, lunet_tensor *t) {
       if (!lunet_shape_equal(g, in)) {
         g = lunet_tensor_alias(ctx, dx[i], in->ndim, in->shape);
         lunet_tensor_release(dx[i]);
-        if (!g) { s = ctx->status; continue; }
+        if (!g) {
+          s = ctx->status;
+          continue;
+        }
       }
       s = add_into(ctx, &in->grad, g);
     } else {
@@ -198,13 +205,16 @@ static lunet_status propagate(lunet_ctx *ctx, lunet_tensor *t) {
 lunet_status lunet_backward(lunet_ctx *ctx, lunet_tensor *root, lunet_tensor *grad_out) {
   if (grad_out && !lunet_shape_equal(grad_out, root)) {
     char a[128], b[128];
-    return lunet_error(ctx, LUNET_ERR_SHAPE, "backward: the gradient has shape %s but the tensor "
-                       "has shape %s", lunet_shape_str(grad_out->ndim, grad_out->shape, a, sizeof a),
+    return lunet_error(ctx, LUNET_ERR_SHAPE,
+                       "backward: the gradient has shape %s but the tensor "
+                       "has shape %s",
+                       lunet_shape_str(grad_out->ndim, grad_out->shape, a, sizeof a),
                        lunet_shape_str(root->ndim, root->shape, b, sizeof b));
   }
   if (!root->grad_fn) {
     if (!root->requires_grad)
-      return lunet_error(ctx, LUNET_ERR_ARG, "backward: this tensor does not require grad "
+      return lunet_error(ctx, LUNET_ERR_ARG,
+                         "backward: this tensor does not require grad "
                          "(no input of the computation had requires_grad(true))");
     lunet_tensor *g = grad_out ? lunet_tensor_retain(grad_out) : lunet_scalar_like(ctx, root, 1);
     if (!g) return ctx->status;
@@ -217,8 +227,10 @@ lunet_status lunet_backward(lunet_ctx *ctx, lunet_tensor *root, lunet_tensor *gr
     return add_into(ctx, &root->grad, g);
   }
   if (!grad_out && root->numel != 1)
-    return lunet_error(ctx, LUNET_ERR_ARG, "backward on a tensor of %lld elements needs a "
-                       "gradient argument (or call it on a scalar loss)", (long long)root->numel);
+    return lunet_error(ctx, LUNET_ERR_ARG,
+                       "backward on a tensor of %lld elements needs a "
+                       "gradient argument (or call it on a scalar loss)",
+                       (long long)root->numel);
   lunet_tensor *g = grad_out ? lunet_tensor_retain(grad_out) : lunet_scalar_like(ctx, root, 1);
   if (!g) return ctx->status;
   if (!grad_out) {
@@ -333,8 +345,8 @@ static lunet_status binary_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor 
 
 static lunet_tensor *binary(lunet_ctx *ctx, lunet_binary_op op, lunet_tensor *a, lunet_tensor *b) {
   lunet_node *n;
-  lunet_tensor *y = record(ctx, bin(ctx, op, a, b), "binary", 2, (lunet_tensor *[]){a, b},
-                           binary_backward, &n);
+  lunet_tensor *y =
+      record(ctx, bin(ctx, op, a, b), "binary", 2, (lunet_tensor *[]){a, b}, binary_backward, &n);
   if (n) {
     n->iparams[0] = op;
     if ((op == LUNET_BINARY_POW || op == LUNET_BINARY_MAX || op == LUNET_BINARY_MIN) &&
@@ -370,16 +382,16 @@ lunet_tensor *lunet_compare(lunet_ctx *ctx, lunet_binary_op op, lunet_tensor *a,
 
 static lunet_status unary_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
                                    lunet_tensor **dx) {
-  dx[0] = lunet_op_unary_backward(ctx, (lunet_unary_op)n->iparams[0], dy, n->inputs[0],
-                                  n->saved[0], n->fparams[0], n->fparams[1]);
+  dx[0] = lunet_op_unary_backward(ctx, (lunet_unary_op)n->iparams[0], dy, n->inputs[0], n->saved[0],
+                                  n->fparams[0], n->fparams[1]);
   return dx[0] ? LUNET_OK : ctx->status;
 }
 
 lunet_tensor *lunet_unary(lunet_ctx *ctx, lunet_unary_op op, lunet_tensor *x, float alpha,
                           float beta) {
   lunet_node *n;
-  lunet_tensor *y = record(ctx, lunet_op_unary(ctx, op, x, alpha, beta), "unary", 1, &x,
-                           unary_backward, &n);
+  lunet_tensor *y =
+      record(ctx, lunet_op_unary(ctx, op, x, alpha, beta), "unary", 1, &x, unary_backward, &n);
   if (n) {
     n->iparams[0] = op;
     n->fparams[0] = alpha;
@@ -395,8 +407,8 @@ lunet_tensor *lunet_unary(lunet_ctx *ctx, lunet_unary_op op, lunet_tensor *x, fl
 /* ---- matmul ---- */
 
 /* Gradient of one matmul side; sums over the batch when that side was 2-D. */
-static lunet_tensor *matmul_grad(lunet_ctx *ctx, lunet_tensor *l, lunet_tensor *r, bool tl,
-                                 bool tr, const lunet_tensor *like) {
+static lunet_tensor *matmul_grad(lunet_ctx *ctx, lunet_tensor *l, lunet_tensor *r, bool tl, bool tr,
+                                 const lunet_tensor *like) {
   lunet_tensor *g = lunet_op_matmul(ctx, l, r, tl, tr);
   if (!g || like->ndim == g->ndim) return g;
   return reduce_like(ctx, g, like);
@@ -437,8 +449,10 @@ static lunet_status reduce_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor 
   lunet_tensor *g = NULL;
   if (op == LUNET_REDUCE_SUM || op == LUNET_REDUCE_MEAN) {
     lunet_tensor *ones = lunet_op_empty_like(ctx, x);
-    if (ones && !lunet_op_fill(ctx, ones, op == LUNET_REDUCE_SUM ? 1.0f :
-                               (float)k->numel / (float)(x->numel ? x->numel : 1)))
+    if (ones &&
+        !lunet_op_fill(ctx, ones,
+                       op == LUNET_REDUCE_SUM ? 1.0f
+                                              : (float)k->numel / (float)(x->numel ? x->numel : 1)))
       g = bin(ctx, LUNET_BINARY_MUL, ones, k);
     lunet_tensor_release(ones);
   } else { /* max/min: shared equally by the elements equal to the result */
@@ -484,8 +498,8 @@ static lunet_status reshape_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor
 }
 
 lunet_tensor *lunet_reshape(lunet_ctx *ctx, lunet_tensor *x, int ndim, const int64_t *shape) {
-  return record(ctx, lunet_tensor_alias(ctx, x, ndim, shape), "reshape", 1, &x,
-                reshape_backward, NULL);
+  return record(ctx, lunet_tensor_alias(ctx, x, ndim, shape), "reshape", 1, &x, reshape_backward,
+                NULL);
 }
 
 static lunet_status permute_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
@@ -498,8 +512,8 @@ static lunet_status permute_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor
 
 lunet_tensor *lunet_permute(lunet_ctx *ctx, lunet_tensor *x, const int *perm) {
   lunet_node *n;
-  lunet_tensor *y = record(ctx, lunet_op_permute(ctx, x, perm), "permute", 1, &x,
-                           permute_backward, &n);
+  lunet_tensor *y =
+      record(ctx, lunet_op_permute(ctx, x, perm), "permute", 1, &x, permute_backward, &n);
   if (n)
     for (int i = 0; i < x->ndim; i++) n->iparams[i] = perm[i];
   return y;
@@ -539,8 +553,8 @@ static lunet_status slice_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *
 lunet_tensor *lunet_slice(lunet_ctx *ctx, lunet_tensor *x, const int64_t *start,
                           const int64_t *stop, const int64_t *step) {
   lunet_node *n;
-  lunet_tensor *y = record(ctx, lunet_op_slice(ctx, x, start, stop, step), "slice", 1, &x,
-                           slice_backward, &n);
+  lunet_tensor *y =
+      record(ctx, lunet_op_slice(ctx, x, start, stop, step), "slice", 1, &x, slice_backward, &n);
   if (n)
     for (int i = 0; i < x->ndim; i++) {
       n->iparams[i] = start[i];
@@ -573,8 +587,8 @@ lunet_tensor *lunet_concat(lunet_ctx *ctx, lunet_tensor *const *xs, int n, int a
     return NULL;
   }
   lunet_node *node;
-  lunet_tensor *y = record(ctx, lunet_op_concat(ctx, xs, n, axis), "concat", n, xs,
-                           concat_backward, &node);
+  lunet_tensor *y =
+      record(ctx, lunet_op_concat(ctx, xs, n, axis), "concat", n, xs, concat_backward, &node);
   if (node) node->iparams[0] = axis < 0 ? axis + xs[0]->ndim : axis;
   return y;
 }
@@ -587,8 +601,8 @@ static lunet_status softmax_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor
 
 lunet_tensor *lunet_softmax(lunet_ctx *ctx, lunet_tensor *x, bool log) {
   lunet_node *n;
-  lunet_tensor *y = record(ctx, lunet_op_softmax(ctx, x, log), "softmax", 1, &x,
-                           softmax_backward, &n);
+  lunet_tensor *y =
+      record(ctx, lunet_op_softmax(ctx, x, log), "softmax", 1, &x, softmax_backward, &n);
   if (n) {
     n->iparams[0] = log;
     if (!save(ctx, n, 0, y)) {

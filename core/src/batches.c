@@ -45,15 +45,14 @@ static lunet_status fill(lunet_batches *b, slot *s, int64_t k) {
     const float *src = b->x + idx * b->sample_numel;
     float *dst = s->x + j * b->x_numel;
     if (b->aug) {
-      lunet_status st = lunet_augment_apply(b->wctx, b->aug, dst, src, 1, b->h, b->w,
-                                            b->c, &idx, b->seed, b->epoch);
+      lunet_status st = lunet_augment_apply(b->wctx, b->aug, dst, src, 1, b->h, b->w, b->c, &idx,
+                                            b->seed, b->epoch);
       if (st != LUNET_OK) return st;
     } else {
       memcpy(dst, src, (size_t)b->sample_numel * sizeof(float));
     }
     if (b->y)
-      memcpy(s->y + j * b->y_numel, b->y + idx * b->y_numel,
-             (size_t)b->y_numel * sizeof(float));
+      memcpy(s->y + j * b->y_numel, b->y + idx * b->y_numel, (size_t)b->y_numel * sizeof(float));
   }
   s->count = count;
   return LUNET_OK;
@@ -102,8 +101,7 @@ static lunet_status check_opts(lunet_ctx *ctx, const lunet_batches_opts *o) {
 }
 
 /* Copies the order (or makes 0..n-1) and checks every index. */
-static lunet_status copy_order(lunet_ctx *ctx, lunet_batches *b,
-                               const lunet_batches_opts *o) {
+static lunet_status copy_order(lunet_ctx *ctx, lunet_batches *b, const lunet_batches_opts *o) {
   b->order_len = o->order_len > 0 ? o->order_len : o->n;
   b->order = malloc((size_t)b->order_len * sizeof *b->order);
   if (!b->order) return lunet_error(ctx, LUNET_ERR_NOMEM, "batches: out of memory");
@@ -126,8 +124,8 @@ static lunet_status alloc_slots(lunet_ctx *ctx, lunet_batches *b) {
     if (b->y) b->slots[i].y = malloc((size_t)(b->batch * b->y_numel) * sizeof(float));
     if (!b->slots[i].x || (b->y && !b->slots[i].y))
       return lunet_error(ctx, LUNET_ERR_NOMEM,
-                         "batches: out of memory for %d batches of %lld samples",
-                         b->depth, (long long)b->batch);
+                         "batches: out of memory for %d batches of %lld samples", b->depth,
+                         (long long)b->batch);
   }
   return LUNET_OK;
 }
@@ -194,8 +192,7 @@ int64_t lunet_batches_x_numel(const lunet_batches *b) { return b->x_numel; }
 int64_t lunet_batches_y_numel(const lunet_batches *b) { return b->y_numel; }
 int64_t lunet_batches_count(const lunet_batches *b) { return b->nbatches; }
 
-lunet_status lunet_batches_next(lunet_batches *b, float *x_out, float *y_out,
-                                int64_t *count) {
+lunet_status lunet_batches_next(lunet_batches *b, float *x_out, float *y_out, int64_t *count) {
   *count = 0;
   pthread_mutex_lock(&b->mu);
   int64_t k = b->consumed;

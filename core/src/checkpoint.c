@@ -62,9 +62,15 @@ lunet_status lunet_safetensors_save(lunet_ctx *ctx, const char *path, int n,
   for (int i = 0; ok && i < n; i++) {
     size_t nb = (size_t)ts[i]->numel * lunet_dtype_size(ts[i]->dtype);
     void *buf = malloc(nb ? nb : 1);
-    if (!buf) { s = lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory"); ok = false; break; }
-    if ((s = lunet_tensor_read(ctx, ts[i], buf, nb))) ok = false;
-    else ok = fwrite(buf, 1, nb, f) == nb;
+    if (!buf) {
+      s = lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
+      ok = false;
+      break;
+    }
+    if ((s = lunet_tensor_read(ctx, ts[i], buf, nb)))
+      ok = false;
+    else
+      ok = fwrite(buf, 1, nb, f) == nb;
     free(buf);
   }
   if (fclose(f) != 0) ok = false;
@@ -106,18 +112,21 @@ static lunet_status bad(lunet_ctx *ctx, const char *path, const char *why) {
   return lunet_error(ctx, LUNET_ERR_FORMAT, "%s is not a valid safetensors file: %s", path, why);
 }
 
-static lunet_status read_entry(lunet_ctx *ctx, const char *path, cJSON *e, const unsigned char *data,
-                               size_t dlen, lunet_tensor **out) {
+static lunet_status read_entry(lunet_ctx *ctx, const char *path, cJSON *e,
+                               const unsigned char *data, size_t dlen, lunet_tensor **out) {
   cJSON *dt = cJSON_GetObjectItem(e, "dtype"), *shape = cJSON_GetObjectItem(e, "shape");
   cJSON *offs = cJSON_GetObjectItem(e, "data_offsets");
   if (!cJSON_IsString(dt) || !cJSON_IsArray(shape) || cJSON_GetArraySize(offs) != 2)
     return bad(ctx, path, "an entry lacks dtype, shape or data_offsets");
-  lunet_dtype t = !strcmp(dt->valuestring, "F32") ? LUNET_F32
-                  : !strcmp(dt->valuestring, "U8") ? LUNET_U8
-                  : !strcmp(dt->valuestring, "I32") ? LUNET_I32 : (lunet_dtype)-1;
+  lunet_dtype t = !strcmp(dt->valuestring, "F32")   ? LUNET_F32
+                  : !strcmp(dt->valuestring, "U8")  ? LUNET_U8
+                  : !strcmp(dt->valuestring, "I32") ? LUNET_I32
+                                                    : (lunet_dtype)-1;
   if ((int)t < 0)
-    return lunet_error(ctx, LUNET_ERR_FORMAT, "%s: tensor '%s' has dtype %s; lunet reads F32, U8 "
-                       "and I32", path, e->string, dt->valuestring);
+    return lunet_error(ctx, LUNET_ERR_FORMAT,
+                       "%s: tensor '%s' has dtype %s; lunet reads F32, U8 "
+                       "and I32",
+                       path, e->string, dt->valuestring);
   int nd = cJSON_GetArraySize(shape);
   if (nd > LUNET_MAX_DIMS) return bad(ctx, path, "too many dimensions");
   int64_t sh[LUNET_MAX_DIMS], numel = 1;
@@ -130,9 +139,10 @@ static lunet_status read_entry(lunet_ctx *ctx, const char *path, cJSON *e, const
   double a = cJSON_GetArrayItem(offs, 0)->valuedouble, b = cJSON_GetArrayItem(offs, 1)->valuedouble;
   size_t nb = (size_t)numel * lunet_dtype_size(t);
   if (a < 0 || b < a || (size_t)b > dlen || (size_t)(b - a) != nb)
-    return lunet_error(ctx, LUNET_ERR_FORMAT, "%s: tensor '%s' lies outside the file (offsets "
-                       "%.0f..%.0f of %zu data bytes): the file is truncated or corrupt", path,
-                       e->string, a, b, dlen);
+    return lunet_error(ctx, LUNET_ERR_FORMAT,
+                       "%s: tensor '%s' lies outside the file (offsets "
+                       "%.0f..%.0f of %zu data bytes): the file is truncated or corrupt",
+                       path, e->string, a, b, dlen);
   *out = lunet_tensor_from_data(ctx, t, nd, sh, data + (size_t)a);
   return *out ? LUNET_OK : ctx->status;
 }
@@ -174,7 +184,8 @@ static lunet_status parse(lunet_ctx *ctx, const char *path, const unsigned char 
   st->keys = calloc((size_t)count + 64, sizeof *st->keys);
   st->values = calloc((size_t)count + 64, sizeof *st->values);
   lunet_status s = st->names && st->tensors && st->keys && st->values
-                       ? LUNET_OK : lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
+                       ? LUNET_OK
+                       : lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
   cJSON *e;
   cJSON_ArrayForEach(e, root) {
     if (s) break;
@@ -199,7 +210,8 @@ lunet_safetensors *lunet_safetensors_load(lunet_ctx *ctx, const char *path) {
   unsigned char *buf = slurp(ctx, path, &len);
   if (!buf) return NULL;
   lunet_safetensors *st = calloc(1, sizeof *st);
-  lunet_status s = st ? parse(ctx, path, buf, len, st) : lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
+  lunet_status s =
+      st ? parse(ctx, path, buf, len, st) : lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
   free(buf);
   if (s) {
     lunet_safetensors_free(st);
@@ -210,7 +222,11 @@ lunet_safetensors *lunet_safetensors_load(lunet_ctx *ctx, const char *path) {
 
 int lunet_safetensors_count(const lunet_safetensors *st) { return st->n; }
 const char *lunet_safetensors_name(const lunet_safetensors *st, int i) { return st->names[i]; }
-lunet_tensor *lunet_safetensors_tensor(const lunet_safetensors *st, int i) { return st->tensors[i]; }
+lunet_tensor *lunet_safetensors_tensor(const lunet_safetensors *st, int i) {
+  return st->tensors[i];
+}
 int lunet_safetensors_meta_count(const lunet_safetensors *st) { return st->nmeta; }
 const char *lunet_safetensors_meta_key(const lunet_safetensors *st, int i) { return st->keys[i]; }
-const char *lunet_safetensors_meta_value(const lunet_safetensors *st, int i) { return st->values[i]; }
+const char *lunet_safetensors_meta_value(const lunet_safetensors *st, int i) {
+  return st->values[i];
+}

@@ -40,9 +40,9 @@ void lunet_clear_error(lunet_ctx *ctx) {
 
 const char *lunet_status_name(lunet_status s) {
   static const char *const names[] = {
-      "ok",       "bad argument",   "shape mismatch", "out of memory", "I/O error",
-      "bad format", "checksum mismatch", "download failed", "not found",
-      "ABI mismatch", "unsupported", "interrupted", "device error"};
+      "ok",          "bad argument",      "shape mismatch",  "out of memory", "I/O error",
+      "bad format",  "checksum mismatch", "download failed", "not found",     "ABI mismatch",
+      "unsupported", "interrupted",       "device error"};
   return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "unknown error";
 }
 

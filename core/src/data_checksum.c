@@ -18,8 +18,7 @@ static void to_hex(const unsigned char *md, unsigned n, char *hex) {
 }
 
 /* hex must hold 2 * digest size + 1 chars. */
-static lunet_status file_digest(lunet_ctx *ctx, const char *path, const EVP_MD *type,
-                                char *hex) {
+static lunet_status file_digest(lunet_ctx *ctx, const char *path, const EVP_MD *type, char *hex) {
   FILE *f = fopen(path, "rb");
   if (!f)
     return lunet_error(ctx, errno == ENOENT ? LUNET_ERR_NOTFOUND : LUNET_ERR_IO,

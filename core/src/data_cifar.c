@@ -19,9 +19,9 @@
 #define PIXELS 1024 /* 32 x 32 */
 #define NFILES 6    /* five training batches, then the test batch */
 
-static const char *const cifar_files[NFILES] = {
-    "data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin",
-    "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"};
+static const char *const cifar_files[NFILES] = {"data_batch_1.bin", "data_batch_2.bin",
+                                                "data_batch_3.bin", "data_batch_4.bin",
+                                                "data_batch_5.bin", "test_batch.bin"};
 
 /* One batch file, converted: x (n,32,32,3), y (n). */
 struct batch {
@@ -52,8 +52,7 @@ static lunet_status convert(lunet_ctx *ctx, const char *name, const uint8_t *raw
   int64_t n = size / REC_BYTES;
   b->x = malloc((size_t)n * 3 * PIXELS);
   b->y = malloc((size_t)n);
-  if (!b->x || !b->y)
-    return lunet_error(ctx, LUNET_ERR_NOMEM, "cifar10: %s: out of memory", name);
+  if (!b->x || !b->y) return lunet_error(ctx, LUNET_ERR_NOMEM, "cifar10: %s: out of memory", name);
   for (int64_t r = 0; r < n; r++) {
     const uint8_t *rec = raw + r * REC_BYTES;
     if (rec[0] > 9)
@@ -102,16 +101,16 @@ static int entry_index(const char *name) {
 static lunet_status archive_fail(lunet_ctx *ctx, struct archive *a, const char *path) {
   const char *msg = archive_error_string(a);
   return lunet_error(ctx, LUNET_ERR_FORMAT,
-                     "cifar10: %s: corrupt archive (%s); delete it and download it again",
-                     path, msg ? msg : "unknown error");
+                     "cifar10: %s: corrupt archive (%s); delete it and download it again", path,
+                     msg ? msg : "unknown error");
 }
 
 static lunet_status read_entry(lunet_ctx *ctx, struct archive *a, struct archive_entry *e,
                                const char *path, int idx, struct batch *b) {
   const char *name = cifar_files[idx];
   if (b[idx].seen)
-    return lunet_error(ctx, LUNET_ERR_FORMAT, "cifar10: %s: %s appears twice in the archive",
-                       path, name);
+    return lunet_error(ctx, LUNET_ERR_FORMAT, "cifar10: %s: %s appears twice in the archive", path,
+                       name);
   int64_t size = archive_entry_size(e);
   if (check_size(ctx, name, size) != LUNET_OK) return LUNET_ERR_FORMAT;
   uint8_t *raw = malloc((size_t)size);
@@ -159,8 +158,7 @@ static lunet_status read_archive(lunet_ctx *ctx, const char *path, struct batch 
       break;
     }
     int idx = entry_index(name);
-    if (idx >= 0 && archive_entry_filetype(e) == AE_IFREG)
-      st = read_entry(ctx, a, e, path, idx, b);
+    if (idx >= 0 && archive_entry_filetype(e) == AE_IFREG) st = read_entry(ctx, a, e, path, idx, b);
   }
   if (st == LUNET_OK && r != ARCHIVE_EOF) st = archive_fail(ctx, a, path);
   archive_read_free(a);

@@ -99,10 +99,11 @@ static void draw_bar(struct xfer *x, bool final) {
     for (int i = 0; i < 20; i++) bar[i] = i < fill ? '=' : (i == fill ? '>' : ' ');
     bar[20] = '\0';
     double eta = speed > 0 ? (x->total - have) / speed : -1;
-    fprintf(stderr, "\r%-28.28s %3d%% [%s] %s / %s  %s/s  %s %s\033[K", x->label,
-            (int)(frac * 100), bar, hb, human_bytes((double)x->total, tb, sizeof tb), sb,
-            final ? "in" : "ETA", final ? human_time(el, eb, sizeof eb)
-                         : eta < 0 ? "?" : human_time(eta, eb, sizeof eb));
+    fprintf(stderr, "\r%-28.28s %3d%% [%s] %s / %s  %s/s  %s %s\033[K", x->label, (int)(frac * 100),
+            bar, hb, human_bytes((double)x->total, tb, sizeof tb), sb, final ? "in" : "ETA",
+            final     ? human_time(el, eb, sizeof eb)
+            : eta < 0 ? "?"
+                      : human_time(eta, eb, sizeof eb));
   } else {
     fprintf(stderr, "\r%-28.28s %s  %s/s  %s\033[K", x->label, hb, sb,
             human_time(el, eb, sizeof eb));
@@ -186,8 +187,7 @@ static lunet_status make_parent_dirs(lunet_ctx *ctx, const char *path) {
       char c = *p;
       *p = '\0';
       if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-        st = lunet_error(ctx, LUNET_ERR_IO, "cannot create directory %s: %s", dir,
-                         strerror(errno));
+        st = lunet_error(ctx, LUNET_ERR_IO, "cannot create directory %s: %s", dir, strerror(errno));
       *p = c;
       if (c == '\0') break;
     }
@@ -207,19 +207,32 @@ static char *with_suffix(const char *path, const char *suffix) {
 
 static const char *http_reason(long code) {
   switch (code) {
-  case 400: return "Bad Request";
-  case 401: return "Unauthorized";
-  case 403: return "Forbidden";
-  case 404: return "Not Found";
-  case 408: return "Request Timeout";
-  case 410: return "Gone";
-  case 416: return "Range Not Satisfiable";
-  case 429: return "Too Many Requests";
-  case 500: return "Internal Server Error";
-  case 502: return "Bad Gateway";
-  case 503: return "Service Unavailable";
-  case 504: return "Gateway Timeout";
-  default: return "HTTP error";
+  case 400:
+    return "Bad Request";
+  case 401:
+    return "Unauthorized";
+  case 403:
+    return "Forbidden";
+  case 404:
+    return "Not Found";
+  case 408:
+    return "Request Timeout";
+  case 410:
+    return "Gone";
+  case 416:
+    return "Range Not Satisfiable";
+  case 429:
+    return "Too Many Requests";
+  case 500:
+    return "Internal Server Error";
+  case 502:
+    return "Bad Gateway";
+  case 503:
+    return "Service Unavailable";
+  case 504:
+    return "Gateway Timeout";
+  default:
+    return "HTTP error";
   }
 }
 
@@ -233,8 +246,8 @@ static enum outcome classify(struct xfer *x, const char *url, const char *part, 
   }
   if (rc == CURLE_ABORTED_BY_CALLBACK && lunet_interrupted()) {
     lunet_error(ctx, LUNET_ERR_INTERRUPTED,
-                "download of %s interrupted; %s kept (%lld bytes), run again to resume", url,
-                part, (long long)file_size(part));
+                "download of %s interrupted; %s kept (%lld bytes), run again to resume", url, part,
+                (long long)file_size(part));
     return STOP;
   }
   const char *detail = errbuf[0] ? errbuf : curl_easy_strerror(rc);
@@ -246,8 +259,8 @@ static enum outcome classify(struct xfer *x, const char *url, const char *part, 
   if (rc == CURLE_OPERATION_TIMEDOUT && (code != 0 || x->written > 0)) {
     lunet_error(ctx, LUNET_ERR_NET,
                 "%s: the transfer stalled (under %d bytes/s for %d s) after %lld bytes: %s", url,
-                x->o->stall_bytes_per_s, x->o->stall_timeout_s,
-                (long long)(x->offset + x->written), detail);
+                x->o->stall_bytes_per_s, x->o->stall_timeout_s, (long long)(x->offset + x->written),
+                detail);
     return RETRY;
   }
   lunet_error(ctx, LUNET_ERR_NET, "%s: %s", url, detail);
@@ -298,8 +311,12 @@ static enum outcome fetch(lunet_ctx *ctx, const lunet_download_opts *o, const ch
       have = 0;
     }
     if (o->size > 0 && have == o->size) return DONE;
-    struct xfer x = {.ctx = ctx, .o = o, .label = label, .offset = have,
-                     .total = o->size > 0 ? o->size : -1, .tty = isatty(2)};
+    struct xfer x = {.ctx = ctx,
+                     .o = o,
+                     .label = label,
+                     .offset = have,
+                     .total = o->size > 0 ? o->size : -1,
+                     .tty = isatty(2)};
     x.f = fopen(part, "ab");
     if (!x.f) {
       lunet_error(ctx, LUNET_ERR_IO, "cannot write %s: %s", part, strerror(errno));
@@ -336,9 +353,8 @@ static enum outcome fetch(lunet_ctx *ctx, const lunet_download_opts *o, const ch
 /* ---- checks after the transfer ---- */
 
 /* Compares one digest; on a mismatch moves part aside to <dest>.corrupt. */
-static enum outcome check_digest(lunet_ctx *ctx, const lunet_download_opts *o,
-                                 const char *url, const char *part, const char *kind,
-                                 const char *expected) {
+static enum outcome check_digest(lunet_ctx *ctx, const lunet_download_opts *o, const char *url,
+                                 const char *part, const char *kind, const char *expected) {
   if (!expected || !expected[0]) return DONE;
   char hex[65];
   lunet_status st = strcmp(kind, "sha256") == 0 ? lunet_file_sha256(ctx, part, hex)
@@ -407,16 +423,14 @@ static lunet_status give_up(lunet_ctx *ctx, int n, char (*last)[512], int attemp
 }
 
 /* Rounds over the urls; each url is dropped after a permanent failure. */
-static lunet_status download_rounds(lunet_ctx *ctx, const lunet_download_opts *o,
-                                    const char *part, const char *const *urls, int n,
-                                    char (*last)[512], bool *dead) {
+static lunet_status download_rounds(lunet_ctx *ctx, const lunet_download_opts *o, const char *part,
+                                    const char *const *urls, int n, char (*last)[512], bool *dead) {
   const char *label = o->label ? o->label : base_name(o->dest);
   int attempts = 0;
   for (int round = 0; round <= (o->retries > 0 ? o->retries : 0); round++) {
     if (round > 0 && !backoff_sleep((long)o->backoff_ms << (round - 1 < 20 ? round - 1 : 20)))
       return lunet_error(ctx, LUNET_ERR_INTERRUPTED,
-                         "download of %s interrupted; %s kept, run again to resume", o->url,
-                         part);
+                         "download of %s interrupted; %s kept, run again to resume", o->url, part);
     bool any = false;
     for (int i = 0; i < n; i++) {
       if (dead[i]) continue;
@@ -457,7 +471,7 @@ lunet_status lunet_download(lunet_ctx *ctx, const lunet_download_opts *o) {
     urls[n++] = o->mirrors[i];
   }
   char *part = with_suffix(o->dest, ".part");
-  char (*last)[512] = calloc((size_t)n, sizeof *last);
+  char(*last)[512] = calloc((size_t)n, sizeof *last);
   bool dead[MAX_URLS] = {false};
   lunet_status st = part && last ? download_rounds(ctx, o, part, urls, n, last, dead)
                                  : lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");

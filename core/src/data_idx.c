@@ -46,7 +46,8 @@ static lunet_status short_read(lunet_ctx *ctx, gzFile g, const char *path, const
   if (err != Z_OK && err != Z_STREAM_END)
     return lunet_error(ctx, LUNET_ERR_FORMAT,
                        "%s: corrupt or truncated gzip data (%s); delete the file and download "
-                       "it again", path, msg);
+                       "it again",
+                       path, msg);
   return lunet_error(ctx, LUNET_ERR_FORMAT,
                      "%s: truncated: %s needs %lld bytes, the file holds %lld", path, what,
                      (long long)want, (long long)(got < 0 ? 0 : got));
@@ -98,8 +99,7 @@ static lunet_status read_body(lunet_ctx *ctx, gzFile g, const char *path, lunet_
   snprintf(what, sizeof what, "the data of shape %s", shape);
   out->data = malloc(n > 0 ? (size_t)n : 1);
   if (!out->data)
-    return lunet_error(ctx, LUNET_ERR_NOMEM, "%s: cannot allocate %lld bytes", path,
-                       (long long)n);
+    return lunet_error(ctx, LUNET_ERR_NOMEM, "%s: cannot allocate %lld bytes", path, (long long)n);
   int64_t got = gz_read_all(g, out->data, n);
   if (got != n) return short_read(ctx, g, path, what, n, got);
   uint8_t extra;
@@ -107,8 +107,8 @@ static lunet_status read_body(lunet_ctx *ctx, gzFile g, const char *path, lunet_
   if (more < 0) return short_read(ctx, g, path, what, n, n);
   if (more > 0)
     return lunet_error(ctx, LUNET_ERR_FORMAT,
-                       "%s: trailing bytes after %s (%lld bytes); not a valid IDX file", path,
-                       what, (long long)n);
+                       "%s: trailing bytes after %s (%lld bytes); not a valid IDX file", path, what,
+                       (long long)n);
   return LUNET_OK;
 }
 

@@ -25,9 +25,9 @@ typedef struct lunet_be {
   lunet_backend *state; /* NULL when unavailable */
   char name[32];
   char path[512];
-  char why[256];        /* why it is unavailable */
+  char why[256]; /* why it is unavailable */
   int score;
-  long live;            /* buffers allocated and not yet freed */
+  long live; /* buffers allocated and not yet freed */
 } lunet_be;
 
 /* Device memory with a reference count; tensors and their aliases share it. */
@@ -48,9 +48,9 @@ struct lunet_tensor {
   int64_t numel;
   lunet_buffer *buf;
   bool requires_grad;
-  lunet_tensor *grad;    /* accumulated gradient (leaves) */
-  lunet_node *grad_fn;   /* the op that made it, when recorded */
-  lunet_tensor *acc;     /* gradient being accumulated during one backward */
+  lunet_tensor *grad;  /* accumulated gradient (leaves) */
+  lunet_node *grad_fn; /* the op that made it, when recorded */
+  lunet_tensor *acc;   /* gradient being accumulated during one backward */
 };
 
 /* One recorded op: backward() receives dy and writes one gradient per input
@@ -62,13 +62,12 @@ struct lunet_node {
   const char *name;
   int ninputs;
   lunet_tensor *inputs[LUNET_NODE_MAX_INPUTS];
-  lunet_tensor *saved[4];       /* tensors backward needs (aliases, no grad_fn) */
+  lunet_tensor *saved[4]; /* tensors backward needs (aliases, no grad_fn) */
   float fparams[4];
   int64_t iparams[LUNET_MAX_DIMS * 3];
-  void *data;                   /* op-specific (a layer for layer nodes) */
-  void *extra;                  /* op-specific (a layer call's saved state) */
-  lunet_status (*backward)(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
-                           lunet_tensor **dx);
+  void *data;  /* op-specific (a layer for layer nodes) */
+  void *extra; /* op-specific (a layer call's saved state) */
+  lunet_status (*backward)(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy, lunet_tensor **dx);
   void (*release)(lunet_node *n);
 };
 
@@ -79,8 +78,8 @@ LUNET_HIDDEN const lunet_layer_type *lunet_registry_layer_type(const char *name,
                                                                const char **plugin);
 
 /* tensor.c */
-LUNET_HIDDEN lunet_tensor *lunet_tensor_on(lunet_ctx *ctx, lunet_be *be, lunet_dtype dt,
-                                           int ndim, const int64_t *shape);
+LUNET_HIDDEN lunet_tensor *lunet_tensor_on(lunet_ctx *ctx, lunet_be *be, lunet_dtype dt, int ndim,
+                                           const int64_t *shape);
 LUNET_HIDDEN lunet_tensor *lunet_tensor_alias(lunet_ctx *ctx, lunet_tensor *t, int ndim,
                                               const int64_t *shape);
 LUNET_HIDDEN int64_t lunet_shape_numel(int ndim, const int64_t *shape);
@@ -89,12 +88,10 @@ LUNET_HIDDEN bool lunet_shape_equal(const lunet_tensor *a, const lunet_tensor *b
 LUNET_HIDDEN void *lunet_tensor_host(const lunet_tensor *t);
 
 /* ops.c: backend status -> context error */
-LUNET_HIDDEN lunet_status lunet_be_check(lunet_ctx *ctx, lunet_be *be, int rc,
-                                         const char *op);
+LUNET_HIDDEN lunet_status lunet_be_check(lunet_ctx *ctx, lunet_be *be, int rc, const char *op);
 
 /* autograd.c */
-LUNET_HIDDEN lunet_tensor *lunet_scalar_like(lunet_ctx *ctx, const lunet_tensor *like,
-                                             float v);
+LUNET_HIDDEN lunet_tensor *lunet_scalar_like(lunet_ctx *ctx, const lunet_tensor *like, float v);
 LUNET_HIDDEN lunet_node *lunet_node_new(lunet_ctx *ctx, const char *name, int ninputs,
                                         lunet_tensor *const *inputs);
 LUNET_HIDDEN bool lunet_needs_grad(lunet_ctx *ctx, int n, lunet_tensor *const *ts);

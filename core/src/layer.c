@@ -155,8 +155,8 @@ lunet_status lunet_layer_set_string(lunet_layer *l, const char *arg, const char 
 lunet_status lunet_layer_set_ints(lunet_layer *l, const char *arg, int n, const int64_t *x) {
   lunet_status s;
   if (n > LUNET_MAX_DIMS)
-    return lunet_error(l->ctx, LUNET_ERR_ARG, "%s: %s has more than %d values", l->type->name,
-                       arg, LUNET_MAX_DIMS);
+    return lunet_error(l->ctx, LUNET_ERR_ARG, "%s: %s has more than %d values", l->type->name, arg,
+                       LUNET_MAX_DIMS);
   arg_value *v = slot(l, arg, &s);
   if (v) {
     v->n = n;
@@ -245,14 +245,17 @@ static lunet_status init_values(lunet_layer *l, const char *init, float *v, int 
     for (int64_t i = 0; i < n; i++) v[i] = init[0] == 'o' ? 1.0f : 0.0f;
   } else if (!strcmp(init, "glorot_uniform") || !strcmp(init, "he_uniform") ||
              !strcmp(init, "lecun_uniform")) {
-    double scale = init[0] == 'g' ? 6.0 / (fan_in + fan_out) : init[0] == 'h' ? 6.0 / fan_in
-                                                                             : 3.0 / fan_in;
+    double scale = init[0] == 'g'   ? 6.0 / (fan_in + fan_out)
+                   : init[0] == 'h' ? 6.0 / fan_in
+                                    : 3.0 / fan_in;
     float limit = (float)sqrt(scale);
-    for (int64_t i = 0; i < n; i++) v[i] = limit * (2.0f * lunet_philox_uniform(seed, c + i) - 1.0f);
+    for (int64_t i = 0; i < n; i++)
+      v[i] = limit * (2.0f * lunet_philox_uniform(seed, c + i) - 1.0f);
   } else if (!strcmp(init, "glorot_normal") || !strcmp(init, "he_normal") ||
              !strcmp(init, "lecun_normal")) {
-    double var = init[0] == 'g' ? 2.0 / (fan_in + fan_out) : init[0] == 'h' ? 2.0 / fan_in
-                                                                            : 1.0 / fan_in;
+    double var = init[0] == 'g'   ? 2.0 / (fan_in + fan_out)
+                 : init[0] == 'h' ? 2.0 / fan_in
+                                  : 1.0 / fan_in;
     float sd = (float)(sqrt(var) / 0.87962566103423978);
     for (int64_t i = 0; i < n; i++) v[i] = sd * truncated_normal(seed, &c);
   } else {
@@ -336,12 +339,18 @@ static const char *batch_shape(int ndim, const int64_t *shape, char *buf, size_t
 }
 
 static lunet_status parse_activation(lunet_layer *l) {
-  static const struct { const char *name; act_kind kind; lunet_unary_op op; float alpha; } acts[] = {
-      {"linear", ACT_NONE, 0, 0},           {"relu", ACT_UNARY, LUNET_UNARY_RELU, 0},
-      {"sigmoid", ACT_UNARY, LUNET_UNARY_SIGMOID, 0}, {"tanh", ACT_UNARY, LUNET_UNARY_TANH, 0},
-      {"gelu", ACT_UNARY, LUNET_UNARY_GELU, 0},
-      {"leaky_relu", ACT_UNARY, LUNET_UNARY_LEAKY_RELU, 0.2f},
-      {"softmax", ACT_SOFTMAX, 0, 0}};
+  static const struct {
+    const char *name;
+    act_kind kind;
+    lunet_unary_op op;
+    float alpha;
+  } acts[] = {{"linear", ACT_NONE, 0, 0},
+              {"relu", ACT_UNARY, LUNET_UNARY_RELU, 0},
+              {"sigmoid", ACT_UNARY, LUNET_UNARY_SIGMOID, 0},
+              {"tanh", ACT_UNARY, LUNET_UNARY_TANH, 0},
+              {"gelu", ACT_UNARY, LUNET_UNARY_GELU, 0},
+              {"leaky_relu", ACT_UNARY, LUNET_UNARY_LEAKY_RELU, 0.2f},
+              {"softmax", ACT_SOFTMAX, 0, 0}};
   l->act = ACT_NONE;
   l->act_name = NULL;
   /* The Activation layer applies its own argument itself. */
@@ -356,8 +365,10 @@ static lunet_status parse_activation(lunet_layer *l) {
       l->act_name = acts[i].kind == ACT_NONE ? NULL : acts[i].name;
       return LUNET_OK;
     }
-  return lunet_layer_error(l, LUNET_ERR_ARG, "unknown activation '%s' (valid: linear, relu, "
-                           "sigmoid, tanh, gelu, leaky_relu, softmax)", a);
+  return lunet_layer_error(l, LUNET_ERR_ARG,
+                           "unknown activation '%s' (valid: linear, relu, "
+                           "sigmoid, tanh, gelu, leaky_relu, softmax)",
+                           a);
 }
 
 lunet_status lunet_layer_build(lunet_layer *l, int in_ndim, const int64_t *in) {
@@ -411,7 +422,8 @@ static lunet_status layer_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *
                                    lunet_tensor **dx) {
   lunet_layer *l = n->data;
   if (n->iparams[0])
-    return lunet_layer_error(l, LUNET_ERR_ARG, "backward through the same call a second time: the "
+    return lunet_layer_error(l, LUNET_ERR_ARG,
+                             "backward through the same call a second time: the "
                              "layer released what it saved after the first backward (run the "
                              "forward pass again)");
   lunet_tensor *x = n->inputs[0];

@@ -20,8 +20,8 @@ static lunet_tensor *sparse_xent_logits(lunet_ctx *ctx, lunet_tensor *logits,
   bool grad = lunet_needs_grad(ctx, 1, &logits);
   lunet_tensor *dlogits = NULL;
   lunet_tensor *rows = lunet_op_softmax_xent(ctx, logits, labels, grad ? &dlogits : NULL);
-  lunet_tensor *loss = rows ? lunet_op_reduce(ctx, LUNET_REDUCE_MEAN, rows, LUNET_ALL_AXES, false)
-                            : NULL;
+  lunet_tensor *loss =
+      rows ? lunet_op_reduce(ctx, LUNET_REDUCE_MEAN, rows, LUNET_ALL_AXES, false) : NULL;
   int64_t nrows = rows ? rows->numel : 1;
   lunet_tensor_release(rows);
   if (loss && grad) {
@@ -64,8 +64,10 @@ static lunet_tensor *one_hot(lunet_ctx *ctx, const lunet_tensor *pred, lunet_ten
     int64_t bad = -1;
     for (int64_t i = 0; i < r && bad < 0; i++) {
       int64_t c = (int64_t)ids[i];
-      if ((float)c != ids[i] || c < 0 || c >= k) bad = i;
-      else oh[i * k + c] = 1.0f;
+      if ((float)c != ids[i] || c < 0 || c >= k)
+        bad = i;
+      else
+        oh[i * k + c] = 1.0f;
     }
     if (bad >= 0)
       lunet_error(ctx, LUNET_ERR_ARG, "label %g at row %lld is outside [0, %lld)", ids[bad],
@@ -128,8 +130,8 @@ static lunet_tensor *binary_xent(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *
                                  bool from_logits) {
   lunet_tensor *t[8] = {0}, *loss = NULL;
   if (from_logits) {
-    if ((t[0] = lunet_unary(ctx, LUNET_UNARY_RELU, x, 0, 0)) &&
-        (t[1] = lunet_mul(ctx, x, z)) && (t[2] = lunet_sub(ctx, t[0], t[1])) &&
+    if ((t[0] = lunet_unary(ctx, LUNET_UNARY_RELU, x, 0, 0)) && (t[1] = lunet_mul(ctx, x, z)) &&
+        (t[2] = lunet_sub(ctx, t[0], t[1])) &&
         (t[3] = lunet_unary(ctx, LUNET_UNARY_ABS, x, 0, 0)) &&
         (t[4] = lunet_unary(ctx, LUNET_UNARY_AFFINE, t[3], -1, 0)) &&
         (t[5] = lunet_unary(ctx, LUNET_UNARY_EXP, t[4], 0, 0)) &&
@@ -163,7 +165,7 @@ static bool same_count(lunet_ctx *ctx, const char *name, const lunet_tensor *pre
 }
 
 static lunet_tensor *loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pred,
-                         lunet_tensor *truth, bool from_logits);
+                          lunet_tensor *truth, bool from_logits);
 
 /* Labels in any dtype become float32, and targets with the prediction's
  * element count take its shape: a (N,) target against a (N, 1) prediction
@@ -174,8 +176,8 @@ lunet_tensor *lunet_loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pre
     lunet_error(ctx, LUNET_ERR_SHAPE, "loss: y_pred must have a batch axis");
     return NULL;
   }
-  lunet_tensor *t = truth->dtype == LUNET_F32 ? lunet_tensor_retain(truth)
-                                              : lunet_op_cast(ctx, truth, LUNET_F32);
+  lunet_tensor *t =
+      truth->dtype == LUNET_F32 ? lunet_tensor_retain(truth) : lunet_op_cast(ctx, truth, LUNET_F32);
   if (t && kind != LUNET_LOSS_SPARSE_CATEGORICAL_CE && t->numel == pred->numel &&
       !lunet_shape_equal(t, pred)) {
     lunet_tensor *r = lunet_tensor_alias(ctx, t, pred->ndim, pred->shape);
@@ -188,7 +190,7 @@ lunet_tensor *lunet_loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pre
 }
 
 static lunet_tensor *loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pred,
-                         lunet_tensor *truth, bool from_logits) {
+                          lunet_tensor *truth, bool from_logits) {
   int64_t k = pred->shape[pred->ndim - 1];
   switch (kind) {
   case LUNET_LOSS_MSE:
@@ -196,10 +198,12 @@ static lunet_tensor *loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pr
                                                                            : NULL;
   case LUNET_LOSS_BINARY_CE:
     return same_count(ctx, "binary_crossentropy", pred, truth, pred->numel)
-               ? binary_xent(ctx, pred, truth, from_logits) : NULL;
+               ? binary_xent(ctx, pred, truth, from_logits)
+               : NULL;
   case LUNET_LOSS_CATEGORICAL_CE:
     return same_count(ctx, "categorical_crossentropy", pred, truth, pred->numel)
-               ? categorical(ctx, pred, truth, from_logits) : NULL;
+               ? categorical(ctx, pred, truth, from_logits)
+               : NULL;
   case LUNET_LOSS_SPARSE_CATEGORICAL_CE: {
     if (!same_count(ctx, "sparse_categorical_crossentropy", pred, truth, pred->numel / (k ? k : 1)))
       return NULL;

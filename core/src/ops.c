@@ -32,14 +32,17 @@ static lunet_be *inputs_be(lunet_ctx *ctx, const char *op, int n, const lunet_te
     const lunet_tensor *t = ts[i];
     if (!t) continue;
     if (t->dtype != LUNET_F32) {
-      lunet_error(ctx, LUNET_ERR_ARG, "%s: input %d is %s; this op computes in float32 "
-                  "(convert with t:float())", op, i + 1, lunet_dtype_name(t->dtype));
+      lunet_error(ctx, LUNET_ERR_ARG,
+                  "%s: input %d is %s; this op computes in float32 "
+                  "(convert with t:float())",
+                  op, i + 1, lunet_dtype_name(t->dtype));
       return NULL;
     }
     if (be && t->buf->be != be) {
-      lunet_error(ctx, LUNET_ERR_ARG, "%s: inputs live on different backends ('%s' and "
-                  "'%s'); move one with t:to(\"%s\")", op, be->name, t->buf->be->name,
-                  be->name);
+      lunet_error(ctx, LUNET_ERR_ARG,
+                  "%s: inputs live on different backends ('%s' and "
+                  "'%s'); move one with t:to(\"%s\")",
+                  op, be->name, t->buf->be->name, be->name);
       return NULL;
     }
     be = t->buf->be;
@@ -52,8 +55,7 @@ static lunet_be *inputs_be(lunet_ctx *ctx, const char *op, int n, const lunet_te
 #define BE3(op, a, b, c) inputs_be(ctx, op, 3, (const lunet_tensor *const[]){a, b, c})
 
 /* Releases out and returns NULL when the backend call failed. */
-static lunet_tensor *done(lunet_ctx *ctx, lunet_be *be, int rc, const char *op,
-                          lunet_tensor *out) {
+static lunet_tensor *done(lunet_ctx *ctx, lunet_be *be, int rc, const char *op, lunet_tensor *out) {
   if (lunet_be_check(ctx, be, rc, op) == LUNET_OK) return out;
   lunet_tensor_release(out);
   return NULL;
@@ -83,9 +85,10 @@ lunet_status lunet_op_fill(lunet_ctx *ctx, lunet_tensor *t, float v) {
     lunet_tensor_release(f);
     return ctx->status;
   }
-  lunet_status s = lunet_be_check(ctx, be, be->i->cast(be->state, t->buf->handle, t->dtype,
-                                                       f->buf->handle, LUNET_F32,
-                                                       (size_t)t->numel), "cast");
+  lunet_status s = lunet_be_check(
+      ctx, be,
+      be->i->cast(be->state, t->buf->handle, t->dtype, f->buf->handle, LUNET_F32, (size_t)t->numel),
+      "cast");
   lunet_tensor_release(f);
   return s;
 }
@@ -94,12 +97,12 @@ lunet_tensor *lunet_op_copy(lunet_ctx *ctx, const lunet_tensor *x) {
   lunet_tensor *y = lunet_op_empty_like(ctx, x);
   if (!y) return NULL;
   lunet_be *be = x->buf->be;
-  return done(ctx, be, be->i->buffer_copy(be->state, y->buf->handle, 0, x->buf->handle, 0,
-                                          x->buf->nbytes), "copy", y);
+  return done(ctx, be,
+              be->i->buffer_copy(be->state, y->buf->handle, 0, x->buf->handle, 0, x->buf->nbytes),
+              "copy", y);
 }
 
-lunet_tensor *lunet_op_reshape(lunet_ctx *ctx, lunet_tensor *x, int ndim,
-                               const int64_t *shape) {
+lunet_tensor *lunet_op_reshape(lunet_ctx *ctx, lunet_tensor *x, int ndim, const int64_t *shape) {
   return lunet_tensor_alias(ctx, x, ndim, shape);
 }
 
@@ -107,37 +110,43 @@ lunet_tensor *lunet_op_cast(lunet_ctx *ctx, const lunet_tensor *x, lunet_dtype d
   lunet_tensor *y = lunet_op_new(ctx, x, dt, x->ndim, x->shape);
   if (!y) return NULL;
   lunet_be *be = x->buf->be;
-  return done(ctx, be, be->i->cast(be->state, y->buf->handle, dt, x->buf->handle, x->dtype,
-                                   (size_t)x->numel), "cast", y);
+  return done(
+      ctx, be,
+      be->i->cast(be->state, y->buf->handle, dt, x->buf->handle, x->dtype, (size_t)x->numel),
+      "cast", y);
 }
 
 /* ---- elementwise ---- */
 
-lunet_tensor *lunet_op_unary(lunet_ctx *ctx, lunet_unary_op op, const lunet_tensor *x,
-                             float alpha, float beta) {
+lunet_tensor *lunet_op_unary(lunet_ctx *ctx, lunet_unary_op op, const lunet_tensor *x, float alpha,
+                             float beta) {
   lunet_be *be = BE1("unary", x);
   if (!be) return NULL;
   lunet_tensor *y = lunet_op_empty_like(ctx, x);
   if (!y) return NULL;
-  return done(ctx, be, be->i->unary(be->state, op, alpha, beta, y->buf->handle,
-                                    x->buf->handle, (size_t)x->numel), "unary", y);
+  return done(
+      ctx, be,
+      be->i->unary(be->state, op, alpha, beta, y->buf->handle, x->buf->handle, (size_t)x->numel),
+      "unary", y);
 }
 
-lunet_tensor *lunet_op_unary_backward(lunet_ctx *ctx, lunet_unary_op op,
-                                      const lunet_tensor *dy, const lunet_tensor *x,
-                                      const lunet_tensor *y, float alpha, float beta) {
+lunet_tensor *lunet_op_unary_backward(lunet_ctx *ctx, lunet_unary_op op, const lunet_tensor *dy,
+                                      const lunet_tensor *x, const lunet_tensor *y, float alpha,
+                                      float beta) {
   lunet_be *be = BE3("unary_backward", dy, x, y);
   if (!be) return NULL;
   if ((x && x->numel != dy->numel) || (y && y->numel != dy->numel)) {
-    lunet_error(ctx, LUNET_ERR_SHAPE, "unary_backward: the gradient has %lld elements, the input %lld",
+    lunet_error(ctx, LUNET_ERR_SHAPE,
+                "unary_backward: the gradient has %lld elements, the input %lld",
                 (long long)dy->numel, (long long)(x ? x->numel : y->numel));
     return NULL;
   }
   lunet_tensor *dx = lunet_op_empty_like(ctx, dy);
   if (!dx) return NULL;
-  return done(ctx, be, be->i->unary_backward(be->state, op, alpha, beta, dx->buf->handle,
-                                             dy->buf->handle, x ? x->buf->handle : NULL,
-                                             y ? y->buf->handle : NULL, (size_t)dy->numel),
+  return done(ctx, be,
+              be->i->unary_backward(be->state, op, alpha, beta, dx->buf->handle, dy->buf->handle,
+                                    x ? x->buf->handle : NULL, y ? y->buf->handle : NULL,
+                                    (size_t)dy->numel),
               "unary_backward", dx);
 }
 
@@ -153,10 +162,9 @@ static lunet_status broadcast(lunet_ctx *ctx, const lunet_tensor *a, const lunet
     int64_t da = ia >= 0 ? a->shape[ia] : 1, db = ib >= 0 ? b->shape[ib] : 1;
     if (da != db && da != 1 && db != 1) {
       char x[128], y[128];
-      return lunet_error(ctx, LUNET_ERR_SHAPE,
-                         "shapes %s and %s do not broadcast (axis %d: %lld vs %lld)",
-                         shape_s(a, x, sizeof x), shape_s(b, y, sizeof y), i + 1,
-                         (long long)da, (long long)db);
+      return lunet_error(
+          ctx, LUNET_ERR_SHAPE, "shapes %s and %s do not broadcast (axis %d: %lld vs %lld)",
+          shape_s(a, x, sizeof x), shape_s(b, y, sizeof y), i + 1, (long long)da, (long long)db);
     }
     d->shape[i] = da > db ? da : db;
     if (da == 0 || db == 0) d->shape[i] = 0;
@@ -175,8 +183,9 @@ lunet_tensor *lunet_op_binary(lunet_ctx *ctx, lunet_binary_op op, const lunet_te
   if (!be || broadcast(ctx, a, b, &d)) return NULL;
   lunet_tensor *y = lunet_tensor_on(ctx, be, LUNET_F32, d.ndim, d.shape);
   if (!y) return NULL;
-  return done(ctx, be, be->i->binary(be->state, op, y->buf->handle, a->buf->handle,
-                                     b->buf->handle, &d), "binary", y);
+  return done(ctx, be,
+              be->i->binary(be->state, op, y->buf->handle, a->buf->handle, b->buf->handle, &d),
+              "binary", y);
 }
 
 lunet_status lunet_op_accumulate(lunet_ctx *ctx, lunet_tensor *acc, const lunet_tensor *x) {
@@ -188,8 +197,9 @@ lunet_status lunet_op_accumulate(lunet_ctx *ctx, lunet_tensor *acc, const lunet_
                        shape_s(x, s1, sizeof s1), shape_s(acc, s2, sizeof s2));
   }
   lunet_bcast_desc d = {.ndim = 1, .shape = {acc->numel}, .a_strides = {1}, .b_strides = {1}};
-  return lunet_be_check(ctx, be, be->i->binary(be->state, LUNET_BINARY_ADD, acc->buf->handle,
-                                               acc->buf->handle, x->buf->handle, &d),
+  return lunet_be_check(ctx, be,
+                        be->i->binary(be->state, LUNET_BINARY_ADD, acc->buf->handle,
+                                      acc->buf->handle, x->buf->handle, &d),
                         "accumulate");
 }
 
@@ -198,15 +208,14 @@ lunet_status lunet_op_accumulate(lunet_ctx *ctx, lunet_tensor *acc, const lunet_
 static int norm_axis(lunet_ctx *ctx, int axis, int ndim) {
   int a = axis < 0 ? axis + ndim : axis;
   if (a < 0 || a >= ndim) {
-    lunet_error(ctx, LUNET_ERR_ARG, "axis %d is out of range for a tensor of rank %d", axis,
-                ndim);
+    lunet_error(ctx, LUNET_ERR_ARG, "axis %d is out of range for a tensor of rank %d", axis, ndim);
     return -1;
   }
   return a;
 }
 
-lunet_tensor *lunet_op_reduce(lunet_ctx *ctx, lunet_reduce_op op, const lunet_tensor *x,
-                              int axis, bool keepdims) {
+lunet_tensor *lunet_op_reduce(lunet_ctx *ctx, lunet_reduce_op op, const lunet_tensor *x, int axis,
+                              bool keepdims) {
   lunet_be *be = BE1("reduce", x);
   if (!be) return NULL;
   int64_t shape[LUNET_MAX_DIMS];
@@ -220,11 +229,16 @@ lunet_tensor *lunet_op_reduce(lunet_ctx *ctx, lunet_reduce_op op, const lunet_te
     int a = norm_axis(ctx, axis, x->ndim);
     if (a < 0) return NULL;
     for (int i = 0; i < x->ndim; i++) {
-      if (i < a) outer *= (size_t)x->shape[i];
-      else if (i == a) len = (size_t)x->shape[i];
-      else inner *= (size_t)x->shape[i];
-      if (i != a) shape[nd++] = x->shape[i];
-      else if (keepdims) shape[nd++] = 1;
+      if (i < a)
+        outer *= (size_t)x->shape[i];
+      else if (i == a)
+        len = (size_t)x->shape[i];
+      else
+        inner *= (size_t)x->shape[i];
+      if (i != a)
+        shape[nd++] = x->shape[i];
+      else if (keepdims)
+        shape[nd++] = 1;
     }
   }
   if (len == 0 && op != LUNET_REDUCE_SUM) {
@@ -234,8 +248,9 @@ lunet_tensor *lunet_op_reduce(lunet_ctx *ctx, lunet_reduce_op op, const lunet_te
   }
   lunet_tensor *y = lunet_tensor_on(ctx, be, LUNET_F32, nd, shape);
   if (!y) return NULL;
-  return done(ctx, be, be->i->reduce(be->state, op, y->buf->handle, x->buf->handle, outer,
-                                     len, inner), "reduce", y);
+  return done(ctx, be,
+              be->i->reduce(be->state, op, y->buf->handle, x->buf->handle, outer, len, inner),
+              "reduce", y);
 }
 
 lunet_tensor *lunet_op_sum_to(lunet_ctx *ctx, const lunet_tensor *x, int ndim,
@@ -267,14 +282,16 @@ lunet_tensor *lunet_op_argmax(lunet_ctx *ctx, const lunet_tensor *x) {
   size_t cols = (size_t)x->shape[x->ndim - 1];
   lunet_tensor *y = lunet_tensor_on(ctx, be, LUNET_F32, x->ndim - 1, x->shape);
   if (!y) return NULL;
-  return done(ctx, be, be->i->argmax(be->state, y->buf->handle, x->buf->handle,
-                                     (size_t)x->numel / cols, cols), "argmax", y);
+  return done(
+      ctx, be,
+      be->i->argmax(be->state, y->buf->handle, x->buf->handle, (size_t)x->numel / cols, cols),
+      "argmax", y);
 }
 
 /* ---- matmul ---- */
 
-lunet_tensor *lunet_op_matmul(lunet_ctx *ctx, const lunet_tensor *a, const lunet_tensor *b,
-                              bool ta, bool tb) {
+lunet_tensor *lunet_op_matmul(lunet_ctx *ctx, const lunet_tensor *a, const lunet_tensor *b, bool ta,
+                              bool tb) {
   lunet_be *be = BE2("matmul", a, b);
   if (!be) return NULL;
   char s1[128], s2[128];
@@ -292,14 +309,17 @@ lunet_tensor *lunet_op_matmul(lunet_ctx *ctx, const lunet_tensor *a, const lunet
   for (int i = 0; batch_ok && a->ndim > 2 && b->ndim > 2 && i < a->ndim - 2; i++)
     batch_ok = a->shape[i] == b->shape[i];
   if (!batch_ok) {
-    lunet_error(ctx, LUNET_ERR_SHAPE, "matmul: the batch dimensions of %s and %s differ (they must "
-                "be equal, or one operand 2-D)", shape_s(a, s1, sizeof s1), shape_s(b, s2, sizeof s2));
+    lunet_error(ctx, LUNET_ERR_SHAPE,
+                "matmul: the batch dimensions of %s and %s differ (they must "
+                "be equal, or one operand 2-D)",
+                shape_s(a, s1, sizeof s1), shape_s(b, s2, sizeof s2));
     return NULL;
   }
   if (k != k2) {
-    lunet_error(ctx, LUNET_ERR_SHAPE, "matmul: shapes %s and %s do not fit (inner sizes %lld "
-                "and %lld)", shape_s(a, s1, sizeof s1), shape_s(b, s2, sizeof s2),
-                (long long)k, (long long)k2);
+    lunet_error(ctx, LUNET_ERR_SHAPE,
+                "matmul: shapes %s and %s do not fit (inner sizes %lld "
+                "and %lld)",
+                shape_s(a, s1, sizeof s1), shape_s(b, s2, sizeof s2), (long long)k, (long long)k2);
     return NULL;
   }
   const lunet_tensor *big = a->ndim >= b->ndim ? a : b;
@@ -311,20 +331,22 @@ lunet_tensor *lunet_op_matmul(lunet_ctx *ctx, const lunet_tensor *a, const lunet
   int64_t batch = ba > bb ? ba : bb;
   lunet_tensor *c = lunet_tensor_on(ctx, be, LUNET_F32, nd, shape);
   if (!c) return NULL;
-  return done(ctx, be, be->i->gemm(be->state, ta, tb, m, n, k, 1.0f, a->buf->handle,
-                                   ba > 1 ? m * k : 0, b->buf->handle, bb > 1 ? k * n : 0,
-                                   0.0f, c->buf->handle, m * n, batch), "matmul", c);
+  return done(ctx, be,
+              be->i->gemm(be->state, ta, tb, m, n, k, 1.0f, a->buf->handle, ba > 1 ? m * k : 0,
+                          b->buf->handle, bb > 1 ? k * n : 0, 0.0f, c->buf->handle, m * n, batch),
+              "matmul", c);
 }
 
 /* ---- convolution and pooling ---- */
 
-static lunet_status geometry(lunet_ctx *ctx, const char *what, int64_t h, int64_t w,
-                             int64_t kh, int64_t kw, int64_t sh, int64_t sw, lunet_padding pad,
-                             int64_t *pt, int64_t *pl, int64_t *oh, int64_t *ow) {
+static lunet_status geometry(lunet_ctx *ctx, const char *what, int64_t h, int64_t w, int64_t kh,
+                             int64_t kw, int64_t sh, int64_t sw, lunet_padding pad, int64_t *pt,
+                             int64_t *pl, int64_t *oh, int64_t *ow) {
   if (kh < 1 || kw < 1 || sh < 1 || sw < 1)
-    return lunet_error(ctx, LUNET_ERR_ARG, "%s: kernel and strides must be positive, got "
-                       "kernel (%lld, %lld), strides (%lld, %lld)", what, (long long)kh,
-                       (long long)kw, (long long)sh, (long long)sw);
+    return lunet_error(ctx, LUNET_ERR_ARG,
+                       "%s: kernel and strides must be positive, got "
+                       "kernel (%lld, %lld), strides (%lld, %lld)",
+                       what, (long long)kh, (long long)kw, (long long)sh, (long long)sw);
   if (pad == LUNET_PAD_SAME) {
     *oh = (h + sh - 1) / sh;
     *ow = (w + sw - 1) / sw;
@@ -333,10 +355,11 @@ static lunet_status geometry(lunet_ctx *ctx, const char *what, int64_t h, int64_
     *pl = pw > 0 ? pw / 2 : 0;
   } else {
     if (kh > h || kw > w)
-      return lunet_error(ctx, LUNET_ERR_SHAPE, "%s: a %lldx%lld window does not fit a %lldx%lld "
+      return lunet_error(ctx, LUNET_ERR_SHAPE,
+                         "%s: a %lldx%lld window does not fit a %lldx%lld "
                          "input with padding \"valid\" (use padding = \"same\" or a larger "
-                         "input)", what, (long long)kh, (long long)kw, (long long)h,
-                         (long long)w);
+                         "input)",
+                         what, (long long)kh, (long long)kw, (long long)h, (long long)w);
     *oh = (h - kh) / sh + 1;
     *ow = (w - kw) / sw + 1;
     *pt = *pl = 0;
@@ -376,22 +399,26 @@ lunet_tensor *lunet_op_conv2d(lunet_ctx *ctx, const lunet_tensor *x, const lunet
     return NULL;
   lunet_tensor *y = lunet_tensor_on(ctx, be, LUNET_F32, 4, (int64_t[]){d->n, d->oh, d->ow, d->f});
   if (!y) return NULL;
-  return done(ctx, be, be->i->conv2d(be->state, y->buf->handle, x->buf->handle, w->buf->handle,
-                                     bias ? bias->buf->handle : NULL, d), "conv2d", y);
+  return done(ctx, be,
+              be->i->conv2d(be->state, y->buf->handle, x->buf->handle, w->buf->handle,
+                            bias ? bias->buf->handle : NULL, d),
+              "conv2d", y);
 }
 
 lunet_tensor *lunet_op_conv2d_backward_data(lunet_ctx *ctx, const lunet_tensor *dy,
                                             const lunet_tensor *w, const lunet_conv2d_desc *d) {
   lunet_be *be = BE2("conv2d_backward_data", dy, w);
   if (!be || !supported(ctx, be, be->i->conv2d_backward_data, "conv2d_backward_data") ||
-      !has_shape(ctx, "conv2d_backward_data", "kernel", w, 4, (int64_t[]){d->kh, d->kw, d->c, d->f}) ||
+      !has_shape(ctx, "conv2d_backward_data", "kernel", w, 4,
+                 (int64_t[]){d->kh, d->kw, d->c, d->f}) ||
       !has_shape(ctx, "conv2d_backward_data", "dy", dy, 4, (int64_t[]){d->n, d->oh, d->ow, d->f}))
     return NULL;
   lunet_tensor *dx = lunet_tensor_on(ctx, be, LUNET_F32, 4, (int64_t[]){d->n, d->h, d->w, d->c});
   if (!dx) return NULL;
-  return done(ctx, be, be->i->conv2d_backward_data(be->state, dx->buf->handle, dy->buf->handle,
-                                                   w->buf->handle, d), "conv2d_backward_data",
-              dx);
+  return done(
+      ctx, be,
+      be->i->conv2d_backward_data(be->state, dx->buf->handle, dy->buf->handle, w->buf->handle, d),
+      "conv2d_backward_data", dx);
 }
 
 lunet_tensor *lunet_op_conv2d_backward_filter(lunet_ctx *ctx, const lunet_tensor *dy,
@@ -400,9 +427,9 @@ lunet_tensor *lunet_op_conv2d_backward_filter(lunet_ctx *ctx, const lunet_tensor
   lunet_be *be = BE2("conv2d_backward_filter", dy, x);
   if (db) *db = NULL;
   if (!be || !supported(ctx, be, be->i->conv2d_backward_filter, "conv2d_backward_filter") ||
-      !has_shape(ctx, "conv2d_backward_filter", "input", x, 4, (int64_t[]){d->n, d->h, d->w, d->c}) ||
-      !has_shape(ctx, "conv2d_backward_filter", "dy", dy, 4,
-                 (int64_t[]){d->n, d->oh, d->ow, d->f}))
+      !has_shape(ctx, "conv2d_backward_filter", "input", x, 4,
+                 (int64_t[]){d->n, d->h, d->w, d->c}) ||
+      !has_shape(ctx, "conv2d_backward_filter", "dy", dy, 4, (int64_t[]){d->n, d->oh, d->ow, d->f}))
     return NULL;
   lunet_tensor *dw = lunet_tensor_on(ctx, be, LUNET_F32, 4, (int64_t[]){d->kh, d->kw, d->c, d->f});
   lunet_tensor *b = db && dw ? lunet_tensor_on(ctx, be, LUNET_F32, 1, (int64_t[]){d->f}) : NULL;
@@ -429,13 +456,13 @@ lunet_tensor *lunet_op_pool2d(lunet_ctx *ctx, lunet_pool_mode mode, const lunet_
     return NULL;
   lunet_tensor *y = lunet_tensor_on(ctx, be, LUNET_F32, 4, (int64_t[]){d->n, d->oh, d->ow, d->c});
   if (!y) return NULL;
-  return done(ctx, be, be->i->pool2d(be->state, mode, y->buf->handle, x->buf->handle, d),
-              "pool2d", y);
+  return done(ctx, be, be->i->pool2d(be->state, mode, y->buf->handle, x->buf->handle, d), "pool2d",
+              y);
 }
 
-lunet_tensor *lunet_op_pool2d_backward(lunet_ctx *ctx, lunet_pool_mode mode,
-                                       const lunet_tensor *dy, const lunet_tensor *x,
-                                       const lunet_tensor *y, const lunet_pool2d_desc *d) {
+lunet_tensor *lunet_op_pool2d_backward(lunet_ctx *ctx, lunet_pool_mode mode, const lunet_tensor *dy,
+                                       const lunet_tensor *x, const lunet_tensor *y,
+                                       const lunet_pool2d_desc *d) {
   lunet_be *be = BE3("pool2d_backward", dy, x, y);
   if (!be || !supported(ctx, be, be->i->pool2d_backward, "pool2d_backward") ||
       !has_shape(ctx, "pool2d_backward", "dy", dy, 4, (int64_t[]){d->n, d->oh, d->ow, d->c}) ||
@@ -443,8 +470,9 @@ lunet_tensor *lunet_op_pool2d_backward(lunet_ctx *ctx, lunet_pool_mode mode,
     return NULL;
   lunet_tensor *dx = lunet_op_empty_like(ctx, x);
   if (!dx) return NULL;
-  return done(ctx, be, be->i->pool2d_backward(be->state, mode, dx->buf->handle, dy->buf->handle,
-                                              x->buf->handle, y ? y->buf->handle : NULL, d),
+  return done(ctx, be,
+              be->i->pool2d_backward(be->state, mode, dx->buf->handle, dy->buf->handle,
+                                     x->buf->handle, y ? y->buf->handle : NULL, d),
               "pool2d_backward", dx);
 }
 
@@ -460,8 +488,10 @@ lunet_tensor *lunet_op_softmax(lunet_ctx *ctx, const lunet_tensor *x, bool log) 
   lunet_tensor *y = lunet_op_empty_like(ctx, x);
   size_t cols = last_dim(x);
   if (!y) return NULL;
-  return done(ctx, be, be->i->softmax(be->state, log, y->buf->handle, x->buf->handle,
-                                      cols ? (size_t)x->numel / cols : 0, cols), "softmax", y);
+  return done(ctx, be,
+              be->i->softmax(be->state, log, y->buf->handle, x->buf->handle,
+                             cols ? (size_t)x->numel / cols : 0, cols),
+              "softmax", y);
 }
 
 lunet_tensor *lunet_op_softmax_backward(lunet_ctx *ctx, const lunet_tensor *dy,
@@ -477,9 +507,9 @@ lunet_tensor *lunet_op_softmax_backward(lunet_ctx *ctx, const lunet_tensor *dy,
   lunet_tensor *dx = lunet_op_empty_like(ctx, y);
   size_t cols = last_dim(y);
   if (!dx) return NULL;
-  return done(ctx, be, be->i->softmax_backward(be->state, log, dx->buf->handle, dy->buf->handle,
-                                               y->buf->handle,
-                                               cols ? (size_t)y->numel / cols : 0, cols),
+  return done(ctx, be,
+              be->i->softmax_backward(be->state, log, dx->buf->handle, dy->buf->handle,
+                                      y->buf->handle, cols ? (size_t)y->numel / cols : 0, cols),
               "softmax_backward", dx);
 }
 
@@ -491,9 +521,10 @@ lunet_tensor *lunet_op_softmax_xent(lunet_ctx *ctx, const lunet_tensor *logits,
   size_t cols = last_dim(logits), rows = cols ? (size_t)logits->numel / cols : 0;
   if ((size_t)labels->numel != rows) {
     char s1[128], s2[128];
-    lunet_error(ctx, LUNET_ERR_SHAPE, "sparse cross-entropy: %zu predictions %s but %lld labels "
-                "%s (labels are class ids, one per sample)", rows,
-                shape_s(logits, s1, sizeof s1), (long long)labels->numel,
+    lunet_error(ctx, LUNET_ERR_SHAPE,
+                "sparse cross-entropy: %zu predictions %s but %lld labels "
+                "%s (labels are class ids, one per sample)",
+                rows, shape_s(logits, s1, sizeof s1), (long long)labels->numel,
                 shape_s(labels, s2, sizeof s2));
     return NULL;
   }
@@ -524,19 +555,18 @@ lunet_tensor *lunet_op_batchnorm(lunet_ctx *ctx, const lunet_tensor *x, const lu
   size_t c = last_dim(x), rows = c ? (size_t)x->numel / c : 0;
   lunet_tensor *y = lunet_op_empty_like(ctx, x);
   if (!y) return NULL;
-  int rc = be->i->batchnorm(be->state, training, y->buf->handle,
-                            training ? st->save_mean->buf->handle : NULL,
-                            training ? st->save_invstd->buf->handle : NULL,
-                            st->running_mean->buf->handle, st->running_var->buf->handle,
-                            x->buf->handle, gamma->buf->handle, beta->buf->handle, rows, c,
-                            st->momentum, st->epsilon);
+  int rc = be->i->batchnorm(
+      be->state, training, y->buf->handle, training ? st->save_mean->buf->handle : NULL,
+      training ? st->save_invstd->buf->handle : NULL, st->running_mean->buf->handle,
+      st->running_var->buf->handle, x->buf->handle, gamma->buf->handle, beta->buf->handle, rows, c,
+      st->momentum, st->epsilon);
   return done(ctx, be, rc, "batchnorm", y);
 }
 
 lunet_tensor *lunet_op_batchnorm_backward(lunet_ctx *ctx, const lunet_tensor *dy,
                                           const lunet_tensor *x, const lunet_tensor *gamma,
-                                          const lunet_batchnorm_state *st,
-                                          lunet_tensor **dgamma, lunet_tensor **dbeta) {
+                                          const lunet_batchnorm_state *st, lunet_tensor **dgamma,
+                                          lunet_tensor **dbeta) {
   lunet_be *be = BE3("batchnorm_backward", dy, x, gamma);
   *dgamma = *dbeta = NULL;
   if (!be || !supported(ctx, be, be->i->batchnorm_backward, "batchnorm_backward")) return NULL;
@@ -544,10 +574,10 @@ lunet_tensor *lunet_op_batchnorm_backward(lunet_ctx *ctx, const lunet_tensor *dy
   lunet_tensor *dx = lunet_op_empty_like(ctx, x);
   lunet_tensor *dg = lunet_op_empty_like(ctx, gamma), *db = lunet_op_empty_like(ctx, gamma);
   if (dx && dg && db) {
-    int rc = be->i->batchnorm_backward(be->state, dx->buf->handle, dg->buf->handle,
-                                       db->buf->handle, dy->buf->handle, x->buf->handle,
-                                       gamma->buf->handle, st->save_mean->buf->handle,
-                                       st->save_invstd->buf->handle, rows, c);
+    int rc = be->i->batchnorm_backward(be->state, dx->buf->handle, dg->buf->handle, db->buf->handle,
+                                       dy->buf->handle, x->buf->handle, gamma->buf->handle,
+                                       st->save_mean->buf->handle, st->save_invstd->buf->handle,
+                                       rows, c);
     if (lunet_be_check(ctx, be, rc, "batchnorm_backward") == LUNET_OK) {
       *dgamma = dg;
       *dbeta = db;
@@ -569,8 +599,10 @@ lunet_tensor *lunet_op_dropout_mask(lunet_ctx *ctx, const lunet_tensor *like, fl
   lunet_tensor *m = lunet_tensor_on(ctx, be, LUNET_F32, like->ndim, like->shape);
   if (!m) return NULL;
   uint64_t counter = lunet_rng_take(ctx, (uint64_t)m->numel);
-  return done(ctx, be, be->i->dropout_mask(be->state, m->buf->handle, (size_t)m->numel, rate,
-                                           ctx->seed, counter), "dropout", m);
+  return done(
+      ctx, be,
+      be->i->dropout_mask(be->state, m->buf->handle, (size_t)m->numel, rate, ctx->seed, counter),
+      "dropout", m);
 }
 
 /* ---- indexing and layout ---- */
@@ -583,8 +615,8 @@ lunet_tensor *lunet_op_gather_rows(lunet_ctx *ctx, const lunet_tensor *x, const 
   }
   for (int64_t i = 0; i < n; i++)
     if (idx[i] < 0 || idx[i] >= x->shape[0]) {
-      lunet_error(ctx, LUNET_ERR_ARG, "row index %lld is outside [0, %lld)",
-                  (long long)idx[i], (long long)x->shape[0]);
+      lunet_error(ctx, LUNET_ERR_ARG, "row index %lld is outside [0, %lld)", (long long)idx[i],
+                  (long long)x->shape[0]);
       return NULL;
     }
   int64_t shape[LUNET_MAX_DIMS];
@@ -594,12 +626,12 @@ lunet_tensor *lunet_op_gather_rows(lunet_ctx *ctx, const lunet_tensor *x, const 
   lunet_tensor *y = lunet_tensor_on(ctx, be, x->dtype, x->ndim, shape);
   if (!y) return NULL;
   size_t row = x->shape[0] ? x->buf->nbytes / (size_t)x->shape[0] : 0;
-  return done(ctx, be, be->i->gather_rows(be->state, y->buf->handle, x->buf->handle, idx,
-                                          (size_t)n, row), "gather_rows", y);
+  return done(ctx, be,
+              be->i->gather_rows(be->state, y->buf->handle, x->buf->handle, idx, (size_t)n, row),
+              "gather_rows", y);
 }
 
-lunet_tensor *lunet_op_slice_rows(lunet_ctx *ctx, const lunet_tensor *x, int64_t start,
-                                  int64_t n) {
+lunet_tensor *lunet_op_slice_rows(lunet_ctx *ctx, const lunet_tensor *x, int64_t start, int64_t n) {
   if (x->ndim < 1 || start < 0 || n < 0 || start + n > x->shape[0]) {
     lunet_error(ctx, LUNET_ERR_ARG, "rows [%lld, %lld) are outside a tensor of %lld rows",
                 (long long)start, (long long)(start + n), (long long)(x->ndim ? x->shape[0] : 0));
@@ -612,8 +644,10 @@ lunet_tensor *lunet_op_slice_rows(lunet_ctx *ctx, const lunet_tensor *x, int64_t
   lunet_tensor *y = lunet_tensor_on(ctx, be, x->dtype, x->ndim, shape);
   if (!y) return NULL;
   size_t row = x->shape[0] ? x->buf->nbytes / (size_t)x->shape[0] : 0;
-  return done(ctx, be, be->i->buffer_copy(be->state, y->buf->handle, 0, x->buf->handle,
-                                          row * (size_t)start, row * (size_t)n), "slice", y);
+  return done(ctx, be,
+              be->i->buffer_copy(be->state, y->buf->handle, 0, x->buf->handle, row * (size_t)start,
+                                 row * (size_t)n),
+              "slice", y);
 }
 
 static void contiguous_strides(int nd, const int64_t *shape, int64_t *strides) {
@@ -637,8 +671,7 @@ lunet_tensor *lunet_op_permute(lunet_ctx *ctx, const lunet_tensor *x, const int 
   bool seen[LUNET_MAX_DIMS] = {0};
   for (int i = 0; i < x->ndim; i++) {
     if (perm[i] < 0 || perm[i] >= x->ndim || seen[perm[i]]) {
-      lunet_error(ctx, LUNET_ERR_ARG, "permutation is not a rearrangement of 0..%d",
-                  x->ndim - 1);
+      lunet_error(ctx, LUNET_ERR_ARG, "permutation is not a rearrangement of 0..%d", x->ndim - 1);
       return NULL;
     }
     seen[perm[i]] = true;
@@ -663,9 +696,11 @@ lunet_tensor *lunet_op_slice(lunet_ctx *ctx, const lunet_tensor *x, const int64_
   lunet_strided_desc d = {.ndim = x->ndim};
   for (int i = 0; i < x->ndim; i++) {
     if (step[i] < 1 || start[i] < 0 || stop[i] > x->shape[i]) {
-      lunet_error(ctx, LUNET_ERR_ARG, "slice %lld:%lld:%lld is out of range for axis %d of "
-                  "size %lld", (long long)start[i], (long long)stop[i], (long long)step[i],
-                  i + 1, (long long)x->shape[i]);
+      lunet_error(ctx, LUNET_ERR_ARG,
+                  "slice %lld:%lld:%lld is out of range for axis %d of "
+                  "size %lld",
+                  (long long)start[i], (long long)stop[i], (long long)step[i], i + 1,
+                  (long long)x->shape[i]);
       return NULL;
     }
     int64_t len = stop[i] > start[i] ? (stop[i] - start[i] + step[i] - 1) / step[i] : 0;
@@ -695,9 +730,10 @@ lunet_tensor *lunet_op_concat(lunet_ctx *ctx, lunet_tensor *const *xs, int n, in
     for (int j = 0; ok && j < xs[0]->ndim; j++) ok = j == a || xs[i]->shape[j] == xs[0]->shape[j];
     if (!ok) {
       char s1[128], s2[128];
-      lunet_error(ctx, LUNET_ERR_SHAPE, "concat: tensor %d %s does not fit tensor 1 %s along "
-                  "axis %d", i + 1, shape_s(xs[i], s1, sizeof s1), shape_s(xs[0], s2, sizeof s2),
-                  a + 1);
+      lunet_error(ctx, LUNET_ERR_SHAPE,
+                  "concat: tensor %d %s does not fit tensor 1 %s along "
+                  "axis %d",
+                  i + 1, shape_s(xs[i], s1, sizeof s1), shape_s(xs[0], s2, sizeof s2), a + 1);
       return NULL;
     }
     shape[a] += xs[i]->shape[a];
@@ -728,12 +764,14 @@ static lunet_status same_numel(lunet_ctx *ctx, const char *op, const lunet_tenso
                        (long long)g->numel, (long long)p->numel);
   const lunet_tensor *st[2] = {s1, s2};
   for (int i = 0; i < 2; i++)
-    if (st[i] && (st[i]->numel != p->numel || st[i]->buf->be != p->buf->be ||
-                  st[i]->dtype != LUNET_F32))
-      return lunet_error(ctx, LUNET_ERR_SHAPE, "%s: optimizer state has %lld elements on '%s', the "
+    if (st[i] &&
+        (st[i]->numel != p->numel || st[i]->buf->be != p->buf->be || st[i]->dtype != LUNET_F32))
+      return lunet_error(ctx, LUNET_ERR_SHAPE,
+                         "%s: optimizer state has %lld elements on '%s', the "
                          "parameter %lld on '%s' (is one optimizer shared by two models? give each "
-                         "model its own)", op, (long long)st[i]->numel, st[i]->buf->be->name,
-                         (long long)p->numel, p->buf->be->name);
+                         "model its own)",
+                         op, (long long)st[i]->numel, st[i]->buf->be->name, (long long)p->numel,
+                         p->buf->be->name);
   return LUNET_OK;
 }
 
@@ -742,9 +780,10 @@ lunet_status lunet_op_sgd_update(lunet_ctx *ctx, lunet_tensor *p, const lunet_te
                                  float wd) {
   lunet_be *be = BE2("sgd", p, g);
   if (!be || same_numel(ctx, "sgd", p, g, vel, NULL)) return ctx->status;
-  return lunet_be_check(ctx, be, be->i->sgd_update(be->state, p->buf->handle, g->buf->handle,
-                                                   vel ? vel->buf->handle : NULL,
-                                                   (size_t)p->numel, lr, momentum, nesterov, wd),
+  return lunet_be_check(ctx, be,
+                        be->i->sgd_update(be->state, p->buf->handle, g->buf->handle,
+                                          vel ? vel->buf->handle : NULL, (size_t)p->numel, lr,
+                                          momentum, nesterov, wd),
                         "sgd");
 }
 
@@ -753,9 +792,10 @@ lunet_status lunet_op_adam_update(lunet_ctx *ctx, lunet_tensor *p, const lunet_t
                                   float eps, float wd, int64_t step) {
   lunet_be *be = BE2("adam", p, g);
   if (!be || same_numel(ctx, "adam", p, g, m, v)) return ctx->status;
-  return lunet_be_check(ctx, be, be->i->adam_update(be->state, p->buf->handle, g->buf->handle,
-                                                    m->buf->handle, v->buf->handle,
-                                                    (size_t)p->numel, lr, b1, b2, eps, wd, step),
+  return lunet_be_check(ctx, be,
+                        be->i->adam_update(be->state, p->buf->handle, g->buf->handle,
+                                           m->buf->handle, v->buf->handle, (size_t)p->numel, lr, b1,
+                                           b2, eps, wd, step),
                         "adam");
 }
 
@@ -766,10 +806,10 @@ lunet_status lunet_op_rmsprop_update(lunet_ctx *ctx, lunet_tensor *p, const lune
   if (!be) return ctx->status;
   if (!ms) return lunet_error(ctx, LUNET_ERR_ARG, "rmsprop: the mean-square state is required");
   if (same_numel(ctx, "rmsprop", p, g, ms, mom)) return ctx->status;
-  return lunet_be_check(ctx, be, be->i->rmsprop_update(be->state, p->buf->handle, g->buf->handle,
-                                                       ms->buf->handle,
-                                                       mom ? mom->buf->handle : NULL,
-                                                       (size_t)p->numel, lr, rho, momentum, eps),
+  return lunet_be_check(ctx, be,
+                        be->i->rmsprop_update(be->state, p->buf->handle, g->buf->handle,
+                                              ms->buf->handle, mom ? mom->buf->handle : NULL,
+                                              (size_t)p->numel, lr, rho, momentum, eps),
                         "rmsprop");
 }
 
@@ -783,12 +823,12 @@ lunet_tensor *lunet_op_affine_resample(lunet_ctx *ctx, const lunet_tensor *x, co
                 shape_s(x, s, sizeof s));
     return NULL;
   }
-  lunet_tensor *y = lunet_tensor_on(ctx, be, LUNET_F32, 4,
-                                    (int64_t[]){x->shape[0], oh, ow, x->shape[3]});
+  lunet_tensor *y =
+      lunet_tensor_on(ctx, be, LUNET_F32, 4, (int64_t[]){x->shape[0], oh, ow, x->shape[3]});
   if (!y) return NULL;
-  return done(ctx, be, be->i->affine_resample(be->state, y->buf->handle, x->buf->handle, mats,
-                                              (size_t)x->shape[0], (size_t)x->shape[1],
-                                              (size_t)x->shape[2], (size_t)x->shape[3],
-                                              (size_t)oh, (size_t)ow, mode, fill),
+  return done(ctx, be,
+              be->i->affine_resample(be->state, y->buf->handle, x->buf->handle, mats,
+                                     (size_t)x->shape[0], (size_t)x->shape[1], (size_t)x->shape[2],
+                                     (size_t)x->shape[3], (size_t)oh, (size_t)ow, mode, fill),
               "affine_resample", y);
 }

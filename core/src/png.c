@@ -35,8 +35,8 @@ static float value_scale(const float *x, int64_t count) {
 }
 
 /* img (rows*h + gaps, cols*w + gaps, c) bytes <- x (n,h,w,c) */
-static void draw_grid(unsigned char *img, const float *x, int64_t n, int64_t h,
-                      int64_t w, int64_t c, int64_t cols, int64_t gw, float scale) {
+static void draw_grid(unsigned char *img, const float *x, int64_t n, int64_t h, int64_t w,
+                      int64_t c, int64_t cols, int64_t gw, float scale) {
   for (int64_t i = 0; i < n; i++) {
     int64_t top = (i / cols) * (h + GAP), left = (i % cols) * (w + GAP);
     for (int64_t y = 0; y < h; y++) {
@@ -47,10 +47,9 @@ static void draw_grid(unsigned char *img, const float *x, int64_t n, int64_t h,
   }
 }
 
-lunet_status lunet_png_grid(lunet_ctx *ctx, const char *path, const float *x, int64_t n,
-                            int64_t h, int64_t w, int64_t c, int64_t cols) {
-  if (!path || !x)
-    return lunet_error(ctx, LUNET_ERR_ARG, "png_grid: need a path and image data");
+lunet_status lunet_png_grid(lunet_ctx *ctx, const char *path, const float *x, int64_t n, int64_t h,
+                            int64_t w, int64_t c, int64_t cols) {
+  if (!path || !x) return lunet_error(ctx, LUNET_ERR_ARG, "png_grid: need a path and image data");
   if (c != 1 && c != 3)
     return lunet_error(ctx, LUNET_ERR_SHAPE,
                        "png_grid: '%s': images must have 1 or 3 channels, got %lld", path,

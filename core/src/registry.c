@@ -65,8 +65,7 @@ static void choose_openblas_kernel(void) {
   bool ymm = (lo & 0x6) == 0x6, zmm = (lo & 0xe6) == 0xe6;
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return;
   bool avx2 = b & bit_AVX2;
-  bool avx512 = (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512DQ) &&
-                (b & bit_AVX512VL);
+  bool avx512 = (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512DQ) && (b & bit_AVX512VL);
   if (avx512 && zmm && fma)
     setenv("OPENBLAS_CORETYPE", "SkylakeX", 0);
   else if (avx2 && fma && ymm)
@@ -301,9 +300,7 @@ static lunet_status add_plugin(lunet_ctx *ctx, const char *path) {
   if (reg.nplugins == MAX_PLUGINS)
     return lunet_error(ctx, LUNET_ERR_ARG, "too many plugins (at most %d)", MAX_PLUGINS);
   void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-  if (!h)
-    return lunet_error(ctx, LUNET_ERR_NOTFOUND, "cannot load plugin %s: %s", path,
-                       dlerror());
+  if (!h) return lunet_error(ctx, LUNET_ERR_NOTFOUND, "cannot load plugin %s: %s", path, dlerror());
   lunet_plugin_entry_fn entry = (lunet_plugin_entry_fn)dlsym(h, LUNET_PLUGIN_ENTRY_NAME);
   const lunet_plugin_desc *d = entry ? entry() : NULL;
   if (!d) {
@@ -315,13 +312,13 @@ static lunet_status add_plugin(lunet_ctx *ctx, const char *path) {
   }
   if (d->abi_major != LUNET_PLUGIN_ABI_MAJOR || d->abi_minor > LUNET_PLUGIN_ABI_MINOR ||
       d->struct_size < sizeof *d) {
-    lunet_status s = lunet_error(
-        ctx, LUNET_ERR_ABI,
-        "plugin %s was built for plugin ABI %u.%u (descriptor %u bytes); this lunet "
-        "has plugin ABI %d.%d (%zu bytes): rebuild the plugin against this lunet's "
-        "headers (pkg-config lunet)",
-        path, d->abi_major, d->abi_minor, d->struct_size, LUNET_PLUGIN_ABI_MAJOR,
-        LUNET_PLUGIN_ABI_MINOR, sizeof *d);
+    lunet_status s =
+        lunet_error(ctx, LUNET_ERR_ABI,
+                    "plugin %s was built for plugin ABI %u.%u (descriptor %u bytes); this lunet "
+                    "has plugin ABI %d.%d (%zu bytes): rebuild the plugin against this lunet's "
+                    "headers (pkg-config lunet)",
+                    path, d->abi_major, d->abi_minor, d->struct_size, LUNET_PLUGIN_ABI_MAJOR,
+                    LUNET_PLUGIN_ABI_MINOR, sizeof *d);
     dlclose(h);
     return s;
   }

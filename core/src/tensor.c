@@ -9,9 +9,12 @@ size_t lunet_dtype_size(lunet_dtype dt) { return dt == LUNET_U8 ? 1 : 4; }
 
 const char *lunet_dtype_name(lunet_dtype dt) {
   switch (dt) {
-  case LUNET_F32: return "float32";
-  case LUNET_U8: return "uint8";
-  case LUNET_I32: return "int32";
+  case LUNET_F32:
+    return "float32";
+  case LUNET_U8:
+    return "uint8";
+  case LUNET_I32:
+    return "int32";
   }
   return "?";
 }
@@ -39,8 +42,8 @@ char *lunet_shape_str(int ndim, const int64_t *shape, char *buf, size_t n) {
 
 static lunet_tensor *header(lunet_ctx *ctx, lunet_dtype dt, int ndim, const int64_t *shape) {
   if (ndim < 0 || ndim > LUNET_MAX_DIMS) {
-    lunet_error(ctx, LUNET_ERR_SHAPE, "tensors have at most %d dimensions, got %d",
-                LUNET_MAX_DIMS, ndim);
+    lunet_error(ctx, LUNET_ERR_SHAPE, "tensors have at most %d dimensions, got %d", LUNET_MAX_DIMS,
+                ndim);
     return NULL;
   }
   for (int i = 0; i < ndim; i++)
@@ -103,19 +106,18 @@ lunet_tensor *lunet_tensor_alias(lunet_ctx *ctx, lunet_tensor *src, int ndim,
   return t;
 }
 
-lunet_tensor *lunet_tensor_new_on(lunet_ctx *ctx, const char *backend, lunet_dtype dt,
-                                  int ndim, const int64_t *shape) {
+lunet_tensor *lunet_tensor_new_on(lunet_ctx *ctx, const char *backend, lunet_dtype dt, int ndim,
+                                  const int64_t *shape) {
   lunet_be *be = backend ? lunet_registry_backend(ctx, backend) : lunet_registry_default(ctx);
   return be ? lunet_tensor_on(ctx, be, dt, ndim, shape) : NULL;
 }
 
-lunet_tensor *lunet_tensor_new(lunet_ctx *ctx, lunet_dtype dt, int ndim,
-                               const int64_t *shape) {
+lunet_tensor *lunet_tensor_new(lunet_ctx *ctx, lunet_dtype dt, int ndim, const int64_t *shape) {
   return lunet_tensor_new_on(ctx, NULL, dt, ndim, shape);
 }
 
-lunet_tensor *lunet_tensor_from_data(lunet_ctx *ctx, lunet_dtype dt, int ndim,
-                                     const int64_t *shape, const void *data) {
+lunet_tensor *lunet_tensor_from_data(lunet_ctx *ctx, lunet_dtype dt, int ndim, const int64_t *shape,
+                                     const void *data) {
   return lunet_tensor_from_data_on(ctx, NULL, dt, ndim, shape, data);
 }
 
@@ -187,8 +189,10 @@ static void release(lunet_tensor *t, lunet_node *n) {
   drop_tensor(&w, t);
   drop_node(&w, n);
   while (w.nt || w.nn) {
-    if (w.nt) free_tensor(&w, w.t[--w.nt]);
-    else free_node(&w, w.n[--w.nn]);
+    if (w.nt)
+      free_tensor(&w, w.t[--w.nt]);
+    else
+      free_node(&w, w.n[--w.nn]);
   }
   free(w.t);
   free(w.n);
@@ -221,8 +225,7 @@ static lunet_status check_size(lunet_ctx *ctx, const lunet_tensor *t, size_t nby
   return LUNET_OK;
 }
 
-lunet_status lunet_tensor_read(lunet_ctx *ctx, const lunet_tensor *t, void *dst,
-                               size_t nbytes) {
+lunet_status lunet_tensor_read(lunet_ctx *ctx, const lunet_tensor *t, void *dst, size_t nbytes) {
   if (check_size(ctx, t, nbytes)) return ctx->status;
   lunet_be *be = t->buf->be;
   int rc = be->i->synchronize(be->state);
@@ -230,22 +233,24 @@ lunet_status lunet_tensor_read(lunet_ctx *ctx, const lunet_tensor *t, void *dst,
   return lunet_be_check(ctx, be, rc, "download");
 }
 
-lunet_status lunet_tensor_write(lunet_ctx *ctx, lunet_tensor *t, const void *src,
-                                size_t nbytes) {
+lunet_status lunet_tensor_write(lunet_ctx *ctx, lunet_tensor *t, const void *src, size_t nbytes) {
   if (check_size(ctx, t, nbytes)) return ctx->status;
   lunet_be *be = t->buf->be;
   int rc = nbytes ? be->i->buffer_upload(be->state, t->buf->handle, 0, src, nbytes) : 0;
   return lunet_be_check(ctx, be, rc, "upload");
 }
 
-lunet_status lunet_tensor_item(lunet_ctx *ctx, const lunet_tensor *t, int64_t i,
-                               double *out) {
+lunet_status lunet_tensor_item(lunet_ctx *ctx, const lunet_tensor *t, int64_t i, double *out) {
   if (i < 0 || i >= t->numel)
     return lunet_error(ctx, LUNET_ERR_ARG, "index %lld is outside a tensor of %lld elements",
                        (long long)i, (long long)t->numel);
   lunet_be *be = t->buf->be;
   size_t es = lunet_dtype_size(t->dtype);
-  union { float f; int32_t i; uint8_t u; } v;
+  union {
+    float f;
+    int32_t i;
+    uint8_t u;
+  } v;
   int rc = be->i->synchronize(be->state);
   if (!rc) rc = be->i->buffer_download(be->state, t->buf->handle, (size_t)i * es, &v, es);
   if (lunet_be_check(ctx, be, rc, "download")) return ctx->status;
@@ -276,9 +281,7 @@ lunet_tensor *lunet_tensor_to(lunet_ctx *ctx, lunet_tensor *t, const char *backe
 }
 
 void lunet_tensor_set_requires_grad(lunet_tensor *t, bool on) { t->requires_grad = on; }
-bool lunet_tensor_requires_grad(const lunet_tensor *t) {
-  return t->requires_grad || t->grad_fn;
-}
+bool lunet_tensor_requires_grad(const lunet_tensor *t) { return t->requires_grad || t->grad_fn; }
 lunet_tensor *lunet_tensor_grad_get(lunet_tensor *t) { return t->grad; }
 
 void lunet_tensor_zero_grad(lunet_tensor *t) {

@@ -24,14 +24,13 @@
 
 #include "shell.h"
 
-#define MAX_CHAIN 16  /* __index links followed, against cycles */
+#define MAX_CHAIN 16 /* __index links followed, against cycles */
 #define MAX_LISTED 200
 
-static const char *const keywords[] = {
-    "and",   "break", "do",    "else", "elseif", "end",    "false",
-    "for",   "function", "goto", "if", "in",     "local",  "nil",
-    "not",   "or",    "repeat", "return", "then", "true",  "until",
-    "while", NULL};
+static const char *const keywords[] = {"and",   "break", "do",       "else",  "elseif", "end",
+                                       "false", "for",   "function", "goto",  "if",     "in",
+                                       "local", "nil",   "not",      "or",    "repeat", "return",
+                                       "then",  "true",  "until",    "while", NULL};
 
 static int is_word_char(char c) {
   return isalnum((unsigned char)c) || c == '_' || c == '.' || c == ':';
@@ -91,8 +90,7 @@ static void lookup(lua_State *L, const char *key, size_t len) {
 /* set[k] = true for each name key k of the table at `t` that starts with
  * `part`; with `methods`, only keys holding functions; `skip_meta` leaves
  * out the "__" metamethod names. */
-static void add_keys(lua_State *L, int t, int set, const char *part, int methods,
-                     int skip_meta) {
+static void add_keys(lua_State *L, int t, int set, const char *part, int methods, int skip_meta) {
   size_t plen = strlen(part);
   lua_pushnil(L);
   while (lua_next(L, t)) {

@@ -36,22 +36,21 @@ typedef struct options {
 } options;
 
 static void print_usage(FILE *f) {
-  fprintf(f,
-          "usage: " PROGNAME " [options] [script [args]]\n"
-          "Available options are:\n"
-          "  -e stat   execute string 'stat'\n"
-          "  -i        enter interactive mode after executing 'script'\n"
-          "  -l mod    require library 'mod' into global 'mod'\n"
-          "  -l g=mod  require library 'mod' into global 'g'\n"
-          "  -v        show version information\n"
-          "  -E        ignore environment variables\n"
-          "  -W        turn warnings on\n"
-          "  -h        show this help\n"
-          "  --        stop handling options\n"
-          "  -         stop handling options and execute stdin\n"
-          "With no arguments: the REPL on a terminal, else the program on stdin.\n"
-          "Environment: LUNET_HISTORY (REPL history file, default ~/.lunet_history),\n"
-          "LUA_INIT, LUA_PATH, LUA_CPATH (as for lua).\n");
+  fprintf(f, "usage: " PROGNAME " [options] [script [args]]\n"
+             "Available options are:\n"
+             "  -e stat   execute string 'stat'\n"
+             "  -i        enter interactive mode after executing 'script'\n"
+             "  -l mod    require library 'mod' into global 'mod'\n"
+             "  -l g=mod  require library 'mod' into global 'g'\n"
+             "  -v        show version information\n"
+             "  -E        ignore environment variables\n"
+             "  -W        turn warnings on\n"
+             "  -h        show this help\n"
+             "  --        stop handling options\n"
+             "  -         stop handling options and execute stdin\n"
+             "With no arguments: the REPL on a terminal, else the program on stdin.\n"
+             "Environment: LUNET_HISTORY (REPL history file, default ~/.lunet_history),\n"
+             "LUA_INIT, LUA_PATH, LUA_CPATH (as for lua).\n");
 }
 
 static void print_version(void) {
@@ -101,8 +100,7 @@ static void stop_hook(lua_State *L, lua_Debug *ar) {
 static void on_sigint(int sig) {
   signal(sig, SIG_DFL);
   lunet_interrupt();
-  lua_sethook(running_state, stop_hook,
-              LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  lua_sethook(running_state, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
 /* Calls the function below its `narg` arguments with the traceback handler
@@ -124,9 +122,7 @@ static int dochunk(lua_State *L, int status) {
   return report(L, status);
 }
 
-static int dofile(lua_State *L, const char *name) {
-  return dochunk(L, luaL_loadfile(L, name));
-}
+static int dofile(lua_State *L, const char *name) { return dochunk(L, luaL_loadfile(L, name)); }
 
 static int dostring(lua_State *L, const char *s, const char *name) {
   return dochunk(L, luaL_loadbuffer(L, s, strlen(s), name));
@@ -159,18 +155,32 @@ static int collect_options(int argc, char **argv, options *o) {
   int i;
   for (i = 1; i < argc; i++) {
     const char *a = argv[i];
-    if (a[0] != '-') break; /* the script */
+    if (a[0] != '-') break;  /* the script */
     if (a[1] == '\0') break; /* "-": stdin is the script */
     if (strcmp(a, "--") == 0) {
       i++;
       break;
     }
     switch (a[1]) {
-    case 'i': o->has_i = 1; if (a[2]) goto bad; break;
-    case 'v': o->has_v = 1; if (a[2]) goto bad; break;
-    case 'E': o->has_E = 1; if (a[2]) goto bad; break;
-    case 'W': if (a[2]) goto bad; break;
-    case 'h': if (a[2]) goto bad; print_usage(stdout); exit(EXIT_SUCCESS);
+    case 'i':
+      o->has_i = 1;
+      if (a[2]) goto bad;
+      break;
+    case 'v':
+      o->has_v = 1;
+      if (a[2]) goto bad;
+      break;
+    case 'E':
+      o->has_E = 1;
+      if (a[2]) goto bad;
+      break;
+    case 'W':
+      if (a[2]) goto bad;
+      break;
+    case 'h':
+      if (a[2]) goto bad;
+      print_usage(stdout);
+      exit(EXIT_SUCCESS);
     case 'e':
     case 'l':
       if (a[1] == 'e') o->has_e = 1;
@@ -206,8 +216,7 @@ static int run_options(lua_State *L, int argc, char **argv, int end) {
       continue;
     }
     const char *extra = a[2] ? a + 2 : argv[++i];
-    int status = a[1] == 'e' ? dostring(L, extra, "=(command line)")
-                             : dolibrary(L, extra);
+    int status = a[1] == 'e' ? dostring(L, extra, "=(command line)") : dolibrary(L, extra);
     if (status != LUA_OK) return -1;
   }
   return 0;
@@ -236,8 +245,7 @@ static int push_script_args(lua_State *L) {
 
 static int run_script(lua_State *L, char **argv, int script) {
   const char *fname = argv[script];
-  if (strcmp(fname, "-") == 0 && strcmp(argv[script - 1], "--") != 0)
-    fname = NULL; /* stdin */
+  if (strcmp(fname, "-") == 0 && strcmp(argv[script - 1], "--") != 0) fname = NULL; /* stdin */
   int status = luaL_loadfile(L, fname);
   if (status == LUA_OK) {
     int n = push_script_args(L);
@@ -284,8 +292,8 @@ static void setup_paths(lua_State *L) {
     char *slash = strrchr(exe, '/');
     if (slash) *slash = '\0'; /* exe is now the bin directory */
     char prefix[2 * PATH_MAX + 64];
-    snprintf(prefix, sizeof prefix,
-             "%s/../share/lua/5.4/?.lua;%s/../share/lua/5.4/?/init.lua;", exe, exe);
+    snprintf(prefix, sizeof prefix, "%s/../share/lua/5.4/?.lua;%s/../share/lua/5.4/?/init.lua;",
+             exe, exe);
     prepend_field(L, "path", prefix);
     snprintf(prefix, sizeof prefix, "%s/../lib/lua/5.4/?.so;", exe);
     prepend_field(L, "cpath", prefix);

@@ -37,10 +37,10 @@
 enum { LINE_OK, LINE_EOF, LINE_CANCELLED };
 
 typedef struct reader {
-  EditLine *el;     /* NULL when stdin is not a terminal */
+  EditLine *el; /* NULL when stdin is not a terminal */
   History *hist;
-  char *hist_path;  /* NULL: history is not saved */
-  int hist_warned;  /* the "cannot save" warning was shown */
+  char *hist_path;     /* NULL: history is not saved */
+  int hist_warned;     /* the "cannot save" warning was shown */
   shell_client client; /* the editor's EL_CLIENTDATA */
 } reader;
 
@@ -63,8 +63,7 @@ static void on_sigint(int sig) {
     return;
   }
   lunet_interrupt();
-  lua_sethook(repl_state, interrupt_hook,
-              LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  lua_sethook(repl_state, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
   if (++presses == 2) {
     static const char warn[] = "\n(still running; press Ctrl-C again to quit lunet)\n";
     ssize_t w = write(STDERR_FILENO, warn, sizeof warn - 1);
@@ -104,7 +103,7 @@ static int read_char(EditLine *el, wchar_t *wc) {
     ssize_t n = read(STDIN_FILENO, &c, 1);
     if (n == 1) {
       size_t k = mbrtowc(wc, &c, 1, &st);
-      if (k == (size_t)-2) continue; /* inside a multibyte character */
+      if (k == (size_t)-2) continue;               /* inside a multibyte character */
       if (k == (size_t)-1) *wc = (unsigned char)c; /* not valid: take the byte */
       return 1;
     }
@@ -170,10 +169,11 @@ static void history_add(reader *r, const char *entry) {
   HistEvent ev;
   history(r->hist, &ev, H_ENTER, entry);
   /* Saved at once, so that a session that ends badly keeps its lines. */
-  if (r->hist_path && history(r->hist, &ev, H_SAVE, r->hist_path) < 0 &&
-      !r->hist_warned) {
-    fprintf(stderr, "lunet: cannot save the history in %s (set LUNET_HISTORY to "
-                    "another file, or to \"\" for none)\n", r->hist_path);
+  if (r->hist_path && history(r->hist, &ev, H_SAVE, r->hist_path) < 0 && !r->hist_warned) {
+    fprintf(stderr,
+            "lunet: cannot save the history in %s (set LUNET_HISTORY to "
+            "another file, or to \"\" for none)\n",
+            r->hist_path);
     r->hist_warned = 1;
   }
 }

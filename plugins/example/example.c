@@ -51,12 +51,10 @@ static lunet_status scale_build(lunet_layer *l, int in_ndim, const int64_t *in, 
                                 int64_t *out) {
   if (in_ndim < 1) return lunet_layer_error(l, LUNET_ERR_SHAPE, "expects input of rank >= 1");
   const int64_t *c = &in[in_ndim - 1];
-  if (lunet_layer_add_weight(l, "scale", 1, c, string_or(l, "scale_initializer", "ones"),
-                             true) < 0)
+  if (lunet_layer_add_weight(l, "scale", 1, c, string_or(l, "scale_initializer", "ones"), true) < 0)
     return failed(l);
   if (lunet_layer_get_bool(l, "use_bias") &&
-      lunet_layer_add_weight(l, "bias", 1, c, string_or(l, "bias_initializer", "zeros"),
-                             true) < 0)
+      lunet_layer_add_weight(l, "bias", 1, c, string_or(l, "bias_initializer", "zeros"), true) < 0)
     return failed(l);
   *out_ndim = in_ndim;
   for (int i = 0; i < in_ndim; i++) out[i] = in[i];

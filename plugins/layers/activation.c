@@ -7,11 +7,11 @@
 
 typedef enum act_kind {
   ACT_LINEAR,
-  ACT_UNARY,   /* one lunet_unary_op */
+  ACT_UNARY, /* one lunet_unary_op */
   ACT_SOFTMAX,
   ACT_LOG_SOFTMAX,
-  ACT_ELU,     /* x > 0 ? x : exp(x) - 1 */
-  ACT_SILU     /* x * sigmoid(x) */
+  ACT_ELU, /* x > 0 ? x : exp(x) - 1 */
+  ACT_SILU /* x * sigmoid(x) */
 } act_kind;
 
 typedef struct act_fn {
@@ -91,8 +91,7 @@ static lunet_tensor *silu_forward(lunet_ctx *ctx, const lunet_tensor *x, lunet_t
 }
 
 /* x (N, ...) -> y (N, ...) */
-static lunet_status act_forward(lunet_layer *l, lunet_tensor *x, lunet_tensor **y,
-                                bool training) {
+static lunet_status act_forward(lunet_layer *l, lunet_tensor *x, lunet_tensor **y, bool training) {
   (void)training;
   lunet_ctx *ctx = lunet_layer_ctx(l);
   act_state *st = lunet_layer_state(l);
@@ -100,12 +99,24 @@ static lunet_status act_forward(lunet_layer *l, lunet_tensor *x, lunet_tensor **
   lunet_tensor *aux = NULL;
   if (!fn) return act_unknown(l);
   switch (fn->kind) {
-  case ACT_LINEAR: *y = layers_reshape_like(ctx, x, x); break;
-  case ACT_UNARY: *y = lunet_op_unary(ctx, fn->op, x, fn->alpha, 0.0f); break;
-  case ACT_SOFTMAX: *y = lunet_op_softmax(ctx, x, false); break;
-  case ACT_LOG_SOFTMAX: *y = lunet_op_softmax(ctx, x, true); break;
-  case ACT_ELU: *y = elu_forward(ctx, x, &aux); break;
-  case ACT_SILU: *y = silu_forward(ctx, x, &aux); break;
+  case ACT_LINEAR:
+    *y = layers_reshape_like(ctx, x, x);
+    break;
+  case ACT_UNARY:
+    *y = lunet_op_unary(ctx, fn->op, x, fn->alpha, 0.0f);
+    break;
+  case ACT_SOFTMAX:
+    *y = lunet_op_softmax(ctx, x, false);
+    break;
+  case ACT_LOG_SOFTMAX:
+    *y = lunet_op_softmax(ctx, x, true);
+    break;
+  case ACT_ELU:
+    *y = elu_forward(ctx, x, &aux);
+    break;
+  case ACT_SILU:
+    *y = silu_forward(ctx, x, &aux);
+    break;
   }
   if (!*y) {
     layers_release(aux);
@@ -118,8 +129,7 @@ static lunet_status act_forward(lunet_layer *l, lunet_tensor *x, lunet_tensor **
 }
 
 /* silu'(x) = s + y * (1 - s); dx = dy * silu'(x) */
-static lunet_tensor *silu_backward(lunet_ctx *ctx, const lunet_tensor *dy,
-                                   const act_state *st) {
+static lunet_tensor *silu_backward(lunet_ctx *ctx, const lunet_tensor *dy, const act_state *st) {
   lunet_tensor *om = lunet_op_unary(ctx, LUNET_UNARY_AFFINE, st->aux, -1.0f, 1.0f);
   lunet_tensor *t = NULL, *d = NULL, *dx = NULL;
   if (om && (t = lunet_op_binary(ctx, LUNET_BINARY_MUL, st->y, om)) &&
@@ -135,13 +145,18 @@ static lunet_tensor *silu_backward(lunet_ctx *ctx, const lunet_tensor *dy,
 static lunet_tensor *act_dx(lunet_ctx *ctx, const act_fn *fn, lunet_tensor *dy,
                             const act_state *st) {
   switch (fn->kind) {
-  case ACT_LINEAR: return layers_reshape_like(ctx, dy, dy);
+  case ACT_LINEAR:
+    return layers_reshape_like(ctx, dy, dy);
   case ACT_UNARY:
     return lunet_op_unary_backward(ctx, fn->op, dy, st->x, st->y, fn->alpha, 0.0f);
-  case ACT_SOFTMAX: return lunet_op_softmax_backward(ctx, dy, st->y, false);
-  case ACT_LOG_SOFTMAX: return lunet_op_softmax_backward(ctx, dy, st->y, true);
-  case ACT_ELU: return lunet_op_binary(ctx, LUNET_BINARY_MUL, dy, st->aux);
-  case ACT_SILU: return silu_backward(ctx, dy, st);
+  case ACT_SOFTMAX:
+    return lunet_op_softmax_backward(ctx, dy, st->y, false);
+  case ACT_LOG_SOFTMAX:
+    return lunet_op_softmax_backward(ctx, dy, st->y, true);
+  case ACT_ELU:
+    return lunet_op_binary(ctx, LUNET_BINARY_MUL, dy, st->aux);
+  case ACT_SILU:
+    return silu_backward(ctx, dy, st);
   }
   return NULL;
 }
@@ -168,16 +183,11 @@ static void act_destroy(lunet_layer *l) {
 }
 
 static const lunet_layer_test act_tests[] = {
-    {"\"relu\"", 1, {7}, 3, 1e-2f},
-    {"\"sigmoid\"", 1, {7}, 3, 1e-2f},
-    {"\"tanh\"", 2, {3, 4}, 2, 1e-2f},
-    {"\"softmax\"", 1, {5}, 3, 1e-2f},
-    {"\"softmax\"", 3, {2, 2, 3}, 2, 1e-2f},
-    {"\"log_softmax\"", 1, {5}, 3, 1e-2f},
-    {"\"gelu\"", 1, {7}, 3, 1e-2f},
-    {"activation = \"leaky_relu\"", 1, {7}, 3, 1e-2f},
-    {"\"elu\"", 1, {7}, 3, 1e-2f},
-    {"\"silu\"", 1, {7}, 3, 1e-2f},
+    {"\"relu\"", 1, {7}, 3, 1e-2f},          {"\"sigmoid\"", 1, {7}, 3, 1e-2f},
+    {"\"tanh\"", 2, {3, 4}, 2, 1e-2f},       {"\"softmax\"", 1, {5}, 3, 1e-2f},
+    {"\"softmax\"", 3, {2, 2, 3}, 2, 1e-2f}, {"\"log_softmax\"", 1, {5}, 3, 1e-2f},
+    {"\"gelu\"", 1, {7}, 3, 1e-2f},          {"activation = \"leaky_relu\"", 1, {7}, 3, 1e-2f},
+    {"\"elu\"", 1, {7}, 3, 1e-2f},           {"\"silu\"", 1, {7}, 3, 1e-2f},
     {"\"linear\"", 1, {4}, 2, 1e-2f},
 };
 

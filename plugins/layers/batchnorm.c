@@ -15,18 +15,17 @@ typedef struct bn_state {
 
 static const lunet_arg_schema bn_args[] = {
     {"axis", LUNET_ARG_INT, "-1", "the channel axis; only the last (-1) is supported", NULL},
-    {"momentum", LUNET_ARG_FLOAT, "0.99",
-     "moving = moving * momentum + batch * (1 - momentum)", NULL},
-    {"epsilon", LUNET_ARG_FLOAT, "0.001", "added to the variance before the square root",
+    {"momentum", LUNET_ARG_FLOAT, "0.99", "moving = moving * momentum + batch * (1 - momentum)",
      NULL},
+    {"epsilon", LUNET_ARG_FLOAT, "0.001", "added to the variance before the square root", NULL},
     {"center", LUNET_ARG_BOOL, "true", "learn the offset beta", NULL},
     {"scale", LUNET_ARG_BOOL, "true", "learn the factor gamma", NULL},
     {"beta_initializer", LUNET_ARG_STRING, "\"zeros\"", "initializer of beta (C)",
      LAYERS_INITIALIZERS},
     {"gamma_initializer", LUNET_ARG_STRING, "\"ones\"", "initializer of gamma (C)",
      LAYERS_INITIALIZERS},
-    {"moving_mean_initializer", LUNET_ARG_STRING, "\"zeros\"",
-     "initializer of moving_mean (C)", LAYERS_INITIALIZERS},
+    {"moving_mean_initializer", LUNET_ARG_STRING, "\"zeros\"", "initializer of moving_mean (C)",
+     LAYERS_INITIALIZERS},
     {"moving_variance_initializer", LUNET_ARG_STRING, "\"ones\"",
      "initializer of moving_variance (C)", LAYERS_INITIALIZERS},
     LAYERS_ARG_INPUT_SHAPE,
@@ -88,8 +87,7 @@ static lunet_status bn_stats(lunet_layer *l, const lunet_tensor *x, lunet_batchn
 }
 
 /* x (N, ..., C), gamma/beta (C) -> y (N, ..., C) */
-static lunet_status bn_forward(lunet_layer *l, lunet_tensor *x, lunet_tensor **y,
-                               bool training) {
+static lunet_status bn_forward(lunet_layer *l, lunet_tensor *x, lunet_tensor **y, bool training) {
   bn_state *st = lunet_layer_state(l);
   if (training && bn_stats(l, x, &st->bn) != LUNET_OK) return layers_failed(l);
   st->bn.running_mean = lunet_layer_weight(l, MOVING_MEAN);
@@ -119,8 +117,8 @@ static lunet_status bn_weight_grads(lunet_layer *l, lunet_tensor *dgamma, lunet_
 static lunet_tensor *bn_dx_training(lunet_layer *l, lunet_tensor *dy, lunet_tensor **dgamma,
                                     lunet_tensor **dbeta) {
   bn_state *st = lunet_layer_state(l);
-  return lunet_op_batchnorm_backward(lunet_layer_ctx(l), dy, st->x,
-                                     lunet_layer_weight(l, GAMMA), &st->bn, dgamma, dbeta);
+  return lunet_op_batchnorm_backward(lunet_layer_ctx(l), dy, st->x, lunet_layer_weight(l, GAMMA),
+                                     &st->bn, dgamma, dbeta);
 }
 
 /* After an inference forward the statistics are constants:
@@ -131,8 +129,8 @@ static lunet_tensor *bn_dx_inference(lunet_layer *l, lunet_tensor *dy, lunet_ten
   lunet_ctx *ctx = lunet_layer_ctx(l);
   bn_state *st = lunet_layer_state(l);
   int64_t c = lunet_tensor_dim(st->x, -1);
-  lunet_tensor *v = NULL, *sd = NULL, *inv = NULL, *g = NULL, *xc = NULL, *xh = NULL,
-               *p = NULL, *dx = NULL;
+  lunet_tensor *v = NULL, *sd = NULL, *inv = NULL, *g = NULL, *xc = NULL, *xh = NULL, *p = NULL,
+               *dx = NULL;
   if ((v = lunet_op_unary(ctx, LUNET_UNARY_AFFINE, st->bn.running_var, 1.0f, st->bn.epsilon)) &&
       (sd = lunet_op_unary(ctx, LUNET_UNARY_SQRT, v, 0.0f, 0.0f)) &&
       (inv = lunet_op_unary(ctx, LUNET_UNARY_RECIP, sd, 0.0f, 0.0f)) &&
@@ -148,8 +146,7 @@ static lunet_tensor *bn_dx_inference(lunet_layer *l, lunet_tensor *dy, lunet_ten
 }
 
 /* dy (N, ..., C) -> dx (N, ..., C); dgamma, dbeta (C) */
-static lunet_status bn_backward(lunet_layer *l, lunet_tensor *dy, lunet_tensor **dx,
-                                bool need_dx) {
+static lunet_status bn_backward(lunet_layer *l, lunet_tensor *dy, lunet_tensor **dx, bool need_dx) {
   bn_state *st = lunet_layer_state(l);
   lunet_tensor *dgamma = NULL, *dbeta = NULL, *d;
   *dx = NULL;
@@ -165,8 +162,10 @@ static lunet_status bn_backward(lunet_layer *l, lunet_tensor *dy, lunet_tensor *
     lunet_tensor_release(d);
     return layers_failed(l);
   }
-  if (need_dx) *dx = d;
-  else lunet_tensor_release(d);
+  if (need_dx)
+    *dx = d;
+  else
+    lunet_tensor_release(d);
   layers_set(&st->x, NULL);
   return LUNET_OK;
 }

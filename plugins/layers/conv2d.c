@@ -30,8 +30,8 @@ static const lunet_arg_schema conv2d_args[] = {
 /* Fills d for a batch of n images (h, w, c) from the layer's arguments; f,
  * kh, kw come from the arguments too, so build() can use it before the
  * kernel exists. */
-static lunet_status conv2d_desc_fill(lunet_layer *l, int64_t n, int64_t h, int64_t w,
-                                     int64_t c, lunet_conv2d_desc *d) {
+static lunet_status conv2d_desc_fill(lunet_layer *l, int64_t n, int64_t h, int64_t w, int64_t c,
+                                     lunet_conv2d_desc *d) {
   int64_t k[2], s[2];
   lunet_layer_get_int2(l, "kernel_size", k);
   lunet_layer_get_int2(l, "strides", s);
@@ -45,18 +45,23 @@ static lunet_status conv2d_desc_fill(lunet_layer *l, int64_t n, int64_t h, int64
                              "with padding \"valid\"; use padding = \"same\" or a smaller "
                              "kernel",
                              (long long)k[0], (long long)k[1], (long long)h, (long long)w);
-  *d = (lunet_conv2d_desc){.n = n, .h = h, .w = w, .c = c,
+  *d = (lunet_conv2d_desc){.n = n,
+                           .h = h,
+                           .w = w,
+                           .c = c,
                            .f = lunet_layer_get_int(l, "filters"),
-                           .kh = k[0], .kw = k[1], .sh = s[0], .sw = s[1]};
+                           .kh = k[0],
+                           .kw = k[1],
+                           .sh = s[0],
+                           .sw = s[1]};
   return lunet_conv2d_geometry(lunet_layer_ctx(l), d, pad);
 }
 
-static lunet_status conv2d_build(lunet_layer *l, int in_ndim, const int64_t *in,
-                                 int *out_ndim, int64_t *out) {
+static lunet_status conv2d_build(lunet_layer *l, int in_ndim, const int64_t *in, int *out_ndim,
+                                 int64_t *out) {
   int64_t f = lunet_layer_get_int(l, "filters");
   if (f <= 0)
-    return lunet_layer_error(l, LUNET_ERR_ARG, "filters must be positive, got %lld",
-                             (long long)f);
+    return lunet_layer_error(l, LUNET_ERR_ARG, "filters must be positive, got %lld", (long long)f);
   if (in_ndim != 3) return layers_rank_error(l, "3 (H, W, C)", in_ndim, in);
   lunet_conv2d_desc d;
   lunet_status s = conv2d_desc_fill(l, 1, in[0], in[1], in[2], &d);
@@ -67,8 +72,8 @@ static lunet_status conv2d_build(lunet_layer *l, int in_ndim, const int64_t *in,
                              true) < 0)
     return layers_failed(l);
   if (lunet_layer_get_bool(l, "use_bias") &&
-      lunet_layer_add_weight(l, "bias", 1, &f,
-                             layers_initializer(l, "bias_initializer", "zeros"), true) < 0)
+      lunet_layer_add_weight(l, "bias", 1, &f, layers_initializer(l, "bias_initializer", "zeros"),
+                             true) < 0)
     return layers_failed(l);
   *out_ndim = 3;
   out[0] = d.oh;
@@ -85,11 +90,10 @@ static lunet_status conv2d_forward(lunet_layer *l, lunet_tensor *x, lunet_tensor
   lunet_tensor *w = lunet_layer_weight(l, KERNEL);
   if (lunet_tensor_ndim(x) != 4 || lunet_tensor_dim(x, 3) != lunet_tensor_dim(w, 2)) {
     char buf[128];
-    return lunet_layer_error(l, LUNET_ERR_SHAPE,
-                             "expects a batch (N, H, W, %lld), got shape %s",
-                             (long long)lunet_tensor_dim(w, 2),
-                             lunet_shape_str(lunet_tensor_ndim(x), lunet_tensor_shape(x),
-                                             buf, sizeof buf));
+    return lunet_layer_error(
+        l, LUNET_ERR_SHAPE, "expects a batch (N, H, W, %lld), got shape %s",
+        (long long)lunet_tensor_dim(w, 2),
+        lunet_shape_str(lunet_tensor_ndim(x), lunet_tensor_shape(x), buf, sizeof buf));
   }
   lunet_conv2d_desc d;
   lunet_status s = conv2d_desc_fill(l, lunet_tensor_dim(x, 0), lunet_tensor_dim(x, 1),
@@ -111,8 +115,7 @@ static lunet_status conv2d_backward(lunet_layer *l, lunet_tensor *dy, lunet_tens
   if (!st->x) return lunet_layer_error(l, LUNET_ERR_ARG, "backward called before forward");
   bool bias = lunet_layer_get_bool(l, "use_bias");
   lunet_tensor *dw = NULL, *db = NULL;
-  if (!(dw = lunet_op_conv2d_backward_filter(ctx, dy, st->x, &st->d, bias ? &db : NULL)))
-    goto fail;
+  if (!(dw = lunet_op_conv2d_backward_filter(ctx, dy, st->x, &st->d, bias ? &db : NULL))) goto fail;
   if (lunet_layer_accumulate_grad(l, KERNEL, dw) != LUNET_OK) goto fail;
   if (bias && lunet_layer_accumulate_grad(l, BIAS, db) != LUNET_OK) goto fail;
   if (need_dx &&

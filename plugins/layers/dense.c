@@ -22,8 +22,8 @@ static const lunet_arg_schema dense_args[] = {
     LAYERS_ARG_NAME,
 };
 
-static lunet_status dense_build(lunet_layer *l, int in_ndim, const int64_t *in,
-                                int *out_ndim, int64_t *out) {
+static lunet_status dense_build(lunet_layer *l, int in_ndim, const int64_t *in, int *out_ndim,
+                                int64_t *out) {
   int64_t units = lunet_layer_get_int(l, "units");
   if (units <= 0)
     return lunet_layer_error(l, LUNET_ERR_ARG, "units must be positive, got %lld",
@@ -31,8 +31,7 @@ static lunet_status dense_build(lunet_layer *l, int in_ndim, const int64_t *in,
   if (in_ndim < 1) return layers_rank_error(l, "1 or more (..., features)", in_ndim, in);
   int64_t kshape[2] = {in[in_ndim - 1], units};
   const char *kinit = layers_initializer(l, "kernel_initializer", "glorot_uniform");
-  if (lunet_layer_add_weight(l, "kernel", 2, kshape, kinit, true) < 0)
-    return layers_failed(l);
+  if (lunet_layer_add_weight(l, "kernel", 2, kshape, kinit, true) < 0) return layers_failed(l);
   if (lunet_layer_get_bool(l, "use_bias") &&
       lunet_layer_add_weight(l, "bias", 1, &units,
                              layers_initializer(l, "bias_initializer", "zeros"), true) < 0)
@@ -52,14 +51,12 @@ static lunet_status dense_forward(lunet_layer *l, lunet_tensor *x, lunet_tensor 
   if (lunet_tensor_dim(x, -1) != lunet_tensor_dim(w, 0))
     return lunet_layer_error(l, LUNET_ERR_SHAPE,
                              "expects %lld input features (last axis), got %lld",
-                             (long long)lunet_tensor_dim(w, 0),
-                             (long long)lunet_tensor_dim(x, -1));
+                             (long long)lunet_tensor_dim(w, 0), (long long)lunet_tensor_dim(x, -1));
   lunet_tensor *x2 = NULL, *y2 = NULL, *yb = NULL;
   if (!(x2 = layers_as_2d(ctx, x))) goto fail;
   if (!(y2 = lunet_op_matmul(ctx, x2, w, false, false))) goto fail;
   if (lunet_layer_get_bool(l, "use_bias")) {
-    if (!(yb = lunet_op_binary(ctx, LUNET_BINARY_ADD, y2, lunet_layer_weight(l, BIAS))))
-      goto fail;
+    if (!(yb = lunet_op_binary(ctx, LUNET_BINARY_ADD, y2, lunet_layer_weight(l, BIAS)))) goto fail;
     layers_set(&y2, yb);
   }
   int64_t shape[LUNET_MAX_DIMS];
@@ -99,8 +96,7 @@ static lunet_status dense_backward(lunet_layer *l, lunet_tensor *dy, lunet_tenso
                                    bool need_dx) {
   lunet_ctx *ctx = lunet_layer_ctx(l);
   dense_state *st = lunet_layer_state(l);
-  if (!st->x)
-    return lunet_layer_error(l, LUNET_ERR_ARG, "backward called before forward");
+  if (!st->x) return lunet_layer_error(l, LUNET_ERR_ARG, "backward called before forward");
   lunet_tensor *x2 = NULL, *dy2 = NULL, *dx2 = NULL;
   *dx = NULL;
   if (!(x2 = layers_as_2d(ctx, st->x)) || !(dy2 = layers_as_2d(ctx, dy))) goto fail;

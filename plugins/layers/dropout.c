@@ -9,14 +9,13 @@ typedef struct dropout_state {
 static const lunet_arg_schema dropout_args[] = {
     {"rate", LUNET_ARG_FLOAT, NULL, "fraction of the inputs to drop, in [0, 1)", NULL},
     {"seed", LUNET_ARG_INT, "nil",
-     "accepted for Keras compatibility; masks come from the context's RNG (lunet.seed)",
-     NULL},
+     "accepted for Keras compatibility; masks come from the context's RNG (lunet.seed)", NULL},
     LAYERS_ARG_INPUT_SHAPE,
     LAYERS_ARG_NAME,
 };
 
-static lunet_status dropout_build(lunet_layer *l, int in_ndim, const int64_t *in,
-                                  int *out_ndim, int64_t *out) {
+static lunet_status dropout_build(lunet_layer *l, int in_ndim, const int64_t *in, int *out_ndim,
+                                  int64_t *out) {
   double rate = lunet_layer_get_float(l, "rate");
   if (!(rate >= 0.0 && rate < 1.0))
     return lunet_layer_error(l, LUNET_ERR_ARG, "rate must be in [0, 1), got %g", rate);

@@ -2,7 +2,7 @@
 #include "layers.h"
 
 typedef struct flatten_state {
-  int ndim;                      /* the input of the last forward, batch included */
+  int ndim; /* the input of the last forward, batch included */
   int64_t shape[LUNET_MAX_DIMS];
 } flatten_state;
 
@@ -11,8 +11,8 @@ static const lunet_arg_schema flatten_args[] = {
     LAYERS_ARG_NAME,
 };
 
-static lunet_status flatten_build(lunet_layer *l, int in_ndim, const int64_t *in,
-                                  int *out_ndim, int64_t *out) {
+static lunet_status flatten_build(lunet_layer *l, int in_ndim, const int64_t *in, int *out_ndim,
+                                  int64_t *out) {
   if (in_ndim < 1) return layers_rank_error(l, "1 or more", in_ndim, in);
   int64_t n = 1;
   for (int i = 0; i < in_ndim; i++) n *= in[i];
@@ -39,8 +39,7 @@ static lunet_status flatten_backward(lunet_layer *l, lunet_tensor *dy, lunet_ten
                                      bool need_dx) {
   flatten_state *st = lunet_layer_state(l);
   *dx = NULL;
-  if (st->ndim == 0)
-    return lunet_layer_error(l, LUNET_ERR_ARG, "backward called before forward");
+  if (st->ndim == 0) return lunet_layer_error(l, LUNET_ERR_ARG, "backward called before forward");
   if (need_dx && !(*dx = lunet_op_reshape(lunet_layer_ctx(l), dy, st->ndim, st->shape)))
     return layers_failed(l);
   return LUNET_OK;

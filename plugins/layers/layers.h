@@ -15,14 +15,16 @@
 #define LAYERS_HIDDEN __attribute__((visibility("hidden")))
 
 /* Initializers lunet_layer_add_weight() knows, as a schema's choices. */
-#define LAYERS_INITIALIZERS \
+#define LAYERS_INITIALIZERS                                                                        \
   "glorot_uniform|glorot_normal|he_uniform|he_normal|lecun_normal|zeros|ones"
 
 /* Schema rows every layer type shares; the core handles both itself. */
-#define LAYERS_ARG_INPUT_SHAPE \
-  { "input_shape", LUNET_ARG_SHAPE, "nil", \
-    "shape of one sample, without the batch axis (first layer only)", NULL }
-#define LAYERS_ARG_NAME \
+#define LAYERS_ARG_INPUT_SHAPE                                                                     \
+  {                                                                                                \
+    "input_shape", LUNET_ARG_SHAPE, "nil",                                                         \
+        "shape of one sample, without the batch axis (first layer only)", NULL                     \
+  }
+#define LAYERS_ARG_NAME                                                                            \
   { "name", LUNET_ARG_STRING, "nil", "the layer's name in summary()", NULL }
 
 extern LAYERS_HIDDEN const lunet_layer_type layers_dense;
@@ -76,8 +78,8 @@ static inline lunet_tensor *layers_reshape_like(lunet_ctx *ctx, lunet_tensor *t,
 static inline lunet_status layers_rank_error(lunet_layer *l, const char *want, int ndim,
                                              const int64_t *shape) {
   char buf[128];
-  return lunet_layer_error(l, LUNET_ERR_SHAPE, "expects input of rank %s, got shape %s",
-                           want, lunet_shape_str(ndim, shape, buf, sizeof buf));
+  return lunet_layer_error(l, LUNET_ERR_SHAPE, "expects input of rank %s, got shape %s", want,
+                           lunet_shape_str(ndim, shape, buf, sizeof buf));
 }
 
 /* Reads an INT2 argument whose default is nil; false when it is nil.  The
@@ -104,8 +106,7 @@ static inline lunet_padding layers_padding(const lunet_layer *l) {
 }
 
 /* Checks that both values of an INT2 argument are positive. */
-static inline lunet_status layers_check_pair(lunet_layer *l, const char *arg,
-                                             const int64_t v[2]) {
+static inline lunet_status layers_check_pair(lunet_layer *l, const char *arg, const int64_t v[2]) {
   if (v[0] > 0 && v[1] > 0) return LUNET_OK;
   if (v[0] == v[1])
     return lunet_layer_error(l, LUNET_ERR_ARG, "%s must be positive, got %lld", arg,

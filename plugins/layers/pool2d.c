@@ -8,8 +8,7 @@ typedef struct pool2d_state {
 
 static const lunet_arg_schema pool2d_args[] = {
     {"pool_size", LUNET_ARG_INT2, "2", "window size: k or {kh, kw}", NULL},
-    {"strides", LUNET_ARG_INT2, "nil", "step of the window: s or {sh, sw}; nil: pool_size",
-     NULL},
+    {"strides", LUNET_ARG_INT2, "nil", "step of the window: s or {sh, sw}; nil: pool_size", NULL},
     {"padding", LUNET_ARG_STRING, "\"valid\"",
      "\"valid\": no padding; \"same\": pad so that out = ceil(in / stride)", "valid|same"},
     LAYERS_ARG_INPUT_SHAPE,
@@ -17,8 +16,8 @@ static const lunet_arg_schema pool2d_args[] = {
 };
 
 /* Fills d for a batch of n images (h, w, c) from the layer's arguments. */
-static lunet_status pool2d_desc_fill(lunet_layer *l, int64_t n, int64_t h, int64_t w,
-                                     int64_t c, lunet_pool2d_desc *d) {
+static lunet_status pool2d_desc_fill(lunet_layer *l, int64_t n, int64_t h, int64_t w, int64_t c,
+                                     lunet_pool2d_desc *d) {
   int64_t k[2], s[2];
   lunet_layer_get_int2(l, "pool_size", k);
   if (!layers_get_int2_opt(l, "strides", s)) s[0] = k[0], s[1] = k[1];
@@ -32,13 +31,13 @@ static lunet_status pool2d_desc_fill(lunet_layer *l, int64_t n, int64_t h, int64
                              "with padding \"valid\"; use padding = \"same\" or a smaller "
                              "pool",
                              (long long)k[0], (long long)k[1], (long long)h, (long long)w);
-  *d = (lunet_pool2d_desc){.n = n, .h = h, .w = w, .c = c,
-                           .kh = k[0], .kw = k[1], .sh = s[0], .sw = s[1]};
+  *d = (lunet_pool2d_desc){
+      .n = n, .h = h, .w = w, .c = c, .kh = k[0], .kw = k[1], .sh = s[0], .sw = s[1]};
   return lunet_pool2d_geometry(lunet_layer_ctx(l), d, pad);
 }
 
-static lunet_status pool2d_build(lunet_layer *l, int in_ndim, const int64_t *in,
-                                 int *out_ndim, int64_t *out) {
+static lunet_status pool2d_build(lunet_layer *l, int in_ndim, const int64_t *in, int *out_ndim,
+                                 int64_t *out) {
   if (in_ndim != 3) return layers_rank_error(l, "3 (H, W, C)", in_ndim, in);
   lunet_pool2d_desc d;
   lunet_status s = pool2d_desc_fill(l, 1, in[0], in[1], in[2], &d);
@@ -56,9 +55,9 @@ static lunet_status pool2d_forward(lunet_layer *l, lunet_pool_mode mode, lunet_t
   pool2d_state *st = lunet_layer_state(l);
   if (lunet_tensor_ndim(x) != 4) {
     char buf[128];
-    return lunet_layer_error(l, LUNET_ERR_SHAPE, "expects a batch (N, H, W, C), got shape %s",
-                             lunet_shape_str(lunet_tensor_ndim(x), lunet_tensor_shape(x), buf,
-                                             sizeof buf));
+    return lunet_layer_error(
+        l, LUNET_ERR_SHAPE, "expects a batch (N, H, W, C), got shape %s",
+        lunet_shape_str(lunet_tensor_ndim(x), lunet_tensor_shape(x), buf, sizeof buf));
   }
   lunet_pool2d_desc d;
   lunet_status s = pool2d_desc_fill(l, lunet_tensor_dim(x, 0), lunet_tensor_dim(x, 1),
@@ -78,8 +77,7 @@ static lunet_status pool2d_backward(lunet_layer *l, lunet_pool_mode mode, lunet_
   *dx = NULL;
   if (!st->x) return lunet_layer_error(l, LUNET_ERR_ARG, "backward called before forward");
   if (need_dx &&
-      !(*dx = lunet_op_pool2d_backward(lunet_layer_ctx(l), mode, dy, st->x, st->y,
-                                       &st->d)))
+      !(*dx = lunet_op_pool2d_backward(lunet_layer_ctx(l), mode, dy, st->x, st->y, &st->d)))
     return layers_failed(l);
   layers_set(&st->x, NULL);
   layers_set(&st->y, NULL);
@@ -87,8 +85,7 @@ static lunet_status pool2d_backward(lunet_layer *l, lunet_pool_mode mode, lunet_
 }
 
 /* The two pooling types differ only in the mode they pass down. */
-static lunet_status max_forward(lunet_layer *l, lunet_tensor *x, lunet_tensor **y,
-                                bool training) {
+static lunet_status max_forward(lunet_layer *l, lunet_tensor *x, lunet_tensor **y, bool training) {
   (void)training;
   return pool2d_forward(l, LUNET_POOL_MAX, x, y);
 }
@@ -98,8 +95,7 @@ static lunet_status max_backward(lunet_layer *l, lunet_tensor *dy, lunet_tensor 
   return pool2d_backward(l, LUNET_POOL_MAX, dy, dx, need_dx);
 }
 
-static lunet_status avg_forward(lunet_layer *l, lunet_tensor *x, lunet_tensor **y,
-                                bool training) {
+static lunet_status avg_forward(lunet_layer *l, lunet_tensor *x, lunet_tensor **y, bool training) {
   (void)training;
   return pool2d_forward(l, LUNET_POOL_AVG, x, y);
 }
@@ -117,9 +113,9 @@ static void pool2d_destroy(lunet_layer *l) {
 
 static const lunet_layer_test pool2d_tests[] = {
     {"", 3, {4, 4, 2}, 2, 1e-2f},
-    {"3, 2", 3, {5, 5, 1}, 2, 1e-2f},                      /* overlapping windows */
-    {"2, padding = \"same\"", 3, {5, 5, 2}, 2, 1e-2f},     /* odd size, padded */
-    {"{2, 3}, {1, 2}", 3, {5, 6, 1}, 2, 1e-2f},            /* non-square */
+    {"3, 2", 3, {5, 5, 1}, 2, 1e-2f},                  /* overlapping windows */
+    {"2, padding = \"same\"", 3, {5, 5, 2}, 2, 1e-2f}, /* odd size, padded */
+    {"{2, 3}, {1, 2}", 3, {5, 6, 1}, 2, 1e-2f},        /* non-square */
     {"3, 1, padding = \"same\"", 3, {3, 4, 2}, 1, 1e-2f},
 };
 
@@ -179,16 +175,15 @@ static lunet_status gap_build(lunet_layer *l, int in_ndim, const int64_t *in, in
 }
 
 /* x (N,H,W,C) -> y (N,C) or (N,1,1,C): the mean over (H,W) of the view (N,H*W,C) */
-static lunet_status gap_forward(lunet_layer *l, lunet_tensor *x, lunet_tensor **y,
-                                bool training) {
+static lunet_status gap_forward(lunet_layer *l, lunet_tensor *x, lunet_tensor **y, bool training) {
   (void)training;
   lunet_ctx *ctx = lunet_layer_ctx(l);
   gap_state *st = lunet_layer_state(l);
   if (lunet_tensor_ndim(x) != 4) {
     char buf[128];
-    return lunet_layer_error(l, LUNET_ERR_SHAPE, "expects a batch (N, H, W, C), got shape %s",
-                             lunet_shape_str(lunet_tensor_ndim(x), lunet_tensor_shape(x), buf,
-                                             sizeof buf));
+    return lunet_layer_error(
+        l, LUNET_ERR_SHAPE, "expects a batch (N, H, W, C), got shape %s",
+        lunet_shape_str(lunet_tensor_ndim(x), lunet_tensor_shape(x), buf, sizeof buf));
   }
   *st = (gap_state){lunet_tensor_dim(x, 0), lunet_tensor_dim(x, 1), lunet_tensor_dim(x, 2),
                     lunet_tensor_dim(x, 3)};

@@ -63,54 +63,46 @@ LUNET_API lunet_status lunet_augment_add_flip(lunet_ctx *ctx, lunet_augment *a,
 /* RandomRotation: angle uniform in [lo, hi] * 2*pi (fractions of a turn,
  * each in [-1, 1]); a positive angle turns the content counter-clockwise on
  * screen (Keras's matrix). */
-LUNET_API lunet_status lunet_augment_add_rotation(lunet_ctx *ctx, lunet_augment *a,
-                                                  double lo, double hi,
-                                                  lunet_fill_mode mode, float fill);
+LUNET_API lunet_status lunet_augment_add_rotation(lunet_ctx *ctx, lunet_augment *a, double lo,
+                                                  double hi, lunet_fill_mode mode, float fill);
 /* RandomTranslation: shifts uniform in [h_lo, h_hi] * H down and
  * [w_lo, w_hi] * W right (fractions of the size, each in [-1, 1]). */
-LUNET_API lunet_status lunet_augment_add_translation(lunet_ctx *ctx, lunet_augment *a,
-                                                     double h_lo, double h_hi,
-                                                     double w_lo, double w_hi,
+LUNET_API lunet_status lunet_augment_add_translation(lunet_ctx *ctx, lunet_augment *a, double h_lo,
+                                                     double h_hi, double w_lo, double w_hi,
                                                      lunet_fill_mode mode, float fill);
 /* RandomCrop (torchvision style): pad by `padding` zeros on every side, then
  * take a random height x width window.  Sets the output size. */
-LUNET_API lunet_status lunet_augment_add_crop(lunet_ctx *ctx, lunet_augment *a,
-                                              int64_t height, int64_t width,
-                                              int64_t padding);
+LUNET_API lunet_status lunet_augment_add_crop(lunet_ctx *ctx, lunet_augment *a, int64_t height,
+                                              int64_t width, int64_t padding);
 /* RandomZoom (Keras): the zoom factor is 1 + uniform(lo, hi) per axis; a
  * positive value zooms out.  same_as_height: the width uses the height's
  * draw and w_lo/w_hi are ignored.  Values must be > -1. */
-LUNET_API lunet_status lunet_augment_add_zoom(lunet_ctx *ctx, lunet_augment *a,
-                                              double h_lo, double h_hi,
-                                              bool same_as_height, double w_lo,
-                                              double w_hi, lunet_fill_mode mode,
-                                              float fill);
+LUNET_API lunet_status lunet_augment_add_zoom(lunet_ctx *ctx, lunet_augment *a, double h_lo,
+                                              double h_hi, bool same_as_height, double w_lo,
+                                              double w_hi, lunet_fill_mode mode, float fill);
 /* Rescaling: y = x * scale + offset. */
-LUNET_API lunet_status lunet_augment_add_rescaling(lunet_ctx *ctx, lunet_augment *a,
-                                                   float scale, float offset);
+LUNET_API lunet_status lunet_augment_add_rescaling(lunet_ctx *ctx, lunet_augment *a, float scale,
+                                                   float offset);
 /* Normalization: y = (x - mean[k]) / std[k] per channel k; nchan is 1 (one
  * value for every channel) or the image's channel count.  Copies the arrays;
  * std must be > 0. */
 LUNET_API lunet_status lunet_augment_add_normalization(lunet_ctx *ctx, lunet_augment *a,
-                                                       const float *mean,
-                                                       const float *std,
+                                                       const float *mean, const float *std,
                                                        int64_t nchan);
 
 /* The output sample shape for input samples (h, w, c): a crop sets oh, ow. */
-LUNET_API void lunet_augment_output_shape(const lunet_augment *a, int64_t h, int64_t w,
-                                          int64_t c, int64_t *oh, int64_t *ow,
-                                          int64_t *oc);
+LUNET_API void lunet_augment_output_shape(const lunet_augment *a, int64_t h, int64_t w, int64_t c,
+                                          int64_t *oh, int64_t *ow, int64_t *oc);
 /* Checks that samples of shape (h, w, c) suit the pipeline (crop sizes,
  * normalization channels). */
-LUNET_API lunet_status lunet_augment_check(lunet_ctx *ctx, const lunet_augment *a,
-                                           int64_t h, int64_t w, int64_t c);
+LUNET_API lunet_status lunet_augment_check(lunet_ctx *ctx, const lunet_augment *a, int64_t h,
+                                           int64_t w, int64_t c);
 /* in (n,h,w,c) -> out (n,oh,ow,oc), host float arrays that must not overlap.
  * sample_index (n): each sample's index in its dataset, keying its random
  * draws; NULL means 0..n-1. */
-LUNET_API lunet_status lunet_augment_apply(lunet_ctx *ctx, const lunet_augment *a,
-                                           float *out, const float *in, int64_t n,
-                                           int64_t h, int64_t w, int64_t c,
-                                           const int64_t *sample_index, uint64_t seed,
+LUNET_API lunet_status lunet_augment_apply(lunet_ctx *ctx, const lunet_augment *a, float *out,
+                                           const float *in, int64_t n, int64_t h, int64_t w,
+                                           int64_t c, const int64_t *sample_index, uint64_t seed,
                                            uint64_t epoch);
 
 /* ---- batch loader ---- */
@@ -118,18 +110,18 @@ LUNET_API lunet_status lunet_augment_apply(lunet_ctx *ctx, const lunet_augment *
 typedef struct lunet_batches lunet_batches;
 
 typedef struct lunet_batches_opts {
-  const float *x;          /* (n, sample_numel) host, borrowed until _free */
-  const float *y;          /* (n, y_numel) host, borrowed; NULL: no labels */
-  int64_t n;               /* samples in x and y */
-  int64_t sample_numel;    /* floats per sample; 0: h*w*c */
-  int64_t y_numel;         /* floats per label row */
-  int64_t h, w, c;         /* sample shape; needed only with aug */
+  const float *x;       /* (n, sample_numel) host, borrowed until _free */
+  const float *y;       /* (n, y_numel) host, borrowed; NULL: no labels */
+  int64_t n;            /* samples in x and y */
+  int64_t sample_numel; /* floats per sample; 0: h*w*c */
+  int64_t y_numel;      /* floats per label row */
+  int64_t h, w, c;      /* sample shape; needed only with aug */
   int64_t batch_size;
-  const int64_t *order;    /* (order_len) indices into x, copied; the caller shuffles */
-  int64_t order_len;       /* 0: n */
-  const lunet_augment *aug;/* NULL: samples pass unchanged; borrowed */
-  uint64_t seed, epoch;    /* keys of the augmentation */
-  int queue_depth;         /* batches prepared ahead; <= 0: 2 */
+  const int64_t *order;     /* (order_len) indices into x, copied; the caller shuffles */
+  int64_t order_len;        /* 0: n */
+  const lunet_augment *aug; /* NULL: samples pass unchanged; borrowed */
+  uint64_t seed, epoch;     /* keys of the augmentation */
+  int queue_depth;          /* batches prepared ahead; <= 0: 2 */
 } lunet_batches_opts;
 
 /* Starts a prefetch thread that prepares the epoch's batches in `order`,
@@ -155,9 +147,8 @@ LUNET_API void lunet_batches_free(lunet_batches *b);
 /* Writes x (n,h,w,c), c = 1 or 3, as an 8-bit PNG grid of `cols` columns
  * (<= 0: about square) with 2-pixel white gaps.  Values are scaled by 255
  * unless the largest exceeds 1.5 (then taken as 0..255), then clamped. */
-LUNET_API lunet_status lunet_png_grid(lunet_ctx *ctx, const char *path, const float *x,
-                                      int64_t n, int64_t h, int64_t w, int64_t c,
-                                      int64_t cols);
+LUNET_API lunet_status lunet_png_grid(lunet_ctx *ctx, const char *path, const float *x, int64_t n,
+                                      int64_t h, int64_t w, int64_t c, int64_t cols);
 
 #ifdef __cplusplus
 }

@@ -68,108 +68,100 @@ typedef struct lunet_backend_i {
 
   lunet_buf (*buffer_alloc)(lunet_backend *be, size_t nbytes); /* NULL: out of memory */
   void (*buffer_free)(lunet_backend *be, lunet_buf buf);
-  int (*buffer_upload)(lunet_backend *be, lunet_buf dst, size_t offset_bytes,
-                       const void *src, size_t nbytes);
-  int (*buffer_download)(lunet_backend *be, lunet_cbuf src, size_t offset_bytes,
-                         void *dst, size_t nbytes);
-  int (*buffer_copy)(lunet_backend *be, lunet_buf dst, size_t dst_offset_bytes,
-                     lunet_cbuf src, size_t src_offset_bytes, size_t nbytes);
+  int (*buffer_upload)(lunet_backend *be, lunet_buf dst, size_t offset_bytes, const void *src,
+                       size_t nbytes);
+  int (*buffer_download)(lunet_backend *be, lunet_cbuf src, size_t offset_bytes, void *dst,
+                         size_t nbytes);
+  int (*buffer_copy)(lunet_backend *be, lunet_buf dst, size_t dst_offset_bytes, lunet_cbuf src,
+                     size_t src_offset_bytes, size_t nbytes);
   int (*synchronize)(lunet_backend *be);
 
   /* ---- primitives (float32 unless said) ---- */
   int (*fill)(lunet_backend *be, lunet_buf y, float value, size_t n);
   /* y (n) of dtype ydt <- x (n) of dtype xdt */
-  int (*cast)(lunet_backend *be, lunet_buf y, lunet_dtype ydt, lunet_cbuf x,
-              lunet_dtype xdt, size_t n);
-  int (*strided_copy)(lunet_backend *be, lunet_buf y, lunet_cbuf x,
-                      const lunet_strided_desc *d);
+  int (*cast)(lunet_backend *be, lunet_buf y, lunet_dtype ydt, lunet_cbuf x, lunet_dtype xdt,
+              size_t n);
+  int (*strided_copy)(lunet_backend *be, lunet_buf y, lunet_cbuf x, const lunet_strided_desc *d);
 
   /* y (n) = f(x) */
-  int (*unary)(lunet_backend *be, lunet_unary_op op, float alpha, float beta,
-               lunet_buf y, lunet_cbuf x, size_t n);
+  int (*unary)(lunet_backend *be, lunet_unary_op op, float alpha, float beta, lunet_buf y,
+               lunet_cbuf x, size_t n);
   /* dx (n) = dy * f'(x), y = f(x) */
-  int (*unary_backward)(lunet_backend *be, lunet_unary_op op, float alpha, float beta,
-                        lunet_buf dx, lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y,
-                        size_t n);
-  int (*binary)(lunet_backend *be, lunet_binary_op op, lunet_buf y, lunet_cbuf a,
-                lunet_cbuf b, const lunet_bcast_desc *d);
+  int (*unary_backward)(lunet_backend *be, lunet_unary_op op, float alpha, float beta, lunet_buf dx,
+                        lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y, size_t n);
+  int (*binary)(lunet_backend *be, lunet_binary_op op, lunet_buf y, lunet_cbuf a, lunet_cbuf b,
+                const lunet_bcast_desc *d);
   /* x viewed as (outer, len, inner) -> y (outer, inner) */
-  int (*reduce)(lunet_backend *be, lunet_reduce_op op, lunet_buf y, lunet_cbuf x,
-                size_t outer, size_t len, size_t inner);
+  int (*reduce)(lunet_backend *be, lunet_reduce_op op, lunet_buf y, lunet_cbuf x, size_t outer,
+                size_t len, size_t inner);
   /* x (rows, cols) -> y (rows) float32 index of the first maximum */
   int (*argmax)(lunet_backend *be, lunet_buf y, lunet_cbuf x, size_t rows, size_t cols);
 
   /* c (batch, M, N) = alpha * op(a) op(b) + beta * c, row-major; a is (M,K)
    * or (K,M) when trans_a; b is (K,N) or (N,K) when trans_b.  A stride of 0
    * reuses one matrix for the whole batch. */
-  int (*gemm)(lunet_backend *be, bool trans_a, bool trans_b, int64_t m, int64_t n,
-              int64_t k, float alpha, lunet_cbuf a, int64_t stride_a, lunet_cbuf b,
-              int64_t stride_b, float beta, lunet_buf c, int64_t stride_c,
-              int64_t batch);
+  int (*gemm)(lunet_backend *be, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+              float alpha, lunet_cbuf a, int64_t stride_a, lunet_cbuf b, int64_t stride_b,
+              float beta, lunet_buf c, int64_t stride_c, int64_t batch);
 
   /* x (N,H,W,C), w (KH,KW,C,F), bias (F) or NULL -> y (N,OH,OW,F) */
-  int (*conv2d)(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w,
-                lunet_cbuf bias, const lunet_conv2d_desc *d);
+  int (*conv2d)(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w, lunet_cbuf bias,
+                const lunet_conv2d_desc *d);
   /* dy (N,OH,OW,F), w (KH,KW,C,F) -> dx (N,H,W,C) */
-  int (*conv2d_backward_data)(lunet_backend *be, lunet_buf dx, lunet_cbuf dy,
-                              lunet_cbuf w, const lunet_conv2d_desc *d);
+  int (*conv2d_backward_data)(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf w,
+                              const lunet_conv2d_desc *d);
   /* dy (N,OH,OW,F), x (N,H,W,C) -> dw (KH,KW,C,F), db (F) or NULL; overwrites */
-  int (*conv2d_backward_filter)(lunet_backend *be, lunet_buf dw, lunet_buf db,
-                                lunet_cbuf dy, lunet_cbuf x, const lunet_conv2d_desc *d);
+  int (*conv2d_backward_filter)(lunet_backend *be, lunet_buf dw, lunet_buf db, lunet_cbuf dy,
+                                lunet_cbuf x, const lunet_conv2d_desc *d);
   /* x (N,H,W,C) -> y (N,OH,OW,C); avg excludes padding from the count */
   int (*pool2d)(lunet_backend *be, lunet_pool_mode mode, lunet_buf y, lunet_cbuf x,
                 const lunet_pool2d_desc *d);
   /* dy (N,OH,OW,C), x, y -> dx (N,H,W,C); max routes to the first maximum */
-  int (*pool2d_backward)(lunet_backend *be, lunet_pool_mode mode, lunet_buf dx,
-                         lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y,
-                         const lunet_pool2d_desc *d);
+  int (*pool2d_backward)(lunet_backend *be, lunet_pool_mode mode, lunet_buf dx, lunet_cbuf dy,
+                         lunet_cbuf x, lunet_cbuf y, const lunet_pool2d_desc *d);
 
   /* x, y (rows, cols), over cols */
-  int (*softmax)(lunet_backend *be, bool log, lunet_buf y, lunet_cbuf x, size_t rows,
-                 size_t cols);
-  int (*softmax_backward)(lunet_backend *be, bool log, lunet_buf dx, lunet_cbuf dy,
-                          lunet_cbuf y, size_t rows, size_t cols);
+  int (*softmax)(lunet_backend *be, bool log, lunet_buf y, lunet_cbuf x, size_t rows, size_t cols);
+  int (*softmax_backward)(lunet_backend *be, bool log, lunet_buf dx, lunet_cbuf dy, lunet_cbuf y,
+                          size_t rows, size_t cols);
   /* logits (rows, cols), labels (rows) float ids in [0, cols) -> loss (rows),
    * dlogits (rows, cols) = softmax - onehot or NULL */
-  int (*softmax_xent)(lunet_backend *be, lunet_buf loss, lunet_buf dlogits,
-                      lunet_cbuf logits, lunet_cbuf labels, size_t rows, size_t cols);
+  int (*softmax_xent)(lunet_backend *be, lunet_buf loss, lunet_buf dlogits, lunet_cbuf logits,
+                      lunet_cbuf labels, size_t rows, size_t cols);
 
   /* x, y (rows, C); training: batch mean and biased variance, saved as
    * save_mean/save_invstd, and the running stats updated as Keras does
    * (run = run*momentum + batch*(1-momentum)); inference: running stats. */
   int (*batchnorm)(lunet_backend *be, bool training, lunet_buf y, lunet_buf save_mean,
-                   lunet_buf save_invstd, lunet_buf run_mean, lunet_buf run_var,
-                   lunet_cbuf x, lunet_cbuf gamma, lunet_cbuf beta, size_t rows,
-                   size_t c, float momentum, float epsilon);
-  int (*batchnorm_backward)(lunet_backend *be, lunet_buf dx, lunet_buf dgamma,
-                            lunet_buf dbeta, lunet_cbuf dy, lunet_cbuf x,
-                            lunet_cbuf gamma, lunet_cbuf save_mean,
+                   lunet_buf save_invstd, lunet_buf run_mean, lunet_buf run_var, lunet_cbuf x,
+                   lunet_cbuf gamma, lunet_cbuf beta, size_t rows, size_t c, float momentum,
+                   float epsilon);
+  int (*batchnorm_backward)(lunet_backend *be, lunet_buf dx, lunet_buf dgamma, lunet_buf dbeta,
+                            lunet_cbuf dy, lunet_cbuf x, lunet_cbuf gamma, lunet_cbuf save_mean,
                             lunet_cbuf save_invstd, size_t rows, size_t c);
 
   /* mask (n): element i keeps (value 1/(1-rate)) when
    * lunet_philox_uniform(seed, counter + i) >= rate, else 0. */
-  int (*dropout_mask)(lunet_backend *be, lunet_buf mask, size_t n, float rate,
-                      uint64_t seed, uint64_t counter);
+  int (*dropout_mask)(lunet_backend *be, lunet_buf mask, size_t n, float rate, uint64_t seed,
+                      uint64_t counter);
 
   /* y (n, row_bytes) = x rows idx[i]; idx (n) int64 on the host, in range */
-  int (*gather_rows)(lunet_backend *be, lunet_buf y, lunet_cbuf x, const int64_t *idx,
-                     size_t n, size_t row_bytes);
+  int (*gather_rows)(lunet_backend *be, lunet_buf y, lunet_cbuf x, const int64_t *idx, size_t n,
+                     size_t row_bytes);
 
   /* In place on p and state (n each). */
-  int (*sgd_update)(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf velocity,
-                    size_t n, float lr, float momentum, bool nesterov,
-                    float weight_decay);
-  int (*adam_update)(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf m,
-                     lunet_buf v, size_t n, float lr, float beta1, float beta2,
-                     float epsilon, float weight_decay, int64_t step);
-  int (*rmsprop_update)(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf ms,
-                        lunet_buf mom, size_t n, float lr, float rho, float momentum,
-                        float epsilon);
+  int (*sgd_update)(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf velocity, size_t n,
+                    float lr, float momentum, bool nesterov, float weight_decay);
+  int (*adam_update)(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf m, lunet_buf v,
+                     size_t n, float lr, float beta1, float beta2, float epsilon,
+                     float weight_decay, int64_t step);
+  int (*rmsprop_update)(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf ms, lunet_buf mom,
+                        size_t n, float lr, float rho, float momentum, float epsilon);
 
   /* x (N,H,W,C) -> y (N,OH,OW,C); mats (N,6) host floats; the reference is
    * lunet_resample_one() in lunet/resample.h */
-  int (*affine_resample)(lunet_backend *be, lunet_buf y, lunet_cbuf x, const float *mats,
-                         size_t n, size_t h, size_t w, size_t c, size_t oh, size_t ow,
+  int (*affine_resample)(lunet_backend *be, lunet_buf y, lunet_cbuf x, const float *mats, size_t n,
+                         size_t h, size_t w, size_t c, size_t oh, size_t ow,
                          lunet_fill_mode fill_mode, float fill);
 } lunet_backend_i;
 

@@ -24,19 +24,19 @@ typedef enum lunet_progress_mode {
 } lunet_progress_mode;
 
 typedef struct lunet_download_opts {
-  const char *url;                  /* required */
-  const char *const *mirrors;       /* NULL-terminated, tried after url; may be NULL */
-  const char *dest;                 /* required; data goes to "<dest>.part" first */
-  int64_t size;                     /* expected bytes; <= 0: unknown */
-  const char *md5;                  /* hex; NULL or "": not checked */
-  const char *sha256;               /* hex; NULL or "": not checked */
-  int retries;                      /* extra rounds over the urls after the first */
-  int backoff_ms;                   /* wait before retry k is backoff_ms << k */
+  const char *url;            /* required */
+  const char *const *mirrors; /* NULL-terminated, tried after url; may be NULL */
+  const char *dest;           /* required; data goes to "<dest>.part" first */
+  int64_t size;               /* expected bytes; <= 0: unknown */
+  const char *md5;            /* hex; NULL or "": not checked */
+  const char *sha256;         /* hex; NULL or "": not checked */
+  int retries;                /* extra rounds over the urls after the first */
+  int backoff_ms;             /* wait before retry k is backoff_ms << k */
   int connect_timeout_s;
-  int stall_timeout_s;              /* abort when under stall_bytes_per_s for this long */
+  int stall_timeout_s; /* abort when under stall_bytes_per_s for this long */
   int stall_bytes_per_s;
   lunet_progress_mode progress;
-  const char *label;                /* name on the progress bar; NULL: dest's base name */
+  const char *label; /* name on the progress bar; NULL: dest's base name */
 } lunet_download_opts;
 
 /* The defaults: 3 retries, 1 s backoff base, 30 s connect timeout, abort
@@ -77,9 +77,9 @@ LUNET_API lunet_status lunet_read_idx(lunet_ctx *ctx, const char *path, lunet_ar
  * without extracting it, or from a directory holding cifar-10-batches-bin/
  * or the .bin files.  x (N,32,32,3) HWC, y (N) with values 0..9.  On error
  * all four outputs are left zeroed. */
-LUNET_API lunet_status lunet_read_cifar10(lunet_ctx *ctx, const char *path,
-                                          lunet_array *x_train, lunet_array *y_train,
-                                          lunet_array *x_test, lunet_array *y_test);
+LUNET_API lunet_status lunet_read_cifar10(lunet_ctx *ctx, const char *path, lunet_array *x_train,
+                                          lunet_array *y_train, lunet_array *x_test,
+                                          lunet_array *y_test);
 
 #ifdef __cplusplus
 }

@@ -65,8 +65,7 @@ LUNET_API void lunet_ctx_free(lunet_ctx *ctx);
 LUNET_API const char *lunet_ctx_error(const lunet_ctx *ctx);
 LUNET_API lunet_status lunet_ctx_status(const lunet_ctx *ctx);
 /* Sets the context's error and returns `status`, for `return lunet_error(...)`. */
-LUNET_API lunet_status lunet_error(lunet_ctx *ctx, lunet_status status,
-                                   const char *fmt, ...)
+LUNET_API lunet_status lunet_error(lunet_ctx *ctx, lunet_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 LUNET_API void lunet_clear_error(lunet_ctx *ctx);
 LUNET_API const char *lunet_status_name(lunet_status s);
@@ -90,9 +89,9 @@ LUNET_API void lunet_interrupt_clear(void);
 
 /* One device a backend can run on (backend ABI 1.1). */
 typedef struct lunet_device_info {
-  char name[128];   /* "NVIDIA H200" */
-  char type[16];    /* "discrete GPU", "integrated GPU", "virtual GPU", "CPU" */
-  uint64_t memory;  /* bytes */
+  char name[128];  /* "NVIDIA H200" */
+  char type[16];   /* "discrete GPU", "integrated GPU", "virtual GPU", "CPU" */
+  uint64_t memory; /* bytes */
 } lunet_device_info;
 
 typedef struct lunet_backend_info {
@@ -100,7 +99,7 @@ typedef struct lunet_backend_info {
   char device[128]; /* e.g. "AMD EPYC (2 threads)" */
   char detail[256]; /* e.g. "OpenBLAS 0.3.21, kernel SkylakeX" */
   int threads;
-  bool available;   /* false: detail says why */
+  bool available; /* false: detail says why */
   bool is_default;
   /* Appended in backend ABI 1.1; zero from 1.0 backends. */
   int ndevices;     /* entries of devices[] */
@@ -131,25 +130,22 @@ LUNET_API lunet_status lunet_load_plugin(lunet_ctx *ctx, const char *path);
  * built-in plugins first.  *plugin receives the plugin's name. */
 LUNET_API const struct lunet_layer_type *lunet_layer_type_at(lunet_ctx *ctx, int i,
                                                              const char **plugin);
-LUNET_API const struct lunet_layer_type *lunet_layer_type_find(lunet_ctx *ctx,
-                                                               const char *name);
+LUNET_API const struct lunet_layer_type *lunet_layer_type_find(lunet_ctx *ctx, const char *name);
 
 /* ---- tensors ---- */
 
 /* A new tensor on the default backend; contents undefined. */
-LUNET_API lunet_tensor *lunet_tensor_new(lunet_ctx *ctx, lunet_dtype dt,
-                                         int ndim, const int64_t *shape);
+LUNET_API lunet_tensor *lunet_tensor_new(lunet_ctx *ctx, lunet_dtype dt, int ndim,
+                                         const int64_t *shape);
 /* Same, on the named backend (NULL: the default). */
-LUNET_API lunet_tensor *lunet_tensor_new_on(lunet_ctx *ctx, const char *backend,
-                                            lunet_dtype dt, int ndim,
-                                            const int64_t *shape);
-LUNET_API lunet_tensor *lunet_tensor_from_data(lunet_ctx *ctx, lunet_dtype dt,
-                                               int ndim, const int64_t *shape,
-                                               const void *data);
+LUNET_API lunet_tensor *lunet_tensor_new_on(lunet_ctx *ctx, const char *backend, lunet_dtype dt,
+                                            int ndim, const int64_t *shape);
+LUNET_API lunet_tensor *lunet_tensor_from_data(lunet_ctx *ctx, lunet_dtype dt, int ndim,
+                                               const int64_t *shape, const void *data);
 /* Same, on the named backend (NULL: the default). */
 LUNET_API lunet_tensor *lunet_tensor_from_data_on(lunet_ctx *ctx, const char *backend,
-                                                  lunet_dtype dt, int ndim,
-                                                  const int64_t *shape, const void *data);
+                                                  lunet_dtype dt, int ndim, const int64_t *shape,
+                                                  const void *data);
 LUNET_API lunet_tensor *lunet_tensor_retain(lunet_tensor *t);
 LUNET_API void lunet_tensor_release(lunet_tensor *t);
 
@@ -162,22 +158,20 @@ LUNET_API const char *lunet_tensor_backend(const lunet_tensor *t);
 LUNET_API size_t lunet_dtype_size(lunet_dtype dt);
 LUNET_API const char *lunet_dtype_name(lunet_dtype dt);
 /* "(2, 3)" into buf; returns buf. */
-LUNET_API char *lunet_shape_str(int ndim, const int64_t *shape, char *buf,
-                                size_t n);
+LUNET_API char *lunet_shape_str(int ndim, const int64_t *shape, char *buf, size_t n);
 
-LUNET_API lunet_status lunet_tensor_read(lunet_ctx *ctx, const lunet_tensor *t,
-                                         void *dst, size_t nbytes);
-LUNET_API lunet_status lunet_tensor_write(lunet_ctx *ctx, lunet_tensor *t,
-                                          const void *src, size_t nbytes);
+LUNET_API lunet_status lunet_tensor_read(lunet_ctx *ctx, const lunet_tensor *t, void *dst,
+                                         size_t nbytes);
+LUNET_API lunet_status lunet_tensor_write(lunet_ctx *ctx, lunet_tensor *t, const void *src,
+                                          size_t nbytes);
 /* Reads one element (any dtype) as a double. */
-LUNET_API lunet_status lunet_tensor_item(lunet_ctx *ctx, const lunet_tensor *t,
-                                         int64_t flat_index, double *out);
+LUNET_API lunet_status lunet_tensor_item(lunet_ctx *ctx, const lunet_tensor *t, int64_t flat_index,
+                                         double *out);
 /* The host address of a tensor's data when its backend keeps data in host
  * memory (the CPU), else NULL.  Valid while the tensor lives. */
 LUNET_API const void *lunet_tensor_host_data(const lunet_tensor *t);
 /* A copy on another backend (recorded on the tape: gradients move back). */
-LUNET_API lunet_tensor *lunet_tensor_to(lunet_ctx *ctx, lunet_tensor *t,
-                                        const char *backend);
+LUNET_API lunet_tensor *lunet_tensor_to(lunet_ctx *ctx, lunet_tensor *t, const char *backend);
 
 /* Autograd flags.  A tensor that requires grad collects .grad in backward. */
 LUNET_API void lunet_tensor_set_requires_grad(lunet_tensor *t, bool on);
@@ -185,8 +179,7 @@ LUNET_API bool lunet_tensor_requires_grad(const lunet_tensor *t);
 LUNET_API lunet_tensor *lunet_tensor_grad_get(lunet_tensor *t); /* borrowed, may be NULL */
 LUNET_API void lunet_tensor_zero_grad(lunet_tensor *t);
 /* Runs the tape backward from `t` (a scalar, or any tensor with `grad_out`). */
-LUNET_API lunet_status lunet_backward(lunet_ctx *ctx, lunet_tensor *t,
-                                      lunet_tensor *grad_out);
+LUNET_API lunet_status lunet_backward(lunet_ctx *ctx, lunet_tensor *t, lunet_tensor *grad_out);
 /* Grad mode: while off, ops record nothing (inference, optimizer steps). */
 LUNET_API bool lunet_grad_enabled(lunet_ctx *ctx);
 LUNET_API bool lunet_set_grad_enabled(lunet_ctx *ctx, bool on); /* returns previous */

@@ -21,7 +21,7 @@ extern "C" {
 #endif
 
 typedef enum lunet_unary_op {
-  LUNET_UNARY_NEG = 0,   /* -x */
+  LUNET_UNARY_NEG = 0, /* -x */
   LUNET_UNARY_EXP,
   LUNET_UNARY_LOG,
   LUNET_UNARY_SQRT,
@@ -30,11 +30,11 @@ typedef enum lunet_unary_op {
   LUNET_UNARY_RELU,
   LUNET_UNARY_SIGMOID,
   LUNET_UNARY_TANH,
-  LUNET_UNARY_GELU,      /* exact, erf form (Keras approximate=False) */
-  LUNET_UNARY_LEAKY_RELU,/* alpha = negative slope */
-  LUNET_UNARY_AFFINE,    /* alpha * x + beta */
-  LUNET_UNARY_CLIP,      /* min(max(x, alpha), beta) */
-  LUNET_UNARY_RECIP,     /* 1 / x */
+  LUNET_UNARY_GELU,       /* exact, erf form (Keras approximate=False) */
+  LUNET_UNARY_LEAKY_RELU, /* alpha = negative slope */
+  LUNET_UNARY_AFFINE,     /* alpha * x + beta */
+  LUNET_UNARY_CLIP,       /* min(max(x, alpha), beta) */
+  LUNET_UNARY_RECIP,      /* 1 / x */
   LUNET_UNARY_SIGN,
   LUNET_UNARY_COUNT
 } lunet_unary_op;
@@ -100,61 +100,53 @@ LUNET_API lunet_tensor *lunet_op_copy(lunet_ctx *ctx, const lunet_tensor *x);
 /* Shares x's buffer with a new shape of the same element count. */
 LUNET_API lunet_tensor *lunet_op_reshape(lunet_ctx *ctx, lunet_tensor *x, int ndim,
                                          const int64_t *shape);
-LUNET_API lunet_tensor *lunet_op_cast(lunet_ctx *ctx, const lunet_tensor *x,
-                                      lunet_dtype dt);
+LUNET_API lunet_tensor *lunet_op_cast(lunet_ctx *ctx, const lunet_tensor *x, lunet_dtype dt);
 
-LUNET_API lunet_tensor *lunet_op_unary(lunet_ctx *ctx, lunet_unary_op op,
-                                       const lunet_tensor *x, float alpha, float beta);
+LUNET_API lunet_tensor *lunet_op_unary(lunet_ctx *ctx, lunet_unary_op op, const lunet_tensor *x,
+                                       float alpha, float beta);
 /* dx = dy * f'(x); y = f(x) is passed for ops whose derivative uses it. */
 LUNET_API lunet_tensor *lunet_op_unary_backward(lunet_ctx *ctx, lunet_unary_op op,
-                                                const lunet_tensor *dy,
-                                                const lunet_tensor *x,
-                                                const lunet_tensor *y, float alpha,
-                                                float beta);
+                                                const lunet_tensor *dy, const lunet_tensor *x,
+                                                const lunet_tensor *y, float alpha, float beta);
 /* Broadcasting (numpy rules). */
-LUNET_API lunet_tensor *lunet_op_binary(lunet_ctx *ctx, lunet_binary_op op,
-                                        const lunet_tensor *a, const lunet_tensor *b);
+LUNET_API lunet_tensor *lunet_op_binary(lunet_ctx *ctx, lunet_binary_op op, const lunet_tensor *a,
+                                        const lunet_tensor *b);
 /* acc += x in place (same shapes). */
 LUNET_API lunet_status lunet_op_accumulate(lunet_ctx *ctx, lunet_tensor *acc,
                                            const lunet_tensor *x);
 /* Reduces over `axis` (negative from the end; LUNET_ALL_AXES: everything). */
 #define LUNET_ALL_AXES 127
-LUNET_API lunet_tensor *lunet_op_reduce(lunet_ctx *ctx, lunet_reduce_op op,
-                                        const lunet_tensor *x, int axis, bool keepdims);
+LUNET_API lunet_tensor *lunet_op_reduce(lunet_ctx *ctx, lunet_reduce_op op, const lunet_tensor *x,
+                                        int axis, bool keepdims);
 /* Sums x down to `ndim/shape` (the inverse of broadcasting, for gradients). */
-LUNET_API lunet_tensor *lunet_op_sum_to(lunet_ctx *ctx, const lunet_tensor *x,
-                                        int ndim, const int64_t *shape);
+LUNET_API lunet_tensor *lunet_op_sum_to(lunet_ctx *ctx, const lunet_tensor *x, int ndim,
+                                        const int64_t *shape);
 /* Float32 indices of the maximum along the last axis (first on ties). */
 LUNET_API lunet_tensor *lunet_op_argmax(lunet_ctx *ctx, const lunet_tensor *x);
 
 /* c = op(a) @ op(b); a (..., M, K) b (..., K, N), batch dims broadcast
  * when one side has none. */
 LUNET_API lunet_tensor *lunet_op_matmul(lunet_ctx *ctx, const lunet_tensor *a,
-                                        const lunet_tensor *b, bool trans_a,
-                                        bool trans_b);
+                                        const lunet_tensor *b, bool trans_a, bool trans_b);
 
 /* x (N,H,W,C), w (KH,KW,C,F), bias (F) or NULL -> y (N,OH,OW,F) */
 LUNET_API lunet_tensor *lunet_op_conv2d(lunet_ctx *ctx, const lunet_tensor *x,
                                         const lunet_tensor *w, const lunet_tensor *bias,
                                         const lunet_conv2d_desc *d);
 /* dy (N,OH,OW,F), w -> dx (N,H,W,C) */
-LUNET_API lunet_tensor *lunet_op_conv2d_backward_data(lunet_ctx *ctx,
-                                                      const lunet_tensor *dy,
+LUNET_API lunet_tensor *lunet_op_conv2d_backward_data(lunet_ctx *ctx, const lunet_tensor *dy,
                                                       const lunet_tensor *w,
                                                       const lunet_conv2d_desc *d);
 /* dy, x -> dw (KH,KW,C,F) and, when db != NULL, *db (F) */
-LUNET_API lunet_tensor *lunet_op_conv2d_backward_filter(lunet_ctx *ctx,
-                                                        const lunet_tensor *dy,
+LUNET_API lunet_tensor *lunet_op_conv2d_backward_filter(lunet_ctx *ctx, const lunet_tensor *dy,
                                                         const lunet_tensor *x,
                                                         const lunet_conv2d_desc *d,
                                                         lunet_tensor **db);
-LUNET_API lunet_tensor *lunet_op_pool2d(lunet_ctx *ctx, lunet_pool_mode mode,
-                                        const lunet_tensor *x, const lunet_pool2d_desc *d);
+LUNET_API lunet_tensor *lunet_op_pool2d(lunet_ctx *ctx, lunet_pool_mode mode, const lunet_tensor *x,
+                                        const lunet_pool2d_desc *d);
 LUNET_API lunet_tensor *lunet_op_pool2d_backward(lunet_ctx *ctx, lunet_pool_mode mode,
-                                                 const lunet_tensor *dy,
-                                                 const lunet_tensor *x,
-                                                 const lunet_tensor *y,
-                                                 const lunet_pool2d_desc *d);
+                                                 const lunet_tensor *dy, const lunet_tensor *x,
+                                                 const lunet_tensor *y, const lunet_pool2d_desc *d);
 
 /* Over the last axis. */
 LUNET_API lunet_tensor *lunet_op_softmax(lunet_ctx *ctx, const lunet_tensor *x, bool log);
@@ -163,8 +155,7 @@ LUNET_API lunet_tensor *lunet_op_softmax_backward(lunet_ctx *ctx, const lunet_te
 /* logits (R,K), labels (R) float class ids -> per-row loss (R); *dlogits
  * (R,K) = softmax - onehot, unscaled, when dlogits != NULL. */
 LUNET_API lunet_tensor *lunet_op_softmax_xent(lunet_ctx *ctx, const lunet_tensor *logits,
-                                              const lunet_tensor *labels,
-                                              lunet_tensor **dlogits);
+                                              const lunet_tensor *labels, lunet_tensor **dlogits);
 
 /* x (..., C) normalised per channel over all other axes.  Training: batch
  * statistics, saved mean/invstd for backward, running stats updated with
@@ -175,49 +166,40 @@ typedef struct lunet_batchnorm_state {
   float momentum, epsilon;
 } lunet_batchnorm_state;
 LUNET_API lunet_tensor *lunet_op_batchnorm(lunet_ctx *ctx, const lunet_tensor *x,
-                                           const lunet_tensor *gamma,
-                                           const lunet_tensor *beta,
+                                           const lunet_tensor *gamma, const lunet_tensor *beta,
                                            lunet_batchnorm_state *st, bool training);
 /* -> dx; dgamma/dbeta (C) written to *dgamma, *dbeta. */
-LUNET_API lunet_tensor *lunet_op_batchnorm_backward(lunet_ctx *ctx,
-                                                    const lunet_tensor *dy,
+LUNET_API lunet_tensor *lunet_op_batchnorm_backward(lunet_ctx *ctx, const lunet_tensor *dy,
                                                     const lunet_tensor *x,
                                                     const lunet_tensor *gamma,
                                                     const lunet_batchnorm_state *st,
-                                                    lunet_tensor **dgamma,
-                                                    lunet_tensor **dbeta);
+                                                    lunet_tensor **dgamma, lunet_tensor **dbeta);
 
 /* mask with shape of like: 0 or 1/(1-rate), from the context's RNG. */
-LUNET_API lunet_tensor *lunet_op_dropout_mask(lunet_ctx *ctx, const lunet_tensor *like,
-                                              float rate);
+LUNET_API lunet_tensor *lunet_op_dropout_mask(lunet_ctx *ctx, const lunet_tensor *like, float rate);
 
 /* Rows of x (axis 0) picked by int32/float32 indices (on any backend). */
 LUNET_API lunet_tensor *lunet_op_gather_rows(lunet_ctx *ctx, const lunet_tensor *x,
                                              const int64_t *idx, int64_t n);
 /* Rows [start, start+n) of x along axis 0. */
-LUNET_API lunet_tensor *lunet_op_slice_rows(lunet_ctx *ctx, const lunet_tensor *x,
-                                            int64_t start, int64_t n);
-LUNET_API lunet_tensor *lunet_op_permute(lunet_ctx *ctx, const lunet_tensor *x,
-                                         const int *perm);
+LUNET_API lunet_tensor *lunet_op_slice_rows(lunet_ctx *ctx, const lunet_tensor *x, int64_t start,
+                                            int64_t n);
+LUNET_API lunet_tensor *lunet_op_permute(lunet_ctx *ctx, const lunet_tensor *x, const int *perm);
 /* General strided slice: start/stop/step per axis (already normalised). */
-LUNET_API lunet_tensor *lunet_op_slice(lunet_ctx *ctx, const lunet_tensor *x,
-                                       const int64_t *start, const int64_t *stop,
-                                       const int64_t *step);
-LUNET_API lunet_tensor *lunet_op_concat(lunet_ctx *ctx, lunet_tensor *const *xs,
-                                        int n, int axis);
+LUNET_API lunet_tensor *lunet_op_slice(lunet_ctx *ctx, const lunet_tensor *x, const int64_t *start,
+                                       const int64_t *stop, const int64_t *step);
+LUNET_API lunet_tensor *lunet_op_concat(lunet_ctx *ctx, lunet_tensor *const *xs, int n, int axis);
 
 /* Fused optimizer updates, in place on p and the state tensors. */
-LUNET_API lunet_status lunet_op_sgd_update(lunet_ctx *ctx, lunet_tensor *p,
-                                           const lunet_tensor *g, lunet_tensor *velocity,
-                                           float lr, float momentum, bool nesterov,
-                                           float weight_decay);
+LUNET_API lunet_status lunet_op_sgd_update(lunet_ctx *ctx, lunet_tensor *p, const lunet_tensor *g,
+                                           lunet_tensor *velocity, float lr, float momentum,
+                                           bool nesterov, float weight_decay);
 /* Keras's Adam: alpha = lr*sqrt(1-b2^t)/(1-b1^t); p -= alpha*m/(sqrt(v)+eps).
  * weight_decay > 0 is AdamW's decoupled decay: p -= lr*wd*p. */
-LUNET_API lunet_status lunet_op_adam_update(lunet_ctx *ctx, lunet_tensor *p,
-                                            const lunet_tensor *g, lunet_tensor *m,
-                                            lunet_tensor *v, float lr, float beta1,
-                                            float beta2, float epsilon,
-                                            float weight_decay, int64_t step);
+LUNET_API lunet_status lunet_op_adam_update(lunet_ctx *ctx, lunet_tensor *p, const lunet_tensor *g,
+                                            lunet_tensor *m, lunet_tensor *v, float lr, float beta1,
+                                            float beta2, float epsilon, float weight_decay,
+                                            int64_t step);
 LUNET_API lunet_status lunet_op_rmsprop_update(lunet_ctx *ctx, lunet_tensor *p,
                                                const lunet_tensor *g, lunet_tensor *ms,
                                                lunet_tensor *mom, float lr, float rho,
@@ -235,9 +217,8 @@ typedef enum lunet_fill_mode {
  * output pixel (x, y) to input (m0*x + m1*y + m2, m3*x + m4*y + m5), pixel
  * centres at integers, bilinear.  x (N,H,W,C) -> y (N,OH,OW,C). */
 LUNET_API lunet_tensor *lunet_op_affine_resample(lunet_ctx *ctx, const lunet_tensor *x,
-                                                 const float *mats, int64_t oh,
-                                                 int64_t ow, lunet_fill_mode mode,
-                                                 float fill);
+                                                 const float *mats, int64_t oh, int64_t ow,
+                                                 lunet_fill_mode mode, float fill);
 
 /* ---- differentiable ops (record on the tape) ---- */
 
@@ -247,20 +228,19 @@ LUNET_API lunet_tensor *lunet_mul(lunet_ctx *ctx, lunet_tensor *a, lunet_tensor 
 LUNET_API lunet_tensor *lunet_div(lunet_ctx *ctx, lunet_tensor *a, lunet_tensor *b);
 LUNET_API lunet_tensor *lunet_pow(lunet_ctx *ctx, lunet_tensor *a, lunet_tensor *b);
 LUNET_API lunet_tensor *lunet_maximum(lunet_ctx *ctx, lunet_tensor *a, lunet_tensor *b);
-LUNET_API lunet_tensor *lunet_compare(lunet_ctx *ctx, lunet_binary_op op,
-                                      lunet_tensor *a, lunet_tensor *b);
-LUNET_API lunet_tensor *lunet_unary(lunet_ctx *ctx, lunet_unary_op op, lunet_tensor *x,
-                                    float alpha, float beta);
+LUNET_API lunet_tensor *lunet_compare(lunet_ctx *ctx, lunet_binary_op op, lunet_tensor *a,
+                                      lunet_tensor *b);
+LUNET_API lunet_tensor *lunet_unary(lunet_ctx *ctx, lunet_unary_op op, lunet_tensor *x, float alpha,
+                                    float beta);
 LUNET_API lunet_tensor *lunet_matmul(lunet_ctx *ctx, lunet_tensor *a, lunet_tensor *b);
-LUNET_API lunet_tensor *lunet_reduce(lunet_ctx *ctx, lunet_reduce_op op, lunet_tensor *x,
-                                     int axis, bool keepdims);
+LUNET_API lunet_tensor *lunet_reduce(lunet_ctx *ctx, lunet_reduce_op op, lunet_tensor *x, int axis,
+                                     bool keepdims);
 LUNET_API lunet_tensor *lunet_reshape(lunet_ctx *ctx, lunet_tensor *x, int ndim,
                                       const int64_t *shape);
 LUNET_API lunet_tensor *lunet_permute(lunet_ctx *ctx, lunet_tensor *x, const int *perm);
 LUNET_API lunet_tensor *lunet_slice(lunet_ctx *ctx, lunet_tensor *x, const int64_t *start,
                                     const int64_t *stop, const int64_t *step);
-LUNET_API lunet_tensor *lunet_concat(lunet_ctx *ctx, lunet_tensor *const *xs, int n,
-                                     int axis);
+LUNET_API lunet_tensor *lunet_concat(lunet_ctx *ctx, lunet_tensor *const *xs, int n, int axis);
 LUNET_API lunet_tensor *lunet_softmax(lunet_ctx *ctx, lunet_tensor *x, bool log);
 /* A copy that passes gradients back to x. */
 LUNET_API lunet_tensor *lunet_copy(lunet_ctx *ctx, lunet_tensor *x);
@@ -274,9 +254,8 @@ typedef enum lunet_loss_kind {
   LUNET_LOSS_SPARSE_CATEGORICAL_CE,
   LUNET_LOSS_BINARY_CE
 } lunet_loss_kind;
-LUNET_API lunet_tensor *lunet_loss(lunet_ctx *ctx, lunet_loss_kind kind,
-                                   lunet_tensor *y_pred, lunet_tensor *y_true,
-                                   bool from_logits);
+LUNET_API lunet_tensor *lunet_loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *y_pred,
+                                   lunet_tensor *y_true, bool from_logits);
 
 #ifdef __cplusplus
 }

@@ -39,8 +39,8 @@ extern "C" {
 #define LUNET_PLUGIN_ENTRY_NAME "lunet_plugin_entry"
 
 typedef enum lunet_arg_type {
-  LUNET_ARG_INT = 0,    /* integer */
-  LUNET_ARG_FLOAT,      /* number */
+  LUNET_ARG_INT = 0, /* integer */
+  LUNET_ARG_FLOAT,   /* number */
   LUNET_ARG_BOOL,
   LUNET_ARG_STRING,     /* one of `choices` when set ("valid|same") */
   LUNET_ARG_INT2,       /* an integer or a pair {h, w}: kernel_size, strides */
@@ -53,40 +53,38 @@ typedef struct lunet_arg_schema {
   lunet_arg_type type;
   const char *default_value; /* as Lua source ("3", "\"valid\"", "nil"); NULL: required */
   const char *doc;
-  const char *choices;       /* STRING only: "a|b|c", or NULL for any */
+  const char *choices; /* STRING only: "a|b|c", or NULL for any */
 } lunet_arg_schema;
 
 /* A finite-difference and backend-agreement case the core can run
  * (lunet.check_plugin). */
 typedef struct lunet_layer_test {
-  const char *args;          /* Lua table constructor body: "4, 3, padding = \"same\"" */
-  int ndim;                  /* of one sample */
+  const char *args; /* Lua table constructor body: "4, 3, padding = \"same\"" */
+  int ndim;         /* of one sample */
   int64_t input_shape[LUNET_MAX_DIMS];
   int batch;
-  float tolerance;           /* relative, for the gradient check */
+  float tolerance; /* relative, for the gradient check */
 } lunet_layer_test;
 
 typedef struct lunet_layer_type {
-  uint32_t struct_size;      /* sizeof(lunet_layer_type) as the plugin was built */
-  const char *name;          /* "Conv2D": nn.Conv2D in Lua */
-  const char *doc;           /* one line for help() */
+  uint32_t struct_size; /* sizeof(lunet_layer_type) as the plugin was built */
+  const char *name;     /* "Conv2D": nn.Conv2D in Lua */
+  const char *doc;      /* one line for help() */
   const lunet_arg_schema *args;
   int nargs;
-  int positional;            /* the first `positional` args may be given by position */
-  size_t state_size;         /* bytes of zeroed per-instance state */
+  int positional;    /* the first `positional` args may be given by position */
+  size_t state_size; /* bytes of zeroed per-instance state */
 
   /* in (one sample) -> *out_ndim/out; declares weights with
    * lunet_layer_add_weight().  Errors via lunet_layer_error(). */
-  lunet_status (*build)(lunet_layer *l, int in_ndim, const int64_t *in,
-                        int *out_ndim, int64_t *out);
+  lunet_status (*build)(lunet_layer *l, int in_ndim, const int64_t *in, int *out_ndim,
+                        int64_t *out);
   /* x (N, in...) -> *y (N, out...), a new reference */
-  lunet_status (*forward)(lunet_layer *l, lunet_tensor *x, lunet_tensor **y,
-                          bool training);
+  lunet_status (*forward)(lunet_layer *l, lunet_tensor *x, lunet_tensor **y, bool training);
   /* dy (N, out...) -> *dx (N, in...), a new reference; with need_dx false the
    * layer may skip that work and leave *dx NULL (dx itself is never NULL).
    * Weight gradients go through lunet_layer_accumulate_grad(). */
-  lunet_status (*backward)(lunet_layer *l, lunet_tensor *dy, lunet_tensor **dx,
-                           bool need_dx);
+  lunet_status (*backward)(lunet_layer *l, lunet_tensor *dy, lunet_tensor **dx, bool need_dx);
   /* Releases what the state holds (NULL: nothing to release). */
   void (*destroy)(lunet_layer *l);
 
@@ -96,9 +94,9 @@ typedef struct lunet_layer_type {
 
 typedef struct lunet_plugin_desc {
   uint32_t abi_major, abi_minor;
-  uint32_t struct_size;      /* sizeof(lunet_plugin_desc) as the plugin was built */
-  const char *name;          /* "layers" */
-  const char *version;       /* the plugin's own version */
+  uint32_t struct_size; /* sizeof(lunet_plugin_desc) as the plugin was built */
+  const char *name;     /* "layers" */
+  const char *version;  /* the plugin's own version */
   const lunet_layer_type *const *types;
   int ntypes;
 } lunet_plugin_desc;
@@ -112,27 +110,25 @@ LUNET_API void *lunet_layer_state(lunet_layer *l);
 LUNET_API const char *lunet_layer_name(const lunet_layer *l);
 LUNET_API const char *lunet_layer_type_name(const lunet_layer *l);
 /* Sets the context's error, prefixed with the layer's type name. */
-LUNET_API lunet_status lunet_layer_error(lunet_layer *l, lunet_status s, const char *fmt,
-                                         ...) __attribute__((format(printf, 3, 4)));
+LUNET_API lunet_status lunet_layer_error(lunet_layer *l, lunet_status s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 LUNET_API int64_t lunet_layer_get_int(const lunet_layer *l, const char *arg);
 LUNET_API double lunet_layer_get_float(const lunet_layer *l, const char *arg);
 LUNET_API bool lunet_layer_get_bool(const lunet_layer *l, const char *arg);
-LUNET_API const char *lunet_layer_get_string(const lunet_layer *l, const char *arg); /* NULL if nil */
+LUNET_API const char *lunet_layer_get_string(const lunet_layer *l,
+                                             const char *arg); /* NULL if nil */
 LUNET_API void lunet_layer_get_int2(const lunet_layer *l, const char *arg, int64_t out[2]);
 /* Returns the count, writes up to max values. */
-LUNET_API int lunet_layer_get_shape(const lunet_layer *l, const char *arg, int64_t *out,
-                                    int max);
+LUNET_API int lunet_layer_get_shape(const lunet_layer *l, const char *arg, int64_t *out, int max);
 
 /* Declares a weight; initializer: "glorot_uniform", "glorot_normal",
  * "he_uniform", "he_normal", "lecun_normal", "zeros", "ones".  Returns its
  * index. */
 LUNET_API int lunet_layer_add_weight(lunet_layer *l, const char *name, int ndim,
-                                     const int64_t *shape, const char *initializer,
-                                     bool trainable);
+                                     const int64_t *shape, const char *initializer, bool trainable);
 LUNET_API lunet_tensor *lunet_layer_weight(lunet_layer *l, int index); /* borrowed */
-LUNET_API lunet_status lunet_layer_accumulate_grad(lunet_layer *l, int index,
-                                                   lunet_tensor *g);
+LUNET_API lunet_status lunet_layer_accumulate_grad(lunet_layer *l, int index, lunet_tensor *g);
 
 #ifdef __cplusplus
 }

@@ -20,12 +20,14 @@ static inline long lunet_resample_index(long v, long n, lunet_fill_mode mode) {
     if (r < 0) r += period;
     return r < n ? r : period - 1 - r;
   }
-  case LUNET_FILL_NEAREST: return v < 0 ? 0 : n - 1;
+  case LUNET_FILL_NEAREST:
+    return v < 0 ? 0 : n - 1;
   case LUNET_FILL_WRAP: {
     long r = v % n;
     return r < 0 ? r + n : r;
   }
-  default: return -1;
+  default:
+    return -1;
   }
 }
 
