@@ -251,7 +251,53 @@ local function no_grad_loss(layer, x, r)
   return res
 end
 
--- Finite-difference gradient check of a layer type's shipped test cases.
+-- The available backends other than the CPU reference.
+local function other_backends()
+  local out = {}
+  for _, b in ipairs(C.backends()) do
+    if b.available and b.name ~= "cpu" then out[#out + 1] = b.name end
+  end
+  return out
+end
+
+-- Largest relative difference between two tensors' values (any backends).
+local function max_diff(a, b)
+  local va, vb = a:reshape(-1):totable(), b:reshape(-1):totable()
+  local worst = #va == #vb and 0 or math.huge
+  for k = 1, math.min(#va, #vb) do
+    local d = math.abs(va[k] - vb[k]) / math.max(1, math.abs(va[k]), math.abs(vb[k]))
+    if d > worst then worst = d end
+  end
+  return worst
+end
+
+-- The same call on `backend`, from the reference layer's weights: the
+-- largest difference of the output and of every gradient.
+local function agreement(tname, args, layer, sample, x, y, r, backend)
+  local prev = C.default_backend()
+  C.use(backend)
+  local ok, res = pcall(function()
+    local other = M.new(tname, args)
+    if not other.output_shape then other:build(sample) end
+    local src = layer:weights()
+    for k, w in ipairs(other:weights()) do C.assign(w.tensor, src[k].tensor) end
+    local xo = x:detach():to(backend):requires_grad(true)
+    local yo = other(xo, false)
+    ;(yo * r:to(backend)):sum():backward()
+    local worst = math.max(max_diff(yo, y), max_diff(xo.grad, x.grad))
+    for k, w in ipairs(other:weights()) do
+      if w.trainable then worst = math.max(worst, max_diff(w.tensor.grad, src[k].tensor.grad)) end
+    end
+    return worst
+  end)
+  C.use(prev)
+  if not ok then return math.huge, tostring(res) end
+  return res
+end
+
+-- Checks a layer type's shipped test cases: finite-difference gradients on
+-- the CPU, then agreement of the output and gradients on every other
+-- available backend (opts.backends to choose; 1e-3 relative).
 function M.check_plugin(tname, opts)
   opts = opts or {}
   local cases = C.layer_tests(tname)
@@ -298,7 +344,14 @@ function M.check_plugin(tname, opts)
         if err > worst then worst = err end
       end
     end
-    results[i] = { args = case.args, max_error = worst, ok = worst <= case.tolerance, tolerance = case.tolerance }
+    local result = { args = case.args, max_error = worst, ok = worst <= case.tolerance, tolerance = case.tolerance,
+      backends = {} }
+    for _, be in ipairs(opts.backends or other_backends()) do
+      local diff, err = agreement(tname, f(), layer, case.shape, x, y, r, be)
+      result.backends[be] = { max_diff = diff, ok = diff <= 1e-3, error = err }
+      if diff > 1e-3 then result.ok = false end
+    end
+    results[i] = result
   end
   return results
 end

@@ -76,6 +76,18 @@ function T.a_model_moves_with_its_optimizer()
   check.eq(m:predict(x):device(), "cpu")
 end
 
+function T.every_builtin_layer_agrees_with_the_cpu()
+  for _, name in ipairs{"Dense", "Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
+      "Flatten", "Dropout", "BatchNormalization", "Activation"} do
+    for _, r in ipairs(nn.check_plugin(name)) do
+      local v = r.backends.vulkan
+      assert(v, name .. ": no Vulkan comparison")
+      assert(v.ok, string.format("%s{%s} on Vulkan: max relative difference %.3g %s", name, r.args, v.max_diff,
+        v.error or ""))
+    end
+  end
+end
+
 function T.devices_are_listed()
   assert(#vk.devices >= 1, "at least one device")
   local in_use = 0
