@@ -515,42 +515,86 @@ static int64_t norm_index(lua_State *L, lua_Integer i, int64_t n) {
   return i - 1;
 }
 
-static int t_slice_spec(lua_State *L, lunet_tensor *t, int spec) {
-  int nd = lunet_tensor_ndim(t), keep = 0;
-  int64_t start[LUNET_MAX_DIMS], stop[LUNET_MAX_DIMS], step[LUNET_MAX_DIMS], shape[LUNET_MAX_DIMS];
+/* A slice spec {i, {a, b}, {}, ...} read against t's shape; keep/shape: the
+ * axes a range kept (integer indices drop theirs). */
+typedef struct slice_spec {
+  int64_t start[LUNET_MAX_DIMS], stop[LUNET_MAX_DIMS], step[LUNET_MAX_DIMS];
+  int64_t shape[LUNET_MAX_DIMS];
+  int keep;
+} slice_spec;
+
+static void read_spec(lua_State *L, const lunet_tensor *t, int spec, slice_spec *sl) {
+  int nd = lunet_tensor_ndim(t);
   int nspec = (int)luaL_len(L, spec);
   if (nspec > nd) luaL_error(L, "%d indices for a tensor of rank %d", nspec, nd);
+  sl->keep = 0;
   for (int d = 0; d < nd; d++) {
     int64_t n = lunet_tensor_dim(t, d);
-    start[d] = 0;
-    stop[d] = n;
-    step[d] = 1;
+    sl->start[d] = 0;
+    sl->stop[d] = n;
+    sl->step[d] = 1;
     lua_geti(L, spec, d + 1);
     if (lua_isinteger(L, -1)) {
-      start[d] = norm_index(L, lua_tointeger(L, -1), n);
-      stop[d] = start[d] + 1;
+      sl->start[d] = norm_index(L, lua_tointeger(L, -1), n);
+      sl->stop[d] = sl->start[d] + 1;
     } else if (lua_istable(L, -1)) {
       lua_geti(L, -1, 1);
       lua_geti(L, -2, 2);
-      if (!lua_isnil(L, -2)) start[d] = norm_index(L, luaL_checkinteger(L, -2), n);
-      if (!lua_isnil(L, -1)) stop[d] = norm_index(L, luaL_checkinteger(L, -1), n) + 1;
+      if (!lua_isnil(L, -2)) sl->start[d] = norm_index(L, luaL_checkinteger(L, -2), n);
+      if (!lua_isnil(L, -1)) sl->stop[d] = norm_index(L, luaL_checkinteger(L, -1), n) + 1;
       lua_pop(L, 2);
-      shape[keep++] = stop[d] > start[d] ? stop[d] - start[d] : 0;
-      if (stop[d] < start[d]) stop[d] = start[d];
+      if (sl->stop[d] < sl->start[d]) sl->stop[d] = sl->start[d];
+      sl->shape[sl->keep++] = sl->stop[d] - sl->start[d];
     } else if (lua_isnil(L, -1)) {
-      shape[keep++] = n;
+      sl->shape[sl->keep++] = n;
     } else {
       luaL_error(L, "index %d must be an integer, a range {first, last} or {}", d + 1);
     }
     lua_pop(L, 1);
   }
+}
+
+static int t_slice_spec(lua_State *L, lunet_tensor *t, int spec) {
+  slice_spec sl;
+  read_spec(L, t, spec, &sl);
   lunet_ctx *ctx = lunetL_ctx(L);
-  lunet_tensor *s = lunet_slice(ctx, t, start, stop, step);
+  lunet_tensor *s = lunet_slice(ctx, t, sl.start, sl.stop, sl.step);
   if (!s) lunetL_error(L, NULL);
-  lunet_tensor *r = lunet_reshape(ctx, s, keep, shape);
+  lunet_tensor *r = lunet_reshape(ctx, s, sl.keep, sl.shape);
   lunet_tensor_release(s);
   lunetL_pushtensor(L, r);
   return 1;
+}
+
+/* t[i] = v, t[{spec}] = v: v a number (filled in) or a tensor of the
+ * slice's element count. */
+static int t_newindex(lua_State *L) {
+  lunet_tensor *t = lunetL_checktensor(L, 1);
+  slice_spec sl;
+  if (lua_isinteger(L, 2)) {
+    lua_createtable(L, 1, 0);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, 1);
+    lua_replace(L, 2);
+  } else if (!lua_istable(L, 2)) {
+    return luaL_error(L, "tensors are assigned by integer index or a table of ranges");
+  }
+  read_spec(L, t, 2, &sl);
+  lunet_ctx *ctx = lunetL_ctx(L);
+  lunet_tensor *src = lunetL_totensor(L, 3), *tmp = NULL;
+  if (!src) {
+    float v = (float)luaL_checknumber(L, 3);
+    tmp = lunet_op_new(ctx, t, lunet_tensor_dtype(t), sl.keep, sl.shape);
+    if (!tmp || lunet_op_fill(ctx, tmp, v)) {
+      lunet_tensor_release(tmp);
+      return lunetL_error(L, NULL);
+    }
+    src = tmp;
+  }
+  lunet_status s = lunet_op_assign_slice(ctx, t, sl.start, sl.stop, sl.step, src);
+  lunet_tensor_release(tmp);
+  if (s) lunetL_error(L, NULL);
+  return 0;
 }
 
 static int t_index(lua_State *L) {
@@ -641,7 +685,8 @@ static const luaL_Reg tensor_methods[] = {{"shape", t_shape},
 static const luaL_Reg tensor_meta[] = {
     {"__add", t_add},  {"__sub", t_sub},     {"__mul", t_mul},           {"__div", t_div},
     {"__pow", t_pow},  {"__unm", t_unm},     {"__tostring", t_tostring}, {"__gc", t_gc},
-    {"__close", t_gc}, {"__index", t_index}, {"__len", t_len},           {NULL, NULL}};
+    {"__close", t_gc}, {"__index", t_index}, {"__len", t_len},           {"__newindex", t_newindex},
+    {NULL, NULL}};
 
 /* ---- constructors ---- */
 

@@ -714,6 +714,43 @@ lunet_tensor *lunet_op_slice(lunet_ctx *ctx, const lunet_tensor *x, const int64_
   return strided(ctx, y, x, &d, "slice");
 }
 
+lunet_status lunet_op_assign_slice(lunet_ctx *ctx, lunet_tensor *dst, const int64_t *start,
+                                   const int64_t *stop, const int64_t *step,
+                                   const lunet_tensor *src) {
+  if (ctx->grad_enabled && (dst->requires_grad || dst->grad_fn))
+    return lunet_error(ctx, LUNET_ERR_ARG, "cannot assign into a tensor that requires grad (the "
+                       "tape would miss the change; use t:detach() or nn.no_grad)");
+  if (src->dtype != dst->dtype || src->buf->be != dst->buf->be)
+    return lunet_error(ctx, LUNET_ERR_ARG, "assignment: the value is %s on '%s', the tensor %s on "
+                       "'%s'", lunet_dtype_name(src->dtype), src->buf->be->name,
+                       lunet_dtype_name(dst->dtype), dst->buf->be->name);
+  int64_t ds[LUNET_MAX_DIMS];
+  contiguous_strides(dst->ndim, dst->shape, ds);
+  lunet_strided_desc d = {.ndim = dst->ndim};
+  for (int i = 0; i < dst->ndim; i++) {
+    if (step[i] < 1 || start[i] < 0 || stop[i] > dst->shape[i])
+      return lunet_error(ctx, LUNET_ERR_ARG, "slice %lld:%lld is out of range for axis %d of size "
+                         "%lld", (long long)start[i], (long long)stop[i], i + 1,
+                         (long long)dst->shape[i]);
+    d.shape[i] = stop[i] > start[i] ? (stop[i] - start[i] + step[i] - 1) / step[i] : 0;
+    d.y_strides[i] = ds[i] * step[i];
+    d.y_offset += start[i] * ds[i];
+  }
+  int64_t n = lunet_shape_numel(dst->ndim, d.shape);
+  if (n != src->numel) {
+    char a[128];
+    return lunet_error(ctx, LUNET_ERR_SHAPE, "assignment: the slice has %lld elements but the value "
+                       "%s has %lld", (long long)n, shape_s(src, a, sizeof a),
+                       (long long)src->numel);
+  }
+  contiguous_strides(dst->ndim, d.shape, d.x_strides);
+  d.elem_size = lunet_dtype_size(dst->dtype);
+  if (n == 0) return LUNET_OK;
+  lunet_be *be = dst->buf->be;
+  return lunet_be_check(ctx, be, be->i->strided_copy(be->state, dst->buf->handle, src->buf->handle,
+                                                     &d), "assignment");
+}
+
 lunet_tensor *lunet_op_concat(lunet_ctx *ctx, lunet_tensor *const *xs, int n, int axis) {
   if (n < 1) {
     lunet_error(ctx, LUNET_ERR_ARG, "concat needs at least one tensor");

@@ -17,6 +17,35 @@ function nn.Tensor.assign(t, src)
   return t
 end
 
+-- t:flatten(): all axes after the first into one ((N, ...) -> (N, M)); a
+-- 1-D tensor stays as it is.
+function nn.Tensor.flatten(t)
+  local s = t:shape()
+  if #s <= 1 then return t:reshape(s) end
+  return t:reshape(s[1], -1)
+end
+
+-- t:squeeze(axis): drops size-1 axes (all of them without an axis).
+function nn.Tensor.squeeze(t, axis)
+  local s, out = t:shape(), {}
+  if axis and axis < 0 then axis = #s + 1 + axis end
+  for i, d in ipairs(s) do
+    if not (d == 1 and (axis == nil or axis == i)) then out[#out + 1] = d end
+  end
+  return t:reshape(out)
+end
+
+-- t:unsqueeze(axis): a size-1 axis inserted before `axis` (1-based; -1 last).
+function nn.Tensor.unsqueeze(t, axis)
+  local s = t:shape()
+  if axis < 0 then axis = #s + 2 + axis end
+  if axis < 1 or axis > #s + 1 then
+    error(string.format("bad argument #1 to 'unsqueeze' (axis must be in [1, %d], got %d)", #s + 1, axis), 2)
+  end
+  table.insert(s, axis, 1)
+  return t:reshape(s)
+end
+
 function nn.seed(n) return C.seed(n) end
 function nn.threads(n) return C.threads(n) end
 function nn.backends() return C.backends() end

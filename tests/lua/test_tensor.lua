@@ -37,6 +37,23 @@ function T.matmul_reshape_transpose_index()
   check.same_table(a[{{}, {2, 2}}]:totable(), {{2}, {4}, {6}})
 end
 
+function T.assignment_and_shape_helpers()
+  local t = nn.zeros(3, 4)
+  t[2] = 5
+  t[{{}, 4}] = nn.tensor{1, 2, 3}
+  t[{3, {1, 2}}] = -1
+  check.same_table(t:totable(), {{0, 0, 0, 1}, {5, 5, 5, 2}, {-1, -1, 0, 3}})
+  local v = nn.zeros(3)
+  v[-1] = 7
+  check.same_table(v:totable(), {0, 0, 7})
+  check.fails(function() t[{1, 1}] = nn.ones(2) end, "the slice has 1 elements but the value (2,) has 2")
+  check.fails(function() nn.ones(2):requires_grad(true)[1] = 3 end, "cannot assign into a tensor that requires grad")
+  check.same_table(nn.ones(2, 1, 3):squeeze():shape(), {2, 3})
+  check.same_table(nn.ones(2, 3):unsqueeze(1):shape(), {1, 2, 3})
+  check.same_table(nn.ones(2, 3):unsqueeze(-1):shape(), {2, 3, 1})
+  check.same_table(nn.ones(2, 3, 4):flatten():shape(), {2, 12})
+end
+
 function T.unary_and_softmax()
   local x = nn.tensor{0, math.log(2)}
   check.same_table(x:softmax():totable(), {1 / 3, 2 / 3}, 1e-6)

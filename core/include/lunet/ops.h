@@ -188,6 +188,10 @@ LUNET_API lunet_tensor *lunet_op_permute(lunet_ctx *ctx, const lunet_tensor *x, 
 /* General strided slice: start/stop/step per axis (already normalised). */
 LUNET_API lunet_tensor *lunet_op_slice(lunet_ctx *ctx, const lunet_tensor *x, const int64_t *start,
                                        const int64_t *stop, const int64_t *step);
+/* dst[start:stop:step] = src, in place (src has the slice's element count). */
+LUNET_API lunet_status lunet_op_assign_slice(lunet_ctx *ctx, lunet_tensor *dst,
+                                             const int64_t *start, const int64_t *stop,
+                                             const int64_t *step, const lunet_tensor *src);
 LUNET_API lunet_tensor *lunet_op_concat(lunet_ctx *ctx, lunet_tensor *const *xs, int n, int axis);
 
 /* Fused optimizer updates, in place on p and the state tensors. */
