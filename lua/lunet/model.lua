@@ -29,6 +29,13 @@ function M.Sequential(list, opts)
   return self
 end
 
+function Model:__tostring()
+  local names = {}
+  for i, l in ipairs(self.layers) do names[i] = l.type end
+  return string.format("Sequential(%s: %s%s)", self.name, table.concat(names, ", "),
+    self.device and (", on " .. self.device) or "")
+end
+
 function Model:add(layer)
   self.layers[#self.layers + 1] = layer
   self.built = false
