@@ -259,7 +259,9 @@ static int augment_apply(lua_State *L) {
   lunet_tensor *x = lunetL_checktensor(L, 2);
   uint64_t seed = (uint64_t)luaL_optinteger(L, 3, 0);
   lua_Integer epoch = luaL_optinteger(L, 4, 0);
-  lua_Integer first = luaL_optinteger(L, 5, 0);
+  /* arg 5: the first sample's index, or a table of every sample's index */
+  bool listed = lua_istable(L, 5);
+  lua_Integer first = listed ? 0 : luaL_optinteger(L, 5, 0);
   int nd = lunet_tensor_ndim(x);
   luaL_argcheck(L, nd == 3 || nd == 4, 2, "images must be (N, H, W, C) or (H, W, C)");
   luaL_argcheck(L, epoch >= 0, 4, "epoch must be >= 0");
@@ -269,6 +271,8 @@ static int augment_apply(lua_State *L) {
   lua_Integer count = luaL_optinteger(L, 6, n);
   luaL_argcheck(L, count >= 0, 6, "count must be >= 0");
   if (count > n) count = n; /* "at most count samples" */
+  if (listed && (lua_Integer)luaL_len(L, 5) < count)
+    return luaL_argerror(L, 5, "fewer sample indices than samples");
   lunet_ctx *ctx = lunetL_ctx(L);
   int64_t oh, ow, oc;
   lunet_augment_output_shape(a, h, w, c, &oh, &ow, &oc);
@@ -280,7 +284,15 @@ static int augment_apply(lua_State *L) {
   if (!out || !idx) {
     lunet_error(ctx, LUNET_ERR_NOMEM, "augment: out of memory");
   } else {
-    for (int64_t i = 0; i < count; i++) idx[i] = first + i;
+    for (int64_t i = 0; i < count; i++) {
+      if (listed) {
+        lua_geti(L, 5, i + 1);
+        idx[i] = lua_tointeger(L, -1);
+        lua_pop(L, 1);
+      } else {
+        idx[i] = first + i;
+      }
+    }
     if (lunet_augment_apply(ctx, a, out, in, count, h, w, c, idx, seed, (uint64_t)epoch) ==
         LUNET_OK) {
       int64_t shape[4] = {count, oh, ow, oc};

@@ -13,6 +13,7 @@
 
 typedef struct batches {
   lunet_batches *b;
+  lunet_tensor *x, *y; /* held while the worker reads their host memory */
   float *xbuf, *ybuf;
   int x_ndim, y_ndim;
   int64_t x_shape[LUNET_MAX_DIMS], y_shape[LUNET_MAX_DIMS]; /* one sample */
@@ -21,7 +22,10 @@ typedef struct batches {
 } batches;
 
 static void close_batches(batches *p) {
-  lunet_batches_free(p->b);
+  lunet_batches_free(p->b); /* joins the worker before x and y go */
+  lunet_tensor_release(p->x);
+  lunet_tensor_release(p->y);
+  p->x = p->y = NULL;
   free(p->xbuf);
   free(p->ybuf);
   p->b = NULL;
@@ -50,13 +54,14 @@ static int l_batches_new(lua_State *L) {
   int64_t bs = luaL_checkinteger(L, 4);
   lunet_augment *aug = lua_isnoneornil(L, 5) ? NULL : lunetL_checkaugment(L, 5);
   int64_t n = lunet_tensor_dim(x, 0), len = (int64_t)luaL_len(L, 3);
-  batches *p = lua_newuserdatauv(L, sizeof *p, 2);
+  if (bs > len) bs = len; /* a batch larger than the epoch is the epoch */
+  batches *p = lua_newuserdatauv(L, sizeof *p, 1);
   memset(p, 0, sizeof *p);
   luaL_setmetatable(L, BATCHES_MT);
-  lua_pushvalue(L, 1); /* keep x and y alive while the thread reads them */
+  p->x = lunet_tensor_retain(x); /* x:free() in Lua must not pull memory from the worker */
+  p->y = lunet_tensor_retain(y);
+  lua_pushvalue(L, 5); /* the augment pipeline, alive while the worker uses it */
   lua_setiuservalue(L, -2, 1);
-  lua_pushvalue(L, 2);
-  lua_setiuservalue(L, -2, 2);
   int64_t *order = malloc(sizeof(int64_t) * (size_t)(len ? len : 1));
   if (!order) return luaL_error(L, "out of host memory");
   for (int64_t i = 0; i < len; i++) {

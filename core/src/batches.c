@@ -3,6 +3,7 @@
  * computes on the previous batch.  Nothing is allocated per batch. */
 #include <pthread.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -150,7 +151,13 @@ static lunet_status setup(lunet_ctx *ctx, lunet_batches *b, const lunet_batches_
                          (long long)b->sample_numel, (long long)o->h, (long long)o->w,
                          (long long)o->c);
   }
-  b->batch = o->batch_size;
+  /* A batch larger than the epoch is the epoch (Keras does the same). */
+  int64_t len = o->order_len ? o->order_len : o->n;
+  b->batch = o->batch_size < len ? o->batch_size : len;
+  int64_t widest = b->sample_numel > o->y_numel ? b->sample_numel : o->y_numel;
+  if (widest > 0 && b->batch > INT64_MAX / (int64_t)sizeof(float) / widest)
+    return lunet_error(ctx, LUNET_ERR_ARG, "batches: a batch of %lld samples of %lld values is too "
+                       "large", (long long)b->batch, (long long)widest);
   b->aug = o->aug;
   b->seed = o->seed;
   b->epoch = o->epoch;

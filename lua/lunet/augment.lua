@@ -305,9 +305,10 @@ function augment.Sequential(t)
   return setmetatable({steps = steps, seed = seed, handle = handle}, Sequential)
 end
 
---- aug:apply(x, {seed =, epoch =, first_index =, count =}) -> a new tensor.
+--- aug:apply(x, {seed =, epoch =, first_index =, indices =, count =}) -> a new tensor.
 -- x (N, H, W, C) or (H, W, C), float32 or uint8.  first_index: the dataset
--- index of x's first sample (keys its draws); count: samples from the front.
+-- index of x's first sample (keys its draws), or indices: each sample's
+-- dataset index (0-based); count: samples from the front.
 function Sequential:apply(x, opts)
   opts = opts or {}
   if type(opts) ~= "table" then fail("apply", 2, "options must be a table, got " .. show(opts)) end
@@ -317,8 +318,11 @@ function Sequential:apply(x, opts)
       fail("apply", 2, k .. " must be an integer, got " .. show(v))
     end
   end
+  if opts.indices ~= nil and type(opts.indices) ~= "table" then
+    fail("apply", 2, "indices must be a list of sample indices, got " .. show(opts.indices))
+  end
   return core.augment_apply(self.handle, x, opts.seed or self.seed, opts.epoch or 0,
-                            opts.first_index or 0, opts.count)
+                            opts.indices or opts.first_index or 0, opts.count)
 end
 
 Sequential.__call = Sequential.apply

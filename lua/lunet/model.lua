@@ -148,6 +148,20 @@ end
 
 local function nsamples(t) return t:shape()[1] end
 
+-- Sparse labels must be class ids of the model's output: checked once up
+-- front, so the error names the sample rather than a row of some batch.
+local function check_labels(self, y, what)
+  if self.loss.name ~= "sparse_categorical_crossentropy" then return end
+  local k = self.output_shape[#self.output_shape]
+  local labels = y:reshape(-1):totable()
+  for i, v in ipairs(labels) do
+    if v ~= math.floor(v) or v < 0 or v >= k then
+      error(string.format("%s: y holds label %s for sample %d, outside the model's %d classes [0, %d)",
+        what, tostring(math.tointeger(v) or v), i, k, k), 3)
+    end
+  end
+end
+
 local function check_xy(x, y, what)
   if not C.is_tensor(x) then error(string.format("bad argument #1 to '%s' (tensor expected, got %s)", what, type(x)), 3) end
   if not C.is_tensor(y) then error(string.format("bad argument #2 to '%s' (tensor expected, got %s)", what, type(y)), 3) end
@@ -210,6 +224,11 @@ end
 -- The epoch's batches as a function: next(step) -> xb, yb; next(nil) stops.
 -- Host (cpu, float32) data goes through the prefetch thread, which gathers
 -- and augments the next batches while the current step computes.
+-- The epoch's batches, as a function: next(step) -> xb, yb (nil at the end);
+-- next(nil) stops.  Host data (cpu, float32) goes through the prefetch
+-- thread, which gathers and augments the next batches while the current step
+-- computes and uploads them to the model's device.  Augmentation is keyed by
+-- each sample's dataset index on both paths.
 local function batch_source(x, y, order, n, bs, aug, epoch, device)
   local host = x:device() == "cpu" and y:device() == "cpu" and x:dtype() == "float32" and y:dtype() == "float32"
   if host then
@@ -228,7 +247,9 @@ local function batch_source(x, y, order, n, bs, aug, epoch, device)
     local first, count = (step - 1) * bs + 1, math.min(bs, n - (step - 1) * bs)
     local xb, yb = rows_on(x, first, count, device, order), rows_on(y, first, count, device, order)
     if aug then
-      local xa = aug:apply(xb, { epoch = epoch, first_index = first - 1 })
+      local indices = {}
+      for i = 1, count do indices[i] = (order and order[first + i - 1] or first + i - 1) - 1 end
+      local xa = aug:apply(xb, { epoch = epoch, indices = indices })
       xb:free()
       xb = xa
     end
@@ -260,6 +281,7 @@ function Model:fit(x, y, o)
   if not self.optimizer then error("fit: call model:compile{optimizer = ..., loss = ...} first", 2) end
   check_xy(x, y, "fit")
   ensure_built(self, x)
+  check_labels(self, y, "fit")
   local epochs, bs = o.epochs or 1, o.batch_size or 32
   if math.type(bs) ~= "integer" or bs < 1 then error("bad argument 'batch_size' to 'fit' (positive integer expected)", 2) end
   local verbose = o.verbose
@@ -298,28 +320,32 @@ function Model:fit(x, y, o)
     local loss_sum, correct, seen = 0, 0, 0
     local logs = {}
     local next_batch = batch_source(x, y, order, n, bs, aug, epoch, self.device)
-    for s = 1, steps do
-      local xb, yb = next_batch(s)
-      local count = nsamples(xb)
-      local ok, l, c = pcall(C.step, self.handles, xb, yb, opts)
-      xb:free()
-      yb:free()
-      if not ok then next_batch(nil) error("fit: " .. tostring(l), 2) end
-      if l ~= l then
-        next_batch(nil)
-        error(string.format("fit: the loss became NaN at epoch %d, step %d (lower the learning rate?)", epoch, s), 2)
+    local ok, err = pcall(function()
+      for s = 1, steps do
+        local xb, yb = next_batch(s)
+        local count = nsamples(xb)
+        local l, c = C.step(self.handles, xb, yb, opts)
+        xb:free()
+        yb:free()
+        if l ~= l then
+          error(string.format("the loss became NaN at epoch %d, step %d (lower the learning rate?)", epoch, s), 0)
+        end
+        self.optimizer:apply(self.params)
+        loss_sum, correct, seen = loss_sum + l * count, correct + c, seen + count
+        logs.loss = loss_sum / seen
+        if #self.metrics > 0 then
+          local per = opts.metric == "binary" and (y:numel() // n) or 1
+          logs.accuracy = correct / (seen * per)
+        end
+        bar:update(s, logs, keys, false)
+        if C.interrupted() then error("interrupted", 0) end
       end
-      self.optimizer:apply(self.params)
-      loss_sum, correct, seen = loss_sum + l * count, correct + c, seen + count
-      logs.loss = loss_sum / seen
-      if #self.metrics > 0 then
-        local per = opts.metric == "binary" and (y:numel() // n) or 1
-        logs.accuracy = correct / (seen * per)
-      end
-      bar:update(s, logs, keys, false)
-      if C.interrupted() then next_batch(nil) error("interrupted", 0) end
+    end)
+    next_batch(nil) -- stops the prefetch thread, on success or error
+    if not ok then
+      if bar.tty then io.stdout:write("\n") end
+      error(err == "interrupted" and err or ("fit: " .. tostring(err)), err == "interrupted" and 0 or 2)
     end
-    next_batch(nil)
     if xv then
       local vl = run_eval(self, xv, yv, bs)
       for _, k in ipairs(keys) do logs["val_" .. k] = vl[k] end
@@ -347,6 +373,7 @@ function Model:evaluate(x, y, o)
   if not self.optimizer then error("evaluate: call model:compile{...} first", 2) end
   check_xy(x, y, "evaluate")
   ensure_built(self, x)
+  check_labels(self, y, "evaluate")
   o = o or {}
   local logs = run_eval(self, x, y, o.batch_size or 32)
   if o.verbose and o.verbose ~= 0 then

@@ -146,6 +146,18 @@ function T.one_dimensional_targets()
   check.eq(#h.loss, 1, "int32 labels train through the unfused loss")
 end
 
+function T.augmentation_is_keyed_by_sample_index()
+  nn.seed(8)
+  local x = nn.rand(4, 6, 6, 1)
+  local aug = nn.augment.Sequential{nn.augment.RandomTranslation(0.3, 0.3, {fill_mode = "constant"}), seed = 5}
+  local picked = nn.cat({x[{{3, 3}}], x[{{1, 1}}]}, 1) -- samples 2 and 0, in that order
+  local both = aug:apply(picked, {epoch = 1, indices = {2, 0}})
+  local two = aug:apply(x[{{3, 3}}], {epoch = 1, first_index = 2})
+  local zero = aug:apply(x[{{1, 1}}], {epoch = 1, first_index = 0})
+  check.same_table(both[1]:totable(), two[1]:totable(), 0, "sample 2")
+  check.same_table(both[2]:totable(), zero[1]:totable(), 0, "sample 0")
+end
+
 function T.bad_input_errors()
   check.fails(function() nn.Conv2D{32, 0} end, "bad argument #2 to 'Conv2D' (kernel_size must be positive, got 0)")
   local ok, err = pcall(function() nn.Dense{0} end)
@@ -159,7 +171,7 @@ function T.bad_input_errors()
   m:compile{optimizer = "adam", loss = "sparse_categorical_crossentropy", metrics = {"accuracy"}}
   check.fails(function() m:fit(nn.ones(10, 4), nn.zeros(9), {verbose = 0}) end, "x has 10 samples but y has 9")
   check.fails(function() m:fit(nn.ones(4, 4), nn.tensor{0, 1, 2, 7}, {verbose = 0}) end,
-    "label 7 at row 3 is outside [0, 3)")
+    "fit: y holds label 7 for sample 4, outside the model's 3 classes [0, 3)")
   check.fails(function() m:fit(nn.ones(4, 5), nn.zeros(4), {verbose = 0}) end,
     "Dense: expected input of shape (None, 4), got (4, 5)")
   check.fails(function() m:fit(nn.ones(4, 4), nn.zeros(4), {epoch = 2}) end, "unknown option; valid:")
