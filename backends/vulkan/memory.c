@@ -8,7 +8,8 @@
  *
  * Commands are recorded into one of two frames: while one batch runs on the
  * device the other is recorded; a batch is submitted when its descriptor
- * sets or staging space run out, and at synchronize() or a download.
+ * sets, commands or staging space run out, and at synchronize() or a
+ * download.
  * Uploads are copied into the frame's host-visible staging buffer and
  * recorded as transfers, so they stay ordered with the kernels around them.
  */
@@ -189,7 +190,12 @@ static int frame_wait(lunet_backend *be, lunet_vk_frame *f) {
 static int frame_submit(lunet_backend *be, lunet_vk_frame *f) {
   if (f->state != FRAME_RECORDING) return 0;
   VkResult r = vkEndCommandBuffer(f->cmd);
-  if (r) return lunet_vk_check(be, r, "vkEndCommandBuffer");
+  if (r) {
+    /* The buffer is invalid now: frame_begin resets it, as after a failed
+     * submit; the batch's commands are lost with the error. */
+    f->state = FRAME_IDLE;
+    return lunet_vk_check(be, r, "vkEndCommandBuffer");
+  }
   VkSubmitInfo si = {
       .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &f->cmd};
   r = vkQueueSubmit(be->queue, 1, &si, f->fence);
@@ -232,7 +238,7 @@ VkCommandBuffer lunet_vk_cmd(lunet_backend *be, int sets) {
   int rc = 0;
   if (f->state != FRAME_RECORDING)
     rc = frame_begin(be, f);
-  else if (f->nsets + sets > LUNET_VK_SETS_PER_FRAME)
+  else if (f->nsets + sets > LUNET_VK_SETS_PER_FRAME || f->ncmds >= LUNET_VK_CMDS_PER_FRAME)
     rc = frame_flip(be);
   if (rc) return NULL;
   f = &be->frames[be->cur];
@@ -258,14 +264,22 @@ static int check_flags(lunet_backend *be) {
                         (double)label, row, cols);
 }
 
-int lunet_vk_synchronize(lunet_backend *be) {
-  if (be->lost) return lunet_vk_error(LUNET_ERR_DEVICE, "the Vulkan device was lost");
+/* Runs every recorded batch to the end and destroys the doomed buffers.
+ * Kernels' flags stay pending: only synchronize() reports them, so an
+ * internal wait (alloc's retry) cannot swallow one. */
+static int wait_all(lunet_backend *be) {
   int rc = frame_submit(be, &be->frames[be->cur]);
   for (int i = 0; i < 2 && !rc; i++) rc = frame_wait(be, &be->frames[(be->cur + 1 + i) & 1]);
   if (rc) return rc;
   for (size_t i = 0; i < be->ndoomed; i++) destroy(be, be->doomed[i]);
   be->ndoomed = 0;
-  return check_flags(be);
+  return 0;
+}
+
+int lunet_vk_synchronize(lunet_backend *be) {
+  if (be->lost) return lunet_vk_error(LUNET_ERR_DEVICE, "the Vulkan device was lost");
+  int rc = wait_all(be);
+  return rc ? rc : check_flags(be);
 }
 
 /* ---- the buffer pool ---- */
@@ -332,7 +346,11 @@ static lunet_vk_buffer *new_buffer(lunet_backend *be, size_t size) {
 }
 
 lunet_buf lunet_vk_buffer_alloc(lunet_backend *be, size_t nbytes) {
-  if (be->lost) return NULL;
+  if (be->lost) {
+    lunet_vk_error(LUNET_ERR_DEVICE, "buffer_alloc: the Vulkan device was lost: restart lunet "
+                                     "to use it again, or lunet.use(\"cpu\")");
+    return NULL;
+  }
   size_t size = size_class(nbytes ? nbytes : 4);
   lunet_vk_bin *bin = find_bin(be, size, false);
   if (bin && bin->count) {
@@ -340,7 +358,7 @@ lunet_buf lunet_vk_buffer_alloc(lunet_backend *be, size_t nbytes) {
     return bin->bufs[--bin->count];
   }
   lunet_vk_buffer *b = new_buffer(be, size);
-  if (!b && !be->lost && lunet_vk_synchronize(be) == 0) {
+  if (!b && !be->lost && wait_all(be) == 0) {
     /* Out of memory: give the idle pool back and try once more. */
     lunet_vk_pool_drain(be);
     b = new_buffer(be, size);
@@ -412,7 +430,9 @@ int lunet_vk_buffer_upload(lunet_backend *be, lunet_buf dst, size_t off, const v
     if (so < 0) return LUNET_ERR_DEVICE;
     lunet_vk_frame *f = &be->frames[be->cur];
     memcpy((char *)f->staging.map + so, (const char *)src + done, n);
-    VkCommandBuffer cmd = lunet_vk_cmd(be, 0);
+    /* staging_reserve counted this command; another lunet_vk_cmd could
+     * flip to a frame whose staging does not hold the data. */
+    VkCommandBuffer cmd = f->cmd;
     record_copy(cmd, f->staging.buf, (size_t)so, d->buf, off + done, n);
     lunet_vk_barrier(be, cmd);
     done += n;

@@ -142,6 +142,8 @@ typedef struct lunet_vk_frame {
 
 #define LUNET_VK_MAX_DEVICES 16
 #define LUNET_VK_SETS_PER_FRAME 256
+/* Transfers take no descriptor sets: this bounds a batch of them. */
+#define LUNET_VK_CMDS_PER_FRAME 4096
 
 struct lunet_backend {
   VkInstance inst;

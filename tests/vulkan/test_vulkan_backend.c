@@ -169,6 +169,28 @@ START_TEST(test_buffers) {
 }
 END_TEST
 
+START_TEST(test_transfer_batches) {
+  /* 9000 uploads and copies with no sync between: ~19000 transfer commands,
+   * more than one batch holds, so batches flip on the command count alone
+   * (no descriptor sets, little staging).  Slot i of `out` gets i through
+   * `t`, which needs the batches kept in order across those flips. */
+  enum { N = 9000 };
+  float *want = malloc(N * sizeof *want);
+  lunet_buf t = vup(NULL, 4 * sizeof(float)), out = vup(NULL, N * sizeof(float));
+  for (int i = 0; i < N; i++) {
+    float v = (float)i;
+    vok(V->buffer_upload(vbe, t, 0, &v, sizeof v), "upload in the loop");
+    /* A second copy now and then shifts where in an iteration a batch ends. */
+    for (int k = 0; k < 1 + (i % 7 == 0); k++)
+      vok(V->buffer_copy(vbe, out, (size_t)i * sizeof v, t, 0, sizeof v), "copy");
+    want[i] = v;
+  }
+  expect_dev(out, want, N, 0, 0, "transfers over many batches");
+  free(want);
+  vfree(t), vfree(out);
+}
+END_TEST
+
 START_TEST(test_fill) {
   for (size_t s = 0; s < NODD; s++) {
     size_t n = odd_sizes[s];
@@ -572,12 +594,20 @@ START_TEST(test_softmax) {
 }
 END_TEST
 
-static void xent_bad_label(float label, size_t row, const char *message) {
+/* oom_first: an allocation that runs out of memory (and waits for the device
+ * before its retry) comes between the kernel and the synchronize; the flag
+ * must survive it. */
+static void xent_bad_label(float label, size_t row, const char *message, bool oom_first) {
   size_t r = 5, c = 10;
   float *x = rnd(r * c, -1, 1), labels[5] = {1, 2, 3, 4, 5};
   labels[row] = label;
   lunet_buf vx = vup(x, r * c * 4), vl = vup(labels, sizeof labels), vloss = vup(NULL, r * 4);
   vok(V->softmax_xent(vbe, vloss, NULL, vx, vl, r, c), "softmax_xent (recorded)");
+  if (oom_first) {
+    ck_assert_ptr_null(V->buffer_alloc(vbe, (size_t)1 << 44));
+    ck_assert_msg(strstr(V->last_error(vbe), "out of device memory") != NULL, "%s",
+                  V->last_error(vbe));
+  }
   ck_assert_int_eq(V->synchronize(vbe), LUNET_ERR_ARG);
   ck_assert_str_eq(V->last_error(vbe), message);
   vok(V->synchronize(vbe), "the flag is cleared once reported");
@@ -603,10 +633,11 @@ START_TEST(test_softmax_xent) {
     free(x), free(labels), free(loss), free(d);
     vfree(vx), vfree(vl), vfree(vloss), vfree(vd);
   }
-  xent_bad_label(12, 3, "softmax_xent: label 12 at row 3 is outside [0, 10)");
-  xent_bad_label(-1, 0, "softmax_xent: label -1 at row 0 is outside [0, 10)");
+  xent_bad_label(12, 3, "softmax_xent: label 12 at row 3 is outside [0, 10)", false);
+  xent_bad_label(-1, 0, "softmax_xent: label -1 at row 0 is outside [0, 10)", false);
   xent_bad_label(2.5f, 4, "softmax_xent: label 2.5 at row 4 is not an integer class id in "
-                          "[0, 10)");
+                          "[0, 10)", false);
+  xent_bad_label(-3, 1, "softmax_xent: label -3 at row 1 is outside [0, 10)", true);
 }
 END_TEST
 
@@ -792,7 +823,8 @@ static Suite *vulkan_suite(void) {
   TCase *tc = tcase_create("vs_cpu");
   tcase_set_timeout(tc, 600);
   const op_test tests[] = {
-      {"buffer_copy", test_buffers},       {"fill", test_fill},
+      {"buffer_copy", test_buffers},       {"buffer_copy", test_transfer_batches},
+      {"fill", test_fill},
       {"cast", test_cast},                 {"strided_copy", test_strided_copy},
       {"unary", test_unary},               {"unary_backward", test_unary_backward},
       {"binary", test_binary},             {"reduce", test_reduce},
