@@ -3,7 +3,8 @@
  *   download{url=, dest=, mirrors=, size=, md5=, sha256=, retries=, backoff=,
  *            connect_timeout=, stall_timeout=, stall_speed=, progress=, label=}
  *   sha256(path), md5(path) -> hex
- *   read_idx(path [, limit [, add_channel]]) -> float32 tensor, rows in the file
+ *   read_idx(path [, limit [, add_channel [, max_label]]]) -> float32 tensor,
+ *            rows in the file; max_label: a labels file with values 0..max_label
  *   read_cifar10(path [, limit]) -> x_train, y_train, x_test, y_test
  */
 #include <stdlib.h>
@@ -144,9 +145,14 @@ static int l_read_idx(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   int64_t limit = opt_limit(L, 2);
   bool add_channel = lua_toboolean(L, 3);
+  bool labels = !lua_isnoneornil(L, 4);
+  lua_Integer max_label = labels ? luaL_checkinteger(L, 4) : 0;
+  luaL_argcheck(L, max_label >= 0 && max_label <= 255, 4, "max_label must be in 0..255");
   lunet_ctx *ctx = lunetL_ctx(L);
   lunet_array a;
-  if (lunet_read_idx(ctx, path, &a) != LUNET_OK) return lunetL_error(L, NULL);
+  lunet_status st =
+      labels ? lunet_read_idx_labels(ctx, path, (int)max_label, &a) : lunet_read_idx(ctx, path, &a);
+  if (st != LUNET_OK) return lunetL_error(L, NULL);
   lua_Integer rows = (lua_Integer)a.shape[0];
   lunetL_pushtensor(L, array_to_f32(ctx, &a, limit, add_channel));
   lua_pushinteger(L, rows);

@@ -1,14 +1,18 @@
 /*
  * Cached downloads with libcurl: resume into "<dest>.part" with Range
  * requests, retries with exponential backoff over the url and its mirrors,
- * size and checksum checks, then an atomic rename(2) into place.
+ * size and checksum checks, then an atomic rename(2) into place.  An
+ * flock(2) on "<dest>.lock" keeps two processes sharing a cache from
+ * appending to the same .part.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -24,7 +28,9 @@ enum outcome {
   DONE,     /* the .part holds a complete transfer */
   RETRY,    /* transient: try this url again in the next round */
   NEXT_URL, /* this url will not work: skip it from now on */
-  STOP      /* give up at once (interrupted, local I/O error) */
+  STOP,     /* give up at once (interrupted, local I/O error) */
+  REDO      /* bad bytes that an older .part may have brought: moved aside,
+               fetch this url again from byte 0 */
 };
 
 /* One transfer's state, shared by the curl callbacks. */
@@ -196,6 +202,11 @@ static lunet_status make_parent_dirs(lunet_ctx *ctx, const char *path) {
   return st;
 }
 
+static const char *base_name(const char *path) {
+  const char *s = strrchr(path, '/');
+  return s ? s + 1 : path;
+}
+
 static char *with_suffix(const char *path, const char *suffix) {
   size_t n = strlen(path) + strlen(suffix) + 1;
   char *s = malloc(n);
@@ -300,9 +311,13 @@ static CURL *make_handle(struct xfer *x, const char *url, char *errbuf) {
 }
 
 /* One request for url into part, continuing what part already holds.  A
- * 416 means our offset lies past the server's file: start over once. */
+ * 416 means our offset lies past the server's file: start over once.
+ * *resumed says whether part's bytes did not all come from this url now (a
+ * ranged transfer, or no request at all): a checksum mismatch then does not
+ * condemn the url. */
 static enum outcome fetch(lunet_ctx *ctx, const lunet_download_opts *o, const char *label,
-                          const char *url, const char *part) {
+                          const char *url, const char *part, bool *resumed) {
+  *resumed = false;
   for (int restart = 0;; restart++) {
     int64_t have = file_size(part);
     if (have < 0) have = 0;
@@ -310,7 +325,10 @@ static enum outcome fetch(lunet_ctx *ctx, const lunet_download_opts *o, const ch
       remove(part);
       have = 0;
     }
-    if (o->size > 0 && have == o->size) return DONE;
+    if (o->size > 0 && have == o->size) {
+      *resumed = true;
+      return DONE;
+    }
     struct xfer x = {.ctx = ctx,
                      .o = o,
                      .label = label,
@@ -341,6 +359,7 @@ static enum outcome fetch(lunet_ctx *ctx, const lunet_download_opts *o, const ch
     curl_easy_cleanup(x.curl);
     if (fclose(x.f) != 0) x.io_error = true;
     finish_progress(&x, rc == CURLE_OK && !x.io_error);
+    *resumed = x.offset > 0; /* on_write zeroes it when a 200 restarted the file */
     if (rc == CURLE_OK && !x.io_error) return DONE;
     if (rc == CURLE_HTTP_RETURNED_ERROR && code == 416 && have > 0 && restart == 0) {
       remove(part);
@@ -352,28 +371,60 @@ static enum outcome fetch(lunet_ctx *ctx, const lunet_download_opts *o, const ch
 
 /* ---- checks after the transfer ---- */
 
+/* Moves part aside to <dest>.corrupt (removes it when that fails) and
+ * returns where it went, for messages; the caller frees it. */
+static char *move_aside(const lunet_download_opts *o, const char *part) {
+  char *bad = with_suffix(o->dest, ".corrupt");
+  if (!bad || rename(part, bad) != 0) {
+    remove(part);
+    free(bad);
+    return NULL;
+  }
+  return bad;
+}
+
+/* After a mismatch of a file that was resumed: its older bytes may be the
+ * culprit (a stale or foreign .part), so the url gets one fresh try. */
+static enum outcome redo_fresh(const lunet_download_opts *o, const char *url, const char *what,
+                               const char *bad) {
+  if (o->progress != LUNET_PROGRESS_NONE)
+    fprintf(stderr,
+            "%s: the resumed download of %s %s; moved it to %s, downloading again from the "
+            "start\n",
+            o->label ? o->label : base_name(o->dest), url, what, bad ? bad : "(nowhere: removed)");
+  return REDO;
+}
+
 /* Compares one digest; on a mismatch moves part aside to <dest>.corrupt. */
 static enum outcome check_digest(lunet_ctx *ctx, const lunet_download_opts *o, const char *url,
-                                 const char *part, const char *kind, const char *expected) {
+                                 const char *part, bool resumed, const char *kind,
+                                 const char *expected) {
   if (!expected || !expected[0]) return DONE;
   char hex[65];
   lunet_status st = strcmp(kind, "sha256") == 0 ? lunet_file_sha256(ctx, part, hex)
                                                 : lunet_file_md5(ctx, part, hex);
   if (st != LUNET_OK) return STOP;
   if (strcasecmp(hex, expected) == 0) return DONE;
-  char *bad = with_suffix(o->dest, ".corrupt");
-  if (!bad || rename(part, bad) != 0) remove(part);
+  char *bad = move_aside(o, part);
   lunet_error(ctx, LUNET_ERR_CHECKSUM,
               "%s: checksum mismatch: expected %s %s, got %s; the file was moved to %s "
               "(pass the right checksum, or another url)",
               url, kind, expected, hex, bad ? bad : "(nowhere: removed)");
+  enum outcome out = resumed ? redo_fresh(o, url, "failed its checksum", bad) : NEXT_URL;
   free(bad);
-  return NEXT_URL;
+  return out;
 }
 
 static enum outcome verify(lunet_ctx *ctx, const lunet_download_opts *o, const char *url,
-                           const char *part) {
+                           const char *part, bool resumed) {
   int64_t got = file_size(part);
+  if (got < 0) {
+    lunet_error(ctx, LUNET_ERR_IO,
+                "%s: %s vanished during the download (removed by another program?); run "
+                "again",
+                url, part);
+    return RETRY;
+  }
   if (o->size > 0 && got < o->size) {
     lunet_error(ctx, LUNET_ERR_NET,
                 "%s: the server sent %lld of %lld bytes (kept for resume in %s)", url,
@@ -381,16 +432,29 @@ static enum outcome verify(lunet_ctx *ctx, const lunet_download_opts *o, const c
     return RETRY;
   }
   if (o->size > 0 && got > o->size) {
-    char *bad = with_suffix(o->dest, ".corrupt");
-    if (!bad || rename(part, bad) != 0) remove(part);
+    char *bad = move_aside(o, part);
     lunet_error(ctx, LUNET_ERR_CHECKSUM, "%s: got %lld bytes, expected %lld; moved to %s", url,
                 (long long)got, (long long)o->size, bad ? bad : "(nowhere: removed)");
+    enum outcome out = resumed ? redo_fresh(o, url, "came out too long", bad) : NEXT_URL;
     free(bad);
-    return NEXT_URL;
+    return out;
   }
-  enum outcome out = check_digest(ctx, o, url, part, "sha256", o->sha256);
-  if (out == DONE) out = check_digest(ctx, o, url, part, "md5", o->md5);
+  enum outcome out = check_digest(ctx, o, url, part, resumed, "sha256", o->sha256);
+  if (out == DONE) out = check_digest(ctx, o, url, part, resumed, "md5", o->md5);
   return out;
+}
+
+/* fetch and verify; a REDO (the .part is gone by then) fetches once more,
+ * from byte 0, and only that transfer's mismatch marks the url dead. */
+static enum outcome attempt(lunet_ctx *ctx, const lunet_download_opts *o, const char *label,
+                            const char *url, const char *part) {
+  enum outcome out = REDO;
+  for (int pass = 0; pass < 2 && out == REDO; pass++) {
+    bool resumed;
+    out = fetch(ctx, o, label, url, part, &resumed);
+    if (out == DONE) out = verify(ctx, o, url, part, resumed);
+  }
+  return out == REDO ? NEXT_URL : out; /* REDO twice: the .part could not be removed */
 }
 
 /* Sleeps ms milliseconds; false when interrupted meanwhile. */
@@ -402,11 +466,6 @@ static bool backoff_sleep(long ms) {
     nanosleep(&ts, NULL);
   }
   return !lunet_interrupted();
-}
-
-static const char *base_name(const char *path) {
-  const char *s = strrchr(path, '/');
-  return s ? s + 1 : path;
 }
 
 /* The final message: each url's last error (each names its url). */
@@ -436,8 +495,7 @@ static lunet_status download_rounds(lunet_ctx *ctx, const lunet_download_opts *o
       if (dead[i]) continue;
       any = true;
       attempts++;
-      enum outcome out = fetch(ctx, o, label, urls[i], part);
-      if (out == DONE) out = verify(ctx, o, urls[i], part);
+      enum outcome out = attempt(ctx, o, label, urls[i], part);
       if (out == DONE) {
         if (rename(part, o->dest) != 0)
           return lunet_error(ctx, LUNET_ERR_IO, "cannot rename %s to %s: %s", part, o->dest,
@@ -452,6 +510,81 @@ static lunet_status download_rounds(lunet_ctx *ctx, const lunet_download_opts *o
     if (!any) break;
   }
   return give_up(ctx, n, last, attempts);
+}
+
+/* ---- one download at a time per dest ---- */
+
+/* Takes an exclusive flock on lock (created if need be), polling so that
+ * Ctrl-C still works while another process holds it.  *fd is the lock's
+ * descriptor (closing it unlocks), or -1 where the file system has no
+ * flock: then we go on unlocked, as before locks existed. */
+static lunet_status take_lock(lunet_ctx *ctx, const lunet_download_opts *o, const char *lock,
+                              int *fd) {
+  *fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (*fd < 0)
+    return lunet_error(ctx, LUNET_ERR_IO,
+                       "cannot create the lock file %s: %s (is the folder writable? pass another "
+                       "dest)",
+                       lock, strerror(errno));
+  bool told = false;
+  while (flock(*fd, LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EINTR) continue;
+    if (errno != EWOULDBLOCK) {
+      close(*fd);
+      *fd = -1;
+      return LUNET_OK;
+    }
+    if (!told && o->progress != LUNET_PROGRESS_NONE) {
+      fprintf(stderr, "%s: waiting for another download of %s to finish (%s is locked)\n",
+              o->label ? o->label : base_name(o->dest), o->dest, lock);
+      told = true;
+    }
+    if (!backoff_sleep(100)) {
+      close(*fd);
+      *fd = -1;
+      return lunet_error(ctx, LUNET_ERR_INTERRUPTED,
+                         "interrupted while waiting for another download of %s (%s is locked)",
+                         o->dest, lock);
+    }
+  }
+  return LUNET_OK;
+}
+
+/* Whether dest is already there and passes the given checksums (what a
+ * process that held the lock before us leaves).  Without a checksum there
+ * is nothing to trust, so the caller downloads again. */
+static bool dest_is_good(lunet_ctx *ctx, const lunet_download_opts *o) {
+  bool has_sha = o->sha256 && o->sha256[0], has_md5 = o->md5 && o->md5[0];
+  int64_t got = file_size(o->dest);
+  if ((!has_sha && !has_md5) || got < 0 || (o->size > 0 && got != o->size)) return false;
+  char hex[65];
+  bool ok = true;
+  if (has_sha)
+    ok = lunet_file_sha256(ctx, o->dest, hex) == LUNET_OK && strcasecmp(hex, o->sha256) == 0;
+  if (ok && has_md5)
+    ok = lunet_file_md5(ctx, o->dest, hex) == LUNET_OK && strcasecmp(hex, o->md5) == 0;
+  lunet_clear_error(ctx); /* a hashing error only means "download it" */
+  return ok;
+}
+
+/* The locked part of lunet_download. */
+static lunet_status download_locked(lunet_ctx *ctx, const lunet_download_opts *o,
+                                    const char *const *urls, int n) {
+  char *part = with_suffix(o->dest, ".part");
+  char *lock = with_suffix(o->dest, ".lock");
+  char(*last)[512] = calloc((size_t)n, sizeof *last);
+  bool dead[MAX_URLS] = {false};
+  int fd = -1;
+  lunet_status st;
+  if (!part || !lock || !last)
+    st = lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
+  else if ((st = take_lock(ctx, o, lock, &fd)) == LUNET_OK)
+    st = dest_is_good(ctx, o) ? LUNET_OK : download_rounds(ctx, o, part, urls, n, last, dead);
+  if (fd >= 0) close(fd); /* the lock file stays: removing it would race a waiter */
+  free(last);
+  free(lock);
+  free(part);
+  return st;
 }
 
 lunet_status lunet_download(lunet_ctx *ctx, const lunet_download_opts *o) {
@@ -470,12 +603,5 @@ lunet_status lunet_download(lunet_ctx *ctx, const lunet_download_opts *o) {
       return lunet_error(ctx, LUNET_ERR_ARG, "download: at most %d mirrors", MAX_URLS - 1);
     urls[n++] = o->mirrors[i];
   }
-  char *part = with_suffix(o->dest, ".part");
-  char(*last)[512] = calloc((size_t)n, sizeof *last);
-  bool dead[MAX_URLS] = {false};
-  lunet_status st = part && last ? download_rounds(ctx, o, part, urls, n, last, dead)
-                                 : lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
-  free(last);
-  free(part);
-  return st;
+  return download_locked(ctx, o, urls, n);
 }

@@ -125,3 +125,32 @@ lunet_status lunet_read_idx(lunet_ctx *ctx, const char *path, lunet_array *out) 
   if (st != LUNET_OK) lunet_array_free(out);
   return st;
 }
+
+/* The first label outside 0..max_label, as an error naming file, record
+ * and value; labels feed one-hot targets, where a bad one fails far later. */
+static lunet_status check_labels(lunet_ctx *ctx, const char *path, const lunet_array *a,
+                                 int max_label) {
+  if (a->ndim != 1) {
+    char shape[96];
+    shape_text(a, shape, sizeof shape);
+    return lunet_error(ctx, LUNET_ERR_FORMAT,
+                       "%s: expected a labels file (1 dim), got data of shape %s (images and "
+                       "labels swapped?)",
+                       path, shape);
+  }
+  for (int64_t i = 0; i < a->shape[0]; i++)
+    if (a->data[i] > max_label)
+      return lunet_error(ctx, LUNET_ERR_FORMAT,
+                         "%s: label %d at record %lld is outside 0..%d (the file is corrupt; "
+                         "delete it or pass path=)",
+                         path, a->data[i], (long long)i, max_label);
+  return LUNET_OK;
+}
+
+lunet_status lunet_read_idx_labels(lunet_ctx *ctx, const char *path, int max_label,
+                                   lunet_array *out) {
+  lunet_status st = lunet_read_idx(ctx, path, out);
+  if (st == LUNET_OK) st = check_labels(ctx, path, out, max_label);
+  if (st != LUNET_OK) lunet_array_free(out);
+  return st;
+}

@@ -191,12 +191,23 @@ local function fetch(set, file, opts)
   return dest
 end
 
+-- One checksum for several files would fail all but one of them (and move
+-- each aside as .corrupt), so such sets take a table keyed by file name.
+local function sha256_error(set, opts)
+  if #set.files < 2 or opts.sha256 == nil or type(opts.sha256) == "table" then return nil end
+  return string.format("sha256 must be a table keyed by file name for the %d files of %s, " ..
+                       "e.g. { [\"%s\"] = \"<hex>\", ... }; got a %s",
+                       #set.files, set.name, set.files[1].name, type(opts.sha256))
+end
+
 local function check_opts(set, opts)
   if opts == nil then return {} end
   if type(opts) ~= "table" then
     error(string.format("bad argument #1 to '%s.load_data' (table expected, got %s)",
                         set.name, type(opts)), 3)
   end
+  local why = sha256_error(set, opts)
+  if why then error(string.format("bad argument #1 to '%s.load_data' (%s)", set.name, why), 3) end
   if opts.limit ~= nil then
     local n = math.tointeger(opts.limit)
     if not n or n < 0 then
@@ -233,9 +244,11 @@ local function load_idx(set, opts)
     paths[i] = opts.path and idx_in_folder(set, opts.path, file.name) or fetch(set, file, opts)
   end
   local x_train, n_xtr = C.read_idx(paths[1], opts.limit, true)
-  local y_train, n_ytr = C.read_idx(paths[2], opts.limit)
+  -- Labels are range-checked here: a bad one would only fail deep in training.
+  local max_label = #set.classes - 1
+  local y_train, n_ytr = C.read_idx(paths[2], opts.limit, false, max_label)
   local x_test, n_xte = C.read_idx(paths[3], nil, true)
-  local y_test, n_yte = C.read_idx(paths[4])
+  local y_test, n_yte = C.read_idx(paths[4], nil, false, max_label)
   if n_xtr ~= n_ytr or n_xte ~= n_yte then
     error(string.format("lunet.datasets.%s: %d training images but %d labels, %d test " ..
                         "images but %d labels (a file is from another dataset?)",
@@ -264,6 +277,8 @@ function M.verify(name, opts)
                         tostring(name), table.concat(names, ", ")), 2)
   end
   opts = opts or {}
+  local why = sha256_error(set, opts)
+  if why then error(string.format("bad argument #2 to 'verify' (%s)", why), 2) end
   local problems = {}
   for _, file in ipairs(set.files) do
     local path = cache_dir(opts) .. "/" .. set.name .. "/" .. file.name

@@ -17,8 +17,9 @@ local here = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
 local work = arg and arg[1] or os.tmpname() .. ".d"
 -- Start clean, removing only what this test creates.
 os.execute(string.format("rm -rf '%s/srv' '%s/cache' '%s/cache2' '%s/cache3' '%s/cache4' " ..
-                         "'%s/empty-cache' && mkdir -p '%s/srv'",
-                         work, work, work, work, work, work, work))
+                         "'%s/cache5' '%s/badlabels' '%s/empty-cache' && mkdir -p '%s/srv' " ..
+                         "'%s/badlabels'",
+                         work, work, work, work, work, work, work, work, work, work))
 
 local failures = 0
 local function check(cond, fmt, ...)
@@ -162,6 +163,30 @@ check(value_at(mx, 2 * 784 + 100) == (2 * 31 + 100) % 256, "mnist x[2, 3, 16, 0]
 check(value_at(mxt, 784 + 783) == (31 + 783) % 256, "mnist x_test[1, 27, 27, 0]")
 mx = ds.mnist.load_data { path = work .. "/srv", limit = 4 }
 same_shape(mx, { 4, 28, 28, 1 }, "mnist path + limit")
+
+-- One sha256 string for four files is refused before anything is fetched.
+expect_error(function()
+  ds.mnist.load_data { url = base .. "/ok/m2", sha256 = mnist_sha["train-images-idx3-ubyte.gz"],
+                       dir = work .. "/cache5", verbose = false }
+end, { "bad argument #1 to 'mnist.load_data' (sha256 must be a table keyed by file name for " ..
+       "the 4 files of mnist", "got a string)" }, "mnist sha256 string")
+check(shell(string.format("test -e '%s/cache5' && echo yes || echo no", work)) == "no",
+      "mnist sha256 string: the cache was touched")
+expect_error(function() ds.verify("mnist", { dir = cache, sha256 = "00" }) end,
+             { "bad argument #2 to 'verify' (sha256 must be a table keyed by file name" },
+             "verify sha256 string")
+
+-- A label outside 0..9 is caught when loading, naming file, record and value.
+for _, name in ipairs { "train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                        "t10k-labels-idx1-ubyte.gz" } do
+  local src = assert(io.open(work .. "/srv/" .. name, "rb"))
+  write(work .. "/badlabels/" .. name, src:read("a"))
+  src:close()
+end
+write(work .. "/badlabels/train-labels-idx1-ubyte.gz", idx_labels { 5, 0, 4, 1, 200, 2 })
+expect_error(function() ds.mnist.load_data { path = work .. "/badlabels" } end,
+             { work .. "/badlabels/train-labels-idx1-ubyte.gz: label 200 at record 4 is " ..
+               "outside 0..9 (the file is corrupt; delete it or pass path=)" }, "bad label")
 
 -- Debian's Fashion-MNIST copy, when installed, needs no network.
 local debian = "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"

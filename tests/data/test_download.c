@@ -1,17 +1,20 @@
 /*
  * lunet_download against tests/data/http_server.py on the loopback: good
- * transfers, resume, retries, HTTP errors, checksums, stalls, Ctrl-C.
+ * transfers, resume, retries, HTTP errors, checksums, stalls, Ctrl-C, stale
+ * .part files, and two downloads of one file at once (the .lock).
  * The expected digests of the served file were computed with Python's
  * hashlib from the same byte formula (see blob_byte).
  */
 #define _GNU_SOURCE
 #include <check.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -28,6 +31,10 @@
 #define BLOB_MD5 "384d43b457e4391d851b65dec6507b1e"
 /* The same bytes with the first one inverted (what /wrong/ serves). */
 #define WRONG_SHA256 "d0301aa180e16fac3ccd109adae5801f90ad67fdabeba2e4a1f0fcf80e2f9396"
+/* small.bin: the first SMALL_SIZE bytes of the same formula (hashlib too);
+ * /slow/ serves it in 10 chunks over about 1 s. */
+#define SMALL_SIZE 40960
+#define SMALL_SHA256 "d0642aa1dfee48a3057ccef8e9cad16cc3f91da08c2e621de333991bde9b513c"
 
 static char tmpdir[] = "/tmp/lunet_data_dl_XXXXXX";
 static char srvdir[256], logpath[256];
@@ -37,12 +44,14 @@ static lunet_ctx *ctx;
 
 static uint8_t blob_byte(uint32_t i) { return (uint8_t)((uint32_t)(i * 2654435761u) >> 13); }
 
-static void write_blob(const char *path) {
+static void write_blob_n(const char *path, uint32_t n) {
   FILE *f = fopen(path, "wb");
   if (!f) abort();
-  for (uint32_t i = 0; i < BLOB_SIZE; i++) fputc(blob_byte(i), f);
+  for (uint32_t i = 0; i < n; i++) fputc(blob_byte(i), f);
   fclose(f);
 }
+
+static void write_blob(const char *path) { write_blob_n(path, BLOB_SIZE); }
 
 /* Starts the server (once, in Check's parent process) and reads its port. */
 static void start_server(void) {
@@ -53,6 +62,8 @@ static void start_server(void) {
   char blob[300];
   snprintf(blob, sizeof blob, "%s/blob.bin", srvdir);
   write_blob(blob);
+  snprintf(blob, sizeof blob, "%s/small.bin", srvdir);
+  write_blob_n(blob, SMALL_SIZE);
   int fds[2];
   if (pipe(fds) != 0) abort();
   server_pid = fork();
@@ -121,17 +132,37 @@ static long size_with(const char *dest, const char *suffix) {
   return size_of(p);
 }
 
-static void assert_blob(const char *path) {
+static void assert_blob_n(const char *path, uint32_t n) {
   FILE *f = fopen(path, "rb");
   ck_assert_ptr_nonnull(f);
   uint32_t i = 0;
   int c;
   while ((c = fgetc(f)) != EOF) {
-    ck_assert_msg(i < BLOB_SIZE && c == blob_byte(i), "byte %u differs", i);
+    ck_assert_msg(i < n && c == blob_byte(i), "byte %u differs", i);
     i++;
   }
   fclose(f);
-  ck_assert_uint_eq(i, BLOB_SIZE);
+  ck_assert_uint_eq(i, n);
+}
+
+static void assert_blob(const char *path) { assert_blob_n(path, BLOB_SIZE); }
+
+static void make_dest_dir(const char *dest) {
+  char p[400];
+  snprintf(p, sizeof p, "%s", dest);
+  *strrchr(p, '/') = '\0';
+  mkdir(p, 0755);
+}
+
+/* dest's folder and a "<dest>.part" of n copies of byte c (not the blob). */
+static void stale_part(const char *dest, int c, long n) {
+  char p[400];
+  make_dest_dir(dest);
+  snprintf(p, sizeof p, "%s.part", dest);
+  FILE *f = fopen(p, "wb");
+  ck_assert_ptr_nonnull(f);
+  for (long i = 0; i < n; i++) fputc(c, f);
+  fclose(f);
 }
 
 /* The server's log lines for one request path, joined by '|'. */
@@ -332,6 +363,155 @@ START_TEST(stall_times_out) {
 }
 END_TEST
 
+START_TEST(stale_part_is_fetched_again_from_zero) {
+  char *dest = dest_of("stale");
+  stale_part(dest, 0xAA, BLOB_SIZE / 2);
+  lunet_download_opts o = fast_opts("/ok/stale/blob.bin", dest);
+  o.sha256 = BLOB_SHA256;
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_OK);
+  assert_blob(dest);
+  ck_assert_int_eq(size_with(dest, ".part"), -1);
+  ck_assert_int_eq(size_with(dest, ".corrupt"), BLOB_SIZE); /* stale half + good half */
+  ck_assert_str_eq(log_for("/ok/stale/blob.bin"), "bytes=150000- 206|- 200");
+}
+END_TEST
+
+START_TEST(complete_stale_part_is_fetched_again) {
+  char *dest = dest_of("stalefull");
+  stale_part(dest, 0x55, BLOB_SIZE);
+  lunet_download_opts o = fast_opts("/ok/stalefull/blob.bin", dest);
+  o.size = BLOB_SIZE; /* a .part of this size is taken as complete without a request */
+  o.sha256 = BLOB_SHA256;
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_OK);
+  assert_blob(dest);
+  ck_assert_int_eq(size_with(dest, ".corrupt"), BLOB_SIZE);
+  ck_assert_str_eq(log_for("/ok/stalefull/blob.bin"), "- 200");
+}
+END_TEST
+
+START_TEST(wrong_file_fails_only_after_a_fresh_transfer) {
+  char *dest = dest_of("stalewrong");
+  stale_part(dest, 0xAA, BLOB_SIZE / 2);
+  lunet_download_opts o = fast_opts("/wrong/stalewrong/blob.bin", dest);
+  o.sha256 = BLOB_SHA256;
+  o.retries = 2; /* the fresh transfer's mismatch is final: no retries */
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_ERR_CHECKSUM);
+  ck_assert_int_eq(size_of(dest), -1);
+  ck_assert_int_eq(size_with(dest, ".part"), -1);
+  ck_assert_int_eq(size_with(dest, ".corrupt"), BLOB_SIZE);
+  char want[800];
+  snprintf(want, sizeof want,
+           "%s: checksum mismatch: expected sha256 " BLOB_SHA256 ", got " WRONG_SHA256
+           "; the file was moved to %s.corrupt (pass the right checksum, or another url)",
+           url_of("/wrong/stalewrong/blob.bin"), dest);
+  ck_assert_str_eq(lunet_ctx_error(ctx), want);
+  ck_assert_str_eq(log_for("/wrong/stalewrong/blob.bin"), "bytes=150000- 206|- 200");
+}
+END_TEST
+
+/* A download on a thread of its own, with its own context. */
+struct job {
+  lunet_download_opts o;
+  lunet_status rc;
+  char err[600];
+  volatile int done;
+  pthread_t th;
+};
+
+static void *run_job(void *arg) {
+  struct job *j = arg;
+  lunet_ctx *c = lunet_ctx_new();
+  j->rc = lunet_download(c, &j->o);
+  snprintf(j->err, sizeof j->err, "%s", lunet_ctx_error(c));
+  lunet_ctx_free(c);
+  __atomic_store_n(&j->done, 1, __ATOMIC_SEQ_CST);
+  return NULL;
+}
+
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+START_TEST(lock_waits_then_keeps_the_finished_file) {
+  char *dest = dest_of("locked"), lock[400], errpath[400];
+  make_dest_dir(dest);
+  snprintf(lock, sizeof lock, "%s.lock", dest);
+  snprintf(errpath, sizeof errpath, "%s/locked/stderr.txt", tmpdir);
+  int lfd = open(lock, O_RDWR | O_CREAT, 0644); /* "another process" holds the lock */
+  ck_assert_int_ge(lfd, 0);
+  ck_assert_int_eq(flock(lfd, LOCK_EX), 0);
+  int saved = dup(2), efd = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  dup2(efd, 2);
+  struct job j = {.o = fast_opts("/ok/locked/blob.bin", dest)};
+  j.o.sha256 = BLOB_SHA256;
+  j.o.progress = LUNET_PROGRESS_AUTO; /* so the wait is reported */
+  pthread_create(&j.th, NULL, run_job, &j);
+  sleep_ms(400);
+  ck_assert_int_eq(__atomic_load_n(&j.done, __ATOMIC_SEQ_CST), 0);
+  ck_assert_int_eq(size_with(dest, ".part"), -1);
+  write_blob(dest); /* what the holder leaves before it unlocks */
+  flock(lfd, LOCK_UN);
+  close(lfd);
+  pthread_join(j.th, NULL);
+  dup2(saved, 2);
+  close(saved);
+  close(efd);
+  ck_assert_msg(j.rc == LUNET_OK, "got %d: %s", j.rc, j.err);
+  assert_blob(dest);
+  ck_assert_str_eq(log_for("/ok/locked/blob.bin"), ""); /* no request */
+  char said[800] = "", want[800];
+  FILE *f = fopen(errpath, "r");
+  ck_assert_ptr_nonnull(f);
+  size_t n = fread(said, 1, sizeof said - 1, f);
+  said[n] = '\0';
+  fclose(f);
+  snprintf(want, sizeof want,
+           "blob.bin: waiting for another download of %s to finish (%s is locked)\n", dest, lock);
+  ck_assert_str_eq(said, want);
+}
+END_TEST
+
+START_TEST(concurrent_downloads_take_turns) {
+  char *dest = dest_of("twice");
+  struct job j[2];
+  for (int k = 0; k < 2; k++) {
+    memset(&j[k], 0, sizeof j[k]);
+    j[k].o = fast_opts("/slow/twice/small.bin", dest);
+    j[k].o.size = SMALL_SIZE;
+    j[k].o.sha256 = SMALL_SHA256;
+    pthread_create(&j[k].th, NULL, run_job, &j[k]);
+  }
+  for (int k = 0; k < 2; k++) {
+    pthread_join(j[k].th, NULL);
+    ck_assert_msg(j[k].rc == LUNET_OK, "job %d got %d: %s", k, j[k].rc, j[k].err);
+  }
+  assert_blob_n(dest, SMALL_SIZE);
+  /* the second found the first one's verified file: one request in all */
+  ck_assert_str_eq(log_for("/slow/twice/small.bin"), "- 200");
+  ck_assert_int_eq(size_with(dest, ".part"), -1);
+}
+END_TEST
+
+START_TEST(vanished_part_is_reported) {
+  char *dest = dest_of("vanish"), part[400];
+  snprintf(part, sizeof part, "%s.part", dest);
+  struct job j = {.o = fast_opts("/slow/vanish/small.bin", dest)};
+  j.o.size = SMALL_SIZE;
+  pthread_create(&j.th, NULL, run_job, &j);
+  sleep_ms(400); /* mid-transfer: 10 chunks 100 ms apart */
+  ck_assert_int_eq(remove(part), 0);
+  pthread_join(j.th, NULL);
+  ck_assert_int_eq(j.rc, LUNET_ERR_IO);
+  char want[800];
+  snprintf(want, sizeof want,
+           "%s: %s vanished during the download (removed by another program?); run again",
+           url_of("/slow/vanish/small.bin"), part);
+  ck_assert_str_eq(j.err, want);
+  ck_assert_int_eq(size_of(dest), -1);
+}
+END_TEST
+
 static void *interrupt_later(void *arg) {
   (void)arg;
   struct timespec ts = {0, 300 * 1000 * 1000};
@@ -413,6 +593,12 @@ int main(void) {
   tcase_add_test(tc, mirror_after_dead_url);
   tcase_add_test(tc, all_urls_failing_lists_each);
   tcase_add_test(tc, wrong_checksum_moves_file_aside);
+  tcase_add_test(tc, stale_part_is_fetched_again_from_zero);
+  tcase_add_test(tc, complete_stale_part_is_fetched_again);
+  tcase_add_test(tc, wrong_file_fails_only_after_a_fresh_transfer);
+  tcase_add_test(tc, lock_waits_then_keeps_the_finished_file);
+  tcase_add_test(tc, concurrent_downloads_take_turns);
+  tcase_add_test(tc, vanished_part_is_reported);
   tcase_add_test(tc, stall_times_out);
   tcase_add_test(tc, interrupt_keeps_part);
   tcase_add_test(tc, connection_refused_names_url);

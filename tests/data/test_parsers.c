@@ -84,6 +84,63 @@ START_TEST(idx_labels_raw) {
 }
 END_TEST
 
+/* A gzipped labels file of 20 records, label i % 10, with record 17 set to bad. */
+static char *labels_with(const char *name, uint8_t bad) {
+  uint8_t b[8 + 20] = {0, 0, 8, 1, 0, 0, 0, 20};
+  for (int i = 0; i < 20; i++) b[8 + i] = (uint8_t)(i % 10);
+  b[8 + 17] = bad;
+  char *p = path_of(name);
+  write_gz(p, b, sizeof b);
+  return p;
+}
+
+START_TEST(idx_labels_in_range) {
+  char *p = labels_with("ok-labels-idx1-ubyte.gz", 9);
+  lunet_array a;
+  ck_assert_int_eq(lunet_read_idx_labels(ctx, p, 9, &a), LUNET_OK);
+  ck_assert_int_eq(a.ndim, 1);
+  ck_assert_int_eq(a.shape[0], 20);
+  ck_assert_uint_eq(a.data[17], 9);
+  ck_assert_uint_eq(a.data[13], 3);
+  lunet_array_free(&a);
+}
+END_TEST
+
+START_TEST(idx_label_out_of_range) {
+  char *p = labels_with("train-labels-idx1-ubyte.gz", 200);
+  lunet_array a;
+  ck_assert_int_eq(lunet_read_idx_labels(ctx, p, 9, &a), LUNET_ERR_FORMAT);
+  ck_assert_ptr_null(a.data);
+  char want[700];
+  snprintf(want, sizeof want,
+           "%s: label 200 at record 17 is outside 0..9 (the file is corrupt; delete it or pass "
+           "path=)",
+           p);
+  ck_assert_str_eq(lunet_ctx_error(ctx), want);
+  /* the same file with a wider range loads: the check is the only difference */
+  ck_assert_int_eq(lunet_read_idx_labels(ctx, p, 255, &a), LUNET_OK);
+  ck_assert_uint_eq(a.data[17], 200);
+  lunet_array_free(&a);
+}
+END_TEST
+
+START_TEST(idx_labels_from_images_file) {
+  uint8_t b[64];
+  size_t n = idx_images(b, 0x803, 0);
+  char *p = path_of("swapped-idx3-ubyte.gz");
+  write_gz(p, b, n);
+  lunet_array a;
+  ck_assert_int_eq(lunet_read_idx_labels(ctx, p, 9, &a), LUNET_ERR_FORMAT);
+  ck_assert_ptr_null(a.data);
+  char want[700];
+  snprintf(want, sizeof want,
+           "%s: expected a labels file (1 dim), got data of shape (2, 3, 4) (images and labels "
+           "swapped?)",
+           p);
+  ck_assert_str_eq(lunet_ctx_error(ctx), want);
+}
+END_TEST
+
 START_TEST(idx_images_gz) {
   uint8_t b[64];
   size_t n = idx_images(b, 0x803, 0);
@@ -438,6 +495,9 @@ int main(void) {
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_add_test(tc, idx_labels_raw);
   tcase_add_test(tc, idx_images_gz);
+  tcase_add_test(tc, idx_labels_in_range);
+  tcase_add_test(tc, idx_label_out_of_range);
+  tcase_add_test(tc, idx_labels_from_images_file);
   tcase_add_test(tc, idx_bad_magic);
   tcase_add_test(tc, idx_truncated);
   tcase_add_test(tc, idx_trailing_bytes);

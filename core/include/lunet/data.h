@@ -48,7 +48,13 @@ LUNET_API lunet_download_opts lunet_download_opts_default(void);
  * left by an earlier attempt with a Range request, retries transient
  * failures with exponential backoff, checks size and checksums, then
  * renames atomically.  A complete file with a wrong checksum is moved to
- * "<dest>.corrupt".  Creates dest's directory.  Polls lunet_interrupted():
+ * "<dest>.corrupt"; when part of it came from an older .part, the same url
+ * is fetched once more from byte 0, and only a mismatch of such a whole
+ * transfer rules the url out.  Creates dest's directory.  Holds an flock on
+ * "<dest>.lock" (left in place) for the whole download, so processes
+ * sharing a cache take turns (waiting says so on stderr unless progress is
+ * NONE); once locked, a dest that exists and passes the given checksums is
+ * kept without a request.  Polls lunet_interrupted():
  * LUNET_ERR_INTERRUPTED keeps the .part for the next call. */
 LUNET_API lunet_status lunet_download(lunet_ctx *ctx, const lunet_download_opts *o);
 
@@ -72,6 +78,11 @@ LUNET_API void lunet_array_free(lunet_array *a);
 /* Reads an IDX file of uint8 (raw or gzip), 1 to 4 dims.  The data size
  * must match the header exactly. */
 LUNET_API lunet_status lunet_read_idx(lunet_ctx *ctx, const char *path, lunet_array *out);
+
+/* lunet_read_idx for a labels file: 1 dim, every value in 0..max_label
+ * (an error names the file, the record and the value). */
+LUNET_API lunet_status lunet_read_idx_labels(lunet_ctx *ctx, const char *path, int max_label,
+                                             lunet_array *out);
 
 /* Reads CIFAR-10 (binary version) from the official cifar-10-binary.tar.gz
  * without extracting it, or from a directory holding cifar-10-batches-bin/
