@@ -287,15 +287,10 @@ static int vk_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, in
 }
 
 static int check_conv(const lunet_conv2d_desc *d, const char *op) {
-  if (d->n < 0 || d->h < 1 || d->w < 1 || d->c < 1 || d->f < 1 || d->kh < 1 || d->kw < 1 ||
-      d->sh < 1 || d->sw < 1 || d->oh < 1 || d->ow < 1 || d->pad_top < 0 || d->pad_left < 0)
+  char text[256];
+  if (!lunet_conv2d_desc_ok(d, text, sizeof text))
     return lunet_vk_error(LUNET_ERR_SHAPE,
-                          "%s: bad geometry n=%lld h=%lld w=%lld c=%lld f=%lld kernel "
-                          "%lldx%lld stride %lldx%lld out %lldx%lld (fill it with "
-                          "lunet_conv2d_geometry)",
-                          op, (long long)d->n, (long long)d->h, (long long)d->w, (long long)d->c,
-                          (long long)d->f, (long long)d->kh, (long long)d->kw, (long long)d->sh,
-                          (long long)d->sw, (long long)d->oh, (long long)d->ow);
+                          "%s: bad geometry %s (fill it with lunet_conv2d_geometry)", op, text);
   int rc = too_big(d->n * d->h * d->w * d->c, op);
   if (!rc) rc = too_big(d->n * d->oh * d->ow * d->f, op);
   if (!rc) rc = too_big(d->kh * d->kw * d->c * d->f, op);
@@ -362,17 +357,10 @@ static int vk_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf 
 /* ---- pooling ---- */
 
 static int check_pool(const lunet_pool2d_desc *d, const char *op) {
-  if (d->n < 0 || d->h < 1 || d->w < 1 || d->c < 1 || d->kh < 1 || d->kw < 1 || d->sh < 1 ||
-      d->sw < 1 || d->oh < 1 || d->ow < 1 || d->pad_top < 0 || d->pad_left < 0 ||
-      d->pad_top >= d->kh || d->pad_left >= d->kw)
+  char text[256];
+  if (!lunet_pool2d_desc_ok(d, text, sizeof text))
     return lunet_vk_error(LUNET_ERR_SHAPE,
-                          "%s: bad geometry n=%lld h=%lld w=%lld c=%lld pool %lldx%lld "
-                          "stride %lldx%lld pad %lld,%lld out %lldx%lld (fill it with "
-                          "lunet_pool2d_geometry)",
-                          op, (long long)d->n, (long long)d->h, (long long)d->w, (long long)d->c,
-                          (long long)d->kh, (long long)d->kw, (long long)d->sh, (long long)d->sw,
-                          (long long)d->pad_top, (long long)d->pad_left, (long long)d->oh,
-                          (long long)d->ow);
+                          "%s: bad geometry %s (fill it with lunet_pool2d_geometry)", op, text);
   int rc = too_big(d->n * d->h * d->w * d->c, op);
   return rc ? rc : too_big(d->n * d->oh * d->ow * d->c, op);
 }

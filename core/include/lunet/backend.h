@@ -23,6 +23,8 @@
 #ifndef LUNET_BACKEND_H
 #define LUNET_BACKEND_H
 
+#include <stdio.h>
+
 #include "lunet/lunet.h"
 
 #ifdef __cplusplus
@@ -181,6 +183,33 @@ typedef struct lunet_backend_desc {
 } lunet_backend_desc;
 
 typedef const lunet_backend_desc *(*lunet_backend_entry_fn)(void);
+
+/* Geometry checks every backend runs before a conv or pool kernel: false
+ * when the descriptor was not filled by lunet_conv2d_geometry /
+ * lunet_pool2d_geometry (a kernel must never index outside its buffers).
+ * The text describes the descriptor for the error message. */
+static inline bool lunet_conv2d_desc_ok(const lunet_conv2d_desc *d, char *text, size_t n) {
+  snprintf(text, n,
+           "n=%lld h=%lld w=%lld c=%lld f=%lld kernel %lldx%lld stride %lldx%lld out %lldx%lld",
+           (long long)d->n, (long long)d->h, (long long)d->w, (long long)d->c, (long long)d->f,
+           (long long)d->kh, (long long)d->kw, (long long)d->sh, (long long)d->sw, (long long)d->oh,
+           (long long)d->ow);
+  return d->n >= 0 && d->h >= 1 && d->w >= 1 && d->c >= 1 && d->f >= 1 && d->kh >= 1 &&
+         d->kw >= 1 && d->sh >= 1 && d->sw >= 1 && d->oh >= 1 && d->ow >= 1 && d->pad_top >= 0 &&
+         d->pad_left >= 0;
+}
+
+static inline bool lunet_pool2d_desc_ok(const lunet_pool2d_desc *d, char *text, size_t n) {
+  snprintf(text, n,
+           "n=%lld h=%lld w=%lld c=%lld pool %lldx%lld stride %lldx%lld pad %lld,%lld out "
+           "%lldx%lld",
+           (long long)d->n, (long long)d->h, (long long)d->w, (long long)d->c, (long long)d->kh,
+           (long long)d->kw, (long long)d->sh, (long long)d->sw, (long long)d->pad_top,
+           (long long)d->pad_left, (long long)d->oh, (long long)d->ow);
+  return d->n >= 0 && d->h >= 1 && d->w >= 1 && d->c >= 1 && d->kh >= 1 && d->kw >= 1 &&
+         d->sh >= 1 && d->sw >= 1 && d->oh >= 1 && d->ow >= 1 && d->pad_top >= 0 &&
+         d->pad_left >= 0 && d->pad_top < d->kh && d->pad_left < d->kw;
+}
 
 /* Counter-based RNG shared by every backend: Philox4x32-10, so a random
  * stream is the same on CPU and GPU.  Returns a float in [0, 1). */
