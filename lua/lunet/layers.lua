@@ -362,8 +362,15 @@ function M.help(what)
     local names = {}
     for name in pairs(tps) do names[#names + 1] = name end
     table.sort(names)
-    print("layers: " .. table.concat(names, ", "))
-    print("see nn.help(\"Conv2D\") for a layer's arguments; README.md for the whole API")
+    print("tensors:     nn.tensor{...}, nn.zeros, nn.ones, nn.rand, nn.randn, nn.arange; t:shape(), t:matmul(u),")
+    print("             t:sum(axis), t:softmax(), t:requires_grad(true), loss:backward(), t.grad, t:to(\"vulkan\")")
+    print("layers:      " .. table.concat(names, ", "))
+    print("models:      nn.Sequential{...}, model:compile{optimizer =, loss =, metrics =}, model:fit(x, y, {...}),")
+    print("             model:evaluate, model:predict, model:summary(), model:save(path), nn.load_model(path)")
+    print("training:    nn.optimizers.{SGD,Adam,AdamW,RMSprop}, nn.losses, nn.callbacks, nn.schedules")
+    print("data:        nn.datasets.{cifar10,mnist,fashion_mnist}.load_data{...}, nn.augment.Sequential{...}")
+    print("system:      nn.backends(), nn.use(name), nn.threads(n), nn.seed(n), nn.load_plugin(path)")
+    print("see nn.help(\"Conv2D\") for a layer's arguments, and README.md for the whole API")
     return
   end
   local info = tps[what]
