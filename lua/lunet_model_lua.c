@@ -286,43 +286,56 @@ static bool same_shape(const lunet_tensor *a, const lunet_tensor *b) {
   return true;
 }
 
-/* Correct predictions in the batch, for the accuracy metric. */
-static lunet_status count_correct(lunet_ctx *ctx, lunet_tensor *pred, lunet_tensor *y,
-                                  const step_opts *o, double *correct) {
+/* The number of correct predictions in the batch as a scalar on the device
+ * (the accuracy metric); NULL with no error when there is no metric. */
+static lunet_tensor *count_correct(lunet_ctx *ctx, lunet_tensor *pred, lunet_tensor *y,
+                                   const step_opts *o) {
+  if (o->metric == 0) return NULL;
   lunet_tensor *a = NULL, *b = NULL, *eq = NULL, *s = NULL;
-  *correct = 0;
-  if (o->metric == 0) return LUNET_OK;
   if (o->metric == 3) { /* binary: threshold 0.5 (0 on logits) */
-    float t = o->from_logits || o->fuse ? 0.0f : 0.5f;
     lunet_tensor *th = lunet_op_new(ctx, pred, LUNET_F32, 0, NULL);
-    if (th && !lunet_op_fill(ctx, th, t)) a = lunet_op_binary(ctx, LUNET_BINARY_GT, pred, th);
+    if (th && !lunet_op_fill(ctx, th, o->from_logits || o->fuse ? 0.0f : 0.5f))
+      a = lunet_op_binary(ctx, LUNET_BINARY_GT, pred, th);
     lunet_tensor_release(th);
-    b = lunet_tensor_dtype(y) == LUNET_F32 ? lunet_tensor_retain(y)
-                                           : lunet_op_cast(ctx, y, LUNET_F32);
-    if (a && b && !same_shape(a, b)) {
-      lunet_tensor *r = lunet_op_reshape(ctx, b, lunet_tensor_ndim(a), lunet_tensor_shape(a));
-      lunet_tensor_release(b);
-      b = r;
-    }
   } else {
     a = lunet_op_argmax(ctx, pred);
-    b = o->metric == 2                       ? lunet_op_argmax(ctx, y)
-        : lunet_tensor_dtype(y) == LUNET_F32 ? lunet_tensor_retain(y)
-                                             : lunet_op_cast(ctx, y, LUNET_F32);
-    if (a && b && !same_shape(a, b)) {
-      lunet_tensor *r = lunet_op_reshape(ctx, b, lunet_tensor_ndim(a), lunet_tensor_shape(a));
-      lunet_tensor_release(b);
-      b = r;
-    }
+  }
+  b = o->metric == 2                       ? lunet_op_argmax(ctx, y)
+      : lunet_tensor_dtype(y) == LUNET_F32 ? lunet_tensor_retain(y)
+                                           : lunet_op_cast(ctx, y, LUNET_F32);
+  if (a && b && !same_shape(a, b)) {
+    lunet_tensor *r = lunet_op_reshape(ctx, b, lunet_tensor_ndim(a), lunet_tensor_shape(a));
+    lunet_tensor_release(b);
+    b = r;
   }
   if (a && b) eq = lunet_op_binary(ctx, LUNET_BINARY_EQ, a, b);
   if (eq) s = lunet_op_reduce(ctx, LUNET_REDUCE_SUM, eq, LUNET_ALL_AXES, false);
-  lunet_status st = s ? lunet_tensor_item(ctx, s, 0, correct) : lunet_ctx_status(ctx);
   lunet_tensor_release(a);
   lunet_tensor_release(b);
   lunet_tensor_release(eq);
-  lunet_tensor_release(s);
-  return st;
+  return s;
+}
+
+/* The loss and the correct count in one download: the only data that leaves
+ * the device in a training step. */
+static lunet_status read_scalars(lunet_ctx *ctx, lunet_tensor *loss, lunet_tensor *correct,
+                                 double *value, double *count) {
+  *count = 0;
+  if (!correct) return lunet_tensor_item(ctx, loss, 0, value);
+  int64_t one = 1;
+  lunet_tensor *parts[2] = {lunet_op_reshape(ctx, loss, 1, &one),
+                            lunet_op_reshape(ctx, correct, 1, &one)};
+  lunet_tensor *both = parts[0] && parts[1] ? lunet_op_concat(ctx, parts, 2, 0) : NULL;
+  float v[2];
+  lunet_status s = both ? lunet_tensor_read(ctx, both, v, sizeof v) : lunet_ctx_status(ctx);
+  if (!s) {
+    *value = v[0];
+    *count = v[1];
+  }
+  lunet_tensor_release(parts[0]);
+  lunet_tensor_release(parts[1]);
+  lunet_tensor_release(both);
+  return s;
 }
 
 static int read_layers(lua_State *L, int idx, lunet_layer **out, int max) {
@@ -373,11 +386,13 @@ static int l_step(lua_State *L) {
   if (loss) loss = add_penalties(ctx, layers, n, loss);
   lunet_status s = loss ? LUNET_OK : lunet_ctx_status(ctx);
   if (!s && o.training) s = lunet_backward(ctx, loss, NULL);
-  if (!s) s = lunet_tensor_item(ctx, loss, 0, &value);
-  if (!s) s = count_correct(ctx, pred, y, &o, &correct);
+  lunet_tensor *hits = s ? NULL : count_correct(ctx, pred, y, &o);
+  if (!s && o.metric && !hits) s = lunet_ctx_status(ctx);
+  if (!s) s = read_scalars(ctx, loss, hits, &value, &correct);
   lunet_set_grad_enabled(ctx, prev);
   lunet_tensor_release(pred);
   lunet_tensor_release(loss);
+  lunet_tensor_release(hits);
   if (s) lunetL_error(L, NULL);
   lua_pushnumber(L, value);
   lua_pushnumber(L, correct);

@@ -202,6 +202,22 @@ static lunet_status propagate(lunet_ctx *ctx, lunet_tensor *t) {
   return s;
 }
 
+/* The gradient backward starts from: grad_out, or 1 for a one-element tensor. */
+static lunet_tensor *seed_grad(lunet_ctx *ctx, lunet_tensor *root, lunet_tensor *grad_out) {
+  if (grad_out) return lunet_tensor_retain(grad_out);
+  if (root->numel != 1) {
+    lunet_error(ctx, LUNET_ERR_ARG,
+                "backward on a tensor of %lld elements needs a "
+                "gradient argument (or call it on a scalar loss)",
+                (long long)root->numel);
+    return NULL;
+  }
+  lunet_tensor *one = lunet_scalar_like(ctx, root, 1);
+  lunet_tensor *g = one ? lunet_tensor_alias(ctx, one, root->ndim, root->shape) : NULL;
+  lunet_tensor_release(one);
+  return g;
+}
+
 lunet_status lunet_backward(lunet_ctx *ctx, lunet_tensor *root, lunet_tensor *grad_out) {
   if (grad_out && !lunet_shape_equal(grad_out, root)) {
     char a[128], b[128];
@@ -211,34 +227,13 @@ lunet_status lunet_backward(lunet_ctx *ctx, lunet_tensor *root, lunet_tensor *gr
                        lunet_shape_str(grad_out->ndim, grad_out->shape, a, sizeof a),
                        lunet_shape_str(root->ndim, root->shape, b, sizeof b));
   }
-  if (!root->grad_fn) {
-    if (!root->requires_grad)
-      return lunet_error(ctx, LUNET_ERR_ARG,
-                         "backward: this tensor does not require grad "
-                         "(no input of the computation had requires_grad(true))");
-    lunet_tensor *g = grad_out ? lunet_tensor_retain(grad_out) : lunet_scalar_like(ctx, root, 1);
-    if (!g) return ctx->status;
-    if (!grad_out) {
-      lunet_tensor *a = lunet_tensor_alias(ctx, g, root->ndim, root->shape);
-      lunet_tensor_release(g);
-      if (!a) return ctx->status;
-      g = a;
-    }
-    return add_into(ctx, &root->grad, g);
-  }
-  if (!grad_out && root->numel != 1)
+  if (!root->grad_fn && !root->requires_grad)
     return lunet_error(ctx, LUNET_ERR_ARG,
-                       "backward on a tensor of %lld elements needs a "
-                       "gradient argument (or call it on a scalar loss)",
-                       (long long)root->numel);
-  lunet_tensor *g = grad_out ? lunet_tensor_retain(grad_out) : lunet_scalar_like(ctx, root, 1);
+                       "backward: this tensor does not require grad "
+                       "(no input of the computation had requires_grad(true))");
+  lunet_tensor *g = seed_grad(ctx, root, grad_out);
   if (!g) return ctx->status;
-  if (!grad_out) {
-    lunet_tensor *a = lunet_tensor_alias(ctx, g, root->ndim, root->shape);
-    lunet_tensor_release(g);
-    if (!a) return ctx->status;
-    g = a;
-  }
+  if (!root->grad_fn) return add_into(ctx, &root->grad, g); /* a leaf */
   lunet_tensor_release(root->acc);
   root->acc = g;
   order o = {0};

@@ -84,8 +84,6 @@ LUNET_HIDDEN lunet_tensor *lunet_tensor_alias(lunet_ctx *ctx, lunet_tensor *t, i
                                               const int64_t *shape);
 LUNET_HIDDEN int64_t lunet_shape_numel(int ndim, const int64_t *shape);
 LUNET_HIDDEN bool lunet_shape_equal(const lunet_tensor *a, const lunet_tensor *b);
-/* Host address of a CPU tensor's data, NULL on other backends. */
-LUNET_HIDDEN void *lunet_tensor_host(const lunet_tensor *t);
 
 /* ops.c: backend status -> context error */
 LUNET_HIDDEN lunet_status lunet_be_check(lunet_ctx *ctx, lunet_be *be, int rc, const char *op);

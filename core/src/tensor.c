@@ -212,11 +212,9 @@ int64_t lunet_tensor_dim(const lunet_tensor *t, int i) {
   return i >= 0 && i < t->ndim ? t->shape[i] : 0;
 }
 
-void *lunet_tensor_host(const lunet_tensor *t) {
+const void *lunet_tensor_host_data(const lunet_tensor *t) {
   return strcmp(t->buf->be->name, "cpu") == 0 ? t->buf->handle : NULL;
 }
-
-const void *lunet_tensor_host_data(const lunet_tensor *t) { return lunet_tensor_host(t); }
 
 static lunet_status check_size(lunet_ctx *ctx, const lunet_tensor *t, size_t nbytes) {
   if (nbytes != t->buf->nbytes && !(t->numel == 0 && nbytes == 0))

@@ -192,6 +192,12 @@ local function rows_on(t, first, count, device, order)
   return moved
 end
 
+-- Predictions the accuracy counts per sample: one per output for a binary
+-- metric (multi-label), one per sample otherwise.
+local function per_sample(opts, y, n)
+  return opts.metric == "binary" and (y:numel() // math.max(n, 1)) or 1
+end
+
 local function step_opts(self, training)
   local o = {}
   for k, v in pairs(self.step_opts) do o[k] = v end
@@ -215,7 +221,7 @@ local function run_eval(self, x, y, batch_size)
   end
   local logs = { loss = loss_sum / math.max(n, 1) }
   if #self.metrics > 0 then
-    local per = opts.metric == "binary" and (y:numel() // math.max(n, 1)) or 1
+    local per = per_sample(opts, y, n)
     logs.accuracy = correct / math.max(n * per, 1)
   end
   return logs
@@ -334,8 +340,7 @@ function Model:fit(x, y, o)
         loss_sum, correct, seen = loss_sum + l * count, correct + c, seen + count
         logs.loss = loss_sum / seen
         if #self.metrics > 0 then
-          local per = opts.metric == "binary" and (y:numel() // n) or 1
-          logs.accuracy = correct / (seen * per)
+          logs.accuracy = correct / (seen * per_sample(opts, y, n))
         end
         bar:update(s, logs, keys, false)
         if C.interrupted() then error("interrupted", 0) end
