@@ -4,11 +4,11 @@
 --                             [--batches 32,64,128] [--seconds S]
 --                             [--repeats R] [--infer-batch B] [--json]
 --
--- A training step is the same code path as model:fit: C.step (forward,
--- loss, backward, all in C) followed by optimizer:apply (Adam).  fit's own
--- per-batch work (row gathering, progress bar) is left out, so these
--- figures are the model's cost, not the loop's.  Inference is C.predict on
--- one batch (what model:predict does for a batch that fits).
+-- A training step is model:train_on_batch: the core's step (forward, loss,
+-- backward, Adam update, metrics, all in C), the call model:fit makes per
+-- batch.  fit's own per-batch work (row gathering, progress bar) is left
+-- out, so these figures are the model's cost, not the loop's.  Inference is
+-- model:predict on one batch.
 --
 -- Each measurement: warm-up steps, then R timed runs of about S seconds
 -- each; the figure is the median of the R runs' images/s.  The data is
@@ -104,19 +104,16 @@ end
 
 local function train_fn(m, batch)
   local x, y = nn.rand{batch, 32, 32, 3}, labels(batch)
-  local opts = { training = true }
-  for k, v in pairs(m.step_opts) do opts[k] = v end
   return function()
-    local l = C.step(m.handles, x, y, opts)
+    local l = m:train_on_batch(x, y)
     if l ~= l then error("the loss became NaN") end
-    m.optimizer:apply(m.params)
   end
 end
 
 local function infer_fn(m, batch)
   local x = nn.rand{batch, 32, 32, 3}
   return function()
-    local p = C.predict(m.handles, x)
+    local p = m:predict(x, { batch_size = batch })
     p:free()
   end
 end

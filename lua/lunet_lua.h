@@ -24,6 +24,9 @@ LUNETL_HIDDEN lunet_tensor *lunetL_totensor(lua_State *L, int arg); /* NULL if n
  * raises the context's error instead. */
 LUNETL_HIDDEN void lunetL_pushtensor(lua_State *L, lunet_tensor *t);
 
+/* Checks argument `arg` is a layer (lunet.Layer); borrowed. */
+LUNETL_HIDDEN struct lunet_layer *lunetL_checklayer(lua_State *L, int arg);
+
 /* Checks argument `arg` is an augmentation pipeline (lunet.augment). */
 typedef struct lunet_augment lunet_augment;
 LUNETL_HIDDEN lunet_augment *lunetL_checkaugment(lua_State *L, int arg);
@@ -35,5 +38,6 @@ LUNETL_HIDDEN void lunetL_open_model(lua_State *L);
 LUNETL_HIDDEN void lunetL_open_data(lua_State *L);
 LUNETL_HIDDEN void lunetL_open_augment(lua_State *L);
 LUNETL_HIDDEN void lunetL_open_batches(lua_State *L);
+LUNETL_HIDDEN void lunetL_open_train(lua_State *L);
 
 #endif

@@ -1,7 +1,6 @@
 /*
- * Layers, training steps, optimizer updates and checkpoints for lunet's Lua
- * side.  A training step runs entirely in C (forward, loss, backward), so a
- * Sequential model creates no Lua objects per step.
+ * Layers, row gathering and checkpoints for lunet's Lua side (models and
+ * optimizers are in lunet_train_lua.c).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +11,7 @@
 
 #define LAYER_MT "lunet.Layer"
 
-static lunet_layer *check_layer(lua_State *L, int arg) {
+lunet_layer *lunetL_checklayer(lua_State *L, int arg) {
   lunet_layer **p = luaL_checkudata(L, arg, LAYER_MT);
   if (!*p) luaL_argerror(L, arg, "layer was freed");
   return *p;
@@ -180,7 +179,7 @@ static void push_shape(lua_State *L, int nd, const int64_t *s) {
 
 /* C.layer_build(layer, shape) -> output shape */
 static int l_layer_build(lua_State *L) {
-  lunet_layer *l = check_layer(L, 1);
+  lunet_layer *l = lunetL_checklayer(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   int64_t in[LUNET_MAX_DIMS], out[LUNET_MAX_DIMS];
   int n = read_ints(L, 2, in, lunet_layer_type_get(l)->name, "input shape");
@@ -190,7 +189,7 @@ static int l_layer_build(lua_State *L) {
 }
 
 static int l_layer_shapes(lua_State *L) {
-  lunet_layer *l = check_layer(L, 1);
+  lunet_layer *l = lunetL_checklayer(L, 1);
   if (!lunet_layer_built(l)) return 0;
   int64_t s[LUNET_MAX_DIMS];
   push_shape(L, lunet_layer_input_shape(l, s), s);
@@ -199,7 +198,7 @@ static int l_layer_shapes(lua_State *L) {
 }
 
 static int l_layer_call(lua_State *L) {
-  lunet_layer *l = check_layer(L, 1);
+  lunet_layer *l = lunetL_checklayer(L, 1);
   lunet_tensor *x = lunetL_checktensor(L, 2);
   lunetL_pushtensor(
       L, lunet_layer_call(lunetL_ctx(L), l, x, lua_toboolean(L, 3), lua_toboolean(L, 4)));
@@ -208,7 +207,7 @@ static int l_layer_call(lua_State *L) {
 
 /* C.layer_weights(layer) -> { {name=, tensor=, trainable=}, ... } */
 static int l_layer_weights(lua_State *L) {
-  lunet_layer *l = check_layer(L, 1);
+  lunet_layer *l = lunetL_checklayer(L, 1);
   int n = lunet_layer_weight_count(l);
   lua_createtable(L, n, 0);
   for (int i = 0; i < n; i++) {
@@ -225,273 +224,18 @@ static int l_layer_weights(lua_State *L) {
 }
 
 static int l_layer_to(lua_State *L) {
-  if (lunet_layer_to(lunetL_ctx(L), check_layer(L, 1), luaL_checkstring(L, 2)))
+  if (lunet_layer_to(lunetL_ctx(L), lunetL_checklayer(L, 1), luaL_checkstring(L, 2)))
     lunetL_error(L, NULL);
   return 0;
 }
 
 static int l_layer_activation(lua_State *L) {
-  const char *a = lunet_layer_activation(check_layer(L, 1));
+  const char *a = lunet_layer_activation(lunetL_checklayer(L, 1));
   if (a)
     lua_pushstring(L, a);
   else
     lua_pushnil(L);
   return 1;
-}
-
-/* ---- training steps ---- */
-
-typedef struct step_opts {
-  lunet_loss_kind loss;
-  bool from_logits, fuse, training;
-  int metric; /* 0 none, 1 sparse accuracy, 2 categorical, 3 binary */
-} step_opts;
-
-static void read_opts(lua_State *L, int idx, step_opts *o) {
-  static const char *const losses[] = {"mean_squared_error", "categorical_crossentropy",
-                                       "sparse_categorical_crossentropy", "binary_crossentropy",
-                                       NULL};
-  static const char *const metrics[] = {"none", "sparse", "categorical", "binary", NULL};
-  lua_getfield(L, idx, "loss");
-  o->loss = (lunet_loss_kind)luaL_checkoption(L, -1, NULL, losses);
-  lua_getfield(L, idx, "from_logits");
-  o->from_logits = lua_toboolean(L, -1);
-  lua_getfield(L, idx, "metric");
-  o->metric = luaL_checkoption(L, -1, "none", metrics);
-  lua_getfield(L, idx, "training");
-  o->training = lua_toboolean(L, -1);
-  lua_pop(L, 4);
-  o->fuse = false;
-}
-
-/* Forward through the layers; fuses a final softmax into a cross-entropy. */
-static lunet_tensor *forward(lunet_ctx *ctx, lunet_layer **layers, int n, lunet_tensor *x,
-                             step_opts *o) {
-  const char *last = n ? lunet_layer_activation(layers[n - 1]) : NULL;
-  o->fuse = !o->from_logits && last && !strcmp(last, "softmax") &&
-            (o->loss == LUNET_LOSS_SPARSE_CATEGORICAL_CE || o->loss == LUNET_LOSS_CATEGORICAL_CE);
-  lunet_tensor *h = lunet_tensor_retain(x);
-  for (int i = 0; h && i < n; i++) {
-    lunet_tensor *next = lunet_layer_call(ctx, layers[i], h, o->training, o->fuse && i == n - 1);
-    lunet_tensor_release(h);
-    h = next;
-  }
-  return h;
-}
-
-static bool same_shape(const lunet_tensor *a, const lunet_tensor *b) {
-  if (lunet_tensor_ndim(a) != lunet_tensor_ndim(b)) return false;
-  for (int i = 0; i < lunet_tensor_ndim(a); i++)
-    if (lunet_tensor_dim(a, i) != lunet_tensor_dim(b, i)) return false;
-  return true;
-}
-
-/* The number of correct predictions in the batch as a scalar on the device
- * (the accuracy metric); NULL with no error when there is no metric. */
-static lunet_tensor *count_correct(lunet_ctx *ctx, lunet_tensor *pred, lunet_tensor *y,
-                                   const step_opts *o) {
-  if (o->metric == 0) return NULL;
-  lunet_tensor *a = NULL, *b = NULL, *eq = NULL, *s = NULL;
-  if (o->metric == 3) { /* binary: threshold 0.5 (0 on logits) */
-    lunet_tensor *th = lunet_op_new(ctx, pred, LUNET_F32, 0, NULL);
-    if (th && !lunet_op_fill(ctx, th, o->from_logits || o->fuse ? 0.0f : 0.5f))
-      a = lunet_op_binary(ctx, LUNET_BINARY_GT, pred, th);
-    lunet_tensor_release(th);
-  } else {
-    a = lunet_op_argmax(ctx, pred);
-  }
-  b = o->metric == 2                       ? lunet_op_argmax(ctx, y)
-      : lunet_tensor_dtype(y) == LUNET_F32 ? lunet_tensor_retain(y)
-                                           : lunet_op_cast(ctx, y, LUNET_F32);
-  if (a && b && !same_shape(a, b)) {
-    lunet_tensor *r = lunet_op_reshape(ctx, b, lunet_tensor_ndim(a), lunet_tensor_shape(a));
-    lunet_tensor_release(b);
-    b = r;
-  }
-  if (a && b) eq = lunet_op_binary(ctx, LUNET_BINARY_EQ, a, b);
-  if (eq) s = lunet_op_reduce(ctx, LUNET_REDUCE_SUM, eq, LUNET_ALL_AXES, false);
-  lunet_tensor_release(a);
-  lunet_tensor_release(b);
-  lunet_tensor_release(eq);
-  return s;
-}
-
-/* The loss and the correct count in one download: the only data that leaves
- * the device in a training step. */
-static lunet_status read_scalars(lunet_ctx *ctx, lunet_tensor *loss, lunet_tensor *correct,
-                                 double *value, double *count) {
-  *count = 0;
-  if (!correct) return lunet_tensor_item(ctx, loss, 0, value);
-  int64_t one = 1;
-  lunet_tensor *parts[2] = {lunet_op_reshape(ctx, loss, 1, &one),
-                            lunet_op_reshape(ctx, correct, 1, &one)};
-  lunet_tensor *both = parts[0] && parts[1] ? lunet_op_concat(ctx, parts, 2, 0) : NULL;
-  float v[2];
-  lunet_status s = both ? lunet_tensor_read(ctx, both, v, sizeof v) : lunet_ctx_status(ctx);
-  if (!s) {
-    *value = v[0];
-    *count = v[1];
-  }
-  lunet_tensor_release(parts[0]);
-  lunet_tensor_release(parts[1]);
-  lunet_tensor_release(both);
-  return s;
-}
-
-static int read_layers(lua_State *L, int idx, lunet_layer **out, int max) {
-  int n = (int)luaL_len(L, idx);
-  if (n > max) luaL_error(L, "at most %d layers", max);
-  for (int i = 0; i < n; i++) {
-    lua_geti(L, idx, i + 1);
-    out[i] = check_layer(L, -1);
-    lua_pop(L, 1);
-  }
-  return n;
-}
-
-/* Adds every layer's regularization penalty to the loss. */
-static lunet_tensor *add_penalties(lunet_ctx *ctx, lunet_layer **layers, int n,
-                                   lunet_tensor *loss) {
-  for (int i = 0; loss && i < n; i++) {
-    lunet_tensor *p = lunet_layer_penalty(ctx, layers[i]);
-    if (!p) {
-      if (lunet_ctx_status(ctx)) {
-        lunet_tensor_release(loss);
-        return NULL;
-      }
-      continue;
-    }
-    lunet_tensor *sum = lunet_add(ctx, loss, p);
-    lunet_tensor_release(p);
-    lunet_tensor_release(loss);
-    loss = sum;
-  }
-  return loss;
-}
-
-/* C.step(layers, x, y, opts) -> loss, correct.  With opts.training the
- * weights' .grad accumulate the batch's gradients. */
-static int l_step(lua_State *L) {
-  lunet_layer *layers[256];
-  int n = read_layers(L, 1, layers, 256);
-  lunet_tensor *x = lunetL_checktensor(L, 2), *y = lunetL_checktensor(L, 3);
-  luaL_checktype(L, 4, LUA_TTABLE);
-  step_opts o;
-  read_opts(L, 4, &o);
-  lunet_ctx *ctx = lunetL_ctx(L);
-  bool prev = lunet_set_grad_enabled(ctx, o.training);
-  lunet_tensor *pred = forward(ctx, layers, n, x, &o);
-  lunet_tensor *loss = pred ? lunet_loss(ctx, o.loss, pred, y, o.from_logits || o.fuse) : NULL;
-  double value = 0, correct = 0;
-  if (loss) loss = add_penalties(ctx, layers, n, loss);
-  lunet_status s = loss ? LUNET_OK : lunet_ctx_status(ctx);
-  if (!s && o.training) s = lunet_backward(ctx, loss, NULL);
-  lunet_tensor *hits = s ? NULL : count_correct(ctx, pred, y, &o);
-  if (!s && o.metric && !hits) s = lunet_ctx_status(ctx);
-  if (!s) s = read_scalars(ctx, loss, hits, &value, &correct);
-  lunet_set_grad_enabled(ctx, prev);
-  lunet_tensor_release(pred);
-  lunet_tensor_release(loss);
-  lunet_tensor_release(hits);
-  if (s) lunetL_error(L, NULL);
-  lua_pushnumber(L, value);
-  lua_pushnumber(L, correct);
-  return 2;
-}
-
-/* C.predict(layers, x) -> y, inference mode, no tape. */
-static int l_predict(lua_State *L) {
-  lunet_layer *layers[256];
-  int n = read_layers(L, 1, layers, 256);
-  lunet_tensor *x = lunetL_checktensor(L, 2);
-  lunet_ctx *ctx = lunetL_ctx(L);
-  bool prev = lunet_set_grad_enabled(ctx, lua_toboolean(L, 3));
-  step_opts o = {.loss = LUNET_LOSS_MSE, .training = false};
-  lunet_tensor *y = forward(ctx, layers, n, x, &o);
-  lunet_set_grad_enabled(ctx, prev);
-  lunetL_pushtensor(L, y);
-  return 1;
-}
-
-/* ---- optimizer updates (grad taken from p.grad) ---- */
-
-static lunet_tensor *opt_tensor(lua_State *L, int arg) {
-  return lua_isnoneornil(L, arg) ? NULL : lunetL_checktensor(L, arg);
-}
-
-static int l_sgd_update(lua_State *L) {
-  lunet_tensor *p = lunetL_checktensor(L, 1), *g = lunetL_checktensor(L, 2);
-  if (lunet_op_sgd_update(lunetL_ctx(L), p, g, opt_tensor(L, 3), (float)luaL_checknumber(L, 4),
-                          (float)luaL_optnumber(L, 5, 0), lua_toboolean(L, 6),
-                          (float)luaL_optnumber(L, 7, 0)))
-    lunetL_error(L, "SGD");
-  return 0;
-}
-
-static int l_adam_update(lua_State *L) {
-  lunet_tensor *p = lunetL_checktensor(L, 1), *g = lunetL_checktensor(L, 2);
-  if (lunet_op_adam_update(lunetL_ctx(L), p, g, lunetL_checktensor(L, 3), lunetL_checktensor(L, 4),
-                           (float)luaL_checknumber(L, 5), (float)luaL_checknumber(L, 6),
-                           (float)luaL_checknumber(L, 7), (float)luaL_checknumber(L, 8),
-                           (float)luaL_optnumber(L, 9, 0), luaL_checkinteger(L, 10)))
-    lunetL_error(L, "Adam");
-  return 0;
-}
-
-static int l_rmsprop_update(lua_State *L) {
-  lunet_tensor *p = lunetL_checktensor(L, 1), *g = lunetL_checktensor(L, 2);
-  if (lunet_op_rmsprop_update(lunetL_ctx(L), p, g, lunetL_checktensor(L, 3), opt_tensor(L, 4),
-                              (float)luaL_checknumber(L, 5), (float)luaL_checknumber(L, 6),
-                              (float)luaL_optnumber(L, 7, 0), (float)luaL_checknumber(L, 8)))
-    lunetL_error(L, "RMSprop");
-  return 0;
-}
-
-/* C.apply_updates(kind, params, states, hyper, step): one optimizer step on
- * every parameter that has a gradient, then its gradient is cleared.
- * states[i] holds the per-parameter slots (m, v / velocity / ms, mom). */
-static int l_apply_updates(lua_State *L) {
-  static const char *const kinds[] = {"sgd", "adam", "rmsprop", NULL};
-  int kind = luaL_checkoption(L, 1, NULL, kinds);
-  luaL_checktype(L, 2, LUA_TTABLE);
-  luaL_checktype(L, 3, LUA_TTABLE);
-  luaL_checktype(L, 4, LUA_TTABLE);
-  int64_t step = luaL_checkinteger(L, 5);
-  float h[6];
-  static const char *const names[] = {"lr", "a", "b", "c", "wd", "flag"};
-  for (int i = 0; i < 6; i++) {
-    lua_getfield(L, 4, names[i]);
-    h[i] = (float)(lua_isboolean(L, -1) ? lua_toboolean(L, -1) : luaL_optnumber(L, -1, 0));
-    lua_pop(L, 1);
-  }
-  lunet_ctx *ctx = lunetL_ctx(L);
-  int n = (int)luaL_len(L, 2);
-  for (int i = 1; i <= n; i++) {
-    lua_geti(L, 2, i);
-    lunet_tensor *p = lunetL_checktensor(L, -1);
-    lunet_tensor *g = lunet_tensor_grad_get(p);
-    lua_geti(L, 3, i);
-    lunet_tensor *s1 = NULL, *s2 = NULL;
-    if (lua_istable(L, -1)) {
-      lua_geti(L, -1, 1);
-      lua_geti(L, -2, 2);
-      s1 = lunetL_totensor(L, -2);
-      s2 = lunetL_totensor(L, -1);
-      lua_pop(L, 2);
-    }
-    lua_pop(L, 2);
-    if (!g) continue;
-    lunet_status s = LUNET_OK;
-    if (kind == 0)
-      s = lunet_op_sgd_update(ctx, p, g, s1, h[0], h[1], h[5] != 0, h[4]);
-    else if (kind == 1)
-      s = lunet_op_adam_update(ctx, p, g, s1, s2, h[0], h[1], h[2], h[3], h[4], step);
-    else
-      s = lunet_op_rmsprop_update(ctx, p, g, s1, s2, h[0], h[1], h[2], h[3]);
-    lunet_tensor_zero_grad(p);
-    if (s) lunetL_error(L, NULL);
-  }
-  return 0;
 }
 
 /* t:assign(src): copies src's values into t (same element count). */
@@ -626,13 +370,7 @@ static const luaL_Reg functions[] = {{"layer_types", l_layer_types},
                                      {"layer_weights", l_layer_weights},
                                      {"layer_activation", l_layer_activation},
                                      {"layer_to", l_layer_to},
-                                     {"step", l_step},
-                                     {"predict", l_predict},
-                                     {"sgd_update", l_sgd_update},
-                                     {"adam_update", l_adam_update},
-                                     {"rmsprop_update", l_rmsprop_update},
                                      {"assign", l_assign},
-                                     {"apply_updates", l_apply_updates},
                                      {"take_rows", l_take_rows},
                                      {"save_safetensors", l_save_safetensors},
                                      {"load_safetensors", l_load_safetensors},

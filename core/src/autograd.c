@@ -218,7 +218,22 @@ static lunet_tensor *seed_grad(lunet_ctx *ctx, lunet_tensor *root, lunet_tensor 
   return g;
 }
 
-lunet_status lunet_backward(lunet_ctx *ctx, lunet_tensor *root, lunet_tensor *grad_out) {
+/* Counts (count) or releases (done) the uses of leaves by node t's inputs;
+ * a leaf whose last use has run is reported. */
+static void leaf_uses(lunet_tensor *t, bool count, lunet_leaf_done_fn done, void *user) {
+  lunet_node *n = t->grad_fn;
+  for (int k = 0; k < n->ninputs; k++) {
+    lunet_tensor *in = n->inputs[k];
+    if (in->grad_fn || !in->requires_grad) continue;
+    if (count)
+      in->pending++;
+    else if (--in->pending == 0 && in->grad)
+      done(user, in);
+  }
+}
+
+static lunet_status run_backward(lunet_ctx *ctx, lunet_tensor *root, lunet_tensor *grad_out,
+                                 lunet_leaf_done_fn done, void *user) {
   if (grad_out && !lunet_shape_equal(grad_out, root)) {
     char a[128], b[128];
     return lunet_error(ctx, LUNET_ERR_SHAPE,
@@ -233,14 +248,25 @@ lunet_status lunet_backward(lunet_ctx *ctx, lunet_tensor *root, lunet_tensor *gr
                        "(no input of the computation had requires_grad(true))");
   lunet_tensor *g = seed_grad(ctx, root, grad_out);
   if (!g) return ctx->status;
-  if (!root->grad_fn) return add_into(ctx, &root->grad, g); /* a leaf */
+  if (!root->grad_fn) { /* a leaf */
+    lunet_status s = add_into(ctx, &root->grad, g);
+    if (!s && done) done(user, root);
+    return s;
+  }
   lunet_tensor_release(root->acc);
   root->acc = g;
   order o = {0};
   lunet_status s = topo(ctx, root, ++ctx->generation, &o) ? LUNET_OK : ctx->status;
+  if (done) {
+    for (size_t i = 0; i < o.n; i++)
+      for (int k = 0; k < o.items[i]->grad_fn->ninputs; k++) o.items[i]->grad_fn->inputs[k]->pending = 0;
+    for (size_t i = 0; i < o.n; i++) leaf_uses(o.items[i], true, NULL, NULL);
+  }
   bool prev = lunet_set_grad_enabled(ctx, false);
-  for (size_t i = o.n; s == LUNET_OK && i-- > 0;)
+  for (size_t i = o.n; s == LUNET_OK && i-- > 0;) {
     if (o.items[i]->acc) s = propagate(ctx, o.items[i]);
+    if (done && s == LUNET_OK) leaf_uses(o.items[i], false, done, user);
+  }
   for (size_t i = 0; i < o.n; i++) {
     lunet_tensor_release(o.items[i]->acc);
     o.items[i]->acc = NULL;
@@ -248,6 +274,15 @@ lunet_status lunet_backward(lunet_ctx *ctx, lunet_tensor *root, lunet_tensor *gr
   lunet_set_grad_enabled(ctx, prev);
   free(o.items);
   return s;
+}
+
+lunet_status lunet_backward(lunet_ctx *ctx, lunet_tensor *root, lunet_tensor *grad_out) {
+  return run_backward(ctx, root, grad_out, NULL, NULL);
+}
+
+lunet_status lunet_backward_hooked(lunet_ctx *ctx, lunet_tensor *root, lunet_leaf_done_fn done,
+                                   void *user) {
+  return run_backward(ctx, root, NULL, done, user);
 }
 
 /* ---- elementwise ---- */

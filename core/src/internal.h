@@ -51,6 +51,7 @@ struct lunet_tensor {
   lunet_tensor *grad;  /* accumulated gradient (leaves) */
   lunet_node *grad_fn; /* the op that made it, when recorded */
   lunet_tensor *acc;   /* gradient being accumulated during one backward */
+  int pending;         /* a leaf's uses not yet back-propagated (hooked backward) */
 };
 
 /* One recorded op: backward() receives dy and writes one gradient per input
@@ -85,6 +86,10 @@ LUNET_HIDDEN lunet_tensor *lunet_tensor_alias(lunet_ctx *ctx, lunet_tensor *t, i
 LUNET_HIDDEN int64_t lunet_shape_numel(int ndim, const int64_t *shape);
 LUNET_HIDDEN bool lunet_shape_equal(const lunet_tensor *a, const lunet_tensor *b);
 
+/* layer.c: "(None, 28, 28, 1)", one sample's shape with Keras's batch
+ * placeholder, into buf; returns buf. */
+LUNET_HIDDEN const char *lunet_batch_shape_str(int ndim, const int64_t *shape, char *buf, size_t n);
+
 /* ops.c: backend status -> context error */
 LUNET_HIDDEN lunet_status lunet_be_check(lunet_ctx *ctx, lunet_be *be, int rc, const char *op);
 
@@ -95,7 +100,20 @@ LUNET_HIDDEN lunet_node *lunet_node_new(lunet_ctx *ctx, const char *name, int ni
 LUNET_HIDDEN bool lunet_needs_grad(lunet_ctx *ctx, int n, lunet_tensor *const *ts);
 LUNET_HIDDEN void lunet_node_attach(lunet_tensor *out, lunet_node *n);
 LUNET_HIDDEN void lunet_node_release(lunet_node *n);
+/* lunet_backward that calls done(user, leaf) as soon as a leaf's gradient
+ * is complete (every node that uses it has run). */
+typedef void (*lunet_leaf_done_fn)(void *user, lunet_tensor *leaf);
+LUNET_HIDDEN lunet_status lunet_backward_hooked(lunet_ctx *ctx, lunet_tensor *root,
+                                                lunet_leaf_done_fn done, void *user);
 /* Records out = copy of in (any backends) when in needs grad. */
 LUNET_HIDDEN lunet_tensor *lunet_record_copy(lunet_ctx *ctx, lunet_tensor *out, lunet_tensor *in);
+
+/* metric.c: an accuracy's correct count as a device scalar, and the count
+ * one batch adds. */
+struct lunet_metric;
+LUNET_HIDDEN struct lunet_tensor *lunet_metric_correct(lunet_ctx *ctx, const struct lunet_metric *m,
+                                                       lunet_tensor *y_pred, lunet_tensor *y_true);
+LUNET_HIDDEN double lunet_metric_batch_count(const struct lunet_metric *m,
+                                             const lunet_tensor *y_pred);
 
 #endif

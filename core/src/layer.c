@@ -330,7 +330,7 @@ lunet_status lunet_layer_accumulate_grad(lunet_layer *l, int i, lunet_tensor *g)
 /* ---- build and call ---- */
 
 /* "(None, 28, 28, 1)": one sample's shape with Keras's batch placeholder. */
-static const char *batch_shape(int ndim, const int64_t *shape, char *buf, size_t n) {
+const char *lunet_batch_shape_str(int ndim, const int64_t *shape, char *buf, size_t n) {
   size_t len = (size_t)snprintf(buf, n, "(None");
   for (int i = 0; i < ndim && len < n; i++)
     len += (size_t)snprintf(buf + len, n - len, ", %lld", (long long)shape[i]);
@@ -378,8 +378,8 @@ lunet_status lunet_layer_build(lunet_layer *l, int in_ndim, const int64_t *in) {
     if (same) return LUNET_OK;
     char a[128], b[128];
     return lunet_layer_error(l, LUNET_ERR_SHAPE, "built for input %s but got %s",
-                             batch_shape(l->in_ndim, l->in, a, sizeof a),
-                             batch_shape(in_ndim, in, b, sizeof b));
+                             lunet_batch_shape_str(l->in_ndim, l->in, a, sizeof a),
+                             lunet_batch_shape_str(in_ndim, in, b, sizeof b));
   }
   if (parse_activation(l)) return l->ctx->status;
   lunet_status s = l->type->build(l, in_ndim, in, &l->out_ndim, l->out);
@@ -471,7 +471,7 @@ static bool input_fits(lunet_layer *l, const lunet_tensor *x) {
   if (!ok) {
     char a[128], b[128];
     lunet_layer_error(l, LUNET_ERR_SHAPE, "expected input of shape %s, got %s",
-                      batch_shape(l->in_ndim, l->in, a, sizeof a),
+                      lunet_batch_shape_str(l->in_ndim, l->in, a, sizeof a),
                       lunet_shape_str(x->ndim, x->shape, b, sizeof b));
   }
   return ok;

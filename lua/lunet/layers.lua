@@ -148,10 +148,11 @@ function M.new(tname, ...)
   local info = M.types()[tname]
   if not info then error(string.format("no layer type '%s'", tname), 2) end
   local args = parse_args(info, ...)
-  local handle = C.layer_new(tname, args)
   local base = snake(tname)
   counters[base] = (counters[base] or 0) + 1
   local name = args.name or (counters[base] == 1 and base or base .. "_" .. (counters[base] - 1))
+  -- the core names the layer in its errors and metrics as summary() does
+  local handle = C.layer_new(tname, setmetatable({ name = name }, { __index = args }))
   local self = setmetatable({ type = tname, args = args, handle = handle, name = name }, Layer)
   if args.input_shape then self:build(args.input_shape) end
   return self

@@ -1,5 +1,7 @@
 -- Sequential models: build, summary, compile, fit, evaluate, predict,
--- weights and checkpoints.
+-- weights and checkpoints.  The model itself (graph, step, metrics,
+-- optimizer state) lives in the core (`self.handle`); Lua keeps fit's loop,
+-- callbacks and progress bar.
 local C = require "lunet.core"
 local layers = require "lunet.layers"
 local optim = require "lunet.optim"
@@ -49,16 +51,17 @@ function Model:build(shape)
     error("the model's input shape is unknown: give the first layer input_shape = {...} or call model:build{...}", 2)
   end
   local s = shape
-  self.handles, self.params = {}, {}
+  local h = C.model_new(self.name)
+  local v = C.model_input(h, shape, "input")
   for i, l in ipairs(self.layers) do
     local ok, out = pcall(layers.Layer.build, l, s)
+    if ok then ok, out = pcall(C.model_add, h, l.handle, { v }) end
     if not ok then error(string.format("layer %d (%s): %s", i, l.name, out), 2) end
-    s = out
-    self.handles[i] = l.handle
-    for _, w in ipairs(l:weights()) do
-      if w.trainable then self.params[#self.params + 1] = w.tensor end
-    end
+    s, v = l.output_shape, out
   end
+  C.model_outputs(h, { v })
+  self.handle, self.compiled = h, false
+  self.params = C.model_params(h)
   self.input_shape, self.output_shape, self.built = shape, s, true
   -- the model's device: where its weights live (batches are moved there)
   self.device = self.params[1] and self.params[1]:device() or C.default_backend()
@@ -120,10 +123,8 @@ function Model:count_params()
   return total
 end
 
-local metric_for = {
-  sparse_categorical_crossentropy = "sparse", categorical_crossentropy = "categorical",
-  binary_crossentropy = "binary", mean_squared_error = "none",
-}
+local metric_names = { accuracy = "accuracy", acc = "accuracy", sparse_categorical_accuracy = true,
+  categorical_accuracy = true, binary_accuracy = true }
 
 function Model:compile(o)
   if type(o) ~= "table" then error("bad argument #1 to 'compile' (table expected)", 2) end
@@ -136,14 +137,26 @@ function Model:compile(o)
   self.loss = optim.losses.get(o.loss or error("bad argument 'loss' to 'compile' (a loss is required)", 2))
   self.metrics = {}
   for _, m in ipairs(o.metrics or {}) do
-    if m ~= "accuracy" and m ~= "acc" then
-      error(string.format("bad argument 'metrics' to 'compile' (unknown metric '%s'; valid: accuracy)", tostring(m)), 2)
+    local name = metric_names[m]
+    if not name then
+      error(string.format("bad argument 'metrics' to 'compile' (unknown metric '%s'; valid: accuracy, "
+        .. "sparse_categorical_accuracy, categorical_accuracy, binary_accuracy)", tostring(m)), 2)
     end
-    self.metrics[#self.metrics + 1] = "accuracy"
+    self.metrics[#self.metrics + 1] = name == true and m or name
   end
-  self.step_opts = { loss = self.loss.name, from_logits = self.loss.from_logits,
-    metric = #self.metrics > 0 and metric_for[self.loss.name] or "none" }
+  self.compiled = false
   return self
+end
+
+-- Builds and compiles the core model on first use (a Sequential without an
+-- input shape is built by its first batch).
+local function ensure_compiled(self, x)
+  ensure_built(self, x)
+  if self.compiled then return end
+  C.model_compile(self.handle, { { loss = self.loss.name, from_logits = self.loss.from_logits } }, self.metrics,
+    self.optimizer.handle)
+  self.metric_keys = C.model_metric_names(self.handle)
+  self.compiled = true
 end
 
 local function nsamples(t) return t:shape()[1] end
@@ -192,44 +205,22 @@ local function rows_on(t, first, count, device, order)
   return moved
 end
 
--- Predictions the accuracy counts per sample: one per output for a binary
--- metric (multi-label), one per sample otherwise.
-local function per_sample(opts, y, n)
-  return opts.metric == "binary" and (y:numel() // math.max(n, 1)) or 1
-end
-
-local function step_opts(self, training)
-  local o = {}
-  for k, v in pairs(self.step_opts) do o[k] = v end
-  o.training = training
-  return o
-end
-
--- Mean loss and accuracy over x, y in batches, inference mode.
+-- Mean loss and metrics over x, y in batches, inference mode.
 local function run_eval(self, x, y, batch_size)
-  local n = nsamples(x)
-  local opts = step_opts(self, false)
-  local loss_sum, correct = 0, 0
+  ensure_compiled(self, x)
+  local n, h = nsamples(x), self.handle
+  C.model_reset_metrics(h)
   for first = 1, n, batch_size do
     local count = math.min(batch_size, n - first + 1)
     local xb, yb = rows_on(x, first, count, self.device), rows_on(y, first, count, self.device)
-    local l, c = C.step(self.handles, xb, yb, opts)
+    C.model_test_step(h, xb, yb)
     xb:free()
     yb:free()
-    loss_sum, correct = loss_sum + l * count, correct + c
     if C.interrupted() then error("interrupted", 0) end
   end
-  local logs = { loss = loss_sum / math.max(n, 1) }
-  if #self.metrics > 0 then
-    local per = per_sample(opts, y, n)
-    logs.accuracy = correct / math.max(n * per, 1)
-  end
-  return logs
+  return C.model_logs(h)
 end
 
--- The epoch's batches as a function: next(step) -> xb, yb; next(nil) stops.
--- Host (cpu, float32) data goes through the prefetch thread, which gathers
--- and augments the next batches while the current step computes.
 -- The epoch's batches, as a function: next(step) -> xb, yb (nil at the end);
 -- next(nil) stops.  Host data (cpu, float32) goes through the prefetch
 -- thread, which gathers and augments the next batches while the current step
@@ -306,15 +297,17 @@ function Model:fit(x, y, o)
   end
   local aug = o.augment
   local cbs = o.callbacks or {}
-  local history = { loss = {}, epoch = {} }
-  local keys = { "loss" }
-  if #self.metrics > 0 then keys[2] = "accuracy" end
-  for _, k in ipairs(keys) do history[k] = history[k] or {} end
+  ensure_compiled(self, x)
+  local opt, h = self.optimizer, self.handle
+  opt:claim(self, 2)
+  opt:sync()
+  local history = { epoch = {} }
+  local keys = self.metric_keys
+  for _, k in ipairs(keys) do history[k] = {} end
   if xv then
     for _, k in ipairs(keys) do history["val_" .. k] = {} end
   end
   self.stop_training = false
-  local opts = step_opts(self, true)
   local steps = (n + bs - 1) // bs
   call_cbs(cbs, "on_train_begin", self)
   local first_epoch = (o.initial_epoch or 0) + 1
@@ -323,25 +316,18 @@ function Model:fit(x, y, o)
     call_cbs(cbs, "on_epoch_begin", self, epoch)
     local order = (o.shuffle == false) and nil or permutation(n)
     local bar = Progress.new(steps, verbose)
-    local loss_sum, correct, seen = 0, 0, 0
     local logs = {}
     local next_batch = batch_source(x, y, order, n, bs, aug, epoch, self.device)
+    C.model_reset_metrics(h)
     local ok, err = pcall(function()
       for s = 1, steps do
         local xb, yb = next_batch(s)
-        local count = nsamples(xb)
-        local l, c = C.step(self.handles, xb, yb, opts)
+        C.optimizer_set_lr(opt.handle, opt:current_lr())
+        local stepped, msg = pcall(C.model_train_step, h, xb, yb)
         xb:free()
         yb:free()
-        if l ~= l then
-          error(string.format("the loss became NaN at epoch %d, step %d (lower the learning rate?)", epoch, s), 0)
-        end
-        self.optimizer:apply(self.params)
-        loss_sum, correct, seen = loss_sum + l * count, correct + c, seen + count
-        logs.loss = loss_sum / seen
-        if #self.metrics > 0 then
-          logs.accuracy = correct / (seen * per_sample(opts, y, n))
-        end
+        if not stepped then error(string.format("%s (epoch %d, step %d)", msg, epoch, s), 0) end
+        C.model_logs(h, logs)
         bar:update(s, logs, keys, false)
         if C.interrupted() then error("interrupted", 0) end
       end
@@ -377,7 +363,7 @@ end
 function Model:evaluate(x, y, o)
   if not self.optimizer then error("evaluate: call model:compile{...} first", 2) end
   check_xy(x, y, "evaluate")
-  ensure_built(self, x)
+  ensure_compiled(self, x)
   check_labels(self, y, "evaluate")
   o = o or {}
   local logs = run_eval(self, x, y, o.batch_size or 32)
@@ -395,22 +381,43 @@ function Model:predict(x, o)
   ensure_built(self, x)
   local bs = (o and o.batch_size) or 32
   local n = nsamples(x)
-  if n <= bs and x:device() == self.device then return C.predict(self.handles, x) end
+  if n <= bs and x:device() == self.device then return C.model_predict(self.handle, x) end
   local parts = {}
   for first = 1, n, bs do
     local xb = rows_on(x, first, math.min(bs, n - first + 1), self.device)
-    parts[#parts + 1] = C.predict(self.handles, xb)
+    parts[#parts + 1] = C.model_predict(self.handle, xb)
     xb:free()
   end
   return C.cat(parts, 1)
 end
 
+-- Keras's single-batch calls: one step on (x, y) with the metrics of that
+-- batch alone; returns the loss and the logs.
+function Model:train_on_batch(x, y)
+  if not self.optimizer then error("train_on_batch: call model:compile{optimizer = ..., loss = ...} first", 2) end
+  check_xy(x, y, "train_on_batch")
+  ensure_compiled(self, x)
+  local opt = self.optimizer
+  opt:claim(self, 2)
+  opt:sync()
+  C.model_reset_metrics(self.handle)
+  local loss = C.model_train_step(self.handle, x, y)
+  return loss, C.model_logs(self.handle)
+end
+
+function Model:test_on_batch(x, y)
+  if not self.optimizer then error("test_on_batch: call model:compile{...} first", 2) end
+  check_xy(x, y, "test_on_batch")
+  ensure_compiled(self, x)
+  C.model_reset_metrics(self.handle)
+  local loss = C.model_test_step(self.handle, x, y)
+  return loss, C.model_logs(self.handle)
+end
+
 -- model(x): a differentiable call, so a model can sit inside a bigger function.
 function Model:__call(x, training)
   ensure_built(self, x)
-  local h = x
-  for _, l in ipairs(self.layers) do h = C.layer_call(l.handle, h, training or false, false) end
-  return h
+  return C.model_forward(self.handle, x, training or false)
 end
 
 -- Moves the model (weights and optimizer state) to another backend; new
@@ -418,13 +425,9 @@ end
 function Model:to(backend)
   ensure_built(self)
   for _, l in ipairs(self.layers) do C.layer_to(l.handle, backend) end
-  if self.optimizer then
-    for _, s in pairs(self.optimizer.states) do
-      for k, t in ipairs(s) do s[k] = t:to(backend):detach() end
-    end
-    self.optimizer.owner = nil
-  end
-  self:build(self.input_shape)
+  if self.optimizer then C.optimizer_to(self.optimizer.handle, backend) end
+  self.params = C.model_params(self.handle)
+  self.device = backend
   return self
 end
 
@@ -510,8 +513,8 @@ function Model:save(path, o)
   if self.optimizer then
     meta.optimizer = serialize(self.optimizer:config())
     meta.compile = serialize({ loss = self.loss.name, from_logits = self.loss.from_logits, metrics = self.metrics })
-    for i, s in pairs(self.optimizer.states) do
-      for k, t in ipairs(s) do entries[#entries + 1] = { name = string.format("optimizer.%d.%d", i, k), tensor = t } end
+    for i, s in ipairs(C.optimizer_slots(self.optimizer.handle, #self.params)) do
+      for k, t in pairs(s) do entries[#entries + 1] = { name = string.format("optimizer.%d.%d", i, k), tensor = t } end
     end
   end
   C.save_safetensors(path, entries, meta)
@@ -555,9 +558,10 @@ function M.load_model(path)
       loss = optim.losses.get({ name = comp.loss, from_logits = comp.from_logits }), metrics = comp.metrics })
     model.optimizer.iterations = oc.iterations or 0
     for i = 1, #model.params do
-      local s = {}
-      for k = 1, 2 do s[k] = by[string.format("optimizer.%d.%d", i, k)] end
-      if s[1] then model.optimizer.states[i] = s end
+      for k = 1, 2 do
+        local t = by[string.format("optimizer.%d.%d", i, k)]
+        if t then C.optimizer_set_slot(model.optimizer.handle, i, k, t) end
+      end
     end
   end
   model.epoch = tonumber(meta.epoch) or 0

@@ -4,8 +4,18 @@ local C = require "lunet.core"
 
 local M = { optimizers = {}, losses = {}, callbacks = {}, schedules = {} }
 
+-- An optimizer is a Lua object holding Keras's hyperparameters (a learning
+-- rate may be a schedule) and a core optimizer (`handle`) holding the
+-- per-parameter state and the update count.
 local Optimizer = {}
-Optimizer.__index = Optimizer
+function Optimizer.__index(self, k)
+  if k == "iterations" then return C.optimizer_iterations(rawget(self, "handle")) end
+  return Optimizer[k]
+end
+function Optimizer.__newindex(self, k, v)
+  if k == "iterations" then C.optimizer_iterations(rawget(self, "handle"), v) return end
+  rawset(self, k, v)
+end
 
 local function check_fields(name, opts, allowed)
   if opts == nil then return {} end
@@ -24,14 +34,27 @@ local function check_fields(name, opts, allowed)
   return opts
 end
 
-local function make(kind, name, defaults, opts, nslots)
+-- Keras's gradient clipping, accepted by every optimizer (0: off).
+local clipping = { clipvalue = 0, clipnorm = 0, global_clipnorm = 0 }
+local hyper_names = { "learning_rate", "momentum", "nesterov", "beta_1", "beta_2", "epsilon", "rho", "weight_decay",
+  "clipvalue", "clipnorm", "global_clipnorm" }
+
+local function make(kind, name, defaults, opts)
   local allowed = {}
   for k in pairs(defaults) do allowed[k] = true end
+  for k in pairs(clipping) do allowed[k] = true end
   opts = check_fields(name, opts, allowed)
-  local self = setmetatable({ kind = kind, name = name, iterations = 0, nslots = nslots, states = {} }, Optimizer)
+  local self = { kind = kind, name = name }
   for k, v in pairs(defaults) do
     local val = opts[k]
     if val == nil then val = v end
+    self[k] = val
+  end
+  for k, v in pairs(clipping) do
+    local val = opts[k] or v
+    if type(val) ~= "number" or val < 0 then
+      error(string.format("bad argument '%s' to '%s' (a number >= 0 expected, 0 is off)", k, name), 3)
+    end
     self[k] = val
   end
   local lr = self.learning_rate
@@ -39,25 +62,31 @@ local function make(kind, name, defaults, opts, nslots)
   if type(lr) ~= "number" and type(lr) ~= "function" and not (type(lr) == "table" and getmetatable(lr)) then
     error(string.format("bad argument 'learning_rate' to '%s' (number or schedule expected)", name), 3)
   end
-  return self
+  local ok, handle = pcall(C.optimizer_new, { kind = kind, learning_rate = type(lr) == "number" and lr or 0,
+    momentum = self.momentum, nesterov = self.nesterov, beta_1 = self.beta_1, beta_2 = self.beta_2,
+    epsilon = self.epsilon, rho = self.rho, weight_decay = self.weight_decay, clipvalue = self.clipvalue,
+    clipnorm = self.clipnorm, global_clipnorm = self.global_clipnorm })
+  if not ok then error(string.format("bad argument to '%s' (%s)", name, handle), 3) end
+  self.handle = handle
+  return setmetatable(self, Optimizer)
 end
 
 function M.optimizers.SGD(opts)
-  return make("sgd", "SGD", { learning_rate = 0.01, momentum = 0.0, nesterov = false, weight_decay = 0 }, opts, 1)
+  return make("sgd", "SGD", { learning_rate = 0.01, momentum = 0.0, nesterov = false, weight_decay = 0 }, opts)
 end
 
 function M.optimizers.Adam(opts)
   return make("adam", "Adam", { learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7,
-    weight_decay = 0 }, opts, 2)
+    weight_decay = 0 }, opts)
 end
 
 function M.optimizers.AdamW(opts)
   return make("adam", "AdamW", { learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7,
-    weight_decay = 0.004 }, opts, 2)
+    weight_decay = 0.004 }, opts)
 end
 
 function M.optimizers.RMSprop(opts)
-  return make("rmsprop", "RMSprop", { learning_rate = 0.001, rho = 0.9, momentum = 0.0, epsilon = 1e-7 }, opts, 2)
+  return make("rmsprop", "RMSprop", { learning_rate = 0.001, rho = 0.9, momentum = 0.0, epsilon = 1e-7 }, opts)
 end
 
 local by_name = { sgd = "SGD", adam = "Adam", adamw = "AdamW", rmsprop = "RMSprop" }
@@ -77,45 +106,38 @@ function Optimizer:current_lr()
   return lr(self.iterations)
 end
 
-function Optimizer:hyper()
-  local lr = self:current_lr()
-  if self.kind == "sgd" then
-    return { lr = lr, a = self.momentum, wd = self.weight_decay, flag = self.nesterov }
-  elseif self.kind == "adam" then
-    return { lr = lr, a = self.beta_1, b = self.beta_2, c = self.epsilon, wd = self.weight_decay }
+-- Hands the hyperparameters to the core optimizer (fit does it once, then
+-- sets the learning rate before each update).
+function Optimizer:sync()
+  local cfg = { kind = self.kind, learning_rate = self:current_lr() }
+  for _, k in ipairs(hyper_names) do
+    if k ~= "learning_rate" then cfg[k] = self[k] end
   end
-  return { lr = lr, a = self.rho, b = self.momentum, c = self.epsilon }
+  C.optimizer_configure(self.handle, cfg)
 end
 
--- One update of every parameter from its .grad (cleared afterwards).  An
--- optimizer belongs to the parameter list it first updated.
-function Optimizer:apply(params)
-  if self.owner and self.owner ~= params then
+-- An optimizer belongs to the first model (or parameter list) it trains.
+function Optimizer:claim(owner, level)
+  if self.owner and self.owner ~= owner then
     error(self.name .. " optimizer already trains another model's weights: give each model its own "
-      .. "optimizer (nn.optimizers." .. self.name .. "{...})", 3)
+      .. "optimizer (nn.optimizers." .. self.name .. "{...})", level + 1)
   end
-  self.owner = params
-  local states = self.states
-  for i, p in ipairs(params) do
-    if not states[i] then
-      local s = {}
-      local needs = self.nslots
-      if self.kind == "sgd" and self.momentum == 0 then needs = 0 end
-      if self.kind == "rmsprop" and self.momentum == 0 then needs = 1 end
-      for k = 1, needs do s[k] = C.zeros(p:shape()) end
-      states[i] = s
-    end
-  end
-  local hyper = self:hyper()
-  self.iterations = self.iterations + 1
-  C.apply_updates(self.kind, params, states, hyper, self.iterations)
+  self.owner = owner
+end
+
+-- One update of every parameter from its .grad (cleared afterwards): the
+-- step of a custom training loop.
+function Optimizer:apply(params)
+  self:claim(params, 2)
+  self:sync()
+  C.optimizer_apply(self.handle, params)
 end
 
 -- What a checkpoint stores.  A schedule made by nn.schedules is saved as its
 -- configuration; a plain Lua function cannot be, so its current value is.
 function Optimizer:config()
   local cfg = { name = self.name, iterations = self.iterations }
-  for _, k in ipairs({ "learning_rate", "momentum", "nesterov", "beta_1", "beta_2", "epsilon", "rho", "weight_decay" }) do
+  for _, k in ipairs(hyper_names) do
     local v = self[k]
     if type(v) == "table" and v.config then cfg[k] = v:config()
     elseif type(v) == "function" then cfg[k] = v(self.iterations)

@@ -173,7 +173,7 @@ function T.bad_input_errors()
   check.fails(function() m:fit(nn.ones(4, 4), nn.tensor{0, 1, 2, 7}, {verbose = 0}) end,
     "fit: y holds label 7 for sample 4, outside the model's 3 classes [0, 3)")
   check.fails(function() m:fit(nn.ones(4, 5), nn.zeros(4), {verbose = 0}) end,
-    "Dense: expected input of shape (None, 4), got (4, 5)")
+    "sequential: expected input of shape (None, 4), got (4, 5)")
   check.fails(function() m:fit(nn.ones(4, 4), nn.zeros(4), {epoch = 2}) end, "unknown option; valid:")
   -- the model is intact after all that
   local h = m:fit(nn.ones(4, 4), nn.zeros(4), {epochs = 1, verbose = 0})
@@ -229,6 +229,48 @@ function T.callbacks_and_schedules()
   b:compile{optimizer = shared, loss = "sparse_categorical_crossentropy"}
   a:fit(x, y, {epochs = 1, verbose = 0})
   check.fails(function() b:fit(x, y, {epochs = 1, verbose = 0}) end, "already trains another model's weights")
+end
+
+-- Gradient clipping against a hand computation: loss = sum(w * c) has the
+-- gradient c, and SGD at rate 1 moves w by minus the clipped gradient.
+function T.gradient_clipping_matches_keras()
+  local c1, c2 = { 3, -4, 0.5 }, { 12, 0, -5 } -- norms 5.0249 and 13
+  local function clipped(opts)
+    local w1, w2 = nn.zeros(3):requires_grad(true), nn.zeros(3):requires_grad(true)
+    local opt = nn.optimizers.SGD(opts)
+    local loss = (w1 * nn.tensor(c1)):sum() + (w2 * nn.tensor(c2)):sum()
+    loss:backward()
+    opt:apply({ w1, w2 })
+    assert(w1.grad == nil, "the gradients are cleared after the update")
+    return (-w1):totable(), (-w2):totable()
+  end
+  local a, b = clipped({ learning_rate = 1 })
+  check.same_table(a, c1, 1e-6, "no clipping")
+  a, b = clipped({ learning_rate = 1, clipvalue = 2 })
+  check.same_table(a, { 2, -2, 0.5 }, 1e-6, "clipvalue")
+  check.same_table(b, { 2, 0, -2 }, 1e-6, "clipvalue")
+  local n1 = math.sqrt(9 + 16 + 0.25)
+  a, b = clipped({ learning_rate = 1, clipnorm = 1 })
+  check.same_table(a, { 3 / n1, -4 / n1, 0.5 / n1 }, 1e-6, "clipnorm, each gradient alone")
+  check.same_table(b, { 12 / 13, 0, -5 / 13 }, 1e-6, "clipnorm")
+  a, b = clipped({ learning_rate = 1, clipnorm = 100 })
+  check.same_table(b, c2, 1e-6, "clipnorm above the norm changes nothing")
+  local g = math.sqrt(n1 * n1 + 169)
+  a, b = clipped({ learning_rate = 1, global_clipnorm = 2 })
+  check.same_table(a, { 6 / g, -8 / g, 1 / g }, 1e-6, "global_clipnorm")
+  check.same_table(b, { 24 / g, 0, -10 / g }, 1e-6, "global_clipnorm")
+  check.fails(function() nn.optimizers.Adam{clipnorm = -1} end, "clipnorm")
+end
+
+-- A NaN loss updates nothing and names where it happened.
+function T.nan_loss_stops_fit_without_update()
+  local m = nn.Sequential{nn.Dense{1, input_shape = {2}}}
+  m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "mse"}
+  local before = m:get_weights()[1]:totable()
+  local x = nn.tensor{{1, 2}, {0 / 0, 1}}
+  check.fails(function() m:fit(x, nn.zeros(2, 1), {verbose = 0, batch_size = 2}) end,
+    "the loss became NaN (lower the learning rate?); the weights were not updated (epoch 1, step 1)")
+  check.same_table(m:get_weights()[1]:totable(), before, 0, "weights unchanged")
 end
 
 function T.resource_errors_are_recoverable()

@@ -1,0 +1,228 @@
+/*
+ * lunet models: a graph of layer calls owned by the core, with the whole
+ * training step (forward, losses, penalties, backward, gradient transforms,
+ * optimizer update, metrics) in C, so the Lua shell, a C program and any
+ * server share one step.
+ *
+ * A model is built from values: model inputs (one sample's shape each) and
+ * the outputs of layer calls.  lunet_model_input() and lunet_model_add()
+ * return value ids; the layer is built for its inputs' shapes when it is
+ * added, so shape errors appear at construction.  Sequential is the chain
+ * input -> layer 1 -> ... -> layer n.  A layer added twice shares its
+ * weights.
+ *
+ * Ownership: _new returns one reference (drop with _release); the model
+ * retains the layers and the optimizer given to it; _get and accessors
+ * borrow.  Every function taking a lunet_ctx reports errors there.
+ *
+ * Threads: construction, compile and training steps use the model from one
+ * thread at a time.
+ */
+#ifndef LUNET_MODEL_H
+#define LUNET_MODEL_H
+
+#include "lunet/layer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- optimizers ---- */
+
+typedef enum lunet_optimizer_kind {
+  LUNET_OPT_SGD = 0, /* slots: velocity (when momentum > 0) */
+  LUNET_OPT_ADAM,    /* slots: m, v; AdamW is Adam with weight_decay > 0 */
+  LUNET_OPT_RMSPROP  /* slots: mean square, momentum buffer (when momentum > 0) */
+} lunet_optimizer_kind;
+
+/* Keras's hyperparameters; lunet_optimizer_defaults() fills Keras's
+ * defaults for a kind.  Clipping, in the order applied to the gradients of
+ * one update: clipvalue (each element to [-v, v]), clipnorm (each
+ * gradient's L2 norm), global_clipnorm (all gradients together); 0 is off. */
+typedef struct lunet_optimizer_config {
+  lunet_optimizer_kind kind;
+  double learning_rate;
+  double momentum;      /* SGD, RMSprop */
+  bool nesterov;        /* SGD */
+  double beta_1, beta_2; /* Adam */
+  double rho;           /* RMSprop */
+  double epsilon;       /* Adam, RMSprop */
+  double weight_decay;  /* decoupled (AdamW, SGD) */
+  double clipvalue, clipnorm, global_clipnorm;
+} lunet_optimizer_config;
+
+typedef struct lunet_optimizer lunet_optimizer;
+
+LUNET_API lunet_optimizer_config lunet_optimizer_defaults(lunet_optimizer_kind kind);
+LUNET_API lunet_optimizer *lunet_optimizer_new(lunet_ctx *ctx, const lunet_optimizer_config *cfg);
+LUNET_API lunet_optimizer *lunet_optimizer_retain(lunet_optimizer *o);
+LUNET_API void lunet_optimizer_release(lunet_optimizer *o);
+LUNET_API const lunet_optimizer_config *lunet_optimizer_config_get(const lunet_optimizer *o);
+/* Replaces the hyperparameters (a schedule sets the learning rate before
+ * each update); the kind cannot change. */
+LUNET_API lunet_status lunet_optimizer_configure(lunet_ctx *ctx, lunet_optimizer *o,
+                                                 const lunet_optimizer_config *cfg);
+/* One update of params[i] from grads[i] (NULL: that one is skipped).  The
+ * optimizer keeps per-parameter slots by position, so every call passes the
+ * same parameters in the same order. */
+LUNET_API lunet_status lunet_optimizer_apply(lunet_ctx *ctx, lunet_optimizer *o, int n,
+                                             lunet_tensor *const *params,
+                                             lunet_tensor *const *grads);
+/* Updates done so far (Adam's bias correction counts from it). */
+LUNET_API int64_t lunet_optimizer_iterations(const lunet_optimizer *o);
+LUNET_API void lunet_optimizer_set_iterations(lunet_optimizer *o, int64_t n);
+/* Slots per parameter for this configuration (0, 1 or 2). */
+LUNET_API int lunet_optimizer_slot_count(const lunet_optimizer *o);
+/* Slot k of parameter i, NULL before its first update; borrowed. */
+LUNET_API lunet_tensor *lunet_optimizer_slot(const lunet_optimizer *o, int i, int k);
+/* Sets slot k of parameter i (retains t), e.g. from a checkpoint. */
+LUNET_API lunet_status lunet_optimizer_set_slot(lunet_ctx *ctx, lunet_optimizer *o, int i, int k,
+                                                lunet_tensor *t);
+/* Moves every slot to another backend. */
+LUNET_API lunet_status lunet_optimizer_to(lunet_ctx *ctx, lunet_optimizer *o, const char *backend);
+
+/* ---- metrics: objects with update, result, reset and merge ---- */
+
+typedef enum lunet_metric_kind {
+  LUNET_METRIC_MEAN = 0,                 /* the mean of the values given */
+  LUNET_METRIC_SPARSE_CATEGORICAL_ACCURACY, /* argmax(pred) == label */
+  LUNET_METRIC_CATEGORICAL_ACCURACY,     /* argmax(pred) == argmax(one-hot) */
+  LUNET_METRIC_BINARY_ACCURACY           /* (pred > threshold) == target, per element */
+} lunet_metric_kind;
+
+typedef struct lunet_metric lunet_metric;
+
+/* threshold: binary accuracy's (0.5 on probabilities, 0 on logits). */
+LUNET_API lunet_metric *lunet_metric_new(lunet_ctx *ctx, const char *name, lunet_metric_kind kind,
+                                         float threshold);
+LUNET_API void lunet_metric_free(lunet_metric *m);
+LUNET_API const char *lunet_metric_name(const lunet_metric *m);
+LUNET_API lunet_metric_kind lunet_metric_kind_get(const lunet_metric *m);
+/* Accuracies: adds one batch (reads one scalar from the device). */
+LUNET_API lunet_status lunet_metric_update(lunet_ctx *ctx, lunet_metric *m, lunet_tensor *y_pred,
+                                           lunet_tensor *y_true);
+/* Any kind: adds `total` over `count` samples (a mean adds value * count). */
+LUNET_API void lunet_metric_add(lunet_metric *m, double total, double count);
+LUNET_API double lunet_metric_result(const lunet_metric *m); /* 0 before any update */
+LUNET_API void lunet_metric_reset(lunet_metric *m);
+/* Adds src's state into dst (the same kind): partial results from several
+ * processes or threads. */
+LUNET_API lunet_status lunet_metric_merge(lunet_ctx *ctx, lunet_metric *dst,
+                                          const lunet_metric *src);
+/* The state as two numbers (total, count), for a reduction across processes. */
+LUNET_API void lunet_metric_state(const lunet_metric *m, double *total, double *count);
+
+/* ---- graphs ---- */
+
+typedef struct lunet_model lunet_model;
+
+LUNET_API lunet_model *lunet_model_new(lunet_ctx *ctx, const char *name);
+LUNET_API lunet_model *lunet_model_retain(lunet_model *m);
+LUNET_API void lunet_model_release(lunet_model *m);
+LUNET_API const char *lunet_model_name(const lunet_model *m);
+
+/* A model input for samples of `shape` (no batch axis); returns its value id
+ * or -1.  name may be NULL ("input_1", ...). */
+LUNET_API int lunet_model_input(lunet_ctx *ctx, lunet_model *m, const char *name, int ndim,
+                                const int64_t *shape);
+/* A call of layer `l` on values in[0..nin): builds the layer for their
+ * shapes and returns the id of its output, or -1. */
+LUNET_API int lunet_model_add(lunet_ctx *ctx, lunet_model *m, lunet_layer *l, int nin,
+                              const int *in);
+/* Declares the model's outputs; every output must depend on an input, and
+ * every input must be used.  The graph is fixed from then on. */
+LUNET_API lunet_status lunet_model_set_outputs(lunet_ctx *ctx, lunet_model *m, int n,
+                                               const int *ids);
+
+LUNET_API int lunet_model_input_count(const lunet_model *m);
+LUNET_API int lunet_model_output_count(const lunet_model *m);
+/* One sample's shape of value `id`; returns ndim (-1: no such value). */
+LUNET_API int lunet_model_value_shape(const lunet_model *m, int id, int64_t *shape);
+LUNET_API int lunet_model_input_id(const lunet_model *m, int i);
+LUNET_API int lunet_model_output_id(const lunet_model *m, int i);
+/* Layer calls in execution order: the layer of call i (borrowed), and its
+ * input value ids (returns the count, writes up to max). */
+LUNET_API int lunet_model_call_count(const lunet_model *m);
+LUNET_API lunet_layer *lunet_model_call_layer(const lunet_model *m, int i);
+LUNET_API int lunet_model_call_inputs(const lunet_model *m, int i, int *ids, int max);
+LUNET_API int lunet_model_call_output(const lunet_model *m, int i);
+
+/* Trainable weights, each layer once, in call order then weight order: the
+ * order of the optimizer's slots and of get_weights.  Borrowed; valid until
+ * a layer moves to another backend. */
+LUNET_API int lunet_model_param_count(const lunet_model *m);
+LUNET_API lunet_tensor *lunet_model_param(const lunet_model *m, int i);
+
+/* ---- compile, train, evaluate, predict ---- */
+
+typedef struct lunet_loss_spec {
+  lunet_loss_kind kind;
+  bool from_logits;
+  double weight; /* loss_weights: this output's share of the total (1 when 0) */
+} lunet_loss_spec;
+
+/* nlosses is 1 (the same loss on every output) or the output count.
+ * metrics: names ("accuracy", "acc", "sparse_categorical_accuracy",
+ * "categorical_accuracy", "binary_accuracy"), computed on every output;
+ * "accuracy" picks the kind from the loss as Keras does.  The model retains
+ * the optimizer. */
+typedef struct lunet_compile_opts {
+  int nlosses;
+  const lunet_loss_spec *losses;
+  lunet_optimizer *optimizer;
+  int nmetrics;
+  const char *const *metrics;
+} lunet_compile_opts;
+
+LUNET_API lunet_status lunet_model_compile(lunet_ctx *ctx, lunet_model *m,
+                                           const lunet_compile_opts *o);
+LUNET_API lunet_optimizer *lunet_model_optimizer(const lunet_model *m); /* borrowed */
+
+/* Hooks of the training step, called on the calling thread:
+ * grad_ready(user, i, grad) as soon as parameter i's gradient is complete
+ * during backward (an allreduce can start while backward goes on);
+ * transform(user, n, params, grads) after backward and before clipping and
+ * the update, and may change the gradients in place (averaging across
+ * processes); a status other than LUNET_OK skips the update and fails the
+ * step.  NULL removes a hook. */
+typedef void (*lunet_grad_ready_fn)(void *user, int param, lunet_tensor *grad);
+typedef lunet_status (*lunet_grad_transform_fn)(void *user, lunet_ctx *ctx, int n,
+                                                lunet_tensor *const *params,
+                                                lunet_tensor *const *grads);
+LUNET_API void lunet_model_set_grad_ready(lunet_model *m, lunet_grad_ready_fn fn, void *user);
+LUNET_API void lunet_model_set_grad_transform(lunet_model *m, lunet_grad_transform_fn fn,
+                                              void *user);
+
+/* One training step on a batch: x[i] (N, input i's shape), y[j] the targets
+ * of output j.  Updates the weights and the model's metrics; *loss (may be
+ * NULL) receives the batch's loss, penalties included.  Nothing but the
+ * loss and the metrics' counts leaves the device. */
+LUNET_API lunet_status lunet_model_train_step(lunet_ctx *ctx, lunet_model *m, int nx,
+                                              lunet_tensor *const *x, int ny,
+                                              lunet_tensor *const *y, double *loss);
+/* The same in inference mode, without the update (evaluate's step). */
+LUNET_API lunet_status lunet_model_test_step(lunet_ctx *ctx, lunet_model *m, int nx,
+                                             lunet_tensor *const *x, int ny,
+                                             lunet_tensor *const *y, double *loss);
+/* Outputs for one batch, inference mode, nothing recorded: out[j] receives
+ * a new reference for each output. */
+LUNET_API lunet_status lunet_model_predict(lunet_ctx *ctx, lunet_model *m, int nx,
+                                           lunet_tensor *const *x, lunet_tensor **out);
+/* The model as a function of tensors, recorded on the tape when grad is on
+ * (a model inside a bigger computation). */
+LUNET_API lunet_status lunet_model_forward(lunet_ctx *ctx, lunet_model *m, int nx,
+                                           lunet_tensor *const *x, bool training,
+                                           lunet_tensor **out);
+
+/* The running metrics since the last reset: "loss", then "<output>_loss"
+ * for each output when there are several, then each compiled metric
+ * ("accuracy", or "<output>_accuracy" with several outputs). */
+LUNET_API int lunet_model_metric_count(const lunet_model *m);
+LUNET_API lunet_metric *lunet_model_metric(const lunet_model *m, int i); /* borrowed */
+LUNET_API void lunet_model_reset_metrics(lunet_model *m);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,720 @@
+/* Models: a graph of layer calls, and the training step over it. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "lunet/model.h"
+
+#define MAX_IO 16
+#define MAX_CALL_INPUTS 16
+
+typedef struct value {
+  int ndim;
+  int64_t shape[LUNET_MAX_DIMS];
+  int call;  /* the call that makes it, -1 for a model input */
+  int index; /* the input's index among the model's inputs */
+  int uses;  /* live calls and outputs that read it */
+  char name[64];
+} value;
+
+typedef struct call {
+  lunet_layer *layer;
+  int nin;
+  int in[MAX_CALL_INPUTS];
+  int out;
+  bool live; /* some output depends on it */
+} call;
+
+typedef struct param {
+  lunet_layer *layer;
+  int weight;
+} param;
+
+struct lunet_model {
+  int refcount;
+  char name[64];
+  value *values;
+  int nvalues, cap_values;
+  call *calls;
+  int ncalls, cap_calls;
+  int inputs[MAX_IO], ninputs;
+  int outputs[MAX_IO], noutputs;
+  bool sealed;
+  param *params;
+  int nparams;
+  lunet_layer **layers; /* each live layer once, in call order */
+  int nlayers;
+  /* compile */
+  bool compiled;
+  lunet_loss_spec losses[MAX_IO];
+  lunet_optimizer *opt;
+  lunet_metric **metrics; /* loss, per-output losses, then accuracies */
+  int nmetrics, nloss_metrics;
+  int *metric_output; /* the output each accuracy reads */
+  lunet_grad_ready_fn grad_ready;
+  void *grad_ready_user;
+  lunet_grad_transform_fn transform;
+  void *transform_user;
+};
+
+lunet_model *lunet_model_new(lunet_ctx *ctx, const char *name) {
+  lunet_model *m = calloc(1, sizeof *m);
+  if (!m) {
+    lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory for a model");
+    return NULL;
+  }
+  m->refcount = 1;
+  snprintf(m->name, sizeof m->name, "%s", name && *name ? name : "model");
+  return m;
+}
+
+lunet_model *lunet_model_retain(lunet_model *m) {
+  if (m) m->refcount++;
+  return m;
+}
+
+static void free_metrics(lunet_model *m) {
+  for (int i = 0; i < m->nmetrics; i++) lunet_metric_free(m->metrics[i]);
+  free(m->metrics);
+  free(m->metric_output);
+  m->metrics = NULL;
+  m->metric_output = NULL;
+  m->nmetrics = m->nloss_metrics = 0;
+}
+
+void lunet_model_release(lunet_model *m) {
+  if (!m || --m->refcount > 0) return;
+  for (int i = 0; i < m->ncalls; i++) lunet_layer_release(m->calls[i].layer);
+  free_metrics(m);
+  lunet_optimizer_release(m->opt);
+  free(m->values);
+  free(m->calls);
+  free(m->params);
+  free(m->layers);
+  free(m);
+}
+
+const char *lunet_model_name(const lunet_model *m) { return m->name; }
+
+/* ---- construction ---- */
+
+static lunet_status check_open(lunet_ctx *ctx, const lunet_model *m) {
+  if (m->sealed)
+    return lunet_error(ctx, LUNET_ERR_ARG,
+                       "model '%s': its outputs are set; the graph cannot grow any more", m->name);
+  return LUNET_OK;
+}
+
+static value *new_value(lunet_ctx *ctx, lunet_model *m) {
+  if (m->nvalues == m->cap_values) {
+    int cap = m->cap_values ? 2 * m->cap_values : 16;
+    value *v = realloc(m->values, sizeof *v * (size_t)cap);
+    if (!v) {
+      lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory for a model");
+      return NULL;
+    }
+    m->values = v;
+    m->cap_values = cap;
+  }
+  value *v = &m->values[m->nvalues];
+  memset(v, 0, sizeof *v);
+  return v;
+}
+
+int lunet_model_input(lunet_ctx *ctx, lunet_model *m, const char *name, int ndim,
+                      const int64_t *shape) {
+  if (check_open(ctx, m)) return -1;
+  if (m->ninputs == MAX_IO) {
+    lunet_error(ctx, LUNET_ERR_ARG, "model '%s': at most %d inputs", m->name, MAX_IO);
+    return -1;
+  }
+  if (ndim < 0 || ndim >= LUNET_MAX_DIMS) {
+    lunet_error(ctx, LUNET_ERR_SHAPE, "model '%s': an input has %d dimensions (at most %d besides the batch)",
+                m->name, ndim, LUNET_MAX_DIMS - 1);
+    return -1;
+  }
+  for (int i = 0; i < ndim; i++)
+    if (shape[i] < 1) {
+      lunet_error(ctx, LUNET_ERR_SHAPE, "model '%s': input sizes must be positive, got %lld",
+                  m->name, (long long)shape[i]);
+      return -1;
+    }
+  value *v = new_value(ctx, m);
+  if (!v) return -1;
+  v->ndim = ndim;
+  memcpy(v->shape, shape, sizeof(int64_t) * (size_t)ndim);
+  v->call = -1;
+  v->index = m->ninputs;
+  if (name && *name)
+    snprintf(v->name, sizeof v->name, "%s", name);
+  else
+    snprintf(v->name, sizeof v->name, "input_%d", m->ninputs + 1);
+  m->inputs[m->ninputs++] = m->nvalues;
+  return m->nvalues++;
+}
+
+int lunet_model_add(lunet_ctx *ctx, lunet_model *m, lunet_layer *l, int nin, const int *in) {
+  if (check_open(ctx, m)) return -1;
+  if (nin < 1 || nin > MAX_CALL_INPUTS) {
+    lunet_error(ctx, LUNET_ERR_ARG, "model '%s': a layer call takes 1 to %d inputs, got %d", m->name,
+                MAX_CALL_INPUTS, nin);
+    return -1;
+  }
+  for (int i = 0; i < nin; i++)
+    if (in[i] < 0 || in[i] >= m->nvalues) {
+      lunet_error(ctx, LUNET_ERR_ARG, "model '%s': %s: input %d is not a value of this model",
+                  m->name, lunet_layer_name(l), i + 1);
+      return -1;
+    }
+  if (nin != 1) {
+    lunet_error(ctx, LUNET_ERR_ARG, "%s takes one input, got %d", lunet_layer_name(l), nin);
+    return -1;
+  }
+  value *src = &m->values[in[0]];
+  if (lunet_layer_built(l)) {
+    int64_t want[LUNET_MAX_DIMS];
+    int nd = lunet_layer_input_shape(l, want);
+    bool same = nd == src->ndim;
+    for (int i = 0; same && i < nd; i++) same = want[i] == src->shape[i];
+    if (!same) {
+      char a[128], b[128];
+      const char *from = src->call < 0 ? src->name : lunet_layer_name(m->calls[src->call].layer);
+      lunet_error(ctx, LUNET_ERR_SHAPE, "%s expects input of shape %s, but %s gives %s",
+                  lunet_layer_name(l), lunet_batch_shape_str(nd, want, a, sizeof a), from,
+                  lunet_batch_shape_str(src->ndim, src->shape, b, sizeof b));
+      return -1;
+    }
+  } else if (lunet_layer_build(l, src->ndim, src->shape)) {
+    const char *from = src->call < 0 ? src->name : lunet_layer_name(m->calls[src->call].layer);
+    char b[128], msg[sizeof ctx->msg + 256];
+    snprintf(msg, sizeof msg, "%s (its input comes from %s with shape %s)", ctx->msg, from,
+             lunet_batch_shape_str(src->ndim, src->shape, b, sizeof b));
+    lunet_error(ctx, ctx->status, "%s", msg);
+    return -1;
+  }
+  if (m->ncalls == m->cap_calls) {
+    int cap = m->cap_calls ? 2 * m->cap_calls : 16;
+    call *c = realloc(m->calls, sizeof *c * (size_t)cap);
+    if (!c) {
+      lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory for a model");
+      return -1;
+    }
+    m->calls = c;
+    m->cap_calls = cap;
+  }
+  value *v = new_value(ctx, m);
+  if (!v) return -1;
+  v->ndim = lunet_layer_output_shape(l, v->shape);
+  v->call = m->ncalls;
+  snprintf(v->name, sizeof v->name, "%s", lunet_layer_name(l));
+  call *c = &m->calls[m->ncalls++];
+  memset(c, 0, sizeof *c);
+  c->layer = lunet_layer_retain(l);
+  c->nin = nin;
+  memcpy(c->in, in, sizeof(int) * (size_t)nin);
+  c->out = m->nvalues;
+  return m->nvalues++;
+}
+
+/* Marks the calls the outputs depend on, counts each value's readers and
+ * lists the layers and trainable weights. */
+static lunet_status seal(lunet_ctx *ctx, lunet_model *m) {
+  for (int i = 0; i < m->nvalues; i++) m->values[i].uses = 0;
+  bool *needed = calloc((size_t)m->nvalues, sizeof *needed);
+  if (!needed) return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory for a model");
+  for (int j = 0; j < m->noutputs; j++) {
+    needed[m->outputs[j]] = true;
+    m->values[m->outputs[j]].uses++;
+  }
+  /* values only ever read earlier values, so one backward sweep suffices */
+  for (int c = m->ncalls - 1; c >= 0; c--) {
+    call *k = &m->calls[c];
+    k->live = needed[k->out];
+    if (!k->live) continue;
+    for (int i = 0; i < k->nin; i++) {
+      needed[k->in[i]] = true;
+      m->values[k->in[i]].uses++;
+    }
+  }
+  lunet_status s = LUNET_OK;
+  for (int i = 0; i < m->ninputs && !s; i++)
+    if (!needed[m->inputs[i]])
+      s = lunet_error(ctx, LUNET_ERR_ARG,
+                      "model '%s': input '%s' is not used by any output (remove it from the "
+                      "inputs, or connect it)",
+                      m->name, m->values[m->inputs[i]].name);
+  free(needed);
+  if (s) return s;
+  m->layers = calloc((size_t)(m->ncalls ? m->ncalls : 1), sizeof *m->layers);
+  int nw = 0;
+  for (int c = 0; c < m->ncalls; c++) nw += lunet_layer_weight_count(m->calls[c].layer);
+  m->params = calloc((size_t)(nw ? nw : 1), sizeof *m->params);
+  if (!m->layers || !m->params) return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
+  for (int c = 0; c < m->ncalls; c++) {
+    lunet_layer *l = m->calls[c].layer;
+    bool seen = !m->calls[c].live;
+    for (int k = 0; !seen && k < m->nlayers; k++) seen = m->layers[k] == l;
+    if (seen) continue;
+    m->layers[m->nlayers++] = l;
+    for (int w = 0; w < lunet_layer_weight_count(l); w++)
+      if (lunet_layer_weight_trainable(l, w)) m->params[m->nparams++] = (param){l, w};
+  }
+  return LUNET_OK;
+}
+
+lunet_status lunet_model_set_outputs(lunet_ctx *ctx, lunet_model *m, int n, const int *ids) {
+  if (check_open(ctx, m)) return ctx->status;
+  if (n < 1 || n > MAX_IO)
+    return lunet_error(ctx, LUNET_ERR_ARG, "model '%s': 1 to %d outputs, got %d", m->name, MAX_IO, n);
+  if (m->ninputs == 0)
+    return lunet_error(ctx, LUNET_ERR_ARG, "model '%s' has no inputs", m->name);
+  for (int j = 0; j < n; j++) {
+    if (ids[j] < 0 || ids[j] >= m->nvalues)
+      return lunet_error(ctx, LUNET_ERR_ARG, "model '%s': output %d is not a value of this model",
+                         m->name, j + 1);
+    for (int k = 0; k < j; k++)
+      if (ids[k] == ids[j])
+        return lunet_error(ctx, LUNET_ERR_ARG, "model '%s': outputs %d and %d are the same value",
+                           m->name, k + 1, j + 1);
+  }
+  memcpy(m->outputs, ids, sizeof(int) * (size_t)n);
+  m->noutputs = n;
+  lunet_status s = seal(ctx, m);
+  if (s) {
+    m->noutputs = m->nlayers = m->nparams = 0;
+    free(m->layers);
+    free(m->params);
+    m->layers = NULL;
+    m->params = NULL;
+    return s;
+  }
+  m->sealed = true;
+  return LUNET_OK;
+}
+
+int lunet_model_input_count(const lunet_model *m) { return m->ninputs; }
+int lunet_model_output_count(const lunet_model *m) { return m->noutputs; }
+int lunet_model_input_id(const lunet_model *m, int i) {
+  return i >= 0 && i < m->ninputs ? m->inputs[i] : -1;
+}
+int lunet_model_output_id(const lunet_model *m, int i) {
+  return i >= 0 && i < m->noutputs ? m->outputs[i] : -1;
+}
+
+int lunet_model_value_shape(const lunet_model *m, int id, int64_t *shape) {
+  if (id < 0 || id >= m->nvalues) return -1;
+  memcpy(shape, m->values[id].shape, sizeof(int64_t) * (size_t)m->values[id].ndim);
+  return m->values[id].ndim;
+}
+
+int lunet_model_call_count(const lunet_model *m) { return m->ncalls; }
+lunet_layer *lunet_model_call_layer(const lunet_model *m, int i) {
+  return i >= 0 && i < m->ncalls ? m->calls[i].layer : NULL;
+}
+int lunet_model_call_inputs(const lunet_model *m, int i, int *ids, int max) {
+  if (i < 0 || i >= m->ncalls) return 0;
+  for (int k = 0; k < m->calls[i].nin && k < max; k++) ids[k] = m->calls[i].in[k];
+  return m->calls[i].nin;
+}
+int lunet_model_call_output(const lunet_model *m, int i) {
+  return i >= 0 && i < m->ncalls ? m->calls[i].out : -1;
+}
+
+int lunet_model_param_count(const lunet_model *m) { return m->nparams; }
+lunet_tensor *lunet_model_param(const lunet_model *m, int i) {
+  return i >= 0 && i < m->nparams ? lunet_layer_weight(m->params[i].layer, m->params[i].weight)
+                                  : NULL;
+}
+
+/* ---- compile ---- */
+
+static lunet_status check_sealed(lunet_ctx *ctx, const lunet_model *m) {
+  if (!m->sealed)
+    return lunet_error(ctx, LUNET_ERR_ARG,
+                       "model '%s' has no outputs yet (lunet_model_set_outputs)", m->name);
+  return LUNET_OK;
+}
+
+/* Keras's choice for "accuracy": from the loss, else from the output's
+ * last axis (one unit: binary). */
+static lunet_metric_kind accuracy_kind(const lunet_model *m, int out, const char *name,
+                                       bool *known) {
+  *known = true;
+  if (!strcmp(name, "sparse_categorical_accuracy")) return LUNET_METRIC_SPARSE_CATEGORICAL_ACCURACY;
+  if (!strcmp(name, "categorical_accuracy")) return LUNET_METRIC_CATEGORICAL_ACCURACY;
+  if (!strcmp(name, "binary_accuracy")) return LUNET_METRIC_BINARY_ACCURACY;
+  if (strcmp(name, "accuracy") && strcmp(name, "acc")) {
+    *known = false;
+    return LUNET_METRIC_MEAN;
+  }
+  switch (m->losses[out].kind) {
+  case LUNET_LOSS_SPARSE_CATEGORICAL_CE:
+    return LUNET_METRIC_SPARSE_CATEGORICAL_ACCURACY;
+  case LUNET_LOSS_CATEGORICAL_CE:
+    return LUNET_METRIC_CATEGORICAL_ACCURACY;
+  case LUNET_LOSS_BINARY_CE:
+    return LUNET_METRIC_BINARY_ACCURACY;
+  default: {
+    const value *v = &m->values[m->outputs[out]];
+    return v->ndim && v->shape[v->ndim - 1] > 1 ? LUNET_METRIC_CATEGORICAL_ACCURACY
+                                                : LUNET_METRIC_BINARY_ACCURACY;
+  }
+  }
+}
+
+static lunet_status add_metric(lunet_ctx *ctx, lunet_model *m, const char *name,
+                               lunet_metric_kind kind, float threshold, int out) {
+  lunet_metric *x = lunet_metric_new(ctx, name, kind, threshold);
+  if (!x) return ctx->status;
+  m->metrics[m->nmetrics] = x;
+  m->metric_output[m->nmetrics++] = out;
+  return LUNET_OK;
+}
+
+/* "accuracy" or "<output>_accuracy" when the model has several outputs. */
+static void metric_name(const lunet_model *m, int out, const char *what, char *buf, size_t n) {
+  if (m->noutputs == 1)
+    snprintf(buf, n, "%s", what);
+  else
+    snprintf(buf, n, "%s_%s", m->values[m->outputs[out]].name, what);
+}
+
+lunet_status lunet_model_compile(lunet_ctx *ctx, lunet_model *m, const lunet_compile_opts *o) {
+  if (check_sealed(ctx, m)) return ctx->status;
+  if (!o->optimizer) return lunet_error(ctx, LUNET_ERR_ARG, "compile: an optimizer is required");
+  if (o->nlosses != 1 && o->nlosses != m->noutputs)
+    return lunet_error(ctx, LUNET_ERR_ARG,
+                       "compile: %d losses for a model with %d outputs (give one loss, or one per "
+                       "output)",
+                       o->nlosses, m->noutputs);
+  for (int j = 0; j < m->noutputs; j++) {
+    lunet_loss_spec ls = o->losses[o->nlosses == 1 ? 0 : j];
+    if ((unsigned)ls.kind > LUNET_LOSS_BINARY_CE)
+      return lunet_error(ctx, LUNET_ERR_ARG, "compile: unknown loss kind %d", (int)ls.kind);
+    if (ls.weight == 0) ls.weight = 1;
+    m->losses[j] = ls;
+  }
+  free_metrics(m);
+  int cap = 1 + m->noutputs + o->nmetrics * m->noutputs;
+  m->metrics = calloc((size_t)cap, sizeof *m->metrics);
+  m->metric_output = calloc((size_t)cap, sizeof *m->metric_output);
+  if (!m->metrics || !m->metric_output) {
+    free_metrics(m);
+    return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
+  }
+  char name[160];
+  lunet_status s = add_metric(ctx, m, "loss", LUNET_METRIC_MEAN, 0, -1);
+  for (int j = 0; !s && m->noutputs > 1 && j < m->noutputs; j++) {
+    metric_name(m, j, "loss", name, sizeof name);
+    s = add_metric(ctx, m, name, LUNET_METRIC_MEAN, 0, j);
+  }
+  m->nloss_metrics = m->nmetrics;
+  for (int k = 0; !s && k < o->nmetrics; k++)
+    for (int j = 0; !s && j < m->noutputs; j++) {
+      bool known;
+      lunet_metric_kind kind = accuracy_kind(m, j, o->metrics[k], &known);
+      if (!known) {
+        s = lunet_error(ctx, LUNET_ERR_ARG,
+                        "compile: unknown metric '%s' (valid: accuracy, sparse_categorical_accuracy, "
+                        "categorical_accuracy, binary_accuracy)",
+                        o->metrics[k]);
+        break;
+      }
+      const char *what = strcmp(o->metrics[k], "acc") ? o->metrics[k] : "accuracy";
+      metric_name(m, j, what, name, sizeof name);
+      s = add_metric(ctx, m, name, kind, m->losses[j].from_logits ? 0.0f : 0.5f, j);
+    }
+  if (s) {
+    free_metrics(m);
+    m->compiled = false;
+    return s;
+  }
+  lunet_optimizer_retain(o->optimizer);
+  lunet_optimizer_release(m->opt);
+  m->opt = o->optimizer;
+  m->compiled = true;
+  return LUNET_OK;
+}
+
+lunet_optimizer *lunet_model_optimizer(const lunet_model *m) { return m->opt; }
+
+void lunet_model_set_grad_ready(lunet_model *m, lunet_grad_ready_fn fn, void *user) {
+  m->grad_ready = fn;
+  m->grad_ready_user = user;
+}
+
+void lunet_model_set_grad_transform(lunet_model *m, lunet_grad_transform_fn fn, void *user) {
+  m->transform = fn;
+  m->transform_user = user;
+}
+
+int lunet_model_metric_count(const lunet_model *m) { return m->nmetrics; }
+lunet_metric *lunet_model_metric(const lunet_model *m, int i) {
+  return i >= 0 && i < m->nmetrics ? m->metrics[i] : NULL;
+}
+void lunet_model_reset_metrics(lunet_model *m) {
+  for (int i = 0; i < m->nmetrics; i++) lunet_metric_reset(m->metrics[i]);
+}
+
+/* ---- running the graph ---- */
+
+/* Every entry point that runs the graph starts here: a stale error from an
+ * earlier call must not look like a failure of this one (some helpers
+ * return NULL without an error, e.g. a layer with no penalty). */
+static lunet_status check_inputs(lunet_ctx *ctx, const lunet_model *m, int nx,
+                                 lunet_tensor *const *x) {
+  lunet_clear_error(ctx);
+  if (check_sealed(ctx, m)) return ctx->status;
+  if (nx != m->ninputs)
+    return lunet_error(ctx, LUNET_ERR_ARG, "model '%s' takes %d input%s, got %d", m->name,
+                       m->ninputs, m->ninputs == 1 ? "" : "s", nx);
+  for (int i = 0; i < nx; i++) {
+    const value *v = &m->values[m->inputs[i]];
+    bool ok = x[i] && x[i]->ndim == v->ndim + 1;
+    for (int d = 0; ok && d < v->ndim; d++) ok = x[i]->shape[d + 1] == v->shape[d];
+    if (ok && i > 0) ok = x[i]->shape[0] == x[0]->shape[0];
+    if (!ok) {
+      char a[128], b[128];
+      if (!x[i]) return lunet_error(ctx, LUNET_ERR_ARG, "model '%s': input %d is missing", m->name, i + 1);
+      if (m->ninputs == 1)
+        return lunet_error(ctx, LUNET_ERR_SHAPE, "%s: expected input of shape %s, got %s", m->name,
+                           lunet_batch_shape_str(v->ndim, v->shape, a, sizeof a),
+                           lunet_shape_str(x[i]->ndim, x[i]->shape, b, sizeof b));
+      return lunet_error(ctx, LUNET_ERR_SHAPE,
+                         "model '%s': input '%s' expects shape %s, got %s%s", m->name, v->name,
+                         lunet_batch_shape_str(v->ndim, v->shape, a, sizeof a),
+                         lunet_shape_str(x[i]->ndim, x[i]->shape, b, sizeof b),
+                         i > 0 && x[i]->ndim == v->ndim + 1 ? " (every input needs the same batch size)"
+                                                            : "");
+    }
+  }
+  return LUNET_OK;
+}
+
+/* A call whose only reader is output j with a cross-entropy on a softmax:
+ * the softmax is left out and the loss takes logits (one fused, stable op). */
+static bool fuses(const lunet_model *m, int j) {
+  const value *v = &m->values[m->outputs[j]];
+  const lunet_loss_spec *ls = &m->losses[j];
+  if (v->call < 0 || v->uses != 1 || ls->from_logits) return false;
+  if (ls->kind != LUNET_LOSS_SPARSE_CATEGORICAL_CE && ls->kind != LUNET_LOSS_CATEGORICAL_CE)
+    return false;
+  const char *act = lunet_layer_activation(m->calls[v->call].layer);
+  return act && !strcmp(act, "softmax");
+}
+
+/* Runs the live calls; out[j] receives output j.  fused[j] (may be NULL)
+ * leaves out output j's softmax. */
+static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, bool training,
+                        const bool *fused, lunet_tensor **out) {
+  lunet_tensor **vals = calloc((size_t)m->nvalues, sizeof *vals);
+  int *left = malloc(sizeof(int) * (size_t)m->nvalues);
+  if (!vals || !left) {
+    free(vals);
+    free(left);
+    return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory running model '%s'", m->name);
+  }
+  for (int i = 0; i < m->nvalues; i++) left[i] = m->values[i].uses;
+  for (int i = 0; i < m->ninputs; i++) vals[m->inputs[i]] = lunet_tensor_retain(x[i]);
+  lunet_status s = LUNET_OK;
+  for (int c = 0; !s && c < m->ncalls; c++) {
+    call *k = &m->calls[c];
+    if (!k->live) continue;
+    bool skip_act = false;
+    for (int j = 0; fused && j < m->noutputs; j++) skip_act |= fused[j] && m->outputs[j] == k->out;
+    lunet_tensor *y = lunet_layer_call(ctx, k->layer, vals[k->in[0]], training, skip_act);
+    if (!y) {
+      s = ctx->status ? ctx->status : lunet_error(ctx, LUNET_ERR_ARG, "%s produced no output",
+                                                  lunet_layer_name(k->layer));
+      break;
+    }
+    vals[k->out] = y;
+    for (int i = 0; i < k->nin; i++)
+      if (--left[k->in[i]] == 0) {
+        lunet_tensor_release(vals[k->in[i]]);
+        vals[k->in[i]] = NULL;
+      }
+  }
+  for (int j = 0; j < m->noutputs; j++) out[j] = s ? NULL : lunet_tensor_retain(vals[m->outputs[j]]);
+  for (int i = 0; i < m->nvalues; i++) lunet_tensor_release(vals[i]);
+  free(vals);
+  free(left);
+  return s;
+}
+
+lunet_status lunet_model_forward(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *const *x,
+                                 bool training, lunet_tensor **out) {
+  if (check_inputs(ctx, m, nx, x)) return ctx->status;
+  return run(ctx, m, x, training, NULL, out);
+}
+
+lunet_status lunet_model_predict(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *const *x,
+                                 lunet_tensor **out) {
+  if (check_inputs(ctx, m, nx, x)) return ctx->status;
+  bool prev = lunet_set_grad_enabled(ctx, false);
+  lunet_status s = run(ctx, m, x, false, NULL, out);
+  lunet_set_grad_enabled(ctx, prev);
+  return s;
+}
+
+/* ---- the step ---- */
+
+/* total += t (scalars), taking t's reference. */
+static lunet_tensor *add_scalar(lunet_ctx *ctx, lunet_tensor *total, lunet_tensor *t) {
+  if (!t || !total) {
+    lunet_tensor_release(total);
+    return t;
+  }
+  lunet_tensor *sum = lunet_add(ctx, total, t);
+  lunet_tensor_release(total);
+  lunet_tensor_release(t);
+  return sum;
+}
+
+/* The weighted sum of the outputs' losses plus every layer's penalty;
+ * parts[j] receives output j's own loss (a new reference). */
+static lunet_tensor *total_loss(lunet_ctx *ctx, lunet_model *m, lunet_tensor **pred,
+                                lunet_tensor *const *y, const bool *fused, lunet_tensor **parts) {
+  lunet_tensor *total = NULL;
+  for (int j = 0; j < m->noutputs; j++) {
+    const lunet_loss_spec *ls = &m->losses[j];
+    parts[j] = lunet_loss(ctx, ls->kind, pred[j], y[j], ls->from_logits || fused[j]);
+    if (!parts[j]) goto fail;
+    lunet_tensor *w = lunet_tensor_retain(parts[j]);
+    if (ls->weight != 1) {
+      lunet_tensor *scaled = lunet_unary(ctx, LUNET_UNARY_AFFINE, w, (float)ls->weight, 0);
+      lunet_tensor_release(w);
+      w = scaled;
+    }
+    if (!w) goto fail;
+    total = total ? add_scalar(ctx, total, w) : w;
+    if (!total) goto fail;
+  }
+  for (int i = 0; i < m->nlayers; i++) {
+    lunet_tensor *p = lunet_layer_penalty(ctx, m->layers[i]);
+    if (!p && ctx->status) goto fail;
+    if (p && !(total = add_scalar(ctx, total, p))) goto fail;
+  }
+  return total;
+fail:
+  lunet_tensor_release(total);
+  return NULL;
+}
+
+static void leaf_done(void *user, lunet_tensor *leaf) {
+  lunet_model *m = user;
+  for (int i = 0; i < m->nparams; i++)
+    if (lunet_model_param(m, i) == leaf) {
+      m->grad_ready(m->grad_ready_user, i, leaf->grad);
+      return;
+    }
+}
+
+/* The loss, each output's loss and each accuracy's count, read in one
+ * download, then added to the metrics. */
+static lunet_status update_metrics(lunet_ctx *ctx, lunet_model *m, lunet_tensor *loss,
+                                   lunet_tensor **parts, lunet_tensor **pred,
+                                   lunet_tensor *const *y, double *loss_out) {
+  int n = m->nmetrics;
+  lunet_tensor **scalars = calloc((size_t)n, sizeof *scalars);
+  float *v = calloc((size_t)n, sizeof *v);
+  lunet_status s = scalars && v ? LUNET_OK : lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
+  int64_t one = 1;
+  for (int i = 0; !s && i < n; i++) {
+    int j = m->metric_output[i];
+    lunet_tensor *t = i == 0                   ? lunet_tensor_retain(loss)
+                      : i < m->nloss_metrics ? lunet_tensor_retain(parts[j])
+                                               : lunet_metric_correct(ctx, m->metrics[i], pred[j], y[j]);
+    scalars[i] = t ? lunet_op_reshape(ctx, t, 1, &one) : NULL;
+    lunet_tensor_release(t);
+    if (!scalars[i]) s = ctx->status;
+  }
+  lunet_tensor *all = NULL;
+  if (!s) all = n == 1 ? lunet_tensor_retain(scalars[0]) : lunet_op_concat(ctx, scalars, n, 0);
+  if (!s) s = all ? lunet_tensor_read(ctx, all, v, sizeof(float) * (size_t)n) : ctx->status;
+  lunet_tensor_release(all);
+  double batch = pred[0]->ndim ? (double)pred[0]->shape[0] : 1;
+  for (int i = 0; !s && i < n; i++) {
+    int j = m->metric_output[i];
+    if (i < m->nloss_metrics)
+      lunet_metric_add(m->metrics[i], v[i] * batch, batch);
+    else
+      lunet_metric_add(m->metrics[i], v[i], lunet_metric_batch_count(m->metrics[i], pred[j]));
+  }
+  if (!s) *loss_out = v[0];
+  for (int i = 0; scalars && i < n; i++) lunet_tensor_release(scalars[i]);
+  free(scalars);
+  free(v);
+  return s;
+}
+
+static lunet_status update(lunet_ctx *ctx, lunet_model *m) {
+  int n = m->nparams;
+  lunet_tensor **ps = malloc(sizeof *ps * (size_t)(n ? n : 1));
+  lunet_tensor **gs = malloc(sizeof *gs * (size_t)(n ? n : 1));
+  lunet_status s = ps && gs ? LUNET_OK : lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
+  for (int i = 0; !s && i < n; i++) {
+    ps[i] = lunet_model_param(m, i);
+    gs[i] = ps[i]->grad;
+  }
+  if (!s && m->transform) s = m->transform(m->transform_user, ctx, n, ps, gs);
+  if (!s) s = lunet_optimizer_apply(ctx, m->opt, n, ps, gs);
+  free(ps);
+  free(gs);
+  return s;
+}
+
+static void zero_grads(lunet_model *m) {
+  for (int i = 0; i < m->nparams; i++) lunet_tensor_zero_grad(lunet_model_param(m, i));
+}
+
+static lunet_status step(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *const *x, int ny,
+                         lunet_tensor *const *y, bool training, double *loss_value) {
+  double unused, *loss_out = loss_value ? loss_value : &unused;
+  if (check_inputs(ctx, m, nx, x)) return ctx->status;
+  if (!m->compiled)
+    return lunet_error(ctx, LUNET_ERR_ARG, "model '%s' is not compiled (compile it first)", m->name);
+  if (ny != m->noutputs)
+    return lunet_error(ctx, LUNET_ERR_ARG, "model '%s' has %d output%s but got %d target%s", m->name,
+                       m->noutputs, m->noutputs == 1 ? "" : "s", ny, ny == 1 ? "" : "s");
+  for (int j = 0; j < ny; j++)
+    if (!y[j] || y[j]->ndim < 1 || y[j]->shape[0] != x[0]->shape[0])
+      return lunet_error(ctx, LUNET_ERR_SHAPE,
+                         "model '%s': target %d has %lld samples but the inputs have %lld", m->name,
+                         j + 1, y[j] && y[j]->ndim ? (long long)y[j]->shape[0] : 0LL,
+                         (long long)x[0]->shape[0]);
+  bool fused[MAX_IO];
+  for (int j = 0; j < m->noutputs; j++) fused[j] = fuses(m, j);
+  lunet_tensor *pred[MAX_IO] = {0}, *parts[MAX_IO] = {0}, *loss = NULL;
+  bool prev = lunet_set_grad_enabled(ctx, training);
+  if (training) zero_grads(m);
+  lunet_status s = run(ctx, m, x, training, fused, pred);
+  if (!s) s = (loss = total_loss(ctx, m, pred, y, fused, parts)) ? LUNET_OK : ctx->status;
+  if (!s && training)
+    s = m->grad_ready ? lunet_backward_hooked(ctx, loss, leaf_done, m) : lunet_backward(ctx, loss, NULL);
+  lunet_set_grad_enabled(ctx, false);
+  if (!s) s = update_metrics(ctx, m, loss, parts, pred, y, loss_out);
+  if (!s && training && !(*loss_out == *loss_out))
+    s = lunet_error(ctx, LUNET_ERR_ARG,
+                    "the loss became NaN (lower the learning rate?); the weights were not updated");
+  if (!s && training) s = update(ctx, m);
+  if (training) zero_grads(m);
+  lunet_set_grad_enabled(ctx, prev);
+  lunet_tensor_release(loss);
+  for (int j = 0; j < m->noutputs; j++) {
+    lunet_tensor_release(pred[j]);
+    lunet_tensor_release(parts[j]);
+  }
+  return s;
+}
+
+lunet_status lunet_model_train_step(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *const *x,
+                                    int ny, lunet_tensor *const *y, double *loss) {
+  return step(ctx, m, nx, x, ny, y, true, loss);
+}
+
+lunet_status lunet_model_test_step(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *const *x,
+                                   int ny, lunet_tensor *const *y, double *loss) {
+  return step(ctx, m, nx, x, ny, y, false, loss);
+}

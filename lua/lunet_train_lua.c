@@ -1,0 +1,402 @@
+/*
+ * Models and optimizers for lunet's Lua side: thin wrappers over the core's
+ * model API (lunet/model.h).  A training step is one C call, so fit creates
+ * no Lua objects per step beyond the batch.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "lunet_lua.h"
+#include "lunet/model.h"
+
+#define MODEL_MT "lunet.Model"
+#define OPT_MT "lunet.Optimizer"
+#define MAX_IO 16
+
+static lunet_model *check_model(lua_State *L, int arg) {
+  lunet_model **p = luaL_checkudata(L, arg, MODEL_MT);
+  if (!*p) luaL_argerror(L, arg, "model was freed");
+  return *p;
+}
+
+static lunet_optimizer *check_opt(lua_State *L, int arg) {
+  lunet_optimizer **p = luaL_checkudata(L, arg, OPT_MT);
+  if (!*p) luaL_argerror(L, arg, "optimizer was freed");
+  return *p;
+}
+
+static int model_gc(lua_State *L) {
+  lunet_model **p = luaL_checkudata(L, 1, MODEL_MT);
+  lunet_model_release(*p);
+  *p = NULL;
+  return 0;
+}
+
+static int opt_gc(lua_State *L) {
+  lunet_optimizer **p = luaL_checkudata(L, 1, OPT_MT);
+  lunet_optimizer_release(*p);
+  *p = NULL;
+  return 0;
+}
+
+/* ---- optimizers ---- */
+
+static double field(lua_State *L, int idx, const char *k, double def) {
+  lua_getfield(L, idx, k);
+  double v = lua_isboolean(L, -1) ? lua_toboolean(L, -1) : luaL_optnumber(L, -1, def);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* The configuration in the table at idx: kind and Keras's argument names. */
+static lunet_optimizer_config read_config(lua_State *L, int idx) {
+  static const char *const kinds[] = {"sgd", "adam", "rmsprop", NULL};
+  lua_getfield(L, idx, "kind");
+  lunet_optimizer_config c = lunet_optimizer_defaults(luaL_checkoption(L, -1, NULL, kinds));
+  lua_pop(L, 1);
+  c.learning_rate = field(L, idx, "learning_rate", c.learning_rate);
+  c.momentum = field(L, idx, "momentum", c.momentum);
+  c.nesterov = field(L, idx, "nesterov", 0) != 0;
+  c.beta_1 = field(L, idx, "beta_1", c.beta_1);
+  c.beta_2 = field(L, idx, "beta_2", c.beta_2);
+  c.rho = field(L, idx, "rho", c.rho);
+  c.epsilon = field(L, idx, "epsilon", c.epsilon);
+  c.weight_decay = field(L, idx, "weight_decay", c.weight_decay);
+  c.clipvalue = field(L, idx, "clipvalue", 0);
+  c.clipnorm = field(L, idx, "clipnorm", 0);
+  c.global_clipnorm = field(L, idx, "global_clipnorm", 0);
+  return c;
+}
+
+/* C.optimizer_new{kind = "adam", learning_rate = ..., ...} */
+static int l_optimizer_new(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lunet_optimizer_config c = read_config(L, 1);
+  lunet_optimizer **p = lua_newuserdatauv(L, sizeof *p, 0);
+  *p = NULL;
+  luaL_setmetatable(L, OPT_MT);
+  if (!(*p = lunet_optimizer_new(lunetL_ctx(L), &c))) lunetL_error(L, NULL);
+  return 1;
+}
+
+static int l_optimizer_configure(lua_State *L) {
+  lunet_optimizer *o = check_opt(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lunet_optimizer_config c = read_config(L, 2);
+  if (lunet_optimizer_configure(lunetL_ctx(L), o, &c)) lunetL_error(L, NULL);
+  return 0;
+}
+
+/* C.optimizer_set_lr(o, lr): the one hyperparameter a schedule changes. */
+static int l_optimizer_set_lr(lua_State *L) {
+  lunet_optimizer *o = check_opt(L, 1);
+  lunet_optimizer_config c = *lunet_optimizer_config_get(o);
+  c.learning_rate = luaL_checknumber(L, 2);
+  if (lunet_optimizer_configure(lunetL_ctx(L), o, &c)) lunetL_error(L, NULL);
+  return 0;
+}
+
+/* C.optimizer_apply(o, params): one update from each p.grad, which is then
+ * cleared (a custom training loop's step). */
+static int l_optimizer_apply(lua_State *L) {
+  lunet_optimizer *o = check_opt(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  int n = (int)luaL_len(L, 2);
+  lunet_tensor **ps = lua_newuserdatauv(L, sizeof *ps * (size_t)(2 * n + 1), 0);
+  lunet_tensor **gs = ps + n;
+  for (int i = 0; i < n; i++) {
+    lua_geti(L, 2, i + 1);
+    ps[i] = lunetL_checktensor(L, -1);
+    gs[i] = lunet_tensor_grad_get(ps[i]);
+    lua_pop(L, 1); /* the table keeps it alive */
+  }
+  lunet_status s = lunet_optimizer_apply(lunetL_ctx(L), o, n, ps, gs);
+  for (int i = 0; i < n; i++) lunet_tensor_zero_grad(ps[i]);
+  if (s) lunetL_error(L, NULL);
+  return 0;
+}
+
+/* C.optimizer_iterations(o [, n]) -> updates done (sets it with n). */
+static int l_optimizer_iterations(lua_State *L) {
+  lunet_optimizer *o = check_opt(L, 1);
+  if (!lua_isnoneornil(L, 2)) lunet_optimizer_set_iterations(o, luaL_checkinteger(L, 2));
+  lua_pushinteger(L, lunet_optimizer_iterations(o));
+  return 1;
+}
+
+/* C.optimizer_slots(o, nparams) -> { {slot1, slot2} or {}, ... } */
+static int l_optimizer_slots(lua_State *L) {
+  lunet_optimizer *o = check_opt(L, 1);
+  int n = (int)luaL_checkinteger(L, 2), k = lunet_optimizer_slot_count(o);
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    lua_createtable(L, k, 0);
+    for (int j = 0; j < k; j++) {
+      lunet_tensor *t = lunet_optimizer_slot(o, i, j);
+      if (!t) continue;
+      lunetL_pushtensor(L, lunet_tensor_retain(t));
+      lua_rawseti(L, -2, j + 1);
+    }
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
+/* C.optimizer_set_slot(o, i, k, t), 1-based i and k */
+static int l_optimizer_set_slot(lua_State *L) {
+  lunet_optimizer *o = check_opt(L, 1);
+  int i = (int)luaL_checkinteger(L, 2), k = (int)luaL_checkinteger(L, 3);
+  if (lunet_optimizer_set_slot(lunetL_ctx(L), o, i - 1, k - 1, lunetL_checktensor(L, 4)))
+    lunetL_error(L, NULL);
+  return 0;
+}
+
+static int l_optimizer_to(lua_State *L) {
+  if (lunet_optimizer_to(lunetL_ctx(L), check_opt(L, 1), luaL_checkstring(L, 2)))
+    lunetL_error(L, NULL);
+  return 0;
+}
+
+/* ---- models ---- */
+
+static int l_model_new(lua_State *L) {
+  const char *name = luaL_optstring(L, 1, NULL);
+  lunet_model **p = lua_newuserdatauv(L, sizeof *p, 0);
+  *p = NULL;
+  luaL_setmetatable(L, MODEL_MT);
+  if (!(*p = lunet_model_new(lunetL_ctx(L), name))) lunetL_error(L, NULL);
+  return 1;
+}
+
+static int read_ids(lua_State *L, int idx, int *ids, int max, const char *what) {
+  luaL_checktype(L, idx, LUA_TTABLE);
+  int n = (int)luaL_len(L, idx);
+  if (n > max) luaL_error(L, "at most %d %s", max, what);
+  for (int i = 0; i < n; i++) {
+    lua_geti(L, idx, i + 1);
+    ids[i] = (int)luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+  }
+  return n;
+}
+
+/* C.model_input(m, shape, name) -> value id */
+static int l_model_input(lua_State *L) {
+  lunet_model *m = check_model(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  int n = (int)luaL_len(L, 2);
+  if (n >= LUNET_MAX_DIMS) luaL_error(L, "an input shape has at most %d sizes", LUNET_MAX_DIMS - 1);
+  int64_t shape[LUNET_MAX_DIMS];
+  for (int i = 0; i < n; i++) {
+    lua_geti(L, 2, i + 1);
+    shape[i] = luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+  }
+  int id = lunet_model_input(lunetL_ctx(L), m, luaL_optstring(L, 3, NULL), n, shape);
+  if (id < 0) lunetL_error(L, NULL);
+  lua_pushinteger(L, id);
+  return 1;
+}
+
+/* C.model_add(m, layer, {ids}) -> value id */
+static int l_model_add(lua_State *L) {
+  lunet_model *m = check_model(L, 1);
+  lunet_layer *l = lunetL_checklayer(L, 2);
+  int ids[MAX_IO];
+  int n = read_ids(L, 3, ids, MAX_IO, "inputs to a layer");
+  int id = lunet_model_add(lunetL_ctx(L), m, l, n, ids);
+  if (id < 0) lunetL_error(L, NULL);
+  lua_pushinteger(L, id);
+  return 1;
+}
+
+static int l_model_outputs(lua_State *L) {
+  lunet_model *m = check_model(L, 1);
+  int ids[MAX_IO];
+  int n = read_ids(L, 2, ids, MAX_IO, "outputs");
+  if (lunet_model_set_outputs(lunetL_ctx(L), m, n, ids)) lunetL_error(L, NULL);
+  return 0;
+}
+
+/* C.model_compile(m, { {loss=, from_logits=, weight=}, ... }, {metric names}, optimizer) */
+static int l_model_compile(lua_State *L) {
+  static const char *const losses[] = {"mean_squared_error", "categorical_crossentropy",
+                                       "sparse_categorical_crossentropy", "binary_crossentropy",
+                                       NULL};
+  lunet_model *m = check_model(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  lunet_optimizer *opt = check_opt(L, 4);
+  lunet_loss_spec specs[MAX_IO];
+  const char *metrics[MAX_IO];
+  int nl = (int)luaL_len(L, 2), nm = (int)luaL_len(L, 3);
+  if (nl > MAX_IO || nm > MAX_IO) luaL_error(L, "at most %d losses and %d metrics", MAX_IO, MAX_IO);
+  for (int i = 0; i < nl; i++) {
+    lua_geti(L, 2, i + 1);
+    lua_getfield(L, -1, "loss");
+    specs[i].kind = (lunet_loss_kind)luaL_checkoption(L, -1, NULL, losses);
+    lua_getfield(L, -2, "from_logits");
+    specs[i].from_logits = lua_toboolean(L, -1);
+    lua_getfield(L, -3, "weight");
+    specs[i].weight = luaL_optnumber(L, -1, 1);
+    lua_pop(L, 4);
+  }
+  for (int i = 0; i < nm; i++) {
+    lua_geti(L, 3, i + 1);
+    metrics[i] = luaL_checkstring(L, -1);
+    lua_pop(L, 1); /* the table keeps the string */
+  }
+  lunet_compile_opts o = {
+      .nlosses = nl, .losses = specs, .optimizer = opt, .nmetrics = nm, .metrics = metrics};
+  if (lunet_model_compile(lunetL_ctx(L), m, &o)) lunetL_error(L, NULL);
+  return 0;
+}
+
+/* A tensor or a list of tensors at idx; returns the count. */
+static int read_tensors(lua_State *L, int idx, lunet_tensor **out, const char *what) {
+  lunet_tensor *t = lunetL_totensor(L, idx);
+  if (t) {
+    out[0] = t;
+    return 1;
+  }
+  if (!lua_istable(L, idx))
+    return luaL_error(L, "%s: a tensor or a list of tensors expected, got %s", what,
+                      luaL_typename(L, idx));
+  int n = (int)luaL_len(L, idx);
+  if (n > MAX_IO) luaL_error(L, "%s: at most %d tensors", what, MAX_IO);
+  for (int i = 0; i < n; i++) {
+    lua_geti(L, idx, i + 1);
+    out[i] = lunetL_totensor(L, -1);
+    if (!out[i]) luaL_error(L, "%s: entry %d is a %s, not a tensor", what, i + 1, luaL_typename(L, -1));
+    lua_pop(L, 1); /* the list keeps it alive */
+  }
+  return n;
+}
+
+static int step(lua_State *L, bool training) {
+  lunet_model *m = check_model(L, 1);
+  lunet_tensor *x[MAX_IO], *y[MAX_IO];
+  int nx = read_tensors(L, 2, x, "x"), ny = read_tensors(L, 3, y, "y");
+  double loss = 0;
+  lunet_status s = training ? lunet_model_train_step(lunetL_ctx(L), m, nx, x, ny, y, &loss)
+                            : lunet_model_test_step(lunetL_ctx(L), m, nx, x, ny, y, &loss);
+  if (s) lunetL_error(L, NULL);
+  lua_pushnumber(L, loss);
+  return 1;
+}
+
+/* C.model_train_step(m, x, y) -> the batch's loss; x and y a tensor or a list */
+static int l_model_train_step(lua_State *L) { return step(L, true); }
+static int l_model_test_step(lua_State *L) { return step(L, false); }
+
+/* C.model_logs(m [, logs]) -> logs with each metric's running result */
+static int l_model_logs(lua_State *L) {
+  lunet_model *m = check_model(L, 1);
+  if (lua_isnoneornil(L, 2)) {
+    lua_settop(L, 1);
+    lua_createtable(L, 0, lunet_model_metric_count(m));
+  }
+  luaL_checktype(L, 2, LUA_TTABLE);
+  for (int i = 0; i < lunet_model_metric_count(m); i++) {
+    lunet_metric *x = lunet_model_metric(m, i);
+    lua_pushnumber(L, lunet_metric_result(x));
+    lua_setfield(L, 2, lunet_metric_name(x));
+  }
+  lua_settop(L, 2);
+  return 1;
+}
+
+/* C.model_metric_names(m) -> {"loss", "accuracy", ...} */
+static int l_model_metric_names(lua_State *L) {
+  lunet_model *m = check_model(L, 1);
+  int n = lunet_model_metric_count(m);
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    lua_pushstring(L, lunet_metric_name(lunet_model_metric(m, i)));
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
+static int l_model_reset_metrics(lua_State *L) {
+  lunet_model_reset_metrics(check_model(L, 1));
+  return 0;
+}
+
+static int push_outputs(lua_State *L, lunet_model *m, lunet_tensor **out) {
+  int n = lunet_model_output_count(m);
+  luaL_checkstack(L, n, "too many outputs");
+  for (int j = 0; j < n; j++) {
+    lunet_tensor **p = lua_newuserdatauv(L, sizeof *p, 0);
+    *p = out[j];
+    luaL_setmetatable(L, LUNETL_TENSOR);
+  }
+  return n;
+}
+
+/* C.model_predict(m, x) -> one tensor per output (inference, no tape) */
+static int l_model_predict(lua_State *L) {
+  lunet_model *m = check_model(L, 1);
+  lunet_tensor *x[MAX_IO], *out[MAX_IO];
+  int nx = read_tensors(L, 2, x, "x");
+  if (lunet_model_predict(lunetL_ctx(L), m, nx, x, out)) lunetL_error(L, NULL);
+  return push_outputs(L, m, out);
+}
+
+/* C.model_forward(m, x, training) -> outputs, recorded on the tape */
+static int l_model_forward(lua_State *L) {
+  lunet_model *m = check_model(L, 1);
+  lunet_tensor *x[MAX_IO], *out[MAX_IO];
+  int nx = read_tensors(L, 2, x, "x");
+  if (lunet_model_forward(lunetL_ctx(L), m, nx, x, lua_toboolean(L, 3), out)) lunetL_error(L, NULL);
+  return push_outputs(L, m, out);
+}
+
+/* C.model_params(m) -> the trainable weights in the optimizer's order */
+static int l_model_params(lua_State *L) {
+  lunet_model *m = check_model(L, 1);
+  int n = lunet_model_param_count(m);
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    lunetL_pushtensor(L, lunet_tensor_retain(lunet_model_param(m, i)));
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
+static const luaL_Reg functions[] = {{"optimizer_new", l_optimizer_new},
+                                     {"optimizer_configure", l_optimizer_configure},
+                                     {"optimizer_set_lr", l_optimizer_set_lr},
+                                     {"optimizer_apply", l_optimizer_apply},
+                                     {"optimizer_iterations", l_optimizer_iterations},
+                                     {"optimizer_slots", l_optimizer_slots},
+                                     {"optimizer_set_slot", l_optimizer_set_slot},
+                                     {"optimizer_to", l_optimizer_to},
+                                     {"model_new", l_model_new},
+                                     {"model_input", l_model_input},
+                                     {"model_add", l_model_add},
+                                     {"model_outputs", l_model_outputs},
+                                     {"model_compile", l_model_compile},
+                                     {"model_train_step", l_model_train_step},
+                                     {"model_test_step", l_model_test_step},
+                                     {"model_logs", l_model_logs},
+                                     {"model_metric_names", l_model_metric_names},
+                                     {"model_reset_metrics", l_model_reset_metrics},
+                                     {"model_predict", l_model_predict},
+                                     {"model_forward", l_model_forward},
+                                     {"model_params", l_model_params},
+                                     {NULL, NULL}};
+
+void lunetL_open_train(lua_State *L) {
+  if (luaL_newmetatable(L, MODEL_MT)) {
+    lua_pushcfunction(L, model_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, OPT_MT)) {
+    lua_pushcfunction(L, opt_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  luaL_setfuncs(L, functions, 0);
+}

@@ -1,0 +1,288 @@
+/* Check tests of the core's model API (lunet/model.h) from C alone: graph
+ * construction and its errors, the training step and its hooks, metrics. */
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lunet/backend.h"
+#include "lunet/model.h"
+
+static lunet_ctx *ctx;
+
+static void setup(void) {
+  ctx = lunet_ctx_new();
+  lunet_seed(ctx, 7);
+}
+
+static void teardown(void) { lunet_ctx_free(ctx); }
+
+static lunet_layer *dense(int64_t units, const char *activation) {
+  const lunet_layer_type *t = lunet_layer_type_find(ctx, "Dense");
+  ck_assert_msg(t != NULL, "%s", lunet_ctx_error(ctx));
+  lunet_layer *l = lunet_layer_new(ctx, t);
+  ck_assert_int_eq(lunet_layer_set_int(l, "units", units), LUNET_OK);
+  ck_assert_int_eq(lunet_layer_set_bool(l, "use_bias", true), LUNET_OK);
+  if (activation) ck_assert_int_eq(lunet_layer_set_string(l, "activation", activation), LUNET_OK);
+  return l;
+}
+
+/* input (3) -> Dense 8 relu -> Dense 1: the model holds the layers. */
+static lunet_model *mlp(void) {
+  lunet_model *m = lunet_model_new(ctx, "mlp");
+  int64_t shape = 3;
+  int v = lunet_model_input(ctx, m, "x", 1, &shape);
+  lunet_layer *a = dense(8, "relu"), *b = dense(1, NULL);
+  v = lunet_model_add(ctx, m, a, 1, &v);
+  v = lunet_model_add(ctx, m, b, 1, &v);
+  ck_assert_int_ge(v, 0);
+  lunet_layer_release(a);
+  lunet_layer_release(b);
+  ck_assert_int_eq(lunet_model_set_outputs(ctx, m, 1, &v), LUNET_OK);
+  return m;
+}
+
+static void compile(lunet_model *m, lunet_optimizer_kind kind, double lr) {
+  lunet_optimizer_config c = lunet_optimizer_defaults(kind);
+  c.learning_rate = lr;
+  lunet_optimizer *o = lunet_optimizer_new(ctx, &c);
+  lunet_loss_spec loss = {LUNET_LOSS_MSE, false, 1};
+  lunet_compile_opts co = {.nlosses = 1, .losses = &loss, .optimizer = o};
+  ck_assert_int_eq(lunet_model_compile(ctx, m, &co), LUNET_OK);
+  lunet_optimizer_release(o);
+}
+
+/* x (n, 3) uniform in [-1, 1), y = x . (1, -2, 0.5) + 0.3 */
+static void linear_data(int n, lunet_tensor **x, lunet_tensor **y) {
+  float *xs = malloc(sizeof(float) * 3 * (size_t)n), *ys = malloc(sizeof(float) * (size_t)n);
+  uint64_t c = lunet_rng_take(ctx, (uint64_t)n * 3);
+  for (int i = 0; i < n; i++) {
+    for (int k = 0; k < 3; k++) xs[i * 3 + k] = 2 * lunet_philox_uniform(99, c + i * 3 + k) - 1;
+    ys[i] = xs[i * 3] - 2 * xs[i * 3 + 1] + 0.5f * xs[i * 3 + 2] + 0.3f;
+  }
+  int64_t xshape[2] = {n, 3}, yshape[2] = {n, 1};
+  *x = lunet_tensor_from_data(ctx, LUNET_F32, 2, xshape, xs);
+  *y = lunet_tensor_from_data(ctx, LUNET_F32, 2, yshape, ys);
+  free(xs);
+  free(ys);
+}
+
+START_TEST(test_train_step_learns) {
+  lunet_model *m = mlp();
+  compile(m, LUNET_OPT_ADAM, 0.02);
+  lunet_tensor *x, *y;
+  linear_data(64, &x, &y);
+  double first = 0, loss = 0, eval = 0;
+  for (int s = 0; s < 300; s++) {
+    ck_assert_msg(lunet_model_train_step(ctx, m, 1, &x, 1, &y, &loss) == LUNET_OK, "%s",
+                  lunet_ctx_error(ctx));
+    if (s == 0) first = loss;
+  }
+  /* the metrics run until reset: after a reset, one test step's mean loss is its loss */
+  ck_assert_double_gt(lunet_metric_result(lunet_model_metric(m, 0)), first / 300);
+  lunet_model_reset_metrics(m);
+  ck_assert_int_eq(lunet_model_test_step(ctx, m, 1, &x, 1, &y, &eval), LUNET_OK);
+  ck_assert_msg(eval < 0.02 * first, "loss %g after 300 steps, %g at first", eval, first);
+  ck_assert_int_eq(lunet_optimizer_iterations(lunet_model_optimizer(m)), 300);
+  ck_assert_str_eq(lunet_metric_name(lunet_model_metric(m, 0)), "loss");
+  ck_assert_double_eq_tol(lunet_metric_result(lunet_model_metric(m, 0)), eval, 1e-7 * (1 + eval));
+  /* predict agrees with the mean squared error the test step reported */
+  lunet_tensor *p = NULL;
+  ck_assert_int_eq(lunet_model_predict(ctx, m, 1, &x, &p), LUNET_OK);
+  float pv[64], yv[64];
+  lunet_tensor_read(ctx, p, pv, sizeof pv);
+  lunet_tensor_read(ctx, y, yv, sizeof yv);
+  double mse = 0;
+  for (int i = 0; i < 64; i++) mse += (pv[i] - yv[i]) * (double)(pv[i] - yv[i]) / 64;
+  ck_assert_double_eq_tol(mse, eval, 1e-5 * (1 + eval));
+  lunet_tensor_release(p);
+  lunet_tensor_release(x);
+  lunet_tensor_release(y);
+  lunet_model_release(m);
+}
+END_TEST
+
+/* grad_ready: each parameter once, with its complete gradient, the output
+ * layer's first (backward runs from the loss). */
+typedef struct ready_log {
+  int order[8], n;
+  float sum[8];
+} ready_log;
+
+static float tensor_sum(lunet_tensor *t) {
+  int64_t n = lunet_tensor_numel(t);
+  float *v = malloc(sizeof(float) * (size_t)n), s = 0;
+  lunet_tensor_read(ctx, t, v, sizeof(float) * (size_t)n);
+  for (int64_t i = 0; i < n; i++) s += v[i];
+  free(v);
+  return s;
+}
+
+static void on_ready(void *user, int param, lunet_tensor *grad) {
+  ready_log *r = user;
+  r->order[r->n] = param;
+  r->sum[r->n++] = tensor_sum(grad);
+}
+
+START_TEST(test_grad_ready_gives_complete_gradients) {
+  lunet_model *m = mlp();
+  compile(m, LUNET_OPT_SGD, 0.0); /* rate 0: the weights stay as they are */
+  lunet_tensor *x, *y;
+  linear_data(16, &x, &y);
+  ready_log r = {0};
+  lunet_model_set_grad_ready(m, on_ready, &r);
+  ck_assert_int_eq(lunet_model_train_step(ctx, m, 1, &x, 1, &y, NULL), LUNET_OK);
+  ck_assert_int_eq(r.n, lunet_model_param_count(m));
+  ck_assert_int_eq(r.n, 4);
+  ck_assert_msg(r.order[0] >= 2, "the output layer's gradients come first, got param %d", r.order[0]);
+  /* the same gradients from the tape by hand */
+  lunet_tensor *out = NULL;
+  ck_assert_int_eq(lunet_model_forward(ctx, m, 1, &x, true, &out), LUNET_OK);
+  lunet_tensor *loss = lunet_loss(ctx, LUNET_LOSS_MSE, out, y, false);
+  ck_assert_int_eq(lunet_backward(ctx, loss, NULL), LUNET_OK);
+  for (int k = 0; k < r.n; k++) {
+    lunet_tensor *g = lunet_tensor_grad_get(lunet_model_param(m, r.order[k]));
+    ck_assert_ptr_nonnull(g);
+    float want = tensor_sum(g);
+    ck_assert_msg(fabsf(want - r.sum[k]) <= 1e-5f * (1 + fabsf(want)), "param %d: %g vs %g",
+                  r.order[k], r.sum[k], want);
+  }
+  lunet_tensor_release(loss);
+  lunet_tensor_release(out);
+  lunet_tensor_release(x);
+  lunet_tensor_release(y);
+  lunet_model_release(m);
+}
+END_TEST
+
+static lunet_status zero_grads(void *user, lunet_ctx *c, int n, lunet_tensor *const *params,
+                               lunet_tensor *const *grads) {
+  int *calls = user;
+  ++*calls;
+  for (int i = 0; i < n; i++)
+    if (grads[i] && lunet_op_fill(c, grads[i], 0.0f)) return lunet_ctx_status(c);
+  return LUNET_OK;
+}
+
+static lunet_status refuse(void *user, lunet_ctx *c, int n, lunet_tensor *const *params,
+                           lunet_tensor *const *grads) {
+  return lunet_error(c, LUNET_ERR_NET, "peer 3 did not answer");
+}
+
+START_TEST(test_grad_transform_runs_before_the_update) {
+  lunet_model *m = mlp();
+  compile(m, LUNET_OPT_SGD, 0.5);
+  lunet_tensor *x, *y;
+  linear_data(16, &x, &y);
+  float before = tensor_sum(lunet_model_param(m, 0));
+  int calls = 0;
+  lunet_model_set_grad_transform(m, zero_grads, &calls);
+  ck_assert_int_eq(lunet_model_train_step(ctx, m, 1, &x, 1, &y, NULL), LUNET_OK);
+  ck_assert_int_eq(calls, 1);
+  ck_assert_float_eq(tensor_sum(lunet_model_param(m, 0)), before);
+  lunet_model_set_grad_transform(m, refuse, NULL);
+  ck_assert_int_eq(lunet_model_train_step(ctx, m, 1, &x, 1, &y, NULL), LUNET_ERR_NET);
+  ck_assert_str_eq(lunet_ctx_error(ctx), "peer 3 did not answer");
+  ck_assert_float_eq(tensor_sum(lunet_model_param(m, 0)), before);
+  ck_assert_int_eq(lunet_optimizer_iterations(lunet_model_optimizer(m)), 1);
+  lunet_model_set_grad_transform(m, NULL, NULL);
+  ck_assert_int_eq(lunet_model_train_step(ctx, m, 1, &x, 1, &y, NULL), LUNET_OK);
+  ck_assert_float_ne(tensor_sum(lunet_model_param(m, 0)), before);
+  lunet_tensor_release(x);
+  lunet_tensor_release(y);
+  lunet_model_release(m);
+}
+END_TEST
+
+START_TEST(test_metrics_update_merge_reset) {
+  lunet_metric *a = lunet_metric_new(ctx, "accuracy", LUNET_METRIC_SPARSE_CATEGORICAL_ACCURACY, 0);
+  lunet_metric *b = lunet_metric_new(ctx, "accuracy", LUNET_METRIC_SPARSE_CATEGORICAL_ACCURACY, 0);
+  lunet_metric *mean = lunet_metric_new(ctx, "loss", LUNET_METRIC_MEAN, 0);
+  float probs[] = {0.1f, 0.9f, 0.8f, 0.2f, 0.3f, 0.7f}, labels[] = {1, 1, 1};
+  int64_t ps[2] = {3, 2}, ls = 3;
+  lunet_tensor *p = lunet_tensor_from_data(ctx, LUNET_F32, 2, ps, probs);
+  lunet_tensor *l = lunet_tensor_from_data(ctx, LUNET_F32, 1, &ls, labels);
+  ck_assert_int_eq(lunet_metric_update(ctx, a, p, l), LUNET_OK);
+  ck_assert_double_eq_tol(lunet_metric_result(a), 2.0 / 3.0, 1e-12);
+  lunet_metric_add(b, 1, 1); /* one more sample, correct */
+  ck_assert_int_eq(lunet_metric_merge(ctx, a, b), LUNET_OK);
+  ck_assert_double_eq_tol(lunet_metric_result(a), 3.0 / 4.0, 1e-12);
+  double total, count;
+  lunet_metric_state(a, &total, &count);
+  ck_assert_double_eq(total, 3);
+  ck_assert_double_eq(count, 4);
+  ck_assert_int_eq(lunet_metric_merge(ctx, a, mean), LUNET_ERR_ARG);
+  ck_assert_str_eq(lunet_ctx_error(ctx), "metric: cannot merge 'loss' into 'accuracy' (another kind)");
+  lunet_metric_reset(a);
+  ck_assert_double_eq(lunet_metric_result(a), 0);
+  lunet_tensor_release(p);
+  lunet_tensor_release(l);
+  lunet_metric_free(a);
+  lunet_metric_free(b);
+  lunet_metric_free(mean);
+}
+END_TEST
+
+START_TEST(test_graph_errors_are_clear) {
+  lunet_model *m = lunet_model_new(ctx, "g");
+  int64_t s3 = 3, s5 = 5;
+  int x = lunet_model_input(ctx, m, "x", 1, &s3);
+  int unused = lunet_model_input(ctx, m, "extra", 1, &s5);
+  ck_assert_int_ge(unused, 0);
+  lunet_layer *d = dense(2, NULL);
+  int v = lunet_model_add(ctx, m, d, 1, &x);
+  /* the same layer again, on a value of another shape */
+  ck_assert_int_eq(lunet_model_add(ctx, m, d, 1, &unused), -1);
+  ck_assert_str_eq(lunet_ctx_error(ctx),
+                   "Dense expects input of shape (None, 3), but extra gives (None, 5)");
+  ck_assert_int_eq(lunet_model_set_outputs(ctx, m, 1, &v), LUNET_ERR_ARG);
+  ck_assert_str_eq(lunet_ctx_error(ctx),
+                   "model 'g': input 'extra' is not used by any output (remove it from the "
+                   "inputs, or connect it)");
+  lunet_model_release(m);
+  lunet_layer_release(d);
+
+  m = mlp();
+  lunet_tensor *xt, *yt;
+  linear_data(4, &xt, &yt);
+  ck_assert_int_eq(lunet_model_train_step(ctx, m, 1, &xt, 1, &yt, NULL), LUNET_ERR_ARG);
+  ck_assert_str_eq(lunet_ctx_error(ctx), "model 'mlp' is not compiled (compile it first)");
+  compile(m, LUNET_OPT_SGD, 0.1);
+  lunet_tensor *two[2] = {xt, xt};
+  ck_assert_int_eq(lunet_model_train_step(ctx, m, 2, two, 1, &yt, NULL), LUNET_ERR_ARG);
+  ck_assert_str_eq(lunet_ctx_error(ctx), "model 'mlp' takes 1 input, got 2");
+  ck_assert_int_eq(lunet_model_train_step(ctx, m, 1, &xt, 2, two, NULL), LUNET_ERR_ARG);
+  ck_assert_str_eq(lunet_ctx_error(ctx), "model 'mlp' has 1 output but got 2 targets");
+  ck_assert_int_eq(lunet_model_train_step(ctx, m, 1, &yt, 1, &yt, NULL), LUNET_ERR_SHAPE);
+  ck_assert_str_eq(lunet_ctx_error(ctx), "mlp: expected input of shape (None, 3), got (4, 1)");
+  int out = lunet_model_output_id(m, 0);
+  ck_assert_int_eq(lunet_model_set_outputs(ctx, m, 1, &out), LUNET_ERR_ARG);
+  ck_assert_str_eq(lunet_ctx_error(ctx),
+                   "model 'mlp': its outputs are set; the graph cannot grow any more");
+  lunet_tensor_release(xt);
+  lunet_tensor_release(yt);
+  lunet_model_release(m);
+}
+END_TEST
+
+static Suite *model_suite(void) {
+  Suite *s = suite_create("model");
+  TCase *tc = tcase_create("api");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, test_train_step_learns);
+  tcase_add_test(tc, test_grad_ready_gives_complete_gradients);
+  tcase_add_test(tc, test_grad_transform_runs_before_the_update);
+  tcase_add_test(tc, test_metrics_update_merge_reset);
+  tcase_add_test(tc, test_graph_errors_are_clear);
+  suite_add_tcase(s, tc);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(model_suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
