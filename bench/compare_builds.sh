@@ -3,7 +3,7 @@
 # seed CNN, alternating them in one run: the machine's speed drifts.
 #
 #   bench/compare_builds.sh --old DIR [--new DIR] [--rounds N] [--threads N]
-#                           [--seconds S] [--limit N]
+#                           [--seconds S] [--limit N] [--raw FILE]
 #
 # DIR is a built source tree (DIR/build/bin/lunet); --new defaults to this
 # tree.  Each round runs, for the old then the new build:
@@ -18,7 +18,7 @@
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
-old='' new=$(cd "$here/.." && pwd) rounds=3 threads=2 seconds=2 limit=12000
+old='' new=$(cd "$here/.." && pwd) rounds=3 threads=2 seconds=2 limit=12000 raw=''
 die() { echo "compare_builds.sh: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case $1 in
@@ -28,7 +28,8 @@ while [ $# -gt 0 ]; do
     --threads) threads=${2:?--threads needs a value}; shift ;;
     --seconds) seconds=${2:?--seconds needs a value}; shift ;;
     --limit) limit=${2:?--limit needs a value}; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --raw) raw=${2:?--raw needs a file name}; shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
   shift
@@ -59,6 +60,7 @@ while [ "$i" -le "$rounds" ]; do
   i=$((i + 1))
 done
 
+[ -z "$raw" ] || cp "$out" "$raw"
 /usr/bin/python3 - "$out" "$limit" <<'EOF'
 import json, statistics, sys
 runs = {}

@@ -30,7 +30,86 @@ static const char *arg_type_name(lunet_arg_type t) {
   return (unsigned)t < 7 ? names[t] : "?";
 }
 
-/* C.layer_types() -> { {name=, doc=, plugin=, positional=, args={...}}, ... } */
+/* A typed argument value as the Lua value a user would write. */
+static void push_value(lua_State *L, lunet_arg_type t, const lunet_arg_value *v) {
+  switch (t) {
+  case LUNET_ARG_INT:
+    lua_pushinteger(L, v->i);
+    return;
+  case LUNET_ARG_FLOAT:
+    lua_pushnumber(L, v->f);
+    return;
+  case LUNET_ARG_BOOL:
+    lua_pushboolean(L, v->b);
+    return;
+  case LUNET_ARG_STRING:
+    if (v->s)
+      lua_pushstring(L, v->s);
+    else
+      lua_pushnil(L);
+    return;
+  case LUNET_ARG_INT2:
+    if (v->n == 1) {
+      lua_pushinteger(L, v->v[0]);
+      return;
+    }
+    __attribute__((fallthrough)); /* a pair is a list */
+  case LUNET_ARG_SHAPE:
+    lua_createtable(L, v->n, 0);
+    for (int i = 0; i < v->n && i < LUNET_MAX_DIMS; i++) {
+      lua_pushinteger(L, v->v[i]);
+      lua_rawseti(L, -2, i + 1);
+    }
+    return;
+  case LUNET_ARG_REGULARIZER:
+    lua_createtable(L, 0, 2);
+    lua_pushnumber(L, v->f);
+    lua_setfield(L, -2, "l1");
+    lua_pushnumber(L, v->f2);
+    lua_setfield(L, -2, "l2");
+    return;
+  }
+  lua_pushnil(L);
+}
+
+/* How help() shows a default: "3", "true", "\"valid\"", "{2, 2}", "nil". */
+static void push_default_text(lua_State *L, const lunet_arg_schema *s) {
+  const lunet_arg_value *v = &s->def;
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  if (s->presence == LUNET_ARG_NIL || (s->type == LUNET_ARG_STRING && !v->s)) {
+    luaL_addstring(&b, "nil");
+  } else if (s->type == LUNET_ARG_STRING) {
+    luaL_addchar(&b, '"');
+    luaL_addstring(&b, v->s);
+    luaL_addchar(&b, '"');
+  } else if (s->type == LUNET_ARG_FLOAT) {
+    lua_pushnumber(L, v->f);
+    luaL_addvalue(&b); /* Lua's own number format */
+  } else if (s->type == LUNET_ARG_INT) {
+    lua_pushinteger(L, v->i);
+    luaL_addvalue(&b);
+  } else if (s->type == LUNET_ARG_BOOL) {
+    luaL_addstring(&b, v->b ? "true" : "false");
+  } else if ((s->type == LUNET_ARG_INT2 && v->n != 1) || s->type == LUNET_ARG_SHAPE) {
+    luaL_addchar(&b, '{');
+    for (int i = 0; i < v->n && i < LUNET_MAX_DIMS; i++) {
+      if (i) luaL_addstring(&b, ", ");
+      lua_pushinteger(L, v->v[i]);
+      luaL_addvalue(&b);
+    }
+    luaL_addchar(&b, '}');
+  } else if (s->type == LUNET_ARG_INT2) {
+    lua_pushinteger(L, v->v[0]);
+    luaL_addvalue(&b);
+  } else {
+    luaL_addstring(&b, "l1_l2(...)");
+  }
+  luaL_pushresult(&b);
+}
+
+/* C.layer_types() -> { name = {name=, doc=, plugin=, positional=, min_inputs=, max_inputs=,
+ * noutputs=, args={ {name=, type=, default=, default_text=, required=, doc=, choices=} }} } */
 static int l_layer_types(lua_State *L) {
   lunet_ctx *ctx = lunetL_ctx(L);
   const lunet_layer_type *t;
@@ -48,6 +127,12 @@ static int l_layer_types(lua_State *L) {
     lua_setfield(L, -2, "positional");
     lua_pushinteger(L, t->ntests);
     lua_setfield(L, -2, "ntests");
+    lua_pushinteger(L, t->min_inputs > 0 ? t->min_inputs : 1);
+    lua_setfield(L, -2, "min_inputs");
+    lua_pushinteger(L, t->max_inputs > 0 ? t->max_inputs : (t->min_inputs > 0 ? t->min_inputs : 1));
+    lua_setfield(L, -2, "max_inputs");
+    lua_pushinteger(L, t->noutputs > 0 ? t->noutputs : 1);
+    lua_setfield(L, -2, "noutputs");
     lua_createtable(L, t->nargs, 0);
     for (int a = 0; a < t->nargs; a++) {
       const lunet_arg_schema *s = &t->args[a];
@@ -56,12 +141,16 @@ static int l_layer_types(lua_State *L) {
       lua_setfield(L, -2, "name");
       lua_pushstring(L, arg_type_name(s->type));
       lua_setfield(L, -2, "type");
-      if (s->default_value) {
-        lua_pushstring(L, s->default_value);
-        lua_setfield(L, -2, "default");
-      } else {
+      if (s->presence == LUNET_ARG_REQUIRED) {
         lua_pushboolean(L, 1);
         lua_setfield(L, -2, "required");
+      } else {
+        if (s->presence == LUNET_ARG_DEFAULT) {
+          push_value(L, s->type, &s->def);
+          lua_setfield(L, -2, "default");
+        }
+        push_default_text(L, s);
+        lua_setfield(L, -2, "default_text");
       }
       lua_pushstring(L, s->doc ? s->doc : "");
       lua_setfield(L, -2, "doc");
@@ -73,31 +162,6 @@ static int l_layer_types(lua_State *L) {
     }
     lua_setfield(L, -2, "args");
     lua_setfield(L, -2, t->name);
-  }
-  return 1;
-}
-
-/* C.layer_tests(type) -> { {args=, shape=, batch=, tolerance=}, ... } */
-static int l_layer_tests(lua_State *L) {
-  const lunet_layer_type *t = lunet_layer_type_find(lunetL_ctx(L), luaL_checkstring(L, 1));
-  if (!t) lunetL_error(L, NULL);
-  lua_createtable(L, t->ntests, 0);
-  for (int i = 0; i < t->ntests; i++) {
-    const lunet_layer_test *c = &t->tests[i];
-    lua_createtable(L, 0, 4);
-    lua_pushstring(L, c->args);
-    lua_setfield(L, -2, "args");
-    lua_createtable(L, c->ndim, 0);
-    for (int d = 0; d < c->ndim; d++) {
-      lua_pushinteger(L, c->input_shape[d]);
-      lua_rawseti(L, -2, d + 1);
-    }
-    lua_setfield(L, -2, "shape");
-    lua_pushinteger(L, c->batch);
-    lua_setfield(L, -2, "batch");
-    lua_pushnumber(L, c->tolerance);
-    lua_setfield(L, -2, "tolerance");
-    lua_rawseti(L, -2, i + 1);
   }
   return 1;
 }
@@ -169,40 +233,81 @@ static int l_layer_new(lua_State *L) {
   return 1;
 }
 
-static void push_shape(lua_State *L, int nd, const int64_t *s) {
-  lua_createtable(L, nd, 0);
-  for (int i = 0; i < nd; i++) {
-    lua_pushinteger(L, s[i]);
+static void push_shape(lua_State *L, const lunet_shape *s) {
+  lua_createtable(L, s->ndim, 0);
+  for (int i = 0; i < s->ndim; i++) {
+    lua_pushinteger(L, s->dims[i]);
     lua_rawseti(L, -2, i + 1);
   }
 }
 
-/* C.layer_build(layer, shape) -> output shape */
+static void read_shape(lua_State *L, int idx, lunet_shape *s, const char *tname) {
+  s->ndim = read_ints(L, idx, s->dims, tname, "input shape");
+}
+
+/* C.layer_build(layer, shape) -> output shape, or C.layer_build(layer,
+ * {shape1, shape2, ...}) for several inputs -> list of output shapes. */
 static int l_layer_build(lua_State *L) {
   lunet_layer *l = lunetL_checklayer(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
-  int64_t in[LUNET_MAX_DIMS], out[LUNET_MAX_DIMS];
-  int n = read_ints(L, 2, in, lunet_layer_type_get(l)->name, "input shape");
-  if (lunet_layer_build(l, n, in)) lunetL_error(L, NULL);
-  push_shape(L, lunet_layer_output_shape(l, out), out);
+  const char *tn = lunet_layer_type_get(l)->name;
+  lunet_shape in[LUNET_LAYER_MAX_INPUTS];
+  lua_geti(L, 2, 1);
+  bool several = lua_istable(L, -1);
+  lua_pop(L, 1);
+  int nin = 1;
+  if (several) {
+    nin = (int)luaL_len(L, 2);
+    if (nin > LUNET_LAYER_MAX_INPUTS) luaL_error(L, "%s: at most %d inputs", tn, LUNET_LAYER_MAX_INPUTS);
+    for (int i = 0; i < nin; i++) {
+      lua_geti(L, 2, i + 1);
+      read_shape(L, lua_gettop(L), &in[i], tn);
+      lua_pop(L, 1);
+    }
+  } else {
+    read_shape(L, 2, &in[0], tn);
+  }
+  if (lunet_layer_build(lunetL_ctx(L), l, nin, in)) lunetL_error(L, NULL);
+  int nout = lunet_layer_output_count(l);
+  if (!several && nout == 1) {
+    lunet_shape o = lunet_layer_output_shape(l, 0);
+    push_shape(L, &o);
+    return 1;
+  }
+  lua_createtable(L, nout, 0);
+  for (int j = 0; j < nout; j++) {
+    lunet_shape o = lunet_layer_output_shape(l, j);
+    push_shape(L, &o);
+    lua_rawseti(L, -2, j + 1);
+  }
   return 1;
 }
 
-static int l_layer_shapes(lua_State *L) {
-  lunet_layer *l = lunetL_checklayer(L, 1);
-  if (!lunet_layer_built(l)) return 0;
-  int64_t s[LUNET_MAX_DIMS];
-  push_shape(L, lunet_layer_input_shape(l, s), s);
-  push_shape(L, lunet_layer_output_shape(l, s), s);
-  return 2;
-}
-
+/* C.layer_call(layer, x or {x1, x2, ...}, training, skip_activation) -> outputs */
 static int l_layer_call(lua_State *L) {
   lunet_layer *l = lunetL_checklayer(L, 1);
-  lunet_tensor *x = lunetL_checktensor(L, 2);
-  lunetL_pushtensor(
-      L, lunet_layer_call(lunetL_ctx(L), l, x, lua_toboolean(L, 3), lua_toboolean(L, 4)));
-  return 1;
+  lunet_tensor *x[LUNET_LAYER_MAX_INPUTS], *y[LUNET_LAYER_MAX_OUTPUTS];
+  int nin = 1;
+  if ((x[0] = lunetL_totensor(L, 2)) == NULL) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    nin = (int)luaL_len(L, 2);
+    if (nin > LUNET_LAYER_MAX_INPUTS) luaL_error(L, "at most %d inputs", LUNET_LAYER_MAX_INPUTS);
+    for (int i = 0; i < nin; i++) {
+      lua_geti(L, 2, i + 1);
+      x[i] = lunetL_checktensor(L, -1);
+      lua_pop(L, 1); /* the list keeps it alive */
+    }
+  }
+  if (lunet_layer_apply(lunetL_ctx(L), l, NULL, nin, x, NULL, lua_toboolean(L, 3), lua_toboolean(L, 4),
+                        y, NULL))
+    lunetL_error(L, NULL);
+  int nout = lunet_layer_output_count(l);
+  for (int j = 0; j < nout; j++) {
+    lunet_tensor **p = lua_newuserdatauv(L, sizeof *p, 0);
+    *p = y[j];
+    luaL_setmetatable(L, LUNETL_TENSOR);
+  }
+  return nout;
 }
 
 /* C.layer_weights(layer) -> { {name=, tensor=, trainable=}, ... } */
@@ -361,11 +466,94 @@ static int l_load_plugin(lua_State *L) {
   return 0;
 }
 
-static const luaL_Reg functions[] = {{"layer_types", l_layer_types},
-                                     {"layer_tests", l_layer_tests},
+/* "units = 3, padding = \"same\"": a test case's arguments as Lua text. */
+static void push_case_args(lua_State *L, const lunet_layer_type *t, const lunet_layer_test *c) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (int a = 0; a < c->nargs; a++) {
+    const lunet_arg_schema *s = NULL;
+    for (int k = 0; k < t->nargs; k++)
+      if (!strcmp(t->args[k].name, c->args[a].name)) s = &t->args[k];
+    if (a) luaL_addstring(&b, ", ");
+    luaL_addstring(&b, c->args[a].name);
+    luaL_addstring(&b, " = ");
+    if (!s) {
+      luaL_addstring(&b, "?");
+      continue;
+    }
+    lunet_arg_schema shown = *s;
+    shown.presence = LUNET_ARG_DEFAULT;
+    shown.def = c->args[a].value;
+    push_default_text(L, &shown);
+    luaL_addvalue(&b);
+  }
+  luaL_pushresult(&b);
+}
+
+/* C.check_layer(type) -> { {test=, args=, training=, max_error=, tolerance=, ok=, error=,
+ * backends = {name = {max_diff=, ok=, error=}}}, ... }: lunet_check_layer_type's results,
+ * one entry per test case and mode. */
+static int l_check_layer(lua_State *L) {
+  lunet_ctx *ctx = lunetL_ctx(L);
+  const char *name = luaL_checkstring(L, 1);
+  const lunet_layer_type *t = lunet_layer_type_find(ctx, name);
+  if (!t) lunetL_error(L, NULL);
+  int max = 2 * t->ntests * (1 + LUNET_MAX_DEVICES);
+  lunet_check_result *r = lua_newuserdatauv(L, sizeof *r * (size_t)(max ? max : 1), 0);
+  int n = lunet_check_layer_type(ctx, name, r, max);
+  if (n < 0) lunetL_error(L, NULL);
+  lua_newtable(L);
+  int entry = 0;
+  for (int k = 0; k < n && k < max; k++) {
+    if (r[k].backend[0] == '\0') {
+      lua_createtable(L, 0, 9);
+      lua_pushinteger(L, r[k].test + 1);
+      lua_setfield(L, -2, "test");
+      push_case_args(L, t, &t->tests[r[k].test]);
+      lua_setfield(L, -2, "args");
+      lua_pushboolean(L, r[k].training);
+      lua_setfield(L, -2, "training");
+      lua_pushnumber(L, r[k].max_error);
+      lua_setfield(L, -2, "max_error");
+      lua_pushnumber(L, r[k].tolerance);
+      lua_setfield(L, -2, "tolerance");
+      lua_pushboolean(L, r[k].ok);
+      lua_setfield(L, -2, "ok");
+      if (r[k].error[0]) {
+        lua_pushstring(L, r[k].error);
+        lua_setfield(L, -2, "error");
+      }
+      lua_newtable(L);
+      lua_setfield(L, -2, "backends");
+      lua_rawseti(L, -2, ++entry);
+      continue;
+    }
+    lua_geti(L, -1, entry); /* the case this comparison belongs to */
+    lua_getfield(L, -1, "backends");
+    lua_createtable(L, 0, 3);
+    lua_pushnumber(L, r[k].max_diff);
+    lua_setfield(L, -2, "max_diff");
+    lua_pushboolean(L, r[k].ok);
+    lua_setfield(L, -2, "ok");
+    if (r[k].error[0]) {
+      lua_pushstring(L, r[k].error);
+      lua_setfield(L, -2, "error");
+    }
+    lua_setfield(L, -2, r[k].backend);
+    lua_pop(L, 1);
+    if (!r[k].ok) {
+      lua_pushboolean(L, 0);
+      lua_setfield(L, -2, "ok");
+    }
+    lua_pop(L, 1);
+  }
+  return 1;
+}
+
+static const luaL_Reg functions[] = {{"check_layer", l_check_layer},
+                                     {"layer_types", l_layer_types},
                                      {"layer_new", l_layer_new},
                                      {"layer_build", l_layer_build},
-                                     {"layer_shapes", l_layer_shapes},
                                      {"layer_call", l_layer_call},
                                      {"layer_weights", l_layer_weights},
                                      {"layer_activation", l_layer_activation},

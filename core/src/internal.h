@@ -56,7 +56,7 @@ struct lunet_tensor {
 
 /* One recorded op: backward() receives dy and writes one gradient per input
  * (NULL where none is needed), each a new reference. */
-#define LUNET_NODE_MAX_INPUTS 16
+#define LUNET_NODE_MAX_INPUTS 40 /* a layer call: 16 inputs and 16 weights */
 struct lunet_node {
   int refcount;
   uint64_t mark; /* visit generation of the last backward */

@@ -30,20 +30,33 @@ typedef enum act_kind { ACT_NONE, ACT_UNARY, ACT_SOFTMAX } act_kind;
 
 struct lunet_layer {
   int refcount;
-  lunet_ctx *ctx;
+  lunet_ctx *ctx; /* the context of construction and build */
   const lunet_layer_type *type;
   arg_value *args;
-  void *state; /* the running call's state (each call gets its own block) */
   weight w[MAX_WEIGHTS];
   int nweights;
-  lunet_tensor *pending[MAX_WEIGHTS]; /* weight grads of the running backward */
   bool built;
-  int in_ndim, out_ndim;
-  int64_t in[LUNET_MAX_DIMS], out[LUNET_MAX_DIMS];
+  int nin, nout;
+  lunet_shape in[LUNET_LAYER_MAX_INPUTS], out[LUNET_LAYER_MAX_OUTPUTS];
   act_kind act;
   lunet_unary_op act_op;
   float act_alpha;
   const char *act_name;
+};
+
+/* One call: the plugin's state and what the core keeps for backward. */
+struct lunet_call {
+  int refcount;
+  lunet_layer *layer;
+  lunet_ctx *ctx; /* the caller's, during forward and backward */
+  void *state;
+  int nin, nout;
+  int64_t batch;
+  lunet_tensor *mask[LUNET_LAYER_MAX_INPUTS];
+  bool need_dx[LUNET_LAYER_MAX_INPUTS];
+  lunet_tensor *pending[MAX_WEIGHTS];      /* weight gradients of the running backward */
+  lunet_tensor *dys[LUNET_LAYER_MAX_OUTPUTS]; /* several outputs: their gradients */
+  bool backward_done;
 };
 
 static int arg_index(const lunet_layer *l, const char *name) {
@@ -52,42 +65,87 @@ static int arg_index(const lunet_layer *l, const char *name) {
   return -1;
 }
 
+static void set_default(arg_value *v, const lunet_arg_schema *a) {
+  memset(v, 0, sizeof *v);
+  if (a->presence == LUNET_ARG_REQUIRED) return;
+  v->set = true;
+  if (a->presence == LUNET_ARG_NIL) {
+    v->nil = true;
+    return;
+  }
+  const lunet_arg_value *d = &a->def;
+  switch (a->type) {
+  case LUNET_ARG_INT:
+    v->n = 1;
+    v->ints[0] = d->i;
+    v->f = (double)d->i;
+    break;
+  case LUNET_ARG_FLOAT:
+    v->f = d->f;
+    break;
+  case LUNET_ARG_BOOL:
+    v->b = d->b;
+    break;
+  case LUNET_ARG_STRING:
+    v->nil = d->s == NULL;
+    v->s = d->s ? strdup(d->s) : NULL;
+    break;
+  case LUNET_ARG_INT2:
+  case LUNET_ARG_SHAPE:
+    v->n = d->n < 0 ? 0 : d->n > LUNET_MAX_DIMS ? LUNET_MAX_DIMS : d->n;
+    memcpy(v->ints, d->v, sizeof(int64_t) * (size_t)v->n);
+    v->f = v->n ? (double)v->ints[0] : 0;
+    break;
+  case LUNET_ARG_REGULARIZER:
+    v->l1 = d->f;
+    v->l2 = d->f2;
+    break;
+  }
+}
+
+static void free_args(lunet_layer *l) {
+  for (int i = 0; i < l->type->nargs; i++) free(l->args[i].s);
+  free(l->args);
+}
+
 lunet_layer *lunet_layer_new(lunet_ctx *ctx, const lunet_layer_type *t) {
   lunet_layer *l = calloc(1, sizeof *l);
   if (l) l->args = calloc((size_t)(t->nargs ? t->nargs : 1), sizeof *l->args);
-  if (l && t->state_size) l->state = calloc(1, t->state_size);
-  if (!l || !l->args || (t->state_size && !l->state)) {
-    if (l) {
-      free(l->args);
-      free(l);
-    }
+  if (!l || !l->args) {
+    free(l);
     lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory for a %s layer", t->name);
     return NULL;
   }
   l->refcount = 1;
   l->ctx = ctx;
   l->type = t;
+  for (int i = 0; i < t->nargs; i++) {
+    set_default(&l->args[i], &t->args[i]);
+    if (t->args[i].type == LUNET_ARG_STRING && t->args[i].presence == LUNET_ARG_DEFAULT &&
+        t->args[i].def.s && !l->args[i].s) {
+      free_args(l);
+      free(l);
+      lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory for a %s layer", t->name);
+      return NULL;
+    }
+  }
   return l;
 }
 
 lunet_layer *lunet_layer_retain(lunet_layer *l) {
-  if (l) l->refcount++;
+  if (l) __atomic_add_fetch(&l->refcount, 1, __ATOMIC_RELAXED);
   return l;
 }
 
 void lunet_layer_release(lunet_layer *l) {
-  if (!l || --l->refcount > 0) return;
-  if (l->type->destroy) l->type->destroy(l);
+  if (!l || __atomic_sub_fetch(&l->refcount, 1, __ATOMIC_ACQ_REL) > 0) return;
   for (int i = 0; i < l->nweights; i++) lunet_tensor_release(l->w[i].t);
-  for (int i = 0; i < l->type->nargs; i++) free(l->args[i].s);
-  free(l->args);
-  free(l->state);
+  free_args(l);
   free(l);
 }
 
 const lunet_layer_type *lunet_layer_type_get(const lunet_layer *l) { return l->type; }
 lunet_ctx *lunet_layer_ctx(lunet_layer *l) { return l->ctx; }
-void *lunet_layer_state(lunet_layer *l) { return l->state; }
 const char *lunet_layer_type_name(const lunet_layer *l) { return l->type->name; }
 
 const char *lunet_layer_name(const lunet_layer *l) {
@@ -174,6 +232,27 @@ lunet_status lunet_layer_set_regularizer(lunet_layer *l, const char *arg, double
     v->l2 = l2;
   }
   return s;
+}
+
+lunet_status lunet_layer_set_value(lunet_layer *l, const char *arg, const lunet_arg_value *v) {
+  int i = arg_index(l, arg);
+  if (i < 0) return lunet_error(l->ctx, LUNET_ERR_ARG, "%s has no argument '%s'", l->type->name, arg);
+  switch (l->type->args[i].type) {
+  case LUNET_ARG_INT:
+    return lunet_layer_set_int(l, arg, v->i);
+  case LUNET_ARG_FLOAT:
+    return lunet_layer_set_float(l, arg, v->f);
+  case LUNET_ARG_BOOL:
+    return lunet_layer_set_bool(l, arg, v->b);
+  case LUNET_ARG_STRING:
+    return v->s ? lunet_layer_set_string(l, arg, v->s) : lunet_layer_set_nil(l, arg);
+  case LUNET_ARG_INT2:
+  case LUNET_ARG_SHAPE:
+    return lunet_layer_set_ints(l, arg, v->n, v->v);
+  case LUNET_ARG_REGULARIZER:
+    return lunet_layer_set_regularizer(l, arg, v->f, v->f2);
+  }
+  return LUNET_OK;
 }
 
 bool lunet_layer_arg_is_set(const lunet_layer *l, const char *arg) {
@@ -317,16 +396,6 @@ int lunet_layer_weight_count(const lunet_layer *l) { return l->nweights; }
 const char *lunet_layer_weight_name(const lunet_layer *l, int i) { return l->w[i].name; }
 bool lunet_layer_weight_trainable(const lunet_layer *l, int i) { return l->w[i].trainable; }
 
-lunet_status lunet_layer_accumulate_grad(lunet_layer *l, int i, lunet_tensor *g) {
-  if (i < 0 || i >= l->nweights)
-    return lunet_layer_error(l, LUNET_ERR_ARG, "gradient for weight %d of %d", i, l->nweights);
-  if (!l->pending[i]) {
-    l->pending[i] = lunet_tensor_retain(g);
-    return LUNET_OK;
-  }
-  return lunet_op_accumulate(l->ctx, l->pending[i], g);
-}
-
 /* ---- build and call ---- */
 
 /* "(None, 28, 28, 1)": one sample's shape with Keras's batch placeholder. */
@@ -353,8 +422,7 @@ static lunet_status parse_activation(lunet_layer *l) {
               {"softmax", ACT_SOFTMAX, 0, 0}};
   l->act = ACT_NONE;
   l->act_name = NULL;
-  /* The Activation layer applies its own argument itself. */
-  if (!strcmp(l->type->name, "Activation")) return LUNET_OK;
+  if (l->type->flags & LUNET_LAYER_OWNS_ACTIVATION) return LUNET_OK;
   const char *a = lunet_layer_get_string(l, "activation");
   if (!a) return LUNET_OK;
   for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++)
@@ -371,159 +439,433 @@ static lunet_status parse_activation(lunet_layer *l) {
                            a);
 }
 
-lunet_status lunet_layer_build(lunet_layer *l, int in_ndim, const int64_t *in) {
+static int min_inputs(const lunet_layer_type *t) { return t->min_inputs > 0 ? t->min_inputs : 1; }
+static int max_inputs(const lunet_layer_type *t) {
+  int n = t->max_inputs > 0 ? t->max_inputs : min_inputs(t);
+  return n > LUNET_LAYER_MAX_INPUTS ? LUNET_LAYER_MAX_INPUTS : n;
+}
+
+int lunet_layer_output_count(const lunet_layer *l) {
+  int n = l->type->noutputs > 0 ? l->type->noutputs : 1;
+  return n > LUNET_LAYER_MAX_OUTPUTS ? LUNET_LAYER_MAX_OUTPUTS : n;
+}
+
+static bool same_shape(const lunet_shape *a, const lunet_shape *b) {
+  if (a->ndim != b->ndim) return false;
+  for (int i = 0; i < a->ndim; i++)
+    if (a->dims[i] != b->dims[i]) return false;
+  return true;
+}
+
+static lunet_status check_input_count(lunet_ctx *ctx, const lunet_layer *l, int nin) {
+  int lo = min_inputs(l->type), hi = max_inputs(l->type);
+  if (nin >= lo && nin <= hi) return LUNET_OK;
+  if (lo == hi)
+    return lunet_error(ctx, LUNET_ERR_ARG, "%s takes %d input%s, got %d", lunet_layer_name(l), lo,
+                       lo == 1 ? "" : "s", nin);
+  return lunet_error(ctx, LUNET_ERR_ARG, "%s takes %d to %d inputs, got %d", lunet_layer_name(l),
+                     lo, hi, nin);
+}
+
+lunet_status lunet_layer_build(lunet_ctx *ctx, lunet_layer *l, int nin, const lunet_shape *in) {
+  if (check_input_count(ctx, l, nin)) return ctx->status;
+  for (int i = 0; i < nin; i++)
+    if (in[i].ndim < 0 || in[i].ndim >= LUNET_MAX_DIMS)
+      return lunet_error(ctx, LUNET_ERR_SHAPE, "%s: input %d has %d dimensions (at most %d)",
+                         lunet_layer_name(l), i + 1, in[i].ndim, LUNET_MAX_DIMS - 1);
   if (l->built) {
-    bool same = in_ndim == l->in_ndim;
-    for (int i = 0; same && i < in_ndim; i++) same = in[i] == l->in[i];
-    if (same) return LUNET_OK;
-    char a[128], b[128];
-    return lunet_layer_error(l, LUNET_ERR_SHAPE, "built for input %s but got %s",
-                             lunet_batch_shape_str(l->in_ndim, l->in, a, sizeof a),
-                             lunet_batch_shape_str(in_ndim, in, b, sizeof b));
+    for (int i = 0; i < nin; i++)
+      if (!same_shape(&in[i], &l->in[i]) || nin != l->nin) {
+        char a[128], b[128];
+        return lunet_error(ctx, LUNET_ERR_SHAPE, "%s: built for input %s but got %s",
+                           lunet_layer_name(l),
+                           lunet_batch_shape_str(l->in[i].ndim, l->in[i].dims, a, sizeof a),
+                           lunet_batch_shape_str(in[i].ndim, in[i].dims, b, sizeof b));
+      }
+    return LUNET_OK;
   }
-  if (parse_activation(l)) return l->ctx->status;
-  lunet_status s = l->type->build(l, in_ndim, in, &l->out_ndim, l->out);
+  l->ctx = ctx;
+  for (int i = 0; i < l->type->nargs; i++)
+    if (!l->args[i].set)
+      return lunet_layer_error(l, LUNET_ERR_ARG, "%s is required", l->type->args[i].name);
+  if (parse_activation(l)) return ctx->status;
+  int nout = lunet_layer_output_count(l);
+  lunet_shape out[LUNET_LAYER_MAX_OUTPUTS];
+  memset(out, 0, sizeof out);
+  lunet_status s = l->type->build(l, nin, in, out);
+  for (int j = 0; !s && j < nout; j++) {
+    bool ok = out[j].ndim >= 0 && out[j].ndim < LUNET_MAX_DIMS;
+    for (int d = 0; ok && d < out[j].ndim; d++) ok = out[j].dims[d] > 0;
+    if (!ok)
+      s = lunet_layer_error(l, LUNET_ERR_SHAPE,
+                            "build declared output %d with %d dimensions or a size below 1 (a bug "
+                            "in the plugin)",
+                            j + 1, out[j].ndim);
+  }
   if (s) {
     for (int i = 0; i < l->nweights; i++) lunet_tensor_release(l->w[i].t);
     l->nweights = 0;
-    return s;
+    return s ? s : ctx->status;
   }
-  l->in_ndim = in_ndim;
-  memcpy(l->in, in, sizeof(int64_t) * (size_t)in_ndim);
+  l->nin = nin;
+  l->nout = nout;
+  memcpy(l->in, in, sizeof(lunet_shape) * (size_t)nin);
+  memcpy(l->out, out, sizeof(lunet_shape) * (size_t)nout);
   l->built = true;
   return LUNET_OK;
 }
 
 bool lunet_layer_built(const lunet_layer *l) { return l->built; }
+int lunet_layer_input_count(const lunet_layer *l) { return l->nin; }
 
-int lunet_layer_output_shape(const lunet_layer *l, int64_t *out) {
-  memcpy(out, l->out, sizeof(int64_t) * (size_t)l->out_ndim);
-  return l->out_ndim;
+lunet_shape lunet_layer_input_shape(const lunet_layer *l, int i) {
+  lunet_shape s = {0};
+  if (i >= 0 && i < l->nin) s = l->in[i];
+  return s;
 }
 
-int lunet_layer_input_shape(const lunet_layer *l, int64_t *in) {
-  memcpy(in, l->in, sizeof(int64_t) * (size_t)l->in_ndim);
-  return l->in_ndim;
+lunet_shape lunet_layer_output_shape(const lunet_layer *l, int j) {
+  lunet_shape s = {0};
+  if (j >= 0 && j < l->nout) s = l->out[j];
+  return s;
 }
 
 const char *lunet_layer_activation(const lunet_layer *l) { return l->act_name; }
 
-static void release_pending(lunet_layer *l) {
-  for (int i = 0; i < l->nweights; i++) {
-    lunet_tensor_release(l->pending[i]);
-    l->pending[i] = NULL;
+/* ---- call records ---- */
+
+lunet_call *lunet_call_new(lunet_ctx *ctx, lunet_layer *l) {
+  lunet_call *c = calloc(1, sizeof *c);
+  size_t n = l->type->call_state_size;
+  if (c && n && !(c->state = calloc(1, n))) {
+    free(c);
+    c = NULL;
+  }
+  if (!c) {
+    lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory for a call of %s", lunet_layer_name(l));
+    return NULL;
+  }
+  c->refcount = 1;
+  c->layer = lunet_layer_retain(l);
+  c->ctx = ctx;
+  return c;
+}
+
+static lunet_call *call_retain(lunet_call *c) {
+  __atomic_add_fetch(&c->refcount, 1, __ATOMIC_RELAXED);
+  return c;
+}
+
+static void release_all(lunet_tensor **t, int n) {
+  for (int i = 0; i < n; i++) {
+    lunet_tensor_release(t[i]);
+    t[i] = NULL;
   }
 }
 
-/* Node inputs: x, then the trainable weights in order; n->extra is the
- * call's own state block, so calling a layer again before backward (a
- * shared layer, d(d(x))) keeps each call's saved tensors apart. */
-static lunet_status layer_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
-                                   lunet_tensor **dx) {
-  lunet_layer *l = n->data;
-  if (n->iparams[0])
-    return lunet_layer_error(l, LUNET_ERR_ARG,
-                             "backward through the same call a second time: the "
-                             "layer released what it saved after the first backward (run the "
-                             "forward pass again)");
-  lunet_tensor *x = n->inputs[0];
-  bool need_dx = x->requires_grad || x->grad_fn;
-  lunet_tensor *g = NULL;
-  void *prev = l->state;
-  l->state = n->extra;
-  release_pending(l);
-  lunet_status s = l->type->backward(l, dy, &g, need_dx);
-  l->state = prev;
-  if (s == LUNET_OK) {
-    n->iparams[0] = 1;
-    dx[0] = g;
-    for (int i = 0, k = 1; i < l->nweights; i++)
-      if (l->w[i].trainable) {
-        dx[k++] = l->pending[i];
-        l->pending[i] = NULL;
-      }
-  } else {
-    lunet_tensor_release(g);
+void lunet_call_release(lunet_call *c) {
+  if (!c || __atomic_sub_fetch(&c->refcount, 1, __ATOMIC_ACQ_REL) > 0) return;
+  lunet_layer *l = c->layer;
+  if (c->state && l->type->release) l->type->release(l, c);
+  release_all(c->mask, LUNET_LAYER_MAX_INPUTS);
+  release_all(c->pending, MAX_WEIGHTS);
+  release_all(c->dys, LUNET_LAYER_MAX_OUTPUTS);
+  free(c->state);
+  lunet_layer_release(l);
+  free(c);
+}
+
+lunet_ctx *lunet_call_ctx(lunet_call *c) { return c->ctx; }
+void *lunet_call_state(lunet_call *c) { return c->state; }
+lunet_tensor *lunet_call_mask(lunet_call *c, int i) {
+  return i >= 0 && i < LUNET_LAYER_MAX_INPUTS ? c->mask[i] : NULL;
+}
+int lunet_call_input_count(const lunet_call *c) { return c->nin; }
+bool lunet_call_needs_dx(const lunet_call *c, int i) {
+  return i >= 0 && i < c->nin && c->need_dx[i];
+}
+
+lunet_status lunet_call_error(lunet_call *c, lunet_status s, const char *fmt, ...) {
+  char msg[768];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  return lunet_error(c->ctx, s, "%s: %s", lunet_layer_name(c->layer), msg);
+}
+
+lunet_status lunet_call_accumulate_grad(lunet_call *c, int i, lunet_tensor *g) {
+  lunet_layer *l = c->layer;
+  if (i < 0 || i >= l->nweights)
+    return lunet_call_error(c, LUNET_ERR_ARG, "gradient for weight %d of %d", i, l->nweights);
+  if (!lunet_shape_equal(g, l->w[i].t)) {
+    char a[128], b[128];
+    return lunet_call_error(c, LUNET_ERR_SHAPE, "the gradient of '%s' has shape %s, the weight %s",
+                            l->w[i].name, lunet_shape_str(g->ndim, g->shape, a, sizeof a),
+                            lunet_shape_str(l->w[i].t->ndim, l->w[i].t->shape, b, sizeof b));
   }
-  release_pending(l);
+  if (!c->pending[i]) {
+    c->pending[i] = lunet_tensor_retain(g);
+    return LUNET_OK;
+  }
+  return lunet_op_accumulate(c->ctx, c->pending[i], g);
+}
+
+/* ---- the tape ---- */
+
+/* A zero gradient for output j of a call whose output nothing used. */
+static lunet_tensor *zeros_for(lunet_ctx *ctx, lunet_call *c, int j, const lunet_tensor *like) {
+  const lunet_shape *o = &c->layer->out[j];
+  int64_t shape[LUNET_MAX_DIMS] = {c->batch};
+  memcpy(shape + 1, o->dims, sizeof(int64_t) * (size_t)o->ndim);
+  lunet_tensor *z = lunet_op_new(ctx, like, LUNET_F32, o->ndim + 1, shape);
+  if (z && lunet_op_fill(ctx, z, 0.0f)) {
+    lunet_tensor_release(z);
+    z = NULL;
+  }
+  return z;
+}
+
+/* Node inputs: the call's inputs, then the layer's trainable weights.  dy
+ * is the output's gradient (one output) or the token's (several: the part
+ * nodes have gathered them in c->dys). */
+static lunet_status call_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
+                                  lunet_tensor **dx) {
+  lunet_call *c = n->data;
+  lunet_layer *l = c->layer;
+  if (c->backward_done)
+    return lunet_error(ctx, LUNET_ERR_ARG,
+                       "%s: backward through the same call a second time: the layer released what "
+                       "it saved after the first backward (run the forward pass again)",
+                       lunet_layer_name(l));
+  lunet_tensor *dys[LUNET_LAYER_MAX_OUTPUTS] = {0}, *gx[LUNET_LAYER_MAX_INPUTS] = {0};
+  lunet_status s = LUNET_OK;
+  if (c->nout == 1) {
+    dys[0] = lunet_tensor_retain(dy);
+  } else {
+    for (int j = 0; !s && j < c->nout; j++) {
+      dys[j] = c->dys[j] ? lunet_tensor_retain(c->dys[j]) : zeros_for(ctx, c, j, n->inputs[0]);
+      if (!dys[j]) s = ctx->status;
+    }
+  }
+  for (int i = 0; i < c->nin; i++)
+    c->need_dx[i] = n->inputs[i]->requires_grad || n->inputs[i]->grad_fn;
+  c->ctx = ctx;
+  release_all(c->pending, MAX_WEIGHTS);
+  if (!s) s = l->type->backward(l, c, dys, gx);
+  release_all(dys, LUNET_LAYER_MAX_OUTPUTS);
+  release_all(c->dys, LUNET_LAYER_MAX_OUTPUTS);
+  if (s) {
+    release_all(gx, LUNET_LAYER_MAX_INPUTS);
+    release_all(c->pending, MAX_WEIGHTS);
+    return s;
+  }
+  c->backward_done = true;
+  for (int i = 0; i < c->nin; i++) dx[i] = gx[i];
+  for (int i = 0, k = c->nin; i < l->nweights; i++)
+    if (l->w[i].trainable) {
+      dx[k++] = c->pending[i];
+      c->pending[i] = NULL;
+    }
+  return LUNET_OK;
+}
+
+/* Output j's part node of a call with several outputs: keeps dy for the
+ * call's node, and hands the token a zero so that node runs after every
+ * part (the tape orders nodes by their inputs). */
+static lunet_status part_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
+                                  lunet_tensor **dx) {
+  lunet_call *c = n->data;
+  int j = (int)n->iparams[0];
+  if (c->dys[j]) {
+    lunet_tensor *sum = lunet_op_binary(ctx, LUNET_BINARY_ADD, c->dys[j], dy);
+    if (!sum) return ctx->status;
+    lunet_tensor_release(c->dys[j]);
+    c->dys[j] = sum;
+  } else {
+    c->dys[j] = lunet_tensor_retain(dy);
+  }
+  dx[0] = lunet_scalar_like(ctx, n->inputs[0], 0.0f);
+  return dx[0] ? LUNET_OK : ctx->status;
+}
+
+static void call_node_release(lunet_node *n) { lunet_call_release(n->data); }
+
+static lunet_node *call_node(lunet_ctx *ctx, lunet_call *c, int n, lunet_tensor *const *inputs,
+                             lunet_status (*bw)(lunet_ctx *, lunet_node *, lunet_tensor *,
+                                                lunet_tensor **)) {
+  lunet_node *node = lunet_node_new(ctx, c->layer->type->name, n, inputs);
+  if (!node) return NULL;
+  node->data = call_retain(c);
+  node->backward = bw;
+  node->release = call_node_release;
+  return node;
+}
+
+/* Records the call: one node for a single output; for several, the call's
+ * node makes a token whose part nodes each output hangs from. */
+static lunet_status record(lunet_ctx *ctx, lunet_call *c, int n, lunet_tensor *const *inputs,
+                           lunet_tensor **y) {
+  lunet_node *main = call_node(ctx, c, n, inputs, call_backward);
+  if (!main) return ctx->status;
+  if (c->nout == 1) {
+    y[0]->grad_fn = main;
+    return LUNET_OK;
+  }
+  lunet_tensor *token = lunet_scalar_like(ctx, y[0], 0.0f);
+  if (!token) {
+    lunet_node_release(main);
+    return ctx->status;
+  }
+  token->grad_fn = main;
+  lunet_status s = LUNET_OK;
+  for (int j = 0; j < c->nout && !s; j++) {
+    lunet_node *part = call_node(ctx, c, 1, &token, part_backward);
+    if (!part) {
+      s = ctx->status;
+      break;
+    }
+    part->iparams[0] = j;
+    y[j]->grad_fn = part;
+  }
+  lunet_tensor_release(token);
   return s;
 }
 
-/* Frees one call's state block: the plugin releases what it holds. */
-static void drop_state(lunet_layer *l, void *state) {
-  if (!state) return;
-  void *prev = l->state;
-  l->state = state;
-  if (l->type->destroy) l->type->destroy(l);
-  l->state = prev;
-  free(state);
-}
-
-static void layer_node_release(lunet_node *n) {
-  lunet_layer *l = n->data;
-  drop_state(l, n->extra);
-  lunet_layer_release(l);
-}
-
-static bool input_fits(lunet_layer *l, const lunet_tensor *x) {
-  bool ok = x->ndim == l->in_ndim + 1;
-  for (int i = 0; ok && i < l->in_ndim; i++) ok = x->shape[i + 1] == l->in[i];
-  if (!ok) {
-    char a[128], b[128];
-    lunet_layer_error(l, LUNET_ERR_SHAPE, "expected input of shape %s, got %s",
-                      lunet_batch_shape_str(l->in_ndim, l->in, a, sizeof a),
-                      lunet_shape_str(x->ndim, x->shape, b, sizeof b));
+/* Each input (N, in[i]...) with one batch size. */
+static lunet_status inputs_fit(lunet_ctx *ctx, const lunet_layer *l, int nin,
+                               lunet_tensor *const *x) {
+  for (int i = 0; i < nin; i++) {
+    bool ok = x[i]->ndim == l->in[i].ndim + 1 && x[i]->shape[0] == x[0]->shape[0];
+    for (int d = 0; ok && d < l->in[i].ndim; d++) ok = x[i]->shape[d + 1] == l->in[i].dims[d];
+    if (!ok) {
+      char a[128], b[128];
+      lunet_batch_shape_str(l->in[i].ndim, l->in[i].dims, a, sizeof a);
+      lunet_shape_str(x[i]->ndim, x[i]->shape, b, sizeof b);
+      if (nin == 1)
+        return lunet_error(ctx, LUNET_ERR_SHAPE, "%s: expected input of shape %s, got %s",
+                           lunet_layer_name(l), a, b);
+      return lunet_error(ctx, LUNET_ERR_SHAPE, "%s: expected input %d of shape %s, got %s%s",
+                         lunet_layer_name(l), i + 1, a, b,
+                         x[i]->ndim == l->in[i].ndim + 1 ? " (every input needs the same batch size)"
+                                                         : "");
+    }
   }
-  return ok;
+  return LUNET_OK;
+}
+
+/* What forward returned, against what build declared. */
+static lunet_status outputs_fit(lunet_ctx *ctx, const lunet_layer *l, int64_t batch,
+                                lunet_tensor **y) {
+  for (int j = 0; j < l->nout; j++) {
+    if (!y[j])
+      return lunet_error(ctx, LUNET_ERR_ARG, "%s: forward returned no output %d (a bug in the plugin)",
+                         lunet_layer_name(l), j + 1);
+    const lunet_shape *o = &l->out[j];
+    bool ok = y[j]->ndim == o->ndim + 1 && y[j]->shape[0] == batch;
+    for (int d = 0; ok && d < o->ndim; d++) ok = y[j]->shape[d + 1] == o->dims[d];
+    if (!ok) {
+      char a[128], b[128];
+      return lunet_error(ctx, LUNET_ERR_SHAPE,
+                         "%s: forward returned output %d of shape %s, but build declared %s for a "
+                         "batch of %lld (a bug in the plugin)",
+                         lunet_layer_name(l), j + 1, lunet_shape_str(y[j]->ndim, y[j]->shape, a, sizeof a),
+                         lunet_batch_shape_str(o->ndim, o->dims, b, sizeof b), (long long)batch);
+    }
+  }
+  return LUNET_OK;
+}
+
+static lunet_status output_masks(lunet_ctx *ctx, lunet_layer *l, lunet_call *c, int nin,
+                                 lunet_tensor *const *x, lunet_tensor **mask_out) {
+  for (int j = 0; j < c->nout; j++) mask_out[j] = NULL;
+  if (!l->type->compute_mask) {
+    for (int j = 0; j < c->nout; j++) mask_out[j] = lunet_tensor_retain(c->mask[0]);
+    return LUNET_OK;
+  }
+  bool prev = lunet_set_grad_enabled(ctx, false);
+  lunet_status s = l->type->compute_mask(l, c, nin, x, mask_out);
+  lunet_set_grad_enabled(ctx, prev);
+  if (s) release_all(mask_out, c->nout);
+  return s;
+}
+
+/* y[0] through the layer's activation (one output only). */
+static lunet_status activate(lunet_ctx *ctx, const lunet_layer *l, lunet_tensor **y) {
+  lunet_tensor *a = l->act == ACT_SOFTMAX ? lunet_softmax(ctx, y[0], false)
+                                          : lunet_unary(ctx, l->act_op, y[0], l->act_alpha, 0);
+  lunet_tensor_release(y[0]);
+  y[0] = a;
+  return a ? LUNET_OK : ctx->status;
+}
+
+lunet_status lunet_layer_apply(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, int nin,
+                               lunet_tensor *const *x, lunet_tensor *const *masks, bool training,
+                               bool skip_activation, lunet_tensor **y, lunet_tensor **mask_out) {
+  int nout = lunet_layer_output_count(l);
+  for (int j = 0; j < nout; j++) {
+    y[j] = NULL;
+    if (mask_out) mask_out[j] = NULL;
+  }
+  if (check_input_count(ctx, l, nin)) return ctx->status;
+  for (int i = 0; i < nin; i++)
+    if (!x[i] || x[i]->ndim < 1)
+      return lunet_error(ctx, LUNET_ERR_SHAPE, "%s: input %d needs a batch axis", lunet_layer_name(l),
+                         i + 1);
+  if (!l->built) {
+    lunet_shape in[LUNET_LAYER_MAX_INPUTS];
+    for (int i = 0; i < nin; i++) {
+      in[i].ndim = x[i]->ndim - 1;
+      memcpy(in[i].dims, x[i]->shape + 1, sizeof(int64_t) * (size_t)in[i].ndim);
+    }
+    if (lunet_layer_build(ctx, l, nin, in)) return ctx->status;
+  }
+  if (inputs_fit(ctx, l, nin, x)) return ctx->status;
+  lunet_call *c = keep ? call_retain(keep) : lunet_call_new(ctx, l);
+  if (!c) return ctx->status;
+  c->ctx = ctx;
+  c->nin = nin;
+  c->nout = nout;
+  c->batch = x[0]->shape[0];
+  c->backward_done = false;
+  for (int i = 0; i < LUNET_LAYER_MAX_INPUTS; i++) {
+    lunet_tensor *m = masks && i < nin ? lunet_tensor_retain(masks[i]) : NULL;
+    lunet_tensor_release(c->mask[i]);
+    c->mask[i] = m;
+  }
+  lunet_tensor *inputs[LUNET_NODE_MAX_INPUTS];
+  int ninputs = 0;
+  for (int i = 0; i < nin; i++) inputs[ninputs++] = x[i];
+  for (int i = 0; i < l->nweights; i++)
+    if (l->w[i].trainable) inputs[ninputs++] = l->w[i].t;
+  bool grad = lunet_needs_grad(ctx, ninputs, inputs);
+  bool prev = lunet_set_grad_enabled(ctx, false);
+  lunet_status s = l->type->forward(l, c, nin, x, y, training);
+  lunet_set_grad_enabled(ctx, prev);
+  if (!s) s = outputs_fit(ctx, l, c->batch, y);
+  else if (ctx->status == LUNET_OK)
+    s = lunet_error(ctx, s, "%s: forward failed without a message", lunet_layer_name(l));
+  if (!s && mask_out) s = output_masks(ctx, l, c, nin, x, mask_out);
+  if (!s && grad) s = record(ctx, c, ninputs, inputs, y);
+  lunet_call_release(c);
+  if (!s && nout == 1 && l->act != ACT_NONE && !skip_activation) s = activate(ctx, l, y);
+  if (s) {
+    release_all(y, nout);
+    if (mask_out) release_all(mask_out, nout);
+  }
+  return s;
 }
 
 lunet_tensor *lunet_layer_call(lunet_ctx *ctx, lunet_layer *l, lunet_tensor *x, bool training,
                                bool skip_activation) {
-  l->ctx = ctx;
-  if (!l->built && x->ndim >= 1 && lunet_layer_build(l, x->ndim - 1, x->shape + 1)) return NULL;
-  if (!input_fits(l, x)) return NULL;
-  lunet_tensor *inputs[LUNET_NODE_MAX_INPUTS] = {x};
-  int ninputs = 1;
-  for (int i = 0; i < l->nweights && ninputs < LUNET_NODE_MAX_INPUTS; i++)
-    if (l->w[i].trainable) inputs[ninputs++] = l->w[i].t;
-  bool grad = lunet_needs_grad(ctx, ninputs, inputs);
-  void *state = l->type->state_size ? calloc(1, l->type->state_size) : NULL;
-  if (l->type->state_size && !state) {
-    lunet_layer_error(l, LUNET_ERR_NOMEM, "out of host memory for the layer's state");
+  lunet_tensor *y[LUNET_LAYER_MAX_OUTPUTS] = {0};
+  if (lunet_layer_output_count(l) != 1) {
+    lunet_error(ctx, LUNET_ERR_ARG, "%s has %d outputs: call it with lunet_layer_apply",
+                lunet_layer_name(l), lunet_layer_output_count(l));
     return NULL;
   }
-  void *prev_state = l->state;
-  l->state = state;
-  bool prev = lunet_set_grad_enabled(ctx, false);
-  lunet_tensor *y = NULL;
-  lunet_status s = l->type->forward(l, x, &y, training);
-  lunet_set_grad_enabled(ctx, prev);
-  l->state = prev_state;
-  if (s != LUNET_OK || !y) {
-    lunet_tensor_release(y);
-    drop_state(l, state);
-    if (ctx->status == LUNET_OK) lunet_layer_error(l, LUNET_ERR_ARG, "forward produced no output");
-    return NULL;
-  }
-  lunet_node *n = grad ? lunet_node_new(ctx, l->type->name, ninputs, inputs) : NULL;
-  if (!n) { /* inference, or no memory to record: nothing will need the state */
-    drop_state(l, state);
-    if (grad) {
-      lunet_tensor_release(y);
-      return NULL;
-    }
-  } else {
-    n->data = lunet_layer_retain(l);
-    n->extra = state;
-    n->backward = layer_backward;
-    n->release = layer_node_release;
-    y->grad_fn = n;
-  }
-  if (skip_activation || l->act == ACT_NONE) return y;
-  lunet_tensor *a = l->act == ACT_SOFTMAX ? lunet_softmax(ctx, y, false)
-                                          : lunet_unary(ctx, l->act_op, y, l->act_alpha, 0);
-  lunet_tensor_release(y);
-  return a;
+  if (lunet_layer_apply(ctx, l, NULL, 1, &x, NULL, training, skip_activation, y, NULL)) return NULL;
+  return y[0];
 }
 
 lunet_tensor *lunet_layer_penalty(lunet_ctx *ctx, lunet_layer *l) {

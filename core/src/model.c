@@ -13,7 +13,7 @@ typedef struct value {
   int ndim;
   int64_t shape[LUNET_MAX_DIMS];
   int call;  /* the call that makes it, -1 for a model input */
-  int index; /* the input's index among the model's inputs */
+  int index; /* the input's index among the model's inputs, or the call's output index */
   int uses;  /* live calls and outputs that read it */
   char name[64];
 } value;
@@ -22,7 +22,7 @@ typedef struct call {
   lunet_layer *layer;
   int nin;
   int in[MAX_CALL_INPUTS];
-  int out;
+  int out, nout; /* its outputs are values out .. out + nout - 1 */
   bool live; /* some output depends on it */
 } call;
 
@@ -154,6 +154,63 @@ int lunet_model_input(lunet_ctx *ctx, lunet_model *m, const char *name, int ndim
   return m->nvalues++;
 }
 
+/* The name of what makes value v, for errors: the layer or the input. */
+static const char *producer(const lunet_model *m, const value *v) {
+  return v->call < 0 ? v->name : lunet_layer_name(m->calls[v->call].layer);
+}
+
+/* Builds l for the shapes of values in[], or checks them against the
+ * shapes it was built for (a shared layer). */
+static lunet_status build_for(lunet_ctx *ctx, lunet_model *m, lunet_layer *l, int nin,
+                              const int *in) {
+  lunet_shape shapes[MAX_CALL_INPUTS];
+  for (int i = 0; i < nin; i++) {
+    const value *v = &m->values[in[i]];
+    shapes[i].ndim = v->ndim;
+    memcpy(shapes[i].dims, v->shape, sizeof(int64_t) * (size_t)v->ndim);
+  }
+  if (lunet_layer_built(l)) {
+    if (nin != lunet_layer_input_count(l))
+      return lunet_error(ctx, LUNET_ERR_ARG, "%s was built for %d inputs, got %d", lunet_layer_name(l),
+                         lunet_layer_input_count(l), nin);
+    for (int i = 0; i < nin; i++) {
+      lunet_shape want = lunet_layer_input_shape(l, i);
+      bool same = want.ndim == shapes[i].ndim;
+      for (int d = 0; same && d < want.ndim; d++) same = want.dims[d] == shapes[i].dims[d];
+      if (!same) {
+        char a[128], b[128], which[16] = "";
+        if (nin > 1) snprintf(which, sizeof which, " %d", i + 1);
+        return lunet_error(ctx, LUNET_ERR_SHAPE, "%s expects input%s of shape %s, but %s gives %s",
+                           lunet_layer_name(l), which,
+                           lunet_batch_shape_str(want.ndim, want.dims, a, sizeof a),
+                           producer(m, &m->values[in[i]]),
+                           lunet_batch_shape_str(shapes[i].ndim, shapes[i].dims, b, sizeof b));
+      }
+    }
+    return LUNET_OK;
+  }
+  if (!lunet_layer_build(ctx, l, nin, shapes)) return LUNET_OK;
+  /* say where the inputs came from */
+  char where[512] = "", b[128], msg[sizeof ctx->msg + 512];
+  size_t len = 0;
+  for (int i = 0; i < nin && len < sizeof where; i++)
+    len += (size_t)snprintf(where + len, sizeof where - len, "%s%s with shape %s", i ? ", " : "",
+                            producer(m, &m->values[in[i]]),
+                            lunet_batch_shape_str(shapes[i].ndim, shapes[i].dims, b, sizeof b));
+  snprintf(msg, sizeof msg, "%s (input%s from %s)", ctx->msg, nin > 1 ? "s" : "", where);
+  return lunet_error(ctx, ctx->status, "%s", msg);
+}
+
+static lunet_status grow_calls(lunet_ctx *ctx, lunet_model *m) {
+  if (m->ncalls < m->cap_calls) return LUNET_OK;
+  int cap = m->cap_calls ? 2 * m->cap_calls : 16;
+  call *c = realloc(m->calls, sizeof *c * (size_t)cap);
+  if (!c) return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory for a model");
+  m->calls = c;
+  m->cap_calls = cap;
+  return LUNET_OK;
+}
+
 int lunet_model_add(lunet_ctx *ctx, lunet_model *m, lunet_layer *l, int nin, const int *in) {
   if (check_open(ctx, m)) return -1;
   if (nin < 1 || nin > MAX_CALL_INPUTS) {
@@ -167,54 +224,33 @@ int lunet_model_add(lunet_ctx *ctx, lunet_model *m, lunet_layer *l, int nin, con
                   m->name, lunet_layer_name(l), i + 1);
       return -1;
     }
-  if (nin != 1) {
-    lunet_error(ctx, LUNET_ERR_ARG, "%s takes one input, got %d", lunet_layer_name(l), nin);
-    return -1;
-  }
-  value *src = &m->values[in[0]];
-  if (lunet_layer_built(l)) {
-    int64_t want[LUNET_MAX_DIMS];
-    int nd = lunet_layer_input_shape(l, want);
-    bool same = nd == src->ndim;
-    for (int i = 0; same && i < nd; i++) same = want[i] == src->shape[i];
-    if (!same) {
-      char a[128], b[128];
-      const char *from = src->call < 0 ? src->name : lunet_layer_name(m->calls[src->call].layer);
-      lunet_error(ctx, LUNET_ERR_SHAPE, "%s expects input of shape %s, but %s gives %s",
-                  lunet_layer_name(l), lunet_batch_shape_str(nd, want, a, sizeof a), from,
-                  lunet_batch_shape_str(src->ndim, src->shape, b, sizeof b));
+  if (build_for(ctx, m, l, nin, in) || grow_calls(ctx, m)) return -1;
+  int first = m->nvalues, nout = lunet_layer_output_count(l);
+  for (int j = 0; j < nout; j++) {
+    value *v = new_value(ctx, m);
+    if (!v) {
+      m->nvalues = first;
       return -1;
     }
-  } else if (lunet_layer_build(l, src->ndim, src->shape)) {
-    const char *from = src->call < 0 ? src->name : lunet_layer_name(m->calls[src->call].layer);
-    char b[128], msg[sizeof ctx->msg + 256];
-    snprintf(msg, sizeof msg, "%s (its input comes from %s with shape %s)", ctx->msg, from,
-             lunet_batch_shape_str(src->ndim, src->shape, b, sizeof b));
-    lunet_error(ctx, ctx->status, "%s", msg);
-    return -1;
+    lunet_shape o = lunet_layer_output_shape(l, j);
+    v->ndim = o.ndim;
+    memcpy(v->shape, o.dims, sizeof(int64_t) * (size_t)o.ndim);
+    v->call = m->ncalls;
+    v->index = j;
+    if (nout == 1)
+      snprintf(v->name, sizeof v->name, "%s", lunet_layer_name(l));
+    else
+      snprintf(v->name, sizeof v->name, "%s_%d", lunet_layer_name(l), j + 1);
+    m->nvalues++;
   }
-  if (m->ncalls == m->cap_calls) {
-    int cap = m->cap_calls ? 2 * m->cap_calls : 16;
-    call *c = realloc(m->calls, sizeof *c * (size_t)cap);
-    if (!c) {
-      lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory for a model");
-      return -1;
-    }
-    m->calls = c;
-    m->cap_calls = cap;
-  }
-  value *v = new_value(ctx, m);
-  if (!v) return -1;
-  v->ndim = lunet_layer_output_shape(l, v->shape);
-  v->call = m->ncalls;
-  snprintf(v->name, sizeof v->name, "%s", lunet_layer_name(l));
   call *c = &m->calls[m->ncalls++];
   memset(c, 0, sizeof *c);
   c->layer = lunet_layer_retain(l);
   c->nin = nin;
   memcpy(c->in, in, sizeof(int) * (size_t)nin);
-  c->out = m->nvalues;
-  return m->nvalues++;
+  c->out = first;
+  c->nout = nout;
+  return first;
 }
 
 /* Marks the calls the outputs depend on, counts each value's readers and
@@ -230,7 +266,8 @@ static lunet_status seal(lunet_ctx *ctx, lunet_model *m) {
   /* values only ever read earlier values, so one backward sweep suffices */
   for (int c = m->ncalls - 1; c >= 0; c--) {
     call *k = &m->calls[c];
-    k->live = needed[k->out];
+    k->live = false;
+    for (int j = 0; j < k->nout; j++) k->live |= needed[k->out + j];
     if (!k->live) continue;
     for (int i = 0; i < k->nin; i++) {
       needed[k->in[i]] = true;
@@ -319,6 +356,9 @@ int lunet_model_call_inputs(const lunet_model *m, int i, int *ids, int max) {
 }
 int lunet_model_call_output(const lunet_model *m, int i) {
   return i >= 0 && i < m->ncalls ? m->calls[i].out : -1;
+}
+int lunet_model_call_output_count(const lunet_model *m, int i) {
+  return i >= 0 && i < m->ncalls ? m->calls[i].nout : 0;
 }
 
 int lunet_model_param_count(const lunet_model *m) { return m->nparams; }
@@ -497,7 +537,7 @@ static lunet_status check_inputs(lunet_ctx *ctx, const lunet_model *m, int nx,
 static bool fuses(const lunet_model *m, int j) {
   const value *v = &m->values[m->outputs[j]];
   const lunet_loss_spec *ls = &m->losses[j];
-  if (v->call < 0 || v->uses != 1 || ls->from_logits) return false;
+  if (v->call < 0 || m->calls[v->call].nout != 1 || v->uses != 1 || ls->from_logits) return false;
   if (ls->kind != LUNET_LOSS_SPARSE_CATEGORICAL_CE && ls->kind != LUNET_LOSS_CATEGORICAL_CE)
     return false;
   const char *act = lunet_layer_activation(m->calls[v->call].layer);
@@ -505,10 +545,10 @@ static bool fuses(const lunet_model *m, int j) {
 }
 
 /* Runs the live calls; out[j] receives output j.  fused[j] (may be NULL)
- * leaves out output j's softmax. */
+ * leaves out output j's softmax.  Masks travel with the values. */
 static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, bool training,
                         const bool *fused, lunet_tensor **out) {
-  lunet_tensor **vals = calloc((size_t)m->nvalues, sizeof *vals);
+  lunet_tensor **vals = calloc((size_t)m->nvalues * 2, sizeof *vals), **masks = vals + m->nvalues;
   int *left = malloc(sizeof(int) * (size_t)m->nvalues);
   if (!vals || !left) {
     free(vals);
@@ -523,21 +563,22 @@ static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, 
     if (!k->live) continue;
     bool skip_act = false;
     for (int j = 0; fused && j < m->noutputs; j++) skip_act |= fused[j] && m->outputs[j] == k->out;
-    lunet_tensor *y = lunet_layer_call(ctx, k->layer, vals[k->in[0]], training, skip_act);
-    if (!y) {
-      s = ctx->status ? ctx->status : lunet_error(ctx, LUNET_ERR_ARG, "%s produced no output",
-                                                  lunet_layer_name(k->layer));
-      break;
+    lunet_tensor *xs[MAX_CALL_INPUTS], *ms[MAX_CALL_INPUTS];
+    for (int i = 0; i < k->nin; i++) {
+      xs[i] = vals[k->in[i]];
+      ms[i] = masks[k->in[i]];
     }
-    vals[k->out] = y;
-    for (int i = 0; i < k->nin; i++)
+    s = lunet_layer_apply(ctx, k->layer, NULL, k->nin, xs, ms, training, skip_act, vals + k->out,
+                          masks + k->out);
+    for (int i = 0; !s && i < k->nin; i++)
       if (--left[k->in[i]] == 0) {
         lunet_tensor_release(vals[k->in[i]]);
-        vals[k->in[i]] = NULL;
+        lunet_tensor_release(masks[k->in[i]]);
+        vals[k->in[i]] = masks[k->in[i]] = NULL;
       }
   }
   for (int j = 0; j < m->noutputs; j++) out[j] = s ? NULL : lunet_tensor_retain(vals[m->outputs[j]]);
-  for (int i = 0; i < m->nvalues; i++) lunet_tensor_release(vals[i]);
+  for (int i = 0; i < 2 * m->nvalues; i++) lunet_tensor_release(vals[i]);
   free(vals);
   free(left);
   return s;

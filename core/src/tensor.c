@@ -102,7 +102,7 @@ lunet_tensor *lunet_tensor_alias(lunet_ctx *ctx, lunet_tensor *src, int ndim,
     return NULL;
   }
   t->buf = src->buf;
-  t->buf->refcount++;
+  __atomic_add_fetch(&t->buf->refcount, 1, __ATOMIC_RELAXED);
   return t;
 }
 
@@ -132,7 +132,7 @@ lunet_tensor *lunet_tensor_from_data_on(lunet_ctx *ctx, const char *backend, lun
 }
 
 lunet_tensor *lunet_tensor_retain(lunet_tensor *t) {
-  if (t) t->refcount++;
+  if (t) __atomic_add_fetch(&t->refcount, 1, __ATOMIC_RELAXED);
   return t;
 }
 
@@ -156,7 +156,7 @@ static bool grow(void **items, size_t *cap, size_t need, size_t size) {
 }
 
 static void drop_tensor(worklist *w, lunet_tensor *t) {
-  if (t && --t->refcount == 0 && grow((void **)&w->t, &w->ct, w->nt + 1, sizeof *w->t))
+  if (t && __atomic_sub_fetch(&t->refcount, 1, __ATOMIC_ACQ_REL) == 0 && grow((void **)&w->t, &w->ct, w->nt + 1, sizeof *w->t))
     w->t[w->nt++] = t;
 }
 
@@ -166,7 +166,7 @@ static void drop_node(worklist *w, lunet_node *n) {
 }
 
 static void free_tensor(worklist *w, lunet_tensor *t) {
-  if (t->buf && --t->buf->refcount == 0) {
+  if (t->buf && __atomic_sub_fetch(&t->buf->refcount, 1, __ATOMIC_ACQ_REL) == 0) {
     t->buf->be->i->buffer_free(t->buf->be->state, t->buf->handle);
     __atomic_sub_fetch(&t->buf->be->live, 1, __ATOMIC_RELAXED);
     free(t->buf);

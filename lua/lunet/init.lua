@@ -84,6 +84,8 @@ nn.help = layers.help
 
 local model = require "lunet.model"
 nn.Sequential = model.Sequential
+nn.Model = model.Model
+nn.Input = model.Input
 nn.load_model = model.load_model
 
 local optim = require "lunet.optim"

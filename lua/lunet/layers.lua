@@ -1,6 +1,7 @@
 -- Layer constructors made from the plugins' argument schemas:
 -- nn.Conv2D{32, 3, activation = "relu"} == nn.Conv2D{filters = 32, kernel_size = 3, ...}
 local C = require "lunet.core"
+local graph = require "lunet.graph"
 
 local M = {}
 
@@ -19,10 +20,14 @@ local function describe(v)
   return tostring(v)
 end
 
+-- The schema's default (a typed value from the plugin), copied so no two
+-- layers share a table.
 local function default_value(s)
-  if s.default == nil then return nil end
-  local f = assert(load("return " .. s.default, "=default", "t", {}))
-  return f()
+  local v = s.default
+  if type(v) ~= "table" then return v end
+  local c = {}
+  for k, x in pairs(v) do c[k] = x end
+  return c
 end
 
 local positive_ok = { axis = true, seed = true }
@@ -65,9 +70,11 @@ local function check_arg(tname, s, v, argpos)
     end
   elseif t == "shape" then
     if type(v) ~= "table" then bad(string.format("%s must be a list of sizes like {28, 28, 1}", s.name)) end
+    -- sizes; the layer itself checks other lists (Reshape's -1, Permute's axes)
+    local sizes = s.name == "input_shape"
     for _, x in ipairs(v) do
-      if math.type(x) ~= "integer" or x < 1 then
-        bad(string.format("%s must hold positive integers, got %s", s.name, describe(x)))
+      if math.type(x) ~= "integer" or (sizes and x < 1) then
+        bad(string.format("%s must hold %s, got %s", s.name, sizes and "positive integers" or "integers", describe(x)))
       end
     end
   elseif t == "regularizer" then
@@ -89,11 +96,22 @@ local function parse_args(info, ...)
   local n = select("#", ...)
   local given = { ... }
   local first = info.args[1]
+  -- nn.Dense{10, activation = "relu"}: one table of arguments.  When the
+  -- first argument is a shape, a table of plain integers is that shape
+  -- (nn.Reshape({7, 7, 16})), and a table holding a table or names is the
+  -- arguments (nn.Reshape{{7, 7, 16}}, nn.Reshape{target_shape = {...}}).
+  local function is_shape(t)
+    if #t == 0 then return false end
+    for k, v in pairs(t) do
+      if math.type(k) ~= "integer" or type(v) == "table" then return false end
+    end
+    return true
+  end
   local tbl
   if n == 0 then
     tbl = {}
   elseif n == 1 and type(given[1]) == "table" and getmetatable(given[1]) == nil
-      and not (info.positional > 0 and first and first.type == "shape") then
+      and not (info.positional > 0 and first and first.type == "shape" and is_shape(given[1])) then
     tbl = given[1]
   else
     tbl = given
@@ -205,7 +223,12 @@ function Layer:set_weights(list)
   end
 end
 
+-- layer(x) on tensors runs it (a list for several inputs; one result per
+-- output); on symbolic tensors (nn.Input, other layers' outputs) it adds a
+-- call to a functional model's graph.
 function Layer:__call(x, training)
+  local xs, listed = graph.symbolic_list(x, self.name)
+  if xs then return graph.call(self, xs, listed) end
   return C.layer_call(self.handle, x, training or false, false)
 end
 
@@ -244,117 +267,15 @@ function M.load_plugin(path)
   return true
 end
 
-local function no_grad_loss(layer, x, r)
-  local prev = C.set_no_grad(true)
-  local ok, res = pcall(function() return (layer(x, false) * r):sum():item() end)
-  C.set_no_grad(prev)
-  if not ok then error(res, 0) end
-  return res
-end
-
--- The available backends other than the CPU reference.
-local function other_backends()
-  local out = {}
-  for _, b in ipairs(C.backends()) do
-    if b.available and b.name ~= "cpu" then out[#out + 1] = b.name end
-  end
-  return out
-end
-
--- Largest relative difference between two tensors' values (any backends).
-local function max_diff(a, b)
-  local va, vb = a:reshape(-1):totable(), b:reshape(-1):totable()
-  local worst = #va == #vb and 0 or math.huge
-  for k = 1, math.min(#va, #vb) do
-    local d = math.abs(va[k] - vb[k]) / math.max(1, math.abs(va[k]), math.abs(vb[k]))
-    if d > worst then worst = d end
-  end
-  return worst
-end
-
--- The same call on `backend`, from the reference layer's weights: the
--- largest difference of the output and of every gradient.
-local function agreement(tname, args, layer, sample, x, y, r, backend)
-  local prev = C.default_backend()
-  C.use(backend)
-  local ok, res = pcall(function()
-    local other = M.new(tname, args)
-    if not other.output_shape then other:build(sample) end
-    local src = layer:weights()
-    for k, w in ipairs(other:weights()) do C.assign(w.tensor, src[k].tensor) end
-    local xo = x:detach():to(backend):requires_grad(true)
-    local yo = other(xo, false)
-    ;(yo * r:to(backend)):sum():backward()
-    local worst = math.max(max_diff(yo, y), max_diff(xo.grad, x.grad))
-    for k, w in ipairs(other:weights()) do
-      if w.trainable then worst = math.max(worst, max_diff(w.tensor.grad, src[k].tensor.grad)) end
-    end
-    return worst
-  end)
-  C.use(prev)
-  if not ok then return math.huge, tostring(res) end
-  return res
-end
-
--- Checks a layer type's shipped test cases: finite-difference gradients on
--- the CPU, then agreement of the output and gradients on every other
--- available backend (opts.backends to choose; 1e-3 relative).
-function M.check_plugin(tname, opts)
-  opts = opts or {}
-  local cases = C.layer_tests(tname)
-  local results = {}
-  for i, case in ipairs(cases) do
-    local f = assert(load("return {" .. case.args .. "}", "=args", "t", {}))
-    local layer = M.new(tname, f())
-    local shape = { case.batch }
-    for _, d in ipairs(case.shape) do shape[#shape + 1] = d end
-    C.seed(1000 + i)
-    local x = C.randn(shape)
-    x:requires_grad(true)
-    local y = layer(x, false)
-    local r = C.randn(y:shape())
-    local loss = (y * r):sum()
-    loss:backward()
-    local function numeric(t, k, eps)
-      local vals = t:reshape(-1):totable()
-      local orig = vals[k]
-      local function at(v)
-        vals[k] = v
-        C.assign(t, C.tensor(vals):reshape(t:shape()))
-        local l = no_grad_loss(layer, x, r)
-        return l
-      end
-      local up, down = at(orig + eps), at(orig - eps)
-      vals[k] = orig
-      C.assign(t, C.tensor(vals):reshape(t:shape()))
-      return (up - down) / (2 * eps)
-    end
-    local worst = 0
-    local targets = { { name = "input", tensor = x, grad = x.grad } }
-    for _, w in ipairs(layer:weights()) do
-      if w.trainable then targets[#targets + 1] = { name = w.name, tensor = w.tensor, grad = w.tensor.grad } end
-    end
-    for _, tg in ipairs(targets) do
-      local g = tg.grad and tg.grad:reshape(-1):totable() or {}
-      local n = tg.tensor:numel()
-      local step = math.max(1, n // 12)
-      for k = 1, n, step do
-        local num = numeric(tg.tensor, k, opts.eps or 5e-3)
-        local ana = g[k] or 0
-        local err = math.abs(num - ana) / math.max(1, math.abs(num), math.abs(ana))
-        if err > worst then worst = err end
-      end
-    end
-    local result = { args = case.args, max_error = worst, ok = worst <= case.tolerance, tolerance = case.tolerance,
-      backends = {} }
-    for _, be in ipairs(opts.backends or other_backends()) do
-      local diff, err = agreement(tname, f(), layer, case.shape, x, y, r, be)
-      result.backends[be] = { max_diff = diff, ok = diff <= 1e-3, error = err }
-      if diff > 1e-3 then result.ok = false end
-    end
-    results[i] = result
-  end
-  return results
+-- Checks a layer type's shipped test cases (the core's
+-- lunet_check_layer_type): finite-difference gradients on the CPU in
+-- inference and in training mode, then the outputs and gradients of every
+-- other available backend against the CPU (1e-3 relative).  One entry per
+-- case and mode: {args =, training =, max_error =, tolerance =, ok =,
+-- error =, backends = {vulkan = {max_diff =, ok =, error =}}}.
+function M.check_plugin(tname)
+  if type(tname) ~= "string" then error("bad argument #1 to 'check_plugin' (a layer type name expected)", 2) end
+  return C.check_layer(tname)
 end
 
 function M.help(what)
@@ -379,7 +300,7 @@ function M.help(what)
   print(string.format("nn.%s: %s  [plugin %s]", info.name, info.doc, info.plugin))
   for i, s in ipairs(info.args) do
     print(string.format("  %s%-20s %-11s %-16s %s", i <= info.positional and "*" or " ", s.name, s.type,
-      s.required and "(required)" or ("= " .. s.default), s.doc))
+      s.required and "(required)" or ("= " .. s.default_text), s.doc))
   end
   print("  (* may be given by position)")
 end

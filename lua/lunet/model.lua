@@ -1,8 +1,10 @@
--- Sequential models: build, summary, compile, fit, evaluate, predict,
--- weights and checkpoints.  The model itself (graph, step, metrics,
--- optimizer state) lives in the core (`self.handle`); Lua keeps fit's loop,
+-- Models: Sequential and functional (nn.Input, nn.Model), with build,
+-- summary, compile, fit, evaluate, predict, weights and checkpoints.  The
+-- model itself (graph, step, metrics, optimizer state) lives in the core
+-- (`self.handle`); Lua keeps the graph's description, fit's loop,
 -- callbacks and progress bar.
 local C = require "lunet.core"
+local graph = require "lunet.graph"
 local layers = require "lunet.layers"
 local optim = require "lunet.optim"
 local Progress = require "lunet.progress"
@@ -11,12 +13,14 @@ local M = {}
 local Model = {}
 Model.__index = Model
 
-local function shape_str(s)
-  return "(None, " .. table.concat(s, ", ") .. ")"
-end
+local shape_str = graph.shape_str
+local CONFIG_FORMAT = 2 -- the JSON schema of a checkpoint's config
+
+-- ---- construction ----
 
 function M.Sequential(list, opts)
-  local self = setmetatable({ layers = {}, built = false, epoch = 0, name = (opts and opts.name) or "sequential" }, Model)
+  local self = setmetatable({ kind = "sequential", layers = {}, built = false, epoch = 0,
+    name = (opts and opts.name) or "sequential" }, Model)
   for i, l in ipairs(list or {}) do
     if getmetatable(l) ~= layers.Layer then
       error(string.format("bad argument #1 to 'Sequential' (entry %d is a %s, not a layer)", i, type(l)), 2)
@@ -31,52 +35,149 @@ function M.Sequential(list, opts)
   return self
 end
 
+-- A list from one value or a list; `single` tells which it was.
+local function as_list(v, what, check)
+  local single = check(v)
+  local list = single and { v } or v
+  if type(list) ~= "table" or #list == 0 then
+    error(string.format("bad argument '%s' to 'Model' (a symbolic tensor or a list of them expected)", what), 3)
+  end
+  for i, x in ipairs(list) do
+    if not check(x) then
+      error(string.format("bad argument '%s' to 'Model' (%s[%d] is a %s, not a symbolic tensor from nn.Input or a "
+        .. "layer call)", what, what, i, type(x)), 3)
+    end
+  end
+  return list, single
+end
+
+-- The calls between the inputs and the outputs, each after its inputs.
+local function walk(inputs, outputs)
+  local is_input, order, seen = {}, {}, {}
+  for _, x in ipairs(inputs) do is_input[x] = true end
+  local function visit(s)
+    if not s.node then
+      if not is_input[s] then
+        error(string.format("bad argument 'outputs' to 'Model' (they depend on the input '%s', which is not "
+          .. "among the model's inputs)", s.name), 4)
+      end
+      return
+    end
+    if seen[s.node] then return end
+    seen[s.node] = true
+    for _, x in ipairs(s.node.inputs) do visit(x) end
+    order[#order + 1] = s.node
+  end
+  for _, s in ipairs(outputs) do visit(s) end
+  return order
+end
+
+-- nn.Model{inputs = x or {x1, x2}, outputs = y or {y1, y2}, name = ...}
+function M.Model(o)
+  if type(o) ~= "table" then error("bad argument #1 to 'Model' (table {inputs =, outputs =} expected)", 2) end
+  for k in pairs(o) do
+    if k ~= "inputs" and k ~= "outputs" and k ~= "name" then
+      error(string.format("bad argument '%s' to 'Model' (unknown; valid: inputs, outputs, name)", tostring(k)), 2)
+    end
+  end
+  local ins, single_in = as_list(o.inputs, "inputs", graph.is_symbolic)
+  local outs, single_out = as_list(o.outputs, "outputs", graph.is_symbolic)
+  for i, x in ipairs(ins) do
+    if x.node then
+      error(string.format("bad argument 'inputs' to 'Model' (inputs[%d] is the output of %s, not an nn.Input)", i,
+        x.node.layer.name), 2)
+    end
+    for k = 1, i - 1 do
+      if ins[k] == x then error(string.format("bad argument 'inputs' to 'Model' (input '%s' is listed twice)", x.name), 2) end
+    end
+  end
+  local nodes = walk(ins, outs)
+  local self = setmetatable({ kind = "functional", name = o.name or "functional", epoch = 0, built = false,
+    inputs = ins, outputs = outs, nodes = nodes, single_input = single_in, single_output = single_out,
+    layers = {} }, Model)
+  local seen = {}
+  for _, n in ipairs(nodes) do
+    if not seen[n.layer] then
+      seen[n.layer] = true
+      self.layers[#self.layers + 1] = n.layer
+    end
+  end
+  local ok, err = pcall(self.build, self)
+  if not ok then error(err, 2) end
+  return self
+end
+
 function Model:__tostring()
   local names = {}
   for i, l in ipairs(self.layers) do names[i] = l.type end
-  return string.format("Sequential(%s: %s%s)", self.name, table.concat(names, ", "),
-    self.device and (", on " .. self.device) or "")
+  return string.format("%s(%s: %s%s)", self.kind == "sequential" and "Sequential" or "Model", self.name,
+    table.concat(names, ", "), self.device and (", on " .. self.device) or "")
 end
 
 function Model:add(layer)
+  if self.kind ~= "sequential" then error("add: only a Sequential model grows layer by layer", 2) end
   self.layers[#self.layers + 1] = layer
   self.built = false
   return self
 end
 
--- Builds every layer for one sample's shape.
-function Model:build(shape)
-  shape = shape or self.layers[1] and self.layers[1].args.input_shape
-  if not shape then
-    error("the model's input shape is unknown: give the first layer input_shape = {...} or call model:build{...}", 2)
-  end
-  local s = shape
+-- The core model from the symbolic graph (inputs, nodes, outputs).
+local function make_core(self)
   local h = C.model_new(self.name)
-  local v = C.model_input(h, shape, "input")
-  for i, l in ipairs(self.layers) do
-    local ok, out = pcall(layers.Layer.build, l, s)
-    if ok then ok, out = pcall(C.model_add, h, l.handle, { v }) end
-    if not ok then error(string.format("layer %d (%s): %s", i, l.name, out), 2) end
-    s, v = l.output_shape, out
+  local id = {}
+  for _, x in ipairs(self.inputs) do id[x] = C.model_input(h, x.shape, x.name) end
+  for _, n in ipairs(self.nodes) do
+    local ins = {}
+    for i, x in ipairs(n.inputs) do ins[i] = id[x] end
+    local first = C.model_add(h, n.layer.handle, ins)
+    for j, y in ipairs(n.outputs) do id[y] = first + j - 1 end
   end
-  C.model_outputs(h, { v })
+  local outs = {}
+  for j, y in ipairs(self.outputs) do outs[j] = id[y] end
+  C.model_outputs(h, outs)
   self.handle, self.compiled = h, false
   self.params = C.model_params(h)
-  self.input_shape, self.output_shape, self.built = shape, s, true
+  self.input_shape = self.inputs[1].shape
+  self.output_shape = self.outputs[1].shape
+  self.built = true
   -- the model's device: where its weights live (batches are moved there)
   self.device = self.params[1] and self.params[1]:device() or C.default_backend()
-  return s
+end
+
+-- Builds a Sequential for one sample's shape (a functional model is built
+-- when it is made).
+function Model:build(shape)
+  if self.kind == "sequential" then
+    shape = shape or self.layers[1] and self.layers[1].args.input_shape
+    if not shape then
+      error("the model's input shape is unknown: give the first layer input_shape = {...} or call model:build{...}", 2)
+    end
+    local x = graph.Input{ shape = shape, name = "input_layer" }
+    local h = x
+    for i, l in ipairs(self.layers) do
+      local ok, out = pcall(l.__call, l, h)
+      if not ok then error(string.format("layer %d (%s): %s", i, l.name, out), 2) end
+      h = out
+    end
+    self.inputs, self.outputs = { x }, { h }
+    self.nodes = walk(self.inputs, self.outputs)
+    self.single_input, self.single_output = true, true
+  end
+  make_core(self)
+  return self.output_shape
 end
 
 local function ensure_built(self, x)
   if self.built then return end
   local s = self.layers[1] and self.layers[1].args.input_shape
-  if not s and x then
+  if not s and C.is_tensor(x) then
     s = x:shape()
     table.remove(s, 1)
   end
   self:build(s)
 end
+
+-- ---- summary ----
 
 local function fmt_int(n)
   local s = tostring(math.floor(n))
@@ -88,6 +189,30 @@ local function fmt_bytes(n)
   return string.format("%.2f KB", n / 1024)
 end
 
+-- Rows of Keras's functional summary: inputs, then one per call, with the
+-- tensors each call reads ("dense[0][0]": layer, call, output).
+local function functional_rows(self)
+  local rows, calls = {}, {}
+  for _, x in ipairs(self.inputs) do
+    rows[#rows + 1] = { string.format("%s (InputLayer)", x.name), shape_str(x.shape), "0", "-" }
+  end
+  local counted = {}
+  for _, n in ipairs(self.nodes) do
+    calls[n.layer] = (calls[n.layer] or 0) + 1
+    n.call_index = calls[n.layer] - 1
+    local from = {}
+    for i, x in ipairs(n.inputs) do
+      from[i] = x.node and string.format("%s[%d][%d]", x.node.layer.name, x.node.call_index, x.index - 1)
+        or string.format("%s[0][0]", x.name)
+    end
+    local params = counted[n.layer] and 0 or n.layer:count_params()
+    counted[n.layer] = true
+    rows[#rows + 1] = { string.format("%s (%s)", n.layer.name, n.layer.type), shape_str(n.outputs[1].shape),
+      fmt_int(params), table.concat(from, ", ") }
+  end
+  return rows
+end
+
 function Model:summary(print_fn)
   ensure_built(self)
   print_fn = print_fn or print
@@ -95,21 +220,34 @@ function Model:summary(print_fn)
   for _, l in ipairs(self.layers) do
     local t, tr = l:count_params()
     total, trainable = total + t, trainable + tr
-    rows[#rows + 1] = { string.format("%s (%s)", l.name, l.type), shape_str(l.output_shape), fmt_int(t) }
   end
-  local w = { 29, 26, 12 }
-  for _, r in ipairs(rows) do for i = 1, 3 do w[i] = math.max(w[i], #r[i] + 2) end end
-  local line = string.rep("─", w[1] + w[2] + w[3])
-  local function row(a, b, c) return a .. string.rep(" ", w[1] - #a) .. b .. string.rep(" ", w[2] - #b) .. c end
+  local head = { "Layer (type)", "Output Shape", "Param #" }
+  if self.kind == "sequential" then
+    for _, l in ipairs(self.layers) do
+      rows[#rows + 1] = { string.format("%s (%s)", l.name, l.type), shape_str(l.output_shape), fmt_int(l:count_params()) }
+    end
+  else
+    rows, head[4] = functional_rows(self), "Connected to"
+  end
+  local w = { 29, 26, 12, 20 }
+  for _, r in ipairs(rows) do for i = 1, #head do w[i] = math.max(w[i], #r[i] + 2) end end
+  local width = 0
+  for i = 1, #head do width = width + w[i] end
+  local line = string.rep("─", width)
+  local function row(r)
+    local parts = {}
+    for i = 1, #head do parts[i] = r[i] .. string.rep(" ", i < #head and w[i] - #r[i] or 0) end
+    return table.concat(parts)
+  end
   print_fn(string.format('Model: "%s"', self.name))
   print_fn(line)
-  print_fn(row("Layer (type)", "Output Shape", "Param #"))
-  print_fn(string.rep("═", w[1] + w[2] + w[3]))
+  print_fn(row(head))
+  print_fn(string.rep("═", width))
   for i, r in ipairs(rows) do
-    print_fn(row(r[1], r[2], r[3]))
+    print_fn(row(r))
     if i < #rows then print_fn(line) end
   end
-  print_fn(string.rep("═", w[1] + w[2] + w[3]))
+  print_fn(string.rep("═", width))
   print_fn(string.format("Total params: %s (%s)", fmt_int(total), fmt_bytes(total * 4)))
   print_fn(string.format("Trainable params: %s (%s)", fmt_int(trainable), fmt_bytes(trainable * 4)))
   print_fn(string.format("Non-trainable params: %s (%s)", fmt_int(total - trainable), fmt_bytes((total - trainable) * 4)))
@@ -123,18 +261,37 @@ function Model:count_params()
   return total
 end
 
+-- ---- compile ----
+
 local metric_names = { accuracy = "accuracy", acc = "accuracy", sparse_categorical_accuracy = true,
   categorical_accuracy = true, binary_accuracy = true }
+
+local function noutputs(self) return self.outputs and #self.outputs or 1 end
 
 function Model:compile(o)
   if type(o) ~= "table" then error("bad argument #1 to 'compile' (table expected)", 2) end
   for k in pairs(o) do
-    if k ~= "optimizer" and k ~= "loss" and k ~= "metrics" then
-      error(string.format("bad argument '%s' to 'compile' (unknown; valid: optimizer, loss, metrics)", tostring(k)), 2)
+    if k ~= "optimizer" and k ~= "loss" and k ~= "metrics" and k ~= "loss_weights" then
+      error(string.format("bad argument '%s' to 'compile' (unknown; valid: optimizer, loss, metrics, loss_weights)",
+        tostring(k)), 2)
     end
   end
   self.optimizer = optim.optimizers.get(o.optimizer or "rmsprop")
-  self.loss = optim.losses.get(o.loss or error("bad argument 'loss' to 'compile' (a loss is required)", 2))
+  if o.loss == nil then error("bad argument 'loss' to 'compile' (a loss is required)", 2) end
+  -- one loss for every output, or a list with one per output
+  local list = (type(o.loss) == "table" and o.loss.name == nil) and o.loss or { o.loss }
+  self.losses = {}
+  for i, l in ipairs(list) do self.losses[i] = optim.losses.get(l) end
+  self.loss = self.losses[1]
+  if #self.losses ~= 1 and #self.losses ~= noutputs(self) then
+    error(string.format("bad argument 'loss' to 'compile' (%d losses for a model with %d outputs: give one, or one "
+      .. "per output)", #self.losses, noutputs(self)), 2)
+  end
+  self.loss_weights = o.loss_weights
+  if o.loss_weights ~= nil and (type(o.loss_weights) ~= "table" or #o.loss_weights ~= noutputs(self)) then
+    error(string.format("bad argument 'loss_weights' to 'compile' (a list of %d numbers, one per output)",
+      noutputs(self)), 2)
+  end
   self.metrics = {}
   for _, m in ipairs(o.metrics or {}) do
     local name = metric_names[m]
@@ -153,34 +310,75 @@ end
 local function ensure_compiled(self, x)
   ensure_built(self, x)
   if self.compiled then return end
-  C.model_compile(self.handle, { { loss = self.loss.name, from_logits = self.loss.from_logits } }, self.metrics,
-    self.optimizer.handle)
+  local specs = {}
+  local n = #self.losses == 1 and not self.loss_weights and 1 or noutputs(self)
+  for j = 1, n do
+    local l = self.losses[#self.losses == 1 and 1 or j]
+    specs[j] = { loss = l.name, from_logits = l.from_logits, weight = self.loss_weights and self.loss_weights[j] or 1 }
+  end
+  C.model_compile(self.handle, specs, self.metrics, self.optimizer.handle)
   self.metric_keys = C.model_metric_names(self.handle)
   self.compiled = true
 end
 
+-- ---- data ----
+
 local function nsamples(t) return t:shape()[1] end
+
+-- x (or y) as a list of tensors, one per model input (output).
+local function tensors(self, v, n, argn, what, noun)
+  local list = C.is_tensor(v) and { v } or v
+  if type(list) ~= "table" then
+    error(string.format("bad argument #%d to '%s' (a tensor or a list of tensors expected, got %s)", argn, what, type(v)), 4)
+  end
+  for i, t in ipairs(list) do
+    if not C.is_tensor(t) then
+      error(string.format("bad argument #%d to '%s' (entry %d is a %s, not a tensor)", argn, what, i, type(t)), 4)
+    end
+    if t:dim() < 1 then error(string.format("%s: %s %d has no batch axis", what, noun, i), 4) end
+  end
+  if #list ~= n then
+    error(string.format("%s: the model has %d %s%s but %d %s given%s", what, n, noun, n == 1 and "" or "s", #list,
+      #list == 1 and "was" or "were", n > 1 and string.format(" (give a list of %d tensors)", n) or ""), 4)
+  end
+  return list
+end
+
+-- The inputs and targets of a call, with one sample count.
+local function check_xy(self, x, y, what)
+  local xs = tensors(self, x, #self.inputs, 1, what, "input")
+  local ys = tensors(self, y, noutputs(self), 2, what, "target")
+  local n = nsamples(xs[1])
+  for _, t in ipairs(xs) do
+    if nsamples(t) ~= n then
+      error(string.format("%s: the inputs have %d and %d samples (they must have the same first dimension)", what, n,
+        nsamples(t)), 3)
+    end
+  end
+  for _, t in ipairs(ys) do
+    if nsamples(t) ~= n then
+      error(string.format("%s: x has %d samples but y has %d (they must have the same first dimension)", what, n,
+        nsamples(t)), 3)
+    end
+  end
+  return xs, ys
+end
 
 -- Sparse labels must be class ids of the model's output: checked once up
 -- front, so the error names the sample rather than a row of some batch.
-local function check_labels(self, y, what)
-  if self.loss.name ~= "sparse_categorical_crossentropy" then return end
-  local k = self.output_shape[#self.output_shape]
-  local labels = y:reshape(-1):totable()
-  for i, v in ipairs(labels) do
-    if v ~= math.floor(v) or v < 0 or v >= k then
-      error(string.format("%s: y holds label %s for sample %d, outside the model's %d classes [0, %d)",
-        what, tostring(math.tointeger(v) or v), i, k, k), 3)
+local function check_labels(self, ys, what)
+  for j, y in ipairs(ys) do
+    local loss = self.losses[#self.losses == 1 and 1 or j]
+    if loss.name == "sparse_categorical_crossentropy" then
+      local shape = self.outputs[j].shape
+      local k = shape[#shape]
+      for i, v in ipairs(y:reshape(-1):totable()) do
+        if v ~= math.floor(v) or v < 0 or v >= k then
+          error(string.format("%s: y holds label %s for sample %d, outside the model's %d classes [0, %d)",
+            what, tostring(math.tointeger(v) or v), i, k, k), 3)
+        end
+      end
     end
-  end
-end
-
-local function check_xy(x, y, what)
-  if not C.is_tensor(x) then error(string.format("bad argument #1 to '%s' (tensor expected, got %s)", what, type(x)), 3) end
-  if not C.is_tensor(y) then error(string.format("bad argument #2 to '%s' (tensor expected, got %s)", what, type(y)), 3) end
-  if x:dim() < 1 or y:dim() < 1 or nsamples(x) ~= nsamples(y) then
-    error(string.format("%s: x has %d samples but y has %d (they must have the same first dimension)", what,
-      x:dim() > 0 and nsamples(x) or 0, y:dim() > 0 and nsamples(y) or 0), 3)
   end
 end
 
@@ -205,29 +403,44 @@ local function rows_on(t, first, count, device, order)
   return moved
 end
 
--- Mean loss and metrics over x, y in batches, inference mode.
-local function run_eval(self, x, y, batch_size)
-  ensure_compiled(self, x)
-  local n, h = nsamples(x), self.handle
+local function rows_of(list, first, count, device, order)
+  local out = {}
+  for i, t in ipairs(list) do out[i] = rows_on(t, first, count, device, order) end
+  return out
+end
+
+local function free_all(list)
+  for _, t in ipairs(list) do t:free() end
+end
+
+-- One tensor for a single-input (-output) model, else the list.
+local function unlist(list) return #list == 1 and list[1] or list end
+
+-- Mean loss and metrics over xs, ys in batches, inference mode.
+local function run_eval(self, xs, ys, batch_size)
+  local n, h = nsamples(xs[1]), self.handle
   C.model_reset_metrics(h)
   for first = 1, n, batch_size do
     local count = math.min(batch_size, n - first + 1)
-    local xb, yb = rows_on(x, first, count, self.device), rows_on(y, first, count, self.device)
-    C.model_test_step(h, xb, yb)
-    xb:free()
-    yb:free()
+    local xb, yb = rows_of(xs, first, count, self.device), rows_of(ys, first, count, self.device)
+    C.model_test_step(h, unlist(xb), unlist(yb))
+    free_all(xb)
+    free_all(yb)
     if C.interrupted() then error("interrupted", 0) end
   end
   return C.model_logs(h)
 end
 
 -- The epoch's batches, as a function: next(step) -> xb, yb (nil at the end);
--- next(nil) stops.  Host data (cpu, float32) goes through the prefetch
--- thread, which gathers and augments the next batches while the current step
--- computes and uploads them to the model's device.  Augmentation is keyed by
--- each sample's dataset index on both paths.
-local function batch_source(x, y, order, n, bs, aug, epoch, device)
-  local host = x:device() == "cpu" and y:device() == "cpu" and x:dtype() == "float32" and y:dtype() == "float32"
+-- next(nil) stops.  Host data (cpu, float32) of a one-input, one-output
+-- model goes through the prefetch thread, which gathers and augments the
+-- next batches while the current step computes and uploads them to the
+-- model's device.  Augmentation is keyed by each sample's dataset index on
+-- both paths.
+local function batch_source(xs, ys, order, n, bs, aug, epoch, device)
+  local x, y = xs[1], ys[1]
+  local host = #xs == 1 and #ys == 1 and x:device() == "cpu" and y:device() == "cpu" and x:dtype() == "float32"
+    and y:dtype() == "float32"
   if host then
     if not order then
       order = {}
@@ -242,16 +455,20 @@ local function batch_source(x, y, order, n, bs, aug, epoch, device)
   return function(step)
     if step == nil then return end
     local first, count = (step - 1) * bs + 1, math.min(bs, n - (step - 1) * bs)
-    local xb, yb = rows_on(x, first, count, device, order), rows_on(y, first, count, device, order)
+    local xb, yb = rows_of(xs, first, count, device, order), rows_of(ys, first, count, device, order)
     if aug then
       local indices = {}
       for i = 1, count do indices[i] = (order and order[first + i - 1] or first + i - 1) - 1 end
-      local xa = aug:apply(xb, { epoch = epoch, indices = indices })
-      xb:free()
-      xb = xa
+      local xa = aug:apply(xb[1], { epoch = epoch, indices = indices })
+      xb[1]:free()
+      xb[1] = xa
     end
-    return xb, yb
+    return unlist(xb), unlist(yb)
   end
+end
+
+local function free_batch(b)
+  if C.is_tensor(b) then b:free() else free_all(b) end
 end
 
 local fit_options = { epochs = true, batch_size = true, validation_data = true, validation_split = true, shuffle = true,
@@ -262,6 +479,12 @@ local function call_cbs(cbs, name, ...)
     local f = cb[name]
     if f then f(cb, ...) end
   end
+end
+
+local function split_rows(list, first, count)
+  local out = {}
+  for i, t in ipairs(list) do out[i] = C.take_rows(t, first, count) end
+  return out
 end
 
 function Model:fit(x, y, o)
@@ -276,23 +499,23 @@ function Model:fit(x, y, o)
     end
   end
   if not self.optimizer then error("fit: call model:compile{optimizer = ..., loss = ...} first", 2) end
-  check_xy(x, y, "fit")
   ensure_built(self, x)
-  check_labels(self, y, "fit")
+  local xs, ys = check_xy(self, x, y, "fit")
+  check_labels(self, ys, "fit")
   local epochs, bs = o.epochs or 1, o.batch_size or 32
   if math.type(bs) ~= "integer" or bs < 1 then error("bad argument 'batch_size' to 'fit' (positive integer expected)", 2) end
   local verbose = o.verbose
   if verbose == nil or verbose == "auto" then verbose = 1 end
-  local n = nsamples(x)
+  if o.augment and #xs ~= 1 then error("fit: augment works on a model with one input", 2) end
+  local n = nsamples(xs[1])
   local xv, yv
   if o.validation_data then
-    xv, yv = o.validation_data[1], o.validation_data[2]
-    check_xy(xv, yv, "fit (validation_data)")
+    xv, yv = check_xy(self, o.validation_data[1], o.validation_data[2], "fit (validation_data)")
   elseif o.validation_split and o.validation_split > 0 then
     local nv = math.floor(n * o.validation_split)
     if nv < 1 or nv >= n then error("fit: validation_split leaves no training or no validation samples", 2) end
-    xv, yv = C.take_rows(x, n - nv + 1, nv), C.take_rows(y, n - nv + 1, nv)
-    x, y = C.take_rows(x, 1, n - nv), C.take_rows(y, 1, n - nv)
+    xv, yv = split_rows(xs, n - nv + 1, nv), split_rows(ys, n - nv + 1, nv)
+    xs, ys = split_rows(xs, 1, n - nv), split_rows(ys, 1, n - nv)
     n = n - nv
   end
   local aug = o.augment
@@ -317,15 +540,15 @@ function Model:fit(x, y, o)
     local order = (o.shuffle == false) and nil or permutation(n)
     local bar = Progress.new(steps, verbose)
     local logs = {}
-    local next_batch = batch_source(x, y, order, n, bs, aug, epoch, self.device)
+    local next_batch = batch_source(xs, ys, order, n, bs, aug, epoch, self.device)
     C.model_reset_metrics(h)
     local ok, err = pcall(function()
       for s = 1, steps do
         local xb, yb = next_batch(s)
         C.optimizer_set_lr(opt.handle, opt:current_lr())
         local stepped, msg = pcall(C.model_train_step, h, xb, yb)
-        xb:free()
-        yb:free()
+        free_batch(xb)
+        free_batch(yb)
         if not stepped then error(string.format("%s (epoch %d, step %d)", msg, epoch, s), 0) end
         C.model_logs(h, logs)
         bar:update(s, logs, keys, false)
@@ -362,11 +585,12 @@ end
 
 function Model:evaluate(x, y, o)
   if not self.optimizer then error("evaluate: call model:compile{...} first", 2) end
-  check_xy(x, y, "evaluate")
+  ensure_built(self, x)
+  local xs, ys = check_xy(self, x, y, "evaluate")
   ensure_compiled(self, x)
-  check_labels(self, y, "evaluate")
+  check_labels(self, ys, "evaluate")
   o = o or {}
-  local logs = run_eval(self, x, y, o.batch_size or 32)
+  local logs = run_eval(self, xs, ys, o.batch_size or 32)
   if o.verbose and o.verbose ~= 0 then
     local parts = {}
     for k, v in pairs(logs) do parts[#parts + 1] = string.format("%s: %.4f", k, v) end
@@ -376,46 +600,82 @@ function Model:evaluate(x, y, o)
   return logs
 end
 
+-- The outputs for x, in batches: a tensor, or a list for several outputs.
 function Model:predict(x, o)
-  if not C.is_tensor(x) then error(string.format("bad argument #1 to 'predict' (tensor expected, got %s)", type(x)), 2) end
   ensure_built(self, x)
+  local xs = tensors(self, x, #self.inputs, 1, "predict", "input")
   local bs = (o and o.batch_size) or 32
-  local n = nsamples(x)
-  if n <= bs and x:device() == self.device then return C.model_predict(self.handle, x) end
+  local n = nsamples(xs[1])
+  if n <= bs and #xs == 1 and xs[1]:device() == self.device then
+    if #self.outputs == 1 then return C.model_predict(self.handle, xs[1]) end
+    return { C.model_predict(self.handle, xs[1]) }
+  end
   local parts = {}
   for first = 1, n, bs do
-    local xb = rows_on(x, first, math.min(bs, n - first + 1), self.device)
-    parts[#parts + 1] = C.model_predict(self.handle, xb)
-    xb:free()
+    local xb = rows_of(xs, first, math.min(bs, n - first + 1), self.device)
+    local outs = { C.model_predict(self.handle, unlist(xb)) }
+    for j, t in ipairs(outs) do
+      parts[j] = parts[j] or {}
+      parts[j][#parts[j] + 1] = t
+    end
+    free_all(xb)
   end
-  return C.cat(parts, 1)
+  local out = {}
+  for j, p in ipairs(parts) do out[j] = #p == 1 and p[1] or C.cat(p, 1) end
+  return #out == 1 and out[1] or out
 end
 
 -- Keras's single-batch calls: one step on (x, y) with the metrics of that
 -- batch alone; returns the loss and the logs.
 function Model:train_on_batch(x, y)
   if not self.optimizer then error("train_on_batch: call model:compile{optimizer = ..., loss = ...} first", 2) end
-  check_xy(x, y, "train_on_batch")
+  ensure_built(self, x)
+  local xs, ys = check_xy(self, x, y, "train_on_batch")
   ensure_compiled(self, x)
   local opt = self.optimizer
   opt:claim(self, 2)
   opt:sync()
   C.model_reset_metrics(self.handle)
-  local loss = C.model_train_step(self.handle, x, y)
+  local loss = C.model_train_step(self.handle, unlist(xs), unlist(ys))
   return loss, C.model_logs(self.handle)
 end
 
 function Model:test_on_batch(x, y)
   if not self.optimizer then error("test_on_batch: call model:compile{...} first", 2) end
-  check_xy(x, y, "test_on_batch")
+  ensure_built(self, x)
+  local xs, ys = check_xy(self, x, y, "test_on_batch")
   ensure_compiled(self, x)
   C.model_reset_metrics(self.handle)
-  local loss = C.model_test_step(self.handle, x, y)
+  local loss = C.model_test_step(self.handle, unlist(xs), unlist(ys))
   return loss, C.model_logs(self.handle)
 end
 
--- model(x): a differentiable call, so a model can sit inside a bigger function.
+-- model(x): on tensors a differentiable call (a list for several inputs;
+-- one result per output), so a model can sit inside a bigger function; on
+-- symbolic tensors the model's calls join the caller's graph, sharing the
+-- layers (a model used as a layer).
 function Model:__call(x, training)
+  local xs, listed = graph.symbolic_list(x, self.name)
+  if xs then
+    if not self.built then
+      if self.kind ~= "sequential" then error(self.name .. ": the model is not built", 2) end
+      self:build(xs[1].shape)
+    end
+    if #xs ~= #self.inputs then
+      error(string.format("%s takes %d input%s, got %d", self.name, #self.inputs, #self.inputs == 1 and "" or "s", #xs), 2)
+    end
+    local map = {}
+    for i, s in ipairs(self.inputs) do map[s] = xs[i] end
+    for _, n in ipairs(self.nodes) do
+      local ins = {}
+      for i, s in ipairs(n.inputs) do ins[i] = map[s] end
+      local outs = { n.layer(n.listed and ins or ins[1]) }
+      for j, s in ipairs(n.outputs) do map[s] = outs[j] end
+    end
+    local outs = {}
+    for j, s in ipairs(self.outputs) do outs[j] = map[s] end
+    return table.unpack(outs)
+  end
   ensure_built(self, x)
   return C.model_forward(self.handle, x, training or false)
 end
@@ -453,35 +713,7 @@ function Model:set_weights(list)
   if k ~= #list then error(string.format("set_weights: the model has %d weights, got %d", k, #list), 2) end
 end
 
--- ---- checkpoints (safetensors) ----
-
-local function serialize(v)
-  local t = type(v)
-  if t == "table" then
-    local parts = {}
-    local keys = {}
-    for k in pairs(v) do keys[#keys + 1] = k end
-    table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
-    for _, k in ipairs(keys) do
-      local key = type(k) == "number" and ("[" .. k .. "]") or string.format("[%q]", k)
-      parts[#parts + 1] = key .. "=" .. serialize(v[k])
-    end
-    return "{" .. table.concat(parts, ",") .. "}"
-  elseif t == "string" then
-    return string.format("%q", v)
-  elseif t == "number" then
-    return math.type(v) == "integer" and tostring(v) or string.format("%.17g", v)
-  elseif t == "boolean" or t == "nil" then
-    return tostring(v)
-  end
-  error("cannot save a " .. t .. " in a model config")
-end
-
-local function deserialize(s, path)
-  local f, err = load("return " .. s, "=" .. path, "t", {})
-  if not f then error(path .. ": corrupt model config: " .. err, 3) end
-  return f()
-end
+-- ---- checkpoints (safetensors; the config is JSON) ----
 
 local function weight_entries(self)
   local entries = {}
@@ -493,26 +725,45 @@ local function weight_entries(self)
   return entries
 end
 
+-- The graph as data: layers with their arguments, inputs, calls and
+-- outputs; a tensor is ["input", i] or ["node", k, j] (0-based).
 function Model:config()
-  local cfg = { name = self.name, layers = {} }
+  ensure_built(self)
+  local index, ref = {}, {}
+  local cfg = { format_version = CONFIG_FORMAT, class = self.kind == "sequential" and "Sequential" or "Functional",
+    name = self.name, layers = {}, inputs = {}, nodes = {}, outputs = {} }
   for i, l in ipairs(self.layers) do
+    index[l] = i - 1
     local args = {}
     for k, v in pairs(l.args) do args[k] = v end
     args.name = l.name
     cfg.layers[i] = { type = l.type, args = args }
   end
-  cfg.input_shape = self.input_shape
+  for i, x in ipairs(self.inputs) do
+    cfg.inputs[i] = { name = x.name, shape = x.shape }
+    ref[x] = { "input", i - 1 }
+  end
+  for k, n in ipairs(self.nodes) do
+    local ins = {}
+    for i, x in ipairs(n.inputs) do ins[i] = ref[x] end
+    cfg.nodes[k] = { layer = index[n.layer], inputs = ins, list = n.listed or false }
+    for j, y in ipairs(n.outputs) do ref[y] = { "node", k - 1, j - 1 } end
+  end
+  for j, y in ipairs(self.outputs) do cfg.outputs[j] = ref[y] end
+  cfg.single_input, cfg.single_output = self.single_input, self.single_output
   return cfg
 end
 
 function Model:save(path, o)
   ensure_built(self)
   local entries = weight_entries(self)
-  local meta = { format = "lunet", lunet_version = C.version, config = serialize(self:config()),
+  local meta = { format = "lunet", lunet_version = C.version, config = C.json_encode(self:config()),
     epoch = tostring((o and o.epoch) or self.epoch), rng_seed = tostring(C.seed()), rng_counter = tostring(C.rng_take(0)) }
   if self.optimizer then
-    meta.optimizer = serialize(self.optimizer:config())
-    meta.compile = serialize({ loss = self.loss.name, from_logits = self.loss.from_logits, metrics = self.metrics })
+    local losses = {}
+    for i, l in ipairs(self.losses) do losses[i] = { name = l.name, from_logits = l.from_logits } end
+    meta.optimizer = C.json_encode(self.optimizer:config())
+    meta.compile = C.json_encode({ losses = losses, metrics = self.metrics, loss_weights = self.loss_weights })
     for i, s in ipairs(C.optimizer_slots(self.optimizer.handle, #self.params)) do
       for k, t in pairs(s) do entries[#entries + 1] = { name = string.format("optimizer.%d.%d", i, k), tensor = t } end
     end
@@ -538,25 +789,119 @@ function Model:load_weights(path)
   return by
 end
 
+-- ---- reading a config: every value is checked, nothing is run ----
+
+local function expect(cond, fmt, ...)
+  if not cond then error(string.format(fmt, ...), 0) end
+end
+
+local function int_in(v, lo, hi)
+  return math.type(v) == "integer" and v >= lo and v <= hi
+end
+
+local MAX_ENTRIES = 100000 -- layers, inputs, calls or outputs in one config
+
+local function list_of(cfg, key)
+  local v = cfg[key]
+  expect(type(v) == "table", "'%s' must be a list", key)
+  expect(#v <= MAX_ENTRIES, "'%s' has more than %d entries", key, MAX_ENTRIES)
+  return v
+end
+
+-- The model a config describes, its layers made fresh (weights follow).
+local function from_config(cfg)
+  expect(type(cfg) == "table", "the config is not an object")
+  expect(cfg.format_version == CONFIG_FORMAT, "config format_version %s, this lunet reads %d",
+    tostring(cfg.format_version), CONFIG_FORMAT)
+  expect(cfg.class == "Sequential" or cfg.class == "Functional", "unknown model class '%s'", tostring(cfg.class))
+  expect(cfg.name == nil or type(cfg.name) == "string", "'name' must be a string")
+  local made = {}
+  for i, lc in ipairs(list_of(cfg, "layers")) do
+    expect(type(lc) == "table" and type(lc.type) == "string" and type(lc.args) == "table",
+      "layers[%d] needs a type and args", i)
+    expect(layers.types()[lc.type] ~= nil, "layers[%d] has the unknown type '%s' (a plugin not loaded? see "
+      .. "nn.load_plugin)", i, lc.type)
+    local ok, l = pcall(layers.new, lc.type, lc.args)
+    expect(ok, "layers[%d] (%s): %s", i, lc.type, tostring(l))
+    made[i] = l
+  end
+  if cfg.class == "Sequential" then
+    local m = M.Sequential(made, { name = cfg.name })
+    local ins = list_of(cfg, "inputs")
+    expect(#ins == 1 and type(ins[1].shape) == "table", "a Sequential config has one input with a shape")
+    m:build(ins[1].shape)
+    return m
+  end
+  local refs = { input = {}, node = {} }
+  local inputs = {}
+  for i, ic in ipairs(list_of(cfg, "inputs")) do
+    expect(type(ic) == "table" and type(ic.shape) == "table", "inputs[%d] needs a shape", i)
+    local ok, x = pcall(graph.Input, { shape = ic.shape, name = ic.name })
+    expect(ok, "inputs[%d]: %s", i, tostring(x))
+    inputs[i], refs.input[i - 1] = x, { x }
+  end
+  local function resolve(r, where, k)
+    expect(type(r) == "table" and (r[1] == "input" or r[1] == "node"), "%s is not a tensor reference", where)
+    if r[1] == "input" then
+      expect(int_in(r[2], 0, #inputs - 1), "%s names input %s of %d", where, tostring(r[2]), #inputs)
+      return refs.input[r[2]][1]
+    end
+    expect(int_in(r[2], 0, MAX_ENTRIES), "%s names node %s", where, tostring(r[2]))
+    expect(r[2] < k, "%s refers to node %d, which does not come before it (a cycle, or a dangling reference)", where, r[2])
+    local outs = refs.node[r[2]]
+    expect(int_in(r[3], 0, #outs - 1), "%s names output %s of node %d, which has %d", where, tostring(r[3]), r[2], #outs)
+    return outs[r[3] + 1]
+  end
+  for k, nc in ipairs(list_of(cfg, "nodes")) do
+    local where = string.format("nodes[%d]", k)
+    expect(type(nc) == "table" and int_in(nc.layer, 0, #made - 1), "%s names no layer of the config", where)
+    expect(type(nc.inputs) == "table" and #nc.inputs >= 1 and #nc.inputs <= 16, "%s needs 1 to 16 inputs", where)
+    local ins = {}
+    for i, r in ipairs(nc.inputs) do ins[i] = resolve(r, where .. ".inputs[" .. i .. "]", k - 1) end
+    local ok, outs = pcall(function() return { made[nc.layer + 1](nc.list and ins or ins[1]) } end)
+    expect(ok, "%s: %s", where, tostring(outs))
+    refs.node[k - 1] = outs
+  end
+  local outputs = {}
+  for j, r in ipairs(list_of(cfg, "outputs")) do outputs[j] = resolve(r, "outputs[" .. j .. "]", #cfg.nodes) end
+  local m = M.Model{ inputs = cfg.single_input and inputs[1] or inputs,
+    outputs = cfg.single_output and outputs[1] or outputs, name = cfg.name }
+  return m
+end
+
 function M.load_model(path)
   local entries, meta = C.load_safetensors(path)
   if meta.format ~= "lunet" or not meta.config then
     error(path .. " holds no lunet model config (was it saved by model:save?)", 2)
   end
-  local cfg = deserialize(meta.config, path)
-  local list = {}
-  for i, lc in ipairs(cfg.layers) do list[i] = layers.new(lc.type, lc.args) end
-  local model = M.Sequential(list, { name = cfg.name })
-  model:build(cfg.input_shape)
+  if meta.config:match("^{%[") or meta.config:match("^{}$") then -- lunet 0.1's Lua table constructor
+    error(string.format("%s was saved by lunet %s with a model config in Lua source (config format 1), which this "
+      .. "lunet does not read: load it with lunet %s and save it again", path, tostring(meta.lunet_version),
+      tostring(meta.lunet_version)), 2)
+  end
+  local ok, model = pcall(function() return from_config(C.json_decode(meta.config, "the model config")) end)
+  if not ok then error(string.format("%s: %s", path, tostring(model)), 2) end
   local by = model:load_weights(path)
   if meta.compile and meta.optimizer then
-    local comp, oc = deserialize(meta.compile, path), deserialize(meta.optimizer, path)
-    local name = oc.name
-    local args = {}
-    for k, v in pairs(oc) do if k ~= "name" and k ~= "iterations" then args[k] = v end end
-    model:compile({ optimizer = optim.optimizers[name](args),
-      loss = optim.losses.get({ name = comp.loss, from_logits = comp.from_logits }), metrics = comp.metrics })
-    model.optimizer.iterations = oc.iterations or 0
+    local ok2, err = pcall(function()
+      local comp = C.json_decode(meta.compile, "the compile config")
+      local oc = C.json_decode(meta.optimizer, "the optimizer config")
+      expect(type(oc) == "table" and type(oc.name) == "string" and optim.optimizers[oc.name] ~= nil and oc.name ~= "get",
+        "unknown optimizer '%s'", tostring(type(oc) == "table" and oc.name))
+      expect(type(comp) == "table" and type(comp.losses) == "table", "the compile config has no losses")
+      local args = {}
+      for k, v in pairs(oc) do if k ~= "name" and k ~= "iterations" then args[k] = v end end
+      local losses = {}
+      for i, l in ipairs(comp.losses) do
+        expect(type(l) == "table", "losses[%d] is not an object", i)
+        losses[i] = optim.losses.get({ name = l.name, from_logits = l.from_logits })
+      end
+      model:compile({ optimizer = optim.optimizers[oc.name](args), loss = #losses == 1 and losses[1] or losses,
+        metrics = comp.metrics, loss_weights = comp.loss_weights })
+      expect(oc.iterations == nil or int_in(oc.iterations, 0, math.maxinteger), "iterations must be a count")
+      model.optimizer.iterations = oc.iterations or 0
+    end)
+    if not ok2 then error(string.format("%s: %s", path, tostring(err)), 2) end
     for i = 1, #model.params do
       for k = 1, 2 do
         local t = by[string.format("optimizer.%d.%d", i, k)]
@@ -564,12 +909,13 @@ function M.load_model(path)
       end
     end
   end
-  model.epoch = tonumber(meta.epoch) or 0
+  model.epoch = math.tointeger(tonumber(meta.epoch)) or 0
   if meta.rng_seed then
-    C.seed(math.tointeger(tonumber(meta.rng_seed)))
+    C.seed(math.tointeger(tonumber(meta.rng_seed)) or 0)
     C.rng_take(math.tointeger(tonumber(meta.rng_counter)) or 0)
   end
   return model
 end
 
+M.Input = graph.Input
 return M

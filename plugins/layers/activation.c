@@ -41,8 +41,8 @@ typedef struct act_state {
 } act_state;
 
 static const lunet_arg_schema act_args[] = {
-    {"activation", LUNET_ARG_STRING, NULL, "the function to apply",
-     "relu|sigmoid|tanh|softmax|log_softmax|gelu|leaky_relu|elu|silu|swish|linear"},
+    {"activation", LUNET_ARG_STRING, LUNET_ARG_REQUIRED, .doc = "the function to apply",
+     .choices = "relu|sigmoid|tanh|softmax|log_softmax|gelu|leaky_relu|elu|silu|swish|linear"},
     LAYERS_ARG_INPUT_SHAPE,
     LAYERS_ARG_NAME,
 };
@@ -62,12 +62,16 @@ static lunet_status act_unknown(lunet_layer *l) {
                            name ? name : "nil", act_args[0].choices);
 }
 
-static lunet_status act_build(lunet_layer *l, int in_ndim, const int64_t *in, int *out_ndim,
-                              int64_t *out) {
+static lunet_status act_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
   if (!act_lookup(l)) return act_unknown(l);
-  *out_ndim = in_ndim;
-  for (int i = 0; i < in_ndim; i++) out[i] = in[i];
+  out[0] = in[0];
   return LUNET_OK;
+}
+
+/* forward/backward of a layer whose name build() refused (never, with a
+ * core that builds before it calls). */
+static lunet_status act_unknown_call(lunet_call *c) {
+  return lunet_call_error(c, LUNET_ERR_ARG, "called with an unknown activation (not built?)");
 }
 
 /* elu(x) = relu(x) + exp(min(x, 0)) - 1; keeps e = exp(min(x, 0)) = elu'(x). */
@@ -91,13 +95,13 @@ static lunet_tensor *silu_forward(lunet_ctx *ctx, const lunet_tensor *x, lunet_t
 }
 
 /* x (N, ...) -> y (N, ...) */
-static lunet_status act_forward(lunet_layer *l, lunet_tensor *x, lunet_tensor **y, bool training) {
-  (void)training;
-  lunet_ctx *ctx = lunet_layer_ctx(l);
-  act_state *st = lunet_layer_state(l);
+static lunet_status act_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *xs,
+                                lunet_tensor **ys, bool training) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  act_state *st = lunet_call_state(c);
   const act_fn *fn = act_lookup(l);
-  lunet_tensor *aux = NULL;
-  if (!fn) return act_unknown(l);
+  lunet_tensor *x = xs[0], **y = &ys[0], *aux = NULL;
+  if (!fn) return act_unknown_call(c);
   switch (fn->kind) {
   case ACT_LINEAR:
     *y = layers_reshape_like(ctx, x, x);
@@ -120,7 +124,7 @@ static lunet_status act_forward(lunet_layer *l, lunet_tensor *x, lunet_tensor **
   }
   if (!*y) {
     layers_release(aux);
-    return layers_failed(l);
+    return layers_call_failed(c);
   }
   layers_set(&st->x, lunet_tensor_retain(x));
   layers_set(&st->y, lunet_tensor_retain(*y));
@@ -161,34 +165,40 @@ static lunet_tensor *act_dx(lunet_ctx *ctx, const act_fn *fn, lunet_tensor *dy,
   return NULL;
 }
 
-static lunet_status act_backward(lunet_layer *l, lunet_tensor *dy, lunet_tensor **dx,
-                                 bool need_dx) {
-  act_state *st = lunet_layer_state(l);
+static lunet_status act_backward(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy,
+                                 lunet_tensor **dx) {
+  act_state *st = lunet_call_state(c);
   const act_fn *fn = act_lookup(l);
-  *dx = NULL;
-  if (!fn) return act_unknown(l);
-  if (!st->y) return lunet_layer_error(l, LUNET_ERR_ARG, "backward called before forward");
-  if (need_dx && !(*dx = act_dx(lunet_layer_ctx(l), fn, dy, st))) return layers_failed(l);
+  dx[0] = NULL;
+  if (!fn) return act_unknown_call(c);
+  if (!st->y) return layers_no_forward(c);
+  if (lunet_call_needs_dx(c, 0) && !(dx[0] = act_dx(lunet_call_ctx(c), fn, dy[0], st)))
+    return layers_call_failed(c);
   layers_set(&st->x, NULL);
   layers_set(&st->y, NULL);
   layers_set(&st->aux, NULL);
   return LUNET_OK;
 }
 
-static void act_destroy(lunet_layer *l) {
-  act_state *st = lunet_layer_state(l);
+static void act_release(lunet_layer *l, lunet_call *c) {
+  act_state *st = lunet_call_state(c);
   layers_set(&st->x, NULL);
   layers_set(&st->y, NULL);
   layers_set(&st->aux, NULL);
 }
 
 static const lunet_layer_test act_tests[] = {
-    {"\"relu\"", 1, {7}, 3, 1e-2f},          {"\"sigmoid\"", 1, {7}, 3, 1e-2f},
-    {"\"tanh\"", 2, {3, 4}, 2, 1e-2f},       {"\"softmax\"", 1, {5}, 3, 1e-2f},
-    {"\"softmax\"", 3, {2, 2, 3}, 2, 1e-2f}, {"\"log_softmax\"", 1, {5}, 3, 1e-2f},
-    {"\"gelu\"", 1, {7}, 3, 1e-2f},          {"activation = \"leaky_relu\"", 1, {7}, 3, 1e-2f},
-    {"\"elu\"", 1, {7}, 3, 1e-2f},           {"\"silu\"", 1, {7}, 3, 1e-2f},
-    {"\"linear\"", 1, {4}, 2, 1e-2f},
+    {LAYERS_ARGS({"activation", {.s = "relu"}}), LAYERS_INPUTS({1, {7}}), 3, 1e-2f},
+    {LAYERS_ARGS({"activation", {.s = "sigmoid"}}), LAYERS_INPUTS({1, {7}}), 3, 1e-2f},
+    {LAYERS_ARGS({"activation", {.s = "tanh"}}), LAYERS_INPUTS({2, {3, 4}}), 2, 1e-2f},
+    {LAYERS_ARGS({"activation", {.s = "softmax"}}), LAYERS_INPUTS({1, {5}}), 3, 1e-2f},
+    {LAYERS_ARGS({"activation", {.s = "softmax"}}), LAYERS_INPUTS({3, {2, 2, 3}}), 2, 1e-2f},
+    {LAYERS_ARGS({"activation", {.s = "log_softmax"}}), LAYERS_INPUTS({1, {5}}), 3, 1e-2f},
+    {LAYERS_ARGS({"activation", {.s = "gelu"}}), LAYERS_INPUTS({1, {7}}), 3, 1e-2f},
+    {LAYERS_ARGS({"activation", {.s = "leaky_relu"}}), LAYERS_INPUTS({1, {7}}), 3, 1e-2f},
+    {LAYERS_ARGS({"activation", {.s = "elu"}}), LAYERS_INPUTS({1, {7}}), 3, 1e-2f},
+    {LAYERS_ARGS({"activation", {.s = "silu"}}), LAYERS_INPUTS({1, {7}}), 3, 1e-2f},
+    {LAYERS_ARGS({"activation", {.s = "linear"}}), LAYERS_INPUTS({1, {4}}), 2, 1e-2f},
 };
 
 LAYERS_HIDDEN const lunet_layer_type layers_activation = {
@@ -198,11 +208,12 @@ LAYERS_HIDDEN const lunet_layer_type layers_activation = {
     .args = act_args,
     .nargs = sizeof act_args / sizeof act_args[0],
     .positional = 1,
-    .state_size = sizeof(act_state),
+    .flags = LUNET_LAYER_OWNS_ACTIVATION,
+    .call_state_size = sizeof(act_state),
     .build = act_build,
     .forward = act_forward,
     .backward = act_backward,
-    .destroy = act_destroy,
+    .release = act_release,
     .tests = act_tests,
     .ntests = sizeof act_tests / sizeof act_tests[0],
 };

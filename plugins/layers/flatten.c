@@ -11,43 +11,42 @@ static const lunet_arg_schema flatten_args[] = {
     LAYERS_ARG_NAME,
 };
 
-static lunet_status flatten_build(lunet_layer *l, int in_ndim, const int64_t *in, int *out_ndim,
-                                  int64_t *out) {
-  if (in_ndim < 1) return layers_rank_error(l, "1 or more", in_ndim, in);
+static lunet_status flatten_build(lunet_layer *l, int nin, const lunet_shape *in,
+                                  lunet_shape *out) {
+  if (in[0].ndim < 1) return layers_rank_error(l, "1 or more", &in[0]);
   int64_t n = 1;
-  for (int i = 0; i < in_ndim; i++) n *= in[i];
-  *out_ndim = 1;
-  out[0] = n;
+  for (int i = 0; i < in[0].ndim; i++) n *= in[0].dims[i];
+  out[0] = (lunet_shape){1, {n}};
   return LUNET_OK;
 }
 
 /* x (N, ...) -> y (N, prod(...)) */
-static lunet_status flatten_forward(lunet_layer *l, lunet_tensor *x, lunet_tensor **y,
-                                    bool training) {
-  (void)training;
-  flatten_state *st = lunet_layer_state(l);
-  int64_t n = lunet_tensor_dim(x, 0);
-  int64_t shape[2] = {n, n > 0 ? lunet_tensor_numel(x) / n : 0};
-  if (!(*y = lunet_op_reshape(lunet_layer_ctx(l), x, 2, shape))) return layers_failed(l);
-  st->ndim = lunet_tensor_ndim(x);
-  for (int i = 0; i < st->ndim; i++) st->shape[i] = lunet_tensor_dim(x, i);
+static lunet_status flatten_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                                    lunet_tensor **y, bool training) {
+  flatten_state *st = lunet_call_state(c);
+  int64_t n = lunet_tensor_dim(x[0], 0);
+  int64_t shape[2] = {n, n > 0 ? lunet_tensor_numel(x[0]) / n : 0};
+  if (!(y[0] = lunet_op_reshape(lunet_call_ctx(c), x[0], 2, shape))) return layers_call_failed(c);
+  st->ndim = lunet_tensor_ndim(x[0]);
+  for (int i = 0; i < st->ndim; i++) st->shape[i] = lunet_tensor_dim(x[0], i);
   return LUNET_OK;
 }
 
 /* dy (N, prod(...)) -> dx (N, ...) */
-static lunet_status flatten_backward(lunet_layer *l, lunet_tensor *dy, lunet_tensor **dx,
-                                     bool need_dx) {
-  flatten_state *st = lunet_layer_state(l);
-  *dx = NULL;
-  if (st->ndim == 0) return lunet_layer_error(l, LUNET_ERR_ARG, "backward called before forward");
-  if (need_dx && !(*dx = lunet_op_reshape(lunet_layer_ctx(l), dy, st->ndim, st->shape)))
-    return layers_failed(l);
+static lunet_status flatten_backward(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy,
+                                     lunet_tensor **dx) {
+  flatten_state *st = lunet_call_state(c);
+  dx[0] = NULL;
+  if (st->ndim == 0) return layers_no_forward(c);
+  if (lunet_call_needs_dx(c, 0) &&
+      !(dx[0] = lunet_op_reshape(lunet_call_ctx(c), dy[0], st->ndim, st->shape)))
+    return layers_call_failed(c);
   return LUNET_OK;
 }
 
 static const lunet_layer_test flatten_tests[] = {
-    {"", 3, {2, 3, 2}, 2, 1e-2f},
-    {"", 1, {5}, 3, 1e-2f},
+    {NULL, 0, LAYERS_INPUTS({3, {2, 3, 2}}), 2, 1e-2f},
+    {NULL, 0, LAYERS_INPUTS({1, {5}}), 3, 1e-2f},
 };
 
 LAYERS_HIDDEN const lunet_layer_type layers_flatten = {
@@ -57,11 +56,11 @@ LAYERS_HIDDEN const lunet_layer_type layers_flatten = {
     .args = flatten_args,
     .nargs = sizeof flatten_args / sizeof flatten_args[0],
     .positional = 0,
-    .state_size = sizeof(flatten_state),
+    .call_state_size = sizeof(flatten_state),
     .build = flatten_build,
     .forward = flatten_forward,
     .backward = flatten_backward,
-    .destroy = NULL,
+    .release = NULL,
     .tests = flatten_tests,
     .ntests = sizeof flatten_tests / sizeof flatten_tests[0],
 };

@@ -9,6 +9,8 @@
 #ifndef LUNET_LAYERS_H
 #define LUNET_LAYERS_H
 
+#include <stdio.h>
+
 #include "lunet/lunet.h"
 #include "lunet/plugin.h"
 
@@ -21,11 +23,25 @@
 /* Schema rows every layer type shares; the core handles both itself. */
 #define LAYERS_ARG_INPUT_SHAPE                                                                     \
   {                                                                                                \
-    "input_shape", LUNET_ARG_SHAPE, "nil",                                                         \
-        "shape of one sample, without the batch axis (first layer only)", NULL                     \
+    "input_shape", LUNET_ARG_SHAPE, LUNET_ARG_NIL,                                                 \
+        .doc = "shape of one sample, without the batch axis (first layer only)"                    \
   }
 #define LAYERS_ARG_NAME                                                                            \
-  { "name", LUNET_ARG_STRING, "nil", "the layer's name in summary()", NULL }
+  { "name", LUNET_ARG_STRING, LUNET_ARG_NIL, .doc = "the layer's name in summary()" }
+
+/* A test case's arguments as the pair (args, nargs) of lunet_layer_test:
+ * LAYERS_ARGS({"filters", {.i = 2}}, {"padding", {.s = "same"}}).  The
+ * array is a file-scope compound literal (static storage); counting it here
+ * keeps nargs from drifting from the list. */
+#define LAYERS_ARGS(...)                                                                           \
+  (const lunet_arg_setting[]){__VA_ARGS__},                                                        \
+      (int)(sizeof((const lunet_arg_setting[]){__VA_ARGS__}) / sizeof(lunet_arg_setting))
+
+/* A test case's inputs as the pair (ninputs, inputs): one sample's shape per
+ * input, LAYERS_INPUTS({2, {3, 4}}, {2, {3, 4}}). */
+#define LAYERS_INPUTS(...)                                                                         \
+  (int)(sizeof((const lunet_shape[]){__VA_ARGS__}) / sizeof(lunet_shape)),                         \
+      ((const lunet_shape[]){__VA_ARGS__})
 
 extern LAYERS_HIDDEN const lunet_layer_type layers_dense;
 extern LAYERS_HIDDEN const lunet_layer_type layers_conv2d;
@@ -36,6 +52,15 @@ extern LAYERS_HIDDEN const lunet_layer_type layers_flatten;
 extern LAYERS_HIDDEN const lunet_layer_type layers_dropout;
 extern LAYERS_HIDDEN const lunet_layer_type layers_batch_normalization;
 extern LAYERS_HIDDEN const lunet_layer_type layers_activation;
+extern LAYERS_HIDDEN const lunet_layer_type layers_add;
+extern LAYERS_HIDDEN const lunet_layer_type layers_subtract;
+extern LAYERS_HIDDEN const lunet_layer_type layers_multiply;
+extern LAYERS_HIDDEN const lunet_layer_type layers_average;
+extern LAYERS_HIDDEN const lunet_layer_type layers_maximum;
+extern LAYERS_HIDDEN const lunet_layer_type layers_minimum;
+extern LAYERS_HIDDEN const lunet_layer_type layers_concatenate;
+extern LAYERS_HIDDEN const lunet_layer_type layers_reshape;
+extern LAYERS_HIDDEN const lunet_layer_type layers_permute;
 
 /* Drops one reference; NULL is allowed, so cleanup paths need no checks. */
 static inline void layers_release(lunet_tensor *t) {
@@ -44,19 +69,34 @@ static inline void layers_release(lunet_tensor *t) {
 
 /* Stores `t` (a reference the caller hands over, or NULL) in a state slot,
  * releasing what the slot held: forward() replaces what the previous
- * forward() kept. */
+ * forward() kept when a caller reuses the call record. */
 static inline void layers_set(lunet_tensor **slot, lunet_tensor *t) {
   layers_release(*slot);
   *slot = t;
 }
 
-/* The status to return after an op failed.  The op has set the message;
- * should one ever fail silently, say so rather than return LUNET_OK. */
+/* The status to return after an op failed in build().  The op has set the
+ * message; should one ever fail silently, say so rather than return
+ * LUNET_OK. */
 static inline lunet_status layers_failed(lunet_layer *l) {
   lunet_status s = lunet_ctx_status(lunet_layer_ctx(l));
   if (s != LUNET_OK) return s;
   return lunet_layer_error(l, LUNET_ERR_DEVICE,
                            "a tensor op failed without a message (a core bug; please report it)");
+}
+
+/* The same after an op failed in forward() or backward(): a call has its
+ * own context. */
+static inline lunet_status layers_call_failed(lunet_call *c) {
+  lunet_status s = lunet_ctx_status(lunet_call_ctx(c));
+  if (s != LUNET_OK) return s;
+  return lunet_call_error(c, LUNET_ERR_DEVICE,
+                          "a tensor op failed without a message (a core bug; please report it)");
+}
+
+/* backward() found nothing saved: the core called it without a forward. */
+static inline lunet_status layers_no_forward(lunet_call *c) {
+  return lunet_call_error(c, LUNET_ERR_ARG, "backward called before forward");
 }
 
 /* A view of x (N, d1, ..., C) as (N*d1*..., C): Dense and friends work on
@@ -73,30 +113,62 @@ static inline lunet_tensor *layers_reshape_like(lunet_ctx *ctx, lunet_tensor *t,
   return lunet_op_reshape(ctx, t, lunet_tensor_ndim(like), lunet_tensor_shape(like));
 }
 
+/* One sample's shape with Keras's batch placeholder: "(None, 28, 28, 1)". */
+static inline const char *layers_sample_str(const lunet_shape *s, char *buf, size_t n) {
+  size_t len = (size_t)snprintf(buf, n, "(None");
+  for (int i = 0; i < s->ndim && len < n; i++)
+    len += (size_t)snprintf(buf + len, n - len, ", %lld", (long long)s->dims[i]);
+  if (len < n) snprintf(buf + len, n - len, ")");
+  return buf;
+}
+
+/* A list argument as the user wrote it: "{2, -1}". */
+static inline const char *layers_list_str(int n, const int64_t *v, char *buf, size_t size) {
+  size_t len = (size_t)snprintf(buf, size, "{");
+  for (int i = 0; i < n && len < size; i++)
+    len += (size_t)snprintf(buf + len, size - len, i ? ", %lld" : "%lld", (long long)v[i]);
+  if (len < size) snprintf(buf + len, size - len, "}");
+  return buf;
+}
+
 /* Error for a sample of the wrong rank: "expects input of rank 3 (H, W, C),
- * got shape (784)". */
-static inline lunet_status layers_rank_error(lunet_layer *l, const char *want, int ndim,
-                                             const int64_t *shape) {
+ * got shape (None, 784)". */
+static inline lunet_status layers_rank_error(lunet_layer *l, const char *want,
+                                             const lunet_shape *in) {
   char buf[128];
   return lunet_layer_error(l, LUNET_ERR_SHAPE, "expects input of rank %s, got shape %s", want,
-                           lunet_shape_str(ndim, shape, buf, sizeof buf));
+                           layers_sample_str(in, buf, sizeof buf));
 }
 
-/* Reads an INT2 argument whose default is nil; false when it is nil.  The
- * ABI gives no "is nil" query: a core that leaves `out` alone on nil is
- * told apart from an explicit 0 (which then fails validation); one that
- * writes {0, 0} on nil makes an explicit 0 read as nil too. */
+/* Error for a batch of the wrong shape in forward(): "expects a batch
+ * (N, H, W, C), got shape (2, 784)". */
+static inline lunet_status layers_batch_error(lunet_call *c, const char *want,
+                                              const lunet_tensor *x) {
+  char buf[128];
+  return lunet_call_error(
+      c, LUNET_ERR_SHAPE, "expects a batch %s, got shape %s", want,
+      lunet_shape_str(lunet_tensor_ndim(x), lunet_tensor_shape(x), buf, sizeof buf));
+}
+
+/* The batch shape of one sample's shape `s` with n samples: (n, s...). */
+static inline int layers_batch_shape(int64_t n, const lunet_shape *s, int64_t *out) {
+  out[0] = n;
+  for (int i = 0; i < s->ndim; i++) out[i + 1] = s->dims[i];
+  return s->ndim + 1;
+}
+
+/* Reads an INT2 argument whose default is nil; false when it is nil. */
 static inline bool layers_get_int2_opt(const lunet_layer *l, const char *arg, int64_t out[2]) {
-  out[0] = out[1] = INT64_MIN;
+  if (!lunet_layer_arg_is_set(l, arg)) return false;
   lunet_layer_get_int2(l, arg, out);
-  return !(out[0] == INT64_MIN || (out[0] == 0 && out[1] == 0));
+  return true;
 }
 
-/* An initializer argument, or `dflt` when the user passed nil. */
+/* An initializer argument.  The core fills the schema's default; `dflt`
+ * (the same default) covers a user who passed nil explicitly. */
 static inline const char *layers_initializer(const lunet_layer *l, const char *arg,
                                              const char *dflt) {
-  const char *s = lunet_layer_get_string(l, arg);
-  return s ? s : dflt;
+  return lunet_layer_arg_is_set(l, arg) ? lunet_layer_get_string(l, arg) : dflt;
 }
 
 /* "valid" or "same" (the schema restricts the choices). */

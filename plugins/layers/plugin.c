@@ -11,6 +11,15 @@ static const lunet_layer_type *const layer_types[] = {
     &layers_dropout,
     &layers_batch_normalization,
     &layers_activation,
+    &layers_add,
+    &layers_subtract,
+    &layers_multiply,
+    &layers_average,
+    &layers_maximum,
+    &layers_minimum,
+    &layers_concatenate,
+    &layers_reshape,
+    &layers_permute,
 };
 
 static const lunet_plugin_desc layers_plugin = {

@@ -2,6 +2,7 @@
  * construction and its errors, the training step and its hooks, metrics. */
 #include <check.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -265,6 +266,98 @@ START_TEST(test_graph_errors_are_clear) {
 }
 END_TEST
 
+/* Two threads, each with its own context, predict with one model at the
+ * same time: they must meet inside the Barrier layer's forward, which a
+ * model-wide or layer-wide lock would prevent. */
+typedef struct predictor {
+  lunet_model *m;
+  lunet_tensor *x;
+  float out[8];
+  lunet_status s;
+  char error[256];
+} predictor;
+
+static void *predict_thread(void *arg) {
+  predictor *p = arg;
+  lunet_ctx *c = lunet_ctx_new();
+  lunet_tensor *y = NULL;
+  p->s = lunet_model_predict(c, p->m, 1, &p->x, &y);
+  if (!p->s) p->s = lunet_tensor_read(c, y, p->out, sizeof p->out);
+  snprintf(p->error, sizeof p->error, "%s", lunet_ctx_error(c));
+  lunet_tensor_release(y);
+  lunet_ctx_free(c);
+  return NULL;
+}
+
+START_TEST(test_two_threads_run_one_model_at_once) {
+  ck_assert_msg(lunet_load_plugin(ctx, TEST_PLUGIN_DIR "/test_barrier_plugin.so") == LUNET_OK, "%s",
+                lunet_ctx_error(ctx));
+  lunet_model *m = lunet_model_new(ctx, "threads");
+  int64_t shape = 3;
+  int v = lunet_model_input(ctx, m, "x", 1, &shape);
+  lunet_layer *b = lunet_layer_new(ctx, lunet_layer_type_find(ctx, "Barrier")), *d = dense(2, "tanh");
+  v = lunet_model_add(ctx, m, b, 1, &v);
+  v = lunet_model_add(ctx, m, d, 1, &v);
+  ck_assert_int_eq(lunet_model_set_outputs(ctx, m, 1, &v), LUNET_OK);
+  lunet_tensor *x1, *y1, *x2, *y2;
+  linear_data(4, &x1, &y1);
+  linear_data(4, &x2, &y2);
+  predictor p[2] = {{.m = m, .x = x1}, {.m = m, .x = x2}};
+  pthread_t t[2];
+  for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, predict_thread, &p[i]);
+  for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+  for (int i = 0; i < 2; i++) ck_assert_msg(p[i].s == LUNET_OK, "thread %d: %s", i, p[i].error);
+  /* each thread got its own input's result: tanh(x W + b) by hand */
+  float xs[12], w[6], bias[2];
+  lunet_tensor_read(ctx, x2, xs, sizeof xs);
+  lunet_tensor_read(ctx, lunet_model_param(m, 0), w, sizeof w);
+  lunet_tensor_read(ctx, lunet_model_param(m, 1), bias, sizeof bias);
+  for (int r = 0; r < 4; r++)
+    for (int k = 0; k < 2; k++) {
+      float s = bias[k];
+      for (int j = 0; j < 3; j++) s += xs[r * 3 + j] * w[j * 2 + k];
+      ck_assert_float_eq_tol(p[1].out[r * 2 + k], tanhf(s), 1e-5f);
+    }
+  lunet_tensor_release(x1);
+  lunet_tensor_release(y1);
+  lunet_tensor_release(x2);
+  lunet_tensor_release(y2);
+  lunet_layer_release(b);
+  lunet_layer_release(d);
+  lunet_model_release(m);
+}
+END_TEST
+
+START_TEST(test_plugins_of_other_abis_are_refused) {
+  ck_assert_int_eq(lunet_load_plugin(ctx, TEST_PLUGIN_DIR "/test_abi_plugin_1_0.so"), LUNET_ERR_ABI);
+  ck_assert_msg(strstr(lunet_ctx_error(ctx), "was built for plugin ABI 1.0") &&
+                    strstr(lunet_ctx_error(ctx), "this lunet has plugin ABI 2.0"),
+                "%s", lunet_ctx_error(ctx));
+  /* a newer minor version may use members this core does not know */
+  ck_assert_int_eq(lunet_load_plugin(ctx, TEST_PLUGIN_DIR "/test_abi_plugin_2_1.so"), LUNET_ERR_ABI);
+  ck_assert_msg(strstr(lunet_ctx_error(ctx), "was built for plugin ABI 2.1"), "%s", lunet_ctx_error(ctx));
+}
+END_TEST
+
+/* The self-test is a core function a C program can call. */
+START_TEST(test_check_layer_type_from_c) {
+  lunet_check_result r[16];
+  int n = lunet_check_layer_type(ctx, "Dense", r, 16);
+  ck_assert_int_ge(n, 2);
+  bool inference = false, training = false;
+  for (int i = 0; i < n && i < 16; i++) {
+    ck_assert_msg(r[i].ok, "case %d (%s): error %g, diff %g %s", r[i].test, r[i].backend, r[i].max_error,
+                  r[i].max_diff, r[i].error);
+    if (!r[i].backend[0]) {
+      inference |= !r[i].training;
+      training |= r[i].training;
+    }
+  }
+  ck_assert(inference && training);
+  ck_assert_int_eq(lunet_check_layer_type(ctx, "Teleport", r, 16), -1);
+}
+END_TEST
+
 static Suite *model_suite(void) {
   Suite *s = suite_create("model");
   TCase *tc = tcase_create("api");
@@ -275,6 +368,9 @@ static Suite *model_suite(void) {
   tcase_add_test(tc, test_grad_transform_runs_before_the_update);
   tcase_add_test(tc, test_metrics_update_merge_reset);
   tcase_add_test(tc, test_graph_errors_are_clear);
+  tcase_add_test(tc, test_two_threads_run_one_model_at_once);
+  tcase_add_test(tc, test_plugins_of_other_abis_are_refused);
+  tcase_add_test(tc, test_check_layer_type_from_c);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -1,7 +1,12 @@
 /*
  * Layer instances, as the Lua binding and C programs use them.  A layer is
- * made from a registered type, given its arguments, built for an input
- * shape, and called on tensors (one tape node per call).
+ * made from a registered type (its arguments start at the type's defaults),
+ * given arguments, built for its inputs' shapes, and called on tensors (one
+ * tape node per call).
+ *
+ * Threads: making, configuring and building a layer is for one thread; a
+ * built layer may be called from several threads at once, each with its
+ * own context (per-call state lives in a call record, never in the layer).
  */
 #ifndef LUNET_LAYER_H
 #define LUNET_LAYER_H
@@ -12,15 +17,15 @@
 extern "C" {
 #endif
 
-/* A new layer of type `t` (one reference); every argument starts at
- * "unset" (the binding sets each one, defaults included, before build).
- * Tape nodes of the layer's calls hold references too, so a layer lives
- * until the graphs that used it are gone. */
+/* A new layer of type `t` (one reference), its arguments at the schema's
+ * defaults.  Tape nodes of the layer's calls hold references too, so a
+ * layer lives until the graphs that used it are gone. */
 LUNET_API lunet_layer *lunet_layer_new(lunet_ctx *ctx, const lunet_layer_type *t);
 LUNET_API lunet_layer *lunet_layer_retain(lunet_layer *l);
 LUNET_API void lunet_layer_release(lunet_layer *l);
 LUNET_API const lunet_layer_type *lunet_layer_type_get(const lunet_layer *l);
 
+/* Argument setters (before build).  Errors go to the layer's context. */
 LUNET_API lunet_status lunet_layer_set_nil(lunet_layer *l, const char *arg);
 LUNET_API lunet_status lunet_layer_set_int(lunet_layer *l, const char *arg, int64_t v);
 LUNET_API lunet_status lunet_layer_set_float(lunet_layer *l, const char *arg, double v);
@@ -30,13 +35,20 @@ LUNET_API lunet_status lunet_layer_set_ints(lunet_layer *l, const char *arg, int
                                             const int64_t *v);
 LUNET_API lunet_status lunet_layer_set_regularizer(lunet_layer *l, const char *arg, double l1,
                                                    double l2);
-LUNET_API bool lunet_layer_arg_is_set(const lunet_layer *l, const char *arg);
+/* Sets an argument from a typed value of the schema's type. */
+LUNET_API lunet_status lunet_layer_set_value(lunet_layer *l, const char *arg,
+                                             const lunet_arg_value *v);
 
-/* Builds for one sample's shape (idempotent for the same shape). */
-LUNET_API lunet_status lunet_layer_build(lunet_layer *l, int in_ndim, const int64_t *in);
+/* Builds for its inputs' shapes (one sample each); idempotent for the same
+ * shapes, an error naming both for others. */
+LUNET_API lunet_status lunet_layer_build(lunet_ctx *ctx, lunet_layer *l, int nin,
+                                         const lunet_shape *in);
 LUNET_API bool lunet_layer_built(const lunet_layer *l);
-LUNET_API int lunet_layer_output_shape(const lunet_layer *l, int64_t *out); /* returns ndim */
-LUNET_API int lunet_layer_input_shape(const lunet_layer *l, int64_t *in);
+LUNET_API int lunet_layer_input_count(const lunet_layer *l);
+LUNET_API int lunet_layer_output_count(const lunet_layer *l); /* the type's, before build too */
+/* Shapes after build (zero dims before). */
+LUNET_API lunet_shape lunet_layer_input_shape(const lunet_layer *l, int i);
+LUNET_API lunet_shape lunet_layer_output_shape(const lunet_layer *l, int j);
 
 /* Moves every weight to another backend (copies; the old ones are released). */
 LUNET_API lunet_status lunet_layer_to(lunet_ctx *ctx, lunet_layer *l, const char *backend);
@@ -45,8 +57,23 @@ LUNET_API int lunet_layer_weight_count(const lunet_layer *l);
 LUNET_API const char *lunet_layer_weight_name(const lunet_layer *l, int i);
 LUNET_API bool lunet_layer_weight_trainable(const lunet_layer *l, int i);
 
-/* y = layer(x), recorded on the tape when grad is on.  skip_activation:
- * leave out the layer's `activation` (the caller fuses it into the loss). */
+/* A call record a caller keeps across calls (a decoder's cache): pass it to
+ * lunet_layer_apply and its state persists from one forward to the next.
+ * Released with lunet_call_release (tape nodes hold references too). */
+LUNET_API lunet_call *lunet_call_new(lunet_ctx *ctx, lunet_layer *l);
+LUNET_API void lunet_call_release(lunet_call *c);
+
+/* y[0..noutputs) = layer(x[0..nin)), recorded on the tape when grad is on.
+ * masks (may be NULL, or hold NULLs): the inputs' masks; mask_out (may be
+ * NULL) receives the outputs' masks (new references or NULL).  keep: a
+ * record of lunet_call_new, or NULL for a fresh one.  skip_activation:
+ * leave out the layer's `activation` (the caller fuses it into the loss).
+ * The layer is built on first use. */
+LUNET_API lunet_status lunet_layer_apply(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, int nin,
+                                         lunet_tensor *const *x, lunet_tensor *const *masks,
+                                         bool training, bool skip_activation, lunet_tensor **y,
+                                         lunet_tensor **mask_out);
+/* The one-input, one-output case: y = layer(x), a new reference or NULL. */
 LUNET_API lunet_tensor *lunet_layer_call(lunet_ctx *ctx, lunet_layer *l, lunet_tensor *x,
                                          bool training, bool skip_activation);
 /* The activation name ("softmax", ...) or NULL. */
@@ -54,6 +81,27 @@ LUNET_API const char *lunet_layer_activation(const lunet_layer *l);
 /* The kernel regularizer's penalty as a scalar on the tape, or NULL with no
  * error when the layer has none. */
 LUNET_API lunet_tensor *lunet_layer_penalty(lunet_ctx *ctx, lunet_layer *l);
+
+/* ---- the plugin self-test (nn.check_plugin wraps it) ---- */
+
+typedef struct lunet_check_result {
+  int test;            /* the type's test case (0-based) */
+  bool training;       /* the mode the case ran in */
+  double max_error;    /* finite differences against backward, relative */
+  double tolerance;
+  char backend[32];    /* "" for the gradient check on the CPU; else the backend compared */
+  double max_diff;     /* that backend's outputs and gradients against the CPU's */
+  bool ok;
+  char error[256];     /* why it could not run, or "" */
+} lunet_check_result;
+
+/* Runs layer type `type`'s shipped test cases: finite-difference gradients
+ * of the inputs and trainable weights on the CPU in inference and in
+ * training mode, then the same call's outputs and gradients on every other
+ * available backend against the CPU (1e-3 relative).  Writes up to `max`
+ * results and returns how many there are (-1: error, e.g. no such type). */
+LUNET_API int lunet_check_layer_type(lunet_ctx *ctx, const char *type, lunet_check_result *out,
+                                     int max);
 
 #ifdef __cplusplus
 }

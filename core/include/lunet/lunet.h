@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define LUNET_VERSION_STRING "0.1.0"
+#define LUNET_VERSION_STRING "0.2.0"
 #define LUNET_MAX_DIMS 8
 
 typedef enum lunet_status {

@@ -126,7 +126,8 @@ LUNET_API const char *lunet_model_name(const lunet_model *m);
 LUNET_API int lunet_model_input(lunet_ctx *ctx, lunet_model *m, const char *name, int ndim,
                                 const int64_t *shape);
 /* A call of layer `l` on values in[0..nin): builds the layer for their
- * shapes and returns the id of its output, or -1. */
+ * shapes and returns the id of its first output (a layer of M outputs
+ * makes the values id .. id + M - 1), or -1. */
 LUNET_API int lunet_model_add(lunet_ctx *ctx, lunet_model *m, lunet_layer *l, int nin,
                               const int *in);
 /* Declares the model's outputs; every output must depend on an input, and
@@ -145,7 +146,9 @@ LUNET_API int lunet_model_output_id(const lunet_model *m, int i);
 LUNET_API int lunet_model_call_count(const lunet_model *m);
 LUNET_API lunet_layer *lunet_model_call_layer(const lunet_model *m, int i);
 LUNET_API int lunet_model_call_inputs(const lunet_model *m, int i, int *ids, int max);
+/* Call i's outputs are the values call_output(i) .. + call_output_count(i) - 1. */
 LUNET_API int lunet_model_call_output(const lunet_model *m, int i);
+LUNET_API int lunet_model_call_output_count(const lunet_model *m, int i);
 
 /* Trainable weights, each layer once, in call order then weight order: the
  * order of the optimizer's slots and of get_weights.  Borrowed; valid until

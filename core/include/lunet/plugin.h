@@ -1,28 +1,51 @@
 /*
- * lunet layer-plugin ABI: what a layer plugin shared object implements.
+ * lunet layer-plugin ABI, version 2: what a layer plugin shared object
+ * implements.
  *
  * A plugin .so exports one symbol, LUNET_PLUGIN_ENTRY, returning a
- * lunet_plugin_desc.  The loader checks abi_major (equal), abi_minor (not
- * newer than the core's) and struct_size before reading anything else, and
- * names both versions on a mismatch.
+ * lunet_plugin_desc.  The loader checks, before it reads anything else:
+ * abi_major equal to the core's, abi_minor not newer than the core's (a
+ * minor version only appends members, so an older plugin works with a newer
+ * core), and struct_size at least the size of the structs of the plugin's
+ * minor version; it names both versions on a mismatch.  Backends follow the
+ * same rule (lunet/backend.h).
  *
- * A layer type declares its arguments in a schema; the core parses the
- * user's arguments (Lua: positional in schema order up to `positional`, or
- * named), checks their types and fills defaults before build() runs, so a
- * plugin reads ready values with lunet_layer_get_*().
+ * A layer type takes N input tensors (min_inputs..max_inputs) and returns
+ * noutputs tensors.  It declares its arguments in a schema of typed C values;
+ * the core fills the defaults when a layer is made (lunet_layer_new), checks
+ * the user's values against the types and choices, and hands build() ready
+ * values through lunet_layer_get_*().
  *
  * Arguments the core handles itself for every layer type that declares them:
- *   "activation"         applied after forward (and its gradient before
- *                        backward); the core may fuse a final softmax with
- *                        the cross-entropy loss
+ *   "activation"         applied to the (single) output after forward, and
+ *                        its gradient before backward; the core may fuse a
+ *                        final softmax with the cross-entropy loss
  *   "kernel_regularizer" a penalty on the weight named "kernel"
  *   "input_shape"        the shape of one sample, for the first layer
- *   "name"               the layer's name in summary()
+ *   "name"               the layer's name in summary() and in errors
  *
- * Shapes passed to build() exclude the batch axis.  forward/backward see the
- * full batch.  forward() stores what backward() needs in the layer's state
- * (lunet_layer_state()), retaining tensors it keeps; the core calls
- * backward() at most once per forward().
+ * Calls.  Each forward gets a call record (lunet_call) with zeroed state of
+ * call_state_size bytes: what backward needs is saved there, never in the
+ * layer, so one layer may run on several threads at once and be called
+ * several times before a backward.  backward() runs at most once per
+ * forward() with the same record; release() then frees what the state holds.
+ * A caller may keep a record across calls (lunet_layer_apply with a record
+ * of its own): the state then persists from one forward to the next, which
+ * is what a decoder's key/value cache needs.
+ *
+ * Shapes passed to build() exclude the batch axis; forward/backward see the
+ * full batch.  The core checks every forward output against the shapes
+ * build() declared.  dx may share dy's data (a view of it): the tape copies
+ * a shared gradient before it accumulates into it.
+ *
+ * Arguments: a user's explicit nil makes an argument nil even when it has a
+ * default (lunet_layer_arg_is_set is then false).
+ *
+ * Threads: forward and backward may run on several threads at once for one
+ * layer, each with its own call record and context; the weights are only
+ * read.  The exception is state a layer updates in training mode
+ * (BatchNormalization's moving statistics): train one model from one
+ * thread.
  */
 #ifndef LUNET_PLUGIN_H
 #define LUNET_PLUGIN_H
@@ -33,38 +56,79 @@
 extern "C" {
 #endif
 
-#define LUNET_PLUGIN_ABI_MAJOR 1
+#define LUNET_PLUGIN_ABI_MAJOR 2
 #define LUNET_PLUGIN_ABI_MINOR 0
 #define LUNET_PLUGIN_ENTRY lunet_plugin_entry
 #define LUNET_PLUGIN_ENTRY_NAME "lunet_plugin_entry"
 
+#define LUNET_LAYER_MAX_INPUTS 16
+#define LUNET_LAYER_MAX_OUTPUTS 8
+
+/* One sample's shape (no batch axis). */
+typedef struct lunet_shape {
+  int ndim;
+  int64_t dims[LUNET_MAX_DIMS];
+} lunet_shape;
+
 typedef enum lunet_arg_type {
-  LUNET_ARG_INT = 0, /* integer */
-  LUNET_ARG_FLOAT,   /* number */
-  LUNET_ARG_BOOL,
-  LUNET_ARG_STRING,     /* one of `choices` when set ("valid|same") */
-  LUNET_ARG_INT2,       /* an integer or a pair {h, w}: kernel_size, strides */
-  LUNET_ARG_SHAPE,      /* a list of positive integers */
-  LUNET_ARG_REGULARIZER /* nn.regularizers.l1/l2/l1_l2(...) or nil */
+  LUNET_ARG_INT = 0, /* integer: value.i */
+  LUNET_ARG_FLOAT,   /* number: value.f */
+  LUNET_ARG_BOOL,    /* value.b */
+  LUNET_ARG_STRING,  /* value.s, one of `choices` when set ("valid|same") */
+  LUNET_ARG_INT2,    /* an integer or a pair {h, w}: value.n (1 or 2), value.v */
+  LUNET_ARG_SHAPE,   /* a list of integers: value.n, value.v */
+  LUNET_ARG_REGULARIZER /* value.f (l1) and value.f2 (l2) */
 } lunet_arg_type;
+
+/* A typed argument value; the members of the argument's type are read. */
+typedef struct lunet_arg_value {
+  int64_t i;
+  double f, f2;
+  bool b;
+  const char *s;
+  int n;
+  int64_t v[LUNET_MAX_DIMS];
+} lunet_arg_value;
+
+typedef enum lunet_arg_presence {
+  LUNET_ARG_REQUIRED = 0, /* the user must give it */
+  LUNET_ARG_NIL,          /* absent (nil) unless given */
+  LUNET_ARG_DEFAULT       /* `def` unless given */
+} lunet_arg_presence;
 
 typedef struct lunet_arg_schema {
   const char *name;
   lunet_arg_type type;
-  const char *default_value; /* as Lua source ("3", "\"valid\"", "nil"); NULL: required */
+  lunet_arg_presence presence;
+  lunet_arg_value def; /* with LUNET_ARG_DEFAULT */
   const char *doc;
   const char *choices; /* STRING only: "a|b|c", or NULL for any */
 } lunet_arg_schema;
 
-/* A finite-difference and backend-agreement case the core can run
- * (lunet.check_plugin). */
+/* One argument of a test case: {"padding", {.s = "same"}}. */
+typedef struct lunet_arg_setting {
+  const char *name;
+  lunet_arg_value value;
+} lunet_arg_setting;
+
+/* A finite-difference and backend-agreement case the core runs
+ * (lunet_check_layer_type, nn.check_plugin in Lua). */
 typedef struct lunet_layer_test {
-  const char *args; /* Lua table constructor body: "4, 3, padding = \"same\"" */
-  int ndim;         /* of one sample */
-  int64_t input_shape[LUNET_MAX_DIMS];
+  const lunet_arg_setting *args;
+  int nargs;
+  int ninputs;
+  const lunet_shape *inputs; /* one sample's shape per input */
   int batch;
   float tolerance; /* relative, for the gradient check */
 } lunet_layer_test;
+
+/* The layer applies its "activation" argument itself (the Activation
+ * layer); without it the core applies a declared "activation". */
+#define LUNET_LAYER_OWNS_ACTIVATION 1u
+
+/* One call of a layer: its saved state, its context, the gradients of its
+ * weights.  Made and owned by the core. */
+typedef struct lunet_call lunet_call;
 
 typedef struct lunet_layer_type {
   uint32_t struct_size; /* sizeof(lunet_layer_type) as the plugin was built */
@@ -72,21 +136,30 @@ typedef struct lunet_layer_type {
   const char *doc;      /* one line for help() */
   const lunet_arg_schema *args;
   int nargs;
-  int positional;    /* the first `positional` args may be given by position */
-  size_t state_size; /* bytes of zeroed per-instance state */
+  int positional; /* the first `positional` args may be given by position */
+  int min_inputs, max_inputs; /* 0 means 1 */
+  int noutputs;               /* 0 means 1 */
+  unsigned flags;             /* LUNET_LAYER_* */
+  size_t call_state_size;     /* bytes of zeroed state per call (lunet_call_state) */
 
-  /* in (one sample) -> *out_ndim/out; declares weights with
-   * lunet_layer_add_weight().  Errors via lunet_layer_error(). */
-  lunet_status (*build)(lunet_layer *l, int in_ndim, const int64_t *in, int *out_ndim,
-                        int64_t *out);
-  /* x (N, in...) -> *y (N, out...), a new reference */
-  lunet_status (*forward)(lunet_layer *l, lunet_tensor *x, lunet_tensor **y, bool training);
-  /* dy (N, out...) -> *dx (N, in...), a new reference; with need_dx false the
-   * layer may skip that work and leave *dx NULL (dx itself is never NULL).
-   * Weight gradients go through lunet_layer_accumulate_grad(). */
-  lunet_status (*backward)(lunet_layer *l, lunet_tensor *dy, lunet_tensor **dx, bool need_dx);
-  /* Releases what the state holds (NULL: nothing to release). */
-  void (*destroy)(lunet_layer *l);
+  /* in[0..nin) (one sample each) -> out[0..noutputs); declares weights
+   * with lunet_layer_add_weight().  Errors via lunet_layer_error(). */
+  lunet_status (*build)(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out);
+  /* x[i] (N, in[i]...) -> y[j] (N, out[j]...), new references. */
+  lunet_status (*forward)(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                          lunet_tensor **y, bool training);
+  /* dy[j] (N, out[j]...; zeros for an output nothing used) -> dx[i]
+   * (N, in[i]...), new references; dx[i] may be left NULL where
+   * lunet_call_needs_dx(c, i) is false.  Weight gradients go through
+   * lunet_call_accumulate_grad(). */
+  lunet_status (*backward)(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy,
+                           lunet_tensor **dx);
+  /* Releases what the call's state holds (NULL: nothing to release). */
+  void (*release)(lunet_layer *l, lunet_call *c);
+  /* The outputs' masks from the inputs' (lunet_call_mask); NULL: the first
+   * input's mask passes to every output. */
+  lunet_status (*compute_mask)(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                               lunet_tensor **mask_out);
 
   const lunet_layer_test *tests;
   int ntests;
@@ -105,30 +178,51 @@ typedef const lunet_plugin_desc *(*lunet_plugin_entry_fn)(void);
 
 /* ---- what a layer reads and declares (implemented by the core) ---- */
 
+/* The context of the build() in progress (a call's is lunet_call_ctx). */
 LUNET_API lunet_ctx *lunet_layer_ctx(lunet_layer *l);
-LUNET_API void *lunet_layer_state(lunet_layer *l);
 LUNET_API const char *lunet_layer_name(const lunet_layer *l);
 LUNET_API const char *lunet_layer_type_name(const lunet_layer *l);
-/* Sets the context's error, prefixed with the layer's type name. */
+/* Sets the build context's error, prefixed with the layer's name. */
 LUNET_API lunet_status lunet_layer_error(lunet_layer *l, lunet_status s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Argument values (the defaults filled in); a nil argument reads as zero,
+ * NULL or an empty list: lunet_layer_arg_is_set tells them apart. */
+LUNET_API bool lunet_layer_arg_is_set(const lunet_layer *l, const char *arg);
 LUNET_API int64_t lunet_layer_get_int(const lunet_layer *l, const char *arg);
 LUNET_API double lunet_layer_get_float(const lunet_layer *l, const char *arg);
 LUNET_API bool lunet_layer_get_bool(const lunet_layer *l, const char *arg);
-LUNET_API const char *lunet_layer_get_string(const lunet_layer *l,
-                                             const char *arg); /* NULL if nil */
+LUNET_API const char *lunet_layer_get_string(const lunet_layer *l, const char *arg);
+/* An INT2 as {h, w} (a single value is used for both). */
 LUNET_API void lunet_layer_get_int2(const lunet_layer *l, const char *arg, int64_t out[2]);
 /* Returns the count, writes up to max values. */
 LUNET_API int lunet_layer_get_shape(const lunet_layer *l, const char *arg, int64_t *out, int max);
 
 /* Declares a weight; initializer: "glorot_uniform", "glorot_normal",
- * "he_uniform", "he_normal", "lecun_normal", "zeros", "ones".  Returns its
- * index. */
+ * "he_uniform", "he_normal", "lecun_uniform", "lecun_normal", "zeros",
+ * "ones".  Returns its index, or -1 with the error set. */
 LUNET_API int lunet_layer_add_weight(lunet_layer *l, const char *name, int ndim,
                                      const int64_t *shape, const char *initializer, bool trainable);
 LUNET_API lunet_tensor *lunet_layer_weight(lunet_layer *l, int index); /* borrowed */
-LUNET_API lunet_status lunet_layer_accumulate_grad(lunet_layer *l, int index, lunet_tensor *g);
+
+/* ---- what a call reads and returns (implemented by the core) ---- */
+
+LUNET_API lunet_ctx *lunet_call_ctx(lunet_call *c);
+/* The call's zeroed state block of call_state_size bytes. */
+LUNET_API void *lunet_call_state(lunet_call *c);
+/* Input i's mask (N, ...), borrowed, or NULL when it has none. */
+LUNET_API lunet_tensor *lunet_call_mask(lunet_call *c, int i);
+/* The number of inputs of this call. */
+LUNET_API int lunet_call_input_count(const lunet_call *c);
+/* In backward: whether input i needs its gradient. */
+LUNET_API bool lunet_call_needs_dx(const lunet_call *c, int i);
+/* In backward: adds g to weight `index`'s gradient of this call.  g is
+ * borrowed (the core retains it, and may accumulate later gradients into
+ * it in place: hand over a tensor nothing else will read). */
+LUNET_API lunet_status lunet_call_accumulate_grad(lunet_call *c, int index, lunet_tensor *g);
+/* Sets the call's context error, prefixed with the layer's name. */
+LUNET_API lunet_status lunet_call_error(lunet_call *c, lunet_status s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #ifdef __cplusplus
 }

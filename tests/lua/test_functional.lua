@@ -1,0 +1,232 @@
+-- Functional models: nn.Input, layers called on symbolic tensors, nn.Model,
+-- merge layers, shared layers, several inputs and outputs, nested models,
+-- files (JSON config) and the errors of bad graphs and hostile files.
+local here = arg[0]:gsub("[^/]+$", "")
+package.path = here .. "?.lua;" .. package.path
+local check = require "check"
+local nn = require "lunet"
+
+local T = {}
+
+local function rows(n, k, f)
+  local t = {}
+  for i = 1, n do
+    t[i] = {}
+    for j = 1, k do t[i][j] = f(i, j) end
+  end
+  return nn.tensor(t)
+end
+
+local function tmp() return os.tmpname() .. ".safetensors" end
+
+function T.merge_layers_compute_what_keras_does()
+  local a = nn.tensor{{1, -2, 3}, {0.5, 4, -1}}
+  local b = nn.tensor{{2, 2, -3}, {0.5, -4, 5}}
+  local c = nn.tensor{{0, 1, 1}, {1, 0, 2}}
+  local av, bv, cv = a:totable(), b:totable(), c:totable()
+  local function each(f)
+    local out = {}
+    for i = 1, 2 do
+      out[i] = {}
+      for j = 1, 3 do out[i][j] = f(av[i][j], bv[i][j], cv[i][j]) end
+    end
+    return out
+  end
+  check.same_table(nn.Add()({a, b, c}):totable(), each(function(x, y, z) return x + y + z end), 1e-6, "Add")
+  check.same_table(nn.Subtract()({a, b}):totable(), each(function(x, y) return x - y end), 1e-6, "Subtract")
+  check.same_table(nn.Multiply()({a, b, c}):totable(), each(function(x, y, z) return x * y * z end), 1e-6, "Multiply")
+  check.same_table(nn.Average()({a, b}):totable(), each(function(x, y) return (x + y) / 2 end), 1e-6, "Average")
+  check.same_table(nn.Maximum()({a, b, c}):totable(), each(math.max), 1e-6, "Maximum")
+  check.same_table(nn.Minimum()({a, b, c}):totable(), each(math.min), 1e-6, "Minimum")
+  check.same_table(nn.Concatenate()({a, c}):totable(),
+    {{1, -2, 3, 0, 1, 1}, {0.5, 4, -1, 1, 0, 2}}, 1e-6, "Concatenate")
+  check.same_table(nn.Concatenate{axis = 1}({a, c}):shape(), {2, 6}, 0, "Concatenate axis 1 = first sample axis")
+  check.same_table(nn.Reshape{{3, 1}}(a):totable(), {{{1}, {-2}, {3}}, {{0.5}, {4}, {-1}}}, 1e-6, "Reshape")
+  local x = nn.tensor{{{1, 2, 3}, {4, 5, 6}}}
+  check.same_table(nn.Permute{{2, 1}}(x):totable(), {{{1, 4}, {2, 5}, {3, 6}}}, 1e-6, "Permute")
+  -- gradients: finite differences on every merge layer's shipped cases
+  for _, name in ipairs{"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Reshape",
+      "Permute"} do
+    local results = nn.check_plugin(name)
+    assert(#results > 0, name .. " ships no test cases")
+    for _, r in ipairs(results) do
+      assert(r.ok, string.format("%s{%s}: max relative error %.3g > %.3g %s", name, r.args, r.max_error, r.tolerance,
+        r.error or ""))
+    end
+  end
+end
+
+-- y = relu(x W + b) + x, checked against the same sum by hand.
+function T.residual_block_matches_a_hand_computation()
+  local x = nn.Input{shape = {4}, name = "x"}
+  local d = nn.Dense{4, activation = "relu"}
+  local y = nn.Add()({d(x), x})
+  local m = nn.Model{inputs = x, outputs = y, name = "res"}
+  local input = rows(3, 4, function(i, j) return (i - 2) * 0.5 + j * 0.25 - 0.6 end)
+  local w, b = d:get_weights()[1]:totable(), d:get_weights()[2]:totable()
+  local want = {}
+  for i, r in ipairs(input:totable()) do
+    want[i] = {}
+    for j = 1, 4 do
+      local s = b[j]
+      for k = 1, 4 do s = s + r[k] * w[k][j] end
+      want[i][j] = math.max(s, 0) + r[j]
+    end
+  end
+  check.same_table(m:predict(input):totable(), want, 1e-5, "predict")
+  check.same_table(m(input):totable(), want, 1e-5, "model(x)")
+end
+
+function T.two_inputs_two_outputs_train_save_and_reload()
+  nn.seed(5)
+  local a, b = nn.Input{shape = {3}, name = "a"}, nn.Input{shape = {2}, name = "b"}
+  local h = nn.Concatenate()({nn.Dense{8, activation = "tanh", name = "left"}(a), nn.Dense{8, activation = "tanh",
+    name = "right"}(b)})
+  local cls = nn.Dense{2, activation = "softmax", name = "cls"}(h)
+  local reg = nn.Dense{1, name = "reg"}(h)
+  local m = nn.Model{inputs = {a, b}, outputs = {cls, reg}, name = "two"}
+  m:compile{optimizer = nn.optimizers.Adam{learning_rate = 0.02}, loss = {"sparse_categorical_crossentropy", "mse"},
+    loss_weights = {1, 0.5}, metrics = {"accuracy"}}
+  local n = 64
+  local xa = rows(n, 3, function(i, j) return math.sin(i * 0.7 + j) end)
+  local xb = rows(n, 2, function(i, j) return math.cos(i * 0.3 + 2 * j) end)
+  local va, vb = xa:totable(), xb:totable()
+  local yc, yr = {}, {}
+  for i = 1, n do
+    yc[i] = (va[i][1] + vb[i][2] > 0) and 1 or 0
+    yr[i] = {va[i][2] - vb[i][1]}
+  end
+  local ycls, yreg = nn.tensor(yc), nn.tensor(yr)
+  local hist = m:fit({xa, xb}, {ycls, yreg}, {epochs = 40, batch_size = 16, verbose = 0})
+  for _, k in ipairs{"loss", "cls_loss", "reg_loss", "cls_accuracy", "reg_accuracy"} do
+    assert(hist[k] and #hist[k] == 40, "history has " .. k)
+  end
+  local last = #hist.loss
+  assert(hist.loss[last] < 0.5 * hist.loss[1], string.format("loss fell: %g -> %g", hist.loss[1], hist.loss[last]))
+  local logs = m:evaluate({xa, xb}, {ycls, yreg})
+  check.near(logs.loss, logs.cls_loss + 0.5 * logs.reg_loss, 1e-4, "total loss is the weighted sum")
+  assert(logs.cls_accuracy > 0.85, "accuracy " .. logs.cls_accuracy)
+  local p = m:predict({xa, xb})
+  check.eq(#p, 2, "one prediction per output")
+  check.same_table(p[1]:shape(), {n, 2}, 0)
+  check.same_table(p[2]:shape(), {n, 1}, 0)
+  -- the file holds the graph: it comes back and predicts the same
+  local path = tmp()
+  m:save(path)
+  local back = nn.load_model(path)
+  os.remove(path)
+  check.eq(back.kind, "functional")
+  local q = back:predict({xa, xb})
+  check.same_table(q[1]:totable(), p[1]:totable(), 0, "reloaded predictions")
+  check.same_table(q[2]:totable(), p[2]:totable(), 0, "reloaded predictions")
+  check.near(back:evaluate({xa, xb}, {ycls, yreg}).loss, logs.loss, 1e-6, "reloaded loss")
+  -- training goes on from the optimizer's saved state
+  check.eq(back.optimizer.iterations, m.optimizer.iterations, "optimizer iterations")
+  -- errors: the wrong number of inputs or targets
+  check.fails(function() m:fit(xa, {ycls, yreg}, {verbose = 0}) end,
+    "fit: the model has 2 inputs but 1 was given (give a list of 2 tensors)")
+  check.fails(function() m:fit({xa, xb}, ycls, {verbose = 0}) end, "fit: the model has 2 targets but 1 was given")
+end
+
+function T.shared_layers_share_weights_and_count_once()
+  local a, b = nn.Input{shape = {3}}, nn.Input{shape = {3}}
+  local shared = nn.Dense{2, name = "shared"}
+  local m = nn.Model{inputs = {a, b}, outputs = nn.Add()({shared(a), shared(b)})}
+  check.eq(#m:get_weights(), 2, "kernel and bias once")
+  check.eq(m:count_params(), 8)
+  local lines = {}
+  m:summary(function(l) lines[#lines + 1] = l end)
+  local text = table.concat(lines, "\n")
+  assert(text:find("Connected to", 1, true), text)
+  assert(text:find("shared[1][0]", 1, true), "the second call of the shared layer: " .. text)
+  assert(text:find("Total params: 8", 1, true), text)
+  -- both calls use one kernel: x and x give twice the single call
+  local x = nn.tensor{{1, 2, 3}}
+  check.same_table(m:predict({x, x}):totable(), (shared(x) * 2):totable(), 1e-6, "one set of weights")
+end
+
+function T.nested_models_share_their_layers()
+  nn.seed(9)
+  local inner_in = nn.Input{shape = {4}}
+  local d = nn.Dense{4, activation = "tanh", name = "inner_dense"}
+  local inner = nn.Model{inputs = inner_in, outputs = d(inner_in), name = "inner"}
+  local seq = nn.Sequential{nn.Dense{3, input_shape = {4}, name = "seq_dense"}}
+  local x = nn.Input{shape = {4}}
+  local outer = nn.Model{inputs = x, outputs = seq(inner(x)), name = "outer"}
+  local before = d:get_weights()[1]:totable()
+  outer:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "mse"}
+  outer:fit(rows(8, 4, function(i, j) return i * 0.1 - j * 0.2 end), rows(8, 3, function(i, j) return j end),
+    {epochs = 2, verbose = 0})
+  local after = d:get_weights()[1]:totable()
+  assert(after[1][1] ~= before[1][1], "training the outer model trains the inner one's layer")
+  local probe = rows(2, 4, function(i, j) return i - j end)
+  check.same_table(outer:predict(probe):totable(), seq:predict(inner:predict(probe)):totable(), 1e-5,
+    "outer = seq(inner(x))")
+end
+
+function T.bad_graphs_are_clear_errors()
+  local a, b = nn.Input{shape = {3}, name = "a"}, nn.Input{shape = {4}, name = "b"}
+  local y = nn.Dense{2}(a)
+  check.fails(function() nn.Model{inputs = b, outputs = y} end,
+    "they depend on the input 'a', which is not among the model's inputs")
+  check.fails(function() nn.Model{inputs = {a, a}, outputs = y} end, "input 'a' is listed twice")
+  check.fails(function() nn.Model{inputs = {a, b}, outputs = y} end, "input 'b' is not used by any output")
+  check.fails(function() nn.Model{inputs = y, outputs = y} end, "is the output of dense")
+  check.fails(function() nn.Add()({a, b}) end, "input 2 has shape (None, 4) but input 1 has (None, 3)")
+  local d = nn.Dense{2, name = "d3"}
+  d(a)
+  check.fails(function() d(b) end, "d3: built for input (None, 3) but got (None, 4) (input from b with shape (None, 4))")
+  check.fails(function() nn.Conv2D{4, 3}(a) end, "(input from a with shape (None, 3))")
+  check.fails(function() nn.Input{shape = {0}} end, "sizes must be positive integers")
+end
+
+-- A checkpoint whose config is `config` (JSON text), for hostile inputs.
+local function with_config(config)
+  local path = tmp()
+  nn._C.save_safetensors(path, {{name = "w", tensor = nn.zeros(1)}}, {format = "lunet", config = config})
+  return path
+end
+
+function T.hostile_model_files_are_refused_quickly()
+  local cases = {
+    {string.rep("[", 100000) .. string.rep("]", 100000), "not valid JSON, or nested too deeply"},
+    {string.rep('{"a":', 40) .. "1" .. string.rep("}", 40), "nested deeper than 32 levels"},
+    {'{"format_version": 2, "class": "Functional", "layers": [], "inputs": [], "nodes": [], "outputs": 1e999}',
+      "a number is out of range"},
+    {'{"format_version": 2, "class": "Functional", "layers": "many", "inputs": [], "nodes": [], "outputs": []}',
+      "'layers' must be a list"},
+    {'{"format_version": 7, "class": "Functional"}', "config format_version 7, this lunet reads 2"},
+    {'{"format_version": 2, "class": "Functional", "layers": [{"type": "Teleport", "args": {}}], "inputs": [], '
+      .. '"nodes": [], "outputs": []}', "layers[1] has the unknown type 'Teleport'"},
+    {'{"format_version": 2, "class": "Functional", "layers": [{"type": "Dense", "args": {"units": "ten"}}], '
+      .. '"inputs": [], "nodes": [], "outputs": []}', "units must be an integer"},
+    {'{"format_version": 2, "class": "Functional", "layers": [{"type": "Dense", "args": {"units": 2}}], '
+      .. '"inputs": [{"shape": [3]}], "nodes": [{"layer": 0, "inputs": [["node", 0, 0]]}], "outputs": [["node", 0, 0]]}',
+      "refers to node 0, which does not come before it (a cycle, or a dangling reference)"},
+    {'{"format_version": 2, "class": "Functional", "layers": [{"type": "Dense", "args": {"units": 2}}], '
+      .. '"inputs": [{"shape": [3]}], "nodes": [{"layer": 0, "inputs": [["input", 5]]}], "outputs": [["node", 0, 0]]}',
+      "names input 5 of 1"},
+    {'{"format_version": 2, "class": "Functional", "layers": [{"type": "Dense", "args": {"units": 2}}], '
+      .. '"inputs": [{"shape": [3]}], "nodes": [{"layer": 3, "inputs": [["input", 0]]}], "outputs": []}',
+      "nodes[1] names no layer of the config"},
+    {'{"format_version": 2, "class": "Functional", "layers": [{"type": "Dense", "args": {"units": 2}}], '
+      .. '"inputs": [{"shape": [3]}], "nodes": [{"layer": 0, "inputs": [["input", 0]]}], "outputs": [null]}',
+      "null is not allowed"},
+  }
+  for i, c in ipairs(cases) do
+    local path = with_config(c[1])
+    local t0 = nn._C.now()
+    check.fails(function() nn.load_model(path) end, c[2])
+    assert(nn._C.now() - t0 < 1, "case " .. i .. " answered quickly")
+    os.remove(path)
+  end
+  -- a config in the old Lua-source format is refused with its version
+  local path = tmp()
+  nn._C.save_safetensors(path, {{name = "w", tensor = nn.zeros(1)}},
+    {format = "lunet", lunet_version = "0.1.0", config = '{["layers"]={}}'})
+  check.fails(function() nn.load_model(path) end,
+    "was saved by lunet 0.1.0 with a model config in Lua source (config format 1)")
+  os.remove(path)
+end
+
+check.run(T)
