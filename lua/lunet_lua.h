@@ -26,6 +26,8 @@ LUNETL_HIDDEN void lunetL_pushtensor(lua_State *L, lunet_tensor *t);
 
 /* Checks argument `arg` is a layer (lunet.Layer); borrowed. */
 LUNETL_HIDDEN struct lunet_layer *lunetL_checklayer(lua_State *L, int arg);
+/* Pushes a layer userdata holding a new reference to l. */
+LUNETL_HIDDEN void lunetL_pushlayer(lua_State *L, struct lunet_layer *l);
 
 /* Checks argument `arg` is an augmentation pipeline (lunet.augment). */
 typedef struct lunet_augment lunet_augment;

@@ -17,6 +17,29 @@ lunet_layer *lunetL_checklayer(lua_State *L, int arg) {
   return *p;
 }
 
+static void push_value(lua_State *L, lunet_arg_type t, const lunet_arg_value *v);
+
+void lunetL_pushlayer(lua_State *L, lunet_layer *l) {
+  lunet_layer **p = lua_newuserdatauv(L, sizeof *p, 0);
+  *p = lunet_layer_retain(l);
+  luaL_setmetatable(L, LAYER_MT);
+}
+
+/* C.layer_args(layer) -> {name = value, ...} (the arguments that are set), type name */
+static int l_layer_args(lua_State *L) {
+  lunet_layer *l = lunetL_checklayer(L, 1);
+  const lunet_layer_type *t = lunet_layer_type_get(l);
+  lua_createtable(L, 0, t->nargs);
+  for (int i = 0; i < t->nargs; i++) {
+    lunet_arg_value v;
+    if (!lunet_layer_arg_value(l, i, &v)) continue;
+    push_value(L, t->args[i].type, &v);
+    lua_setfield(L, -2, t->args[i].name);
+  }
+  lua_pushstring(L, t->name);
+  return 2;
+}
+
 static int layer_gc(lua_State *L) {
   lunet_layer **p = luaL_checkudata(L, 1, LAYER_MT);
   lunet_layer_release(*p);
@@ -551,6 +574,7 @@ static int l_check_layer(lua_State *L) {
 }
 
 static const luaL_Reg functions[] = {{"check_layer", l_check_layer},
+                                     {"layer_args", l_layer_args},
                                      {"layer_types", l_layer_types},
                                      {"layer_new", l_layer_new},
                                      {"layer_build", l_layer_build},

@@ -364,7 +364,159 @@ static int l_model_params(lua_State *L) {
   return 1;
 }
 
+/* ---- files ---- */
+
+/* C.model_save(m, path, {key = "value", ...}): the extra metadata strings */
+static int l_model_save(lua_State *L) {
+  lunet_model *m = check_model(L, 1);
+  const char *path = luaL_checkstring(L, 2);
+  const char *keys[32], *values[32];
+  int n = 0;
+  if (!lua_isnoneornil(L, 3)) {
+    luaL_checktype(L, 3, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, 3)) {
+      if (n == 32) luaL_error(L, "save: at most 32 metadata entries");
+      if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "save: metadata keys and values must be strings");
+      keys[n] = lua_tostring(L, -2);
+      values[n++] = lua_tostring(L, -1);
+      lua_pop(L, 1); /* the table keeps both */
+    }
+  }
+  if (lunet_model_save(lunetL_ctx(L), m, path, n, keys, values)) lunetL_error(L, NULL);
+  return 0;
+}
+
+static int l_model_load(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  lunet_model **p = lua_newuserdatauv(L, sizeof *p, 0);
+  *p = NULL;
+  luaL_setmetatable(L, MODEL_MT);
+  if (!(*p = lunet_model_load(lunetL_ctx(L), path))) lunetL_error(L, NULL);
+  return 1;
+}
+
+static void push_ids(lua_State *L, const int *ids, int n) {
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    lua_pushinteger(L, ids[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+}
+
+/* C.model_describe(m) -> {name, layers = {layer...}, inputs = {{name, shape, id}},
+ * calls = {{layer = i, inputs = {ids}, out = id, nout = n}}, outputs = {ids},
+ * compiled, losses = {{loss, from_logits, weight}}, metrics = {...}}: the graph
+ * the Lua shell rebuilds its objects from (live calls only; 1-based layer indices). */
+static int l_model_describe(lua_State *L) {
+  static const char *const losses[] = {"mean_squared_error", "categorical_crossentropy",
+                                       "sparse_categorical_crossentropy", "binary_crossentropy"};
+  lunet_model *m = check_model(L, 1);
+  lua_createtable(L, 0, 8);
+  lua_pushstring(L, lunet_model_name(m));
+  lua_setfield(L, -2, "name");
+  int nl = lunet_model_layer_count(m);
+  lua_createtable(L, nl, 0);
+  for (int i = 0; i < nl; i++) {
+    lunetL_pushlayer(L, lunet_model_layer(m, i));
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "layers");
+  lua_createtable(L, lunet_model_input_count(m), 0);
+  for (int i = 0; i < lunet_model_input_count(m); i++) {
+    int id = lunet_model_input_id(m, i);
+    int64_t shape[LUNET_MAX_DIMS];
+    int nd = lunet_model_value_shape(m, id, shape);
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, lunet_model_value_name(m, id));
+    lua_setfield(L, -2, "name");
+    lua_pushinteger(L, id);
+    lua_setfield(L, -2, "id");
+    lua_createtable(L, nd, 0);
+    for (int d = 0; d < nd; d++) {
+      lua_pushinteger(L, shape[d]);
+      lua_rawseti(L, -2, d + 1);
+    }
+    lua_setfield(L, -2, "shape");
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "inputs");
+  lua_newtable(L);
+  for (int c = 0, k = 0; c < lunet_model_call_count(m); c++) {
+    if (!lunet_model_call_live(m, c)) continue;
+    lunet_layer *l = lunet_model_call_layer(m, c);
+    int li = 0;
+    while (li < nl && lunet_model_layer(m, li) != l) li++;
+    int ids[MAX_IO], n = lunet_model_call_inputs(m, c, ids, MAX_IO);
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, li + 1);
+    lua_setfield(L, -2, "layer");
+    push_ids(L, ids, n);
+    lua_setfield(L, -2, "inputs");
+    lua_pushinteger(L, lunet_model_call_output(m, c));
+    lua_setfield(L, -2, "out");
+    lua_pushinteger(L, lunet_model_call_output_count(m, c));
+    lua_setfield(L, -2, "nout");
+    lua_rawseti(L, -2, ++k);
+  }
+  lua_setfield(L, -2, "calls");
+  int outs[MAX_IO], no = lunet_model_output_count(m);
+  for (int j = 0; j < no; j++) outs[j] = lunet_model_output_id(m, j);
+  push_ids(L, outs, no);
+  lua_setfield(L, -2, "outputs");
+  lua_pushboolean(L, lunet_model_compiled(m));
+  lua_setfield(L, -2, "compiled");
+  if (lunet_model_compiled(m)) {
+    lua_createtable(L, no, 0);
+    for (int j = 0; j < no; j++) {
+      lunet_loss_spec ls = lunet_model_loss(m, j);
+      lua_createtable(L, 0, 3);
+      lua_pushstring(L, losses[ls.kind]);
+      lua_setfield(L, -2, "loss");
+      lua_pushboolean(L, ls.from_logits);
+      lua_setfield(L, -2, "from_logits");
+      lua_pushnumber(L, ls.weight);
+      lua_setfield(L, -2, "weight");
+      lua_rawseti(L, -2, j + 1);
+    }
+    lua_setfield(L, -2, "losses");
+    lua_createtable(L, lunet_model_compiled_metric_count(m), 0);
+    for (int k = 0; k < lunet_model_compiled_metric_count(m); k++) {
+      lua_pushstring(L, lunet_model_compiled_metric(m, k));
+      lua_rawseti(L, -2, k + 1);
+    }
+    lua_setfield(L, -2, "metrics");
+  }
+  return 1;
+}
+
+/* C.model_meta(m, key) -> the loaded file's metadata value, or nil */
+static int l_model_meta(lua_State *L) {
+  const char *v = lunet_model_meta(check_model(L, 1), luaL_checkstring(L, 2));
+  if (v)
+    lua_pushstring(L, v);
+  else
+    lua_pushnil(L);
+  return 1;
+}
+
+/* C.model_optimizer(m) -> the compiled optimizer (a new reference), or nil */
+static int l_model_optimizer(lua_State *L) {
+  lunet_optimizer *o = lunet_model_optimizer(check_model(L, 1));
+  if (!o) return 0;
+  lunet_optimizer **p = lua_newuserdatauv(L, sizeof *p, 0);
+  *p = lunet_optimizer_retain(o);
+  luaL_setmetatable(L, OPT_MT);
+  return 1;
+}
+
 static const luaL_Reg functions[] = {{"optimizer_new", l_optimizer_new},
+                                     {"model_save", l_model_save},
+                                     {"model_load", l_model_load},
+                                     {"model_describe", l_model_describe},
+                                     {"model_meta", l_model_meta},
+                                     {"model_optimizer", l_model_optimizer},
                                      {"optimizer_configure", l_optimizer_configure},
                                      {"optimizer_set_lr", l_optimizer_set_lr},
                                      {"optimizer_apply", l_optimizer_apply},

@@ -13,6 +13,7 @@ lunet_ctx *lunet_ctx_new(void) {
   ctx->grad_enabled = true;
   ctx->seed = 0x5eed;
   ctx->backend = -1;
+  ctx->weight_budget = -1;
   return ctx;
 }
 
@@ -72,4 +73,8 @@ bool lunet_set_grad_enabled(lunet_ctx *ctx, bool on) {
   bool prev = ctx->grad_enabled;
   ctx->grad_enabled = on;
   return prev;
+}
+
+double lunet_rng_uniform(lunet_ctx *ctx) {
+  return lunet_philox_uniform(ctx->seed, lunet_rng_take(ctx, 1));
 }

@@ -16,6 +16,8 @@ struct lunet_ctx {
   int backend; /* registry index of the default backend; -1 until chosen */
   uint64_t fallbacks;
   uint64_t generation; /* visit mark of the current backward */
+  int64_t weight_budget; /* bytes new layer weights may still take; -1: no limit (a file's
+                          * size bounds them while a model loads) */
 };
 
 /* A loaded backend (the registry owns it for the life of the process). */

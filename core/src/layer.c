@@ -255,6 +255,20 @@ lunet_status lunet_layer_set_value(lunet_layer *l, const char *arg, const lunet_
   return LUNET_OK;
 }
 
+bool lunet_layer_arg_value(const lunet_layer *l, int i, lunet_arg_value *out) {
+  memset(out, 0, sizeof *out);
+  if (i < 0 || i >= l->type->nargs || !l->args[i].set || l->args[i].nil) return false;
+  const arg_value *v = &l->args[i];
+  out->i = v->n ? v->ints[0] : (int64_t)v->f;
+  out->f = l->type->args[i].type == LUNET_ARG_REGULARIZER ? v->l1 : v->f;
+  out->f2 = v->l2;
+  out->b = v->b;
+  out->s = v->s;
+  out->n = v->n;
+  memcpy(out->v, v->ints, sizeof out->v);
+  return true;
+}
+
 bool lunet_layer_arg_is_set(const lunet_layer *l, const char *arg) {
   int i = arg_index(l, arg);
   return i >= 0 && l->args[i].set && !l->args[i].nil;
@@ -351,6 +365,18 @@ int lunet_layer_add_weight(lunet_layer *l, const char *name, int ndim, const int
   if (l->nweights == MAX_WEIGHTS) {
     lunet_layer_error(l, LUNET_ERR_ARG, "at most %d weights per layer", MAX_WEIGHTS);
     return -1;
+  }
+  int64_t numel = lunet_shape_numel(ndim, shape);
+  int64_t bytes = numel > INT64_MAX / 4 ? INT64_MAX : 4 * numel;
+  if (l->ctx->weight_budget >= 0) {
+    if (bytes > l->ctx->weight_budget) {
+      lunet_layer_error(l, LUNET_ERR_FORMAT,
+                        "weight '%s' needs %lld bytes, more than the file holds (the config does not "
+                        "match the weights)",
+                        name, (long long)bytes);
+      return -1;
+    }
+    l->ctx->weight_budget -= bytes;
   }
   lunet_tensor *t = lunet_tensor_new(l->ctx, LUNET_F32, ndim, shape);
   if (!t) return -1;

@@ -56,6 +56,10 @@ struct lunet_model {
   void *grad_ready_user;
   lunet_grad_transform_fn transform;
   void *transform_user;
+  char **metric_names; /* as compiled ("accuracy", ...) */
+  int ncompiled_metrics;
+  char **meta; /* key, value, key, value, ...: a loaded file's metadata */
+  int nmeta;
 };
 
 lunet_model *lunet_model_new(lunet_ctx *ctx, const char *name) {
@@ -83,8 +87,15 @@ static void free_metrics(lunet_model *m) {
   m->nmetrics = m->nloss_metrics = 0;
 }
 
+static void free_strings(char **v, int n) {
+  for (int i = 0; i < n; i++) free(v[i]);
+  free(v);
+}
+
 void lunet_model_release(lunet_model *m) {
   if (!m || --m->refcount > 0) return;
+  free_strings(m->metric_names, m->ncompiled_metrics);
+  free_strings(m->meta, 2 * m->nmeta);
   for (int i = 0; i < m->ncalls; i++) lunet_layer_release(m->calls[i].layer);
   free_metrics(m);
   lunet_optimizer_release(m->opt);
@@ -361,6 +372,17 @@ int lunet_model_call_output_count(const lunet_model *m, int i) {
   return i >= 0 && i < m->ncalls ? m->calls[i].nout : 0;
 }
 
+int lunet_model_layer_count(const lunet_model *m) { return m->nlayers; }
+lunet_layer *lunet_model_layer(const lunet_model *m, int i) {
+  return i >= 0 && i < m->nlayers ? m->layers[i] : NULL;
+}
+bool lunet_model_call_live(const lunet_model *m, int i) {
+  return i >= 0 && i < m->ncalls && m->calls[i].live;
+}
+const char *lunet_model_value_name(const lunet_model *m, int id) {
+  return id >= 0 && id < m->nvalues ? m->values[id].name : NULL;
+}
+
 int lunet_model_param_count(const lunet_model *m) { return m->nparams; }
 lunet_tensor *lunet_model_param(const lunet_model *m, int i) {
   return i >= 0 && i < m->nparams ? lunet_layer_weight(m->params[i].layer, m->params[i].weight)
@@ -470,6 +492,20 @@ lunet_status lunet_model_compile(lunet_ctx *ctx, lunet_model *m, const lunet_com
     m->compiled = false;
     return s;
   }
+  char **names = calloc((size_t)(o->nmetrics ? o->nmetrics : 1), sizeof *names);
+  for (int k = 0; names && k < o->nmetrics; k++)
+    if (!(names[k] = strdup(o->metrics[k]))) {
+      free_strings(names, k);
+      names = NULL;
+    }
+  if (!names) {
+    free_metrics(m);
+    m->compiled = false;
+    return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
+  }
+  free_strings(m->metric_names, m->ncompiled_metrics);
+  m->metric_names = names;
+  m->ncompiled_metrics = o->nmetrics;
   lunet_optimizer_retain(o->optimizer);
   lunet_optimizer_release(m->opt);
   m->opt = o->optimizer;
@@ -478,6 +514,45 @@ lunet_status lunet_model_compile(lunet_ctx *ctx, lunet_model *m, const lunet_com
 }
 
 lunet_optimizer *lunet_model_optimizer(const lunet_model *m) { return m->opt; }
+bool lunet_model_compiled(const lunet_model *m) { return m->compiled; }
+lunet_loss_spec lunet_model_loss(const lunet_model *m, int j) {
+  lunet_loss_spec none = {0};
+  return m->compiled && j >= 0 && j < m->noutputs ? m->losses[j] : none;
+}
+int lunet_model_compiled_metric_count(const lunet_model *m) { return m->ncompiled_metrics; }
+const char *lunet_model_compiled_metric(const lunet_model *m, int k) {
+  return k >= 0 && k < m->ncompiled_metrics ? m->metric_names[k] : NULL;
+}
+
+const char *lunet_model_meta(const lunet_model *m, const char *key) {
+  for (int i = 0; i < m->nmeta; i++)
+    if (!strcmp(m->meta[2 * i], key)) return m->meta[2 * i + 1];
+  return NULL;
+}
+
+lunet_status lunet_model_set_meta(lunet_ctx *ctx, lunet_model *m, const char *key,
+                                  const char *value) {
+  for (int i = 0; i < m->nmeta; i++)
+    if (!strcmp(m->meta[2 * i], key)) {
+      char *v = strdup(value);
+      if (!v) return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
+      free(m->meta[2 * i + 1]);
+      m->meta[2 * i + 1] = v;
+      return LUNET_OK;
+    }
+  char **meta = realloc(m->meta, sizeof *meta * (size_t)(2 * m->nmeta + 2));
+  if (!meta) return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
+  m->meta = meta;
+  meta[2 * m->nmeta] = strdup(key);
+  meta[2 * m->nmeta + 1] = strdup(value);
+  if (!meta[2 * m->nmeta] || !meta[2 * m->nmeta + 1]) {
+    free(meta[2 * m->nmeta]);
+    free(meta[2 * m->nmeta + 1]);
+    return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
+  }
+  m->nmeta++;
+  return LUNET_OK;
+}
 
 void lunet_model_set_grad_ready(lunet_model *m, lunet_grad_ready_fn fn, void *user) {
   m->grad_ready = fn;

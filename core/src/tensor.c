@@ -19,9 +19,12 @@ const char *lunet_dtype_name(lunet_dtype dt) {
   return "?";
 }
 
+/* The element count; INT64_MAX when it overflows (no allocation that
+ * large succeeds, so a hostile shape becomes an out-of-memory error). */
 int64_t lunet_shape_numel(int ndim, const int64_t *shape) {
   int64_t n = 1;
-  for (int i = 0; i < ndim; i++) n *= shape[i];
+  for (int i = 0; i < ndim; i++)
+    if (__builtin_mul_overflow(n, shape[i], &n)) return INT64_MAX;
   return n;
 }
 

@@ -176,6 +176,13 @@ function M.new(tname, ...)
   return self
 end
 
+-- The Lua object of a core layer (one a model file made).
+function M.wrap(handle)
+  local args, tname = C.layer_args(handle)
+  local self = setmetatable({ type = tname, args = args, handle = handle, name = args.name or tname }, Layer)
+  return self
+end
+
 function Layer:build(shape)
   self.output_shape = C.layer_build(self.handle, shape)
   self.input_shape = shape

@@ -14,7 +14,6 @@ local Model = {}
 Model.__index = Model
 
 local shape_str = graph.shape_str
-local CONFIG_FORMAT = 2 -- the JSON schema of a checkpoint's config
 
 -- ---- construction ----
 
@@ -713,7 +712,7 @@ function Model:set_weights(list)
   if k ~= #list then error(string.format("set_weights: the model has %d weights, got %d", k, #list), 2) end
 end
 
--- ---- checkpoints (safetensors; the config is JSON) ----
+-- ---- checkpoints (safetensors; the config is JSON, written by the core) ----
 
 local function weight_entries(self)
   local entries = {}
@@ -725,50 +724,16 @@ local function weight_entries(self)
   return entries
 end
 
--- The graph as data: layers with their arguments, inputs, calls and
--- outputs; a tensor is ["input", i] or ["node", k, j] (0-based).
-function Model:config()
-  ensure_built(self)
-  local index, ref = {}, {}
-  local cfg = { format_version = CONFIG_FORMAT, class = self.kind == "sequential" and "Sequential" or "Functional",
-    name = self.name, layers = {}, inputs = {}, nodes = {}, outputs = {} }
-  for i, l in ipairs(self.layers) do
-    index[l] = i - 1
-    local args = {}
-    for k, v in pairs(l.args) do args[k] = v end
-    args.name = l.name
-    cfg.layers[i] = { type = l.type, args = args }
-  end
-  for i, x in ipairs(self.inputs) do
-    cfg.inputs[i] = { name = x.name, shape = x.shape }
-    ref[x] = { "input", i - 1 }
-  end
-  for k, n in ipairs(self.nodes) do
-    local ins = {}
-    for i, x in ipairs(n.inputs) do ins[i] = ref[x] end
-    cfg.nodes[k] = { layer = index[n.layer], inputs = ins, list = n.listed or false }
-    for j, y in ipairs(n.outputs) do ref[y] = { "node", k - 1, j - 1 } end
-  end
-  for j, y in ipairs(self.outputs) do cfg.outputs[j] = ref[y] end
-  cfg.single_input, cfg.single_output = self.single_input, self.single_output
-  return cfg
-end
-
+-- Writes the model (the core's lunet_model_save: weights, the graph as
+-- JSON, compile settings and optimizer state) with the epoch, the RNG state
+-- and the Lua optimizer's own settings (a schedule) in the metadata.
 function Model:save(path, o)
+  if type(path) ~= "string" then error("bad argument #1 to 'save' (a file path expected)", 2) end
   ensure_built(self)
-  local entries = weight_entries(self)
-  local meta = { format = "lunet", lunet_version = C.version, config = C.json_encode(self:config()),
-    epoch = tostring((o and o.epoch) or self.epoch), rng_seed = tostring(C.seed()), rng_counter = tostring(C.rng_take(0)) }
-  if self.optimizer then
-    local losses = {}
-    for i, l in ipairs(self.losses) do losses[i] = { name = l.name, from_logits = l.from_logits } end
-    meta.optimizer = C.json_encode(self.optimizer:config())
-    meta.compile = C.json_encode({ losses = losses, metrics = self.metrics, loss_weights = self.loss_weights })
-    for i, s in ipairs(C.optimizer_slots(self.optimizer.handle, #self.params)) do
-      for k, t in pairs(s) do entries[#entries + 1] = { name = string.format("optimizer.%d.%d", i, k), tensor = t } end
-    end
-  end
-  C.save_safetensors(path, entries, meta)
+  if self.optimizer then ensure_compiled(self) end
+  C.model_save(self.handle, path, { epoch = tostring((o and o.epoch) or self.epoch), rng_seed = tostring(C.seed()),
+    rng_counter = tostring(C.rng_take(0)),
+    lua_optimizer = self.optimizer and C.json_encode(self.optimizer:config()) or nil })
 end
 
 -- Copies a checkpoint's weights into this model, checking names and shapes.
@@ -789,130 +754,85 @@ function Model:load_weights(path)
   return by
 end
 
--- ---- reading a config: every value is checked, nothing is run ----
+-- ---- reading a file: the core checks and builds; Lua wraps ----
 
-local function expect(cond, fmt, ...)
-  if not cond then error(string.format(fmt, ...), 0) end
+-- The Lua optimizer for a loaded model's core optimizer: its settings from
+-- the Lua side's record (a schedule) when the file has one, else the core's.
+local function loaded_optimizer(h)
+  local handle = C.model_optimizer(h)
+  local lua_cfg = C.model_meta(h, "lua_optimizer")
+  local cfg = lua_cfg and C.json_decode(lua_cfg, "the optimizer settings")
+    or C.json_decode(C.model_meta(h, "optimizer") or "{}", "the optimizer config")
+  local names = { sgd = "SGD", adam = cfg.weight_decay and cfg.weight_decay > 0 and "AdamW" or "Adam", rmsprop = "RMSprop" }
+  local name = lua_cfg and cfg.name or names[cfg.kind]
+  if not optim.optimizers.takes(name, "learning_rate") then
+    error(string.format("unknown optimizer '%s'", tostring(name)), 0)
+  end
+  local args = {}
+  for k, v in pairs(cfg) do
+    if optim.optimizers.takes(name, k) then args[k] = v end
+  end
+  return optim.optimizers[name](args, handle)
 end
 
-local function int_in(v, lo, hi)
-  return math.type(v) == "integer" and v >= lo and v <= hi
-end
-
-local MAX_ENTRIES = 100000 -- layers, inputs, calls or outputs in one config
-
-local function list_of(cfg, key)
-  local v = cfg[key]
-  expect(type(v) == "table", "'%s' must be a list", key)
-  expect(#v <= MAX_ENTRIES, "'%s' has more than %d entries", key, MAX_ENTRIES)
-  return v
-end
-
--- The model a config describes, its layers made fresh (weights follow).
-local function from_config(cfg)
-  expect(type(cfg) == "table", "the config is not an object")
-  expect(cfg.format_version == CONFIG_FORMAT, "config format_version %s, this lunet reads %d",
-    tostring(cfg.format_version), CONFIG_FORMAT)
-  expect(cfg.class == "Sequential" or cfg.class == "Functional", "unknown model class '%s'", tostring(cfg.class))
-  expect(cfg.name == nil or type(cfg.name) == "string", "'name' must be a string")
-  local made = {}
-  for i, lc in ipairs(list_of(cfg, "layers")) do
-    expect(type(lc) == "table" and type(lc.type) == "string" and type(lc.args) == "table",
-      "layers[%d] needs a type and args", i)
-    expect(layers.types()[lc.type] ~= nil, "layers[%d] has the unknown type '%s' (a plugin not loaded? see "
-      .. "nn.load_plugin)", i, lc.type)
-    local ok, l = pcall(layers.new, lc.type, lc.args)
-    expect(ok, "layers[%d] (%s): %s", i, lc.type, tostring(l))
-    made[i] = l
+-- Rebuilds the Lua objects (layers, symbolic graph) of a core model.
+local function wrap(h)
+  local d = C.model_describe(h)
+  local ls = {}
+  for i, handle in ipairs(d.layers) do ls[i] = layers.wrap(handle) end
+  local sym = {}
+  local ins = {}
+  for i, x in ipairs(d.inputs) do
+    ins[i] = graph.Input{ shape = x.shape, name = x.name }
+    sym[x.id] = ins[i]
   end
-  if cfg.class == "Sequential" then
-    local m = M.Sequential(made, { name = cfg.name })
-    local ins = list_of(cfg, "inputs")
-    expect(#ins == 1 and type(ins[1].shape) == "table", "a Sequential config has one input with a shape")
-    m:build(ins[1].shape)
-    return m
+  local chain = #d.inputs == 1 and #d.outputs == 1
+  local prev = d.inputs[1].id
+  for _, c in ipairs(d.calls) do
+    local l = ls[c.layer]
+    local xs = {}
+    for i, id in ipairs(c.inputs) do xs[i] = sym[id] end
+    local listed = #xs > 1 or layers.types()[l.type].max_inputs > 1
+    local outs = { graph.call(l, xs, listed) }
+    for j = 1, c.nout do sym[c.out + j - 1] = outs[j] end
+    chain = chain and #c.inputs == 1 and c.inputs[1] == prev and c.nout == 1
+    prev = c.out
   end
-  local refs = { input = {}, node = {} }
-  local inputs = {}
-  for i, ic in ipairs(list_of(cfg, "inputs")) do
-    expect(type(ic) == "table" and type(ic.shape) == "table", "inputs[%d] needs a shape", i)
-    local ok, x = pcall(graph.Input, { shape = ic.shape, name = ic.name })
-    expect(ok, "inputs[%d]: %s", i, tostring(x))
-    inputs[i], refs.input[i - 1] = x, { x }
-  end
-  local function resolve(r, where, k)
-    expect(type(r) == "table" and (r[1] == "input" or r[1] == "node"), "%s is not a tensor reference", where)
-    if r[1] == "input" then
-      expect(int_in(r[2], 0, #inputs - 1), "%s names input %s of %d", where, tostring(r[2]), #inputs)
-      return refs.input[r[2]][1]
+  local outs = {}
+  for j, id in ipairs(d.outputs) do outs[j] = sym[id] end
+  chain = chain and prev == d.outputs[1]
+  local self = setmetatable({ kind = chain and "sequential" or "functional", name = d.name, epoch = 0, layers = ls,
+    inputs = ins, outputs = outs, single_input = #ins == 1, single_output = #outs == 1 }, Model)
+  self.nodes = walk(ins, outs)
+  self.handle, self.built = h, true
+  self.params = C.model_params(h)
+  self.input_shape, self.output_shape = ins[1].shape, outs[1].shape
+  self.device = self.params[1] and self.params[1]:device() or C.default_backend()
+  if d.compiled then
+    self.losses = {}
+    local weights, weighted = {}, false
+    for j, l in ipairs(d.losses) do
+      self.losses[j] = optim.losses.get({ name = l.loss, from_logits = l.from_logits })
+      weights[j], weighted = l.weight, weighted or l.weight ~= 1
     end
-    expect(int_in(r[2], 0, MAX_ENTRIES), "%s names node %s", where, tostring(r[2]))
-    expect(r[2] < k, "%s refers to node %d, which does not come before it (a cycle, or a dangling reference)", where, r[2])
-    local outs = refs.node[r[2]]
-    expect(int_in(r[3], 0, #outs - 1), "%s names output %s of node %d, which has %d", where, tostring(r[3]), r[2], #outs)
-    return outs[r[3] + 1]
+    self.loss, self.metrics = self.losses[1], d.metrics
+    self.loss_weights = weighted and weights or nil
+    self.optimizer = loaded_optimizer(h)
+    self.compiled, self.metric_keys = true, C.model_metric_names(h)
   end
-  for k, nc in ipairs(list_of(cfg, "nodes")) do
-    local where = string.format("nodes[%d]", k)
-    expect(type(nc) == "table" and int_in(nc.layer, 0, #made - 1), "%s names no layer of the config", where)
-    expect(type(nc.inputs) == "table" and #nc.inputs >= 1 and #nc.inputs <= 16, "%s needs 1 to 16 inputs", where)
-    local ins = {}
-    for i, r in ipairs(nc.inputs) do ins[i] = resolve(r, where .. ".inputs[" .. i .. "]", k - 1) end
-    local ok, outs = pcall(function() return { made[nc.layer + 1](nc.list and ins or ins[1]) } end)
-    expect(ok, "%s: %s", where, tostring(outs))
-    refs.node[k - 1] = outs
-  end
-  local outputs = {}
-  for j, r in ipairs(list_of(cfg, "outputs")) do outputs[j] = resolve(r, "outputs[" .. j .. "]", #cfg.nodes) end
-  local m = M.Model{ inputs = cfg.single_input and inputs[1] or inputs,
-    outputs = cfg.single_output and outputs[1] or outputs, name = cfg.name }
-  return m
+  return self
 end
 
 function M.load_model(path)
-  local entries, meta = C.load_safetensors(path)
-  if meta.format ~= "lunet" or not meta.config then
-    error(path .. " holds no lunet model config (was it saved by model:save?)", 2)
-  end
-  if meta.config:match("^{%[") or meta.config:match("^{}$") then -- lunet 0.1's Lua table constructor
-    error(string.format("%s was saved by lunet %s with a model config in Lua source (config format 1), which this "
-      .. "lunet does not read: load it with lunet %s and save it again", path, tostring(meta.lunet_version),
-      tostring(meta.lunet_version)), 2)
-  end
-  local ok, model = pcall(function() return from_config(C.json_decode(meta.config, "the model config")) end)
-  if not ok then error(string.format("%s: %s", path, tostring(model)), 2) end
-  local by = model:load_weights(path)
-  if meta.compile and meta.optimizer then
-    local ok2, err = pcall(function()
-      local comp = C.json_decode(meta.compile, "the compile config")
-      local oc = C.json_decode(meta.optimizer, "the optimizer config")
-      expect(type(oc) == "table" and type(oc.name) == "string" and optim.optimizers[oc.name] ~= nil and oc.name ~= "get",
-        "unknown optimizer '%s'", tostring(type(oc) == "table" and oc.name))
-      expect(type(comp) == "table" and type(comp.losses) == "table", "the compile config has no losses")
-      local args = {}
-      for k, v in pairs(oc) do if k ~= "name" and k ~= "iterations" then args[k] = v end end
-      local losses = {}
-      for i, l in ipairs(comp.losses) do
-        expect(type(l) == "table", "losses[%d] is not an object", i)
-        losses[i] = optim.losses.get({ name = l.name, from_logits = l.from_logits })
-      end
-      model:compile({ optimizer = optim.optimizers[oc.name](args), loss = #losses == 1 and losses[1] or losses,
-        metrics = comp.metrics, loss_weights = comp.loss_weights })
-      expect(oc.iterations == nil or int_in(oc.iterations, 0, math.maxinteger), "iterations must be a count")
-      model.optimizer.iterations = oc.iterations or 0
-    end)
-    if not ok2 then error(string.format("%s: %s", path, tostring(err)), 2) end
-    for i = 1, #model.params do
-      for k = 1, 2 do
-        local t = by[string.format("optimizer.%d.%d", i, k)]
-        if t then C.optimizer_set_slot(model.optimizer.handle, i, k, t) end
-      end
-    end
-  end
-  model.epoch = math.tointeger(tonumber(meta.epoch)) or 0
-  if meta.rng_seed then
-    C.seed(math.tointeger(tonumber(meta.rng_seed)) or 0)
-    C.rng_take(math.tointeger(tonumber(meta.rng_counter)) or 0)
+  if type(path) ~= "string" then error("bad argument #1 to 'load_model' (a file path expected)", 2) end
+  local ok, model = pcall(function() return wrap(C.model_load(path)) end)
+  if not ok then error(tostring(model), 2) end
+  local h = model.handle
+  model.epoch = math.tointeger(tonumber(C.model_meta(h, "epoch"))) or 0
+  local seed = C.model_meta(h, "rng_seed")
+  if seed then
+    C.seed(math.tointeger(tonumber(seed)) or 0)
+    C.rng_take(math.tointeger(tonumber(C.model_meta(h, "rng_counter"))) or 0)
   end
   return model
 end

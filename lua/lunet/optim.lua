@@ -39,7 +39,7 @@ local clipping = { clipvalue = 0, clipnorm = 0, global_clipnorm = 0 }
 local hyper_names = { "learning_rate", "momentum", "nesterov", "beta_1", "beta_2", "epsilon", "rho", "weight_decay",
   "clipvalue", "clipnorm", "global_clipnorm" }
 
-local function make(kind, name, defaults, opts)
+local function make(kind, name, defaults, opts, handle)
   local allowed = {}
   for k in pairs(defaults) do allowed[k] = true end
   for k in pairs(clipping) do allowed[k] = true end
@@ -62,7 +62,12 @@ local function make(kind, name, defaults, opts)
   if type(lr) ~= "number" and type(lr) ~= "function" and not (type(lr) == "table" and getmetatable(lr)) then
     error(string.format("bad argument 'learning_rate' to '%s' (number or schedule expected)", name), 3)
   end
-  local ok, handle = pcall(C.optimizer_new, { kind = kind, learning_rate = type(lr) == "number" and lr or 0,
+  if handle then -- the core optimizer of a model read from a file, with its state
+    self.handle = handle
+    return setmetatable(self, Optimizer)
+  end
+  local ok
+  ok, handle = pcall(C.optimizer_new, { kind = kind, learning_rate = type(lr) == "number" and lr or 0,
     momentum = self.momentum, nesterov = self.nesterov, beta_1 = self.beta_1, beta_2 = self.beta_2,
     epsilon = self.epsilon, rho = self.rho, weight_decay = self.weight_decay, clipvalue = self.clipvalue,
     clipnorm = self.clipnorm, global_clipnorm = self.global_clipnorm })
@@ -71,22 +76,26 @@ local function make(kind, name, defaults, opts)
   return setmetatable(self, Optimizer)
 end
 
-function M.optimizers.SGD(opts)
-  return make("sgd", "SGD", { learning_rate = 0.01, momentum = 0.0, nesterov = false, weight_decay = 0 }, opts)
+-- Keras's defaults of each optimizer (and the arguments it takes, with the
+-- clipping arguments every optimizer takes).
+local defaults = {
+  SGD = { kind = "sgd", learning_rate = 0.01, momentum = 0.0, nesterov = false, weight_decay = 0 },
+  Adam = { kind = "adam", learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7, weight_decay = 0 },
+  AdamW = { kind = "adam", learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7, weight_decay = 0.004 },
+  RMSprop = { kind = "rmsprop", learning_rate = 0.001, rho = 0.9, momentum = 0.0, epsilon = 1e-7 },
+}
+
+for name, d in pairs(defaults) do
+  local args = {}
+  for k, v in pairs(d) do if k ~= "kind" then args[k] = v end end
+  -- nn.optimizers.Adam{learning_rate = ...}; `handle` (internal) adopts the
+  -- core optimizer of a model read from a file
+  M.optimizers[name] = function(opts, handle) return make(d.kind, name, args, opts, handle) end
 end
 
-function M.optimizers.Adam(opts)
-  return make("adam", "Adam", { learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7,
-    weight_decay = 0 }, opts)
-end
-
-function M.optimizers.AdamW(opts)
-  return make("adam", "AdamW", { learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7,
-    weight_decay = 0.004 }, opts)
-end
-
-function M.optimizers.RMSprop(opts)
-  return make("rmsprop", "RMSprop", { learning_rate = 0.001, rho = 0.9, momentum = 0.0, epsilon = 1e-7 }, opts)
+-- Whether optimizer `name` takes argument `arg`.
+function M.optimizers.takes(name, arg)
+  return defaults[name] ~= nil and arg ~= "kind" and (defaults[name][arg] ~= nil or clipping[arg] ~= nil)
 end
 
 local by_name = { sgd = "SGD", adam = "Adam", adamw = "AdamW", rmsprop = "RMSprop" }

@@ -39,6 +39,10 @@ LUNET_API lunet_status lunet_layer_set_regularizer(lunet_layer *l, const char *a
 LUNET_API lunet_status lunet_layer_set_value(lunet_layer *l, const char *arg,
                                              const lunet_arg_value *v);
 
+/* Argument i of the type's schema as a typed value (strings borrowed from
+ * the layer); false when it is unset or nil. */
+LUNET_API bool lunet_layer_arg_value(const lunet_layer *l, int i, lunet_arg_value *out);
+
 /* Builds for its inputs' shapes (one sample each); idempotent for the same
  * shapes, an error naming both for others. */
 LUNET_API lunet_status lunet_layer_build(lunet_ctx *ctx, lunet_layer *l, int nin,

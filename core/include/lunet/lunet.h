@@ -77,6 +77,8 @@ LUNET_API uint64_t lunet_seed_get(const lunet_ctx *ctx);
  * every random draw is keyed by (seed, counter), so results do not depend on
  * thread count. */
 LUNET_API uint64_t lunet_rng_take(lunet_ctx *ctx, uint64_t n);
+/* The next number of the context's stream, uniform in [0, 1). */
+LUNET_API double lunet_rng_uniform(lunet_ctx *ctx);
 
 /* Ctrl-C: the REPL sets this flag from its signal handler; long loops poll it. */
 LUNET_API void lunet_interrupt(void);

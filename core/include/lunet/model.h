@@ -150,6 +150,15 @@ LUNET_API int lunet_model_call_inputs(const lunet_model *m, int i, int *ids, int
 LUNET_API int lunet_model_call_output(const lunet_model *m, int i);
 LUNET_API int lunet_model_call_output_count(const lunet_model *m, int i);
 
+/* The layers of the calls the outputs depend on, each once, in call order
+ * (the order of a file's "layers.i.*" weights); borrowed. */
+LUNET_API int lunet_model_layer_count(const lunet_model *m);
+LUNET_API lunet_layer *lunet_model_layer(const lunet_model *m, int i);
+/* Whether some output depends on call i (calls no output needs are not run). */
+LUNET_API bool lunet_model_call_live(const lunet_model *m, int i);
+/* An input's name, or the name of the layer that makes a value. */
+LUNET_API const char *lunet_model_value_name(const lunet_model *m, int id);
+
 /* Trainable weights, each layer once, in call order then weight order: the
  * order of the optimizer's slots and of get_weights.  Borrowed; valid until
  * a layer moves to another backend. */
@@ -180,6 +189,12 @@ typedef struct lunet_compile_opts {
 LUNET_API lunet_status lunet_model_compile(lunet_ctx *ctx, lunet_model *m,
                                            const lunet_compile_opts *o);
 LUNET_API lunet_optimizer *lunet_model_optimizer(const lunet_model *m); /* borrowed */
+LUNET_API bool lunet_model_compiled(const lunet_model *m);
+/* Output j's loss as compiled (a zeroed spec before compile). */
+LUNET_API lunet_loss_spec lunet_model_loss(const lunet_model *m, int j);
+/* The metric names given to compile. */
+LUNET_API int lunet_model_compiled_metric_count(const lunet_model *m);
+LUNET_API const char *lunet_model_compiled_metric(const lunet_model *m, int k);
 
 /* Hooks of the training step, called on the calling thread:
  * grad_ready(user, i, grad) as soon as parameter i's gradient is complete
@@ -223,6 +238,29 @@ LUNET_API lunet_status lunet_model_forward(lunet_ctx *ctx, lunet_model *m, int n
 LUNET_API int lunet_model_metric_count(const lunet_model *m);
 LUNET_API lunet_metric *lunet_model_metric(const lunet_model *m, int i); /* borrowed */
 LUNET_API void lunet_model_reset_metrics(lunet_model *m);
+
+/* ---- files ---- */
+
+/* Writes the model to a safetensors file: every layer's weights
+ * ("layers.<i>.<weight>"), the optimizer's slots ("optimizer.<param>.<slot>",
+ * from 1), and metadata: the graph as JSON ("config", format_version 2),
+ * the compile settings and optimizer ("compile", "optimizer", JSON), plus
+ * the caller's own keys (meta_keys may not reuse those names).  The file is
+ * written to a temporary name and renamed, so a crash leaves the old one. */
+LUNET_API lunet_status lunet_model_save(lunet_ctx *ctx, lunet_model *m, const char *path, int nmeta,
+                                        const char *const *meta_keys,
+                                        const char *const *meta_values);
+/* Reads a model back: graph, layers, weights, and the compile settings and
+ * optimizer state when the file has them.  Nothing in the file is
+ * executed; the config is checked field by field, and the weights it
+ * declares may not exceed what the file holds.  The file's metadata stays
+ * readable with lunet_model_meta.  NULL on error. */
+LUNET_API lunet_model *lunet_model_load(lunet_ctx *ctx, const char *path);
+/* A metadata value of the file the model was loaded from (borrowed), or
+ * NULL. */
+LUNET_API const char *lunet_model_meta(const lunet_model *m, const char *key);
+LUNET_API lunet_status lunet_model_set_meta(lunet_ctx *ctx, lunet_model *m, const char *key,
+                                            const char *value);
 
 #ifdef __cplusplus
 }
