@@ -294,6 +294,12 @@ static int t_device(lua_State *L) {
   return 1;
 }
 
+/* t:on_host(): whether the tensor's backend keeps its data in host memory. */
+static int t_on_host(lua_State *L) {
+  lua_pushboolean(L, lunet_tensor_host_data(lunetL_checktensor(L, 1)) != NULL);
+  return 1;
+}
+
 /* The tensor's elements as doubles on the host (caller frees). */
 static double *host_values(lua_State *L, lunet_tensor *t) {
   lunet_ctx *ctx = lunetL_ctx(L);
@@ -643,6 +649,7 @@ static const luaL_Reg tensor_methods[] = {{"shape", t_shape},
                                           {"dim", t_dim},
                                           {"dtype", t_dtype},
                                           {"device", t_device},
+                                          {"on_host", t_on_host},
                                           {"totable", t_totable},
                                           {"item", t_item},
                                           {"reshape", t_reshape},

@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <cblas.h>
 #include "cpu.h"
 
 #define CPU_EXPORT __attribute__((visibility("default")))
@@ -70,10 +69,10 @@ static void cpu_describe(lunet_backend *be, lunet_backend_info *info) {
   cpu_model(model, sizeof model);
   snprintf(info->device, sizeof info->device, "%s (%d thread%s)", model, threads,
            threads == 1 ? "" : "s");
-  /* openblas_get_config() already starts with "OpenBLAS <version>". */
-  const char *cfg = openblas_get_config();
+  /* lunet_cpu_blas.get_config() already starts with "OpenBLAS <version>". */
+  const char *cfg = lunet_cpu_blas.get_config();
   snprintf(info->detail, sizeof info->detail, "%s%s, kernel %s",
-           strncmp(cfg, "OpenBLAS", 8) == 0 ? "" : "OpenBLAS ", cfg, openblas_get_corename());
+           strncmp(cfg, "OpenBLAS", 8) == 0 ? "" : "OpenBLAS ", cfg, lunet_cpu_blas.get_corename());
   info->threads = threads;
   info->available = true;
   info->ndevices = 1;
@@ -94,7 +93,7 @@ static int cpu_set_threads(lunet_backend *be, int n) {
     return lunet_cpu_error(LUNET_ERR_NOMEM, "cpu: could not start %d threads (running on 1 thread)",
                            n);
   }
-  openblas_set_num_threads(1);
+  lunet_cpu_blas.set_num_threads(1);
   return 0;
 }
 
@@ -103,7 +102,12 @@ static int cpu_probe(char *why, size_t why_len) {
   return 1;
 }
 
-static lunet_backend *cpu_init(int threads, char *err, size_t err_len) {
+static lunet_backend *cpu_init(int threads, int device, char *err, size_t err_len) {
+  if (device > 0) {
+    snprintf(err, err_len, "cpu: there is one device, 0; got %d", device);
+    return NULL;
+  }
+  if (lunet_cpu_blas_load(err, err_len)) return NULL;
   lunet_backend *be = calloc(1, sizeof *be);
   if (!be) {
     snprintf(err, err_len, "cpu: out of memory allocating the backend state");
@@ -117,7 +121,7 @@ static lunet_backend *cpu_init(int threads, char *err, size_t err_len) {
     free(be);
     return NULL;
   }
-  openblas_set_num_threads(1);
+  lunet_cpu_blas.set_num_threads(1);
   return be;
 }
 
@@ -200,6 +204,7 @@ static const lunet_backend_desc cpu_desc = {
     .version = LUNET_VERSION_STRING,
     .probe = cpu_probe,
     .init = cpu_init,
+    .caps = LUNET_BACKEND_HOST_VISIBLE,
     .shutdown = cpu_shutdown,
     .iface = &fast_vtable,
 };

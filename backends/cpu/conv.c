@@ -9,7 +9,6 @@
  * stride-1 unpadded convolution reads x as its own cols.
  */
 #include <string.h>
-#include <cblas.h>
 #include "cpu.h"
 
 /* Bytes of im2col workspace per sub-chunk: small enough for L2, large
@@ -28,7 +27,7 @@ static void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha
       for (int64_t j = 0; j < n; j++) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
     return;
   }
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+  lunet_cpu_blas.sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
               (blasint)m, (blasint)n, (blasint)k, alpha, a, (blasint)lda, b, (blasint)ldb, beta, c,
               (blasint)ldc);
 }

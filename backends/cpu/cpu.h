@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <math.h>
 #include <stdatomic.h>
+#include <cblas.h> /* types only: OpenBLAS itself is loaded at run time */
 #include "lunet/backend.h"
 
 #define LUNET_CPU_ALIGN 64
@@ -59,6 +60,23 @@ struct lunet_backend {
   size_t nbins, bins_cap;
   size_t idle_bytes;
 };
+
+/* ---- OpenBLAS, loaded at init (blas.c) ---- */
+typedef void (*lunet_cpu_sgemm_fn)(enum CBLAS_ORDER, enum CBLAS_TRANSPOSE, enum CBLAS_TRANSPOSE,
+                                   blasint m, blasint n, blasint k, float alpha, const float *a,
+                                   blasint lda, const float *b, blasint ldb, float beta, float *c,
+                                   blasint ldc);
+typedef struct lunet_cpu_blas_fns {
+  lunet_cpu_sgemm_fn sgemm;
+  void (*set_num_threads)(int n);
+  char *(*get_config)(void);
+  char *(*get_corename)(void);
+} lunet_cpu_blas_fns;
+extern lunet_cpu_blas_fns lunet_cpu_blas;
+/* Chooses OpenBLAS's kernel for this CPU (unless OPENBLAS_CORETYPE is set)
+ * and loads it, once; -1 with the reason in err. */
+int lunet_cpu_blas_load(char *err, size_t n);
+const char *lunet_cpu_blas_kernel_for_cpu(void);
 
 /* ---- errors (thread-local message) ---- */
 int lunet_cpu_error(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

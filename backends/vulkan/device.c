@@ -262,25 +262,26 @@ static uint64_t device_memory(VkPhysicalDevice pd) {
   return best;
 }
 
-/* The chosen device's index: LUNET_VULKAN_DEVICE or the best score; -1 with
- * the reason in why. */
-static int choose_device(VkPhysicalDevice *pds, uint32_t n, char *why, size_t why_len) {
+/* The chosen device's index: `requested` (init's argument, >= 0), else the
+ * user's LUNET_VULKAN_DEVICE, else the best score; -1 with the reason in
+ * why. */
+static int choose_device(VkPhysicalDevice *pds, uint32_t n, int requested, char *why,
+                         size_t why_len) {
   const char *env = getenv("LUNET_VULKAN_DEVICE");
-  if (env && *env) {
-    char *end;
-    long v = strtol(env, &end, 10);
+  if (requested >= 0 || (env && *env)) {
+    char *end = "", label[64];
+    long v = requested >= 0 ? requested : strtol(env, &end, 10);
+    if (requested >= 0)
+      snprintf(label, sizeof label, "device %ld", v);
+    else
+      snprintf(label, sizeof label, "LUNET_VULKAN_DEVICE=%.40s", env);
     if (*end || v < 0 || v >= (long)n) {
-      snprintf(why, why_len,
-               "LUNET_VULKAN_DEVICE=%s is not a device index (found %u device%s: use 0 to "
-               "%u)",
-               env, n, n == 1 ? "" : "s", n - 1);
+      snprintf(why, why_len, "%s is not a device index (found %u device%s: use 0 to %u)", label, n,
+               n == 1 ? "" : "s", n - 1);
       return -1;
     }
     if (device_score(pds[v]) == 0) {
-      snprintf(why, why_len,
-               "LUNET_VULKAN_DEVICE=%ld names a device without a compute "
-               "queue or below Vulkan 1.1",
-               v);
+      snprintf(why, why_len, "%s has no compute queue or is below Vulkan 1.1", label);
       return -1;
     }
     return (int)v;
@@ -325,7 +326,7 @@ int lunet_vk_probe(char *why, size_t why_len) {
   VkPhysicalDevice pds[LUNET_VK_MAX_DEVICES];
   if (lunet_vk_load_instance(inst, why, why_len) == 0) {
     uint32_t n = list_devices(inst, pds, why, why_len);
-    int i = n ? choose_device(pds, n, why, why_len) : -1;
+    int i = n ? choose_device(pds, n, -1, why, why_len) : -1;
     if (i >= 0) score = device_score(pds[i]);
   }
   if (vkDestroyInstance) vkDestroyInstance(inst, NULL);
@@ -416,11 +417,11 @@ static int check_limits(lunet_backend *be, char *err, size_t err_len) {
   return 0;
 }
 
-static int open_device(lunet_backend *be, char *err, size_t err_len) {
+static int open_device(lunet_backend *be, int device, char *err, size_t err_len) {
   VkPhysicalDevice pds[LUNET_VK_MAX_DEVICES];
   char why[256] = "";
   uint32_t n = list_devices(be->inst, pds, why, sizeof why);
-  be->device_index = n ? choose_device(pds, n, why, sizeof why) : -1;
+  be->device_index = n ? choose_device(pds, n, device, why, sizeof why) : -1;
   if (be->device_index < 0) {
     snprintf(err, err_len, "%s", why);
     return -1;
@@ -434,7 +435,7 @@ static int open_device(lunet_backend *be, char *err, size_t err_len) {
   return make_device(be, err, err_len);
 }
 
-lunet_backend *lunet_vk_init(int threads, char *err, size_t err_len) {
+lunet_backend *lunet_vk_init(int threads, int device, char *err, size_t err_len) {
   (void)threads;
   if (lunet_vk_load(err, err_len)) return NULL;
   lunet_backend *be = calloc(1, sizeof *be);
@@ -456,7 +457,7 @@ lunet_backend *lunet_vk_init(int threads, char *err, size_t err_len) {
     if (vkCreateDebugUtilsMessengerEXT)
       vkCreateDebugUtilsMessengerEXT(be->inst, &mi, NULL, &be->messenger);
   }
-  if (open_device(be, err, err_len)) goto fail;
+  if (open_device(be, device, err, err_len)) goto fail;
   if (lunet_vk_frames_init(be) || lunet_vk_kernels_init(be)) {
     snprintf(err, err_len, "vulkan: %s", lunet_vk_last_error(be));
     goto fail;

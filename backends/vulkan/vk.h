@@ -191,7 +191,7 @@ const char *lunet_vk_last_error(lunet_backend *be);
 
 /* ---- device (device.c) ---- */
 int lunet_vk_probe(char *why, size_t why_len);
-lunet_backend *lunet_vk_init(int threads, char *err, size_t err_len);
+lunet_backend *lunet_vk_init(int threads, int device, char *err, size_t err_len);
 void lunet_vk_shutdown(lunet_backend *be);
 void lunet_vk_describe(lunet_backend *be, lunet_backend_info *info);
 

@@ -29,7 +29,8 @@ typedef struct lunet_be {
   char path[512];
   char why[256]; /* why it is unavailable */
   int score;
-  long live; /* buffers allocated and not yet freed */
+  int device; /* the device init() starts on; -1: the backend's choice */
+  long live;  /* buffers allocated and not yet freed */
 } lunet_be;
 
 /* Device memory with a reference count; tensors and their aliases share it. */

@@ -6,10 +6,10 @@
  * lock.
  */
 #define _GNU_SOURCE
-#include <cpuid.h>
 #include <dirent.h>
 #include <dlfcn.h>
 #include <libgen.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,31 +50,6 @@ static void libdir(char *out, size_t n) {
   }
 }
 
-/* Debian's OpenBLAS 0.3.21 does not know recent CPUs and falls back to slow
- * generic kernels.  Before the CPU backend (and with it libopenblas) loads,
- * pick the best kernel family this CPU and OS can run, unless the user set
- * OPENBLAS_CORETYPE: we never override it. */
-static void choose_openblas_kernel(void) {
-  if (getenv("OPENBLAS_CORETYPE")) return;
-  unsigned a, b, c, d;
-  if (!__get_cpuid(1, &a, &b, &c, &d)) return;
-  bool osxsave = c & bit_OSXSAVE, fma = c & bit_FMA, avx = c & bit_AVX;
-  if (!osxsave || !avx) return;
-  unsigned lo, hi;
-  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-  bool ymm = (lo & 0x6) == 0x6, zmm = (lo & 0xe6) == 0xe6;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return;
-  bool avx2 = b & bit_AVX2;
-  bool avx512 = (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512DQ) && (b & bit_AVX512VL);
-  if (avx512 && zmm && fma)
-    setenv("OPENBLAS_CORETYPE", "SkylakeX", 0);
-  else if (avx2 && fma && ymm)
-    setenv("OPENBLAS_CORETYPE", "Haswell", 0);
-  else
-    return;
-  setenv("LUNET_OPENBLAS_CORETYPE_CHOSEN", "1", 1);
-}
-
 static void add_searched(const char *dir) {
   size_t len = strlen(reg.searched);
   snprintf(reg.searched + len, sizeof reg.searched - len, "%s%s", len ? ", " : "", dir);
@@ -106,6 +81,21 @@ static void scan(const char *env, const char *sub, void (*fn)(const char *)) {
   }
 }
 
+/* A backend that could not be loaded: listed as unavailable, with why. */
+static void refuse_backend(const char *path, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void refuse_backend(const char *path, const char *name, const char *fmt, ...) {
+  if (reg.nbackends == MAX_BACKENDS) return;
+  lunet_be *be = &reg.backends[reg.nbackends++];
+  memset(be, 0, sizeof *be);
+  snprintf(be->name, sizeof be->name, "%s", name);
+  snprintf(be->path, sizeof be->path, "%s", path);
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(be->why, sizeof be->why, fmt, ap);
+  va_end(ap);
+}
+
 static void load_backend(const char *path) {
   if (reg.nbackends == MAX_BACKENDS) return;
   void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
@@ -121,14 +111,17 @@ static void load_backend(const char *path) {
     dlclose(h);
     return;
   }
-  if (d->abi_major != LUNET_BACKEND_ABI_MAJOR || d->struct_size < sizeof *d ||
-      d->iface_size < sizeof(lunet_backend_i)) {
-    fprintf(stderr,
-            "lunet: skipping backend %s: built for backend ABI %u.%u (descriptor %u "
-            "bytes), this lunet has ABI %d.%d (%zu bytes); rebuild it against this "
-            "lunet's headers\n",
-            path, d->abi_major, d->abi_minor, d->struct_size, LUNET_BACKEND_ABI_MAJOR,
-            LUNET_BACKEND_ABI_MINOR, sizeof *d);
+  /* the name is read only after the version check: its place may differ */
+  if (d->abi_major != LUNET_BACKEND_ABI_MAJOR || d->abi_minor > LUNET_BACKEND_ABI_MINOR ||
+      d->struct_size < sizeof *d || d->iface_size < sizeof(lunet_backend_i)) {
+    char base[64];
+    snprintf(base, sizeof base, "%s", strrchr(path, '/') ? strrchr(path, '/') + 1 : path);
+    base[strcspn(base, ".")] = '\0';
+    refuse_backend(path, base,
+                   "%s was built for backend ABI %u.%u (descriptor %u bytes); this lunet has "
+                   "backend ABI %d.%d (%zu bytes): rebuild it against this lunet's headers",
+                   path, d->abi_major, d->abi_minor, d->struct_size, LUNET_BACKEND_ABI_MAJOR,
+                   LUNET_BACKEND_ABI_MINOR, sizeof *d);
     dlclose(h);
     return;
   }
@@ -140,15 +133,16 @@ static void load_backend(const char *path) {
   be->i = d->iface;
   snprintf(be->name, sizeof be->name, "%s", d->name);
   snprintf(be->path, sizeof be->path, "%s", path);
+  be->device = -1;
   be->score = d->probe(be->why, sizeof be->why);
 }
 
-/* A backend starts (init) on first use, so its device can be chosen first;
- * a failed start leaves the reason in `why` and is tried again on the next
- * use (after the user picked another device, say). */
+/* A backend starts (init) on first use, on the device the user picked (-1:
+ * its own choice); a failed start leaves the reason in `why` and is tried
+ * again on the next use (after the user picked another device, say). */
 static void start(lunet_be *be) {
-  if (be->state || be->score <= 0) return;
-  be->state = be->desc->init(reg.threads, be->why, sizeof be->why);
+  if (be->state || be->score <= 0 || !be->desc) return;
+  be->state = be->desc->init(reg.threads, be->device, be->why, sizeof be->why);
 }
 
 static lunet_be *find(const char *name) {
@@ -160,7 +154,6 @@ static lunet_be *find(const char *name) {
 static void scan_backends(void) {
   if (reg.backends_scanned) return;
   reg.backends_scanned = true;
-  choose_openblas_kernel();
   scan("LUNET_BACKEND_PATH", "lunet/backends", load_backend);
 }
 
@@ -204,18 +197,9 @@ lunet_status lunet_use(lunet_ctx *ctx, const char *name) {
   return LUNET_OK;
 }
 
-/* "LUNET_VULKAN_DEVICE" for "vulkan". */
-static const char *device_variable(const char *name, char *var, size_t n) {
-  snprintf(var, n, "LUNET_%s_DEVICE", name);
-  for (char *c = var; *c; c++)
-    if (*c >= 'a' && *c <= 'z') *c = (char)(*c - 'a' + 'A');
-  return var;
-}
-
 /* Picks the device of backend `name`: before the backend starts, or while
  * no tensor lives on it, it (re)starts on that device. */
 lunet_status lunet_use_device(lunet_ctx *ctx, const char *name, int device) {
-  char var[64];
   if (device < 0) return lunet_use(ctx, name);
   pthread_mutex_lock(&reg.lock);
   scan_backends();
@@ -228,15 +212,12 @@ lunet_status lunet_use_device(lunet_ctx *ctx, const char *name, int device) {
   if (be && be->state && info.device_index != device && live > 0) {
     s = lunet_error(ctx, LUNET_ERR_ARG,
                     "backend '%s' runs on device %d (%s) and %ld tensor buffer%s live there; "
-                    "pick the device before creating %s tensors, or set %s=%d before starting",
-                    name, info.device_index, info.device, live, live == 1 ? "" : "s", name,
-                    device_variable(name, var, sizeof var), device);
-  } else if (be && (!be->state || info.device_index != device)) {
+                    "pick the device before creating %s tensors",
+                    name, info.device_index, info.device, live, live == 1 ? "" : "s", name);
+  } else if (be && be->desc && (!be->state || info.device_index != device)) {
     if (be->state) be->desc->shutdown(be->state);
     be->state = NULL;
-    char val[16];
-    snprintf(val, sizeof val, "%d", device);
-    setenv(device_variable(name, var, sizeof var), val, 1);
+    be->device = device;
     start(be);
   }
   pthread_mutex_unlock(&reg.lock);

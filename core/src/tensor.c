@@ -216,7 +216,7 @@ int64_t lunet_tensor_dim(const lunet_tensor *t, int i) {
 }
 
 const void *lunet_tensor_host_data(const lunet_tensor *t) {
-  return strcmp(t->buf->be->name, "cpu") == 0 ? t->buf->handle : NULL;
+  return t->buf->be->desc->caps & LUNET_BACKEND_HOST_VISIBLE ? t->buf->handle : NULL;
 }
 
 static lunet_status check_size(lunet_ctx *ctx, const lunet_tensor *t, size_t nbytes) {

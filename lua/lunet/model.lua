@@ -438,7 +438,7 @@ end
 -- both paths.
 local function batch_source(xs, ys, order, n, bs, aug, epoch, device)
   local x, y = xs[1], ys[1]
-  local host = #xs == 1 and #ys == 1 and x:device() == "cpu" and y:device() == "cpu" and x:dtype() == "float32"
+  local host = #xs == 1 and #ys == 1 and x:on_host() and y:on_host() and x:dtype() == "float32"
     and y:dtype() == "float32"
   if host then
     if not order then

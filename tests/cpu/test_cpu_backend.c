@@ -25,7 +25,7 @@ static const lunet_backend_i *N; /* naive */
 
 static void setup(void) {
   char err[256] = "";
-  be = desc->init(2, err, sizeof err);
+  be = desc->init(2, -1, err, sizeof err);
   ck_assert_msg(be != NULL, "init failed: %s", err);
   F = desc->iface;
   N = naive_iface;

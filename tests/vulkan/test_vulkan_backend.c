@@ -875,12 +875,12 @@ int main(int argc, char **argv) {
     printf("SKIP: %s\n", why);
     return SKIP_CODE;
   }
-  cbe = cdesc->init(1, why, sizeof why);
+  cbe = cdesc->init(1, -1, why, sizeof why);
   if (!cbe) {
     fprintf(stderr, "cpu backend: %s\n", why);
     return 1;
   }
-  vbe = vdesc->init(0, why, sizeof why);
+  vbe = vdesc->init(0, -1, why, sizeof why);
   if (!vbe) {
     fprintf(stderr, "vulkan backend init failed: %s\n", why);
     return 1;

@@ -1,19 +1,21 @@
 /*
- * lunet backend ABI: what a compute backend shared object implements.
+ * lunet backend ABI, version 2: what a compute backend shared object
+ * implements.
  *
  * A backend .so exports one symbol, LUNET_BACKEND_ENTRY, returning a
- * descriptor.  The loader checks abi_major (must equal LUNET_BACKEND_ABI_MAJOR),
- * abi_minor (may be lower: members appended after it are treated as NULL)
- * and struct_size before any other call, and names both versions on a
- * mismatch.
+ * descriptor.  The loader checks, before any other call, the rule plugins
+ * follow too (lunet/plugin.h): abi_major equal to the core's, abi_minor not
+ * newer than the core's (a minor version only appends members, so an older
+ * backend works with a newer core), and struct_size at least the size of
+ * its minor version's structs; a refused backend is listed as unavailable
+ * with both versions named.
  *
- * ABI 1.1 appended the device list to lunet_backend_info (describe() fills
- * ndevices, device_index and devices[]).  A backend that runs on one of
- * several devices reads LUNET_<NAME>_DEVICE (e.g. LUNET_VULKAN_DEVICE) in
- * init(); the core sets it when the user picks a device.
+ * The core names no backend: what a backend offers is declared (caps, the
+ * ops it supports, its devices), and what it needs to set up (a BLAS
+ * library's kernel, a device) happens inside it, from init()'s arguments.
  *
- * Buffers are opaque handles (void *) that the backend hands out; for the CPU
- * backend a handle is the host address of the data.  All sizes are in
+ * Buffers are opaque handles (void *) that the backend hands out; with
+ * LUNET_BACKEND_HOST_VISIBLE a handle is the host address of the data.  All sizes are in
  * elements unless named *_bytes.  Every op returns 0 on success or a
  * lunet_status, with a message readable through iface.last_error().  An
  * optional member left NULL means "not supported": the core reports it as
@@ -31,8 +33,12 @@
 extern "C" {
 #endif
 
-#define LUNET_BACKEND_ABI_MAJOR 1
-#define LUNET_BACKEND_ABI_MINOR 1
+#define LUNET_BACKEND_ABI_MAJOR 2
+#define LUNET_BACKEND_ABI_MINOR 0
+
+/* caps: a buffer handle is the host address of its data, readable and
+ * writable directly (the CPU backend). */
+#define LUNET_BACKEND_HOST_VISIBLE 1u
 #define LUNET_BACKEND_ENTRY lunet_backend_entry
 #define LUNET_BACKEND_ENTRY_NAME "lunet_backend_entry"
 
@@ -176,10 +182,13 @@ typedef struct lunet_backend_desc {
   /* Is there a usable device here?  Returns a score (higher is better, 0:
    * unavailable, with the reason written into why). */
   int (*probe)(char *why, size_t why_len);
-  /* threads <= 0: the backend's default.  NULL with the reason in err. */
-  lunet_backend *(*init)(int threads, char *err, size_t err_len);
+  /* threads <= 0: the backend's default; device: an index of its device
+   * list (describe()), or -1 for its own choice.  NULL with the reason in
+   * err. */
+  lunet_backend *(*init)(int threads, int device, char *err, size_t err_len);
   void (*shutdown)(lunet_backend *be);
   const lunet_backend_i *iface;
+  uint32_t caps; /* LUNET_BACKEND_* */
 } lunet_backend_desc;
 
 typedef const lunet_backend_desc *(*lunet_backend_entry_fn)(void);
