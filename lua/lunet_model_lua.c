@@ -351,6 +351,17 @@ static int l_layer_weights(lua_State *L) {
   return 1;
 }
 
+static int l_layer_trainable(lua_State *L) {
+  lua_pushboolean(L, lunet_layer_trainable(lunetL_checklayer(L, 1)));
+  return 1;
+}
+
+static int l_layer_set_trainable(lua_State *L) {
+  luaL_checktype(L, 2, LUA_TBOOLEAN);
+  lunet_layer_set_trainable(lunetL_checklayer(L, 1), lua_toboolean(L, 2));
+  return 0;
+}
+
 static int l_layer_to(lua_State *L) {
   if (lunet_layer_to(lunetL_ctx(L), lunetL_checklayer(L, 1), luaL_checkstring(L, 2)))
     lunetL_error(L, NULL);
@@ -575,6 +586,8 @@ static int l_check_layer(lua_State *L) {
 
 static const luaL_Reg functions[] = {{"check_layer", l_check_layer},
                                      {"layer_args", l_layer_args},
+                                     {"layer_trainable", l_layer_trainable},
+                                     {"layer_set_trainable", l_layer_set_trainable},
                                      {"layer_types", l_layer_types},
                                      {"layer_new", l_layer_new},
                                      {"layer_build", l_layer_build},

@@ -36,6 +36,7 @@ struct lunet_layer {
   weight w[MAX_WEIGHTS];
   int nweights;
   bool built;
+  bool frozen; /* trainable = false: no weight gradients */
   int nin, nout;
   lunet_shape in[LUNET_LAYER_MAX_INPUTS], out[LUNET_LAYER_MAX_OUTPUTS];
   act_kind act;
@@ -56,6 +57,7 @@ struct lunet_call {
   bool need_dx[LUNET_LAYER_MAX_INPUTS];
   lunet_tensor *pending[MAX_WEIGHTS];      /* weight gradients of the running backward */
   lunet_tensor *dys[LUNET_LAYER_MAX_OUTPUTS]; /* several outputs: their gradients */
+  bool wgrad[MAX_WEIGHTS]; /* the weights whose gradients this call's node gives */
   bool backward_done;
 };
 
@@ -408,7 +410,7 @@ lunet_status lunet_layer_to(lunet_ctx *ctx, lunet_layer *l, const char *backend)
     }
   lunet_set_grad_enabled(ctx, prev);
   for (int i = 0; i < l->nweights; i++) {
-    moved[i]->requires_grad = l->w[i].trainable;
+    moved[i]->requires_grad = l->w[i].trainable && !l->frozen;
     lunet_tensor_release(l->w[i].t);
     l->w[i].t = moved[i];
   }
@@ -420,7 +422,16 @@ lunet_tensor *lunet_layer_weight(lunet_layer *l, int i) {
 }
 int lunet_layer_weight_count(const lunet_layer *l) { return l->nweights; }
 const char *lunet_layer_weight_name(const lunet_layer *l, int i) { return l->w[i].name; }
-bool lunet_layer_weight_trainable(const lunet_layer *l, int i) { return l->w[i].trainable; }
+bool lunet_layer_weight_trainable(const lunet_layer *l, int i) {
+  return l->w[i].trainable && !l->frozen;
+}
+
+void lunet_layer_set_trainable(lunet_layer *l, bool on) {
+  l->frozen = !on;
+  for (int i = 0; i < l->nweights; i++) l->w[i].t->requires_grad = l->w[i].trainable && on;
+}
+
+bool lunet_layer_trainable(const lunet_layer *l) { return !l->frozen; }
 
 /* ---- build and call ---- */
 
@@ -689,10 +700,11 @@ static lunet_status call_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *d
   c->backward_done = true;
   for (int i = 0; i < c->nin; i++) dx[i] = gx[i];
   for (int i = 0, k = c->nin; i < l->nweights; i++)
-    if (l->w[i].trainable) {
+    if (c->wgrad[i]) {
       dx[k++] = c->pending[i];
       c->pending[i] = NULL;
     }
+  release_all(c->pending, MAX_WEIGHTS); /* frozen weights' gradients */
   return LUNET_OK;
 }
 
@@ -863,8 +875,10 @@ lunet_status lunet_layer_apply(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep,
   int ninputs = 0;
   for (int i = 0; i < nin; i++) inputs[ninputs++] = x[i];
   for (int i = 0; i < l->nweights; i++)
-    if (l->w[i].trainable) inputs[ninputs++] = l->w[i].t;
+    if ((c->wgrad[i] = lunet_layer_weight_trainable(l, i))) inputs[ninputs++] = l->w[i].t;
   bool grad = lunet_needs_grad(ctx, ninputs, inputs);
+  /* a frozen BatchNormalization runs in inference mode, as in Keras */
+  if (l->frozen && (l->type->flags & LUNET_LAYER_FROZEN_INFERENCE)) training = false;
   bool prev = lunet_set_grad_enabled(ctx, false);
   lunet_status s = l->type->forward(l, c, nin, x, y, training);
   lunet_set_grad_enabled(ctx, prev);

@@ -264,6 +264,28 @@ int lunet_model_add(lunet_ctx *ctx, lunet_model *m, lunet_layer *l, int nin, con
   return first;
 }
 
+/* The trainable weights of the model's layers now (layer.trainable may
+ * change them); out has room for every weight. */
+static void list_params(const lunet_model *m, param *out, int *n) {
+  *n = 0;
+  for (int i = 0; i < m->nlayers; i++)
+    for (int w = 0; w < lunet_layer_weight_count(m->layers[i]); w++)
+      if (lunet_layer_weight_trainable(m->layers[i], w)) out[(*n)++] = (param){m->layers[i], w};
+}
+
+/* Whether the trainable weights are still those of the last compile. */
+static bool params_current(const lunet_model *m) {
+  int n = 0;
+  for (int i = 0; i < m->nlayers; i++)
+    for (int w = 0; w < lunet_layer_weight_count(m->layers[i]); w++)
+      if (lunet_layer_weight_trainable(m->layers[i], w)) {
+        if (n >= m->nparams || m->params[n].layer != m->layers[i] || m->params[n].weight != w)
+          return false;
+        n++;
+      }
+  return n == m->nparams;
+}
+
 /* Marks the calls the outputs depend on, counts each value's readers and
  * lists the layers and trainable weights. */
 static lunet_status seal(lunet_ctx *ctx, lunet_model *m) {
@@ -305,9 +327,8 @@ static lunet_status seal(lunet_ctx *ctx, lunet_model *m) {
     for (int k = 0; !seen && k < m->nlayers; k++) seen = m->layers[k] == l;
     if (seen) continue;
     m->layers[m->nlayers++] = l;
-    for (int w = 0; w < lunet_layer_weight_count(l); w++)
-      if (lunet_layer_weight_trainable(l, w)) m->params[m->nparams++] = (param){l, w};
   }
+  list_params(m, m->params, &m->nparams);
   return LUNET_OK;
 }
 
@@ -506,6 +527,12 @@ lunet_status lunet_model_compile(lunet_ctx *ctx, lunet_model *m, const lunet_com
   free_strings(m->metric_names, m->ncompiled_metrics);
   m->metric_names = names;
   m->ncompiled_metrics = o->nmetrics;
+  /* the trainable weights as they are now; an optimizer that has state for
+   * another set of weights starts afresh, as Keras's does on recompile */
+  if (!params_current(m)) {
+    list_params(m, m->params, &m->nparams);
+    lunet_optimizer_reset(o->optimizer);
+  }
   lunet_optimizer_retain(o->optimizer);
   lunet_optimizer_release(m->opt);
   m->opt = o->optimizer;
@@ -791,6 +818,11 @@ static lunet_status step(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *c
   if (check_inputs(ctx, m, nx, x)) return ctx->status;
   if (!m->compiled)
     return lunet_error(ctx, LUNET_ERR_ARG, "model '%s' is not compiled (compile it first)", m->name);
+  if (training && !params_current(m))
+    return lunet_error(ctx, LUNET_ERR_ARG,
+                       "model '%s': a layer's trainable flag changed since compile; compile the "
+                       "model again to train the new set of weights",
+                       m->name);
   if (ny != m->noutputs)
     return lunet_error(ctx, LUNET_ERR_ARG, "model '%s' has %d output%s but got %d target%s", m->name,
                        m->noutputs, m->noutputs == 1 ? "" : "s", ny, ny == 1 ? "" : "s");
@@ -807,7 +839,8 @@ static lunet_status step(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *c
   if (training) zero_grads(m);
   lunet_status s = run(ctx, m, x, training, fused, pred);
   if (!s) s = (loss = total_loss(ctx, m, pred, y, fused, parts)) ? LUNET_OK : ctx->status;
-  if (!s && training)
+  /* with every layer frozen nothing needs a gradient: the step only measures */
+  if (!s && training && loss->grad_fn)
     s = m->grad_ready ? lunet_backward_hooked(ctx, loss, leaf_done, m) : lunet_backward(ctx, loss, NULL);
   lunet_set_grad_enabled(ctx, false);
   if (!s) s = update_metrics(ctx, m, loss, parts, pred, y, loss_out);

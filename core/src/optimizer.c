@@ -93,6 +93,15 @@ lunet_status lunet_optimizer_configure(lunet_ctx *ctx, lunet_optimizer *o,
 }
 
 int64_t lunet_optimizer_iterations(const lunet_optimizer *o) { return o->iterations; }
+
+void lunet_optimizer_reset(lunet_optimizer *o) {
+  for (int i = 0; i < o->nparams; i++)
+    for (int k = 0; k < MAX_SLOTS; k++) {
+      lunet_tensor_release(o->slots[i][k]);
+      o->slots[i][k] = NULL;
+    }
+  o->iterations = 0;
+}
 void lunet_optimizer_set_iterations(lunet_optimizer *o, int64_t n) { o->iterations = n; }
 
 int lunet_optimizer_slot_count(const lunet_optimizer *o) {

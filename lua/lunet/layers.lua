@@ -6,8 +6,23 @@ local graph = require "lunet.graph"
 local M = {}
 
 local Layer = {}
-Layer.__index = Layer
 M.Layer = Layer
+
+-- layer.trainable (Keras's): false freezes the layer's weights; a model
+-- takes the change at its next compile.
+function Layer.__index(self, k)
+  if k == "trainable" then return C.layer_trainable(rawget(self, "handle")) end
+  return Layer[k]
+end
+
+function Layer.__newindex(self, k, v)
+  if k == "trainable" then
+    if type(v) ~= "boolean" then error("trainable must be true or false", 2) end
+    C.layer_set_trainable(rawget(self, "handle"), v)
+    return
+  end
+  rawset(self, k, v)
+end
 
 local counters = {}
 

@@ -11,7 +11,27 @@ local Progress = require "lunet.progress"
 
 local M = {}
 local Model = {}
-Model.__index = Model
+
+-- model.trainable: false freezes every layer, true thaws them all; like a
+-- layer's, the change takes effect at the next compile (fit compiles again
+-- by itself).
+function Model.__index(self, k)
+  if k == "trainable" then
+    for _, l in ipairs(rawget(self, "layers")) do if l.trainable then return true end end
+    return false
+  end
+  return Model[k]
+end
+
+function Model.__newindex(self, k, v)
+  if k == "trainable" then
+    if type(v) ~= "boolean" then error("trainable must be true or false", 2) end
+    for _, l in ipairs(rawget(self, "layers")) do l.trainable = v end
+    rawset(self, "compiled", false)
+    return
+  end
+  rawset(self, k, v)
+end
 
 local shape_str = graph.shape_str
 

@@ -197,6 +197,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_batch_normalization = {
     .args = bn_args,
     .nargs = sizeof bn_args / sizeof bn_args[0],
     .positional = 9,
+    .flags = LUNET_LAYER_FROZEN_INFERENCE,
     .call_state_size = sizeof(bn_state),
     .build = bn_build,
     .forward = bn_forward,

@@ -164,6 +164,49 @@ function T.nested_models_share_their_layers()
     "outer = seq(inner(x))")
 end
 
+-- layer.trainable = false (Keras): the layer's weights stay as they are,
+-- the others train; a frozen BatchNormalization runs in inference mode;
+-- summary counts the frozen weights as non-trainable.
+function T.frozen_layers_do_not_train()
+  nn.seed(11)
+  local x = nn.Input{shape = {4}}
+  local base = nn.Dense{6, activation = "tanh", name = "base"}
+  local bn = nn.BatchNormalization{name = "bn"}
+  local head = nn.Dense{1, name = "head"}
+  local m = nn.Model{inputs = x, outputs = head(bn(base(x)))}
+  local data = rows(32, 4, function(i, j) return math.sin(i * j) + 2 end)
+  local target = rows(32, 1, function(i) return math.cos(i) end)
+  base.trainable = false
+  bn.trainable = false
+  assert(not base.trainable and head.trainable)
+  local lines = {}
+  m:summary(function(l) lines[#lines + 1] = l end)
+  local text = table.concat(lines, "\n")
+  -- base 30 and bn 24 (gamma, beta, moving mean and variance) are frozen; head 7 trains
+  assert(text:find("Trainable params: 7 ", 1, true) and text:find("Non-trainable params: 54 ", 1, true), text)
+  local before = {base = base:get_weights()[1]:totable(), bn = bn:get_weights()[3]:totable(),
+    head = head:get_weights()[1]:totable()}
+  m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "mse"}
+  -- in training mode the frozen BatchNormalization normalizes with its moving statistics
+  check.same_table(m(data, true):totable(), m:predict(data):totable(), 1e-6, "frozen BN runs in inference mode")
+  m:fit(data, target, {epochs = 3, batch_size = 8, verbose = 0})
+  check.same_table(base:get_weights()[1]:totable(), before.base, 0, "frozen Dense unchanged")
+  check.same_table(bn:get_weights()[3]:totable(), before.bn, 0, "frozen BN's moving mean unchanged")
+  assert(head:get_weights()[1]:totable()[1][1] ~= before.head[1][1], "the head trains")
+  -- thawing takes effect at the next compile; without it, training says so
+  base.trainable = true
+  check.fails(function() m:fit(data, target, {verbose = 0}) end, "compile the model again")
+  m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "mse"}
+  m:fit(data, target, {epochs = 1, batch_size = 8, verbose = 0})
+  assert(base:get_weights()[1]:totable()[1][1] ~= before.base[1][1], "thawed, it trains")
+  -- model.trainable freezes everything
+  m.trainable = false
+  check.eq(m.trainable, false)
+  local all = m:get_weights()
+  m:fit(data, target, {epochs = 1, batch_size = 8, verbose = 0})
+  for i, w in ipairs(m:get_weights()) do check.same_table(w:totable(), all[i]:totable(), 0, "weight " .. i) end
+end
+
 function T.bad_graphs_are_clear_errors()
   local a, b = nn.Input{shape = {3}, name = "a"}, nn.Input{shape = {4}, name = "b"}
   local y = nn.Dense{2}(a)

@@ -59,7 +59,13 @@ LUNET_API lunet_status lunet_layer_to(lunet_ctx *ctx, lunet_layer *l, const char
 
 LUNET_API int lunet_layer_weight_count(const lunet_layer *l);
 LUNET_API const char *lunet_layer_weight_name(const lunet_layer *l, int i);
+/* Trainable: declared so, and the layer not frozen. */
 LUNET_API bool lunet_layer_weight_trainable(const lunet_layer *l, int i);
+/* Keras's layer.trainable: false freezes every weight (no gradients, not
+ * updated); a layer type with LUNET_LAYER_FROZEN_INFERENCE then runs in
+ * inference mode.  A model takes the change at its next compile. */
+LUNET_API void lunet_layer_set_trainable(lunet_layer *l, bool on);
+LUNET_API bool lunet_layer_trainable(const lunet_layer *l);
 
 /* A call record a caller keeps across calls (a decoder's cache): pass it to
  * lunet_layer_apply and its state persists from one forward to the next.

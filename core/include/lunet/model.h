@@ -68,6 +68,8 @@ LUNET_API lunet_status lunet_optimizer_configure(lunet_ctx *ctx, lunet_optimizer
 LUNET_API lunet_status lunet_optimizer_apply(lunet_ctx *ctx, lunet_optimizer *o, int n,
                                              lunet_tensor *const *params,
                                              lunet_tensor *const *grads);
+/* Drops every slot and the update count (a fresh start). */
+LUNET_API void lunet_optimizer_reset(lunet_optimizer *o);
 /* Updates done so far (Adam's bias correction counts from it). */
 LUNET_API int64_t lunet_optimizer_iterations(const lunet_optimizer *o);
 LUNET_API void lunet_optimizer_set_iterations(lunet_optimizer *o, int64_t n);

@@ -125,6 +125,9 @@ typedef struct lunet_layer_test {
 /* The layer applies its "activation" argument itself (the Activation
  * layer); without it the core applies a declared "activation". */
 #define LUNET_LAYER_OWNS_ACTIVATION 1u
+/* The layer runs in inference mode while frozen (trainable = false), as
+ * Keras's BatchNormalization does. */
+#define LUNET_LAYER_FROZEN_INFERENCE 2u
 
 /* One call of a layer: its saved state, its context, the gradients of its
  * weights.  Made and owned by the core. */
