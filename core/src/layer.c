@@ -37,6 +37,9 @@ struct lunet_layer {
   int nweights;
   bool built;
   bool frozen; /* trainable = false: no weight gradients */
+  int busy;    /* a HOST_CODE layer's call in progress */
+  void *host_data;
+  void (*host_release)(void *);
   int nin, nout;
   lunet_shape in[LUNET_LAYER_MAX_INPUTS], out[LUNET_LAYER_MAX_OUTPUTS];
   act_kind act;
@@ -139,8 +142,33 @@ lunet_layer *lunet_layer_retain(lunet_layer *l) {
   return l;
 }
 
+void lunet_layer_set_host_data(lunet_layer *l, void *data, void (*release)(void *)) {
+  if (l->host_release) l->host_release(l->host_data);
+  l->host_data = data;
+  l->host_release = release;
+}
+
+void *lunet_layer_host_data(const lunet_layer *l) { return l->host_data; }
+
+/* A HOST_CODE layer runs one call at a time: false (with the error set)
+ * when another is under way. */
+static bool enter(lunet_ctx *ctx, lunet_layer *l) {
+  if (!(l->type->flags & LUNET_LAYER_HOST_CODE)) return true;
+  if (__atomic_exchange_n(&l->busy, 1, __ATOMIC_ACQUIRE) == 0) return true;
+  lunet_error(ctx, LUNET_ERR_ARG,
+              "%s (%s) runs host-language code, which cannot run on two threads at once (or "
+              "call itself)",
+              lunet_layer_name(l), l->type->name);
+  return false;
+}
+
+static void leave(lunet_layer *l) {
+  if (l->type->flags & LUNET_LAYER_HOST_CODE) __atomic_store_n(&l->busy, 0, __ATOMIC_RELEASE);
+}
+
 void lunet_layer_release(lunet_layer *l) {
   if (!l || __atomic_sub_fetch(&l->refcount, 1, __ATOMIC_ACQ_REL) > 0) return;
+  if (l->host_release) l->host_release(l->host_data);
   for (int i = 0; i < l->nweights; i++) lunet_tensor_release(l->w[i].t);
   free_args(l);
   free(l);
@@ -689,7 +717,11 @@ static lunet_status call_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *d
     c->need_dx[i] = n->inputs[i]->requires_grad || n->inputs[i]->grad_fn;
   c->ctx = ctx;
   release_all(c->pending, MAX_WEIGHTS);
-  if (!s) s = l->type->backward(l, c, dys, gx);
+  if (!s) s = enter(ctx, l) ? LUNET_OK : ctx->status;
+  if (!s) {
+    s = l->type->backward(l, c, dys, gx);
+    leave(l);
+  }
   release_all(dys, LUNET_LAYER_MAX_OUTPUTS);
   release_all(c->dys, LUNET_LAYER_MAX_OUTPUTS);
   if (s) {
@@ -879,9 +911,14 @@ lunet_status lunet_layer_apply(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep,
   bool grad = lunet_needs_grad(ctx, ninputs, inputs);
   /* a frozen BatchNormalization runs in inference mode, as in Keras */
   if (l->frozen && (l->type->flags & LUNET_LAYER_FROZEN_INFERENCE)) training = false;
+  if (!enter(ctx, l)) {
+    lunet_call_release(c);
+    return ctx->status;
+  }
   bool prev = lunet_set_grad_enabled(ctx, false);
   lunet_status s = l->type->forward(l, c, nin, x, y, training);
   lunet_set_grad_enabled(ctx, prev);
+  leave(l);
   if (!s) s = outputs_fit(ctx, l, c->batch, y);
   else if (ctx->status == LUNET_OK)
     s = lunet_error(ctx, s, "%s: forward failed without a message", lunet_layer_name(l));

@@ -249,6 +249,15 @@ lunet_status lunet_model_save(lunet_ctx *ctx, lunet_model *m, const char *path, 
       if (!strcmp(meta_keys[i], reserved[r]))
         return lunet_error(ctx, LUNET_ERR_ARG, "save: the metadata key '%s' is lunet's own",
                            meta_keys[i]);
+  for (int i = 0; i < lunet_model_layer_count(m); i++) {
+    lunet_layer *l = lunet_model_layer(m, i);
+    if (lunet_layer_type_get(l)->flags & LUNET_LAYER_HOST_CODE)
+      return lunet_error(ctx, LUNET_ERR_ARG,
+                         "cannot save model '%s': layer '%s' (%s) runs host-language code, which a "
+                         "file cannot hold (write it as a layer plugin, or save the weights alone "
+                         "and rebuild the model in code)",
+                         lunet_model_name(m), lunet_layer_name(l), lunet_layer_type_get(l)->name);
+  }
   entries e = {0};
   bool ok = true;
   for (int i = 0; ok && i < lunet_model_layer_count(m); i++) {

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "lunet/layer.h"
 
 #define MAX_BACKENDS 8
 #define MAX_PLUGINS 32
@@ -341,6 +342,42 @@ lunet_status lunet_load_plugin(lunet_ctx *ctx, const char *path) {
   pthread_mutex_lock(&reg.lock);
   scan_plugins(ctx);
   lunet_status s = add_plugin(ctx, real);
+  pthread_mutex_unlock(&reg.lock);
+  return s;
+}
+
+/* In-process types (nn.Lambda) belong to a descriptor of their own. */
+lunet_status lunet_register_layer_type(lunet_ctx *ctx, const lunet_layer_type *t,
+                                       const char *origin) {
+  static lunet_plugin_desc host = {.abi_major = LUNET_PLUGIN_ABI_MAJOR,
+                                   .abi_minor = LUNET_PLUGIN_ABI_MINOR,
+                                   .struct_size = sizeof(lunet_plugin_desc),
+                                   .version = LUNET_VERSION_STRING};
+  if (!t || t->struct_size < sizeof *t || !t->name || !t->build || !t->forward || !t->backward)
+    return lunet_error(ctx, LUNET_ERR_ARG, "register_layer_type: an incomplete layer type");
+  pthread_mutex_lock(&reg.lock);
+  scan_plugins(ctx);
+  lunet_status s = LUNET_OK;
+  int p = -1;
+  for (int i = 0; i < reg.nplugins; i++)
+    if (reg.plugins[i].desc == &host) p = i;
+  if (p < 0 && reg.nplugins == MAX_PLUGINS)
+    s = lunet_error(ctx, LUNET_ERR_ARG, "too many plugins (at most %d)", MAX_PLUGINS);
+  if (!s && p < 0) {
+    host.name = origin ? origin : "host";
+    p = reg.nplugins++;
+    reg.plugins[p].desc = &host;
+    snprintf(reg.plugins[p].path, sizeof reg.plugins[p].path, "(in process)");
+  }
+  int slot = reg.ntypes;
+  for (int j = 0; !s && j < reg.ntypes; j++)
+    if (strcmp(reg.types[j]->name, t->name) == 0) slot = j;
+  if (!s && slot == MAX_TYPES) s = lunet_error(ctx, LUNET_ERR_ARG, "too many layer types (at most %d)", MAX_TYPES);
+  if (!s) {
+    if (slot == reg.ntypes) reg.ntypes++;
+    reg.types[slot] = t;
+    reg.type_plugin[slot] = p;
+  }
   pthread_mutex_unlock(&reg.lock);
   return s;
 }

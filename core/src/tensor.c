@@ -293,3 +293,5 @@ void lunet_tensor_zero_grad(lunet_tensor *t) {
 lunet_tensor *lunet_detach(lunet_ctx *ctx, lunet_tensor *t) {
   return lunet_tensor_alias(ctx, t, t->ndim, t->shape);
 }
+
+bool lunet_tensor_on_tape(const lunet_tensor *t) { return t->grad_fn != NULL; }

@@ -80,6 +80,7 @@ local layers = require "lunet.layers"
 layers.install(nn)
 nn.load_plugin = layers.load_plugin
 nn.check_plugin = layers.check_plugin
+nn.Lambda = layers.Lambda
 nn.help = layers.help
 
 local model = require "lunet.model"

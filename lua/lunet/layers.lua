@@ -177,13 +177,18 @@ function M.types()
   return types or load_types()
 end
 
+-- Keras's automatic names: "dense", "dense_1", ...
+function M.auto_name(tname)
+  local base = snake(tname)
+  counters[base] = (counters[base] or 0) + 1
+  return counters[base] == 1 and base or base .. "_" .. (counters[base] - 1)
+end
+
 function M.new(tname, ...)
   local info = M.types()[tname]
   if not info then error(string.format("no layer type '%s'", tname), 2) end
   local args = parse_args(info, ...)
-  local base = snake(tname)
-  counters[base] = (counters[base] or 0) + 1
-  local name = args.name or (counters[base] == 1 and base or base .. "_" .. (counters[base] - 1))
+  local name = args.name or M.auto_name(tname)
   -- the core names the layer in its errors and metrics as summary() does
   local handle = C.layer_new(tname, setmetatable({ name = name }, { __index = args }))
   local self = setmetatable({ type = tname, args = args, handle = handle, name = name }, Layer)
@@ -196,6 +201,26 @@ function M.wrap(handle)
   local args, tname = C.layer_args(handle)
   local self = setmetatable({ type = tname, args = args, handle = handle, name = args.name or tname }, Layer)
   return self
+end
+
+-- nn.Lambda(f, {output_shape =, name =}): a Lua function of tensors,
+-- f(x, training) (f({x1, x2}, training) for several inputs), as a layer.  It
+-- trains (backward runs f again on the tape); a model holding one cannot be
+-- saved, and it runs on one thread at a time.
+function M.Lambda(f, o)
+  if type(f) ~= "function" then
+    error(string.format("bad argument #1 to 'Lambda' (function expected, got %s)", type(f)), 2)
+  end
+  o = o or {}
+  for k in pairs(o) do
+    if k ~= "output_shape" and k ~= "name" then
+      error(string.format("bad argument '%s' to 'Lambda' (unknown; valid: output_shape, name)", tostring(k)), 2)
+    end
+  end
+  if o.output_shape ~= nil and type(o.output_shape) ~= "table" then
+    error("bad argument 'output_shape' to 'Lambda' (a sample shape like {10} expected)", 2)
+  end
+  return M.wrap(C.lambda_new(f, o.name or M.auto_name("Lambda"), o.output_shape))
 end
 
 function Layer:build(shape)
@@ -284,7 +309,10 @@ function M.load_plugin(path)
   load_types()
   local nn = package.loaded.lunet
   if nn then
-    for name in pairs(types) do rawset(nn, name, function(...) return M.new(name, ...) end) end
+    for name, info in pairs(types) do
+      -- types of the program itself (nn.Lambda) keep their own constructors
+      if info.plugin ~= "lua" then rawset(nn, name, function(...) return M.new(name, ...) end) end
+    end
   end
   return true
 end
@@ -309,7 +337,9 @@ function M.help(what)
     print("tensors:     nn.tensor{...}, nn.zeros, nn.ones, nn.rand, nn.randn, nn.arange; t:shape(), t:matmul(u),")
     print("             t:sum(axis), t:softmax(), t:requires_grad(true), loss:backward(), t.grad, t:to(\"vulkan\")")
     print("layers:      " .. table.concat(names, ", "))
-    print("models:      nn.Sequential{...}, model:compile{optimizer =, loss =, metrics =}, model:fit(x, y, {...}),")
+    print("models:      nn.Sequential{...}; functional: x = nn.Input{shape = {...}}, y = layer(x), nn.Add()({a, b}),")
+    print("             nn.Model{inputs = x, outputs = y}; nn.Lambda(function(x) ... end); layer.trainable = false")
+    print("             model:compile{optimizer =, loss =, metrics =}, model:fit(x, y, {...}),")
     print("             model:evaluate, model:predict, model:summary(), model:save(path), nn.load_model(path)")
     print("training:    nn.optimizers.{SGD,Adam,AdamW,RMSprop}, nn.losses, nn.callbacks, nn.schedules")
     print("data:        nn.datasets.{cifar10,mnist,fashion_mnist}.load_data{...}, nn.augment.Sequential{...}")

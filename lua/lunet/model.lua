@@ -756,6 +756,15 @@ function Model:save(path, o)
     lua_optimizer = self.optimizer and C.json_encode(self.optimizer:config()) or nil })
 end
 
+-- The weights alone (safetensors, "layers.<i>.<weight>"), for a model
+-- the file cannot describe (one with nn.Lambda): rebuild it in code, then
+-- load_weights.
+function Model:save_weights(path)
+  if type(path) ~= "string" then error("bad argument #1 to 'save_weights' (a file path expected)", 2) end
+  ensure_built(self)
+  C.save_safetensors(path, weight_entries(self), { format = "lunet_weights", lunet_version = C.version })
+end
+
 -- Copies a checkpoint's weights into this model, checking names and shapes.
 function Model:load_weights(path)
   ensure_built(self)

@@ -207,6 +207,47 @@ function T.frozen_layers_do_not_train()
   for i, w in ipairs(m:get_weights()) do check.same_table(w:totable(), all[i]:totable(), 0, "weight " .. i) end
 end
 
+-- nn.Lambda: a Lua function as a layer.  Its gradients are checked against
+-- the same model built from layers (2h = Add(h, h)): one SGD step from the
+-- same weights must land on the same weights.
+function T.lambda_layers_train_and_refuse_to_be_saved()
+  nn.seed(3)
+  local function twin(middle)
+    local x = nn.Input{shape = {3}}
+    local d1, d2 = nn.Dense{4, activation = "tanh"}, nn.Dense{1}
+    return nn.Model{inputs = x, outputs = d2(middle(d1(x)))}, d1, d2
+  end
+  local double = nn.Lambda(function(t) return t * 2 end, {name = "double"})
+  local a = twin(function(h) return double(h) end)
+  local b = twin(function(h) return nn.Add()({h, h}) end)
+  b:set_weights(a:get_weights())
+  local x = rows(16, 3, function(i, j) return math.sin(i + 2 * j) end)
+  local y = rows(16, 1, function(i) return math.cos(i) end)
+  check.same_table(a:predict(x):totable(), b:predict(x):totable(), 1e-6, "forward")
+  for _, m in ipairs{a, b} do
+    m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "mse"}
+    m:train_on_batch(x, y)
+  end
+  local wa, wb = a:get_weights(), b:get_weights()
+  for i = 1, #wa do check.same_table(wa[i]:totable(), wb[i]:totable(), 1e-6, "weight " .. i .. " after a step") end
+  -- the output shape is traced from the function
+  local r = nn.Lambda(function(t) return t:reshape(t:shape()[1], 2, 2) end)
+  local sym = r(nn.Input{shape = {4}})
+  check.same_table(sym.shape, {2, 2}, 0, "traced output shape")
+  -- a model holding one is not saved, naming the layer; its weights are
+  check.fails(function() a:save(tmp()) end,
+    "cannot save model 'functional': layer 'double' (Lambda) runs host-language code")
+  local path = tmp()
+  a:save_weights(path)
+  b:load_weights(path)
+  os.remove(path)
+  check.same_table(b:predict(x):totable(), a:predict(x):totable(), 1e-6, "weights moved through a file")
+  -- an error inside the function names the layer
+  local bad = nn.Lambda(function(t) error("no luck") end, {output_shape = {3}, name = "unlucky"})
+  check.fails(function() bad(nn.ones(2, 3)) end, "unlucky: the function failed:")
+  check.fails(function() nn.Lambda(42) end, "bad argument #1 to 'Lambda' (function expected, got number)")
+end
+
 function T.bad_graphs_are_clear_errors()
   local a, b = nn.Input{shape = {3}, name = "a"}, nn.Input{shape = {4}, name = "b"}
   local y = nn.Dense{2}(a)

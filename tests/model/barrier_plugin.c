@@ -1,6 +1,8 @@
 /* A test plugin: "Barrier", the identity, whose forward waits until two
  * calls are inside it at once (or 10 s pass).  Two threads predicting with
- * one model meet there only if nothing serializes their calls. */
+ * one model meet there only if nothing serializes their calls.
+ * "SerialBarrier" is the same flagged LUNET_LAYER_HOST_CODE (as nn.Lambda
+ * is), waiting at most 2 s: the core must refuse the second call. */
 #include <errno.h>
 #include <pthread.h>
 #include <time.h>
@@ -11,8 +13,8 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static int inside, generation;
 
-/* Waits for a second caller; false after 10 s alone. */
-static bool meet(void) {
+/* Waits for a second caller; false after `seconds` alone. */
+static bool meet(int seconds) {
   pthread_mutex_lock(&mu);
   int gen = generation;
   if (++inside == 2) {
@@ -24,7 +26,7 @@ static bool meet(void) {
   }
   struct timespec until;
   clock_gettime(CLOCK_REALTIME, &until);
-  until.tv_sec += 10;
+  until.tv_sec += seconds;
   int rc = 0;
   while (gen == generation && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&cv, &mu, &until);
   bool met = gen != generation;
@@ -40,7 +42,8 @@ static lunet_status barrier_build(lunet_layer *l, int nin, const lunet_shape *in
 
 static lunet_status barrier_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
                                     lunet_tensor **y, bool training) {
-  if (!meet())
+  bool serial = lunet_layer_type_name(l)[0] == 'S';
+  if (!meet(serial ? 2 : 10))
     return lunet_call_error(c, LUNET_ERR_ARG, "no second call arrived within 10 s: calls are serialized");
   *y = lunet_tensor_retain(x[0]);
   return LUNET_OK;
@@ -67,9 +70,54 @@ static const lunet_layer_type barrier = {
     .backward = barrier_backward,
 };
 
-static const lunet_layer_type *const types[] = {&barrier};
+static const lunet_layer_type serial_barrier = {
+    .struct_size = sizeof(lunet_layer_type),
+    .name = "SerialBarrier",
+    .doc = "Barrier flagged as host-language code (one thread at a time)",
+    .args = barrier_args,
+    .nargs = 1,
+    .flags = LUNET_LAYER_HOST_CODE,
+    .build = barrier_build,
+    .forward = barrier_forward,
+    .backward = barrier_backward,
+};
+
+/* "Count": y = x + (the number of forwards this call record has seen), so
+ * a record a caller keeps across calls (a decoder's cache) shows. */
+typedef struct count_state {
+  float calls;
+} count_state;
+
+static lunet_status count_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                                  lunet_tensor **y, bool training) {
+  count_state *st = lunet_call_state(c);
+  st->calls += 1;
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  lunet_tensor *k = lunet_op_new(ctx, x[0], LUNET_F32, 0, NULL);
+  if (!k || lunet_op_fill(ctx, k, st->calls)) {
+    lunet_tensor_release(k);
+    return lunet_ctx_status(ctx);
+  }
+  *y = lunet_op_binary(ctx, LUNET_BINARY_ADD, x[0], k);
+  lunet_tensor_release(k);
+  return *y ? LUNET_OK : lunet_ctx_status(ctx);
+}
+
+static const lunet_layer_type count = {
+    .struct_size = sizeof(lunet_layer_type),
+    .name = "Count",
+    .doc = "x + the number of forwards of this call record (a test of kept records)",
+    .args = barrier_args,
+    .nargs = 1,
+    .call_state_size = sizeof(count_state),
+    .build = barrier_build,
+    .forward = count_forward,
+    .backward = barrier_backward,
+};
+
+static const lunet_layer_type *const types[] = {&barrier, &serial_barrier, &count};
 static const lunet_plugin_desc desc = {LUNET_PLUGIN_ABI_MAJOR, LUNET_PLUGIN_ABI_MINOR,
-                                       sizeof(lunet_plugin_desc), "barrier", "1", types, 1};
+                                       sizeof(lunet_plugin_desc), "barrier", "1", types, 3};
 
 __attribute__((visibility("default"))) const lunet_plugin_desc *lunet_plugin_entry(void) {
   return &desc;

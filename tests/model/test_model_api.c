@@ -328,6 +328,66 @@ START_TEST(test_two_threads_run_one_model_at_once) {
 }
 END_TEST
 
+/* A layer of host-language code (SerialBarrier, like nn.Lambda) runs one
+ * call at a time: of two threads, one is refused naming the layer; and a
+ * model holding it is not saved. */
+START_TEST(test_host_code_layers_run_one_call_at_a_time) {
+  ck_assert_msg(lunet_load_plugin(ctx, TEST_PLUGIN_DIR "/test_barrier_plugin.so") == LUNET_OK, "%s",
+                lunet_ctx_error(ctx));
+  lunet_model *m = lunet_model_new(ctx, "serial");
+  int64_t shape = 3;
+  int v = lunet_model_input(ctx, m, "x", 1, &shape);
+  lunet_layer *b = lunet_layer_new(ctx, lunet_layer_type_find(ctx, "SerialBarrier"));
+  lunet_layer_set_string(b, "name", "gate");
+  v = lunet_model_add(ctx, m, b, 1, &v);
+  ck_assert_int_eq(lunet_model_set_outputs(ctx, m, 1, &v), LUNET_OK);
+  lunet_tensor *x, *y;
+  linear_data(4, &x, &y);
+  predictor p[2] = {{.m = m, .x = x}, {.m = m, .x = x}};
+  pthread_t t[2];
+  for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, predict_thread, &p[i]);
+  for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+  int refused = 0;
+  for (int i = 0; i < 2; i++)
+    refused += p[i].s != LUNET_OK &&
+               strstr(p[i].error, "gate (SerialBarrier) runs host-language code, which cannot run on "
+                                  "two threads at once") != NULL;
+  ck_assert_msg(refused == 1, "one call refused: '%s' / '%s'", p[0].error, p[1].error);
+  ck_assert_int_eq(lunet_model_save(ctx, m, "/tmp/lunet_serial.safetensors", 0, NULL, NULL), LUNET_ERR_ARG);
+  ck_assert_msg(strstr(lunet_ctx_error(ctx), "layer 'gate' (SerialBarrier) runs host-language code"), "%s",
+                lunet_ctx_error(ctx));
+  lunet_tensor_release(x);
+  lunet_tensor_release(y);
+  lunet_layer_release(b);
+  lunet_model_release(m);
+}
+END_TEST
+
+/* A call record the caller keeps carries state from one forward to the
+ * next; a fresh record per call does not. */
+START_TEST(test_a_kept_call_record_persists) {
+  ck_assert_int_eq(lunet_load_plugin(ctx, TEST_PLUGIN_DIR "/test_barrier_plugin.so"), LUNET_OK);
+  lunet_layer *l = lunet_layer_new(ctx, lunet_layer_type_find(ctx, "Count"));
+  float zero[2] = {0, 0}, out[2];
+  int64_t shape[2] = {2, 1};
+  lunet_tensor *x = lunet_tensor_from_data(ctx, LUNET_F32, 2, shape, zero), *y[1];
+  lunet_call *keep = lunet_call_new(ctx, l);
+  for (int k = 1; k <= 3; k++) {
+    ck_assert_int_eq(lunet_layer_apply(ctx, l, keep, 1, &x, NULL, false, false, y, NULL), LUNET_OK);
+    lunet_tensor_read(ctx, y[0], out, sizeof out);
+    ck_assert_float_eq(out[1], (float)k);
+    lunet_tensor_release(y[0]);
+  }
+  ck_assert_int_eq(lunet_layer_apply(ctx, l, NULL, 1, &x, NULL, false, false, y, NULL), LUNET_OK);
+  lunet_tensor_read(ctx, y[0], out, sizeof out);
+  ck_assert_float_eq(out[0], 1.0f);
+  lunet_tensor_release(y[0]);
+  lunet_call_release(keep);
+  lunet_tensor_release(x);
+  lunet_layer_release(l);
+}
+END_TEST
+
 START_TEST(test_plugins_of_other_abis_are_refused) {
   ck_assert_int_eq(lunet_load_plugin(ctx, TEST_PLUGIN_DIR "/test_abi_plugin_1_0.so"), LUNET_ERR_ABI);
   ck_assert_msg(strstr(lunet_ctx_error(ctx), "was built for plugin ABI 1.0") &&
@@ -370,6 +430,8 @@ static Suite *model_suite(void) {
   tcase_add_test(tc, test_graph_errors_are_clear);
   tcase_add_test(tc, test_two_threads_run_one_model_at_once);
   tcase_add_test(tc, test_plugins_of_other_abis_are_refused);
+  tcase_add_test(tc, test_host_code_layers_run_one_call_at_a_time);
+  tcase_add_test(tc, test_a_kept_call_record_persists);
   tcase_add_test(tc, test_check_layer_type_from_c);
   suite_add_tcase(s, tc);
   return s;

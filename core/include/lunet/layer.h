@@ -92,6 +92,18 @@ LUNET_API const char *lunet_layer_activation(const lunet_layer *l);
  * error when the layer has none. */
 LUNET_API lunet_tensor *lunet_layer_penalty(lunet_ctx *ctx, lunet_layer *l);
 
+/* ---- layer types of the host program (nn.Lambda) ---- */
+
+/* Registers a layer type defined by the program itself rather than a
+ * plugin file (it must outlive every layer of it); `origin` names it in
+ * listings ("lua").  A later type of the same name replaces it. */
+LUNET_API lunet_status lunet_register_layer_type(lunet_ctx *ctx, const lunet_layer_type *t,
+                                                 const char *origin);
+/* Data the host attaches to one layer (a Lua function); `release` runs when
+ * the layer is freed. */
+LUNET_API void lunet_layer_set_host_data(lunet_layer *l, void *data, void (*release)(void *));
+LUNET_API void *lunet_layer_host_data(const lunet_layer *l);
+
 /* ---- the plugin self-test (nn.check_plugin wraps it) ---- */
 
 typedef struct lunet_check_result {

@@ -179,6 +179,8 @@ LUNET_API lunet_tensor *lunet_tensor_to(lunet_ctx *ctx, lunet_tensor *t, const c
 LUNET_API void lunet_tensor_set_requires_grad(lunet_tensor *t, bool on);
 LUNET_API bool lunet_tensor_requires_grad(const lunet_tensor *t);
 LUNET_API lunet_tensor *lunet_tensor_grad_get(lunet_tensor *t); /* borrowed, may be NULL */
+/* Whether an op recorded t (backward from it reaches something). */
+LUNET_API bool lunet_tensor_on_tape(const lunet_tensor *t);
 LUNET_API void lunet_tensor_zero_grad(lunet_tensor *t);
 /* Runs the tape backward from `t` (a scalar, or any tensor with `grad_out`). */
 LUNET_API lunet_status lunet_backward(lunet_ctx *ctx, lunet_tensor *t, lunet_tensor *grad_out);

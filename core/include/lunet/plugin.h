@@ -128,6 +128,10 @@ typedef struct lunet_layer_test {
 /* The layer runs in inference mode while frozen (trainable = false), as
  * Keras's BatchNormalization does. */
 #define LUNET_LAYER_FROZEN_INFERENCE 2u
+/* The layer runs code of the host language (nn.Lambda's Lua function): a
+ * model holding it cannot be saved, and it runs on one thread at a time
+ * (a second concurrent call is an error naming the layer). */
+#define LUNET_LAYER_HOST_CODE 4u
 
 /* One call of a layer: its saved state, its context, the gradients of its
  * weights.  Made and owned by the core. */
