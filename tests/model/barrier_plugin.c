@@ -115,9 +115,64 @@ static const lunet_layer_type count = {
     .backward = barrier_backward,
 };
 
-static const lunet_layer_type *const types[] = {&barrier, &serial_barrier, &count};
+/* "MaskNonzero": the identity, whose output mask marks x != 0 (as an
+ * Embedding with mask_zero marks padding); "ApplyMask": y = x * mask of its
+ * input (1 where there is no mask), so a mask's way through a graph shows. */
+static lunet_status mask_nonzero(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                                 lunet_tensor **mask_out) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  lunet_tensor *zero = lunet_op_new(ctx, x[0], LUNET_F32, 0, NULL);
+  if (!zero || lunet_op_fill(ctx, zero, 0.0f)) {
+    lunet_tensor_release(zero);
+    return lunet_ctx_status(ctx);
+  }
+  lunet_tensor *eq = lunet_op_binary(ctx, LUNET_BINARY_EQ, x[0], zero);
+  lunet_tensor_release(zero);
+  mask_out[0] = eq ? lunet_op_unary(ctx, LUNET_UNARY_AFFINE, eq, -1.0f, 1.0f) : NULL; /* 1 - (x == 0) */
+  lunet_tensor_release(eq);
+  return mask_out[0] ? LUNET_OK : lunet_ctx_status(ctx);
+}
+
+static lunet_status identity_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                                     lunet_tensor **y, bool training) {
+  *y = lunet_tensor_retain(x[0]);
+  return LUNET_OK;
+}
+
+static lunet_status apply_mask_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                                       lunet_tensor **y, bool training) {
+  lunet_tensor *m = lunet_call_mask(c, 0);
+  *y = m ? lunet_op_binary(lunet_call_ctx(c), LUNET_BINARY_MUL, x[0], m) : lunet_tensor_retain(x[0]);
+  return *y ? LUNET_OK : lunet_ctx_status(lunet_call_ctx(c));
+}
+
+static const lunet_layer_type mask_nonzero_type = {
+    .struct_size = sizeof(lunet_layer_type),
+    .name = "MaskNonzero",
+    .doc = "identity whose output mask marks nonzero inputs (a test of masks)",
+    .args = barrier_args,
+    .nargs = 1,
+    .build = barrier_build,
+    .forward = identity_forward,
+    .backward = barrier_backward,
+    .compute_mask = mask_nonzero,
+};
+
+static const lunet_layer_type apply_mask_type = {
+    .struct_size = sizeof(lunet_layer_type),
+    .name = "ApplyMask",
+    .doc = "x times its input's mask (a test of masks)",
+    .args = barrier_args,
+    .nargs = 1,
+    .build = barrier_build,
+    .forward = apply_mask_forward,
+    .backward = barrier_backward,
+};
+
+static const lunet_layer_type *const types[] = {&barrier, &serial_barrier, &count, &mask_nonzero_type,
+                                                &apply_mask_type};
 static const lunet_plugin_desc desc = {LUNET_PLUGIN_ABI_MAJOR, LUNET_PLUGIN_ABI_MINOR,
-                                       sizeof(lunet_plugin_desc), "barrier", "1", types, 3};
+                                       sizeof(lunet_plugin_desc), "barrier", "1", types, 5};
 
 __attribute__((visibility("default"))) const lunet_plugin_desc *lunet_plugin_entry(void) {
   return &desc;

@@ -388,6 +388,40 @@ START_TEST(test_a_kept_call_record_persists) {
 }
 END_TEST
 
+/* Masks travel with the values through a model: MaskNonzero makes one,
+ * Dense passes it on (no compute_mask: the first input's mask), ApplyMask
+ * zeroes what it marks.  Dense's kernel is set to the identity. */
+START_TEST(test_masks_flow_through_the_graph) {
+  ck_assert_int_eq(lunet_load_plugin(ctx, TEST_PLUGIN_DIR "/test_barrier_plugin.so"), LUNET_OK);
+  lunet_model *m = lunet_model_new(ctx, "masks");
+  int64_t shape = 2;
+  int v = lunet_model_input(ctx, m, "x", 1, &shape);
+  lunet_layer *mk = lunet_layer_new(ctx, lunet_layer_type_find(ctx, "MaskNonzero"));
+  lunet_layer *d = dense(2, NULL), *ap = lunet_layer_new(ctx, lunet_layer_type_find(ctx, "ApplyMask"));
+  v = lunet_model_add(ctx, m, mk, 1, &v);
+  v = lunet_model_add(ctx, m, d, 1, &v);
+  v = lunet_model_add(ctx, m, ap, 1, &v);
+  ck_assert_int_eq(lunet_model_set_outputs(ctx, m, 1, &v), LUNET_OK);
+  float w[4] = {0, 1, 1, 0}, b[2] = {5, 5}; /* swaps the two features, adds 5 */
+  lunet_tensor_write(ctx, lunet_layer_weight(d, 0), w, sizeof w);
+  lunet_tensor_write(ctx, lunet_layer_weight(d, 1), b, sizeof b);
+  float xs[4] = {0, 3, 2, 0}, out[4];
+  int64_t xshape[2] = {2, 2};
+  lunet_tensor *x = lunet_tensor_from_data(ctx, LUNET_F32, 2, xshape, xs), *y = NULL;
+  ck_assert_int_eq(lunet_model_predict(ctx, m, 1, &x, &y), LUNET_OK);
+  lunet_tensor_read(ctx, y, out, sizeof out);
+  /* dense gives {8, 5}, {5, 7}; the mask of x, {0, 1}, {1, 0}, keeps 5 and 5 */
+  float want[4] = {0, 5, 5, 0};
+  for (int i = 0; i < 4; i++) ck_assert_float_eq(out[i], want[i]);
+  lunet_tensor_release(x);
+  lunet_tensor_release(y);
+  lunet_layer_release(mk);
+  lunet_layer_release(d);
+  lunet_layer_release(ap);
+  lunet_model_release(m);
+}
+END_TEST
+
 START_TEST(test_plugins_of_other_abis_are_refused) {
   ck_assert_int_eq(lunet_load_plugin(ctx, TEST_PLUGIN_DIR "/test_abi_plugin_1_0.so"), LUNET_ERR_ABI);
   ck_assert_msg(strstr(lunet_ctx_error(ctx), "was built for plugin ABI 1.0") &&
@@ -432,6 +466,7 @@ static Suite *model_suite(void) {
   tcase_add_test(tc, test_plugins_of_other_abis_are_refused);
   tcase_add_test(tc, test_host_code_layers_run_one_call_at_a_time);
   tcase_add_test(tc, test_a_kept_call_record_persists);
+  tcase_add_test(tc, test_masks_flow_through_the_graph);
   tcase_add_test(tc, test_check_layer_type_from_c);
   suite_add_tcase(s, tc);
   return s;
