@@ -61,6 +61,7 @@ struct lunet_call {
   lunet_tensor *pending[MAX_WEIGHTS];      /* weight gradients of the running backward */
   lunet_tensor *dys[LUNET_LAYER_MAX_OUTPUTS]; /* several outputs: their gradients */
   bool wgrad[MAX_WEIGHTS]; /* the weights whose gradients this call's node gives */
+  bool recording;          /* the core records this call */
   bool backward_done;
 };
 
@@ -357,6 +358,35 @@ static float truncated_normal(uint64_t seed, uint64_t *c) {
   }
 }
 
+/* Keras's Orthogonal (gain 1): the weight seen as (rows, cols) = (all but
+ * the last axis, the last axis) gets orthonormal rows or columns, whichever
+ * are fewer: Gram-Schmidt on a standard normal (max, min) matrix, its
+ * orthonormal columns transposed when rows < cols. */
+static bool orthogonal(float *v, int ndim, const int64_t *shape, uint64_t seed, uint64_t c) {
+  int64_t cols = ndim ? shape[ndim - 1] : 1, rows = 1;
+  for (int i = 0; i + 1 < ndim; i++) rows *= shape[i];
+  int64_t n = rows > cols ? rows : cols, k = rows > cols ? cols : rows;
+  double *q = malloc(sizeof(double) * (size_t)(n * k));
+  if (!q) return false;
+  for (int64_t i = 0; i < n * k; i++) q[i] = normal(seed, c + (uint64_t)i); /* q[r * k + j] */
+  for (int64_t j = 0; j < k; j++) {
+    for (int64_t p = 0; p < j; p++) {
+      double dot = 0;
+      for (int64_t r = 0; r < n; r++) dot += q[r * k + j] * q[r * k + p];
+      for (int64_t r = 0; r < n; r++) q[r * k + j] -= dot * q[r * k + p];
+    }
+    double norm = 0;
+    for (int64_t r = 0; r < n; r++) norm += q[r * k + j] * q[r * k + j];
+    norm = sqrt(norm) > 1e-12 ? sqrt(norm) : 1;
+    for (int64_t r = 0; r < n; r++) q[r * k + j] /= norm;
+  }
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t col = 0; col < cols; col++)
+      v[r * cols + col] = (float)(rows >= cols ? q[r * k + col] : q[col * k + r]);
+  free(q);
+  return true;
+}
+
 static lunet_status init_values(lunet_layer *l, const char *init, float *v, int ndim,
                                 const int64_t *shape, int64_t n) {
   int64_t rec = 1;
@@ -381,10 +411,14 @@ static lunet_status init_values(lunet_layer *l, const char *init, float *v, int 
                                   : 1.0 / fan_in;
     float sd = (float)(sqrt(var) / 0.87962566103423978);
     for (int64_t i = 0; i < n; i++) v[i] = sd * truncated_normal(seed, &c);
+  } else if (!strcmp(init, "orthogonal")) {
+    if (!orthogonal(v, ndim, shape, seed, c))
+      return lunet_layer_error(l, LUNET_ERR_NOMEM, "out of host memory initializing a weight");
   } else {
     return lunet_layer_error(l, LUNET_ERR_ARG,
                              "unknown initializer '%s' (valid: glorot_uniform, glorot_normal, "
-                             "he_uniform, he_normal, lecun_uniform, lecun_normal, zeros, ones)",
+                             "he_uniform, he_normal, lecun_uniform, lecun_normal, orthogonal, zeros, "
+                             "ones)",
                              init);
   }
   return LUNET_OK;
@@ -646,6 +680,7 @@ lunet_tensor *lunet_call_mask(lunet_call *c, int i) {
   return i >= 0 && i < LUNET_LAYER_MAX_INPUTS ? c->mask[i] : NULL;
 }
 int lunet_call_input_count(const lunet_call *c) { return c->nin; }
+bool lunet_call_recording(const lunet_call *c) { return c->recording; }
 bool lunet_call_needs_dx(const lunet_call *c, int i) {
   return i >= 0 && i < c->nin && c->need_dx[i];
 }
@@ -909,6 +944,7 @@ lunet_status lunet_layer_apply(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep,
   for (int i = 0; i < l->nweights; i++)
     if ((c->wgrad[i] = lunet_layer_weight_trainable(l, i))) inputs[ninputs++] = l->w[i].t;
   bool grad = lunet_needs_grad(ctx, ninputs, inputs);
+  c->recording = grad;
   /* a frozen BatchNormalization runs in inference mode, as in Keras */
   if (l->frozen && (l->type->flags & LUNET_LAYER_FROZEN_INFERENCE)) training = false;
   if (!enter(ctx, l)) {

@@ -18,15 +18,26 @@ usage: %s [options]
   -h, --help          this text]]
 
 -- Parses `argv` into a table; defaults = {epochs =, batch_size =, augment =}.
-function M.parse(argv, defaults, prog)
+-- extra: a recipe's own options, {{"--text", "text", "PATH", "doc", default}, ...}
+-- (string values).
+function M.parse(argv, defaults, prog, extra)
   local o = { epochs = defaults.epochs, batch_size = defaults.batch_size, augment = defaults.augment, seed = 1 }
   local function text()
+    local lines = {}
+    for _, e in ipairs(extra or {}) do
+      lines[#lines + 1] = string.format("\n  %-19s %s%s", e[1] .. " " .. e[3], e[4],
+        e[5] and (" (default " .. e[5] .. ")") or "")
+    end
     return string.format(usage, prog, defaults.epochs, defaults.batch_size,
-      defaults.augment and " (default)" or "", defaults.augment and "" or " (default)")
+      defaults.augment and " (default)" or "", defaults.augment and "" or " (default)") .. table.concat(lines)
   end
   local numeric = { ["--epochs"] = "epochs", ["--batch-size"] = "batch_size", ["--limit"] = "limit",
     ["--seed"] = "seed", ["--threads"] = "threads", ["--verbose"] = "verbose" }
   local strings = { ["--backend"] = "backend", ["--data"] = "data", ["--sha256"] = "sha256", ["--save"] = "save" }
+  for _, e in ipairs(extra or {}) do
+    strings[e[1]] = e[2]
+    o[e[2]] = e[5]
+  end
   local i = 1
   while i <= #argv do
     local a = argv[i]

@@ -20,6 +20,7 @@ static const lunet_layer_type *const layer_types[] = {
     &layers_concatenate,
     &layers_reshape,
     &layers_permute,
+    &layers_lstm,
 };
 
 static const lunet_plugin_desc layers_plugin = {

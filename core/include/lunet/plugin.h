@@ -206,8 +206,8 @@ LUNET_API void lunet_layer_get_int2(const lunet_layer *l, const char *arg, int64
 LUNET_API int lunet_layer_get_shape(const lunet_layer *l, const char *arg, int64_t *out, int max);
 
 /* Declares a weight; initializer: "glorot_uniform", "glorot_normal",
- * "he_uniform", "he_normal", "lecun_uniform", "lecun_normal", "zeros",
- * "ones".  Returns its index, or -1 with the error set. */
+ * "he_uniform", "he_normal", "lecun_uniform", "lecun_normal", "orthogonal",
+ * "zeros", "ones".  Returns its index, or -1 with the error set. */
 LUNET_API int lunet_layer_add_weight(lunet_layer *l, const char *name, int ndim,
                                      const int64_t *shape, const char *initializer, bool trainable);
 LUNET_API lunet_tensor *lunet_layer_weight(lunet_layer *l, int index); /* borrowed */
@@ -221,6 +221,10 @@ LUNET_API void *lunet_call_state(lunet_call *c);
 LUNET_API lunet_tensor *lunet_call_mask(lunet_call *c, int i);
 /* The number of inputs of this call. */
 LUNET_API int lunet_call_input_count(const lunet_call *c);
+/* In forward: whether the core records this call on the tape (a backward
+ * may follow); a layer that keeps a graph of its own for backward needs
+ * one only then. */
+LUNET_API bool lunet_call_recording(const lunet_call *c);
 /* In backward: whether input i needs its gradient. */
 LUNET_API bool lunet_call_needs_dx(const lunet_call *c, int i);
 /* In backward: adds g to weight `index`'s gradient of this call.  g is

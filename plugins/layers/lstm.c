@@ -1,0 +1,258 @@
+/*
+ * LSTM (Keras's): x (N, T, D) -> the last h (N, units), or every h
+ * (N, T, units) with return_sequences.  Weights in Keras's layout, gates in
+ * Keras's (and PyTorch's) order i, f, c, o: kernel (D, 4u), recurrent_kernel
+ * (u, 4u), bias (4u).  PyTorch's weight_ih_l0 is kernel transposed,
+ * weight_hh_l0 recurrent_kernel transposed, and bias_ih_l0 + bias_hh_l0
+ * is bias.
+ *
+ * For each step t:  z = x_t kernel + h recurrent_kernel + bias,
+ *   i = rec_act(z_i), f = rec_act(z_f), g = act(z_c), o = rec_act(z_o),
+ *   c = f * c + i * g,  h = o * act(c).
+ * Forward builds that unrolled graph on the tape from the core's
+ * differentiable ops, over detached views of the inputs and weights; backward
+ * runs the tape back from dy and hands over what reached those views.  One
+ * matrix product covers the input projection of every step.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "layers.h"
+
+enum { KERNEL = 0, RECURRENT = 1, BIAS = 2 };
+
+typedef struct lstm_state {
+  lunet_tensor *x, *w[3]; /* detached views the graph starts from */
+  lunet_tensor *y;        /* the graph's output (on the tape) */
+} lstm_state;
+
+#define LSTM_ACTIVATIONS "tanh|sigmoid|relu|linear"
+#define LSTM_INITIALIZERS LAYERS_INITIALIZERS "|orthogonal"
+
+static const lunet_arg_schema lstm_args[] = {
+    {"units", LUNET_ARG_INT, LUNET_ARG_REQUIRED, .doc = "size of the state h (and c)"},
+    {"activation", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "tanh"},
+     .doc = "activation of the candidate and of the cell on output", .choices = LSTM_ACTIVATIONS},
+    {"recurrent_activation", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "sigmoid"},
+     .doc = "activation of the gates i, f, o", .choices = LSTM_ACTIVATIONS},
+    {"use_bias", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = true}, .doc = "add a bias (4 units)"},
+    {"return_sequences", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = false},
+     .doc = "return h of every step (N, T, units), not only the last (N, units)"},
+    {"kernel_initializer", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "glorot_uniform"},
+     .doc = "initializer of the kernel (D, 4 units)", .choices = LSTM_INITIALIZERS},
+    {"recurrent_initializer", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "orthogonal"},
+     .doc = "initializer of the recurrent kernel (units, 4 units)", .choices = LSTM_INITIALIZERS},
+    {"unit_forget_bias", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = true},
+     .doc = "start the forget gate's bias at 1 (the rest of the bias at 0)"},
+    LAYERS_ARG_INPUT_SHAPE,
+    LAYERS_ARG_NAME,
+};
+
+static lunet_status lstm_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
+  int64_t u = lunet_layer_get_int(l, "units");
+  if (u <= 0) return lunet_layer_error(l, LUNET_ERR_ARG, "units must be positive, got %lld", (long long)u);
+  if (in[0].ndim != 2) return layers_rank_error(l, "2 (timesteps, features)", &in[0]);
+  int64_t k[2] = {in[0].dims[1], 4 * u}, r[2] = {u, 4 * u}, b = 4 * u;
+  if (lunet_layer_add_weight(l, "kernel", 2, k, lunet_layer_get_string(l, "kernel_initializer"), true) < 0 ||
+      lunet_layer_add_weight(l, "recurrent_kernel", 2, r,
+                             lunet_layer_get_string(l, "recurrent_initializer"), true) < 0)
+    return layers_failed(l);
+  if (lunet_layer_get_bool(l, "use_bias")) {
+    int i = lunet_layer_add_weight(l, "bias", 1, &b, "zeros", true);
+    if (i < 0) return layers_failed(l);
+    if (lunet_layer_get_bool(l, "unit_forget_bias")) {
+      float *v = calloc((size_t)b, sizeof *v);
+      if (!v) return lunet_layer_error(l, LUNET_ERR_NOMEM, "out of host memory");
+      for (int64_t k = u; k < 2 * u; k++) v[k] = 1.0f;
+      lunet_status s = lunet_tensor_write(lunet_layer_ctx(l), lunet_layer_weight(l, i), v, sizeof *v * (size_t)b);
+      free(v);
+      if (s) return layers_failed(l);
+    }
+  }
+  out[0].ndim = lunet_layer_get_bool(l, "return_sequences") ? 2 : 1;
+  out[0].dims[0] = out[0].ndim == 2 ? in[0].dims[0] : u;
+  out[0].dims[1] = u;
+  return LUNET_OK;
+}
+
+static lunet_unary_op act_op(const char *name) {
+  return !strcmp(name, "sigmoid") ? LUNET_UNARY_SIGMOID
+         : !strcmp(name, "relu")  ? LUNET_UNARY_RELU
+         : !strcmp(name, "linear") ? LUNET_UNARY_AFFINE
+                                   : LUNET_UNARY_TANH;
+}
+
+/* act(x) on the tape ("linear" is 1 * x + 0). */
+static lunet_tensor *act(lunet_ctx *ctx, lunet_unary_op op, lunet_tensor *x) {
+  return lunet_unary(ctx, op, x, op == LUNET_UNARY_AFFINE ? 1.0f : 0.0f, 0.0f);
+}
+
+/* z[:, k*u:(k+1)*u] of z (N, 4u), on the tape. */
+static lunet_tensor *gate(lunet_ctx *ctx, lunet_tensor *z, int64_t n, int64_t u, int k) {
+  int64_t start[2] = {0, k * u}, stop[2] = {n, (k + 1) * u}, step[2] = {1, 1};
+  return lunet_slice(ctx, z, start, stop, step);
+}
+
+/* a * b + c * d, on the tape; releases nothing. */
+static lunet_tensor *mul_add(lunet_ctx *ctx, lunet_tensor *a, lunet_tensor *b, lunet_tensor *c,
+                             lunet_tensor *d) {
+  lunet_tensor *p = lunet_mul(ctx, a, b), *q = p ? lunet_mul(ctx, c, d) : NULL;
+  lunet_tensor *s = q ? lunet_add(ctx, p, q) : NULL;
+  layers_release(p);
+  layers_release(q);
+  return s;
+}
+
+/* One step from zt (N, 4u): the new h and c (new references). */
+static lunet_status step(lunet_ctx *ctx, lunet_tensor *zt, lunet_tensor **h, lunet_tensor **c,
+                         int64_t n, int64_t u, lunet_unary_op a, lunet_unary_op ra) {
+  lunet_tensor *zs[4] = {0}, *g[4] = {0}, *cn = NULL, *ac = NULL, *hn = NULL;
+  lunet_status s = LUNET_OK;
+  for (int k = 0; !s && k < 4; k++) {
+    zs[k] = gate(ctx, zt, n, u, k);
+    g[k] = zs[k] ? act(ctx, k == 2 ? a : ra, zs[k]) : NULL;
+    if (!g[k]) s = lunet_ctx_status(ctx);
+  }
+  if (!s) cn = *c ? mul_add(ctx, g[1], *c, g[0], g[2]) : lunet_mul(ctx, g[0], g[2]);
+  if (cn) ac = act(ctx, a, cn);
+  if (ac) hn = lunet_mul(ctx, g[3], ac);
+  if (!hn && !s) s = lunet_ctx_status(ctx);
+  for (int k = 0; k < 4; k++) {
+    layers_release(zs[k]);
+    layers_release(g[k]);
+  }
+  layers_release(ac);
+  if (s) {
+    layers_release(cn);
+    layers_release(hn);
+    return s;
+  }
+  layers_set(h, hn);
+  layers_set(c, cn);
+  return LUNET_OK;
+}
+
+/* The unrolled graph over st's views: y (N, u) or (N, T, u). */
+static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, lstm_state *st) {
+  int64_t n = lunet_tensor_dim(st->x, 0), t = lunet_tensor_dim(st->x, 1), d = lunet_tensor_dim(st->x, 2);
+  int64_t u = lunet_layer_get_int(l, "units");
+  bool seq = lunet_layer_get_bool(l, "return_sequences");
+  lunet_unary_op a = act_op(lunet_layer_get_string(l, "activation"));
+  lunet_unary_op ra = act_op(lunet_layer_get_string(l, "recurrent_activation"));
+  /* the input projection of every step at once: (N*T, D) kernel + bias */
+  int64_t flat[2] = {n * t, d}, zshape[3] = {n, t, 4 * u}, step2[2] = {n, 4 * u};
+  lunet_tensor *x2 = lunet_reshape(ctx, st->x, 2, flat);
+  lunet_tensor *xw = x2 ? lunet_matmul(ctx, x2, st->w[KERNEL]) : NULL;
+  if (xw && st->w[BIAS]) layers_set(&xw, lunet_add(ctx, xw, st->w[BIAS]));
+  lunet_tensor *z3 = xw ? lunet_reshape(ctx, xw, 3, zshape) : NULL;
+  layers_release(x2);
+  layers_release(xw);
+  lunet_tensor *h = NULL, *c = NULL, **hs = NULL, *y = NULL;
+  bool ok = z3 != NULL;
+  if (ok && seq) ok = (hs = calloc((size_t)t, sizeof *hs)) != NULL;
+  for (int64_t s = 0; ok && s < t; s++) {
+    int64_t start[3] = {0, s, 0}, stop[3] = {n, s + 1, 4 * u}, one[3] = {1, 1, 1};
+    lunet_tensor *zs = lunet_slice(ctx, z3, start, stop, one);
+    lunet_tensor *zt = zs ? lunet_reshape(ctx, zs, 2, step2) : NULL;
+    layers_release(zs);
+    if (zt && h) {
+      lunet_tensor *hr = lunet_matmul(ctx, h, st->w[RECURRENT]);
+      layers_set(&zt, hr ? lunet_add(ctx, zt, hr) : NULL);
+      layers_release(hr);
+    }
+    ok = zt && step(ctx, zt, &h, &c, n, u, a, ra) == LUNET_OK;
+    layers_release(zt);
+    if (ok && seq) {
+      int64_t hshape[3] = {n, 1, u};
+      ok = (hs[s] = lunet_reshape(ctx, h, 3, hshape)) != NULL;
+    }
+  }
+  if (ok) y = seq ? lunet_concat(ctx, hs, (int)t, 1) : lunet_tensor_retain(h);
+  for (int64_t s = 0; hs && s < t; s++) layers_release(hs[s]);
+  free(hs);
+  layers_release(z3);
+  layers_release(h);
+  layers_release(c);
+  return y;
+}
+
+static int nweights(const lunet_layer *l) { return lunet_layer_get_bool(l, "use_bias") ? 3 : 2; }
+
+static void lstm_release(lunet_layer *l, lunet_call *c) {
+  lstm_state *st = lunet_call_state(c);
+  layers_set(&st->x, NULL);
+  for (int i = 0; i < 3; i++) layers_set(&st->w[i], NULL);
+  layers_set(&st->y, NULL);
+}
+
+static lunet_status lstm_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                                 lunet_tensor **y, bool training) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  lstm_state *st = lunet_call_state(c);
+  lstm_release(l, c);
+  if (lunet_call_mask(c, 0))
+    return lunet_call_error(c, LUNET_ERR_ARG,
+                            "masked input is not supported yet (the steps a mask hides would "
+                            "change the state)");
+  bool record = lunet_call_recording(c);
+  if (!(st->x = lunet_detach(ctx, x[0]))) return layers_call_failed(c);
+  lunet_tensor_set_requires_grad(st->x, record);
+  for (int i = 0; i < nweights(l); i++) {
+    if (!(st->w[i] = lunet_detach(ctx, lunet_layer_weight(l, i)))) return layers_call_failed(c);
+    lunet_tensor_set_requires_grad(st->w[i], record);
+  }
+  bool prev = lunet_set_grad_enabled(ctx, record);
+  st->y = unroll(l, ctx, st);
+  lunet_set_grad_enabled(ctx, prev);
+  if (!st->y) return layers_call_failed(c);
+  /* the caller gets a view off the inner tape; the tape stays for backward */
+  *y = lunet_detach(ctx, st->y);
+  if (!record) layers_set(&st->y, NULL);
+  return *y ? LUNET_OK : layers_call_failed(c);
+}
+
+static lunet_status lstm_backward(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy,
+                                  lunet_tensor **dx) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  lstm_state *st = lunet_call_state(c);
+  if (!st->y) return layers_no_forward(c);
+  bool prev = lunet_set_grad_enabled(ctx, false);
+  lunet_status s = lunet_backward(ctx, st->y, dy[0]);
+  lunet_set_grad_enabled(ctx, prev);
+  if (s) return s;
+  for (int i = 0; !s && i < nweights(l); i++) {
+    lunet_tensor *g = lunet_tensor_grad_get(st->w[i]);
+    if (g) s = lunet_call_accumulate_grad(c, i, g);
+  }
+  if (!s && lunet_call_needs_dx(c, 0)) {
+    lunet_tensor *g = lunet_tensor_grad_get(st->x);
+    dx[0] = g ? lunet_tensor_retain(g) : NULL;
+  }
+  lstm_release(l, c);
+  return s;
+}
+
+static const lunet_layer_test lstm_tests[] = {
+    {LAYERS_ARGS({"units", {.i = 3}}), LAYERS_INPUTS({2, {4, 2}}), 2, 1e-2f},
+    {LAYERS_ARGS({"units", {.i = 2}}, {"return_sequences", {.b = true}}), LAYERS_INPUTS({2, {3, 3}}), 2,
+     1e-2f},
+    {LAYERS_ARGS({"units", {.i = 2}}, {"use_bias", {.b = false}}, {"activation", {.s = "relu"}}),
+     LAYERS_INPUTS({2, {2, 2}}), 3, 1e-2f},
+};
+
+LAYERS_HIDDEN const lunet_layer_type layers_lstm = {
+    .struct_size = sizeof(lunet_layer_type),
+    .name = "LSTM",
+    .doc = "Long short-term memory over (N, T, D): the last h, or every h with return_sequences",
+    .args = lstm_args,
+    .nargs = sizeof lstm_args / sizeof lstm_args[0],
+    .positional = 1,
+    .flags = LUNET_LAYER_OWNS_ACTIVATION,
+    .call_state_size = sizeof(lstm_state),
+    .build = lstm_build,
+    .forward = lstm_forward,
+    .backward = lstm_backward,
+    .release = lstm_release,
+    .tests = lstm_tests,
+    .ntests = sizeof lstm_tests / sizeof lstm_tests[0],
+};
