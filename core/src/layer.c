@@ -396,6 +396,8 @@ static lunet_status init_values(lunet_layer *l, const char *init, float *v, int 
   uint64_t seed = l->ctx->seed, c = lunet_rng_take(l->ctx, (uint64_t)n * 4);
   if (!strcmp(init, "zeros") || !strcmp(init, "ones")) {
     for (int64_t i = 0; i < n; i++) v[i] = init[0] == 'o' ? 1.0f : 0.0f;
+  } else if (!strcmp(init, "uniform")) { /* Keras's "uniform": U(-0.05, 0.05) */
+    for (int64_t i = 0; i < n; i++) v[i] = 0.05f * (2.0f * lunet_philox_uniform(seed, c + i) - 1.0f);
   } else if (!strcmp(init, "glorot_uniform") || !strcmp(init, "he_uniform") ||
              !strcmp(init, "lecun_uniform")) {
     double scale = init[0] == 'g'   ? 6.0 / (fan_in + fan_out)
@@ -417,8 +419,8 @@ static lunet_status init_values(lunet_layer *l, const char *init, float *v, int 
   } else {
     return lunet_layer_error(l, LUNET_ERR_ARG,
                              "unknown initializer '%s' (valid: glorot_uniform, glorot_normal, "
-                             "he_uniform, he_normal, lecun_uniform, lecun_normal, orthogonal, zeros, "
-                             "ones)",
+                             "he_uniform, he_normal, lecun_uniform, lecun_normal, orthogonal, uniform, "
+                             "zeros, ones)",
                              init);
   }
   return LUNET_OK;

@@ -62,6 +62,7 @@ extern LAYERS_HIDDEN const lunet_layer_type layers_concatenate;
 extern LAYERS_HIDDEN const lunet_layer_type layers_reshape;
 extern LAYERS_HIDDEN const lunet_layer_type layers_permute;
 extern LAYERS_HIDDEN const lunet_layer_type layers_lstm;
+extern LAYERS_HIDDEN const lunet_layer_type layers_embedding;
 
 /* Drops one reference; NULL is allowed, so cleanup paths need no checks. */
 static inline void layers_release(lunet_tensor *t) {

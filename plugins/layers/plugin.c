@@ -21,6 +21,7 @@ static const lunet_layer_type *const layer_types[] = {
     &layers_reshape,
     &layers_permute,
     &layers_lstm,
+    &layers_embedding,
 };
 
 static const lunet_plugin_desc layers_plugin = {

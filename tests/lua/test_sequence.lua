@@ -49,4 +49,62 @@ function T.lstm_defaults_are_keras()
   check.fails(function() nn.LSTM{0} end, "units must be positive")
 end
 
+-- Embedding: rows of the table by hand, the table's gradient as the sum of
+-- dy over each id's positions by hand, and the errors.
+function T.embedding_looks_up_and_accumulates_by_id()
+  nn.seed(5)
+  local emb = nn.Embedding{5, 3, input_shape = {4}}
+  local table_ = emb:get_weights()[1]:totable()
+  for _, row in ipairs(table_) do
+    for _, v in ipairs(row) do assert(v >= -0.05 and v <= 0.05, "Keras's uniform(-0.05, 0.05)") end
+  end
+  local ids = {{0, 3, 3, 1}, {4, 0, 2, 3}}
+  local y = emb(nn.tensor(ids), true)
+  local want = {}
+  for i, row in ipairs(ids) do
+    want[i] = {}
+    for t, id in ipairs(row) do want[i][t] = table_[id + 1] end
+  end
+  check.same_table(y:totable(), want, 0, "rows of the table")
+  local r = nn.randn(2, 4, 3)
+  ;(y * r):sum():backward()
+  local rv, grad = r:totable(), {}
+  for id = 1, 5 do grad[id] = {0, 0, 0} end
+  for i, row in ipairs(ids) do
+    for t, id in ipairs(row) do
+      for k = 1, 3 do grad[id + 1][k] = grad[id + 1][k] + rv[i][t][k] end
+    end
+  end
+  check.same_table(emb:weights()[1].tensor.grad:totable(), grad, 1e-6, "gradient: dy summed per id")
+  check.fails(function() emb(nn.tensor{{0, 7, 1, 1}}) end,
+    "embedding: id 7 at flat position 1 is outside [0, 5) (input_dim is 5")
+  check.fails(function() emb(nn.tensor{{0, 1.5, 1, 1}}) end, "ids must be whole numbers")
+  -- mask_zero makes a mask, which the LSTM does not take yet: an error, not a silent result
+  local m = nn.Sequential{nn.Embedding{5, 3, mask_zero = true, input_shape = {4}}, nn.LSTM{2}}
+  check.fails(function() m:predict(nn.tensor(ids)) end, "masked input is not supported yet")
+end
+
+-- Embedding -> LSTM -> Dense learns which of two tokens occurs more often.
+function T.embedding_lstm_classifier_learns()
+  nn.seed(8)
+  local n, len = 256, 8
+  local xs, ys = {}, {}
+  for i = 1, n do
+    local row, ones, twos = {}, 0, 0
+    for t = 1, len do
+      local tok = 1 + math.floor(nn._C.philox(77, i * 100 + t) * 3) -- 1, 2 or 3
+      row[t] = tok
+      if tok == 1 then ones = ones + 1 elseif tok == 2 then twos = twos + 1 end
+    end
+    xs[i], ys[i] = row, ones > twos and 1 or 0
+  end
+  local x, y = nn.tensor(xs), nn.tensor(ys)
+  local m = nn.Sequential{nn.Embedding{4, 8, input_shape = {len}}, nn.LSTM{16}, nn.Dense{2, activation = "softmax"}}
+  m:compile{optimizer = nn.optimizers.Adam{learning_rate = 0.02}, loss = "sparse_categorical_crossentropy",
+    metrics = {"accuracy"}}
+  m:fit(x, y, {epochs = 25, batch_size = 32, verbose = 0})
+  local acc = m:evaluate(x, y).accuracy
+  assert(acc > 0.9, "accuracy " .. acc)
+end
+
 check.run(T)
