@@ -12,7 +12,9 @@
  * Forward builds that unrolled graph on the tape from the core's
  * differentiable ops, over detached views of the inputs and weights; backward
  * runs the tape back from dy and hands over what reached those views.  One
- * matrix product covers the input projection of every step.
+ * matrix product covers the input projection of every step.  With an input
+ * mask (N, T) (Embedding's mask_zero), a masked step keeps h and c, as in
+ * Keras; with return_sequences the output keeps the mask.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +26,7 @@ enum { KERNEL = 0, RECURRENT = 1, BIAS = 2 };
 typedef struct lstm_state {
   lunet_tensor *x, *w[3]; /* detached views the graph starts from */
   lunet_tensor *y;        /* the graph's output (on the tape) */
+  lunet_tensor *mask;     /* (N, T) 1 where a step counts, or NULL */
 } lstm_state;
 
 #define LSTM_ACTIVATIONS "tanh|sigmoid|relu|linear"
@@ -103,9 +106,22 @@ static lunet_tensor *mul_add(lunet_ctx *ctx, lunet_tensor *a, lunet_tensor *b, l
   return s;
 }
 
-/* One step from zt (N, 4u): the new h and c (new references). */
+/* new * m + old * (1 - m): a masked step keeps the old state (m (N, 1)). */
+static lunet_tensor *keep_masked(lunet_ctx *ctx, lunet_tensor *new_, lunet_tensor *old, lunet_tensor *m) {
+  lunet_tensor *kept = lunet_mul(ctx, new_, m);
+  if (!kept || !old) return kept;
+  lunet_tensor *inv = lunet_unary(ctx, LUNET_UNARY_AFFINE, m, -1.0f, 1.0f);
+  lunet_tensor *o = inv ? lunet_mul(ctx, old, inv) : NULL, *sum = o ? lunet_add(ctx, kept, o) : NULL;
+  layers_release(kept);
+  layers_release(inv);
+  layers_release(o);
+  return sum;
+}
+
+/* One step from zt (N, 4u): the new h and c (new references); m (N, 1) the
+ * step's mask or NULL. */
 static lunet_status step(lunet_ctx *ctx, lunet_tensor *zt, lunet_tensor **h, lunet_tensor **c,
-                         int64_t n, int64_t u, lunet_unary_op a, lunet_unary_op ra) {
+                         int64_t n, int64_t u, lunet_unary_op a, lunet_unary_op ra, lunet_tensor *m) {
   lunet_tensor *zs[4] = {0}, *g[4] = {0}, *cn = NULL, *ac = NULL, *hn = NULL;
   lunet_status s = LUNET_OK;
   for (int k = 0; !s && k < 4; k++) {
@@ -122,6 +138,12 @@ static lunet_status step(lunet_ctx *ctx, lunet_tensor *zt, lunet_tensor **h, lun
     layers_release(g[k]);
   }
   layers_release(ac);
+  if (!s && m) {
+    lunet_tensor *hm = keep_masked(ctx, hn, *h, m), *cm = hm ? keep_masked(ctx, cn, *c, m) : NULL;
+    layers_set(&hn, hm);
+    layers_set(&cn, cm);
+    if (!hn || !cn) s = lunet_ctx_status(ctx);
+  }
   if (s) {
     layers_release(cn);
     layers_release(hn);
@@ -160,7 +182,13 @@ static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, lstm_state *st) {
       layers_set(&zt, hr ? lunet_add(ctx, zt, hr) : NULL);
       layers_release(hr);
     }
-    ok = zt && step(ctx, zt, &h, &c, n, u, a, ra) == LUNET_OK;
+    lunet_tensor *mt = NULL;
+    if (zt && st->mask) {
+      int64_t ms[2] = {0, s}, me[2] = {n, s + 1}, m1[2] = {1, 1};
+      mt = lunet_slice(ctx, st->mask, ms, me, m1);
+    }
+    ok = zt && (!st->mask || mt) && step(ctx, zt, &h, &c, n, u, a, ra, mt) == LUNET_OK;
+    layers_release(mt);
     layers_release(zt);
     if (ok && seq) {
       int64_t hshape[3] = {n, 1, u};
@@ -183,6 +211,7 @@ static void lstm_release(lunet_layer *l, lunet_call *c) {
   layers_set(&st->x, NULL);
   for (int i = 0; i < 3; i++) layers_set(&st->w[i], NULL);
   layers_set(&st->y, NULL);
+  layers_set(&st->mask, NULL);
 }
 
 static lunet_status lstm_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
@@ -190,10 +219,23 @@ static lunet_status lstm_forward(lunet_layer *l, lunet_call *c, int nin, lunet_t
   lunet_ctx *ctx = lunet_call_ctx(c);
   lstm_state *st = lunet_call_state(c);
   lstm_release(l, c);
-  if (lunet_call_mask(c, 0))
-    return lunet_call_error(c, LUNET_ERR_ARG,
-                            "masked input is not supported yet (the steps a mask hides would "
-                            "change the state)");
+  lunet_tensor *mask = lunet_call_mask(c, 0);
+  if (mask) { /* (N, T): a masked step keeps the state, as in Keras */
+    int64_t n = lunet_tensor_dim(x[0], 0), t = lunet_tensor_dim(x[0], 1), want[2] = {n, t};
+    bool fits = lunet_tensor_numel(mask) == n * t && lunet_tensor_ndim(mask) >= 2 &&
+                lunet_tensor_dim(mask, 0) == n && lunet_tensor_dim(mask, 1) == t;
+    if (!fits) {
+      char a[64];
+      return lunet_call_error(c, LUNET_ERR_SHAPE, "a mask of shape %s for input (%lld, %lld, ...): it must be (N, T)",
+                              lunet_shape_str(lunet_tensor_ndim(mask), lunet_tensor_shape(mask), a, sizeof a),
+                              (long long)n, (long long)t);
+    }
+    lunet_tensor *mf = lunet_tensor_dtype(mask) == LUNET_F32 ? lunet_tensor_retain(mask)
+                                                             : lunet_op_cast(ctx, mask, LUNET_F32);
+    st->mask = mf ? lunet_op_reshape(ctx, mf, 2, want) : NULL;
+    layers_release(mf);
+    if (!st->mask) return layers_call_failed(c);
+  }
   bool record = lunet_call_recording(c);
   if (!(st->x = lunet_detach(ctx, x[0]))) return layers_call_failed(c);
   lunet_tensor_set_requires_grad(st->x, record);
@@ -232,6 +274,15 @@ static lunet_status lstm_backward(lunet_layer *l, lunet_call *c, lunet_tensor *c
   return s;
 }
 
+/* With return_sequences every step's output keeps the input's mask;
+ * otherwise there is one output and no mask. */
+static lunet_status lstm_mask(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                              lunet_tensor **mask_out) {
+  lunet_tensor *m = lunet_call_mask(c, 0);
+  mask_out[0] = m && lunet_layer_get_bool(l, "return_sequences") ? lunet_tensor_retain(m) : NULL;
+  return LUNET_OK;
+}
+
 static const lunet_layer_test lstm_tests[] = {
     {LAYERS_ARGS({"units", {.i = 3}}), LAYERS_INPUTS({2, {4, 2}}), 2, 1e-2f},
     {LAYERS_ARGS({"units", {.i = 2}}, {"return_sequences", {.b = true}}), LAYERS_INPUTS({2, {3, 3}}), 2,
@@ -253,6 +304,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_lstm = {
     .forward = lstm_forward,
     .backward = lstm_backward,
     .release = lstm_release,
+    .compute_mask = lstm_mask,
     .tests = lstm_tests,
     .ntests = sizeof lstm_tests / sizeof lstm_tests[0],
 };

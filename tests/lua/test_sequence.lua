@@ -79,9 +79,47 @@ function T.embedding_looks_up_and_accumulates_by_id()
   check.fails(function() emb(nn.tensor{{0, 7, 1, 1}}) end,
     "embedding: id 7 at flat position 1 is outside [0, 5) (input_dim is 5")
   check.fails(function() emb(nn.tensor{{0, 1.5, 1, 1}}) end, "ids must be whole numbers")
-  -- mask_zero makes a mask, which the LSTM does not take yet: an error, not a silent result
-  local m = nn.Sequential{nn.Embedding{5, 3, mask_zero = true, input_shape = {4}}, nn.LSTM{2}}
-  check.fails(function() m:predict(nn.tensor(ids)) end, "masked input is not supported yet")
+end
+
+-- mask_zero's mask reaches the LSTM, whose masked steps keep the state: a
+-- sequence padded with zeros at the end gives what the unpadded one gives
+-- (the same weights in a model of a shorter input: a layer is built for one
+-- sequence length).
+function T.padding_masked_by_embedding_keeps_the_lstm_state()
+  nn.seed(6)
+  local emb, lstm = nn.Embedding{6, 3, mask_zero = true}, nn.LSTM{4, return_sequences = true}
+  local x5 = nn.Input{shape = {5}}
+  local padded = nn.Model{inputs = x5, outputs = lstm(emb(x5))}
+  local emb3, lstm3 = nn.Embedding{6, 3, mask_zero = true}, nn.LSTM{4, return_sequences = true}
+  local x3 = nn.Input{shape = {3}}
+  local short = nn.Model{inputs = x3, outputs = lstm3(emb3(x3))}
+  short:set_weights(padded:get_weights())
+  local yp = padded:predict(nn.tensor{{2, 5, 1, 0, 0}, {3, 0, 0, 0, 0}}):totable()
+  local ys = short:predict(nn.tensor{{2, 5, 1}, {3, 4, 4}}):totable()
+  -- the first sequence: steps 4 and 5 repeat step 3's state
+  for t = 1, 3 do check.same_table(yp[1][t], ys[1][t], 1e-6, "step " .. t) end
+  for t = 4, 5 do check.same_table(yp[1][t], ys[1][3], 1e-6, "masked step " .. t) end
+  -- the second: everything after step 1 is padding
+  for t = 2, 5 do check.same_table(yp[2][t], ys[2][1], 1e-6, "masked step " .. t) end
+  -- gradients through the masked steps: the LSTM kernel's against central differences
+  local ids = nn.tensor{{2, 5, 1, 0, 0}, {3, 0, 0, 0, 0}}
+  local r = nn.randn(2, 5, 4)
+  local kernel = lstm:weights()[1].tensor
+  local function loss() return (padded(ids, false) * r):sum() end
+  loss():backward()
+  local g, vals = kernel.grad:totable(), kernel:reshape(-1):totable()
+  for _, k in ipairs{1, 7, 20, 33} do
+    local function at(v)
+      local copy = {table.unpack(vals)}
+      copy[k] = v
+      kernel:assign(nn.tensor(copy):reshape(kernel:shape()))
+      return nn.no_grad(function() return loss():item() end)
+    end
+    local num = (at(vals[k] + 1e-2) - at(vals[k] - 1e-2)) / 2e-2
+    kernel:assign(nn.tensor(vals):reshape(kernel:shape()))
+    local row, col = (k - 1) // 16 + 1, (k - 1) % 16 + 1
+    check.near(g[row][col], num, 2e-3, "kernel gradient " .. k)
+  end
 end
 
 -- Embedding -> LSTM -> Dense learns which of two tokens occurs more often.
