@@ -273,6 +273,27 @@ function T.nan_loss_stops_fit_without_update()
   check.same_table(m:get_weights()[1]:totable(), before, 0, "weights unchanged")
 end
 
+-- "accuracy" with mean squared error is Keras's: categorical on one-hot
+-- targets (binary on one unit), never a constant 0; checked against the
+-- predictions by hand.
+function T.accuracy_follows_the_loss_as_in_keras()
+  nn.seed(12)
+  local m = nn.Sequential{nn.Dense{3, activation = "softmax", input_shape = {2}}}
+  m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.5}, loss = "mse", metrics = {"accuracy"}}
+  local x = nn.tensor{{1, 0}, {0, 1}, {1, 1}, {-1, 0}, {0, -1}, {2, 1}}
+  local y = nn.tensor{{1, 0, 0}, {0, 1, 0}, {0, 0, 1}, {0, 1, 0}, {1, 0, 0}, {0, 0, 1}}
+  m:fit(x, y, {epochs = 20, batch_size = 6, verbose = 0})
+  local p, t, hits = m:predict(x):totable(), y:totable(), 0
+  local function argmax(v)
+    local best = 1
+    for i = 2, #v do if v[i] > v[best] then best = i end end
+    return best
+  end
+  for i = 1, #p do if argmax(p[i]) == argmax(t[i]) then hits = hits + 1 end end
+  check.near(m:evaluate(x, y).accuracy, hits / #p, 1e-9, "categorical accuracy under mse")
+  assert(hits > 0, "the model got some right")
+end
+
 function T.resource_errors_are_recoverable()
   check.fails(function() return nn.zeros(1000000, 1000000) end, "out of memory on backend 'cpu'")
   local notplugin = os.tmpname() .. ".so"
