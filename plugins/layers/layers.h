@@ -11,6 +11,8 @@
 
 #include <stdio.h>
 
+#include <string.h>
+
 #include "lunet/lunet.h"
 #include "lunet/plugin.h"
 
@@ -63,6 +65,7 @@ extern LAYERS_HIDDEN const lunet_layer_type layers_reshape;
 extern LAYERS_HIDDEN const lunet_layer_type layers_permute;
 extern LAYERS_HIDDEN const lunet_layer_type layers_lstm;
 extern LAYERS_HIDDEN const lunet_layer_type layers_embedding;
+extern LAYERS_HIDDEN const lunet_layer_type layers_gru;
 
 /* Drops one reference; NULL is allowed, so cleanup paths need no checks. */
 static inline void layers_release(lunet_tensor *t) {
@@ -187,6 +190,57 @@ static inline lunet_status layers_check_pair(lunet_layer *l, const char *arg, co
                              (long long)v[0]);
   return lunet_layer_error(l, LUNET_ERR_ARG, "%s must be positive, got {%lld, %lld}", arg,
                            (long long)v[0], (long long)v[1]);
+}
+
+/* ---- recurrent layers (lstm.c, gru.c): helpers on the tape ---- */
+
+/* An activation argument ("tanh", "sigmoid", "relu", "linear") as an op. */
+static inline lunet_unary_op layers_act_op(const char *name) {
+  return !strcmp(name, "sigmoid") ? LUNET_UNARY_SIGMOID
+         : !strcmp(name, "relu")  ? LUNET_UNARY_RELU
+         : !strcmp(name, "linear") ? LUNET_UNARY_AFFINE
+                                   : LUNET_UNARY_TANH;
+}
+
+/* act(x) on the tape ("linear" is 1 * x + 0). */
+static inline lunet_tensor *layers_act(lunet_ctx *ctx, lunet_unary_op op, lunet_tensor *x) {
+  return lunet_unary(ctx, op, x, op == LUNET_UNARY_AFFINE ? 1.0f : 0.0f, 0.0f);
+}
+
+/* new * m + old * (1 - m) on the tape: a masked step keeps the old state
+ * (m (N, 1); old NULL is zero). */
+static inline lunet_tensor *layers_keep_masked(lunet_ctx *ctx, lunet_tensor *new_, lunet_tensor *old,
+                                               lunet_tensor *m) {
+  lunet_tensor *kept = lunet_mul(ctx, new_, m);
+  if (!kept || !old) return kept;
+  lunet_tensor *inv = lunet_unary(ctx, LUNET_UNARY_AFFINE, m, -1.0f, 1.0f);
+  lunet_tensor *o = inv ? lunet_mul(ctx, old, inv) : NULL, *sum = o ? lunet_add(ctx, kept, o) : NULL;
+  layers_release(kept);
+  layers_release(inv);
+  layers_release(o);
+  return sum;
+}
+
+/* The input mask of a recurrent layer's call as (N, T) float32, checked
+ * against x (N, T, ...); NULL with the error set. */
+static inline lunet_tensor *layers_step_mask(lunet_call *c, lunet_tensor *x) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  lunet_tensor *mask = lunet_call_mask(c, 0);
+  int64_t n = lunet_tensor_dim(x, 0), t = lunet_tensor_dim(x, 1), want[2] = {n, t};
+  if (lunet_tensor_numel(mask) != n * t || lunet_tensor_ndim(mask) < 2 || lunet_tensor_dim(mask, 0) != n ||
+      lunet_tensor_dim(mask, 1) != t) {
+    char a[64];
+    lunet_call_error(c, LUNET_ERR_SHAPE, "a mask of shape %s for input (%lld, %lld, ...): it must be (N, T)",
+                     lunet_shape_str(lunet_tensor_ndim(mask), lunet_tensor_shape(mask), a, sizeof a),
+                     (long long)n, (long long)t);
+    return NULL;
+  }
+  lunet_tensor *mf = lunet_tensor_dtype(mask) == LUNET_F32 ? lunet_tensor_retain(mask)
+                                                           : lunet_op_cast(ctx, mask, LUNET_F32);
+  lunet_tensor *m = mf ? lunet_op_reshape(ctx, mf, 2, want) : NULL;
+  layers_release(mf);
+  if (!m) layers_call_failed(c);
+  return m;
 }
 
 #endif

@@ -78,18 +78,6 @@ static lunet_status lstm_build(lunet_layer *l, int nin, const lunet_shape *in, l
   return LUNET_OK;
 }
 
-static lunet_unary_op act_op(const char *name) {
-  return !strcmp(name, "sigmoid") ? LUNET_UNARY_SIGMOID
-         : !strcmp(name, "relu")  ? LUNET_UNARY_RELU
-         : !strcmp(name, "linear") ? LUNET_UNARY_AFFINE
-                                   : LUNET_UNARY_TANH;
-}
-
-/* act(x) on the tape ("linear" is 1 * x + 0). */
-static lunet_tensor *act(lunet_ctx *ctx, lunet_unary_op op, lunet_tensor *x) {
-  return lunet_unary(ctx, op, x, op == LUNET_UNARY_AFFINE ? 1.0f : 0.0f, 0.0f);
-}
-
 /* z[:, k*u:(k+1)*u] of z (N, 4u), on the tape. */
 static lunet_tensor *gate(lunet_ctx *ctx, lunet_tensor *z, int64_t n, int64_t u, int k) {
   int64_t start[2] = {0, k * u}, stop[2] = {n, (k + 1) * u}, step[2] = {1, 1};
@@ -106,18 +94,6 @@ static lunet_tensor *mul_add(lunet_ctx *ctx, lunet_tensor *a, lunet_tensor *b, l
   return s;
 }
 
-/* new * m + old * (1 - m): a masked step keeps the old state (m (N, 1)). */
-static lunet_tensor *keep_masked(lunet_ctx *ctx, lunet_tensor *new_, lunet_tensor *old, lunet_tensor *m) {
-  lunet_tensor *kept = lunet_mul(ctx, new_, m);
-  if (!kept || !old) return kept;
-  lunet_tensor *inv = lunet_unary(ctx, LUNET_UNARY_AFFINE, m, -1.0f, 1.0f);
-  lunet_tensor *o = inv ? lunet_mul(ctx, old, inv) : NULL, *sum = o ? lunet_add(ctx, kept, o) : NULL;
-  layers_release(kept);
-  layers_release(inv);
-  layers_release(o);
-  return sum;
-}
-
 /* One step from zt (N, 4u): the new h and c (new references); m (N, 1) the
  * step's mask or NULL. */
 static lunet_status step(lunet_ctx *ctx, lunet_tensor *zt, lunet_tensor **h, lunet_tensor **c,
@@ -126,11 +102,11 @@ static lunet_status step(lunet_ctx *ctx, lunet_tensor *zt, lunet_tensor **h, lun
   lunet_status s = LUNET_OK;
   for (int k = 0; !s && k < 4; k++) {
     zs[k] = gate(ctx, zt, n, u, k);
-    g[k] = zs[k] ? act(ctx, k == 2 ? a : ra, zs[k]) : NULL;
+    g[k] = zs[k] ? layers_act(ctx, k == 2 ? a : ra, zs[k]) : NULL;
     if (!g[k]) s = lunet_ctx_status(ctx);
   }
   if (!s) cn = *c ? mul_add(ctx, g[1], *c, g[0], g[2]) : lunet_mul(ctx, g[0], g[2]);
-  if (cn) ac = act(ctx, a, cn);
+  if (cn) ac = layers_act(ctx, a, cn);
   if (ac) hn = lunet_mul(ctx, g[3], ac);
   if (!hn && !s) s = lunet_ctx_status(ctx);
   for (int k = 0; k < 4; k++) {
@@ -139,7 +115,7 @@ static lunet_status step(lunet_ctx *ctx, lunet_tensor *zt, lunet_tensor **h, lun
   }
   layers_release(ac);
   if (!s && m) {
-    lunet_tensor *hm = keep_masked(ctx, hn, *h, m), *cm = hm ? keep_masked(ctx, cn, *c, m) : NULL;
+    lunet_tensor *hm = layers_keep_masked(ctx, hn, *h, m), *cm = hm ? layers_keep_masked(ctx, cn, *c, m) : NULL;
     layers_set(&hn, hm);
     layers_set(&cn, cm);
     if (!hn || !cn) s = lunet_ctx_status(ctx);
@@ -159,8 +135,8 @@ static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, lstm_state *st) {
   int64_t n = lunet_tensor_dim(st->x, 0), t = lunet_tensor_dim(st->x, 1), d = lunet_tensor_dim(st->x, 2);
   int64_t u = lunet_layer_get_int(l, "units");
   bool seq = lunet_layer_get_bool(l, "return_sequences");
-  lunet_unary_op a = act_op(lunet_layer_get_string(l, "activation"));
-  lunet_unary_op ra = act_op(lunet_layer_get_string(l, "recurrent_activation"));
+  lunet_unary_op a = layers_act_op(lunet_layer_get_string(l, "activation"));
+  lunet_unary_op ra = layers_act_op(lunet_layer_get_string(l, "recurrent_activation"));
   /* the input projection of every step at once: (N*T, D) kernel + bias */
   int64_t flat[2] = {n * t, d}, zshape[3] = {n, t, 4 * u}, step2[2] = {n, 4 * u};
   lunet_tensor *x2 = lunet_reshape(ctx, st->x, 2, flat);
@@ -219,23 +195,8 @@ static lunet_status lstm_forward(lunet_layer *l, lunet_call *c, int nin, lunet_t
   lunet_ctx *ctx = lunet_call_ctx(c);
   lstm_state *st = lunet_call_state(c);
   lstm_release(l, c);
-  lunet_tensor *mask = lunet_call_mask(c, 0);
-  if (mask) { /* (N, T): a masked step keeps the state, as in Keras */
-    int64_t n = lunet_tensor_dim(x[0], 0), t = lunet_tensor_dim(x[0], 1), want[2] = {n, t};
-    bool fits = lunet_tensor_numel(mask) == n * t && lunet_tensor_ndim(mask) >= 2 &&
-                lunet_tensor_dim(mask, 0) == n && lunet_tensor_dim(mask, 1) == t;
-    if (!fits) {
-      char a[64];
-      return lunet_call_error(c, LUNET_ERR_SHAPE, "a mask of shape %s for input (%lld, %lld, ...): it must be (N, T)",
-                              lunet_shape_str(lunet_tensor_ndim(mask), lunet_tensor_shape(mask), a, sizeof a),
-                              (long long)n, (long long)t);
-    }
-    lunet_tensor *mf = lunet_tensor_dtype(mask) == LUNET_F32 ? lunet_tensor_retain(mask)
-                                                             : lunet_op_cast(ctx, mask, LUNET_F32);
-    st->mask = mf ? lunet_op_reshape(ctx, mf, 2, want) : NULL;
-    layers_release(mf);
-    if (!st->mask) return layers_call_failed(c);
-  }
+  /* (N, T): a masked step keeps the state, as in Keras */
+  if (lunet_call_mask(c, 0) && !(st->mask = layers_step_mask(c, x[0]))) return lunet_ctx_status(ctx);
   bool record = lunet_call_recording(c);
   if (!(st->x = lunet_detach(ctx, x[0]))) return layers_call_failed(c);
   lunet_tensor_set_requires_grad(st->x, record);

@@ -22,6 +22,7 @@ static const lunet_layer_type *const layer_types[] = {
     &layers_permute,
     &layers_lstm,
     &layers_embedding,
+    &layers_gru,
 };
 
 static const lunet_plugin_desc layers_plugin = {

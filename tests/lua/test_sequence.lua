@@ -6,6 +6,7 @@ package.path = here .. "?.lua;" .. package.path
 local check = require "check"
 local nn = require "lunet"
 local ref = dofile(here .. "../fixtures/torch_lstm.lua")
+local gru_ref = dofile(here .. "../fixtures/torch_gru.lua")
 
 local T = {}
 
@@ -25,6 +26,23 @@ end
 
 function T.lstm_last_state_matches_torch() against_torch(false, ref.last) end
 function T.lstm_sequences_match_torch() against_torch(true, ref.sequences) end
+
+local function gru_against_torch(return_sequences, want)
+  local gru = nn.GRU{5, return_sequences = return_sequences, input_shape = {4, 3}}
+  gru:set_weights({nn.tensor(gru_ref.weights[1]), nn.tensor(gru_ref.weights[2]), nn.tensor(gru_ref.weights[3])})
+  local x = nn.tensor(gru_ref.x):requires_grad(true)
+  local y = gru(x, true)
+  check.same_table(y:totable(), want.y, 1e-5, "output")
+  ;(y * nn.tensor(want.r)):sum():backward()
+  check.same_table(x.grad:totable(), want.dx, 1e-5, "input gradient")
+  local w = gru:weights()
+  check.same_table(w[1].tensor.grad:totable(), want.dkernel, 1e-5, "kernel gradient")
+  check.same_table(w[2].tensor.grad:totable(), want.drecurrent, 1e-5, "recurrent kernel gradient")
+  check.same_table(w[3].tensor.grad:totable(), want.dbias, 1e-5, "bias gradient")
+end
+
+function T.gru_last_state_matches_torch() gru_against_torch(false, gru_ref.last) end
+function T.gru_sequences_match_torch() gru_against_torch(true, gru_ref.sequences) end
 
 function T.lstm_defaults_are_keras()
   nn.seed(2)

@@ -1,0 +1,257 @@
+/*
+ * GRU (Keras's, reset_after = true as Keras's default): x (N, T, D) -> the
+ * last h (N, units), or every h with return_sequences.  Weights in Keras's
+ * layout, gates z, r, h: kernel (D, 3u), recurrent_kernel (u, 3u), bias
+ * (2, 3u) (row 0 the input bias, row 1 the recurrent bias).  PyTorch orders
+ * its gates r, z, n: weight_ih_l0 = [kernel_r; kernel_z; kernel_h]^T, likewise
+ * weight_hh_l0 from recurrent_kernel, bias_ih_l0 = bias[0] and bias_hh_l0 =
+ * bias[1] in that order.
+ *
+ * For each step t, with xk = x_t kernel_k + bias[0]_k and hk = h
+ * recurrent_kernel_k + bias[1]_k:
+ *   z = rec_act(xz + hz),  r = rec_act(xr + hr),  g = act(xh + r * hh),
+ *   h = z * h + (1 - z) * g.
+ * Like the LSTM, forward builds the unrolled graph on the tape over detached
+ * views and backward runs it from dy; a masked step keeps h.
+ */
+#include <stdlib.h>
+
+#include "layers.h"
+
+enum { KERNEL = 0, RECURRENT = 1, BIAS = 2 };
+
+typedef struct gru_state {
+  lunet_tensor *x, *w[3], *y, *mask;
+} gru_state;
+
+#define GRU_ACTIVATIONS "tanh|sigmoid|relu|linear"
+
+static const lunet_arg_schema gru_args[] = {
+    {"units", LUNET_ARG_INT, LUNET_ARG_REQUIRED, .doc = "size of the state h"},
+    {"activation", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "tanh"},
+     .doc = "activation of the candidate state", .choices = GRU_ACTIVATIONS},
+    {"recurrent_activation", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "sigmoid"},
+     .doc = "activation of the gates z and r", .choices = GRU_ACTIVATIONS},
+    {"use_bias", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = true},
+     .doc = "add the input and recurrent biases (2, 3 units)"},
+    {"return_sequences", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = false},
+     .doc = "return h of every step (N, T, units), not only the last (N, units)"},
+    {"kernel_initializer", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "glorot_uniform"},
+     .doc = "initializer of the kernel (D, 3 units)", .choices = LAYERS_INITIALIZERS "|orthogonal"},
+    {"recurrent_initializer", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "orthogonal"},
+     .doc = "initializer of the recurrent kernel (units, 3 units)",
+     .choices = LAYERS_INITIALIZERS "|orthogonal"},
+    {"reset_after", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = true},
+     .doc = "apply r after the recurrent product (Keras's default and PyTorch's form; false is not "
+            "supported yet)"},
+    LAYERS_ARG_INPUT_SHAPE,
+    LAYERS_ARG_NAME,
+};
+
+static int nweights(const lunet_layer *l) { return lunet_layer_get_bool(l, "use_bias") ? 3 : 2; }
+
+static lunet_status gru_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
+  int64_t u = lunet_layer_get_int(l, "units");
+  if (u <= 0) return lunet_layer_error(l, LUNET_ERR_ARG, "units must be positive, got %lld", (long long)u);
+  if (!lunet_layer_get_bool(l, "reset_after"))
+    return lunet_layer_error(l, LUNET_ERR_ARG, "reset_after = false is not supported yet (use the default, true)");
+  if (in[0].ndim != 2) return layers_rank_error(l, "2 (timesteps, features)", &in[0]);
+  int64_t k[2] = {in[0].dims[1], 3 * u}, r[2] = {u, 3 * u}, b[2] = {2, 3 * u};
+  if (lunet_layer_add_weight(l, "kernel", 2, k, lunet_layer_get_string(l, "kernel_initializer"), true) < 0 ||
+      lunet_layer_add_weight(l, "recurrent_kernel", 2, r,
+                             lunet_layer_get_string(l, "recurrent_initializer"), true) < 0 ||
+      (lunet_layer_get_bool(l, "use_bias") && lunet_layer_add_weight(l, "bias", 2, b, "zeros", true) < 0))
+    return layers_failed(l);
+  out[0].ndim = lunet_layer_get_bool(l, "return_sequences") ? 2 : 1;
+  out[0].dims[0] = out[0].ndim == 2 ? in[0].dims[0] : u;
+  out[0].dims[1] = u;
+  return LUNET_OK;
+}
+
+/* Columns [k*u, (k+1)*u) of a (rows, 3u) tensor, on the tape. */
+static lunet_tensor *cols(lunet_ctx *ctx, lunet_tensor *t, int64_t u, int k) {
+  int64_t start[2] = {0, k * u}, stop[2] = {lunet_tensor_dim(t, 0), (k + 1) * u}, step[2] = {1, 1};
+  return lunet_slice(ctx, t, start, stop, step);
+}
+
+/* Row i of the bias (2, 3u) as (1, 3u), on the tape; NULL without bias. */
+static lunet_tensor *bias_row(lunet_ctx *ctx, lunet_tensor *b, int i) {
+  if (!b) return NULL;
+  int64_t start[2] = {i, 0}, stop[2] = {i + 1, lunet_tensor_dim(b, 1)}, step[2] = {1, 1};
+  return lunet_slice(ctx, b, start, stop, step);
+}
+
+/* One step: xs (N, 3u) the input part, hs (N, 3u) or (1, 3u) the
+ * recurrent part; *h becomes the new state (m: the step's mask or NULL). */
+static lunet_status step(lunet_ctx *ctx, lunet_tensor *xs, lunet_tensor *hs, lunet_tensor **h, int64_t u,
+                         lunet_unary_op a, lunet_unary_op ra, lunet_tensor *m) {
+  lunet_tensor *x3[3] = {0}, *h3[3] = {0}, *z = NULL, *r = NULL, *g = NULL, *hn = NULL;
+  bool ok = true;
+  for (int k = 0; ok && k < 3; k++) {
+    x3[k] = cols(ctx, xs, u, k);
+    h3[k] = hs ? cols(ctx, hs, u, k) : NULL;
+    ok = x3[k] && (!hs || h3[k]);
+  }
+  lunet_tensor *sz = ok ? (h3[0] ? lunet_add(ctx, x3[0], h3[0]) : lunet_tensor_retain(x3[0])) : NULL;
+  lunet_tensor *sr = sz ? (h3[1] ? lunet_add(ctx, x3[1], h3[1]) : lunet_tensor_retain(x3[1])) : NULL;
+  if (sr) z = layers_act(ctx, ra, sz);
+  if (z) r = layers_act(ctx, ra, sr);
+  if (r) {
+    lunet_tensor *rh = h3[2] ? lunet_mul(ctx, r, h3[2]) : NULL;
+    lunet_tensor *sg = rh ? lunet_add(ctx, x3[2], rh) : (h3[2] ? NULL : lunet_tensor_retain(x3[2]));
+    g = sg ? layers_act(ctx, a, sg) : NULL;
+    layers_release(rh);
+    layers_release(sg);
+  }
+  if (g) {
+    /* h = z * h + (1 - z) * g = g + z * (h - g) */
+    lunet_tensor *d = *h ? lunet_sub(ctx, *h, g) : lunet_unary(ctx, LUNET_UNARY_NEG, g, 0, 0);
+    lunet_tensor *zd = d ? lunet_mul(ctx, z, d) : NULL;
+    hn = zd ? lunet_add(ctx, g, zd) : NULL;
+    layers_release(d);
+    layers_release(zd);
+  }
+  if (hn && m) layers_set(&hn, layers_keep_masked(ctx, hn, *h, m));
+  for (int k = 0; k < 3; k++) {
+    layers_release(x3[k]);
+    layers_release(h3[k]);
+  }
+  layers_release(sz);
+  layers_release(sr);
+  layers_release(z);
+  layers_release(r);
+  layers_release(g);
+  if (!hn) return lunet_ctx_status(ctx);
+  layers_set(h, hn);
+  return LUNET_OK;
+}
+
+static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, gru_state *st) {
+  int64_t n = lunet_tensor_dim(st->x, 0), t = lunet_tensor_dim(st->x, 1), d = lunet_tensor_dim(st->x, 2);
+  int64_t u = lunet_layer_get_int(l, "units");
+  bool seq = lunet_layer_get_bool(l, "return_sequences");
+  lunet_unary_op a = layers_act_op(lunet_layer_get_string(l, "activation"));
+  lunet_unary_op ra = layers_act_op(lunet_layer_get_string(l, "recurrent_activation"));
+  int64_t flat[2] = {n * t, d}, zshape[3] = {n, t, 3 * u}, step2[2] = {n, 3 * u};
+  lunet_tensor *bi = bias_row(ctx, st->w[BIAS], 0), *br = bias_row(ctx, st->w[BIAS], 1);
+  lunet_tensor *x2 = lunet_reshape(ctx, st->x, 2, flat);
+  lunet_tensor *xw = x2 ? lunet_matmul(ctx, x2, st->w[KERNEL]) : NULL;
+  if (xw && bi) layers_set(&xw, lunet_add(ctx, xw, bi));
+  lunet_tensor *z3 = xw ? lunet_reshape(ctx, xw, 3, zshape) : NULL;
+  layers_release(x2);
+  layers_release(xw);
+  lunet_tensor *h = NULL, **hs = NULL, *y = NULL;
+  bool ok = z3 && (!st->w[BIAS] || (bi && br));
+  if (ok && seq) ok = (hs = calloc((size_t)t, sizeof *hs)) != NULL;
+  for (int64_t s = 0; ok && s < t; s++) {
+    int64_t start[3] = {0, s, 0}, stop[3] = {n, s + 1, 3 * u}, one[3] = {1, 1, 1};
+    lunet_tensor *zs = lunet_slice(ctx, z3, start, stop, one);
+    lunet_tensor *xs = zs ? lunet_reshape(ctx, zs, 2, step2) : NULL;
+    layers_release(zs);
+    /* the recurrent part: h U + b_r (just b_r, broadcast, while h is 0) */
+    lunet_tensor *hu = h ? lunet_matmul(ctx, h, st->w[RECURRENT]) : NULL;
+    if (hu && br) layers_set(&hu, lunet_add(ctx, hu, br));
+    if (!h && br) hu = lunet_tensor_retain(br);
+    lunet_tensor *mt = NULL;
+    if (st->mask) {
+      int64_t ms[2] = {0, s}, me[2] = {n, s + 1}, m1[2] = {1, 1};
+      mt = lunet_slice(ctx, st->mask, ms, me, m1);
+    }
+    ok = xs && (!h || hu) && (!st->mask || mt) && step(ctx, xs, hu, &h, u, a, ra, mt) == LUNET_OK;
+    layers_release(mt);
+    layers_release(hu);
+    layers_release(xs);
+    if (ok && seq) {
+      int64_t hshape[3] = {n, 1, u};
+      ok = (hs[s] = lunet_reshape(ctx, h, 3, hshape)) != NULL;
+    }
+  }
+  if (ok) y = seq ? lunet_concat(ctx, hs, (int)t, 1) : lunet_tensor_retain(h);
+  for (int64_t s = 0; hs && s < t; s++) layers_release(hs[s]);
+  free(hs);
+  layers_release(z3);
+  layers_release(h);
+  layers_release(bi);
+  layers_release(br);
+  return y;
+}
+
+static void gru_release(lunet_layer *l, lunet_call *c) {
+  gru_state *st = lunet_call_state(c);
+  layers_set(&st->x, NULL);
+  for (int i = 0; i < 3; i++) layers_set(&st->w[i], NULL);
+  layers_set(&st->y, NULL);
+  layers_set(&st->mask, NULL);
+}
+
+static lunet_status gru_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                                lunet_tensor **y, bool training) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  gru_state *st = lunet_call_state(c);
+  gru_release(l, c);
+  if (lunet_call_mask(c, 0) && !(st->mask = layers_step_mask(c, x[0]))) return lunet_ctx_status(ctx);
+  bool record = lunet_call_recording(c);
+  if (!(st->x = lunet_detach(ctx, x[0]))) return layers_call_failed(c);
+  lunet_tensor_set_requires_grad(st->x, record);
+  for (int i = 0; i < nweights(l); i++) {
+    if (!(st->w[i] = lunet_detach(ctx, lunet_layer_weight(l, i)))) return layers_call_failed(c);
+    lunet_tensor_set_requires_grad(st->w[i], record);
+  }
+  bool prev = lunet_set_grad_enabled(ctx, record);
+  st->y = unroll(l, ctx, st);
+  lunet_set_grad_enabled(ctx, prev);
+  if (!st->y) return layers_call_failed(c);
+  *y = lunet_detach(ctx, st->y);
+  if (!record) layers_set(&st->y, NULL);
+  return *y ? LUNET_OK : layers_call_failed(c);
+}
+
+static lunet_status gru_backward(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy,
+                                 lunet_tensor **dx) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  gru_state *st = lunet_call_state(c);
+  if (!st->y) return layers_no_forward(c);
+  lunet_status s = lunet_backward(ctx, st->y, dy[0]);
+  for (int i = 0; !s && i < nweights(l); i++) {
+    lunet_tensor *g = lunet_tensor_grad_get(st->w[i]);
+    if (g) s = lunet_call_accumulate_grad(c, i, g);
+  }
+  if (!s && lunet_call_needs_dx(c, 0)) {
+    lunet_tensor *g = lunet_tensor_grad_get(st->x);
+    dx[0] = g ? lunet_tensor_retain(g) : NULL;
+  }
+  gru_release(l, c);
+  return s;
+}
+
+static lunet_status gru_mask(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                             lunet_tensor **mask_out) {
+  lunet_tensor *m = lunet_call_mask(c, 0);
+  mask_out[0] = m && lunet_layer_get_bool(l, "return_sequences") ? lunet_tensor_retain(m) : NULL;
+  return LUNET_OK;
+}
+
+static const lunet_layer_test gru_tests[] = {
+    {LAYERS_ARGS({"units", {.i = 3}}), LAYERS_INPUTS({2, {4, 2}}), 2, 1e-2f},
+    {LAYERS_ARGS({"units", {.i = 2}}, {"return_sequences", {.b = true}}), LAYERS_INPUTS({2, {3, 3}}), 2,
+     1e-2f},
+    {LAYERS_ARGS({"units", {.i = 2}}, {"use_bias", {.b = false}}), LAYERS_INPUTS({2, {2, 2}}), 3, 1e-2f},
+};
+
+LAYERS_HIDDEN const lunet_layer_type layers_gru = {
+    .struct_size = sizeof(lunet_layer_type),
+    .name = "GRU",
+    .doc = "Gated recurrent unit over (N, T, D): the last h, or every h with return_sequences",
+    .args = gru_args,
+    .nargs = sizeof gru_args / sizeof gru_args[0],
+    .positional = 1,
+    .flags = LUNET_LAYER_OWNS_ACTIVATION,
+    .call_state_size = sizeof(gru_state),
+    .build = gru_build,
+    .forward = gru_forward,
+    .backward = gru_backward,
+    .release = gru_release,
+    .compute_mask = gru_mask,
+    .tests = gru_tests,
+    .ntests = sizeof gru_tests / sizeof gru_tests[0],
+};
