@@ -66,6 +66,7 @@ extern LAYERS_HIDDEN const lunet_layer_type layers_permute;
 extern LAYERS_HIDDEN const lunet_layer_type layers_lstm;
 extern LAYERS_HIDDEN const lunet_layer_type layers_embedding;
 extern LAYERS_HIDDEN const lunet_layer_type layers_gru;
+extern LAYERS_HIDDEN const lunet_layer_type layers_layer_normalization;
 
 /* Drops one reference; NULL is allowed, so cleanup paths need no checks. */
 static inline void layers_release(lunet_tensor *t) {
@@ -241,6 +242,76 @@ static inline lunet_tensor *layers_step_mask(lunet_call *c, lunet_tensor *x) {
   layers_release(mf);
   if (!m) layers_call_failed(c);
   return m;
+}
+
+/* ---- layers whose forward is a graph of the core's differentiable ops ----
+ * (LSTM, GRU, LayerNormalization).  Forward records the graph over
+ * detached views of the input and weights when the core records the call,
+ * keeps it in the call's state and hands the caller a view off it; backward
+ * runs it from dy and passes on what reached the views. */
+#define LAYERS_GRAPH_MAX_WEIGHTS 4
+
+typedef struct layers_graph {
+  lunet_tensor *x, *w[LAYERS_GRAPH_MAX_WEIGHTS]; /* the views the graph starts from */
+  lunet_tensor *y;                              /* its output, on the tape */
+  lunet_tensor *mask;                           /* a recurrent layer's (N, T) mask, or NULL */
+  int nw;
+  bool prev; /* grad mode before begin */
+} layers_graph;
+
+static inline void layers_graph_release(layers_graph *g) {
+  layers_set(&g->x, NULL);
+  for (int i = 0; i < LAYERS_GRAPH_MAX_WEIGHTS; i++) layers_set(&g->w[i], NULL);
+  layers_set(&g->y, NULL);
+  layers_set(&g->mask, NULL);
+}
+
+/* Views of x and of the layer's first nw weights; the tape is on while the
+ * core records this call.  Pair with layers_graph_end. */
+static inline lunet_status layers_graph_begin(lunet_call *c, lunet_layer *l, layers_graph *g,
+                                              lunet_tensor *x, int nw) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  bool record = lunet_call_recording(c);
+  g->nw = nw;
+  if (!(g->x = lunet_detach(ctx, x))) return layers_call_failed(c);
+  lunet_tensor_set_requires_grad(g->x, record);
+  for (int i = 0; i < nw; i++) {
+    if (!(g->w[i] = lunet_detach(ctx, lunet_layer_weight(l, i)))) return layers_call_failed(c);
+    lunet_tensor_set_requires_grad(g->w[i], record);
+  }
+  g->prev = lunet_set_grad_enabled(ctx, record);
+  return LUNET_OK;
+}
+
+/* Keeps the graph's output y_graph (a new reference, NULL on error) and
+ * gives the caller *y, a view off the tape. */
+static inline lunet_status layers_graph_end(lunet_call *c, layers_graph *g, lunet_tensor *y_graph,
+                                            lunet_tensor **y) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  lunet_set_grad_enabled(ctx, g->prev);
+  g->y = y_graph;
+  if (!g->y) return layers_call_failed(c);
+  *y = lunet_detach(ctx, g->y);
+  if (!lunet_call_recording(c)) layers_set(&g->y, NULL);
+  return *y ? LUNET_OK : layers_call_failed(c);
+}
+
+/* Backward through the kept graph: weight gradients to the call, dx[0]
+ * when wanted; the graph is released. */
+static inline lunet_status layers_graph_backward(lunet_call *c, layers_graph *g, lunet_tensor *dy,
+                                                 lunet_tensor **dx) {
+  if (!g->y) return layers_no_forward(c);
+  lunet_status s = lunet_backward(lunet_call_ctx(c), g->y, dy);
+  for (int i = 0; !s && i < g->nw; i++) {
+    lunet_tensor *w = lunet_tensor_grad_get(g->w[i]);
+    if (w) s = lunet_call_accumulate_grad(c, i, w);
+  }
+  if (!s && lunet_call_needs_dx(c, 0)) {
+    lunet_tensor *gx = lunet_tensor_grad_get(g->x);
+    dx[0] = gx ? lunet_tensor_retain(gx) : NULL;
+  }
+  layers_graph_release(g);
+  return s;
 }
 
 #endif

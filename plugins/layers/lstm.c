@@ -23,11 +23,6 @@
 
 enum { KERNEL = 0, RECURRENT = 1, BIAS = 2 };
 
-typedef struct lstm_state {
-  lunet_tensor *x, *w[3]; /* detached views the graph starts from */
-  lunet_tensor *y;        /* the graph's output (on the tape) */
-  lunet_tensor *mask;     /* (N, T) 1 where a step counts, or NULL */
-} lstm_state;
 
 #define LSTM_ACTIVATIONS "tanh|sigmoid|relu|linear"
 #define LSTM_INITIALIZERS LAYERS_INITIALIZERS "|orthogonal"
@@ -131,7 +126,7 @@ static lunet_status step(lunet_ctx *ctx, lunet_tensor *zt, lunet_tensor **h, lun
 }
 
 /* The unrolled graph over st's views: y (N, u) or (N, T, u). */
-static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, lstm_state *st) {
+static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, layers_graph *st) {
   int64_t n = lunet_tensor_dim(st->x, 0), t = lunet_tensor_dim(st->x, 1), d = lunet_tensor_dim(st->x, 2);
   int64_t u = lunet_layer_get_int(l, "units");
   bool seq = lunet_layer_get_bool(l, "return_sequences");
@@ -182,57 +177,22 @@ static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, lstm_state *st) {
 
 static int nweights(const lunet_layer *l) { return lunet_layer_get_bool(l, "use_bias") ? 3 : 2; }
 
-static void lstm_release(lunet_layer *l, lunet_call *c) {
-  lstm_state *st = lunet_call_state(c);
-  layers_set(&st->x, NULL);
-  for (int i = 0; i < 3; i++) layers_set(&st->w[i], NULL);
-  layers_set(&st->y, NULL);
-  layers_set(&st->mask, NULL);
-}
+static void lstm_release(lunet_layer *l, lunet_call *c) { layers_graph_release(lunet_call_state(c)); }
 
 static lunet_status lstm_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
                                  lunet_tensor **y, bool training) {
   lunet_ctx *ctx = lunet_call_ctx(c);
-  lstm_state *st = lunet_call_state(c);
-  lstm_release(l, c);
+  layers_graph *st = lunet_call_state(c);
+  layers_graph_release(st);
   /* (N, T): a masked step keeps the state, as in Keras */
   if (lunet_call_mask(c, 0) && !(st->mask = layers_step_mask(c, x[0]))) return lunet_ctx_status(ctx);
-  bool record = lunet_call_recording(c);
-  if (!(st->x = lunet_detach(ctx, x[0]))) return layers_call_failed(c);
-  lunet_tensor_set_requires_grad(st->x, record);
-  for (int i = 0; i < nweights(l); i++) {
-    if (!(st->w[i] = lunet_detach(ctx, lunet_layer_weight(l, i)))) return layers_call_failed(c);
-    lunet_tensor_set_requires_grad(st->w[i], record);
-  }
-  bool prev = lunet_set_grad_enabled(ctx, record);
-  st->y = unroll(l, ctx, st);
-  lunet_set_grad_enabled(ctx, prev);
-  if (!st->y) return layers_call_failed(c);
-  /* the caller gets a view off the inner tape; the tape stays for backward */
-  *y = lunet_detach(ctx, st->y);
-  if (!record) layers_set(&st->y, NULL);
-  return *y ? LUNET_OK : layers_call_failed(c);
+  lunet_status s = layers_graph_begin(c, l, st, x[0], nweights(l));
+  return s ? s : layers_graph_end(c, st, unroll(l, ctx, st), y);
 }
 
 static lunet_status lstm_backward(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy,
                                   lunet_tensor **dx) {
-  lunet_ctx *ctx = lunet_call_ctx(c);
-  lstm_state *st = lunet_call_state(c);
-  if (!st->y) return layers_no_forward(c);
-  bool prev = lunet_set_grad_enabled(ctx, false);
-  lunet_status s = lunet_backward(ctx, st->y, dy[0]);
-  lunet_set_grad_enabled(ctx, prev);
-  if (s) return s;
-  for (int i = 0; !s && i < nweights(l); i++) {
-    lunet_tensor *g = lunet_tensor_grad_get(st->w[i]);
-    if (g) s = lunet_call_accumulate_grad(c, i, g);
-  }
-  if (!s && lunet_call_needs_dx(c, 0)) {
-    lunet_tensor *g = lunet_tensor_grad_get(st->x);
-    dx[0] = g ? lunet_tensor_retain(g) : NULL;
-  }
-  lstm_release(l, c);
-  return s;
+  return layers_graph_backward(c, lunet_call_state(c), dy[0], dx);
 }
 
 /* With return_sequences every step's output keeps the input's mask;
@@ -260,7 +220,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_lstm = {
     .nargs = sizeof lstm_args / sizeof lstm_args[0],
     .positional = 1,
     .flags = LUNET_LAYER_OWNS_ACTIVATION,
-    .call_state_size = sizeof(lstm_state),
+    .call_state_size = sizeof(layers_graph),
     .build = lstm_build,
     .forward = lstm_forward,
     .backward = lstm_backward,

@@ -23,6 +23,7 @@ static const lunet_layer_type *const layer_types[] = {
     &layers_lstm,
     &layers_embedding,
     &layers_gru,
+    &layers_layer_normalization,
 };
 
 static const lunet_plugin_desc layers_plugin = {

@@ -7,6 +7,7 @@ local check = require "check"
 local nn = require "lunet"
 local ref = dofile(here .. "../fixtures/torch_lstm.lua")
 local gru_ref = dofile(here .. "../fixtures/torch_gru.lua")
+local ln_ref = dofile(here .. "../fixtures/torch_layernorm.lua")
 
 local T = {}
 
@@ -43,6 +44,20 @@ end
 
 function T.gru_last_state_matches_torch() gru_against_torch(false, gru_ref.last) end
 function T.gru_sequences_match_torch() gru_against_torch(true, gru_ref.sequences) end
+
+function T.layer_normalization_matches_torch()
+  local ln = nn.LayerNormalization{epsilon = 1e-5, input_shape = {3, 4}}
+  ln:set_weights({nn.tensor(ln_ref.gamma), nn.tensor(ln_ref.beta)})
+  local x = nn.tensor(ln_ref.x):requires_grad(true)
+  local y = ln(x, true)
+  check.same_table(y:totable(), ln_ref.y, 1e-5, "output")
+  ;(y * nn.tensor(ln_ref.r)):sum():backward()
+  check.same_table(x.grad:totable(), ln_ref.dx, 1e-4, "input gradient")
+  local w = ln:weights()
+  check.same_table(w[1].tensor.grad:totable(), ln_ref.dgamma, 1e-5, "gamma gradient")
+  check.same_table(w[2].tensor.grad:totable(), ln_ref.dbeta, 1e-5, "beta gradient")
+  check.eq(nn.LayerNormalization{input_shape = {4}}.args.epsilon, 1e-3, "Keras's epsilon")
+end
 
 function T.lstm_defaults_are_keras()
   nn.seed(2)

@@ -1,0 +1,103 @@
+/*
+ * LayerNormalization (Keras's, over the last axis): for each sample and
+ * position, y = (x - mean) / sqrt(var + epsilon) * gamma + beta, mean and
+ * (biased) variance over the last axis; gamma (C) and beta (C) as
+ * PyTorch's nn.LayerNorm weight and bias.  Forward is a graph of the core's
+ * differentiable ops (layers_graph), so backward follows from it; a fused
+ * kernel is to come.
+ */
+#include "layers.h"
+
+enum { GAMMA = 0, BETA = 1 };
+
+static const lunet_arg_schema layernorm_args[] = {
+    {"axis", LUNET_ARG_INT, LUNET_ARG_DEFAULT, .def = {.i = -1},
+     .doc = "the axis normalized (only -1, the last, so far)"},
+    {"epsilon", LUNET_ARG_FLOAT, LUNET_ARG_DEFAULT, .def = {.f = 1e-3},
+     .doc = "added to the variance (Keras's 1e-3; PyTorch's default is 1e-5)"},
+    {"center", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = true}, .doc = "add beta"},
+    {"scale", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = true}, .doc = "multiply by gamma"},
+    LAYERS_ARG_INPUT_SHAPE,
+    LAYERS_ARG_NAME,
+};
+
+static lunet_status layernorm_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
+  int64_t axis = lunet_layer_get_int(l, "axis");
+  if (axis != -1 && axis != in[0].ndim)
+    return lunet_layer_error(l, LUNET_ERR_ARG, "only the last axis (-1) is normalized so far, got axis %lld",
+                             (long long)axis);
+  if (in[0].ndim < 1) return layers_rank_error(l, "1 or more (..., features)", &in[0]);
+  if (lunet_layer_get_float(l, "epsilon") <= 0)
+    return lunet_layer_error(l, LUNET_ERR_ARG, "epsilon must be positive");
+  int64_t c = in[0].dims[in[0].ndim - 1];
+  /* the weights are always there (Keras omits the switched-off ones; here
+   * they stay at 1 and 0 and out of training) */
+  if (lunet_layer_add_weight(l, "gamma", 1, &c, "ones", lunet_layer_get_bool(l, "scale")) < 0 ||
+      lunet_layer_add_weight(l, "beta", 1, &c, "zeros", lunet_layer_get_bool(l, "center")) < 0)
+    return layers_failed(l);
+  out[0] = in[0];
+  return LUNET_OK;
+}
+
+/* The normalization over st's views, on the tape. */
+static lunet_tensor *normalize(lunet_layer *l, lunet_ctx *ctx, layers_graph *st) {
+  int last = lunet_tensor_ndim(st->x) - 1;
+  lunet_tensor *mean = lunet_reduce(ctx, LUNET_REDUCE_MEAN, st->x, last, true);
+  lunet_tensor *d = mean ? lunet_sub(ctx, st->x, mean) : NULL;
+  lunet_tensor *sq = d ? lunet_unary(ctx, LUNET_UNARY_SQUARE, d, 0, 0) : NULL;
+  lunet_tensor *var = sq ? lunet_reduce(ctx, LUNET_REDUCE_MEAN, sq, last, true) : NULL;
+  lunet_tensor *ve = var ? lunet_unary(ctx, LUNET_UNARY_AFFINE, var, 1.0f,
+                                       (float)lunet_layer_get_float(l, "epsilon"))
+                         : NULL;
+  lunet_tensor *sd = ve ? lunet_unary(ctx, LUNET_UNARY_SQRT, ve, 0, 0) : NULL;
+  lunet_tensor *n = sd ? lunet_div(ctx, d, sd) : NULL;
+  lunet_tensor *scaled = n ? lunet_mul(ctx, n, st->w[GAMMA]) : NULL;
+  lunet_tensor *y = scaled ? lunet_add(ctx, scaled, st->w[BETA]) : NULL;
+  layers_release(mean);
+  layers_release(d);
+  layers_release(sq);
+  layers_release(var);
+  layers_release(ve);
+  layers_release(sd);
+  layers_release(n);
+  layers_release(scaled);
+  return y;
+}
+
+static lunet_status layernorm_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                                      lunet_tensor **y, bool training) {
+  layers_graph *st = lunet_call_state(c);
+  layers_graph_release(st);
+  lunet_status s = layers_graph_begin(c, l, st, x[0], 2);
+  return s ? s : layers_graph_end(c, st, normalize(l, lunet_call_ctx(c), st), y);
+}
+
+static lunet_status layernorm_backward(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy,
+                                       lunet_tensor **dx) {
+  return layers_graph_backward(c, lunet_call_state(c), dy[0], dx);
+}
+
+static void layernorm_release(lunet_layer *l, lunet_call *c) {
+  layers_graph_release(lunet_call_state(c));
+}
+
+static const lunet_layer_test layernorm_tests[] = {
+    {NULL, 0, LAYERS_INPUTS({1, {5}}), 3, 1e-2f},
+    {LAYERS_ARGS({"epsilon", {.f = 1e-5}}), LAYERS_INPUTS({2, {3, 4}}), 2, 1e-2f},
+    {LAYERS_ARGS({"center", {.b = false}}), LAYERS_INPUTS({1, {6}}), 2, 1e-2f},
+};
+
+LAYERS_HIDDEN const lunet_layer_type layers_layer_normalization = {
+    .struct_size = sizeof(lunet_layer_type),
+    .name = "LayerNormalization",
+    .doc = "Normalizes each position over the last axis, then scales by gamma and shifts by beta",
+    .args = layernorm_args,
+    .nargs = sizeof layernorm_args / sizeof layernorm_args[0],
+    .call_state_size = sizeof(layers_graph),
+    .build = layernorm_build,
+    .forward = layernorm_forward,
+    .backward = layernorm_backward,
+    .release = layernorm_release,
+    .tests = layernorm_tests,
+    .ntests = sizeof layernorm_tests / sizeof layernorm_tests[0],
+};
