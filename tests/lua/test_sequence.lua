@@ -11,39 +11,29 @@ local ln_ref = dofile(here .. "../fixtures/torch_layernorm.lua")
 
 local T = {}
 
-local function against_torch(return_sequences, want)
-  local lstm = nn.LSTM{4, return_sequences = return_sequences, input_shape = {5, 3}}
-  lstm:set_weights({nn.tensor(ref.weights[1]), nn.tensor(ref.weights[2]), nn.tensor(ref.weights[3])})
-  local x = nn.tensor(ref.x):requires_grad(true)
-  local y = lstm(x, true)
+-- A recurrent layer on the fixture's Keras-layout weights: its output and
+-- every gradient against PyTorch's.
+local function against_torch(make, fixture, want)
+  local layer = make()
+  layer:set_weights({nn.tensor(fixture.weights[1]), nn.tensor(fixture.weights[2]), nn.tensor(fixture.weights[3])})
+  local x = nn.tensor(fixture.x):requires_grad(true)
+  local y = layer(x, true)
   check.same_table(y:totable(), want.y, 1e-5, "output")
   ;(y * nn.tensor(want.r)):sum():backward()
   check.same_table(x.grad:totable(), want.dx, 1e-5, "input gradient")
-  local w = lstm:weights()
+  local w = layer:weights()
   check.same_table(w[1].tensor.grad:totable(), want.dkernel, 1e-5, "kernel gradient")
   check.same_table(w[2].tensor.grad:totable(), want.drecurrent, 1e-5, "recurrent kernel gradient")
   check.same_table(w[3].tensor.grad:totable(), want.dbias, 1e-5, "bias gradient")
 end
 
-function T.lstm_last_state_matches_torch() against_torch(false, ref.last) end
-function T.lstm_sequences_match_torch() against_torch(true, ref.sequences) end
+local function lstm(seq) return function() return nn.LSTM{4, return_sequences = seq, input_shape = {5, 3}} end end
+local function gru(seq) return function() return nn.GRU{5, return_sequences = seq, input_shape = {4, 3}} end end
 
-local function gru_against_torch(return_sequences, want)
-  local gru = nn.GRU{5, return_sequences = return_sequences, input_shape = {4, 3}}
-  gru:set_weights({nn.tensor(gru_ref.weights[1]), nn.tensor(gru_ref.weights[2]), nn.tensor(gru_ref.weights[3])})
-  local x = nn.tensor(gru_ref.x):requires_grad(true)
-  local y = gru(x, true)
-  check.same_table(y:totable(), want.y, 1e-5, "output")
-  ;(y * nn.tensor(want.r)):sum():backward()
-  check.same_table(x.grad:totable(), want.dx, 1e-5, "input gradient")
-  local w = gru:weights()
-  check.same_table(w[1].tensor.grad:totable(), want.dkernel, 1e-5, "kernel gradient")
-  check.same_table(w[2].tensor.grad:totable(), want.drecurrent, 1e-5, "recurrent kernel gradient")
-  check.same_table(w[3].tensor.grad:totable(), want.dbias, 1e-5, "bias gradient")
-end
-
-function T.gru_last_state_matches_torch() gru_against_torch(false, gru_ref.last) end
-function T.gru_sequences_match_torch() gru_against_torch(true, gru_ref.sequences) end
+function T.lstm_last_state_matches_torch() against_torch(lstm(false), ref, ref.last) end
+function T.lstm_sequences_match_torch() against_torch(lstm(true), ref, ref.sequences) end
+function T.gru_last_state_matches_torch() against_torch(gru(false), gru_ref, gru_ref.last) end
+function T.gru_sequences_match_torch() against_torch(gru(true), gru_ref, gru_ref.sequences) end
 
 function T.layer_normalization_matches_torch()
   local ln = nn.LayerNormalization{epsilon = 1e-5, input_shape = {3, 4}}
