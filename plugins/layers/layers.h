@@ -67,6 +67,7 @@ extern LAYERS_HIDDEN const lunet_layer_type layers_lstm;
 extern LAYERS_HIDDEN const lunet_layer_type layers_embedding;
 extern LAYERS_HIDDEN const lunet_layer_type layers_gru;
 extern LAYERS_HIDDEN const lunet_layer_type layers_layer_normalization;
+extern LAYERS_HIDDEN const lunet_layer_type layers_simple_rnn;
 
 /* Drops one reference; NULL is allowed, so cleanup paths need no checks. */
 static inline void layers_release(lunet_tensor *t) {

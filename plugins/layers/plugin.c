@@ -24,6 +24,7 @@ static const lunet_layer_type *const layer_types[] = {
     &layers_embedding,
     &layers_gru,
     &layers_layer_normalization,
+    &layers_simple_rnn,
 };
 
 static const lunet_plugin_desc layers_plugin = {

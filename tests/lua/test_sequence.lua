@@ -8,6 +8,7 @@ local nn = require "lunet"
 local ref = dofile(here .. "../fixtures/torch_lstm.lua")
 local gru_ref = dofile(here .. "../fixtures/torch_gru.lua")
 local ln_ref = dofile(here .. "../fixtures/torch_layernorm.lua")
+local rnn_ref = dofile(here .. "../fixtures/torch_rnn.lua")
 
 local T = {}
 
@@ -29,11 +30,16 @@ end
 
 local function lstm(seq) return function() return nn.LSTM{4, return_sequences = seq, input_shape = {5, 3}} end end
 local function gru(seq) return function() return nn.GRU{5, return_sequences = seq, input_shape = {4, 3}} end end
+local function rnn(seq)
+  return function() return nn.SimpleRNN{4, return_sequences = seq, input_shape = {4, 3}} end
+end
 
 function T.lstm_last_state_matches_torch() against_torch(lstm(false), ref, ref.last) end
 function T.lstm_sequences_match_torch() against_torch(lstm(true), ref, ref.sequences) end
 function T.gru_last_state_matches_torch() against_torch(gru(false), gru_ref, gru_ref.last) end
 function T.gru_sequences_match_torch() against_torch(gru(true), gru_ref, gru_ref.sequences) end
+function T.simple_rnn_last_state_matches_torch() against_torch(rnn(false), rnn_ref, rnn_ref.last) end
+function T.simple_rnn_sequences_match_torch() against_torch(rnn(true), rnn_ref, rnn_ref.sequences) end
 
 function T.layer_normalization_matches_torch()
   local ln = nn.LayerNormalization{epsilon = 1e-5, input_shape = {3, 4}}
