@@ -6,6 +6,7 @@
  * inputs with the tape on and back-propagates through what f did, so any
  * function of lunet's tensor ops trains.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,6 +18,7 @@
 typedef struct lambda_fn {
   lua_State *T;
   int thread_ref, fn_ref; /* in the registry */
+  pthread_t owner;        /* the thread of the Lua state: the only one that may run f */
 } lambda_fn;
 
 typedef struct lambda_call {
@@ -37,6 +39,18 @@ static void release_fn(void *p) {
 static lunet_tensor *call_fn(lunet_ctx *ctx, lunet_layer *l, int n, lunet_tensor *const *x,
                              bool training) {
   lambda_fn *f = lunet_layer_host_data(l);
+  if (!f) {
+    lunet_error(ctx, LUNET_ERR_ARG, "%s: a Lambda has no Lua function (only nn.Lambda makes one)",
+                lunet_layer_name(l));
+    return NULL;
+  }
+  /* every Lambda of a Lua state shares its interpreter: one thread only */
+  if (!pthread_equal(f->owner, pthread_self())) {
+    lunet_error(ctx, LUNET_ERR_ARG,
+                "%s (Lambda) runs Lua code and can run only on the thread of its Lua state",
+                lunet_layer_name(l));
+    return NULL;
+  }
   lua_State *L = f->T;
   int top = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, f->fn_ref);
@@ -125,11 +139,15 @@ static lunet_status lambda_backward(lunet_layer *l, lunet_call *c, lunet_tensor 
   bool prev = lunet_set_grad_enabled(ctx, true);
   lunet_tensor *y = s ? NULL : call_fn(ctx, l, st->n, xs, st->training);
   if (!s && !y) s = lunet_ctx_status(ctx);
+  /* f returned one of its inputs: the gradient passes straight through */
+  int same = -1;
+  for (int i = 0; !s && i < st->n; i++)
+    if (y == xs[i]) same = i;
   /* a function that ignores its inputs gives them no gradient */
-  if (!s && lunet_tensor_on_tape(y)) s = lunet_backward(ctx, y, dy[0]);
+  if (!s && same < 0 && lunet_tensor_on_tape(y)) s = lunet_backward(ctx, y, dy[0]);
   lunet_set_grad_enabled(ctx, prev);
   for (int i = 0; !s && i < st->n; i++) {
-    lunet_tensor *g = lunet_tensor_grad_get(xs[i]);
+    lunet_tensor *g = i == same ? dy[0] : lunet_tensor_grad_get(xs[i]);
     dx[i] = g ? lunet_tensor_retain(g) : NULL;
   }
   lunet_tensor_release(y);
@@ -176,6 +194,7 @@ static int l_lambda_new(lua_State *L) {
     lunet_layer_release(l);
     return luaL_error(L, "out of host memory");
   }
+  f->owner = pthread_self();
   f->T = lua_newthread(L);
   f->thread_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, 1);

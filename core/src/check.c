@@ -192,6 +192,7 @@ static double agreement(lunet_ctx *ctx, const lunet_layer_type *t, const lunet_l
   snprintf(prev, sizeof prev, "%s", prev_default ? prev_default : "cpu");
   double worst = INFINITY;
   probe p = *cpu;
+  p.layer = NULL; /* this backend's own layer; the CPU's stays the caller's */
   memset(p.x, 0, sizeof p.x);
   memset(p.r, 0, sizeof p.r);
   lunet_tensor *y[LUNET_LAYER_MAX_OUTPUTS] = {0};

@@ -112,8 +112,12 @@ static lunet_status bad(lunet_ctx *ctx, const char *path, const char *why) {
   return lunet_error(ctx, LUNET_ERR_FORMAT, "%s is not a valid safetensors file: %s", path, why);
 }
 
+/* *used counts the data bytes the entries so far claim: together they may
+ * not exceed the file's, so overlapping entries cannot multiply what a
+ * small file makes us allocate. */
 static lunet_status read_entry(lunet_ctx *ctx, const char *path, cJSON *e,
-                               const unsigned char *data, size_t dlen, lunet_tensor **out) {
+                               const unsigned char *data, size_t dlen, size_t *used,
+                               lunet_tensor **out) {
   cJSON *dt = cJSON_GetObjectItem(e, "dtype"), *shape = cJSON_GetObjectItem(e, "shape");
   cJSON *offs = cJSON_GetObjectItem(e, "data_offsets");
   if (!cJSON_IsString(dt) || !cJSON_IsArray(shape) || cJSON_GetArraySize(offs) != 2)
@@ -129,13 +133,14 @@ static lunet_status read_entry(lunet_ctx *ctx, const char *path, cJSON *e,
                        path, e->string, dt->valuestring);
   int nd = cJSON_GetArraySize(shape);
   if (nd > LUNET_MAX_DIMS) return bad(ctx, path, "too many dimensions");
-  int64_t sh[LUNET_MAX_DIMS], numel = 1;
+  int64_t sh[LUNET_MAX_DIMS], numel;
   for (int d = 0; d < nd; d++) {
     double v = cJSON_GetArrayItem(shape, d)->valuedouble;
     if (v < 0 || v > 1e12) return bad(ctx, path, "a dimension is out of range");
     sh[d] = (int64_t)v;
-    numel *= sh[d];
   }
+  numel = lunet_shape_numel(nd, sh);
+  if (numel > (int64_t)dlen) return bad(ctx, path, "a tensor is larger than the file");
   double a = cJSON_GetArrayItem(offs, 0)->valuedouble, b = cJSON_GetArrayItem(offs, 1)->valuedouble;
   size_t nb = (size_t)numel * lunet_dtype_size(t);
   if (a < 0 || b < a || (size_t)b > dlen || (size_t)(b - a) != nb)
@@ -143,6 +148,12 @@ static lunet_status read_entry(lunet_ctx *ctx, const char *path, cJSON *e,
                        "%s: tensor '%s' lies outside the file (offsets "
                        "%.0f..%.0f of %zu data bytes): the file is truncated or corrupt",
                        path, e->string, a, b, dlen);
+  if (nb > dlen - *used)
+    return lunet_error(ctx, LUNET_ERR_FORMAT,
+                       "%s: the tensors claim more bytes than the file holds (overlapping "
+                       "entries); the file is corrupt",
+                       path);
+  *used += nb;
   *out = lunet_tensor_from_data(ctx, t, nd, sh, data + (size_t)a);
   return *out ? LUNET_OK : ctx->status;
 }
@@ -187,6 +198,7 @@ static lunet_status parse(lunet_ctx *ctx, const char *path, const unsigned char 
                        ? LUNET_OK
                        : lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
   cJSON *e;
+  size_t used = 0;
   cJSON_ArrayForEach(e, root) {
     if (s) break;
     if (!strcmp(e->string, "__metadata__")) {
@@ -198,7 +210,7 @@ static lunet_status parse(lunet_ctx *ctx, const char *path, const unsigned char 
       }
       continue;
     }
-    s = read_entry(ctx, path, e, buf + 8 + hlen, len - 8 - hlen, &st->tensors[st->n]);
+    s = read_entry(ctx, path, e, buf + 8 + hlen, len - 8 - hlen, &used, &st->tensors[st->n]);
     if (!s) st->names[st->n++] = strdup(e->string);
   }
   cJSON_Delete(root);

@@ -447,8 +447,13 @@ int lunet_layer_add_weight(lunet_layer *l, const char *name, int ndim, const int
   lunet_tensor *t = lunet_tensor_new(l->ctx, LUNET_F32, ndim, shape);
   if (!t) return -1;
   float *v = malloc(sizeof(float) * (size_t)(t->numel ? t->numel : 1));
-  lunet_status s = v ? init_values(l, init, v, ndim, shape, t->numel)
-                     : lunet_error(l->ctx, LUNET_ERR_NOMEM, "out of host memory");
+  /* a model being read from a file gets its weights from the file: no
+   * initializer (the orthogonal one is costly) */
+  bool loading = l->ctx->weight_budget >= 0;
+  if (v && loading) memset(v, 0, sizeof(float) * (size_t)t->numel);
+  lunet_status s = !v        ? lunet_error(l->ctx, LUNET_ERR_NOMEM, "out of host memory")
+                   : loading ? LUNET_OK
+                             : init_values(l, init, v, ndim, shape, t->numel);
   if (!s) s = lunet_tensor_write(l->ctx, t, v, sizeof(float) * (size_t)t->numel);
   free(v);
   if (s) {
@@ -861,6 +866,23 @@ static lunet_status inputs_fit(lunet_ctx *ctx, const lunet_layer *l, int nin,
   return LUNET_OK;
 }
 
+/* An output that is one of the inputs (an identity) or already on a tape
+ * becomes a view of its own, so recording the call cannot overwrite that
+ * tensor's place on the tape (or make it its own input). */
+static lunet_status fresh_outputs(lunet_ctx *ctx, int nin, lunet_tensor *const *x, int nout,
+                                  lunet_tensor **y) {
+  for (int j = 0; j < nout; j++) {
+    bool shared = y[j]->grad_fn != NULL;
+    for (int i = 0; !shared && i < nin; i++) shared = y[j] == x[i];
+    if (!shared) continue;
+    lunet_tensor *v = lunet_tensor_alias(ctx, y[j], y[j]->ndim, y[j]->shape);
+    if (!v) return ctx->status;
+    lunet_tensor_release(y[j]);
+    y[j] = v;
+  }
+  return LUNET_OK;
+}
+
 /* What forward returned, against what build declared. */
 static lunet_status outputs_fit(lunet_ctx *ctx, const lunet_layer *l, int64_t batch,
                                 lunet_tensor **y) {
@@ -958,6 +980,7 @@ lunet_status lunet_layer_apply(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep,
   lunet_set_grad_enabled(ctx, prev);
   leave(l);
   if (!s) s = outputs_fit(ctx, l, c->batch, y);
+  if (!s) s = fresh_outputs(ctx, nin, x, c->nout, y);
   else if (ctx->status == LUNET_OK)
     s = lunet_error(ctx, s, "%s: forward failed without a message", lunet_layer_name(l));
   if (!s && mask_out) s = output_masks(ctx, l, c, nin, x, mask_out);

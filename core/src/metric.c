@@ -62,7 +62,9 @@ lunet_status lunet_metric_merge(lunet_ctx *ctx, lunet_metric *dst, const lunet_m
 /* Samples (or elements, for binary accuracy) one batch adds to the count. */
 double lunet_metric_batch_count(const lunet_metric *m, const lunet_tensor *y_pred) {
   if (m->kind == LUNET_METRIC_BINARY_ACCURACY) return (double)y_pred->numel;
-  return y_pred->ndim ? (double)y_pred->shape[0] : 1.0;
+  /* one prediction per position: (N, T, classes) counts N * T */
+  int64_t classes = y_pred->ndim ? y_pred->shape[y_pred->ndim - 1] : 1;
+  return (double)(classes ? y_pred->numel / classes : 0);
 }
 
 /* The number of correct predictions in the batch, as a scalar on the

@@ -74,7 +74,7 @@ lunet_model *lunet_model_new(lunet_ctx *ctx, const char *name) {
 }
 
 lunet_model *lunet_model_retain(lunet_model *m) {
-  if (m) m->refcount++;
+  if (m) __atomic_add_fetch(&m->refcount, 1, __ATOMIC_RELAXED);
   return m;
 }
 
@@ -93,7 +93,7 @@ static void free_strings(char **v, int n) {
 }
 
 void lunet_model_release(lunet_model *m) {
-  if (!m || --m->refcount > 0) return;
+  if (!m || __atomic_sub_fetch(&m->refcount, 1, __ATOMIC_ACQ_REL) > 0) return;
   free_strings(m->metric_names, m->ncompiled_metrics);
   free_strings(m->meta, 2 * m->nmeta);
   for (int i = 0; i < m->ncalls; i++) lunet_layer_release(m->calls[i].layer);
@@ -471,13 +471,15 @@ lunet_status lunet_model_compile(lunet_ctx *ctx, lunet_model *m, const lunet_com
                        "compile: %d losses for a model with %d outputs (give one loss, or one per "
                        "output)",
                        o->nlosses, m->noutputs);
-  for (int j = 0; j < m->noutputs; j++) {
-    lunet_loss_spec ls = o->losses[o->nlosses == 1 ? 0 : j];
-    if ((unsigned)ls.kind > LUNET_LOSS_BINARY_CE)
-      return lunet_error(ctx, LUNET_ERR_ARG, "compile: unknown loss kind %d", (int)ls.kind);
-    if (ls.weight == 0) ls.weight = 1;
-    m->losses[j] = ls;
+  for (int j = 0; j < o->nlosses; j++) {
+    const lunet_loss_spec *ls = &o->losses[j];
+    if ((unsigned)ls->kind > LUNET_LOSS_BINARY_CE)
+      return lunet_error(ctx, LUNET_ERR_ARG, "compile: unknown loss kind %d", (int)ls->kind);
+    if (!(ls->weight >= 0) || ls->weight > 1e30)
+      return lunet_error(ctx, LUNET_ERR_ARG, "compile: loss weight %g (it must be a number >= 0)",
+                         ls->weight);
   }
+  for (int j = 0; j < m->noutputs; j++) m->losses[j] = o->losses[o->nlosses == 1 ? 0 : j];
   free_metrics(m);
   int cap = 1 + m->noutputs + o->nmetrics * m->noutputs;
   m->metrics = calloc((size_t)cap, sizeof *m->metrics);
@@ -643,7 +645,12 @@ static bool fuses(const lunet_model *m, int j) {
   if (ls->kind != LUNET_LOSS_SPARSE_CATEGORICAL_CE && ls->kind != LUNET_LOSS_CATEGORICAL_CE)
     return false;
   const char *act = lunet_layer_activation(m->calls[v->call].layer);
-  return act && !strcmp(act, "softmax");
+  if (!act || strcmp(act, "softmax")) return false;
+  /* a binary accuracy thresholds probabilities: it needs them unfused */
+  for (int i = m->nloss_metrics; i < m->nmetrics; i++)
+    if (m->metric_output[i] == j && lunet_metric_kind_get(m->metrics[i]) == LUNET_METRIC_BINARY_ACCURACY)
+      return false;
+  return true;
 }
 
 /* Runs the live calls; out[j] receives output j.  fused[j] (may be NULL)

@@ -27,7 +27,7 @@
 
 #define CONFIG_FORMAT 2
 #define MAX_DEPTH 32
-#define MAX_ENTRIES 100000
+#define MAX_ENTRIES 10000 /* layers or calls in one config */
 
 static const char *const loss_names[] = {"mean_squared_error", "categorical_crossentropy",
                                          "sparse_categorical_crossentropy", "binary_crossentropy"};
@@ -443,6 +443,10 @@ static lunet_layer *read_layer(reader *r, const cJSON *j, int idx) {
         type->valuestring);
     return NULL;
   }
+  if (t->flags & LUNET_LAYER_HOST_CODE) {
+    bad(r, "layers[%d] is a %s, which runs host-language code and cannot come from a file", idx, t->name);
+    return NULL;
+  }
   lunet_layer *l = lunet_layer_new(r->ctx, t);
   for (const cJSON *a = l ? args->child : NULL; a; a = a->next) {
     int k = 0;
@@ -647,8 +651,9 @@ static lunet_status read_compile(reader *r, lunet_model *m, const lunet_safetens
       snprintf(name, sizeof name, "optimizer.%d.%d", p + 1, k + 1);
       for (int i = 0; i < lunet_safetensors_count(st); i++)
         if (!strcmp(lunet_safetensors_name(st, i), name)) {
-          if (!lunet_shape_equal(lunet_safetensors_tensor(st, i), lunet_model_param(m, p)))
-            s = bad(r, "'%s' does not have the shape of parameter %d", name, p + 1);
+          if (!lunet_shape_equal(lunet_safetensors_tensor(st, i), lunet_model_param(m, p)) ||
+              lunet_safetensors_tensor(st, i)->dtype != LUNET_F32)
+            s = bad(r, "'%s' does not have the shape (or float32 type) of parameter %d", name, p + 1);
           else
             s = lunet_optimizer_set_slot(r->ctx, opt, p, k, lunet_safetensors_tensor(st, i));
         }

@@ -67,12 +67,12 @@ lunet_optimizer *lunet_optimizer_new(lunet_ctx *ctx, const lunet_optimizer_confi
 }
 
 lunet_optimizer *lunet_optimizer_retain(lunet_optimizer *o) {
-  if (o) o->refcount++;
+  if (o) __atomic_add_fetch(&o->refcount, 1, __ATOMIC_RELAXED);
   return o;
 }
 
 void lunet_optimizer_release(lunet_optimizer *o) {
-  if (!o || --o->refcount > 0) return;
+  if (!o || __atomic_sub_fetch(&o->refcount, 1, __ATOMIC_ACQ_REL) > 0) return;
   for (int i = 0; i < o->nparams; i++)
     for (int k = 0; k < MAX_SLOTS; k++) lunet_tensor_release(o->slots[i][k]);
   free(o->slots);

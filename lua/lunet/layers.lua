@@ -217,9 +217,15 @@ function M.Lambda(f, o)
       error(string.format("bad argument '%s' to 'Lambda' (unknown; valid: output_shape, name)", tostring(k)), 2)
     end
   end
-  if o.output_shape ~= nil and type(o.output_shape) ~= "table" then
-    error("bad argument 'output_shape' to 'Lambda' (a sample shape like {10} expected)", 2)
+  local shape = o.output_shape
+  if shape ~= nil then
+    local ok = type(shape) == "table" and #shape <= 7
+    for _, d in ipairs(ok and shape or {}) do ok = ok and math.type(d) == "integer" and d >= 1 end
+    if not ok then
+      error("bad argument 'output_shape' to 'Lambda' (a sample shape of at most 7 positive sizes, like {10})", 2)
+    end
   end
+  if o.name ~= nil and type(o.name) ~= "string" then error("bad argument 'name' to 'Lambda' (a string)", 2) end
   return M.wrap(C.lambda_new(f, o.name or M.auto_name("Lambda"), o.output_shape))
 end
 

@@ -307,8 +307,10 @@ function Model:compile(o)
       .. "per output)", #self.losses, noutputs(self)), 2)
   end
   self.loss_weights = o.loss_weights
-  if o.loss_weights ~= nil and (type(o.loss_weights) ~= "table" or #o.loss_weights ~= noutputs(self)) then
-    error(string.format("bad argument 'loss_weights' to 'compile' (a list of %d numbers, one per output)",
+  local ok = o.loss_weights == nil or (type(o.loss_weights) == "table" and #o.loss_weights == noutputs(self))
+  for _, w in ipairs(ok and o.loss_weights or {}) do ok = ok and type(w) == "number" and w >= 0 end
+  if not ok then
+    error(string.format("bad argument 'loss_weights' to 'compile' (a list of %d numbers >= 0, one per output)",
       noutputs(self)), 2)
   end
   self.metrics = {}
@@ -344,21 +346,23 @@ end
 
 local function nsamples(t) return t:shape()[1] end
 
--- x (or y) as a list of tensors, one per model input (output).
-local function tensors(self, v, n, argn, what, noun)
+-- x (or y) as a list of tensors, one per model input (output); errors
+-- at `level` (the user's call counted from here).
+local function tensors(self, v, n, argn, what, noun, level)
+  level = level or 4
   local list = C.is_tensor(v) and { v } or v
   if type(list) ~= "table" then
-    error(string.format("bad argument #%d to '%s' (a tensor or a list of tensors expected, got %s)", argn, what, type(v)), 4)
+    error(string.format("bad argument #%d to '%s' (a tensor or a list of tensors expected, got %s)", argn, what, type(v)), level)
   end
   for i, t in ipairs(list) do
     if not C.is_tensor(t) then
-      error(string.format("bad argument #%d to '%s' (entry %d is a %s, not a tensor)", argn, what, i, type(t)), 4)
+      error(string.format("bad argument #%d to '%s' (entry %d is a %s, not a tensor)", argn, what, i, type(t)), level)
     end
-    if t:dim() < 1 then error(string.format("%s: %s %d has no batch axis", what, noun, i), 4) end
+    if t:dim() < 1 then error(string.format("%s: %s %d has no batch axis", what, noun, i), level) end
   end
   if #list ~= n then
     error(string.format("%s: the model has %d %s%s but %d %s given%s", what, n, noun, n == 1 and "" or "s", #list,
-      #list == 1 and "was" or "were", n > 1 and string.format(" (give a list of %d tensors)", n) or ""), 4)
+      #list == 1 and "was" or "were", n > 1 and string.format(" (give a list of %d tensors)", n) or ""), level)
   end
   return list
 end
@@ -622,7 +626,7 @@ end
 -- The outputs for x, in batches: a tensor, or a list for several outputs.
 function Model:predict(x, o)
   ensure_built(self, x)
-  local xs = tensors(self, x, #self.inputs, 1, "predict", "input")
+  local xs = tensors(self, x, #self.inputs, 1, "predict", "input", 3)
   local bs = (o and o.batch_size) or 32
   local n = nsamples(xs[1])
   if n <= bs and #xs == 1 and xs[1]:device() == self.device then

@@ -125,9 +125,20 @@ function Optimizer:sync()
   C.optimizer_configure(self.handle, cfg)
 end
 
+-- The same parameters: one list or model, or lists of the same tensors (a
+-- training loop may build its list anew each step).
+local function same_owner(a, b)
+  if a == b then return true end
+  if type(a) ~= "table" or type(b) ~= "table" or getmetatable(a) or getmetatable(b) or #a ~= #b then
+    return false
+  end
+  for i = 1, #a do if a[i] ~= b[i] then return false end end
+  return true
+end
+
 -- An optimizer belongs to the first model (or parameter list) it trains.
 function Optimizer:claim(owner, level)
-  if self.owner and self.owner ~= owner then
+  if self.owner and not same_owner(self.owner, owner) then
     error(self.name .. " optimizer already trains another model's weights: give each model its own "
       .. "optimizer (nn.optimizers." .. self.name .. "{...})", level + 1)
   end

@@ -246,6 +246,32 @@ function T.lambda_layers_train_and_refuse_to_be_saved()
   local bad = nn.Lambda(function(t) error("no luck") end, {output_shape = {3}, name = "unlucky"})
   check.fails(function() bad(nn.ones(2, 3)) end, "unlucky: the function failed:")
   check.fails(function() nn.Lambda(42) end, "bad argument #1 to 'Lambda' (function expected, got number)")
+  check.fails(function() nn.Lambda(function(t) return t end, {output_shape = {"a"}}) end,
+    "a sample shape of at most 7 positive sizes")
+  -- an identity Lambda passes the gradient on: the layer before it trains
+  local first = nn.Dense{3, input_shape = {3}}
+  local m = nn.Sequential{first, nn.Lambda(function(t) return t end), nn.Dense{1}}
+  m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "mse"}
+  local w0 = first:get_weights()[1]:totable()
+  m:fit(x, y, {epochs = 2, batch_size = 8, verbose = 0})
+  assert(first:get_weights()[1]:totable()[1][1] ~= w0[1][1], "the layer before an identity Lambda trains")
+end
+
+-- loss_weights: 0 switches an output's loss off (its head gets no gradient).
+function T.a_zero_loss_weight_switches_an_output_off()
+  nn.seed(4)
+  local x = nn.Input{shape = {3}}
+  local h = nn.Dense{4, activation = "tanh"}(x)
+  local a, b = nn.Dense{1, name = "a"}, nn.Dense{1, name = "b"}
+  local m = nn.Model{inputs = x, outputs = {a(h), b(h)}}
+  m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "mse", loss_weights = {1, 0}}
+  local before = b:get_weights()[1]:totable()
+  local data = rows(16, 3, function(i, j) return math.sin(i + j) end)
+  local t = rows(16, 1, function(i) return math.cos(i) end)
+  m:fit(data, {t, t}, {epochs = 2, batch_size = 8, verbose = 0})
+  check.same_table(b:get_weights()[1]:totable(), before, 0, "the weight-0 head is untouched")
+  check.fails(function() m:compile{optimizer = "sgd", loss = "mse", loss_weights = {1, -1}} end,
+    "a list of 2 numbers >= 0")
 end
 
 function T.bad_graphs_are_clear_errors()
@@ -304,6 +330,9 @@ function T.hostile_model_files_are_refused_quickly()
     {dense_config("2", "[]") , "1 to 16 outputs, got 0"},
     {dense_config("2"), "the file has no tensor 'layers.0.kernel' (does it belong to another model?)"},
   }
+  nn.Lambda(function(t) return t end) -- the type is registered: a file still may not name it
+  cases[#cases + 1] = {'{"format_version": 2, "layers": [{"type": "Lambda", "args": {}}], "inputs": [], '
+    .. '"nodes": [], "outputs": []}', "layers[0] is a Lambda, which runs host-language code and cannot come from a file"}
   for i, c in ipairs(cases) do
     local path = with_config(c[1])
     local t0 = nn._C.now()
@@ -311,6 +340,15 @@ function T.hostile_model_files_are_refused_quickly()
     assert(nn._C.now() - t0 < 1, "case " .. i .. " answered quickly")
     os.remove(path)
   end
+  -- entries that overlap may not claim more bytes than the file has
+  local header = '{"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, '
+    .. '"b": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}'
+  local path2 = tmp()
+  local f = io.open(path2, "wb")
+  f:write(string.pack("<I8", #header), header, string.rep("\0", 16))
+  f:close()
+  check.fails(function() nn.load_model(path2) end, "the tensors claim more bytes than the file holds")
+  os.remove(path2)
   -- a config in the old Lua-source format is refused with its version
   local path = tmp()
   nn._C.save_safetensors(path, {{name = "w", tensor = nn.zeros(1)}},

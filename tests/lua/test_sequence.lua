@@ -174,4 +174,36 @@ function T.embedding_lstm_classifier_learns()
   assert(acc > 0.9, "accuracy " .. acc)
 end
 
+-- Accuracy on sequence outputs counts every position (N * T), checked by
+-- hand against the predictions.
+function T.sequence_accuracy_counts_positions()
+  nn.seed(9)
+  local m = nn.Sequential{nn.Embedding{4, 3, input_shape = {5}}, nn.LSTM{6, return_sequences = true},
+    nn.Dense{4, activation = "softmax"}}
+  m:compile{optimizer = "adam", loss = "sparse_categorical_crossentropy", metrics = {"accuracy"}}
+  local x = nn.tensor{{1, 2, 3, 0, 1}, {3, 3, 2, 1, 0}}
+  local y = nn.tensor{{1, 2, 3, 0, 1}, {3, 3, 2, 1, 0}}
+  m:fit(x, y, {epochs = 30, batch_size = 2, verbose = 0})
+  local p, t, hits = m:predict(x):totable(), y:totable(), 0
+  for i = 1, 2 do
+    for s = 1, 5 do
+      local best = 1
+      for k = 2, 4 do if p[i][s][k] > p[i][s][best] then best = k end end
+      if best - 1 == t[i][s] then hits = hits + 1 end
+    end
+  end
+  check.near(m:evaluate(x, y).accuracy, hits / 10, 1e-9, "accuracy over the 10 positions")
+end
+
+-- An optimizer applied to a parameter list rebuilt each step trains it.
+function T.a_training_loop_may_rebuild_its_parameter_list()
+  local w = nn.zeros(2):requires_grad(true)
+  local opt = nn.optimizers.SGD{learning_rate = 0.5}
+  for _ = 1, 3 do
+    ((w - nn.tensor{1, 2}):square():sum()):backward()
+    opt:apply({w})
+  end
+  assert(w:totable()[2] > 1.5, "it trained")
+end
+
 check.run(T)

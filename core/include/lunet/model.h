@@ -172,7 +172,8 @@ LUNET_API lunet_tensor *lunet_model_param(const lunet_model *m, int i);
 typedef struct lunet_loss_spec {
   lunet_loss_kind kind;
   bool from_logits;
-  double weight; /* loss_weights: this output's share of the total (1 when 0) */
+  double weight; /* loss_weights: this output's factor in the total (1 for
+                  * Keras's default; 0 switches the output's loss off) */
 } lunet_loss_spec;
 
 /* nlosses is 1 (the same loss on every output) or the output count.
