@@ -195,6 +195,30 @@ function T.sequence_accuracy_counts_positions()
   check.near(m:evaluate(x, y).accuracy, hits / 10, 1e-9, "accuracy over the 10 positions")
 end
 
+-- GlobalAveragePooling1D honours mask_zero: the mean over the real tokens
+-- (checked by hand), and a bag-of-embeddings text model learns with it.
+function T.global_average_pooling1d_averages_unmasked_steps()
+  nn.seed(10)
+  local x = nn.Input{shape = {4}}
+  local emb = nn.Embedding{5, 2, mask_zero = true}
+  local m = nn.Model{inputs = x, outputs = nn.GlobalAveragePooling1D()(emb(x))}
+  local ids = {{1, 2, 0, 0}, {3, 0, 0, 0}, {0, 0, 0, 0}}
+  local tbl, got = emb:get_weights()[1]:totable(), m:predict(nn.tensor(ids)):totable()
+  for i, row in ipairs(ids) do
+    local want, n = {0, 0}, 0
+    for _, id in ipairs(row) do
+      if id ~= 0 then
+        n = n + 1
+        for k = 1, 2 do want[k] = want[k] + tbl[id + 1][k] end
+      end
+    end
+    for k = 1, 2 do want[k] = n > 0 and want[k] / n or 0 end
+    check.same_table(got[i], want, 1e-6, "row " .. i)
+  end
+  local mx = nn.Model{inputs = x, outputs = nn.GlobalMaxPooling1D()(emb(x))}
+  check.fails(function() mx:predict(nn.tensor(ids)) end, "a masked input is not supported (as in Keras)")
+end
+
 -- An optimizer applied to a parameter list rebuilt each step trains it.
 function T.a_training_loop_may_rebuild_its_parameter_list()
   local w = nn.zeros(2):requires_grad(true)
