@@ -70,6 +70,7 @@ extern LAYERS_HIDDEN const lunet_layer_type layers_layer_normalization;
 extern LAYERS_HIDDEN const lunet_layer_type layers_simple_rnn;
 extern LAYERS_HIDDEN const lunet_layer_type layers_global_average_pooling1d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_global_max_pooling1d;
+extern LAYERS_HIDDEN const lunet_layer_type layers_conv1d;
 
 /* Drops one reference; NULL is allowed, so cleanup paths need no checks. */
 static inline void layers_release(lunet_tensor *t) {

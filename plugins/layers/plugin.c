@@ -27,6 +27,7 @@ static const lunet_layer_type *const layer_types[] = {
     &layers_simple_rnn,
     &layers_global_average_pooling1d,
     &layers_global_max_pooling1d,
+    &layers_conv1d,
 };
 
 static const lunet_plugin_desc layers_plugin = {

@@ -219,6 +219,29 @@ function T.global_average_pooling1d_averages_unmasked_steps()
   check.fails(function() mx:predict(nn.tensor(ids)) end, "a masked input is not supported (as in Keras)")
 end
 
+-- Conv1D against the sum written out: y[n][t][f] = b[f] + sum over k and c
+-- of x[n][t*s + k][c] * w[k][c][f] (padding "valid").
+function T.conv1d_matches_a_hand_convolution()
+  nn.seed(13)
+  local conv = nn.Conv1D{3, 2, strides = 2, input_shape = {7, 2}}
+  local x = nn.randn(2, 7, 2)
+  local xv, w, b = x:totable(), conv:get_weights()[1]:totable(), conv:get_weights()[2]:totable()
+  local y = conv(x):totable()
+  check.eq(#y[1], 3, "steps: floor((7 - 2) / 2) + 1")
+  for n = 1, 2 do
+    for t = 1, 3 do
+      for f = 1, 3 do
+        local v = b[f]
+        for k = 1, 2 do
+          for c = 1, 2 do v = v + xv[n][(t - 1) * 2 + k][c] * w[k][c][f] end
+        end
+        check.near(y[n][t][f], v, 1e-5, string.format("y[%d][%d][%d]", n, t, f))
+      end
+    end
+  end
+  check.same_table(w and conv:weights()[1].tensor:shape(), {2, 2, 3}, 0, "kernel (k, C, F)")
+end
+
 -- An optimizer applied to a parameter list rebuilt each step trains it.
 function T.a_training_loop_may_rebuild_its_parameter_list()
   local w = nn.zeros(2):requires_grad(true)

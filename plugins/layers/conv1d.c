@@ -1,0 +1,162 @@
+/*
+ * Conv1D (Keras's): x (N, T, C) -> (N, T', F) over the steps, kernel
+ * (k, C, F) and bias (F) in Keras's layout (PyTorch's nn.Conv1d weight is
+ * the kernel permuted to (F, C, k)).  It runs as Conv2D's ops on the views
+ * (N, 1, T, C) and (1, k, C, F), so it has every backend's fast 2-D
+ * convolution.  Padding "valid" or "same" ("causal" is not supported yet).
+ */
+#include "layers.h"
+
+enum { KERNEL = 0, BIAS = 1 };
+
+typedef struct conv1d_state {
+  lunet_tensor *x; /* (N, 1, T, C), kept for the kernel gradient */
+  lunet_conv2d_desc d;
+} conv1d_state;
+
+static const lunet_arg_schema conv1d_args[] = {
+    {"filters", LUNET_ARG_INT, LUNET_ARG_REQUIRED, .doc = "number of output channels F"},
+    {"kernel_size", LUNET_ARG_INT, LUNET_ARG_REQUIRED, .doc = "window length k"},
+    {"strides", LUNET_ARG_INT, LUNET_ARG_DEFAULT, .def = {.i = 1}, .doc = "step of the window"},
+    {"padding", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "valid"},
+     .doc = "\"valid\": no padding; \"same\": pad so that out = ceil(in / stride)",
+     .choices = "valid|same"},
+    {"activation", LUNET_ARG_STRING, LUNET_ARG_NIL,
+     .doc = "activation applied to the output (\"relu\", ...); nil: linear"},
+    {"use_bias", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = true},
+     .doc = "add a learned bias per filter"},
+    {"kernel_initializer", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "glorot_uniform"},
+     .doc = "initializer of the kernel (k, C, F)", .choices = LAYERS_INITIALIZERS},
+    {"bias_initializer", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "zeros"},
+     .doc = "initializer of the bias (F)", .choices = LAYERS_INITIALIZERS},
+    {"kernel_regularizer", LUNET_ARG_REGULARIZER, LUNET_ARG_NIL,
+     .doc = "penalty on the kernel added to the loss (nn.regularizers.l2(1e-4))"},
+    LAYERS_ARG_INPUT_SHAPE,
+    LAYERS_ARG_NAME,
+};
+
+/* The 2-D geometry of n sequences (t, c): height 1, width t. */
+static lunet_status desc_fill(const lunet_layer *l, lunet_ctx *ctx, int64_t n, int64_t t, int64_t c,
+                              lunet_conv2d_desc *d) {
+  *d = (lunet_conv2d_desc){.n = n, .h = 1, .w = t, .c = c, .f = lunet_layer_get_int(l, "filters"),
+                           .kh = 1, .kw = lunet_layer_get_int(l, "kernel_size"), .sh = 1,
+                           .sw = lunet_layer_get_int(l, "strides")};
+  return lunet_conv2d_geometry(ctx, d, layers_padding(l));
+}
+
+static lunet_status conv1d_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
+  int64_t f = lunet_layer_get_int(l, "filters"), k = lunet_layer_get_int(l, "kernel_size");
+  int64_t s = lunet_layer_get_int(l, "strides");
+  if (f <= 0 || k <= 0 || s <= 0)
+    return lunet_layer_error(l, LUNET_ERR_ARG, "filters, kernel_size and strides must be positive");
+  if (in[0].ndim != 2) return layers_rank_error(l, "2 (steps, channels)", &in[0]);
+  if (layers_padding(l) == LUNET_PAD_VALID && k > in[0].dims[0])
+    return lunet_layer_error(l, LUNET_ERR_SHAPE,
+                             "kernel_size %lld is longer than the input's %lld steps with padding "
+                             "\"valid\"; use padding = \"same\" or a smaller kernel",
+                             (long long)k, (long long)in[0].dims[0]);
+  lunet_conv2d_desc d;
+  if (desc_fill(l, lunet_layer_ctx(l), 1, in[0].dims[0], in[0].dims[1], &d)) return layers_failed(l);
+  int64_t kshape[3] = {k, in[0].dims[1], f};
+  if (lunet_layer_add_weight(l, "kernel", 3, kshape, lunet_layer_get_string(l, "kernel_initializer"), true) < 0)
+    return layers_failed(l);
+  if (lunet_layer_get_bool(l, "use_bias") &&
+      lunet_layer_add_weight(l, "bias", 1, &f, lunet_layer_get_string(l, "bias_initializer"), true) < 0)
+    return layers_failed(l);
+  out[0] = (lunet_shape){2, {d.ow, f}};
+  return LUNET_OK;
+}
+
+/* The kernel (k, C, F) as (1, k, C, F), a view. */
+static lunet_tensor *kernel4(lunet_ctx *ctx, lunet_layer *l) {
+  lunet_tensor *w = lunet_layer_weight(l, KERNEL);
+  int64_t shape[4] = {1, lunet_tensor_dim(w, 0), lunet_tensor_dim(w, 1), lunet_tensor_dim(w, 2)};
+  return lunet_op_reshape(ctx, w, 4, shape);
+}
+
+/* x (N, T, C) -> y (N, T', F) */
+static lunet_status conv1d_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                                   lunet_tensor **y, bool training) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  conv1d_state *st = lunet_call_state(c);
+  int64_t n = lunet_tensor_dim(x[0], 0), t = lunet_tensor_dim(x[0], 1), ch = lunet_tensor_dim(x[0], 2);
+  lunet_conv2d_desc d;
+  if (desc_fill(l, ctx, n, t, ch, &d)) return layers_call_failed(c);
+  int64_t x4s[4] = {n, 1, t, ch}, y3s[3] = {n, d.ow, d.f};
+  lunet_tensor *x4 = lunet_op_reshape(ctx, x[0], 4, x4s), *w4 = x4 ? kernel4(ctx, l) : NULL;
+  lunet_tensor *b = lunet_layer_get_bool(l, "use_bias") ? lunet_layer_weight(l, BIAS) : NULL;
+  lunet_tensor *y4 = w4 ? lunet_op_conv2d(ctx, x4, w4, b, &d) : NULL;
+  y[0] = y4 ? lunet_op_reshape(ctx, y4, 3, y3s) : NULL;
+  layers_release(w4);
+  layers_release(y4);
+  layers_set(&st->x, y[0] ? x4 : NULL);
+  if (!y[0]) {
+    layers_release(x4);
+    return layers_call_failed(c);
+  }
+  st->d = d;
+  return LUNET_OK;
+}
+
+/* dy (N, T', F) -> dx (N, T, C); dkernel (k, C, F) and dbias (F) accumulated */
+static lunet_status conv1d_backward(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy,
+                                    lunet_tensor **dx) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  conv1d_state *st = lunet_call_state(c);
+  dx[0] = NULL;
+  if (!st->x) return layers_no_forward(c);
+  bool bias = lunet_layer_get_bool(l, "use_bias");
+  lunet_tensor *w = lunet_layer_weight(l, KERNEL);
+  int64_t dy4s[4] = {st->d.n, 1, st->d.ow, st->d.f}, dx3s[3] = {st->d.n, st->d.w, st->d.c};
+  lunet_tensor *dy4 = lunet_op_reshape(ctx, dy[0], 4, dy4s), *dw4 = NULL, *dw = NULL, *db = NULL;
+  lunet_tensor *w4 = NULL, *dx4 = NULL;
+  lunet_status s = dy4 ? LUNET_OK : layers_call_failed(c);
+  if (!s && !(dw4 = lunet_op_conv2d_backward_filter(ctx, dy4, st->x, &st->d, bias ? &db : NULL)))
+    s = layers_call_failed(c);
+  if (!s && !(dw = lunet_op_reshape(ctx, dw4, 3, lunet_tensor_shape(w)))) s = layers_call_failed(c);
+  if (!s) s = lunet_call_accumulate_grad(c, KERNEL, dw);
+  if (!s && bias) s = lunet_call_accumulate_grad(c, BIAS, db);
+  if (!s && lunet_call_needs_dx(c, 0)) {
+    if (!(w4 = kernel4(ctx, l)) || !(dx4 = lunet_op_conv2d_backward_data(ctx, dy4, w4, &st->d)) ||
+        !(dx[0] = lunet_op_reshape(ctx, dx4, 3, dx3s)))
+      s = layers_call_failed(c);
+  }
+  layers_release(dy4);
+  layers_release(dw4);
+  layers_release(dw);
+  layers_release(db);
+  layers_release(w4);
+  layers_release(dx4);
+  layers_set(&st->x, NULL);
+  return s;
+}
+
+static void conv1d_release(lunet_layer *l, lunet_call *c) {
+  conv1d_state *st = lunet_call_state(c);
+  layers_set(&st->x, NULL);
+}
+
+static const lunet_layer_test conv1d_tests[] = {
+    {LAYERS_ARGS({"filters", {.i = 2}}, {"kernel_size", {.i = 3}}), LAYERS_INPUTS({2, {6, 2}}), 2, 2e-2f},
+    {LAYERS_ARGS({"filters", {.i = 3}}, {"kernel_size", {.i = 2}}, {"strides", {.i = 2}},
+                 {"padding", {.s = "same"}}),
+     LAYERS_INPUTS({2, {5, 3}}), 2, 2e-2f},
+    {LAYERS_ARGS({"filters", {.i = 2}}, {"kernel_size", {.i = 1}}, {"use_bias", {.b = false}}),
+     LAYERS_INPUTS({2, {4, 2}}), 3, 2e-2f},
+};
+
+LAYERS_HIDDEN const lunet_layer_type layers_conv1d = {
+    .struct_size = sizeof(lunet_layer_type),
+    .name = "Conv1D",
+    .doc = "1-D convolution over (T, C) sequences: y = activation(conv(x, kernel) + bias)",
+    .args = conv1d_args,
+    .nargs = sizeof conv1d_args / sizeof conv1d_args[0],
+    .positional = 4,
+    .call_state_size = sizeof(conv1d_state),
+    .build = conv1d_build,
+    .forward = conv1d_forward,
+    .backward = conv1d_backward,
+    .release = conv1d_release,
+    .tests = conv1d_tests,
+    .ntests = sizeof conv1d_tests / sizeof conv1d_tests[0],
+};
