@@ -71,6 +71,8 @@ extern LAYERS_HIDDEN const lunet_layer_type layers_simple_rnn;
 extern LAYERS_HIDDEN const lunet_layer_type layers_global_average_pooling1d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_global_max_pooling1d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_conv1d;
+extern LAYERS_HIDDEN const lunet_layer_type layers_position_embedding;
+extern LAYERS_HIDDEN const lunet_layer_type layers_sine_position_encoding;
 
 /* Drops one reference; NULL is allowed, so cleanup paths need no checks. */
 static inline void layers_release(lunet_tensor *t) {
@@ -305,7 +307,8 @@ static inline lunet_status layers_graph_end(lunet_call *c, layers_graph *g, lune
 static inline lunet_status layers_graph_backward(lunet_call *c, layers_graph *g, lunet_tensor *dy,
                                                  lunet_tensor **dx) {
   if (!g->y) return layers_no_forward(c);
-  lunet_status s = lunet_backward(lunet_call_ctx(c), g->y, dy);
+  /* an output that depends on nothing differentiable gives no gradients */
+  lunet_status s = lunet_tensor_on_tape(g->y) ? lunet_backward(lunet_call_ctx(c), g->y, dy) : LUNET_OK;
   for (int i = 0; !s && i < g->nw; i++) {
     lunet_tensor *w = lunet_tensor_grad_get(g->w[i]);
     if (w) s = lunet_call_accumulate_grad(c, i, w);

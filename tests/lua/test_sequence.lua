@@ -242,6 +242,37 @@ function T.conv1d_matches_a_hand_convolution()
   check.same_table(w and conv:weights()[1].tensor:shape(), {2, 2, 3}, 0, "kernel (k, C, F)")
 end
 
+-- Position vectors: the sinusoids written out (KerasHub's formula), the
+-- learned table's first T rows for every sample, and a sequence longer
+-- than the table refused.
+function T.position_layers_follow_keras_hub()
+  local x = nn.zeros(2, 5, 6)
+  local enc = nn.SinePositionEncoding()(x):totable()
+  for p = 0, 4 do
+    for i = 0, 5 do
+      local angle = p * 10000 ^ (-(2 * (i // 2)) / 6)
+      local want = i % 2 == 0 and math.sin(angle) or math.cos(angle)
+      check.near(enc[1][p + 1][i + 1], want, 1e-5, string.format("p %d, i %d", p, i))
+      check.near(enc[2][p + 1][i + 1], want, 1e-5, "the same for every sample")
+    end
+  end
+  nn.seed(14)
+  local pe = nn.PositionEmbedding{8, input_shape = {5, 6}}
+  local tbl, y = pe:get_weights()[1]:totable(), pe(x):totable()
+  for n = 1, 2 do for p = 1, 5 do check.same_table(y[n][p], tbl[p], 0, "row " .. p) end end
+  check.fails(function() nn.PositionEmbedding{4, input_shape = {5, 6}} end,
+    "a sequence of 5 steps is longer than the position table's 4 (sequence_length)")
+  -- the table learns: its gradient is dy summed over the batch
+  local xr = nn.zeros(2, 5, 6)
+  local r = nn.randn(2, 5, 6)
+  ;(pe(xr, true) * r):sum():backward()
+  local g, rv = pe:weights()[1].tensor.grad:totable(), r:totable()
+  for p = 1, 5 do
+    for k = 1, 6 do check.near(g[p][k], rv[1][p][k] + rv[2][p][k], 1e-5, "gradient") end
+  end
+  for p = 6, 8 do for k = 1, 6 do check.eq(g[p][k], 0, "rows past T get nothing") end end
+end
+
 -- An optimizer applied to a parameter list rebuilt each step trains it.
 function T.a_training_loop_may_rebuild_its_parameter_list()
   local w = nn.zeros(2):requires_grad(true)
