@@ -169,10 +169,46 @@ static const lunet_layer_type apply_mask_type = {
     .backward = barrier_backward,
 };
 
+/* "Twins": two outputs, y1 = x and y2 = 3 x, so dx = dy1 + 3 dy2 (a test
+ * of layers with several outputs on the tape). */
+static lunet_status twins_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
+  out[0] = out[1] = in[0];
+  return LUNET_OK;
+}
+
+static lunet_status twins_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                                  lunet_tensor **y, bool training) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  y[0] = lunet_op_copy(ctx, x[0]);
+  y[1] = lunet_op_unary(ctx, LUNET_UNARY_AFFINE, x[0], 3.0f, 0.0f);
+  return y[0] && y[1] ? LUNET_OK : lunet_ctx_status(ctx);
+}
+
+static lunet_status twins_backward(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy,
+                                   lunet_tensor **dx) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  lunet_tensor *d2 = lunet_op_unary(ctx, LUNET_UNARY_AFFINE, dy[1], 3.0f, 0.0f);
+  dx[0] = d2 ? lunet_op_binary(ctx, LUNET_BINARY_ADD, dy[0], d2) : NULL;
+  lunet_tensor_release(d2);
+  return dx[0] ? LUNET_OK : lunet_ctx_status(ctx);
+}
+
+static const lunet_layer_type twins = {
+    .struct_size = sizeof(lunet_layer_type),
+    .name = "Twins",
+    .doc = "two outputs: x and 3 x (a test of several outputs)",
+    .args = barrier_args,
+    .nargs = 1,
+    .noutputs = 2,
+    .build = twins_build,
+    .forward = twins_forward,
+    .backward = twins_backward,
+};
+
 static const lunet_layer_type *const types[] = {&barrier, &serial_barrier, &count, &mask_nonzero_type,
-                                                &apply_mask_type};
+                                                &apply_mask_type, &twins};
 static const lunet_plugin_desc desc = {LUNET_PLUGIN_ABI_MAJOR, LUNET_PLUGIN_ABI_MINOR,
-                                       sizeof(lunet_plugin_desc), "barrier", "1", types, 5};
+                                       sizeof(lunet_plugin_desc), "barrier", "1", types, 6};
 
 __attribute__((visibility("default"))) const lunet_plugin_desc *lunet_plugin_entry(void) {
   return &desc;

@@ -422,6 +422,67 @@ START_TEST(test_masks_flow_through_the_graph) {
 }
 END_TEST
 
+/* A layer with two outputs on the tape: y1 = x, y2 = 3x; the loss
+ * sum(a * y1) + sum(b * y2) has dx = a + 3b; with only y2 in the loss the
+ * unused output's gradient is zero, dx = 3b.  Through a model too. */
+static float read0(lunet_tensor *t, int i) {
+  float v[8];
+  lunet_tensor_read(ctx, t, v, sizeof(float) * (size_t)lunet_tensor_numel(t));
+  return v[i];
+}
+
+START_TEST(test_layers_with_two_outputs) {
+  ck_assert_int_eq(lunet_load_plugin(ctx, TEST_PLUGIN_DIR "/test_barrier_plugin.so"), LUNET_OK);
+  lunet_layer *l = lunet_layer_new(ctx, lunet_layer_type_find(ctx, "Twins"));
+  float xv[4] = {1, 2, 3, 4}, av[4] = {1, 0, -1, 2}, bv[4] = {0.5f, 1, 2, -1};
+  int64_t shape[2] = {2, 2};
+  lunet_tensor *x = lunet_tensor_from_data(ctx, LUNET_F32, 2, shape, xv);
+  lunet_tensor *a = lunet_tensor_from_data(ctx, LUNET_F32, 2, shape, av);
+  lunet_tensor *b = lunet_tensor_from_data(ctx, LUNET_F32, 2, shape, bv);
+  lunet_tensor_set_requires_grad(x, true);
+  for (int both = 1; both >= 0; both--) {
+    lunet_tensor *y[2];
+    ck_assert_int_eq(lunet_layer_apply(ctx, l, NULL, 1, &x, NULL, true, false, y, NULL), LUNET_OK);
+    ck_assert_float_eq(read0(y[1], 3), 12.0f);
+    lunet_tensor *t2 = lunet_mul(ctx, y[1], b), *s2 = lunet_reduce(ctx, LUNET_REDUCE_SUM, t2, LUNET_ALL_AXES, false);
+    lunet_tensor *loss = s2;
+    if (both) {
+      lunet_tensor *t1 = lunet_mul(ctx, y[0], a), *s1 = lunet_reduce(ctx, LUNET_REDUCE_SUM, t1, LUNET_ALL_AXES, false);
+      loss = lunet_add(ctx, s1, s2);
+      lunet_tensor_release(t1);
+      lunet_tensor_release(s1);
+      lunet_tensor_release(s2);
+    }
+    lunet_tensor_zero_grad(x);
+    ck_assert_msg(lunet_backward(ctx, loss, NULL) == LUNET_OK, "%s", lunet_ctx_error(ctx));
+    for (int i = 0; i < 4; i++)
+      ck_assert_float_eq_tol(read0(lunet_tensor_grad_get(x), i), (both ? av[i] : 0) + 3 * bv[i], 1e-6f);
+    lunet_tensor_release(loss);
+    lunet_tensor_release(t2);
+    lunet_tensor_release(y[0]);
+    lunet_tensor_release(y[1]);
+  }
+  /* in a model: both outputs are values, ids first and first + 1 */
+  lunet_model *m = lunet_model_new(ctx, "twins");
+  int64_t two = 2;
+  int v = lunet_model_input(ctx, m, "x", 1, &two);
+  int first = lunet_model_add(ctx, m, l, 1, &v);
+  int outs[2] = {first, first + 1};
+  ck_assert_int_eq(lunet_model_set_outputs(ctx, m, 2, outs), LUNET_OK);
+  lunet_tensor *p[2];
+  ck_assert_int_eq(lunet_model_predict(ctx, m, 1, &x, p), LUNET_OK);
+  ck_assert_float_eq(read0(p[0], 2), 3.0f);
+  ck_assert_float_eq(read0(p[1], 2), 9.0f);
+  lunet_tensor_release(p[0]);
+  lunet_tensor_release(p[1]);
+  lunet_model_release(m);
+  lunet_tensor_release(x);
+  lunet_tensor_release(a);
+  lunet_tensor_release(b);
+  lunet_layer_release(l);
+}
+END_TEST
+
 START_TEST(test_plugins_of_other_abis_are_refused) {
   ck_assert_int_eq(lunet_load_plugin(ctx, TEST_PLUGIN_DIR "/test_abi_plugin_1_0.so"), LUNET_ERR_ABI);
   ck_assert_msg(strstr(lunet_ctx_error(ctx), "was built for plugin ABI 1.0") &&
@@ -467,6 +528,7 @@ static Suite *model_suite(void) {
   tcase_add_test(tc, test_host_code_layers_run_one_call_at_a_time);
   tcase_add_test(tc, test_a_kept_call_record_persists);
   tcase_add_test(tc, test_masks_flow_through_the_graph);
+  tcase_add_test(tc, test_layers_with_two_outputs);
   tcase_add_test(tc, test_check_layer_type_from_c);
   suite_add_tcase(s, tc);
   return s;
