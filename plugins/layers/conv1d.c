@@ -4,6 +4,7 @@
  * the kernel permuted to (F, C, k)).  It runs as Conv2D's ops on the views
  * (N, 1, T, C) and (1, k, C, F), so it has every backend's fast 2-D
  * convolution.  Padding "valid" or "same" ("causal" is not supported yet).
+ * MaxPooling1D, below, works the same way on MaxPooling2D's ops.
  */
 #include "layers.h"
 
@@ -159,4 +160,102 @@ LAYERS_HIDDEN const lunet_layer_type layers_conv1d = {
     .release = conv1d_release,
     .tests = conv1d_tests,
     .ntests = sizeof conv1d_tests / sizeof conv1d_tests[0],
+};
+
+/* ---- MaxPooling1D: x (N, T, C) -> (N, T', C), as MaxPooling2D's ops on
+ * the view (N, 1, T, C) ---- */
+
+typedef struct pool1d_state {
+  lunet_tensor *x, *y; /* the 4-D views, kept for backward */
+  lunet_pool2d_desc d;
+} pool1d_state;
+
+static const lunet_arg_schema max_pool1d_args[] = {
+    {"pool_size", LUNET_ARG_INT, LUNET_ARG_DEFAULT, .def = {.i = 2}, .doc = "window length"},
+    {"strides", LUNET_ARG_INT, LUNET_ARG_NIL, .doc = "step of the window; nil: pool_size"},
+    {"padding", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "valid"},
+     .doc = "\"valid\" or \"same\"", .choices = "valid|same"},
+    LAYERS_ARG_INPUT_SHAPE,
+    LAYERS_ARG_NAME,
+};
+
+static lunet_status pool_desc(const lunet_layer *l, lunet_ctx *ctx, int64_t n, int64_t t, int64_t c,
+                              lunet_pool2d_desc *d) {
+  int64_t k = lunet_layer_get_int(l, "pool_size");
+  int64_t s = lunet_layer_arg_is_set(l, "strides") ? lunet_layer_get_int(l, "strides") : k;
+  *d = (lunet_pool2d_desc){.n = n, .h = 1, .w = t, .c = c, .kh = 1, .kw = k, .sh = 1, .sw = s};
+  return lunet_pool2d_geometry(ctx, d, layers_padding(l));
+}
+
+static lunet_status max_pool1d_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
+  if (lunet_layer_get_int(l, "pool_size") <= 0 ||
+      (lunet_layer_arg_is_set(l, "strides") && lunet_layer_get_int(l, "strides") <= 0))
+    return lunet_layer_error(l, LUNET_ERR_ARG, "pool_size and strides must be positive");
+  if (in[0].ndim != 2) return layers_rank_error(l, "2 (steps, channels)", &in[0]);
+  lunet_pool2d_desc d;
+  if (pool_desc(l, lunet_layer_ctx(l), 1, in[0].dims[0], in[0].dims[1], &d)) return layers_failed(l);
+  out[0] = (lunet_shape){2, {d.ow, in[0].dims[1]}};
+  return LUNET_OK;
+}
+
+static lunet_status max_pool1d_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                                       lunet_tensor **y, bool training) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  pool1d_state *st = lunet_call_state(c);
+  int64_t n = lunet_tensor_dim(x[0], 0), t = lunet_tensor_dim(x[0], 1), ch = lunet_tensor_dim(x[0], 2);
+  lunet_pool2d_desc d;
+  if (pool_desc(l, ctx, n, t, ch, &d)) return layers_call_failed(c);
+  int64_t x4s[4] = {n, 1, t, ch}, y3s[3] = {n, d.ow, ch};
+  lunet_tensor *x4 = lunet_op_reshape(ctx, x[0], 4, x4s);
+  lunet_tensor *y4 = x4 ? lunet_op_pool2d(ctx, LUNET_POOL_MAX, x4, &d) : NULL;
+  y[0] = y4 ? lunet_op_reshape(ctx, y4, 3, y3s) : NULL;
+  layers_set(&st->x, x4);
+  layers_set(&st->y, y4);
+  st->d = d;
+  return y[0] ? LUNET_OK : layers_call_failed(c);
+}
+
+static lunet_status max_pool1d_backward(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy,
+                                        lunet_tensor **dx) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  pool1d_state *st = lunet_call_state(c);
+  dx[0] = NULL;
+  if (!st->x) return layers_no_forward(c);
+  int64_t dy4s[4] = {st->d.n, 1, st->d.ow, st->d.c}, dx3s[3] = {st->d.n, st->d.w, st->d.c};
+  lunet_tensor *dy4 = lunet_op_reshape(ctx, dy[0], 4, dy4s);
+  lunet_tensor *dx4 = dy4 ? lunet_op_pool2d_backward(ctx, LUNET_POOL_MAX, dy4, st->x, st->y, &st->d) : NULL;
+  dx[0] = dx4 ? lunet_op_reshape(ctx, dx4, 3, dx3s) : NULL;
+  layers_release(dy4);
+  layers_release(dx4);
+  layers_set(&st->x, NULL);
+  layers_set(&st->y, NULL);
+  return dx[0] ? LUNET_OK : layers_call_failed(c);
+}
+
+static void max_pool1d_release(lunet_layer *l, lunet_call *c) {
+  pool1d_state *st = lunet_call_state(c);
+  layers_set(&st->x, NULL);
+  layers_set(&st->y, NULL);
+}
+
+static const lunet_layer_test max_pool1d_tests[] = {
+    {NULL, 0, LAYERS_INPUTS({2, {6, 2}}), 2, 1e-2f},
+    {LAYERS_ARGS({"pool_size", {.i = 3}}, {"strides", {.i = 1}}, {"padding", {.s = "same"}}),
+     LAYERS_INPUTS({2, {5, 2}}), 2, 1e-2f},
+};
+
+LAYERS_HIDDEN const lunet_layer_type layers_max_pooling1d = {
+    .struct_size = sizeof(lunet_layer_type),
+    .name = "MaxPooling1D",
+    .doc = "Maximum over windows of steps: (N, T, C) -> (N, T', C)",
+    .args = max_pool1d_args,
+    .nargs = sizeof max_pool1d_args / sizeof max_pool1d_args[0],
+    .positional = 1,
+    .call_state_size = sizeof(pool1d_state),
+    .build = max_pool1d_build,
+    .forward = max_pool1d_forward,
+    .backward = max_pool1d_backward,
+    .release = max_pool1d_release,
+    .tests = max_pool1d_tests,
+    .ntests = sizeof max_pool1d_tests / sizeof max_pool1d_tests[0],
 };

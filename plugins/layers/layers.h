@@ -71,6 +71,7 @@ extern LAYERS_HIDDEN const lunet_layer_type layers_simple_rnn;
 extern LAYERS_HIDDEN const lunet_layer_type layers_global_average_pooling1d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_global_max_pooling1d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_conv1d;
+extern LAYERS_HIDDEN const lunet_layer_type layers_max_pooling1d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_position_embedding;
 extern LAYERS_HIDDEN const lunet_layer_type layers_sine_position_encoding;
 

@@ -28,6 +28,7 @@ static const lunet_layer_type *const layer_types[] = {
     &layers_global_average_pooling1d,
     &layers_global_max_pooling1d,
     &layers_conv1d,
+    &layers_max_pooling1d,
     &layers_position_embedding,
     &layers_sine_position_encoding,
 };

@@ -240,6 +240,16 @@ function T.conv1d_matches_a_hand_convolution()
     end
   end
   check.same_table(w and conv:weights()[1].tensor:shape(), {2, 2, 3}, 0, "kernel (k, C, F)")
+  -- MaxPooling1D: the maximum of each window of 2 steps (Keras's default)
+  local p = nn.MaxPooling1D()(x):totable()
+  check.eq(#p[1], 3, "floor(7 / 2) windows")
+  for n = 1, 2 do
+    for t = 1, 3 do
+      for c = 1, 2 do
+        check.eq(p[n][t][c], math.max(xv[n][2 * t - 1][c], xv[n][2 * t][c]), "window max")
+      end
+    end
+  end
 end
 
 -- Position vectors: the sinusoids written out (KerasHub's formula), the
