@@ -45,8 +45,6 @@ static const lunet_arg_schema gru_args[] = {
     LAYERS_ARG_NAME,
 };
 
-static int nweights(const lunet_layer *l) { return lunet_layer_get_bool(l, "use_bias") ? 3 : 2; }
-
 static lunet_status gru_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
   int64_t u = lunet_layer_get_int(l, "units");
   if (u <= 0) return lunet_layer_error(l, LUNET_ERR_ARG, "units must be positive, got %lld", (long long)u);
@@ -149,11 +147,7 @@ static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, layers_graph *st) {
     lunet_tensor *hu = h ? lunet_matmul(ctx, h, st->w[RECURRENT]) : NULL;
     if (hu && br) layers_set(&hu, lunet_add(ctx, hu, br));
     if (!h && br) hu = lunet_tensor_retain(br);
-    lunet_tensor *mt = NULL;
-    if (st->mask) {
-      int64_t ms[2] = {0, s}, me[2] = {n, s + 1}, m1[2] = {1, 1};
-      mt = lunet_slice(ctx, st->mask, ms, me, m1);
-    }
+    lunet_tensor *mt = layers_rnn_mask_at(ctx, st->mask, s);
     ok = xs && (!h || hu) && (!st->mask || mt) && step(ctx, xs, hu, &h, u, a, ra, mt) == LUNET_OK;
     layers_release(mt);
     layers_release(hu);
@@ -173,29 +167,9 @@ static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, layers_graph *st) {
   return y;
 }
 
-static void gru_release(lunet_layer *l, lunet_call *c) { layers_graph_release(lunet_call_state(c)); }
-
 static lunet_status gru_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
-                                lunet_tensor **y, bool training) {
-  lunet_ctx *ctx = lunet_call_ctx(c);
-  layers_graph *st = lunet_call_state(c);
-  layers_graph_release(st);
-  /* (N, T): a masked step keeps the state, as in Keras */
-  if (lunet_call_mask(c, 0) && !(st->mask = layers_step_mask(c, x[0]))) return lunet_ctx_status(ctx);
-  lunet_status s = layers_graph_begin(c, l, st, x[0], nweights(l));
-  return s ? s : layers_graph_end(c, st, unroll(l, ctx, st), y);
-}
-
-static lunet_status gru_backward(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy,
-                                 lunet_tensor **dx) {
-  return layers_graph_backward(c, lunet_call_state(c), dy[0], dx);
-}
-
-static lunet_status gru_mask(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
-                             lunet_tensor **mask_out) {
-  lunet_tensor *m = lunet_call_mask(c, 0);
-  mask_out[0] = m && lunet_layer_get_bool(l, "return_sequences") ? lunet_tensor_retain(m) : NULL;
-  return LUNET_OK;
+                               lunet_tensor **y, bool training) {
+  return layers_rnn_forward(l, c, x[0], y, unroll);
 }
 
 static const lunet_layer_test gru_tests[] = {
@@ -216,9 +190,9 @@ LAYERS_HIDDEN const lunet_layer_type layers_gru = {
     .call_state_size = sizeof(layers_graph),
     .build = gru_build,
     .forward = gru_forward,
-    .backward = gru_backward,
-    .release = gru_release,
-    .compute_mask = gru_mask,
+    .backward = layers_graph_backward_member,
+    .release = layers_graph_release_member,
+    .compute_mask = layers_rnn_mask,
     .tests = gru_tests,
     .ntests = sizeof gru_tests / sizeof gru_tests[0],
 };

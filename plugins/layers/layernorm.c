@@ -72,15 +72,6 @@ static lunet_status layernorm_forward(lunet_layer *l, lunet_call *c, int nin, lu
   return s ? s : layers_graph_end(c, st, normalize(l, lunet_call_ctx(c), st), y);
 }
 
-static lunet_status layernorm_backward(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy,
-                                       lunet_tensor **dx) {
-  return layers_graph_backward(c, lunet_call_state(c), dy[0], dx);
-}
-
-static void layernorm_release(lunet_layer *l, lunet_call *c) {
-  layers_graph_release(lunet_call_state(c));
-}
-
 static const lunet_layer_test layernorm_tests[] = {
     {NULL, 0, LAYERS_INPUTS({1, {5}}), 3, 1e-2f},
     {LAYERS_ARGS({"epsilon", {.f = 1e-5}}), LAYERS_INPUTS({2, {3, 4}}), 2, 1e-2f},
@@ -96,8 +87,8 @@ LAYERS_HIDDEN const lunet_layer_type layers_layer_normalization = {
     .call_state_size = sizeof(layers_graph),
     .build = layernorm_build,
     .forward = layernorm_forward,
-    .backward = layernorm_backward,
-    .release = layernorm_release,
+    .backward = layers_graph_backward_member,
+    .release = layers_graph_release_member,
     .tests = layernorm_tests,
     .ntests = sizeof layernorm_tests / sizeof layernorm_tests[0],
 };

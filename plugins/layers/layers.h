@@ -322,4 +322,53 @@ static inline lunet_status layers_graph_backward(lunet_call *c, layers_graph *g,
   return s;
 }
 
+/* A graph-built layer type's backward and release members. */
+static inline lunet_status layers_graph_backward_member(lunet_layer *l, lunet_call *c,
+                                                        lunet_tensor *const *dy, lunet_tensor **dx) {
+  return layers_graph_backward(c, lunet_call_state(c), dy[0], dx);
+}
+
+static inline void layers_graph_release_member(lunet_layer *l, lunet_call *c) {
+  layers_graph_release(lunet_call_state(c));
+}
+
+/* ---- what the recurrent layers (LSTM, GRU, SimpleRNN) share ---- */
+
+/* kernel, recurrent_kernel and, with use_bias, bias. */
+static inline int layers_rnn_nweights(const lunet_layer *l) {
+  return lunet_layer_get_bool(l, "use_bias") ? 3 : 2;
+}
+
+/* Step s of the (N, T) mask as (N, 1), on the tape; NULL with no mask (or
+ * an error, which the caller's next op reports). */
+static inline lunet_tensor *layers_rnn_mask_at(lunet_ctx *ctx, lunet_tensor *mask, int64_t s) {
+  if (!mask) return NULL;
+  int64_t start[2] = {0, s}, stop[2] = {lunet_tensor_dim(mask, 0), s + 1}, step[2] = {1, 1};
+  return lunet_slice(ctx, mask, start, stop, step);
+}
+
+/* Forward of a recurrent layer: its input mask checked, the graph that
+ * `unroll` builds over the views kept for backward. */
+static inline lunet_status layers_rnn_forward(lunet_layer *l, lunet_call *c, lunet_tensor *x,
+                                              lunet_tensor **y,
+                                              lunet_tensor *(*unroll)(lunet_layer *, lunet_ctx *,
+                                                                      layers_graph *)) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  layers_graph *st = lunet_call_state(c);
+  layers_graph_release(st);
+  /* (N, T): a masked step keeps the state, as in Keras */
+  if (lunet_call_mask(c, 0) && !(st->mask = layers_step_mask(c, x))) return lunet_ctx_status(ctx);
+  lunet_status s = layers_graph_begin(c, l, st, x, layers_rnn_nweights(l));
+  return s ? s : layers_graph_end(c, st, unroll(l, ctx, st), y);
+}
+
+/* With return_sequences every step's output keeps the input's mask;
+ * otherwise there is one output and no mask. */
+static inline lunet_status layers_rnn_mask(lunet_layer *l, lunet_call *c, int nin,
+                                           lunet_tensor *const *x, lunet_tensor **mask_out) {
+  lunet_tensor *m = lunet_call_mask(c, 0);
+  mask_out[0] = m && lunet_layer_get_bool(l, "return_sequences") ? lunet_tensor_retain(m) : NULL;
+  return LUNET_OK;
+}
+
 #endif

@@ -153,11 +153,7 @@ static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, layers_graph *st) {
       layers_set(&zt, hr ? lunet_add(ctx, zt, hr) : NULL);
       layers_release(hr);
     }
-    lunet_tensor *mt = NULL;
-    if (zt && st->mask) {
-      int64_t ms[2] = {0, s}, me[2] = {n, s + 1}, m1[2] = {1, 1};
-      mt = lunet_slice(ctx, st->mask, ms, me, m1);
-    }
+    lunet_tensor *mt = layers_rnn_mask_at(ctx, st->mask, s);
     ok = zt && (!st->mask || mt) && step(ctx, zt, &h, &c, n, u, a, ra, mt) == LUNET_OK;
     layers_release(mt);
     layers_release(zt);
@@ -175,33 +171,9 @@ static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, layers_graph *st) {
   return y;
 }
 
-static int nweights(const lunet_layer *l) { return lunet_layer_get_bool(l, "use_bias") ? 3 : 2; }
-
-static void lstm_release(lunet_layer *l, lunet_call *c) { layers_graph_release(lunet_call_state(c)); }
-
 static lunet_status lstm_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
-                                 lunet_tensor **y, bool training) {
-  lunet_ctx *ctx = lunet_call_ctx(c);
-  layers_graph *st = lunet_call_state(c);
-  layers_graph_release(st);
-  /* (N, T): a masked step keeps the state, as in Keras */
-  if (lunet_call_mask(c, 0) && !(st->mask = layers_step_mask(c, x[0]))) return lunet_ctx_status(ctx);
-  lunet_status s = layers_graph_begin(c, l, st, x[0], nweights(l));
-  return s ? s : layers_graph_end(c, st, unroll(l, ctx, st), y);
-}
-
-static lunet_status lstm_backward(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy,
-                                  lunet_tensor **dx) {
-  return layers_graph_backward(c, lunet_call_state(c), dy[0], dx);
-}
-
-/* With return_sequences every step's output keeps the input's mask;
- * otherwise there is one output and no mask. */
-static lunet_status lstm_mask(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
-                              lunet_tensor **mask_out) {
-  lunet_tensor *m = lunet_call_mask(c, 0);
-  mask_out[0] = m && lunet_layer_get_bool(l, "return_sequences") ? lunet_tensor_retain(m) : NULL;
-  return LUNET_OK;
+                                lunet_tensor **y, bool training) {
+  return layers_rnn_forward(l, c, x[0], y, unroll);
 }
 
 static const lunet_layer_test lstm_tests[] = {
@@ -223,9 +195,9 @@ LAYERS_HIDDEN const lunet_layer_type layers_lstm = {
     .call_state_size = sizeof(layers_graph),
     .build = lstm_build,
     .forward = lstm_forward,
-    .backward = lstm_backward,
-    .release = lstm_release,
-    .compute_mask = lstm_mask,
+    .backward = layers_graph_backward_member,
+    .release = layers_graph_release_member,
+    .compute_mask = layers_rnn_mask,
     .tests = lstm_tests,
     .ntests = sizeof lstm_tests / sizeof lstm_tests[0],
 };

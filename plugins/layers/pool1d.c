@@ -69,13 +69,6 @@ static lunet_status max_forward(lunet_layer *l, lunet_call *c, int nin, lunet_te
   return pool1d_forward(l, c, x[0], y, LUNET_REDUCE_MAX);
 }
 
-static lunet_status pool1d_backward(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy,
-                                    lunet_tensor **dx) {
-  return layers_graph_backward(c, lunet_call_state(c), dy[0], dx);
-}
-
-static void pool1d_release(lunet_layer *l, lunet_call *c) { layers_graph_release(lunet_call_state(c)); }
-
 /* The steps are gone: no mask goes on. */
 static lunet_status pool1d_mask(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
                                 lunet_tensor **mask_out) {
@@ -97,8 +90,8 @@ LAYERS_HIDDEN const lunet_layer_type layers_global_average_pooling1d = {
     .call_state_size = sizeof(layers_graph),
     .build = pool1d_build,
     .forward = average_forward,
-    .backward = pool1d_backward,
-    .release = pool1d_release,
+    .backward = layers_graph_backward_member,
+    .release = layers_graph_release_member,
     .compute_mask = pool1d_mask,
     .tests = pool1d_tests,
     .ntests = sizeof pool1d_tests / sizeof pool1d_tests[0],
@@ -113,8 +106,8 @@ LAYERS_HIDDEN const lunet_layer_type layers_global_max_pooling1d = {
     .call_state_size = sizeof(layers_graph),
     .build = pool1d_build,
     .forward = max_forward,
-    .backward = pool1d_backward,
-    .release = pool1d_release,
+    .backward = layers_graph_backward_member,
+    .release = layers_graph_release_member,
     .compute_mask = pool1d_mask,
     .tests = pool1d_tests,
     .ntests = sizeof pool1d_tests / sizeof pool1d_tests[0],

@@ -110,13 +110,6 @@ static lunet_status sine_forward(lunet_layer *l, lunet_call *c, int nin, lunet_t
   return layers_graph_end(c, st, out, y);
 }
 
-static lunet_status position_backward(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy,
-                                      lunet_tensor **dx) {
-  return layers_graph_backward(c, lunet_call_state(c), dy[0], dx);
-}
-
-static void position_release(lunet_layer *l, lunet_call *c) { layers_graph_release(lunet_call_state(c)); }
-
 static const lunet_layer_test position_embedding_tests[] = {
     {LAYERS_ARGS({"sequence_length", {.i = 6}}), LAYERS_INPUTS({2, {4, 3}}), 2, 1e-2f},
 };
@@ -135,8 +128,8 @@ LAYERS_HIDDEN const lunet_layer_type layers_position_embedding = {
     .call_state_size = sizeof(layers_graph),
     .build = position_embedding_build,
     .forward = position_embedding_forward,
-    .backward = position_backward,
-    .release = position_release,
+    .backward = layers_graph_backward_member,
+    .release = layers_graph_release_member,
     .tests = position_embedding_tests,
     .ntests = 1,
 };
@@ -150,8 +143,8 @@ LAYERS_HIDDEN const lunet_layer_type layers_sine_position_encoding = {
     .call_state_size = sizeof(layers_graph),
     .build = sine_build,
     .forward = sine_forward,
-    .backward = position_backward,
-    .release = position_release,
+    .backward = layers_graph_backward_member,
+    .release = layers_graph_release_member,
     .tests = sine_tests,
     .ntests = 1,
 };
