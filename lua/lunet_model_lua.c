@@ -306,6 +306,32 @@ static int l_layer_build(lua_State *L) {
   return 1;
 }
 
+/* C.layer_set_arg(layer, name, value): changes an argument before the layer
+ * is built (a call option that Keras takes per call, fixed at the first). */
+static int l_layer_set_arg(lua_State *L) {
+  lunet_layer *l = lunetL_checklayer(L, 1);
+  const char *name = luaL_checkstring(L, 2);
+  const lunet_layer_type *t = lunet_layer_type_get(l);
+  const lunet_arg_schema *s = NULL;
+  for (int i = 0; i < t->nargs && !s; i++)
+    if (!strcmp(t->args[i].name, name)) s = &t->args[i];
+  if (!s) return luaL_error(L, "%s has no argument '%s'", t->name, name);
+  if (lunet_layer_built(l)) return luaL_error(L, "%s: '%s' cannot change once the layer is built", lunet_layer_name(l), name);
+  lua_settop(L, 3);
+  if (set_arg(L, l, s)) lunetL_error(L, NULL);
+  return 0;
+}
+
+static int l_layer_built(lua_State *L) {
+  lua_pushboolean(L, lunet_layer_built(lunetL_checklayer(L, 1)));
+  return 1;
+}
+
+static int l_layer_input_count(lua_State *L) {
+  lua_pushinteger(L, lunet_layer_input_count(lunetL_checklayer(L, 1)));
+  return 1;
+}
+
 /* C.layer_call(layer, x or {x1, x2, ...}, training, skip_activation) -> outputs */
 static int l_layer_call(lua_State *L) {
   lunet_layer *l = lunetL_checklayer(L, 1);
@@ -592,6 +618,9 @@ static const luaL_Reg functions[] = {{"check_layer", l_check_layer},
                                      {"layer_new", l_layer_new},
                                      {"layer_build", l_layer_build},
                                      {"layer_call", l_layer_call},
+                                     {"layer_set_arg", l_layer_set_arg},
+                                     {"layer_built", l_layer_built},
+                                     {"layer_input_count", l_layer_input_count},
                                      {"layer_weights", l_layer_weights},
                                      {"layer_activation", l_layer_activation},
                                      {"layer_to", l_layer_to},

@@ -232,32 +232,51 @@ static void leaf_uses(lunet_tensor *t, bool count, lunet_leaf_done_fn done, void
   }
 }
 
-static lunet_status run_backward(lunet_ctx *ctx, lunet_tensor *root, lunet_tensor *grad_out,
+/* Backward from n roots at once (a layer's graph with several outputs):
+ * one topological order over all of them, each root seeded with its
+ * gradient (grads[i], or 1 for a one-element root when grads is NULL).  A
+ * root nothing differentiable reaches is skipped when `skip_constant`, an
+ * error otherwise. */
+static lunet_status run_backward(lunet_ctx *ctx, int n, lunet_tensor *const *roots,
+                                 lunet_tensor *const *grads, bool skip_constant,
                                  lunet_leaf_done_fn done, void *user) {
-  if (grad_out && !lunet_shape_equal(grad_out, root)) {
-    char a[128], b[128];
-    return lunet_error(ctx, LUNET_ERR_SHAPE,
-                       "backward: the gradient has shape %s but the tensor "
-                       "has shape %s",
-                       lunet_shape_str(grad_out->ndim, grad_out->shape, a, sizeof a),
-                       lunet_shape_str(root->ndim, root->shape, b, sizeof b));
+  for (int r = 0; r < n; r++) {
+    lunet_tensor *root = roots[r], *grad_out = grads ? grads[r] : NULL;
+    if (grad_out && !lunet_shape_equal(grad_out, root)) {
+      char a[128], b[128];
+      return lunet_error(ctx, LUNET_ERR_SHAPE,
+                         "backward: the gradient has shape %s but the tensor "
+                         "has shape %s",
+                         lunet_shape_str(grad_out->ndim, grad_out->shape, a, sizeof a),
+                         lunet_shape_str(root->ndim, root->shape, b, sizeof b));
+    }
+    if (!root->grad_fn && !root->requires_grad && !skip_constant)
+      return lunet_error(ctx, LUNET_ERR_ARG,
+                         "backward: this tensor does not require grad "
+                         "(no input of the computation had requires_grad(true))");
+    if (root->grad_fn) {
+      lunet_tensor_release(root->acc);
+      root->acc = NULL;
+    }
   }
-  if (!root->grad_fn && !root->requires_grad)
-    return lunet_error(ctx, LUNET_ERR_ARG,
-                       "backward: this tensor does not require grad "
-                       "(no input of the computation had requires_grad(true))");
-  lunet_tensor *g = seed_grad(ctx, root, grad_out);
-  if (!g) return ctx->status;
-  if (!root->grad_fn) { /* a leaf */
-    lunet_status s = add_into(ctx, &root->grad, g);
-    if (!s && done) done(user, root);
-    return s;
-  }
-  lunet_tensor_release(root->acc);
-  root->acc = g;
   order o = {0};
-  lunet_status s = topo(ctx, root, ++ctx->generation, &o) ? LUNET_OK : ctx->status;
-  if (done) {
+  uint64_t gen = ++ctx->generation;
+  lunet_status s = LUNET_OK;
+  for (int r = 0; !s && r < n; r++) {
+    lunet_tensor *root = roots[r];
+    if (!root->grad_fn && !root->requires_grad) continue;
+    lunet_tensor *g = seed_grad(ctx, root, grads ? grads[r] : NULL);
+    if (!g) {
+      s = ctx->status;
+    } else if (!root->grad_fn) { /* a leaf */
+      s = add_into(ctx, &root->grad, g);
+      if (!s && done) done(user, root);
+    } else {
+      s = add_into(ctx, &root->acc, g);
+      if (!s && root->grad_fn->mark != gen && !topo(ctx, root, gen, &o)) s = ctx->status;
+    }
+  }
+  if (done && !s) {
     for (size_t i = 0; i < o.n; i++)
       for (int k = 0; k < o.items[i]->grad_fn->ninputs; k++) o.items[i]->grad_fn->inputs[k]->pending = 0;
     for (size_t i = 0; i < o.n; i++) leaf_uses(o.items[i], true, NULL, NULL);
@@ -271,18 +290,28 @@ static lunet_status run_backward(lunet_ctx *ctx, lunet_tensor *root, lunet_tenso
     lunet_tensor_release(o.items[i]->acc);
     o.items[i]->acc = NULL;
   }
+  for (int r = 0; r < n; r++)
+    if (roots[r]->grad_fn) {
+      lunet_tensor_release(roots[r]->acc);
+      roots[r]->acc = NULL;
+    }
   lunet_set_grad_enabled(ctx, prev);
   free(o.items);
   return s;
 }
 
 lunet_status lunet_backward(lunet_ctx *ctx, lunet_tensor *root, lunet_tensor *grad_out) {
-  return run_backward(ctx, root, grad_out, NULL, NULL);
+  return run_backward(ctx, 1, &root, grad_out ? &grad_out : NULL, false, NULL, NULL);
+}
+
+lunet_status lunet_backward_many(lunet_ctx *ctx, int n, lunet_tensor *const *roots,
+                                 lunet_tensor *const *grads) {
+  return run_backward(ctx, n, roots, grads, true, NULL, NULL);
 }
 
 lunet_status lunet_backward_hooked(lunet_ctx *ctx, lunet_tensor *root, lunet_leaf_done_fn done,
                                    void *user) {
-  return run_backward(ctx, root, NULL, done, user);
+  return run_backward(ctx, 1, &root, NULL, false, done, user);
 }
 
 /* ---- elementwise ---- */

@@ -580,6 +580,9 @@ lunet_status lunet_layer_build(lunet_ctx *ctx, lunet_layer *l, int nin, const lu
       return lunet_error(ctx, LUNET_ERR_SHAPE, "%s: input %d has %d dimensions (at most %d)",
                          lunet_layer_name(l), i + 1, in[i].ndim, LUNET_MAX_DIMS - 1);
   if (l->built) {
+    if (nin != l->nin)
+      return lunet_error(ctx, LUNET_ERR_SHAPE, "%s: built for %d input%s, called with %d", lunet_layer_name(l),
+                         l->nin, l->nin == 1 ? "" : "s", nin);
     for (int i = 0; i < nin; i++)
       if (!same_shape(&in[i], &l->in[i]) || nin != l->nin) {
         char a[128], b[128];
@@ -847,6 +850,9 @@ static lunet_status record(lunet_ctx *ctx, lunet_call *c, int n, lunet_tensor *c
 /* Each input (N, in[i]...) with one batch size. */
 static lunet_status inputs_fit(lunet_ctx *ctx, const lunet_layer *l, int nin,
                                lunet_tensor *const *x) {
+  if (nin != l->nin)
+    return lunet_error(ctx, LUNET_ERR_SHAPE, "%s: built for %d input%s, called with %d", lunet_layer_name(l),
+                       l->nin, l->nin == 1 ? "" : "s", nin);
   for (int i = 0; i < nin; i++) {
     bool ok = x[i]->ndim == l->in[i].ndim + 1 && x[i]->shape[0] == x[0]->shape[0];
     for (int d = 0; ok && d < l->in[i].ndim; d++) ok = x[i]->shape[d + 1] == l->in[i].dims[d];

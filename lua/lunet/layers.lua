@@ -276,13 +276,68 @@ function Layer:set_weights(list)
   end
 end
 
--- layer(x) on tensors runs it (a list for several inputs; one result per
--- output); on symbolic tensors (nn.Input, other layers' outputs) it adds a
--- call to a functional model's graph.
-function Layer:__call(x, training)
+-- Runs the layer on x (a tensor, or a list for several inputs; one result
+-- per output), or adds a call to a functional model's graph when x holds
+-- symbolic tensors (nn.Input, other layers' outputs).
+function Layer:apply(x, training)
   local xs, listed = graph.symbolic_list(x, self.name)
   if xs then return graph.call(self, xs, listed) end
   return C.layer_call(self.handle, x, training or false, false)
+end
+
+-- Sets an argument that Keras takes per call (use_causal_mask) at the
+-- layer's first call; a later call may not change it.
+function Layer:fix_arg(name, value)
+  local current = C.layer_args(self.handle)[name]
+  if current == value then return end
+  if C.layer_built(self.handle) then
+    error(string.format("%s: it was first called with %s = %s; a layer keeps its first call's %s (make a second layer for the other)",
+      self.name, name, tostring(current), name), 3)
+  end
+  C.layer_set_arg(self.handle, name, value)
+  self.args[name] = value
+end
+
+-- How layer types whose Keras call takes more than inputs are called.
+local call_forms = {}
+
+local mha_options = { attention_mask = true, use_causal_mask = true, return_attention_scores = true, training = true }
+
+-- mha(query, value[, key][, {attention_mask =, use_causal_mask =,
+-- return_attention_scores =, training =}]): Keras's call.  attention_mask
+-- (N, T, S) is true (nonzero) where query step t may attend to value step s.
+function call_forms.MultiHeadAttention(self, query, value, key, opts)
+  if opts == nil and type(key) == "table" and getmetatable(key) == nil then key, opts = nil, key end
+  opts = opts or {}
+  if type(opts) ~= "table" then error(string.format("%s: the options must be a table, got %s", self.name, type(opts)), 3) end
+  for k in pairs(opts) do
+    if not mha_options[k] then
+      error(string.format("%s: unknown call option '%s' (valid: attention_mask, use_causal_mask, return_attention_scores, training)",
+        self.name, tostring(k)), 3)
+    end
+  end
+  if value == nil then
+    error(string.format("%s: call it as layer(query, value[, key][, options]); for self-attention pass the query twice", self.name), 3)
+  end
+  if opts.use_causal_mask ~= nil then self:fix_arg("use_causal_mask", opts.use_causal_mask and true or false) end
+  local xs = { query, value, key or value }
+  if opts.attention_mask ~= nil then xs[4] = opts.attention_mask end
+  if C.layer_built(self.handle) and C.layer_input_count(self.handle) ~= #xs then
+    error(string.format("%s: it was first called %s an attention_mask; a layer keeps its first call's inputs (pass an all-true mask for no masking)",
+      self.name, #xs == 4 and "without" or "with"), 3)
+  end
+  local out, scores = self:apply(xs, opts.training)
+  if opts.return_attention_scores then return out, scores end
+  return out
+end
+
+-- layer(x) on tensors runs it (a list for several inputs; one result per
+-- output); on symbolic tensors (nn.Input, other layers' outputs) it adds a
+-- call to a functional model's graph.  Some types take more (call_forms).
+function Layer:__call(...)
+  local form = call_forms[self.type]
+  if form then return form(self, ...) end
+  return self:apply(...)
 end
 
 function Layer:__tostring()

@@ -122,14 +122,14 @@ static lunet_status step(lunet_ctx *ctx, lunet_tensor *xs, lunet_tensor *hs, lun
 }
 
 static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, layers_graph *st) {
-  int64_t n = lunet_tensor_dim(st->x, 0), t = lunet_tensor_dim(st->x, 1), d = lunet_tensor_dim(st->x, 2);
+  int64_t n = lunet_tensor_dim(st->x[0], 0), t = lunet_tensor_dim(st->x[0], 1), d = lunet_tensor_dim(st->x[0], 2);
   int64_t u = lunet_layer_get_int(l, "units");
   bool seq = lunet_layer_get_bool(l, "return_sequences");
   lunet_unary_op a = layers_act_op(lunet_layer_get_string(l, "activation"));
   lunet_unary_op ra = layers_act_op(lunet_layer_get_string(l, "recurrent_activation"));
   int64_t flat[2] = {n * t, d}, zshape[3] = {n, t, 3 * u}, step2[2] = {n, 3 * u};
   lunet_tensor *bi = bias_row(ctx, st->w[BIAS], 0), *br = bias_row(ctx, st->w[BIAS], 1);
-  lunet_tensor *x2 = lunet_reshape(ctx, st->x, 2, flat);
+  lunet_tensor *x2 = lunet_reshape(ctx, st->x[0], 2, flat);
   lunet_tensor *xw = x2 ? lunet_matmul(ctx, x2, st->w[KERNEL]) : NULL;
   if (xw && bi) layers_set(&xw, lunet_add(ctx, xw, bi));
   lunet_tensor *z3 = xw ? lunet_reshape(ctx, xw, 3, zshape) : NULL;

@@ -41,9 +41,9 @@ static lunet_status layernorm_build(lunet_layer *l, int nin, const lunet_shape *
 
 /* The normalization over st's views, on the tape. */
 static lunet_tensor *normalize(lunet_layer *l, lunet_ctx *ctx, layers_graph *st) {
-  int last = lunet_tensor_ndim(st->x) - 1;
-  lunet_tensor *mean = lunet_reduce(ctx, LUNET_REDUCE_MEAN, st->x, last, true);
-  lunet_tensor *d = mean ? lunet_sub(ctx, st->x, mean) : NULL;
+  int last = lunet_tensor_ndim(st->x[0]) - 1;
+  lunet_tensor *mean = lunet_reduce(ctx, LUNET_REDUCE_MEAN, st->x[0], last, true);
+  lunet_tensor *d = mean ? lunet_sub(ctx, st->x[0], mean) : NULL;
   lunet_tensor *sq = d ? lunet_unary(ctx, LUNET_UNARY_SQUARE, d, 0, 0) : NULL;
   lunet_tensor *var = sq ? lunet_reduce(ctx, LUNET_REDUCE_MEAN, sq, last, true) : NULL;
   lunet_tensor *ve = var ? lunet_unary(ctx, LUNET_UNARY_AFFINE, var, 1.0f,

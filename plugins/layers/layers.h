@@ -74,6 +74,7 @@ extern LAYERS_HIDDEN const lunet_layer_type layers_conv1d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_max_pooling1d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_position_embedding;
 extern LAYERS_HIDDEN const lunet_layer_type layers_sine_position_encoding;
+extern LAYERS_HIDDEN const lunet_layer_type layers_multi_head_attention;
 
 /* Drops one reference; NULL is allowed, so cleanup paths need no checks. */
 static inline void layers_release(lunet_tensor *t) {
@@ -256,32 +257,41 @@ static inline lunet_tensor *layers_step_mask(lunet_call *c, lunet_tensor *x) {
  * detached views of the input and weights when the core records the call,
  * keeps it in the call's state and hands the caller a view off it; backward
  * runs it from dy and passes on what reached the views. */
-#define LAYERS_GRAPH_MAX_WEIGHTS 4
+#define LAYERS_GRAPH_MAX_WEIGHTS 32
+#define LAYERS_GRAPH_MAX_IO 4
 
 typedef struct layers_graph {
-  lunet_tensor *x, *w[LAYERS_GRAPH_MAX_WEIGHTS]; /* the views the graph starts from */
-  lunet_tensor *y;                              /* its output, on the tape */
-  lunet_tensor *mask;                           /* a recurrent layer's (N, T) mask, or NULL */
-  int nw;
+  lunet_tensor *x[LAYERS_GRAPH_MAX_IO];        /* views of the inputs the graph starts from */
+  lunet_tensor *w[LAYERS_GRAPH_MAX_WEIGHTS];   /* and of the weights */
+  lunet_tensor *y[LAYERS_GRAPH_MAX_IO];        /* its outputs, on the tape */
+  lunet_tensor *mask;                          /* a recurrent layer's (N, T) mask, or NULL */
+  int nx, nw, ny;
   bool prev; /* grad mode before begin */
 } layers_graph;
 
 static inline void layers_graph_release(layers_graph *g) {
-  layers_set(&g->x, NULL);
+  for (int i = 0; i < LAYERS_GRAPH_MAX_IO; i++) {
+    layers_set(&g->x[i], NULL);
+    layers_set(&g->y[i], NULL);
+  }
   for (int i = 0; i < LAYERS_GRAPH_MAX_WEIGHTS; i++) layers_set(&g->w[i], NULL);
-  layers_set(&g->y, NULL);
   layers_set(&g->mask, NULL);
 }
 
-/* Views of x and of the layer's first nw weights; the tape is on while the
- * core records this call.  Pair with layers_graph_end. */
-static inline lunet_status layers_graph_begin(lunet_call *c, lunet_layer *l, layers_graph *g,
-                                              lunet_tensor *x, int nw) {
+/* Views of the nx inputs (a NULL input stays NULL: an optional one) and of
+ * the layer's first nw weights; the tape is on while the core records this
+ * call.  Pair with layers_graph_end_many. */
+static inline lunet_status layers_graph_begin_many(lunet_call *c, lunet_layer *l, layers_graph *g,
+                                                   int nx, lunet_tensor *const *x, int nw) {
   lunet_ctx *ctx = lunet_call_ctx(c);
   bool record = lunet_call_recording(c);
+  g->nx = nx;
   g->nw = nw;
-  if (!(g->x = lunet_detach(ctx, x))) return layers_call_failed(c);
-  lunet_tensor_set_requires_grad(g->x, record);
+  for (int i = 0; i < nx; i++) {
+    if (!x[i]) continue;
+    if (!(g->x[i] = lunet_detach(ctx, x[i]))) return layers_call_failed(c);
+    lunet_tensor_set_requires_grad(g->x[i], record && lunet_tensor_dtype(x[i]) == LUNET_F32);
+  }
   for (int i = 0; i < nw; i++) {
     if (!(g->w[i] = lunet_detach(ctx, lunet_layer_weight(l, i)))) return layers_call_failed(c);
     lunet_tensor_set_requires_grad(g->w[i], record);
@@ -290,33 +300,54 @@ static inline lunet_status layers_graph_begin(lunet_call *c, lunet_layer *l, lay
   return LUNET_OK;
 }
 
-/* Keeps the graph's output y_graph (a new reference, NULL on error) and
- * gives the caller *y, a view off the tape. */
-static inline lunet_status layers_graph_end(lunet_call *c, layers_graph *g, lunet_tensor *y_graph,
-                                            lunet_tensor **y) {
-  lunet_ctx *ctx = lunet_call_ctx(c);
-  lunet_set_grad_enabled(ctx, g->prev);
-  g->y = y_graph;
-  if (!g->y) return layers_call_failed(c);
-  *y = lunet_detach(ctx, g->y);
-  if (!lunet_call_recording(c)) layers_set(&g->y, NULL);
-  return *y ? LUNET_OK : layers_call_failed(c);
+/* The same with one input. */
+static inline lunet_status layers_graph_begin(lunet_call *c, lunet_layer *l, layers_graph *g,
+                                              lunet_tensor *x, int nw) {
+  return layers_graph_begin_many(c, l, g, 1, &x, nw);
 }
 
-/* Backward through the kept graph: weight gradients to the call, dx[0]
- * when wanted; the graph is released. */
-static inline lunet_status layers_graph_backward(lunet_call *c, layers_graph *g, lunet_tensor *dy,
-                                                 lunet_tensor **dx) {
-  if (!g->y) return layers_no_forward(c);
+/* Keeps the graph's ny outputs ys (new references, any NULL on error: the
+ * others are released) and gives the caller views y[i] off the tape. */
+static inline lunet_status layers_graph_end_many(lunet_call *c, layers_graph *g, int ny,
+                                                 lunet_tensor **ys, lunet_tensor **y) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  lunet_set_grad_enabled(ctx, g->prev);
+  bool ok = true;
+  for (int i = 0; i < ny; i++) ok &= ys[i] != NULL;
+  g->ny = ny;
+  for (int i = 0; i < ny; i++) g->y[i] = ok ? ys[i] : (layers_release(ys[i]), NULL);
+  if (!ok) return layers_call_failed(c);
+  for (int i = 0; i < ny; i++)
+    if (!(y[i] = lunet_detach(ctx, g->y[i]))) {
+      for (int k = 0; k < i; k++) layers_set(&y[k], NULL);
+      return layers_call_failed(c);
+    }
+  if (!lunet_call_recording(c))
+    for (int i = 0; i < ny; i++) layers_set(&g->y[i], NULL);
+  return LUNET_OK;
+}
+
+/* The same with one output (y_graph: a new reference, NULL on error). */
+static inline lunet_status layers_graph_end(lunet_call *c, layers_graph *g, lunet_tensor *y_graph,
+                                            lunet_tensor **y) {
+  return layers_graph_end_many(c, g, 1, &y_graph, y);
+}
+
+/* Backward through the kept graph from every output's dy: weight gradients
+ * to the call, dx[i] where wanted; the graph is released. */
+static inline lunet_status layers_graph_backward(lunet_call *c, layers_graph *g,
+                                                 lunet_tensor *const *dy, lunet_tensor **dx) {
+  if (!g->y[0]) return layers_no_forward(c);
   /* an output that depends on nothing differentiable gives no gradients */
-  lunet_status s = lunet_tensor_on_tape(g->y) ? lunet_backward(lunet_call_ctx(c), g->y, dy) : LUNET_OK;
+  lunet_status s = lunet_backward_many(lunet_call_ctx(c), g->ny, g->y, dy);
   for (int i = 0; !s && i < g->nw; i++) {
     lunet_tensor *w = lunet_tensor_grad_get(g->w[i]);
     if (w) s = lunet_call_accumulate_grad(c, i, w);
   }
-  if (!s && lunet_call_needs_dx(c, 0)) {
-    lunet_tensor *gx = lunet_tensor_grad_get(g->x);
-    dx[0] = gx ? lunet_tensor_retain(gx) : NULL;
+  for (int i = 0; !s && i < g->nx; i++) {
+    if (!g->x[i] || !lunet_call_needs_dx(c, i)) continue;
+    lunet_tensor *gx = lunet_tensor_grad_get(g->x[i]);
+    dx[i] = gx ? lunet_tensor_retain(gx) : NULL;
   }
   layers_graph_release(g);
   return s;
@@ -325,7 +356,7 @@ static inline lunet_status layers_graph_backward(lunet_call *c, layers_graph *g,
 /* A graph-built layer type's backward and release members. */
 static inline lunet_status layers_graph_backward_member(lunet_layer *l, lunet_call *c,
                                                         lunet_tensor *const *dy, lunet_tensor **dx) {
-  return layers_graph_backward(c, lunet_call_state(c), dy[0], dx);
+  return layers_graph_backward(c, lunet_call_state(c), dy, dx);
 }
 
 static inline void layers_graph_release_member(lunet_layer *l, lunet_call *c) {
@@ -370,5 +401,53 @@ static inline lunet_status layers_rnn_mask(lunet_layer *l, lunet_call *c, int ni
   mask_out[0] = m && lunet_layer_get_bool(l, "return_sequences") ? lunet_tensor_retain(m) : NULL;
   return LUNET_OK;
 }
+
+/* ---- attention (attention.c), shared with the Transformer blocks ---- */
+
+/* The sizes of one attention block: heads, per-head sizes, the query's,
+ * value's and key's feature sizes and the output's. */
+typedef struct layers_attention_dims {
+  int64_t heads, key_dim, value_dim, dq, dv, dk, dout;
+  float dropout;
+  bool use_bias;
+} layers_attention_dims;
+
+/* An attention block's weight views (biases NULL without use_bias). */
+typedef struct layers_attention {
+  layers_attention_dims dims;
+  bool training;
+  lunet_tensor *w[8];
+} layers_attention;
+
+/* Declares the block's weights in Keras's order (query, key, value,
+ * output; kernel then bias); the first one's index, or -1. */
+LAYERS_HIDDEN int layers_attention_add_weights(lunet_layer *l, const layers_attention_dims *a,
+                                               const char *kinit, const char *binit);
+LAYERS_HIDDEN int layers_attention_weight_count(bool use_bias);
+/* Fills a->w from the block's weight views w[0..count). */
+LAYERS_HIDDEN void layers_attention_views(layers_attention *a, lunet_tensor *const *w);
+LAYERS_HIDDEN lunet_status layers_attention_check(lunet_layer *l, int64_t heads, int64_t key_dim,
+                                                  int64_t value_dim, double dropout);
+/* The block's output (N, T, Dout) on the tape; *scores (N, H, T, S) too
+ * when scores is not NULL.  mask (N, T, S) float32, 1 = may attend, or
+ * NULL. */
+LAYERS_HIDDEN lunet_tensor *layers_attention_graph(lunet_ctx *ctx, const layers_attention *a,
+                                                   lunet_tensor *query, lunet_tensor *value,
+                                                   lunet_tensor *key, lunet_tensor *mask,
+                                                   lunet_tensor **scores);
+/* The (N, T, S) mask from an attention_mask (N, T, S), padding masks of
+ * the query (N, T), value and key (N, S) and the causal triangle; any may
+ * be absent; *out NULL when nothing masks.  Off the tape. */
+LAYERS_HIDDEN lunet_status layers_attention_mask(lunet_call *c, lunet_tensor *query, lunet_tensor *value,
+                                                 lunet_tensor *attention_mask, lunet_tensor *query_mask,
+                                                 lunet_tensor *value_mask, lunet_tensor *key_mask,
+                                                 bool causal, lunet_tensor **out);
+/* x (..., D) @ kernel (D x E elements, any shape) + bias (E elements) as
+ * (..., E), on the tape. */
+LAYERS_HIDDEN lunet_tensor *layers_dense_graph(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *kernel,
+                                               lunet_tensor *bias);
+/* An error naming the first of x[0..n) whose batch size differs from x[0]'s. */
+LAYERS_HIDDEN lunet_status layers_same_batch(lunet_call *c, int n, lunet_tensor *const *x,
+                                             const char *const *names);
 
 #endif

@@ -31,6 +31,7 @@ static const lunet_layer_type *const layer_types[] = {
     &layers_max_pooling1d,
     &layers_position_embedding,
     &layers_sine_position_encoding,
+    &layers_multi_head_attention,
 };
 
 static const lunet_plugin_desc layers_plugin = {

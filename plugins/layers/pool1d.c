@@ -55,7 +55,7 @@ static lunet_status pool1d_forward(lunet_layer *l, lunet_call *c, lunet_tensor *
   lunet_status s = layers_graph_begin(c, l, st, x, 0);
   if (s) return s;
   bool keep = lunet_layer_get_bool(l, "keepdims");
-  lunet_tensor *r = st->mask ? masked_mean(ctx, st->x, st->mask, keep) : lunet_reduce(ctx, op, st->x, 1, keep);
+  lunet_tensor *r = st->mask ? masked_mean(ctx, st->x[0], st->mask, keep) : lunet_reduce(ctx, op, st->x[0], 1, keep);
   return layers_graph_end(c, st, r, y);
 }
 

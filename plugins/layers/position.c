@@ -78,7 +78,7 @@ static lunet_status position_embedding_forward(lunet_layer *l, lunet_call *c, in
   int64_t t = lunet_tensor_dim(x[0], 1), d = lunet_tensor_dim(x[0], 2);
   int64_t start[2] = {0, 0}, stop[2] = {t, d}, step[2] = {1, 1};
   lunet_tensor *rows = lunet_slice(ctx, st->w[0], start, stop, step);
-  lunet_tensor *out = rows ? broadcast_rows(ctx, st->x, rows) : NULL;
+  lunet_tensor *out = rows ? broadcast_rows(ctx, st->x[0], rows) : NULL;
   layers_release(rows);
   return layers_graph_end(c, st, out, y);
 }
@@ -105,7 +105,7 @@ static lunet_status sine_forward(lunet_layer *l, lunet_call *c, int nin, lunet_t
     layers_release(enc);
     return s;
   }
-  lunet_tensor *out = broadcast_rows(ctx, st->x, enc);
+  lunet_tensor *out = broadcast_rows(ctx, st->x[0], enc);
   layers_release(enc);
   return layers_graph_end(c, st, out, y);
 }

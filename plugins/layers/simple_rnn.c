@@ -44,12 +44,12 @@ static lunet_status rnn_build(lunet_layer *l, int nin, const lunet_shape *in, lu
 }
 
 static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, layers_graph *st) {
-  int64_t n = lunet_tensor_dim(st->x, 0), t = lunet_tensor_dim(st->x, 1), d = lunet_tensor_dim(st->x, 2);
+  int64_t n = lunet_tensor_dim(st->x[0], 0), t = lunet_tensor_dim(st->x[0], 1), d = lunet_tensor_dim(st->x[0], 2);
   int64_t u = lunet_layer_get_int(l, "units");
   bool seq = lunet_layer_get_bool(l, "return_sequences");
   lunet_unary_op a = layers_act_op(lunet_layer_get_string(l, "activation"));
   int64_t flat[2] = {n * t, d}, zshape[3] = {n, t, u}, step2[2] = {n, u};
-  lunet_tensor *x2 = lunet_reshape(ctx, st->x, 2, flat);
+  lunet_tensor *x2 = lunet_reshape(ctx, st->x[0], 2, flat);
   lunet_tensor *xw = x2 ? lunet_matmul(ctx, x2, st->w[KERNEL]) : NULL;
   if (xw && st->w[BIAS]) layers_set(&xw, lunet_add(ctx, xw, st->w[BIAS]));
   lunet_tensor *z3 = xw ? lunet_reshape(ctx, xw, 3, zshape) : NULL;

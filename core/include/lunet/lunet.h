@@ -184,6 +184,12 @@ LUNET_API bool lunet_tensor_on_tape(const lunet_tensor *t);
 LUNET_API void lunet_tensor_zero_grad(lunet_tensor *t);
 /* Runs the tape backward from `t` (a scalar, or any tensor with `grad_out`). */
 LUNET_API lunet_status lunet_backward(lunet_ctx *ctx, lunet_tensor *t, lunet_tensor *grad_out);
+/* Runs the tape backward from n tensors at once, roots[i] with gradient
+ * grads[i] (same shape): what a graph with several outputs needs, since
+ * their shared part runs once.  A root nothing differentiable reaches is
+ * skipped. */
+LUNET_API lunet_status lunet_backward_many(lunet_ctx *ctx, int n, lunet_tensor *const *roots,
+                                           lunet_tensor *const *grads);
 /* Grad mode: while off, ops record nothing (inference, optimizer steps). */
 LUNET_API bool lunet_grad_enabled(lunet_ctx *ctx);
 LUNET_API bool lunet_set_grad_enabled(lunet_ctx *ctx, bool on); /* returns previous */

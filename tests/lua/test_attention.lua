@@ -1,0 +1,110 @@
+-- Attention and Transformer layers: MultiHeadAttention against PyTorch's
+-- nn.MultiheadAttention (tests/fixtures/torch_mha.lua, made by
+-- make_torch_mha.py with Debian's python3-torch), weights set in Keras's
+-- layouts through set_weights; masks; bad input.
+local here = arg[0]:gsub("[^/]+$", "")
+package.path = here .. "?.lua;" .. package.path
+local check = require "check"
+local nn = require "lunet"
+local mha_ref = dofile(here .. "../fixtures/torch_mha.lua")
+
+local T = {}
+
+local function tensors(list)
+  local out = {}
+  for i, v in ipairs(list) do out[i] = nn.tensor(v) end
+  return out
+end
+
+-- One fixture case: output, scores, input and weight gradients.
+local function mha_against_torch(case, opts)
+  local layer = nn.MultiHeadAttention{num_heads = 2, key_dim = 3}
+  local q = nn.tensor(case.query):requires_grad(true)
+  local k = nn.tensor(case.key):requires_grad(true)
+  local v = nn.tensor(case.value):requires_grad(true)
+  opts = opts or {}
+  opts.return_attention_scores, opts.training = true, true
+  local y, scores = layer(q, v, k, opts)
+  layer:set_weights(tensors(case.weights))
+  y, scores = layer(q, v, k, opts)
+  check.same_table(y:totable(), case.y, 1e-5, "output")
+  check.same_table(scores:totable(), case.scores, 1e-5, "attention scores")
+  ;((y * nn.tensor(case.r)):sum() + (scores * nn.tensor(case.r2)):sum()):backward()
+  check.same_table(q.grad:totable(), case.dquery, 1e-5, "query gradient")
+  check.same_table(k.grad:totable(), case.dkey, 1e-5, "key gradient")
+  check.same_table(v.grad:totable(), case.dvalue, 1e-5, "value gradient")
+  for i, w in ipairs(layer:weights()) do
+    check.same_table(w.tensor.grad:totable(), case.dweights[i], 1e-5, w.name .. " gradient")
+  end
+end
+
+function T.mha_cross_attention_matches_torch() mha_against_torch(mha_ref.cross) end
+function T.mha_causal_self_attention_matches_torch() mha_against_torch(mha_ref.causal, {use_causal_mask = true}) end
+function T.mha_attention_mask_matches_torch()
+  mha_against_torch(mha_ref.masked, {attention_mask = nn.tensor(mha_ref.masked.keep)})
+end
+
+function T.mha_weights_have_keras_layouts()
+  local layer = nn.MultiHeadAttention{num_heads = 4, key_dim = 8, value_dim = 5, output_shape = 7}
+  local x = nn.Input{shape = {3, 16}}
+  local kv = nn.Input{shape = {9, 12}}
+  local y = layer(x, kv)
+  check.same_table(y.shape, {3, 7}, 0, "output shape")
+  local want = {
+    {"query_kernel", {16, 4, 8}}, {"query_bias", {4, 8}}, {"key_kernel", {12, 4, 8}}, {"key_bias", {4, 8}},
+    {"value_kernel", {12, 4, 5}}, {"value_bias", {4, 5}}, {"output_kernel", {4, 5, 7}}, {"output_bias", {7}}}
+  for i, w in ipairs(layer:weights()) do
+    check.eq(w.name, want[i][1], "weight " .. i)
+    check.same_table(w.tensor:shape(), want[i][2], 0, w.name)
+  end
+  check.eq(#nn.MultiHeadAttention{num_heads = 2, key_dim = 2, use_bias = false}:build({{3, 4}, {3, 4}}) and 0, 0)
+end
+
+-- Padding from Embedding{mask_zero} reaches attention: keys at padded steps
+-- get no weight, exactly as an explicit attention_mask would give.
+function T.mha_uses_the_padding_mask()
+  nn.seed(5)
+  local ids = nn.Input{shape = {5}}
+  local e = nn.Embedding{10, 8, mask_zero = true}(ids)
+  local mha = nn.MultiHeadAttention{num_heads = 2, key_dim = 4}
+  local out, scores = mha(e, e, {return_attention_scores = true})
+  local m = nn.Model{inputs = ids, outputs = {out, scores}}
+  local x = nn.tensor{{3, 4, 5, 0, 0}, {1, 2, 3, 4, 9}}
+  local _, s = table.unpack(m:predict(x))
+  local st = s:totable()
+  for h = 1, 2 do
+    -- (padded query steps 4 and 5 attend to nothing: uniform, as in Keras)
+    for t = 1, 3 do
+      check.eq(st[1][h][t][4], 0, "padded key 4 gets no weight")
+      check.eq(st[1][h][t][5], 0, "padded key 5 gets no weight")
+    end
+    for t = 1, 5 do
+      local sum = 0
+      for k = 1, 5 do sum = sum + st[2][h][t][k] end
+      check.near(sum, 1, 1e-5, "weights sum to one")
+    end
+  end
+end
+
+function T.mha_bad_input_is_named()
+  check.fails(function() nn.MultiHeadAttention{num_heads = 0, key_dim = 4}:build({{3, 4}, {3, 4}}) end,
+    "num_heads must be positive, got 0")
+  check.fails(function() nn.MultiHeadAttention{num_heads = 2, key_dim = -1}:build({{3, 4}, {3, 4}}) end,
+    "key_dim must be positive, got -1")
+  local mha = nn.MultiHeadAttention{num_heads = 2, key_dim = 4}
+  check.fails(function() mha(nn.randn(2, 3, 4), nn.randn(3, 3, 4)) end,
+    "expected input 2 of shape (None, 3, 4), got (3, 3, 4) (every input needs the same batch size)")
+  check.fails(function() mha(nn.randn(2, 3, 4), nn.randn(2, 3, 4), {attention_mask = nn.ones(2, 3, 3)}) end,
+    "it was first called without an attention_mask; a layer keeps its first call's inputs")
+  local masked = nn.MultiHeadAttention{num_heads = 2, key_dim = 4}
+  check.fails(function() masked(nn.randn(2, 3, 4), nn.randn(2, 3, 4), {attention_mask = nn.ones(2, 3, 2)}) end,
+    "attention_mask must be (None, 3, 3) (query steps, value steps), got (None, 3, 2)")
+  masked(nn.randn(2, 3, 4), nn.randn(2, 3, 4), {attention_mask = nn.ones(2, 3, 3)})
+  check.fails(function() masked(nn.randn(2, 3, 4), nn.randn(2, 3, 4)) end, "it was first called with an attention_mask")
+  check.fails(function() nn.MultiHeadAttention{num_heads = 2, key_dim = 4}(nn.randn(2, 4), nn.randn(2, 4)) end,
+    "expects query of rank 2 (steps, features) per sample, got shape (None, 4)")
+  check.fails(function() mha(nn.randn(2, 3, 4), nn.randn(2, 3, 4), {causal = true}) end,
+    "unknown call option 'causal'")
+end
+
+check.run(T)
