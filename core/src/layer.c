@@ -8,7 +8,7 @@
 #include "internal.h"
 #include "lunet/layer.h"
 
-#define MAX_WEIGHTS 16
+#define MAX_WEIGHTS 64
 
 typedef struct arg_value {
   bool set, nil;

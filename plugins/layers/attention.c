@@ -34,8 +34,8 @@ enum { QK = 0, QB, KK, KB, VK, VB, OK, OB, NSLOTS };
 static const char *const slot_names[NSLOTS] = {"query_kernel", "query_bias", "key_kernel", "key_bias",
                                                "value_kernel", "value_bias", "output_kernel", "output_bias"};
 
-int layers_attention_add_weights(lunet_layer *l, const layers_attention_dims *a, const char *kinit,
-                                 const char *binit) {
+int layers_attention_add_weights(lunet_layer *l, const char *prefix, const layers_attention_dims *a,
+                                 const char *kinit, const char *binit) {
   int first = -1;
   for (int s = 0; s < NSLOTS; s++) {
     bool bias = s % 2 == 1;
@@ -54,7 +54,9 @@ int layers_attention_add_weights(lunet_layer *l, const layers_attention_dims *a,
       else
         shape[0] = in, shape[1] = a->heads, shape[2] = per, nd = 3;
     }
-    int i = lunet_layer_add_weight(l, slot_names[s], nd, shape, bias ? binit : kinit, true);
+    char name[64];
+    snprintf(name, sizeof name, "%s%s", prefix, slot_names[s]);
+    int i = lunet_layer_add_weight(l, name, nd, shape, bias ? binit : kinit, true);
     if (i < 0) return -1;
     if (first < 0) first = i;
   }
@@ -295,7 +297,7 @@ static lunet_status mha_build(lunet_layer *l, int nin, const lunet_shape *in, lu
   lunet_status s = layers_attention_check(l, d.heads, d.key_dim, d.value_dim, d.dropout);
   if (s) return s;
   if (d.dout < 1) return lunet_layer_error(l, LUNET_ERR_ARG, "output_shape must be positive, got %lld", (long long)d.dout);
-  if (layers_attention_add_weights(l, &d, layers_initializer(l, "kernel_initializer", "glorot_uniform"),
+  if (layers_attention_add_weights(l, "", &d, layers_initializer(l, "kernel_initializer", "glorot_uniform"),
                                    layers_initializer(l, "bias_initializer", "zeros")) < 0)
     return layers_failed(l);
   out[0] = (lunet_shape){2, {in[0].dims[0], d.dout}};

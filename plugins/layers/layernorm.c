@@ -39,28 +39,20 @@ static lunet_status layernorm_build(lunet_layer *l, int nin, const lunet_shape *
   return LUNET_OK;
 }
 
-/* The normalization over st's views, on the tape. */
-static lunet_tensor *normalize(lunet_layer *l, lunet_ctx *ctx, layers_graph *st) {
-  int last = lunet_tensor_ndim(st->x[0]) - 1;
-  lunet_tensor *mean = lunet_reduce(ctx, LUNET_REDUCE_MEAN, st->x[0], last, true);
-  lunet_tensor *d = mean ? lunet_sub(ctx, st->x[0], mean) : NULL;
+lunet_tensor *layers_layernorm_graph(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *gamma, lunet_tensor *beta,
+                                     float epsilon) {
+  int last = lunet_tensor_ndim(x) - 1;
+  lunet_tensor *mean = lunet_reduce(ctx, LUNET_REDUCE_MEAN, x, last, true);
+  lunet_tensor *d = mean ? lunet_sub(ctx, x, mean) : NULL;
   lunet_tensor *sq = d ? lunet_unary(ctx, LUNET_UNARY_SQUARE, d, 0, 0) : NULL;
   lunet_tensor *var = sq ? lunet_reduce(ctx, LUNET_REDUCE_MEAN, sq, last, true) : NULL;
-  lunet_tensor *ve = var ? lunet_unary(ctx, LUNET_UNARY_AFFINE, var, 1.0f,
-                                       (float)lunet_layer_get_float(l, "epsilon"))
-                         : NULL;
+  lunet_tensor *ve = var ? lunet_unary(ctx, LUNET_UNARY_AFFINE, var, 1.0f, epsilon) : NULL;
   lunet_tensor *sd = ve ? lunet_unary(ctx, LUNET_UNARY_SQRT, ve, 0, 0) : NULL;
   lunet_tensor *n = sd ? lunet_div(ctx, d, sd) : NULL;
-  lunet_tensor *scaled = n ? lunet_mul(ctx, n, st->w[GAMMA]) : NULL;
-  lunet_tensor *y = scaled ? lunet_add(ctx, scaled, st->w[BETA]) : NULL;
-  layers_release(mean);
-  layers_release(d);
-  layers_release(sq);
-  layers_release(var);
-  layers_release(ve);
-  layers_release(sd);
-  layers_release(n);
-  layers_release(scaled);
+  lunet_tensor *scaled = n ? lunet_mul(ctx, n, gamma) : NULL;
+  lunet_tensor *y = scaled ? lunet_add(ctx, scaled, beta) : NULL;
+  lunet_tensor *tmp[] = {mean, d, sq, var, ve, sd, n, scaled};
+  for (size_t i = 0; i < sizeof tmp / sizeof tmp[0]; i++) layers_release(tmp[i]);
   return y;
 }
 
@@ -69,7 +61,11 @@ static lunet_status layernorm_forward(lunet_layer *l, lunet_call *c, int nin, lu
   layers_graph *st = lunet_call_state(c);
   layers_graph_release(st);
   lunet_status s = layers_graph_begin(c, l, st, x[0], 2);
-  return s ? s : layers_graph_end(c, st, normalize(l, lunet_call_ctx(c), st), y);
+  return s ? s
+           : layers_graph_end(c, st,
+                              layers_layernorm_graph(lunet_call_ctx(c), st->x[0], st->w[GAMMA], st->w[BETA],
+                                                     (float)lunet_layer_get_float(l, "epsilon")),
+                              y);
 }
 
 static const lunet_layer_test layernorm_tests[] = {

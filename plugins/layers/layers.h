@@ -75,6 +75,8 @@ extern LAYERS_HIDDEN const lunet_layer_type layers_max_pooling1d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_position_embedding;
 extern LAYERS_HIDDEN const lunet_layer_type layers_sine_position_encoding;
 extern LAYERS_HIDDEN const lunet_layer_type layers_multi_head_attention;
+extern LAYERS_HIDDEN const lunet_layer_type layers_transformer_encoder;
+extern LAYERS_HIDDEN const lunet_layer_type layers_transformer_decoder;
 
 /* Drops one reference; NULL is allowed, so cleanup paths need no checks. */
 static inline void layers_release(lunet_tensor *t) {
@@ -420,9 +422,11 @@ typedef struct layers_attention {
 } layers_attention;
 
 /* Declares the block's weights in Keras's order (query, key, value,
- * output; kernel then bias); the first one's index, or -1. */
-LAYERS_HIDDEN int layers_attention_add_weights(lunet_layer *l, const layers_attention_dims *a,
-                                               const char *kinit, const char *binit);
+ * output; kernel then bias), their names after `prefix` ("" for
+ * MultiHeadAttention's own: "query_kernel"); the first one's index, or -1. */
+LAYERS_HIDDEN int layers_attention_add_weights(lunet_layer *l, const char *prefix,
+                                               const layers_attention_dims *a, const char *kinit,
+                                               const char *binit);
 LAYERS_HIDDEN int layers_attention_weight_count(bool use_bias);
 /* Fills a->w from the block's weight views w[0..count). */
 LAYERS_HIDDEN void layers_attention_views(layers_attention *a, lunet_tensor *const *w);
@@ -446,6 +450,9 @@ LAYERS_HIDDEN lunet_status layers_attention_mask(lunet_call *c, lunet_tensor *qu
  * (..., E), on the tape. */
 LAYERS_HIDDEN lunet_tensor *layers_dense_graph(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *kernel,
                                                lunet_tensor *bias);
+/* Layer normalization of x over its last axis, on the tape (layernorm.c). */
+LAYERS_HIDDEN lunet_tensor *layers_layernorm_graph(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *gamma,
+                                                   lunet_tensor *beta, float epsilon);
 /* An error naming the first of x[0..n) whose batch size differs from x[0]'s. */
 LAYERS_HIDDEN lunet_status layers_same_batch(lunet_call *c, int n, lunet_tensor *const *x,
                                              const char *const *names);

@@ -7,6 +7,7 @@ package.path = here .. "?.lua;" .. package.path
 local check = require "check"
 local nn = require "lunet"
 local mha_ref = dofile(here .. "../fixtures/torch_mha.lua")
+local tr_ref = dofile(here .. "../fixtures/torch_transformer.lua")
 
 local T = {}
 
@@ -84,6 +85,57 @@ function T.mha_uses_the_padding_mask()
       check.near(sum, 1, 1e-5, "weights sum to one")
     end
   end
+end
+
+-- A Transformer block on the fixture's weights: output, input and weight
+-- gradients against PyTorch's TransformerEncoderLayer / DecoderLayer.
+local function block_against_torch(layer, case, inputs, grads)
+  local xs = {}
+  for i, v in ipairs(inputs) do xs[i] = nn.tensor(v):requires_grad(true) end
+  layer(#xs == 1 and xs[1] or xs, true)
+  layer:set_weights(tensors(case.weights))
+  local y = layer(#xs == 1 and xs[1] or xs, true)
+  check.same_table(y:totable(), case.y, 1e-5, "output")
+  ;(y * nn.tensor(case.r)):sum():backward()
+  for i, x in ipairs(xs) do check.same_table(x.grad:totable(), grads[i], 1e-5, "input gradient " .. i) end
+  for i, w in ipairs(layer:weights()) do
+    check.same_table(w.tensor.grad:totable(), case.dweights[i], 1e-5, w.name .. " gradient")
+  end
+end
+
+function T.transformer_encoder_matches_torch()
+  for _, case in ipairs{tr_ref.encoder, tr_ref.encoder_pre_ln} do
+    block_against_torch(nn.TransformerEncoder{10, 2, activation = case.activation, normalize_first = case.normalize_first},
+      case, {case.x}, {case.dx})
+  end
+end
+
+function T.transformer_decoder_with_memory_matches_torch()
+  local c = tr_ref.decoder
+  block_against_torch(nn.TransformerDecoder{intermediate_dim = 10, num_heads = 2}, c, {c.x, c.memory}, {c.dx, c.dmemory})
+end
+
+-- Causal: changing a later step leaves every earlier output alone.
+function T.transformer_decoder_is_causal()
+  nn.seed(9)
+  local dec = nn.TransformerDecoder{8, 2}
+  local x = nn.randn(1, 5, 4)
+  local y1 = dec(x):totable()
+  local x2 = x:clone()
+  x2[{{1, 1}, {4, 4}}] = nn.randn(1, 1, 4)
+  local y2 = dec(x2):totable()
+  for t = 1, 3 do check.same_table(y2[1][t], y1[1][t], 1e-6, "step " .. t) end
+  local moved = 0
+  for k = 1, 4 do moved = math.max(moved, math.abs(y2[1][4][k] - y1[1][4][k])) end
+  assert(moved > 1e-3, "step 4 depends on its input")
+end
+
+function T.transformer_bad_input_is_named()
+  check.fails(function() nn.TransformerEncoder{16, 8}:build({5, 4}) end,
+    "num_heads 8 is more than the input's 4 features")
+  check.fails(function() nn.TransformerEncoder{0, 2}:build({5, 4}) end, "intermediate_dim must be positive, got 0")
+  check.fails(function() nn.TransformerEncoder{8, 2}:build({4}) end,
+    "expects the sequence of rank 2 (steps, features) per sample, got shape (None, 4)")
 end
 
 function T.mha_bad_input_is_named()
