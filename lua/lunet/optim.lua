@@ -25,7 +25,7 @@ local function check_fields(name, opts, allowed)
   for k in pairs(opts) do
     if not allowed[k] then
       local names = {}
-      for a in pairs(allowed) do names[#names + 1] = a end
+      for a, on in pairs(allowed) do if on then names[#names + 1] = a end end
       table.sort(names)
       error(string.format("bad argument '%s' to '%s' (unknown argument; valid: %s)", tostring(k), name,
         table.concat(names, ", ")), 3)
@@ -207,10 +207,18 @@ local schedule_fns = {
     if c.staircase then p = math.floor(p) end
     return c.initial_learning_rate * c.decay_rate ^ p
   end,
+  -- Keras 3's: with warmup_target, a linear warm-up from
+  -- initial_learning_rate to warmup_target over warmup_steps, then the
+  -- cosine decay from warmup_target over decay_steps (to alpha times it).
   CosineDecay = function(c, step)
-    local t = math.min(step, c.decay_steps) / c.decay_steps
-    local alpha = c.alpha or 0
-    return c.initial_learning_rate * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi * t)) + alpha)
+    local alpha, from, warm = c.alpha or 0, c.initial_learning_rate, 0
+    if c.warmup_target then
+      warm = c.warmup_steps or 0
+      if step < warm then return from + (c.warmup_target - from) * step / warm end
+      from = c.warmup_target
+    end
+    local t = math.min(step - warm, c.decay_steps) / c.decay_steps
+    return from * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi * t)) + alpha)
   end,
 }
 
@@ -221,10 +229,18 @@ local schedule_args = {
 
 for name, fn in pairs(schedule_fns) do
   M.schedules[name] = function(o)
-    o = check_fields(name, o, { initial_learning_rate = true, decay_steps = true, decay_rate = true,
-      staircase = true, alpha = true })
+    local cosine = name == "CosineDecay"
+    o = check_fields(name, o, { initial_learning_rate = true, decay_steps = true, decay_rate = not cosine,
+      staircase = not cosine, alpha = cosine, warmup_target = cosine, warmup_steps = cosine })
     for _, k in ipairs(schedule_args[name]) do
       if type(o[k]) ~= "number" then error(string.format("bad argument '%s' to '%s' (number expected)", k, name), 2) end
+    end
+    if o.decay_steps <= 0 then error(string.format("bad argument 'decay_steps' to '%s' (must be positive)", name), 2) end
+    if o.warmup_steps ~= nil and (math.type(o.warmup_steps) ~= "integer" or o.warmup_steps < 0) then
+      error("bad argument 'warmup_steps' to 'CosineDecay' (a non-negative integer)", 2)
+    end
+    if o.warmup_target ~= nil and type(o.warmup_target) ~= "number" then
+      error("bad argument 'warmup_target' to 'CosineDecay' (number expected)", 2)
     end
     local cfg = { schedule = name }
     for k, v in pairs(o) do cfg[k] = v end

@@ -211,6 +211,18 @@ function T.callbacks_and_schedules()
   check.same_table(lrs, {0.5, 0.1, 0.05}, 1e-12, "scheduled learning rates")
   local decay = nn.schedules.ExponentialDecay{initial_learning_rate = 0.1, decay_steps = 10, decay_rate = 0.5}
   check.near(decay(20), 0.025, 1e-12, "ExponentialDecay")
+  -- Keras 3's CosineDecay with a warm-up: 0 -> 1e-3 linearly over 10 steps,
+  -- then half a cosine over 100 steps down to alpha * 1e-3
+  local cos = nn.schedules.CosineDecay{initial_learning_rate = 0, decay_steps = 100, warmup_target = 1e-3,
+    warmup_steps = 10, alpha = 0.1}
+  check.near(cos(0), 0, 1e-15, "warm-up start")
+  check.near(cos(5), 5e-4, 1e-15, "half-way through the warm-up")
+  check.near(cos(10), 1e-3, 1e-15, "the warm-up target")
+  check.near(cos(60), 1e-3 * (0.9 * 0.5 + 0.1), 1e-15, "half-way through the decay")
+  check.near(cos(500), 1e-4, 1e-15, "alpha times the target at the end")
+  check.near(nn.schedules.CosineDecay{initial_learning_rate = 0.2, decay_steps = 4}(2), 0.1, 1e-15, "no warm-up")
+  check.fails(function() nn.schedules.CosineDecay{initial_learning_rate = 0.2, decay_steps = 4, warmup = 3} end,
+    "unknown argument; valid: alpha, decay_steps, initial_learning_rate, warmup_steps, warmup_target")
   -- a schedule is evaluated at step 0 for the first update and survives save/load
   local m3 = small_cnn()
   m3:compile{optimizer = nn.optimizers.SGD{learning_rate = decay}, loss = "sparse_categorical_crossentropy"}
