@@ -1006,6 +1006,7 @@ __attribute__((visibility("default"))) int luaopen_lunet_core(lua_State *L) {
   lunetL_open_train(L);
   lunetL_open_json(L);
   lunetL_open_lambda(L);
+  lunetL_open_text(L);
   lua_pushstring(L, LUNET_VERSION_STRING);
   lua_setfield(L, -2, "version");
   return 1;

@@ -11,6 +11,7 @@
 
 #define MODEL_MT "lunet.Model"
 #define OPT_MT "lunet.Optimizer"
+#define SESSION_MT "lunet.Session"
 #define MAX_IO 16
 
 static lunet_model *check_model(lua_State *L, int arg) {
@@ -352,6 +353,46 @@ static int l_model_forward(lua_State *L) {
   return push_outputs(L, m, out);
 }
 
+/* ---- step-by-step sessions (generation with a key/value cache) ---- */
+
+static lunet_model_session **check_session(lua_State *L, int arg) {
+  lunet_model_session **p = luaL_checkudata(L, arg, SESSION_MT);
+  if (!*p) luaL_argerror(L, arg, "the session is closed");
+  return p;
+}
+
+static int session_gc(lua_State *L) {
+  lunet_model_session **p = luaL_checkudata(L, 1, SESSION_MT);
+  lunet_model_session_free(*p);
+  *p = NULL;
+  return 0;
+}
+
+/* C.session_new(m) -> session (an error names a layer that cannot step) */
+static int l_session_new(lua_State *L) {
+  lunet_model *m = check_model(L, 1);
+  lunet_model_session **p = lua_newuserdatauv(L, sizeof *p, 0);
+  *p = NULL;
+  luaL_setmetatable(L, SESSION_MT);
+  if (!(*p = lunet_model_session_new(lunetL_ctx(L), m))) lunetL_error(L, NULL);
+  return 1;
+}
+
+/* C.session_feed(s, x) -> the first output for x's steps */
+static int l_session_feed(lua_State *L) {
+  lunet_model_session **p = check_session(L, 1);
+  lunet_tensor *x = lunetL_checktensor(L, 2), *out[MAX_IO] = {0};
+  if (lunet_model_session_feed(lunetL_ctx(L), *p, 1, &x, out)) lunetL_error(L, NULL);
+  for (int j = 1; j < MAX_IO; j++) lunet_tensor_release(out[j]);
+  lunetL_pushtensor(L, out[0]);
+  return 1;
+}
+
+static int l_session_length(lua_State *L) {
+  lua_pushinteger(L, lunet_model_session_length(*check_session(L, 1)));
+  return 1;
+}
+
 /* C.model_params(m) -> the trainable weights in the optimizer's order */
 static int l_model_params(lua_State *L) {
   lunet_model *m = check_model(L, 1);
@@ -535,6 +576,10 @@ static const luaL_Reg functions[] = {{"optimizer_new", l_optimizer_new},
                                      {"model_metric_names", l_model_metric_names},
                                      {"model_reset_metrics", l_model_reset_metrics},
                                      {"model_predict", l_model_predict},
+                                     {"session_new", l_session_new},
+                                     {"session_feed", l_session_feed},
+                                     {"session_length", l_session_length},
+                                     {"session_close", session_gc},
                                      {"model_forward", l_model_forward},
                                      {"model_params", l_model_params},
                                      {NULL, NULL}};
@@ -542,6 +587,11 @@ static const luaL_Reg functions[] = {{"optimizer_new", l_optimizer_new},
 void lunetL_open_train(lua_State *L) {
   if (luaL_newmetatable(L, MODEL_MT)) {
     lua_pushcfunction(L, model_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, SESSION_MT)) {
+    lua_pushcfunction(L, session_gc);
     lua_setfield(L, -2, "__gc");
   }
   lua_pop(L, 1);

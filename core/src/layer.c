@@ -63,6 +63,7 @@ struct lunet_call {
   bool wgrad[MAX_WEIGHTS]; /* the weights whose gradients this call's node gives */
   bool recording;          /* the core records this call */
   bool backward_done;
+  int64_t step_offset; /* lunet_layer_step's position of the first step; -1 outside it */
 };
 
 static int arg_index(const lunet_layer *l, const char *name) {
@@ -657,8 +658,11 @@ lunet_call *lunet_call_new(lunet_ctx *ctx, lunet_layer *l) {
   c->refcount = 1;
   c->layer = lunet_layer_retain(l);
   c->ctx = ctx;
+  c->step_offset = -1;
   return c;
 }
+
+int64_t lunet_call_step_offset(const lunet_call *c) { return c->step_offset; }
 
 static lunet_call *call_retain(lunet_call *c) {
   __atomic_add_fetch(&c->refcount, 1, __ATOMIC_RELAXED);
@@ -959,6 +963,7 @@ lunet_status lunet_layer_apply(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep,
   lunet_call *c = keep ? call_retain(keep) : lunet_call_new(ctx, l);
   if (!c) return ctx->status;
   c->ctx = ctx;
+  c->step_offset = -1;
   c->nin = nin;
   c->nout = nout;
   c->batch = x[0]->shape[0];
@@ -997,6 +1002,62 @@ lunet_status lunet_layer_apply(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep,
     release_all(y, nout);
     if (mask_out) release_all(mask_out, nout);
   }
+  return s;
+}
+
+/* Step mode: input i as built but for the steps axis (the first of a
+ * sample) and the batch. */
+static lunet_status step_inputs_fit(lunet_ctx *ctx, const lunet_layer *l, int nin, lunet_tensor *const *x) {
+  if (nin != l->nin)
+    return lunet_error(ctx, LUNET_ERR_SHAPE, "%s: built for %d input%s, called with %d", lunet_layer_name(l),
+                       l->nin, l->nin == 1 ? "" : "s", nin);
+  for (int i = 0; i < nin; i++) {
+    bool ok = x[i]->ndim == l->in[i].ndim + 1 && x[i]->shape[0] == x[0]->shape[0];
+    for (int d = 1; ok && d < l->in[i].ndim; d++) ok = x[i]->shape[d + 1] == l->in[i].dims[d];
+    if (!ok) {
+      char a[128], b[128];
+      return lunet_error(ctx, LUNET_ERR_SHAPE, "%s: input %d of shape %s does not fit %s step by step", lunet_layer_name(l),
+                         i + 1, lunet_shape_str(x[i]->ndim, x[i]->shape, b, sizeof b),
+                         lunet_batch_shape_str(l->in[i].ndim, l->in[i].dims, a, sizeof a));
+    }
+  }
+  return LUNET_OK;
+}
+
+lunet_status lunet_layer_step(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, int64_t offset, int nin,
+                              lunet_tensor *const *x, lunet_tensor **y) {
+  int nout = lunet_layer_output_count(l);
+  for (int j = 0; j < nout; j++) y[j] = NULL;
+  if (!keep || keep->layer != l)
+    return lunet_error(ctx, LUNET_ERR_ARG, "%s: a step needs the layer's own kept call record", lunet_layer_name(l));
+  if (!l->built) return lunet_error(ctx, LUNET_ERR_ARG, "%s: build the layer before running it step by step", lunet_layer_name(l));
+  if (!(l->type->flags & LUNET_LAYER_STEPWISE))
+    return lunet_error(ctx, LUNET_ERR_ARG, "%s (%s) cannot run step by step", lunet_layer_name(l), l->type->name);
+  if (offset < 0) return lunet_error(ctx, LUNET_ERR_ARG, "%s: a negative step offset", lunet_layer_name(l));
+  if (check_input_count(ctx, l, nin) || step_inputs_fit(ctx, l, nin, x)) return ctx->status;
+  lunet_call *c = keep;
+  c->ctx = ctx;
+  c->step_offset = offset;
+  c->nin = nin;
+  c->nout = nout;
+  c->batch = x[0]->shape[0];
+  c->recording = false;
+  for (int i = 0; i < LUNET_LAYER_MAX_INPUTS; i++) {
+    lunet_tensor_release(c->mask[i]);
+    c->mask[i] = NULL;
+  }
+  if (!enter(ctx, l)) return ctx->status;
+  bool prev = lunet_set_grad_enabled(ctx, false);
+  lunet_status s = l->type->forward(l, c, nin, x, y, false);
+  leave(l);
+  for (int j = 0; !s && j < nout; j++)
+    if (!y[j] || y[j]->ndim != l->out[j].ndim + 1 || y[j]->shape[0] != c->batch)
+      s = lunet_error(ctx, LUNET_ERR_SHAPE, "%s: a step returned output %d of the wrong rank or batch (a bug in the plugin)",
+                      lunet_layer_name(l), j + 1);
+  if (!s) s = fresh_outputs(ctx, nin, x, nout, y);
+  if (!s && nout == 1 && l->act != ACT_NONE) s = activate(ctx, l, y);
+  lunet_set_grad_enabled(ctx, prev);
+  if (s) release_all(y, nout);
   return s;
 }
 

@@ -653,10 +653,18 @@ static bool fuses(const lunet_model *m, int j) {
   return true;
 }
 
+/* A step-by-step run (generation): one kept record per call. */
+struct lunet_model_session {
+  lunet_model *m;
+  lunet_call **calls;
+  int64_t length;
+};
+
 /* Runs the live calls; out[j] receives output j.  fused[j] (may be NULL)
- * leaves out output j's softmax.  Masks travel with the values. */
+ * leaves out output j's softmax.  Masks travel with the values.  With a
+ * session, each call runs as its next step (lunet_layer_step). */
 static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, bool training,
-                        const bool *fused, lunet_tensor **out) {
+                        const bool *fused, lunet_tensor **out, lunet_model_session *ss) {
   lunet_tensor **vals = calloc((size_t)m->nvalues * 2, sizeof *vals), **masks = vals + m->nvalues;
   int *left = malloc(sizeof(int) * (size_t)m->nvalues);
   if (!vals || !left) {
@@ -677,7 +685,8 @@ static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, 
       xs[i] = vals[k->in[i]];
       ms[i] = masks[k->in[i]];
     }
-    s = lunet_layer_apply(ctx, k->layer, NULL, k->nin, xs, ms, training, skip_act, vals + k->out,
+    s = ss ? lunet_layer_step(ctx, k->layer, ss->calls[c], ss->length, k->nin, xs, vals + k->out)
+           : lunet_layer_apply(ctx, k->layer, NULL, k->nin, xs, ms, training, skip_act, vals + k->out,
                           masks + k->out);
     for (int i = 0; !s && i < k->nin; i++)
       if (--left[k->in[i]] == 0) {
@@ -693,17 +702,72 @@ static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, 
   return s;
 }
 
+/* ---- step-by-step sessions ---- */
+
+lunet_model_session *lunet_model_session_new(lunet_ctx *ctx, lunet_model *m) {
+  if (!m->sealed) {
+    lunet_error(ctx, LUNET_ERR_ARG, "model '%s' is not finished (set its outputs first)", m->name);
+    return NULL;
+  }
+  for (int c = 0; c < m->ncalls; c++) {
+    const lunet_layer_type *t = lunet_layer_type_get(m->calls[c].layer);
+    if (m->calls[c].live && !(t->flags & LUNET_LAYER_STEPWISE)) {
+      lunet_error(ctx, LUNET_ERR_ARG, "%s (%s) cannot run step by step", lunet_layer_name(m->calls[c].layer), t->name);
+      return NULL;
+    }
+  }
+  lunet_model_session *s = calloc(1, sizeof *s);
+  lunet_call **calls = calloc((size_t)(m->ncalls ? m->ncalls : 1), sizeof *calls);
+  if (!s || !calls) {
+    free(s);
+    free(calls);
+    lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory for a session of model '%s'", m->name);
+    return NULL;
+  }
+  s->m = lunet_model_retain(m);
+  s->calls = calls;
+  for (int c = 0; c < m->ncalls; c++)
+    if (m->calls[c].live && !(calls[c] = lunet_call_new(ctx, m->calls[c].layer))) {
+      lunet_model_session_free(s);
+      return NULL;
+    }
+  return s;
+}
+
+lunet_status lunet_model_session_feed(lunet_ctx *ctx, lunet_model_session *ss, int nx, lunet_tensor *const *x,
+                                      lunet_tensor **out) {
+  lunet_model *m = ss->m;
+  if (nx != m->ninputs)
+    return lunet_error(ctx, LUNET_ERR_ARG, "model '%s' takes %d inputs, got %d", m->name, m->ninputs, nx);
+  for (int i = 0; i < nx; i++)
+    if (x[i]->ndim < 2 || x[i]->shape[0] != x[0]->shape[0] || x[i]->shape[1] != x[0]->shape[1])
+      return lunet_error(ctx, LUNET_ERR_SHAPE, "a session's inputs are (N, steps, ...) with one N and one number of steps");
+  lunet_status s = run(ctx, m, x, false, NULL, out, ss);
+  if (!s) ss->length += x[0]->shape[1];
+  return s;
+}
+
+int64_t lunet_model_session_length(const lunet_model_session *s) { return s->length; }
+
+void lunet_model_session_free(lunet_model_session *s) {
+  if (!s) return;
+  for (int c = 0; c < s->m->ncalls; c++) lunet_call_release(s->calls[c]);
+  free(s->calls);
+  lunet_model_release(s->m);
+  free(s);
+}
+
 lunet_status lunet_model_forward(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *const *x,
                                  bool training, lunet_tensor **out) {
   if (check_inputs(ctx, m, nx, x)) return ctx->status;
-  return run(ctx, m, x, training, NULL, out);
+  return run(ctx, m, x, training, NULL, out, NULL);
 }
 
 lunet_status lunet_model_predict(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *const *x,
                                  lunet_tensor **out) {
   if (check_inputs(ctx, m, nx, x)) return ctx->status;
   bool prev = lunet_set_grad_enabled(ctx, false);
-  lunet_status s = run(ctx, m, x, false, NULL, out);
+  lunet_status s = run(ctx, m, x, false, NULL, out, NULL);
   lunet_set_grad_enabled(ctx, prev);
   return s;
 }
@@ -844,7 +908,7 @@ static lunet_status step(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *c
   lunet_tensor *pred[MAX_IO] = {0}, *parts[MAX_IO] = {0}, *loss = NULL;
   bool prev = lunet_set_grad_enabled(ctx, training);
   if (training) zero_grads(m);
-  lunet_status s = run(ctx, m, x, training, fused, pred);
+  lunet_status s = run(ctx, m, x, training, fused, pred, NULL);
   if (!s) s = (loss = total_loss(ctx, m, pred, y, fused, parts)) ? LUNET_OK : ctx->status;
   /* with every layer frozen nothing needs a gradient: the step only measures */
   if (!s && training && loss->grad_fn)

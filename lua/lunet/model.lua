@@ -8,6 +8,8 @@ local graph = require "lunet.graph"
 local layers = require "lunet.layers"
 local optim = require "lunet.optim"
 local Progress = require "lunet.progress"
+local text = require "lunet.text"
+local gen = require "lunet.generate"
 
 local M = {}
 local Model = {}
@@ -346,6 +348,21 @@ end
 
 local function nsamples(t) return t:shape()[1] end
 
+-- Texts given to a model with a TextVectorization preprocessor become its
+-- int32 ids; anything else passes unchanged.
+local function preprocess(self, x, what)
+  local texts = type(x) == "string" or (type(x) == "table" and getmetatable(x) == nil and type(x[1]) == "string")
+  if not texts then return x end
+  local p = self.preprocessor
+  if not p then
+    error(string.format("%s: got text, but the model has no text preprocessor (model:set_preprocessor(nn.text.TextVectorization{...}))", what), 3)
+  end
+  if p.kind ~= "TextVectorization" then
+    error(string.format("%s: a %s turns one text into ids (tok:encode); give the model id tensors, or use model:generate", what, p.kind), 3)
+  end
+  return p(x)
+end
+
 -- x (or y) as a list of tensors, one per model input (output); errors
 -- at `level` (the user's call counted from here).
 local function tensors(self, v, n, argn, what, noun, level)
@@ -522,6 +539,11 @@ function Model:fit(x, y, o)
     end
   end
   if not self.optimizer then error("fit: call model:compile{optimizer = ..., loss = ...} first", 2) end
+  x = preprocess(self, x, "fit")
+  if o.validation_data then
+    o = setmetatable({ validation_data = { preprocess(self, o.validation_data[1], "fit"), o.validation_data[2] } },
+      { __index = o })
+  end
   ensure_built(self, x)
   local xs, ys = check_xy(self, x, y, "fit")
   check_labels(self, ys, "fit")
@@ -608,6 +630,7 @@ end
 
 function Model:evaluate(x, y, o)
   if not self.optimizer then error("evaluate: call model:compile{...} first", 2) end
+  x = preprocess(self, x, "evaluate")
   ensure_built(self, x)
   local xs, ys = check_xy(self, x, y, "evaluate")
   ensure_compiled(self, x)
@@ -625,6 +648,7 @@ end
 
 -- The outputs for x, in batches: a tensor, or a list for several outputs.
 function Model:predict(x, o)
+  x = preprocess(self, x, "predict")
   ensure_built(self, x)
   local xs = tensors(self, x, #self.inputs, 1, "predict", "input", 3)
   local bs = (o and o.batch_size) or 32
@@ -692,7 +716,7 @@ function Model:__call(x, training)
     for _, n in ipairs(self.nodes) do
       local ins = {}
       for i, s in ipairs(n.inputs) do ins[i] = map[s] end
-      local outs = { n.layer(n.listed and ins or ins[1]) }
+      local outs = { n.layer:apply(n.listed and ins or ins[1]) }
       for j, s in ipairs(n.outputs) do map[s] = outs[j] end
     end
     local outs = {}
@@ -757,7 +781,89 @@ function Model:save(path, o)
   if self.optimizer then ensure_compiled(self) end
   C.model_save(self.handle, path, { epoch = tostring((o and o.epoch) or self.epoch), rng_seed = tostring(C.seed()),
     rng_counter = tostring(C.rng_take(0)),
-    lua_optimizer = self.optimizer and C.json_encode(self.optimizer:config()) or nil })
+    lua_optimizer = self.optimizer and C.json_encode(self.optimizer:config()) or nil,
+    preprocessor = self.preprocessor and C.json_encode(self.preprocessor:config()) or nil })
+end
+
+-- ---- generation (lunet/generate.lua holds the sampling) ----
+
+-- The model's one input as (L) ids and its one output (L, V): what
+-- generate needs; errors otherwise.
+local function decoder_shape(self)
+  if #self.inputs ~= 1 or #self.outputs ~= 1 then
+    error("generate: the model must have one input (ids) and one output (next-token scores)", 3)
+  end
+  local ins, outs = self.inputs[1].shape, self.outputs[1].shape
+  if #ins ~= 1 or #outs ~= 2 or outs[1] ~= ins[1] then
+    error(string.format("generate: the model maps %s to %s; a decoder maps ids (None, L) to scores (None, L, vocabulary)",
+      graph.shape_str(ins), graph.shape_str(outs)), 3)
+  end
+  local last = self.outputs[1].node and self.outputs[1].node.layer
+  return ins[1], outs[2], last and last.args and last.args.activation == "softmax"
+end
+
+-- model:generate(prompt, {max_new_tokens = 20, temperature = 1, top_k,
+-- top_p, seed = 1, use_cache}): the prompt (a string with a CharTokenizer
+-- preprocessor, a list of ids or a 1-D tensor) followed by the sampled
+-- tokens, in the prompt's form.  temperature 0 takes the most likely token.
+function Model:generate(prompt, o)
+  o = gen.check_options(o)
+  ensure_built(self)
+  local ids, finish = gen.prompt_ids(self, prompt)
+  if #ids == 0 then error("generate: the prompt is empty (give at least one token)", 2) end
+  local steps, vocab, probs = decoder_shape(self)
+  for i, v in ipairs(ids) do
+    if v >= vocab then error(string.format("generate: prompt entry %d is %d, outside the vocabulary of %d", i, v, vocab), 2) end
+  end
+  local random = gen.rng(o.seed)
+  local function scores_of(row)
+    if not probs then return row end
+    for i, v in ipairs(row) do row[i] = math.log(math.max(v, 1e-30)) end
+    return row
+  end
+  local out = { table.unpack(ids) }
+  local session, why
+  if o.use_cache ~= false then session, why = gen.session(self, steps) end
+  if o.use_cache and not session then
+    error("generate: use_cache needs a model whose every layer runs step by step: " .. tostring(why), 2)
+  end
+  if session then
+    local ok, err = pcall(function()
+      local window = {}
+      for k = math.max(1, #out - steps + 1), #out do window[#window + 1] = out[k] end
+      local row = session:feed(window)
+      for i = 1, o.max_new_tokens do
+        out[#out + 1] = gen.sample(scores_of(row), o, random)
+        if i == o.max_new_tokens then break end
+        -- a full context starts over from the last `steps` tokens
+        if session:length() >= steps then row = session:restart(out) else row = session:feed({ out[#out] }) end
+      end
+    end)
+    session:close()
+    if not ok then error(err, 2) end
+    return finish(out)
+  end
+  for _ = 1, o.max_new_tokens do
+    local first = math.max(1, #out - steps + 1)
+    local window = {}
+    for k = first, #out do window[#window + 1] = out[k] end
+    local at = #window
+    for k = at + 1, steps do window[k] = 0 end
+    local y = self:predict(C.tensor({ window }, "int32"))
+    out[#out + 1] = gen.sample(scores_of(y:totable()[1][at]), o, random)
+  end
+  return finish(out)
+end
+
+-- Attaches a text preprocessor (nn.text.TextVectorization or
+-- CharTokenizer): saved with the model; fit/evaluate/predict then take
+-- texts, generate takes and returns text.
+function Model:set_preprocessor(p)
+  if p ~= nil and not text.is_preprocessor(p) then
+    error("bad argument #1 to 'set_preprocessor' (nn.text.TextVectorization or nn.text.CharTokenizer expected)", 2)
+  end
+  self.preprocessor = p
+  return self
 end
 
 -- The weights alone (safetensors, "layers.<i>.<weight>"), for a model
@@ -862,6 +968,8 @@ function M.load_model(path)
   if not ok then error(tostring(model), 2) end
   local h = model.handle
   model.epoch = math.tointeger(tonumber(C.model_meta(h, "epoch"))) or 0
+  local pre = C.model_meta(h, "preprocessor")
+  if pre then model.preprocessor = text.from_config(C.json_decode(pre, "the text preprocessor")) end
   local seed = C.model_meta(h, "rng_seed")
   if seed then
     C.seed(math.tointeger(tonumber(seed)) or 0)

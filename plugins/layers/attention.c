@@ -107,13 +107,28 @@ static lunet_tensor *mask_adder(lunet_ctx *ctx, lunet_tensor *mask) {
   return r;
 }
 
+/* cache->t (N, H, past, d) followed by the new steps' t_new, kept in the
+ * cache; a new reference to the whole (or NULL on error). */
+static lunet_tensor *extend(lunet_ctx *ctx, lunet_tensor **cached, lunet_tensor *t_new) {
+  if (!t_new) return NULL;
+  lunet_tensor *all = *cached ? lunet_op_concat(ctx, (lunet_tensor *[]){*cached, t_new}, 2, 2) : lunet_tensor_retain(t_new);
+  layers_release(t_new);
+  if (!all) return NULL;
+  layers_set(cached, lunet_tensor_retain(all));
+  return all;
+}
+
 lunet_tensor *layers_attention_graph(lunet_ctx *ctx, const layers_attention *a, lunet_tensor *query,
                                      lunet_tensor *value, lunet_tensor *key, lunet_tensor *mask,
-                                     lunet_tensor **scores_out) {
+                                     lunet_tensor **scores_out, layers_kv_cache *cache) {
   const layers_attention_dims *d = &a->dims;
   lunet_tensor *q = project(ctx, query, a->w[QK], a->w[QB], d->heads, d->key_dim);
   lunet_tensor *k = q ? project(ctx, key, a->w[KK], a->w[KB], d->heads, d->key_dim) : NULL;
   lunet_tensor *v = k ? project(ctx, value, a->w[VK], a->w[VB], d->heads, d->value_dim) : NULL;
+  if (cache && v) { /* step by step: the keys and values of earlier steps come first */
+    k = extend(ctx, &cache->k, k);
+    v = k ? extend(ctx, &cache->v, v) : (layers_release(v), NULL);
+  }
   /* Keras scales the query before the product */
   lunet_tensor *qs = v ? lunet_unary(ctx, LUNET_UNARY_AFFINE, q, (float)(1.0 / sqrt((double)d->key_dim)), 0)
                        : NULL;
@@ -170,9 +185,9 @@ static lunet_tensor *and_mask(lunet_ctx *ctx, lunet_tensor *m, lunet_tensor *par
 lunet_status layers_attention_mask(lunet_call *c, lunet_tensor *query, lunet_tensor *value,
                                    lunet_tensor *attention_mask, lunet_tensor *query_mask,
                                    lunet_tensor *value_mask, lunet_tensor *key_mask, bool causal,
-                                   lunet_tensor **out) {
+                                   int64_t past, lunet_tensor **out) {
   lunet_ctx *ctx = lunet_call_ctx(c);
-  int64_t n = lunet_tensor_dim(query, 0), t = lunet_tensor_dim(query, 1), s = lunet_tensor_dim(value, 1);
+  int64_t n = lunet_tensor_dim(query, 0), t = lunet_tensor_dim(query, 1), s = past + lunet_tensor_dim(value, 1);
   int64_t full[3] = {n, t, s}, rows[3] = {n, t, 1}, cols[3] = {n, 1, s};
   lunet_tensor *m = NULL;
   *out = NULL;
@@ -205,7 +220,7 @@ lunet_status layers_attention_mask(lunet_call *c, lunet_tensor *query, lunet_ten
       return lunet_call_error(c, LUNET_ERR_NOMEM, "out of host memory for a causal mask");
     }
     for (int64_t i = 0; i < t; i++)
-      for (int64_t j = 0; j < s; j++) v[i * s + j] = i >= j ? 1.0f : 0.0f;
+      for (int64_t j = 0; j < s; j++) v[i * s + j] = past + i >= j ? 1.0f : 0.0f;
     int64_t shape[3] = {1, t, s};
     lunet_tensor *tri = lunet_op_new(ctx, query, LUNET_F32, 3, shape);
     lunet_status st = tri ? lunet_tensor_write(ctx, tri, v, sizeof *v * (size_t)(t * s)) : LUNET_ERR_NOMEM;
@@ -314,18 +329,46 @@ lunet_status layers_same_batch(lunet_call *c, int n, lunet_tensor *const *x, con
   return LUNET_OK;
 }
 
+lunet_status layers_kv_cache_start(lunet_call *c, layers_kv_cache *cache, layers_kv_cache **use, int64_t *past) {
+  int64_t offset = lunet_call_step_offset(c);
+  *use = NULL;
+  *past = 0;
+  if (offset < 0) return LUNET_OK;
+  if (offset == 0) { /* a new sequence */
+    layers_set(&cache->k, NULL);
+    layers_set(&cache->v, NULL);
+  }
+  int64_t have = cache->k ? lunet_tensor_dim(cache->k, 2) : 0;
+  if (have != offset)
+    return lunet_call_error(c, LUNET_ERR_ARG, "the key/value cache holds %lld steps but this part starts at step %lld",
+                            (long long)have, (long long)offset);
+  *use = cache;
+  *past = have;
+  return LUNET_OK;
+}
+
+
 static lunet_status mha_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
                                 bool training) {
   static const char *const names[3] = {"query", "value", "key"};
   lunet_ctx *ctx = lunet_call_ctx(c);
-  layers_graph *st = lunet_call_state(c);
+  layers_cached_graph *ms = lunet_call_state(c);
+  layers_graph *st = &ms->g;
   layers_graph_release(st);
   int nqvk = nin < 3 ? nin : 3;
   lunet_status s = layers_same_batch(c, nqvk, x, names);
   if (s) return s;
+  bool causal = lunet_layer_get_bool(l, "use_causal_mask");
+  if (lunet_call_step_offset(c) >= 0 && (!causal || nin > 3 || x[1] != x[0] || (nin > 2 && x[2] != x[0])))
+    return lunet_call_error(c, LUNET_ERR_ARG,
+                            "runs step by step only as causal self-attention (use_causal_mask, the query as value "
+                            "and key, no attention_mask)");
+  layers_kv_cache *cache;
+  int64_t past;
+  if ((s = layers_kv_cache_start(c, &ms->cache, &cache, &past))) return s;
   lunet_tensor *mask = NULL;
   s = layers_attention_mask(c, x[0], x[1], nin > 3 ? x[3] : NULL, lunet_call_mask(c, 0), lunet_call_mask(c, 1),
-                            nin > 2 ? lunet_call_mask(c, 2) : NULL, lunet_layer_get_bool(l, "use_causal_mask"), &mask);
+                            nin > 2 ? lunet_call_mask(c, 2) : NULL, causal, past, &mask);
   if (s) return s;
   layers_attention a = {.dims = mha_dims(l, 0, NULL), .training = training};
   s = layers_graph_begin_many(c, l, st, nqvk, x, layers_attention_weight_count(a.dims.use_bias));
@@ -335,7 +378,7 @@ static lunet_status mha_forward(lunet_layer *l, lunet_call *c, int nin, lunet_te
   }
   layers_attention_views(&a, st->w);
   lunet_tensor *outs[2] = {NULL, NULL};
-  outs[0] = layers_attention_graph(ctx, &a, st->x[0], st->x[1], nqvk > 2 ? st->x[2] : st->x[1], mask, &outs[1]);
+  outs[0] = layers_attention_graph(ctx, &a, st->x[0], st->x[1], nqvk > 2 ? st->x[2] : st->x[1], mask, &outs[1], cache);
   layers_release(mask);
   return layers_graph_end_many(c, st, 2, outs, y);
 }
@@ -360,17 +403,18 @@ static const lunet_layer_test mha_tests[] = {
 LAYERS_HIDDEN const lunet_layer_type layers_multi_head_attention = {
     .struct_size = sizeof(lunet_layer_type),
     .name = "MultiHeadAttention",
+    .flags = LUNET_LAYER_STEPWISE,
     .doc = "Attention of a query sequence over a value sequence with several heads (Keras's)",
     .args = mha_args,
     .nargs = sizeof mha_args / sizeof mha_args[0],
     .min_inputs = 2,
     .max_inputs = 4,
     .noutputs = 2,
-    .call_state_size = sizeof(layers_graph),
+    .call_state_size = sizeof(layers_cached_graph),
     .build = mha_build,
     .forward = mha_forward,
     .backward = layers_graph_backward_member,
-    .release = layers_graph_release_member,
+    .release = layers_cached_graph_release_member,
     .compute_mask = mha_mask,
     .tests = mha_tests,
     .ntests = sizeof mha_tests / sizeof mha_tests[0],

@@ -135,6 +135,7 @@ static const lunet_layer_test dense_tests[] = {
 LAYERS_HIDDEN const lunet_layer_type layers_dense = {
     .struct_size = sizeof(lunet_layer_type),
     .name = "Dense",
+    .flags = LUNET_LAYER_STEPWISE,
     .doc = "Fully connected layer: y = activation(x @ kernel + bias) on the last axis",
     .args = dense_args,
     .nargs = sizeof dense_args / sizeof dense_args[0],

@@ -76,6 +76,7 @@ static const lunet_layer_test dropout_tests[] = {
 LAYERS_HIDDEN const lunet_layer_type layers_dropout = {
     .struct_size = sizeof(lunet_layer_type),
     .name = "Dropout",
+    .flags = LUNET_LAYER_STEPWISE,
     .doc = "Randomly zeroes a fraction `rate` of the inputs in training, scaling the rest",
     .args = dropout_args,
     .nargs = sizeof dropout_args / sizeof dropout_args[0],

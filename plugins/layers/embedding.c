@@ -157,6 +157,7 @@ static void embedding_release(lunet_layer *l, lunet_call *c) {
 LAYERS_HIDDEN const lunet_layer_type layers_embedding = {
     .struct_size = sizeof(lunet_layer_type),
     .name = "Embedding",
+    .flags = LUNET_LAYER_STEPWISE,
     .doc = "Vectors of ids: (N, ...) whole numbers in [0, input_dim) -> (N, ..., output_dim)",
     .args = embedding_args,
     .nargs = sizeof embedding_args / sizeof embedding_args[0],

@@ -77,6 +77,7 @@ static const lunet_layer_test layernorm_tests[] = {
 LAYERS_HIDDEN const lunet_layer_type layers_layer_normalization = {
     .struct_size = sizeof(lunet_layer_type),
     .name = "LayerNormalization",
+    .flags = LUNET_LAYER_STEPWISE,
     .doc = "Normalizes each position over the last axis, then scales by gamma and shifts by beta",
     .args = layernorm_args,
     .nargs = sizeof layernorm_args / sizeof layernorm_args[0],

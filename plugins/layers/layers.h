@@ -432,20 +432,48 @@ LAYERS_HIDDEN int layers_attention_weight_count(bool use_bias);
 LAYERS_HIDDEN void layers_attention_views(layers_attention *a, lunet_tensor *const *w);
 LAYERS_HIDDEN lunet_status layers_attention_check(lunet_layer *l, int64_t heads, int64_t key_dim,
                                                   int64_t value_dim, double dropout);
+/* Keys and values (N, H, steps, d) of the steps a step-by-step call has
+ * seen so far. */
+typedef struct layers_kv_cache {
+  lunet_tensor *k, *v;
+} layers_kv_cache;
+
+/* The call state of an attention layer: its graph and, step by step, its
+ * key/value cache.  The graph comes first, so layers_graph_backward_member
+ * reads the state as a layers_graph. */
+typedef struct layers_cached_graph {
+  layers_graph g;
+  layers_kv_cache cache;
+} layers_cached_graph;
+
+static inline void layers_cached_graph_release_member(lunet_layer *l, lunet_call *c) {
+  layers_cached_graph *st = lunet_call_state(c);
+  layers_graph_release(&st->g);
+  layers_set(&st->cache.k, NULL);
+  layers_set(&st->cache.v, NULL);
+}
+
+/* In a lunet_layer_step (offset >= 0): *use = cache (emptied at offset 0),
+ * *past = the steps it holds; otherwise *use = NULL, *past = 0. */
+LAYERS_HIDDEN lunet_status layers_kv_cache_start(lunet_call *c, layers_kv_cache *cache, layers_kv_cache **use,
+                                                 int64_t *past);
 /* The block's output (N, T, Dout) on the tape; *scores (N, H, T, S) too
  * when scores is not NULL.  mask (N, T, S) float32, 1 = may attend, or
- * NULL. */
+ * NULL.  With a cache, the keys and values of earlier steps come before
+ * this call's (S = past + steps) and the cache keeps them all. */
 LAYERS_HIDDEN lunet_tensor *layers_attention_graph(lunet_ctx *ctx, const layers_attention *a,
                                                    lunet_tensor *query, lunet_tensor *value,
                                                    lunet_tensor *key, lunet_tensor *mask,
-                                                   lunet_tensor **scores);
+                                                   lunet_tensor **scores, layers_kv_cache *cache);
 /* The (N, T, S) mask from an attention_mask (N, T, S), padding masks of
  * the query (N, T), value and key (N, S) and the causal triangle; any may
- * be absent; *out NULL when nothing masks.  Off the tape. */
+ * be absent; *out NULL when nothing masks.  With `past` cached key steps
+ * (step by step), S = past + value steps and query step i sits at
+ * position past + i.  Off the tape. */
 LAYERS_HIDDEN lunet_status layers_attention_mask(lunet_call *c, lunet_tensor *query, lunet_tensor *value,
                                                  lunet_tensor *attention_mask, lunet_tensor *query_mask,
                                                  lunet_tensor *value_mask, lunet_tensor *key_mask,
-                                                 bool causal, lunet_tensor **out);
+                                                 bool causal, int64_t past, lunet_tensor **out);
 /* x (..., D) @ kernel (D x E elements, any shape) + bias (E elements) as
  * (..., E), on the tape. */
 LAYERS_HIDDEN lunet_tensor *layers_dense_graph(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *kernel,

@@ -8,7 +8,8 @@
  *     feature i, sin(p * w_i) for even i and cos(p * w_i) for odd i, with
  *     w_i = max_wavelength ^ -(2 * floor(i / 2) / D).
  * Built on the tape (layers_graph); x gets no gradient (only its shape
- * counts).
+ * counts).  Step by step (generation), positions start at the call's step
+ * offset.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -73,10 +74,15 @@ static lunet_status position_embedding_forward(lunet_layer *l, lunet_call *c, in
   lunet_ctx *ctx = lunet_call_ctx(c);
   layers_graph *st = lunet_call_state(c);
   layers_graph_release(st);
+  int64_t t = lunet_tensor_dim(x[0], 1), d = lunet_tensor_dim(x[0], 2);
+  int64_t first = lunet_call_step_offset(c) > 0 ? lunet_call_step_offset(c) : 0;
+  int64_t len = lunet_layer_get_int(l, "sequence_length");
+  if (first + t > len)
+    return lunet_call_error(c, LUNET_ERR_SHAPE, "position %lld is past the position table's %lld (sequence_length)",
+                            (long long)(first + t - 1), (long long)len);
   lunet_status s = layers_graph_begin(c, l, st, x[0], 1);
   if (s) return s;
-  int64_t t = lunet_tensor_dim(x[0], 1), d = lunet_tensor_dim(x[0], 2);
-  int64_t start[2] = {0, 0}, stop[2] = {t, d}, step[2] = {1, 1};
+  int64_t start[2] = {first, 0}, stop[2] = {first + t, d}, step[2] = {1, 1};
   lunet_tensor *rows = lunet_slice(ctx, st->w[0], start, stop, step);
   lunet_tensor *out = rows ? broadcast_rows(ctx, st->x[0], rows) : NULL;
   layers_release(rows);
@@ -89,12 +95,13 @@ static lunet_status sine_forward(lunet_layer *l, lunet_call *c, int nin, lunet_t
   layers_graph *st = lunet_call_state(c);
   layers_graph_release(st);
   int64_t t = lunet_tensor_dim(x[0], 1), d = lunet_tensor_dim(x[0], 2), shape[2] = {t, d};
+  int64_t first = lunet_call_step_offset(c) > 0 ? lunet_call_step_offset(c) : 0;
   double wave = lunet_layer_get_float(l, "max_wavelength");
   float *v = malloc(sizeof *v * (size_t)(t * d > 0 ? t * d : 1));
   if (!v) return lunet_call_error(c, LUNET_ERR_NOMEM, "out of host memory");
   for (int64_t p = 0; p < t; p++)
     for (int64_t i = 0; i < d; i++) {
-      double angle = (double)p * pow(wave, -(double)(2 * (i / 2)) / (double)d);
+      double angle = (double)(p + first) * pow(wave, -(double)(2 * (i / 2)) / (double)d);
       v[p * d + i] = (float)(i % 2 ? cos(angle) : sin(angle));
     }
   lunet_tensor *enc = lunet_op_new(ctx, x[0], LUNET_F32, 2, shape);
@@ -121,6 +128,7 @@ static const lunet_layer_test sine_tests[] = {
 LAYERS_HIDDEN const lunet_layer_type layers_position_embedding = {
     .struct_size = sizeof(lunet_layer_type),
     .name = "PositionEmbedding",
+    .flags = LUNET_LAYER_STEPWISE,
     .doc = "Learned position vectors for (N, T, D) input (add them to it)",
     .args = position_embedding_args,
     .nargs = sizeof position_embedding_args / sizeof position_embedding_args[0],
@@ -137,6 +145,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_position_embedding = {
 LAYERS_HIDDEN const lunet_layer_type layers_sine_position_encoding = {
     .struct_size = sizeof(lunet_layer_type),
     .name = "SinePositionEncoding",
+    .flags = LUNET_LAYER_STEPWISE,
     .doc = "Fixed sinusoidal position vectors for (N, T, D) input (add them to it)",
     .args = sine_args,
     .nargs = sizeof sine_args / sizeof sine_args[0],

@@ -192,13 +192,15 @@ typedef struct attend_arg {
   const layers_attention *a;
   lunet_tensor *memory; /* cross-attention: the encoder sequence; NULL: self */
   lunet_tensor *mask;
+  layers_kv_cache *cache; /* step by step: the self-attention's keys and values */
 } attend_arg;
 
 static lunet_tensor *attend(const block_ctx *b, lunet_tensor *x, void *arg) {
   attend_arg *t = arg;
   lunet_tensor *kv = t->memory ? t->memory : x;
-  return layers_attention_graph(b->ctx, t->a, x, kv, kv, t->mask, NULL);
+  return layers_attention_graph(b->ctx, t->a, x, kv, kv, t->mask, NULL, t->cache);
 }
+
 
 typedef struct ff_arg {
   lunet_tensor *const *w; /* intermediate kernel, bias; output kernel, bias */
@@ -223,18 +225,24 @@ static lunet_status transformer_forward(lunet_layer *l, lunet_call *c, int nin, 
                                         lunet_tensor **y, bool training) {
   static const char *const names[2] = {"the sequence", "the encoder sequence"};
   lunet_ctx *ctx = lunet_call_ctx(c);
-  layers_graph *st = lunet_call_state(c);
+  layers_cached_graph *ts = lunet_call_state(c);
+  layers_graph *st = &ts->g;
   layers_graph_release(st);
   bool decoder = is_decoder(l), cross = decoder && nin > 1;
+  bool causal = decoder && lunet_layer_get_bool(l, "use_causal_mask");
   layout w = layout_of(decoder, cross);
-  lunet_status s = layers_same_batch(c, nin, x, names);
+  if (lunet_call_step_offset(c) >= 0 && (cross || !causal))
+    return lunet_call_error(c, LUNET_ERR_ARG, "runs step by step only as a causal decoder without an encoder sequence");
+  layers_kv_cache *cache;
+  int64_t past;
+  lunet_status s = layers_kv_cache_start(c, &ts->cache, &cache, &past);
+  if (!s) s = layers_same_batch(c, nin, x, names);
   lunet_tensor *self_mask = NULL, *cross_mask = NULL;
   /* padding masks the keys, as KerasHub's padding_mask */
   if (!s)
-    s = layers_attention_mask(c, x[0], x[0], NULL, NULL, lunet_call_mask(c, 0), NULL,
-                              decoder && lunet_layer_get_bool(l, "use_causal_mask"), &self_mask);
+    s = layers_attention_mask(c, x[0], x[0], NULL, NULL, lunet_call_mask(c, 0), NULL, causal, past, &self_mask);
   if (!s && cross && lunet_call_mask(c, 1))
-    s = layers_attention_mask(c, x[0], x[1], NULL, NULL, lunet_call_mask(c, 1), NULL, false, &cross_mask);
+    s = layers_attention_mask(c, x[0], x[1], NULL, NULL, lunet_call_mask(c, 1), NULL, false, 0, &cross_mask);
   if (!s) s = layers_graph_begin_many(c, l, st, nin, x, w.count);
   if (s) {
     layers_release(self_mask);
@@ -246,12 +254,12 @@ static lunet_status transformer_forward(lunet_layer *l, lunet_call *c, int nin, 
                  (float)lunet_layer_get_float(l, "dropout"), (float)lunet_layer_get_float(l, "layer_norm_epsilon")};
   layers_attention self = {.dims = block_dims(l, hidden, hidden), .training = training};
   layers_attention_views(&self, st->w + w.self);
-  attend_arg sa = {&self, NULL, self_mask};
+  attend_arg sa = {&self, NULL, self_mask, cache};
   lunet_tensor *h = residual(&b, st->x[0], st->w[w.self_norm], st->w[w.self_norm + 1], attend, &sa);
   if (h && cross) {
     layers_attention ca = {.dims = block_dims(l, hidden, lunet_tensor_dim(x[1], 2)), .training = training};
     layers_attention_views(&ca, st->w + w.cross);
-    attend_arg xa = {&ca, st->x[1], cross_mask};
+    attend_arg xa = {&ca, st->x[1], cross_mask, NULL};
     lunet_tensor *h2 = residual(&b, h, st->w[w.cross_norm], st->w[w.cross_norm + 1], attend, &xa);
     layers_release(h);
     h = h2;
@@ -295,11 +303,11 @@ LAYERS_HIDDEN const lunet_layer_type layers_transformer_encoder = {
     .nargs = sizeof encoder_args / sizeof encoder_args[0],
     .positional = 2,
     .flags = LUNET_LAYER_OWNS_ACTIVATION, /* "activation" is the feedforward network's */
-    .call_state_size = sizeof(layers_graph),
+    .call_state_size = sizeof(layers_cached_graph),
     .build = transformer_build,
     .forward = transformer_forward,
     .backward = layers_graph_backward_member,
-    .release = layers_graph_release_member,
+    .release = layers_cached_graph_release_member,
     .compute_mask = transformer_mask,
     .tests = encoder_tests,
     .ntests = sizeof encoder_tests / sizeof encoder_tests[0],
@@ -314,12 +322,12 @@ LAYERS_HIDDEN const lunet_layer_type layers_transformer_decoder = {
     .nargs = sizeof decoder_args / sizeof decoder_args[0],
     .positional = 2,
     .max_inputs = 2,
-    .flags = LUNET_LAYER_OWNS_ACTIVATION,
-    .call_state_size = sizeof(layers_graph),
+    .flags = LUNET_LAYER_OWNS_ACTIVATION | LUNET_LAYER_STEPWISE,
+    .call_state_size = sizeof(layers_cached_graph),
     .build = transformer_build,
     .forward = transformer_forward,
     .backward = layers_graph_backward_member,
-    .release = layers_graph_release_member,
+    .release = layers_cached_graph_release_member,
     .compute_mask = transformer_mask,
     .tests = decoder_tests,
     .ntests = sizeof decoder_tests / sizeof decoder_tests[0],

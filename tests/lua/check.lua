@@ -3,6 +3,7 @@
 local M = {}
 
 function M.near(a, b, tol, what)
+  if type(a) ~= "number" or type(b) ~= "number" then return M.eq(a, b, what) end
   tol = tol or 1e-5
   if math.abs(a - b) > tol * math.max(1, math.abs(b)) then
     error(string.format("%s: got %.9g, expected %.9g", what or "value", a, b), 2)

@@ -138,6 +138,85 @@ function T.transformer_bad_input_is_named()
     "expects the sequence of rank 2 (steps, features) per sample, got shape (None, 4)")
 end
 
+-- A small GPT: Embedding + PositionEmbedding, a pre-LN and a post-LN
+-- decoder, a raw causal MultiHeadAttention with a residual, a softmax head.
+local function tiny_gpt(L, V)
+  local inp = nn.Input{shape = {L}}
+  local e = nn.Embedding{V, 16}(inp)
+  local h = nn.Add()({e, nn.PositionEmbedding{L}(e)})
+  h = nn.TransformerDecoder{32, 2, normalize_first = true}(h)
+  h = nn.TransformerDecoder{32, 4}(h)
+  local mha = nn.MultiHeadAttention{num_heads = 2, key_dim = 4}
+  h = nn.Add()({h, mha(h, h, {use_causal_mask = true})})
+  h = nn.LayerNormalization{}(h)
+  return nn.Model{inputs = inp, outputs = nn.Dense{V, activation = "softmax"}(h)}
+end
+
+-- Step by step, the cache gives every position the outputs of the whole
+-- sequence run at once.
+function T.cached_steps_match_the_full_sequence()
+  nn.seed(21)
+  local L, V = 8, 11
+  local m = tiny_gpt(L, V)
+  local ids = {{3, 1, 4, 1, 5, 9, 2, 6}, {2, 7, 1, 8, 2, 8, 1, 8}}
+  local full = m:predict(nn.tensor(ids, "int32")):totable()
+  local session = require("lunet.generate").session(m, L)
+  -- three steps at once, then one at a time
+  local parts = {{1, 3}, {4, 4}, {5, 5}, {6, 6}, {7, 7}, {8, 8}}
+  for _, p in ipairs(parts) do
+    local rows = {}
+    for n = 1, 2 do rows[n] = {table.unpack(ids[n], p[1], p[2])} end
+    local y = nn._C.session_feed(session.handle, nn.tensor(rows, "int32")):totable()
+    for n = 1, 2 do
+      for k = p[1], p[2] do check.same_table(y[n][k - p[1] + 1], full[n][k], 1e-5, "position " .. k) end
+    end
+  end
+  check.eq(session:length(), 8, "steps fed")
+  check.fails(function() nn._C.session_feed(session.handle, nn.tensor({{1}, {2}}, "int32")) end,
+    "position 8 is past the position table's 8 (sequence_length)")
+  session:close()
+end
+
+function T.generation_with_the_cache_equals_without()
+  nn.seed(22)
+  local m = tiny_gpt(8, 11)
+  for _, prompt in ipairs{{1, 2, 3}, {4}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}} do
+    local a = m:generate(prompt, {max_new_tokens = 14, temperature = 0, use_cache = false})
+    local b = m:generate(prompt, {max_new_tokens = 14, temperature = 0, use_cache = true})
+    check.same_table(b, a, 0, "greedy")
+    check.eq(#a, #prompt + 14, "length")
+    local c = m:generate(prompt, {max_new_tokens = 14, temperature = 0.9, top_k = 5, top_p = 0.9, seed = 7, use_cache = false})
+    local d = m:generate(prompt, {max_new_tokens = 14, temperature = 0.9, top_k = 5, top_p = 0.9, seed = 7})
+    check.same_table(d, c, 0, "sampled with one seed")
+  end
+  -- a model with a layer that cannot step falls back, or says why
+  local inp = nn.Input{shape = {6}}
+  local rnn = nn.LSTM{8, return_sequences = true}(nn.Embedding{5, 4}(inp))
+  local lm = nn.Model{inputs = inp, outputs = nn.Dense{5, activation = "softmax"}(rnn)}
+  check.eq(#lm:generate({1, 2}, {max_new_tokens = 3}), 5, "uncached fallback")
+  check.fails(function() lm:generate({1, 2}, {use_cache = true}) end, "lstm (LSTM) cannot run step by step")
+  check.fails(function() lm:generate({1, 7}) end, "prompt entry 2 is 7, outside the vocabulary of 5")
+  check.fails(function() lm:generate({1}, {top_p = 2}) end, "bad argument 'top_p' to 'generate' (a number in (0, 1])")
+  check.fails(function() lm:generate({}) end, "the prompt is empty")
+end
+
+-- Sampling follows the distribution: top_k = 1 is greedy, top_p keeps the
+-- smallest set holding that much probability.
+function T.sampling_rules()
+  local gen = require "lunet.generate"
+  local scores = {math.log(0.5), math.log(0.3), math.log(0.15), math.log(0.05)}
+  local r = gen.rng(1)
+  local counts = {0, 0, 0, 0}
+  for _ = 1, 4000 do
+    local k = gen.sample(scores, {temperature = 1, top_p = 0.75}, r) + 1
+    counts[k] = counts[k] + 1
+  end
+  check.eq(counts[3] + counts[4], 0, "top_p = 0.75 keeps the first two")
+  check.near(counts[1] / 4000, 0.5 / 0.8, 0.03, "renormalized")
+  check.eq(gen.sample(scores, {temperature = 1, top_k = 1}, r), 0, "top_k = 1")
+  check.eq(gen.sample(scores, {temperature = 0}, r), 0, "temperature 0")
+end
+
 function T.mha_bad_input_is_named()
   check.fails(function() nn.MultiHeadAttention{num_heads = 0, key_dim = 4}:build({{3, 4}, {3, 4}}) end,
     "num_heads must be positive, got 0")

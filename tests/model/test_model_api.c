@@ -484,13 +484,15 @@ START_TEST(test_layers_with_two_outputs) {
 END_TEST
 
 START_TEST(test_plugins_of_other_abis_are_refused) {
+  char ours[64], next[64];
+  snprintf(ours, sizeof ours, "this lunet has plugin ABI %d.%d", LUNET_PLUGIN_ABI_MAJOR, LUNET_PLUGIN_ABI_MINOR);
+  snprintf(next, sizeof next, "was built for plugin ABI %d.%d", LUNET_PLUGIN_ABI_MAJOR, LUNET_PLUGIN_ABI_MINOR + 1);
   ck_assert_int_eq(lunet_load_plugin(ctx, TEST_PLUGIN_DIR "/test_abi_plugin_1_0.so"), LUNET_ERR_ABI);
-  ck_assert_msg(strstr(lunet_ctx_error(ctx), "was built for plugin ABI 1.0") &&
-                    strstr(lunet_ctx_error(ctx), "this lunet has plugin ABI 2.0"),
+  ck_assert_msg(strstr(lunet_ctx_error(ctx), "was built for plugin ABI 1.0") && strstr(lunet_ctx_error(ctx), ours),
                 "%s", lunet_ctx_error(ctx));
   /* a newer minor version may use members this core does not know */
-  ck_assert_int_eq(lunet_load_plugin(ctx, TEST_PLUGIN_DIR "/test_abi_plugin_2_1.so"), LUNET_ERR_ABI);
-  ck_assert_msg(strstr(lunet_ctx_error(ctx), "was built for plugin ABI 2.1"), "%s", lunet_ctx_error(ctx));
+  ck_assert_int_eq(lunet_load_plugin(ctx, TEST_PLUGIN_DIR "/test_abi_plugin_next.so"), LUNET_ERR_ABI);
+  ck_assert_msg(strstr(lunet_ctx_error(ctx), next), "%s", lunet_ctx_error(ctx));
 }
 END_TEST
 

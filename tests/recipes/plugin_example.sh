@@ -21,8 +21,8 @@ cc -std=gnu11 -fPIC -shared $(pkg-config --cflags lunet) -o "$work/example/futur
 cat > "$work/train.lua" <<LUA
 local nn = require "lunet"
 local ok, err = pcall(nn.load_plugin, "$work/example/future.so")
-assert(not ok and tostring(err):find("built for plugin ABI 3.0", 1, true)
-  and tostring(err):find("this lunet has plugin ABI 2.0", 1, true), tostring(err))
+assert(not ok and tostring(err):find("built for plugin ABI 3.", 1, true)
+  and tostring(err):find("this lunet has plugin ABI 2.", 1, true), tostring(err))
 nn.load_plugin("$work/example/example.so")
 nn.load_plugin("$work/example-cmake/example.so") -- the CMake build: same types, loads too
 nn.seed(1)

@@ -84,6 +84,12 @@ LUNET_API lunet_status lunet_layer_apply(lunet_ctx *ctx, lunet_layer *l, lunet_c
                                          bool training, bool skip_activation, lunet_tensor **y,
                                          lunet_tensor **mask_out);
 /* The one-input, one-output case: y = layer(x), a new reference or NULL. */
+/* Runs a LUNET_LAYER_STEPWISE layer on the next part of a sequence in
+ * inference mode: x[i] as built but for the steps axis, the first step at
+ * position `offset`; `keep` (the layer's own record, lunet_call_new) holds
+ * what earlier parts left.  Nothing is recorded; no masks. */
+LUNET_API lunet_status lunet_layer_step(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, int64_t offset, int nin,
+                                        lunet_tensor *const *x, lunet_tensor **y);
 LUNET_API lunet_tensor *lunet_layer_call(lunet_ctx *ctx, lunet_layer *l, lunet_tensor *x,
                                          bool training, bool skip_activation);
 /* The activation name ("softmax", ...) or NULL. */

@@ -235,6 +235,21 @@ LUNET_API lunet_status lunet_model_forward(lunet_ctx *ctx, lunet_model *m, int n
                                            lunet_tensor *const *x, bool training,
                                            lunet_tensor **out);
 
+/* A step-by-step run (generation with a key/value cache): the model runs
+ * on successive parts of its input sequences, x[i] (N, t, ...) with t new
+ * steps, in inference mode; each call keeps its record, so attention
+ * layers keep their keys and values and a new token costs one step.  Every
+ * live layer must be LUNET_LAYER_STEPWISE (new: an error names the first
+ * that is not).  feed: out[j] (N, t, ...) receives each output for the new
+ * steps. */
+typedef struct lunet_model_session lunet_model_session;
+LUNET_API lunet_model_session *lunet_model_session_new(lunet_ctx *ctx, lunet_model *m);
+LUNET_API lunet_status lunet_model_session_feed(lunet_ctx *ctx, lunet_model_session *s, int nx,
+                                                lunet_tensor *const *x, lunet_tensor **out);
+/* Steps fed so far. */
+LUNET_API int64_t lunet_model_session_length(const lunet_model_session *s);
+LUNET_API void lunet_model_session_free(lunet_model_session *s);
+
 /* The running metrics since the last reset: "loss", then "<output>_loss"
  * for each output when there are several, then each compiled metric
  * ("accuracy", or "<output>_accuracy" with several outputs). */

@@ -57,7 +57,7 @@ extern "C" {
 #endif
 
 #define LUNET_PLUGIN_ABI_MAJOR 2
-#define LUNET_PLUGIN_ABI_MINOR 0
+#define LUNET_PLUGIN_ABI_MINOR 1
 #define LUNET_PLUGIN_ENTRY lunet_plugin_entry
 #define LUNET_PLUGIN_ENTRY_NAME "lunet_plugin_entry"
 
@@ -132,6 +132,14 @@ typedef struct lunet_layer_test {
  * model holding it cannot be saved, and it runs on one thread at a time
  * (a second concurrent call is an error naming the layer). */
 #define LUNET_LAYER_HOST_CODE 4u
+/* (ABI 2.1) The layer runs step by step (lunet_layer_step: generation with
+ * a key/value cache): on part of its sequence, the steps axis (the first
+ * of a sample) shorter than built, positions starting at
+ * lunet_call_step_offset(c).  Per-position layers qualify as they are;
+ * layers that mix positions keep what earlier steps left in the call
+ * record (attention's keys and values), and position embeddings read the
+ * offset. */
+#define LUNET_LAYER_STEPWISE 8u
 
 /* One call of a layer: its saved state, its context, the gradients of its
  * weights.  Made and owned by the core. */
@@ -225,6 +233,10 @@ LUNET_API int lunet_call_input_count(const lunet_call *c);
  * may follow); a layer that keeps a graph of its own for backward needs
  * one only then. */
 LUNET_API bool lunet_call_recording(const lunet_call *c);
+/* (ABI 2.1) In a lunet_layer_step: the position of this call's first step
+ * in its sequence (0 for the first part), the record holding what earlier
+ * parts left; -1 in an ordinary call. */
+LUNET_API int64_t lunet_call_step_offset(const lunet_call *c);
 /* In backward: whether input i needs its gradient. */
 LUNET_API bool lunet_call_needs_dx(const lunet_call *c, int i);
 /* In backward: adds g to weight `index`'s gradient of this call.  g is

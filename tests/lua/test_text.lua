@@ -1,0 +1,80 @@
+-- Text data: nn.text.CharTokenizer, TextVectorization, windows, and a model
+-- that carries its preprocessor through save and load.
+local here = arg[0]:gsub("[^/]+$", "")
+package.path = here .. "?.lua;" .. package.path
+local check = require "check"
+local nn = require "lunet"
+
+local T = {}
+
+function T.char_tokenizer_round_trips_utf8()
+  local tok = nn.text.CharTokenizer()
+  tok:adapt("héllo wörld\n")
+  check.same_table(tok:get_vocabulary(), {"\n", " ", "d", "h", "l", "o", "r", "w", "é", "ö"}, 0, "sorted by code point")
+  local ids = tok:encode("wörld")
+  check.eq(ids:dtype(), "int32", "ids are int32")
+  check.same_table(ids:totable(), {7, 9, 6, 4, 2}, 0, "ids")
+  check.eq(tok:decode(ids), "wörld", "decode")
+  check.fails(function() tok:encode("x") end, "the character U+0078 at byte 1 is not in the vocabulary")
+  local unk = nn.text.CharTokenizer{vocabulary = {"a", "b", "?"}, unknown = "?"}
+  check.same_table(unk:encode("abz"):totable(), {0, 1, 2}, 0, "unknown character")
+  check.fails(function() nn.text.CharTokenizer{vocabulary = {"a", "a"}} end, "in the vocabulary twice")
+  check.fails(function() nn.text.CharTokenizer{vocabulary = {"ab"}} end, "must be one character")
+  -- a stray byte (not UTF-8) counts as Latin-1 and does not stop the reader
+  local latin = nn.text.CharTokenizer()
+  latin:adapt("caf\233")
+  check.eq(latin:vocabulary_size(), 4, "Latin-1 byte")
+end
+
+function T.text_vectorization_follows_keras()
+  local tv = nn.text.TextVectorization{max_tokens = 6, output_sequence_length = 4}
+  tv:adapt({"The cat sat.", "The dog sat!", "a cat", "the end"})
+  -- padding, [UNK], then by falling count (ties alphabetical), 6 in all
+  check.same_table(tv:get_vocabulary(), {"", "[UNK]", "the", "cat", "sat", "a"}, 0, "vocabulary")
+  local x = tv({"The cat ran away fast", "Dog?"}):totable()
+  check.same_table(x, {{2, 3, 1, 1}, {1, 0, 0, 0}}, 0, "ids: cut, padded, unknown")
+  local ragged = nn.text.TextVectorization{standardize = "none"}
+  ragged:adapt({"A b", "b"})
+  check.same_table(ragged({"b A", "b"}):totable(), {{2, 3}, {2, 0}}, 0, "longest text sets the length")
+  check.fails(function() nn.text.TextVectorization{standardize = "upper"} end, "bad argument 'standardize'")
+  check.fails(function() nn.text.TextVectorization{}({"x"}) end, "call adapt(texts)")
+end
+
+function T.windows_pair_each_step_with_the_next()
+  local ids = nn.tensor({0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, "int32")
+  local x, y = nn.text.windows(ids, 4, 3)
+  check.same_table(x:totable(), {{0, 1, 2, 3}, {3, 4, 5, 6}}, 0, "inputs")
+  check.same_table(y:totable(), {{1, 2, 3, 4}, {4, 5, 6, 7}}, 0, "targets")
+  local x2 = nn.text.windows(ids, 9)
+  check.same_table(x2:totable(), {{0, 1, 2, 3, 4, 5, 6, 7, 8}}, 0, "the last window ends one before the text")
+  check.fails(function() nn.text.windows(ids, 10) end, "a sequence of 10 tokens is too short for windows of 10")
+  check.fails(function() nn.text.windows(nn.tensor{1, 2, 3}, 1) end, "ids must be a 1-D int32 tensor")
+end
+
+-- A classifier on texts: the vectorizer travels in the model file, and the
+-- loaded model takes texts and predicts what the saved one did.
+function T.a_model_keeps_its_text_preprocessor()
+  nn.seed(4)
+  local texts = {"good fun film", "bad dull film", "fun and good", "dull and bad", "good good", "bad bad"}
+  local labels = nn.tensor{1, 0, 1, 0, 1, 0}
+  local tv = nn.text.TextVectorization{output_sequence_length = 4}
+  tv:adapt(texts)
+  local m = nn.Sequential{
+    nn.Embedding{tv:vocabulary_size(), 8, input_shape = {4}},
+    nn.GlobalAveragePooling1D(),
+    nn.Dense{2, activation = "softmax"},
+  }
+  m:set_preprocessor(tv)
+  m:compile{optimizer = nn.optimizers.Adam{learning_rate = 0.05}, loss = "sparse_categorical_crossentropy", metrics = {"accuracy"}}
+  m:fit(texts, labels, {epochs = 30, batch_size = 6, verbose = 0})
+  check.eq(m:evaluate(texts, labels).accuracy, 1, "learns the toy task")
+  local path = os.tmpname()
+  m:save(path)
+  local loaded = nn.load_model(path)
+  os.remove(path)
+  check.same_table(loaded.preprocessor:get_vocabulary(), tv:get_vocabulary(), 0, "vocabulary restored")
+  check.same_table(loaded:predict({"good film", "dull"}):totable(), m:predict({"good film", "dull"}):totable(), 1e-6, "same predictions")
+  check.fails(function() nn.Sequential{nn.Dense{2, input_shape = {3}}}:predict({"text"}) end, "the model has no text preprocessor")
+end
+
+check.run(T)
