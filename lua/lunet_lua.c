@@ -11,6 +11,7 @@
 
 #include "lunet_lua.h"
 #include "lunet/backend.h"
+#include "lunet/plugin.h"
 
 #define CTX_KEY "lunet.ctx"
 
@@ -1007,7 +1008,15 @@ __attribute__((visibility("default"))) int luaopen_lunet_core(lua_State *L) {
   lunetL_open_json(L);
   lunetL_open_lambda(L);
   lunetL_open_text(L);
+  lunetL_open_select(L);
   lua_pushstring(L, LUNET_VERSION_STRING);
   lua_setfield(L, -2, "version");
+  /* the ABI versions this lunet implements: {backend = "2.1", plugin = "2.1"} */
+  lua_createtable(L, 0, 2);
+  lua_pushfstring(L, "%d.%d", LUNET_BACKEND_ABI_MAJOR, LUNET_BACKEND_ABI_MINOR);
+  lua_setfield(L, -2, "backend");
+  lua_pushfstring(L, "%d.%d", LUNET_PLUGIN_ABI_MAJOR, LUNET_PLUGIN_ABI_MINOR);
+  lua_setfield(L, -2, "plugin");
+  lua_setfield(L, -2, "abi");
   return 1;
 }

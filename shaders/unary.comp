@@ -15,7 +15,7 @@ layout(push_constant, std430) uniform PC {
 
 const uint NEG = 0u, EXP = 1u, LOG = 2u, SQRT = 3u, ABS = 4u, SQUARE = 5u, RELU = 6u,
            SIGMOID = 7u, TANH = 8u, GELU = 9u, LEAKY_RELU = 10u, AFFINE = 11u,
-           CLIP = 12u, RECIP = 13u, SIGN = 14u;
+           CLIP = 12u, RECIP = 13u, SIGN = 14u, SIN = 15u, COS = 16u;
 
 // erf by Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7): GLSL has
 // no erf.
@@ -49,6 +49,8 @@ float forward(float x) {
   case CLIP: return min(max(x, pc.alpha), pc.beta);
   case RECIP: return 1.0 / x;
   case SIGN: return x > 0.0 ? 1.0 : x < 0.0 ? -1.0 : 0.0;
+  case SIN: return sin(x);
+  case COS: return cos(x);
   default: return uintBitsToFloat(0x7fc00000u);
   }
 }
@@ -75,6 +77,8 @@ float backward(float dy, float x, float y) {
   case CLIP: return (x >= pc.alpha && x <= pc.beta) ? dy : 0.0;
   case RECIP: return -dy * y * y;
   case SIGN: return 0.0;
+  case SIN: return dy * cos(x);
+  case COS: return -dy * sin(x);
   default: return uintBitsToFloat(0x7fc00000u);
   }
 }

@@ -165,6 +165,7 @@ static const lunet_backend_i fast_vtable = {
     .batchnorm_backward = lunet_cpu_batchnorm_backward,
     .dropout_mask = lunet_cpu_dropout_mask,
     .gather_rows = lunet_cpu_gather_rows,
+    .scatter_add_rows = lunet_cpu_scatter_add_rows,
     .sgd_update = lunet_cpu_sgd_update,
     .adam_update = lunet_cpu_adam_update,
     .rmsprop_update = lunet_cpu_rmsprop_update,

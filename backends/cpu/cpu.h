@@ -154,6 +154,8 @@ int lunet_cpu_batchnorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf dgam
                                  size_t c);
 int lunet_cpu_dropout_mask(lunet_backend *be, lunet_buf mask, size_t n, float rate, uint64_t seed,
                            uint64_t counter);
+int lunet_cpu_scatter_add_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, const int64_t *idx, size_t n,
+                               size_t cols);
 int lunet_cpu_gather_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, const int64_t *idx,
                           size_t n, size_t row_bytes);
 int lunet_cpu_sgd_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf velocity, size_t n,
@@ -207,6 +209,10 @@ static inline float lunet_cpu_unary_one(lunet_unary_op op, float alpha, float be
     return 1.0f / x;
   case LUNET_UNARY_SIGN:
     return (float)((x > 0.0f) - (x < 0.0f));
+  case LUNET_UNARY_SIN:
+    return sinf(x);
+  case LUNET_UNARY_COS:
+    return cosf(x);
   default:
     return NAN;
   }
@@ -250,6 +256,10 @@ static inline float lunet_cpu_unary_grad_one(lunet_unary_op op, float alpha, flo
     return -dy * y * y;
   case LUNET_UNARY_SIGN:
     return 0.0f;
+  case LUNET_UNARY_SIN:
+    return dy * cosf(x);
+  case LUNET_UNARY_COS:
+    return -dy * sinf(x);
   default:
     return NAN;
   }

@@ -451,6 +451,13 @@ static int naive_gather_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, const
   return 0;
 }
 
+static int naive_scatter_add_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, const int64_t *idx, size_t n,
+                                  size_t cols) {
+  for (size_t i = 0; i < n; i++)
+    for (size_t c = 0; c < cols; c++) ((float *)y)[(size_t)idx[i] * cols + c] += ((const float *)x)[i * cols + c];
+  return 0;
+}
+
 static int naive_sgd_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf velocity,
                             size_t n, float lr, float momentum, bool nesterov, float weight_decay) {
   float *pp = p, *pv = velocity;
@@ -539,6 +546,7 @@ const lunet_backend_i lunet_cpu_naive_vtable = {
     .batchnorm_backward = naive_batchnorm_backward,
     .dropout_mask = naive_dropout_mask,
     .gather_rows = naive_gather_rows,
+    .scatter_add_rows = naive_scatter_add_rows,
     .sgd_update = naive_sgd_update,
     .adam_update = naive_adam_update,
     .rmsprop_update = naive_rmsprop_update,

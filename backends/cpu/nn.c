@@ -289,6 +289,32 @@ int lunet_cpu_gather_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, const in
   return 0;
 }
 
+/* Columns [begin, end) of every row: threads split the columns, so no two
+ * write one element and repeated indices add up in order. */
+typedef struct scatter_job {
+  float *y;
+  const float *x;
+  const int64_t *idx;
+  size_t n, cols;
+} scatter_job;
+
+static void scatter_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  scatter_job *j = arg;
+  for (size_t i = 0; i < j->n; i++) {
+    float *restrict y = j->y + (size_t)j->idx[i] * j->cols;
+    const float *restrict x = j->x + i * j->cols;
+    for (int64_t c = begin; c < end; c++) y[c] += x[c];
+  }
+}
+
+int lunet_cpu_scatter_add_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, const int64_t *idx, size_t n,
+                               size_t cols) {
+  scatter_job j = {.y = y, .x = x, .idx = idx, .n = n, .cols = cols};
+  int64_t grain = (int64_t)(16384 / (n + 1)) + 16;
+  lunet_cpu_parallel(be, (int64_t)cols, grain, scatter_task, &j);
+  return 0;
+}
+
 /* ---- optimizers (Keras's formulas; see backend.h and the brief in each) ---- */
 
 static void sgd_task(void *arg, int64_t begin, int64_t end, int chunk) {

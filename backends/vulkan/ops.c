@@ -610,6 +610,61 @@ static int vk_affine_resample(lunet_backend *be, lunet_buf y, lunet_cbuf x, cons
   return rc;
 }
 
+/* Sources grouped by target, stable: the plan scatter.comp reads. */
+typedef struct scatter_src {
+  int64_t target;
+  size_t src;
+} scatter_src;
+
+static int cmp_scatter(const void *a, const void *b) {
+  const scatter_src *p = a, *q = b;
+  if (p->target != q->target) return p->target < q->target ? -1 : 1;
+  return p->src < q->src ? -1 : p->src > q->src;
+}
+
+static int vk_scatter_add_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, const int64_t *idx, size_t n,
+                               size_t cols) {
+  int rc = too_big((int64_t)(n * cols), "scatter_add_rows");
+  if (rc || n == 0 || cols == 0) return rc;
+  scatter_src *s = malloc(n * sizeof *s);
+  int32_t *plan = malloc((3 * n + 1) * sizeof *plan);
+  if (!s || !plan) {
+    free(s);
+    free(plan);
+    return lunet_vk_error(LUNET_ERR_NOMEM, "scatter_add_rows: out of host memory");
+  }
+  for (size_t i = 0; i < n; i++) s[i] = (scatter_src){idx[i], i};
+  qsort(s, n, sizeof *s, cmp_scatter);
+  size_t u = 0;
+  for (size_t i = 0; i < n; i++)
+    if (i == 0 || s[i].target != s[i - 1].target) u++;
+  /* targets (u), offsets (u + 1), sources (n) */
+  size_t t = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (i == 0 || s[i].target != s[i - 1].target) {
+      plan[t] = (int32_t)s[i].target;
+      plan[u + t] = (int32_t)i;
+      t++;
+    }
+    plan[2 * u + 1 + i] = (int32_t)s[i].src;
+  }
+  plan[2 * u] = (int32_t)n;
+  free(s);
+  size_t bytes = (2 * u + 1 + n) * sizeof *plan;
+  lunet_buf p = lunet_vk_buffer_alloc(be, bytes);
+  rc = p ? lunet_vk_buffer_upload(be, p, 0, plan, bytes)
+         : lunet_vk_error(LUNET_ERR_NOMEM, "scatter_add_rows: out of device memory");
+  free(plan);
+  struct {
+    uint32_t u, cols;
+  } pc = {(uint32_t)u, (uint32_t)cols};
+  if (!rc)
+    rc = lunet_vk_dispatch(be, VK_SH_SCATTER, 0, (lunet_cbuf[]){y, x, p}, 3, &pc, sizeof pc,
+                           lunet_vk_groups(be, u * cols), 1, 1);
+  if (p) lunet_vk_buffer_free(be, p);
+  return rc;
+}
+
 static int vk_set_threads(lunet_backend *be, int n) { return 0; }
 
 const lunet_backend_i lunet_vk_vtable = {
@@ -643,6 +698,7 @@ const lunet_backend_i lunet_vk_vtable = {
     .batchnorm_backward = vk_batchnorm_backward,
     .dropout_mask = vk_dropout_mask,
     .gather_rows = vk_gather_rows,
+    .scatter_add_rows = vk_scatter_add_rows,
     .sgd_update = vk_sgd_update,
     .adam_update = vk_adam_update,
     .rmsprop_update = vk_rmsprop_update,

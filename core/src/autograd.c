@@ -578,6 +578,135 @@ lunet_tensor *lunet_permute(lunet_ctx *ctx, lunet_tensor *x, const int *perm) {
   return y;
 }
 
+/* ---- rows by index (index_select, gather, embedding lookups) ---- */
+
+typedef struct take_rows_data {
+  int64_t n;
+  int64_t idx[];
+} take_rows_data;
+
+static void take_rows_release(lunet_node *n) { free(n->data); }
+
+/* dx: zeros like x with dy's rows added at their indices. */
+static lunet_status take_rows_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy, lunet_tensor **dx) {
+  lunet_tensor *x = n->inputs[0];
+  const take_rows_data *d = n->data;
+  lunet_tensor *g = lunet_tensor_on(ctx, x->buf->be, LUNET_F32, x->ndim, x->shape);
+  if (!g || lunet_op_fill(ctx, g, 0) || lunet_op_scatter_add_rows(ctx, g, dy, d->idx, d->n)) {
+    lunet_tensor_release(g);
+    return ctx->status;
+  }
+  dx[0] = g;
+  return LUNET_OK;
+}
+
+lunet_tensor *lunet_take_rows(lunet_ctx *ctx, lunet_tensor *x, const int64_t *idx, int64_t n) {
+  lunet_node *nd;
+  lunet_tensor *y = record(ctx, lunet_op_gather_rows(ctx, x, idx, n), "take_rows", 1, &x, take_rows_backward, &nd);
+  if (nd) {
+    take_rows_data *d = malloc(sizeof *d + sizeof(int64_t) * (size_t)(n > 0 ? n : 1));
+    if (!d) {
+      lunet_tensor_release(y);
+      lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory recording take_rows");
+      return NULL;
+    }
+    d->n = n;
+    memcpy(d->idx, idx, sizeof(int64_t) * (size_t)n);
+    nd->data = d;
+    nd->release = take_rows_release;
+  }
+  return y;
+}
+
+/* The permutation that brings `axis` to the front, and its inverse. */
+static void front_perm(int nd, int axis, int *perm, int *inv) {
+  perm[0] = axis;
+  for (int i = 0, k = 1; i < nd; i++)
+    if (i != axis) perm[k++] = i;
+  for (int i = 0; i < nd; i++) inv[perm[i]] = i;
+}
+
+static bool norm_axis(lunet_ctx *ctx, const char *op, const lunet_tensor *x, int *axis) {
+  int a = *axis < 0 ? *axis + x->ndim : *axis;
+  if (x->ndim < 1 || a < 0 || a >= x->ndim) {
+    lunet_error(ctx, LUNET_ERR_ARG, "%s: axis %d is out of range for a tensor of rank %d", op, *axis, x->ndim);
+    return false;
+  }
+  *axis = a;
+  return true;
+}
+
+lunet_tensor *lunet_index_select(lunet_ctx *ctx, lunet_tensor *x, int axis, const int64_t *idx, int64_t n) {
+  if (!norm_axis(ctx, "index_select", x, &axis)) return NULL;
+  for (int64_t i = 0; i < n; i++)
+    if (idx[i] < 0 || idx[i] >= x->shape[axis]) {
+      lunet_error(ctx, LUNET_ERR_ARG, "index_select: index %lld (entry %lld) is outside [0, %lld) on axis %d",
+                  (long long)idx[i], (long long)i + 1, (long long)x->shape[axis], axis + 1);
+      return NULL;
+    }
+  if (axis == 0) return lunet_take_rows(ctx, x, idx, n);
+  int perm[LUNET_MAX_DIMS], inv[LUNET_MAX_DIMS];
+  front_perm(x->ndim, axis, perm, inv);
+  lunet_tensor *xp = lunet_permute(ctx, x, perm);
+  lunet_tensor *yp = xp ? lunet_take_rows(ctx, xp, idx, n) : NULL;
+  lunet_tensor *y = yp ? lunet_permute(ctx, yp, inv) : NULL;
+  lunet_tensor_release(xp);
+  lunet_tensor_release(yp);
+  return y;
+}
+
+lunet_tensor *lunet_gather(lunet_ctx *ctx, lunet_tensor *x, int axis, const lunet_tensor *index) {
+  if (!norm_axis(ctx, "gather", x, &axis)) return NULL;
+  char a[128], b[128];
+  bool fits = index->ndim == x->ndim;
+  for (int d = 0; fits && d < x->ndim; d++) fits = d == axis || index->shape[d] <= x->shape[d];
+  if (!fits) {
+    lunet_error(ctx, LUNET_ERR_SHAPE,
+                "gather: the index %s must have the rank of the input %s and no larger sizes off axis %d",
+                lunet_shape_str(index->ndim, index->shape, a, sizeof a), lunet_shape_str(x->ndim, x->shape, b, sizeof b),
+                axis + 1);
+    return NULL;
+  }
+  int64_t m = index->numel;
+  int64_t *flat = malloc(sizeof *flat * (size_t)(m > 0 ? m : 1));
+  lunet_tensor *ix = index->dtype == LUNET_F32 ? lunet_tensor_retain((lunet_tensor *)index)
+                                              : lunet_op_cast(ctx, index, LUNET_F32);
+  float *v = malloc(sizeof *v * (size_t)(m > 0 ? m : 1));
+  lunet_status s = !flat || !v ? lunet_error(ctx, LUNET_ERR_NOMEM, "gather: out of host memory")
+                   : !ix       ? ctx->status
+                               : lunet_tensor_read(ctx, ix, v, sizeof *v * (size_t)m);
+  lunet_tensor_release(ix);
+  int64_t xs[LUNET_MAX_DIMS], pos[LUNET_MAX_DIMS] = {0}, st = 1;
+  for (int d = x->ndim - 1; d >= 0; d--) {
+    xs[d] = st;
+    st *= x->shape[d];
+  }
+  for (int64_t i = 0; !s && i < m; i++) {
+    double k = v[i];
+    if (k != (double)(int64_t)k || k < 0 || k >= (double)x->shape[axis]) {
+      s = lunet_error(ctx, LUNET_ERR_ARG, "gather: index %g (entry %lld) is not a whole number in [0, %lld) on axis %d", k,
+                      (long long)i + 1, (long long)x->shape[axis], axis + 1);
+      break;
+    }
+    int64_t f = 0;
+    for (int d = 0; d < x->ndim; d++) f += (d == axis ? (int64_t)k : pos[d]) * xs[d];
+    flat[i] = f;
+    for (int d = index->ndim - 1; d >= 0; d--) { /* next position in index */
+      if (++pos[d] < index->shape[d]) break;
+      pos[d] = 0;
+    }
+  }
+  free(v);
+  int64_t rows[2] = {x->numel, 1};
+  lunet_tensor *col = s ? NULL : lunet_reshape(ctx, x, 2, rows);
+  lunet_tensor *picked = col ? lunet_take_rows(ctx, col, flat, m) : NULL;
+  lunet_tensor *y = picked ? lunet_reshape(ctx, picked, index->ndim, index->shape) : NULL;
+  free(flat);
+  lunet_tensor_release(col);
+  lunet_tensor_release(picked);
+  return y;
+}
+
 /* Writes dy into a zero tensor shaped like x at the sliced positions. */
 static lunet_status slice_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
                                    lunet_tensor **dx) {

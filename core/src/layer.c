@@ -553,7 +553,10 @@ static int max_inputs(const lunet_layer_type *t) {
 }
 
 int lunet_layer_output_count(const lunet_layer *l) {
-  int n = l->type->noutputs > 0 ? l->type->noutputs : 1;
+  const lunet_layer_type *t = l->type;
+  bool v21 = t->struct_size >= offsetof(lunet_layer_type, output_count) + sizeof t->output_count;
+  int n = v21 && t->output_count ? t->output_count(l) : t->noutputs > 0 ? t->noutputs : 1;
+  if (n < 1) n = 1;
   return n > LUNET_LAYER_MAX_OUTPUTS ? LUNET_LAYER_MAX_OUTPUTS : n;
 }
 

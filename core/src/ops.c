@@ -631,6 +631,28 @@ lunet_tensor *lunet_op_gather_rows(lunet_ctx *ctx, const lunet_tensor *x, const 
               "gather_rows", y);
 }
 
+lunet_status lunet_op_scatter_add_rows(lunet_ctx *ctx, lunet_tensor *y, const lunet_tensor *x, const int64_t *idx,
+                                       int64_t n) {
+  lunet_be *be = BE2("scatter_add_rows", y, x);
+  if (!be) return ctx->status;
+  char a[128], b[128];
+  int64_t cols = y->ndim ? (y->shape[0] ? y->numel / y->shape[0] : 0) : 0;
+  if (y->ndim < 1 || x->dtype != LUNET_F32 || y->dtype != LUNET_F32 || x->numel != n * cols)
+    return lunet_error(ctx, LUNET_ERR_SHAPE, "scatter_add_rows: %lld float32 rows of %s into %s do not fit",
+                       (long long)n, shape_s(x, a, sizeof a), shape_s(y, b, sizeof b));
+  for (int64_t i = 0; i < n; i++)
+    if (idx[i] < 0 || idx[i] >= y->shape[0])
+      return lunet_error(ctx, LUNET_ERR_ARG, "row index %lld is outside [0, %lld)", (long long)idx[i],
+                         (long long)y->shape[0]);
+  if (be->desc->abi_minor < 1 || !be->i->scatter_add_rows)
+    return lunet_error(ctx, LUNET_ERR_UNSUPPORTED, "scatter_add_rows is not supported by backend '%s' (built for ABI %u.%u)",
+                       be->name, be->desc->abi_major, be->desc->abi_minor);
+  return lunet_be_check(ctx, be,
+                        be->i->scatter_add_rows(be->state, y->buf->handle, x->buf->handle, idx, (size_t)n,
+                                                (size_t)cols),
+                        "scatter_add_rows");
+}
+
 lunet_tensor *lunet_op_slice_rows(lunet_ctx *ctx, const lunet_tensor *x, int64_t start, int64_t n) {
   if (x->ndim < 1 || start < 0 || n < 0 || start + n > x->shape[0]) {
     lunet_error(ctx, LUNET_ERR_ARG, "rows [%lld, %lld) are outside a tensor of %lld rows",

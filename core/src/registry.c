@@ -114,7 +114,8 @@ static void load_backend(const char *path) {
   }
   /* the name is read only after the version check: its place may differ */
   if (d->abi_major != LUNET_BACKEND_ABI_MAJOR || d->abi_minor > LUNET_BACKEND_ABI_MINOR ||
-      d->struct_size < sizeof *d || d->iface_size < sizeof(lunet_backend_i)) {
+      d->struct_size < sizeof *d ||
+      d->iface_size < (d->abi_minor >= 1 ? sizeof(lunet_backend_i) : LUNET_BACKEND_I_SIZE_2_0)) {
     char base[64];
     snprintf(base, sizeof base, "%s", strrchr(path, '/') ? strrchr(path, '/') + 1 : path);
     base[strcspn(base, ".")] = '\0';
@@ -309,7 +310,7 @@ static lunet_status add_plugin(lunet_ctx *ctx, const char *path) {
   snprintf(reg.plugins[p].path, sizeof reg.plugins[p].path, "%s", path);
   for (int i = 0; i < d->ntypes && reg.ntypes < MAX_TYPES; i++) {
     const lunet_layer_type *t = d->types[i];
-    if (t->struct_size < sizeof *t) continue;
+    if (t->struct_size < LUNET_LAYER_TYPE_SIZE_2_0) continue;
     int slot = reg.ntypes;
     for (int j = 0; j < reg.ntypes; j++)
       if (strcmp(reg.types[j]->name, t->name) == 0) slot = j; /* later plugin replaces */
@@ -353,7 +354,7 @@ lunet_status lunet_register_layer_type(lunet_ctx *ctx, const lunet_layer_type *t
                                    .abi_minor = LUNET_PLUGIN_ABI_MINOR,
                                    .struct_size = sizeof(lunet_plugin_desc),
                                    .version = LUNET_VERSION_STRING};
-  if (!t || t->struct_size < sizeof *t || !t->name || !t->build || !t->forward || !t->backward)
+  if (!t || t->struct_size < LUNET_LAYER_TYPE_SIZE_2_0 || !t->name || !t->build || !t->forward || !t->backward)
     return lunet_error(ctx, LUNET_ERR_ARG, "register_layer_type: an incomplete layer type");
   pthread_mutex_lock(&reg.lock);
   scan_plugins(ctx);

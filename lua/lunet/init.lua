@@ -8,6 +8,7 @@ nn._C = C
 -- tensors
 nn.tensor, nn.zeros, nn.ones, nn.full = C.tensor, C.zeros, C.ones, C.full
 nn.rand, nn.randn, nn.arange, nn.cat = C.rand, C.randn, C.arange, C.cat
+nn.where = C.where
 nn.is_tensor = C.is_tensor
 nn.Tensor = C.tensor_methods
 
@@ -81,6 +82,7 @@ layers.install(nn)
 nn.load_plugin = layers.load_plugin
 nn.check_plugin = layers.check_plugin
 nn.Lambda = layers.Lambda
+nn.Bidirectional = layers.make_bidirectional
 nn.help = layers.help
 
 local model = require "lunet.model"

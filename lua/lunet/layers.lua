@@ -331,6 +331,38 @@ function call_forms.MultiHeadAttention(self, query, value, key, opts)
   return out
 end
 
+-- rnn(x[, {initial_state = {h[, c]}, training =}]) (or rnn(x, training)):
+-- Keras's call of a recurrent layer; with return_state it returns the
+-- output and the final states.
+local function rnn_call(self, x, opts)
+  if type(opts) == "boolean" or opts == nil then return self:apply(x, opts) end
+  if type(opts) ~= "table" or getmetatable(opts) ~= nil then
+    error(string.format("%s: the second argument is a table of options {initial_state =, training =}", self.name), 3)
+  end
+  for k in pairs(opts) do
+    if k ~= "initial_state" and k ~= "training" then
+      error(string.format("%s: unknown call option '%s' (valid: initial_state, training)", self.name, tostring(k)), 3)
+    end
+  end
+  local xs = { x }
+  if opts.initial_state ~= nil then
+    local st = opts.initial_state
+    if type(st) ~= "table" or getmetatable(st) ~= nil then st = { st } end
+    local want = self.type == "LSTM" and 2 or 1
+    if #st ~= want then
+      error(string.format("%s: initial_state needs %d tensor%s (%s), got %d", self.name, want, want == 1 and "" or "s",
+        self.type == "LSTM" and "h and c" or "h", #st), 3)
+    end
+    for i, t in ipairs(st) do xs[1 + i] = t end
+  end
+  if C.layer_built(self.handle) and C.layer_input_count(self.handle) ~= #xs then
+    error(string.format("%s: it was first called %s initial_state; a layer keeps its first call's inputs", self.name,
+      #xs > 1 and "without" or "with"), 3)
+  end
+  return self:apply(#xs == 1 and x or xs, opts.training)
+end
+call_forms.LSTM, call_forms.GRU, call_forms.SimpleRNN = rnn_call, rnn_call, rnn_call
+
 -- layer(x) on tensors runs it (a list for several inputs; one result per
 -- output); on symbolic tensors (nn.Input, other layers' outputs) it adds a
 -- call to a functional model's graph.  Some types take more (call_forms).
@@ -342,6 +374,136 @@ end
 
 function Layer:__tostring()
   return string.format("%s(name=%s)", self.type, self.name)
+end
+
+-- ---- Bidirectional: a wrapper of two recurrent layers ----
+
+local Bidirectional = {}
+M.Bidirectional = Bidirectional
+
+function Bidirectional.__index(self, k)
+  if k == "trainable" then return self.forward_layer.trainable and self.backward_layer.trainable end
+  return Bidirectional[k]
+end
+
+function Bidirectional.__newindex(self, k, v)
+  if k == "trainable" then
+    self.forward_layer.trainable, self.backward_layer.trainable = v, v
+    return
+  end
+  rawset(self, k, v)
+end
+
+local merges = { concat = "Concatenate", sum = "Add", mul = "Multiply", ave = "Average" }
+local rnn_types = { LSTM = true, GRU = true, SimpleRNN = true }
+
+-- nn.Bidirectional(layer, {merge_mode = "concat", backward_layer, name}):
+-- Keras's.  The layer reads the sequence forwards, a copy of it (or
+-- backward_layer) backwards (go_backwards flipped); with return_sequences
+-- the backward sequence is put back in step order (nn.Reverse) before the
+-- two merge: "concat" (default), "sum", "mul", "ave", or "none" for both
+-- outputs.  With return_state the final states follow: forward's, then
+-- backward's.  Weights: the forward layer's, then the backward layer's.
+function M.make_bidirectional(layer, o)
+  if getmetatable(layer) ~= Layer or not rnn_types[layer.type] then
+    error("bad argument #1 to 'Bidirectional' (an nn.LSTM, nn.GRU or nn.SimpleRNN layer expected)", 3)
+  end
+  o = o or {}
+  for k in pairs(o) do
+    if k ~= "merge_mode" and k ~= "backward_layer" and k ~= "name" then
+      error(string.format("bad argument '%s' to 'Bidirectional' (unknown; valid: merge_mode, backward_layer, name)", tostring(k)), 2)
+    end
+  end
+  local mode = o.merge_mode == nil and "concat" or o.merge_mode
+  if mode ~= "none" and mode ~= false and not merges[mode] then
+    error(string.format("bad argument 'merge_mode' to 'Bidirectional' (concat, sum, mul, ave or none; got %s)", tostring(mode)), 2)
+  end
+  if C.layer_built(layer.handle) then
+    error("bad argument #1 to 'Bidirectional' (the layer was already called; give Bidirectional a fresh one)", 3)
+  end
+  local fargs = C.layer_args(layer.handle)
+  local back = o.backward_layer
+  if back == nil then
+    local args = {}
+    for k, v in pairs(fargs) do if k ~= "name" and k ~= "input_shape" then args[k] = v end end
+    args.go_backwards = not fargs.go_backwards
+    args.name = "backward_" .. layer.name
+    back = M.new(layer.type, args)
+  elseif getmetatable(back) ~= Layer or back.type ~= layer.type then
+    error("bad argument 'backward_layer' to 'Bidirectional' (a layer of the forward layer's type expected)", 3)
+  else
+    local bargs = C.layer_args(back.handle)
+    for _, k in ipairs{ "return_sequences", "return_state", "units" } do
+      if bargs[k] ~= fargs[k] then
+        error(string.format("bad argument 'backward_layer' to 'Bidirectional' (its %s differs from the forward layer's)", k), 2)
+      end
+    end
+  end
+  local self = setmetatable({ type = "Bidirectional", name = o.name or M.auto_name("Bidirectional"),
+    forward_layer = layer, backward_layer = back, merge_mode = mode, args = { merge_mode = mode },
+    sequences = fargs.return_sequences, states = fargs.return_state }, Bidirectional)
+  if self.sequences then self.reverse = M.new("Reverse", { axis = 1, name = self.name .. "_reverse" }) end
+  if merges[mode] then self.merge = M.new(merges[mode], { name = self.name .. "_" .. mode }) end
+  if fargs.input_shape then
+    self.args.input_shape = fargs.input_shape
+    self:build(fargs.input_shape)
+  end
+  return self
+end
+
+-- bi(x[, {initial_state = {forward states..., backward states...}, training}])
+function Bidirectional:__call(x, opts)
+  local fo, bo = opts, opts
+  if type(opts) == "table" and getmetatable(opts) == nil and opts.initial_state then
+    local st, n = opts.initial_state, self.forward_layer.type == "LSTM" and 2 or 1
+    if type(st) ~= "table" or #st ~= 2 * n then
+      error(string.format("%s: initial_state needs %d tensors (the forward layer's states, then the backward layer's)",
+        self.name, 2 * n), 2)
+    end
+    fo, bo = { initial_state = { table.unpack(st, 1, n) }, training = opts.training },
+      { initial_state = { table.unpack(st, n + 1, 2 * n) }, training = opts.training }
+  end
+  local f = { self.forward_layer(x, fo) }
+  local b = { self.backward_layer(x, bo) }
+  if self.reverse then b[1] = self.reverse(b[1]) end
+  local out = { f[1], b[1] }
+  if self.merge then out = { self.merge({ f[1], b[1] }) } end
+  if not self.output_shape and graph.is_symbolic(out[1]) then
+    self.output_shape = out[1].shape
+  end
+  if self.states then
+    for i = 2, #f do out[#out + 1] = f[i] end
+    for i = 2, #b do out[#out + 1] = b[i] end
+  end
+  return table.unpack(out)
+end
+
+function Bidirectional:build(shape)
+  local y = self(graph.Input{ shape = shape })
+  self.output_shape = y.shape
+  return self.output_shape
+end
+
+function Bidirectional:apply(x, training) return self(x, training) end
+
+function Bidirectional:weights()
+  local out = {}
+  for _, w in ipairs(self.forward_layer:weights()) do out[#out + 1] = { name = "forward_" .. w.name, tensor = w.tensor, trainable = w.trainable } end
+  for _, w in ipairs(self.backward_layer:weights()) do out[#out + 1] = { name = "backward_" .. w.name, tensor = w.tensor, trainable = w.trainable } end
+  return out
+end
+
+Bidirectional.count_params = Layer.count_params
+Bidirectional.get_weights = Layer.get_weights
+Bidirectional.set_weights = Layer.set_weights
+
+function Bidirectional:__tostring()
+  return string.format("Bidirectional(name=%s, %s)", self.name, self.forward_layer.type)
+end
+
+function M.is_layer(l)
+  local mt = getmetatable(l)
+  return mt == Layer or mt == Bidirectional
 end
 
 function M.install(nn)

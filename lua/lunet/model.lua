@@ -43,7 +43,7 @@ function M.Sequential(list, opts)
   local self = setmetatable({ kind = "sequential", layers = {}, built = false, epoch = 0,
     name = (opts and opts.name) or "sequential" }, Model)
   for i, l in ipairs(list or {}) do
-    if getmetatable(l) ~= layers.Layer then
+    if not layers.is_layer(l) then
       error(string.format("bad argument #1 to 'Sequential' (entry %d is a %s, not a layer)", i, type(l)), 2)
     end
     self:add(l)

@@ -4,11 +4,10 @@
  * `embeddings` (input_dim, output_dim), as PyTorch's nn.Embedding.weight.
  *
  * Forward reads the ids to the host (one transfer), checks every one and
- * gathers the rows.  Backward adds each row of dy into the row of its id:
- * one_hot(ids)^T dy, a matrix product of (ids x input_dim) by (ids x
- * output_dim); that costs input_dim times more than a scatter would, which
- * is fine for characters and small vocabularies.  mask_zero: the output
- * mask marks ids other than 0 (padding).
+ * gathers the rows.  Backward adds each row of dy into the row of its id
+ * (the backend's scatter_add_rows: the work of the ids, whatever the
+ * vocabulary).  mask_zero: the output mask marks ids other than 0
+ * (padding).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -16,8 +15,15 @@
 #include "layers.h"
 
 typedef struct embedding_state {
-  lunet_tensor *ids; /* (N*..., 1) float ids, for backward's one-hot */
+  int64_t *ids; /* the checked ids on the host, kept for backward */
+  int64_t n;
 } embedding_state;
+
+static void embedding_forget(embedding_state *st) {
+  free(st->ids);
+  st->ids = NULL;
+  st->n = 0;
+}
 
 static const lunet_arg_schema embedding_args[] = {
     {"input_dim", LUNET_ARG_INT, LUNET_ARG_REQUIRED, .doc = "the number of ids (vocabulary size)"},
@@ -84,7 +90,13 @@ static lunet_status embedding_forward(lunet_layer *l, lunet_call *c, int nin, lu
   int64_t *ids = read_ids(c, x[0], v);
   if (!ids) return lunet_ctx_status(ctx);
   lunet_tensor *rows = lunet_op_gather_rows(ctx, table, ids, n);
-  free(ids);
+  embedding_forget(st);
+  if (rows && lunet_call_recording(c)) {
+    st->ids = ids;
+    st->n = n;
+  } else {
+    free(ids);
+  }
   if (!rows) return layers_call_failed(c);
   int64_t shape[LUNET_MAX_DIMS];
   int nd = lunet_tensor_ndim(x[0]);
@@ -92,43 +104,27 @@ static lunet_status embedding_forward(lunet_layer *l, lunet_call *c, int nin, lu
   shape[nd] = d;
   *y = lunet_op_reshape(ctx, rows, nd + 1, shape);
   layers_release(rows);
-  if (!*y) return layers_call_failed(c);
-  if (lunet_call_recording(c)) {
-    int64_t col[2] = {n, 1};
-    lunet_tensor *xf = lunet_tensor_dtype(x[0]) == LUNET_F32 ? lunet_tensor_retain(x[0])
-                                                             : lunet_op_cast(ctx, x[0], LUNET_F32);
-    layers_set(&st->ids, xf ? lunet_op_reshape(ctx, xf, 2, col) : NULL);
-    layers_release(xf);
-    if (!st->ids) return layers_call_failed(c);
-  }
-  return LUNET_OK;
+  return *y ? LUNET_OK : layers_call_failed(c);
 }
 
-/* dy (N, ..., d) -> d(embeddings) = one_hot(ids)^T dy; ids get no gradient. */
+/* dy (N, ..., d) -> d(embeddings): each dy row added to its id's row; ids
+ * get no gradient. */
 static lunet_status embedding_backward(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy,
                                        lunet_tensor **dx) {
   lunet_ctx *ctx = lunet_call_ctx(c);
   embedding_state *st = lunet_call_state(c);
+  dx[0] = NULL;
   if (!st->ids) return layers_no_forward(c);
   lunet_tensor *table = lunet_layer_weight(l, 0);
-  int64_t v = lunet_tensor_dim(table, 0), d = lunet_tensor_dim(table, 1), n = lunet_tensor_dim(st->ids, 0);
-  float *range = malloc(sizeof *range * (size_t)v);
-  if (!range) return lunet_call_error(c, LUNET_ERR_NOMEM, "out of host memory");
-  for (int64_t i = 0; i < v; i++) range[i] = (float)i;
-  int64_t row[2] = {1, v}, flat[2] = {n, d};
-  lunet_tensor *ar = lunet_op_new(ctx, st->ids, LUNET_F32, 2, row), *hot = NULL, *dy2 = NULL, *g = NULL;
-  lunet_status s = ar ? lunet_tensor_write(ctx, ar, range, sizeof *range * (size_t)v) : layers_call_failed(c);
-  free(range);
-  if (!s && !(hot = lunet_op_binary(ctx, LUNET_BINARY_EQ, st->ids, ar))) s = layers_call_failed(c);
-  if (!s && !(dy2 = lunet_op_reshape(ctx, dy[0], 2, flat))) s = layers_call_failed(c);
-  if (!s && !(g = lunet_op_matmul(ctx, hot, dy2, true, false))) s = layers_call_failed(c);
-  if (!s) s = lunet_call_accumulate_grad(c, 0, g);
-  layers_release(ar);
-  layers_release(hot);
-  layers_release(dy2);
+  int64_t d = lunet_tensor_dim(table, 1), flat[2] = {st->n, d};
+  lunet_tensor *g = lunet_op_empty_like(ctx, table);
+  lunet_tensor *dy2 = g ? lunet_op_reshape(ctx, dy[0], 2, flat) : NULL;
+  lunet_status s = !dy2 || lunet_op_fill(ctx, g, 0.0f) || lunet_op_scatter_add_rows(ctx, g, dy2, st->ids, st->n)
+                       ? layers_call_failed(c)
+                       : lunet_call_accumulate_grad(c, 0, g);
   layers_release(g);
-  layers_set(&st->ids, NULL);
-  dx[0] = NULL;
+  layers_release(dy2);
+  embedding_forget(st);
   return s;
 }
 
@@ -149,10 +145,7 @@ static lunet_status embedding_mask(lunet_layer *l, lunet_call *c, int nin, lunet
   return gt ? LUNET_OK : layers_call_failed(c);
 }
 
-static void embedding_release(lunet_layer *l, lunet_call *c) {
-  embedding_state *st = lunet_call_state(c);
-  layers_set(&st->ids, NULL);
-}
+static void embedding_release(lunet_layer *l, lunet_call *c) { embedding_forget(lunet_call_state(c)); }
 
 LAYERS_HIDDEN const lunet_layer_type layers_embedding = {
     .struct_size = sizeof(lunet_layer_type),

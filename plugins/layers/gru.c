@@ -18,9 +18,6 @@
 
 #include "layers.h"
 
-enum { KERNEL = 0, RECURRENT = 1, BIAS = 2 };
-
-
 #define GRU_ACTIVATIONS "tanh|sigmoid|relu|linear"
 
 static const lunet_arg_schema gru_args[] = {
@@ -31,8 +28,7 @@ static const lunet_arg_schema gru_args[] = {
      .doc = "activation of the gates z and r", .choices = GRU_ACTIVATIONS},
     {"use_bias", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = true},
      .doc = "add the input and recurrent biases (2, 3 units)"},
-    {"return_sequences", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = false},
-     .doc = "return h of every step (N, T, units), not only the last (N, units)"},
+    LAYERS_RNN_ARGS,
     {"kernel_initializer", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "glorot_uniform"},
      .doc = "initializer of the kernel (D, 3 units)", .choices = LAYERS_INITIALIZERS "|orthogonal"},
     {"recurrent_initializer", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "orthogonal"},
@@ -50,16 +46,14 @@ static lunet_status gru_build(lunet_layer *l, int nin, const lunet_shape *in, lu
   if (u <= 0) return lunet_layer_error(l, LUNET_ERR_ARG, "units must be positive, got %lld", (long long)u);
   if (!lunet_layer_get_bool(l, "reset_after"))
     return lunet_layer_error(l, LUNET_ERR_ARG, "reset_after = false is not supported yet (use the default, true)");
-  if (in[0].ndim != 2) return layers_rank_error(l, "2 (timesteps, features)", &in[0]);
+  lunet_status st = layers_rnn_build_io(l, nin, in, out, 1);
+  if (st) return st;
   int64_t k[2] = {in[0].dims[1], 3 * u}, r[2] = {u, 3 * u}, b[2] = {2, 3 * u};
   if (lunet_layer_add_weight(l, "kernel", 2, k, lunet_layer_get_string(l, "kernel_initializer"), true) < 0 ||
       lunet_layer_add_weight(l, "recurrent_kernel", 2, r,
                              lunet_layer_get_string(l, "recurrent_initializer"), true) < 0 ||
       (lunet_layer_get_bool(l, "use_bias") && lunet_layer_add_weight(l, "bias", 2, b, "zeros", true) < 0))
     return layers_failed(l);
-  out[0].ndim = lunet_layer_get_bool(l, "return_sequences") ? 2 : 1;
-  out[0].dims[0] = out[0].ndim == 2 ? in[0].dims[0] : u;
-  out[0].dims[1] = u;
   return LUNET_OK;
 }
 
@@ -121,62 +115,44 @@ static lunet_status step(lunet_ctx *ctx, lunet_tensor *xs, lunet_tensor *hs, lun
   return LUNET_OK;
 }
 
-static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, layers_graph *st) {
-  int64_t n = lunet_tensor_dim(st->x[0], 0), t = lunet_tensor_dim(st->x[0], 1), d = lunet_tensor_dim(st->x[0], 2);
-  int64_t u = lunet_layer_get_int(l, "units");
-  bool seq = lunet_layer_get_bool(l, "return_sequences");
-  lunet_unary_op a = layers_act_op(lunet_layer_get_string(l, "activation"));
-  lunet_unary_op ra = layers_act_op(lunet_layer_get_string(l, "recurrent_activation"));
-  int64_t flat[2] = {n * t, d}, zshape[3] = {n, t, 3 * u}, step2[2] = {n, 3 * u};
-  lunet_tensor *bi = bias_row(ctx, st->w[BIAS], 0), *br = bias_row(ctx, st->w[BIAS], 1);
-  lunet_tensor *x2 = lunet_reshape(ctx, st->x[0], 2, flat);
-  lunet_tensor *xw = x2 ? lunet_matmul(ctx, x2, st->w[KERNEL]) : NULL;
-  if (xw && bi) layers_set(&xw, lunet_add(ctx, xw, bi));
-  lunet_tensor *z3 = xw ? lunet_reshape(ctx, xw, 3, zshape) : NULL;
-  layers_release(x2);
-  layers_release(xw);
-  lunet_tensor *h = NULL, **hs = NULL, *y = NULL;
-  bool ok = z3 && (!st->w[BIAS] || (bi && br));
-  if (ok && seq) ok = (hs = calloc((size_t)t, sizeof *hs)) != NULL;
-  for (int64_t s = 0; ok && s < t; s++) {
-    int64_t start[3] = {0, s, 0}, stop[3] = {n, s + 1, 3 * u}, one[3] = {1, 1, 1};
-    lunet_tensor *zs = lunet_slice(ctx, z3, start, stop, one);
-    lunet_tensor *xs = zs ? lunet_reshape(ctx, zs, 2, step2) : NULL;
-    layers_release(zs);
-    /* the recurrent part: h U + b_r (just b_r, broadcast, while h is 0) */
-    lunet_tensor *hu = h ? lunet_matmul(ctx, h, st->w[RECURRENT]) : NULL;
-    if (hu && br) layers_set(&hu, lunet_add(ctx, hu, br));
-    if (!h && br) hu = lunet_tensor_retain(br);
-    lunet_tensor *mt = layers_rnn_mask_at(ctx, st->mask, s);
-    ok = xs && (!h || hu) && (!st->mask || mt) && step(ctx, xs, hu, &h, u, a, ra, mt) == LUNET_OK;
-    layers_release(mt);
-    layers_release(hu);
-    layers_release(xs);
-    if (ok && seq) {
-      int64_t hshape[3] = {n, 1, u};
-      ok = (hs[s] = lunet_reshape(ctx, h, 3, hshape)) != NULL;
-    }
-  }
-  if (ok) y = seq ? lunet_concat(ctx, hs, (int)t, 1) : lunet_tensor_retain(h);
-  for (int64_t s = 0; hs && s < t; s++) layers_release(hs[s]);
-  free(hs);
-  layers_release(z3);
-  layers_release(h);
-  layers_release(bi);
-  layers_release(br);
-  return y;
+static lunet_tensor *gru_input_bias(lunet_ctx *ctx, layers_graph *st) {
+  return bias_row(ctx, st->w[LAYERS_RNN_BIAS], 0);
 }
+
+/* One step: the recurrent part h U + b_r (just b_r, broadcast, while h is
+ * 0), then the gates. */
+static lunet_status gru_cell(lunet_layer *l, lunet_ctx *ctx, layers_graph *st, lunet_tensor *xs,
+                             lunet_tensor **states, lunet_tensor *m) {
+  int64_t u = lunet_layer_get_int(l, "units");
+  lunet_tensor *h = states[0], *br = bias_row(ctx, st->w[LAYERS_RNN_BIAS], 1);
+  lunet_tensor *hu = h ? lunet_matmul(ctx, h, st->w[LAYERS_RNN_RECURRENT]) : NULL;
+  if (hu && br) layers_set(&hu, lunet_add(ctx, hu, br));
+  if (!h && br) hu = lunet_tensor_retain(br);
+  lunet_status s = (h && !hu) || (st->w[LAYERS_RNN_BIAS] && !br)
+                       ? lunet_ctx_status(ctx)
+                       : step(ctx, xs, hu, &states[0], u, layers_act_op(lunet_layer_get_string(l, "activation")),
+                              layers_act_op(lunet_layer_get_string(l, "recurrent_activation")), m);
+  layers_release(hu);
+  layers_release(br);
+  return s;
+}
+
+static const layers_rnn_kind gru_kind = {1, 3, gru_input_bias, gru_cell};
 
 static lunet_status gru_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
                                lunet_tensor **y, bool training) {
-  return layers_rnn_forward(l, c, x[0], y, unroll);
+  return layers_rnn_forward(l, c, nin, x, y, &gru_kind);
 }
+
+static int gru_outputs(const lunet_layer *l) { return layers_rnn_output_count(l, 1); }
 
 static const lunet_layer_test gru_tests[] = {
     {LAYERS_ARGS({"units", {.i = 3}}), LAYERS_INPUTS({2, {4, 2}}), 2, 1e-2f},
     {LAYERS_ARGS({"units", {.i = 2}}, {"return_sequences", {.b = true}}), LAYERS_INPUTS({2, {3, 3}}), 2,
      1e-2f},
     {LAYERS_ARGS({"units", {.i = 2}}, {"use_bias", {.b = false}}), LAYERS_INPUTS({2, {2, 2}}), 3, 1e-2f},
+    {LAYERS_ARGS({"units", {.i = 2}}, {"return_state", {.b = true}}, {"go_backwards", {.b = true}}),
+     LAYERS_INPUTS({2, {3, 2}}, {1, {2}}), 2, 1e-2f},
 };
 
 LAYERS_HIDDEN const lunet_layer_type layers_gru = {
@@ -186,6 +162,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_gru = {
     .args = gru_args,
     .nargs = sizeof gru_args / sizeof gru_args[0],
     .positional = 1,
+    .max_inputs = 2,
     .flags = LUNET_LAYER_OWNS_ACTIVATION,
     .call_state_size = sizeof(layers_graph),
     .build = gru_build,
@@ -195,4 +172,5 @@ LAYERS_HIDDEN const lunet_layer_type layers_gru = {
     .compute_mask = layers_rnn_mask,
     .tests = gru_tests,
     .ntests = sizeof gru_tests / sizeof gru_tests[0],
+    .output_count = gru_outputs,
 };

@@ -75,6 +75,7 @@ extern LAYERS_HIDDEN const lunet_layer_type layers_max_pooling1d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_position_embedding;
 extern LAYERS_HIDDEN const lunet_layer_type layers_sine_position_encoding;
 extern LAYERS_HIDDEN const lunet_layer_type layers_multi_head_attention;
+extern LAYERS_HIDDEN const lunet_layer_type layers_reverse;
 extern LAYERS_HIDDEN const lunet_layer_type layers_transformer_encoder;
 extern LAYERS_HIDDEN const lunet_layer_type layers_transformer_decoder;
 
@@ -380,28 +381,58 @@ static inline lunet_tensor *layers_rnn_mask_at(lunet_ctx *ctx, lunet_tensor *mas
   return lunet_slice(ctx, mask, start, stop, step);
 }
 
-/* Forward of a recurrent layer: its input mask checked, the graph that
- * `unroll` builds over the views kept for backward. */
-static inline lunet_status layers_rnn_forward(lunet_layer *l, lunet_call *c, lunet_tensor *x,
-                                              lunet_tensor **y,
-                                              lunet_tensor *(*unroll)(lunet_layer *, lunet_ctx *,
-                                                                      layers_graph *)) {
-  lunet_ctx *ctx = lunet_call_ctx(c);
-  layers_graph *st = lunet_call_state(c);
-  layers_graph_release(st);
-  /* (N, T): a masked step keeps the state, as in Keras */
-  if (lunet_call_mask(c, 0) && !(st->mask = layers_step_mask(c, x))) return lunet_ctx_status(ctx);
-  lunet_status s = layers_graph_begin(c, l, st, x, layers_rnn_nweights(l));
-  return s ? s : layers_graph_end(c, st, unroll(l, ctx, st), y);
+/* The weight slots of every recurrent layer. */
+enum { LAYERS_RNN_KERNEL = 0, LAYERS_RNN_RECURRENT = 1, LAYERS_RNN_BIAS = 2 };
+#define LAYERS_RNN_MAX_STATES 2
+
+/* Schema rows of every recurrent layer (rnn.c implements them). */
+#define LAYERS_RNN_ARGS                                                                            \
+  {"return_sequences", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = false},                     \
+   .doc = "return h of every step (N, T, units), not only the last (N, units)"},                  \
+      {"return_state", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = false},                     \
+       .doc = "also return the final states (h, and c for the LSTM) as outputs"},                 \
+      {"go_backwards", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = false},                     \
+       .doc = "run from the last step to the first (the sequence output comes out reversed)"}
+
+/* A recurrent layer's kind: its states, the width of its step projection
+ * (gates x units), the input bias (a new reference, or NULL) and one step
+ * of the cell, which replaces states[] (states[0] is h; NULL before the
+ * first step without an initial state).  mask_t (N, 1) or NULL: a masked
+ * step keeps the states. */
+typedef struct layers_rnn_kind {
+  int nstates, gates;
+  lunet_tensor *(*input_bias)(lunet_ctx *ctx, layers_graph *st);
+  lunet_status (*cell)(lunet_layer *l, lunet_ctx *ctx, layers_graph *st, lunet_tensor *zt, lunet_tensor **states,
+                       lunet_tensor *mask_t);
+} layers_rnn_kind;
+
+/* 1, or 1 + nstates with return_state. */
+LAYERS_HIDDEN int layers_rnn_output_count(const lunet_layer *l, int nstates);
+/* Checks the sequence and the initial states, declares the outputs. */
+LAYERS_HIDDEN lunet_status layers_rnn_build_io(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out,
+                                               int nstates);
+/* x[0] the sequence, x[1..] the initial states -> the output, then the
+ * final states with return_state. */
+LAYERS_HIDDEN lunet_status layers_rnn_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                                              lunet_tensor **y, const layers_rnn_kind *k);
+/* With return_sequences the output keeps the input's mask. */
+LAYERS_HIDDEN lunet_status layers_rnn_mask(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                                           lunet_tensor **mask_out);
+
+/* The bias weight's view (or NULL), as the input bias of every step. */
+static inline lunet_tensor *layers_rnn_plain_bias(lunet_ctx *ctx, layers_graph *st) {
+  return st->w[LAYERS_RNN_BIAS] ? lunet_tensor_retain(st->w[LAYERS_RNN_BIAS]) : NULL;
 }
 
-/* With return_sequences every step's output keeps the input's mask;
- * otherwise there is one output and no mask. */
-static inline lunet_status layers_rnn_mask(lunet_layer *l, lunet_call *c, int nin,
-                                           lunet_tensor *const *x, lunet_tensor **mask_out) {
-  lunet_tensor *m = lunet_call_mask(c, 0);
-  mask_out[0] = m && lunet_layer_get_bool(l, "return_sequences") ? lunet_tensor_retain(m) : NULL;
-  return LUNET_OK;
+/* zt + h recurrent_kernel (zt itself before the first state), on the tape;
+ * a new reference. */
+static inline lunet_tensor *layers_rnn_add_recurrent(lunet_ctx *ctx, layers_graph *st, lunet_tensor *zt,
+                                                     lunet_tensor *h) {
+  if (!h) return lunet_tensor_retain(zt);
+  lunet_tensor *hr = lunet_matmul(ctx, h, st->w[LAYERS_RNN_RECURRENT]);
+  lunet_tensor *z = hr ? lunet_add(ctx, zt, hr) : NULL;
+  layers_release(hr);
+  return z;
 }
 
 /* ---- attention (attention.c), shared with the Transformer blocks ---- */

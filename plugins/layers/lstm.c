@@ -21,9 +21,6 @@
 
 #include "layers.h"
 
-enum { KERNEL = 0, RECURRENT = 1, BIAS = 2 };
-
-
 #define LSTM_ACTIVATIONS "tanh|sigmoid|relu|linear"
 #define LSTM_INITIALIZERS LAYERS_INITIALIZERS "|orthogonal"
 
@@ -34,8 +31,7 @@ static const lunet_arg_schema lstm_args[] = {
     {"recurrent_activation", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "sigmoid"},
      .doc = "activation of the gates i, f, o", .choices = LSTM_ACTIVATIONS},
     {"use_bias", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = true}, .doc = "add a bias (4 units)"},
-    {"return_sequences", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = false},
-     .doc = "return h of every step (N, T, units), not only the last (N, units)"},
+    LAYERS_RNN_ARGS,
     {"kernel_initializer", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "glorot_uniform"},
      .doc = "initializer of the kernel (D, 4 units)", .choices = LSTM_INITIALIZERS},
     {"recurrent_initializer", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "orthogonal"},
@@ -49,7 +45,8 @@ static const lunet_arg_schema lstm_args[] = {
 static lunet_status lstm_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
   int64_t u = lunet_layer_get_int(l, "units");
   if (u <= 0) return lunet_layer_error(l, LUNET_ERR_ARG, "units must be positive, got %lld", (long long)u);
-  if (in[0].ndim != 2) return layers_rank_error(l, "2 (timesteps, features)", &in[0]);
+  lunet_status st = layers_rnn_build_io(l, nin, in, out, 2);
+  if (st) return st;
   int64_t k[2] = {in[0].dims[1], 4 * u}, r[2] = {u, 4 * u}, b = 4 * u;
   if (lunet_layer_add_weight(l, "kernel", 2, k, lunet_layer_get_string(l, "kernel_initializer"), true) < 0 ||
       lunet_layer_add_weight(l, "recurrent_kernel", 2, r,
@@ -67,9 +64,6 @@ static lunet_status lstm_build(lunet_layer *l, int nin, const lunet_shape *in, l
       if (s) return layers_failed(l);
     }
   }
-  out[0].ndim = lunet_layer_get_bool(l, "return_sequences") ? 2 : 1;
-  out[0].dims[0] = out[0].ndim == 2 ? in[0].dims[0] : u;
-  out[0].dims[1] = u;
   return LUNET_OK;
 }
 
@@ -125,56 +119,26 @@ static lunet_status step(lunet_ctx *ctx, lunet_tensor *zt, lunet_tensor **h, lun
   return LUNET_OK;
 }
 
-/* The unrolled graph over st's views: y (N, u) or (N, T, u). */
-static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, layers_graph *st) {
-  int64_t n = lunet_tensor_dim(st->x[0], 0), t = lunet_tensor_dim(st->x[0], 1), d = lunet_tensor_dim(st->x[0], 2);
-  int64_t u = lunet_layer_get_int(l, "units");
-  bool seq = lunet_layer_get_bool(l, "return_sequences");
-  lunet_unary_op a = layers_act_op(lunet_layer_get_string(l, "activation"));
-  lunet_unary_op ra = layers_act_op(lunet_layer_get_string(l, "recurrent_activation"));
-  /* the input projection of every step at once: (N*T, D) kernel + bias */
-  int64_t flat[2] = {n * t, d}, zshape[3] = {n, t, 4 * u}, step2[2] = {n, 4 * u};
-  lunet_tensor *x2 = lunet_reshape(ctx, st->x[0], 2, flat);
-  lunet_tensor *xw = x2 ? lunet_matmul(ctx, x2, st->w[KERNEL]) : NULL;
-  if (xw && st->w[BIAS]) layers_set(&xw, lunet_add(ctx, xw, st->w[BIAS]));
-  lunet_tensor *z3 = xw ? lunet_reshape(ctx, xw, 3, zshape) : NULL;
-  layers_release(x2);
-  layers_release(xw);
-  lunet_tensor *h = NULL, *c = NULL, **hs = NULL, *y = NULL;
-  bool ok = z3 != NULL;
-  if (ok && seq) ok = (hs = calloc((size_t)t, sizeof *hs)) != NULL;
-  for (int64_t s = 0; ok && s < t; s++) {
-    int64_t start[3] = {0, s, 0}, stop[3] = {n, s + 1, 4 * u}, one[3] = {1, 1, 1};
-    lunet_tensor *zs = lunet_slice(ctx, z3, start, stop, one);
-    lunet_tensor *zt = zs ? lunet_reshape(ctx, zs, 2, step2) : NULL;
-    layers_release(zs);
-    if (zt && h) {
-      lunet_tensor *hr = lunet_matmul(ctx, h, st->w[RECURRENT]);
-      layers_set(&zt, hr ? lunet_add(ctx, zt, hr) : NULL);
-      layers_release(hr);
-    }
-    lunet_tensor *mt = layers_rnn_mask_at(ctx, st->mask, s);
-    ok = zt && (!st->mask || mt) && step(ctx, zt, &h, &c, n, u, a, ra, mt) == LUNET_OK;
-    layers_release(mt);
-    layers_release(zt);
-    if (ok && seq) {
-      int64_t hshape[3] = {n, 1, u};
-      ok = (hs[s] = lunet_reshape(ctx, h, 3, hshape)) != NULL;
-    }
-  }
-  if (ok) y = seq ? lunet_concat(ctx, hs, (int)t, 1) : lunet_tensor_retain(h);
-  for (int64_t s = 0; hs && s < t; s++) layers_release(hs[s]);
-  free(hs);
-  layers_release(z3);
-  layers_release(h);
-  layers_release(c);
-  return y;
+/* One step: z = zt + h recurrent_kernel, then the gates; states (h, c). */
+static lunet_status lstm_cell(lunet_layer *l, lunet_ctx *ctx, layers_graph *st, lunet_tensor *zt,
+                              lunet_tensor **states, lunet_tensor *m) {
+  int64_t n = lunet_tensor_dim(zt, 0), u = lunet_layer_get_int(l, "units");
+  lunet_tensor *z = layers_rnn_add_recurrent(ctx, st, zt, states[0]);
+  lunet_status s = z ? step(ctx, z, &states[0], &states[1], n, u, layers_act_op(lunet_layer_get_string(l, "activation")),
+                            layers_act_op(lunet_layer_get_string(l, "recurrent_activation")), m)
+                     : lunet_ctx_status(ctx);
+  layers_release(z);
+  return s;
 }
+
+static const layers_rnn_kind lstm_kind = {2, 4, layers_rnn_plain_bias, lstm_cell};
 
 static lunet_status lstm_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
                                 lunet_tensor **y, bool training) {
-  return layers_rnn_forward(l, c, x[0], y, unroll);
+  return layers_rnn_forward(l, c, nin, x, y, &lstm_kind);
 }
+
+static int lstm_outputs(const lunet_layer *l) { return layers_rnn_output_count(l, 2); }
 
 static const lunet_layer_test lstm_tests[] = {
     {LAYERS_ARGS({"units", {.i = 3}}), LAYERS_INPUTS({2, {4, 2}}), 2, 1e-2f},
@@ -182,6 +146,9 @@ static const lunet_layer_test lstm_tests[] = {
      1e-2f},
     {LAYERS_ARGS({"units", {.i = 2}}, {"use_bias", {.b = false}}, {"activation", {.s = "relu"}}),
      LAYERS_INPUTS({2, {2, 2}}), 3, 1e-2f},
+    {LAYERS_ARGS({"units", {.i = 2}}, {"return_state", {.b = true}}, {"go_backwards", {.b = true}},
+                 {"return_sequences", {.b = true}}),
+     LAYERS_INPUTS({2, {3, 2}}, {1, {2}}, {1, {2}}), 2, 1e-2f},
 };
 
 LAYERS_HIDDEN const lunet_layer_type layers_lstm = {
@@ -191,6 +158,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_lstm = {
     .args = lstm_args,
     .nargs = sizeof lstm_args / sizeof lstm_args[0],
     .positional = 1,
+    .max_inputs = 3,
     .flags = LUNET_LAYER_OWNS_ACTIVATION,
     .call_state_size = sizeof(layers_graph),
     .build = lstm_build,
@@ -200,4 +168,5 @@ LAYERS_HIDDEN const lunet_layer_type layers_lstm = {
     .compute_mask = layers_rnn_mask,
     .tests = lstm_tests,
     .ntests = sizeof lstm_tests / sizeof lstm_tests[0],
+    .output_count = lstm_outputs,
 };

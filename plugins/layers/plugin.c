@@ -32,6 +32,7 @@ static const lunet_layer_type *const layer_types[] = {
     &layers_position_embedding,
     &layers_sine_position_encoding,
     &layers_multi_head_attention,
+    &layers_reverse,
     &layers_transformer_encoder,
     &layers_transformer_decoder,
 };

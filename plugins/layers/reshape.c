@@ -1,6 +1,8 @@
 /* Reshape and Permute, Keras's: both rearrange the axes of one sample; the
  * batch axis stays first. */
+#include <stdlib.h>
 #include <string.h>
+
 #include "layers.h"
 
 /* ---- Reshape ---- */
@@ -207,4 +209,93 @@ LAYERS_HIDDEN const lunet_layer_type layers_permute = {
     .release = NULL,
     .tests = permute_tests,
     .ntests = sizeof permute_tests / sizeof permute_tests[0],
+};
+
+/* ---- Reverse ---- */
+
+static const lunet_arg_schema reverse_args[] = {
+    {"axis", LUNET_ARG_INT, LUNET_ARG_DEFAULT, .def = {.i = 1},
+     .doc = "the sample axis to reverse, numbered from 1 (1: the steps of a sequence)"},
+    LAYERS_ARG_INPUT_SHAPE,
+    LAYERS_ARG_NAME,
+};
+
+static lunet_status reverse_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
+  int64_t a = lunet_layer_get_int(l, "axis");
+  if (a < 1 || a > in[0].ndim) {
+    char buf[128];
+    return lunet_layer_error(l, LUNET_ERR_ARG, "axis %lld is not an axis of a sample %s (1 to %d)", (long long)a,
+                             layers_sample_str(&in[0], buf, sizeof buf), in[0].ndim);
+  }
+  out[0] = in[0];
+  return LUNET_OK;
+}
+
+/* x with batch axis `axis` reversed: the axis brought to the front, its
+ * rows gathered backwards, put back.  A new reference, or NULL. */
+static lunet_tensor *flip(lunet_ctx *ctx, lunet_tensor *x, int axis) {
+  int nd = lunet_tensor_ndim(x), perm[LUNET_MAX_DIMS], inv[LUNET_MAX_DIMS];
+  int64_t n = lunet_tensor_dim(x, axis);
+  int64_t *idx = malloc(sizeof *idx * (size_t)(n > 0 ? n : 1));
+  if (!idx) return NULL;
+  for (int64_t i = 0; i < n; i++) idx[i] = n - 1 - i;
+  perm[0] = axis;
+  for (int i = 0, k = 1; i < nd; i++)
+    if (i != axis) perm[k++] = i;
+  for (int i = 0; i < nd; i++) inv[perm[i]] = i;
+  lunet_tensor *front = lunet_op_permute(ctx, x, perm);
+  lunet_tensor *rev = front ? lunet_op_gather_rows(ctx, front, idx, n) : NULL;
+  lunet_tensor *y = rev ? lunet_op_permute(ctx, rev, inv) : NULL;
+  free(idx);
+  layers_release(front);
+  layers_release(rev);
+  return y;
+}
+
+static lunet_status reverse_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                                    lunet_tensor **y, bool training) {
+  if (!(y[0] = flip(lunet_call_ctx(c), x[0], (int)lunet_layer_get_int(l, "axis")))) return layers_call_failed(c);
+  return LUNET_OK;
+}
+
+static lunet_status reverse_backward(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy, lunet_tensor **dx) {
+  dx[0] = NULL;
+  if (!lunet_call_needs_dx(c, 0)) return LUNET_OK;
+  if (!(dx[0] = flip(lunet_call_ctx(c), dy[0], (int)lunet_layer_get_int(l, "axis")))) return layers_call_failed(c);
+  return LUNET_OK;
+}
+
+/* A mask (N, T) reversed with the steps when the steps are reversed. */
+static lunet_status reverse_mask(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                                 lunet_tensor **mask_out) {
+  lunet_tensor *m = lunet_call_mask(c, 0);
+  int axis = (int)lunet_layer_get_int(l, "axis");
+  mask_out[0] = NULL;
+  if (!m) return LUNET_OK;
+  if (axis >= lunet_tensor_ndim(m)) {
+    mask_out[0] = lunet_tensor_retain(m);
+    return LUNET_OK;
+  }
+  return (mask_out[0] = flip(lunet_call_ctx(c), m, axis)) ? LUNET_OK : layers_call_failed(c);
+}
+
+static const lunet_layer_test reverse_tests[] = {
+    {NULL, 0, LAYERS_INPUTS({2, {4, 3}}), 2, 1e-2f},
+    {LAYERS_ARGS({"axis", {.i = 2}}), LAYERS_INPUTS({3, {2, 3, 2}}), 2, 1e-2f},
+};
+
+LAYERS_HIDDEN const lunet_layer_type layers_reverse = {
+    .struct_size = sizeof(lunet_layer_type),
+    .name = "Reverse",
+    .doc = "Reverses one axis of each sample (the steps, by default): what Bidirectional does to the backward "
+           "layer's sequence",
+    .args = reverse_args,
+    .nargs = sizeof reverse_args / sizeof reverse_args[0],
+    .positional = 1,
+    .build = reverse_build,
+    .forward = reverse_forward,
+    .backward = reverse_backward,
+    .compute_mask = reverse_mask,
+    .tests = reverse_tests,
+    .ntests = sizeof reverse_tests / sizeof reverse_tests[0],
 };

@@ -10,15 +10,12 @@
 
 #include "layers.h"
 
-enum { KERNEL = 0, RECURRENT = 1, BIAS = 2 };
-
 static const lunet_arg_schema rnn_args[] = {
     {"units", LUNET_ARG_INT, LUNET_ARG_REQUIRED, .doc = "size of the state h"},
     {"activation", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "tanh"},
      .doc = "activation of the new state", .choices = "tanh|sigmoid|relu|linear"},
     {"use_bias", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = true}, .doc = "add a bias (units)"},
-    {"return_sequences", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = false},
-     .doc = "return h of every step (N, T, units), not only the last (N, units)"},
+    LAYERS_RNN_ARGS,
     {"kernel_initializer", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "glorot_uniform"},
      .doc = "initializer of the kernel (D, units)", .choices = LAYERS_INITIALIZERS "|orthogonal"},
     {"recurrent_initializer", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "orthogonal"},
@@ -30,75 +27,44 @@ static const lunet_arg_schema rnn_args[] = {
 static lunet_status rnn_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
   int64_t u = lunet_layer_get_int(l, "units");
   if (u <= 0) return lunet_layer_error(l, LUNET_ERR_ARG, "units must be positive, got %lld", (long long)u);
-  if (in[0].ndim != 2) return layers_rank_error(l, "2 (timesteps, features)", &in[0]);
+  lunet_status st = layers_rnn_build_io(l, nin, in, out, 1);
+  if (st) return st;
   int64_t k[2] = {in[0].dims[1], u}, r[2] = {u, u};
   if (lunet_layer_add_weight(l, "kernel", 2, k, lunet_layer_get_string(l, "kernel_initializer"), true) < 0 ||
       lunet_layer_add_weight(l, "recurrent_kernel", 2, r,
                              lunet_layer_get_string(l, "recurrent_initializer"), true) < 0 ||
       (lunet_layer_get_bool(l, "use_bias") && lunet_layer_add_weight(l, "bias", 1, &u, "zeros", true) < 0))
     return layers_failed(l);
-  out[0].ndim = lunet_layer_get_bool(l, "return_sequences") ? 2 : 1;
-  out[0].dims[0] = out[0].ndim == 2 ? in[0].dims[0] : u;
-  out[0].dims[1] = u;
   return LUNET_OK;
 }
 
-static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, layers_graph *st) {
-  int64_t n = lunet_tensor_dim(st->x[0], 0), t = lunet_tensor_dim(st->x[0], 1), d = lunet_tensor_dim(st->x[0], 2);
-  int64_t u = lunet_layer_get_int(l, "units");
-  bool seq = lunet_layer_get_bool(l, "return_sequences");
-  lunet_unary_op a = layers_act_op(lunet_layer_get_string(l, "activation"));
-  int64_t flat[2] = {n * t, d}, zshape[3] = {n, t, u}, step2[2] = {n, u};
-  lunet_tensor *x2 = lunet_reshape(ctx, st->x[0], 2, flat);
-  lunet_tensor *xw = x2 ? lunet_matmul(ctx, x2, st->w[KERNEL]) : NULL;
-  if (xw && st->w[BIAS]) layers_set(&xw, lunet_add(ctx, xw, st->w[BIAS]));
-  lunet_tensor *z3 = xw ? lunet_reshape(ctx, xw, 3, zshape) : NULL;
-  layers_release(x2);
-  layers_release(xw);
-  lunet_tensor *h = NULL, **hs = NULL, *y = NULL;
-  bool ok = z3 != NULL;
-  if (ok && seq) ok = (hs = calloc((size_t)t, sizeof *hs)) != NULL;
-  for (int64_t s = 0; ok && s < t; s++) {
-    int64_t start[3] = {0, s, 0}, stop[3] = {n, s + 1, u}, one[3] = {1, 1, 1};
-    lunet_tensor *zs = lunet_slice(ctx, z3, start, stop, one);
-    lunet_tensor *zt = zs ? lunet_reshape(ctx, zs, 2, step2) : NULL;
-    layers_release(zs);
-    if (zt && h) {
-      lunet_tensor *hr = lunet_matmul(ctx, h, st->w[RECURRENT]);
-      layers_set(&zt, hr ? lunet_add(ctx, zt, hr) : NULL);
-      layers_release(hr);
-    }
-    lunet_tensor *hn = zt ? layers_act(ctx, a, zt) : NULL;
-    layers_release(zt);
-    if (hn && st->mask) {
-      lunet_tensor *mt = layers_rnn_mask_at(ctx, st->mask, s);
-      layers_set(&hn, mt ? layers_keep_masked(ctx, hn, h, mt) : NULL);
-      layers_release(mt);
-    }
-    ok = hn != NULL;
-    if (ok) layers_set(&h, hn);
-    if (ok && seq) {
-      int64_t hshape[3] = {n, 1, u};
-      ok = (hs[s] = lunet_reshape(ctx, h, 3, hshape)) != NULL;
-    }
-  }
-  if (ok) y = seq ? lunet_concat(ctx, hs, (int)t, 1) : lunet_tensor_retain(h);
-  for (int64_t s = 0; hs && s < t; s++) layers_release(hs[s]);
-  free(hs);
-  layers_release(z3);
-  layers_release(h);
-  return y;
+/* One step: h = act(zt + h recurrent_kernel), kept where masked. */
+static lunet_status rnn_cell(lunet_layer *l, lunet_ctx *ctx, layers_graph *st, lunet_tensor *zt,
+                             lunet_tensor **states, lunet_tensor *m) {
+  lunet_tensor *z = layers_rnn_add_recurrent(ctx, st, zt, states[0]);
+  lunet_tensor *hn = z ? layers_act(ctx, layers_act_op(lunet_layer_get_string(l, "activation")), z) : NULL;
+  layers_release(z);
+  if (hn && m) layers_set(&hn, layers_keep_masked(ctx, hn, states[0], m));
+  if (!hn) return lunet_ctx_status(ctx);
+  layers_set(&states[0], hn);
+  return LUNET_OK;
 }
+
+static const layers_rnn_kind rnn_kind = {1, 1, layers_rnn_plain_bias, rnn_cell};
 
 static lunet_status rnn_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
                                lunet_tensor **y, bool training) {
-  return layers_rnn_forward(l, c, x[0], y, unroll);
+  return layers_rnn_forward(l, c, nin, x, y, &rnn_kind);
 }
+
+static int rnn_outputs(const lunet_layer *l) { return layers_rnn_output_count(l, 1); }
 
 static const lunet_layer_test rnn_tests[] = {
     {LAYERS_ARGS({"units", {.i = 3}}), LAYERS_INPUTS({2, {4, 2}}), 2, 1e-2f},
     {LAYERS_ARGS({"units", {.i = 2}}, {"return_sequences", {.b = true}}), LAYERS_INPUTS({2, {3, 3}}), 2,
      1e-2f},
+    {LAYERS_ARGS({"units", {.i = 2}}, {"return_state", {.b = true}}, {"go_backwards", {.b = true}}),
+     LAYERS_INPUTS({2, {3, 2}}, {1, {2}}), 2, 1e-2f},
 };
 
 LAYERS_HIDDEN const lunet_layer_type layers_simple_rnn = {
@@ -108,6 +74,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_simple_rnn = {
     .args = rnn_args,
     .nargs = sizeof rnn_args / sizeof rnn_args[0],
     .positional = 1,
+    .max_inputs = 2,
     .flags = LUNET_LAYER_OWNS_ACTIVATION,
     .call_state_size = sizeof(layers_graph),
     .build = rnn_build,
@@ -117,4 +84,5 @@ LAYERS_HIDDEN const lunet_layer_type layers_simple_rnn = {
     .compute_mask = layers_rnn_mask,
     .tests = rnn_tests,
     .ntests = sizeof rnn_tests / sizeof rnn_tests[0],
+    .output_count = rnn_outputs,
 };

@@ -283,6 +283,86 @@ function T.position_layers_follow_keras_hub()
   for p = 6, 8 do for k = 1, 6 do check.eq(g[p][k], 0, "rows past T get nothing") end end
 end
 
+-- The final states are what the next part of the sequence needs: running
+-- the first half with return_state and the second from those states
+-- gives the whole sequence's output (h and c both checked, and the initial
+-- states' gradients by the self-test).
+function T.states_carry_a_sequence_on()
+  nn.seed(30)
+  for _, kind in ipairs{"LSTM", "GRU", "SimpleRNN"} do
+    local whole = nn[kind]{4, return_sequences = true}
+    local x = nn.randn(2, 6, 3)
+    local y = whole(x):totable()
+    local first = nn[kind]{4, return_sequences = true, return_state = true}
+    local second = nn[kind]{4, return_sequences = true}
+    local out = {first(x[{{}, {1, 3}}])}
+    first:set_weights(whole:get_weights())
+    out = {first(x[{{}, {1, 3}}])}
+    local states = {table.unpack(out, 2)}
+    check.eq(#states, kind == "LSTM" and 2 or 1, kind .. " states")
+    check.same_table(states[1]:totable(), out[1][{{}, {3, 3}}]:reshape(2, 4):totable(), 1e-6, kind .. " h is the last output")
+    second(x[{{}, {4, 6}}], {initial_state = states})
+    second:set_weights(whole:get_weights())
+    local rest = second(x[{{}, {4, 6}}], {initial_state = states}):totable()
+    for n = 1, 2 do
+      for t = 1, 3 do check.same_table(rest[n][t], y[n][t + 3], 1e-5, kind .. " step " .. (t + 3)) end
+    end
+  end
+  check.fails(function() nn.LSTM{4}(nn.randn(2, 3, 3), {initial_state = {nn.zeros(2, 4)}}) end,
+    "initial_state needs 2 tensors (h and c), got 1")
+  check.fails(function() nn.GRU{4}(nn.randn(2, 3, 3), {initial_state = {nn.zeros(2, 5)}}) end,
+    "initial state 1 must be (None, 4) (units), got (None, 5)")
+end
+
+-- go_backwards reads the steps last to first (its sequence comes out in
+-- that order, as in Keras): the same as the forward layer on the reversed
+-- input.
+function T.go_backwards_reads_the_reversed_sequence()
+  nn.seed(31)
+  local x = nn.randn(2, 5, 3)
+  local rev = x:index_select(2, {4, 3, 2, 1, 0})
+  for _, kind in ipairs{"LSTM", "GRU", "SimpleRNN"} do
+    local fwd = nn[kind]{4, return_sequences = true}
+    local back = nn[kind]{4, return_sequences = true, go_backwards = true}
+    fwd(x)
+    back(x)
+    back:set_weights(fwd:get_weights())
+    check.same_table(back(x):totable(), fwd(rev):totable(), 1e-6, kind)
+  end
+end
+
+-- Bidirectional: the forward layer's output beside the backward layer's
+-- (put back in step order), from two plain layers with the same weights.
+function T.bidirectional_joins_both_directions()
+  nn.seed(32)
+  local x = nn.randn(2, 5, 3)
+  local rev_ids = {4, 3, 2, 1, 0}
+  local bi = nn.Bidirectional(nn.LSTM{4, return_sequences = true})
+  local y = bi(x)
+  check.same_table(y:shape(), {2, 5, 8}, 0, "concat doubles the units")
+  local ws = bi:get_weights()
+  check.eq(#ws, 6, "forward then backward weights")
+  local f, b = nn.LSTM{4, return_sequences = true}, nn.LSTM{4, return_sequences = true}
+  f(x)
+  b(x)
+  f:set_weights({ws[1], ws[2], ws[3]})
+  b:set_weights({ws[4], ws[5], ws[6]})
+  local want_f = f(x):totable()
+  local want_b = b(x:index_select(2, rev_ids)):index_select(2, rev_ids):totable()
+  local got = y:totable()
+  for n = 1, 2 do
+    for t = 1, 5 do
+      check.same_table({table.unpack(got[n][t], 1, 4)}, want_f[n][t], 1e-6, "forward half")
+      check.same_table({table.unpack(got[n][t], 5, 8)}, want_b[n][t], 1e-6, "backward half, in step order")
+    end
+  end
+  local sum = nn.Bidirectional(nn.GRU{3, return_state = true}, {merge_mode = "sum"})
+  local out, hf, hb = sum(x)
+  check.same_table(out:totable(), (hf + hb):totable(), 1e-6, "sum of the last states")
+  check.fails(function() nn.Bidirectional(nn.Dense{3}) end, "an nn.LSTM, nn.GRU or nn.SimpleRNN layer expected")
+  check.fails(function() nn.Bidirectional(nn.LSTM{3}, {merge_mode = "max"}) end, "concat, sum, mul, ave or none")
+end
+
 -- An optimizer applied to a parameter list rebuilt each step trains it.
 function T.a_training_loop_may_rebuild_its_parameter_list()
   local w = nn.zeros(2):requires_grad(true)

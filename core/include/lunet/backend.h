@@ -25,6 +25,7 @@
 #ifndef LUNET_BACKEND_H
 #define LUNET_BACKEND_H
 
+#include <stddef.h>
 #include <stdio.h>
 
 #include "lunet/lunet.h"
@@ -34,7 +35,7 @@ extern "C" {
 #endif
 
 #define LUNET_BACKEND_ABI_MAJOR 2
-#define LUNET_BACKEND_ABI_MINOR 0
+#define LUNET_BACKEND_ABI_MINOR 1
 
 /* caps: a buffer handle is the host address of its data, readable and
  * writable directly (the CPU backend). */
@@ -171,7 +172,19 @@ typedef struct lunet_backend_i {
   int (*affine_resample)(lunet_backend *be, lunet_buf y, lunet_cbuf x, const float *mats, size_t n,
                          size_t h, size_t w, size_t c, size_t oh, size_t ow,
                          lunet_fill_mode fill_mode, float fill);
+
+  /* ---- ABI 2.1 (the core reads these only from a backend of minor >= 1;
+   * unary ops LUNET_UNARY_SIN and _COS are 2.1 too) ---- */
+
+  /* y (rows, cols) float32 += x (n, cols) row by row: y[idx[i]] += x[i];
+   * idx (n) on the host, in range (the core checks); repeated indices add
+   * up (the gradient of gather_rows). */
+  int (*scatter_add_rows)(lunet_backend *be, lunet_buf y, lunet_cbuf x, const int64_t *idx, size_t n,
+                          size_t cols);
 } lunet_backend_i;
+
+/* The size of lunet_backend_i in ABI 2.0 (what a 2.0 backend provides). */
+#define LUNET_BACKEND_I_SIZE_2_0 offsetof(lunet_backend_i, scatter_add_rows)
 
 typedef struct lunet_backend_desc {
   uint32_t abi_major, abi_minor;

@@ -36,6 +36,8 @@ typedef enum lunet_unary_op {
   LUNET_UNARY_CLIP,       /* min(max(x, alpha), beta) */
   LUNET_UNARY_RECIP,      /* 1 / x */
   LUNET_UNARY_SIGN,
+  LUNET_UNARY_SIN, /* (backend ABI 2.1) */
+  LUNET_UNARY_COS, /* (backend ABI 2.1) */
   LUNET_UNARY_COUNT
 } lunet_unary_op;
 
@@ -181,6 +183,10 @@ LUNET_API lunet_tensor *lunet_op_dropout_mask(lunet_ctx *ctx, const lunet_tensor
 /* Rows of x (axis 0) picked by int32/float32 indices (on any backend). */
 LUNET_API lunet_tensor *lunet_op_gather_rows(lunet_ctx *ctx, const lunet_tensor *x,
                                              const int64_t *idx, int64_t n);
+/* y[idx[i]] += x[i] along axis 0, in place (float32; repeated indices add
+ * up): the gradient of gather_rows. */
+LUNET_API lunet_status lunet_op_scatter_add_rows(lunet_ctx *ctx, lunet_tensor *y, const lunet_tensor *x,
+                                                 const int64_t *idx, int64_t n);
 /* Rows [start, start+n) of x along axis 0. */
 LUNET_API lunet_tensor *lunet_op_slice_rows(lunet_ctx *ctx, const lunet_tensor *x, int64_t start,
                                             int64_t n);
@@ -246,6 +252,32 @@ LUNET_API lunet_tensor *lunet_slice(lunet_ctx *ctx, lunet_tensor *x, const int64
                                     const int64_t *stop, const int64_t *step);
 LUNET_API lunet_tensor *lunet_concat(lunet_ctx *ctx, lunet_tensor *const *xs, int n, int axis);
 LUNET_API lunet_tensor *lunet_softmax(lunet_ctx *ctx, lunet_tensor *x, bool log);
+/* x's rows idx[0..n) along axis 0 (host indices, in range; repeats
+ * allowed); the gradient scatters back, adding repeats. */
+LUNET_API lunet_tensor *lunet_take_rows(lunet_ctx *ctx, lunet_tensor *x, const int64_t *idx, int64_t n);
+/* torch.index_select: the entries idx[0..n) of x along `axis` (0-based,
+ * negative from the end). */
+LUNET_API lunet_tensor *lunet_index_select(lunet_ctx *ctx, lunet_tensor *x, int axis, const int64_t *idx,
+                                           int64_t n);
+/* torch.gather: out (index's shape) with out[..i_axis..] = x[..index[...]..]
+ * along `axis`; index (int32, or float32 whole numbers) has x's rank and
+ * no larger sizes on the other axes. */
+LUNET_API lunet_tensor *lunet_gather(lunet_ctx *ctx, lunet_tensor *x, int axis, const lunet_tensor *index);
+/* Picks, orders and sums (select.c); gradients flow to the values.
+ * where: a where cond is nonzero, else b (numpy broadcasting; exact: the
+ * branch not taken never enters the arithmetic). */
+LUNET_API lunet_tensor *lunet_where(lunet_ctx *ctx, const lunet_tensor *cond, lunet_tensor *a, lunet_tensor *b);
+/* triu (upper) / tril of the last two axes: entries with col - row >= k
+ * (triu) or <= k (tril) kept, the rest 0. */
+LUNET_API lunet_tensor *lunet_triangle(lunet_ctx *ctx, lunet_tensor *x, int64_t k, bool upper);
+/* int32 indices that sort each line along `axis` (stable; NaN last). */
+LUNET_API lunet_tensor *lunet_argsort(lunet_ctx *ctx, const lunet_tensor *x, int axis, bool descending);
+/* The k largest (or smallest) along `axis`, sorted: values (differentiable)
+ * and int32 indices. */
+LUNET_API lunet_status lunet_topk(lunet_ctx *ctx, lunet_tensor *x, int64_t k, int axis, bool largest,
+                                  lunet_tensor **values, lunet_tensor **indices);
+/* Running sums along `axis`. */
+LUNET_API lunet_tensor *lunet_cumsum(lunet_ctx *ctx, lunet_tensor *x, int axis);
 /* A copy that passes gradients back to x. */
 LUNET_API lunet_tensor *lunet_copy(lunet_ctx *ctx, lunet_tensor *x);
 

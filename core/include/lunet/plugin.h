@@ -50,6 +50,8 @@
 #ifndef LUNET_PLUGIN_H
 #define LUNET_PLUGIN_H
 
+#include <stddef.h>
+
 #include "lunet/lunet.h"
 
 #ifdef __cplusplus
@@ -178,7 +180,17 @@ typedef struct lunet_layer_type {
 
   const lunet_layer_test *tests;
   int ntests;
+
+  /* ---- ABI 2.1: the core reads these only when struct_size covers them ---- */
+
+  /* The number of outputs from the layer's arguments (an RNN's
+   * return_state adds its final states); NULL: noutputs. */
+  int (*output_count)(const lunet_layer *l);
 } lunet_layer_type;
+
+/* The size of lunet_layer_type in ABI 2.0: a 2.0 plugin's types are this
+ * large, and load. */
+#define LUNET_LAYER_TYPE_SIZE_2_0 offsetof(lunet_layer_type, output_count)
 
 typedef struct lunet_plugin_desc {
   uint32_t abi_major, abi_minor;

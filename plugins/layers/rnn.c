@@ -1,0 +1,111 @@
+/*
+ * What the recurrent layers (LSTM, GRU, SimpleRNN) share, Keras's
+ * behaviour: the input projection of every step in one product, the loop
+ * over the steps (reversed with go_backwards, whose sequence output then
+ * runs from the last step to the first, as in Keras), masked steps that
+ * keep the state, initial states passed as extra inputs (gradients flow to
+ * them) and the final states as extra outputs with return_state.  Each
+ * layer gives its cell: one step from the step's projection and the
+ * states.
+ */
+#include <stdlib.h>
+
+#include "layers.h"
+
+int layers_rnn_output_count(const lunet_layer *l, int nstates) {
+  return lunet_layer_get_bool(l, "return_state") ? 1 + nstates : 1;
+}
+
+lunet_status layers_rnn_build_io(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out, int nstates) {
+  int64_t u = lunet_layer_get_int(l, "units");
+  if (in[0].ndim != 2) return layers_rank_error(l, "2 (timesteps, features)", &in[0]);
+  if (nin != 1 && nin != 1 + nstates)
+    return lunet_layer_error(l, LUNET_ERR_ARG, "takes the sequence and %d initial state%s, got %d inputs", nstates,
+                             nstates == 1 ? "" : "s", nin);
+  for (int i = 1; i < nin; i++)
+    if (in[i].ndim != 1 || in[i].dims[0] != u) {
+      char buf[128];
+      return lunet_layer_error(l, LUNET_ERR_SHAPE, "initial state %d must be (None, %lld) (units), got %s", i,
+                               (long long)u, layers_sample_str(&in[i], buf, sizeof buf));
+    }
+  out[0].ndim = lunet_layer_get_bool(l, "return_sequences") ? 2 : 1;
+  out[0].dims[0] = out[0].ndim == 2 ? in[0].dims[0] : u;
+  out[0].dims[1] = u;
+  for (int j = 1; j < layers_rnn_output_count(l, nstates); j++) out[j] = (lunet_shape){1, {u}};
+  return LUNET_OK;
+}
+
+/* The unrolled graph over st's views: y (N, u) or (N, T, u), and the final
+ * states (new references) into states. */
+static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, layers_graph *st, const layers_rnn_kind *k,
+                            lunet_tensor **states) {
+  int64_t n = lunet_tensor_dim(st->x[0], 0), t = lunet_tensor_dim(st->x[0], 1), d = lunet_tensor_dim(st->x[0], 2);
+  int64_t u = lunet_layer_get_int(l, "units"), w = k->gates * u;
+  bool seq = lunet_layer_get_bool(l, "return_sequences"), back = lunet_layer_get_bool(l, "go_backwards");
+  /* the input projection of every step at once: (N*T, D) kernel + bias */
+  int64_t flat[2] = {n * t, d}, zshape[3] = {n, t, w}, step2[2] = {n, w};
+  lunet_tensor *bias = k->input_bias(ctx, st);
+  lunet_tensor *x2 = lunet_reshape(ctx, st->x[0], 2, flat);
+  lunet_tensor *xw = x2 ? lunet_matmul(ctx, x2, st->w[LAYERS_RNN_KERNEL]) : NULL;
+  if (xw && bias) layers_set(&xw, lunet_add(ctx, xw, bias));
+  lunet_tensor *z3 = xw ? lunet_reshape(ctx, xw, 3, zshape) : NULL;
+  layers_release(x2);
+  layers_release(xw);
+  layers_release(bias);
+  for (int i = 0; i < k->nstates; i++) states[i] = st->x[1 + i] ? lunet_tensor_retain(st->x[1 + i]) : NULL;
+  lunet_tensor **hs = NULL, *y = NULL;
+  bool ok = z3 != NULL;
+  if (ok && seq) ok = (hs = calloc((size_t)t, sizeof *hs)) != NULL;
+  for (int64_t i = 0; ok && i < t; i++) {
+    int64_t s = back ? t - 1 - i : i;
+    int64_t start[3] = {0, s, 0}, stop[3] = {n, s + 1, w}, one[3] = {1, 1, 1};
+    lunet_tensor *zs = lunet_slice(ctx, z3, start, stop, one);
+    lunet_tensor *zt = zs ? lunet_reshape(ctx, zs, 2, step2) : NULL;
+    layers_release(zs);
+    lunet_tensor *mt = layers_rnn_mask_at(ctx, st->mask, s);
+    ok = zt && (!st->mask || mt) && k->cell(l, ctx, st, zt, states, mt) == LUNET_OK;
+    layers_release(mt);
+    layers_release(zt);
+    if (ok && seq) {
+      int64_t hshape[3] = {n, 1, u};
+      ok = (hs[i] = lunet_reshape(ctx, states[0], 3, hshape)) != NULL;
+    }
+  }
+  if (ok) y = seq ? lunet_concat(ctx, hs, (int)t, 1) : lunet_tensor_retain(states[0]);
+  for (int64_t i = 0; hs && i < t; i++) layers_release(hs[i]);
+  free(hs);
+  layers_release(z3);
+  if (!y)
+    for (int i = 0; i < k->nstates; i++) layers_set(&states[i], NULL);
+  return y;
+}
+
+lunet_status layers_rnn_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
+                                const layers_rnn_kind *k) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  layers_graph *st = lunet_call_state(c);
+  layers_graph_release(st);
+  if (nin > 1) {
+    static const char *const names[4] = {"the sequence", "initial state 1", "initial state 2", "initial state 3"};
+    lunet_status s = layers_same_batch(c, nin, x, names);
+    if (s) return s;
+  }
+  /* (N, T): a masked step keeps the state, as in Keras */
+  if (lunet_call_mask(c, 0) && !(st->mask = layers_step_mask(c, x[0]))) return lunet_ctx_status(ctx);
+  lunet_status s = layers_graph_begin_many(c, l, st, nin, x, layers_rnn_nweights(l));
+  if (s) return s;
+  lunet_tensor *outs[1 + LAYERS_RNN_MAX_STATES] = {0}, *states[LAYERS_RNN_MAX_STATES] = {0};
+  outs[0] = unroll(l, ctx, st, k, states);
+  int nout = layers_rnn_output_count(l, k->nstates);
+  for (int i = 0; i < k->nstates; i++) {
+    if (i + 1 < nout) outs[i + 1] = states[i];
+    else layers_release(states[i]);
+  }
+  return layers_graph_end_many(c, st, nout, outs, y);
+}
+
+lunet_status layers_rnn_mask(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **mask_out) {
+  lunet_tensor *m = lunet_call_mask(c, 0);
+  mask_out[0] = m && lunet_layer_get_bool(l, "return_sequences") ? lunet_tensor_retain(m) : NULL;
+  return LUNET_OK;
+}
