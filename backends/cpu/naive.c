@@ -458,6 +458,60 @@ static int naive_scatter_add_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, 
   return 0;
 }
 
+/* The LSTM cell as written in backend.h, one element at a time. */
+static float naive_act(lunet_unary_op op, float x) {
+  return op == LUNET_UNARY_AFFINE ? x : lunet_cpu_unary_one(op, 0.0f, 0.0f, x);
+}
+
+static float naive_act_grad(lunet_unary_op op, float x) {
+  float y = naive_act(op, x);
+  return op == LUNET_UNARY_SIGMOID ? y * (1.0f - y) : op == LUNET_UNARY_TANH ? 1.0f - y * y
+                                     : op == LUNET_UNARY_RELU ? (x > 0.0f ? 1.0f : 0.0f) : 1.0f;
+}
+
+static int naive_lstm_cell(lunet_backend *be, lunet_buf hc, lunet_buf gates, lunet_cbuf z, lunet_cbuf cp, size_t n,
+                           size_t u, lunet_unary_op act, lunet_unary_op rec) {
+  const float *pz = z, *pc = cp;
+  float *ph = hc, *pg = gates;
+  for (size_t r = 0; r < n; r++)
+    for (size_t k = 0; k < u; k++) {
+      const float *zr = pz + r * 4 * u;
+      float i = naive_act(rec, zr[k]), f = naive_act(rec, zr[u + k]), g = naive_act(act, zr[2 * u + k]);
+      float o = naive_act(rec, zr[3 * u + k]), c = f * (pc ? pc[r * u + k] : 0.0f) + i * g;
+      pg[r * 4 * u + k] = i, pg[r * 4 * u + u + k] = f, pg[r * 4 * u + 2 * u + k] = g, pg[r * 4 * u + 3 * u + k] = o;
+      ph[r * 2 * u + u + k] = c;
+      ph[r * 2 * u + k] = o * naive_act(act, c);
+    }
+  return 0;
+}
+
+/* Derivatives through the pre-activations, recomputed from the gates. */
+static int naive_lstm_cell_backward(lunet_backend *be, lunet_buf dz, lunet_buf dcp, lunet_cbuf dhc, lunet_cbuf hc,
+                                    lunet_cbuf gates, lunet_cbuf cp, size_t n, size_t u, lunet_unary_op act,
+                                    lunet_unary_op rec) {
+  const float *pd = dhc, *ph = hc, *pg = gates, *pc = cp;
+  float *pz = dz, *pdc = dcp;
+  for (size_t r = 0; r < n; r++)
+    for (size_t k = 0; k < u; k++) {
+      const float *g = pg + r * 4 * u;
+      float i = g[k], f = g[u + k], gg = g[2 * u + k], o = g[3 * u + k], c = ph[r * 2 * u + u + k];
+      float dh = pd[r * 2 * u + k], dc = pd[r * 2 * u + u + k] + dh * o * naive_act_grad(act, c);
+      float ac = naive_act(act, c), prev = pc ? pc[r * u + k] : 0.0f;
+      /* the gates' own derivatives from their values (the pre-activations are gone) */
+      float di = rec == LUNET_UNARY_SIGMOID ? i * (1 - i) : rec == LUNET_UNARY_TANH ? 1 - i * i : rec == LUNET_UNARY_RELU ? (i > 0) : 1;
+      float df = rec == LUNET_UNARY_SIGMOID ? f * (1 - f) : rec == LUNET_UNARY_TANH ? 1 - f * f : rec == LUNET_UNARY_RELU ? (f > 0) : 1;
+      float dO = rec == LUNET_UNARY_SIGMOID ? o * (1 - o) : rec == LUNET_UNARY_TANH ? 1 - o * o : rec == LUNET_UNARY_RELU ? (o > 0) : 1;
+      float dg = act == LUNET_UNARY_SIGMOID ? gg * (1 - gg) : act == LUNET_UNARY_TANH ? 1 - gg * gg : act == LUNET_UNARY_RELU ? (gg > 0) : 1;
+      float *z = pz + r * 4 * u;
+      z[k] = dc * gg * di;
+      z[u + k] = dc * prev * df;
+      z[2 * u + k] = dc * i * dg;
+      z[3 * u + k] = dh * ac * dO;
+      if (pdc) pdc[r * u + k] = dc * f;
+    }
+  return 0;
+}
+
 static int naive_sgd_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf velocity,
                             size_t n, float lr, float momentum, bool nesterov, float weight_decay) {
   float *pp = p, *pv = velocity;
@@ -547,6 +601,8 @@ const lunet_backend_i lunet_cpu_naive_vtable = {
     .dropout_mask = naive_dropout_mask,
     .gather_rows = naive_gather_rows,
     .scatter_add_rows = naive_scatter_add_rows,
+    .lstm_cell = naive_lstm_cell,
+    .lstm_cell_backward = naive_lstm_cell_backward,
     .sgd_update = naive_sgd_update,
     .adam_update = naive_adam_update,
     .rmsprop_update = naive_rmsprop_update,

@@ -446,3 +446,83 @@ int lunet_cpu_affine_resample(lunet_backend *be, lunet_buf y, lunet_cbuf x, cons
   lunet_cpu_parallel(be, (int64_t)n, 1, resample_task, &j);
   return 0;
 }
+
+/* ---- the fused LSTM cell (backend.h) ---- */
+
+/* act(x) for the cell's activations (AFFINE is the identity here). */
+static inline float cell_act(lunet_unary_op op, float x) {
+  return op == LUNET_UNARY_AFFINE ? x : lunet_cpu_unary_one(op, 0.0f, 0.0f, x);
+}
+
+/* act'(x) from y = act(x). */
+static inline float cell_grad(lunet_unary_op op, float y) {
+  switch (op) {
+  case LUNET_UNARY_SIGMOID:
+    return y * (1.0f - y);
+  case LUNET_UNARY_TANH:
+    return 1.0f - y * y;
+  case LUNET_UNARY_RELU:
+    return y > 0.0f ? 1.0f : 0.0f;
+  default:
+    return 1.0f;
+  }
+}
+
+typedef struct cell_job {
+  float *hc, *gates, *dz, *dcp;
+  const float *z, *cp, *dhc, *chc, *cgates;
+  size_t u;
+  lunet_unary_op act, rec;
+} cell_job;
+
+static void lstm_cell_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  cell_job *j = arg;
+  size_t u = j->u;
+  for (int64_t r = begin; r < end; r++) {
+    const float *z = j->z + (size_t)r * 4 * u, *cp = j->cp ? j->cp + (size_t)r * u : NULL;
+    float *g = j->gates + (size_t)r * 4 * u, *h = j->hc + (size_t)r * 2 * u, *c = h + u;
+    for (size_t k = 0; k < u; k++) {
+      float i = cell_act(j->rec, z[k]), f = cell_act(j->rec, z[u + k]);
+      float gg = cell_act(j->act, z[2 * u + k]), o = cell_act(j->rec, z[3 * u + k]);
+      float cn = i * gg + (cp ? f * cp[k] : 0.0f);
+      g[k] = i, g[u + k] = f, g[2 * u + k] = gg, g[3 * u + k] = o;
+      c[k] = cn;
+      h[k] = o * cell_act(j->act, cn);
+    }
+  }
+}
+
+int lunet_cpu_lstm_cell(lunet_backend *be, lunet_buf hc, lunet_buf gates, lunet_cbuf z, lunet_cbuf cp, size_t n,
+                        size_t u, lunet_unary_op act, lunet_unary_op rec) {
+  cell_job j = {.hc = hc, .gates = gates, .z = z, .cp = cp, .u = u, .act = act, .rec = rec};
+  lunet_cpu_parallel(be, (int64_t)n, (int64_t)(4096 / (u + 1)) + 1, lstm_cell_task, &j);
+  return 0;
+}
+
+static void lstm_cell_backward_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  cell_job *j = arg;
+  size_t u = j->u;
+  for (int64_t r = begin; r < end; r++) {
+    const float *g = j->cgates + (size_t)r * 4 * u, *c = j->chc + (size_t)r * 2 * u + u;
+    const float *dh = j->dhc + (size_t)r * 2 * u, *dc = dh + u, *cp = j->cp ? j->cp + (size_t)r * u : NULL;
+    float *dz = j->dz + (size_t)r * 4 * u, *dcp = j->dcp ? j->dcp + (size_t)r * u : NULL;
+    for (size_t k = 0; k < u; k++) {
+      float i = g[k], f = g[u + k], gg = g[2 * u + k], o = g[3 * u + k];
+      float a = cell_act(j->act, c[k]);
+      float dct = dc[k] + dh[k] * o * cell_grad(j->act, a);
+      dz[k] = dct * gg * cell_grad(j->rec, i);
+      dz[u + k] = (cp ? dct * cp[k] : 0.0f) * cell_grad(j->rec, f);
+      dz[2 * u + k] = dct * i * cell_grad(j->act, gg);
+      dz[3 * u + k] = dh[k] * a * cell_grad(j->rec, o);
+      if (dcp) dcp[k] = dct * f;
+    }
+  }
+}
+
+int lunet_cpu_lstm_cell_backward(lunet_backend *be, lunet_buf dz, lunet_buf dcp, lunet_cbuf dhc, lunet_cbuf hc,
+                                 lunet_cbuf gates, lunet_cbuf cp, size_t n, size_t u, lunet_unary_op act,
+                                 lunet_unary_op rec) {
+  cell_job j = {.dz = dz, .dcp = dcp, .dhc = dhc, .chc = hc, .cgates = gates, .cp = cp, .u = u, .act = act, .rec = rec};
+  lunet_cpu_parallel(be, (int64_t)n, (int64_t)(4096 / (u + 1)) + 1, lstm_cell_backward_task, &j);
+  return 0;
+}

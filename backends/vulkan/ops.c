@@ -665,6 +665,29 @@ static int vk_scatter_add_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, con
   return rc;
 }
 
+typedef struct lstm_pc {
+  uint32_t n, u, act, rec, has_cp, has_dcp;
+} lstm_pc;
+
+static int vk_lstm_cell(lunet_backend *be, lunet_buf hc, lunet_buf gates, lunet_cbuf z, lunet_cbuf cp, size_t n,
+                        size_t u, lunet_unary_op act, lunet_unary_op rec) {
+  int rc = too_big((int64_t)(n * 4 * u), "lstm_cell");
+  if (rc || n * u == 0) return rc;
+  lstm_pc pc = {(uint32_t)n, (uint32_t)u, (uint32_t)act, (uint32_t)rec, cp != NULL, 0};
+  return lunet_vk_dispatch(be, VK_SH_LSTM, 0, (lunet_cbuf[]){hc, gates, z, cp}, 4, &pc, sizeof pc,
+                           lunet_vk_groups(be, n * u), 1, 1);
+}
+
+static int vk_lstm_cell_backward(lunet_backend *be, lunet_buf dz, lunet_buf dcp, lunet_cbuf dhc, lunet_cbuf hc,
+                                 lunet_cbuf gates, lunet_cbuf cp, size_t n, size_t u, lunet_unary_op act,
+                                 lunet_unary_op rec) {
+  int rc = too_big((int64_t)(n * 4 * u), "lstm_cell_backward");
+  if (rc || n * u == 0) return rc;
+  lstm_pc pc = {(uint32_t)n, (uint32_t)u, (uint32_t)act, (uint32_t)rec, cp != NULL, dcp != NULL};
+  return lunet_vk_dispatch(be, VK_SH_LSTM, 1, (lunet_cbuf[]){dz, dcp, dhc, cp, hc, gates}, 6, &pc, sizeof pc,
+                           lunet_vk_groups(be, n * u), 1, 1);
+}
+
 static int vk_set_threads(lunet_backend *be, int n) { return 0; }
 
 const lunet_backend_i lunet_vk_vtable = {
@@ -699,6 +722,8 @@ const lunet_backend_i lunet_vk_vtable = {
     .dropout_mask = vk_dropout_mask,
     .gather_rows = vk_gather_rows,
     .scatter_add_rows = vk_scatter_add_rows,
+    .lstm_cell = vk_lstm_cell,
+    .lstm_cell_backward = vk_lstm_cell_backward,
     .sgd_update = vk_sgd_update,
     .adam_update = vk_adam_update,
     .rmsprop_update = vk_rmsprop_update,

@@ -167,11 +167,49 @@ static lunet_status add_into(lunet_ctx *ctx, lunet_tensor **slot, lunet_tensor *
   return s;
 }
 
+static lunet_status slice_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy, lunet_tensor **dx);
+
+/* A slice's gradient added straight into its input's accumulator at the
+ * sliced positions (made as zeros the first time): a slice of a big tensor
+ * (an RNN's step of its input projection) costs the slice's size, not the
+ * tensor's, in each backward. */
+static lunet_status slice_into(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy, lunet_tensor **slot,
+                               lunet_tensor *x) {
+  if (!*slot) {
+    lunet_tensor *z = lunet_tensor_on(ctx, x->buf->be, LUNET_F32, x->ndim, x->shape);
+    if (!z || lunet_op_fill(ctx, z, 0)) {
+      lunet_tensor_release(z);
+      return ctx->status;
+    }
+    *slot = z;
+  }
+  int64_t start[LUNET_MAX_DIMS], stop[LUNET_MAX_DIMS], step[LUNET_MAX_DIMS];
+  for (int i = 0; i < x->ndim; i++) {
+    start[i] = n->iparams[i];
+    step[i] = n->iparams[LUNET_MAX_DIMS + i];
+    stop[i] = dy->shape[i] ? start[i] + (dy->shape[i] - 1) * step[i] + 1 : start[i];
+  }
+  if (!dy->numel) return LUNET_OK;
+  lunet_tensor *part = lunet_op_slice(ctx, *slot, start, stop, step);
+  lunet_status s = !part ? ctx->status : lunet_op_accumulate(ctx, part, dy);
+  if (!s) s = lunet_op_assign_slice(ctx, *slot, start, stop, step, part);
+  lunet_tensor_release(part);
+  return s;
+}
+
 static lunet_status propagate(lunet_ctx *ctx, lunet_tensor *t) {
   lunet_node *n = t->grad_fn;
   lunet_tensor *dx[LUNET_NODE_MAX_INPUTS] = {0};
   lunet_tensor *dy = t->acc;
   t->acc = NULL;
+  if (n->backward == slice_backward) {
+    lunet_tensor *in = n->inputs[0];
+    lunet_status s = in->grad_fn ? slice_into(ctx, n, dy, &in->acc, in)
+                     : in->requires_grad ? slice_into(ctx, n, dy, &in->grad, in)
+                                         : LUNET_OK;
+    lunet_tensor_release(dy);
+    return s;
+  }
   lunet_status s = n->backward(ctx, n, dy, dx);
   lunet_tensor_release(dy);
   for (int i = 0; i < n->ninputs; i++) {

@@ -12,7 +12,8 @@
  * Forward builds that unrolled graph on the tape from the core's
  * differentiable ops, over detached views of the inputs and weights; backward
  * runs the tape back from dy and hands over what reached those views.  One
- * matrix product covers the input projection of every step.  With an input
+ * matrix product covers the input projection of every step, and the gates
+ * of a step are one fused op (lunet_lstm_cell) forward and backward.  With an input
  * mask (N, T) (Embedding's mask_zero), a masked step keeps h and c, as in
  * Keras; with return_sequences the output keeps the mask.
  */
@@ -67,68 +68,37 @@ static lunet_status lstm_build(lunet_layer *l, int nin, const lunet_shape *in, l
   return LUNET_OK;
 }
 
-/* z[:, k*u:(k+1)*u] of z (N, 4u), on the tape. */
-static lunet_tensor *gate(lunet_ctx *ctx, lunet_tensor *z, int64_t n, int64_t u, int k) {
-  int64_t start[2] = {0, k * u}, stop[2] = {n, (k + 1) * u}, step[2] = {1, 1};
-  return lunet_slice(ctx, z, start, stop, step);
+/* Columns [first, first + u) of t (N, 2u), on the tape. */
+static lunet_tensor *half(lunet_ctx *ctx, lunet_tensor *t, int64_t u, int64_t first) {
+  int64_t start[2] = {0, first}, stop[2] = {lunet_tensor_dim(t, 0), first + u}, step[2] = {1, 1};
+  return lunet_slice(ctx, t, start, stop, step);
 }
 
-/* a * b + c * d, on the tape; releases nothing. */
-static lunet_tensor *mul_add(lunet_ctx *ctx, lunet_tensor *a, lunet_tensor *b, lunet_tensor *c,
-                             lunet_tensor *d) {
-  lunet_tensor *p = lunet_mul(ctx, a, b), *q = p ? lunet_mul(ctx, c, d) : NULL;
-  lunet_tensor *s = q ? lunet_add(ctx, p, q) : NULL;
-  layers_release(p);
-  layers_release(q);
-  return s;
-}
-
-/* One step from zt (N, 4u): the new h and c (new references); m (N, 1) the
- * step's mask or NULL. */
-static lunet_status step(lunet_ctx *ctx, lunet_tensor *zt, lunet_tensor **h, lunet_tensor **c,
-                         int64_t n, int64_t u, lunet_unary_op a, lunet_unary_op ra, lunet_tensor *m) {
-  lunet_tensor *zs[4] = {0}, *g[4] = {0}, *cn = NULL, *ac = NULL, *hn = NULL;
-  lunet_status s = LUNET_OK;
-  for (int k = 0; !s && k < 4; k++) {
-    zs[k] = gate(ctx, zt, n, u, k);
-    g[k] = zs[k] ? layers_act(ctx, k == 2 ? a : ra, zs[k]) : NULL;
-    if (!g[k]) s = lunet_ctx_status(ctx);
-  }
-  if (!s) cn = *c ? mul_add(ctx, g[1], *c, g[0], g[2]) : lunet_mul(ctx, g[0], g[2]);
-  if (cn) ac = layers_act(ctx, a, cn);
-  if (ac) hn = lunet_mul(ctx, g[3], ac);
-  if (!hn && !s) s = lunet_ctx_status(ctx);
-  for (int k = 0; k < 4; k++) {
-    layers_release(zs[k]);
-    layers_release(g[k]);
-  }
-  layers_release(ac);
-  if (!s && m) {
-    lunet_tensor *hm = layers_keep_masked(ctx, hn, *h, m), *cm = hm ? layers_keep_masked(ctx, cn, *c, m) : NULL;
-    layers_set(&hn, hm);
-    layers_set(&cn, cm);
-    if (!hn || !cn) s = lunet_ctx_status(ctx);
-  }
-  if (s) {
-    layers_release(cn);
-    layers_release(hn);
-    return s;
-  }
-  layers_set(h, hn);
-  layers_set(c, cn);
-  return LUNET_OK;
-}
-
-/* One step: z = zt + h recurrent_kernel, then the gates; states (h, c). */
+/* One step: z = zt + h recurrent_kernel, then the gates in one fused op
+ * (lunet_lstm_cell: c = f c + i g, h = o act(c)); states (h, c); a masked
+ * step keeps both. */
 static lunet_status lstm_cell(lunet_layer *l, lunet_ctx *ctx, layers_graph *st, lunet_tensor *zt,
                               lunet_tensor **states, lunet_tensor *m) {
-  int64_t n = lunet_tensor_dim(zt, 0), u = lunet_layer_get_int(l, "units");
+  int64_t u = lunet_layer_get_int(l, "units");
   lunet_tensor *z = layers_rnn_add_recurrent(ctx, st, zt, states[0]);
-  lunet_status s = z ? step(ctx, z, &states[0], &states[1], n, u, layers_act_op(lunet_layer_get_string(l, "activation")),
-                            layers_act_op(lunet_layer_get_string(l, "recurrent_activation")), m)
-                     : lunet_ctx_status(ctx);
+  lunet_tensor *hc = z ? lunet_lstm_cell(ctx, z, states[1], layers_act_op(lunet_layer_get_string(l, "activation")),
+                                         layers_act_op(lunet_layer_get_string(l, "recurrent_activation")))
+                       : NULL;
+  lunet_tensor *h = hc ? half(ctx, hc, u, 0) : NULL, *c = h ? half(ctx, hc, u, u) : NULL;
   layers_release(z);
-  return s;
+  layers_release(hc);
+  if (c && m) {
+    layers_set(&h, layers_keep_masked(ctx, h, states[0], m));
+    layers_set(&c, h ? layers_keep_masked(ctx, c, states[1], m) : NULL);
+  }
+  if (!h || !c) {
+    layers_release(h);
+    layers_release(c);
+    return lunet_ctx_status(ctx);
+  }
+  layers_set(&states[0], h);
+  layers_set(&states[1], c);
+  return LUNET_OK;
 }
 
 static const layers_rnn_kind lstm_kind = {2, 4, layers_rnn_plain_bias, lstm_cell};

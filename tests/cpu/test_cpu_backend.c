@@ -447,6 +447,60 @@ START_TEST(test_unary_fast_vs_naive_and_fd) {
 }
 END_TEST
 
+/* lunet's own tanh (the CPU backend skips libm's slow path) stays within 3
+ * ulp of the double-precision tanh, from 0 to saturation. */
+START_TEST(test_tanh_accuracy) {
+  const size_t n = 200001;
+  float *x = malloc(n * sizeof *x), *y = zeros(n);
+  for (size_t i = 0; i < n; i++) x[i] = -10.0f + 20.0f * (float)i / (float)(n - 1);
+  ck_assert_int_eq(F->unary(be, LUNET_UNARY_TANH, 0, 0, y, x, n), 0);
+  for (size_t i = 0; i < n; i++) {
+    double want = tanh((double)x[i]);
+    expect_true(fabs(y[i] - want) <= 3.0 * 5.97e-8 * fabs(want) + 1e-30, "tanh(%.9g) = %.9g, expected %.9g",
+                (double)x[i], (double)y[i], want);
+  }
+  free(x), free(y);
+}
+END_TEST
+
+/* The fused LSTM cell: fast against naive, forward and backward, with and
+ * without a previous cell, and its gradient against central differences
+ * of h + 2c through the naive forward. */
+START_TEST(test_lstm_cell_fast_vs_naive_and_fd) {
+  const size_t n = 37, u = 29;
+  for (int with_cp = 0; with_cp < 2; with_cp++) {
+    float *z = rnd(n * 4 * u, -2, 2), *cp = with_cp ? rnd(n * u, -1, 1) : NULL, *dhc = rnd(n * 2 * u, -1, 1);
+    float *hc1 = zeros(n * 2 * u), *hc2 = zeros(n * 2 * u), *g1 = zeros(n * 4 * u), *g2 = zeros(n * 4 * u);
+    float *dz1 = zeros(n * 4 * u), *dz2 = zeros(n * 4 * u), *dc1 = zeros(n * u), *dc2 = zeros(n * u);
+    lunet_unary_op act = LUNET_UNARY_TANH, rec = LUNET_UNARY_SIGMOID;
+    ck_assert_int_eq(N->lstm_cell(be, hc1, g1, z, cp, n, u, act, rec), 0);
+    ck_assert_int_eq(F->lstm_cell(be, hc2, g2, z, cp, n, u, act, rec), 0);
+    expect_close(hc2, hc1, n * 2 * u, 1e-7f, 1e-6f, "lstm_cell [h, c]");
+    expect_close(g2, g1, n * 4 * u, 1e-7f, 1e-6f, "lstm_cell gates");
+    ck_assert_int_eq(N->lstm_cell_backward(be, dz1, cp ? dc1 : NULL, dhc, hc1, g1, cp, n, u, act, rec), 0);
+    ck_assert_int_eq(F->lstm_cell_backward(be, dz2, cp ? dc2 : NULL, dhc, hc2, g2, cp, n, u, act, rec), 0);
+    expect_close(dz2, dz1, n * 4 * u, 1e-7f, 1e-5f, "lstm_cell dz");
+    if (cp) expect_close(dc2, dc1, n * u, 1e-7f, 1e-5f, "lstm_cell dc_prev");
+    /* d(sum(hc * dhc))/dz by central differences, row 0 */
+    const float eps = 1e-3f;
+    for (size_t k = 0; k < 4 * u; k++) {
+      float *hp = zeros(2 * u), *hm = zeros(2 * u), *gp = zeros(4 * u), zs = z[k];
+      z[k] = zs + eps;
+      N->lstm_cell(be, hp, gp, z, cp, 1, u, act, rec);
+      z[k] = zs - eps;
+      N->lstm_cell(be, hm, gp, z, cp, 1, u, act, rec);
+      z[k] = zs;
+      double fd = (dot(hp, dhc, 2 * u) - dot(hm, dhc, 2 * u)) / (2.0 * eps);
+      expect_true(fabs(fd - dz1[k]) <= 2e-3 + 2e-3 * fabs(fd), "dz[%zu]: analytic %g, finite difference %g", k,
+                  (double)dz1[k], fd);
+      free(hp), free(hm), free(gp);
+    }
+    free(z), free(cp), free(dhc), free(hc1), free(hc2), free(g1), free(g2), free(dz1), free(dz2), free(dc1),
+        free(dc2);
+  }
+}
+END_TEST
+
 static lunet_bcast_desc bcast(int nd, const int64_t *ys, const int64_t *as,
                               const int64_t *bs) {
   lunet_bcast_desc d = {.ndim = nd};
@@ -1013,6 +1067,8 @@ static Suite *cpu_suite(void) {
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, test_descriptor);
+  tcase_add_test(tc, test_tanh_accuracy);
+  tcase_add_test(tc, test_lstm_cell_fast_vs_naive_and_fd);
   tcase_add_test(tc, test_describe_and_threads);
   tcase_add_test(tc, test_memory);
   tcase_add_test(tc, test_conv_known);

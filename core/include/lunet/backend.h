@@ -181,6 +181,21 @@ typedef struct lunet_backend_i {
    * up (the gradient of gather_rows). */
   int (*scatter_add_rows)(lunet_backend *be, lunet_buf y, lunet_cbuf x, const int64_t *idx, size_t n,
                           size_t cols);
+
+  /* The LSTM cell, fused.  z (n, 4u): the pre-activations of the gates i,
+   * f, c, o (input and recurrent products and biases already added); cp
+   * (n, u) the previous cell, or NULL for zeros.  i, f, o = rec(z_*), g =
+   * act(z_c), c = f cp + i g, h = o act(c); hc (n, 2u) receives [h, c] and
+   * gates (n, 4u) the activated gates [i, f, g, o].  act and rec are
+   * LUNET_UNARY_TANH, _SIGMOID, _RELU or _AFFINE (the identity). */
+  int (*lstm_cell)(lunet_backend *be, lunet_buf hc, lunet_buf gates, lunet_cbuf z, lunet_cbuf cp, size_t n,
+                   size_t u, lunet_unary_op act, lunet_unary_op rec);
+  /* Its gradient: dhc (n, 2u) the gradients of [h, c] -> dz (n, 4u) and,
+   * when dcp is not NULL, dcp (n, u); hc, gates, cp (or NULL) as forward
+   * left them. */
+  int (*lstm_cell_backward)(lunet_backend *be, lunet_buf dz, lunet_buf dcp, lunet_cbuf dhc, lunet_cbuf hc,
+                            lunet_cbuf gates, lunet_cbuf cp, size_t n, size_t u, lunet_unary_op act,
+                            lunet_unary_op rec);
 } lunet_backend_i;
 
 /* The size of lunet_backend_i in ABI 2.0 (what a 2.0 backend provides). */

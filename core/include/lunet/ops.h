@@ -278,6 +278,12 @@ LUNET_API lunet_status lunet_topk(lunet_ctx *ctx, lunet_tensor *x, int64_t k, in
                                   lunet_tensor **values, lunet_tensor **indices);
 /* Running sums along `axis`. */
 LUNET_API lunet_tensor *lunet_cumsum(lunet_ctx *ctx, lunet_tensor *x, int axis);
+/* The LSTM cell, fused (cells.c): z (n, 4u) the pre-activations of gates
+ * i, f, c, o; cp (n, u) the previous cell or NULL (zeros); act for the
+ * candidate and the output, rec for the gates (TANH, SIGMOID, RELU or
+ * AFFINE = identity).  Returns [h, c] as (n, 2u); differentiable. */
+LUNET_API lunet_tensor *lunet_lstm_cell(lunet_ctx *ctx, lunet_tensor *z, lunet_tensor *cp, lunet_unary_op act,
+                                        lunet_unary_op rec);
 /* A copy that passes gradients back to x. */
 LUNET_API lunet_tensor *lunet_copy(lunet_ctx *ctx, lunet_tensor *x);
 
