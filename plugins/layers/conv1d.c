@@ -3,7 +3,9 @@
  * (k, C, F) and bias (F) in Keras's layout (PyTorch's nn.Conv1d weight is
  * the kernel permuted to (F, C, k)).  It runs as Conv2D's ops on the views
  * (N, 1, T, C) and (1, k, C, F), so it has every backend's fast 2-D
- * convolution.  Padding "valid" or "same" ("causal" is not supported yet).
+ * convolution.  Padding "valid", "same" or "causal" (k - 1 zeros before
+ * the first step and none after: step t sees only steps <= t; out = ceil(in
+ * / stride), as Keras's).
  * MaxPooling1D, below, works the same way on MaxPooling2D's ops.
  */
 #include "layers.h"
@@ -20,8 +22,9 @@ static const lunet_arg_schema conv1d_args[] = {
     {"kernel_size", LUNET_ARG_INT, LUNET_ARG_REQUIRED, .doc = "window length k"},
     {"strides", LUNET_ARG_INT, LUNET_ARG_DEFAULT, .def = {.i = 1}, .doc = "step of the window"},
     {"padding", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "valid"},
-     .doc = "\"valid\": no padding; \"same\": pad so that out = ceil(in / stride)",
-     .choices = "valid|same"},
+     .doc = "\"valid\": no padding; \"same\": pad so that out = ceil(in / stride); \"causal\": pad only "
+            "before, so step t sees steps <= t",
+     .choices = "valid|same|causal"},
     {"activation", LUNET_ARG_STRING, LUNET_ARG_NIL,
      .doc = "activation applied to the output (\"relu\", ...); nil: linear"},
     {"use_bias", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = true},
@@ -36,13 +39,21 @@ static const lunet_arg_schema conv1d_args[] = {
     LAYERS_ARG_NAME,
 };
 
+static bool causal(const lunet_layer *l) { return lunet_layer_get_string(l, "padding")[0] == 'c'; }
+
 /* The 2-D geometry of n sequences (t, c): height 1, width t. */
 static lunet_status desc_fill(const lunet_layer *l, lunet_ctx *ctx, int64_t n, int64_t t, int64_t c,
                               lunet_conv2d_desc *d) {
   *d = (lunet_conv2d_desc){.n = n, .h = 1, .w = t, .c = c, .f = lunet_layer_get_int(l, "filters"),
                            .kh = 1, .kw = lunet_layer_get_int(l, "kernel_size"), .sh = 1,
                            .sw = lunet_layer_get_int(l, "strides")};
-  return lunet_conv2d_geometry(ctx, d, layers_padding(l));
+  if (!causal(l)) return lunet_conv2d_geometry(ctx, d, layers_padding(l));
+  /* k - 1 zeros on the left, none on the right */
+  d->pad_top = 0;
+  d->pad_left = d->kw - 1;
+  d->oh = 1;
+  d->ow = (t - 1) / d->sw + 1;
+  return LUNET_OK;
 }
 
 static lunet_status conv1d_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
@@ -51,7 +62,7 @@ static lunet_status conv1d_build(lunet_layer *l, int nin, const lunet_shape *in,
   if (f <= 0 || k <= 0 || s <= 0)
     return lunet_layer_error(l, LUNET_ERR_ARG, "filters, kernel_size and strides must be positive");
   if (in[0].ndim != 2) return layers_rank_error(l, "2 (steps, channels)", &in[0]);
-  if (layers_padding(l) == LUNET_PAD_VALID && k > in[0].dims[0])
+  if (!causal(l) && layers_padding(l) == LUNET_PAD_VALID && k > in[0].dims[0])
     return lunet_layer_error(l, LUNET_ERR_SHAPE,
                              "kernel_size %lld is longer than the input's %lld steps with padding "
                              "\"valid\"; use padding = \"same\" or a smaller kernel",
@@ -144,6 +155,10 @@ static const lunet_layer_test conv1d_tests[] = {
      LAYERS_INPUTS({2, {5, 3}}), 2, 2e-2f},
     {LAYERS_ARGS({"filters", {.i = 2}}, {"kernel_size", {.i = 1}}, {"use_bias", {.b = false}}),
      LAYERS_INPUTS({2, {4, 2}}), 3, 2e-2f},
+    {LAYERS_ARGS({"filters", {.i = 2}}, {"kernel_size", {.i = 3}}, {"padding", {.s = "causal"}}),
+     LAYERS_INPUTS({2, {5, 2}}), 2, 2e-2f},
+    {LAYERS_ARGS({"filters", {.i = 2}}, {"kernel_size", {.i = 4}}, {"strides", {.i = 2}}, {"padding", {.s = "causal"}}),
+     LAYERS_INPUTS({2, {3, 2}}), 2, 2e-2f},
 };
 
 LAYERS_HIDDEN const lunet_layer_type layers_conv1d = {

@@ -11,6 +11,8 @@
  * recurrent_kernel_k + bias[1]_k:
  *   z = rec_act(xz + hz),  r = rec_act(xr + hr),  g = act(xh + r * hh),
  *   h = z * h + (1 - z) * g.
+ * With reset_after = false (Keras's original form) the bias is (3u) and
+ * g = act(xh + (r * h) recurrent_kernel_h).
  * Like the LSTM, forward builds the unrolled graph on the tape over detached
  * views and backward runs it from dy; a masked step keeps h.
  */
@@ -35,8 +37,8 @@ static const lunet_arg_schema gru_args[] = {
      .doc = "initializer of the recurrent kernel (units, 3 units)",
      .choices = LAYERS_INITIALIZERS "|orthogonal"},
     {"reset_after", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = true},
-     .doc = "apply r after the recurrent product (Keras's default and PyTorch's form; false is not "
-            "supported yet)"},
+     .doc = "apply r after the recurrent product (Keras's default and PyTorch's form; false: r * h "
+            "before it, with one bias (3 units))"},
     LAYERS_ARG_INPUT_SHAPE,
     LAYERS_ARG_NAME,
 };
@@ -44,15 +46,15 @@ static const lunet_arg_schema gru_args[] = {
 static lunet_status gru_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
   int64_t u = lunet_layer_get_int(l, "units");
   if (u <= 0) return lunet_layer_error(l, LUNET_ERR_ARG, "units must be positive, got %lld", (long long)u);
-  if (!lunet_layer_get_bool(l, "reset_after"))
-    return lunet_layer_error(l, LUNET_ERR_ARG, "reset_after = false is not supported yet (use the default, true)");
   lunet_status st = layers_rnn_build_io(l, nin, in, out, 1);
   if (st) return st;
   int64_t k[2] = {in[0].dims[1], 3 * u}, r[2] = {u, 3 * u}, b[2] = {2, 3 * u};
   if (lunet_layer_add_weight(l, "kernel", 2, k, lunet_layer_get_string(l, "kernel_initializer"), true) < 0 ||
       lunet_layer_add_weight(l, "recurrent_kernel", 2, r,
                              lunet_layer_get_string(l, "recurrent_initializer"), true) < 0 ||
-      (lunet_layer_get_bool(l, "use_bias") && lunet_layer_add_weight(l, "bias", 2, b, "zeros", true) < 0))
+      (lunet_layer_get_bool(l, "use_bias") &&
+       lunet_layer_add_weight(l, "bias", lunet_layer_get_bool(l, "reset_after") ? 2 : 1,
+                              lunet_layer_get_bool(l, "reset_after") ? b : b + 1, "zeros", true) < 0))
     return layers_failed(l);
   return LUNET_OK;
 }
@@ -70,24 +72,45 @@ static lunet_tensor *bias_row(lunet_ctx *ctx, lunet_tensor *b, int i) {
   return lunet_slice(ctx, b, start, stop, step);
 }
 
-/* One step: xs (N, 3u) the input part, hs (N, 3u) or (1, 3u) the
- * recurrent part; *h becomes the new state (m: the step's mask or NULL). */
-static lunet_status step(lunet_ctx *ctx, lunet_tensor *xs, lunet_tensor *hs, lunet_tensor **h, int64_t u,
-                         lunet_unary_op a, lunet_unary_op ra, lunet_tensor *m) {
-  lunet_tensor *x3[3] = {0}, *h3[3] = {0}, *z = NULL, *r = NULL, *g = NULL, *hn = NULL;
+/* The recurrent part of the candidate, from r: reset_after, r * (h U_h +
+ * b_rh) (hs holds h U + b_r); otherwise (r * h) U_h. */
+typedef struct candidate {
+  bool after;
+  lunet_tensor *hs, *h, *uh; /* hs (reset_after); h and U_h (before) */
+  int64_t u;
+} candidate;
+
+static lunet_tensor *candidate_part(lunet_ctx *ctx, const candidate *cd, lunet_tensor *r) {
+  if (cd->after) {
+    lunet_tensor *hh = cols(ctx, cd->hs, cd->u, 2), *y = hh ? lunet_mul(ctx, r, hh) : NULL;
+    layers_release(hh);
+    return y;
+  }
+  lunet_tensor *rh = lunet_mul(ctx, r, cd->h), *y = rh ? lunet_matmul(ctx, rh, cd->uh) : NULL;
+  layers_release(rh);
+  return y;
+}
+
+/* One step: xs (N, 3u) the input part, hs (N, 2u or 3u; or (1, 3u), the
+ * bias alone, before the first state) the recurrent part of z and r; cd
+ * the candidate's (NULL before the first state); *h becomes the new state
+ * (m: the step's mask or NULL). */
+static lunet_status step(lunet_ctx *ctx, lunet_tensor *xs, lunet_tensor *hs, const candidate *cd, lunet_tensor **h,
+                         int64_t u, lunet_unary_op a, lunet_unary_op ra, lunet_tensor *m) {
+  lunet_tensor *x3[3] = {0}, *h2[2] = {0}, *z = NULL, *r = NULL, *g = NULL, *hn = NULL;
   bool ok = true;
   for (int k = 0; ok && k < 3; k++) {
     x3[k] = cols(ctx, xs, u, k);
-    h3[k] = hs ? cols(ctx, hs, u, k) : NULL;
-    ok = x3[k] && (!hs || h3[k]);
+    if (k < 2) h2[k] = hs ? cols(ctx, hs, u, k) : NULL;
+    ok = x3[k] && (k >= 2 || !hs || h2[k]);
   }
-  lunet_tensor *sz = ok ? (h3[0] ? lunet_add(ctx, x3[0], h3[0]) : lunet_tensor_retain(x3[0])) : NULL;
-  lunet_tensor *sr = sz ? (h3[1] ? lunet_add(ctx, x3[1], h3[1]) : lunet_tensor_retain(x3[1])) : NULL;
+  lunet_tensor *sz = ok ? (h2[0] ? lunet_add(ctx, x3[0], h2[0]) : lunet_tensor_retain(x3[0])) : NULL;
+  lunet_tensor *sr = sz ? (h2[1] ? lunet_add(ctx, x3[1], h2[1]) : lunet_tensor_retain(x3[1])) : NULL;
   if (sr) z = layers_act(ctx, ra, sz);
   if (z) r = layers_act(ctx, ra, sr);
   if (r) {
-    lunet_tensor *rh = h3[2] ? lunet_mul(ctx, r, h3[2]) : NULL;
-    lunet_tensor *sg = rh ? lunet_add(ctx, x3[2], rh) : (h3[2] ? NULL : lunet_tensor_retain(x3[2]));
+    lunet_tensor *rh = cd ? candidate_part(ctx, cd, r) : NULL;
+    lunet_tensor *sg = rh ? lunet_add(ctx, x3[2], rh) : (cd ? NULL : lunet_tensor_retain(x3[2]));
     g = sg ? layers_act(ctx, a, sg) : NULL;
     layers_release(rh);
     layers_release(sg);
@@ -101,39 +124,60 @@ static lunet_status step(lunet_ctx *ctx, lunet_tensor *xs, lunet_tensor *hs, lun
     layers_release(zd);
   }
   if (hn && m) layers_set(&hn, layers_keep_masked(ctx, hn, *h, m));
-  for (int k = 0; k < 3; k++) {
-    layers_release(x3[k]);
-    layers_release(h3[k]);
-  }
-  layers_release(sz);
-  layers_release(sr);
-  layers_release(z);
-  layers_release(r);
-  layers_release(g);
+  lunet_tensor *tmp[] = {x3[0], x3[1], x3[2], h2[0], h2[1], sz, sr, z, r, g};
+  for (size_t i = 0; i < sizeof tmp / sizeof tmp[0]; i++) layers_release(tmp[i]);
   if (!hn) return lunet_ctx_status(ctx);
   layers_set(h, hn);
   return LUNET_OK;
 }
 
+/* reset_after: the input row of the bias (2, 3u); otherwise the bias (3u). */
 static lunet_tensor *gru_input_bias(lunet_ctx *ctx, layers_graph *st) {
-  return bias_row(ctx, st->w[LAYERS_RNN_BIAS], 0);
+  lunet_tensor *b = st->w[LAYERS_RNN_BIAS];
+  if (b && lunet_tensor_ndim(b) == 1) return lunet_tensor_retain(b);
+  return bias_row(ctx, b, 0);
 }
 
-/* One step: the recurrent part h U + b_r (just b_r, broadcast, while h is
- * 0), then the gates. */
+/* Columns [first, first + n) of the recurrent kernel (u, 3u), on the tape. */
+static lunet_tensor *kernel_cols(lunet_ctx *ctx, layers_graph *st, int64_t first, int64_t n) {
+  lunet_tensor *k = st->w[LAYERS_RNN_RECURRENT];
+  int64_t start[2] = {0, first}, stop[2] = {lunet_tensor_dim(k, 0), first + n}, step[2] = {1, 1};
+  return lunet_slice(ctx, k, start, stop, step);
+}
+
+/* One step.  reset_after: the recurrent part h U + b_r (just b_r,
+ * broadcast, while h is 0), r applied after the product.  Otherwise z and
+ * r from h U_zr, the candidate from (r * h) U_h. */
 static lunet_status gru_cell(lunet_layer *l, lunet_ctx *ctx, layers_graph *st, lunet_tensor *xs,
                              lunet_tensor **states, lunet_tensor *m) {
   int64_t u = lunet_layer_get_int(l, "units");
-  lunet_tensor *h = states[0], *br = bias_row(ctx, st->w[LAYERS_RNN_BIAS], 1);
-  lunet_tensor *hu = h ? lunet_matmul(ctx, h, st->w[LAYERS_RNN_RECURRENT]) : NULL;
-  if (hu && br) layers_set(&hu, lunet_add(ctx, hu, br));
-  if (!h && br) hu = lunet_tensor_retain(br);
-  lunet_status s = (h && !hu) || (st->w[LAYERS_RNN_BIAS] && !br)
-                       ? lunet_ctx_status(ctx)
-                       : step(ctx, xs, hu, &states[0], u, layers_act_op(lunet_layer_get_string(l, "activation")),
-                              layers_act_op(lunet_layer_get_string(l, "recurrent_activation")), m);
-  layers_release(hu);
-  layers_release(br);
+  lunet_unary_op a = layers_act_op(lunet_layer_get_string(l, "activation"));
+  lunet_unary_op ra = layers_act_op(lunet_layer_get_string(l, "recurrent_activation"));
+  lunet_tensor *h = states[0];
+  lunet_status s;
+  if (lunet_layer_get_bool(l, "reset_after")) {
+    lunet_tensor *br = bias_row(ctx, st->w[LAYERS_RNN_BIAS], 1);
+    lunet_tensor *hu = h ? layers_rnn_recurrent_product(ctx, st, h) : NULL;
+    if (hu && br) layers_set(&hu, lunet_add(ctx, hu, br));
+    if (!h && br) hu = lunet_tensor_retain(br);
+    candidate cd = {.after = true, .hs = hu, .u = u};
+    s = (h && !hu) || (st->w[LAYERS_RNN_BIAS] && !br) ? lunet_ctx_status(ctx)
+                                                        : step(ctx, xs, hu, hu ? &cd : NULL, &states[0], u, a, ra, m);
+    layers_release(hu);
+    layers_release(br);
+    return s;
+  }
+  lunet_tensor *hm = NULL, *uzr = NULL, *uh = NULL, *hs = NULL;
+  if (h) {
+    hm = st->rec_mask ? lunet_mul(ctx, h, st->rec_mask) : lunet_tensor_retain(h);
+    uzr = hm ? kernel_cols(ctx, st, 0, 2 * u) : NULL;
+    uh = uzr ? kernel_cols(ctx, st, 2 * u, u) : NULL;
+    hs = uh ? lunet_matmul(ctx, hm, uzr) : NULL;
+  }
+  candidate cd = {.after = false, .h = hm, .uh = uh, .u = u};
+  s = h && !hs ? lunet_ctx_status(ctx) : step(ctx, xs, hs, h ? &cd : NULL, &states[0], u, a, ra, m);
+  lunet_tensor *tmp[] = {hm, uzr, uh, hs};
+  for (size_t i = 0; i < sizeof tmp / sizeof tmp[0]; i++) layers_release(tmp[i]);
   return s;
 }
 
@@ -141,7 +185,7 @@ static const layers_rnn_kind gru_kind = {1, 3, gru_input_bias, gru_cell};
 
 static lunet_status gru_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
                                lunet_tensor **y, bool training) {
-  return layers_rnn_forward(l, c, nin, x, y, &gru_kind);
+  return layers_rnn_forward(l, c, nin, x, y, training, &gru_kind);
 }
 
 static int gru_outputs(const lunet_layer *l) { return layers_rnn_output_count(l, 1); }
@@ -152,6 +196,12 @@ static const lunet_layer_test gru_tests[] = {
      1e-2f},
     {LAYERS_ARGS({"units", {.i = 2}}, {"use_bias", {.b = false}}), LAYERS_INPUTS({2, {2, 2}}), 3, 1e-2f},
     {LAYERS_ARGS({"units", {.i = 2}}, {"return_state", {.b = true}}, {"go_backwards", {.b = true}}),
+     LAYERS_INPUTS({2, {3, 2}}, {1, {2}}), 2, 1e-2f},
+    {LAYERS_ARGS({"units", {.i = 3}}, {"dropout", {.f = 0.3}}, {"recurrent_dropout", {.f = 0.4}}),
+     LAYERS_INPUTS({2, {4, 3}}), 3, 1e-2f},
+    {LAYERS_ARGS({"units", {.i = 3}}, {"reset_after", {.b = false}}), LAYERS_INPUTS({2, {4, 2}}), 2, 1e-2f},
+    {LAYERS_ARGS({"units", {.i = 2}}, {"reset_after", {.b = false}}, {"recurrent_dropout", {.f = 0.3}},
+                 {"return_sequences", {.b = true}}),
      LAYERS_INPUTS({2, {3, 2}}, {1, {2}}), 2, 1e-2f},
 };
 

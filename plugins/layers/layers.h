@@ -268,6 +268,7 @@ typedef struct layers_graph {
   lunet_tensor *w[LAYERS_GRAPH_MAX_WEIGHTS];   /* and of the weights */
   lunet_tensor *y[LAYERS_GRAPH_MAX_IO];        /* its outputs, on the tape */
   lunet_tensor *mask;                          /* a recurrent layer's (N, T) mask, or NULL */
+  lunet_tensor *rec_mask;                      /* its recurrent dropout mask (N, units), or NULL */
   int nx, nw, ny;
   bool prev; /* grad mode before begin */
 } layers_graph;
@@ -279,6 +280,7 @@ static inline void layers_graph_release(layers_graph *g) {
   }
   for (int i = 0; i < LAYERS_GRAPH_MAX_WEIGHTS; i++) layers_set(&g->w[i], NULL);
   layers_set(&g->mask, NULL);
+  layers_set(&g->rec_mask, NULL);
 }
 
 /* Views of the nx inputs (a NULL input stays NULL: an optional one) and of
@@ -392,7 +394,12 @@ enum { LAYERS_RNN_KERNEL = 0, LAYERS_RNN_RECURRENT = 1, LAYERS_RNN_BIAS = 2 };
       {"return_state", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = false},                     \
        .doc = "also return the final states (h, and c for the LSTM) as outputs"},                 \
       {"go_backwards", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = false},                     \
-       .doc = "run from the last step to the first (the sequence output comes out reversed)"}
+       .doc = "run from the last step to the first (the sequence output comes out reversed)"},    \
+      {"dropout", LUNET_ARG_FLOAT, LUNET_ARG_DEFAULT, .def = {.f = 0},                             \
+       .doc = "in training, drop this fraction of the input features (one mask for all steps)"},  \
+      {"recurrent_dropout", LUNET_ARG_FLOAT, LUNET_ARG_DEFAULT, .def = {.f = 0},                   \
+       .doc = "in training, drop this fraction of h in the recurrent product (one mask for all "  \
+               "steps)"}
 
 /* A recurrent layer's kind: its states, the width of its step projection
  * (gates x units), the input bias (a new reference, or NULL) and one step
@@ -412,9 +419,10 @@ LAYERS_HIDDEN int layers_rnn_output_count(const lunet_layer *l, int nstates);
 LAYERS_HIDDEN lunet_status layers_rnn_build_io(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out,
                                                int nstates);
 /* x[0] the sequence, x[1..] the initial states -> the output, then the
- * final states with return_state. */
+ * final states with return_state; dropout and recurrent_dropout in
+ * training. */
 LAYERS_HIDDEN lunet_status layers_rnn_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
-                                              lunet_tensor **y, const layers_rnn_kind *k);
+                                              lunet_tensor **y, bool training, const layers_rnn_kind *k);
 /* With return_sequences the output keeps the input's mask. */
 LAYERS_HIDDEN lunet_status layers_rnn_mask(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
                                            lunet_tensor **mask_out);
@@ -424,12 +432,21 @@ static inline lunet_tensor *layers_rnn_plain_bias(lunet_ctx *ctx, layers_graph *
   return st->w[LAYERS_RNN_BIAS] ? lunet_tensor_retain(st->w[LAYERS_RNN_BIAS]) : NULL;
 }
 
+/* h @ recurrent_kernel, h under the recurrent dropout mask when there is
+ * one; on the tape, a new reference. */
+static inline lunet_tensor *layers_rnn_recurrent_product(lunet_ctx *ctx, layers_graph *st, lunet_tensor *h) {
+  if (!st->rec_mask) return lunet_matmul(ctx, h, st->w[LAYERS_RNN_RECURRENT]);
+  lunet_tensor *hm = lunet_mul(ctx, h, st->rec_mask), *p = hm ? lunet_matmul(ctx, hm, st->w[LAYERS_RNN_RECURRENT]) : NULL;
+  layers_release(hm);
+  return p;
+}
+
 /* zt + h recurrent_kernel (zt itself before the first state), on the tape;
  * a new reference. */
 static inline lunet_tensor *layers_rnn_add_recurrent(lunet_ctx *ctx, layers_graph *st, lunet_tensor *zt,
                                                      lunet_tensor *h) {
   if (!h) return lunet_tensor_retain(zt);
-  lunet_tensor *hr = lunet_matmul(ctx, h, st->w[LAYERS_RNN_RECURRENT]);
+  lunet_tensor *hr = layers_rnn_recurrent_product(ctx, st, h);
   lunet_tensor *z = hr ? lunet_add(ctx, zt, hr) : NULL;
   layers_release(hr);
   return z;

@@ -105,7 +105,7 @@ static const layers_rnn_kind lstm_kind = {2, 4, layers_rnn_plain_bias, lstm_cell
 
 static lunet_status lstm_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
                                 lunet_tensor **y, bool training) {
-  return layers_rnn_forward(l, c, nin, x, y, &lstm_kind);
+  return layers_rnn_forward(l, c, nin, x, y, training, &lstm_kind);
 }
 
 static int lstm_outputs(const lunet_layer *l) { return layers_rnn_output_count(l, 2); }
@@ -119,6 +119,8 @@ static const lunet_layer_test lstm_tests[] = {
     {LAYERS_ARGS({"units", {.i = 2}}, {"return_state", {.b = true}}, {"go_backwards", {.b = true}},
                  {"return_sequences", {.b = true}}),
      LAYERS_INPUTS({2, {3, 2}}, {1, {2}}, {1, {2}}), 2, 1e-2f},
+    {LAYERS_ARGS({"units", {.i = 3}}, {"dropout", {.f = 0.3}}, {"recurrent_dropout", {.f = 0.4}}),
+     LAYERS_INPUTS({2, {4, 3}}), 3, 1e-2f},
 };
 
 LAYERS_HIDDEN const lunet_layer_type layers_lstm = {

@@ -18,6 +18,11 @@ int layers_rnn_output_count(const lunet_layer *l, int nstates) {
 
 lunet_status layers_rnn_build_io(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out, int nstates) {
   int64_t u = lunet_layer_get_int(l, "units");
+  static const char *const rates[2] = {"dropout", "recurrent_dropout"};
+  for (int i = 0; i < 2; i++) {
+    double r = lunet_layer_get_float(l, rates[i]);
+    if (!(r >= 0 && r < 1)) return lunet_layer_error(l, LUNET_ERR_ARG, "%s must be in [0, 1), got %g", rates[i], r);
+  }
   if (in[0].ndim != 2) return layers_rank_error(l, "2 (timesteps, features)", &in[0]);
   if (nin != 1 && nin != 1 + nstates)
     return lunet_layer_error(l, LUNET_ERR_ARG, "takes the sequence and %d initial state%s, got %d inputs", nstates,
@@ -37,15 +42,23 @@ lunet_status layers_rnn_build_io(lunet_layer *l, int nin, const lunet_shape *in,
 
 /* The unrolled graph over st's views: y (N, u) or (N, T, u), and the final
  * states (new references) into states. */
+/* A dropout mask of shape (d0, d1[, d2]) on x's backend, off the tape. */
+static lunet_tensor *dropout_mask(lunet_ctx *ctx, lunet_tensor *x, int nd, const int64_t *shape, float rate) {
+  lunet_tensor *like = lunet_op_new(ctx, x, LUNET_F32, nd, shape);
+  lunet_tensor *m = like ? lunet_op_dropout_mask(ctx, like, rate) : NULL;
+  layers_release(like);
+  return m;
+}
+
 static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, layers_graph *st, const layers_rnn_kind *k,
-                            lunet_tensor **states) {
+                            lunet_tensor **states, lunet_tensor *x) {
   int64_t n = lunet_tensor_dim(st->x[0], 0), t = lunet_tensor_dim(st->x[0], 1), d = lunet_tensor_dim(st->x[0], 2);
   int64_t u = lunet_layer_get_int(l, "units"), w = k->gates * u;
   bool seq = lunet_layer_get_bool(l, "return_sequences"), back = lunet_layer_get_bool(l, "go_backwards");
   /* the input projection of every step at once: (N*T, D) kernel + bias */
   int64_t flat[2] = {n * t, d}, zshape[3] = {n, t, w}, step2[2] = {n, w};
   lunet_tensor *bias = k->input_bias(ctx, st);
-  lunet_tensor *x2 = lunet_reshape(ctx, st->x[0], 2, flat);
+  lunet_tensor *x2 = lunet_reshape(ctx, x, 2, flat);
   lunet_tensor *xw = x2 ? lunet_matmul(ctx, x2, st->w[LAYERS_RNN_KERNEL]) : NULL;
   if (xw && bias) layers_set(&xw, lunet_add(ctx, xw, bias));
   lunet_tensor *z3 = xw ? lunet_reshape(ctx, xw, 3, zshape) : NULL;
@@ -81,7 +94,7 @@ static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, layers_graph *st, co
 }
 
 lunet_status layers_rnn_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
-                                const layers_rnn_kind *k) {
+                                bool training, const layers_rnn_kind *k) {
   lunet_ctx *ctx = lunet_call_ctx(c);
   layers_graph *st = lunet_call_state(c);
   layers_graph_release(st);
@@ -94,8 +107,24 @@ lunet_status layers_rnn_forward(lunet_layer *l, lunet_call *c, int nin, lunet_te
   if (lunet_call_mask(c, 0) && !(st->mask = layers_step_mask(c, x[0]))) return lunet_ctx_status(ctx);
   lunet_status s = layers_graph_begin_many(c, l, st, nin, x, layers_rnn_nweights(l));
   if (s) return s;
+  /* Keras's dropout: one mask per sequence for the inputs (N, 1, D) and one
+   * for h in the recurrent product (N, units), the same at every step */
+  float rate = (float)lunet_layer_get_float(l, "dropout"), rrate = (float)lunet_layer_get_float(l, "recurrent_dropout");
+  int64_t n = lunet_tensor_dim(x[0], 0), u = lunet_layer_get_int(l, "units");
+  lunet_tensor *xin = lunet_tensor_retain(st->x[0]);
+  if (training && rate > 0) {
+    int64_t shape[3] = {n, 1, lunet_tensor_dim(x[0], 2)};
+    lunet_tensor *m = dropout_mask(ctx, x[0], 3, shape, rate);
+    layers_set(&xin, m ? lunet_mul(ctx, st->x[0], m) : NULL);
+    layers_release(m);
+  }
+  if (xin && training && rrate > 0) {
+    int64_t shape[2] = {n, u};
+    if (!(st->rec_mask = dropout_mask(ctx, x[0], 2, shape, rrate))) layers_set(&xin, NULL);
+  }
   lunet_tensor *outs[1 + LAYERS_RNN_MAX_STATES] = {0}, *states[LAYERS_RNN_MAX_STATES] = {0};
-  outs[0] = unroll(l, ctx, st, k, states);
+  outs[0] = xin ? unroll(l, ctx, st, k, states, xin) : NULL;
+  layers_release(xin);
   int nout = layers_rnn_output_count(l, k->nstates);
   for (int i = 0; i < k->nstates; i++) {
     if (i + 1 < nout) outs[i + 1] = states[i];

@@ -54,7 +54,7 @@ static const layers_rnn_kind rnn_kind = {1, 1, layers_rnn_plain_bias, rnn_cell};
 
 static lunet_status rnn_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
                                lunet_tensor **y, bool training) {
-  return layers_rnn_forward(l, c, nin, x, y, &rnn_kind);
+  return layers_rnn_forward(l, c, nin, x, y, training, &rnn_kind);
 }
 
 static int rnn_outputs(const lunet_layer *l) { return layers_rnn_output_count(l, 1); }

@@ -363,6 +363,104 @@ function T.bidirectional_joins_both_directions()
   check.fails(function() nn.Bidirectional(nn.LSTM{3}, {merge_mode = "max"}) end, "concat, sum, mul, ave or none")
 end
 
+-- Keras's recurrent dropout: one mask per sequence, the same at every
+-- step, in training only.  A linear SimpleRNN with an identity kernel and
+-- no recurrence passes x * mask through, so y / x is one 0-or-2 value per
+-- (sample, feature) at every step; with the identity as recurrent kernel
+-- and ones as the initial state, h_t = mask^t.
+function T.recurrent_dropout_keeps_one_mask_per_sequence()
+  nn.seed(33)
+  local eye = {}
+  for i = 1, 4 do eye[i] = {0, 0, 0, 0}; eye[i][i] = 1 end
+  local inp = nn.SimpleRNN{4, activation = "linear", use_bias = false, return_sequences = true, dropout = 0.5}
+  local x = nn.rand(8, 6, 4) + 1
+  inp(x)
+  inp:set_weights({nn.tensor(eye), nn.zeros(4, 4)})
+  check.same_table(inp(x):totable(), x:totable(), 1e-6, "inference: no dropout")
+  local y, xt = inp(x, true):totable(), x:totable()
+  local dropped = 0
+  for n = 1, 8 do
+    for k = 1, 4 do
+      local r = y[n][1][k] / xt[n][1][k]
+      assert(math.abs(r) < 1e-5 or math.abs(r - 2) < 1e-5, "kept values are scaled by 1 / (1 - rate)")
+      if r < 1 then dropped = dropped + 1 end
+      for t = 2, 6 do check.near(y[n][t][k] / xt[n][t][k], r, 1e-5, "the same mask at step " .. t) end
+    end
+  end
+  assert(dropped > 4 and dropped < 28, "about half dropped: " .. dropped)
+  local rec = nn.SimpleRNN{4, activation = "linear", use_bias = false, return_sequences = true, recurrent_dropout = 0.5}
+  local zero_in = nn.zeros(8, 5, 4)
+  rec(zero_in, {initial_state = {nn.ones(8, 4)}})
+  rec:set_weights({nn.zeros(4, 4), nn.tensor(eye)})
+  local h = rec(zero_in, {initial_state = {nn.ones(8, 4)}, training = true}):totable()
+  for n = 1, 8 do
+    for k = 1, 4 do
+      local m = h[n][1][k]
+      assert(m == 0 or math.abs(m - 2) < 1e-6, "h_1 = mask")
+      for t = 2, 5 do check.near(h[n][t][k], m ^ t, 1e-4, "h_" .. t .. " = mask^" .. t) end
+    end
+  end
+  check.fails(function() nn.LSTM{4, dropout = 1}:build({3, 2}) end, "dropout must be in [0, 1), got 1")
+end
+
+-- GRU with reset_after = false, Keras's original form, against the
+-- formula in plain Lua: z = s(x Wz + h Uz + bz), r = s(x Wr + h Ur + br),
+-- g = tanh(x Wh + (r h) Uh + bh), h = z h + (1 - z) g.
+function T.gru_reset_before_follows_the_formula()
+  nn.seed(35)
+  local gru = nn.GRU{3, reset_after = false, return_sequences = true}
+  local x = nn.randn(2, 4, 2)
+  local y = gru(x):totable()
+  local w = gru:get_weights()
+  local k, r, b = w[1]:totable(), w[2]:totable(), w[3]:totable()
+  check.same_table(w[3]:shape(), {9}, 0, "one bias of 3 units")
+  local sig = function(v) return 1 / (1 + math.exp(-v)) end
+  local xt = x:totable()
+  for n = 1, 2 do
+    local h = {0, 0, 0}
+    for t = 1, 4 do
+      local function proj(gate, j, hv)
+        local s = b[gate * 3 + j]
+        for d = 1, 2 do s = s + xt[n][t][d] * k[d][gate * 3 + j] end
+        for i = 1, 3 do s = s + hv[i] * r[i][gate * 3 + j] end
+        return s
+      end
+      local z, rr, rh, g, new = {}, {}, {}, {}, {}
+      for j = 1, 3 do z[j], rr[j] = sig(proj(0, j, h)), sig(proj(1, j, h)) end
+      for j = 1, 3 do rh[j] = rr[j] * h[j] end
+      for j = 1, 3 do g[j] = math.tanh(proj(2, j, rh)) end
+      for j = 1, 3 do new[j] = z[j] * h[j] + (1 - z[j]) * g[j] end
+      h = new
+      check.same_table(y[n][t], h, 1e-5, "step " .. t)
+    end
+  end
+end
+
+-- Causal Conv1D: k - 1 zeros before the first step, so step t sums
+-- kernel[j] . x[t - (k - 1) + j] over the steps that exist (naive loops).
+function T.causal_conv1d_sees_only_the_past()
+  nn.seed(34)
+  local conv = nn.Conv1D{2, 3, padding = "causal"}
+  local x = nn.randn(2, 5, 3)
+  local y = conv(x):totable()
+  local w, b = conv:get_weights()[1]:totable(), conv:get_weights()[2]:totable()
+  local xt = x:totable()
+  for n = 1, 2 do
+    for t = 1, 5 do
+      for f = 1, 2 do
+        local sum = b[f]
+        for j = 1, 3 do
+          local s = t - 3 + j
+          if s >= 1 then for c = 1, 3 do sum = sum + w[j][c][f] * xt[n][s][c] end end
+        end
+        check.near(y[n][t][f], sum, 1e-5, "causal output")
+      end
+    end
+  end
+  check.same_table(nn.Conv1D{2, 4, strides = 2, padding = "causal", input_shape = {5, 3}}.output_shape, {3, 2}, 0,
+    "out = ceil(in / stride)")
+end
+
 -- An optimizer applied to a parameter list rebuilt each step trains it.
 function T.a_training_loop_may_rebuild_its_parameter_list()
   local w = nn.zeros(2):requires_grad(true)
