@@ -512,6 +512,49 @@ static int naive_lstm_cell_backward(lunet_backend *be, lunet_buf dz, lunet_buf d
   return 0;
 }
 
+/* Layer normalization as written: mean, biased variance, then each value. */
+static int naive_layernorm(lunet_backend *be, lunet_buf y, lunet_buf mean, lunet_buf rstd, lunet_cbuf x,
+                           lunet_cbuf gamma, lunet_cbuf beta, size_t rows, size_t cols, float eps) {
+  const float *px = x, *pg = gamma, *pb = beta;
+  float *py = y, *pm = mean, *pr = rstd;
+  for (size_t r = 0; r < rows; r++) {
+    double m = 0, v = 0;
+    for (size_t k = 0; k < cols; k++) m += px[r * cols + k];
+    m /= (double)cols;
+    for (size_t k = 0; k < cols; k++) v += (px[r * cols + k] - m) * (px[r * cols + k] - m);
+    v /= (double)cols;
+    pm[r] = (float)m;
+    pr[r] = (float)(1.0 / sqrt(v + eps));
+    for (size_t k = 0; k < cols; k++) py[r * cols + k] = (float)((px[r * cols + k] - m) * pr[r]) * pg[k] + pb[k];
+  }
+  return 0;
+}
+
+/* Its gradient from the chain rule through mean and variance, term by term. */
+static int naive_layernorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf dgamma, lunet_buf dbeta,
+                                    lunet_cbuf dy, lunet_cbuf x, lunet_cbuf gamma, lunet_cbuf mean, lunet_cbuf rstd,
+                                    size_t rows, size_t cols) {
+  const float *pdy = dy, *px = x, *pg = gamma, *pm = mean, *pr = rstd;
+  float *pdx = dx, *pdg = dgamma, *pdb = dbeta;
+  for (size_t k = 0; dgamma && k < cols; k++) pdg[k] = 0;
+  for (size_t k = 0; dbeta && k < cols; k++) pdb[k] = 0;
+  for (size_t r = 0; r < rows; r++) {
+    double dvar = 0, dmean = 0, s = pr[r];
+    for (size_t k = 0; k < cols; k++) {
+      double g = (double)pdy[r * cols + k] * pg[k], d = px[r * cols + k] - pm[r];
+      dvar += g * d * -0.5 * s * s * s;
+      dmean += -g * s;
+    }
+    for (size_t k = 0; k < cols; k++) {
+      double d = px[r * cols + k] - pm[r], g = (double)pdy[r * cols + k] * pg[k];
+      if (dx) pdx[r * cols + k] = (float)(g * s + dvar * 2.0 * d / (double)cols + dmean / (double)cols);
+      if (dgamma) pdg[k] += (float)(pdy[r * cols + k] * d * s);
+      if (dbeta) pdb[k] += pdy[r * cols + k];
+    }
+  }
+  return 0;
+}
+
 static int naive_sgd_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf velocity,
                             size_t n, float lr, float momentum, bool nesterov, float weight_decay) {
   float *pp = p, *pv = velocity;
@@ -603,6 +646,8 @@ const lunet_backend_i lunet_cpu_naive_vtable = {
     .scatter_add_rows = naive_scatter_add_rows,
     .lstm_cell = naive_lstm_cell,
     .lstm_cell_backward = naive_lstm_cell_backward,
+    .layernorm = naive_layernorm,
+    .layernorm_backward = naive_layernorm_backward,
     .sgd_update = naive_sgd_update,
     .adam_update = naive_adam_update,
     .rmsprop_update = naive_rmsprop_update,

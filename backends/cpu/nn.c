@@ -526,3 +526,79 @@ int lunet_cpu_lstm_cell_backward(lunet_backend *be, lunet_buf dz, lunet_buf dcp,
   lunet_cpu_parallel(be, (int64_t)n, (int64_t)(4096 / (u + 1)) + 1, lstm_cell_backward_task, &j);
   return 0;
 }
+
+/* ---- layer normalization (backend.h) ---- */
+
+typedef struct ln_job {
+  float *y, *mean, *rstd, *dx, *dgamma, *dbeta;
+  const float *x, *gamma, *beta, *dy, *cmean, *crstd;
+  size_t rows, cols;
+  float eps;
+} ln_job;
+
+static void layernorm_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  ln_job *j = arg;
+  size_t c = j->cols;
+  for (int64_t r = begin; r < end; r++) {
+    const float *x = j->x + (size_t)r * c;
+    float *y = j->y + (size_t)r * c;
+    double s = 0, q = 0;
+    for (size_t k = 0; k < c; k++) s += x[k];
+    float m = (float)(s / (double)c);
+    for (size_t k = 0; k < c; k++) q += (double)(x[k] - m) * (x[k] - m);
+    float rs = 1.0f / sqrtf((float)(q / (double)c) + j->eps);
+    j->mean[r] = m, j->rstd[r] = rs;
+    for (size_t k = 0; k < c; k++) y[k] = (x[k] - m) * rs * j->gamma[k] + j->beta[k];
+  }
+}
+
+int lunet_cpu_layernorm(lunet_backend *be, lunet_buf y, lunet_buf mean, lunet_buf rstd, lunet_cbuf x,
+                        lunet_cbuf gamma, lunet_cbuf beta, size_t rows, size_t cols, float eps) {
+  ln_job j = {.y = y, .mean = mean, .rstd = rstd, .x = x, .gamma = gamma, .beta = beta, .cols = cols, .eps = eps};
+  lunet_cpu_parallel(be, (int64_t)rows, (int64_t)(8192 / (cols + 1)) + 1, layernorm_task, &j);
+  return 0;
+}
+
+/* dx per row: rstd (g - mean(g) - xhat mean(g xhat)), g = dy gamma. */
+static void layernorm_dx_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  ln_job *j = arg;
+  size_t c = j->cols;
+  for (int64_t r = begin; r < end; r++) {
+    const float *x = j->x + (size_t)r * c, *dy = j->dy + (size_t)r * c;
+    float m = j->cmean[r], rs = j->crstd[r], *dx = j->dx + (size_t)r * c;
+    double sg = 0, sgx = 0;
+    for (size_t k = 0; k < c; k++) {
+      float g = dy[k] * j->gamma[k];
+      sg += g;
+      sgx += (double)g * (x[k] - m) * rs;
+    }
+    float mg = (float)(sg / (double)c), mgx = (float)(sgx / (double)c);
+    for (size_t k = 0; k < c; k++) dx[k] = rs * (dy[k] * j->gamma[k] - mg - (x[k] - m) * rs * mgx);
+  }
+}
+
+/* dgamma and dbeta per column, over every row (threads split the columns). */
+static void layernorm_dw_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  ln_job *j = arg;
+  size_t c = j->cols, rows = j->rows;
+  for (int64_t k = begin; k < end; k++) {
+    double dg = 0, db = 0;
+    for (size_t r = 0; r < rows; r++) {
+      float dy = j->dy[r * c + (size_t)k];
+      dg += (double)dy * (j->x[r * c + (size_t)k] - j->cmean[r]) * j->crstd[r];
+      db += dy;
+    }
+    if (j->dgamma) j->dgamma[k] = (float)dg;
+    if (j->dbeta) j->dbeta[k] = (float)db;
+  }
+}
+
+int lunet_cpu_layernorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf dgamma, lunet_buf dbeta, lunet_cbuf dy,
+                                 lunet_cbuf x, lunet_cbuf gamma, lunet_cbuf mean, lunet_cbuf rstd, size_t rows,
+                                 size_t cols) {
+  ln_job j = {.dx = dx, .dgamma = dgamma, .dbeta = dbeta, .dy = dy, .x = x, .gamma = gamma, .cmean = mean,
+              .crstd = rstd, .rows = rows, .cols = cols};
+  if (dx) lunet_cpu_parallel(be, (int64_t)rows, (int64_t)(8192 / (cols + 1)) + 1, layernorm_dx_task, &j);
+  if (dgamma || dbeta) lunet_cpu_parallel(be, (int64_t)cols, (int64_t)(8192 / (rows + 1)) + 1, layernorm_dw_task, &j);
+  return 0;
+}

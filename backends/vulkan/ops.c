@@ -688,6 +688,42 @@ static int vk_lstm_cell_backward(lunet_backend *be, lunet_buf dz, lunet_buf dcp,
                            lunet_vk_groups(be, n * u), 1, 1);
 }
 
+typedef struct layernorm_pc {
+  uint32_t rows, cols, has_dgamma, has_dbeta;
+  float eps;
+} layernorm_pc;
+
+static int vk_layernorm(lunet_backend *be, lunet_buf y, lunet_buf mean, lunet_buf rstd, lunet_cbuf x,
+                        lunet_cbuf gamma, lunet_cbuf beta, size_t rows, size_t cols, float eps) {
+  int rc = too_big((int64_t)(rows * cols), "layernorm");
+  if (rc || rows * cols == 0) return rc;
+  layernorm_pc pc = {(uint32_t)rows, (uint32_t)cols, 0, 0, eps};
+  return lunet_vk_dispatch(be, VK_SH_LAYERNORM, 0, (lunet_cbuf[]){y, mean, rstd, x, gamma, beta}, 6, &pc, sizeof pc,
+                           lunet_vk_groups(be, rows), 1, 1);
+}
+
+/* mean and rstd go to the shader as one buffer (rows, then rows): copied
+ * together first. */
+static int vk_layernorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf dgamma, lunet_buf dbeta, lunet_cbuf dy,
+                                 lunet_cbuf x, lunet_cbuf gamma, lunet_cbuf mean, lunet_cbuf rstd, size_t rows,
+                                 size_t cols) {
+  int rc = too_big((int64_t)(rows * cols), "layernorm_backward");
+  if (rc || rows * cols == 0) return rc;
+  lunet_buf mr = lunet_vk_buffer_alloc(be, 2 * rows * sizeof(float));
+  if (!mr) return lunet_vk_error(LUNET_ERR_NOMEM, "layernorm_backward: out of device memory");
+  rc = lunet_vk_buffer_copy(be, mr, 0, mean, 0, rows * sizeof(float));
+  if (!rc) rc = lunet_vk_buffer_copy(be, mr, rows * sizeof(float), rstd, 0, rows * sizeof(float));
+  layernorm_pc pc = {(uint32_t)rows, (uint32_t)cols, dgamma != NULL, dbeta != NULL, 0};
+  if (!rc && dx)
+    rc = lunet_vk_dispatch(be, VK_SH_LAYERNORM, 1, (lunet_cbuf[]){dx, NULL, NULL, x, gamma, NULL, dy, mr}, 8, &pc,
+                           sizeof pc, lunet_vk_groups(be, rows), 1, 1);
+  if (!rc && (dgamma || dbeta))
+    rc = lunet_vk_dispatch(be, VK_SH_LAYERNORM, 2, (lunet_cbuf[]){dgamma, dbeta, NULL, x, gamma, NULL, dy, mr}, 8,
+                           &pc, sizeof pc, lunet_vk_groups(be, cols), 1, 1);
+  lunet_vk_buffer_free(be, mr);
+  return rc;
+}
+
 static int vk_set_threads(lunet_backend *be, int n) { return 0; }
 
 const lunet_backend_i lunet_vk_vtable = {
@@ -724,6 +760,8 @@ const lunet_backend_i lunet_vk_vtable = {
     .scatter_add_rows = vk_scatter_add_rows,
     .lstm_cell = vk_lstm_cell,
     .lstm_cell_backward = vk_lstm_cell_backward,
+    .layernorm = vk_layernorm,
+    .layernorm_backward = vk_layernorm_backward,
     .sgd_update = vk_sgd_update,
     .adam_update = vk_adam_update,
     .rmsprop_update = vk_rmsprop_update,

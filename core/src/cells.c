@@ -9,11 +9,12 @@
 
 #include "internal.h"
 
-static bool cell_supported(lunet_ctx *ctx, lunet_be *be, bool backward) {
-  if (be->desc->abi_minor >= 1 && (backward ? be->i->lstm_cell_backward != NULL : be->i->lstm_cell != NULL))
-    return true;
-  lunet_error(ctx, LUNET_ERR_UNSUPPORTED, "lstm_cell%s is not supported by backend '%s' (built for ABI %u.%u)",
-              backward ? "_backward" : "", be->name, be->desc->abi_major, be->desc->abi_minor);
+/* Whether the backend has op `fn` of ABI 2.1 (a 2.0 backend's interface
+ * ends before them); an error naming op and backend otherwise. */
+static bool has_op(lunet_ctx *ctx, lunet_be *be, bool present, const char *op) {
+  if (be->desc->abi_minor >= 1 && present) return true;
+  lunet_error(ctx, LUNET_ERR_UNSUPPORTED, "%s is not supported by backend '%s' (built for ABI %u.%u)", op, be->name,
+              be->desc->abi_major, be->desc->abi_minor);
   return false;
 }
 
@@ -29,7 +30,7 @@ static lunet_status lstm_cell_backward(lunet_ctx *ctx, lunet_node *nd, lunet_ten
   lunet_tensor *z = nd->inputs[0], *cp = nd->ninputs > 1 ? nd->inputs[1] : NULL;
   lunet_tensor *hc = nd->saved[0], *gates = nd->saved[1];
   lunet_be *be = z->buf->be;
-  if (!cell_supported(ctx, be, true)) return ctx->status;
+  if (!has_op(ctx, be, be->desc->abi_minor >= 1 && be->i->lstm_cell_backward, "lstm_cell_backward")) return ctx->status;
   int64_t n = z->shape[0], u = z->shape[1] / 4, cs[2] = {n, u};
   bool need_cp = cp && (cp->requires_grad || cp->grad_fn);
   lunet_tensor *dz = lunet_tensor_on(ctx, be, LUNET_F32, 2, z->shape);
@@ -71,7 +72,9 @@ lunet_tensor *lunet_lstm_cell(lunet_ctx *ctx, lunet_tensor *z, lunet_tensor *cp,
                 cp->buf->be->name);
     return NULL;
   }
-  if (!cell_supported(ctx, be, false) || !cell_act_ok(ctx, act) || !cell_act_ok(ctx, rec)) return NULL;
+  if (!has_op(ctx, be, be->desc->abi_minor >= 1 && be->i->lstm_cell, "lstm_cell") || !cell_act_ok(ctx, act) ||
+      !cell_act_ok(ctx, rec))
+    return NULL;
   int64_t n = z->shape[0], u = z->shape[1] / 4, hs[2] = {n, 2 * u};
   lunet_tensor *hc = lunet_tensor_on(ctx, be, LUNET_F32, 2, hs);
   lunet_tensor *gates = hc ? lunet_tensor_on(ctx, be, LUNET_F32, 2, z->shape) : NULL;
@@ -105,4 +108,84 @@ lunet_tensor *lunet_lstm_cell(lunet_ctx *ctx, lunet_tensor *z, lunet_tensor *cp,
   }
   lunet_tensor_release(gates);
   return hc;
+}
+
+/* ---- layer normalization, fused ---- */
+
+static bool wants_grad(const lunet_tensor *t) { return t->requires_grad || t->grad_fn; }
+
+/* dy -> dx, dgamma, dbeta (each only when its input needs it). */
+static lunet_status layernorm_backward(lunet_ctx *ctx, lunet_node *nd, lunet_tensor *dy, lunet_tensor **dx) {
+  lunet_tensor *x = nd->inputs[0], *gamma = nd->inputs[1], *beta = nd->inputs[2];
+  lunet_tensor *mean = nd->saved[0], *rstd = nd->saved[1];
+  lunet_be *be = x->buf->be;
+  if (!has_op(ctx, be, be->desc->abi_minor >= 1 && be->i->layernorm_backward, "layernorm_backward")) return ctx->status;
+  int64_t cols = gamma->numel, rows = cols ? x->numel / cols : 0;
+  lunet_tensor *g[3] = {wants_grad(x) ? lunet_tensor_on(ctx, be, LUNET_F32, x->ndim, x->shape) : NULL,
+                        wants_grad(gamma) ? lunet_tensor_on(ctx, be, LUNET_F32, gamma->ndim, gamma->shape) : NULL,
+                        wants_grad(beta) ? lunet_tensor_on(ctx, be, LUNET_F32, beta->ndim, beta->shape) : NULL};
+  lunet_status s = (wants_grad(x) && !g[0]) || (wants_grad(gamma) && !g[1]) || (wants_grad(beta) && !g[2])
+                       ? ctx->status
+                       : lunet_be_check(ctx, be,
+                                        be->i->layernorm_backward(be->state, g[0] ? g[0]->buf->handle : NULL,
+                                                                  g[1] ? g[1]->buf->handle : NULL,
+                                                                  g[2] ? g[2]->buf->handle : NULL, dy->buf->handle,
+                                                                  x->buf->handle, gamma->buf->handle,
+                                                                  mean->buf->handle, rstd->buf->handle,
+                                                                  (size_t)rows, (size_t)cols),
+                                        "layernorm_backward");
+  for (int i = 0; i < 3; i++) {
+    if (s) lunet_tensor_release(g[i]);
+    else dx[i] = g[i];
+  }
+  return s;
+}
+
+lunet_tensor *lunet_layernorm(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *gamma, lunet_tensor *beta, float epsilon) {
+  char a[128], b[128];
+  int64_t cols = x->ndim ? x->shape[x->ndim - 1] : 0;
+  if (x->ndim < 1 || x->dtype != LUNET_F32 || gamma->numel != cols || beta->numel != cols ||
+      gamma->dtype != LUNET_F32 || beta->dtype != LUNET_F32) {
+    lunet_error(ctx, LUNET_ERR_SHAPE, "layernorm: x %s and gamma, beta %s must be float32 with the last axis's size",
+                lunet_shape_str(x->ndim, x->shape, a, sizeof a), lunet_shape_str(gamma->ndim, gamma->shape, b, sizeof b));
+    return NULL;
+  }
+  lunet_be *be = x->buf->be;
+  if (gamma->buf->be != be || beta->buf->be != be) {
+    lunet_error(ctx, LUNET_ERR_ARG, "layernorm: x, gamma and beta must live on one backend");
+    return NULL;
+  }
+  if (!has_op(ctx, be, be->desc->abi_minor >= 1 && be->i->layernorm, "layernorm")) return NULL;
+  int64_t rows = cols ? x->numel / cols : 0;
+  lunet_tensor *y = lunet_tensor_on(ctx, be, LUNET_F32, x->ndim, x->shape);
+  lunet_tensor *mean = y ? lunet_tensor_on(ctx, be, LUNET_F32, 1, &rows) : NULL;
+  lunet_tensor *rstd = mean ? lunet_tensor_on(ctx, be, LUNET_F32, 1, &rows) : NULL;
+  if (!rstd || lunet_be_check(ctx, be,
+                              be->i->layernorm(be->state, y->buf->handle, mean->buf->handle, rstd->buf->handle,
+                                               x->buf->handle, gamma->buf->handle, beta->buf->handle, (size_t)rows,
+                                               (size_t)cols, epsilon),
+                              "layernorm")) {
+    lunet_tensor_release(y);
+    lunet_tensor_release(mean);
+    lunet_tensor_release(rstd);
+    return NULL;
+  }
+  lunet_tensor *inputs[3] = {x, gamma, beta};
+  if (lunet_needs_grad(ctx, 3, inputs)) {
+    lunet_node *nd = lunet_node_new(ctx, "layernorm", 3, inputs);
+    if (!nd) {
+      lunet_tensor_release(y);
+      lunet_tensor_release(mean);
+      lunet_tensor_release(rstd);
+      return NULL;
+    }
+    nd->backward = layernorm_backward;
+    nd->saved[0] = mean;
+    nd->saved[1] = rstd;
+    lunet_node_attach(y, nd);
+    return y;
+  }
+  lunet_tensor_release(mean);
+  lunet_tensor_release(rstd);
+  return y;
 }

@@ -2,9 +2,9 @@
  * LayerNormalization (Keras's, over the last axis): for each sample and
  * position, y = (x - mean) / sqrt(var + epsilon) * gamma + beta, mean and
  * (biased) variance over the last axis; gamma (C) and beta (C) as
- * PyTorch's nn.LayerNorm weight and bias.  Forward is a graph of the core's
- * differentiable ops (layers_graph), so backward follows from it; a fused
- * kernel is to come.
+ * PyTorch's nn.LayerNorm weight and bias.  Forward is the core's fused
+ * lunet_layernorm on the tape (layers_graph), one kernel forward and one
+ * backward on every backend.
  */
 #include "layers.h"
 
@@ -41,19 +41,7 @@ static lunet_status layernorm_build(lunet_layer *l, int nin, const lunet_shape *
 
 lunet_tensor *layers_layernorm_graph(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *gamma, lunet_tensor *beta,
                                      float epsilon) {
-  int last = lunet_tensor_ndim(x) - 1;
-  lunet_tensor *mean = lunet_reduce(ctx, LUNET_REDUCE_MEAN, x, last, true);
-  lunet_tensor *d = mean ? lunet_sub(ctx, x, mean) : NULL;
-  lunet_tensor *sq = d ? lunet_unary(ctx, LUNET_UNARY_SQUARE, d, 0, 0) : NULL;
-  lunet_tensor *var = sq ? lunet_reduce(ctx, LUNET_REDUCE_MEAN, sq, last, true) : NULL;
-  lunet_tensor *ve = var ? lunet_unary(ctx, LUNET_UNARY_AFFINE, var, 1.0f, epsilon) : NULL;
-  lunet_tensor *sd = ve ? lunet_unary(ctx, LUNET_UNARY_SQRT, ve, 0, 0) : NULL;
-  lunet_tensor *n = sd ? lunet_div(ctx, d, sd) : NULL;
-  lunet_tensor *scaled = n ? lunet_mul(ctx, n, gamma) : NULL;
-  lunet_tensor *y = scaled ? lunet_add(ctx, scaled, beta) : NULL;
-  lunet_tensor *tmp[] = {mean, d, sq, var, ve, sd, n, scaled};
-  for (size_t i = 0; i < sizeof tmp / sizeof tmp[0]; i++) layers_release(tmp[i]);
-  return y;
+  return lunet_layernorm(ctx, x, gamma, beta, epsilon);
 }
 
 static lunet_status layernorm_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,

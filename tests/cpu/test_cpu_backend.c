@@ -501,6 +501,54 @@ START_TEST(test_lstm_cell_fast_vs_naive_and_fd) {
 }
 END_TEST
 
+/* Layer normalization: fast against naive (which writes the chain rule out
+ * term by term), and dx, dgamma against central differences. */
+START_TEST(test_layernorm_fast_vs_naive_and_fd) {
+  const size_t rows = 53, cols = 37;
+  const float eps = 1e-5f;
+  float *x = rnd(rows * cols, -2, 3), *g = rnd(cols, 0.5f, 1.5f), *b = rnd(cols, -1, 1), *dy = rnd(rows * cols, -1, 1);
+  float *y1 = zeros(rows * cols), *y2 = zeros(rows * cols), *m1 = zeros(rows), *m2 = zeros(rows);
+  float *r1 = zeros(rows), *r2 = zeros(rows);
+  ck_assert_int_eq(N->layernorm(be, y1, m1, r1, x, g, b, rows, cols, eps), 0);
+  ck_assert_int_eq(F->layernorm(be, y2, m2, r2, x, g, b, rows, cols, eps), 0);
+  expect_close(y2, y1, rows * cols, 1e-6f, 1e-5f, "layernorm y");
+  float *dx1 = zeros(rows * cols), *dx2 = zeros(rows * cols), *dg1 = zeros(cols), *dg2 = zeros(cols);
+  float *db1 = zeros(cols), *db2 = zeros(cols);
+  ck_assert_int_eq(N->layernorm_backward(be, dx1, dg1, db1, dy, x, g, m1, r1, rows, cols), 0);
+  ck_assert_int_eq(F->layernorm_backward(be, dx2, dg2, db2, dy, x, g, m2, r2, rows, cols), 0);
+  expect_close(dx2, dx1, rows * cols, 1e-5f, 1e-4f, "layernorm dx");
+  expect_close(dg2, dg1, cols, 1e-4f, 1e-4f, "layernorm dgamma");
+  expect_close(db2, db1, cols, 1e-4f, 1e-4f, "layernorm dbeta");
+  /* central differences of sum(y * dy) */
+  const float h = 1e-2f;
+  float *yp = zeros(rows * cols), *ym = zeros(rows * cols), *mm = zeros(rows), *rr = zeros(rows);
+  for (size_t i = 0; i < 40; i++) {
+    float keep = x[i * 7];
+    x[i * 7] = keep + h;
+    F->layernorm(be, yp, mm, rr, x, g, b, rows, cols, eps);
+    x[i * 7] = keep - h;
+    F->layernorm(be, ym, mm, rr, x, g, b, rows, cols, eps);
+    x[i * 7] = keep;
+    double fd = (dot(yp, dy, rows * cols) - dot(ym, dy, rows * cols)) / (2.0 * h);
+    expect_true(fabs(fd - dx2[i * 7]) <= 2e-3 + 2e-3 * fabs(fd), "dx[%zu]: analytic %g, finite difference %g", i * 7,
+                (double)dx2[i * 7], fd);
+  }
+  for (size_t k = 0; k < cols; k++) {
+    float keep = g[k];
+    g[k] = keep + h;
+    F->layernorm(be, yp, mm, rr, x, g, b, rows, cols, eps);
+    g[k] = keep - h;
+    F->layernorm(be, ym, mm, rr, x, g, b, rows, cols, eps);
+    g[k] = keep;
+    double fd = (dot(yp, dy, rows * cols) - dot(ym, dy, rows * cols)) / (2.0 * h);
+    expect_true(fabs(fd - dg2[k]) <= 2e-3 + 2e-3 * fabs(fd), "dgamma[%zu]: analytic %g, finite difference %g", k,
+                (double)dg2[k], fd);
+  }
+  float *ptrs[] = {x, g, b, dy, y1, y2, m1, m2, r1, r2, dx1, dx2, dg1, dg2, db1, db2, yp, ym, mm, rr};
+  for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
+}
+END_TEST
+
 static lunet_bcast_desc bcast(int nd, const int64_t *ys, const int64_t *as,
                               const int64_t *bs) {
   lunet_bcast_desc d = {.ndim = nd};
@@ -1069,6 +1117,7 @@ static Suite *cpu_suite(void) {
   tcase_add_test(tc, test_descriptor);
   tcase_add_test(tc, test_tanh_accuracy);
   tcase_add_test(tc, test_lstm_cell_fast_vs_naive_and_fd);
+  tcase_add_test(tc, test_layernorm_fast_vs_naive_and_fd);
   tcase_add_test(tc, test_describe_and_threads);
   tcase_add_test(tc, test_memory);
   tcase_add_test(tc, test_conv_known);

@@ -196,6 +196,17 @@ typedef struct lunet_backend_i {
   int (*lstm_cell_backward)(lunet_backend *be, lunet_buf dz, lunet_buf dcp, lunet_cbuf dhc, lunet_cbuf hc,
                             lunet_cbuf gates, lunet_cbuf cp, size_t n, size_t u, lunet_unary_op act,
                             lunet_unary_op rec);
+
+  /* Layer normalization of each row of x (rows, cols): y = (x - mean) rstd
+   * gamma + beta, rstd = 1 / sqrt(var + eps), var the biased variance;
+   * mean and rstd (rows) are kept for the gradient. */
+  int (*layernorm)(lunet_backend *be, lunet_buf y, lunet_buf mean, lunet_buf rstd, lunet_cbuf x, lunet_cbuf gamma,
+                   lunet_cbuf beta, size_t rows, size_t cols, float eps);
+  /* Its gradient: dx (rows, cols) and dgamma, dbeta (cols), each skipped
+   * when NULL. */
+  int (*layernorm_backward)(lunet_backend *be, lunet_buf dx, lunet_buf dgamma, lunet_buf dbeta, lunet_cbuf dy,
+                            lunet_cbuf x, lunet_cbuf gamma, lunet_cbuf mean, lunet_cbuf rstd, size_t rows,
+                            size_t cols);
 } lunet_backend_i;
 
 /* The size of lunet_backend_i in ABI 2.0 (what a 2.0 backend provides). */

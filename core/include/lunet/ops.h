@@ -284,6 +284,11 @@ LUNET_API lunet_tensor *lunet_cumsum(lunet_ctx *ctx, lunet_tensor *x, int axis);
  * AFFINE = identity).  Returns [h, c] as (n, 2u); differentiable. */
 LUNET_API lunet_tensor *lunet_lstm_cell(lunet_ctx *ctx, lunet_tensor *z, lunet_tensor *cp, lunet_unary_op act,
                                         lunet_unary_op rec);
+/* Layer normalization over the last axis, fused (cells.c): y = (x - mean)
+ * / sqrt(var + epsilon) * gamma + beta; differentiable in x, gamma and
+ * beta. */
+LUNET_API lunet_tensor *lunet_layernorm(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *gamma, lunet_tensor *beta,
+                                        float epsilon);
 /* A copy that passes gradients back to x. */
 LUNET_API lunet_tensor *lunet_copy(lunet_ctx *ctx, lunet_tensor *x);
 
