@@ -159,6 +159,11 @@ int lunet_cpu_lstm_cell(lunet_backend *be, lunet_buf hc, lunet_buf gates, lunet_
 int lunet_cpu_lstm_cell_backward(lunet_backend *be, lunet_buf dz, lunet_buf dcp, lunet_cbuf dhc, lunet_cbuf hc,
                                  lunet_cbuf gates, lunet_cbuf cp, size_t n, size_t u, lunet_unary_op act,
                                  lunet_unary_op rec);
+int lunet_cpu_gru_cell(lunet_backend *be, lunet_buf hn, lunet_buf gates, lunet_cbuf xs, lunet_cbuf hs, lunet_cbuf h,
+                       size_t n, size_t u, lunet_unary_op act, lunet_unary_op rec);
+int lunet_cpu_gru_cell_backward(lunet_backend *be, lunet_buf dxs, lunet_buf dhs, lunet_buf dh, lunet_cbuf dhn,
+                                lunet_cbuf gates, lunet_cbuf hs, lunet_cbuf h, size_t n, size_t u, lunet_unary_op act,
+                                lunet_unary_op rec);
 int lunet_cpu_layernorm(lunet_backend *be, lunet_buf y, lunet_buf mean, lunet_buf rstd, lunet_cbuf x,
                         lunet_cbuf gamma, lunet_cbuf beta, size_t rows, size_t cols, float eps);
 int lunet_cpu_layernorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf dgamma, lunet_buf dbeta, lunet_cbuf dy,

@@ -512,6 +512,46 @@ static int naive_lstm_cell_backward(lunet_backend *be, lunet_buf dz, lunet_buf d
   return 0;
 }
 
+/* The GRU cell as written in backend.h, one element at a time. */
+static int naive_gru_cell(lunet_backend *be, lunet_buf hn, lunet_buf gates, lunet_cbuf xs, lunet_cbuf hs, lunet_cbuf h,
+                          size_t n, size_t u, lunet_unary_op act, lunet_unary_op rec) {
+  const float *px = xs, *ph = hs, *pp = h;
+  float *po = hn, *pg = gates;
+  for (size_t r = 0; r < n; r++)
+    for (size_t k = 0; k < u; k++) {
+      size_t b = r * 3 * u;
+      float z = naive_act(rec, px[b + k] + ph[b + k]), rr = naive_act(rec, px[b + u + k] + ph[b + u + k]);
+      float g = naive_act(act, px[b + 2 * u + k] + rr * ph[b + 2 * u + k]);
+      pg[b + k] = z, pg[b + u + k] = rr, pg[b + 2 * u + k] = g;
+      po[r * u + k] = z * pp[r * u + k] + (1.0f - z) * g;
+    }
+  return 0;
+}
+
+/* Its gradient, the pre-activations' derivatives from the gate values. */
+static float naive_from_value(lunet_unary_op op, float y) {
+  return op == LUNET_UNARY_SIGMOID ? y * (1 - y) : op == LUNET_UNARY_TANH ? 1 - y * y : op == LUNET_UNARY_RELU ? (y > 0) : 1;
+}
+
+static int naive_gru_cell_backward(lunet_backend *be, lunet_buf dxs, lunet_buf dhs, lunet_buf dh, lunet_cbuf dhn,
+                                   lunet_cbuf gates, lunet_cbuf hs, lunet_cbuf h, size_t n, size_t u,
+                                   lunet_unary_op act, lunet_unary_op rec) {
+  const float *pd = dhn, *pg = gates, *ph = hs, *pp = h;
+  float *px = dxs, *pq = dhs, *pr = dh;
+  for (size_t r = 0; r < n; r++)
+    for (size_t k = 0; k < u; k++) {
+      size_t b = r * 3 * u;
+      float z = pg[b + k], rr = pg[b + u + k], g = pg[b + 2 * u + k], d = pd[r * u + k];
+      float pre_g = d * (1.0f - z) * naive_from_value(act, g);
+      float pre_z = d * (pp[r * u + k] - g) * naive_from_value(rec, z);
+      float pre_r = pre_g * ph[b + 2 * u + k] * naive_from_value(rec, rr);
+      if (px) px[b + k] = pre_z, px[b + u + k] = pre_r, px[b + 2 * u + k] = pre_g;
+      if (pq) pq[b + k] = pre_z, pq[b + u + k] = pre_r, pq[b + 2 * u + k] = pre_g * rr;
+      if (pr) pr[r * u + k] = d * z;
+    }
+  return 0;
+}
+
 /* Layer normalization as written: mean, biased variance, then each value. */
 static int naive_layernorm(lunet_backend *be, lunet_buf y, lunet_buf mean, lunet_buf rstd, lunet_cbuf x,
                            lunet_cbuf gamma, lunet_cbuf beta, size_t rows, size_t cols, float eps) {
@@ -646,6 +686,8 @@ const lunet_backend_i lunet_cpu_naive_vtable = {
     .scatter_add_rows = naive_scatter_add_rows,
     .lstm_cell = naive_lstm_cell,
     .lstm_cell_backward = naive_lstm_cell_backward,
+    .gru_cell = naive_gru_cell,
+    .gru_cell_backward = naive_gru_cell_backward,
     .layernorm = naive_layernorm,
     .layernorm_backward = naive_layernorm_backward,
     .sgd_update = naive_sgd_update,

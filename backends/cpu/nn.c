@@ -602,3 +602,63 @@ int lunet_cpu_layernorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf dgam
   if (dgamma || dbeta) lunet_cpu_parallel(be, (int64_t)cols, (int64_t)(8192 / (rows + 1)) + 1, layernorm_dw_task, &j);
   return 0;
 }
+
+/* ---- the fused GRU cell (backend.h) ---- */
+
+typedef struct gru_job {
+  float *hn, *gates, *dxs, *dhs, *dh;
+  const float *xs, *hs, *h, *dhn, *cgates;
+  size_t u;
+  lunet_unary_op act, rec;
+} gru_job;
+
+static void gru_cell_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  gru_job *j = arg;
+  size_t u = j->u;
+  for (int64_t r = begin; r < end; r++) {
+    const float *x = j->xs + (size_t)r * 3 * u, *hs = j->hs + (size_t)r * 3 * u, *h = j->h + (size_t)r * u;
+    float *g = j->gates + (size_t)r * 3 * u, *hn = j->hn + (size_t)r * u;
+    for (size_t k = 0; k < u; k++) {
+      float z = cell_act(j->rec, x[k] + hs[k]), rr = cell_act(j->rec, x[u + k] + hs[u + k]);
+      float c = cell_act(j->act, x[2 * u + k] + rr * hs[2 * u + k]);
+      g[k] = z, g[u + k] = rr, g[2 * u + k] = c;
+      hn[k] = c + z * (h[k] - c);
+    }
+  }
+}
+
+int lunet_cpu_gru_cell(lunet_backend *be, lunet_buf hn, lunet_buf gates, lunet_cbuf xs, lunet_cbuf hs, lunet_cbuf h,
+                       size_t n, size_t u, lunet_unary_op act, lunet_unary_op rec) {
+  gru_job j = {.hn = hn, .gates = gates, .xs = xs, .hs = hs, .h = h, .u = u, .act = act, .rec = rec};
+  lunet_cpu_parallel(be, (int64_t)n, (int64_t)(4096 / (u + 1)) + 1, gru_cell_task, &j);
+  return 0;
+}
+
+static void gru_cell_backward_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  gru_job *j = arg;
+  size_t u = j->u;
+  for (int64_t r = begin; r < end; r++) {
+    const float *g = j->cgates + (size_t)r * 3 * u, *hs = j->hs + (size_t)r * 3 * u, *h = j->h + (size_t)r * u;
+    const float *dhn = j->dhn + (size_t)r * u;
+    float *dxs = j->dxs ? j->dxs + (size_t)r * 3 * u : NULL, *dhs = j->dhs ? j->dhs + (size_t)r * 3 * u : NULL;
+    float *dh = j->dh ? j->dh + (size_t)r * u : NULL;
+    for (size_t k = 0; k < u; k++) {
+      float z = g[k], rr = g[u + k], c = g[2 * u + k], d = dhn[k];
+      float dz = d * (h[k] - c) * cell_grad(j->rec, z);
+      float dc = d * (1.0f - z) * cell_grad(j->act, c);
+      float dr = dc * hs[2 * u + k] * cell_grad(j->rec, rr);
+      if (dxs) dxs[k] = dz, dxs[u + k] = dr, dxs[2 * u + k] = dc;
+      if (dhs) dhs[k] = dz, dhs[u + k] = dr, dhs[2 * u + k] = dc * rr;
+      if (dh) dh[k] = d * z;
+    }
+  }
+}
+
+int lunet_cpu_gru_cell_backward(lunet_backend *be, lunet_buf dxs, lunet_buf dhs, lunet_buf dh, lunet_cbuf dhn,
+                                lunet_cbuf gates, lunet_cbuf hs, lunet_cbuf h, size_t n, size_t u, lunet_unary_op act,
+                                lunet_unary_op rec) {
+  gru_job j = {.dxs = dxs, .dhs = dhs, .dh = dh, .dhn = dhn, .cgates = gates, .hs = hs, .h = h, .u = u,
+               .act = act, .rec = rec};
+  lunet_cpu_parallel(be, (int64_t)n, (int64_t)(4096 / (u + 1)) + 1, gru_cell_backward_task, &j);
+  return 0;
+}

@@ -688,6 +688,29 @@ static int vk_lstm_cell_backward(lunet_backend *be, lunet_buf dz, lunet_buf dcp,
                            lunet_vk_groups(be, n * u), 1, 1);
 }
 
+typedef struct gru_pc {
+  uint32_t n, u, act, rec, has_dxs, has_dhs, has_dh;
+} gru_pc;
+
+static int vk_gru_cell(lunet_backend *be, lunet_buf hn, lunet_buf gates, lunet_cbuf xs, lunet_cbuf hs, lunet_cbuf h,
+                       size_t n, size_t u, lunet_unary_op act, lunet_unary_op rec) {
+  int rc = too_big((int64_t)(n * 3 * u), "gru_cell");
+  if (rc || n * u == 0) return rc;
+  gru_pc pc = {(uint32_t)n, (uint32_t)u, (uint32_t)act, (uint32_t)rec, 0, 0, 0};
+  return lunet_vk_dispatch(be, VK_SH_GRU, 0, (lunet_cbuf[]){hn, gates, NULL, xs, hs, h}, 6, &pc, sizeof pc,
+                           lunet_vk_groups(be, n * u), 1, 1);
+}
+
+static int vk_gru_cell_backward(lunet_backend *be, lunet_buf dxs, lunet_buf dhs, lunet_buf dh, lunet_cbuf dhn,
+                                lunet_cbuf gates, lunet_cbuf hs, lunet_cbuf h, size_t n, size_t u,
+                                lunet_unary_op act, lunet_unary_op rec) {
+  int rc = too_big((int64_t)(n * 3 * u), "gru_cell_backward");
+  if (rc || n * u == 0) return rc;
+  gru_pc pc = {(uint32_t)n, (uint32_t)u, (uint32_t)act, (uint32_t)rec, dxs != NULL, dhs != NULL, dh != NULL};
+  return lunet_vk_dispatch(be, VK_SH_GRU, 1, (lunet_cbuf[]){dxs, dhs, dh, dhn, hs, h, gates}, 7, &pc, sizeof pc,
+                           lunet_vk_groups(be, n * u), 1, 1);
+}
+
 typedef struct layernorm_pc {
   uint32_t rows, cols, has_dgamma, has_dbeta;
   float eps;
@@ -760,6 +783,8 @@ const lunet_backend_i lunet_vk_vtable = {
     .scatter_add_rows = vk_scatter_add_rows,
     .lstm_cell = vk_lstm_cell,
     .lstm_cell_backward = vk_lstm_cell_backward,
+    .gru_cell = vk_gru_cell,
+    .gru_cell_backward = vk_gru_cell_backward,
     .layernorm = vk_layernorm,
     .layernorm_backward = vk_layernorm_backward,
     .sgd_update = vk_sgd_update,

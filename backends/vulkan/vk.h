@@ -100,6 +100,7 @@ typedef enum lunet_vk_shader {
   VK_SH_SCATTER,
   VK_SH_LSTM,
   VK_SH_LAYERNORM,
+  VK_SH_GRU,
   VK_SH_COUNT
 } lunet_vk_shader;
 

@@ -189,3 +189,81 @@ lunet_tensor *lunet_layernorm(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *gam
   lunet_tensor_release(rstd);
   return y;
 }
+
+/* ---- the GRU cell (reset_after), fused ---- */
+
+/* dhn -> dxs, dhs, dh. */
+static lunet_status gru_cell_backward(lunet_ctx *ctx, lunet_node *nd, lunet_tensor *dy, lunet_tensor **dx) {
+  lunet_tensor *xs = nd->inputs[0], *hs = nd->inputs[1], *h = nd->inputs[2], *gates = nd->saved[0];
+  lunet_be *be = xs->buf->be;
+  if (!has_op(ctx, be, be->desc->abi_minor >= 1 && be->i->gru_cell_backward, "gru_cell_backward")) return ctx->status;
+  int64_t n = h->shape[0], u = h->shape[1];
+  lunet_tensor *g[3] = {wants_grad(xs) ? lunet_tensor_on(ctx, be, LUNET_F32, 2, xs->shape) : NULL,
+                        wants_grad(hs) ? lunet_tensor_on(ctx, be, LUNET_F32, 2, hs->shape) : NULL,
+                        wants_grad(h) ? lunet_tensor_on(ctx, be, LUNET_F32, 2, h->shape) : NULL};
+  lunet_status s = (wants_grad(xs) && !g[0]) || (wants_grad(hs) && !g[1]) || (wants_grad(h) && !g[2])
+                       ? ctx->status
+                       : lunet_be_check(ctx, be,
+                                        be->i->gru_cell_backward(be->state, g[0] ? g[0]->buf->handle : NULL,
+                                                                 g[1] ? g[1]->buf->handle : NULL,
+                                                                 g[2] ? g[2]->buf->handle : NULL, dy->buf->handle,
+                                                                 gates->buf->handle, hs->buf->handle, h->buf->handle,
+                                                                 (size_t)n, (size_t)u, (lunet_unary_op)nd->iparams[0],
+                                                                 (lunet_unary_op)nd->iparams[1]),
+                                        "gru_cell_backward");
+  for (int i = 0; i < 3; i++) {
+    if (s) lunet_tensor_release(g[i]);
+    else dx[i] = g[i];
+  }
+  return s;
+}
+
+lunet_tensor *lunet_gru_cell(lunet_ctx *ctx, lunet_tensor *xs, lunet_tensor *hs, lunet_tensor *h, lunet_unary_op act,
+                             lunet_unary_op rec) {
+  char a[128], b[128], c[128];
+  bool ok = h->ndim == 2 && xs->ndim == 2 && hs->ndim == 2 && xs->dtype == LUNET_F32 && hs->dtype == LUNET_F32 &&
+            h->dtype == LUNET_F32;
+  for (int i = 0; ok && i < 2; i++) ok = xs->shape[i] == hs->shape[i];
+  ok = ok && xs->shape[0] == h->shape[0] && xs->shape[1] == 3 * h->shape[1];
+  if (!ok) {
+    lunet_error(ctx, LUNET_ERR_SHAPE, "gru_cell: xs %s and hs %s must be float32 (n, 3u) and h %s (n, u)",
+                lunet_shape_str(xs->ndim, xs->shape, a, sizeof a), lunet_shape_str(hs->ndim, hs->shape, b, sizeof b),
+                lunet_shape_str(h->ndim, h->shape, c, sizeof c));
+    return NULL;
+  }
+  lunet_be *be = xs->buf->be;
+  if (hs->buf->be != be || h->buf->be != be) {
+    lunet_error(ctx, LUNET_ERR_ARG, "gru_cell: its inputs live on different backends");
+    return NULL;
+  }
+  if (!has_op(ctx, be, be->desc->abi_minor >= 1 && be->i->gru_cell, "gru_cell") || !cell_act_ok(ctx, act) ||
+      !cell_act_ok(ctx, rec))
+    return NULL;
+  int64_t n = h->shape[0], u = h->shape[1];
+  lunet_tensor *hn = lunet_tensor_on(ctx, be, LUNET_F32, 2, h->shape);
+  lunet_tensor *gates = hn ? lunet_tensor_on(ctx, be, LUNET_F32, 2, xs->shape) : NULL;
+  if (!gates || lunet_be_check(ctx, be,
+                               be->i->gru_cell(be->state, hn->buf->handle, gates->buf->handle, xs->buf->handle,
+                                               hs->buf->handle, h->buf->handle, (size_t)n, (size_t)u, act, rec),
+                               "gru_cell")) {
+    lunet_tensor_release(hn);
+    lunet_tensor_release(gates);
+    return NULL;
+  }
+  lunet_tensor *inputs[3] = {xs, hs, h};
+  lunet_node *nd = lunet_needs_grad(ctx, 3, inputs) ? lunet_node_new(ctx, "gru_cell", 3, inputs) : NULL;
+  if (nd) {
+    nd->backward = gru_cell_backward;
+    nd->iparams[0] = act;
+    nd->iparams[1] = rec;
+    nd->saved[0] = gates;
+    lunet_node_attach(hn, nd);
+    return hn;
+  }
+  lunet_tensor_release(gates);
+  if (lunet_needs_grad(ctx, 3, inputs)) { /* the node could not be made */
+    lunet_tensor_release(hn);
+    return NULL;
+  }
+  return hn;
+}

@@ -72,29 +72,22 @@ static lunet_tensor *bias_row(lunet_ctx *ctx, lunet_tensor *b, int i) {
   return lunet_slice(ctx, b, start, stop, step);
 }
 
-/* The recurrent part of the candidate, from r: reset_after, r * (h U_h +
- * b_rh) (hs holds h U + b_r); otherwise (r * h) U_h. */
+/* The recurrent part of the candidate with reset_after = false:
+ * (r * h) U_h. */
 typedef struct candidate {
-  bool after;
-  lunet_tensor *hs, *h, *uh; /* hs (reset_after); h and U_h (before) */
-  int64_t u;
+  lunet_tensor *h, *uh;
 } candidate;
 
 static lunet_tensor *candidate_part(lunet_ctx *ctx, const candidate *cd, lunet_tensor *r) {
-  if (cd->after) {
-    lunet_tensor *hh = cols(ctx, cd->hs, cd->u, 2), *y = hh ? lunet_mul(ctx, r, hh) : NULL;
-    layers_release(hh);
-    return y;
-  }
   lunet_tensor *rh = lunet_mul(ctx, r, cd->h), *y = rh ? lunet_matmul(ctx, rh, cd->uh) : NULL;
   layers_release(rh);
   return y;
 }
 
-/* One step: xs (N, 3u) the input part, hs (N, 2u or 3u; or (1, 3u), the
- * bias alone, before the first state) the recurrent part of z and r; cd
- * the candidate's (NULL before the first state); *h becomes the new state
- * (m: the step's mask or NULL). */
+/* One step of reset_after = false: xs (N, 3u) the input part, hs (N, 2u)
+ * the recurrent part of z and r (NULL before the first state); cd the
+ * candidate's (NULL before the first state); *h becomes the new state (m:
+ * the step's mask or NULL). */
 static lunet_status step(lunet_ctx *ctx, lunet_tensor *xs, lunet_tensor *hs, const candidate *cd, lunet_tensor **h,
                          int64_t u, lunet_unary_op a, lunet_unary_op ra, lunet_tensor *m) {
   lunet_tensor *x3[3] = {0}, *h2[2] = {0}, *z = NULL, *r = NULL, *g = NULL, *hn = NULL;
@@ -145,9 +138,9 @@ static lunet_tensor *kernel_cols(lunet_ctx *ctx, layers_graph *st, int64_t first
   return lunet_slice(ctx, k, start, stop, step);
 }
 
-/* One step.  reset_after: the recurrent part h U + b_r (just b_r,
- * broadcast, while h is 0), r applied after the product.  Otherwise z and
- * r from h U_zr, the candidate from (r * h) U_h. */
+/* One step.  reset_after: the fused cell on h U + b_r, r applied after
+ * the product.  Otherwise z and r from h U_zr, the candidate from
+ * (r * h) U_h, on the tape op by op. */
 static lunet_status gru_cell(lunet_layer *l, lunet_ctx *ctx, layers_graph *st, lunet_tensor *xs,
                              lunet_tensor **states, lunet_tensor *m) {
   int64_t u = lunet_layer_get_int(l, "units");
@@ -156,16 +149,22 @@ static lunet_status gru_cell(lunet_layer *l, lunet_ctx *ctx, layers_graph *st, l
   lunet_tensor *h = states[0];
   lunet_status s;
   if (lunet_layer_get_bool(l, "reset_after")) {
+    /* one fused op (lunet_gru_cell) on xs, h U + b_r and h (zeros before
+     * the first state) */
+    int64_t shape[2] = {lunet_tensor_dim(xs, 0), u};
+    lunet_tensor *h0 = h ? lunet_tensor_retain(h) : lunet_op_new(ctx, xs, LUNET_F32, 2, shape);
+    if (h0 && !h && lunet_op_fill(ctx, h0, 0.0f)) layers_set(&h0, NULL);
     lunet_tensor *br = bias_row(ctx, st->w[LAYERS_RNN_BIAS], 1);
-    lunet_tensor *hu = h ? layers_rnn_recurrent_product(ctx, st, h) : NULL;
+    lunet_tensor *hu = h0 ? layers_rnn_recurrent_product(ctx, st, h0) : NULL;
     if (hu && br) layers_set(&hu, lunet_add(ctx, hu, br));
-    if (!h && br) hu = lunet_tensor_retain(br);
-    candidate cd = {.after = true, .hs = hu, .u = u};
-    s = (h && !hu) || (st->w[LAYERS_RNN_BIAS] && !br) ? lunet_ctx_status(ctx)
-                                                        : step(ctx, xs, hu, hu ? &cd : NULL, &states[0], u, a, ra, m);
-    layers_release(hu);
+    lunet_tensor *hn = hu && (!st->w[LAYERS_RNN_BIAS] || br) ? lunet_gru_cell(ctx, xs, hu, h0, a, ra) : NULL;
+    if (hn && m) layers_set(&hn, layers_keep_masked(ctx, hn, h, m));
+    layers_release(h0);
     layers_release(br);
-    return s;
+    layers_release(hu);
+    if (!hn) return lunet_ctx_status(ctx);
+    layers_set(&states[0], hn);
+    return LUNET_OK;
   }
   lunet_tensor *hm = NULL, *uzr = NULL, *uh = NULL, *hs = NULL;
   if (h) {
@@ -174,7 +173,7 @@ static lunet_status gru_cell(lunet_layer *l, lunet_ctx *ctx, layers_graph *st, l
     uh = uzr ? kernel_cols(ctx, st, 2 * u, u) : NULL;
     hs = uh ? lunet_matmul(ctx, hm, uzr) : NULL;
   }
-  candidate cd = {.after = false, .h = hm, .uh = uh, .u = u};
+  candidate cd = {.h = hm, .uh = uh};
   s = h && !hs ? lunet_ctx_status(ctx) : step(ctx, xs, hs, h ? &cd : NULL, &states[0], u, a, ra, m);
   lunet_tensor *tmp[] = {hm, uzr, uh, hs};
   for (size_t i = 0; i < sizeof tmp / sizeof tmp[0]; i++) layers_release(tmp[i]);

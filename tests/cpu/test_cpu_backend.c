@@ -501,6 +501,45 @@ START_TEST(test_lstm_cell_fast_vs_naive_and_fd) {
 }
 END_TEST
 
+/* The fused GRU cell: fast against naive, and dxs, dhs, dh against central
+ * differences of sum(h' * dhn) through the naive forward. */
+START_TEST(test_gru_cell_fast_vs_naive_and_fd) {
+  const size_t n = 23, u = 17;
+  lunet_unary_op act = LUNET_UNARY_TANH, rec = LUNET_UNARY_SIGMOID;
+  float *xs = rnd(n * 3 * u, -2, 2), *hs = rnd(n * 3 * u, -2, 2), *h = rnd(n * u, -1, 1), *dhn = rnd(n * u, -1, 1);
+  float *o1 = zeros(n * u), *o2 = zeros(n * u), *g1 = zeros(n * 3 * u), *g2 = zeros(n * 3 * u);
+  ck_assert_int_eq(N->gru_cell(be, o1, g1, xs, hs, h, n, u, act, rec), 0);
+  ck_assert_int_eq(F->gru_cell(be, o2, g2, xs, hs, h, n, u, act, rec), 0);
+  expect_close(o2, o1, n * u, 1e-7f, 1e-6f, "gru_cell h'");
+  expect_close(g2, g1, n * 3 * u, 1e-7f, 1e-6f, "gru_cell gates");
+  float *dx1 = zeros(n * 3 * u), *dx2 = zeros(n * 3 * u), *dq1 = zeros(n * 3 * u), *dq2 = zeros(n * 3 * u);
+  float *dh1 = zeros(n * u), *dh2 = zeros(n * u);
+  ck_assert_int_eq(N->gru_cell_backward(be, dx1, dq1, dh1, dhn, g1, hs, h, n, u, act, rec), 0);
+  ck_assert_int_eq(F->gru_cell_backward(be, dx2, dq2, dh2, dhn, g2, hs, h, n, u, act, rec), 0);
+  expect_close(dx2, dx1, n * 3 * u, 1e-7f, 1e-5f, "gru_cell dxs");
+  expect_close(dq2, dq1, n * 3 * u, 1e-7f, 1e-5f, "gru_cell dhs");
+  expect_close(dh2, dh1, n * u, 1e-7f, 1e-5f, "gru_cell dh");
+  const float eps = 1e-3f;
+  float *op = zeros(u), *om = zeros(u), *gg = zeros(3 * u);
+  float *ins[3] = {xs, hs, h}, *grads[3] = {dx1, dq1, dh1};
+  size_t widths[3] = {3 * u, 3 * u, u};
+  for (int which = 0; which < 3; which++)
+    for (size_t k = 0; k < widths[which]; k++) { /* row 0 */
+      float keep = ins[which][k];
+      ins[which][k] = keep + eps;
+      N->gru_cell(be, op, gg, xs, hs, h, 1, u, act, rec);
+      ins[which][k] = keep - eps;
+      N->gru_cell(be, om, gg, xs, hs, h, 1, u, act, rec);
+      ins[which][k] = keep;
+      double fd = (dot(op, dhn, u) - dot(om, dhn, u)) / (2.0 * eps);
+      expect_true(fabs(fd - grads[which][k]) <= 2e-3 + 2e-3 * fabs(fd), "input %d [%zu]: analytic %g, finite difference %g",
+                  which, k, (double)grads[which][k], fd);
+    }
+  float *ptrs[] = {xs, hs, h, dhn, o1, o2, g1, g2, dx1, dx2, dq1, dq2, dh1, dh2, op, om, gg};
+  for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
+}
+END_TEST
+
 /* Layer normalization: fast against naive (which writes the chain rule out
  * term by term), and dx, dgamma against central differences. */
 START_TEST(test_layernorm_fast_vs_naive_and_fd) {
@@ -1118,6 +1157,7 @@ static Suite *cpu_suite(void) {
   tcase_add_test(tc, test_tanh_accuracy);
   tcase_add_test(tc, test_lstm_cell_fast_vs_naive_and_fd);
   tcase_add_test(tc, test_layernorm_fast_vs_naive_and_fd);
+  tcase_add_test(tc, test_gru_cell_fast_vs_naive_and_fd);
   tcase_add_test(tc, test_describe_and_threads);
   tcase_add_test(tc, test_memory);
   tcase_add_test(tc, test_conv_known);

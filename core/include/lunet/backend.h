@@ -197,6 +197,19 @@ typedef struct lunet_backend_i {
                             lunet_cbuf gates, lunet_cbuf cp, size_t n, size_t u, lunet_unary_op act,
                             lunet_unary_op rec);
 
+  /* The GRU cell (reset_after, Keras's default), fused.  xs (n, 3u) the
+   * input part of the gates z, r, h (x kernel + input bias), hs (n, 3u) the
+   * recurrent part (h recurrent_kernel + recurrent bias), h (n, u) the
+   * state: z = rec(xz + hz), r = rec(xr + hr), g = act(xh + r hh),
+   * h' = z h + (1 - z) g into hn (n, u); gates (n, 3u) receives [z, r, g]. */
+  int (*gru_cell)(lunet_backend *be, lunet_buf hn, lunet_buf gates, lunet_cbuf xs, lunet_cbuf hs, lunet_cbuf h,
+                  size_t n, size_t u, lunet_unary_op act, lunet_unary_op rec);
+  /* Its gradient from dhn: dxs (n, 3u), dhs (n, 3u), dh (n, u) (each
+   * skipped when NULL). */
+  int (*gru_cell_backward)(lunet_backend *be, lunet_buf dxs, lunet_buf dhs, lunet_buf dh, lunet_cbuf dhn,
+                           lunet_cbuf gates, lunet_cbuf hs, lunet_cbuf h, size_t n, size_t u, lunet_unary_op act,
+                           lunet_unary_op rec);
+
   /* Layer normalization of each row of x (rows, cols): y = (x - mean) rstd
    * gamma + beta, rstd = 1 / sqrt(var + eps), var the biased variance;
    * mean and rstd (rows) are kept for the gradient. */

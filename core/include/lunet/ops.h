@@ -284,6 +284,12 @@ LUNET_API lunet_tensor *lunet_cumsum(lunet_ctx *ctx, lunet_tensor *x, int axis);
  * AFFINE = identity).  Returns [h, c] as (n, 2u); differentiable. */
 LUNET_API lunet_tensor *lunet_lstm_cell(lunet_ctx *ctx, lunet_tensor *z, lunet_tensor *cp, lunet_unary_op act,
                                         lunet_unary_op rec);
+/* The GRU cell (reset_after), fused (cells.c): xs, hs (n, 3u) the input
+ * and recurrent parts of gates z, r, h, h (n, u) the state: returns
+ * h' = z h + (1 - z) act(xh + r hh) with z, r = rec(x + h parts);
+ * differentiable. */
+LUNET_API lunet_tensor *lunet_gru_cell(lunet_ctx *ctx, lunet_tensor *xs, lunet_tensor *hs, lunet_tensor *h,
+                                       lunet_unary_op act, lunet_unary_op rec);
 /* Layer normalization over the last axis, fused (cells.c): y = (x - mean)
  * / sqrt(var + epsilon) * gamma + beta; differentiable in x, gamma and
  * beta. */
