@@ -9,6 +9,7 @@ local ref = dofile(here .. "../fixtures/torch_lstm.lua")
 local gru_ref = dofile(here .. "../fixtures/torch_gru.lua")
 local ln_ref = dofile(here .. "../fixtures/torch_layernorm.lua")
 local rnn_ref = dofile(here .. "../fixtures/torch_rnn.lua")
+local emb_ref = dofile(here .. "../fixtures/torch_embedding.lua")
 
 local T = {}
 
@@ -434,6 +435,19 @@ function T.gru_reset_before_follows_the_formula()
       check.same_table(y[n][t], h, 1e-5, "step " .. t)
     end
   end
+end
+
+-- Embedding against torch.nn.Embedding: rows of the table, and the
+-- table's gradient with repeated ids adding up (the scatter kernel).
+function T.embedding_matches_torch()
+  local emb = nn.Embedding{7, 3}
+  local ids = nn.tensor(emb_ref.ids, "int32")
+  emb(ids)
+  emb:set_weights({nn.tensor(emb_ref.weight)})
+  local y = emb(ids, true)
+  check.same_table(y:totable(), emb_ref.y, 1e-6, "output")
+  ;(y * nn.tensor(emb_ref.r)):sum():backward()
+  check.same_table(emb:weights()[1].tensor.grad:totable(), emb_ref.dweight, 1e-6, "table gradient")
 end
 
 -- Causal Conv1D: k - 1 zeros before the first step, so step t sums
