@@ -513,7 +513,8 @@ static int t_eq(lua_State *L) {
   return 1;
 }
 
-/* ---- indexing: t[i] (1-based), t[{spec, ...}] with spec i, {a, b}, {} ---- */
+/* ---- indexing: t[i] (1-based), t[{spec, ...}] with spec i, {a, b},
+ * {a, b, step = s}, {} ---- */
 
 static int64_t norm_index(lua_State *L, lua_Integer i, int64_t n) {
   if (i < 0) i += n + 1;
@@ -530,6 +531,52 @@ typedef struct slice_spec {
   int keep;
 } slice_spec;
 
+/* Index d's range at idx: {} (everything), {first, last} or {first, last,
+ * step = s}, 1-based and inclusive, negative from the end.  Anything else
+ * (a list of indices, one number, other keys) is an error naming the forms,
+ * never a silent guess. */
+static void read_range(lua_State *L, int idx, int d, int64_t n, slice_spec *sl) {
+  lua_Integer len = luaL_len(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    bool ok = (lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1 && lua_tointeger(L, -2) <= 2) ||
+              (lua_type(L, -2) == LUA_TSTRING && !strcmp(lua_tostring(L, -2), "step"));
+    if (!ok || len > 2 || len == 1) {
+      luaL_Buffer b;
+      luaL_buffinit(L, &b);
+      for (lua_Integer k = 1; k <= len && k <= 8; k++) {
+        lua_geti(L, idx, k);
+        if (k > 1) luaL_addstring(&b, ", ");
+        luaL_addstring(&b, luaL_tolstring(L, -1, NULL));
+        lua_pop(L, 2);
+      }
+      luaL_pushresult(&b);
+      luaL_error(L,
+                 "index %d: {%s} is not a range; a range is {first, last} or {first, last, step = s} (1-based, "
+                 "inclusive), {} is everything, and picking entries is t:index_select(%d, ids) (0-based ids)",
+                 d + 1, lua_tostring(L, -1), d + 1);
+    }
+    lua_pop(L, 1);
+  }
+  lua_geti(L, idx, 1);
+  lua_geti(L, idx, 2);
+  lua_getfield(L, idx, "step");
+  if (!lua_isnil(L, -3)) {
+    if (!lua_isinteger(L, -3)) luaL_error(L, "index %d: the range's first must be an integer", d + 1);
+    sl->start[d] = norm_index(L, lua_tointeger(L, -3), n);
+  }
+  if (!lua_isnil(L, -2)) {
+    if (!lua_isinteger(L, -2)) luaL_error(L, "index %d: the range's last must be an integer", d + 1);
+    sl->stop[d] = norm_index(L, lua_tointeger(L, -2), n) + 1;
+  }
+  if (!lua_isnil(L, -1)) {
+    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1)
+      luaL_error(L, "index %d: step must be a positive integer", d + 1);
+    sl->step[d] = lua_tointeger(L, -1);
+  }
+  lua_pop(L, 3);
+}
+
 static void read_spec(lua_State *L, const lunet_tensor *t, int spec, slice_spec *sl) {
   int nd = lunet_tensor_ndim(t);
   int nspec = (int)luaL_len(L, spec);
@@ -545,17 +592,13 @@ static void read_spec(lua_State *L, const lunet_tensor *t, int spec, slice_spec 
       sl->start[d] = norm_index(L, lua_tointeger(L, -1), n);
       sl->stop[d] = sl->start[d] + 1;
     } else if (lua_istable(L, -1)) {
-      lua_geti(L, -1, 1);
-      lua_geti(L, -2, 2);
-      if (!lua_isnil(L, -2)) sl->start[d] = norm_index(L, luaL_checkinteger(L, -2), n);
-      if (!lua_isnil(L, -1)) sl->stop[d] = norm_index(L, luaL_checkinteger(L, -1), n) + 1;
-      lua_pop(L, 2);
+      read_range(L, lua_gettop(L), d, n, sl);
       if (sl->stop[d] < sl->start[d]) sl->stop[d] = sl->start[d];
-      sl->shape[sl->keep++] = sl->stop[d] - sl->start[d];
+      sl->shape[sl->keep++] = (sl->stop[d] - sl->start[d] + sl->step[d] - 1) / sl->step[d];
     } else if (lua_isnil(L, -1)) {
       sl->shape[sl->keep++] = n;
     } else {
-      luaL_error(L, "index %d must be an integer, a range {first, last} or {}", d + 1);
+      luaL_error(L, "index %d must be an integer, a range {first, last} (or {first, last, step = s}) or {}", d + 1);
     }
     lua_pop(L, 1);
   }

@@ -26,7 +26,7 @@ typedef struct weight {
 } weight;
 
 /* Activation applied by the core after forward. */
-typedef enum act_kind { ACT_NONE, ACT_UNARY, ACT_SOFTMAX } act_kind;
+typedef enum act_kind { ACT_NONE, ACT_UNARY, ACT_SOFTMAX, ACT_LOG_SOFTMAX, ACT_ELU, ACT_SILU } act_kind;
 
 struct lunet_layer {
   int refcount;
@@ -235,8 +235,15 @@ lunet_status lunet_layer_set_bool(lunet_layer *l, const char *arg, bool x) {
   return s;
 }
 
+struct activation_def;
+static const struct activation_def *find_activation(const char *a);
+static lunet_status unknown_activation(lunet_ctx *ctx, const lunet_layer *l, const char *a);
+
 lunet_status lunet_layer_set_string(lunet_layer *l, const char *arg, const char *x) {
   lunet_status s;
+  /* an unknown activation is an error when the layer is made, not at its first build */
+  if (!strcmp(arg, "activation") && !(l->type->flags & LUNET_LAYER_OWNS_ACTIVATION) && x && !find_activation(x))
+    return unknown_activation(l->ctx, l, x);
   arg_value *v = slot(l, arg, &s);
   if (v && !(v->s = strdup(x))) return lunet_error(l->ctx, LUNET_ERR_NOMEM, "out of memory");
   return s;
@@ -514,36 +521,50 @@ const char *lunet_batch_shape_str(int ndim, const int64_t *shape, char *buf, siz
   return buf;
 }
 
+/* The activations a layer's "activation" argument takes: nn.Activation's. */
+static const struct activation_def {
+  const char *name;
+  act_kind kind;
+  lunet_unary_op op;
+  float alpha;
+} activations[] = {{"linear", ACT_NONE, 0, 0},
+                   {"relu", ACT_UNARY, LUNET_UNARY_RELU, 0},
+                   {"sigmoid", ACT_UNARY, LUNET_UNARY_SIGMOID, 0},
+                   {"tanh", ACT_UNARY, LUNET_UNARY_TANH, 0},
+                   {"gelu", ACT_UNARY, LUNET_UNARY_GELU, 0},
+                   {"leaky_relu", ACT_UNARY, LUNET_UNARY_LEAKY_RELU, 0.2f},
+                   {"softmax", ACT_SOFTMAX, 0, 0},
+                   {"log_softmax", ACT_LOG_SOFTMAX, 0, 0},
+                   {"elu", ACT_ELU, 0, 0},
+                   {"silu", ACT_SILU, 0, 0},
+                   {"swish", ACT_SILU, 0, 0}};
+
+static const struct activation_def *find_activation(const char *a) {
+  for (size_t i = 0; a && i < sizeof activations / sizeof activations[0]; i++)
+    if (!strcmp(a, activations[i].name)) return &activations[i];
+  return NULL;
+}
+
+static lunet_status unknown_activation(lunet_ctx *ctx, const lunet_layer *l, const char *a) {
+  return lunet_error(ctx, LUNET_ERR_ARG,
+                     "bad argument 'activation' to '%s' (unknown activation '%s'; valid: linear, relu, sigmoid, "
+                     "tanh, gelu, leaky_relu, softmax, log_softmax, elu, silu, swish)",
+                     l->type->name, a);
+}
+
 static lunet_status parse_activation(lunet_layer *l) {
-  static const struct {
-    const char *name;
-    act_kind kind;
-    lunet_unary_op op;
-    float alpha;
-  } acts[] = {{"linear", ACT_NONE, 0, 0},
-              {"relu", ACT_UNARY, LUNET_UNARY_RELU, 0},
-              {"sigmoid", ACT_UNARY, LUNET_UNARY_SIGMOID, 0},
-              {"tanh", ACT_UNARY, LUNET_UNARY_TANH, 0},
-              {"gelu", ACT_UNARY, LUNET_UNARY_GELU, 0},
-              {"leaky_relu", ACT_UNARY, LUNET_UNARY_LEAKY_RELU, 0.2f},
-              {"softmax", ACT_SOFTMAX, 0, 0}};
   l->act = ACT_NONE;
   l->act_name = NULL;
   if (l->type->flags & LUNET_LAYER_OWNS_ACTIVATION) return LUNET_OK;
   const char *a = lunet_layer_get_string(l, "activation");
   if (!a) return LUNET_OK;
-  for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++)
-    if (!strcmp(a, acts[i].name)) {
-      l->act = acts[i].kind;
-      l->act_op = acts[i].op;
-      l->act_alpha = acts[i].alpha;
-      l->act_name = acts[i].kind == ACT_NONE ? NULL : acts[i].name;
-      return LUNET_OK;
-    }
-  return lunet_layer_error(l, LUNET_ERR_ARG,
-                           "unknown activation '%s' (valid: linear, relu, "
-                           "sigmoid, tanh, gelu, leaky_relu, softmax)",
-                           a);
+  const struct activation_def *d = find_activation(a);
+  if (!d) return unknown_activation(l->ctx, l, a);
+  l->act = d->kind;
+  l->act_op = d->op;
+  l->act_alpha = d->alpha;
+  l->act_name = d->kind == ACT_NONE ? NULL : d->name;
+  return LUNET_OK;
 }
 
 static int min_inputs(const lunet_layer_type *t) { return t->min_inputs > 0 ? t->min_inputs : 1; }
@@ -933,9 +954,28 @@ static lunet_status output_masks(lunet_ctx *ctx, lunet_layer *l, lunet_call *c, 
 }
 
 /* y[0] through the layer's activation (one output only). */
+/* elu(x) = relu(x) + exp(min(x, 0)) - 1 and silu(x) = x sigmoid(x), on the tape. */
+static lunet_tensor *composite(lunet_ctx *ctx, act_kind kind, lunet_tensor *x) {
+  if (kind == ACT_SILU) {
+    lunet_tensor *sg = lunet_unary(ctx, LUNET_UNARY_SIGMOID, x, 0, 0), *y = sg ? lunet_mul(ctx, x, sg) : NULL;
+    lunet_tensor_release(sg);
+    return y;
+  }
+  lunet_tensor *neg = lunet_unary(ctx, LUNET_UNARY_CLIP, x, -3.4e38f, 0.0f);
+  lunet_tensor *e = neg ? lunet_unary(ctx, LUNET_UNARY_EXP, neg, 0, 0) : NULL;
+  lunet_tensor *em1 = e ? lunet_unary(ctx, LUNET_UNARY_AFFINE, e, 1.0f, -1.0f) : NULL;
+  lunet_tensor *r = em1 ? lunet_unary(ctx, LUNET_UNARY_RELU, x, 0, 0) : NULL;
+  lunet_tensor *y = r ? lunet_add(ctx, r, em1) : NULL;
+  lunet_tensor *tmp[] = {neg, e, em1, r};
+  for (size_t i = 0; i < sizeof tmp / sizeof tmp[0]; i++) lunet_tensor_release(tmp[i]);
+  return y;
+}
+
 static lunet_status activate(lunet_ctx *ctx, const lunet_layer *l, lunet_tensor **y) {
-  lunet_tensor *a = l->act == ACT_SOFTMAX ? lunet_softmax(ctx, y[0], false)
-                                          : lunet_unary(ctx, l->act_op, y[0], l->act_alpha, 0);
+  lunet_tensor *a = l->act == ACT_SOFTMAX       ? lunet_softmax(ctx, y[0], false)
+                    : l->act == ACT_LOG_SOFTMAX ? lunet_softmax(ctx, y[0], true)
+                    : l->act == ACT_ELU || l->act == ACT_SILU ? composite(ctx, l->act, y[0])
+                                                              : lunet_unary(ctx, l->act_op, y[0], l->act_alpha, 0);
   lunet_tensor_release(y[0]);
   y[0] = a;
   return a ? LUNET_OK : ctx->status;

@@ -506,8 +506,8 @@ lunet_status lunet_model_compile(lunet_ctx *ctx, lunet_model *m, const lunet_com
                         o->metrics[k]);
         break;
       }
-      const char *what = strcmp(o->metrics[k], "acc") ? o->metrics[k] : "accuracy";
-      metric_name(m, j, what, name, sizeof name);
+      /* logged under the name the user wrote ("acc" stays "acc", as in Keras) */
+      metric_name(m, j, o->metrics[k], name, sizeof name);
       s = add_metric(ctx, m, name, kind, m->losses[j].from_logits ? 0.0f : 0.5f, j);
     }
   if (s) {

@@ -190,7 +190,10 @@ function M.new(tname, ...)
   local args = parse_args(info, ...)
   local name = args.name or M.auto_name(tname)
   -- the core names the layer in its errors and metrics as summary() does
-  local handle = C.layer_new(tname, setmetatable({ name = name }, { __index = args }))
+  -- the core's own checks (an unknown activation) point at the caller too
+  -- (level 2: the constructors tail-call new)
+  local ok, handle = pcall(C.layer_new, tname, setmetatable({ name = name }, { __index = args }))
+  if not ok then error(handle, 2) end
   local self = setmetatable({ type = tname, args = args, handle = handle, name = name }, Layer)
   if args.input_shape then self:build(args.input_shape) end
   return self

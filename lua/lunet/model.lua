@@ -284,7 +284,7 @@ end
 
 -- ---- compile ----
 
-local metric_names = { accuracy = "accuracy", acc = "accuracy", sparse_categorical_accuracy = true,
+local metric_names = { accuracy = "accuracy", acc = "acc", sparse_categorical_accuracy = true,
   categorical_accuracy = true, binary_accuracy = true }
 
 local function noutputs(self) return self.outputs and #self.outputs or 1 end

@@ -130,6 +130,9 @@ static const lunet_layer_test dense_tests[] = {
     {LAYERS_ARGS({"units", {.i = 2}}), LAYERS_INPUTS({2, {3, 4}}), 2, 1e-2f},
     {LAYERS_ARGS({"units", {.i = 3}}, {"activation", {.s = "tanh"}}), LAYERS_INPUTS({1, {4}}), 2,
      1e-2f},
+    {LAYERS_ARGS({"units", {.i = 3}}, {"activation", {.s = "elu"}}), LAYERS_INPUTS({1, {4}}), 2, 1e-2f},
+    {LAYERS_ARGS({"units", {.i = 3}}, {"activation", {.s = "silu"}}), LAYERS_INPUTS({1, {4}}), 2, 1e-2f},
+    {LAYERS_ARGS({"units", {.i = 4}}, {"activation", {.s = "log_softmax"}}), LAYERS_INPUTS({1, {3}}), 2, 1e-2f},
 };
 
 LAYERS_HIDDEN const lunet_layer_type layers_dense = {

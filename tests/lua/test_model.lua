@@ -94,6 +94,40 @@ function T.save_and_load_resume_exactly()
   os.remove(cut)
 end
 
+-- Metrics are logged under the name the user wrote, as in Keras: "acc"
+-- gives acc and val_acc, which callbacks can watch.
+function T.metrics_keep_the_users_name()
+  nn.seed(7)
+  local x = nn.randn(32, 4)
+  local labels = {}
+  for i, row in ipairs(x:totable()) do labels[i] = (row[1] + row[2] > 0) and 1 or 0 end
+  local y = nn.tensor(labels)
+  local m = nn.Sequential{nn.Dense{2, activation = "softmax", input_shape = {4}}}
+  m:compile{optimizer = nn.optimizers.Adam{learning_rate = 0.05}, loss = "sparse_categorical_crossentropy", metrics = {"acc"}}
+  local seen = {}
+  local stop = nn.callbacks.EarlyStopping{monitor = "val_acc", patience = 100, mode = "max"}
+  local hist = m:fit(x, y, {epochs = 3, batch_size = 8, verbose = 0, validation_split = 0.25, callbacks = {stop,
+    nn.callbacks.LambdaCallback{on_epoch_end = function(_, _, logs) for k in pairs(logs) do seen[k] = true end end}}})
+  assert(hist.acc and hist.val_acc and #hist.acc == 3, "history under acc")
+  assert(seen.acc and seen.val_acc and not seen.accuracy, "logs under acc")
+  check.eq(m:evaluate(x, y).acc ~= nil, true, "evaluate too")
+end
+
+-- An unknown activation is an error when the layer is made, naming the
+-- valid ones; Dense takes every name nn.Activation does.
+function T.activations_are_checked_when_made()
+  check.fails(function() nn.Dense{3, activation = "relux"} end,
+    "bad argument 'activation' to 'Dense' (unknown activation 'relux'; valid: linear, relu, sigmoid")
+  local x = nn.randn(4, 3)
+  for _, a in ipairs{"elu", "silu", "swish", "log_softmax", "leaky_relu", "gelu"} do
+    local d, lin = nn.Dense{3, activation = a}, nn.Dense{3}
+    d(x)
+    lin(x)
+    lin:set_weights(d:get_weights())
+    check.same_table(d(x):totable(), nn.Activation(a)(lin(x)):totable(), 1e-6, a)
+  end
+end
+
 function T.every_builtin_layer_passes_gradient_check()
   for _, name in ipairs{"Dense", "Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
       "Flatten", "BatchNormalization", "Activation", "LSTM", "GRU", "LayerNormalization", "SimpleRNN", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Conv1D", "MaxPooling1D", "PositionEmbedding", "SinePositionEncoding", "MultiHeadAttention", "TransformerEncoder", "TransformerDecoder", "Reverse"} do

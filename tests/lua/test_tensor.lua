@@ -181,6 +181,28 @@ function T.layers_keep_each_calls_state()
   y:backward() -- the graph keeps its layer alive
 end
 
+-- The indexing rules: a range is {first, last} or {first, last, step = s}
+-- (1-based, inclusive); anything else is an error naming the forms (a
+-- list of three numbers used to read as the range 1..3, silently).
+function T.indexing_rules()
+  local t = nn.arange(1, 11) -- 1 .. 10
+  check.same_table(t[{{2, 4}}]:totable(), {2, 3, 4}, 0, "range")
+  check.same_table(t[{{1, 9, step = 3}}]:totable(), {1, 4, 7}, 0, "range with a step")
+  check.same_table(t[{{2, -1, step = 4}}]:totable(), {2, 6, 10}, 0, "step to the end")
+  check.same_table(t[{{}}]:totable(), t:totable(), 0, "everything")
+  check.fails(function() return t[{{1, 3, 5}}] end,
+    "index 1: {1, 3, 5} is not a range; a range is {first, last} or {first, last, step = s}")
+  check.fails(function() return t[{{1, 3, 5}}] end, "picking entries is t:index_select(1, ids)")
+  check.fails(function() return t[{{2}}] end, "{2} is not a range")
+  check.fails(function() return t[{{1, 4, stride = 2}}] end, "is not a range")
+  check.fails(function() return t[{{1, 4, step = 0}}] end, "step must be a positive integer")
+  check.fails(function() return t[{{1.5, 4}}] end, "the range's first must be an integer")
+  local m = nn.zeros(3, 6)
+  m[{{}, {1, 6, step = 2}}] = 1
+  check.same_table(m:totable()[2], {1, 0, 1, 0, 1, 0}, 0, "assignment with a step")
+  check.same_table(nn.arange(1, 7):index_select(1, {0, 2, 4}):totable(), {1, 3, 5}, 0, "the list form")
+end
+
 function T.errors_name_shapes()
   check.fails(function() return nn.ones(2, 3) + nn.ones(4) end, "shapes (2, 3) and (4,) do not broadcast")
   check.fails(function() return nn.ones(2, 3):matmul(nn.ones(2, 3)) end, "matmul: shapes (2, 3) and (2, 3) do not fit")
