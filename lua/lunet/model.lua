@@ -777,6 +777,7 @@ end
 -- and the Lua optimizer's own settings (a schedule) in the metadata.
 function Model:save(path, o)
   if type(path) ~= "string" then error("bad argument #1 to 'save' (a file path expected)", 2) end
+  optim.check_save_path(path, "save")
   ensure_built(self)
   if self.optimizer then ensure_compiled(self) end
   C.model_save(self.handle, path, { epoch = tostring((o and o.epoch) or self.epoch), rng_seed = tostring(C.seed()),
@@ -871,6 +872,7 @@ end
 -- load_weights.
 function Model:save_weights(path)
   if type(path) ~= "string" then error("bad argument #1 to 'save_weights' (a file path expected)", 2) end
+  optim.check_save_path(path, "save_weights")
   ensure_built(self)
   C.save_safetensors(path, weight_entries(self), { format = "lunet_weights", lunet_version = C.version })
 end

@@ -272,6 +272,56 @@ local function improved(self, value)
   return value < self.best - self.min_delta
 end
 
+-- The monitored value of this epoch's logs; a key never logged warns once
+-- (on stderr, naming the logged keys), as Keras warns, instead of doing
+-- nothing silently.
+local function watched(self, what, logs)
+  local v = logs[self.monitor]
+  if v == nil and not self.warned then
+    self.warned = true
+    local keys = {}
+    for k in pairs(logs) do keys[#keys + 1] = k end
+    table.sort(keys)
+    io.stderr:write(string.format("warning: %s watches '%s', which is not logged (logged: %s)%s; it does nothing\n",
+      what, self.monitor, table.concat(keys, ", "),
+      self.monitor:match("^val_") and "; give fit validation_data or validation_split" or ""))
+  end
+  return v
+end
+
+-- A checkpoint path with Keras's format fields: {epoch}, {epoch:02d},
+-- {val_loss:.2f}, ... (Python's format specs d, f, e, g with width and
+-- precision).  A field that is not logged is an error naming the logged ones.
+local function checkpoint_name(path, epoch, logs)
+  return (path:gsub("{([%w_]+):?([^}]*)}", function(name, spec)
+    local v = name == "epoch" and epoch or logs[name]
+    if v == nil then
+      local keys = {}
+      for k in pairs(logs) do keys[#keys + 1] = k end
+      table.sort(keys)
+      error(string.format("ModelCheckpoint: the path names {%s}, which is not logged (logged: epoch, %s)", name,
+        table.concat(keys, ", ")), 0)
+    end
+    if spec == "" then return name == "epoch" and string.format("%d", v) or tostring(v) end
+    if not spec:match("^0?%d*%.?%d*[dfeg]$") then
+      error(string.format("ModelCheckpoint: unsupported format '{%s:%s}' (use d, f, e or g with a width and precision, like {epoch:02d} or {val_loss:.2f})", name, spec), 0)
+    end
+    if spec:sub(-1) == "d" then v = math.floor(v) end
+    return string.format("%" .. spec, v)
+  end))
+end
+M.checkpoint_name = checkpoint_name
+
+-- Refuses file names of Keras's own formats: lunet writes safetensors, and
+-- a file must not claim to be what it is not.
+function M.check_save_path(path, what)
+  local ext = path:lower():match("%.([%w]+)$")
+  if ext == "keras" or ext == "h5" or ext == "hdf5" then
+    error(string.format("%s: '%s' names a Keras .%s file, but lunet writes safetensors; use a .safetensors name", what,
+      path, ext), 3)
+  end
+end
+
 local function monitor_mode(monitor, mode)
   if mode and mode ~= "auto" then return mode end
   return (monitor:find("acc") or monitor:find("auc")) and "max" or "min"
@@ -285,7 +335,7 @@ function M.callbacks.EarlyStopping(o)
   self.mode = monitor_mode(self.monitor, o.mode)
   function self:on_train_begin() self.wait, self.best, self.best_weights, self.stopped_epoch = 0, nil, nil, nil end
   function self:on_epoch_end(model, epoch, logs)
-    local v = logs[self.monitor]
+    local v = watched(self, "EarlyStopping", logs)
     if v == nil then return end
     if improved(self, v) then
       self.best, self.wait, self.best_epoch = v, 0, epoch
@@ -315,12 +365,13 @@ function M.callbacks.ModelCheckpoint(o)
     mode = true, verbose = true })
   local path = o.path or o.filepath
   if type(path) ~= "string" then error("bad argument 'path' to 'ModelCheckpoint' (a file path is required)", 2) end
+  M.check_save_path(path, "ModelCheckpoint")
   local self = callback({ path = path, monitor = o.monitor or "val_loss", save_best_only = o.save_best_only or false,
     min_delta = 0, verbose = o.verbose })
   self.mode = monitor_mode(self.monitor, o.mode)
   function self:on_epoch_end(model, epoch, logs)
-    local v = logs[self.monitor]
-    local file = self.path:gsub("{epoch}", string.format("%02d", epoch))
+    local v = self.save_best_only and watched(self, "ModelCheckpoint", logs)
+    local file = checkpoint_name(self.path, epoch, logs)
     if self.save_best_only then
       if v == nil or not improved(self, v) then return end
       self.best = v

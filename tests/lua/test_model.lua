@@ -113,6 +113,41 @@ function T.metrics_keep_the_users_name()
   check.eq(m:evaluate(x, y).acc ~= nil, true, "evaluate too")
 end
 
+-- Callbacks: a watched key that is never logged warns once, naming the
+-- logged ones; ModelCheckpoint fills Keras's format fields and refuses a
+-- Keras file name.
+function T.callbacks_say_what_they_cannot_do()
+  nn.seed(8)
+  local x, y = nn.randn(16, 3), nn.tensor{0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1}
+  local m = nn.Sequential{nn.Dense{2, activation = "softmax", input_shape = {3}}}
+  m:compile{optimizer = "adam", loss = "sparse_categorical_crossentropy", metrics = {"accuracy"}}
+  local said, real = {}, io.stderr
+  io.stderr = {write = function(_, s) said[#said + 1] = s end}
+  local ok, err = pcall(m.fit, m, x, y, {epochs = 3, verbose = 0, callbacks = {nn.callbacks.EarlyStopping{patience = 0}}})
+  io.stderr = real
+  assert(ok, err)
+  check.eq(#said, 1, "warned once")
+  assert(said[1]:find("EarlyStopping watches 'val_loss', which is not logged (logged: accuracy, loss)", 1, true), said[1])
+  assert(said[1]:find("give fit validation_data", 1, true), said[1])
+  local dir = os.tmpname()
+  os.remove(dir)
+  os.execute("mkdir -p " .. dir)
+  local ck = nn.callbacks.ModelCheckpoint{path = dir .. "/m-{epoch:02d}-{loss:.2f}-{accuracy}.safetensors"}
+  m:fit(x, y, {epochs = 2, verbose = 0, callbacks = {ck}})
+  local names = {}
+  for f in io.popen("ls " .. dir):lines() do names[#names + 1] = f end
+  check.eq(#names, 2, "two checkpoints")
+  assert(names[1]:match("^m%-01%-%d+%.%d%d%-[%d.]+%.safetensors$"), names[1])
+  assert(names[2]:match("^m%-02%-"), names[2])
+  os.execute("rm -rf " .. dir)
+  check.fails(function() nn.callbacks.ModelCheckpoint{path = "best.keras"} end,
+    "ModelCheckpoint: 'best.keras' names a Keras .keras file, but lunet writes safetensors")
+  check.fails(function() m:save("model.h5") end, "save: 'model.h5' names a Keras .h5 file")
+  local bad = nn.callbacks.ModelCheckpoint{path = os.tmpname() .. "-{val_acc}.safetensors"}
+  check.fails(function() m:fit(x, y, {epochs = 1, verbose = 0, callbacks = {bad}}) end,
+    "ModelCheckpoint: the path names {val_acc}, which is not logged")
+end
+
 -- An unknown activation is an error when the layer is made, naming the
 -- valid ones; Dense takes every name nn.Activation does.
 function T.activations_are_checked_when_made()
