@@ -4,11 +4,14 @@
 --   local aug = augment.Sequential{
 --     augment.RandomCrop{32, 32, padding = 4},
 --     augment.RandomFlip("horizontal"),
---     augment.Rescaling(1 / 255),
 --     seed = 42,
 --   }
 --   local y = aug:apply(x, {epoch = 3})       -- x: tensor (N, H, W, C)
 --   augment.preview(aug, x, 16, "aug.png")     -- a PNG grid of 16 samples
+--
+-- Rescaling and normalization belong in the model (nn.Rescaling,
+-- nn.Normalization), where validation, evaluate and predict see them too;
+-- augment.Rescaling and augment.Normalization are errors saying so.
 --
 -- The work happens in C (core/src/augment.c): the geometric steps compose
 -- into one affine matrix per sample and one bilinear resample, so they share
@@ -221,61 +224,19 @@ function augment.RandomZoom(h, w, opts)
   return s
 end
 
---- Rescaling(scale, offset = 0) or Rescaling{scale = ..., offset = ...}:
--- y = x * scale + offset.
-function augment.Rescaling(scale, offset)
-  if type(scale) == "table" then
-    local t = scale
-    scale, offset = t.scale or t[1], t.offset or t[2]
-  end
-  offset = offset or 0
-  if not math.type(scale) then fail("Rescaling", 1, "scale must be a number, got " .. show(scale)) end
-  if not math.type(offset) then
-    fail("Rescaling", 2, "offset must be a number, got " .. show(offset))
-  end
-  return step{kind = "Rescaling", scale = scale, offset = offset}
+--- Rescaling: refused (it changed only training batches); nn.Rescaling is
+-- the model layer.
+function augment.Rescaling()
+  error("nn.augment.Rescaling changed only training batches, so validation, evaluate and predict saw other data; "
+    .. "put nn.Rescaling{scale, offset} in the model instead (it is saved with it)", 2)
 end
 
--- A number or a non-empty list of numbers, as a list.
-local function number_list(v)
-  if math.type(v) then return {v} end
-  if type(v) ~= "table" or #v == 0 then return nil end
-  local out = {}
-  for i = 1, #v do
-    if not math.type(v[i]) then return nil end
-    out[i] = v[i]
-  end
-  return out
-end
 
---- Normalization{mean, std} (also named, positional, or with `variance`
--- instead of std as in Keras): y = (x - mean) / std, each a number or one
--- value per channel.
-function augment.Normalization(mean, std)
-  local variance
-  if type(mean) == "table" and std == nil then
-    local t = mean
-    mean, std, variance = t.mean or t[1], t.std or t[2], t.variance
-  end
-  local m = number_list(mean)
-  if not m then
-    fail("Normalization", 1, "mean must be a number or a list of numbers, got " ..
-      fmt_value(mean))
-  end
-  local s = number_list(std or variance)
-  if not s then
-    fail("Normalization", 2, "std must be a number or a list of numbers, got " ..
-      fmt_value(std or variance))
-  end
-  for i, v in ipairs(s) do
-    if variance and not std then v = math.sqrt(v) end
-    if not (v > 0) then fail("Normalization", 2, "std must be > 0, got " .. show(v)) end
-    s[i] = v
-  end
-  if #m ~= #s and #m ~= 1 and #s ~= 1 then
-    fail("Normalization", 2, string.format("mean has %d values but std has %d", #m, #s))
-  end
-  return step{kind = "Normalization", mean = m, std = s}
+--- Normalization: refused (it changed only training batches);
+-- nn.Normalization with layer:adapt(x) is the model layer.
+function augment.Normalization()
+  error("nn.augment.Normalization changed only training batches, so validation, evaluate and predict saw other "
+    .. "data; put nn.Normalization{} in the model and call layer:adapt(x_train) (mean and variance are saved with it)", 2)
 end
 
 local Sequential = {}

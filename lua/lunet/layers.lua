@@ -252,6 +252,45 @@ function Layer:count_params()
   return total, trainable
 end
 
+-- layer:adapt(x) (Normalization): learns each feature's mean and
+-- variance over every sample and position of x (a tensor, any dtype), in
+-- chunks merged exactly (Chan's formula), and keeps them in the layer's
+-- weights, so they are saved with the model.  Returns the layer.
+function Layer:adapt(x, o)
+  if self.type ~= "Normalization" then
+    error(string.format("%s: adapt is for Normalization layers (TextVectorization has its own)", self.name), 2)
+  end
+  if not C.is_tensor(x) or x:dim() < 2 then
+    error(string.format("%s: adapt expects a batch of samples (a tensor with a batch axis)", self.name), 2)
+  end
+  local shape = x:shape()
+  local sample = { table.unpack(shape, 2) }
+  if not C.layer_built(self.handle) then self:build(sample) end
+  local c = shape[#shape]
+  local n_total, mean, m2 = 0, {}, {}
+  for k = 1, c do mean[k], m2[k] = 0, 0 end
+  local bs = (o and o.batch_size) or 1024
+  local prev = C.set_no_grad(true)
+  for first = 1, shape[1], bs do
+    local rows = C.take_rows(x, first, math.min(bs, shape[1] - first + 1)):float()
+    local flat = rows:reshape(-1, c)
+    local n = flat:shape()[1]
+    local bm = flat:mean(1):totable()
+    local bv = (flat - flat:mean(1, true)):square():mean(1):totable()
+    for k = 1, c do
+      local delta, total = bm[k] - mean[k], n_total + n
+      mean[k] = mean[k] + delta * n / total
+      m2[k] = m2[k] + bv[k] * n + delta * delta * n_total * n / total
+    end
+    n_total = n_total + n
+  end
+  C.set_no_grad(prev)
+  local var = {}
+  for k = 1, c do var[k] = m2[k] / n_total end
+  self:set_weights({ C.tensor(mean), C.tensor(var), C.tensor({ n_total }) })
+  return self
+end
+
 -- Copies of the weights, off the tape.
 function Layer:get_weights()
   local out = {}

@@ -76,6 +76,9 @@ extern LAYERS_HIDDEN const lunet_layer_type layers_position_embedding;
 extern LAYERS_HIDDEN const lunet_layer_type layers_sine_position_encoding;
 extern LAYERS_HIDDEN const lunet_layer_type layers_multi_head_attention;
 extern LAYERS_HIDDEN const lunet_layer_type layers_reverse;
+extern LAYERS_HIDDEN const lunet_layer_type layers_rescaling;
+extern LAYERS_HIDDEN const lunet_layer_type layers_normalization;
+extern LAYERS_HIDDEN const lunet_layer_type layers_center_crop;
 extern LAYERS_HIDDEN const lunet_layer_type layers_transformer_encoder;
 extern LAYERS_HIDDEN const lunet_layer_type layers_transformer_decoder;
 

@@ -33,6 +33,9 @@ static const lunet_layer_type *const layer_types[] = {
     &layers_sine_position_encoding,
     &layers_multi_head_attention,
     &layers_reverse,
+    &layers_rescaling,
+    &layers_normalization,
+    &layers_center_crop,
     &layers_transformer_encoder,
     &layers_transformer_decoder,
 };

@@ -148,6 +148,55 @@ function T.callbacks_say_what_they_cannot_do()
     "ModelCheckpoint: the path names {val_acc}, which is not logged")
 end
 
+-- Preprocessing in the model: training, validation, evaluate and predict
+-- all see it (nn.augment's Rescaling changed training batches only: a
+-- val_loss of 58.9 against 0.72 on the same data), and it is saved with the
+-- model.  Normalization's statistics against naive sums; an unadapted one
+-- refuses to run.
+function T.preprocessing_layers_live_in_the_model()
+  nn.seed(9)
+  local raw = nn.rand(64, 4, 4, 3) * 255
+  local labels = {}
+  for i, img in ipairs(raw:totable()) do labels[i] = img[1][1][1] > 127 and 1 or 0 end
+  local y = nn.tensor(labels)
+  local m = nn.Sequential{nn.Rescaling{1 / 255, input_shape = {4, 4, 3}}, nn.Flatten(), nn.Dense{2, activation = "softmax"}}
+  m:compile{optimizer = nn.optimizers.Adam{learning_rate = 0.05}, loss = "sparse_categorical_crossentropy"}
+  local h = m:fit(raw, y, {epochs = 5, batch_size = 16, verbose = 0, validation_data = {raw, y}})
+  check.near(h.val_loss[5], m:evaluate(raw, y).loss, 1e-4, "validation = evaluate on the same data")
+  assert(math.abs(h.val_loss[5] - h.loss[5]) < 0.3, "validation sees what training saw")
+  -- Normalization: the mean and (population) variance of each channel
+  local norm = nn.Normalization()
+  check.fails(function() norm(nn.randn(2, 3)) end, "not adapted: call layer:adapt(x) on training data first")
+  local data = nn.randn(50, 5, 3) * nn.tensor{1, 2, 3} + nn.tensor{10, -1, 0}
+  norm = nn.Normalization()
+  norm:adapt(data, {batch_size = 7})
+  local w = norm:get_weights()
+  local t = data:totable()
+  for c = 1, 3 do
+    local sum, sq = 0, 0
+    for n = 1, 50 do for k = 1, 5 do sum = sum + t[n][k][c] end end
+    local mean = sum / 250
+    for n = 1, 50 do for k = 1, 5 do sq = sq + (t[n][k][c] - mean) ^ 2 end end
+    check.near(w[1]:totable()[c], mean, 1e-5, "mean")
+    check.near(w[2]:totable()[c], sq / 250, 1e-4, "variance")
+  end
+  check.eq(w[3]:totable()[1], 250, "count")
+  local z = norm(data):reshape(250, 3)
+  check.same_table(z:mean(1):totable(), {0, 0, 0}, 1e-4, "standardized mean")
+  check.same_table((z:square()):mean(1):totable(), {1, 1, 1}, 1e-3, "standardized variance")
+  local inp = nn.Input{shape = {5, 3}}
+  local model = nn.Model{inputs = inp, outputs = nn.Dense{1}(norm(inp))}
+  local path = os.tmpname()
+  model:save(path)
+  local back = nn.load_model(path)
+  os.remove(path)
+  check.same_table(back:predict(data):totable(), model:predict(data):totable(), 1e-6, "saved with the model")
+  -- CenterCrop: Keras's window (the odd margin at the bottom and right)
+  local img = nn.arange(0, 30):reshape(1, 5, 6, 1)
+  local crop = nn.CenterCrop{2, 3}(img):reshape(2, 3):totable()
+  check.same_table(crop, {{7, 8, 9}, {13, 14, 15}}, 0, "centre window")
+end
+
 -- An unknown activation is an error when the layer is made, naming the
 -- valid ones; Dense takes every name nn.Activation does.
 function T.activations_are_checked_when_made()
@@ -165,7 +214,7 @@ end
 
 function T.every_builtin_layer_passes_gradient_check()
   for _, name in ipairs{"Dense", "Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
-      "Flatten", "BatchNormalization", "Activation", "LSTM", "GRU", "LayerNormalization", "SimpleRNN", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Conv1D", "MaxPooling1D", "PositionEmbedding", "SinePositionEncoding", "MultiHeadAttention", "TransformerEncoder", "TransformerDecoder", "Reverse"} do
+      "Flatten", "BatchNormalization", "Activation", "LSTM", "GRU", "LayerNormalization", "SimpleRNN", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Conv1D", "MaxPooling1D", "PositionEmbedding", "SinePositionEncoding", "MultiHeadAttention", "TransformerEncoder", "TransformerDecoder", "Reverse", "Rescaling", "CenterCrop"} do
     local results = nn.check_plugin(name)
     assert(#results > 0, name .. " ships no test cases")
     for _, r in ipairs(results) do
