@@ -577,6 +577,13 @@ function Model:fit(x, y, o)
   end
   self.stop_training = false
   local steps = (n + bs - 1) // bs
+  local nan_stop, terminated = false, false
+  for _, cb in ipairs(cbs) do nan_stop = nan_stop or cb.terminate_on_nan == true end
+  -- Keras's History: .history holds the per-epoch lists (the same tables
+  -- as the flat fields), .epoch the epochs run, .params fit's settings
+  history.history = {}
+  for k, v in pairs(history) do if k ~= "epoch" and k ~= "history" then history.history[k] = v end end
+  history.params = { epochs = epochs, steps = steps, verbose = verbose, batch_size = bs }
   call_cbs(cbs, "on_train_begin", self)
   local first_epoch = (o.initial_epoch or 0) + 1
   for epoch = first_epoch, epochs do
@@ -594,6 +601,12 @@ function Model:fit(x, y, o)
         local stepped, msg = pcall(C.model_train_step, h, xb, yb)
         free_batch(xb)
         free_batch(yb)
+        if not stepped and nan_stop and tostring(msg):find("the loss became NaN", 1, true) then
+          -- TerminateOnNaN: stop here, the weights as the last good step left them
+          print(string.format("Epoch %d, step %d: invalid loss, terminating training", epoch, s))
+          self.stop_training, terminated = true, true
+          return
+        end
         if not stepped then error(string.format("%s (epoch %d, step %d)", msg, epoch, s), 0) end
         C.model_logs(h, logs)
         bar:update(s, logs, keys, false)
@@ -613,8 +626,9 @@ function Model:fit(x, y, o)
     for _, k in ipairs(keys) do all[#all + 1] = k end
     if xv then for _, k in ipairs(keys) do all[#all + 1] = "val_" .. k end end
     bar:update(steps, logs, all, true)
+    if terminated then break end
     for k, v in pairs(logs) do
-      history[k] = history[k] or {}
+      if not history[k] then history[k] = {}; history.history[k] = history[k] end
       table.insert(history[k], v)
     end
     table.insert(history.epoch, epoch)

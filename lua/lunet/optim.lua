@@ -382,6 +382,84 @@ function M.callbacks.ModelCheckpoint(o)
   return self
 end
 
+-- Keras's ReduceLROnPlateau: when `monitor` has not improved by min_delta
+-- for `patience` epochs, the learning rate is multiplied by `factor` (not
+-- below min_lr), then `cooldown` epochs pass before counting again.
+function M.callbacks.ReduceLROnPlateau(o)
+  o = check_fields("ReduceLROnPlateau", o, { monitor = true, factor = true, patience = true, mode = true,
+    min_delta = true, cooldown = true, min_lr = true, verbose = true })
+  local self = callback({ monitor = o.monitor or "val_loss", factor = o.factor or 0.1, patience = o.patience or 10,
+    min_delta = o.min_delta or 1e-4, cooldown = o.cooldown or 0, min_lr = o.min_lr or 0, verbose = o.verbose })
+  if not (type(self.factor) == "number" and self.factor > 0 and self.factor < 1) then
+    error("bad argument 'factor' to 'ReduceLROnPlateau' (a number in (0, 1))", 2)
+  end
+  self.mode = monitor_mode(self.monitor, o.mode)
+  function self:on_train_begin() self.wait, self.best, self.cool = 0, nil, 0 end
+  function self:on_epoch_end(model, epoch, logs)
+    local v = watched(self, "ReduceLROnPlateau", logs)
+    if v == nil then return end
+    if self.cool > 0 then self.cool = self.cool - 1; self.wait = 0 end
+    if improved(self, v) then
+      self.best, self.wait = v, 0
+    elseif self.cool == 0 then
+      self.wait = self.wait + 1
+      if self.wait >= self.patience then
+        local opt = model.optimizer
+        local old = opt:current_lr()
+        if type(opt.learning_rate) ~= "number" then
+          error("ReduceLROnPlateau: the optimizer's learning rate is a schedule; give it a number to reduce", 0)
+        end
+        local new = math.max(old * self.factor, self.min_lr)
+        if new < old then
+          opt.learning_rate = new
+          if self.verbose and self.verbose ~= 0 then
+            print(string.format("Epoch %d: ReduceLROnPlateau reducing learning rate to %g.", epoch, new))
+          end
+        end
+        self.cool, self.wait = self.cooldown, 0
+      end
+    end
+  end
+  return self
+end
+
+-- Keras's CSVLogger: one row per epoch (epoch, then the logged keys in
+-- sorted order) to `filename`; append = true continues a file.
+function M.callbacks.CSVLogger(filename, o)
+  if type(filename) ~= "string" then error("bad argument #1 to 'CSVLogger' (a file name expected)", 2) end
+  o = check_fields("CSVLogger", o, { separator = true, append = true })
+  local self = callback({ filename = filename, sep = o.separator or ",", append = o.append or false })
+  function self:on_train_begin()
+    local f, err = io.open(self.filename, self.append and "a" or "w")
+    if not f then error("CSVLogger: cannot write " .. tostring(err), 0) end
+    self.file, self.keys = f, nil
+  end
+  function self:on_epoch_end(_, epoch, logs)
+    if not self.keys then
+      self.keys = {}
+      for k in pairs(logs) do self.keys[#self.keys + 1] = k end
+      table.sort(self.keys)
+      local size = self.file:seek("end")
+      if size == 0 then self.file:write("epoch", self.sep, table.concat(self.keys, self.sep), "\n") end
+    end
+    local row = { tostring(epoch - 1) } -- Keras numbers epochs from 0
+    for _, k in ipairs(self.keys) do row[#row + 1] = logs[k] ~= nil and string.format("%.17g", logs[k]) or "" end
+    self.file:write(table.concat(row, self.sep), "\n")
+    self.file:flush()
+  end
+  function self:on_train_end()
+    if self.file then self.file:close() end
+    self.file = nil
+  end
+  return self
+end
+
+-- Keras's TerminateOnNaN: a NaN loss stops training (the weights as the
+-- last good step left them) instead of failing fit.
+function M.callbacks.TerminateOnNaN()
+  return callback({ terminate_on_nan = true })
+end
+
 function M.callbacks.LearningRateScheduler(fn)
   if type(fn) ~= "function" then error("bad argument #1 to 'LearningRateScheduler' (function(epoch, lr) expected)", 2) end
   local self = callback({})

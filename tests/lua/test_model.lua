@@ -197,6 +197,46 @@ function T.preprocessing_layers_live_in_the_model()
   check.same_table(crop, {{7, 8, 9}, {13, 14, 15}}, 0, "centre window")
 end
 
+-- Keras's History (.history, .params), ReduceLROnPlateau, CSVLogger and
+-- TerminateOnNaN.
+function T.history_and_more_callbacks()
+  nn.seed(10)
+  local x, y = nn.randn(16, 3), nn.tensor{0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1}
+  local m = nn.Sequential{nn.Dense{2, activation = "softmax", input_shape = {3}}}
+  m:compile{optimizer = "adam", loss = "sparse_categorical_crossentropy", metrics = {"accuracy"}}
+  local csv = os.tmpname()
+  local h = m:fit(x, y, {epochs = 3, batch_size = 8, verbose = 0, callbacks = {nn.callbacks.CSVLogger(csv)}})
+  assert(h.history.loss == h.loss and #h.history.accuracy == 3 and h.history.epoch == nil, "History.history")
+  check.eq(h.params.epochs, 3, "params")
+  local lines = {}
+  for line in io.lines(csv) do lines[#lines + 1] = line end
+  os.remove(csv)
+  check.eq(lines[1], "epoch,accuracy,loss", "CSV header")
+  check.eq(#lines, 4, "one row per epoch")
+  assert(lines[2]:match("^0,[%d.e-]+,[%d.e-]+$") and lines[4]:match("^2,"), lines[2])
+  check.near(tonumber(lines[4]:match(",([^,]+)$")), h.loss[3], 1e-12, "the logged loss")
+  -- ReduceLROnPlateau on a value that stops improving
+  local opt = nn.optimizers.SGD{learning_rate = 0.1}
+  local stub = {optimizer = opt}
+  local cb = nn.callbacks.ReduceLROnPlateau{monitor = "val_loss", factor = 0.5, patience = 2, cooldown = 1, min_lr = 0.02}
+  cb:on_train_begin(stub)
+  local lrs = {}
+  for epoch, v in ipairs{1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9} do
+    cb:on_epoch_end(stub, epoch, {val_loss = v})
+    lrs[epoch] = opt.learning_rate
+  end
+  -- as Keras: the cooldown epoch also counts toward the next patience
+  check.same_table(lrs, {0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.02, 0.02, 0.02}, 1e-12, "reduced on plateaus")
+  -- TerminateOnNaN stops instead of failing
+  local bad = nn.tensor{{0 / 0, 1, 2}, {1, 2, 3}}
+  local ok, err = pcall(m.fit, m, bad, nn.tensor{0, 1}, {epochs = 2, verbose = 0})
+  assert(not ok and tostring(err):find("the loss became NaN", 1, true), tostring(err))
+  local w0 = m:get_weights()[1]:totable()
+  local h2 = m:fit(bad, nn.tensor{0, 1}, {epochs = 2, verbose = 0, callbacks = {nn.callbacks.TerminateOnNaN()}})
+  check.eq(#h2.loss, 0, "no epoch finished")
+  check.same_table(m:get_weights()[1]:totable(), w0, 0, "weights untouched")
+end
+
 -- An unknown activation is an error when the layer is made, naming the
 -- valid ones; Dense takes every name nn.Activation does.
 function T.activations_are_checked_when_made()
