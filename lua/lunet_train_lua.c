@@ -221,9 +221,6 @@ static int l_model_outputs(lua_State *L) {
 
 /* C.model_compile(m, { {loss=, from_logits=, weight=}, ... }, {metric names}, optimizer) */
 static int l_model_compile(lua_State *L) {
-  static const char *const losses[] = {"mean_squared_error", "categorical_crossentropy",
-                                       "sparse_categorical_crossentropy", "binary_crossentropy",
-                                       NULL};
   lunet_model *m = check_model(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   luaL_checktype(L, 3, LUA_TTABLE);
@@ -235,7 +232,9 @@ static int l_model_compile(lua_State *L) {
   for (int i = 0; i < nl; i++) {
     lua_geti(L, 2, i + 1);
     lua_getfield(L, -1, "loss");
-    specs[i].kind = (lunet_loss_kind)luaL_checkoption(L, -1, NULL, losses);
+    int kind = lunet_loss_find(luaL_checkstring(L, -1));
+    if (kind < 0) luaL_error(L, "unknown loss '%s'", lua_tostring(L, -1));
+    specs[i].kind = (lunet_loss_kind)kind;
     lua_getfield(L, -2, "from_logits");
     specs[i].from_logits = lua_toboolean(L, -1);
     lua_getfield(L, -3, "weight");
@@ -451,8 +450,6 @@ static void push_ids(lua_State *L, const int *ids, int n) {
  * compiled, losses = {{loss, from_logits, weight}}, metrics = {...}}: the graph
  * the Lua shell rebuilds its objects from (live calls only; 1-based layer indices). */
 static int l_model_describe(lua_State *L) {
-  static const char *const losses[] = {"mean_squared_error", "categorical_crossentropy",
-                                       "sparse_categorical_crossentropy", "binary_crossentropy"};
   lunet_model *m = check_model(L, 1);
   lua_createtable(L, 0, 8);
   lua_pushstring(L, lunet_model_name(m));
@@ -513,7 +510,7 @@ static int l_model_describe(lua_State *L) {
     for (int j = 0; j < no; j++) {
       lunet_loss_spec ls = lunet_model_loss(m, j);
       lua_createtable(L, 0, 3);
-      lua_pushstring(L, losses[ls.kind]);
+      lua_pushstring(L, lunet_loss_name(ls.kind));
       lua_setfield(L, -2, "loss");
       lua_pushboolean(L, ls.from_logits);
       lua_setfield(L, -2, "from_logits");

@@ -125,6 +125,119 @@ static lunet_tensor *mse(lunet_ctx *ctx, lunet_tensor *pred, lunet_tensor *truth
   return loss;
 }
 
+/* ---- names ---- */
+
+static const char *const names[LUNET_LOSS_COUNT] = {
+    "mean_squared_error", "categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy",
+    "mean_absolute_error", "huber", "log_cosh", "kl_divergence", "hinge", "squared_hinge", "categorical_hinge",
+    "cosine_similarity"};
+
+const char *lunet_loss_name(lunet_loss_kind kind) {
+  return (unsigned)kind < LUNET_LOSS_COUNT ? names[kind] : NULL;
+}
+
+int lunet_loss_find(const char *name) {
+  static const struct {
+    const char *alias;
+    lunet_loss_kind kind;
+  } aliases[] = {{"mse", LUNET_LOSS_MSE},          {"mae", LUNET_LOSS_MAE},
+                 {"huber_loss", LUNET_LOSS_HUBER}, {"logcosh", LUNET_LOSS_LOG_COSH},
+                 {"kld", LUNET_LOSS_KL_DIVERGENCE}, {"kullback_leibler_divergence", LUNET_LOSS_KL_DIVERGENCE}};
+  if (!name) return -1;
+  for (int k = 0; k < LUNET_LOSS_COUNT; k++)
+    if (!strcmp(name, names[k])) return k;
+  for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++)
+    if (!strcmp(name, aliases[i].alias)) return (int)aliases[i].kind;
+  return -1;
+}
+
+/* ---- the regression and margin losses: per-row values, then the mean ---- */
+
+/* mean over the last axis, then over everything else */
+static lunet_tensor *mean_all(lunet_ctx *ctx, lunet_tensor *t) {
+  return t ? lunet_reduce(ctx, LUNET_REDUCE_MEAN, t, LUNET_ALL_AXES, false) : NULL;
+}
+
+static lunet_tensor *u(lunet_ctx *ctx, lunet_unary_op op, lunet_tensor *x, float a, float b) {
+  return x ? lunet_unary(ctx, op, x, a, b) : NULL;
+}
+
+static lunet_tensor *release_then(lunet_tensor *keep, int n, lunet_tensor **drop) {
+  for (int i = 0; i < n; i++) lunet_tensor_release(drop[i]);
+  return keep;
+}
+
+/* 0/1 labels read as -1/1, as Keras's hinge losses do (other values kept). */
+static lunet_tensor *signed_labels(lunet_ctx *ctx, lunet_tensor *t) {
+  lunet_tensor *mn = lunet_reduce(ctx, LUNET_REDUCE_MIN, t, LUNET_ALL_AXES, false);
+  double lo = 0;
+  bool binary = mn && !lunet_tensor_item(ctx, mn, 0, &lo) && lo >= 0;
+  lunet_tensor_release(mn);
+  return binary ? lunet_unary(ctx, LUNET_UNARY_AFFINE, t, 2.0f, -1.0f) : lunet_tensor_retain(t);
+}
+
+static lunet_tensor *l2_normalized(lunet_ctx *ctx, lunet_tensor *x) {
+  lunet_tensor *sq = u(ctx, LUNET_UNARY_SQUARE, x, 0, 0);
+  lunet_tensor *s = sq ? lunet_reduce(ctx, LUNET_REDUCE_SUM, sq, -1, true) : NULL;
+  lunet_tensor *c = u(ctx, LUNET_UNARY_CLIP, s, 1e-12f, 3.4e38f), *r = u(ctx, LUNET_UNARY_SQRT, c, 0, 0);
+  lunet_tensor *y = r ? lunet_div(ctx, x, r) : NULL;
+  return release_then(y, 4, (lunet_tensor *[]){sq, s, c, r});
+}
+
+static lunet_tensor *regression(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *p, lunet_tensor *t) {
+  switch (kind) {
+  case LUNET_LOSS_MAE: {
+    lunet_tensor *d = lunet_sub(ctx, p, t), *a = u(ctx, LUNET_UNARY_ABS, d, 0, 0);
+    return release_then(mean_all(ctx, a), 2, (lunet_tensor *[]){d, a});
+  }
+  case LUNET_LOSS_HUBER: { /* delta = 1 */
+    lunet_tensor *d = lunet_sub(ctx, p, t), *a = u(ctx, LUNET_UNARY_ABS, d, 0, 0);
+    lunet_tensor *q = u(ctx, LUNET_UNARY_CLIP, a, -3.4e38f, 1.0f);
+    lunet_tensor *lin = q ? lunet_sub(ctx, a, q) : NULL, *q2 = u(ctx, LUNET_UNARY_SQUARE, q, 0, 0);
+    lunet_tensor *hq = u(ctx, LUNET_UNARY_AFFINE, q2, 0.5f, 0.0f), *sum = hq && lin ? lunet_add(ctx, hq, lin) : NULL;
+    return release_then(mean_all(ctx, sum), 7, (lunet_tensor *[]){d, a, q, lin, q2, hq, sum});
+  }
+  case LUNET_LOSS_LOG_COSH: { /* x + log(1 + exp(-2x)) - log 2, stably: |x| + log(1 + exp(-2|x|)) - log 2 */
+    lunet_tensor *d = lunet_sub(ctx, p, t), *a = u(ctx, LUNET_UNARY_ABS, d, 0, 0);
+    lunet_tensor *e = u(ctx, LUNET_UNARY_EXP, u(ctx, LUNET_UNARY_AFFINE, a, -2.0f, 0.0f), 0, 0);
+    lunet_tensor *l = u(ctx, LUNET_UNARY_LOG, u(ctx, LUNET_UNARY_AFFINE, e, 1.0f, 1.0f), 0, 0);
+    lunet_tensor *s = l ? lunet_add(ctx, a, l) : NULL, *y = u(ctx, LUNET_UNARY_AFFINE, s, 1.0f, -0.69314718f);
+    return release_then(mean_all(ctx, y), 6, (lunet_tensor *[]){d, a, e, l, s, y});
+  }
+  case LUNET_LOSS_KL_DIVERGENCE: {
+    lunet_tensor *tc = u(ctx, LUNET_UNARY_CLIP, t, 1e-7f, 1.0f), *pc = u(ctx, LUNET_UNARY_CLIP, p, 1e-7f, 1.0f);
+    lunet_tensor *r = tc && pc ? lunet_div(ctx, tc, pc) : NULL, *l = u(ctx, LUNET_UNARY_LOG, r, 0, 0);
+    lunet_tensor *m = l ? lunet_mul(ctx, tc, l) : NULL;
+    lunet_tensor *s = m ? lunet_reduce(ctx, LUNET_REDUCE_SUM, m, -1, false) : NULL;
+    return release_then(mean_all(ctx, s), 6, (lunet_tensor *[]){tc, pc, r, l, m, s});
+  }
+  case LUNET_LOSS_HINGE:
+  case LUNET_LOSS_SQUARED_HINGE: {
+    lunet_tensor *ts = signed_labels(ctx, t), *m = ts ? lunet_mul(ctx, ts, p) : NULL;
+    lunet_tensor *h = u(ctx, LUNET_UNARY_RELU, u(ctx, LUNET_UNARY_AFFINE, m, -1.0f, 1.0f), 0, 0);
+    lunet_tensor *h2 = kind == LUNET_LOSS_SQUARED_HINGE ? u(ctx, LUNET_UNARY_SQUARE, h, 0, 0) : (h ? lunet_tensor_retain(h) : NULL);
+    return release_then(mean_all(ctx, h2), 4, (lunet_tensor *[]){ts, m, h, h2});
+  }
+  case LUNET_LOSS_CATEGORICAL_HINGE: {
+    lunet_tensor *tp = lunet_mul(ctx, t, p), *pos = tp ? lunet_reduce(ctx, LUNET_REDUCE_SUM, tp, -1, false) : NULL;
+    lunet_tensor *nt = u(ctx, LUNET_UNARY_AFFINE, t, -1.0f, 1.0f), *np = nt ? lunet_mul(ctx, nt, p) : NULL;
+    lunet_tensor *neg = np ? lunet_reduce(ctx, LUNET_REDUCE_MAX, np, -1, false) : NULL;
+    lunet_tensor *d = neg && pos ? lunet_sub(ctx, neg, pos) : NULL;
+    lunet_tensor *h = u(ctx, LUNET_UNARY_RELU, u(ctx, LUNET_UNARY_AFFINE, d, 1.0f, 1.0f), 0, 0);
+    return release_then(mean_all(ctx, h), 7, (lunet_tensor *[]){tp, pos, nt, np, neg, d, h});
+  }
+  case LUNET_LOSS_COSINE_SIMILARITY: {
+    lunet_tensor *a = l2_normalized(ctx, t), *b = l2_normalized(ctx, p), *m = a && b ? lunet_mul(ctx, a, b) : NULL;
+    lunet_tensor *s = m ? lunet_reduce(ctx, LUNET_REDUCE_SUM, m, -1, false) : NULL;
+    lunet_tensor *n = u(ctx, LUNET_UNARY_NEG, s, 0, 0);
+    return release_then(mean_all(ctx, n), 5, (lunet_tensor *[]){a, b, m, s, n});
+  }
+  default:
+    lunet_error(ctx, LUNET_ERR_ARG, "unknown loss kind %d", (int)kind);
+    return NULL;
+  }
+}
+
 /* Keras: logits: max(x,0) - x*z + log(1 + exp(-|x|)); else clipped logs. */
 static lunet_tensor *binary_xent(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *z,
                                  bool from_logits) {
@@ -178,6 +291,11 @@ lunet_tensor *lunet_loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pre
   }
   lunet_tensor *t =
       truth->dtype == LUNET_F32 ? lunet_tensor_retain(truth) : lunet_op_cast(ctx, truth, LUNET_F32);
+  if ((unsigned)kind >= LUNET_LOSS_COUNT) {
+    lunet_error(ctx, LUNET_ERR_ARG, "loss: unknown loss kind %d", (int)kind);
+    lunet_tensor_release(t);
+    return NULL;
+  }
   if (t && kind != LUNET_LOSS_SPARSE_CATEGORICAL_CE && t->numel == pred->numel &&
       !lunet_shape_equal(t, pred)) {
     lunet_tensor *r = lunet_tensor_alias(ctx, t, pred->ndim, pred->shape);
@@ -213,7 +331,7 @@ static lunet_tensor *loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pr
     lunet_tensor_release(oh);
     return loss;
   }
+  default:
+    return same_count(ctx, lunet_loss_name(kind), pred, truth, pred->numel) ? regression(ctx, kind, pred, truth) : NULL;
   }
-  lunet_error(ctx, LUNET_ERR_ARG, "unknown loss kind %d", (int)kind);
-  return NULL;
 }

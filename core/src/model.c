@@ -473,7 +473,7 @@ lunet_status lunet_model_compile(lunet_ctx *ctx, lunet_model *m, const lunet_com
                        o->nlosses, m->noutputs);
   for (int j = 0; j < o->nlosses; j++) {
     const lunet_loss_spec *ls = &o->losses[j];
-    if ((unsigned)ls->kind > LUNET_LOSS_BINARY_CE)
+    if ((unsigned)ls->kind >= LUNET_LOSS_COUNT)
       return lunet_error(ctx, LUNET_ERR_ARG, "compile: unknown loss kind %d", (int)ls->kind);
     if (!(ls->weight >= 0) || ls->weight > 1e30)
       return lunet_error(ctx, LUNET_ERR_ARG, "compile: loss weight %g (it must be a number >= 0)",

@@ -29,8 +29,6 @@
 #define MAX_DEPTH 32
 #define MAX_ENTRIES 10000 /* layers or calls in one config */
 
-static const char *const loss_names[] = {"mean_squared_error", "categorical_crossentropy",
-                                         "sparse_categorical_crossentropy", "binary_crossentropy"};
 static const char *const kind_names[] = {"sgd", "adam", "rmsprop"};
 
 /* ---- writing ---- */
@@ -176,7 +174,7 @@ static cJSON *compile_json(const lunet_model *m) {
     lunet_loss_spec s = lunet_model_loss(m, j);
     cJSON *l = cJSON_CreateObject();
     cJSON_AddItemToArray(losses, l);
-    cJSON_AddStringToObject(l, "loss", loss_names[s.kind]);
+    cJSON_AddStringToObject(l, "loss", lunet_loss_name(s.kind));
     cJSON_AddBoolToObject(l, "from_logits", s.from_logits);
     cJSON_AddNumberToObject(l, "weight", s.weight);
   }
@@ -629,9 +627,8 @@ static lunet_status read_compile(reader *r, lunet_model *m, const lunet_safetens
   for (const cJSON *l = losses->child; l; l = l->next, nl++) {
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(l, "loss");
     const cJSON *w = cJSON_GetObjectItemCaseSensitive(l, "weight");
-    int k = 0;
-    while (cJSON_IsString(name) && k < 4 && strcmp(loss_names[k], name->valuestring)) k++;
-    if (!cJSON_IsString(name) || k == 4 || (w && (!cJSON_IsNumber(w) || !isfinite(w->valuedouble))))
+    int k = cJSON_IsString(name) ? lunet_loss_find(name->valuestring) : -1;
+    if (k < 0 || (w && (!cJSON_IsNumber(w) || !isfinite(w->valuedouble))))
       return bad(r, "losses[%d] needs a known loss name and a numeric weight", nl);
     specs[nl] = (lunet_loss_spec){(lunet_loss_kind)k,
                                   cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(l, "from_logits")),

@@ -168,29 +168,52 @@ end
 
 -- ---- losses ----
 
+-- Keras's names; their short forms resolve to these.
 local loss_names = {
   mean_squared_error = "mean_squared_error", mse = "mean_squared_error",
   categorical_crossentropy = "categorical_crossentropy",
   sparse_categorical_crossentropy = "sparse_categorical_crossentropy",
   binary_crossentropy = "binary_crossentropy",
+  mean_absolute_error = "mean_absolute_error", mae = "mean_absolute_error",
+  huber = "huber", huber_loss = "huber", log_cosh = "log_cosh", logcosh = "log_cosh",
+  kl_divergence = "kl_divergence", kld = "kl_divergence", kullback_leibler_divergence = "kl_divergence",
+  hinge = "hinge", squared_hinge = "squared_hinge", categorical_hinge = "categorical_hinge",
+  cosine_similarity = "cosine_similarity",
 }
 
 local function loss_object(name, opts)
   opts = opts or {}
+  for k in pairs(opts) do
+    if k ~= "from_logits" and not (k == "delta" and name == "huber") then
+      error(string.format("bad argument '%s' to the %s loss (valid: from_logits%s)", tostring(k), name,
+        name == "huber" and ", delta" or ""), 3)
+    end
+  end
+  if opts.delta ~= nil and opts.delta ~= 1 then
+    error("bad argument 'delta' to 'Huber' (only Keras's default, 1.0, so far)", 3)
+  end
   return { name = name, from_logits = opts.from_logits or false }
 end
 
-M.losses.MeanSquaredError = function(o) return loss_object("mean_squared_error", o) end
-M.losses.CategoricalCrossentropy = function(o) return loss_object("categorical_crossentropy", o) end
-M.losses.SparseCategoricalCrossentropy = function(o) return loss_object("sparse_categorical_crossentropy", o) end
-M.losses.BinaryCrossentropy = function(o) return loss_object("binary_crossentropy", o) end
+local loss_classes = {
+  MeanSquaredError = "mean_squared_error", CategoricalCrossentropy = "categorical_crossentropy",
+  SparseCategoricalCrossentropy = "sparse_categorical_crossentropy", BinaryCrossentropy = "binary_crossentropy",
+  MeanAbsoluteError = "mean_absolute_error", Huber = "huber", LogCosh = "log_cosh", KLDivergence = "kl_divergence",
+  Hinge = "hinge", SquaredHinge = "squared_hinge", CategoricalHinge = "categorical_hinge",
+  CosineSimilarity = "cosine_similarity",
+}
+for class, name in pairs(loss_classes) do
+  M.losses[class] = function(o) return loss_object(name, o) end
+end
 
 function M.losses.get(l)
   if type(l) == "table" and loss_names[l.name] then return l end
   if type(l) == "string" and loss_names[l] then return loss_object(loss_names[l]) end
-  error(string.format("unknown loss %s (valid: mean_squared_error, categorical_crossentropy, "
-    .. "sparse_categorical_crossentropy, binary_crossentropy, or nn.losses.X{from_logits = true})",
-    type(l) == "string" and ("'" .. l .. "'") or type(l)), 3)
+  local names = {}
+  for k, v in pairs(loss_names) do if k == v then names[#names + 1] = k end end
+  table.sort(names)
+  error(string.format("unknown loss %s (valid: %s, or nn.losses.X{...})",
+    type(l) == "string" and ("'" .. l .. "'") or type(l), table.concat(names, ", ")), 3)
 end
 
 -- ---- learning-rate schedules: callable objects of the step, saved with

@@ -237,6 +237,56 @@ function T.history_and_more_callbacks()
   check.same_table(m:get_weights()[1]:totable(), w0, 0, "weights untouched")
 end
 
+-- Keras's other losses against their formulas in plain Lua: an identity
+-- Dense passes x through, so evaluate's loss is loss(x, y).
+function T.more_losses_follow_keras()
+  math.randomseed(11)
+  local n, k = 6, 4
+  local xp, yt, yb, yc = {}, {}, {}, {}
+  for i = 1, n do
+    xp[i], yt[i], yb[i], yc[i] = {}, {}, {}, {}
+    for j = 1, k do
+      xp[i][j] = string.unpack("f", string.pack("f", math.random() * 0.9 + 0.05))
+      yt[i][j] = string.unpack("f", string.pack("f", math.random() * 2 - 1))
+      yb[i][j] = math.random(0, 1)
+      yc[i][j] = j == (i % k) + 1 and 1 or 0
+    end
+  end
+  local function mean_rows(f, t)
+    local total = 0
+    for i = 1, n do total = total + f(xp[i], t[i]) end
+    return total / n
+  end
+  local function per_elem(g) return function(p, t) local s = 0 for j = 1, k do s = s + g(p[j], t[j]) end return s / k end end
+  local clip = function(v) return math.min(math.max(v, 1e-7), 1) end
+  local l2 = function(v) local s = 0 for j = 1, k do s = s + v[j] ^ 2 end s = math.sqrt(math.max(s, 1e-12)) local o = {} for j = 1, k do o[j] = v[j] / s end return o end
+  local cases = {
+    {"mean_absolute_error", yt, per_elem(function(p, t) return math.abs(p - t) end)},
+    {"huber", yt, per_elem(function(p, t) local a = math.abs(p - t) local q = math.min(a, 1) return 0.5 * q * q + (a - q) end)},
+    {"log_cosh", yt, per_elem(function(p, t) return math.log(math.cosh(p - t)) end)},
+    {"kl_divergence", yc, function(p, t) local s = 0 for j = 1, k do s = s + clip(t[j]) * math.log(clip(t[j]) / clip(p[j])) end return s end},
+    {"hinge", yb, per_elem(function(p, t) return math.max(1 - (2 * t - 1) * p, 0) end)},
+    {"squared_hinge", yb, per_elem(function(p, t) return math.max(1 - (2 * t - 1) * p, 0) ^ 2 end)},
+    {"categorical_hinge", yc, function(p, t)
+      local pos, neg = 0, -math.huge
+      for j = 1, k do pos = pos + t[j] * p[j]; neg = math.max(neg, (1 - t[j]) * p[j]) end
+      return math.max(neg - pos + 1, 0) end},
+    {"cosine_similarity", yt, function(p, t) local a, b, s = l2(t), l2(p), 0 for j = 1, k do s = s + a[j] * b[j] end return -s end},
+  }
+  local eye = {}
+  for i = 1, k do eye[i] = {} for j = 1, k do eye[i][j] = i == j and 1 or 0 end end
+  for _, c in ipairs(cases) do
+    local m = nn.Sequential{nn.Dense{k, use_bias = false, input_shape = {k}}}
+    m:set_weights({nn.tensor(eye)})
+    m:compile{optimizer = "sgd", loss = c[1]}
+    check.near(m:evaluate(nn.tensor(xp), nn.tensor(c[2])).loss, mean_rows(c[3], c[2]), 1e-5, c[1])
+  end
+  check.near(nn.Sequential{nn.Dense{1, input_shape = {1}}}:compile{optimizer = "sgd", loss = "mae"}.losses[1].name == "mean_absolute_error" and 1 or 0, 1, 0, "short name")
+  check.fails(function() nn.losses.Huber{delta = 2} end, "only Keras's default, 1.0, so far")
+  check.fails(function() nn.Sequential{nn.Dense{1, input_shape = {1}}}:compile{optimizer = "sgd", loss = "hubber"} end,
+    "unknown loss 'hubber' (valid: binary_crossentropy, categorical_crossentropy, categorical_hinge")
+end
+
 -- An unknown activation is an error when the layer is made, naming the
 -- valid ones; Dense takes every name nn.Activation does.
 function T.activations_are_checked_when_made()
@@ -325,7 +375,7 @@ function T.bad_input_errors()
   check.fails(function() return nn.Conv3D{} end, "lunet has no layer or class 'Conv3D'")
   local m = nn.Sequential{nn.Dense{3, activation = "softmax", input_shape = {4}}}
   check.fails(function() m:compile{optimizer = "adamax", loss = "mse"} end, "unknown optimizer 'adamax'")
-  check.fails(function() m:compile{optimizer = "adam", loss = "hinge"} end, "unknown loss 'hinge'")
+  check.fails(function() m:compile{optimizer = "adam", loss = "hingee"} end, "unknown loss 'hingee'")
   m:compile{optimizer = "adam", loss = "sparse_categorical_crossentropy", metrics = {"accuracy"}}
   check.fails(function() m:fit(nn.ones(10, 4), nn.zeros(9), {verbose = 0}) end, "x has 10 samples but y has 9")
   check.fails(function() m:fit(nn.ones(4, 4), nn.tensor{0, 1, 2, 7}, {verbose = 0}) end,

@@ -305,8 +305,23 @@ typedef enum lunet_loss_kind {
   LUNET_LOSS_MSE = 0,
   LUNET_LOSS_CATEGORICAL_CE,
   LUNET_LOSS_SPARSE_CATEGORICAL_CE,
-  LUNET_LOSS_BINARY_CE
+  LUNET_LOSS_BINARY_CE,
+  /* Keras's regression and margin losses, each a mean over the last axis
+   * then over the samples (0.3) */
+  LUNET_LOSS_MAE,               /* |y_pred - y_true| */
+  LUNET_LOSS_HUBER,             /* delta 1: 0.5 q^2 + (|e| - q), q = min(|e|, 1) */
+  LUNET_LOSS_LOG_COSH,          /* log(cosh(y_pred - y_true)) */
+  LUNET_LOSS_KL_DIVERGENCE,     /* sum y_true log(y_true / y_pred), both clipped to [1e-7, 1] */
+  LUNET_LOSS_HINGE,             /* max(1 - y_true y_pred, 0), 0/1 labels read as -1/1 */
+  LUNET_LOSS_SQUARED_HINGE,     /* max(1 - y_true y_pred, 0)^2, likewise */
+  LUNET_LOSS_CATEGORICAL_HINGE, /* max(max((1 - t) p) - sum(t p) + 1, 0) */
+  LUNET_LOSS_COSINE_SIMILARITY, /* -sum(l2n(y_true) l2n(y_pred)) */
+  LUNET_LOSS_COUNT
 } lunet_loss_kind;
+/* Keras's name of a loss ("mean_squared_error"), and the kind of a name
+ * (also Keras's short ones: mse, mae, kld, huber ...; -1 if unknown). */
+LUNET_API const char *lunet_loss_name(lunet_loss_kind kind);
+LUNET_API int lunet_loss_find(const char *name);
 LUNET_API lunet_tensor *lunet_loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *y_pred,
                                    lunet_tensor *y_true, bool from_logits);
 
