@@ -100,6 +100,7 @@ nn.schedules = optim.schedules
 nn.datasets = require "lunet.datasets"
 nn.augment = require "lunet.augment"
 nn.text = require "lunet.text"
+nn.utils = require "lunet.utils"
 
 -- Threads from LUNET_THREADS are read by the backend itself.
 return nn

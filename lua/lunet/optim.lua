@@ -224,6 +224,7 @@ Schedule.__index = Schedule
 function Schedule:__call(step) return self.fn(self.cfg, step) end
 function Schedule:config() return self.cfg end
 
+local extra_schedules
 local schedule_fns = {
   ExponentialDecay = function(c, step)
     local p = step / c.decay_steps
@@ -245,29 +246,98 @@ local schedule_fns = {
   end,
 }
 
-local schedule_args = {
-  ExponentialDecay = { "initial_learning_rate", "decay_steps", "decay_rate" },
-  CosineDecay = { "initial_learning_rate", "decay_steps" },
+extra_schedules = {
+
+  -- Keras's PolynomialDecay: from initial to end over decay_steps; with
+  -- cycle the horizon grows by decay_steps each time it is reached
+  PolynomialDecay = function(c, step)
+    local steps, t = c.decay_steps, step
+    if c.cycle then steps = steps * math.max(1, math.ceil(step / steps)) else t = math.min(step, steps) end
+    local e = c.end_learning_rate or 1e-4
+    return (c.initial_learning_rate - e) * (1 - t / steps) ^ (c.power or 1) + e
+  end,
+  -- Keras's InverseTimeDecay: initial / (1 + decay_rate * step / decay_steps)
+  InverseTimeDecay = function(c, step)
+    local p = step / c.decay_steps
+    if c.staircase then p = math.floor(p) end
+    return c.initial_learning_rate / (1 + c.decay_rate * p)
+  end,
+  -- Keras's PiecewiseConstantDecay: values[i] up to boundaries[i] (inclusive)
+  PiecewiseConstantDecay = function(c, step)
+    for i, b in ipairs(c.boundaries) do
+      if step <= b then return c.values[i] end
+    end
+    return c.values[#c.values]
+  end,
+}
+for name, fn in pairs(extra_schedules) do schedule_fns[name] = fn end
+
+-- Each schedule's arguments in Keras's positional order, the required ones
+-- first; nn.schedules.X(a, b, ...), X{a, b, ...} or X{name = ...}.
+local schedule_specs = {
+  ExponentialDecay = { order = { "initial_learning_rate", "decay_steps", "decay_rate", "staircase" }, required = 3 },
+  InverseTimeDecay = { order = { "initial_learning_rate", "decay_steps", "decay_rate", "staircase" }, required = 3 },
+  CosineDecay = { order = { "initial_learning_rate", "decay_steps", "alpha", "name", "warmup_target", "warmup_steps" },
+    required = 2 },
+  PolynomialDecay = { order = { "initial_learning_rate", "decay_steps", "end_learning_rate", "power", "cycle" },
+    required = 2 },
+  PiecewiseConstantDecay = { order = { "boundaries", "values" }, required = 2 },
 }
 
-for name, fn in pairs(schedule_fns) do
-  M.schedules[name] = function(o)
-    local cosine = name == "CosineDecay"
-    o = check_fields(name, o, { initial_learning_rate = true, decay_steps = true, decay_rate = not cosine,
-      staircase = not cosine, alpha = cosine, warmup_target = cosine, warmup_steps = cosine })
-    for _, k in ipairs(schedule_args[name]) do
-      if type(o[k]) ~= "number" then error(string.format("bad argument '%s' to '%s' (number expected)", k, name), 2) end
+local function check_schedule(name, o)
+  local numbers = { initial_learning_rate = true, decay_steps = true, decay_rate = true, alpha = true,
+    warmup_target = true, end_learning_rate = true, power = true }
+  for k, v in pairs(o) do
+    if numbers[k] and type(v) ~= "number" then
+      error(string.format("bad argument '%s' to '%s' (number expected)", k, name), 4)
     end
-    if o.decay_steps <= 0 then error(string.format("bad argument 'decay_steps' to '%s' (must be positive)", name), 2) end
-    if o.warmup_steps ~= nil and (math.type(o.warmup_steps) ~= "integer" or o.warmup_steps < 0) then
-      error("bad argument 'warmup_steps' to 'CosineDecay' (a non-negative integer)", 2)
+  end
+  if o.decay_steps ~= nil and o.decay_steps <= 0 then
+    error(string.format("bad argument 'decay_steps' to '%s' (must be positive)", name), 4)
+  end
+  if o.warmup_steps ~= nil and (math.type(o.warmup_steps) ~= "integer" or o.warmup_steps < 0) then
+    error("bad argument 'warmup_steps' to 'CosineDecay' (a non-negative integer)", 4)
+  end
+  if name == "PiecewiseConstantDecay" then
+    local b, v = o.boundaries, o.values
+    local ok = type(b) == "table" and type(v) == "table" and #v == #b + 1
+    for i = 1, ok and #b or 0 do ok = ok and type(b[i]) == "number" and (i == 1 or b[i] > b[i - 1]) end
+    for i = 1, ok and #v or 0 do ok = ok and type(v[i]) == "number" end
+    if not ok then
+      error("bad arguments to 'PiecewiseConstantDecay' (boundaries: increasing numbers; values: numbers, one more "
+        .. "than the boundaries)", 4)
     end
-    if o.warmup_target ~= nil and type(o.warmup_target) ~= "number" then
-      error("bad argument 'warmup_target' to 'CosineDecay' (number expected)", 2)
+  end
+end
+
+for name, spec in pairs(schedule_specs) do
+  M.schedules[name] = function(...)
+    local o
+    if select("#", ...) == 1 and type(...) == "table" and getmetatable(...) == nil and (...).cfg == nil then
+      o = {}
+      for k, v in pairs((...)) do o[k] = v end
+    else
+      o = { ... }
     end
+    -- positional entries take Keras's order
+    for i, key in ipairs(spec.order) do
+      if o[i] ~= nil then
+        if o[key] ~= nil then error(string.format("bad argument '%s' to '%s' (given twice)", key, name), 2) end
+        o[key], o[i] = o[i], nil
+      end
+    end
+    local allowed = {}
+    for _, key in ipairs(spec.order) do allowed[key] = true end
+    check_fields(name, o, allowed)
+    for i = 1, spec.required do
+      if o[spec.order[i]] == nil then
+        error(string.format("bad argument '%s' to '%s' (required)", spec.order[i], name), 2)
+      end
+    end
+    check_schedule(name, o)
     local cfg = { schedule = name }
-    for k, v in pairs(o) do cfg[k] = v end
-    return setmetatable({ cfg = cfg, fn = fn }, Schedule)
+    for k, v in pairs(o) do if k ~= "name" then cfg[k] = v end end
+    return setmetatable({ cfg = cfg, fn = schedule_fns[name] }, Schedule)
   end
 end
 

@@ -237,6 +237,46 @@ function T.history_and_more_callbacks()
   check.same_table(m:get_weights()[1]:totable(), w0, 0, "weights untouched")
 end
 
+function T.utils_categorical_and_split()
+  check.same_table(nn.utils.to_categorical({0, 2, 1}):totable(), {{1, 0, 0}, {0, 0, 1}, {0, 1, 0}}, 0, "one-hot")
+  check.same_table(nn.utils.to_categorical(nn.tensor{1}, 4):totable(), {{0, 1, 0, 0}}, 0, "num_classes")
+  check.fails(function() nn.utils.to_categorical({0, 3}, 3) end, "entry 2 is 3, not a class id in [0, 3)")
+  local x = nn.arange(0, 10):reshape(10, 1)
+  local y = nn.arange(100, 110)
+  local xt, xv, yt, yv = nn.utils.train_test_split(x, y, {test_size = 0.3, seed = 4})
+  check.eq(xt:shape()[1], 7, "train rows")
+  check.eq(xv:shape()[1], 3, "test rows")
+  local seen = {}
+  for i, v in ipairs(xt:reshape(7):totable()) do check.eq(yt:totable()[i], v + 100, "rows stay paired"); seen[v] = true end
+  for i, v in ipairs(xv:reshape(3):totable()) do check.eq(yv:totable()[i], v + 100, "rows stay paired"); assert(not seen[v], "disjoint") end
+  local again = {nn.utils.train_test_split(x, y, {test_size = 0.3, seed = 4})}
+  check.same_table(again[2]:totable(), xv:totable(), 0, "the seed fixes the split")
+end
+
+-- Keras's schedules, with its positional arguments.
+function T.more_schedules()
+  local pc = nn.schedules.PiecewiseConstantDecay({100, 200}, {1.0, 0.5, 0.1})
+  check.same_table({pc(0), pc(100), pc(101), pc(200), pc(201)}, {1.0, 1.0, 0.5, 0.5, 0.1}, 0, "piecewise")
+  local poly = nn.schedules.PolynomialDecay(0.1, 100, 0.01, 2)
+  check.near(poly(50), (0.1 - 0.01) * 0.25 + 0.01, 1e-12, "polynomial")
+  check.near(poly(500), 0.01, 1e-12, "ends at end_learning_rate")
+  local cyc = nn.schedules.PolynomialDecay{initial_learning_rate = 0.1, decay_steps = 100, cycle = true}
+  check.near(cyc(150), (0.1 - 1e-4) * (1 - 150 / 200) + 1e-4, 1e-12, "cycle")
+  check.near(nn.schedules.InverseTimeDecay(1.0, 10, 0.5)(20), 1 / (1 + 0.5 * 2), 1e-12, "inverse time")
+  check.near(nn.schedules.ExponentialDecay(0.1, 10, 0.5)(20), 0.025, 1e-12, "positional exponential")
+  check.near(nn.schedules.ExponentialDecay{0.1, 10, 0.5, staircase = true}(15), 0.05, 1e-12, "staircase")
+  check.fails(function() nn.schedules.PiecewiseConstantDecay({100, 50}, {1, 2, 3}) end, "boundaries: increasing numbers")
+  check.fails(function() nn.schedules.PolynomialDecay(0.1) end, "bad argument 'decay_steps' to 'PolynomialDecay' (required)")
+  -- saved with a model like the others
+  local m = nn.Sequential{nn.Dense{1, input_shape = {2}}}
+  m:compile{optimizer = nn.optimizers.SGD{learning_rate = pc}, loss = "mse"}
+  local path = os.tmpname()
+  m:save(path)
+  local back = nn.load_model(path)
+  os.remove(path)
+  check.near(back.optimizer.learning_rate(150), 0.5, 0, "restored")
+end
+
 -- Keras's other losses against their formulas in plain Lua: an identity
 -- Dense passes x through, so evaluate's loss is loss(x, y).
 function T.more_losses_follow_keras()
@@ -430,7 +470,7 @@ function T.callbacks_and_schedules()
   check.near(cos(500), 1e-4, 1e-15, "alpha times the target at the end")
   check.near(nn.schedules.CosineDecay{initial_learning_rate = 0.2, decay_steps = 4}(2), 0.1, 1e-15, "no warm-up")
   check.fails(function() nn.schedules.CosineDecay{initial_learning_rate = 0.2, decay_steps = 4, warmup = 3} end,
-    "unknown argument; valid: alpha, decay_steps, initial_learning_rate, warmup_steps, warmup_target")
+    "unknown argument; valid: alpha, decay_steps, initial_learning_rate, name, warmup_steps, warmup_target")
   -- a schedule is evaluated at step 0 for the first update and survives save/load
   local m3 = small_cnn()
   m3:compile{optimizer = nn.optimizers.SGD{learning_rate = decay}, loss = "sparse_categorical_crossentropy"}
