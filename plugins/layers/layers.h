@@ -79,6 +79,13 @@ extern LAYERS_HIDDEN const lunet_layer_type layers_reverse;
 extern LAYERS_HIDDEN const lunet_layer_type layers_rescaling;
 extern LAYERS_HIDDEN const lunet_layer_type layers_normalization;
 extern LAYERS_HIDDEN const lunet_layer_type layers_center_crop;
+extern LAYERS_HIDDEN const lunet_layer_type layers_global_max_pooling2d;
+extern LAYERS_HIDDEN const lunet_layer_type layers_leaky_relu;
+extern LAYERS_HIDDEN const lunet_layer_type layers_relu;
+extern LAYERS_HIDDEN const lunet_layer_type layers_softmax;
+extern LAYERS_HIDDEN const lunet_layer_type layers_zero_padding2d;
+extern LAYERS_HIDDEN const lunet_layer_type layers_cropping2d;
+extern LAYERS_HIDDEN const lunet_layer_type layers_up_sampling2d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_transformer_encoder;
 extern LAYERS_HIDDEN const lunet_layer_type layers_transformer_decoder;
 

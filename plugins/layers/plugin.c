@@ -36,6 +36,13 @@ static const lunet_layer_type *const layer_types[] = {
     &layers_rescaling,
     &layers_normalization,
     &layers_center_crop,
+    &layers_global_max_pooling2d,
+    &layers_leaky_relu,
+    &layers_relu,
+    &layers_softmax,
+    &layers_zero_padding2d,
+    &layers_cropping2d,
+    &layers_up_sampling2d,
     &layers_transformer_encoder,
     &layers_transformer_decoder,
 };

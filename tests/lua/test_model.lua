@@ -237,6 +237,28 @@ function T.history_and_more_callbacks()
   check.same_table(m:get_weights()[1]:totable(), w0, 0, "weights untouched")
 end
 
+-- The small vision layers' values against the definitions (the self-tests
+-- check their gradients and Vulkan).
+function T.vision_layers_values()
+  local x = nn.arange(0, 12):reshape(1, 2, 3, 2) -- x[h][w][c] = 6h + 2w + c (0-based)
+  local up = nn.UpSampling2D{{2, 1}}(x):totable()[1]
+  for h = 1, 4 do for w = 1, 3 do for c = 1, 2 do
+    check.eq(up[h][w][c], 6 * ((h - 1) // 2) + 2 * (w - 1) + (c - 1), "upsampled") end end end
+  local pad = nn.ZeroPadding2D{{1, 2}}(x)
+  check.same_table(pad:shape(), {1, 4, 7, 2}, 0, "padded shape")
+  local pt = pad:totable()[1]
+  check.eq(pt[1][1][1], 0, "zero border")
+  check.eq(pt[2][3][2], x:totable()[1][1][1][2], "the image inside")
+  local big = nn.arange(0, 30):reshape(1, 5, 6, 1)
+  local cr = nn.Cropping2D{{1, 2}}(big):reshape(3, 2):totable()
+  check.same_table(cr, {{8, 9}, {14, 15}, {20, 21}}, 0, "cropped")
+  check.same_table(nn.GlobalMaxPooling2D()(x):totable(), {{10, 11}}, 0, "global max")
+  local v = nn.tensor{{-2, -0.5, 0.5, 3}}
+  check.same_table(nn.LeakyReLU()(v):totable(), {{-0.6, -0.15, 0.5, 3}}, 1e-6, "LeakyReLU 0.3")
+  check.same_table(nn.ReLU{max_value = 1}(v):totable(), {{0, 0, 0.5, 1}}, 0, "ReLU max_value")
+  check.fails(function() nn.ReLU{threshold = 1}:build({4}) end, "threshold other than 0 is not supported yet")
+end
+
 function T.utils_categorical_and_split()
   check.same_table(nn.utils.to_categorical({0, 2, 1}):totable(), {{1, 0, 0}, {0, 0, 1}, {0, 1, 0}}, 0, "one-hot")
   check.same_table(nn.utils.to_categorical(nn.tensor{1}, 4):totable(), {{0, 1, 0, 0}}, 0, "num_classes")
@@ -344,7 +366,7 @@ end
 
 function T.every_builtin_layer_passes_gradient_check()
   for _, name in ipairs{"Dense", "Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
-      "Flatten", "BatchNormalization", "Activation", "LSTM", "GRU", "LayerNormalization", "SimpleRNN", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Conv1D", "MaxPooling1D", "PositionEmbedding", "SinePositionEncoding", "MultiHeadAttention", "TransformerEncoder", "TransformerDecoder", "Reverse", "Rescaling", "CenterCrop"} do
+      "Flatten", "BatchNormalization", "Activation", "LSTM", "GRU", "LayerNormalization", "SimpleRNN", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Conv1D", "MaxPooling1D", "PositionEmbedding", "SinePositionEncoding", "MultiHeadAttention", "TransformerEncoder", "TransformerDecoder", "Reverse", "Rescaling", "CenterCrop", "GlobalMaxPooling2D", "LeakyReLU", "ReLU", "Softmax", "ZeroPadding2D", "Cropping2D", "UpSampling2D"} do
     local results = nn.check_plugin(name)
     assert(#results > 0, name .. " ships no test cases")
     for _, r in ipairs(results) do

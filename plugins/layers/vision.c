@@ -1,0 +1,329 @@
+/*
+ * Small vision and activation layers of Keras, each a graph of the core's
+ * differentiable ops (layers_graph), so backward follows and every backend
+ * runs them:
+ *   GlobalMaxPooling2D{keepdims}   max over H and W of (N, H, W, C)
+ *   LeakyReLU{negative_slope=0.3}  x, or slope * x below 0
+ *   ReLU{max_value, negative_slope=0}
+ *   Softmax{axis=-1}
+ *   ZeroPadding2D{padding=1}       zeros around H and W ({h, w} or one number)
+ *   UpSampling2D{size=2}           nearest: each pixel repeated size times
+ *   Cropping2D{cropping=0}         rows and columns cut from each side
+ */
+#include <stdlib.h>
+
+#include "layers.h"
+
+/* Runs `body` on the tape over the call's input view and keeps the graph. */
+static lunet_status graph_forward(lunet_layer *l, lunet_call *c, lunet_tensor *x, lunet_tensor **y,
+                                  lunet_tensor *(*body)(lunet_layer *, lunet_ctx *, lunet_tensor *)) {
+  layers_graph *st = lunet_call_state(c);
+  layers_graph_release(st);
+  lunet_status s = layers_graph_begin(c, l, st, x, 0);
+  return s ? s : layers_graph_end(c, st, body(l, lunet_call_ctx(c), st->x[0]), y);
+}
+
+static lunet_status images_only(lunet_layer *l, const lunet_shape *in) {
+  return in->ndim == 3 ? LUNET_OK : layers_rank_error(l, "3 (height, width, channels)", in);
+}
+
+#define GRAPH_TYPE(sym, tname, tdoc, targs, tbuild, tfwd, ttests)                                                     \
+  LAYERS_HIDDEN const lunet_layer_type sym = {                                                                     \
+      .struct_size = sizeof(lunet_layer_type),                                                                     \
+      .name = tname,                                                                                               \
+      .doc = tdoc,                                                                                                 \
+      .args = targs,                                                                                               \
+      .nargs = sizeof targs / sizeof targs[0],                                                                     \
+      .positional = 1,                                                                                             \
+      .call_state_size = sizeof(layers_graph),                                                                     \
+      .build = tbuild,                                                                                             \
+      .forward = tfwd,                                                                                             \
+      .backward = layers_graph_backward_member,                                                                    \
+      .release = layers_graph_release_member,                                                                      \
+      .tests = ttests,                                                                                             \
+      .ntests = sizeof ttests / sizeof ttests[0],                                                                  \
+  }
+
+/* ---- GlobalMaxPooling2D ---- */
+
+static const lunet_arg_schema gmp_args[] = {
+    {"keepdims", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = false}, .doc = "keep H and W as 1 x 1"},
+    LAYERS_ARG_INPUT_SHAPE,
+    LAYERS_ARG_NAME,
+};
+
+static lunet_status gmp_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
+  if (images_only(l, &in[0])) return lunet_ctx_status(lunet_layer_ctx(l));
+  out[0] = lunet_layer_get_bool(l, "keepdims") ? (lunet_shape){3, {1, 1, in[0].dims[2]}}
+                                               : (lunet_shape){1, {in[0].dims[2]}};
+  return LUNET_OK;
+}
+
+static lunet_tensor *gmp_body(lunet_layer *l, lunet_ctx *ctx, lunet_tensor *x) {
+  bool keep = lunet_layer_get_bool(l, "keepdims");
+  lunet_tensor *a = lunet_reduce(ctx, LUNET_REDUCE_MAX, x, 1, keep);
+  lunet_tensor *b = a ? lunet_reduce(ctx, LUNET_REDUCE_MAX, a, keep ? 2 : 1, keep) : NULL;
+  layers_release(a);
+  return b;
+}
+
+static lunet_status gmp_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
+                                bool training) {
+  return graph_forward(l, c, x[0], y, gmp_body);
+}
+
+static const lunet_layer_test gmp_tests[] = {
+    {NULL, 0, LAYERS_INPUTS({3, {3, 4, 2}}), 2, 1e-2f},
+    {LAYERS_ARGS({"keepdims", {.b = true}}), LAYERS_INPUTS({3, {2, 3, 2}}), 2, 1e-2f},
+};
+
+GRAPH_TYPE(layers_global_max_pooling2d, "GlobalMaxPooling2D", "The maximum of each channel over H and W", gmp_args,
+           gmp_build, gmp_forward, gmp_tests);
+
+/* ---- LeakyReLU, ReLU, Softmax ---- */
+
+static const lunet_arg_schema leaky_args[] = {
+    {"negative_slope", LUNET_ARG_FLOAT, LUNET_ARG_DEFAULT, .def = {.f = 0.3}, .doc = "the slope below 0 (Keras's 0.3)"},
+    LAYERS_ARG_INPUT_SHAPE,
+    LAYERS_ARG_NAME,
+};
+
+static lunet_status same_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
+  out[0] = in[0];
+  return LUNET_OK;
+}
+
+static lunet_tensor *leaky_body(lunet_layer *l, lunet_ctx *ctx, lunet_tensor *x) {
+  return lunet_unary(ctx, LUNET_UNARY_LEAKY_RELU, x, (float)lunet_layer_get_float(l, "negative_slope"), 0);
+}
+
+static lunet_status leaky_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
+                                  bool training) {
+  return graph_forward(l, c, x[0], y, leaky_body);
+}
+
+static const lunet_layer_test leaky_tests[] = {
+    {NULL, 0, LAYERS_INPUTS({1, {7}}), 3, 1e-2f},
+};
+
+GRAPH_TYPE(layers_leaky_relu, "LeakyReLU", "x, or negative_slope * x below 0", leaky_args, same_build, leaky_forward,
+           leaky_tests);
+
+static const lunet_arg_schema relu_args[] = {
+    {"max_value", LUNET_ARG_FLOAT, LUNET_ARG_NIL, .doc = "the largest output (nil: none)"},
+    {"negative_slope", LUNET_ARG_FLOAT, LUNET_ARG_DEFAULT, .def = {.f = 0}, .doc = "the slope below 0"},
+    {"threshold", LUNET_ARG_FLOAT, LUNET_ARG_DEFAULT, .def = {.f = 0}, .doc = "(only 0 so far)"},
+    LAYERS_ARG_INPUT_SHAPE,
+    LAYERS_ARG_NAME,
+};
+
+static lunet_status relu_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
+  if (lunet_layer_get_float(l, "threshold") != 0)
+    return lunet_layer_error(l, LUNET_ERR_ARG, "threshold other than 0 is not supported yet");
+  if (lunet_layer_arg_is_set(l, "max_value") && !(lunet_layer_get_float(l, "max_value") >= 0))
+    return lunet_layer_error(l, LUNET_ERR_ARG, "max_value must be >= 0");
+  if (!(lunet_layer_get_float(l, "negative_slope") >= 0))
+    return lunet_layer_error(l, LUNET_ERR_ARG, "negative_slope must be >= 0");
+  out[0] = in[0];
+  return LUNET_OK;
+}
+
+static lunet_tensor *relu_body(lunet_layer *l, lunet_ctx *ctx, lunet_tensor *x) {
+  float slope = (float)lunet_layer_get_float(l, "negative_slope");
+  lunet_tensor *y = slope > 0 ? lunet_unary(ctx, LUNET_UNARY_LEAKY_RELU, x, slope, 0)
+                              : lunet_unary(ctx, LUNET_UNARY_RELU, x, 0, 0);
+  if (y && lunet_layer_arg_is_set(l, "max_value"))
+    layers_set(&y, lunet_unary(ctx, LUNET_UNARY_CLIP, y, -3.4e38f, (float)lunet_layer_get_float(l, "max_value")));
+  return y;
+}
+
+static lunet_status relu_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
+                                 bool training) {
+  return graph_forward(l, c, x[0], y, relu_body);
+}
+
+static const lunet_layer_test relu_tests[] = {
+    {LAYERS_ARGS({"max_value", {.f = 0.6}}), LAYERS_INPUTS({1, {9}}), 3, 1e-2f},
+    {LAYERS_ARGS({"negative_slope", {.f = 0.1}}), LAYERS_INPUTS({1, {6}}), 2, 1e-2f},
+};
+
+GRAPH_TYPE(layers_relu, "ReLU", "max(x, 0), with an optional max_value and negative_slope (Keras's)", relu_args,
+           relu_build, relu_forward, relu_tests);
+
+static const lunet_arg_schema softmax_args[] = {
+    {"axis", LUNET_ARG_INT, LUNET_ARG_DEFAULT, .def = {.i = -1}, .doc = "the axis normalized (only -1 so far)"},
+    LAYERS_ARG_INPUT_SHAPE,
+    LAYERS_ARG_NAME,
+};
+
+static lunet_status softmax_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
+  int64_t a = lunet_layer_get_int(l, "axis");
+  if (a != -1 && a != in[0].ndim)
+    return lunet_layer_error(l, LUNET_ERR_ARG, "only the last axis (-1) so far, got axis %lld", (long long)a);
+  out[0] = in[0];
+  return LUNET_OK;
+}
+
+static lunet_tensor *softmax_body(lunet_layer *l, lunet_ctx *ctx, lunet_tensor *x) {
+  return lunet_softmax(ctx, x, false);
+}
+
+static lunet_status softmax_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
+                                    bool training) {
+  return graph_forward(l, c, x[0], y, softmax_body);
+}
+
+static const lunet_layer_test softmax_tests[] = {
+    {NULL, 0, LAYERS_INPUTS({2, {3, 4}}), 2, 1e-2f},
+};
+
+GRAPH_TYPE(layers_softmax, "Softmax", "The softmax over the last axis", softmax_args, softmax_build, softmax_forward,
+           softmax_tests);
+
+/* ---- ZeroPadding2D, Cropping2D, UpSampling2D ---- */
+
+static const lunet_arg_schema pad_args[] = {
+    {"padding", LUNET_ARG_INT2, LUNET_ARG_DEFAULT, .def = {.n = 1, .v = {1}},
+     .doc = "zeros added above and below (h) and left and right (w): a number or {h, w}"},
+    LAYERS_ARG_INPUT_SHAPE,
+    LAYERS_ARG_NAME,
+};
+
+static lunet_status pad_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
+  int64_t p[2];
+  if (images_only(l, &in[0])) return lunet_ctx_status(lunet_layer_ctx(l));
+  lunet_layer_get_int2(l, "padding", p);
+  if (p[0] < 0 || p[1] < 0) return lunet_layer_error(l, LUNET_ERR_ARG, "padding must be >= 0");
+  out[0] = (lunet_shape){3, {in[0].dims[0] + 2 * p[0], in[0].dims[1] + 2 * p[1], in[0].dims[2]}};
+  return LUNET_OK;
+}
+
+/* [zeros(p), x, zeros(p)] along `axis`, on the tape. */
+static lunet_tensor *pad_axis(lunet_ctx *ctx, lunet_tensor *x, int axis, int64_t p) {
+  if (p == 0) return lunet_tensor_retain(x);
+  int64_t shape[4];
+  for (int i = 0; i < 4; i++) shape[i] = lunet_tensor_dim(x, i);
+  shape[axis] = p;
+  lunet_tensor *z = lunet_op_new(ctx, x, LUNET_F32, 4, shape);
+  if (!z || lunet_op_fill(ctx, z, 0.0f)) {
+    layers_release(z);
+    return NULL;
+  }
+  lunet_tensor *y = lunet_concat(ctx, (lunet_tensor *[]){z, x, z}, 3, axis);
+  layers_release(z);
+  return y;
+}
+
+static lunet_tensor *pad_body(lunet_layer *l, lunet_ctx *ctx, lunet_tensor *x) {
+  int64_t p[2];
+  lunet_layer_get_int2(l, "padding", p);
+  lunet_tensor *a = pad_axis(ctx, x, 1, p[0]), *b = a ? pad_axis(ctx, a, 2, p[1]) : NULL;
+  layers_release(a);
+  return b;
+}
+
+static lunet_status pad_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
+                                bool training) {
+  return graph_forward(l, c, x[0], y, pad_body);
+}
+
+static const lunet_layer_test pad_tests[] = {
+    {LAYERS_ARGS({"padding", {.n = 2, .v = {1, 2}}}), LAYERS_INPUTS({3, {2, 3, 2}}), 2, 1e-2f},
+};
+
+GRAPH_TYPE(layers_zero_padding2d, "ZeroPadding2D", "Zeros around the height and width of images", pad_args,
+           pad_build, pad_forward, pad_tests);
+
+static const lunet_arg_schema crop_args[] = {
+    {"cropping", LUNET_ARG_INT2, LUNET_ARG_DEFAULT, .def = {.n = 1, .v = {0}},
+     .doc = "rows cut from the top and the bottom (h) and columns from each side (w): a number or {h, w}"},
+    LAYERS_ARG_INPUT_SHAPE,
+    LAYERS_ARG_NAME,
+};
+
+static lunet_status crop_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
+  int64_t p[2];
+  if (images_only(l, &in[0])) return lunet_ctx_status(lunet_layer_ctx(l));
+  lunet_layer_get_int2(l, "cropping", p);
+  if (p[0] < 0 || p[1] < 0 || 2 * p[0] >= in[0].dims[0] || 2 * p[1] >= in[0].dims[1]) {
+    char buf[128];
+    return lunet_layer_error(l, LUNET_ERR_ARG, "cropping {%lld, %lld} leaves nothing of images %s", (long long)p[0],
+                             (long long)p[1], layers_sample_str(&in[0], buf, sizeof buf));
+  }
+  out[0] = (lunet_shape){3, {in[0].dims[0] - 2 * p[0], in[0].dims[1] - 2 * p[1], in[0].dims[2]}};
+  return LUNET_OK;
+}
+
+static lunet_tensor *crop_body(lunet_layer *l, lunet_ctx *ctx, lunet_tensor *x) {
+  int64_t p[2];
+  lunet_layer_get_int2(l, "cropping", p);
+  int64_t start[4] = {0, p[0], p[1], 0};
+  int64_t stop[4] = {lunet_tensor_dim(x, 0), lunet_tensor_dim(x, 1) - p[0], lunet_tensor_dim(x, 2) - p[1],
+                     lunet_tensor_dim(x, 3)};
+  int64_t step[4] = {1, 1, 1, 1};
+  return lunet_slice(ctx, x, start, stop, step);
+}
+
+static lunet_status crop_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
+                                 bool training) {
+  return graph_forward(l, c, x[0], y, crop_body);
+}
+
+static const lunet_layer_test crop_tests[] = {
+    {LAYERS_ARGS({"cropping", {.n = 2, .v = {1, 2}}}), LAYERS_INPUTS({3, {4, 6, 2}}), 2, 1e-2f},
+};
+
+GRAPH_TYPE(layers_cropping2d, "Cropping2D", "Cuts rows and columns from the sides of images", crop_args, crop_build,
+           crop_forward, crop_tests);
+
+static const lunet_arg_schema up_args[] = {
+    {"size", LUNET_ARG_INT2, LUNET_ARG_DEFAULT, .def = {.n = 1, .v = {2}},
+     .doc = "how many times each row (h) and column (w) repeats: a number or {h, w}"},
+    {"interpolation", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "nearest"},
+     .doc = "nearest (the only one so far)", .choices = "nearest"},
+    LAYERS_ARG_INPUT_SHAPE,
+    LAYERS_ARG_NAME,
+};
+
+static lunet_status up_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
+  int64_t f[2];
+  if (images_only(l, &in[0])) return lunet_ctx_status(lunet_layer_ctx(l));
+  lunet_layer_get_int2(l, "size", f);
+  lunet_status s = layers_check_pair(l, "size", f);
+  if (s) return s;
+  out[0] = (lunet_shape){3, {in[0].dims[0] * f[0], in[0].dims[1] * f[1], in[0].dims[2]}};
+  return LUNET_OK;
+}
+
+/* Each index of `axis` repeated f times, through index_select (its
+ * gradient adds the copies back). */
+static lunet_tensor *repeat_axis(lunet_ctx *ctx, lunet_tensor *x, int axis, int64_t f) {
+  if (f == 1) return lunet_tensor_retain(x);
+  int64_t n = lunet_tensor_dim(x, axis);
+  int64_t *idx = malloc(sizeof *idx * (size_t)(n * f));
+  if (!idx) return NULL;
+  for (int64_t i = 0; i < n * f; i++) idx[i] = i / f;
+  lunet_tensor *y = lunet_index_select(ctx, x, axis, idx, n * f);
+  free(idx);
+  return y;
+}
+
+static lunet_tensor *up_body(lunet_layer *l, lunet_ctx *ctx, lunet_tensor *x) {
+  int64_t f[2];
+  lunet_layer_get_int2(l, "size", f);
+  lunet_tensor *a = repeat_axis(ctx, x, 1, f[0]), *b = a ? repeat_axis(ctx, a, 2, f[1]) : NULL;
+  layers_release(a);
+  return b;
+}
+
+static lunet_status up_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
+                               bool training) {
+  return graph_forward(l, c, x[0], y, up_body);
+}
+
+static const lunet_layer_test up_tests[] = {
+    {LAYERS_ARGS({"size", {.n = 2, .v = {2, 3}}}), LAYERS_INPUTS({3, {2, 2, 2}}), 2, 1e-2f},
+};
+
+GRAPH_TYPE(layers_up_sampling2d, "UpSampling2D", "Repeats each pixel size times (nearest neighbour)", up_args,
+           up_build, up_forward, up_tests);
