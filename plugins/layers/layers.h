@@ -86,6 +86,8 @@ extern LAYERS_HIDDEN const lunet_layer_type layers_softmax;
 extern LAYERS_HIDDEN const lunet_layer_type layers_zero_padding2d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_cropping2d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_up_sampling2d;
+extern LAYERS_HIDDEN const lunet_layer_type layers_prelu;
+extern LAYERS_HIDDEN const lunet_layer_type layers_spatial_dropout2d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_transformer_encoder;
 extern LAYERS_HIDDEN const lunet_layer_type layers_transformer_decoder;
 

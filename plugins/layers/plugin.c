@@ -43,6 +43,8 @@ static const lunet_layer_type *const layer_types[] = {
     &layers_zero_padding2d,
     &layers_cropping2d,
     &layers_up_sampling2d,
+    &layers_prelu,
+    &layers_spatial_dropout2d,
     &layers_transformer_encoder,
     &layers_transformer_decoder,
 };

@@ -327,3 +327,131 @@ static const lunet_layer_test up_tests[] = {
 
 GRAPH_TYPE(layers_up_sampling2d, "UpSampling2D", "Repeats each pixel size times (nearest neighbour)", up_args,
            up_build, up_forward, up_tests);
+
+/* ---- PReLU: a learned slope below 0 ---- */
+
+static const lunet_arg_schema prelu_args[] = {
+    {"alpha_initializer", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "zeros"},
+     .doc = "initializer of the slopes", .choices = LAYERS_INITIALIZERS},
+    {"shared_axes", LUNET_ARG_SHAPE, LUNET_ARG_NIL,
+     .doc = "sample axes (from 1) that share one slope, as Keras's ({1, 2}: one per channel of images)"},
+    LAYERS_ARG_INPUT_SHAPE,
+    LAYERS_ARG_NAME,
+};
+
+static lunet_status prelu_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
+  lunet_shape a = in[0];
+  int64_t shared[LUNET_MAX_DIMS];
+  int n = lunet_layer_get_shape(l, "shared_axes", shared, LUNET_MAX_DIMS);
+  for (int i = 0; i < n; i++) {
+    if (shared[i] < 1 || shared[i] > in[0].ndim) {
+      char buf[128];
+      return lunet_layer_error(l, LUNET_ERR_ARG, "shared_axes: %lld is not an axis of samples %s (1 to %d)",
+                               (long long)shared[i], layers_sample_str(&in[0], buf, sizeof buf), in[0].ndim);
+    }
+    a.dims[shared[i] - 1] = 1;
+  }
+  if (lunet_layer_add_weight(l, "alpha", a.ndim, a.dims, lunet_layer_get_string(l, "alpha_initializer"), true) < 0)
+    return layers_failed(l);
+  out[0] = in[0];
+  return LUNET_OK;
+}
+
+/* relu(x) - alpha relu(-x), on the tape (alpha broadcasts over the batch). */
+static lunet_status prelu_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
+                                  bool training) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  layers_graph *st = lunet_call_state(c);
+  layers_graph_release(st);
+  lunet_status s = layers_graph_begin(c, l, st, x[0], 1);
+  if (s) return s;
+  lunet_tensor *pos = lunet_unary(ctx, LUNET_UNARY_RELU, st->x[0], 0, 0);
+  lunet_tensor *neg = lunet_unary(ctx, LUNET_UNARY_RELU, lunet_unary(ctx, LUNET_UNARY_NEG, st->x[0], 0, 0), 0, 0);
+  lunet_tensor *an = neg ? lunet_mul(ctx, neg, st->w[0]) : NULL;
+  lunet_tensor *out = pos && an ? lunet_sub(ctx, pos, an) : NULL;
+  layers_release(pos);
+  layers_release(neg);
+  layers_release(an);
+  return layers_graph_end(c, st, out, y);
+}
+
+static const lunet_layer_test prelu_tests[] = {
+    {LAYERS_ARGS({"alpha_initializer", {.s = "glorot_uniform"}}), LAYERS_INPUTS({2, {3, 4}}), 2, 1e-2f},
+    {LAYERS_ARGS({"alpha_initializer", {.s = "ones"}}, {"shared_axes", {.n = 2, .v = {1, 2}}}),
+     LAYERS_INPUTS({3, {2, 3, 2}}), 2, 1e-2f},
+};
+
+LAYERS_HIDDEN const lunet_layer_type layers_prelu = {
+    .struct_size = sizeof(lunet_layer_type),
+    .name = "PReLU",
+    .doc = "x, or a learned alpha * x below 0 (Keras's)",
+    .args = prelu_args,
+    .nargs = sizeof prelu_args / sizeof prelu_args[0],
+    .call_state_size = sizeof(layers_graph),
+    .build = prelu_build,
+    .forward = prelu_forward,
+    .backward = layers_graph_backward_member,
+    .release = layers_graph_release_member,
+    .tests = prelu_tests,
+    .ntests = sizeof prelu_tests / sizeof prelu_tests[0],
+};
+
+/* ---- SpatialDropout2D: whole channels dropped ---- */
+
+static const lunet_arg_schema sdrop_args[] = {
+    {"rate", LUNET_ARG_FLOAT, LUNET_ARG_REQUIRED, .doc = "fraction of the channels dropped, in [0, 1)"},
+    LAYERS_ARG_INPUT_SHAPE,
+    LAYERS_ARG_NAME,
+};
+
+static lunet_status sdrop_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
+  double r = lunet_layer_get_float(l, "rate");
+  if (!(r >= 0 && r < 1)) return lunet_layer_error(l, LUNET_ERR_ARG, "rate must be in [0, 1), got %g", r);
+  if (images_only(l, &in[0])) return lunet_ctx_status(lunet_layer_ctx(l));
+  out[0] = in[0];
+  return LUNET_OK;
+}
+
+/* In training x * mask, the mask (N, 1, 1, C) one draw per sample and
+ * channel (Keras's); identity otherwise.  On the tape. */
+static lunet_status sdrop_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
+                                  bool training) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  layers_graph *st = lunet_call_state(c);
+  layers_graph_release(st);
+  lunet_status s = layers_graph_begin(c, l, st, x[0], 0);
+  if (s) return s;
+  float rate = (float)lunet_layer_get_float(l, "rate");
+  lunet_tensor *out;
+  if (!training || rate == 0) {
+    out = lunet_unary(ctx, LUNET_UNARY_AFFINE, st->x[0], 1.0f, 0.0f);
+  } else {
+    int64_t shape[4] = {lunet_tensor_dim(x[0], 0), 1, 1, lunet_tensor_dim(x[0], 3)};
+    lunet_tensor *like = lunet_op_new(ctx, x[0], LUNET_F32, 4, shape);
+    lunet_tensor *m = like ? lunet_op_dropout_mask(ctx, like, rate) : NULL;
+    out = m ? lunet_mul(ctx, st->x[0], m) : NULL;
+    layers_release(like);
+    layers_release(m);
+  }
+  return layers_graph_end(c, st, out, y);
+}
+
+static const lunet_layer_test sdrop_tests[] = {
+    {LAYERS_ARGS({"rate", {.f = 0.5}}), LAYERS_INPUTS({3, {2, 2, 4}}), 3, 1e-2f},
+};
+
+LAYERS_HIDDEN const lunet_layer_type layers_spatial_dropout2d = {
+    .struct_size = sizeof(lunet_layer_type),
+    .name = "SpatialDropout2D",
+    .doc = "In training, drops whole channels of images with probability rate (Keras's)",
+    .args = sdrop_args,
+    .nargs = sizeof sdrop_args / sizeof sdrop_args[0],
+    .positional = 1,
+    .call_state_size = sizeof(layers_graph),
+    .build = sdrop_build,
+    .forward = sdrop_forward,
+    .backward = layers_graph_backward_member,
+    .release = layers_graph_release_member,
+    .tests = sdrop_tests,
+    .ntests = sizeof sdrop_tests / sizeof sdrop_tests[0],
+};

@@ -257,6 +257,28 @@ function T.vision_layers_values()
   check.same_table(nn.LeakyReLU()(v):totable(), {{-0.6, -0.15, 0.5, 3}}, 1e-6, "LeakyReLU 0.3")
   check.same_table(nn.ReLU{max_value = 1}(v):totable(), {{0, 0, 0.5, 1}}, 0, "ReLU max_value")
   check.fails(function() nn.ReLU{threshold = 1}:build({4}) end, "threshold other than 0 is not supported yet")
+  -- PReLU: the learned slope, one per channel with shared_axes {1, 2}
+  local pr = nn.PReLU{shared_axes = {1, 2}}
+  local img = nn.tensor{{{{-1, -2}, {3, -4}}}} -- (1, 1, 2, 2)
+  pr(img)
+  pr:set_weights({nn.tensor{{{0.5, 0.25}}}})
+  check.same_table(pr(img):totable(), {{{{-0.5, -0.5}, {3, -1}}}}, 1e-7, "PReLU")
+  -- SpatialDropout2D: whole channels, in training only
+  nn.seed(3)
+  local sd = nn.SpatialDropout2D(0.5)
+  local ones = nn.ones(4, 3, 3, 5)
+  check.same_table(sd(ones):totable(), ones:totable(), 0, "identity in inference")
+  local dropped = sd(ones, true):totable()
+  local zeros_seen = 0
+  for n = 1, 4 do
+    for c = 1, 5 do
+      local first = dropped[n][1][1][c]
+      assert(first == 0 or first == 2, "kept channels are scaled by 2")
+      if first == 0 then zeros_seen = zeros_seen + 1 end
+      for h = 1, 3 do for w = 1, 3 do check.eq(dropped[n][h][w][c], first, "one draw per channel") end end
+    end
+  end
+  assert(zeros_seen > 0 and zeros_seen < 20, "some channels dropped")
 end
 
 function T.utils_categorical_and_split()
@@ -366,7 +388,7 @@ end
 
 function T.every_builtin_layer_passes_gradient_check()
   for _, name in ipairs{"Dense", "Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
-      "Flatten", "BatchNormalization", "Activation", "LSTM", "GRU", "LayerNormalization", "SimpleRNN", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Conv1D", "MaxPooling1D", "PositionEmbedding", "SinePositionEncoding", "MultiHeadAttention", "TransformerEncoder", "TransformerDecoder", "Reverse", "Rescaling", "CenterCrop", "GlobalMaxPooling2D", "LeakyReLU", "ReLU", "Softmax", "ZeroPadding2D", "Cropping2D", "UpSampling2D"} do
+      "Flatten", "BatchNormalization", "Activation", "LSTM", "GRU", "LayerNormalization", "SimpleRNN", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Conv1D", "MaxPooling1D", "PositionEmbedding", "SinePositionEncoding", "MultiHeadAttention", "TransformerEncoder", "TransformerDecoder", "Reverse", "Rescaling", "CenterCrop", "GlobalMaxPooling2D", "LeakyReLU", "ReLU", "Softmax", "ZeroPadding2D", "Cropping2D", "UpSampling2D", "PReLU", "SpatialDropout2D"} do
     local results = nn.check_plugin(name)
     assert(#results > 0, name .. " ships no test cases")
     for _, r in ipairs(results) do
