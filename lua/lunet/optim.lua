@@ -17,6 +17,8 @@ function Optimizer.__newindex(self, k, v)
   rawset(self, k, v)
 end
 
+-- Checks an options table against the allowed keys (the truthy ones of
+-- `allowed`), erring at the caller's caller with the valid names.
 local function check_fields(name, opts, allowed)
   if opts == nil then return {} end
   if type(opts) ~= "table" then
@@ -33,6 +35,7 @@ local function check_fields(name, opts, allowed)
   end
   return opts
 end
+M.check_fields = check_fields
 
 -- Keras's gradient clipping, accepted by every optimizer (0: off).
 local clipping = { clipvalue = 0, clipnorm = 0, global_clipnorm = 0 }

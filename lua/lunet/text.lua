@@ -7,20 +7,7 @@ local C = require "lunet.core"
 
 local M = {}
 
-local function check_fields(name, o, allowed)
-  if o == nil then return {} end
-  if type(o) ~= "table" then error(string.format("bad argument #1 to '%s' (table expected, got %s)", name, type(o)), 3) end
-  for k in pairs(o) do
-    if not allowed[k] then
-      local names = {}
-      for a in pairs(allowed) do names[#names + 1] = a end
-      table.sort(names)
-      error(string.format("bad argument '%s' to '%s' (unknown argument; valid: %s)", tostring(k), name,
-        table.concat(names, ", ")), 3)
-    end
-  end
-  return o
-end
+local check_fields = require("lunet.optim").check_fields
 
 -- The characters of a string (UTF-8; a stray byte counts as Latin-1).
 local function chars_of(codes)

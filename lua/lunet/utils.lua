@@ -53,16 +53,9 @@ function M.train_test_split(x, y, o)
   local order = {}
   for i = 1, n do order[i] = i - 1 end
   if o.shuffle ~= false then
-    -- a local generator keyed by the seed (splitmix64), so math.random is untouched
-    local state = o.seed or 0
-    local function rand(m)
-      state = state + 0x9E3779B97F4A7C15
-      local z = state
-      z = (z ~ (z >> 30)) * 0xBF58476D1CE4E5B9
-      z = (z ~ (z >> 27)) * 0x94D049BB133111EB
-      z = z ~ (z >> 31)
-      return (z >> 1) % m
-    end
+    -- generate's generator keyed by the seed, so math.random is untouched
+    local random = require("lunet.generate").rng(o.seed or 0)
+    local function rand(m) return math.floor(random() * m) end
     for i = n, 2, -1 do
       local j = rand(i) + 1
       order[i], order[j] = order[j], order[i]

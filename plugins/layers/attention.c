@@ -320,14 +320,6 @@ static lunet_status mha_build(lunet_layer *l, int nin, const lunet_shape *in, lu
   return LUNET_OK;
 }
 
-/* Query, value and key must hold the same number of samples. */
-lunet_status layers_same_batch(lunet_call *c, int n, lunet_tensor *const *x, const char *const *names) {
-  for (int i = 1; i < n; i++)
-    if (x[i] && lunet_tensor_dim(x[i], 0) != lunet_tensor_dim(x[0], 0))
-      return lunet_call_error(c, LUNET_ERR_SHAPE, "%s has %lld samples but %s has %lld: they must be equal", names[0],
-                              (long long)lunet_tensor_dim(x[0], 0), names[i], (long long)lunet_tensor_dim(x[i], 0));
-  return LUNET_OK;
-}
 
 lunet_status layers_kv_cache_start(lunet_call *c, layers_kv_cache *cache, layers_kv_cache **use, int64_t *past) {
   int64_t offset = lunet_call_step_offset(c);
@@ -350,14 +342,12 @@ lunet_status layers_kv_cache_start(lunet_call *c, layers_kv_cache *cache, layers
 
 static lunet_status mha_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
                                 bool training) {
-  static const char *const names[3] = {"query", "value", "key"};
   lunet_ctx *ctx = lunet_call_ctx(c);
   layers_cached_graph *ms = lunet_call_state(c);
   layers_graph *st = &ms->g;
   layers_graph_release(st);
   int nqvk = nin < 3 ? nin : 3;
-  lunet_status s = layers_same_batch(c, nqvk, x, names);
-  if (s) return s;
+  lunet_status s;
   bool causal = lunet_layer_get_bool(l, "use_causal_mask");
   if (lunet_call_step_offset(c) >= 0 && (!causal || nin > 3 || x[1] != x[0] || (nin > 2 && x[2] != x[0])))
     return lunet_call_error(c, LUNET_ERR_ARG,

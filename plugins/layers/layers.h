@@ -218,10 +218,12 @@ static inline lunet_status layers_check_pair(lunet_layer *l, const char *arg, co
 
 /* ---- recurrent layers (lstm.c, gru.c): helpers on the tape ---- */
 
-/* An activation argument ("tanh", "sigmoid", "relu", "linear") as an op. */
+/* An activation argument ("tanh", "sigmoid", "relu", "gelu", "linear") as
+ * an op. */
 static inline lunet_unary_op layers_act_op(const char *name) {
   return !strcmp(name, "sigmoid") ? LUNET_UNARY_SIGMOID
          : !strcmp(name, "relu")  ? LUNET_UNARY_RELU
+         : !strcmp(name, "gelu")  ? LUNET_UNARY_GELU
          : !strcmp(name, "linear") ? LUNET_UNARY_AFFINE
                                    : LUNET_UNARY_TANH;
 }
@@ -541,8 +543,5 @@ LAYERS_HIDDEN lunet_tensor *layers_dense_graph(lunet_ctx *ctx, lunet_tensor *x, 
 /* Layer normalization of x over its last axis, on the tape (layernorm.c). */
 LAYERS_HIDDEN lunet_tensor *layers_layernorm_graph(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *gamma,
                                                    lunet_tensor *beta, float epsilon);
-/* An error naming the first of x[0..n) whose batch size differs from x[0]'s. */
-LAYERS_HIDDEN lunet_status layers_same_batch(lunet_call *c, int n, lunet_tensor *const *x,
-                                             const char *const *names);
 
 #endif

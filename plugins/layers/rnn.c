@@ -98,11 +98,6 @@ lunet_status layers_rnn_forward(lunet_layer *l, lunet_call *c, int nin, lunet_te
   lunet_ctx *ctx = lunet_call_ctx(c);
   layers_graph *st = lunet_call_state(c);
   layers_graph_release(st);
-  if (nin > 1) {
-    static const char *const names[4] = {"the sequence", "initial state 1", "initial state 2", "initial state 3"};
-    lunet_status s = layers_same_batch(c, nin, x, names);
-    if (s) return s;
-  }
   /* (N, T): a masked step keeps the state, as in Keras */
   if (lunet_call_mask(c, 0) && !(st->mask = layers_step_mask(c, x[0]))) return lunet_ctx_status(ctx);
   lunet_status s = layers_graph_begin_many(c, l, st, nin, x, layers_rnn_nweights(l));

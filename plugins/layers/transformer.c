@@ -217,13 +217,8 @@ static lunet_tensor *feedforward(const block_ctx *b, lunet_tensor *x, void *arg)
   return y;
 }
 
-static lunet_unary_op activation_op(const char *name) {
-  return !strcmp(name, "gelu") ? LUNET_UNARY_GELU : layers_act_op(name);
-}
-
 static lunet_status transformer_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
                                         lunet_tensor **y, bool training) {
-  static const char *const names[2] = {"the sequence", "the encoder sequence"};
   lunet_ctx *ctx = lunet_call_ctx(c);
   layers_cached_graph *ts = lunet_call_state(c);
   layers_graph *st = &ts->g;
@@ -236,7 +231,6 @@ static lunet_status transformer_forward(lunet_layer *l, lunet_call *c, int nin, 
   layers_kv_cache *cache;
   int64_t past;
   lunet_status s = layers_kv_cache_start(c, &ts->cache, &cache, &past);
-  if (!s) s = layers_same_batch(c, nin, x, names);
   lunet_tensor *self_mask = NULL, *cross_mask = NULL;
   /* padding masks the keys, as KerasHub's padding_mask */
   if (!s)
@@ -265,7 +259,7 @@ static lunet_status transformer_forward(lunet_layer *l, lunet_call *c, int nin, 
     h = h2;
   }
   lunet_tensor *ffw[4] = {st->w[w.inter], st->w[w.inter + 1], st->w[w.out], st->w[w.out + 1]};
-  ff_arg fa = {ffw, activation_op(lunet_layer_get_string(l, "activation"))};
+  ff_arg fa = {ffw, layers_act_op(lunet_layer_get_string(l, "activation"))};
   lunet_tensor *out = h ? residual(&b, h, st->w[w.ff_norm], st->w[w.ff_norm + 1], feedforward, &fa) : NULL;
   layers_release(h);
   layers_release(self_mask);
