@@ -48,9 +48,9 @@ static int layer_gc(lua_State *L) {
 }
 
 static const char *arg_type_name(lunet_arg_type t) {
-  static const char *const names[] = {"int",  "float", "bool",       "string",
-                                      "int2", "shape", "regularizer"};
-  return (unsigned)t < 7 ? names[t] : "?";
+  static const char *const names[] = {"int",  "float", "bool",        "string",
+                                      "int2", "shape", "regularizer", "range"};
+  return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "?";
 }
 
 /* A typed argument value as the Lua value a user would write. */
@@ -91,6 +91,17 @@ static void push_value(lua_State *L, lunet_arg_type t, const lunet_arg_value *v)
     lua_pushnumber(L, v->f2);
     lua_setfield(L, -2, "l2");
     return;
+  case LUNET_ARG_RANGE:
+    if (v->n == 1) {
+      lua_pushnumber(L, v->f);
+      return;
+    }
+    lua_createtable(L, 2, 0);
+    lua_pushnumber(L, v->f);
+    lua_rawseti(L, -2, 1);
+    lua_pushnumber(L, v->f2);
+    lua_rawseti(L, -2, 2);
+    return;
   }
   lua_pushnil(L);
 }
@@ -124,6 +135,9 @@ static void push_default_text(lua_State *L, const lunet_arg_schema *s) {
     luaL_addchar(&b, '}');
   } else if (s->type == LUNET_ARG_INT2) {
     lua_pushinteger(L, v->v[0]);
+    luaL_addvalue(&b);
+  } else if (s->type == LUNET_ARG_RANGE) {
+    lua_pushnumber(L, v->f);
     luaL_addvalue(&b);
   } else {
     luaL_addstring(&b, "l1_l2(...)");
@@ -226,6 +240,15 @@ static lunet_status set_arg(lua_State *L, lunet_layer *l, const lunet_arg_schema
     int n = read_ints(L, lua_gettop(L), v, tn, s->name);
     return lunet_layer_set_ints(l, s->name, n, v);
   }
+  case LUNET_ARG_RANGE:
+    if (lua_isnumber(L, -1)) return lunet_layer_set_range(l, s->name, 1, lua_tonumber(L, -1), 0);
+    lua_geti(L, -1, 1);
+    lua_geti(L, -2, 2);
+    {
+      lunet_status st = lunet_layer_set_range(l, s->name, 2, lua_tonumber(L, -2), lua_tonumber(L, -1));
+      lua_pop(L, 2);
+      return st;
+    }
   case LUNET_ARG_REGULARIZER: {
     lua_getfield(L, -1, "l1");
     lua_getfield(L, -2, "l2");

@@ -273,19 +273,46 @@ static int read_tensors(lua_State *L, int idx, lunet_tensor **out, const char *w
   return n;
 }
 
+/* The keys fit gives a training step (epoch at 4, the epoch's order at 5 or
+ * nil for 1..n, the batch's first position in it at 6): each sample's
+ * 0-based dataset index, for the random preprocessing layers. */
+static lunet_status set_keys(lua_State *L, lunet_ctx *ctx, int64_t n) {
+  if (lua_isnoneornil(L, 4)) return lunet_set_sample_keys(ctx, 0, NULL, 0);
+  lua_Integer epoch = luaL_checkinteger(L, 4), first = luaL_checkinteger(L, 6);
+  bool ordered = !lua_isnil(L, 5);
+  int64_t *keys = lua_newuserdatauv(L, sizeof(int64_t) * (size_t)(n ? n : 1), 0);
+  for (int64_t i = 0; i < n; i++) {
+    if (ordered) {
+      lua_geti(L, 5, first + i);
+      keys[i] = (int64_t)luaL_checkinteger(L, -1) - 1;
+      lua_pop(L, 1);
+    } else {
+      keys[i] = first + i - 1;
+    }
+  }
+  lunet_status s = lunet_set_sample_keys(ctx, (uint64_t)epoch, keys, n);
+  lua_pop(L, 1);
+  return s;
+}
+
 static int step(lua_State *L, bool training) {
   lunet_model *m = check_model(L, 1);
+  lunet_ctx *ctx = lunetL_ctx(L);
   lunet_tensor *x[MAX_IO], *y[MAX_IO];
   int nx = read_tensors(L, 2, x, "x"), ny = read_tensors(L, 3, y, "y");
   double loss = 0;
-  lunet_status s = training ? lunet_model_train_step(lunetL_ctx(L), m, nx, x, ny, y, &loss)
-                            : lunet_model_test_step(lunetL_ctx(L), m, nx, x, ny, y, &loss);
+  lunet_status s = training ? set_keys(L, ctx, lunet_tensor_dim(x[0], 0)) : LUNET_OK;
+  if (!s)
+    s = training ? lunet_model_train_step(ctx, m, nx, x, ny, y, &loss)
+                 : lunet_model_test_step(ctx, m, nx, x, ny, y, &loss);
+  lunet_set_sample_keys(ctx, 0, NULL, 0);
   if (s) lunetL_error(L, NULL);
   lua_pushnumber(L, loss);
   return 1;
 }
 
-/* C.model_train_step(m, x, y) -> the batch's loss; x and y a tensor or a list */
+/* C.model_train_step(m, x, y [, epoch, order, first]) -> the batch's loss;
+ * x and y a tensor or a list; the rest: set_keys */
 static int l_model_train_step(lua_State *L) { return step(L, true); }
 static int l_model_test_step(lua_State *L) { return step(L, false); }
 
@@ -348,7 +375,12 @@ static int l_model_forward(lua_State *L) {
   lunet_model *m = check_model(L, 1);
   lunet_tensor *x[MAX_IO], *out[MAX_IO];
   int nx = read_tensors(L, 2, x, "x");
-  if (lunet_model_forward(lunetL_ctx(L), m, nx, x, lua_toboolean(L, 3), out)) lunetL_error(L, NULL);
+  lunet_ctx *ctx = lunetL_ctx(L);
+  bool training = lua_toboolean(L, 3);
+  lunet_status s = training ? set_keys(L, ctx, lunet_tensor_dim(x[0], 0)) : LUNET_OK;
+  if (!s) s = lunet_model_forward(ctx, m, nx, x, training, out);
+  lunet_set_sample_keys(ctx, 0, NULL, 0);
+  if (s) lunetL_error(L, NULL);
   return push_outputs(L, m, out);
 }
 

@@ -370,11 +370,9 @@ static bool is_identity(const double m[6]) {
   return m[0] == 1 && m[1] == 0 && m[2] == 0 && m[3] == 0 && m[4] == 1 && m[5] == 0;
 }
 
-/* in (h,w,c) -> out (oh,ow,c): one sample. */
+/* in (h,w,c) -> out (oh,ow,c): one sample with output->input matrix m. */
 static void apply_one(const lunet_augment *a, float *out, const float *in, int64_t h, int64_t w,
-                      int64_t c, int64_t oh, int64_t ow, const draws *d) {
-  double m[6];
-  sample_matrix(a, d, h, w, m);
+                      int64_t c, int64_t oh, int64_t ow, const double m[6]) {
   if (oh == h && ow == w && is_identity(m)) {
     memcpy(out, in, (size_t)(h * w * c) * sizeof(float));
   } else {
@@ -387,9 +385,12 @@ static void apply_one(const lunet_augment *a, float *out, const float *in, int64
   pointwise(a, out, oh * ow, c);
 }
 
-lunet_status lunet_augment_apply(lunet_ctx *ctx, const lunet_augment *a, float *out,
-                                 const float *in, int64_t n, int64_t h, int64_t w, int64_t c,
-                                 const int64_t *sample_index, uint64_t seed, uint64_t epoch) {
+/* The checks both entry points make, then each sample's matrix in turn:
+ * each(i, m, arg) for sample i. */
+static lunet_status for_each_sample(lunet_ctx *ctx, const lunet_augment *a, int64_t n, int64_t h,
+                                    int64_t w, int64_t c, const int64_t *sample_index, uint64_t seed,
+                                    uint64_t epoch, void (*each)(int64_t, const double *, void *),
+                                    void *arg) {
   if (n < 0)
     return lunet_error(ctx, LUNET_ERR_ARG, "augment: sample count must be >= 0, got %lld",
                        (long long)n);
@@ -398,8 +399,6 @@ lunet_status lunet_augment_apply(lunet_ctx *ctx, const lunet_augment *a, float *
   if (epoch >= MAX_EPOCH)
     return lunet_error(ctx, LUNET_ERR_ARG, "augment: epoch %llu is out of range [0, 2^20)",
                        (unsigned long long)epoch);
-  int64_t oh, ow, oc;
-  lunet_augment_output_shape(a, h, w, c, &oh, &ow, &oc);
   for (int64_t i = 0; i < n; i++) {
     int64_t idx = sample_index ? sample_index[i] : i;
     if (idx < 0 || idx >= MAX_SAMPLE_INDEX)
@@ -408,7 +407,45 @@ lunet_status lunet_augment_apply(lunet_ctx *ctx, const lunet_augment *a, float *
                          "2^36)",
                          (long long)idx, (long long)i);
     draws d = {seed, (epoch << 44) | ((uint64_t)idx << 8)};
-    apply_one(a, out + i * oh * ow * oc, in + i * h * w * c, h, w, c, oh, ow, &d);
+    double m[6];
+    sample_matrix(a, &d, h, w, m);
+    each(i, m, arg);
   }
   return LUNET_OK;
+}
+
+typedef struct apply_args {
+  const lunet_augment *a;
+  float *out;
+  const float *in;
+  int64_t h, w, c, oh, ow;
+} apply_args;
+
+static void apply_each(int64_t i, const double *m, void *arg) {
+  const apply_args *p = arg;
+  apply_one(p->a, p->out + i * p->oh * p->ow * p->c, p->in + i * p->h * p->w * p->c, p->h, p->w,
+            p->c, p->oh, p->ow, m);
+}
+
+lunet_status lunet_augment_apply(lunet_ctx *ctx, const lunet_augment *a, float *out,
+                                 const float *in, int64_t n, int64_t h, int64_t w, int64_t c,
+                                 const int64_t *sample_index, uint64_t seed, uint64_t epoch) {
+  apply_args p = {a, out, in, h, w, c, 0, 0};
+  int64_t oc;
+  lunet_augment_output_shape(a, h, w, c, &p.oh, &p.ow, &oc);
+  return for_each_sample(ctx, a, n, h, w, c, sample_index, seed, epoch, apply_each, &p);
+}
+
+static void matrix_each(int64_t i, const double *m, void *arg) {
+  float *mats = arg;
+  for (int k = 0; k < 6; k++) mats[i * 6 + k] = (float)m[k];
+}
+
+lunet_status lunet_augment_matrices(lunet_ctx *ctx, const lunet_augment *a, float *mats,
+                                    int64_t n, int64_t h, int64_t w, int64_t c,
+                                    const int64_t *sample_index, uint64_t seed, uint64_t epoch,
+                                    lunet_fill_mode *mode, float *fill) {
+  *mode = a->fills ? a->mode : LUNET_FILL_REFLECT;
+  *fill = a->fill;
+  return for_each_sample(ctx, a, n, h, w, c, sample_index, seed, epoch, matrix_each, mats);
 }

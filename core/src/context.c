@@ -17,7 +17,10 @@ lunet_ctx *lunet_ctx_new(void) {
   return ctx;
 }
 
-void lunet_ctx_free(lunet_ctx *ctx) { free(ctx); }
+void lunet_ctx_free(lunet_ctx *ctx) {
+  if (ctx) free(ctx->keys);
+  free(ctx);
+}
 
 const char *lunet_ctx_error(const lunet_ctx *ctx) {
   return ctx->status == LUNET_OK ? "no error" : ctx->msg;
@@ -58,6 +61,29 @@ uint64_t lunet_rng_take(lunet_ctx *ctx, uint64_t n) {
   uint64_t first = ctx->rng_counter;
   ctx->rng_counter += n;
   return first;
+}
+
+lunet_status lunet_set_sample_keys(lunet_ctx *ctx, uint64_t epoch, const int64_t *indices, int64_t n) {
+  if (!indices || n <= 0) {
+    ctx->nkeys = 0;
+    return LUNET_OK;
+  }
+  if (n > ctx->keys_cap) {
+    int64_t *k = realloc(ctx->keys, sizeof *k * (size_t)n);
+    if (!k) return lunet_error(ctx, LUNET_ERR_NOMEM, "sample keys: out of memory");
+    ctx->keys = k;
+    ctx->keys_cap = n;
+  }
+  memcpy(ctx->keys, indices, sizeof *indices * (size_t)n);
+  ctx->nkeys = n;
+  ctx->keys_epoch = epoch;
+  return LUNET_OK;
+}
+
+const int64_t *lunet_sample_keys(const lunet_ctx *ctx, uint64_t *epoch, int64_t *n) {
+  *epoch = ctx->keys_epoch;
+  *n = ctx->nkeys;
+  return ctx->nkeys ? ctx->keys : NULL;
 }
 
 /* The one flag a signal handler may touch. */

@@ -12,6 +12,8 @@ struct lunet_ctx {
   lunet_status status;
   char msg[1024];
   uint64_t seed, rng_counter;
+  int64_t *keys, nkeys, keys_cap; /* lunet_set_sample_keys */
+  uint64_t keys_epoch;
   bool grad_enabled;
   int backend; /* registry index of the default backend; -1 until chosen */
   uint64_t fallbacks;

@@ -107,6 +107,11 @@ static void set_default(arg_value *v, const lunet_arg_schema *a) {
     v->l1 = d->f;
     v->l2 = d->f2;
     break;
+  case LUNET_ARG_RANGE:
+    v->n = d->n == 2 ? 2 : 1;
+    v->f = d->f;
+    v->l2 = d->n == 2 ? d->f2 : d->f;
+    break;
   }
 }
 
@@ -273,6 +278,24 @@ lunet_status lunet_layer_set_regularizer(lunet_layer *l, const char *arg, double
   return s;
 }
 
+lunet_status lunet_layer_set_range(lunet_layer *l, const char *arg, int n, double lo, double hi) {
+  lunet_status s;
+  if (n != 1 && n != 2)
+    return lunet_error(l->ctx, LUNET_ERR_ARG, "%s: %s must be a number or a pair {lo, hi}", l->type->name, arg);
+  if (!isfinite(lo) || (n == 2 && !isfinite(hi)))
+    return lunet_error(l->ctx, LUNET_ERR_ARG, "%s: %s must be finite", l->type->name, arg);
+  if (n == 2 && lo > hi)
+    return lunet_error(l->ctx, LUNET_ERR_ARG, "%s: %s pair {%g, %g} is reversed (lower must be <= upper)",
+                       l->type->name, arg, lo, hi);
+  arg_value *v = slot(l, arg, &s);
+  if (v) {
+    v->n = n;
+    v->f = lo;
+    v->l2 = n == 2 ? hi : lo;
+  }
+  return s;
+}
+
 lunet_status lunet_layer_set_value(lunet_layer *l, const char *arg, const lunet_arg_value *v) {
   int i = arg_index(l, arg);
   if (i < 0) return lunet_error(l->ctx, LUNET_ERR_ARG, "%s has no argument '%s'", l->type->name, arg);
@@ -290,6 +313,8 @@ lunet_status lunet_layer_set_value(lunet_layer *l, const char *arg, const lunet_
     return lunet_layer_set_ints(l, arg, v->n, v->v);
   case LUNET_ARG_REGULARIZER:
     return lunet_layer_set_regularizer(l, arg, v->f, v->f2);
+  case LUNET_ARG_RANGE:
+    return lunet_layer_set_range(l, arg, v->n, v->f, v->f2);
   }
   return LUNET_OK;
 }
@@ -300,6 +325,7 @@ bool lunet_layer_arg_value(const lunet_layer *l, int i, lunet_arg_value *out) {
   const arg_value *v = &l->args[i];
   out->i = v->n ? v->ints[0] : (int64_t)v->f;
   out->f = l->type->args[i].type == LUNET_ARG_REGULARIZER ? v->l1 : v->f;
+  /* f2: a regularizer's l2, a range's upper end */
   out->f2 = v->l2;
   out->b = v->b;
   out->s = v->s;
@@ -342,6 +368,13 @@ void lunet_layer_get_int2(const lunet_layer *l, const char *arg, int64_t out[2])
   const arg_value *v = get(l, arg);
   out[0] = v && v->n ? v->ints[0] : 0;
   out[1] = v && v->n > 1 ? v->ints[1] : out[0];
+}
+
+int lunet_layer_get_range(const lunet_layer *l, const char *arg, double out[2]) {
+  const arg_value *v = get(l, arg);
+  out[0] = v ? v->f : 0;
+  out[1] = v ? v->l2 : 0;
+  return v ? v->n : 0;
 }
 
 int lunet_layer_get_shape(const lunet_layer *l, const char *arg, int64_t *out, int max) {

@@ -51,6 +51,15 @@ static cJSON *arg_json(const lunet_arg_schema *s, const lunet_arg_value *v) {
     for (int i = 0; a && i < v->n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber((double)v->v[i]));
     return a;
   }
+  case LUNET_ARG_RANGE: {
+    if (v->n == 1) return cJSON_CreateNumber(v->f);
+    cJSON *a = cJSON_CreateArray();
+    if (a) {
+      cJSON_AddItemToArray(a, cJSON_CreateNumber(v->f));
+      cJSON_AddItemToArray(a, cJSON_CreateNumber(v->f2));
+    }
+    return a;
+  }
   case LUNET_ARG_REGULARIZER: {
     cJSON *o = cJSON_CreateObject();
     if (o) {
@@ -407,6 +416,18 @@ static lunet_status set_arg(reader *r, lunet_layer *l, int idx, const lunet_arg_
     ok = ok && isfinite(v.f) && isfinite(v.f2);
     break;
   }
+  case LUNET_ARG_RANGE:
+    if (cJSON_IsNumber(j)) {
+      v.n = 1;
+      v.f = j->valuedouble;
+    } else if (cJSON_IsArray(j) && cJSON_GetArraySize(j) == 2 && cJSON_IsNumber(j->child) &&
+               cJSON_IsNumber(j->child->next)) {
+      v.n = 2;
+      v.f = j->child->valuedouble;
+      v.f2 = j->child->next->valuedouble;
+    }
+    ok = v.n && isfinite(v.f) && isfinite(v.f2) && (v.n == 1 || v.f <= v.f2);
+    break;
   }
   if (!ok)
     return bad(r, "layers[%d] (%s): argument '%s' has the wrong type or is out of range", idx,

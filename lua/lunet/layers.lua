@@ -45,7 +45,7 @@ local function default_value(s)
   return c
 end
 
-local positive_ok = { axis = true, seed = true }
+local positive_ok = { axis = true, seed = true, padding = true }
 
 -- Checks one value against its schema entry; returns the value to store.
 local function check_arg(tname, s, v, argpos)
@@ -91,6 +91,14 @@ local function check_arg(tname, s, v, argpos)
       if math.type(x) ~= "integer" or (sizes and x < 1) then
         bad(string.format("%s must hold %s, got %s", s.name, sizes and "positive integers" or "integers", describe(x)))
       end
+    end
+  elseif t == "range" then
+    if not (type(v) == "number" or (type(v) == "table" and #v == 2 and type(v[1]) == "number"
+                                    and type(v[2]) == "number" and next(v, 2) == nil)) then
+      bad(string.format("%s must be a number or a pair {lo, hi}, got %s", s.name, describe(v)))
+    end
+    if type(v) == "table" and v[1] > v[2] then
+      bad(string.format("%s pair {%s, %s} is reversed (lower must be <= upper)", s.name, v[1], v[2]))
     end
   elseif t == "regularizer" then
     if type(v) ~= "table" or (v.l1 == nil and v.l2 == nil) then

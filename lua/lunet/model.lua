@@ -589,7 +589,8 @@ function Model:fit(x, y, o)
   for epoch = first_epoch, epochs do
     if verbose ~= 0 then print(string.format("Epoch %d/%d", epoch, epochs)) end
     call_cbs(cbs, "on_epoch_begin", self, epoch)
-    local order = (o.shuffle == false) and nil or permutation(n)
+    local order -- nil: the samples in their order (shuffle = false)
+    if o.shuffle ~= false then order = permutation(n) end
     local bar = Progress.new(steps, verbose)
     local logs = {}
     local next_batch = batch_source(xs, ys, order, n, bs, aug, epoch, self.device)
@@ -598,7 +599,7 @@ function Model:fit(x, y, o)
       for s = 1, steps do
         local xb, yb = next_batch(s)
         C.optimizer_set_lr(opt.handle, opt:current_lr())
-        local stepped, msg = pcall(C.model_train_step, h, xb, yb)
+        local stepped, msg = pcall(C.model_train_step, h, xb, yb, epoch, order, (s - 1) * bs + 1)
         free_batch(xb)
         free_batch(yb)
         if not stepped and nan_stop and tostring(msg):find("the loss became NaN", 1, true) then
@@ -714,7 +715,9 @@ end
 -- model(x): on tensors a differentiable call (a list for several inputs;
 -- one result per output), so a model can sit inside a bigger function; on
 -- symbolic tensors the model's calls join the caller's graph, sharing the
--- layers (a model used as a layer).
+-- layers (a model used as a layer).  model(x, true) runs in training mode;
+-- model(x, {training = true, epoch = e, first_index = i | indices = {...}})
+-- also gives random preprocessing layers the keys fit would (aug:apply's).
 function Model:__call(x, training)
   local xs, listed = graph.symbolic_list(x, self.name)
   if xs then
@@ -738,6 +741,15 @@ function Model:__call(x, training)
     return table.unpack(outs)
   end
   ensure_built(self, x)
+  if type(training) == "table" then
+    -- {training = true, epoch =, first_index = | indices = }: the keys the
+    -- random preprocessing layers draw with, as in aug:apply (0-based)
+    local o = training
+    local order = o.indices and {}
+    for i, v in ipairs(o.indices or {}) do order[i] = v + 1 end
+    return C.model_forward(self.handle, x, o.training or false, o.training and (o.epoch or 0) or nil, order,
+                           order and 1 or (o.first_index or 0) + 1)
+  end
   return C.model_forward(self.handle, x, training or false)
 end
 

@@ -134,8 +134,7 @@ static lunet_status embedding_mask(lunet_layer *l, lunet_call *c, int nin, lunet
   mask_out[0] = NULL;
   if (!lunet_layer_get_bool(l, "mask_zero")) return LUNET_OK;
   lunet_ctx *ctx = lunet_call_ctx(c);
-  lunet_tensor *xf = lunet_tensor_dtype(x[0]) == LUNET_F32 ? lunet_tensor_retain(x[0])
-                                                           : lunet_op_cast(ctx, x[0], LUNET_F32);
+  lunet_tensor *xf = layers_as_f32(ctx, x[0]);
   lunet_tensor *zero = xf ? lunet_op_new(ctx, xf, LUNET_F32, 0, NULL) : NULL;
   lunet_tensor *gt = zero && !lunet_op_fill(ctx, zero, 0.0f) ? lunet_op_binary(ctx, LUNET_BINARY_GT, xf, zero)
                                                              : NULL;

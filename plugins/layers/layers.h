@@ -3,8 +3,9 @@
  * layer types each file defines, and small helpers for the state every
  * layer keeps between forward and backward.
  *
- * Written only against lunet/plugin.h and lunet/ops.h, as a third party's
- * plugin would be: the built-in layers prove the ABI.
+ * Written only against lunet's public headers (lunet/plugin.h, lunet/ops.h,
+ * lunet/augment.h), as a third party's plugin would be: the built-in layers
+ * prove the ABI.
  */
 #ifndef LUNET_LAYERS_H
 #define LUNET_LAYERS_H
@@ -46,6 +47,12 @@
       ((const lunet_shape[]){__VA_ARGS__})
 
 extern LAYERS_HIDDEN const lunet_layer_type layers_dense;
+extern LAYERS_HIDDEN const lunet_layer_type layers_random_flip;
+extern LAYERS_HIDDEN const lunet_layer_type layers_random_rotation;
+extern LAYERS_HIDDEN const lunet_layer_type layers_random_translation;
+extern LAYERS_HIDDEN const lunet_layer_type layers_random_zoom;
+extern LAYERS_HIDDEN const lunet_layer_type layers_random_crop;
+extern LAYERS_HIDDEN const lunet_layer_type layers_resizing;
 extern LAYERS_HIDDEN const lunet_layer_type layers_conv2d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_max_pooling2d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_average_pooling2d;
@@ -140,6 +147,12 @@ static inline lunet_tensor *layers_as_2d(lunet_ctx *ctx, lunet_tensor *x) {
 static inline lunet_tensor *layers_reshape_like(lunet_ctx *ctx, lunet_tensor *t,
                                                 const lunet_tensor *like) {
   return lunet_op_reshape(ctx, t, lunet_tensor_ndim(like), lunet_tensor_shape(like));
+}
+
+/* x as float32: a new reference to x itself, or a cast of 8-bit or integer
+ * input (Keras: arithmetic on uint8 images promotes to float32). */
+static inline lunet_tensor *layers_as_f32(lunet_ctx *ctx, lunet_tensor *x) {
+  return lunet_tensor_dtype(x) == LUNET_F32 ? lunet_tensor_retain(x) : lunet_op_cast(ctx, x, LUNET_F32);
 }
 
 /* One sample's shape with Keras's batch placeholder: "(None, 28, 28, 1)". */

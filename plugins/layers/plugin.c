@@ -47,6 +47,12 @@ static const lunet_layer_type *const layer_types[] = {
     &layers_spatial_dropout2d,
     &layers_transformer_encoder,
     &layers_transformer_decoder,
+    &layers_random_flip,
+    &layers_random_rotation,
+    &layers_random_translation,
+    &layers_random_zoom,
+    &layers_random_crop,
+    &layers_resizing,
 };
 
 static const lunet_plugin_desc layers_plugin = {

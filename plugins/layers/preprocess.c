@@ -32,7 +32,7 @@ static lunet_status same_shape_build(lunet_layer *l, int nin, const lunet_shape 
 static lunet_status rescaling_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
                                       lunet_tensor **y, bool training) {
   lunet_ctx *ctx = lunet_call_ctx(c);
-  lunet_tensor *f = lunet_tensor_dtype(x[0]) == LUNET_F32 ? lunet_tensor_retain(x[0]) : lunet_op_cast(ctx, x[0], LUNET_F32);
+  lunet_tensor *f = layers_as_f32(ctx, x[0]);
   y[0] = f ? lunet_op_unary(ctx, LUNET_UNARY_AFFINE, f, (float)lunet_layer_get_float(l, "scale"),
                             (float)lunet_layer_get_float(l, "offset"))
            : NULL;
@@ -107,7 +107,7 @@ static lunet_status normalization_forward(lunet_layer *l, lunet_call *c, int nin
     return lunet_call_error(c, LUNET_ERR_ARG,
                             "not adapted: call layer:adapt(x) on training data first (or set_weights{mean, "
                             "variance, count}); an unadapted Normalization would pass the data through unchanged");
-  lunet_tensor *f = lunet_tensor_dtype(x[0]) == LUNET_F32 ? lunet_tensor_retain(x[0]) : lunet_op_cast(ctx, x[0], LUNET_F32);
+  lunet_tensor *f = layers_as_f32(ctx, x[0]);
   lunet_tensor *sd = lunet_op_unary(ctx, LUNET_UNARY_SQRT, lunet_layer_weight(l, VARIANCE), 0, 0);
   lunet_tensor *den = sd ? lunet_op_unary(ctx, LUNET_UNARY_CLIP, sd, 1e-7f, 3.4e38f) : NULL;
   lunet_tensor *d = f && den ? lunet_op_binary(ctx, LUNET_BINARY_SUB, f, lunet_layer_weight(l, MEAN)) : NULL;

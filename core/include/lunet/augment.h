@@ -104,6 +104,15 @@ LUNET_API lunet_status lunet_augment_apply(lunet_ctx *ctx, const lunet_augment *
                                            const float *in, int64_t n, int64_t h, int64_t w,
                                            int64_t c, const int64_t *sample_index, uint64_t seed,
                                            uint64_t epoch);
+/* The geometric part alone, for model layers that resample on their
+ * device (nn.RandomFlip ...): mats (n, 6) gets each sample's output->input
+ * matrix, the map lunet_op_affine_resample takes, drawn with the same keys
+ * and checks as lunet_augment_apply; *mode and *fill get the resample's
+ * fill.  The pointwise steps are not applied. */
+LUNET_API lunet_status lunet_augment_matrices(lunet_ctx *ctx, const lunet_augment *a, float *mats,
+                                              int64_t n, int64_t h, int64_t w, int64_t c,
+                                              const int64_t *sample_index, uint64_t seed,
+                                              uint64_t epoch, lunet_fill_mode *mode, float *fill);
 
 /* ---- batch loader ---- */
 

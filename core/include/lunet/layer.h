@@ -35,6 +35,9 @@ LUNET_API lunet_status lunet_layer_set_ints(lunet_layer *l, const char *arg, int
                                             const int64_t *v);
 LUNET_API lunet_status lunet_layer_set_regularizer(lunet_layer *l, const char *arg, double l1,
                                                    double l2);
+/* A RANGE argument: n 1 (a number, lo) or 2 (the pair {lo, hi}). */
+LUNET_API lunet_status lunet_layer_set_range(lunet_layer *l, const char *arg, int n, double lo,
+                                             double hi);
 /* Sets an argument from a typed value of the schema's type. */
 LUNET_API lunet_status lunet_layer_set_value(lunet_layer *l, const char *arg,
                                              const lunet_arg_value *v);

@@ -80,6 +80,16 @@ LUNET_API uint64_t lunet_rng_take(lunet_ctx *ctx, uint64_t n);
 /* The next number of the context's stream, uniform in [0, 1). */
 LUNET_API double lunet_rng_uniform(lunet_ctx *ctx);
 
+/* The dataset keys of the batch about to be trained on: Model:fit sets each
+ * sample's dataset index (0-based) and the epoch before every step, so that
+ * random preprocessing layers (nn.RandomFlip ...) draw exactly what
+ * fit{augment = ...} would draw for the same samples.  Copies the indices;
+ * indices NULL (or n 0) clears them. */
+LUNET_API lunet_status lunet_set_sample_keys(lunet_ctx *ctx, uint64_t epoch, const int64_t *indices,
+                                             int64_t n);
+/* The keys set above, or NULL (*n 0) when none are set. */
+LUNET_API const int64_t *lunet_sample_keys(const lunet_ctx *ctx, uint64_t *epoch, int64_t *n);
+
 /* Ctrl-C: the REPL sets this flag from its signal handler; long loops poll it. */
 LUNET_API void lunet_interrupt(void);
 LUNET_API bool lunet_interrupted(void);

@@ -59,7 +59,7 @@ extern "C" {
 #endif
 
 #define LUNET_PLUGIN_ABI_MAJOR 2
-#define LUNET_PLUGIN_ABI_MINOR 1
+#define LUNET_PLUGIN_ABI_MINOR 2
 #define LUNET_PLUGIN_ENTRY lunet_plugin_entry
 #define LUNET_PLUGIN_ENTRY_NAME "lunet_plugin_entry"
 
@@ -79,7 +79,9 @@ typedef enum lunet_arg_type {
   LUNET_ARG_STRING,  /* value.s, one of `choices` when set ("valid|same") */
   LUNET_ARG_INT2,    /* an integer or a pair {h, w}: value.n (1 or 2), value.v */
   LUNET_ARG_SHAPE,   /* a list of integers: value.n, value.v */
-  LUNET_ARG_REGULARIZER /* value.f (l1) and value.f2 (l2) */
+  LUNET_ARG_REGULARIZER, /* value.f (l1) and value.f2 (l2) */
+  LUNET_ARG_RANGE        /* (ABI 2.2) a number or a pair {lo, hi}: value.n (1 or 2), value.f
+                          * (the number, or lo) and value.f2 (hi) */
 } lunet_arg_type;
 
 /* A typed argument value; the members of the argument's type are read. */
@@ -222,6 +224,10 @@ LUNET_API bool lunet_layer_get_bool(const lunet_layer *l, const char *arg);
 LUNET_API const char *lunet_layer_get_string(const lunet_layer *l, const char *arg);
 /* An INT2 as {h, w} (a single value is used for both). */
 LUNET_API void lunet_layer_get_int2(const lunet_layer *l, const char *arg, int64_t out[2]);
+/* (ABI 2.2) A RANGE: returns 1 for a number (out = {f, f}), 2 for a pair
+ * (out = {lo, hi}), 0 when nil; the layer decides what a number means
+ * (Keras: a factor f is the range [-f, f]). */
+LUNET_API int lunet_layer_get_range(const lunet_layer *l, const char *arg, double out[2]);
 /* Returns the count, writes up to max values. */
 LUNET_API int lunet_layer_get_shape(const lunet_layer *l, const char *arg, int64_t *out, int max);
 

@@ -1,0 +1,203 @@
+-- Random augmentation and resizing as model layers (nn.RandomFlip,
+-- RandomRotation, RandomTranslation, RandomZoom, RandomCrop, Resizing):
+-- the same images as fit{augment = ...} for the same keys, inside fit too;
+-- identity (or the centre window) at inference; Resizing against TF's
+-- half-pixel formula written out in Lua; saved and loaded; bad arguments.
+local here = arg[0]:gsub("[^/]+$", "")
+package.path = here .. "?.lua;" .. package.path
+local check = require "check"
+local nn = require "lunet"
+local A = nn.augment
+
+local T = {}
+
+local function max_diff(a, b) return (a - b):abs():max():item() end
+
+-- Each layer next to the augment step that fit{augment} would run.
+local function pairs_of_layers(shape)
+  return {
+    {nn.RandomFlip{"horizontal_and_vertical", seed = 3, input_shape = shape}, A.RandomFlip("horizontal_and_vertical")},
+    {nn.RandomRotation{0.2, fill_mode = "nearest", seed = 3, input_shape = shape},
+     A.RandomRotation(0.2, {fill_mode = "nearest"})},
+    {nn.RandomTranslation{0.2, {-0.1, 0.3}, seed = 3, input_shape = shape}, A.RandomTranslation(0.2, {-0.1, 0.3})},
+    {nn.RandomZoom{{-0.3, 0.2}, seed = 3, input_shape = shape}, A.RandomZoom({-0.3, 0.2})},
+    {nn.RandomZoom{0.2, {0.1, 0.4}, fill_mode = "wrap", seed = 3, input_shape = shape},
+     A.RandomZoom(0.2, {0.1, 0.4}, {fill_mode = "wrap"})},
+    {nn.RandomCrop{5, 4, padding = 2, seed = 3, input_shape = shape}, A.RandomCrop{5, 4, padding = 2}},
+  }
+end
+
+function T.layers_draw_what_fit_augment_draws()
+  nn.seed(1)
+  local x = nn.rand(12, 7, 6, 3)
+  for _, p in ipairs(pairs_of_layers{7, 6, 3}) do
+    local m = nn.Sequential{p[1]}
+    local aug = A.Sequential{p[2], seed = 3}
+    local got = m(x, {training = true, epoch = 4, first_index = 20})
+    local want = aug:apply(x, {epoch = 4, first_index = 20})
+    check.eq(max_diff(got, want), 0, p[1].type .. ": the same images as the augment pipeline")
+    -- the keys matter: another epoch draws other transforms
+    local other = m(x, {training = true, epoch = 5, first_index = 20})
+    assert(max_diff(other, got) > 0, p[1].type .. ": epoch 5 drew what epoch 4 drew")
+    -- by dataset index, not batch position
+    local idx = {}
+    for i = 1, 12 do idx[i] = 100 - i end
+    check.eq(max_diff(m(x, {training = true, epoch = 4, indices = idx}), aug:apply(x, {epoch = 4, indices = idx})), 0,
+      p[1].type .. " with indices")
+  end
+end
+
+function T.inference_passes_images_through_and_crop_takes_the_centre()
+  local x = nn.rand(3, 7, 6, 3)
+  for _, p in ipairs(pairs_of_layers{7, 6, 3}) do
+    local m = nn.Sequential{p[1]}
+    if p[1].type == "RandomCrop" then
+      check.eq(max_diff(m(x), nn.Sequential{nn.CenterCrop{5, 4, input_shape = {7, 6, 3}}}(x)), 0, "centre window")
+      check.same_table(m:predict(x):shape(), {3, 5, 4, 3}, 0, "the shape training sees")
+    else
+      check.eq(max_diff(m(x), x), 0, p[1].type .. " at inference")
+      check.eq(max_diff(m:predict(x), x), 0, p[1].type .. " in predict")
+    end
+  end
+end
+
+-- Outside fit, each call draws anew, and lunet.seed repeats a run.
+function T.calls_outside_fit_draw_anew()
+  local x = nn.rand(6, 8, 8, 1)
+  local m = nn.Sequential{nn.RandomRotation{0.3, input_shape = {8, 8, 1}}}
+  nn.seed(5)
+  local a, b = m(x, true), m(x, true)
+  assert(max_diff(a, b) > 0, "two calls drew the same rotation")
+  nn.seed(5)
+  check.eq(max_diff(m(x, true), a), 0, "lunet.seed repeats the draws")
+  -- two unseeded layers of one model draw independently
+  local two = nn.Sequential{nn.RandomFlip{"horizontal", input_shape = {8, 8, 1}}, nn.RandomFlip{"horizontal"}}
+  local y = two(x, {training = true, epoch = 1})
+  assert(max_diff(y, x) > 0, "two independent flips undid each other on every sample")
+end
+
+-- Inside model:fit the layer sees each sample as fit{augment} would have
+-- made it: captured by a Lambda after the layer, with and without shuffling.
+function T.inside_fit_the_keys_are_fits()
+  nn.seed(2)
+  local n, bs = 10, 4
+  local x, y = nn.rand(n, 5, 5, 1), nn.rand(n, 1)
+  local seen = {}
+  local capture = nn.Lambda(function(t, training)
+    if training then seen[#seen + 1] = t:clone() end
+    return t
+  end)
+  local m = nn.Sequential{nn.RandomFlip{"horizontal_and_vertical", seed = 11, input_shape = {5, 5, 1}}, capture,
+    nn.Flatten(), nn.Dense(1)}
+  m:compile{optimizer = "sgd", loss = "mse"}
+  local aug = A.Sequential{A.RandomFlip("horizontal_and_vertical"), seed = 11}
+  m:fit(x, y, {epochs = 2, batch_size = bs, shuffle = false, verbose = 0})
+  check.eq(#seen, 6, "training calls (3 batches, 2 epochs)")
+  local k = 0
+  for epoch = 1, 2 do
+    local want = aug:apply(x, {epoch = epoch})
+    for first = 1, n, bs do
+      k = k + 1
+      local count = math.min(bs, n - first + 1)
+      check.eq(max_diff(seen[k], want[{{first, first + count - 1}}]), 0, ("epoch %d, batch %d"):format(epoch, k))
+    end
+  end
+  -- shuffled: every sample seen equals the augment pipeline's image of one dataset row
+  seen = {}
+  m:fit(x, y, {epochs = 1, batch_size = bs, verbose = 0})
+  local want = aug:apply(x, {epoch = 1}):totable()
+  local rows = {}
+  for _, b in ipairs(seen) do for _, r in ipairs(b:totable()) do rows[#rows + 1] = r end end
+  check.eq(#rows, n, "samples seen")
+  local used = {}
+  for _, r in ipairs(rows) do
+    local found
+    for i = 1, n do
+      if not used[i] and pcall(check.same_table, r, want[i], 0) then found = i break end
+    end
+    assert(found, "a shuffled sample is not the augment pipeline's image of any row")
+    used[found] = true
+  end
+end
+
+-- tf.image.resize (bilinear, half-pixel centres, edges clamped), written out.
+local function resize_reference(img, oh, ow, crop)
+  local h, w = #img, #img[1]
+  local ch, cw, top, left = h, w, 0, 0
+  if crop then
+    ch = math.min(h, math.floor(w * oh / ow))
+    cw = math.min(w, math.floor(h * ow / oh))
+    top, left = (h - ch) // 2, (w - cw) // 2
+  end
+  local function at(yy, xx) return img[top + yy + 1][left + xx + 1] end
+  local out = {}
+  for i = 0, oh - 1 do
+    out[i + 1] = {}
+    local sy = (i + 0.5) * ch / oh - 0.5
+    local y0 = math.floor(sy)
+    local dy = sy - y0
+    local ya, yb = math.max(y0, 0), math.min(y0 + 1, ch - 1)
+    ya = math.min(ya, ch - 1)
+    for j = 0, ow - 1 do
+      local sx = (j + 0.5) * cw / ow - 0.5
+      local x0 = math.floor(sx)
+      local dx = sx - x0
+      local xa, xb = math.min(math.max(x0, 0), cw - 1), math.min(x0 + 1, cw - 1)
+      local v = (1 - dy) * ((1 - dx) * at(ya, xa) + dx * at(ya, xb)) + dy * ((1 - dx) * at(yb, xa) + dx * at(yb, xb))
+      out[i + 1][j + 1] = v
+    end
+  end
+  return out
+end
+
+function T.resizing_matches_tf_half_pixel_bilinear()
+  nn.seed(3)
+  local x = nn.rand(1, 5, 7, 1)
+  local img = x:reshape(5, 7):totable()
+  for _, c in ipairs{{3, 4}, {9, 11}, {5, 7}, {2, 9}, {6, 3, true}, {4, 4, true}, {10, 3, true}} do
+    local m = nn.Sequential{nn.Resizing{c[1], c[2], crop_to_aspect_ratio = c[3] or false, input_shape = {5, 7, 1}}}
+    local got = m(x):reshape(c[1], c[2]):totable()
+    check.same_table(got, resize_reference(img, c[1], c[2], c[3]), 1e-5, ("Resizing %dx%d%s"):format(c[1], c[2],
+      c[3] and " cropped" or ""))
+  end
+  -- 8-bit images in, float32 out
+  local u = nn.tensor({{{{0}, {255}}, {{128}, {64}}}}, "uint8")
+  local r = nn.Sequential{nn.Resizing{2, 2, input_shape = {2, 2, 1}}}(u)
+  check.eq(r:dtype(), "float32", "uint8 in, float32 out")
+end
+
+function T.saved_with_the_model()
+  local m = nn.Sequential{
+    nn.RandomRotation{{-0.1, 0.25}, fill_mode = "constant", fill_value = 0.5, seed = 4, input_shape = {6, 6, 2}},
+    nn.RandomZoom{0.1}, nn.RandomCrop{4, 4}, nn.Resizing{8, 8}, nn.Flatten(), nn.Dense(2)}
+  m:compile{optimizer = "adam", loss = "mse"}
+  local path = os.tmpname()
+  m:save(path)
+  local back = nn.load_model(path)
+  os.remove(path)
+  check.same_table(back.layers[1].args.factor, {-0.1, 0.25}, 1e-12, "a factor pair")
+  check.eq(back.layers[2].args.height_factor, 0.1, "a factor number")
+  check.eq(back.layers[1].args.fill_value, 0.5, "fill_value")
+  local x = nn.rand(3, 6, 6, 2)
+  check.eq(max_diff(back:predict(x), m:predict(x)), 0, "the same model")
+  check.eq(max_diff(back(x, {training = true, epoch = 2}), m(x, {training = true, epoch = 2})), 0, "the same draws")
+end
+
+function T.bad_arguments_say_what_is_wrong()
+  check.fails(function() nn.RandomRotation{{0.3, 0.1}} end, "factor pair {0.3, 0.1} is reversed")
+  check.fails(function() nn.RandomRotation{"a"} end, "factor must be a number or a pair {lo, hi}")
+  check.fails(function() nn.RandomFlip{"sideways"} end, "mode must be one of horizontal, vertical")
+  check.fails(function() nn.RandomZoom{0.2, fill_mode = "mirror"} end, "fill_mode must be one of reflect")
+  check.fails(function() nn.Sequential{nn.RandomRotation{1.5, input_shape = {4, 4, 1}}} end, "factor must be in [-1, 1]")
+  check.fails(function() nn.Sequential{nn.RandomCrop{6, 6, input_shape = {4, 4, 1}}} end, "does not fit")
+  check.fails(function() nn.Sequential{nn.RandomCrop{6, 6, padding = 2, input_shape = {4, 4, 1}}} end,
+    "larger than the images")
+  check.fails(function() nn.Sequential{nn.RandomFlip{input_shape = {16}}} end, "expects input of rank 3")
+  -- a trainable layer before a random one would get no gradient: an error, never silence
+  local m = nn.Sequential{nn.Conv2D{2, 1, input_shape = {4, 4, 1}}, nn.RandomFlip{"horizontal"}, nn.Flatten(), nn.Dense(1)}
+  m:compile{optimizer = "sgd", loss = "mse"}
+  check.fails(function() m:fit(nn.rand(4, 4, 4, 1), nn.rand(4, 1), {verbose = 0}) end,
+    "put the preprocessing layers first in the model")
+end
+
+check.run(T)
