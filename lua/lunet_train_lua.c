@@ -51,9 +51,10 @@ static double field(lua_State *L, int idx, const char *k, double def) {
 
 /* The configuration in the table at idx: kind and Keras's argument names. */
 static lunet_optimizer_config read_config(lua_State *L, int idx) {
-  static const char *const kinds[] = {"sgd", "adam", "rmsprop", NULL};
   lua_getfield(L, idx, "kind");
-  lunet_optimizer_config c = lunet_optimizer_defaults(luaL_checkoption(L, -1, NULL, kinds));
+  int kind = lunet_optimizer_kind_find(lua_tostring(L, -1));
+  if (kind < 0) luaL_error(L, "unknown optimizer kind '%s'", luaL_optstring(L, -1, "nil"));
+  lunet_optimizer_config c = lunet_optimizer_defaults((lunet_optimizer_kind)kind);
   lua_pop(L, 1);
   c.learning_rate = field(L, idx, "learning_rate", c.learning_rate);
   c.momentum = field(L, idx, "momentum", c.momentum);
@@ -66,6 +67,7 @@ static lunet_optimizer_config read_config(lua_State *L, int idx) {
   c.clipvalue = field(L, idx, "clipvalue", 0);
   c.clipnorm = field(L, idx, "clipnorm", 0);
   c.global_clipnorm = field(L, idx, "global_clipnorm", 0);
+  c.initial_accumulator_value = field(L, idx, "initial_accumulator_value", c.initial_accumulator_value);
   return c;
 }
 

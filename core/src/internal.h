@@ -121,4 +121,12 @@ LUNET_HIDDEN struct lunet_tensor *lunet_metric_correct(lunet_ctx *ctx, const str
 LUNET_HIDDEN double lunet_metric_batch_count(const struct lunet_metric *m,
                                              const lunet_tensor *y_pred);
 
+/* The optimizers built from the core's tensor ops (Adagrad, Adadelta,
+ * Adamax, Nadam, Lion; optimizer_ops.c): one update of p from g with the
+ * slots s1, s2 at 1-based step `step`. */
+struct lunet_optimizer_config;
+lunet_status lunet_optimizer_update_by_ops(lunet_ctx *ctx, const struct lunet_optimizer_config *c,
+                                           lunet_tensor *p, const lunet_tensor *g, lunet_tensor *s1,
+                                           lunet_tensor *s2, int64_t step);
+
 #endif

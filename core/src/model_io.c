@@ -29,7 +29,6 @@
 #define MAX_DEPTH 32
 #define MAX_ENTRIES 10000 /* layers or calls in one config */
 
-static const char *const kind_names[] = {"sgd", "adam", "rmsprop"};
 
 /* ---- writing ---- */
 
@@ -196,7 +195,7 @@ static cJSON *optimizer_json(const lunet_optimizer *opt) {
   const lunet_optimizer_config *c = lunet_optimizer_config_get(opt);
   cJSON *o = cJSON_CreateObject();
   if (!o) return NULL;
-  cJSON_AddStringToObject(o, "kind", kind_names[c->kind]);
+  cJSON_AddStringToObject(o, "kind", lunet_optimizer_kind_name(c->kind));
   cJSON_AddNumberToObject(o, "learning_rate", c->learning_rate);
   cJSON_AddNumberToObject(o, "momentum", c->momentum);
   cJSON_AddBoolToObject(o, "nesterov", c->nesterov);
@@ -208,6 +207,7 @@ static cJSON *optimizer_json(const lunet_optimizer *opt) {
   cJSON_AddNumberToObject(o, "clipvalue", c->clipvalue);
   cJSON_AddNumberToObject(o, "clipnorm", c->clipnorm);
   cJSON_AddNumberToObject(o, "global_clipnorm", c->global_clipnorm);
+  cJSON_AddNumberToObject(o, "initial_accumulator_value", c->initial_accumulator_value);
   cJSON_AddNumberToObject(o, "iterations", (double)lunet_optimizer_iterations(opt));
   return o;
 }
@@ -603,10 +603,9 @@ static lunet_status fill_from(reader *r, const lunet_safetensors *st, const char
 
 static lunet_optimizer *read_optimizer(reader *r, const cJSON *o) {
   const cJSON *kind = cJSON_GetObjectItemCaseSensitive(o, "kind");
-  int k = 0;
-  while (cJSON_IsString(kind) && k < 3 && strcmp(kind_names[k], kind->valuestring)) k++;
-  if (!cJSON_IsString(kind) || k == 3) {
-    bad(r, "the optimizer's kind must be sgd, adam or rmsprop");
+  int k = cJSON_IsString(kind) ? lunet_optimizer_kind_find(kind->valuestring) : -1;
+  if (k < 0) {
+    bad(r, "the optimizer's kind must be sgd, adam, rmsprop, adagrad, adadelta, adamax, nadam or lion");
     return NULL;
   }
   lunet_optimizer_config c = lunet_optimizer_defaults((lunet_optimizer_kind)k);
@@ -616,7 +615,7 @@ static lunet_optimizer *read_optimizer(reader *r, const cJSON *o) {
   } nums[] = {{"learning_rate", &c.learning_rate}, {"momentum", &c.momentum}, {"beta_1", &c.beta_1},
               {"beta_2", &c.beta_2},               {"rho", &c.rho},           {"epsilon", &c.epsilon},
               {"weight_decay", &c.weight_decay},   {"clipvalue", &c.clipvalue}, {"clipnorm", &c.clipnorm},
-              {"global_clipnorm", &c.global_clipnorm}};
+              {"global_clipnorm", &c.global_clipnorm}, {"initial_accumulator_value", &c.initial_accumulator_value}};
   for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, nums[i].name);
     if (!v) continue;

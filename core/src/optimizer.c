@@ -34,13 +34,53 @@ lunet_optimizer_config lunet_optimizer_defaults(lunet_optimizer_kind kind) {
     c.rho = 0.9;
     c.epsilon = 1e-7;
     break;
+  case LUNET_OPT_ADAGRAD:
+    c.learning_rate = 0.001;
+    c.initial_accumulator_value = 0.1;
+    c.epsilon = 1e-7;
+    break;
+  case LUNET_OPT_ADADELTA:
+    c.learning_rate = 0.001;
+    c.rho = 0.95;
+    c.epsilon = 1e-7;
+    break;
+  case LUNET_OPT_ADAMAX:
+  case LUNET_OPT_NADAM:
+    c.learning_rate = 0.001;
+    c.beta_1 = 0.9;
+    c.beta_2 = 0.999;
+    c.epsilon = 1e-7;
+    break;
+  case LUNET_OPT_LION:
+    c.learning_rate = 0.001;
+    c.beta_1 = 0.9;
+    c.beta_2 = 0.99;
+    break;
+  default:
+    break;
   }
   return c;
 }
 
+static const char *const kind_names[LUNET_OPT_COUNT] = {"sgd",      "adam",   "rmsprop", "adagrad",
+                                                        "adadelta", "adamax", "nadam",   "lion"};
+
+const char *lunet_optimizer_kind_name(lunet_optimizer_kind kind) {
+  return (unsigned)kind < LUNET_OPT_COUNT ? kind_names[kind] : NULL;
+}
+
+int lunet_optimizer_kind_find(const char *name) {
+  for (int k = 0; name && k < LUNET_OPT_COUNT; k++)
+    if (!strcmp(kind_names[k], name)) return k;
+  return -1;
+}
+
 static lunet_status check_config(lunet_ctx *ctx, const lunet_optimizer_config *c) {
-  if ((unsigned)c->kind > LUNET_OPT_RMSPROP)
+  if ((unsigned)c->kind >= LUNET_OPT_COUNT)
     return lunet_error(ctx, LUNET_ERR_ARG, "optimizer: unknown kind %d", (int)c->kind);
+  if (!(c->epsilon >= 0) || !(c->weight_decay >= 0) || !(c->initial_accumulator_value >= 0))
+    return lunet_error(ctx, LUNET_ERR_ARG,
+                       "optimizer: epsilon, weight_decay and initial_accumulator_value must be >= 0");
   if (!(c->learning_rate >= 0) || !isfinite(c->learning_rate))
     return lunet_error(ctx, LUNET_ERR_ARG, "optimizer: learning_rate must be >= 0, got %g",
                        c->learning_rate);
@@ -112,8 +152,16 @@ int lunet_optimizer_slot_count(const lunet_optimizer *o) {
     return 2;
   case LUNET_OPT_RMSPROP:
     return o->cfg.momentum > 0 ? 2 : 1;
+  case LUNET_OPT_ADAGRAD:
+  case LUNET_OPT_LION:
+    return 1;
+  case LUNET_OPT_ADADELTA:
+  case LUNET_OPT_ADAMAX:
+  case LUNET_OPT_NADAM:
+    return 2;
+  default:
+    return 0;
   }
-  return 0;
 }
 
 static lunet_status grow(lunet_ctx *ctx, lunet_optimizer *o, int n) {
@@ -187,7 +235,8 @@ static lunet_tensor *slot_for(lunet_ctx *ctx, lunet_optimizer *o, int i, int k, 
     return o->slots[i][k] = moved;
   }
   t = lunet_op_new(ctx, p, LUNET_F32, p->ndim, p->shape);
-  if (t && lunet_op_fill(ctx, t, 0.0f)) {
+  float init = o->cfg.kind == LUNET_OPT_ADAGRAD && k == 0 ? (float)o->cfg.initial_accumulator_value : 0.0f;
+  if (t && lunet_op_fill(ctx, t, init)) {
     lunet_tensor_release(t);
     t = NULL;
   }
@@ -300,8 +349,9 @@ static lunet_status update_one(lunet_ctx *ctx, lunet_optimizer *o, int i, lunet_
   case LUNET_OPT_RMSPROP:
     return lunet_op_rmsprop_update(ctx, p, g, s1, s2, lr, (float)c->rho, (float)c->momentum,
                                    (float)c->epsilon);
+  default:
+    return lunet_optimizer_update_by_ops(ctx, c, p, g, s1, s2, step);
   }
-  return LUNET_OK;
 }
 
 lunet_status lunet_optimizer_apply(lunet_ctx *ctx, lunet_optimizer *o, int n,

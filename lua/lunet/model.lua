@@ -930,8 +930,8 @@ local function loaded_optimizer(h)
   local lua_cfg = C.model_meta(h, "lua_optimizer")
   local cfg = lua_cfg and C.json_decode(lua_cfg, "the optimizer settings")
     or C.json_decode(C.model_meta(h, "optimizer") or "{}", "the optimizer config")
-  local names = { sgd = "SGD", adam = cfg.weight_decay and cfg.weight_decay > 0 and "AdamW" or "Adam", rmsprop = "RMSprop" }
-  local name = lua_cfg and cfg.name or names[cfg.kind]
+  local name = lua_cfg and cfg.name or optim.optimizers.by_kind[cfg.kind]
+  if name == "Adam" and cfg.weight_decay and cfg.weight_decay > 0 then name = "AdamW" end
   if not optim.optimizers.takes(name, "learning_rate") then
     error(string.format("unknown optimizer '%s'", tostring(name)), 0)
   end

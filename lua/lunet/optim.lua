@@ -40,7 +40,7 @@ M.check_fields = check_fields
 -- Keras's gradient clipping, accepted by every optimizer (0: off).
 local clipping = { clipvalue = 0, clipnorm = 0, global_clipnorm = 0 }
 local hyper_names = { "learning_rate", "momentum", "nesterov", "beta_1", "beta_2", "epsilon", "rho", "weight_decay",
-  "clipvalue", "clipnorm", "global_clipnorm" }
+  "clipvalue", "clipnorm", "global_clipnorm", "initial_accumulator_value" }
 
 local function make(kind, name, defaults, opts, handle)
   local allowed = {}
@@ -73,7 +73,8 @@ local function make(kind, name, defaults, opts, handle)
   ok, handle = pcall(C.optimizer_new, { kind = kind, learning_rate = type(lr) == "number" and lr or 0,
     momentum = self.momentum, nesterov = self.nesterov, beta_1 = self.beta_1, beta_2 = self.beta_2,
     epsilon = self.epsilon, rho = self.rho, weight_decay = self.weight_decay, clipvalue = self.clipvalue,
-    clipnorm = self.clipnorm, global_clipnorm = self.global_clipnorm })
+    clipnorm = self.clipnorm, global_clipnorm = self.global_clipnorm,
+    initial_accumulator_value = self.initial_accumulator_value })
   if not ok then error(string.format("bad argument to '%s' (%s)", name, handle), 3) end
   self.handle = handle
   return setmetatable(self, Optimizer)
@@ -86,6 +87,11 @@ local defaults = {
   Adam = { kind = "adam", learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7, weight_decay = 0 },
   AdamW = { kind = "adam", learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7, weight_decay = 0.004 },
   RMSprop = { kind = "rmsprop", learning_rate = 0.001, rho = 0.9, momentum = 0.0, epsilon = 1e-7 },
+  Adagrad = { kind = "adagrad", learning_rate = 0.001, initial_accumulator_value = 0.1, epsilon = 1e-7, weight_decay = 0 },
+  Adadelta = { kind = "adadelta", learning_rate = 0.001, rho = 0.95, epsilon = 1e-7, weight_decay = 0 },
+  Adamax = { kind = "adamax", learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7, weight_decay = 0 },
+  Nadam = { kind = "nadam", learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7, weight_decay = 0 },
+  Lion = { kind = "lion", learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.99, weight_decay = 0 },
 }
 
 for name, d in pairs(defaults) do
@@ -101,12 +107,16 @@ function M.optimizers.takes(name, arg)
   return defaults[name] ~= nil and arg ~= "kind" and (defaults[name][arg] ~= nil or clipping[arg] ~= nil)
 end
 
-local by_name = { sgd = "SGD", adam = "Adam", adamw = "AdamW", rmsprop = "RMSprop" }
+local by_name = { sgd = "SGD", adam = "Adam", adamw = "AdamW", rmsprop = "RMSprop", adagrad = "Adagrad",
+  adadelta = "Adadelta", adamax = "Adamax", nadam = "Nadam", lion = "Lion" }
+M.optimizers.by_kind = { sgd = "SGD", adam = "Adam", rmsprop = "RMSprop", adagrad = "Adagrad", adadelta = "Adadelta",
+  adamax = "Adamax", nadam = "Nadam", lion = "Lion" }
 
 function M.optimizers.get(o)
   if type(o) == "table" and getmetatable(o) == Optimizer then return o end
   if type(o) == "string" and by_name[o:lower()] then return M.optimizers[by_name[o:lower()]]() end
-  error(string.format("unknown optimizer %s (valid: sgd, adam, adamw, rmsprop, or nn.optimizers.Adam{...})",
+  error(string.format("unknown optimizer %s (valid: sgd, adam, adamw, rmsprop, adagrad, adadelta, adamax, nadam, "
+    .. "lion, or nn.optimizers.Adam{...})",
     type(o) == "string" and ("'" .. o .. "'") or type(o)), 3)
 end
 

@@ -458,7 +458,7 @@ function T.bad_input_errors()
   check.fails(function() nn.Dense{10, activaton = "relu"} end, "unknown argument; valid: units, activation")
   check.fails(function() return nn.Conv3D{} end, "lunet has no layer or class 'Conv3D'")
   local m = nn.Sequential{nn.Dense{3, activation = "softmax", input_shape = {4}}}
-  check.fails(function() m:compile{optimizer = "adamax", loss = "mse"} end, "unknown optimizer 'adamax'")
+  check.fails(function() m:compile{optimizer = "adamx", loss = "mse"} end, "unknown optimizer 'adamx'")
   check.fails(function() m:compile{optimizer = "adam", loss = "hingee"} end, "unknown loss 'hingee'")
   m:compile{optimizer = "adam", loss = "sparse_categorical_crossentropy", metrics = {"accuracy"}}
   check.fails(function() m:fit(nn.ones(10, 4), nn.zeros(9), {verbose = 0}) end, "x has 10 samples but y has 9")

@@ -114,6 +114,27 @@ function T.preprocessing_layers_agree_with_the_cpu()
   end
 end
 
+-- The optimizers written with tensor ops run on Vulkan as on the CPU.
+function T.op_written_optimizers_agree_with_the_cpu()
+  for _, name in ipairs{"Adagrad", "Adadelta", "Adamax", "Nadam", "Lion"} do
+    local results = {}
+    for _, backend in ipairs{"cpu", "vulkan"} do
+      nn.use("cpu")
+      nn.seed(9)
+      local p0, gs = nn.randn(5, 3), {nn.randn(5, 3), nn.randn(5, 3), nn.randn(5, 3)}
+      local p = p0:to(backend):requires_grad(true)
+      local opt = nn.optimizers[name]{learning_rate = 0.05, weight_decay = 0.01}
+      for _, g in ipairs(gs) do
+        (p * g:to(backend)):sum():backward()
+        opt:apply({p})
+      end
+      results[backend] = p:to("cpu"):totable()
+    end
+    nn.use("cpu")
+    check.same_table(results.vulkan, results.cpu, 1e-5, name .. " on Vulkan")
+  end
+end
+
 function T.generation_with_the_cache_on_vulkan()
   nn.seed(40)
   local inp = nn.Input{shape = {6}}

@@ -30,10 +30,21 @@ extern "C" {
 /* ---- optimizers ---- */
 
 typedef enum lunet_optimizer_kind {
-  LUNET_OPT_SGD = 0, /* slots: velocity (when momentum > 0) */
-  LUNET_OPT_ADAM,    /* slots: m, v; AdamW is Adam with weight_decay > 0 */
-  LUNET_OPT_RMSPROP  /* slots: mean square, momentum buffer (when momentum > 0) */
+  LUNET_OPT_SGD = 0,  /* slots: velocity (when momentum > 0) */
+  LUNET_OPT_ADAM,     /* slots: m, v; AdamW is Adam with weight_decay > 0 */
+  LUNET_OPT_RMSPROP,  /* slots: mean square, momentum buffer (when momentum > 0) */
+  LUNET_OPT_ADAGRAD,  /* slots: accumulator (starts at initial_accumulator_value) */
+  LUNET_OPT_ADADELTA, /* slots: accumulated gradient, accumulated delta */
+  LUNET_OPT_ADAMAX,   /* slots: m, u (the infinity norm) */
+  LUNET_OPT_NADAM,    /* slots: m, v */
+  LUNET_OPT_LION,     /* slots: m */
+  LUNET_OPT_COUNT
 } lunet_optimizer_kind;
+
+/* "sgd", "adam", ... (Keras's lower-case names); NULL for no kind. */
+LUNET_API const char *lunet_optimizer_kind_name(lunet_optimizer_kind kind);
+/* The kind named `name`, or -1. */
+LUNET_API int lunet_optimizer_kind_find(const char *name);
 
 /* Keras's hyperparameters; lunet_optimizer_defaults() fills Keras's
  * defaults for a kind.  Clipping, in the order applied to the gradients of
@@ -47,8 +58,9 @@ typedef struct lunet_optimizer_config {
   double beta_1, beta_2; /* Adam */
   double rho;           /* RMSprop */
   double epsilon;       /* Adam, RMSprop */
-  double weight_decay;  /* decoupled (AdamW, SGD) */
+  double weight_decay;  /* decoupled: p -= lr * weight_decay * p (all but RMSprop) */
   double clipvalue, clipnorm, global_clipnorm;
+  double initial_accumulator_value; /* Adagrad */
 } lunet_optimizer_config;
 
 typedef struct lunet_optimizer lunet_optimizer;

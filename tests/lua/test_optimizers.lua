@@ -1,0 +1,108 @@
+-- Adagrad, Adadelta, Adamax, Nadam and Lion: six updates against
+-- torch.optim configured to Keras's formulas (Nadam: Keras's formula in
+-- float64, torch 1.13's NAdam being off; fixture make_torch_optimizers.py),
+-- Lion and decoupled weight decay against the formula in plain Lua, saved
+-- state that resumes exactly, names and bad arguments.
+local here = arg[0]:gsub("[^/]+$", "")
+package.path = here .. "?.lua;" .. here .. "../fixtures/?.lua;" .. package.path
+local check = require "check"
+local nn = require "lunet"
+local F = require "torch_optimizers"
+
+local T = {}
+
+-- Runs opt over the fixture's gradients: the gradient of sum(p * g) is g.
+local function run(opt, p0, grads, each)
+  local p = nn.tensor(p0):requires_grad(true)
+  for i, g in ipairs(grads) do
+    (p * nn.tensor(g)):sum():backward()
+    opt:apply({p})
+    each(i, p:totable())
+  end
+end
+
+function T.updates_match_torch_configured_as_keras()
+  for _, name in ipairs{"Adadelta", "Adagrad", "Adamax", "Nadam"} do
+    local case = F[name]
+    run(nn.optimizers[name](case.args), F.p0, F.grads, function(i, got)
+      check.same_table(got, case.steps[i], 2e-6, name .. " step " .. i)
+    end)
+  end
+end
+
+-- Lion (Keras 3): p -= lr * sign(b1 m + (1 - b1) g); m = b2 m + (1 - b2) g,
+-- after the decoupled decay p -= lr * wd * p, in doubles.
+function T.lion_and_weight_decay_match_the_formula()
+  local lr, b1, b2, wd = 0.01, 0.9, 0.99, 0.1
+  local p, m = {}, {}
+  for r = 1, 3 do
+    p[r], m[r] = {}, {}
+    for c = 1, 4 do p[r][c], m[r][c] = F.p0[r][c], 0 end
+  end
+  local function sign(v) return v > 0 and 1 or v < 0 and -1 or 0 end
+  run(nn.optimizers.Lion{learning_rate = lr, weight_decay = wd}, F.p0, F.grads, function(i, got)
+    local g = F.grads[i]
+    for r = 1, 3 do
+      for c = 1, 4 do
+        p[r][c] = p[r][c] - lr * wd * p[r][c]
+        p[r][c] = p[r][c] - lr * sign(b1 * m[r][c] + (1 - b1) * g[r][c])
+        m[r][c] = b2 * m[r][c] + (1 - b2) * g[r][c]
+      end
+    end
+    check.same_table(got, p, 1e-5, "Lion step " .. i)
+  end)
+  -- Adagrad with Keras's epsilon inside the root, and weight decay
+  local acc, q = {}, {}
+  for r = 1, 3 do
+    acc[r], q[r] = {}, {}
+    for c = 1, 4 do acc[r][c], q[r][c] = 0.1, F.p0[r][c] end
+  end
+  run(nn.optimizers.Adagrad{learning_rate = 0.05, weight_decay = 0.2}, F.p0, F.grads, function(i, got)
+    local g = F.grads[i]
+    for r = 1, 3 do
+      for c = 1, 4 do
+        q[r][c] = q[r][c] - 0.05 * 0.2 * q[r][c]
+        acc[r][c] = acc[r][c] + g[r][c] ^ 2
+        q[r][c] = q[r][c] - 0.05 * g[r][c] / math.sqrt(acc[r][c] + 1e-7)
+      end
+    end
+    check.same_table(got, q, 1e-5, "Adagrad with decay, step " .. i)
+  end)
+end
+
+-- A model compiled with each new optimizer trains, saves its state and,
+-- loaded, continues exactly where the original does.
+function T.state_is_saved_and_resumes_exactly()
+  for _, name in ipairs{"adagrad", "adadelta", "adamax", "nadam", "lion"} do
+    nn.seed(3)
+    local x, y = nn.randn(32, 4), nn.randn(32, 1)
+    local m = nn.Sequential{nn.Dense{8, activation = "tanh", input_shape = {4}}, nn.Dense(1)}
+    m:compile{optimizer = name, loss = "mse"}
+    local first = m:fit(x, y, {epochs = 3, batch_size = 8, shuffle = false, verbose = 0})
+    assert(first.loss[3] < first.loss[1], name .. " did not lower the loss: " .. first.loss[1] .. " -> " .. first.loss[3])
+    local path = os.tmpname()
+    m:save(path)
+    local back = nn.load_model(path)
+    os.remove(path)
+    check.eq(back.optimizer.name, m.optimizer.name, name .. ": the optimizer comes back")
+    m:fit(x, y, {epochs = 1, batch_size = 8, shuffle = false, verbose = 0})
+    back:fit(x, y, {epochs = 1, batch_size = 8, shuffle = false, verbose = 0})
+    check.same_table(back:predict(x):totable(), m:predict(x):totable(), 0, name .. ": resumed training")
+  end
+end
+
+function T.names_and_bad_arguments()
+  check.eq(nn.optimizers.get("Nadam").name, "Nadam", "by name")
+  check.eq(nn.optimizers.Adadelta().rho, 0.95, "Keras's default rho")
+  check.eq(nn.optimizers.Adagrad().initial_accumulator_value, 0.1, "Keras's default accumulator")
+  check.fails(function() nn.optimizers.get("adamx") end, "valid: sgd, adam, adamw, rmsprop, adagrad, adadelta")
+  check.fails(function() nn.optimizers.Lion{rho = 0.9} end, "rho")
+  check.fails(function() nn.optimizers.Adagrad{initial_accumulator_value = -1} end, "initial_accumulator_value must be >= 0")
+  -- clipping works on the new ones too: a clipvalue of 0 ... 1e-3 caps Adagrad's first step
+  local p = nn.tensor{10.0}:requires_grad(true)
+  ;(p * nn.tensor{1000.0}):sum():backward()
+  nn.optimizers.Adagrad{learning_rate = 1, clipvalue = 0.001}:apply({p})
+  check.near(p:totable()[1], 10 - 0.001 / math.sqrt(0.1 + 1e-6 + 1e-7), 1e-6, "clipped gradient")
+end
+
+check.run(T)
