@@ -303,18 +303,21 @@ static int step(lua_State *L, bool training) {
   lunet_tensor *x[MAX_IO], *y[MAX_IO];
   int nx = read_tensors(L, 2, x, "x"), ny = read_tensors(L, 3, y, "y");
   double loss = 0;
+  lunet_tensor *w = lua_isnoneornil(L, 7) ? NULL : lunetL_checktensor(L, 7);
   lunet_status s = training ? set_keys(L, ctx, lunet_tensor_dim(x[0], 0)) : LUNET_OK;
   if (!s)
-    s = training ? lunet_model_train_step(ctx, m, nx, x, ny, y, &loss)
-                 : lunet_model_test_step(ctx, m, nx, x, ny, y, &loss);
+    s = training ? lunet_model_train_step_weighted(ctx, m, nx, x, ny, y, w, &loss)
+                 : lunet_model_test_step_weighted(ctx, m, nx, x, ny, y, w, &loss);
   lunet_set_sample_keys(ctx, 0, NULL, 0);
   if (s) lunetL_error(L, NULL);
   lua_pushnumber(L, loss);
   return 1;
 }
 
-/* C.model_train_step(m, x, y [, epoch, order, first]) -> the batch's loss;
- * x and y a tensor or a list; the rest: set_keys */
+/* C.model_train_step(m, x, y [, epoch, order, first [, sample_weight]]) ->
+ * the batch's loss; x and y a tensor or a list; epoch, order, first:
+ * set_keys (training only); sample_weight (N) or nil.  C.model_test_step
+ * takes the same (its keys nil). */
 static int l_model_train_step(lua_State *L) { return step(L, true); }
 static int l_model_test_step(lua_State *L) { return step(L, false); }
 
@@ -583,7 +586,21 @@ static int l_model_optimizer(lua_State *L) {
   return 1;
 }
 
+/* C.loss(name, y_true, y_pred, from_logits [, sample_weight]) -> the
+ * batch's loss, recorded on the tape (a loss object's call). */
+static int l_loss(lua_State *L) {
+  int kind = lunet_loss_find(luaL_checkstring(L, 1));
+  if (kind < 0) return luaL_error(L, "unknown loss '%s'", lua_tostring(L, 1));
+  lunet_tensor *t = lunetL_checktensor(L, 2), *p = lunetL_checktensor(L, 3);
+  lunet_tensor *w = lua_isnoneornil(L, 5) ? NULL : lunetL_checktensor(L, 5);
+  lunet_tensor *l = lunet_loss_weighted(lunetL_ctx(L), (lunet_loss_kind)kind, p, t, lua_toboolean(L, 4), w);
+  if (!l) lunetL_error(L, NULL);
+  lunetL_pushtensor(L, l);
+  return 1;
+}
+
 static const luaL_Reg functions[] = {{"optimizer_new", l_optimizer_new},
+                                     {"loss", l_loss},
                                      {"model_save", l_model_save},
                                      {"model_load", l_model_load},
                                      {"model_describe", l_model_describe},

@@ -52,6 +52,27 @@ static lunet_tensor *constant(lunet_ctx *ctx, const lunet_tensor *like, int ndim
   return t;
 }
 
+/* The batch's loss from the loss terms e: their mean without sample
+ * weights (as before weights existed); with weights w (one per sample),
+ * Keras's sum_over_batch_size: each row's loss (a per-element e first
+ * averaged over its last axis) times its sample's weight, summed and
+ * divided by the number of rows (not by the sum of the weights). */
+static lunet_tensor *reduce_terms(lunet_ctx *ctx, lunet_tensor *e, bool per_element, const lunet_tensor *w) {
+  if (!e) return NULL;
+  if (!w) return lunet_reduce(ctx, LUNET_REDUCE_MEAN, e, LUNET_ALL_AXES, false);
+  lunet_tensor *rows = per_element && e->ndim > 1 ? lunet_reduce(ctx, LUNET_REDUCE_MEAN, e, -1, false)
+                                                  : lunet_tensor_retain(e);
+  int64_t shape[LUNET_MAX_DIMS];
+  for (int i = 0; rows && i < rows->ndim; i++) shape[i] = i ? 1 : rows->shape[0];
+  lunet_tensor *wb = rows ? lunet_tensor_alias(ctx, (lunet_tensor *)w, rows->ndim, shape) : NULL;
+  lunet_tensor *prod = wb ? lunet_mul(ctx, rows, wb) : NULL;
+  lunet_tensor *loss = prod ? lunet_reduce(ctx, LUNET_REDUCE_MEAN, prod, LUNET_ALL_AXES, false) : NULL;
+  lunet_tensor_release(rows);
+  lunet_tensor_release(wb);
+  lunet_tensor_release(prod);
+  return loss;
+}
+
 /* One-hot rows (R, K) from class ids, checking their range. */
 static lunet_tensor *one_hot(lunet_ctx *ctx, const lunet_tensor *pred, lunet_tensor *labels) {
   int64_t k = pred->shape[pred->ndim - 1], r = pred->numel / (k ? k : 1);
@@ -81,10 +102,11 @@ static lunet_tensor *one_hot(lunet_ctx *ctx, const lunet_tensor *pred, lunet_ten
 }
 
 /* -mean(sum(onehot * log(clip(p)), -1)) and friends: differentiable ops. */
-static lunet_tensor *neg_mean_sum(lunet_ctx *ctx, lunet_tensor *target, lunet_tensor *logp) {
+static lunet_tensor *neg_mean_sum(lunet_ctx *ctx, lunet_tensor *target, lunet_tensor *logp,
+                                  const lunet_tensor *w) {
   lunet_tensor *prod = lunet_mul(ctx, target, logp);
   lunet_tensor *s = prod ? lunet_reduce(ctx, LUNET_REDUCE_SUM, prod, -1, false) : NULL;
-  lunet_tensor *m = s ? lunet_reduce(ctx, LUNET_REDUCE_MEAN, s, LUNET_ALL_AXES, false) : NULL;
+  lunet_tensor *m = reduce_terms(ctx, s, false, w);
   lunet_tensor *loss = m ? lunet_unary(ctx, LUNET_UNARY_NEG, m, 0, 0) : NULL;
   lunet_tensor_release(prod);
   lunet_tensor_release(s);
@@ -100,7 +122,7 @@ static lunet_tensor *log_clipped(lunet_ctx *ctx, lunet_tensor *p) {
 }
 
 static lunet_tensor *categorical(lunet_ctx *ctx, lunet_tensor *pred, lunet_tensor *target,
-                                 bool from_logits) {
+                                 bool from_logits, const lunet_tensor *w) {
   lunet_tensor *logp;
   if (from_logits) {
     logp = lunet_softmax(ctx, pred, true);
@@ -111,15 +133,15 @@ static lunet_tensor *categorical(lunet_ctx *ctx, lunet_tensor *pred, lunet_tenso
     lunet_tensor_release(s);
     lunet_tensor_release(p);
   }
-  lunet_tensor *loss = logp ? neg_mean_sum(ctx, target, logp) : NULL;
+  lunet_tensor *loss = logp ? neg_mean_sum(ctx, target, logp, w) : NULL;
   lunet_tensor_release(logp);
   return loss;
 }
 
-static lunet_tensor *mse(lunet_ctx *ctx, lunet_tensor *pred, lunet_tensor *truth) {
+static lunet_tensor *mse(lunet_ctx *ctx, lunet_tensor *pred, lunet_tensor *truth, const lunet_tensor *w) {
   lunet_tensor *d = lunet_sub(ctx, pred, truth);
   lunet_tensor *sq = d ? lunet_unary(ctx, LUNET_UNARY_SQUARE, d, 0, 0) : NULL;
-  lunet_tensor *loss = sq ? lunet_reduce(ctx, LUNET_REDUCE_MEAN, sq, LUNET_ALL_AXES, false) : NULL;
+  lunet_tensor *loss = reduce_terms(ctx, sq, true, w);
   lunet_tensor_release(d);
   lunet_tensor_release(sq);
   return loss;
@@ -153,10 +175,6 @@ int lunet_loss_find(const char *name) {
 
 /* ---- the regression and margin losses: per-row values, then the mean ---- */
 
-/* mean over the last axis, then over everything else */
-static lunet_tensor *mean_all(lunet_ctx *ctx, lunet_tensor *t) {
-  return t ? lunet_reduce(ctx, LUNET_REDUCE_MEAN, t, LUNET_ALL_AXES, false) : NULL;
-}
 
 static lunet_tensor *u(lunet_ctx *ctx, lunet_unary_op op, lunet_tensor *x, float a, float b) {
   return x ? lunet_unary(ctx, op, x, a, b) : NULL;
@@ -184,39 +202,44 @@ static lunet_tensor *l2_normalized(lunet_ctx *ctx, lunet_tensor *x) {
   return release_then(y, 4, (lunet_tensor *[]){sq, s, c, r});
 }
 
-static lunet_tensor *regression(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *p, lunet_tensor *t) {
+/* Per-element terms (elem) or per-row terms (row), reduced by reduce_terms. */
+#define elem(e) reduce_terms(ctx, e, true, w)
+#define row(e) reduce_terms(ctx, e, false, w)
+
+static lunet_tensor *regression(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *p, lunet_tensor *t,
+                                const lunet_tensor *w) {
   switch (kind) {
   case LUNET_LOSS_MAE: {
     lunet_tensor *d = lunet_sub(ctx, p, t), *a = u(ctx, LUNET_UNARY_ABS, d, 0, 0);
-    return release_then(mean_all(ctx, a), 2, (lunet_tensor *[]){d, a});
+    return release_then(elem(a), 2, (lunet_tensor *[]){d, a});
   }
   case LUNET_LOSS_HUBER: { /* delta = 1 */
     lunet_tensor *d = lunet_sub(ctx, p, t), *a = u(ctx, LUNET_UNARY_ABS, d, 0, 0);
     lunet_tensor *q = u(ctx, LUNET_UNARY_CLIP, a, -3.4e38f, 1.0f);
     lunet_tensor *lin = q ? lunet_sub(ctx, a, q) : NULL, *q2 = u(ctx, LUNET_UNARY_SQUARE, q, 0, 0);
     lunet_tensor *hq = u(ctx, LUNET_UNARY_AFFINE, q2, 0.5f, 0.0f), *sum = hq && lin ? lunet_add(ctx, hq, lin) : NULL;
-    return release_then(mean_all(ctx, sum), 7, (lunet_tensor *[]){d, a, q, lin, q2, hq, sum});
+    return release_then(elem(sum), 7, (lunet_tensor *[]){d, a, q, lin, q2, hq, sum});
   }
   case LUNET_LOSS_LOG_COSH: { /* x + log(1 + exp(-2x)) - log 2, stably: |x| + log(1 + exp(-2|x|)) - log 2 */
     lunet_tensor *d = lunet_sub(ctx, p, t), *a = u(ctx, LUNET_UNARY_ABS, d, 0, 0);
     lunet_tensor *e = u(ctx, LUNET_UNARY_EXP, u(ctx, LUNET_UNARY_AFFINE, a, -2.0f, 0.0f), 0, 0);
     lunet_tensor *l = u(ctx, LUNET_UNARY_LOG, u(ctx, LUNET_UNARY_AFFINE, e, 1.0f, 1.0f), 0, 0);
     lunet_tensor *s = l ? lunet_add(ctx, a, l) : NULL, *y = u(ctx, LUNET_UNARY_AFFINE, s, 1.0f, -0.69314718f);
-    return release_then(mean_all(ctx, y), 6, (lunet_tensor *[]){d, a, e, l, s, y});
+    return release_then(elem(y), 6, (lunet_tensor *[]){d, a, e, l, s, y});
   }
   case LUNET_LOSS_KL_DIVERGENCE: {
     lunet_tensor *tc = u(ctx, LUNET_UNARY_CLIP, t, 1e-7f, 1.0f), *pc = u(ctx, LUNET_UNARY_CLIP, p, 1e-7f, 1.0f);
     lunet_tensor *r = tc && pc ? lunet_div(ctx, tc, pc) : NULL, *l = u(ctx, LUNET_UNARY_LOG, r, 0, 0);
     lunet_tensor *m = l ? lunet_mul(ctx, tc, l) : NULL;
     lunet_tensor *s = m ? lunet_reduce(ctx, LUNET_REDUCE_SUM, m, -1, false) : NULL;
-    return release_then(mean_all(ctx, s), 6, (lunet_tensor *[]){tc, pc, r, l, m, s});
+    return release_then(row(s), 6, (lunet_tensor *[]){tc, pc, r, l, m, s});
   }
   case LUNET_LOSS_HINGE:
   case LUNET_LOSS_SQUARED_HINGE: {
     lunet_tensor *ts = signed_labels(ctx, t), *m = ts ? lunet_mul(ctx, ts, p) : NULL;
     lunet_tensor *h = u(ctx, LUNET_UNARY_RELU, u(ctx, LUNET_UNARY_AFFINE, m, -1.0f, 1.0f), 0, 0);
     lunet_tensor *h2 = kind == LUNET_LOSS_SQUARED_HINGE ? u(ctx, LUNET_UNARY_SQUARE, h, 0, 0) : (h ? lunet_tensor_retain(h) : NULL);
-    return release_then(mean_all(ctx, h2), 4, (lunet_tensor *[]){ts, m, h, h2});
+    return release_then(elem(h2), 4, (lunet_tensor *[]){ts, m, h, h2});
   }
   case LUNET_LOSS_CATEGORICAL_HINGE: {
     lunet_tensor *tp = lunet_mul(ctx, t, p), *pos = tp ? lunet_reduce(ctx, LUNET_REDUCE_SUM, tp, -1, false) : NULL;
@@ -224,13 +247,13 @@ static lunet_tensor *regression(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tens
     lunet_tensor *neg = np ? lunet_reduce(ctx, LUNET_REDUCE_MAX, np, -1, false) : NULL;
     lunet_tensor *d = neg && pos ? lunet_sub(ctx, neg, pos) : NULL;
     lunet_tensor *h = u(ctx, LUNET_UNARY_RELU, u(ctx, LUNET_UNARY_AFFINE, d, 1.0f, 1.0f), 0, 0);
-    return release_then(mean_all(ctx, h), 7, (lunet_tensor *[]){tp, pos, nt, np, neg, d, h});
+    return release_then(row(h), 7, (lunet_tensor *[]){tp, pos, nt, np, neg, d, h});
   }
   case LUNET_LOSS_COSINE_SIMILARITY: {
     lunet_tensor *a = l2_normalized(ctx, t), *b = l2_normalized(ctx, p), *m = a && b ? lunet_mul(ctx, a, b) : NULL;
     lunet_tensor *s = m ? lunet_reduce(ctx, LUNET_REDUCE_SUM, m, -1, false) : NULL;
     lunet_tensor *n = u(ctx, LUNET_UNARY_NEG, s, 0, 0);
-    return release_then(mean_all(ctx, n), 5, (lunet_tensor *[]){a, b, m, s, n});
+    return release_then(row(n), 5, (lunet_tensor *[]){a, b, m, s, n});
   }
   default:
     lunet_error(ctx, LUNET_ERR_ARG, "unknown loss kind %d", (int)kind);
@@ -238,9 +261,12 @@ static lunet_tensor *regression(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tens
   }
 }
 
+#undef elem
+#undef row
+
 /* Keras: logits: max(x,0) - x*z + log(1 + exp(-|x|)); else clipped logs. */
 static lunet_tensor *binary_xent(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *z,
-                                 bool from_logits) {
+                                 bool from_logits, const lunet_tensor *w) {
   lunet_tensor *t[8] = {0}, *loss = NULL;
   if (from_logits) {
     if ((t[0] = lunet_unary(ctx, LUNET_UNARY_RELU, x, 0, 0)) && (t[1] = lunet_mul(ctx, x, z)) &&
@@ -251,7 +277,7 @@ static lunet_tensor *binary_xent(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *
         (t[6] = lunet_unary(ctx, LUNET_UNARY_AFFINE, t[5], 1, 1)) &&
         (t[7] = lunet_unary(ctx, LUNET_UNARY_LOG, t[6], 0, 0))) {
       lunet_tensor *sum = lunet_add(ctx, t[2], t[7]);
-      loss = sum ? lunet_reduce(ctx, LUNET_REDUCE_MEAN, sum, LUNET_ALL_AXES, false) : NULL;
+      loss = reduce_terms(ctx, sum, true, w);
       lunet_tensor_release(sum);
     }
   } else {
@@ -260,7 +286,7 @@ static lunet_tensor *binary_xent(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *
         (t[2] = log_clipped(ctx, t[1])) && (t[3] = lunet_mul(ctx, z, t[0])) &&
         (t[4] = lunet_unary(ctx, LUNET_UNARY_AFFINE, z, -1, 1)) &&
         (t[5] = lunet_mul(ctx, t[4], t[2])) && (t[6] = lunet_add(ctx, t[3], t[5])) &&
-        (t[7] = lunet_reduce(ctx, LUNET_REDUCE_MEAN, t[6], LUNET_ALL_AXES, false)))
+        (t[7] = reduce_terms(ctx, t[6], true, w)))
       loss = lunet_unary(ctx, LUNET_UNARY_NEG, t[7], 0, 0);
   }
   for (int i = 0; i < 8; i++) lunet_tensor_release(t[i]);
@@ -278,13 +304,32 @@ static bool same_count(lunet_ctx *ctx, const char *name, const lunet_tensor *pre
 }
 
 static lunet_tensor *loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pred,
-                          lunet_tensor *truth, bool from_logits);
+                          lunet_tensor *truth, bool from_logits, const lunet_tensor *w);
+
+/* Sample weights as float32 (N) with one per sample of pred, or an error. */
+static lunet_tensor *sample_weights(lunet_ctx *ctx, const lunet_tensor *pred, const lunet_tensor *w) {
+  if (w->numel != pred->shape[0] || (w->ndim > 1 && w->numel != w->shape[0])) {
+    char a[128], b[128];
+    lunet_error(ctx, LUNET_ERR_SHAPE, "sample_weight has shape %s, but y_pred %s: give one weight per sample",
+                lunet_shape_str(w->ndim, w->shape, a, sizeof a), lunet_shape_str(pred->ndim, pred->shape, b, sizeof b));
+    return NULL;
+  }
+  lunet_tensor *f = w->dtype == LUNET_F32 ? lunet_tensor_retain((lunet_tensor *)w) : lunet_op_cast(ctx, w, LUNET_F32);
+  lunet_tensor *flat = f ? lunet_tensor_alias(ctx, f, 1, &pred->shape[0]) : NULL;
+  lunet_tensor_release(f);
+  return flat;
+}
 
 /* Labels in any dtype become float32, and targets with the prediction's
  * element count take its shape: a (N,) target against a (N, 1) prediction
  * must not broadcast into an (N, N) loss. */
 lunet_tensor *lunet_loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pred,
                          lunet_tensor *truth, bool from_logits) {
+  return lunet_loss_weighted(ctx, kind, pred, truth, from_logits, NULL);
+}
+
+lunet_tensor *lunet_loss_weighted(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pred, lunet_tensor *truth,
+                                  bool from_logits, const lunet_tensor *sample_weight) {
   if (pred->ndim < 1) {
     lunet_error(ctx, LUNET_ERR_SHAPE, "loss: y_pred must have a batch axis");
     return NULL;
@@ -302,36 +347,38 @@ lunet_tensor *lunet_loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pre
     lunet_tensor_release(t);
     t = r;
   }
-  lunet_tensor *l = t ? loss(ctx, kind, pred, t, from_logits) : NULL;
+  lunet_tensor *w = t && sample_weight ? sample_weights(ctx, pred, sample_weight) : NULL;
+  lunet_tensor *l = t && (w || !sample_weight) ? loss(ctx, kind, pred, t, from_logits, w) : NULL;
   lunet_tensor_release(t);
+  lunet_tensor_release(w);
   return l;
 }
 
 static lunet_tensor *loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pred,
-                          lunet_tensor *truth, bool from_logits) {
+                          lunet_tensor *truth, bool from_logits, const lunet_tensor *w) {
   int64_t k = pred->shape[pred->ndim - 1];
   switch (kind) {
   case LUNET_LOSS_MSE:
-    return same_count(ctx, "mean_squared_error", pred, truth, pred->numel) ? mse(ctx, pred, truth)
+    return same_count(ctx, "mean_squared_error", pred, truth, pred->numel) ? mse(ctx, pred, truth, w)
                                                                            : NULL;
   case LUNET_LOSS_BINARY_CE:
     return same_count(ctx, "binary_crossentropy", pred, truth, pred->numel)
-               ? binary_xent(ctx, pred, truth, from_logits)
+               ? binary_xent(ctx, pred, truth, from_logits, w)
                : NULL;
   case LUNET_LOSS_CATEGORICAL_CE:
     return same_count(ctx, "categorical_crossentropy", pred, truth, pred->numel)
-               ? categorical(ctx, pred, truth, from_logits)
+               ? categorical(ctx, pred, truth, from_logits, w)
                : NULL;
   case LUNET_LOSS_SPARSE_CATEGORICAL_CE: {
     if (!same_count(ctx, "sparse_categorical_crossentropy", pred, truth, pred->numel / (k ? k : 1)))
       return NULL;
-    if (from_logits) return sparse_xent_logits(ctx, pred, truth);
+    if (from_logits && !w) return sparse_xent_logits(ctx, pred, truth);
     lunet_tensor *oh = one_hot(ctx, pred, truth);
-    lunet_tensor *loss = oh ? categorical(ctx, pred, oh, false) : NULL;
+    lunet_tensor *loss = oh ? categorical(ctx, pred, oh, from_logits, w) : NULL;
     lunet_tensor_release(oh);
     return loss;
   }
   default:
-    return same_count(ctx, lunet_loss_name(kind), pred, truth, pred->numel) ? regression(ctx, kind, pred, truth) : NULL;
+    return same_count(ctx, lunet_loss_name(kind), pred, truth, pred->numel) ? regression(ctx, kind, pred, truth, w) : NULL;
   }
 }

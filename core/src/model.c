@@ -789,11 +789,12 @@ static lunet_tensor *add_scalar(lunet_ctx *ctx, lunet_tensor *total, lunet_tenso
 /* The weighted sum of the outputs' losses plus every layer's penalty;
  * parts[j] receives output j's own loss (a new reference). */
 static lunet_tensor *total_loss(lunet_ctx *ctx, lunet_model *m, lunet_tensor **pred,
-                                lunet_tensor *const *y, const bool *fused, lunet_tensor **parts) {
+                                lunet_tensor *const *y, const bool *fused, const lunet_tensor *sw,
+                                lunet_tensor **parts) {
   lunet_tensor *total = NULL;
   for (int j = 0; j < m->noutputs; j++) {
     const lunet_loss_spec *ls = &m->losses[j];
-    parts[j] = lunet_loss(ctx, ls->kind, pred[j], y[j], ls->from_logits || fused[j]);
+    parts[j] = lunet_loss_weighted(ctx, ls->kind, pred[j], y[j], ls->from_logits || fused[j], sw);
     if (!parts[j]) goto fail;
     lunet_tensor *w = lunet_tensor_retain(parts[j]);
     if (ls->weight != 1) {
@@ -884,7 +885,7 @@ static void zero_grads(lunet_model *m) {
 }
 
 static lunet_status step(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *const *x, int ny,
-                         lunet_tensor *const *y, bool training, double *loss_value) {
+                         lunet_tensor *const *y, const lunet_tensor *sw, bool training, double *loss_value) {
   double unused, *loss_out = loss_value ? loss_value : &unused;
   if (check_inputs(ctx, m, nx, x)) return ctx->status;
   if (!m->compiled)
@@ -909,7 +910,7 @@ static lunet_status step(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *c
   bool prev = lunet_set_grad_enabled(ctx, training);
   if (training) zero_grads(m);
   lunet_status s = run(ctx, m, x, training, fused, pred, NULL);
-  if (!s) s = (loss = total_loss(ctx, m, pred, y, fused, parts)) ? LUNET_OK : ctx->status;
+  if (!s) s = (loss = total_loss(ctx, m, pred, y, fused, sw, parts)) ? LUNET_OK : ctx->status;
   /* with every layer frozen nothing needs a gradient: the step only measures */
   if (!s && training && loss->grad_fn)
     s = m->grad_ready ? lunet_backward_hooked(ctx, loss, leaf_done, m) : lunet_backward(ctx, loss, NULL);
@@ -931,10 +932,22 @@ static lunet_status step(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *c
 
 lunet_status lunet_model_train_step(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *const *x,
                                     int ny, lunet_tensor *const *y, double *loss) {
-  return step(ctx, m, nx, x, ny, y, true, loss);
+  return step(ctx, m, nx, x, ny, y, NULL, true, loss);
 }
 
 lunet_status lunet_model_test_step(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *const *x,
                                    int ny, lunet_tensor *const *y, double *loss) {
-  return step(ctx, m, nx, x, ny, y, false, loss);
+  return step(ctx, m, nx, x, ny, y, NULL, false, loss);
+}
+
+lunet_status lunet_model_train_step_weighted(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *const *x,
+                                             int ny, lunet_tensor *const *y, const lunet_tensor *sample_weight,
+                                             double *loss) {
+  return step(ctx, m, nx, x, ny, y, sample_weight, true, loss);
+}
+
+lunet_status lunet_model_test_step_weighted(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *const *x,
+                                            int ny, lunet_tensor *const *y, const lunet_tensor *sample_weight,
+                                            double *loss) {
+  return step(ctx, m, nx, x, ny, y, sample_weight, false, loss);
 }

@@ -422,6 +422,52 @@ local function check_labels(self, ys, what)
   end
 end
 
+-- Per-sample weights (Keras's sample_weight and class_weight), as one
+-- float32 tensor (N) on the host, or nil when neither is given.
+-- class_weight maps a class id (0-based, as the labels) to its weight;
+-- each sample takes its label's weight (the argmax of a one-hot row), and
+-- a label without one is an error.  Given both, they multiply.
+local function sample_weights(self, ys, n, sw, cw, what)
+  if sw == nil and cw == nil then return nil end
+  local w
+  if sw ~= nil then
+    if type(sw) == "table" and not C.is_tensor(sw) then sw = C.tensor(sw) end
+    if not C.is_tensor(sw) then error(string.format("%s: sample_weight must be a tensor or a list of numbers", what), 3) end
+    if sw:numel() ~= n or (sw:dim() > 1 and sw:shape()[1] ~= n) then
+      error(string.format("%s: sample_weight has %d values for %d samples: give one weight per sample", what,
+        sw:numel(), n), 3)
+    end
+    w = sw:to("cpu"):reshape(n):totable()
+  end
+  if cw ~= nil then
+    if type(cw) ~= "table" then error(string.format("%s: class_weight must be a table {[class] = weight}", what), 3) end
+    if #ys ~= 1 then error(string.format("%s: class_weight works on a model with one output (give sample_weight)", what), 3) end
+    local y = ys[1]
+    local shape = y:shape()
+    local ids
+    if #shape == 2 and shape[2] > 1 then
+      ids = y:argmax(-1)
+    elseif #shape == 1 or (#shape == 2 and shape[2] == 1) then
+      ids = y
+    else
+      error(string.format("%s: class_weight needs one label per sample (targets (N) or one-hot (N, K)); for "
+        .. "targets of shape %s give sample_weight", what, shape_str(shape)), 3)
+    end
+    ids = ids:to("cpu"):reshape(n):totable()
+    w = w or {}
+    for i, id in ipairs(ids) do
+      local c = math.tointeger(id)
+      local cwv = cw[c]
+      if type(cwv) ~= "number" then
+        error(string.format("%s: class_weight has no weight for class %s (sample %d); give every class one", what,
+          tostring(c or id), i), 3)
+      end
+      w[i] = (w[i] or 1) * cwv
+    end
+  end
+  return C.tensor(w)
+end
+
 -- A permutation of 1..n from the seeded counter-based stream.
 local function permutation(n)
   local seed, c = C.seed(), C.rng_take(n)
@@ -457,15 +503,17 @@ end
 local function unlist(list) return #list == 1 and list[1] or list end
 
 -- Mean loss and metrics over xs, ys in batches, inference mode.
-local function run_eval(self, xs, ys, batch_size)
+local function run_eval(self, xs, ys, batch_size, w)
   local n, h = nsamples(xs[1]), self.handle
   C.model_reset_metrics(h)
   for first = 1, n, batch_size do
     local count = math.min(batch_size, n - first + 1)
     local xb, yb = rows_of(xs, first, count, self.device), rows_of(ys, first, count, self.device)
-    C.model_test_step(h, unlist(xb), unlist(yb))
+    local wb = w and rows_on(w, first, count, self.device)
+    C.model_test_step(h, unlist(xb), unlist(yb), nil, nil, nil, wb)
     free_all(xb)
     free_all(yb)
+    if wb then wb:free() end
     if C.interrupted() then error("interrupted", 0) end
   end
   return C.model_logs(h)
@@ -477,10 +525,10 @@ end
 -- next batches while the current step computes and uploads them to the
 -- model's device.  Augmentation is keyed by each sample's dataset index on
 -- both paths.
-local function batch_source(xs, ys, order, n, bs, aug, epoch, device)
+local function batch_source(xs, ys, order, n, bs, aug, epoch, device, w)
   local x, y = xs[1], ys[1]
   local host = #xs == 1 and #ys == 1 and x:on_host() and y:on_host() and x:dtype() == "float32"
-    and y:dtype() == "float32"
+    and y:dtype() == "float32" and not w
   if host then
     if not order then
       order = {}
@@ -496,6 +544,7 @@ local function batch_source(xs, ys, order, n, bs, aug, epoch, device)
     if step == nil then return end
     local first, count = (step - 1) * bs + 1, math.min(bs, n - (step - 1) * bs)
     local xb, yb = rows_of(xs, first, count, device, order), rows_of(ys, first, count, device, order)
+    local wb = w and rows_on(w, first, count, device, order)
     if aug then
       local indices = {}
       for i = 1, count do indices[i] = (order and order[first + i - 1] or first + i - 1) - 1 end
@@ -503,7 +552,7 @@ local function batch_source(xs, ys, order, n, bs, aug, epoch, device)
       xb[1]:free()
       xb[1] = xa
     end
-    return unlist(xb), unlist(yb)
+    return unlist(xb), unlist(yb), wb
   end
 end
 
@@ -512,7 +561,7 @@ local function free_batch(b)
 end
 
 local fit_options = { epochs = true, batch_size = true, validation_data = true, validation_split = true, shuffle = true,
-  augment = true, callbacks = true, verbose = true, initial_epoch = true }
+  augment = true, callbacks = true, verbose = true, initial_epoch = true, sample_weight = true, class_weight = true }
 
 local function call_cbs(cbs, name, ...)
   for _, cb in ipairs(cbs) do
@@ -541,8 +590,8 @@ function Model:fit(x, y, o)
   if not self.optimizer then error("fit: call model:compile{optimizer = ..., loss = ...} first", 2) end
   x = preprocess(self, x, "fit")
   if o.validation_data then
-    o = setmetatable({ validation_data = { preprocess(self, o.validation_data[1], "fit"), o.validation_data[2] } },
-      { __index = o })
+    o = setmetatable({ validation_data = { preprocess(self, o.validation_data[1], "fit"), o.validation_data[2],
+      o.validation_data[3] } }, { __index = o })
   end
   ensure_built(self, x)
   local xs, ys = check_xy(self, x, y, "fit")
@@ -553,14 +602,17 @@ function Model:fit(x, y, o)
   if verbose == nil or verbose == "auto" then verbose = 1 end
   if o.augment and #xs ~= 1 then error("fit: augment works on a model with one input", 2) end
   local n = nsamples(xs[1])
-  local xv, yv
+  local w = sample_weights(self, ys, n, o.sample_weight, o.class_weight, "fit")
+  local xv, yv, wv
   if o.validation_data then
     xv, yv = check_xy(self, o.validation_data[1], o.validation_data[2], "fit (validation_data)")
+    wv = sample_weights(self, yv, nsamples(xv[1]), o.validation_data[3], nil, "fit (validation_data)")
   elseif o.validation_split and o.validation_split > 0 then
     local nv = math.floor(n * o.validation_split)
     if nv < 1 or nv >= n then error("fit: validation_split leaves no training or no validation samples", 2) end
     xv, yv = split_rows(xs, n - nv + 1, nv), split_rows(ys, n - nv + 1, nv)
     xs, ys = split_rows(xs, 1, n - nv), split_rows(ys, 1, n - nv)
+    if w then wv, w = C.take_rows(w, n - nv + 1, nv), C.take_rows(w, 1, n - nv) end
     n = n - nv
   end
   local aug = o.augment
@@ -593,15 +645,16 @@ function Model:fit(x, y, o)
     if o.shuffle ~= false then order = permutation(n) end
     local bar = Progress.new(steps, verbose)
     local logs = {}
-    local next_batch = batch_source(xs, ys, order, n, bs, aug, epoch, self.device)
+    local next_batch = batch_source(xs, ys, order, n, bs, aug, epoch, self.device, w)
     C.model_reset_metrics(h)
     local ok, err = pcall(function()
       for s = 1, steps do
-        local xb, yb = next_batch(s)
+        local xb, yb, wb = next_batch(s)
         C.optimizer_set_lr(opt.handle, opt:current_lr())
-        local stepped, msg = pcall(C.model_train_step, h, xb, yb, epoch, order, (s - 1) * bs + 1)
+        local stepped, msg = pcall(C.model_train_step, h, xb, yb, epoch, order, (s - 1) * bs + 1, wb)
         free_batch(xb)
         free_batch(yb)
+        if wb then wb:free() end
         if not stepped and nan_stop and tostring(msg):find("the loss became NaN", 1, true) then
           -- TerminateOnNaN: stop here, the weights as the last good step left them
           print(string.format("Epoch %d, step %d: invalid loss, terminating training", epoch, s))
@@ -620,7 +673,7 @@ function Model:fit(x, y, o)
       error(err == "interrupted" and err or ("fit: " .. tostring(err)), err == "interrupted" and 0 or 2)
     end
     if xv then
-      local vl = run_eval(self, xv, yv, bs)
+      local vl = run_eval(self, xv, yv, bs, wv)
       for _, k in ipairs(keys) do logs["val_" .. k] = vl[k] end
     end
     local all = {}
@@ -651,7 +704,8 @@ function Model:evaluate(x, y, o)
   ensure_compiled(self, x)
   check_labels(self, ys, "evaluate")
   o = o or {}
-  local logs = run_eval(self, xs, ys, o.batch_size or 32)
+  local logs = run_eval(self, xs, ys, o.batch_size or 32,
+    sample_weights(self, ys, nsamples(xs[1]), o.sample_weight, nil, "evaluate"))
   if o.verbose and o.verbose ~= 0 then
     local parts = {}
     for k, v in pairs(logs) do parts[#parts + 1] = string.format("%s: %.4f", k, v) end
@@ -689,7 +743,7 @@ end
 
 -- Keras's single-batch calls: one step on (x, y) with the metrics of that
 -- batch alone; returns the loss and the logs.
-function Model:train_on_batch(x, y)
+function Model:train_on_batch(x, y, o)
   if not self.optimizer then error("train_on_batch: call model:compile{optimizer = ..., loss = ...} first", 2) end
   ensure_built(self, x)
   local xs, ys = check_xy(self, x, y, "train_on_batch")
@@ -698,17 +752,20 @@ function Model:train_on_batch(x, y)
   opt:claim(self, 2)
   opt:sync()
   C.model_reset_metrics(self.handle)
-  local loss = C.model_train_step(self.handle, unlist(xs), unlist(ys))
+  o = o or {}
+  local w = sample_weights(self, ys, nsamples(xs[1]), o.sample_weight, o.class_weight, "train_on_batch")
+  local loss = C.model_train_step(self.handle, unlist(xs), unlist(ys), nil, nil, nil, w and w:to(self.device))
   return loss, C.model_logs(self.handle)
 end
 
-function Model:test_on_batch(x, y)
+function Model:test_on_batch(x, y, o)
   if not self.optimizer then error("test_on_batch: call model:compile{...} first", 2) end
   ensure_built(self, x)
   local xs, ys = check_xy(self, x, y, "test_on_batch")
   ensure_compiled(self, x)
   C.model_reset_metrics(self.handle)
-  local loss = C.model_test_step(self.handle, unlist(xs), unlist(ys))
+  local w = sample_weights(self, ys, nsamples(xs[1]), o and o.sample_weight, nil, "test_on_batch")
+  local loss = C.model_test_step(self.handle, unlist(xs), unlist(ys), nil, nil, nil, w and w:to(self.device))
   return loss, C.model_logs(self.handle)
 end
 

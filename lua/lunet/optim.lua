@@ -194,6 +194,17 @@ local loss_names = {
   cosine_similarity = "cosine_similarity",
 }
 
+-- A loss object: loss(y_true, y_pred [, sample_weight]) -> the batch's
+-- loss as a tensor on the tape (Keras's call; weights reduced as Keras
+-- does, sum(w * loss) / N).
+local Loss = {}
+Loss.__index = Loss
+Loss.__name = "lunet.Loss"
+function Loss:__call(y_true, y_pred, sample_weight)
+  return C.loss(self.name, y_true, y_pred, self.from_logits, sample_weight)
+end
+function Loss:__tostring() return "Loss(" .. self.name .. (self.from_logits and ", from_logits" or "") .. ")" end
+
 local function loss_object(name, opts)
   opts = opts or {}
   for k in pairs(opts) do
@@ -205,7 +216,7 @@ local function loss_object(name, opts)
   if opts.delta ~= nil and opts.delta ~= 1 then
     error("bad argument 'delta' to 'Huber' (only Keras's default, 1.0, so far)", 3)
   end
-  return { name = name, from_logits = opts.from_logits or false }
+  return setmetatable({ name = name, from_logits = opts.from_logits or false }, Loss)
 end
 
 local loss_classes = {

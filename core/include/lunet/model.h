@@ -237,6 +237,17 @@ LUNET_API lunet_status lunet_model_train_step(lunet_ctx *ctx, lunet_model *m, in
 LUNET_API lunet_status lunet_model_test_step(lunet_ctx *ctx, lunet_model *m, int nx,
                                              lunet_tensor *const *x, int ny,
                                              lunet_tensor *const *y, double *loss);
+/* Both with one weight per sample, (N) or (N, 1), for every output's loss,
+ * reduced as Keras does: sum(w_i * loss_i) / N (lunet_loss_weighted);
+ * sample_weight NULL is the plain step.  Metrics stay unweighted. */
+LUNET_API lunet_status lunet_model_train_step_weighted(lunet_ctx *ctx, lunet_model *m, int nx,
+                                                       lunet_tensor *const *x, int ny,
+                                                       lunet_tensor *const *y,
+                                                       const lunet_tensor *sample_weight, double *loss);
+LUNET_API lunet_status lunet_model_test_step_weighted(lunet_ctx *ctx, lunet_model *m, int nx,
+                                                      lunet_tensor *const *x, int ny,
+                                                      lunet_tensor *const *y,
+                                                      const lunet_tensor *sample_weight, double *loss);
 /* Outputs for one batch, inference mode, nothing recorded: out[j] receives
  * a new reference for each output. */
 LUNET_API lunet_status lunet_model_predict(lunet_ctx *ctx, lunet_model *m, int nx,

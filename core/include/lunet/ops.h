@@ -324,6 +324,13 @@ LUNET_API const char *lunet_loss_name(lunet_loss_kind kind);
 LUNET_API int lunet_loss_find(const char *name);
 LUNET_API lunet_tensor *lunet_loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *y_pred,
                                    lunet_tensor *y_true, bool from_logits);
+/* With one weight per sample (N,) or (N, 1) (NULL: all 1), reduced as
+ * Keras does: sum(w_i * loss_i) / (number of rows), a row's loss being the
+ * mean over its last axis where the loss is per element; a sequence output
+ * (N, T, ...) gives each of a sample's T rows its weight. */
+LUNET_API lunet_tensor *lunet_loss_weighted(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *y_pred,
+                                            lunet_tensor *y_true, bool from_logits,
+                                            const lunet_tensor *sample_weight);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,155 @@
+-- sample_weight and class_weight: weighted losses against the sums written
+-- out in Lua (Keras's sum(w * loss) / N, not PyTorch's / sum(w)), their
+-- gradients, and fit/evaluate/train_on_batch with weights; bad weights.
+local here = arg[0]:gsub("[^/]+$", "")
+package.path = here .. "?.lua;" .. package.path
+local check = require "check"
+local nn = require "lunet"
+
+local T = {}
+
+local function rows(t) return t:totable() end
+
+function T.weighted_losses_match_the_sums()
+  nn.seed(4)
+  local n = 5
+  local w = {0.5, 2, 0, 1, 3}
+  local wt = nn.tensor(w)
+  -- mean squared error: per-sample mean over the last axis
+  local p, t = nn.randn(n, 3), nn.randn(n, 3)
+  local P, Tt = rows(p), rows(t)
+  local want = 0
+  for i = 1, n do
+    local s = 0
+    for j = 1, 3 do s = s + (P[i][j] - Tt[i][j]) ^ 2 end
+    want = want + w[i] * s / 3
+  end
+  check.near(nn.losses.MeanSquaredError()(t, p, wt):item(), want / n, 1e-6, "weighted MSE")
+  check.near(nn.losses.MeanSquaredError()(t, p):item(), (p - t):square():mean():item(), 1e-6, "unweighted MSE")
+  -- sparse categorical cross-entropy on probabilities
+  local probs = nn.randn(n, 4):softmax(-1)
+  local labels = {3, 0, 1, 1, 2}
+  local PR = rows(probs)
+  want = 0
+  for i = 1, n do want = want - w[i] * math.log(PR[i][labels[i] + 1]) end
+  check.near(nn.losses.SparseCategoricalCrossentropy()(nn.tensor(labels), probs, wt):item(), want / n, 1e-5,
+    "weighted sparse cross-entropy")
+  -- ... and on logits, which takes another path than the fused one
+  local logits = nn.randn(n, 4)
+  local LP = rows(logits:softmax(-1))
+  want = 0
+  for i = 1, n do want = want - w[i] * math.log(LP[i][labels[i] + 1]) end
+  check.near(nn.losses.SparseCategoricalCrossentropy{from_logits = true}(nn.tensor(labels), logits, wt):item(),
+    want / n, 1e-5, "weighted sparse cross-entropy from logits")
+  -- a sequence output: each of a sample's T rows takes its weight; / (N T)
+  local seq = nn.randn(n, 2, 4):softmax(-1)
+  local sl = {{0, 1}, {2, 3}, {1, 1}, {0, 0}, {3, 2}}
+  local S = rows(seq)
+  want = 0
+  for i = 1, n do for k = 1, 2 do want = want - w[i] * math.log(S[i][k][sl[i][k] + 1]) end end
+  check.near(nn.losses.SparseCategoricalCrossentropy()(nn.tensor(sl), seq, wt):item(), want / (n * 2), 1e-5,
+    "a sequence's rows")
+  -- KL divergence: per-row sums
+  local a, b = nn.rand(n, 3):softmax(-1), nn.rand(n, 3):softmax(-1)
+  local A, B = rows(a), rows(b)
+  want = 0
+  for i = 1, n do
+    local s = 0
+    for j = 1, 3 do s = s + A[i][j] * math.log(A[i][j] / B[i][j]) end
+    want = want + w[i] * s
+  end
+  check.near(nn.losses.KLDivergence()(a, b, wt):item(), want / n, 1e-5, "weighted KL divergence")
+  -- binary cross-entropy, (N, 1) weights accepted
+  local pb, yb = nn.rand(n, 1) * 0.8 + 0.1, nn.tensor{{1}, {0}, {1}, {0}, {1}}
+  local PB, YB = rows(pb), rows(yb)
+  want = 0
+  for i = 1, n do
+    local q, z = PB[i][1], YB[i][1]
+    want = want - w[i] * (z * math.log(q) + (1 - z) * math.log(1 - q))
+  end
+  check.near(nn.losses.BinaryCrossentropy()(yb, pb, wt:reshape(n, 1)):item(), want / n, 1e-5, "weighted binary CE")
+end
+
+function T.weighted_gradient_is_the_weighted_sum()
+  local p = nn.tensor{{1.0, 2.0}, {3.0, -1.0}}:requires_grad(true)
+  local t = nn.tensor{{0.0, 0.0}, {1.0, 1.0}}
+  nn.losses.MeanSquaredError()(t, p, nn.tensor{3.0, 0.5}):backward()
+  -- d/dp (1/N) sum_i w_i mean_j (p - t)^2 = w_i * 2 (p - t) / (N * K)
+  check.same_table(p.grad:totable(), {{3 * 2 * 1 / 4, 3 * 2 * 2 / 4}, {0.5 * 2 * 2 / 4, 0.5 * 2 * -2 / 4}}, 1e-6,
+    "gradient")
+end
+
+-- Keras divides by N: weights 1 on half the batch and 0 on the rest give
+-- half the loss of that half alone (PyTorch's / sum(w) would give all of it).
+function T.models_reduce_as_keras()
+  nn.seed(6)
+  local m = nn.Sequential{nn.Dense{3, activation = "softmax", input_shape = {4}}}
+  m:compile{optimizer = "sgd", loss = "sparse_categorical_crossentropy"}
+  local x, y = nn.randn(8, 4), nn.tensor{0, 1, 2, 0, 1, 2, 0, 1}
+  local half = m:test_on_batch(x[{{1, 4}}], y[{{1, 4}}])
+  local w = nn.tensor{1, 1, 1, 1, 0, 0, 0, 0}
+  check.near(m:test_on_batch(x, y, {sample_weight = w}), half / 2, 1e-6, "test_on_batch")
+  check.near(m:evaluate(x, y, {sample_weight = w, batch_size = 8}).loss, half / 2, 1e-6, "evaluate")
+  check.near(m:evaluate(x, y, {sample_weight = nn.ones(8), batch_size = 8}).loss, m:evaluate(x, y, {batch_size = 8}).loss,
+    1e-6, "weights of 1 change nothing")
+end
+
+-- class_weight is sample_weight from the labels: the same training.
+function T.class_weight_is_per_sample_weight_from_labels()
+  local function train(opts, onehot)
+    nn.seed(8)
+    local x = nn.randn(12, 3)
+    local labels = {0, 1, 2, 1, 1, 0, 2, 2, 1, 0, 1, 1}
+    local y = nn.tensor(labels)
+    if onehot then y = nn.utils.to_categorical(y, 3) end
+    local m = nn.Sequential{nn.Dense{3, activation = "softmax", input_shape = {3}}}
+    m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.5},
+      loss = onehot and "categorical_crossentropy" or "sparse_categorical_crossentropy"}
+    local h = m:fit(x, y, setmetatable({epochs = 2, batch_size = 4, shuffle = false, verbose = 0}, {__index = opts}))
+    return m:get_weights()[1]:totable(), h
+  end
+  local cw = {[0] = 1.0, [1] = 0.25, [2] = 4.0}
+  local sw = {}
+  for i, c in ipairs{0, 1, 2, 1, 1, 0, 2, 2, 1, 0, 1, 1} do sw[i] = cw[c] end
+  local a = train({class_weight = cw})
+  local b = train({sample_weight = nn.tensor(sw)})
+  local c = train({class_weight = cw}, true)
+  local plain = train({})
+  check.same_table(a, b, 1e-6, "class_weight = its sample weights")
+  check.same_table(c, a, 1e-5, "one-hot labels take their argmax's weight")
+  assert(math.abs(a[1][1] - plain[1][1]) > 1e-4, "the weights changed nothing")
+  -- both multiply
+  local both = train({class_weight = cw, sample_weight = nn.full(12, 2.0)})
+  local doubled = {}
+  for i, v in ipairs(sw) do doubled[i] = 2 * v end
+  check.same_table(both, train({sample_weight = nn.tensor(doubled)}), 1e-6, "class and sample weights multiply")
+end
+
+function T.validation_weights_and_split()
+  nn.seed(9)
+  local x, y = nn.randn(10, 2), nn.randn(10, 1)
+  local w = nn.tensor{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+  local m = nn.Sequential{nn.Dense{1, input_shape = {2}}}
+  m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0}, loss = "mse"}
+  local h = m:fit(x, y, {epochs = 1, batch_size = 10, verbose = 0, validation_data = {x, y, w}})
+  check.near(h.val_loss[1], m:evaluate(x, y, {sample_weight = w, batch_size = 10}).loss, 1e-6, "weighted val_loss")
+  -- validation_split takes the weights of the rows it holds out
+  local h2 = m:fit(x, y, {epochs = 1, batch_size = 10, verbose = 0, validation_split = 0.3, sample_weight = w})
+  check.near(h2.val_loss[1], m:evaluate(x[{{8, 10}}], y[{{8, 10}}], {sample_weight = w[{{8, 10}}]}).loss, 1e-6,
+    "held-out weights")
+end
+
+function T.bad_weights_say_what_is_wrong()
+  local m = nn.Sequential{nn.Dense{2, activation = "softmax", input_shape = {2}}}
+  m:compile{optimizer = "sgd", loss = "sparse_categorical_crossentropy"}
+  local x, y = nn.randn(4, 2), nn.tensor{0, 1, 1, 0}
+  check.fails(function() m:fit(x, y, {sample_weight = nn.ones(3), verbose = 0}) end,
+    "sample_weight has 3 values for 4 samples")
+  check.fails(function() m:fit(x, y, {class_weight = {[0] = 1}, verbose = 0}) end,
+    "class_weight has no weight for class 1 (sample 2)")
+  check.fails(function() m:fit(x, y, {class_weight = 2, verbose = 0}) end, "class_weight must be a table")
+  check.fails(function() nn.losses.MeanSquaredError()(nn.ones(4, 2), nn.ones(4, 2), nn.ones(2)) end,
+    "give one weight per sample")
+end
+
+check.run(T)
