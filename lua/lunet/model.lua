@@ -35,6 +35,7 @@ function Model.__newindex(self, k, v)
   rawset(self, k, v)
 end
 
+local dataset = require "lunet.dataset"
 local shape_str = graph.shape_str
 
 -- ---- construction ----
@@ -503,8 +504,28 @@ end
 local function unlist(list) return #list == 1 and list[1] or list end
 
 -- Mean loss and metrics over xs, ys in batches, inference mode.
+-- A dataset batch as lists on the model's device.
+local function on_device(t, device)
+  local list = C.is_tensor(t) and { t } or t or {}
+  local out = {}
+  for i, v in ipairs(list) do
+    out[i] = v:device() == device and v or v:to(device)
+  end
+  return out
+end
+
 local function run_eval(self, xs, ys, batch_size, w)
-  local n, h = nsamples(xs[1]), self.handle
+  local h = self.handle
+  if dataset.is(xs) then
+    C.model_reset_metrics(h)
+    for _, xb, yb in xs:batches(0) do
+      if yb == nil then error("the dataset has no targets (labels = false?): nothing to evaluate against", 0) end
+      C.model_test_step(h, unlist(on_device(xb, self.device)), unlist(on_device(yb, self.device)))
+      if C.interrupted() then error("interrupted", 0) end
+    end
+    return C.model_logs(h)
+  end
+  local n = nsamples(xs[1])
   C.model_reset_metrics(h)
   for first = 1, n, batch_size do
     local count = math.min(batch_size, n - first + 1)
@@ -526,6 +547,20 @@ end
 -- model's device.  Augmentation is keyed by each sample's dataset index on
 -- both paths.
 local function batch_source(xs, ys, order, n, bs, aug, epoch, device, w)
+  if dataset.is(xs) then
+    return function(step)
+      if step == nil then return end
+      local xb, yb, idx = xs:batch(step, order)
+      if yb == nil then error("the dataset has no targets (labels = false?): nothing to train against", 0) end
+      xb, yb = on_device(xb, device), on_device(yb, device)
+      if aug then
+        local indices = {}
+        for i, v in ipairs(idx) do indices[i] = v - 1 end
+        xb[1] = aug:apply(xb[1], { epoch = epoch, indices = indices })
+      end
+      return unlist(xb), unlist(yb)
+    end
+  end
   local x, y = xs[1], ys[1]
   local host = #xs == 1 and #ys == 1 and x:on_host() and y:on_host() and x:dtype() == "float32"
     and y:dtype() == "float32" and not w
@@ -588,23 +623,39 @@ function Model:fit(x, y, o)
     end
   end
   if not self.optimizer then error("fit: call model:compile{optimizer = ..., loss = ...} first", 2) end
+  local ds = dataset.is(x) and x or nil
+  if ds then
+    if y ~= nil then error("fit: the dataset gives the targets: call fit(ds, nil, {...})", 2) end
+    for _, k in ipairs{"batch_size", "validation_split", "sample_weight", "class_weight"} do
+      if o[k] ~= nil then error(string.format("fit: %s does not go with a dataset (it has its own batches)", k), 2) end
+    end
+    -- one batch builds the model and checks its shapes against the data
+    local x1, y1 = ds:batch(1, ds:order(0))
+    ensure_built(self, x1)
+    check_xy(self, x1, y1, "fit (the dataset's first batch)")
+    ensure_compiled(self, x1)
+    x, y = x1, y1
+  end
   x = preprocess(self, x, "fit")
-  if o.validation_data then
+  if o.validation_data and not dataset.is(o.validation_data) then
     o = setmetatable({ validation_data = { preprocess(self, o.validation_data[1], "fit"), o.validation_data[2],
       o.validation_data[3] } }, { __index = o })
   end
   ensure_built(self, x)
   local xs, ys = check_xy(self, x, y, "fit")
   check_labels(self, ys, "fit")
-  local epochs, bs = o.epochs or 1, o.batch_size or 32
+  local epochs, bs = o.epochs or 1, ds and ds.batch_size or o.batch_size or 32
   if math.type(bs) ~= "integer" or bs < 1 then error("bad argument 'batch_size' to 'fit' (positive integer expected)", 2) end
   local verbose = o.verbose
   if verbose == nil or verbose == "auto" then verbose = 1 end
   if o.augment and #xs ~= 1 then error("fit: augment works on a model with one input", 2) end
-  local n = nsamples(xs[1])
-  local w = sample_weights(self, ys, n, o.sample_weight, o.class_weight, "fit")
+  local n = ds and ds.n or nsamples(xs[1])
+  if ds then xs, ys = ds, nil end
+  local w = not ds and sample_weights(self, ys, n, o.sample_weight, o.class_weight, "fit") or nil
   local xv, yv, wv
-  if o.validation_data then
+  if dataset.is(o.validation_data) then
+    xv = o.validation_data
+  elseif o.validation_data then
     xv, yv = check_xy(self, o.validation_data[1], o.validation_data[2], "fit (validation_data)")
     wv = sample_weights(self, yv, nsamples(xv[1]), o.validation_data[3], nil, "fit (validation_data)")
   elseif o.validation_split and o.validation_split > 0 then
@@ -642,7 +693,7 @@ function Model:fit(x, y, o)
     if verbose ~= 0 then print(string.format("Epoch %d/%d", epoch, epochs)) end
     call_cbs(cbs, "on_epoch_begin", self, epoch)
     local order -- nil: the samples in their order (shuffle = false)
-    if o.shuffle ~= false then order = permutation(n) end
+    if ds then order = ds:order(epoch) elseif o.shuffle ~= false then order = permutation(n) end
     local bar = Progress.new(steps, verbose)
     local logs = {}
     local next_batch = batch_source(xs, ys, order, n, bs, aug, epoch, self.device, w)
@@ -698,6 +749,14 @@ end
 
 function Model:evaluate(x, y, o)
   if not self.optimizer then error("evaluate: call model:compile{...} first", 2) end
+  if dataset.is(x) then
+    if y ~= nil then error("evaluate: the dataset gives the targets: call evaluate(ds)", 2) end
+    local x1, y1 = x:batch(1, x:order(0))
+    ensure_built(self, x1)
+    check_xy(self, x1, y1, "evaluate (the dataset's first batch)")
+    ensure_compiled(self, x1)
+    return run_eval(self, x)
+  end
   x = preprocess(self, x, "evaluate")
   ensure_built(self, x)
   local xs, ys = check_xy(self, x, y, "evaluate")
@@ -717,6 +776,20 @@ end
 
 -- The outputs for x, in batches: a tensor, or a list for several outputs.
 function Model:predict(x, o)
+  if dataset.is(x) then -- in the dataset's order of epoch 0 (1..n when it does not shuffle)
+    local parts = {}
+    for _, xb in x:batches(0) do
+      ensure_built(self, xb)
+      local outs = { C.model_predict(self.handle, unlist(on_device(xb, self.device))) }
+      for j, t in ipairs(outs) do
+        parts[j] = parts[j] or {}
+        parts[j][#parts[j] + 1] = t
+      end
+    end
+    local out = {}
+    for j, p in ipairs(parts) do out[j] = #p == 1 and p[1] or C.cat(p, 1) end
+    return #out == 1 and out[1] or out
+  end
   x = preprocess(self, x, "predict")
   ensure_built(self, x)
   local xs = tensors(self, x, #self.inputs, 1, "predict", "input", 3)

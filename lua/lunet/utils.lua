@@ -1,5 +1,7 @@
--- nn.utils: Keras's to_categorical and a train/test split.
+-- nn.utils: Keras's to_categorical, a train/test split and
+-- image_dataset_from_directory.
 local C = require "lunet.core"
+local dataset = require "lunet.dataset"
 
 local M = {}
 
@@ -68,6 +70,204 @@ function M.train_test_split(x, y, o)
   local xt, xv = x:index_select(1, train), x:index_select(1, test)
   if not y then return xt, xv end
   return xt, xv, y:index_select(1, train), y:index_select(1, test)
+end
+
+-- ---- single images (keras.utils.load_img / save_img) ----
+
+--- save_img(path, x, {quality = 95}): x (H, W, C) with values 0..255 (or
+-- (1, H, W, C)); PNG or JPEG by the name's extension.
+function M.save_img(path, x, o)
+  if type(path) ~= "string" then error("bad argument #1 to 'save_img' (a file name)", 2) end
+  if not C.is_tensor(x) then error("bad argument #2 to 'save_img' (an image tensor (H, W, C))", 2) end
+  if x:dim() == 4 and x:shape()[1] == 1 then x = x:reshape(table.unpack(x:shape(), 2)) end
+  C.image_save(path, x, o and o.quality or 95)
+  return path
+end
+
+--- load_img(path, {target_size = {h, w}, color_mode = "rgb",
+-- crop_to_aspect_ratio}) -> float32 (H, W, C), 0..255; without
+-- target_size the file's own size.
+function M.load_img(path, o)
+  o = o or {}
+  local channels = ({rgb = 3, grayscale = 1, rgba = 4})[o.color_mode or "rgb"]
+  if not channels then error("load_img: color_mode must be rgb, grayscale or rgba", 2) end
+  local size = o.target_size
+  if not size then
+    local info = C.image_info(path)
+    size = {info.height, info.width}
+  end
+  local t = C.images_load({path}, size[1], size[2], channels, o.crop_to_aspect_ratio or false, 1)
+  return t:reshape(size[1], size[2], channels)
+end
+
+-- ---- image_dataset_from_directory ----
+
+local image_options = {labels = true, label_mode = true, class_names = true, color_mode = true, batch_size = true,
+  image_size = true, shuffle = true, seed = true, validation_split = true, subset = true, interpolation = true,
+  crop_to_aspect_ratio = true, verbose = true, follow_links = true}
+local image_ext = {png = true, jpg = true, jpeg = true}
+local other_ext = {bmp = true, gif = true, webp = true, tif = true, tiff = true}
+local channels_of = {rgb = 3, grayscale = 1, rgba = 4}
+
+local function bad(msg) error("image_dataset_from_directory: " .. msg, 3) end
+
+-- The image files under dir, depth first, each folder's entries sorted
+-- (Keras walks them so); counts the image files of formats lunet skips.
+local function image_files(dir, out, skipped)
+  for _, e in ipairs(C.listdir(dir)) do
+    local path = dir .. "/" .. e.name
+    if e.dir then
+      image_files(path, out, skipped)
+    else
+      local ext = (e.name:match("%.([^.]+)$") or ""):lower()
+      if image_ext[ext] then out[#out + 1] = path
+      elseif other_ext[ext] then skipped[ext] = (skipped[ext] or 0) + 1 end
+    end
+  end
+  return out
+end
+
+-- A permutation of 1..n keyed by seed (the file order before the split).
+local function shuffled(n, seed)
+  local p = {}
+  for i = 1, n do p[i] = i end
+  for i = n, 2, -1 do
+    local j = 1 + math.floor(C.philox(seed, i) * i)
+    p[i], p[j] = p[j], p[i]
+  end
+  return p
+end
+
+--- image_dataset_from_directory(dir, {image_size = {256, 256}, batch_size = 32,
+-- labels = "inferred", label_mode = "int", class_names, color_mode = "rgb",
+-- shuffle = true, seed, validation_split, subset, crop_to_aspect_ratio,
+-- verbose = true}) -> a dataset (two for subset = "both") of float32
+-- images (N, H, W, C) 0..255 and their labels, as Keras's.
+function M.image_dataset_from_directory(dir, o)
+  o = o or {}
+  if type(dir) ~= "string" then bad("the first argument is the folder (a string)") end
+  for k in pairs(o) do
+    if not image_options[k] then bad("unknown option '" .. tostring(k) .. "'") end
+  end
+  local size = o.image_size or {256, 256}
+  if type(size) ~= "table" or math.type(size[1]) ~= "integer" or math.type(size[2]) ~= "integer" or size[1] < 1
+    or size[2] < 1 then
+    bad("image_size must be {height, width}, positive integers")
+  end
+  local bs = o.batch_size or 32
+  if math.type(bs) ~= "integer" or bs < 1 then bad("batch_size must be a positive integer") end
+  local color = o.color_mode or "rgb"
+  local channels = channels_of[color]
+  if not channels then bad("color_mode must be rgb, grayscale or rgba, got " .. tostring(color)) end
+  if o.interpolation ~= nil and o.interpolation ~= "bilinear" then
+    bad("interpolation must be 'bilinear' (the only one lunet has)")
+  end
+  local labels = o.labels -- false: no labels (Keras's None)
+  if labels == nil then labels = "inferred" elseif labels == false then labels = nil end
+  local mode = o.label_mode
+  if mode == nil then mode = labels and "int" or nil end
+  if labels and mode ~= "int" and mode ~= "categorical" and mode ~= "binary" then
+    bad("label_mode must be int, categorical or binary, got " .. tostring(mode))
+  end
+  local shuffle = o.shuffle ~= false
+  local split, subset = o.validation_split, o.subset
+  if split ~= nil and (type(split) ~= "number" or split <= 0 or split >= 1) then
+    bad("validation_split must be a number in (0, 1)")
+  end
+  if (split == nil) ~= (subset == nil) then bad("validation_split and subset go together") end
+  if subset and subset ~= "training" and subset ~= "validation" and subset ~= "both" then
+    bad("subset must be training, validation or both, got " .. tostring(subset))
+  end
+  local seed = o.seed
+  if seed ~= nil and math.type(seed) ~= "integer" then bad("seed must be an integer") end
+  if split and shuffle and seed == nil then
+    bad("with validation_split and shuffling, give a seed, so that training and validation never share a file")
+  end
+  seed = seed or C.rng_take(1)
+  -- the files and their labels
+  local files, ids, class_names = {}, {}, nil
+  local skipped = {}
+  if labels == "inferred" then
+    class_names = {}
+    for _, e in ipairs(C.listdir(dir)) do if e.dir then class_names[#class_names + 1] = e.name end end
+    if o.class_names then
+      local have = {}
+      for _, c in ipairs(class_names) do have[c] = true end
+      for _, c in ipairs(o.class_names) do
+        if not have[c] then bad(string.format("class_names names '%s', which is not a folder of %s", c, dir)) end
+      end
+      class_names = o.class_names
+    end
+    if #class_names == 0 then bad(dir .. " has no class folders (labels = 'inferred' reads one folder per class)") end
+    for k, name in ipairs(class_names) do
+      for _, f in ipairs(image_files(dir .. "/" .. name, {}, skipped)) do
+        files[#files + 1], ids[#ids + 1] = f, k - 1
+      end
+    end
+  else
+    image_files(dir, files, skipped)
+    if type(labels) == "table" then
+      if #labels ~= #files then
+        bad(string.format("labels has %d entries for the %d image files (in sorted order)", #labels, #files))
+      end
+      for i, v in ipairs(labels) do ids[i] = v end
+    elseif labels ~= nil then
+      bad("labels must be 'inferred', a list of labels or false (none)")
+    end
+  end
+  if mode == "binary" and class_names and #class_names ~= 2 then
+    bad(string.format("label_mode 'binary' needs 2 classes, found %d", #class_names))
+  end
+  if #files == 0 then bad("no PNG or JPEG files under " .. dir) end
+  local verbose = o.verbose ~= false
+  if verbose then
+    print(string.format("Found %d files%s.", #files,
+      class_names and string.format(" belonging to %d classes", #class_names) or ""))
+    local parts = {}
+    for ext, n in pairs(skipped) do parts[#parts + 1] = string.format("%d .%s", n, ext) end
+    if #parts > 0 then
+      table.sort(parts)
+      print("Skipped " .. table.concat(parts, ", ") .. " (lunet reads PNG and JPEG).")
+    end
+  end
+  -- shuffled once with the seed, then split: the last fraction validates
+  local perm = shuffle and shuffled(#files, seed) or nil
+  local all = {}
+  for i = 1, #files do all[i] = perm and perm[i] or i end
+  local function make(first, last, what)
+    local paths, lab = {}, {}
+    for i = first, last do paths[#paths + 1], lab[#lab + 1] = files[all[i]], ids[all[i]] end
+    if verbose and what then print(string.format("Using %d files for %s.", #paths, what)) end
+    local k = class_names and #class_names or 0
+    if mode == "categorical" and k == 0 then
+      for _, v in ipairs(lab) do k = math.max(k, v + 1) end
+    end
+    return dataset.new{
+      n = #paths, batch_size = bs, shuffle = shuffle and what ~= "validation", seed = seed,
+      class_names = class_names, file_paths = paths, labels = labels and lab or nil,
+      image_size = {size[1], size[2]}, channels = channels,
+      load = function(idx)
+        local p, l = {}, {}
+        for i, j in ipairs(idx) do p[i], l[i] = paths[j], lab[j] end
+        local x = C.images_load(p, size[1], size[2], channels, o.crop_to_aspect_ratio or false)
+        if not labels then return x end
+        if mode == "categorical" then return x, M.to_categorical(l, k) end
+        if mode == "binary" then
+          local rows = {}
+          for i, v in ipairs(l) do rows[i] = {v} end
+          return x, C.tensor(rows)
+        end
+        return x, C.tensor(l)
+      end,
+    }
+  end
+  local n = #files
+  if not split then return make(1, n) end
+  local nv = math.floor(split * n)
+  if nv < 1 or nv >= n then bad(string.format("validation_split %g of %d files leaves an empty subset", split, n)) end
+  if subset == "training" then return make(1, n - nv, "training") end
+  if subset == "validation" then return make(n - nv + 1, n, "validation") end
+  return make(1, n - nv, "training"), make(n - nv + 1, n, "validation")
 end
 
 return M

@@ -1,0 +1,85 @@
+-- lunet.dataset: data that streams in batches, read when needed, for
+-- model:fit, evaluate and predict (Keras's tf.data datasets, simply).
+--
+--   local ds = dataset.new{n = 1000, batch_size = 32, shuffle = true, seed = 1,
+--                          load = function(indices) return x, y end}
+--   for step, x, y in ds:batches(epoch) do ... end
+--   #ds                      -- batches per epoch
+--
+-- load(indices) gets the 1-based sample indices of one batch and returns
+-- its inputs (a tensor, or a list for several inputs) and targets (or nil).
+-- With shuffle the order is a permutation keyed by (seed, epoch): the same
+-- seed gives the same batches on every run, and each epoch its own order.
+-- fit hands the random preprocessing layers each sample's index, as it
+-- does for tensors.
+local core = require "lunet.core"
+
+local M = {}
+
+local Dataset = {}
+Dataset.__index = Dataset
+Dataset.__name = "lunet.Dataset"
+
+local function fail(msg) error("dataset: " .. msg, 3) end
+
+--- dataset.new{n, batch_size = 32, load, shuffle = false, seed = 0, ...}:
+-- other fields (class_names, file_paths ...) are kept as they are.
+function M.new(o)
+  if type(o) ~= "table" then fail("expected a table of options") end
+  if math.type(o.n) ~= "integer" or o.n < 0 then fail("n (the number of samples) must be an integer >= 0") end
+  local bs = o.batch_size or 32
+  if math.type(bs) ~= "integer" or bs < 1 then fail("batch_size must be a positive integer") end
+  if type(o.load) ~= "function" then fail("load must be a function(indices) returning x, y") end
+  if o.seed ~= nil and math.type(o.seed) ~= "integer" then fail("seed must be an integer") end
+  local ds = {}
+  for k, v in pairs(o) do ds[k] = v end
+  ds.batch_size, ds.seed, ds.shuffle = bs, o.seed or 0, o.shuffle or false
+  return setmetatable(ds, Dataset)
+end
+
+function M.is(v) return getmetatable(v) == Dataset end
+
+function Dataset:__len() return (self.n + self.batch_size - 1) // self.batch_size end
+
+function Dataset:__tostring()
+  return string.format("Dataset(%d samples, batch_size %d, %d batches%s%s)", self.n, self.batch_size, #self,
+    self.shuffle and ", shuffled" or "", self.class_names and (", classes: " .. table.concat(self.class_names, ", ")) or "")
+end
+
+--- ds:order(epoch) -> the epoch's sample indices (1-based): 1..n, or a
+-- permutation keyed by (seed, epoch) when the dataset shuffles.
+function Dataset:order(epoch)
+  local p = {}
+  for i = 1, self.n do p[i] = i end
+  if self.shuffle then
+    local base = (epoch or 0) << 36
+    for i = self.n, 2, -1 do
+      local j = 1 + math.floor(core.philox(self.seed, base + i) * i)
+      p[i], p[j] = p[j], p[i]
+    end
+  end
+  return p
+end
+
+--- ds:batch(step, order) -> x, y, indices: batch `step` (1-based) of an
+-- epoch's order.
+function Dataset:batch(step, order)
+  local first = (step - 1) * self.batch_size + 1
+  local idx = {}
+  for i = first, math.min(first + self.batch_size - 1, self.n) do idx[#idx + 1] = order[i] end
+  local x, y = self.load(idx)
+  return x, y, idx
+end
+
+--- for step, x, y in ds:batches(epoch) do ... end
+function Dataset:batches(epoch)
+  local order, step, steps = self:order(epoch), 0, #self
+  return function()
+    step = step + 1
+    if step > steps then return nil end
+    local x, y = self:batch(step, order)
+    return step, x, y
+  end
+end
+
+return M

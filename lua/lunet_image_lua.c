@@ -1,0 +1,134 @@
+/*
+ * Image files and folders for nn.utils.image_dataset_from_directory: a
+ * folder's entries, an image's header, and a batch of files decoded and
+ * resized in C on several threads (core/src/image.c).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "lunet/image.h"
+#include "lunet/ops.h"
+#include "lunet_lua.h"
+
+static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* C.listdir(path) -> {{name =, dir = bool}, ...} sorted by name (bytes),
+ * without "." and "..", hidden entries included. */
+static int l_listdir(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  DIR *d = opendir(path);
+  if (!d) return luaL_error(L, "%s: %s", path, strerror(errno));
+  size_t n = 0, cap = 64;
+  char **names = malloc(cap * sizeof *names);
+  struct dirent *e;
+  while (names && (e = readdir(d))) {
+    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+    if (n == cap) {
+      char **more = realloc(names, 2 * cap * sizeof *names);
+      if (!more) break;
+      names = more;
+      cap *= 2;
+    }
+    if (!(names[n] = strdup(e->d_name))) break;
+    n++;
+  }
+  closedir(d);
+  if (!names) return luaL_error(L, "%s: out of memory listing the folder", path);
+  qsort(names, n, sizeof *names, by_name);
+  lua_createtable(L, (int)n, 0);
+  luaL_Buffer b;
+  for (size_t i = 0; i < n; i++) {
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, path);
+    luaL_addchar(&b, '/');
+    luaL_addstring(&b, names[i]);
+    luaL_pushresult(&b);
+    struct stat st;
+    bool dir = stat(lua_tostring(L, -1), &st) == 0 && S_ISDIR(st.st_mode);
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, names[i]);
+    lua_setfield(L, -2, "name");
+    lua_pushboolean(L, dir);
+    lua_setfield(L, -2, "dir");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+    free(names[i]);
+  }
+  free(names);
+  return 1;
+}
+
+/* C.image_info(path) -> {width =, height =, channels =, format =} */
+static int l_image_info(lua_State *L) {
+  lunet_image_info info;
+  if (lunet_image_info_read(lunetL_ctx(L), luaL_checkstring(L, 1), &info)) return lunetL_error(L, NULL);
+  lua_createtable(L, 0, 4);
+  lua_pushinteger(L, info.width);
+  lua_setfield(L, -2, "width");
+  lua_pushinteger(L, info.height);
+  lua_setfield(L, -2, "height");
+  lua_pushinteger(L, info.channels);
+  lua_setfield(L, -2, "channels");
+  lua_pushstring(L, info.format);
+  lua_setfield(L, -2, "format");
+  return 1;
+}
+
+/* C.images_load({path, ...}, height, width, channels, crop_to_aspect_ratio
+ * [, threads]) -> float32 tensor (n, height, width, channels), 0..255 */
+static int l_images_load(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_Integer h = luaL_checkinteger(L, 2), w = luaL_checkinteger(L, 3), c = luaL_checkinteger(L, 4);
+  bool crop = lua_toboolean(L, 5);
+  int threads = (int)luaL_optinteger(L, 6, 0);
+  lua_Integer n = luaL_len(L, 1);
+  luaL_argcheck(L, h > 0 && w > 0 && h * w <= (INT64_C(1) << 28) && (c == 1 || c == 3 || c == 4), 2,
+                "the size must be positive and channels 1, 3 or 4");
+  const char **paths = lua_newuserdatauv(L, sizeof *paths * (size_t)(n ? n : 1), 0);
+  for (lua_Integer i = 0; i < n; i++) {
+    lua_geti(L, 1, i + 1);
+    paths[i] = luaL_checkstring(L, -1);
+    lua_pop(L, 1); /* the string stays alive in the table */
+  }
+  size_t count = (size_t)(n * h * w * c);
+  float *out = malloc(sizeof(float) * (count ? count : 1));
+  if (!out) return luaL_error(L, "out of memory for %d images of %d x %d", (int)n, (int)h, (int)w);
+  lunet_ctx *ctx = lunetL_ctx(L);
+  lunet_status st = lunet_images_load(ctx, paths, n, h, w, (int)c, crop, threads, out);
+  int64_t shape[4] = {n, h, w, c};
+  lunet_tensor *t = st ? NULL : lunet_tensor_from_data_on(ctx, "cpu", LUNET_F32, 4, shape, out);
+  free(out);
+  if (!t) return lunetL_error(L, NULL);
+  lunetL_pushtensor(L, t);
+  return 1;
+}
+
+/* C.image_save(path, t (H, W, C), quality) */
+static int l_image_save(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  lunet_tensor *t = lunetL_checktensor(L, 2);
+  int quality = (int)luaL_optinteger(L, 3, 95);
+  if (lunet_tensor_ndim(t) != 3) return luaL_error(L, "save_img: expected an image (height, width, channels)");
+  lunet_ctx *ctx = lunetL_ctx(L);
+  size_t count = (size_t)lunet_tensor_numel(t);
+  float *px = malloc(sizeof(float) * (count ? count : 1));
+  lunet_tensor *f = lunet_tensor_dtype(t) == LUNET_F32 ? lunet_tensor_retain(t) : lunet_op_cast(ctx, t, LUNET_F32);
+  lunet_status st = !px ? lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory")
+                    : !f ? lunet_ctx_status(ctx) : lunet_tensor_read(ctx, f, px, sizeof(float) * count);
+  if (!st)
+    st = lunet_image_save(ctx, path, px, lunet_tensor_dim(t, 0), lunet_tensor_dim(t, 1), (int)lunet_tensor_dim(t, 2),
+                          quality);
+  free(px);
+  lunet_tensor_release(f);
+  if (st) return lunetL_error(L, NULL);
+  return 0;
+}
+
+static const luaL_Reg functions[] = {{"listdir", l_listdir},         {"image_info", l_image_info},
+                                     {"images_load", l_images_load}, {"image_save", l_image_save},
+                                     {NULL, NULL}};
+
+void lunetL_open_image(lua_State *L) { luaL_setfuncs(L, functions, 0); }

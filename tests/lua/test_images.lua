@@ -1,0 +1,194 @@
+-- Image files and folders: save_img/load_img round trips, the resize equal
+-- to the Resizing layer's (itself held to TF's formula in
+-- test_preprocessing), channel conversions, image_dataset_from_directory's
+-- classes, labels, split and order, hostile files, bad options.
+-- Run with LUNET_IMAGE_MAX_PIXELS=1000000 (the CMake test sets it).
+local here = arg[0]:gsub("[^/]+$", "")
+package.path = here .. "?.lua;" .. package.path
+local check = require "check"
+local nn = require "lunet"
+local U = nn.utils
+
+local T = {}
+local tmp = os.tmpname()
+os.remove(tmp)
+os.execute("mkdir -p " .. tmp)
+
+local function max_diff(a, b) return (a - b):abs():max():item() end
+
+-- Whole-number pixels 0..255 (exact in PNG).
+local function pixels(h, w, c, seed)
+  nn.seed(seed or 1)
+  local t = (nn.rand(h, w, c) * 255):totable()
+  for y = 1, h do for x = 1, w do for k = 1, c do t[y][x][k] = math.floor(t[y][x][k]) end end end
+  return nn.tensor(t)
+end
+
+local function write(path, text)
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+end
+
+function T.png_round_trip_is_exact_and_jpeg_close()
+  for _, c in ipairs{1, 3, 4} do
+    local x = pixels(7, 9, c, c)
+    local mode = ({[1] = "grayscale", [3] = "rgb", [4] = "rgba"})[c]
+    U.save_img(tmp .. "/a.png", x)
+    check.eq(max_diff(U.load_img(tmp .. "/a.png", {color_mode = mode}), x), 0, c .. " channels through PNG")
+  end
+  -- a smooth picture through JPEG at quality 100
+  local g = nn.arange(0, 64):reshape(8, 8, 1) * 3
+  local smooth = nn.cat({g, g, g}, 3)
+  U.save_img(tmp .. "/b.jpg", smooth, {quality = 100})
+  assert(max_diff(U.load_img(tmp .. "/b.jpg"), smooth) <= 4, "JPEG quality 100 is off by more than 4 levels")
+  local i = require("lunet.core").image_info(tmp .. "/b.jpg")
+  check.eq(i.format, "jpeg", "format from the bytes")
+  check.eq(i.width, 8, "width")
+end
+
+function T.load_resizes_as_the_resizing_layer()
+  local x = pixels(13, 10, 3, 5)
+  U.save_img(tmp .. "/r.png", x)
+  for _, c in ipairs{{5, 7}, {20, 16}, {13, 10}, {6, 6, true}, {4, 9, true}} do
+    local got = U.load_img(tmp .. "/r.png", {target_size = {c[1], c[2]}, crop_to_aspect_ratio = c[3]})
+    local want = nn.Sequential{nn.Resizing{c[1], c[2], crop_to_aspect_ratio = c[3] or false, input_shape = {13, 10, 3}}}(
+      x:reshape(1, 13, 10, 3)):reshape(c[1], c[2], 3)
+    assert(max_diff(got, want) < 1e-3, ("load_img %dx%d%s differs from Resizing by %g"):format(c[1], c[2],
+      c[3] and " cropped" or "", max_diff(got, want)))
+  end
+end
+
+function T.channels_convert()
+  local rgb = pixels(3, 4, 3, 9)
+  U.save_img(tmp .. "/c.png", rgb)
+  local gray = U.load_img(tmp .. "/c.png", {color_mode = "grayscale"}):totable()
+  local px = rgb:totable()
+  for y = 1, 3 do for x = 1, 4 do
+    local p = px[y][x]
+    check.eq(gray[y][x][1], math.floor(0.299 * p[1] + 0.587 * p[2] + 0.114 * p[3] + 0.5), "gray of an RGB PNG")
+  end end
+  local g = pixels(3, 4, 1, 10)
+  U.save_img(tmp .. "/g.png", g)
+  local as_rgb = U.load_img(tmp .. "/g.png"):totable()
+  local gv = g:totable()
+  for y = 1, 3 do for x = 1, 4 do
+    check.same_table(as_rgb[y][x], {gv[y][x][1], gv[y][x][1], gv[y][x][1]}, 0, "gray repeated into RGB")
+  end end
+  check.same_table(U.load_img(tmp .. "/g.png", {color_mode = "rgba"}):totable()[1][1], {gv[1][1][1], gv[1][1][1],
+    gv[1][1][1], 255}, 0, "opaque alpha added")
+end
+
+function T.hostile_files_are_errors_naming_the_file()
+  U.save_img(tmp .. "/ok.png", pixels(16, 16, 3))
+  U.save_img(tmp .. "/ok.jpg", pixels(16, 16, 3))
+  for _, name in ipairs{"ok.png", "ok.jpg"} do
+    local f = assert(io.open(tmp .. "/" .. name, "rb"))
+    local bytes = f:read("a")
+    f:close()
+    write(tmp .. "/cut_" .. name, bytes:sub(1, #bytes // 2))
+    check.fails(function() U.load_img(tmp .. "/cut_" .. name) end, tmp .. "/cut_" .. name .. ": bad")
+  end
+  write(tmp .. "/text.png", "hello, I am not a picture")
+  check.fails(function() U.load_img(tmp .. "/text.png") end, "text.png: not a PNG or JPEG file")
+  check.fails(function() U.load_img(tmp .. "/none.png") end, "none.png: No such file")
+  -- over the pixel limit (1e6 here): refused from the header, before decoding
+  U.save_img(tmp .. "/big.png", nn.zeros(1001, 1000, 1))
+  check.fails(function() U.load_img(tmp .. "/big.png") end, "1000 x 1001 pixels is over the limit of 1000000")
+  check.fails(function() U.save_img(tmp .. "/x.gif", pixels(2, 2, 3)) end, "name the file .png, .jpg or .jpeg")
+end
+
+-- dir/<class>/<files>: n per class, alternating PNG and JPEG, plus files
+-- lunet skips or ignores.
+local function folder(name, classes, n)
+  local dir = tmp .. "/" .. name
+  for k, c in ipairs(classes) do
+    os.execute(("mkdir -p '%s/%s/sub'"):format(dir, c))
+    for i = 1, n do
+      local where = i == n and (dir .. "/" .. c .. "/sub") or (dir .. "/" .. c)
+      U.save_img(("%s/%02d.%s"):format(where, i, i % 2 == 0 and "png" or "jpg"), nn.full(6 + i, 5 + k, 3, 40 * k))
+    end
+    write(dir .. "/" .. c .. "/notes.txt", "not an image")
+    write(dir .. "/" .. c .. "/anim.gif", "GIF89a")
+  end
+  write(dir .. "/readme.txt", "top-level files are not a class")
+  return dir
+end
+
+function T.dataset_classes_labels_and_split()
+  local dir = folder("shapes", {"b_two", "a_one", "c_three"}, 5)
+  local ds = U.image_dataset_from_directory(dir, {image_size = {4, 4}, batch_size = 4, shuffle = false, verbose = false})
+  check.same_table(ds.class_names, {"a_one", "b_two", "c_three"}, 0, "class names sorted")
+  check.eq(ds.n, 15, "files found (the sub-folder too, no .gif or .txt)")
+  check.eq(#ds, 4, "batches")
+  -- every file's label is its folder, and its pixels its class's colour
+  local seen = 0
+  for step, x, y in ds:batches(1) do
+    local xs, ys = x:totable(), y:totable()
+    for i = 1, #ys do
+      local path = ds.file_paths[(step - 1) * 4 + i]
+      local folder_name = path:match("/shapes/([^/]+)/")
+      check.eq(ds.class_names[ys[i] + 1], folder_name, "label of " .. path)
+      local want = folder_name == "a_one" and 80 or folder_name == "b_two" and 40 or 120
+      check.near(xs[i][1][1][1], want, 2, "pixels of " .. path) -- JPEG may move a flat colour a level
+      seen = seen + 1
+    end
+  end
+  check.eq(seen, 15, "samples")
+  -- label modes
+  local cat = U.image_dataset_from_directory(dir, {image_size = {4, 4}, label_mode = "categorical", verbose = false})
+  local _, yc = cat:batch(1, cat:order(0))
+  check.same_table(yc:shape(), {15, 3}, 0, "one-hot labels (15 files, one batch of 32)")
+  local none = U.image_dataset_from_directory(dir, {image_size = {4, 4}, labels = false, verbose = false})
+  local xn, yn = none:batch(1, none:order(0))
+  assert(yn == nil and xn:shape()[1] == 15, "labels = false: images only")
+  -- the split: fixed by the seed, disjoint, together everything
+  local tr, va = U.image_dataset_from_directory(dir, {image_size = {4, 4}, validation_split = 0.2, subset = "both",
+    seed = 5, verbose = false})
+  check.eq(tr.n + va.n, 15, "split sizes")
+  check.eq(va.n, 3, "the validation fifth")
+  local all = {}
+  for _, p in ipairs(tr.file_paths) do all[p] = "train" end
+  for _, p in ipairs(va.file_paths) do
+    assert(not all[p], p .. " is in both subsets")
+    all[p] = "val"
+  end
+  local again = U.image_dataset_from_directory(dir, {image_size = {4, 4}, validation_split = 0.2, subset = "validation",
+    seed = 5, verbose = false})
+  check.same_table(again.file_paths, va.file_paths, 0, "the seed fixes the split")
+  -- the training set reshuffles each epoch, the same way for the same seed
+  local o1, o2 = tr:order(1), tr:order(2)
+  assert(table.concat(o1, ",") ~= table.concat(o2, ","), "epochs 1 and 2 have the same order")
+  check.same_table(tr:order(1), o1, 0, "an epoch's order is fixed")
+end
+
+function T.fit_evaluate_predict_on_a_dataset()
+  local dir = folder("fit", {"dark", "light"}, 6)
+  local ds = U.image_dataset_from_directory(dir, {image_size = {5, 5}, batch_size = 4, seed = 1, verbose = false})
+  local m = nn.Sequential{nn.Rescaling{1 / 255, input_shape = {5, 5, 3}}, nn.Flatten(), nn.Dense{2, activation = "softmax"}}
+  m:compile{optimizer = nn.optimizers.Adam{learning_rate = 0.1}, loss = "sparse_categorical_crossentropy",
+    metrics = {"accuracy"}}
+  local h = m:fit(ds, nil, {epochs = 15, verbose = 0})
+  check.eq(#h.loss, 15, "epochs")
+  check.eq(m:evaluate(ds).accuracy, 1, "two flat colours are told apart")
+  check.eq(m:predict(ds):shape()[1], 12, "predict covers the dataset")
+  check.fails(function() m:fit(ds, nn.zeros(12), {verbose = 0}) end, "the dataset gives the targets")
+  check.fails(function() m:fit(ds, nil, {batch_size = 3, verbose = 0}) end, "batch_size does not go with a dataset")
+end
+
+function T.bad_options_say_what_is_wrong()
+  local dir = folder("opts", {"x", "y"}, 2)
+  local f = U.image_dataset_from_directory
+  check.fails(function() f(dir, {image_size = {4, 4}, validation_split = 0.5, subset = "training"}) end, "give a seed")
+  check.fails(function() f(dir, {imagesize = {4, 4}}) end, "unknown option 'imagesize'")
+  check.fails(function() f(dir, {color_mode = "cmyk"}) end, "color_mode must be rgb, grayscale or rgba")
+  check.fails(function() f(dir, {class_names = {"x", "z"}, verbose = false}) end, "names 'z', which is not a folder")
+  check.fails(function() f(tmp .. "/nowhere") end, "No such file or directory")
+  check.fails(function() f(dir, {label_mode = "binary", class_names = {"x"}, verbose = false}) end,
+    "label_mode 'binary' needs 2 classes")
+  os.execute("mkdir -p " .. tmp .. "/empty/a")
+  check.fails(function() f(tmp .. "/empty", {verbose = false}) end, "no PNG or JPEG files")
+end
+
+check.run(T)
+os.execute("rm -rf " .. tmp)
