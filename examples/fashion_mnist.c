@@ -99,7 +99,7 @@ static lunet_model *seed_cnn(lunet_ctx *ctx) {
   CHECK(ctx, lunet_model_set_outputs(ctx, m, 1, &v));
   lunet_optimizer_config oc = lunet_optimizer_defaults(LUNET_OPT_ADAM); /* Keras's: lr 1e-3 */
   lunet_optimizer *opt = must(ctx, lunet_optimizer_new(ctx, &oc));
-  lunet_loss_spec loss = {LUNET_LOSS_SPARSE_CATEGORICAL_CE, false, 1};
+  lunet_loss_spec loss = {.kind = LUNET_LOSS_SPARSE_CATEGORICAL_CE, .weight = 1};
   const char *metrics[] = {"accuracy"};
   lunet_compile_opts co = {.nlosses = 1, .losses = &loss, .optimizer = opt, .nmetrics = 1, .metrics = metrics};
   CHECK(ctx, lunet_model_compile(ctx, m, &co));

@@ -241,7 +241,11 @@ static int l_model_compile(lua_State *L) {
     specs[i].from_logits = lua_toboolean(L, -1);
     lua_getfield(L, -3, "weight");
     specs[i].weight = luaL_optnumber(L, -1, 1);
-    lua_pop(L, 4);
+    lua_getfield(L, -4, "delta");
+    specs[i].delta = luaL_optnumber(L, -1, 0);
+    lua_getfield(L, -5, "label_smoothing");
+    specs[i].label_smoothing = luaL_optnumber(L, -1, 0);
+    lua_pop(L, 6);
   }
   for (int i = 0; i < nm; i++) {
     lua_geti(L, 3, i + 1);
@@ -553,6 +557,14 @@ static int l_model_describe(lua_State *L) {
       lua_setfield(L, -2, "from_logits");
       lua_pushnumber(L, ls.weight);
       lua_setfield(L, -2, "weight");
+      if (ls.delta > 0) {
+        lua_pushnumber(L, ls.delta);
+        lua_setfield(L, -2, "delta");
+      }
+      if (ls.label_smoothing > 0) {
+        lua_pushnumber(L, ls.label_smoothing);
+        lua_setfield(L, -2, "label_smoothing");
+      }
       lua_rawseti(L, -2, j + 1);
     }
     lua_setfield(L, -2, "losses");
@@ -586,14 +598,16 @@ static int l_model_optimizer(lua_State *L) {
   return 1;
 }
 
-/* C.loss(name, y_true, y_pred, from_logits [, sample_weight]) -> the
- * batch's loss, recorded on the tape (a loss object's call). */
+/* C.loss(name, y_true, y_pred, from_logits [, sample_weight, delta,
+ * label_smoothing]) -> the batch's loss, recorded on the tape (a loss
+ * object's call). */
 static int l_loss(lua_State *L) {
   int kind = lunet_loss_find(luaL_checkstring(L, 1));
   if (kind < 0) return luaL_error(L, "unknown loss '%s'", lua_tostring(L, 1));
   lunet_tensor *t = lunetL_checktensor(L, 2), *p = lunetL_checktensor(L, 3);
   lunet_tensor *w = lua_isnoneornil(L, 5) ? NULL : lunetL_checktensor(L, 5);
-  lunet_tensor *l = lunet_loss_weighted(lunetL_ctx(L), (lunet_loss_kind)kind, p, t, lua_toboolean(L, 4), w);
+  lunet_loss_options o = {lua_toboolean(L, 4), luaL_optnumber(L, 6, 0), luaL_optnumber(L, 7, 0), w};
+  lunet_tensor *l = lunet_loss_ex(lunetL_ctx(L), (lunet_loss_kind)kind, p, t, &o);
   if (!l) lunetL_error(L, NULL);
   lunetL_pushtensor(L, l);
   return 1;

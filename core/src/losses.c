@@ -207,18 +207,19 @@ static lunet_tensor *l2_normalized(lunet_ctx *ctx, lunet_tensor *x) {
 #define row(e) reduce_terms(ctx, e, false, w)
 
 static lunet_tensor *regression(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *p, lunet_tensor *t,
-                                const lunet_tensor *w) {
+                                const lunet_tensor *w, float delta) {
   switch (kind) {
   case LUNET_LOSS_MAE: {
     lunet_tensor *d = lunet_sub(ctx, p, t), *a = u(ctx, LUNET_UNARY_ABS, d, 0, 0);
     return release_then(elem(a), 2, (lunet_tensor *[]){d, a});
   }
-  case LUNET_LOSS_HUBER: { /* delta = 1 */
+  case LUNET_LOSS_HUBER: { /* 0.5 q^2 + delta (|e| - q), q = min(|e|, delta) */
     lunet_tensor *d = lunet_sub(ctx, p, t), *a = u(ctx, LUNET_UNARY_ABS, d, 0, 0);
-    lunet_tensor *q = u(ctx, LUNET_UNARY_CLIP, a, -3.4e38f, 1.0f);
+    lunet_tensor *q = u(ctx, LUNET_UNARY_CLIP, a, -3.4e38f, delta);
     lunet_tensor *lin = q ? lunet_sub(ctx, a, q) : NULL, *q2 = u(ctx, LUNET_UNARY_SQUARE, q, 0, 0);
-    lunet_tensor *hq = u(ctx, LUNET_UNARY_AFFINE, q2, 0.5f, 0.0f), *sum = hq && lin ? lunet_add(ctx, hq, lin) : NULL;
-    return release_then(elem(sum), 7, (lunet_tensor *[]){d, a, q, lin, q2, hq, sum});
+    lunet_tensor *dl = u(ctx, LUNET_UNARY_AFFINE, lin, delta, 0.0f);
+    lunet_tensor *hq = u(ctx, LUNET_UNARY_AFFINE, q2, 0.5f, 0.0f), *sum = hq && dl ? lunet_add(ctx, hq, dl) : NULL;
+    return release_then(elem(sum), 8, (lunet_tensor *[]){d, a, q, lin, q2, dl, hq, sum});
   }
   case LUNET_LOSS_LOG_COSH: { /* x + log(1 + exp(-2x)) - log 2, stably: |x| + log(1 + exp(-2|x|)) - log 2 */
     lunet_tensor *d = lunet_sub(ctx, p, t), *a = u(ctx, LUNET_UNARY_ABS, d, 0, 0);
@@ -304,7 +305,7 @@ static bool same_count(lunet_ctx *ctx, const char *name, const lunet_tensor *pre
 }
 
 static lunet_tensor *loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pred,
-                          lunet_tensor *truth, bool from_logits, const lunet_tensor *w);
+                          lunet_tensor *truth, bool from_logits, const lunet_tensor *w, float delta);
 
 /* Sample weights as float32 (N) with one per sample of pred, or an error. */
 static lunet_tensor *sample_weights(lunet_ctx *ctx, const lunet_tensor *pred, const lunet_tensor *w) {
@@ -330,6 +331,34 @@ lunet_tensor *lunet_loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pre
 
 lunet_tensor *lunet_loss_weighted(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pred, lunet_tensor *truth,
                                   bool from_logits, const lunet_tensor *sample_weight) {
+  lunet_loss_options o = {.from_logits = from_logits, .sample_weight = sample_weight};
+  return lunet_loss_ex(ctx, kind, pred, truth, &o);
+}
+
+/* Keras's label smoothing of targets t with K classes (K 2 for binary). */
+static lunet_tensor *smoothed(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pred, lunet_tensor *t, double s) {
+  double k = kind == LUNET_LOSS_BINARY_CE ? 2 : (double)pred->shape[pred->ndim - 1];
+  return lunet_op_unary(ctx, LUNET_UNARY_AFFINE, t, (float)(1 - s), (float)(s / k));
+}
+
+lunet_tensor *lunet_loss_ex(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pred, lunet_tensor *truth,
+                            const lunet_loss_options *opts) {
+  bool from_logits = opts->from_logits;
+  const lunet_tensor *sample_weight = opts->sample_weight;
+  double ls = opts->label_smoothing;
+  if (!(ls >= 0 && ls <= 1)) {
+    lunet_error(ctx, LUNET_ERR_ARG, "loss: label_smoothing must be in [0, 1], got %g", ls);
+    return NULL;
+  }
+  if (ls > 0 && kind != LUNET_LOSS_CATEGORICAL_CE && kind != LUNET_LOSS_BINARY_CE) {
+    lunet_error(ctx, LUNET_ERR_ARG,
+                kind == LUNET_LOSS_SPARSE_CATEGORICAL_CE
+                    ? "loss: sparse_categorical_crossentropy takes no label_smoothing (nor does Keras's): make the "
+                      "labels one-hot (nn.utils.to_categorical) and use categorical_crossentropy"
+                    : "loss: label_smoothing is for categorical_crossentropy and binary_crossentropy, not %s",
+                lunet_loss_name(kind));
+    return NULL;
+  }
   if (pred->ndim < 1) {
     lunet_error(ctx, LUNET_ERR_SHAPE, "loss: y_pred must have a batch axis");
     return NULL;
@@ -347,15 +376,21 @@ lunet_tensor *lunet_loss_weighted(lunet_ctx *ctx, lunet_loss_kind kind, lunet_te
     lunet_tensor_release(t);
     t = r;
   }
+  if (t && ls > 0) {
+    lunet_tensor *s = smoothed(ctx, kind, pred, t, ls);
+    lunet_tensor_release(t);
+    t = s;
+  }
   lunet_tensor *w = t && sample_weight ? sample_weights(ctx, pred, sample_weight) : NULL;
-  lunet_tensor *l = t && (w || !sample_weight) ? loss(ctx, kind, pred, t, from_logits, w) : NULL;
+  float delta = opts->delta > 0 ? (float)opts->delta : 1.0f;
+  lunet_tensor *l = t && (w || !sample_weight) ? loss(ctx, kind, pred, t, from_logits, w, delta) : NULL;
   lunet_tensor_release(t);
   lunet_tensor_release(w);
   return l;
 }
 
 static lunet_tensor *loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pred,
-                          lunet_tensor *truth, bool from_logits, const lunet_tensor *w) {
+                          lunet_tensor *truth, bool from_logits, const lunet_tensor *w, float delta) {
   int64_t k = pred->shape[pred->ndim - 1];
   switch (kind) {
   case LUNET_LOSS_MSE:
@@ -379,6 +414,6 @@ static lunet_tensor *loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pr
     return loss;
   }
   default:
-    return same_count(ctx, lunet_loss_name(kind), pred, truth, pred->numel) ? regression(ctx, kind, pred, truth, w) : NULL;
+    return same_count(ctx, lunet_loss_name(kind), pred, truth, pred->numel) ? regression(ctx, kind, pred, truth, w, delta) : NULL;
   }
 }

@@ -794,7 +794,8 @@ static lunet_tensor *total_loss(lunet_ctx *ctx, lunet_model *m, lunet_tensor **p
   lunet_tensor *total = NULL;
   for (int j = 0; j < m->noutputs; j++) {
     const lunet_loss_spec *ls = &m->losses[j];
-    parts[j] = lunet_loss_weighted(ctx, ls->kind, pred[j], y[j], ls->from_logits || fused[j], sw);
+    lunet_loss_options lo = {ls->from_logits || fused[j], ls->delta, ls->label_smoothing, sw};
+    parts[j] = lunet_loss_ex(ctx, ls->kind, pred[j], y[j], &lo);
     if (!parts[j]) goto fail;
     lunet_tensor *w = lunet_tensor_retain(parts[j]);
     if (ls->weight != 1) {

@@ -185,6 +185,8 @@ static cJSON *compile_json(const lunet_model *m) {
     cJSON_AddStringToObject(l, "loss", lunet_loss_name(s.kind));
     cJSON_AddBoolToObject(l, "from_logits", s.from_logits);
     cJSON_AddNumberToObject(l, "weight", s.weight);
+    if (s.delta > 0) cJSON_AddNumberToObject(l, "delta", s.delta);
+    if (s.label_smoothing > 0) cJSON_AddNumberToObject(l, "label_smoothing", s.label_smoothing);
   }
   for (int k = 0; metrics && k < lunet_model_compiled_metric_count(m); k++)
     cJSON_AddItemToArray(metrics, cJSON_CreateString(lunet_model_compiled_metric(m, k)));
@@ -650,9 +652,14 @@ static lunet_status read_compile(reader *r, lunet_model *m, const lunet_safetens
     int k = cJSON_IsString(name) ? lunet_loss_find(name->valuestring) : -1;
     if (k < 0 || (w && (!cJSON_IsNumber(w) || !isfinite(w->valuedouble))))
       return bad(r, "losses[%d] needs a known loss name and a numeric weight", nl);
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(l, "delta");
+    const cJSON *ls = cJSON_GetObjectItemCaseSensitive(l, "label_smoothing");
+    if ((d && (!cJSON_IsNumber(d) || !(d->valuedouble > 0) || !isfinite(d->valuedouble))) ||
+        (ls && (!cJSON_IsNumber(ls) || !(ls->valuedouble >= 0 && ls->valuedouble <= 1))))
+      return bad(r, "losses[%d]: delta must be a number > 0 and label_smoothing one in [0, 1]", nl);
     specs[nl] = (lunet_loss_spec){(lunet_loss_kind)k,
                                   cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(l, "from_logits")),
-                                  w ? w->valuedouble : 1};
+                                  w ? w->valuedouble : 1, d ? d->valuedouble : 0, ls ? ls->valuedouble : 0};
   }
   for (const cJSON *x = metrics->child; x; x = x->next, nm++) {
     if (!cJSON_IsString(x)) return bad(r, "metrics[%d] must be a name", nm);

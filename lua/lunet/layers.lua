@@ -26,8 +26,12 @@ end
 
 local counters = {}
 
+-- Keras's to_snake_case: Conv2D -> conv2d, MaxPooling2D -> max_pooling2d,
+-- LeakyReLU -> leaky_re_lu, SimpleRNN -> simple_rnn.
 local function snake(name)
-  return (name:gsub("(%l)(%u)", "%1_%2"):gsub("(%d)(%u)", "%1_%2"):lower())
+  name = name:gsub("[^%w_]", "")
+  name = name:gsub("(.)(%u%l+)", "%1_%2")
+  return (name:gsub("(%l)(%u)", "%1_%2"):lower())
 end
 
 local function describe(v)

@@ -338,7 +338,8 @@ local function ensure_compiled(self, x)
   local n = #self.losses == 1 and not self.loss_weights and 1 or noutputs(self)
   for j = 1, n do
     local l = self.losses[#self.losses == 1 and 1 or j]
-    specs[j] = { loss = l.name, from_logits = l.from_logits, weight = self.loss_weights and self.loss_weights[j] or 1 }
+    specs[j] = { loss = l.name, from_logits = l.from_logits, weight = self.loss_weights and self.loss_weights[j] or 1,
+      delta = l.delta, label_smoothing = l.label_smoothing }
   end
   C.model_compile(self.handle, specs, self.metrics, self.optimizer.handle)
   self.metric_keys = C.model_metric_names(self.handle)
@@ -688,7 +689,9 @@ function Model:fit(x, y, o)
   for k, v in pairs(history) do if k ~= "epoch" and k ~= "history" then history.history[k] = v end end
   history.params = { epochs = epochs, steps = steps, verbose = verbose, batch_size = bs }
   call_cbs(cbs, "on_train_begin", self)
-  local first_epoch = (o.initial_epoch or 0) + 1
+  -- BackupAndRestore sets resume_epoch in on_train_begin
+  local first_epoch = math.max(o.initial_epoch or 0, self.resume_epoch or 0) + 1
+  self.resume_epoch = nil
   for epoch = first_epoch, epochs do
     if verbose ~= 0 then print(string.format("Epoch %d/%d", epoch, epochs)) end
     call_cbs(cbs, "on_epoch_begin", self, epoch)
@@ -1109,7 +1112,8 @@ local function wrap(h)
     self.losses = {}
     local weights, weighted = {}, false
     for j, l in ipairs(d.losses) do
-      self.losses[j] = optim.losses.get({ name = l.loss, from_logits = l.from_logits })
+      self.losses[j] = optim.losses.get({ name = l.loss, from_logits = l.from_logits, delta = l.delta,
+        label_smoothing = l.label_smoothing })
       weights[j], weighted = l.weight, weighted or l.weight ~= 1
     end
     self.loss, self.metrics = self.losses[1], d.metrics

@@ -201,22 +201,34 @@ local Loss = {}
 Loss.__index = Loss
 Loss.__name = "lunet.Loss"
 function Loss:__call(y_true, y_pred, sample_weight)
-  return C.loss(self.name, y_true, y_pred, self.from_logits, sample_weight)
+  return C.loss(self.name, y_true, y_pred, self.from_logits, sample_weight, self.delta, self.label_smoothing)
 end
-function Loss:__tostring() return "Loss(" .. self.name .. (self.from_logits and ", from_logits" or "") .. ")" end
+function Loss:__tostring()
+  return "Loss(" .. self.name .. (self.from_logits and ", from_logits" or "") ..
+    (self.delta and (", delta = " .. self.delta) or "") ..
+    (self.label_smoothing and (", label_smoothing = " .. self.label_smoothing) or "") .. ")"
+end
+
+local smoothing = { categorical_crossentropy = true, binary_crossentropy = true }
 
 local function loss_object(name, opts)
   opts = opts or {}
   for k in pairs(opts) do
-    if k ~= "from_logits" and not (k == "delta" and name == "huber") then
+    if k ~= "from_logits" and not (k == "delta" and name == "huber")
+      and not (k == "label_smoothing" and smoothing[name]) then
       error(string.format("bad argument '%s' to the %s loss (valid: from_logits%s)", tostring(k), name,
-        name == "huber" and ", delta" or ""), 3)
+        name == "huber" and ", delta" or smoothing[name] and ", label_smoothing" or ""), 3)
     end
   end
-  if opts.delta ~= nil and opts.delta ~= 1 then
-    error("bad argument 'delta' to 'Huber' (only Keras's default, 1.0, so far)", 3)
+  local d, ls = opts.delta, opts.label_smoothing
+  if d ~= nil and not (type(d) == "number" and d > 0) then
+    error("bad argument 'delta' to the huber loss (a number > 0; Keras's default is 1.0)", 3)
   end
-  return setmetatable({ name = name, from_logits = opts.from_logits or false }, Loss)
+  if ls ~= nil and not (type(ls) == "number" and ls >= 0 and ls <= 1) then
+    error(string.format("bad argument 'label_smoothing' to the %s loss (a number in [0, 1])", name), 3)
+  end
+  return setmetatable({ name = name, from_logits = opts.from_logits or false, delta = d,
+    label_smoothing = ls ~= 0 and ls or nil }, Loss)
 end
 
 local loss_classes = {
@@ -231,7 +243,11 @@ for class, name in pairs(loss_classes) do
 end
 
 function M.losses.get(l)
-  if type(l) == "table" and loss_names[l.name] then return l end
+  if type(l) == "table" and getmetatable(l) == Loss then return l end
+  if type(l) == "table" and loss_names[l.name] then -- a loss as a model file describes it
+    return loss_object(loss_names[l.name], { from_logits = l.from_logits, delta = l.delta,
+      label_smoothing = l.label_smoothing })
+  end
   if type(l) == "string" and loss_names[l] then return loss_object(loss_names[l]) end
   local names = {}
   for k, v in pairs(loss_names) do if k == v then names[#names + 1] = k end end
@@ -495,6 +511,53 @@ function M.callbacks.ModelCheckpoint(o)
     end
     model:save(file, { epoch = epoch })
     if self.verbose and self.verbose ~= 0 then print("saved " .. file) end
+  end
+  return self
+end
+
+-- Keras's BackupAndRestore: at the end of every epoch the model, its
+-- optimizer state, the epoch and the RNG's position go to
+-- <backup_dir>/latest.safetensors (atomically); a fit that finds the file
+-- starts after its epoch with that state, so an interrupted fit run again
+-- ends where an uninterrupted one would (a test checks the weights bit for
+-- bit).  The file is deleted when fit completes (delete_checkpoint).
+function M.callbacks.BackupAndRestore(o)
+  if type(o) == "string" then o = { backup_dir = o } end
+  o = check_fields("BackupAndRestore", o, { backup_dir = true, delete_checkpoint = true, save_freq = true,
+    verbose = true })
+  if type(o.backup_dir) ~= "string" then
+    error("bad argument 'backup_dir' to 'BackupAndRestore' (a folder path is required)", 2)
+  end
+  if o.save_freq ~= nil and o.save_freq ~= "epoch" then
+    error("bad argument 'save_freq' to 'BackupAndRestore' (only \"epoch\" so far)", 2)
+  end
+  os.execute(string.format("mkdir -p '%s'", o.backup_dir:gsub("'", "'\\''")))
+  local file = o.backup_dir .. "/latest.safetensors"
+  local self = callback({ backup_dir = o.backup_dir, file = file, verbose = o.verbose,
+    delete_checkpoint = o.delete_checkpoint ~= false })
+  function self:on_train_begin(model)
+    local f = io.open(file, "rb")
+    if not f then return end
+    f:close()
+    local back = require("lunet.model").load_model(file) -- restores the RNG's seed and position too
+    model:set_weights(back:get_weights())
+    if back.optimizer and model.optimizer then
+      local n = #model.params
+      for i, slots in ipairs(C.optimizer_slots(back.optimizer.handle, n)) do
+        for k, t in pairs(slots) do C.optimizer_set_slot(model.optimizer.handle, i, k, t) end
+      end
+      model.optimizer.iterations = back.optimizer.iterations
+    end
+    model.resume_epoch = back.epoch
+    if self.verbose ~= 0 then
+      print(string.format("BackupAndRestore: resuming after epoch %d from %s", back.epoch, file))
+    end
+  end
+  function self:on_epoch_end(model, epoch)
+    model:save(file, { epoch = epoch })
+  end
+  function self:on_train_end(model)
+    if self.delete_checkpoint then os.remove(file) end
   end
   return self
 end

@@ -53,6 +53,8 @@ static const lunet_layer_type *const layer_types[] = {
     &layers_random_zoom,
     &layers_random_crop,
     &layers_resizing,
+    &layers_gaussian_noise,
+    &layers_gaussian_dropout,
 };
 
 static const lunet_plugin_desc layers_plugin = {

@@ -197,6 +197,38 @@ function T.preprocessing_layers_live_in_the_model()
   check.same_table(crop, {{7, 8, 9}, {13, 14, 15}}, 0, "centre window")
 end
 
+-- BackupAndRestore: a fit cut short after epoch 2 and run again ends with
+-- the weights of a fit never interrupted, bit for bit (dropout and the
+-- shuffles draw from the restored RNG position).
+function T.backup_and_restore_resumes_exactly()
+  local dir = os.tmpname()
+  os.remove(dir)
+  nn.seed(5)
+  local x, y = nn.randn(40, 3), nn.randn(40, 1)
+  local function make()
+    nn.seed(21)
+    local m = nn.Sequential{nn.Dense{8, activation = "relu", input_shape = {3}}, nn.Dropout{0.3}, nn.Dense(1)}
+    m:compile{optimizer = nn.optimizers.Adam{learning_rate = 0.01}, loss = "mse"}
+    return m
+  end
+  local whole = make()
+  whole:fit(x, y, {epochs = 5, batch_size = 8, verbose = 0})
+  local cut = make()
+  local crash = nn.callbacks.LambdaCallback{on_epoch_end = function(_, epoch) if epoch == 2 then error("power cut") end end}
+  local ok, err = pcall(cut.fit, cut, x, y, {epochs = 5, batch_size = 8, verbose = 0,
+    callbacks = {nn.callbacks.BackupAndRestore{backup_dir = dir, verbose = 0}, crash}})
+  assert(not ok and tostring(err):find("power cut"), "the fit was not cut: " .. tostring(err))
+  local again = make()
+  local h = again:fit(x, y, {epochs = 5, batch_size = 8, verbose = 0,
+    callbacks = {nn.callbacks.BackupAndRestore{backup_dir = dir, verbose = 0}}})
+  check.same_table(h.epoch, {3, 4, 5}, 0, "the epochs run after resuming")
+  for i, w in ipairs(again:get_weights()) do
+    check.same_table(w:totable(), whole:get_weights()[i]:totable(), 0, "weight " .. i)
+  end
+  assert(io.open(dir .. "/latest.safetensors") == nil, "the backup is deleted when fit completes")
+  os.execute("rm -rf " .. dir)
+end
+
 -- Keras's History (.history, .params), ReduceLROnPlateau, CSVLogger and
 -- TerminateOnNaN.
 function T.history_and_more_callbacks()
@@ -366,7 +398,42 @@ function T.more_losses_follow_keras()
     check.near(m:evaluate(nn.tensor(xp), nn.tensor(c[2])).loss, mean_rows(c[3], c[2]), 1e-5, c[1])
   end
   check.near(nn.Sequential{nn.Dense{1, input_shape = {1}}}:compile{optimizer = "sgd", loss = "mae"}.losses[1].name == "mean_absolute_error" and 1 or 0, 1, 0, "short name")
-  check.fails(function() nn.losses.Huber{delta = 2} end, "only Keras's default, 1.0, so far")
+  -- Huber's delta and label smoothing, against the formulas
+  local xt = nn.tensor(xp)
+  for _, delta in ipairs{0.3, 2.5} do
+    local want = mean_rows(per_elem(function(p, t) local a = math.abs(p - t) local q = math.min(a, delta)
+      return 0.5 * q * q + delta * (a - q) end), yt)
+    check.near(nn.losses.Huber{delta = delta}(nn.tensor(yt), xt):item(), want, 1e-5, "huber delta " .. delta)
+  end
+  local probs = xt:softmax(-1)
+  local P = probs:totable()
+  for _, s in ipairs{0.1, 0.5} do
+    local ce, bce = 0, 0
+    for i = 1, n do
+      for j = 1, k do
+        local t = yc[i][j] * (1 - s) + s / k
+        ce = ce - t * math.log(P[i][j])
+        local tb = yb[i][j] * (1 - s) + s / 2
+        bce = bce - (tb * math.log(P[i][j]) + (1 - tb) * math.log(1 - P[i][j])) / k
+      end
+    end
+    check.near(nn.losses.CategoricalCrossentropy{label_smoothing = s}(nn.tensor(yc), probs):item(), ce / n, 1e-5,
+      "categorical label_smoothing " .. s)
+    check.near(nn.losses.BinaryCrossentropy{label_smoothing = s}(nn.tensor(yb), probs):item(), bce / n, 1e-5,
+      "binary label_smoothing " .. s)
+  end
+  -- kept by compile and by the model file
+  local m = nn.Sequential{nn.Dense{k, activation = "softmax", input_shape = {k}}}
+  m:compile{optimizer = "sgd", loss = nn.losses.CategoricalCrossentropy{label_smoothing = 0.2}}
+  local path = os.tmpname()
+  m:save(path)
+  local back = nn.load_model(path)
+  os.remove(path)
+  check.eq(back.loss.label_smoothing, 0.2, "label_smoothing saved")
+  check.near(back:evaluate(xt, nn.tensor(yc)).loss, m:evaluate(xt, nn.tensor(yc)).loss, 1e-7, "the same loss after loading")
+  check.fails(function() nn.losses.Huber{delta = -1} end, "bad argument 'delta' to the huber loss")
+  check.fails(function() nn.losses.SparseCategoricalCrossentropy{label_smoothing = 0.1} end,
+    "bad argument 'label_smoothing' to the sparse_categorical_crossentropy loss")
   check.fails(function() nn.Sequential{nn.Dense{1, input_shape = {1}}}:compile{optimizer = "sgd", loss = "hubber"} end,
     "unknown loss 'hubber' (valid: binary_crossentropy, categorical_crossentropy, categorical_hinge")
 end
@@ -388,7 +455,7 @@ end
 
 function T.every_builtin_layer_passes_gradient_check()
   for _, name in ipairs{"Dense", "Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
-      "Flatten", "BatchNormalization", "Activation", "LSTM", "GRU", "LayerNormalization", "SimpleRNN", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Conv1D", "MaxPooling1D", "PositionEmbedding", "SinePositionEncoding", "MultiHeadAttention", "TransformerEncoder", "TransformerDecoder", "Reverse", "Rescaling", "CenterCrop", "GlobalMaxPooling2D", "LeakyReLU", "ReLU", "Softmax", "ZeroPadding2D", "Cropping2D", "UpSampling2D", "PReLU", "SpatialDropout2D"} do
+      "Flatten", "BatchNormalization", "Activation", "LSTM", "GRU", "LayerNormalization", "SimpleRNN", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Conv1D", "MaxPooling1D", "PositionEmbedding", "SinePositionEncoding", "MultiHeadAttention", "TransformerEncoder", "TransformerDecoder", "Reverse", "Rescaling", "CenterCrop", "GlobalMaxPooling2D", "LeakyReLU", "ReLU", "Softmax", "ZeroPadding2D", "Cropping2D", "UpSampling2D", "PReLU", "SpatialDropout2D", "GaussianNoise", "GaussianDropout"} do
     local results = nn.check_plugin(name)
     assert(#results > 0, name .. " ships no test cases")
     for _, r in ipairs(results) do
@@ -409,6 +476,20 @@ function T.summary_counts_the_seed_cnn()
   local text = table.concat(lines, "\n")
   assert(text:find("Total params: 361,034", 1, true), text)
   assert(text:find("(None, 2, 2, 128)", 1, true), text)
+end
+
+-- Keras's to_snake_case names, numbered from the second of a kind.
+function T.layer_names_follow_keras()
+  local want = {Conv2D = "conv2d", MaxPooling2D = "max_pooling2d", LeakyReLU = "leaky_re_lu", SimpleRNN = "simple_rnn",
+    MultiHeadAttention = "multi_head_attention", GlobalAveragePooling1D = "global_average_pooling1d",
+    BatchNormalization = "batch_normalization", PReLU = "p_re_lu", LSTM = "lstm", UpSampling2D = "up_sampling2d"}
+  local args = {Conv2D = {2, 1}, MaxPooling2D = {2}, MultiHeadAttention = {num_heads = 2, key_dim = 2}, SimpleRNN = {2}, LSTM = {2}}
+  for tname, base in pairs(want) do
+    local a, b = nn[tname](args[tname] or {}), nn[tname](args[tname] or {})
+    assert(a.name == base or a.name:match("^" .. base .. "_%d+$"), tname .. " is named " .. a.name)
+    local n = tonumber(a.name:match("_(%d+)$")) or 0
+    check.eq(b.name, base .. "_" .. (n + 1), tname .. "'s next")
+  end
 end
 
 function T.positional_and_named_arguments_agree()

@@ -183,6 +183,29 @@ function T.saved_with_the_model()
   check.eq(max_diff(back(x, {training = true, epoch = 2}), m(x, {training = true, epoch = 2})), 0, "the same draws")
 end
 
+-- GaussianNoise and GaussianDropout: the noise's moments in training, the
+-- identity at inference, GaussianDropout's gradient the noise it drew.
+function T.gaussian_noise_layers()
+  nn.seed(12)
+  local n = 40000
+  local x = nn.full(n, 2.0)
+  local add = nn.Sequential{nn.GaussianNoise{0.3, input_shape = {1}}}
+  local d = (add(x:reshape(n, 1), true) - 2):reshape(n)
+  check.near(d:mean():item(), 0, 0.01, "GaussianNoise mean")
+  check.near(d:square():mean():sqrt():item(), 0.3, 0.02, "GaussianNoise stddev")
+  check.eq(max_diff(add(x:reshape(n, 1)), x:reshape(n, 1)), 0, "identity at inference")
+  local rate = 0.2
+  local xr = nn.full(n, 1.0):requires_grad(true)
+  local mul = nn.GaussianDropout{rate}
+  local y = mul(xr:reshape(n, 1), true)
+  local m = y:reshape(n)
+  check.near(m:mean():item(), 1, 0.01, "GaussianDropout mean")
+  check.near((m - 1):square():mean():item(), rate / (1 - rate), 0.01, "GaussianDropout variance rate / (1 - rate)")
+  y:sum():backward()
+  check.eq(max_diff(xr.grad, m), 0, "the gradient is the noise drawn")
+  check.fails(function() nn.Sequential{nn.GaussianDropout{1.5, input_shape = {2}}} end, "rate must be in [0, 1)")
+end
+
 function T.bad_arguments_say_what_is_wrong()
   check.fails(function() nn.RandomRotation{{0.3, 0.1}} end, "factor pair {0.3, 0.1} is reversed")
   check.fails(function() nn.RandomRotation{"a"} end, "factor must be a number or a pair {lo, hi}")

@@ -47,7 +47,7 @@ static void compile(lunet_model *m, lunet_optimizer_kind kind, double lr) {
   lunet_optimizer_config c = lunet_optimizer_defaults(kind);
   c.learning_rate = lr;
   lunet_optimizer *o = lunet_optimizer_new(ctx, &c);
-  lunet_loss_spec loss = {LUNET_LOSS_MSE, false, 1};
+  lunet_loss_spec loss = {.kind = LUNET_LOSS_MSE, .weight = 1};
   lunet_compile_opts co = {.nlosses = 1, .losses = &loss, .optimizer = o};
   ck_assert_int_eq(lunet_model_compile(ctx, m, &co), LUNET_OK);
   lunet_optimizer_release(o);

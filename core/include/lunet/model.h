@@ -186,6 +186,8 @@ typedef struct lunet_loss_spec {
   bool from_logits;
   double weight; /* loss_weights: this output's factor in the total (1 for
                   * Keras's default; 0 switches the output's loss off) */
+  double delta;           /* Huber's (<= 0: 1.0) */
+  double label_smoothing; /* categorical and binary cross-entropy */
 } lunet_loss_spec;
 
 /* nlosses is 1 (the same loss on every output) or the output count.

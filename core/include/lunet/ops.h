@@ -309,7 +309,7 @@ typedef enum lunet_loss_kind {
   /* Keras's regression and margin losses, each a mean over the last axis
    * then over the samples (0.3) */
   LUNET_LOSS_MAE,               /* |y_pred - y_true| */
-  LUNET_LOSS_HUBER,             /* delta 1: 0.5 q^2 + (|e| - q), q = min(|e|, 1) */
+  LUNET_LOSS_HUBER,             /* 0.5 q^2 + delta (|e| - q), q = min(|e|, delta) */
   LUNET_LOSS_LOG_COSH,          /* log(cosh(y_pred - y_true)) */
   LUNET_LOSS_KL_DIVERGENCE,     /* sum y_true log(y_true / y_pred), both clipped to [1e-7, 1] */
   LUNET_LOSS_HINGE,             /* max(1 - y_true y_pred, 0), 0/1 labels read as -1/1 */
@@ -331,6 +331,18 @@ LUNET_API lunet_tensor *lunet_loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_t
 LUNET_API lunet_tensor *lunet_loss_weighted(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *y_pred,
                                             lunet_tensor *y_true, bool from_logits,
                                             const lunet_tensor *sample_weight);
+
+/* Every option of a loss.  delta: Huber's threshold (<= 0: Keras's 1.0);
+ * label_smoothing in [0, 1]: categorical targets become t (1 - s) + s / K,
+ * binary ones t (1 - s) + s / 2 (Keras); other losses refuse it. */
+typedef struct lunet_loss_options {
+  bool from_logits;
+  double delta;
+  double label_smoothing;
+  const lunet_tensor *sample_weight; /* NULL: every sample weighs 1 */
+} lunet_loss_options;
+LUNET_API lunet_tensor *lunet_loss_ex(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *y_pred,
+                                      lunet_tensor *y_true, const lunet_loss_options *opts);
 
 #ifdef __cplusplus
 }
