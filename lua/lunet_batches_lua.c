@@ -49,7 +49,11 @@ static const float *host_f32(lua_State *L, int arg, const char *what) {
 /* C.batches_new(x, y, order, batch_size, aug|nil, seed, epoch, device) */
 static int l_batches_new(lua_State *L) {
   lunet_tensor *x = lunetL_checktensor(L, 1), *y = lunetL_checktensor(L, 2);
-  const float *xh = host_f32(L, 1, "x"), *yh = host_f32(L, 2, "y");
+  const void *xd = lunet_tensor_host_data(x);
+  bool u8 = lunet_tensor_dtype(x) == LUNET_U8;
+  if (!xd || (!u8 && lunet_tensor_dtype(x) != LUNET_F32))
+    luaL_argerror(L, 1, "x must be a float32 or uint8 tensor on the cpu backend");
+  const float *yh = host_f32(L, 2, "y");
   luaL_checktype(L, 3, LUA_TTABLE);
   int64_t bs = luaL_checkinteger(L, 4);
   lunet_augment *aug = lua_isnoneornil(L, 5) ? NULL : lunetL_checkaugment(L, 5);
@@ -73,7 +77,8 @@ static int l_batches_new(lua_State *L) {
   p->y_ndim = lunet_tensor_ndim(y) - 1;
   memcpy(p->x_shape, lunet_tensor_shape(x) + 1, sizeof(int64_t) * (size_t)p->x_ndim);
   memcpy(p->y_shape, lunet_tensor_shape(y) + 1, sizeof(int64_t) * (size_t)p->y_ndim);
-  lunet_batches_opts o = {.x = xh,
+  lunet_batches_opts o = {.x = u8 ? NULL : xd,
+                          .x_u8 = u8 ? xd : NULL,
                           .y = yh,
                           .n = n,
                           .batch_size = bs,

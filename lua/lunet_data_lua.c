@@ -116,10 +116,11 @@ static int l_md5(lua_State *L) {
 
 /* ---- arrays to tensors ---- */
 
-/* A float32 tensor of a's first `rows` rows (all when rows < 0), with a
- * trailing axis of 1 when add_channel; frees a either way.  NULL on error
- * (the context has the message). */
-static lunet_tensor *array_to_f32(lunet_ctx *ctx, lunet_array *a, int64_t rows, bool add_channel) {
+/* A tensor of a's first `rows` rows (all when rows < 0), with a trailing
+ * axis of 1 when add_channel: uint8 as read (images, as Keras returns
+ * them: a quarter of float32's memory) or float32 (labels); frees a either
+ * way.  NULL on error (the context has the message). */
+static lunet_tensor *array_to_tensor(lunet_ctx *ctx, lunet_array *a, int64_t rows, bool add_channel, bool as_f32) {
   int64_t shape[5];
   int ndim = a->ndim;
   memcpy(shape, a->shape, sizeof a->shape);
@@ -128,7 +129,7 @@ static lunet_tensor *array_to_f32(lunet_ctx *ctx, lunet_array *a, int64_t rows, 
   /* Data sets live in host memory; fit moves each batch to the model's device. */
   lunet_tensor *u8 = lunet_tensor_from_data_on(ctx, "cpu", LUNET_U8, ndim, shape, a->data);
   lunet_array_free(a);
-  if (!u8) return NULL;
+  if (!u8 || !as_f32) return u8;
   lunet_tensor *f = lunet_op_cast(ctx, u8, LUNET_F32);
   lunet_tensor_release(u8);
   return f;
@@ -154,7 +155,7 @@ static int l_read_idx(lua_State *L) {
       labels ? lunet_read_idx_labels(ctx, path, (int)max_label, &a) : lunet_read_idx(ctx, path, &a);
   if (st != LUNET_OK) return lunetL_error(L, NULL);
   lua_Integer rows = (lua_Integer)a.shape[0];
-  lunetL_pushtensor(L, array_to_f32(ctx, &a, limit, add_channel));
+  lunetL_pushtensor(L, array_to_tensor(ctx, &a, limit, add_channel, labels));
   lua_pushinteger(L, rows);
   return 2;
 }
@@ -169,7 +170,7 @@ static int l_read_cifar10(lua_State *L) {
   lunet_tensor *t[4] = {NULL};
   bool ok = true;
   for (int i = 0; i < 4; i++) {
-    t[i] = ok ? array_to_f32(ctx, &arr[i], i < 2 ? limit : -1, false) : NULL;
+    t[i] = ok ? array_to_tensor(ctx, &arr[i], i < 2 ? limit : -1, false, i % 2 == 1) : NULL;
     if (!t[i]) {
       lunet_array_free(&arr[i]);
       ok = false;

@@ -14,5 +14,5 @@ recipe.main("cifar_cnn.lua", function()
     nn.augment.RandomFlip("horizontal"),
     nn.augment.RandomTranslation(0.1, 0.1, {fill_mode = "nearest"}),
     seed = o.seed} or nil
-  recipe.train(seed_cnn(nn, {32, 32, 3}), x_train / 255, y_train, x_test / 255, y_test, augment, o)
+  recipe.train(seed_cnn(nn, {32, 32, 3}), x_train, y_train, x_test, y_test, augment, o)
 end)

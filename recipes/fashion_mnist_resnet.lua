@@ -12,5 +12,5 @@ recipe.main("fashion_mnist_resnet.lua", function()
   local x_train, y_train, x_test, y_test = nn.datasets.fashion_mnist.load_data(recipe.data_options(o))
   local augment = o.augment and nn.augment.Sequential{
     nn.augment.RandomTranslation(0.1, 0.1, {fill_mode = "constant"}), seed = o.seed} or nil
-  recipe.train(resnet(nn, {28, 28, 1}), x_train / 255, y_train, x_test / 255, y_test, augment, o)
+  recipe.train(resnet(nn, {28, 28, 1}), x_train, y_train, x_test, y_test, augment, o)
 end)

@@ -4,8 +4,8 @@
 -- block each by default; the first block of stages 2 and 3 halves the
 -- resolution with stride 2 and a 1x1 projection shortcut), each block
 -- conv-BN-ReLU-conv-BN + shortcut, then ReLU; global average pooling and
--- Dense 10 softmax.  Adam 1e-3, sparse categorical cross-entropy, as the
--- seed CNN.
+-- Dense 10 softmax.  Rescaling 1/255 first (8-bit images in).  Adam 1e-3,
+-- sparse categorical cross-entropy, as the seed CNN.
 return function(nn, input_shape, opts)
   opts = opts or {}
   local widths = opts.widths or {32, 64, 128}
@@ -30,7 +30,8 @@ return function(nn, input_shape, opts)
   end
 
   local inputs = nn.Input{shape = input_shape, name = "image"}
-  local x = nn.MaxPooling2D(2)(conv_bn(inputs, widths[1], 1, true))
+  local scaled = nn.Rescaling{1 / 255}(inputs)
+  local x = nn.MaxPooling2D(2)(conv_bn(scaled, widths[1], 1, true))
   for stage, filters in ipairs(widths) do
     for b = 1, blocks do
       local down = stage > 1 and b == 1

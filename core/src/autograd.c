@@ -440,7 +440,30 @@ static lunet_status binary_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor 
   return LUNET_OK;
 }
 
+/* NumPy's and Keras's promotion: uint8 and int32 operands of arithmetic,
+ * comparisons and reductions compute in float32 (ints never need a
+ * gradient, so the cast is not recorded).  NULL with the error set on a
+ * failed cast. */
+static lunet_tensor *as_float(lunet_ctx *ctx, lunet_tensor *t) {
+  return t->dtype == LUNET_F32 ? lunet_tensor_retain(t) : lunet_op_cast(ctx, t, LUNET_F32);
+}
+
+/* f(ctx, ..., a, b) on float copies of a and b when either is not float32. */
+#define PROMOTED2(call, a, b)                                                                       \
+  do {                                                                                             \
+    if ((a)->dtype != LUNET_F32 || (b)->dtype != LUNET_F32) {                                      \
+      lunet_tensor *fa_ = as_float(ctx, a), *fb_ = fa_ ? as_float(ctx, b) : NULL;                  \
+      lunet_tensor *y_ = fb_ ? call(fa_, fb_) : NULL;                                              \
+      lunet_tensor_release(fa_);                                                                   \
+      lunet_tensor_release(fb_);                                                                   \
+      return y_;                                                                                   \
+    }                                                                                              \
+  } while (0)
+
 static lunet_tensor *binary(lunet_ctx *ctx, lunet_binary_op op, lunet_tensor *a, lunet_tensor *b) {
+#define BINARY_(x, y) binary(ctx, op, x, y)
+  PROMOTED2(BINARY_, a, b);
+#undef BINARY_
   lunet_node *n;
   lunet_tensor *y =
       record(ctx, bin(ctx, op, a, b), "binary", 2, (lunet_tensor *[]){a, b}, binary_backward, &n);
@@ -474,6 +497,9 @@ lunet_tensor *lunet_maximum(lunet_ctx *ctx, lunet_tensor *a, lunet_tensor *b) {
   return binary(ctx, LUNET_BINARY_MAX, a, b);
 }
 lunet_tensor *lunet_compare(lunet_ctx *ctx, lunet_binary_op op, lunet_tensor *a, lunet_tensor *b) {
+#define COMPARE_(x, y) bin(ctx, op, x, y)
+  PROMOTED2(COMPARE_, a, b);
+#undef COMPARE_
   return bin(ctx, op, a, b);
 }
 
@@ -486,6 +512,11 @@ static lunet_status unary_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *
 
 lunet_tensor *lunet_unary(lunet_ctx *ctx, lunet_unary_op op, lunet_tensor *x, float alpha,
                           float beta) {
+  if (x->dtype != LUNET_F32) {
+    lunet_tensor *f = as_float(ctx, x), *y = f ? lunet_unary(ctx, op, f, alpha, beta) : NULL;
+    lunet_tensor_release(f);
+    return y;
+  }
   lunet_node *n;
   lunet_tensor *y =
       record(ctx, lunet_op_unary(ctx, op, x, alpha, beta), "unary", 1, &x, unary_backward, &n);
@@ -570,6 +601,11 @@ static lunet_status reduce_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor 
 
 lunet_tensor *lunet_reduce(lunet_ctx *ctx, lunet_reduce_op op, lunet_tensor *x, int axis,
                            bool keepdims) {
+  if (x->dtype != LUNET_F32) {
+    lunet_tensor *f = as_float(ctx, x), *y = f ? lunet_reduce(ctx, op, f, axis, keepdims) : NULL;
+    lunet_tensor_release(f);
+    return y;
+  }
   lunet_node *n;
   int a = axis == LUNET_ALL_AXES ? axis : axis < 0 ? axis + x->ndim : axis;
   lunet_tensor *y = record(ctx, lunet_op_reduce(ctx, op, x, axis, keepdims), "reduce", 1, &x,

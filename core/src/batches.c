@@ -18,6 +18,8 @@ struct lunet_batches {
   lunet_ctx *ctx;  /* the caller's: errors from next() */
   lunet_ctx *wctx; /* the worker's own, for lunet_augment_apply */
   const float *x, *y;
+  const uint8_t *x_u8;
+  float *scratch; /* one sample as float, for 8-bit samples going through augmentation */
   int64_t sample_numel, x_numel, y_numel, h, w, c;
   int64_t batch, order_len, nbatches;
   int64_t *order;
@@ -43,13 +45,19 @@ static lunet_status fill(lunet_batches *b, slot *s, int64_t k) {
   int64_t count = b->order_len - first < b->batch ? b->order_len - first : b->batch;
   for (int64_t j = 0; j < count; j++) {
     int64_t idx = b->order[first + j];
-    const float *src = b->x + idx * b->sample_numel;
+    const float *src = b->x ? b->x + idx * b->sample_numel : NULL;
     float *dst = s->x + j * b->x_numel;
+    if (b->x_u8) { /* to float: into the batch, or into the scratch sample the augmentation reads */
+      const uint8_t *u = b->x_u8 + idx * b->sample_numel;
+      float *f = b->aug ? b->scratch : dst;
+      for (int64_t i = 0; i < b->sample_numel; i++) f[i] = (float)u[i];
+      src = f;
+    }
     if (b->aug) {
       lunet_status st = lunet_augment_apply(b->wctx, b->aug, dst, src, 1, b->h, b->w, b->c, &idx,
                                             b->seed, b->epoch);
       if (st != LUNET_OK) return st;
-    } else {
+    } else if (src != dst) {
       memcpy(dst, src, (size_t)b->sample_numel * sizeof(float));
     }
     if (b->y)
@@ -83,9 +91,9 @@ static void *worker(void *arg) {
 }
 
 static lunet_status check_opts(lunet_ctx *ctx, const lunet_batches_opts *o) {
-  if (!o || !o->x || o->n <= 0 || o->batch_size <= 0)
+  if (!o || (!o->x == !o->x_u8) || o->n <= 0 || o->batch_size <= 0)
     return lunet_error(ctx, LUNET_ERR_ARG,
-                       "batches: need x, n > 0 and batch_size > 0 (got n %lld, "
+                       "batches: need one of x and x_u8, n > 0 and batch_size > 0 (got n %lld, "
                        "batch_size %lld)",
                        o ? (long long)o->n : 0LL, o ? (long long)o->batch_size : 0LL);
   if (o->y && o->y_numel <= 0)
@@ -133,6 +141,7 @@ static lunet_status alloc_slots(lunet_ctx *ctx, lunet_batches *b) {
 
 static lunet_status setup(lunet_ctx *ctx, lunet_batches *b, const lunet_batches_opts *o) {
   b->x = o->x;
+  b->x_u8 = o->x_u8;
   b->y = o->y;
   b->y_numel = o->y ? o->y_numel : 0;
   b->h = o->h;
@@ -168,7 +177,9 @@ static lunet_status setup(lunet_ctx *ctx, lunet_batches *b, const lunet_batches_
   st = alloc_slots(ctx, b);
   if (st != LUNET_OK) return st;
   b->wctx = lunet_ctx_new();
-  if (!b->wctx) return lunet_error(ctx, LUNET_ERR_NOMEM, "batches: out of memory");
+  if (b->x_u8 && b->aug) b->scratch = malloc(sizeof(float) * (size_t)b->sample_numel);
+  if (!b->wctx || (b->x_u8 && b->aug && !b->scratch))
+    return lunet_error(ctx, LUNET_ERR_NOMEM, "batches: out of memory");
   return LUNET_OK;
 }
 
@@ -237,6 +248,7 @@ void lunet_batches_free(lunet_batches *b) {
   }
   free(b->slots);
   free(b->order);
+  free(b->scratch);
   if (b->wctx) lunet_ctx_free(b->wctx);
   pthread_cond_destroy(&b->cv);
   pthread_mutex_destroy(&b->mu);

@@ -673,8 +673,12 @@ static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, 
     return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory running model '%s'", m->name);
   }
   for (int i = 0; i < m->nvalues; i++) left[i] = m->values[i].uses;
-  for (int i = 0; i < m->ninputs; i++) vals[m->inputs[i]] = lunet_tensor_retain(x[i]);
   lunet_status s = LUNET_OK;
+  /* 8-bit images compute in float32, as Keras's inputs do: 0..255 as they are */
+  for (int i = 0; i < m->ninputs; i++) {
+    vals[m->inputs[i]] = x[i]->dtype == LUNET_U8 ? lunet_op_cast(ctx, x[i], LUNET_F32) : lunet_tensor_retain(x[i]);
+    if (!vals[m->inputs[i]]) s = ctx->status;
+  }
   for (int c = 0; !s && c < m->ncalls; c++) {
     call *k = &m->calls[c];
     if (!k->live) continue;

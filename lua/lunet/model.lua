@@ -563,8 +563,8 @@ local function batch_source(xs, ys, order, n, bs, aug, epoch, device, w)
     end
   end
   local x, y = xs[1], ys[1]
-  local host = #xs == 1 and #ys == 1 and x:on_host() and y:on_host() and x:dtype() == "float32"
-    and y:dtype() == "float32" and not w
+  local host = #xs == 1 and #ys == 1 and x:on_host() and y:on_host()
+    and (x:dtype() == "float32" or x:dtype() == "uint8") and y:dtype() == "float32" and not w
   if host then
     if not order then
       order = {}

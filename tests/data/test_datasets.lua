@@ -102,6 +102,9 @@ same_shape(xtr, { 5 * PER_BATCH, 32, 32, 3 }, "cifar x_train")
 same_shape(ytr, { 5 * PER_BATCH }, "cifar y_train")
 same_shape(xte, { PER_BATCH, 32, 32, 3 }, "cifar x_test")
 same_shape(yte, { PER_BATCH }, "cifar y_test")
+-- images as Keras returns them: uint8 (a quarter of float32's memory); labels float32 ids
+check(xtr:dtype() == "uint8" and xte:dtype() == "uint8", "cifar images are uint8, got %s", xtr:dtype())
+check(ytr:dtype() == "float32", "cifar labels are float32, got %s", ytr:dtype())
 -- The test batch holds the classes in turn; class 0's colour is (40, 90, 20)
 -- +-24, and row 10 is outside its bright band (rows 0..2).
 for n = 0, PER_BATCH - 1 do check(value_at(yte, n) == n % 10, "y_test[%d]", n) end
@@ -158,6 +161,7 @@ same_shape(mx, { 6, 28, 28, 1 }, "mnist x_train")
 same_shape(my, { 6 }, "mnist y_train")
 same_shape(mxt, { 2, 28, 28, 1 }, "mnist x_test")
 same_shape(myt, { 2 }, "mnist y_test")
+check(mx:dtype() == "uint8" and my:dtype() == "float32", "mnist: uint8 images, float32 labels")
 for n, y in ipairs { 5, 0, 4, 1, 9, 2 } do check(value_at(my, n - 1) == y, "mnist y[%d]", n - 1) end
 check(value_at(mx, 2 * 784 + 100) == (2 * 31 + 100) % 256, "mnist x[2, 3, 16, 0]")
 check(value_at(mxt, 784 + 783) == (31 + 783) % 256, "mnist x_test[1, 27, 27, 0]")

@@ -206,6 +206,37 @@ function T.gaussian_noise_layers()
   check.fails(function() nn.Sequential{nn.GaussianDropout{1.5, input_shape = {2}}} end, "rate must be in [0, 1)")
 end
 
+-- 8-bit images train exactly as the same values in float32: the batch
+-- loader converts them on its worker (with and without augmentation), and
+-- a model given uint8 computes in float32; arithmetic on uint8 promotes.
+function T.uint8_images_train_as_float()
+  nn.seed(13)
+  local f = (nn.rand(24, 6, 6, 1) * 255):totable()
+  for i = 1, 24 do for y = 1, 6 do for x = 1, 6 do f[i][y][x][1] = math.floor(f[i][y][x][1]) end end end
+  local xf, xu = nn.tensor(f), nn.tensor(f, "uint8")
+  local labels = {}
+  for i = 1, 24 do labels[i] = i % 3 end
+  local y = nn.tensor(labels)
+  check.eq(xu:dtype(), "uint8", "8-bit tensor")
+  check.eq((xu / 255):dtype(), "float32", "uint8 / 255 promotes")
+  check.eq(max_diff(xu / 255, xf / 255), 0, "the same values")
+  for _, aug in ipairs{false, true} do
+    local weights = {}
+    for k, x in ipairs{xf, xu} do
+      nn.seed(3)
+      local m = nn.Sequential{nn.Rescaling{1 / 255, input_shape = {6, 6, 1}}, nn.Flatten(), nn.Dense{3, activation = "softmax"}}
+      m:compile{optimizer = "adam", loss = "sparse_categorical_crossentropy"}
+      m:fit(x, y, {epochs = 2, batch_size = 8, verbose = 0, validation_data = {x, y},
+        augment = aug and nn.augment.Sequential{nn.augment.RandomFlip("horizontal"), seed = 4} or nil})
+      weights[k] = m:get_weights()[1]:totable()
+      if k == 2 then
+        check.eq(max_diff(m:predict(xu), m:predict(xf)), 0, "predict on uint8")
+      end
+    end
+    check.same_table(weights[2], weights[1], 0, aug and "uint8 with augmentation" or "uint8 batches")
+  end
+end
+
 function T.bad_arguments_say_what_is_wrong()
   check.fails(function() nn.RandomRotation{{0.3, 0.1}} end, "factor pair {0.3, 0.1} is reversed")
   check.fails(function() nn.RandomRotation{"a"} end, "factor must be a number or a pair {lo, hi}")

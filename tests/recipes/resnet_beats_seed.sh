@@ -3,6 +3,7 @@
 # CNN must reach 0.85 test accuracy, and the residual network
 # (recipes/fashion_mnist_resnet.lua) must beat the seed CNN's own figure of
 # this run.  Both save their models, which must load back.
+# The reload evaluates raw uint8 images: the Rescaling is in the model.
 #   resnet_beats_seed.sh LUNET_EXECUTABLE SOURCE_DIR WORK_DIR
 set -eu
 lunet=$1 src=$2 work=$3
@@ -20,7 +21,7 @@ cat > "$work/reload.lua" <<LUA
 local nn = require "lunet"
 local _, _, x, y = nn.datasets.fashion_mnist.load_data{}
 local m = nn.load_model("$work/resnet.safetensors")
-print(string.format("reloaded test accuracy: %.4f", m:evaluate(x / 255, y, {batch_size = 256}).accuracy))
+print(string.format("reloaded test accuracy: %.4f", m:evaluate(x, y, {batch_size = 256}).accuracy))
 LUA
 reloaded=$("$lunet" "$work/reload.lua" | sed -n 's/^reloaded test accuracy: //p')
 echo "reloaded ResNet: $reloaded"

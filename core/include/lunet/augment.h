@@ -120,6 +120,7 @@ typedef struct lunet_batches lunet_batches;
 
 typedef struct lunet_batches_opts {
   const float *x;       /* (n, sample_numel) host, borrowed until _free */
+  const uint8_t *x_u8;  /* instead of x: 8-bit samples, made float (0..255) batch by batch */
   const float *y;       /* (n, y_numel) host, borrowed; NULL: no labels */
   int64_t n;            /* samples in x and y */
   int64_t sample_numel; /* floats per sample; 0: h*w*c */
