@@ -3,6 +3,7 @@
  * model API (lunet/model.h).  A training step is one C call, so fit creates
  * no Lua objects per step beyond the batch.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -221,7 +222,67 @@ static int l_model_outputs(lua_State *L) {
   return 0;
 }
 
-/* C.model_compile(m, { {loss=, from_logits=, weight=}, ... }, {metric names}, optimizer) */
+/* ---- a Lua function as a loss ---- */
+
+#define LOSSFN_MT "lunet.LossFunction"
+
+/* The function runs on a Lua thread of its own, on the thread of its Lua
+ * state only (as nn.Lambda's). */
+typedef struct loss_fn {
+  lua_State *T;
+  int thread_ref, fn_ref;
+  pthread_t owner;
+} loss_fn;
+
+static int loss_fn_gc(lua_State *L) {
+  loss_fn *f = luaL_checkudata(L, 1, LOSSFN_MT);
+  if (f->T) {
+    luaL_unref(L, LUA_REGISTRYINDEX, f->fn_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, f->thread_ref);
+    f->T = NULL;
+  }
+  return 0;
+}
+
+/* fn(y_true, y_pred) -> a tensor (a new reference), or NULL with ctx's error. */
+static lunet_tensor *call_loss_fn(void *user, lunet_ctx *ctx, lunet_tensor *y_true, lunet_tensor *y_pred) {
+  loss_fn *f = user;
+  if (!f->T || !pthread_equal(f->owner, pthread_self())) {
+    lunet_error(ctx, LUNET_ERR_ARG, "a Lua loss function runs only on the thread of its Lua state");
+    return NULL;
+  }
+  lua_State *T = f->T;
+  int top = lua_gettop(T);
+  lua_rawgeti(T, LUA_REGISTRYINDEX, f->fn_ref);
+  lunetL_pushtensor(T, lunet_tensor_retain(y_true));
+  lunetL_pushtensor(T, lunet_tensor_retain(y_pred));
+  lunet_tensor *y = NULL;
+  if (lua_pcall(T, 2, 1, 0) != LUA_OK)
+    lunet_error(ctx, LUNET_ERR_ARG, "the loss function failed: %s", lua_tostring(T, -1));
+  else if (!(y = lunetL_totensor(T, -1)))
+    lunet_error(ctx, LUNET_ERR_ARG, "the loss function returned a %s, not a tensor", luaL_typename(T, -1));
+  else
+    lunet_tensor_retain(y);
+  lua_settop(T, top);
+  return y;
+}
+
+/* C.loss_function(f) -> a handle the core calls as the loss */
+static int l_loss_function(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  loss_fn *f = lua_newuserdatauv(L, sizeof *f, 0);
+  memset(f, 0, sizeof *f);
+  luaL_setmetatable(L, LOSSFN_MT);
+  f->T = lua_newthread(L);
+  f->thread_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(L, 1);
+  f->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  f->owner = pthread_self();
+  return 1;
+}
+
+/* C.model_compile(m, { {loss=, from_logits=, weight=, delta=, label_smoothing=, fn=}, ... },
+ * {metric names}, optimizer); fn: a C.loss_function handle (loss is then ignored) */
 static int l_model_compile(lua_State *L) {
   lunet_model *m = check_model(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -233,8 +294,12 @@ static int l_model_compile(lua_State *L) {
   if (nl > MAX_IO || nm > MAX_IO) luaL_error(L, "at most %d losses and %d metrics", MAX_IO, MAX_IO);
   for (int i = 0; i < nl; i++) {
     lua_geti(L, 2, i + 1);
+    lua_getfield(L, -1, "fn");
+    specs[i].fn = lua_isnil(L, -1) ? NULL : call_loss_fn;
+    specs[i].fn_user = lua_isnil(L, -1) ? NULL : luaL_checkudata(L, -1, LOSSFN_MT);
+    lua_pop(L, 1);
     lua_getfield(L, -1, "loss");
-    int kind = lunet_loss_find(luaL_checkstring(L, -1));
+    int kind = specs[i].fn ? LUNET_LOSS_MSE : lunet_loss_find(luaL_checkstring(L, -1));
     if (kind < 0) luaL_error(L, "unknown loss '%s'", lua_tostring(L, -1));
     specs[i].kind = (lunet_loss_kind)kind;
     lua_getfield(L, -2, "from_logits");
@@ -615,6 +680,7 @@ static int l_loss(lua_State *L) {
 
 static const luaL_Reg functions[] = {{"optimizer_new", l_optimizer_new},
                                      {"loss", l_loss},
+                                     {"loss_function", l_loss_function},
                                      {"model_save", l_model_save},
                                      {"model_load", l_model_load},
                                      {"model_describe", l_model_describe},
@@ -647,6 +713,11 @@ static const luaL_Reg functions[] = {{"optimizer_new", l_optimizer_new},
                                      {NULL, NULL}};
 
 void lunetL_open_train(lua_State *L) {
+  if (luaL_newmetatable(L, LOSSFN_MT)) {
+    lua_pushcfunction(L, loss_fn_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
   if (luaL_newmetatable(L, MODEL_MT)) {
     lua_pushcfunction(L, model_gc);
     lua_setfield(L, -2, "__gc");

@@ -641,7 +641,7 @@ static lunet_status check_inputs(lunet_ctx *ctx, const lunet_model *m, int nx,
 static bool fuses(const lunet_model *m, int j) {
   const value *v = &m->values[m->outputs[j]];
   const lunet_loss_spec *ls = &m->losses[j];
-  if (v->call < 0 || m->calls[v->call].nout != 1 || v->uses != 1 || ls->from_logits) return false;
+  if (v->call < 0 || m->calls[v->call].nout != 1 || v->uses != 1 || ls->from_logits || ls->fn) return false;
   if (ls->kind != LUNET_LOSS_SPARSE_CATEGORICAL_CE && ls->kind != LUNET_LOSS_CATEGORICAL_CE)
     return false;
   const char *act = lunet_layer_activation(m->calls[v->call].layer);
@@ -792,6 +792,52 @@ static lunet_tensor *add_scalar(lunet_ctx *ctx, lunet_tensor *total, lunet_tenso
 
 /* The weighted sum of the outputs' losses plus every layer's penalty;
  * parts[j] receives output j's own loss (a new reference). */
+/* A caller's loss: its scalar, or the (weighted) mean of its per-sample
+ * or per-row values. */
+static lunet_tensor *function_loss(lunet_ctx *ctx, const lunet_loss_spec *ls, lunet_tensor *pred, lunet_tensor *y,
+                                   const lunet_tensor *sw) {
+  lunet_tensor *r = ls->fn(ls->fn_user, ctx, y, pred);
+  if (!r) {
+    if (!ctx->status) lunet_error(ctx, LUNET_ERR_ARG, "the loss function gave no tensor");
+    return NULL;
+  }
+  int64_t n = pred->ndim ? pred->shape[0] : 1;
+  bool scalar = r->ndim == 0;
+  if (scalar && sw) {
+    lunet_tensor_release(r);
+    lunet_error(ctx, LUNET_ERR_ARG, "the loss function returned one number, which sample weights cannot weigh: "
+                                    "return one loss per sample (shape (N)) instead");
+    return NULL;
+  }
+  if (scalar) return r;
+  if (r->ndim < 1 || r->shape[0] != n) {
+    char a[128];
+    lunet_error(ctx, LUNET_ERR_SHAPE, "the loss function returned shape %s: give one number, or one loss per "
+                "sample (%lld, ...)", lunet_shape_str(r->ndim, r->shape, a, sizeof a), (long long)n);
+    lunet_tensor_release(r);
+    return NULL;
+  }
+  lunet_tensor *loss = NULL;
+  if (sw) {
+    int64_t shape[LUNET_MAX_DIMS];
+    for (int i = 0; i < r->ndim; i++) shape[i] = i ? 1 : n;
+    lunet_tensor *f = sw->dtype == LUNET_F32 ? lunet_tensor_retain((lunet_tensor *)sw) : lunet_op_cast(ctx, sw, LUNET_F32);
+    lunet_tensor *wb = f && f->numel == n ? lunet_tensor_alias(ctx, f, r->ndim, shape) : NULL;
+    if (f && f->numel != n)
+      lunet_error(ctx, LUNET_ERR_SHAPE, "sample_weight has %lld values for %lld samples", (long long)f->numel,
+                  (long long)n);
+    lunet_tensor *prod = wb ? lunet_mul(ctx, r, wb) : NULL;
+    loss = prod ? lunet_reduce(ctx, LUNET_REDUCE_MEAN, prod, LUNET_ALL_AXES, false) : NULL;
+    lunet_tensor_release(f);
+    lunet_tensor_release(wb);
+    lunet_tensor_release(prod);
+  } else {
+    loss = lunet_reduce(ctx, LUNET_REDUCE_MEAN, r, LUNET_ALL_AXES, false);
+  }
+  lunet_tensor_release(r);
+  return loss;
+}
+
 static lunet_tensor *total_loss(lunet_ctx *ctx, lunet_model *m, lunet_tensor **pred,
                                 lunet_tensor *const *y, const bool *fused, const lunet_tensor *sw,
                                 lunet_tensor **parts) {
@@ -799,7 +845,7 @@ static lunet_tensor *total_loss(lunet_ctx *ctx, lunet_model *m, lunet_tensor **p
   for (int j = 0; j < m->noutputs; j++) {
     const lunet_loss_spec *ls = &m->losses[j];
     lunet_loss_options lo = {ls->from_logits || fused[j], ls->delta, ls->label_smoothing, sw};
-    parts[j] = lunet_loss_ex(ctx, ls->kind, pred[j], y[j], &lo);
+    parts[j] = ls->fn ? function_loss(ctx, ls, pred[j], y[j], sw) : lunet_loss_ex(ctx, ls->kind, pred[j], y[j], &lo);
     if (!parts[j]) goto fail;
     lunet_tensor *w = lunet_tensor_retain(parts[j]);
     if (ls->weight != 1) {

@@ -258,6 +258,12 @@ lunet_status lunet_model_save(lunet_ctx *ctx, lunet_model *m, const char *path, 
       if (!strcmp(meta_keys[i], reserved[r]))
         return lunet_error(ctx, LUNET_ERR_ARG, "save: the metadata key '%s' is lunet's own",
                            meta_keys[i]);
+  for (int j = 0; lunet_model_compiled(m) && j < lunet_model_output_count(m); j++)
+    if (lunet_model_loss(m, j).fn)
+      return lunet_error(ctx, LUNET_ERR_ARG,
+                         "cannot save model '%s': its loss is a function of the program (Lua), which a file "
+                         "cannot hold; save the weights alone (save_weights) or compile with a named loss",
+                         lunet_model_name(m));
   for (int i = 0; i < lunet_model_layer_count(m); i++) {
     lunet_layer *l = lunet_model_layer(m, i);
     if (lunet_layer_type_get(l)->flags & LUNET_LAYER_HOST_CODE)
@@ -657,9 +663,11 @@ static lunet_status read_compile(reader *r, lunet_model *m, const lunet_safetens
     if ((d && (!cJSON_IsNumber(d) || !(d->valuedouble > 0) || !isfinite(d->valuedouble))) ||
         (ls && (!cJSON_IsNumber(ls) || !(ls->valuedouble >= 0 && ls->valuedouble <= 1))))
       return bad(r, "losses[%d]: delta must be a number > 0 and label_smoothing one in [0, 1]", nl);
-    specs[nl] = (lunet_loss_spec){(lunet_loss_kind)k,
-                                  cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(l, "from_logits")),
-                                  w ? w->valuedouble : 1, d ? d->valuedouble : 0, ls ? ls->valuedouble : 0};
+    specs[nl] = (lunet_loss_spec){.kind = (lunet_loss_kind)k,
+                                  .from_logits = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(l, "from_logits")),
+                                  .weight = w ? w->valuedouble : 1,
+                                  .delta = d ? d->valuedouble : 0,
+                                  .label_smoothing = ls ? ls->valuedouble : 0};
   }
   for (const cJSON *x = metrics->child; x; x = x->next, nm++) {
     if (!cJSON_IsString(x)) return bad(r, "metrics[%d] must be a name", nm);

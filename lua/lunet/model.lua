@@ -339,7 +339,7 @@ local function ensure_compiled(self, x)
   for j = 1, n do
     local l = self.losses[#self.losses == 1 and 1 or j]
     specs[j] = { loss = l.name, from_logits = l.from_logits, weight = self.loss_weights and self.loss_weights[j] or 1,
-      delta = l.delta, label_smoothing = l.label_smoothing }
+      delta = l.delta, label_smoothing = l.label_smoothing, fn = l.handle }
   end
   C.model_compile(self.handle, specs, self.metrics, self.optimizer.handle)
   self.metric_keys = C.model_metric_names(self.handle)

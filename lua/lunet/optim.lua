@@ -201,6 +201,7 @@ local Loss = {}
 Loss.__index = Loss
 Loss.__name = "lunet.Loss"
 function Loss:__call(y_true, y_pred, sample_weight)
+  if self.fn then return self.fn(y_true, y_pred) end
   return C.loss(self.name, y_true, y_pred, self.from_logits, sample_weight, self.delta, self.label_smoothing)
 end
 function Loss:__tostring()
@@ -244,6 +245,9 @@ end
 
 function M.losses.get(l)
   if type(l) == "table" and getmetatable(l) == Loss then return l end
+  if type(l) == "function" then -- Keras's custom loss: f(y_true, y_pred)
+    return setmetatable({ name = "loss_function", fn = l, handle = C.loss_function(l), from_logits = false }, Loss)
+  end
   if type(l) == "table" and loss_names[l.name] then -- a loss as a model file describes it
     return loss_object(loss_names[l.name], { from_logits = l.from_logits, delta = l.delta,
       label_smoothing = l.label_smoothing })
@@ -252,7 +256,7 @@ function M.losses.get(l)
   local names = {}
   for k, v in pairs(loss_names) do if k == v then names[#names + 1] = k end end
   table.sort(names)
-  error(string.format("unknown loss %s (valid: %s, or nn.losses.X{...})",
+  error(string.format("unknown loss %s (valid: %s, nn.losses.X{...}, or a function(y_true, y_pred))",
     type(l) == "string" and ("'" .. l .. "'") or type(l), table.concat(names, ", ")), 3)
 end
 

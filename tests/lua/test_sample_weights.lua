@@ -139,6 +139,39 @@ function T.validation_weights_and_split()
     "held-out weights")
 end
 
+-- A Lua function as the loss (Keras's custom loss): a scalar, or one loss
+-- per sample that the core averages with the sample weights.
+function T.a_lua_function_is_a_loss()
+  nn.seed(14)
+  local x, y = nn.randn(16, 3), nn.randn(16, 2)
+  local w = nn.rand(16) * 2
+  local function train(loss, opts)
+    nn.seed(2)
+    local m = nn.Sequential{nn.Dense{2, input_shape = {3}}}
+    m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = loss}
+    local h = m:fit(x, y, setmetatable({epochs = 2, batch_size = 4, shuffle = false, verbose = 0}, {__index = opts or {}}))
+    return m, h
+  end
+  local ref, href = train("mse")
+  local scalar, hs = train(function(yt, yp) return (yp - yt):square():mean() end)
+  check.same_table(scalar:get_weights()[1]:totable(), ref:get_weights()[1]:totable(), 1e-6, "scalar function = mse")
+  check.near(hs.loss[2], href.loss[2], 1e-6, "its logged loss")
+  local per_sample = function(yt, yp) return (yp - yt):square():mean(-1) end
+  local wref = train("mse", {sample_weight = w})
+  local wfun = train(per_sample, {sample_weight = w})
+  check.same_table(wfun:get_weights()[1]:totable(), wref:get_weights()[1]:totable(), 1e-6,
+    "per-sample function with sample weights = weighted mse")
+  local path = os.tmpname()
+  check.fails(function() scalar:save(path) end, "its loss is a function of the program (Lua)")
+  scalar:save_weights(path)
+  os.remove(path)
+  check.fails(function() train(function() error("my loss broke") end) end, "the loss function failed")
+  check.fails(function() train(function() error("my loss broke") end) end, "my loss broke")
+  check.fails(function() train(function() return 3 end) end, "returned a number, not a tensor")
+  check.fails(function() train(function(yt, yp) return (yp - yt):square():mean() end, {sample_weight = w}) end,
+    "return one loss per sample")
+end
+
 function T.bad_weights_say_what_is_wrong()
   local m = nn.Sequential{nn.Dense{2, activation = "softmax", input_shape = {2}}}
   m:compile{optimizer = "sgd", loss = "sparse_categorical_crossentropy"}

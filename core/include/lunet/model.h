@@ -181,13 +181,21 @@ LUNET_API lunet_tensor *lunet_model_param(const lunet_model *m, int i);
 
 /* ---- compile, train, evaluate, predict ---- */
 
+/* A loss written by the caller (a Lua function): the batch's loss as a
+ * scalar on the tape, or one loss per sample (N), or per row (N, ...), that
+ * the core averages (with sample weights as Keras: sum(w * loss) / rows);
+ * NULL with ctx's error set on failure. */
+typedef lunet_tensor *(*lunet_loss_fn)(void *user, lunet_ctx *ctx, lunet_tensor *y_true, lunet_tensor *y_pred);
+
 typedef struct lunet_loss_spec {
-  lunet_loss_kind kind;
+  lunet_loss_kind kind; /* with fn: ignored, except that "accuracy" then goes by the output's shape */
   bool from_logits;
   double weight; /* loss_weights: this output's factor in the total (1 for
                   * Keras's default; 0 switches the output's loss off) */
   double delta;           /* Huber's (<= 0: 1.0) */
   double label_smoothing; /* categorical and binary cross-entropy */
+  lunet_loss_fn fn;       /* a caller's loss instead of kind (NULL: kind); never saved */
+  void *fn_user;          /* borrowed: alive while the model is compiled with it */
 } lunet_loss_spec;
 
 /* nlosses is 1 (the same loss on every output) or the output count.
