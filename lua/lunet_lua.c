@@ -1052,6 +1052,7 @@ __attribute__((visibility("default"))) int luaopen_lunet_core(lua_State *L) {
   lunetL_open_lambda(L);
   lunetL_open_text(L);
   lunetL_open_image(L);
+  lunetL_open_csv(L);
   lunetL_open_select(L);
   lua_pushstring(L, LUNET_VERSION_STRING);
   lua_setfield(L, -2, "version");

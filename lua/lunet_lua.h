@@ -45,6 +45,7 @@ LUNETL_HIDDEN void lunetL_open_json(lua_State *L);
 LUNETL_HIDDEN void lunetL_open_lambda(lua_State *L);
 LUNETL_HIDDEN void lunetL_open_text(lua_State *L);
 LUNETL_HIDDEN void lunetL_open_image(lua_State *L);
+LUNETL_HIDDEN void lunetL_open_csv(lua_State *L);
 LUNETL_HIDDEN void lunetL_open_select(lua_State *L);
 
 #endif

@@ -72,6 +72,116 @@ function M.train_test_split(x, y, o)
   return xt, xv, y:index_select(1, train), y:index_select(1, test)
 end
 
+-- ---- CSV files ----
+
+local Table = {}
+Table.__index = Table
+Table.__name = "lunet.CsvTable"
+
+function Table:__tostring()
+  return string.format("CsvTable(%d rows: %s)", self.n, table.concat(self.columns, ", "))
+end
+
+local function column(self, name, what)
+  local v = self.data[name]
+  if v == nil then
+    error(string.format("%s: no column '%s' (columns: %s)", what, tostring(name), table.concat(self.columns, ", ")), 3)
+  end
+  return v
+end
+
+--- tbl:tensor({names...}) -> float32 (n, k) of numeric columns (all
+-- numeric ones without names); a text column or an empty field is an error.
+function Table:tensor(names)
+  if names == nil then
+    names = {}
+    for _, c in ipairs(self.columns) do if C.is_tensor(self.data[c]) then names[#names + 1] = c end end
+  end
+  if type(names) ~= "table" or #names == 0 then error("tensor: give a list of column names", 2) end
+  local cols = {}
+  for k, name in ipairs(names) do
+    local v = column(self, name, "tensor")
+    if not C.is_tensor(v) then
+      error(string.format("tensor: column '%s' holds text (e.g. '%s'); encode it with tbl:encode('%s')", name,
+        tostring(v[1]), name), 2)
+    end
+    local rows = v:totable()
+    for i, x in ipairs(rows) do
+      if x ~= x then error(string.format("tensor: column '%s' is empty at row %d", name, i), 2) end
+    end
+    cols[k] = v:reshape(self.n, 1)
+  end
+  return #cols == 1 and cols[1] or C.cat(cols, 2)
+end
+
+--- tbl:encode(name) -> ids (n) float32 and the classes: each distinct value
+-- of the column, sorted (text, or numbers), its id its position from 0.
+function Table:encode(name)
+  local v = column(self, name, "encode")
+  local vals = C.is_tensor(v) and v:totable() or v
+  local seen, classes = {}, {}
+  for _, x in ipairs(vals) do
+    if not seen[x] then seen[x] = true classes[#classes + 1] = x end
+  end
+  table.sort(classes)
+  local id = {}
+  for k, c in ipairs(classes) do id[c] = k - 1 end
+  local ids = {}
+  for i, x in ipairs(vals) do ids[i] = id[x] end
+  return C.tensor(ids), classes
+end
+
+--- read_csv(path, {header = true, delimiter = ","}) -> a table of columns:
+-- tbl.columns (names in order), tbl.n (rows), tbl.data[name] (a float32
+-- tensor (n) when every field is a number, an empty one NaN; else the
+-- strings), tbl:tensor(names), tbl:encode(name).
+function M.read_csv(path, o)
+  o = o or {}
+  for k in pairs(o) do
+    if k ~= "header" and k ~= "delimiter" then
+      error(string.format("bad argument '%s' to 'read_csv' (valid: header, delimiter)", tostring(k)), 2)
+    end
+  end
+  if type(path) ~= "string" then error("bad argument #1 to 'read_csv' (a file name)", 2) end
+  local ok, t = pcall(C.read_csv, path, o.delimiter or ",", o.header ~= false)
+  if not ok then error(tostring(t), 2) end
+  return setmetatable(t, Table)
+end
+
+--- csv_dataset(path, {label = name, features = {names}, batch_size = 32,
+-- shuffle = true, seed, header, delimiter}) -> a dataset of (features,
+-- label) batches: the numeric feature columns (default: every numeric
+-- column but the label) as float32 (N, k); a text label becomes class ids
+-- (ds.class_names), a numeric one stays as it is.
+function M.csv_dataset(path, o)
+  o = o or {}
+  local tbl = M.read_csv(path, {header = o.header, delimiter = o.delimiter})
+  local features = o.features
+  if not features then
+    features = {}
+    for _, c in ipairs(tbl.columns) do
+      if c ~= o.label and C.is_tensor(tbl.data[c]) then features[#features + 1] = c end
+    end
+  end
+  local x = tbl:tensor(features)
+  local y, classes
+  if o.label then
+    if C.is_tensor(column(tbl, o.label, "csv_dataset")) then y = tbl.data[o.label] else y, classes = tbl:encode(o.label) end
+  end
+  local n, k = tbl.n, #features
+  return dataset.new{
+    n = n, batch_size = o.batch_size or 32, shuffle = o.shuffle ~= false, seed = o.seed or C.rng_take(1),
+    columns = features, class_names = classes,
+    load = function(idx)
+      local order = {}
+      for i, j in ipairs(idx) do order[i] = j end
+      local xb = C.take_rows(x, order, 1, #order)
+      if not y then return xb end
+      return xb, C.take_rows(y, order, 1, #order)
+    end,
+  }
+end
+
 -- ---- single images (keras.utils.load_img / save_img) ----
 
 --- save_img(path, x, {quality = 95}): x (H, W, C) with values 0..255 (or

@@ -29,6 +29,16 @@ function M.fails(f, pattern)
   end
 end
 
+-- A fresh empty folder, removed when M.run ends.
+local made = {}
+function M.tmpdir()
+  local d = os.tmpname()
+  os.remove(d)
+  assert(os.execute("mkdir -p '" .. d .. "'"), "cannot make " .. d)
+  made[#made + 1] = d
+  return d
+end
+
 function M.run(tests)
   local names = {}
   for name in pairs(tests) do names[#names + 1] = name end
@@ -45,6 +55,7 @@ function M.run(tests)
     end
   end
   print(string.format("%d passed, %d failed", passed, failed))
+  for _, d in ipairs(made) do os.execute("rm -rf '" .. d .. "'") end
   os.exit(failed == 0 and 0 or 1)
 end
 

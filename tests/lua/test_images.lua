@@ -10,9 +10,7 @@ local nn = require "lunet"
 local U = nn.utils
 
 local T = {}
-local tmp = os.tmpname()
-os.remove(tmp)
-os.execute("mkdir -p " .. tmp)
+local tmp = check.tmpdir()
 
 local function max_diff(a, b) return (a - b):abs():max():item() end
 
@@ -191,4 +189,3 @@ function T.bad_options_say_what_is_wrong()
 end
 
 check.run(T)
-os.execute("rm -rf " .. tmp)

@@ -1,0 +1,86 @@
+/*
+ * CSV files for nn.utils.read_csv: the file through lunet_csv_read, each
+ * column as a float32 tensor when every field is a number (an empty field
+ * is NaN) and as a list of strings otherwise.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "lunet/csv.h"
+#include "lunet_lua.h"
+
+/* The whole of s as a number (spaces around allowed); "" is NaN. */
+static bool number(const char *s, double *v) {
+  while (*s == ' ' || *s == '\t') s++;
+  if (!*s) {
+    *v = NAN;
+    return true;
+  }
+  char *end;
+  errno = 0;
+  *v = strtod(s, &end);
+  if (end == s) return false;
+  while (*end == ' ' || *end == '\t' || *end == '\r') end++;
+  return *end == '\0';
+}
+
+/* C.read_csv(path, delimiter, header) -> {columns = {...}, n = rows,
+ * data = {[name] = tensor or {strings}}} */
+static int l_read_csv(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  const char *delim = luaL_optstring(L, 2, ",");
+  luaL_argcheck(L, delim[0] && !delim[1] && delim[0] != '"', 2, "the delimiter is one character, not a quote");
+  lunet_ctx *ctx = lunetL_ctx(L);
+  lunet_csv *c = lunet_csv_read(ctx, path, delim[0], lua_toboolean(L, 3));
+  if (!c) return lunetL_error(L, NULL);
+  int64_t rows = lunet_csv_rows(c), cols = lunet_csv_cols(c);
+  float *v = malloc(sizeof(float) * (size_t)(rows ? rows : 1));
+  if (!v) {
+    lunet_csv_free(c);
+    return luaL_error(L, "%s: out of memory", path);
+  }
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, rows);
+  lua_setfield(L, -2, "n");
+  lua_createtable(L, (int)cols, 0); /* columns */
+  lua_createtable(L, 0, (int)cols); /* data */
+  for (int64_t j = 0; j < cols; j++) {
+    const char *name = lunet_csv_name(c, j);
+    lua_pushstring(L, name);
+    lua_rawseti(L, -3, j + 1);
+    bool numeric = rows > 0, any = false;
+    for (int64_t i = 0; numeric && i < rows; i++) {
+      double d;
+      numeric = number(lunet_csv_field(c, i, j), &d);
+      v[i] = (float)d;
+      any = any || !isnan(d);
+    }
+    if (numeric && any) {
+      int64_t shape[1] = {rows};
+      lunet_tensor *t = lunet_tensor_from_data_on(ctx, "cpu", LUNET_F32, 1, shape, v);
+      if (!t) {
+        free(v);
+        lunet_csv_free(c);
+        return lunetL_error(L, NULL);
+      }
+      lunetL_pushtensor(L, t);
+    } else {
+      lua_createtable(L, (int)rows, 0);
+      for (int64_t i = 0; i < rows; i++) {
+        lua_pushstring(L, lunet_csv_field(c, i, j));
+        lua_rawseti(L, -2, i + 1);
+      }
+    }
+    lua_setfield(L, -2, name);
+  }
+  free(v);
+  lunet_csv_free(c);
+  lua_setfield(L, -3, "data");
+  lua_setfield(L, -2, "columns");
+  return 1;
+}
+
+static const luaL_Reg functions[] = {{"read_csv", l_read_csv}, {NULL, NULL}};
+
+void lunetL_open_csv(lua_State *L) { luaL_setfuncs(L, functions, 0); }

@@ -1,0 +1,85 @@
+-- CSV files (libcsv): RFC 4180 quoting, numbers and text, empty fields,
+-- delimiters, hostile files as errors naming the record, and a dataset of
+-- features and labels that trains.
+local here = arg[0]:gsub("[^/]+$", "")
+package.path = here .. "?.lua;" .. package.path
+local check = require "check"
+local nn = require "lunet"
+local U = nn.utils
+
+local T = {}
+local dir = check.tmpdir()
+
+local function file(name, text)
+  local path = dir .. "/" .. name
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+function T.quoting_follows_rfc4180()
+  local t = U.read_csv(file("q.csv", 'id,text,score\r\n' ..
+    '1,"a, b",2.5\r\n' ..
+    '2,"she said ""hi""",-1e3\r\n' ..
+    '3,"two\nlines", 7 \r\n' ..
+    '\r\n' ..                           -- a blank line is skipped
+    '4,,\r\n'))
+  check.same_table(t.columns, {"id", "text", "score"}, 0, "header")
+  check.eq(t.n, 4, "rows")
+  check.same_table(t.data.text, {"a, b", 'she said "hi"', "two\nlines", ""}, 0, "quoted fields")
+  check.same_table(t.data.id:totable(), {1, 2, 3, 4}, 0, "a numeric column")
+  local s = t.data.score:totable()
+  check.eq(s[1], 2.5, "2.5")
+  check.eq(s[2], -1000, "-1e3")
+  check.eq(s[3], 7, "spaces around a number")
+  assert(s[4] ~= s[4], "an empty field is NaN")
+  check.fails(function() t:tensor({"score"}) end, "column 'score' is empty at row 4")
+  check.fails(function() t:tensor({"text"}) end, "column 'text' holds text")
+  check.fails(function() t:tensor({"nope"}) end, "no column 'nope' (columns: id, text, score)")
+  check.same_table(t:tensor({"id"}):shape(), {4, 1}, 0, "one column as (n, 1)")
+end
+
+function T.delimiters_header_and_encoding()
+  local t = U.read_csv(file("s.csv", "1;x\n2;y\n3;x\n"), {delimiter = ";", header = false})
+  check.same_table(t.columns, {"1", "2"}, 0, "columns numbered without a header")
+  local ids, classes = t:encode("2")
+  check.same_table(classes, {"x", "y"}, 0, "classes sorted")
+  check.same_table(ids:totable(), {0, 1, 0}, 0, "ids")
+  check.same_table(t:tensor():totable(), {{1}, {2}, {3}}, 0, "every numeric column")
+end
+
+function T.hostile_files_are_errors()
+  check.fails(function() U.read_csv(file("r.csv", "a,b\n1,2\n3\n")) end, "r.csv: record 3 has 1 fields, the first has 2")
+  check.fails(function() U.read_csv(file("w.csv", "a,b\n1,2,3\n")) end, "record 2 has more than the 2 fields")
+  check.fails(function() U.read_csv(file("u.csv", 'a,b\n1,"open\n')) end, "u.csv: record 2")
+  check.fails(function() U.read_csv(file("m.csv", 'a,b\n1,x"y\n')) end, "m.csv: record 2")
+  check.fails(function() U.read_csv(file("z.csv", "a,b\n1,\0\n")) end, "holds a NUL byte")
+  check.fails(function() U.read_csv(file("e.csv", "")) end, "no records")
+  check.fails(function() U.read_csv(dir .. "/none.csv") end, "none.csv: No such file")
+  check.fails(function() U.read_csv(file("d.csv", "a\n"), {delimiter = "::"}) end, "the delimiter is one character")
+  check.fails(function() U.read_csv(file("d.csv", "a\n"), {sep = ";"}) end, "valid: header, delimiter")
+end
+
+-- Two Gaussian blobs in a CSV: a logistic regression learns them.
+function T.a_csv_dataset_trains()
+  nn.seed(3)
+  local pts = nn.randn(200, 2):totable()
+  local lines = {"x1,x2,kind"}
+  for i, p in ipairs(pts) do
+    local cls = i % 2 == 0 and "north" or "south"
+    local shift = cls == "north" and 2 or -2
+    lines[#lines + 1] = string.format("%.6f,%.6f,%s", p[1], p[2] + shift, cls)
+  end
+  local path = file("blobs.csv", table.concat(lines, "\n") .. "\n")
+  local ds = U.csv_dataset(path, {label = "kind", batch_size = 16, seed = 1})
+  check.same_table(ds.class_names, {"north", "south"}, 0, "label classes")
+  check.same_table(ds.columns, {"x1", "x2"}, 0, "feature columns")
+  local m = nn.Sequential{nn.Dense{2, activation = "softmax", input_shape = {2}}}
+  m:compile{optimizer = nn.optimizers.Adam{learning_rate = 0.05}, loss = "sparse_categorical_crossentropy",
+    metrics = {"accuracy"}}
+  m:fit(ds, nil, {epochs = 10, verbose = 0})
+  assert(m:evaluate(ds).accuracy > 0.95, "the blobs were not told apart")
+end
+
+check.run(T)
