@@ -55,6 +55,7 @@ extern LAYERS_HIDDEN const lunet_layer_type layers_random_crop;
 extern LAYERS_HIDDEN const lunet_layer_type layers_resizing;
 extern LAYERS_HIDDEN const lunet_layer_type layers_gaussian_noise;
 extern LAYERS_HIDDEN const lunet_layer_type layers_gaussian_dropout;
+extern LAYERS_HIDDEN const lunet_layer_type layers_conv2d_transpose;
 extern LAYERS_HIDDEN const lunet_layer_type layers_conv2d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_max_pooling2d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_average_pooling2d;

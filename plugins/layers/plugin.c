@@ -55,6 +55,7 @@ static const lunet_layer_type *const layer_types[] = {
     &layers_resizing,
     &layers_gaussian_noise,
     &layers_gaussian_dropout,
+    &layers_conv2d_transpose,
 };
 
 static const lunet_plugin_desc layers_plugin = {

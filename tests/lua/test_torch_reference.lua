@@ -60,4 +60,28 @@ function T.generic_autograd_path_matches_torch()
   for i, w in ipairs(m.params) do check.same_table(w.grad:totable(), ref.grads[i], 1e-4, "gradient " .. i) end
 end
 
+-- Conv2DTranspose against torch's conv_transpose2d (fixture
+-- make_torch_conv_transpose.py: "valid" and "same", strides, rectangles):
+-- outputs and the gradients of the input, kernel and bias.
+function T.conv2d_transpose_matches_torch()
+  local cases = dofile(here .. "../fixtures/torch_conv_transpose.lua")
+  for i, c in ipairs(cases) do
+    local x = nn.tensor(c.x)
+    local shape = x:shape()
+    local args = {input_shape = {shape[2], shape[3], shape[4]}}
+    for k, v in pairs(c.args) do args[k] = v end
+    local layer = nn.Conv2DTranspose(args)
+    nn.Sequential{layer}
+    layer:set_weights({nn.tensor(c.kernel), nn.tensor(c.bias)})
+    local xr = x:requires_grad(true)
+    local y = layer(xr)
+    check.same_table(y:totable(), c.y, 1e-4, "case " .. i .. " output")
+    ;(y * nn.tensor(c.g)):sum():backward()
+    check.same_table(xr.grad:totable(), c.dx, 1e-4, "case " .. i .. " input gradient")
+    local w = layer:weights()
+    check.same_table(w[1].tensor.grad:totable(), c.dkernel, 1e-4, "case " .. i .. " kernel gradient")
+    check.same_table(w[2].tensor.grad:totable(), c.dbias, 1e-4, "case " .. i .. " bias gradient")
+  end
+end
+
 check.run(T)
