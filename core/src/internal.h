@@ -129,4 +129,10 @@ lunet_status lunet_optimizer_update_by_ops(lunet_ctx *ctx, const struct lunet_op
                                            lunet_tensor *p, const lunet_tensor *g, lunet_tensor *s1,
                                            lunet_tensor *s2, int64_t step);
 
+/* Weight constraints (constraints.c): a "<w>_constraint" spec checked
+ * when set, and every constrained weight of a layer projected in place
+ * after an update. */
+LUNET_HIDDEN lunet_status lunet_constraint_check(lunet_ctx *ctx, const char *layer, const char *arg, const char *spec);
+LUNET_HIDDEN lunet_status lunet_layer_constrain(lunet_ctx *ctx, lunet_layer *l);
+
 #endif

@@ -249,6 +249,9 @@ lunet_status lunet_layer_set_string(lunet_layer *l, const char *arg, const char 
   /* an unknown activation is an error when the layer is made, not at its first build */
   if (!strcmp(arg, "activation") && !(l->type->flags & LUNET_LAYER_OWNS_ACTIVATION) && x && !find_activation(x))
     return unknown_activation(l->ctx, l, x);
+  size_t n = strlen(arg);
+  if (x && n > 11 && !strcmp(arg + n - 11, "_constraint") && lunet_constraint_check(l->ctx, l->type->name, arg, x))
+    return l->ctx->status;
   arg_value *v = slot(l, arg, &s);
   if (v && !(v->s = strdup(x))) return lunet_error(l->ctx, LUNET_ERR_NOMEM, "out of memory");
   return s;
@@ -1149,34 +1152,57 @@ lunet_tensor *lunet_layer_call(lunet_ctx *ctx, lunet_layer *l, lunet_tensor *x, 
   return y[0];
 }
 
-lunet_tensor *lunet_layer_penalty(lunet_ctx *ctx, lunet_layer *l) {
-  const arg_value *r = get(l, "kernel_regularizer");
-  int k = -1;
-  for (int i = 0; i < l->nweights; i++)
-    if (!strcmp(l->w[i].name, "kernel")) k = i;
-  if (!r || k < 0 || (r->l1 == 0 && r->l2 == 0)) return NULL;
-  lunet_tensor *w = l->w[k].t, *total = NULL;
+/* total + t, taking both references (either may be NULL: the other). */
+static lunet_tensor *sum_into(lunet_ctx *ctx, lunet_tensor *total, lunet_tensor *t) {
+  if (!total || !t) return total ? total : t;
+  lunet_tensor *sum = lunet_add(ctx, total, t);
+  lunet_tensor_release(total);
+  lunet_tensor_release(t);
+  return sum;
+}
+
+/* l1 * sum|t| + l2 * sum(t^2) on the tape; NULL when both are 0 or on error
+ * (ctx's status tells which). */
+static lunet_tensor *l1l2(lunet_ctx *ctx, lunet_tensor *t, double l1, double l2) {
+  lunet_tensor *total = NULL;
   for (int p = 0; p < 2; p++) {
-    double coef = p ? r->l2 : r->l1;
+    double coef = p ? l2 : l1;
     if (coef == 0) continue;
-    lunet_tensor *f = lunet_unary(ctx, p ? LUNET_UNARY_SQUARE : LUNET_UNARY_ABS, w, 0, 0);
+    lunet_tensor *f = lunet_unary(ctx, p ? LUNET_UNARY_SQUARE : LUNET_UNARY_ABS, t, 0, 0);
     lunet_tensor *s = f ? lunet_reduce(ctx, LUNET_REDUCE_SUM, f, LUNET_ALL_AXES, false) : NULL;
-    lunet_tensor *t = s ? lunet_unary(ctx, LUNET_UNARY_AFFINE, s, (float)coef, 0) : NULL;
+    lunet_tensor *term = s ? lunet_unary(ctx, LUNET_UNARY_AFFINE, s, (float)coef, 0) : NULL;
     lunet_tensor_release(f);
     lunet_tensor_release(s);
-    if (!t) {
+    if (!term || !(total = sum_into(ctx, total, term))) {
       lunet_tensor_release(total);
       return NULL;
     }
-    if (total) {
-      lunet_tensor *sum = lunet_add(ctx, total, t);
+  }
+  return total;
+}
+
+/* Every weight w with a "<w>_regularizer" argument set (kernel, bias, ...). */
+lunet_tensor *lunet_layer_penalty(lunet_ctx *ctx, lunet_layer *l) {
+  lunet_tensor *total = NULL;
+  for (int i = 0; i < l->nweights; i++) {
+    char arg[64];
+    snprintf(arg, sizeof arg, "%s_regularizer", l->w[i].name);
+    const arg_value *r = get(l, arg);
+    if (!r || (r->l1 == 0 && r->l2 == 0)) continue;
+    lunet_tensor *p = l1l2(ctx, l->w[i].t, r->l1, r->l2);
+    if (!p || !(total = sum_into(ctx, total, p))) {
       lunet_tensor_release(total);
-      lunet_tensor_release(t);
-      total = sum;
-      if (!total) return NULL;
-    } else {
-      total = t;
+      return NULL;
     }
   }
   return total;
+}
+
+lunet_tensor *lunet_layer_activity_penalty(lunet_ctx *ctx, lunet_layer *l, lunet_tensor *y) {
+  if (l->type->flags & LUNET_LAYER_ACTIVITY_L1L2) {
+    const arg_value *a = get(l, "l1"), *b = get(l, "l2");
+    return l1l2(ctx, y, a ? a->f : 0, b ? b->f : 0);
+  }
+  const arg_value *r = get(l, "activity_regularizer");
+  return r ? l1l2(ctx, y, r->l1, r->l2) : NULL;
 }

@@ -644,6 +644,8 @@ static bool fuses(const lunet_model *m, int j) {
   if (v->call < 0 || m->calls[v->call].nout != 1 || v->uses != 1 || ls->from_logits || ls->fn) return false;
   if (ls->kind != LUNET_LOSS_SPARSE_CATEGORICAL_CE && ls->kind != LUNET_LOSS_CATEGORICAL_CE)
     return false;
+  /* an activity regularizer sees the softmax's output, which fusion skips */
+  if (lunet_layer_arg_is_set(m->calls[v->call].layer, "activity_regularizer")) return false;
   const char *act = lunet_layer_activation(m->calls[v->call].layer);
   if (!act || strcmp(act, "softmax")) return false;
   /* a binary accuracy thresholds probabilities: it needs them unfused */
@@ -660,11 +662,14 @@ struct lunet_model_session {
   int64_t length;
 };
 
+static lunet_tensor *add_scalar(lunet_ctx *ctx, lunet_tensor *total, lunet_tensor *t);
+
 /* Runs the live calls; out[j] receives output j.  fused[j] (may be NULL)
  * leaves out output j's softmax.  Masks travel with the values.  With a
  * session, each call runs as its next step (lunet_layer_step). */
 static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, bool training,
-                        const bool *fused, lunet_tensor **out, lunet_model_session *ss) {
+                        const bool *fused, lunet_tensor **out, lunet_model_session *ss,
+                        lunet_tensor **activity) {
   lunet_tensor **vals = calloc((size_t)m->nvalues * 2, sizeof *vals), **masks = vals + m->nvalues;
   int *left = malloc(sizeof(int) * (size_t)m->nvalues);
   if (!vals || !left) {
@@ -692,6 +697,12 @@ static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, 
     s = ss ? lunet_layer_step(ctx, k->layer, ss->calls[c], ss->length, k->nin, xs, vals + k->out)
            : lunet_layer_apply(ctx, k->layer, NULL, k->nin, xs, ms, training, skip_act, vals + k->out,
                           masks + k->out);
+    /* activity regularizers: a penalty on each output, into the step's loss */
+    for (int o = 0; !s && activity && o < lunet_layer_output_count(k->layer); o++) {
+      lunet_tensor *p = lunet_layer_activity_penalty(ctx, k->layer, vals[k->out + o]);
+      if (!p && ctx->status) s = ctx->status;
+      if (p && !(*activity = add_scalar(ctx, *activity, p))) s = ctx->status;
+    }
     for (int i = 0; !s && i < k->nin; i++)
       if (--left[k->in[i]] == 0) {
         lunet_tensor_release(vals[k->in[i]]);
@@ -746,7 +757,7 @@ lunet_status lunet_model_session_feed(lunet_ctx *ctx, lunet_model_session *ss, i
   for (int i = 0; i < nx; i++)
     if (x[i]->ndim < 2 || x[i]->shape[0] != x[0]->shape[0] || x[i]->shape[1] != x[0]->shape[1])
       return lunet_error(ctx, LUNET_ERR_SHAPE, "a session's inputs are (N, steps, ...) with one N and one number of steps");
-  lunet_status s = run(ctx, m, x, false, NULL, out, ss);
+  lunet_status s = run(ctx, m, x, false, NULL, out, ss, NULL);
   if (!s) ss->length += x[0]->shape[1];
   return s;
 }
@@ -764,14 +775,14 @@ void lunet_model_session_free(lunet_model_session *s) {
 lunet_status lunet_model_forward(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *const *x,
                                  bool training, lunet_tensor **out) {
   if (check_inputs(ctx, m, nx, x)) return ctx->status;
-  return run(ctx, m, x, training, NULL, out, NULL);
+  return run(ctx, m, x, training, NULL, out, NULL, NULL);
 }
 
 lunet_status lunet_model_predict(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *const *x,
                                  lunet_tensor **out) {
   if (check_inputs(ctx, m, nx, x)) return ctx->status;
   bool prev = lunet_set_grad_enabled(ctx, false);
-  lunet_status s = run(ctx, m, x, false, NULL, out, NULL);
+  lunet_status s = run(ctx, m, x, false, NULL, out, NULL, NULL);
   lunet_set_grad_enabled(ctx, prev);
   return s;
 }
@@ -926,6 +937,7 @@ static lunet_status update(lunet_ctx *ctx, lunet_model *m) {
   }
   if (!s && m->transform) s = m->transform(m->transform_user, ctx, n, ps, gs);
   if (!s) s = lunet_optimizer_apply(ctx, m->opt, n, ps, gs);
+  for (int i = 0; !s && i < m->nlayers; i++) s = lunet_layer_constrain(ctx, m->layers[i]);
   free(ps);
   free(gs);
   return s;
@@ -960,8 +972,11 @@ static lunet_status step(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *c
   lunet_tensor *pred[MAX_IO] = {0}, *parts[MAX_IO] = {0}, *loss = NULL;
   bool prev = lunet_set_grad_enabled(ctx, training);
   if (training) zero_grads(m);
-  lunet_status s = run(ctx, m, x, training, fused, pred, NULL);
+  lunet_tensor *activity = NULL;
+  lunet_status s = run(ctx, m, x, training, fused, pred, NULL, &activity);
   if (!s) s = (loss = total_loss(ctx, m, pred, y, fused, sw, parts)) ? LUNET_OK : ctx->status;
+  if (!s && activity) s = (loss = add_scalar(ctx, loss, activity)) ? LUNET_OK : ctx->status;
+  else lunet_tensor_release(activity);
   /* with every layer frozen nothing needs a gradient: the step only measures */
   if (!s && training && loss->grad_fn)
     s = m->grad_ready ? lunet_backward_hooked(ctx, loss, leaf_done, m) : lunet_backward(ctx, loss, NULL);

@@ -69,6 +69,38 @@ function nn.no_grad(f, ...)
   return table.unpack(res, 2, res.n)
 end
 
+-- Keras's weight constraints, as the specs the core reads (kernel_constraint =
+-- nn.constraints.max_norm(2)); axis: a number or a list, Keras's default 0.
+nn.constraints = {}
+local function axes(a)
+  a = a == nil and 0 or a
+  if type(a) == "number" then a = {a} end
+  if type(a) ~= "table" or #a == 0 then error("constraint: axis must be an axis or a list of axes", 3) end
+  local out = {}
+  for i, v in ipairs(a) do
+    if math.type(v) ~= "integer" or v < 0 then error("constraint: axes are integers >= 0 (0-based, as Keras's)", 3) end
+    out[i] = tostring(v)
+  end
+  return table.concat(out, " ")
+end
+local function num(v, what)
+  if type(v) ~= "number" or v ~= v then error("constraint: " .. what .. " must be a number", 3) end
+  return string.format("%.17g", v)
+end
+function nn.constraints.non_neg() return "non_neg()" end
+function nn.constraints.max_norm(max_value, o)
+  if type(max_value) == "table" then o, max_value = max_value, max_value.max_value end
+  return string.format("max_norm(max_value=%s,axis=%s)", num(max_value or 2, "max_value"), axes(o and o.axis))
+end
+function nn.constraints.unit_norm(o) return string.format("unit_norm(axis=%s)", axes(o and o.axis)) end
+function nn.constraints.min_max_norm(o)
+  o = o or {}
+  return string.format("min_max_norm(min_value=%s,max_value=%s,rate=%s,axis=%s)", num(o.min_value or 0, "min_value"),
+    num(o.max_value or 1, "max_value"), num(o.rate or 1, "rate"), axes(o.axis))
+end
+nn.constraints.NonNeg, nn.constraints.MaxNorm = nn.constraints.non_neg, nn.constraints.max_norm
+nn.constraints.UnitNorm, nn.constraints.MinMaxNorm = nn.constraints.unit_norm, nn.constraints.min_max_norm
+
 nn.regularizers = {}
 function nn.regularizers.l1(v) return { kind = "l1", l1 = v or 0.01, l2 = 0 } end
 function nn.regularizers.l2(v) return { kind = "l2", l1 = 0, l2 = v or 0.01 } end

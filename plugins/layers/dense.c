@@ -20,6 +20,10 @@ static const lunet_arg_schema dense_args[] = {
      .doc = "initializer of the bias (units)", .choices = LAYERS_INITIALIZERS},
     {"kernel_regularizer", LUNET_ARG_REGULARIZER, LUNET_ARG_NIL,
      .doc = "penalty on the kernel added to the loss (nn.regularizers.l2(1e-4))"},
+    LAYERS_ARG_BIAS_REGULARIZER,
+    LAYERS_ARG_ACTIVITY_REGULARIZER,
+    LAYERS_ARG_CONSTRAINT("kernel"),
+    LAYERS_ARG_CONSTRAINT("bias"),
     LAYERS_ARG_INPUT_SHAPE,
     LAYERS_ARG_NAME,
 };

@@ -209,3 +209,50 @@ LAYERS_HIDDEN const lunet_layer_type layers_gaussian_dropout = {
     .tests = gaussian_dropout_tests,
     .ntests = sizeof gaussian_dropout_tests / sizeof gaussian_dropout_tests[0],
 };
+
+/* ---- ActivityRegularization (Keras): the identity, whose output the core
+ * penalizes with l1 * sum|y| + l2 * sum(y^2) (LUNET_LAYER_ACTIVITY_L1L2). */
+
+static const lunet_arg_schema activity_args[] = {
+    {"l1", LUNET_ARG_FLOAT, LUNET_ARG_DEFAULT, .def = {.f = 0}, .doc = "factor of sum |y|"},
+    {"l2", LUNET_ARG_FLOAT, LUNET_ARG_DEFAULT, .def = {.f = 0}, .doc = "factor of sum y^2"},
+    LAYERS_ARG_INPUT_SHAPE,
+    LAYERS_ARG_NAME,
+};
+
+static lunet_status activity_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
+  double a = lunet_layer_get_float(l, "l1"), b = lunet_layer_get_float(l, "l2");
+  if (!(a >= 0 && b >= 0 && isfinite(a) && isfinite(b)))
+    return lunet_layer_error(l, LUNET_ERR_ARG, "l1 and l2 must be >= 0, got %g and %g", a, b);
+  out[0] = in[0];
+  return LUNET_OK;
+}
+
+static lunet_status activity_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
+                                     bool training) {
+  return (y[0] = layers_reshape_like(lunet_call_ctx(c), x[0], x[0])) ? LUNET_OK : layers_call_failed(c);
+}
+
+static lunet_status activity_backward(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy, lunet_tensor **dx) {
+  dx[0] = NULL;
+  if (!lunet_call_needs_dx(c, 0)) return LUNET_OK;
+  return (dx[0] = layers_reshape_like(lunet_call_ctx(c), dy[0], dy[0])) ? LUNET_OK : layers_call_failed(c);
+}
+
+static const lunet_layer_test activity_tests[] = {
+    {LAYERS_ARGS({"l1", {.f = 0.1}}, {"l2", {.f = 0.2}}), LAYERS_INPUTS({2, {2, 3}}), 2, 1e-2f},
+};
+
+LAYERS_HIDDEN const lunet_layer_type layers_activity_regularization = {
+    .struct_size = sizeof(lunet_layer_type),
+    .name = "ActivityRegularization",
+    .flags = LUNET_LAYER_STEPWISE | LUNET_LAYER_ACTIVITY_L1L2,
+    .doc = "The identity; l1 * sum|y| + l2 * sum(y^2) of its output joins the loss",
+    .args = activity_args,
+    .nargs = sizeof activity_args / sizeof activity_args[0],
+    .build = activity_build,
+    .forward = activity_forward,
+    .backward = activity_backward,
+    .tests = activity_tests,
+    .ntests = sizeof activity_tests / sizeof activity_tests[0],
+};

@@ -32,6 +32,20 @@
 #define LAYERS_ARG_NAME                                                                            \
   { "name", LUNET_ARG_STRING, LUNET_ARG_NIL, .doc = "the layer's name in summary()" }
 
+/* Regularizer rows (the core reads "<weight>_regularizer" and
+ * "activity_regularizer" itself; nn.regularizers.l1/l2/l1_l2 in Lua). */
+#define LAYERS_ARG_BIAS_REGULARIZER                                                                \
+  { "bias_regularizer", LUNET_ARG_REGULARIZER, LUNET_ARG_NIL, .doc = "penalty on the bias added to the loss" }
+#define LAYERS_ARG_ACTIVITY_REGULARIZER                                                            \
+  {                                                                                                \
+    "activity_regularizer", LUNET_ARG_REGULARIZER, LUNET_ARG_NIL,                                  \
+        .doc = "penalty on the output added to the loss (l1 sum|y| + l2 sum y^2 over the batch)"  \
+  }
+
+/* Constraint rows (the core projects the weight after every update). */
+#define LAYERS_ARG_CONSTRAINT(w)                                                                   \
+  { w "_constraint", LUNET_ARG_STRING, LUNET_ARG_NIL, .doc = "nn.constraints.max_norm(2), non_neg(), ..." }
+
 /* A test case's arguments as the pair (args, nargs) of lunet_layer_test:
  * LAYERS_ARGS({"filters", {.i = 2}}, {"padding", {.s = "same"}}).  The
  * array is a file-scope compound literal (static storage); counting it here
@@ -56,6 +70,7 @@ extern LAYERS_HIDDEN const lunet_layer_type layers_resizing;
 extern LAYERS_HIDDEN const lunet_layer_type layers_gaussian_noise;
 extern LAYERS_HIDDEN const lunet_layer_type layers_gaussian_dropout;
 extern LAYERS_HIDDEN const lunet_layer_type layers_conv2d_transpose;
+extern LAYERS_HIDDEN const lunet_layer_type layers_activity_regularization;
 extern LAYERS_HIDDEN const lunet_layer_type layers_conv2d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_max_pooling2d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_average_pooling2d;

@@ -56,6 +56,7 @@ static const lunet_layer_type *const layer_types[] = {
     &layers_gaussian_noise,
     &layers_gaussian_dropout,
     &layers_conv2d_transpose,
+    &layers_activity_regularization,
 };
 
 static const lunet_plugin_desc layers_plugin = {

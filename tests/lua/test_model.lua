@@ -455,7 +455,7 @@ end
 
 function T.every_builtin_layer_passes_gradient_check()
   for _, name in ipairs{"Dense", "Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
-      "Flatten", "BatchNormalization", "Activation", "LSTM", "GRU", "LayerNormalization", "SimpleRNN", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Conv1D", "MaxPooling1D", "PositionEmbedding", "SinePositionEncoding", "MultiHeadAttention", "TransformerEncoder", "TransformerDecoder", "Reverse", "Rescaling", "CenterCrop", "GlobalMaxPooling2D", "LeakyReLU", "ReLU", "Softmax", "ZeroPadding2D", "Cropping2D", "UpSampling2D", "PReLU", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "Conv2DTranspose"} do
+      "Flatten", "BatchNormalization", "Activation", "LSTM", "GRU", "LayerNormalization", "SimpleRNN", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Conv1D", "MaxPooling1D", "PositionEmbedding", "SinePositionEncoding", "MultiHeadAttention", "TransformerEncoder", "TransformerDecoder", "Reverse", "Rescaling", "CenterCrop", "GlobalMaxPooling2D", "LeakyReLU", "ReLU", "Softmax", "ZeroPadding2D", "Cropping2D", "UpSampling2D", "PReLU", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "Conv2DTranspose", "ActivityRegularization"} do
     local results = nn.check_plugin(name)
     assert(#results > 0, name .. " ships no test cases")
     for _, r in ipairs(results) do
@@ -476,6 +476,97 @@ function T.summary_counts_the_seed_cnn()
   local text = table.concat(lines, "\n")
   assert(text:find("Total params: 361,034", 1, true), text)
   assert(text:find("(None, 2, 2, 128)", 1, true), text)
+end
+
+-- Regularizers on the bias and on the output (activity), and the
+-- ActivityRegularization layer: the loss is the data loss plus the
+-- penalties written out in Lua, and the gradients follow.
+function T.bias_and_activity_regularizers()
+  nn.seed(17)
+  local x, y = nn.randn(6, 3), nn.randn(6, 2)
+  local m = nn.Sequential{nn.Dense{2, input_shape = {3}, kernel_regularizer = nn.regularizers.l1(0.01),
+    bias_regularizer = nn.regularizers.l2(0.3), activity_regularizer = nn.regularizers.l1_l2(0.02, 0.05)},
+    nn.ActivityRegularization{l1 = 0.1}}
+  m:compile{optimizer = "sgd", loss = "mse"}
+  local kb = m:get_weights()
+  kb[2] = nn.tensor{0.5, -1.5}
+  m:set_weights(kb)
+  local out = m:predict(x)
+  local K, B, O = kb[1]:totable(), kb[2]:totable(), out:totable()
+  local data = (out - y):square():mean():item()
+  local l1k, b2, l1o, l2o = 0, 0, 0, 0
+  for _, r in ipairs(K) do for _, v in ipairs(r) do l1k = l1k + math.abs(v) end end
+  for _, v in ipairs(B) do b2 = b2 + v * v end
+  for _, r in ipairs(O) do for _, v in ipairs(r) do l1o, l2o = l1o + math.abs(v), l2o + v * v end end
+  -- the Dense's activity (l1 0.02, l2 0.05) and the ActivityRegularization's (l1 0.1) see the same output
+  local want = data + 0.01 * l1k + 0.3 * b2 + 0.02 * l1o + 0.05 * l2o + 0.1 * l1o
+  check.near(m:test_on_batch(x, y), want, 1e-5, "loss with every penalty")
+  check.near(m:evaluate(x, y).loss, want, 1e-5, "evaluate reports it too")
+  -- the bias gradient carries the penalty's 2 * 0.3 * b
+  local plain = nn.Sequential{nn.Dense{2, input_shape = {3}, kernel_regularizer = nn.regularizers.l1(0.01)}}
+  plain:compile{optimizer = nn.optimizers.SGD{learning_rate = 1}, loss = "mse"}
+  plain:set_weights(kb)
+  local reg = nn.Sequential{nn.Dense{2, input_shape = {3}, kernel_regularizer = nn.regularizers.l1(0.01),
+    bias_regularizer = nn.regularizers.l2(0.3)}}
+  reg:compile{optimizer = nn.optimizers.SGD{learning_rate = 1}, loss = "mse"}
+  reg:set_weights(kb)
+  plain:train_on_batch(x, y)
+  reg:train_on_batch(x, y)
+  local bp, br = plain:get_weights()[2]:totable(), reg:get_weights()[2]:totable()
+  for j = 1, 2 do check.near(bp[j] - br[j], 2 * 0.3 * B[j], 1e-5, "bias gradient " .. j) end
+  check.fails(function() nn.ActivityRegularization{l1 = -1}:build({3}) end, "l1 and l2 must be >= 0")
+end
+
+-- Weight constraints: after an SGD step the constrained kernel is the
+-- unconstrained one projected as Keras projects it (written out in Lua).
+function T.weight_constraints_project_after_each_update()
+  nn.seed(19)
+  local x, y = nn.randn(8, 3), nn.randn(8, 4)
+  local function stepped(constraint)
+    nn.seed(4)
+    local m = nn.Sequential{nn.Dense{4, input_shape = {3}, kernel_constraint = constraint}}
+    m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.5}, loss = "mse"}
+    m:train_on_batch(x, y)
+    return m:get_weights()[1]:totable(), m
+  end
+  local free = stepped(nil)
+  local function colnorm(w, j) local s = 0 for i = 1, #w do s = s + w[i][j] ^ 2 end return math.sqrt(s) end
+  local function project(scale_of)
+    local out = {}
+    for i = 1, #free do out[i] = {} end
+    for j = 1, #free[1] do
+      local n = colnorm(free, j)
+      for i = 1, #free do out[i][j] = free[i][j] * scale_of(n) end
+    end
+    return out
+  end
+  local nn_ = stepped(nn.constraints.non_neg())
+  for i = 1, #free do for j = 1, #free[1] do check.eq(nn_[i][j], math.max(free[i][j], 0), "non_neg") end end
+  check.same_table(stepped(nn.constraints.max_norm(0.6)), project(function(n) return math.min(n, 0.6) / (1e-7 + n) end),
+    1e-6, "max_norm over axis 0 (each unit's incoming weights)")
+  check.same_table(stepped(nn.constraints.unit_norm()), project(function(n) return 1 / (1e-7 + n) end), 1e-6, "unit_norm")
+  check.same_table(stepped(nn.constraints.min_max_norm{min_value = 0.8, max_value = 1.0, rate = 0.5}),
+    project(function(n) return (0.5 * math.min(math.max(n, 0.8), 1.0) + 0.5 * n) / (1e-7 + n) end), 1e-6, "min_max_norm")
+  -- over axis 1 (each input's outgoing weights)
+  local rows = stepped(nn.constraints.max_norm(0.5, {axis = 1}))
+  for i = 1, #rows do
+    local s = 0
+    for j = 1, #rows[i] do s = s + rows[i][j] ^ 2 end
+    assert(math.sqrt(s) <= 0.5 + 1e-6, "row " .. i .. " norm " .. math.sqrt(s))
+  end
+  -- kept by the model file
+  local _, m = stepped(nn.constraints.max_norm(0.6))
+  local path = os.tmpname()
+  m:save(path)
+  local back = nn.load_model(path)
+  os.remove(path)
+  check.eq(back.layers[1].args.kernel_constraint, "max_norm(max_value=0.59999999999999998,axis=0)", "saved")
+  check.fails(function() nn.Dense{2, kernel_constraint = "max_norm(max_value=-1,axis=0)"} end,
+    "needs 0 <= min_value <= max_value")
+  check.fails(function() nn.Dense{2, kernel_constraint = "sometimes"} end, "expected non_neg(), max_norm(...)")
+  local bad = nn.Sequential{nn.Dense{2, input_shape = {3}, kernel_constraint = nn.constraints.unit_norm{axis = 4}}}
+  bad:compile{optimizer = "sgd", loss = "mse"}
+  check.fails(function() bad:train_on_batch(x, nn.randn(8, 2)) end, "axis 4, but the weight has 2 axes")
 end
 
 -- Keras's to_snake_case names, numbered from the second of a kind.

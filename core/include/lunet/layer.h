@@ -97,9 +97,15 @@ LUNET_API lunet_tensor *lunet_layer_call(lunet_ctx *ctx, lunet_layer *l, lunet_t
                                          bool training, bool skip_activation);
 /* The activation name ("softmax", ...) or NULL. */
 LUNET_API const char *lunet_layer_activation(const lunet_layer *l);
-/* The kernel regularizer's penalty as a scalar on the tape, or NULL with no
+/* The weight regularizers' penalty (each weight w with a "<w>_regularizer"
+ * argument: kernel, bias, ...) as a scalar on the tape, or NULL with no
  * error when the layer has none. */
 LUNET_API lunet_tensor *lunet_layer_penalty(lunet_ctx *ctx, lunet_layer *l);
+/* The penalty of one output y of the layer (its activity_regularizer, or
+ * the l1/l2 arguments of a LUNET_LAYER_ACTIVITY_L1L2 layer):
+ * l1 * sum|y| + l2 * sum(y^2) over the batch, as Keras 3 adds it; NULL
+ * when there is none (or on error, with ctx's status set). */
+LUNET_API lunet_tensor *lunet_layer_activity_penalty(lunet_ctx *ctx, lunet_layer *l, lunet_tensor *y);
 
 /* ---- layer types of the host program (nn.Lambda) ---- */
 

@@ -144,6 +144,12 @@ typedef struct lunet_layer_test {
  * record (attention's keys and values), and position embeddings read the
  * offset. */
 #define LUNET_LAYER_STEPWISE 8u
+/* (ABI 2.2) The layer's FLOAT arguments "l1" and "l2" regularize its output
+ * (Keras's ActivityRegularization); any layer may instead declare a
+ * REGULARIZER argument "activity_regularizer".  The core adds the penalty
+ * to the loss; weights regularize through "<weight>_regularizer"
+ * arguments (kernel_regularizer, bias_regularizer, ...). */
+#define LUNET_LAYER_ACTIVITY_L1L2 16u
 
 /* One call of a layer: its saved state, its context, the gradients of its
  * weights.  Made and owned by the core. */
