@@ -148,7 +148,7 @@ static lunet_tensor *constrained(lunet_ctx *ctx, const lunet_tensor *w, const co
 lunet_status lunet_layer_constrain(lunet_ctx *ctx, lunet_layer *l) {
   for (int i = 0; i < lunet_layer_weight_count(l); i++) {
     char arg[64];
-    snprintf(arg, sizeof arg, "%s_constraint", lunet_layer_weight_name(l, i));
+    lunet_weight_arg(l, i, "_constraint", arg, sizeof arg);
     const char *spec = lunet_layer_arg_is_set(l, arg) ? lunet_layer_get_string(l, arg) : NULL;
     if (!spec) continue;
     constraint c;

@@ -135,4 +135,10 @@ lunet_status lunet_optimizer_update_by_ops(lunet_ctx *ctx, const struct lunet_op
 LUNET_HIDDEN lunet_status lunet_constraint_check(lunet_ctx *ctx, const char *layer, const char *arg, const char *spec);
 LUNET_HIDDEN lunet_status lunet_layer_constrain(lunet_ctx *ctx, lunet_layer *l);
 
+/* The argument that regularizes or constrains weight i (suffix
+ * "_regularizer" or "_constraint"): "<w><suffix>", or for a weight named
+ * "X_kernel" other than "kernel" "X<suffix>" when the layer declares that
+ * (Keras's depthwise_regularizer for depthwise_kernel).  Into buf. */
+LUNET_HIDDEN const char *lunet_weight_arg(const lunet_layer *l, int i, const char *suffix, char *buf, size_t n);
+
 #endif

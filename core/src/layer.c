@@ -1152,6 +1152,17 @@ lunet_tensor *lunet_layer_call(lunet_ctx *ctx, lunet_layer *l, lunet_tensor *x, 
   return y[0];
 }
 
+const char *lunet_weight_arg(const lunet_layer *l, int i, const char *suffix, char *buf, size_t n) {
+  const char *w = lunet_layer_weight_name(l, i);
+  size_t len = strlen(w);
+  if (len > 7 && !strcmp(w + len - 7, "_kernel")) {
+    snprintf(buf, n, "%.*s%s", (int)(len - 7), w, suffix);
+    if (arg_index(l, buf) >= 0) return buf;
+  }
+  snprintf(buf, n, "%s%s", w, suffix);
+  return buf;
+}
+
 /* total + t, taking both references (either may be NULL: the other). */
 static lunet_tensor *sum_into(lunet_ctx *ctx, lunet_tensor *total, lunet_tensor *t) {
   if (!total || !t) return total ? total : t;
@@ -1181,12 +1192,13 @@ static lunet_tensor *l1l2(lunet_ctx *ctx, lunet_tensor *t, double l1, double l2)
   return total;
 }
 
-/* Every weight w with a "<w>_regularizer" argument set (kernel, bias, ...). */
+/* Every weight w with a "<w>_regularizer" argument set (kernel, bias, ...;
+ * "X_kernel" also by "X_regularizer", Keras's depthwise_regularizer). */
 lunet_tensor *lunet_layer_penalty(lunet_ctx *ctx, lunet_layer *l) {
   lunet_tensor *total = NULL;
   for (int i = 0; i < l->nweights; i++) {
     char arg[64];
-    snprintf(arg, sizeof arg, "%s_regularizer", l->w[i].name);
+    lunet_weight_arg(l, i, "_regularizer", arg, sizeof arg);
     const arg_value *r = get(l, arg);
     if (!r || (r->l1 == 0 && r->l2 == 0)) continue;
     lunet_tensor *p = l1l2(ctx, l->w[i].t, r->l1, r->l2);

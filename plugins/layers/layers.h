@@ -71,6 +71,8 @@ extern LAYERS_HIDDEN const lunet_layer_type layers_gaussian_noise;
 extern LAYERS_HIDDEN const lunet_layer_type layers_gaussian_dropout;
 extern LAYERS_HIDDEN const lunet_layer_type layers_conv2d_transpose;
 extern LAYERS_HIDDEN const lunet_layer_type layers_activity_regularization;
+extern LAYERS_HIDDEN const lunet_layer_type layers_depthwise_conv2d;
+extern LAYERS_HIDDEN const lunet_layer_type layers_separable_conv2d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_conv2d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_max_pooling2d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_average_pooling2d;

@@ -57,6 +57,8 @@ static const lunet_layer_type *const layer_types[] = {
     &layers_gaussian_dropout,
     &layers_conv2d_transpose,
     &layers_activity_regularization,
+    &layers_depthwise_conv2d,
+    &layers_separable_conv2d,
 };
 
 static const lunet_plugin_desc layers_plugin = {

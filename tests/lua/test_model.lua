@@ -455,7 +455,7 @@ end
 
 function T.every_builtin_layer_passes_gradient_check()
   for _, name in ipairs{"Dense", "Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
-      "Flatten", "BatchNormalization", "Activation", "LSTM", "GRU", "LayerNormalization", "SimpleRNN", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Conv1D", "MaxPooling1D", "PositionEmbedding", "SinePositionEncoding", "MultiHeadAttention", "TransformerEncoder", "TransformerDecoder", "Reverse", "Rescaling", "CenterCrop", "GlobalMaxPooling2D", "LeakyReLU", "ReLU", "Softmax", "ZeroPadding2D", "Cropping2D", "UpSampling2D", "PReLU", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "Conv2DTranspose", "ActivityRegularization"} do
+      "Flatten", "BatchNormalization", "Activation", "LSTM", "GRU", "LayerNormalization", "SimpleRNN", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Conv1D", "MaxPooling1D", "PositionEmbedding", "SinePositionEncoding", "MultiHeadAttention", "TransformerEncoder", "TransformerDecoder", "Reverse", "Rescaling", "CenterCrop", "GlobalMaxPooling2D", "LeakyReLU", "ReLU", "Softmax", "ZeroPadding2D", "Cropping2D", "UpSampling2D", "PReLU", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "Conv2DTranspose", "ActivityRegularization", "DepthwiseConv2D", "SeparableConv2D"} do
     local results = nn.check_plugin(name)
     assert(#results > 0, name .. " ships no test cases")
     for _, r in ipairs(results) do
@@ -515,6 +515,16 @@ function T.bias_and_activity_regularizers()
   local bp, br = plain:get_weights()[2]:totable(), reg:get_weights()[2]:totable()
   for j = 1, 2 do check.near(bp[j] - br[j], 2 * 0.3 * B[j], 1e-5, "bias gradient " .. j) end
   check.fails(function() nn.ActivityRegularization{l1 = -1}:build({3}) end, "l1 and l2 must be >= 0")
+  -- Keras's names for a depthwise kernel: depthwise_regularizer, depthwise_constraint
+  local dw = nn.Sequential{nn.DepthwiseConv2D{3, input_shape = {4, 4, 2}, use_bias = false,
+    depthwise_regularizer = nn.regularizers.l2(0.1), depthwise_constraint = nn.constraints.non_neg()}, nn.Flatten()}
+  dw:compile{optimizer = nn.optimizers.SGD{learning_rate = 10}, loss = "mse"}
+  local xi, yi = nn.randn(2, 4, 4, 2), nn.randn(2, 8)
+  local k = dw:get_weights()[1]
+  local data_loss = (dw:predict(xi) - yi):square():mean():item()
+  check.near(dw:test_on_batch(xi, yi), data_loss + 0.1 * k:square():sum():item(), 1e-5, "depthwise_regularizer")
+  dw:train_on_batch(xi, yi)
+  check.eq(dw:get_weights()[1]:min():item() >= 0, true, "depthwise_constraint")
 end
 
 -- Weight constraints: after an SGD step the constrained kernel is the

@@ -84,4 +84,31 @@ function T.conv2d_transpose_matches_torch()
   end
 end
 
+-- DepthwiseConv2D and SeparableConv2D against torch's grouped and 1x1
+-- conv2d (fixture make_torch_depthwise.py): outputs, input and weight
+-- gradients.
+function T.depthwise_and_separable_match_torch()
+  local cases = dofile(here .. "../fixtures/torch_depthwise.lua")
+  for i, c in ipairs(cases) do
+    local x = nn.tensor(c.x)
+    local shape = x:shape()
+    local args = {input_shape = {shape[2], shape[3], shape[4]}}
+    for k, v in pairs(c.args) do args[k] = v end
+    local layer = nn[c.layer](args)
+    nn.Sequential{layer}
+    local ws = {}
+    for k, w in ipairs(c.weights) do ws[k] = nn.tensor(w) end
+    layer:set_weights(ws)
+    local xr = x:requires_grad(true)
+    local y = layer(xr)
+    local what = c.layer .. " case " .. i
+    check.same_table(y:totable(), c.y, 1e-4, what .. " output")
+    ;(y * nn.tensor(c.g)):sum():backward()
+    check.same_table(xr.grad:totable(), c.dx, 1e-4, what .. " input gradient")
+    for k, w in ipairs(layer:weights()) do
+      check.same_table(w.tensor.grad:totable(), c.dweights[k], 1e-4, what .. " gradient of " .. w.name)
+    end
+  end
+end
+
 check.run(T)

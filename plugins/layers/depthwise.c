@@ -1,0 +1,354 @@
+/*
+ * DepthwiseConv2D and SeparableConv2D (Keras).
+ *
+ * Depthwise: each input channel c convolved alone with its own
+ * depth_multiplier (m) filters, kernel (KH, KW, C, m), output channel
+ * c * m + j (Keras's order).  Separable: that, then a 1x1 convolution
+ * (pointwise kernel (1, 1, C * m, filters)) and the bias.
+ *
+ * The depthwise part runs one convolution per channel on the backends'
+ * convolution kernels (slice, convolve, concatenate), so it is exact and
+ * runs on every backend, but it is not fast for many channels: a fused
+ * depthwise kernel is future work.
+ */
+#include <stdlib.h>
+
+#include "layers.h"
+
+#define MAX_CHANNELS 4096
+
+/* ---- the depthwise part ---- */
+
+/* The per-channel convolution's geometry for a batch (n, h, w, *). */
+static lunet_status channel_desc(const lunet_layer *l, lunet_ctx *ctx, int64_t n, int64_t h, int64_t w,
+                                 lunet_conv2d_desc *d) {
+  int64_t k[2], s[2];
+  lunet_layer_get_int2(l, "kernel_size", k);
+  lunet_layer_get_int2(l, "strides", s);
+  *d = (lunet_conv2d_desc){.n = n, .h = h, .w = w, .c = 1, .f = lunet_layer_get_int(l, "depth_multiplier"),
+                           .kh = k[0], .kw = k[1], .sh = s[0], .sw = s[1]};
+  return lunet_conv2d_geometry(ctx, d, layers_padding(l));
+}
+
+/* Axis `axis` of t, [from, from + count): a new tensor. */
+static lunet_tensor *part(lunet_ctx *ctx, const lunet_tensor *t, int axis, int64_t from, int64_t count) {
+  int64_t start[4] = {0}, stop[4], step[4] = {1, 1, 1, 1};
+  for (int i = 0; i < 4; i++) stop[i] = lunet_tensor_dim(t, i);
+  start[axis] = from;
+  stop[axis] = from + count;
+  return lunet_op_slice(ctx, t, start, stop, step);
+}
+
+static void release_list(lunet_tensor **t, int64_t n) {
+  for (int64_t i = 0; i < n; i++) layers_release(t[i]);
+  free(t);
+}
+
+/* x (N,H,W,C), k (KH,KW,C,m) -> (N,OH,OW,C*m), or NULL with the error set. */
+static lunet_tensor *depthwise(lunet_ctx *ctx, const lunet_tensor *x, const lunet_tensor *k,
+                               const lunet_conv2d_desc *d) {
+  int64_t c = lunet_tensor_dim(x, 3);
+  lunet_tensor **ys = calloc((size_t)c, sizeof *ys), *y = NULL;
+  bool ok = ys != NULL;
+  if (!ok) lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
+  for (int64_t i = 0; ok && i < c; i++) {
+    lunet_tensor *xc = part(ctx, x, 3, i, 1), *kc = part(ctx, k, 2, i, 1);
+    ys[i] = xc && kc ? lunet_op_conv2d(ctx, xc, kc, NULL, d) : NULL;
+    ok = ys[i] != NULL;
+    layers_release(xc);
+    layers_release(kc);
+  }
+  if (ok) y = lunet_op_concat(ctx, ys, (int)c, 3);
+  if (ys) release_list(ys, c);
+  return y;
+}
+
+/* dy (N,OH,OW,C*m) -> *dk (KH,KW,C,m) and, when dx is not NULL, *dx (N,H,W,C). */
+static lunet_status depthwise_backward(lunet_ctx *ctx, const lunet_tensor *dy, const lunet_tensor *x,
+                                       const lunet_tensor *k, const lunet_conv2d_desc *d, lunet_tensor **dk,
+                                       lunet_tensor **dx) {
+  int64_t c = lunet_tensor_dim(x, 3), m = d->f;
+  lunet_tensor **dks = calloc((size_t)c, sizeof *dks), **dxs = calloc((size_t)c, sizeof *dxs);
+  bool ok = dks && dxs;
+  if (!ok) lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
+  for (int64_t i = 0; ok && i < c; i++) {
+    lunet_tensor *dyc = part(ctx, dy, 3, i * m, m), *xc = part(ctx, x, 3, i, 1);
+    dks[i] = dyc && xc ? lunet_op_conv2d_backward_filter(ctx, dyc, xc, d, NULL) : NULL;
+    ok = dks[i] != NULL;
+    if (ok && dx) {
+      lunet_tensor *kc = part(ctx, k, 2, i, 1);
+      dxs[i] = kc ? lunet_op_conv2d_backward_data(ctx, dyc, kc, d) : NULL;
+      ok = dxs[i] != NULL;
+      layers_release(kc);
+    }
+    layers_release(dyc);
+    layers_release(xc);
+  }
+  *dk = ok ? lunet_op_concat(ctx, dks, (int)c, 2) : NULL;
+  if (dx) *dx = ok && *dk ? lunet_op_concat(ctx, dxs, (int)c, 3) : NULL;
+  ok = *dk && (!dx || *dx);
+  if (dks) release_list(dks, c);
+  if (dxs) release_list(dxs, c);
+  return ok ? LUNET_OK : lunet_ctx_status(ctx);
+}
+
+/* Checks the shared arguments against a sample (H, W, C). */
+static lunet_status check_args(lunet_layer *l, const lunet_shape *in) {
+  int64_t k[2], s[2], m = lunet_layer_get_int(l, "depth_multiplier");
+  if (in->ndim != 3) return layers_rank_error(l, "3 (H, W, C)", in);
+  if (in->dims[2] > MAX_CHANNELS)
+    return lunet_layer_error(l, LUNET_ERR_ARG, "at most %d channels, got %lld", MAX_CHANNELS, (long long)in->dims[2]);
+  if (m < 1) return lunet_layer_error(l, LUNET_ERR_ARG, "depth_multiplier must be positive, got %lld", (long long)m);
+  lunet_layer_get_int2(l, "kernel_size", k);
+  lunet_layer_get_int2(l, "strides", s);
+  lunet_status st = layers_check_pair(l, "kernel_size", k);
+  return st ? st : layers_check_pair(l, "strides", s);
+}
+
+#define SHARED_ARGS(kernel_doc)                                                                    \
+  {"kernel_size", LUNET_ARG_INT2, LUNET_ARG_REQUIRED, .doc = "window size: k or {kh, kw}"},        \
+      {"strides", LUNET_ARG_INT2, LUNET_ARG_DEFAULT, .def = {.n = 1, .v = {1}},                    \
+       .doc = "step of the window: s or {sh, sw}"},                                                \
+      {"padding", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "valid"},                      \
+       .doc = "\"valid\" or \"same\" (out = ceil(in / stride))", .choices = "valid|same"},         \
+      {"depth_multiplier", LUNET_ARG_INT, LUNET_ARG_DEFAULT, .def = {.i = 1},                      \
+       .doc = "filters per input channel"},                                                        \
+      {"activation", LUNET_ARG_STRING, LUNET_ARG_NIL, .doc = "activation applied to the output"},  \
+      {"use_bias", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = true}, .doc = "add a bias"},    \
+      {"depthwise_initializer", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "glorot_uniform"}, \
+       .doc = kernel_doc, .choices = LAYERS_INITIALIZERS},                                         \
+      {"bias_initializer", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "zeros"},             \
+       .doc = "initializer of the bias", .choices = LAYERS_INITIALIZERS},                          \
+      {"depthwise_regularizer", LUNET_ARG_REGULARIZER, LUNET_ARG_NIL,                              \
+       .doc = "penalty on the depthwise kernel"},                                                  \
+      LAYERS_ARG_BIAS_REGULARIZER, LAYERS_ARG_ACTIVITY_REGULARIZER, LAYERS_ARG_CONSTRAINT("depthwise"), \
+      LAYERS_ARG_CONSTRAINT("bias")
+
+/* ---- DepthwiseConv2D ---- */
+
+enum { DW_KERNEL = 0, DW_BIAS = 1 };
+
+typedef struct dw_state {
+  lunet_tensor *x;
+  lunet_conv2d_desc d;
+} dw_state;
+
+static const lunet_arg_schema depthwise_args[] = {
+    SHARED_ARGS("initializer of the depthwise kernel (KH, KW, C, depth_multiplier)"),
+    LAYERS_ARG_INPUT_SHAPE,
+    LAYERS_ARG_NAME,
+};
+
+static lunet_status dw_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
+  lunet_status st = check_args(l, &in[0]);
+  if (st) return st;
+  lunet_conv2d_desc d;
+  if (channel_desc(l, lunet_layer_ctx(l), 1, in[0].dims[0], in[0].dims[1], &d)) return layers_failed(l);
+  int64_t kshape[4] = {d.kh, d.kw, in[0].dims[2], d.f}, nout = in[0].dims[2] * d.f;
+  if (lunet_layer_add_weight(l, "depthwise_kernel", 4, kshape,
+                             layers_initializer(l, "depthwise_initializer", "glorot_uniform"), true) < 0)
+    return layers_failed(l);
+  if (lunet_layer_get_bool(l, "use_bias") &&
+      lunet_layer_add_weight(l, "bias", 1, &nout, layers_initializer(l, "bias_initializer", "zeros"), true) < 0)
+    return layers_failed(l);
+  out[0] = (lunet_shape){3, {d.oh, d.ow, nout}};
+  return LUNET_OK;
+}
+
+static lunet_status dw_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
+                               bool training) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  dw_state *st = lunet_call_state(c);
+  lunet_tensor *k = lunet_layer_weight(l, DW_KERNEL);
+  if (lunet_tensor_ndim(x[0]) != 4 || lunet_tensor_dim(x[0], 3) != lunet_tensor_dim(k, 2)) {
+    char want[64];
+    snprintf(want, sizeof want, "(N, H, W, %lld)", (long long)lunet_tensor_dim(k, 2));
+    return layers_batch_error(c, want, x[0]);
+  }
+  lunet_conv2d_desc d;
+  if (channel_desc(l, ctx, lunet_tensor_dim(x[0], 0), lunet_tensor_dim(x[0], 1), lunet_tensor_dim(x[0], 2), &d))
+    return layers_call_failed(c);
+  lunet_tensor *z = depthwise(ctx, x[0], k, &d);
+  y[0] = z && lunet_layer_get_bool(l, "use_bias") ? lunet_op_binary(ctx, LUNET_BINARY_ADD, z, lunet_layer_weight(l, DW_BIAS))
+                                                 : (z ? lunet_tensor_retain(z) : NULL);
+  layers_release(z);
+  if (!y[0]) return layers_call_failed(c);
+  layers_set(&st->x, lunet_tensor_retain(x[0]));
+  st->d = d;
+  return LUNET_OK;
+}
+
+static lunet_status dw_backward(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy, lunet_tensor **dx) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  dw_state *st = lunet_call_state(c);
+  dx[0] = NULL;
+  if (!st->x) return layers_no_forward(c);
+  lunet_tensor *dk = NULL, *db = NULL;
+  lunet_status s = depthwise_backward(ctx, dy[0], st->x, lunet_layer_weight(l, DW_KERNEL), &st->d, &dk,
+                                      lunet_call_needs_dx(c, 0) ? dx : NULL);
+  if (!s) s = lunet_call_accumulate_grad(c, DW_KERNEL, dk);
+  if (!s && lunet_layer_get_bool(l, "use_bias")) {
+    int64_t nout = lunet_tensor_dim(dy[0], 3);
+    s = (db = lunet_op_sum_to(ctx, dy[0], 1, &nout)) ? lunet_call_accumulate_grad(c, DW_BIAS, db) : lunet_ctx_status(ctx);
+  }
+  layers_release(dk);
+  layers_release(db);
+  layers_set(&st->x, NULL);
+  return s ? layers_call_failed(c) : LUNET_OK;
+}
+
+static void dw_release(lunet_layer *l, lunet_call *c) {
+  dw_state *st = lunet_call_state(c);
+  layers_set(&st->x, NULL);
+}
+
+static const lunet_layer_test dw_tests[] = {
+    {LAYERS_ARGS({"kernel_size", {.n = 1, .v = {3}}}), LAYERS_INPUTS({3, {4, 4, 2}}), 2, 2e-2f},
+    {LAYERS_ARGS({"kernel_size", {.n = 2, .v = {2, 3}}}, {"strides", {.n = 1, .v = {2}}}, {"padding", {.s = "same"}},
+                 {"depth_multiplier", {.i = 2}}),
+     LAYERS_INPUTS({3, {5, 4, 3}}), 2, 2e-2f},
+};
+
+LAYERS_HIDDEN const lunet_layer_type layers_depthwise_conv2d = {
+    .struct_size = sizeof(lunet_layer_type),
+    .name = "DepthwiseConv2D",
+    .doc = "Each channel convolved alone with depth_multiplier filters: (H, W, C) -> (OH, OW, C * m)",
+    .args = depthwise_args,
+    .nargs = sizeof depthwise_args / sizeof depthwise_args[0],
+    .positional = 1,
+    .call_state_size = sizeof(dw_state),
+    .build = dw_build,
+    .forward = dw_forward,
+    .backward = dw_backward,
+    .release = dw_release,
+    .tests = dw_tests,
+    .ntests = sizeof dw_tests / sizeof dw_tests[0],
+};
+
+/* ---- SeparableConv2D ---- */
+
+enum { SEP_DEPTHWISE = 0, SEP_POINTWISE = 1, SEP_BIAS = 2 };
+
+typedef struct sep_state {
+  lunet_tensor *x, *z; /* the input and the depthwise output */
+  lunet_conv2d_desc d, p; /* the per-channel and the pointwise geometry */
+} sep_state;
+
+static const lunet_arg_schema separable_args[] = {
+    {"filters", LUNET_ARG_INT, LUNET_ARG_REQUIRED, .doc = "output channels of the pointwise step"},
+    SHARED_ARGS("initializer of the depthwise kernel (KH, KW, C, depth_multiplier)"),
+    {"pointwise_initializer", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "glorot_uniform"},
+     .doc = "initializer of the pointwise kernel (1, 1, C * m, filters)", .choices = LAYERS_INITIALIZERS},
+    {"pointwise_regularizer", LUNET_ARG_REGULARIZER, LUNET_ARG_NIL, .doc = "penalty on the pointwise kernel"},
+    LAYERS_ARG_CONSTRAINT("pointwise"),
+    LAYERS_ARG_INPUT_SHAPE,
+    LAYERS_ARG_NAME,
+};
+
+static lunet_status pointwise_desc(lunet_ctx *ctx, int64_t n, int64_t h, int64_t w, int64_t c, int64_t f,
+                                   lunet_conv2d_desc *p) {
+  *p = (lunet_conv2d_desc){.n = n, .h = h, .w = w, .c = c, .f = f, .kh = 1, .kw = 1, .sh = 1, .sw = 1};
+  return lunet_conv2d_geometry(ctx, p, LUNET_PAD_VALID);
+}
+
+static lunet_status sep_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
+  lunet_status st = check_args(l, &in[0]);
+  int64_t f = lunet_layer_get_int(l, "filters");
+  if (!st && f < 1) st = lunet_layer_error(l, LUNET_ERR_ARG, "filters must be positive, got %lld", (long long)f);
+  if (st) return st;
+  lunet_conv2d_desc d;
+  if (channel_desc(l, lunet_layer_ctx(l), 1, in[0].dims[0], in[0].dims[1], &d)) return layers_failed(l);
+  int64_t cm = in[0].dims[2] * d.f;
+  int64_t dshape[4] = {d.kh, d.kw, in[0].dims[2], d.f}, pshape[4] = {1, 1, cm, f};
+  if (lunet_layer_add_weight(l, "depthwise_kernel", 4, dshape,
+                             layers_initializer(l, "depthwise_initializer", "glorot_uniform"), true) < 0 ||
+      lunet_layer_add_weight(l, "pointwise_kernel", 4, pshape,
+                             layers_initializer(l, "pointwise_initializer", "glorot_uniform"), true) < 0)
+    return layers_failed(l);
+  if (lunet_layer_get_bool(l, "use_bias") &&
+      lunet_layer_add_weight(l, "bias", 1, &f, layers_initializer(l, "bias_initializer", "zeros"), true) < 0)
+    return layers_failed(l);
+  out[0] = (lunet_shape){3, {d.oh, d.ow, f}};
+  return LUNET_OK;
+}
+
+static lunet_status sep_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
+                                bool training) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  sep_state *st = lunet_call_state(c);
+  lunet_tensor *k = lunet_layer_weight(l, SEP_DEPTHWISE), *pk = lunet_layer_weight(l, SEP_POINTWISE);
+  if (lunet_tensor_ndim(x[0]) != 4 || lunet_tensor_dim(x[0], 3) != lunet_tensor_dim(k, 2)) {
+    char want[64];
+    snprintf(want, sizeof want, "(N, H, W, %lld)", (long long)lunet_tensor_dim(k, 2));
+    return layers_batch_error(c, want, x[0]);
+  }
+  lunet_conv2d_desc d, p;
+  if (channel_desc(l, ctx, lunet_tensor_dim(x[0], 0), lunet_tensor_dim(x[0], 1), lunet_tensor_dim(x[0], 2), &d) ||
+      pointwise_desc(ctx, d.n, d.oh, d.ow, lunet_tensor_dim(pk, 2), lunet_tensor_dim(pk, 3), &p))
+    return layers_call_failed(c);
+  lunet_tensor *z = depthwise(ctx, x[0], k, &d);
+  lunet_tensor *b = lunet_layer_get_bool(l, "use_bias") ? lunet_layer_weight(l, SEP_BIAS) : NULL;
+  y[0] = z ? lunet_op_conv2d(ctx, z, pk, b, &p) : NULL;
+  if (!y[0]) {
+    layers_release(z);
+    return layers_call_failed(c);
+  }
+  layers_set(&st->x, lunet_tensor_retain(x[0]));
+  layers_set(&st->z, z);
+  st->d = d;
+  st->p = p;
+  return LUNET_OK;
+}
+
+static lunet_status sep_backward(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy, lunet_tensor **dx) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  sep_state *st = lunet_call_state(c);
+  dx[0] = NULL;
+  if (!st->x) return layers_no_forward(c);
+  bool bias = lunet_layer_get_bool(l, "use_bias");
+  lunet_tensor *db = NULL, *dpk = lunet_op_conv2d_backward_filter(ctx, dy[0], st->z, &st->p, bias ? &db : NULL);
+  lunet_tensor *dz = dpk ? lunet_op_conv2d_backward_data(ctx, dy[0], lunet_layer_weight(l, SEP_POINTWISE), &st->p) : NULL;
+  lunet_tensor *dk = NULL;
+  lunet_status s = dz ? depthwise_backward(ctx, dz, st->x, lunet_layer_weight(l, SEP_DEPTHWISE), &st->d, &dk,
+                                           lunet_call_needs_dx(c, 0) ? dx : NULL)
+                      : lunet_ctx_status(ctx);
+  if (!s) s = lunet_call_accumulate_grad(c, SEP_DEPTHWISE, dk);
+  if (!s) s = lunet_call_accumulate_grad(c, SEP_POINTWISE, dpk);
+  if (!s && bias) s = lunet_call_accumulate_grad(c, SEP_BIAS, db);
+  layers_release(db);
+  layers_release(dpk);
+  layers_release(dz);
+  layers_release(dk);
+  layers_set(&st->x, NULL);
+  layers_set(&st->z, NULL);
+  return s ? layers_call_failed(c) : LUNET_OK;
+}
+
+static void sep_release(lunet_layer *l, lunet_call *c) {
+  sep_state *st = lunet_call_state(c);
+  layers_set(&st->x, NULL);
+  layers_set(&st->z, NULL);
+}
+
+static const lunet_layer_test sep_tests[] = {
+    {LAYERS_ARGS({"filters", {.i = 3}}, {"kernel_size", {.n = 1, .v = {3}}}), LAYERS_INPUTS({3, {4, 4, 2}}), 2, 2e-2f},
+    {LAYERS_ARGS({"filters", {.i = 2}}, {"kernel_size", {.n = 1, .v = {2}}}, {"strides", {.n = 1, .v = {2}}},
+                 {"padding", {.s = "same"}}, {"depth_multiplier", {.i = 2}}, {"use_bias", {.b = false}}),
+     LAYERS_INPUTS({3, {5, 5, 2}}), 2, 2e-2f},
+};
+
+LAYERS_HIDDEN const lunet_layer_type layers_separable_conv2d = {
+    .struct_size = sizeof(lunet_layer_type),
+    .name = "SeparableConv2D",
+    .doc = "Depthwise convolution, then a 1x1 convolution to `filters` channels, plus the bias",
+    .args = separable_args,
+    .nargs = sizeof separable_args / sizeof separable_args[0],
+    .positional = 2,
+    .call_state_size = sizeof(sep_state),
+    .build = sep_build,
+    .forward = sep_forward,
+    .backward = sep_backward,
+    .release = sep_release,
+    .tests = sep_tests,
+    .ntests = sizeof sep_tests / sizeof sep_tests[0],
+};
