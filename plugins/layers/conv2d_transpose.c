@@ -88,11 +88,7 @@ static lunet_status transpose_forward(lunet_layer *l, lunet_call *c, int nin, lu
   lunet_ctx *ctx = lunet_call_ctx(c);
   transpose_state *st = lunet_call_state(c);
   lunet_tensor *w = lunet_layer_weight(l, KERNEL);
-  if (lunet_tensor_ndim(x[0]) != 4 || lunet_tensor_dim(x[0], 3) != lunet_tensor_dim(w, 3)) {
-    char want[64];
-    snprintf(want, sizeof want, "(N, H, W, %lld)", (long long)lunet_tensor_dim(w, 3));
-    return layers_batch_error(c, want, x[0]);
-  }
+  if (layers_check_images(c, x[0], lunet_tensor_dim(w, 3))) return LUNET_ERR_SHAPE;
   lunet_conv2d_desc d;
   if (transpose_desc(l, ctx, lunet_tensor_dim(x[0], 0), lunet_tensor_dim(x[0], 1), lunet_tensor_dim(x[0], 2),
                      lunet_tensor_dim(x[0], 3), &d))

@@ -160,11 +160,7 @@ static lunet_status dw_forward(lunet_layer *l, lunet_call *c, int nin, lunet_ten
   lunet_ctx *ctx = lunet_call_ctx(c);
   dw_state *st = lunet_call_state(c);
   lunet_tensor *k = lunet_layer_weight(l, DW_KERNEL);
-  if (lunet_tensor_ndim(x[0]) != 4 || lunet_tensor_dim(x[0], 3) != lunet_tensor_dim(k, 2)) {
-    char want[64];
-    snprintf(want, sizeof want, "(N, H, W, %lld)", (long long)lunet_tensor_dim(k, 2));
-    return layers_batch_error(c, want, x[0]);
-  }
+  if (layers_check_images(c, x[0], lunet_tensor_dim(k, 2))) return LUNET_ERR_SHAPE;
   lunet_conv2d_desc d;
   if (channel_desc(l, ctx, lunet_tensor_dim(x[0], 0), lunet_tensor_dim(x[0], 1), lunet_tensor_dim(x[0], 2), &d))
     return layers_call_failed(c);
@@ -277,11 +273,7 @@ static lunet_status sep_forward(lunet_layer *l, lunet_call *c, int nin, lunet_te
   lunet_ctx *ctx = lunet_call_ctx(c);
   sep_state *st = lunet_call_state(c);
   lunet_tensor *k = lunet_layer_weight(l, SEP_DEPTHWISE), *pk = lunet_layer_weight(l, SEP_POINTWISE);
-  if (lunet_tensor_ndim(x[0]) != 4 || lunet_tensor_dim(x[0], 3) != lunet_tensor_dim(k, 2)) {
-    char want[64];
-    snprintf(want, sizeof want, "(N, H, W, %lld)", (long long)lunet_tensor_dim(k, 2));
-    return layers_batch_error(c, want, x[0]);
-  }
+  if (layers_check_images(c, x[0], lunet_tensor_dim(k, 2))) return LUNET_ERR_SHAPE;
   lunet_conv2d_desc d, p;
   if (channel_desc(l, ctx, lunet_tensor_dim(x[0], 0), lunet_tensor_dim(x[0], 1), lunet_tensor_dim(x[0], 2), &d) ||
       pointwise_desc(ctx, d.n, d.oh, d.ow, lunet_tensor_dim(pk, 2), lunet_tensor_dim(pk, 3), &p))

@@ -212,6 +212,14 @@ static inline lunet_status layers_batch_error(lunet_call *c, const char *want,
       lunet_shape_str(lunet_tensor_ndim(x), lunet_tensor_shape(x), buf, sizeof buf));
 }
 
+/* Error unless x is a batch of images (N, H, W, channels). */
+static inline lunet_status layers_check_images(lunet_call *c, const lunet_tensor *x, int64_t channels) {
+  if (lunet_tensor_ndim(x) == 4 && lunet_tensor_dim(x, 3) == channels) return LUNET_OK;
+  char want[64];
+  snprintf(want, sizeof want, "(N, H, W, %lld)", (long long)channels);
+  return layers_batch_error(c, want, x);
+}
+
 /* The batch shape of one sample's shape `s` with n samples: (n, s...). */
 static inline int layers_batch_shape(int64_t n, const lunet_shape *s, int64_t *out) {
   out[0] = n;
