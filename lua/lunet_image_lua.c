@@ -5,6 +5,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -106,6 +107,94 @@ static int l_images_load(lua_State *L) {
   return 1;
 }
 
+/* ---- a batch decoded in the background (the dataset's prefetch) ---- */
+
+#define PENDING_MT "lunet.PendingImages"
+
+typedef struct pending {
+  char **paths;
+  int64_t n, h, w;
+  int c, threads;
+  bool crop, started, joined;
+  float *out;
+  lunet_ctx *ctx; /* the worker's: its error comes back in wait */
+  lunet_status status;
+  pthread_t thread;
+} pending;
+
+static void *decode_batch(void *arg) {
+  pending *p = arg;
+  p->status = lunet_images_load(p->ctx, (const char *const *)p->paths, p->n, p->h, p->w, p->c, p->crop, p->threads,
+                                p->out);
+  return NULL;
+}
+
+static void pending_join(pending *p) {
+  if (p->started && !p->joined) pthread_join(p->thread, NULL);
+  p->joined = true;
+}
+
+static int pending_gc(lua_State *L) {
+  pending *p = luaL_checkudata(L, 1, PENDING_MT);
+  pending_join(p);
+  for (int64_t i = 0; p->paths && i < p->n; i++) free(p->paths[i]);
+  free(p->paths);
+  free(p->out);
+  if (p->ctx) lunet_ctx_free(p->ctx);
+  memset(p, 0, sizeof *p);
+  p->joined = true;
+  return 0;
+}
+
+/* C.images_load_async(paths, height, width, channels, crop [, threads]) ->
+ * a handle whose C.images_wait gives what images_load would */
+static int l_images_load_async(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_Integer h = luaL_checkinteger(L, 2), w = luaL_checkinteger(L, 3), c = luaL_checkinteger(L, 4);
+  luaL_argcheck(L, h > 0 && w > 0 && h * w <= (INT64_C(1) << 28) && (c == 1 || c == 3 || c == 4), 2,
+                "the size must be positive and channels 1, 3 or 4");
+  lua_Integer n = luaL_len(L, 1);
+  bool crop = lua_toboolean(L, 5);
+  int threads = (int)luaL_optinteger(L, 6, 0);
+  pending *p = lua_newuserdatauv(L, sizeof *p, 0);
+  *p = (pending){.n = n, .h = h, .w = w, .c = (int)c, .crop = crop, .threads = threads, .joined = true};
+  luaL_setmetatable(L, PENDING_MT);
+  p->paths = calloc((size_t)(n ? n : 1), sizeof *p->paths);
+  size_t count = (size_t)(n * h * w * c);
+  p->out = malloc(sizeof(float) * (count ? count : 1));
+  p->ctx = lunet_ctx_new();
+  if (!p->paths || !p->out || !p->ctx) return luaL_error(L, "out of memory for %d images", (int)n);
+  for (lua_Integer i = 0; i < n; i++) {
+    lua_geti(L, 1, i + 1);
+    if (!(p->paths[i] = strdup(luaL_checkstring(L, -1)))) return luaL_error(L, "out of memory");
+    lua_pop(L, 1);
+  }
+  p->joined = false;
+  if (pthread_create(&p->thread, NULL, decode_batch, p) != 0) {
+    decode_batch(p); /* no thread: decode now */
+    p->joined = true;
+  } else {
+    p->started = true;
+  }
+  return 1;
+}
+
+/* C.images_wait(handle) -> float32 tensor (n, height, width, channels) */
+static int l_images_wait(lua_State *L) {
+  pending *p = luaL_checkudata(L, 1, PENDING_MT);
+  if (!p->out) return luaL_error(L, "images_wait: the batch was already taken");
+  pending_join(p);
+  lunet_ctx *ctx = lunetL_ctx(L);
+  if (p->status) return luaL_error(L, "%s", lunet_ctx_error(p->ctx));
+  int64_t shape[4] = {p->n, p->h, p->w, p->c};
+  lunet_tensor *t = lunet_tensor_from_data_on(ctx, "cpu", LUNET_F32, 4, shape, p->out);
+  free(p->out);
+  p->out = NULL;
+  if (!t) return lunetL_error(L, NULL);
+  lunetL_pushtensor(L, t);
+  return 1;
+}
+
 /* C.image_save(path, t (H, W, C), quality) */
 static int l_image_save(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
@@ -127,8 +216,19 @@ static int l_image_save(lua_State *L) {
   return 0;
 }
 
-static const luaL_Reg functions[] = {{"listdir", l_listdir},         {"image_info", l_image_info},
-                                     {"images_load", l_images_load}, {"image_save", l_image_save},
+static const luaL_Reg functions[] = {{"listdir", l_listdir},
+                                     {"image_info", l_image_info},
+                                     {"images_load", l_images_load},
+                                     {"images_load_async", l_images_load_async},
+                                     {"images_wait", l_images_wait},
+                                     {"image_save", l_image_save},
                                      {NULL, NULL}};
 
-void lunetL_open_image(lua_State *L) { luaL_setfuncs(L, functions, 0); }
+void lunetL_open_image(lua_State *L) {
+  if (luaL_newmetatable(L, PENDING_MT)) {
+    lua_pushcfunction(L, pending_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  luaL_setfuncs(L, functions, 0);
+}

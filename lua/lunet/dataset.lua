@@ -7,7 +7,10 @@
 --   #ds                      -- batches per epoch
 --
 -- load(indices) gets the 1-based sample indices of one batch and returns
--- its inputs (a tensor, or a list for several inputs) and targets (or nil).
+-- its inputs (a tensor, or a list for several inputs) and targets (or nil);
+-- load_async(indices), when given, starts reading them in the background
+-- and returns a function that waits and returns the same (fit reads the
+-- next batch while the model trains on this one).
 -- With shuffle the order is a permutation keyed by (seed, epoch): the same
 -- seed gives the same batches on every run, and each epoch its own order.
 -- fit hands the random preprocessing layers each sample's index, as it
@@ -61,23 +64,46 @@ function Dataset:order(epoch)
   return p
 end
 
---- ds:batch(step, order) -> x, y, indices: batch `step` (1-based) of an
--- epoch's order.
-function Dataset:batch(step, order)
+local function indices(self, step, order)
   local first = (step - 1) * self.batch_size + 1
   local idx = {}
   for i = first, math.min(first + self.batch_size - 1, self.n) do idx[#idx + 1] = order[i] end
+  return idx
+end
+
+--- ds:batch(step, order) -> x, y, indices: batch `step` (1-based) of an
+-- epoch's order (the one ds:prefetch started, when it did).
+function Dataset:batch(step, order)
+  local p = self.pending
+  if p and p.step == step and p.order == order then
+    self.pending = nil
+    local x, y = p.finish()
+    return x, y, p.idx
+  end
+  local idx = indices(self, step, order)
   local x, y = self.load(idx)
   return x, y, idx
 end
 
---- for step, x, y in ds:batches(epoch) do ... end
+--- ds:prefetch(step, order): starts reading batch `step` in the background
+-- when the dataset can (a load_async(indices) returning a function that
+-- waits and gives x, y: image folders decode on C threads); ds:batch then
+-- takes it.  A no-op otherwise.
+function Dataset:prefetch(step, order)
+  if not self.load_async or step > #self then return end
+  local idx = indices(self, step, order)
+  self.pending = { step = step, order = order, idx = idx, finish = self.load_async(idx) }
+end
+
+--- for step, x, y in ds:batches(epoch) do ... end (the next batch is read
+-- while the caller works on this one)
 function Dataset:batches(epoch)
   local order, step, steps = self:order(epoch), 0, #self
   return function()
     step = step + 1
     if step > steps then return nil end
     local x, y = self:batch(step, order)
+    self:prefetch(step + 1, order)
     return step, x, y
   end
 end

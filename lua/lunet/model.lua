@@ -552,6 +552,7 @@ local function batch_source(xs, ys, order, n, bs, aug, epoch, device, w)
     return function(step)
       if step == nil then return end
       local xb, yb, idx = xs:batch(step, order)
+      xs:prefetch(step + 1, order) -- read the next batch while this one trains
       if yb == nil then error("the dataset has no targets (labels = false?): nothing to train against", 0) end
       xb, yb = on_device(xb, device), on_device(yb, device)
       if aug then

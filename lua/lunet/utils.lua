@@ -352,14 +352,13 @@ function M.image_dataset_from_directory(dir, o)
     if mode == "categorical" and k == 0 then
       for _, v in ipairs(lab) do k = math.max(k, v + 1) end
     end
-    return dataset.new{
-      n = #paths, batch_size = bs, shuffle = shuffle and what ~= "validation", seed = seed,
-      class_names = class_names, file_paths = paths, labels = labels and lab or nil,
-      image_size = {size[1], size[2]}, channels = channels,
-      load = function(idx)
-        local p, l = {}, {}
-        for i, j in ipairs(idx) do p[i], l[i] = paths[j], lab[j] end
-        local x = C.images_load(p, size[1], size[2], channels, o.crop_to_aspect_ratio or false)
+    -- decoding starts on C threads now; the returned function waits for it
+    local function start(idx)
+      local p, l = {}, {}
+      for i, j in ipairs(idx) do p[i], l[i] = paths[j], lab[j] end
+      local pending = C.images_load_async(p, size[1], size[2], channels, o.crop_to_aspect_ratio or false)
+      return function()
+        local x = C.images_wait(pending)
         if not labels then return x end
         if mode == "categorical" then return x, M.to_categorical(l, k) end
         if mode == "binary" then
@@ -368,7 +367,17 @@ function M.image_dataset_from_directory(dir, o)
           return x, C.tensor(rows)
         end
         return x, C.tensor(l)
+      end
+    end
+    return dataset.new{
+      n = #paths, batch_size = bs, shuffle = shuffle and what ~= "validation", seed = seed,
+      class_names = class_names, file_paths = paths, labels = labels and lab or nil,
+      image_size = {size[1], size[2]}, channels = channels,
+      load = function(idx)
+        local pend = start(idx)
+        return pend()
       end,
+      load_async = function(idx) return start(idx) end,
     }
   end
   local n = #files
