@@ -47,6 +47,14 @@ static int l_read_csv(lua_State *L) {
   lua_createtable(L, 0, (int)cols); /* data */
   for (int64_t j = 0; j < cols; j++) {
     const char *name = lunet_csv_name(c, j);
+    if (lua_getfield(L, -1, name) != LUA_TNIL) {
+      lua_pushfstring(L, "%s: the header names column '%s' twice; rename one (or read with header = false)", path,
+                      name); /* before the free: name lives in c */
+      free(v);
+      lunet_csv_free(c);
+      return lua_error(L);
+    }
+    lua_pop(L, 1);
     lua_pushstring(L, name);
     lua_rawseti(L, -3, j + 1);
     bool numeric = rows > 0, any = false;

@@ -16,8 +16,9 @@
 
 static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-/* C.listdir(path) -> {{name =, dir = bool}, ...} sorted by name (bytes),
- * without "." and "..", hidden entries included. */
+/* C.listdir(path) -> {{name =, dir = bool, link = bool}, ...} sorted by
+ * name (bytes), without "." and "..", hidden entries included; dir follows
+ * a symbolic link, link says it is one. */
 static int l_listdir(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   DIR *d = opendir(path);
@@ -47,14 +48,17 @@ static int l_listdir(lua_State *L) {
     luaL_addchar(&b, '/');
     luaL_addstring(&b, names[i]);
     luaL_pushresult(&b);
-    struct stat st;
+    struct stat st, lst;
     bool dir = stat(lua_tostring(L, -1), &st) == 0 && S_ISDIR(st.st_mode);
+    bool link = lstat(lua_tostring(L, -1), &lst) == 0 && S_ISLNK(lst.st_mode);
     lua_pop(L, 1);
-    lua_createtable(L, 0, 2);
+    lua_createtable(L, 0, 3);
     lua_pushstring(L, names[i]);
     lua_setfield(L, -2, "name");
     lua_pushboolean(L, dir);
     lua_setfield(L, -2, "dir");
+    lua_pushboolean(L, link);
+    lua_setfield(L, -2, "link");
     lua_rawseti(L, -2, (lua_Integer)i + 1);
     free(names[i]);
   }
@@ -90,9 +94,9 @@ static int l_images_load(lua_State *L) {
                 "the size must be positive and channels 1, 3 or 4");
   const char **paths = lua_newuserdatauv(L, sizeof *paths * (size_t)(n ? n : 1), 0);
   for (lua_Integer i = 0; i < n; i++) {
-    lua_geti(L, 1, i + 1);
-    paths[i] = luaL_checkstring(L, -1);
-    lua_pop(L, 1); /* the string stays alive in the table */
+    if (lua_geti(L, 1, i + 1) != LUA_TSTRING) return luaL_error(L, "images_load: entry %d is not a path", (int)i + 1);
+    paths[i] = lua_tostring(L, -1);
+    lua_pop(L, 1); /* a string: it stays alive in the table */
   }
   size_t count = (size_t)(n * h * w * c);
   float *out = malloc(sizeof(float) * (count ? count : 1));

@@ -440,9 +440,10 @@ static lunet_status binary_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor 
   return LUNET_OK;
 }
 
-/* NumPy's and Keras's promotion: uint8 and int32 operands of arithmetic,
- * comparisons and reductions compute in float32 (ints never need a
- * gradient, so the cast is not recorded).  NULL with the error set on a
+/* uint8 and int32 operands of arithmetic, comparisons and reductions
+ * compute in float32, as NumPy promotes uint8 with a float (int32 with
+ * int32 too, unlike NumPy: exact below 2^24).  Ints never need a gradient,
+ * so the cast is not recorded.  NULL with the error set on a
  * failed cast. */
 static lunet_tensor *as_float(lunet_ctx *ctx, lunet_tensor *t) {
   return t->dtype == LUNET_F32 ? lunet_tensor_retain(t) : lunet_op_cast(ctx, t, LUNET_F32);

@@ -110,11 +110,14 @@ static void jpeg_fail(j_common_ptr c) {
   longjmp(e->jump, 1);
 }
 
-/* Warnings that mean missing data are errors: libjpeg would fill the rest
- * with grey and call it a success. */
+/* Warnings that mean missing or corrupt pixel data are errors: libjpeg
+ * would fill the rest with grey (or garbage) and call it a success.  Others
+ * (extraneous bytes between markers, common in camera files) pass. */
 static void jpeg_warn(j_common_ptr c, int level) {
   int code = c->err->msg_code;
-  if (level < 0 && (code == JWRN_JPEG_EOF || code == JWRN_HIT_MARKER)) jpeg_fail(c);
+  if (level < 0 && (code == JWRN_JPEG_EOF || code == JWRN_HIT_MARKER || code == JWRN_HUFF_BAD_CODE ||
+                    code == JWRN_MUST_RESYNC || code == JWRN_NOT_SEQUENTIAL))
+    jpeg_fail(c);
 }
 
 static lunet_status read_jpeg(lunet_ctx *ctx, const char *path, pixels *px, bool gray, bool info_only) {
@@ -252,6 +255,8 @@ lunet_status lunet_image_load(lunet_ctx *ctx, const char *path, int64_t height, 
     cw = (int64_t)((double)px.h * (double)width / (double)height);
     ch = ch < px.h ? ch : px.h;
     cw = cw < px.w ? cw : px.w;
+    ch = ch > 0 ? ch : 1; /* a thin image and a wide target: one row, as Keras */
+    cw = cw > 0 ? cw : 1;
   }
   resize(&px, (px.h - ch) / 2, (px.w - cw) / 2, ch, cw, height, width, channels, out);
   free(px.p);
@@ -366,12 +371,14 @@ lunet_status lunet_image_save(lunet_ctx *ctx, const char *path, const float *pix
     }
     struct jpeg_compress_struct cinfo;
     jpeg_err err;
+    unsigned char *volatile row = NULL;
     cinfo.err = jpeg_std_error(&err.mgr);
     err.mgr.error_exit = jpeg_fail;
     if (setjmp(err.jump)) {
       jpeg_destroy_compress(&cinfo);
       fclose(f);
       free(u8);
+      free(row);
       return lunet_error(ctx, LUNET_ERR_IO, "%s: %s", path, err.msg);
     }
     jpeg_create_compress(&cinfo);
@@ -383,7 +390,7 @@ lunet_status lunet_image_save(lunet_ctx *ctx, const char *path, const float *pix
     jpeg_set_defaults(&cinfo);
     jpeg_set_quality(&cinfo, quality, TRUE);
     jpeg_start_compress(&cinfo, TRUE);
-    unsigned char *row = malloc((size_t)width * 3);
+    row = malloc((size_t)width * 3);
     while (row && cinfo.next_scanline < cinfo.image_height) {
       const unsigned char *src = u8 + (size_t)cinfo.next_scanline * (size_t)width * (size_t)channels;
       for (int64_t x = 0; x < width; x++)

@@ -937,7 +937,8 @@ static lunet_status update(lunet_ctx *ctx, lunet_model *m) {
   }
   if (!s && m->transform) s = m->transform(m->transform_user, ctx, n, ps, gs);
   if (!s) s = lunet_optimizer_apply(ctx, m->opt, n, ps, gs);
-  for (int i = 0; !s && i < m->nlayers; i++) s = lunet_layer_constrain(ctx, m->layers[i]);
+  for (int i = 0; !s && i < m->nlayers; i++) /* the weights the optimizer updated, as Keras */
+    if (lunet_layer_trainable(m->layers[i])) s = lunet_layer_constrain(ctx, m->layers[i]);
   free(ps);
   free(gs);
   return s;
@@ -977,6 +978,12 @@ static lunet_status step(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *c
   if (!s) s = (loss = total_loss(ctx, m, pred, y, fused, sw, parts)) ? LUNET_OK : ctx->status;
   if (!s && activity) s = (loss = add_scalar(ctx, loss, activity)) ? LUNET_OK : ctx->status;
   else lunet_tensor_release(activity);
+  bool function_loss = false;
+  for (int j = 0; j < m->noutputs; j++) function_loss |= m->losses[j].fn != NULL;
+  if (!s && training && !loss->grad_fn && function_loss && m->nparams > 0)
+    s = lunet_error(ctx, LUNET_ERR_ARG,
+                    "the loss function's result does not depend on the model's outputs through lunet's tensor ops "
+                    "(:item() or a new tensor cuts the tape), so no weight would train");
   /* with every layer frozen nothing needs a gradient: the step only measures */
   if (!s && training && loss->grad_fn)
     s = m->grad_ready ? lunet_backward_hooked(ctx, loss, leaf_done, m) : lunet_backward(ctx, loss, NULL);

@@ -780,9 +780,12 @@ end
 
 -- The outputs for x, in batches: a tensor, or a list for several outputs.
 function Model:predict(x, o)
-  if dataset.is(x) then -- in the dataset's order of epoch 0 (1..n when it does not shuffle)
-    local parts = {}
-    for _, xb in x:batches(0) do
+  if dataset.is(x) then -- in the samples' order 1..n (a shuffling dataset's files too)
+    local parts, order = {}, {}
+    for i = 1, x.n do order[i] = i end
+    for step = 1, #x do
+      local xb = x:batch(step, order)
+      x:prefetch(step + 1, order)
       ensure_built(self, xb)
       local outs = { C.model_predict(self.handle, unlist(on_device(xb, self.device))) }
       for j, t in ipairs(outs) do

@@ -201,7 +201,20 @@ local Loss = {}
 Loss.__index = Loss
 Loss.__name = "lunet.Loss"
 function Loss:__call(y_true, y_pred, sample_weight)
-  if self.fn then return self.fn(y_true, y_pred) end
+  if self.fn then -- reduced as compile reduces it: one number as is, per-sample values averaged
+    local r = self.fn(y_true, y_pred)
+    if not C.is_tensor(r) then error("the loss function returned a " .. type(r) .. ", not a tensor", 2) end
+    if r:dim() == 0 then
+      if sample_weight ~= nil then
+        error("the loss function returned one number, which sample weights cannot weigh: return one loss per sample", 2)
+      end
+      return r
+    end
+    if sample_weight == nil then return r:mean() end
+    local shape = { r:shape()[1] }
+    for i = 2, r:dim() do shape[i] = 1 end
+    return (r * sample_weight:reshape(table.unpack(shape))):mean()
+  end
   return C.loss(self.name, y_true, y_pred, self.from_logits, sample_weight, self.delta, self.label_smoothing)
 end
 function Loss:__tostring()

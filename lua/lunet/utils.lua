@@ -221,18 +221,31 @@ local channels_of = {rgb = 3, grayscale = 1, rgba = 4}
 
 local function bad(msg) error("image_dataset_from_directory: " .. msg, 3) end
 
--- The image files under dir, depth first, each folder's entries sorted
--- (Keras walks them so); counts the image files of formats lunet skips.
-local function image_files(dir, out, skipped)
-  for _, e in ipairs(C.listdir(dir)) do
-    local path = dir .. "/" .. e.name
-    if e.dir then
-      image_files(path, out, skipped)
-    else
-      local ext = (e.name:match("%.([^.]+)$") or ""):lower()
-      if image_ext[ext] then out[#out + 1] = path
-      elseif other_ext[ext] then skipped[ext] = (skipped[ext] or 0) + 1 end
+-- The image files under dir in Keras's order: the folders sorted by their
+-- path (a folder's own files before its sub-folders'), each folder's files
+-- sorted by name; symbolic links to folders followed only with
+-- follow_links.  Counts the image files of formats lunet skips.
+local function image_files(dir, out, skipped, follow)
+  local roots = {}
+  local function walk(path)
+    local files = {}
+    for _, e in ipairs(C.listdir(path)) do
+      local full = path .. "/" .. e.name
+      if e.dir then
+        if follow or not e.link then walk(full) end
+      else
+        local ext = (e.name:match("%.([^.]+)$") or ""):lower()
+        if image_ext[ext] then files[#files + 1] = full
+        elseif other_ext[ext] then skipped[ext] = (skipped[ext] or 0) + 1 end
+      end
     end
+    roots[#roots + 1] = {path = path, files = files}
+    if #roots > 100000 then bad("more than 100000 folders under " .. dir .. " (a link loop? follow_links is on)") end
+  end
+  walk(dir)
+  table.sort(roots, function(a, b) return a.path < b.path end)
+  for _, r in ipairs(roots) do
+    for _, f in ipairs(r.files) do out[#out + 1] = f end
   end
   return out
 end
@@ -310,12 +323,12 @@ function M.image_dataset_from_directory(dir, o)
     end
     if #class_names == 0 then bad(dir .. " has no class folders (labels = 'inferred' reads one folder per class)") end
     for k, name in ipairs(class_names) do
-      for _, f in ipairs(image_files(dir .. "/" .. name, {}, skipped)) do
+      for _, f in ipairs(image_files(dir .. "/" .. name, {}, skipped, o.follow_links)) do
         files[#files + 1], ids[#ids + 1] = f, k - 1
       end
     end
   else
-    image_files(dir, files, skipped)
+    image_files(dir, files, skipped, o.follow_links)
     if type(labels) == "table" then
       if #labels ~= #files then
         bad(string.format("labels has %d entries for the %d image files (in sorted order)", #labels, #files))
@@ -344,14 +357,21 @@ function M.image_dataset_from_directory(dir, o)
   local perm = shuffle and shuffled(#files, seed) or nil
   local all = {}
   for i = 1, #files do all[i] = perm and perm[i] or i end
+  -- the number of classes, over every file (a subset may lack one)
+  local k = class_names and #class_names or 0
+  if labels and not class_names then
+    for i, v in ipairs(ids) do
+      if type(v) ~= "number" or v ~= math.floor(v) or v < 0 then
+        bad(string.format("labels[%d] is %s, not a class id (an integer >= 0)", i, tostring(v)))
+      end
+      k = math.max(k, math.tointeger(v) + 1)
+    end
+    if mode == "binary" and k > 2 then bad("label_mode 'binary' needs labels 0 and 1, found " .. (k - 1)) end
+  end
   local function make(first, last, what)
     local paths, lab = {}, {}
     for i = first, last do paths[#paths + 1], lab[#lab + 1] = files[all[i]], ids[all[i]] end
     if verbose and what then print(string.format("Using %d files for %s.", #paths, what)) end
-    local k = class_names and #class_names or 0
-    if mode == "categorical" and k == 0 then
-      for _, v in ipairs(lab) do k = math.max(k, v + 1) end
-    end
     -- decoding starts on C threads now; the returned function waits for it
     local function start(idx)
       local p, l = {}, {}

@@ -3,8 +3,9 @@
  * RandomTranslation, RandomZoom, RandomCrop) and Resizing.
  *
  * The random layers act only in training; at inference they pass images
- * through, except RandomCrop, which takes the centre window (Keras), so the
- * shape a model sees is the same in both modes.  They draw with the core's
+ * through, except RandomCrop, which (as Keras) resizes the largest centred
+ * window of its aspect ratio to height x width, so the shape a model sees
+ * is the same in both modes.  They draw with the core's
  * augmentation pipeline (lunet/augment.h) and resample on the model's device
  * (lunet_op_affine_resample), so
  *   nn.RandomFlip{"horizontal", seed = 7}  inside model:fit
@@ -123,6 +124,50 @@ static lunet_augment *pipeline(lunet_ctx *ctx, const lunet_layer *l) {
   return a;
 }
 
+/* ---- resizing (Resizing, and RandomCrop at inference) ---- */
+
+/* The crop_to_aspect_ratio window, as Keras computes it: the largest
+ * centred (ch, cw) of the aspect oh:ow; the whole image without crop. */
+static void resize_window(int64_t h, int64_t w, int64_t oh, int64_t ow, bool crop, int64_t box[4]) {
+  int64_t ch = h, cw = w;
+  if (crop) {
+    ch = (int64_t)((double)w * (double)oh / (double)ow);
+    cw = (int64_t)((double)h * (double)ow / (double)oh);
+    ch = ch < h ? ch : h;
+    cw = cw < w ? cw : w;
+    ch = ch > 0 ? ch : 1; /* a thin image and a wide target: one row, as Keras */
+    cw = cw > 0 ? cw : 1;
+  }
+  box[0] = (h - ch) / 2, box[1] = (w - cw) / 2, box[2] = ch, box[3] = cw;
+}
+
+/* x (N,H,W,C) -> (N,oh,ow,C) float32: the window is cut first (edges clamp
+ * at the window, as Keras's crop then resize), then each axis maps output
+ * pixel i to (i + 0.5) * in / out - 0.5.  A new tensor or NULL. */
+static lunet_tensor *resize_images(lunet_ctx *ctx, lunet_tensor *x, int64_t oh, int64_t ow, bool crop) {
+  int64_t n = lunet_tensor_dim(x, 0), b[4];
+  resize_window(lunet_tensor_dim(x, 1), lunet_tensor_dim(x, 2), oh, ow, crop, b);
+  int64_t start[4] = {0, b[0], b[1], 0}, stop[4] = {n, b[0] + b[2], b[1] + b[3], lunet_tensor_dim(x, 3)};
+  int64_t step[4] = {1, 1, 1, 1};
+  lunet_tensor *f = layers_as_f32(ctx, x);
+  lunet_tensor *win = f ? lunet_op_slice(ctx, f, start, stop, step) : NULL, *y = NULL;
+  layers_release(f);
+  if (!win) return NULL;
+  double sy = (double)b[2] / (double)oh, sx = (double)b[3] / (double)ow;
+  float m[6] = {(float)sx, 0, (float)(0.5 * sx - 0.5), 0, (float)sy, (float)(0.5 * sy - 0.5)};
+  float *mats = malloc(sizeof(float) * 6 * (size_t)(n ? n : 1));
+  for (int64_t i = 0; mats && i < n; i++) memcpy(mats + 6 * i, m, sizeof m);
+  if (!mats)
+    lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
+  else if (oh == b[2] && ow == b[3])
+    y = layers_reshape_like(ctx, win, win);
+  else
+    y = lunet_op_affine_resample(ctx, win, mats, oh, ow, LUNET_FILL_NEAREST, 0);
+  free(mats);
+  layers_release(win);
+  return y;
+}
+
 /* Builds the pipeline once to check the arguments the way fit{augment}
  * does (ranges, fills), and the image size against a crop. */
 static lunet_status random_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
@@ -134,13 +179,6 @@ static lunet_status random_build(lunet_layer *l, int nin, const lunet_shape *in,
   if (a) lunet_augment_output_shape(a, oh, ow, oc, &oh, &ow, &oc);
   lunet_augment_free(a);
   if (st != LUNET_OK) return lunet_layer_error(l, st, "%s", lunet_ctx_error(ctx));
-  if (oh > in[0].dims[0] || ow > in[0].dims[1]) {
-    char buf[128];
-    return lunet_layer_error(l, LUNET_ERR_SHAPE,
-                             "a %lld x %lld crop is larger than the images %s, so inference (the centre window) "
-                             "could not take it; pad the images first (nn.ZeroPadding2D) or crop smaller",
-                             (long long)oh, (long long)ow, layers_sample_str(&in[0], buf, sizeof buf));
-  }
   out[0] = (lunet_shape){3, {oh, ow, oc}};
   return LUNET_OK;
 }
@@ -149,14 +187,11 @@ static bool is_identity(const float *m) {
   return m[0] == 1 && m[1] == 0 && m[2] == 0 && m[3] == 0 && m[4] == 1 && m[5] == 0;
 }
 
-/* Inference: the image as it is, or (RandomCrop) its centre window. */
+/* Inference: the image as it is, or (RandomCrop) Keras's rule: the largest
+ * centred window of the crop's aspect ratio, resized to height x width. */
 static lunet_tensor *centre(lunet_ctx *ctx, const lunet_layer *l, lunet_tensor *x) {
   if (strcmp(lunet_layer_type_name((lunet_layer *)l), "RandomCrop") != 0) return layers_reshape_like(ctx, x, x);
-  int64_t h = lunet_layer_get_int(l, "height"), w = lunet_layer_get_int(l, "width");
-  int64_t top = (lunet_tensor_dim(x, 1) - h) / 2, left = (lunet_tensor_dim(x, 2) - w) / 2;
-  int64_t start[4] = {0, top, left, 0}, step[4] = {1, 1, 1, 1};
-  int64_t stop[4] = {lunet_tensor_dim(x, 0), top + h, left + w, lunet_tensor_dim(x, 3)};
-  return lunet_op_slice(ctx, x, start, stop, step);
+  return resize_images(ctx, x, lunet_layer_get_int(l, "height"), lunet_layer_get_int(l, "width"), true);
 }
 
 static lunet_status random_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
@@ -295,47 +330,11 @@ static lunet_status resizing_build(lunet_layer *l, int nin, const lunet_shape *i
   return LUNET_OK;
 }
 
-/* The crop_to_aspect_ratio window, as Keras computes it: the largest
- * centred (ch, cw) of the output's aspect; the whole image without it. */
-static void resizing_window(const lunet_layer *l, int64_t h, int64_t w, int64_t box[4]) {
-  int64_t oh = lunet_layer_get_int(l, "height"), ow = lunet_layer_get_int(l, "width");
-  int64_t ch = h, cw = w;
-  if (lunet_layer_get_bool(l, "crop_to_aspect_ratio")) {
-    ch = (int64_t)((double)w * (double)oh / (double)ow);
-    cw = (int64_t)((double)h * (double)ow / (double)oh);
-    ch = ch < h ? ch : h;
-    cw = cw < w ? cw : w;
-  }
-  box[0] = (h - ch) / 2, box[1] = (w - cw) / 2, box[2] = ch, box[3] = cw;
-}
-
-/* The window is cut first (edges clamp at the window, as Keras's crop then
- * resize), then each axis maps output pixel i to (i + 0.5) * in / out - 0.5. */
+/* Resizing's forward: the layer's height, width and crop_to_aspect_ratio. */
 static lunet_status resizing_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
                                      bool training) {
-  lunet_ctx *ctx = lunet_call_ctx(c);
-  y[0] = NULL;
-  int64_t n = lunet_tensor_dim(x[0], 0), oh = lunet_layer_get_int(l, "height"), ow = lunet_layer_get_int(l, "width");
-  int64_t b[4];
-  resizing_window(l, lunet_tensor_dim(x[0], 1), lunet_tensor_dim(x[0], 2), b);
-  int64_t start[4] = {0, b[0], b[1], 0}, stop[4] = {n, b[0] + b[2], b[1] + b[3], lunet_tensor_dim(x[0], 3)};
-  int64_t step[4] = {1, 1, 1, 1};
-  lunet_tensor *f = layers_as_f32(ctx, x[0]);
-  lunet_tensor *win = f ? lunet_op_slice(ctx, f, start, stop, step) : NULL;
-  layers_release(f);
-  if (!win) return layers_call_failed(c);
-  double sy = (double)b[2] / (double)oh, sx = (double)b[3] / (double)ow;
-  float m[6] = {(float)sx, 0, (float)(0.5 * sx - 0.5), 0, (float)sy, (float)(0.5 * sy - 0.5)};
-  float *mats = malloc(sizeof(float) * 6 * (size_t)(n ? n : 1));
-  for (int64_t i = 0; mats && i < n; i++) memcpy(mats + 6 * i, m, sizeof m);
-  if (!mats)
-    lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
-  else if (oh == b[2] && ow == b[3])
-    y[0] = layers_reshape_like(ctx, win, win);
-  else
-    y[0] = lunet_op_affine_resample(ctx, win, mats, oh, ow, LUNET_FILL_NEAREST, 0);
-  free(mats);
-  layers_release(win);
+  y[0] = resize_images(lunet_call_ctx(c), x[0], lunet_layer_get_int(l, "height"), lunet_layer_get_int(l, "width"),
+                       lunet_layer_get_bool(l, "crop_to_aspect_ratio"));
   return y[0] ? LUNET_OK : layers_call_failed(c);
 }
 

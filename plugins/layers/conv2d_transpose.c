@@ -5,10 +5,11 @@
  * that convolution's forward; so the backends' three convolution kernels
  * serve it as they are.
  *
- * Keras's kernel layout (KH, KW, filters, C) and sizes: "valid" gives
- * OH = (H - 1) * sh + KH, "same" gives OH = H * sh, the padding of the
- * matching convolution split as Keras splits it (the odd pixel at the
- * bottom and right).
+ * Keras's kernel layout (KH, KW, filters, C) and sizes (its
+ * deconv_output_length): "valid" gives OH = H * sh + max(KH - sh, 0), that
+ * is (H - 1) * sh + KH unless the kernel is smaller than the stride,
+ * "same" gives OH = H * sh, the padding of the matching convolution split
+ * as Keras splits it (the odd pixel at the bottom and right).
  */
 #include "layers.h"
 
@@ -25,7 +26,8 @@ static const lunet_arg_schema transpose_args[] = {
     {"strides", LUNET_ARG_INT2, LUNET_ARG_DEFAULT, .def = {.n = 1, .v = {1}},
      .doc = "upsampling factor: s or {sh, sw}"},
     {"padding", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "valid"},
-     .doc = "\"valid\": out = (in - 1) * stride + kernel; \"same\": out = in * stride", .choices = "valid|same"},
+     .doc = "\"valid\": out = in * stride + max(kernel - stride, 0); \"same\": out = in * stride",
+     .choices = "valid|same"},
     {"activation", LUNET_ARG_STRING, LUNET_ARG_NIL, .doc = "activation applied to the output; nil: linear"},
     {"use_bias", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = true}, .doc = "add a learned bias per filter"},
     {"kernel_initializer", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "glorot_uniform"},
@@ -50,7 +52,8 @@ static lunet_status transpose_desc(const lunet_layer *l, lunet_ctx *ctx, int64_t
   lunet_layer_get_int2(l, "kernel_size", k);
   lunet_layer_get_int2(l, "strides", s);
   bool same = layers_padding(l) == LUNET_PAD_SAME;
-  int64_t oh = same ? h * s[0] : (h - 1) * s[0] + k[0], ow = same ? w * s[1] : (w - 1) * s[1] + k[1];
+  int64_t oh = h * s[0] + (same || k[0] < s[0] ? 0 : k[0] - s[0]);
+  int64_t ow = w * s[1] + (same || k[1] < s[1] ? 0 : k[1] - s[1]);
   *d = (lunet_conv2d_desc){.n = n, .h = oh, .w = ow, .c = lunet_layer_get_int(l, "filters"), .f = c,
                            .kh = k[0], .kw = k[1], .sh = s[0], .sw = s[1]};
   lunet_status st = lunet_conv2d_geometry(ctx, d, layers_padding(l));

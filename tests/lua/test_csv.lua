@@ -59,6 +59,7 @@ function T.hostile_files_are_errors()
   check.fails(function() U.read_csv(dir .. "/none.csv") end, "none.csv: No such file")
   check.fails(function() U.read_csv(file("d.csv", "a\n"), {delimiter = "::"}) end, "the delimiter is one character")
   check.fails(function() U.read_csv(file("d.csv", "a\n"), {sep = ";"}) end, "valid: header, delimiter")
+  check.fails(function() U.read_csv(file("dup.csv", "x,x,y\n1,2,3\n")) end, "names column 'x' twice")
 end
 
 -- Two Gaussian blobs in a CSV: a logistic regression learns them.

@@ -160,6 +160,33 @@ function T.dataset_classes_labels_and_split()
   check.same_table(tr:order(1), o1, 0, "an epoch's order is fixed")
 end
 
+-- Keras's file order: folders sorted by path, so a folder's own files come
+-- before its sub-folders'; a link back up is not followed (follow_links
+-- false, Keras's default); a thin image with a wide target keeps one row.
+function T.file_order_links_and_thin_images()
+  local dir = tmp .. "/order"
+  os.execute(("mkdir -p '%s/a/sub'"):format(dir))
+  for _, name in ipairs{"a/z.png", "a/sub/b.png", "a/c.png", "top.png"} do
+    U.save_img(dir .. "/" .. name, nn.full(4, 4, 3, 9))
+  end
+  os.execute(("ln -s .. '%s/a/loop'"):format(dir))
+  local ds = U.image_dataset_from_directory(dir, {labels = {0, 1, 2, 3}, image_size = {2, 2}, shuffle = false,
+    verbose = false})
+  local rel = {}
+  for i, p in ipairs(ds.file_paths) do rel[i] = p:sub(#dir + 2) end
+  check.same_table(rel, {"top.png", "a/c.png", "a/z.png", "a/sub/b.png"}, 0, "Keras's order, the link not followed")
+  -- categorical width from every file, not from one subset's labels
+  local tr, va = U.image_dataset_from_directory(dir, {labels = {0, 1, 0, 3}, label_mode = "categorical",
+    image_size = {2, 2}, validation_split = 0.25, subset = "both", seed = 2, verbose = false})
+  local _, ytr = tr:batch(1, tr:order(0))
+  local _, yva = va:batch(1, va:order(0))
+  check.eq(ytr:shape()[2], 4, "training one-hot width")
+  check.eq(yva:shape()[2], 4, "validation one-hot width")
+  U.save_img(tmp .. "/thin.png", nn.full(1, 2, 3, 50))
+  check.same_table(U.load_img(tmp .. "/thin.png", {target_size = {100, 300}, crop_to_aspect_ratio = true}):shape(),
+    {100, 300, 3}, 0, "a one-row window")
+end
+
 function T.fit_evaluate_predict_on_a_dataset()
   local dir = folder("fit", {"dark", "light"}, 6)
   local ds = U.image_dataset_from_directory(dir, {image_size = {5, 5}, batch_size = 4, seed = 1, verbose = false})

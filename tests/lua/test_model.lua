@@ -574,6 +574,17 @@ function T.weight_constraints_project_after_each_update()
   check.fails(function() nn.Dense{2, kernel_constraint = "max_norm(max_value=-1,axis=0)"} end,
     "needs 0 <= min_value <= max_value")
   check.fails(function() nn.Dense{2, kernel_constraint = "sometimes"} end, "expected non_neg(), max_norm(...)")
+  -- a frozen layer keeps its weights, constraint or not (Keras constrains what it updates)
+  local frozen = nn.Dense{4, input_shape = {3}, kernel_constraint = nn.constraints.non_neg()}
+  local fm = nn.Sequential{frozen, nn.Dense(4)}
+  fm:compile{optimizer = "sgd", loss = "mse"}
+  local w0 = fm:get_weights()
+  w0[1] = w0[1] - 1
+  fm:set_weights(w0)
+  frozen.trainable = false
+  fm:compile{optimizer = "sgd", loss = "mse"}
+  fm:train_on_batch(x, y)
+  check.eq((fm:get_weights()[1] - w0[1]):abs():max():item(), 0, "the frozen kernel untouched")
   local bad = nn.Sequential{nn.Dense{2, input_shape = {3}, kernel_constraint = nn.constraints.unit_norm{axis = 4}}}
   bad:compile{optimizer = "sgd", loss = "mse"}
   check.fails(function() bad:train_on_batch(x, nn.randn(8, 2)) end, "axis 4, but the weight has 2 axes")

@@ -47,12 +47,16 @@ function T.layers_draw_what_fit_augment_draws()
   end
 end
 
-function T.inference_passes_images_through_and_crop_takes_the_centre()
+-- At inference RandomCrop does what Keras documents: the largest centred
+-- window of its aspect ratio, resized to height x width (Resizing with
+-- crop_to_aspect_ratio, itself held to TF's formula).
+function T.inference_passes_images_through_and_crop_resizes()
   local x = nn.rand(3, 7, 6, 3)
   for _, p in ipairs(pairs_of_layers{7, 6, 3}) do
     local m = nn.Sequential{p[1]}
     if p[1].type == "RandomCrop" then
-      check.eq(max_diff(m(x), nn.Sequential{nn.CenterCrop{5, 4, input_shape = {7, 6, 3}}}(x)), 0, "centre window")
+      local want = nn.Sequential{nn.Resizing{5, 4, crop_to_aspect_ratio = true, input_shape = {7, 6, 3}}}(x)
+      check.eq(max_diff(m(x), want), 0, "the aspect window, resized")
       check.same_table(m:predict(x):shape(), {3, 5, 4, 3}, 0, "the shape training sees")
     else
       check.eq(max_diff(m(x), x), 0, p[1].type .. " at inference")
@@ -244,8 +248,9 @@ function T.bad_arguments_say_what_is_wrong()
   check.fails(function() nn.RandomZoom{0.2, fill_mode = "mirror"} end, "fill_mode must be one of reflect")
   check.fails(function() nn.Sequential{nn.RandomRotation{1.5, input_shape = {4, 4, 1}}} end, "factor must be in [-1, 1]")
   check.fails(function() nn.Sequential{nn.RandomCrop{6, 6, input_shape = {4, 4, 1}}} end, "does not fit")
-  check.fails(function() nn.Sequential{nn.RandomCrop{6, 6, padding = 2, input_shape = {4, 4, 1}}} end,
-    "larger than the images")
+  -- a crop larger than the images fits once padded; at inference Keras's rule resizes up
+  local big = nn.Sequential{nn.RandomCrop{6, 6, padding = 2, input_shape = {4, 4, 1}}}
+  check.same_table(big(nn.rand(2, 4, 4, 1)):shape(), {2, 6, 6, 1}, 0, "resized up at inference")
   check.fails(function() nn.Sequential{nn.RandomFlip{input_shape = {16}}} end, "expects input of rank 3")
   -- a trainable layer before a random one would get no gradient: an error, never silence
   local m = nn.Sequential{nn.Conv2D{2, 1, input_shape = {4, 4, 1}}, nn.RandomFlip{"horizontal"}, nn.Flatten(), nn.Dense(1)}

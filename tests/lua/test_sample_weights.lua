@@ -168,6 +168,12 @@ function T.a_lua_function_is_a_loss()
   check.fails(function() train(function() error("my loss broke") end) end, "the loss function failed")
   check.fails(function() train(function() error("my loss broke") end) end, "my loss broke")
   check.fails(function() train(function() return 3 end) end, "returned a number, not a tensor")
+  check.fails(function() train(function(yt, yp) return nn.tensor((yp - yt):abs():mean():item()) end) end,
+    "no weight would train")
+  -- the loss object applies sample weights as compile does
+  local f = nn.losses.get(per_sample)
+  local yp = nn.randn(16, 2)
+  check.near(f(y, yp, w):item(), nn.losses.MeanSquaredError()(y, yp, w):item(), 1e-6, "a function loss object, weighted")
   check.fails(function() train(function(yt, yp) return (yp - yt):square():mean() end, {sample_weight = w}) end,
     "return one loss per sample")
 end
