@@ -22,7 +22,10 @@ static int by_name(const void *a, const void *b) { return strcmp(*(char *const *
 static int l_listdir(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   DIR *d = opendir(path);
-  if (!d) return luaL_error(L, "%s: %s", path, strerror(errno));
+  if (!d) { /* no position: the caller reports it at the user's line */
+    lua_pushfstring(L, "%s: %s", path, strerror(errno));
+    return lua_error(L);
+  }
   size_t n = 0, cap = 64;
   char **names = malloc(cap * sizeof *names);
   struct dirent *e;

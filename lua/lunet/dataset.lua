@@ -108,4 +108,26 @@ function Dataset:batches(epoch)
   end
 end
 
+--- from_tensor_slices(x, y, {batch_size = 32, shuffle = false, seed}) ->
+-- a dataset of the rows of x (a tensor or a list) and y (or nil), as
+-- tf.data.Dataset.from_tensor_slices((x, y)).batch(...): text windows,
+-- arrays built in Lua, anything in memory that should go through fit as a
+-- dataset.
+function M.from_tensor_slices(x, y, o)
+  o = o or {}
+  local xs = core.is_tensor(x) and { x } or x
+  if type(xs) ~= "table" or not core.is_tensor(xs[1]) then fail("x must be a tensor or a list of tensors") end
+  local n = xs[1]:shape()[1]
+  local ys = y == nil and {} or core.is_tensor(y) and { y } or y
+  for _, t in ipairs(xs) do if t:shape()[1] ~= n then fail("the tensors of x have different numbers of rows") end end
+  for _, t in ipairs(ys) do if t:shape()[1] ~= n then fail("x and y have different numbers of rows") end end
+  local function rows(list, idx)
+    local out = {}
+    for i, t in ipairs(list) do out[i] = core.take_rows(t, idx, 1, #idx) end
+    return #out == 1 and out[1] or out
+  end
+  return M.new{ n = n, batch_size = o.batch_size or 32, shuffle = o.shuffle or false, seed = o.seed,
+    load = function(idx) return rows(xs, idx), y ~= nil and rows(ys, idx) or nil end }
+end
+
 return M

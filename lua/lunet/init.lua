@@ -133,6 +133,7 @@ nn.datasets = require "lunet.datasets"
 nn.augment = require "lunet.augment"
 nn.text = require "lunet.text"
 nn.utils = require "lunet.utils"
+nn.data = require "lunet.dataset"
 
 -- Threads from LUNET_THREADS are read by the backend itself.
 return nn

@@ -307,6 +307,8 @@ function M.image_dataset_from_directory(dir, o)
     bad("with validation_split and shuffling, give a seed, so that training and validation never share a file")
   end
   seed = seed or C.rng_take(1)
+  local listed, why = pcall(C.listdir, dir)
+  if not listed then bad(tostring(why)) end
   -- the files and their labels
   local files, ids, class_names = {}, {}, nil
   local skipped = {}

@@ -201,6 +201,22 @@ function T.fit_evaluate_predict_on_a_dataset()
   check.fails(function() m:fit(ds, nil, {batch_size = 3, verbose = 0}) end, "batch_size does not go with a dataset")
 end
 
+-- A dataset of tensors in memory trains exactly as the tensors do.
+function T.from_tensor_slices_trains_as_tensors()
+  nn.seed(8)
+  local x, y = nn.randn(20, 3), nn.randn(20, 2)
+  local function train(data)
+    nn.seed(1)
+    local m = nn.Sequential{nn.Dense{2, input_shape = {3}}}
+    m:compile{optimizer = "adam", loss = "mse"}
+    if data then m:fit(data, nil, {epochs = 2, verbose = 0})
+    else m:fit(x, y, {epochs = 2, batch_size = 6, shuffle = false, verbose = 0}) end
+    return m:get_weights()[1]:totable()
+  end
+  check.same_table(train(nn.data.from_tensor_slices(x, y, {batch_size = 6})), train(), 0, "the same updates")
+  check.fails(function() nn.data.from_tensor_slices(x, nn.zeros(3, 2)) end, "x and y have different numbers of rows")
+end
+
 function T.bad_options_say_what_is_wrong()
   local dir = folder("opts", {"x", "y"}, 2)
   local f = U.image_dataset_from_directory
