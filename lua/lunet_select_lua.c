@@ -51,8 +51,9 @@ static int64_t read_ids(lua_State *L, int arg, int64_t **out) {
     lunet_tensor_release(f);
     for (int64_t i = 0; !s && i < n; i++) {
       if (v[i] != floorf(v[i])) {
+        double bad = v[i];
         free(v);
-        return luaL_error(L, "ids must be whole numbers; entry %d is %f", (int)i + 1, (double)v[i]);
+        return luaL_error(L, "ids must be whole numbers; entry %d is %f", (int)i + 1, bad);
       }
       ids[i] = (int64_t)v[i];
     }

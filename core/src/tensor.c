@@ -63,7 +63,7 @@ static lunet_tensor *header(lunet_ctx *ctx, lunet_dtype dt, int ndim, const int6
   t->refcount = 1;
   t->dtype = dt;
   t->ndim = ndim;
-  memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
+  if (ndim > 0) memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
   t->numel = lunet_shape_numel(ndim, shape);
   return t;
 }
