@@ -59,6 +59,9 @@ static int l_batches_new(lua_State *L) {
   lunet_augment *aug = lua_isnoneornil(L, 5) ? NULL : lunetL_checkaugment(L, 5);
   int64_t n = lunet_tensor_dim(x, 0), len = (int64_t)luaL_len(L, 3);
   if (bs > len) bs = len; /* a batch larger than the epoch is the epoch */
+  /* every argument read before the malloc below: a bad one must not leak it */
+  uint64_t seed = (uint64_t)luaL_optinteger(L, 6, 0), epoch = (uint64_t)luaL_optinteger(L, 7, 0);
+  const char *device = luaL_optstring(L, 8, "cpu");
   batches *p = lua_newuserdatauv(L, sizeof *p, 1);
   memset(p, 0, sizeof *p);
   luaL_setmetatable(L, BATCHES_MT);
@@ -85,8 +88,8 @@ static int l_batches_new(lua_State *L) {
                           .order = order,
                           .order_len = len,
                           .aug = aug,
-                          .seed = (uint64_t)luaL_optinteger(L, 6, 0),
-                          .epoch = (uint64_t)luaL_optinteger(L, 7, 0)};
+                          .seed = seed,
+                          .epoch = epoch};
   o.sample_numel = n ? lunet_tensor_numel(x) / n : 0;
   o.y_numel = n ? lunet_tensor_numel(y) / n : 0;
   if (aug) {
@@ -99,7 +102,7 @@ static int l_batches_new(lua_State *L) {
     o.c = p->x_shape[2];
     lunet_augment_output_shape(aug, o.h, o.w, o.c, &p->x_shape[0], &p->x_shape[1], &p->x_shape[2]);
   }
-  snprintf(p->device, sizeof p->device, "%s", luaL_optstring(L, 8, "cpu"));
+  snprintf(p->device, sizeof p->device, "%s", device);
   p->b = lunet_batches_new(lunetL_ctx(L), &o);
   free(order);
   if (!p->b) lunetL_error(L, "fit");

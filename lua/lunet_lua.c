@@ -68,11 +68,23 @@ lunet_tensor *lunetL_checktensor(lua_State *L, int arg) {
   return *p;
 }
 
+static int new_tensor_userdata(lua_State *L) {
+  lunet_tensor **p = lua_newuserdatauv(L, sizeof *p, 0);
+  *p = lua_touserdata(L, 1);
+  luaL_setmetatable(L, LUNETL_TENSOR);
+  return 1;
+}
+
+/* Takes t's reference; if the userdata cannot be made (out of memory), t
+ * is released before the error propagates, not lost. */
 void lunetL_pushtensor(lua_State *L, lunet_tensor *t) {
   if (!t) lunetL_error(L, NULL);
-  lunet_tensor **p = lua_newuserdatauv(L, sizeof *p, 0);
-  *p = t;
-  luaL_setmetatable(L, LUNETL_TENSOR);
+  lua_pushcfunction(L, new_tensor_userdata); /* a light C function and a light userdata: no allocation */
+  lua_pushlightuserdata(L, t);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    lunet_tensor_release(t);
+    lua_error(L);
+  }
 }
 
 /* A number argument becomes a scalar tensor on the other operand's backend. */
