@@ -5,6 +5,10 @@
 # back and get the same predictions.
 #   c_example.sh BUILD_DIR SOURCE_DIR WORK_DIR
 set -eu
+if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  echo "Fashion-MNIST is missing: apt-get install dataset-fashion-mnist (scripts/setup.sh does)"
+  exit 1
+fi
 build=$1 src=$2 work=$3
 rm -rf "$work"
 mkdir -p "$work"

@@ -6,6 +6,10 @@
 # The reload evaluates raw uint8 images: the Rescaling is in the model.
 #   resnet_beats_seed.sh LUNET_EXECUTABLE SOURCE_DIR WORK_DIR
 set -eu
+if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  echo "Fashion-MNIST is missing: apt-get install dataset-fashion-mnist (scripts/setup.sh does)"
+  exit 1
+fi
 lunet=$1 src=$2 work=$3
 mkdir -p "$work"
 accuracy() { sed -n 's/^test accuracy: \([0-9.]*\)$/\1/p' "$1" | tail -n 1; }
