@@ -135,6 +135,27 @@ function T.op_written_optimizers_agree_with_the_cpu()
   end
 end
 
+-- Same seed, same device: identical weights after an epoch (shuffle,
+-- dropout and every kernel deterministic), bit for bit.
+function T.training_is_reproducible_on_vulkan()
+  nn.use("cpu")
+  nn.seed(31)
+  local x, y = nn.rand(48, 8, 8, 3), nn.tensor((function() local t = {} for i = 1, 48 do t[i] = i % 4 end return t end)())
+  local function run()
+    nn.use("vulkan")
+    nn.seed(5)
+    local m = nn.Sequential{nn.Conv2D{4, 3, activation = "relu", input_shape = {8, 8, 3}}, nn.MaxPooling2D(2),
+      nn.Flatten(), nn.Dropout(0.2), nn.Dense{4, activation = "softmax"}}
+    m:compile{optimizer = "adam", loss = "sparse_categorical_crossentropy"}
+    m:fit(x, y, {epochs = 1, batch_size = 8, verbose = 0})
+    local w = {}
+    for i, t in ipairs(m:get_weights()) do w[i] = t:to("cpu"):totable() end
+    nn.use("cpu")
+    return w
+  end
+  check.same_table(run(), run(), 0, "two runs")
+end
+
 function T.generation_with_the_cache_on_vulkan()
   nn.seed(40)
   local inp = nn.Input{shape = {6}}
