@@ -1,0 +1,13 @@
+#!/bin/sh
+# recipes/cifar_cnn.lua on the generated CIFAR-10 archive (the official
+# layout; each class its own colour, with noise): 200 training images, 3
+# epochs with augmentation must reach 0.5 test accuracy (chance: 0.1; it
+# reaches about 0.8), so a recipe that stops learning fails.
+#   cifar_smoke.sh LUNET_EXECUTABLE SOURCE_DIR ARCHIVE
+set -eu
+lunet=$1 src=$2 archive=$3
+out=$("$lunet" "$src/recipes/cifar_cnn.lua" --data "$archive" --epochs 3 --limit 200 --augment --verbose 2)
+echo "$out"
+acc=$(echo "$out" | sed -n 's/^test accuracy: //p')
+awk -v a="$acc" 'BEGIN { exit !(a != "" && a + 0 >= 0.5) }' || { echo "test accuracy $acc is below 0.5"; exit 1; }
+echo "cifar smoke: ok"
