@@ -82,6 +82,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         n = count(self.path)
         if mode in ("404", "500"):
             return self.error(int(mode))
+        if mode == "loop":  # a redirect to itself, for ever
+            return self.redirect(self.path)
+        if mode == "liar":  # a Content-Length 100 bytes short of the body sent
+            return self.send(data, None, short_by=100)
         m = re.fullmatch(r"flaky(\d+)", mode)
         if m and n < int(m.group(1)):
             return self.error(500)
@@ -115,12 +119,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def send(self, data, start, cut=False, stall=False, slow=False):
+    def redirect(self, to):
+        self.log_request_line(302)
+        self.send_response(302)
+        self.send_header("Location", to)
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+    def send(self, data, start, cut=False, stall=False, slow=False, short_by=0):
         status = 200 if start is None else 206
         body = data if start is None else data[start:]
         self.log_request_line(status)
         self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(body) - short_by))
         self.send_header("Accept-Ranges", "bytes")
         if start is not None:
             self.send_header("Content-Range",

@@ -281,6 +281,33 @@ START_TEST(http_404_names_url_and_code) {
 }
 END_TEST
 
+START_TEST(redirect_loop_is_an_error) {
+  char *dest = dest_of("loop");
+  lunet_download_opts o = fast_opts("/loop/x/blob.bin", dest);
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_ERR_NET);
+  ck_assert_ptr_nonnull(strstr(lunet_ctx_error(ctx), url_of("/loop/x/blob.bin")));
+  ck_assert_ptr_nonnull(strstr(lunet_ctx_error(ctx), "redirect"));
+  ck_assert_int_eq(size_of(dest), -1);
+}
+END_TEST
+
+/* A server that declares 100 bytes fewer than it sends: the transfer ends
+ * short of the expected size, an error saying so (the part kept for a
+ * resume), never a short file under the target name. */
+START_TEST(content_length_lie_is_caught) {
+  char *dest = dest_of("liar");
+  lunet_download_opts o = fast_opts("/liar/x/blob.bin", dest);
+  o.size = BLOB_SIZE;
+  o.sha256 = BLOB_SHA256;
+  lunet_status st = lunet_download(ctx, &o);
+  ck_assert_msg(st == LUNET_ERR_NET, "status %d: %s", (int)st, lunet_ctx_error(ctx));
+  char want[64];
+  snprintf(want, sizeof want, "sent %d of %d bytes", BLOB_SIZE - 100, BLOB_SIZE);
+  ck_assert_ptr_nonnull(strstr(lunet_ctx_error(ctx), want));
+  ck_assert_int_eq(size_of(dest), -1);
+}
+END_TEST
+
 START_TEST(http_500_gives_up_after_retries) {
   char *dest = dest_of("e500");
   lunet_download_opts o = fast_opts("/500/x/blob.bin", dest);
@@ -330,7 +357,8 @@ START_TEST(wrong_checksum_moves_file_aside) {
   lunet_download_opts o = fast_opts("/wrong/x/blob.bin", dest);
   o.sha256 = BLOB_SHA256;
   o.retries = 2; /* the same bytes again would not help: no retries */
-  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_ERR_CHECKSUM);
+  lunet_status st = lunet_download(ctx, &o);
+  ck_assert_msg(st == LUNET_ERR_CHECKSUM, "status %d: %s", (int)st, lunet_ctx_error(ctx));
   ck_assert_int_eq(size_of(dest), -1);
   ck_assert_int_eq(size_with(dest, ".part"), -1);
   ck_assert_int_eq(size_with(dest, ".corrupt"), BLOB_SIZE);
@@ -395,7 +423,8 @@ START_TEST(wrong_file_fails_only_after_a_fresh_transfer) {
   lunet_download_opts o = fast_opts("/wrong/stalewrong/blob.bin", dest);
   o.sha256 = BLOB_SHA256;
   o.retries = 2; /* the fresh transfer's mismatch is final: no retries */
-  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_ERR_CHECKSUM);
+  lunet_status st = lunet_download(ctx, &o);
+  ck_assert_msg(st == LUNET_ERR_CHECKSUM, "status %d: %s", (int)st, lunet_ctx_error(ctx));
   ck_assert_int_eq(size_of(dest), -1);
   ck_assert_int_eq(size_with(dest, ".part"), -1);
   ck_assert_int_eq(size_with(dest, ".corrupt"), BLOB_SIZE);
@@ -602,6 +631,8 @@ int main(void) {
   tcase_add_test(tc, stall_times_out);
   tcase_add_test(tc, interrupt_keeps_part);
   tcase_add_test(tc, connection_refused_names_url);
+  tcase_add_test(tc, redirect_loop_is_an_error);
+  tcase_add_test(tc, content_length_lie_is_caught);
   tcase_add_test(tc, file_digests);
   tcase_add_test(tc, missing_url_is_an_argument_error);
   suite_add_tcase(s, tc);
