@@ -85,35 +85,6 @@ static int l_image_info(lua_State *L) {
   return 1;
 }
 
-/* C.images_load({path, ...}, height, width, channels, crop_to_aspect_ratio
- * [, threads]) -> float32 tensor (n, height, width, channels), 0..255 */
-static int l_images_load(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
-  lua_Integer h = luaL_checkinteger(L, 2), w = luaL_checkinteger(L, 3), c = luaL_checkinteger(L, 4);
-  bool crop = lua_toboolean(L, 5);
-  int threads = (int)luaL_optinteger(L, 6, 0);
-  lua_Integer n = luaL_len(L, 1);
-  luaL_argcheck(L, h > 0 && w > 0 && h * w <= (INT64_C(1) << 28) && (c == 1 || c == 3 || c == 4), 2,
-                "the size must be positive and channels 1, 3 or 4");
-  const char **paths = lua_newuserdatauv(L, sizeof *paths * (size_t)(n ? n : 1), 0);
-  for (lua_Integer i = 0; i < n; i++) {
-    if (lua_geti(L, 1, i + 1) != LUA_TSTRING) return luaL_error(L, "images_load: entry %d is not a path", (int)i + 1);
-    paths[i] = lua_tostring(L, -1);
-    lua_pop(L, 1); /* a string: it stays alive in the table */
-  }
-  size_t count = (size_t)(n * h * w * c);
-  float *out = malloc(sizeof(float) * (count ? count : 1));
-  if (!out) return luaL_error(L, "out of memory for %d images of %d x %d", (int)n, (int)h, (int)w);
-  lunet_ctx *ctx = lunetL_ctx(L);
-  lunet_status st = lunet_images_load(ctx, paths, n, h, w, (int)c, crop, threads, out);
-  int64_t shape[4] = {n, h, w, c};
-  lunet_tensor *t = st ? NULL : lunet_tensor_from_data_on(ctx, "cpu", LUNET_F32, 4, shape, out);
-  free(out);
-  if (!t) return lunetL_error(L, NULL);
-  lunetL_pushtensor(L, t);
-  return 1;
-}
-
 /* ---- a batch decoded in the background (the dataset's prefetch) ---- */
 
 #define PENDING_MT "lunet.PendingImages"
@@ -154,7 +125,8 @@ static int pending_gc(lua_State *L) {
 }
 
 /* C.images_load_async(paths, height, width, channels, crop [, threads]) ->
- * a handle whose C.images_wait gives what images_load would */
+ * a handle; C.images_wait(handle) -> float32 tensor (n, height, width,
+ * channels), 0..255 (lunet_images_load on a thread of its own) */
 static int l_images_load_async(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_Integer h = luaL_checkinteger(L, 2), w = luaL_checkinteger(L, 3), c = luaL_checkinteger(L, 4);
@@ -225,7 +197,6 @@ static int l_image_save(lua_State *L) {
 
 static const luaL_Reg functions[] = {{"listdir", l_listdir},
                                      {"image_info", l_image_info},
-                                     {"images_load", l_images_load},
                                      {"images_load_async", l_images_load_async},
                                      {"images_wait", l_images_wait},
                                      {"image_save", l_image_save},

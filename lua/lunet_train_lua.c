@@ -351,19 +351,24 @@ static lunet_status set_keys(lua_State *L, lunet_ctx *ctx, int64_t n) {
   if (lua_isnoneornil(L, 4)) return lunet_set_sample_keys(ctx, 0, NULL, 0);
   lua_Integer epoch = luaL_checkinteger(L, 4), first = luaL_checkinteger(L, 6);
   bool ordered = !lua_isnil(L, 5);
-  int64_t *keys = lua_newuserdatauv(L, sizeof(int64_t) * (size_t)(n ? n : 1), 0);
+  if (n <= 0) return lunet_set_sample_keys(ctx, 0, NULL, 0);
+  int64_t *keys = lunet_sample_keys_buffer(ctx, (uint64_t)epoch, n); /* the context's: no allocation per step */
+  if (!keys) return lunet_ctx_status(ctx);
   for (int64_t i = 0; i < n; i++) {
     if (ordered) {
       lua_geti(L, 5, first + i);
-      keys[i] = (int64_t)luaL_checkinteger(L, -1) - 1;
+      int ok;
+      keys[i] = (int64_t)lua_tointegerx(L, -1, &ok) - 1;
       lua_pop(L, 1);
+      if (!ok) {
+        lunet_set_sample_keys(ctx, 0, NULL, 0);
+        return luaL_error(L, "the epoch's order holds a non-integer at %d", (int)(first + i));
+      }
     } else {
       keys[i] = first + i - 1;
     }
   }
-  lunet_status s = lunet_set_sample_keys(ctx, (uint64_t)epoch, keys, n);
-  lua_pop(L, 1);
-  return s;
+  return LUNET_OK;
 }
 
 static int step(lua_State *L, bool training) {

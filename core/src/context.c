@@ -63,20 +63,29 @@ uint64_t lunet_rng_take(lunet_ctx *ctx, uint64_t n) {
   return first;
 }
 
+int64_t *lunet_sample_keys_buffer(lunet_ctx *ctx, uint64_t epoch, int64_t n) {
+  if (n > ctx->keys_cap) { /* grows once; the steps after reuse it */
+    int64_t *k = realloc(ctx->keys, sizeof *k * (size_t)n);
+    if (!k) {
+      lunet_error(ctx, LUNET_ERR_NOMEM, "sample keys: out of memory");
+      return NULL;
+    }
+    ctx->keys = k;
+    ctx->keys_cap = n;
+  }
+  ctx->nkeys = n;
+  ctx->keys_epoch = epoch;
+  return ctx->keys;
+}
+
 lunet_status lunet_set_sample_keys(lunet_ctx *ctx, uint64_t epoch, const int64_t *indices, int64_t n) {
   if (!indices || n <= 0) {
     ctx->nkeys = 0;
     return LUNET_OK;
   }
-  if (n > ctx->keys_cap) {
-    int64_t *k = realloc(ctx->keys, sizeof *k * (size_t)n);
-    if (!k) return lunet_error(ctx, LUNET_ERR_NOMEM, "sample keys: out of memory");
-    ctx->keys = k;
-    ctx->keys_cap = n;
-  }
-  memcpy(ctx->keys, indices, sizeof *indices * (size_t)n);
-  ctx->nkeys = n;
-  ctx->keys_epoch = epoch;
+  int64_t *k = lunet_sample_keys_buffer(ctx, epoch, n);
+  if (!k) return ctx->status;
+  memcpy(k, indices, sizeof *indices * (size_t)n);
   return LUNET_OK;
 }
 

@@ -206,6 +206,15 @@ static void fetch(const pixels *px, int64_t y, int64_t x, int channels, float *v
   if (channels == 4) v[3] = px->c == 4 ? s[3] : 255.0f;
 }
 
+/* The two source pixels and the weight of the second for output pixel i
+ * of an axis of `size` read at `scale` (half-pixel centres, clamped). */
+static void taps(int64_t i, double scale, int64_t size, int64_t *lo, int64_t *hi, double *w) {
+  double f = (i + 0.5) * scale - 0.5, f0 = floor(f);
+  *w = f - f0;
+  *lo = f0 < 0 ? 0 : (int64_t)f0 > size - 1 ? size - 1 : (int64_t)f0;
+  *hi = (int64_t)f0 + 1 < 0 ? 0 : (int64_t)f0 + 1 > size - 1 ? size - 1 : (int64_t)f0 + 1;
+}
+
 /* out (oh, ow, channels): the window (top, left, ch, cw) of px resized
  * bilinearly with half-pixel centres, clamped at the window's edges. */
 static void resize(const pixels *px, int64_t top, int64_t left, int64_t ch, int64_t cw, int64_t oh, int64_t ow,
@@ -213,19 +222,11 @@ static void resize(const pixels *px, int64_t top, int64_t left, int64_t ch, int6
   double sy = (double)ch / (double)oh, sx = (double)cw / (double)ow;
   float a[4], b[4], c[4], d[4];
   for (int64_t i = 0; i < oh; i++) {
-    double fy = (i + 0.5) * sy - 0.5;
-    double y0 = floor(fy), wy = fy - y0;
-    int64_t ya = y0 < 0 ? 0 : (int64_t)y0, yb = (int64_t)y0 + 1;
-    if (ya > ch - 1) ya = ch - 1;
-    if (yb > ch - 1) yb = ch - 1;
-    if (yb < 0) yb = 0;
+    int64_t ya, yb, xa, xb;
+    double wy, wx;
+    taps(i, sy, ch, &ya, &yb, &wy);
     for (int64_t j = 0; j < ow; j++) {
-      double fx = (j + 0.5) * sx - 0.5;
-      double x0 = floor(fx), wx = fx - x0;
-      int64_t xa = x0 < 0 ? 0 : (int64_t)x0, xb = (int64_t)x0 + 1;
-      if (xa > cw - 1) xa = cw - 1;
-      if (xb > cw - 1) xb = cw - 1;
-      if (xb < 0) xb = 0;
+      taps(j, sx, cw, &xa, &xb, &wx);
       fetch(px, top + ya, left + xa, channels, a);
       fetch(px, top + ya, left + xb, channels, b);
       fetch(px, top + yb, left + xa, channels, c);
@@ -249,18 +250,20 @@ lunet_status lunet_image_load(lunet_ctx *ctx, const char *path, int64_t height, 
   const char *format;
   lunet_status st = decode(ctx, path, channels, &px, false, &format);
   if (st) return st;
-  int64_t ch = px.h, cw = px.w;
-  if (crop_to_aspect_ratio) { /* as Keras computes the window */
-    ch = (int64_t)((double)px.w * (double)height / (double)width);
-    cw = (int64_t)((double)px.h * (double)width / (double)height);
-    ch = ch < px.h ? ch : px.h;
-    cw = cw < px.w ? cw : px.w;
-    ch = ch > 0 ? ch : 1; /* a thin image and a wide target: one row, as Keras */
-    cw = cw > 0 ? cw : 1;
-  }
-  resize(&px, (px.h - ch) / 2, (px.w - cw) / 2, ch, cw, height, width, channels, out);
+  int64_t box[4] = {0, 0, px.h, px.w};
+  if (crop_to_aspect_ratio) lunet_aspect_window(px.h, px.w, height, width, box);
+  resize(&px, box[0], box[1], box[2], box[3], height, width, channels, out);
   free(px.p);
   return LUNET_OK;
+}
+
+void lunet_aspect_window(int64_t h, int64_t w, int64_t oh, int64_t ow, int64_t box[4]) {
+  int64_t ch = (int64_t)((double)w * (double)oh / (double)ow), cw = (int64_t)((double)h * (double)ow / (double)oh);
+  ch = ch < h ? ch : h;
+  cw = cw < w ? cw : w;
+  ch = ch > 0 ? ch : 1; /* a thin image and a wide target: one row, as Keras */
+  cw = cw > 0 ? cw : 1;
+  box[0] = (h - ch) / 2, box[1] = (w - cw) / 2, box[2] = ch, box[3] = cw;
 }
 
 /* ---- a batch on several threads ---- */

@@ -141,4 +141,8 @@ LUNET_HIDDEN lunet_status lunet_layer_constrain(lunet_ctx *ctx, lunet_layer *l);
  * (Keras's depthwise_regularizer for depthwise_kernel).  Into buf. */
 LUNET_HIDDEN const char *lunet_weight_arg(const lunet_layer *l, int i, const char *suffix, char *buf, size_t n);
 
+/* Per-row losses (N, ...) reduced as the built-in losses are: their mean,
+ * or with sample weights (N) Keras's sum(w * loss) / rows (losses.c). */
+LUNET_HIDDEN lunet_tensor *lunet_loss_mean_rows(lunet_ctx *ctx, lunet_tensor *rows, const lunet_tensor *sample_weight);
+
 #endif

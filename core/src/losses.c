@@ -324,6 +324,14 @@ static lunet_tensor *sample_weights(lunet_ctx *ctx, const lunet_tensor *pred, co
 /* Labels in any dtype become float32, and targets with the prediction's
  * element count take its shape: a (N,) target against a (N, 1) prediction
  * must not broadcast into an (N, N) loss. */
+lunet_tensor *lunet_loss_mean_rows(lunet_ctx *ctx, lunet_tensor *rows, const lunet_tensor *sample_weight) {
+  if (!sample_weight) return reduce_terms(ctx, rows, false, NULL);
+  lunet_tensor *w = sample_weights(ctx, rows, sample_weight);
+  lunet_tensor *loss = w ? reduce_terms(ctx, rows, false, w) : NULL;
+  lunet_tensor_release(w);
+  return loss;
+}
+
 lunet_tensor *lunet_loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pred,
                          lunet_tensor *truth, bool from_logits) {
   return lunet_loss_weighted(ctx, kind, pred, truth, from_logits, NULL);

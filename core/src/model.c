@@ -828,23 +828,7 @@ static lunet_tensor *function_loss(lunet_ctx *ctx, const lunet_loss_spec *ls, lu
     lunet_tensor_release(r);
     return NULL;
   }
-  lunet_tensor *loss = NULL;
-  if (sw) {
-    int64_t shape[LUNET_MAX_DIMS];
-    for (int i = 0; i < r->ndim; i++) shape[i] = i ? 1 : n;
-    lunet_tensor *f = sw->dtype == LUNET_F32 ? lunet_tensor_retain((lunet_tensor *)sw) : lunet_op_cast(ctx, sw, LUNET_F32);
-    lunet_tensor *wb = f && f->numel == n ? lunet_tensor_alias(ctx, f, r->ndim, shape) : NULL;
-    if (f && f->numel != n)
-      lunet_error(ctx, LUNET_ERR_SHAPE, "sample_weight has %lld values for %lld samples", (long long)f->numel,
-                  (long long)n);
-    lunet_tensor *prod = wb ? lunet_mul(ctx, r, wb) : NULL;
-    loss = prod ? lunet_reduce(ctx, LUNET_REDUCE_MEAN, prod, LUNET_ALL_AXES, false) : NULL;
-    lunet_tensor_release(f);
-    lunet_tensor_release(wb);
-    lunet_tensor_release(prod);
-  } else {
-    loss = lunet_reduce(ctx, LUNET_REDUCE_MEAN, r, LUNET_ALL_AXES, false);
-  }
+  lunet_tensor *loss = lunet_loss_mean_rows(ctx, r, sw);
   lunet_tensor_release(r);
   return loss;
 }

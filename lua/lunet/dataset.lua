@@ -49,18 +49,25 @@ function Dataset:__tostring()
     self.shuffle and ", shuffled" or "", self.class_names and (", classes: " .. table.concat(self.class_names, ", ")) or "")
 end
 
+--- permutation(n, seed, base) -> a permutation of 1..n (Fisher-Yates on
+-- Philox draws keyed by seed and counters base + i): the one shuffle of
+-- fit, the datasets and the image folders.
+function M.permutation(n, seed, base)
+  local p = {}
+  for i = 1, n do p[i] = i end
+  for i = n, 2, -1 do
+    local j = 1 + math.floor(core.philox(seed, base + i) * i)
+    p[i], p[j] = p[j], p[i]
+  end
+  return p
+end
+
 --- ds:order(epoch) -> the epoch's sample indices (1-based): 1..n, or a
 -- permutation keyed by (seed, epoch) when the dataset shuffles.
 function Dataset:order(epoch)
+  if self.shuffle then return M.permutation(self.n, self.seed, (epoch or 0) << 36) end
   local p = {}
   for i = 1, self.n do p[i] = i end
-  if self.shuffle then
-    local base = (epoch or 0) << 36
-    for i = self.n, 2, -1 do
-      local j = 1 + math.floor(core.philox(self.seed, base + i) * i)
-      p[i], p[j] = p[j], p[i]
-    end
-  end
   return p
 end
 

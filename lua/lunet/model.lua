@@ -472,14 +472,8 @@ end
 
 -- A permutation of 1..n from the seeded counter-based stream.
 local function permutation(n)
-  local seed, c = C.seed(), C.rng_take(n)
-  local p = {}
-  for i = 1, n do p[i] = i end
-  for i = n, 2, -1 do
-    local j = 1 + math.floor(C.philox(seed, c + i) * i)
-    p[i], p[j] = p[j], p[i]
-  end
-  return p
+  local seed = C.seed()
+  return dataset.permutation(n, seed, C.rng_take(n))
 end
 
 -- Rows [first, first+count) of t on `device`.

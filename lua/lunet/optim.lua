@@ -107,10 +107,12 @@ function M.optimizers.takes(name, arg)
   return defaults[name] ~= nil and arg ~= "kind" and (defaults[name][arg] ~= nil or clipping[arg] ~= nil)
 end
 
-local by_name = { sgd = "SGD", adam = "Adam", adamw = "AdamW", rmsprop = "RMSprop", adagrad = "Adagrad",
-  adadelta = "Adadelta", adamax = "Adamax", nadam = "Nadam", lion = "Lion" }
+-- The core's kind of each optimizer and the names compile takes (the same,
+-- and adamw: Adam with decay).
 M.optimizers.by_kind = { sgd = "SGD", adam = "Adam", rmsprop = "RMSprop", adagrad = "Adagrad", adadelta = "Adadelta",
   adamax = "Adamax", nadam = "Nadam", lion = "Lion" }
+local by_name = { adamw = "AdamW" }
+for kind, name in pairs(M.optimizers.by_kind) do by_name[kind] = name end
 
 function M.optimizers.get(o)
   if type(o) == "table" and getmetatable(o) == Optimizer then return o end

@@ -168,18 +168,10 @@ function M.csv_dataset(path, o)
   if o.label then
     if C.is_tensor(column(tbl, o.label, "csv_dataset")) then y = tbl.data[o.label] else y, classes = tbl:encode(o.label) end
   end
-  local n, k = tbl.n, #features
-  return dataset.new{
-    n = n, batch_size = o.batch_size or 32, shuffle = o.shuffle ~= false, seed = o.seed or C.rng_take(1),
-    columns = features, class_names = classes,
-    load = function(idx)
-      local order = {}
-      for i, j in ipairs(idx) do order[i] = j end
-      local xb = C.take_rows(x, order, 1, #order)
-      if not y then return xb end
-      return xb, C.take_rows(y, order, 1, #order)
-    end,
-  }
+  local ds = dataset.from_tensor_slices(x, y, {batch_size = o.batch_size, shuffle = o.shuffle ~= false,
+    seed = o.seed or C.rng_take(1)})
+  ds.columns, ds.class_names = features, classes
+  return ds
 end
 
 -- ---- single images (keras.utils.load_img / save_img) ----
@@ -206,7 +198,7 @@ function M.load_img(path, o)
     local info = C.image_info(path)
     size = {info.height, info.width}
   end
-  local t = C.images_load({path}, size[1], size[2], channels, o.crop_to_aspect_ratio or false, 1)
+  local t = C.images_wait(C.images_load_async({path}, size[1], size[2], channels, o.crop_to_aspect_ratio or false, 1))
   return t:reshape(size[1], size[2], channels)
 end
 
@@ -248,17 +240,6 @@ local function image_files(dir, out, skipped, follow)
     for _, f in ipairs(r.files) do out[#out + 1] = f end
   end
   return out
-end
-
--- A permutation of 1..n keyed by seed (the file order before the split).
-local function shuffled(n, seed)
-  local p = {}
-  for i = 1, n do p[i] = i end
-  for i = n, 2, -1 do
-    local j = 1 + math.floor(C.philox(seed, i) * i)
-    p[i], p[j] = p[j], p[i]
-  end
-  return p
 end
 
 --- image_dataset_from_directory(dir, {image_size = {256, 256}, batch_size = 32,
@@ -356,7 +337,7 @@ function M.image_dataset_from_directory(dir, o)
     end
   end
   -- shuffled once with the seed, then split: the last fraction validates
-  local perm = shuffle and shuffled(#files, seed) or nil
+  local perm = shuffle and dataset.permutation(#files, seed, 0) or nil
   local all = {}
   for i = 1, #files do all[i] = perm and perm[i] or i end
   -- the number of classes, over every file (a subset may lack one)

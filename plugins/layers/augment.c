@@ -34,6 +34,7 @@
 
 #include "layers.h"
 #include "lunet/augment.h"
+#include "lunet/image.h"
 
 #define FILL_MODES "reflect|constant|nearest|wrap"
 
@@ -126,27 +127,12 @@ static lunet_augment *pipeline(lunet_ctx *ctx, const lunet_layer *l) {
 
 /* ---- resizing (Resizing, and RandomCrop at inference) ---- */
 
-/* The crop_to_aspect_ratio window, as Keras computes it: the largest
- * centred (ch, cw) of the aspect oh:ow; the whole image without crop. */
-static void resize_window(int64_t h, int64_t w, int64_t oh, int64_t ow, bool crop, int64_t box[4]) {
-  int64_t ch = h, cw = w;
-  if (crop) {
-    ch = (int64_t)((double)w * (double)oh / (double)ow);
-    cw = (int64_t)((double)h * (double)ow / (double)oh);
-    ch = ch < h ? ch : h;
-    cw = cw < w ? cw : w;
-    ch = ch > 0 ? ch : 1; /* a thin image and a wide target: one row, as Keras */
-    cw = cw > 0 ? cw : 1;
-  }
-  box[0] = (h - ch) / 2, box[1] = (w - cw) / 2, box[2] = ch, box[3] = cw;
-}
-
 /* x (N,H,W,C) -> (N,oh,ow,C) float32: the window is cut first (edges clamp
  * at the window, as Keras's crop then resize), then each axis maps output
  * pixel i to (i + 0.5) * in / out - 0.5.  A new tensor or NULL. */
 static lunet_tensor *resize_images(lunet_ctx *ctx, lunet_tensor *x, int64_t oh, int64_t ow, bool crop) {
-  int64_t n = lunet_tensor_dim(x, 0), b[4];
-  resize_window(lunet_tensor_dim(x, 1), lunet_tensor_dim(x, 2), oh, ow, crop, b);
+  int64_t n = lunet_tensor_dim(x, 0), b[4] = {0, 0, lunet_tensor_dim(x, 1), lunet_tensor_dim(x, 2)};
+  if (crop) lunet_aspect_window(b[2], b[3], oh, ow, b);
   int64_t start[4] = {0, b[0], b[1], 0}, stop[4] = {n, b[0] + b[2], b[1] + b[3], lunet_tensor_dim(x, 3)};
   int64_t step[4] = {1, 1, 1, 1};
   lunet_tensor *f = layers_as_f32(ctx, x);

@@ -4,8 +4,8 @@
  * layer keeps between forward and backward.
  *
  * Written only against lunet's public headers (lunet/plugin.h, lunet/ops.h,
- * lunet/augment.h), as a third party's plugin would be: the built-in layers
- * prove the ABI.
+ * lunet/augment.h, lunet/image.h), as a third party's plugin would be: the
+ * built-in layers prove the ABI.
  */
 #ifndef LUNET_LAYERS_H
 #define LUNET_LAYERS_H

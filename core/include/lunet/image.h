@@ -37,6 +37,11 @@ typedef struct lunet_image_info {
 /* Reads the header only (format from the file's first bytes, not its name). */
 LUNET_API lunet_status lunet_image_info_read(lunet_ctx *ctx, const char *path, lunet_image_info *info);
 
+/* Keras's crop_to_aspect_ratio window of an (h, w) image for an (oh, ow)
+ * target: the largest centred window of that aspect (at least 1 x 1), as
+ * box = {top, left, height, width}.  Shared by the readers and Resizing. */
+LUNET_API void lunet_aspect_window(int64_t h, int64_t w, int64_t oh, int64_t ow, int64_t box[4]);
+
 /* Decodes one file into out (height, width, channels) floats 0..255,
  * resized (and cropped) as described above. */
 LUNET_API lunet_status lunet_image_load(lunet_ctx *ctx, const char *path, int64_t height, int64_t width,

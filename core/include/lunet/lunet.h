@@ -87,6 +87,10 @@ LUNET_API double lunet_rng_uniform(lunet_ctx *ctx);
  * indices NULL (or n 0) clears them. */
 LUNET_API lunet_status lunet_set_sample_keys(lunet_ctx *ctx, uint64_t epoch, const int64_t *indices,
                                              int64_t n);
+/* Room for n keys, filled by the caller, that become the batch's keys (no
+ * copy: fit's step writes them here); NULL with the error set on out of
+ * memory.  n > 0. */
+LUNET_API int64_t *lunet_sample_keys_buffer(lunet_ctx *ctx, uint64_t epoch, int64_t n);
 /* The keys set above, or NULL (*n 0) when none are set. */
 LUNET_API const int64_t *lunet_sample_keys(const lunet_ctx *ctx, uint64_t *epoch, int64_t *n);
 
