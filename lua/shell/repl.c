@@ -14,6 +14,8 @@
  * terminal is in its normal mode at that time, as it is whenever code runs.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +51,12 @@ static lua_State *repl_state;
 static volatile sig_atomic_t at_prompt;
 static volatile sig_atomic_t line_cancelled;
 static volatile sig_atomic_t presses; /* Ctrl-C presses since the code started */
+/* Written by the handler at the prompt, so that the reader wakes up whatever
+ * thread the signal was delivered to: libedit's own handler re-raises the
+ * signal with kill(), and the kernel gives a signal the main thread blocks
+ * to any other thread (OpenBLAS's workers, the image decoders), where
+ * setting line_cancelled alone would leave the main thread in read(). */
+static int cancel_pipe[2] = {-1, -1};
 
 static void interrupt_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
@@ -60,6 +68,12 @@ static void interrupt_hook(lua_State *L, lua_Debug *ar) {
 static void on_sigint(int sig) {
   if (at_prompt) {
     line_cancelled = 1;
+    if (cancel_pipe[1] >= 0) {
+      int saved = errno;
+      ssize_t w = write(cancel_pipe[1], "c", 1); /* full pipe: a wake-up is pending anyway */
+      (void)w;
+      errno = saved;
+    }
     return;
   }
   lunet_interrupt();
@@ -80,7 +94,22 @@ static void install_sigint(void) {
   sa.sa_handler = on_sigint;
   sa.sa_flags = SA_RESTART; /* as stock lua: running code's reads are not cut short */
   sigemptyset(&sa.sa_mask);
+  if (cancel_pipe[0] < 0 && pipe(cancel_pipe) == 0) {
+    for (int i = 0; i < 2; i++) {
+      fcntl(cancel_pipe[i], F_SETFL, O_NONBLOCK);
+      fcntl(cancel_pipe[i], F_SETFD, FD_CLOEXEC);
+    }
+  }
   sigaction(SIGINT, &sa, NULL);
+}
+
+/* Empties the wake-up pipe; true when it held a Ctrl-C. */
+static int drain_cancel(void) {
+  char buf[64];
+  int any = 0;
+  if (cancel_pipe[0] < 0) return 0;
+  while (read(cancel_pipe[0], buf, sizeof buf) > 0) any = 1;
+  return any;
 }
 
 /* ---- reading lines ---- */
@@ -99,6 +128,14 @@ static int read_char(EditLine *el, wchar_t *wc) {
   mbstate_t st;
   memset(&st, 0, sizeof st);
   for (;;) {
+    struct pollfd fds[2] = {{.fd = STDIN_FILENO, .events = POLLIN}, {.fd = cancel_pipe[0], .events = POLLIN}};
+    if (poll(fds, cancel_pipe[0] >= 0 ? 2 : 1, -1) < 0 && errno != EINTR) return -1;
+    if (line_cancelled || drain_cancel()) {
+      line_cancelled = 1;
+      errno = EINTR; /* libedit drops the line it was editing */
+      return -1;
+    }
+    if (!(fds[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
     char c;
     ssize_t n = read(STDIN_FILENO, &c, 1);
     if (n == 1) {
@@ -203,6 +240,7 @@ static int read_line(lua_State *L, reader *r, const char *prompt) {
   if (r->el == NULL) return read_line_plain(L, prompt);
   r->client.prompt = prompt;
   line_cancelled = 0;
+  drain_cancel();
   /* Raw mode before libedit prints the prompt (it would switch only when
    * it reads), so a key typed right after the prompt, Ctrl-D included, is
    * never taken by the terminal's line discipline. */
