@@ -1,6 +1,7 @@
 /* safetensors read and write, with cJSON for the header. */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,6 +116,15 @@ static lunet_status bad(lunet_ctx *ctx, const char *path, const char *why) {
 /* *used counts the data bytes the entries so far claim: together they may
  * not exceed the file's, so overlapping entries cannot multiply what a
  * small file makes us allocate. */
+/* A JSON number that is a whole count from 0 to max. */
+static bool file_size_value(const cJSON *j, size_t max, size_t *out) {
+  if (!cJSON_IsNumber(j) || !(j->valuedouble >= 0) || j->valuedouble > (double)max ||
+      j->valuedouble != floor(j->valuedouble))
+    return false;
+  *out = (size_t)j->valuedouble;
+  return *out <= max;
+}
+
 static lunet_status read_entry(lunet_ctx *ctx, const char *path, cJSON *e,
                                const unsigned char *data, size_t dlen, size_t *used,
                                lunet_tensor **out) {
@@ -133,28 +143,32 @@ static lunet_status read_entry(lunet_ctx *ctx, const char *path, cJSON *e,
                        path, e->string, dt->valuestring);
   int nd = cJSON_GetArraySize(shape);
   if (nd > LUNET_MAX_DIMS) return bad(ctx, path, "too many dimensions");
-  int64_t sh[LUNET_MAX_DIMS], numel;
+  int64_t sh[LUNET_MAX_DIMS];
+  size_t numel = 1, a, b;
   for (int d = 0; d < nd; d++) {
-    double v = cJSON_GetArrayItem(shape, d)->valuedouble;
-    if (v < 0 || v > 1e12) return bad(ctx, path, "a dimension is out of range");
+    size_t v;
+    /* each factor at most the file's size, so the product cannot overflow
+     * before it is found too large */
+    if (!file_size_value(cJSON_GetArrayItem(shape, d), dlen, &v))
+      return bad(ctx, path, "a dimension is not a whole number within the file's size");
     sh[d] = (int64_t)v;
+    numel = v == 0 || numel == 0 ? 0 : numel * v;
+    if (numel > dlen) return bad(ctx, path, "a tensor is larger than the file");
   }
-  numel = lunet_shape_numel(nd, sh);
-  if (numel > (int64_t)dlen) return bad(ctx, path, "a tensor is larger than the file");
-  double a = cJSON_GetArrayItem(offs, 0)->valuedouble, b = cJSON_GetArrayItem(offs, 1)->valuedouble;
-  size_t nb = (size_t)numel * lunet_dtype_size(t);
-  if (a < 0 || b < a || (size_t)b > dlen || (size_t)(b - a) != nb)
+  size_t nb = numel * lunet_dtype_size(t);
+  if (!file_size_value(cJSON_GetArrayItem(offs, 0), dlen, &a) ||
+      !file_size_value(cJSON_GetArrayItem(offs, 1), dlen, &b) || b < a || b - a != nb)
     return lunet_error(ctx, LUNET_ERR_FORMAT,
-                       "%s: tensor '%s' lies outside the file (offsets "
-                       "%.0f..%.0f of %zu data bytes): the file is truncated or corrupt",
-                       path, e->string, a, b, dlen);
+                       "%s: tensor '%s' lies outside the file or does not match its shape (data_offsets "
+                       "against %zu data bytes): the file is truncated or corrupt",
+                       path, e->string, dlen);
   if (nb > dlen - *used)
     return lunet_error(ctx, LUNET_ERR_FORMAT,
                        "%s: the tensors claim more bytes than the file holds (overlapping "
                        "entries); the file is corrupt",
                        path);
   *used += nb;
-  *out = lunet_tensor_from_data(ctx, t, nd, sh, data + (size_t)a);
+  *out = lunet_tensor_from_data(ctx, t, nd, sh, data + a);
   return *out ? LUNET_OK : ctx->status;
 }
 
@@ -178,6 +192,27 @@ static unsigned char *slurp(lunet_ctx *ctx, const char *path, size_t *len) {
   return buf;
 }
 
+static int cmp_names(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* An error when the header's object names an entry twice (JSON allows it;
+ * which tensor is meant would then depend on the reader). */
+static lunet_status unique_names(lunet_ctx *ctx, const char *path, const cJSON *root, int count) {
+  const char **names = malloc(((size_t)count + 1) * sizeof *names);
+  if (!names) return lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
+  int n = 0;
+  for (const cJSON *e = root->child; e && n < count; e = e->next) names[n++] = e->string;
+  qsort(names, (size_t)n, sizeof *names, cmp_names);
+  lunet_status s = LUNET_OK;
+  for (int i = 1; i < n && !s; i++)
+    if (!strcmp(names[i - 1], names[i]))
+      s = lunet_error(ctx, LUNET_ERR_FORMAT, "%s: the header names '%s' twice; the file is corrupt", path,
+                      names[i]);
+  free(names);
+  return s;
+}
+
 static lunet_status parse(lunet_ctx *ctx, const char *path, const unsigned char *buf, size_t len,
                           lunet_safetensors *st) {
   if (len < 8) return bad(ctx, path, "shorter than its 8-byte header length");
@@ -190,28 +225,43 @@ static lunet_status parse(lunet_ctx *ctx, const char *path, const unsigned char 
     return bad(ctx, path, "the header is not a JSON object");
   }
   int count = cJSON_GetArraySize(root);
+  cJSON *meta = cJSON_GetObjectItemCaseSensitive(root, "__metadata__");
+  int nmeta = cJSON_GetArraySize(meta);
   st->names = calloc((size_t)count + 1, sizeof *st->names);
   st->tensors = calloc((size_t)count + 1, sizeof *st->tensors);
-  st->keys = calloc((size_t)count + 64, sizeof *st->keys);
-  st->values = calloc((size_t)count + 64, sizeof *st->values);
+  st->keys = calloc((size_t)nmeta + 1, sizeof *st->keys);
+  st->values = calloc((size_t)nmeta + 1, sizeof *st->values);
   lunet_status s = st->names && st->tensors && st->keys && st->values
                        ? LUNET_OK
                        : lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
+  if (!s) s = unique_names(ctx, path, root, count);
   cJSON *e;
   size_t used = 0;
   cJSON_ArrayForEach(e, root) {
     if (s) break;
     if (!strcmp(e->string, "__metadata__")) {
+      if (!cJSON_IsObject(e)) {
+        s = bad(ctx, path, "__metadata__ is not an object of strings");
+        break;
+      }
       cJSON *m;
       cJSON_ArrayForEach(m, e) {
-        if (!cJSON_IsString(m) || st->nmeta >= count + 63) continue;
+        if (!cJSON_IsString(m)) {
+          s = lunet_error(ctx, LUNET_ERR_FORMAT, "%s: metadata '%s' is not a string (safetensors metadata "
+                          "maps strings to strings)", path, m->string);
+          break;
+        }
         st->keys[st->nmeta] = strdup(m->string);
-        st->values[st->nmeta++] = strdup(m->valuestring);
+        st->values[st->nmeta] = strdup(m->valuestring);
+        if (!st->keys[st->nmeta++] || !st->values[st->nmeta - 1]) {
+          s = lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
+          break;
+        }
       }
       continue;
     }
     s = read_entry(ctx, path, e, buf + 8 + hlen, len - 8 - hlen, &used, &st->tensors[st->n]);
-    if (!s) st->names[st->n++] = strdup(e->string);
+    if (!s && !(st->names[st->n++] = strdup(e->string))) s = lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
   }
   cJSON_Delete(root);
   return s;

@@ -44,6 +44,7 @@ struct xfer {
   int64_t written; /* bytes written by this request */
   int64_t total;   /* the whole file's size when known, else -1 */
   bool code_checked, io_error, tty;
+  int io_errno; /* errno of the failed write, before curl's calls overwrite it */
   double t_start, t_drawn;
 };
 
@@ -144,6 +145,7 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
     if (x->offset > 0 && code == 200) {
       if (fflush(x->f) || ftruncate(fileno(x->f), 0) || fseek(x->f, 0, SEEK_SET)) {
         x->io_error = true;
+        x->io_errno = errno;
         return 0;
       }
       x->offset = 0;
@@ -151,6 +153,7 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
   }
   if (fwrite(p, 1, len, x->f) != len) {
     x->io_error = true;
+    x->io_errno = errno;
     return 0;
   }
   x->written += (int64_t)len;
@@ -252,7 +255,12 @@ static enum outcome classify(struct xfer *x, const char *url, const char *part, 
                              long code, const char *errbuf) {
   lunet_ctx *ctx = x->ctx;
   if (x->io_error) {
-    lunet_error(ctx, LUNET_ERR_IO, "cannot write %s: %s", part, strerror(errno));
+    int e = x->io_errno;
+    bool full = e == ENOSPC || e == EFBIG || e == EDQUOT;
+    lunet_error(ctx, LUNET_ERR_IO, "cannot write %s: %s%s", part, strerror(e),
+                full ? " (the disk is full or a file size limit was reached: make room, or download to another "
+                       "folder; the part is kept and the next attempt resumes)"
+                     : "");
     return STOP;
   }
   if (rc == CURLE_ABORTED_BY_CALLBACK && lunet_interrupted()) {
@@ -357,7 +365,10 @@ static enum outcome fetch(lunet_ctx *ctx, const lunet_download_opts *o, const ch
     long code = 0;
     curl_easy_getinfo(x.curl, CURLINFO_RESPONSE_CODE, &code);
     curl_easy_cleanup(x.curl);
-    if (fclose(x.f) != 0) x.io_error = true;
+    if (fclose(x.f) != 0 && !x.io_error) {
+      x.io_error = true;
+      x.io_errno = errno;
+    }
     finish_progress(&x, rc == CURLE_OK && !x.io_error);
     *resumed = x.offset > 0; /* on_write zeroes it when a 200 restarted the file */
     if (rc == CURLE_OK && !x.io_error) return DONE;

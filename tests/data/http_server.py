@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """A loopback HTTP server for the download tests; misbehaves on purpose.
 
-Usage: http_server.py DIR [--log FILE] [--timeout SECONDS]
+Usage: http_server.py DIR [--log FILE] [--timeout SECONDS] [--tls PEM]
 
 Binds 127.0.0.1 on a free port, prints the port on the first stdout line,
 serves files of DIR, honours Range, and exits by itself after --timeout
-seconds (default 120) so a crashed test cannot leave it running.
+seconds (default 120) so a crashed test cannot leave it running.  With
+--tls it speaks HTTPS with the certificate and key in PEM (selfsigned.pem:
+a self-signed certificate for 127.0.0.1, made once with
+`openssl req -x509 -newkey rsa:2048 -nodes -days 36500 -subj /CN=127.0.0.1
+-addext subjectAltName=IP:127.0.0.1`), which no client should trust.
 
 The first path component picks a behaviour, the last names the file in DIR;
 components in between are free tags that give a test its own request
@@ -19,6 +23,8 @@ counters (counters are kept per full path):
   /trunc416/.../F    first request truncated; ranged requests then get 416,
                      plain ones the whole file
   /stall/.../F       headers and 1000 bytes, then silence (30 s at most)
+  /stallonce/.../F   the first request stalls like /stall; later ones are
+                     normal (a resume after the stall timeout)
   /slow/.../F        4 KiB every 100 ms
   /404/.../F         404 Not Found
   /500/.../F         500 Internal Server Error
@@ -100,7 +106,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.error(416)
         if start is not None and start >= len(data):
             return self.error(416)
-        if mode == "stall":
+        if mode == "stall" or (mode == "stallonce" and n == 0):
             return self.send(data, start, stall=True)
         if mode == "slow":
             return self.send(data, start, slow=True)
@@ -163,10 +169,16 @@ def main():
     ap.add_argument("dir")
     ap.add_argument("--log")
     ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--tls")
     args = ap.parse_args()
     Handler.root = args.dir
     Handler.log_file = args.log
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if args.tls:
+        import ssl
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.tls)
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     server.daemon_threads = True
     timer = threading.Timer(args.timeout, os._exit, [0])
     timer.daemon = True

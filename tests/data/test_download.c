@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -38,8 +39,8 @@
 
 static char tmpdir[] = "/tmp/lunet_data_dl_XXXXXX";
 static char srvdir[256], logpath[256];
-static pid_t server_pid = -1;
-static int port;
+static pid_t server_pid = -1, tls_pid = -1;
+static int port, tls_port;
 static lunet_ctx *ctx;
 
 static uint8_t blob_byte(uint32_t i) { return (uint8_t)((uint32_t)(i * 2654435761u) >> 13); }
@@ -53,7 +54,35 @@ static void write_blob_n(const char *path, uint32_t n) {
 
 static void write_blob(const char *path) { write_blob_n(path, BLOB_SIZE); }
 
-/* Starts the server (once, in Check's parent process) and reads its port. */
+/* Starts http_server.py serving srvdir (HTTPS with `tls` when not NULL);
+ * returns its pid and stores its port. */
+static pid_t spawn_server(const char *tls, int *port_out) {
+  int fds[2];
+  if (pipe(fds) != 0) abort();
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[1], 1);
+    close(fds[0]);
+    if (tls)
+      execlp("python3", "python3", DATA_TEST_DIR "/http_server.py", srvdir, "--log", logpath, "--timeout", "120",
+             "--tls", tls, (char *)NULL);
+    else
+      execlp("python3", "python3", DATA_TEST_DIR "/http_server.py", srvdir, "--log", logpath, "--timeout", "120",
+             (char *)NULL);
+    _exit(127);
+  }
+  close(fds[1]);
+  FILE *f = fdopen(fds[0], "r");
+  if (!f || fscanf(f, "%d", port_out) != 1) {
+    fprintf(stderr, "test_download: the HTTP server did not start\n");
+    abort();
+  }
+  fclose(f);
+  return pid;
+}
+
+/* Starts the servers (once, in Check's parent process): plain HTTP, and
+ * HTTPS with a self-signed certificate. */
 static void start_server(void) {
   if (!mkdtemp(tmpdir)) abort();
   snprintf(srvdir, sizeof srvdir, "%s/srv", tmpdir);
@@ -64,23 +93,8 @@ static void start_server(void) {
   write_blob(blob);
   snprintf(blob, sizeof blob, "%s/small.bin", srvdir);
   write_blob_n(blob, SMALL_SIZE);
-  int fds[2];
-  if (pipe(fds) != 0) abort();
-  server_pid = fork();
-  if (server_pid == 0) {
-    dup2(fds[1], 1);
-    close(fds[0]);
-    execlp("python3", "python3", DATA_TEST_DIR "/http_server.py", srvdir, "--log", logpath,
-           "--timeout", "120", (char *)NULL);
-    _exit(127);
-  }
-  close(fds[1]);
-  FILE *f = fdopen(fds[0], "r");
-  if (!f || fscanf(f, "%d", &port) != 1) {
-    fprintf(stderr, "test_download: the HTTP server did not start\n");
-    abort();
-  }
-  fclose(f);
+  server_pid = spawn_server(NULL, &port);
+  tls_pid = spawn_server(DATA_TEST_DIR "/selfsigned.pem", &tls_port);
 }
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
@@ -89,10 +103,12 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
 }
 
 static void stop_server(void) {
-  if (server_pid > 0) {
-    kill(server_pid, SIGTERM);
-    waitpid(server_pid, NULL, 0);
-  }
+  pid_t pids[2] = {server_pid, tls_pid};
+  for (int i = 0; i < 2; i++)
+    if (pids[i] > 0) {
+      kill(pids[i], SIGTERM);
+      waitpid(pids[i], NULL, 0);
+    }
   nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
@@ -582,6 +598,110 @@ START_TEST(connection_refused_names_url) {
 }
 END_TEST
 
+START_TEST(dns_failure_names_the_host) {
+  char *dest = dest_of("dns");
+  lunet_download_opts o = fast_opts("", dest);
+  o.url = "http://lunet-test.invalid/x/blob.bin"; /* .invalid never resolves (RFC 6761) */
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_ERR_NET);
+  const char *msg = lunet_ctx_error(ctx);
+  ck_assert_msg(strstr(msg, "http://lunet-test.invalid/x/blob.bin: ") == msg &&
+                    strstr(msg, "resolve host") && strstr(msg, "lunet-test.invalid"),
+                "got: %s", msg);
+  ck_assert_int_eq(size_of(dest), -1);
+}
+END_TEST
+
+/* A self-signed certificate is refused, once (not retried as if the
+ * network were flaky), naming the certificate problem. */
+START_TEST(tls_self_signed_is_refused) {
+  char *dest = dest_of("tls");
+  lunet_download_opts o = fast_opts("", dest);
+  char url[256];
+  snprintf(url, sizeof url, "https://127.0.0.1:%d/ok/tls/blob.bin", tls_port);
+  o.url = url;
+  o.retries = 3;
+  o.backoff_ms = 2000;
+  time_t t0 = time(NULL);
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_ERR_NET);
+  ck_assert_int_le(time(NULL) - t0, 3);
+  const char *msg = lunet_ctx_error(ctx);
+  ck_assert_msg(strstr(msg, url) == msg && strstr(msg, "certificate"), "got: %s", msg);
+  ck_assert_str_eq(log_for("/ok/tls/blob.bin"), ""); /* no request got through the handshake */
+  ck_assert_int_eq(size_of(dest), -1);
+}
+END_TEST
+
+/* The disk fills up (a file-size limit in this test's own process): an I/O
+ * error that says so and keeps what was written for a later resume. */
+START_TEST(full_disk_keeps_the_part) {
+  char *dest = dest_of("full");
+  lunet_download_opts o = fast_opts("/ok/full/blob.bin", dest);
+  o.retries = 2;
+  signal(SIGXFSZ, SIG_IGN); /* write() then fails with EFBIG instead of killing us */
+  struct rlimit lim = {100000, 100000};
+  ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_ERR_IO);
+  char want[400];
+  snprintf(want, sizeof want, "cannot write %s.part: File too large (the disk is full or a file size limit", dest);
+  ck_assert_msg(strncmp(lunet_ctx_error(ctx), want, strlen(want)) == 0, "got: %s", lunet_ctx_error(ctx));
+  ck_assert_str_eq(log_for("/ok/full/blob.bin"), "- 200"); /* not retried: the disk will not empty itself */
+  long part = size_with(dest, ".part");
+  ck_assert_int_gt(part, 0);
+  ck_assert_int_le(part, 100000);
+  lim.rlim_cur = lim.rlim_max = RLIM_INFINITY;
+  if (setrlimit(RLIMIT_FSIZE, &lim) == 0) { /* room again (when the limit may be raised): the rerun resumes */
+    o.size = BLOB_SIZE;
+    o.sha256 = BLOB_SHA256;
+    ck_assert_int_eq(lunet_download(ctx, &o), LUNET_OK);
+    assert_blob(dest);
+  }
+}
+END_TEST
+
+/* A server that stalls mid-body: the stall timeout ends that attempt, the
+ * retry resumes from the bytes already there. */
+START_TEST(stall_then_resume) {
+  char *dest = dest_of("stallonce");
+  lunet_download_opts o = fast_opts("/stallonce/x/blob.bin", dest);
+  o.stall_timeout_s = 1;
+  o.stall_bytes_per_s = 1000;
+  o.retries = 1;
+  o.sha256 = BLOB_SHA256;
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_OK);
+  assert_blob(dest);
+  ck_assert_str_eq(log_for("/stallonce/x/blob.bin"), "- 200|bytes=1000- 206");
+}
+END_TEST
+
+/* kill -9 in the middle of a download, then the same download again: it
+ * resumes from the .part the dead process left (and takes its lock). */
+START_TEST(kill9_then_rerun_resumes) {
+  char *dest = dest_of("kill9");
+  lunet_download_opts o = fast_opts("/slow/kill9/blob.bin", dest);
+  pid_t child = fork();
+  ck_assert_int_ge(child, 0);
+  if (child == 0) {
+    lunet_ctx *c = lunet_ctx_new();
+    lunet_download(c, &o);
+    _exit(0);
+  }
+  /* until a good part of the file is there, then the hard kill */
+  for (int i = 0; i < 200 && size_with(dest, ".part") < 20000; i++) usleep(20000);
+  kill(child, SIGKILL);
+  waitpid(child, NULL, 0);
+  long part = size_with(dest, ".part");
+  ck_assert_int_ge(part, 20000);
+  ck_assert_int_lt(part, BLOB_SIZE);
+  o.url = url_of("/ok/kill9/blob.bin"); /* the same file, now served fast */
+  o.sha256 = BLOB_SHA256;
+  ck_assert_int_eq(lunet_download(ctx, &o), LUNET_OK);
+  assert_blob(dest);
+  char want[64];
+  snprintf(want, sizeof want, "bytes=%ld- 206", part);
+  ck_assert_str_eq(log_for("/ok/kill9/blob.bin"), want);
+}
+END_TEST
+
 START_TEST(file_digests) {
   char path[300], hex[65], md5[33];
   snprintf(path, sizeof path, "%s/blob.bin", srvdir);
@@ -633,6 +753,11 @@ int main(void) {
   tcase_add_test(tc, connection_refused_names_url);
   tcase_add_test(tc, redirect_loop_is_an_error);
   tcase_add_test(tc, content_length_lie_is_caught);
+  tcase_add_test(tc, dns_failure_names_the_host);
+  tcase_add_test(tc, tls_self_signed_is_refused);
+  tcase_add_test(tc, full_disk_keeps_the_part);
+  tcase_add_test(tc, stall_then_resume);
+  tcase_add_test(tc, kill9_then_rerun_resumes);
   tcase_add_test(tc, file_digests);
   tcase_add_test(tc, missing_url_is_an_argument_error);
   suite_add_tcase(s, tc);

@@ -94,6 +94,35 @@ function T.save_and_load_resume_exactly()
   os.remove(cut)
 end
 
+-- A safetensors header is checked entry by entry (inputs the fuzzer found):
+-- sizes are whole numbers within the file, a name appears once, metadata
+-- maps strings to strings.  Each is an error naming the fault.
+function T.safetensors_header_faults()
+  local dir = check.tmpdir()
+  local function file(header, data)
+    local path = dir .. "/bad.safetensors"
+    local f = assert(io.open(path, "wb"))
+    f:write(string.pack("<I8", #header), header, data or string.rep("\0", 16))
+    f:close()
+    return path
+  end
+  local ok = file('{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"__metadata__":{"k":"v"}}')
+  check.fails(function() nn.load_model(ok) end, "config") -- a valid file, but no model in it
+  local cases = {
+    {'{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,1e42]}}', "lies outside the file"},
+    {'{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0.5,16.5]}}', "lies outside the file"},
+    {'{"w":{"dtype":"F32","shape":[2.5,2],"data_offsets":[0,16]}}', "a dimension is not a whole number"},
+    {'{"w":{"dtype":"F32","shape":["2",2],"data_offsets":[0,16]}}', "a dimension is not a whole number"},
+    {'{"w":{"dtype":"F32","shape":[1e300,1e300,1e300],"data_offsets":[0,16]}}', "a dimension is not a whole number"},
+    {'{"w":{"dtype":"F32","shape":[16,16,16,16],"data_offsets":[0,16]}}', "larger than the file"},
+    {'{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}',
+      "names 'w' twice"},
+    {'{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"__metadata__":{"k":1}}', "metadata 'k' is not a string"},
+    {'{"__metadata__":[1]}', "__metadata__ is not an object"},
+  }
+  for _, c in ipairs(cases) do check.fails(function() nn.load_model(file(c[1])) end, c[2]) end
+end
+
 -- Metrics are logged under the name the user wrote, as in Keras: "acc"
 -- gives acc and val_acc, which callbacks can watch.
 function T.metrics_keep_the_users_name()
