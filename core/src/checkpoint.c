@@ -1,10 +1,12 @@
 /* safetensors read and write, with cJSON for the header. */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "lunet/checkpoint.h"
@@ -38,6 +40,22 @@ static cJSON *header_json(int n, const char *const *names, lunet_tensor *const *
   return root;
 }
 
+/* Makes a rename in path's folder durable (best effort: some file systems
+ * refuse fsync on a directory, and the rename itself is already atomic). */
+static void sync_parent_dir(const char *path) {
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (slash == dir) slash[1] = '\0';
+  else if (slash) *slash = '\0';
+  else snprintf(dir, sizeof dir, ".");
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    fsync(fd);
+    close(fd);
+  }
+}
+
 lunet_status lunet_safetensors_save(lunet_ctx *ctx, const char *path, int n,
                                     const char *const *names, lunet_tensor *const *ts, int nmeta,
                                     const char *const *keys, const char *const *values) {
@@ -47,13 +65,19 @@ lunet_status lunet_safetensors_save(lunet_ctx *ctx, const char *path, int n,
   if (!json) return lunet_error(ctx, LUNET_ERR_NOMEM, "%s: out of memory writing the header", path);
   /* The header is padded with spaces to 8 bytes, as the format recommends. */
   size_t hlen = strlen(json), padded = (hlen + 7) / 8 * 8;
+  /* A name of this writer's own (two processes saving to one path never
+   * write into the same temporary file), created with the user's umask. */
+  static _Atomic unsigned serial;
   char tmp[4096];
-  snprintf(tmp, sizeof tmp, "%s.tmp", path);
-  FILE *f = fopen(tmp, "wb");
+  snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%u", path, (long)getpid(), serial++);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
   lunet_status s = LUNET_OK;
   if (!f) {
+    int e = errno;
+    if (fd >= 0) close(fd);
     free(json);
-    return lunet_error(ctx, LUNET_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
+    return lunet_error(ctx, LUNET_ERR_IO, "cannot write %s: %s", tmp, strerror(e));
   }
   unsigned char len8[8];
   for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)padded >> (8 * i));
@@ -74,15 +98,21 @@ lunet_status lunet_safetensors_save(lunet_ctx *ctx, const char *path, int n,
       ok = fwrite(buf, 1, nb, f) == nb;
     free(buf);
   }
-  if (fclose(f) != 0) ok = false;
+  /* On the disk before the rename, so that even a power cut leaves the old
+   * file or the whole new one under `path`. */
+  int e = ok ? 0 : errno;
+  if (ok && (fflush(f) != 0 || fsync(fileno(f)) != 0)) ok = false, e = errno;
+  if (fclose(f) != 0 && ok) ok = false, e = errno;
   if (!ok) {
     remove(tmp);
-    return s ? s : lunet_error(ctx, LUNET_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+    return s ? s : lunet_error(ctx, LUNET_ERR_IO, "cannot write %s: %s", path, strerror(e));
   }
   if (rename(tmp, path) != 0) {
+    e = errno;
     remove(tmp);
-    return lunet_error(ctx, LUNET_ERR_IO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+    return lunet_error(ctx, LUNET_ERR_IO, "cannot rename %s to %s: %s", tmp, path, strerror(e));
   }
+  sync_parent_dir(path);
   return LUNET_OK;
 }
 

@@ -10,6 +10,7 @@
 
 /* A header may not promise more than this (a corrupt one would ask for TBs). */
 #define IDX_MAX_BYTES ((int64_t)1 << 34)
+#define IDX_FIRST_BYTES ((int64_t)1 << 20) /* the body's first buffer; doubled as data arrives */
 
 int64_t lunet_array_numel(const lunet_array *a) {
   int64_t n = 1;
@@ -75,11 +76,12 @@ static lunet_status read_header(lunet_ctx *ctx, gzFile g, const char *path, lune
   int64_t total = 1;
   for (int i = 0; i < ndim; i++) {
     out->shape[i] = be32(h + 4 + 4 * i);
-    total *= out->shape[i];
-    if (total > IDX_MAX_BYTES)
+    /* checked before the product, which could overflow */
+    if (out->shape[i] > 0 && total > IDX_MAX_BYTES / out->shape[i])
       return lunet_error(ctx, LUNET_ERR_FORMAT,
                          "%s: the header declares more than %lld bytes of data (corrupt header)",
                          path, (long long)IDX_MAX_BYTES);
+    total *= out->shape[i];
   }
   return LUNET_OK;
 }
@@ -97,10 +99,22 @@ static lunet_status read_body(lunet_ctx *ctx, gzFile g, const char *path, lunet_
   char shape[96], what[160];
   shape_text(out, shape, sizeof shape);
   snprintf(what, sizeof what, "the data of shape %s", shape);
-  out->data = malloc(n > 0 ? (size_t)n : 1);
-  if (!out->data)
-    return lunet_error(ctx, LUNET_ERR_NOMEM, "%s: cannot allocate %lld bytes", path, (long long)n);
-  int64_t got = gz_read_all(g, out->data, n);
+  /* The buffer grows with the data that arrives, so a header that claims
+   * gigabytes in a file of a few bytes costs nothing. */
+  int64_t cap = n < IDX_FIRST_BYTES ? (n > 0 ? n : 1) : IDX_FIRST_BYTES, got = 0;
+  out->data = malloc((size_t)cap);
+  for (;;) {
+    if (!out->data)
+      return lunet_error(ctx, LUNET_ERR_NOMEM, "%s: cannot allocate %lld bytes", path, (long long)cap);
+    int64_t r = gz_read_all(g, out->data + got, (n < cap ? n : cap) - got);
+    if (r < 0) return short_read(ctx, g, path, what, n, r);
+    got += r;
+    if (got == n || got < cap) break; /* all of it, or the end of the file */
+    cap = cap > n / 2 ? n : 2 * cap;
+    uint8_t *more = realloc(out->data, (size_t)cap);
+    if (!more) free(out->data);
+    out->data = more;
+  }
   if (got != n) return short_read(ctx, g, path, what, n, got);
   uint8_t extra;
   int64_t more = gz_read_all(g, &extra, 1);

@@ -940,9 +940,15 @@ static lunet_status inputs_fit(lunet_ctx *ctx, const lunet_layer *l, int nin,
  * becomes a view of its own, so recording the call cannot overwrite that
  * tensor's place on the tape (or make it its own input). */
 static lunet_status fresh_outputs(lunet_ctx *ctx, int nin, lunet_tensor *const *x, int nout,
-                                  lunet_tensor **y) {
+                                  lunet_tensor **y, bool recording) {
   for (int j = 0; j < nout; j++) {
-    bool shared = y[j]->grad_fn != NULL;
+    /* When the call is recorded, its node hangs from a tensor the layer
+     * never saw: a layer that keeps its own output for backward (max
+     * pooling does) would otherwise close a cycle output -> node -> call
+     * -> state -> output, which only a backward breaks, so a forward
+     * whose step failed, or that nobody differentiated, would never be
+     * freed, nor anything it holds. */
+    bool shared = recording || y[j]->grad_fn != NULL;
     for (int i = 0; !shared && i < nin; i++) shared = y[j] == x[i];
     if (!shared) continue;
     lunet_tensor *v = lunet_tensor_alias(ctx, y[j], y[j]->ndim, y[j]->shape);
@@ -1070,7 +1076,7 @@ lunet_status lunet_layer_apply(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep,
   lunet_set_grad_enabled(ctx, prev);
   leave(l);
   if (!s) s = outputs_fit(ctx, l, c->batch, y);
-  if (!s) s = fresh_outputs(ctx, nin, x, c->nout, y);
+  if (!s) s = fresh_outputs(ctx, nin, x, c->nout, y, grad);
   else if (ctx->status == LUNET_OK)
     s = lunet_error(ctx, s, "%s: forward failed without a message", lunet_layer_name(l));
   if (!s && mask_out) s = output_masks(ctx, l, c, nin, x, mask_out);
@@ -1133,7 +1139,7 @@ lunet_status lunet_layer_step(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, 
     if (!y[j] || y[j]->ndim != l->out[j].ndim + 1 || y[j]->shape[0] != c->batch)
       s = lunet_error(ctx, LUNET_ERR_SHAPE, "%s: a step returned output %d of the wrong rank or batch (a bug in the plugin)",
                       lunet_layer_name(l), j + 1);
-  if (!s) s = fresh_outputs(ctx, nin, x, nout, y);
+  if (!s) s = fresh_outputs(ctx, nin, x, nout, y, false);
   if (!s && nout == 1 && l->act != ACT_NONE) s = activate(ctx, l, y);
   lunet_set_grad_enabled(ctx, prev);
   if (s) release_all(y, nout);

@@ -141,31 +141,46 @@ lunet_tensor *lunet_tensor_retain(lunet_tensor *t) {
 
 /* Tensors and tape nodes waiting to be freed.  Dropping the last
  * reference to a long graph frees the whole chain: a worklist instead of
- * recursion keeps a deep graph (a long unroll) off the C stack. */
+ * recursion keeps a deep graph (a long unroll) off the C stack.  The list
+ * starts on the stack (most releases free a handful of objects, with no
+ * allocation) and moves to the heap when it outgrows it; when the heap
+ * refuses, the object is freed at once, recursively, rather than lost. */
+#define WORKLIST_INLINE 32
+
 typedef struct worklist {
-  lunet_tensor **t;
-  lunet_node **n;
+  lunet_tensor **t, *t_inline[WORKLIST_INLINE];
+  lunet_node **n, *n_inline[WORKLIST_INLINE];
   size_t nt, ct, nn, cn;
 } worklist;
 
-static bool grow(void **items, size_t *cap, size_t need, size_t size) {
+static bool grow(void **items, void *inline_items, size_t *cap, size_t need, size_t size) {
   if (need <= *cap) return true;
-  size_t cap2 = *cap ? 2 * *cap : 32;
-  void *p = realloc(*items, cap2 * size);
-  if (!p) return false; /* out of memory: the object leaks rather than crash */
+  size_t cap2 = 2 * *cap;
+  void *p = *items == inline_items ? malloc(cap2 * size) : realloc(*items, cap2 * size);
+  if (!p) return false;
+  if (*items == inline_items) memcpy(p, inline_items, *cap * size);
   *items = p;
   *cap = cap2;
   return true;
 }
 
+static void free_tensor(worklist *w, lunet_tensor *t);
+static void free_node(worklist *w, lunet_node *n);
+
 static void drop_tensor(worklist *w, lunet_tensor *t) {
-  if (t && __atomic_sub_fetch(&t->refcount, 1, __ATOMIC_ACQ_REL) == 0 && grow((void **)&w->t, &w->ct, w->nt + 1, sizeof *w->t))
+  if (!t || __atomic_sub_fetch(&t->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
+  if (grow((void **)&w->t, w->t_inline, &w->ct, w->nt + 1, sizeof *w->t))
     w->t[w->nt++] = t;
+  else
+    free_tensor(w, t);
 }
 
 static void drop_node(worklist *w, lunet_node *n) {
-  if (n && --n->refcount == 0 && grow((void **)&w->n, &w->cn, w->nn + 1, sizeof *w->n))
+  if (!n || --n->refcount != 0) return;
+  if (grow((void **)&w->n, w->n_inline, &w->cn, w->nn + 1, sizeof *w->n))
     w->n[w->nn++] = n;
+  else
+    free_node(w, n);
 }
 
 static void free_tensor(worklist *w, lunet_tensor *t) {
@@ -188,7 +203,11 @@ static void free_node(worklist *w, lunet_node *n) {
 }
 
 static void release(lunet_tensor *t, lunet_node *n) {
-  worklist w = {0};
+  worklist w;
+  w.t = w.t_inline;
+  w.n = w.n_inline;
+  w.nt = w.nn = 0;
+  w.ct = w.cn = WORKLIST_INLINE;
   drop_tensor(&w, t);
   drop_node(&w, n);
   while (w.nt || w.nn) {
@@ -197,8 +216,8 @@ static void release(lunet_tensor *t, lunet_node *n) {
     else
       free_node(&w, w.n[--w.nn]);
   }
-  free(w.t);
-  free(w.n);
+  if (w.t != w.t_inline) free(w.t);
+  if (w.n != w.n_inline) free(w.n);
 }
 
 void lunet_tensor_release(lunet_tensor *t) { release(t, NULL); }

@@ -27,7 +27,7 @@ local function check_fields(name, opts, allowed)
   for k in pairs(opts) do
     if not allowed[k] then
       local names = {}
-      for a, on in pairs(allowed) do if on then names[#names + 1] = a end end
+      for a, on in pairs(allowed) do if on and type(a) == "string" then names[#names + 1] = a end end
       table.sort(names)
       error(string.format("bad argument '%s' to '%s' (unknown argument; valid: %s)", tostring(k), name,
         table.concat(names, ", ")), 3)
@@ -514,8 +514,8 @@ end
 function M.callbacks.ModelCheckpoint(o)
   if type(o) == "string" then o = { path = o } end
   o = check_fields("ModelCheckpoint", o, { path = true, filepath = true, monitor = true, save_best_only = true,
-    mode = true, verbose = true })
-  local path = o.path or o.filepath
+    mode = true, verbose = true, [1] = true })
+  local path = o.path or o.filepath or o[1] -- ModelCheckpoint{"best.lunet"} as Keras's positional filepath
   if type(path) ~= "string" then error("bad argument 'path' to 'ModelCheckpoint' (a file path is required)", 2) end
   M.check_save_path(path, "ModelCheckpoint")
   local self = callback({ path = path, monitor = o.monitor or "val_loss", save_best_only = o.save_best_only or false,

@@ -203,6 +203,29 @@ START_TEST(idx_trailing_bytes) {
 }
 END_TEST
 
+/* Headers from the fuzzer: dims whose product overflows 64 bits, and a
+ * header claiming 5 GB in a file of 29 bytes (refused as truncated, read
+ * without allocating the 5 GB first). */
+START_TEST(idx_huge_headers) {
+  static const uint8_t overflow[] = {0, 0, 8, 4, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                                     0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF};
+  char *p = path_of("overflow-idx");
+  write_raw(p, overflow, sizeof overflow);
+  lunet_array a;
+  ck_assert_int_eq(lunet_read_idx(ctx, p, &a), LUNET_ERR_FORMAT);
+  ck_assert_msg(strstr(lunet_ctx_error(ctx), "the header declares more than 17179869184 bytes of data"), "got: %s",
+                lunet_ctx_error(ctx));
+  static const uint8_t claims[] = {0, 0, 8, 2, 0, 0, 0, 2, 0x28, 0x4D, 0x72, 0x97, 1, 2, 3};
+  p = path_of("claims-idx");
+  write_raw(p, claims, sizeof claims);
+  ck_assert_int_eq(lunet_read_idx(ctx, p, &a), LUNET_ERR_FORMAT);
+  char want[600];
+  snprintf(want, sizeof want, "%s: truncated: the data of shape (2, 676164247) needs 1352328494 bytes, the file holds 3",
+           p);
+  ck_assert_str_eq(lunet_ctx_error(ctx), want);
+}
+END_TEST
+
 /* A gzip stream cut before its end (a partial download). */
 START_TEST(idx_bad_gzip) {
   uint8_t b[4096];
@@ -503,6 +526,7 @@ int main(void) {
   tcase_add_test(tc, idx_trailing_bytes);
   tcase_add_test(tc, idx_bad_gzip);
   tcase_add_test(tc, idx_missing_file);
+  tcase_add_test(tc, idx_huge_headers);
   tcase_add_test(tc, cifar_from_archive);
   tcase_add_test(tc, cifar_from_directories);
   tcase_add_test(tc, cifar_label_out_of_range);
