@@ -80,8 +80,8 @@ struct lunet_node {
 /* registry.c */
 LUNET_HIDDEN lunet_be *lunet_registry_backend(lunet_ctx *ctx, const char *name);
 LUNET_HIDDEN lunet_be *lunet_registry_default(lunet_ctx *ctx);
-LUNET_HIDDEN const lunet_layer_type *lunet_registry_layer_type(const char *name,
-                                                               const char **plugin);
+/* "plugin 'NAME' (PATH)" of the plugin that registered t, into buf. */
+LUNET_HIDDEN const char *lunet_registry_plugin_of(const lunet_layer_type *t, char *buf, size_t n);
 
 /* tensor.c */
 LUNET_HIDDEN lunet_tensor *lunet_tensor_on(lunet_ctx *ctx, lunet_be *be, lunet_dtype dt, int ndim,

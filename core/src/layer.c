@@ -199,6 +199,24 @@ lunet_status lunet_layer_error(lunet_layer *l, lunet_status s, const char *fmt, 
   return lunet_error(l->ctx, s, "%s: %s", lunet_layer_name(l), msg);
 }
 
+/* Elements of one sample of a layer's output, at most: a build declaring
+ * more is broken (sizes beyond this overflow once a batch multiplies them). */
+#define LUNET_MAX_SAMPLE_ELEMENTS (INT64_C(1) << 40)
+
+/* An error for a broken contract between the core and a layer type: the
+ * layer's name, what went wrong, and the plugin to blame. */
+static lunet_status plugin_bug(lunet_ctx *ctx, const lunet_layer *l, lunet_status s, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static lunet_status plugin_bug(lunet_ctx *ctx, const lunet_layer *l, lunet_status s, const char *fmt, ...) {
+  char msg[512], who[700];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  return lunet_error(ctx, s, "%s: %s (a bug in %s)", lunet_layer_name(l), msg,
+                     lunet_registry_plugin_of(l->type, who, sizeof who));
+}
+
 /* ---- arguments ---- */
 
 static arg_value *slot(lunet_layer *l, const char *arg, lunet_status *s) {
@@ -476,7 +494,17 @@ int lunet_layer_add_weight(lunet_layer *l, const char *name, int ndim, const int
     lunet_layer_error(l, LUNET_ERR_ARG, "at most %d weights per layer", MAX_WEIGHTS);
     return -1;
   }
-  int64_t numel = lunet_shape_numel(ndim, shape);
+  bool fits = name && name[0] && ndim >= 0 && ndim < LUNET_MAX_DIMS && (ndim == 0 || shape);
+  int64_t numel = 1; /* checked as it grows: a plugin's sizes may be anything */
+  for (int d = 0; fits && d < ndim; d++) {
+    fits = shape[d] > 0 && shape[d] <= LUNET_MAX_SAMPLE_ELEMENTS / numel;
+    numel *= fits ? shape[d] : 1;
+  }
+  if (!fits) {
+    plugin_bug(l->ctx, l, LUNET_ERR_SHAPE, "add_weight '%s': a name, fewer than %d axes, sizes of at least 1 and at "
+               "most %lld elements are required", name ? name : "(null)", LUNET_MAX_DIMS, (long long)LUNET_MAX_SAMPLE_ELEMENTS);
+    return -1;
+  }
   int64_t bytes = numel > INT64_MAX / 4 ? INT64_MAX : 4 * numel;
   if (l->ctx->weight_budget >= 0) {
     if (bytes > l->ctx->weight_budget) {
@@ -663,19 +691,23 @@ lunet_status lunet_layer_build(lunet_ctx *ctx, lunet_layer *l, int nin, const lu
   lunet_shape out[LUNET_LAYER_MAX_OUTPUTS];
   memset(out, 0, sizeof out);
   lunet_status s = l->type->build(l, nin, in, out);
+  if (s && ctx->status == LUNET_OK) s = plugin_bug(ctx, l, s, "build failed without a message");
   for (int j = 0; !s && j < nout; j++) {
     bool ok = out[j].ndim >= 0 && out[j].ndim < LUNET_MAX_DIMS;
-    for (int d = 0; ok && d < out[j].ndim; d++) ok = out[j].dims[d] > 0;
+    int64_t numel = 1;
+    for (int d = 0; ok && d < out[j].ndim; d++) {
+      ok = out[j].dims[d] > 0 && out[j].dims[d] <= LUNET_MAX_SAMPLE_ELEMENTS / numel;
+      numel *= ok ? out[j].dims[d] : 1;
+    }
     if (!ok)
-      s = lunet_layer_error(l, LUNET_ERR_SHAPE,
-                            "build declared output %d with %d dimensions or a size below 1 (a bug "
-                            "in the plugin)",
-                            j + 1, out[j].ndim);
+      s = plugin_bug(ctx, l, LUNET_ERR_SHAPE,
+                     "build declared output %d with %d dimensions, a size below 1 or more than %lld elements per "
+                     "sample", j + 1, out[j].ndim, (long long)LUNET_MAX_SAMPLE_ELEMENTS);
   }
   if (s) {
     for (int i = 0; i < l->nweights; i++) lunet_tensor_release(l->w[i].t);
     l->nweights = 0;
-    return s ? s : ctx->status;
+    return s;
   }
   l->nin = nin;
   l->nout = nout;
@@ -772,11 +804,11 @@ lunet_status lunet_call_accumulate_grad(lunet_call *c, int i, lunet_tensor *g) {
   lunet_layer *l = c->layer;
   if (i < 0 || i >= l->nweights)
     return lunet_call_error(c, LUNET_ERR_ARG, "gradient for weight %d of %d", i, l->nweights);
-  if (!lunet_shape_equal(g, l->w[i].t)) {
+  if (!g || !lunet_shape_equal(g, l->w[i].t) || g->dtype != LUNET_F32) {
     char a[128], b[128];
-    return lunet_call_error(c, LUNET_ERR_SHAPE, "the gradient of '%s' has shape %s, the weight %s",
-                            l->w[i].name, lunet_shape_str(g->ndim, g->shape, a, sizeof a),
-                            lunet_shape_str(l->w[i].t->ndim, l->w[i].t->shape, b, sizeof b));
+    return plugin_bug(c->ctx, l, LUNET_ERR_SHAPE, "the gradient of '%s' has shape %s, the weight %s",
+                      l->w[i].name, g ? lunet_shape_str(g->ndim, g->shape, a, sizeof a) : "(none)",
+                      lunet_shape_str(l->w[i].t->ndim, l->w[i].t->shape, b, sizeof b));
   }
   if (!c->pending[i]) {
     c->pending[i] = lunet_tensor_retain(g);
@@ -830,6 +862,19 @@ static lunet_status call_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *d
   if (!s) {
     s = l->type->backward(l, c, dys, gx);
     leave(l);
+    if (s && ctx->status == LUNET_OK) s = plugin_bug(ctx, l, s, "backward failed without a message");
+  }
+  /* what backward returned: a gradient of the input's shape wherever one
+   * is needed (a missing one would train nothing, silently) */
+  for (int i = 0; !s && i < c->nin; i++) {
+    const lunet_tensor *in = n->inputs[i];
+    char a[128], b[128];
+    if (c->need_dx[i] && !gx[i])
+      s = plugin_bug(ctx, l, LUNET_ERR_ARG, "backward returned no gradient for input %d, which needs one", i + 1);
+    else if (gx[i] && (!lunet_shape_equal(gx[i], in) || gx[i]->dtype != LUNET_F32))
+      s = plugin_bug(ctx, l, LUNET_ERR_SHAPE, "backward returned the gradient of input %d with shape %s (%s), the "
+                     "input has %s (float32)", i + 1, lunet_shape_str(gx[i]->ndim, gx[i]->shape, a, sizeof a),
+                     lunet_dtype_name(gx[i]->dtype), lunet_shape_str(in->ndim, in->shape, b, sizeof b));
   }
   release_all(dys, LUNET_LAYER_MAX_OUTPUTS);
   release_all(c->dys, LUNET_LAYER_MAX_OUTPUTS);
@@ -963,19 +1008,16 @@ static lunet_status fresh_outputs(lunet_ctx *ctx, int nin, lunet_tensor *const *
 static lunet_status outputs_fit(lunet_ctx *ctx, const lunet_layer *l, int64_t batch,
                                 lunet_tensor **y) {
   for (int j = 0; j < l->nout; j++) {
-    if (!y[j])
-      return lunet_error(ctx, LUNET_ERR_ARG, "%s: forward returned no output %d (a bug in the plugin)",
-                         lunet_layer_name(l), j + 1);
+    if (!y[j]) return plugin_bug(ctx, l, LUNET_ERR_ARG, "forward returned no output %d", j + 1);
     const lunet_shape *o = &l->out[j];
     bool ok = y[j]->ndim == o->ndim + 1 && y[j]->shape[0] == batch;
     for (int d = 0; ok && d < o->ndim; d++) ok = y[j]->shape[d + 1] == o->dims[d];
     if (!ok) {
       char a[128], b[128];
-      return lunet_error(ctx, LUNET_ERR_SHAPE,
-                         "%s: forward returned output %d of shape %s, but build declared %s for a "
-                         "batch of %lld (a bug in the plugin)",
-                         lunet_layer_name(l), j + 1, lunet_shape_str(y[j]->ndim, y[j]->shape, a, sizeof a),
-                         lunet_batch_shape_str(o->ndim, o->dims, b, sizeof b), (long long)batch);
+      return plugin_bug(ctx, l, LUNET_ERR_SHAPE,
+                        "forward returned output %d of shape %s, but build declared %s for a batch of %lld", j + 1,
+                        lunet_shape_str(y[j]->ndim, y[j]->shape, a, sizeof a),
+                        lunet_batch_shape_str(o->ndim, o->dims, b, sizeof b), (long long)batch);
     }
   }
   return LUNET_OK;
@@ -1137,8 +1179,7 @@ lunet_status lunet_layer_step(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, 
   leave(l);
   for (int j = 0; !s && j < nout; j++)
     if (!y[j] || y[j]->ndim != l->out[j].ndim + 1 || y[j]->shape[0] != c->batch)
-      s = lunet_error(ctx, LUNET_ERR_SHAPE, "%s: a step returned output %d of the wrong rank or batch (a bug in the plugin)",
-                      lunet_layer_name(l), j + 1);
+      s = plugin_bug(ctx, l, LUNET_ERR_SHAPE, "a step returned output %d of the wrong rank or batch", j + 1);
   if (!s) s = fresh_outputs(ctx, nin, x, nout, y, false);
   if (!s && nout == 1 && l->act != ACT_NONE) s = activate(ctx, l, y);
   lunet_set_grad_enabled(ctx, prev);

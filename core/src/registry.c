@@ -395,6 +395,19 @@ const lunet_layer_type *lunet_layer_type_at(lunet_ctx *ctx, int i, const char **
   return t;
 }
 
+const char *lunet_registry_plugin_of(const lunet_layer_type *t, char *buf, size_t n) {
+  pthread_mutex_lock(&reg.lock);
+  snprintf(buf, n, "an unregistered layer type");
+  for (int i = 0; i < reg.ntypes; i++)
+    if (reg.types[i] == t) {
+      const plugin_entry *e = &reg.plugins[reg.type_plugin[i]];
+      snprintf(buf, n, "plugin '%s' (%s)", e->desc->name, e->path);
+      break;
+    }
+  pthread_mutex_unlock(&reg.lock);
+  return buf;
+}
+
 const lunet_layer_type *lunet_layer_type_find(lunet_ctx *ctx, const char *name) {
   const lunet_layer_type *t;
   for (int i = 0; (t = lunet_layer_type_at(ctx, i, NULL)); i++)

@@ -407,7 +407,15 @@ static inline lunet_status layers_graph_backward(lunet_call *c, layers_graph *g,
   for (int i = 0; !s && i < g->nx; i++) {
     if (!g->x[i] || !lunet_call_needs_dx(c, i)) continue;
     lunet_tensor *gx = lunet_tensor_grad_get(g->x[i]);
-    dx[i] = gx ? lunet_tensor_retain(gx) : NULL;
+    if (gx) {
+      dx[i] = lunet_tensor_retain(gx);
+      continue;
+    }
+    /* the output does not depend on this input's values (a position
+     * embedding reads only its shape): its gradient is zero, said so */
+    lunet_ctx *ctx = lunet_call_ctx(c);
+    dx[i] = lunet_op_new(ctx, g->x[i], LUNET_F32, lunet_tensor_ndim(g->x[i]), lunet_tensor_shape(g->x[i]));
+    if (!dx[i] || lunet_op_fill(ctx, dx[i], 0.0f)) s = lunet_ctx_status(ctx);
   }
   layers_graph_release(g);
   return s;

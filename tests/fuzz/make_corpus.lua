@@ -41,7 +41,6 @@ write("csv", "quoted.csv", 'id,text,score\n1,"a, b",0.5\n2,"say ""hi""",\n3,"two
 write("csv", "semicolon.csv", "\xEF\xBB\xBFa;b\r\n1;2\r\n3;4\r\n")
 
 -- Images: PNG and JPEG, gray, RGB and RGBA, tiny.
-local img = nn.rand({5, 7, 3}) * 255
 local tmp = os.tmpname()
 for _, c in ipairs({1, 3, 4}) do
   local x = (nn.rand({5, 7, c}) * 255)
@@ -56,7 +55,6 @@ for _, c in ipairs({1, 3, 4}) do
   end
 end
 os.remove(tmp)
-assert(img)
 
 -- Models: a Sequential CNN compiled with Adam after one step (optimizer
 -- state), a functional graph with two inputs, a recurrent text model with

@@ -1,5 +1,7 @@
--- Adagrad, Adadelta, Adamax, Nadam and Lion: six updates against
--- torch.optim configured to Keras's formulas (Nadam: Keras's formula in
+-- Every optimizer: six updates against torch.optim configured to Keras's
+-- formulas (SGD with momentum and Nesterov, RMSprop with and without
+-- momentum, Adam, AdamW, Adagrad, Adadelta, Adamax), four schedules against
+-- torch's schedulers (Nadam: Keras's formula in
 -- float64, torch 1.13's NAdam being off; fixture make_torch_optimizers.py),
 -- Lion and decoupled weight decay against the formula in plain Lua, saved
 -- state that resumes exactly, names and bad arguments.
@@ -22,9 +24,21 @@ local function run(opt, p0, grads, each)
 end
 
 function T.updates_match_torch_configured_as_keras()
-  for _, name in ipairs{"Adadelta", "Adagrad", "Adamax", "Nadam"} do
+  for _, name in ipairs{"Adadelta", "Adagrad", "Adamax", "Nadam", "SGD", "SGD_nesterov", "RMSprop",
+                        "RMSprop_momentum", "Adam", "AdamW"} do
     local case = F[name]
-    run(nn.optimizers[name](case.args), F.p0, F.grads, function(i, got)
+    run(nn.optimizers[name:match("^[^_]+")](case.args), F.p0, F.grads, function(i, got)
+      check.same_table(got, case.steps[i], 2e-6, name .. " step " .. i)
+    end)
+  end
+end
+
+-- SGD under each schedule, against torch's schedulers stepping once per
+-- update.
+function T.schedules_match_torch_schedulers()
+  for name, case in pairs(F.schedules) do
+    local sched = nn.schedules[name](table.unpack(case.args))
+    run(nn.optimizers.SGD{learning_rate = sched}, F.p0, F.grads, function(i, got)
       check.same_table(got, case.steps[i], 2e-6, name .. " step " .. i)
     end)
   end

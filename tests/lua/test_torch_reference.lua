@@ -84,6 +84,69 @@ function T.conv2d_transpose_matches_torch()
   end
 end
 
+-- Conv2D, MaxPooling2D, AveragePooling2D and BatchNormalization
+-- configurations against PyTorch (fixture make_torch_layers.py): "same"
+-- padding with TensorFlow's split (stride 2, odd and even sizes), strides
+-- of 1 to 3, rectangles, average pooling over real pixels only,
+-- and batch norm in inference and in training mode with its moving
+-- statistics.  Outputs, and the gradients of sum(y * g).
+local layers_ref = dofile(here .. "../fixtures/torch_layers.lua")
+
+local function built(kind, args, x)
+  local shape = x:shape()
+  local a = {input_shape = {shape[2], shape[3], shape[4]}}
+  for k, v in pairs(args) do a[k] = v end
+  local layer = nn[kind](a)
+  nn.Sequential{layer}
+  return layer
+end
+
+function T.conv2d_configurations_match_torch()
+  for i, c in ipairs(layers_ref.conv) do
+    local what = string.format("conv case %d (%s, strides %d)", i, c.args.padding, c.args.strides[1])
+    local x = nn.tensor(c.x):requires_grad(true)
+    local layer = built("Conv2D", c.args, x)
+    layer:set_weights({nn.tensor(c.kernel), nn.tensor(c.bias)})
+    local y = layer(x)
+    check.same_table(y:totable(), c.y, 1e-4, what .. " output")
+    ;(y * nn.tensor(c.g)):sum():backward()
+    check.same_table(x.grad:totable(), c.dx, 1e-4, what .. " input gradient")
+    local w = layer:weights()
+    check.same_table(w[1].tensor.grad:totable(), c.dkernel, 1e-4, what .. " kernel gradient")
+    check.same_table(w[2].tensor.grad:totable(), c.dbias, 1e-4, what .. " bias gradient")
+  end
+end
+
+function T.pooling_configurations_match_torch()
+  for i, c in ipairs(layers_ref.pool) do
+    local what = string.format("pool case %d (%s, %s)", i, c.kind, c.args.padding)
+    local x = nn.tensor(c.x):requires_grad(true)
+    local y = built(c.kind, c.args, x)(x)
+    check.same_table(y:totable(), c.y, 1e-5, what .. " output")
+    ;(y * nn.tensor(c.g)):sum():backward()
+    check.same_table(x.grad:totable(), c.dx, 1e-5, what .. " input gradient")
+  end
+end
+
+function T.batchnorm_both_modes_match_torch()
+  for _, c in ipairs(layers_ref.batchnorm) do
+    local what = c.training and "batch norm, training" or "batch norm, inference"
+    local x = nn.tensor(c.x):requires_grad(true)
+    local layer = built("BatchNormalization", {}, x)
+    layer:set_weights({nn.tensor(c.gamma), nn.tensor(c.beta), nn.tensor(c.moving_mean), nn.tensor(c.moving_variance)})
+    local y = layer:apply(x, c.training)
+    check.same_table(y:totable(), c.y, 1e-4, what .. " output")
+    ;(y * nn.tensor(c.g)):sum():backward()
+    check.same_table(x.grad:totable(), c.dx, 1e-4, what .. " input gradient")
+    local w = layer:get_weights()
+    local ws = layer:weights()
+    check.same_table(ws[1].tensor.grad:totable(), c.dgamma, 1e-4, what .. " gamma gradient")
+    check.same_table(ws[2].tensor.grad:totable(), c.dbeta, 1e-4, what .. " beta gradient")
+    check.same_table(w[3]:totable(), c.new_moving_mean, 1e-5, what .. " moving mean")
+    check.same_table(w[4]:totable(), c.new_moving_variance, 1e-5, what .. " moving variance")
+  end
+end
+
 -- DepthwiseConv2D and SeparableConv2D against torch's grouped and 1x1
 -- conv2d (fixture make_torch_depthwise.py): outputs, input and weight
 -- gradients.

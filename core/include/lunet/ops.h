@@ -16,6 +16,11 @@
 #ifndef LUNET_OPS_H
 #define LUNET_OPS_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "lunet/lunet.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -175,8 +175,10 @@ typedef struct lunet_layer_type {
                           lunet_tensor **y, bool training);
   /* dy[j] (N, out[j]...; zeros for an output nothing used) -> dx[i]
    * (N, in[i]...), new references; dx[i] may be left NULL where
-   * lunet_call_needs_dx(c, i) is false.  Weight gradients go through
-   * lunet_call_accumulate_grad(). */
+   * lunet_call_needs_dx(c, i) is false and must be set where it is true
+   * (zeros when the outputs do not depend on the input's values): a missing
+   * gradient, or one of another shape, is an error naming the plugin.
+   * Weight gradients go through lunet_call_accumulate_grad(). */
   lunet_status (*backward)(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy,
                            lunet_tensor **dx);
   /* Releases what the call's state holds (NULL: nothing to release). */

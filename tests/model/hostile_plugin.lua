@@ -1,0 +1,82 @@
+-- The hostile plugin (hostile_plugin.c): every fault is an error naming the
+-- layer and the plugin, raised where it happens (build, forward, backward),
+-- and the control layer of the same plugin trains.  Usage:
+--   lunet hostile_plugin.lua PATH/test_hostile_plugin.so
+local here = arg[0]:gsub("[^/]+$", "")
+package.path = here .. "../lua/?.lua;" .. package.path
+local check = require "check"
+local nn = require "lunet"
+
+nn.load_plugin(arg[1])
+local BLAME = "(a bug in plugin 'hostile' (" .. arg[1] .. "))"
+
+-- Input (3) -> [Dense 3 ->] the layer -> Dense 2, compiled.
+local function model(type_name, dense_first)
+  local x = nn.Input{shape = {3}}
+  local h = dense_first and nn.Dense{3}(x) or x
+  local m = nn.Model{inputs = x, outputs = nn.Dense{2}(nn[type_name]{}(h))}
+  m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "mse"}
+  return m
+end
+
+local x, y = nn.randn(4, 3), nn.randn(4, 2)
+local function fit(m) return m:fit(x, y, {epochs = 1, batch_size = 4, verbose = 0}) end
+
+local T = {}
+
+function T.build_faults()
+  check.fails(function() model("RefusingBuild") end, "refusing_build: refuses to build, as a test")
+  check.fails(function() model("SilentBuild") end, "build failed without a message " .. BLAME)
+  check.fails(function() model("HugeOutput") end, "build declared output 1 with 3 dimensions, a size below 1 or more than")
+  check.fails(function() model("NegativeOutput") end, "a size below 1")
+  check.fails(function() model("ManyDims") end, "build declared output 1 with 99 dimensions")
+  check.fails(function() model("BadWeight") end, "bad_weight: add_weight 'w': a name, fewer than 8 axes, sizes of at least 1")
+end
+
+function T.forward_faults()
+  check.fails(function() model("WideForward"):predict(x) end,
+    "forward returned output 1 of shape (4, 6), but build declared (None, 3) for a batch of 4 " .. BLAME)
+  check.fails(function() model("NullForward"):predict(x) end, "forward returned no output 1 " .. BLAME)
+  check.fails(function() model("SilentForward"):predict(x) end, "forward failed without a message")
+end
+
+-- Backward faults only show when a gradient flows through the layer: a
+-- trainable layer before it needs the input gradient.
+function T.backward_faults()
+  local function deep(type_name) return model(type_name, true) end
+  check.fails(function() fit(deep("NullBackward")) end,
+    "backward returned no gradient for input 1, which needs one " .. BLAME)
+  check.fails(function() fit(deep("WideBackward")) end,
+    "backward returned the gradient of input 1 with shape (4, 6) (float32), the input has (4, 3) (float32) " .. BLAME)
+  check.fails(function() fit(deep("SilentBackward")) end, "backward failed without a message " .. BLAME)
+  check.fails(function() fit(model("BadWeightGrad")) end, "the gradient of 'w' has shape (4, 3), the weight (3,) " .. BLAME)
+end
+
+-- After all that, the same process still trains, with the plugin's honest
+-- layer among the built-in ones.
+function T.control_trains()
+  nn.seed(1)
+  local m = model("Honest", true)
+  local h = m:fit(x, y, {epochs = 20, batch_size = 4, verbose = 0})
+  assert(h.loss[20] < h.loss[1], string.format("loss %g -> %g", h.loss[1], h.loss[20]))
+end
+
+-- nn.check_plugin runs each type's shipped case: a broken type is a
+-- failed result (or an error naming the fault), never a crash.
+function T.check_plugin_reports()
+  for _, r in ipairs(nn.check_plugin("Honest")) do assert(r.ok, "Honest: " .. tostring(r.error)) end
+  for _, name in ipairs({"WideForward", "NullForward", "SilentForward", "NullBackward", "WideBackward",
+                         "SilentBackward", "BadWeightGrad", "SilentBuild", "HugeOutput"}) do
+    local ok, results = pcall(nn.check_plugin, name)
+    if ok then
+      local any_failed = false
+      for _, r in ipairs(results) do any_failed = any_failed or not r.ok end
+      assert(any_failed, name .. ": nn.check_plugin found nothing wrong")
+    else
+      assert(tostring(results):find(name, 1, true) or tostring(results):find("hostile", 1, true),
+        name .. ": the error does not name the layer: " .. tostring(results))
+    end
+  end
+end
+
+check.run(T)
