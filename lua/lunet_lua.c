@@ -43,9 +43,14 @@ lunet_ctx *lunetL_ctx(lua_State *L) {
   return *p;
 }
 
+/* The status of the last error raised to Lua (C.last_error_status()): fit
+ * tells a device failure from others by it. */
+static lunet_status last_status;
+
 int lunetL_error(lua_State *L, const char *what) {
   lunet_ctx *ctx = lunetL_ctx(L);
   const char *msg = lunet_ctx_error(ctx);
+  last_status = lunet_ctx_status(ctx);
   if (what)
     lua_pushfstring(L, "%s: %s", what, msg);
   else
@@ -1016,8 +1021,15 @@ static int l_isatty(lua_State *L) {
   return 1;
 }
 
+/* C.last_error_status() -> "device error", "out of memory", ... */
+static int l_last_error_status(lua_State *L) {
+  lua_pushstring(L, lunet_status_name(last_status));
+  return 1;
+}
+
 static const luaL_Reg functions[] = {{"now", l_now},
                                      {"isatty", l_isatty},
+                                     {"last_error_status", l_last_error_status},
                                      {"tensor", l_tensor},
                                      {"zeros", l_zeros},
                                      {"ones", l_ones},

@@ -411,6 +411,14 @@ static int l_layer_set_trainable(lua_State *L) {
   return 0;
 }
 
+/* C.layer_set_weight(layer, i, t), 1-based i: t becomes weight i. */
+static int l_layer_set_weight(lua_State *L) {
+  if (lunet_layer_set_weight_tensor(lunetL_ctx(L), lunetL_checklayer(L, 1), (int)luaL_checkinteger(L, 2) - 1,
+                                    lunetL_checktensor(L, 3)))
+    return lunetL_error(L, NULL);
+  return 0;
+}
+
 static int l_layer_to(lua_State *L) {
   if (lunet_layer_to(lunetL_ctx(L), lunetL_checklayer(L, 1), luaL_checkstring(L, 2)))
     lunetL_error(L, NULL);
@@ -647,6 +655,7 @@ static const luaL_Reg functions[] = {{"check_layer", l_check_layer},
                                      {"layer_weights", l_layer_weights},
                                      {"layer_activation", l_layer_activation},
                                      {"layer_to", l_layer_to},
+                                     {"layer_set_weight", l_layer_set_weight},
                                      {"assign", l_assign},
                                      {"take_rows", l_take_rows},
                                      {"save_safetensors", l_save_safetensors},

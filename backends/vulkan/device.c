@@ -435,6 +435,28 @@ static int open_device(lunet_backend *be, int device, char *err, size_t err_len)
   return make_device(be, err, err_len);
 }
 
+/* LUNET_VULKAN_FAULT=count: the number of submits, printed at exit (a
+ * test finds where to inject from it). */
+static const long *counted_submits;
+static void print_submits(void) { fprintf(stderr, "lunet: vulkan: %ld submits\n", *counted_submits); }
+
+/* LUNET_VULKAN_FAULT=submit:N[:lost|oom]: the fault a test injects. */
+static void parse_fault(lunet_backend *be) {
+  const char *v = getenv("LUNET_VULKAN_FAULT");
+  char kind[8] = "lost";
+  long n = 0;
+  if (v && strcmp(v, "count") == 0 && !counted_submits) {
+    counted_submits = &be->submits;
+    atexit(print_submits);
+    return;
+  }
+  if (!v || sscanf(v, "submit:%ld:%7s", &n, kind) < 1 || n < 1) return;
+  be->fault_submit = n;
+  be->fault_result = strcmp(kind, "oom") == 0 ? VK_ERROR_OUT_OF_DEVICE_MEMORY : VK_ERROR_DEVICE_LOST;
+  fprintf(stderr, "lunet: vulkan: LUNET_VULKAN_FAULT: submit %ld will fail with %s\n", n,
+          lunet_vk_result_name(be->fault_result));
+}
+
 lunet_backend *lunet_vk_init(int threads, int device, char *err, size_t err_len) {
   (void)threads;
   if (lunet_vk_load(err, err_len)) return NULL;
@@ -457,6 +479,7 @@ lunet_backend *lunet_vk_init(int threads, int device, char *err, size_t err_len)
     if (vkCreateDebugUtilsMessengerEXT)
       vkCreateDebugUtilsMessengerEXT(be->inst, &mi, NULL, &be->messenger);
   }
+  parse_fault(be);
   if (open_device(be, device, err, err_len)) goto fail;
   if (lunet_vk_frames_init(be) || lunet_vk_kernels_init(be)) {
     snprintf(err, err_len, "vulkan: %s", lunet_vk_last_error(be));

@@ -198,7 +198,7 @@ static int frame_submit(lunet_backend *be, lunet_vk_frame *f) {
   }
   VkSubmitInfo si = {
       .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &f->cmd};
-  r = vkQueueSubmit(be->queue, 1, &si, f->fence);
+  r = ++be->submits == be->fault_submit ? be->fault_result : vkQueueSubmit(be->queue, 1, &si, f->fence);
   f->state = r ? FRAME_IDLE : FRAME_SUBMITTED;
   return r ? lunet_vk_check(be, r, "vkQueueSubmit") : 0;
 }

@@ -184,6 +184,11 @@ struct lunet_backend {
   lunet_vk_buffer **doomed; /* freed past the pool cap, destroyed at the next wait */
   size_t ndoomed, doomed_cap;
   bool lost; /* the device was lost: every call fails */
+  /* LUNET_VULKAN_FAULT=submit:N[:lost|oom] (tests): submit N (from 1)
+   * fails as if the driver had answered VK_ERROR_DEVICE_LOST or
+   * VK_ERROR_OUT_OF_DEVICE_MEMORY, since lavapipe never does. */
+  long fault_submit, submits;
+  VkResult fault_result;
 };
 
 /* ---- errors (thread-local message) ---- */

@@ -558,6 +558,23 @@ lunet_status lunet_layer_to(lunet_ctx *ctx, lunet_layer *l, const char *backend)
   return LUNET_OK;
 }
 
+lunet_status lunet_layer_set_weight_tensor(lunet_ctx *ctx, lunet_layer *l, int i, lunet_tensor *t) {
+  if (i < 0 || i >= l->nweights)
+    return lunet_error(ctx, LUNET_ERR_ARG, "%s has no weight %d (it has %d)", lunet_layer_name(l), i + 1, l->nweights);
+  if (!t || !lunet_shape_equal(t, l->w[i].t) || t->dtype != LUNET_F32) {
+    char a[128], b[128];
+    return lunet_error(ctx, LUNET_ERR_SHAPE, "%s: weight '%s' is %s (float32), not %s", lunet_layer_name(l),
+                       l->w[i].name, lunet_shape_str(l->w[i].t->ndim, l->w[i].t->shape, a, sizeof a),
+                       t ? lunet_shape_str(t->ndim, t->shape, b, sizeof b) : "nothing");
+  }
+  lunet_tensor *d = lunet_detach(ctx, t);
+  if (!d) return ctx->status;
+  d->requires_grad = l->w[i].trainable && !l->frozen;
+  lunet_tensor_release(l->w[i].t);
+  l->w[i].t = d;
+  return LUNET_OK;
+}
+
 lunet_tensor *lunet_layer_weight(lunet_layer *l, int i) {
   return i >= 0 && i < l->nweights ? l->w[i].t : NULL;
 }

@@ -607,6 +607,37 @@ local function split_rows(list, first, count)
   return out
 end
 
+-- A host copy of all that training changes (every layer's weights, the
+-- optimizer's slots and update count, the epoch), taken at each epoch's end
+-- when the model lives on a device: if the device fails (lost, or out of
+-- memory) the model comes back on the CPU from it.
+local function host_copy(self)
+  local copy = { epoch = self.epoch, iterations = self.optimizer.iterations, layers = {}, slots = {} }
+  for li, l in ipairs(self.layers) do
+    copy.layers[li] = {}
+    for i, w in ipairs(l:weights()) do copy.layers[li][i] = w.tensor:to("cpu") end
+  end
+  for i, slots in ipairs(C.optimizer_slots(self.optimizer.handle, #self.params)) do
+    copy.slots[i] = {}
+    for k, t in pairs(slots) do copy.slots[i][k] = t:to("cpu") end
+  end
+  return copy
+end
+
+-- The model on the CPU from a host copy, without reading the device.
+local function restore_on_cpu(self, copy)
+  for li, l in ipairs(self.layers) do
+    for i, t in ipairs(copy.layers[li]) do C.layer_set_weight(l.handle, i, t) end
+  end
+  for i, slots in ipairs(copy.slots) do
+    for k, t in pairs(slots) do C.optimizer_set_slot(self.optimizer.handle, i, k, t) end
+  end
+  self.optimizer.iterations = copy.iterations
+  self.params = C.model_params(self.handle)
+  self.device = "cpu"
+  self.epoch = copy.epoch
+end
+
 function Model:fit(x, y, o)
   o = o or {}
   for k in pairs(o) do
@@ -687,6 +718,7 @@ function Model:fit(x, y, o)
   -- BackupAndRestore sets resume_epoch in on_train_begin
   local first_epoch = math.max(o.initial_epoch or 0, self.resume_epoch or 0) + 1
   self.resume_epoch = nil
+  local copy = self.device ~= "cpu" and host_copy(self) or nil
   for epoch = first_epoch, epochs do
     if verbose ~= 0 then print(string.format("Epoch %d/%d", epoch, epochs)) end
     call_cbs(cbs, "on_epoch_begin", self, epoch)
@@ -719,6 +751,14 @@ function Model:fit(x, y, o)
     next_batch(nil) -- stops the prefetch thread, on success or error
     if not ok then
       if bar.tty then io.stdout:write("\n") end
+      local status = C.last_error_status()
+      if copy and (status == "device error" or status == "out of memory") then
+        local device = self.device
+        restore_on_cpu(self, copy)
+        error(string.format("fit: %s; the model is back on the CPU as it was at the end of epoch %d (weights and "
+          .. "optimizer state): fit again with CPU tensors to go on there, or restart lunet to use %s again",
+          tostring(err), copy.epoch, device), 2)
+      end
       error(err == "interrupted" and err or ("fit: " .. tostring(err)), err == "interrupted" and 0 or 2)
     end
     if xv then
@@ -737,6 +777,7 @@ function Model:fit(x, y, o)
     table.insert(history.epoch, epoch)
     self.epoch = epoch
     call_cbs(cbs, "on_epoch_end", self, epoch, logs)
+    if copy then copy = host_copy(self) end
     collectgarbage("step")
     if self.stop_training then break end
   end

@@ -59,6 +59,10 @@ LUNET_API lunet_shape lunet_layer_output_shape(const lunet_layer *l, int j);
 
 /* Moves every weight to another backend (copies; the old ones are released). */
 LUNET_API lunet_status lunet_layer_to(lunet_ctx *ctx, lunet_layer *l, const char *backend);
+/* Makes tensor t (weight i's shape, float32, on any backend) weight i of
+ * the layer, sharing its data: a layer brought back from a host copy when
+ * its device failed and lunet_layer_to cannot read the old weights. */
+LUNET_API lunet_status lunet_layer_set_weight_tensor(lunet_ctx *ctx, lunet_layer *l, int i, lunet_tensor *t);
 
 LUNET_API int lunet_layer_weight_count(const lunet_layer *l);
 LUNET_API const char *lunet_layer_weight_name(const lunet_layer *l, int i);
