@@ -277,6 +277,46 @@ def case_library(exe, home):
     assert s.close() == 0
 
 
+def case_leaks(exe, home):
+    """An interactive session through the line editor for LeakSanitizer
+    (registered in sanitizer builds, with detect_leaks=1 and a leak exit
+    code): the whole tests/leak/session.lua (train, save, load, datasets,
+    caught errors) run from the prompt, then editing, completion, history,
+    Ctrl-C at the prompt and in a continuation line, an uncaught error, a
+    model built and trained line by line; Ctrl-D must end it with status 0."""
+    session = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "leak", "session.lua")
+    s = start(exe, home)
+    s.send("dofile(%r)\r" % session)
+    s.expect(r"session: ok", timeout=240)
+    s.prompt()
+    s.send("m = nn.Sequential{nn.Dense{4, activation = 'relu', input_shape = {3}}, nn.Dense{2}}\r")
+    s.prompt()
+    s.send("m:comp\t")  # completion through the metatable
+    s.expect(r"m:compile$")
+    s.send("{optimizer = 'sgd', loss = 'mse'}\r")
+    s.prompt()
+    s.send("h = m:fit(nn.rand(8, 3), nn.rand(8, 2), {epochs = 2, verbose = 0})\r")
+    s.prompt()
+    s.send("#h.loss\r")
+    s.expect(r"\n2\n")
+    s.prompt()
+    s.send("m:predict(nn.rand(2, 4))\r")  # an uncaught error, printed
+    s.expect(r"expected input")
+    s.prompt()
+    s.send("for i = 1, 3 do\r")
+    s.expect(r"\n>> $")
+    s.send("\x03")
+    s.prompt()
+    s.send("unfinished(\x03")
+    s.prompt()
+    s.send("\x10\x10\x03")  # Ctrl-P twice through the history, then dropped
+    s.prompt()
+    s.send("#h.loss\r")
+    s.expect(r"\n2\n")
+    code = s.close()
+    assert code == 0, "exit status %d (23: LeakSanitizer found leaks); output:\n%s" % (code, s.text()[-6000:])
+
+
 def main():
     exe, case = os.path.abspath(sys.argv[1]), sys.argv[2]
     home = tempfile.mkdtemp(prefix="lunet_shell_")
