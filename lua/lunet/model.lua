@@ -749,6 +749,15 @@ function Model:fit(x, y, o)
       end
     end)
     next_batch(nil) -- stops the prefetch thread, on success or error
+    if ok and xv then
+      local vl
+      ok, vl = pcall(run_eval, self, xv, yv, bs, wv)
+      if ok then
+        for _, k in ipairs(keys) do logs["val_" .. k] = vl[k] end
+      else
+        err = vl == "interrupted" and vl or string.format("%s (epoch %d, validation)", tostring(vl), epoch)
+      end
+    end
     if not ok then
       if bar.tty then io.stdout:write("\n") end
       local status = C.last_error_status()
@@ -760,10 +769,6 @@ function Model:fit(x, y, o)
           tostring(err), copy.epoch, device), 2)
       end
       error(err == "interrupted" and err or ("fit: " .. tostring(err)), err == "interrupted" and 0 or 2)
-    end
-    if xv then
-      local vl = run_eval(self, xv, yv, bs, wv)
-      for _, k in ipairs(keys) do logs["val_" .. k] = vl[k] end
     end
     local all = {}
     for _, k in ipairs(keys) do all[#all + 1] = k end

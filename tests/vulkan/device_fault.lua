@@ -2,8 +2,9 @@
 -- this with LUNET_VULKAN_FAULT set): fit raises the device's error, and
 -- the model is back on the CPU as it was at the end of the last whole
 -- epoch (weights and optimizer state), and goes on training there.
---   lunet device_fault.lua EPOCHS            train on Vulkan (no fault expected)
---   lunet device_fault.lua fail lost|oom     expect the fault in epoch 2
+--   lunet device_fault.lua EPOCHS [val]          train on Vulkan (no fault expected)
+--   lunet device_fault.lua fail lost|oom [val]   expect the fault in epoch 2 (its
+--                                                 validation, with val)
 local nn = require "lunet"
 local vk
 for _, b in ipairs(nn.backends()) do if b.name == "vulkan" then vk = b end end
@@ -24,8 +25,11 @@ local model = nn.Sequential{
 model:compile{optimizer = nn.optimizers.Adam{learning_rate = 1e-2}, loss = "sparse_categorical_crossentropy"}
 local x, y = x_cpu:to("vulkan"), y_cpu:to("vulkan")
 
+-- "val" as the last argument: with validation data (the fault lands in
+-- epoch 2's validation then)
+local val = arg[#arg] == "val" and {x, y} or nil
 if arg[1] ~= "fail" then
-  model:fit(x, y, {epochs = tonumber(arg[1]), batch_size = 16, verbose = 0, shuffle = false})
+  model:fit(x, y, {epochs = tonumber(arg[1]), batch_size = 16, verbose = 0, shuffle = false, validation_data = val})
   return
 end
 
@@ -38,11 +42,15 @@ local keep = nn.callbacks.LambdaCallback{on_epoch_end = function(m, epoch)
   end
 end}
 local ok, err = pcall(model.fit, model, x, y, {epochs = 3, batch_size = 16, verbose = 0, shuffle = false,
-  callbacks = {keep}})
+  callbacks = {keep}, validation_data = val})
 assert(not ok, "fit should have failed")
+if val and not tostring(err):find("(epoch 2, validation)", 1, true) and tostring(err):find("download", 1, true) then
+  os.exit(3) -- the fault hit the epoch-end host copy, after validation: device_fault.sh tries an earlier submit
+end
 local want = arg[2] == "oom" and "out of device memory" or "the Vulkan device was lost"
 assert(tostring(err):find(want, 1, true), "unexpected error: " .. tostring(err))
-assert(tostring(err):find("(epoch 2, step", 1, true), "the fault was meant for epoch 2: " .. tostring(err))
+local where = val and "(epoch 2, validation)" or "(epoch 2, step"
+assert(tostring(err):find(where, 1, true), "the fault was meant for " .. where .. ": " .. tostring(err))
 assert(tostring(err):find("the model is back on the CPU as it was at the end of epoch 1", 1, true), tostring(err))
 assert(model.device == "cpu", "model.device is " .. tostring(model.device))
 assert(model.epoch == 1, "model.epoch is " .. tostring(model.epoch))
@@ -61,4 +69,4 @@ local p = model:predict(x_cpu)
 assert(p:shape()[1] == 96)
 local h = model:fit(x_cpu, y_cpu, {epochs = 2, initial_epoch = model.epoch, batch_size = 16, verbose = 0})
 assert(h.loss[1] == h.loss[1] and h.loss[1] < 2, "loss after the restore: " .. tostring(h.loss[1]))
-print("device fault: ok (" .. arg[2] .. ")")
+print("device fault: ok (" .. arg[2] .. (val and ", in validation" or "") .. ")")

@@ -2,20 +2,36 @@
 # Faults injected into the Vulkan backend mid-fit (device_fault.lua): the
 # number of queue submits of one and of two epochs is counted first
 # (LUNET_VULKAN_FAULT=count), then the submit in the middle of epoch 2
-# fails as a lost device, then as device memory running out.
+# fails as a lost device, then as device memory running out; last, one in
+# the middle of epoch 2's validation.
 # Usage: device_fault.sh LUNET
 set -eu
 lunet=$1
 script=$(dirname "$0")/device_fault.lua
 submits() {
-  out=$(LUNET_VULKAN_FAULT=count "$lunet" "$script" "$1" 2>&1) || { st=$?; echo "$out"; exit $st; }
-  echo "$out" | sed -n 's/^lunet: vulkan: \([0-9]*\) submits$/\1/p'
+  out=$(LUNET_VULKAN_FAULT=count "$lunet" "$script" "$@" 2>&1) || { st=$?; echo "$out"; exit $st; }
+  n=$(echo "$out" | sed -n 's/^lunet: vulkan: \([0-9]*\) submits$/\1/p')
+  [ -n "$n" ] || { echo "could not count the submits: $out"; exit 1; }
+  echo "$n"
 }
 one=$(submits 1)
 two=$(submits 2)
-[ -n "$one" ] && [ -n "$two" ] && [ "$two" -gt "$one" ] || { echo "could not count the submits ($one, $two)"; exit 1; }
-mid=$((one + (two - one) / 2))
+train=$((two - one)) # the submits of one epoch's training
+mid=$((one + train / 2))
 for kind in lost oom; do
   LUNET_VULKAN_FAULT=submit:$mid:$kind "$lunet" "$script" fail "$kind"
 done
-echo "device faults: ok (submit $mid of a run whose first epoch ends at submit $one)"
+# with validation data: epoch 2 ends with its validation, then the host
+# copy (a few downloads); from the end of the two-epoch run backwards, the
+# first submit whose failure is not in the copy is in the validation
+two_val=$(submits 2 val)
+n=$((two_val + 1))
+while :; do
+  n=$((n - 1))
+  [ "$n" -gt "$((two_val - 40))" ] || { echo "no submit of epoch 2's validation found"; exit 1; }
+  st=0
+  LUNET_VULKAN_FAULT=submit:$n:lost "$lunet" "$script" fail lost val || st=$?
+  [ "$st" -eq 3 ] || break
+done
+[ "$st" -eq 0 ] || exit "$st"
+echo "device faults: ok (training: submit $mid, whose first epoch ends at submit $one; validation: submit $n)"
