@@ -134,6 +134,7 @@ nn.augment = require "lunet.augment"
 nn.text = require "lunet.text"
 nn.utils = require "lunet.utils"
 nn.data = require "lunet.dataset"
+nn.metrics = require "lunet.metrics"
 
 -- Threads from LUNET_THREADS are read by the backend itself.
 return nn

@@ -1,0 +1,128 @@
+-- nn.metrics: reports over a whole set of predictions, counted exactly on
+-- the host.  confusion_matrix (true classes in rows, as Keras's and
+-- scikit-learn's) and classification_report (per-class precision, recall,
+-- F1 and support, with accuracy and the macro and weighted averages, as
+-- scikit-learn prints them).
+local C = require "lunet.core"
+
+local M = {}
+
+-- Class ids from labels or scores: a list or a tensor of ids (N) or (N, 1)
+-- of whole numbers, one-hot or scores (N, K) by argmax, and one
+-- probability per sample (N, 1) of a binary classifier thresholded at 0.5.
+local function class_ids(v, what)
+  if type(v) == "table" and not C.is_tensor(v) then v = C.tensor(v) end
+  if not C.is_tensor(v) then error(string.format("%s: a tensor or a list expected, got %s", what, type(v)), 3) end
+  local shape = v:shape()
+  local ids
+  if #shape == 2 and shape[2] > 1 then
+    ids = v:to("cpu"):argmax(-1):totable()
+  elseif #shape == 1 or (#shape == 2 and shape[2] == 1) then
+    local flat = v:to("cpu"):reshape({shape[1]}):totable()
+    local whole = true
+    for _, x in ipairs(flat) do whole = whole and x == math.floor(x) end
+    if #shape == 2 and not whole then
+      ids = {}
+      for i, x in ipairs(flat) do ids[i] = x > 0.5 and 1 or 0 end
+    else
+      ids = flat
+    end
+  else
+    error(string.format("%s: class ids (N) or scores (N, K) expected, got a tensor of %d axes", what, #shape), 3)
+  end
+  for i, x in ipairs(ids) do
+    if x ~= math.floor(x) or x < 0 then
+      error(string.format("%s: row %d holds %s, not a class id (give whole numbers from 0, or scores (N, K))",
+        what, i, tostring(x)), 3)
+    end
+    ids[i] = math.tointeger(x)
+  end
+  return ids
+end
+
+local function counts(y_true, y_pred, o, what)
+  o = o or {}
+  local t, p = class_ids(y_true, what .. " (y_true)"), class_ids(y_pred, what .. " (y_pred)")
+  if #t ~= #p then error(string.format("%s: %d true labels but %d predictions", what, #t, #p), 3) end
+  local k = o.num_classes
+  if k == nil then
+    k = 0
+    for i = 1, #t do k = math.max(k, t[i] + 1, p[i] + 1) end
+  elseif math.type(k) ~= "integer" or k < 1 then
+    error(string.format("%s: num_classes must be a positive integer", what), 3)
+  end
+  local cm = {}
+  for i = 1, k do
+    cm[i] = {}
+    for j = 1, k do cm[i][j] = 0 end
+  end
+  for i = 1, #t do
+    if t[i] >= k or p[i] >= k then
+      error(string.format("%s: row %d has class %d, outside num_classes = %d", what, i, math.max(t[i], p[i]), k), 3)
+    end
+    cm[t[i] + 1][p[i] + 1] = cm[t[i] + 1][p[i] + 1] + 1
+  end
+  return cm, k, #t
+end
+
+-- nn.metrics.confusion_matrix(y_true, y_pred[, {num_classes = K}]) -> a (K, K)
+-- tensor of counts: row i the samples of true class i, column j those
+-- predicted as j.
+function M.confusion_matrix(y_true, y_pred, o)
+  local cm = counts(y_true, y_pred, o, "confusion_matrix")
+  return C.tensor(cm)
+end
+
+-- nn.metrics.classification_report(y_true, y_pred[, {target_names =,
+-- num_classes =, digits = 2, print = true}]) -> { classes = {{name, precision,
+-- recall, f1, support}, ...}, accuracy, macro_avg, weighted_avg }, and the
+-- table printed.  A class never predicted has precision 0, one never
+-- present recall 0 (scikit-learn's zero_division = 0).
+function M.classification_report(y_true, y_pred, o)
+  o = o or {}
+  local cm, k, n = counts(y_true, y_pred, o, "classification_report")
+  local names = o.target_names or {}
+  if o.target_names and #names ~= k then
+    error(string.format("classification_report: %d target_names for %d classes", #names, k), 2)
+  end
+  local report = { classes = {}, accuracy = 0 }
+  local macro = { precision = 0, recall = 0, f1 = 0, support = n }
+  local weighted = { precision = 0, recall = 0, f1 = 0, support = n }
+  local correct = 0
+  for c = 1, k do
+    local tp, predicted, support = cm[c][c], 0, 0
+    for j = 1, k do
+      predicted = predicted + cm[j][c]
+      support = support + cm[c][j]
+    end
+    correct = correct + tp
+    local precision = predicted > 0 and tp / predicted or 0
+    local recall = support > 0 and tp / support or 0
+    local f1 = precision + recall > 0 and 2 * precision * recall / (precision + recall) or 0
+    report.classes[c] = { name = names[c] or tostring(c - 1), precision = precision, recall = recall, f1 = f1,
+      support = support }
+    for key, v in pairs({ precision = precision, recall = recall, f1 = f1 }) do
+      macro[key] = macro[key] + v / k
+      weighted[key] = weighted[key] + (n > 0 and v * support / n or 0)
+    end
+  end
+  report.accuracy = n > 0 and correct / n or 0
+  report.macro_avg, report.weighted_avg = macro, weighted
+  if o.print ~= false then
+    local d = o.digits or 2
+    local width = 12
+    for _, c in ipairs(report.classes) do width = math.max(width, #c.name) end
+    local num = "%10." .. d .. "f"
+    local row = "%" .. width .. "s" .. num .. num .. num .. "%10d"
+    print(string.format("%" .. width .. "s%10s%10s%10s%10s", "", "precision", "recall", "f1-score", "support"))
+    print()
+    for _, c in ipairs(report.classes) do print(string.format(row, c.name, c.precision, c.recall, c.f1, c.support)) end
+    print()
+    print(string.format("%" .. width .. "s%10s%10s" .. num .. "%10d", "accuracy", "", "", report.accuracy, n))
+    print(string.format(row, "macro avg", macro.precision, macro.recall, macro.f1, n))
+    print(string.format(row, "weighted avg", weighted.precision, weighted.recall, weighted.f1, n))
+  end
+  return report
+end
+
+return M

@@ -1,0 +1,70 @@
+-- nn.metrics.confusion_matrix and classification_report: a hand-counted
+-- case (the figures scikit-learn prints for it), a random one against
+-- counts taken pair by pair, the input forms, and the errors.
+local here = arg[0]:gsub("[^/]+$", "")
+package.path = here .. "?.lua;" .. package.path
+local check = require "check"
+local nn = require "lunet"
+
+local T = {}
+
+function T.hand_counted_case()
+  -- y_pred's scores argmax to {0, 2, 2, 1, 1, 0}
+  local y_true = {0, 1, 2, 2, 1, 0}
+  local scores = nn.tensor({{0.9, 0.1, 0}, {0.1, 0.2, 0.7}, {0, 0, 1}, {0, 1, 0}, {0, 1, 0}, {1, 0, 0}})
+  check.same_table(nn.metrics.confusion_matrix(y_true, scores):totable(), {{2, 0, 0}, {0, 1, 1}, {0, 1, 1}}, 0, "matrix")
+  local r = nn.metrics.classification_report(y_true, scores, {target_names = {"cat", "dog", "bird"}, print = false})
+  check.same_table({r.classes[1].precision, r.classes[1].recall, r.classes[1].f1, r.classes[1].support}, {1, 1, 1, 2}, 1e-12, "cat")
+  check.same_table({r.classes[2].precision, r.classes[2].recall, r.classes[2].f1, r.classes[2].support}, {0.5, 0.5, 0.5, 2}, 1e-12, "dog")
+  check.eq(r.classes[3].name, "bird")
+  check.near(r.accuracy, 4 / 6, 1e-12, "accuracy")
+  check.near(r.macro_avg.f1, (1 + 0.5 + 0.5) / 3, 1e-12, "macro f1")
+  -- a class predicted but never true, and one true but never predicted:
+  -- precision and recall 0 there (zero_division = 0), weights by support
+  local r2 = nn.metrics.classification_report({0, 0, 1, 1}, {0, 2, 0, 0}, {print = false})
+  check.same_table({r2.classes[2].precision, r2.classes[2].recall, r2.classes[3].precision, r2.classes[3].support},
+    {0, 0, 0, 0}, 0, "empty classes")
+  check.near(r2.classes[1].precision, 1 / 3, 1e-12, "class 0 precision")
+  check.near(r2.weighted_avg.recall, (0.5 * 2 + 0 * 2) / 4, 1e-12, "weighted recall")
+end
+
+function T.random_case_against_pairwise_counts()
+  nn.seed(12)
+  local n, k = 500, 5
+  local labels = {}
+  for i = 1, n do labels[i] = (i * 7) % k end
+  local scores = nn.randn(n, k)
+  local pred = scores:argmax(-1):totable()
+  local cm = nn.metrics.confusion_matrix(nn.tensor(labels), scores, {num_classes = k}):totable()
+  local r = nn.metrics.classification_report(labels, scores, {print = false})
+  for c = 0, k - 1 do
+    local tp, fp, fn, total = 0, 0, 0, 0
+    for i = 1, n do
+      if labels[i] == c and pred[i] == c then tp = tp + 1 end
+      if labels[i] ~= c and pred[i] == c then fp = fp + 1 end
+      if labels[i] == c and pred[i] ~= c then fn = fn + 1 end
+    end
+    for j = 1, k do total = total + cm[c + 1][j] end
+    check.eq(cm[c + 1][c + 1], tp, "true positives of " .. c)
+    check.eq(total, tp + fn, "row sum of " .. c)
+    check.near(r.classes[c + 1].precision, tp / (tp + fp), 1e-12, "precision of " .. c)
+    check.near(r.classes[c + 1].recall, tp / (tp + fn), 1e-12, "recall of " .. c)
+  end
+end
+
+function T.input_forms_and_errors()
+  -- one-hot targets, (N, 1) ids, and a binary classifier's probabilities
+  check.same_table(nn.metrics.confusion_matrix(nn.tensor({{1, 0}, {0, 1}}), nn.tensor({{1}, {0}})):totable(),
+    {{0, 1}, {1, 0}}, 0, "one-hot and (N, 1) ids")
+  check.same_table(nn.metrics.confusion_matrix({0, 1, 1}, nn.tensor({{0.2}, {0.9}, {0.4}})):totable(),
+    {{1, 0}, {1, 1}}, 0, "probabilities thresholded at 0.5")
+  check.fails(function() nn.metrics.confusion_matrix({0, 1}, {0}) end, "2 true labels but 1 predictions")
+  check.fails(function() nn.metrics.confusion_matrix({0, 1.5}, {0, 1}) end, "row 2 holds 1.5, not a class id")
+  check.fails(function() nn.metrics.confusion_matrix({0, -1}, {0, 1}) end, "row 2 holds -1")
+  check.fails(function() nn.metrics.confusion_matrix({0, 3}, {0, 1}, {num_classes = 2}) end,
+    "row 2 has class 3, outside num_classes = 2")
+  check.fails(function() nn.metrics.classification_report({0, 1}, {0, 1}, {target_names = {"a"}, print = false}) end,
+    "1 target_names for 2 classes")
+end
+
+check.run(T)
