@@ -152,7 +152,7 @@ static bool file_size_value(const cJSON *j, size_t max, size_t *out) {
       j->valuedouble != floor(j->valuedouble))
     return false;
   *out = (size_t)j->valuedouble;
-  return *out <= max;
+  return true;
 }
 
 static lunet_status read_entry(lunet_ctx *ctx, const char *path, cJSON *e,
@@ -177,13 +177,12 @@ static lunet_status read_entry(lunet_ctx *ctx, const char *path, cJSON *e,
   size_t numel = 1, a, b;
   for (int d = 0; d < nd; d++) {
     size_t v;
-    /* each factor at most the file's size, so the product cannot overflow
-     * before it is found too large */
     if (!file_size_value(cJSON_GetArrayItem(shape, d), dlen, &v))
       return bad(ctx, path, "a dimension is not a whole number within the file's size");
     sh[d] = (int64_t)v;
-    numel = v == 0 || numel == 0 ? 0 : numel * v;
-    if (numel > dlen) return bad(ctx, path, "a tensor is larger than the file");
+    /* checked before the product, which could overflow */
+    if (v != 0 && numel > dlen / v) return bad(ctx, path, "a tensor is larger than the file");
+    numel *= v;
   }
   size_t nb = numel * lunet_dtype_size(t);
   if (!file_size_value(cJSON_GetArrayItem(offs, 0), dlen, &a) ||
@@ -281,9 +280,10 @@ static lunet_status parse(lunet_ctx *ctx, const char *path, const unsigned char 
                           "maps strings to strings)", path, m->string);
           break;
         }
-        st->keys[st->nmeta] = strdup(m->string);
-        st->values[st->nmeta] = strdup(m->valuestring);
-        if (!st->keys[st->nmeta++] || !st->values[st->nmeta - 1]) {
+        int k = st->nmeta++; /* counted at once: free releases what the strdups made */
+        st->keys[k] = strdup(m->string);
+        st->values[k] = strdup(m->valuestring);
+        if (!st->keys[k] || !st->values[k]) {
           s = lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
           break;
         }

@@ -203,6 +203,19 @@ lunet_status lunet_layer_error(lunet_layer *l, lunet_status s, const char *fmt, 
  * more is broken (sizes beyond this overflow once a batch multiplies them). */
 #define LUNET_MAX_SAMPLE_ELEMENTS (INT64_C(1) << 40)
 
+/* Whether a plugin's sizes make a sample shape: fewer than LUNET_MAX_DIMS
+ * axes, each at least 1, at most LUNET_MAX_SAMPLE_ELEMENTS in all (the
+ * product checked as it grows, before it could overflow). */
+static bool sample_shape_ok(int ndim, const int64_t *dims) {
+  if (ndim < 0 || ndim >= LUNET_MAX_DIMS || (ndim > 0 && !dims)) return false;
+  int64_t numel = 1;
+  for (int d = 0; d < ndim; d++) {
+    if (dims[d] < 1 || dims[d] > LUNET_MAX_SAMPLE_ELEMENTS / numel) return false;
+    numel *= dims[d];
+  }
+  return true;
+}
+
 /* An error for a broken contract between the core and a layer type: the
  * layer's name, what went wrong, and the plugin to blame. */
 static lunet_status plugin_bug(lunet_ctx *ctx, const lunet_layer *l, lunet_status s, const char *fmt, ...)
@@ -494,18 +507,12 @@ int lunet_layer_add_weight(lunet_layer *l, const char *name, int ndim, const int
     lunet_layer_error(l, LUNET_ERR_ARG, "at most %d weights per layer", MAX_WEIGHTS);
     return -1;
   }
-  bool fits = name && name[0] && ndim >= 0 && ndim < LUNET_MAX_DIMS && (ndim == 0 || shape);
-  int64_t numel = 1; /* checked as it grows: a plugin's sizes may be anything */
-  for (int d = 0; fits && d < ndim; d++) {
-    fits = shape[d] > 0 && shape[d] <= LUNET_MAX_SAMPLE_ELEMENTS / numel;
-    numel *= fits ? shape[d] : 1;
-  }
-  if (!fits) {
+  if (!name || !name[0] || !sample_shape_ok(ndim, shape)) {
     plugin_bug(l->ctx, l, LUNET_ERR_SHAPE, "add_weight '%s': a name, fewer than %d axes, sizes of at least 1 and at "
                "most %lld elements are required", name ? name : "(null)", LUNET_MAX_DIMS, (long long)LUNET_MAX_SAMPLE_ELEMENTS);
     return -1;
   }
-  int64_t bytes = numel > INT64_MAX / 4 ? INT64_MAX : 4 * numel;
+  int64_t numel = lunet_shape_numel(ndim, shape), bytes = 4 * numel;
   if (l->ctx->weight_budget >= 0) {
     if (bytes > l->ctx->weight_budget) {
       lunet_layer_error(l, LUNET_ERR_FORMAT,
@@ -710,13 +717,7 @@ lunet_status lunet_layer_build(lunet_ctx *ctx, lunet_layer *l, int nin, const lu
   lunet_status s = l->type->build(l, nin, in, out);
   if (s && ctx->status == LUNET_OK) s = plugin_bug(ctx, l, s, "build failed without a message");
   for (int j = 0; !s && j < nout; j++) {
-    bool ok = out[j].ndim >= 0 && out[j].ndim < LUNET_MAX_DIMS;
-    int64_t numel = 1;
-    for (int d = 0; ok && d < out[j].ndim; d++) {
-      ok = out[j].dims[d] > 0 && out[j].dims[d] <= LUNET_MAX_SAMPLE_ELEMENTS / numel;
-      numel *= ok ? out[j].dims[d] : 1;
-    }
-    if (!ok)
+    if (!sample_shape_ok(out[j].ndim, out[j].dims))
       s = plugin_bug(ctx, l, LUNET_ERR_SHAPE,
                      "build declared output %d with %d dimensions, a size below 1 or more than %lld elements per "
                      "sample", j + 1, out[j].ndim, (long long)LUNET_MAX_SAMPLE_ELEMENTS);
@@ -1137,7 +1138,7 @@ lunet_status lunet_layer_apply(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep,
   if (!s) s = outputs_fit(ctx, l, c->batch, y);
   if (!s) s = fresh_outputs(ctx, nin, x, c->nout, y, grad);
   else if (ctx->status == LUNET_OK)
-    s = lunet_error(ctx, s, "%s: forward failed without a message", lunet_layer_name(l));
+    s = plugin_bug(ctx, l, s, "forward failed without a message");
   if (!s && mask_out) s = output_masks(ctx, l, c, nin, x, mask_out);
   if (!s && grad) s = record(ctx, c, ninputs, inputs, y);
   lunet_call_release(c);
