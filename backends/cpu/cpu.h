@@ -40,6 +40,7 @@ typedef struct lunet_cpu_pool {
   atomic_uint_fast64_t claim; /* region << 32 | chunks << 16 | next chunk */
   atomic_int done;            /* chunks finished in this region */
   atomic_int sleepers;
+  int started; /* workers that have set up their thread (guarded by mu) */
   bool stop;
   lunet_cpu_task fn;
   void *arg;

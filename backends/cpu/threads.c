@@ -75,7 +75,11 @@ static uint64_t wait_generation(lunet_cpu_pool *p, uint64_t seen) {
 static void *worker_main(void *arg) {
   lunet_cpu_worker *w = arg;
   lunet_cpu_pool *p = w->pool;
-  current_tid = w->index;
+  current_tid = w->index; /* the first touch of this thread's TLS allocates it */
+  pthread_mutex_lock(&p->mu);
+  p->started++;
+  pthread_cond_broadcast(&p->done_cv);
+  pthread_mutex_unlock(&p->mu);
   uint64_t seen = 0; /* gen at pool start, even if a region began before we ran */
   for (;;) {
     seen = wait_generation(p, seen);
@@ -87,11 +91,14 @@ static void *worker_main(void *arg) {
   }
 }
 
-/* Starts n-1 workers; 0 on success. */
+/* Starts n-1 workers and waits until each is running, so that nothing of a
+ * worker's start (its thread-local storage) happens later at a random
+ * moment; 0 on success. */
 int lunet_cpu_pool_start(lunet_cpu_pool *p, int n) {
   if (n < 1) n = 1;
   p->n = 1;
   p->stop = false;
+  p->started = 0;
   atomic_init(&p->gen, 0);
   atomic_init(&p->claim, 0);
   atomic_init(&p->done, 0);
@@ -115,6 +122,9 @@ int lunet_cpu_pool_start(lunet_cpu_pool *p, int n) {
     }
     p->n = i + 1;
   }
+  pthread_mutex_lock(&p->mu);
+  while (p->started < p->n - 1) pthread_cond_wait(&p->done_cv, &p->mu);
+  pthread_mutex_unlock(&p->mu);
   return 0;
 }
 
