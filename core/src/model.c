@@ -447,11 +447,39 @@ static lunet_metric_kind accuracy_kind(const lunet_model *m, int out, const char
 }
 
 static lunet_status add_metric(lunet_ctx *ctx, lunet_model *m, const char *name,
-                               lunet_metric_kind kind, float threshold, int out) {
-  lunet_metric *x = lunet_metric_new(ctx, name, kind, threshold);
+                               const lunet_metric_config *cfg, int out) {
+  lunet_metric *x = lunet_metric_new_config(ctx, name, cfg);
   if (!x) return ctx->status;
   m->metrics[m->nmetrics] = x;
   m->metric_output[m->nmetrics++] = out;
+  return LUNET_OK;
+}
+
+/* A compiled metric of output `out` from its spec: "accuracy" resolved as
+ * Keras does, predictions that are logits (the output's loss says so) turned
+ * into probabilities where the metric reads them. */
+static lunet_status metric_config(lunet_ctx *ctx, const lunet_model *m, int out, const char *spec,
+                                  lunet_metric_config *cfg, char *name, size_t name_len) {
+  bool known;
+  lunet_metric_kind kind = accuracy_kind(m, out, spec, &known);
+  if (known) {
+    *cfg = lunet_metric_config_defaults(kind);
+    snprintf(name, name_len, "%s", spec);
+  } else {
+    lunet_status s = lunet_metric_parse(ctx, spec, cfg, name, name_len);
+    if (s) return s;
+  }
+  if ((cfg->kind == LUNET_METRIC_F1 || cfg->kind == LUNET_METRIC_R2) && cfg->average == LUNET_AVERAGE_NONE)
+    return lunet_error(ctx, LUNET_ERR_ARG,
+                       "metric '%s' gives one value per class, and a log holds one number: use another "
+                       "average (macro, micro, weighted), or run the metric on model:predict's output",
+                       spec);
+  const lunet_loss_spec *ls = &m->losses[out];
+  if (cfg->kind == LUNET_METRIC_BINARY_ACCURACY) {
+    if (ls->from_logits) cfg->threshold = 0.0f; /* sigmoid(x) > 0.5 where x > 0 */
+  } else if (ls->from_logits) {
+    cfg->logits = ls->kind == LUNET_LOSS_BINARY_CE ? 1 : 2;
+  }
   return LUNET_OK;
 }
 
@@ -489,26 +517,31 @@ lunet_status lunet_model_compile(lunet_ctx *ctx, lunet_model *m, const lunet_com
     return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
   }
   char name[160];
-  lunet_status s = add_metric(ctx, m, "loss", LUNET_METRIC_MEAN, 0, -1);
+  lunet_metric_config mean = lunet_metric_config_defaults(LUNET_METRIC_MEAN);
+  lunet_status s = add_metric(ctx, m, "loss", &mean, -1);
   for (int j = 0; !s && m->noutputs > 1 && j < m->noutputs; j++) {
     metric_name(m, j, "loss", name, sizeof name);
-    s = add_metric(ctx, m, name, LUNET_METRIC_MEAN, 0, j);
+    s = add_metric(ctx, m, name, &mean, j);
   }
   m->nloss_metrics = m->nmetrics;
   for (int k = 0; !s && k < o->nmetrics; k++)
     for (int j = 0; !s && j < m->noutputs; j++) {
-      bool known;
-      lunet_metric_kind kind = accuracy_kind(m, j, o->metrics[k], &known);
-      if (!known) {
-        s = lunet_error(ctx, LUNET_ERR_ARG,
-                        "compile: unknown metric '%s' (valid: accuracy, sparse_categorical_accuracy, "
-                        "categorical_accuracy, binary_accuracy)",
-                        o->metrics[k]);
+      lunet_metric_config cfg;
+      char base[64];
+      s = metric_config(ctx, m, j, o->metrics[k], &cfg, base, sizeof base);
+      if (s) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", lunet_ctx_error(ctx));
+        s = lunet_error(ctx, s, "compile: %s", why);
         break;
       }
       /* logged under the name the user wrote ("acc" stays "acc", as in Keras) */
-      metric_name(m, j, o->metrics[k], name, sizeof name);
-      s = add_metric(ctx, m, name, kind, m->losses[j].from_logits ? 0.0f : 0.5f, j);
+      metric_name(m, j, base, name, sizeof name);
+      for (int i = 0; i < m->nmetrics; i++)
+        if (!strcmp(lunet_metric_name(m->metrics[i]), name))
+          s = lunet_error(ctx, LUNET_ERR_ARG, "compile: two metrics log as '%s' (give one a name: %s(name=...))",
+                          name, o->metrics[k]);
+      if (!s) s = add_metric(ctx, m, name, &cfg, j);
     }
   if (s) {
     free_metrics(m);
@@ -648,10 +681,9 @@ static bool fuses(const lunet_model *m, int j) {
   if (lunet_layer_arg_is_set(m->calls[v->call].layer, "activity_regularizer")) return false;
   const char *act = lunet_layer_activation(m->calls[v->call].layer);
   if (!act || strcmp(act, "softmax")) return false;
-  /* a binary accuracy thresholds probabilities: it needs them unfused */
+  /* a metric that reads probabilities (a threshold, an AUC) needs them unfused */
   for (int i = m->nloss_metrics; i < m->nmetrics; i++)
-    if (m->metric_output[i] == j && lunet_metric_kind_get(m->metrics[i]) == LUNET_METRIC_BINARY_ACCURACY)
-      return false;
+    if (m->metric_output[i] == j && lunet_metric_needs_probabilities(m->metrics[i])) return false;
   return true;
 }
 
@@ -872,40 +904,45 @@ static void leaf_done(void *user, lunet_tensor *leaf) {
     }
 }
 
-/* The loss, each output's loss and each accuracy's count, read in one
- * download, then added to the metrics. */
+/* The loss, each output's loss and each metric's batch statistics, read
+ * in one download, then added to the metrics. */
 static lunet_status update_metrics(lunet_ctx *ctx, lunet_model *m, lunet_tensor *loss,
                                    lunet_tensor **parts, lunet_tensor **pred,
                                    lunet_tensor *const *y, double *loss_out) {
   int n = m->nmetrics;
-  lunet_tensor **scalars = calloc((size_t)n, sizeof *scalars);
-  float *v = calloc((size_t)n, sizeof *v);
-  lunet_status s = scalars && v ? LUNET_OK : lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
-  int64_t one = 1;
+  lunet_tensor **vecs = calloc((size_t)n, sizeof *vecs);
+  int64_t *len = calloc((size_t)n, sizeof *len), total = 0;
+  lunet_status s = vecs && len ? LUNET_OK : lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
   for (int i = 0; !s && i < n; i++) {
     int j = m->metric_output[i];
     lunet_tensor *t = i == 0                   ? lunet_tensor_retain(loss)
                       : i < m->nloss_metrics ? lunet_tensor_retain(parts[j])
-                                               : lunet_metric_correct(ctx, m->metrics[i], pred[j], y[j]);
-    scalars[i] = t ? lunet_op_reshape(ctx, t, 1, &one) : NULL;
+                                               : lunet_metric_batch(ctx, m->metrics[i], pred[j], y[j]);
+    if (t) len[i] = t->numel, total += t->numel;
+    vecs[i] = t ? lunet_op_reshape(ctx, t, 1, &len[i]) : NULL;
     lunet_tensor_release(t);
-    if (!scalars[i]) s = ctx->status;
+    if (!vecs[i]) s = ctx->status;
   }
   lunet_tensor *all = NULL;
-  if (!s) all = n == 1 ? lunet_tensor_retain(scalars[0]) : lunet_op_concat(ctx, scalars, n, 0);
-  if (!s) s = all ? lunet_tensor_read(ctx, all, v, sizeof(float) * (size_t)n) : ctx->status;
+  float *v = s ? NULL : malloc(sizeof *v * (size_t)total);
+  if (!s && !v) s = lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
+  if (!s) all = n == 1 ? lunet_tensor_retain(vecs[0]) : lunet_op_concat(ctx, vecs, n, 0);
+  if (!s) s = all ? lunet_tensor_read(ctx, all, v, sizeof(float) * (size_t)total) : ctx->status;
   lunet_tensor_release(all);
   double batch = pred[0]->ndim ? (double)pred[0]->shape[0] : 1;
+  int64_t at = 0;
   for (int i = 0; !s && i < n; i++) {
     int j = m->metric_output[i];
     if (i < m->nloss_metrics)
-      lunet_metric_add(m->metrics[i], v[i] * batch, batch);
+      lunet_metric_add(m->metrics[i], v[at] * batch, batch);
     else
-      lunet_metric_add(m->metrics[i], v[i], lunet_metric_batch_count(m->metrics[i], pred[j]));
+      s = lunet_metric_absorb(ctx, m->metrics[i], v + at, len[i], pred[j]);
+    at += len[i];
   }
   if (!s) *loss_out = v[0];
-  for (int i = 0; scalars && i < n; i++) lunet_tensor_release(scalars[i]);
-  free(scalars);
+  for (int i = 0; vecs && i < n; i++) lunet_tensor_release(vecs[i]);
+  free(vecs);
+  free(len);
   free(v);
   return s;
 }

@@ -1,5 +1,6 @@
--- nn.metrics: reports over a whole set of predictions, counted exactly on
--- the host.  confusion_matrix (true classes in rows, as Keras's and
+-- nn.metrics: metric objects (Precision, AUC, F1Score, ..., the same
+-- computation compile's metrics run on the model's device), and reports over
+-- a whole set of predictions, counted exactly on the host.  confusion_matrix (true classes in rows, as Keras's and
 -- scikit-learn's) and classification_report (per-class precision, recall,
 -- F1 and support, with accuracy and the macro and weighted averages, as
 -- scikit-learn prints them).
@@ -123,6 +124,106 @@ function M.classification_report(y_true, y_pred, o)
     print(string.format(row, "weighted avg", weighted.precision, weighted.recall, weighted.f1, n))
   end
   return report
+end
+
+-- ---- metric objects ----
+
+-- A metric object: update_state(y_true, y_pred), result(), reset_state(),
+-- merge_state(other), as Keras's.  Each holds a core metric made from its
+-- spec ("AUC(curve=PR)"), and compile{metrics = {obj}} compiles the same
+-- spec for the model's outputs.
+local Metric = {}
+Metric.__index = Metric
+
+local function as_tensor(v, what)
+  if C.is_tensor(v) then return v end
+  if type(v) == "table" then return C.tensor(v) end
+  error(string.format("%s: a tensor or a list expected, got %s", what, type(v)), 3)
+end
+
+function Metric:update_state(y_true, y_pred)
+  C.metric_update(self.handle, as_tensor(y_true, self.name .. " (y_true)"), as_tensor(y_pred, self.name .. " (y_pred)"))
+  return self
+end
+function Metric:result() return C.metric_result(self.handle) end
+function Metric:reset_state() C.metric_reset(self.handle) return self end
+-- The additive state (sums and counts), for a reduction across processes.
+function Metric:state() return C.metric_state(self.handle) end
+function Metric:set_state(v) C.metric_set_state(self.handle, v) return self end
+function Metric:merge_state(other) C.metric_merge(self.handle, other.handle) return self end
+function Metric:get_config() return { name = self.name, spec = self.spec } end
+Metric.__tostring = function(self) return string.format("<metric %s: %s>", self.name, self.spec) end
+
+function M.is_metric(v) return getmetatable(v) == Metric end
+
+local function option_value(v)
+  if v == false then return "none" end
+  if type(v) == "boolean" then return tostring(v) end
+  if math.type(v) == "float" then return string.format("%.9g", v) end
+  return tostring(v)
+end
+
+-- A class: options (a table, or the first option positionally) checked
+-- against `keys`, written into the spec in a fixed order.
+local function class(class_name, keys, positional)
+  return function(o)
+    if type(o) ~= "table" then o = o == nil and {} or { [positional or "?"] = o } end
+    local parts = {}
+    for k in pairs(o) do
+      if type(k) ~= "string" or not keys[k] then
+        local valid = {}
+        for key in pairs(keys) do valid[#valid + 1] = key end
+        table.sort(valid)
+        error(string.format("nn.metrics.%s: unknown option '%s' (valid: %s)", class_name, tostring(k),
+          table.concat(valid, ", ")), 2)
+      end
+    end
+    local sorted = {}
+    for key in pairs(keys) do sorted[#sorted + 1] = key end
+    table.sort(sorted)
+    for _, key in ipairs(sorted) do
+      if o[key] ~= nil then parts[#parts + 1] = key .. "=" .. option_value(o[key]) end
+    end
+    local spec = #parts > 0 and class_name .. "(" .. table.concat(parts, ",") .. ")" or class_name
+    local ok, h, name = pcall(C.metric_new, spec)
+    if not ok then error(h, 2) end
+    return setmetatable({ handle = h, name = name, spec = spec }, Metric)
+  end
+end
+
+local common = { name = true }
+local function with(t)
+  for k in pairs(common) do t[k] = true end
+  return t
+end
+
+M.Precision = class("Precision", with { thresholds = true, class_id = true }, "thresholds")
+M.Recall = class("Recall", with { thresholds = true, class_id = true }, "thresholds")
+M.AUC = class("AUC", with { num_thresholds = true, curve = true, from_logits = true }, "num_thresholds")
+M.TopKCategoricalAccuracy = class("TopKCategoricalAccuracy", with { k = true }, "k")
+M.SparseTopKCategoricalAccuracy = class("SparseTopKCategoricalAccuracy", with { k = true }, "k")
+M.F1Score = class("F1Score", with { average = true, threshold = true }, "average")
+M.MeanIoU = class("MeanIoU", with { num_classes = true, sparse_y_true = true, sparse_y_pred = true },
+  "num_classes")
+M.MeanAbsoluteError = class("MeanAbsoluteError", with {})
+M.RootMeanSquaredError = class("RootMeanSquaredError", with {})
+M.R2Score = class("R2Score", with { class_aggregation = true }, "class_aggregation")
+M.BinaryAccuracy = class("BinaryAccuracy", with { threshold = true }, "threshold")
+M.CategoricalAccuracy = class("CategoricalAccuracy", with {})
+M.SparseCategoricalAccuracy = class("SparseCategoricalAccuracy", with {})
+
+-- compile's view of a metrics entry: a spec string, checked now so that a
+-- typo fails at compile, not at the first batch.
+function M.spec(v)
+  if M.is_metric(v) then return v.spec end
+  if type(v) ~= "string" then
+    error(string.format("a metric name or an nn.metrics object expected, got %s", type(v)), 0)
+  end
+  if v ~= "accuracy" and v ~= "acc" then
+    local ok, err = pcall(C.metric_new, v)
+    if not ok then error(err, 0) end
+  end
+  return v
 end
 
 return M

@@ -7,6 +7,7 @@ local C = require "lunet.core"
 local graph = require "lunet.graph"
 local layers = require "lunet.layers"
 local optim = require "lunet.optim"
+local metrics = require "lunet.metrics"
 local Progress = require "lunet.progress"
 local text = require "lunet.text"
 local gen = require "lunet.generate"
@@ -285,9 +286,6 @@ end
 
 -- ---- compile ----
 
-local metric_names = { accuracy = "accuracy", acc = "acc", sparse_categorical_accuracy = true,
-  categorical_accuracy = true, binary_accuracy = true }
-
 local function noutputs(self) return self.outputs and #self.outputs or 1 end
 
 function Model:compile(o)
@@ -318,12 +316,9 @@ function Model:compile(o)
   end
   self.metrics = {}
   for _, m in ipairs(o.metrics or {}) do
-    local name = metric_names[m]
-    if not name then
-      error(string.format("bad argument 'metrics' to 'compile' (unknown metric '%s'; valid: accuracy, "
-        .. "sparse_categorical_accuracy, categorical_accuracy, binary_accuracy)", tostring(m)), 2)
-    end
-    self.metrics[#self.metrics + 1] = name == true and m or name
+    local ok, spec = pcall(metrics.spec, m)
+    if not ok then error("bad argument 'metrics' to 'compile' (" .. spec .. ")", 2) end
+    self.metrics[#self.metrics + 1] = spec
   end
   self.compiled = false
   return self

@@ -213,7 +213,7 @@ START_TEST(test_metrics_update_merge_reset) {
   ck_assert_double_eq(total, 3);
   ck_assert_double_eq(count, 4);
   ck_assert_int_eq(lunet_metric_merge(ctx, a, mean), LUNET_ERR_ARG);
-  ck_assert_str_eq(lunet_ctx_error(ctx), "metric: cannot merge 'loss' into 'accuracy' (another kind)");
+  ck_assert_str_eq(lunet_ctx_error(ctx), "metric: cannot merge 'loss' into 'accuracy' (another kind or options)");
   lunet_metric_reset(a);
   ck_assert_double_eq(lunet_metric_result(a), 0);
   lunet_tensor_release(p);

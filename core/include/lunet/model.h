@@ -101,30 +101,87 @@ typedef enum lunet_metric_kind {
   LUNET_METRIC_MEAN = 0,                 /* the mean of the values given */
   LUNET_METRIC_SPARSE_CATEGORICAL_ACCURACY, /* argmax(pred) == label */
   LUNET_METRIC_CATEGORICAL_ACCURACY,     /* argmax(pred) == argmax(one-hot) */
-  LUNET_METRIC_BINARY_ACCURACY           /* (pred > threshold) == target, per element */
+  LUNET_METRIC_BINARY_ACCURACY,          /* (pred > threshold) == target, per element */
+  LUNET_METRIC_PRECISION,                /* tp / (tp + fp), every element (or one class) */
+  LUNET_METRIC_RECALL,                   /* tp / (tp + fn) */
+  LUNET_METRIC_AUC,                      /* ROC or PR area from counts at fixed thresholds */
+  LUNET_METRIC_TOP_K_CATEGORICAL_ACCURACY, /* the true class among the k best scores */
+  LUNET_METRIC_SPARSE_TOP_K_CATEGORICAL_ACCURACY,
+  LUNET_METRIC_F1,                       /* per-class F1 from tp, fp, fn; averaged */
+  LUNET_METRIC_MEAN_IOU,                 /* confusion matrix, IoU per class, mean */
+  LUNET_METRIC_MEAN_ABSOLUTE_ERROR,
+  LUNET_METRIC_ROOT_MEAN_SQUARED_ERROR,
+  LUNET_METRIC_R2,                       /* coefficient of determination per column */
+  LUNET_METRIC_KIND_COUNT
 } lunet_metric_kind;
+
+/* How F1 and R2 combine their per-class (per-column) values. */
+typedef enum lunet_metric_average {
+  LUNET_AVERAGE_NONE = 0, /* one value per class */
+  LUNET_AVERAGE_MICRO,    /* F1: from the counts summed over classes */
+  LUNET_AVERAGE_MACRO,    /* the plain mean (R2: "uniform_average") */
+  LUNET_AVERAGE_WEIGHTED  /* F1: by support; R2: by variance ("variance_weighted") */
+} lunet_metric_average;
+
+/* What a metric computes and its options; lunet_metric_config_defaults
+ * fills in Keras's defaults for a kind. */
+typedef struct lunet_metric_config {
+  lunet_metric_kind kind;
+  float threshold;     /* binary accuracy, precision, recall, F1 (NaN: F1 takes each row's maximum) */
+  int top_k;           /* top-k accuracies: k (5) */
+  int num_classes;     /* MeanIoU (required) */
+  int num_thresholds;  /* AUC (200) */
+  int class_id;        /* precision, recall: one column of (..., K); -1: every element */
+  bool pr_curve;       /* AUC: the precision-recall curve instead of ROC */
+  lunet_metric_average average; /* F1 (macro here; Keras's default is none), R2 (macro) */
+  int sparse_y_true;   /* MeanIoU: 1 class ids, 0 one-hot/scores, -1 from the shapes */
+  int sparse_y_pred;
+  int logits;          /* 0: predictions are probabilities; 1: sigmoid first; 2: softmax first */
+} lunet_metric_config;
 
 typedef struct lunet_metric lunet_metric;
 
+LUNET_API lunet_metric_config lunet_metric_config_defaults(lunet_metric_kind kind);
+/* Parses "precision", "auc", "AUC(curve=PR, num_thresholds=500)",
+ * "F1Score(average=micro, name=f1_micro)", ... (Keras's class and string
+ * names); the name to log goes to name (the kind's Keras name unless the
+ * spec gives one). */
+LUNET_API lunet_status lunet_metric_parse(lunet_ctx *ctx, const char *spec, lunet_metric_config *out,
+                                          char *name, size_t name_len);
 /* threshold: binary accuracy's (0.5 on probabilities, 0 on logits). */
 LUNET_API lunet_metric *lunet_metric_new(lunet_ctx *ctx, const char *name, lunet_metric_kind kind,
                                          float threshold);
+LUNET_API lunet_metric *lunet_metric_new_config(lunet_ctx *ctx, const char *name,
+                                                const lunet_metric_config *cfg);
 LUNET_API void lunet_metric_free(lunet_metric *m);
 LUNET_API const char *lunet_metric_name(const lunet_metric *m);
 LUNET_API lunet_metric_kind lunet_metric_kind_get(const lunet_metric *m);
-/* Accuracies: adds one batch (reads one scalar from the device). */
+LUNET_API const lunet_metric_config *lunet_metric_config_get(const lunet_metric *m);
+/* Every kind but the mean: adds one batch, computed on the tensors' device
+ * (one download).  y_pred (N, ...), y_true as the kind expects. */
 LUNET_API lunet_status lunet_metric_update(lunet_ctx *ctx, lunet_metric *m, lunet_tensor *y_pred,
                                            lunet_tensor *y_true);
-/* Any kind: adds `total` over `count` samples (a mean adds value * count). */
+/* The mean and the accuracies: adds `total` over `count` samples (a mean
+ * adds value * count). */
 LUNET_API void lunet_metric_add(lunet_metric *m, double total, double count);
 LUNET_API double lunet_metric_result(const lunet_metric *m); /* 0 before any update */
+/* The per-class values of an F1 or R2 without averaging (or the one
+ * result): writes up to n, returns how many there are. */
+LUNET_API int lunet_metric_results(const lunet_metric *m, double *out, int n);
 LUNET_API void lunet_metric_reset(lunet_metric *m);
-/* Adds src's state into dst (the same kind): partial results from several
- * processes or threads. */
+/* Adds src's state into dst (the same kind and options): partial results
+ * from several processes or threads. */
 LUNET_API lunet_status lunet_metric_merge(lunet_ctx *ctx, lunet_metric *dst,
                                           const lunet_metric *src);
-/* The state as two numbers (total, count), for a reduction across processes. */
+/* The mean and the accuracies: the state as (total, count). */
 LUNET_API void lunet_metric_state(const lunet_metric *m, double *total, double *count);
+/* Any kind: the additive state (counts and sums; count last), for a
+ * reduction across processes: writes up to n values, returns how many
+ * there are (0 before the first update of a kind sized by its data). */
+LUNET_API int lunet_metric_state_vector(const lunet_metric *m, double *out, int n);
+/* Replaces the state with one of the same size (a reduced one). */
+LUNET_API lunet_status lunet_metric_set_state_vector(lunet_ctx *ctx, lunet_metric *m,
+                                                     const double *v, int n);
 
 /* ---- graphs ---- */
 
