@@ -146,6 +146,12 @@ static int l_optimizer_slots(lua_State *L) {
   return 1;
 }
 
+/* C.optimizer_reset(o): no slots, no updates counted (a fresh optimizer) */
+static int l_optimizer_reset(lua_State *L) {
+  lunet_optimizer_reset(check_opt(L, 1));
+  return 0;
+}
+
 /* C.optimizer_set_slot(o, i, k, t), 1-based i and k */
 static int l_optimizer_set_slot(lua_State *L) {
   lunet_optimizer *o = check_opt(L, 1);
@@ -697,6 +703,7 @@ static const luaL_Reg functions[] = {{"optimizer_new", l_optimizer_new},
                                      {"optimizer_iterations", l_optimizer_iterations},
                                      {"optimizer_slots", l_optimizer_slots},
                                      {"optimizer_set_slot", l_optimizer_set_slot},
+                                     {"optimizer_reset", l_optimizer_reset},
                                      {"optimizer_to", l_optimizer_to},
                                      {"model_new", l_model_new},
                                      {"model_input", l_model_input},

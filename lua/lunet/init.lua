@@ -135,6 +135,10 @@ nn.text = require "lunet.text"
 nn.utils = require "lunet.utils"
 nn.data = require "lunet.dataset"
 nn.metrics = require "lunet.metrics"
+nn.plot = require "lunet.plot"
+nn.tools = require "lunet.tools"
+nn.explain = require "lunet.explain"
+nn.callbacks.LivePlot = nn.plot.LivePlot
 
 -- Threads from LUNET_THREADS are read by the backend itself.
 return nn

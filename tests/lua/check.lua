@@ -29,6 +29,16 @@ function M.fails(f, pattern)
   end
 end
 
+-- Whether a Vulkan device is there (lavapipe counts); says so when not.
+function M.vulkan()
+  local nn = require "lunet"
+  for _, b in ipairs(nn.backends()) do
+    if b.name == "vulkan" and b.available then return true end
+  end
+  print("  (no Vulkan device: skipped)")
+  return false
+end
+
 -- A fresh empty folder, removed when M.run ends.
 local made = {}
 function M.tmpdir()

@@ -372,12 +372,7 @@ function T.compile_with_a_fused_softmax_and_sparse_labels()
 end
 
 function T.vulkan_agrees_with_the_cpu()
-  local vk
-  for _, b in ipairs(nn.backends()) do if b.name == "vulkan" and b.available then vk = b end end
-  if not vk then
-    print("  (no Vulkan device: skipped)")
-    return
-  end
+  if not check.vulkan() then return end
   local labels, scores, onehot = data(70, 4, 10)
   local makers = {
     function() return nn.metrics.Precision{class_id = 1} end, function() return nn.metrics.AUC{curve = "PR"} end,
