@@ -901,9 +901,10 @@ static int l_is_tensor(lua_State *L) {
 
 static int l_cat(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
-  int n = (int)luaL_len(L, 1);
-  if (n < 1 || n > 64) luaL_argerror(L, 1, "need 1 to 64 tensors");
-  lunet_tensor *xs[64];
+  lua_Integer n = luaL_len(L, 1);
+  if (n < 1 || n > (1 << 24)) luaL_argerror(L, 1, "a list of 1 or more tensors expected");
+  /* a userdata, so that an error below frees it */
+  lunet_tensor **xs = lua_newuserdatauv(L, sizeof *xs * (size_t)n, 0);
   for (int i = 0; i < n; i++) {
     lua_geti(L, 1, i + 1);
     xs[i] = lunetL_checktensor(L, -1);
@@ -911,7 +912,7 @@ static int l_cat(lua_State *L) {
   }
   lunet_tensor *t = xs[0];
   int axis = lua_isnoneornil(L, 2) ? 0 : check_axis(L, 2, t);
-  lunetL_pushtensor(L, lunet_concat(lunetL_ctx(L), xs, n, axis));
+  lunetL_pushtensor(L, lunet_concat(lunetL_ctx(L), xs, (int)n, axis));
   return 1;
 }
 

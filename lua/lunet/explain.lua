@@ -231,12 +231,16 @@ function M.gradients(model, x, o)
   return g, a:to("cpu"), cls
 end
 
--- The last layer whose output is an image (H, W, C).
+-- The last layer whose output is an image (H, W, C) of more than one
+-- position (a 1x1 map, after the last pooling of a small input, would
+-- paint every pixel alike).
 local function last_spatial(model)
   local found
   for _, n in ipairs(model.nodes) do
     local s = n.outputs[1].shape
-    if #n.outputs == 1 and s and #s == 3 and n.outputs[1] ~= model.outputs[1] then found = n.layer end
+    if #n.outputs == 1 and s and #s == 3 and s[1] * s[2] > 1 and n.outputs[1] ~= model.outputs[1] then
+      found = n.layer
+    end
   end
   return found
 end
@@ -266,7 +270,8 @@ local function resize(maps, n, h, w, H, W)
   return out
 end
 
---- grad_cam(model, x, {class, layer = <the last layer with an image output>})
+--- grad_cam(model, x, {class, layer = <the last layer with an image output
+-- larger than 1x1>})
 -- -> maps (N, H, W) in [0, 1], classes, the layer's name (Selvaraju et al.
 -- 2017): the layer's channels weighted by the mean gradient of the class's
 -- logit over their positions, summed, through ReLU, resized to the input

@@ -138,6 +138,7 @@ nn.metrics = require "lunet.metrics"
 nn.plot = require "lunet.plot"
 nn.tools = require "lunet.tools"
 nn.explain = require "lunet.explain"
+nn.plot.report = require("lunet.report").write
 nn.callbacks.LivePlot = nn.plot.LivePlot
 
 -- Threads from LUNET_THREADS are read by the backend itself.

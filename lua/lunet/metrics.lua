@@ -110,6 +110,7 @@ function M.classification_report(y_true, y_pred, o)
   report.accuracy = n > 0 and correct / n or 0
   report.macro_avg, report.weighted_avg = macro, weighted
   if o.print ~= false then
+    local print = type(o.print) == "function" and o.print or print -- a function takes the lines
     local d = o.digits or 2
     local width = 12
     for _, c in ipairs(report.classes) do width = math.max(width, #c.name) end

@@ -245,7 +245,7 @@ function M.confusion_matrix(cm, labels, path, o)
   local lw = 0
   for _, n in ipairs(names) do lw = math.max(lw, probe:text_width(n, SMALL)) end
   local left, top = math.floor(lw + 50), math.floor(lw + 70)
-  local w, h = left + k * cell + 30, top + k * cell + 30
+  local w, h = left + k * cell + math.floor(lw / 2) + 20, top + k * cell + 30 -- labels lean right at 60 degrees
   local cv = C.canvas_new(path, w, h)
   local peak = 0
   for _, r in ipairs(rows) do for _, v in ipairs(r) do peak = math.max(peak, v) end end
@@ -416,6 +416,15 @@ function M.weights(layer, path, o)
       cv:image(C.tensor(tile), x, y, tw, th)
     end
   end
+  return cv:finish()
+end
+
+-- nn.plot.message(path, text): a picture that only says something (a
+-- report's "no mistakes").
+function M.message(path, text)
+  check_path("message", path)
+  local cv = C.canvas_new(path, 480, 80)
+  cv:text(240, 40, text, FONT + 2, INK, 0.5, 0.5)
   return cv:finish()
 end
 

@@ -13,7 +13,7 @@ usage: %s [options]
   --seed N            random seed (default 1)
   --augment           random augmentation during training%s
   --no-augment        no augmentation%s
-  --save PATH         save the trained model (safetensors) to PATH
+  --save PATH         save the trained model (safetensors) to PATH%s
   --verbose N         0 silent, 1 progress bar, 2 one line per epoch
   -h, --help          this text]]
 
@@ -29,11 +29,14 @@ function M.parse(argv, defaults, prog, extra)
         e[5] and (" (default " .. e[5] .. ")") or "")
     end
     return string.format(usage, prog, defaults.epochs, defaults.batch_size,
-      defaults.augment and " (default)" or "", defaults.augment and "" or " (default)") .. table.concat(lines)
+      defaults.augment and " (default)" or "", defaults.augment and "" or " (default)",
+      defaults.report and "\n  --report DIR        write curves, confusion matrix, mistakes, Grad-CAM maps to DIR" or "")
+      .. table.concat(lines)
   end
   local numeric = { ["--epochs"] = "epochs", ["--batch-size"] = "batch_size", ["--limit"] = "limit",
     ["--seed"] = "seed", ["--threads"] = "threads", ["--verbose"] = "verbose" }
   local strings = { ["--backend"] = "backend", ["--data"] = "data", ["--sha256"] = "sha256", ["--save"] = "save" }
+  if defaults.report then strings["--report"] = "report" end
   for _, e in ipairs(extra or {}) do
     strings[e[1]] = e[2]
     o[e[2]] = e[5]
@@ -102,13 +105,17 @@ function M.setup(nn, o)
 end
 
 -- Summary, fit with the test set as validation, the final "test accuracy:"
--- line, and the checkpoint when --save was given.
+-- line, the checkpoint when --save was given and the pictures when
+-- --report was (o.class_names names the classes).
 function M.train(model, x_train, y_train, x_test, y_test, augment, o)
   model:summary()
-  model:fit(x_train, y_train, { epochs = o.epochs, batch_size = o.batch_size, validation_data = { x_test, y_test },
-    augment = augment, verbose = o.verbose })
+  local history = model:fit(x_train, y_train, { epochs = o.epochs, batch_size = o.batch_size,
+    validation_data = { x_test, y_test }, augment = augment, verbose = o.verbose })
   local result = model:evaluate(x_test, y_test)
   if o.save then model:save(o.save) end
+  if o.report then
+    require("lunet.report").write(model, history, x_test, y_test, o.report, { class_names = o.class_names })
+  end
   print(string.format("test accuracy: %.4f", result.accuracy))
   return result
 end

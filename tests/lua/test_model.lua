@@ -62,6 +62,11 @@ function T.cnn_learns_and_is_reproducible()
   local p = m:predict(x)
   check.same_table(p:shape(), {192, 3})
   check.near(p[1]:sum():item(), 1, 1e-5, "softmax rows sum to one")
+  -- many batches (more than nn.cat once took: 64) give the same rows as one
+  local many = nn.cat({x, x, x, x, x, x, x, x, x, x, x}, 1) -- 2112 samples
+  local split = m:predict(many, {batch_size = 16})
+  check.same_table(split:shape(), {2112, 3}, 0, "132 batches")
+  check.same_table(split:totable(), m:predict(many, {batch_size = 4096}):totable(), 1e-6, "batched as one")
 end
 
 function T.save_and_load_resume_exactly()
