@@ -224,6 +224,55 @@ START_TEST(test_metrics_update_merge_reset) {
 }
 END_TEST
 
+/* Specs as compile and the Lua objects write them; the additive state of a
+ * metric sized by its data survives a round trip through a plain vector
+ * (what a reduction across processes does). */
+START_TEST(test_metric_specs_and_state_vectors) {
+  lunet_metric_config c;
+  char name[64];
+  ck_assert_int_eq(lunet_metric_parse(ctx, "AUC( curve=PR , num_thresholds=50, name=pr )", &c, name, sizeof name),
+                   LUNET_OK);
+  ck_assert_int_eq(c.kind, LUNET_METRIC_AUC);
+  ck_assert(c.pr_curve);
+  ck_assert_int_eq(c.num_thresholds, 50);
+  ck_assert_str_eq(name, "pr");
+  ck_assert_int_eq(lunet_metric_parse(ctx, "mae", &c, name, sizeof name), LUNET_OK);
+  ck_assert_str_eq(name, "mae");
+  ck_assert_int_eq(lunet_metric_parse(ctx, "MeanIoU", &c, name, sizeof name), LUNET_ERR_ARG);
+  ck_assert_str_eq(lunet_ctx_error(ctx), "metric 'MeanIoU': MeanIoU needs num_classes (the number of classes, "
+                                         "e.g. MeanIoU(num_classes=21))");
+  ck_assert_int_eq(lunet_metric_parse(ctx, "Precision(threshold=2)", &c, name, sizeof name), LUNET_ERR_ARG);
+  ck_assert_str_eq(lunet_ctx_error(ctx), "metric 'Precision(threshold=2)': bad value '2' for threshold");
+  ck_assert_int_eq(lunet_metric_parse(ctx, "F1Score(average=micro", &c, name, sizeof name), LUNET_ERR_ARG);
+
+  c = lunet_metric_config_defaults(LUNET_METRIC_F1);
+  c.average = LUNET_AVERAGE_NONE;
+  lunet_metric *f = lunet_metric_new_config(ctx, "f1", &c), *g = lunet_metric_new_config(ctx, "f1", &c);
+  float probs[] = {0.9f, 0.1f, 0.2f, 0.8f, 0.6f, 0.4f}, hot[] = {1, 0, 0, 1, 0, 1};
+  int64_t shape[2] = {3, 2};
+  lunet_tensor *p = lunet_tensor_from_data(ctx, LUNET_F32, 2, shape, probs);
+  lunet_tensor *y = lunet_tensor_from_data(ctx, LUNET_F32, 2, shape, hot);
+  ck_assert_int_eq(lunet_metric_update(ctx, f, p, y), LUNET_OK);
+  /* class 0: tp 1, predicted 2, actual 1 -> p 1/2, r 1, F1 2/3; class 1: tp 1, 1, 2 -> 2/3 */
+  double v[2], state[16];
+  ck_assert_int_eq(lunet_metric_results(f, v, 2), 2);
+  ck_assert_double_eq_tol(v[0], 2.0 / 3.0, 1e-12);
+  ck_assert_double_eq_tol(v[1], 2.0 / 3.0, 1e-12);
+  ck_assert_int_eq(lunet_metric_state_vector(g, state, 16), 0); /* not sized yet */
+  int n = lunet_metric_state_vector(f, state, 16);
+  ck_assert_int_eq(n, 7); /* tp, predicted, actual for 2 classes, then the count */
+  ck_assert_double_eq(state[6], 3);
+  ck_assert_int_eq(lunet_metric_set_state_vector(ctx, g, state, n), LUNET_OK);
+  ck_assert_int_eq(lunet_metric_results(g, v, 2), 2);
+  ck_assert_double_eq_tol(v[1], 2.0 / 3.0, 1e-12);
+  ck_assert_int_eq(lunet_metric_set_state_vector(ctx, g, state, 4), LUNET_ERR_ARG);
+  lunet_tensor_release(p);
+  lunet_tensor_release(y);
+  lunet_metric_free(f);
+  lunet_metric_free(g);
+}
+END_TEST
+
 START_TEST(test_graph_errors_are_clear) {
   lunet_model *m = lunet_model_new(ctx, "g");
   int64_t s3 = 3, s5 = 5;
@@ -521,6 +570,7 @@ static Suite *model_suite(void) {
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, test_train_step_learns);
+  tcase_add_test(tc, test_metric_specs_and_state_vectors);
   tcase_add_test(tc, test_grad_ready_gives_complete_gradients);
   tcase_add_test(tc, test_grad_transform_runs_before_the_update);
   tcase_add_test(tc, test_metrics_update_merge_reset);
