@@ -418,6 +418,56 @@ static int l_model_logs(lua_State *L) {
   return 1;
 }
 
+/* C.model_metric_states(m) -> one flat list of every metric's additive
+ * state (sums and counts), and the list of their lengths: what a reduction
+ * across processes adds up. */
+static int l_model_metric_states(lua_State *L) {
+  lunet_model *m = check_model(L, 1);
+  int n = lunet_model_metric_count(m), at = 0;
+  lua_newtable(L);
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    lunet_metric *x = lunet_model_metric(m, i);
+    int k = lunet_metric_state_vector(x, NULL, 0);
+    double *v = malloc(sizeof *v * (size_t)(k ? k : 1));
+    if (!v) return luaL_error(L, "out of host memory");
+    lunet_metric_state_vector(x, v, k);
+    for (int j = 0; j < k; j++) {
+      lua_pushnumber(L, v[j]);
+      lua_rawseti(L, -3, ++at);
+    }
+    free(v);
+    lua_pushinteger(L, k);
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 2;
+}
+
+/* C.model_set_metric_states(m, flat, lengths) */
+static int l_model_set_metric_states(lua_State *L) {
+  lunet_model *m = check_model(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  int n = lunet_model_metric_count(m), at = 0;
+  if ((int)luaL_len(L, 3) != n) return luaL_argerror(L, 3, "one length per metric expected");
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, 3, i + 1);
+    int k = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    double *v = malloc(sizeof *v * (size_t)(k ? k : 1));
+    if (!v) return luaL_error(L, "out of host memory");
+    for (int j = 0; j < k; j++) {
+      lua_rawgeti(L, 2, ++at);
+      v[j] = lua_tonumber(L, -1);
+      lua_pop(L, 1);
+    }
+    lunet_status s = k ? lunet_metric_set_state_vector(lunetL_ctx(L), lunet_model_metric(m, i), v, k) : LUNET_OK;
+    free(v);
+    if (s) return lunetL_error(L, NULL);
+  }
+  return 0;
+}
+
 /* C.model_metric_names(m) -> {"loss", "accuracy", ...} */
 static int l_model_metric_names(lua_State *L) {
   lunet_model *m = check_model(L, 1);
@@ -714,6 +764,8 @@ static const luaL_Reg functions[] = {{"optimizer_new", l_optimizer_new},
                                      {"model_test_step", l_model_test_step},
                                      {"model_logs", l_model_logs},
                                      {"model_metric_names", l_model_metric_names},
+                                     {"model_metric_states", l_model_metric_states},
+                                     {"model_set_metric_states", l_model_set_metric_states},
                                      {"model_reset_metrics", l_model_reset_metrics},
                                      {"model_predict", l_model_predict},
                                      {"session_new", l_session_new},

@@ -37,6 +37,7 @@ function Model.__newindex(self, k, v)
 end
 
 local dataset = require "lunet.dataset"
+local distributed = require "lunet.distributed"
 local shape_str = graph.shape_str
 
 -- ---- construction ----
@@ -516,9 +517,17 @@ local function run_eval(self, xs, ys, batch_size, w)
     return C.model_logs(h)
   end
   local n = nsamples(xs[1])
+  local base = 0 -- under MPI each rank measures its block, and the counts are added up
+  if distributed.active then
+    if n < distributed.size then
+      error(string.format("%d samples to evaluate on %d ranks: each rank needs one", n, distributed.size), 0)
+    end
+    base, n = distributed.block(n)
+    base = base - 1
+  end
   C.model_reset_metrics(h)
-  for first = 1, n, batch_size do
-    local count = math.min(batch_size, n - first + 1)
+  for first = base + 1, base + n, batch_size do
+    local count = math.min(batch_size, base + n - first + 1)
     local xb, yb = rows_of(xs, first, count, self.device), rows_of(ys, first, count, self.device)
     local wb = w and rows_on(w, first, count, self.device)
     C.model_test_step(h, unlist(xb), unlist(yb), nil, nil, nil, wb)
@@ -527,6 +536,7 @@ local function run_eval(self, xs, ys, batch_size, w)
     if wb then wb:free() end
     if C.interrupted() then error("interrupted", 0) end
   end
+  if distributed.active then distributed.reduce_metrics(h) end
   return C.model_logs(h)
 end
 
@@ -587,7 +597,8 @@ local function free_batch(b)
 end
 
 local fit_options = { epochs = true, batch_size = true, validation_data = true, validation_split = true, shuffle = true,
-  augment = true, callbacks = true, verbose = true, initial_epoch = true, sample_weight = true, class_weight = true }
+  augment = true, callbacks = true, verbose = true, initial_epoch = true, sample_weight = true, class_weight = true,
+  distributed = true }
 
 local function call_cbs(cbs, name, ...)
   for _, cb in ipairs(cbs) do
@@ -633,7 +644,20 @@ local function restore_on_cpu(self, copy)
   self.epoch = copy.epoch
 end
 
+local fit_impl
+
 function Model:fit(x, y, o)
+  if (type(o) == "table" and o.distributed) or distributed.active then
+    -- under MPI an error on one rank must end the job, not leave the other
+    -- ranks waiting in a collective
+    local ok, r = pcall(fit_impl, self, x, y, o)
+    if not ok then distributed.abort(tostring(r)) end
+    return r
+  end
+  return fit_impl(self, x, y, o)
+end
+
+fit_impl = function(self, x, y, o)
   o = o or {}
   for k in pairs(o) do
     if not fit_options[k] then
@@ -646,6 +670,10 @@ function Model:fit(x, y, o)
   end
   if not self.optimizer then error("fit: call model:compile{optimizer = ..., loss = ...} first", 2) end
   local ds = dataset.is(x) and x or nil
+  local dist = (o.distributed or distributed.active) and distributed.init() or nil
+  if dist and (ds or dataset.is(o.validation_data)) then
+    error("fit: distributed training takes tensors so far (each rank shards them), not a dataset", 2)
+  end
   if ds then
     if y ~= nil then error("fit: the dataset gives the targets: call fit(ds, nil, {...})", 2) end
     for _, k in ipairs{"batch_size", "validation_split", "sample_weight", "class_weight"} do
@@ -670,6 +698,7 @@ function Model:fit(x, y, o)
   if math.type(bs) ~= "integer" or bs < 1 then error("bad argument 'batch_size' to 'fit' (positive integer expected)", 2) end
   local verbose = o.verbose
   if verbose == nil or verbose == "auto" then verbose = 1 end
+  if dist and dist.rank ~= 0 then verbose = 0 end -- one progress bar, rank 0's
   if o.augment and #xs ~= 1 then error("fit: augment works on a model with one input", 2) end
   local n = ds and ds.n or nsamples(xs[1])
   if ds then xs, ys = ds, nil end
@@ -694,6 +723,11 @@ function Model:fit(x, y, o)
   local opt, h = self.optimizer, self.handle
   opt:claim(self, 2)
   opt:sync()
+  local sync
+  if dist then -- rank 0's weights everywhere, then every step averages the gradients
+    dist.broadcast_model(self)
+    sync = dist.attach(self, type(o.distributed) == "table" and o.distributed or {})
+  end
   local history = { epoch = {} }
   local keys = self.metric_keys
   for _, k in ipairs(keys) do history[k] = {} end
@@ -702,6 +736,7 @@ function Model:fit(x, y, o)
   end
   self.stop_training = false
   local steps = (n + bs - 1) // bs
+  if dist then _, steps = dist.shard(nil, n, bs) end
   local nan_stop, terminated = false, false
   for _, cb in ipairs(cbs) do nan_stop = nan_stop or cb.terminate_on_nan == true end
   -- Keras's History: .history holds the per-epoch lists (the same tables
@@ -719,14 +754,22 @@ function Model:fit(x, y, o)
     call_cbs(cbs, "on_epoch_begin", self, epoch)
     local order -- nil: the samples in their order (shuffle = false)
     if ds then order = ds:order(epoch) elseif o.shuffle ~= false then order = permutation(n) end
+    local sizes -- under MPI: this rank's shard of each global batch, rank 0's order
+    local count = n
+    if dist then
+      if order then order = dist.order(order, n) end
+      order, steps, sizes = dist.shard(order, n, bs)
+      count = #order
+    end
     local bar = Progress.new(steps, verbose)
     local logs = {}
-    local next_batch = batch_source(xs, ys, order, n, bs, aug, epoch, self.device, w)
+    local next_batch = batch_source(xs, ys, order, count, bs, aug, epoch, self.device, w)
     C.model_reset_metrics(h)
     local ok, err = pcall(function()
       for s = 1, steps do
         local xb, yb, wb = next_batch(s)
         C.optimizer_set_lr(opt.handle, opt:current_lr())
+        if sync then sync:count(sizes[s]) end
         local stepped, msg = pcall(C.model_train_step, h, xb, yb, epoch, order, (s - 1) * bs + 1, wb)
         free_batch(xb)
         free_batch(yb)
@@ -744,6 +787,12 @@ function Model:fit(x, y, o)
       end
     end)
     next_batch(nil) -- stops the prefetch thread, on success or error
+    if ok and dist then -- the epoch's training metrics over every rank's samples
+      ok, err = pcall(function()
+        dist.reduce_metrics(h)
+        C.model_logs(h, logs)
+      end)
+    end
     if ok and xv then
       local vl
       ok, vl = pcall(run_eval, self, xv, yv, bs, wv)
@@ -755,6 +804,10 @@ function Model:fit(x, y, o)
     end
     if not ok then
       if bar.tty then io.stdout:write("\n") end
+      if dist then -- the other ranks wait in a collective: end the job, saying why
+        if sync then sync:detach() end
+        dist.abort(string.format("fit: %s", tostring(err)))
+      end
       local status = C.last_error_status()
       if copy and (status == "device error" or status == "out of memory") then
         local device = self.device
@@ -782,6 +835,10 @@ function Model:fit(x, y, o)
     if self.stop_training then break end
   end
   call_cbs(cbs, "on_train_end", self)
+  if sync then
+    self.sync_stats = sync:stats()
+    sync:detach()
+  end
   self.history = history
   return history
 end
@@ -975,6 +1032,7 @@ end
 -- and the Lua optimizer's own settings (a schedule) in the metadata.
 function Model:save(path, o)
   if type(path) ~= "string" then error("bad argument #1 to 'save' (a file path expected)", 2) end
+  if distributed.active and distributed.rank ~= 0 then return end -- rank 0 writes (the weights are the same)
   optim.check_save_path(path, "save")
   ensure_built(self)
   if self.optimizer then ensure_compiled(self) end

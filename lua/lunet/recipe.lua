@@ -13,6 +13,7 @@ usage: %s [options]
   --seed N            random seed (default 1)
   --augment           random augmentation during training%s
   --no-augment        no augmentation%s
+  --distributed       data-parallel training under mpirun (batch size per rank)
   --save PATH         save the trained model (safetensors) to PATH%s
   --verbose N         0 silent, 1 progress bar, 2 one line per epoch
   -h, --help          this text]]
@@ -65,6 +66,8 @@ function M.parse(argv, defaults, prog, extra)
       o.augment = true
     elseif key == "--no-augment" then
       o.augment = false
+    elseif key == "--distributed" then
+      o.distributed = true
     else
       error(string.format("unknown option '%s'\n%s", a, text()), 0)
     end
@@ -92,6 +95,8 @@ function M.main(prog, body)
     return tostring(e)
   end)
   if not ok then
+    local dist = require "lunet.distributed"
+    if dist.active and dist.size > 1 then dist.abort(prog .. ": " .. err) end -- ends every rank
     io.stderr:write(prog, ": ", err, "\n")
     os.exit(1)
   end
@@ -100,6 +105,7 @@ end
 -- Seed, backend and threads from the command line.
 function M.setup(nn, o)
   nn.seed(o.seed)
+  if o.distributed then nn.distributed.init({ threads = o.threads }) end
   if o.backend then nn.use(o.backend) end
   if o.threads then nn.threads(o.threads) end
 end
@@ -108,14 +114,16 @@ end
 -- line, the checkpoint when --save was given and the pictures when
 -- --report was (o.class_names names the classes).
 function M.train(model, x_train, y_train, x_test, y_test, augment, o)
-  model:summary()
+  local main = not o.distributed or require("lunet.distributed").rank == 0 -- rank 0 alone talks and writes
+  if main then model:summary() end
   local history = model:fit(x_train, y_train, { epochs = o.epochs, batch_size = o.batch_size,
-    validation_data = { x_test, y_test }, augment = augment, verbose = o.verbose })
+    validation_data = { x_test, y_test }, augment = augment, verbose = o.verbose, distributed = o.distributed })
   local result = model:evaluate(x_test, y_test)
   if o.save then model:save(o.save) end
-  if o.report then
+  if o.report and main then
     require("lunet.report").write(model, history, x_test, y_test, o.report, { class_names = o.class_names })
   end
+  if not main then return result end
   print(string.format("test accuracy: %.4f", result.accuracy))
   return result
 end

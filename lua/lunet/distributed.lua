@@ -1,0 +1,154 @@
+-- nn.distributed: data-parallel training on MPI (Open MPI).
+--   mpirun -np 2 lua recipes/cifar_cnn.lua --distributed
+--   nn.distributed.init()  -- once, at the top of a script run by mpirun
+--   model:fit(x, y, {distributed = true, ...})
+-- Every rank holds the whole model; each epoch's shuffled order comes from
+-- rank 0, each rank trains on its shard of every global batch (batch_size
+-- per rank), and the gradients are summed per sample and divided by the
+-- global sample count before the optimizer step (lua/mpi/lunet_mpi.c), so
+-- the weights stay identical on every rank.  Only rank 0 prints and saves.
+local C = require "lunet.core"
+
+local M = { active = false, rank = 0, size = 1, local_rank = 0, local_size = 1 }
+
+local mpi -- the lunet.mpi module, once initialized
+
+local function cores()
+  local f = io.open("/proc/cpuinfo")
+  if not f then return 1 end
+  local n = 0
+  for line in f:lines() do if line:match("^processor%s*:") then n = n + 1 end end
+  f:close()
+  return math.max(n, 1)
+end
+
+--- init({threads}) -> nn.distributed: joins the MPI job (idempotent).
+-- Threads default to the cores divided by the ranks on this machine
+-- (LUNET_THREADS or threads = N overrides).  Each rank's random generator
+-- is keyed by its rank (dropout differs per rank; a run is repeatable for a
+-- given number of ranks).
+function M.init(o)
+  if M.active then return M end
+  o = o or {}
+  local ok, mod = pcall(require, "lunet.mpi")
+  if not ok then
+    error("nn.distributed: this lunet was built without Open MPI (apt-get install libopenmpi-dev openmpi-bin, "
+      .. "then rebuild): " .. tostring(mod), 2)
+  end
+  mpi = mod
+  M.rank, M.size, M.local_rank, M.local_size = mpi.init(C.version)
+  M.active = true
+  local threads = o.threads or tonumber(os.getenv("LUNET_THREADS") or "")
+  C.threads(math.tointeger(threads) or math.max(1, cores() // M.local_size))
+  C.seed(C.seed() + M.rank)
+  -- MPI_Finalize when the Lua state closes (a normal exit)
+  M.closer = setmetatable({}, { __gc = function() mpi.finalize() end })
+  return M
+end
+
+function M.is_main() return M.rank == 0 end
+
+function M.barrier() if mpi then mpi.barrier() end end
+
+--- allreduce_sum({numbers}) -> {sums over the ranks} (doubles)
+function M.allreduce_sum(list)
+  if not mpi then return list end
+  return mpi.allreduce_sum(list)
+end
+
+--- abort(message): ends the whole job at once, naming this rank.
+function M.abort(msg)
+  if mpi then mpi.abort(tostring(msg)) end
+  error(msg, 0)
+end
+
+-- ---- the pieces fit and evaluate use ----
+
+-- Rank 0's weights and optimizer state, to every rank: the start of a
+-- distributed fit (ranks may have built their models from other seeds).
+function M.broadcast_model(model)
+  for _, l in ipairs(model.layers) do
+    for _, w in ipairs(l:weights()) do
+      if w.tensor:dtype() == "float32" then mpi.bcast_tensor(w.tensor) end
+    end
+  end
+  local opt = model.optimizer
+  local slots = C.optimizer_slots(opt.handle, #model.params)
+  local have = 0
+  for _, s in ipairs(slots) do for _ in pairs(s) do have = have + 1 end end
+  local counts = mpi.allreduce_sum({ have })
+  if counts[1] ~= have * M.size then
+    error("nn.distributed: the ranks' optimizers are in different states (some have trained, some not): "
+      .. "start them alike", 0)
+  end
+  for _, s in ipairs(slots) do for _, t in pairs(s) do mpi.bcast_tensor(t) end end
+  opt.iterations = mpi.bcast_ints({ opt.iterations })[1]
+end
+
+-- The non-trainable float weights (BatchNormalization's moving statistics).
+local function fixed_weights(model)
+  local out = {}
+  for _, l in ipairs(model.layers) do
+    for _, w in ipairs(l:weights()) do
+      if not w.trainable and w.tensor:dtype() == "float32" then out[#out + 1] = w.tensor end
+    end
+  end
+  return out
+end
+
+function M.attach(model, o)
+  return mpi.attach(model.handle, fixed_weights(model), o.overlap ~= false, o.bucket_bytes)
+end
+
+-- Rank 0's order of the epoch (1-based sample indices), on every rank.
+function M.order(order, n)
+  return mpi.bcast_ints(M.rank == 0 and order or n)
+end
+
+--- shard(order, n, bs) -> this rank's samples for the epoch (indices into
+-- the data, in step order), the steps, and its batch size at each step.
+-- A global batch is bs * size samples; a last one smaller is split as
+-- evenly as it goes (the first ranks take one more), and one with fewer
+-- samples than ranks is left out of the epoch.
+function M.shard(order, n, bs)
+  local g = bs * M.size
+  local full = n // g
+  local rest = n - full * g
+  local mine, sizes = {}, {}
+  for s = 1, full do
+    local first = (s - 1) * g + M.rank * bs
+    for i = 1, bs do mine[#mine + 1] = order and order[first + i] or first + i end
+    sizes[s] = bs
+  end
+  if rest >= M.size then
+    local base, extra = rest // M.size, rest % M.size
+    local first = full * g + M.rank * base + math.min(M.rank, extra)
+    local count = base + (M.rank < extra and 1 or 0)
+    for i = 1, count do mine[#mine + 1] = order and order[first + i] or first + i end
+    sizes[#sizes + 1] = count
+  end
+  return mine, #sizes, sizes
+end
+
+--- block(n) -> first, count: this rank's contiguous share of n samples (for
+-- evaluation; the first ranks take one more).
+function M.block(n)
+  local base, extra = n // M.size, n % M.size
+  return M.rank * base + math.min(M.rank, extra) + 1, base + (M.rank < extra and 1 or 0)
+end
+
+-- The model's metrics summed over the ranks (exact: sums and counts).
+function M.reduce_metrics(handle)
+  local flat, lengths = C.model_metric_states(handle)
+  -- a rank whose metrics are still unsized (no batch) sends zeros of the
+  -- right length: ask the others for the lengths first
+  local max_len = mpi.allreduce_sum(lengths)
+  for i = 1, #lengths do
+    if lengths[i] == 0 and max_len[i] > 0 then
+      error("nn.distributed: a rank had no batch to measure (more ranks than samples?)", 0)
+    end
+  end
+  C.model_set_metric_states(handle, mpi.allreduce_sum(flat), lengths)
+end
+
+return M

@@ -1,0 +1,94 @@
+-- Run under mpirun (2 or 3 ranks): data-parallel training must equal one
+-- process on the whole batch, leave bit-identical weights on every rank,
+-- and evaluate sharded to the single-process figures.
+--   mpirun -np N lunet tests/distributed/ddp.lua OUT_DIR
+local nn = require "lunet"
+local dist = nn.distributed.init({threads = 1})
+local out = assert(arg[1], "usage: ddp.lua OUT_DIR")
+local rank, size = dist.rank, dist.size
+
+local function fail(msg)
+  io.stderr:write(string.format("rank %d: %s\n", rank, msg))
+  dist.abort(msg)
+end
+
+local function near(a, b, tol, what)
+  if math.abs(a - b) > tol * math.max(1, math.abs(b)) then
+    fail(string.format("%s: %.9g against %.9g", what, a, b))
+  end
+end
+
+-- Fixed data, the same on every rank: 3 blobs in 2-D images.
+nn.seed(7)
+local n = 203 -- not a multiple of any global batch here: uneven shards
+local x = nn.randn(n, 4, 4, 1)
+local labels = {}
+local xs = x:totable()
+for i = 1, n do
+  local s = xs[i][1][1][1] + xs[i][2][2][1] - xs[i][3][3][1]
+  labels[i] = s > 0.5 and 2 or (s < -0.5 and 0 or 1)
+end
+local y = nn.tensor(labels)
+
+local function model(bn)
+  local layers = {nn.Conv2D{4, 2, activation = "relu", input_shape = {4, 4, 1}}}
+  if bn then layers[#layers + 1] = nn.BatchNormalization() end
+  layers[#layers + 1] = nn.Flatten()
+  layers[#layers + 1] = nn.Dense{3, activation = "softmax"}
+  local m = nn.Sequential(layers)
+  m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "sparse_categorical_crossentropy",
+    metrics = {"accuracy", nn.metrics.AUC()}}
+  m:build()
+  return m
+end
+
+-- 1. One epoch without shuffling, SGD: the same as one process taking the
+-- same global batches (bs * size) in order, within float reassociation.
+local bs = 16
+local m = model(false)
+local single = model(false)
+single:set_weights(m:get_weights())
+nn.distributed.active = false -- the reference runs alone on each rank
+local ref = single:fit(x, y, {epochs = 1, batch_size = bs * size, shuffle = false, verbose = 0})
+-- the global batches a distributed epoch takes: the last one, if smaller
+-- than the ranks, is left out; the reference's last batch is whatever is left
+nn.distributed.active = true
+local h = m:fit(x, y, {epochs = 1, batch_size = bs, shuffle = false, verbose = 0, distributed = true})
+local g = bs * size
+if n % g == 0 or n % g >= size then
+  for i, w in ipairs(m:get_weights()) do
+    local a, b = w:totable(), single:get_weights()[i]
+    local diff = (w - b):abs():max():item()
+    if diff > 1e-5 then fail(string.format("weight %d differs from one process by %g", i, diff)) end
+  end
+  near(h.loss[1], ref.loss[1], 1e-5, "epoch loss against one process")
+  near(h.accuracy[1], ref.accuracy[1], 1e-9, "epoch accuracy against one process")
+end
+
+-- 2. Shuffled epochs with BatchNormalization: every rank ends with the
+-- same bits (weights and moving statistics), written for the driver to compare.
+nn.seed(100 + rank) -- different initial weights per rank: fit broadcasts rank 0's
+local bn = model(true)
+bn:fit(x, y, {epochs = 3, batch_size = 8, verbose = 0, distributed = true, validation_split = 0.2})
+local f = assert(io.open(string.format("%s/weights_%d.bin", out, rank), "wb"))
+for _, w in ipairs(bn:get_weights()) do
+  local flat = w:reshape{w:numel()}:totable()
+  for _, v in ipairs(flat) do f:write(string.pack("<f", v)) end
+end
+f:close()
+
+-- 3. Sharded evaluation, reduced exactly, equals one process's.
+local logs = bn:evaluate(x, y, {batch_size = 10})
+nn.distributed.active = false
+local alone = bn:evaluate(x, y, {batch_size = 10})
+nn.distributed.active = true
+for k, v in pairs(alone) do near(logs[k], v, 1e-5, "sharded evaluate's " .. k) end
+
+local stats = bn.sync_stats
+if not (stats and stats.steps > 0 and stats.bytes > 0) then fail("no gradient was exchanged") end
+dist.barrier()
+if rank == 0 then
+  print(string.format("ddp: %d ranks, %d steps synchronised, %.1f KB per step", size, stats.steps,
+    stats.bytes / stats.steps / 1024))
+  print("ddp: ok")
+end
