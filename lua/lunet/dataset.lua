@@ -99,6 +99,7 @@ end
 function Dataset:prefetch(step, order)
   if not self.load_async or step > #self then return end
   local idx = indices(self, step, order)
+  if #idx == 0 then return end -- past the end of a shorter order (a rank's shard)
   self.pending = { step = step, order = order, idx = idx, finish = self.load_async(idx) }
 end
 

@@ -509,11 +509,20 @@ local function run_eval(self, xs, ys, batch_size, w)
   local h = self.handle
   if dataset.is(xs) then
     C.model_reset_metrics(h)
-    for _, xb, yb in xs:batches(0) do
+    local order = xs:order(0)
+    if distributed.active then -- each rank its block of the samples, in their order (the same on every rank)
+      local first, count = distributed.block(xs.n)
+      order = {}
+      for i = 1, count do order[i] = first + i - 1 end
+    end
+    for step = 1, (#order + xs.batch_size - 1) // xs.batch_size do
+      local xb, yb = xs:batch(step, order)
+      xs:prefetch(step + 1, order)
       if yb == nil then error("the dataset has no targets (labels = false?): nothing to evaluate against", 0) end
       C.model_test_step(h, unlist(on_device(xb, self.device)), unlist(on_device(yb, self.device)))
       if C.interrupted() then error("interrupted", 0) end
     end
+    if distributed.active then distributed.reduce_metrics(h) end
     return C.model_logs(h)
   end
   local n = nsamples(xs[1])
@@ -671,9 +680,6 @@ fit_impl = function(self, x, y, o)
   if not self.optimizer then error("fit: call model:compile{optimizer = ..., loss = ...} first", 2) end
   local ds = dataset.is(x) and x or nil
   local dist = (o.distributed or distributed.active) and distributed.init() or nil
-  if dist and (ds or dataset.is(o.validation_data)) then
-    error("fit: distributed training takes tensors so far (each rank shards them), not a dataset", 2)
-  end
   if ds then
     if y ~= nil then error("fit: the dataset gives the targets: call fit(ds, nil, {...})", 2) end
     for _, k in ipairs{"batch_size", "validation_split", "sample_weight", "class_weight"} do

@@ -105,7 +105,11 @@ end
 -- Seed, backend and threads from the command line.
 function M.setup(nn, o)
   nn.seed(o.seed)
-  if o.distributed then nn.distributed.init({ threads = o.threads }) end
+  if o.distributed then
+    nn.distributed.init({ threads = o.threads })
+    -- every fit and evaluate is now data-parallel; rank 0 alone talks
+    if nn.distributed.rank ~= 0 then _G.print = function() end end
+  end
   if o.backend then nn.use(o.backend) end
   if o.threads then nn.threads(o.threads) end
 end

@@ -84,6 +84,23 @@ local alone = bn:evaluate(x, y, {batch_size = 10})
 nn.distributed.active = true
 for k, v in pairs(alone) do near(logs[k], v, 1e-5, "sharded evaluate's " .. k) end
 
+-- 4. A dataset (batches of 8 per rank, shuffled by its own seed: rank 0's
+-- order is used): identical weights, and its sharded evaluation.
+local ds = nn.data.from_tensor_slices(x, y, {batch_size = 8, shuffle = true, seed = 11 + rank})
+nn.seed(200 + rank)
+local dm = model(false)
+dm:fit(ds, nil, {epochs = 2, verbose = 0})
+local g = assert(io.open(string.format("%s/dataset_weights_%d.bin", out, rank), "wb"))
+for _, w in ipairs(dm:get_weights()) do
+  for _, v in ipairs(w:reshape{w:numel()}:totable()) do g:write(string.pack("<f", v)) end
+end
+g:close()
+local dlogs = dm:evaluate(ds)
+nn.distributed.active = false
+local dalone = dm:evaluate(ds)
+nn.distributed.active = true
+for k, v in pairs(dalone) do near(dlogs[k], v, 1e-5, "sharded dataset evaluate's " .. k) end
+
 local stats = bn.sync_stats
 if not (stats and stats.steps > 0 and stats.bytes > 0) then fail("no gradient was exchanged") end
 dist.barrier()

@@ -18,6 +18,8 @@ for np in 2 3; do
   for r in $(seq 1 $((np - 1))); do
     cmp "$work/np$np/weights_0.bin" "$work/np$np/weights_$r.bin" ||
       { echo "rank $r's weights differ from rank 0's ($np ranks)"; exit 1; }
+    cmp "$work/np$np/dataset_weights_0.bin" "$work/np$np/dataset_weights_$r.bin" ||
+      { echo "rank $r's weights trained on a dataset differ from rank 0's ($np ranks)"; exit 1; }
   done
   echo "identical weights on $np ranks ($(wc -c < "$work/np$np/weights_0.bin") bytes each)"
 done
