@@ -101,6 +101,33 @@ local dalone = dm:evaluate(ds)
 nn.distributed.active = true
 for k, v in pairs(dalone) do near(dlogs[k], v, 1e-5, "sharded dataset evaluate's " .. k) end
 
+-- 5. Checkpoints: rank 0 alone writes, and the file holds the weights every
+-- rank has.
+local ckpt = out .. "/ckpt.lunet"
+local cm = model(false)
+cm:fit(x, y, {epochs = 1, batch_size = 8, verbose = 0, callbacks = {nn.callbacks.ModelCheckpoint(ckpt)}})
+dist.barrier()
+local back = nn.load_model(ckpt):get_weights()
+for i, w in ipairs(cm:get_weights()) do
+  if (w - back[i]):abs():max():item() ~= 0 then fail("the checkpoint differs from rank " .. rank .. "'s weights") end
+end
+
+-- 6. On the Vulkan backend (lavapipe here): gradients staged through host
+-- memory, the same bits on every rank.
+for _, b in ipairs(nn.backends()) do
+  if b.name == "vulkan" and b.available then
+    nn.seed(300 + rank)
+    local vm = model(false)
+    vm:to("vulkan")
+    vm:fit(x:to("vulkan"), y:to("vulkan"), {epochs = 1, batch_size = 16, verbose = 0})
+    local v = assert(io.open(string.format("%s/vulkan_weights_%d.bin", out, rank), "wb"))
+    for _, w in ipairs(vm:get_weights()) do
+      for _, e in ipairs(w:to("cpu"):reshape{w:numel()}:totable()) do v:write(string.pack("<f", e)) end
+    end
+    v:close()
+  end
+end
+
 local stats = bn.sync_stats
 if not (stats and stats.steps > 0 and stats.bytes > 0) then fail("no gradient was exchanged") end
 dist.barrier()

@@ -20,8 +20,13 @@ for np in 2 3; do
       { echo "rank $r's weights differ from rank 0's ($np ranks)"; exit 1; }
     cmp "$work/np$np/dataset_weights_0.bin" "$work/np$np/dataset_weights_$r.bin" ||
       { echo "rank $r's weights trained on a dataset differ from rank 0's ($np ranks)"; exit 1; }
+    if [ -f "$work/np$np/vulkan_weights_0.bin" ]; then
+      cmp "$work/np$np/vulkan_weights_0.bin" "$work/np$np/vulkan_weights_$r.bin" ||
+        { echo "rank $r's weights trained on Vulkan differ from rank 0's ($np ranks)"; exit 1; }
+    fi
   done
-  echo "identical weights on $np ranks ($(wc -c < "$work/np$np/weights_0.bin") bytes each)"
+  echo "identical weights on $np ranks ($(wc -c < "$work/np$np/weights_0.bin") bytes each; a dataset's too$(
+    [ -f "$work/np$np/vulkan_weights_0.bin" ] && echo "; on Vulkan too"))"
 done
 
 # an error raised on rank 1: the job ends, naming the rank and the error
