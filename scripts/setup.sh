@@ -10,7 +10,7 @@ apt-get install -y -qq --no-install-recommends \
   ca-certificates gcc libc6-dev make cmake pkg-config \
   lua5.4 liblua5.4-dev libopenblas-dev libcurl4-openssl-dev zlib1g-dev \
   libarchive-dev libcjson-dev libstb-dev libedit-dev libssl-dev libpng-dev libjpeg62-turbo-dev libcsv-dev \
-  libcairo2-dev fonts-dejavu-core libopenmpi-dev openmpi-bin \
+  libcairo2-dev fonts-dejavu-core libopenmpi-dev openmpi-bin libmicrohttpd-dev \
   check libsubunit-dev python3 dataset-fashion-mnist fortunes clang libclang-rt-14-dev \
   libvulkan-dev glslang-tools mesa-vulkan-drivers vulkan-validationlayers >/dev/null
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

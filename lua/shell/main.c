@@ -8,6 +8,7 @@
  * "lunet.core", so `require "lunet"` works from the build tree and from an
  * installed tree alike.
  */
+#include <errno.h>
 #include <limits.h>
 #include <locale.h>
 #include <signal.h>
@@ -338,7 +339,27 @@ static int pmain(lua_State *L) {
   return 1;
 }
 
+/* `lunet serve ...` runs the HTTP server, lunet-serve, installed beside
+ * this program (serve/serve.c). */
+static int exec_serve(char **argv) {
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 32);
+  if (n <= 0) {
+    message("serve: cannot find this program's folder");
+    return EXIT_FAILURE;
+  }
+  self[n] = '\0';
+  char *slash = strrchr(self, '/');
+  strcpy(slash + 1, "lunet-serve");
+  argv[1] = self;
+  execv(self, argv + 1);
+  fprintf(stderr, "lunet: serve: cannot run %s: %s (was lunet built with libmicrohttpd-dev?)\n", self,
+          strerror(errno));
+  return EXIT_FAILURE;
+}
+
 int main(int argc, char **argv) {
+  if (argc > 1 && !strcmp(argv[1], "serve")) return exec_serve(argv);
   setlocale(LC_CTYPE, ""); /* libedit edits multibyte (UTF-8) lines */
   lua_State *L = luaL_newstate();
   if (L == NULL) {
