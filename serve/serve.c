@@ -1,16 +1,24 @@
 /*
  * lunet serve: HTTP inference for saved models, with TensorFlow Serving's
- * REST shapes, on libmicrohttpd (first slice: one input and one output per
- * model, requests answered one model call each).
+ * REST shapes, on libmicrohttpd (models of one input and one output).
  *
  *   lunet serve --model NAME=PATH [--model ...] [--port 8501] [--host 127.0.0.1]
  *               [--threads N] [--max-body 16MB] [--backend NAME]
+ *               [--max-batch 64] [--batch-timeout-ms 2] [--max-queue 1024]
  *
  *   POST /v1/models/NAME:predict   {"instances": [...]} -> {"predictions": [...]}
  *                                  {"inputs": [...]}    -> {"outputs": [...]}
  *   GET  /v1/models/NAME           model_version_status
  *   GET  /v1/models/NAME/metadata  signature_def (input and output names, shapes, dtypes)
  *   GET  /healthz
+ *   GET  /metrics                  Prometheus's text format
+ * Dynamic batching: each model has one worker thread that takes the
+ * requests waiting in its queue, up to --max-batch samples or until
+ * --batch-timeout-ms has passed since the first, runs them as one batch
+ * and hands each request its rows; the request threads wait for theirs.
+ * A full queue (--max-queue requests) answers 503 with Retry-After.
+ * SIGHUP reloads every model from its file: the old one answers until the
+ * new one is ready, and a file that fails to load keeps the old one.
  * Errors are {"error": "..."} with the status that fits (400 bad request,
  * 404 no such model or path, 405 method, 413 body over --max-body); the
  * server does no preprocessing: the model carries its own layers.
@@ -28,18 +36,46 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "lunet/lunet.h"
 #include "lunet/model.h"
 
 #define MAX_MODELS 16
 
+/* A request's inputs waiting for the model, and then its outputs. */
+typedef struct job {
+  const float *x; /* n samples */
+  int64_t n;
+  float *y; /* n * out_per, filled by the worker */
+  lunet_status status;
+  char err[512];
+  bool done;
+  struct job *next;
+} job;
+
+#define NBUCKETS 12
+static const double latency_bounds[NBUCKETS] = {0.0005, 0.001, 0.002, 0.005, 0.01, 0.02,
+                                                0.05,   0.1,   0.2,   0.5,   1,    5};
+
 typedef struct served {
   char name[64];
   char path[1024];
   lunet_model *model;
-  lunet_ctx *ctx;        /* one context per model: a model call at a time */
-  pthread_mutex_t mu;
+  lunet_ctx *ctx; /* used by the worker alone */
+  pthread_mutex_t mu; /* the queue, the model pointer and the statistics */
+  pthread_cond_t work, done;
+  job *head, *tail;
+  int queued;
+  int pending; /* predict requests from their arrival to their answer */
+  bool stop;
+  pthread_t worker;
+  /* statistics for /metrics */
+  unsigned long requests[6]; /* 200, 400, 413, 500, 503, other */
+  unsigned long latency[NBUCKETS + 1];
+  double latency_sum;
+  unsigned long batches, batch_sizes[8]; /* <=1, 2, 4, 8, 16, 32, 64, more */
+  unsigned long reloads, reload_failures;
   int ndim;              /* the input's sample shape */
   int64_t shape[LUNET_MAX_DIMS];
   int out_ndim;
@@ -50,15 +86,40 @@ typedef struct served {
 static served models[MAX_MODELS];
 static int nmodels;
 static size_t max_body = 16u << 20;
+static int max_batch = 64, batch_timeout_ms = 2, max_queue = 1024;
+static const char *backend_name;
+
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void count_request(served *m, unsigned status, double seconds) {
+  int k = status == 200 ? 0 : status == 400 ? 1 : status == 413 ? 2 : status == 500 ? 3 : status == 503 ? 4 : 5;
+  pthread_mutex_lock(&m->mu);
+  m->requests[k]++;
+  int b = 0;
+  while (b < NBUCKETS && seconds > latency_bounds[b]) b++;
+  m->latency[b]++;
+  m->latency_sum += seconds;
+  pthread_mutex_unlock(&m->mu);
+}
 
 /* ---- responses ---- */
+
+static __thread unsigned last_status; /* what this thread last answered, for /metrics */
+static __thread bool retry_later;     /* the next answer says Retry-After */
 
 static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, cJSON *body) {
   char *text = cJSON_PrintUnformatted(body);
   cJSON_Delete(body);
   if (!text) return MHD_NO;
+  last_status = status;
   struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
   MHD_add_response_header(r, "Content-Type", "application/json");
+  if (retry_later) MHD_add_response_header(r, "Retry-After", "1");
+  retry_later = false;
   enum MHD_Result ok = MHD_queue_response(c, status, r);
   MHD_destroy_response(r);
   return ok;
@@ -158,37 +219,134 @@ static enum MHD_Result predict(struct MHD_Connection *c, served *m, const char *
     }
   }
   cJSON_Delete(req);
-  int64_t shape[LUNET_MAX_DIMS + 1] = {nsamples};
-  memcpy(shape + 1, m->shape, sizeof *shape * (size_t)m->ndim);
+  job j = {.x = data, .n = nsamples};
   pthread_mutex_lock(&m->mu);
-  lunet_tensor *x = lunet_tensor_from_data(m->ctx, LUNET_F32, m->ndim + 1, shape, data);
-  lunet_tensor *y = NULL;
-  lunet_status s = x ? lunet_model_predict(m->ctx, m->model, 1, &x, &y) : lunet_ctx_status(m->ctx);
-  int64_t out_shape[LUNET_MAX_DIMS + 1];
-  int out_nd = 0;
-  float *out = NULL;
-  if (!s) {
-    out_nd = lunet_tensor_ndim(y);
-    memcpy(out_shape, lunet_tensor_shape(y), sizeof *out_shape * (size_t)out_nd);
-    out = malloc(sizeof *out * (size_t)lunet_tensor_numel(y));
-    s = out ? lunet_tensor_read(m->ctx, y, out, sizeof *out * (size_t)lunet_tensor_numel(y)) : LUNET_ERR_NOMEM;
+  if (m->queued >= max_queue) {
+    pthread_mutex_unlock(&m->mu);
+    free(data);
+    retry_later = true;
+    return send_error(c, 503, "model '%s' has %d requests waiting (--max-queue): retry shortly", m->name, max_queue);
   }
-  char err[512];
-  snprintf(err, sizeof err, "%s", s ? lunet_ctx_error(m->ctx) : "");
-  lunet_clear_error(m->ctx);
-  lunet_tensor_release(x);
-  lunet_tensor_release(y);
+  if (m->tail) m->tail->next = &j;
+  else m->head = &j;
+  m->tail = &j;
+  m->queued++;
+  pthread_cond_signal(&m->work);
+  while (!j.done) pthread_cond_wait(&m->done, &m->mu);
   pthread_mutex_unlock(&m->mu);
   free(data);
-  if (s) {
-    free(out);
-    return send_error(c, s == LUNET_ERR_NOMEM ? 503 : 500, "model '%s': %s", m->name, err[0] ? err : "out of memory");
+  if (j.status) {
+    free(j.y);
+    return send_error(c, j.status == LUNET_ERR_NOMEM ? 503 : 500, "model '%s': %s", m->name, j.err);
   }
+  int64_t out_shape[LUNET_MAX_DIMS + 1] = {nsamples};
+  memcpy(out_shape + 1, m->out_shape, sizeof *out_shape * (size_t)m->out_ndim);
   cJSON *resp = cJSON_CreateObject();
-  const float *r = out;
-  cJSON_AddItemToObject(resp, inst ? "predictions" : "outputs", write_values(&r, out_shape, out_nd));
-  free(out);
+  const float *r = j.y;
+  cJSON_AddItemToObject(resp, inst ? "predictions" : "outputs", write_values(&r, out_shape, m->out_ndim + 1));
+  free(j.y);
   return send_json(c, 200, resp);
+}
+
+/* ---- the batching worker ---- */
+
+static void timeout_at(struct timespec *t, double seconds) {
+  clock_gettime(CLOCK_REALTIME, t);
+  long ns = t->tv_nsec + (long)(seconds * 1e9);
+  t->tv_sec += ns / 1000000000L;
+  t->tv_nsec = ns % 1000000000L;
+}
+
+/* Runs the jobs batch[0..n) as one model call and fills their outputs.
+ * The batch is padded with zero rows to a power of two (up to
+ * --max-batch; a larger single request runs as it is), as TF Serving's
+ * allowed_batch_sizes: a handful of shapes, whose buffers the backend's
+ * pool reuses, instead of fresh memory (page faults) for every size. */
+static void run_batch(served *m, job **batch, int n, int64_t total) {
+  int64_t per = 1, out_per = 1, rows = 1;
+  for (int k = 0; k < m->ndim; k++) per *= m->shape[k];
+  while (rows < total) rows *= 2;
+  if (rows > max_batch) rows = total > max_batch ? total : max_batch;
+  float *x = calloc((size_t)(rows * per), sizeof *x);
+  lunet_status st = x ? LUNET_OK : LUNET_ERR_NOMEM;
+  for (int i = 0, at = 0; x && i < n; at += (int)batch[i]->n, i++)
+    memcpy(x + (int64_t)at * per, batch[i]->x, sizeof *x * (size_t)(batch[i]->n * per));
+  int64_t shape[LUNET_MAX_DIMS + 1] = {rows};
+  memcpy(shape + 1, m->shape, sizeof *shape * (size_t)m->ndim);
+  pthread_mutex_lock(&m->mu); /* the model pointer (a reload swaps it) */
+  lunet_model *model = lunet_model_retain(m->model);
+  pthread_mutex_unlock(&m->mu);
+  lunet_tensor *t = st ? NULL : lunet_tensor_from_data(m->ctx, LUNET_F32, m->ndim + 1, shape, x);
+  lunet_tensor *y = NULL;
+  if (!st) st = t ? lunet_model_predict(m->ctx, model, 1, &t, &y) : lunet_ctx_status(m->ctx);
+  for (int k = 0; k < m->out_ndim; k++) out_per *= m->out_shape[k];
+  float *out = st ? NULL : malloc(sizeof *out * (size_t)(rows * out_per));
+  if (!st && !out) st = LUNET_ERR_NOMEM;
+  if (!st) st = lunet_tensor_read(m->ctx, y, out, sizeof *out * (size_t)(rows * out_per));
+  char err[512];
+  snprintf(err, sizeof err, "%s", st == LUNET_ERR_NOMEM && !lunet_ctx_error(m->ctx)[0] ? "out of memory" : lunet_ctx_error(m->ctx));
+  lunet_clear_error(m->ctx);
+  lunet_tensor_release(t);
+  lunet_tensor_release(y);
+  lunet_model_release(model);
+  free(x);
+  pthread_mutex_lock(&m->mu);
+  for (int i = 0, at = 0; i < n; at += (int)batch[i]->n, i++) {
+    job *j = batch[i];
+    j->status = st;
+    if (!st && (j->y = malloc(sizeof *j->y * (size_t)(j->n * out_per))))
+      memcpy(j->y, out + (int64_t)at * out_per, sizeof *j->y * (size_t)(j->n * out_per));
+    else if (!st)
+      j->status = LUNET_ERR_NOMEM;
+    snprintf(j->err, sizeof j->err, "%s", j->status && !st ? "out of memory" : err);
+    j->done = true;
+  }
+  m->batches++;
+  int b = 0;
+  for (int64_t v = total; v > 1 && b < 7; v = (v + 1) / 2) b++;
+  m->batch_sizes[b]++;
+  pthread_cond_broadcast(&m->done);
+  pthread_mutex_unlock(&m->mu);
+  free(out);
+}
+
+static void *worker_main(void *arg) {
+  served *m = arg;
+  job **batch = malloc(sizeof *batch * (size_t)(max_batch + 1));
+  pthread_mutex_lock(&m->mu);
+  for (;;) {
+    while (!m->stop && !m->head) pthread_cond_wait(&m->work, &m->mu);
+    if (!m->head) break; /* stopping, nothing left */
+    /* the first request, then whatever comes before the timeout, up to
+     * max_batch samples (a request is never split) */
+    struct timespec until;
+    timeout_at(&until, batch_timeout_ms / 1000.0);
+    int n = 0;
+    int64_t total = 0;
+    for (;;) {
+      while (m->head && n <= max_batch && (n == 0 || total + m->head->n <= max_batch)) {
+        job *j = m->head;
+        m->head = j->next;
+        if (!m->head) m->tail = NULL;
+        m->queued--;
+        batch[n++] = j;
+        total += j->n;
+      }
+      if (total >= max_batch || m->head || m->stop || batch_timeout_ms == 0) break;
+      /* wait only for requests already on their way (arrived, still being
+       * read or parsed): a lone client is never kept waiting */
+      if (m->pending <= n + m->queued) break;
+      if (pthread_cond_timedwait(&m->work, &m->mu, &until) == ETIMEDOUT) {
+        if (!m->head) break;
+      }
+    }
+    pthread_mutex_unlock(&m->mu);
+    run_batch(m, batch, n, total);
+    pthread_mutex_lock(&m->mu);
+  }
+  pthread_mutex_unlock(&m->mu);
+  free(batch);
+  return NULL;
 }
 
 static cJSON *dims_json(int nd, const int64_t *s) {
@@ -255,7 +413,84 @@ typedef struct body {
   char *data;
   size_t len, cap;
   bool too_big;
+  double start;    /* the request's arrival */
+  served *counted; /* the model whose pending count includes this request */
 } body;
+
+static void uncount(body *b) {
+  if (!b->counted) return;
+  pthread_mutex_lock(&b->counted->mu);
+  b->counted->pending--;
+  pthread_mutex_unlock(&b->counted->mu);
+  b->counted = NULL;
+}
+
+/* GET /metrics: Prometheus's text format. */
+static enum MHD_Result metrics(struct MHD_Connection *c) {
+  static const char *codes[6] = {"200", "400", "413", "500", "503", "other"};
+  size_t cap = 8192 + (size_t)nmodels * 4096, len = 0;
+  char *t = malloc(cap);
+  if (!t) return MHD_NO;
+#define OUT(...) (len += (size_t)snprintf(t + len, len < cap ? cap - len : 0, __VA_ARGS__))
+  OUT("# HELP lunet_requests_total Predict requests answered, by model and status.\n"
+      "# TYPE lunet_requests_total counter\n");
+  for (int i = 0; i < nmodels; i++) {
+    served *m = &models[i];
+    pthread_mutex_lock(&m->mu);
+    for (int k = 0; k < 6; k++)
+      OUT("lunet_requests_total{model=\"%s\",code=\"%s\"} %lu\n", m->name, codes[k], m->requests[k]);
+    pthread_mutex_unlock(&m->mu);
+  }
+  OUT("# HELP lunet_request_seconds Time from a predict request's arrival to its answer.\n"
+      "# TYPE lunet_request_seconds histogram\n");
+  for (int i = 0; i < nmodels; i++) {
+    served *m = &models[i];
+    pthread_mutex_lock(&m->mu);
+    unsigned long sum = 0;
+    for (int b = 0; b < NBUCKETS; b++) {
+      sum += m->latency[b];
+      OUT("lunet_request_seconds_bucket{model=\"%s\",le=\"%g\"} %lu\n", m->name, latency_bounds[b], sum);
+    }
+    sum += m->latency[NBUCKETS];
+    OUT("lunet_request_seconds_bucket{model=\"%s\",le=\"+Inf\"} %lu\n", m->name, sum);
+    OUT("lunet_request_seconds_sum{model=\"%s\"} %.6f\nlunet_request_seconds_count{model=\"%s\"} %lu\n", m->name,
+        m->latency_sum, m->name, sum);
+    pthread_mutex_unlock(&m->mu);
+  }
+  OUT("# HELP lunet_batch_size Samples per model call (dynamic batching).\n# TYPE lunet_batch_size histogram\n");
+  for (int i = 0; i < nmodels; i++) {
+    served *m = &models[i];
+    pthread_mutex_lock(&m->mu);
+    unsigned long sum = 0;
+    for (int b = 0; b < 7; b++) {
+      sum += m->batch_sizes[b];
+      OUT("lunet_batch_size_bucket{model=\"%s\",le=\"%d\"} %lu\n", m->name, 1 << b, sum);
+    }
+    sum += m->batch_sizes[7];
+    OUT("lunet_batch_size_bucket{model=\"%s\",le=\"+Inf\"} %lu\nlunet_batch_size_count{model=\"%s\"} %lu\n",
+        m->name, sum, m->name, m->batches);
+    pthread_mutex_unlock(&m->mu);
+  }
+  OUT("# HELP lunet_queue_depth Requests waiting for their model.\n# TYPE lunet_queue_depth gauge\n");
+  for (int i = 0; i < nmodels; i++) {
+    pthread_mutex_lock(&models[i].mu);
+    OUT("lunet_queue_depth{model=\"%s\"} %d\n", models[i].name, models[i].queued);
+    pthread_mutex_unlock(&models[i].mu);
+  }
+  OUT("# HELP lunet_model_reloads_total Reloads on SIGHUP, and those that failed (the old model kept).\n"
+      "# TYPE lunet_model_reloads_total counter\n");
+  for (int i = 0; i < nmodels; i++)
+    OUT("lunet_model_reloads_total{model=\"%s\",result=\"ok\"} %lu\n"
+        "lunet_model_reloads_total{model=\"%s\",result=\"failed\"} %lu\n",
+        models[i].name, models[i].reloads, models[i].name, models[i].reload_failures);
+#undef OUT
+  if (len >= cap) len = cap - 1;
+  struct MHD_Response *r = MHD_create_response_from_buffer(len, t, MHD_RESPMEM_MUST_FREE);
+  MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4");
+  enum MHD_Result ok = MHD_queue_response(c, 200, r);
+  MHD_destroy_response(r);
+  return ok;
+}
 
 static enum MHD_Result route(struct MHD_Connection *c, const char *url, const char *method, body *b) {
   bool post = !strcmp(method, "POST"), get = !strcmp(method, "GET");
@@ -264,6 +499,10 @@ static enum MHD_Result route(struct MHD_Connection *c, const char *url, const ch
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "status", "ok");
     return send_json(c, 200, o);
+  }
+  if (!strcmp(url, "/metrics")) {
+    if (!get) return send_error(c, 405, "%s /metrics: use GET", method);
+    return metrics(c);
   }
   const char *prefix = "/v1/models/";
   if (strncmp(url, prefix, strlen(prefix)))
@@ -282,8 +521,11 @@ static enum MHD_Result route(struct MHD_Connection *c, const char *url, const ch
   const char *rest = name + n;
   if (!strcmp(rest, ":predict")) {
     if (!post) return send_error(c, 405, "%s %s: use POST", method, url);
-    if (b->too_big) return send_error(c, 413, "the body is over %zu bytes (--max-body)", max_body);
-    return predict(c, m, b->data ? b->data : "", b->len);
+    enum MHD_Result r = b->too_big ? send_error(c, 413, "the body is over %zu bytes (--max-body)", max_body)
+                                   : predict(c, m, b->data ? b->data : "", b->len);
+    uncount(b);
+    count_request(m, last_status, now_s() - b->start);
+    return r;
   }
   if (!get) return send_error(c, 405, "%s %s: use GET", method, url);
   if (!*rest) return status_of(c, m);
@@ -297,7 +539,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
   body *b = *state;
   if (!b) { /* the headers: make the body's buffer, answer on a later call */
     if (!(b = calloc(1, sizeof *b))) return MHD_NO;
+    b->start = now_s();
     *state = b;
+    const char *prefix = "/v1/models/", *colon = strstr(url, ":predict");
+    served *m = !strcmp(method, "POST") && colon && !strncmp(url, prefix, strlen(prefix))
+                    ? find_model(url + strlen(prefix), (size_t)(colon - url - strlen(prefix)))
+                    : NULL;
+    if (m) { /* on its way: the batching worker may wait for it */
+      pthread_mutex_lock(&m->mu);
+      m->pending++;
+      pthread_mutex_unlock(&m->mu);
+      b->counted = m;
+    }
     return MHD_YES;
   }
   if (*upload_size) {
@@ -325,6 +578,7 @@ static void on_done(void *cls, struct MHD_Connection *c, void **state, enum MHD_
   (void)cls, (void)c, (void)code;
   body *b = *state;
   if (b) {
+    uncount(b); /* a client that left before its request was read */
     free(b->data);
     free(b);
   }
@@ -333,10 +587,58 @@ static void on_done(void *cls, struct MHD_Connection *c, void **state, enum MHD_
 
 /* ---- start ---- */
 
+/* Contexts of replaced models: kept to the end (a batch in flight may still
+ * use the model a context made). */
+typedef struct retired {
+  lunet_ctx *ctx;
+  struct retired *next;
+} retired;
+static retired *retired_ctxs;
+
+/* SIGHUP: the model again from its file, swapped in once loaded; the old
+ * one answers meanwhile, and stays if the new file fails. */
+static void reload(served *m) {
+  lunet_ctx *ctx = lunet_ctx_new();
+  lunet_model *fresh = NULL;
+  char why[512] = "no context";
+  if (ctx && backend_name && lunet_use(ctx, backend_name)) snprintf(why, sizeof why, "%s", lunet_ctx_error(ctx));
+  else if (ctx && !(fresh = lunet_model_load(ctx, m->path))) snprintf(why, sizeof why, "%s", lunet_ctx_error(ctx));
+  if (fresh) {
+    int64_t in[LUNET_MAX_DIMS], out[LUNET_MAX_DIMS];
+    int nin = lunet_model_input_count(fresh) == 1 ? lunet_model_value_shape(fresh, lunet_model_input_id(fresh, 0), in) : -1;
+    int nout = lunet_model_output_count(fresh) == 1 ? lunet_model_value_shape(fresh, lunet_model_output_id(fresh, 0), out) : -1;
+    if (nin != m->ndim || nout != m->out_ndim || memcmp(in, m->shape, sizeof *in * (size_t)nin) ||
+        memcmp(out, m->out_shape, sizeof *out * (size_t)nout)) {
+      snprintf(why, sizeof why, "its input or output shape differs from the model being served");
+      lunet_model_release(fresh);
+      fresh = NULL;
+    }
+  }
+  pthread_mutex_lock(&m->mu);
+  lunet_model *old = fresh ? m->model : NULL;
+  if (fresh) {
+    m->model = fresh;
+    m->reloads++;
+  } else {
+    m->reload_failures++;
+  }
+  pthread_mutex_unlock(&m->mu);
+  if (fresh) {
+    lunet_model_release(old); /* a batch that holds it keeps it to its end */
+    retired *r = malloc(sizeof *r);
+    if (r) *r = (retired){.ctx = ctx, .next = retired_ctxs}, retired_ctxs = r;
+    fprintf(stderr, "lunet serve: model '%s' reloaded from %s\n", m->name, m->path);
+  } else {
+    lunet_ctx_free(ctx);
+    fprintf(stderr, "lunet serve: model '%s' not reloaded from %s (%s); the old one goes on\n", m->name, m->path, why);
+  }
+}
+
 static int usage(const char *why) {
   if (why) fprintf(stderr, "lunet serve: %s\n", why);
   fprintf(stderr, "usage: lunet serve --model NAME=PATH [--model NAME=PATH ...] [--port 8501] [--host 127.0.0.1]\n"
-                  "                   [--threads N] [--max-body 16MB] [--backend NAME]\n");
+                  "                   [--threads N] [--max-body 16MB] [--backend NAME]\n"
+                  "                   [--max-batch 64] [--batch-timeout-ms 2] [--max-queue 1024]\n");
   return 2;
 }
 
@@ -383,6 +685,12 @@ static int load(served *m, const char *spec, const char *backend) {
   snprintf(m->in_name, sizeof m->in_name, "%s", lunet_model_value_name(m->model, in));
   snprintf(m->out_name, sizeof m->out_name, "%s", lunet_model_value_name(m->model, out));
   pthread_mutex_init(&m->mu, NULL);
+  pthread_cond_init(&m->work, NULL);
+  pthread_cond_init(&m->done, NULL);
+  if (pthread_create(&m->worker, NULL, worker_main, m)) {
+    fprintf(stderr, "lunet serve: cannot start a thread for model '%s'\n", m->name);
+    return -1;
+  }
   char s[128];
   fprintf(stderr, "lunet serve: model '%s' from %s, input %s %s\n", m->name, m->path, m->in_name,
           shape_text(m->ndim, m->shape, s, sizeof s));
@@ -391,7 +699,7 @@ static int load(served *m, const char *spec, const char *backend) {
 
 static int serve_main(int argc, char **argv) {
   const char *host = "127.0.0.1", *backend = NULL;
-  int port = 8501, threads = 4;
+  int port = 8501, threads = 256;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage(NULL), 0;
@@ -411,7 +719,16 @@ static int serve_main(int argc, char **argv) {
     } else if (!strcmp(a, "--max-body")) {
       if (!(max_body = parse_size(v))) return usage("--max-body takes a size such as 16MB");
     } else if (!strcmp(a, "--backend")) {
-      backend = v;
+      backend = backend_name = v;
+    } else if (!strcmp(a, "--max-batch")) {
+      max_batch = atoi(v);
+      if (max_batch < 1 || max_batch > 1 << 20) return usage("--max-batch takes 1 or more (1: no merging)");
+    } else if (!strcmp(a, "--batch-timeout-ms")) {
+      batch_timeout_ms = atoi(v);
+      if (batch_timeout_ms < 0 || batch_timeout_ms > 60000) return usage("--batch-timeout-ms takes 0 to 60000");
+    } else if (!strcmp(a, "--max-queue")) {
+      max_queue = atoi(v);
+      if (max_queue < 1) return usage("--max-queue takes 1 or more");
     } else {
       return usage("unknown option");
     }
@@ -424,27 +741,42 @@ static int serve_main(int argc, char **argv) {
   sigemptyset(&stop);
   sigaddset(&stop, SIGTERM);
   sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &stop, NULL); /* every thread; the main one waits for them */
   signal(SIGPIPE, SIG_IGN);
   struct MHD_Daemon *d = MHD_start_daemon(
-      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, (uint16_t)port, NULL, NULL, on_request, NULL,
-      MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)threads, MHD_OPTION_CONNECTION_TIMEOUT,
-      30u, MHD_OPTION_NOTIFY_COMPLETED, on_done, NULL, MHD_OPTION_END);
+      MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL, (uint16_t)port, NULL, NULL,
+      on_request, NULL, MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_CONNECTION_LIMIT, (unsigned)threads,
+      MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_NOTIFY_COMPLETED, on_done, NULL, MHD_OPTION_END);
   if (!d) {
     fprintf(stderr, "lunet serve: cannot listen on %s:%d (%s)\n", host, port, strerror(errno));
     return 1;
   }
   const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-  printf("lunet serve: listening on http://%s:%u (%d threads)\n", host, info ? info->port : (unsigned)port, threads);
+  printf("lunet serve: listening on http://%s:%u (up to %d connections, a thread each)\n", host,
+         info ? info->port : (unsigned)port, threads);
   fflush(stdout);
   int sig;
-  sigwait(&stop, &sig);
+  while (sigwait(&stop, &sig) == 0 && sig == SIGHUP)
+    for (int i = 0; i < nmodels; i++) reload(&models[i]);
   fprintf(stderr, "lunet serve: %s: finishing the requests in flight\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   MHD_quiesce_daemon(d);
-  MHD_stop_daemon(d); /* waits for the connections' threads */
+  MHD_stop_daemon(d); /* waits for the connections' threads, so every request is answered */
   for (int i = 0; i < nmodels; i++) {
-    lunet_model_release(models[i].model);
-    lunet_ctx_free(models[i].ctx);
+    served *m = &models[i];
+    pthread_mutex_lock(&m->mu);
+    m->stop = true;
+    pthread_cond_broadcast(&m->work);
+    pthread_mutex_unlock(&m->mu);
+    pthread_join(m->worker, NULL);
+    lunet_model_release(m->model);
+    lunet_ctx_free(m->ctx);
+  }
+  while (retired_ctxs) {
+    retired *r = retired_ctxs;
+    retired_ctxs = r->next;
+    lunet_ctx_free(r->ctx);
+    free(r);
   }
   return 0;
 }

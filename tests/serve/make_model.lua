@@ -8,8 +8,14 @@ local m = nn.Sequential{nn.Rescaling{1 / 255, input_shape = {6, 6, 1}}, nn.Conv2
   nn.Flatten(), nn.Dense{3, activation = "softmax"}}
 m:build()
 m:save(out .. "/cnn.lunet")
+-- a second version (other weights) for the reload on SIGHUP
+local m2 = nn.Sequential{nn.Rescaling{1 / 255, input_shape = {6, 6, 1}}, nn.Conv2D{4, 3, activation = "relu"},
+  nn.Flatten(), nn.Dense{3, activation = "softmax"}}
+m2:build()
+m2:save(out .. "/cnn_v2.lunet")
 local x = (nn.rand(5, 6, 6, 1) * 255)
 local f = assert(io.open(out .. "/reference.json", "w"))
-f:write(require("lunet.core").json_encode({inputs = x:totable(), outputs = m:predict(x):totable()}))
+f:write(require("lunet.core").json_encode({inputs = x:totable(), outputs = m:predict(x):totable(),
+  outputs_v2 = m2:predict(x):totable()}))
 f:close()
 print("model: ok")

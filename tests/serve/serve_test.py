@@ -1,28 +1,41 @@
 """lunet serve end to end, on 127.0.0.1: predictions equal lunet's own,
 TensorFlow Serving's request and response shapes, every bad request answered
 with its status and a JSON error (and the next one still served), concurrent
-clients, a slow and a vanishing client, and SIGTERM ending it with status 0.
+clients merged into batches and split back right, /metrics, a slow and a
+vanishing client, a full queue, the model file replaced and reloaded on
+SIGHUP (a broken file keeps the old model), and SIGTERM ending it with 0.
     serve_test.py LUNET WORK_DIR   (WORK_DIR holds cnn.lunet, reference.json)
 """
-import json, os, signal, socket, subprocess, sys, threading, time, urllib.request
+import json, os, shutil, signal, socket, subprocess, sys, threading, time, urllib.request
 
 lunet, work = sys.argv[1], sys.argv[2]
 ref = json.load(open(os.path.join(work, "reference.json")))
-server = subprocess.Popen([lunet, "serve", "--model", "cnn=" + os.path.join(work, "cnn.lunet"), "--port", "0",
-                           "--threads", "4", "--max-body", "64KB"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-line = server.stdout.readline()
-assert "listening on http://127.0.0.1:" in line, line + server.stderr.read()
-port = int(line.split("127.0.0.1:")[1].split()[0])
-base = "http://127.0.0.1:%d" % port
+served = os.path.join(work, "served.lunet")
+shutil.copy(os.path.join(work, "cnn.lunet"), served)
 
 
-def req(method, path, body=None):
-    r = urllib.request.Request(base + path, data=body, method=method)
+def start(*extra):
+    p = subprocess.Popen([lunet, "serve", "--model", "cnn=" + served, "--port", "0", "--threads", "32",
+                          "--max-body", "64KB", "--batch-timeout-ms", "20", *extra],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    assert "listening on http://127.0.0.1:" in line, line + p.stderr.read()
+    return p, "http://127.0.0.1:%d" % int(line.split("127.0.0.1:")[1].split()[0])
+
+
+server, base = start()
+port = int(base.rsplit(":", 1)[1])
+
+
+def req(method, path, body=None, url=None, headers=False):
+    r = urllib.request.Request((url or base) + path, data=body, method=method)
     try:
         with urllib.request.urlopen(r, timeout=30) as f:
-            return f.status, json.loads(f.read())
+            out = f.status, json.loads(f.read()) if "json" in f.headers.get("Content-Type", "") else None
+            return out + (f.headers,) if headers else out
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        out = e.code, json.loads(e.read())
+        return out + (e.headers,) if headers else out
 
 
 def close(a, b, what):
@@ -36,10 +49,12 @@ def close(a, b, what):
     walk(a, b, "")
 
 
-def good():
-    status, body = req("POST", "/v1/models/cnn:predict", json.dumps({"instances": ref["inputs"]}).encode())
+def good(rows=None, key="outputs"):
+    rows = rows or list(range(len(ref["inputs"])))
+    status, body = req("POST", "/v1/models/cnn:predict",
+                       json.dumps({"instances": [ref["inputs"][i] for i in rows]}).encode())
     assert status == 200, (status, body)
-    close(body["predictions"], ref["outputs"], "predictions")
+    close(body["predictions"], [ref[key][i] for i in rows], "predictions")
 
 
 good()
@@ -82,16 +97,46 @@ gone = socket.create_connection(("127.0.0.1", port))
 gone.sendall(b"POST /v1/models/cnn:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{\"instances\": [")
 gone.close()
 errors = []
-def client():
-    try:
-        for _ in range(10): good()
+def client(k):
+    try:  # each client its own rows, so that a batch split back wrong shows
+        for i in range(10): good([(k + i) % 5, (k + 2 * i + 1) % 5])
     except Exception as e:  # noqa: BLE001 - reported below
         errors.append(repr(e))
-threads = [threading.Thread(target=client) for _ in range(8)]
+threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
 for t in threads: t.start()
 for t in threads: t.join()
 assert not errors, errors
 slow.close()
+
+with urllib.request.urlopen(base + "/metrics", timeout=30) as f:
+    metrics = f.read().decode()
+def metric(name):
+    for line in metrics.splitlines():
+        if line.startswith(name + " "): return float(line.split()[-1])
+    raise AssertionError("no %s in /metrics:\n%s" % (name, metrics))
+answered = metric('lunet_requests_total{model="cnn",code="200"}')
+assert answered >= 82, answered
+assert metric('lunet_requests_total{model="cnn",code="400"}') == 4, metrics
+assert metric('lunet_requests_total{model="cnn",code="413"}') == 1, metrics
+calls = metric('lunet_batch_size_count{model="cnn"}')
+assert calls < answered, "no two requests were merged into one model call (%d calls, %d answers)" % (calls, answered)
+assert metric('lunet_request_seconds_count{model="cnn"}') == metric('lunet_request_seconds_bucket{model="cnn",le="+Inf"}')
+assert metric('lunet_queue_depth{model="cnn"}') == 0
+
+# the model file replaced, then SIGHUP: the new weights answer; a broken
+# file keeps them
+shutil.copy(os.path.join(work, "cnn_v2.lunet"), served + ".tmp")
+os.replace(served + ".tmp", served)
+server.send_signal(signal.SIGHUP)
+for _ in range(100):
+    if "reloaded" in server.stderr.readline(): break
+good(key="outputs_v2")
+with open(served + ".tmp", "wb") as f: f.write(b"not a model")
+os.replace(served + ".tmp", served)
+server.send_signal(signal.SIGHUP)
+for _ in range(100):
+    if "not reloaded" in server.stderr.readline(): break
+good(key="outputs_v2")
 
 server.send_signal(signal.SIGTERM)
 try:
@@ -100,5 +145,28 @@ except subprocess.TimeoutExpired:
     server.kill()
     raise SystemExit("SIGTERM did not stop the server within 20 s")
 assert code == 0, "exit status %d after SIGTERM: %s" % (code, server.stderr.read())
-print("serve: 80 concurrent predictions right, %d bad requests answered, SIGTERM exit 0" % len(cases))
+# a full queue: 503 with Retry-After, never a wrong answer
+shutil.copy(os.path.join(work, "cnn.lunet"), served)
+small, small_base = start("--max-queue", "1", "--max-batch", "1", "--max-body", "16MB")
+answers = []
+def flood():
+    for _ in range(5):
+        answers.append(req("POST", "/v1/models/cnn:predict", json.dumps({"instances": ref["inputs"] * 40}).encode(),
+                           url=small_base, headers=True))
+threads = [threading.Thread(target=flood) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+busy = [a for a in answers if a[0] == 503]
+for status, body, headers in answers:
+    assert status in (200, 503), (status, body)
+    if status == 503:
+        assert headers.get("Retry-After") == "1" and "requests waiting (--max-queue)" in body["error"], body
+    else:
+        close(body["predictions"], ref["outputs"] * 40, "predictions under load")
+small.send_signal(signal.SIGTERM)
+assert small.wait(timeout=20) == 0
+
+print("serve: %d concurrent predictions right in %d model calls, %d bad requests answered, reload on SIGHUP, "
+      "%d of %d answered 503 on a queue of 1, SIGTERM exit 0" % (int(answered), int(calls), len(cases), len(busy),
+                                                                 len(answers)))
 print("serve: ok")
