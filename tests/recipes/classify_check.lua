@@ -1,0 +1,46 @@
+-- For classify_example.sh: `make DIR` writes a small CNN (random weights,
+-- 20x24x3 images of 0..255), 12 PNG and JPEG images and the labels;
+-- `check DIR` holds classify's output (DIR/one.txt) against the model's
+-- predictions on the same files loaded here.
+local nn = require "lunet"
+local mode, dir = arg[1], arg[2]
+local names = {"cat", "dog", "bird", "fish", "frog"}
+if mode == "make" then
+  nn.seed(3)
+  local m = nn.Sequential{nn.Rescaling{1 / 255, input_shape = {20, 24, 3}},
+    nn.Conv2D{6, 3, activation = "relu"}, nn.MaxPooling2D(2), nn.Flatten(), nn.Dense{5, activation = "softmax"}}
+  m:build()
+  m:save(dir .. "/model.lunet")
+  local files = {}
+  for i = 1, 12 do
+    local path = string.format("%s/img%02d.%s", dir, i, i % 3 == 0 and "jpg" or "png")
+    nn.utils.save_img(path, (nn.rand(20, 24, 3) * 255):clip(0, 255))
+    files[#files + 1] = path
+  end
+  local f = assert(io.open(dir .. "/files", "w"))
+  f:write(table.concat(files, " "))
+  f:close()
+  f = assert(io.open(dir .. "/labels", "w"))
+  f:write(table.concat(names, ","))
+  f:close()
+  return
+end
+local m = nn.load_model(dir .. "/model.lunet")
+local n = 0
+for line in io.lines(dir .. "/one.txt") do
+  local file, rest = line:match("^(.-): (.*)$")
+  local p = m:predict(nn.utils.load_img(file):reshape(1, 20, 24, 3)):totable()[1]
+  local order = {1, 2, 3, 4, 5}
+  table.sort(order, function(a, b) return p[a] > p[b] end)
+  local i = 0
+  for name, prob in rest:gmatch("(%S+) (%S+)") do
+    i = i + 1
+    if name ~= names[order[i]] or math.abs(tonumber(prob) - p[order[i]]) > 1e-4 then
+      error(string.format("%s: classify says %s %s at place %d, lunet %s %.4f", file, name, prob, i, names[order[i]],
+        p[order[i]]))
+    end
+  end
+  if i ~= 3 then error(file .. ": " .. i .. " classes printed, expected 3") end
+  n = n + 1
+end
+if n ~= 12 then error(n .. " files classified, expected 12") end
