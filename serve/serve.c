@@ -178,10 +178,6 @@ static cJSON *write_values(const float **v, const int64_t *dims, int nd) {
   return a;
 }
 
-static char *shape_text(int nd, const int64_t *s, char *buf, size_t n) {
-  return lunet_shape_str(nd, s, buf, n);
-}
-
 /* POST /v1/models/NAME:predict */
 static enum MHD_Result predict(struct MHD_Connection *c, served *m, const char *body, size_t len) {
   cJSON *req = cJSON_ParseWithLength(body, len);
@@ -195,7 +191,7 @@ static enum MHD_Result predict(struct MHD_Connection *c, served *m, const char *
   if (!list || !cJSON_IsArray(list) || cJSON_GetArraySize(list) == 0) {
     cJSON_Delete(req);
     return send_error(c, 400, "no \"instances\" (or \"inputs\"): a non-empty list of inputs of shape %s expected",
-                      shape_text(m->ndim, m->shape, (char[128]){0}, 128));
+                      lunet_shape_str(m->ndim, m->shape, (char[128]){0}, 128));
   }
   int64_t nsamples = cJSON_GetArraySize(list), per = 1;
   for (int i = 0; i < m->ndim; i++) per *= m->shape[i];
@@ -215,7 +211,7 @@ static enum MHD_Result predict(struct MHD_Connection *c, served *m, const char *
       cJSON_Delete(req);
       char s[128];
       return send_error(c, 400, "%s (model '%s' takes inputs of shape %s)", why, m->name,
-                        shape_text(m->ndim, m->shape, s, sizeof s));
+                        lunet_shape_str(m->ndim, m->shape, s, sizeof s));
     }
   }
   cJSON_Delete(req);
@@ -693,7 +689,7 @@ static int load(served *m, const char *spec, const char *backend) {
   }
   char s[128];
   fprintf(stderr, "lunet serve: model '%s' from %s, input %s %s\n", m->name, m->path, m->in_name,
-          shape_text(m->ndim, m->shape, s, sizeof s));
+          lunet_shape_str(m->ndim, m->shape, s, sizeof s));
   return 0;
 }
 

@@ -106,6 +106,15 @@ local function input_gradient(model, x, class, fn)
   return g, cls, z:item()
 end
 
+-- The classes asked for (or predicted), from one forward pass off the tape.
+local function chosen(model, x, class, fn)
+  local prev = C.set_no_grad(true)
+  local ok, z = pcall(forward, model, x)
+  C.set_no_grad(prev)
+  if not ok then error(z, 0) end
+  return (classes(z, class, x:shape()[1], fn))
+end
+
 -- (N, H, W, C) -> (N, H, W): the maximum over channels of |v|.
 local function max_abs(g) return g:abs():max(4) end
 
@@ -128,7 +137,7 @@ function M.smoothgrad(model, x, o)
   local n = x:shape()[1]
   local samples, level = o.samples or 25, o.noise or 0.15
   if math.type(samples) ~= "integer" or samples < 1 then fail("smoothgrad", "samples must be a positive integer") end
-  local _, cls = input_gradient(model, x, o.class, "smoothgrad") -- the classes of the clean images
+  local cls = chosen(model, x, o.class, "smoothgrad") -- the classes of the clean images
   local host = x:to("cpu")
   local s = host:shape()
   local flat = host:reshape({ n, s[2] * s[3] * s[4] })
@@ -161,7 +170,7 @@ function M.integrated_gradients(model, x, o)
   elseif not C.is_tensor(base) then fail("integrated_gradients", "baseline: a number or a tensor like x expected") end
   base = base:to("cpu"):float()
   local host = x:to("cpu")
-  local _, cls = input_gradient(model, x, o.class, "integrated_gradients")
+  local cls = chosen(model, x, o.class, "integrated_gradients")
   local sum
   for i = 1, steps do
     local point = base + (host - base) * ((i - 0.5) / steps)

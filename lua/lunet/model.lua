@@ -810,10 +810,6 @@ fit_impl = function(self, x, y, o)
     end
     if not ok then
       if bar.tty then io.stdout:write("\n") end
-      if dist then -- the other ranks wait in a collective: end the job, saying why
-        if sync then sync:detach() end
-        dist.abort(string.format("fit: %s", tostring(err)))
-      end
       local status = C.last_error_status()
       if copy and (status == "device error" or status == "out of memory") then
         local device = self.device

@@ -105,6 +105,17 @@ local function range(lists, pad)
   return {lo - p, hi + p}
 end
 
+-- A series as the flat point list cv:line takes; a value that is not a
+-- finite number leaves a gap.
+local function points(fx, fy, xs, values)
+  local pts = {}
+  for j, v in ipairs(values) do
+    local ok = finite(v)
+    pts[#pts + 1], pts[#pts + 2] = ok and fx(xs[j] or j) or 0 / 0, ok and fy(v) or 0 / 0
+  end
+  return pts
+end
+
 local function legend(cv, x, y, entries)
   for i, e in ipairs(entries) do
     local ly = y + (i - 1) * 18
@@ -130,12 +141,7 @@ function M.curve(xs, ys, path, o)
   local xr = o.log_x and { xs[1], xs[#xs] } or range({ xs }, 0)
   local fx, fy = axes(cv, { x = 70, y = 40, w = w - 100, h = h - 95 }, xr, range(lists), o)
   for i, s in ipairs(series) do
-    local pts = {}
-    for j, x in ipairs(xs) do
-      local v = s.values[j]
-      pts[#pts + 1], pts[#pts + 2] = finite(v) and fx(x) or 0 / 0, finite(v) and fy(v) or 0 / 0
-    end
-    cv:line(pts, s.color or colors[(i - 1) % #colors + 1], 2, s.dashed)
+    cv:line(points(fx, fy, xs, s.values), s.color or colors[(i - 1) % #colors + 1], 2, s.dashed)
   end
   if o.mark then
     local mx = fx(o.mark.x)
@@ -186,11 +192,7 @@ function M.history(hist, path, o)
     local fx, fy = axes(cv, { x = px + 70, y = py + 36, w = pw - 95, h = ph - 90 }, xr, range({ train, val or {} }),
       { title = name, xlabel = "epoch", integer_x = true })
     local function draw(values, color, dashed)
-      local pts = {}
-      for e, v in ipairs(values) do
-        pts[#pts + 1], pts[#pts + 2] = finite(v) and fx(xs[e] or e) or 0 / 0, finite(v) and fy(v) or 0 / 0
-      end
-      cv:line(pts, color, 2, dashed)
+      cv:line(points(fx, fy, xs, values), color, 2, dashed)
       if #values == 1 and finite(values[1]) then cv:circle(fx(xs[1]), fy(values[1]), 3, color) end
     end
     draw(train, TRAIN)
