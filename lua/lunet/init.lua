@@ -139,6 +139,7 @@ nn.metrics = require "lunet.metrics"
 nn.plot = require "lunet.plot"
 nn.tools = require "lunet.tools"
 nn.explain = require "lunet.explain"
+nn.export = require "lunet.export"
 nn.plot.report = require("lunet.report").write
 nn.callbacks.LivePlot = nn.plot.LivePlot
 
