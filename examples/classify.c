@@ -6,6 +6,9 @@
  *   cc -std=gnu11 -O2 classify.c $(pkg-config --cflags --libs lunet) -lpthread -o classify
  *   ./classify MODEL [--labels a,b,c,...] [--threads N] IMAGE...
  *
+ * The class names come from --labels, else from the model itself (saved
+ * with model.class_names in Lua), else the class numbers are printed.
+ *
  * The model takes 0..255 pixels (its own Rescaling layer does the rest, as
  * the recipes' models do).  --threads N classifies the files on N threads at
  * once, each with its own context, on the one loaded model (lunet_model_predict
@@ -123,6 +126,9 @@ int main(int argc, char **argv) {
     return 1;
   }
   height = in[0], width = in[1], channels = (int)in[2], classes = (int)out[0];
+  for (int k = 0; !nlabels && k < lunet_model_class_count(model) && k < MAX_LABELS; k++)
+    labels[k] = (char *)lunet_model_class_name(model, k);
+  if (!nlabels) nlabels = lunet_model_class_count(model) < MAX_LABELS ? lunet_model_class_count(model) : MAX_LABELS;
   if (nlabels && nlabels != classes) {
     fprintf(stderr, "classify: %d labels for a model of %d classes\n", nlabels, classes);
     return 1;

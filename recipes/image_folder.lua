@@ -53,6 +53,7 @@ recipe.main("image_folder.lua", function()
   local best = 1
   for j = 2, k do if p[j] > p[best] then best = j end end
   print(string.format("%s -> %s (%.2f)", path, train.class_names[best], p[best]))
+  model.class_names = train.class_names
   if o.save then model:save(o.save) end
   print(string.format("validation accuracy: %.4f", acc))
 end)

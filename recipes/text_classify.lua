@@ -103,6 +103,7 @@ recipe.main("text_classify.lua", function()
   for k = 2, #p do if p[k] > p[best] then best = k end end
   print(string.format("\"%s\"\n  -> %s (%.2f); it comes from %s", probe:sub(1, 120):gsub("%s+", " "), names[best], p[best],
     names[test_y[1] + 1]))
+  model.class_names = names
   if o.save then model:save(o.save) end
   print(string.format("test accuracy: %.4f", acc))
 end)

@@ -1,6 +1,6 @@
 /*
  * lunet serve: HTTP inference for saved models, with TensorFlow Serving's
- * REST shapes, on libmicrohttpd (models of one input and one output).
+ * REST shapes, on libmicrohttpd.
  *
  *   lunet serve --model NAME=PATH [--model ...] [--port 8501] [--host 127.0.0.1]
  *               [--threads N] [--max-body 16MB] [--backend NAME]
@@ -8,6 +8,10 @@
  *
  *   POST /v1/models/NAME:predict   {"instances": [...]} -> {"predictions": [...]}
  *                                  {"inputs": [...]}    -> {"outputs": [...]}
+ * A model of several inputs takes each instance as an object {"a": ..., "b":
+ * ...} (row format) or "inputs" as {"a": [...], "b": [...]} (columnar);
+ * several outputs answer each prediction as {"y1": ..., "y2": ...}, or
+ * "outputs" as {"y1": [...], "y2": [...]}: TF Serving's REST API.
  *   GET  /v1/models/NAME           model_version_status
  *   GET  /v1/models/NAME/metadata  signature_def (input and output names, shapes, dtypes)
  *   GET  /healthz
@@ -42,17 +46,26 @@
 #include "lunet/model.h"
 
 #define MAX_MODELS 16
+#define MAX_IO 8 /* inputs, and outputs, of one served model */
 
 /* A request's inputs waiting for the model, and then its outputs. */
 typedef struct job {
-  const float *x; /* n samples */
+  float *x[MAX_IO]; /* n samples of each input */
   int64_t n;
-  float *y; /* n * out_per, filled by the worker */
+  float *y[MAX_IO]; /* n samples of each output, filled by the worker */
   lunet_status status;
   char err[512];
   bool done;
   struct job *next;
 } job;
+
+/* One input or output: its name and one sample's shape. */
+typedef struct io_spec {
+  char name[64];
+  int ndim;
+  int64_t shape[LUNET_MAX_DIMS];
+  int64_t per; /* values per sample */
+} io_spec;
 
 #define NBUCKETS 12
 static const double latency_bounds[NBUCKETS] = {0.0005, 0.001, 0.002, 0.005, 0.01, 0.02,
@@ -76,11 +89,8 @@ typedef struct served {
   double latency_sum;
   unsigned long batches, batch_sizes[8]; /* <=1, 2, 4, 8, 16, 32, 64, more */
   unsigned long reloads, reload_failures;
-  int ndim;              /* the input's sample shape */
-  int64_t shape[LUNET_MAX_DIMS];
-  int out_ndim;
-  int64_t out_shape[LUNET_MAX_DIMS];
-  char in_name[64], out_name[64];
+  int nin, nout;
+  io_spec in[MAX_IO], out[MAX_IO];
 } served;
 
 static served models[MAX_MODELS];
@@ -178,6 +188,156 @@ static cJSON *write_values(const float **v, const int64_t *dims, int nd) {
   return a;
 }
 
+static void free_job(job *j) {
+  for (int k = 0; k < MAX_IO; k++) {
+    free(j->x[k]);
+    free(j->y[k]);
+    j->x[k] = j->y[k] = NULL;
+  }
+}
+
+/* The model's inputs (or outputs), named, for errors. */
+static const char *io_names(const io_spec *io, int n, char *buf, size_t len) {
+  buf[0] = '\0';
+  for (int k = 0; k < n; k++) {
+    char s[128];
+    snprintf(buf + strlen(buf), len - strlen(buf), "%s'%s' %s", k ? ", " : "", io[k].name,
+             lunet_shape_str(io[k].ndim, io[k].shape, s, sizeof s));
+  }
+  return buf;
+}
+
+/* Input k of the model in the JSON object o, or NULL with `why` set;
+ * members that name no input are an error too. */
+static const cJSON *member(const served *m, const cJSON *o, int k, const char *where, char *why, size_t n) {
+  for (const cJSON *e = o->child; e; e = e->next) {
+    bool known = false;
+    for (int i = 0; i < m->nin; i++) known = known || (e->string && !strcmp(e->string, m->in[i].name));
+    if (!known) {
+      char names[512];
+      snprintf(why, n, "%s has '%s', which is not an input of model '%s' (its inputs: %s)", where,
+               e->string ? e->string : "?", m->name, io_names(m->in, m->nin, names, sizeof names));
+      return NULL;
+    }
+  }
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, m->in[k].name);
+  if (!v) snprintf(why, n, "%s has no input '%s'", where, m->in[k].name);
+  return v;
+}
+
+/* The request's samples into j->x (one buffer per input); 0, or -1 with
+ * `why` set.  Rows: instances[i] is the sample (one input) or {name:
+ * sample}.  Columns: inputs is the list of samples (one input) or {name:
+ * list}. */
+static int read_request(served *m, const cJSON *inst, const cJSON *inputs, job *j, char *why, size_t n) {
+  const cJSON *lists[MAX_IO] = {0};
+  int64_t count = -1;
+  if (inst) {
+    if (!cJSON_IsArray(inst) || cJSON_GetArraySize(inst) == 0) {
+      snprintf(why, n, "\"instances\" must be a non-empty list");
+      return -1;
+    }
+    count = cJSON_GetArraySize(inst);
+  } else if (cJSON_IsArray(inputs)) {
+    if (m->nin != 1) {
+      snprintf(why, n, "model '%s' has %d inputs: give \"inputs\" as an object {\"%s\": [...], ...}", m->name, m->nin,
+               m->in[0].name);
+      return -1;
+    }
+    lists[0] = inputs;
+  } else if (cJSON_IsObject(inputs)) {
+    for (int k = 0; k < m->nin; k++)
+      if (!(lists[k] = member(m, inputs, k, "\"inputs\"", why, n))) return -1;
+  } else {
+    snprintf(why, n, "\"inputs\" must be a list of samples or an object of lists");
+    return -1;
+  }
+  for (int k = 0; !inst && k < m->nin; k++) {
+    int64_t c = cJSON_IsArray(lists[k]) ? cJSON_GetArraySize(lists[k]) : -1;
+    if (c < 1) {
+      snprintf(why, n, "\"inputs\"%s%s must be a non-empty list of samples", m->nin > 1 ? "." : "",
+               m->nin > 1 ? m->in[k].name : "");
+      return -1;
+    }
+    if (count >= 0 && c != count) {
+      snprintf(why, n, "\"inputs\".%s has %lld samples, \"inputs\".%s %lld: every input needs one per sample",
+               m->in[k].name, (long long)c, m->in[0].name, (long long)count);
+      return -1;
+    }
+    count = c;
+  }
+  j->n = count;
+  float *w[MAX_IO];
+  for (int k = 0; k < m->nin; k++) {
+    if (!(w[k] = j->x[k] = malloc(sizeof(float) * (size_t)(count * m->in[k].per)))) {
+      snprintf(why, n, "out of memory for %lld samples", (long long)count);
+      return -2;
+    }
+  }
+  char path[160];
+  if (inst) {
+    int i = 0;
+    for (const cJSON *e = inst->child; e; e = e->next, i++) {
+      snprintf(path, sizeof path, "instances[%d]", i);
+      if (!cJSON_IsObject(e)) {
+        if (m->nin != 1) {
+          snprintf(why, n, "%s: model '%s' has %d inputs: give each instance as {\"%s\": ..., ...}", path, m->name,
+                   m->nin, m->in[0].name);
+          return -1;
+        }
+        if (read_values(e, m->in[0].shape, m->in[0].ndim, &w[0], why, n, path)) return -1;
+        continue;
+      }
+      for (int k = 0; k < m->nin; k++) {
+        const cJSON *v = member(m, e, k, path, why, n);
+        char sub[224];
+        snprintf(sub, sizeof sub, "%s.%s", path, m->in[k].name);
+        if (!v || read_values(v, m->in[k].shape, m->in[k].ndim, &w[k], why, n, sub)) return -1;
+      }
+    }
+    return 0;
+  }
+  for (int k = 0; k < m->nin; k++) {
+    int i = 0;
+    for (const cJSON *e = lists[k]->child; e; e = e->next, i++) {
+      if (m->nin > 1) snprintf(path, sizeof path, "inputs.%s[%d]", m->in[k].name, i);
+      else snprintf(path, sizeof path, "inputs[%d]", i);
+      if (read_values(e, m->in[k].shape, m->in[k].ndim, &w[k], why, n, path)) return -1;
+    }
+  }
+  return 0;
+}
+
+/* The answer: "predictions" (rows) or "outputs" (columns), one output as
+ * it is, several by name. */
+static cJSON *answer(const served *m, const job *j, bool rows) {
+  cJSON *resp = cJSON_CreateObject();
+  if (m->nout == 1 || !rows) {
+    cJSON *holder = m->nout == 1 ? NULL : cJSON_CreateObject();
+    for (int k = 0; k < m->nout; k++) {
+      int64_t shape[LUNET_MAX_DIMS + 1] = {j->n};
+      memcpy(shape + 1, m->out[k].shape, sizeof *shape * (size_t)m->out[k].ndim);
+      const float *r = j->y[k];
+      cJSON *v = write_values(&r, shape, m->out[k].ndim + 1);
+      if (holder) cJSON_AddItemToObject(holder, m->out[k].name, v);
+      else cJSON_AddItemToObject(resp, rows ? "predictions" : "outputs", v);
+    }
+    if (holder) cJSON_AddItemToObject(resp, "outputs", holder);
+    return resp;
+  }
+  cJSON *list = cJSON_CreateArray();
+  for (int64_t i = 0; i < j->n; i++) {
+    cJSON *o = cJSON_CreateObject();
+    for (int k = 0; k < m->nout; k++) {
+      const float *r = j->y[k] + i * m->out[k].per;
+      cJSON_AddItemToObject(o, m->out[k].name, write_values(&r, m->out[k].shape, m->out[k].ndim));
+    }
+    cJSON_AddItemToArray(list, o);
+  }
+  cJSON_AddItemToObject(resp, "predictions", list);
+  return resp;
+}
+
 /* POST /v1/models/NAME:predict */
 static enum MHD_Result predict(struct MHD_Connection *c, served *m, const char *body, size_t len) {
   cJSON *req = cJSON_ParseWithLength(body, len);
@@ -186,40 +346,25 @@ static enum MHD_Result predict(struct MHD_Connection *c, served *m, const char *
     return send_error(c, 400, "the body is not a JSON object (send {\"instances\": [...]} or {\"inputs\": [...]})");
   }
   const cJSON *inst = cJSON_GetObjectItemCaseSensitive(req, "instances");
-  const cJSON *inputs = cJSON_GetObjectItemCaseSensitive(req, "inputs");
-  const cJSON *list = inst ? inst : inputs;
-  if (!list || !cJSON_IsArray(list) || cJSON_GetArraySize(list) == 0) {
+  const cJSON *inputs = inst ? NULL : cJSON_GetObjectItemCaseSensitive(req, "inputs");
+  char names[512], why[512];
+  if (!inst && !inputs) {
     cJSON_Delete(req);
-    return send_error(c, 400, "no \"instances\" (or \"inputs\"): a non-empty list of inputs of shape %s expected",
-                      lunet_shape_str(m->ndim, m->shape, (char[128]){0}, 128));
+    return send_error(c, 400, "no \"instances\" (or \"inputs\"): a non-empty list of samples expected (model '%s' "
+                      "takes %s)", m->name, io_names(m->in, m->nin, names, sizeof names));
   }
-  int64_t nsamples = cJSON_GetArraySize(list), per = 1;
-  for (int i = 0; i < m->ndim; i++) per *= m->shape[i];
-  float *data = malloc(sizeof *data * (size_t)(nsamples * per));
-  if (!data) {
-    cJSON_Delete(req);
-    return send_error(c, 503, "out of memory for %lld inputs", (long long)nsamples);
-  }
-  char why[512];
-  float *w = data;
-  int i = 0;
-  for (const cJSON *e = list->child; e; e = e->next, i++) {
-    char path[64];
-    snprintf(path, sizeof path, "%s[%d]", inst ? "instances" : "inputs", i);
-    if (read_values(e, m->shape, m->ndim, &w, why, sizeof why, path)) {
-      free(data);
-      cJSON_Delete(req);
-      char s[128];
-      return send_error(c, 400, "%s (model '%s' takes inputs of shape %s)", why, m->name,
-                        lunet_shape_str(m->ndim, m->shape, s, sizeof s));
-    }
-  }
+  job j = {0};
+  int bad = read_request(m, inst, inputs, &j, why, sizeof why);
   cJSON_Delete(req);
-  job j = {.x = data, .n = nsamples};
+  if (bad) {
+    free_job(&j);
+    if (bad == -2) return send_error(c, 503, "%s", why);
+    return send_error(c, 400, "%s (model '%s' takes %s)", why, m->name, io_names(m->in, m->nin, names, sizeof names));
+  }
   pthread_mutex_lock(&m->mu);
   if (m->queued >= max_queue) {
     pthread_mutex_unlock(&m->mu);
-    free(data);
+    free_job(&j);
     retry_later = true;
     return send_error(c, 503, "model '%s' has %d requests waiting (--max-queue): retry shortly", m->name, max_queue);
   }
@@ -230,17 +375,12 @@ static enum MHD_Result predict(struct MHD_Connection *c, served *m, const char *
   pthread_cond_signal(&m->work);
   while (!j.done) pthread_cond_wait(&m->done, &m->mu);
   pthread_mutex_unlock(&m->mu);
-  free(data);
   if (j.status) {
-    free(j.y);
+    free_job(&j);
     return send_error(c, j.status == LUNET_ERR_NOMEM ? 503 : 500, "model '%s': %s", m->name, j.err);
   }
-  int64_t out_shape[LUNET_MAX_DIMS + 1] = {nsamples};
-  memcpy(out_shape + 1, m->out_shape, sizeof *out_shape * (size_t)m->out_ndim);
-  cJSON *resp = cJSON_CreateObject();
-  const float *r = j.y;
-  cJSON_AddItemToObject(resp, inst ? "predictions" : "outputs", write_values(&r, out_shape, m->out_ndim + 1));
-  free(j.y);
+  cJSON *resp = answer(m, &j, inst != NULL);
+  free_job(&j);
   return send_json(c, 200, resp);
 }
 
@@ -259,41 +399,52 @@ static void timeout_at(struct timespec *t, double seconds) {
  * allowed_batch_sizes: a handful of shapes, whose buffers the backend's
  * pool reuses, instead of fresh memory (page faults) for every size. */
 static void run_batch(served *m, job **batch, int n, int64_t total) {
-  int64_t per = 1, out_per = 1, rows = 1;
-  for (int k = 0; k < m->ndim; k++) per *= m->shape[k];
+  int64_t rows = 1;
   while (rows < total) rows *= 2;
   if (rows > max_batch) rows = total > max_batch ? total : max_batch;
-  float *x = calloc((size_t)(rows * per), sizeof *x);
-  lunet_status st = x ? LUNET_OK : LUNET_ERR_NOMEM;
-  for (int i = 0, at = 0; x && i < n; at += (int)batch[i]->n, i++)
-    memcpy(x + (int64_t)at * per, batch[i]->x, sizeof *x * (size_t)(batch[i]->n * per));
-  int64_t shape[LUNET_MAX_DIMS + 1] = {rows};
-  memcpy(shape + 1, m->shape, sizeof *shape * (size_t)m->ndim);
+  lunet_tensor *t[MAX_IO] = {0}, *y[MAX_IO] = {0};
+  float *out[MAX_IO] = {0};
+  lunet_status st = LUNET_OK;
+  for (int k = 0; k < m->nin && !st; k++) {
+    const io_spec *in = &m->in[k];
+    float *x = calloc((size_t)(rows * in->per), sizeof *x);
+    if (!x) {
+      st = LUNET_ERR_NOMEM;
+      break;
+    }
+    for (int i = 0, at = 0; i < n; at += (int)batch[i]->n, i++)
+      memcpy(x + (int64_t)at * in->per, batch[i]->x[k], sizeof *x * (size_t)(batch[i]->n * in->per));
+    int64_t shape[LUNET_MAX_DIMS + 1] = {rows};
+    memcpy(shape + 1, in->shape, sizeof *shape * (size_t)in->ndim);
+    if (!(t[k] = lunet_tensor_from_data(m->ctx, LUNET_F32, in->ndim + 1, shape, x))) st = lunet_ctx_status(m->ctx);
+    free(x);
+  }
   pthread_mutex_lock(&m->mu); /* the model pointer (a reload swaps it) */
   lunet_model *model = lunet_model_retain(m->model);
   pthread_mutex_unlock(&m->mu);
-  lunet_tensor *t = st ? NULL : lunet_tensor_from_data(m->ctx, LUNET_F32, m->ndim + 1, shape, x);
-  lunet_tensor *y = NULL;
-  if (!st) st = t ? lunet_model_predict(m->ctx, model, 1, &t, &y) : lunet_ctx_status(m->ctx);
-  for (int k = 0; k < m->out_ndim; k++) out_per *= m->out_shape[k];
-  float *out = st ? NULL : malloc(sizeof *out * (size_t)(rows * out_per));
-  if (!st && !out) st = LUNET_ERR_NOMEM;
-  if (!st) st = lunet_tensor_read(m->ctx, y, out, sizeof *out * (size_t)(rows * out_per));
+  if (!st) st = lunet_model_predict(m->ctx, model, m->nin, t, y);
+  for (int k = 0; k < m->nout && !st; k++) {
+    size_t bytes = sizeof(float) * (size_t)(rows * m->out[k].per);
+    if (!(out[k] = malloc(bytes))) st = LUNET_ERR_NOMEM;
+    else st = lunet_tensor_read(m->ctx, y[k], out[k], bytes);
+  }
   char err[512];
   snprintf(err, sizeof err, "%s", st == LUNET_ERR_NOMEM && !lunet_ctx_error(m->ctx)[0] ? "out of memory" : lunet_ctx_error(m->ctx));
   lunet_clear_error(m->ctx);
-  lunet_tensor_release(t);
-  lunet_tensor_release(y);
+  for (int k = 0; k < MAX_IO; k++) {
+    lunet_tensor_release(t[k]);
+    lunet_tensor_release(y[k]);
+  }
   lunet_model_release(model);
-  free(x);
   pthread_mutex_lock(&m->mu);
   for (int i = 0, at = 0; i < n; at += (int)batch[i]->n, i++) {
     job *j = batch[i];
     j->status = st;
-    if (!st && (j->y = malloc(sizeof *j->y * (size_t)(j->n * out_per))))
-      memcpy(j->y, out + (int64_t)at * out_per, sizeof *j->y * (size_t)(j->n * out_per));
-    else if (!st)
-      j->status = LUNET_ERR_NOMEM;
+    for (int k = 0; k < m->nout && !j->status; k++) {
+      size_t bytes = sizeof(float) * (size_t)(j->n * m->out[k].per);
+      if ((j->y[k] = malloc(bytes))) memcpy(j->y[k], out[k] + (int64_t)at * m->out[k].per, bytes);
+      else j->status = LUNET_ERR_NOMEM;
+    }
     snprintf(j->err, sizeof j->err, "%s", j->status && !st ? "out of memory" : err);
     j->done = true;
   }
@@ -303,7 +454,7 @@ static void run_batch(served *m, job **batch, int n, int64_t total) {
   m->batch_sizes[b]++;
   pthread_cond_broadcast(&m->done);
   pthread_mutex_unlock(&m->mu);
-  free(out);
+  for (int k = 0; k < MAX_IO; k++) free(out[k]);
 }
 
 static void *worker_main(void *arg) {
@@ -376,8 +527,10 @@ static enum MHD_Result metadata(struct MHD_Connection *c, served *m) {
   cJSON_AddStringToObject(spec, "version", "1");
   cJSON_AddItemToObject(o, "model_spec", spec);
   cJSON *sig = cJSON_CreateObject(), *inputs = cJSON_CreateObject(), *outputs = cJSON_CreateObject();
-  cJSON_AddItemToObject(inputs, m->in_name, tensor_info(m->in_name, m->ndim, m->shape));
-  cJSON_AddItemToObject(outputs, m->out_name, tensor_info(m->out_name, m->out_ndim, m->out_shape));
+  for (int k = 0; k < m->nin; k++)
+    cJSON_AddItemToObject(inputs, m->in[k].name, tensor_info(m->in[k].name, m->in[k].ndim, m->in[k].shape));
+  for (int k = 0; k < m->nout; k++)
+    cJSON_AddItemToObject(outputs, m->out[k].name, tensor_info(m->out[k].name, m->out[k].ndim, m->out[k].shape));
   cJSON_AddItemToObject(sig, "inputs", inputs);
   cJSON_AddItemToObject(sig, "outputs", outputs);
   cJSON_AddStringToObject(sig, "method_name", "tensorflow/serving/predict");
@@ -385,6 +538,14 @@ static enum MHD_Result metadata(struct MHD_Connection *c, served *m) {
   cJSON_AddItemToObject(defs, "serving_default", sig);
   cJSON_AddItemToObject(wrap, "signature_def", defs);
   cJSON_AddItemToObject(meta, "signature_def", wrap);
+  pthread_mutex_lock(&m->mu); /* the model pointer (a reload swaps it) */
+  int nclasses = lunet_model_class_count(m->model);
+  if (nclasses > 0) { /* the model's own class names (model.class_names in Lua) */
+    cJSON *names = cJSON_CreateArray();
+    for (int k = 0; k < nclasses; k++) cJSON_AddItemToArray(names, cJSON_CreateString(lunet_model_class_name(m->model, k)));
+    cJSON_AddItemToObject(meta, "class_names", names);
+  }
+  pthread_mutex_unlock(&m->mu);
   cJSON_AddItemToObject(o, "metadata", meta);
   return send_json(c, 200, o);
 }
@@ -591,6 +752,43 @@ typedef struct retired {
 } retired;
 static retired *retired_ctxs;
 
+/* The inputs and outputs of model `model` into m; 0, or -1 with `why`. */
+static int signature(lunet_model *model, served *m, char *why, size_t n) {
+  m->nin = lunet_model_input_count(model);
+  m->nout = lunet_model_output_count(model);
+  if (m->nin > MAX_IO || m->nout > MAX_IO) {
+    snprintf(why, n, "the model has %d inputs and %d outputs; lunet serve serves at most %d of each", m->nin, m->nout,
+             MAX_IO);
+    return -1;
+  }
+  for (int k = 0; k < m->nin + m->nout; k++) {
+    io_spec *io = k < m->nin ? &m->in[k] : &m->out[k - m->nin];
+    int id = k < m->nin ? lunet_model_input_id(model, k) : lunet_model_output_id(model, k - m->nin);
+    io->ndim = lunet_model_value_shape(model, id, io->shape);
+    snprintf(io->name, sizeof io->name, "%s", lunet_model_value_name(model, id));
+    io->per = 1;
+    for (int d = 0; d < io->ndim; d++) io->per *= io->shape[d];
+  }
+  return 0;
+}
+
+/* Whether a reloaded model answers the requests the served one did: the
+ * same shapes, and the same names where requests or answers use them
+ * (several inputs, several outputs; a lone one's name may change, as
+ * lunet's automatic names do from one script to the next). */
+static bool same_signature(const served *a, const served *b) {
+  if (a->nin != b->nin || a->nout != b->nout) return false;
+  for (int k = 0; k < a->nin + a->nout; k++) {
+    bool in = k < a->nin;
+    const io_spec *x = in ? &a->in[k] : &a->out[k - a->nin], *y = in ? &b->in[k] : &b->out[k - a->nin];
+    bool named = in ? a->nin > 1 : a->nout > 1;
+    if ((named && strcmp(x->name, y->name)) || x->ndim != y->ndim ||
+        memcmp(x->shape, y->shape, sizeof *x->shape * (size_t)x->ndim))
+      return false;
+  }
+  return true;
+}
+
 /* SIGHUP: the model again from its file, swapped in once loaded; the old
  * one answers meanwhile, and stays if the new file fails. */
 static void reload(served *m) {
@@ -600,12 +798,12 @@ static void reload(served *m) {
   if (ctx && backend_name && lunet_use(ctx, backend_name)) snprintf(why, sizeof why, "%s", lunet_ctx_error(ctx));
   else if (ctx && !(fresh = lunet_model_load(ctx, m->path))) snprintf(why, sizeof why, "%s", lunet_ctx_error(ctx));
   if (fresh) {
-    int64_t in[LUNET_MAX_DIMS], out[LUNET_MAX_DIMS];
-    int nin = lunet_model_input_count(fresh) == 1 ? lunet_model_value_shape(fresh, lunet_model_input_id(fresh, 0), in) : -1;
-    int nout = lunet_model_output_count(fresh) == 1 ? lunet_model_value_shape(fresh, lunet_model_output_id(fresh, 0), out) : -1;
-    if (nin != m->ndim || nout != m->out_ndim || memcmp(in, m->shape, sizeof *in * (size_t)nin) ||
-        memcmp(out, m->out_shape, sizeof *out * (size_t)nout)) {
-      snprintf(why, sizeof why, "its input or output shape differs from the model being served");
+    served now;
+    if (signature(fresh, &now, why, sizeof why)) {
+      lunet_model_release(fresh);
+      fresh = NULL;
+    } else if (!same_signature(&now, m)) {
+      snprintf(why, sizeof why, "its inputs or outputs (names, shapes) differ from the model being served");
       lunet_model_release(fresh);
       fresh = NULL;
     }
@@ -670,16 +868,11 @@ static int load(served *m, const char *spec, const char *backend) {
     fprintf(stderr, "lunet serve: %s: %s\n", m->path, lunet_ctx_error(m->ctx));
     return -1;
   }
-  if (lunet_model_input_count(m->model) != 1 || lunet_model_output_count(m->model) != 1) {
-    fprintf(stderr, "lunet serve: %s: a model of one input and one output is served so far (this one has %d and %d)\n",
-            m->path, lunet_model_input_count(m->model), lunet_model_output_count(m->model));
+  char why[256];
+  if (signature(m->model, m, why, sizeof why)) {
+    fprintf(stderr, "lunet serve: %s: %s\n", m->path, why);
     return -1;
   }
-  int in = lunet_model_input_id(m->model, 0), out = lunet_model_output_id(m->model, 0);
-  m->ndim = lunet_model_value_shape(m->model, in, m->shape);
-  m->out_ndim = lunet_model_value_shape(m->model, out, m->out_shape);
-  snprintf(m->in_name, sizeof m->in_name, "%s", lunet_model_value_name(m->model, in));
-  snprintf(m->out_name, sizeof m->out_name, "%s", lunet_model_value_name(m->model, out));
   pthread_mutex_init(&m->mu, NULL);
   pthread_cond_init(&m->work, NULL);
   pthread_cond_init(&m->done, NULL);
@@ -687,9 +880,9 @@ static int load(served *m, const char *spec, const char *backend) {
     fprintf(stderr, "lunet serve: cannot start a thread for model '%s'\n", m->name);
     return -1;
   }
-  char s[128];
-  fprintf(stderr, "lunet serve: model '%s' from %s, input %s %s\n", m->name, m->path, m->in_name,
-          lunet_shape_str(m->ndim, m->shape, s, sizeof s));
+  char names[512];
+  fprintf(stderr, "lunet serve: model '%s' from %s, input%s %s\n", m->name, m->path, m->nin > 1 ? "s" : "",
+          io_names(m->in, m->nin, names, sizeof names));
   return 0;
 }
 

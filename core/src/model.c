@@ -1,4 +1,5 @@
 /* Models: a graph of layer calls, and the training step over it. */
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +61,8 @@ struct lunet_model {
   int ncompiled_metrics;
   char **meta; /* key, value, key, value, ...: a loaded file's metadata */
   int nmeta;
+  char **class_names; /* from the "class_names" metadata (a JSON list of strings) */
+  int nclasses;
 };
 
 lunet_model *lunet_model_new(lunet_ctx *ctx, const char *name) {
@@ -96,6 +99,7 @@ void lunet_model_release(lunet_model *m) {
   if (!m || __atomic_sub_fetch(&m->refcount, 1, __ATOMIC_ACQ_REL) > 0) return;
   free_strings(m->metric_names, m->ncompiled_metrics);
   free_strings(m->meta, 2 * m->nmeta);
+  free_strings(m->class_names, m->nclasses);
   for (int i = 0; i < m->ncalls; i++) lunet_layer_release(m->calls[i].layer);
   free_metrics(m);
   lunet_optimizer_release(m->opt);
@@ -592,8 +596,43 @@ const char *lunet_model_meta(const lunet_model *m, const char *key) {
   return NULL;
 }
 
+int lunet_model_class_count(const lunet_model *m) { return m->nclasses; }
+
+const char *lunet_model_class_name(const lunet_model *m, int i) {
+  return i >= 0 && i < m->nclasses ? m->class_names[i] : NULL;
+}
+
+/* "class_names": a JSON list of strings, one per class of the output. */
+static lunet_status set_class_names(lunet_ctx *ctx, lunet_model *m, const char *json) {
+  cJSON *a = cJSON_Parse(json);
+  int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : -1;
+  for (cJSON *e = a ? a->child : NULL; n > 0 && e; e = e->next)
+    if (!cJSON_IsString(e)) n = -1;
+  if (n < 1) {
+    cJSON_Delete(a);
+    return lunet_error(ctx, LUNET_ERR_ARG, "model '%s': class_names must be a JSON list of strings, got %.60s",
+                       m->name, json);
+  }
+  char **names = calloc((size_t)n, sizeof *names);
+  int k = 0;
+  for (cJSON *e = a->child; names && e && (names[k] = strdup(e->valuestring)); e = e->next) k++;
+  cJSON_Delete(a);
+  if (k < n) {
+    free_strings(names, k);
+    return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
+  }
+  free_strings(m->class_names, m->nclasses);
+  m->class_names = names;
+  m->nclasses = n;
+  return LUNET_OK;
+}
+
 lunet_status lunet_model_set_meta(lunet_ctx *ctx, lunet_model *m, const char *key,
                                   const char *value) {
+  if (!strcmp(key, "class_names")) {
+    lunet_status s = set_class_names(ctx, m, value);
+    if (s) return s;
+  }
   for (int i = 0; i < m->nmeta; i++)
     if (!strcmp(m->meta[2 * i], key)) {
       char *v = strdup(value);

@@ -40,6 +40,7 @@ static struct {
   int threads;         /* lunet_set_threads() before a backend started; 0: default */
 } reg = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
+#ifndef LUNET_BUILTIN_MODULES
 /* The folder of liblunet.so itself: backends and plugins sit under it. */
 static void libdir(char *out, size_t n) {
   Dl_info info;
@@ -82,6 +83,8 @@ static void scan(const char *env, const char *sub, void (*fn)(const char *)) {
   }
 }
 
+#endif
+
 /* A backend that could not be loaded: listed as unavailable, with why. */
 static void refuse_backend(const char *path, const char *name, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -97,6 +100,37 @@ static void refuse_backend(const char *path, const char *name, const char *fmt, 
   va_end(ap);
 }
 
+/* Adds the backend of descriptor d (from `path`) after checking its ABI;
+ * `dl` (may be NULL) is closed when it is refused. */
+static void register_backend(const lunet_backend_desc *d, const char *path, void *dl) {
+  /* the name is read only after the version check: its place may differ */
+  if (d->abi_major != LUNET_BACKEND_ABI_MAJOR || d->abi_minor > LUNET_BACKEND_ABI_MINOR ||
+      d->struct_size < sizeof *d ||
+      d->iface_size < (d->abi_minor >= 1 ? sizeof(lunet_backend_i) : LUNET_BACKEND_I_SIZE_2_0)) {
+    char base[64];
+    snprintf(base, sizeof base, "%s", strrchr(path, '/') ? strrchr(path, '/') + 1 : path);
+    base[strcspn(base, ".")] = '\0';
+    refuse_backend(path, base,
+                   "%s was built for backend ABI %u.%u (descriptor %u bytes); this lunet has "
+                   "backend ABI %d.%d (%zu bytes): rebuild it against this lunet's headers",
+                   path, d->abi_major, d->abi_minor, d->struct_size, LUNET_BACKEND_ABI_MAJOR,
+                   LUNET_BACKEND_ABI_MINOR, sizeof *d);
+    if (dl) dlclose(dl);
+    return;
+  }
+  for (int i = 0; i < reg.nbackends; i++)
+    if (strcmp(reg.backends[i].name, d->name) == 0) return; /* first found wins */
+  lunet_be *be = &reg.backends[reg.nbackends++];
+  memset(be, 0, sizeof *be);
+  be->desc = d;
+  be->i = d->iface;
+  snprintf(be->name, sizeof be->name, "%s", d->name);
+  snprintf(be->path, sizeof be->path, "%s", path);
+  be->device = -1;
+  be->score = d->probe(be->why, sizeof be->why);
+}
+
+#ifndef LUNET_BUILTIN_MODULES
 static void load_backend(const char *path) {
   if (reg.nbackends == MAX_BACKENDS) return;
   void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
@@ -112,32 +146,9 @@ static void load_backend(const char *path) {
     dlclose(h);
     return;
   }
-  /* the name is read only after the version check: its place may differ */
-  if (d->abi_major != LUNET_BACKEND_ABI_MAJOR || d->abi_minor > LUNET_BACKEND_ABI_MINOR ||
-      d->struct_size < sizeof *d ||
-      d->iface_size < (d->abi_minor >= 1 ? sizeof(lunet_backend_i) : LUNET_BACKEND_I_SIZE_2_0)) {
-    char base[64];
-    snprintf(base, sizeof base, "%s", strrchr(path, '/') ? strrchr(path, '/') + 1 : path);
-    base[strcspn(base, ".")] = '\0';
-    refuse_backend(path, base,
-                   "%s was built for backend ABI %u.%u (descriptor %u bytes); this lunet has "
-                   "backend ABI %d.%d (%zu bytes): rebuild it against this lunet's headers",
-                   path, d->abi_major, d->abi_minor, d->struct_size, LUNET_BACKEND_ABI_MAJOR,
-                   LUNET_BACKEND_ABI_MINOR, sizeof *d);
-    dlclose(h);
-    return;
-  }
-  for (int i = 0; i < reg.nbackends; i++)
-    if (strcmp(reg.backends[i].name, d->name) == 0) return; /* first found wins */
-  lunet_be *be = &reg.backends[reg.nbackends++];
-  memset(be, 0, sizeof *be);
-  be->desc = d;
-  be->i = d->iface;
-  snprintf(be->name, sizeof be->name, "%s", d->name);
-  snprintf(be->path, sizeof be->path, "%s", path);
-  be->device = -1;
-  be->score = d->probe(be->why, sizeof be->why);
+  register_backend(d, path, h);
 }
+#endif
 
 /* A backend starts (init) on first use, on the device the user picked (-1:
  * its own choice); a failed start leaves the reason in `why` and is tried
@@ -153,10 +164,22 @@ static lunet_be *find(const char *name) {
   return NULL;
 }
 
+/* The minimal inference build (LUNET_BUILTIN_MODULES) links the CPU
+ * backend and the built-in layers into the library and loads nothing. */
+#ifdef LUNET_BUILTIN_MODULES
+const lunet_backend_desc *lunet_backend_entry(void);
+const lunet_plugin_desc *lunet_plugin_entry(void);
+#endif
+
 static void scan_backends(void) {
   if (reg.backends_scanned) return;
   reg.backends_scanned = true;
+#ifdef LUNET_BUILTIN_MODULES
+  snprintf(reg.searched, sizeof reg.searched, "(none: the backends are built in)");
+  register_backend(lunet_backend_entry(), "(built in)", NULL);
+#else
   scan("LUNET_BACKEND_PATH", "lunet/backends", load_backend);
+#endif
 }
 
 lunet_be *lunet_registry_backend(lunet_ctx *ctx, const char *name) {
@@ -277,22 +300,9 @@ uint64_t lunet_fallback_count(lunet_ctx *ctx) { return ctx->fallbacks; }
 
 /* ---- layer plugins ---- */
 
-static lunet_status add_plugin(lunet_ctx *ctx, const char *path) {
-  for (int i = 0; i < reg.nplugins; i++)
-    if (strcmp(reg.plugins[i].path, path) == 0) return LUNET_OK;
-  if (reg.nplugins == MAX_PLUGINS)
-    return lunet_error(ctx, LUNET_ERR_ARG, "too many plugins (at most %d)", MAX_PLUGINS);
-  void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-  if (!h) return lunet_error(ctx, LUNET_ERR_NOTFOUND, "cannot load plugin %s: %s", path, dlerror());
-  lunet_plugin_entry_fn entry = (lunet_plugin_entry_fn)dlsym(h, LUNET_PLUGIN_ENTRY_NAME);
-  const lunet_plugin_desc *d = entry ? entry() : NULL;
-  if (!d) {
-    dlclose(h);
-    return lunet_error(ctx, LUNET_ERR_ABI,
-                       "%s is not a lunet plugin: it exports no %s() (build it against "
-                       "lunet/plugin.h; see plugins/example)",
-                       path, LUNET_PLUGIN_ENTRY_NAME);
-  }
+/* Adds the plugin of descriptor d (from `path`) after checking its ABI;
+ * `dl` (may be NULL) is closed when it is refused. */
+static lunet_status register_plugin(lunet_ctx *ctx, const lunet_plugin_desc *d, const char *path, void *dl) {
   if (d->abi_major != LUNET_PLUGIN_ABI_MAJOR || d->abi_minor > LUNET_PLUGIN_ABI_MINOR ||
       d->struct_size < sizeof *d) {
     lunet_status s =
@@ -302,7 +312,7 @@ static lunet_status add_plugin(lunet_ctx *ctx, const char *path) {
                     "headers (pkg-config lunet)",
                     path, d->abi_major, d->abi_minor, d->struct_size, LUNET_PLUGIN_ABI_MAJOR,
                     LUNET_PLUGIN_ABI_MINOR, sizeof *d);
-    dlclose(h);
+    if (dl) dlclose(dl);
     return s;
   }
   int p = reg.nplugins++;
@@ -321,6 +331,32 @@ static lunet_status add_plugin(lunet_ctx *ctx, const char *path) {
   return LUNET_OK;
 }
 
+static lunet_status add_plugin(lunet_ctx *ctx, const char *path) {
+  for (int i = 0; i < reg.nplugins; i++)
+    if (strcmp(reg.plugins[i].path, path) == 0) return LUNET_OK;
+  if (reg.nplugins == MAX_PLUGINS)
+    return lunet_error(ctx, LUNET_ERR_ARG, "too many plugins (at most %d)", MAX_PLUGINS);
+#ifdef LUNET_BUILTIN_MODULES
+  return lunet_error(ctx, LUNET_ERR_ARG,
+                     "cannot load plugin %s: this is lunet's minimal inference build, which loads no "
+                     "plugins (its layers are built in); use the full library for plugins",
+                     path);
+#else
+  void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!h) return lunet_error(ctx, LUNET_ERR_NOTFOUND, "cannot load plugin %s: %s", path, dlerror());
+  lunet_plugin_entry_fn entry = (lunet_plugin_entry_fn)dlsym(h, LUNET_PLUGIN_ENTRY_NAME);
+  const lunet_plugin_desc *d = entry ? entry() : NULL;
+  if (!d) {
+    dlclose(h);
+    return lunet_error(ctx, LUNET_ERR_ABI,
+                       "%s is not a lunet plugin: it exports no %s() (build it against "
+                       "lunet/plugin.h; see plugins/example)",
+                       path, LUNET_PLUGIN_ENTRY_NAME);
+  }
+  return register_plugin(ctx, d, path, h);
+#endif
+}
+
 static lunet_ctx *scan_ctx;
 static void scan_plugin(const char *path) {
   if (add_plugin(scan_ctx, path) != LUNET_OK) {
@@ -333,7 +369,12 @@ static void scan_plugins(lunet_ctx *ctx) {
   if (reg.plugins_scanned) return;
   reg.plugins_scanned = true;
   scan_ctx = ctx;
+#ifdef LUNET_BUILTIN_MODULES
+  (void)scan_plugin;
+  if (register_plugin(ctx, lunet_plugin_entry(), "(built in)", NULL)) lunet_clear_error(ctx);
+#else
   scan("LUNET_PLUGIN_PATH", "lunet/plugins", scan_plugin);
+#endif
 }
 
 lunet_status lunet_load_plugin(lunet_ctx *ctx, const char *path) {

@@ -1018,7 +1018,8 @@ function M.onnx(model, path, o)
     if type(err) == "string" and err:find("^nn%.export%.onnx") then error(err, 2) end
     fail(tostring(err))
   end
-  local meta = { lunet_model = model.name }
+  local meta = { lunet_model = model.name,
+    class_names = require("lunet.model").check_class_names(model, "nn.export.onnx") }
   for k, v in pairs(opts.metadata or {}) do meta[tostring(k)] = tostring(v) end
   local bytes = writer.write(path, { opset = opset, producer_version = C.version, name = model.name,
     doc = string.format("%s, exported by lunet %s", model.name, C.version), inputs = g.inputs,

@@ -1029,6 +1029,26 @@ local function weight_entries(self)
   return entries
 end
 
+-- model.class_names = {"cat", "dog", ...}: the names of the output's
+-- classes, saved with the model (its "class_names" metadata, which lunet
+-- serve, the ONNX export and lunet_model_class_name read).  Checked here:
+-- a list of strings, one per output unit (two for one sigmoid unit).
+function M.check_class_names(self, what)
+  local names = rawget(self, "class_names")
+  if names == nil then return nil end
+  local ok = type(names) == "table" and #names > 0
+  for k, v in pairs(ok and names or {}) do
+    if math.type(k) ~= "integer" or type(v) ~= "string" then ok = false end
+  end
+  if not ok then error(string.format("%s: class_names must be a list of strings", what), 3) end
+  local out = self.outputs and #self.outputs == 1 and self.outputs[1].shape
+  local k = out and out[#out]
+  if k and #names ~= k and not (k == 1 and #names == 2) then
+    error(string.format("%s: %d class_names for an output of %d units", what, #names, k), 3)
+  end
+  return C.json_encode(names)
+end
+
 -- Writes the model (the core's lunet_model_save: weights, the graph as
 -- JSON, compile settings and optimizer state) with the epoch, the RNG state
 -- and the Lua optimizer's own settings (a schedule) in the metadata.
@@ -1038,7 +1058,9 @@ function Model:save(path, o)
   optim.check_save_path(path, "save")
   ensure_built(self)
   if self.optimizer then ensure_compiled(self) end
+  local class_names = M.check_class_names(self, "save")
   C.model_save(self.handle, path, { epoch = tostring((o and o.epoch) or self.epoch), rng_seed = tostring(C.seed()),
+    class_names = class_names,
     rng_counter = tostring(C.rng_take(0)),
     lua_optimizer = self.optimizer and C.json_encode(self.optimizer:config()) or nil,
     preprocessor = self.preprocessor and C.json_encode(self.preprocessor:config()) or nil })
@@ -1229,6 +1251,8 @@ function M.load_model(path)
   if not ok then error(tostring(model), 2) end
   local h = model.handle
   model.epoch = math.tointeger(tonumber(C.model_meta(h, "epoch"))) or 0
+  local names = C.model_meta(h, "class_names")
+  if names then model.class_names = C.json_decode(names, "the class names") end
   local pre = C.model_meta(h, "preprocessor")
   if pre then model.preprocessor = text.from_config(C.json_decode(pre, "the text preprocessor")) end
   local seed = C.model_meta(h, "rng_seed")

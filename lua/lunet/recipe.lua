@@ -123,6 +123,7 @@ function M.train(model, x_train, y_train, x_test, y_test, augment, o)
   local history = model:fit(x_train, y_train, { epochs = o.epochs, batch_size = o.batch_size,
     validation_data = { x_test, y_test }, augment = augment, verbose = o.verbose, distributed = o.distributed })
   local result = model:evaluate(x_test, y_test)
+  model.class_names = model.class_names or o.class_names -- saved with it: lunet serve and classify show them
   if o.save then model:save(o.save) end
   if o.report and main then
     require("lunet.report").write(model, history, x_test, y_test, o.report, { class_names = o.class_names })

@@ -113,6 +113,25 @@ function T.errors()
   check.fails(function() nn.export.read_onnx(junk) end, "is not an ONNX model")
 end
 
+function T.class_names()
+  local dir = check.tmpdir()
+  local m = nn.Sequential{nn.Dense{3, activation = "softmax", input_shape = {4}}}
+  m.class_names = {"a", "b", "c"}
+  nn.export.onnx(m, dir .. "/m.onnx")
+  check.eq(nn.export.read_onnx(dir .. "/m.onnx").metadata.class_names, '["a","b","c"]', "class names in the file")
+  m:save(dir .. "/m.lunet")
+  check.same_table(nn.load_model(dir .. "/m.lunet").class_names, {"a", "b", "c"}, nil, "class names saved")
+  m.class_names = {"a", "b"}
+  check.fails(function() m:save(dir .. "/m2.lunet") end, "save: 2 class_names for an output of 3 units")
+  check.fails(function() nn.export.onnx(m, dir .. "/m2.onnx") end, "2 class_names for an output of 3 units")
+  m.class_names = {"a", 2, "c"}
+  check.fails(function() m:save(dir .. "/m2.lunet") end, "class_names must be a list of strings")
+  local bin = nn.Sequential{nn.Dense{1, activation = "sigmoid", input_shape = {4}}}
+  bin.class_names = {"no", "yes"} -- one sigmoid unit: two classes
+  bin:save(dir .. "/bin.lunet")
+  check.same_table(nn.load_model(dir .. "/bin.lunet").class_names, {"no", "yes"}, nil, "binary class names")
+end
+
 function T.unbuilt_model_needs_a_shape()
   local m = nn.Sequential{nn.Dense{4}}
   check.fails(function() nn.export.onnx(m, "/tmp/unbuilt.onnx") end, "input shape is unknown")

@@ -10,6 +10,7 @@ if mode == "make" then
   local m = nn.Sequential{nn.Rescaling{1 / 255, input_shape = {20, 24, 3}},
     nn.Conv2D{6, 3, activation = "relu"}, nn.MaxPooling2D(2), nn.Flatten(), nn.Dense{5, activation = "softmax"}}
   m:build()
+  m.class_names = names -- saved with the model: classify prints them without --labels
   m:save(dir .. "/model.lunet")
   local files = {}
   for i = 1, 12 do
@@ -26,6 +27,9 @@ if mode == "make" then
   return
 end
 local m = nn.load_model(dir .. "/model.lunet")
+if table.concat(m.class_names or {}, ",") ~= table.concat(names, ",") then
+  error("the reloaded model's class_names: " .. table.concat(m.class_names or {"(none)"}, ","))
+end
 local n = 0
 for line in io.lines(dir .. "/one.txt") do
   local file, rest = line:match("^(.-): (.*)$")

@@ -18,4 +18,19 @@ local f = assert(io.open(out .. "/reference.json", "w"))
 f:write(require("lunet.core").json_encode({inputs = x:totable(), outputs = m:predict(x):totable(),
   outputs_v2 = m2:predict(x):totable()}))
 f:close()
+-- two inputs and two outputs (TF Serving's named rows and columns)
+local image, extra = nn.Input{shape = {6, 6, 1}, name = "image"}, nn.Input{shape = {3}, name = "extra"}
+local h = nn.Flatten()(nn.Conv2D{2, 3, activation = "relu"}(nn.Rescaling{1 / 255}(image)))
+local probs = nn.Dense{3, activation = "softmax", name = "probs"}(nn.Concatenate(){h, extra})
+local aux = nn.Dense{2, name = "aux"}(extra)
+local pair = nn.Model{inputs = {image, extra}, outputs = {probs, aux}}
+pair:save(out .. "/pair.lunet")
+m.class_names = {"circle", "square", "triangle"}
+m:save(out .. "/cnn.lunet") -- its class names in the metadata answer
+local xe = nn.randn(5, 3)
+local py = pair:predict({x, xe})
+f = assert(io.open(out .. "/pair.json", "w"))
+f:write(require("lunet.core").json_encode({image = x:totable(), extra = xe:totable(), probs = py[1]:totable(),
+  aux = py[2]:totable()}))
+f:close()
 print("model: ok")

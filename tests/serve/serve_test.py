@@ -14,8 +14,8 @@ served = os.path.join(work, "served.lunet")
 shutil.copy(os.path.join(work, "cnn.lunet"), served)
 
 
-def start(*extra):
-    p = subprocess.Popen([lunet, "serve", "--model", "cnn=" + served, "--port", "0", "--threads", "32",
+def start(*extra, model=None):
+    p = subprocess.Popen([lunet, "serve", "--model", model or "cnn=" + served, "--port", "0", "--threads", "32",
                           "--max-body", "64KB", "--batch-timeout-ms", "20", *extra],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = p.stdout.readline()
@@ -87,6 +87,7 @@ status, body = req("GET", "/v1/models/cnn/metadata")
 sig = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
 dims = [d["size"] for d in list(sig["inputs"].values())[0]["tensor_shape"]["dim"]]
 assert dims == ["-1", "6", "6", "1"], dims
+assert body["metadata"]["class_names"] == ["circle", "square", "triangle"], body["metadata"]
 assert req("GET", "/healthz") == (200, {"status": "ok"})
 
 # a slow client (headers never finished) and one that leaves mid-body do not
@@ -166,7 +167,54 @@ for status, body, headers in answers:
 small.send_signal(signal.SIGTERM)
 assert small.wait(timeout=20) == 0
 
+# a model of two inputs and two outputs: named rows and named columns
+pref = json.load(open(os.path.join(work, "pair.json")))
+pair, pair_base = start(model="pair=" + os.path.join(work, "pair.lunet"))
+def pair_rows(rows):
+    status, body = req("POST", "/v1/models/pair:predict", json.dumps(
+        {"instances": [{"image": pref["image"][i], "extra": pref["extra"][i]} for i in rows]}).encode(), url=pair_base)
+    assert status == 200, (status, body)
+    assert all(set(p) == {"probs", "aux"} for p in body["predictions"]), body
+    close([p["probs"] for p in body["predictions"]], [pref["probs"][i] for i in rows], "probs")
+    close([p["aux"] for p in body["predictions"]], [pref["aux"][i] for i in rows], "aux")
+pair_rows(range(5))
+status, body = req("POST", "/v1/models/pair:predict", json.dumps(
+    {"inputs": {"extra": pref["extra"][1:4], "image": pref["image"][1:4]}}).encode(), url=pair_base)
+assert status == 200 and set(body["outputs"]) == {"probs", "aux"}, body
+close(body["outputs"]["probs"], pref["probs"][1:4], "columnar probs")
+close(body["outputs"]["aux"], pref["aux"][1:4], "columnar aux")
+pair_cases = [
+    ({"instances": [pref["image"][0]]}, "has 2 inputs: give each instance as {"),
+    ({"instances": [{"image": pref["image"][0]}]}, "instances[0] has no input 'extra'"),
+    ({"instances": [{"image": pref["image"][0], "extra": pref["extra"][0], "label": 1}]},
+     "'label', which is not an input of model 'pair'"),
+    ({"instances": [{"image": pref["image"][0], "extra": [1, 2]}]}, "instances[0].extra should be a list of 3"),
+    ({"inputs": {"image": pref["image"][:2], "extra": pref["extra"][:3]}}, "every input needs one per sample"),
+    ({"inputs": pref["image"][:2]}, 'give "inputs" as an object'),
+]
+for data, text in pair_cases:
+    status, body = req("POST", "/v1/models/pair:predict", json.dumps(data).encode(), url=pair_base)
+    assert status == 400 and text in body["error"], (data.keys(), status, body)
+    assert "'image' (6, 6, 1), 'extra' (3,)" in body["error"], body["error"]
+    pair_rows([2, 0])
+sig = req("GET", "/v1/models/pair/metadata", url=pair_base)[1]["metadata"]["signature_def"]["signature_def"]
+assert set(sig["serving_default"]["inputs"]) == {"image", "extra"}, sig
+assert set(sig["serving_default"]["outputs"]) == {"probs", "aux"}, sig
+errors = []
+def pair_client(k):
+    try:
+        for i in range(6): pair_rows([(k + i) % 5, (k + 3 * i + 2) % 5, k % 5][: 1 + (k + i) % 3])
+    except Exception as e:  # noqa: BLE001 - reported below
+        errors.append(repr(e))
+threads = [threading.Thread(target=pair_client, args=(k,)) for k in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+assert not errors, errors
+pair.send_signal(signal.SIGTERM)
+assert pair.wait(timeout=20) == 0
+
 print("serve: %d concurrent predictions right in %d model calls, %d bad requests answered, reload on SIGHUP, "
-      "%d of %d answered 503 on a queue of 1, SIGTERM exit 0" % (int(answered), int(calls), len(cases), len(busy),
-                                                                 len(answers)))
+      "%d of %d answered 503 on a queue of 1, SIGTERM exit 0; a model of 2 inputs and 2 outputs in rows, "
+      "columns and %d bad requests" % (int(answered), int(calls), len(cases), len(busy), len(answers),
+                                       len(pair_cases)))
 print("serve: ok")

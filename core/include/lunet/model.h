@@ -369,6 +369,12 @@ LUNET_API lunet_model *lunet_model_load(lunet_ctx *ctx, const char *path);
 LUNET_API const char *lunet_model_meta(const lunet_model *m, const char *key);
 LUNET_API lunet_status lunet_model_set_meta(lunet_ctx *ctx, lunet_model *m, const char *key,
                                             const char *value);
+/* The names of the output's classes, from the file's "class_names"
+ * metadata (a JSON list of strings, which lunet_model_set_meta checks):
+ * their count (0 when the model has none) and name i (borrowed; NULL out
+ * of range).  Lua: model.class_names = {...} before model:save. */
+LUNET_API int lunet_model_class_count(const lunet_model *m);
+LUNET_API const char *lunet_model_class_name(const lunet_model *m, int i);
 
 #ifdef __cplusplus
 }
