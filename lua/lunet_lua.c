@@ -1081,6 +1081,7 @@ __attribute__((visibility("default"))) int luaopen_lunet_core(lua_State *L) {
   lunetL_open_select(L);
   lunetL_open_metric(L);
   lunetL_open_plot(L);
+  lunetL_open_profile(L);
   lua_pushstring(L, LUNET_VERSION_STRING);
   lua_setfield(L, -2, "version");
   /* the ABI versions this lunet implements: {backend = "2.1", plugin = "2.1"} */

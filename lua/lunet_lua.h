@@ -49,5 +49,6 @@ LUNETL_HIDDEN void lunetL_open_csv(lua_State *L);
 LUNETL_HIDDEN void lunetL_open_select(lua_State *L);
 LUNETL_HIDDEN void lunetL_open_metric(lua_State *L);
 LUNETL_HIDDEN void lunetL_open_plot(lua_State *L);
+LUNETL_HIDDEN void lunetL_open_profile(lua_State *L);
 
 #endif

@@ -210,7 +210,9 @@ static lunet_status propagate(lunet_ctx *ctx, lunet_tensor *t) {
     lunet_tensor_release(dy);
     return s;
   }
+  uint64_t t0 = n->prof_layer ? lunet_prof_now(ctx) : 0;
   lunet_status s = n->backward(ctx, n, dy, dx);
+  if (t0) lunet_prof_layer(ctx, n->prof_layer, "activation_backward", t0);
   lunet_tensor_release(dy);
   for (int i = 0; i < n->ninputs; i++) {
     lunet_tensor *in = n->inputs[i];
@@ -804,7 +806,7 @@ static lunet_status slice_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *
   }
   lunet_be *be = x->buf->be;
   if (dy->numel &&
-      lunet_be_check(ctx, be, be->i->strided_copy(be->state, g->buf->handle, dy->buf->handle, &d),
+      lunet_be_check(ctx, be, PROFILED(ctx, be, "strided_copy", 0, be->i->strided_copy(be->state, g->buf->handle, dy->buf->handle, &d)),
                      "slice backward")) {
     lunet_tensor_release(g);
     return ctx->status;

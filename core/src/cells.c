@@ -41,9 +41,9 @@ static lunet_status lstm_cell_backward(lunet_ctx *ctx, lunet_node *nd, lunet_ten
   }
   lunet_status s = lunet_be_check(
       ctx, be,
-      be->i->lstm_cell_backward(be->state, dz->buf->handle, dcp ? dcp->buf->handle : NULL, dy->buf->handle,
+      PROFILED(ctx, be, "lstm_cell_backward", 0, be->i->lstm_cell_backward(be->state, dz->buf->handle, dcp ? dcp->buf->handle : NULL, dy->buf->handle,
                                 hc->buf->handle, gates->buf->handle, cp ? cp->buf->handle : NULL, (size_t)n,
-                                (size_t)u, (lunet_unary_op)nd->iparams[0], (lunet_unary_op)nd->iparams[1]),
+                                (size_t)u, (lunet_unary_op)nd->iparams[0], (lunet_unary_op)nd->iparams[1])),
       "lstm_cell_backward");
   if (s) {
     lunet_tensor_release(dz);
@@ -80,8 +80,8 @@ lunet_tensor *lunet_lstm_cell(lunet_ctx *ctx, lunet_tensor *z, lunet_tensor *cp,
   lunet_tensor *gates = hc ? lunet_tensor_on(ctx, be, LUNET_F32, 2, z->shape) : NULL;
   if (!gates ||
       lunet_be_check(ctx, be,
-                     be->i->lstm_cell(be->state, hc->buf->handle, gates->buf->handle, z->buf->handle,
-                                      cp ? cp->buf->handle : NULL, (size_t)n, (size_t)u, act, rec),
+                     PROFILED(ctx, be, "lstm_cell", 0, be->i->lstm_cell(be->state, hc->buf->handle, gates->buf->handle, z->buf->handle,
+                                      cp ? cp->buf->handle : NULL, (size_t)n, (size_t)u, act, rec)),
                      "lstm_cell")) {
     lunet_tensor_release(hc);
     lunet_tensor_release(gates);
@@ -127,12 +127,12 @@ static lunet_status layernorm_backward(lunet_ctx *ctx, lunet_node *nd, lunet_ten
   lunet_status s = (wants_grad(x) && !g[0]) || (wants_grad(gamma) && !g[1]) || (wants_grad(beta) && !g[2])
                        ? ctx->status
                        : lunet_be_check(ctx, be,
-                                        be->i->layernorm_backward(be->state, g[0] ? g[0]->buf->handle : NULL,
+                                        PROFILED(ctx, be, "layernorm_backward", 0, be->i->layernorm_backward(be->state, g[0] ? g[0]->buf->handle : NULL,
                                                                   g[1] ? g[1]->buf->handle : NULL,
                                                                   g[2] ? g[2]->buf->handle : NULL, dy->buf->handle,
                                                                   x->buf->handle, gamma->buf->handle,
                                                                   mean->buf->handle, rstd->buf->handle,
-                                                                  (size_t)rows, (size_t)cols),
+                                                                  (size_t)rows, (size_t)cols)),
                                         "layernorm_backward");
   for (int i = 0; i < 3; i++) {
     if (s) lunet_tensor_release(g[i]);
@@ -161,9 +161,9 @@ lunet_tensor *lunet_layernorm(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *gam
   lunet_tensor *mean = y ? lunet_tensor_on(ctx, be, LUNET_F32, 1, &rows) : NULL;
   lunet_tensor *rstd = mean ? lunet_tensor_on(ctx, be, LUNET_F32, 1, &rows) : NULL;
   if (!rstd || lunet_be_check(ctx, be,
-                              be->i->layernorm(be->state, y->buf->handle, mean->buf->handle, rstd->buf->handle,
+                              PROFILED(ctx, be, "layernorm", 0, be->i->layernorm(be->state, y->buf->handle, mean->buf->handle, rstd->buf->handle,
                                                x->buf->handle, gamma->buf->handle, beta->buf->handle, (size_t)rows,
-                                               (size_t)cols, epsilon),
+                                               (size_t)cols, epsilon)),
                               "layernorm")) {
     lunet_tensor_release(y);
     lunet_tensor_release(mean);
@@ -204,12 +204,12 @@ static lunet_status gru_cell_backward(lunet_ctx *ctx, lunet_node *nd, lunet_tens
   lunet_status s = (wants_grad(xs) && !g[0]) || (wants_grad(hs) && !g[1]) || (wants_grad(h) && !g[2])
                        ? ctx->status
                        : lunet_be_check(ctx, be,
-                                        be->i->gru_cell_backward(be->state, g[0] ? g[0]->buf->handle : NULL,
+                                        PROFILED(ctx, be, "gru_cell_backward", 0, be->i->gru_cell_backward(be->state, g[0] ? g[0]->buf->handle : NULL,
                                                                  g[1] ? g[1]->buf->handle : NULL,
                                                                  g[2] ? g[2]->buf->handle : NULL, dy->buf->handle,
                                                                  gates->buf->handle, hs->buf->handle, h->buf->handle,
                                                                  (size_t)n, (size_t)u, (lunet_unary_op)nd->iparams[0],
-                                                                 (lunet_unary_op)nd->iparams[1]),
+                                                                 (lunet_unary_op)nd->iparams[1])),
                                         "gru_cell_backward");
   for (int i = 0; i < 3; i++) {
     if (s) lunet_tensor_release(g[i]);
@@ -243,8 +243,8 @@ lunet_tensor *lunet_gru_cell(lunet_ctx *ctx, lunet_tensor *xs, lunet_tensor *hs,
   lunet_tensor *hn = lunet_tensor_on(ctx, be, LUNET_F32, 2, h->shape);
   lunet_tensor *gates = hn ? lunet_tensor_on(ctx, be, LUNET_F32, 2, xs->shape) : NULL;
   if (!gates || lunet_be_check(ctx, be,
-                               be->i->gru_cell(be->state, hn->buf->handle, gates->buf->handle, xs->buf->handle,
-                                               hs->buf->handle, h->buf->handle, (size_t)n, (size_t)u, act, rec),
+                               PROFILED(ctx, be, "gru_cell", 0, be->i->gru_cell(be->state, hn->buf->handle, gates->buf->handle, xs->buf->handle,
+                                               hs->buf->handle, h->buf->handle, (size_t)n, (size_t)u, act, rec)),
                                "gru_cell")) {
     lunet_tensor_release(hn);
     lunet_tensor_release(gates);

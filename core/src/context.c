@@ -18,6 +18,7 @@ lunet_ctx *lunet_ctx_new(void) {
 }
 
 void lunet_ctx_free(lunet_ctx *ctx) {
+  if (ctx) lunet_profile_stop(ctx);
   if (ctx) free(ctx->keys);
   free(ctx);
 }

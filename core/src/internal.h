@@ -20,6 +20,7 @@ struct lunet_ctx {
   uint64_t generation; /* visit mark of the current backward */
   int64_t weight_budget; /* bytes new layer weights may still take; -1: no limit (a file's
                           * size bounds them while a model loads) */
+  struct lunet_profile *prof; /* profile.c: NULL unless profiling */
 };
 
 /* A loaded backend (the registry owns it for the life of the process). */
@@ -73,6 +74,7 @@ struct lunet_node {
   int64_t iparams[LUNET_MAX_DIMS * 3];
   void *data;  /* op-specific (a layer for layer nodes) */
   void *extra; /* op-specific (a layer call's saved state) */
+  char *prof_layer; /* while profiling: the layer whose activation this op is (its gradient is timed for it) */
   lunet_status (*backward)(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy, lunet_tensor **dx);
   void (*release)(lunet_node *n);
 };
@@ -94,6 +96,25 @@ LUNET_HIDDEN bool lunet_shape_equal(const lunet_tensor *a, const lunet_tensor *b
 /* layer.c: "(None, 28, 28, 1)", one sample's shape with Keras's batch
  * placeholder, into buf; returns buf. */
 LUNET_HIDDEN const char *lunet_batch_shape_str(int ndim, const int64_t *shape, char *buf, size_t n);
+
+/* profile.c: lunet_prof_now is 0 unless the context profiles; lunet_prof_op
+ * records the op that started at t0 (waiting for the device first) and
+ * passes its status through; lunet_prof_layer a layer's pass (kind
+ * "forward", "backward", or "activation_backward": the gradient of the
+ * layer's activation, a node of its own on the tape). */
+typedef struct lunet_profile lunet_profile;
+LUNET_HIDDEN uint64_t lunet_prof_now(const lunet_ctx *ctx);
+LUNET_HIDDEN int lunet_prof_op(lunet_ctx *ctx, lunet_be *be, const char *op, double flops, uint64_t t0, int rc);
+LUNET_HIDDEN void lunet_prof_layer(lunet_ctx *ctx, const char *layer, const char *kind, uint64_t t0);
+/* A backend call, recorded when the context profiles:
+ *   rc = PROFILED(ctx, be, "gemm", 2.0 * m * n * k, be->i->gemm(...)); */
+#define PROFILED(ctx, be, op, flops, call)                           \
+  __extension__({                                                    \
+    uint64_t prof_t0_ = lunet_prof_now(ctx);                         \
+    int prof_rc_ = (call);                                           \
+    prof_t0_ ? lunet_prof_op(ctx, be, op, flops, prof_t0_, prof_rc_) \
+             : prof_rc_;                                             \
+  })
 
 /* ops.c: backend status -> context error */
 LUNET_HIDDEN lunet_status lunet_be_check(lunet_ctx *ctx, lunet_be *be, int rc, const char *op);

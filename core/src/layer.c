@@ -878,7 +878,9 @@ static lunet_status call_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *d
   release_all(c->pending, MAX_WEIGHTS);
   if (!s) s = enter(ctx, l) ? LUNET_OK : ctx->status;
   if (!s) {
+    uint64_t t0 = lunet_prof_now(ctx);
     s = l->type->backward(l, c, dys, gx);
+    if (t0) lunet_prof_layer(ctx, lunet_layer_name(l), "backward", t0);
     leave(l);
     if (s && ctx->status == LUNET_OK) s = plugin_bug(ctx, l, s, "backward failed without a message");
   }
@@ -1080,6 +1082,8 @@ static lunet_status activate(lunet_ctx *ctx, const lunet_layer *l, lunet_tensor 
                                                               : lunet_unary(ctx, l->act_op, y[0], l->act_alpha, 0);
   lunet_tensor_release(y[0]);
   y[0] = a;
+  /* profiled: the activation's gradient counts for the layer */
+  if (a && a->grad_fn && ctx->prof && !a->grad_fn->prof_layer) a->grad_fn->prof_layer = strdup(lunet_layer_name(l));
   return a ? LUNET_OK : ctx->status;
 }
 
@@ -1132,6 +1136,7 @@ lunet_status lunet_layer_apply(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep,
     return ctx->status;
   }
   bool prev = lunet_set_grad_enabled(ctx, false);
+  uint64_t t0 = lunet_prof_now(ctx);
   lunet_status s = l->type->forward(l, c, nin, x, y, training);
   lunet_set_grad_enabled(ctx, prev);
   leave(l);
@@ -1143,6 +1148,7 @@ lunet_status lunet_layer_apply(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep,
   if (!s && grad) s = record(ctx, c, ninputs, inputs, y);
   lunet_call_release(c);
   if (!s && nout == 1 && l->act != ACT_NONE && !skip_activation) s = activate(ctx, l, y);
+  if (t0) lunet_prof_layer(ctx, lunet_layer_name(l), "forward", t0); /* its activation included */
   if (s) {
     release_all(y, nout);
     if (mask_out) release_all(mask_out, nout);
@@ -1193,6 +1199,7 @@ lunet_status lunet_layer_step(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, 
   }
   if (!enter(ctx, l)) return ctx->status;
   bool prev = lunet_set_grad_enabled(ctx, false);
+  uint64_t t0 = lunet_prof_now(ctx);
   lunet_status s = l->type->forward(l, c, nin, x, y, false);
   leave(l);
   for (int j = 0; !s && j < nout; j++)
@@ -1200,6 +1207,7 @@ lunet_status lunet_layer_step(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, 
       s = plugin_bug(ctx, l, LUNET_ERR_SHAPE, "a step returned output %d of the wrong rank or batch", j + 1);
   if (!s) s = fresh_outputs(ctx, nin, x, nout, y, false);
   if (!s && nout == 1 && l->act != ACT_NONE) s = activate(ctx, l, y);
+  if (t0) lunet_prof_layer(ctx, lunet_layer_name(l), "forward", t0);
   lunet_set_grad_enabled(ctx, prev);
   if (s) release_all(y, nout);
   return s;

@@ -55,6 +55,36 @@ static lunet_be *inputs_be(lunet_ctx *ctx, const char *op, int n, const lunet_te
 #define BE3(op, a, b, c) inputs_be(ctx, op, 3, (const lunet_tensor *const[]){a, b, c})
 
 /* Releases out and returns NULL when the backend call failed. */
+/* ---- names and counts for the profiler ---- */
+
+static const char *const unary_names[LUNET_UNARY_COUNT][2] = {
+    {"neg", "neg_backward"},         {"exp", "exp_backward"},       {"log", "log_backward"},
+    {"sqrt", "sqrt_backward"},       {"abs", "abs_backward"},       {"square", "square_backward"},
+    {"relu", "relu_backward"},       {"sigmoid", "sigmoid_backward"}, {"tanh", "tanh_backward"},
+    {"gelu", "gelu_backward"},       {"leaky_relu", "leaky_relu_backward"}, {"affine", "affine_backward"},
+    {"clip", "clip_backward"},       {"recip", "recip_backward"},   {"sign", "sign_backward"},
+    {"sin", "sin_backward"},         {"cos", "cos_backward"}};
+static const char *const binary_names[LUNET_BINARY_COUNT] = {"add", "sub", "mul", "div", "max",
+                                                             "min", "pow", "eq",  "gt",  "lt"};
+static const char *const reduce_names[LUNET_REDUCE_COUNT] = {"reduce_sum", "reduce_mean", "reduce_max",
+                                                             "reduce_min"};
+
+static const char *lunet_unary_op_name(lunet_unary_op op, bool backward) {
+  return op >= 0 && op < LUNET_UNARY_COUNT ? unary_names[op][backward] : "unary";
+}
+static const char *lunet_binary_op_name(lunet_binary_op op) {
+  return op >= 0 && op < LUNET_BINARY_COUNT ? binary_names[op] : "binary";
+}
+static const char *lunet_reduce_op_name(lunet_reduce_op op) {
+  return op >= 0 && op < LUNET_REDUCE_COUNT ? reduce_names[op] : "reduce";
+}
+
+/* Multiply-adds of a convolution, times 2 (the same for its two gradients). */
+static double lunet_conv2d_flops(const lunet_conv2d_desc *d) {
+  return 2.0 * (double)d->n * (double)d->oh * (double)d->ow * (double)d->f * (double)d->kh * (double)d->kw *
+         (double)d->c;
+}
+
 static lunet_tensor *done(lunet_ctx *ctx, lunet_be *be, int rc, const char *op, lunet_tensor *out) {
   if (lunet_be_check(ctx, be, rc, op) == LUNET_OK) return out;
   lunet_tensor_release(out);
@@ -77,7 +107,7 @@ lunet_tensor *lunet_op_empty_like(lunet_ctx *ctx, const lunet_tensor *t) {
 lunet_status lunet_op_fill(lunet_ctx *ctx, lunet_tensor *t, float v) {
   lunet_be *be = t->buf->be;
   if (t->dtype == LUNET_F32)
-    return lunet_be_check(ctx, be, be->i->fill(be->state, t->buf->handle, v, (size_t)t->numel),
+    return lunet_be_check(ctx, be, PROFILED(ctx, be, "fill", 0, be->i->fill(be->state, t->buf->handle, v, (size_t)t->numel)),
                           "fill");
   /* Other dtypes: fill a float32 twin and cast it over. */
   lunet_tensor *f = lunet_tensor_on(ctx, be, LUNET_F32, t->ndim, t->shape);
@@ -87,7 +117,7 @@ lunet_status lunet_op_fill(lunet_ctx *ctx, lunet_tensor *t, float v) {
   }
   lunet_status s = lunet_be_check(
       ctx, be,
-      be->i->cast(be->state, t->buf->handle, t->dtype, f->buf->handle, LUNET_F32, (size_t)t->numel),
+      PROFILED(ctx, be, "cast", 0, be->i->cast(be->state, t->buf->handle, t->dtype, f->buf->handle, LUNET_F32, (size_t)t->numel)),
       "cast");
   lunet_tensor_release(f);
   return s;
@@ -98,7 +128,7 @@ lunet_tensor *lunet_op_copy(lunet_ctx *ctx, const lunet_tensor *x) {
   if (!y) return NULL;
   lunet_be *be = x->buf->be;
   return done(ctx, be,
-              be->i->buffer_copy(be->state, y->buf->handle, 0, x->buf->handle, 0, x->buf->nbytes),
+              PROFILED(ctx, be, "buffer_copy", 0, be->i->buffer_copy(be->state, y->buf->handle, 0, x->buf->handle, 0, x->buf->nbytes)),
               "copy", y);
 }
 
@@ -112,7 +142,7 @@ lunet_tensor *lunet_op_cast(lunet_ctx *ctx, const lunet_tensor *x, lunet_dtype d
   lunet_be *be = x->buf->be;
   return done(
       ctx, be,
-      be->i->cast(be->state, y->buf->handle, dt, x->buf->handle, x->dtype, (size_t)x->numel),
+      PROFILED(ctx, be, "cast", 0, be->i->cast(be->state, y->buf->handle, dt, x->buf->handle, x->dtype, (size_t)x->numel)),
       "cast", y);
 }
 
@@ -126,7 +156,7 @@ lunet_tensor *lunet_op_unary(lunet_ctx *ctx, lunet_unary_op op, const lunet_tens
   if (!y) return NULL;
   return done(
       ctx, be,
-      be->i->unary(be->state, op, alpha, beta, y->buf->handle, x->buf->handle, (size_t)x->numel),
+      PROFILED(ctx, be, lunet_unary_op_name(op, false), 0, be->i->unary(be->state, op, alpha, beta, y->buf->handle, x->buf->handle, (size_t)x->numel)),
       "unary", y);
 }
 
@@ -144,9 +174,9 @@ lunet_tensor *lunet_op_unary_backward(lunet_ctx *ctx, lunet_unary_op op, const l
   lunet_tensor *dx = lunet_op_empty_like(ctx, dy);
   if (!dx) return NULL;
   return done(ctx, be,
-              be->i->unary_backward(be->state, op, alpha, beta, dx->buf->handle, dy->buf->handle,
+              PROFILED(ctx, be, lunet_unary_op_name(op, true), 0, be->i->unary_backward(be->state, op, alpha, beta, dx->buf->handle, dy->buf->handle,
                                     x ? x->buf->handle : NULL, y ? y->buf->handle : NULL,
-                                    (size_t)dy->numel),
+                                    (size_t)dy->numel)),
               "unary_backward", dx);
 }
 
@@ -184,7 +214,7 @@ lunet_tensor *lunet_op_binary(lunet_ctx *ctx, lunet_binary_op op, const lunet_te
   lunet_tensor *y = lunet_tensor_on(ctx, be, LUNET_F32, d.ndim, d.shape);
   if (!y) return NULL;
   return done(ctx, be,
-              be->i->binary(be->state, op, y->buf->handle, a->buf->handle, b->buf->handle, &d),
+              PROFILED(ctx, be, lunet_binary_op_name(op), 0, be->i->binary(be->state, op, y->buf->handle, a->buf->handle, b->buf->handle, &d)),
               "binary", y);
 }
 
@@ -198,8 +228,8 @@ lunet_status lunet_op_accumulate(lunet_ctx *ctx, lunet_tensor *acc, const lunet_
   }
   lunet_bcast_desc d = {.ndim = 1, .shape = {acc->numel}, .a_strides = {1}, .b_strides = {1}};
   return lunet_be_check(ctx, be,
-                        be->i->binary(be->state, LUNET_BINARY_ADD, acc->buf->handle,
-                                      acc->buf->handle, x->buf->handle, &d),
+                        PROFILED(ctx, be, "accumulate", 0, be->i->binary(be->state, LUNET_BINARY_ADD, acc->buf->handle,
+                                      acc->buf->handle, x->buf->handle, &d)),
                         "accumulate");
 }
 
@@ -249,7 +279,7 @@ lunet_tensor *lunet_op_reduce(lunet_ctx *ctx, lunet_reduce_op op, const lunet_te
   lunet_tensor *y = lunet_tensor_on(ctx, be, LUNET_F32, nd, shape);
   if (!y) return NULL;
   return done(ctx, be,
-              be->i->reduce(be->state, op, y->buf->handle, x->buf->handle, outer, len, inner),
+              PROFILED(ctx, be, lunet_reduce_op_name(op), 0, be->i->reduce(be->state, op, y->buf->handle, x->buf->handle, outer, len, inner)),
               "reduce", y);
 }
 
@@ -284,7 +314,7 @@ lunet_tensor *lunet_op_argmax(lunet_ctx *ctx, const lunet_tensor *x) {
   if (!y) return NULL;
   return done(
       ctx, be,
-      be->i->argmax(be->state, y->buf->handle, x->buf->handle, (size_t)x->numel / cols, cols),
+      PROFILED(ctx, be, "argmax", 0, be->i->argmax(be->state, y->buf->handle, x->buf->handle, (size_t)x->numel / cols, cols)),
       "argmax", y);
 }
 
@@ -332,8 +362,8 @@ lunet_tensor *lunet_op_matmul(lunet_ctx *ctx, const lunet_tensor *a, const lunet
   lunet_tensor *c = lunet_tensor_on(ctx, be, LUNET_F32, nd, shape);
   if (!c) return NULL;
   return done(ctx, be,
-              be->i->gemm(be->state, ta, tb, m, n, k, 1.0f, a->buf->handle, ba > 1 ? m * k : 0,
-                          b->buf->handle, bb > 1 ? k * n : 0, 0.0f, c->buf->handle, m * n, batch),
+              PROFILED(ctx, be, "gemm", 2.0 * (double)m * (double)n * (double)k * (double)batch, be->i->gemm(be->state, ta, tb, m, n, k, 1.0f, a->buf->handle, ba > 1 ? m * k : 0,
+                          b->buf->handle, bb > 1 ? k * n : 0, 0.0f, c->buf->handle, m * n, batch)),
               "matmul", c);
 }
 
@@ -400,8 +430,8 @@ lunet_tensor *lunet_op_conv2d(lunet_ctx *ctx, const lunet_tensor *x, const lunet
   lunet_tensor *y = lunet_tensor_on(ctx, be, LUNET_F32, 4, (int64_t[]){d->n, d->oh, d->ow, d->f});
   if (!y) return NULL;
   return done(ctx, be,
-              be->i->conv2d(be->state, y->buf->handle, x->buf->handle, w->buf->handle,
-                            bias ? bias->buf->handle : NULL, d),
+              PROFILED(ctx, be, "conv2d", lunet_conv2d_flops(d), be->i->conv2d(be->state, y->buf->handle, x->buf->handle, w->buf->handle,
+                            bias ? bias->buf->handle : NULL, d)),
               "conv2d", y);
 }
 
@@ -417,7 +447,7 @@ lunet_tensor *lunet_op_conv2d_backward_data(lunet_ctx *ctx, const lunet_tensor *
   if (!dx) return NULL;
   return done(
       ctx, be,
-      be->i->conv2d_backward_data(be->state, dx->buf->handle, dy->buf->handle, w->buf->handle, d),
+      PROFILED(ctx, be, "conv2d_backward_data", lunet_conv2d_flops(d), be->i->conv2d_backward_data(be->state, dx->buf->handle, dy->buf->handle, w->buf->handle, d)),
       "conv2d_backward_data", dx);
 }
 
@@ -437,8 +467,8 @@ lunet_tensor *lunet_op_conv2d_backward_filter(lunet_ctx *ctx, const lunet_tensor
     lunet_tensor_release(dw);
     return NULL;
   }
-  int rc = be->i->conv2d_backward_filter(be->state, dw->buf->handle, b ? b->buf->handle : NULL,
-                                         dy->buf->handle, x->buf->handle, d);
+  int rc = PROFILED(ctx, be, "conv2d_backward_filter", lunet_conv2d_flops(d), be->i->conv2d_backward_filter(be->state, dw->buf->handle, b ? b->buf->handle : NULL,
+                                         dy->buf->handle, x->buf->handle, d));
   if (lunet_be_check(ctx, be, rc, "conv2d_backward_filter")) {
     lunet_tensor_release(dw);
     lunet_tensor_release(b);
@@ -456,7 +486,7 @@ lunet_tensor *lunet_op_pool2d(lunet_ctx *ctx, lunet_pool_mode mode, const lunet_
     return NULL;
   lunet_tensor *y = lunet_tensor_on(ctx, be, LUNET_F32, 4, (int64_t[]){d->n, d->oh, d->ow, d->c});
   if (!y) return NULL;
-  return done(ctx, be, be->i->pool2d(be->state, mode, y->buf->handle, x->buf->handle, d), "pool2d",
+  return done(ctx, be, PROFILED(ctx, be, "pool2d", 0, be->i->pool2d(be->state, mode, y->buf->handle, x->buf->handle, d)), "pool2d",
               y);
 }
 
@@ -471,8 +501,8 @@ lunet_tensor *lunet_op_pool2d_backward(lunet_ctx *ctx, lunet_pool_mode mode, con
   lunet_tensor *dx = lunet_op_empty_like(ctx, x);
   if (!dx) return NULL;
   return done(ctx, be,
-              be->i->pool2d_backward(be->state, mode, dx->buf->handle, dy->buf->handle,
-                                     x->buf->handle, y ? y->buf->handle : NULL, d),
+              PROFILED(ctx, be, "pool2d_backward", 0, be->i->pool2d_backward(be->state, mode, dx->buf->handle, dy->buf->handle,
+                                     x->buf->handle, y ? y->buf->handle : NULL, d)),
               "pool2d_backward", dx);
 }
 
@@ -489,8 +519,8 @@ lunet_tensor *lunet_op_softmax(lunet_ctx *ctx, const lunet_tensor *x, bool log) 
   size_t cols = last_dim(x);
   if (!y) return NULL;
   return done(ctx, be,
-              be->i->softmax(be->state, log, y->buf->handle, x->buf->handle,
-                             cols ? (size_t)x->numel / cols : 0, cols),
+              PROFILED(ctx, be, "softmax", 0, be->i->softmax(be->state, log, y->buf->handle, x->buf->handle,
+                             cols ? (size_t)x->numel / cols : 0, cols)),
               "softmax", y);
 }
 
@@ -508,8 +538,8 @@ lunet_tensor *lunet_op_softmax_backward(lunet_ctx *ctx, const lunet_tensor *dy,
   size_t cols = last_dim(y);
   if (!dx) return NULL;
   return done(ctx, be,
-              be->i->softmax_backward(be->state, log, dx->buf->handle, dy->buf->handle,
-                                      y->buf->handle, cols ? (size_t)y->numel / cols : 0, cols),
+              PROFILED(ctx, be, "softmax_backward", 0, be->i->softmax_backward(be->state, log, dx->buf->handle, dy->buf->handle,
+                                      y->buf->handle, cols ? (size_t)y->numel / cols : 0, cols)),
               "softmax_backward", dx);
 }
 
@@ -534,8 +564,8 @@ lunet_tensor *lunet_op_softmax_xent(lunet_ctx *ctx, const lunet_tensor *logits,
     lunet_tensor_release(loss);
     return NULL;
   }
-  int rc = be->i->softmax_xent(be->state, loss->buf->handle, d ? d->buf->handle : NULL,
-                               logits->buf->handle, labels->buf->handle, rows, cols);
+  int rc = PROFILED(ctx, be, "softmax_xent", 0, be->i->softmax_xent(be->state, loss->buf->handle, d ? d->buf->handle : NULL,
+                               logits->buf->handle, labels->buf->handle, rows, cols));
   if (lunet_be_check(ctx, be, rc, "sparse cross-entropy")) {
     lunet_tensor_release(loss);
     lunet_tensor_release(d);
@@ -555,11 +585,11 @@ lunet_tensor *lunet_op_batchnorm(lunet_ctx *ctx, const lunet_tensor *x, const lu
   size_t c = last_dim(x), rows = c ? (size_t)x->numel / c : 0;
   lunet_tensor *y = lunet_op_empty_like(ctx, x);
   if (!y) return NULL;
-  int rc = be->i->batchnorm(
+  int rc = PROFILED(ctx, be, "batchnorm", 0, be->i->batchnorm(
       be->state, training, y->buf->handle, training ? st->save_mean->buf->handle : NULL,
       training ? st->save_invstd->buf->handle : NULL, st->running_mean->buf->handle,
       st->running_var->buf->handle, x->buf->handle, gamma->buf->handle, beta->buf->handle, rows, c,
-      st->momentum, st->epsilon);
+      st->momentum, st->epsilon));
   return done(ctx, be, rc, "batchnorm", y);
 }
 
@@ -574,10 +604,10 @@ lunet_tensor *lunet_op_batchnorm_backward(lunet_ctx *ctx, const lunet_tensor *dy
   lunet_tensor *dx = lunet_op_empty_like(ctx, x);
   lunet_tensor *dg = lunet_op_empty_like(ctx, gamma), *db = lunet_op_empty_like(ctx, gamma);
   if (dx && dg && db) {
-    int rc = be->i->batchnorm_backward(be->state, dx->buf->handle, dg->buf->handle, db->buf->handle,
+    int rc = PROFILED(ctx, be, "batchnorm_backward", 0, be->i->batchnorm_backward(be->state, dx->buf->handle, dg->buf->handle, db->buf->handle,
                                        dy->buf->handle, x->buf->handle, gamma->buf->handle,
                                        st->save_mean->buf->handle, st->save_invstd->buf->handle,
-                                       rows, c);
+                                       rows, c));
     if (lunet_be_check(ctx, be, rc, "batchnorm_backward") == LUNET_OK) {
       *dgamma = dg;
       *dbeta = db;
@@ -601,7 +631,7 @@ lunet_tensor *lunet_op_dropout_mask(lunet_ctx *ctx, const lunet_tensor *like, fl
   uint64_t counter = lunet_rng_take(ctx, (uint64_t)m->numel);
   return done(
       ctx, be,
-      be->i->dropout_mask(be->state, m->buf->handle, (size_t)m->numel, rate, ctx->seed, counter),
+      PROFILED(ctx, be, "dropout_mask", 0, be->i->dropout_mask(be->state, m->buf->handle, (size_t)m->numel, rate, ctx->seed, counter)),
       "dropout", m);
 }
 
@@ -627,7 +657,7 @@ lunet_tensor *lunet_op_gather_rows(lunet_ctx *ctx, const lunet_tensor *x, const 
   if (!y) return NULL;
   size_t row = x->shape[0] ? x->buf->nbytes / (size_t)x->shape[0] : 0;
   return done(ctx, be,
-              be->i->gather_rows(be->state, y->buf->handle, x->buf->handle, idx, (size_t)n, row),
+              PROFILED(ctx, be, "gather_rows", 0, be->i->gather_rows(be->state, y->buf->handle, x->buf->handle, idx, (size_t)n, row)),
               "gather_rows", y);
 }
 
@@ -648,8 +678,8 @@ lunet_status lunet_op_scatter_add_rows(lunet_ctx *ctx, lunet_tensor *y, const lu
     return lunet_error(ctx, LUNET_ERR_UNSUPPORTED, "scatter_add_rows is not supported by backend '%s' (built for ABI %u.%u)",
                        be->name, be->desc->abi_major, be->desc->abi_minor);
   return lunet_be_check(ctx, be,
-                        be->i->scatter_add_rows(be->state, y->buf->handle, x->buf->handle, idx, (size_t)n,
-                                                (size_t)cols),
+                        PROFILED(ctx, be, "scatter_add_rows", 0, be->i->scatter_add_rows(be->state, y->buf->handle, x->buf->handle, idx, (size_t)n,
+                                                (size_t)cols)),
                         "scatter_add_rows");
 }
 
@@ -667,8 +697,8 @@ lunet_tensor *lunet_op_slice_rows(lunet_ctx *ctx, const lunet_tensor *x, int64_t
   if (!y) return NULL;
   size_t row = x->shape[0] ? x->buf->nbytes / (size_t)x->shape[0] : 0;
   return done(ctx, be,
-              be->i->buffer_copy(be->state, y->buf->handle, 0, x->buf->handle, row * (size_t)start,
-                                 row * (size_t)n),
+              PROFILED(ctx, be, "buffer_copy", 0, be->i->buffer_copy(be->state, y->buf->handle, 0, x->buf->handle, row * (size_t)start,
+                                 row * (size_t)n)),
               "slice", y);
 }
 
@@ -685,7 +715,7 @@ static lunet_tensor *strided(lunet_ctx *ctx, lunet_tensor *y, const lunet_tensor
   lunet_be *be = x->buf->be;
   d->elem_size = lunet_dtype_size(x->dtype);
   if (lunet_shape_numel(d->ndim, d->shape) == 0) return y;
-  return done(ctx, be, be->i->strided_copy(be->state, y->buf->handle, x->buf->handle, d), op, y);
+  return done(ctx, be, PROFILED(ctx, be, "strided_copy", 0, be->i->strided_copy(be->state, y->buf->handle, x->buf->handle, d)), op, y);
 }
 
 lunet_tensor *lunet_op_permute(lunet_ctx *ctx, const lunet_tensor *x, const int *perm) {
@@ -769,8 +799,8 @@ lunet_status lunet_op_assign_slice(lunet_ctx *ctx, lunet_tensor *dst, const int6
   d.elem_size = lunet_dtype_size(dst->dtype);
   if (n == 0) return LUNET_OK;
   lunet_be *be = dst->buf->be;
-  return lunet_be_check(ctx, be, be->i->strided_copy(be->state, dst->buf->handle, src->buf->handle,
-                                                     &d), "assignment");
+  return lunet_be_check(ctx, be, PROFILED(ctx, be, "strided_copy", 0, be->i->strided_copy(be->state, dst->buf->handle, src->buf->handle,
+                                                     &d)), "assignment");
 }
 
 lunet_tensor *lunet_op_concat(lunet_ctx *ctx, lunet_tensor *const *xs, int n, int axis) {
@@ -840,9 +870,9 @@ lunet_status lunet_op_sgd_update(lunet_ctx *ctx, lunet_tensor *p, const lunet_te
   lunet_be *be = BE2("sgd", p, g);
   if (!be || same_numel(ctx, "sgd", p, g, vel, NULL)) return ctx->status;
   return lunet_be_check(ctx, be,
-                        be->i->sgd_update(be->state, p->buf->handle, g->buf->handle,
+                        PROFILED(ctx, be, "sgd_update", 0, be->i->sgd_update(be->state, p->buf->handle, g->buf->handle,
                                           vel ? vel->buf->handle : NULL, (size_t)p->numel, lr,
-                                          momentum, nesterov, wd),
+                                          momentum, nesterov, wd)),
                         "sgd");
 }
 
@@ -852,9 +882,9 @@ lunet_status lunet_op_adam_update(lunet_ctx *ctx, lunet_tensor *p, const lunet_t
   lunet_be *be = BE2("adam", p, g);
   if (!be || same_numel(ctx, "adam", p, g, m, v)) return ctx->status;
   return lunet_be_check(ctx, be,
-                        be->i->adam_update(be->state, p->buf->handle, g->buf->handle,
+                        PROFILED(ctx, be, "adam_update", 0, be->i->adam_update(be->state, p->buf->handle, g->buf->handle,
                                            m->buf->handle, v->buf->handle, (size_t)p->numel, lr, b1,
-                                           b2, eps, wd, step),
+                                           b2, eps, wd, step)),
                         "adam");
 }
 
@@ -866,9 +896,9 @@ lunet_status lunet_op_rmsprop_update(lunet_ctx *ctx, lunet_tensor *p, const lune
   if (!ms) return lunet_error(ctx, LUNET_ERR_ARG, "rmsprop: the mean-square state is required");
   if (same_numel(ctx, "rmsprop", p, g, ms, mom)) return ctx->status;
   return lunet_be_check(ctx, be,
-                        be->i->rmsprop_update(be->state, p->buf->handle, g->buf->handle,
+                        PROFILED(ctx, be, "rmsprop_update", 0, be->i->rmsprop_update(be->state, p->buf->handle, g->buf->handle,
                                               ms->buf->handle, mom ? mom->buf->handle : NULL,
-                                              (size_t)p->numel, lr, rho, momentum, eps),
+                                              (size_t)p->numel, lr, rho, momentum, eps)),
                         "rmsprop");
 }
 
@@ -886,8 +916,8 @@ lunet_tensor *lunet_op_affine_resample(lunet_ctx *ctx, const lunet_tensor *x, co
       lunet_tensor_on(ctx, be, LUNET_F32, 4, (int64_t[]){x->shape[0], oh, ow, x->shape[3]});
   if (!y) return NULL;
   return done(ctx, be,
-              be->i->affine_resample(be->state, y->buf->handle, x->buf->handle, mats,
+              PROFILED(ctx, be, "affine_resample", 0, be->i->affine_resample(be->state, y->buf->handle, x->buf->handle, mats,
                                      (size_t)x->shape[0], (size_t)x->shape[1], (size_t)x->shape[2],
-                                     (size_t)x->shape[3], (size_t)oh, (size_t)ow, mode, fill),
+                                     (size_t)x->shape[3], (size_t)oh, (size_t)ow, mode, fill)),
               "affine_resample", y);
 }

@@ -197,6 +197,7 @@ static void free_tensor(worklist *w, lunet_tensor *t) {
 
 static void free_node(worklist *w, lunet_node *n) {
   if (n->release) n->release(n);
+  free(n->prof_layer);
   for (int i = 0; i < n->ninputs; i++) drop_tensor(w, n->inputs[i]);
   for (int i = 0; i < 4; i++) drop_tensor(w, n->saved[i]);
   free(n);
@@ -248,15 +249,15 @@ static lunet_status check_size(lunet_ctx *ctx, const lunet_tensor *t, size_t nby
 lunet_status lunet_tensor_read(lunet_ctx *ctx, const lunet_tensor *t, void *dst, size_t nbytes) {
   if (check_size(ctx, t, nbytes)) return ctx->status;
   lunet_be *be = t->buf->be;
-  int rc = be->i->synchronize(be->state);
-  if (!rc && nbytes) rc = be->i->buffer_download(be->state, t->buf->handle, 0, dst, nbytes);
+  int rc = PROFILED(ctx, be, "synchronize", 0, be->i->synchronize(be->state));
+  if (!rc && nbytes) rc = PROFILED(ctx, be, "buffer_download", 0, be->i->buffer_download(be->state, t->buf->handle, 0, dst, nbytes));
   return lunet_be_check(ctx, be, rc, "download");
 }
 
 lunet_status lunet_tensor_write(lunet_ctx *ctx, lunet_tensor *t, const void *src, size_t nbytes) {
   if (check_size(ctx, t, nbytes)) return ctx->status;
   lunet_be *be = t->buf->be;
-  int rc = nbytes ? be->i->buffer_upload(be->state, t->buf->handle, 0, src, nbytes) : 0;
+  int rc = nbytes ? PROFILED(ctx, be, "buffer_upload", 0, be->i->buffer_upload(be->state, t->buf->handle, 0, src, nbytes)) : 0;
   return lunet_be_check(ctx, be, rc, "upload");
 }
 
@@ -271,8 +272,8 @@ lunet_status lunet_tensor_item(lunet_ctx *ctx, const lunet_tensor *t, int64_t i,
     int32_t i;
     uint8_t u;
   } v;
-  int rc = be->i->synchronize(be->state);
-  if (!rc) rc = be->i->buffer_download(be->state, t->buf->handle, (size_t)i * es, &v, es);
+  int rc = PROFILED(ctx, be, "synchronize", 0, be->i->synchronize(be->state));
+  if (!rc) rc = PROFILED(ctx, be, "buffer_download", 0, be->i->buffer_download(be->state, t->buf->handle, (size_t)i * es, &v, es));
   if (lunet_be_check(ctx, be, rc, "download")) return ctx->status;
   *out = t->dtype == LUNET_F32 ? v.f : t->dtype == LUNET_I32 ? v.i : v.u;
   return LUNET_OK;

@@ -4,7 +4,8 @@
 --   local ds = require "lunet.datasets"
 --   local x_train, y_train, x_test, y_test = ds.cifar10.load_data()
 --
--- x is float32 NHWC with values 0..255, y float32 class ids of shape {N}.
+-- x is uint8 NHWC (as Keras gives it, a quarter of float32's memory; a
+-- model's Rescaling layer converts each batch), y float32 class ids {N}.
 -- Options (all optional):
 --   url     replaces the registry URL (for MNIST-style sets: a base URL)
 --   sha256  replaces the published checksum (for MNIST-style sets: a table

@@ -140,6 +140,7 @@ nn.plot = require "lunet.plot"
 nn.tools = require "lunet.tools"
 nn.explain = require "lunet.explain"
 nn.export = require "lunet.export"
+nn.profile = require("lunet.profile").profile
 nn.plot.report = require("lunet.report").write
 nn.callbacks.LivePlot = nn.plot.LivePlot
 

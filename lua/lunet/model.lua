@@ -607,7 +607,7 @@ end
 
 local fit_options = { epochs = true, batch_size = true, validation_data = true, validation_split = true, shuffle = true,
   augment = true, callbacks = true, verbose = true, initial_epoch = true, sample_weight = true, class_weight = true,
-  distributed = true }
+  distributed = true, profile = true }
 
 local function call_cbs(cbs, name, ...)
   for _, cb in ipairs(cbs) do
@@ -668,6 +668,13 @@ end
 
 fit_impl = function(self, x, y, o)
   o = o or {}
+  if o.profile then -- fit{profile = true} or {profile = {trace = ...}}: the whole fit under nn.profile
+    local rest = {}
+    for k, v in pairs(o) do if k ~= "profile" then rest[k] = v end end
+    local popts = type(o.profile) == "table" and o.profile or nil
+    local _, history = require("lunet.profile").profile(function() return fit_impl(self, x, y, rest) end, popts)
+    return history
+  end
   for k in pairs(o) do
     if not fit_options[k] then
       local names = {}

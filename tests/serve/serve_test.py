@@ -213,8 +213,29 @@ assert not errors, errors
 pair.send_signal(signal.SIGTERM)
 assert pair.wait(timeout=20) == 0
 
+# the same model on the Vulkan backend (lavapipe where there is no GPU)
+vk = subprocess.Popen([lunet, "serve", "--backend", "vulkan", "--model", "pair=" + os.path.join(work, "pair.lunet"),
+                       "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+line = vk.stdout.readline()
+if "listening on http://127.0.0.1:" in line:
+    vk_base = "http://127.0.0.1:%d" % int(line.split("127.0.0.1:")[1].split()[0])
+    status, body = req("POST", "/v1/models/pair:predict", json.dumps(
+        {"inputs": {"image": pref["image"], "extra": pref["extra"]}}).encode(), url=vk_base)
+    assert status == 200, (status, body)
+    for name in ("probs", "aux"):
+        for got, want in zip(sum(body["outputs"][name], []), sum(pref[name], [])):
+            assert abs(got - want) <= 1e-4 * max(1, abs(want)), ("vulkan", name, got, want)
+    vk.send_signal(signal.SIGTERM)
+    assert vk.wait(timeout=20) == 0
+    on_vulkan = "on Vulkan too"
+else:
+    vk.wait(timeout=20)
+    err = vk.stderr.read()
+    assert "vulkan" in err and "unavailable" in err, err  # no device: said so, and nothing else went wrong
+    on_vulkan = "no Vulkan device here"
+
 print("serve: %d concurrent predictions right in %d model calls, %d bad requests answered, reload on SIGHUP, "
       "%d of %d answered 503 on a queue of 1, SIGTERM exit 0; a model of 2 inputs and 2 outputs in rows, "
-      "columns and %d bad requests" % (int(answered), int(calls), len(cases), len(busy), len(answers),
-                                       len(pair_cases)))
+      "columns and %d bad requests; %s" % (int(answered), int(calls), len(cases), len(busy), len(answers),
+                                           len(pair_cases), on_vulkan))
 print("serve: ok")

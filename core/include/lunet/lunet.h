@@ -138,6 +138,29 @@ LUNET_API int lunet_get_threads(lunet_ctx *ctx);
 /* Operations run on the CPU because the tensor's backend lacks them. */
 LUNET_API uint64_t lunet_fallback_count(lunet_ctx *ctx);
 
+/* ---- profiling ---- */
+
+/* One recorded event: an op (a backend call; kind "op", named after the
+ * backend function or its op: "gemm", "conv2d", "relu", "add", ...) or a
+ * layer's pass (kind "forward", "backward" or "activation_backward", the
+ * gradient of the layer's own activation, named after the layer).  Times in
+ * microseconds from lunet_profile_start; flops where the core counts them
+ * (matrix products and convolutions), else 0. */
+typedef struct lunet_profile_event {
+  const char *name, *kind;
+  double start_us, duration_us, flops;
+} lunet_profile_event;
+
+/* Records this context's ops and layer passes until lunet_profile_stop.
+ * On an asynchronous backend each op then waits for the device. */
+LUNET_API lunet_status lunet_profile_start(lunet_ctx *ctx);
+/* The events so far, in the order they ended (borrowed, valid until stop),
+ * and those beyond the cap that were counted but not kept. */
+LUNET_API int64_t lunet_profile_count(const lunet_ctx *ctx);
+LUNET_API const lunet_profile_event *lunet_profile_events(const lunet_ctx *ctx);
+LUNET_API uint64_t lunet_profile_dropped(const lunet_ctx *ctx);
+LUNET_API void lunet_profile_stop(lunet_ctx *ctx);
+
 /* ---- plugins ---- */
 
 /* Loads a layer plugin .so (built-in plugins load on first use). */
