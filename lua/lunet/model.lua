@@ -1069,7 +1069,7 @@ function Model:save(path, o)
   C.model_save(self.handle, path, { epoch = tostring((o and o.epoch) or self.epoch), rng_seed = tostring(C.seed()),
     class_names = class_names,
     rng_counter = tostring(C.rng_take(0)),
-    lua_optimizer = self.optimizer and C.json_encode(self.optimizer:config()) or nil,
+    lua_optimizer = self.optimizer and C.json_encode(self.optimizer:config()) or nil, rng_ranks = o and o.rng_ranks,
     preprocessor = self.preprocessor and C.json_encode(self.preprocessor:config()) or nil })
 end
 

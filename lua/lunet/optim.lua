@@ -534,6 +534,44 @@ function M.callbacks.ModelCheckpoint(o)
   return self
 end
 
+-- Under MPI each rank draws from its own RNG stream (dropout,
+-- augmentation), but rank 0 alone writes the backup: at each epoch end the
+-- ranks' RNG states are gathered (a collective: every rank is at the same
+-- epoch end) into the file's "rng_ranks" metadata, as 32-bit halves (exact
+-- in the doubles of the reduction), and on resume each rank takes its own,
+-- so a resumed job draws what the uninterrupted one would have.
+local function gather_rank_rng()
+  local dist = require "lunet.distributed"
+  if not dist.active then return nil end
+  local v = {}
+  for i = 1, 4 * dist.size do v[i] = 0 end
+  local seed, counter = C.seed(), C.rng_take(0)
+  local at = 4 * dist.rank
+  v[at + 1], v[at + 2], v[at + 3], v[at + 4] = seed >> 32, seed & 0xffffffff, counter >> 32, counter & 0xffffffff
+  local all = dist.allreduce_sum(v)
+  for i, x in ipairs(all) do all[i] = math.tointeger(x) end
+  return C.json_encode(all)
+end
+
+-- After load_model (which set rank 0's RNG state everywhere): this rank's
+-- own, when the backup has one per rank of this job; with another number
+-- of ranks, rank 0's seed plus the rank (streams apart, as init keys them).
+local function restore_rank_rng(back)
+  local dist = require "lunet.distributed"
+  if not dist.active then return end
+  local text = C.model_meta(back.handle, "rng_ranks")
+  local all = text and C.json_decode(text, "the ranks' RNG states")
+  if all and #all == 4 * dist.size then
+    local at = 4 * dist.rank
+    C.seed((math.tointeger(all[at + 1]) << 32) | math.tointeger(all[at + 2]))
+    C.rng_take((math.tointeger(all[at + 3]) << 32) | math.tointeger(all[at + 4]))
+  else
+    local counter = C.rng_take(0)
+    C.seed(C.seed() + dist.rank)
+    C.rng_take(counter)
+  end
+end
+
 -- Keras's BackupAndRestore: at the end of every epoch the model, its
 -- optimizer state, the epoch and the RNG's position go to
 -- <backup_dir>/latest.safetensors (atomically); a fit that finds the file
@@ -568,15 +606,17 @@ function M.callbacks.BackupAndRestore(o)
       model.optimizer.iterations = back.optimizer.iterations
     end
     model.resume_epoch = back.epoch
+    restore_rank_rng(back)
     if self.verbose ~= 0 then
       print(string.format("BackupAndRestore: resuming after epoch %d from %s", back.epoch, file))
     end
   end
   function self:on_epoch_end(model, epoch)
-    model:save(file, { epoch = epoch })
+    model:save(file, { epoch = epoch, rng_ranks = gather_rank_rng() })
   end
   function self:on_train_end(model)
-    if self.delete_checkpoint then os.remove(file) end
+    local dist = require "lunet.distributed"
+    if self.delete_checkpoint and (not dist.active or dist.rank == 0) then os.remove(file) end
   end
   return self
 end

@@ -127,8 +127,9 @@ end
 -- ---- curves ----
 
 -- nn.plot.curve(xs, ys, path, {title, xlabel, ylabel, log_x, mark = {x, label},
--- width = 640, height = 420}): one line (ys a list of numbers) or several
--- ({{label =, values =, dashed =}, ...} against the same xs).
+-- width = 640, height = 420, legend = "top_right" | "bottom_right"}): one
+-- line (ys a list of numbers) or several ({{label =, values =, dashed =},
+-- ...} against the same xs).
 function M.curve(xs, ys, path, o)
   check_path("curve", path)
   o = o or {}
@@ -153,7 +154,10 @@ function M.curve(xs, ys, path, o)
     for i, s in ipairs(series) do
       entries[i] = { label = s.label or tostring(i), color = s.color or colors[(i - 1) % #colors + 1], dashed = s.dashed }
     end
-    legend(cv, w - 200, 48, entries)
+    if o.legend ~= nil and o.legend ~= "top_right" and o.legend ~= "bottom_right" then
+      error("nn.plot.curve: legend must be \"top_right\" or \"bottom_right\"", 2)
+    end
+    legend(cv, w - 200, o.legend == "bottom_right" and h - 70 - 18 * #entries or 48, entries)
   end
   return cv:finish()
 end

@@ -29,6 +29,23 @@ for np in 2 3; do
     [ -f "$work/np$np/vulkan_weights_0.bin" ] && echo "; on Vulkan too"))"
 done
 
+# BackupAndRestore: a job stopped after epoch 1's backup, run again, ends
+# with the weights of an uninterrupted one, on every rank
+mkdir -p "$work/resume"
+timeout 300 $mpi -np 2 "$lunet" "$src/tests/distributed/resume.lua" full "$work/resume"
+if timeout 300 $mpi -np 2 "$lunet" "$src/tests/distributed/resume.lua" interrupted "$work/resume" > "$work/resume.log" 2>&1; then
+  cat "$work/resume.log"; echo "the interrupted job exited 0"; exit 1
+fi
+[ -f "$work/resume/backup/latest.safetensors" ] || { echo "no backup left by the interrupted job"; exit 1; }
+timeout 300 $mpi -np 2 "$lunet" "$src/tests/distributed/resume.lua" resume "$work/resume" > "$work/resume2.log" 2>&1 ||
+  { cat "$work/resume2.log"; echo "the resumed job failed"; exit 1; }
+for r in 0 1; do
+  cmp "$work/resume/full_$r.bin" "$work/resume/resume_$r.bin" ||
+    { echo "rank $r: the resumed job's weights differ from the uninterrupted job's"; exit 1; }
+done
+[ ! -f "$work/resume/backup/latest.safetensors" ] || { echo "the backup was not deleted after the resumed job"; exit 1; }
+echo "BackupAndRestore: a job interrupted after epoch 1 and run again ends with the uninterrupted weights on both ranks"
+
 # an error raised on rank 1: the job ends, naming the rank and the error
 mkdir -p "$work/error"
 start=$(date +%s)
