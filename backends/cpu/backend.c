@@ -71,8 +71,9 @@ static void cpu_describe(lunet_backend *be, lunet_backend_info *info) {
            threads == 1 ? "" : "s");
   /* lunet_cpu_blas.get_config() already starts with "OpenBLAS <version>". */
   const char *cfg = lunet_cpu_blas.get_config();
-  snprintf(info->detail, sizeof info->detail, "%s%s, kernel %s",
-           strncmp(cfg, "OpenBLAS", 8) == 0 ? "" : "OpenBLAS ", cfg, lunet_cpu_blas.get_corename());
+  snprintf(info->detail, sizeof info->detail, "%s%s, kernel %s, lunet kernels %s",
+           strncmp(cfg, "OpenBLAS", 8) == 0 ? "" : "OpenBLAS ", cfg, lunet_cpu_blas.get_corename(),
+           lunet_cpu_isa_name(lunet_cpu_isa_in_use));
   info->threads = threads;
   info->available = true;
   info->ndevices = 1;
@@ -107,7 +108,7 @@ static lunet_backend *cpu_init(int threads, int device, char *err, size_t err_le
     snprintf(err, err_len, "cpu: there is one device, 0; got %d", device);
     return NULL;
   }
-  if (lunet_cpu_blas_load(err, err_len)) return NULL;
+  if (lunet_cpu_blas_load(err, err_len) || lunet_cpu_isa_choose(err, err_len)) return NULL;
   lunet_backend *be = calloc(1, sizeof *be);
   if (!be) {
     snprintf(err, err_len, "cpu: out of memory allocating the backend state");

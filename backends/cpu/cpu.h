@@ -79,6 +79,16 @@ extern lunet_cpu_blas_fns lunet_cpu_blas;
 int lunet_cpu_blas_load(char *err, size_t n);
 const char *lunet_cpu_blas_kernel_for_cpu(void);
 
+/* ---- instruction sets for lunet's own kernels (isa.c) ---- */
+/* The widest vector ISA the hand-written kernels use: the best this CPU and
+ * OS run, capped by LUNET_CPU_ISA=avx512|avx2|scalar (so that the tests
+ * cover every path on one machine).  Chosen once, at init. */
+typedef enum lunet_cpu_isa { LUNET_CPU_SCALAR = 0, LUNET_CPU_AVX2 = 1, LUNET_CPU_AVX512 = 2 } lunet_cpu_isa;
+extern lunet_cpu_isa lunet_cpu_isa_in_use;
+/* Sets lunet_cpu_isa_in_use; -1 with the reason in err for a bad LUNET_CPU_ISA. */
+int lunet_cpu_isa_choose(char *err, size_t n);
+const char *lunet_cpu_isa_name(lunet_cpu_isa isa);
+
 /* ---- errors (thread-local message) ---- */
 int lunet_cpu_error(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *lunet_cpu_last_error(lunet_backend *be);

@@ -18,7 +18,7 @@ end
 local cpu
 for _, b in ipairs(nn.backends()) do if b.name == "cpu" then cpu = b end end
 assert(cpu and cpu.available, "the cpu backend is available")
-local kernel = cpu.detail:match("kernel (%S+)")
+local kernel = cpu.detail:match("kernel (%w+)")
 print(string.format("OPENBLAS_CORETYPE=%s, expected %s, OpenBLAS reports %s", user or "(unset)",
   tostring(expected), tostring(kernel)))
 assert(expected, "this CPU has neither AVX2 nor AVX-512: nothing to check")

@@ -120,6 +120,8 @@ static const conv_case conv_cases[] = {
     {1, 8, 9, 5, 3, 2, 3, 2, 1, 1},   {2, 6, 6, 7, 33, 1, 1, 1, 1, 0},
     {2, 7, 7, 4, 3, 1, 1, 2, 2, 0},   {1, 33, 9, 3, 2, 5, 5, 1, 2, 1},
     {2, 16, 16, 64, 8, 3, 3, 1, 1, 1}, {5, 12, 12, 3, 32, 3, 3, 1, 1, 0},
+    /* the small-k kernels (KH*KW*C <= 32, F a multiple of 32): odd row counts, k = 9 and k = 32 */
+    {3, 9, 11, 1, 64, 3, 3, 1, 1, 1},  {2, 7, 9, 2, 32, 4, 4, 2, 1, 1},
 };
 #define NCONV (sizeof conv_cases / sizeof conv_cases[0])
 
