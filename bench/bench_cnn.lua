@@ -3,6 +3,19 @@
 --   lunet bench/bench_cnn.lua [--backend NAME] [--threads N]
 --                             [--batches 32,64,128] [--seconds S]
 --                             [--repeats R] [--infer-batch B] [--json]
+--                             [--stats [--gpu h200|laptop]]
+--
+-- --stats: instead of timing, one training step per batch size (after
+-- warm-up) with the backend's counters for it (nn.backend_stats: dispatches,
+-- barriers, submits, waits and their causes, descriptor writes, pipelines
+-- made, allocations, bytes up, down and copied, the product dispatches and
+-- their workgroups, and those above 10 MFLOP that launch fewer than 256
+-- workgroups), the CPU's time to record the step, and an estimate of the
+-- step on a named GPU: the products at its FP32 peak, the bytes up and down
+-- over its PCIe link and a launch cost per dispatch (a lower bound: the
+-- other kernels' memory traffic is not counted).  Presets: h200 (67
+-- TFLOP/s, PCIe 5 at 55 GB/s, 4 us a launch), laptop (5 TFLOP/s, PCIe 4 x8
+-- at 12 GB/s, 8 us).
 --
 -- A training step is model:train_on_batch: the core's step (forward, loss,
 -- backward, Adam update, metrics, all in C), the call model:fit makes per
@@ -19,7 +32,7 @@ local C = nn._C
 local function usage(msg)
   io.stderr:write("bench_cnn.lua: ", msg, "\n",
     "usage: lunet bench/bench_cnn.lua [--backend NAME] [--threads N] [--batches 32,64,128]\n",
-    "       [--seconds S] [--repeats R] [--infer-batch B] [--json]\n")
+    "       [--seconds S] [--repeats R] [--infer-batch B] [--json] [--stats [--gpu h200|laptop]]\n")
   os.exit(2)
 end
 
@@ -44,6 +57,8 @@ local function parse_args(argv)
     elseif a == "--repeats" then o.repeats = math.tointeger(number(a)) or usage("--repeats needs an integer")
     elseif a == "--infer-batch" then o.infer_batch = math.tointeger(number(a)) or usage("--infer-batch needs an integer")
     elseif a == "--json" then o.json = true
+    elseif a == "--stats" then o.stats = true
+    elseif a == "--gpu" then o.gpu = value(a)
     elseif a == "--batches" then
       o.batches = {}
       for b in value(a):gmatch("[^,]+") do
@@ -131,6 +146,46 @@ local function json_str(s)
   end) .. '"'
 end
 
+local gpus = {
+  h200 = { name = "NVIDIA H200", flops = 67e12, link = 55e9, launch = 4e-6 },
+  laptop = { name = "a laptop GPU", flops = 5e12, link = 12e9, launch = 8e-6 },
+}
+
+-- One training step's counters per batch size, and the GPU estimate.
+local function stats(m, o, backend)
+  local gpu = gpus[o.gpu or "h200"] or usage("--gpu takes h200 or laptop")
+  for _, b in ipairs(o.batches) do
+    local step = train_fn(m, b)
+    for _ = 1, 3 do step() end
+    local before = nn.backend_stats(backend)
+    local t0 = C.now()
+    step()
+    local wall = C.now() - t0
+    local after = nn.backend_stats(backend)
+    local d = {}
+    for k, v in pairs(after) do if math.type(v) == "integer" then d[k] = v - before[k] end end
+    local n = math.min(d.gemm_total, #after.gemm)
+    local flops, small, fewest = 0, 0, math.huge
+    for i = #after.gemm - n + 1, #after.gemm do
+      local g = after.gemm[i]
+      flops = flops + g.flops
+      if g.flops > 10e6 and g.workgroups < 256 then small = small + 1 end
+      fewest = math.min(fewest, g.workgroups)
+    end
+    print(string.format("batch %d, one training step on %s (%.1f ms wall):", b, backend, wall * 1e3))
+    for _, k in ipairs{"dispatches", "barriers", "submits", "waits", "waits_read", "waits_sync", "descriptor_writes",
+      "pipelines", "allocations", "bytes_up", "bytes_down", "bytes_copied", "gemm_total"} do
+      print(string.format("  %-18s %12d", k, d[k]))
+    end
+    print(string.format("  products: %d, %.3f GFLOP, fewest workgroups %s; above 10 MFLOP with fewer than 256 "
+      .. "workgroups: %d", n, flops / 1e9, n > 0 and tostring(fewest) or "-", small))
+    local est = flops / gpu.flops + (d.bytes_up + d.bytes_down) / gpu.link + d.dispatches * gpu.launch
+    print(string.format("  on %s (a lower bound): products %.3f ms + transfers %.3f ms + %d launches %.3f ms = "
+      .. "%.3f ms a step, %.0f images/s", gpu.name, flops / gpu.flops * 1e3,
+      (d.bytes_up + d.bytes_down) / gpu.link * 1e3, d.dispatches, d.dispatches * gpu.launch * 1e3, est * 1e3, b / est))
+  end
+end
+
 local function main(argv)
   local o = parse_args(argv)
   if o.backend then nn.use(o.backend) end
@@ -144,6 +199,7 @@ local function main(argv)
     print(string.format("timing: 3 warm-up steps, then median of %d runs of %.1f s each", o.repeats, o.seconds))
   end
   local m = build_model()
+  if o.stats then return stats(m, o, nn.default_backend()) end
   local train = {}
   for _, b in ipairs(o.batches) do
     local med, runs = measure(train_fn(m, b), b, o)

@@ -145,6 +145,7 @@ static const lunet_backend_i fast_vtable = {
     .buffer_download = lunet_cpu_buffer_download,
     .buffer_copy = lunet_cpu_buffer_copy,
     .synchronize = lunet_cpu_synchronize,
+    .stats = lunet_cpu_stats,
     .fill = lunet_cpu_fill,
     .cast = lunet_cpu_cast,
     .strided_copy = lunet_cpu_strided_copy,
@@ -194,6 +195,7 @@ static void naive_build(void) {
   naive_vtable.buffer_download = fast_vtable.buffer_download;
   naive_vtable.buffer_copy = fast_vtable.buffer_copy;
   naive_vtable.synchronize = fast_vtable.synchronize;
+  naive_vtable.stats = fast_vtable.stats;
 }
 
 /* The reference ops: plain single-threaded loops the fast ones are tested

@@ -89,6 +89,7 @@ int lunet_cpu_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, in
   }
   int64_t grain =
       batch * j.parts > 1 && fmas * (double)batch >= GEMM_SERIAL_FMAS ? 1 : batch * j.parts;
+  lunet_cpu_log_gemm(be, "gemm", m * batch, n, k, lunet_cpu_chunks(be, batch * j.parts, grain));
   lunet_cpu_parallel(be, batch * j.parts, grain, gemm_task, &j);
   return 0;
 }
@@ -360,6 +361,7 @@ int lunet_cpu_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w,
     j.ws = workspace(be, lunet_cpu_threads(be), j.ws_floats);
     if (!j.ws) return LUNET_ERR_NOMEM;
   }
+  lunet_cpu_log_gemm(be, "conv2d", rows, d->f, j.kk, lunet_cpu_chunks(be, rows, 16));
   lunet_cpu_parallel(be, rows, 16, conv_fwd_task, &j);
   if (j.ws) lunet_cpu_buffer_free(be, j.ws);
   return 0;
@@ -398,6 +400,7 @@ int lunet_cpu_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf d
     j.ws = workspace(be, lunet_cpu_threads(be), j.ws_floats);
     if (!j.ws) return LUNET_ERR_NOMEM;
   }
+  lunet_cpu_log_gemm(be, "conv2d_backward_data", d->n * d->oh * d->ow, j.kk, d->f, lunet_cpu_chunks(be, d->n, 1));
   lunet_cpu_parallel(be, d->n, 1, conv_bwd_data_task, &j);
   if (j.ws) lunet_cpu_buffer_free(be, j.ws);
   return 0;
@@ -446,6 +449,7 @@ int lunet_cpu_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf 
   j.ws = workspace(be, threads, j.ws_floats);
   if (!j.ws) return LUNET_ERR_NOMEM;
   int64_t chunks = lunet_cpu_chunks(be, rows, 16);
+  lunet_cpu_log_gemm(be, "conv2d_backward_filter", j.kk, d->f, rows, chunks);
   lunet_cpu_parallel(be, rows, 16, conv_bwd_filter_task, &j);
   /* Sum the parts in chunk order: the same result for the same thread count. */
   float *out = dw;

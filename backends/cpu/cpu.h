@@ -56,7 +56,8 @@ typedef struct lunet_cpu_bin {
 
 struct lunet_backend {
   lunet_cpu_pool pool;
-  pthread_mutex_t mem_mu;
+  pthread_mutex_t mem_mu; /* the bins, and stats.gemm */
+  lunet_backend_stats stats; /* counters (atomic adds) and the product log (under mem_mu) */
   lunet_cpu_bin *bins;
   size_t nbins, bins_cap;
   size_t idle_bytes;
@@ -89,6 +90,11 @@ extern lunet_cpu_isa lunet_cpu_isa_in_use;
 int lunet_cpu_isa_choose(char *err, size_t n);
 const char *lunet_cpu_isa_name(lunet_cpu_isa isa);
 
+/* ---- counters (nn.backend_stats) ---- */
+#define LUNET_CPU_COUNT(be, field, v) __atomic_add_fetch(&(be)->stats.field, (uint64_t)(v), __ATOMIC_RELAXED)
+/* Logs a product (contexts on several threads may share the backend). */
+void lunet_cpu_log_gemm(lunet_backend *be, const char *op, int64_t m, int64_t n, int64_t k, int64_t chunks);
+
 /* ---- errors (thread-local message) ---- */
 int lunet_cpu_error(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *lunet_cpu_last_error(lunet_backend *be);
@@ -114,6 +120,7 @@ int lunet_cpu_buffer_download(lunet_backend *be, lunet_cbuf src, size_t off, voi
 int lunet_cpu_buffer_copy(lunet_backend *be, lunet_buf dst, size_t doff, lunet_cbuf src,
                           size_t soff, size_t nbytes);
 int lunet_cpu_synchronize(lunet_backend *be);
+void lunet_cpu_stats(lunet_backend *be, lunet_backend_stats *out);
 void lunet_cpu_pool_drain(lunet_backend *be);
 
 /* ---- shared checks ---- */

@@ -52,6 +52,7 @@ lunet_buf lunet_cpu_buffer_alloc(lunet_backend *be, size_t nbytes) {
     return NULL;
   }
   char *block = aligned_alloc(LUNET_CPU_ALIGN, size + LUNET_CPU_ALIGN);
+  LUNET_CPU_COUNT(be, allocations, 1);
   if (!block) {
     lunet_cpu_error(LUNET_ERR_NOMEM, "cpu: out of memory allocating %zu bytes", nbytes);
     return NULL;
@@ -99,23 +100,36 @@ void lunet_cpu_pool_drain(lunet_backend *be) {
 
 int lunet_cpu_buffer_upload(lunet_backend *be, lunet_buf dst, size_t off, const void *src,
                             size_t nbytes) {
-  (void)be;
+  LUNET_CPU_COUNT(be, bytes_up, nbytes);
   if (nbytes) memcpy((char *)dst + off, src, nbytes);
   return 0;
 }
 
 int lunet_cpu_buffer_download(lunet_backend *be, lunet_cbuf src, size_t off, void *dst,
                               size_t nbytes) {
-  (void)be;
+  LUNET_CPU_COUNT(be, bytes_down, nbytes);
   if (nbytes) memcpy(dst, (const char *)src + off, nbytes);
   return 0;
 }
 
 int lunet_cpu_buffer_copy(lunet_backend *be, lunet_buf dst, size_t doff, lunet_cbuf src,
                           size_t soff, size_t nbytes) {
-  (void)be;
+  LUNET_CPU_COUNT(be, bytes_copied, nbytes);
   if (nbytes) memmove((char *)dst + doff, (const char *)src + soff, nbytes);
   return 0;
+}
+
+void lunet_cpu_log_gemm(lunet_backend *be, const char *op, int64_t m, int64_t n, int64_t k, int64_t chunks) {
+  pthread_mutex_lock(&be->mem_mu);
+  lunet_backend_log_gemm(&be->stats, op, m, n, k, chunks);
+  pthread_mutex_unlock(&be->mem_mu);
+}
+
+/* The counters: a copy taken under the lock (the atomics read as they stand). */
+void lunet_cpu_stats(lunet_backend *be, lunet_backend_stats *out) {
+  pthread_mutex_lock(&be->mem_mu);
+  *out = be->stats;
+  pthread_mutex_unlock(&be->mem_mu);
 }
 
 int lunet_cpu_synchronize(lunet_backend *be) {

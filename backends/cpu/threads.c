@@ -158,6 +158,7 @@ int lunet_cpu_chunks(lunet_backend *be, int64_t n, int64_t grain) {
 void lunet_cpu_parallel(lunet_backend *be, int64_t n, int64_t grain, lunet_cpu_task fn, void *arg) {
   lunet_cpu_pool *p = &be->pool;
   if (n <= 0) return;
+  LUNET_CPU_COUNT(be, dispatches, 1); /* the CPU's dispatch: one parallel region */
   int chunks = lunet_cpu_chunks(be, n, grain);
   if (chunks <= 1) {
     fn(arg, 0, n, 0);

@@ -70,6 +70,7 @@ static int make_pipeline(lunet_backend *be, lunet_vk_shader sh, int mode) {
                 .pSpecializationInfo = &si},
       .layout = be->layout};
   r = vkCreateComputePipelines(be->dev, VK_NULL_HANDLE, 1, &ci, NULL, &be->pipes[sh][mode]);
+  if (!r) be->stats.pipelines++;
   if (r == VK_ERROR_DEVICE_LOST) return lunet_vk_check(be, r, "vkCreateComputePipelines");
   if (r)
     return lunet_vk_error(LUNET_ERR_DEVICE,
@@ -128,12 +129,14 @@ int lunet_vk_dispatch(lunet_backend *be, lunet_vk_shader sh, int mode, lunet_cbu
   if (r) return lunet_vk_check(be, r, "vkAllocateDescriptorSets");
   for (int i = 0; i < LUNET_VK_BINDINGS; i++) w[i].dstSet = set;
   vkUpdateDescriptorSets(be->dev, LUNET_VK_BINDINGS, w, 0, NULL);
+  be->stats.descriptor_writes += LUNET_VK_BINDINGS;
   uint8_t push[LUNET_VK_PUSH_BYTES] = {0};
   memcpy(push, pc, pc_bytes < sizeof push ? pc_bytes : sizeof push);
   vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->pipes[sh][mode]);
   vkCmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->layout, 0, 1, &set, 0, NULL);
   vkCmdPushConstants(cmd, be->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
   vkCmdDispatch(cmd, gx, gy, gz);
+  be->stats.dispatches++;
   lunet_vk_barrier(be, cmd);
   return 0;
 }

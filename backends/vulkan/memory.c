@@ -71,6 +71,7 @@ int lunet_vk_raw_buffer(lunet_backend *be, lunet_vk_buffer *b, size_t size, uint
                              .allocationSize = req.size,
                              .memoryTypeIndex = mem_type};
   r = vkAllocateMemory(be->dev, &ai, NULL, &b->mem);
+  if (!r) be->stats.allocations++;
   if (r == VK_SUCCESS) r = vkBindBufferMemory(be->dev, b->buf, b->mem, 0);
   if (r == VK_SUCCESS &&
       (be->memprops.memoryTypes[mem_type].propertyFlags & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT))
@@ -155,7 +156,7 @@ void lunet_vk_frames_free(lunet_backend *be) {
 }
 
 void lunet_vk_barrier(lunet_backend *be, VkCommandBuffer cmd) {
-  (void)be;
+  be->stats.barriers++;
   VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
                         .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT |
                                          VK_ACCESS_HOST_WRITE_BIT,
@@ -175,6 +176,9 @@ void lunet_vk_barrier(lunet_backend *be, VkCommandBuffer cmd) {
 /* Waits for frame f's batch and makes it recordable again. */
 static int frame_wait(lunet_backend *be, lunet_vk_frame *f) {
   if (f->state != FRAME_SUBMITTED) return 0;
+  be->stats.waits++;
+  if (be->wait_cause == 1) be->stats.waits_read++;
+  if (be->wait_cause == 2) be->stats.waits_sync++;
   VkResult r = vkWaitForFences(be->dev, 1, &f->fence, VK_TRUE, WAIT_NS);
   if (r == VK_TIMEOUT)
     return lunet_vk_error(LUNET_ERR_DEVICE,
@@ -200,6 +204,7 @@ static int frame_submit(lunet_backend *be, lunet_vk_frame *f) {
       .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &f->cmd};
   r = ++be->submits == be->fault_submit ? be->fault_result : vkQueueSubmit(be->queue, 1, &si, f->fence);
   f->state = r ? FRAME_IDLE : FRAME_SUBMITTED;
+  if (!r) be->stats.submits++;
   return r ? lunet_vk_check(be, r, "vkQueueSubmit") : 0;
 }
 
@@ -276,11 +281,18 @@ static int wait_all(lunet_backend *be) {
   return 0;
 }
 
-int lunet_vk_synchronize(lunet_backend *be) {
+/* Waits for everything recorded; `cause` labels the waits (stats). */
+static int synchronize_for(lunet_backend *be, int cause) {
   if (be->lost) return lunet_vk_error(LUNET_ERR_DEVICE, "the Vulkan device was lost");
+  be->wait_cause = cause;
   int rc = wait_all(be);
+  be->wait_cause = 0;
   return rc ? rc : check_flags(be);
 }
+
+int lunet_vk_synchronize(lunet_backend *be) { return synchronize_for(be, 2); }
+
+void lunet_vk_stats(lunet_backend *be, lunet_backend_stats *out) { *out = be->stats; }
 
 /* ---- the buffer pool ---- */
 
@@ -437,10 +449,12 @@ int lunet_vk_buffer_upload(lunet_backend *be, lunet_buf dst, size_t off, const v
     lunet_vk_barrier(be, cmd);
     done += n;
   }
+  if (!rc) be->stats.bytes_up += nbytes;
   return rc;
 }
 
-static void host_barrier(VkCommandBuffer cmd) {
+static void host_barrier(lunet_backend *be, VkCommandBuffer cmd) {
+  be->stats.barriers++;
   VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
                         .srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT,
                         .dstAccessMask = VK_ACCESS_HOST_READ_BIT};
@@ -453,7 +467,7 @@ int lunet_vk_buffer_download(lunet_backend *be, lunet_cbuf src, size_t off, void
   const lunet_vk_buffer *s = src;
   int rc = check_range((lunet_vk_buffer *)s, off, nbytes, "download");
   if (!rc && be->readback.size < nbytes && be->readback.size < STAGING_MAX) {
-    if ((rc = lunet_vk_synchronize(be))) return rc;
+    if ((rc = synchronize_for(be, 1))) return rc;
     size_t size = STAGING_MIN;
     while (size < nbytes && size < STAGING_MAX) size *= 2;
     lunet_vk_raw_free(be, &be->readback);
@@ -465,11 +479,12 @@ int lunet_vk_buffer_download(lunet_backend *be, lunet_cbuf src, size_t off, void
     VkCommandBuffer cmd = lunet_vk_cmd(be, 0);
     if (!cmd) return LUNET_ERR_DEVICE;
     record_copy(cmd, s->buf, off + done, be->readback.buf, 0, n);
-    host_barrier(cmd);
-    if ((rc = lunet_vk_synchronize(be))) return rc;
+    host_barrier(be, cmd);
+    if ((rc = synchronize_for(be, 1))) return rc;
     memcpy((char *)dst + done, be->readback.map, n);
     done += n;
   }
+  if (!rc) be->stats.bytes_down += nbytes;
   return rc;
 }
 
@@ -486,5 +501,6 @@ int lunet_vk_buffer_copy(lunet_backend *be, lunet_buf dst, size_t doff, lunet_cb
   if (!cmd) return LUNET_ERR_DEVICE;
   record_copy(cmd, s->buf, soff, d->buf, doff, nbytes);
   lunet_vk_barrier(be, cmd);
+  be->stats.bytes_copied += nbytes;
   return 0;
 }

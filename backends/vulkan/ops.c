@@ -141,6 +141,7 @@ static int vk_gather_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, const in
   if (cmd) {
     vkCmdCopyBuffer(cmd, src->buf, dst->buf, nr, r);
     lunet_vk_barrier(be, cmd);
+    be->stats.bytes_copied += (uint64_t)n * row_bytes;
   }
   free(r);
   return cmd ? 0 : LUNET_ERR_DEVICE;
@@ -282,6 +283,8 @@ static int vk_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, in
                 .sc = (int32_t)sc,
                 .alpha = alpha,
                 .beta = beta};
+  lunet_backend_log_gemm(&be->stats, "gemm", m * batch, n, k,
+                         (int64_t)tiles(be, n) * tiles(be, m) * min_u32((size_t)batch, 65535));
   return lunet_vk_dispatch(be, VK_SH_GEMM, 0, (lunet_cbuf[]){c, a, b}, 3, &pc, sizeof pc,
                            tiles(be, n), tiles(be, m), min_u32((size_t)batch, 65535));
 }
@@ -326,6 +329,7 @@ static int vk_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w,
   int64_t m = d->n * d->oh * d->ow;
   gemm_pc pc = conv_pc(d, m, d->f, d->kh * d->kw * d->c);
   pc.has_bias = bias != NULL;
+  lunet_backend_log_gemm(&be->stats, "conv2d", m, d->f, d->kh * d->kw * d->c, (int64_t)tiles(be, d->f) * tiles(be, m));
   return lunet_vk_dispatch(be, VK_SH_GEMM, 1, (lunet_cbuf[]){y, x, w, bias}, 4, &pc, sizeof pc,
                            tiles(be, d->f), tiles(be, m), 1);
 }
@@ -337,6 +341,8 @@ static int vk_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf d
   if (rc || d->n == 0) return rc;
   int64_t m = d->n * d->h * d->w;
   gemm_pc pc = conv_pc(d, m, d->c, d->kh * d->kw * d->f);
+  lunet_backend_log_gemm(&be->stats, "conv2d_backward_data", m, d->c, d->kh * d->kw * d->f,
+                         (int64_t)tiles(be, d->c) * tiles(be, m));
   return lunet_vk_dispatch(be, VK_SH_GEMM, 2, (lunet_cbuf[]){dx, dy, w}, 3, &pc, sizeof pc,
                            tiles(be, d->c), tiles(be, m), 1);
 }
@@ -348,6 +354,7 @@ static int vk_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf 
   if (rc) return rc;
   int64_t m = d->kh * d->kw * d->c, rows = d->n * d->oh * d->ow;
   gemm_pc pc = conv_pc(d, m, d->f, rows);
+  lunet_backend_log_gemm(&be->stats, "conv2d_backward_filter", m, d->f, rows, (int64_t)tiles(be, d->f) * tiles(be, m));
   rc = lunet_vk_dispatch(be, VK_SH_GEMM, 3, (lunet_cbuf[]){dw, x, dy}, 3, &pc, sizeof pc,
                          tiles(be, d->f), tiles(be, m), 1);
   if (rc || !db) return rc;
@@ -759,6 +766,7 @@ const lunet_backend_i lunet_vk_vtable = {
     .buffer_download = lunet_vk_buffer_download,
     .buffer_copy = lunet_vk_buffer_copy,
     .synchronize = lunet_vk_synchronize,
+    .stats = lunet_vk_stats,
     .fill = vk_fill,
     .cast = vk_cast,
     .strided_copy = vk_strided_copy,

@@ -189,7 +189,11 @@ struct lunet_backend {
    * VK_ERROR_OUT_OF_DEVICE_MEMORY, since lavapipe never does. */
   long fault_submit, submits;
   VkResult fault_result;
+  lunet_backend_stats stats; /* nn.backend_stats (one thread at a time uses a backend) */
+  int wait_cause;            /* what a wait is for: 0 other (a full frame ring), 1 a read, 2 synchronize */
 };
+
+void lunet_vk_stats(lunet_backend *be, lunet_backend_stats *out);
 
 /* ---- errors (thread-local message) ---- */
 int lunet_vk_error(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -106,7 +106,9 @@ static void register_backend(const lunet_backend_desc *d, const char *path, void
   /* the name is read only after the version check: its place may differ */
   if (d->abi_major != LUNET_BACKEND_ABI_MAJOR || d->abi_minor > LUNET_BACKEND_ABI_MINOR ||
       d->struct_size < sizeof *d ||
-      d->iface_size < (d->abi_minor >= 1 ? sizeof(lunet_backend_i) : LUNET_BACKEND_I_SIZE_2_0)) {
+      d->iface_size < (d->abi_minor >= 2   ? sizeof(lunet_backend_i)
+                       : d->abi_minor == 1 ? LUNET_BACKEND_I_SIZE_2_1
+                                           : LUNET_BACKEND_I_SIZE_2_0)) {
     char base[64];
     snprintf(base, sizeof base, "%s", strrchr(path, '/') ? strrchr(path, '/') + 1 : path);
     base[strcspn(base, ".")] = '\0';
@@ -274,6 +276,17 @@ int lunet_backends(lunet_ctx *ctx, lunet_backend_info *out, int max) {
   int n = reg.nbackends;
   pthread_mutex_unlock(&reg.lock);
   return n;
+}
+
+lunet_status lunet_get_backend_stats(lunet_ctx *ctx, const char *name, lunet_backend_stats *out) {
+  lunet_be *be = lunet_registry_backend(ctx, name);
+  if (!be) return ctx->status;
+  memset(out, 0, sizeof *out);
+  if (be->desc->abi_minor < 2 || !be->i->stats)
+    return lunet_error(ctx, LUNET_ERR_UNSUPPORTED, "backend '%s' (ABI %u.%u) keeps no counters (ABI 2.2 added them)",
+                       be->name, be->desc->abi_major, be->desc->abi_minor);
+  be->i->stats(be->state, out);
+  return LUNET_OK;
 }
 
 lunet_status lunet_set_threads(lunet_ctx *ctx, int n) {

@@ -141,6 +141,7 @@ nn.tools = require "lunet.tools"
 nn.explain = require "lunet.explain"
 nn.export = require "lunet.export"
 nn.profile = require("lunet.profile").profile
+nn.backend_stats = C.backend_stats
 nn.plot.report = require("lunet.report").write
 nn.callbacks.LivePlot = nn.plot.LivePlot
 

@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 #define LUNET_BACKEND_ABI_MAJOR 2
-#define LUNET_BACKEND_ABI_MINOR 1
+#define LUNET_BACKEND_ABI_MINOR 2
 
 /* caps: a buffer handle is the host address of its data, readable and
  * writable directly (the CPU backend). */
@@ -67,6 +67,34 @@ typedef struct lunet_strided_desc {
   int64_t y_strides[LUNET_MAX_DIMS];
   int64_t x_offset, y_offset;
 } lunet_strided_desc;
+
+/* Counters of a backend's work since it started (nn.backend_stats).  The
+ * product dispatches (matrix products and convolutions) are also listed,
+ * the most recent LUNET_BACKEND_GEMM_LOG of them, oldest first. */
+#define LUNET_BACKEND_GEMM_LOG 256
+typedef struct lunet_backend_gemm {
+  const char *op; /* "gemm", "conv2d", "conv2d_backward_data", "conv2d_backward_filter" */
+  int64_t m, n, k; /* the product's shape: (m, k) x (k, n) */
+  int64_t workgroups; /* dispatched (a device) or chunks run (the CPU) */
+  double flops;
+} lunet_backend_gemm;
+typedef struct lunet_backend_stats {
+  uint64_t dispatches, barriers, submits, descriptor_writes, pipelines, allocations;
+  uint64_t waits, waits_read, waits_sync; /* all waits on the device; those for a read, those for synchronize */
+  uint64_t bytes_up, bytes_down, bytes_copied;
+  uint64_t gemm_total;                   /* product dispatches ever */
+  int ngemm;                             /* entries in gemm (<= LUNET_BACKEND_GEMM_LOG) */
+  lunet_backend_gemm gemm[LUNET_BACKEND_GEMM_LOG];
+} lunet_backend_stats;
+
+/* Adds a product to a stats log (a ring of the most recent ones). */
+static inline void lunet_backend_log_gemm(lunet_backend_stats *s, const char *op, int64_t m, int64_t n, int64_t k,
+                                          int64_t workgroups) {
+  lunet_backend_gemm *g = &s->gemm[s->gemm_total % LUNET_BACKEND_GEMM_LOG];
+  *g = (lunet_backend_gemm){op, m, n, k, workgroups, 2.0 * (double)m * (double)n * (double)k};
+  s->gemm_total++;
+  if (s->ngemm < LUNET_BACKEND_GEMM_LOG) s->ngemm++;
+}
 
 typedef struct lunet_backend_i {
   /* ---- required ---- */
@@ -220,10 +248,17 @@ typedef struct lunet_backend_i {
   int (*layernorm_backward)(lunet_backend *be, lunet_buf dx, lunet_buf dgamma, lunet_buf dbeta, lunet_cbuf dy,
                             lunet_cbuf x, lunet_cbuf gamma, lunet_cbuf mean, lunet_cbuf rstd, size_t rows,
                             size_t cols);
+
+  /* ---- ABI 2.2 (read only from a backend of minor >= 2) ---- */
+
+  /* The backend's counters since it started (lunet_backend_stats; a
+   * backend fills what applies to it and leaves the rest 0). */
+  void (*stats)(lunet_backend *be, lunet_backend_stats *out);
 } lunet_backend_i;
 
-/* The size of lunet_backend_i in ABI 2.0 (what a 2.0 backend provides). */
+/* The size of lunet_backend_i in ABI 2.0 and 2.1 (what such a backend provides). */
 #define LUNET_BACKEND_I_SIZE_2_0 offsetof(lunet_backend_i, scatter_add_rows)
+#define LUNET_BACKEND_I_SIZE_2_1 offsetof(lunet_backend_i, stats)
 
 typedef struct lunet_backend_desc {
   uint32_t abi_major, abi_minor;

@@ -138,6 +138,12 @@ LUNET_API int lunet_get_threads(lunet_ctx *ctx);
 /* Operations run on the CPU because the tensor's backend lacks them. */
 LUNET_API uint64_t lunet_fallback_count(lunet_ctx *ctx);
 
+/* The counters of backend `name` since it started (dispatches, barriers,
+ * submits, waits, bytes moved, the recent products...): see
+ * lunet/backend.h's lunet_backend_stats. */
+struct lunet_backend_stats;
+LUNET_API lunet_status lunet_get_backend_stats(lunet_ctx *ctx, const char *name, struct lunet_backend_stats *out);
+
 /* ---- profiling ---- */
 
 /* One recorded event: an op (a backend call; kind "op", named after the
