@@ -16,6 +16,7 @@ static const lunet_backend_desc vk_desc = {
     .init = lunet_vk_init,
     .shutdown = lunet_vk_shutdown,
     .iface = &lunet_vk_vtable,
+    .caps = LUNET_BACKEND_DOWNLOAD_WAITS, /* lunet_vk_buffer_download waits for what came before */
 };
 
 __attribute__((visibility("default"))) const lunet_backend_desc *lunet_backend_entry(void) {

@@ -246,11 +246,15 @@ static lunet_status check_size(lunet_ctx *ctx, const lunet_tensor *t, size_t nby
   return LUNET_OK;
 }
 
+/* Whether the backend's download waits for earlier work by itself. */
+static bool download_waits(const lunet_be *be) { return be->desc && (be->desc->caps & LUNET_BACKEND_DOWNLOAD_WAITS); }
+
 lunet_status lunet_tensor_read(lunet_ctx *ctx, const lunet_tensor *t, void *dst, size_t nbytes) {
   if (check_size(ctx, t, nbytes)) return ctx->status;
   lunet_be *be = t->buf->be;
-  int rc = PROFILED(ctx, be, "synchronize", 0, be->i->synchronize(be->state));
+  int rc = download_waits(be) ? 0 : PROFILED(ctx, be, "synchronize", 0, be->i->synchronize(be->state));
   if (!rc && nbytes) rc = PROFILED(ctx, be, "buffer_download", 0, be->i->buffer_download(be->state, t->buf->handle, 0, dst, nbytes));
+  else if (!rc && download_waits(be)) rc = PROFILED(ctx, be, "synchronize", 0, be->i->synchronize(be->state));
   return lunet_be_check(ctx, be, rc, "download");
 }
 
@@ -272,7 +276,7 @@ lunet_status lunet_tensor_item(lunet_ctx *ctx, const lunet_tensor *t, int64_t i,
     int32_t i;
     uint8_t u;
   } v;
-  int rc = PROFILED(ctx, be, "synchronize", 0, be->i->synchronize(be->state));
+  int rc = download_waits(be) ? 0 : PROFILED(ctx, be, "synchronize", 0, be->i->synchronize(be->state));
   if (!rc) rc = PROFILED(ctx, be, "buffer_download", 0, be->i->buffer_download(be->state, t->buf->handle, (size_t)i * es, &v, es));
   if (lunet_be_check(ctx, be, rc, "download")) return ctx->status;
   *out = t->dtype == LUNET_F32 ? v.f : t->dtype == LUNET_I32 ? v.i : v.u;

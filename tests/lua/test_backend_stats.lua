@@ -71,6 +71,8 @@ function T.vulkan_counts()
   m:train_on_batch(x, y) -- pipelines made
   local d2 = delta("vulkan", function() m:train_on_batch(x, y) end)
   check.eq(d2.pipelines, 0, "no pipeline made twice")
+  check.eq(d2.waits, 1, "one wait on the device per training step (the loss's read)")
+  check.eq(d2.waits_read, 1, "and it is the read")
   check.eq(d2.dispatches > 0 and d2.submits >= 1, true, "a step dispatches and submits")
   check.eq(d2.barriers >= d2.dispatches, true, "a barrier after each dispatch (for now)")
   check.eq(d2.descriptor_writes % d2.dispatches, 0, "the same descriptor writes per dispatch")

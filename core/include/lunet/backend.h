@@ -20,7 +20,8 @@
  * lunet_status, with a message readable through iface.last_error().  An
  * optional member left NULL means "not supported": the core reports it as
  * an error naming op and backend.  Ops may run asynchronously; the core calls
- * synchronize() before reading results on the host.
+ * synchronize() before reading results on the host (unless the backend's
+ * download waits by itself: LUNET_BACKEND_DOWNLOAD_WAITS).
  */
 #ifndef LUNET_BACKEND_H
 #define LUNET_BACKEND_H
@@ -40,6 +41,11 @@ extern "C" {
 /* caps: a buffer handle is the host address of its data, readable and
  * writable directly (the CPU backend). */
 #define LUNET_BACKEND_HOST_VISIBLE 1u
+/* caps: buffer_download() itself waits for the work recorded before it
+ * (and reports the kernels' errors as synchronize() does), so the core
+ * reads without a synchronize() first: one wait on the device per read,
+ * not two (Vulkan). */
+#define LUNET_BACKEND_DOWNLOAD_WAITS 2u
 #define LUNET_BACKEND_ENTRY lunet_backend_entry
 #define LUNET_BACKEND_ENTRY_NAME "lunet_backend_entry"
 
