@@ -8,6 +8,10 @@
 //        + bias.
 // MODE 2 backward data: dx (N*H*W, C) = dy taps (N*H*W, KH*KW*F) w^T.
 // MODE 3 backward filter: dw (KH*KW*C, F) = x patches^T (KH*KW*C, N*OH*OW) dy.
+// Split-K (MODE 3, and MODE 0 with one batch entry, alpha 1, beta 0): with
+// splits > 1 (a small C over a long K would keep most of the device idle),
+// workgroup z = s sums its own slice of K into cv[s][M][N]; a reduction
+// then adds the slices.
 // x (N,H,W,C), w (KH,KW,C,F), y and dy (N,OH,OW,F).
 layout(local_size_x_id = 0, local_size_y_id = 1) in;
 layout(constant_id = 2) const int MODE = 0;
@@ -22,6 +26,7 @@ layout(push_constant, std430) uniform PC {
   float alpha, beta;
   int n, h, w, c, f, kh, kw, sh, sw, pt, pl, oh, ow;
   uint has_bias;
+  uint splits; // slices of K (1: none)
 } pc;
 
 shared float As[TILE][TILE + 1];
@@ -53,8 +58,8 @@ float dy_tap(uint pix, uint k) {
   return av[((n * pc.oh + oy) * pc.ow + ox) * pc.f + fi];
 }
 
-float load_a(uint bi, uint r, uint k) {
-  if (r >= pc.M || k >= pc.K) return 0.0;
+float load_a(uint bi, uint r, uint k, uint kend) {
+  if (r >= pc.M || k >= kend) return 0.0;
   if (MODE == 1) return patch_at(r, k);
   if (MODE == 2) return dy_tap(r, k);
   if (MODE == 3) return patch_at(k, r);
@@ -62,8 +67,8 @@ float load_a(uint bi, uint r, uint k) {
   return pc.ta != 0u ? av[base + int(k * pc.M + r)] : av[base + int(r * pc.K + k)];
 }
 
-float load_b(uint bi, uint k, uint col) {
-  if (k >= pc.K || col >= pc.N) return 0.0;
+float load_b(uint bi, uint k, uint col, uint kend) {
+  if (k >= kend || col >= pc.N) return 0.0;
   if (MODE == 2) {
     // w (KH, KW, C, F) read as (KH*KW*F, C): k = (ky, kx, f), col = ch.
     uint fi = k % uint(pc.f), tap = k / uint(pc.f);
@@ -78,8 +83,8 @@ void store(uint bi, uint r, uint col, float acc) {
   if (r >= pc.M || col >= pc.N) return;
   if (MODE == 1) {
     cv[r * pc.N + col] = acc + (pc.has_bias != 0u ? bias[col] : 0.0);
-  } else if (MODE != 0) {
-    cv[r * pc.N + col] = acc;
+  } else if (MODE != 0 || pc.splits > 1u) {
+    cv[(bi * pc.M + r) * pc.N + col] = acc; // bi: the K slice (split), else 0
   } else {
     uint i = uint(int(bi) * pc.sc) + r * pc.N + col;
     cv[i] = pc.alpha * acc + (pc.beta == 0.0 ? 0.0 : pc.beta * cv[i]);
@@ -88,16 +93,22 @@ void store(uint bi, uint r, uint col, float acc) {
 
 void main() {
   uint lx = gl_LocalInvocationID.x, ly = gl_LocalInvocationID.y;
-  uint batch = MODE == 0 ? pc.batch : 1u;
+  uint splits = MODE == 0 || MODE == 3 ? max(pc.splits, 1u) : 1u;
+  uint batch = MODE == 0 && splits == 1u ? pc.batch : splits;
+  // each slice of K a whole number of tiles
+  uint kslice = ((pc.K + splits - 1u) / splits + TILE - 1u) / TILE * TILE;
   for (uint bi = gl_WorkGroupID.z; bi < batch; bi += gl_NumWorkGroups.z)
     for (uint by = gl_WorkGroupID.y; by * TILE < pc.M; by += gl_NumWorkGroups.y)
       for (uint bx = gl_WorkGroupID.x; bx * TILE < pc.N; bx += gl_NumWorkGroups.x) {
         uint row = by * TILE + ly, col = bx * TILE + lx;
+        uint kbegin = splits > 1u ? bi * kslice : 0u;
+        uint kend = splits > 1u ? min(pc.K, kbegin + kslice) : pc.K;
+        uint entry = splits > 1u ? 0u : bi; // the batch entry A and B are read from
         float acc = 0.0;
-        for (uint k0 = 0u; k0 < pc.K; k0 += TILE) {
+        for (uint k0 = kbegin; k0 < kend; k0 += TILE) {
           // As[row][k] and Bs[k][col] for this slice of K.
-          As[ly][lx] = load_a(bi, row, k0 + lx);
-          Bs[ly][lx] = load_b(bi, k0 + ly, col);
+          As[ly][lx] = load_a(entry, row, k0 + lx, kend);
+          Bs[ly][lx] = load_b(entry, k0 + ly, col, kend);
           barrier();
           for (uint k = 0u; k < TILE; k++) acc += As[ly][k] * Bs[k][lx];
           barrier();

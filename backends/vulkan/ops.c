@@ -246,17 +246,51 @@ static int vk_argmax(lunet_backend *be, lunet_buf y, lunet_cbuf x, size_t rows, 
 
 /* ---- GEMM and convolution (gemm.comp) ---- */
 
+/* Split-K (split_k below): the workgroups to reach (a device runs a few
+ * hundred at once: 132 SMs x 2 on an H200, fewer elsewhere) and the least
+ * K a slice sums. */
+#define SPLIT_TARGET 256
+#define SPLIT_MIN_K 256
+
 typedef struct gemm_pc {
   uint32_t m, n, k, ta, tb, batch;
   int32_t sa, sb, sc;
   float alpha, beta;
   int32_t cn, h, w, c, f, kh, kw, sh, sw, pt, pl, oh, ow;
   uint32_t has_bias;
+  uint32_t splits; /* MODE 3: slices of K summed apart (split-K) */
 } gemm_pc;
 
 static uint32_t tiles(lunet_backend *be, int64_t n) {
   int64_t t = (n + be->tile - 1) / be->tile;
   return (uint32_t)(t < 1 ? 1 : t > 65535 ? 65535 : t);
+}
+
+/* Split-K: a product whose output makes fewer than SPLIT_TARGET
+ * workgroups but whose K is long would have each workgroup walk all of K
+ * while the device idles.  The slices of K to reach the target, each at
+ * least SPLIT_MIN_K long, at most 64 (the reduction adds each output's
+ * slices in one invocation); 1 when it does not pay. */
+static int64_t split_k(int64_t workgroups, int64_t k) {
+  if (workgroups >= SPLIT_TARGET || k < 2 * SPLIT_MIN_K) return 1;
+  int64_t s = (SPLIT_TARGET + workgroups - 1) / workgroups;
+  if (s > k / SPLIT_MIN_K) s = k / SPLIT_MIN_K;
+  return s > 64 ? 64 : s;
+}
+
+/* The product of pc (MODE 0 or 3) in `splits` slices of K, each into its
+ * own (M, N) part of a workspace, then summed into c by one reduction. */
+static int split_dispatch(lunet_backend *be, int mode, gemm_pc *pc, int64_t splits, lunet_buf c, lunet_cbuf a,
+                          lunet_cbuf b, const char *op, int64_t m, int64_t n, int64_t k, int64_t workgroups) {
+  lunet_buf ws = lunet_vk_buffer_alloc(be, (size_t)(splits * m * n) * sizeof(float));
+  if (!ws) return LUNET_ERR_NOMEM;
+  pc->splits = (uint32_t)splits;
+  lunet_backend_log_gemm(&be->stats, op, m, n, k, workgroups * splits);
+  int rc = lunet_vk_dispatch(be, VK_SH_GEMM, mode, (lunet_cbuf[]){ws, a, b}, 3, pc, sizeof *pc, tiles(be, n),
+                             tiles(be, m), (uint32_t)splits);
+  if (!rc) rc = reduce_dispatch(be, LUNET_REDUCE_SUM, c, ws, 1, (size_t)splits, (size_t)(m * n), false);
+  lunet_vk_buffer_free(be, ws);
+  return rc;
 }
 
 static int vk_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
@@ -283,8 +317,10 @@ static int vk_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, in
                 .sc = (int32_t)sc,
                 .alpha = alpha,
                 .beta = beta};
-  lunet_backend_log_gemm(&be->stats, "gemm", m * batch, n, k,
-                         (int64_t)tiles(be, n) * tiles(be, m) * min_u32((size_t)batch, 65535));
+  int64_t wg = (int64_t)tiles(be, n) * tiles(be, m), splits = 1;
+  if (batch == 1 && alpha == 1.0f && beta == 0.0f) splits = split_k(wg, k);
+  if (splits > 1) return split_dispatch(be, 0, &pc, splits, c, a, b, "gemm", m, n, k, wg);
+  lunet_backend_log_gemm(&be->stats, "gemm", m * batch, n, k, wg * min_u32((size_t)batch, 65535));
   return lunet_vk_dispatch(be, VK_SH_GEMM, 0, (lunet_cbuf[]){c, a, b}, 3, &pc, sizeof pc,
                            tiles(be, n), tiles(be, m), min_u32((size_t)batch, 65535));
 }
@@ -354,9 +390,15 @@ static int vk_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf 
   if (rc) return rc;
   int64_t m = d->kh * d->kw * d->c, rows = d->n * d->oh * d->ow;
   gemm_pc pc = conv_pc(d, m, d->f, rows);
-  lunet_backend_log_gemm(&be->stats, "conv2d_backward_filter", m, d->f, rows, (int64_t)tiles(be, d->f) * tiles(be, m));
-  rc = lunet_vk_dispatch(be, VK_SH_GEMM, 3, (lunet_cbuf[]){dw, x, dy}, 3, &pc, sizeof pc,
-                         tiles(be, d->f), tiles(be, m), 1);
+  /* dw is small (KH*KW*C x F) and K = N*OH*OW long: split-K */
+  int64_t wg = (int64_t)tiles(be, d->f) * tiles(be, m), splits = split_k(wg, rows);
+  if (splits > 1) {
+    rc = split_dispatch(be, 3, &pc, splits, dw, x, dy, "conv2d_backward_filter", m, d->f, rows, wg);
+  } else {
+    lunet_backend_log_gemm(&be->stats, "conv2d_backward_filter", m, d->f, rows, wg);
+    rc = lunet_vk_dispatch(be, VK_SH_GEMM, 3, (lunet_cbuf[]){dw, x, dy}, 3, &pc, sizeof pc,
+                           tiles(be, d->f), tiles(be, m), 1);
+  }
   if (rc || !db) return rc;
   return reduce_dispatch(be, LUNET_REDUCE_SUM, db, dy, 1, (size_t)rows, (size_t)d->f, false);
 }

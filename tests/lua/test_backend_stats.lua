@@ -83,6 +83,19 @@ function T.vulkan_counts()
   check.same_table({seen.conv2d_backward_filter.m, seen.conv2d_backward_filter.n, seen.conv2d_backward_filter.k},
     {18, 6, 4 * 5 * 7}, nil, "the filter gradient's product")
   check.eq(seen.conv2d.workgroups > 0, true, "workgroups")
+  -- split-K: this filter gradient's K (4*5*7 = 140 rows) is too short to
+  -- split; one over 16*30*30 = 14,400 rows is cut into slices
+  check.eq(seen.conv2d_backward_filter.workgroups < 10, true, "a short K is not split")
+  nn.seed(5)
+  local big = nn.Sequential{nn.Conv2D{8, 3, input_shape = {32, 32, 3}}, nn.Flatten(), nn.Dense{2}}
+  big:compile{optimizer = "sgd", loss = "mse"}
+  big:build()
+  big:to("vulkan")
+  local d3 = delta("vulkan", function() big:train_on_batch(nn.randn(16, 32, 32, 3):to("vulkan"), nn.randn(16, 2):to("vulkan")) end)
+  for _, e in ipairs(d3.gemm) do seen[e.op] = e end
+  check.eq(seen.conv2d_backward_filter.k, 14400, "the long K")
+  check.eq(seen.conv2d_backward_filter.workgroups > 50, true,
+    string.format("a long K split over more workgroups (%d)", seen.conv2d_backward_filter.workgroups))
 end
 
 function T.errors()

@@ -425,16 +425,16 @@ START_TEST(test_argmax) {
 END_TEST
 
 static void gemm_case(bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t batch,
-                      bool share_b, float beta) {
+                      bool share_b, float beta, float alpha) {
   int64_t sa = m * k, sb = share_b ? 0 : k * n, sc = m * n;
   size_t na = (size_t)(sa * batch), nb = (size_t)(share_b ? k * n : sb * batch),
          nc = (size_t)(sc * batch);
   float *a = rnd(na, -1, 1), *b = rnd(nb, -1, 1), *c = rnd(nc, -1, 1);
   float *want = malloc(nc * 4);
   memcpy(want, c, nc * 4);
-  C->gemm(cbe, ta, tb, m, n, k, 1.5f, a, sa, b, sb, beta, want, sc, batch);
+  C->gemm(cbe, ta, tb, m, n, k, alpha, a, sa, b, sb, beta, want, sc, batch);
   lunet_buf va = vup(a, na * 4), vb = vup(b, nb * 4), vc = vup(c, nc * 4);
-  vok(V->gemm(vbe, ta, tb, m, n, k, 1.5f, va, sa, vb, sb, beta, vc, sc, batch), "gemm");
+  vok(V->gemm(vbe, ta, tb, m, n, k, alpha, va, sa, vb, sb, beta, vc, sc, batch), "gemm");
   char what[96];
   snprintf(what, sizeof what, "gemm ta=%d tb=%d m=%lld n=%lld k=%lld batch=%lld beta=%g",
            ta, tb, (long long)m, (long long)n, (long long)k, (long long)batch, (double)beta);
@@ -448,9 +448,13 @@ START_TEST(test_gemm) {
                                       {16, 16, 16}, {1, 257, 17}};
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
     for (int t = 0; t < 4; t++) {
-      gemm_case(t & 1, t & 2, shapes[s][0], shapes[s][1], shapes[s][2], 1, false, 0.0f);
-      gemm_case(t & 1, t & 2, shapes[s][0], shapes[s][1], shapes[s][2], 3, t == 1, 0.5f);
+      gemm_case(t & 1, t & 2, shapes[s][0], shapes[s][1], shapes[s][2], 1, false, 0.0f, 1.5f);
+      gemm_case(t & 1, t & 2, shapes[s][0], shapes[s][1], shapes[s][2], 3, t == 1, 0.5f, 1.5f);
     }
+  /* long K, few output tiles, alpha 1, beta 0: split-K (11, 4 and 2 slices) */
+  static const int64_t split[][3] = {{20, 24, 3000}, {33, 17, 1100}, {5, 300, 700}};
+  for (size_t s = 0; s < sizeof split / sizeof split[0]; s++)
+    for (int t = 0; t < 4; t++) gemm_case(t & 1, t & 2, split[s][0], split[s][1], split[s][2], 1, false, 0.0f, 1.0f);
 }
 END_TEST
 
@@ -473,14 +477,19 @@ static lunet_conv2d_desc conv_geom(int64_t n, int64_t h, int64_t w, int64_t c, i
 }
 
 static const lunet_conv2d_desc *conv_cases(size_t *count) {
-  static lunet_conv2d_desc cs[6];
+  static lunet_conv2d_desc cs[9];
   cs[0] = conv_geom(2, 5, 7, 3, 4, 3, 3, 1, 1, true);
   cs[1] = conv_geom(2, 8, 9, 3, 5, 3, 3, 2, 2, false);
   cs[2] = conv_geom(1, 1, 1, 1, 1, 1, 1, 1, 1, false);
   cs[3] = conv_geom(3, 9, 8, 5, 17, 3, 2, 2, 1, true);
   cs[4] = conv_geom(2, 12, 12, 16, 33, 5, 5, 1, 1, true);
   cs[5] = conv_geom(4, 7, 7, 1, 3, 2, 2, 2, 2, true);
-  *count = 6;
+  /* long K, few workgroups: the filter gradient's split-K (2, 3 and 16
+   * slices, the last one shorter) */
+  cs[6] = conv_geom(6, 25, 23, 2, 5, 3, 3, 1, 1, false);
+  cs[7] = conv_geom(8, 20, 20, 3, 8, 3, 3, 1, 1, true);
+  cs[8] = conv_geom(16, 32, 32, 3, 4, 3, 3, 1, 1, true);
+  *count = 9;
   return cs;
 }
 
