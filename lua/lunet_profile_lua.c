@@ -57,6 +57,7 @@ static int l_backend_stats(lua_State *L) {
                 {"descriptor_writes", st->descriptor_writes}, {"pipelines", st->pipelines},
                 {"allocations", st->allocations}, {"bytes_up", st->bytes_up},
                 {"bytes_down", st->bytes_down},   {"bytes_copied", st->bytes_copied},
+                {"pipeline_cache_bytes", st->pipeline_cache_bytes},
                 {"gemm_total", st->gemm_total}};
   for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
     lua_pushinteger(L, (lua_Integer)fields[i].v);

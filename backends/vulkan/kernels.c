@@ -9,9 +9,106 @@
  */
 #include <stdio.h>
 #include <string.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include "vk.h"
 
+/* ---- the pipeline cache, kept between runs ----
+ * Building the compute pipelines (the driver compiling SPIR-V to the
+ * device's code) is a run's first cost; the driver's cache of them is
+ * saved at shutdown to $LUNET_VULKAN_PIPELINE_CACHE, else
+ * $XDG_CACHE_HOME/lunet (or ~/.cache/lunet)/vulkan-<vendor>-<device>-<driver>.bin,
+ * written to a temporary name and renamed, and read at init.  A file made
+ * by another device or driver (its header says so) or damaged is ignored:
+ * the cache starts empty. */
+#define PCACHE_MAX ((size_t)64 << 20)
+
+static void pcache_path(lunet_backend *be) {
+  const char *set = getenv("LUNET_VULKAN_PIPELINE_CACHE"), *xdg = getenv("XDG_CACHE_HOME"),
+             *home = getenv("HOME");
+  if (set && *set) {
+    snprintf(be->pcache_path, sizeof be->pcache_path, "%s", set);
+    return;
+  }
+  char dir[900];
+  if (xdg && *xdg) snprintf(dir, sizeof dir, "%s/lunet", xdg);
+  else if (home && *home) snprintf(dir, sizeof dir, "%s/.cache/lunet", home);
+  else return; /* nowhere to keep it */
+  snprintf(be->pcache_path, sizeof be->pcache_path, "%s/vulkan-%04x-%04x-%08x.bin", dir, be->props.vendorID,
+           be->props.deviceID, be->props.driverVersion);
+}
+
+/* Whether data is a pipeline cache of this device (Vulkan's header, version one). */
+static bool pcache_ours(const lunet_backend *be, const uint8_t *data, size_t n) {
+  uint32_t h[4];
+  if (n < 32) return false;
+  memcpy(h, data, sizeof h);
+  return h[0] >= 32 && h[1] == VK_PIPELINE_CACHE_HEADER_VERSION_ONE && h[2] == be->props.vendorID &&
+         h[3] == be->props.deviceID && !memcmp(data + 16, be->props.pipelineCacheUUID, VK_UUID_SIZE);
+}
+
+static void pcache_open(lunet_backend *be) {
+  pcache_path(be);
+  uint8_t *data = NULL;
+  size_t n = 0;
+  FILE *f = be->pcache_path[0] ? fopen(be->pcache_path, "rb") : NULL;
+  if (f) {
+    if (fseek(f, 0, SEEK_END) == 0) {
+      long len = ftell(f);
+      if (len > 0 && (size_t)len <= PCACHE_MAX && fseek(f, 0, SEEK_SET) == 0 && (data = malloc((size_t)len)) &&
+          fread(data, 1, (size_t)len, f) == (size_t)len)
+        n = (size_t)len;
+    }
+    fclose(f);
+  }
+  be->pcache_loaded = n > 0 && pcache_ours(be, data, n);
+  if (be->pcache_loaded) be->stats.pipeline_cache_bytes = n;
+  VkPipelineCacheCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO,
+                                  .initialDataSize = be->pcache_loaded ? n : 0,
+                                  .pInitialData = be->pcache_loaded ? data : NULL};
+  if (vkCreatePipelineCache(be->dev, &ci, NULL, &be->pcache) != VK_SUCCESS) be->pcache = VK_NULL_HANDLE;
+  free(data);
+}
+
+/* Saves the cache when this run built pipelines (nothing new otherwise). */
+static void pcache_save(lunet_backend *be) {
+  if (!be->pcache || !be->pcache_path[0] || be->stats.pipelines == 0) return;
+  size_t n = 0;
+  if (vkGetPipelineCacheData(be->dev, be->pcache, &n, NULL) != VK_SUCCESS || n == 0 || n > PCACHE_MAX) return;
+  uint8_t *data = malloc(n);
+  if (!data || vkGetPipelineCacheData(be->dev, be->pcache, &n, data) != VK_SUCCESS) {
+    free(data);
+    return;
+  }
+  char dir[1024], tmp[1100];
+  snprintf(dir, sizeof dir, "%s", be->pcache_path);
+  char *slash = strrchr(dir, '/');
+  if (slash && slash != dir) {
+    *slash = '\0';
+    mkdir(dir, 0755); /* its parent (~/.cache) is the user's; an error shows at fopen */
+  }
+  snprintf(tmp, sizeof tmp, "%s.tmp.%ld", be->pcache_path, (long)getpid());
+  FILE *f = fopen(tmp, "wb");
+  bool ok = f && fwrite(data, 1, n, f) == n;
+  if (f && fclose(f) != 0) ok = false;
+  if (!ok || rename(tmp, be->pcache_path) != 0) remove(tmp); /* a cache: losing it costs time only */
+  free(data);
+}
+
+/* The backend whose cache is saved at exit (the core shuts a backend down
+ * only to change its device, so most runs end without a shutdown). */
+static lunet_backend *pcache_owner;
+
+static void pcache_at_exit(void) {
+  if (pcache_owner) pcache_save(pcache_owner);
+}
+
 int lunet_vk_kernels_init(lunet_backend *be) {
+  static bool registered;
+  pcache_open(be);
+  pcache_owner = be;
+  if (!registered) registered = atexit(pcache_at_exit) == 0;
   VkDescriptorSetLayoutBinding b[LUNET_VK_BINDINGS];
   for (uint32_t i = 0; i < LUNET_VK_BINDINGS; i++)
     b[i] = (VkDescriptorSetLayoutBinding){.binding = i,
@@ -35,6 +132,12 @@ int lunet_vk_kernels_init(lunet_backend *be) {
 }
 
 void lunet_vk_kernels_free(lunet_backend *be) {
+  if (be->pcache) {
+    pcache_save(be);
+    vkDestroyPipelineCache(be->dev, be->pcache, NULL);
+    be->pcache = VK_NULL_HANDLE;
+  }
+  if (pcache_owner == be) pcache_owner = NULL;
   for (int s = 0; s < VK_SH_COUNT; s++) {
     for (int m = 0; m < LUNET_VK_MAX_MODES; m++)
       if (be->pipes[s][m]) vkDestroyPipeline(be->dev, be->pipes[s][m], NULL);
@@ -69,7 +172,7 @@ static int make_pipeline(lunet_backend *be, lunet_vk_shader sh, int mode) {
                 .pName = "main",
                 .pSpecializationInfo = &si},
       .layout = be->layout};
-  r = vkCreateComputePipelines(be->dev, VK_NULL_HANDLE, 1, &ci, NULL, &be->pipes[sh][mode]);
+  r = vkCreateComputePipelines(be->dev, be->pcache, 1, &ci, NULL, &be->pipes[sh][mode]);
   if (!r) be->stats.pipelines++;
   if (r == VK_ERROR_DEVICE_LOST) return lunet_vk_check(be, r, "vkCreateComputePipelines");
   if (r)

@@ -64,6 +64,9 @@
   X(vkCreateShaderModule)                                                                          \
   X(vkDestroyShaderModule)                                                                         \
   X(vkCreateComputePipelines)                                                                      \
+  X(vkCreatePipelineCache)                                                                         \
+  X(vkDestroyPipelineCache)                                                                        \
+  X(vkGetPipelineCacheData)                                                                        \
   X(vkDestroyPipeline)                                                                             \
   X(vkCmdBindPipeline)                                                                             \
   X(vkCmdBindDescriptorSets)                                                                       \
@@ -173,6 +176,9 @@ struct lunet_backend {
   VkPipelineLayout layout;
   VkShaderModule modules[VK_SH_COUNT];
   VkPipeline pipes[VK_SH_COUNT][LUNET_VK_MAX_MODES];
+  VkPipelineCache pcache; /* kept between runs in pcache_path (kernels.c) */
+  char pcache_path[1024];
+  bool pcache_loaded;     /* the file's data was this device's and was used */
   uint32_t wg;              /* 1-D workgroup size */
   uint32_t tile;            /* GEMM tile edge */
   lunet_vk_buffer dummy;    /* bound to unused bindings */

@@ -88,6 +88,7 @@ typedef struct lunet_backend_stats {
   uint64_t dispatches, barriers, submits, descriptor_writes, pipelines, allocations;
   uint64_t waits, waits_read, waits_sync; /* all waits on the device; those for a read, those for synchronize */
   uint64_t bytes_up, bytes_down, bytes_copied;
+  uint64_t pipeline_cache_bytes;         /* a saved pipeline cache read at start (0: none, or not this device's) */
   uint64_t gemm_total;                   /* product dispatches ever */
   int ngemm;                             /* entries in gemm (<= LUNET_BACKEND_GEMM_LOG) */
   lunet_backend_gemm gemm[LUNET_BACKEND_GEMM_LOG];
