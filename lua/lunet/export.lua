@@ -413,17 +413,19 @@ emit.Rescaling = function(g, l, ins)
   return like(x, y)
 end
 
-function Graph:layer_norm(v, gamma, beta, eps)
+-- LayerNormalization over the last axis (width n); gamma and beta may be
+-- absent (scale = false, center = false).
+function Graph:layer_norm(v, gamma, beta, eps, n)
   v = self:cl(v)
-  local n = gamma and gamma:numel() or beta:numel()
-  local inputs = { v.name, gamma and self:tensor(gamma, "gamma") or self:floats(
-    (function() local o = {} for i = 1, n do o[i] = 1 end return o end)(), { n }, "gamma") }
+  local ones = {}
+  if not gamma then for i = 1, n do ones[i] = 1 end end
+  local inputs = { v.name, gamma and self:tensor(gamma, "gamma") or self:floats(ones, { n }, "gamma") }
   if beta then inputs[3] = self:tensor(beta, "beta") end
   return value(self:node("LayerNormalization", inputs, { axis = -1, epsilon = eps }), v.rank, false)
 end
 
 emit.LayerNormalization = function(g, l, ins, w)
-  return g:layer_norm(ins[1], w.gamma, w.beta, l.args.epsilon)
+  return g:layer_norm(ins[1], w.gamma, w.beta, l.args.epsilon, l.input_shape[#l.input_shape])
 end
 
 emit.Activation = function(g, l, ins) return g:activation(ins[1], l.args.activation) end
@@ -440,10 +442,9 @@ emit.ReLU = function(g, l, ins)
   return like(x, y)
 end
 
-emit.Softmax = function(g, l, ins)
+emit.Softmax = function(g, _, ins) -- lunet's Softmax takes the last axis only
   local x = g:cl(ins[1])
-  local a = l.args.axis
-  return like(x, g:node("Softmax", { x.name }, { axis = a < 0 and a or a }))
+  return like(x, g:node("Softmax", { x.name }, { axis = -1 }))
 end
 
 emit.PReLU = function(g, _, ins, w)
@@ -863,11 +864,11 @@ local function residual(g, l, x, w, norm, f)
   local eps = l.args.layer_norm_epsilon
   local gamma, beta = w[norm .. "_gamma"], w[norm .. "_beta"]
   if l.args.normalize_first then
-    local y = f(g:layer_norm(x, gamma, beta, eps))
+    local y = f(g:layer_norm(x, gamma, beta, eps, gamma:numel()))
     return value(g:node("Add", { g:cl(x).name, y.name }), 3, false)
   end
   local y = f(x)
-  return g:layer_norm(value(g:node("Add", { g:cl(x).name, y.name }), 3, false), gamma, beta, eps)
+  return g:layer_norm(value(g:node("Add", { g:cl(x).name, y.name }), 3, false), gamma, beta, eps, gamma:numel())
 end
 
 local function block_dims(l, d)

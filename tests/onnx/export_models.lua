@@ -183,7 +183,7 @@ case("transformer", function()
   dec = nn.TransformerDecoder{ intermediate_dim = 8, num_heads = 2, normalize_first = true }(dec)
   local out, scores = nn.MultiHeadAttention{ num_heads = 2, key_dim = 3, value_dim = 5, output_shape = 6,
     use_causal_mask = true }(dec, enc, h, { return_attention_scores = true })
-  local ln = nn.LayerNormalization{}(out)
+  local ln = nn.LayerNormalization{scale = false, center = false}(nn.LayerNormalization{}(out))
   local pooled = nn.GlobalAveragePooling1D{}(ln)
   local y = nn.Dense{ 5, activation = "softmax" }(pooled)
   return nn.Model{ inputs = tokens, outputs = { y, scores } }, { ids(20, 6) }
