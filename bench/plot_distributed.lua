@@ -44,13 +44,7 @@ end
 local t1 = 64 / measured[1] -- seconds per 64-image step on one core
 local model = dofile(here .. "../recipes/seed_cnn.lua")(nn, { 32, 32, 3 })
 local S = 4 * model:count_params()
-local exe = os.tmpname()
-assert(os.execute(string.format("cc -O3 -pthread '%speak.c' -o '%s'", here, exe)), "cannot compile bench/peak.c")
-local f = assert(io.popen(string.format("'%s' 1", exe)))
-local shm
-for line in f:lines() do shm = tonumber(line:match("^triad_gbs_1 (%S+)")) or shm end
-f:close()
-os.remove(exe)
+local shm = dofile(here .. "peak.lua")(1).triad_gbs_1
 local alpha = 10e-6
 local function predicted(p, bandwidth)
   local compute = t1 / p * math.max(1, p / cores)

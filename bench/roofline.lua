@@ -26,16 +26,7 @@ local threads = nn.threads()
 
 -- ---- the ceilings ----
 local here = arg[0]:gsub("[^/]*$", "")
-local exe = os.tmpname()
-assert(os.execute(string.format("cc -O3 -pthread '%speak.c' -o '%s'", here, exe)), "cannot compile bench/peak.c with cc")
-local peak = {}
-local p = assert(io.popen(string.format("'%s' %d", exe, threads)))
-for line in p:lines() do
-  local k, v = line:match("^(%S+) (%S+)$")
-  peak[k] = tonumber(v) or v
-end
-p:close()
-os.remove(exe)
+local peak = dofile(here .. "peak.lua")(threads)
 print(string.format("machine: %d threads, %s; FMA %.0f GFLOP/s on one core, %.0f on %d; triad %.1f GB/s on one core, %.1f on %d",
   threads, peak.isa, peak.fma_gflops_1, peak.fma_gflops_all, threads, peak.triad_gbs_1, peak.triad_gbs_all, threads))
 

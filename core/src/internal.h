@@ -110,7 +110,7 @@ LUNET_HIDDEN void lunet_prof_layer(lunet_ctx *ctx, const char *layer, const char
  *   rc = PROFILED(ctx, be, "gemm", 2.0 * m * n * k, be->i->gemm(...)); */
 #define PROFILED(ctx, be, op, flops, call)                           \
   __extension__({                                                    \
-    uint64_t prof_t0_ = lunet_prof_now(ctx);                         \
+    uint64_t prof_t0_ = (ctx)->prof ? lunet_prof_now(ctx) : 0;       \
     int prof_rc_ = (call);                                           \
     prof_t0_ ? lunet_prof_op(ctx, be, op, flops, prof_t0_, prof_rc_) \
              : prof_rc_;                                             \

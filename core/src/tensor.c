@@ -252,9 +252,8 @@ static bool download_waits(const lunet_be *be) { return be->desc && (be->desc->c
 lunet_status lunet_tensor_read(lunet_ctx *ctx, const lunet_tensor *t, void *dst, size_t nbytes) {
   if (check_size(ctx, t, nbytes)) return ctx->status;
   lunet_be *be = t->buf->be;
-  int rc = download_waits(be) ? 0 : PROFILED(ctx, be, "synchronize", 0, be->i->synchronize(be->state));
+  int rc = nbytes && download_waits(be) ? 0 : PROFILED(ctx, be, "synchronize", 0, be->i->synchronize(be->state));
   if (!rc && nbytes) rc = PROFILED(ctx, be, "buffer_download", 0, be->i->buffer_download(be->state, t->buf->handle, 0, dst, nbytes));
-  else if (!rc && download_waits(be)) rc = PROFILED(ctx, be, "synchronize", 0, be->i->synchronize(be->state));
   return lunet_be_check(ctx, be, rc, "download");
 }
 

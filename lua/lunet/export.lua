@@ -146,13 +146,10 @@ local function weights_of(layer)
   return w
 end
 
-local function tolist(t)
-  local flat = t:reshape({ t:numel() }):totable()
-  return flat
-end
+local function tolist(t) return t:reshape({ t:numel() }):totable() end
 
 -- Rows [first, first + count) (1-based) of a 2-D tensor.
-local function rows(t, first, count) return C.take_rows(t, first, count) end
+local rows = C.take_rows
 
 -- ---- activations ----
 
