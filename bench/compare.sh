@@ -4,10 +4,20 @@
 #   bench/compare.sh [--rounds N] [--threads N] [--seconds S] [--batches 32,64,128]
 #                    [--backend NAME] [--no-channels-last] [--lunet PATH] [--raw FILE]
 #
-# The runs alternate (lunet, torch, torch channels_last, lunet, ...) for N
-# rounds, and each figure in the table is the median over the rounds: the
-# machine's speed drifts over minutes, and alternation spreads the drift
+# The runs alternate (lunet, then torch in each configuration, lunet, ...)
+# for N rounds, and each figure in the table is the median over the rounds:
+# the machine's speed drifts over minutes, and alternation spreads the drift
 # over all columns alike.
+#
+# torch runs in up to five configurations: NCHW and channels-last layouts,
+# each with glibc's malloc as it comes and with glibc tuned by environment
+# (MALLOC_MMAP_THRESHOLD_=4 GiB, MALLOC_TRIM_THRESHOLD_=64 GiB: big blocks stay
+# in the heap instead of a fresh mmap per tensor per step), plus
+# channels-last with tcmalloc when libtcmalloc-minimal4 is installed
+# (PyTorch's performance guide advises tcmalloc or jemalloc; jemalloc is
+# slower here).  "torch best" is, per row, the fastest of them.  lunet runs
+# with glibc as it comes (its CPU backend pools its own buffers; tuning
+# glibc does not change it).
 #
 # OPENBLAS_CORETYPE and the other OPENBLAS_* variables are passed through
 # unchanged to both programs.  OMP_WAIT_POLICY is set to PASSIVE for torch
@@ -31,7 +41,7 @@ while [ $# -gt 0 ]; do
     --lunet) lunet=${2:?--lunet needs a path}; shift ;;
     --raw) raw=${2:?--raw needs a file name}; shift ;;
     --no-channels-last) cl=0 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
   shift
@@ -46,19 +56,33 @@ common="--threads $threads --seconds $seconds --batches $batches --repeats 1 --j
 : "${OMP_WAIT_POLICY:=PASSIVE}"
 echo "machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
 echo "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}  torch OMP_WAIT_POLICY=$OMP_WAIT_POLICY  threads=$threads"
+tcmalloc=$(ls /usr/lib/*/libtcmalloc_minimal.so.4 2>/dev/null | head -1) || true
+echo "torch allocators: glibc, glibc tuned${tcmalloc:+, tcmalloc ($tcmalloc)}"
 i=1
 while [ "$i" -le "$rounds" ]; do
   echo "round $i/$rounds: lunet" >&2
   # shellcheck disable=SC2086
   "$lunet" "$here/bench_cnn.lua" $common ${backend:+--backend "$backend"} >>"$out"
-  echo "round $i/$rounds: torch" >&2
-  # shellcheck disable=SC2086
-  OMP_WAIT_POLICY=$OMP_WAIT_POLICY "$python" "$here/torch_cnn.py" $common >>"$out"
-  if [ "$cl" = 1 ]; then
-    echo "round $i/$rounds: torch channels_last" >&2
-    # shellcheck disable=SC2086
-    OMP_WAIT_POLICY=$OMP_WAIT_POLICY "$python" "$here/torch_cnn.py" $common --channels-last >>"$out"
-  fi
+  for layout in nchw nhwc; do
+    flag=''
+    if [ "$layout" = nhwc ]; then
+      [ "$cl" = 1 ] || continue
+      flag=--channels-last
+    fi
+    for alloc in glibc glibc-tuned tcmalloc; do
+      case $alloc in
+        glibc) set -- ;;
+        glibc-tuned) set -- MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 ;;
+        tcmalloc)
+          [ "$layout" = nhwc ] && [ -n "$tcmalloc" ] || continue
+          set -- LD_PRELOAD="$tcmalloc" ;;
+      esac
+      echo "round $i/$rounds: torch $layout $alloc" >&2
+      # shellcheck disable=SC2086
+      env OMP_WAIT_POLICY="$OMP_WAIT_POLICY" "$@" "$python" "$here/torch_cnn.py" $common $flag \
+        --label "$layout $alloc" >>"$out"
+    done
+  done
   i=$((i + 1))
 done
 [ -z "$raw" ] || cp "$out" "$raw"
@@ -66,27 +90,27 @@ done
 "$python" - "$out" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
-def key(r):
-    if r["impl"] == "lunet":
-        return "lunet"
-    return "torch_cl" if r["layout"] == "channels_last" else "torch"
 runs = {}
 for r in rows:
+    name = "lunet" if r["impl"] == "lunet" else "torch " + r["label"]
     for kind in ("train", "infer"):
         for b, v in r[kind].items():
-            runs.setdefault((kind, int(b)), {}).setdefault(key(r), []).append(v)
+            runs.setdefault((kind, int(b)), {}).setdefault(name, []).append(v)
 lunet = next(r for r in rows if r["impl"] == "lunet")
 print(f"lunet backend: {lunet['backend']} - {lunet['detail']}")
-cols = [c for c in ("lunet", "torch", "torch_cl") if any(c in d for d in runs.values())]
-head = {"lunet": "lunet img/s", "torch": "torch img/s", "torch_cl": "torch NHWC img/s"}
-print(f"medians of {max(len(v) for d in runs.values() for v in d.values())} rounds")
-line = f"{'':<16}" + "".join(f"{head[c]:>18}" for c in cols)
-line += "".join(f"{'lunet/' + c.replace('_cl', ' NHWC'):>18}" for c in cols[1:])
-print(line)
-for (kind, b) in sorted(runs, key=lambda k: (k[0] != "train", k[1])):
-    d = runs[(kind, b)]
-    med = {c: statistics.median(d[c]) for c in cols if c in d}
-    line = f"{kind + ' batch ' + str(b):<16}" + "".join(f"{med.get(c, float('nan')):>18.1f}" for c in cols)
-    line += "".join(f"{med['lunet'] / med[c]:>18.2f}" for c in cols[1:] if c in med)
-    print(line)
+names = list(dict.fromkeys(n for d in runs.values() for n in d))
+order = sorted(runs, key=lambda k: (k[0] != "train", k[1]))
+print(f"medians of {max(len(v) for d in runs.values() for v in d.values())} rounds, images/s")
+print(f"{'':<17}" + "".join(f"{n:>24}" for n in names))
+for key in order:
+    med = {n: statistics.median(v) for n, v in runs[key].items()}
+    print(f"{key[0] + ' batch ' + str(key[1]):<17}"
+          + "".join(f"{med.get(n, float('nan')):>24.1f}" for n in names))
+print()
+print(f"{'':<17}{'lunet':>10}{'torch best':>12}  {'(its configuration)':<22}{'lunet / best':>13}")
+for key in order:
+    med = {n: statistics.median(v) for n, v in runs[key].items()}
+    best = max((n for n in med if n != "lunet"), key=lambda n: med[n])
+    print(f"{key[0] + ' batch ' + str(key[1]):<17}{med['lunet']:>10.1f}{med[best]:>12.1f}  "
+          f"{best[6:]:<22}{med['lunet'] / med[best]:>13.2f}")
 EOF

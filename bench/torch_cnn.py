@@ -20,6 +20,14 @@ Notes on what is being compared:
 - The model ends in logits and uses CrossEntropyLoss, which is the same
   function as lunet's softmax + sparse categorical cross-entropy.
 - Adam(lr=1e-3, eps=1e-7) matches Keras' (and lunet's) defaults.
+- The allocator matters more than anything else here: torch allocates every
+  activation and gradient with malloc each step, and glibc's malloc serves
+  large blocks with fresh mmap()s (its dynamic threshold notwithstanding),
+  so every step page-faults its working set in again.  On this project's
+  machines page faults are slow and that made torch 3-4x slower.
+  bench/compare.sh also runs torch with glibc tuned by environment
+  (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_) and with tcmalloc, as
+  PyTorch's performance guide advises, and compares with the best.
 """
 import argparse
 import json
@@ -51,6 +59,7 @@ def parse_args():
     p.add_argument("--channels-last", action="store_true",
                    help="use torch.channels_last for the model and the inputs (NHWC, like lunet)")
     p.add_argument("--json", action="store_true", help="print one JSON line of results")
+    p.add_argument("--label", default="", help="a name for this configuration in the JSON line")
     a = p.parse_args()
     try:
         a.batches = [int(b) for b in a.batches.split(",") if b]
@@ -138,7 +147,7 @@ def main():
         print(f"infer  batch {args.infer_batch:4d}: {inf:8.1f} images/s")
         return
     print(json.dumps({"impl": "torch", "version": torch.__version__, "layout": layout,
-                      "threads": torch.get_num_threads(), "train": train,
+                      "label": args.label or layout, "threads": torch.get_num_threads(), "train": train,
                       "infer": {str(args.infer_batch): round(inf, 2)}}))
 
 

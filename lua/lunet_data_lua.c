@@ -7,8 +7,11 @@
  *            rows in the file; max_label: a labels file with values 0..max_label
  *   read_cifar10(path [, limit]) -> x_train, y_train, x_test, y_test
  */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "lunet_lua.h"
 #include "lunet/data.h"
@@ -116,6 +119,21 @@ static int l_md5(lua_State *L) {
 
 /* ---- arrays to tensors ---- */
 
+/* Copies n bytes from src to dst a slice at a time and hands each copied
+ * slice's pages of src back to the system (src is freed next and never read
+ * again), so turning CIFAR-10's 150 MB into a tensor never holds it twice. */
+static void move_pages(uint8_t *dst, uint8_t *src, size_t n) {
+  const size_t slice = (size_t)16 << 20;
+  uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  for (size_t at = 0; at < n; at += slice) {
+    size_t len = n - at < slice ? n - at : slice;
+    memcpy(dst + at, src + at, len);
+    uintptr_t lo = ((uintptr_t)(src + at) + page - 1) & ~(page - 1);
+    uintptr_t hi = (uintptr_t)(src + at + len) & ~(page - 1); /* whole pages inside src only */
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+  }
+}
+
 /* A tensor of a's first `rows` rows (all when rows < 0), with a trailing
  * axis of 1 when add_channel: uint8 as read (images, as Keras returns
  * them: a quarter of float32's memory) or float32 (labels); frees a either
@@ -127,7 +145,9 @@ static lunet_tensor *array_to_tensor(lunet_ctx *ctx, lunet_array *a, int64_t row
   if (rows >= 0 && rows < shape[0]) shape[0] = rows;
   if (add_channel) shape[ndim++] = 1;
   /* Data sets live in host memory; fit moves each batch to the model's device. */
-  lunet_tensor *u8 = lunet_tensor_from_data_on(ctx, "cpu", LUNET_U8, ndim, shape, a->data);
+  lunet_tensor *u8 = lunet_tensor_new_on(ctx, "cpu", LUNET_U8, ndim, shape);
+  uint8_t *host = u8 ? (uint8_t *)lunet_tensor_host_data(u8) : NULL; /* the CPU's: never NULL */
+  if (host) move_pages(host, a->data, (size_t)lunet_tensor_numel(u8));
   lunet_array_free(a);
   if (!u8 || !as_f32) return u8;
   lunet_tensor *f = lunet_op_cast(ctx, u8, LUNET_F32);

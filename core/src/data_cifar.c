@@ -23,21 +23,6 @@ static const char *const cifar_files[NFILES] = {"data_batch_1.bin", "data_batch_
                                                 "data_batch_3.bin", "data_batch_4.bin",
                                                 "data_batch_5.bin", "test_batch.bin"};
 
-/* One batch file, converted: x (n,32,32,3), y (n). */
-struct batch {
-  uint8_t *x, *y;
-  int64_t n;
-  bool seen;
-};
-
-static void batches_free(struct batch *b) {
-  for (int i = 0; i < NFILES; i++) {
-    free(b[i].x);
-    free(b[i].y);
-  }
-  memset(b, 0, NFILES * sizeof *b);
-}
-
 static lunet_status check_size(lunet_ctx *ctx, const char *name, int64_t size) {
   if (size > 0 && size % REC_BYTES == 0) return LUNET_OK;
   return lunet_error(ctx, LUNET_ERR_FORMAT,
@@ -46,28 +31,115 @@ static lunet_status check_size(lunet_ctx *ctx, const char *name, int64_t size) {
                      name, (long long)size);
 }
 
-/* raw (n,3073) records -> b->x (n,32,32,3) HWC and b->y (n). */
-static lunet_status convert(lunet_ctx *ctx, const char *name, const uint8_t *raw, int64_t size,
-                            struct batch *b) {
-  int64_t n = size / REC_BYTES;
-  b->x = malloc((size_t)n * 3 * PIXELS);
-  b->y = malloc((size_t)n);
-  if (!b->x || !b->y) return lunet_error(ctx, LUNET_ERR_NOMEM, "cifar10: %s: out of memory", name);
+/* What has been read: the five training batches in one buffer, in file
+ * order whatever order the archive holds them in (set 0), and the test
+ * batch (set 1).  Each file is converted as it streams in, a chunk of
+ * records at a time, so no file is ever held raw and no batch is copied
+ * into the training set afterwards. */
+struct cifar_set {
+  uint8_t *x, *y; /* (n,32,32,3) HWC and (n) */
+  int64_t n;
+};
+struct cifar_read {
+  struct cifar_set set[2];
+  int64_t count[NFILES];
+  bool seen[NFILES];
+};
+
+static void cifar_read_free(struct cifar_read *r) {
+  for (int i = 0; i < 2; i++) {
+    free(r->set[i].x);
+    free(r->set[i].y);
+  }
+  memset(r, 0, sizeof *r);
+}
+
+/* A source of bytes: the archive entry or the .bin file being read.  read
+ * returns the bytes read, 0 at the end, < 0 on an error that fail reports. */
+struct source {
+  long long (*read)(void *handle, void *buf, size_t len);
+  lunet_status (*fail)(lunet_ctx *ctx, const struct source *s);
+  void *handle;
+  const char *where; /* the archive or the file, for messages */
+};
+
+/* Makes room for file idx's n records at its place in its set; the first
+ * one's index through *at. */
+static lunet_status make_room(lunet_ctx *ctx, struct cifar_read *r, int idx, int64_t n,
+                              int64_t *at) {
+  struct cifar_set *s = &r->set[idx < 5 ? 0 : 1];
+  int64_t pos = 0;
+  for (int j = 0; j < idx && idx < 5; j++) pos += r->count[j];
+  uint8_t *x = realloc(s->x, (size_t)(s->n + n) * 3 * PIXELS);
+  if (x) s->x = x;
+  uint8_t *y = x ? realloc(s->y, (size_t)(s->n + n)) : NULL;
+  if (y) s->y = y;
+  if (!x || !y)
+    return lunet_error(ctx, LUNET_ERR_NOMEM, "cifar10: out of memory for %lld images",
+                       (long long)(s->n + n));
+  memmove(s->x + (pos + n) * 3 * PIXELS, s->x + pos * 3 * PIXELS,
+          (size_t)(s->n - pos) * 3 * PIXELS);
+  memmove(s->y + pos + n, s->y + pos, (size_t)(s->n - pos));
+  s->n += n;
+  r->count[idx] = n;
+  r->seen[idx] = true;
+  *at = pos;
+  return LUNET_OK;
+}
+
+/* raw records -> x HWC and y, checking each label. */
+static lunet_status convert(lunet_ctx *ctx, const char *name, const uint8_t *raw, int64_t n,
+                            int64_t first, uint8_t *x, uint8_t *y) {
   for (int64_t r = 0; r < n; r++) {
     const uint8_t *rec = raw + r * REC_BYTES;
     if (rec[0] > 9)
       return lunet_error(ctx, LUNET_ERR_FORMAT,
                          "cifar10: %s: record %lld has label %d, expected 0..9 (the file is "
                          "corrupt; delete it or pass --data)",
-                         name, (long long)r, rec[0]);
-    b->y[r] = rec[0];
-    uint8_t *px = b->x + r * 3 * PIXELS;
+                         name, (long long)(first + r), rec[0]);
+    y[r] = rec[0];
+    uint8_t *px = x + r * 3 * PIXELS;
     for (int p = 0; p < PIXELS; p++)
       for (int c = 0; c < 3; c++) px[3 * p + c] = rec[1 + c * PIXELS + p];
   }
-  b->n = n;
-  b->seen = true;
   return LUNET_OK;
+}
+
+#define CHUNK_RECORDS 256
+
+/* Streams file idx (size bytes, whole records) from src into its place. */
+static lunet_status read_records(lunet_ctx *ctx, const struct source *from, int idx, int64_t size,
+                                 struct cifar_read *r) {
+  const char *where = from->where;
+  const char *name = cifar_files[idx];
+  if (r->seen[idx])
+    return lunet_error(ctx, LUNET_ERR_FORMAT, "cifar10: %s: %s appears twice", where, name);
+  int64_t n = size / REC_BYTES, at = 0;
+  if (make_room(ctx, r, idx, n, &at) != LUNET_OK) return LUNET_ERR_NOMEM;
+  struct cifar_set *s = &r->set[idx < 5 ? 0 : 1];
+  uint8_t *chunk = malloc((size_t)CHUNK_RECORDS * REC_BYTES);
+  if (!chunk) return lunet_error(ctx, LUNET_ERR_NOMEM, "cifar10: %s: out of memory", name);
+  lunet_status st = LUNET_OK;
+  for (int64_t done = 0; st == LUNET_OK && done < n;) {
+    int64_t k = n - done < CHUNK_RECORDS ? n - done : CHUNK_RECORDS;
+    size_t want = (size_t)k * REC_BYTES, got = 0;
+    long long m = 1;
+    while (got < want && (m = from->read(from->handle, chunk + got, want - got)) > 0)
+      got += (size_t)m;
+    if (m < 0)
+      st = from->fail(ctx, from);
+    else if (got < want)
+      st = lunet_error(ctx, LUNET_ERR_FORMAT,
+                       "cifar10: %s: %s is cut short (%lld of %lld bytes); "
+                       "delete it and download it again",
+                       where, name, (long long)(done * REC_BYTES + (int64_t)got),
+                       (long long)size);
+    else
+      st = convert(ctx, name, chunk, k, done, s->x + (at + done) * 3 * PIXELS, s->y + at + done);
+    done += k;
+  }
+  free(chunk);
+  return st;
 }
 
 static int file_index(const char *base) {
@@ -105,36 +177,15 @@ static lunet_status archive_fail(lunet_ctx *ctx, struct archive *a, const char *
                      msg ? msg : "unknown error");
 }
 
-static lunet_status read_entry(lunet_ctx *ctx, struct archive *a, struct archive_entry *e,
-                               const char *path, int idx, struct batch *b) {
-  const char *name = cifar_files[idx];
-  if (b[idx].seen)
-    return lunet_error(ctx, LUNET_ERR_FORMAT, "cifar10: %s: %s appears twice in the archive", path,
-                       name);
-  int64_t size = archive_entry_size(e);
-  if (check_size(ctx, name, size) != LUNET_OK) return LUNET_ERR_FORMAT;
-  uint8_t *raw = malloc((size_t)size);
-  if (!raw) return lunet_error(ctx, LUNET_ERR_NOMEM, "cifar10: %s: out of memory", name);
-  int64_t got = 0;
-  while (got < size) {
-    la_ssize_t r = archive_read_data(a, raw + got, (size_t)(size - got));
-    if (r < 0) {
-      free(raw);
-      return archive_fail(ctx, a, path);
-    }
-    if (r == 0) break;
-    got += r;
-  }
-  lunet_status st = got == size ? convert(ctx, name, raw, size, &b[idx])
-                                : lunet_error(ctx, LUNET_ERR_FORMAT,
-                                              "cifar10: %s: %s is cut short (%lld of %lld "
-                                              "bytes); delete the archive and download it again",
-                                              path, name, (long long)got, (long long)size);
-  free(raw);
-  return st;
+static long long archive_source_read(void *a, void *buf, size_t len) {
+  return (long long)archive_read_data(a, buf, len);
 }
 
-static lunet_status read_archive(lunet_ctx *ctx, const char *path, struct batch *b) {
+static lunet_status archive_source_fail(lunet_ctx *ctx, const struct source *s) {
+  return archive_fail(ctx, s->handle, s->where);
+}
+
+static lunet_status read_archive(lunet_ctx *ctx, const char *path, struct cifar_read *rd) {
   struct archive *a = archive_read_new();
   if (!a) return lunet_error(ctx, LUNET_ERR_NOMEM, "cifar10: out of memory");
   archive_read_support_filter_all(a);
@@ -145,6 +196,7 @@ static lunet_status read_archive(lunet_ctx *ctx, const char *path, struct batch 
     archive_read_free(a);
     return st;
   }
+  struct source from = {archive_source_read, archive_source_fail, a, path};
   struct archive_entry *e;
   int r;
   while (st == LUNET_OK && (r = archive_read_next_header(a, &e)) == ARCHIVE_OK) {
@@ -158,7 +210,10 @@ static lunet_status read_archive(lunet_ctx *ctx, const char *path, struct batch 
       break;
     }
     int idx = entry_index(name);
-    if (idx >= 0 && archive_entry_filetype(e) == AE_IFREG) st = read_entry(ctx, a, e, path, idx, b);
+    if (idx < 0 || archive_entry_filetype(e) != AE_IFREG) continue;
+    int64_t size = archive_entry_size(e);
+    st = check_size(ctx, cifar_files[idx], size);
+    if (st == LUNET_OK) st = read_records(ctx, &from, idx, size, rd);
   }
   if (st == LUNET_OK && r != ARCHIVE_EOF) st = archive_fail(ctx, a, path);
   archive_read_free(a);
@@ -167,31 +222,35 @@ static lunet_status read_archive(lunet_ctx *ctx, const char *path, struct batch 
 
 /* ---- from a directory ---- */
 
-static lunet_status read_bin_file(lunet_ctx *ctx, const char *file, int idx, struct batch *b) {
-  const char *name = cifar_files[idx];
+static long long file_source_read(void *f, void *buf, size_t len) {
+  size_t n = fread(buf, 1, len, f);
+  return n == 0 && ferror(f) ? -1 : (long long)n;
+}
+
+static lunet_status file_source_fail(lunet_ctx *ctx, const struct source *s) {
+  return lunet_error(ctx, LUNET_ERR_IO, "cifar10: %s: read error", s->where);
+}
+
+static lunet_status read_bin_file(lunet_ctx *ctx, const char *file, int idx, struct cifar_read *rd) {
   FILE *f = fopen(file, "rb");
   if (!f) return lunet_error(ctx, LUNET_ERR_IO, "cifar10: %s: %s", file, strerror(errno));
   struct stat st;
   int64_t size = fstat(fileno(f), &st) == 0 ? (int64_t)st.st_size : -1;
-  lunet_status s = check_size(ctx, name, size);
-  uint8_t *raw = s == LUNET_OK ? malloc((size_t)size) : NULL;
-  if (s == LUNET_OK && !raw) s = lunet_error(ctx, LUNET_ERR_NOMEM, "cifar10: out of memory");
-  if (s == LUNET_OK && fread(raw, 1, (size_t)size, f) != (size_t)size)
-    s = lunet_error(ctx, LUNET_ERR_IO, "cifar10: %s: read error", file);
-  if (s == LUNET_OK) s = convert(ctx, name, raw, size, &b[idx]);
-  free(raw);
+  struct source from = {file_source_read, file_source_fail, f, file};
+  lunet_status s = check_size(ctx, cifar_files[idx], size);
+  if (s == LUNET_OK) s = read_records(ctx, &from, idx, size, rd);
   fclose(f);
   return s;
 }
 
-static lunet_status read_dir(lunet_ctx *ctx, const char *dir, struct batch *b) {
+static lunet_status read_dir(lunet_ctx *ctx, const char *dir, struct cifar_read *rd) {
   for (int i = 0; i < NFILES; i++) {
     char file[4096];
     struct stat st;
     snprintf(file, sizeof file, "%s/cifar-10-batches-bin/%s", dir, cifar_files[i]);
     if (stat(file, &st) != 0) snprintf(file, sizeof file, "%s/%s", dir, cifar_files[i]);
     if (stat(file, &st) != 0) continue; /* reported as missing below */
-    if (read_bin_file(ctx, file, i, b) != LUNET_OK) return lunet_ctx_status(ctx);
+    if (read_bin_file(ctx, file, i, rd) != LUNET_OK) return lunet_ctx_status(ctx);
   }
   return LUNET_OK;
 }
@@ -205,32 +264,6 @@ static void set_array(lunet_array *a, uint8_t *data, int64_t n, bool images) {
   if (images) a->shape[1] = 32, a->shape[2] = 32, a->shape[3] = 3;
 }
 
-/* Concatenates the five training batches; hands the test batch over. */
-static lunet_status assemble(lunet_ctx *ctx, struct batch *b, lunet_array *xtr, lunet_array *ytr,
-                             lunet_array *xte, lunet_array *yte) {
-  int64_t n = 0;
-  for (int i = 0; i < 5; i++) n += b[i].n;
-  uint8_t *x = malloc((size_t)n * 3 * PIXELS), *y = malloc((size_t)n);
-  if (!x || !y) {
-    free(x);
-    free(y);
-    return lunet_error(ctx, LUNET_ERR_NOMEM, "cifar10: out of memory for %lld images",
-                       (long long)n);
-  }
-  int64_t at = 0;
-  for (int i = 0; i < 5; i++) {
-    memcpy(x + at * 3 * PIXELS, b[i].x, (size_t)b[i].n * 3 * PIXELS);
-    memcpy(y + at, b[i].y, (size_t)b[i].n);
-    at += b[i].n;
-  }
-  set_array(xtr, x, n, true);
-  set_array(ytr, y, n, false);
-  set_array(xte, b[5].x, b[5].n, true);
-  set_array(yte, b[5].y, b[5].n, false);
-  b[5].x = b[5].y = NULL;
-  return LUNET_OK;
-}
-
 lunet_status lunet_read_cifar10(lunet_ctx *ctx, const char *path, lunet_array *x_train,
                                 lunet_array *y_train, lunet_array *x_test, lunet_array *y_test) {
   lunet_array *outs[4] = {x_train, y_train, x_test, y_test};
@@ -241,17 +274,23 @@ lunet_status lunet_read_cifar10(lunet_ctx *ctx, const char *path, lunet_array *x
                        "cifar10: %s: %s (pass cifar-10-binary.tar.gz or a directory holding "
                        "cifar-10-batches-bin/)",
                        path, strerror(errno));
-  struct batch b[NFILES];
-  memset(b, 0, sizeof b);
-  lunet_status s = S_ISDIR(st.st_mode) ? read_dir(ctx, path, b) : read_archive(ctx, path, b);
+  struct cifar_read rd;
+  memset(&rd, 0, sizeof rd);
+  lunet_status s = S_ISDIR(st.st_mode) ? read_dir(ctx, path, &rd) : read_archive(ctx, path, &rd);
   for (int i = 0; s == LUNET_OK && i < NFILES; i++)
-    if (!b[i].seen)
+    if (!rd.seen[i])
       s = lunet_error(ctx, LUNET_ERR_FORMAT,
                       "cifar10: %s: %s not found (expected data_batch_1.bin .. "
                       "data_batch_5.bin and test_batch.bin, in cifar-10-batches-bin/ or at the "
                       "top)",
                       path, cifar_files[i]);
-  if (s == LUNET_OK) s = assemble(ctx, b, x_train, y_train, x_test, y_test);
-  batches_free(b);
-  return s;
+  if (s != LUNET_OK) {
+    cifar_read_free(&rd);
+    return s;
+  }
+  set_array(x_train, rd.set[0].x, rd.set[0].n, true);
+  set_array(y_train, rd.set[0].y, rd.set[0].n, false);
+  set_array(x_test, rd.set[1].x, rd.set[1].n, true);
+  set_array(y_test, rd.set[1].y, rd.set[1].n, false);
+  return LUNET_OK;
 }

@@ -419,6 +419,47 @@ START_TEST(cifar_from_directories) {
 }
 END_TEST
 
+/* The reader puts each batch in its place whatever order the archive holds
+ * them in and whatever their sizes (batches of 1 to 300 records, crossing
+ * the reader's chunks of 256 records). */
+START_TEST(cifar_any_order_and_sizes) {
+  static const int order[6] = {3, 5, 0, 4, 2, 1}, count[6] = {300, 1, 257, 2, 7, 260};
+  char *p = path_of("shuffled.tar.gz");
+  struct archive *w = archive_write_new();
+  archive_write_add_filter_gzip(w);
+  archive_write_set_format_pax_restricted(w);
+  ck_assert_int_eq(archive_write_open_filename(w, p), ARCHIVE_OK);
+  for (int i = 0; i < 6; i++) {
+    int f = order[i];
+    uint8_t *b = cifar_batch(f, count[f]);
+    char name[128];
+    snprintf(name, sizeof name, "cifar-10-batches-bin/%s", batch_names[f]);
+    struct entry e = {name, b, (size_t)count[f] * REC};
+    add_entry(w, &e);
+    free(b);
+  }
+  archive_write_close(w);
+  archive_write_free(w);
+  lunet_array a[4];
+  ck_assert_int_eq(lunet_read_cifar10(ctx, p, &a[0], &a[1], &a[2], &a[3]), LUNET_OK);
+  ck_assert_int_eq(a[0].shape[0], 300 + 1 + 257 + 2 + 7);
+  ck_assert_int_eq(a[3].shape[0], 260);
+  int64_t n = 0;
+  for (int f = 0; f < 6; f++) {
+    if (f == 5) n = 0;
+    lunet_array *x = &a[f < 5 ? 0 : 2], *y = &a[f < 5 ? 1 : 3];
+    for (int r = 0; r < count[f]; r++, n++) {
+      ck_assert_uint_eq(y->data[n], cifar_label(f, r));
+      for (int h = 0; h < 32; h += 31)
+        for (int w2 = 0; w2 < 32; w2 += 5)
+          for (int c = 0; c < 3; c++)
+            ck_assert_uint_eq(x->data[((n * 32 + h) * 32 + w2) * 3 + c], cifar_px(f, r, h, w2, c));
+    }
+  }
+  free4(&a[0], &a[1], &a[2], &a[3]);
+}
+END_TEST
+
 static void label_ten(int file, uint8_t *b, size_t *size, const char **name) {
   (void)size, (void)name;
   if (file == 1) b[1 * REC] = 10;
@@ -529,6 +570,7 @@ int main(void) {
   tcase_add_test(tc, idx_huge_headers);
   tcase_add_test(tc, cifar_from_archive);
   tcase_add_test(tc, cifar_from_directories);
+  tcase_add_test(tc, cifar_any_order_and_sizes);
   tcase_add_test(tc, cifar_label_out_of_range);
   tcase_add_test(tc, cifar_wrong_record_size);
   tcase_add_test(tc, cifar_missing_batch);
