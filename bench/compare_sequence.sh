@@ -2,7 +2,10 @@
 # lunet against PyTorch on the sequence benchmarks (an LSTM layer and a
 # Transformer encoder block training step; see bench_sequence.lua), run
 # alternately for N rounds; the table shows medians and torch/lunet ratios
-# (above 1: lunet is faster).
+# (above 1: lunet is faster).  torch runs with glibc's malloc as it comes,
+# tuned by environment, and with tcmalloc when libtcmalloc-minimal4 is
+# installed; each row compares with its fastest (see bench/README.md: the
+# allocator decides torch's speed on this machine).
 #   bench/compare_sequence.sh [--rounds N] [--threads N] [--steps S]
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,21 +26,32 @@ export OMP_WAIT_POLICY
 echo "machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1); threads=$threads; OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
+tcmalloc=$(ls /usr/lib/*/libtcmalloc_minimal.so.4 2>/dev/null | head -1) || true
 i=1
 while [ "$i" -le "$rounds" ]; do
   echo "lunet $("$lunet" "$here/bench_sequence.lua" --threads "$threads" --steps "$steps" --json)" >> "$out"
-  echo "torch $(/usr/bin/python3 "$here/torch_sequence.py" --threads "$threads" --steps "$steps" --json)" >> "$out"
+  for alloc in glibc glibc-tuned tcmalloc; do
+    case $alloc in
+      glibc) set -- ;;
+      glibc-tuned) set -- MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 ;;
+      tcmalloc) [ -n "$tcmalloc" ] || continue; set -- LD_PRELOAD="$tcmalloc" ;;
+    esac
+    echo "torch-$alloc $(env "$@" /usr/bin/python3 "$here/torch_sequence.py" --threads "$threads" --steps "$steps" --json)" >> "$out"
+  done
   i=$((i + 1))
 done
 /usr/bin/python3 - "$out" <<'PY'
 import json, statistics, sys
-rows = {"lunet": [], "torch": []}
+rows = {}
 for line in open(sys.argv[1]):
     who, data = line.split(" ", 1)
-    rows[who].append(json.loads(data))
-print(f"{'ms per training step':28} {'lunet':>8} {'PyTorch':>8} {'PyTorch/lunet':>14}")
+    rows.setdefault(who, []).append(json.loads(data))
+torches = [w for w in rows if w != "lunet"]
+print(f"{'ms per training step':28} {'lunet':>8} " + " ".join(f"{w:>18}" for w in torches)
+      + f" {'PyTorch best/lunet':>19}")
 for key, name in (("lstm_ms", "LSTM (64 x 100 x 128 -> 256)"), ("transformer_ms", "Transformer encoder block")):
     l = statistics.median(r[key] for r in rows["lunet"])
-    t = statistics.median(r[key] for r in rows["torch"])
-    print(f"{name:28} {l:8.1f} {t:8.1f} {t / l:14.2f}")
+    t = {w: statistics.median(r[key] for r in rows[w]) for w in torches}
+    print(f"{name:28} {l:8.1f} " + " ".join(f"{t[w]:18.1f}" for w in torches)
+          + f" {min(t.values()) / l:19.2f}")
 PY

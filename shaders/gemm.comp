@@ -1,6 +1,18 @@
 #version 450
-// Matrix products, tiled through shared memory: C (M, N) = A (M, K) B (K, N),
-// a TILE x TILE block of C per workgroup, one element per invocation.
+// Matrix products, tiled through shared memory: C (M, N) = A (M, K) B (K, N).
+// A workgroup of TILE x TILE invocations computes a BS x BS block of C,
+// BS = TILE * R, each invocation an R x R set of outputs held in registers
+// (rows ly + TILE i, columns lx + TILE j: the block's shared reads stay
+// contiguous across a row of invocations), so a step over TILE values of K
+// reads 2 R values from shared memory per R^2 multiply-adds.  The slices of
+// K are double-buffered: while the block multiplies one slice out of shared
+// memory, each invocation holds its part of the next in registers and
+// stores it into the other buffer after, one barrier per slice.  A's
+// slice is kept k-major, each row rotated by k so that the invocations'
+// stores (k varies fastest) fall in distinct banks: As[k][(m + k) % BS].
+// The MODE constant carries the op (MODE % 4) and R = 1 << (MODE / 4)
+// (1, 2 or 4): the host picks the largest R whose blocks still fill the
+// device, see backends/vulkan/ops.c.
 // MODE 0 GEMM: c (batch, M, N) = alpha op(a) op(b) + beta c, a (M,K) or (K,M)
 //        when ta, b (K,N) or (N,K) when tb, batch strides sa, sb, sc (0 reuses).
 // Convolutions are the same product with A read through an implicit im2col:
@@ -16,6 +28,10 @@
 layout(local_size_x_id = 0, local_size_y_id = 1) in;
 layout(constant_id = 2) const int MODE = 0;
 layout(constant_id = 3) const uint TILE = 16;
+const int OP = MODE % 4;
+const uint R = 1u << uint(MODE / 4);
+const uint BS = TILE * R;
+const uint RMAX = 4u;
 layout(std430, binding = 0) buffer C { float cv[]; };
 layout(std430, binding = 1) readonly buffer A { float av[]; };
 layout(std430, binding = 2) readonly buffer B { float bv[]; };
@@ -29,8 +45,8 @@ layout(push_constant, std430) uniform PC {
   uint splits; // slices of K (1: none)
 } pc;
 
-shared float As[TILE][TILE + 1];
-shared float Bs[TILE][TILE];
+shared float As[2][TILE * RMAX * TILE];
+shared float Bs[2][TILE * RMAX * TILE];
 
 // x at (n, iy, ix, ch) or 0 in the padding.
 float x_at(int n, int iy, int ix, int ch) {
@@ -60,30 +76,30 @@ float dy_tap(uint pix, uint k) {
 
 float load_a(uint bi, uint r, uint k, uint kend) {
   if (r >= pc.M || k >= kend) return 0.0;
-  if (MODE == 1) return patch_at(r, k);
-  if (MODE == 2) return dy_tap(r, k);
-  if (MODE == 3) return patch_at(k, r);
+  if (OP == 1) return patch_at(r, k);
+  if (OP == 2) return dy_tap(r, k);
+  if (OP == 3) return patch_at(k, r);
   int base = int(bi) * pc.sa;
   return pc.ta != 0u ? av[base + int(k * pc.M + r)] : av[base + int(r * pc.K + k)];
 }
 
 float load_b(uint bi, uint k, uint col, uint kend) {
   if (k >= kend || col >= pc.N) return 0.0;
-  if (MODE == 2) {
+  if (OP == 2) {
     // w (KH, KW, C, F) read as (KH*KW*F, C): k = (ky, kx, f), col = ch.
     uint fi = k % uint(pc.f), tap = k / uint(pc.f);
     return bv[(tap * uint(pc.c) + col) * uint(pc.f) + fi];
   }
-  if (MODE != 0) return bv[k * pc.N + col];
+  if (OP != 0) return bv[k * pc.N + col];
   int base = int(bi) * pc.sb;
   return pc.tb != 0u ? bv[base + int(col * pc.K + k)] : bv[base + int(k * pc.N + col)];
 }
 
 void store(uint bi, uint r, uint col, float acc) {
   if (r >= pc.M || col >= pc.N) return;
-  if (MODE == 1) {
+  if (OP == 1) {
     cv[r * pc.N + col] = acc + (pc.has_bias != 0u ? bias[col] : 0.0);
-  } else if (MODE != 0 || pc.splits > 1u) {
+  } else if (OP != 0 || pc.splits > 1u) {
     cv[(bi * pc.M + r) * pc.N + col] = acc; // bi: the K slice (split), else 0
   } else {
     uint i = uint(int(bi) * pc.sc) + r * pc.N + col;
@@ -91,28 +107,63 @@ void store(uint bi, uint r, uint col, float acc) {
   }
 }
 
+// Element e (0 .. BS*TILE - 1) of a slice: A's (m = e / TILE, k = e % TILE),
+// B's (k = e / BS, n = e % BS); invocation t takes e = t + TILE^2 i, i < R.
+void fetch(uint entry, uint row0, uint col0, uint k0, uint kend, uint t, out float ra[RMAX],
+           out float rb[RMAX]) {
+  for (uint i = 0u; i < R; i++) {
+    uint e = t + TILE * TILE * i;
+    ra[i] = load_a(entry, row0 + e / TILE, k0 + e % TILE, kend);
+    rb[i] = load_b(entry, k0 + e / BS, col0 + e % BS, kend);
+  }
+}
+
+void put(uint buf, uint t, float ra[RMAX], float rb[RMAX]) {
+  for (uint i = 0u; i < R; i++) {
+    uint e = t + TILE * TILE * i, m = e / TILE, k = e % TILE;
+    As[buf][k * BS + ((m + k) & (BS - 1u))] = ra[i];
+    Bs[buf][e] = rb[i];
+  }
+}
+
 void main() {
-  uint lx = gl_LocalInvocationID.x, ly = gl_LocalInvocationID.y;
-  uint splits = MODE == 0 || MODE == 3 ? max(pc.splits, 1u) : 1u;
-  uint batch = MODE == 0 && splits == 1u ? pc.batch : splits;
+  uint lx = gl_LocalInvocationID.x, ly = gl_LocalInvocationID.y, t = ly * TILE + lx;
+  uint splits = OP == 0 || OP == 3 ? max(pc.splits, 1u) : 1u;
+  uint batch = OP == 0 && splits == 1u ? pc.batch : splits;
   // each slice of K a whole number of tiles
   uint kslice = ((pc.K + splits - 1u) / splits + TILE - 1u) / TILE * TILE;
   for (uint bi = gl_WorkGroupID.z; bi < batch; bi += gl_NumWorkGroups.z)
-    for (uint by = gl_WorkGroupID.y; by * TILE < pc.M; by += gl_NumWorkGroups.y)
-      for (uint bx = gl_WorkGroupID.x; bx * TILE < pc.N; bx += gl_NumWorkGroups.x) {
-        uint row = by * TILE + ly, col = bx * TILE + lx;
+    for (uint by = gl_WorkGroupID.y; by * BS < pc.M; by += gl_NumWorkGroups.y)
+      for (uint bx = gl_WorkGroupID.x; bx * BS < pc.N; bx += gl_NumWorkGroups.x) {
+        uint row0 = by * BS, col0 = bx * BS;
         uint kbegin = splits > 1u ? bi * kslice : 0u;
         uint kend = splits > 1u ? min(pc.K, kbegin + kslice) : pc.K;
         uint entry = splits > 1u ? 0u : bi; // the batch entry A and B are read from
-        float acc = 0.0;
-        for (uint k0 = kbegin; k0 < kend; k0 += TILE) {
-          // As[row][k] and Bs[k][col] for this slice of K.
-          As[ly][lx] = load_a(entry, row, k0 + lx, kend);
-          Bs[ly][lx] = load_b(entry, k0 + ly, col, kend);
-          barrier();
-          for (uint k = 0u; k < TILE; k++) acc += As[ly][k] * Bs[k][lx];
+        uint steps = kend > kbegin ? (kend - kbegin + TILE - 1u) / TILE : 0u;
+        float acc[RMAX][RMAX];
+        for (uint i = 0u; i < R; i++)
+          for (uint j = 0u; j < R; j++) acc[i][j] = 0.0;
+        float ra[RMAX], rb[RMAX];
+        if (steps > 0u) {
+          fetch(entry, row0, col0, kbegin, kend, t, ra, rb);
+          put(0u, t, ra, rb);
+        }
+        barrier();
+        for (uint s = 0u; s < steps; s++) {
+          uint cur = s & 1u;
+          bool more = s + 1u < steps;
+          if (more) fetch(entry, row0, col0, kbegin + (s + 1u) * TILE, kend, t, ra, rb);
+          for (uint k = 0u; k < TILE; k++) {
+            float a[RMAX], b[RMAX];
+            for (uint i = 0u; i < R; i++) a[i] = As[cur][k * BS + ((ly + TILE * i + k) & (BS - 1u))];
+            for (uint j = 0u; j < R; j++) b[j] = Bs[cur][k * BS + lx + TILE * j];
+            for (uint i = 0u; i < R; i++)
+              for (uint j = 0u; j < R; j++) acc[i][j] += a[i] * b[j];
+          }
+          if (more) put(cur ^ 1u, t, ra, rb);
           barrier();
         }
-        store(bi, row, col, acc);
+        for (uint i = 0u; i < R; i++)
+          for (uint j = 0u; j < R; j++) store(bi, row0 + ly + TILE * i, col0 + lx + TILE * j, acc[i][j]);
       }
 }

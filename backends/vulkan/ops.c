@@ -261,10 +261,26 @@ typedef struct gemm_pc {
   uint32_t splits; /* MODE 3: slices of K summed apart (split-K) */
 } gemm_pc;
 
-static uint32_t tiles(lunet_backend *be, int64_t n) {
-  int64_t t = (n + be->tile - 1) / be->tile;
+/* Blocks of BS = tile << v along n: each workgroup's invocations hold
+ * R x R = (1 << v)^2 outputs each in registers (gemm.comp). */
+static uint32_t tiles(lunet_backend *be, int64_t n, int v) {
+  int64_t bs = (int64_t)be->tile << v, t = (n + bs - 1) / bs;
   return (uint32_t)(t < 1 ? 1 : t > 65535 ? 65535 : t);
 }
+
+/* The register blocking of an (m, n) product: the largest R (4, 2, then 1)
+ * whose blocks still make SPLIT_TARGET workgroups, so big products run
+ * 64 x 64 blocks (16 outputs per invocation, an eighth of the shared-memory
+ * reads per multiply-add) and small ones keep the device busy with more,
+ * smaller blocks (and split-K, at R = 1). */
+static int blocking(lunet_backend *be, int64_t m, int64_t n) {
+  for (int v = 2; v > 0; v--)
+    if ((int64_t)tiles(be, m, v) * tiles(be, n, v) >= SPLIT_TARGET) return v;
+  return 0;
+}
+
+/* gemm.comp's MODE: the op and the blocking. */
+static int gemm_mode(int op, int v) { return op + 4 * v; }
 
 /* Split-K: a product whose output makes fewer than SPLIT_TARGET
  * workgroups but whose K is long would have each workgroup walk all of K
@@ -286,8 +302,8 @@ static int split_dispatch(lunet_backend *be, int mode, gemm_pc *pc, int64_t spli
   if (!ws) return LUNET_ERR_NOMEM;
   pc->splits = (uint32_t)splits;
   lunet_backend_log_gemm(&be->stats, op, m, n, k, workgroups * splits);
-  int rc = lunet_vk_dispatch(be, VK_SH_GEMM, mode, (lunet_cbuf[]){ws, a, b}, 3, pc, sizeof *pc, tiles(be, n),
-                             tiles(be, m), (uint32_t)splits);
+  int rc = lunet_vk_dispatch(be, VK_SH_GEMM, mode, (lunet_cbuf[]){ws, a, b}, 3, pc, sizeof *pc, tiles(be, n, 0),
+                             tiles(be, m, 0), (uint32_t)splits);
   if (!rc) rc = reduce_dispatch(be, LUNET_REDUCE_SUM, c, ws, 1, (size_t)splits, (size_t)(m * n), false);
   lunet_vk_buffer_free(be, ws);
   return rc;
@@ -317,12 +333,14 @@ static int vk_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, in
                 .sc = (int32_t)sc,
                 .alpha = alpha,
                 .beta = beta};
-  int64_t wg = (int64_t)tiles(be, n) * tiles(be, m), splits = 1;
+  /* a batch of products fills the device with its entries */
+  int v = batch > 1 ? 0 : blocking(be, m, n);
+  int64_t wg = (int64_t)tiles(be, n, v) * tiles(be, m, v), splits = 1;
   if (batch == 1 && alpha == 1.0f && beta == 0.0f) splits = split_k(wg, k);
   if (splits > 1) return split_dispatch(be, 0, &pc, splits, c, a, b, "gemm", m, n, k, wg);
   lunet_backend_log_gemm(&be->stats, "gemm", m * batch, n, k, wg * min_u32((size_t)batch, 65535));
-  return lunet_vk_dispatch(be, VK_SH_GEMM, 0, (lunet_cbuf[]){c, a, b}, 3, &pc, sizeof pc,
-                           tiles(be, n), tiles(be, m), min_u32((size_t)batch, 65535));
+  return lunet_vk_dispatch(be, VK_SH_GEMM, gemm_mode(0, v), (lunet_cbuf[]){c, a, b}, 3, &pc, sizeof pc,
+                           tiles(be, n, v), tiles(be, m, v), min_u32((size_t)batch, 65535));
 }
 
 static int check_conv(const lunet_conv2d_desc *d, const char *op) {
@@ -365,9 +383,11 @@ static int vk_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w,
   int64_t m = d->n * d->oh * d->ow;
   gemm_pc pc = conv_pc(d, m, d->f, d->kh * d->kw * d->c);
   pc.has_bias = bias != NULL;
-  lunet_backend_log_gemm(&be->stats, "conv2d", m, d->f, d->kh * d->kw * d->c, (int64_t)tiles(be, d->f) * tiles(be, m));
-  return lunet_vk_dispatch(be, VK_SH_GEMM, 1, (lunet_cbuf[]){y, x, w, bias}, 4, &pc, sizeof pc,
-                           tiles(be, d->f), tiles(be, m), 1);
+  int v = blocking(be, m, d->f);
+  lunet_backend_log_gemm(&be->stats, "conv2d", m, d->f, d->kh * d->kw * d->c,
+                         (int64_t)tiles(be, d->f, v) * tiles(be, m, v));
+  return lunet_vk_dispatch(be, VK_SH_GEMM, gemm_mode(1, v), (lunet_cbuf[]){y, x, w, bias}, 4, &pc, sizeof pc,
+                           tiles(be, d->f, v), tiles(be, m, v), 1);
 }
 
 /* dy (N,OH,OW,F), w (KH,KW,C,F) -> dx (N,H,W,C) */
@@ -377,10 +397,11 @@ static int vk_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf d
   if (rc || d->n == 0) return rc;
   int64_t m = d->n * d->h * d->w;
   gemm_pc pc = conv_pc(d, m, d->c, d->kh * d->kw * d->f);
+  int v = blocking(be, m, d->c);
   lunet_backend_log_gemm(&be->stats, "conv2d_backward_data", m, d->c, d->kh * d->kw * d->f,
-                         (int64_t)tiles(be, d->c) * tiles(be, m));
-  return lunet_vk_dispatch(be, VK_SH_GEMM, 2, (lunet_cbuf[]){dx, dy, w}, 3, &pc, sizeof pc,
-                           tiles(be, d->c), tiles(be, m), 1);
+                         (int64_t)tiles(be, d->c, v) * tiles(be, m, v));
+  return lunet_vk_dispatch(be, VK_SH_GEMM, gemm_mode(2, v), (lunet_cbuf[]){dx, dy, w}, 3, &pc, sizeof pc,
+                           tiles(be, d->c, v), tiles(be, m, v), 1);
 }
 
 /* dy (N,OH,OW,F), x (N,H,W,C) -> dw (KH,KW,C,F), db (F) or NULL */
@@ -391,13 +412,14 @@ static int vk_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf 
   int64_t m = d->kh * d->kw * d->c, rows = d->n * d->oh * d->ow;
   gemm_pc pc = conv_pc(d, m, d->f, rows);
   /* dw is small (KH*KW*C x F) and K = N*OH*OW long: split-K */
-  int64_t wg = (int64_t)tiles(be, d->f) * tiles(be, m), splits = split_k(wg, rows);
+  int v = blocking(be, m, d->f);
+  int64_t wg = (int64_t)tiles(be, d->f, v) * tiles(be, m, v), splits = v ? 1 : split_k(wg, rows);
   if (splits > 1) {
     rc = split_dispatch(be, 3, &pc, splits, dw, x, dy, "conv2d_backward_filter", m, d->f, rows, wg);
   } else {
     lunet_backend_log_gemm(&be->stats, "conv2d_backward_filter", m, d->f, rows, wg);
-    rc = lunet_vk_dispatch(be, VK_SH_GEMM, 3, (lunet_cbuf[]){dw, x, dy}, 3, &pc, sizeof pc,
-                           tiles(be, d->f), tiles(be, m), 1);
+    rc = lunet_vk_dispatch(be, VK_SH_GEMM, gemm_mode(3, v), (lunet_cbuf[]){dw, x, dy}, 3, &pc, sizeof pc,
+                           tiles(be, d->f, v), tiles(be, m, v), 1);
   }
   if (rc || !db) return rc;
   return reduce_dispatch(be, LUNET_REDUCE_SUM, db, dy, 1, (size_t)rows, (size_t)d->f, false);

@@ -107,7 +107,7 @@ typedef enum lunet_vk_shader {
   VK_SH_COUNT
 } lunet_vk_shader;
 
-#define LUNET_VK_MAX_MODES 8
+#define LUNET_VK_MAX_MODES 12 /* gemm.comp: 4 ops x 3 register blockings */
 #define LUNET_VK_BINDINGS 8
 #define LUNET_VK_PUSH_BYTES 128
 

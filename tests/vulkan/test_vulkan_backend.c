@@ -455,6 +455,12 @@ START_TEST(test_gemm) {
   static const int64_t split[][3] = {{20, 24, 3000}, {33, 17, 1100}, {5, 300, 700}};
   for (size_t s = 0; s < sizeof split / sizeof split[0]; s++)
     for (int t = 0; t < 4; t++) gemm_case(t & 1, t & 2, split[s][0], split[s][1], split[s][2], 1, false, 0.0f, 1.0f);
+  /* big enough for register blocking: 64 x 64 blocks, 4 x 4 per invocation
+   * (18 x 17 blocks), then 32 x 32, 2 x 2 (22 x 13); edges in both */
+  static const int64_t blocked[][3] = {{1100, 1030, 37}, {700, 400, 45}};
+  for (size_t s = 0; s < sizeof blocked / sizeof blocked[0]; s++)
+    for (int t = 0; t < 4; t++)
+      gemm_case(t & 1, t & 2, blocked[s][0], blocked[s][1], blocked[s][2], 1, t == 3, 0.5f, 1.5f);
 }
 END_TEST
 
@@ -477,7 +483,7 @@ static lunet_conv2d_desc conv_geom(int64_t n, int64_t h, int64_t w, int64_t c, i
 }
 
 static const lunet_conv2d_desc *conv_cases(size_t *count) {
-  static lunet_conv2d_desc cs[9];
+  static lunet_conv2d_desc cs[13];
   cs[0] = conv_geom(2, 5, 7, 3, 4, 3, 3, 1, 1, true);
   cs[1] = conv_geom(2, 8, 9, 3, 5, 3, 3, 2, 2, false);
   cs[2] = conv_geom(1, 1, 1, 1, 1, 1, 1, 1, 1, false);
@@ -489,7 +495,14 @@ static const lunet_conv2d_desc *conv_cases(size_t *count) {
   cs[6] = conv_geom(6, 25, 23, 2, 5, 3, 3, 1, 1, false);
   cs[7] = conv_geom(8, 20, 20, 3, 8, 3, 3, 1, 1, true);
   cs[8] = conv_geom(16, 32, 32, 3, 4, 3, 3, 1, 1, true);
-  *count = 9;
+  /* register blocking: the forward in 64 x 64 blocks (4 x 4 per invocation)
+   * and the data gradient in 32 x 32 (2 x 2); the filter gradient in 32 x 32,
+   * then in 64 x 64; the forward in 32 x 32 and the data gradient in 64 x 64 */
+  cs[9] = conv_geom(8, 40, 40, 5, 130, 3, 3, 1, 1, false);
+  cs[10] = conv_geom(1, 6, 6, 256, 128, 3, 3, 1, 1, true);
+  cs[11] = conv_geom(1, 4, 4, 512, 256, 3, 3, 1, 1, true);
+  cs[12] = conv_geom(8, 40, 40, 130, 5, 3, 3, 1, 1, false);
+  *count = 13;
   return cs;
 }
 
