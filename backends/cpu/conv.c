@@ -188,6 +188,7 @@ static void col2im_add(float *restrict dx, const float *restrict dcols, const lu
 typedef struct conv_job {
   const lunet_conv2d_desc *d;
   const float *x, *w, *bias, *dy;
+  const float *wt;   /* backward data with tile_gemm: w transposed, (F, KK) */
   float *y, *dx;
   float *ws;         /* per chunk: ws_floats */
   int64_t ws_floats; /* cols, then (filter) the dw part, then db part (doubles) */
@@ -330,6 +331,10 @@ static void conv_fwd_task(void *arg, int64_t begin, int64_t end, int chunk) {
       cols = ws;
     }
     float *y = j->y + r * d->f;
+    if (lunet_cpu_tile_gemm_fits(d->f)) {
+      lunet_cpu_tile_gemm_nn(nr, d->f, j->kk, cols, j->kk, j->w, d->f, j->bias, y, d->f);
+      continue;
+    }
     if (small_k(j->kk, d->f)) {
       gemm_small_k(nr, d->f, j->kk, cols, j->w, j->bias, y);
       continue;
@@ -384,7 +389,10 @@ static void conv_bwd_data_task(void *arg, int64_t begin, int64_t end, int chunk)
          (size_t)((end - begin) * d->h * d->w * d->c) * sizeof(float));
   for (int64_t r = begin * per; r < r_end; r += j->sub) {
     int64_t nr = r_end - r < j->sub ? r_end - r : j->sub;
-    sgemm(false, true, nr, j->kk, d->f, 1.0f, j->dy + r * d->f, d->f, j->w, d->f, 0.0f, ws, j->kk);
+    if (j->wt)
+      lunet_cpu_tile_gemm_nn(nr, j->kk, d->f, j->dy + r * d->f, d->f, j->wt, j->kk, NULL, ws, j->kk);
+    else
+      sgemm(false, true, nr, j->kk, d->f, 1.0f, j->dy + r * d->f, d->f, j->w, d->f, 0.0f, ws, j->kk);
     col2im_add(j->dx, ws, d, r, nr);
   }
 }
@@ -395,14 +403,26 @@ int lunet_cpu_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf d
   if (rc) return rc;
   conv_job j = {.d = d, .w = w, .dy = dy, .dx = dx, .kk = d->kh * d->kw * d->c};
   j.sub = sub_rows(j.kk);
+  float *wt = NULL;
   if (!conv_is_1x1(d)) {
     j.ws_floats = j.sub * j.kk;
     j.ws = workspace(be, lunet_cpu_threads(be), j.ws_floats);
     if (!j.ws) return LUNET_ERR_NOMEM;
+    if (lunet_cpu_tile_gemm_fits(j.kk)) { /* dcols = dy @ w^T as dy @ wt */
+      wt = workspace(be, 1, j.kk * d->f);
+      if (!wt) {
+        lunet_cpu_buffer_free(be, j.ws);
+        return LUNET_ERR_NOMEM;
+      }
+      for (int64_t t = 0; t < j.kk; t++)
+        for (int64_t f = 0; f < d->f; f++) wt[f * j.kk + t] = ((const float *)w)[t * d->f + f];
+      j.wt = wt;
+    }
   }
   lunet_cpu_log_gemm(be, "conv2d_backward_data", d->n * d->oh * d->ow, j.kk, d->f, lunet_cpu_chunks(be, d->n, 1));
   lunet_cpu_parallel(be, d->n, 1, conv_bwd_data_task, &j);
   if (j.ws) lunet_cpu_buffer_free(be, j.ws);
+  if (wt) lunet_cpu_buffer_free(be, wt);
   return 0;
 }
 
@@ -424,7 +444,9 @@ static void conv_bwd_filter_task(void *arg, int64_t begin, int64_t end, int chun
       cols = cols_ws;
     }
     const float *dy = j->dy + r * d->f;
-    if (small_k(j->kk, d->f))
+    if (lunet_cpu_tile_gemm_fits(d->f))
+      lunet_cpu_tile_gemm_tn(nr, d->f, j->kk, cols, j->kk, dy, d->f, dw, d->f, r != begin);
+    else if (small_k(j->kk, d->f))
       gemm_small_k_tn(nr, d->f, j->kk, cols, dy, dw, r != begin);
     else
       sgemm(true, false, j->kk, d->f, nr, 1.0f, cols, j->kk, dy, d->f, r == begin ? 0.0f : 1.0f, dw,

@@ -90,6 +90,18 @@ extern lunet_cpu_isa lunet_cpu_isa_in_use;
 int lunet_cpu_isa_choose(char *err, size_t n);
 const char *lunet_cpu_isa_name(lunet_cpu_isa isa);
 
+/* ---- register-tiled AVX-512 products (tile_gemm.c) ---- */
+/* Whether they run an n-column product: AVX-512 in use, n a multiple of 32. */
+bool lunet_cpu_tile_gemm_fits(int64_t n);
+/* c (m, n) = a (m, k) b (k, n) [+ bias (n)]; row strides lda, ldb, ldc. */
+void lunet_cpu_tile_gemm_nn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,
+                            const float *restrict b, int64_t ldb, const float *restrict bias,
+                            float *restrict c, int64_t ldc);
+/* c (k, n) = a^T b, plus c's old values when add; a (m, k), b (m, n). */
+void lunet_cpu_tile_gemm_tn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,
+                            const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc,
+                            bool add);
+
 /* ---- counters (nn.backend_stats) ---- */
 #define LUNET_CPU_COUNT(be, field, v) __atomic_add_fetch(&(be)->stats.field, (uint64_t)(v), __ATOMIC_RELAXED)
 /* Logs a product (contexts on several threads may share the backend). */

@@ -45,6 +45,50 @@ static void max2x2_task(void *arg, int64_t begin, int64_t end, int chunk) {
   }
 }
 
+/* One output row's windows: dx's two input rows q0, q1 from x's r0, r1 and
+ * the row's gradient g, ow windows of c channels.  Branch-free: every value
+ * loaded, the first maximum in scan order a b / e f found with ordered
+ * comparisons, and the gradient's bits masked into the four cells (gcc
+ * turned float selects here into a branch per cell, mispredicted on real
+ * data: 10x slower).  Compiled for each instruction set (the baseline build
+ * is SSE2, 4 lanes); isa.c's choice runs. */
+#define ROW_ARGS                                                                                           \
+  int64_t ow, int64_t c, const float *restrict r0, const float *restrict r1, const float *restrict g,      \
+      float *restrict q0, float *restrict q1
+static inline __attribute__((always_inline)) void back_row_body(ROW_ARGS) {
+  for (int64_t ox = 0; ox < ow; ox++) {
+    int64_t o = 2 * ox * c;
+    const float *restrict a = r0 + o, *restrict b = a + c, *restrict e = r1 + o, *restrict f = e + c;
+    const cell_bits *restrict gb = (const cell_bits *)(g + ox * c);
+    cell_bits *restrict oa = (cell_bits *)(q0 + o), *restrict ob = oa + c, *restrict oe = (cell_bits *)(q1 + o),
+                       *restrict of = oe + c;
+    for (int64_t k = 0; k < c; k++) {
+      float va = a[k], vb = b[k], ve = e[k], vf = f[k];
+      uint32_t gv = gb[k];
+      uint32_t ta = -(uint32_t)((va >= vb) & (va >= ve) & (va >= vf));
+      uint32_t tb = ~ta & -(uint32_t)((vb >= ve) & (vb >= vf));
+      uint32_t te = ~ta & ~tb & -(uint32_t)(ve >= vf);
+      oa[k] = gv & ta;
+      ob[k] = gv & tb;
+      oe[k] = gv & te;
+      of[k] = gv & ~(ta | tb | te);
+    }
+  }
+}
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void back_row_avx512(ROW_ARGS) {
+  back_row_body(ow, c, r0, r1, g, q0, q1);
+}
+__attribute__((target("avx2,fma"))) static void back_row_avx2(ROW_ARGS) { back_row_body(ow, c, r0, r1, g, q0, q1); }
+static void back_row_scalar(ROW_ARGS) { back_row_body(ow, c, r0, r1, g, q0, q1); }
+
+static void max2x2_back_row(ROW_ARGS) {
+  switch (lunet_cpu_isa_in_use) {
+  case LUNET_CPU_AVX512: back_row_avx512(ow, c, r0, r1, g, q0, q1); return;
+  case LUNET_CPU_AVX2: back_row_avx2(ow, c, r0, r1, g, q0, q1); return;
+  default: back_row_scalar(ow, c, r0, r1, g, q0, q1);
+  }
+}
+
 /* dx for output rows (n, oy) [begin, end): the gradient goes to the first
  * maximum in scan order a b / e f; input rows and columns no window covers
  * (odd sizes) are zeroed by the task that owns the sample's last row. */
@@ -58,31 +102,7 @@ static void max2x2_back_task(void *arg, int64_t begin, int64_t end, int chunk) {
     const float *r0 = j->x + off, *r1 = r0 + row;
     float *q0 = j->dx + off, *q1 = q0 + row;
     const float *g = j->dy + t * d->ow * c;
-    for (int64_t ox = 0; ox < d->ow; ox++) {
-      int64_t o = 2 * ox * c;
-      const float *restrict a = r0 + o, *restrict b = a + c, *restrict e = r1 + o,
-                            *restrict f = e + c, *restrict gr = g + ox * c;
-      float *restrict da = q0 + o, *restrict db = da + c, *restrict de = q1 + o,
-                      *restrict df = de + c;
-      /* branch-free: every value loaded, the first maximum in scan order
-       * found with ordered comparisons, and the gradient's bits masked
-       * into the four cells (gcc turned float selects here into a branch
-       * per cell, mispredicted on real data: 10x slower) */
-      const cell_bits *restrict gb = (const cell_bits *)gr;
-      cell_bits *restrict oa = (cell_bits *)da, *restrict ob = (cell_bits *)db, *restrict oe = (cell_bits *)de,
-                         *restrict of = (cell_bits *)df;
-      for (int64_t k = 0; k < c; k++) {
-        float va = a[k], vb = b[k], ve = e[k], vf = f[k];
-        uint32_t g = gb[k];
-        uint32_t ta = -(uint32_t)((va >= vb) & (va >= ve) & (va >= vf));
-        uint32_t tb = ~ta & -(uint32_t)((vb >= ve) & (vb >= vf));
-        uint32_t te = ~ta & ~tb & -(uint32_t)(ve >= vf);
-        oa[k] = g & ta;
-        ob[k] = g & tb;
-        oe[k] = g & te;
-        of[k] = g & ~(ta | tb | te);
-      }
-    }
+    max2x2_back_row(d->ow, c, r0, r1, g, q0, q1);
     for (int64_t ix = 2 * d->ow; ix < d->w; ix++) {
       memset(q0 + ix * c, 0, (size_t)c * sizeof(float));
       memset(q1 + ix * c, 0, (size_t)c * sizeof(float));

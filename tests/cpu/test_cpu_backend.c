@@ -122,6 +122,13 @@ static const conv_case conv_cases[] = {
     {2, 16, 16, 64, 8, 3, 3, 1, 1, 1}, {5, 12, 12, 3, 32, 3, 3, 1, 1, 0},
     /* the small-k kernels (KH*KW*C <= 32, F a multiple of 32): odd row counts, k = 9 and k = 32 */
     {3, 9, 11, 1, 64, 3, 3, 1, 1, 1},  {2, 7, 9, 2, 32, 4, 4, 2, 1, 1},
+    /* the AVX-512 tiles (F a multiple of 32; the data gradient's when KH*KW*C
+     * is too): 64 + 32 columns, k = 288 and 576, row counts not multiples of
+     * 6, k = 45 (data gradient through OpenBLAS), 1x1, and enough rows that
+     * a thread's filter gradient adds several sub-chunks */
+    {3, 7, 9, 32, 96, 3, 3, 1, 1, 1},  {2, 9, 7, 5, 64, 3, 3, 2, 2, 0},
+    {1, 5, 5, 7, 32, 1, 1, 1, 1, 0},   {2, 6, 5, 64, 128, 3, 3, 1, 1, 1},
+    {8, 16, 16, 64, 32, 3, 3, 1, 1, 1},
 };
 #define NCONV (sizeof conv_cases / sizeof conv_cases[0])
 

@@ -1,0 +1,91 @@
+/*
+ * Register-tiled AVX-512 products for the convolutions' GEMMs, where the
+ * output has few columns (the filters, F = 32..512) and OpenBLAS, which
+ * packs both operands for every call and amortizes its tiles over a long
+ * k, ran at a third of the FMA peak.
+ *
+ *   nn: c (m, n) = a (m, k) b (k, n) [+ bias (n)]
+ *       a tile of 6 rows by 64 columns of c (24 zmm accumulators) stays in
+ *       registers over all of k; each step of k loads 4 vectors of b's row
+ *       and broadcasts 6 values of a: 10 loads per 24 FMAs.
+ *   tn: c (k, n) [+]= a^T (k, m) b (m, n), a (m, k) row-major
+ *       the filter gradient: a tile of 6 rows of c (6 consecutive columns
+ *       of a) by 64 columns stays in registers over all m rows of a and b.
+ *
+ * Neither packs anything: a's rows (im2col rows, contiguous in k) are read
+ * in place, six streams at a time, and b's rows are contiguous. Tiles of 32
+ * columns take n's remainder; rows past the last whole tile of 6 take
+ * 1-row tiles.  n must be a multiple of 32 (tile_gemm_fits); the callers
+ * keep OpenBLAS for the rest and for CPUs without AVX-512.  The naive
+ * reference is backends/cpu/naive.c (the cpu_backend test compares both).
+ */
+#include <immintrin.h>
+#include "cpu.h"
+
+#define ROWS 6
+#define TARGET __attribute__((target("avx512f")))
+
+/* One tile: c[r][16 v + 0..15] for r < R, v < V (R and V compile-time) =
+ * sum over p < k of a(r, p) b[p][16 v + ...], with a(r, p) = a[r * ar +
+ * p * ap] (nn: a's rows; tn: a's columns), starting from the bias, from
+ * c's old values (add) or from zero. */
+static inline __attribute__((always_inline)) TARGET void tile(const int R, const int V, int64_t k,
+                                                              const float *restrict a, int64_t ar, int64_t ap,
+                                                              const float *restrict b, int64_t ldb,
+                                                              const float *restrict bias, bool add,
+                                                              float *restrict c, int64_t ldc) {
+  __m512 acc[ROWS][4];
+  for (int r = 0; r < R; r++)
+    for (int v = 0; v < V; v++)
+      acc[r][v] = add ? _mm512_loadu_ps(c + r * ldc + 16 * v)
+                : bias ? _mm512_loadu_ps(bias + 16 * v) : _mm512_setzero_ps();
+  for (int64_t p = 0; p < k; p++) {
+    __m512 bv[4];
+    for (int v = 0; v < V; v++) bv[v] = _mm512_loadu_ps(b + p * ldb + 16 * v);
+    for (int r = 0; r < R; r++) {
+      __m512 av = _mm512_set1_ps(a[r * ar + p * ap]);
+      for (int v = 0; v < V; v++) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; r++)
+    for (int v = 0; v < V; v++) _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
+}
+
+TARGET void lunet_cpu_tile_gemm_nn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,
+                                   const float *restrict b, int64_t ldb, const float *restrict bias,
+                                   float *restrict c, int64_t ldc) {
+  for (int64_t j = 0; j < n; j += 64) {
+    bool wide = n - j >= 64;
+    const float *bj = b + j, *biasj = bias ? bias + j : NULL;
+    int64_t i = 0;
+    for (; i + ROWS <= m; i += ROWS) {
+      if (wide) tile(ROWS, 4, k, a + i * lda, lda, 1, bj, ldb, biasj, false, c + i * ldc + j, ldc);
+      else tile(ROWS, 2, k, a + i * lda, lda, 1, bj, ldb, biasj, false, c + i * ldc + j, ldc);
+    }
+    for (; i < m; i++) {
+      if (wide) tile(1, 4, k, a + i * lda, lda, 1, bj, ldb, biasj, false, c + i * ldc + j, ldc);
+      else tile(1, 2, k, a + i * lda, lda, 1, bj, ldb, biasj, false, c + i * ldc + j, ldc);
+    }
+    if (!wide) break; /* the 32-column remainder was the last */
+  }
+}
+
+TARGET void lunet_cpu_tile_gemm_tn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,
+                                   const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc,
+                                   bool add) {
+  for (int64_t j = 0; j < n; j += 64) {
+    bool wide = n - j >= 64;
+    int64_t p = 0;
+    for (; p + ROWS <= k; p += ROWS) {
+      if (wide) tile(ROWS, 4, m, a + p, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
+      else tile(ROWS, 2, m, a + p, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
+    }
+    for (; p < k; p++) {
+      if (wide) tile(1, 4, m, a + p, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
+      else tile(1, 2, m, a + p, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
+    }
+    if (!wide) break;
+  }
+}
+
+bool lunet_cpu_tile_gemm_fits(int64_t n) { return lunet_cpu_isa_in_use == LUNET_CPU_AVX512 && n % 32 == 0 && n > 0; }
