@@ -89,6 +89,23 @@ extern lunet_cpu_isa lunet_cpu_isa_in_use;
 /* Sets lunet_cpu_isa_in_use; -1 with the reason in err for a bad LUNET_CPU_ISA. */
 int lunet_cpu_isa_choose(char *err, size_t n);
 const char *lunet_cpu_isa_name(lunet_cpu_isa isa);
+/* Defines `static void name params` that runs name##_body (an always-inline
+ * function taking `args`) compiled for AVX-512, AVX2 or the baseline,
+ * whichever isa.c chose: the backend itself is built for the baseline
+ * (SSE2), so a memory-bound loop gets 4 lanes unless it goes through this. */
+#define LUNET_CPU_ISA_DISPATCH(name, params, args)                                                         \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static void name##_avx512 params {          \
+    name##_body args;                                                                                      \
+  }                                                                                                        \
+  __attribute__((target("avx2,fma"))) static void name##_avx2 params { name##_body args; }                 \
+  static void name##_scalar params { name##_body args; }                                                   \
+  static void name params {                                                                                \
+    switch (lunet_cpu_isa_in_use) {                                                                        \
+    case LUNET_CPU_AVX512: name##_avx512 args; return;                                                     \
+    case LUNET_CPU_AVX2: name##_avx2 args; return;                                                         \
+    default: name##_scalar args;                                                                           \
+    }                                                                                                      \
+  }
 
 /* ---- register-tiled AVX-512 products (tile_gemm.c) ---- */
 /* Whether they run an n-column product: AVX-512 in use, n a multiple of 32. */

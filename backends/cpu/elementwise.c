@@ -50,8 +50,9 @@ int lunet_cpu_cast(lunet_backend *be, lunet_buf y, lunet_dtype ydt, lunet_cbuf x
 
 /* The cheap ops get their own loops so they vectorise; the libm ones share
  * one loop through the scalar definition. */
-static void unary_range(lunet_unary_op op, float a, float b, float *restrict y,
-                        const float *restrict x, int64_t n) {
+static inline __attribute__((always_inline)) void unary_range_body(lunet_unary_op op, float a, float b,
+                                                                    float *restrict y, const float *restrict x,
+                                                                    int64_t n) {
   switch (op) {
   case LUNET_UNARY_RELU:
     for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
@@ -73,6 +74,10 @@ static void unary_range(lunet_unary_op op, float a, float b, float *restrict y,
   }
 }
 
+LUNET_CPU_ISA_DISPATCH(unary_range,
+                       (lunet_unary_op op, float a, float b, float *restrict y, const float *restrict x, int64_t n),
+                       (op, a, b, y, x, n))
+
 static void unary_task(void *arg, int64_t begin, int64_t end, int chunk) {
   ew_job *j = arg;
   unary_range(j->op, j->alpha, j->beta, j->y + begin, j->x + begin, end - begin);
@@ -87,9 +92,9 @@ int lunet_cpu_unary(lunet_backend *be, lunet_unary_op op, float alpha, float bet
   return 0;
 }
 
-static void unary_grad_range(lunet_unary_op op, float a, float b, float *restrict dx,
-                             const float *restrict dy, const float *restrict x,
-                             const float *restrict y, int64_t n) {
+static inline __attribute__((always_inline)) void unary_grad_range_body(
+    lunet_unary_op op, float a, float b, float *restrict dx, const float *restrict dy, const float *restrict x,
+    const float *restrict y, int64_t n) {
   switch (op) {
   case LUNET_UNARY_RELU:
     /* dy is loaded whatever the sign: a load only where x > 0 keeps gcc
@@ -111,6 +116,11 @@ static void unary_grad_range(lunet_unary_op op, float a, float b, float *restric
       dx[i] = lunet_cpu_unary_grad_one(op, a, b, dy[i], x ? x[i] : 0.0f, y ? y[i] : 0.0f);
   }
 }
+
+LUNET_CPU_ISA_DISPATCH(unary_grad_range,
+                       (lunet_unary_op op, float a, float b, float *restrict dx, const float *restrict dy,
+                        const float *restrict x, const float *restrict y, int64_t n),
+                       (op, a, b, dx, dy, x, y, n))
 
 static void unary_grad_task(void *arg, int64_t begin, int64_t end, int chunk) {
   ew_job *j = arg;

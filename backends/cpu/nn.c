@@ -355,8 +355,8 @@ int lunet_cpu_sgd_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf
   return 0;
 }
 
-static void adam_task(void *arg, int64_t begin, int64_t end, int chunk) {
-  flat_job *j = arg;
+static inline __attribute__((always_inline)) void adam_range_body(const flat_job *j, int64_t begin,
+                                                                   int64_t end) {
   float *restrict p = j->p, *restrict m = j->s1, *restrict v = j->s2;
   const float *restrict g = j->g;
   float b1 = j->a, b2 = j->b, alpha = j->alpha, eps = j->eps;
@@ -368,6 +368,9 @@ static void adam_task(void *arg, int64_t begin, int64_t end, int chunk) {
     p[i] -= alpha * m[i] / (sqrtf(v[i]) + eps);
   }
 }
+LUNET_CPU_ISA_DISPATCH(adam_range, (const flat_job *j, int64_t begin, int64_t end), (j, begin, end))
+
+static void adam_task(void *arg, int64_t begin, int64_t end, int chunk) { adam_range(arg, begin, end); }
 
 int lunet_cpu_adam_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf m, lunet_buf v,
                           size_t n, float lr, float beta1, float beta2, float epsilon,

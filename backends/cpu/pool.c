@@ -55,7 +55,7 @@ static void max2x2_task(void *arg, int64_t begin, int64_t end, int chunk) {
 #define ROW_ARGS                                                                                           \
   int64_t ow, int64_t c, const float *restrict r0, const float *restrict r1, const float *restrict g,      \
       float *restrict q0, float *restrict q1
-static inline __attribute__((always_inline)) void back_row_body(ROW_ARGS) {
+static inline __attribute__((always_inline)) void max2x2_back_row_body(ROW_ARGS) {
   for (int64_t ox = 0; ox < ow; ox++) {
     int64_t o = 2 * ox * c;
     const float *restrict a = r0 + o, *restrict b = a + c, *restrict e = r1 + o, *restrict f = e + c;
@@ -75,19 +75,7 @@ static inline __attribute__((always_inline)) void back_row_body(ROW_ARGS) {
     }
   }
 }
-__attribute__((target("avx512f,avx512bw,avx512vl"))) static void back_row_avx512(ROW_ARGS) {
-  back_row_body(ow, c, r0, r1, g, q0, q1);
-}
-__attribute__((target("avx2,fma"))) static void back_row_avx2(ROW_ARGS) { back_row_body(ow, c, r0, r1, g, q0, q1); }
-static void back_row_scalar(ROW_ARGS) { back_row_body(ow, c, r0, r1, g, q0, q1); }
-
-static void max2x2_back_row(ROW_ARGS) {
-  switch (lunet_cpu_isa_in_use) {
-  case LUNET_CPU_AVX512: back_row_avx512(ow, c, r0, r1, g, q0, q1); return;
-  case LUNET_CPU_AVX2: back_row_avx2(ow, c, r0, r1, g, q0, q1); return;
-  default: back_row_scalar(ow, c, r0, r1, g, q0, q1);
-  }
-}
+LUNET_CPU_ISA_DISPATCH(max2x2_back_row, (ROW_ARGS), (ow, c, r0, r1, g, q0, q1))
 
 /* dx for output rows (n, oy) [begin, end): the gradient goes to the first
  * maximum in scan order a b / e f; input rows and columns no window covers

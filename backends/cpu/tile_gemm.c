@@ -14,8 +14,8 @@
  *
  * Neither packs anything: a's rows (im2col rows, contiguous in k) are read
  * in place, six streams at a time, and b's rows are contiguous. Tiles of 32
- * columns take n's remainder; rows past the last whole tile of 6 take
- * 1-row tiles.  n must be a multiple of 32 (tile_gemm_fits); the callers
+ * columns take n's remainder, tiles of fewer rows the rows past the last
+ * whole tile of 6.  n must be a multiple of 32 (tile_gemm_fits); the callers
  * keep OpenBLAS for the rest and for CPUs without AVX-512.  The naive
  * reference is backends/cpu/naive.c (the cpu_backend test compares both).
  */
@@ -51,6 +51,24 @@ static inline __attribute__((always_inline)) TARGET void tile(const int R, const
     for (int v = 0; v < V; v++) _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
 }
 
+/* A tile of `rows` rows (1 .. ROWS - 1: the remainder), 64 columns when wide, else 32, with
+ * tile()'s R and V as compile-time constants. */
+static inline __attribute__((always_inline)) TARGET void tile_of(int rows, bool wide, int64_t k,
+                                                                 const float *restrict a, int64_t ar, int64_t ap,
+                                                                 const float *restrict b, int64_t ldb,
+                                                                 const float *restrict bias, bool add,
+                                                                 float *restrict c, int64_t ldc) {
+#define TILE_ROWS(R)                                                                                       \
+  case R:                                                                                                  \
+    if (wide) tile(R, 4, k, a, ar, ap, b, ldb, bias, add, c, ldc);                                         \
+    else tile(R, 2, k, a, ar, ap, b, ldb, bias, add, c, ldc);                                              \
+    return;
+  switch (rows) {
+    TILE_ROWS(1) TILE_ROWS(2) TILE_ROWS(3) TILE_ROWS(4) TILE_ROWS(5)
+  }
+#undef TILE_ROWS
+}
+
 TARGET void lunet_cpu_tile_gemm_nn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,
                                    const float *restrict b, int64_t ldb, const float *restrict bias,
                                    float *restrict c, int64_t ldc) {
@@ -62,11 +80,7 @@ TARGET void lunet_cpu_tile_gemm_nn(int64_t m, int64_t n, int64_t k, const float 
       if (wide) tile(ROWS, 4, k, a + i * lda, lda, 1, bj, ldb, biasj, false, c + i * ldc + j, ldc);
       else tile(ROWS, 2, k, a + i * lda, lda, 1, bj, ldb, biasj, false, c + i * ldc + j, ldc);
     }
-    for (; i < m; i++) {
-      if (wide) tile(1, 4, k, a + i * lda, lda, 1, bj, ldb, biasj, false, c + i * ldc + j, ldc);
-      else tile(1, 2, k, a + i * lda, lda, 1, bj, ldb, biasj, false, c + i * ldc + j, ldc);
-    }
-    if (!wide) break; /* the 32-column remainder was the last */
+    if (i < m) tile_of((int)(m - i), wide, k, a + i * lda, lda, 1, bj, ldb, biasj, false, c + i * ldc + j, ldc);
   }
 }
 
@@ -80,11 +94,7 @@ TARGET void lunet_cpu_tile_gemm_tn(int64_t m, int64_t n, int64_t k, const float 
       if (wide) tile(ROWS, 4, m, a + p, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
       else tile(ROWS, 2, m, a + p, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
     }
-    for (; p < k; p++) {
-      if (wide) tile(1, 4, m, a + p, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
-      else tile(1, 2, m, a + p, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
-    }
-    if (!wide) break;
+    if (p < k) tile_of((int)(k - p), wide, m, a + p, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
   }
 }
 
