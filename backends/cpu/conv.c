@@ -195,6 +195,7 @@ typedef struct conv_job {
   int64_t sub;       /* rows per sub-chunk */
   int64_t kk;        /* KH*KW*C */
   int64_t dw_off, db_off;
+  bool direct;       /* forward without im2col (conv_fwd_direct) */
 } conv_job;
 
 static int64_t round16(int64_t v) { return (v + 15) & ~(int64_t)15; }
@@ -318,10 +319,42 @@ static void gemm_small_k_tn(SMALL_K_ARGS, float *restrict dw, bool add) {
  * to SMALL_K and whole 32-column tiles (F a multiple of 32). */
 static bool small_k(int64_t kk, int64_t f) { return kk <= SMALL_K && f % TILE_C == 0; }
 
+/* Whether every tap of every output lies inside the input (no padding):
+ * then the forward needs no im2col (conv_fwd_direct). */
+static bool no_padding(const lunet_conv2d_desc *d) {
+  return d->pad_top == 0 && d->pad_left == 0 && (d->oh - 1) * d->sh + d->kh <= d->h &&
+         (d->ow - 1) * d->sw + d->kw <= d->w;
+}
+
+/* Output rows [begin, end) without im2col, for convolutions without
+ * padding and with the AVX-512 tiles: at one ky, a patch's taps (kx, c)
+ * are KW*C contiguous floats of x, and the patches of consecutive outputs
+ * of one output row lie SW*C floats apart, so the tile product reads x in
+ * place, with w's rows for that ky, adding each ky's part into y. */
+static void conv_fwd_direct(const conv_job *j, int64_t begin, int64_t end) {
+  const lunet_conv2d_desc *d = j->d;
+  int64_t kwc = d->kw * d->c;
+  for (int64_t r = begin; r < end;) {
+    int64_t ox = r % d->ow, t = r / d->ow, oy = t % d->oh, n = t / d->oh;
+    int64_t len = d->ow - ox < end - r ? d->ow - ox : end - r;
+    float *y = j->y + r * d->f;
+    for (int64_t ky = 0; ky < d->kh; ky++) {
+      const float *a = j->x + ((n * d->h + oy * d->sh + ky) * d->w + ox * d->sw) * d->c;
+      lunet_cpu_tile_gemm_nn(len, d->f, kwc, a, d->sw * d->c, j->w + ky * kwc * d->f, d->f,
+                             ky == 0 ? j->bias : NULL, ky > 0, y, d->f);
+    }
+    r += len;
+  }
+}
+
 /* Output rows [begin, end). */
 static void conv_fwd_task(void *arg, int64_t begin, int64_t end, int chunk) {
   conv_job *j = arg;
   const lunet_conv2d_desc *d = j->d;
+  if (j->direct) {
+    conv_fwd_direct(j, begin, end);
+    return;
+  }
   float *ws = j->ws ? j->ws + lunet_cpu_tid() * j->ws_floats : NULL;
   for (int64_t r = begin; r < end; r += j->sub) {
     int64_t nr = end - r < j->sub ? end - r : j->sub;
@@ -332,7 +365,7 @@ static void conv_fwd_task(void *arg, int64_t begin, int64_t end, int chunk) {
     }
     float *y = j->y + r * d->f;
     if (lunet_cpu_tile_gemm_fits(d->f)) {
-      lunet_cpu_tile_gemm_nn(nr, d->f, j->kk, cols, j->kk, j->w, d->f, j->bias, y, d->f);
+      lunet_cpu_tile_gemm_nn(nr, d->f, j->kk, cols, j->kk, j->w, d->f, j->bias, false, y, d->f);
       continue;
     }
     if (small_k(j->kk, d->f)) {
@@ -361,7 +394,8 @@ int lunet_cpu_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w,
   conv_job j = {.d = d, .x = x, .w = w, .bias = bias, .y = y, .kk = d->kh * d->kw * d->c};
   int64_t rows = d->n * d->oh * d->ow;
   j.sub = sub_rows(j.kk);
-  if (!conv_is_1x1(d)) {
+  j.direct = !conv_is_1x1(d) && no_padding(d) && lunet_cpu_tile_gemm_fits(d->f);
+  if (!conv_is_1x1(d) && !j.direct) {
     j.ws_floats = j.sub * j.kk;
     j.ws = workspace(be, lunet_cpu_threads(be), j.ws_floats);
     if (!j.ws) return LUNET_ERR_NOMEM;
@@ -390,7 +424,7 @@ static void conv_bwd_data_task(void *arg, int64_t begin, int64_t end, int chunk)
   for (int64_t r = begin * per; r < r_end; r += j->sub) {
     int64_t nr = r_end - r < j->sub ? r_end - r : j->sub;
     if (j->wt)
-      lunet_cpu_tile_gemm_nn(nr, j->kk, d->f, j->dy + r * d->f, d->f, j->wt, j->kk, NULL, ws, j->kk);
+      lunet_cpu_tile_gemm_nn(nr, j->kk, d->f, j->dy + r * d->f, d->f, j->wt, j->kk, NULL, false, ws, j->kk);
     else
       sgemm(false, true, nr, j->kk, d->f, 1.0f, j->dy + r * d->f, d->f, j->w, d->f, 0.0f, ws, j->kk);
     col2im_add(j->dx, ws, d, r, nr);

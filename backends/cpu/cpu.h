@@ -110,9 +110,10 @@ const char *lunet_cpu_isa_name(lunet_cpu_isa isa);
 /* ---- register-tiled AVX-512 products (tile_gemm.c) ---- */
 /* Whether they run an n-column product: AVX-512 in use, n a multiple of 32. */
 bool lunet_cpu_tile_gemm_fits(int64_t n);
-/* c (m, n) = a (m, k) b (k, n) [+ bias (n)]; row strides lda, ldb, ldc. */
+/* c (m, n) = a (m, k) b (k, n) [+ bias (n)], or + c's old values when add;
+ * row strides lda, ldb, ldc. */
 void lunet_cpu_tile_gemm_nn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,
-                            const float *restrict b, int64_t ldb, const float *restrict bias,
+                            const float *restrict b, int64_t ldb, const float *restrict bias, bool add,
                             float *restrict c, int64_t ldc);
 /* c (k, n) = a^T b, plus c's old values when add; a (m, k), b (m, n). */
 void lunet_cpu_tile_gemm_tn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,

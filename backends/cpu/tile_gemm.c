@@ -4,7 +4,7 @@
  * packs both operands for every call and amortizes its tiles over a long
  * k, ran at a third of the FMA peak.
  *
- *   nn: c (m, n) = a (m, k) b (k, n) [+ bias (n)]
+ *   nn: c (m, n) = a (m, k) b (k, n) [+ bias (n) | + c]
  *       a tile of 6 rows by 64 columns of c (24 zmm accumulators) stays in
  *       registers over all of k; each step of k loads 4 vectors of b's row
  *       and broadcasts 6 values of a: 10 loads per 24 FMAs.
@@ -22,7 +22,8 @@
 #include <immintrin.h>
 #include "cpu.h"
 
-#define ROWS 6
+#define ROWS 6        /* rows of a 64-column tile: 24 accumulators */
+#define ROWS_NARROW 12 /* rows of a 32-column tile (n's remainder, or n = 32): 24 too */
 #define TARGET __attribute__((target("avx512f")))
 
 /* One tile: c[r][16 v + 0..15] for r < R, v < V (R and V compile-time) =
@@ -34,7 +35,7 @@ static inline __attribute__((always_inline)) TARGET void tile(const int R, const
                                                               const float *restrict b, int64_t ldb,
                                                               const float *restrict bias, bool add,
                                                               float *restrict c, int64_t ldc) {
-  __m512 acc[ROWS][4];
+  __m512 acc[ROWS_NARROW][4];
   for (int r = 0; r < R; r++)
     for (int v = 0; v < V; v++)
       acc[r][v] = add ? _mm512_loadu_ps(c + r * ldc + 16 * v)
@@ -51,36 +52,44 @@ static inline __attribute__((always_inline)) TARGET void tile(const int R, const
     for (int v = 0; v < V; v++) _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
 }
 
-/* A tile of `rows` rows (1 .. ROWS - 1: the remainder), 64 columns when wide, else 32, with
- * tile()'s R and V as compile-time constants. */
+/* A tile of `rows` rows (fewer than a whole tile's: the remainder), 64
+ * columns when wide, else 32, with tile()'s R and V as compile-time
+ * constants. */
 static inline __attribute__((always_inline)) TARGET void tile_of(int rows, bool wide, int64_t k,
                                                                  const float *restrict a, int64_t ar, int64_t ap,
                                                                  const float *restrict b, int64_t ldb,
                                                                  const float *restrict bias, bool add,
                                                                  float *restrict c, int64_t ldc) {
-#define TILE_ROWS(R)                                                                                       \
-  case R:                                                                                                  \
-    if (wide) tile(R, 4, k, a, ar, ap, b, ldb, bias, add, c, ldc);                                         \
-    else tile(R, 2, k, a, ar, ap, b, ldb, bias, add, c, ldc);                                              \
-    return;
-  switch (rows) {
-    TILE_ROWS(1) TILE_ROWS(2) TILE_ROWS(3) TILE_ROWS(4) TILE_ROWS(5)
+#define WIDE(R)                                                                                            \
+  case R: tile(R, 4, k, a, ar, ap, b, ldb, bias, add, c, ldc); return;
+#define NARROW(R)                                                                                          \
+  case R: tile(R, 2, k, a, ar, ap, b, ldb, bias, add, c, ldc); return;
+  if (wide) {
+    switch (rows) { WIDE(1) WIDE(2) WIDE(3) WIDE(4) WIDE(5) }
+  } else {
+    switch (rows) {
+      NARROW(1) NARROW(2) NARROW(3) NARROW(4) NARROW(5) NARROW(6)
+      NARROW(7) NARROW(8) NARROW(9) NARROW(10) NARROW(11)
+    }
   }
-#undef TILE_ROWS
+#undef WIDE
+#undef NARROW
 }
 
 TARGET void lunet_cpu_tile_gemm_nn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,
-                                   const float *restrict b, int64_t ldb, const float *restrict bias,
+                                   const float *restrict b, int64_t ldb, const float *restrict bias, bool add,
                                    float *restrict c, int64_t ldc) {
   for (int64_t j = 0; j < n; j += 64) {
     bool wide = n - j >= 64;
     const float *bj = b + j, *biasj = bias ? bias + j : NULL;
     int64_t i = 0;
-    for (; i + ROWS <= m; i += ROWS) {
-      if (wide) tile(ROWS, 4, k, a + i * lda, lda, 1, bj, ldb, biasj, false, c + i * ldc + j, ldc);
-      else tile(ROWS, 2, k, a + i * lda, lda, 1, bj, ldb, biasj, false, c + i * ldc + j, ldc);
-    }
-    if (i < m) tile_of((int)(m - i), wide, k, a + i * lda, lda, 1, bj, ldb, biasj, false, c + i * ldc + j, ldc);
+    if (wide)
+      for (; i + ROWS <= m; i += ROWS)
+        tile(ROWS, 4, k, a + i * lda, lda, 1, bj, ldb, biasj, add, c + i * ldc + j, ldc);
+    else
+      for (; i + ROWS_NARROW <= m; i += ROWS_NARROW)
+        tile(ROWS_NARROW, 2, k, a + i * lda, lda, 1, bj, ldb, biasj, add, c + i * ldc + j, ldc);
+    if (i < m) tile_of((int)(m - i), wide, k, a + i * lda, lda, 1, bj, ldb, biasj, add, c + i * ldc + j, ldc);
   }
 }
 
@@ -90,10 +99,11 @@ TARGET void lunet_cpu_tile_gemm_tn(int64_t m, int64_t n, int64_t k, const float 
   for (int64_t j = 0; j < n; j += 64) {
     bool wide = n - j >= 64;
     int64_t p = 0;
-    for (; p + ROWS <= k; p += ROWS) {
-      if (wide) tile(ROWS, 4, m, a + p, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
-      else tile(ROWS, 2, m, a + p, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
-    }
+    if (wide)
+      for (; p + ROWS <= k; p += ROWS) tile(ROWS, 4, m, a + p, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
+    else
+      for (; p + ROWS_NARROW <= k; p += ROWS_NARROW)
+        tile(ROWS_NARROW, 2, m, a + p, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
     if (p < k) tile_of((int)(k - p), wide, m, a + p, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
   }
 }

@@ -129,6 +129,9 @@ static const conv_case conv_cases[] = {
     {3, 7, 9, 32, 96, 3, 3, 1, 1, 1},  {2, 9, 7, 5, 64, 3, 3, 2, 2, 0},
     {1, 5, 5, 7, 32, 1, 1, 1, 1, 0},   {2, 6, 5, 64, 128, 3, 3, 1, 1, 1},
     {8, 16, 16, 64, 32, 3, 3, 1, 1, 1},
+    /* the forward without im2col (no padding): stride 1 with 64 + 32 columns
+     * and a 1-row remainder, a 5x3 kernel at stride 2 x 3 */
+    {3, 9, 15, 16, 96, 3, 3, 1, 1, 0}, {2, 13, 17, 6, 64, 5, 3, 2, 3, 0},
 };
 #define NCONV (sizeof conv_cases / sizeof conv_cases[0])
 
