@@ -45,6 +45,20 @@ typedef struct gemm_job {
   int64_t parts, batch;
 } gemm_job;
 
+/* One product of gemm_task: the AVX-512 tiles for c = a b and c = a^T b
+ * (alpha 1; beta 0, or 1 to add) with whole 32-column tiles, OpenBLAS for
+ * the rest (b transposed: the tiles read b's rows). */
+static void product(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                    int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
+  if (!tb && alpha == 1.0f && (beta == 0.0f || beta == 1.0f) && k > 0 && m > 0 &&
+      lunet_cpu_tile_gemm_fits(n)) {
+    if (ta) lunet_cpu_tile_gemm_tn(k, n, m, a, lda, b, ldb, c, ldc, beta == 1.0f);
+    else lunet_cpu_tile_gemm_nn(m, n, k, a, lda, b, ldb, NULL, beta == 1.0f, c, ldc);
+    return;
+  }
+  sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
 /* Items are (batch, part) pairs; a part is a range of rows or columns. */
 static void gemm_task(void *arg, int64_t begin, int64_t end, int chunk) {
   gemm_job *j = arg;
@@ -55,12 +69,12 @@ static void gemm_task(void *arg, int64_t begin, int64_t end, int chunk) {
     int64_t lda = j->ta ? j->m : j->k, ldb = j->tb ? j->k : j->n;
     if (j->split == 1) {
       int64_t r0 = j->m * p / j->parts, r1 = j->m * (p + 1) / j->parts;
-      sgemm(j->ta, j->tb, r1 - r0, j->n, j->k, j->alpha, a + (j->ta ? r0 : r0 * lda), lda, b, ldb,
-            j->beta, c + r0 * j->n, j->n);
+      product(j->ta, j->tb, r1 - r0, j->n, j->k, j->alpha, a + (j->ta ? r0 : r0 * lda), lda, b, ldb,
+              j->beta, c + r0 * j->n, j->n);
     } else {
       int64_t c0 = j->n * p / j->parts, c1 = j->n * (p + 1) / j->parts;
-      sgemm(j->ta, j->tb, j->m, c1 - c0, j->k, j->alpha, a, lda, b + (j->tb ? c0 * ldb : c0), ldb,
-            j->beta, c + c0, j->n);
+      product(j->ta, j->tb, j->m, c1 - c0, j->k, j->alpha, a, lda, b + (j->tb ? c0 * ldb : c0), ldb,
+              j->beta, c + c0, j->n);
     }
   }
 }

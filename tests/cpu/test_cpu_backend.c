@@ -389,23 +389,26 @@ START_TEST(test_pool_fast_vs_naive) {
 END_TEST
 
 START_TEST(test_gemm_fast_vs_naive) {
-  static const int64_t sizes[][4] = {{1, 1, 1, 1}, {7, 3, 33, 1}, {3, 7, 5, 3},
-                                     {130, 90, 40, 1}, {17, 300, 65, 1}, {64, 33, 70, 2}};
+  /* the last five take the AVX-512 tiles with alpha 1 and beta 0 or 1 and
+   * b not transposed (n a multiple of 32; split by rows and by columns) */
+  static const int64_t sizes[][4] = {{1, 1, 1, 1},     {7, 3, 33, 1},     {3, 7, 5, 3},
+                                     {130, 90, 40, 1}, {17, 300, 65, 1},  {64, 33, 70, 2},
+                                     {70, 96, 37, 1},  {13, 64, 200, 2},  {200, 512, 64, 1},
+                                     {300, 32, 50, 1}, {5, 160, 7, 1}};
+  static const float scales[][2] = {{0.5f, 0.25f}, {1.0f, 0.0f}, {1.0f, 1.0f}};
   for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
     int64_t m = sizes[s][0], n = sizes[s][1], k = sizes[s][2], batch = sizes[s][3];
-    for (int t = 0; t < 8; t++) {
+    for (int t = 0; t < 24; t++) {
+      float alpha = scales[t / 8][0], beta = scales[t / 8][1];
       bool ta = t & 1, tb = t & 2, shared_b = t & 4;
       int64_t sb = shared_b ? 0 : k * n;
       float *a = rnd(batch * m * k, -1, 1), *b = rnd(batch * k * n, -1, 1);
       float *c1 = rnd(batch * m * n, -1, 1), *c2 = dup(c1, batch * m * n);
-      char what[64];
-      snprintf(what, sizeof what, "gemm %zu ta=%d tb=%d sb=%lld", s, ta, tb, (long long)sb);
-      ck_assert_int_eq(N->gemm(be, ta, tb, m, n, k, 0.5f, a, m * k, b, sb, 0.25f, c1, m * n,
-                               batch),
-                       0);
-      ck_assert_int_eq(F->gemm(be, ta, tb, m, n, k, 0.5f, a, m * k, b, sb, 0.25f, c2, m * n,
-                               batch),
-                       0);
+      char what[96];
+      snprintf(what, sizeof what, "gemm %zu ta=%d tb=%d sb=%lld alpha=%g beta=%g", s, ta, tb, (long long)sb,
+               (double)alpha, (double)beta);
+      ck_assert_int_eq(N->gemm(be, ta, tb, m, n, k, alpha, a, m * k, b, sb, beta, c1, m * n, batch), 0);
+      ck_assert_int_eq(F->gemm(be, ta, tb, m, n, k, alpha, a, m * k, b, sb, beta, c2, m * n, batch), 0);
       expect_close(c2, c1, batch * m * n, 1e-5f * (float)k, 1e-5f, what);
       free(a), free(b), free(c1), free(c2);
     }
