@@ -183,6 +183,53 @@ static int make_pipeline(lunet_backend *be, lunet_vk_shader sh, int mode) {
   return 0;
 }
 
+/* The bindings a shader writes: those of its storage buffers not
+ * decorated NonWritable (GLSL's readonly), on the variable or on every
+ * member of its block, read from the SPIR-V.  An unparsable module counts
+ * as writing every binding (barriers then as before). */
+enum { OP_DECORATE = 71, OP_MEMBER_DECORATE = 72, OP_VARIABLE = 59, OP_TYPE_POINTER = 32,
+       OP_TYPE_STRUCT = 30, DEC_NONWRITABLE = 24, DEC_BINDING = 33 };
+
+static uint32_t spirv_write_mask(const uint32_t *code, size_t words) {
+  if (words < 5 || code[0] != 0x07230203u || code[3] > (1u << 20)) return UINT32_MAX;
+  uint32_t bound = code[3];
+  int32_t *binding = malloc(bound * sizeof *binding);
+  uint32_t *info = calloc(bound, sizeof *info); /* bit 0 nonwritable var; bits 8..: struct members */
+  uint32_t *members = calloc(bound, sizeof *members), *ro_members = calloc(bound, sizeof *ro_members);
+  uint32_t *pointee = calloc(bound, sizeof *pointee), *var_type = calloc(bound, sizeof *var_type);
+  uint32_t mask = UINT32_MAX;
+  if (!binding || !info || !members || !ro_members || !pointee || !var_type) goto done;
+  for (uint32_t i = 0; i < bound; i++) binding[i] = -1;
+  for (size_t at = 5; at < words;) {
+    uint32_t n = code[at] >> 16, op = code[at] & 0xffffu;
+    const uint32_t *w = code + at;
+    if (n == 0 || at + n > words) goto done;
+    if (op == OP_DECORATE && n >= 3 && w[1] < bound) {
+      if (w[2] == DEC_BINDING && n >= 4) binding[w[1]] = (int32_t)w[3];
+      if (w[2] == DEC_NONWRITABLE) info[w[1]] |= 1;
+    } else if (op == OP_MEMBER_DECORATE && n >= 4 && w[1] < bound && w[3] == DEC_NONWRITABLE) {
+      ro_members[w[1]]++;
+    } else if (op == OP_TYPE_STRUCT && n >= 2 && w[1] < bound) {
+      members[w[1]] = n - 2;
+    } else if (op == OP_TYPE_POINTER && n >= 4 && w[1] < bound) {
+      pointee[w[1]] = w[3];
+    } else if (op == OP_VARIABLE && n >= 4 && w[2] < bound) {
+      var_type[w[2]] = w[1];
+    }
+    at += n;
+  }
+  mask = 0;
+  for (uint32_t v = 0; v < bound; v++) {
+    if (binding[v] < 0 || binding[v] >= 32 || var_type[v] >= bound) continue;
+    uint32_t t = pointee[var_type[v]];
+    bool readonly = (info[v] & 1) || (t < bound && members[t] > 0 && ro_members[t] >= members[t]);
+    if (!readonly) mask |= 1u << binding[v];
+  }
+done:
+  free(binding), free(info), free(members), free(ro_members), free(pointee), free(var_type);
+  return mask;
+}
+
 uint32_t lunet_vk_groups(lunet_backend *be, size_t n) {
   size_t g = (n + be->wg - 1) / be->wg;
   size_t cap = be->props.limits.maxComputeWorkGroupCount[0];
@@ -221,8 +268,19 @@ int lunet_vk_dispatch(lunet_backend *be, lunet_vk_shader sh, int mode, lunet_cbu
     int rc = make_pipeline(be, sh, mode);
     if (rc) return rc;
   }
+  if (!(be->write_mask_known & (1u << sh))) {
+    be->write_mask[sh] = spirv_write_mask(lunet_vk_shaders[sh].code, lunet_vk_shaders[sh].bytes / 4);
+    be->write_mask_known |= 1u << sh;
+  }
+  VkBuffer reads[LUNET_VK_BINDINGS], writes[LUNET_VK_BINDINGS];
+  int nr = 0, nw = 0;
+  for (int i = 0; i < LUNET_VK_BINDINGS; i++) {
+    if (be->write_mask[sh] & (1u << i)) writes[nw++] = info[i].buffer;
+    else reads[nr++] = info[i].buffer;
+  }
   VkCommandBuffer cmd = lunet_vk_cmd(be, 1);
   if (!cmd) return LUNET_ERR_DEVICE;
+  lunet_vk_access(be, cmd, reads, nr, writes, nw);
   VkDescriptorSetAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
                                     .descriptorPool = be->frames[be->cur].dpool,
                                     .descriptorSetCount = 1,
@@ -240,6 +298,5 @@ int lunet_vk_dispatch(lunet_backend *be, lunet_vk_shader sh, int mode, lunet_cbu
   vkCmdPushConstants(cmd, be->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
   vkCmdDispatch(cmd, gx, gy, gz);
   be->stats.dispatches++;
-  lunet_vk_barrier(be, cmd);
   return 0;
 }

@@ -3,8 +3,10 @@
  *
  * Buffers are device-local storage buffers; freed ones wait in a pool of size
  * classes, so that steady-state training allocates nothing.  Reusing a
- * freed buffer while earlier commands still read it is safe because every
- * command is followed by a full barrier and batches run in submission order.
+ * freed buffer while earlier commands still read it is safe because the
+ * hazards are tracked by VkBuffer (lunet_vk_access: writing a buffer that a
+ * command since the last barrier read takes a barrier first) and each batch
+ * starts with a full barrier.
  *
  * Commands are recorded into one of two frames: while one batch runs on the
  * device the other is recorded; a batch is submitted when its descriptor
@@ -155,7 +157,27 @@ void lunet_vk_frames_free(lunet_backend *be) {
   if (be->cmdpool) vkDestroyCommandPool(be->dev, be->cmdpool, NULL);
 }
 
+static bool holds(const VkBuffer *set, int n, VkBuffer b) {
+  for (int i = 0; i < n; i++)
+    if (set[i] == b) return true;
+  return false;
+}
+
+void lunet_vk_access(lunet_backend *be, VkCommandBuffer cmd, const VkBuffer *reads, int nr,
+                     const VkBuffer *writes, int nw) {
+  bool hazard = be->hz_nr + nr > LUNET_VK_HAZARD_MAX || be->hz_nw + nw > LUNET_VK_HAZARD_MAX;
+  for (int i = 0; i < nr && !hazard; i++) hazard = holds(be->hz_written, be->hz_nw, reads[i]);
+  for (int i = 0; i < nw && !hazard; i++)
+    hazard = holds(be->hz_written, be->hz_nw, writes[i]) || holds(be->hz_read, be->hz_nr, writes[i]);
+  if (hazard) lunet_vk_barrier(be, cmd);
+  for (int i = 0; i < nr; i++)
+    if (!holds(be->hz_read, be->hz_nr, reads[i])) be->hz_read[be->hz_nr++] = reads[i];
+  for (int i = 0; i < nw; i++)
+    if (!holds(be->hz_written, be->hz_nw, writes[i])) be->hz_written[be->hz_nw++] = writes[i];
+}
+
 void lunet_vk_barrier(lunet_backend *be, VkCommandBuffer cmd) {
+  be->hz_nw = be->hz_nr = 0;
   be->stats.barriers++;
   VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
                         .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT |
@@ -193,6 +215,8 @@ static int frame_wait(lunet_backend *be, lunet_vk_frame *f) {
 
 static int frame_submit(lunet_backend *be, lunet_vk_frame *f) {
   if (f->state != FRAME_RECORDING) return 0;
+  /* the host reads what kernels flag (errbuf) after the fence */
+  if (be->hz_nw) lunet_vk_barrier(be, f->cmd);
   VkResult r = vkEndCommandBuffer(f->cmd);
   if (r) {
     /* The buffer is invalid now: frame_begin resets it, as after a failed
@@ -445,8 +469,8 @@ int lunet_vk_buffer_upload(lunet_backend *be, lunet_buf dst, size_t off, const v
     /* staging_reserve counted this command; another lunet_vk_cmd could
      * flip to a frame whose staging does not hold the data. */
     VkCommandBuffer cmd = f->cmd;
+    lunet_vk_access(be, cmd, &f->staging.buf, 1, &d->buf, 1);
     record_copy(cmd, f->staging.buf, (size_t)so, d->buf, off + done, n);
-    lunet_vk_barrier(be, cmd);
     done += n;
   }
   if (!rc) be->stats.bytes_up += nbytes;
@@ -478,6 +502,7 @@ int lunet_vk_buffer_download(lunet_backend *be, lunet_cbuf src, size_t off, void
     size_t n = nbytes - done < be->readback.size ? nbytes - done : be->readback.size;
     VkCommandBuffer cmd = lunet_vk_cmd(be, 0);
     if (!cmd) return LUNET_ERR_DEVICE;
+    lunet_vk_access(be, cmd, &s->buf, 1, &be->readback.buf, 1);
     record_copy(cmd, s->buf, off + done, be->readback.buf, 0, n);
     host_barrier(be, cmd);
     if ((rc = synchronize_for(be, 1))) return rc;
@@ -499,8 +524,8 @@ int lunet_vk_buffer_copy(lunet_backend *be, lunet_buf dst, size_t doff, lunet_cb
     return lunet_vk_error(LUNET_ERR_ARG, "copy: overlapping ranges in one buffer");
   VkCommandBuffer cmd = lunet_vk_cmd(be, 0);
   if (!cmd) return LUNET_ERR_DEVICE;
+  lunet_vk_access(be, cmd, &s->buf, 1, &d->buf, 1);
   record_copy(cmd, s->buf, soff, d->buf, doff, nbytes);
-  lunet_vk_barrier(be, cmd);
   be->stats.bytes_copied += nbytes;
   return 0;
 }

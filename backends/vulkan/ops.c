@@ -32,8 +32,8 @@ static int vk_fill(lunet_backend *be, lunet_buf y, float value, size_t n) {
   if (!cmd) return LUNET_ERR_DEVICE;
   uint32_t bits;
   memcpy(&bits, &value, sizeof bits);
+  lunet_vk_access(be, cmd, NULL, 0, &b->buf, 1);
   vkCmdFillBuffer(cmd, b->buf, 0, n * sizeof(float), bits);
-  lunet_vk_barrier(be, cmd);
   return 0;
 }
 
@@ -139,8 +139,8 @@ static int vk_gather_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, const in
   }
   VkCommandBuffer cmd = lunet_vk_cmd(be, 0);
   if (cmd) {
+    lunet_vk_access(be, cmd, &src->buf, 1, &dst->buf, 1);
     vkCmdCopyBuffer(cmd, src->buf, dst->buf, nr, r);
-    lunet_vk_barrier(be, cmd);
     be->stats.bytes_copied += (uint64_t)n * row_bytes;
   }
   free(r);

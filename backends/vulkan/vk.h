@@ -148,6 +148,7 @@ typedef struct lunet_vk_frame {
 } lunet_vk_frame;
 
 #define LUNET_VK_MAX_DEVICES 16
+#define LUNET_VK_HAZARD_MAX 64 /* buffers tracked between barriers (more: a barrier) */
 #define LUNET_VK_SETS_PER_FRAME 256
 /* Transfers take no descriptor sets: this bounds a batch of them. */
 #define LUNET_VK_CMDS_PER_FRAME 4096
@@ -197,6 +198,12 @@ struct lunet_backend {
   VkResult fault_result;
   lunet_backend_stats stats; /* nn.backend_stats (one thread at a time uses a backend) */
   int wait_cause;            /* what a wait is for: 0 other (a full frame ring), 1 a read, 2 synchronize */
+  /* Hazards (lunet_vk_access): the buffers the commands recorded since the
+   * last barrier wrote and read. */
+  VkBuffer hz_written[LUNET_VK_HAZARD_MAX], hz_read[LUNET_VK_HAZARD_MAX];
+  int hz_nw, hz_nr;
+  uint32_t write_mask[VK_SH_COUNT]; /* the bindings each shader writes, from its SPIR-V */
+  uint32_t write_mask_known;        /* bit per shader */
 };
 
 void lunet_vk_stats(lunet_backend *be, lunet_backend_stats *out);
@@ -235,6 +242,12 @@ void lunet_vk_pool_drain(lunet_backend *be);
 VkCommandBuffer lunet_vk_cmd(lunet_backend *be, int sets);
 /* Orders everything recorded so far before everything recorded next. */
 void lunet_vk_barrier(lunet_backend *be, VkCommandBuffer cmd);
+/* Called before recording a command into cmd that reads `reads` and writes
+ * `writes`: records a barrier first when the command would read or write a
+ * buffer that a command since the last barrier wrote, or write one that it
+ * read (so independent commands run without one between them). */
+void lunet_vk_access(lunet_backend *be, VkCommandBuffer cmd, const VkBuffer *reads, int nr,
+                     const VkBuffer *writes, int nw);
 int lunet_vk_frames_init(lunet_backend *be);
 void lunet_vk_frames_free(lunet_backend *be);
 

@@ -74,7 +74,11 @@ function T.vulkan_counts()
   check.eq(d2.waits, 1, "one wait on the device per training step (the loss's read)")
   check.eq(d2.waits_read, 1, "and it is the read")
   check.eq(d2.dispatches > 0 and d2.submits >= 1, true, "a step dispatches and submits")
-  check.eq(d2.barriers >= d2.dispatches, true, "a barrier after each dispatch (for now)")
+  -- barriers only where a command reads or writes what one since the last
+  -- wrote, or writes what one read (the optimizer's updates of different
+  -- weights are independent): fewer than dispatches, but some
+  check.eq(d2.barriers > 0 and d2.barriers < d2.dispatches, true,
+    string.format("barriers between dependent commands only (%d for %d dispatches)", d2.barriers, d2.dispatches))
   check.eq(d2.descriptor_writes % d2.dispatches, 0, "the same descriptor writes per dispatch")
   check.eq(d2.descriptor_writes > 0, true, "descriptor writes counted")
   local seen = {}
