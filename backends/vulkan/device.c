@@ -369,6 +369,17 @@ static void driver_info(lunet_backend *be) {
 
 /* ---- logical device ---- */
 
+static bool has_device_extension(VkPhysicalDevice pd, const char *name) {
+  uint32_t n = 0;
+  if (vkEnumerateDeviceExtensionProperties(pd, NULL, &n, NULL) != VK_SUCCESS || n == 0) return false;
+  VkExtensionProperties *e = malloc(n * sizeof *e);
+  bool found = false;
+  if (e && vkEnumerateDeviceExtensionProperties(pd, NULL, &n, e) == VK_SUCCESS)
+    for (uint32_t i = 0; i < n && !found; i++) found = !strcmp(e[i].extensionName, name);
+  free(e);
+  return found;
+}
+
 static int make_device(lunet_backend *be, char *err, size_t err_len) {
   uint32_t nq = 0;
   vkGetPhysicalDeviceQueueFamilyProperties(be->phys, &nq, NULL);
@@ -387,9 +398,15 @@ static int make_device(lunet_backend *be, char *err, size_t err_len) {
                                 .queueFamilyIndex = be->qfamily,
                                 .queueCount = 1,
                                 .pQueuePriorities = &prio};
+  const char *push = VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME;
+  const char *want = getenv("LUNET_VULKAN_PUSH_DESCRIPTORS");
+  be->push_descriptors = !(want && !strcmp(want, "0")) && vkCmdPushDescriptorSetKHR &&
+                         has_device_extension(be->phys, push);
   VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
                            .queueCreateInfoCount = 1,
-                           .pQueueCreateInfos = &qi};
+                           .pQueueCreateInfos = &qi,
+                           .enabledExtensionCount = be->push_descriptors ? 1 : 0,
+                           .ppEnabledExtensionNames = &push};
   VkResult r = vkCreateDevice(be->phys, &di, NULL, &be->dev);
   if (r != VK_SUCCESS) {
     snprintf(err, err_len, "vulkan: vkCreateDevice failed on %s (%s)", be->props.deviceName,
@@ -509,10 +526,11 @@ void lunet_vk_describe(lunet_backend *be, lunet_backend_info *info) {
   snprintf(info->name, sizeof info->name, "vulkan");
   snprintf(info->device, sizeof info->device, "%.96s (%s, %.1f GiB)", be->props.deviceName,
            type_name(be->props.deviceType), (double)device_memory(be->phys) / (1 << 30));
-  snprintf(info->detail, sizeof info->detail, "%.80s, Vulkan %u.%u.%u%s; devices: %.120s",
+  snprintf(info->detail, sizeof info->detail, "%.80s, Vulkan %u.%u.%u%s%s; devices: %.100s",
            be->driver, VK_API_VERSION_MAJOR(be->props.apiVersion),
            VK_API_VERSION_MINOR(be->props.apiVersion), VK_API_VERSION_PATCH(be->props.apiVersion),
-           be->validation ? ", validation on" : "", be->devices);
+           be->validation ? ", validation on" : "", be->push_descriptors ? ", push descriptors" : "",
+           be->devices);
   info->threads = 1;
   info->available = !be->lost;
   info->device_index = be->device_index;

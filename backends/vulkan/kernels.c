@@ -115,10 +115,11 @@ int lunet_vk_kernels_init(lunet_backend *be) {
                                           .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
                                           .descriptorCount = 1,
                                           .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
-  VkDescriptorSetLayoutCreateInfo li = {.sType =
-                                            VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
-                                        .bindingCount = LUNET_VK_BINDINGS,
-                                        .pBindings = b};
+  VkDescriptorSetLayoutCreateInfo li = {
+      .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
+      .flags = be->push_descriptors ? VK_DESCRIPTOR_SET_LAYOUT_CREATE_PUSH_DESCRIPTOR_BIT_KHR : 0,
+      .bindingCount = LUNET_VK_BINDINGS,
+      .pBindings = b};
   VkResult r = vkCreateDescriptorSetLayout(be->dev, &li, NULL, &be->dsl);
   if (r) return lunet_vk_check(be, r, "vkCreateDescriptorSetLayout");
   VkPushConstantRange pr = {VK_SHADER_STAGE_COMPUTE_BIT, 0, LUNET_VK_PUSH_BYTES};
@@ -278,23 +279,28 @@ int lunet_vk_dispatch(lunet_backend *be, lunet_vk_shader sh, int mode, lunet_cbu
     if (be->write_mask[sh] & (1u << i)) writes[nw++] = info[i].buffer;
     else reads[nr++] = info[i].buffer;
   }
-  VkCommandBuffer cmd = lunet_vk_cmd(be, 1);
+  VkCommandBuffer cmd = lunet_vk_cmd(be, be->push_descriptors ? 0 : 1);
   if (!cmd) return LUNET_ERR_DEVICE;
   lunet_vk_access(be, cmd, reads, nr, writes, nw);
-  VkDescriptorSetAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
-                                    .descriptorPool = be->frames[be->cur].dpool,
-                                    .descriptorSetCount = 1,
-                                    .pSetLayouts = &be->dsl};
-  VkDescriptorSet set;
-  VkResult r = vkAllocateDescriptorSets(be->dev, &ai, &set);
-  if (r) return lunet_vk_check(be, r, "vkAllocateDescriptorSets");
-  for (int i = 0; i < LUNET_VK_BINDINGS; i++) w[i].dstSet = set;
-  vkUpdateDescriptorSets(be->dev, LUNET_VK_BINDINGS, w, 0, NULL);
+  vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->pipes[sh][mode]);
+  if (be->push_descriptors) {
+    /* the bindings go into the command buffer: no set to allocate and write */
+    vkCmdPushDescriptorSetKHR(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->layout, 0, LUNET_VK_BINDINGS, w);
+  } else {
+    VkDescriptorSetAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
+                                      .descriptorPool = be->frames[be->cur].dpool,
+                                      .descriptorSetCount = 1,
+                                      .pSetLayouts = &be->dsl};
+    VkDescriptorSet set;
+    VkResult r = vkAllocateDescriptorSets(be->dev, &ai, &set);
+    if (r) return lunet_vk_check(be, r, "vkAllocateDescriptorSets");
+    for (int i = 0; i < LUNET_VK_BINDINGS; i++) w[i].dstSet = set;
+    vkUpdateDescriptorSets(be->dev, LUNET_VK_BINDINGS, w, 0, NULL);
+    vkCmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->layout, 0, 1, &set, 0, NULL);
+  }
   be->stats.descriptor_writes += LUNET_VK_BINDINGS;
   uint8_t push[LUNET_VK_PUSH_BYTES] = {0};
   memcpy(push, pc, pc_bytes < sizeof push ? pc_bytes : sizeof push);
-  vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->pipes[sh][mode]);
-  vkCmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->layout, 0, 1, &set, 0, NULL);
   vkCmdPushConstants(cmd, be->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
   vkCmdDispatch(cmd, gx, gy, gz);
   be->stats.dispatches++;

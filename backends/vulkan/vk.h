@@ -27,6 +27,7 @@
   X(vkGetPhysicalDeviceProperties2)                                                                \
   X(vkGetPhysicalDeviceMemoryProperties)                                                           \
   X(vkGetPhysicalDeviceQueueFamilyProperties)                                                      \
+  X(vkEnumerateDeviceExtensionProperties)                                                          \
   X(vkCreateDevice)                                                                                \
   X(vkDestroyDevice)                                                                               \
   X(vkGetDeviceQueue)                                                                              \
@@ -70,6 +71,7 @@
   X(vkDestroyPipeline)                                                                             \
   X(vkCmdBindPipeline)                                                                             \
   X(vkCmdBindDescriptorSets)                                                                       \
+  X(vkCmdPushDescriptorSetKHR)                                                                     \
   X(vkCmdPushConstants)                                                                            \
   X(vkCmdDispatch)                                                                                 \
   X(vkCmdPipelineBarrier)                                                                          \
@@ -204,6 +206,10 @@ struct lunet_backend {
   int hz_nw, hz_nr;
   uint32_t write_mask[VK_SH_COUNT]; /* the bindings each shader writes, from its SPIR-V */
   uint32_t write_mask_known;        /* bit per shader */
+  /* VK_KHR_push_descriptor: each dispatch pushes its bindings into the
+   * command buffer (no descriptor set allocated and written per dispatch);
+   * off with LUNET_VULKAN_PUSH_DESCRIPTORS=0 or on a device without it. */
+  bool push_descriptors;
 };
 
 void lunet_vk_stats(lunet_backend *be, lunet_backend_stats *out);
