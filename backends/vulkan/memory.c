@@ -94,7 +94,12 @@ void lunet_vk_raw_free(lunet_backend *be, lunet_vk_buffer *b) {
 
 /* ---- frames ---- */
 
+#define FLUSH_CMDS 32 /* LUNET_VULKAN_FLUSH's default */
+
 int lunet_vk_frames_init(lunet_backend *be) {
+  const char *flush = getenv("LUNET_VULKAN_FLUSH");
+  be->flush_cmds = flush && *flush ? atoi(flush) : FLUSH_CMDS;
+  if (be->flush_cmds < 0) be->flush_cmds = 0;
   VkCommandPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
                                 .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,
                                 .queueFamilyIndex = be->qfamily};
@@ -213,6 +218,16 @@ static int frame_wait(lunet_backend *be, lunet_vk_frame *f) {
   return 0;
 }
 
+/* Whether frame f can be recorded again without waiting: idle, or its
+ * batch finished (then it is made idle; no wait is counted). */
+static bool frame_done(lunet_backend *be, lunet_vk_frame *f) {
+  if (f->state == FRAME_IDLE) return true;
+  if (f->state != FRAME_SUBMITTED || vkGetFenceStatus(be->dev, f->fence) != VK_SUCCESS) return false;
+  vkResetFences(be->dev, 1, &f->fence);
+  f->state = FRAME_IDLE;
+  return true;
+}
+
 static int frame_submit(lunet_backend *be, lunet_vk_frame *f) {
   if (f->state != FRAME_RECORDING) return 0;
   /* the host reads what kernels flag (errbuf) after the fence */
@@ -267,7 +282,8 @@ VkCommandBuffer lunet_vk_cmd(lunet_backend *be, int sets) {
   int rc = 0;
   if (f->state != FRAME_RECORDING)
     rc = frame_begin(be, f);
-  else if (f->nsets + sets > LUNET_VK_SETS_PER_FRAME || f->ncmds >= LUNET_VK_CMDS_PER_FRAME)
+  else if (f->nsets + sets > LUNET_VK_SETS_PER_FRAME || f->ncmds >= LUNET_VK_CMDS_PER_FRAME ||
+           (be->flush_cmds > 0 && f->ncmds >= be->flush_cmds && frame_done(be, &be->frames[1 - be->cur])))
     rc = frame_flip(be);
   if (rc) return NULL;
   f = &be->frames[be->cur];
@@ -298,7 +314,12 @@ static int check_flags(lunet_backend *be) {
  * internal wait (alloc's retry) cannot swallow one. */
 static int wait_all(lunet_backend *be) {
   int rc = frame_submit(be, &be->frames[be->cur]);
-  for (int i = 0; i < 2 && !rc; i++) rc = frame_wait(be, &be->frames[(be->cur + 1 + i) & 1]);
+  /* The newest batch first: it began with a barrier behind everything
+   * submitted before it, so the older one (flushed early) has finished by
+   * then and its fence is only read, not waited on again. */
+  if (!rc) rc = frame_wait(be, &be->frames[be->cur]);
+  lunet_vk_frame *older = &be->frames[1 - be->cur];
+  if (!rc && !frame_done(be, older)) rc = frame_wait(be, older);
   if (rc) return rc;
   for (size_t i = 0; i < be->ndoomed; i++) destroy(be, be->doomed[i]);
   be->ndoomed = 0;

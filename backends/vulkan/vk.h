@@ -50,6 +50,7 @@
   X(vkCreateFence)                                                                                 \
   X(vkDestroyFence)                                                                                \
   X(vkWaitForFences)                                                                               \
+  X(vkGetFenceStatus)                                                                              \
   X(vkResetFences)                                                                                 \
   X(vkQueueSubmit)                                                                                 \
   X(vkDeviceWaitIdle)                                                                              \
@@ -210,6 +211,11 @@ struct lunet_backend {
    * command buffer (no descriptor set allocated and written per dispatch);
    * off with LUNET_VULKAN_PUSH_DESCRIPTORS=0 or on a device without it. */
   bool push_descriptors;
+  /* Commands after which the batch being recorded is submitted early, when
+   * the other batch has finished, so the device starts while the host
+   * records the rest (LUNET_VULKAN_FLUSH; 0: only when a read or a full
+   * batch needs it). */
+  int flush_cmds;
 };
 
 void lunet_vk_stats(lunet_backend *be, lunet_backend_stats *out);
