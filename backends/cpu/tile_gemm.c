@@ -1,8 +1,9 @@
 /*
- * Register-tiled AVX-512 products for the convolutions' GEMMs, where the
- * output has few columns (the filters, F = 32..512) and OpenBLAS, which
- * packs both operands for every call and amortizes its tiles over a long
- * k, ran at a third of the FMA peak.
+ * Register-tiled AVX-512 products for the convolutions' GEMMs (and the
+ * backend's gemm where they fit), where the output has few columns (the
+ * filters, F = 32..512) and OpenBLAS, which packs both operands for every
+ * call and amortizes its tiles over a long k, ran at a third of the FMA
+ * peak.
  *
  *   nn: c (m, n) = a (m, k) b (k, n) [+ bias (n) | + c]
  *       a tile of 6 rows by 64 columns of c (24 zmm accumulators) stays in
@@ -14,8 +15,8 @@
  *
  * Neither packs anything: a's rows (im2col rows, contiguous in k) are read
  * in place, six streams at a time, and b's rows are contiguous. Tiles of 32
- * columns take n's remainder, tiles of fewer rows the rows past the last
- * whole tile of 6.  n must be a multiple of 32 (tile_gemm_fits); the callers
+ * columns (12 rows, 24 accumulators too) take n's remainder or n = 32,
+ * tiles of fewer rows the rows past the last whole tile.  n must be a multiple of 32 (tile_gemm_fits); the callers
  * keep OpenBLAS for the rest and for CPUs without AVX-512.  The naive
  * reference is backends/cpu/naive.c (the cpu_backend test compares both).
  */
