@@ -40,9 +40,10 @@ def write_archive(path, per_file=10000, seed=1):
     makes them), so both frameworks train as on real data rather than on
     noise, where a network can die and run at another speed."""
     import numpy as np
+    sys.path.insert(0, os.path.join(ROOT, "tests", "data"))
+    from make_cifar_fixture import class_colour
     rng = np.random.default_rng(seed)
-    base = np.array([[(k * 97 + 40) % 256, (k * 53 + 90) % 256, (k * 181 + 20) % 256]
-                     for k in range(10)], dtype=np.int16)
+    base = np.array([class_colour(k) for k in range(10)], dtype=np.int16)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
         names = ["data_batch_%d.bin" % i for i in range(1, 6)] + ["test_batch.bin"]

@@ -56,8 +56,8 @@ common="--threads $threads --seconds $seconds --batches $batches --repeats 1 --j
 : "${OMP_WAIT_POLICY:=PASSIVE}"
 echo "machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
 echo "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}  torch OMP_WAIT_POLICY=$OMP_WAIT_POLICY  threads=$threads"
-tcmalloc=$(ls /usr/lib/*/libtcmalloc_minimal.so.4 2>/dev/null | head -1) || true
-echo "torch allocators: glibc, glibc tuned${tcmalloc:+, tcmalloc ($tcmalloc)}"
+. "$here/torch_allocators.sh"
+echo "torch allocators: $torch_allocs${tcmalloc:+ ($tcmalloc)}"
 i=1
 while [ "$i" -le "$rounds" ]; do
   echo "round $i/$rounds: lunet" >&2
@@ -69,17 +69,11 @@ while [ "$i" -le "$rounds" ]; do
       [ "$cl" = 1 ] || continue
       flag=--channels-last
     fi
-    for alloc in glibc glibc-tuned tcmalloc; do
-      case $alloc in
-        glibc) set -- ;;
-        glibc-tuned) set -- MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 ;;
-        tcmalloc)
-          [ "$layout" = nhwc ] && [ -n "$tcmalloc" ] || continue
-          set -- LD_PRELOAD="$tcmalloc" ;;
-      esac
+    for alloc in $torch_allocs; do
+      [ "$alloc" != tcmalloc ] || [ "$layout" = nhwc ] || continue
       echo "round $i/$rounds: torch $layout $alloc" >&2
-      # shellcheck disable=SC2086
-      env OMP_WAIT_POLICY="$OMP_WAIT_POLICY" "$@" "$python" "$here/torch_cnn.py" $common $flag \
+      # shellcheck disable=SC2086,SC2046
+      env OMP_WAIT_POLICY="$OMP_WAIT_POLICY" $(alloc_env "$alloc") "$python" "$here/torch_cnn.py" $common $flag \
         --label "$layout $alloc" >>"$out"
     done
   done

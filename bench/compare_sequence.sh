@@ -26,17 +26,13 @@ export OMP_WAIT_POLICY
 echo "machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1); threads=$threads; OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-tcmalloc=$(ls /usr/lib/*/libtcmalloc_minimal.so.4 2>/dev/null | head -1) || true
+. "$here/torch_allocators.sh"
 i=1
 while [ "$i" -le "$rounds" ]; do
   echo "lunet $("$lunet" "$here/bench_sequence.lua" --threads "$threads" --steps "$steps" --json)" >> "$out"
-  for alloc in glibc glibc-tuned tcmalloc; do
-    case $alloc in
-      glibc) set -- ;;
-      glibc-tuned) set -- MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 ;;
-      tcmalloc) [ -n "$tcmalloc" ] || continue; set -- LD_PRELOAD="$tcmalloc" ;;
-    esac
-    echo "torch-$alloc $(env "$@" /usr/bin/python3 "$here/torch_sequence.py" --threads "$threads" --steps "$steps" --json)" >> "$out"
+  for alloc in $torch_allocs; do
+    # shellcheck disable=SC2046
+    echo "torch-$alloc $(env $(alloc_env "$alloc") /usr/bin/python3 "$here/torch_sequence.py" --threads "$threads" --steps "$steps" --json)" >> "$out"
   done
   i=$((i + 1))
 done

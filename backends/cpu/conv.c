@@ -300,44 +300,12 @@ static inline __attribute__((always_inline)) void gemm_small_k_tn_body(
   }
 }
 
-/* The bodies above compiled for each instruction set (isa.c picks one). */
+/* The bodies above compiled for each instruction set (isa.c picks one;
+ * with AVX-512 in use tile_gemm.c takes these shapes first). */
 #define SMALL_K_ARGS int64_t m, int64_t n, int64_t k, const float *restrict a, const float *restrict b
-__attribute__((target("avx512f"))) static void gemm_small_k_avx512(SMALL_K_ARGS, const float *restrict bias,
-                                                                    float *restrict c) {
-  gemm_small_k_body(m, n, k, a, b, bias, c);
-}
-__attribute__((target("avx2,fma"))) static void gemm_small_k_avx2(SMALL_K_ARGS, const float *restrict bias,
-                                                                   float *restrict c) {
-  gemm_small_k_body(m, n, k, a, b, bias, c);
-}
-static void gemm_small_k_scalar(SMALL_K_ARGS, const float *restrict bias, float *restrict c) {
-  gemm_small_k_body(m, n, k, a, b, bias, c);
-}
-__attribute__((target("avx512f"))) static void gemm_small_k_tn_avx512(SMALL_K_ARGS, float *restrict dw, bool add) {
-  gemm_small_k_tn_body(m, n, k, a, b, dw, add);
-}
-__attribute__((target("avx2,fma"))) static void gemm_small_k_tn_avx2(SMALL_K_ARGS, float *restrict dw, bool add) {
-  gemm_small_k_tn_body(m, n, k, a, b, dw, add);
-}
-static void gemm_small_k_tn_scalar(SMALL_K_ARGS, float *restrict dw, bool add) {
-  gemm_small_k_tn_body(m, n, k, a, b, dw, add);
-}
-
-static void gemm_small_k(SMALL_K_ARGS, const float *restrict bias, float *restrict c) {
-  switch (lunet_cpu_isa_in_use) {
-  case LUNET_CPU_AVX512: gemm_small_k_avx512(m, n, k, a, b, bias, c); return;
-  case LUNET_CPU_AVX2: gemm_small_k_avx2(m, n, k, a, b, bias, c); return;
-  default: gemm_small_k_scalar(m, n, k, a, b, bias, c);
-  }
-}
-
-static void gemm_small_k_tn(SMALL_K_ARGS, float *restrict dw, bool add) {
-  switch (lunet_cpu_isa_in_use) {
-  case LUNET_CPU_AVX512: gemm_small_k_tn_avx512(m, n, k, a, b, dw, add); return;
-  case LUNET_CPU_AVX2: gemm_small_k_tn_avx2(m, n, k, a, b, dw, add); return;
-  default: gemm_small_k_tn_scalar(m, n, k, a, b, dw, add);
-  }
-}
+LUNET_CPU_ISA_DISPATCH(gemm_small_k, (SMALL_K_ARGS, const float *restrict bias, float *restrict c),
+                       (m, n, k, a, b, bias, c))
+LUNET_CPU_ISA_DISPATCH(gemm_small_k_tn, (SMALL_K_ARGS, float *restrict dw, bool add), (m, n, k, a, b, dw, add))
 
 /* Whether a convolution's GEMMs take the small-k kernels: k = KH*KW*C up
  * to SMALL_K and whole 32-column tiles (F a multiple of 32). */

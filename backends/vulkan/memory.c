@@ -283,7 +283,8 @@ VkCommandBuffer lunet_vk_cmd(lunet_backend *be, int sets) {
   if (f->state != FRAME_RECORDING)
     rc = frame_begin(be, f);
   else if (f->nsets + sets > LUNET_VK_SETS_PER_FRAME || f->ncmds >= LUNET_VK_CMDS_PER_FRAME ||
-           (be->flush_cmds > 0 && f->ncmds >= be->flush_cmds && frame_done(be, &be->frames[1 - be->cur])))
+           (be->flush_cmds > 0 && f->ncmds % be->flush_cmds == 0 && f->ncmds > 0 &&
+            frame_done(be, &be->frames[1 - be->cur])))
     rc = frame_flip(be);
   if (rc) return NULL;
   f = &be->frames[be->cur];

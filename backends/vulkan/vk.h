@@ -212,9 +212,9 @@ struct lunet_backend {
    * off with LUNET_VULKAN_PUSH_DESCRIPTORS=0 or on a device without it. */
   bool push_descriptors;
   /* Commands after which the batch being recorded is submitted early, when
-   * the other batch has finished, so the device starts while the host
-   * records the rest (LUNET_VULKAN_FLUSH; 0: only when a read or a full
-   * batch needs it). */
+   * the other batch has finished (looked at every flush_cmds commands, not
+   * on each), so the device starts while the host records the rest
+   * (LUNET_VULKAN_FLUSH; 0: only when a read or a full batch needs it). */
   int flush_cmds;
 };
 

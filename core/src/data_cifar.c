@@ -42,8 +42,7 @@ struct cifar_set {
 };
 struct cifar_read {
   struct cifar_set set[2];
-  int64_t count[NFILES];
-  bool seen[NFILES];
+  int64_t count[NFILES]; /* records of each file; 0: not seen (a file holds at least one) */
 };
 
 static void cifar_read_free(struct cifar_read *r) {
@@ -82,7 +81,6 @@ static lunet_status make_room(lunet_ctx *ctx, struct cifar_read *r, int idx, int
   memmove(s->y + pos + n, s->y + pos, (size_t)(s->n - pos));
   s->n += n;
   r->count[idx] = n;
-  r->seen[idx] = true;
   *at = pos;
   return LUNET_OK;
 }
@@ -112,7 +110,7 @@ static lunet_status read_records(lunet_ctx *ctx, const struct source *from, int 
                                  struct cifar_read *r) {
   const char *where = from->where;
   const char *name = cifar_files[idx];
-  if (r->seen[idx])
+  if (r->count[idx] > 0)
     return lunet_error(ctx, LUNET_ERR_FORMAT, "cifar10: %s: %s appears twice", where, name);
   int64_t n = size / REC_BYTES, at = 0;
   if (make_room(ctx, r, idx, n, &at) != LUNET_OK) return LUNET_ERR_NOMEM;
@@ -278,7 +276,7 @@ lunet_status lunet_read_cifar10(lunet_ctx *ctx, const char *path, lunet_array *x
   memset(&rd, 0, sizeof rd);
   lunet_status s = S_ISDIR(st.st_mode) ? read_dir(ctx, path, &rd) : read_archive(ctx, path, &rd);
   for (int i = 0; s == LUNET_OK && i < NFILES; i++)
-    if (!rd.seen[i])
+    if (rd.count[i] == 0)
       s = lunet_error(ctx, LUNET_ERR_FORMAT,
                       "cifar10: %s: %s not found (expected data_batch_1.bin .. "
                       "data_batch_5.bin and test_batch.bin, in cifar-10-batches-bin/ or at the "
