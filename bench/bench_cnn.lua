@@ -4,6 +4,10 @@
 --                             [--batches 32,64,128] [--seconds S]
 --                             [--repeats R] [--infer-batch B] [--json]
 --                             [--stats [--gpu h200|laptop]]
+--                             [--policy float32|mixed_bfloat16]
+--
+-- --policy: the dtype policy the model is made under (mixed_bfloat16: the
+-- products in bfloat16, nn.mixed_precision).
 --
 -- --stats: instead of timing, one training step per batch size (after
 -- warm-up) with the backend's counters for it (nn.backend_stats: dispatches,
@@ -32,7 +36,8 @@ local C = nn._C
 local function usage(msg)
   io.stderr:write("bench_cnn.lua: ", msg, "\n",
     "usage: lunet bench/bench_cnn.lua [--backend NAME] [--threads N] [--batches 32,64,128]\n",
-    "       [--seconds S] [--repeats R] [--infer-batch B] [--json] [--stats [--gpu h200|laptop]]\n")
+    "       [--seconds S] [--repeats R] [--infer-batch B] [--json] [--stats [--gpu h200|laptop]]\n",
+    "       [--policy float32|mixed_bfloat16]\n")
   os.exit(2)
 end
 
@@ -59,6 +64,7 @@ local function parse_args(argv)
     elseif a == "--json" then o.json = true
     elseif a == "--stats" then o.stats = true
     elseif a == "--gpu" then o.gpu = value(a)
+    elseif a == "--policy" then o.policy = value(a)
     elseif a == "--batches" then
       o.batches = {}
       for b in value(a):gmatch("[^,]+") do
@@ -190,6 +196,7 @@ local function main(argv)
   local o = parse_args(argv)
   if o.backend then nn.use(o.backend) end
   if o.threads then nn.threads(o.threads) end
+  if o.policy then nn.mixed_precision.set_global_policy(o.policy) end
   nn.seed(1)
   local info = backend_info(nn.default_backend())
   local threads = nn.threads()
@@ -197,6 +204,7 @@ local function main(argv)
     print(string.format("backend: %s (%s) - %s", info.name, info.device, info.detail))
     print(string.format("threads: %d   OPENBLAS_CORETYPE=%s", threads, os.getenv("OPENBLAS_CORETYPE") or "(unset)"))
     print(string.format("timing: 3 warm-up steps, then median of %d runs of %.1f s each", o.repeats, o.seconds))
+    print(string.format("policy: %s", nn.mixed_precision.global_policy()))
   end
   local m = build_model()
   if o.stats then return stats(m, o, nn.default_backend()) end
@@ -218,8 +226,9 @@ local function main(argv)
   end
   local parts = {}
   for _, t in ipairs(train) do parts[#parts + 1] = string.format('"%d":%.2f', t.batch, t.ips) end
-  print(string.format('{"impl":"lunet","backend":%s,"detail":%s,"threads":%d,"train":{%s},"infer":{"%d":%.2f}}',
-    json_str(info.name), json_str(info.detail), threads, table.concat(parts, ","), o.infer_batch, inf))
+  print(string.format('{"impl":"lunet","backend":%s,"detail":%s,"threads":%d,"policy":%s,"train":{%s},"infer":{"%d":%.2f}}',
+    json_str(info.name), json_str(info.detail), threads, json_str(nn.mixed_precision.global_policy()),
+    table.concat(parts, ","), o.infer_batch, inf))
 end
 
 main(arg or {})

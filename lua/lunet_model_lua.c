@@ -411,6 +411,43 @@ static int l_layer_set_trainable(lua_State *L) {
   return 0;
 }
 
+/* C.layer_policy(layer) -> "float32" | "mixed_bfloat16" */
+static int l_layer_policy(lua_State *L) {
+  lua_pushstring(L, lunet_precision_policy_name(lunet_layer_precision(lunetL_checklayer(L, 1))));
+  return 1;
+}
+
+/* C.layer_set_policy(layer, name): Keras's dtype= argument. */
+static int l_layer_set_policy(lua_State *L) {
+  lunet_layer *l = lunetL_checklayer(L, 1);
+  const char *name = luaL_checkstring(L, 2);
+  if (!strcmp(name, "float32") || !strcmp(name, "mixed_bfloat16"))
+    lunet_layer_set_precision(l, name[0] == 'm' ? LUNET_PRECISION_BFLOAT16 : LUNET_PRECISION_FLOAT32);
+  else
+    return luaL_error(L, "%s: unknown dtype '%s' (valid: float32, mixed_bfloat16)", lunet_layer_name(l), name);
+  return 0;
+}
+
+/* C.set_policy(name), C.policy() -> name: the policy new layers take. */
+static int l_set_policy(lua_State *L) {
+  lunet_ctx *ctx = lunetL_ctx(L);
+  if (lunet_set_policy(ctx, luaL_checkstring(L, 1))) lunetL_error(L, NULL);
+  return 0;
+}
+static int l_policy(lua_State *L) {
+  lua_pushstring(L, lunet_get_policy(lunetL_ctx(L)));
+  return 1;
+}
+
+/* C.backend_bf16(name) -> 1 native, 0 emulated, -1 none */
+static int l_backend_bf16(lua_State *L) {
+  lunet_ctx *ctx = lunetL_ctx(L);
+  int r = lunet_backend_bf16(ctx, luaL_checkstring(L, 1));
+  if (r < 0 && lunet_ctx_status(ctx)) lunetL_error(L, NULL);
+  lua_pushinteger(L, r);
+  return 1;
+}
+
 /* C.layer_set_weight(layer, i, t), 1-based i: t becomes weight i. */
 static int l_layer_set_weight(lua_State *L) {
   if (lunet_layer_set_weight_tensor(lunetL_ctx(L), lunetL_checklayer(L, 1), (int)luaL_checkinteger(L, 2) - 1,
@@ -645,6 +682,11 @@ static const luaL_Reg functions[] = {{"check_layer", l_check_layer},
                                      {"layer_args", l_layer_args},
                                      {"layer_trainable", l_layer_trainable},
                                      {"layer_set_trainable", l_layer_set_trainable},
+                                     {"layer_policy", l_layer_policy},
+                                     {"layer_set_policy", l_layer_set_policy},
+                                     {"set_policy", l_set_policy},
+                                     {"policy", l_policy},
+                                     {"backend_bf16", l_backend_bf16},
                                      {"layer_types", l_layer_types},
                                      {"layer_new", l_layer_new},
                                      {"layer_build", l_layer_build},

@@ -71,9 +71,9 @@ static void cpu_describe(lunet_backend *be, lunet_backend_info *info) {
            threads == 1 ? "" : "s");
   /* lunet_cpu_blas.get_config() already starts with "OpenBLAS <version>". */
   const char *cfg = lunet_cpu_blas.get_config();
-  snprintf(info->detail, sizeof info->detail, "%s%s, kernel %s, lunet kernels %s",
+  snprintf(info->detail, sizeof info->detail, "%s%s, kernel %s, lunet kernels %s, bfloat16 %s",
            strncmp(cfg, "OpenBLAS", 8) == 0 ? "" : "OpenBLAS ", cfg, lunet_cpu_blas.get_corename(),
-           lunet_cpu_isa_name(lunet_cpu_isa_in_use));
+           lunet_cpu_isa_name(lunet_cpu_isa_in_use), lunet_cpu_bf16 ? "AVX512-BF16" : "emulated");
   info->threads = threads;
   info->available = true;
   info->ndevices = 1;
@@ -178,6 +178,11 @@ static const lunet_backend_i fast_vtable = {
     .adam_update = lunet_cpu_adam_update,
     .rmsprop_update = lunet_cpu_rmsprop_update,
     .affine_resample = lunet_cpu_affine_resample,
+    .bf16_native = lunet_cpu_bf16_native,
+    .gemm_bf16 = lunet_cpu_gemm_bf16,
+    .conv2d_bf16 = lunet_cpu_conv2d_bf16,
+    .conv2d_backward_data_bf16 = lunet_cpu_conv2d_backward_data_bf16,
+    .conv2d_backward_filter_bf16 = lunet_cpu_conv2d_backward_filter_bf16,
 };
 
 /* The naive vtable shares the memory and control members of the fast one. */

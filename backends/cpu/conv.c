@@ -220,7 +220,16 @@ typedef struct conv_job {
   int64_t kk;        /* KH*KW*C */
   int64_t dw_off, db_off;
   bool direct;       /* forward without im2col (conv_fwd_direct) */
+  /* bfloat16 products (bf16.c): w packed as words, ((KK+1)/2, F) for the
+   * forward or ((F+1)/2, KK) for the data gradient; each chunk's packed
+   * operands at pa_off and pb_off of its workspace (in floats, 4 bytes
+   * like a word) */
+  bool bf16;
+  const uint32_t *wp;
+  int64_t pa_off, pb_off;
 } conv_job;
+
+static int64_t words(int64_t v) { return (v + 1) / 2; }
 
 static int64_t round16(int64_t v) { return (v + 15) & ~(int64_t)15; }
 
@@ -351,11 +360,17 @@ static void conv_fwd_task(void *arg, int64_t begin, int64_t end, int chunk) {
   for (int64_t r = begin; r < end; r += j->sub) {
     int64_t nr = end - r < j->sub ? end - r : j->sub;
     const float *cols = j->x + r * d->c;
-    if (ws) {
+    if (ws && !conv_is_1x1(d)) {
       im2col(ws, j->x, d, r, nr);
       cols = ws;
     }
     float *y = j->y + r * d->f;
+    if (j->bf16) {
+      uint32_t *pa = (uint32_t *)(ws + j->pa_off);
+      lunet_cpu_bf16_pack_rows(pa, words(j->kk), cols, j->kk, nr, j->kk);
+      lunet_cpu_bf16_gemm_nn(nr, d->f, words(j->kk), pa, words(j->kk), j->wp, d->f, j->bias, false, y, d->f);
+      continue;
+    }
     if (lunet_cpu_tile_gemm_fits(d->f)) {
       lunet_cpu_tile_gemm_nn(nr, d->f, j->kk, cols, j->kk, j->w, d->f, j->bias, false, y, d->f);
       continue;
@@ -379,23 +394,40 @@ static float *workspace(lunet_backend *be, int64_t chunks, int64_t floats) {
   return lunet_cpu_buffer_alloc(be, (size_t)(chunks * floats) * sizeof(float));
 }
 
-int lunet_cpu_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w, lunet_cbuf bias,
-                     const lunet_conv2d_desc *d) {
-  int rc = lunet_cpu_check_conv(d, "conv2d");
-  if (rc) return rc;
-  conv_job j = {.d = d, .x = x, .w = w, .bias = bias, .y = y, .kk = d->kh * d->kw * d->c};
+/* w (KK, F) packed for the bfloat16 forward: ((KK+1)/2, F) words. */
+static uint32_t *packed_w(lunet_backend *be, const float *w, int64_t kk, int64_t f) {
+  uint32_t *wp = lunet_cpu_buffer_alloc(be, (size_t)(words(kk) * f) * sizeof(uint32_t));
+  if (wp) lunet_cpu_bf16_pack_pairs(wp, f, w, f, kk, f);
+  return wp;
+}
+
+static int conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w, lunet_cbuf bias,
+                  const lunet_conv2d_desc *d, bool bf16) {
+  conv_job j = {.d = d, .x = x, .w = w, .bias = bias, .y = y, .kk = d->kh * d->kw * d->c, .bf16 = bf16};
   int64_t rows = d->n * d->oh * d->ow;
   j.sub = sub_rows(j.kk);
-  j.direct = !conv_is_1x1(d) && no_padding(d) && lunet_cpu_tile_gemm_fits(d->f);
-  if (!conv_is_1x1(d) && !j.direct) {
-    j.ws_floats = j.sub * j.kk;
-    j.ws = workspace(be, lunet_cpu_threads(be), j.ws_floats);
-    if (!j.ws) return LUNET_ERR_NOMEM;
+  j.direct = !bf16 && !conv_is_1x1(d) && no_padding(d) && lunet_cpu_tile_gemm_fits(d->f);
+  int64_t cols = conv_is_1x1(d) || j.direct ? 0 : j.sub * j.kk;
+  j.pa_off = round16(cols);
+  j.ws_floats = bf16 ? j.pa_off + round16(j.sub * words(j.kk)) : cols;
+  if (j.ws_floats && !(j.ws = workspace(be, lunet_cpu_threads(be), j.ws_floats))) return LUNET_ERR_NOMEM;
+  uint32_t *wp = bf16 ? packed_w(be, w, j.kk, d->f) : NULL;
+  if (bf16 && !wp) {
+    lunet_cpu_buffer_free(be, j.ws);
+    return LUNET_ERR_NOMEM;
   }
+  j.wp = wp;
   lunet_cpu_log_gemm(be, "conv2d", rows, d->f, j.kk, lunet_cpu_chunks(be, rows, 16));
   lunet_cpu_parallel(be, rows, 16, conv_fwd_task, &j);
   if (j.ws) lunet_cpu_buffer_free(be, j.ws);
+  if (wp) lunet_cpu_buffer_free(be, wp);
   return 0;
+}
+
+int lunet_cpu_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w, lunet_cbuf bias,
+                     const lunet_conv2d_desc *d) {
+  int rc = lunet_cpu_check_conv(d, "conv2d");
+  return rc ? rc : conv2d(be, y, x, w, bias, d, false);
 }
 
 /* Samples [begin, end): dx is zeroed, then each sub-chunk of output rows
@@ -415,7 +447,11 @@ static void conv_bwd_data_task(void *arg, int64_t begin, int64_t end, int chunk)
          (size_t)((end - begin) * d->h * d->w * d->c) * sizeof(float));
   for (int64_t r = begin * per; r < r_end; r += j->sub) {
     int64_t nr = r_end - r < j->sub ? r_end - r : j->sub;
-    if (j->wt)
+    if (j->bf16) {
+      uint32_t *pa = (uint32_t *)(ws + j->pa_off);
+      lunet_cpu_bf16_pack_rows(pa, words(d->f), j->dy + r * d->f, d->f, nr, d->f);
+      lunet_cpu_bf16_gemm_nn(nr, j->kk, words(d->f), pa, words(d->f), j->wp, j->kk, NULL, false, ws, j->kk);
+    } else if (j->wt)
       lunet_cpu_tile_gemm_nn(nr, j->kk, d->f, j->dy + r * d->f, d->f, j->wt, j->kk, NULL, false, ws, j->kk);
     else
       sgemm(false, true, nr, j->kk, d->f, 1.0f, j->dy + r * d->f, d->f, j->w, d->f, 0.0f, ws, j->kk);
@@ -423,14 +459,42 @@ static void conv_bwd_data_task(void *arg, int64_t begin, int64_t end, int chunk)
   }
 }
 
-int lunet_cpu_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf w,
-                                   const lunet_conv2d_desc *d) {
-  int rc = lunet_cpu_check_conv(d, "conv2d_backward_data");
-  if (rc) return rc;
-  conv_job j = {.d = d, .w = w, .dy = dy, .dx = dx, .kk = d->kh * d->kw * d->c};
+/* w (KK, F) packed for the bfloat16 data gradient, dcols = dy w^T:
+ * ((F+1)/2, KK) words, word (p, t) = w[t][2p] | w[t][2p+1] << 16. */
+static uint32_t *packed_wt(lunet_backend *be, const float *w, int64_t kk, int64_t f) {
+  int64_t fp = words(f);
+  uint32_t *wp = lunet_cpu_buffer_alloc(be, (size_t)(fp * kk) * sizeof(uint32_t));
+  uint32_t *rows = lunet_cpu_buffer_alloc(be, (size_t)(fp * kk) * sizeof(uint32_t));
+  if (wp && rows) {
+    lunet_cpu_bf16_pack_rows(rows, fp, w, f, kk, f);
+    for (int64_t t = 0; t < kk; t++)
+      for (int64_t p = 0; p < fp; p++) wp[p * kk + t] = rows[t * fp + p];
+  }
+  if (rows) lunet_cpu_buffer_free(be, rows);
+  if (wp && !rows) {
+    lunet_cpu_buffer_free(be, wp);
+    wp = NULL;
+  }
+  return wp;
+}
+
+static int conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf w,
+                                const lunet_conv2d_desc *d, bool bf16) {
+  conv_job j = {.d = d, .w = w, .dy = dy, .dx = dx, .kk = d->kh * d->kw * d->c, .bf16 = bf16};
   j.sub = sub_rows(j.kk);
   float *wt = NULL;
-  if (!conv_is_1x1(d)) {
+  if (bf16) { /* dcols (f32) then dy's packed rows */
+    j.pa_off = round16(j.sub * j.kk);
+    j.ws_floats = j.pa_off + round16(j.sub * words(d->f));
+    j.ws = workspace(be, lunet_cpu_threads(be), j.ws_floats);
+    wt = (float *)packed_wt(be, w, j.kk, d->f);
+    if (!j.ws || !wt) {
+      if (j.ws) lunet_cpu_buffer_free(be, j.ws);
+      if (wt) lunet_cpu_buffer_free(be, wt);
+      return LUNET_ERR_NOMEM;
+    }
+    j.wp = (const uint32_t *)wt;
+  } else if (!conv_is_1x1(d)) {
     j.ws_floats = j.sub * j.kk;
     j.ws = workspace(be, lunet_cpu_threads(be), j.ws_floats);
     if (!j.ws) return LUNET_ERR_NOMEM;
@@ -452,6 +516,12 @@ int lunet_cpu_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf d
   return 0;
 }
 
+int lunet_cpu_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf w,
+                                   const lunet_conv2d_desc *d) {
+  int rc = lunet_cpu_check_conv(d, "conv2d_backward_data");
+  return rc ? rc : conv2d_backward_data(be, dx, dy, w, d, false);
+}
+
 /* Output rows [begin, end) into this chunk's dw part (KK, F) and db part (F,
  * doubles): dw += cols^T @ dy, db += column sums of dy. */
 static void conv_bwd_filter_task(void *arg, int64_t begin, int64_t end, int chunk) {
@@ -470,7 +540,12 @@ static void conv_bwd_filter_task(void *arg, int64_t begin, int64_t end, int chun
       cols = cols_ws;
     }
     const float *dy = j->dy + r * d->f;
-    if (lunet_cpu_tile_gemm_fits(d->f))
+    if (j->bf16) { /* pairs of rows: cols^T (KK, nr) dy (nr, F) */
+      uint32_t *pa = (uint32_t *)(base + j->pa_off), *pb = (uint32_t *)(base + j->pb_off);
+      lunet_cpu_bf16_pack_pairs(pa, j->kk, cols, j->kk, nr, j->kk);
+      lunet_cpu_bf16_pack_pairs(pb, d->f, dy, d->f, nr, d->f);
+      lunet_cpu_bf16_gemm_tn(words(nr), d->f, j->kk, pa, j->kk, pb, d->f, dw, d->f, r != begin);
+    } else if (lunet_cpu_tile_gemm_fits(d->f))
       lunet_cpu_tile_gemm_tn(nr, d->f, j->kk, cols, j->kk, dy, d->f, dw, d->f, r != begin);
     else if (small_k(j->kk, d->f))
       gemm_small_k_tn(nr, d->f, j->kk, cols, dy, dw, r != begin);
@@ -481,17 +556,18 @@ static void conv_bwd_filter_task(void *arg, int64_t begin, int64_t end, int chun
   }
 }
 
-int lunet_cpu_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf db, lunet_cbuf dy,
-                                     lunet_cbuf x, const lunet_conv2d_desc *d) {
-  int rc = lunet_cpu_check_conv(d, "conv2d_backward_filter");
-  if (rc) return rc;
-  conv_job j = {.d = d, .x = x, .dy = dy, .kk = d->kh * d->kw * d->c};
+static int conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf db, lunet_cbuf dy,
+                                  lunet_cbuf x, const lunet_conv2d_desc *d, bool bf16) {
+  conv_job j = {.d = d, .x = x, .dy = dy, .kk = d->kh * d->kw * d->c, .bf16 = bf16};
   int64_t rows = d->n * d->oh * d->ow, kf = j.kk * d->f;
   j.sub = sub_rows(j.kk);
-  /* cols, the dw part, the db part as doubles, each 64-byte aligned */
+  /* cols, the dw part, the db part as doubles, (bf16) cols' and dy's
+   * packed pairs of rows, each 64-byte aligned */
   j.dw_off = round16(j.sub * j.kk);
   j.db_off = round16(j.dw_off + kf);
-  j.ws_floats = round16(j.db_off + 2 * d->f);
+  j.pa_off = round16(j.db_off + 2 * d->f);
+  j.pb_off = round16(j.pa_off + (bf16 ? words(j.sub) * j.kk : 0));
+  j.ws_floats = round16(j.pb_off + (bf16 ? words(j.sub) * d->f : 0));
   int threads = lunet_cpu_threads(be);
   j.ws = workspace(be, threads, j.ws_floats);
   if (!j.ws) return LUNET_ERR_NOMEM;
@@ -518,5 +594,216 @@ int lunet_cpu_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf 
     }
   }
   lunet_cpu_buffer_free(be, j.ws);
+  return 0;
+}
+
+int lunet_cpu_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf db, lunet_cbuf dy,
+                                     lunet_cbuf x, const lunet_conv2d_desc *d) {
+  int rc = lunet_cpu_check_conv(d, "conv2d_backward_filter");
+  return rc ? rc : conv2d_backward_filter(be, dw, db, dy, x, d, false);
+}
+
+/* ---- bfloat16 products (bf16.c; lunet/backend.h's ABI 2.3) ---- */
+
+int lunet_cpu_bf16_native(lunet_backend *be) {
+  (void)be;
+  return lunet_cpu_bf16;
+}
+
+/* x (n) rounded to bfloat16 into a float32 copy from the pool: the
+ * emulated path's operands. */
+static float *rounded(lunet_backend *be, const float *x, size_t n) {
+  float *r = lunet_cpu_buffer_alloc(be, (n ? n : 1) * sizeof(float));
+  if (r) lunet_cpu_bf16_round(be, r, x, n);
+  return r;
+}
+
+/* Frees what rounded() made; LUNET_ERR_NOMEM when either is missing. */
+static int emulated(lunet_backend *be, float *a, float *b, int (*run)(lunet_backend *, const float *, const float *, void *),
+                    void *arg) {
+  int rc = a && b ? run(be, a, b, arg) : lunet_cpu_error(LUNET_ERR_NOMEM, "cpu: out of memory for bfloat16 operands");
+  if (a) lunet_cpu_buffer_free(be, a);
+  if (b) lunet_cpu_buffer_free(be, b);
+  return rc;
+}
+
+typedef struct conv_args {
+  float *out, *db;
+  const float *bias;
+  const lunet_conv2d_desc *d;
+} conv_args;
+
+static int run_fwd(lunet_backend *be, const float *x, const float *w, void *arg) {
+  conv_args *c = arg;
+  return conv2d(be, c->out, x, w, c->bias, c->d, false);
+}
+static int run_data(lunet_backend *be, const float *dy, const float *w, void *arg) {
+  conv_args *c = arg;
+  return conv2d_backward_data(be, c->out, dy, w, c->d, false);
+}
+static int run_filter(lunet_backend *be, const float *dy, const float *x, void *arg) {
+  conv_args *c = arg;
+  return conv2d_backward_filter(be, c->out, NULL, dy, x, c->d, false);
+}
+
+static size_t conv_sizes(const lunet_conv2d_desc *d, size_t *nx, size_t *nw) {
+  *nx = (size_t)(d->n * d->h * d->w * d->c);
+  *nw = (size_t)(d->kh * d->kw * d->c * d->f);
+  return (size_t)(d->n * d->oh * d->ow * d->f);
+}
+
+/* Whether a product summing over k to n columns takes the bfloat16 tiles:
+ * below BF16_MIN_K the packing costs more than the halved arithmetic saves
+ * (a first convolution's k = 27: its float32 small-k kernel on rounded
+ * operands is faster, measured), and the tiles need n % 32 == 0. */
+#define BF16_MIN_K 64
+static bool bf16_tiles(int64_t k, int64_t n) { return k >= BF16_MIN_K && lunet_cpu_bf16_fits(n); }
+
+int lunet_cpu_conv2d_bf16(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w, lunet_cbuf bias,
+                          const lunet_conv2d_desc *d) {
+  int rc = lunet_cpu_check_conv(d, "conv2d");
+  if (rc) return rc;
+  if (bf16_tiles(d->kh * d->kw * d->c, d->f)) return conv2d(be, y, x, w, bias, d, true);
+  size_t nx, nw;
+  conv_sizes(d, &nx, &nw);
+  conv_args c = {.out = y, .bias = bias, .d = d};
+  return emulated(be, rounded(be, x, nx), rounded(be, w, nw), run_fwd, &c);
+}
+
+int lunet_cpu_conv2d_backward_data_bf16(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf w,
+                                        const lunet_conv2d_desc *d) {
+  int rc = lunet_cpu_check_conv(d, "conv2d_backward_data");
+  if (rc) return rc;
+  int64_t kk = d->kh * d->kw * d->c;
+  if (!conv_is_1x1(d) && bf16_tiles(d->f, kk)) return conv2d_backward_data(be, dx, dy, w, d, true);
+  size_t nx, nw, ny = conv_sizes(d, &nx, &nw);
+  conv_args c = {.out = dx, .d = d};
+  return emulated(be, rounded(be, dy, ny), rounded(be, w, nw), run_data, &c);
+}
+
+int lunet_cpu_conv2d_backward_filter_bf16(lunet_backend *be, lunet_buf dw, lunet_buf db, lunet_cbuf dy,
+                                          lunet_cbuf x, const lunet_conv2d_desc *d) {
+  int rc = lunet_cpu_check_conv(d, "conv2d_backward_filter");
+  if (rc) return rc;
+  /* its sum runs over the output pixels: long even for a first convolution */
+  if (lunet_cpu_bf16_fits(d->f)) return conv2d_backward_filter(be, dw, db, dy, x, d, true);
+  size_t nx, nw, ny = conv_sizes(d, &nx, &nw);
+  conv_args c = {.out = dw, .d = d};
+  rc = emulated(be, rounded(be, dy, ny), rounded(be, x, nx), run_filter, &c);
+  if (rc || !db) return rc;
+  /* the bias gradient from dy as it is, as the bfloat16 kernels sum it */
+  double *sums = lunet_cpu_buffer_alloc(be, (size_t)d->f * sizeof(double));
+  if (!sums) return lunet_cpu_error(LUNET_ERR_NOMEM, "cpu: out of memory for the bias gradient");
+  for (int64_t f = 0; f < d->f; f++) sums[f] = 0.0;
+  column_sums(sums, dy, d->n * d->oh * d->ow, d->f);
+  for (int64_t f = 0; f < d->f; f++) ((float *)db)[f] = (float)sums[f];
+  lunet_cpu_buffer_free(be, sums);
+  return 0;
+}
+
+/* ---- bfloat16 gemm ---- */
+
+/* c = op(a) b with the operands packed as bfloat16 pairs along k
+ * (bf16.c): a as (m, k/2) words (a^T: (k/2, m), for the tn tile), b as
+ * (k/2, n).  Both are packed by all threads first (items: blocks of
+ * destination rows), then the rows of c are split as lunet_cpu_gemm
+ * splits them. */
+typedef struct gemm16_job {
+  bool ta, add;
+  int64_t m, n, k, kp, batch, ba, bb; /* ba, bb: a's and b's distinct matrices */
+  const float *a, *b;
+  int64_t sa, sb, sc;
+  float *c;
+  uint32_t *pa, *pb;
+  int64_t blocks, parts;
+} gemm16_job;
+
+static void gemm16_pack_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  gemm16_job *j = arg;
+  int64_t kp = j->kp, m = j->m, n = j->n, k = j->k;
+  for (int64_t t = begin; t < end; t++) {
+    int64_t e = t / j->blocks, blk = t % j->blocks;
+    if (e < j->ba) { /* a's entry e */
+      const float *a = j->a + e * j->sa;
+      uint32_t *pa = j->pa + e * m * kp;
+      int64_t rows = j->ta ? kp : m, r0 = rows * blk / j->blocks, r1 = rows * (blk + 1) / j->blocks;
+      if (!j->ta) lunet_cpu_bf16_pack_rows(pa + r0 * kp, kp, a + r0 * k, k, r1 - r0, k);
+      else if (r1 > r0) lunet_cpu_bf16_pack_pairs(pa + r0 * m, m, a + 2 * r0 * m, m, (2 * r1 < k ? 2 * r1 : k) - 2 * r0, m);
+      continue;
+    }
+    e -= j->ba; /* b's entry e */
+    int64_t q0 = kp * blk / j->blocks, q1 = kp * (blk + 1) / j->blocks;
+    if (q1 > q0)
+      lunet_cpu_bf16_pack_pairs(j->pb + e * kp * n + q0 * n, n, j->b + e * j->sb + 2 * q0 * n, n,
+                                (2 * q1 < k ? 2 * q1 : k) - 2 * q0, n);
+  }
+}
+
+static void gemm16_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  gemm16_job *j = arg;
+  for (int64_t t = begin; t < end; t++) {
+    int64_t bi = t / j->parts, part = t % j->parts;
+    int64_t r0 = j->m * part / j->parts, r1 = j->m * (part + 1) / j->parts;
+    const uint32_t *pa = j->pa + (j->ba > 1 ? bi : 0) * j->m * j->kp, *pb = j->pb + (j->bb > 1 ? bi : 0) * j->kp * j->n;
+    float *c = j->c + bi * j->sc + r0 * j->n;
+    if (j->ta) lunet_cpu_bf16_gemm_tn(j->kp, j->n, r1 - r0, pa + r0, j->m, pb, j->n, c, j->n, j->add);
+    else lunet_cpu_bf16_gemm_nn(r1 - r0, j->n, j->kp, pa + r0 * j->kp, j->kp, pb, j->n, NULL, j->add, c, j->n);
+  }
+}
+
+#define BF16_MIN_ROWS 512
+
+/* The floats a strided batch of matrices spans. */
+static size_t span(int64_t stride, int64_t batch, int64_t size) {
+  return (size_t)(stride ? stride * (batch - 1) + size : size);
+}
+
+typedef struct gemm_args {
+  bool ta, tb;
+  int64_t m, n, k, sa, sb, sc, batch;
+  float alpha, beta;
+  float *c;
+} gemm_args;
+
+static int run_gemm(lunet_backend *be, const float *a, const float *b, void *arg) {
+  gemm_args *g = arg;
+  return lunet_cpu_gemm(be, g->ta, g->tb, g->m, g->n, g->k, g->alpha, a, g->sa, b, g->sb, g->beta, g->c, g->sc,
+                        g->batch);
+}
+
+int lunet_cpu_gemm_bf16(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                        lunet_cbuf a, int64_t sa, lunet_cbuf b, int64_t sb, float beta, lunet_buf c, int64_t sc,
+                        int64_t batch) {
+  /* the tiles where packing b is repaid: at least BF16_MIN_ROWS rows of c
+   * (a Dense layer's weight at batch 64 packs slower than float32
+   * multiplies it, measured), b not transposed (its pairs would be
+   * gathered across rows) */
+  bool fast = bf16_tiles(k, n) && m >= BF16_MIN_ROWS && !tb && alpha == 1.0f && (beta == 0.0f || beta == 1.0f) &&
+              batch > 0 && !(sc == 0 && batch > 1);
+  if (!fast) { /* also the sizes' errors, from lunet_cpu_gemm */
+    gemm_args g = {ta, tb, m, n, k, sa, sb, sc, batch, alpha, beta, c};
+    if (m <= 0 || n <= 0 || k <= 0 || batch <= 0) return run_gemm(be, a, b, &g);
+    return emulated(be, rounded(be, a, span(sa, batch, m * k)), rounded(be, b, span(sb, batch, k * n)), run_gemm, &g);
+  }
+  gemm16_job j = {.ta = ta, .add = beta == 1.0f, .m = m, .n = n, .k = k, .kp = words(k),
+                  .batch = batch, .ba = sa ? batch : 1, .bb = sb ? batch : 1, .a = a, .b = b,
+                  .sa = sa, .sb = sb, .sc = sc, .c = c};
+  int threads = lunet_cpu_threads(be);
+  j.pa = lunet_cpu_buffer_alloc(be, (size_t)(j.ba * m * j.kp) * sizeof(uint32_t));
+  j.pb = lunet_cpu_buffer_alloc(be, (size_t)(j.bb * j.kp * n) * sizeof(uint32_t));
+  if (!j.pa || !j.pb) {
+    if (j.pa) lunet_cpu_buffer_free(be, j.pa);
+    if (j.pb) lunet_cpu_buffer_free(be, j.pb);
+    return lunet_cpu_error(LUNET_ERR_NOMEM, "cpu: out of memory for bfloat16 operands");
+  }
+  j.blocks = (j.ba + j.bb) >= threads ? 1 : threads;
+  lunet_cpu_parallel(be, (j.ba + j.bb) * j.blocks, 1, gemm16_pack_task, &j);
+  double fmas = (double)m * (double)n * (double)k;
+  j.parts = threads > 1 && batch < threads && fmas >= GEMM_SERIAL_FMAS ? (m / 16 < threads ? (m / 16 > 0 ? m / 16 : 1) : threads) : 1;
+  int64_t grain = batch * j.parts > 1 && fmas * (double)batch >= GEMM_SERIAL_FMAS ? 1 : batch * j.parts;
+  lunet_cpu_log_gemm(be, "gemm", m * batch, n, k, lunet_cpu_chunks(be, batch * j.parts, grain));
+  lunet_cpu_parallel(be, batch * j.parts, grain, gemm16_task, &j);
+  lunet_cpu_buffer_free(be, j.pa);
+  lunet_cpu_buffer_free(be, j.pb);
   return 0;
 }

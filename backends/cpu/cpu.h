@@ -107,6 +107,36 @@ const char *lunet_cpu_isa_name(lunet_cpu_isa isa);
     }                                                                                                      \
   }
 
+/* The body of a tile_of() (tile_gemm.c, bf16.c): the rows past the last
+ * whole tile (fewer than 6 of 64 columns when wide, else fewer than 12 of
+ * 32) as compile-time constants, TILE(R, V) running R rows of V vectors. */
+#define LUNET_CPU_TILE_REMAINDER(rows, wide, TILE)                                                           \
+  do {                                                                                                     \
+    if (wide) {                                                                                            \
+      switch (rows) {                                                                                      \
+      case 1: TILE(1, 4); return;                                                                          \
+      case 2: TILE(2, 4); return;                                                                          \
+      case 3: TILE(3, 4); return;                                                                          \
+      case 4: TILE(4, 4); return;                                                                          \
+      case 5: TILE(5, 4); return;                                                                          \
+      }                                                                                                    \
+    } else {                                                                                               \
+      switch (rows) {                                                                                      \
+      case 1: TILE(1, 2); return;                                                                          \
+      case 2: TILE(2, 2); return;                                                                          \
+      case 3: TILE(3, 2); return;                                                                          \
+      case 4: TILE(4, 2); return;                                                                          \
+      case 5: TILE(5, 2); return;                                                                          \
+      case 6: TILE(6, 2); return;                                                                          \
+      case 7: TILE(7, 2); return;                                                                          \
+      case 8: TILE(8, 2); return;                                                                          \
+      case 9: TILE(9, 2); return;                                                                          \
+      case 10: TILE(10, 2); return;                                                                        \
+      case 11: TILE(11, 2); return;                                                                        \
+      }                                                                                                    \
+    }                                                                                                      \
+  } while (0)
+
 /* ---- register-tiled AVX-512 products (tile_gemm.c) ---- */
 /* Whether they run an n-column product: AVX-512 in use, n a multiple of 32. */
 bool lunet_cpu_tile_gemm_fits(int64_t n);
@@ -119,6 +149,30 @@ void lunet_cpu_tile_gemm_nn(int64_t m, int64_t n, int64_t k, const float *restri
 void lunet_cpu_tile_gemm_tn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,
                             const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc,
                             bool add);
+
+/* ---- bfloat16 products (bf16.c) ---- */
+/* AVX512-BF16 in use: the CPU has it and LUNET_CPU_ISA allows AVX-512. */
+extern bool lunet_cpu_bf16;
+/* Whether the bfloat16 tiles run an n-column product (n a multiple of 32). */
+bool lunet_cpu_bf16_fits(int64_t n);
+/* dst row i (ldd words apart) <- src row i's k floats as (k + 1) / 2
+ * bfloat16 pairs (word p = element 2p | element 2p + 1 << 16). */
+void lunet_cpu_bf16_pack_rows(uint32_t *restrict dst, int64_t ldd, const float *restrict src, int64_t lds,
+                              int64_t rows, int64_t k);
+/* dst row q <- src rows 2q and 2q + 1 (a zero row past the last), n words:
+ * word j = row 2q's element j | row 2q + 1's << 16. */
+void lunet_cpu_bf16_pack_pairs(uint32_t *restrict dst, int64_t ldd, const float *restrict src, int64_t lds,
+                               int64_t rows, int64_t n);
+/* c (m, n) = a (m, kp words) b (kp words, n) [+ bias | + c when add]. */
+void lunet_cpu_bf16_gemm_nn(int64_t m, int64_t n, int64_t kp, const uint32_t *restrict a, int64_t lda,
+                            const uint32_t *restrict b, int64_t ldb, const float *restrict bias, bool add,
+                            float *restrict c, int64_t ldc);
+/* c (k, n) [+]= a^T b summed over mp words: a (mp, k), b (mp, n). */
+void lunet_cpu_bf16_gemm_tn(int64_t mp, int64_t n, int64_t k, const uint32_t *restrict a, int64_t lda,
+                            const uint32_t *restrict b, int64_t ldb, float *restrict c, int64_t ldc, bool add);
+/* y (n) = x rounded to bfloat16 (lunet_bf16_round), as float32, on the
+ * backend's threads. */
+void lunet_cpu_bf16_round(lunet_backend *be, float *y, const float *x, size_t n);
 
 /* ---- counters (nn.backend_stats) ---- */
 #define LUNET_CPU_COUNT(be, field, v) __atomic_add_fetch(&(be)->stats.field, (uint64_t)(v), __ATOMIC_RELAXED)
@@ -176,6 +230,17 @@ int lunet_cpu_argmax(lunet_backend *be, lunet_buf y, lunet_cbuf x, size_t rows, 
 int lunet_cpu_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
                    float alpha, lunet_cbuf a, int64_t sa, lunet_cbuf b, int64_t sb, float beta,
                    lunet_buf c, int64_t sc, int64_t batch);
+/* bfloat16 products (ABI 2.3): conv.c */
+int lunet_cpu_bf16_native(lunet_backend *be);
+int lunet_cpu_gemm_bf16(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                        lunet_cbuf a, int64_t sa, lunet_cbuf b, int64_t sb, float beta, lunet_buf c, int64_t sc,
+                        int64_t batch);
+int lunet_cpu_conv2d_bf16(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w, lunet_cbuf bias,
+                          const lunet_conv2d_desc *d);
+int lunet_cpu_conv2d_backward_data_bf16(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf w,
+                                        const lunet_conv2d_desc *d);
+int lunet_cpu_conv2d_backward_filter_bf16(lunet_backend *be, lunet_buf dw, lunet_buf db, lunet_cbuf dy,
+                                          lunet_cbuf x, const lunet_conv2d_desc *d);
 int lunet_cpu_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w, lunet_cbuf bias,
                      const lunet_conv2d_desc *d);
 int lunet_cpu_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf w,

@@ -34,5 +34,6 @@ int lunet_cpu_isa_choose(char *err, size_t n) {
     if (want < best) best = want;
   }
   lunet_cpu_isa_in_use = best;
+  lunet_cpu_bf16 = best == LUNET_CPU_AVX512 && __builtin_cpu_supports("avx512bf16");
   return 0;
 }

@@ -111,9 +111,12 @@ static int naive_argmax(lunet_backend *be, lunet_buf y, lunet_cbuf x, size_t row
   return 0;
 }
 
-static int naive_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
-                      float alpha, lunet_cbuf a, int64_t sa, lunet_cbuf b, int64_t sb, float beta,
-                      lunet_buf c, int64_t sc, int64_t batch) {
+/* An operand as a product reads it: rounded to bfloat16 for the ABI 2.3
+ * products (lunet_bf16_round), as it is otherwise. */
+static inline float operand(float v, bool bf16) { return bf16 ? lunet_bf16_round(v) : v; }
+
+static int gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, lunet_cbuf a, int64_t sa,
+                lunet_cbuf b, int64_t sb, float beta, lunet_buf c, int64_t sc, int64_t batch, bool bf16) {
   for (int64_t bi = 0; bi < batch; bi++) {
     const float *pa = (const float *)a + bi * sa, *pb = (const float *)b + bi * sb;
     float *pc = (float *)c + bi * sc;
@@ -121,8 +124,8 @@ static int naive_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n,
       for (int64_t j = 0; j < n; j++) {
         double acc = 0.0;
         for (int64_t p = 0; p < k; p++) {
-          float av = ta ? pa[p * m + i] : pa[i * k + p];
-          float bv = tb ? pb[j * k + p] : pb[p * n + j];
+          float av = operand(ta ? pa[p * m + i] : pa[i * k + p], bf16);
+          float bv = operand(tb ? pb[j * k + p] : pb[p * n + j], bf16);
           acc += (double)av * bv;
         }
         float old = beta == 0.0f ? 0.0f : beta * pc[i * n + j];
@@ -131,6 +134,17 @@ static int naive_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n,
     }
   }
   return 0;
+}
+
+static int naive_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                      lunet_cbuf a, int64_t sa, lunet_cbuf b, int64_t sb, float beta, lunet_buf c, int64_t sc,
+                      int64_t batch) {
+  return gemm(ta, tb, m, n, k, alpha, a, sa, b, sb, beta, c, sc, batch, false);
+}
+static int naive_gemm_bf16(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                           lunet_cbuf a, int64_t sa, lunet_cbuf b, int64_t sb, float beta, lunet_buf c, int64_t sc,
+                           int64_t batch) {
+  return gemm(ta, tb, m, n, k, alpha, a, sa, b, sb, beta, c, sc, batch, true);
 }
 
 /* Input row and column read by output (oy, ox) through tap (ky, kx). */
@@ -142,8 +156,8 @@ static inline int64_t in_col(const lunet_conv2d_desc *d, int64_t ox, int64_t kx)
 }
 
 /* x (N,H,W,C), w (KH,KW,C,F), bias (F) or NULL -> y (N,OH,OW,F); direct 7-loop. */
-static int naive_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w, lunet_cbuf bias,
-                        const lunet_conv2d_desc *d) {
+static int conv2d(lunet_buf y, lunet_cbuf x, lunet_cbuf w, lunet_cbuf bias, const lunet_conv2d_desc *d,
+                  bool bf16) {
   int rc = lunet_cpu_check_conv(d, "conv2d");
   if (rc) return rc;
   const float *px = x, *pw = w, *pb = bias;
@@ -158,8 +172,8 @@ static int naive_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf
               for (int64_t c = 0; c < d->c; c++) {
                 int64_t iy = in_row(d, oy, ky), ix = in_col(d, ox, kx);
                 if (iy < 0 || iy >= d->h || ix < 0 || ix >= d->w) continue;
-                acc += (double)px[((n * d->h + iy) * d->w + ix) * d->c + c] *
-                       pw[((ky * d->kw + kx) * d->c + c) * d->f + f];
+                acc += (double)operand(px[((n * d->h + iy) * d->w + ix) * d->c + c], bf16) *
+                       operand(pw[((ky * d->kw + kx) * d->c + c) * d->f + f], bf16);
               }
           py[((n * d->oh + oy) * d->ow + ox) * d->f + f] = (float)acc;
         }
@@ -168,8 +182,8 @@ static int naive_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf
 
 /* dy (N,OH,OW,F), w (KH,KW,C,F) -> dx (N,H,W,C): each input pixel gathers the
  * outputs whose window covers it. */
-static int naive_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf w,
-                                      const lunet_conv2d_desc *d) {
+static int conv2d_backward_data(lunet_buf dx, lunet_cbuf dy, lunet_cbuf w, const lunet_conv2d_desc *d,
+                                bool bf16) {
   int rc = lunet_cpu_check_conv(d, "conv2d_backward_data");
   if (rc) return rc;
   const float *pdy = dy, *pw = w;
@@ -184,8 +198,8 @@ static int naive_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbu
               int64_t ky = iy - in_row(d, oy, 0), kx = ix - in_col(d, ox, 0);
               if (ky < 0 || ky >= d->kh || kx < 0 || kx >= d->kw) continue;
               for (int64_t f = 0; f < d->f; f++)
-                acc += (double)pdy[((n * d->oh + oy) * d->ow + ox) * d->f + f] *
-                       pw[((ky * d->kw + kx) * d->c + c) * d->f + f];
+                acc += (double)operand(pdy[((n * d->oh + oy) * d->ow + ox) * d->f + f], bf16) *
+                       operand(pw[((ky * d->kw + kx) * d->c + c) * d->f + f], bf16);
             }
           pdx[((n * d->h + iy) * d->w + ix) * d->c + c] = (float)acc;
         }
@@ -193,8 +207,8 @@ static int naive_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbu
 }
 
 /* dy (N,OH,OW,F), x (N,H,W,C) -> dw (KH,KW,C,F), db (F) or NULL. */
-static int naive_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf db,
-                                        lunet_cbuf dy, lunet_cbuf x, const lunet_conv2d_desc *d) {
+static int conv2d_backward_filter(lunet_buf dw, lunet_buf db, lunet_cbuf dy, lunet_cbuf x,
+                                  const lunet_conv2d_desc *d, bool bf16) {
   int rc = lunet_cpu_check_conv(d, "conv2d_backward_filter");
   if (rc) return rc;
   const float *pdy = dy, *px = x;
@@ -209,8 +223,8 @@ static int naive_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_b
               for (int64_t ox = 0; ox < d->ow; ox++) {
                 int64_t iy = in_row(d, oy, ky), ix = in_col(d, ox, kx);
                 if (iy < 0 || iy >= d->h || ix < 0 || ix >= d->w) continue;
-                acc += (double)px[((n * d->h + iy) * d->w + ix) * d->c + c] *
-                       pdy[((n * d->oh + oy) * d->ow + ox) * d->f + f];
+                acc += (double)operand(px[((n * d->h + iy) * d->w + ix) * d->c + c], bf16) *
+                       operand(pdy[((n * d->oh + oy) * d->ow + ox) * d->f + f], bf16);
               }
           pdw[((ky * d->kw + kx) * d->c + c) * d->f + f] = (float)acc;
         }
@@ -223,6 +237,25 @@ static int naive_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_b
   }
   return 0;
 }
+
+#define CONV_WRAPPERS(suffix, bf16)                                                                         \
+  static int naive_conv2d##suffix(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w, lunet_cbuf bias,  \
+                                  const lunet_conv2d_desc *d) {                                              \
+    return conv2d(y, x, w, bias, d, bf16);                                                                   \
+  }                                                                                                          \
+  static int naive_conv2d_backward_data##suffix(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf w, \
+                                                const lunet_conv2d_desc *d) {                                \
+    return conv2d_backward_data(dx, dy, w, d, bf16);                                                         \
+  }                                                                                                          \
+  static int naive_conv2d_backward_filter##suffix(lunet_backend *be, lunet_buf dw, lunet_buf db,             \
+                                                  lunet_cbuf dy, lunet_cbuf x, const lunet_conv2d_desc *d) { \
+    return conv2d_backward_filter(dw, db, dy, x, d, bf16);                                                   \
+  }
+CONV_WRAPPERS(, false)
+CONV_WRAPPERS(_bf16, true)
+
+/* The reference's bfloat16 products are emulated (rounded operands). */
+static int naive_bf16_native(lunet_backend *be) { return 0; }
 
 /* The first maximum of output (n, oy, ox) channel c, scanning kh then kw;
  * returns the flat input pixel index, -1 for a window of padding only. */
@@ -694,4 +727,9 @@ const lunet_backend_i lunet_cpu_naive_vtable = {
     .adam_update = naive_adam_update,
     .rmsprop_update = naive_rmsprop_update,
     .affine_resample = naive_affine_resample,
+    .bf16_native = naive_bf16_native,
+    .gemm_bf16 = naive_gemm_bf16,
+    .conv2d_bf16 = naive_conv2d_bf16,
+    .conv2d_backward_data_bf16 = naive_conv2d_backward_data_bf16,
+    .conv2d_backward_filter_bf16 = naive_conv2d_backward_filter_bf16,
 };

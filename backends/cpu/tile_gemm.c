@@ -61,20 +61,9 @@ static inline __attribute__((always_inline)) TARGET void tile_of(int rows, bool 
                                                                  const float *restrict b, int64_t ldb,
                                                                  const float *restrict bias, bool add,
                                                                  float *restrict c, int64_t ldc) {
-#define WIDE(R)                                                                                            \
-  case R: tile(R, 4, k, a, ar, ap, b, ldb, bias, add, c, ldc); return;
-#define NARROW(R)                                                                                          \
-  case R: tile(R, 2, k, a, ar, ap, b, ldb, bias, add, c, ldc); return;
-  if (wide) {
-    switch (rows) { WIDE(1) WIDE(2) WIDE(3) WIDE(4) WIDE(5) }
-  } else {
-    switch (rows) {
-      NARROW(1) NARROW(2) NARROW(3) NARROW(4) NARROW(5) NARROW(6)
-      NARROW(7) NARROW(8) NARROW(9) NARROW(10) NARROW(11)
-    }
-  }
-#undef WIDE
-#undef NARROW
+#define TILE(R, V) tile(R, V, k, a, ar, ap, b, ldb, bias, add, c, ldc)
+  LUNET_CPU_TILE_REMAINDER(rows, wide, TILE);
+#undef TILE
 }
 
 TARGET void lunet_cpu_tile_gemm_nn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,

@@ -111,6 +111,31 @@ bool lunet_set_grad_enabled(lunet_ctx *ctx, bool on) {
   return prev;
 }
 
+lunet_precision lunet_get_precision(lunet_ctx *ctx) { return ctx->precision; }
+
+lunet_precision lunet_set_precision(lunet_ctx *ctx, lunet_precision p) {
+  lunet_precision prev = ctx->precision;
+  ctx->precision = p == LUNET_PRECISION_BFLOAT16 ? p : LUNET_PRECISION_FLOAT32;
+  return prev;
+}
+
+const char *lunet_precision_policy_name(lunet_precision p) {
+  return p == LUNET_PRECISION_FLOAT32 ? "float32" : p == LUNET_PRECISION_BFLOAT16 ? "mixed_bfloat16" : NULL;
+}
+
+lunet_status lunet_set_policy(lunet_ctx *ctx, const char *policy) {
+  if (policy && !strcmp(policy, "float32")) ctx->policy = LUNET_PRECISION_FLOAT32;
+  else if (policy && !strcmp(policy, "mixed_bfloat16")) ctx->policy = LUNET_PRECISION_BFLOAT16;
+  else
+    return lunet_error(ctx, LUNET_ERR_ARG,
+                       "unknown dtype policy '%s' (valid: float32, mixed_bfloat16; mixed_float16 is not "
+                       "supported: lunet has no float16 kernels)",
+                       policy ? policy : "(null)");
+  return LUNET_OK;
+}
+
+const char *lunet_get_policy(lunet_ctx *ctx) { return lunet_precision_policy_name(ctx->policy); }
+
 double lunet_rng_uniform(lunet_ctx *ctx) {
   return lunet_philox_uniform(ctx->seed, lunet_rng_take(ctx, 1));
 }

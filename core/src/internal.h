@@ -15,6 +15,8 @@ struct lunet_ctx {
   int64_t *keys, nkeys, keys_cap; /* lunet_set_sample_keys */
   uint64_t keys_epoch;
   bool grad_enabled;
+  lunet_precision precision; /* of the products run now (a layer's, during its calls) */
+  lunet_precision policy;    /* new layers' precision */
   int backend; /* registry index of the default backend; -1 until chosen */
   uint64_t fallbacks;
   uint64_t generation; /* visit mark of the current backward */

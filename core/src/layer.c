@@ -46,6 +46,7 @@ struct lunet_layer {
   lunet_unary_op act_op;
   float act_alpha;
   const char *act_name;
+  lunet_precision precision; /* of its products (the context's policy when made) */
 };
 
 /* One call: the plugin's state and what the core keeps for backward. */
@@ -131,6 +132,7 @@ lunet_layer *lunet_layer_new(lunet_ctx *ctx, const lunet_layer_type *t) {
   l->refcount = 1;
   l->ctx = ctx;
   l->type = t;
+  l->precision = ctx->policy;
   for (int i = 0; i < t->nargs; i++) {
     set_default(&l->args[i], &t->args[i]);
     if (t->args[i].type == LUNET_ARG_STRING && t->args[i].presence == LUNET_ARG_DEFAULT &&
@@ -598,6 +600,11 @@ void lunet_layer_set_trainable(lunet_layer *l, bool on) {
 
 bool lunet_layer_trainable(const lunet_layer *l) { return !l->frozen; }
 
+lunet_precision lunet_layer_precision(const lunet_layer *l) { return l->precision; }
+void lunet_layer_set_precision(lunet_layer *l, lunet_precision p) {
+  l->precision = p == LUNET_PRECISION_BFLOAT16 ? p : LUNET_PRECISION_FLOAT32;
+}
+
 /* ---- build and call ---- */
 
 /* "(None, 28, 28, 1)": one sample's shape with Keras's batch placeholder. */
@@ -879,7 +886,9 @@ static lunet_status call_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *d
   if (!s) s = enter(ctx, l) ? LUNET_OK : ctx->status;
   if (!s) {
     uint64_t t0 = lunet_prof_now(ctx);
+    lunet_precision prec = lunet_set_precision(ctx, l->precision);
     s = l->type->backward(l, c, dys, gx);
+    lunet_set_precision(ctx, prec);
     if (t0) lunet_prof_layer(ctx, lunet_layer_name(l), "backward", t0);
     leave(l);
     if (s && ctx->status == LUNET_OK) s = plugin_bug(ctx, l, s, "backward failed without a message");
@@ -1137,7 +1146,9 @@ lunet_status lunet_layer_apply(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep,
   }
   bool prev = lunet_set_grad_enabled(ctx, false);
   uint64_t t0 = lunet_prof_now(ctx);
+  lunet_precision prec = lunet_set_precision(ctx, l->precision);
   lunet_status s = l->type->forward(l, c, nin, x, y, training);
+  lunet_set_precision(ctx, prec);
   lunet_set_grad_enabled(ctx, prev);
   leave(l);
   if (!s) s = outputs_fit(ctx, l, c->batch, y);
@@ -1200,7 +1211,9 @@ lunet_status lunet_layer_step(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, 
   if (!enter(ctx, l)) return ctx->status;
   bool prev = lunet_set_grad_enabled(ctx, false);
   uint64_t t0 = lunet_prof_now(ctx);
+  lunet_precision prec = lunet_set_precision(ctx, l->precision);
   lunet_status s = l->type->forward(l, c, nin, x, y, false);
+  lunet_set_precision(ctx, prec);
   leave(l);
   for (int j = 0; !s && j < nout; j++)
     if (!y[j] || y[j]->ndim != l->out[j].ndim + 1 || y[j]->shape[0] != c->batch)

@@ -4,6 +4,9 @@
  * config (format_version 2):
  *   {"format_version": 2, "class": "Functional" | "Sequential", "name": "...",
  *    "layers": [{"type": "Dense", "args": {"units": 10, ...}}, ...],
+ *      (a layer made under the mixed_bfloat16 policy adds
+ *      "dtype_policy": "mixed_bfloat16"; without it a layer is float32,
+ *      whatever the policy when the file is read)
  *    "inputs": [{"name": "image", "shape": [28, 28, 1]}, ...],
  *    "nodes": [{"layer": 0, "inputs": [["input", 0]]}, ...],
  *    "outputs": [["node", 3, 0]]}
@@ -86,6 +89,8 @@ static cJSON *layer_json(const lunet_layer *l) {
   }
   if (!cJSON_GetObjectItemCaseSensitive(args, "name"))
     cJSON_AddStringToObject(args, "name", lunet_layer_name(l));
+  if (lunet_layer_precision(l) != LUNET_PRECISION_FLOAT32)
+    cJSON_AddStringToObject(o, "dtype_policy", lunet_precision_policy_name(lunet_layer_precision(l)));
   return o;
 }
 
@@ -474,7 +479,16 @@ static lunet_layer *read_layer(reader *r, const cJSON *j, int idx) {
     bad(r, "layers[%d] is a %s, which runs host-language code and cannot come from a file", idx, t->name);
     return NULL;
   }
+  const cJSON *policy = cJSON_GetObjectItemCaseSensitive(j, "dtype_policy");
+  lunet_precision prec = LUNET_PRECISION_FLOAT32;
+  if (policy && !(cJSON_IsString(policy) &&
+                  (!strcmp(policy->valuestring, "mixed_bfloat16") || !strcmp(policy->valuestring, "float32")))) {
+    bad(r, "layers[%d] (%s): \"dtype_policy\" must be \"float32\" or \"mixed_bfloat16\"", idx, t->name);
+    return NULL;
+  }
+  if (policy && !strcmp(policy->valuestring, "mixed_bfloat16")) prec = LUNET_PRECISION_BFLOAT16;
   lunet_layer *l = lunet_layer_new(r->ctx, t);
+  if (l) lunet_layer_set_precision(l, prec);
   for (const cJSON *a = l ? args->child : NULL; a; a = a->next) {
     int k = 0;
     while (k < t->nargs && strcmp(t->args[k].name, a->string)) k++;

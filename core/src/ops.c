@@ -25,6 +25,23 @@ static bool supported(lunet_ctx *ctx, lunet_be *be, const void *fn, const char *
   return false;
 }
 
+/* The backend's bfloat16 version of a product (ABI 2.3; NULL from an
+ * older backend, whose vtable ends before it). */
+#define BF16_FN(be, name) ((be)->desc->abi_minor >= 3 ? (be)->i->name##_bf16 : NULL)
+
+/* The product kernel the context's precision asks for: fn32, or fn16
+ * under mixed_bfloat16 (an error when the backend has none). */
+static bool product_ok(lunet_ctx *ctx, lunet_be *be, const void *fn32, const void *fn16, const char *op) {
+  if (ctx->precision != LUNET_PRECISION_BFLOAT16) return supported(ctx, be, fn32, op);
+  if (fn16) return true;
+  lunet_error(ctx, LUNET_ERR_UNSUPPORTED,
+              "op '%s' in bfloat16 (the mixed_bfloat16 policy): backend '%s' has no bfloat16 products (make the "
+              "layers under the float32 policy, nn.mixed_precision.set_global_policy(\"float32\"), or run on the cpu "
+              "backend)",
+              op, be->name);
+  return false;
+}
+
 /* Checks that the inputs are float32 and share one backend; returns it. */
 static lunet_be *inputs_be(lunet_ctx *ctx, const char *op, int n, const lunet_tensor *const *ts) {
   lunet_be *be = NULL;
@@ -323,7 +340,8 @@ lunet_tensor *lunet_op_argmax(lunet_ctx *ctx, const lunet_tensor *x) {
 lunet_tensor *lunet_op_matmul(lunet_ctx *ctx, const lunet_tensor *a, const lunet_tensor *b, bool ta,
                               bool tb) {
   lunet_be *be = BE2("matmul", a, b);
-  if (!be) return NULL;
+  if (!be || !product_ok(ctx, be, be->i->gemm, BF16_FN(be, gemm), "matmul")) return NULL;
+  bool bf16 = ctx->precision == LUNET_PRECISION_BFLOAT16;
   char s1[128], s2[128];
   if (a->ndim < 2 || b->ndim < 2) {
     lunet_error(ctx, LUNET_ERR_SHAPE, "matmul needs matrices, got %s and %s",
@@ -362,7 +380,7 @@ lunet_tensor *lunet_op_matmul(lunet_ctx *ctx, const lunet_tensor *a, const lunet
   lunet_tensor *c = lunet_tensor_on(ctx, be, LUNET_F32, nd, shape);
   if (!c) return NULL;
   return done(ctx, be,
-              PROFILED(ctx, be, "gemm", 2.0 * (double)m * (double)n * (double)k * (double)batch, be->i->gemm(be->state, ta, tb, m, n, k, 1.0f, a->buf->handle, ba > 1 ? m * k : 0,
+              PROFILED(ctx, be, bf16 ? "gemm_bf16" : "gemm", 2.0 * (double)m * (double)n * (double)k * (double)batch, (bf16 ? be->i->gemm_bf16 : be->i->gemm)(be->state, ta, tb, m, n, k, 1.0f, a->buf->handle, ba > 1 ? m * k : 0,
                           b->buf->handle, bb > 1 ? k * n : 0, 0.0f, c->buf->handle, m * n, batch)),
               "matmul", c);
 }
@@ -422,15 +440,16 @@ static bool has_shape(lunet_ctx *ctx, const char *op, const char *what, const lu
 lunet_tensor *lunet_op_conv2d(lunet_ctx *ctx, const lunet_tensor *x, const lunet_tensor *w,
                               const lunet_tensor *bias, const lunet_conv2d_desc *d) {
   lunet_be *be = BE3("conv2d", x, w, bias);
-  if (!be || !supported(ctx, be, be->i->conv2d, "conv2d") ||
+  if (!be || !product_ok(ctx, be, be->i->conv2d, BF16_FN(be, conv2d), "conv2d") ||
       !has_shape(ctx, "conv2d", "input", x, 4, (int64_t[]){d->n, d->h, d->w, d->c}) ||
       !has_shape(ctx, "conv2d", "kernel", w, 4, (int64_t[]){d->kh, d->kw, d->c, d->f}) ||
       (bias && !has_shape(ctx, "conv2d", "bias", bias, 1, (int64_t[]){d->f})))
     return NULL;
   lunet_tensor *y = lunet_tensor_on(ctx, be, LUNET_F32, 4, (int64_t[]){d->n, d->oh, d->ow, d->f});
   if (!y) return NULL;
+  bool bf16 = ctx->precision == LUNET_PRECISION_BFLOAT16;
   return done(ctx, be,
-              PROFILED(ctx, be, "conv2d", lunet_conv2d_flops(d), be->i->conv2d(be->state, y->buf->handle, x->buf->handle, w->buf->handle,
+              PROFILED(ctx, be, bf16 ? "conv2d_bf16" : "conv2d", lunet_conv2d_flops(d), (bf16 ? be->i->conv2d_bf16 : be->i->conv2d)(be->state, y->buf->handle, x->buf->handle, w->buf->handle,
                             bias ? bias->buf->handle : NULL, d)),
               "conv2d", y);
 }
@@ -438,16 +457,17 @@ lunet_tensor *lunet_op_conv2d(lunet_ctx *ctx, const lunet_tensor *x, const lunet
 lunet_tensor *lunet_op_conv2d_backward_data(lunet_ctx *ctx, const lunet_tensor *dy,
                                             const lunet_tensor *w, const lunet_conv2d_desc *d) {
   lunet_be *be = BE2("conv2d_backward_data", dy, w);
-  if (!be || !supported(ctx, be, be->i->conv2d_backward_data, "conv2d_backward_data") ||
+  if (!be || !product_ok(ctx, be, be->i->conv2d_backward_data, BF16_FN(be, conv2d_backward_data), "conv2d_backward_data") ||
       !has_shape(ctx, "conv2d_backward_data", "kernel", w, 4,
                  (int64_t[]){d->kh, d->kw, d->c, d->f}) ||
       !has_shape(ctx, "conv2d_backward_data", "dy", dy, 4, (int64_t[]){d->n, d->oh, d->ow, d->f}))
     return NULL;
   lunet_tensor *dx = lunet_tensor_on(ctx, be, LUNET_F32, 4, (int64_t[]){d->n, d->h, d->w, d->c});
   if (!dx) return NULL;
+  bool bf16 = ctx->precision == LUNET_PRECISION_BFLOAT16;
   return done(
       ctx, be,
-      PROFILED(ctx, be, "conv2d_backward_data", lunet_conv2d_flops(d), be->i->conv2d_backward_data(be->state, dx->buf->handle, dy->buf->handle, w->buf->handle, d)),
+      PROFILED(ctx, be, bf16 ? "conv2d_backward_data_bf16" : "conv2d_backward_data", lunet_conv2d_flops(d), (bf16 ? be->i->conv2d_backward_data_bf16 : be->i->conv2d_backward_data)(be->state, dx->buf->handle, dy->buf->handle, w->buf->handle, d)),
       "conv2d_backward_data", dx);
 }
 
@@ -456,7 +476,7 @@ lunet_tensor *lunet_op_conv2d_backward_filter(lunet_ctx *ctx, const lunet_tensor
                                               lunet_tensor **db) {
   lunet_be *be = BE2("conv2d_backward_filter", dy, x);
   if (db) *db = NULL;
-  if (!be || !supported(ctx, be, be->i->conv2d_backward_filter, "conv2d_backward_filter") ||
+  if (!be || !product_ok(ctx, be, be->i->conv2d_backward_filter, BF16_FN(be, conv2d_backward_filter), "conv2d_backward_filter") ||
       !has_shape(ctx, "conv2d_backward_filter", "input", x, 4,
                  (int64_t[]){d->n, d->h, d->w, d->c}) ||
       !has_shape(ctx, "conv2d_backward_filter", "dy", dy, 4, (int64_t[]){d->n, d->oh, d->ow, d->f}))
@@ -467,7 +487,8 @@ lunet_tensor *lunet_op_conv2d_backward_filter(lunet_ctx *ctx, const lunet_tensor
     lunet_tensor_release(dw);
     return NULL;
   }
-  int rc = PROFILED(ctx, be, "conv2d_backward_filter", lunet_conv2d_flops(d), be->i->conv2d_backward_filter(be->state, dw->buf->handle, b ? b->buf->handle : NULL,
+  bool bf16 = ctx->precision == LUNET_PRECISION_BFLOAT16;
+  int rc = PROFILED(ctx, be, bf16 ? "conv2d_backward_filter_bf16" : "conv2d_backward_filter", lunet_conv2d_flops(d), (bf16 ? be->i->conv2d_backward_filter_bf16 : be->i->conv2d_backward_filter)(be->state, dw->buf->handle, b ? b->buf->handle : NULL,
                                          dy->buf->handle, x->buf->handle, d));
   if (lunet_be_check(ctx, be, rc, "conv2d_backward_filter")) {
     lunet_tensor_release(dw);

@@ -106,7 +106,8 @@ static void register_backend(const lunet_backend_desc *d, const char *path, void
   /* the name is read only after the version check: its place may differ */
   if (d->abi_major != LUNET_BACKEND_ABI_MAJOR || d->abi_minor > LUNET_BACKEND_ABI_MINOR ||
       d->struct_size < sizeof *d ||
-      d->iface_size < (d->abi_minor >= 2   ? sizeof(lunet_backend_i)
+      d->iface_size < (d->abi_minor >= 3   ? sizeof(lunet_backend_i)
+                       : d->abi_minor == 2 ? LUNET_BACKEND_I_SIZE_2_2
                        : d->abi_minor == 1 ? LUNET_BACKEND_I_SIZE_2_1
                                            : LUNET_BACKEND_I_SIZE_2_0)) {
     char base[64];
@@ -287,6 +288,15 @@ lunet_status lunet_get_backend_stats(lunet_ctx *ctx, const char *name, lunet_bac
                        be->name, be->desc->abi_major, be->desc->abi_minor);
   be->i->stats(be->state, out);
   return LUNET_OK;
+}
+
+int lunet_backend_bf16(lunet_ctx *ctx, const char *name) {
+  lunet_be *be = lunet_registry_backend(ctx, name);
+  if (!be) return -1;
+  if (be->desc->abi_minor < 3 || !be->i->bf16_native || !be->i->gemm_bf16 || !be->i->conv2d_bf16 ||
+      !be->i->conv2d_backward_data_bf16 || !be->i->conv2d_backward_filter_bf16)
+    return -1;
+  return be->i->bf16_native(be->state) ? 1 : 0;
 }
 
 lunet_status lunet_set_threads(lunet_ctx *ctx, int n) {

@@ -142,6 +142,35 @@ nn.explain = require "lunet.explain"
 nn.export = require "lunet.export"
 nn.profile = require("lunet.profile").profile
 nn.backend_stats = C.backend_stats
+
+-- Mixed precision as in Keras: nn.mixed_precision.set_global_policy
+-- ("mixed_bfloat16") before making the layers; their products run in
+-- bfloat16 (float32 sums), everything else stays float32.
+local warned = {}
+nn.mixed_precision = {
+  set_global_policy = function(policy)
+    if type(policy) ~= "string" then
+      error(string.format("bad argument #1 to 'set_global_policy' (a policy name expected: float32 or mixed_bfloat16, got %s)",
+        type(policy)), 2)
+    end
+    local ok, err = pcall(C.set_policy, policy)
+    if not ok then error(err, 2) end
+    local be = C.default_backend()
+    if policy == "mixed_bfloat16" and not warned[be] then
+      local how = C.backend_bf16(be)
+      if how == 0 then
+        warned[be] = true
+        io.stderr:write(string.format("lunet: mixed_bfloat16 on backend '%s' is emulated (no bfloat16 arithmetic: on " ..
+          "the CPU it needs AVX512-BF16): the products are rounded to bfloat16 but run at float32 speed\n", be))
+      elseif how < 0 then
+        warned[be] = true
+        io.stderr:write(string.format("lunet: backend '%s' has no bfloat16 products: layers made under mixed_bfloat16 " ..
+          "will fail on it (use the cpu backend, or the float32 policy)\n", be))
+      end
+    end
+  end,
+  global_policy = function() return C.policy() end,
+}
 nn.plot.report = require("lunet.report").write
 nn.callbacks.LivePlot = nn.plot.LivePlot
 

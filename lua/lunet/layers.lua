@@ -10,8 +10,16 @@ M.Layer = Layer
 
 -- layer.trainable (Keras's): false freezes the layer's weights; a model
 -- takes the change at its next compile.
+-- layer.dtype_policy: "float32" or "mixed_bfloat16" (the global policy
+-- when it was made, or its dtype = argument); compute_dtype and
+-- variable_dtype as Keras names them (weights are always float32).
 function Layer.__index(self, k)
   if k == "trainable" then return C.layer_trainable(rawget(self, "handle")) end
+  if k == "dtype_policy" then return C.layer_policy(rawget(self, "handle")) end
+  if k == "compute_dtype" then
+    return C.layer_policy(rawget(self, "handle")) == "mixed_bfloat16" and "bfloat16" or "float32"
+  end
+  if k == "variable_dtype" then return "float32" end
   return Layer[k]
 end
 
@@ -154,7 +162,7 @@ local function parse_args(info, ...)
   end
   for k in pairs(tbl) do
     if type(k) ~= "number" then
-      local known = false
+      local known = k == "dtype" -- every layer's: its dtype policy
       for _, s in ipairs(info.args) do if s.name == k then known = true end end
       if not known then
         error(string.format("bad argument '%s' to '%s' (unknown argument; valid: %s)", tostring(k), info.name,
@@ -175,6 +183,7 @@ local function parse_args(info, ...)
     if v == nil then v = default_value(s) end
     out[s.name] = check_arg(info.name, s, v, pos)
   end
+  out.dtype = tbl.dtype
   return out
 end
 
@@ -206,6 +215,13 @@ function M.new(tname, ...)
   -- (level 2: the constructors tail-call new)
   local ok, handle = pcall(C.layer_new, tname, setmetatable({ name = name }, { __index = args }))
   if not ok then error(handle, 2) end
+  if args.dtype ~= nil then
+    if type(args.dtype) ~= "string" then
+      error(string.format("bad argument 'dtype' to '%s' (a policy name expected: float32 or mixed_bfloat16)", tname), 2)
+    end
+    local okp, err = pcall(C.layer_set_policy, handle, args.dtype)
+    if not okp then error(err, 2) end
+  end
   local self = setmetatable({ type = tname, args = args, handle = handle, name = name }, Layer)
   if args.input_shape then self:build(args.input_shape) end
   return self

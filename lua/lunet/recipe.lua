@@ -14,6 +14,7 @@ usage: %s [options]
   --augment           random augmentation during training%s
   --no-augment        no augmentation%s
   --distributed       data-parallel training under mpirun (batch size per rank)
+  --policy NAME       dtype policy: float32 (default) or mixed_bfloat16 (bfloat16 products)
   --save PATH         save the trained model (safetensors) to PATH%s
   --verbose N         0 silent, 1 progress bar, 2 one line per epoch
   -h, --help          this text]]
@@ -36,7 +37,8 @@ function M.parse(argv, defaults, prog, extra)
   end
   local numeric = { ["--epochs"] = "epochs", ["--batch-size"] = "batch_size", ["--limit"] = "limit",
     ["--seed"] = "seed", ["--threads"] = "threads", ["--verbose"] = "verbose" }
-  local strings = { ["--backend"] = "backend", ["--data"] = "data", ["--sha256"] = "sha256", ["--save"] = "save" }
+  local strings = { ["--backend"] = "backend", ["--data"] = "data", ["--sha256"] = "sha256", ["--save"] = "save",
+    ["--policy"] = "policy" }
   if defaults.report then strings["--report"] = "report" end
   for _, e in ipairs(extra or {}) do
     strings[e[1]] = e[2]
@@ -112,6 +114,7 @@ function M.setup(nn, o)
   end
   if o.backend then nn.use(o.backend) end
   if o.threads then nn.threads(o.threads) end
+  if o.policy then nn.mixed_precision.set_global_policy(o.policy) end -- before the model is made
 end
 
 -- Summary, fit with the test set as validation, the final "test accuracy:"

@@ -416,6 +416,131 @@ START_TEST(test_gemm_fast_vs_naive) {
 }
 END_TEST
 
+/* ---- bfloat16 products (ABI 2.3) ---- */
+
+static uint32_t bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+static float from_bits(uint32_t u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+/* The rounding itself, on values worked out by hand. */
+START_TEST(test_bf16_round) {
+  ck_assert_uint_eq(bits(lunet_bf16_round(1.0f)), 0x3f800000u);
+  ck_assert_uint_eq(bits(lunet_bf16_round(from_bits(0x3f808000u))), 0x3f800000u); /* tie: to even (down) */
+  ck_assert_uint_eq(bits(lunet_bf16_round(from_bits(0x3f818000u))), 0x3f820000u); /* tie: to even (up) */
+  ck_assert_uint_eq(bits(lunet_bf16_round(from_bits(0x3f808001u))), 0x3f810000u); /* above the tie */
+  ck_assert_uint_eq(bits(lunet_bf16_round(from_bits(0xbf807fffu))), 0xbf800000u); /* below it, negative */
+  ck_assert_uint_eq(bits(lunet_bf16_round(from_bits(0x7f7fffffu))), 0x7f800000u); /* FLT_MAX: inf */
+  ck_assert_uint_eq(bits(lunet_bf16_round(from_bits(0x00400000u))), 0x00000000u); /* subnormal: zero */
+  ck_assert_uint_eq(bits(lunet_bf16_round(from_bits(0x80000001u))), 0x80000000u);
+  ck_assert(isnan(lunet_bf16_round(from_bits(0x7f800001u)))); /* a NaN whose payload would round away */
+  ck_assert_uint_eq(bits(lunet_bf16_round(INFINITY)), 0x7f800000u);
+}
+END_TEST
+
+/* Operands in [-1, 1) with an eighth of them exactly halfway between two
+ * bfloat16 values, where the rounding's tie rule decides. */
+static float *rnd_ties(size_t n) {
+  float *p = rnd(n, -1, 1);
+  for (size_t i = 0; i < n; i += 8) p[i] = from_bits((bits(p[i]) & 0xffff0000u) | 0x8000u);
+  return p;
+}
+
+/* Beyond conv_cases: the bfloat16 tiles with an odd k = 81 (F = 64), and
+ * an odd F = 65 in the data gradient's sum (k = 288 columns). */
+static const conv_case bf16_cases[] = {{2, 7, 8, 9, 64, 3, 3, 1, 1, 1}, {2, 6, 7, 32, 65, 3, 3, 1, 1, 1}};
+
+/* The fast bfloat16 products (AVX512-BF16 tiles here, or the emulation
+ * under LUNET_CPU_ISA=avx2/scalar) against the naive reference, which
+ * rounds each operand as it reads it: equal up to float32 summation order.
+ * Then the rounding is seen to happen: the result moves away from the
+ * float32 product, by no more than the operands' rounding allows. */
+START_TEST(test_conv_bf16_fast_vs_naive) {
+  size_t nextra = sizeof bf16_cases / sizeof bf16_cases[0];
+  for (size_t i = 0; i < NCONV + nextra; i++) {
+    lunet_conv2d_desc d = conv_desc(i < NCONV ? conv_cases[i] : bf16_cases[i - NCONV]);
+    size_t nx = d.n * d.h * d.w * d.c, nw = d.kh * d.kw * d.c * d.f, ny = d.n * d.oh * d.ow * d.f;
+    float *x = rnd_ties(nx), *w = rnd_ties(nw), *b = rnd(d.f, -1, 1), *dy = rnd_ties(ny);
+    float *y1 = zeros(ny), *y2 = rnd(ny, 5, 6), *dx1 = zeros(nx), *dx2 = rnd(nx, 5, 6);
+    float *dw1 = zeros(nw), *dw2 = rnd(nw, 5, 6), *db1 = zeros(d.f), *db2 = rnd(d.f, 5, 6);
+    char what[64];
+    snprintf(what, sizeof what, "bf16 conv case %zu", i);
+    float tol = 2e-5f * (float)(d.kh * d.kw * d.c);
+    ck_assert_int_eq(N->conv2d_bf16(be, y1, x, w, b, &d), 0);
+    ck_assert_int_eq(F->conv2d_bf16(be, y2, x, w, b, &d), 0);
+    expect_close(y2, y1, ny, tol, 1e-5f, what);
+    ck_assert_int_eq(N->conv2d_backward_data_bf16(be, dx1, dy, w, &d), 0);
+    ck_assert_int_eq(F->conv2d_backward_data_bf16(be, dx2, dy, w, &d), 0);
+    expect_close(dx2, dx1, nx, 2e-5f * (float)(d.f * d.kh * d.kw), 1e-5f, what);
+    ck_assert_int_eq(N->conv2d_backward_filter_bf16(be, dw1, db1, dy, x, &d), 0);
+    ck_assert_int_eq(F->conv2d_backward_filter_bf16(be, dw2, db2, dy, x, &d), 0);
+    expect_close(dw2, dw1, nw, 2e-5f * (float)(d.n * d.oh * d.ow), 1e-5f, what);
+    /* the bias gradient sums dy as it is: the float32 one */
+    ck_assert_int_eq(N->conv2d_backward_filter(be, dw1, db1, dy, x, &d), 0);
+    expect_close(db2, db1, d.f, 2e-5f * (float)(d.n * d.oh * d.ow), 1e-5f, what);
+    free(x), free(w), free(b), free(dy), free(y1), free(y2), free(dx1), free(dx2);
+    free(dw1), free(dw2), free(db1), free(db2);
+  }
+}
+END_TEST
+
+START_TEST(test_gemm_bf16_fast_vs_naive) {
+  /* the tiles: at least 512 rows, n a multiple of 32, k >= 64 (odd too),
+   * alpha 1, beta 0 or 1, a transposed or not, b not transposed, shared b
+   * or not; the rest emulated */
+  static const int64_t sizes[][4] = {{1, 1, 1, 1},      {7, 3, 33, 1},    {130, 64, 41, 1}, {17, 96, 300, 2},
+                                     {64, 512, 75, 1},  {5, 32, 7, 3},    {600, 64, 75, 1}, {520, 96, 128, 2},
+                                     {513, 160, 64, 1}};
+  static const float scales[][2] = {{1.0f, 0.0f}, {1.0f, 1.0f}, {0.5f, 0.25f}};
+  for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+    int64_t m = sizes[s][0], n = sizes[s][1], k = sizes[s][2], batch = sizes[s][3];
+    for (int t = 0; t < 24; t++) {
+      float alpha = scales[t / 8][0], beta = scales[t / 8][1];
+      bool ta = t & 1, tb = t & 2, shared_b = t & 4;
+      int64_t sb = shared_b ? 0 : k * n;
+      float *a = rnd_ties(batch * m * k), *b = rnd_ties(batch * k * n);
+      float *c1 = rnd(batch * m * n, -1, 1), *c2 = dup(c1, batch * m * n), *c3 = dup(c1, batch * m * n);
+      char what[96];
+      snprintf(what, sizeof what, "bf16 gemm %zu ta=%d tb=%d sb=%lld alpha=%g beta=%g", s, ta, tb, (long long)sb,
+               (double)alpha, (double)beta);
+      ck_assert_int_eq(N->gemm_bf16(be, ta, tb, m, n, k, alpha, a, m * k, b, sb, beta, c1, m * n, batch), 0);
+      ck_assert_int_eq(F->gemm_bf16(be, ta, tb, m, n, k, alpha, a, m * k, b, sb, beta, c2, m * n, batch), 0);
+      expect_close(c2, c1, batch * m * n, 1e-5f * (float)k, 1e-5f, what);
+      /* against float32: each operand within 2^-9 relative, so each
+       * product within 2^-8 (+ a square), and some element visibly moved */
+      ck_assert_int_eq(N->gemm(be, ta, tb, m, n, k, alpha, a, m * k, b, sb, beta, c3, m * n, batch), 0);
+      float moved = 0.0f;
+      for (int64_t e = 0; e < batch * m * n; e++) {
+        float diff = fabsf(c1[e] - c3[e]);
+        moved = diff > moved ? diff : moved;
+        expect_true(diff <= fabsf(alpha) * (float)k * 0.0040f + 1e-6f, "%s: element %lld moved %g from float32",
+                    what, (long long)e, (double)diff);
+      }
+      if (k >= 7) expect_true(moved > 1e-4f, "%s: no element differs from float32 (max %g)", what, (double)moved);
+      free(a), free(b), free(c1), free(c2), free(c3);
+    }
+  }
+}
+END_TEST
+
+START_TEST(test_bf16_native_flag) {
+  /* LUNET_CPU_ISA below avx512 emulates; the describe() text says which */
+  const char *cap = getenv("LUNET_CPU_ISA");
+  lunet_backend_info info;
+  F->describe(be, &info);
+  int native = F->bf16_native(be);
+  if (cap && strcmp(cap, "avx512") != 0) ck_assert_int_eq(native, 0);
+  ck_assert_int_eq(N->bf16_native(be), 0);
+  ck_assert_ptr_nonnull(strstr(info.detail, native ? "bfloat16 AVX512-BF16" : "bfloat16 emulated"));
+}
+END_TEST
+
 static const float unary_params[LUNET_UNARY_COUNT][2] = {
     [LUNET_UNARY_LEAKY_RELU] = {0.2f, 0}, [LUNET_UNARY_AFFINE] = {1.5f, -0.25f},
     [LUNET_UNARY_CLIP] = {-0.5f, 0.75f}};
@@ -1182,6 +1307,10 @@ static Suite *cpu_suite(void) {
   tcase_add_test(tc, test_conv_fast_vs_naive);
   tcase_add_test(tc, test_pool_fast_vs_naive);
   tcase_add_test(tc, test_gemm_fast_vs_naive);
+  tcase_add_test(tc, test_bf16_round);
+  tcase_add_test(tc, test_conv_bf16_fast_vs_naive);
+  tcase_add_test(tc, test_gemm_bf16_fast_vs_naive);
+  tcase_add_test(tc, test_bf16_native_flag);
   tcase_add_test(tc, test_unary_fast_vs_naive_and_fd);
   tcase_add_test(tc, test_binary_fast_vs_naive);
   tcase_add_test(tc, test_reduce_and_argmax);

@@ -36,7 +36,7 @@ extern "C" {
 #endif
 
 #define LUNET_BACKEND_ABI_MAJOR 2
-#define LUNET_BACKEND_ABI_MINOR 2
+#define LUNET_BACKEND_ABI_MINOR 3
 
 /* caps: a buffer handle is the host address of its data, readable and
  * writable directly (the CPU backend). */
@@ -261,11 +261,33 @@ typedef struct lunet_backend_i {
   /* The backend's counters since it started (lunet_backend_stats; a
    * backend fills what applies to it and leaves the rest 0). */
   void (*stats)(lunet_backend *be, lunet_backend_stats *out);
+
+  /* ---- ABI 2.3 (read only from a backend of minor >= 3) ---- */
+
+  /* Mixed precision (lunet_set_precision; Keras's "mixed_bfloat16"): the
+   * products above with every operand (a and b; x or dy and w) rounded to
+   * bfloat16 as lunet_bf16_round() does, and the products summed in
+   * float32; outputs, bias and bias gradient stay float32 (db sums dy
+   * unrounded).  Same arguments as their float32 versions.  bf16_native()
+   * says how the device runs them: 1 faster than float32 (bfloat16
+   * arithmetic), 0 emulated (operands rounded, then the float32 kernels:
+   * the same numbers, no speed-up).  NULL members: no bfloat16 products. */
+  int (*bf16_native)(lunet_backend *be);
+  int (*gemm_bf16)(lunet_backend *be, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                   float alpha, lunet_cbuf a, int64_t stride_a, lunet_cbuf b, int64_t stride_b,
+                   float beta, lunet_buf c, int64_t stride_c, int64_t batch);
+  int (*conv2d_bf16)(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w, lunet_cbuf bias,
+                     const lunet_conv2d_desc *d);
+  int (*conv2d_backward_data_bf16)(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf w,
+                                   const lunet_conv2d_desc *d);
+  int (*conv2d_backward_filter_bf16)(lunet_backend *be, lunet_buf dw, lunet_buf db, lunet_cbuf dy,
+                                     lunet_cbuf x, const lunet_conv2d_desc *d);
 } lunet_backend_i;
 
-/* The size of lunet_backend_i in ABI 2.0 and 2.1 (what such a backend provides). */
+/* The size of lunet_backend_i in ABI 2.0, 2.1 and 2.2 (what such a backend provides). */
 #define LUNET_BACKEND_I_SIZE_2_0 offsetof(lunet_backend_i, scatter_add_rows)
 #define LUNET_BACKEND_I_SIZE_2_1 offsetof(lunet_backend_i, stats)
+#define LUNET_BACKEND_I_SIZE_2_2 offsetof(lunet_backend_i, bf16_native)
 
 typedef struct lunet_backend_desc {
   uint32_t abi_major, abi_minor;
@@ -312,6 +334,18 @@ static inline bool lunet_pool2d_desc_ok(const lunet_pool2d_desc *d, char *text, 
   return d->n >= 0 && d->h >= 1 && d->w >= 1 && d->c >= 1 && d->kh >= 1 && d->kw >= 1 &&
          d->sh >= 1 && d->sw >= 1 && d->oh >= 1 && d->ow >= 1 && d->pad_top >= 0 &&
          d->pad_left >= 0 && d->pad_top < d->kh && d->pad_left < d->kw;
+}
+
+/* x rounded to the nearest bfloat16 (ties to even) and returned as the
+ * float32 it stands for: the top 16 bits kept.  As x86's VCVTNEPS2BF16 does
+ * it: a NaN stays a (quiet) NaN, a subnormal becomes a zero of its sign. */
+static inline float lunet_bf16_round(float x) {
+  union { float f; uint32_t u; } v = {x};
+  if ((v.u & 0x7fffffffu) > 0x7f800000u) v.u |= 0x00400000u;
+  else if ((v.u & 0x7f800000u) == 0) v.u &= 0x80000000u;
+  else v.u += 0x7fffu + ((v.u >> 16) & 1u);
+  v.u &= 0xffff0000u;
+  return v.f;
 }
 
 /* Counter-based RNG shared by every backend: Philox4x32-10, so a random

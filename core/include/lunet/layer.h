@@ -73,6 +73,11 @@ LUNET_API bool lunet_layer_weight_trainable(const lunet_layer *l, int i);
  * inference mode.  A model takes the change at its next compile. */
 LUNET_API void lunet_layer_set_trainable(lunet_layer *l, bool on);
 LUNET_API bool lunet_layer_trainable(const lunet_layer *l);
+/* The precision of the layer's products (its dtype policy: float32, or
+ * bfloat16 for mixed_bfloat16), taken from the context's policy when the
+ * layer is made (lunet_set_policy); its forward and backward run at it. */
+LUNET_API lunet_precision lunet_layer_precision(const lunet_layer *l);
+LUNET_API void lunet_layer_set_precision(lunet_layer *l, lunet_precision p);
 
 /* A call record a caller keeps across calls (a decoder's cache): pass it to
  * lunet_layer_apply and its state persists from one forward to the next.

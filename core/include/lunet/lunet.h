@@ -236,6 +236,28 @@ LUNET_API lunet_status lunet_backward_many(lunet_ctx *ctx, int n, lunet_tensor *
 /* Grad mode: while off, ops record nothing (inference, optimizer steps). */
 LUNET_API bool lunet_grad_enabled(lunet_ctx *ctx);
 LUNET_API bool lunet_set_grad_enabled(lunet_ctx *ctx, bool on); /* returns previous */
+
+/* Mixed precision.  The precision of the matrix products and convolutions
+ * (forward and gradients) run from a context, as torch.autocast sets it:
+ * with LUNET_PRECISION_BFLOAT16 their operands are rounded to bfloat16
+ * (lunet_bf16_round in lunet/backend.h) and the products summed in
+ * float32; every tensor, weight and other op stays float32.  A layer's
+ * calls run at the layer's precision (lunet_layer_precision), which it
+ * takes from the context's policy when it is made, as Keras's layers take
+ * the global dtype policy. */
+typedef enum lunet_precision { LUNET_PRECISION_FLOAT32 = 0, LUNET_PRECISION_BFLOAT16 = 1 } lunet_precision;
+LUNET_API lunet_precision lunet_set_precision(lunet_ctx *ctx, lunet_precision p); /* returns previous */
+LUNET_API lunet_precision lunet_get_precision(lunet_ctx *ctx);
+/* The policy new layers take: "float32" or "mixed_bfloat16" (an error
+ * names both for anything else). */
+LUNET_API lunet_status lunet_set_policy(lunet_ctx *ctx, const char *policy);
+LUNET_API const char *lunet_get_policy(lunet_ctx *ctx);
+/* "float32" or "mixed_bfloat16"; NULL for an unknown name. */
+LUNET_API const char *lunet_precision_policy_name(lunet_precision p);
+/* How backend `name` runs bfloat16 products: 1 natively (faster than
+ * float32), 0 emulated (rounded operands, float32 kernels), -1 not at all
+ * (or no such backend: the context's error says which). */
+LUNET_API int lunet_backend_bf16(lunet_ctx *ctx, const char *name);
 /* A tensor sharing t's data, cut from the tape. */
 LUNET_API lunet_tensor *lunet_detach(lunet_ctx *ctx, lunet_tensor *t);
 
