@@ -58,6 +58,8 @@ def parse_args():
     p.add_argument("--infer-batch", type=int, default=256)
     p.add_argument("--channels-last", action="store_true",
                    help="use torch.channels_last for the model and the inputs (NHWC, like lunet)")
+    p.add_argument("--autocast-bf16", action="store_true",
+                   help="mixed precision: forward and loss under torch.autocast('cpu', torch.bfloat16)")
     p.add_argument("--json", action="store_true", help="print one JSON line of results")
     p.add_argument("--label", default="", help="a name for this configuration in the JSON line")
     a = p.parse_args()
@@ -101,7 +103,8 @@ def train_fn(model, opt, loss_fn, batch, args):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast_bf16):
+            loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
         if loss.item() != loss.item():
@@ -113,7 +116,7 @@ def infer_fn(model, batch, args):
     x = inputs(batch, args)
 
     def run():
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast_bf16):
             model(x)
     return run
 
@@ -130,7 +133,8 @@ def main():
     layout = "channels_last" if args.channels_last else "contiguous"
     if not args.json:
         print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-              f"layout {layout}, mkldnn {torch.backends.mkldnn.is_available()}")
+              f"layout {layout}, mkldnn {torch.backends.mkldnn.is_available()}, "
+              f"autocast bf16 {args.autocast_bf16}")
         print(f"timing: 3 warm-up steps, then median of {args.repeats} runs "
               f"of {args.seconds:.1f} s each")
     train = {}

@@ -751,8 +751,6 @@ static void gemm16_task(void *arg, int64_t begin, int64_t end, int chunk) {
   }
 }
 
-#define BF16_MIN_ROWS 512
-
 /* The floats a strided batch of matrices spans. */
 static size_t span(int64_t stride, int64_t batch, int64_t size) {
   return (size_t)(stride ? stride * (batch - 1) + size : size);
@@ -774,12 +772,11 @@ static int run_gemm(lunet_backend *be, const float *a, const float *b, void *arg
 int lunet_cpu_gemm_bf16(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
                         lunet_cbuf a, int64_t sa, lunet_cbuf b, int64_t sb, float beta, lunet_buf c, int64_t sc,
                         int64_t batch) {
-  /* the tiles where packing b is repaid: at least BF16_MIN_ROWS rows of c
-   * (a Dense layer's weight at batch 64 packs slower than float32
-   * multiplies it, measured), b not transposed (its pairs would be
-   * gathered across rows) */
-  bool fast = bf16_tiles(k, n) && m >= BF16_MIN_ROWS && !tb && alpha == 1.0f && (beta == 0.0f || beta == 1.0f) &&
-              batch > 0 && !(sc == 0 && batch > 1);
+  /* the tiles when b is not transposed (b^T's pairs would be gathered
+   * across its rows: rounding copies and the float32 kernels were faster,
+   * measured) */
+  bool fast = bf16_tiles(k, n) && !tb && alpha == 1.0f && (beta == 0.0f || beta == 1.0f) && batch > 0 &&
+              !(sc == 0 && batch > 1);
   if (!fast) { /* also the sizes' errors, from lunet_cpu_gemm */
     gemm_args g = {ta, tb, m, n, k, sa, sb, sc, batch, alpha, beta, c};
     if (m <= 0 || n <= 0 || k <= 0 || batch <= 0) return run_gemm(be, a, b, &g);

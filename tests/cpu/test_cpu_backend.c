@@ -491,7 +491,7 @@ START_TEST(test_conv_bf16_fast_vs_naive) {
 END_TEST
 
 START_TEST(test_gemm_bf16_fast_vs_naive) {
-  /* the tiles: at least 512 rows, n a multiple of 32, k >= 64 (odd too),
+  /* the tiles: n a multiple of 32, k >= 64 (odd too),
    * alpha 1, beta 0 or 1, a transposed or not, b not transposed, shared b
    * or not; the rest emulated */
   static const int64_t sizes[][4] = {{1, 1, 1, 1},      {7, 3, 33, 1},    {130, 64, 41, 1}, {17, 96, 300, 2},
