@@ -6,13 +6,7 @@
 # float32 policy) it gives the same test accuracy.
 #   mixed_precision_accuracy.sh LUNET_EXECUTABLE SOURCE_DIR WORK_DIR
 set -eu
-if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-  echo "Fashion-MNIST is missing: apt-get install dataset-fashion-mnist (scripts/setup.sh does)"
-  exit 1
-fi
-lunet=$1 src=$2 work=$3
-mkdir -p "$work"
-accuracy() { sed -n 's/^test accuracy: \([0-9.]*\)$/\1/p' "$1" | tail -n 1; }
+. "$(dirname "$0")/fashion_setup.sh"
 "$lunet" "$src/recipes/fashion_mnist_cnn.lua" --epochs 2 --verbose 2 | tee "$work/f32.log"
 "$lunet" "$src/recipes/fashion_mnist_cnn.lua" --epochs 2 --verbose 2 --policy mixed_bfloat16 \
   --save "$work/bf16.safetensors" | tee "$work/bf16.log"

@@ -6,13 +6,7 @@
 # The reload evaluates raw uint8 images: the Rescaling is in the model.
 #   resnet_beats_seed.sh LUNET_EXECUTABLE SOURCE_DIR WORK_DIR
 set -eu
-if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-  echo "Fashion-MNIST is missing: apt-get install dataset-fashion-mnist (scripts/setup.sh does)"
-  exit 1
-fi
-lunet=$1 src=$2 work=$3
-mkdir -p "$work"
-accuracy() { sed -n 's/^test accuracy: \([0-9.]*\)$/\1/p' "$1" | tail -n 1; }
+. "$(dirname "$0")/fashion_setup.sh"
 "$lunet" "$src/recipes/fashion_mnist_cnn.lua" --epochs 2 --verbose 2 --save "$work/seed.safetensors" | tee "$work/seed.log"
 "$lunet" "$src/recipes/fashion_mnist_resnet.lua" --epochs 2 --verbose 2 --save "$work/resnet.safetensors" | tee "$work/resnet.log"
 seed=$(accuracy "$work/seed.log") resnet=$(accuracy "$work/resnet.log")
