@@ -24,6 +24,9 @@
 // splits > 1 (a small C over a long K would keep most of the device idle),
 // workgroup z = s sums its own slice of K into cv[s][M][N]; a reduction
 // then adds the slices.
+// With bf16 set (mixed precision), every element of A and B is rounded to
+// bfloat16 as it is fetched (bf16_round: lunet_bf16_round in
+// lunet/backend.h, bit for bit) and the products summed in float32.
 // x (N,H,W,C), w (KH,KW,C,F), y and dy (N,OH,OW,F).
 layout(local_size_x_id = 0, local_size_y_id = 1) in;
 layout(constant_id = 2) const int MODE = 0;
@@ -43,6 +46,7 @@ layout(push_constant, std430) uniform PC {
   int n, h, w, c, f, kh, kw, sh, sw, pt, pl, oh, ow;
   uint has_bias;
   uint splits; // slices of K (1: none)
+  uint bf16;   // operands rounded to bfloat16
 } pc;
 
 shared float As[2][TILE * RMAX * TILE];
@@ -107,6 +111,16 @@ void store(uint bi, uint r, uint col, float acc) {
   }
 }
 
+// v rounded to the nearest bfloat16 (ties to even), kept as a float: NaN
+// stays NaN, a subnormal becomes a zero of its sign.
+float bf16_round(float v) {
+  uint u = floatBitsToUint(v);
+  if ((u & 0x7fffffffu) > 0x7f800000u) u |= 0x00400000u;
+  else if ((u & 0x7f800000u) == 0u) u &= 0x80000000u;
+  else u += 0x7fffu + ((u >> 16) & 1u);
+  return uintBitsToFloat(u & 0xffff0000u);
+}
+
 // Element e (0 .. BS*TILE - 1) of a slice: A's (m = e / TILE, k = e % TILE),
 // B's (k = e / BS, n = e % BS); invocation t takes e = t + TILE^2 i, i < R.
 void fetch(uint entry, uint row0, uint col0, uint k0, uint kend, uint t, out float ra[RMAX],
@@ -115,6 +129,10 @@ void fetch(uint entry, uint row0, uint col0, uint k0, uint kend, uint t, out flo
     uint e = t + TILE * TILE * i;
     ra[i] = load_a(entry, row0 + e / TILE, k0 + e % TILE, kend);
     rb[i] = load_b(entry, k0 + e / BS, col0 + e % BS, kend);
+    if (pc.bf16 != 0u) {
+      ra[i] = bf16_round(ra[i]);
+      rb[i] = bf16_round(rb[i]);
+    }
   }
 }
 

@@ -259,6 +259,7 @@ typedef struct gemm_pc {
   int32_t cn, h, w, c, f, kh, kw, sh, sw, pt, pl, oh, ow;
   uint32_t has_bias;
   uint32_t splits; /* MODE 3: slices of K summed apart (split-K) */
+  uint32_t bf16;   /* mixed precision: the operands rounded to bfloat16 as fetched */
 } gemm_pc;
 
 /* Blocks of BS = tile << v along n: each workgroup's invocations hold
@@ -309,9 +310,8 @@ static int split_dispatch(lunet_backend *be, int mode, gemm_pc *pc, int64_t spli
   return rc;
 }
 
-static int vk_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
-                   float alpha, lunet_cbuf a, int64_t sa, lunet_cbuf b, int64_t sb, float beta,
-                   lunet_buf c, int64_t sc, int64_t batch) {
+static int gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, lunet_cbuf a,
+                int64_t sa, lunet_cbuf b, int64_t sb, float beta, lunet_buf c, int64_t sc, int64_t batch, bool bf16) {
   if (m < 0 || n < 0 || k < 0 || batch < 0)
     return lunet_vk_error(LUNET_ERR_SHAPE,
                           "gemm: negative size m=%lld n=%lld k=%lld "
@@ -332,7 +332,8 @@ static int vk_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, in
                 .sb = (int32_t)sb,
                 .sc = (int32_t)sc,
                 .alpha = alpha,
-                .beta = beta};
+                .beta = beta,
+                .bf16 = bf16};
   /* a batch of products fills the device with its entries */
   int v = batch > 1 ? 0 : blocking(be, m, n);
   int64_t wg = (int64_t)tiles(be, n, v) * tiles(be, m, v), splits = 1;
@@ -354,8 +355,9 @@ static int check_conv(const lunet_conv2d_desc *d, const char *op) {
   return rc;
 }
 
-static gemm_pc conv_pc(const lunet_conv2d_desc *d, int64_t m, int64_t n, int64_t k) {
-  return (gemm_pc){.m = (uint32_t)m,
+static gemm_pc conv_pc(const lunet_conv2d_desc *d, int64_t m, int64_t n, int64_t k, bool bf16) {
+  return (gemm_pc){.bf16 = bf16,
+                   .m = (uint32_t)m,
                    .n = (uint32_t)n,
                    .k = (uint32_t)k,
                    .batch = 1,
@@ -376,12 +378,12 @@ static gemm_pc conv_pc(const lunet_conv2d_desc *d, int64_t m, int64_t n, int64_t
 }
 
 /* x (N,H,W,C), w (KH,KW,C,F), bias (F) or NULL -> y (N,OH,OW,F) */
-static int vk_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w, lunet_cbuf bias,
-                     const lunet_conv2d_desc *d) {
+static int conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w, lunet_cbuf bias,
+                  const lunet_conv2d_desc *d, bool bf16) {
   int rc = check_conv(d, "conv2d");
   if (rc || d->n == 0) return rc;
   int64_t m = d->n * d->oh * d->ow;
-  gemm_pc pc = conv_pc(d, m, d->f, d->kh * d->kw * d->c);
+  gemm_pc pc = conv_pc(d, m, d->f, d->kh * d->kw * d->c, bf16);
   pc.has_bias = bias != NULL;
   int v = blocking(be, m, d->f);
   lunet_backend_log_gemm(&be->stats, "conv2d", m, d->f, d->kh * d->kw * d->c,
@@ -391,12 +393,12 @@ static int vk_conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w,
 }
 
 /* dy (N,OH,OW,F), w (KH,KW,C,F) -> dx (N,H,W,C) */
-static int vk_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf w,
-                                   const lunet_conv2d_desc *d) {
+static int conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf w,
+                                const lunet_conv2d_desc *d, bool bf16) {
   int rc = check_conv(d, "conv2d_backward_data");
   if (rc || d->n == 0) return rc;
   int64_t m = d->n * d->h * d->w;
-  gemm_pc pc = conv_pc(d, m, d->c, d->kh * d->kw * d->f);
+  gemm_pc pc = conv_pc(d, m, d->c, d->kh * d->kw * d->f, bf16);
   int v = blocking(be, m, d->c);
   lunet_backend_log_gemm(&be->stats, "conv2d_backward_data", m, d->c, d->kh * d->kw * d->f,
                          (int64_t)tiles(be, d->c, v) * tiles(be, m, v));
@@ -405,12 +407,12 @@ static int vk_conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf d
 }
 
 /* dy (N,OH,OW,F), x (N,H,W,C) -> dw (KH,KW,C,F), db (F) or NULL */
-static int vk_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf db, lunet_cbuf dy,
-                                     lunet_cbuf x, const lunet_conv2d_desc *d) {
+static int conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf db, lunet_cbuf dy, lunet_cbuf x,
+                                  const lunet_conv2d_desc *d, bool bf16) {
   int rc = check_conv(d, "conv2d_backward_filter");
   if (rc) return rc;
   int64_t m = d->kh * d->kw * d->c, rows = d->n * d->oh * d->ow;
-  gemm_pc pc = conv_pc(d, m, d->f, rows);
+  gemm_pc pc = conv_pc(d, m, d->f, rows, bf16);
   /* dw is small (KH*KW*C x F) and K = N*OH*OW long: split-K */
   int v = blocking(be, m, d->f);
   int64_t wg = (int64_t)tiles(be, d->f, v) * tiles(be, m, v), splits = v ? 1 : split_k(wg, rows);
@@ -423,6 +425,36 @@ static int vk_conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf 
   }
   if (rc || !db) return rc;
   return reduce_dispatch(be, LUNET_REDUCE_SUM, db, dy, 1, (size_t)rows, (size_t)d->f, false);
+}
+
+/* The products in float32 and, for mixed precision (ABI 2.3), with the
+ * operands rounded to bfloat16 as gemm.comp fetches them: the same
+ * shader, so bfloat16 is emulated (no faster than float32; no bfloat16
+ * storage or cooperative-matrix path yet). */
+#define PRODUCTS(suffix, bf16)                                                                                  \
+  static int vk_gemm##suffix(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, \
+                             lunet_cbuf a, int64_t sa, lunet_cbuf b, int64_t sb, float beta, lunet_buf c,       \
+                             int64_t sc, int64_t batch) {                                                       \
+    return gemm(be, ta, tb, m, n, k, alpha, a, sa, b, sb, beta, c, sc, batch, bf16);                            \
+  }                                                                                                             \
+  static int vk_conv2d##suffix(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w, lunet_cbuf bias,     \
+                               const lunet_conv2d_desc *d) {                                                    \
+    return conv2d(be, y, x, w, bias, d, bf16);                                                                  \
+  }                                                                                                             \
+  static int vk_conv2d_backward_data##suffix(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf w,      \
+                                             const lunet_conv2d_desc *d) {                                      \
+    return conv2d_backward_data(be, dx, dy, w, d, bf16);                                                        \
+  }                                                                                                             \
+  static int vk_conv2d_backward_filter##suffix(lunet_backend *be, lunet_buf dw, lunet_buf db, lunet_cbuf dy,    \
+                                               lunet_cbuf x, const lunet_conv2d_desc *d) {                      \
+    return conv2d_backward_filter(be, dw, db, dy, x, d, bf16);                                                  \
+  }
+PRODUCTS(, false)
+PRODUCTS(_bf16, true)
+
+static int vk_bf16_native(lunet_backend *be) {
+  (void)be;
+  return 0;
 }
 
 /* ---- pooling ---- */
@@ -843,6 +875,11 @@ const lunet_backend_i lunet_vk_vtable = {
     .conv2d = vk_conv2d,
     .conv2d_backward_data = vk_conv2d_backward_data,
     .conv2d_backward_filter = vk_conv2d_backward_filter,
+    .bf16_native = vk_bf16_native,
+    .gemm_bf16 = vk_gemm_bf16,
+    .conv2d_bf16 = vk_conv2d_bf16,
+    .conv2d_backward_data_bf16 = vk_conv2d_backward_data_bf16,
+    .conv2d_backward_filter_bf16 = vk_conv2d_backward_filter_bf16,
     .pool2d = vk_pool2d,
     .pool2d_backward = vk_pool2d_backward,
     .softmax = vk_softmax,

@@ -160,8 +160,9 @@ nn.mixed_precision = {
       local how = C.backend_bf16(be)
       if how == 0 then
         warned[be] = true
-        io.stderr:write(string.format("lunet: mixed_bfloat16 on backend '%s' is emulated (no bfloat16 arithmetic: on " ..
-          "the CPU it needs AVX512-BF16): the products are rounded to bfloat16 but run at float32 speed\n", be))
+        io.stderr:write(string.format("lunet: mixed_bfloat16 on backend '%s' is emulated (%s): the products are " ..
+          "rounded to bfloat16 but run at float32 speed\n", be,
+          be == "cpu" and "this CPU has no AVX512-BF16, or LUNET_CPU_ISA is below avx512" or "no bfloat16 kernels there yet"))
       elseif how < 0 then
         warned[be] = true
         io.stderr:write(string.format("lunet: backend '%s' has no bfloat16 products: layers made under mixed_bfloat16 " ..

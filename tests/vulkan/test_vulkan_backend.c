@@ -123,7 +123,8 @@ static const op_entry all_ops[] = {
     OP(softmax_backward), OP(softmax_xent),  OP(batchnorm),
     OP(batchnorm_backward), OP(dropout_mask), OP(gather_rows),
     OP(sgd_update),     OP(adam_update),     OP(rmsprop_update),
-    OP(affine_resample),
+    OP(affine_resample), OP(bf16_native),  OP(gemm_bf16),
+    OP(conv2d_bf16),    OP(conv2d_backward_data_bf16), OP(conv2d_backward_filter_bf16),
 };
 #undef OP
 #define NOPS (sizeof all_ops / sizeof all_ops[0])
@@ -424,6 +425,11 @@ START_TEST(test_argmax) {
 }
 END_TEST
 
+/* The products under test: float32, or with bf16 set the mixed-precision
+ * ones (ABI 2.3: operands rounded to bfloat16) on both sides. */
+static bool bf16;
+#define PRODUCT(i, name) (bf16 ? (i)->name##_bf16 : (i)->name)
+
 static void gemm_case(bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t batch,
                       bool share_b, float beta, float alpha) {
   int64_t sa = m * k, sb = share_b ? 0 : k * n, sc = m * n;
@@ -432,18 +438,18 @@ static void gemm_case(bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t
   float *a = rnd(na, -1, 1), *b = rnd(nb, -1, 1), *c = rnd(nc, -1, 1);
   float *want = malloc(nc * 4);
   memcpy(want, c, nc * 4);
-  C->gemm(cbe, ta, tb, m, n, k, alpha, a, sa, b, sb, beta, want, sc, batch);
+  PRODUCT(C, gemm)(cbe, ta, tb, m, n, k, alpha, a, sa, b, sb, beta, want, sc, batch);
   lunet_buf va = vup(a, na * 4), vb = vup(b, nb * 4), vc = vup(c, nc * 4);
-  vok(V->gemm(vbe, ta, tb, m, n, k, alpha, va, sa, vb, sb, beta, vc, sc, batch), "gemm");
+  vok(PRODUCT(V, gemm)(vbe, ta, tb, m, n, k, alpha, va, sa, vb, sb, beta, vc, sc, batch), "gemm");
   char what[96];
-  snprintf(what, sizeof what, "gemm ta=%d tb=%d m=%lld n=%lld k=%lld batch=%lld beta=%g",
+  snprintf(what, sizeof what, "gemm%s ta=%d tb=%d m=%lld n=%lld k=%lld batch=%lld beta=%g", bf16 ? " bf16" : "",
            ta, tb, (long long)m, (long long)n, (long long)k, (long long)batch, (double)beta);
   expect_dev(vc, want, nc, 1e-5f * (float)(k + 1), 1e-5f, what);
   free(a), free(b), free(c), free(want);
   vfree(va), vfree(vb), vfree(vc);
 }
 
-START_TEST(test_gemm) {
+static void gemm_cases(void) {
   static const int64_t shapes[][3] = {{1, 1, 1}, {3, 17, 5}, {65, 33, 257}, {17, 65, 3},
                                       {16, 16, 16}, {1, 257, 17}};
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
@@ -461,6 +467,20 @@ START_TEST(test_gemm) {
   for (size_t s = 0; s < sizeof blocked / sizeof blocked[0]; s++)
     for (int t = 0; t < 4; t++)
       gemm_case(t & 1, t & 2, blocked[s][0], blocked[s][1], blocked[s][2], 1, t == 3, 0.5f, 1.5f);
+}
+
+START_TEST(test_gemm) {
+  bf16 = false;
+  gemm_cases();
+}
+END_TEST
+
+/* Mixed precision: the same cases with bfloat16 operands, against the
+ * CPU's naive reference, which rounds each operand as it reads it. */
+START_TEST(test_gemm_bf16) {
+  bf16 = true;
+  gemm_cases();
+  bf16 = false;
 }
 END_TEST
 
@@ -506,7 +526,7 @@ static const lunet_conv2d_desc *conv_cases(size_t *count) {
   return cs;
 }
 
-START_TEST(test_conv2d) {
+static void conv_products(void) {
   size_t nc;
   const lunet_conv2d_desc *cs = conv_cases(&nc);
   for (size_t i = 0; i < nc; i++) {
@@ -522,30 +542,44 @@ START_TEST(test_conv2d) {
               vdw = vup(NULL, nw * 4), vdb = vup(NULL, (size_t)d->f * 4);
     char what[64];
     for (int with_bias = 0; with_bias < 2; with_bias++) {
-      C->conv2d(cbe, y, x, w, with_bias ? bias : NULL, d);
-      vok(V->conv2d(vbe, vy, vx, vw, with_bias ? vb : NULL, d), "conv2d");
-      snprintf(what, sizeof what, "conv2d case %zu bias %d", i, with_bias);
+      PRODUCT(C, conv2d)(cbe, y, x, w, with_bias ? bias : NULL, d);
+      vok(PRODUCT(V, conv2d)(vbe, vy, vx, vw, with_bias ? vb : NULL, d), "conv2d");
+      snprintf(what, sizeof what, "conv2d%s case %zu bias %d", bf16 ? " bf16" : "", i, with_bias);
       expect_dev(vy, y, ny, tol, 1e-5f, what);
     }
     if (has_op("conv2d_backward_data")) {
-      C->conv2d_backward_data(cbe, dx, dy, w, d);
-      vok(V->conv2d_backward_data(vbe, vdx, vdy, vw, d), "conv2d_backward_data");
-      snprintf(what, sizeof what, "conv2d_backward_data case %zu", i);
+      PRODUCT(C, conv2d_backward_data)(cbe, dx, dy, w, d);
+      vok(PRODUCT(V, conv2d_backward_data)(vbe, vdx, vdy, vw, d), "conv2d_backward_data");
+      snprintf(what, sizeof what, "conv2d_backward_data%s case %zu", bf16 ? " bf16" : "", i);
       expect_dev(vdx, dx, nx, tol, 1e-5f, what);
     }
     if (has_op("conv2d_backward_filter")) {
-      C->conv2d_backward_filter(cbe, dw, db, dy, x, d);
-      vok(V->conv2d_backward_filter(vbe, vdw, vdb, vdy, vx, d), "conv2d_backward_filter");
-      snprintf(what, sizeof what, "conv2d_backward_filter dw case %zu", i);
+      PRODUCT(C, conv2d_backward_filter)(cbe, dw, db, dy, x, d);
+      vok(PRODUCT(V, conv2d_backward_filter)(vbe, vdw, vdb, vdy, vx, d), "conv2d_backward_filter");
+      snprintf(what, sizeof what, "conv2d_backward_filter%s dw case %zu", bf16 ? " bf16" : "", i);
       expect_dev(vdw, dw, nw, tol, 1e-5f, what);
-      snprintf(what, sizeof what, "conv2d_backward_filter db case %zu", i);
+      snprintf(what, sizeof what, "conv2d_backward_filter%s db case %zu", bf16 ? " bf16" : "", i);
       expect_dev(vdb, db, (size_t)d->f, tol, 1e-5f, what);
-      vok(V->conv2d_backward_filter(vbe, vdw, NULL, vdy, vx, d), "without db");
+      vok(PRODUCT(V, conv2d_backward_filter)(vbe, vdw, NULL, vdy, vx, d), "without db");
       expect_dev(vdw, dw, nw, tol, 1e-5f, what);
     }
     free(x), free(w), free(bias), free(dy), free(y), free(dx), free(dw), free(db);
     vfree(vx), vfree(vw), vfree(vb), vfree(vdy), vfree(vy), vfree(vdx), vfree(vdw), vfree(vdb);
   }
+}
+
+START_TEST(test_conv2d_bf16) {
+  bf16 = true;
+  conv_products();
+  bf16 = false;
+}
+END_TEST
+
+START_TEST(test_conv2d) {
+  bf16 = false;
+  conv_products();
+  size_t nc;
+  const lunet_conv2d_desc *cs = conv_cases(&nc);
   lunet_conv2d_desc bad = cs[0];
   bad.sh = 0;
   ck_assert_int_eq(V->conv2d(vbe, NULL, NULL, NULL, NULL, &bad), LUNET_ERR_SHAPE);
@@ -851,6 +885,7 @@ static Suite *vulkan_suite(void) {
       {"unary", test_unary},               {"unary_backward", test_unary_backward},
       {"binary", test_binary},             {"reduce", test_reduce},
       {"argmax", test_argmax},             {"gemm", test_gemm},
+      {"gemm_bf16", test_gemm_bf16},       {"conv2d_bf16", test_conv2d_bf16},
       {"conv2d", test_conv2d},             {"pool2d", test_pool},
       {"softmax", test_softmax},           {"softmax_xent", test_softmax_xent},
       {"batchnorm", test_batchnorm},       {"dropout_mask", test_dropout_mask},
