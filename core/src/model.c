@@ -726,6 +726,32 @@ static bool fuses(const lunet_model *m, int j) {
   return true;
 }
 
+/* The call that applies call c's ReLU instead of c, or -1.  max(relu(a),
+ * relu(b)) = relu(max(a, b)) exactly, values and gradients (relu'(max) is
+ * the gradient of whichever element max routes to, and ties below zero
+ * get zero either way), so a convolution's ReLU before a max pooling can
+ * run after it, on a quarter of the elements (2x2 windows), forward and
+ * backward.  Only where nothing else sees the value between them: c has
+ * one output with the plain "relu" activation and no activity
+ * regularizer, read by nothing but a max pooling of one input (not a
+ * model output). */
+static int relu_moves_to(const lunet_model *m, int c) {
+  const call *k = &m->calls[c];
+  const char *act = lunet_layer_activation(k->layer);
+  if (k->nout != 1 || !act || strcmp(act, "relu") || m->values[k->out].uses != 1 ||
+      lunet_layer_arg_is_set(k->layer, "activity_regularizer"))
+    return -1;
+  for (int j = 0; j < m->noutputs; j++)
+    if (m->outputs[j] == k->out) return -1;
+  for (int r = c + 1; r < m->ncalls; r++) {
+    const call *q = &m->calls[r];
+    if (!q->live || q->nin != 1 || q->in[0] != k->out) continue;
+    const char *t = lunet_layer_type_name(q->layer);
+    return q->nout == 1 && (!strcmp(t, "MaxPooling2D") || !strcmp(t, "MaxPooling1D")) ? r : -1;
+  }
+  return -1;
+}
+
 /* A step-by-step run (generation): one kept record per call. */
 struct lunet_model_session {
   lunet_model *m;
@@ -749,6 +775,13 @@ static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, 
     return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory running model '%s'", m->name);
   }
   for (int i = 0; i < m->nvalues; i++) left[i] = m->values[i].uses;
+  /* relu_after[r]: call r applies the ReLU of the call before its pooling */
+  bool *relu_after = calloc((size_t)(m->ncalls ? m->ncalls : 1), sizeof *relu_after);
+  if (!relu_after) {
+    free(vals);
+    free(left);
+    return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory running model '%s'", m->name);
+  }
   lunet_status s = LUNET_OK;
   /* 8-bit images compute in float32, as Keras's inputs do: 0..255 as they are */
   for (int i = 0; i < m->ninputs; i++) {
@@ -760,6 +793,8 @@ static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, 
     if (!k->live) continue;
     bool skip_act = false;
     for (int j = 0; fused && j < m->noutputs; j++) skip_act |= fused[j] && m->outputs[j] == k->out;
+    int later = k->live && !ss ? relu_moves_to(m, c) : -1;
+    if (later >= 0) skip_act = relu_after[later] = true;
     lunet_tensor *xs[MAX_CALL_INPUTS], *ms[MAX_CALL_INPUTS];
     for (int i = 0; i < k->nin; i++) {
       xs[i] = vals[k->in[i]];
@@ -768,6 +803,15 @@ static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, 
     s = ss ? lunet_layer_step(ctx, k->layer, ss->calls[c], ss->length, k->nin, xs, vals + k->out)
            : lunet_layer_apply(ctx, k->layer, NULL, k->nin, xs, ms, training, skip_act, vals + k->out,
                           masks + k->out);
+    if (!s && relu_after[c]) {
+      lunet_tensor *r = lunet_unary(ctx, LUNET_UNARY_RELU, vals[k->out], 0.0f, 0.0f);
+      lunet_tensor_release(vals[k->out]);
+      vals[k->out] = r;
+      if (!r) s = ctx->status;
+      /* profiled: the ReLU's gradient counts for the pooling that runs it */
+      else if (r->grad_fn && ctx->prof && !r->grad_fn->prof_layer)
+        r->grad_fn->prof_layer = strdup(lunet_layer_name(k->layer));
+    }
     /* activity regularizers: a penalty on each output, into the step's loss */
     for (int o = 0; !s && activity && o < lunet_layer_output_count(k->layer); o++) {
       lunet_tensor *p = lunet_layer_activity_penalty(ctx, k->layer, vals[k->out + o]);
@@ -785,6 +829,7 @@ static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, 
   for (int i = 0; i < 2 * m->nvalues; i++) lunet_tensor_release(vals[i]);
   free(vals);
   free(left);
+  free(relu_after);
   return s;
 }
 

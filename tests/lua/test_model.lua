@@ -852,4 +852,37 @@ function T.backends_list_cpu_with_kernel()
   check.eq(nn.threads(2), 2)
 end
 
+-- A convolution's ReLU runs after the max pooling that reads it (the two
+-- commute exactly; a quarter of the elements): the model's predictions
+-- equal the layers called one by one, and one SGD step equals a model whose
+-- ReLU is a layer of its own between them, bit for bit, also where a
+-- convolution's output is negative over a whole window.
+function T.relu_after_pooling_is_exact()
+  local function build(separate)
+    nn.seed(21)
+    local layers = separate
+      and {nn.Conv2D{6, 3, input_shape = {9, 9, 2}}, nn.ReLU(), nn.MaxPooling2D(2), nn.Flatten(), nn.Dense{3, activation = "softmax"}}
+      or {nn.Conv2D{6, 3, activation = "relu", input_shape = {9, 9, 2}}, nn.MaxPooling2D(2), nn.Flatten(),
+          nn.Dense{3, activation = "softmax"}}
+    local m = nn.Sequential(layers)
+    m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.5}, loss = "sparse_categorical_crossentropy"}
+    m:build()
+    return m
+  end
+  local a, b = build(false), build(true)
+  local w = a:get_weights()
+  w[2] = w[2] - 0.3 -- a negative bias: whole windows below zero
+  a:set_weights(w)
+  b:set_weights(w)
+  nn.seed(22)
+  local x, y = nn.randn{7, 9, 9, 2}, nn.tensor{0, 1, 2, 0, 1, 2, 0}
+  local by_layer = x
+  for _, l in ipairs(a.layers) do by_layer = l(by_layer) end
+  check.same_table(a:predict(x):totable(), by_layer:totable(), 0, "model vs layers one by one")
+  check.same_table(a:predict(x):totable(), b:predict(x):totable(), 0, "fused vs a ReLU layer")
+  check.eq(a:train_on_batch(x, y), b:train_on_batch(x, y), "loss")
+  local wa, wb = a:get_weights(), b:get_weights()
+  for i = 1, #wa do check.same_table(wa[i]:totable(), wb[i]:totable(), 0, "weight " .. i .. " after a step") end
+end
+
 check.run(T)
