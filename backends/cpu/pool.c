@@ -24,6 +24,26 @@ static bool is_2x2(const lunet_pool2d_desc *d) {
          d->pad_left == 0 && 2 * d->oh <= d->h && 2 * d->ow <= d->w;
 }
 
+/* One output row of a 2x2 stride-2 max pool from input rows r0, r1: ow
+ * windows of c channels.  Compiled for each instruction set (the baseline
+ * build is SSE2, 4 lanes; measured: the first pooling of the CIFAR CNN at
+ * batch 256, 1.45 ms, was a quarter of the memory's bandwidth). */
+static inline __attribute__((always_inline)) void max2x2_row_body(int64_t ow, int64_t c, const float *restrict r0,
+                                                                  const float *restrict r1, float *restrict yr) {
+  for (int64_t ox = 0; ox < ow; ox++) {
+    const float *restrict a = r0 + 2 * ox * c, *restrict b = a + c;
+    const float *restrict e = r1 + 2 * ox * c, *restrict f = e + c;
+    float *restrict o = yr + ox * c;
+    for (int64_t k = 0; k < c; k++) {
+      float m0 = b[k] > a[k] ? b[k] : a[k], m1 = f[k] > e[k] ? f[k] : e[k];
+      o[k] = m1 > m0 ? m1 : m0;
+    }
+  }
+}
+LUNET_CPU_ISA_DISPATCH(max2x2_row, (int64_t ow, int64_t c, const float *restrict r0, const float *restrict r1,
+                                    float *restrict yr),
+                       (ow, c, r0, r1, yr))
+
 /* Output rows (n, oy) [begin, end) of a 2x2 stride-2 max pool. */
 static void max2x2_task(void *arg, int64_t begin, int64_t end, int chunk) {
   pool_job *j = arg;
@@ -31,17 +51,8 @@ static void max2x2_task(void *arg, int64_t begin, int64_t end, int chunk) {
   int64_t c = d->c;
   for (int64_t t = begin; t < end; t++) {
     int64_t n = t / d->oh, oy = t % d->oh;
-    const float *r0 = j->x + ((n * d->h + 2 * oy) * d->w) * c, *r1 = r0 + d->w * c;
-    float *yr = j->y + t * d->ow * c;
-    for (int64_t ox = 0; ox < d->ow; ox++) {
-      const float *restrict a = r0 + 2 * ox * c, *restrict b = a + c;
-      const float *restrict e = r1 + 2 * ox * c, *restrict f = e + c;
-      float *restrict o = yr + ox * c;
-      for (int64_t k = 0; k < c; k++) {
-        float m0 = b[k] > a[k] ? b[k] : a[k], m1 = f[k] > e[k] ? f[k] : e[k];
-        o[k] = m1 > m0 ? m1 : m0;
-      }
-    }
+    const float *r0 = j->x + ((n * d->h + 2 * oy) * d->w) * c;
+    max2x2_row(d->ow, c, r0, r0 + d->w * c, j->y + t * d->ow * c);
   }
 }
 
