@@ -327,23 +327,33 @@ static bool no_padding(const lunet_conv2d_desc *d) {
          (d->ow - 1) * d->sw + d->kw <= d->w;
 }
 
+/* Bytes of w below which a direct convolution sums all its kernel rows in
+ * one pass of the tiles (w stays in the L1 cache: a first convolution,
+ * 3.5 KB); above, one pass per kernel row, whose part of w does. */
+#define DIRECT_ONE_PASS_BYTES (16 * 1024)
+
 /* Output rows [begin, end) without im2col, for convolutions without
  * padding and with the AVX-512 tiles: at one ky, a patch's taps (kx, c)
  * are KW*C contiguous floats of x, and the patches of consecutive outputs
  * of one output row lie SW*C floats apart, so the tile product reads x in
- * place, with w's rows for that ky, adding each ky's part into y. */
+ * place: the KH kernel rows as segments W*C floats apart (w's rows follow
+ * on) summed in registers, or each kernel row's part added into y. */
 static void conv_fwd_direct(const conv_job *j, int64_t begin, int64_t end) {
   const lunet_conv2d_desc *d = j->d;
   int64_t kwc = d->kw * d->c;
+  bool one_pass = j->kk * d->f * (int64_t)sizeof(float) <= DIRECT_ONE_PASS_BYTES;
   for (int64_t r = begin; r < end;) {
     int64_t ox = r % d->ow, t = r / d->ow, oy = t % d->oh, n = t / d->oh;
     int64_t len = d->ow - ox < end - r ? d->ow - ox : end - r;
+    const float *a = j->x + ((n * d->h + oy * d->sh) * d->w + ox * d->sw) * d->c;
     float *y = j->y + r * d->f;
-    for (int64_t ky = 0; ky < d->kh; ky++) {
-      const float *a = j->x + ((n * d->h + oy * d->sh + ky) * d->w + ox * d->sw) * d->c;
-      lunet_cpu_tile_gemm_nn(len, d->f, kwc, a, d->sw * d->c, j->w + ky * kwc * d->f, d->f,
-                             ky == 0 ? j->bias : NULL, ky > 0, y, d->f);
-    }
+    if (one_pass)
+      lunet_cpu_tile_gemm_nn_segments(len, d->f, kwc, d->kh, a, d->sw * d->c, d->w * d->c, j->w, d->f, j->bias,
+                                      false, y, d->f);
+    else
+      for (int64_t ky = 0; ky < d->kh; ky++)
+        lunet_cpu_tile_gemm_nn(len, d->f, kwc, a + ky * d->w * d->c, d->sw * d->c, j->w + ky * kwc * d->f, d->f,
+                               ky == 0 ? j->bias : NULL, ky > 0, y, d->f);
     r += len;
   }
 }

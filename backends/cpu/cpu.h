@@ -145,6 +145,12 @@ bool lunet_cpu_tile_gemm_fits(int64_t n);
 void lunet_cpu_tile_gemm_nn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,
                             const float *restrict b, int64_t ldb, const float *restrict bias, bool add,
                             float *restrict c, int64_t ldc);
+/* The same summed over segs segments: a's segment s starts at a + s * sa
+ * (its rows lda apart), b's at row s * k (a direct convolution's kernel
+ * rows, whose taps lie in different rows of x). */
+void lunet_cpu_tile_gemm_nn_segments(int64_t m, int64_t n, int64_t k, int64_t segs, const float *restrict a,
+                                     int64_t lda, int64_t sa, const float *restrict b, int64_t ldb,
+                                     const float *restrict bias, bool add, float *restrict c, int64_t ldc);
 /* c (k, n) = a^T b, plus c's old values when add; a (m, k), b (m, n). */
 void lunet_cpu_tile_gemm_tn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,
                             const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc,

@@ -8,7 +8,9 @@
  *   nn: c (m, n) = a (m, k) b (k, n) [+ bias (n) | + c]
  *       a tile of 6 rows by 64 columns of c (24 zmm accumulators) stays in
  *       registers over all of k; each step of k loads 4 vectors of b's row
- *       and broadcasts 6 values of a: 10 loads per 24 FMAs.
+ *       and broadcasts 6 values of a: 10 loads per 24 FMAs.  In segments
+ *       (a direct convolution: k = KW*C contiguous taps per kernel row, the
+ *       rows apart in x), the tile stays in registers over all of them.
  *   tn: c (k, n) [+]= a^T (k, m) b (m, n), a (m, k) row-major
  *       the filter gradient: a tile of 6 rows of c (6 consecutive columns
  *       of a) by 64 columns stays in registers over all m rows of a and b.
@@ -28,12 +30,14 @@
 #define TARGET __attribute__((target("avx512f")))
 
 /* One tile: c[r][16 v + 0..15] for r < R, v < V (R and V compile-time) =
- * sum over p < k of a(r, p) b[p][16 v + ...], with a(r, p) = a[r * ar +
- * p * ap] (nn: a's rows; tn: a's columns), starting from the bias, from
- * c's old values (add) or from zero. */
-static inline __attribute__((always_inline)) TARGET void tile(const int R, const int V, int64_t k,
-                                                              const float *restrict a, int64_t ar, int64_t ap,
-                                                              const float *restrict b, int64_t ldb,
+ * sum over segments s < segs and p < k of a(s, r, p) b[s k + p][16 v +
+ * ...], with a(s, r, p) = a[s * sa + r * ar + p * ap] (nn: a's rows; tn:
+ * a's columns; a direct convolution's segments are its kernel rows, each
+ * a run of KW*C contiguous taps in x), starting from the bias, from c's
+ * old values (add) or from zero. */
+static inline __attribute__((always_inline)) TARGET void tile(const int R, const int V, int64_t k, int64_t segs,
+                                                              const float *restrict a, int64_t sa, int64_t ar,
+                                                              int64_t ap, const float *restrict b, int64_t ldb,
                                                               const float *restrict bias, bool add,
                                                               float *restrict c, int64_t ldc) {
   __m512 acc[ROWS_NARROW][4];
@@ -41,12 +45,15 @@ static inline __attribute__((always_inline)) TARGET void tile(const int R, const
     for (int v = 0; v < V; v++)
       acc[r][v] = add ? _mm512_loadu_ps(c + r * ldc + 16 * v)
                 : bias ? _mm512_loadu_ps(bias + 16 * v) : _mm512_setzero_ps();
-  for (int64_t p = 0; p < k; p++) {
-    __m512 bv[4];
-    for (int v = 0; v < V; v++) bv[v] = _mm512_loadu_ps(b + p * ldb + 16 * v);
-    for (int r = 0; r < R; r++) {
-      __m512 av = _mm512_set1_ps(a[r * ar + p * ap]);
-      for (int v = 0; v < V; v++) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+  for (int64_t s = 0; s < segs; s++) {
+    const float *restrict as = a + s * sa, *restrict bs = b + s * k * ldb;
+    for (int64_t p = 0; p < k; p++) {
+      __m512 bv[4];
+      for (int v = 0; v < V; v++) bv[v] = _mm512_loadu_ps(bs + p * ldb + 16 * v);
+      for (int r = 0; r < R; r++) {
+        __m512 av = _mm512_set1_ps(as[r * ar + p * ap]);
+        for (int v = 0; v < V; v++) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+      }
     }
   }
   for (int r = 0; r < R; r++)
@@ -56,31 +63,38 @@ static inline __attribute__((always_inline)) TARGET void tile(const int R, const
 /* A tile of `rows` rows (fewer than a whole tile's: the remainder), 64
  * columns when wide, else 32, with tile()'s R and V as compile-time
  * constants. */
-static inline __attribute__((always_inline)) TARGET void tile_of(int rows, bool wide, int64_t k,
-                                                                 const float *restrict a, int64_t ar, int64_t ap,
-                                                                 const float *restrict b, int64_t ldb,
+static inline __attribute__((always_inline)) TARGET void tile_of(int rows, bool wide, int64_t k, int64_t segs,
+                                                                 const float *restrict a, int64_t sa, int64_t ar,
+                                                                 int64_t ap, const float *restrict b, int64_t ldb,
                                                                  const float *restrict bias, bool add,
                                                                  float *restrict c, int64_t ldc) {
-#define TILE(R, V) tile(R, V, k, a, ar, ap, b, ldb, bias, add, c, ldc)
+#define TILE(R, V) tile(R, V, k, segs, a, sa, ar, ap, b, ldb, bias, add, c, ldc)
   LUNET_CPU_TILE_REMAINDER(rows, wide, TILE);
 #undef TILE
 }
 
-TARGET void lunet_cpu_tile_gemm_nn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,
-                                   const float *restrict b, int64_t ldb, const float *restrict bias, bool add,
-                                   float *restrict c, int64_t ldc) {
+TARGET void lunet_cpu_tile_gemm_nn_segments(int64_t m, int64_t n, int64_t k, int64_t segs, const float *restrict a,
+                                            int64_t lda, int64_t sa, const float *restrict b, int64_t ldb,
+                                            const float *restrict bias, bool add, float *restrict c, int64_t ldc) {
   for (int64_t j = 0; j < n; j += 64) {
     bool wide = n - j >= 64;
     const float *bj = b + j, *biasj = bias ? bias + j : NULL;
     int64_t i = 0;
     if (wide)
       for (; i + ROWS <= m; i += ROWS)
-        tile(ROWS, 4, k, a + i * lda, lda, 1, bj, ldb, biasj, add, c + i * ldc + j, ldc);
+        tile(ROWS, 4, k, segs, a + i * lda, sa, lda, 1, bj, ldb, biasj, add, c + i * ldc + j, ldc);
     else
       for (; i + ROWS_NARROW <= m; i += ROWS_NARROW)
-        tile(ROWS_NARROW, 2, k, a + i * lda, lda, 1, bj, ldb, biasj, add, c + i * ldc + j, ldc);
-    if (i < m) tile_of((int)(m - i), wide, k, a + i * lda, lda, 1, bj, ldb, biasj, add, c + i * ldc + j, ldc);
+        tile(ROWS_NARROW, 2, k, segs, a + i * lda, sa, lda, 1, bj, ldb, biasj, add, c + i * ldc + j, ldc);
+    if (i < m)
+      tile_of((int)(m - i), wide, k, segs, a + i * lda, sa, lda, 1, bj, ldb, biasj, add, c + i * ldc + j, ldc);
   }
+}
+
+void lunet_cpu_tile_gemm_nn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,
+                            const float *restrict b, int64_t ldb, const float *restrict bias, bool add,
+                            float *restrict c, int64_t ldc) {
+  lunet_cpu_tile_gemm_nn_segments(m, n, k, 1, a, lda, 0, b, ldb, bias, add, c, ldc);
 }
 
 TARGET void lunet_cpu_tile_gemm_tn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,
@@ -90,11 +104,12 @@ TARGET void lunet_cpu_tile_gemm_tn(int64_t m, int64_t n, int64_t k, const float 
     bool wide = n - j >= 64;
     int64_t p = 0;
     if (wide)
-      for (; p + ROWS <= k; p += ROWS) tile(ROWS, 4, m, a + p, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
+      for (; p + ROWS <= k; p += ROWS)
+        tile(ROWS, 4, m, 1, a + p, 0, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
     else
       for (; p + ROWS_NARROW <= k; p += ROWS_NARROW)
-        tile(ROWS_NARROW, 2, m, a + p, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
-    if (p < k) tile_of((int)(k - p), wide, m, a + p, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
+        tile(ROWS_NARROW, 2, m, 1, a + p, 0, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
+    if (p < k) tile_of((int)(k - p), wide, m, 1, a + p, 0, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
   }
 }
 

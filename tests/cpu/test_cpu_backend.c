@@ -132,6 +132,9 @@ static const conv_case conv_cases[] = {
     /* the forward without im2col (no padding): stride 1 with 64 + 32 columns
      * and a 1-row remainder, a 5x3 kernel at stride 2 x 3 */
     {3, 9, 15, 16, 96, 3, 3, 1, 1, 0}, {2, 13, 17, 6, 64, 5, 3, 2, 3, 0},
+    /* ... with w small enough that the kernel rows are summed in one pass:
+     * 64 columns, a 3x2 kernel at stride 2 x 1; 64 + 32 columns, 2x3 */
+    {2, 11, 13, 4, 64, 3, 2, 2, 1, 0}, {3, 10, 9, 2, 96, 2, 3, 1, 1, 0},
 };
 #define NCONV (sizeof conv_cases / sizeof conv_cases[0])
 
