@@ -152,6 +152,12 @@ void lunet_cpu_tile_gemm_nn_segments(int64_t m, int64_t n, int64_t k, int64_t se
                                      int64_t lda, int64_t sa, const float *restrict b, int64_t ldb,
                                      const float *restrict bias, bool add, float *restrict c, int64_t ldc);
 /* c (k, n) = a^T b, plus c's old values when add; a (m, k), b (m, n). */
+/* The same summed over segs segments: a's rows (the sum's) of segment s
+ * start at a + s * sa, b's at row s * m (a filter gradient's output rows,
+ * each a run of pixels in x). */
+void lunet_cpu_tile_gemm_tn_segments(int64_t m, int64_t n, int64_t k, int64_t segs, const float *restrict a,
+                                     int64_t lda, int64_t sa, const float *restrict b, int64_t ldb,
+                                     float *restrict c, int64_t ldc, bool add);
 void lunet_cpu_tile_gemm_tn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,
                             const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc,
                             bool add);

@@ -97,20 +97,26 @@ void lunet_cpu_tile_gemm_nn(int64_t m, int64_t n, int64_t k, const float *restri
   lunet_cpu_tile_gemm_nn_segments(m, n, k, 1, a, lda, 0, b, ldb, bias, add, c, ldc);
 }
 
-TARGET void lunet_cpu_tile_gemm_tn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,
-                                   const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc,
-                                   bool add) {
+TARGET void lunet_cpu_tile_gemm_tn_segments(int64_t m, int64_t n, int64_t k, int64_t segs, const float *restrict a,
+                                            int64_t lda, int64_t sa, const float *restrict b, int64_t ldb,
+                                            float *restrict c, int64_t ldc, bool add) {
   for (int64_t j = 0; j < n; j += 64) {
     bool wide = n - j >= 64;
     int64_t p = 0;
     if (wide)
       for (; p + ROWS <= k; p += ROWS)
-        tile(ROWS, 4, m, 1, a + p, 0, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
+        tile(ROWS, 4, m, segs, a + p, sa, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
     else
       for (; p + ROWS_NARROW <= k; p += ROWS_NARROW)
-        tile(ROWS_NARROW, 2, m, 1, a + p, 0, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
-    if (p < k) tile_of((int)(k - p), wide, m, 1, a + p, 0, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
+        tile(ROWS_NARROW, 2, m, segs, a + p, sa, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
+    if (p < k)
+      tile_of((int)(k - p), wide, m, segs, a + p, sa, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
   }
+}
+
+void lunet_cpu_tile_gemm_tn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,
+                            const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc, bool add) {
+  lunet_cpu_tile_gemm_tn_segments(m, n, k, 1, a, lda, 0, b, ldb, c, ldc, add);
 }
 
 bool lunet_cpu_tile_gemm_fits(int64_t n) { return lunet_cpu_isa_in_use == LUNET_CPU_AVX512 && n % 32 == 0 && n > 0; }

@@ -135,6 +135,10 @@ static const conv_case conv_cases[] = {
     /* ... with w small enough that the kernel rows are summed in one pass:
      * 64 columns, a 3x2 kernel at stride 2 x 1; 64 + 32 columns, 2x3 */
     {2, 11, 13, 4, 64, 3, 2, 2, 1, 0}, {3, 10, 9, 2, 96, 2, 3, 1, 1, 0},
+    /* the filter gradient reading x in place (64+ output pixels a sample):
+     * 3 samples over 2 threads, stride 2 x 1, a 3x2 kernel; one sample,
+     * stride 1 x 2, 2x3 */
+    {3, 17, 19, 4, 64, 3, 2, 2, 1, 0}, {1, 12, 20, 3, 32, 2, 3, 1, 2, 0},
 };
 #define NCONV (sizeof conv_cases / sizeof conv_cases[0])
 
