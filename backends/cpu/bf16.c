@@ -120,18 +120,13 @@ static inline __attribute__((always_inline)) TARGET void tiles(int64_t rows, int
                                                                const uint32_t *restrict b, int64_t ldb,
                                                                const float *restrict bias, bool add,
                                                                float *restrict c, int64_t ldc) {
-  for (int64_t j = 0; j < n; j += 64) {
-    bool wide = n - j >= 64;
-    const uint32_t *bj = b + j;
-    const float *biasj = bias ? bias + j : NULL;
-    int64_t i = 0;
-    if (wide)
-      for (; i + ROWS <= rows; i += ROWS) tile(ROWS, 4, kp, a + i * ar, ar, ap, bj, ldb, biasj, add, c + i * ldc + j, ldc);
-    else
-      for (; i + ROWS_NARROW <= rows; i += ROWS_NARROW)
-        tile(ROWS_NARROW, 2, kp, a + i * ar, ar, ap, bj, ldb, biasj, add, c + i * ldc + j, ldc);
-    if (i < rows) tile_of((int)(rows - i), wide, kp, a + i * ar, ar, ap, bj, ldb, biasj, add, c + i * ldc + j, ldc);
-  }
+#define ARGS(i, j) kp, a + (i) * ar, ar, ap, b + (j), ldb, bias ? bias + (j) : NULL, add, c + (i) * ldc + (j), ldc
+#define FULL(R, V, i, j) tile(R, V, ARGS(i, j))
+#define REST(count, wide, i, j) tile_of(count, wide, ARGS(i, j))
+  LUNET_CPU_OVER_TILES(rows, n, ROWS, ROWS_NARROW, FULL, REST)
+#undef FULL
+#undef REST
+#undef ARGS
 }
 
 TARGET void lunet_cpu_bf16_gemm_nn(int64_t m, int64_t n, int64_t kp, const uint32_t *restrict a, int64_t lda,

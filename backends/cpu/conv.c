@@ -334,27 +334,54 @@ static bool no_padding(const lunet_conv2d_desc *d) {
 
 /* Output rows [begin, end) without im2col, for convolutions without
  * padding and with the AVX-512 tiles: at one ky, a patch's taps (kx, c)
- * are KW*C contiguous floats of x, and the patches of consecutive outputs
- * of one output row lie SW*C floats apart, so the tile product reads x in
- * place: the KH kernel rows as segments W*C floats apart (w's rows follow
- * on) summed in registers, or each kernel row's part added into y. */
+ * are KW*C contiguous floats of x, so the tile product reads x in place,
+ * the KH kernel rows as segments W*C floats apart (w's rows follow on)
+ * summed in registers, or each kernel row's part added into y.  With 64
+ * filters or more each output pixel's row of taps is read from where it
+ * starts, so the 6-row tiles run on across the ends of output rows, whole
+ * (a 13-pixel row was 6 + 6 + a 1-row tile at a sixth of the speed),
+ * DIRECT_BLOCK pixels at a time; with 32 (12-row tiles, whose 12 row
+ * pointers the registers do not hold, measured) an output row at a time,
+ * consecutive pixels SW*C floats apart. */
+#define DIRECT_BLOCK 96
 static void conv_fwd_direct(const conv_job *j, int64_t begin, int64_t end) {
   const lunet_conv2d_desc *d = j->d;
-  int64_t kwc = d->kw * d->c;
+  int64_t kwc = d->kw * d->c, rowx = d->w * d->c;
   bool one_pass = j->kk * d->f * (int64_t)sizeof(float) <= DIRECT_ONE_PASS_BYTES;
-  for (int64_t r = begin; r < end;) {
-    int64_t ox = r % d->ow, t = r / d->ow, oy = t % d->oh, n = t / d->oh;
-    int64_t len = d->ow - ox < end - r ? d->ow - ox : end - r;
-    const float *a = j->x + ((n * d->h + oy * d->sh) * d->w + ox * d->sw) * d->c;
-    float *y = j->y + r * d->f;
-    if (one_pass)
-      lunet_cpu_tile_gemm_nn_segments(len, d->f, kwc, d->kh, a, d->sw * d->c, d->w * d->c, j->w, d->f, j->bias,
-                                      false, y, d->f);
-    else
-      for (int64_t ky = 0; ky < d->kh; ky++)
-        lunet_cpu_tile_gemm_nn(len, d->f, kwc, a + ky * d->w * d->c, d->sw * d->c, j->w + ky * kwc * d->f, d->f,
-                               ky == 0 ? j->bias : NULL, ky > 0, y, d->f);
-    r += len;
+  if (d->f % 64) {
+    for (int64_t r = begin; r < end;) {
+      int64_t ox = r % d->ow, t = r / d->ow, oy = t % d->oh, n = t / d->oh;
+      int64_t len = d->ow - ox < end - r ? d->ow - ox : end - r;
+      const float *a = j->x + ((n * d->h + oy * d->sh) * d->w + ox * d->sw) * d->c;
+      float *y = j->y + r * d->f;
+      if (one_pass)
+        lunet_cpu_tile_gemm_nn_segments(len, d->f, kwc, d->kh, a, d->sw * d->c, rowx, j->w, d->f, j->bias, false, y,
+                                        d->f);
+      else
+        for (int64_t ky = 0; ky < d->kh; ky++)
+          lunet_cpu_tile_gemm_nn(len, d->f, kwc, a + ky * rowx, d->sw * d->c, j->w + ky * kwc * d->f, d->f,
+                                 ky == 0 ? j->bias : NULL, ky > 0, y, d->f);
+      r += len;
+    }
+    return;
+  }
+  const float *rows[DIRECT_BLOCK];
+  for (int64_t r0 = begin; r0 < end; r0 += DIRECT_BLOCK) {
+    int64_t len = end - r0 < DIRECT_BLOCK ? end - r0 : DIRECT_BLOCK;
+    row_pos q = row_at(d, r0);
+    for (int64_t i = 0; i < len; i++, row_next(d, &q))
+      rows[i] = j->x + ((q.n * d->h + q.oy * d->sh) * d->w + q.ox * d->sw) * d->c;
+    float *y = j->y + r0 * d->f;
+    if (one_pass) {
+      lunet_cpu_tile_gemm_nn_rows(len, d->f, kwc, d->kh, rows, rowx, j->w, d->f, j->bias, false, y, d->f);
+      continue;
+    }
+    for (int64_t ky = 0; ky < d->kh; ky++) {
+      if (ky > 0)
+        for (int64_t i = 0; i < len; i++) rows[i] += rowx;
+      lunet_cpu_tile_gemm_nn_rows(len, d->f, kwc, 1, rows, 0, j->w + ky * kwc * d->f, d->f, ky == 0 ? j->bias : NULL,
+                                  ky > 0, y, d->f);
+    }
   }
 }
 

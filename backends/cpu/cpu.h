@@ -137,6 +137,21 @@ const char *lunet_cpu_isa_name(lunet_cpu_isa isa);
     }                                                                                                      \
   } while (0)
 
+/* The loops of a tiled product (tile_gemm.c, bf16.c): rows [0, rows) of
+ * c by n's blocks of 64 columns (32 for the last when n % 64 == 32), whole
+ * tiles of RW rows (wide) or RN rows (32 columns) first, TILE(R, V, i, j)
+ * at row i of column block j, then the rest, REST(count, wide, i, j). */
+#define LUNET_CPU_OVER_TILES(rows, n, RW, RN, TILE, REST)                                                    \
+  for (int64_t j = 0; j < (n); j += 64) {                                                                  \
+    bool wide = (n) - j >= 64;                                                                             \
+    int64_t i = 0;                                                                                         \
+    if (wide)                                                                                              \
+      for (; i + (RW) <= (rows); i += (RW)) TILE(RW, 4, i, j);                                             \
+    else                                                                                                   \
+      for (; i + (RN) <= (rows); i += (RN)) TILE(RN, 2, i, j);                                             \
+    if (i < (rows)) REST((int)((rows) - i), wide, i, j);                                                   \
+  }
+
 /* ---- register-tiled AVX-512 products (tile_gemm.c) ---- */
 /* Whether they run an n-column product: AVX-512 in use, n a multiple of 32. */
 bool lunet_cpu_tile_gemm_fits(int64_t n);
@@ -151,6 +166,13 @@ void lunet_cpu_tile_gemm_nn(int64_t m, int64_t n, int64_t k, const float *restri
 void lunet_cpu_tile_gemm_nn_segments(int64_t m, int64_t n, int64_t k, int64_t segs, const float *restrict a,
                                      int64_t lda, int64_t sa, const float *restrict b, int64_t ldb,
                                      const float *restrict bias, bool add, float *restrict c, int64_t ldc);
+/* The same with each row of a where rows[i] says, summed over segs
+ * segments: a(s, i, p) = rows[i][s * sa + p], b's segment s from row s * k
+ * (a direct convolution's output pixels, across the ends of output rows,
+ * and its kernel rows). */
+void lunet_cpu_tile_gemm_nn_rows(int64_t m, int64_t n, int64_t k, int64_t segs, const float *const *rows,
+                                 int64_t sa, const float *restrict b, int64_t ldb, const float *restrict bias,
+                                 bool add, float *restrict c, int64_t ldc);
 /* c (k, n) = a^T b, plus c's old values when add; a (m, k), b (m, n). */
 /* The same summed over segs segments: a's rows (the sum's) of segment s
  * start at a + s * sa, b's at row s * m (a filter gradient's output rows,

@@ -8,9 +8,10 @@
  *   nn: c (m, n) = a (m, k) b (k, n) [+ bias (n) | + c]
  *       a tile of 6 rows by 64 columns of c (24 zmm accumulators) stays in
  *       registers over all of k; each step of k loads 4 vectors of b's row
- *       and broadcasts 6 values of a: 10 loads per 24 FMAs.  In segments
- *       (a direct convolution: k = KW*C contiguous taps per kernel row, the
- *       rows apart in x), the tile stays in registers over all of them.
+ *       and broadcasts 6 values of a: 10 loads per 24 FMAs.  A direct
+ *       convolution's kernel rows are segments the tile stays in
+ *       registers over, and its rows of a may start anywhere in x
+ *       (nn_rows: the output pixels across the ends of output rows).
  *   tn: c (k, n) [+]= a^T (k, m) b (m, n), a (m, k) row-major
  *       the filter gradient: a tile of 6 rows of c (6 consecutive columns
  *       of a) by 64 columns stays in registers over all m rows of a and b.
@@ -76,19 +77,13 @@ static inline __attribute__((always_inline)) TARGET void tile_of(int rows, bool 
 TARGET void lunet_cpu_tile_gemm_nn_segments(int64_t m, int64_t n, int64_t k, int64_t segs, const float *restrict a,
                                             int64_t lda, int64_t sa, const float *restrict b, int64_t ldb,
                                             const float *restrict bias, bool add, float *restrict c, int64_t ldc) {
-  for (int64_t j = 0; j < n; j += 64) {
-    bool wide = n - j >= 64;
-    const float *bj = b + j, *biasj = bias ? bias + j : NULL;
-    int64_t i = 0;
-    if (wide)
-      for (; i + ROWS <= m; i += ROWS)
-        tile(ROWS, 4, k, segs, a + i * lda, sa, lda, 1, bj, ldb, biasj, add, c + i * ldc + j, ldc);
-    else
-      for (; i + ROWS_NARROW <= m; i += ROWS_NARROW)
-        tile(ROWS_NARROW, 2, k, segs, a + i * lda, sa, lda, 1, bj, ldb, biasj, add, c + i * ldc + j, ldc);
-    if (i < m)
-      tile_of((int)(m - i), wide, k, segs, a + i * lda, sa, lda, 1, bj, ldb, biasj, add, c + i * ldc + j, ldc);
-  }
+#define NN_ARGS(i, j) k, segs, a + (i) * lda, sa, lda, 1, b + (j), ldb, bias ? bias + (j) : NULL, add, c + (i) * ldc + (j), ldc
+#define FULL(R, V, i, j) tile(R, V, NN_ARGS(i, j))
+#define REST(rest, wide, i, j) tile_of(rest, wide, NN_ARGS(i, j))
+  LUNET_CPU_OVER_TILES(m, n, ROWS, ROWS_NARROW, FULL, REST)
+#undef FULL
+#undef REST
+#undef NN_ARGS
 }
 
 void lunet_cpu_tile_gemm_nn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,
@@ -97,21 +92,69 @@ void lunet_cpu_tile_gemm_nn(int64_t m, int64_t n, int64_t k, const float *restri
   lunet_cpu_tile_gemm_nn_segments(m, n, k, 1, a, lda, 0, b, ldb, bias, add, c, ldc);
 }
 
+/* A tile whose rows of a start anywhere: a(s, r, p) = rows[r][s * sa + p]
+ * (a direct convolution's output pixels, consecutive across the ends of
+ * output rows and samples, so every tile is whole but the chunk's last). */
+static inline __attribute__((always_inline)) TARGET void tile_rows(const int R, const int V, int64_t k, int64_t segs,
+                                                                   const float *const *rows, int64_t sa,
+                                                                   const float *restrict b, int64_t ldb,
+                                                                   const float *restrict bias, bool add,
+                                                                   float *restrict c, int64_t ldc) {
+  __m512 acc[ROWS_NARROW][4];
+  const float *ar[ROWS_NARROW];
+  for (int r = 0; r < R; r++) ar[r] = rows[r];
+  for (int r = 0; r < R; r++)
+    for (int v = 0; v < V; v++)
+      acc[r][v] = add ? _mm512_loadu_ps(c + r * ldc + 16 * v)
+                : bias ? _mm512_loadu_ps(bias + 16 * v) : _mm512_setzero_ps();
+  for (int64_t s = 0; s < segs; s++) {
+    const float *restrict bs = b + s * k * ldb;
+    for (int64_t p = 0; p < k; p++) {
+      __m512 bv[4];
+      for (int v = 0; v < V; v++) bv[v] = _mm512_loadu_ps(bs + p * ldb + 16 * v);
+      for (int r = 0; r < R; r++) {
+        __m512 av = _mm512_set1_ps(ar[r][s * sa + p]);
+        for (int v = 0; v < V; v++) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+      }
+    }
+  }
+  for (int r = 0; r < R; r++)
+    for (int v = 0; v < V; v++) _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
+}
+
+static inline __attribute__((always_inline)) TARGET void tile_rows_of(int rest, bool wide, int64_t k, int64_t segs,
+                                                                      const float *const *rows, int64_t sa,
+                                                                      const float *restrict b, int64_t ldb,
+                                                                      const float *restrict bias, bool add,
+                                                                      float *restrict c, int64_t ldc) {
+#define TILE(R, V) tile_rows(R, V, k, segs, rows, sa, b, ldb, bias, add, c, ldc)
+  LUNET_CPU_TILE_REMAINDER(rest, wide, TILE);
+#undef TILE
+}
+
+TARGET void lunet_cpu_tile_gemm_nn_rows(int64_t m, int64_t n, int64_t k, int64_t segs, const float *const *rows,
+                                        int64_t sa, const float *restrict b, int64_t ldb,
+                                        const float *restrict bias, bool add, float *restrict c, int64_t ldc) {
+#define ROWS_ARGS(i, j) k, segs, rows + (i), sa, b + (j), ldb, bias ? bias + (j) : NULL, add, c + (i) * ldc + (j), ldc
+#define FULL(R, V, i, j) tile_rows(R, V, ROWS_ARGS(i, j))
+#define REST(rest, wide, i, j) tile_rows_of(rest, wide, ROWS_ARGS(i, j))
+  LUNET_CPU_OVER_TILES(m, n, ROWS, ROWS_NARROW, FULL, REST)
+#undef FULL
+#undef REST
+#undef ROWS_ARGS
+}
+
 TARGET void lunet_cpu_tile_gemm_tn_segments(int64_t m, int64_t n, int64_t k, int64_t segs, const float *restrict a,
                                             int64_t lda, int64_t sa, const float *restrict b, int64_t ldb,
                                             float *restrict c, int64_t ldc, bool add) {
-  for (int64_t j = 0; j < n; j += 64) {
-    bool wide = n - j >= 64;
-    int64_t p = 0;
-    if (wide)
-      for (; p + ROWS <= k; p += ROWS)
-        tile(ROWS, 4, m, segs, a + p, sa, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
-    else
-      for (; p + ROWS_NARROW <= k; p += ROWS_NARROW)
-        tile(ROWS_NARROW, 2, m, segs, a + p, sa, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
-    if (p < k)
-      tile_of((int)(k - p), wide, m, segs, a + p, sa, 1, lda, b + j, ldb, NULL, add, c + p * ldc + j, ldc);
-  }
+  /* c's rows are a's columns */
+#define TN_ARGS(p, j) m, segs, a + (p), sa, 1, lda, b + (j), ldb, NULL, add, c + (p) * ldc + (j), ldc
+#define FULL(R, V, p, j) tile(R, V, TN_ARGS(p, j))
+#define REST(rest, wide, p, j) tile_of(rest, wide, TN_ARGS(p, j))
+  LUNET_CPU_OVER_TILES(k, n, ROWS, ROWS_NARROW, FULL, REST)
+#undef FULL
+#undef REST
+#undef TN_ARGS
 }
 
 void lunet_cpu_tile_gemm_tn(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t lda,
