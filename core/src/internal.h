@@ -81,6 +81,14 @@ struct lunet_node {
   void (*release)(lunet_node *n);
 };
 
+/* layer.c: lunet_layer_apply, then (relu_after, one output) a ReLU of the
+ * output inside the call's profiled pass, its gradient counted for the
+ * layer: the ReLU of the convolution before a max pooling (model.c). */
+LUNET_HIDDEN lunet_status lunet_layer_apply_relu(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, int nin,
+                                                 lunet_tensor *const *x, lunet_tensor *const *masks, bool training,
+                                                 bool skip_activation, bool relu_after, lunet_tensor **y,
+                                                 lunet_tensor **mask_out);
+
 /* registry.c */
 LUNET_HIDDEN lunet_be *lunet_registry_backend(lunet_ctx *ctx, const char *name);
 LUNET_HIDDEN lunet_be *lunet_registry_default(lunet_ctx *ctx);

@@ -1099,6 +1099,13 @@ static lunet_status activate(lunet_ctx *ctx, const lunet_layer *l, lunet_tensor 
 lunet_status lunet_layer_apply(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, int nin,
                                lunet_tensor *const *x, lunet_tensor *const *masks, bool training,
                                bool skip_activation, lunet_tensor **y, lunet_tensor **mask_out) {
+  return lunet_layer_apply_relu(ctx, l, keep, nin, x, masks, training, skip_activation, false, y, mask_out);
+}
+
+lunet_status lunet_layer_apply_relu(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, int nin,
+                                    lunet_tensor *const *x, lunet_tensor *const *masks, bool training,
+                                    bool skip_activation, bool relu_after, lunet_tensor **y,
+                                    lunet_tensor **mask_out) {
   int nout = lunet_layer_output_count(l);
   for (int j = 0; j < nout; j++) {
     y[j] = NULL;
@@ -1159,6 +1166,13 @@ lunet_status lunet_layer_apply(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep,
   if (!s && grad) s = record(ctx, c, ninputs, inputs, y);
   lunet_call_release(c);
   if (!s && nout == 1 && l->act != ACT_NONE && !skip_activation) s = activate(ctx, l, y);
+  if (!s && nout == 1 && relu_after) { /* a ReLU moved after this pooling (model.c) */
+    lunet_tensor *r = lunet_unary(ctx, LUNET_UNARY_RELU, y[0], 0.0f, 0.0f);
+    lunet_tensor_release(y[0]);
+    y[0] = r;
+    if (!r) s = ctx->status;
+    else if (r->grad_fn && ctx->prof && !r->grad_fn->prof_layer) r->grad_fn->prof_layer = strdup(lunet_layer_name(l));
+  }
   if (t0) lunet_prof_layer(ctx, lunet_layer_name(l), "forward", t0); /* its activation included */
   if (s) {
     release_all(y, nout);

@@ -801,17 +801,8 @@ static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, 
       ms[i] = masks[k->in[i]];
     }
     s = ss ? lunet_layer_step(ctx, k->layer, ss->calls[c], ss->length, k->nin, xs, vals + k->out)
-           : lunet_layer_apply(ctx, k->layer, NULL, k->nin, xs, ms, training, skip_act, vals + k->out,
-                          masks + k->out);
-    if (!s && relu_after[c]) {
-      lunet_tensor *r = lunet_unary(ctx, LUNET_UNARY_RELU, vals[k->out], 0.0f, 0.0f);
-      lunet_tensor_release(vals[k->out]);
-      vals[k->out] = r;
-      if (!r) s = ctx->status;
-      /* profiled: the ReLU's gradient counts for the pooling that runs it */
-      else if (r->grad_fn && ctx->prof && !r->grad_fn->prof_layer)
-        r->grad_fn->prof_layer = strdup(lunet_layer_name(k->layer));
-    }
+           : lunet_layer_apply_relu(ctx, k->layer, NULL, k->nin, xs, ms, training, skip_act, relu_after[c],
+                                    vals + k->out, masks + k->out);
     /* activity regularizers: a penalty on each output, into the step's loss */
     for (int o = 0; !s && activity && o < lunet_layer_output_count(k->layer); o++) {
       lunet_tensor *p = lunet_layer_activity_penalty(ctx, k->layer, vals[k->out + o]);
