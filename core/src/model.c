@@ -768,20 +768,15 @@ static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, 
                         const bool *fused, lunet_tensor **out, lunet_model_session *ss,
                         lunet_tensor **activity) {
   lunet_tensor **vals = calloc((size_t)m->nvalues * 2, sizeof *vals), **masks = vals + m->nvalues;
-  int *left = malloc(sizeof(int) * (size_t)m->nvalues);
+  /* left[v]: readers of value v still to run; relu_after[r] (after them):
+   * call r applies the ReLU of the call before its pooling */
+  int *left = calloc((size_t)(m->nvalues + m->ncalls + 1), sizeof *left), *relu_after = left + m->nvalues;
   if (!vals || !left) {
     free(vals);
     free(left);
     return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory running model '%s'", m->name);
   }
   for (int i = 0; i < m->nvalues; i++) left[i] = m->values[i].uses;
-  /* relu_after[r]: call r applies the ReLU of the call before its pooling */
-  bool *relu_after = calloc((size_t)(m->ncalls ? m->ncalls : 1), sizeof *relu_after);
-  if (!relu_after) {
-    free(vals);
-    free(left);
-    return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory running model '%s'", m->name);
-  }
   lunet_status s = LUNET_OK;
   /* 8-bit images compute in float32, as Keras's inputs do: 0..255 as they are */
   for (int i = 0; i < m->ninputs; i++) {
@@ -794,14 +789,17 @@ static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, 
     bool skip_act = false;
     for (int j = 0; fused && j < m->noutputs; j++) skip_act |= fused[j] && m->outputs[j] == k->out;
     int later = k->live && !ss ? relu_moves_to(m, c) : -1;
-    if (later >= 0) skip_act = relu_after[later] = true;
+    if (later >= 0) {
+      skip_act = true;
+      relu_after[later] = 1;
+    }
     lunet_tensor *xs[MAX_CALL_INPUTS], *ms[MAX_CALL_INPUTS];
     for (int i = 0; i < k->nin; i++) {
       xs[i] = vals[k->in[i]];
       ms[i] = masks[k->in[i]];
     }
     s = ss ? lunet_layer_step(ctx, k->layer, ss->calls[c], ss->length, k->nin, xs, vals + k->out)
-           : lunet_layer_apply_relu(ctx, k->layer, NULL, k->nin, xs, ms, training, skip_act, relu_after[c],
+           : lunet_layer_apply_relu(ctx, k->layer, NULL, k->nin, xs, ms, training, skip_act, relu_after[c] != 0,
                                     vals + k->out, masks + k->out);
     /* activity regularizers: a penalty on each output, into the step's loss */
     for (int o = 0; !s && activity && o < lunet_layer_output_count(k->layer); o++) {
@@ -820,7 +818,6 @@ static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, 
   for (int i = 0; i < 2 * m->nvalues; i++) lunet_tensor_release(vals[i]);
   free(vals);
   free(left);
-  free(relu_after);
   return s;
 }
 
