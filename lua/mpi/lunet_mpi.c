@@ -13,7 +13,8 @@
  * that count and writes the gradients back: each rank then holds the
  * gradient of the mean loss over the global batch, whatever its shard's
  * size, and takes the same optimizer step.  The non-trainable weights
- * (BatchNormalization's moving statistics) are averaged in the same hook.
+ * (BatchNormalization's moving statistics) are averaged in the same hook,
+ * weighted by the ranks' samples.
  *
  * All ranks run the same graph, so gradients complete in the same order on
  * each and the buckets (their sizes and order of collective calls) match.
@@ -285,14 +286,19 @@ static void place(sync *s, lunet_ctx *ctx, int param, lunet_tensor *g) {
     return;
   }
   float *dst = s->buf + s->used;
-  lunet_status st = lunet_tensor_read(ctx ? ctx : mctx, g, dst, sizeof *dst * (size_t)n);
-  if (st) {
-    s->failed = st;
-    snprintf(s->why, sizeof s->why, "mpi: reading a gradient: %s", lunet_ctx_error(ctx ? ctx : mctx));
-    return;
-  }
   float k = (float)s->local_count;
-  for (int64_t i = 0; i < n; i++) dst[i] *= k;
+  const float *host = lunet_tensor_dtype(g) == LUNET_F32 ? lunet_tensor_host_data(g) : NULL;
+  if (host) { /* the CPU: scaled as it is copied, one pass */
+    for (int64_t i = 0; i < n; i++) dst[i] = host[i] * k;
+  } else {
+    lunet_status st = lunet_tensor_read(ctx ? ctx : mctx, g, dst, sizeof *dst * (size_t)n);
+    if (st) {
+      s->failed = st;
+      snprintf(s->why, sizeof s->why, "mpi: reading a gradient: %s", lunet_ctx_error(ctx ? ctx : mctx));
+      return;
+    }
+    for (int64_t i = 0; i < n; i++) dst[i] *= k;
+  }
   s->where[s->nplaced++] = (placed){.param = param, .offset = s->used, .n = n};
   s->used += n;
   s->copy_s += now() - t0;
@@ -348,7 +354,8 @@ static lunet_status on_transform(void *user, lunet_ctx *ctx, int n, lunet_tensor
     for (int64_t j = 0; j < p->n; j++) v[j] /= total;
     st = lunet_tensor_write(ctx, grads[p->param], v, sizeof *v * (size_t)p->n);
   }
-  /* the moving statistics, averaged (they changed in this step's forward) */
+  /* the moving statistics (they changed in this step's forward), averaged
+   * with each rank weighted by its samples, as the gradients */
   for (int i = 0; !st && i < s->nfixed; i++) {
     lunet_tensor *t = s->fixed[i];
     int64_t m = lunet_tensor_numel(t);
@@ -358,8 +365,9 @@ static lunet_status on_transform(void *user, lunet_ctx *ctx, int n, lunet_tensor
     }
     st = lunet_tensor_read(ctx, t, s->buf, sizeof(float) * (size_t)m);
     if (st) break;
+    for (int64_t j = 0; j < m; j++) s->buf[j] *= (float)s->local_count;
     MPI_Allreduce(MPI_IN_PLACE, s->buf, (int)m, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-    for (int64_t j = 0; j < m; j++) s->buf[j] /= (float)size;
+    for (int64_t j = 0; j < m; j++) s->buf[j] /= total;
     st = lunet_tensor_write(ctx, t, s->buf, sizeof(float) * (size_t)m);
   }
   s->step_s += now() - t0;

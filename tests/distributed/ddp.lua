@@ -65,6 +65,32 @@ if n % g == 0 or n % g >= size then
   near(h.accuracy[1], ref.accuracy[1], 1e-9, "epoch accuracy against one process")
 end
 
+-- 1b. BatchNormalization's moving mean, averaged with each rank weighted by
+-- its samples: with momentum 0 it is the last global batch's mean (203 =
+-- 6 * 32 + 11 on 2 ranks, 4 * 48 + 11 on 3: shards of 6/5 and 4/4/3
+-- samples, where an unweighted average of the ranks' means is off by ~1e-2).
+-- The learning rate is 0, so both models keep the same weights.
+local function bn_model()
+  local b = nn.Sequential{nn.Conv2D{4, 2, input_shape = {4, 4, 1}}, nn.BatchNormalization{momentum = 0}, nn.Flatten(),
+    nn.Dense{3, activation = "softmax"}}
+  b:compile{optimizer = nn.optimizers.SGD{learning_rate = 0}, loss = "sparse_categorical_crossentropy"}
+  b:build()
+  return b
+end
+local bd, bs1 = bn_model(), bn_model()
+bs1:set_weights(bd:get_weights())
+nn.distributed.active = false
+bs1:fit(x, y, {epochs = 1, batch_size = bs * size, shuffle = false, verbose = 0})
+nn.distributed.active = true
+bd:fit(x, y, {epochs = 1, batch_size = bs, shuffle = false, verbose = 0, distributed = true})
+local function moving_mean(b)
+  for _, w in ipairs(b.layers[2]:weights()) do
+    if w.name == "moving_mean" then return w.tensor:totable() end
+  end
+end
+local got, want = moving_mean(bd), moving_mean(bs1)
+for i = 1, #want do near(got[i], want[i], 1e-5, "moving mean " .. i .. " against one process") end
+
 -- 2. Shuffled epochs with BatchNormalization: every rank ends with the
 -- same bits (weights and moving statistics), written for the driver to compare.
 nn.seed(100 + rank) -- different initial weights per rank: fit broadcasts rank 0's
