@@ -106,7 +106,8 @@ function M.order(order, n)
 end
 
 --- shard(order, n, bs) -> this rank's samples for the epoch (indices into
--- the data, in step order), the steps, and its batch size at each step.
+-- the data, in step order), the steps, its batch size at each step and the
+-- global batch's (all ranks') at each step.
 -- A global batch is bs * size samples; a last one smaller is split as
 -- evenly as it goes (the first ranks take one more), and one with fewer
 -- samples than ranks is left out of the epoch.
@@ -114,11 +115,11 @@ function M.shard(order, n, bs)
   local g = bs * M.size
   local full = n // g
   local rest = n - full * g
-  local mine, sizes = {}, {}
+  local mine, sizes, totals = {}, {}, {}
   for s = 1, full do
     local first = (s - 1) * g + M.rank * bs
     for i = 1, bs do mine[#mine + 1] = order and order[first + i] or first + i end
-    sizes[s] = bs
+    sizes[s], totals[s] = bs, g
   end
   if rest >= M.size then
     local base, extra = rest // M.size, rest % M.size
@@ -126,8 +127,9 @@ function M.shard(order, n, bs)
     local count = base + (M.rank < extra and 1 or 0)
     for i = 1, count do mine[#mine + 1] = order and order[first + i] or first + i end
     sizes[#sizes + 1] = count
+    totals[#sizes] = rest
   end
-  return mine, #sizes, sizes
+  return mine, #sizes, sizes, totals
 end
 
 --- block(n) -> first, count: this rank's contiguous share of n samples (for

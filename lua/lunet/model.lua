@@ -767,11 +767,11 @@ fit_impl = function(self, x, y, o)
     call_cbs(cbs, "on_epoch_begin", self, epoch)
     local order -- nil: the samples in their order (shuffle = false)
     if ds then order = ds:order(epoch) elseif o.shuffle ~= false then order = permutation(n) end
-    local sizes -- under MPI: this rank's shard of each global batch, rank 0's order
+    local sizes, totals -- under MPI: this rank's shard of each global batch (rank 0's order), all ranks' counts
     local count = n
     if dist then
       if order then order = dist.order(order, n) end
-      order, steps, sizes = dist.shard(order, n, bs)
+      order, steps, sizes, totals = dist.shard(order, n, bs)
       count = #order
     end
     local bar = Progress.new(steps, verbose)
@@ -782,7 +782,7 @@ fit_impl = function(self, x, y, o)
       for s = 1, steps do
         local xb, yb, wb = next_batch(s)
         C.optimizer_set_lr(opt.handle, opt:current_lr())
-        if sync then sync:count(sizes[s]) end
+        if sync then sync:count(sizes[s], totals[s]) end
         local stepped, msg = pcall(C.model_train_step, h, xb, yb, epoch, order, (s - 1) * bs + 1, wb)
         free_batch(xb)
         free_batch(yb)

@@ -4,15 +4,18 @@
  *
  * The training step's hooks (lunet_model_set_grad_ready/_transform) carry
  * the gradients: as backward completes each parameter's gradient, it is
- * copied to a host buffer, multiplied by the rank's sample count, and once
+ * copied to a host buffer, multiplied by the rank's share of the global
+ * batch (its samples over the step's global count, known to every rank
+ * from the epoch's shards), and once
  * a bucket of `bucket_bytes` has filled, a non-blocking MPI_Iallreduce
  * (sum) starts on it while backward goes on; between layers MPI_Testall
  * lets Open MPI progress them (its non-blocking collectives advance only
  * inside MPI calls).  The transform hook, after backward, sends the last
- * bucket with the global sample count appended, waits for all, divides by
- * that count and writes the gradients back: each rank then holds the
- * gradient of the mean loss over the global batch, whatever its shard's
- * size, and takes the same optimizer step.  The non-trainable weights
+ * bucket with the rank's sample count appended (their sum must be the
+ * global count: a failed rank sends -inf), waits for all and writes the
+ * gradients back: each rank then holds the gradient of the mean loss over
+ * the global batch, whatever its shard's size, and takes the same
+ * optimizer step.  The non-trainable weights
  * (BatchNormalization's moving statistics) are averaged in the same hook,
  * weighted by the ranks' samples.
  *
@@ -225,7 +228,7 @@ typedef struct sync {
   int nplaced, cap_placed;
   MPI_Request req[MAX_BUCKETS];
   int nreq;
-  double local_count;
+  double local_count, global_count; /* samples in the step: this rank's, all ranks' */
   lunet_tensor **fixed; /* non-trainable weights, averaged */
   int nfixed;
   lunet_status failed; /* a copy that failed in grad_ready, reported by transform */
@@ -286,7 +289,7 @@ static void place(sync *s, lunet_ctx *ctx, int param, lunet_tensor *g) {
     return;
   }
   float *dst = s->buf + s->used;
-  float k = (float)s->local_count;
+  float k = (float)(s->local_count / s->global_count);
   const float *host = lunet_tensor_dtype(g) == LUNET_F32 ? lunet_tensor_host_data(g) : NULL;
   if (host) { /* the CPU: scaled as it is copied, one pass */
     for (int64_t i = 0; i < n; i++) dst[i] = host[i] * k;
@@ -341,17 +344,19 @@ static lunet_status on_transform(void *user, lunet_ctx *ctx, int n, lunet_tensor
   }
   s->wait_s += now() - t0;
   s->nreq = 0;
-  float total = s->buf[s->used - 1];
+  float total = s->buf[s->used - 1]; /* the ranks' counts, summed */
   lunet_status st = LUNET_OK;
   if (failed) {
     st = lunet_error(ctx, failed, "%s", s->why[0] ? s->why : "mpi: out of host memory");
-  } else if (!(total > 0) || !isfinite(total)) {
-    st = lunet_error(ctx, LUNET_ERR_ARG, "mpi: another rank failed in this step (its count was %g)", total);
+  } else if (!isfinite(total)) {
+    st = lunet_error(ctx, LUNET_ERR_ARG, "mpi: another rank failed in this step");
+  } else if (total != (float)s->global_count) {
+    st = lunet_error(ctx, LUNET_ERR_ARG, "mpi: the ranks took %g samples in this step, this rank expected %g "
+                     "(ranks on different data or batch sizes?)", total, s->global_count);
   }
   for (int i = 0; !st && i < s->nplaced; i++) {
     placed *p = &s->where[i];
     float *v = s->buf + p->offset;
-    for (int64_t j = 0; j < p->n; j++) v[j] /= total;
     st = lunet_tensor_write(ctx, grads[p->param], v, sizeof *v * (size_t)p->n);
   }
   /* the moving statistics (they changed in this step's forward), averaged
@@ -365,9 +370,8 @@ static lunet_status on_transform(void *user, lunet_ctx *ctx, int n, lunet_tensor
     }
     st = lunet_tensor_read(ctx, t, s->buf, sizeof(float) * (size_t)m);
     if (st) break;
-    for (int64_t j = 0; j < m; j++) s->buf[j] *= (float)s->local_count;
+    for (int64_t j = 0; j < m; j++) s->buf[j] *= (float)(s->local_count / s->global_count);
     MPI_Allreduce(MPI_IN_PLACE, s->buf, (int)m, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-    for (int64_t j = 0; j < m; j++) s->buf[j] /= total;
     st = lunet_tensor_write(ctx, t, s->buf, sizeof(float) * (size_t)m);
   }
   s->step_s += now() - t0;
@@ -417,6 +421,7 @@ static int l_attach(lua_State *L) {
   s->overlap = overlap;
   s->bucket = (size_t)bytes / sizeof(float);
   s->local_count = 1;
+  s->global_count = size;
   int n = (int)luaL_len(L, 2);
   s->fixed = calloc((size_t)(n ? n : 1), sizeof *s->fixed);
   if (!s->fixed) return luaL_error(L, "mpi: out of memory");
@@ -442,9 +447,14 @@ static int l_attach(lua_State *L) {
 
 static int s_detach(lua_State *L) { return sync_gc(L); }
 
-/* sync:count(n): this rank's samples in the coming step */
+/* sync:count(n, total): this rank's samples in the coming step, and all
+ * ranks' together */
 static int s_count(lua_State *L) {
-  check_sync(L, 1)->local_count = luaL_checknumber(L, 2);
+  sync *s = check_sync(L, 1);
+  lua_Integer n = luaL_checkinteger(L, 2), total = luaL_checkinteger(L, 3);
+  if (n < 1 || total < n) return luaL_error(L, "mpi: a step of %d samples on this rank, %d in all", (int)n, (int)total);
+  s->local_count = (double)n;
+  s->global_count = (double)total;
   return 0;
 }
 
