@@ -5,6 +5,9 @@
 // MODE 2 max backward (to the first maximum of each window), 3 average
 //        backward: one invocation per input element gathering from the
 //        windows that cover it, in the CPU's order, so no atomics.
+// MODE 4, 5: max and its backward with a ReLU after the pooling (the core
+//        moves a convolution's there): y = max(m, 0), the gradient routed
+//        only from windows whose maximum m is > 0.
 layout(local_size_x_id = 0) in;
 layout(constant_id = 2) const int MODE = 0;
 layout(std430, binding = 0) writeonly buffer OUT { float outv[]; };
@@ -39,9 +42,10 @@ int window_count(int oy, int ox) {
 float forward(int e) {
   int ch = e % pc.c, ox = (e / pc.c) % pc.ow, oy = (e / (pc.c * pc.ow)) % pc.oh;
   int n = e / (pc.c * pc.ow * pc.oh);
-  if (MODE == 0) {
+  if (MODE == 0 || MODE == 4) {
     int p = window_argmax(n, oy, ox, ch);
-    return p < 0 ? 0.0 : x[p * pc.c + ch];
+    float m = p < 0 ? 0.0 : x[p * pc.c + ch];
+    return MODE == 4 ? (m > 0.0 ? m : 0.0) : m; // the ReLU as the CPU's: NaN -> 0
   }
   float sum = 0.0;
   for (int ky = 0; ky < pc.kh; ky++)
@@ -67,6 +71,8 @@ float backward(int e) {
       float g = dy[((n * pc.oh + oy) * pc.ow + ox) * pc.c + ch];
       if (MODE == 2) {
         if (window_argmax(n, oy, ox, ch) == p) acc += g;
+      } else if (MODE == 5) {
+        if (window_argmax(n, oy, ox, ch) == p && x[p * pc.c + ch] > 0.0) acc += g;
       } else {
         acc += g / float(window_count(oy, ox));
       }
@@ -76,7 +82,8 @@ float backward(int e) {
 
 void main() {
   uint stride = gl_NumWorkGroups.x * gl_WorkGroupSize.x;
-  uint total = MODE <= 1 ? uint(pc.n * pc.oh * pc.ow * pc.c) : uint(pc.n * pc.h * pc.w * pc.c);
+  bool fwd = MODE <= 1 || MODE == 4;
+  uint total = fwd ? uint(pc.n * pc.oh * pc.ow * pc.c) : uint(pc.n * pc.h * pc.w * pc.c);
   for (uint e = gl_GlobalInvocationID.x; e < total; e += stride)
-    outv[e] = MODE <= 1 ? forward(int(e)) : backward(int(e));
+    outv[e] = fwd ? forward(int(e)) : backward(int(e));
 }

@@ -285,6 +285,9 @@ int lunet_cpu_pool2d(lunet_backend *be, lunet_pool_mode mode, lunet_buf y, lunet
                      const lunet_pool2d_desc *d);
 int lunet_cpu_pool2d_backward(lunet_backend *be, lunet_pool_mode mode, lunet_buf dx, lunet_cbuf dy,
                               lunet_cbuf x, lunet_cbuf y, const lunet_pool2d_desc *d);
+int lunet_cpu_max_pool2d_relu(lunet_backend *be, lunet_buf y, lunet_cbuf x, const lunet_pool2d_desc *d);
+int lunet_cpu_max_pool2d_relu_backward(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y,
+                                       const lunet_pool2d_desc *d);
 int lunet_cpu_softmax(lunet_backend *be, bool log, lunet_buf y, lunet_cbuf x, size_t rows,
                       size_t cols);
 int lunet_cpu_softmax_backward(lunet_backend *be, bool log, lunet_buf dx, lunet_cbuf dy,

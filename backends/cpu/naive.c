@@ -5,6 +5,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include "cpu.h"
 #include "lunet/resample.h"
@@ -343,6 +344,36 @@ static int naive_pool2d_backward(lunet_backend *be, lunet_pool_mode mode, lunet_
             }
         }
   return 0;
+}
+
+/* The definition: a max pooling, then the ReLU (as unary relu: x > 0 ? x : 0). */
+static int naive_max_pool2d_relu(lunet_backend *be, lunet_buf y, lunet_cbuf x, const lunet_pool2d_desc *d) {
+  int rc = naive_pool2d(be, LUNET_POOL_MAX, y, x, d);
+  float *py = y;
+  for (int64_t i = 0; !rc && i < d->n * d->oh * d->ow * d->c; i++) py[i] = py[i] > 0.0f ? py[i] : 0.0f;
+  return rc;
+}
+
+/* The ReLU's gradient (dy where the window's maximum is > 0), then the
+ * pooling's. */
+static int naive_max_pool2d_relu_backward(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf x,
+                                          lunet_cbuf y, const lunet_pool2d_desc *d) {
+  int rc = lunet_cpu_check_pool(d, "pool2d_backward");
+  if (rc) return rc;
+  size_t n = (size_t)(d->n * d->oh * d->ow * d->c);
+  float *m = malloc(n * sizeof *m), *g = malloc(n * sizeof *g);
+  if (!m || !g) {
+    free(m);
+    free(g);
+    return LUNET_ERR_NOMEM;
+  }
+  rc = naive_pool2d(be, LUNET_POOL_MAX, m, x, d);
+  const float *pdy = dy;
+  for (size_t i = 0; i < n; i++) g[i] = m[i] > 0.0f ? pdy[i] : 0.0f;
+  if (!rc) rc = naive_pool2d_backward(be, LUNET_POOL_MAX, dx, g, x, y, d);
+  free(m);
+  free(g);
+  return rc;
 }
 
 /* x, y (rows, cols) */
@@ -709,6 +740,8 @@ const lunet_backend_i lunet_cpu_naive_vtable = {
     .conv2d_backward_filter = naive_conv2d_backward_filter,
     .pool2d = naive_pool2d,
     .pool2d_backward = naive_pool2d_backward,
+    .max_pool2d_relu = naive_max_pool2d_relu,
+    .max_pool2d_relu_backward = naive_max_pool2d_relu_backward,
     .softmax = naive_softmax,
     .softmax_backward = naive_softmax_backward,
     .softmax_xent = naive_softmax_xent,

@@ -3,7 +3,9 @@
  * channels of a pixel.  Max-pool 2x2 stride 2 without padding (the Keras
  * default, 20%+ of a CNN step) has its own forward and backward; the
  * backward recomputes each window's maximum from x and writes all four
- * cells, so dx needs no zeroing pass and no scatter.
+ * cells, so dx needs no zeroing pass and no scatter.  Max pooling with a
+ * ReLU after it (ABI 2.4: the core moves a convolution's ReLU there) writes
+ * max(m, 0) and routes the gradient only where m > 0, in the same passes.
  */
 #include <stdint.h>
 #include <string.h>
@@ -15,6 +17,7 @@ typedef uint32_t cell_bits __attribute__((may_alias));
 typedef struct pool_job {
   const lunet_pool2d_desc *d;
   lunet_pool_mode mode;
+  bool relu; /* max pooling: y = max(m, 0); the gradient only where m > 0 */
   float *y, *dx;
   const float *x, *dy;
 } pool_job;
@@ -28,21 +31,32 @@ static bool is_2x2(const lunet_pool2d_desc *d) {
  * windows of c channels.  Compiled for each instruction set (the baseline
  * build is SSE2, 4 lanes; measured: the first pooling of the CIFAR CNN at
  * batch 256, 1.45 ms, was a quarter of the memory's bandwidth). */
-static inline __attribute__((always_inline)) void max2x2_row_body(int64_t ow, int64_t c, const float *restrict r0,
-                                                                  const float *restrict r1, float *restrict yr) {
+static inline __attribute__((always_inline)) float max4(float a, float b, float e, float f) {
+  float m0 = b > a ? b : a, m1 = f > e ? f : e;
+  return m1 > m0 ? m1 : m0;
+}
+static inline __attribute__((always_inline)) void max2x2_any_body(int64_t ow, int64_t c, const float *restrict r0,
+                                                                  const float *restrict r1, float *restrict yr,
+                                                                  const bool relu) {
   for (int64_t ox = 0; ox < ow; ox++) {
     const float *restrict a = r0 + 2 * ox * c, *restrict b = a + c;
     const float *restrict e = r1 + 2 * ox * c, *restrict f = e + c;
     float *restrict o = yr + ox * c;
     for (int64_t k = 0; k < c; k++) {
-      float m0 = b[k] > a[k] ? b[k] : a[k], m1 = f[k] > e[k] ? f[k] : e[k];
-      o[k] = m1 > m0 ? m1 : m0;
+      float m = max4(a[k], b[k], e[k], f[k]);
+      o[k] = relu ? (m > 0.0f ? m : 0.0f) : m; /* the ReLU as lunet's: NaN -> 0 */
     }
   }
 }
-LUNET_CPU_ISA_DISPATCH(max2x2_row, (int64_t ow, int64_t c, const float *restrict r0, const float *restrict r1,
-                                    float *restrict yr),
-                       (ow, c, r0, r1, yr))
+#define MAX_ROW_ARGS int64_t ow, int64_t c, const float *restrict r0, const float *restrict r1, float *restrict yr
+static inline __attribute__((always_inline)) void max2x2_row_body(MAX_ROW_ARGS) {
+  max2x2_any_body(ow, c, r0, r1, yr, false);
+}
+static inline __attribute__((always_inline)) void max2x2_relu_row_body(MAX_ROW_ARGS) {
+  max2x2_any_body(ow, c, r0, r1, yr, true);
+}
+LUNET_CPU_ISA_DISPATCH(max2x2_row, (MAX_ROW_ARGS), (ow, c, r0, r1, yr))
+LUNET_CPU_ISA_DISPATCH(max2x2_relu_row, (MAX_ROW_ARGS), (ow, c, r0, r1, yr))
 
 /* Output rows (n, oy) [begin, end) of a 2x2 stride-2 max pool. */
 static void max2x2_task(void *arg, int64_t begin, int64_t end, int chunk) {
@@ -52,7 +66,7 @@ static void max2x2_task(void *arg, int64_t begin, int64_t end, int chunk) {
   for (int64_t t = begin; t < end; t++) {
     int64_t n = t / d->oh, oy = t % d->oh;
     const float *r0 = j->x + ((n * d->h + 2 * oy) * d->w) * c;
-    max2x2_row(d->ow, c, r0, r0 + d->w * c, j->y + t * d->ow * c);
+    (j->relu ? max2x2_relu_row : max2x2_row)(d->ow, c, r0, r0 + d->w * c, j->y + t * d->ow * c);
   }
 }
 
@@ -61,12 +75,13 @@ static void max2x2_task(void *arg, int64_t begin, int64_t end, int chunk) {
  * loaded, the first maximum in scan order a b / e f found with ordered
  * comparisons, and the gradient's bits masked into the four cells (gcc
  * turned float selects here into a branch per cell, mispredicted on real
- * data: 10x slower).  Compiled for each instruction set (the baseline build
- * is SSE2, 4 lanes); isa.c's choice runs. */
+ * data: 10x slower); with the ReLU, masked off too where the maximum (as
+ * the forward computed it) is not > 0.  Compiled for each instruction set
+ * (the baseline build is SSE2, 4 lanes); isa.c's choice runs. */
 #define ROW_ARGS                                                                                           \
   int64_t ow, int64_t c, const float *restrict r0, const float *restrict r1, const float *restrict g,      \
       float *restrict q0, float *restrict q1
-static inline __attribute__((always_inline)) void max2x2_back_row_body(ROW_ARGS) {
+static inline __attribute__((always_inline)) void max2x2_back_any_body(ROW_ARGS, const bool relu) {
   for (int64_t ox = 0; ox < ow; ox++) {
     int64_t o = 2 * ox * c;
     const float *restrict a = r0 + o, *restrict b = a + c, *restrict e = r1 + o, *restrict f = e + c;
@@ -76,6 +91,7 @@ static inline __attribute__((always_inline)) void max2x2_back_row_body(ROW_ARGS)
     for (int64_t k = 0; k < c; k++) {
       float va = a[k], vb = b[k], ve = e[k], vf = f[k];
       uint32_t gv = gb[k];
+      if (relu) gv &= -(uint32_t)(max4(va, vb, ve, vf) > 0.0f);
       uint32_t ta = -(uint32_t)((va >= vb) & (va >= ve) & (va >= vf));
       uint32_t tb = ~ta & -(uint32_t)((vb >= ve) & (vb >= vf));
       uint32_t te = ~ta & ~tb & -(uint32_t)(ve >= vf);
@@ -86,7 +102,14 @@ static inline __attribute__((always_inline)) void max2x2_back_row_body(ROW_ARGS)
     }
   }
 }
+static inline __attribute__((always_inline)) void max2x2_back_row_body(ROW_ARGS) {
+  max2x2_back_any_body(ow, c, r0, r1, g, q0, q1, false);
+}
+static inline __attribute__((always_inline)) void max2x2_relu_back_row_body(ROW_ARGS) {
+  max2x2_back_any_body(ow, c, r0, r1, g, q0, q1, true);
+}
 LUNET_CPU_ISA_DISPATCH(max2x2_back_row, (ROW_ARGS), (ow, c, r0, r1, g, q0, q1))
+LUNET_CPU_ISA_DISPATCH(max2x2_relu_back_row, (ROW_ARGS), (ow, c, r0, r1, g, q0, q1))
 
 /* dx for output rows (n, oy) [begin, end): the gradient goes to the first
  * maximum in scan order a b / e f; input rows and columns no window covers
@@ -101,7 +124,7 @@ static void max2x2_back_task(void *arg, int64_t begin, int64_t end, int chunk) {
     const float *r0 = j->x + off, *r1 = r0 + row;
     float *q0 = j->dx + off, *q1 = q0 + row;
     const float *g = j->dy + t * d->ow * c;
-    max2x2_back_row(d->ow, c, r0, r1, g, q0, q1);
+    (j->relu ? max2x2_relu_back_row : max2x2_back_row)(d->ow, c, r0, r1, g, q0, q1);
     for (int64_t ix = 2 * d->ow; ix < d->w; ix++) {
       memset(q0 + ix * c, 0, (size_t)c * sizeof(float));
       memset(q1 + ix * c, 0, (size_t)c * sizeof(float));
@@ -152,6 +175,8 @@ static void pool_task(void *arg, int64_t begin, int64_t end, int chunk) {
         float inv = 1.0f / (float)count;
         for (int64_t k = 0; k < c; k++) o[k] *= inv;
       }
+      if (j->relu)
+        for (int64_t k = 0; k < c; k++) o[k] = o[k] > 0.0f ? o[k] : 0.0f;
     }
   }
 }
@@ -188,28 +213,28 @@ static void pool_back_task(void *arg, int64_t begin, int64_t end, int chunk) {
           for (int64_t iy = y0; iy < y1; iy++)
             for (int64_t ix = x0; ix < x1; ix++)
               if (xn[(iy * d->w + ix) * c + k] > xn[best * c + k]) best = iy * d->w + ix;
-          dxn[best * c + k] += g[k];
+          if (!j->relu || xn[best * c + k] > 0.0f) dxn[best * c + k] += g[k];
         }
       }
   }
 }
 
-int lunet_cpu_pool2d(lunet_backend *be, lunet_pool_mode mode, lunet_buf y, lunet_cbuf x,
-                     const lunet_pool2d_desc *d) {
+static int pool2d(lunet_backend *be, lunet_pool_mode mode, bool relu, lunet_buf y, lunet_cbuf x,
+                  const lunet_pool2d_desc *d) {
   int rc = lunet_cpu_check_pool(d, "pool2d");
   if (rc) return rc;
-  pool_job j = {.d = d, .mode = mode, .y = y, .x = x};
+  pool_job j = {.d = d, .mode = mode, .relu = relu, .y = y, .x = x};
   int64_t rows = d->n * d->oh, grain = 16384 / (d->ow * d->c * d->kh * d->kw) + 1;
   lunet_cpu_parallel(be, rows, grain, mode == LUNET_POOL_MAX && is_2x2(d) ? max2x2_task : pool_task,
                      &j);
   return 0;
 }
 
-int lunet_cpu_pool2d_backward(lunet_backend *be, lunet_pool_mode mode, lunet_buf dx, lunet_cbuf dy,
-                              lunet_cbuf x, lunet_cbuf y, const lunet_pool2d_desc *d) {
+static int pool2d_backward(lunet_backend *be, lunet_pool_mode mode, bool relu, lunet_buf dx, lunet_cbuf dy,
+                           lunet_cbuf x, const lunet_pool2d_desc *d) {
   int rc = lunet_cpu_check_pool(d, "pool2d_backward");
   if (rc) return rc;
-  pool_job j = {.d = d, .mode = mode, .dx = dx, .x = x, .dy = dy};
+  pool_job j = {.d = d, .mode = mode, .relu = relu, .dx = dx, .x = x, .dy = dy};
   if (mode == LUNET_POOL_MAX && is_2x2(d)) {
     int64_t grain = 16384 / (d->ow * d->c * 4) + 1;
     lunet_cpu_parallel(be, d->n * d->oh, grain, max2x2_back_task, &j);
@@ -218,4 +243,25 @@ int lunet_cpu_pool2d_backward(lunet_backend *be, lunet_pool_mode mode, lunet_buf
     lunet_cpu_parallel(be, d->n, grain, pool_back_task, &j);
   }
   return 0;
+}
+
+int lunet_cpu_pool2d(lunet_backend *be, lunet_pool_mode mode, lunet_buf y, lunet_cbuf x,
+                     const lunet_pool2d_desc *d) {
+  return pool2d(be, mode, false, y, x, d);
+}
+
+int lunet_cpu_pool2d_backward(lunet_backend *be, lunet_pool_mode mode, lunet_buf dx, lunet_cbuf dy,
+                              lunet_cbuf x, lunet_cbuf y, const lunet_pool2d_desc *d) {
+  (void)y;
+  return pool2d_backward(be, mode, false, dx, dy, x, d);
+}
+
+int lunet_cpu_max_pool2d_relu(lunet_backend *be, lunet_buf y, lunet_cbuf x, const lunet_pool2d_desc *d) {
+  return pool2d(be, LUNET_POOL_MAX, true, y, x, d);
+}
+
+int lunet_cpu_max_pool2d_relu_backward(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y,
+                                       const lunet_pool2d_desc *d) {
+  (void)y;
+  return pool2d_backward(be, LUNET_POOL_MAX, true, dx, dy, x, d);
 }

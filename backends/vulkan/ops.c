@@ -495,6 +495,19 @@ static int vk_pool2d_backward(lunet_backend *be, lunet_pool_mode mode, lunet_buf
   return pool_dispatch(be, mode == LUNET_POOL_MAX ? 2 : 3, dx, x, dy, d, d->n * d->h * d->w * d->c);
 }
 
+/* ABI 2.4: max pooling with the ReLU after it (pool.comp's modes 4, 5) */
+static int vk_max_pool2d_relu(lunet_backend *be, lunet_buf y, lunet_cbuf x, const lunet_pool2d_desc *d) {
+  int rc = check_pool(d, "pool2d");
+  return rc ? rc : pool_dispatch(be, 4, y, x, NULL, d, d->n * d->oh * d->ow * d->c);
+}
+
+static int vk_max_pool2d_relu_backward(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y,
+                                       const lunet_pool2d_desc *d) {
+  (void)y;
+  int rc = check_pool(d, "pool2d_backward");
+  return rc ? rc : pool_dispatch(be, 5, dx, x, dy, d, d->n * d->h * d->w * d->c);
+}
+
 /* ---- softmax family ---- */
 
 static int softmax_dispatch(lunet_backend *be, int mode, lunet_cbuf const *bufs, int nbufs,
@@ -882,6 +895,8 @@ const lunet_backend_i lunet_vk_vtable = {
     .conv2d_backward_filter_bf16 = vk_conv2d_backward_filter_bf16,
     .pool2d = vk_pool2d,
     .pool2d_backward = vk_pool2d_backward,
+    .max_pool2d_relu = vk_max_pool2d_relu,
+    .max_pool2d_relu_backward = vk_max_pool2d_relu_backward,
     .softmax = vk_softmax,
     .softmax_backward = vk_softmax_backward,
     .softmax_xent = vk_softmax_xent,

@@ -23,7 +23,12 @@ struct lunet_ctx {
   int64_t weight_budget; /* bytes new layer weights may still take; -1: no limit (a file's
                           * size bounds them while a model loads) */
   struct lunet_profile *prof; /* profile.c: NULL unless profiling */
+  /* A ReLU moved after a max pooling (model.c), asked of the pooling layer's
+   * next pool2d op (forward or backward) by layer.c: LUNET_POOL_RELU_ASKED;
+   * ops.c answers LUNET_POOL_RELU_DONE when the backend ran it fused. */
+  int pool_relu;
 };
+enum { LUNET_POOL_RELU_NONE, LUNET_POOL_RELU_ASKED, LUNET_POOL_RELU_DONE };
 
 /* A loaded backend (the registry owns it for the life of the process). */
 typedef struct lunet_be {

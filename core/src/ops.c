@@ -499,6 +499,16 @@ lunet_tensor *lunet_op_conv2d_backward_filter(lunet_ctx *ctx, const lunet_tensor
   return dw;
 }
 
+/* Whether this max pooling takes the ReLU layer.c asked for (ctx->pool_relu)
+ * in the backend's fused op: then the request is answered. */
+static bool pool_relu_fused(lunet_ctx *ctx, const lunet_be *be, lunet_pool_mode mode, bool backward) {
+  if (ctx->pool_relu != LUNET_POOL_RELU_ASKED || mode != LUNET_POOL_MAX || be->desc->abi_minor < 4 ||
+      !(backward ? (void *)be->i->max_pool2d_relu_backward : (void *)be->i->max_pool2d_relu))
+    return false;
+  ctx->pool_relu = LUNET_POOL_RELU_DONE;
+  return true;
+}
+
 lunet_tensor *lunet_op_pool2d(lunet_ctx *ctx, lunet_pool_mode mode, const lunet_tensor *x,
                               const lunet_pool2d_desc *d) {
   lunet_be *be = BE1("pool2d", x);
@@ -507,6 +517,10 @@ lunet_tensor *lunet_op_pool2d(lunet_ctx *ctx, lunet_pool_mode mode, const lunet_
     return NULL;
   lunet_tensor *y = lunet_tensor_on(ctx, be, LUNET_F32, 4, (int64_t[]){d->n, d->oh, d->ow, d->c});
   if (!y) return NULL;
+  if (pool_relu_fused(ctx, be, mode, false))
+    return done(ctx, be,
+                PROFILED(ctx, be, "pool2d_relu", 0, be->i->max_pool2d_relu(be->state, y->buf->handle, x->buf->handle, d)),
+                "max_pool2d_relu", y);
   return done(ctx, be, PROFILED(ctx, be, "pool2d", 0, be->i->pool2d(be->state, mode, y->buf->handle, x->buf->handle, d)), "pool2d",
               y);
 }
@@ -521,6 +535,12 @@ lunet_tensor *lunet_op_pool2d_backward(lunet_ctx *ctx, lunet_pool_mode mode, con
     return NULL;
   lunet_tensor *dx = lunet_op_empty_like(ctx, x);
   if (!dx) return NULL;
+  if (pool_relu_fused(ctx, be, mode, true))
+    return done(ctx, be,
+                PROFILED(ctx, be, "pool2d_relu_backward", 0,
+                         be->i->max_pool2d_relu_backward(be->state, dx->buf->handle, dy->buf->handle, x->buf->handle,
+                                                         y ? y->buf->handle : NULL, d)),
+                "max_pool2d_relu_backward", dx);
   return done(ctx, be,
               PROFILED(ctx, be, "pool2d_backward", 0, be->i->pool2d_backward(be->state, mode, dx->buf->handle, dy->buf->handle,
                                      x->buf->handle, y ? y->buf->handle : NULL, d)),

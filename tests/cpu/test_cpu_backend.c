@@ -395,6 +395,53 @@ START_TEST(test_pool_fast_vs_naive) {
 }
 END_TEST
 
+/* ABI 2.4's max pooling with the ReLU after it, fast and naive: the same
+ * bits as a max pooling, then the ReLU (forward), and as the ReLU's gradient
+ * (dy where the window's maximum is > 0), then the pooling's (backward);
+ * windows wholly below zero, at zero (-0 too) and ties included. */
+START_TEST(test_max_pool_relu) {
+  for (size_t i = 0; i < NPOOL; i++) {
+    lunet_pool2d_desc d = pool_desc(pool_cases[i]);
+    size_t nx = d.n * d.h * d.w * d.c, ny = d.n * d.oh * d.ow * d.c;
+    float *x = rnd(nx, -1, 1), *dy = rnd(ny, -1, 1);
+    if (i % 2)
+      for (size_t k = 0; k < nx; k++) x[k] = roundf(x[k] * 2.0f);
+    for (size_t k = 0; k < nx / 3; k++) x[k] = -fabsf(x[k]) - 0.5f; /* the first rows: below zero */
+    for (size_t k = nx / 3; k < nx / 3 + d.w * d.c; k++) x[k] = k % 2 ? 0.0f : -0.0f;
+    const lunet_backend_i *ifs[2] = {N, F};
+    float *fused[2][2];
+    for (int b = 0; b < 2; b++) {
+      char what[64];
+      snprintf(what, sizeof what, "pool case %zu, %s", i, b ? "fast" : "naive");
+      const lunet_backend_i *I = ifs[b];
+      float *y = zeros(ny), *yr = zeros(ny), *g = zeros(ny), *dx = rnd(nx, 5, 6), *dxr = rnd(nx, 5, 6);
+      ck_assert_int_eq(I->pool2d(be, LUNET_POOL_MAX, y, x, &d), 0);
+      ck_assert_int_eq(I->max_pool2d_relu(be, yr, x, &d), 0);
+      size_t below = 0;
+      for (size_t k = 0; k < ny; k++) {
+        float want = y[k] > 0.0f ? y[k] : 0.0f;
+        expect_true(memcmp(&yr[k], &want, sizeof want) == 0, "%s: y[%zu] = %g, relu(max) = %g", what, k, yr[k], want);
+        g[k] = y[k] > 0.0f ? dy[k] : 0.0f;
+        below += !(y[k] > 0.0f);
+      }
+      expect_true(below > 0 && below < ny, "%s: %zu of %zu windows at or below zero (the case must mix both)", what,
+                  below, ny);
+      ck_assert_int_eq(I->pool2d_backward(be, LUNET_POOL_MAX, dx, g, x, y, &d), 0);
+      ck_assert_int_eq(I->max_pool2d_relu_backward(be, dxr, dy, x, yr, &d), 0);
+      expect_true(memcmp(dx, dxr, nx * sizeof *dx) == 0, "%s: the backward differs from the ReLU's then the pooling's",
+                  what);
+      fused[b][0] = yr;
+      fused[b][1] = dxr;
+      free(y), free(g), free(dx);
+    }
+    expect_close(fused[1][0], fused[0][0], ny, 0, 0, "fused forward, fast against naive");
+    expect_close(fused[1][1], fused[0][1], nx, 1e-6f, 1e-6f, "fused backward, fast against naive");
+    for (int b = 0; b < 2; b++) free(fused[b][0]), free(fused[b][1]);
+    free(x), free(dy);
+  }
+}
+END_TEST
+
 START_TEST(test_gemm_fast_vs_naive) {
   /* the last five take the AVX-512 tiles with alpha 1 and beta 0 or 1 and
    * b not transposed (n a multiple of 32; split by rows and by columns) */
@@ -1313,6 +1360,7 @@ static Suite *cpu_suite(void) {
   tcase_add_test(tc, test_adam_known);
   tcase_add_test(tc, test_conv_fast_vs_naive);
   tcase_add_test(tc, test_pool_fast_vs_naive);
+  tcase_add_test(tc, test_max_pool_relu);
   tcase_add_test(tc, test_gemm_fast_vs_naive);
   tcase_add_test(tc, test_bf16_round);
   tcase_add_test(tc, test_conv_bf16_fast_vs_naive);

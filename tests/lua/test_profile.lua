@@ -104,7 +104,9 @@ function T.conv_flops_and_trace_file()
   check.eq(op(report, "conv2d").flops, conv, "convolution flops")
   check.eq(op(report, "conv2d_backward_filter").flops, conv, "filter gradient flops")
   check.eq(op(report, "conv2d_backward_data").calls, 0, "no input gradient for the data")
-  check.eq(op(report, "pool2d").calls, 1, "one pooling pass")
+  check.eq(op(report, "pool2d_relu").calls, 1, "one pooling pass, the convolution's ReLU in it")
+  check.eq(op(report, "pool2d").calls, 0, "no plain pooling")
+  check.eq(op(report, "pool2d_relu_backward").calls, 1, "its backward")
   local f = assert(io.open(path))
   local trace = C.json_decode(f:read("a"), "the trace")
   f:close()
@@ -117,7 +119,7 @@ function T.conv_flops_and_trace_file()
   end
   check.eq(#spans, 1, "the convolution's forward pass")
   -- the convolution's ReLU runs after the max pooling that reads it (the
-  -- two commute; a quarter of the elements), inside the pooling's span
+  -- two commute; a quarter of the elements), in the pooling's own op
   local function ops_inside(layer)
     local span
     for _, e in ipairs(trace.traceEvents) do
@@ -133,7 +135,7 @@ function T.conv_flops_and_trace_file()
     return table.concat(names, " ")
   end
   check.eq(ops_inside("c"), "conv2d", "the ops inside the convolution's pass")
-  check.eq(ops_inside("p"), "pool2d relu", "the ops inside the pooling's pass")
+  check.eq(ops_inside("p"), "pool2d_relu", "the ops inside the pooling's pass")
 end
 
 function T.fit_profile_option()

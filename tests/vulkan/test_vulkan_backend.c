@@ -125,6 +125,7 @@ static const op_entry all_ops[] = {
     OP(sgd_update),     OP(adam_update),     OP(rmsprop_update),
     OP(affine_resample), OP(bf16_native),  OP(gemm_bf16),
     OP(conv2d_bf16),    OP(conv2d_backward_data_bf16), OP(conv2d_backward_filter_bf16),
+    OP(max_pool2d_relu), OP(max_pool2d_relu_backward),
 };
 #undef OP
 #define NOPS (sizeof all_ops / sizeof all_ops[0])
@@ -595,7 +596,7 @@ START_TEST(test_pool) {
       {2, 4, 4, 3, 2, 2, 0, 0}, {1, 5, 7, 2, 3, 2, 1, 0}, {3, 9, 8, 17, 3, 1, 1, 0},
       {1, 1, 1, 1, 1, 1, 0, 0}, {2, 6, 5, 4, 2, 1, 0, 0}};
   for (size_t i = 0; i < sizeof g / sizeof g[0]; i++)
-    for (int mode = 0; mode < 2; mode++) {
+    for (int mode = 0; mode < 3; mode++) { /* max, average, max with the ReLU after it (ABI 2.4) */
       lunet_conv2d_desc cd = conv_geom(g[i][0], g[i][1], g[i][2], g[i][3], 1, g[i][4], g[i][4],
                                        g[i][5], g[i][5], g[i][6]);
       lunet_pool2d_desc d = {.n = cd.n, .h = cd.h, .w = cd.w, .c = cd.c, .kh = cd.kh,
@@ -607,13 +608,24 @@ START_TEST(test_pool) {
       lunet_buf vx = vup(x, nx * 4), vy = vup(NULL, ny * 4), vdy = vup(dy, ny * 4),
                 vdx = vup(NULL, nx * 4);
       char what[64];
-      C->pool2d(cbe, mode, y, x, &d);
-      vok(V->pool2d(vbe, mode, vy, vx, &d), "pool2d");
+      bool relu = mode == 2;
+      if (relu) {
+        C->max_pool2d_relu(cbe, y, x, &d);
+        vok(V->max_pool2d_relu(vbe, vy, vx, &d), "max_pool2d_relu");
+      } else {
+        C->pool2d(cbe, mode, y, x, &d);
+        vok(V->pool2d(vbe, mode, vy, vx, &d), "pool2d");
+      }
       snprintf(what, sizeof what, "pool2d mode %d case %zu", mode, i);
       expect_dev(vy, y, ny, 1e-6f, 1e-6f, what);
       if (has_op("pool2d_backward")) {
-        C->pool2d_backward(cbe, mode, dx, dy, x, y, &d);
-        vok(V->pool2d_backward(vbe, mode, vdx, vdy, vx, vy, &d), "pool2d_backward");
+        if (relu) {
+          C->max_pool2d_relu_backward(cbe, dx, dy, x, y, &d);
+          vok(V->max_pool2d_relu_backward(vbe, vdx, vdy, vx, vy, &d), "max_pool2d_relu_backward");
+        } else {
+          C->pool2d_backward(cbe, mode, dx, dy, x, y, &d);
+          vok(V->pool2d_backward(vbe, mode, vdx, vdy, vx, vy, &d), "pool2d_backward");
+        }
         snprintf(what, sizeof what, "pool2d_backward mode %d case %zu", mode, i);
         expect_dev(vdx, dx, nx, 1e-6f, 1e-6f, what);
       }

@@ -36,7 +36,7 @@ extern "C" {
 #endif
 
 #define LUNET_BACKEND_ABI_MAJOR 2
-#define LUNET_BACKEND_ABI_MINOR 3
+#define LUNET_BACKEND_ABI_MINOR 4
 
 /* caps: a buffer handle is the host address of its data, readable and
  * writable directly (the CPU backend). */
@@ -282,12 +282,25 @@ typedef struct lunet_backend_i {
                                    const lunet_conv2d_desc *d);
   int (*conv2d_backward_filter_bf16)(lunet_backend *be, lunet_buf dw, lunet_buf db, lunet_cbuf dy,
                                      lunet_cbuf x, const lunet_conv2d_desc *d);
+
+  /* ---- ABI 2.4 (read only from a backend of minor >= 4) ---- */
+
+  /* A max pooling whose output goes through a ReLU, in one pass: y =
+   * max(pool2d(max, x), 0) (a ReLU before a max pooling, moved after it by
+   * the core: relu(max(a, b)) = max(relu(a), relu(b))).  The backward routes
+   * dy as pool2d_backward does (to the first maximum) where that maximum is
+   * > 0, and gives 0 where it is not (the ReLU's gradient).  Same arguments
+   * as pool2d / pool2d_backward.  NULL: the core runs pool2d and a ReLU. */
+  int (*max_pool2d_relu)(lunet_backend *be, lunet_buf y, lunet_cbuf x, const lunet_pool2d_desc *d);
+  int (*max_pool2d_relu_backward)(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y,
+                                  const lunet_pool2d_desc *d);
 } lunet_backend_i;
 
-/* The size of lunet_backend_i in ABI 2.0, 2.1 and 2.2 (what such a backend provides). */
+/* The size of lunet_backend_i in ABI 2.0 to 2.3 (what such a backend provides). */
 #define LUNET_BACKEND_I_SIZE_2_0 offsetof(lunet_backend_i, scatter_add_rows)
 #define LUNET_BACKEND_I_SIZE_2_1 offsetof(lunet_backend_i, stats)
 #define LUNET_BACKEND_I_SIZE_2_2 offsetof(lunet_backend_i, bf16_native)
+#define LUNET_BACKEND_I_SIZE_2_3 offsetof(lunet_backend_i, max_pool2d_relu)
 
 typedef struct lunet_backend_desc {
   uint32_t abi_major, abi_minor;
