@@ -85,6 +85,36 @@ function M.broadcast_model(model)
   opt.iterations = mpi.bcast_ints({ opt.iterations })[1]
 end
 
+--- agree(what, {name = integer, ...}): every rank must call a collective
+-- with the same settings (a fit's samples, batch size, epochs...), else
+-- their collectives stop matching: a hang or wrong sums.  Rank 0's values
+-- go to every rank; where one differs every rank fails at once with the
+-- same message, naming the first rank that differs and how.
+function M.agree(what, settings)
+  local names = {}
+  for k in pairs(settings) do names[#names + 1] = k end
+  table.sort(names)
+  local mine = {}
+  for i, k in ipairs(names) do mine[i] = math.tointeger(settings[k]) or error("agree: " .. k .. " is not an integer") end
+  local root = mpi.bcast_ints(M.rank == 0 and mine or #mine)
+  local found = {} -- rank r's first differing setting (its index) and its value, in slots 2r+1, 2r+2
+  for i = 1, 2 * M.size do found[i] = 0 end
+  for i = 1, #names do
+    if root[i] ~= mine[i] then
+      found[2 * M.rank + 1], found[2 * M.rank + 2] = i, mine[i]
+      break
+    end
+  end
+  found = mpi.allreduce_sum(found) -- one rank's values in each slot: exact
+  for r = 1, M.size - 1 do
+    local i = math.tointeger(found[2 * r + 1])
+    if i and i > 0 then
+      error(string.format("nn.distributed: %s: the ranks must run it alike, but %s %d on rank %d, %d on rank 0", what,
+        names[i], math.tointeger(found[2 * r + 2]), r, root[i]), 0)
+    end
+  end
+end
+
 -- The non-trainable float weights (BatchNormalization's moving statistics).
 local function fixed_weights(model)
   local out = {}

@@ -738,6 +738,9 @@ fit_impl = function(self, x, y, o)
   opt:sync()
   local sync
   if dist then -- rank 0's weights everywhere, then every step averages the gradients
+    dist.agree("fit", { samples = n, batch_size = bs, epochs = epochs, shuffle = o.shuffle == false and 0 or 1,
+      initial_epoch = o.initial_epoch or 0, validation_samples = xv and (dataset.is(xv) and xv.n or nsamples(xv[1])) or 0,
+      parameters = #self.params })
     dist.broadcast_model(self)
     sync = dist.attach(self, type(o.distributed) == "table" and o.distributed or {})
   end

@@ -3,6 +3,8 @@
 --          that rank and message, not hang.
 --   kill:  each rank writes its pid to OUT/pid_<rank> and trains for long;
 --          the driver kills one with SIGKILL.
+--   mismatch: rank 1 fits on fewer samples than rank 0 (their steps would
+--          not match: a hang); the job must end naming the difference.
 --   mpirun -np 2 lunet tests/distributed/faults.lua MODE OUT_DIR
 local nn = require "lunet"
 local mode, out = arg[1], arg[2]
@@ -19,6 +21,7 @@ f:close()
 local boom = {on_epoch_end = function(_, _, epoch)
   if mode == "error" and dist.rank == 1 and epoch == 2 then error("boom in a callback on purpose") end
 end}
+if mode == "mismatch" and dist.rank == 1 then x, y = x[{{1, 500}}], y[{{1, 500}}] end
 m:fit(x, y, {epochs = mode == "kill" and 100000 or 4, batch_size = 8, verbose = 0, distributed = true,
   callbacks = {boom}})
 print("faults: finished (should not have)")

@@ -59,6 +59,16 @@ grep -q "lunet rank 1 of 2: .*boom in a callback on purpose" "$work/error.log" |
 [ "$took" -lt 60 ] || { echo "the job took $took s to end after the error"; exit 1; }
 echo "an error on rank 1 ended the job in $took s"
 
+# ranks that fit on different data (rank 1: 500 samples, rank 0: 512): the
+# job ends at once naming the difference, instead of hanging
+mkdir -p "$work/mismatch"
+if timeout 120 $mpi -np 2 "$lunet" "$src/tests/distributed/faults.lua" mismatch "$work/mismatch" > "$work/mismatch.log" 2>&1; then
+  cat "$work/mismatch.log"; echo "the job whose ranks fit on different data exited 0"; exit 1
+fi
+grep -q "fit: the ranks must run it alike, but samples 500 on rank 1, 512 on rank 0" "$work/mismatch.log" ||
+  { cat "$work/mismatch.log"; echo "the mismatch is not named"; exit 1; }
+echo "ranks fitting different data: the job ended naming the difference"
+
 # a rank killed while training: the job ends
 mkdir -p "$work/kill"
 timeout 120 $mpi -np 2 "$lunet" "$src/tests/distributed/faults.lua" kill "$work/kill" > "$work/kill.log" 2>&1 &
