@@ -500,10 +500,12 @@ lunet_tensor *lunet_op_conv2d_backward_filter(lunet_ctx *ctx, const lunet_tensor
 }
 
 /* Whether this max pooling takes the ReLU layer.c asked for (ctx->pool_relu)
- * in the backend's fused op: then the request is answered. */
-static bool pool_relu_fused(lunet_ctx *ctx, const lunet_be *be, lunet_pool_mode mode, bool backward) {
+ * in the backend's fused ops: then the request is answered.  Both ops or
+ * neither: a forward fused on a backend without the fused backward could
+ * not be trained. */
+static bool pool_relu_fused(lunet_ctx *ctx, const lunet_be *be, lunet_pool_mode mode) {
   if (ctx->pool_relu != LUNET_POOL_RELU_ASKED || mode != LUNET_POOL_MAX || be->desc->abi_minor < 4 ||
-      !(backward ? (void *)be->i->max_pool2d_relu_backward : (void *)be->i->max_pool2d_relu))
+      !be->i->max_pool2d_relu || !be->i->max_pool2d_relu_backward)
     return false;
   ctx->pool_relu = LUNET_POOL_RELU_DONE;
   return true;
@@ -517,7 +519,7 @@ lunet_tensor *lunet_op_pool2d(lunet_ctx *ctx, lunet_pool_mode mode, const lunet_
     return NULL;
   lunet_tensor *y = lunet_tensor_on(ctx, be, LUNET_F32, 4, (int64_t[]){d->n, d->oh, d->ow, d->c});
   if (!y) return NULL;
-  if (pool_relu_fused(ctx, be, mode, false))
+  if (pool_relu_fused(ctx, be, mode))
     return done(ctx, be,
                 PROFILED(ctx, be, "pool2d_relu", 0, be->i->max_pool2d_relu(be->state, y->buf->handle, x->buf->handle, d)),
                 "max_pool2d_relu", y);
@@ -535,7 +537,7 @@ lunet_tensor *lunet_op_pool2d_backward(lunet_ctx *ctx, lunet_pool_mode mode, con
     return NULL;
   lunet_tensor *dx = lunet_op_empty_like(ctx, x);
   if (!dx) return NULL;
-  if (pool_relu_fused(ctx, be, mode, true))
+  if (pool_relu_fused(ctx, be, mode))
     return done(ctx, be,
                 PROFILED(ctx, be, "pool2d_relu_backward", 0,
                          be->i->max_pool2d_relu_backward(be->state, dx->buf->handle, dy->buf->handle, x->buf->handle,

@@ -95,7 +95,7 @@ function M.agree(what, settings)
   for k in pairs(settings) do names[#names + 1] = k end
   table.sort(names)
   local mine = {}
-  for i, k in ipairs(names) do mine[i] = math.tointeger(settings[k]) or error("agree: " .. k .. " is not an integer") end
+  for i, k in ipairs(names) do mine[i] = assert(math.tointeger(settings[k]), "agree: integer settings expected") end
   local root = mpi.bcast_ints(M.rank == 0 and mine or #mine)
   local found = {} -- rank r's first differing setting (its index) and its value, in slots 2r+1, 2r+2
   for i = 1, 2 * M.size do found[i] = 0 end
@@ -115,12 +115,17 @@ function M.agree(what, settings)
   end
 end
 
--- The non-trainable float weights (BatchNormalization's moving statistics).
+-- The non-trainable float weights of the layers that train
+-- (BatchNormalization's moving statistics): those a step may change.  A
+-- frozen layer's weights stay as they are (a frozen BatchNormalization
+-- runs in inference mode).
 local function fixed_weights(model)
   local out = {}
   for _, l in ipairs(model.layers) do
-    for _, w in ipairs(l:weights()) do
-      if not w.trainable and w.tensor:dtype() == "float32" then out[#out + 1] = w.tensor end
+    if l.trainable ~= false then
+      for _, w in ipairs(l:weights()) do
+        if not w.trainable and w.tensor:dtype() == "float32" then out[#out + 1] = w.tensor end
+      end
     end
   end
   return out

@@ -738,9 +738,12 @@ fit_impl = function(self, x, y, o)
   opt:sync()
   local sync
   if dist then -- rank 0's weights everywhere, then every step averages the gradients
+    local od, elements = type(o.distributed) == "table" and o.distributed or {}, 0
+    for _, p in ipairs(self.params) do elements = elements + p:numel() end
     dist.agree("fit", { samples = n, batch_size = bs, epochs = epochs, shuffle = o.shuffle == false and 0 or 1,
       initial_epoch = o.initial_epoch or 0, validation_samples = xv and (dataset.is(xv) and xv.n or nsamples(xv[1])) or 0,
-      parameters = #self.params })
+      parameters = #self.params, parameter_elements = elements, overlap = od.overlap == false and 0 or 1,
+      bucket_bytes = math.tointeger(od.bucket_bytes) or 0 })
     dist.broadcast_model(self)
     sync = dist.attach(self, type(o.distributed) == "table" and o.distributed or {})
   end
@@ -764,6 +767,7 @@ fit_impl = function(self, x, y, o)
   -- BackupAndRestore sets resume_epoch in on_train_begin
   local first_epoch = math.max(o.initial_epoch or 0, self.resume_epoch or 0) + 1
   self.resume_epoch = nil
+  if dist then dist.agree("fit (resuming from a backup)", { first_epoch = first_epoch }) end
   local copy = self.device ~= "cpu" and host_copy(self) or nil
   for epoch = first_epoch, epochs do
     if verbose ~= 0 then print(string.format("Epoch %d/%d", epoch, epochs)) end

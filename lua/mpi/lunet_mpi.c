@@ -289,19 +289,14 @@ static void place(sync *s, lunet_ctx *ctx, int param, lunet_tensor *g) {
     return;
   }
   float *dst = s->buf + s->used;
-  float k = (float)(s->local_count / s->global_count);
-  const float *host = lunet_tensor_dtype(g) == LUNET_F32 ? lunet_tensor_host_data(g) : NULL;
-  if (host) { /* the CPU: scaled as it is copied, one pass */
-    for (int64_t i = 0; i < n; i++) dst[i] = host[i] * k;
-  } else {
-    lunet_status st = lunet_tensor_read(ctx ? ctx : mctx, g, dst, sizeof *dst * (size_t)n);
-    if (st) {
-      s->failed = st;
-      snprintf(s->why, sizeof s->why, "mpi: reading a gradient: %s", lunet_ctx_error(ctx ? ctx : mctx));
-      return;
-    }
-    for (int64_t i = 0; i < n; i++) dst[i] *= k;
+  lunet_status st = lunet_tensor_read(ctx ? ctx : mctx, g, dst, sizeof *dst * (size_t)n);
+  if (st) {
+    s->failed = st;
+    snprintf(s->why, sizeof s->why, "mpi: reading a gradient: %s", lunet_ctx_error(ctx ? ctx : mctx));
+    return;
   }
+  float k = (float)(s->local_count / s->global_count);
+  for (int64_t i = 0; i < n; i++) dst[i] *= k;
   s->where[s->nplaced++] = (placed){.param = param, .offset = s->used, .n = n};
   s->used += n;
   s->copy_s += now() - t0;
@@ -360,7 +355,9 @@ static lunet_status on_transform(void *user, lunet_ctx *ctx, int n, lunet_tensor
     st = lunet_tensor_write(ctx, grads[p->param], v, sizeof *v * (size_t)p->n);
   }
   /* the moving statistics (they changed in this step's forward), averaged
-   * with each rank weighted by its samples, as the gradients */
+   * with each rank weighted by its samples, as the gradients: summed in
+   * double precision and rounded once, so that values alike on every rank
+   * stay exactly what they are (fl(6/11 w) + fl(5/11 w) need not be w) */
   for (int i = 0; !st && i < s->nfixed; i++) {
     lunet_tensor *t = s->fixed[i];
     int64_t m = lunet_tensor_numel(t);
@@ -370,8 +367,18 @@ static lunet_status on_transform(void *user, lunet_ctx *ctx, int n, lunet_tensor
     }
     st = lunet_tensor_read(ctx, t, s->buf, sizeof(float) * (size_t)m);
     if (st) break;
-    for (int64_t j = 0; j < m; j++) s->buf[j] *= (float)(s->local_count / s->global_count);
-    MPI_Allreduce(MPI_IN_PLACE, s->buf, (int)m, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    double *sum = malloc(sizeof *sum * (size_t)(m ? m : 1));
+    int bad = sum == NULL, any = 0;
+    MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD); /* every rank takes the same path */
+    if (any) {
+      free(sum);
+      st = lunet_error(ctx, LUNET_ERR_NOMEM, "mpi: out of host memory averaging the moving statistics");
+      break;
+    }
+    for (int64_t j = 0; j < m; j++) sum[j] = (double)s->buf[j] * s->local_count;
+    MPI_Allreduce(MPI_IN_PLACE, sum, (int)m, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    for (int64_t j = 0; j < m; j++) s->buf[j] = (float)(sum[j] / s->global_count);
+    free(sum);
     st = lunet_tensor_write(ctx, t, s->buf, sizeof(float) * (size_t)m);
   }
   s->step_s += now() - t0;

@@ -91,6 +91,31 @@ end
 local got, want = moving_mean(bd), moving_mean(bs1)
 for i = 1, #want do near(got[i], want[i], 1e-5, "moving mean " .. i .. " against one process") end
 
+-- 1c. Weights no step changes stay exactly as they were on uneven shards:
+-- a frozen layer's, and an adapted Normalization's statistics (non-trainable
+-- weights of a layer that trains: averaged every step, as the moving
+-- statistics, in double precision and rounded once).
+nn.seed(9)
+local norm = nn.Normalization{input_shape = {4, 4, 1}}
+norm:adapt(x)
+local frozen = nn.Conv2D{4, 2}
+local fm = nn.Sequential{norm, frozen, nn.Flatten(), nn.Dense{3, activation = "softmax"}}
+fm:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "sparse_categorical_crossentropy"}
+fm:build()
+frozen.trainable = false
+fm:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "sparse_categorical_crossentropy"}
+local function bits(layer)
+  local out = {}
+  for _, w in ipairs(layer:weights()) do
+    for _, v in ipairs(w.tensor:reshape{w.tensor:numel()}:totable()) do out[#out + 1] = string.pack("<f", v) end
+  end
+  return table.concat(out)
+end
+local before_norm, before_frozen = bits(norm), bits(frozen)
+fm:fit(x, y, {epochs = 2, batch_size = 16, verbose = 0, distributed = true})
+if bits(norm) ~= before_norm then fail("the Normalization's statistics moved in training") end
+if bits(frozen) ~= before_frozen then fail("the frozen layer's weights moved in training") end
+
 -- 2. Shuffled epochs with BatchNormalization: every rank ends with the
 -- same bits (weights and moving statistics), written for the driver to compare.
 nn.seed(100 + rank) -- different initial weights per rank: fit broadcasts rank 0's

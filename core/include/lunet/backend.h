@@ -290,7 +290,8 @@ typedef struct lunet_backend_i {
    * the core: relu(max(a, b)) = max(relu(a), relu(b))).  The backward routes
    * dy as pool2d_backward does (to the first maximum) where that maximum is
    * > 0, and gives 0 where it is not (the ReLU's gradient).  Same arguments
-   * as pool2d / pool2d_backward.  NULL: the core runs pool2d and a ReLU. */
+   * as pool2d / pool2d_backward.  Both or neither (NULL: the core runs
+   * pool2d and a ReLU; the core fuses only where both are present). */
   int (*max_pool2d_relu)(lunet_backend *be, lunet_buf y, lunet_cbuf x, const lunet_pool2d_desc *d);
   int (*max_pool2d_relu_backward)(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y,
                                   const lunet_pool2d_desc *d);
