@@ -1,0 +1,38 @@
+-- A backend of ABI 2.3 (tests/cpu/minor3_backend.c: the CPU backend
+-- without the 2.4 members) loads, and a convolution's ReLU moved after a
+-- max pooling runs as a ReLU op of its own there: a training step and a
+-- prediction give the same bits as on the CPU backend, which fuses them
+-- (nn.profile names the ops each ran).
+local nn = require "lunet"
+-- (nn.backends() lists it under the name its describe() gives: "cpu")
+local ok, err = pcall(nn.use, "cpu23")
+assert(ok, "the ABI 2.3 backend loads: " .. tostring(err))
+
+local function run(backend)
+  nn.use(backend)
+  nn.seed(5)
+  local m = nn.Sequential{nn.Conv2D{6, 3, activation = "relu", input_shape = {9, 9, 2}}, nn.MaxPooling2D(2),
+    nn.Flatten(), nn.Dense{3}}
+  m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "mse"}
+  nn.seed(6)
+  local x, y = nn.randn(8, 9, 9, 2), nn.randn(8, 3)
+  local ops = {}
+  local report = nn.profile(function() m:train_on_batch(x, y) end, {print = false})
+  for _, o in ipairs(report.ops) do ops[o.name] = o.calls end
+  local out = {}
+  for _, w in ipairs(m:get_weights()) do out[#out + 1] = w:to("cpu") end
+  out[#out + 1] = m:predict(x):to("cpu")
+  return out, ops
+end
+
+local fused, fops = run("cpu")
+local plain, pops = run("cpu23")
+assert(fops.pool2d_relu == 1 and fops.pool2d_relu_backward == 1 and not fops.relu,
+  "the CPU backend fuses the pooling and the ReLU")
+assert(pops.pool2d == 1 and pops.relu == 1 and pops.relu_backward == 1 and pops.pool2d_backward == 1
+  and not pops.pool2d_relu, "the ABI 2.3 backend runs them as two ops")
+for i = 1, #fused do
+  local d = (fused[i] - plain[i]):abs():max():item()
+  assert(d == 0, string.format("result %d differs between the fused and the plain path by %g", i, d))
+end
+print("backend ABI 2.3 fallback: ok")
