@@ -745,7 +745,7 @@ fit_impl = function(self, x, y, o)
       parameters = #self.params, parameter_elements = elements, overlap = od.overlap == false and 0 or 1,
       bucket_bytes = math.tointeger(od.bucket_bytes) or 0 })
     dist.broadcast_model(self)
-    sync = dist.attach(self, type(o.distributed) == "table" and o.distributed or {})
+    sync = dist.attach(self, od)
   end
   local history = { epoch = {} }
   local keys = self.metric_keys

@@ -231,6 +231,8 @@ typedef struct sync {
   double local_count, global_count; /* samples in the step: this rank's, all ranks' */
   lunet_tensor **fixed; /* non-trainable weights, averaged */
   int nfixed;
+  double *fsum; /* all of them in a row, for their exchange */
+  int64_t nfsum;
   lunet_status failed; /* a copy that failed in grad_ready, reported by transform */
   char why[256];
   /* measurements */
@@ -357,29 +359,20 @@ static lunet_status on_transform(void *user, lunet_ctx *ctx, int n, lunet_tensor
   /* the moving statistics (they changed in this step's forward), averaged
    * with each rank weighted by its samples, as the gradients: summed in
    * double precision and rounded once, so that values alike on every rank
-   * stay exactly what they are (fl(6/11 w) + fl(5/11 w) need not be w) */
-  for (int i = 0; !st && i < s->nfixed; i++) {
-    lunet_tensor *t = s->fixed[i];
-    int64_t m = lunet_tensor_numel(t);
-    if (grow(s, m)) {
-      st = lunet_error(ctx, LUNET_ERR_NOMEM, "mpi: out of host memory");
-      break;
-    }
-    st = lunet_tensor_read(ctx, t, s->buf, sizeof(float) * (size_t)m);
-    if (st) break;
-    double *sum = malloc(sizeof *sum * (size_t)(m ? m : 1));
-    int bad = sum == NULL, any = 0;
-    MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD); /* every rank takes the same path */
-    if (any) {
-      free(sum);
-      st = lunet_error(ctx, LUNET_ERR_NOMEM, "mpi: out of host memory averaging the moving statistics");
-      break;
-    }
-    for (int64_t j = 0; j < m; j++) sum[j] = (double)s->buf[j] * s->local_count;
-    MPI_Allreduce(MPI_IN_PLACE, sum, (int)m, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
-    for (int64_t j = 0; j < m; j++) s->buf[j] = (float)(sum[j] / s->global_count);
-    free(sum);
-    st = lunet_tensor_write(ctx, t, s->buf, sizeof(float) * (size_t)m);
+   * stay exactly what they are (fl(6/11 w) + fl(5/11 w) need not be w).
+   * One exchange for all of them, made by every rank whatever failed
+   * here, so that no rank waits for another (s->buf holds the largest). */
+  for (int i = 0, at = 0; i < s->nfixed; at += (int)lunet_tensor_numel(s->fixed[i++])) {
+    int64_t m = lunet_tensor_numel(s->fixed[i]);
+    lunet_status r = lunet_tensor_read(ctx, s->fixed[i], s->buf, sizeof(float) * (size_t)m);
+    if (!st) st = r;
+    for (int64_t j = 0; j < m; j++) s->fsum[at + j] = (double)s->buf[j] * s->local_count;
+  }
+  if (s->nfixed) MPI_Allreduce(MPI_IN_PLACE, s->fsum, (int)s->nfsum, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  for (int i = 0, at = 0; !st && i < s->nfixed; at += (int)lunet_tensor_numel(s->fixed[i++])) {
+    int64_t m = lunet_tensor_numel(s->fixed[i]);
+    for (int64_t j = 0; j < m; j++) s->buf[j] = (float)(s->fsum[at + j] / s->global_count);
+    st = lunet_tensor_write(ctx, s->fixed[i], s->buf, sizeof(float) * (size_t)m);
   }
   s->step_s += now() - t0;
   s->used = s->sent = 0;
@@ -408,6 +401,8 @@ static int sync_gc(lua_State *L) {
   release_fixed(s);
   free(s->buf);
   free(s->where);
+  free(s->fsum);
+  s->fsum = NULL;
   s->buf = NULL;
   s->where = NULL;
   return 0;
@@ -443,9 +438,13 @@ static int l_attach(lua_State *L) {
    * buckets of it are in flight */
   int64_t total = 1;
   for (int i = 0; i < lunet_model_param_count(m); i++) total += lunet_tensor_numel(lunet_model_param(m, i));
-  for (int i = 0; i < s->nfixed; i++)
+  for (int i = 0; i < s->nfixed; i++) {
     if (lunet_tensor_numel(s->fixed[i]) > total) total = lunet_tensor_numel(s->fixed[i]);
+    s->nfsum += lunet_tensor_numel(s->fixed[i]);
+  }
   if (grow(s, total)) return luaL_error(L, "mpi: out of memory for %d gradients", (int)total);
+  if (!(s->fsum = malloc(sizeof *s->fsum * (size_t)(s->nfsum ? s->nfsum : 1))))
+    return luaL_error(L, "mpi: out of memory for the non-trainable weights");
   s->model = lunet_model_retain(m);
   lunet_model_set_grad_ready(m, on_grad_ready, s);
   lunet_model_set_grad_transform(m, on_transform, s);
