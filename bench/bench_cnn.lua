@@ -14,7 +14,9 @@
 -- barriers, submits, waits and their causes, descriptor writes, pipelines
 -- made, allocations, bytes up, down and copied, the product dispatches and
 -- their workgroups, and those above 10 MFLOP that launch fewer than 256
--- workgroups), the CPU's time to record the step, and an estimate of the
+-- workgroups), the host's time recording and submitting the step's
+-- commands, waiting for the device and in the core (record_ns, wait_ns
+-- and the rest of the step's wall time), and an estimate of the
 -- step on a named GPU: the products at its FP32 peak, the bytes up and down
 -- over its PCIe link and a launch cost per dispatch (a lower bound: the
 -- other kernels' memory traffic is not counted).  Presets: h200 (67
@@ -183,6 +185,9 @@ local function stats(m, o, backend)
       "pipelines", "allocations", "bytes_up", "bytes_down", "bytes_copied", "gemm_total"} do
       print(string.format("  %-18s %12d", k, d[k]))
     end
+    print(string.format("  host: %.2f ms recording and submitting commands, %.2f ms waiting for the device, "
+      .. "%.2f ms the rest (the core's own work)", d.record_ns / 1e6, d.wait_ns / 1e6,
+      wall * 1e3 - (d.record_ns + d.wait_ns) / 1e6))
     print(string.format("  products: %d, %.3f GFLOP, fewest workgroups %s; above 10 MFLOP with fewer than 256 "
       .. "workgroups: %d", n, flops / 1e9, n > 0 and tostring(fewest) or "-", small))
     local est = flops / gpu.flops + (d.bytes_up + d.bytes_down) / gpu.link + d.dispatches * gpu.launch

@@ -58,7 +58,8 @@ static int l_backend_stats(lua_State *L) {
                 {"allocations", st->allocations}, {"bytes_up", st->bytes_up},
                 {"bytes_down", st->bytes_down},   {"bytes_copied", st->bytes_copied},
                 {"pipeline_cache_bytes", st->pipeline_cache_bytes},
-                {"gemm_total", st->gemm_total}};
+                {"gemm_total", st->gemm_total},   {"record_ns", st->record_ns},
+                {"wait_ns", st->wait_ns}};
   for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
     lua_pushinteger(L, (lua_Integer)fields[i].v);
     lua_setfield(L, -2, fields[i].key);

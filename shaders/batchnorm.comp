@@ -1,4 +1,8 @@
 #version 450
+#extension GL_GOOGLE_include_directive : require
+#ifdef SUBGROUPS
+#extension GL_KHR_shader_subgroup_arithmetic : require
+#endif
 // Batch normalization over rows, per channel.  x, y, dy, dx (rows, C).
 // MODE 0 training statistics, one workgroup per channel: mean and biased
 //        variance (two passes) -> save_mean, save_invstd, and the running
@@ -24,20 +28,9 @@ layout(push_constant, std430) uniform PC {
   float momentum, eps;
 } pc;
 
-shared float red[gl_WorkGroupSize.x];
+#include "group.glsl"
 
-float group_sum(float v) {
-  uint t = gl_LocalInvocationID.x;
-  red[t] = v;
-  barrier();
-  for (uint s = gl_WorkGroupSize.x / 2u; s > 0u; s >>= 1) {
-    if (t < s) red[t] += red[t + s];
-    barrier();
-  }
-  float r = red[0];
-  barrier();
-  return r;
-}
+float group_sum(float v) { return group_reduce(v, 0u); }
 
 void stats(uint ch) {
   uint t = gl_LocalInvocationID.x;

@@ -1,4 +1,8 @@
 #version 450
+#extension GL_GOOGLE_include_directive : require
+#ifdef SUBGROUPS
+#extension GL_KHR_shader_subgroup_arithmetic : require
+#endif
 // Reductions.  x viewed as (outer, len, inner) -> y (outer, inner).
 // MODE 0: one workgroup per output, a tree over len (long reductions).
 // MODE 1: argmax, x (rows=outer, cols=len) -> y (rows) float index of the
@@ -13,6 +17,7 @@ layout(push_constant, std430) uniform PC { uint outer, len, inner, op; } pc;
 
 shared float red[gl_WorkGroupSize.x];
 shared uint ridx[gl_WorkGroupSize.x];
+#include "group.glsl"
 
 #define INF uintBitsToFloat(0x7f800000u)
 
@@ -35,6 +40,13 @@ void reduce_groups() {
     uint base = (o / pc.inner) * pc.len * pc.inner + o % pc.inner;
     float acc = init();
     for (uint j = t; j < pc.len; j += gl_WorkGroupSize.x) acc = combine(acc, x[base + j * pc.inner]);
+    if (pc.op <= 1u) {
+      // sum and mean: group.glsl's (subgroups where the device has them)
+      float total = group_reduce(acc, 0u);
+      if (t == 0u) y[o] = finish(total);
+      continue;
+    }
+    // max and min: a tree with combine's NaN rule (a NaN met first stays)
     red[t] = acc;
     barrier();
     for (uint s = gl_WorkGroupSize.x / 2u; s > 0u; s >>= 1) {

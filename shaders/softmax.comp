@@ -1,4 +1,8 @@
 #version 450
+#extension GL_GOOGLE_include_directive : require
+#ifdef SUBGROUPS
+#extension GL_KHR_shader_subgroup_arithmetic : require
+#endif
 // Softmax family over the last axis, one workgroup per row.
 // MODE 0 softmax, 1 log-softmax: y (rows, cols) <- x.
 // MODE 2 softmax backward: dx = y * (dy - sum(dy*y)).
@@ -17,35 +21,21 @@ layout(std430, binding = 3) writeonly buffer D { float dv[]; };
 layout(std430, binding = 4) buffer ERR { uint err[]; };
 layout(push_constant, std430) uniform PC { uint rows, cols, has_d; } pc;
 
-shared float red[gl_WorkGroupSize.x];
 #define INF uintBitsToFloat(0x7f800000u)
-
-// The workgroup's max (is_max) or sum of v; every invocation gets it.
-float group_reduce(float v, bool is_max) {
-  uint t = gl_LocalInvocationID.x;
-  red[t] = v;
-  barrier();
-  for (uint s = gl_WorkGroupSize.x / 2u; s > 0u; s >>= 1) {
-    if (t < s) red[t] = is_max ? max(red[t], red[t + s]) : red[t] + red[t + s];
-    barrier();
-  }
-  float r = red[0];
-  barrier();
-  return r;
-}
+#include "group.glsl"
 
 float row_max(uint base) {
   float m = -INF;
   for (uint j = gl_LocalInvocationID.x; j < pc.cols; j += gl_WorkGroupSize.x)
     m = max(m, inv[base + j]);
-  return group_reduce(m, true);
+  return group_reduce(m, 2u);
 }
 
 float row_sumexp(uint base, float m) {
   float s = 0.0;
   for (uint j = gl_LocalInvocationID.x; j < pc.cols; j += gl_WorkGroupSize.x)
     s += exp(inv[base + j] - m);
-  return group_reduce(s, false);
+  return group_reduce(s, 0u);
 }
 
 void forward(uint r) {
@@ -60,7 +50,7 @@ void backward(uint r) {
   float s = 0.0;
   for (uint j = gl_LocalInvocationID.x; j < pc.cols; j += gl_WorkGroupSize.x)
     s += MODE == 3 ? inv[base + j] : inv[base + j] * aux[base + j];
-  s = group_reduce(s, false);
+  s = group_reduce(s, 0u);
   for (uint j = gl_LocalInvocationID.x; j < pc.cols; j += gl_WorkGroupSize.x) {
     float g = inv[base + j], y = aux[base + j];
     outv[base + j] = MODE == 3 ? g - exp(y) * s : y * (g - s);

@@ -355,15 +355,22 @@ static void describe_devices(lunet_backend *be, VkPhysicalDevice *pds, uint32_t 
   }
 }
 
+/* The driver's name, and whether compute shaders have subgroup arithmetic. */
 static void driver_info(lunet_backend *be) {
   VkPhysicalDeviceDriverProperties drv = {.sType =
                                               VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES};
+  VkPhysicalDeviceSubgroupProperties sg = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES,
+                                           .pNext = &drv};
   VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
-                                    .pNext = &drv};
+                                    .pNext = &sg};
   snprintf(be->driver, sizeof be->driver, "driver %u", be->props.driverVersion);
   if (be->props.apiVersion >= VK_API_VERSION_1_2 && vkGetPhysicalDeviceProperties2) {
     vkGetPhysicalDeviceProperties2(be->phys, &p2);
     snprintf(be->driver, sizeof be->driver, "%.40s %.80s", drv.driverName, drv.driverInfo);
+    const char *want = getenv("LUNET_VULKAN_SUBGROUPS");
+    be->subgroup_size = sg.subgroupSize;
+    be->subgroups = !(want && !strcmp(want, "0")) && (sg.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) &&
+                    (sg.supportedOperations & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT) && sg.subgroupSize > 0;
   }
 }
 
@@ -526,10 +533,12 @@ void lunet_vk_describe(lunet_backend *be, lunet_backend_info *info) {
   snprintf(info->name, sizeof info->name, "vulkan");
   snprintf(info->device, sizeof info->device, "%.96s (%s, %.1f GiB)", be->props.deviceName,
            type_name(be->props.deviceType), (double)device_memory(be->phys) / (1 << 30));
-  snprintf(info->detail, sizeof info->detail, "%.80s, Vulkan %u.%u.%u%s%s; devices: %.100s",
+  char sg[48] = "";
+  if (be->subgroups) snprintf(sg, sizeof sg, ", subgroup reductions (%u wide)", be->subgroup_size);
+  snprintf(info->detail, sizeof info->detail, "%.80s, Vulkan %u.%u.%u%s%s%s; devices: %.100s",
            be->driver, VK_API_VERSION_MAJOR(be->props.apiVersion),
            VK_API_VERSION_MINOR(be->props.apiVersion), VK_API_VERSION_PATCH(be->props.apiVersion),
-           be->validation ? ", validation on" : "", be->push_descriptors ? ", push descriptors" : "",
+           be->validation ? ", validation on" : "", be->push_descriptors ? ", push descriptors" : "", sg,
            be->devices);
   info->threads = 1;
   info->available = !be->lost;

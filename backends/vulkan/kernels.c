@@ -184,14 +184,16 @@ static int make_pipeline(lunet_backend *be, lunet_vk_shader sh, int mode) {
   return 0;
 }
 
-/* The bindings a shader writes: those of its storage buffers not
- * decorated NonWritable (GLSL's readonly), on the variable or on every
- * member of its block, read from the SPIR-V.  An unparsable module counts
- * as writing every binding (barriers then as before). */
+/* The bindings a shader declares (*declared) and writes (returned): those
+ * of its storage buffers, and of them those not decorated NonWritable
+ * (GLSL's readonly) on the variable or on every member of its block, read
+ * from the SPIR-V.  An unparsable module counts as declaring and writing
+ * every binding (barriers then as before). */
 enum { OP_DECORATE = 71, OP_MEMBER_DECORATE = 72, OP_VARIABLE = 59, OP_TYPE_POINTER = 32,
        OP_TYPE_STRUCT = 30, DEC_NONWRITABLE = 24, DEC_BINDING = 33 };
 
-static uint32_t spirv_write_mask(const uint32_t *code, size_t words) {
+static uint32_t spirv_write_mask(const uint32_t *code, size_t words, uint32_t *declared) {
+  *declared = UINT32_MAX;
   if (words < 5 || code[0] != 0x07230203u || code[3] > (1u << 20)) return UINT32_MAX;
   uint32_t bound = code[3];
   int32_t *binding = malloc(bound * sizeof *binding);
@@ -220,10 +222,12 @@ static uint32_t spirv_write_mask(const uint32_t *code, size_t words) {
     at += n;
   }
   mask = 0;
+  *declared = 0;
   for (uint32_t v = 0; v < bound; v++) {
     if (binding[v] < 0 || binding[v] >= 32 || var_type[v] >= bound) continue;
     uint32_t t = pointee[var_type[v]];
     bool readonly = (info[v] & 1) || (t < bound && members[t] > 0 && ro_members[t] >= members[t]);
+    *declared |= 1u << binding[v];
     if (!readonly) mask |= 1u << binding[v];
   }
 done:
@@ -238,9 +242,16 @@ uint32_t lunet_vk_groups(lunet_backend *be, size_t n) {
   return (uint32_t)(g == 0 ? 1 : g < cap ? g : cap);
 }
 
-int lunet_vk_dispatch(lunet_backend *be, lunet_vk_shader sh, int mode, lunet_cbuf const *bufs,
-                      int nbufs, const void *pc, size_t pc_bytes, uint32_t gx, uint32_t gy,
-                      uint32_t gz) {
+/* The shader that runs sh on this device: its subgroup variant where it has one. */
+static lunet_vk_shader variant(const lunet_backend *be, lunet_vk_shader sh) {
+  if (!be->subgroups) return sh;
+  return sh == VK_SH_REDUCE ? VK_SH_REDUCE_SG : sh == VK_SH_SOFTMAX ? VK_SH_SOFTMAX_SG
+       : sh == VK_SH_BATCHNORM ? VK_SH_BATCHNORM_SG : sh;
+}
+
+static int dispatch(lunet_backend *be, lunet_vk_shader sh, int mode, lunet_cbuf const *bufs, int nbufs,
+                    const void *pc, size_t pc_bytes, uint32_t gx, uint32_t gy, uint32_t gz) {
+  sh = variant(be, sh);
   const VkPhysicalDeviceLimits *l = &be->props.limits;
   if (gx > l->maxComputeWorkGroupCount[0] || gy > l->maxComputeWorkGroupCount[1] ||
       gz > l->maxComputeWorkGroupCount[2])
@@ -249,8 +260,7 @@ int lunet_vk_dispatch(lunet_backend *be, lunet_vk_shader sh, int mode, lunet_cbu
                           "%u x %u x %u",
                           lunet_vk_shaders[sh].name, gx, gy, gz, l->maxComputeWorkGroupCount[0],
                           l->maxComputeWorkGroupCount[1], l->maxComputeWorkGroupCount[2]);
-  VkDescriptorBufferInfo info[LUNET_VK_BINDINGS];
-  VkWriteDescriptorSet w[LUNET_VK_BINDINGS];
+  VkBuffer binds[LUNET_VK_BINDINGS];
   for (int i = 0; i < LUNET_VK_BINDINGS; i++) {
     const lunet_vk_buffer *b = i < nbufs && bufs[i] ? bufs[i] : &be->dummy;
     if (b->size > l->maxStorageBufferRange)
@@ -258,51 +268,62 @@ int lunet_vk_dispatch(lunet_backend *be, lunet_vk_shader sh, int mode, lunet_cbu
                             "vulkan: %s: a buffer of %zu bytes is more than this device "
                             "binds to a shader (maxStorageBufferRange %u)",
                             lunet_vk_shaders[sh].name, b->size, l->maxStorageBufferRange);
-    info[i] = (VkDescriptorBufferInfo){b->buf, 0, VK_WHOLE_SIZE};
-    w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
-                                  .dstBinding = (uint32_t)i,
-                                  .descriptorCount = 1,
-                                  .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
-                                  .pBufferInfo = &info[i]};
+    binds[i] = b->buf;
   }
   if (!be->pipes[sh][mode]) {
     int rc = make_pipeline(be, sh, mode);
     if (rc) return rc;
   }
   if (!(be->write_mask_known & (1u << sh))) {
-    be->write_mask[sh] = spirv_write_mask(lunet_vk_shaders[sh].code, lunet_vk_shaders[sh].bytes / 4);
+    be->write_mask[sh] =
+        spirv_write_mask(lunet_vk_shaders[sh].code, lunet_vk_shaders[sh].bytes / 4, &be->declared_mask[sh]);
     be->write_mask_known |= 1u << sh;
   }
-  VkBuffer reads[LUNET_VK_BINDINGS], writes[LUNET_VK_BINDINGS];
-  int nr = 0, nw = 0;
+  lunet_vk_pending *p = lunet_vk_defer(be, be->push_descriptors ? 0 : 1);
+  if (!p) return LUNET_ERR_DEVICE;
+  p->kind = VK_PENDING_DISPATCH;
   for (int i = 0; i < LUNET_VK_BINDINGS; i++) {
-    if (be->write_mask[sh] & (1u << i)) writes[nw++] = info[i].buffer;
-    else reads[nr++] = info[i].buffer;
+    if (!(be->declared_mask[sh] & (1u << i))) continue; /* bound, never touched */
+    if (be->write_mask[sh] & (1u << i)) p->writes[p->nw++] = binds[i];
+    else p->reads[p->nr++] = binds[i];
   }
-  VkCommandBuffer cmd = lunet_vk_cmd(be, be->push_descriptors ? 0 : 1);
-  if (!cmd) return LUNET_ERR_DEVICE;
-  lunet_vk_access(be, cmd, reads, nr, writes, nw);
-  vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->pipes[sh][mode]);
-  if (be->push_descriptors) {
-    /* the bindings go into the command buffer: no set to allocate and write */
-    vkCmdPushDescriptorSetKHR(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->layout, 0, LUNET_VK_BINDINGS, w);
-  } else {
+  memcpy(p->dispatch.binds, binds, sizeof binds);
+  p->dispatch.pipe = be->pipes[sh][mode];
+  p->dispatch.set = VK_NULL_HANDLE;
+  if (!be->push_descriptors) {
     VkDescriptorSetAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
                                       .descriptorPool = be->frames[be->cur].dpool,
                                       .descriptorSetCount = 1,
                                       .pSetLayouts = &be->dsl};
-    VkDescriptorSet set;
-    VkResult r = vkAllocateDescriptorSets(be->dev, &ai, &set);
+    VkResult r = vkAllocateDescriptorSets(be->dev, &ai, &p->dispatch.set);
     if (r) return lunet_vk_check(be, r, "vkAllocateDescriptorSets");
-    for (int i = 0; i < LUNET_VK_BINDINGS; i++) w[i].dstSet = set;
+    VkDescriptorBufferInfo info[LUNET_VK_BINDINGS];
+    VkWriteDescriptorSet w[LUNET_VK_BINDINGS];
+    for (int i = 0; i < LUNET_VK_BINDINGS; i++) {
+      info[i] = (VkDescriptorBufferInfo){binds[i], 0, VK_WHOLE_SIZE};
+      w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
+                                    .dstSet = p->dispatch.set,
+                                    .dstBinding = (uint32_t)i,
+                                    .descriptorCount = 1,
+                                    .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                    .pBufferInfo = &info[i]};
+    }
     vkUpdateDescriptorSets(be->dev, LUNET_VK_BINDINGS, w, 0, NULL);
-    vkCmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->layout, 0, 1, &set, 0, NULL);
   }
   be->stats.descriptor_writes += LUNET_VK_BINDINGS;
-  uint8_t push[LUNET_VK_PUSH_BYTES] = {0};
-  memcpy(push, pc, pc_bytes < sizeof push ? pc_bytes : sizeof push);
-  vkCmdPushConstants(cmd, be->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
-  vkCmdDispatch(cmd, gx, gy, gz);
+  memset(p->dispatch.push, 0, sizeof p->dispatch.push);
+  memcpy(p->dispatch.push, pc, pc_bytes < sizeof p->dispatch.push ? pc_bytes : sizeof p->dispatch.push);
+  p->dispatch.groups[0] = gx, p->dispatch.groups[1] = gy, p->dispatch.groups[2] = gz;
+  lunet_vk_commit(be, p, NULL, 0);
   be->stats.dispatches++;
   return 0;
+}
+
+int lunet_vk_dispatch(lunet_backend *be, lunet_vk_shader sh, int mode, lunet_cbuf const *bufs,
+                      int nbufs, const void *pc, size_t pc_bytes, uint32_t gx, uint32_t gy,
+                      uint32_t gz) {
+  lunet_vk_record_begin(be);
+  int rc = dispatch(be, sh, mode, bufs, nbufs, pc, pc_bytes, gx, gy, gz);
+  lunet_vk_record_end(be);
+  return rc;
 }

@@ -5,8 +5,18 @@
  * classes, so that steady-state training allocates nothing.  Reusing a
  * freed buffer while earlier commands still read it is safe because the
  * hazards are tracked by VkBuffer (lunet_vk_access: writing a buffer that a
- * command since the last barrier read takes a barrier first) and each batch
- * starts with a full barrier.
+ * command since the last barrier read takes a barrier first), across
+ * batches too: a barrier orders everything before it in submission order.
+ *
+ * Commands are not recorded as they come: each is held back with the
+ * buffers it reads and writes and given a level, one more than the highest
+ * level of an earlier held-back command it depends on (it reads what that
+ * one writes, or writes what it reads or writes; commands recorded since
+ * the last barrier are level 0).  At a submit, a download or when the list
+ * is full, they are recorded level by level: the commands of one level
+ * depend on none of each other, so they share one barrier, and a step costs
+ * as many barriers as its longest chain of dependent commands rather than
+ * one per place where the order it was written in meets a dependency.
  *
  * Commands are recorded into one of two frames: while one batch runs on the
  * device the other is recorded; a batch is submitted when its descriptor
@@ -17,11 +27,15 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <string.h>
+#include <time.h>
 #include "vk.h"
 
 #define STAGING_MAX ((size_t)16 << 20) /* per frame; bigger uploads go in pieces */
 #define STAGING_MIN ((size_t)1 << 20)
+#define FRESH_MAX ((size_t)64 << 10) /* buffers made anew rather than reused under a hazard */
 #define WAIT_NS (600ull * 1000000000ull) /* a batch taking longer is an error */
 
 static void destroy(lunet_backend *be, lunet_vk_buffer *b);
@@ -97,7 +111,8 @@ void lunet_vk_raw_free(lunet_backend *be, lunet_vk_buffer *b) {
 #define FLUSH_CMDS 32 /* LUNET_VULKAN_FLUSH's default */
 
 int lunet_vk_frames_init(lunet_backend *be) {
-  const char *flush = getenv("LUNET_VULKAN_FLUSH");
+  const char *flush = getenv("LUNET_VULKAN_FLUSH"), *levels = getenv("LUNET_VULKAN_LEVELS");
+  be->level_order = !(levels && !strcmp(levels, "0"));
   be->flush_cmds = flush && *flush ? atoi(flush) : FLUSH_CMDS;
   if (be->flush_cmds < 0) be->flush_cmds = 0;
   VkCommandPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
@@ -156,6 +171,7 @@ void lunet_vk_frames_free(lunet_backend *be) {
   while (be->live) destroy(be, be->live);
   free(be->doomed);
   free(be->bins);
+  free(be->regions);
   lunet_vk_raw_free(be, &be->dummy);
   lunet_vk_raw_free(be, &be->errbuf);
   lunet_vk_raw_free(be, &be->readback);
@@ -200,13 +216,33 @@ void lunet_vk_barrier(lunet_backend *be, VkCommandBuffer cmd) {
                        0, 1, &mb, 0, NULL, 0, NULL);
 }
 
+static uint64_t now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+void lunet_vk_record_begin(lunet_backend *be) {
+  if (be->rec_depth++ == 0) {
+    be->rec_t0 = now_ns();
+    be->rec_w0 = be->stats.wait_ns;
+  }
+}
+
+void lunet_vk_record_end(lunet_backend *be) {
+  if (--be->rec_depth == 0)
+    be->stats.record_ns += now_ns() - be->rec_t0 - (be->stats.wait_ns - be->rec_w0);
+}
+
 /* Waits for frame f's batch and makes it recordable again. */
 static int frame_wait(lunet_backend *be, lunet_vk_frame *f) {
   if (f->state != FRAME_SUBMITTED) return 0;
   be->stats.waits++;
   if (be->wait_cause == 1) be->stats.waits_read++;
   if (be->wait_cause == 2) be->stats.waits_sync++;
+  uint64_t t0 = now_ns();
   VkResult r = vkWaitForFences(be->dev, 1, &f->fence, VK_TRUE, WAIT_NS);
+  be->stats.wait_ns += now_ns() - t0;
   if (r == VK_TIMEOUT)
     return lunet_vk_error(LUNET_ERR_DEVICE,
                           "vulkan: a command batch did not finish within %llu s (the device "
@@ -228,10 +264,16 @@ static bool frame_done(lunet_backend *be, lunet_vk_frame *f) {
   return true;
 }
 
-static int frame_submit(lunet_backend *be, lunet_vk_frame *f) {
+/* Submits frame f; `host_reads`: the host waits for it next and then reads
+ * what the device wrote (kernels' flags in errbuf), so it ends with a
+ * barrier behind every command since the last one (host stage included),
+ * this batch's and an earlier one's: when its fence signals, everything
+ * submitted before has finished and its writes are visible to the host.  A
+ * batch submitted early needs none: the host waits only for a later one. */
+static int frame_submit(lunet_backend *be, lunet_vk_frame *f, bool host_reads) {
   if (f->state != FRAME_RECORDING) return 0;
-  /* the host reads what kernels flag (errbuf) after the fence */
-  if (be->hz_nw) lunet_vk_barrier(be, f->cmd);
+  lunet_vk_emit(be);
+  if (host_reads && (be->hz_nw || be->hz_nr)) lunet_vk_barrier(be, f->cmd);
   VkResult r = vkEndCommandBuffer(f->cmd);
   if (r) {
     /* The buffer is invalid now: frame_begin resets it, as after a failed
@@ -256,8 +298,10 @@ static int frame_begin(lunet_backend *be, lunet_vk_frame *f) {
                                  .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
   VkResult r = vkBeginCommandBuffer(f->cmd, &bi);
   if (r) return lunet_vk_check(be, r, "vkBeginCommandBuffer");
-  /* Orders this batch after the previous ones (buffers may be reused). */
-  lunet_vk_barrier(be, f->cmd);
+  /* No barrier here: the hazard sets run on from the batches before (a
+   * barrier orders everything earlier in submission order, other batches
+   * included, before everything later), so a command of this batch waits
+   * only when it touches what one since the last barrier touched. */
   f->state = FRAME_RECORDING;
   f->nsets = f->ncmds = 0;
   f->staging_used = 0;
@@ -266,7 +310,7 @@ static int frame_begin(lunet_backend *be, lunet_vk_frame *f) {
 
 /* Submits the frame being recorded and starts recording the other. */
 static int frame_flip(lunet_backend *be) {
-  int rc = frame_submit(be, &be->frames[be->cur]);
+  int rc = frame_submit(be, &be->frames[be->cur], false);
   if (rc) return rc;
   be->cur ^= 1;
   return frame_begin(be, &be->frames[be->cur]);
@@ -293,6 +337,136 @@ VkCommandBuffer lunet_vk_cmd(lunet_backend *be, int sets) {
   return f->cmd;
 }
 
+/* ---- levelling ---- */
+
+static lunet_vk_level *level_of(lunet_backend *be, VkBuffer b, bool add) {
+  for (int i = 0; i < be->nlevels; i++)
+    if (be->levels[i].buf == b) return &be->levels[i];
+  if (!add || be->nlevels == LUNET_VK_LEVEL_MAX) return NULL;
+  be->levels[be->nlevels] = (lunet_vk_level){b, -1, -1};
+  return &be->levels[be->nlevels++];
+}
+
+/* Whether a command since the last barrier, recorded or held back, reads
+ * or writes b. */
+static bool touched(lunet_backend *be, VkBuffer b) {
+  if (be->npending) return level_of(be, b, false) != NULL;
+  return holds(be->hz_written, be->hz_nw, b) || holds(be->hz_read, be->hz_nr, b);
+}
+
+/* The next free slot, recording the held-back commands first when the list
+ * is full (into the same batch: a staging offset taken stays valid). */
+static lunet_vk_pending *slot(lunet_backend *be) {
+  if (be->npending == LUNET_VK_PENDING_MAX) lunet_vk_emit(be);
+  lunet_vk_pending *p = &be->pending[be->npending];
+  memset(p, 0, offsetof(lunet_vk_pending, dispatch));
+  return p;
+}
+
+lunet_vk_pending *lunet_vk_defer(lunet_backend *be, int sets) {
+  return lunet_vk_cmd(be, sets) ? slot(be) : NULL;
+}
+
+int lunet_vk_commit(lunet_backend *be, lunet_vk_pending *p, const VkBufferCopy *regions,
+                    size_t nregions) {
+  if (p->kind == VK_PENDING_COPY) {
+    if (be->nregions + nregions > be->regions_cap) {
+      size_t cap = be->regions_cap ? be->regions_cap : 64;
+      while (cap < be->nregions + nregions) cap *= 2;
+      VkBufferCopy *r = realloc(be->regions, cap * sizeof *r);
+      if (!r) return lunet_vk_error(LUNET_ERR_NOMEM, "vulkan: out of host memory for a copy");
+      be->regions = r;
+      be->regions_cap = cap;
+    }
+    memcpy(be->regions + be->nregions, regions, nregions * sizeof *regions);
+    p->copy.first = be->nregions;
+    p->copy.count = nregions;
+    be->nregions += nregions;
+  }
+  if (be->npending == 0) {
+    /* What was recorded since the last barrier is level 0. */
+    be->nlevels = 0;
+    for (int i = 0; i < be->hz_nw; i++) level_of(be, be->hz_written[i], true)->written = 0;
+    for (int i = 0; i < be->hz_nr; i++) level_of(be, be->hz_read[i], true)->read = 0;
+  }
+  /* levels has room for every buffer: LUNET_VK_LEVEL_MAX counts the
+   * hazard sets and LUNET_VK_BINDINGS buffers for each held-back command. */
+  int level = 0;
+  for (int i = 0; i < p->nr; i++) {
+    lunet_vk_level *l = level_of(be, p->reads[i], false);
+    if (l && l->written + 1 > level) level = l->written + 1;
+  }
+  for (int i = 0; i < p->nw; i++) {
+    lunet_vk_level *l = level_of(be, p->writes[i], false);
+    int after = l ? (l->written > l->read ? l->written : l->read) + 1 : 0;
+    if (after > level) level = after;
+  }
+  if (!be->level_order) level = be->npending; /* the order written: one level each */
+  p->level = level;
+  for (int i = 0; i < p->nr; i++) {
+    lunet_vk_level *l = level_of(be, p->reads[i], true);
+    if (level > l->read) l->read = level;
+  }
+  for (int i = 0; i < p->nw; i++) {
+    lunet_vk_level *l = level_of(be, p->writes[i], true);
+    if (level > l->written) l->written = level;
+  }
+  be->npending++;
+  return 0;
+}
+
+static void record(lunet_backend *be, VkCommandBuffer cmd, const lunet_vk_pending *p) {
+  lunet_vk_access(be, cmd, p->reads, p->nr, p->writes, p->nw);
+  switch (p->kind) {
+  case VK_PENDING_DISPATCH:
+    vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, p->dispatch.pipe);
+    if (p->dispatch.set) {
+      vkCmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->layout, 0, 1,
+                              &p->dispatch.set, 0, NULL);
+    } else {
+      /* the bindings go into the command buffer: no set to allocate and write */
+      VkDescriptorBufferInfo info[LUNET_VK_BINDINGS];
+      VkWriteDescriptorSet w[LUNET_VK_BINDINGS];
+      for (int i = 0; i < LUNET_VK_BINDINGS; i++) {
+        info[i] = (VkDescriptorBufferInfo){p->dispatch.binds[i], 0, VK_WHOLE_SIZE};
+        w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
+                                      .dstBinding = (uint32_t)i,
+                                      .descriptorCount = 1,
+                                      .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                      .pBufferInfo = &info[i]};
+      }
+      vkCmdPushDescriptorSetKHR(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->layout, 0,
+                                LUNET_VK_BINDINGS, w);
+    }
+    vkCmdPushConstants(cmd, be->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, LUNET_VK_PUSH_BYTES,
+                       p->dispatch.push);
+    vkCmdDispatch(cmd, p->dispatch.groups[0], p->dispatch.groups[1], p->dispatch.groups[2]);
+    break;
+  case VK_PENDING_COPY:
+    vkCmdCopyBuffer(cmd, p->copy.src, p->copy.dst, (uint32_t)p->copy.count,
+                    be->regions + p->copy.first);
+    break;
+  case VK_PENDING_FILL:
+    vkCmdFillBuffer(cmd, p->fill.dst, 0, p->fill.bytes, p->fill.bits);
+    break;
+  }
+}
+
+void lunet_vk_emit(lunet_backend *be) {
+  int n = be->npending, top = 0;
+  if (n == 0) return;
+  VkCommandBuffer cmd = be->frames[be->cur].cmd;
+  for (int i = 0; i < n; i++)
+    if (be->pending[i].level > top) top = be->pending[i].level;
+  /* Level by level, each in the order written (a level's commands are
+   * independent of each other; the order only keeps runs reproducible). */
+  for (int level = 0; level <= top; level++)
+    for (int i = 0; i < n; i++)
+      if (be->pending[i].level == level) record(be, cmd, &be->pending[i]);
+  be->npending = 0;
+  be->nregions = 0;
+}
+
 /* Raised by kernels (softmax_xent labels) into errbuf; reported and cleared. */
 static int check_flags(lunet_backend *be) {
   uint32_t *e = be->errbuf.map;
@@ -314,8 +488,8 @@ static int check_flags(lunet_backend *be) {
  * Kernels' flags stay pending: only synchronize() reports them, so an
  * internal wait (alloc's retry) cannot swallow one. */
 static int wait_all(lunet_backend *be) {
-  int rc = frame_submit(be, &be->frames[be->cur]);
-  /* The newest batch first: it began with a barrier behind everything
+  int rc = frame_submit(be, &be->frames[be->cur], true);
+  /* The newest batch first: it ends with a barrier behind everything
    * submitted before it, so the older one (flushed early) has finished by
    * then and its fence is only read, not waited on again. */
   if (!rc) rc = frame_wait(be, &be->frames[be->cur]);
@@ -331,7 +505,9 @@ static int wait_all(lunet_backend *be) {
 static int synchronize_for(lunet_backend *be, int cause) {
   if (be->lost) return lunet_vk_error(LUNET_ERR_DEVICE, "the Vulkan device was lost");
   be->wait_cause = cause;
+  lunet_vk_record_begin(be);
   int rc = wait_all(be);
+  lunet_vk_record_end(be);
   be->wait_cause = 0;
   return rc ? rc : check_flags(be);
 }
@@ -411,9 +587,23 @@ lunet_buf lunet_vk_buffer_alloc(lunet_backend *be, size_t nbytes) {
   }
   size_t size = size_class(nbytes ? nbytes : 4);
   lunet_vk_bin *bin = find_bin(be, size, false);
-  if (bin && bin->count) {
+  /* The most recently freed buffer that no command since the last barrier
+   * touches: reusing one that a held-back command reads would order this
+   * buffer's new writer after that reader for nothing.  When all are, a
+   * small one is made anew (the pool keeps it: the next step finds it
+   * free) and a big one is reused all the same (memory before barriers). */
+  size_t pick = SIZE_MAX;
+  for (size_t i = bin ? bin->count : 0; i-- > 0;)
+    if (!touched(be, bin->bufs[i]->buf)) {
+      pick = i;
+      break;
+    }
+  if (bin && bin->count && pick == SIZE_MAX && size > FRESH_MAX) pick = bin->count - 1;
+  if (pick != SIZE_MAX) {
+    lunet_vk_buffer *b = bin->bufs[pick];
+    bin->bufs[pick] = bin->bufs[--bin->count];
     be->idle_bytes -= size;
-    return bin->bufs[--bin->count];
+    return b;
   }
   lunet_vk_buffer *b = new_buffer(be, size);
   if (!b && !be->lost && wait_all(be) == 0) {
@@ -443,10 +633,30 @@ void lunet_vk_buffer_free(lunet_backend *be, lunet_buf buf) {
 
 /* ---- transfers ---- */
 
-static void record_copy(VkCommandBuffer cmd, VkBuffer src, size_t soff, VkBuffer dst, size_t doff,
-                        size_t n) {
+/* Holds back a copy into slot p (taken for this command). */
+static int copy_into(lunet_backend *be, lunet_vk_pending *p, VkBuffer src, VkBuffer dst,
+                     const VkBufferCopy *r, size_t nr) {
+  p->kind = VK_PENDING_COPY;
+  p->reads[p->nr++] = src;
+  p->writes[p->nw++] = dst;
+  p->copy.src = src;
+  p->copy.dst = dst;
+  return lunet_vk_commit(be, p, r, nr);
+}
+
+int lunet_vk_copy_regions(lunet_backend *be, lunet_vk_buffer *dst, const lunet_vk_buffer *src,
+                          const VkBufferCopy *r, size_t nr) {
+  lunet_vk_record_begin(be);
+  lunet_vk_pending *p = lunet_vk_defer(be, 0);
+  int rc = p ? copy_into(be, p, src->buf, dst->buf, r, nr) : LUNET_ERR_DEVICE;
+  lunet_vk_record_end(be);
+  return rc;
+}
+
+static int record_copy(lunet_backend *be, lunet_vk_pending *p, VkBuffer src, size_t soff,
+                       VkBuffer dst, size_t doff, size_t n) {
   VkBufferCopy c = {.srcOffset = soff, .dstOffset = doff, .size = n};
-  vkCmdCopyBuffer(cmd, src, dst, 1, &c);
+  return copy_into(be, p, src, dst, &c, 1);
 }
 
 static int check_range(lunet_vk_buffer *b, size_t off, size_t n, const char *what) {
@@ -478,8 +688,7 @@ static int64_t staging_reserve(lunet_backend *be, size_t n) {
   return off;
 }
 
-int lunet_vk_buffer_upload(lunet_backend *be, lunet_buf dst, size_t off, const void *src,
-                           size_t nbytes) {
+static int upload(lunet_backend *be, lunet_buf dst, size_t off, const void *src, size_t nbytes) {
   lunet_vk_buffer *d = dst;
   int rc = check_range(d, off, nbytes, "upload");
   for (size_t done = 0; !rc && done < nbytes;) {
@@ -490,26 +699,14 @@ int lunet_vk_buffer_upload(lunet_backend *be, lunet_buf dst, size_t off, const v
     memcpy((char *)f->staging.map + so, (const char *)src + done, n);
     /* staging_reserve counted this command; another lunet_vk_cmd could
      * flip to a frame whose staging does not hold the data. */
-    VkCommandBuffer cmd = f->cmd;
-    lunet_vk_access(be, cmd, &f->staging.buf, 1, &d->buf, 1);
-    record_copy(cmd, f->staging.buf, (size_t)so, d->buf, off + done, n);
+    rc = record_copy(be, slot(be), f->staging.buf, (size_t)so, d->buf, off + done, n);
     done += n;
   }
   if (!rc) be->stats.bytes_up += nbytes;
   return rc;
 }
 
-static void host_barrier(lunet_backend *be, VkCommandBuffer cmd) {
-  be->stats.barriers++;
-  VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-                        .srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT,
-                        .dstAccessMask = VK_ACCESS_HOST_READ_BIT};
-  vkCmdPipelineBarrier(cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb,
-                       0, NULL, 0, NULL);
-}
-
-int lunet_vk_buffer_download(lunet_backend *be, lunet_cbuf src, size_t off, void *dst,
-                             size_t nbytes) {
+static int download(lunet_backend *be, lunet_cbuf src, size_t off, void *dst, size_t nbytes) {
   const lunet_vk_buffer *s = src;
   int rc = check_range((lunet_vk_buffer *)s, off, nbytes, "download");
   if (!rc && be->readback.size < nbytes && be->readback.size < STAGING_MAX) {
@@ -522,11 +719,12 @@ int lunet_vk_buffer_download(lunet_backend *be, lunet_cbuf src, size_t off, void
   }
   for (size_t done = 0; !rc && done < nbytes;) {
     size_t n = nbytes - done < be->readback.size ? nbytes - done : be->readback.size;
-    VkCommandBuffer cmd = lunet_vk_cmd(be, 0);
-    if (!cmd) return LUNET_ERR_DEVICE;
-    lunet_vk_access(be, cmd, &s->buf, 1, &be->readback.buf, 1);
-    record_copy(cmd, s->buf, off + done, be->readback.buf, 0, n);
-    host_barrier(be, cmd);
+    lunet_vk_pending *p = lunet_vk_defer(be, 0);
+    if (!p) return LUNET_ERR_DEVICE;
+    if ((rc = record_copy(be, p, s->buf, off + done, be->readback.buf, 0, n))) return rc;
+    lunet_vk_emit(be);
+    /* the full barrier: host stage and reads included */
+    lunet_vk_barrier(be, be->frames[be->cur].cmd);
     if ((rc = synchronize_for(be, 1))) return rc;
     memcpy((char *)dst + done, be->readback.map, n);
     done += n;
@@ -535,8 +733,7 @@ int lunet_vk_buffer_download(lunet_backend *be, lunet_cbuf src, size_t off, void
   return rc;
 }
 
-int lunet_vk_buffer_copy(lunet_backend *be, lunet_buf dst, size_t doff, lunet_cbuf src, size_t soff,
-                         size_t nbytes) {
+static int copy(lunet_backend *be, lunet_buf dst, size_t doff, lunet_cbuf src, size_t soff, size_t nbytes) {
   lunet_vk_buffer *d = dst;
   const lunet_vk_buffer *s = src;
   int rc = check_range(d, doff, nbytes, "copy");
@@ -544,10 +741,34 @@ int lunet_vk_buffer_copy(lunet_backend *be, lunet_buf dst, size_t doff, lunet_cb
   if (rc || nbytes == 0) return rc;
   if (s == d && soff < doff + nbytes && doff < soff + nbytes)
     return lunet_vk_error(LUNET_ERR_ARG, "copy: overlapping ranges in one buffer");
-  VkCommandBuffer cmd = lunet_vk_cmd(be, 0);
-  if (!cmd) return LUNET_ERR_DEVICE;
-  lunet_vk_access(be, cmd, &s->buf, 1, &d->buf, 1);
-  record_copy(cmd, s->buf, soff, d->buf, doff, nbytes);
+  lunet_vk_pending *p = lunet_vk_defer(be, 0);
+  if (!p) return LUNET_ERR_DEVICE;
+  if ((rc = record_copy(be, p, s->buf, soff, d->buf, doff, nbytes))) return rc;
   be->stats.bytes_copied += nbytes;
   return 0;
+}
+
+/* The transfers as the backend's ops: their host time counts as recording. */
+int lunet_vk_buffer_upload(lunet_backend *be, lunet_buf dst, size_t off, const void *src,
+                           size_t nbytes) {
+  lunet_vk_record_begin(be);
+  int rc = upload(be, dst, off, src, nbytes);
+  lunet_vk_record_end(be);
+  return rc;
+}
+
+int lunet_vk_buffer_download(lunet_backend *be, lunet_cbuf src, size_t off, void *dst,
+                             size_t nbytes) {
+  lunet_vk_record_begin(be);
+  int rc = download(be, src, off, dst, nbytes);
+  lunet_vk_record_end(be);
+  return rc;
+}
+
+int lunet_vk_buffer_copy(lunet_backend *be, lunet_buf dst, size_t doff, lunet_cbuf src, size_t soff,
+                         size_t nbytes) {
+  lunet_vk_record_begin(be);
+  int rc = copy(be, dst, doff, src, soff, nbytes);
+  lunet_vk_record_end(be);
+  return rc;
 }

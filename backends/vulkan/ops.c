@@ -28,13 +28,19 @@ static uint32_t min_u32(size_t a, size_t b) { return (uint32_t)(a < b ? a : b); 
 static int vk_fill(lunet_backend *be, lunet_buf y, float value, size_t n) {
   if (n == 0) return 0;
   lunet_vk_buffer *b = y;
-  VkCommandBuffer cmd = lunet_vk_cmd(be, 0);
-  if (!cmd) return LUNET_ERR_DEVICE;
-  uint32_t bits;
-  memcpy(&bits, &value, sizeof bits);
-  lunet_vk_access(be, cmd, NULL, 0, &b->buf, 1);
-  vkCmdFillBuffer(cmd, b->buf, 0, n * sizeof(float), bits);
-  return 0;
+  lunet_vk_record_begin(be);
+  lunet_vk_pending *p = lunet_vk_defer(be, 0);
+  int rc = LUNET_ERR_DEVICE;
+  if (p) {
+    p->kind = VK_PENDING_FILL;
+    p->writes[p->nw++] = b->buf;
+    p->fill.dst = b->buf;
+    p->fill.bytes = n * sizeof(float);
+    memcpy(&p->fill.bits, &value, sizeof p->fill.bits);
+    rc = lunet_vk_commit(be, p, NULL, 0);
+  }
+  lunet_vk_record_end(be);
+  return rc;
 }
 
 static int cast_mode(lunet_dtype ydt, lunet_dtype xdt) {
@@ -137,14 +143,10 @@ static int vk_gather_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, const in
     else
       r[nr++] = (VkBufferCopy){so, d, row_bytes};
   }
-  VkCommandBuffer cmd = lunet_vk_cmd(be, 0);
-  if (cmd) {
-    lunet_vk_access(be, cmd, &src->buf, 1, &dst->buf, 1);
-    vkCmdCopyBuffer(cmd, src->buf, dst->buf, nr, r);
-    be->stats.bytes_copied += (uint64_t)n * row_bytes;
-  }
+  int rc = lunet_vk_copy_regions(be, dst, src, r, nr);
+  if (!rc) be->stats.bytes_copied += (uint64_t)n * row_bytes;
   free(r);
-  return cmd ? 0 : LUNET_ERR_DEVICE;
+  return rc;
 }
 
 /* ---- elementwise ---- */
@@ -541,7 +543,10 @@ static int vk_softmax_xent(lunet_backend *be, lunet_buf loss, lunet_buf dlogits,
   int rc = softmax_dispatch(be, 4, bufs, 5, rows, cols, dlogits != NULL);
   if (rc || rows == 0) return rc;
   uint32_t pc[3] = {(uint32_t)rows, (uint32_t)cols, 0};
-  return lunet_vk_dispatch(be, VK_SH_SOFTMAX, 5, bufs, 5, pc, sizeof pc, 1, 1, 1);
+  /* the flag's label: only the labels and errbuf bound, so that what reads
+   * the loss or dlogits does not wait for it */
+  lunet_cbuf flag_bufs[5] = {NULL, NULL, labels, NULL, &be->errbuf};
+  return lunet_vk_dispatch(be, VK_SH_SOFTMAX, 5, flag_bufs, 5, pc, sizeof pc, 1, 1, 1);
 }
 
 /* ---- batch norm ---- */

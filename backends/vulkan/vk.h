@@ -107,6 +107,10 @@ typedef enum lunet_vk_shader {
   VK_SH_LSTM,
   VK_SH_LAYERNORM,
   VK_SH_GRU,
+  /* group.glsl's reductions in subgroup arithmetic (be->subgroups) */
+  VK_SH_REDUCE_SG,
+  VK_SH_SOFTMAX_SG,
+  VK_SH_BATCHNORM_SG,
   VK_SH_COUNT
 } lunet_vk_shader;
 
@@ -151,10 +155,48 @@ typedef struct lunet_vk_frame {
 } lunet_vk_frame;
 
 #define LUNET_VK_MAX_DEVICES 16
-#define LUNET_VK_HAZARD_MAX 64 /* buffers tracked between barriers (more: a barrier) */
+#define LUNET_VK_HAZARD_MAX 256 /* buffers tracked between barriers (more: a barrier) */
+#define LUNET_VK_PENDING_MAX 128 /* commands held back for levelling (more: emitted) */
+#define LUNET_VK_LEVEL_MAX (LUNET_VK_PENDING_MAX * LUNET_VK_BINDINGS + 2 * LUNET_VK_HAZARD_MAX)
 #define LUNET_VK_SETS_PER_FRAME 256
 /* Transfers take no descriptor sets: this bounds a batch of them. */
 #define LUNET_VK_CMDS_PER_FRAME 4096
+
+/* A command held back until the batch's commands are levelled (memory.c):
+ * a dispatch, a buffer copy (its regions in the backend's region list) or
+ * a fill, with the buffers it reads and writes and its level (one more than
+ * the highest level of an earlier command it depends on). */
+typedef enum { VK_PENDING_DISPATCH, VK_PENDING_COPY, VK_PENDING_FILL } lunet_vk_pending_kind;
+typedef struct lunet_vk_pending {
+  lunet_vk_pending_kind kind;
+  int level, nr, nw;
+  VkBuffer reads[LUNET_VK_BINDINGS], writes[LUNET_VK_BINDINGS];
+  union {
+    struct {
+      VkPipeline pipe;
+      VkDescriptorSet set; /* VK_NULL_HANDLE: bindings pushed */
+      VkBuffer binds[LUNET_VK_BINDINGS];
+      uint32_t groups[3];
+      uint8_t push[LUNET_VK_PUSH_BYTES];
+    } dispatch;
+    struct {
+      VkBuffer src, dst;
+      size_t first, count; /* regions[first .. first + count) */
+    } copy;
+    struct {
+      VkBuffer dst;
+      VkDeviceSize bytes;
+      uint32_t bits;
+    } fill;
+  };
+} lunet_vk_pending;
+
+/* The last level at which a buffer is written and read among the held-back
+ * commands (-1: not). */
+typedef struct lunet_vk_level {
+  VkBuffer buf;
+  int written, read;
+} lunet_vk_level;
 
 struct lunet_backend {
   VkInstance inst;
@@ -205,17 +247,36 @@ struct lunet_backend {
    * last barrier wrote and read. */
   VkBuffer hz_written[LUNET_VK_HAZARD_MAX], hz_read[LUNET_VK_HAZARD_MAX];
   int hz_nw, hz_nr;
-  uint32_t write_mask[VK_SH_COUNT]; /* the bindings each shader writes, from its SPIR-V */
+  uint32_t write_mask[VK_SH_COUNT];    /* the bindings each shader writes, from its SPIR-V */
+  uint32_t declared_mask[VK_SH_COUNT]; /* and those it declares (the others are never read) */
   uint32_t write_mask_known;        /* bit per shader */
   /* VK_KHR_push_descriptor: each dispatch pushes its bindings into the
    * command buffer (no descriptor set allocated and written per dispatch);
    * off with LUNET_VULKAN_PUSH_DESCRIPTORS=0 or on a device without it. */
   bool push_descriptors;
+  /* The device's compute shaders have subgroup arithmetic: the shaders
+   * with a _SG variant run it (off with LUNET_VULKAN_SUBGROUPS=0). */
+  bool subgroups;
+  uint32_t subgroup_size;
   /* Commands after which the batch being recorded is submitted early, when
    * the other batch has finished (looked at every flush_cmds commands, not
    * on each), so the device starts while the host records the rest
    * (LUNET_VULKAN_FLUSH; 0: only when a read or a full batch needs it). */
   int flush_cmds;
+  /* The commands of the batch being recorded, held back (memory.c,
+   * lunet_vk_emit) so that independent ones share a barrier: recorded
+   * level by level at a submit, a download or when the list is full. */
+  lunet_vk_pending pending[LUNET_VK_PENDING_MAX];
+  int npending;
+  VkBufferCopy *regions;
+  size_t nregions, regions_cap;
+  lunet_vk_level levels[LUNET_VK_LEVEL_MAX];
+  int nlevels;
+  bool level_order; /* LUNET_VULKAN_LEVELS=0 turns the reordering off (comparisons) */
+  /* stats.record_ns: the outermost recording call's start and the waits
+   * counted by then (nested calls and waits inside are not counted twice). */
+  int rec_depth;
+  uint64_t rec_t0, rec_w0;
 };
 
 void lunet_vk_stats(lunet_backend *be, lunet_backend_stats *out);
@@ -252,6 +313,23 @@ void lunet_vk_pool_drain(lunet_backend *be);
 /* The command buffer of the batch being recorded (starting one if needed);
  * `sets` descriptor sets are reserved in it.  NULL on error. */
 VkCommandBuffer lunet_vk_cmd(lunet_backend *be, int sets);
+/* A slot for one command in the batch being recorded (lunet_vk_cmd's
+ * reservation of `sets` descriptor sets included), to fill and pass to
+ * lunet_vk_commit; NULL on error. */
+lunet_vk_pending *lunet_vk_defer(lunet_backend *be, int sets);
+/* Holds back the command filled in `p` (from lunet_vk_defer), with `regions`
+ * for a copy; -1 when the regions find no memory. */
+int lunet_vk_commit(lunet_backend *be, lunet_vk_pending *p, const VkBufferCopy *regions,
+                    size_t nregions);
+/* Holds back a copy of regions r[0..nr) from src to dst. */
+int lunet_vk_copy_regions(lunet_backend *be, lunet_vk_buffer *dst, const lunet_vk_buffer *src,
+                          const VkBufferCopy *r, size_t nr);
+/* Brackets host work that records commands, for stats.record_ns (nests;
+ * waits on the device inside are left out). */
+void lunet_vk_record_begin(lunet_backend *be);
+void lunet_vk_record_end(lunet_backend *be);
+/* Records the held-back commands into the batch, level by level. */
+void lunet_vk_emit(lunet_backend *be);
 /* Orders everything recorded so far before everything recorded next. */
 void lunet_vk_barrier(lunet_backend *be, VkCommandBuffer cmd);
 /* Called before recording a command into cmd that reads `reads` and writes

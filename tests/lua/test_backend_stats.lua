@@ -52,7 +52,9 @@ function T.cpu_counts()
   local conv
   for _, e in ipairs(d.gemm) do if e.op == "conv2d" then conv = e end end
   check.same_table({conv.m, conv.n, conv.k}, {4 * 5 * 7, 6, 3 * 3 * 2}, nil, "the convolution's product")
-  check.eq(nn.backend_stats("cpu").submits, 0, "the CPU submits nothing")
+  local s = nn.backend_stats("cpu")
+  check.eq(s.submits, 0, "the CPU submits nothing")
+  check.eq(s.record_ns + s.wait_ns, 0, "and records nothing nor waits (it computes as called)")
 end
 
 function T.vulkan_counts()
@@ -108,6 +110,45 @@ function T.vulkan_counts()
   check.eq(seen.conv2d_backward_filter.k, 14400, "the long K")
   check.eq(seen.conv2d_backward_filter.workgroups > 50, true,
     string.format("a long K split over more workgroups (%d)", seen.conv2d_backward_filter.workgroups))
+end
+
+-- The Vulkan targets of a training step of the CIFAR-10 CNN (the recipes')
+-- at batch 64 (the README's): one wait on the device, at most half the 63 barriers a
+-- step took with one after every command, no product above 10 MFLOP on
+-- fewer than 256 workgroups, and no bytes moved but the batch, its labels
+-- and the two scalars read back (the loss and the accuracy).
+function T.vulkan_cifar_step()
+  if not check.vulkan() then return end
+  nn.seed(6)
+  local m = dofile(here .. "../../recipes/seed_cnn.lua")(nn, {32, 32, 3})
+  m:build()
+  m:to("vulkan")
+  local labels = {}
+  for i = 1, 64 do labels[i] = (i * 7) % 10 end
+  local x, y = nn.rand{64, 32, 32, 3}, nn.tensor(labels)
+  m:train_on_batch(x:to("vulkan"), y:to("vulkan")) -- warm-up: pipelines, the buffer pool
+  local t0 = nn._C.now()
+  local d = delta("vulkan", function() m:train_on_batch(x:to("vulkan"), y:to("vulkan")) end)
+  local wall = (nn._C.now() - t0) * 1e9
+  check.eq(d.waits, 1, "one wait on the device a step")
+  -- the host's time recording the step and waiting for it: both counted, within the wall time
+  check.eq(d.record_ns > 0 and d.wait_ns > 0 and d.record_ns + d.wait_ns <= wall, true,
+    string.format("recording %.2f ms + waiting %.2f ms within %.2f ms", d.record_ns / 1e6, d.wait_ns / 1e6, wall / 1e6))
+  -- (batches cut every few commands, LUNET_VULKAN_FLUSH, level fewer commands together)
+  if not os.getenv("LUNET_VULKAN_FLUSH") then
+    check.eq(d.barriers <= 31, true, string.format("%d barriers for %d dispatches (at most 31)", d.barriers, d.dispatches))
+  end
+  check.eq(d.bytes_up, (64 * 32 * 32 * 3 + 64) * 4, "bytes up: the batch and its labels")
+  check.eq(d.bytes_down <= 8, true, string.format("bytes down: %d (two scalars at most)", d.bytes_down))
+  check.eq(d.bytes_copied, 0, "no copies on the device")
+  local n = 0
+  for i = #d.gemm - d.gemm_total + 1, #d.gemm do
+    local e = d.gemm[i]
+    n = n + 1
+    check.eq(e.flops <= 10e6 or e.workgroups >= 256, true,
+      string.format("%s %dx%dx%d: %.0f MFLOP on %d workgroups", e.op, e.m, e.n, e.k, e.flops / 1e6, e.workgroups))
+  end
+  check.eq(n, 14, "the step's products: 5 forward, 9 backward")
 end
 
 function T.errors()

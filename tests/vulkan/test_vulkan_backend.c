@@ -872,6 +872,102 @@ START_TEST(test_affine_resample) {
 }
 END_TEST
 
+/* Barriers the backend records for what `run` records, up to a synchronize. */
+static uint64_t barriers_of(void (*run)(void *), void *arg) {
+  lunet_backend_stats a, b;
+  vok(V->synchronize(vbe), "synchronize");
+  V->stats(vbe, &a);
+  run(arg);
+  vok(V->synchronize(vbe), "synchronize");
+  V->stats(vbe, &b);
+  return b.barriers - a.barriers;
+}
+
+enum { LV_N = 1000, LV_LEN = 3, LV_CHAINS = 4 };
+typedef struct chains {
+  lunet_buf b[LV_CHAINS][LV_LEN + 1];
+  int nchains;
+} chains;
+
+/* Chain c: b[c][k + 1] = 2 b[c][k] + c, each chain written whole before the next. */
+static void run_chains(void *arg) {
+  chains *ch = arg;
+  for (int c = 0; c < ch->nchains; c++)
+    for (int k = 0; k < LV_LEN; k++)
+      vok(V->unary(vbe, LUNET_UNARY_AFFINE, 2.0f, (float)c, ch->b[c][k + 1], ch->b[c][k], LV_N),
+          "unary");
+}
+
+START_TEST(test_levelled_barriers) {
+  /* Commands that depend on none of each other share a barrier: four chains
+   * of three dependent dispatches, written one after the other, cost the
+   * barriers of one chain (recorded in the order written, each chain adds
+   * two). */
+  float *x = rnd(LV_N, -1, 1), *want = malloc(LV_N * sizeof *want);
+  chains ch = {.nchains = 1};
+  for (int c = 0; c < LV_CHAINS; c++) {
+    ch.b[c][0] = vup(x, LV_N * sizeof(float));
+    for (int k = 1; k <= LV_LEN; k++) ch.b[c][k] = vup(NULL, LV_N * sizeof(float));
+  }
+  uint64_t one = barriers_of(run_chains, &ch);
+  ch.nchains = LV_CHAINS;
+  uint64_t all = barriers_of(run_chains, &ch);
+  ck_assert_msg(one >= LV_LEN - 1, "one chain of %d dispatches took %llu barriers", LV_LEN,
+                (unsigned long long)one);
+  ck_assert_msg(all == one, "%d independent chains took %llu barriers, one chain %llu", LV_CHAINS,
+                (unsigned long long)all, (unsigned long long)one);
+  for (int c = 0; c < LV_CHAINS; c++) {
+    for (int i = 0; i < LV_N; i++) want[i] = 8.0f * x[i] + 7.0f * (float)c;
+    expect_dev(ch.b[c][LV_LEN], want, LV_N, 1e-5f, 1e-6f, "chain after levelling");
+    for (int k = 0; k <= LV_LEN; k++) vfree(ch.b[c][k]);
+  }
+  free(x), free(want);
+}
+END_TEST
+
+typedef struct reuse {
+  lunet_buf a, t, u, t2;
+  bool again; /* free t and write a new buffer of its size from a */
+} reuse;
+
+static void run_reuse(void *arg) {
+  reuse *r = arg;
+  r->t = V->buffer_alloc(vbe, LV_N * sizeof(float));
+  ck_assert(r->t != NULL);
+  vok(V->unary(vbe, LUNET_UNARY_AFFINE, 2.0f, 0.0f, r->t, r->a, LV_N), "t = 2a");
+  vok(V->unary(vbe, LUNET_UNARY_AFFINE, 1.0f, 1.0f, r->u, r->t, LV_N), "u = t + 1");
+  V->buffer_free(vbe, r->t);
+  if (r->again) {
+    r->t2 = V->buffer_alloc(vbe, LV_N * sizeof(float));
+    ck_assert(r->t2 != NULL);
+    vok(V->unary(vbe, LUNET_UNARY_AFFINE, 3.0f, 0.0f, r->t2, r->a, LV_N), "t2 = 3a");
+  }
+}
+
+START_TEST(test_pool_reuse_levels) {
+  /* A buffer freed while a held-back command still reads it is not handed
+   * to the next allocation of its size while another is free: the new
+   * buffer's writer would otherwise wait behind that reader. */
+  float *x = rnd(LV_N, -1, 1), *want = malloc(LV_N * sizeof *want);
+  reuse r = {.a = vup(x, LV_N * sizeof(float)), .u = vup(NULL, LV_N * sizeof(float))};
+  lunet_buf spare[2] = {V->buffer_alloc(vbe, LV_N * sizeof(float)),
+                        V->buffer_alloc(vbe, LV_N * sizeof(float))}; /* two free ones */
+  V->buffer_free(vbe, spare[0]), V->buffer_free(vbe, spare[1]);
+  uint64_t without = barriers_of(run_reuse, &r);
+  r.again = true;
+  uint64_t with = barriers_of(run_reuse, &r);
+  ck_assert_msg(with == without,
+                "an independent write into a new buffer took the barriers to %llu, from %llu",
+                (unsigned long long)with, (unsigned long long)without);
+  for (int i = 0; i < LV_N; i++) want[i] = 3.0f * x[i];
+  expect_dev(r.t2, want, LV_N, 1e-6f, 1e-6f, "the new buffer");
+  for (int i = 0; i < LV_N; i++) want[i] = 2.0f * x[i] + 1.0f;
+  expect_dev(r.u, want, LV_N, 1e-6f, 1e-6f, "the reader of the freed buffer");
+  vfree(r.a), vfree(r.u), vfree(r.t2);
+  free(x), free(want);
+}
+END_TEST
+
 START_TEST(test_validation_clean) {
   vok(V->synchronize(vbe), "synchronize");
   int count = validation_count ? validation_count(vbe) : 0;
@@ -903,6 +999,7 @@ static Suite *vulkan_suite(void) {
       {"batchnorm", test_batchnorm},       {"dropout_mask", test_dropout_mask},
       {"gather_rows", test_gather_rows},   {"sgd_update", test_optimizers},
       {"affine_resample", test_affine_resample},
+      {"unary", test_levelled_barriers},   {"unary", test_pool_reuse_levels},
   };
   for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
     if (has_op(tests[i].op)) tcase_add_test(tc, tests[i].test);
@@ -958,6 +1055,15 @@ int main(int argc, char **argv) {
   lunet_backend_info info;
   V->describe(vbe, &info);
   printf("vulkan device: %s\n  %s\n", info.device, info.detail);
+  /* The reductions in subgroup arithmetic: off when asked, and on lavapipe
+   * (which has it) otherwise, so that both paths run under ctest. */
+  const char *sg = getenv("LUNET_VULKAN_SUBGROUPS");
+  bool sg_off = sg && !strcmp(sg, "0"), sg_used = strstr(info.detail, "subgroup reductions") != NULL;
+  if ((sg_off && sg_used) || (!sg_off && strstr(info.device, "llvmpipe") && !sg_used)) {
+    fprintf(stderr, "subgroup reductions %s with LUNET_VULKAN_SUBGROUPS=%s\n", sg_used ? "used" : "not used",
+            sg ? sg : "(unset)");
+    return 1;
+  }
   int unsupported = 0;
   for (size_t i = 0; i < NOPS; i++)
     if (!has_op(all_ops[i].name)) {

@@ -36,7 +36,7 @@ extern "C" {
 #endif
 
 #define LUNET_BACKEND_ABI_MAJOR 2
-#define LUNET_BACKEND_ABI_MINOR 4
+#define LUNET_BACKEND_ABI_MINOR 5
 
 /* caps: a buffer handle is the host address of its data, readable and
  * writable directly (the CPU backend). */
@@ -92,6 +92,10 @@ typedef struct lunet_backend_stats {
   uint64_t gemm_total;                   /* product dispatches ever */
   int ngemm;                             /* entries in gemm (<= LUNET_BACKEND_GEMM_LOG) */
   lunet_backend_gemm gemm[LUNET_BACKEND_GEMM_LOG];
+  /* ABI 2.5 (0 from an older backend): host time, in nanoseconds, spent
+   * recording and submitting commands (a device backend: its ops' calls,
+   * waits on the device excluded), and blocked waiting for the device. */
+  uint64_t record_ns, wait_ns;
 } lunet_backend_stats;
 
 /* Adds a product to a stats log (a ring of the most recent ones). */
