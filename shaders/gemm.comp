@@ -14,7 +14,8 @@
 // (1, 2 or 4): the host picks the largest R whose blocks still fill the
 // device, see backends/vulkan/ops.c.
 // MODE 0 GEMM: c (batch, M, N) = alpha op(a) op(b) + beta c, a (M,K) or (K,M)
-//        when ta, b (K,N) or (N,K) when tb, batch strides sa, sb, sc (0 reuses).
+//        when ta, b (K,N) or (N,K) when tb, batch strides sa, sb, sc (0 reuses);
+//        then + bias (has_bias) and the ReLU (relu): the linear op.
 // Convolutions are the same product with A read through an implicit im2col:
 // MODE 1 conv2d: y (N*OH*OW, F) = x patches (N*OH*OW, KH*KW*C) w (KH*KW*C, F)
 //        + bias.
@@ -47,6 +48,7 @@ layout(push_constant, std430) uniform PC {
   uint has_bias;
   uint splits; // slices of K (1: none)
   uint bf16;   // operands rounded to bfloat16
+  uint relu;   // MODE 0 (linear): the ReLU after the bias
 } pc;
 
 shared float As[2][TILE * RMAX * TILE];
@@ -106,8 +108,12 @@ void store(uint bi, uint r, uint col, float acc) {
   } else if (OP != 0 || pc.splits > 1u) {
     cv[(bi * pc.M + r) * pc.N + col] = acc; // bi: the K slice (split), else 0
   } else {
+    // linear's epilogue: the bias, then the ReLU, as the add and the ReLU ops would
     uint i = uint(int(bi) * pc.sc) + r * pc.N + col;
-    cv[i] = pc.alpha * acc + (pc.beta == 0.0 ? 0.0 : pc.beta * cv[i]);
+    float v = pc.alpha * acc + (pc.beta == 0.0 ? 0.0 : pc.beta * cv[i]);
+    if (pc.has_bias != 0u) v = v + bias[col];
+    if (pc.relu != 0u) v = v > 0.0 ? v : 0.0;
+    cv[i] = v;
   }
 }
 

@@ -13,7 +13,10 @@ layout(local_size_x_id = 0) in;
 layout(constant_id = 2) const int MODE = 0;
 layout(std430, binding = 0) writeonly buffer Y { float y[]; };
 layout(std430, binding = 1) readonly buffer X { float x[]; };
-layout(push_constant, std430) uniform PC { uint outer, len, inner, op; } pc;
+layout(std430, binding = 2) readonly buffer BIAS { float bias[]; };
+// bias_cols, relu: an epilogue on each output o (split-K's sum for linear):
+// + bias[o % bias_cols] (0: none), then the ReLU.
+layout(push_constant, std430) uniform PC { uint outer, len, inner, op, bias_cols, relu; } pc;
 
 shared float red[gl_WorkGroupSize.x];
 shared uint ridx[gl_WorkGroupSize.x];
@@ -29,9 +32,16 @@ float combine(float acc, float v) {
   return acc + v;
 }
 
-float finish(float acc) {
+float finish_op(float acc) {
   if (pc.op != 1u) return acc;
   return pc.len != 0u ? acc / float(pc.len) : uintBitsToFloat(0x7fc00000u);
+}
+
+float finish(float acc, uint o) {
+  float v = finish_op(acc);
+  if (pc.bias_cols != 0u) v = v + bias[o % pc.bias_cols];
+  if (pc.relu != 0u) v = v > 0.0 ? v : 0.0;
+  return v;
 }
 
 void reduce_groups() {
@@ -43,7 +53,7 @@ void reduce_groups() {
     if (pc.op <= 1u) {
       // sum and mean: group.glsl's (subgroups where the device has them)
       float total = group_reduce(acc, 0u);
-      if (t == 0u) y[o] = finish(total);
+      if (t == 0u) y[o] = finish(total, o);
       continue;
     }
     // max and min: a tree with combine's NaN rule (a NaN met first stays)
@@ -53,7 +63,7 @@ void reduce_groups() {
       if (t < s) red[t] = combine(red[t], red[t + s]);
       barrier();
     }
-    if (t == 0u) y[o] = finish(red[0]);
+    if (t == 0u) y[o] = finish(red[0], o);
     barrier();
   }
 }
@@ -94,7 +104,7 @@ void reduce_serial() {
     uint base = (o / pc.inner) * pc.len * pc.inner + o % pc.inner;
     float acc = init();
     for (uint j = 0u; j < pc.len; j++) acc = combine(acc, x[base + j * pc.inner]);
-    y[o] = finish(acc);
+    y[o] = finish(acc, o);
   }
 }
 

@@ -185,6 +185,7 @@ static const lunet_backend_i fast_vtable = {
     .conv2d_backward_filter_bf16 = lunet_cpu_conv2d_backward_filter_bf16,
     .max_pool2d_relu = lunet_cpu_max_pool2d_relu,
     .max_pool2d_relu_backward = lunet_cpu_max_pool2d_relu_backward,
+    .linear = lunet_cpu_linear,
 };
 
 /* The naive vtable shares the memory and control members of the fast one. */

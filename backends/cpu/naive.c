@@ -148,6 +148,18 @@ static int naive_gemm_bf16(lunet_backend *be, bool ta, bool tb, int64_t m, int64
   return gemm(ta, tb, m, n, k, alpha, a, sa, b, sb, beta, c, sc, batch, true);
 }
 
+/* c = a b, then + bias and the ReLU, each a pass of its own. */
+static int naive_linear(lunet_backend *be, int64_t m, int64_t n, int64_t k, lunet_cbuf a, lunet_cbuf b,
+                        lunet_cbuf bias, bool relu, lunet_buf c) {
+  int rc = gemm(false, false, m, n, k, 1.0f, a, 0, b, 0, 0.0f, c, m * n, 1, false);
+  float *pc = c;
+  const float *pb = bias;
+  for (int64_t i = 0; !rc && pb && i < m; i++)
+    for (int64_t j = 0; j < n; j++) pc[i * n + j] += pb[j];
+  for (int64_t i = 0; !rc && relu && i < m * n; i++) pc[i] = pc[i] > 0.0f ? pc[i] : 0.0f;
+  return rc;
+}
+
 /* Input row and column read by output (oy, ox) through tap (ky, kx). */
 static inline int64_t in_row(const lunet_conv2d_desc *d, int64_t oy, int64_t ky) {
   return oy * d->sh - d->pad_top + ky;
@@ -742,6 +754,7 @@ const lunet_backend_i lunet_cpu_naive_vtable = {
     .pool2d_backward = naive_pool2d_backward,
     .max_pool2d_relu = naive_max_pool2d_relu,
     .max_pool2d_relu_backward = naive_max_pool2d_relu_backward,
+    .linear = naive_linear,
     .softmax = naive_softmax,
     .softmax_backward = naive_softmax_backward,
     .softmax_xent = naive_softmax_xent,

@@ -277,14 +277,17 @@ static int frame_submit(lunet_backend *be, lunet_vk_frame *f, bool host_reads) {
   VkResult r = vkEndCommandBuffer(f->cmd);
   if (r) {
     /* The buffer is invalid now: frame_begin resets it, as after a failed
-     * submit; the batch's commands are lost with the error. */
+     * submit; the batch's commands are lost with the error, and with them
+     * the barriers the hazard sets count on. */
     f->state = FRAME_IDLE;
+    be->barrier_lost = true;
     return lunet_vk_check(be, r, "vkEndCommandBuffer");
   }
   VkSubmitInfo si = {
       .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &f->cmd};
   r = ++be->submits == be->fault_submit ? be->fault_result : vkQueueSubmit(be->queue, 1, &si, f->fence);
   f->state = r ? FRAME_IDLE : FRAME_SUBMITTED;
+  if (r) be->barrier_lost = true;
   if (!r) be->stats.submits++;
   return r ? lunet_vk_check(be, r, "vkQueueSubmit") : 0;
 }
@@ -301,7 +304,11 @@ static int frame_begin(lunet_backend *be, lunet_vk_frame *f) {
   /* No barrier here: the hazard sets run on from the batches before (a
    * barrier orders everything earlier in submission order, other batches
    * included, before everything later), so a command of this batch waits
-   * only when it touches what one since the last barrier touched. */
+   * only when it touches what one since the last barrier touched.  But
+   * when a batch failed to submit, the barriers it held never ran (the
+   * other batch may still run): a full one first. */
+  if (be->barrier_lost) lunet_vk_barrier(be, f->cmd);
+  be->barrier_lost = false;
   f->state = FRAME_RECORDING;
   f->nsets = f->ncmds = 0;
   f->staging_used = 0;

@@ -221,18 +221,30 @@ static int vk_binary(lunet_backend *be, lunet_binary_op op, lunet_buf y, lunet_c
 
 /* ---- reductions ---- */
 
-static int reduce_dispatch(lunet_backend *be, int op, lunet_buf y, lunet_cbuf x, size_t outer,
-                           size_t len, size_t inner, bool argmax) {
+/* An epilogue on a reduction's outputs (split-K's sum of slices for
+ * linear): + bias[o % bias_cols] (bias_cols 0: none), then the ReLU. */
+typedef struct reduce_epilogue {
+  lunet_cbuf bias;
+  uint32_t bias_cols, relu;
+} reduce_epilogue;
+
+static int reduce_dispatch_ep(lunet_backend *be, int op, lunet_buf y, lunet_cbuf x, size_t outer, size_t len,
+                              size_t inner, bool argmax, reduce_epilogue ep) {
   int rc = too_big((int64_t)(outer * len * inner), argmax ? "argmax" : "reduce");
   if (!rc) rc = too_big((int64_t)(outer * inner), argmax ? "argmax" : "reduce");
   if (rc || outer * inner == 0) return rc;
-  uint32_t pc[4] = {(uint32_t)outer, (uint32_t)len, (uint32_t)inner, (uint32_t)op};
+  uint32_t pc[6] = {(uint32_t)outer, (uint32_t)len, (uint32_t)inner, (uint32_t)op, ep.bias_cols, ep.relu};
   size_t outs = outer * inner;
   /* Many short reductions: one invocation each; else a workgroup each. */
   int mode = argmax ? 1 : (len <= 64 || outs >= 16384) ? 2 : 0;
   uint32_t groups = mode == 2 ? lunet_vk_groups(be, outs) : min_u32(outs, 65535);
-  return lunet_vk_dispatch(be, VK_SH_REDUCE, mode, (lunet_cbuf[]){y, x}, 2, pc, sizeof pc, groups,
+  return lunet_vk_dispatch(be, VK_SH_REDUCE, mode, (lunet_cbuf[]){y, x, ep.bias}, 3, pc, sizeof pc, groups,
                            1, 1);
+}
+
+static int reduce_dispatch(lunet_backend *be, int op, lunet_buf y, lunet_cbuf x, size_t outer, size_t len,
+                           size_t inner, bool argmax) {
+  return reduce_dispatch_ep(be, op, y, x, outer, len, inner, argmax, (reduce_epilogue){0});
 }
 
 static int vk_reduce(lunet_backend *be, lunet_reduce_op op, lunet_buf y, lunet_cbuf x, size_t outer,
@@ -262,6 +274,7 @@ typedef struct gemm_pc {
   uint32_t has_bias;
   uint32_t splits; /* MODE 3: slices of K summed apart (split-K) */
   uint32_t bf16;   /* mixed precision: the operands rounded to bfloat16 as fetched */
+  uint32_t relu;   /* MODE 0 (linear): the ReLU after alpha ab + beta c + bias */
 } gemm_pc;
 
 /* Blocks of BS = tile << v along n: each workgroup's invocations hold
@@ -300,20 +313,23 @@ static int64_t split_k(int64_t workgroups, int64_t k) {
 /* The product of pc (MODE 0 or 3) in `splits` slices of K, each into its
  * own (M, N) part of a workspace, then summed into c by one reduction. */
 static int split_dispatch(lunet_backend *be, int mode, gemm_pc *pc, int64_t splits, lunet_buf c, lunet_cbuf a,
-                          lunet_cbuf b, const char *op, int64_t m, int64_t n, int64_t k, int64_t workgroups) {
+                          lunet_cbuf b, const char *op, int64_t m, int64_t n, int64_t k, int64_t workgroups,
+                          reduce_epilogue ep) {
   lunet_buf ws = lunet_vk_buffer_alloc(be, (size_t)(splits * m * n) * sizeof(float));
   if (!ws) return LUNET_ERR_NOMEM;
   pc->splits = (uint32_t)splits;
   lunet_backend_log_gemm(&be->stats, op, m, n, k, workgroups * splits);
   int rc = lunet_vk_dispatch(be, VK_SH_GEMM, mode, (lunet_cbuf[]){ws, a, b}, 3, pc, sizeof *pc, tiles(be, n, 0),
                              tiles(be, m, 0), (uint32_t)splits);
-  if (!rc) rc = reduce_dispatch(be, LUNET_REDUCE_SUM, c, ws, 1, (size_t)splits, (size_t)(m * n), false);
+  if (!rc) rc = reduce_dispatch_ep(be, LUNET_REDUCE_SUM, c, ws, 1, (size_t)splits, (size_t)(m * n), false, ep);
   lunet_vk_buffer_free(be, ws);
   return rc;
 }
 
-static int gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, lunet_cbuf a,
-                int64_t sa, lunet_cbuf b, int64_t sb, float beta, lunet_buf c, int64_t sc, int64_t batch, bool bf16) {
+/* c = alpha op(a) op(b) + beta c, then (linear) + bias (NULL: none) and the ReLU. */
+static int gemm_ep(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                   lunet_cbuf a, int64_t sa, lunet_cbuf b, int64_t sb, float beta, lunet_buf c, int64_t sc,
+                   int64_t batch, bool bf16, lunet_cbuf bias, bool relu) {
   if (m < 0 || n < 0 || k < 0 || batch < 0)
     return lunet_vk_error(LUNET_ERR_SHAPE,
                           "gemm: negative size m=%lld n=%lld k=%lld "
@@ -335,15 +351,30 @@ static int gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64
                 .sc = (int32_t)sc,
                 .alpha = alpha,
                 .beta = beta,
-                .bf16 = bf16};
+                .bf16 = bf16,
+                .has_bias = bias != NULL,
+                .relu = relu};
   /* a batch of products fills the device with its entries */
   int v = batch > 1 ? 0 : blocking(be, m, n);
   int64_t wg = (int64_t)tiles(be, n, v) * tiles(be, m, v), splits = 1;
   if (batch == 1 && alpha == 1.0f && beta == 0.0f) splits = split_k(wg, k);
-  if (splits > 1) return split_dispatch(be, 0, &pc, splits, c, a, b, "gemm", m, n, k, wg);
+  /* split: the bias and the ReLU go to the reduction that sums the slices */
+  if (splits > 1)
+    return split_dispatch(be, 0, &pc, splits, c, a, b, "gemm", m, n, k, wg,
+                          (reduce_epilogue){bias, bias ? (uint32_t)n : 0, relu});
   lunet_backend_log_gemm(&be->stats, "gemm", m * batch, n, k, wg * min_u32((size_t)batch, 65535));
-  return lunet_vk_dispatch(be, VK_SH_GEMM, gemm_mode(0, v), (lunet_cbuf[]){c, a, b}, 3, &pc, sizeof pc,
+  return lunet_vk_dispatch(be, VK_SH_GEMM, gemm_mode(0, v), (lunet_cbuf[]){c, a, b, bias}, 4, &pc, sizeof pc,
                            tiles(be, n, v), tiles(be, m, v), min_u32((size_t)batch, 65535));
+}
+
+static int gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, lunet_cbuf a,
+                int64_t sa, lunet_cbuf b, int64_t sb, float beta, lunet_buf c, int64_t sc, int64_t batch, bool bf16) {
+  return gemm_ep(be, ta, tb, m, n, k, alpha, a, sa, b, sb, beta, c, sc, batch, bf16, NULL, false);
+}
+
+static int vk_linear(lunet_backend *be, int64_t m, int64_t n, int64_t k, lunet_cbuf a, lunet_cbuf b, lunet_cbuf bias,
+                     bool relu, lunet_buf c) {
+  return gemm_ep(be, false, false, m, n, k, 1.0f, a, 0, b, 0, 0.0f, c, m * n, 1, false, bias, relu);
 }
 
 static int check_conv(const lunet_conv2d_desc *d, const char *op) {
@@ -419,7 +450,8 @@ static int conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf db,
   int v = blocking(be, m, d->f);
   int64_t wg = (int64_t)tiles(be, d->f, v) * tiles(be, m, v), splits = v ? 1 : split_k(wg, rows);
   if (splits > 1) {
-    rc = split_dispatch(be, 3, &pc, splits, dw, x, dy, "conv2d_backward_filter", m, d->f, rows, wg);
+    rc = split_dispatch(be, 3, &pc, splits, dw, x, dy, "conv2d_backward_filter", m, d->f, rows, wg,
+                        (reduce_epilogue){0});
   } else {
     lunet_backend_log_gemm(&be->stats, "conv2d_backward_filter", m, d->f, rows, wg);
     rc = lunet_vk_dispatch(be, VK_SH_GEMM, gemm_mode(3, v), (lunet_cbuf[]){dw, x, dy}, 3, &pc, sizeof pc,
@@ -902,6 +934,7 @@ const lunet_backend_i lunet_vk_vtable = {
     .pool2d_backward = vk_pool2d_backward,
     .max_pool2d_relu = vk_max_pool2d_relu,
     .max_pool2d_relu_backward = vk_max_pool2d_relu_backward,
+    .linear = vk_linear,
     .softmax = vk_softmax,
     .softmax_backward = vk_softmax_backward,
     .softmax_xent = vk_softmax_xent,

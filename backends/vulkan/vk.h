@@ -277,6 +277,7 @@ struct lunet_backend {
    * counted by then (nested calls and waits inside are not counted twice). */
   int rec_depth;
   uint64_t rec_t0, rec_w0;
+  bool barrier_lost; /* a batch failed to submit: the next one begins with a barrier */
 };
 
 void lunet_vk_stats(lunet_backend *be, lunet_backend_stats *out);

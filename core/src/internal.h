@@ -23,9 +23,11 @@ struct lunet_ctx {
   int64_t weight_budget; /* bytes new layer weights may still take; -1: no limit (a file's
                           * size bounds them while a model loads) */
   struct lunet_profile *prof; /* profile.c: NULL unless profiling */
-  /* A ReLU moved after a max pooling (model.c), asked of the pooling layer's
-   * next pool2d op (forward or backward) by layer.c: LUNET_POOL_RELU_ASKED;
-   * ops.c answers LUNET_POOL_RELU_DONE when the backend ran it fused. */
+  /* A ReLU run inside a layer's op, asked by layer.c during the layer's
+   * forward and backward (LUNET_POOL_RELU_ASKED): the ReLU moved after a
+   * max pooling (model.c), of the pooling's pool2d ops; a Dense layer's
+   * "relu" activation, of its lunet_op_linear and lunet_op_relu_grad.
+   * ops.c answers LUNET_POOL_RELU_DONE when the op ran it. */
   int pool_relu;
 };
 enum { LUNET_POOL_RELU_NONE, LUNET_POOL_RELU_ASKED, LUNET_POOL_RELU_DONE };

@@ -63,7 +63,7 @@ struct lunet_call {
   lunet_tensor *dys[LUNET_LAYER_MAX_OUTPUTS]; /* several outputs: their gradients */
   bool wgrad[MAX_WEIGHTS]; /* the weights whose gradients this call's node gives */
   bool recording;          /* the core records this call */
-  bool relu_fused;         /* a moved ReLU ran in its max pooling (ctx->pool_relu): backward too */
+  bool relu_fused;         /* a ReLU ran in the layer's op (ctx->pool_relu): backward too */
   bool backward_done;
   int64_t step_offset; /* lunet_layer_step's position of the first step; -1 outside it */
 };
@@ -890,11 +890,13 @@ static lunet_status call_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *d
     lunet_precision prec = lunet_set_precision(ctx, l->precision);
     if (c->relu_fused) ctx->pool_relu = LUNET_POOL_RELU_ASKED;
     s = l->type->backward(l, c, dys, gx);
-    /* the forward's pooling took the ReLU, so its backward must take the
-     * ReLU's gradient: a pooling that did not would return a wrong gradient */
-    if (!s && c->relu_fused && ctx->pool_relu != LUNET_POOL_RELU_DONE && gx[0])
-      s = lunet_error(ctx, LUNET_ERR_ARG, "%s: its forward ran the moved ReLU in the pooling, its backward did not "
-                      "(a bug of lunet's, please report it)", lunet_layer_name(l));
+    /* the forward's op took the ReLU, so its backward must take the ReLU's
+     * gradient: a layer that did not would return a wrong gradient */
+    if (!s && c->relu_fused && ctx->pool_relu != LUNET_POOL_RELU_DONE &&
+        (gx[0] || (l->type->flags & LUNET_LAYER_FUSES_RELU))) /* a pooling without dx runs nothing */
+      s = lunet_error(ctx, LUNET_ERR_ARG, "%s: its forward ran the ReLU in its own op, its backward did not "
+                      "take the ReLU's gradient (a bug of the layer's, or of lunet's: please report it)",
+                      lunet_layer_name(l));
     ctx->pool_relu = LUNET_POOL_RELU_NONE;
     lunet_set_precision(ctx, prec);
     if (t0) lunet_prof_layer(ctx, lunet_layer_name(l), "backward", t0);
@@ -1162,8 +1164,11 @@ lunet_status lunet_layer_apply_relu(lunet_ctx *ctx, lunet_layer *l, lunet_call *
   bool prev = lunet_set_grad_enabled(ctx, false);
   uint64_t t0 = lunet_prof_now(ctx);
   lunet_precision prec = lunet_set_precision(ctx, l->precision);
-  /* a ReLU moved after this pooling: its pool2d op may run it fused */
-  ctx->pool_relu = relu_after && nout == 1 ? LUNET_POOL_RELU_ASKED : LUNET_POOL_RELU_NONE;
+  /* a ReLU moved after this pooling: its pool2d op may run it fused; the
+   * "relu" activation of a layer whose linear op can run it (Dense) */
+  bool own_relu = l->act == ACT_UNARY && l->act_op == LUNET_UNARY_RELU && !skip_activation &&
+                  (l->type->flags & LUNET_LAYER_FUSES_RELU);
+  ctx->pool_relu = (relu_after || own_relu) && nout == 1 ? LUNET_POOL_RELU_ASKED : LUNET_POOL_RELU_NONE;
   lunet_status s = l->type->forward(l, c, nin, x, y, training);
   bool relu_fused = c->relu_fused = ctx->pool_relu == LUNET_POOL_RELU_DONE;
   ctx->pool_relu = LUNET_POOL_RELU_NONE;
@@ -1177,7 +1182,7 @@ lunet_status lunet_layer_apply_relu(lunet_ctx *ctx, lunet_layer *l, lunet_call *
   if (!s && mask_out) s = output_masks(ctx, l, c, nin, x, mask_out);
   if (!s && grad) s = record(ctx, c, ninputs, inputs, y);
   lunet_call_release(c);
-  if (!s && nout == 1 && l->act != ACT_NONE && !skip_activation) s = activate(ctx, l, y);
+  if (!s && nout == 1 && l->act != ACT_NONE && !skip_activation && !(own_relu && relu_fused)) s = activate(ctx, l, y);
   if (!s && nout == 1 && relu_after && !relu_fused) { /* a ReLU moved after this pooling (model.c) */
     lunet_tensor *r = lunet_unary(ctx, LUNET_UNARY_RELU, y[0], 0.0f, 0.0f);
     lunet_tensor_release(y[0]);

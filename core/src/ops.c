@@ -385,6 +385,50 @@ lunet_tensor *lunet_op_matmul(lunet_ctx *ctx, const lunet_tensor *a, const lunet
               "matmul", c);
 }
 
+/* Whether the fused linear op runs here: the backend has it and the
+ * products are float32 (mixed precision runs matmul's bfloat16 path). */
+static bool linear_fused(const lunet_ctx *ctx, const lunet_be *be) {
+  return be->desc->abi_minor >= 5 && be->i->linear && ctx->precision != LUNET_PRECISION_BFLOAT16;
+}
+
+lunet_tensor *lunet_op_linear(lunet_ctx *ctx, const lunet_tensor *x, const lunet_tensor *w,
+                              const lunet_tensor *bias) {
+  lunet_be *be = bias ? BE3("linear", x, w, bias) : BE2("linear", x, w);
+  if (!be) return NULL;
+  char s1[128], s2[128];
+  if (x->ndim != 2 || w->ndim != 2 || x->shape[1] != w->shape[0] ||
+      (bias && (bias->ndim != 1 || bias->shape[0] != w->shape[1]))) {
+    lunet_error(ctx, LUNET_ERR_SHAPE, "linear: x %s and w %s do not fit (x (M, K), w (K, N), bias (N))",
+                shape_s(x, s1, sizeof s1), shape_s(w, s2, sizeof s2));
+    return NULL;
+  }
+  if (!linear_fused(ctx, be)) {
+    lunet_tensor *y = lunet_op_matmul(ctx, x, w, false, false);
+    if (!y || !bias) return y;
+    lunet_tensor *yb = lunet_op_binary(ctx, LUNET_BINARY_ADD, y, bias);
+    lunet_tensor_release(y);
+    return yb;
+  }
+  int64_t m = x->shape[0], k = x->shape[1], n = w->shape[1];
+  bool relu = ctx->pool_relu == LUNET_POOL_RELU_ASKED;
+  lunet_tensor *y = lunet_tensor_on(ctx, be, LUNET_F32, 2, (int64_t[]){m, n});
+  if (!y) return NULL;
+  if (relu) ctx->pool_relu = LUNET_POOL_RELU_DONE;
+  return done(ctx, be,
+              PROFILED(ctx, be, relu ? "linear_relu" : "linear", 2.0 * (double)m * (double)n * (double)k,
+                       be->i->linear(be->state, m, n, k, x->buf->handle, w->buf->handle,
+                                     bias ? bias->buf->handle : NULL, relu, y->buf->handle)),
+              "linear", y);
+}
+
+lunet_tensor *lunet_op_relu_grad(lunet_ctx *ctx, const lunet_tensor *dy, const lunet_tensor *y) {
+  if (ctx->pool_relu != LUNET_POOL_RELU_ASKED) return lunet_tensor_retain((lunet_tensor *)dy);
+  /* y > 0 exactly where the ReLU's input was: y stands for it */
+  lunet_tensor *dx = lunet_op_unary_backward(ctx, LUNET_UNARY_RELU, dy, y, y, 0.0f, 0.0f);
+  if (dx) ctx->pool_relu = LUNET_POOL_RELU_DONE;
+  return dx;
+}
+
 /* ---- convolution and pooling ---- */
 
 static lunet_status geometry(lunet_ctx *ctx, const char *what, int64_t h, int64_t w, int64_t kh,

@@ -5,6 +5,7 @@ enum { KERNEL = 0, BIAS = 1 };
 
 typedef struct dense_state {
   lunet_tensor *x; /* (N, ..., in), kept for the kernel gradient */
+  lunet_tensor *y; /* (N, ..., units): the output, for a ReLU its linear op ran */
 } dense_state;
 
 static const lunet_arg_schema dense_args[] = {
@@ -55,13 +56,11 @@ static lunet_status dense_forward(lunet_layer *l, lunet_call *c, int nin, lunet_
     return lunet_call_error(c, LUNET_ERR_SHAPE, "expects %lld input features (last axis), got %lld",
                             (long long)lunet_tensor_dim(w, 0),
                             (long long)lunet_tensor_dim(x[0], -1));
-  lunet_tensor *x2 = NULL, *y2 = NULL, *yb = NULL;
+  lunet_tensor *x2 = NULL, *y2 = NULL;
   if (!(x2 = layers_as_2d(ctx, x[0]))) goto fail;
-  if (!(y2 = lunet_op_matmul(ctx, x2, w, false, false))) goto fail;
-  if (lunet_layer_get_bool(l, "use_bias")) {
-    if (!(yb = lunet_op_binary(ctx, LUNET_BINARY_ADD, y2, lunet_layer_weight(l, BIAS)))) goto fail;
-    layers_set(&y2, yb);
-  }
+  /* the bias (and a "relu" activation, LUNET_LAYER_FUSES_RELU) in the product's epilogue */
+  if (!(y2 = lunet_op_linear(ctx, x2, w, lunet_layer_get_bool(l, "use_bias") ? lunet_layer_weight(l, BIAS) : NULL)))
+    goto fail;
   int64_t shape[LUNET_MAX_DIMS];
   int nd = lunet_tensor_ndim(x[0]);
   for (int i = 0; i < nd; i++) shape[i] = lunet_tensor_dim(x[0], i);
@@ -71,6 +70,7 @@ static lunet_status dense_forward(lunet_layer *l, lunet_call *c, int nin, lunet_
   lunet_tensor_release(y2);
   dense_state *st = lunet_call_state(c);
   layers_set(&st->x, lunet_tensor_retain(x[0]));
+  layers_set(&st->y, lunet_tensor_retain(y[0]));
   return LUNET_OK;
 fail:
   layers_release(x2);
@@ -101,9 +101,12 @@ static lunet_status dense_backward(lunet_layer *l, lunet_call *c, lunet_tensor *
   lunet_ctx *ctx = lunet_call_ctx(c);
   dense_state *st = lunet_call_state(c);
   if (!st->x) return layers_no_forward(c);
-  lunet_tensor *x2 = NULL, *dy2 = NULL, *dx2 = NULL;
+  lunet_tensor *x2 = NULL, *dy2 = NULL, *dx2 = NULL, *g = NULL;
   dx[0] = NULL;
-  if (!(x2 = layers_as_2d(ctx, st->x)) || !(dy2 = layers_as_2d(ctx, dy[0]))) goto fail;
+  /* the ReLU's gradient first when the forward's linear op ran it */
+  if (!(g = lunet_op_relu_grad(ctx, dy[0], st->y))) goto fail;
+  if (!(x2 = layers_as_2d(ctx, st->x)) || !(dy2 = layers_as_2d(ctx, g))) goto fail;
+  layers_set(&g, NULL);
   if (dense_weight_grads(l, c, x2, dy2) != LUNET_OK) goto fail;
   if (lunet_call_needs_dx(c, 0)) {
     dx2 = lunet_op_matmul(ctx, dy2, lunet_layer_weight(l, KERNEL), false, true);
@@ -113,8 +116,10 @@ static lunet_status dense_backward(lunet_layer *l, lunet_call *c, lunet_tensor *
   lunet_tensor_release(x2);
   lunet_tensor_release(dy2);
   layers_set(&st->x, NULL);
+  layers_set(&st->y, NULL);
   return LUNET_OK;
 fail:
+  layers_release(g);
   layers_release(x2);
   layers_release(dy2);
   layers_release(dx2);
@@ -124,6 +129,7 @@ fail:
 static void dense_release(lunet_layer *l, lunet_call *c) {
   dense_state *st = lunet_call_state(c);
   layers_set(&st->x, NULL);
+  layers_set(&st->y, NULL);
 }
 
 static const lunet_layer_test dense_tests[] = {
@@ -142,7 +148,7 @@ static const lunet_layer_test dense_tests[] = {
 LAYERS_HIDDEN const lunet_layer_type layers_dense = {
     .struct_size = sizeof(lunet_layer_type),
     .name = "Dense",
-    .flags = LUNET_LAYER_STEPWISE,
+    .flags = LUNET_LAYER_STEPWISE | LUNET_LAYER_FUSES_RELU,
     .doc = "Fully connected layer: y = activation(x @ kernel + bias) on the last axis",
     .args = dense_args,
     .nargs = sizeof dense_args / sizeof dense_args[0],

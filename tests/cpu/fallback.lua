@@ -1,8 +1,8 @@
 -- A backend of ABI 2.3 (tests/cpu/minor3_backend.c: the CPU backend
--- without the 2.4 members) loads, and a convolution's ReLU moved after a
--- max pooling runs as a ReLU op of its own there: a training step and a
--- prediction give the same bits as on the CPU backend, which fuses them
--- (nn.profile names the ops each ran).
+-- without the 2.4 and 2.5 members) loads, and a convolution's ReLU moved
+-- after a max pooling, and a Dense layer's bias and ReLU, run as ops of
+-- their own there: a training step and a prediction give the same bits as
+-- on the CPU backend, which fuses them (nn.profile names the ops each ran).
 local nn = require "lunet"
 -- (nn.backends() lists it under the name its describe() gives: "cpu")
 local ok, err = pcall(nn.use, "cpu23")
@@ -12,7 +12,7 @@ local function run(backend)
   nn.use(backend)
   nn.seed(5)
   local m = nn.Sequential{nn.Conv2D{6, 3, activation = "relu", input_shape = {9, 9, 2}}, nn.MaxPooling2D(2),
-    nn.Flatten(), nn.Dense{3}}
+    nn.Flatten(), nn.Dense{5, activation = "relu"}, nn.Dense{3}}
   m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "mse"}
   nn.seed(6)
   local x, y = nn.randn(8, 9, 9, 2), nn.randn(8, 3)
@@ -29,8 +29,11 @@ local fused, fops = run("cpu")
 local plain, pops = run("cpu23")
 assert(fops.pool2d_relu == 1 and fops.pool2d_relu_backward == 1 and not fops.relu,
   "the CPU backend fuses the pooling and the ReLU")
-assert(pops.pool2d == 1 and pops.relu == 1 and pops.relu_backward == 1 and pops.pool2d_backward == 1
-  and not pops.pool2d_relu, "the ABI 2.3 backend runs them as two ops")
+assert(fops.linear_relu == 1 and fops.linear == 1 and fops.relu_backward == 1,
+  "and the Dense layers' bias and ReLU into their products (the ReLU's gradient in the layer)")
+assert(pops.pool2d == 1 and pops.relu == 2 and pops.relu_backward == 2 and pops.pool2d_backward == 1
+  and not pops.pool2d_relu and not pops.linear and not pops.linear_relu,
+  "the ABI 2.3 backend runs them as separate ops")
 for i = 1, #fused do
   local d = (fused[i] - plain[i]):abs():max():item()
   assert(d == 0, string.format("result %d differs between the fused and the plain path by %g", i, d))

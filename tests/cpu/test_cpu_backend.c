@@ -399,6 +399,41 @@ END_TEST
  * bits as a max pooling, then the ReLU (forward), and as the ReLU's gradient
  * (dy where the window's maximum is > 0), then the pooling's (backward);
  * windows wholly below zero, at zero (-0 too) and ties included. */
+/* ABI 2.5's linear: c = a b + bias, then the ReLU.  Fast: the same bits as
+ * the fast gemm followed by the add and the ReLU in turn (the documented
+ * contract, so fusing it changes no result), also when the product is split
+ * over threads by rows or by columns; naive against fast within rounding;
+ * with and without the bias and the ReLU. */
+START_TEST(test_linear) {
+  static const int64_t cases[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 33, 65}, {130, 40, 70}, {12, 300, 50}, {64, 512, 96}};
+  for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+    int64_t m = cases[ci][0], n = cases[ci][1], k = cases[ci][2];
+    float *a = rnd((size_t)(m * k), -1, 1), *b = rnd((size_t)(k * n), -1, 1), *bias = rnd((size_t)n, -0.5f, 0.5f);
+    for (int variant = 0; variant < 4; variant++) {
+      bool relu = variant & 1, with_bias = variant & 2;
+      size_t nc = (size_t)(m * n);
+      float *c = rnd(nc, 5, 6), *cn = rnd(nc, 5, 6), *want = zeros(nc);
+      char what[96];
+      snprintf(what, sizeof what, "linear %lldx%lldx%lld%s%s", (long long)m, (long long)n, (long long)k,
+               with_bias ? " +bias" : "", relu ? " relu" : "");
+      ck_assert_int_eq(F->gemm(be, false, false, m, n, k, 1.0f, a, 0, b, 0, 0.0f, want, m * n, 1), 0);
+      for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+          float *v = &want[i * n + j];
+          if (with_bias) *v = *v + bias[j];
+          if (relu) *v = *v > 0.0f ? *v : 0.0f;
+        }
+      ck_assert_int_eq(F->linear(be, m, n, k, a, b, with_bias ? bias : NULL, relu, c), 0);
+      ck_assert_int_eq(N->linear(be, m, n, k, a, b, with_bias ? bias : NULL, relu, cn), 0);
+      expect_true(memcmp(c, want, nc * sizeof *c) == 0, "%s: fast differs from gemm, add, relu", what);
+      expect_close(cn, c, nc, 1e-5f, 1e-5f, what);
+      free(c), free(cn), free(want);
+    }
+    free(a), free(b), free(bias);
+  }
+}
+END_TEST
+
 START_TEST(test_max_pool_relu) {
   for (size_t i = 0; i < NPOOL; i++) {
     lunet_pool2d_desc d = pool_desc(pool_cases[i]);
@@ -1361,6 +1396,7 @@ static Suite *cpu_suite(void) {
   tcase_add_test(tc, test_conv_fast_vs_naive);
   tcase_add_test(tc, test_pool_fast_vs_naive);
   tcase_add_test(tc, test_max_pool_relu);
+  tcase_add_test(tc, test_linear);
   tcase_add_test(tc, test_gemm_fast_vs_naive);
   tcase_add_test(tc, test_bf16_round);
   tcase_add_test(tc, test_conv_bf16_fast_vs_naive);

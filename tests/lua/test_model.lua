@@ -885,4 +885,53 @@ function T.relu_after_pooling_is_exact()
   for i = 1, #wa do check.same_table(wa[i]:totable(), wb[i]:totable(), 0, "weight " .. i .. " after a step") end
 end
 
+-- A Dense layer's "relu" runs in its linear op's epilogue with the bias
+-- (backend ABI 2.5): predictions, the loss and the weights after one SGD
+-- step equal a Dense without activation followed by a ReLU layer, bit for
+-- bit, on the CPU and on Vulkan; mixed precision keeps the separate ops.
+-- The profile names the fused op.
+function T.dense_relu_in_the_epilogue_is_exact()
+  local function build(separate)
+    nn.seed(23)
+    local layers = separate
+      and {nn.Dense{37, input_shape = {19}}, nn.ReLU(), nn.Dense{5, activation = "relu"}, nn.Dense{3, activation = "softmax"}}
+      or {nn.Dense{37, activation = "relu", input_shape = {19}}, nn.Dense{5, activation = "relu"}, nn.Dense{3, activation = "softmax"}}
+    local m = nn.Sequential(layers)
+    m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.5}, loss = "sparse_categorical_crossentropy"}
+    m:build()
+    return m
+  end
+  local backends = {"cpu"}
+  if check.vulkan() then backends[2] = "vulkan" end
+  for _, be in ipairs(backends) do
+    local a, b = build(false), build(true)
+    local w = a:get_weights()
+    w[2] = w[2] - 0.2 -- a negative bias: some units below zero on every row
+    a:set_weights(w)
+    b:set_weights(w)
+    if be ~= "cpu" then a:to(be) b:to(be) end
+    nn.seed(24)
+    local x, y = nn.randn{11, 19}, nn.tensor{0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1}
+    if be ~= "cpu" then x, y = x:to(be), y:to(be) end
+    local pa = a:predict(x):totable()
+    check.same_table(pa, b:predict(x):totable(), 0, be .. ": fused vs a ReLU layer")
+    local h = a.layers[1](x):totable()
+    local zeros, positive = 0, 0
+    for _, row in ipairs(h) do for _, v in ipairs(row) do
+      if v == 0 then zeros = zeros + 1 elseif v > 0 then positive = positive + 1 end end end
+    check.eq(zeros > 0 and positive > 0, true, be .. ": the first layer's ReLU cuts some units, not all")
+    check.eq(a:train_on_batch(x, y), b:train_on_batch(x, y), be .. ": loss")
+    local wa, wb = a:get_weights(), b:get_weights()
+    for i = 1, #wa do check.same_table(wa[i]:totable(), wb[i]:totable(), 0, be .. ": weight " .. i .. " after a step") end
+  end
+  local m = build(false)
+  local x = nn.randn{4, 19}
+  local report = nn.profile(function() m:predict(x) end, {print = false})
+  local ops = {}
+  for _, o in ipairs(report.ops) do ops[o.name] = (ops[o.name] or 0) + o.calls end
+  check.eq(ops.linear_relu, 2, "the two relu Dense layers run linear_relu")
+  check.eq(ops.linear, 1, "the softmax one runs linear")
+  check.eq(ops.gemm, nil, "no separate product")
+end
+
 check.run(T)

@@ -42,26 +42,28 @@ function T.counts_and_flops_of_a_fit()
     check.eq(layer(report, name).fcalls, steps, name .. " forward passes")
     check.eq(layer(report, name).bcalls, steps, name .. " backward passes")
   end
-  -- per step: two forward products; out's backward needs dW and dx, hidden's
-  -- only dW (the data needs no gradient)
+  -- per step: the forward products are linear ops (hidden's with its bias
+  -- and ReLU, out's with its bias); out's backward needs dW and dx,
+  -- hidden's only dW (the data needs no gradient)
   local gemm = op(report, "gemm")
-  check.eq(gemm.calls, 5 * steps, "matrix products")
-  local per_step = 2 * b * 20 * 16 + 2 * b * 16 * 4 + 2 * b * 4 * 16 + 2 * 16 * b * 4 + 2 * 20 * b * 16
+  check.eq(gemm.calls, 3 * steps, "backward matrix products")
+  check.eq(op(report, "linear_relu").calls, steps, "hidden's forward: the product, its bias and ReLU")
+  check.eq(op(report, "linear").calls, steps, "out's forward: the product and its bias")
+  check.eq(op(report, "linear_relu").flops, steps * 2 * b * 20 * 16, "hidden's forward flops")
+  check.eq(op(report, "linear").flops, steps * 2 * b * 16 * 4, "out's forward flops")
+  local per_step = 2 * b * 4 * 16 + 2 * 16 * b * 4 + 2 * 20 * b * 16
   check.eq(gemm.flops, per_step * steps, "their floating-point operations")
   check.eq(layer(report, "hidden").flops, steps * (2 * b * 20 * 16 + 2 * 20 * b * 16), "hidden's flops")
   check.eq(op(report, "adam_update").calls, 4 * steps, "one Adam update per weight and step")
-  check.eq(op(report, "relu").calls, steps, "relu forward")
-  check.eq(op(report, "relu_backward").calls, steps, "relu backward")
-  -- the activation's gradient is timed for its layer (and holds
-  -- relu_backward); out's softmax is fused into the loss, so it has none
+  check.eq(op(report, "relu").calls, 0, "no relu forward of its own")
+  check.eq(op(report, "relu_backward").calls, steps, "relu backward (in hidden's backward)")
+  -- the ReLU's gradient is hidden's own (its backward takes it), and out's
+  -- softmax is fused into the loss: no activation's gradient of its own
   local act = 0
   for _, e in ipairs(report.events) do
-    if e.kind == "activation_backward" then
-      act = act + 1
-      check.eq(e.name, "hidden", "the layer of an activation's gradient")
-    end
+    if e.kind == "activation_backward" then act = act + 1 end
   end
-  check.eq(act, steps, "the activations' gradients")
+  check.eq(act, 0, "the activations' gradients run inside their layers")
   -- the times hold together: ops run one after another inside the wall time
   check.eq(report.op_us <= report.wall_us, true, "ops within the wall time")
   for _, e in ipairs(report.events) do
@@ -71,6 +73,25 @@ function T.counts_and_flops_of_a_fit()
   for _, want in ipairs{"profile:", "hidden", "out", "gemm", "adam_update", "(outside layers)", "GFLOP/s"} do
     check.eq(text:find(want, 1, true) ~= nil, true, "the table shows " .. want)
   end
+end
+
+-- An activation the layer's op does not run (tanh): its gradient is timed
+-- as the layer's activation_backward.
+function T.activation_gradient_is_the_layers()
+  nn.seed(2)
+  local m = nn.Sequential{nn.Dense{8, activation = "tanh", input_shape = {5}, name = "h"}, nn.Dense{2, name = "o"}}
+  m:compile{optimizer = "sgd", loss = "mse"}
+  local x, y = nn.randn(16, 5), nn.randn(16, 2)
+  local report = nn.profile(function() m:train_on_batch(x, y) end, {print = false})
+  local act = 0
+  for _, e in ipairs(report.events) do
+    if e.kind == "activation_backward" then
+      act = act + 1
+      check.eq(e.name, "h", "the layer of an activation's gradient")
+    end
+  end
+  check.eq(act, 1, "one activation's gradient")
+  check.eq(op(report, "tanh").calls, 1, "tanh forward")
 end
 
 function T.times_against_an_outside_timer()

@@ -299,13 +299,24 @@ typedef struct lunet_backend_i {
   int (*max_pool2d_relu)(lunet_backend *be, lunet_buf y, lunet_cbuf x, const lunet_pool2d_desc *d);
   int (*max_pool2d_relu_backward)(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, lunet_cbuf x, lunet_cbuf y,
                                   const lunet_pool2d_desc *d);
+
+  /* ---- ABI 2.5 (read only from a backend of minor >= 5) ---- */
+
+  /* A Dense layer's forward in one op: c (m, n) = a (m, k) b (k, n), plus
+   * bias (n) on every row unless bias is NULL, then max(c, 0) when relu
+   * (x > 0 ? x : 0, as the RELU unary op): the bias and the ReLU in the
+   * product's epilogue, the same bits as gemm, an add and the ReLU op in
+   * turn.  NULL: the core runs those. */
+  int (*linear)(lunet_backend *be, int64_t m, int64_t n, int64_t k, lunet_cbuf a, lunet_cbuf b, lunet_cbuf bias,
+                bool relu, lunet_buf c);
 } lunet_backend_i;
 
-/* The size of lunet_backend_i in ABI 2.0 to 2.3 (what such a backend provides). */
+/* The size of lunet_backend_i in ABI 2.0 to 2.4 (what such a backend provides). */
 #define LUNET_BACKEND_I_SIZE_2_0 offsetof(lunet_backend_i, scatter_add_rows)
 #define LUNET_BACKEND_I_SIZE_2_1 offsetof(lunet_backend_i, stats)
 #define LUNET_BACKEND_I_SIZE_2_2 offsetof(lunet_backend_i, bf16_native)
 #define LUNET_BACKEND_I_SIZE_2_3 offsetof(lunet_backend_i, max_pool2d_relu)
+#define LUNET_BACKEND_I_SIZE_2_4 offsetof(lunet_backend_i, linear)
 
 typedef struct lunet_backend_desc {
   uint32_t abi_major, abi_minor;

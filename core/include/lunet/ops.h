@@ -136,6 +136,18 @@ LUNET_API lunet_tensor *lunet_op_argmax(lunet_ctx *ctx, const lunet_tensor *x);
 LUNET_API lunet_tensor *lunet_op_matmul(lunet_ctx *ctx, const lunet_tensor *a,
                                         const lunet_tensor *b, bool trans_a, bool trans_b);
 
+/* y (M, N) = x (M, K) @ w (K, N) + bias (N) (NULL: none): a Dense layer's
+ * product with its bias added in the product's epilogue where the backend
+ * has the fused op (backend ABI 2.5), else as matmul then add.  In the
+ * forward of a layer flagged LUNET_LAYER_FUSES_RELU whose activation is
+ * "relu", the fused op also runs the ReLU (the core then does not). */
+LUNET_API lunet_tensor *lunet_op_linear(lunet_ctx *ctx, const lunet_tensor *x, const lunet_tensor *w,
+                                        const lunet_tensor *bias);
+/* In the backward of such a layer: dy * (y > 0), y the layer's output,
+ * when its forward's lunet_op_linear ran the ReLU; else dy itself (a new
+ * reference). */
+LUNET_API lunet_tensor *lunet_op_relu_grad(lunet_ctx *ctx, const lunet_tensor *dy, const lunet_tensor *y);
+
 /* x (N,H,W,C), w (KH,KW,C,F), bias (F) or NULL -> y (N,OH,OW,F) */
 LUNET_API lunet_tensor *lunet_op_conv2d(lunet_ctx *ctx, const lunet_tensor *x,
                                         const lunet_tensor *w, const lunet_tensor *bias,

@@ -150,6 +150,10 @@ typedef struct lunet_layer_test {
  * to the loss; weights regularize through "<weight>_regularizer"
  * arguments (kernel_regularizer, bias_regularizer, ...). */
 #define LUNET_LAYER_ACTIVITY_L1L2 16u
+/* (ABI 2.2) The layer's forward ends with lunet_op_linear, which may run the
+ * layer's "relu" activation in the product's epilogue; its backward then
+ * passes the output's gradient through lunet_op_relu_grad first (Dense). */
+#define LUNET_LAYER_FUSES_RELU 32u
 
 /* One call of a layer: its saved state, its context, the gradients of its
  * weights.  Made and owned by the core. */
