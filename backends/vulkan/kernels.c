@@ -242,6 +242,19 @@ uint32_t lunet_vk_groups(lunet_backend *be, size_t n) {
   return (uint32_t)(g == 0 ? 1 : g < cap ? g : cap);
 }
 
+void lunet_vk_binding_writes(const VkBuffer *binds, VkDescriptorSet set, VkDescriptorBufferInfo *info,
+                             VkWriteDescriptorSet *w) {
+  for (int i = 0; i < LUNET_VK_BINDINGS; i++) {
+    info[i] = (VkDescriptorBufferInfo){binds[i], 0, VK_WHOLE_SIZE};
+    w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
+                                  .dstSet = set,
+                                  .dstBinding = (uint32_t)i,
+                                  .descriptorCount = 1,
+                                  .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                  .pBufferInfo = &info[i]};
+  }
+}
+
 /* The shader that runs sh on this device: its subgroup variant where it has one. */
 static lunet_vk_shader variant(const lunet_backend *be, lunet_vk_shader sh) {
   if (!be->subgroups) return sh;
@@ -299,15 +312,7 @@ static int dispatch(lunet_backend *be, lunet_vk_shader sh, int mode, lunet_cbuf 
     if (r) return lunet_vk_check(be, r, "vkAllocateDescriptorSets");
     VkDescriptorBufferInfo info[LUNET_VK_BINDINGS];
     VkWriteDescriptorSet w[LUNET_VK_BINDINGS];
-    for (int i = 0; i < LUNET_VK_BINDINGS; i++) {
-      info[i] = (VkDescriptorBufferInfo){binds[i], 0, VK_WHOLE_SIZE};
-      w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
-                                    .dstSet = p->dispatch.set,
-                                    .dstBinding = (uint32_t)i,
-                                    .descriptorCount = 1,
-                                    .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
-                                    .pBufferInfo = &info[i]};
-    }
+    lunet_vk_binding_writes(binds, p->dispatch.set, info, w);
     vkUpdateDescriptorSets(be->dev, LUNET_VK_BINDINGS, w, 0, NULL);
   }
   be->stats.descriptor_writes += LUNET_VK_BINDINGS;

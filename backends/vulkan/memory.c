@@ -434,14 +434,7 @@ static void record(lunet_backend *be, VkCommandBuffer cmd, const lunet_vk_pendin
       /* the bindings go into the command buffer: no set to allocate and write */
       VkDescriptorBufferInfo info[LUNET_VK_BINDINGS];
       VkWriteDescriptorSet w[LUNET_VK_BINDINGS];
-      for (int i = 0; i < LUNET_VK_BINDINGS; i++) {
-        info[i] = (VkDescriptorBufferInfo){p->dispatch.binds[i], 0, VK_WHOLE_SIZE};
-        w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
-                                      .dstBinding = (uint32_t)i,
-                                      .descriptorCount = 1,
-                                      .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
-                                      .pBufferInfo = &info[i]};
-      }
+      lunet_vk_binding_writes(p->dispatch.binds, VK_NULL_HANDLE, info, w);
       vkCmdPushDescriptorSetKHR(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->layout, 0,
                                 LUNET_VK_BINDINGS, w);
     }

@@ -350,6 +350,10 @@ void lunet_vk_kernels_free(lunet_backend *be);
 int lunet_vk_dispatch(lunet_backend *be, lunet_vk_shader sh, int mode, lunet_cbuf const *bufs,
                       int nbufs, const void *pc, size_t pc_bytes, uint32_t gx, uint32_t gy,
                       uint32_t gz);
+/* The writes binding binds[0..LUNET_VK_BINDINGS) to set (VK_NULL_HANDLE:
+ * pushed), info their storage. */
+void lunet_vk_binding_writes(const VkBuffer *binds, VkDescriptorSet set, VkDescriptorBufferInfo *info,
+                             VkWriteDescriptorSet *w);
 /* Workgroups covering n items at the 1-D size, capped for a grid-stride loop. */
 uint32_t lunet_vk_groups(lunet_backend *be, size_t n);
 
