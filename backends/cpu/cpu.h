@@ -334,6 +334,8 @@ int lunet_cpu_adam_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_bu
 int lunet_cpu_rmsprop_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet_buf ms,
                              lunet_buf mom, size_t n, float lr, float rho, float momentum,
                              float epsilon);
+int lunet_cpu_update_multi(lunet_backend *be, const lunet_update_desc *u, int count, const lunet_buf *p,
+                           const lunet_cbuf *g, const lunet_buf *s1, const lunet_buf *s2, const size_t *n);
 int lunet_cpu_affine_resample(lunet_backend *be, lunet_buf y, lunet_cbuf x, const float *mats,
                               size_t n, size_t h, size_t w, size_t c, size_t oh, size_t ow,
                               lunet_fill_mode mode, float fill);

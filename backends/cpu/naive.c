@@ -728,6 +728,25 @@ static int naive_rmsprop_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lu
   return 0;
 }
 
+/* Tensor by tensor through the single updates above. */
+static int naive_update_multi(lunet_backend *be, const lunet_update_desc *u, int count, const lunet_buf *p,
+                              const lunet_cbuf *g, const lunet_buf *s1, const lunet_buf *s2, const size_t *n) {
+  int rc = 0;
+  for (int t = 0; !rc && t < count; t++) {
+    lunet_buf a = s1 ? s1[t] : NULL, b = s2 ? s2[t] : NULL;
+    if (u->kind == LUNET_UPDATE_SGD)
+      rc = naive_sgd_update(be, p[t], g[t], a, n[t], u->lr, u->momentum, u->nesterov, u->weight_decay);
+    else if (u->kind == LUNET_UPDATE_ADAM)
+      rc = !a || !b ? lunet_cpu_error(LUNET_ERR_ARG, "update_multi: Adam needs its m and v states")
+                    : naive_adam_update(be, p[t], g[t], a, b, n[t], u->lr, u->beta1, u->beta2, u->epsilon,
+                                        u->weight_decay, u->step);
+    else
+      rc = !a ? lunet_cpu_error(LUNET_ERR_ARG, "update_multi: RMSprop needs its mean-square state")
+              : naive_rmsprop_update(be, p[t], g[t], a, b, n[t], u->lr, u->rho, u->momentum, u->epsilon);
+  }
+  return rc;
+}
+
 static int naive_affine_resample(lunet_backend *be, lunet_buf y, lunet_cbuf x, const float *mats,
                                  size_t n, size_t h, size_t w, size_t c, size_t oh, size_t ow,
                                  lunet_fill_mode mode, float fill) {
@@ -778,4 +797,5 @@ const lunet_backend_i lunet_cpu_naive_vtable = {
     .conv2d_bf16 = naive_conv2d_bf16,
     .conv2d_backward_data_bf16 = naive_conv2d_backward_data_bf16,
     .conv2d_backward_filter_bf16 = naive_conv2d_backward_filter_bf16,
+    .update_multi = naive_update_multi,
 };

@@ -4,6 +4,7 @@
  * resample.  Rows (or channel blocks, or flat ranges) go to the pool in
  * static chunks; nothing here depends on how many chunks there are.
  */
+#include <stdlib.h>
 #include <string.h>
 #include "cpu.h"
 #include "lunet/resample.h"
@@ -421,6 +422,73 @@ int lunet_cpu_rmsprop_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet
                 .b = momentum,
                 .eps = epsilon};
   lunet_cpu_parallel(be, (int64_t)n, GRAIN, rmsprop_task, &j);
+  return 0;
+}
+
+/* update_multi: one parallel region over the tensors' elements laid end
+ * to end, each piece run by its tensor's single-op body (the same bits). */
+typedef struct multi_job {
+  const flat_job *jobs;
+  const int64_t *start; /* count + 1 offsets */
+  int count;
+  lunet_update_kind kind;
+} multi_job;
+
+static void multi_task(void *arg, int64_t begin, int64_t end, int chunk) {
+  const multi_job *m = arg;
+  int lo = 0, hi = m->count - 1; /* the last tensor starting at or before begin */
+  while (lo < hi) {
+    int mid = (lo + hi + 1) / 2;
+    if (m->start[mid] <= begin) lo = mid;
+    else hi = mid - 1;
+  }
+  for (int t = lo; t < m->count && m->start[t] < end; t++) {
+    int64_t b = (begin > m->start[t] ? begin : m->start[t]) - m->start[t];
+    int64_t e = (end < m->start[t + 1] ? end : m->start[t + 1]) - m->start[t];
+    if (b >= e) continue;
+    flat_job *j = (flat_job *)&m->jobs[t];
+    if (m->kind == LUNET_UPDATE_ADAM) adam_range(j, b, e);
+    else if (m->kind == LUNET_UPDATE_SGD) sgd_task(j, b, e, chunk);
+    else rmsprop_task(j, b, e, chunk);
+  }
+}
+
+int lunet_cpu_update_multi(lunet_backend *be, const lunet_update_desc *u, int count, const lunet_buf *p,
+                           const lunet_cbuf *g, const lunet_buf *s1, const lunet_buf *s2, const size_t *n) {
+  if (count <= 0) return 0;
+  float alpha = 0.0f;
+  if (u->kind == LUNET_UPDATE_ADAM) {
+    int rc = lunet_cpu_adam_alpha(u->lr, u->beta1, u->beta2, u->step, &alpha);
+    if (rc) return rc;
+    if (!s1 || !s2) return lunet_cpu_error(LUNET_ERR_ARG, "update_multi: Adam needs its m and v states");
+  } else if (u->kind == LUNET_UPDATE_SGD && !s1 && u->momentum != 0.0f) {
+    return lunet_cpu_error(LUNET_ERR_ARG, "sgd_update: momentum %g needs a velocity buffer", (double)u->momentum);
+  } else if (u->kind == LUNET_UPDATE_RMSPROP && !s1) {
+    return lunet_cpu_error(LUNET_ERR_ARG, "update_multi: RMSprop needs its mean-square state");
+  }
+  enum { ON_STACK = 32 }; /* a model's weights, most often: no allocation a step */
+  flat_job stack_jobs[ON_STACK];
+  int64_t stack_start[ON_STACK + 1];
+  bool heap = count > ON_STACK;
+  flat_job *jobs = heap ? malloc((size_t)count * sizeof *jobs) : stack_jobs;
+  int64_t *start = heap ? malloc(((size_t)count + 1) * sizeof *start) : stack_start;
+  if (!jobs || !start) {
+    if (heap) free(jobs), free(start);
+    return lunet_cpu_error(LUNET_ERR_NOMEM, "update_multi: out of host memory for %d tensors", count);
+  }
+  start[0] = 0;
+  for (int t = 0; t < count; t++) {
+    flat_job *j = &jobs[t];
+    *j = (flat_job){.p = p[t], .g = g[t], .s1 = s1 ? s1[t] : NULL, .s2 = s2 ? s2[t] : NULL, .lr = u->lr,
+                    .eps = u->epsilon, .wd = u->weight_decay, .alpha = alpha};
+    if (u->kind == LUNET_UPDATE_SGD) j->a = u->momentum, j->flag = u->nesterov;
+    else if (u->kind == LUNET_UPDATE_ADAM) j->a = u->beta1, j->b = u->beta2;
+    else j->a = u->rho, j->b = u->momentum, j->wd = 0.0f, j->s2 = u->momentum > 0.0f ? j->s2 : NULL;
+    start[t + 1] = start[t] + (int64_t)n[t];
+  }
+  multi_job m = {jobs, start, count, u->kind};
+  lunet_cpu_parallel(be, start[count], GRAIN, multi_task, &m);
+  if (heap) free(jobs), free(start);
   return 0;
 }
 

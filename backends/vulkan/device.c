@@ -387,6 +387,32 @@ static bool has_device_extension(VkPhysicalDevice pd, const char *name) {
   return found;
 }
 
+/* Whether update_multi runs as one dispatch for LUNET_VK_MULTI tensors:
+ * arrays of storage buffers indexed by a dynamically uniform value, and
+ * LUNET_VK_DESCRIPTORS of them in one shader and one set (pushed: within
+ * maxPushDescriptors, which Vulkan guarantees to be 32 or more).  Set
+ * before the device is made (the feature is enabled then). */
+static void multi_tensor(lunet_backend *be) {
+  const char *want = getenv("LUNET_VULKAN_MULTI_TENSOR");
+  VkPhysicalDeviceFeatures f = {0};
+  vkGetPhysicalDeviceFeatures(be->phys, &f);
+  uint32_t push_max = UINT32_MAX;
+  if (be->push_descriptors) {
+    VkPhysicalDevicePushDescriptorPropertiesKHR pd = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PUSH_DESCRIPTOR_PROPERTIES_KHR};
+    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &pd};
+    push_max = 0;
+    if (vkGetPhysicalDeviceProperties2) {
+      vkGetPhysicalDeviceProperties2(be->phys, &p2);
+      push_max = pd.maxPushDescriptors;
+    }
+  }
+  const VkPhysicalDeviceLimits *l = &be->props.limits;
+  be->multi_tensor = !(want && !strcmp(want, "0")) && f.shaderStorageBufferArrayDynamicIndexing &&
+                     l->maxPerStageDescriptorStorageBuffers >= LUNET_VK_DESCRIPTORS &&
+                     l->maxDescriptorSetStorageBuffers >= LUNET_VK_DESCRIPTORS && push_max >= LUNET_VK_DESCRIPTORS;
+}
+
 static int make_device(lunet_backend *be, char *err, size_t err_len) {
   uint32_t nq = 0;
   vkGetPhysicalDeviceQueueFamilyProperties(be->phys, &nq, NULL);
@@ -409,11 +435,14 @@ static int make_device(lunet_backend *be, char *err, size_t err_len) {
   const char *want = getenv("LUNET_VULKAN_PUSH_DESCRIPTORS");
   be->push_descriptors = !(want && !strcmp(want, "0")) && vkCmdPushDescriptorSetKHR &&
                          has_device_extension(be->phys, push);
+  multi_tensor(be);
+  VkPhysicalDeviceFeatures features = {.shaderStorageBufferArrayDynamicIndexing = be->multi_tensor};
   VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
                            .queueCreateInfoCount = 1,
                            .pQueueCreateInfos = &qi,
                            .enabledExtensionCount = be->push_descriptors ? 1 : 0,
-                           .ppEnabledExtensionNames = &push};
+                           .ppEnabledExtensionNames = &push,
+                           .pEnabledFeatures = &features};
   VkResult r = vkCreateDevice(be->phys, &di, NULL, &be->dev);
   if (r != VK_SUCCESS) {
     snprintf(err, err_len, "vulkan: vkCreateDevice failed on %s (%s)", be->props.deviceName,
@@ -535,11 +564,14 @@ void lunet_vk_describe(lunet_backend *be, lunet_backend_info *info) {
            type_name(be->props.deviceType), (double)device_memory(be->phys) / (1 << 30));
   char sg[48] = "";
   if (be->subgroups) snprintf(sg, sizeof sg, ", subgroup reductions (%u wide)", be->subgroup_size);
-  snprintf(info->detail, sizeof info->detail, "%.80s, Vulkan %u.%u.%u%s%s%s; devices: %.100s",
-           be->driver, VK_API_VERSION_MAJOR(be->props.apiVersion),
-           VK_API_VERSION_MINOR(be->props.apiVersion), VK_API_VERSION_PATCH(be->props.apiVersion),
-           be->validation ? ", validation on" : "", be->push_descriptors ? ", push descriptors" : "", sg,
-           be->devices);
+  int used = snprintf(info->detail, sizeof info->detail, "%.80s, Vulkan %u.%u.%u%s%s%s%s", be->driver,
+                      VK_API_VERSION_MAJOR(be->props.apiVersion), VK_API_VERSION_MINOR(be->props.apiVersion),
+                      VK_API_VERSION_PATCH(be->props.apiVersion), be->validation ? ", validation on" : "",
+                      be->push_descriptors ? ", push descriptors" : "", sg,
+                      be->multi_tensor ? ", multi-tensor updates" : "");
+  if (used > 0 && (size_t)used < sizeof info->detail) /* the device list, as much as fits */
+    snprintf(info->detail + used, sizeof info->detail - (size_t)used, "; devices: %.*s",
+             (int)(sizeof info->detail - (size_t)used), be->devices);
   info->threads = 1;
   info->available = !be->lost;
   info->device_index = be->device_index;

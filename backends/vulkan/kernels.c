@@ -104,32 +104,42 @@ static void pcache_at_exit(void) {
   if (pcache_owner) pcache_save(pcache_owner);
 }
 
+/* A descriptor set layout of `count` storage-buffer bindings of `each`
+ * descriptors (pushed where the device pushes them) and its pipeline layout
+ * with LUNET_VK_PUSH_BYTES of push constants. */
+static int make_layout(lunet_backend *be, uint32_t count, uint32_t each, VkDescriptorSetLayout *dsl,
+                       VkPipelineLayout *layout) {
+  VkDescriptorSetLayoutBinding b[LUNET_VK_BINDINGS];
+  for (uint32_t i = 0; i < count; i++)
+    b[i] = (VkDescriptorSetLayoutBinding){.binding = i,
+                                          .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                          .descriptorCount = each,
+                                          .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
+  VkDescriptorSetLayoutCreateInfo li = {
+      .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
+      .flags = be->push_descriptors ? VK_DESCRIPTOR_SET_LAYOUT_CREATE_PUSH_DESCRIPTOR_BIT_KHR : 0,
+      .bindingCount = count,
+      .pBindings = b};
+  VkResult r = vkCreateDescriptorSetLayout(be->dev, &li, NULL, dsl);
+  if (r) return lunet_vk_check(be, r, "vkCreateDescriptorSetLayout");
+  VkPushConstantRange pr = {VK_SHADER_STAGE_COMPUTE_BIT, 0, LUNET_VK_PUSH_BYTES};
+  VkPipelineLayoutCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
+                                   .setLayoutCount = 1,
+                                   .pSetLayouts = dsl,
+                                   .pushConstantRangeCount = 1,
+                                   .pPushConstantRanges = &pr};
+  r = vkCreatePipelineLayout(be->dev, &pi, NULL, layout);
+  return r ? lunet_vk_check(be, r, "vkCreatePipelineLayout") : 0;
+}
+
 int lunet_vk_kernels_init(lunet_backend *be) {
   static bool registered;
   pcache_open(be);
   pcache_owner = be;
   if (!registered) registered = atexit(pcache_at_exit) == 0;
-  VkDescriptorSetLayoutBinding b[LUNET_VK_BINDINGS];
-  for (uint32_t i = 0; i < LUNET_VK_BINDINGS; i++)
-    b[i] = (VkDescriptorSetLayoutBinding){.binding = i,
-                                          .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
-                                          .descriptorCount = 1,
-                                          .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
-  VkDescriptorSetLayoutCreateInfo li = {
-      .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
-      .flags = be->push_descriptors ? VK_DESCRIPTOR_SET_LAYOUT_CREATE_PUSH_DESCRIPTOR_BIT_KHR : 0,
-      .bindingCount = LUNET_VK_BINDINGS,
-      .pBindings = b};
-  VkResult r = vkCreateDescriptorSetLayout(be->dev, &li, NULL, &be->dsl);
-  if (r) return lunet_vk_check(be, r, "vkCreateDescriptorSetLayout");
-  VkPushConstantRange pr = {VK_SHADER_STAGE_COMPUTE_BIT, 0, LUNET_VK_PUSH_BYTES};
-  VkPipelineLayoutCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
-                                   .setLayoutCount = 1,
-                                   .pSetLayouts = &be->dsl,
-                                   .pushConstantRangeCount = 1,
-                                   .pPushConstantRanges = &pr};
-  r = vkCreatePipelineLayout(be->dev, &pi, NULL, &be->layout);
-  return r ? lunet_vk_check(be, r, "vkCreatePipelineLayout") : 0;
+  int rc = make_layout(be, LUNET_VK_BINDINGS, 1, &be->dsl, &be->layout);
+  if (!rc && be->multi_tensor) rc = make_layout(be, 4, LUNET_VK_MULTI, &be->dsl_multi, &be->layout_multi);
+  return rc;
 }
 
 void lunet_vk_kernels_free(lunet_backend *be) {
@@ -146,6 +156,8 @@ void lunet_vk_kernels_free(lunet_backend *be) {
   }
   if (be->layout) vkDestroyPipelineLayout(be->dev, be->layout, NULL);
   if (be->dsl) vkDestroyDescriptorSetLayout(be->dev, be->dsl, NULL);
+  if (be->layout_multi) vkDestroyPipelineLayout(be->dev, be->layout_multi, NULL);
+  if (be->dsl_multi) vkDestroyDescriptorSetLayout(be->dev, be->dsl_multi, NULL);
 }
 
 static int make_pipeline(lunet_backend *be, lunet_vk_shader sh, int mode) {
@@ -172,7 +184,7 @@ static int make_pipeline(lunet_backend *be, lunet_vk_shader sh, int mode) {
                 .module = be->modules[sh],
                 .pName = "main",
                 .pSpecializationInfo = &si},
-      .layout = be->layout};
+      .layout = sh == VK_SH_OPTIM_MULTI ? be->layout_multi : be->layout};
   r = vkCreateComputePipelines(be->dev, be->pcache, 1, &ci, NULL, &be->pipes[sh][mode]);
   if (!r) be->stats.pipelines++;
   if (r == VK_ERROR_DEVICE_LOST) return lunet_vk_check(be, r, "vkCreateComputePipelines");
@@ -242,17 +254,18 @@ uint32_t lunet_vk_groups(lunet_backend *be, size_t n) {
   return (uint32_t)(g == 0 ? 1 : g < cap ? g : cap);
 }
 
-void lunet_vk_binding_writes(const VkBuffer *binds, VkDescriptorSet set, VkDescriptorBufferInfo *info,
-                             VkWriteDescriptorSet *w) {
-  for (int i = 0; i < LUNET_VK_BINDINGS; i++) {
-    info[i] = (VkDescriptorBufferInfo){binds[i], 0, VK_WHOLE_SIZE};
+uint32_t lunet_vk_binding_writes(const VkBuffer *binds, bool multi, VkDescriptorSet set, VkDescriptorBufferInfo *info,
+                                 VkWriteDescriptorSet *w) {
+  uint32_t nw = multi ? 4 : LUNET_VK_BINDINGS, each = multi ? LUNET_VK_MULTI : 1;
+  for (uint32_t i = 0; i < nw * each; i++) info[i] = (VkDescriptorBufferInfo){binds[i], 0, VK_WHOLE_SIZE};
+  for (uint32_t i = 0; i < nw; i++)
     w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
                                   .dstSet = set,
-                                  .dstBinding = (uint32_t)i,
-                                  .descriptorCount = 1,
+                                  .dstBinding = i,
+                                  .descriptorCount = each,
                                   .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
-                                  .pBufferInfo = &info[i]};
-  }
+                                  .pBufferInfo = &info[i * each]};
+  return nw;
 }
 
 /* The shader that runs sh on this device: its subgroup variant where it has one. */
@@ -262,9 +275,28 @@ static lunet_vk_shader variant(const lunet_backend *be, lunet_vk_shader sh) {
        : sh == VK_SH_BATCHNORM ? VK_SH_BATCHNORM_SG : sh;
 }
 
+/* Adds b to the buffers p reads (write: writes), each buffer once, a
+ * written one only among the writes. */
+static void track(lunet_vk_pending *p, VkBuffer b, bool write) {
+  for (int i = 0; i < p->nw; i++)
+    if (p->writes[i] == b) return;
+  for (int i = 0; i < p->nr; i++)
+    if (p->reads[i] == b) {
+      if (!write) return;
+      p->reads[i] = p->reads[--p->nr];
+      break;
+    }
+  if (write) p->writes[p->nw++] = b;
+  else p->reads[p->nr++] = b;
+}
+
+/* nbinds buffers bound: LUNET_VK_BINDINGS, or optim_multi's
+ * LUNET_VK_DESCRIPTORS (binding i / LUNET_VK_MULTI of its layout). */
 static int dispatch(lunet_backend *be, lunet_vk_shader sh, int mode, lunet_cbuf const *bufs, int nbufs,
                     const void *pc, size_t pc_bytes, uint32_t gx, uint32_t gy, uint32_t gz) {
   sh = variant(be, sh);
+  bool multi = sh == VK_SH_OPTIM_MULTI;
+  int nbinds = multi ? LUNET_VK_DESCRIPTORS : LUNET_VK_BINDINGS, per = multi ? LUNET_VK_MULTI : 1;
   const VkPhysicalDeviceLimits *l = &be->props.limits;
   if (gx > l->maxComputeWorkGroupCount[0] || gy > l->maxComputeWorkGroupCount[1] ||
       gz > l->maxComputeWorkGroupCount[2])
@@ -273,8 +305,8 @@ static int dispatch(lunet_backend *be, lunet_vk_shader sh, int mode, lunet_cbuf 
                           "%u x %u x %u",
                           lunet_vk_shaders[sh].name, gx, gy, gz, l->maxComputeWorkGroupCount[0],
                           l->maxComputeWorkGroupCount[1], l->maxComputeWorkGroupCount[2]);
-  VkBuffer binds[LUNET_VK_BINDINGS];
-  for (int i = 0; i < LUNET_VK_BINDINGS; i++) {
+  VkBuffer binds[LUNET_VK_DESCRIPTORS];
+  for (int i = 0; i < nbinds; i++) {
     const lunet_vk_buffer *b = i < nbufs && bufs[i] ? bufs[i] : &be->dummy;
     if (b->size > l->maxStorageBufferRange)
       return lunet_vk_error(LUNET_ERR_ARG,
@@ -292,30 +324,33 @@ static int dispatch(lunet_backend *be, lunet_vk_shader sh, int mode, lunet_cbuf 
         spirv_write_mask(lunet_vk_shaders[sh].code, lunet_vk_shaders[sh].bytes / 4, &be->declared_mask[sh]);
     be->write_mask_known |= 1u << sh;
   }
-  lunet_vk_pending *p = lunet_vk_defer(be, be->push_descriptors ? 0 : 1);
+  /* a set of optim_multi's layout holds LUNET_VK_DESCRIPTORS descriptors:
+   * the pool's share of that many one-binding sets */
+  int sets = be->push_descriptors ? 0 : nbinds / LUNET_VK_BINDINGS;
+  lunet_vk_pending *p = lunet_vk_defer(be, sets);
   if (!p) return LUNET_ERR_DEVICE;
   p->kind = VK_PENDING_DISPATCH;
-  for (int i = 0; i < LUNET_VK_BINDINGS; i++) {
-    if (!(be->declared_mask[sh] & (1u << i))) continue; /* bound, never touched */
-    if (be->write_mask[sh] & (1u << i)) p->writes[p->nw++] = binds[i];
-    else p->reads[p->nr++] = binds[i];
+  for (int i = 0; i < nbinds; i++) {
+    uint32_t bit = 1u << (i / per);
+    if (be->declared_mask[sh] & bit) track(p, binds[i], be->write_mask[sh] & bit); /* else never touched */
   }
-  memcpy(p->dispatch.binds, binds, sizeof binds);
+  memcpy(p->dispatch.binds, binds, (size_t)nbinds * sizeof *binds);
+  p->dispatch.multi = multi;
   p->dispatch.pipe = be->pipes[sh][mode];
   p->dispatch.set = VK_NULL_HANDLE;
   if (!be->push_descriptors) {
     VkDescriptorSetAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
                                       .descriptorPool = be->frames[be->cur].dpool,
                                       .descriptorSetCount = 1,
-                                      .pSetLayouts = &be->dsl};
+                                      .pSetLayouts = multi ? &be->dsl_multi : &be->dsl};
     VkResult r = vkAllocateDescriptorSets(be->dev, &ai, &p->dispatch.set);
     if (r) return lunet_vk_check(be, r, "vkAllocateDescriptorSets");
-    VkDescriptorBufferInfo info[LUNET_VK_BINDINGS];
+    VkDescriptorBufferInfo info[LUNET_VK_DESCRIPTORS];
     VkWriteDescriptorSet w[LUNET_VK_BINDINGS];
-    lunet_vk_binding_writes(binds, p->dispatch.set, info, w);
-    vkUpdateDescriptorSets(be->dev, LUNET_VK_BINDINGS, w, 0, NULL);
+    uint32_t nw = lunet_vk_binding_writes(binds, multi, p->dispatch.set, info, w);
+    vkUpdateDescriptorSets(be->dev, nw, w, 0, NULL);
   }
-  be->stats.descriptor_writes += LUNET_VK_BINDINGS;
+  be->stats.descriptor_writes += (uint64_t)nbinds;
   memset(p->dispatch.push, 0, sizeof p->dispatch.push);
   memcpy(p->dispatch.push, pc, pc_bytes < sizeof p->dispatch.push ? pc_bytes : sizeof p->dispatch.push);
   p->dispatch.groups[0] = gx, p->dispatch.groups[1] = gy, p->dispatch.groups[2] = gz;
@@ -331,4 +366,9 @@ int lunet_vk_dispatch(lunet_backend *be, lunet_vk_shader sh, int mode, lunet_cbu
   int rc = dispatch(be, sh, mode, bufs, nbufs, pc, pc_bytes, gx, gy, gz);
   lunet_vk_record_end(be);
   return rc;
+}
+
+int lunet_vk_dispatch_multi(lunet_backend *be, int mode, lunet_cbuf const *bufs, const void *pc,
+                            size_t pc_bytes, uint32_t groups) {
+  return lunet_vk_dispatch(be, VK_SH_OPTIM_MULTI, mode, bufs, LUNET_VK_DESCRIPTORS, pc, pc_bytes, groups, 1, 1);
 }

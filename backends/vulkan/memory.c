@@ -397,7 +397,7 @@ int lunet_vk_commit(lunet_backend *be, lunet_vk_pending *p, const VkBufferCopy *
     for (int i = 0; i < be->hz_nr; i++) level_of(be, be->hz_read[i], true)->read = 0;
   }
   /* levels has room for every buffer: LUNET_VK_LEVEL_MAX counts the
-   * hazard sets and LUNET_VK_BINDINGS buffers for each held-back command. */
+   * hazard sets and LUNET_VK_DESCRIPTORS buffers for each held-back command. */
   int level = 0;
   for (int i = 0; i < p->nr; i++) {
     lunet_vk_level *l = level_of(be, p->reads[i], false);
@@ -426,22 +426,22 @@ static void record(lunet_backend *be, VkCommandBuffer cmd, const lunet_vk_pendin
   lunet_vk_access(be, cmd, p->reads, p->nr, p->writes, p->nw);
   switch (p->kind) {
   case VK_PENDING_DISPATCH:
+  {
+    VkPipelineLayout layout = p->dispatch.multi ? be->layout_multi : be->layout;
     vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, p->dispatch.pipe);
     if (p->dispatch.set) {
-      vkCmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->layout, 0, 1,
-                              &p->dispatch.set, 0, NULL);
+      vkCmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, layout, 0, 1, &p->dispatch.set, 0, NULL);
     } else {
       /* the bindings go into the command buffer: no set to allocate and write */
-      VkDescriptorBufferInfo info[LUNET_VK_BINDINGS];
+      VkDescriptorBufferInfo info[LUNET_VK_DESCRIPTORS];
       VkWriteDescriptorSet w[LUNET_VK_BINDINGS];
-      lunet_vk_binding_writes(p->dispatch.binds, VK_NULL_HANDLE, info, w);
-      vkCmdPushDescriptorSetKHR(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, be->layout, 0,
-                                LUNET_VK_BINDINGS, w);
+      uint32_t nw = lunet_vk_binding_writes(p->dispatch.binds, p->dispatch.multi, VK_NULL_HANDLE, info, w);
+      vkCmdPushDescriptorSetKHR(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, layout, 0, nw, w);
     }
-    vkCmdPushConstants(cmd, be->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, LUNET_VK_PUSH_BYTES,
-                       p->dispatch.push);
+    vkCmdPushConstants(cmd, layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, LUNET_VK_PUSH_BYTES, p->dispatch.push);
     vkCmdDispatch(cmd, p->dispatch.groups[0], p->dispatch.groups[1], p->dispatch.groups[2]);
     break;
+  }
   case VK_PENDING_COPY:
     vkCmdCopyBuffer(cmd, p->copy.src, p->copy.dst, (uint32_t)p->copy.count,
                     be->regions + p->copy.first);

@@ -739,6 +739,90 @@ static int vk_rmsprop_update(lunet_backend *be, lunet_buf p, lunet_cbuf g, lunet
   return optim_dispatch(be, 2, p, g, ms, mom, &pc);
 }
 
+/* update_multi: LUNET_VK_MULTI tensors a dispatch (optim_multi.comp), each
+ * given workgroups in proportion to its size; tensor by tensor through the
+ * single ops where the device cannot (be->multi_tensor). */
+typedef struct multi_pc {
+  uint32_t n[LUNET_VK_MULTI];
+  uint32_t first[LUNET_VK_MULTI + 1];
+  uint32_t count, has_s1, has_s2, flag;
+  float lr, a, b, eps, wd, step;
+} multi_pc;
+_Static_assert(sizeof(multi_pc) <= LUNET_VK_PUSH_BYTES, "optim_multi's push constants");
+
+static int update_single(lunet_backend *be, const lunet_update_desc *u, lunet_buf p, lunet_cbuf g, lunet_buf s1,
+                         lunet_buf s2, size_t n) {
+  if (u->kind == LUNET_UPDATE_SGD)
+    return vk_sgd_update(be, p, g, s1, n, u->lr, u->momentum, u->nesterov, u->weight_decay);
+  if (u->kind == LUNET_UPDATE_ADAM)
+    return vk_adam_update(be, p, g, s1, s2, n, u->lr, u->beta1, u->beta2, u->epsilon, u->weight_decay, u->step);
+  return vk_rmsprop_update(be, p, g, s1, s2, n, u->lr, u->rho, u->momentum, u->epsilon);
+}
+
+static int vk_update_multi(lunet_backend *be, const lunet_update_desc *u, int count, const lunet_buf *p,
+                           const lunet_cbuf *g, const lunet_buf *s1, const lunet_buf *s2, const size_t *n) {
+  if ((u->kind == LUNET_UPDATE_ADAM && (!s1 || !s2)) || (u->kind == LUNET_UPDATE_RMSPROP && !s1))
+    return lunet_vk_error(LUNET_ERR_ARG, "update_multi: %s needs its states",
+                          u->kind == LUNET_UPDATE_ADAM ? "Adam" : "RMSprop");
+  int rc = 0;
+  if (!be->multi_tensor) {
+    for (int t = 0; !rc && t < count; t++)
+      rc = update_single(be, u, p[t], g[t], s1 ? s1[t] : NULL, s2 ? s2[t] : NULL, n[t]);
+    return rc;
+  }
+  multi_pc pc = {.lr = u->lr, .eps = u->epsilon};
+  int mode = u->kind == LUNET_UPDATE_SGD ? 0 : u->kind == LUNET_UPDATE_ADAM ? 1 : 2;
+  if (u->kind == LUNET_UPDATE_SGD) {
+    if (!s1 && u->momentum != 0.0f)
+      return lunet_vk_error(LUNET_ERR_ARG, "sgd_update: momentum %g needs a velocity buffer", (double)u->momentum);
+    pc.has_s1 = s1 != NULL, pc.flag = u->nesterov, pc.a = u->momentum, pc.wd = u->weight_decay;
+  } else if (u->kind == LUNET_UPDATE_ADAM) {
+    if (u->step < 1)
+      return lunet_vk_error(LUNET_ERR_ARG,
+                            "adam_update: step is %lld, expected 1 or more (the count of "
+                            "updates including this one)",
+                            (long long)u->step);
+    double t = (double)u->step;
+    pc.step = (float)((double)u->lr * sqrt(1.0 - pow((double)u->beta2, t)) / (1.0 - pow((double)u->beta1, t)));
+    pc.has_s1 = pc.has_s2 = 1, pc.a = u->beta1, pc.b = u->beta2, pc.wd = u->weight_decay;
+  } else {
+    pc.has_s1 = 1, pc.has_s2 = s2 != NULL, pc.a = u->rho, pc.b = u->momentum;
+  }
+  for (int t = 0; !rc && t < count; t++) rc = too_big((int64_t)n[t], "optimizer update");
+  /* up to LUNET_VK_MULTI non-empty tensors a dispatch, each with the
+   * workgroups that cover it (at most 4096: the shader strides) */
+  for (int t = 0; !rc && t < count;) {
+    lunet_cbuf bufs[LUNET_VK_DESCRIPTORS] = {0};
+    uint32_t k = 0, groups = 0;
+    for (; t < count && k < LUNET_VK_MULTI; t++) {
+      if (n[t] == 0) continue;
+      uint32_t gt = lunet_vk_groups(be, n[t]);
+      if (gt > 4096) gt = 4096;
+      bufs[k] = p[t], bufs[LUNET_VK_MULTI + k] = g[t];
+      bufs[2 * LUNET_VK_MULTI + k] = s1 ? s1[t] : NULL, bufs[3 * LUNET_VK_MULTI + k] = s2 ? s2[t] : NULL;
+      pc.n[k] = (uint32_t)n[t], pc.first[k] = groups;
+      groups += gt;
+      k++;
+    }
+    if (k == 0) break;
+    /* The slots the shader does not touch (tensors past k, absent states)
+     * bind this dispatch's own buffers, not the placeholder: a write set of
+     * the tensors alone (the placeholder, counted as written, would chain
+     * this dispatch to every other that binds it). */
+    for (uint32_t j = 0; j < LUNET_VK_MULTI; j++)
+      for (int w = 0; w < 4; w++) {
+        lunet_cbuf *slot = &bufs[w * LUNET_VK_MULTI + j];
+        if (j >= k) *slot = bufs[w * LUNET_VK_MULTI];
+        if (!*slot) *slot = bufs[j < k ? j : 0];
+      }
+    for (uint32_t j = k; j <= LUNET_VK_MULTI; j++) pc.first[j] = groups;
+    for (uint32_t j = k; j < LUNET_VK_MULTI; j++) pc.n[j] = 0;
+    pc.count = k;
+    rc = lunet_vk_dispatch_multi(be, mode, bufs, &pc, sizeof pc, groups);
+  }
+  return rc;
+}
+
 /* ---- augmentation ---- */
 
 /* x (N,H,W,C) -> y (N,OH,OW,C); mats (N,6) on the host, uploaded per call. */
@@ -952,5 +1036,6 @@ const lunet_backend_i lunet_vk_vtable = {
     .sgd_update = vk_sgd_update,
     .adam_update = vk_adam_update,
     .rmsprop_update = vk_rmsprop_update,
+    .update_multi = vk_update_multi,
     .affine_resample = vk_affine_resample,
 };

@@ -25,6 +25,7 @@
   X(vkEnumeratePhysicalDevices)                                                                    \
   X(vkGetPhysicalDeviceProperties)                                                                 \
   X(vkGetPhysicalDeviceProperties2)                                                                \
+  X(vkGetPhysicalDeviceFeatures)                                                                   \
   X(vkGetPhysicalDeviceMemoryProperties)                                                           \
   X(vkGetPhysicalDeviceQueueFamilyProperties)                                                      \
   X(vkEnumerateDeviceExtensionProperties)                                                          \
@@ -111,11 +112,16 @@ typedef enum lunet_vk_shader {
   VK_SH_REDUCE_SG,
   VK_SH_SOFTMAX_SG,
   VK_SH_BATCHNORM_SG,
+  /* update_multi: arrays of buffers, its own layout (be->multi_tensor) */
+  VK_SH_OPTIM_MULTI,
   VK_SH_COUNT
 } lunet_vk_shader;
 
 #define LUNET_VK_MAX_MODES 12 /* gemm.comp: 4 ops x 3 register blockings */
 #define LUNET_VK_BINDINGS 8
+/* optim_multi.comp: tensors a dispatch, and its four arrays of them */
+#define LUNET_VK_MULTI 8
+#define LUNET_VK_DESCRIPTORS (4 * LUNET_VK_MULTI) /* the most buffers one dispatch binds */
 #define LUNET_VK_PUSH_BYTES 128
 
 /* The SPIR-V embedded at build time (shaders.c, generated). */
@@ -157,7 +163,7 @@ typedef struct lunet_vk_frame {
 #define LUNET_VK_MAX_DEVICES 16
 #define LUNET_VK_HAZARD_MAX 256 /* buffers tracked between barriers (more: a barrier) */
 #define LUNET_VK_PENDING_MAX 128 /* commands held back for levelling (more: emitted) */
-#define LUNET_VK_LEVEL_MAX (LUNET_VK_PENDING_MAX * LUNET_VK_BINDINGS + 2 * LUNET_VK_HAZARD_MAX)
+#define LUNET_VK_LEVEL_MAX (LUNET_VK_PENDING_MAX * LUNET_VK_DESCRIPTORS + 2 * LUNET_VK_HAZARD_MAX)
 #define LUNET_VK_SETS_PER_FRAME 256
 /* Transfers take no descriptor sets: this bounds a batch of them. */
 #define LUNET_VK_CMDS_PER_FRAME 4096
@@ -170,12 +176,13 @@ typedef enum { VK_PENDING_DISPATCH, VK_PENDING_COPY, VK_PENDING_FILL } lunet_vk_
 typedef struct lunet_vk_pending {
   lunet_vk_pending_kind kind;
   int level, nr, nw;
-  VkBuffer reads[LUNET_VK_BINDINGS], writes[LUNET_VK_BINDINGS];
+  VkBuffer reads[LUNET_VK_DESCRIPTORS], writes[LUNET_VK_DESCRIPTORS];
   union {
     struct {
       VkPipeline pipe;
       VkDescriptorSet set; /* VK_NULL_HANDLE: bindings pushed */
-      VkBuffer binds[LUNET_VK_BINDINGS];
+      bool multi;          /* optim_multi's layout: binds[0 .. LUNET_VK_DESCRIPTORS) */
+      VkBuffer binds[LUNET_VK_DESCRIPTORS];
       uint32_t groups[3];
       uint8_t push[LUNET_VK_PUSH_BYTES];
     } dispatch;
@@ -220,6 +227,13 @@ struct lunet_backend {
   int cur;
   VkDescriptorSetLayout dsl;
   VkPipelineLayout layout;
+  /* update_multi in one dispatch for up to LUNET_VK_MULTI tensors: the
+   * device indexes arrays of storage buffers (dynamically uniform) and binds
+   * LUNET_VK_DESCRIPTORS of them (pushed or in a set); its layout has four
+   * arrays of LUNET_VK_MULTI (off with LUNET_VULKAN_MULTI_TENSOR=0). */
+  bool multi_tensor;
+  VkDescriptorSetLayout dsl_multi;
+  VkPipelineLayout layout_multi;
   VkShaderModule modules[VK_SH_COUNT];
   VkPipeline pipes[VK_SH_COUNT][LUNET_VK_MAX_MODES];
   VkPipelineCache pcache; /* kept between runs in pcache_path (kernels.c) */
@@ -350,10 +364,16 @@ void lunet_vk_kernels_free(lunet_backend *be);
 int lunet_vk_dispatch(lunet_backend *be, lunet_vk_shader sh, int mode, lunet_cbuf const *bufs,
                       int nbufs, const void *pc, size_t pc_bytes, uint32_t gx, uint32_t gy,
                       uint32_t gz);
-/* The writes binding binds[0..LUNET_VK_BINDINGS) to set (VK_NULL_HANDLE:
- * pushed), info their storage. */
-void lunet_vk_binding_writes(const VkBuffer *binds, VkDescriptorSet set, VkDescriptorBufferInfo *info,
-                             VkWriteDescriptorSet *w);
+/* The writes binding binds[0..LUNET_VK_BINDINGS) (multi: optim_multi's
+ * four arrays, binds[0..LUNET_VK_DESCRIPTORS)) to set (VK_NULL_HANDLE:
+ * pushed), info their storage (LUNET_VK_DESCRIPTORS entries); returns the
+ * number of writes. */
+uint32_t lunet_vk_binding_writes(const VkBuffer *binds, bool multi, VkDescriptorSet set, VkDescriptorBufferInfo *info,
+                                 VkWriteDescriptorSet *w);
+/* Records one dispatch of optim_multi.comp in mode `mode`: bufs[0..32) the
+ * tensors' p, g, s1, s2 arrays of LUNET_VK_MULTI (NULL: the placeholder). */
+int lunet_vk_dispatch_multi(lunet_backend *be, int mode, lunet_cbuf const *bufs, const void *pc,
+                            size_t pc_bytes, uint32_t groups);
 /* Workgroups covering n items at the 1-D size, capped for a grid-stride loop. */
 uint32_t lunet_vk_groups(lunet_backend *be, size_t n);
 

@@ -989,6 +989,69 @@ lunet_status lunet_op_rmsprop_update(lunet_ctx *ctx, lunet_tensor *p, const lune
                         "rmsprop");
 }
 
+/* One tensor of update_multi as its single op. */
+static lunet_status update_single(lunet_ctx *ctx, const lunet_update_desc *u, lunet_tensor *p,
+                                  const lunet_tensor *g, lunet_tensor *s1, lunet_tensor *s2) {
+  switch (u->kind) {
+  case LUNET_UPDATE_SGD:
+    return lunet_op_sgd_update(ctx, p, g, s1, u->lr, u->momentum, u->nesterov, u->weight_decay);
+  case LUNET_UPDATE_ADAM:
+    return lunet_op_adam_update(ctx, p, g, s1, s2, u->lr, u->beta1, u->beta2, u->epsilon,
+                                u->weight_decay, u->step);
+  default:
+    return lunet_op_rmsprop_update(ctx, p, g, s1, s2, u->lr, u->rho, u->momentum, u->epsilon);
+  }
+}
+
+lunet_status lunet_op_update_multi(lunet_ctx *ctx, const lunet_update_desc *u, int count,
+                                   lunet_tensor *const *p, const lunet_tensor *const *g,
+                                   lunet_tensor *const *s1, lunet_tensor *const *s2) {
+  static const char *const names[] = {"sgd", "adam", "rmsprop"};
+  static const char *const profiled[] = {"sgd_update_multi", "adam_update_multi", "rmsprop_update_multi"};
+  if ((unsigned)u->kind > LUNET_UPDATE_RMSPROP)
+    return lunet_error(ctx, LUNET_ERR_ARG, "update_multi: unknown optimizer kind %d (valid: LUNET_UPDATE_SGD, "
+                                           "_ADAM, _RMSPROP)", (int)u->kind);
+  const char *op = names[u->kind];
+  if (count <= 0) return LUNET_OK;
+  lunet_be *be = BE2(op, p[0], g[0]);
+  if (!be) return ctx->status;
+  /* One call where the backend has it and every tensor is there (and each
+   * optional state present for all or none); otherwise tensor by tensor. */
+  bool one = be->desc->abi_minor >= 6 && be->i->update_multi;
+  for (int t = 0; one && t < count; t++)
+    one = p[t]->buf->be == be && g[t]->buf->be == be && (s1[t] != NULL) == (s1[0] != NULL) &&
+          (s2[t] != NULL) == (s2[0] != NULL);
+  if (!one) {
+    lunet_status s = LUNET_OK;
+    for (int t = 0; !s && t < count; t++) s = update_single(ctx, u, p[t], g[t], s1[t], s2[t]);
+    return s;
+  }
+  if (u->kind == LUNET_UPDATE_ADAM && (!s1[0] || !s2[0]))
+    return lunet_error(ctx, LUNET_ERR_ARG, "adam: the m and v states are required");
+  if (u->kind == LUNET_UPDATE_RMSPROP && !s1[0])
+    return lunet_error(ctx, LUNET_ERR_ARG, "rmsprop: the mean-square state is required");
+  /* the handles: p, s1, s2, then g, then the sizes (all 8-byte aligned) */
+  lunet_buf *h = malloc((size_t)count * (3 * sizeof(lunet_buf) + sizeof(lunet_cbuf) + sizeof(size_t)));
+  if (!h) return lunet_error(ctx, LUNET_ERR_NOMEM, "%s: out of host memory for %d tensors", op, count);
+  lunet_buf *hp = h, *hs1 = h + count, *hs2 = h + 2 * count;
+  lunet_cbuf *hg = (lunet_cbuf *)(h + 3 * count);
+  size_t *n = (size_t *)(hg + count);
+  lunet_status s = LUNET_OK;
+  for (int t = 0; !s && t < count; t++) {
+    s = same_numel(ctx, op, p[t], g[t], s1[t], s2[t]);
+    hp[t] = p[t]->buf->handle, hg[t] = g[t]->buf->handle, n[t] = (size_t)p[t]->numel;
+    hs1[t] = s1[t] ? s1[t]->buf->handle : NULL, hs2[t] = s2[t] ? s2[t]->buf->handle : NULL;
+  }
+  if (!s)
+    s = lunet_be_check(ctx, be,
+                       PROFILED(ctx, be, profiled[u->kind], 0,
+                                be->i->update_multi(be->state, u, count, hp, hg, s1[0] ? hs1 : NULL,
+                                                    s2[0] ? hs2 : NULL, n)),
+                       op);
+  free(h);
+  return s;
+}
+
 lunet_tensor *lunet_op_affine_resample(lunet_ctx *ctx, const lunet_tensor *x, const float *mats,
                                        int64_t oh, int64_t ow, lunet_fill_mode mode, float fill) {
   lunet_be *be = BE1("affine_resample", x);

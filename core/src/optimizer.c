@@ -331,27 +331,46 @@ static lunet_status clip(lunet_ctx *ctx, const lunet_optimizer_config *c, int n,
   return s;
 }
 
+/* An optimizer the backends have no kernel for, on one weight: the core's ops. */
 static lunet_status update_one(lunet_ctx *ctx, lunet_optimizer *o, int i, lunet_tensor *p,
                                lunet_tensor *g, int64_t step) {
-  const lunet_optimizer_config *c = &o->cfg;
   int nslots = lunet_optimizer_slot_count(o);
   lunet_tensor *s1 = NULL, *s2 = NULL;
   if (nslots > 0 && !(s1 = slot_for(ctx, o, i, 0, p))) return ctx->status;
   if (nslots > 1 && !(s2 = slot_for(ctx, o, i, 1, p))) return ctx->status;
-  float lr = (float)c->learning_rate;
-  switch (c->kind) {
-  case LUNET_OPT_SGD:
-    return lunet_op_sgd_update(ctx, p, g, s1, lr, (float)c->momentum, c->nesterov,
-                               (float)c->weight_decay);
-  case LUNET_OPT_ADAM:
-    return lunet_op_adam_update(ctx, p, g, s1, s2, lr, (float)c->beta_1, (float)c->beta_2,
-                                (float)c->epsilon, (float)c->weight_decay, step);
-  case LUNET_OPT_RMSPROP:
-    return lunet_op_rmsprop_update(ctx, p, g, s1, s2, lr, (float)c->rho, (float)c->momentum,
-                                   (float)c->epsilon);
-  default:
-    return lunet_optimizer_update_by_ops(ctx, c, p, g, s1, s2, step);
+  return lunet_optimizer_update_by_ops(ctx, &o->cfg, p, g, s1, s2, step);
+}
+
+/* The backend's fused update of kind, -1 for one run by the core's ops. */
+static int fused_kind(lunet_optimizer_kind kind) {
+  return kind == LUNET_OPT_SGD ? LUNET_UPDATE_SGD : kind == LUNET_OPT_ADAM ? LUNET_UPDATE_ADAM
+       : kind == LUNET_OPT_RMSPROP ? LUNET_UPDATE_RMSPROP : -1;
+}
+
+/* Every parameter with a gradient in one lunet_op_update_multi (one
+ * dispatch for many tensors on a device), the same bits as update_one. */
+static lunet_status update_fused(lunet_ctx *ctx, lunet_optimizer *o, int n, lunet_tensor *const *params,
+                                 lunet_tensor *const *g, int64_t step) {
+  const lunet_optimizer_config *c = &o->cfg;
+  lunet_update_desc u = {.kind = (lunet_update_kind)fused_kind(c->kind), .lr = (float)c->learning_rate,
+                         .beta1 = (float)c->beta_1, .beta2 = (float)c->beta_2, .rho = (float)c->rho,
+                         .momentum = (float)c->momentum, .epsilon = (float)c->epsilon,
+                         .weight_decay = (float)c->weight_decay, .nesterov = c->nesterov, .step = step};
+  int nslots = lunet_optimizer_slot_count(o), count = 0;
+  lunet_tensor **t = calloc((size_t)(n ? n : 1) * 4, sizeof *t);
+  if (!t) return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory updating %d weights", n);
+  lunet_tensor **p = t, **gs = t + n, **s1 = t + 2 * n, **s2 = t + 3 * n;
+  lunet_status s = LUNET_OK;
+  for (int i = 0; !s && i < n; i++) {
+    if (!g[i]) continue;
+    p[count] = params[i], gs[count] = g[i];
+    if (nslots > 0 && !(s1[count] = slot_for(ctx, o, i, 0, params[i]))) s = ctx->status;
+    if (!s && nslots > 1 && !(s2[count] = slot_for(ctx, o, i, 1, params[i]))) s = ctx->status;
+    count++;
   }
+  if (!s) s = lunet_op_update_multi(ctx, &u, count, p, (const lunet_tensor *const *)gs, s1, s2);
+  free(t);
+  return s;
 }
 
 lunet_status lunet_optimizer_apply(lunet_ctx *ctx, lunet_optimizer *o, int n,
@@ -367,8 +386,10 @@ lunet_status lunet_optimizer_apply(lunet_ctx *ctx, lunet_optimizer *o, int n,
     if (!s) s = clip(ctx, &o->cfg, n, g);
   }
   int64_t step = o->iterations + 1;
-  for (int i = 0; !s && i < n; i++)
-    if (g[i]) s = update_one(ctx, o, i, params[i], g[i], step);
+  if (!s && fused_kind(o->cfg.kind) >= 0) s = update_fused(ctx, o, n, params, g, step);
+  else
+    for (int i = 0; !s && i < n; i++)
+      if (g[i]) s = update_one(ctx, o, i, params[i], g[i], step);
   if (g != (lunet_tensor **)grads && g) {
     for (int i = 0; i < n; i++) lunet_tensor_release(g[i]);
     free(g);

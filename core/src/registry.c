@@ -106,7 +106,8 @@ static void register_backend(const lunet_backend_desc *d, const char *path, void
   /* the name is read only after the version check: its place may differ */
   if (d->abi_major != LUNET_BACKEND_ABI_MAJOR || d->abi_minor > LUNET_BACKEND_ABI_MINOR ||
       d->struct_size < sizeof *d ||
-      d->iface_size < (d->abi_minor >= 5   ? sizeof(lunet_backend_i)
+      d->iface_size < (d->abi_minor >= 6   ? sizeof(lunet_backend_i)
+                       : d->abi_minor == 5 ? LUNET_BACKEND_I_SIZE_2_5
                        : d->abi_minor == 4 ? LUNET_BACKEND_I_SIZE_2_4
                        : d->abi_minor == 3 ? LUNET_BACKEND_I_SIZE_2_3
                        : d->abi_minor == 2 ? LUNET_BACKEND_I_SIZE_2_2

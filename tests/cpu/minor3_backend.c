@@ -1,6 +1,6 @@
 /* The CPU backend as an ABI 2.3 backend would present it (tests/cpu/
  * fallback.lua): the real cpu.so (CPU_BACKEND, its path at build time)
- * with descriptor minor 3, the 2.3 size of the vtable and no 2.4 or 2.5
+ * with descriptor minor 3, the 2.3 size of the vtable and no 2.4 to 2.6
  * members, named "cpu23".  The core must then run what 2.4 and 2.5 fuse (a
  * max pooling's moved ReLU; a Dense layer's bias and ReLU) as before. */
 #include <dlfcn.h>
@@ -17,7 +17,8 @@ __attribute__((visibility("default"))) const lunet_backend_desc *lunet_backend_e
   iface = *cpu->iface;
   iface.max_pool2d_relu = NULL;
   iface.max_pool2d_relu_backward = NULL;
-  iface.linear = NULL; /* 2.5 */
+  iface.linear = NULL;       /* 2.5 */
+  iface.update_multi = NULL; /* 2.6 */
   desc = *cpu;
   desc.abi_minor = 3;
   desc.iface_size = LUNET_BACKEND_I_SIZE_2_3;

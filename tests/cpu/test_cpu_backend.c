@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "lunet/backend.h"
+#include "../update_cases.h"
 #include "lunet/resample.h"
 
 static const char *module_path;
@@ -1192,6 +1193,70 @@ START_TEST(test_optimizers) {
 }
 END_TEST
 
+/* ABI 2.6 update_multi: each configuration of test_optimizers over tensors
+ * whose run crosses the thread chunks' edges (2 threads): the same bits as
+ * the single op on each tensor, fast and naive (the naive one's is a loop
+ * over its single ops), and fast within rounding of naive. */
+START_TEST(test_update_multi) {
+  enum { T = 6 };
+  const size_t n[T] = {1, 16390, 5, 0, 40000, 3};
+  size_t total = 0;
+  for (int t = 0; t < T; t++) total += n[t];
+  float *p0 = rnd(total, -1, 1), *g0 = rnd(total, -1, 1), *a0 = rnd(total, -0.1f, 0.1f), *b0 = rnd(total, 0, 0.1f);
+  const lunet_backend_i *ifs[2] = {N, F};
+  for (size_t c = 0; c < NUPDATE_CASES; c++) {
+    const lunet_update_desc *u = &update_cases[c];
+    bool has1 = u->kind != LUNET_UPDATE_SGD || u->momentum > 0, has2 = u->kind != LUNET_UPDATE_SGD;
+    float *res[2][2][3]; /* [backend][multi][p, s1, s2] */
+    for (int k = 0; k < 2; k++)
+      for (int multi = 0; multi < 2; multi++) {
+        float *p = dup(p0, total), *s1 = dup(a0, total), *s2 = dup(b0, total);
+        lunet_buf hp[T], hs1[T], hs2[T];
+        lunet_cbuf hg[T];
+        size_t at = 0;
+        for (int t = 0; t < T; t++) {
+          hp[t] = p + at, hg[t] = g0 + at, hs1[t] = s1 + at, hs2[t] = s2 + at;
+          at += n[t];
+        }
+        if (multi) {
+          ck_assert_int_eq(ifs[k]->update_multi(be, u, T, hp, hg, has1 ? hs1 : NULL, has2 ? hs2 : NULL, n), 0);
+        } else {
+          for (int t = 0; t < T; t++) {
+            lunet_buf a = has1 ? hs1[t] : NULL, b = has2 ? hs2[t] : NULL;
+            int rc = u->kind == LUNET_UPDATE_SGD
+                         ? ifs[k]->sgd_update(be, hp[t], hg[t], a, n[t], u->lr, u->momentum, u->nesterov,
+                                              u->weight_decay)
+                     : u->kind == LUNET_UPDATE_ADAM
+                         ? ifs[k]->adam_update(be, hp[t], hg[t], a, b, n[t], u->lr, u->beta1, u->beta2,
+                                               u->epsilon, u->weight_decay, u->step)
+                         : ifs[k]->rmsprop_update(be, hp[t], hg[t], a, b, n[t], u->lr, u->rho, u->momentum,
+                                                  u->epsilon);
+            ck_assert_int_eq(rc, 0);
+          }
+        }
+        res[k][multi][0] = p, res[k][multi][1] = s1, res[k][multi][2] = s2;
+      }
+    for (int k = 0; k < 2; k++)
+      for (int w = 0; w < 3; w++)
+        expect_true(!memcmp(res[k][1][w], res[k][0][w], total * sizeof(float)),
+                    "case %zu, %s: update_multi's %s differs from the single op's", c, k ? "fast" : "naive",
+                    w == 0 ? "weights" : w == 1 ? "first state" : "second state");
+    expect_close(res[1][1][0], res[0][0][0], total, 1e-6f, 1e-6f, "update_multi fast against naive");
+    expect_true(memcmp(res[1][1][0], p0, total * sizeof(float)) != 0, "case %zu changed the weights", c);
+    for (int k = 0; k < 2; k++)
+      for (int m = 0; m < 2; m++)
+        for (int w = 0; w < 3; w++) free(res[k][m][w]);
+  }
+  /* Adam without its states, and step 0, are errors naming the op */
+  const lunet_update_desc adam = {.kind = LUNET_UPDATE_ADAM, .lr = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f, .step = 0};
+  lunet_buf hp = p0;
+  lunet_cbuf hg = g0;
+  ck_assert_int_ne(F->update_multi(be, &adam, 1, &hp, &hg, &hp, &hp, n), 0);
+  ck_assert_ptr_nonnull(strstr(F->last_error(be), "step is 0"));
+  free(p0), free(g0), free(a0), free(b0);
+}
+END_TEST
+
 /* ---- data movement ---- */
 
 START_TEST(test_cast_fill_copy_gather) {
@@ -1393,6 +1458,7 @@ static Suite *cpu_suite(void) {
   tcase_add_test(tc, test_pool_known);
   tcase_add_test(tc, test_softmax_known);
   tcase_add_test(tc, test_adam_known);
+  tcase_add_test(tc, test_update_multi);
   tcase_add_test(tc, test_conv_fast_vs_naive);
   tcase_add_test(tc, test_pool_fast_vs_naive);
   tcase_add_test(tc, test_max_pool_relu);

@@ -54,7 +54,7 @@ function T.counts_and_flops_of_a_fit()
   local per_step = 2 * b * 4 * 16 + 2 * 16 * b * 4 + 2 * 20 * b * 16
   check.eq(gemm.flops, per_step * steps, "their floating-point operations")
   check.eq(layer(report, "hidden").flops, steps * (2 * b * 20 * 16 + 2 * 20 * b * 16), "hidden's flops")
-  check.eq(op(report, "adam_update").calls, 4 * steps, "one Adam update per weight and step")
+  check.eq(op(report, "adam_update_multi").calls, steps, "one Adam update of all 4 weights a step")
   check.eq(op(report, "relu").calls, 0, "no relu forward of its own")
   check.eq(op(report, "relu_backward").calls, steps, "relu backward (in hidden's backward)")
   -- the ReLU's gradient is hidden's own (its backward takes it), and out's

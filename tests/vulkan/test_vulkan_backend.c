@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "lunet/backend.h"
+#include "../update_cases.h"
 
 #define SKIP_CODE 77
 
@@ -126,6 +127,7 @@ static const op_entry all_ops[] = {
     OP(affine_resample), OP(bf16_native),  OP(gemm_bf16),
     OP(conv2d_bf16),    OP(conv2d_backward_data_bf16), OP(conv2d_backward_filter_bf16),
     OP(max_pool2d_relu), OP(max_pool2d_relu_backward), OP(linear),
+    OP(update_multi),
 };
 #undef OP
 #define NOPS (sizeof all_ops / sizeof all_ops[0])
@@ -846,6 +848,68 @@ START_TEST(test_optimizers) {
 }
 END_TEST
 
+/* ABI 2.6 update_multi over 11 tensors (one empty; one past the 4096
+ * workgroups a tensor gets, so they stride), each optimizer configuration:
+ * the same bits as the single Vulkan ops tensor by tensor, the CPU's naive
+ * reference within rounding, and, where the device runs it as one dispatch
+ * for up to 8 tensors (describe: "multi-tensor updates"), 2 dispatches for
+ * the 10 non-empty tensors. */
+START_TEST(test_update_multi) {
+  enum { T = 11 };
+  const size_t n[T] = {3, 0, 257, 1, 5000, 1100000, 64, 7, 300, 2, 1024};
+  lunet_backend_info info;
+  V->describe(vbe, &info);
+  bool one = strstr(info.detail, "multi-tensor updates") != NULL;
+  for (size_t c = 0; c < NUPDATE_CASES; c++) {
+    const lunet_update_desc *u = &update_cases[c];
+    bool has1 = u->kind != LUNET_UPDATE_SGD || u->momentum > 0, has2 = u->kind != LUNET_UPDATE_SGD;
+    float *h[4][T]; /* p, g, s1, s2 on the host: the reference's */
+    lunet_buf d[2][4][T]; /* [multi][p, g, s1, s2]: the device's */
+    for (int t = 0; t < T; t++)
+      for (int w = 0; w < 4; w++) {
+        h[w][t] = w == 0 || w == 1 ? rnd(n[t], -1, 1) : rnd(n[t], 0, 0.1f);
+        for (int m = 0; m < 2; m++) d[m][w][t] = vup(h[w][t], n[t] * 4);
+      }
+    ck_assert_int_eq(C->update_multi(cbe, u, T, (lunet_buf *)h[0], (const lunet_cbuf *)h[1], has1 ? (lunet_buf *)h[2] : NULL,
+                                     has2 ? (lunet_buf *)h[3] : NULL, n), 0);
+    lunet_backend_stats a, b;
+    vok(V->synchronize(vbe), "synchronize");
+    V->stats(vbe, &a);
+    vok(V->update_multi(vbe, u, T, d[1][0], (const lunet_cbuf *)d[1][1], has1 ? d[1][2] : NULL,
+                        has2 ? d[1][3] : NULL, n), "update_multi");
+    vok(V->synchronize(vbe), "synchronize");
+    V->stats(vbe, &b);
+    ck_assert_uint_eq(b.dispatches - a.dispatches, one ? 2 : 10);
+    for (int t = 0; t < T; t++) {
+      lunet_buf p = d[0][0][t], g = d[0][1][t], s1 = has1 ? d[0][2][t] : NULL, s2 = has2 ? d[0][3][t] : NULL;
+      int rc = u->kind == LUNET_UPDATE_SGD
+                   ? V->sgd_update(vbe, p, g, s1, n[t], u->lr, u->momentum, u->nesterov, u->weight_decay)
+               : u->kind == LUNET_UPDATE_ADAM
+                   ? V->adam_update(vbe, p, g, s1, s2, n[t], u->lr, u->beta1, u->beta2, u->epsilon,
+                                    u->weight_decay, u->step)
+                   : V->rmsprop_update(vbe, p, g, s1, s2, n[t], u->lr, u->rho, u->momentum, u->epsilon);
+      vok(rc, "single update");
+    }
+    for (int t = 0; t < T; t++)
+      for (int w = 0; w < 4; w++) {
+        if (w == 1) continue;
+        char what[96];
+        snprintf(what, sizeof what, "update_multi case %zu, tensor %d (%zu), %s", c, t, n[t],
+                 w == 0 ? "weights" : w == 2 ? "first state" : "second state");
+        float *multi = vdown(d[1][w][t], n[t] * 4), *single = vdown(d[0][w][t], n[t] * 4);
+        ck_assert_msg(!memcmp(multi, single, n[t] * 4), "%s: not the single op's bits", what);
+        expect_close(multi, h[w][t], n[t], 1e-6f, 1e-5f, what);
+        free(multi), free(single);
+      }
+    for (int t = 0; t < T; t++)
+      for (int w = 0; w < 4; w++) {
+        free(h[w][t]);
+        for (int m = 0; m < 2; m++) vfree(d[m][w][t]);
+      }
+  }
+}
+END_TEST
+
 START_TEST(test_affine_resample) {
   size_t n = 4, h = 7, w = 9, c = 3, oh = 5, ow = 6;
   float *x = rnd(n * h * w * c, 0, 1), mats[24];
@@ -1058,6 +1122,7 @@ static Suite *vulkan_suite(void) {
       {"affine_resample", test_affine_resample},
       {"unary", test_levelled_barriers},   {"unary", test_pool_reuse_levels},
       {"linear", test_linear},            {"binary", test_levels_keep_write_after_read},
+      {"update_multi", test_update_multi},
   };
   for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
     if (has_op(tests[i].op)) tcase_add_test(tc, tests[i].test);

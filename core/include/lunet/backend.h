@@ -36,7 +36,7 @@ extern "C" {
 #endif
 
 #define LUNET_BACKEND_ABI_MAJOR 2
-#define LUNET_BACKEND_ABI_MINOR 5
+#define LUNET_BACKEND_ABI_MINOR 6
 
 /* caps: a buffer handle is the host address of its data, readable and
  * writable directly (the CPU backend). */
@@ -309,14 +309,29 @@ typedef struct lunet_backend_i {
    * turn.  NULL: the core runs those. */
   int (*linear)(lunet_backend *be, int64_t m, int64_t n, int64_t k, lunet_cbuf a, lunet_cbuf b, lunet_cbuf bias,
                 bool relu, lunet_buf c);
+
+  /* ---- ABI 2.6 (read only from a backend of minor >= 6) ---- */
+
+  /* One optimizer step over `count` tensors in one call (on a device: one
+   * dispatch for several tensors instead of one each).  Tensor t is p[t],
+   * g[t], s1[t], s2[t] of n[t] elements, updated with the bits that
+   * sgd_update (u->kind LUNET_UPDATE_SGD: s1 the velocity), adam_update
+   * (s1 m, s2 v) or rmsprop_update (s1 the mean square, s2 the momentum)
+   * would give it, called with u's hyper-parameters.  s1 (SGD without
+   * momentum) or s2 (RMSprop without momentum) may be NULL as a whole
+   * array; tensors are distinct buffers.  NULL: the core calls the single
+   * ops tensor by tensor. */
+  int (*update_multi)(lunet_backend *be, const lunet_update_desc *u, int count, const lunet_buf *p,
+                      const lunet_cbuf *g, const lunet_buf *s1, const lunet_buf *s2, const size_t *n);
 } lunet_backend_i;
 
-/* The size of lunet_backend_i in ABI 2.0 to 2.4 (what such a backend provides). */
+/* The size of lunet_backend_i in ABI 2.0 to 2.5 (what such a backend provides). */
 #define LUNET_BACKEND_I_SIZE_2_0 offsetof(lunet_backend_i, scatter_add_rows)
 #define LUNET_BACKEND_I_SIZE_2_1 offsetof(lunet_backend_i, stats)
 #define LUNET_BACKEND_I_SIZE_2_2 offsetof(lunet_backend_i, bf16_native)
 #define LUNET_BACKEND_I_SIZE_2_3 offsetof(lunet_backend_i, max_pool2d_relu)
 #define LUNET_BACKEND_I_SIZE_2_4 offsetof(lunet_backend_i, linear)
+#define LUNET_BACKEND_I_SIZE_2_5 offsetof(lunet_backend_i, update_multi)
 
 typedef struct lunet_backend_desc {
   uint32_t abi_major, abi_minor;

@@ -232,6 +232,31 @@ LUNET_API lunet_status lunet_op_rmsprop_update(lunet_ctx *ctx, lunet_tensor *p,
                                                lunet_tensor *mom, float lr, float rho,
                                                float momentum, float epsilon);
 
+/* An optimizer step over many tensors: the optimizer and its
+ * hyper-parameters, as the single ops above take them (the backend's
+ * update_multi, ABI 2.6, takes the same). */
+typedef enum { LUNET_UPDATE_SGD, LUNET_UPDATE_ADAM, LUNET_UPDATE_RMSPROP } lunet_update_kind;
+typedef struct lunet_update_desc {
+  lunet_update_kind kind;
+  float lr;
+  float beta1, beta2;  /* Adam */
+  float rho;           /* RMSprop */
+  float momentum;      /* SGD, RMSprop */
+  float epsilon;       /* Adam, RMSprop */
+  float weight_decay;  /* SGD, Adam */
+  bool nesterov;       /* SGD */
+  int64_t step;        /* Adam: the count of updates including this one */
+} lunet_update_desc;
+
+/* Each tensor t of count updated as the single op above would update it
+ * (p[t], g[t], s1[t], s2[t]: velocity; m, v; mean square, momentum), the
+ * same bits, in one backend call where the backend has one (a device: one
+ * dispatch for several tensors); s1[t] and s2[t] may be NULL where the
+ * single op allows it. */
+LUNET_API lunet_status lunet_op_update_multi(lunet_ctx *ctx, const lunet_update_desc *u, int count,
+                                             lunet_tensor *const *p, const lunet_tensor *const *g,
+                                             lunet_tensor *const *s1, lunet_tensor *const *s2);
+
 /* How a resample reads outside the image (Keras's fill_mode). */
 typedef enum lunet_fill_mode {
   LUNET_FILL_REFLECT = 0, /* d c b a | a b c d | d c b a */
