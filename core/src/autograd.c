@@ -255,6 +255,7 @@ static lunet_tensor *seed_grad(lunet_ctx *ctx, lunet_tensor *root, lunet_tensor 
   lunet_tensor *one = lunet_scalar_like(ctx, root, 1);
   lunet_tensor *g = one ? lunet_tensor_alias(ctx, one, root->ndim, root->shape) : NULL;
   lunet_tensor_release(one);
+  if (g) g->unit = true;
   return g;
 }
 

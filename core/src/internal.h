@@ -67,6 +67,9 @@ struct lunet_tensor {
   lunet_node *grad_fn; /* the op that made it, when recorded */
   lunet_tensor *acc;   /* gradient being accumulated during one backward */
   int pending;         /* a leaf's uses not yet back-propagated (hooked backward) */
+  /* A backward's seed of 1 (autograd.c) that nothing has added to since: a
+   * node may take it as the number 1 without reading or multiplying by it. */
+  bool unit;
 };
 
 /* One recorded op: backward() receives dy and writes one gradient per input

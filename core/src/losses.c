@@ -6,9 +6,12 @@
 
 #define EPS 1e-7f
 
+/* dlogits dy / rows; dy is the loss's gradient, most often the backward's
+ * seed of 1 (the loss is the root): then one op, not a product by 1 first
+ * (the same bits: x * 1 is x). */
 static lunet_status xent_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy,
                                   lunet_tensor **dx) {
-  lunet_tensor *g = lunet_op_binary(ctx, LUNET_BINARY_MUL, n->saved[0], dy);
+  lunet_tensor *g = dy->unit ? lunet_tensor_retain(n->saved[0]) : lunet_op_binary(ctx, LUNET_BINARY_MUL, n->saved[0], dy);
   dx[0] = g ? lunet_op_unary(ctx, LUNET_UNARY_AFFINE, g, n->fparams[0], 0) : NULL;
   lunet_tensor_release(g);
   return dx[0] ? LUNET_OK : ctx->status;

@@ -238,6 +238,7 @@ lunet_tensor *lunet_op_binary(lunet_ctx *ctx, lunet_binary_op op, const lunet_te
 lunet_status lunet_op_accumulate(lunet_ctx *ctx, lunet_tensor *acc, const lunet_tensor *x) {
   lunet_be *be = BE2("accumulate", acc, x);
   if (!be) return ctx->status;
+  acc->unit = false; /* no longer a backward's untouched seed of 1 */
   if (acc->numel != x->numel) {
     char s1[128], s2[128];
     return lunet_error(ctx, LUNET_ERR_SHAPE, "cannot accumulate %s into %s",

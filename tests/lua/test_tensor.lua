@@ -212,4 +212,36 @@ function T.errors_name_shapes()
     "the batch dimensions of (2, 3, 4, 5) and (3, 2, 5, 6) differ")
 end
 
+-- The fused sparse cross-entropy's gradient, (softmax - one-hot) / N times
+-- the loss's gradient: from the backward's seed of 1 (the loss the root:
+-- the core skips the product by 1), and from other gradients (a product,
+-- a sum that hands dy to both terms, a loss added twice).
+function T.cross_entropy_gradient_from_logits()
+  local n, k = 5, 4
+  local labels = {2, 0, 3, 3, 1}
+  local x = nn.randn(n, k)
+  local P = x:softmax(-1):totable()
+  local xent = nn.losses.SparseCategoricalCrossentropy{from_logits = true}
+  local function grad_of(f)
+    local logits = x:clone():requires_grad(true)
+    f(xent(nn.tensor(labels), logits)):backward()
+    return logits.grad:totable()
+  end
+  local cases = {
+    {"the loss itself", function(l) return l end, 1},
+    {"the loss times 3", function(l) return l * 3 end, 3},
+    {"the loss plus a constant", function(l) return l + 2 end, 1},
+    {"the loss added to itself", function(l) return l + l end, 2},
+  }
+  for _, c in ipairs(cases) do
+    local g = grad_of(c[2])
+    for i = 1, n do
+      for j = 1, k do
+        local want = c[3] * (P[i][j] - (labels[i] == j - 1 and 1 or 0)) / n
+        check.near(g[i][j], want, 1e-6, string.format("%s: dlogits[%d][%d]", c[1], i, j))
+      end
+    end
+  end
+end
+
 check.run(T)
