@@ -15,7 +15,9 @@
 // device, see backends/vulkan/ops.c.
 // MODE 0 GEMM: c (batch, M, N) = alpha op(a) op(b) + beta c, a (M,K) or (K,M)
 //        when ta, b (K,N) or (N,K) when tb, batch strides sa, sb, sc (0 reuses);
-//        then + bias (has_bias) and the ReLU (relu): the linear op.
+//        then + bias (has_bias) and the ReLU (relu): the linear op; or
+//        zeroed where mask <= 0 (relu_mask): gemm_relu_mask, a data
+//        gradient through the ReLU that made the layer's input.
 // Convolutions are the same product with A read through an implicit im2col:
 // MODE 1 conv2d: y (N*OH*OW, F) = x patches (N*OH*OW, KH*KW*C) w (KH*KW*C, F)
 //        + bias.
@@ -40,6 +42,7 @@ layout(std430, binding = 0) buffer C { float cv[]; };
 layout(std430, binding = 1) readonly buffer A { float av[]; };
 layout(std430, binding = 2) readonly buffer B { float bv[]; };
 layout(std430, binding = 3) readonly buffer BIAS { float bias[]; };
+layout(std430, binding = 4) readonly buffer MASK { float mask[]; };
 layout(push_constant, std430) uniform PC {
   uint M, N, K, ta, tb, batch;
   int sa, sb, sc;
@@ -49,6 +52,7 @@ layout(push_constant, std430) uniform PC {
   uint splits; // slices of K (1: none)
   uint bf16;   // operands rounded to bfloat16
   uint relu;   // MODE 0 (linear): the ReLU after the bias
+  uint relu_mask; // MODE 0 (gemm_relu_mask): then mask > 0 ? v : 0
 } pc;
 
 shared float As[2][TILE * RMAX * TILE];
@@ -113,6 +117,7 @@ void store(uint bi, uint r, uint col, float acc) {
     float v = pc.alpha * acc + (pc.beta == 0.0 ? 0.0 : pc.beta * cv[i]);
     if (pc.has_bias != 0u) v = v + bias[col];
     if (pc.relu != 0u) v = v > 0.0 ? v : 0.0;
+    if (pc.relu_mask != 0u) v = mask[i] > 0.0 ? v : 0.0; // as the ReLU's gradient
     cv[i] = v;
   }
 }

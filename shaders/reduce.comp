@@ -14,9 +14,11 @@ layout(constant_id = 2) const int MODE = 0;
 layout(std430, binding = 0) writeonly buffer Y { float y[]; };
 layout(std430, binding = 1) readonly buffer X { float x[]; };
 layout(std430, binding = 2) readonly buffer BIAS { float bias[]; };
-// bias_cols, relu: an epilogue on each output o (split-K's sum for linear):
-// + bias[o % bias_cols] (0: none), then the ReLU.
-layout(push_constant, std430) uniform PC { uint outer, len, inner, op, bias_cols, relu; } pc;
+layout(std430, binding = 3) readonly buffer MASK { float mask[]; };
+// bias_cols, relu, has_mask: an epilogue on each output o (split-K's sum
+// for linear or gemm_relu_mask): + bias[o % bias_cols] (0: none), then the
+// ReLU, then the ReLU's gradient: mask[o] > 0 ? v : 0.
+layout(push_constant, std430) uniform PC { uint outer, len, inner, op, bias_cols, relu, has_mask; } pc;
 
 shared float red[gl_WorkGroupSize.x];
 shared uint ridx[gl_WorkGroupSize.x];
@@ -41,6 +43,7 @@ float finish(float acc, uint o) {
   float v = finish_op(acc);
   if (pc.bias_cols != 0u) v = v + bias[o % pc.bias_cols];
   if (pc.relu != 0u) v = v > 0.0 ? v : 0.0;
+  if (pc.has_mask != 0u) v = mask[o] > 0.0 ? v : 0.0;
   return v;
 }
 

@@ -187,6 +187,7 @@ static const lunet_backend_i fast_vtable = {
     .max_pool2d_relu_backward = lunet_cpu_max_pool2d_relu_backward,
     .linear = lunet_cpu_linear,
     .update_multi = lunet_cpu_update_multi,
+    .gemm_relu_mask = lunet_cpu_gemm_relu_mask,
 };
 
 /* The naive vtable shares the memory and control members of the fast one. */

@@ -45,18 +45,22 @@ typedef struct gemm_job {
   int64_t parts, batch;
   const float *bias; /* linear: added to every row of c after the product (NULL: none) */
   bool relu;         /* linear: then c = c > 0 ? c : 0 */
+  const float *mask; /* gemm_relu_mask: then c = mask > 0 ? c : 0 (mask laid out as c) */
 } gemm_job;
 
 /* linear's epilogue on rows x cols of c (row stride ldc), each part as soon
  * as its product is done (still in cache): the same operations in the same
  * order as the add and the ReLU ops, so the same bits. */
-static void epilogue(float *c, int64_t rows, int64_t cols, int64_t ldc, const float *bias, bool relu) {
+static void epilogue(float *c, int64_t rows, int64_t cols, int64_t ldc, const float *bias, bool relu,
+                     const float *mask) {
   for (int64_t r = 0; r < rows; r++) {
     float *row = c + r * ldc;
     if (bias)
       for (int64_t j = 0; j < cols; j++) row[j] = row[j] + bias[j];
     if (relu)
       for (int64_t j = 0; j < cols; j++) row[j] = row[j] > 0.0f ? row[j] : 0.0f;
+    if (mask) /* as the ReLU's gradient: x > 0 ? dy : 0 */
+      for (int64_t j = 0, at = r * ldc; j < cols; j++) row[j] = mask[at + j] > 0.0f ? row[j] : 0.0f;
   }
 }
 
@@ -82,17 +86,17 @@ static void gemm_task(void *arg, int64_t begin, int64_t end, int chunk) {
     const float *a = j->a + bi * j->sa, *b = j->b + bi * j->sb;
     float *c = j->c + bi * j->sc;
     int64_t lda = j->ta ? j->m : j->k, ldb = j->tb ? j->k : j->n;
-    bool ep = j->bias || j->relu;
+    bool ep = j->bias || j->relu || j->mask;
     if (j->split == 1) {
       int64_t r0 = j->m * p / j->parts, r1 = j->m * (p + 1) / j->parts;
       product(j->ta, j->tb, r1 - r0, j->n, j->k, j->alpha, a + (j->ta ? r0 : r0 * lda), lda, b, ldb,
               j->beta, c + r0 * j->n, j->n);
-      if (ep) epilogue(c + r0 * j->n, r1 - r0, j->n, j->n, j->bias, j->relu);
+      if (ep) epilogue(c + r0 * j->n, r1 - r0, j->n, j->n, j->bias, j->relu, j->mask ? j->mask + r0 * j->n : NULL);
     } else {
       int64_t c0 = j->n * p / j->parts, c1 = j->n * (p + 1) / j->parts;
       product(j->ta, j->tb, j->m, c1 - c0, j->k, j->alpha, a, lda, b + (j->tb ? c0 * ldb : c0), ldb,
               j->beta, c + c0, j->n);
-      if (ep) epilogue(c + c0, j->m, c1 - c0, j->n, j->bias ? j->bias + c0 : NULL, j->relu);
+      if (ep) epilogue(c + c0, j->m, c1 - c0, j->n, j->bias ? j->bias + c0 : NULL, j->relu, j->mask ? j->mask + c0 : NULL);
     }
   }
 }
@@ -112,7 +116,7 @@ int lunet_cpu_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, in
                            "gemm: stride_c 0 with batch %lld would write "
                            "one c from every batch entry",
                            (long long)batch);
-  gemm_job j = {ta, tb, m, n, k, alpha, beta, a, b, c, sa, sb, sc, 1, 1, batch, NULL, false};
+  gemm_job j = {ta, tb, m, n, k, alpha, beta, a, b, c, sa, sb, sc, 1, 1, batch, NULL, false, NULL};
   run_job(be, &j);
   return 0;
 }
@@ -122,7 +126,17 @@ int lunet_cpu_linear(lunet_backend *be, int64_t m, int64_t n, int64_t k, lunet_c
   if (m < 0 || n < 0 || k < 0)
     return lunet_cpu_error(LUNET_ERR_SHAPE, "linear: negative size m=%lld n=%lld k=%lld", (long long)m,
                            (long long)n, (long long)k);
-  gemm_job j = {false, false, m, n, k, 1.0f, 0.0f, a, b, c, 0, 0, m * n, 1, 1, 1, bias, relu};
+  gemm_job j = {false, false, m, n, k, 1.0f, 0.0f, a, b, c, 0, 0, m * n, 1, 1, 1, bias, relu, NULL};
+  run_job(be, &j);
+  return 0;
+}
+
+int lunet_cpu_gemm_relu_mask(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, lunet_cbuf a,
+                             lunet_cbuf b, lunet_cbuf mask, lunet_buf c) {
+  if (m < 0 || n < 0 || k < 0)
+    return lunet_cpu_error(LUNET_ERR_SHAPE, "gemm_relu_mask: negative size m=%lld n=%lld k=%lld", (long long)m,
+                           (long long)n, (long long)k);
+  gemm_job j = {ta, tb, m, n, k, 1.0f, 0.0f, a, b, c, 0, 0, m * n, 1, 1, 1, NULL, false, mask};
   run_job(be, &j);
   return 0;
 }

@@ -267,6 +267,8 @@ int lunet_cpu_gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, in
 /* ABI 2.5: c = a b + bias, then the ReLU when relu (conv.c) */
 int lunet_cpu_linear(lunet_backend *be, int64_t m, int64_t n, int64_t k, lunet_cbuf a, lunet_cbuf b,
                      lunet_cbuf bias, bool relu, lunet_buf c);
+int lunet_cpu_gemm_relu_mask(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, lunet_cbuf a,
+                             lunet_cbuf b, lunet_cbuf mask, lunet_buf c);
 /* bfloat16 products (ABI 2.3): conv.c */
 int lunet_cpu_bf16_native(lunet_backend *be);
 int lunet_cpu_gemm_bf16(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,

@@ -160,6 +160,15 @@ static int naive_linear(lunet_backend *be, int64_t m, int64_t n, int64_t k, lune
   return rc;
 }
 
+static int naive_gemm_relu_mask(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, lunet_cbuf a,
+                                lunet_cbuf b, lunet_cbuf mask, lunet_buf c) {
+  int rc = gemm(ta, tb, m, n, k, 1.0f, a, 0, b, 0, 0.0f, c, m * n, 1, false);
+  float *pc = c;
+  const float *pm = mask;
+  for (int64_t i = 0; !rc && i < m * n; i++) pc[i] = pm[i] > 0.0f ? pc[i] : 0.0f;
+  return rc;
+}
+
 /* Input row and column read by output (oy, ox) through tap (ky, kx). */
 static inline int64_t in_row(const lunet_conv2d_desc *d, int64_t oy, int64_t ky) {
   return oy * d->sh - d->pad_top + ky;
@@ -798,4 +807,5 @@ const lunet_backend_i lunet_cpu_naive_vtable = {
     .conv2d_backward_data_bf16 = naive_conv2d_backward_data_bf16,
     .conv2d_backward_filter_bf16 = naive_conv2d_backward_filter_bf16,
     .update_multi = naive_update_multi,
+    .gemm_relu_mask = naive_gemm_relu_mask,
 };

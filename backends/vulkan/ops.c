@@ -226,6 +226,7 @@ static int vk_binary(lunet_backend *be, lunet_binary_op op, lunet_buf y, lunet_c
 typedef struct reduce_epilogue {
   lunet_cbuf bias;
   uint32_t bias_cols, relu;
+  lunet_cbuf mask; /* gemm_relu_mask: zero where mask <= 0 (NULL: none) */
 } reduce_epilogue;
 
 static int reduce_dispatch_ep(lunet_backend *be, int op, lunet_buf y, lunet_cbuf x, size_t outer, size_t len,
@@ -233,13 +234,14 @@ static int reduce_dispatch_ep(lunet_backend *be, int op, lunet_buf y, lunet_cbuf
   int rc = too_big((int64_t)(outer * len * inner), argmax ? "argmax" : "reduce");
   if (!rc) rc = too_big((int64_t)(outer * inner), argmax ? "argmax" : "reduce");
   if (rc || outer * inner == 0) return rc;
-  uint32_t pc[6] = {(uint32_t)outer, (uint32_t)len, (uint32_t)inner, (uint32_t)op, ep.bias_cols, ep.relu};
+  uint32_t pc[7] = {(uint32_t)outer, (uint32_t)len, (uint32_t)inner, (uint32_t)op, ep.bias_cols, ep.relu,
+                    ep.mask != NULL};
   size_t outs = outer * inner;
   /* Many short reductions: one invocation each; else a workgroup each. */
   int mode = argmax ? 1 : (len <= 64 || outs >= 16384) ? 2 : 0;
   uint32_t groups = mode == 2 ? lunet_vk_groups(be, outs) : min_u32(outs, 65535);
-  return lunet_vk_dispatch(be, VK_SH_REDUCE, mode, (lunet_cbuf[]){y, x, ep.bias}, 3, pc, sizeof pc, groups,
-                           1, 1);
+  return lunet_vk_dispatch(be, VK_SH_REDUCE, mode, (lunet_cbuf[]){y, x, ep.bias, ep.mask}, 4, pc, sizeof pc,
+                           groups, 1, 1);
 }
 
 static int reduce_dispatch(lunet_backend *be, int op, lunet_buf y, lunet_cbuf x, size_t outer, size_t len,
@@ -275,6 +277,7 @@ typedef struct gemm_pc {
   uint32_t splits; /* MODE 3: slices of K summed apart (split-K) */
   uint32_t bf16;   /* mixed precision: the operands rounded to bfloat16 as fetched */
   uint32_t relu;   /* MODE 0 (linear): the ReLU after alpha ab + beta c + bias */
+  uint32_t relu_mask; /* MODE 0 (gemm_relu_mask): then zero where the mask is <= 0 */
 } gemm_pc;
 
 /* Blocks of BS = tile << v along n: each workgroup's invocations hold
@@ -326,10 +329,11 @@ static int split_dispatch(lunet_backend *be, int mode, gemm_pc *pc, int64_t spli
   return rc;
 }
 
-/* c = alpha op(a) op(b) + beta c, then (linear) + bias (NULL: none) and the ReLU. */
+/* c = alpha op(a) op(b) + beta c, then (linear) + bias (NULL: none) and the
+ * ReLU, then (gemm_relu_mask) zero where mask <= 0 (NULL: none). */
 static int gemm_ep(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
                    lunet_cbuf a, int64_t sa, lunet_cbuf b, int64_t sb, float beta, lunet_buf c, int64_t sc,
-                   int64_t batch, bool bf16, lunet_cbuf bias, bool relu) {
+                   int64_t batch, bool bf16, lunet_cbuf bias, bool relu, lunet_cbuf mask) {
   if (m < 0 || n < 0 || k < 0 || batch < 0)
     return lunet_vk_error(LUNET_ERR_SHAPE,
                           "gemm: negative size m=%lld n=%lld k=%lld "
@@ -353,7 +357,8 @@ static int gemm_ep(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, in
                 .beta = beta,
                 .bf16 = bf16,
                 .has_bias = bias != NULL,
-                .relu = relu};
+                .relu = relu,
+                .relu_mask = mask != NULL};
   /* a batch of products fills the device with its entries */
   int v = batch > 1 ? 0 : blocking(be, m, n);
   int64_t wg = (int64_t)tiles(be, n, v) * tiles(be, m, v), splits = 1;
@@ -361,20 +366,25 @@ static int gemm_ep(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, in
   /* split: the bias and the ReLU go to the reduction that sums the slices */
   if (splits > 1)
     return split_dispatch(be, 0, &pc, splits, c, a, b, "gemm", m, n, k, wg,
-                          (reduce_epilogue){bias, bias ? (uint32_t)n : 0, relu});
+                          (reduce_epilogue){bias, bias ? (uint32_t)n : 0, relu, mask});
   lunet_backend_log_gemm(&be->stats, "gemm", m * batch, n, k, wg * min_u32((size_t)batch, 65535));
-  return lunet_vk_dispatch(be, VK_SH_GEMM, gemm_mode(0, v), (lunet_cbuf[]){c, a, b, bias}, 4, &pc, sizeof pc,
-                           tiles(be, n, v), tiles(be, m, v), min_u32((size_t)batch, 65535));
+  return lunet_vk_dispatch(be, VK_SH_GEMM, gemm_mode(0, v), (lunet_cbuf[]){c, a, b, bias, mask}, 5, &pc,
+                           sizeof pc, tiles(be, n, v), tiles(be, m, v), min_u32((size_t)batch, 65535));
 }
 
 static int gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, lunet_cbuf a,
                 int64_t sa, lunet_cbuf b, int64_t sb, float beta, lunet_buf c, int64_t sc, int64_t batch, bool bf16) {
-  return gemm_ep(be, ta, tb, m, n, k, alpha, a, sa, b, sb, beta, c, sc, batch, bf16, NULL, false);
+  return gemm_ep(be, ta, tb, m, n, k, alpha, a, sa, b, sb, beta, c, sc, batch, bf16, NULL, false, NULL);
 }
 
 static int vk_linear(lunet_backend *be, int64_t m, int64_t n, int64_t k, lunet_cbuf a, lunet_cbuf b, lunet_cbuf bias,
                      bool relu, lunet_buf c) {
-  return gemm_ep(be, false, false, m, n, k, 1.0f, a, 0, b, 0, 0.0f, c, m * n, 1, false, bias, relu);
+  return gemm_ep(be, false, false, m, n, k, 1.0f, a, 0, b, 0, 0.0f, c, m * n, 1, false, bias, relu, NULL);
+}
+
+static int vk_gemm_relu_mask(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, lunet_cbuf a,
+                             lunet_cbuf b, lunet_cbuf mask, lunet_buf c) {
+  return gemm_ep(be, ta, tb, m, n, k, 1.0f, a, 0, b, 0, 0.0f, c, m * n, 1, false, NULL, false, mask);
 }
 
 static int check_conv(const lunet_conv2d_desc *d, const char *op) {
@@ -1037,5 +1047,6 @@ const lunet_backend_i lunet_vk_vtable = {
     .adam_update = vk_adam_update,
     .rmsprop_update = vk_rmsprop_update,
     .update_multi = vk_update_multi,
+    .gemm_relu_mask = vk_gemm_relu_mask,
     .affine_resample = vk_affine_resample,
 };

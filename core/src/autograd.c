@@ -129,6 +129,10 @@ static bool topo(lunet_ctx *ctx, lunet_tensor *root, uint64_t gen, order *out) {
     size_t *i = &next[stack.n - 1];
     if (*i < (size_t)n->ninputs) {
       lunet_tensor *in = n->inputs[(*i)++];
+      if (in->grad_fn) { /* each node's inputs are walked once: its edges counted once */
+        if (in->uses_gen != gen) in->uses_gen = gen, in->uses = 0;
+        in->uses++;
+      }
       if (in->grad_fn && in->grad_fn->mark != gen) {
         in->grad_fn->mark = gen;
         ok = push(ctx, &stack, in);
@@ -301,7 +305,8 @@ static lunet_status run_backward(lunet_ctx *ctx, int n, lunet_tensor *const *roo
     }
   }
   order o = {0};
-  uint64_t gen = ++ctx->generation;
+  uint64_t gen = ++ctx->generation, outer_gen = ctx->backward_gen;
+  ctx->backward_gen = gen; /* a backward inside a node's (a layer's own graph) restores it */
   lunet_status s = LUNET_OK;
   for (int r = 0; !s && r < n; r++) {
     lunet_tensor *root = roots[r];
@@ -338,6 +343,7 @@ static lunet_status run_backward(lunet_ctx *ctx, int n, lunet_tensor *const *roo
     }
   lunet_set_grad_enabled(ctx, prev);
   free(o.items);
+  ctx->backward_gen = outer_gen;
   return s;
 }
 

@@ -27,10 +27,21 @@ struct lunet_ctx {
    * forward and backward (LUNET_POOL_RELU_ASKED): the ReLU moved after a
    * max pooling (model.c), of the pooling's pool2d ops; a Dense layer's
    * "relu" activation, of its lunet_op_linear and lunet_op_relu_grad.
-   * ops.c answers LUNET_POOL_RELU_DONE when the op ran it. */
+   * ops.c answers LUNET_POOL_RELU_DONE when the op ran it.  In a backward,
+   * LUNET_POOL_RELU_FOLDED: the consumer of the layer's output already
+   * passed the gradient through the ReLU (input_relu below): the layer's
+   * lunet_op_relu_grad takes dy as it is. */
   int pool_relu;
+  /* The ReLU's gradient folded into a layer's input gradient (layer.c asks
+   * during the consumer's backward, LUNET_POOL_RELU_ASKED, when its input
+   * is the output of a layer whose own op ran its ReLU and nothing else
+   * adds to that output's gradient; lunet_op_matmul_dx answers DONE):
+   * input_relu_mask is that output (the ReLU's). */
+  int input_relu;
+  const lunet_tensor *input_relu_mask;
+  uint64_t backward_gen; /* the generation of the backward running now (0: none) */
 };
-enum { LUNET_POOL_RELU_NONE, LUNET_POOL_RELU_ASKED, LUNET_POOL_RELU_DONE };
+enum { LUNET_POOL_RELU_NONE, LUNET_POOL_RELU_ASKED, LUNET_POOL_RELU_DONE, LUNET_POOL_RELU_FOLDED };
 
 /* A loaded backend (the registry owns it for the life of the process). */
 typedef struct lunet_be {
@@ -70,6 +81,10 @@ struct lunet_tensor {
   /* A backward's seed of 1 (autograd.c) that nothing has added to since: a
    * node may take it as the number 1 without reading or multiplying by it. */
   bool unit;
+  /* The nodes of the backward of generation uses_gen that take this tensor
+   * as an input (autograd.c's topo): 1 means one gradient reaches it. */
+  int uses;
+  uint64_t uses_gen;
 };
 
 /* One recorded op: backward() receives dy and writes one gradient per input

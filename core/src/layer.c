@@ -64,6 +64,8 @@ struct lunet_call {
   bool wgrad[MAX_WEIGHTS]; /* the weights whose gradients this call's node gives */
   bool recording;          /* the core records this call */
   bool relu_fused;         /* a ReLU ran in the layer's op (ctx->pool_relu): backward too */
+  bool relu_own;           /* that op was the layer's own (Dense's linear), not a pooling's */
+  bool relu_folded;        /* this backward: the output's consumer took the ReLU's gradient */
   bool backward_done;
   int64_t step_offset; /* lunet_layer_step's position of the first step; -1 outside it */
 };
@@ -858,6 +860,22 @@ static lunet_tensor *zeros_for(lunet_ctx *ctx, lunet_call *c, int j, const lunet
   return z;
 }
 
+static lunet_status call_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *dy, lunet_tensor **dx);
+
+/* The call whose ReLU's gradient call c's backward may fold into its first
+ * input's gradient (lunet_op_matmul_dx), or NULL: that input is the output
+ * of a layer call whose own op ran its ReLU, whose backward has not run,
+ * and which gets no gradient but c's in the backward running now (c's
+ * node is its only user there, and no gradient was seeded into it). */
+static lunet_call *relu_to_fold(lunet_ctx *ctx, const lunet_call *c, const lunet_node *n) {
+  const lunet_tensor *in = c->nin >= 1 ? n->inputs[0] : NULL;
+  if (!in || !c->need_dx[0] || !in->grad_fn || in->grad_fn->backward != call_backward) return NULL;
+  lunet_call *p = in->grad_fn->data;
+  bool once = in->uses == 1 && in->uses_gen == ctx->backward_gen && ctx->backward_gen != 0 && !in->acc;
+  for (int i = 1; once && i < c->nin; i++) once = n->inputs[i] != in; /* c reads it once */
+  return once && p->relu_own && p->nout == 1 && !p->backward_done ? p : NULL;
+}
+
 /* Node inputs: the call's inputs, then the layer's trainable weights.  dy
  * is the output's gradient (one output) or the token's (several: the part
  * nodes have gathered them in c->dys). */
@@ -888,8 +906,13 @@ static lunet_status call_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor *d
   if (!s) {
     uint64_t t0 = lunet_prof_now(ctx);
     lunet_precision prec = lunet_set_precision(ctx, l->precision);
-    if (c->relu_fused) ctx->pool_relu = LUNET_POOL_RELU_ASKED;
+    if (c->relu_fused) ctx->pool_relu = c->relu_folded ? LUNET_POOL_RELU_FOLDED : LUNET_POOL_RELU_ASKED;
+    lunet_call *producer = relu_to_fold(ctx, c, n);
+    if (producer) ctx->input_relu = LUNET_POOL_RELU_ASKED, ctx->input_relu_mask = n->inputs[0];
     s = l->type->backward(l, c, dys, gx);
+    if (producer && ctx->input_relu == LUNET_POOL_RELU_DONE) producer->relu_folded = true;
+    ctx->input_relu = LUNET_POOL_RELU_NONE;
+    ctx->input_relu_mask = NULL;
     /* the forward's op took the ReLU, so its backward must take the ReLU's
      * gradient: a layer that did not would return a wrong gradient */
     if (!s && c->relu_fused && ctx->pool_relu != LUNET_POOL_RELU_DONE &&
@@ -1171,6 +1194,7 @@ lunet_status lunet_layer_apply_relu(lunet_ctx *ctx, lunet_layer *l, lunet_call *
   ctx->pool_relu = (relu_after || own_relu) && nout == 1 ? LUNET_POOL_RELU_ASKED : LUNET_POOL_RELU_NONE;
   lunet_status s = l->type->forward(l, c, nin, x, y, training);
   bool relu_fused = c->relu_fused = ctx->pool_relu == LUNET_POOL_RELU_DONE;
+  c->relu_own = relu_fused && own_relu;
   ctx->pool_relu = LUNET_POOL_RELU_NONE;
   lunet_set_precision(ctx, prec);
   lunet_set_grad_enabled(ctx, prev);

@@ -386,6 +386,24 @@ lunet_tensor *lunet_op_matmul(lunet_ctx *ctx, const lunet_tensor *a, const lunet
               "matmul", c);
 }
 
+lunet_tensor *lunet_op_matmul_dx(lunet_ctx *ctx, const lunet_tensor *a, const lunet_tensor *b, bool ta, bool tb) {
+  const lunet_tensor *mask = ctx->input_relu == LUNET_POOL_RELU_ASKED ? ctx->input_relu_mask : NULL;
+  lunet_be *be = mask ? BE2("matmul", a, b) : NULL;
+  if (!mask || !be || a->ndim != 2 || b->ndim != 2 || be->desc->abi_minor < 6 || !be->i->gemm_relu_mask ||
+      ctx->precision == LUNET_PRECISION_BFLOAT16 || mask->buf->be != be || mask->dtype != LUNET_F32)
+    return lunet_op_matmul(ctx, a, b, ta, tb);
+  int64_t m = a->shape[ta ? 1 : 0], k = a->shape[ta ? 0 : 1], k2 = b->shape[tb ? 1 : 0], n = b->shape[tb ? 0 : 1];
+  if (k != k2 || m * n != mask->numel) return lunet_op_matmul(ctx, a, b, ta, tb); /* its errors, or no fold */
+  lunet_tensor *c = lunet_tensor_on(ctx, be, LUNET_F32, 2, (int64_t[]){m, n});
+  if (!c) return NULL;
+  ctx->input_relu = LUNET_POOL_RELU_DONE;
+  return done(ctx, be,
+              PROFILED(ctx, be, "gemm_relu_mask", 2.0 * (double)m * (double)n * (double)k,
+                       be->i->gemm_relu_mask(be->state, ta, tb, m, n, k, a->buf->handle, b->buf->handle,
+                                             mask->buf->handle, c->buf->handle)),
+              "matmul", c);
+}
+
 /* Whether the fused linear op runs here: the backend has it and the
  * products are float32 (mixed precision runs matmul's bfloat16 path). */
 static bool linear_fused(const lunet_ctx *ctx, const lunet_be *be) {
@@ -423,6 +441,10 @@ lunet_tensor *lunet_op_linear(lunet_ctx *ctx, const lunet_tensor *x, const lunet
 }
 
 lunet_tensor *lunet_op_relu_grad(lunet_ctx *ctx, const lunet_tensor *dy, const lunet_tensor *y) {
+  if (ctx->pool_relu == LUNET_POOL_RELU_FOLDED) { /* the consumer's input gradient took it */
+    ctx->pool_relu = LUNET_POOL_RELU_DONE;
+    return lunet_tensor_retain((lunet_tensor *)dy);
+  }
   if (ctx->pool_relu != LUNET_POOL_RELU_ASKED) return lunet_tensor_retain((lunet_tensor *)dy);
   /* y > 0 exactly where the ReLU's input was: y stands for it */
   lunet_tensor *dx = lunet_op_unary_backward(ctx, LUNET_UNARY_RELU, dy, y, y, 0.0f, 0.0f);

@@ -109,7 +109,8 @@ static lunet_status dense_backward(lunet_layer *l, lunet_call *c, lunet_tensor *
   layers_set(&g, NULL);
   if (dense_weight_grads(l, c, x2, dy2) != LUNET_OK) goto fail;
   if (lunet_call_needs_dx(c, 0)) {
-    dx2 = lunet_op_matmul(ctx, dy2, lunet_layer_weight(l, KERNEL), false, true);
+    /* the whole input gradient: the ReLU that made the input may run in its epilogue */
+    dx2 = lunet_op_matmul_dx(ctx, dy2, lunet_layer_weight(l, KERNEL), false, true);
     if (!dx2 || !(dx[0] = layers_reshape_like(ctx, dx2, st->x))) goto fail;
   }
   layers_release(dx2);

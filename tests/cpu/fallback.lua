@@ -1,7 +1,8 @@
 -- A backend of ABI 2.3 (tests/cpu/minor3_backend.c: the CPU backend
 -- without the 2.4 to 2.6 members) loads, and a convolution's ReLU moved
--- after a max pooling, a Dense layer's bias and ReLU, and the optimizer's
--- update of every weight at once (2.6), run as ops of their own there: a
+-- after a max pooling, a Dense layer's bias and ReLU, the ReLU's gradient
+-- in the next layer's data gradient and the optimizer's update of every
+-- weight at once (2.6), run as ops of their own there: a
 -- training step and a prediction give the same bits as on the CPU backend,
 -- which fuses them (nn.profile names the ops each ran), with SGD, Adam and
 -- RMSprop.
@@ -37,8 +38,8 @@ for _, name in ipairs{"sgd", "adam", "rmsprop"} do
   local plain, pops = run("cpu23", optimizers[name]())
   assert(fops.pool2d_relu == 2 and fops.pool2d_relu_backward == 2 and not fops.relu,
     "the CPU backend fuses the pooling and the ReLU")
-  assert(fops.linear_relu == 2 and fops.linear == 2 and fops.relu_backward == 2,
-    "and the Dense layers' bias and ReLU into their products (the ReLU's gradient in the layer)")
+  assert(fops.linear_relu == 2 and fops.linear == 2 and fops.gemm_relu_mask == 2 and not fops.relu_backward,
+    "and the Dense layers' bias and ReLU into their products (the ReLU's gradient in the next one's dx)")
   assert(fops[name .. "_update_multi"] == 2 and not fops[name .. "_update"],
     "and updates the 6 weights in one call a step: " .. tostring(fops[name .. "_update_multi"]))
   assert(pops.pool2d == 2 and pops.relu == 4 and pops.relu_backward == 4 and pops.pool2d_backward == 2

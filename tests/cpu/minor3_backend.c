@@ -19,6 +19,7 @@ __attribute__((visibility("default"))) const lunet_backend_desc *lunet_backend_e
   iface.max_pool2d_relu_backward = NULL;
   iface.linear = NULL;       /* 2.5 */
   iface.update_multi = NULL; /* 2.6 */
+  iface.gemm_relu_mask = NULL;
   desc = *cpu;
   desc.abi_minor = 3;
   desc.iface_size = LUNET_BACKEND_I_SIZE_2_3;

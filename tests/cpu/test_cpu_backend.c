@@ -435,6 +435,39 @@ START_TEST(test_linear) {
 }
 END_TEST
 
+/* ABI 2.6 gemm_relu_mask: the same bits as gemm then the RELU
+ * unary_backward with the mask as x, fast (threads split by rows or by
+ * columns; each transpose) and naive; masks with zeros, negative zeros and
+ * a NaN, which all block the gradient as the ReLU's does. */
+START_TEST(test_gemm_relu_mask) {
+  static const int64_t cases[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 33, 65}, {130, 40, 70}, {12, 300, 50}, {64, 512, 10}};
+  for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+    int64_t m = cases[ci][0], n = cases[ci][1], k = cases[ci][2];
+    size_t nc = (size_t)(m * n);
+    float *a = rnd((size_t)(m * k), -1, 1), *b = rnd((size_t)(k * n), -1, 1), *mask = rnd(nc, -1, 1);
+    for (size_t i = 0; i < nc; i += 7) mask[i] = i % 2 ? 0.0f : -0.0f;
+    mask[nc / 2] = NAN;
+    for (int t = 0; t < 4; t++) {
+      bool ta = t & 1, tb = t & 2;
+      float *c = rnd(nc, 5, 6), *cn = rnd(nc, 5, 6), *prod = zeros(nc), *want = zeros(nc);
+      char what[96];
+      snprintf(what, sizeof what, "gemm_relu_mask %lldx%lldx%lld ta=%d tb=%d", (long long)m, (long long)n,
+               (long long)k, ta, tb);
+      ck_assert_int_eq(F->gemm(be, ta, tb, m, n, k, 1.0f, a, 0, b, 0, 0.0f, prod, m * n, 1), 0);
+      ck_assert_int_eq(F->unary_backward(be, LUNET_UNARY_RELU, 0.0f, 0.0f, want, prod, mask, mask, nc), 0);
+      ck_assert_int_eq(F->gemm_relu_mask(be, ta, tb, m, n, k, a, b, mask, c), 0);
+      ck_assert_int_eq(N->gemm_relu_mask(be, ta, tb, m, n, k, a, b, mask, cn), 0);
+      expect_true(memcmp(c, want, nc * sizeof *c) == 0, "%s: fast differs from gemm and the ReLU's gradient", what);
+      expect_close(cn, c, nc, 1e-5f, 1e-5f, what);
+      for (size_t i = 0; i < nc; i++)
+        if (!(mask[i] > 0.0f)) expect_true(c[i] == 0.0f, "%s: element %zu passes a mask of %g", what, i, mask[i]);
+      free(c), free(cn), free(prod), free(want);
+    }
+    free(a), free(b), free(mask);
+  }
+}
+END_TEST
+
 START_TEST(test_max_pool_relu) {
   for (size_t i = 0; i < NPOOL; i++) {
     lunet_pool2d_desc d = pool_desc(pool_cases[i]);
@@ -1459,6 +1492,7 @@ static Suite *cpu_suite(void) {
   tcase_add_test(tc, test_softmax_known);
   tcase_add_test(tc, test_adam_known);
   tcase_add_test(tc, test_update_multi);
+  tcase_add_test(tc, test_gemm_relu_mask);
   tcase_add_test(tc, test_conv_fast_vs_naive);
   tcase_add_test(tc, test_pool_fast_vs_naive);
   tcase_add_test(tc, test_max_pool_relu);

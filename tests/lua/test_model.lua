@@ -890,6 +890,22 @@ end
 -- step equal a Dense without activation followed by a ReLU layer, bit for
 -- bit, on the CPU and on Vulkan; mixed precision keeps the separate ops.
 -- The profile names the fused op.
+-- The CPU, and Vulkan where there is a device.
+local function backends_here()
+  return check.vulkan() and {"cpu", "vulkan"} or {"cpu"}
+end
+
+-- Models a and b with a's weights, the first layer's bias lowered by
+-- `lower` (so that its ReLU cuts some units), both on backend be.
+local function twins(a, b, lower, be)
+  local w = a:get_weights()
+  w[2] = w[2] - lower
+  a:set_weights(w)
+  b:set_weights(w)
+  if be ~= "cpu" then a:to(be) b:to(be) end
+  return a, b
+end
+
 function T.dense_relu_in_the_epilogue_is_exact()
   local function build(separate)
     nn.seed(23)
@@ -901,15 +917,8 @@ function T.dense_relu_in_the_epilogue_is_exact()
     m:build()
     return m
   end
-  local backends = {"cpu"}
-  if check.vulkan() then backends[2] = "vulkan" end
-  for _, be in ipairs(backends) do
-    local a, b = build(false), build(true)
-    local w = a:get_weights()
-    w[2] = w[2] - 0.2 -- a negative bias: some units below zero on every row
-    a:set_weights(w)
-    b:set_weights(w)
-    if be ~= "cpu" then a:to(be) b:to(be) end
+  for _, be in ipairs(backends_here()) do
+    local a, b = twins(build(false), build(true), 0.2, be) -- some units below zero on every row
     nn.seed(24)
     local x, y = nn.randn{11, 19}, nn.tensor{0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1}
     if be ~= "cpu" then x, y = x:to(be), y:to(be) end
@@ -932,6 +941,54 @@ function T.dense_relu_in_the_epilogue_is_exact()
   check.eq(ops.linear_relu, 2, "the two relu Dense layers run linear_relu")
   check.eq(ops.linear, 1, "the softmax one runs linear")
   check.eq(ops.gemm, nil, "no separate product")
+end
+
+-- The ReLU's gradient of a Dense "relu" layer runs in its consumer's data
+-- gradient (gemm_relu_mask) only where that consumer's gradient is the
+-- only one its output gets: a graph where the output also feeds a tanh, or
+-- is penalised by an activity regularizer, or is the Sequential's plain
+-- chain; each against the same model with a separate ReLU layer (never
+-- fused, never folded), weights after two steps equal bit for bit, and the
+-- profile says where it folded.
+function T.relu_gradient_folds_only_where_one_gradient_arrives()
+  local function build(kind, separate)
+    nn.seed(31)
+    local x = nn.Input{shape = {6}, name = "x"}
+    local h
+    local reg = kind == "regularized" and nn.regularizers.l2(0.3) or nil
+    if separate then -- the penalty on the ReLU's output, as the Dense layer's activity_regularizer has it
+      h = nn.ReLU()(nn.Dense{9}(x))
+      if reg then h = nn.ActivityRegularization{l2 = 0.3}(h) end
+    else
+      h = nn.Dense{9, activation = "relu", activity_regularizer = reg}(x)
+    end
+    local y = nn.Dense{3}(h)
+    if kind == "branch" then y = nn.Add()({y, nn.Dense{3}(nn.Activation("tanh")(h))}) end
+    local m = nn.Model{inputs = x, outputs = y}
+    m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.3}, loss = "mse"}
+    m:build()
+    return m
+  end
+  for _, be in ipairs(backends_here()) do
+    for _, kind in ipairs{"chain", "branch", "regularized"} do
+      local a, b = twins(build(kind, false), build(kind, true), 0.3, be) -- some units below zero
+      nn.seed(32)
+      local x, y = nn.randn{10, 6}, nn.randn{10, 3}
+      if be ~= "cpu" then x, y = x:to(be), y:to(be) end
+      local ops = {}
+      local report = nn.profile(function() a:train_on_batch(x, y); a:train_on_batch(x, y) end, {print = false})
+      for _, o in ipairs(report.ops) do ops[o.name] = o.calls end
+      b:train_on_batch(x, y)
+      b:train_on_batch(x, y)
+      local wa, wb = a:get_weights(), b:get_weights()
+      for i = 1, #wa do
+        check.same_table(wa[i]:totable(), wb[i]:totable(), 0, string.format("%s, %s: weight %d", be, kind, i))
+      end
+      local folded = kind == "chain"
+      check.eq(ops.gemm_relu_mask, folded and 2 or nil, be .. ", " .. kind .. ": the consumer's data gradient took the ReLU's")
+      check.eq(ops.relu_backward, not folded and 2 or nil, be .. ", " .. kind .. ": the layer's own ReLU gradient")
+    end
+  end
 end
 
 check.run(T)

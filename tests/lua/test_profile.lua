@@ -43,22 +43,25 @@ function T.counts_and_flops_of_a_fit()
     check.eq(layer(report, name).bcalls, steps, name .. " backward passes")
   end
   -- per step: the forward products are linear ops (hidden's with its bias
-  -- and ReLU, out's with its bias); out's backward needs dW and dx,
-  -- hidden's only dW (the data needs no gradient)
-  local gemm = op(report, "gemm")
-  check.eq(gemm.calls, 3 * steps, "backward matrix products")
+  -- and ReLU, out's with its bias); out's backward needs dW and dx (which
+  -- takes hidden's ReLU gradient in its epilogue), hidden's only dW (the
+  -- data needs no gradient)
+  local gemm, masked = op(report, "gemm"), op(report, "gemm_relu_mask")
+  check.eq(gemm.calls, 2 * steps, "backward matrix products")
+  check.eq(masked.calls, steps, "out's dx, with hidden's ReLU gradient in its epilogue")
   check.eq(op(report, "linear_relu").calls, steps, "hidden's forward: the product, its bias and ReLU")
   check.eq(op(report, "linear").calls, steps, "out's forward: the product and its bias")
   check.eq(op(report, "linear_relu").flops, steps * 2 * b * 20 * 16, "hidden's forward flops")
   check.eq(op(report, "linear").flops, steps * 2 * b * 16 * 4, "out's forward flops")
-  local per_step = 2 * b * 4 * 16 + 2 * 16 * b * 4 + 2 * 20 * b * 16
-  check.eq(gemm.flops, per_step * steps, "their floating-point operations")
+  check.eq(gemm.flops, (2 * 16 * b * 4 + 2 * 20 * b * 16) * steps, "their floating-point operations")
+  check.eq(masked.flops, 2 * b * 4 * 16 * steps, "and out's dx's")
   check.eq(layer(report, "hidden").flops, steps * (2 * b * 20 * 16 + 2 * 20 * b * 16), "hidden's flops")
   check.eq(op(report, "adam_update_multi").calls, steps, "one Adam update of all 4 weights a step")
   check.eq(op(report, "relu").calls, 0, "no relu forward of its own")
-  check.eq(op(report, "relu_backward").calls, steps, "relu backward (in hidden's backward)")
-  -- the ReLU's gradient is hidden's own (its backward takes it), and out's
-  -- softmax is fused into the loss: no activation's gradient of its own
+  check.eq(op(report, "relu_backward").calls, 0, "no relu backward of its own (out's dx took it)")
+  -- the ReLU's gradient is hidden's own (its consumer's product takes it),
+  -- and out's softmax is fused into the loss: no activation's gradient of
+  -- its own
   local act = 0
   for _, e in ipairs(report.events) do
     if e.kind == "activation_backward" then act = act + 1 end

@@ -127,7 +127,7 @@ static const op_entry all_ops[] = {
     OP(affine_resample), OP(bf16_native),  OP(gemm_bf16),
     OP(conv2d_bf16),    OP(conv2d_backward_data_bf16), OP(conv2d_backward_filter_bf16),
     OP(max_pool2d_relu), OP(max_pool2d_relu_backward), OP(linear),
-    OP(update_multi),
+    OP(update_multi), OP(gemm_relu_mask),
 };
 #undef OP
 #define NOPS (sizeof all_ops / sizeof all_ops[0])
@@ -967,6 +967,43 @@ START_TEST(test_linear) {
 }
 END_TEST
 
+/* ABI 2.6 gemm_relu_mask in each transpose, direct and split-K (64 x 10
+ * over K = 2048, the Dense data gradient's shape turned around): the bits
+ * of the device's own gemm and ReLU gradient, and the CPU's naive
+ * reference within rounding; zeros, negative zeros and a NaN in the mask
+ * block the gradient. */
+START_TEST(test_gemm_relu_mask) {
+  static const int64_t cases[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 33, 65}, {70, 300, 40}, {64, 10, 2048}};
+  for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+    int64_t m = cases[ci][0], n = cases[ci][1], k = cases[ci][2];
+    size_t na = (size_t)(m * k), nb = (size_t)(k * n), nc = (size_t)(m * n);
+    float *a = rnd(na, -1, 1), *b = rnd(nb, -1, 1), *mask = rnd(nc, -1, 1);
+    for (size_t i = 0; i < nc; i += 7) mask[i] = i % 2 ? 0.0f : -0.0f;
+    mask[nc / 2] = NAN;
+    lunet_buf da = vup(a, na * 4), db = vup(b, nb * 4), dmask = vup(mask, nc * 4);
+    for (int t = 0; t < 4; t++) {
+      bool ta = t & 1, tb = t & 2;
+      float *want = zalloc(nc * 4);
+      ck_assert_int_eq(C->gemm_relu_mask(cbe, ta, tb, m, n, k, a, b, mask, want), 0);
+      lunet_buf dc = vup(NULL, nc * 4), dprod = vup(NULL, nc * 4), dplain = vup(NULL, nc * 4);
+      vok(V->gemm_relu_mask(vbe, ta, tb, m, n, k, da, db, dmask, dc), "gemm_relu_mask");
+      vok(V->gemm(vbe, ta, tb, m, n, k, 1.0f, da, 0, db, 0, 0.0f, dprod, m * n, 1), "gemm");
+      vok(V->unary_backward(vbe, LUNET_UNARY_RELU, 0.0f, 0.0f, dplain, dprod, dmask, dmask, nc), "relu grad");
+      char what[96];
+      snprintf(what, sizeof what, "gemm_relu_mask %lldx%lldx%lld ta=%d tb=%d", (long long)m, (long long)n,
+               (long long)k, ta, tb);
+      float *got = vdown(dc, nc * 4), *plain = vdown(dplain, nc * 4);
+      ck_assert_msg(!memcmp(got, plain, nc * 4), "%s: not the bits of gemm and the ReLU's gradient", what);
+      expect_close(got, want, nc, 1e-4f, 1e-4f, what);
+      free(got), free(plain), free(want);
+      vfree(dc), vfree(dprod), vfree(dplain);
+    }
+    vfree(da), vfree(db), vfree(dmask);
+    free(a), free(b), free(mask);
+  }
+}
+END_TEST
+
 /* Barriers the backend records for what `run` records, up to a synchronize. */
 static uint64_t barriers_of(void (*run)(void *), void *arg) {
   lunet_backend_stats a, b;
@@ -1122,7 +1159,7 @@ static Suite *vulkan_suite(void) {
       {"affine_resample", test_affine_resample},
       {"unary", test_levelled_barriers},   {"unary", test_pool_reuse_levels},
       {"linear", test_linear},            {"binary", test_levels_keep_write_after_read},
-      {"update_multi", test_update_multi},
+      {"update_multi", test_update_multi},   {"gemm_relu_mask", test_gemm_relu_mask},
   };
   for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
     if (has_op(tests[i].op)) tcase_add_test(tc, tests[i].test);

@@ -323,6 +323,14 @@ typedef struct lunet_backend_i {
    * ops tensor by tensor. */
   int (*update_multi)(lunet_backend *be, const lunet_update_desc *u, int count, const lunet_buf *p,
                       const lunet_cbuf *g, const lunet_buf *s1, const lunet_buf *s2, const size_t *n);
+
+  /* A layer's input gradient through the ReLU that made its input, in the
+   * product's epilogue: c (m, n) = op(a) op(b) (as gemm with alpha 1, beta
+   * 0, one product), then c = mask > 0 ? c : 0 element by element, mask
+   * (m, n) the ReLU's output: the same bits as gemm and the RELU
+   * unary_backward with x = mask.  NULL: the core runs those. */
+  int (*gemm_relu_mask)(lunet_backend *be, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                        lunet_cbuf a, lunet_cbuf b, lunet_cbuf mask, lunet_buf c);
 } lunet_backend_i;
 
 /* The size of lunet_backend_i in ABI 2.0 to 2.5 (what such a backend provides). */

@@ -135,6 +135,16 @@ LUNET_API lunet_tensor *lunet_op_argmax(lunet_ctx *ctx, const lunet_tensor *x);
  * when one side has none. */
 LUNET_API lunet_tensor *lunet_op_matmul(lunet_ctx *ctx, const lunet_tensor *a,
                                         const lunet_tensor *b, bool trans_a, bool trans_b);
+/* A layer's input gradient that is one product, a op(b) as lunet_op_matmul
+ * with 2-D operands: where the core asks it during the layer's backward
+ * (its input is the output of a layer whose own op ran a ReLU, Dense's
+ * "relu", and no other gradient reaches that output), the ReLU's gradient
+ * runs in the product's epilogue and that layer's lunet_op_relu_grad then
+ * takes the gradient as it comes: one pass fewer, the same bits.  Call it
+ * only for the whole gradient of the layer's first input (a sum of parts
+ * would be masked in part). */
+LUNET_API lunet_tensor *lunet_op_matmul_dx(lunet_ctx *ctx, const lunet_tensor *a, const lunet_tensor *b,
+                                           bool trans_a, bool trans_b);
 
 /* y (M, N) = x (M, K) @ w (K, N) + bias (N) (NULL: none): a Dense layer's
  * product with its bias added in the product's epilogue where the backend
