@@ -132,14 +132,119 @@ float bf16_round(float v) {
   return uintBitsToFloat(u & 0xffff0000u);
 }
 
+// ---- the im2col walk (convolutions, OP 1 to 3) ----
+// An invocation's A elements in a slice share one k (k0 + t % TILE) and lie
+// on R rows that stay the same through the K loop (row0 + t / TILE + TILE i);
+// OP 2's B elements each have their own k (k0 + (t + TILE^2 i) / BS) in one
+// column.  What those rows and ks decompose into (pixel and tap
+// coordinates) is worked out once per block (walk_start) and moved TILE
+// along K per slice (walk_next), with a division only where a coordinate
+// wraps: the K loop reads x and dy with multiplies and adds, not the six
+// divisions per element of patch_at and dy_tap (still used by load_a for
+// the reference path, OP 0 never).
+ivec3 wrow[RMAX]; // OP 1: the output pixel's (n, oy sh - pt, ox sw - pl); OP 2: the input
+                  // pixel's (n, iy + pt, ix + pl); OP 3: the tap (ky, kx, ch)
+bool wrok[RMAX];  // the row is inside M
+ivec3 wk;         // the k lane's: OP 1 tap (ky, kx, ch), OP 2 tap (ky, kx, fi), OP 3 pixel (n, oy, ox)
+ivec2 wb[RMAX];   // OP 2's B: element i's k as (tap, fi)
+
+// v as (hi, mid, lo) in radices (mid_r, lo_r).
+ivec3 split3(int v, int mid_r, int lo_r) { return ivec3(v / (mid_r * lo_r), (v / lo_r) % mid_r, v % lo_r); }
+
+// c moved `step` along, carrying into the higher places.
+ivec3 carry3(ivec3 c, int step, int mid_r, int lo_r) {
+  c.z += step;
+  if (c.z >= lo_r) {
+    int q = c.z / lo_r;
+    c.z -= q * lo_r;
+    c.y += q;
+    if (c.y >= mid_r) {
+      int q2 = c.y / mid_r;
+      c.y -= q2 * mid_r;
+      c.x += q2;
+    }
+  }
+  return c;
+}
+
+void walk_start(uint row0, uint k0, uint t) {
+  for (uint i = 0u; i < R; i++) {
+    uint r = row0 + t / TILE + TILE * i;
+    wrok[i] = r < pc.M;
+    int v = int(min(r, pc.M - 1u));
+    if (OP == 1) {
+      ivec3 p = split3(v, pc.oh, pc.ow);
+      wrow[i] = ivec3(p.x, p.y * pc.sh - pc.pt, p.z * pc.sw - pc.pl);
+    } else if (OP == 2) {
+      ivec3 p = split3(v, pc.h, pc.w);
+      wrow[i] = ivec3(p.x, p.y + pc.pt, p.z + pc.pl);
+    } else {
+      wrow[i] = split3(v, pc.kw, pc.c);
+    }
+    if (OP == 2) {
+      int kb = int(k0 + (t + TILE * TILE * i) / BS);
+      wb[i] = ivec2(kb / pc.f, kb % pc.f);
+    }
+  }
+  int k = int(k0 + t % TILE);
+  wk = OP == 1 ? split3(k, pc.kw, pc.c) : OP == 2 ? split3(k, pc.kw, pc.f) : split3(k, pc.oh, pc.ow);
+}
+
+void walk_next() {
+  int step = int(TILE);
+  wk = OP == 1 ? carry3(wk, step, pc.kw, pc.c) : OP == 2 ? carry3(wk, step, pc.kw, pc.f)
+                                                          : carry3(wk, step, pc.oh, pc.ow);
+  if (OP == 2)
+    for (uint i = 0u; i < R; i++) {
+      ivec3 c = carry3(ivec3(0, wb[i].x, wb[i].y), step, 0x7fffffff, pc.f);
+      wb[i] = c.yz;
+    }
+}
+
+// Row i's A element at the k lane (k < kend checked by the caller).
+float walk_a(uint i) {
+  if (!wrok[i]) return 0.0;
+  ivec3 r = wrow[i];
+  if (OP == 1) return x_at(r.x, r.y + wk.x, r.z + wk.y, wk.z);
+  if (OP == 3) return x_at(wk.x, wk.y * pc.sh - pc.pt + r.x, wk.z * pc.sw - pc.pl + r.y, r.z);
+  // OP 2: dy at the output whose tap (ky, kx) reads this input pixel
+  int ty = r.y - wk.x, tx = r.z - wk.y;
+  if (ty < 0 || tx < 0) return 0.0;
+  int oy = ty, ox = tx;
+  if (pc.sh != 1) {
+    if (ty % pc.sh != 0) return 0.0;
+    oy = ty / pc.sh;
+  }
+  if (pc.sw != 1) {
+    if (tx % pc.sw != 0) return 0.0;
+    ox = tx / pc.sw;
+  }
+  if (oy >= pc.oh || ox >= pc.ow) return 0.0;
+  return av[((r.x * pc.oh + oy) * pc.ow + ox) * pc.f + wk.z];
+}
+
 // Element e (0 .. BS*TILE - 1) of a slice: A's (m = e / TILE, k = e % TILE),
 // B's (k = e / BS, n = e % BS); invocation t takes e = t + TILE^2 i, i < R.
-void fetch(uint entry, uint row0, uint col0, uint k0, uint kend, uint t, out float ra[RMAX],
+// first: the block's first slice (k0 its first k; each later call is TILE on).
+void fetch(uint entry, uint row0, uint col0, uint k0, uint kend, uint t, bool first, out float ra[RMAX],
            out float rb[RMAX]) {
+  if (OP != 0) {
+    if (first) walk_start(row0, k0, t);
+    else walk_next();
+  }
+  bool kin = k0 + t % TILE < kend;
   for (uint i = 0u; i < R; i++) {
     uint e = t + TILE * TILE * i;
-    ra[i] = load_a(entry, row0 + e / TILE, k0 + e % TILE, kend);
-    rb[i] = load_b(entry, k0 + e / BS, col0 + e % BS, kend);
+    if (OP == 0) {
+      ra[i] = load_a(entry, row0 + e / TILE, k0 + e % TILE, kend);
+      rb[i] = load_b(entry, k0 + e / BS, col0 + e % BS, kend);
+    } else {
+      ra[i] = kin ? walk_a(i) : 0.0;
+      uint kb = k0 + e / BS, col = col0 + e % BS;
+      rb[i] = kb >= kend || col >= pc.N ? 0.0
+            : OP == 2 ? bv[(wb[i].x * pc.c + int(col)) * pc.f + wb[i].y]
+                      : bv[kb * pc.N + col];
+    }
     if (pc.bf16 != 0u) {
       ra[i] = bf16_round(ra[i]);
       rb[i] = bf16_round(rb[i]);
@@ -174,14 +279,14 @@ void main() {
           for (uint j = 0u; j < R; j++) acc[i][j] = 0.0;
         float ra[RMAX], rb[RMAX];
         if (steps > 0u) {
-          fetch(entry, row0, col0, kbegin, kend, t, ra, rb);
+          fetch(entry, row0, col0, kbegin, kend, t, true, ra, rb);
           put(0u, t, ra, rb);
         }
         barrier();
         for (uint s = 0u; s < steps; s++) {
           uint cur = s & 1u;
           bool more = s + 1u < steps;
-          if (more) fetch(entry, row0, col0, kbegin + (s + 1u) * TILE, kend, t, ra, rb);
+          if (more) fetch(entry, row0, col0, kbegin + (s + 1u) * TILE, kend, t, false, ra, rb);
           for (uint k = 0u; k < TILE; k++) {
             float a[RMAX], b[RMAX];
             for (uint i = 0u; i < R; i++) a[i] = As[cur][k * BS + ((ly + TILE * i + k) & (BS - 1u))];
