@@ -64,43 +64,15 @@ float x_at(int n, int iy, int ix, int ch) {
   return av[((n * pc.h + iy) * pc.w + ix) * pc.c + ch];
 }
 
-// Patch element: output pixel `pix` (n, oy, ox), tap `tap` (ky, kx, ch).
-float patch_at(uint pix, uint tap) {
-  int p = int(pix), t = int(tap);
-  int ox = p % pc.ow, oy = (p / pc.ow) % pc.oh, n = p / (pc.ow * pc.oh);
-  int ch = t % pc.c, kx = (t / pc.c) % pc.kw, ky = t / (pc.c * pc.kw);
-  return x_at(n, oy * pc.sh - pc.pt + ky, ox * pc.sw - pc.pl + kx, ch);
-}
-
-// dy at the output whose tap (ky, kx) reads input pixel `pix` (n, iy, ix).
-float dy_tap(uint pix, uint k) {
-  int p = int(pix), t = int(k);
-  int ix = p % pc.w, iy = (p / pc.w) % pc.h, n = p / (pc.w * pc.h);
-  int fi = t % pc.f, kx = (t / pc.f) % pc.kw, ky = t / (pc.f * pc.kw);
-  int ty = iy + pc.pt - ky, tx = ix + pc.pl - kx;
-  if (ty < 0 || tx < 0 || ty % pc.sh != 0 || tx % pc.sw != 0) return 0.0;
-  int oy = ty / pc.sh, ox = tx / pc.sw;
-  if (oy >= pc.oh || ox >= pc.ow) return 0.0;
-  return av[((n * pc.oh + oy) * pc.ow + ox) * pc.f + fi];
-}
-
+// OP 0's operands (the convolutions read theirs through the im2col walk below).
 float load_a(uint bi, uint r, uint k, uint kend) {
   if (r >= pc.M || k >= kend) return 0.0;
-  if (OP == 1) return patch_at(r, k);
-  if (OP == 2) return dy_tap(r, k);
-  if (OP == 3) return patch_at(k, r);
   int base = int(bi) * pc.sa;
   return pc.ta != 0u ? av[base + int(k * pc.M + r)] : av[base + int(r * pc.K + k)];
 }
 
 float load_b(uint bi, uint k, uint col, uint kend) {
   if (k >= kend || col >= pc.N) return 0.0;
-  if (OP == 2) {
-    // w (KH, KW, C, F) read as (KH*KW*F, C): k = (ky, kx, f), col = ch.
-    uint fi = k % uint(pc.f), tap = k / uint(pc.f);
-    return bv[(tap * uint(pc.c) + col) * uint(pc.f) + fi];
-  }
-  if (OP != 0) return bv[k * pc.N + col];
   int base = int(bi) * pc.sb;
   return pc.tb != 0u ? bv[base + int(col * pc.K + k)] : bv[base + int(k * pc.N + col)];
 }
@@ -139,9 +111,8 @@ float bf16_round(float v) {
 // column.  What those rows and ks decompose into (pixel and tap
 // coordinates) is worked out once per block (walk_start) and moved TILE
 // along K per slice (walk_next), with a division only where a coordinate
-// wraps: the K loop reads x and dy with multiplies and adds, not the six
-// divisions per element of patch_at and dy_tap (still used by load_a for
-// the reference path, OP 0 never).
+// wraps: the K loop reads x and dy with multiplies and adds, not six
+// divisions per element.
 ivec3 wrow[RMAX]; // OP 1: the output pixel's (n, oy sh - pt, ox sw - pl); OP 2: the input
                   // pixel's (n, iy + pt, ix + pl); OP 3: the tap (ky, kx, ch)
 bool wrok[RMAX];  // the row is inside M

@@ -1053,8 +1053,14 @@ lunet_status lunet_op_update_multi(lunet_ctx *ctx, const lunet_update_desc *u, i
     return lunet_error(ctx, LUNET_ERR_ARG, "adam: the m and v states are required");
   if (u->kind == LUNET_UPDATE_RMSPROP && !s1[0])
     return lunet_error(ctx, LUNET_ERR_ARG, "rmsprop: the mean-square state is required");
-  /* the handles: p, s1, s2, then g, then the sizes (all 8-byte aligned) */
-  lunet_buf *h = malloc((size_t)count * (3 * sizeof(lunet_buf) + sizeof(lunet_cbuf) + sizeof(size_t)));
+  /* the handles: p, s1, s2, then g, then the sizes (all 8-byte aligned);
+   * on the stack for a model's usual count (no allocation a step) */
+  enum { ON_STACK = 64 };
+  unsigned char stack[ON_STACK * (3 * sizeof(lunet_buf) + sizeof(lunet_cbuf) + sizeof(size_t))]
+      __attribute__((aligned(16)));
+  bool heap = count > ON_STACK;
+  lunet_buf *h = heap ? malloc((size_t)count * (3 * sizeof(lunet_buf) + sizeof(lunet_cbuf) + sizeof(size_t)))
+                      : (lunet_buf *)stack;
   if (!h) return lunet_error(ctx, LUNET_ERR_NOMEM, "%s: out of host memory for %d tensors", op, count);
   lunet_buf *hp = h, *hs1 = h + count, *hs2 = h + 2 * count;
   lunet_cbuf *hg = (lunet_cbuf *)(h + 3 * count);
@@ -1071,7 +1077,7 @@ lunet_status lunet_op_update_multi(lunet_ctx *ctx, const lunet_update_desc *u, i
                                 be->i->update_multi(be->state, u, count, hp, hg, s1[0] ? hs1 : NULL,
                                                     s2[0] ? hs2 : NULL, n)),
                        op);
-  free(h);
+  if (heap) free(h);
   return s;
 }
 

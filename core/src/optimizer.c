@@ -357,7 +357,9 @@ static lunet_status update_fused(lunet_ctx *ctx, lunet_optimizer *o, int n, lune
                          .momentum = (float)c->momentum, .epsilon = (float)c->epsilon,
                          .weight_decay = (float)c->weight_decay, .nesterov = c->nesterov, .step = step};
   int nslots = lunet_optimizer_slot_count(o), count = 0;
-  lunet_tensor **t = calloc((size_t)(n ? n : 1) * 4, sizeof *t);
+  enum { ON_STACK = 64 }; /* a model's usual count: no allocation a step */
+  lunet_tensor *stack[4 * ON_STACK] = {0};
+  lunet_tensor **t = n > ON_STACK ? calloc((size_t)n * 4, sizeof *t) : stack;
   if (!t) return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory updating %d weights", n);
   lunet_tensor **p = t, **gs = t + n, **s1 = t + 2 * n, **s2 = t + 3 * n;
   lunet_status s = LUNET_OK;
@@ -369,7 +371,7 @@ static lunet_status update_fused(lunet_ctx *ctx, lunet_optimizer *o, int n, lune
     count++;
   }
   if (!s) s = lunet_op_update_multi(ctx, &u, count, p, (const lunet_tensor *const *)gs, s1, s2);
-  free(t);
+  if (t != stack) free(t);
   return s;
 }
 
