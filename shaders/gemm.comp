@@ -1,18 +1,26 @@
 #version 450
 // Matrix products, tiled through shared memory: C (M, N) = A (M, K) B (K, N).
-// A workgroup of TILE x TILE invocations computes a BS x BS block of C,
-// BS = TILE * R, each invocation an R x R set of outputs held in registers
-// (rows ly + TILE i, columns lx + TILE j: the block's shared reads stay
-// contiguous across a row of invocations), so a step over TILE values of K
-// reads 2 R values from shared memory per R^2 multiply-adds.  The slices of
+// A workgroup of TILE x TILE invocations computes a BM x BN block of C,
+// BM = TILE * RM, BN = TILE * RN, each invocation an RM x RN set of outputs
+// held in registers (rows ly + TILE i, columns lx + TILE j: the block's
+// shared reads stay contiguous across a row of invocations), so a step over
+// TILE values of K reads RM + RN values from shared memory per RM RN
+// multiply-adds.  The slices of
 // K are double-buffered: while the block multiplies one slice out of shared
 // memory, each invocation holds its part of the next in registers and
-// stores it into the other buffer after, one barrier per slice.  A's
-// slice is kept k-major, each row rotated by k so that the invocations'
-// stores (k varies fastest) fall in distinct banks: As[k][(m + k) % BS].
-// The MODE constant carries the op (MODE % 4) and R = 1 << (MODE / 4)
-// (1, 2 or 4): the host picks the largest R whose blocks still fill the
-// device, see backends/vulkan/ops.c.
+// stores it into the other buffer after, one barrier per slice.  Both
+// slices are kept k-major, each k's row rotated by k so that stores of
+// neighbouring ks fall in distinct banks: As[k][(m + k) % BM].  Global
+// reads run along each operand's contiguous dimension, RM (A) or RN (B)
+// elements an invocation, as one vec4 (vec2) load where aligned (see lane).
+// The MODE constant carries the op (MODE % 4), RM = 1 << (MODE / 4 % 4)
+// and RN = 1 << (MODE / 16 % 4), each 1, 2 or 4, and whether A's (MODE /
+// 64 bit 0) and B's (bit 1) fetches are vector loads (see lane; constants,
+// so that a device that runs both sides of a branch, as lavapipe's SIMD
+// code does, compiles only one): the host picks the blocks
+// that waste the least work while still filling the device (a product 32
+// wide runs 64 x 32 blocks, not half-empty 64 x 64 ones), see
+// backends/vulkan/ops.c.
 // MODE 0 GEMM: c (batch, M, N) = alpha op(a) op(b) + beta c, a (M,K) or (K,M)
 //        when ta, b (K,N) or (N,K) when tb, batch strides sa, sb, sc (0 reuses);
 //        then + bias (has_bias) and the ReLU (relu): the linear op; or
@@ -35,8 +43,10 @@ layout(local_size_x_id = 0, local_size_y_id = 1) in;
 layout(constant_id = 2) const int MODE = 0;
 layout(constant_id = 3) const uint TILE = 16;
 const int OP = MODE % 4;
-const uint R = 1u << uint(MODE / 4);
-const uint BS = TILE * R;
+const uint RM = 1u << uint(MODE / 4 % 4);
+const uint RN = 1u << uint(MODE / 16 % 4);
+const bool AVEC = (MODE / 64) % 2 != 0, BVEC = (MODE / 128) % 2 != 0;
+const uint BM = TILE * RM, BN = TILE * RN;
 const uint RMAX = 4u;
 layout(std430, binding = 0) buffer C { float cv[]; };
 layout(std430, binding = 1) readonly buffer A { float av[]; };
@@ -58,23 +68,66 @@ layout(push_constant, std430) uniform PC {
 shared float As[2][TILE * RMAX * TILE];
 shared float Bs[2][TILE * RMAX * TILE];
 
-// x at (n, iy, ix, ch) or 0 in the padding.
-float x_at(int n, int iy, int ix, int ch) {
-  if (iy < 0 || iy >= pc.h || ix < 0 || ix >= pc.w) return 0.0;
-  return av[((n * pc.h + iy) * pc.w + ix) * pc.c + ch];
-}
+// RM (RN) consecutive elements of A (B) from element i, a multiple of
+// them: one load (vec4 or vec2) where the operand's contiguous dimension
+// allows it.
+layout(std430, binding = 1) readonly buffer A2 { vec2 av2[]; };
+layout(std430, binding = 1) readonly buffer A4 { vec4 av4[]; };
+layout(std430, binding = 2) readonly buffer B2 { vec2 bv2[]; };
+layout(std430, binding = 2) readonly buffer B4 { vec4 bv4[]; };
+vec4 a_vec(int i) { return RM == 4u ? av4[i >> 2] : RM == 2u ? vec4(av2[i >> 1], 0.0, 0.0) : vec4(av[i], 0.0, 0.0, 0.0); }
+vec4 b_vec(int i) { return RN == 4u ? bv4[i >> 2] : RN == 2u ? vec4(bv2[i >> 1], 0.0, 0.0) : vec4(bv[i], 0.0, 0.0, 0.0); }
 
-// OP 0's operands (the convolutions read theirs through the im2col walk below).
+// ---- who fetches what ----
+// Each invocation fetches R consecutive elements of each operand's slice
+// (R = RM for A, RN for B; a slice is BM or BN of the wide dimension -- m
+// for A, n for B -- by TILE ks) along the operand's contiguous dimension,
+// so neighbouring invocations read neighbouring addresses: along k ("kc": A not transposed, B transposed,
+// the data gradient's dy taps and w^T, whose channels run along k), else
+// along the wide dimension (A transposed, B not, the filter gradient's
+// patches, whose channels run along m).  With AVEC (BVEC) set (the host
+// checked that the contiguous extent and the batch stride are multiples of
+// R) the R elements are one vector load, and wholly inside or outside the
+// operand; else R scalar loads, each bounds-checked.
+bool a_kc() { return OP == 0 ? pc.ta == 0u : OP != 3; }
+bool b_kc() { return OP == 0 ? pc.tb != 0u : OP == 2; }
+
+// Invocation t's first element of an operand's slice as (w, k): its r
+// elements (r = RM or RN) are (w, k + j) when kc, else (w + j, k).
+uvec2 lane(bool kc, uint t, uint r) { return kc ? uvec2(t / (TILE / r), t % (TILE / r) * r) : uvec2(t % TILE * r, t / TILE); }
+
+// Plain matrices: OP 0's A and B, OP 1's and 3's B (w and dy, (K, N)).
+// (one load each: the transposes pick the index, not the load)
 float load_a(uint bi, uint r, uint k, uint kend) {
   if (r >= pc.M || k >= kend) return 0.0;
-  int base = int(bi) * pc.sa;
-  return pc.ta != 0u ? av[base + int(k * pc.M + r)] : av[base + int(r * pc.K + k)];
+  return av[int(bi) * pc.sa + int(pc.ta != 0u ? k * pc.M + r : r * pc.K + k)];
 }
 
 float load_b(uint bi, uint k, uint col, uint kend) {
   if (k >= kend || col >= pc.N) return 0.0;
-  int base = int(bi) * pc.sb;
-  return pc.tb != 0u ? bv[base + int(col * pc.K + k)] : bv[base + int(k * pc.N + col)];
+  return bv[int(bi) * pc.sb + int(pc.tb != 0u ? col * pc.K + k : k * pc.N + col)];
+}
+
+void plain_a(uint bi, uint r, uint k, uint kend, out float v[RMAX]) {
+  bool kc = a_kc();
+  if (AVEC) {
+    uint i = pc.ta != 0u ? k * pc.M + r : r * pc.K + k;
+    vec4 q = r < pc.M && k < kend ? a_vec(int(bi) * pc.sa + int(i)) : vec4(0.0);
+    for (uint j = 0u; j < RM; j++) v[j] = q[j];
+  } else {
+    for (uint j = 0u; j < RM; j++) v[j] = load_a(bi, kc ? r : r + j, kc ? k + j : k, kend);
+  }
+}
+
+void plain_b(uint bi, uint col, uint k, uint kend, out float v[RMAX]) {
+  bool kc = OP == 0 && pc.tb != 0u;
+  if (BVEC) {
+    uint i = pc.tb != 0u ? col * pc.K + k : k * pc.N + col;
+    vec4 q = col < pc.N && k < kend ? b_vec(int(bi) * pc.sb + int(i)) : vec4(0.0);
+    for (uint j = 0u; j < RN; j++) v[j] = q[j];
+  } else {
+    for (uint j = 0u; j < RN; j++) v[j] = load_b(bi, kc ? k + j : k, kc ? col : col + j, kend);
+  }
 }
 
 void store(uint bi, uint r, uint col, float acc) {
@@ -94,30 +147,22 @@ void store(uint bi, uint r, uint col, float acc) {
   }
 }
 
-// v rounded to the nearest bfloat16 (ties to even), kept as a float: NaN
-// stays NaN, a subnormal becomes a zero of its sign.
-float bf16_round(float v) {
-  uint u = floatBitsToUint(v);
-  if ((u & 0x7fffffffu) > 0x7f800000u) u |= 0x00400000u;
-  else if ((u & 0x7f800000u) == 0u) u &= 0x80000000u;
-  else u += 0x7fffu + ((u >> 16) & 1u);
-  return uintBitsToFloat(u & 0xffff0000u);
-}
-
 // ---- the im2col walk (convolutions, OP 1 to 3) ----
-// An invocation's A elements in a slice share one k (k0 + t % TILE) and lie
-// on R rows that stay the same through the K loop (row0 + t / TILE + TILE i);
-// OP 2's B elements each have their own k (k0 + (t + TILE^2 i) / BS) in one
-// column.  What those rows and ks decompose into (pixel and tap
-// coordinates) is worked out once per block (walk_start) and moved TILE
-// along K per slice (walk_next), with a division only where a coordinate
-// wraps: the K loop reads x and dy with multiplies and adds, not six
-// divisions per element.
+// The rows an invocation fetches (one for OP 1 and 2, whose elements run
+// along k; RM for OP 3, whose run along m) stay the same through the K
+// loop, and its k lane moves TILE per slice.  What the rows and the lane's k
+// decompose into (pixel and tap coordinates) is worked out once per block
+// (walk_start) and moved along K per slice (walk_next), with a division
+// only where a coordinate wraps: the K loop reads x, dy and w with
+// multiplies and adds, not six divisions per element.  The data
+// gradient's w^T runs along k too, in its own lane (RN elements).
 ivec3 wrow[RMAX]; // OP 1: the output pixel's (n, oy sh - pt, ox sw - pl); OP 2: the input
-                  // pixel's (n, iy + pt, ix + pl); OP 3: the tap (ky, kx, ch)
+                  // pixel's (n, iy + pt, ix + pl); OP 3: row j's tap (ky, kx, ch)
 bool wrok[RMAX];  // the row is inside M
-ivec3 wk;         // the k lane's: OP 1 tap (ky, kx, ch), OP 2 tap (ky, kx, fi), OP 3 pixel (n, oy, ox)
-ivec2 wb[RMAX];   // OP 2's B: element i's k as (tap, fi)
+ivec3 wk;         // the lane's first k: OP 1 tap (ky, kx, ch), OP 2 tap (ky, kx, fi), OP 3 pixel (n, oy, ox)
+uint wkk;         // and that k
+ivec3 wkb;        // OP 2's w^T: its lane's first k as (ky, kx, fi)
+uint wkbk;        // and that k
 
 // v as (hi, mid, lo) in radices (mid_r, lo_r).
 ivec3 split3(int v, int mid_r, int lo_r) { return ivec3(v / (mid_r * lo_r), (v / lo_r) % mid_r, v % lo_r); }
@@ -138,9 +183,25 @@ ivec3 carry3(ivec3 c, int step, int mid_r, int lo_r) {
   return c;
 }
 
+// A lane's k (OP 1 or 2) moved one along: a carry at most once per place.
+ivec3 wk_inc(ivec3 k) {
+  int lo = OP == 1 ? pc.c : pc.f;
+  k.z++;
+  if (k.z == lo) {
+    k.z = 0;
+    k.y++;
+    if (k.y == pc.kw) {
+      k.y = 0;
+      k.x++;
+    }
+  }
+  return k;
+}
+
 void walk_start(uint row0, uint k0, uint t) {
-  for (uint i = 0u; i < R; i++) {
-    uint r = row0 + t / TILE + TILE * i;
+  uvec2 la = lane(a_kc(), t, RM);
+  for (uint i = 0u; i < (OP == 3 ? RM : 1u); i++) {
+    uint r = row0 + la.x + i;
     wrok[i] = r < pc.M;
     int v = int(min(r, pc.M - 1u));
     if (OP == 1) {
@@ -152,82 +213,151 @@ void walk_start(uint row0, uint k0, uint t) {
     } else {
       wrow[i] = split3(v, pc.kw, pc.c);
     }
-    if (OP == 2) {
-      int kb = int(k0 + (t + TILE * TILE * i) / BS);
-      wb[i] = ivec2(kb / pc.f, kb % pc.f);
-    }
   }
-  int k = int(k0 + t % TILE);
+  wkk = k0 + la.y;
+  int k = int(wkk);
   wk = OP == 1 ? split3(k, pc.kw, pc.c) : OP == 2 ? split3(k, pc.kw, pc.f) : split3(k, pc.oh, pc.ow);
+  if (OP == 2) {
+    wkbk = k0 + lane(true, t, RN).y;
+    wkb = split3(int(wkbk), pc.kw, pc.f);
+  }
 }
 
 void walk_next() {
   int step = int(TILE);
+  wkk += TILE;
   wk = OP == 1 ? carry3(wk, step, pc.kw, pc.c) : OP == 2 ? carry3(wk, step, pc.kw, pc.f)
                                                           : carry3(wk, step, pc.oh, pc.ow);
-  if (OP == 2)
-    for (uint i = 0u; i < R; i++) {
-      ivec3 c = carry3(ivec3(0, wb[i].x, wb[i].y), step, 0x7fffffff, pc.f);
-      wb[i] = c.yz;
-    }
+  if (OP == 2) {
+    wkbk += TILE;
+    wkb = carry3(wkb, step, pc.kw, pc.f);
+  }
 }
 
-// Row i's A element at the k lane (k < kend checked by the caller).
-float walk_a(uint i) {
-  if (!wrok[i]) return 0.0;
-  ivec3 r = wrow[i];
-  if (OP == 1) return x_at(r.x, r.y + wk.x, r.z + wk.y, wk.z);
-  if (OP == 3) return x_at(wk.x, wk.y * pc.sh - pc.pt + r.x, wk.z * pc.sw - pc.pl + r.y, r.z);
-  // OP 2: dy at the output whose tap (ky, kx) reads this input pixel
-  int ty = r.y - wk.x, tx = r.z - wk.y;
-  if (ty < 0 || tx < 0) return 0.0;
+// x's index under OP 1's row 0 at tap kk, or -1 in the padding.
+int x_fwd(ivec3 kk) {
+  ivec3 r = wrow[0];
+  int iy = r.y + kk.x, ix = r.z + kk.y;
+  if (iy < 0 || iy >= pc.h || ix < 0 || ix >= pc.w) return -1;
+  return ((r.x * pc.h + iy) * pc.w + ix) * pc.c + kk.z;
+}
+
+// dy's index at the output whose tap kk = (ky, kx, fi) reads OP 2's row 0
+// (an input pixel), or -1 where no output does.
+int dy_tap(ivec3 kk) {
+  ivec3 r = wrow[0];
+  int ty = r.y - kk.x, tx = r.z - kk.y;
+  if (ty < 0 || tx < 0) return -1;
   int oy = ty, ox = tx;
   if (pc.sh != 1) {
-    if (ty % pc.sh != 0) return 0.0;
+    if (ty % pc.sh != 0) return -1;
     oy = ty / pc.sh;
   }
   if (pc.sw != 1) {
-    if (tx % pc.sw != 0) return 0.0;
+    if (tx % pc.sw != 0) return -1;
     ox = tx / pc.sw;
   }
-  if (oy >= pc.oh || ox >= pc.ow) return 0.0;
-  return av[((r.x * pc.oh + oy) * pc.ow + ox) * pc.f + wk.z];
+  if (oy >= pc.oh || ox >= pc.ow) return -1;
+  return ((r.x * pc.oh + oy) * pc.ow + ox) * pc.f + kk.z;
 }
 
-// Element e (0 .. BS*TILE - 1) of a slice: A's (m = e / TILE, k = e % TILE),
-// B's (k = e / BS, n = e % BS); invocation t takes e = t + TILE^2 i, i < R.
-// first: the block's first slice (k0 its first k; each later call is TILE on).
+// w's index (KH, KW, C, F) at tap kk = (ky, kx, fi), channel col: w^T's
+// element (k, col) in OP 2.
+int w_t(ivec3 kk, uint col) { return ((kk.x * pc.kw + kk.y) * pc.c + int(col)) * pc.f + kk.z; }
+
+// x's index for the filter gradient: OP 3's row j (tap) at the lane's pixel.
+int x_patch(uint j) {
+  ivec3 r = wrow[j];
+  int iy = wk.y * pc.sh - pc.pt + r.x, ix = wk.z * pc.sw - pc.pl + r.y;
+  if (iy < 0 || iy >= pc.h || ix < 0 || ix >= pc.w) return -1;
+  return ((wk.x * pc.h + iy) * pc.w + ix) * pc.c + r.z;
+}
+
+// The convolutions' A elements of this slice (B too in OP 2).
+void walk_fetch(uint col0, uint kend, uint t, out float ra[RMAX], out float rb[RMAX]) {
+  if (OP == 3) {
+    bool kin = wkk < kend;
+    if (AVEC) {
+      int i = kin && wrok[0] ? x_patch(0u) : -1;
+      vec4 q = i >= 0 ? a_vec(i) : vec4(0.0);
+      for (uint j = 0u; j < RM; j++) ra[j] = q[j];
+    } else {
+      for (uint j = 0u; j < RM; j++) {
+        int i = kin && wrok[j] ? x_patch(j) : -1;
+        ra[j] = i >= 0 ? av[i] : 0.0;
+      }
+    }
+    return;
+  }
+  if (AVEC) { // the lane's RM ks in one tap: C (OP 1) or F (OP 2) a multiple of RM
+    int i = wrok[0] && wkk < kend ? (OP == 1 ? x_fwd(wk) : dy_tap(wk)) : -1;
+    vec4 q = i >= 0 ? a_vec(i) : vec4(0.0);
+    for (uint j = 0u; j < RM; j++) ra[j] = q[j];
+  } else {
+    ivec3 kk = wk;
+    for (uint j = 0u; j < RM; j++) {
+      if (j > 0u) kk = wk_inc(kk);
+      int i = wrok[0] && wkk + j < kend ? (OP == 1 ? x_fwd(kk) : dy_tap(kk)) : -1;
+      ra[j] = i >= 0 ? av[i] : 0.0;
+    }
+  }
+  if (OP == 2) { // w^T along its lane's ks; F a multiple of RN for vec
+    uint col = col0 + lane(true, t, RN).x;
+    if (BVEC) {
+      vec4 q = col < pc.N && wkbk < kend ? b_vec(w_t(wkb, col)) : vec4(0.0);
+      for (uint j = 0u; j < RN; j++) rb[j] = q[j];
+    } else {
+      ivec3 kk = wkb;
+      for (uint j = 0u; j < RN; j++) {
+        if (j > 0u) kk = wk_inc(kk);
+        rb[j] = col < pc.N && wkbk + j < kend ? bv[w_t(kk, col)] : 0.0;
+      }
+    }
+  }
+}
+
+// v rounded to the nearest bfloat16 (ties to even), kept as a float: NaN
+// stays NaN, a subnormal becomes a zero of its sign.
+float bf16_round(float v) {
+  uint u = floatBitsToUint(v);
+  if ((u & 0x7fffffffu) > 0x7f800000u) u |= 0x00400000u;
+  else if ((u & 0x7f800000u) == 0u) u &= 0x80000000u;
+  else u += 0x7fffu + ((u >> 16) & 1u);
+  return uintBitsToFloat(u & 0xffff0000u);
+}
+
+// Invocation t's elements of the slice from k0 (see lane).  first: the
+// block's first slice (each later call is TILE on).
 void fetch(uint entry, uint row0, uint col0, uint k0, uint kend, uint t, bool first, out float ra[RMAX],
            out float rb[RMAX]) {
-  if (OP != 0) {
+  uvec2 la = lane(a_kc(), t, RM), lb = lane(b_kc(), t, RN);
+  if (OP == 0) {
+    plain_a(entry, row0 + la.x, k0 + la.y, kend, ra);
+  } else {
     if (first) walk_start(row0, k0, t);
     else walk_next();
+    walk_fetch(col0, kend, t, ra, rb);
   }
-  bool kin = k0 + t % TILE < kend;
-  for (uint i = 0u; i < R; i++) {
-    uint e = t + TILE * TILE * i;
-    if (OP == 0) {
-      ra[i] = load_a(entry, row0 + e / TILE, k0 + e % TILE, kend);
-      rb[i] = load_b(entry, k0 + e / BS, col0 + e % BS, kend);
-    } else {
-      ra[i] = kin ? walk_a(i) : 0.0;
-      uint kb = k0 + e / BS, col = col0 + e % BS;
-      rb[i] = kb >= kend || col >= pc.N ? 0.0
-            : OP == 2 ? bv[(wb[i].x * pc.c + int(col)) * pc.f + wb[i].y]
-                      : bv[kb * pc.N + col];
-    }
-    if (pc.bf16 != 0u) {
-      ra[i] = bf16_round(ra[i]);
-      rb[i] = bf16_round(rb[i]);
-    }
+  if (OP != 2) plain_b(entry, col0 + lb.x, k0 + lb.y, kend, rb);
+  if (pc.bf16 != 0u) {
+    for (uint j = 0u; j < RM; j++) ra[j] = bf16_round(ra[j]);
+    for (uint j = 0u; j < RN; j++) rb[j] = bf16_round(rb[j]);
   }
 }
 
+// Into the slice's shared buffers, k-major, each k's row rotated by k so
+// that stores of neighbouring ks fall in distinct banks: A[k][(m + k) % BM],
+// B[k][(n + k) % BN].
 void put(uint buf, uint t, float ra[RMAX], float rb[RMAX]) {
-  for (uint i = 0u; i < R; i++) {
-    uint e = t + TILE * TILE * i, m = e / TILE, k = e % TILE;
-    As[buf][k * BS + ((m + k) & (BS - 1u))] = ra[i];
-    Bs[buf][e] = rb[i];
+  bool akc = a_kc(), bkc = b_kc();
+  uvec2 la = lane(akc, t, RM), lb = lane(bkc, t, RN);
+  for (uint j = 0u; j < RM; j++) {
+    uint w = akc ? la.x : la.x + j, k = akc ? la.y + j : la.y;
+    As[buf][k * BM + ((w + k) & (BM - 1u))] = ra[j];
+  }
+  for (uint j = 0u; j < RN; j++) {
+    uint w = bkc ? lb.x : lb.x + j, k = bkc ? lb.y + j : lb.y;
+    Bs[buf][k * BN + ((w + k) & (BN - 1u))] = rb[j];
   }
 }
 
@@ -238,16 +368,16 @@ void main() {
   // each slice of K a whole number of tiles
   uint kslice = ((pc.K + splits - 1u) / splits + TILE - 1u) / TILE * TILE;
   for (uint bi = gl_WorkGroupID.z; bi < batch; bi += gl_NumWorkGroups.z)
-    for (uint by = gl_WorkGroupID.y; by * BS < pc.M; by += gl_NumWorkGroups.y)
-      for (uint bx = gl_WorkGroupID.x; bx * BS < pc.N; bx += gl_NumWorkGroups.x) {
-        uint row0 = by * BS, col0 = bx * BS;
+    for (uint by = gl_WorkGroupID.y; by * BM < pc.M; by += gl_NumWorkGroups.y)
+      for (uint bx = gl_WorkGroupID.x; bx * BN < pc.N; bx += gl_NumWorkGroups.x) {
+        uint row0 = by * BM, col0 = bx * BN;
         uint kbegin = splits > 1u ? bi * kslice : 0u;
         uint kend = splits > 1u ? min(pc.K, kbegin + kslice) : pc.K;
         uint entry = splits > 1u ? 0u : bi; // the batch entry A and B are read from
         uint steps = kend > kbegin ? (kend - kbegin + TILE - 1u) / TILE : 0u;
         float acc[RMAX][RMAX];
-        for (uint i = 0u; i < R; i++)
-          for (uint j = 0u; j < R; j++) acc[i][j] = 0.0;
+        for (uint i = 0u; i < RM; i++)
+          for (uint j = 0u; j < RN; j++) acc[i][j] = 0.0;
         float ra[RMAX], rb[RMAX];
         if (steps > 0u) {
           fetch(entry, row0, col0, kbegin, kend, t, true, ra, rb);
@@ -260,15 +390,15 @@ void main() {
           if (more) fetch(entry, row0, col0, kbegin + (s + 1u) * TILE, kend, t, false, ra, rb);
           for (uint k = 0u; k < TILE; k++) {
             float a[RMAX], b[RMAX];
-            for (uint i = 0u; i < R; i++) a[i] = As[cur][k * BS + ((ly + TILE * i + k) & (BS - 1u))];
-            for (uint j = 0u; j < R; j++) b[j] = Bs[cur][k * BS + lx + TILE * j];
-            for (uint i = 0u; i < R; i++)
-              for (uint j = 0u; j < R; j++) acc[i][j] += a[i] * b[j];
+            for (uint i = 0u; i < RM; i++) a[i] = As[cur][k * BM + ((ly + TILE * i + k) & (BM - 1u))];
+            for (uint j = 0u; j < RN; j++) b[j] = Bs[cur][k * BN + ((lx + TILE * j + k) & (BN - 1u))];
+            for (uint i = 0u; i < RM; i++)
+              for (uint j = 0u; j < RN; j++) acc[i][j] += a[i] * b[j];
           }
           if (more) put(cur ^ 1u, t, ra, rb);
           barrier();
         }
-        for (uint i = 0u; i < R; i++)
-          for (uint j = 0u; j < R; j++) store(bi, row0 + ly + TILE * i, col0 + lx + TILE * j, acc[i][j]);
+        for (uint i = 0u; i < RM; i++)
+          for (uint j = 0u; j < RN; j++) store(bi, row0 + ly + TILE * i, col0 + lx + TILE * j, acc[i][j]);
       }
 }

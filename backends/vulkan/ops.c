@@ -280,26 +280,57 @@ typedef struct gemm_pc {
   uint32_t relu_mask; /* MODE 0 (gemm_relu_mask): then zero where the mask is <= 0 */
 } gemm_pc;
 
-/* Blocks of BS = tile << v along n: each workgroup's invocations hold
- * R x R = (1 << v)^2 outputs each in registers (gemm.comp). */
+/* Blocks of tile << v along a dimension of n: each workgroup's
+ * invocations hold 1 << v outputs each along it in registers (gemm.comp). */
 static uint32_t tiles(lunet_backend *be, int64_t n, int v) {
   int64_t bs = (int64_t)be->tile << v, t = (n + bs - 1) / bs;
   return (uint32_t)(t < 1 ? 1 : t > 65535 ? 65535 : t);
 }
 
-/* The register blocking of an (m, n) product: the largest R (4, 2, then 1)
- * whose blocks still make SPLIT_TARGET workgroups, so big products run
- * 64 x 64 blocks (16 outputs per invocation, an eighth of the shared-memory
- * reads per multiply-add) and small ones keep the device busy with more,
- * smaller blocks (and split-K, at R = 1). */
-static int blocking(lunet_backend *be, int64_t m, int64_t n) {
-  for (int v = 2; v > 0; v--)
-    if ((int64_t)tiles(be, m, v) * tiles(be, n, v) >= SPLIT_TARGET) return v;
-  return 0;
+/* A product's register blocking: each invocation RM = 1 << vm rows by
+ * RN = 1 << vn columns of outputs, a workgroup's block 16 RM x 16 RN; and
+ * vec: bit 0 A's RM elements an invocation fetches are one vector load,
+ * bit 1 B's RN (vec_bits). */
+typedef struct blocks {
+  int vm, vn, vec;
+} blocks;
+
+/* The blocking of an (m, n) product: of those whose blocks make at least
+ * SPLIT_TARGET workgroups, the one of least work, counted as each
+ * invocation's multiply-adds and shared-memory reads per step of K (RM RN
+ * + RM + RN) over every block launched, edges and all: big products run
+ * 64 x 64 blocks (16 outputs per invocation, an eighth of the reads per
+ * multiply-add of one output each), one 32 wide 64 x 32 (a 64 x 64 block
+ * would be half empty: twice the multiply-adds for the same outputs), and
+ * small ones the smallest blocks, keeping the device busy (and split-K). */
+static blocks blocking(lunet_backend *be, int64_t m, int64_t n) {
+  blocks best = {0, 0, 0};
+  int64_t best_cost = -1;
+  for (int vm = 0; vm <= 2; vm++)
+    for (int vn = 0; vn <= 2; vn++) {
+      int64_t wg = (int64_t)tiles(be, m, vm) * tiles(be, n, vn), rm = 1 << vm, rn = 1 << vn;
+      int64_t cost = wg * (rm * rn + rm + rn);
+      if ((vm || vn) && wg >= SPLIT_TARGET && (best_cost < 0 || cost <= best_cost)) {
+        best = (blocks){vm, vn, 0};
+        best_cost = cost;
+      }
+    }
+  return best;
 }
 
-/* gemm.comp's MODE: the op and the blocking. */
-static int gemm_mode(int op, int v) { return op + 4 * v; }
+/* gemm.comp's MODE: the op, the blocking and the vector loads. */
+static int gemm_mode(int op, blocks b) { return op + 4 * b.vm + 16 * b.vn + 64 * b.vec; }
+
+/* b with its vec bits: an invocation reads RM (A) or RN (B) consecutive
+ * elements of each operand along its contiguous dimension, in one vector
+ * load where that dimension's extent and the operand's batch stride are
+ * multiples of them (so every group lies wholly inside the operand,
+ * aligned). */
+static blocks vec_bits(blocks b, int64_t a_extent, int64_t sa, int64_t b_extent, int64_t sb) {
+  int64_t rm = (int64_t)1 << b.vm, rn = (int64_t)1 << b.vn;
+  b.vec = (a_extent % rm == 0 && sa % rm == 0) | (b_extent % rn == 0 && sb % rn == 0) << 1;
+  return b;
+}
 
 /* Split-K: a product whose output makes fewer than SPLIT_TARGET
  * workgroups but whose K is long would have each workgroup walk all of K
@@ -360,8 +391,8 @@ static int gemm_ep(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, in
                 .relu = relu,
                 .relu_mask = mask != NULL};
   /* a batch of products fills the device with its entries */
-  int v = batch > 1 ? 0 : blocking(be, m, n);
-  int64_t wg = (int64_t)tiles(be, n, v) * tiles(be, m, v), splits = 1;
+  blocks v = vec_bits(batch > 1 ? (blocks){0, 0, 0} : blocking(be, m, n), ta ? m : k, sa, tb ? k : n, sb);
+  int64_t wg = (int64_t)tiles(be, n, v.vn) * tiles(be, m, v.vm), splits = 1;
   if (batch == 1 && alpha == 1.0f && beta == 0.0f) splits = split_k(wg, k);
   /* split: the bias and the ReLU go to the reduction that sums the slices */
   if (splits > 1)
@@ -369,7 +400,7 @@ static int gemm_ep(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, in
                           (reduce_epilogue){bias, bias ? (uint32_t)n : 0, relu, mask});
   lunet_backend_log_gemm(&be->stats, "gemm", m * batch, n, k, wg * min_u32((size_t)batch, 65535));
   return lunet_vk_dispatch(be, VK_SH_GEMM, gemm_mode(0, v), (lunet_cbuf[]){c, a, b, bias, mask}, 5, &pc,
-                           sizeof pc, tiles(be, n, v), tiles(be, m, v), min_u32((size_t)batch, 65535));
+                           sizeof pc, tiles(be, n, v.vn), tiles(be, m, v.vm), min_u32((size_t)batch, 65535));
 }
 
 static int gemm(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, lunet_cbuf a,
@@ -428,11 +459,11 @@ static int conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w, lu
   int64_t m = d->n * d->oh * d->ow;
   gemm_pc pc = conv_pc(d, m, d->f, d->kh * d->kw * d->c, bf16);
   pc.has_bias = bias != NULL;
-  int v = blocking(be, m, d->f);
+  blocks v = vec_bits(blocking(be, m, d->f), d->c, 0, d->f, 0);
   lunet_backend_log_gemm(&be->stats, "conv2d", m, d->f, d->kh * d->kw * d->c,
-                         (int64_t)tiles(be, d->f, v) * tiles(be, m, v));
+                         (int64_t)tiles(be, d->f, v.vn) * tiles(be, m, v.vm));
   return lunet_vk_dispatch(be, VK_SH_GEMM, gemm_mode(1, v), (lunet_cbuf[]){y, x, w, bias}, 4, &pc, sizeof pc,
-                           tiles(be, d->f, v), tiles(be, m, v), 1);
+                           tiles(be, d->f, v.vn), tiles(be, m, v.vm), 1);
 }
 
 /* dy (N,OH,OW,F), w (KH,KW,C,F) -> dx (N,H,W,C) */
@@ -442,11 +473,11 @@ static int conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, 
   if (rc || d->n == 0) return rc;
   int64_t m = d->n * d->h * d->w;
   gemm_pc pc = conv_pc(d, m, d->c, d->kh * d->kw * d->f, bf16);
-  int v = blocking(be, m, d->c);
+  blocks v = vec_bits(blocking(be, m, d->c), d->f, 0, d->f, 0); /* dy's and w's runs along k are F long */
   lunet_backend_log_gemm(&be->stats, "conv2d_backward_data", m, d->c, d->kh * d->kw * d->f,
-                         (int64_t)tiles(be, d->c, v) * tiles(be, m, v));
+                         (int64_t)tiles(be, d->c, v.vn) * tiles(be, m, v.vm));
   return lunet_vk_dispatch(be, VK_SH_GEMM, gemm_mode(2, v), (lunet_cbuf[]){dx, dy, w}, 3, &pc, sizeof pc,
-                           tiles(be, d->c, v), tiles(be, m, v), 1);
+                           tiles(be, d->c, v.vn), tiles(be, m, v.vm), 1);
 }
 
 /* dy (N,OH,OW,F), x (N,H,W,C) -> dw (KH,KW,C,F), db (F) or NULL */
@@ -457,15 +488,15 @@ static int conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf db,
   int64_t m = d->kh * d->kw * d->c, rows = d->n * d->oh * d->ow;
   gemm_pc pc = conv_pc(d, m, d->f, rows, bf16);
   /* dw is small (KH*KW*C x F) and K = N*OH*OW long: split-K */
-  int v = blocking(be, m, d->f);
-  int64_t wg = (int64_t)tiles(be, d->f, v) * tiles(be, m, v), splits = v ? 1 : split_k(wg, rows);
+  blocks v = vec_bits(blocking(be, m, d->f), d->c, 0, d->f, 0);
+  int64_t wg = (int64_t)tiles(be, d->f, v.vn) * tiles(be, m, v.vm), splits = v.vm || v.vn ? 1 : split_k(wg, rows);
   if (splits > 1) {
     rc = split_dispatch(be, 3, &pc, splits, dw, x, dy, "conv2d_backward_filter", m, d->f, rows, wg,
                         (reduce_epilogue){0});
   } else {
     lunet_backend_log_gemm(&be->stats, "conv2d_backward_filter", m, d->f, rows, wg);
     rc = lunet_vk_dispatch(be, VK_SH_GEMM, gemm_mode(3, v), (lunet_cbuf[]){dw, x, dy}, 3, &pc, sizeof pc,
-                           tiles(be, d->f, v), tiles(be, m, v), 1);
+                           tiles(be, d->f, v.vn), tiles(be, m, v.vm), 1);
   }
   if (rc || !db) return rc;
   return reduce_dispatch(be, LUNET_REDUCE_SUM, db, dy, 1, (size_t)rows, (size_t)d->f, false);

@@ -117,7 +117,7 @@ typedef enum lunet_vk_shader {
   VK_SH_COUNT
 } lunet_vk_shader;
 
-#define LUNET_VK_MAX_MODES 12 /* gemm.comp: 4 ops x 3 register blockings */
+#define LUNET_VK_MAX_MODES 256 /* gemm.comp: op + 4 row blockings (3) + 16 column blockings (3) + 64 vector loads (4) */
 #define LUNET_VK_BINDINGS 8
 /* optim_multi.comp: tensors a dispatch, and its four arrays of them */
 #define LUNET_VK_MULTI 8

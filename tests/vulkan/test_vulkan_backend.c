@@ -465,8 +465,14 @@ static void gemm_cases(void) {
   for (size_t s = 0; s < sizeof split / sizeof split[0]; s++)
     for (int t = 0; t < 4; t++) gemm_case(t & 1, t & 2, split[s][0], split[s][1], split[s][2], 1, false, 0.0f, 1.0f);
   /* big enough for register blocking: 64 x 64 blocks, 4 x 4 per invocation
-   * (18 x 17 blocks), then 32 x 32, 2 x 2 (22 x 13); edges in both */
-  static const int64_t blocked[][3] = {{1100, 1030, 37}, {700, 400, 45}};
+   * (18 x 17 blocks), then 32 x 32, 2 x 2 (22 x 13); edges in both.  The
+   * first two have some extents that are not multiples of R (the fetches
+   * R scalar loads there), the next two none (every operand's R elements
+   * one vector load, in each transpose).  Then rectangular blocks: 64 x 32
+   * (4 x 2 per invocation), 16 x 32 and 32 x 16 */
+  static const int64_t blocked[][3] = {{1100, 1030, 37}, {700, 400, 45}, {1024, 1036, 40},
+                                       {704, 398, 46},   {300, 2050, 24}, {2100, 36, 21},
+                                       {36, 2100, 40}};
   for (size_t s = 0; s < sizeof blocked / sizeof blocked[0]; s++)
     for (int t = 0; t < 4; t++)
       gemm_case(t & 1, t & 2, blocked[s][0], blocked[s][1], blocked[s][2], 1, t == 3, 0.5f, 1.5f);
@@ -506,7 +512,7 @@ static lunet_conv2d_desc conv_geom(int64_t n, int64_t h, int64_t w, int64_t c, i
 }
 
 static const lunet_conv2d_desc *conv_cases(size_t *count) {
-  static lunet_conv2d_desc cs[13];
+  static lunet_conv2d_desc cs[17];
   cs[0] = conv_geom(2, 5, 7, 3, 4, 3, 3, 1, 1, true);
   cs[1] = conv_geom(2, 8, 9, 3, 5, 3, 3, 2, 2, false);
   cs[2] = conv_geom(1, 1, 1, 1, 1, 1, 1, 1, 1, false);
@@ -525,7 +531,18 @@ static const lunet_conv2d_desc *conv_cases(size_t *count) {
   cs[10] = conv_geom(1, 6, 6, 256, 128, 3, 3, 1, 1, true);
   cs[11] = conv_geom(1, 4, 4, 512, 256, 3, 3, 1, 1, true);
   cs[12] = conv_geom(8, 40, 40, 130, 5, 3, 3, 1, 1, false);
-  *count = 13;
+  /* C and F multiples of 4: the forward (64 x 64, padded) and the strided data
+   * gradient (64 x 64) fetch x, w and dy four at a time, one vec4 load (the
+   * cases above have C or F odd, or run at R = 1; 10 and 11 run the filter
+   * gradient's vector loads at R = 2 and 4) */
+  cs[13] = conv_geom(8, 40, 40, 8, 132, 3, 3, 1, 1, true);
+  cs[14] = conv_geom(8, 40, 40, 132, 8, 3, 3, 2, 2, true);
+  /* the filter gradient in 64 x 64 with C odd: each of an invocation's 4
+   * rows its own tap */
+  cs[15] = conv_geom(1, 4, 4, 511, 260, 3, 3, 1, 1, true);
+  /* and in 32 x 16 blocks (2 x 1 per invocation), C odd */
+  cs[16] = conv_geom(1, 4, 4, 601, 20, 3, 3, 1, 1, true);
+  *count = 17;
   return cs;
 }
 
