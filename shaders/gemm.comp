@@ -2,18 +2,22 @@
 // Matrix products, tiled through shared memory: C (M, N) = A (M, K) B (K, N).
 // A workgroup of TILE x TILE invocations computes a BM x BN block of C,
 // BM = TILE * RM, BN = TILE * RN, each invocation an RM x RN set of outputs
-// held in registers (rows ly + TILE i, columns lx + TILE j: the block's
-// shared reads stay contiguous across a row of invocations), so a step over
+// held in registers (rows ly RM + i, columns lx RN + j), so a step over
 // TILE values of K reads RM + RN values from shared memory per RM RN
-// multiply-adds.  The slices of
+// multiply-adds, each invocation's RM (RN) of a k lying side by side and
+// aligned (a compiler can read them as one vec4; lavapipe reads them as
+// scalars, where vec4 arrays' component selects cost it 5-10%).  The slices of
 // K are double-buffered: while the block multiplies one slice out of shared
 // memory, each invocation holds its part of the next in registers and
 // stores it into the other buffer after, one barrier per slice.  Both
-// slices are kept k-major, each k's row rotated by k so that stores of
-// neighbouring ks fall in distinct banks: As[k][(m + k) % BM].  Global
+// slices are kept k-major, each k's row rotated by RM (k / RM) (RN for B),
+// a multiple of RM so that a read's RM values stay aligned: As[k][(m + RM
+// (k / RM)) % BM]; that spreads the stores of an invocation group's ks
+// over the banks, though up to R of them still meet in one (stores are a
+// TILE-th of the shared traffic).  Global
 // reads run along each operand's contiguous dimension, RM (A) or RN (B)
 // elements an invocation, as one vec4 (vec2) load where aligned (see lane).
-// The MODE constant carries the op (MODE % 4), RM = 1 << (MODE / 4 % 4)
+// The MODE constant carries the op OP = MODE % 4, RM = 1 << (MODE / 4 % 4)
 // and RN = 1 << (MODE / 16 % 4), each 1, 2 or 4, and whether A's (MODE /
 // 64 bit 0) and B's (bit 1) fetches are vector loads (see lane; constants,
 // so that a device that runs both sides of a branch, as lavapipe's SIMD
@@ -21,17 +25,17 @@
 // that waste the least work while still filling the device (a product 32
 // wide runs 64 x 32 blocks, not half-empty 64 x 64 ones), see
 // backends/vulkan/ops.c.
-// MODE 0 GEMM: c (batch, M, N) = alpha op(a) op(b) + beta c, a (M,K) or (K,M)
+// OP 0 GEMM: c (batch, M, N) = alpha op(a) op(b) + beta c, a (M,K) or (K,M)
 //        when ta, b (K,N) or (N,K) when tb, batch strides sa, sb, sc (0 reuses);
 //        then + bias (has_bias) and the ReLU (relu): the linear op; or
 //        zeroed where mask <= 0 (relu_mask): gemm_relu_mask, a data
 //        gradient through the ReLU that made the layer's input.
 // Convolutions are the same product with A read through an implicit im2col:
-// MODE 1 conv2d: y (N*OH*OW, F) = x patches (N*OH*OW, KH*KW*C) w (KH*KW*C, F)
+// OP 1 conv2d: y (N*OH*OW, F) = x patches (N*OH*OW, KH*KW*C) w (KH*KW*C, F)
 //        + bias.
-// MODE 2 backward data: dx (N*H*W, C) = dy taps (N*H*W, KH*KW*F) w^T.
-// MODE 3 backward filter: dw (KH*KW*C, F) = x patches^T (KH*KW*C, N*OH*OW) dy.
-// Split-K (MODE 3, and MODE 0 with one batch entry, alpha 1, beta 0): with
+// OP 2 backward data: dx (N*H*W, C) = dy taps (N*H*W, KH*KW*F) w^T.
+// OP 3 backward filter: dw (KH*KW*C, F) = x patches^T (KH*KW*C, N*OH*OW) dy.
+// Split-K (OP 3, and OP 0 with one batch entry, alpha 1, beta 0): with
 // splits > 1 (a small C over a long K would keep most of the device idle),
 // workgroup z = s sums its own slice of K into cv[s][M][N]; a reduction
 // then adds the slices.
@@ -61,12 +65,16 @@ layout(push_constant, std430) uniform PC {
   uint has_bias;
   uint splits; // slices of K (1: none)
   uint bf16;   // operands rounded to bfloat16
-  uint relu;   // MODE 0 (linear): the ReLU after the bias
-  uint relu_mask; // MODE 0 (gemm_relu_mask): then mask > 0 ? v : 0
+  uint relu;   // OP 0 (linear): the ReLU after the bias
+  uint relu_mask; // OP 0 (gemm_relu_mask): then mask > 0 ? v : 0
 } pc;
 
 shared float As[2][TILE * RMAX * TILE];
 shared float Bs[2][TILE * RMAX * TILE];
+
+// Element w (row of A, column of B) of k's row in a slice, rotated.
+uint a_at(uint k, uint w) { return k * BM + ((w + k / RM * RM) & (BM - 1u)); }
+uint b_at(uint k, uint w) { return k * BN + ((w + k / RN * RN) & (BN - 1u)); }
 
 // RM (RN) consecutive elements of A (B) from element i, a multiple of
 // them: one load (vec4 or vec2) where the operand's contiguous dimension
@@ -345,19 +353,17 @@ void fetch(uint entry, uint row0, uint col0, uint k0, uint kend, uint t, bool fi
   }
 }
 
-// Into the slice's shared buffers, k-major, each k's row rotated by k so
-// that stores of neighbouring ks fall in distinct banks: A[k][(m + k) % BM],
-// B[k][(n + k) % BN].
+// Into the slice's shared buffers (a_at, b_at).
 void put(uint buf, uint t, float ra[RMAX], float rb[RMAX]) {
   bool akc = a_kc(), bkc = b_kc();
   uvec2 la = lane(akc, t, RM), lb = lane(bkc, t, RN);
   for (uint j = 0u; j < RM; j++) {
-    uint w = akc ? la.x : la.x + j, k = akc ? la.y + j : la.y;
-    As[buf][k * BM + ((w + k) & (BM - 1u))] = ra[j];
+    uint i = akc ? a_at(la.y + j, la.x) : a_at(la.y, la.x + j);
+    As[buf][i] = ra[j];
   }
   for (uint j = 0u; j < RN; j++) {
-    uint w = bkc ? lb.x : lb.x + j, k = bkc ? lb.y + j : lb.y;
-    Bs[buf][k * BN + ((w + k) & (BN - 1u))] = rb[j];
+    uint i = bkc ? b_at(lb.y + j, lb.x) : b_at(lb.y, lb.x + j);
+    Bs[buf][i] = rb[j];
   }
 }
 
@@ -390,8 +396,9 @@ void main() {
           if (more) fetch(entry, row0, col0, kbegin + (s + 1u) * TILE, kend, t, false, ra, rb);
           for (uint k = 0u; k < TILE; k++) {
             float a[RMAX], b[RMAX];
-            for (uint i = 0u; i < RM; i++) a[i] = As[cur][k * BM + ((ly + TILE * i + k) & (BM - 1u))];
-            for (uint j = 0u; j < RN; j++) b[j] = Bs[cur][k * BN + ((lx + TILE * j + k) & (BN - 1u))];
+            uint ia = a_at(k, ly * RM), ib = b_at(k, lx * RN); // multiples of RM, RN
+            for (uint i = 0u; i < RM; i++) a[i] = As[cur][ia + i];
+            for (uint j = 0u; j < RN; j++) b[j] = Bs[cur][ib + j];
             for (uint i = 0u; i < RM; i++)
               for (uint j = 0u; j < RN; j++) acc[i][j] += a[i] * b[j];
           }
@@ -399,6 +406,6 @@ void main() {
           barrier();
         }
         for (uint i = 0u; i < RM; i++)
-          for (uint j = 0u; j < RN; j++) store(bi, row0 + ly + TILE * i, col0 + lx + TILE * j, acc[i][j]);
+          for (uint j = 0u; j < RN; j++) store(bi, row0 + ly * RM + i, col0 + lx * RN + j, acc[i][j]);
       }
 }

@@ -274,10 +274,10 @@ typedef struct gemm_pc {
   float alpha, beta;
   int32_t cn, h, w, c, f, kh, kw, sh, sw, pt, pl, oh, ow;
   uint32_t has_bias;
-  uint32_t splits; /* MODE 3: slices of K summed apart (split-K) */
+  uint32_t splits; /* OP 3, and OP 0 with one batch entry: slices of K summed apart (split-K) */
   uint32_t bf16;   /* mixed precision: the operands rounded to bfloat16 as fetched */
-  uint32_t relu;   /* MODE 0 (linear): the ReLU after alpha ab + beta c + bias */
-  uint32_t relu_mask; /* MODE 0 (gemm_relu_mask): then zero where the mask is <= 0 */
+  uint32_t relu;   /* OP 0 (linear): the ReLU after alpha ab + beta c + bias */
+  uint32_t relu_mask; /* OP 0 (gemm_relu_mask): then zero where the mask is <= 0 */
 } gemm_pc;
 
 /* Blocks of tile << v along a dimension of n: each workgroup's
@@ -288,7 +288,7 @@ static uint32_t tiles(lunet_backend *be, int64_t n, int v) {
 }
 
 /* A product's register blocking: each invocation RM = 1 << vm rows by
- * RN = 1 << vn columns of outputs, a workgroup's block 16 RM x 16 RN; and
+ * RN = 1 << vn columns of outputs, a workgroup's block tile RM x tile RN; and
  * vec: bit 0 A's RM elements an invocation fetches are one vector load,
  * bit 1 B's RN (vec_bits). */
 typedef struct blocks {
@@ -299,7 +299,7 @@ typedef struct blocks {
  * SPLIT_TARGET workgroups, the one of least work, counted as each
  * invocation's multiply-adds and shared-memory reads per step of K (RM RN
  * + RM + RN) over every block launched, edges and all: big products run
- * 64 x 64 blocks (16 outputs per invocation, an eighth of the reads per
+ * 64 x 64 blocks (16 outputs per invocation, a quarter of the reads per
  * multiply-add of one output each), one 32 wide 64 x 32 (a 64 x 64 block
  * would be half empty: twice the multiply-adds for the same outputs), and
  * small ones the smallest blocks, keeping the device busy (and split-K). */
@@ -391,7 +391,9 @@ static int gemm_ep(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, in
                 .relu = relu,
                 .relu_mask = mask != NULL};
   /* a batch of products fills the device with its entries */
-  blocks v = vec_bits(batch > 1 ? (blocks){0, 0, 0} : blocking(be, m, n), ta ? m : k, sa, tb ? k : n, sb);
+  /* (the batch strides matter only to a batch, which runs R = 1) */
+  blocks v = batch > 1 ? vec_bits((blocks){0, 0, 0}, ta ? m : k, sa, tb ? k : n, sb)
+                       : vec_bits(blocking(be, m, n), ta ? m : k, 0, tb ? k : n, 0);
   int64_t wg = (int64_t)tiles(be, n, v.vn) * tiles(be, m, v.vm), splits = 1;
   if (batch == 1 && alpha == 1.0f && beta == 0.0f) splits = split_k(wg, k);
   /* split: the bias and the ReLU go to the reduction that sums the slices */
