@@ -436,6 +436,10 @@ static int make_device(lunet_backend *be, char *err, size_t err_len) {
   be->push_descriptors = !(want && !strcmp(want, "0")) && vkCmdPushDescriptorSetKHR &&
                          has_device_extension(be->phys, push);
   multi_tensor(be);
+  /* Reported, not used: this build's shaders (Debian 12's glslang) cannot
+   * be compiled for cooperative matrices, so bfloat16 stays emulated. */
+  be->coop_matrix = has_device_extension(be->phys, "VK_KHR_cooperative_matrix") ||
+                    has_device_extension(be->phys, "VK_NV_cooperative_matrix");
   VkPhysicalDeviceFeatures features = {.shaderStorageBufferArrayDynamicIndexing = be->multi_tensor};
   VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
                            .queueCreateInfoCount = 1,
@@ -567,11 +571,12 @@ void lunet_vk_describe(lunet_backend *be, lunet_backend_info *info) {
            type_name(be->props.deviceType), (double)device_memory(be->phys) / (1 << 30));
   char sg[48] = "";
   if (be->subgroups) snprintf(sg, sizeof sg, ", subgroup reductions (%u wide)", be->subgroup_size);
-  int used = snprintf(info->detail, sizeof info->detail, "%.80s, Vulkan %u.%u.%u%s%s%s%s", be->driver,
-                      VK_API_VERSION_MAJOR(be->props.apiVersion), VK_API_VERSION_MINOR(be->props.apiVersion),
-                      VK_API_VERSION_PATCH(be->props.apiVersion), be->validation ? ", validation on" : "",
-                      be->push_descriptors ? ", push descriptors" : "", sg,
-                      be->multi_tensor ? ", multi-tensor updates" : "");
+  int used = snprintf(info->detail, sizeof info->detail, "%.80s, Vulkan %u.%u.%u%s%s%s%s, bfloat16 emulated%s",
+                      be->driver, VK_API_VERSION_MAJOR(be->props.apiVersion),
+                      VK_API_VERSION_MINOR(be->props.apiVersion), VK_API_VERSION_PATCH(be->props.apiVersion),
+                      be->validation ? ", validation on" : "", be->push_descriptors ? ", push descriptors" : "", sg,
+                      be->multi_tensor ? ", multi-tensor updates" : "",
+                      be->coop_matrix ? " (cooperative matrices on the device, unused)" : "");
   if (used > 0 && (size_t)used < sizeof info->detail) /* the device list, as much as fits */
     snprintf(info->detail + used, sizeof info->detail - (size_t)used, "; devices: %.*s",
              (int)(sizeof info->detail - (size_t)used), be->devices);

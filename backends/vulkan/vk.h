@@ -232,6 +232,7 @@ struct lunet_backend {
    * LUNET_VK_DESCRIPTORS of them (pushed or in a set); its layout has four
    * arrays of LUNET_VK_MULTI (off with LUNET_VULKAN_MULTI_TENSOR=0). */
   bool multi_tensor;
+  bool coop_matrix; /* the device has VK_KHR/NV_cooperative_matrix (describe says so; unused) */
   VkDescriptorSetLayout dsl_multi;
   VkPipelineLayout layout_multi;
   VkShaderModule modules[VK_SH_COUNT];

@@ -485,8 +485,12 @@ START_TEST(test_gemm) {
 END_TEST
 
 /* Mixed precision: the same cases with bfloat16 operands, against the
- * CPU's naive reference, which rounds each operand as it reads it. */
+ * CPU's naive reference, which rounds each operand as it reads it; the
+ * backend says they are emulated (float32 storage and arithmetic). */
 START_TEST(test_gemm_bf16) {
+  lunet_backend_info info;
+  V->describe(vbe, &info);
+  ck_assert_msg(strstr(info.detail, ", bfloat16 emulated") != NULL, "describe: %s", info.detail);
   bf16 = true;
   gemm_cases();
   bf16 = false;
