@@ -106,21 +106,16 @@ uvec2 lane(bool kc, uint t, uint r) { return kc ? uvec2(t / (TILE / r), t % (TIL
 
 // Plain matrices: OP 0's A and B, OP 1's and 3's B (w and dy, (K, N)).
 // (one load each: the transposes pick the index, not the load)
-float load_a(uint bi, uint r, uint k, uint kend) {
-  if (r >= pc.M || k >= kend) return 0.0;
-  return av[int(bi) * pc.sa + int(pc.ta != 0u ? k * pc.M + r : r * pc.K + k)];
-}
+int a_index(uint bi, uint r, uint k) { return int(bi) * pc.sa + int(pc.ta != 0u ? k * pc.M + r : r * pc.K + k); }
+int b_index(uint bi, uint k, uint col) { return int(bi) * pc.sb + int(pc.tb != 0u ? col * pc.K + k : k * pc.N + col); }
 
-float load_b(uint bi, uint k, uint col, uint kend) {
-  if (k >= kend || col >= pc.N) return 0.0;
-  return bv[int(bi) * pc.sb + int(pc.tb != 0u ? col * pc.K + k : k * pc.N + col)];
-}
+float load_a(uint bi, uint r, uint k, uint kend) { return r >= pc.M || k >= kend ? 0.0 : av[a_index(bi, r, k)]; }
+float load_b(uint bi, uint k, uint col, uint kend) { return k >= kend || col >= pc.N ? 0.0 : bv[b_index(bi, k, col)]; }
 
 void plain_a(uint bi, uint r, uint k, uint kend, out float v[RMAX]) {
   bool kc = a_kc();
   if (AVEC) {
-    uint i = pc.ta != 0u ? k * pc.M + r : r * pc.K + k;
-    vec4 q = r < pc.M && k < kend ? a_vec(int(bi) * pc.sa + int(i)) : vec4(0.0);
+    vec4 q = r < pc.M && k < kend ? a_vec(a_index(bi, r, k)) : vec4(0.0);
     for (uint j = 0u; j < RM; j++) v[j] = q[j];
   } else {
     for (uint j = 0u; j < RM; j++) v[j] = load_a(bi, kc ? r : r + j, kc ? k + j : k, kend);
@@ -128,10 +123,9 @@ void plain_a(uint bi, uint r, uint k, uint kend, out float v[RMAX]) {
 }
 
 void plain_b(uint bi, uint col, uint k, uint kend, out float v[RMAX]) {
-  bool kc = OP == 0 && pc.tb != 0u;
+  bool kc = b_kc();
   if (BVEC) {
-    uint i = pc.tb != 0u ? col * pc.K + k : k * pc.N + col;
-    vec4 q = col < pc.N && k < kend ? b_vec(int(bi) * pc.sb + int(i)) : vec4(0.0);
+    vec4 q = col < pc.N && k < kend ? b_vec(b_index(bi, k, col)) : vec4(0.0);
     for (uint j = 0u; j < RN; j++) v[j] = q[j];
   } else {
     for (uint j = 0u; j < RN; j++) v[j] = load_b(bi, kc ? k + j : k, kc ? col : col + j, kend);

@@ -323,12 +323,11 @@ static int gemm_mode(int op, blocks b) { return op + 4 * b.vm + 16 * b.vn + 64 *
 
 /* b with its vec bits: an invocation reads RM (A) or RN (B) consecutive
  * elements of each operand along its contiguous dimension, in one vector
- * load where that dimension's extent and the operand's batch stride are
- * multiples of them (so every group lies wholly inside the operand,
- * aligned). */
-static blocks vec_bits(blocks b, int64_t a_extent, int64_t sa, int64_t b_extent, int64_t sb) {
-  int64_t rm = (int64_t)1 << b.vm, rn = (int64_t)1 << b.vn;
-  b.vec = (a_extent % rm == 0 && sa % rm == 0) | (b_extent % rn == 0 && sb % rn == 0) << 1;
+ * load where that dimension's extent is a multiple of them (so every group
+ * lies wholly inside the operand, aligned; blocks of a batch of products
+ * are 1 x 1, so batch strides never matter). */
+static blocks vec_bits(blocks b, int64_t a_extent, int64_t b_extent) {
+  b.vec = (a_extent % ((int64_t)1 << b.vm) == 0) | (b_extent % ((int64_t)1 << b.vn) == 0) << 1;
   return b;
 }
 
@@ -391,9 +390,7 @@ static int gemm_ep(lunet_backend *be, bool ta, bool tb, int64_t m, int64_t n, in
                 .relu = relu,
                 .relu_mask = mask != NULL};
   /* a batch of products fills the device with its entries */
-  /* (the batch strides matter only to a batch, which runs R = 1) */
-  blocks v = batch > 1 ? vec_bits((blocks){0, 0, 0}, ta ? m : k, sa, tb ? k : n, sb)
-                       : vec_bits(blocking(be, m, n), ta ? m : k, 0, tb ? k : n, 0);
+  blocks v = vec_bits(batch > 1 ? (blocks){0, 0, 0} : blocking(be, m, n), ta ? m : k, tb ? k : n);
   int64_t wg = (int64_t)tiles(be, n, v.vn) * tiles(be, m, v.vm), splits = 1;
   if (batch == 1 && alpha == 1.0f && beta == 0.0f) splits = split_k(wg, k);
   /* split: the bias and the ReLU go to the reduction that sums the slices */
@@ -461,7 +458,7 @@ static int conv2d(lunet_backend *be, lunet_buf y, lunet_cbuf x, lunet_cbuf w, lu
   int64_t m = d->n * d->oh * d->ow;
   gemm_pc pc = conv_pc(d, m, d->f, d->kh * d->kw * d->c, bf16);
   pc.has_bias = bias != NULL;
-  blocks v = vec_bits(blocking(be, m, d->f), d->c, 0, d->f, 0);
+  blocks v = vec_bits(blocking(be, m, d->f), d->c, d->f);
   lunet_backend_log_gemm(&be->stats, "conv2d", m, d->f, d->kh * d->kw * d->c,
                          (int64_t)tiles(be, d->f, v.vn) * tiles(be, m, v.vm));
   return lunet_vk_dispatch(be, VK_SH_GEMM, gemm_mode(1, v), (lunet_cbuf[]){y, x, w, bias}, 4, &pc, sizeof pc,
@@ -475,7 +472,7 @@ static int conv2d_backward_data(lunet_backend *be, lunet_buf dx, lunet_cbuf dy, 
   if (rc || d->n == 0) return rc;
   int64_t m = d->n * d->h * d->w;
   gemm_pc pc = conv_pc(d, m, d->c, d->kh * d->kw * d->f, bf16);
-  blocks v = vec_bits(blocking(be, m, d->c), d->f, 0, d->f, 0); /* dy's and w's runs along k are F long */
+  blocks v = vec_bits(blocking(be, m, d->c), d->f, d->f); /* dy's and w's runs along k are F long */
   lunet_backend_log_gemm(&be->stats, "conv2d_backward_data", m, d->c, d->kh * d->kw * d->f,
                          (int64_t)tiles(be, d->c, v.vn) * tiles(be, m, v.vm));
   return lunet_vk_dispatch(be, VK_SH_GEMM, gemm_mode(2, v), (lunet_cbuf[]){dx, dy, w}, 3, &pc, sizeof pc,
@@ -490,7 +487,7 @@ static int conv2d_backward_filter(lunet_backend *be, lunet_buf dw, lunet_buf db,
   int64_t m = d->kh * d->kw * d->c, rows = d->n * d->oh * d->ow;
   gemm_pc pc = conv_pc(d, m, d->f, rows, bf16);
   /* dw is small (KH*KW*C x F) and K = N*OH*OW long: split-K */
-  blocks v = vec_bits(blocking(be, m, d->f), d->c, 0, d->f, 0);
+  blocks v = vec_bits(blocking(be, m, d->f), d->c, d->f);
   int64_t wg = (int64_t)tiles(be, d->f, v.vn) * tiles(be, m, v.vm), splits = v.vm || v.vn ? 1 : split_k(wg, rows);
   if (splits > 1) {
     rc = split_dispatch(be, 3, &pc, splits, dw, x, dy, "conv2d_backward_filter", m, d->f, rows, wg,
