@@ -237,6 +237,7 @@ typedef struct sync {
   char why[256];
   /* measurements */
   double wait_s, copy_s, step_s, issue_s;
+  double work_s, last_end; /* from one exchange's end to the next one's start */
   double bytes;
   long steps, buckets;
 } sync;
@@ -331,6 +332,7 @@ static lunet_status on_transform(void *user, lunet_ctx *ctx, int n, lunet_tensor
     failed = LUNET_ERR_NOMEM;
   }
   double t0 = now();
+  if (s->last_end > 0) s->work_s += t0 - s->last_end;
   if (s->overlap) {
     issue(s);
     MPI_Waitall(s->nreq, s->req, MPI_STATUSES_IGNORE);
@@ -374,7 +376,8 @@ static lunet_status on_transform(void *user, lunet_ctx *ctx, int n, lunet_tensor
     for (int64_t j = 0; j < m; j++) s->buf[j] = (float)(s->fsum[at + j] / s->global_count);
     st = lunet_tensor_write(ctx, s->fixed[i], s->buf, sizeof(float) * (size_t)m);
   }
-  s->step_s += now() - t0;
+  s->last_end = now();
+  s->step_s += s->last_end - t0;
   s->used = s->sent = 0;
   s->nplaced = 0;
   s->failed = LUNET_OK;
@@ -464,10 +467,12 @@ static int s_count(lua_State *L) {
   return 0;
 }
 
-/* sync:stats() -> {steps, buckets, bytes, wait_s, copy_s, step_s, issue_s} */
+/* sync:stats() -> {steps, buckets, bytes, wait_s, copy_s, sync_s, issue_s,
+ * work_s}: work_s is the time from one step's exchange to the next one's
+ * (data, forward, backward, the optimizer), over the steps after the first */
 static int s_stats(lua_State *L) {
   sync *s = check_sync(L, 1);
-  lua_createtable(L, 0, 7);
+  lua_createtable(L, 0, 8);
   lua_pushinteger(L, s->steps);
   lua_setfield(L, -2, "steps");
   lua_pushinteger(L, s->buckets);
@@ -482,6 +487,8 @@ static int s_stats(lua_State *L) {
   lua_setfield(L, -2, "sync_s");
   lua_pushnumber(L, s->issue_s);
   lua_setfield(L, -2, "issue_s");
+  lua_pushnumber(L, s->work_s);
+  lua_setfield(L, -2, "work_s");
   return 1;
 }
 

@@ -120,7 +120,9 @@ if bits(frozen) ~= before_frozen then fail("the frozen layer's weights moved in 
 -- same bits (weights and moving statistics), written for the driver to compare.
 nn.seed(100 + rank) -- different initial weights per rank: fit broadcasts rank 0's
 local bn = model(true)
+local bn_t0 = require("lunet.core").now()
 bn:fit(x, y, {epochs = 3, batch_size = 8, verbose = 0, distributed = true, validation_split = 0.2})
+local bn_seconds = require("lunet.core").now() - bn_t0
 local f = assert(io.open(string.format("%s/weights_%d.bin", out, rank), "wb"))
 for _, w in ipairs(bn:get_weights()) do
   local flat = w:reshape{w:numel()}:totable()
@@ -181,6 +183,11 @@ end
 
 local stats = bn.sync_stats
 if not (stats and stats.steps > 0 and stats.bytes > 0) then fail("no gradient was exchanged") end
+-- the work between exchanges: some, and with the waits no more than the fit
+if not (stats.work_s > 0 and stats.work_s + stats.wait_s < bn_seconds) then
+  fail(string.format("work %.4f s and wait %.4f s between exchanges, in a fit of %.4f s", stats.work_s, stats.wait_s,
+    bn_seconds))
+end
 dist.barrier()
 if rank == 0 then
   print(string.format("ddp: %d ranks, %d steps synchronised, %.1f KB per step", size, stats.steps,
