@@ -719,11 +719,7 @@ static bool fuses(const lunet_model *m, int j) {
   /* an activity regularizer sees the softmax's output, which fusion skips */
   if (lunet_layer_arg_is_set(m->calls[v->call].layer, "activity_regularizer")) return false;
   const char *act = lunet_layer_activation(m->calls[v->call].layer);
-  if (!act || strcmp(act, "softmax")) return false;
-  /* a metric that reads probabilities (a threshold, an AUC) needs them unfused */
-  for (int i = m->nloss_metrics; i < m->nmetrics; i++)
-    if (m->metric_output[i] == j && lunet_metric_needs_probabilities(m->metrics[i])) return false;
-  return true;
+  return act && !strcmp(act, "softmax");
 }
 
 /* The call that applies call c's ReLU instead of c, or -1.  max(relu(a),
@@ -978,18 +974,35 @@ static void leaf_done(void *user, lunet_tensor *leaf) {
 
 /* The loss, each output's loss and each metric's batch statistics, read
  * in one download, then added to the metrics. */
+/* Output j as metric i reads it: a fused output's logits go through the
+ * softmax for a metric that reads probabilities (a threshold, an AUC), made
+ * once into probs[j]; argmax and ranks read the logits as they are.  So
+ * the metrics never decide whether the loss takes logits. */
+static lunet_tensor *metric_input(lunet_ctx *ctx, lunet_model *m, int i, lunet_tensor **pred, const bool *fused,
+                                  lunet_tensor **probs) {
+  int j = m->metric_output[i];
+  if (!fused[j] || !lunet_metric_needs_probabilities(m->metrics[i])) return pred[j];
+  if (!probs[j]) probs[j] = lunet_op_softmax(ctx, pred[j], false);
+  return probs[j];
+}
+
 static lunet_status update_metrics(lunet_ctx *ctx, lunet_model *m, lunet_tensor *loss,
-                                   lunet_tensor **parts, lunet_tensor **pred,
+                                   lunet_tensor **parts, lunet_tensor **pred, const bool *fused,
                                    lunet_tensor *const *y, double *loss_out) {
   int n = m->nmetrics;
-  lunet_tensor **vecs = calloc((size_t)n, sizeof *vecs);
+  lunet_tensor **vecs = calloc((size_t)n, sizeof *vecs), *probs[MAX_IO] = {0};
   int64_t *len = calloc((size_t)n, sizeof *len), total = 0;
   lunet_status s = vecs && len ? LUNET_OK : lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
   for (int i = 0; !s && i < n; i++) {
     int j = m->metric_output[i];
+    lunet_tensor *p = i < m->nloss_metrics ? NULL : metric_input(ctx, m, i, pred, fused, probs);
+    if (i >= m->nloss_metrics && !p) {
+      s = ctx->status;
+      break;
+    }
     lunet_tensor *t = i == 0                   ? lunet_tensor_retain(loss)
                       : i < m->nloss_metrics ? lunet_tensor_retain(parts[j])
-                                               : lunet_metric_batch(ctx, m->metrics[i], pred[j], y[j]);
+                                               : lunet_metric_batch(ctx, m->metrics[i], p, y[j]);
     if (t) len[i] = t->numel, total += t->numel;
     vecs[i] = t ? lunet_op_reshape(ctx, t, 1, &len[i]) : NULL;
     lunet_tensor_release(t);
@@ -1004,14 +1017,14 @@ static lunet_status update_metrics(lunet_ctx *ctx, lunet_model *m, lunet_tensor 
   double batch = pred[0]->ndim ? (double)pred[0]->shape[0] : 1;
   int64_t at = 0;
   for (int i = 0; !s && i < n; i++) {
-    int j = m->metric_output[i];
     if (i < m->nloss_metrics)
       lunet_metric_add(m->metrics[i], v[at] * batch, batch);
     else
-      s = lunet_metric_absorb(ctx, m->metrics[i], v + at, len[i], pred[j]);
+      s = lunet_metric_absorb(ctx, m->metrics[i], v + at, len[i], metric_input(ctx, m, i, pred, fused, probs));
     at += len[i];
   }
   if (!s) *loss_out = v[0];
+  for (int j = 0; j < MAX_IO; j++) lunet_tensor_release(probs[j]);
   for (int i = 0; vecs && i < n; i++) lunet_tensor_release(vecs[i]);
   free(vecs);
   free(len);
@@ -1081,7 +1094,7 @@ static lunet_status step(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *c
   if (!s && training && loss->grad_fn)
     s = m->grad_ready ? lunet_backward_hooked(ctx, loss, leaf_done, m) : lunet_backward(ctx, loss, NULL);
   lunet_set_grad_enabled(ctx, false);
-  if (!s) s = update_metrics(ctx, m, loss, parts, pred, y, loss_out);
+  if (!s) s = update_metrics(ctx, m, loss, parts, pred, fused, y, loss_out);
   if (!s && training && !(*loss_out == *loss_out))
     s = lunet_error(ctx, LUNET_ERR_ARG,
                     "the loss became NaN (lower the learning rate?); the weights were not updated");

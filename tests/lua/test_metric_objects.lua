@@ -371,6 +371,38 @@ function T.compile_with_a_fused_softmax_and_sparse_labels()
   end, "two metrics log as 'auc' (give one a name: auc(name=...))")
 end
 
+-- The metrics never change the loss: a saturated softmax (logits 0 and 40)
+-- gives the logits' loss, 20, and the same step whether or not a metric
+-- reads probabilities (clipped probabilities would give 8.06 and no step).
+function T.metrics_reading_probabilities_leave_the_fused_loss_alone()
+  local x, y = nn.tensor{{1}, {0.5}}, nn.tensor{{1, 0}, {0, 1}}
+  local function step(metrics)
+    local model = nn.Sequential{nn.Dense{2, activation = "softmax", input_shape = {1}, use_bias = false}}
+    model:set_weights{nn.tensor{{0, 40}}}
+    model:compile{optimizer = nn.optimizers.SGD{learning_rate = 1}, loss = "categorical_crossentropy",
+      metrics = metrics}
+    local loss = model:evaluate(x, y, {verbose = 0, return_dict = true}).loss
+    model:train_on_batch(x, y)
+    return loss, model:get_weights()[1]:totable()[1], model
+  end
+  local loss0, w0 = step({})
+  check.near(loss0, 20, 1e-5, "the logits' loss")
+  check.near(w0[1], 0.5, 1e-5, "the step on the first weight")
+  for _, metrics in ipairs({{"auc"}, {"precision"}, {"accuracy", nn.metrics.Recall(), nn.metrics.F1Score()}}) do
+    local loss, w, model = step(metrics)
+    check.near(loss, loss0, 1e-6, "the loss with " .. tostring(metrics[1]))
+    check.same_table(w, w0, 1e-6, "the step with " .. tostring(metrics[1]))
+    -- and the metric still reads the probabilities
+    local logs = model:evaluate(x, y, {verbose = 0, return_dict = true})
+    local m = metrics[1] == "auc" and nn.metrics.AUC() or metrics[1] == "precision" and nn.metrics.Precision() or nil
+    if m then
+      m:update_state(y, model:predict(x, {verbose = 0}))
+      check.near(logs[metrics[1]], m:result(), 1e-6, metrics[1] .. " from the probabilities")
+    end
+  end
+  check.fails(function() nn.metrics.AUC():update_state(y, y, nn.tensor{1, 0}) end, "sample_weight is not supported")
+end
+
 function T.vulkan_agrees_with_the_cpu()
   if not check.vulkan() then return end
   local labels, scores, onehot = data(70, 4, 10)
