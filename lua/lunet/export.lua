@@ -647,7 +647,8 @@ end
 --         hh = act(xh + r (h Rh + b_rec_h)); (not) hh = act(xh + (r h) Rh)
 --         h' = z h + (1 - z) hh
 --   RNN   h' = act(x_t W + b + h R)
--- then h = h + m_t (h' - h) (and c alike): a masked step keeps the state.
+-- then h = h + m_t (h' - h) (and c alike): a masked step keeps the state;
+-- with zero_output_for_mask (Bidirectional's) the step outputs m_t h.
 function Graph:unrolled(op, l, x, w, init)
   local u, T = l.args.units, l.input_shape[1]
   if type(T) == "table" then T = T[1] end
@@ -713,7 +714,10 @@ function Graph:unrolled(op, l, x, w, init)
     end
     h = self:node("Add", { h, self:node("Mul", { mt, self:node("Sub", { hn, h }) }) })
     if c then c = self:node("Add", { c, self:node("Mul", { mt, self:node("Sub", { cn, c }) }) }) end
-    if l.args.return_sequences then outs[k] = self:node("Unsqueeze", { h, self:ints({ 1 }) }) end
+    if l.args.return_sequences then
+      local out = l.args.zero_output_for_mask and self:node("Mul", { mt, h }) or h -- zeros where masked
+      outs[k] = self:node("Unsqueeze", { out, self:ints({ 1 }) })
+    end
   end
   local result = l.args.return_sequences and value(self:node("Concat", outs, { axis = 1 }), 3, false) or value(h, 2, false)
   if not l.args.return_state then return result end
@@ -794,8 +798,9 @@ end
 -- Keras's MultiHeadAttention (see plugins/layers/attention.c): returns the
 -- output (N, T, Dout) and the scores (N, H, T, S).  `w` holds the weights
 -- under prefix..query_kernel and so on; `adder` a (T, S) or (N, 1, T, S)
--- constant or value added to the scores (-1e9 where masked), or nil.
-function Graph:attention(q, v, k, w, prefix, h, dk, dv, adder)
+-- constant or value added to the scores (-1e9 where masked), or nil;
+-- `keep` the mask (1 may attend) the softmax is multiplied by, or nil.
+function Graph:attention(q, v, k, w, prefix, h, dk, dv, adder, keep)
   q, v, k = self:cl(q), self:cl(v), self:cl(k)
   local function W(n) return w[prefix .. n] end
   local Q = self:heads(q, W("query_kernel"), W("query_bias"), h, dk, "query")
@@ -806,6 +811,7 @@ function Graph:attention(q, v, k, w, prefix, h, dk, dv, adder)
   local scores = self:node("MatMul", { qs, kt })
   if adder then scores = self:node("Add", { scores, adder }) end
   local probs = self:node("Softmax", { scores }, { axis = -1 })
+  if keep then probs = self:node("Mul", { probs, keep }) end -- a row masked whole attends to nothing
   local ctx = self:node("MatMul", { probs, V })
   ctx = self:node("Transpose", { ctx }, { perm = { 0, 2, 1, 3 } })
   ctx = self:node("Reshape", { ctx, self:ints({ 0, 0, h * dv }) })
@@ -817,9 +823,11 @@ function Graph:attention(q, v, k, w, prefix, h, dk, dv, adder)
 end
 
 -- What is added to the scores (N, H, T, S): -1e9 where the product of the
--- masks is 0, as lunet's layers_attention_mask and mask_adder make it.
+-- masks is 0, as lunet's layers_attention_mask and mask_heads make it, and
+-- that product (N, 1, T, S), which multiplies the softmax; nil when none
+-- (the causal mask alone leaves no row masked whole: no product then).
 -- parts: {full = attention_mask (N, T, S), rows = {query masks (N, T)},
--- cols = {value and key masks (N, S)}, causal = {T, S}}; nil when none.
+-- cols = {value and key masks (N, S)}, causal = {T, S}}.
 function Graph:mask_adder(parts)
   local m
   local function times(x) m = m and self:node("Mul", { m, x }) or x end
@@ -836,7 +844,7 @@ function Graph:mask_adder(parts)
     times(self:floats(v, { t, s }, "causal_mask"))
   end
   if not m then return nil end
-  return self:node("Mul", { self:node("Sub", { m, self:scalar(1, "one") }), self:scalar(1e9, "big") })
+  return self:node("Mul", { self:node("Sub", { m, self:scalar(1, "one") }), self:scalar(1e9, "big") }), m
 end
 
 emit.MultiHeadAttention = function(g, l, ins, w)
@@ -845,9 +853,9 @@ emit.MultiHeadAttention = function(g, l, ins, w)
   local h, dk = l.args.num_heads, l.args.key_dim
   local dv = l.args.value_dim or dk
   local t, s = l.input_shape[1][1], l.input_shape[2][1]
-  local adder = g:mask_adder({ full = ins[4] and g:cl(ins[4]).name, rows = { q.mask }, cols = { v.mask, k.mask },
-    causal = l.args.use_causal_mask and { t, s } or nil })
-  return g:attention(q, v, k, w, "", h, dk, dv, adder)
+  local adder, keep = g:mask_adder({ full = ins[4] and g:cl(ins[4]).name, rows = { q.mask },
+    cols = { v.mask, k.mask }, causal = l.args.use_causal_mask and { t, s } or nil })
+  return g:attention(q, v, k, w, "", h, dk, dv, adder, keep)
 end
 
 local function ffn(g, l, x, w)
@@ -877,9 +885,9 @@ emit.TransformerEncoder = function(g, l, ins, w)
   local x = g:cl(ins[1])
   local d = l.input_shape[#l.input_shape]
   local h, kd = block_dims(l, d)
-  local adder = g:mask_adder({ cols = { ins[1].mask } })
+  local adder, keep = g:mask_adder({ cols = { ins[1].mask } })
   x = residual(g, l, x, w, "self_attention_norm", function(a)
-    return (g:attention(a, a, a, w, "self_attention_", h, kd, kd, adder))
+    return (g:attention(a, a, a, w, "self_attention_", h, kd, kd, adder, keep))
   end)
   return residual(g, l, x, w, "feedforward_norm", function(a) return ffn(g, l, a, w) end)
 end
@@ -890,15 +898,16 @@ emit.TransformerDecoder = function(g, l, ins, w)
   local t, d = shape[1], shape[2]
   local h, kd = block_dims(l, d)
   -- padding masks the keys (KerasHub's padding_mask)
-  local self_adder = g:mask_adder({ cols = { ins[1].mask }, causal = l.args.use_causal_mask and { t, t } or nil })
+  local self_adder, self_keep = g:mask_adder({ cols = { ins[1].mask },
+    causal = l.args.use_causal_mask and { t, t } or nil })
   x = residual(g, l, x, w, "self_attention_norm", function(a)
-    return (g:attention(a, a, a, w, "self_attention_", h, kd, kd, self_adder))
+    return (g:attention(a, a, a, w, "self_attention_", h, kd, kd, self_adder, self_keep))
   end)
   if ins[2] then
     local enc = g:cl(ins[2])
-    local cross_adder = g:mask_adder({ cols = { ins[2].mask } })
+    local cross_adder, cross_keep = g:mask_adder({ cols = { ins[2].mask } })
     x = residual(g, l, x, w, "cross_attention_norm", function(a)
-      return (g:attention(a, enc, enc, w, "cross_attention_", h, kd, kd, cross_adder))
+      return (g:attention(a, enc, enc, w, "cross_attention_", h, kd, kd, cross_adder, cross_keep))
     end)
   end
   return residual(g, l, x, w, "feedforward_norm", function(a) return ffn(g, l, a, w) end)

@@ -491,6 +491,10 @@ function M.make_bidirectional(layer, o)
   if C.layer_built(layer.handle) then
     error("bad argument #1 to 'Bidirectional' (the layer was already called; give Bidirectional a fresh one)", 3)
   end
+  -- Keras's: each direction's masked steps output zeros, so the merged
+  -- sequence is zero there (the states still skip them)
+  local zero_masked = C.layer_args(layer.handle).return_sequences == true
+  layer:fix_arg("zero_output_for_mask", zero_masked)
   local fargs = C.layer_args(layer.handle)
   local back = o.backward_layer
   if back == nil then
@@ -508,6 +512,10 @@ function M.make_bidirectional(layer, o)
         error(string.format("bad argument 'backward_layer' to 'Bidirectional' (its %s differs from the forward layer's)", k), 2)
       end
     end
+    if C.layer_built(back.handle) then
+      error("bad argument 'backward_layer' to 'Bidirectional' (the layer was already called; give a fresh one)", 2)
+    end
+    back:fix_arg("zero_output_for_mask", zero_masked)
   end
   local self = setmetatable({ type = "Bidirectional", name = o.name or M.auto_name("Bidirectional"),
     forward_layer = layer, backward_layer = back, merge_mode = mode, args = { merge_mode = mode },

@@ -609,6 +609,9 @@ local fit_options = { epochs = true, batch_size = true, validation_data = true, 
   augment = true, callbacks = true, verbose = true, initial_epoch = true, sample_weight = true, class_weight = true,
   distributed = true, profile = true }
 
+local evaluate_options = { batch_size = true, verbose = true, sample_weight = true, return_dict = true }
+local predict_options = { batch_size = true, verbose = true }
+
 local function call_cbs(cbs, name, ...)
   for _, cb in ipairs(cbs) do
     local f = cb[name]
@@ -675,15 +678,7 @@ fit_impl = function(self, x, y, o)
     local _, history = require("lunet.profile").profile(function() return fit_impl(self, x, y, rest) end, popts)
     return history
   end
-  for k in pairs(o) do
-    if not fit_options[k] then
-      local names = {}
-      for n in pairs(fit_options) do names[#names + 1] = n end
-      table.sort(names)
-      error(string.format("bad argument '%s' to 'fit' (unknown option; valid: %s)", tostring(k),
-        table.concat(names, ", ")), 2)
-    end
-  end
+  optim.check_fields("fit", o, fit_options, "option", 3)
   if not self.optimizer then error("fit: call model:compile{optimizer = ..., loss = ...} first", 2) end
   local ds = dataset.is(x) and x or nil
   local dist = (o.distributed or distributed.active) and distributed.init() or nil
@@ -859,35 +854,50 @@ fit_impl = function(self, x, y, o)
   return history
 end
 
-function Model:evaluate(x, y, o)
-  if not self.optimizer then error("evaluate: call model:compile{...} first", 2) end
-  if dataset.is(x) then
-    if y ~= nil then error("evaluate: the dataset gives the targets: call evaluate(ds)", 2) end
-    local x1, y1 = x:batch(1, x:order(0))
-    ensure_built(self, x1)
-    check_xy(self, x1, y1, "evaluate (the dataset's first batch)")
-    ensure_compiled(self, x1)
-    return run_eval(self, x)
-  end
-  x = preprocess(self, x, "evaluate")
-  ensure_built(self, x)
-  local xs, ys = check_xy(self, x, y, "evaluate")
-  ensure_compiled(self, x)
-  check_labels(self, ys, "evaluate")
-  o = o or {}
-  local logs = run_eval(self, xs, ys, o.batch_size or 32,
-    sample_weights(self, ys, nsamples(xs[1]), o.sample_weight, nil, "evaluate"))
+-- evaluate's result: the logs table, or with return_dict = false Keras's
+-- form: the loss alone, or the loss then the metrics in the logs' order.
+local function eval_result(self, logs, o)
   if o.verbose and o.verbose ~= 0 then
     local parts = {}
     for k, v in pairs(logs) do parts[#parts + 1] = string.format("%s: %.4f", k, v) end
     table.sort(parts)
     print(table.concat(parts, " - "))
   end
-  return logs
+  if o.return_dict ~= false then return logs end
+  local keys = self.metric_keys
+  if #keys == 1 then return logs[keys[1]] end
+  local list = {}
+  for i, k in ipairs(keys) do list[i] = logs[k] end
+  return list
+end
+
+function Model:evaluate(x, y, o)
+  o = optim.check_fields("evaluate", o, evaluate_options, "option", 3) -- (a misspelt option is not ignored)
+  if not self.optimizer then error("evaluate: call model:compile{...} first", 2) end
+  if dataset.is(x) then
+    if y ~= nil then error("evaluate: the dataset gives the targets: call evaluate(ds)", 2) end
+    if o.batch_size or o.sample_weight then
+      error("evaluate: a dataset makes its own batches and weights: leave out batch_size and sample_weight", 2)
+    end
+    local x1, y1 = x:batch(1, x:order(0))
+    ensure_built(self, x1)
+    check_xy(self, x1, y1, "evaluate (the dataset's first batch)")
+    ensure_compiled(self, x1)
+    return eval_result(self, run_eval(self, x), o)
+  end
+  x = preprocess(self, x, "evaluate")
+  ensure_built(self, x)
+  local xs, ys = check_xy(self, x, y, "evaluate")
+  ensure_compiled(self, x)
+  check_labels(self, ys, "evaluate")
+  local logs = run_eval(self, xs, ys, o.batch_size or 32,
+    sample_weights(self, ys, nsamples(xs[1]), o.sample_weight, nil, "evaluate"))
+  return eval_result(self, logs, o)
 end
 
 -- The outputs for x, in batches: a tensor, or a list for several outputs.
 function Model:predict(x, o)
+  o = optim.check_fields("predict", o, predict_options, "option", 2)
   if dataset.is(x) then -- in the samples' order 1..n (a shuffling dataset's files too)
     local parts, order = {}, {}
     for i = 1, x.n do order[i] = i end
@@ -908,7 +918,7 @@ function Model:predict(x, o)
   x = preprocess(self, x, "predict")
   ensure_built(self, x)
   local xs = tensors(self, x, #self.inputs, 1, "predict", "input", 3)
-  local bs = (o and o.batch_size) or 32
+  local bs = o.batch_size or 32
   local n = nsamples(xs[1])
   if n <= bs and #xs == 1 and xs[1]:device() == self.device then
     if #self.outputs == 1 then return C.model_predict(self.handle, xs[1]) end

@@ -18,18 +18,19 @@ function Optimizer.__newindex(self, k, v)
 end
 
 -- Checks an options table against the allowed keys (the truthy ones of
--- `allowed`), erring at the caller's caller with the valid names.
-local function check_fields(name, opts, allowed)
+-- `allowed`), erring at the caller's caller with the valid names; `noun`
+-- ("argument") names a key, `argn` (1) the table's place in the call.
+local function check_fields(name, opts, allowed, noun, argn)
   if opts == nil then return {} end
   if type(opts) ~= "table" then
-    error(string.format("bad argument #1 to '%s' (table expected, got %s)", name, type(opts)), 3)
+    error(string.format("bad argument #%d to '%s' (table expected, got %s)", argn or 1, name, type(opts)), 3)
   end
   for k in pairs(opts) do
     if not allowed[k] then
       local names = {}
       for a, on in pairs(allowed) do if on and type(a) == "string" then names[#names + 1] = a end end
       table.sort(names)
-      error(string.format("bad argument '%s' to '%s' (unknown argument; valid: %s)", tostring(k), name,
+      error(string.format("bad argument '%s' to '%s' (unknown %s; valid: %s)", tostring(k), name, noun or "argument",
         table.concat(names, ", ")), 3)
     end
   end

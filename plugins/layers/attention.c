@@ -18,7 +18,12 @@
  * The mask (N, T, S), true meaning "may attend", is the product of the
  * attention_mask input, the query's and the value's (and key's) padding
  * masks and, with use_causal_mask, the lower triangle (t >= s); masked
- * scores get -1e9 added before the softmax, as in Keras.
+ * scores get -1e9 added before the softmax, and the softmax is multiplied
+ * by the mask after, as in Keras 3: a query row whose every key is masked
+ * (a padded query) attends to nothing (zeros, so its output is the output
+ * bias) rather than to every key alike.  Elsewhere the product changes
+ * nothing (exp(-1e9) is 0 in float32), so a causal mask alone, which
+ * leaves every row a key, skips it.
  *
  * Forward is a graph of the core's differentiable ops (layers_graph);
  * layers_attention_graph is shared with the Transformer blocks.
@@ -98,9 +103,10 @@ static lunet_tensor *project(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *kern
   return h;
 }
 
-/* -1e9 where mask (N, T, S) is 0, as (N, 1, T, S); off the tape. */
-static lunet_tensor *mask_adder(lunet_ctx *ctx, lunet_tensor *mask) {
-  lunet_tensor *a = lunet_op_unary(ctx, LUNET_UNARY_AFFINE, mask, 1e9f, -1e9f);
+/* mask (N, T, S) as (N, 1, T, S), times `scale` plus `shift`: -1e9 where
+ * masked (scale 1e9, shift -1e9) or the mask itself (1, 0); off the tape. */
+static lunet_tensor *mask_heads(lunet_ctx *ctx, lunet_tensor *mask, float scale, float shift) {
+  lunet_tensor *a = lunet_op_unary(ctx, LUNET_UNARY_AFFINE, mask, scale, shift);
   int64_t shape[4] = {lunet_tensor_dim(mask, 0), 1, lunet_tensor_dim(mask, 1), lunet_tensor_dim(mask, 2)};
   lunet_tensor *r = a ? lunet_op_reshape(ctx, a, 4, shape) : NULL;
   layers_release(a);
@@ -135,9 +141,12 @@ lunet_tensor *layers_attention_graph(lunet_ctx *ctx, const layers_attention *a, 
   static const int kt_perm[4] = {0, 1, 3, 2};
   lunet_tensor *kt = qs ? lunet_permute(ctx, k, kt_perm) : NULL;
   lunet_tensor *sc = kt ? lunet_matmul(ctx, qs, kt) : NULL; /* (N, H, T, S) */
-  lunet_tensor *adder = sc && mask ? mask_adder(ctx, mask) : NULL;
+  lunet_tensor *adder = sc && mask ? mask_heads(ctx, mask, 1e9f, -1e9f) : NULL;
   lunet_tensor *masked = adder ? lunet_add(ctx, sc, adder) : sc ? lunet_tensor_retain(sc) : NULL;
-  lunet_tensor *probs = masked ? lunet_softmax(ctx, masked, false) : NULL;
+  lunet_tensor *soft = masked ? lunet_softmax(ctx, masked, false) : NULL;
+  bool zero_rows = mask && a->whole_rows;
+  lunet_tensor *m4 = soft && zero_rows ? mask_heads(ctx, mask, 1, 0) : NULL;
+  lunet_tensor *probs = m4 ? lunet_mul(ctx, soft, m4) : soft && !zero_rows ? lunet_tensor_retain(soft) : NULL;
   lunet_tensor *keep = probs && a->training && d->dropout > 0 ? lunet_op_dropout_mask(ctx, probs, d->dropout) : NULL;
   lunet_tensor *dropped = keep ? lunet_mul(ctx, probs, keep) : probs ? lunet_tensor_retain(probs) : NULL;
   lunet_tensor *heads = dropped ? lunet_matmul(ctx, dropped, v) : NULL; /* (N, H, T, dv) */
@@ -148,7 +157,7 @@ lunet_tensor *layers_attention_graph(lunet_ctx *ctx, const layers_attention *a, 
   lunet_tensor *flat = th ? lunet_reshape(ctx, th, 3, joined) : NULL;
   lunet_tensor *out = flat ? layers_dense_graph(ctx, flat, a->w[OK], a->w[OB]) : NULL;
   if (scores_out) *scores_out = out ? lunet_tensor_retain(probs) : NULL;
-  lunet_tensor *tmp[] = {q, k, v, qs, kt, sc, adder, masked, probs, keep, dropped, heads, th, flat};
+  lunet_tensor *tmp[] = {q, k, v, qs, kt, sc, adder, masked, soft, m4, probs, keep, dropped, heads, th, flat};
   for (size_t i = 0; i < sizeof tmp / sizeof tmp[0]; i++) layers_release(tmp[i]);
   return out;
 }
@@ -360,7 +369,8 @@ static lunet_status mha_forward(lunet_layer *l, lunet_call *c, int nin, lunet_te
   s = layers_attention_mask(c, x[0], x[1], nin > 3 ? x[3] : NULL, lunet_call_mask(c, 0), lunet_call_mask(c, 1),
                             nin > 2 ? lunet_call_mask(c, 2) : NULL, causal, past, &mask);
   if (s) return s;
-  layers_attention a = {.dims = mha_dims(l, 0, NULL), .training = training};
+  bool whole_rows = nin > 3 || lunet_call_mask(c, 0) || lunet_call_mask(c, 1) || (nin > 2 && lunet_call_mask(c, 2));
+  layers_attention a = {.dims = mha_dims(l, 0, NULL), .training = training, .whole_rows = whole_rows};
   s = layers_graph_begin_many(c, l, st, nqvk, x, layers_attention_weight_count(a.dims.use_bias));
   if (s) {
     layers_release(mask);

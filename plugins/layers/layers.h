@@ -462,7 +462,10 @@ enum { LAYERS_RNN_KERNEL = 0, LAYERS_RNN_RECURRENT = 1, LAYERS_RNN_BIAS = 2 };
        .doc = "in training, drop this fraction of the input features (one mask for all steps)"},  \
       {"recurrent_dropout", LUNET_ARG_FLOAT, LUNET_ARG_DEFAULT, .def = {.f = 0},                   \
        .doc = "in training, drop this fraction of h in the recurrent product (one mask for all "  \
-               "steps)"}
+               "steps)"},                                                                          \
+      {"zero_output_for_mask", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = false},             \
+       .doc = "with return_sequences and a mask, a masked step outputs zeros (its state is "      \
+               "still kept), as Keras's; Bidirectional sets it"}
 
 /* A recurrent layer's kind: its states, the width of its step projection
  * (gates x units), the input bias (a new reference, or NULL) and one step
@@ -529,6 +532,10 @@ typedef struct layers_attention_dims {
 typedef struct layers_attention {
   layers_attention_dims dims;
   bool training;
+  /* the mask may leave a query row nothing (an attention_mask or padding
+   * made it, not only the causal triangle): the softmax is then multiplied
+   * by it, so that such a row attends to nothing */
+  bool whole_rows;
   lunet_tensor *w[8];
 } layers_attention;
 

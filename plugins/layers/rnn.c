@@ -55,6 +55,7 @@ static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, layers_graph *st, co
   int64_t n = lunet_tensor_dim(st->x[0], 0), t = lunet_tensor_dim(st->x[0], 1), d = lunet_tensor_dim(st->x[0], 2);
   int64_t u = lunet_layer_get_int(l, "units"), w = k->gates * u;
   bool seq = lunet_layer_get_bool(l, "return_sequences"), back = lunet_layer_get_bool(l, "go_backwards");
+  bool zero_masked = seq && st->mask && lunet_layer_get_bool(l, "zero_output_for_mask");
   /* the input projection of every step at once: (N*T, D) kernel + bias */
   int64_t flat[2] = {n * t, d}, zshape[3] = {n, t, w}, step2[2] = {n, w};
   lunet_tensor *bias = k->input_bias(ctx, st);
@@ -77,12 +78,14 @@ static lunet_tensor *unroll(lunet_layer *l, lunet_ctx *ctx, layers_graph *st, co
     layers_release(zs);
     lunet_tensor *mt = layers_rnn_mask_at(ctx, st->mask, s);
     ok = zt && (!st->mask || mt) && k->cell(l, ctx, st, zt, states, mt) == LUNET_OK;
-    layers_release(mt);
     layers_release(zt);
-    if (ok && seq) {
+    if (ok && seq) { /* h, or h times the step's mask: zeros where masked */
       int64_t hshape[3] = {n, 1, u};
-      ok = (hs[i] = lunet_reshape(ctx, states[0], 3, hshape)) != NULL;
+      lunet_tensor *h = zero_masked ? lunet_mul(ctx, states[0], mt) : lunet_tensor_retain(states[0]);
+      ok = h && (hs[i] = lunet_reshape(ctx, h, 3, hshape)) != NULL;
+      layers_release(h);
     }
+    layers_release(mt);
   }
   if (ok) y = seq ? lunet_concat(ctx, hs, (int)t, 1) : lunet_tensor_retain(states[0]);
   for (int64_t i = 0; hs && i < t; i++) layers_release(hs[i]);

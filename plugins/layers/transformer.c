@@ -246,12 +246,14 @@ static lunet_status transformer_forward(lunet_layer *l, lunet_call *c, int nin, 
   int64_t hidden = lunet_tensor_dim(x[0], 2);
   block_ctx b = {ctx, lunet_layer_get_bool(l, "normalize_first"), training,
                  (float)lunet_layer_get_float(l, "dropout"), (float)lunet_layer_get_float(l, "layer_norm_epsilon")};
-  layers_attention self = {.dims = block_dims(l, hidden, hidden), .training = training};
+  layers_attention self = {.dims = block_dims(l, hidden, hidden), .training = training,
+                           .whole_rows = lunet_call_mask(c, 0) != NULL};
   layers_attention_views(&self, st->w + w.self);
   attend_arg sa = {&self, NULL, self_mask, cache};
   lunet_tensor *h = residual(&b, st->x[0], st->w[w.self_norm], st->w[w.self_norm + 1], attend, &sa);
   if (h && cross) {
-    layers_attention ca = {.dims = block_dims(l, hidden, lunet_tensor_dim(x[1], 2)), .training = training};
+    layers_attention ca = {.dims = block_dims(l, hidden, lunet_tensor_dim(x[1], 2)), .training = training,
+                           .whole_rows = cross_mask != NULL};
     layers_attention_views(&ca, st->w + w.cross);
     attend_arg xa = {&ca, st->x[1], cross_mask, NULL};
     lunet_tensor *h2 = residual(&b, h, st->w[w.cross_norm], st->w[w.cross_norm + 1], attend, &xa);

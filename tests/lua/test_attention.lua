@@ -62,7 +62,9 @@ function T.mha_weights_have_keras_layouts()
 end
 
 -- Padding from Embedding{mask_zero} reaches attention: keys at padded steps
--- get no weight, exactly as an explicit attention_mask would give.
+-- get no weight, exactly as an explicit attention_mask would give; a padded
+-- query step attends to nothing (Keras 3: weights all zero, so its output
+-- is the output bias alone).
 function T.mha_uses_the_padding_mask()
   nn.seed(5)
   local ids = nn.Input{shape = {5}}
@@ -71,18 +73,22 @@ function T.mha_uses_the_padding_mask()
   local out, scores = mha(e, e, {return_attention_scores = true})
   local m = nn.Model{inputs = ids, outputs = {out, scores}}
   local x = nn.tensor{{3, 4, 5, 0, 0}, {1, 2, 3, 4, 9}}
-  local _, s = table.unpack(m:predict(x))
-  local st = s:totable()
+  local o, s = table.unpack(m:predict(x))
+  local st, ot = s:totable(), o:totable()
+  local bias = mha:weights()[8].tensor:totable()
+  for t = 4, 5 do check.same_table(ot[1][t], bias, 1e-6, "a padded query step's output: the output bias") end
   for h = 1, 2 do
-    -- (padded query steps 4 and 5 attend to nothing: uniform, as in Keras)
     for t = 1, 3 do
       check.eq(st[1][h][t][4], 0, "padded key 4 gets no weight")
       check.eq(st[1][h][t][5], 0, "padded key 5 gets no weight")
     end
-    for t = 1, 5 do
-      local sum = 0
-      for k = 1, 5 do sum = sum + st[2][h][t][k] end
-      check.near(sum, 1, 1e-5, "weights sum to one")
+    for t = 4, 5 do check.same_table(st[1][h][t], {0, 0, 0, 0, 0}, 0, "padded query step " .. t .. " attends to nothing") end
+    for n, last in ipairs({3, 5}) do
+      for t = 1, last do
+        local sum = 0
+        for k = 1, 5 do sum = sum + st[n][h][t][k] end
+        check.near(sum, 1, 1e-5, "weights sum to one")
+      end
     end
   end
 end

@@ -694,6 +694,16 @@ function T.bad_input_errors()
   check.fails(function() m:fit(nn.ones(4, 5), nn.zeros(4), {verbose = 0}) end,
     "sequential: expected input of shape (None, 4), got (4, 5)")
   check.fails(function() m:fit(nn.ones(4, 4), nn.zeros(4), {epoch = 2}) end, "unknown option; valid:")
+  check.fails(function() m:evaluate(nn.ones(4, 4), nn.zeros(4), {batchsize = 2}) end,
+    "bad argument 'batchsize' to 'evaluate' (unknown option; valid: batch_size, return_dict, sample_weight, verbose)")
+  check.fails(function() m:predict(nn.ones(4, 4), {batchsize = 2}) end,
+    "bad argument 'batchsize' to 'predict' (unknown option; valid: batch_size, verbose)")
+  -- evaluate's return_dict = false: Keras's list, the loss then the metrics
+  local logs = m:evaluate(nn.ones(4, 4), nn.zeros(4), {verbose = 0})
+  local list = m:evaluate(nn.ones(4, 4), nn.zeros(4), {verbose = 0, return_dict = false})
+  check.same_table(list, {logs.loss, logs.accuracy}, 0, "return_dict = false")
+  m:compile{optimizer = "adam", loss = "sparse_categorical_crossentropy"}
+  check.eq(m:evaluate(nn.ones(4, 4), nn.zeros(4), {return_dict = false}), logs.loss, "the loss alone")
   -- the model is intact after all that
   local h = m:fit(nn.ones(4, 4), nn.zeros(4), {epochs = 1, verbose = 0})
   check.eq(#h.loss, 1)

@@ -332,6 +332,61 @@ function T.go_backwards_reads_the_reversed_sequence()
   end
 end
 
+-- Bidirectional over a padding mask, as Keras: each direction's masked
+-- steps output zeros (zero_output_for_mask, which Bidirectional sets), the
+-- real steps what the two plain layers give (their states skip the masked
+-- steps either way), for every merge.
+function T.bidirectional_zeros_the_masked_steps()
+  nn.seed(33)
+  local ids = nn.tensor{{3, 0, 5, 0, 0, 2, 0}, {4, 1, 1, 2, 6, 3, 5}}
+  local x = nn.Input{shape = {7}}
+  local emb = nn.Embedding{7, 3, mask_zero = true, name = "bi_masked_embedding"} -- (names: other tests count)
+  local e = emb(x)
+  local bi = nn.Bidirectional(nn.LSTM{4, return_sequences = true})
+  local model = nn.Model{inputs = x, outputs = bi(e)}
+  local f = nn.LSTM{4, return_sequences = true}
+  local b = nn.LSTM{4, return_sequences = true, go_backwards = true}
+  local ref = nn.Model{inputs = x, outputs = {f(e), b(e)}}
+  local ws = bi:get_weights()
+  f:set_weights({ws[1], ws[2], ws[3]})
+  b:set_weights({ws[4], ws[5], ws[6]})
+  local got = model:predict(ids, {verbose = 0}):totable()
+  local outs = ref:predict(ids, {verbose = 0})
+  local want_f, want_b = outs[1]:totable(), outs[2]:totable()
+  local idt = ids:totable()
+  for n = 1, 2 do
+    for t = 1, 7 do
+      local fh, bh = {table.unpack(got[n][t], 1, 4)}, {table.unpack(got[n][t], 5, 8)}
+      if idt[n][t] == 0 then
+        check.same_table(fh, {0, 0, 0, 0}, 0, "forward half at masked step " .. t)
+        check.same_table(bh, {0, 0, 0, 0}, 0, "backward half at masked step " .. t)
+      else -- the backward layer's sequence comes out last step first
+        check.same_table(fh, want_f[n][t], 1e-6, "forward half at step " .. t)
+        check.same_table(bh, want_b[n][8 - t], 1e-6, "backward half at step " .. t)
+      end
+    end
+  end
+  check.eq(require("lunet.core").layer_args(bi.forward_layer.handle).zero_output_for_mask, true,
+    "set on the forward layer")
+  -- a saved model keeps it (it shows as its parts when read back)
+  model:compile{optimizer = "sgd", loss = "mse"}
+  local path = os.tmpname()
+  model:save(path)
+  local again = nn.load_model(path):predict(ids, {verbose = 0}):totable()
+  os.remove(path)
+  check.same_table(again, got, 0, "the model read back")
+  -- without return_sequences the final states are the plain layers' (nothing to zero)
+  local last = nn.Bidirectional(nn.GRU{3}, {merge_mode = "sum"})
+  local lm = nn.Model{inputs = x, outputs = last(e)}
+  local g1, g2 = nn.GRU{3}, nn.GRU{3, go_backwards = true}
+  local lr = nn.Model{inputs = x, outputs = nn.Add{}{g1(e), g2(e)}}
+  local lw = last:get_weights()
+  g1:set_weights({lw[1], lw[2], lw[3]})
+  g2:set_weights({lw[4], lw[5], lw[6]})
+  check.same_table(lm:predict(ids, {verbose = 0}):totable(), lr:predict(ids, {verbose = 0}):totable(), 1e-6,
+    "the final states summed")
+end
+
 -- Bidirectional: the forward layer's output beside the backward layer's
 -- (put back in step order), from two plain layers with the same weights.
 function T.bidirectional_joins_both_directions()

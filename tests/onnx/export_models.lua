@@ -204,7 +204,10 @@ case("masked", function()
   local pooled = nn.GlobalAveragePooling1D{}(att)
   local last, h = nn.GRU{ 3, return_state = true }(enc)
   local l2 = nn.LSTM{ 2, go_backwards = true }(e)
-  local y = nn.Concatenate{}{ pooled, last, h, l2 }
+  -- Bidirectional's sequence: zeros at the masked steps (Keras's)
+  local bi = nn.Flatten{}(nn.Bidirectional(nn.GRU{ 2, return_sequences = true })(e))
+  -- and attention's padded query steps (their rows attend to nothing)
+  local y = nn.Concatenate{}{ pooled, last, h, l2, bi, nn.Flatten{}(att) }
   return nn.Model{ inputs = tokens, outputs = y }, { nn.tensor({
     { 3, 5, 0, 7, 1, 0, 0 }, { 11, 2, 4, 9, 8, 6, 10 }, { 4, 0, 0, 0, 0, 0, 0 } }) }
 end)
