@@ -5,7 +5,7 @@
 -- Prints images/s and, under MPI, the time in communication: the
 -- allreduce wait exposed after backward, the copies of the gradients to
 -- host memory, and the bytes per step; and each rank's work and wait a
--- step (the ranks' imbalance).
+-- step (the ranks' imbalance).  BENCH_BALANCE=1: distributed = {balance = true}.
 local nn = require "lunet"
 local n = tonumber(arg[1] or "2048")
 local mode = arg[2] or "overlap"
@@ -23,7 +23,10 @@ local y = nn.tensor(labels)
 local model = seed_cnn(nn, {32, 32, 3})
 local bs = tonumber(os.getenv("BENCH_BATCH") or "") or 64 // size -- per rank
 local o = {epochs = 1, batch_size = bs, verbose = 0}
-if dist then o.distributed = {overlap = mode ~= "blocking", bucket_bytes = tonumber(os.getenv("BENCH_BUCKET") or "")} end
+if dist then
+  o.distributed = {overlap = mode ~= "blocking", bucket_bytes = tonumber(os.getenv("BENCH_BUCKET") or ""),
+    balance = os.getenv("BENCH_BALANCE") == "1"}
+end
 model:fit(x, y, o) -- warm-up: buffers, pools
 local t0 = C.now()
 model:fit(x, y, o)

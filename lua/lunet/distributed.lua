@@ -140,21 +140,27 @@ function M.order(order, n)
   return mpi.bcast_ints(M.rank == 0 and order or n)
 end
 
---- shard(order, n, bs) -> this rank's samples for the epoch (indices into
--- the data, in step order), the steps, its batch size at each step and the
--- global batch's (all ranks') at each step.
--- A global batch is bs * size samples; a last one smaller is split as
--- evenly as it goes (the first ranks take one more), and one with fewer
--- samples than ranks is left out of the epoch.
-function M.shard(order, n, bs)
+--- shard(order, n, bs[, shares]) -> this rank's samples for the epoch
+-- (indices into the data, in step order), the steps, its batch size at
+-- each step and the global batch's (all ranks') at each step.
+-- A global batch is bs * size samples, rank r taking shares[r + 1] of each
+-- (bs each without shares; they add up to bs * size); a last one smaller
+-- is split as evenly as it goes (the first ranks take one more), and one
+-- with fewer samples than ranks is left out of the epoch.
+function M.shard(order, n, bs, shares)
   local g = bs * M.size
   local full = n // g
   local rest = n - full * g
   local mine, sizes, totals = {}, {}, {}
+  local own, before = bs, M.rank * bs
+  if shares then
+    own, before = shares[M.rank + 1], 0
+    for r = 1, M.rank do before = before + shares[r] end
+  end
   for s = 1, full do
-    local first = (s - 1) * g + M.rank * bs
-    for i = 1, bs do mine[#mine + 1] = order and order[first + i] or first + i end
-    sizes[s], totals[s] = bs, g
+    local first = (s - 1) * g + before
+    for i = 1, own do mine[#mine + 1] = order and order[first + i] or first + i end
+    sizes[s], totals[s] = own, g
   end
   if rest >= M.size then
     local base, extra = rest // M.size, rest % M.size
@@ -165,6 +171,49 @@ function M.shard(order, n, bs)
     totals[#sizes] = rest
   end
   return mine, #sizes, sizes, totals
+end
+
+-- balance's shares by global batch, kept from one fit to the next
+M.balanced = {}
+
+--- rebalance(shares, work_s, steps, g) -> the shares of a global batch of
+-- g for the next epoch, the same on every rank: each rank's share follows
+-- its speed in the epoch just run (its samples a step over its work
+-- between exchanges, `work_s` over `steps` steps), so that the ranks
+-- reach the exchange together.  The shares stay as they are unless the
+-- new ones would shorten the slowest rank's step by more than 3% (no
+-- chasing of noise).  shares nil: bs each.
+function M.rebalance(shares, work_s, steps, g)
+  local mine = shares and shares[M.rank + 1] or g // M.size
+  local per = {}
+  for i = 1, M.size do per[i] = 0 end
+  if steps > 0 and work_s > 0 then per[M.rank + 1] = work_s / steps / mine end -- seconds a sample
+  per = mpi.allreduce_sum(per)
+  local rate, total = {}, 0
+  for i = 1, M.size do
+    if not (per[i] > 0) then return shares end -- a rank without a measure: as they were
+    rate[i] = 1 / per[i]
+    total = total + rate[i]
+  end
+  local new, given = {}, 0
+  for i = 1, M.size do
+    new[i] = math.max(1, math.floor(g * rate[i] / total + 0.5))
+    given = given + new[i]
+  end
+  while given ~= g do -- rounding: the fastest rank takes or gives the difference
+    local best = 1
+    for i = 2, M.size do if rate[i] > rate[best] then best = i end end
+    local d = given > g and math.max(-(given - g), 1 - new[best]) or g - given
+    if d == 0 then break end
+    new[best], given = new[best] + d, given + d
+  end
+  local function slowest(sh)
+    local t = 0
+    for i = 1, M.size do t = math.max(t, (sh and sh[i] or g // M.size) * per[i]) end
+    return t
+  end
+  if given ~= g or slowest(new) > 0.97 * slowest(shares) then return shares end
+  return new
 end
 
 --- block(n) -> first, count: this rank's contiguous share of n samples (for

@@ -731,16 +731,24 @@ fit_impl = function(self, x, y, o)
   local opt, h = self.optimizer, self.handle
   opt:claim(self, 2)
   opt:sync()
-  local sync
+  local sync, balance
   if dist then -- rank 0's weights everywhere, then every step averages the gradients
     local od, elements = type(o.distributed) == "table" and o.distributed or {}, 0
+    local balanced = od.balance
+    if balanced == nil then balanced = dist.balance == true end -- (the recipes' --balance)
     for _, p in ipairs(self.params) do elements = elements + p:numel() end
     dist.agree("fit", { samples = n, batch_size = bs, epochs = epochs, shuffle = o.shuffle == false and 0 or 1,
       initial_epoch = o.initial_epoch or 0, validation_samples = xv and (dataset.is(xv) and xv.n or nsamples(xv[1])) or 0,
       parameters = #self.params, parameter_elements = elements, overlap = od.overlap == false and 0 or 1,
-      bucket_bytes = math.tointeger(od.bucket_bytes) or 0 })
+      bucket_bytes = math.tointeger(od.bucket_bytes) or 0, balance = balanced and 1 or 0 })
+    if balanced and ds then
+      error("fit: distributed.balance shares tensors' global batches; a dataset makes its own batches", 2)
+    end
     dist.broadcast_model(self)
     sync = dist.attach(self, od)
+    -- balance: each global batch shared by the ranks' speeds, measured
+    -- epoch by epoch and kept for the next fit of this global batch
+    if balanced then balance = { g = bs * dist.size, shares = dist.balanced[bs * dist.size] } end
   end
   local history = { epoch = {} }
   local keys = self.metric_keys
@@ -773,19 +781,24 @@ fit_impl = function(self, x, y, o)
     local count = n
     if dist then
       if order then order = dist.order(order, n) end
-      order, steps, sizes, totals = dist.shard(order, n, bs)
+      order, steps, sizes, totals = dist.shard(order, n, bs, balance and balance.shares)
       count = #order
     end
+    local own = sizes and sizes[1] or bs -- this rank's batch (with balance, its share)
     local bar = Progress.new(steps, verbose)
     local logs = {}
-    local next_batch = batch_source(xs, ys, order, count, bs, aug, epoch, self.device, w)
+    local next_batch = batch_source(xs, ys, order, count, own, aug, epoch, self.device, w)
+    local measured, upto -- balance: sync's counters after the epoch's first step and its last full one
+    local full = balance and math.min(steps, n // balance.g) or 0
     C.model_reset_metrics(h)
     local ok, err = pcall(function()
       for s = 1, steps do
         local xb, yb, wb = next_batch(s)
         C.optimizer_set_lr(opt.handle, opt:current_lr())
         if sync then sync:count(sizes[s], totals[s]) end
-        local stepped, msg = pcall(C.model_train_step, h, xb, yb, epoch, order, (s - 1) * bs + 1, wb)
+        local stepped, msg = pcall(C.model_train_step, h, xb, yb, epoch, order, (s - 1) * own + 1, wb)
+        if balance and s == 1 then measured = sync:stats() end
+        if balance and s == full then upto = sync:stats() end
         free_batch(xb)
         free_batch(yb)
         if wb then wb:free() end
@@ -806,6 +819,10 @@ fit_impl = function(self, x, y, o)
       ok, err = pcall(function()
         dist.reduce_metrics(h)
         C.model_logs(h, logs)
+        if balance and measured and upto then -- the full steps after the first: the next epoch's shares
+          balance.shares = dist.rebalance(balance.shares, upto.work_s - measured.work_s, full - 1, balance.g)
+          dist.balanced[balance.g] = balance.shares
+        end
       end)
     end
     if ok and xv then

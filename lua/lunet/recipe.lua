@@ -14,6 +14,7 @@ usage: %s [options]
   --augment           random augmentation during training%s
   --no-augment        no augmentation%s
   --distributed       data-parallel training under mpirun (batch size per rank)
+  --balance           with --distributed: share each global batch by the ranks' measured speeds
   --policy NAME       dtype policy: float32 (default) or mixed_bfloat16 (bfloat16 products)
   --save PATH         save the trained model (safetensors) to PATH%s
   --verbose N         0 silent, 1 progress bar, 2 one line per epoch
@@ -70,6 +71,8 @@ function M.parse(argv, defaults, prog, extra)
       o.augment = false
     elseif key == "--distributed" then
       o.distributed = true
+    elseif key == "--balance" then
+      o.balance = true
     else
       error(string.format("unknown option '%s'\n%s", a, text()), 0)
     end
@@ -107,8 +110,10 @@ end
 -- Seed, backend and threads from the command line.
 function M.setup(nn, o)
   nn.seed(o.seed)
+  if o.balance and not o.distributed then error("--balance goes with --distributed", 0) end
   if o.distributed then
     nn.distributed.init({ threads = o.threads })
+    nn.distributed.balance = o.balance == true -- every fit of the script
     -- every fit and evaluate is now data-parallel; rank 0 alone talks
     if nn.distributed.rank ~= 0 then _G.print = function() end end
   end

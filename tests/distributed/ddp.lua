@@ -65,6 +65,51 @@ if n % g == 0 or n % g >= size then
   near(h.accuracy[1], ref.accuracy[1], 1e-9, "epoch accuracy against one process")
 end
 
+-- 1a. balance: uneven shares of each global batch (rank r takes 2r + 1 more
+-- than the last) still give one process's step on the whole batch; then the
+-- shares follow the ranks' measured speeds: a rank reported twice as slow a
+-- sample gets half the share of the others.
+do
+  local shares, given = {}, 0
+  for r = 1, size - 1 do shares[r] = bs - r; given = given + shares[r] end
+  shares[size] = bs * size - given
+  local mine, steps, sizes, totals = dist.shard(nil, 64 * size, bs, shares)
+  local first = 1
+  for r = 1, rank do first = first + shares[r] end
+  if sizes[1] ~= shares[rank + 1] or totals[1] ~= bs * size or mine[1] ~= first or steps ~= 64 // bs then
+    fail(string.format("shard with shares: size %d, total %d, first %d, steps %d", sizes[1], totals[1], mine[1], steps))
+  end
+  local ub, us = model(false), model(false)
+  us:set_weights(ub:get_weights())
+  nn.distributed.active = false
+  local uref = us:fit(x, y, {epochs = 1, batch_size = bs * size, shuffle = false, verbose = 0})
+  nn.distributed.active = true
+  dist.balanced[bs * size] = shares
+  local uh = ub:fit(x, y, {epochs = 1, batch_size = bs, shuffle = false, verbose = 0,
+    distributed = {balance = true}})
+  if n % g == 0 or n % g >= size then
+    for i, w in ipairs(ub:get_weights()) do
+      local diff = (w - us:get_weights()[i]):abs():max():item()
+      if diff > 1e-5 then fail(string.format("balanced: weight %d differs from one process by %g", i, diff)) end
+    end
+    near(uh.loss[1], uref.loss[1], 1e-5, "balanced epoch loss against one process")
+  end
+  -- rank 0 twice as slow a sample as the others: g = 12 * size - 1 shared
+  -- so that its step is as long as theirs (2 ranks: 23 as 7.67 and 15.33,
+  -- rounded 8 and 15; 3 ranks: 35 as 7, 14 and 14)
+  local gg = 12 * size - 1
+  local equal = gg // size
+  local new = dist.rebalance(nil, (rank == 0 and 2 or 1) * 10 * equal, 10, gg)
+  local want = size == 2 and {8, 15} or {7, 14, 14}
+  if not new or table.concat(new, ",") ~= table.concat(want, ",") then
+    fail("rebalance gave " .. (new and table.concat(new, ",") or "nil") .. ", expected " .. table.concat(want, ","))
+  end
+  -- alike speeds: the shares stay (no chasing of noise)
+  if dist.rebalance(nil, 10 * equal * (rank == 0 and 1.01 or 1), 10, gg) ~= nil then
+    fail("rebalance moved the shares of ranks 1% apart")
+  end
+end
+
 -- 1b. BatchNormalization's moving mean, averaged with each rank weighted by
 -- its samples: with momentum 0 it is the last global batch's mean (203 =
 -- 6 * 32 + 11 on 2 ranks, 4 * 48 + 11 on 3: shards of 6/5 and 4/4/3
@@ -121,7 +166,7 @@ if bits(frozen) ~= before_frozen then fail("the frozen layer's weights moved in 
 nn.seed(100 + rank) -- different initial weights per rank: fit broadcasts rank 0's
 local bn = model(true)
 local bn_t0 = require("lunet.core").now()
-bn:fit(x, y, {epochs = 3, batch_size = 8, verbose = 0, distributed = true, validation_split = 0.2})
+bn:fit(x, y, {epochs = 3, batch_size = 8, verbose = 0, distributed = {balance = true}, validation_split = 0.2})
 local bn_seconds = require("lunet.core").now() - bn_t0
 local f = assert(io.open(string.format("%s/weights_%d.bin", out, rank), "wb"))
 for _, w in ipairs(bn:get_weights()) do
