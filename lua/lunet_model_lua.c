@@ -355,21 +355,26 @@ static int l_layer_input_count(lua_State *L) {
   return 1;
 }
 
+/* A layer call's inputs at argument 2: a tensor or a list of them (which
+ * keeps them alive); their count. */
+static int layer_inputs(lua_State *L, lunet_tensor **x) {
+  if ((x[0] = lunetL_totensor(L, 2)) != NULL) return 1;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  int nin = (int)luaL_len(L, 2);
+  if (nin > LUNET_LAYER_MAX_INPUTS) luaL_error(L, "at most %d inputs", LUNET_LAYER_MAX_INPUTS);
+  for (int i = 0; i < nin; i++) {
+    lua_geti(L, 2, i + 1);
+    x[i] = lunetL_checktensor(L, -1);
+    lua_pop(L, 1);
+  }
+  return nin;
+}
+
 /* C.layer_call(layer, x or {x1, x2, ...}, training, skip_activation) -> outputs */
 static int l_layer_call(lua_State *L) {
   lunet_layer *l = lunetL_checklayer(L, 1);
   lunet_tensor *x[LUNET_LAYER_MAX_INPUTS], *y[LUNET_LAYER_MAX_OUTPUTS];
-  int nin = 1;
-  if ((x[0] = lunetL_totensor(L, 2)) == NULL) {
-    luaL_checktype(L, 2, LUA_TTABLE);
-    nin = (int)luaL_len(L, 2);
-    if (nin > LUNET_LAYER_MAX_INPUTS) luaL_error(L, "at most %d inputs", LUNET_LAYER_MAX_INPUTS);
-    for (int i = 0; i < nin; i++) {
-      lua_geti(L, 2, i + 1);
-      x[i] = lunetL_checktensor(L, -1);
-      lua_pop(L, 1); /* the list keeps it alive */
-    }
-  }
+  int nin = layer_inputs(L, x);
   if (lunet_layer_apply(lunetL_ctx(L), l, NULL, nin, x, NULL, lua_toboolean(L, 3), lua_toboolean(L, 4),
                         y, NULL))
     lunetL_error(L, NULL);
@@ -380,6 +385,41 @@ static int l_layer_call(lua_State *L) {
     luaL_setmetatable(L, LUNETL_TENSOR);
   }
   return nout;
+}
+
+/* C.layer_call_masked(layer, x or {x1, ...}, training, skip_activation,
+ * {mask1 or false, ...}) -> {outputs}, {output masks or false}: a direct
+ * call that takes its inputs' padding masks and gives its outputs' (what
+ * a model's graph passes between layers; Keras's eager _keras_mask). */
+static int l_layer_call_masked(lua_State *L) {
+  lunet_layer *l = lunetL_checklayer(L, 1);
+  lunet_tensor *x[LUNET_LAYER_MAX_INPUTS], *y[LUNET_LAYER_MAX_OUTPUTS];
+  lunet_tensor *m[LUNET_LAYER_MAX_INPUTS] = {0}, *mo[LUNET_LAYER_MAX_OUTPUTS] = {0};
+  int nin = layer_inputs(L, x);
+  luaL_checktype(L, 5, LUA_TTABLE);
+  bool any = false;
+  for (int i = 0; i < nin; i++) {
+    lua_geti(L, 5, i + 1);
+    m[i] = lua_toboolean(L, -1) ? lunetL_checktensor(L, -1) : NULL;
+    any |= m[i] != NULL;
+    lua_pop(L, 1); /* the table keeps it alive */
+  }
+  if (lunet_layer_apply(lunetL_ctx(L), l, NULL, nin, x, any ? m : NULL, lua_toboolean(L, 3), lua_toboolean(L, 4),
+                        y, mo))
+    lunetL_error(L, NULL);
+  int nout = lunet_layer_output_count(l);
+  lua_createtable(L, nout, 0);
+  for (int j = 0; j < nout; j++) {
+    lunetL_pushtensor(L, y[j]);
+    lua_rawseti(L, -2, j + 1);
+  }
+  lua_createtable(L, nout, 0);
+  for (int j = 0; j < nout; j++) {
+    if (mo[j]) lunetL_pushtensor(L, mo[j]);
+    else lua_pushboolean(L, 0);
+    lua_rawseti(L, -2, j + 1);
+  }
+  return 2;
 }
 
 /* C.layer_weights(layer) -> { {name=, tensor=, trainable=}, ... } */
@@ -692,6 +732,7 @@ static const luaL_Reg functions[] = {{"check_layer", l_check_layer},
                                      {"layer_build", l_layer_build},
                                      {"layer_call", l_layer_call},
                                      {"layer_set_arg", l_layer_set_arg},
+                                     {"layer_call_masked", l_layer_call_masked},
                                      {"layer_built", l_layer_built},
                                      {"layer_input_count", l_layer_input_count},
                                      {"layer_weights", l_layer_weights},

@@ -116,6 +116,7 @@ nn.check_plugin = layers.check_plugin
 nn.Lambda = layers.Lambda
 nn.Bidirectional = layers.make_bidirectional
 nn.help = layers.help
+nn.mask_of = layers.mask_of
 
 local model = require "lunet.model"
 nn.Sequential = model.Sequential

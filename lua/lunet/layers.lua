@@ -346,13 +346,28 @@ function Layer:set_weights(list)
   end
 end
 
+-- The padding masks of tensors that direct calls made (Embedding with
+-- mask_zero, and the layers that pass a mask on), as Keras's _keras_mask:
+-- the next direct call on such a tensor honours it, as a model would.
+-- Weak keys: a mask lives as long as its tensor.
+local eager_masks = setmetatable({}, { __mode = "k" })
+
+--- mask_of(tensor) -> the padding mask a direct layer call gave it, or nil
+function M.mask_of(t) return eager_masks[t] end
+
 -- Runs the layer on x (a tensor, or a list for several inputs; one result
 -- per output), or adds a call to a functional model's graph when x holds
 -- symbolic tensors (nn.Input, other layers' outputs).
 function Layer:apply(x, training)
   local xs, listed = graph.symbolic_list(x, self.name)
   if xs then return graph.call(self, xs, listed) end
-  return C.layer_call(self.handle, x, training or false, false)
+  local masks = {}
+  for i, t in ipairs(C.is_tensor(x) and { x } or x) do masks[i] = eager_masks[t] or false end
+  local outs, out_masks = C.layer_call_masked(self.handle, x, training or false, false, masks)
+  for j, t in ipairs(outs) do
+    if out_masks[j] then eager_masks[t] = out_masks[j] end
+  end
+  return table.unpack(outs)
 end
 
 -- Sets an argument that Keras takes per call (use_causal_mask) at the

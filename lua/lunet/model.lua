@@ -208,9 +208,10 @@ local function fmt_int(n)
   return (s:reverse():gsub("(%d%d%d)", "%1,"):reverse():gsub("^,", ""))
 end
 
-local function fmt_bytes(n)
+local function fmt_bytes(n) -- as Keras's summary: B below a KB
   if n >= 1024 * 1024 then return string.format("%.2f MB", n / 1024 / 1024) end
-  return string.format("%.2f KB", n / 1024)
+  if n >= 1024 then return string.format("%.2f KB", n / 1024) end
+  return string.format("%.2f B", n)
 end
 
 -- Rows of Keras's functional summary: inputs, then one per call, with the

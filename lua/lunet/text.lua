@@ -132,8 +132,9 @@ local standardizers = {
 -- standardize = "lower_and_strip_punctuation", split = "whitespace",
 -- vocabulary}: Keras's layer with output_mode "int".  Index 0 is padding,
 -- 1 is "[UNK]" (any word outside the vocabulary), then the adapted words
--- by falling frequency (ties in alphabetical order); max_tokens counts
--- the two reserved entries, as in Keras.
+-- by falling frequency, ties in reverse byte order (Keras sorts by count,
+-- then token, and reverses: np.lexsort((tokens, counts))[::-1]); max_tokens
+-- counts the two reserved entries, as in Keras.
 function M.TextVectorization_new(o)
   o = check_fields("TextVectorization", o, { max_tokens = true, output_sequence_length = true, standardize = true,
     split = true, vocabulary = true })
@@ -202,7 +203,7 @@ function TextVectorization:adapt(texts)
   for w in pairs(count) do words[#words + 1] = w end
   table.sort(words, function(a, b)
     if count[a] ~= count[b] then return count[a] > count[b] end
-    return a < b
+    return a > b
   end)
   if self.max_tokens then
     for i = #words, self.max_tokens - 1, -1 do words[i] = nil end

@@ -508,7 +508,8 @@ function T.summary_counts_the_seed_cnn()
   m:summary(function(s) lines[#lines + 1] = s end)
   check.eq(m:count_params(), 361034, "parameters")
   local text = table.concat(lines, "\n")
-  assert(text:find("Total params: 361,034", 1, true), text)
+  assert(text:find("Total params: 361,034 (1.38 MB)", 1, true), text)
+  assert(text:find("Non-trainable params: 0 (0.00 B)", 1, true), text)
   assert(text:find("(None, 2, 2, 128)", 1, true), text)
 end
 

@@ -332,6 +332,28 @@ function T.go_backwards_reads_the_reversed_sequence()
   end
 end
 
+-- Direct calls carry the padding mask as a model's graph does (Keras's
+-- eager _keras_mask): emb then LSTM, Bidirectional, pooling and attention
+-- called on tensors give what the same layers give inside a model.
+function T.direct_calls_carry_the_padding_mask()
+  nn.seed(34)
+  local ids = nn.tensor{{3, 5, 1, 0, 0}, {2, 0, 4, 0, 0}}
+  local emb = nn.Embedding{6, 4, mask_zero = true, name = "eager_mask_embedding"}
+  local lstm = nn.LSTM{3, return_sequences = true, name = "eager_mask_lstm"}
+  local bi = nn.Bidirectional(nn.GRU{2, return_sequences = true, name = "eager_mask_gru"})
+  local pool = nn.GlobalAveragePooling1D{name = "eager_mask_pool"}
+  local mha = nn.MultiHeadAttention{num_heads = 2, key_dim = 2, name = "eager_mask_mha"}
+  local x = nn.Input{shape = {5}}
+  local e = emb(x)
+  local model = nn.Model{inputs = x, outputs = {lstm(e), pool(bi(e)), mha(e, e)}}
+  local want = model:predict(ids, {verbose = 0})
+  local ee = emb(ids)
+  check.same_table(nn.mask_of(ee):totable(), {{1, 1, 1, 0, 0}, {1, 0, 1, 0, 0}}, 0, "the embedding's mask")
+  check.same_table(lstm(ee):totable(), want[1]:totable(), 1e-6, "LSTM called directly")
+  check.same_table(pool(bi(ee)):totable(), want[2]:totable(), 1e-6, "Bidirectional and pooling called directly")
+  check.same_table(mha(ee, ee):totable(), want[3]:totable(), 1e-6, "attention called directly")
+end
+
 -- Bidirectional over a padding mask, as Keras: each direction's masked
 -- steps output zeros (zero_output_for_mask, which Bidirectional sets), the
 -- real steps what the two plain layers give (their states skip the masked
