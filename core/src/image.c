@@ -66,36 +66,77 @@ static kind sniff(lunet_ctx *ctx, const char *path, lunet_status *st) {
   return KIND_UNKNOWN;
 }
 
-/* PNG through libpng's simplified API, as RGBA; info_only stops after the
- * header. */
+/* libpng's errors jump back into read_png with the message kept. */
+static void png_fail(png_structp png, png_const_charp msg) {
+  snprintf(png_get_error_ptr(png), 256, "%s", msg);
+  png_longjmp(png, 1);
+}
+
+static void png_warn(png_structp png, png_const_charp msg) {
+  (void)png;
+  (void)msg; /* ancillary trouble (a bad CRC in a text chunk): the pixels stand */
+}
+
+/* PNG as 8-bit RGBA, the stored values as PIL and TensorFlow read them: a
+ * 16-bit sample keeps its high byte and a gAMA chunk is ignored (libpng's
+ * simplified API would convert both to sRGB: 0x8080 became 186, not 128);
+ * palettes, tRNS, gray and interlacing expanded.  info_only stops after
+ * the header. */
 static lunet_status read_png(lunet_ctx *ctx, const char *path, pixels *px, bool info_only) {
-  png_image img;
-  memset(&img, 0, sizeof img);
-  img.version = PNG_IMAGE_VERSION;
-  if (!png_image_begin_read_from_file(&img, path))
-    return lunet_error(ctx, LUNET_ERR_FORMAT, "%s: bad PNG: %s", path, img.message);
-  px->w = img.width;
-  px->h = img.height;
-  px->gray = !(img.format & PNG_FORMAT_FLAG_COLOR);
-  px->alpha = (img.format & PNG_FORMAT_FLAG_ALPHA) != 0;
-  px->c = 4;
-  lunet_status st = check_size(ctx, path, px->w, px->h);
-  if (st || info_only) {
-    png_image_free(&img);
-    return st;
+  FILE *f = fopen(path, "rb");
+  if (!f) return lunet_error(ctx, LUNET_ERR_IO, "%s: %s", path, strerror(errno));
+  char why[256] = "";
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, why, png_fail, png_warn);
+  png_infop info = png ? png_create_info_struct(png) : NULL;
+  png_bytep *volatile rows = NULL;
+  lunet_status st = LUNET_OK;
+  if (!info) {
+    png_destroy_read_struct(&png, NULL, NULL);
+    fclose(f);
+    return lunet_error(ctx, LUNET_ERR_NOMEM, "%s: out of memory for the PNG reader", path);
   }
-  img.format = PNG_FORMAT_RGBA;
-  if (!(px->p = malloc(PNG_IMAGE_SIZE(img)))) {
-    png_image_free(&img);
-    return lunet_error(ctx, LUNET_ERR_NOMEM, "%s: out of memory for %lld x %lld pixels", path, (long long)px->w,
-                       (long long)px->h);
-  }
-  if (!png_image_finish_read(&img, NULL, px->p, 0, NULL)) {
+  if (setjmp(png_jmpbuf(png))) {
     free(px->p);
     px->p = NULL;
-    return lunet_error(ctx, LUNET_ERR_FORMAT, "%s: bad PNG: %s", path, img.message);
+    st = lunet_error(ctx, LUNET_ERR_FORMAT, "%s: bad PNG: %s", path, why);
+    goto done;
   }
-  return LUNET_OK;
+  png_init_io(png, f);
+  png_read_info(png, info);
+  png_uint_32 w, h;
+  int depth, type, interlace;
+  png_get_IHDR(png, info, &w, &h, &depth, &type, &interlace, NULL, NULL);
+  bool trns = png_get_valid(png, info, PNG_INFO_tRNS) != 0;
+  px->w = w;
+  px->h = h;
+  px->gray = !(type & PNG_COLOR_MASK_COLOR);
+  px->alpha = (type & PNG_COLOR_MASK_ALPHA) || trns;
+  px->c = 4;
+  if ((st = check_size(ctx, path, px->w, px->h)) || info_only) goto done;
+  if (depth == 16) png_set_strip_16(png);
+  if (type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+  if (type == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+  if (trns) png_set_tRNS_to_alpha(png);
+  if (px->gray) png_set_gray_to_rgb(png);
+  if (!px->alpha) png_set_filler(png, 0xFF, PNG_FILLER_AFTER);
+  png_set_interlace_handling(png);
+  png_read_update_info(png, info);
+  if (png_get_rowbytes(png, info) != (size_t)w * 4) png_error(png, "unexpected row layout after expansion");
+  if (!(px->p = malloc((size_t)w * h * 4)) || !(rows = malloc(sizeof *rows * h))) {
+    free(px->p);
+    px->p = NULL;
+    st = lunet_error(ctx, LUNET_ERR_NOMEM, "%s: out of memory for %lld x %lld pixels", path, (long long)px->w,
+                     (long long)px->h);
+    goto done;
+  }
+  for (png_uint_32 i = 0; i < h; i++) rows[i] = px->p + (size_t)i * w * 4;
+  png_read_image(png, rows);
+  png_read_end(png, NULL);
+done:
+  free(rows);
+  png_destroy_read_struct(&png, &info, NULL);
+  fclose(f);
+  return st;
 }
 
 typedef struct jpeg_err {

@@ -77,6 +77,49 @@ function T.channels_convert()
     gv[1][1][1], 255}, 0, "opaque alpha added")
 end
 
+-- A PNG written here byte by byte (deflate's stored blocks, so no zlib):
+-- width, height, bit depth, colour type, the raw rows (each with its
+-- filter byte 0) and extra chunks before IDAT.
+local function crc32(s)
+  local c = 0xFFFFFFFF
+  for i = 1, #s do
+    c = c ~ s:byte(i)
+    for _ = 1, 8 do c = (c & 1 == 1) and (0xEDB88320 ~ (c >> 1)) or (c >> 1) end
+  end
+  return c ~ 0xFFFFFFFF
+end
+
+local function png_bytes(w, h, depth, ctype, rows, extra)
+  local function chunk(kind, data) return string.pack(">I4", #data) .. kind .. data .. string.pack(">I4", crc32(kind .. data)) end
+  local raw = table.concat(rows)
+  local a, b = 1, 0 -- Adler-32
+  for i = 1, #raw do a = (a + raw:byte(i)) % 65521; b = (b + a) % 65521 end
+  local z = "\x78\x01\x01" .. string.pack("<I2I2", #raw, (~#raw) & 0xFFFF) .. raw .. string.pack(">I4", (b << 16) | a)
+  return "\x89PNG\r\n\x1a\n" .. chunk("IHDR", string.pack(">I4I4BBBBB", w, h, depth, ctype, 0, 0, 0)) ..
+    (extra and chunk(extra[1], extra[2]) or "") .. chunk("IDAT", z) .. chunk("IEND", "")
+end
+
+-- The stored values, as PIL and TensorFlow give them: a 16-bit sample's
+-- high byte (0x8080 is 128; libpng's simplified API made it 186), and a
+-- gAMA chunk ignored (gamma 1.0 made 50 into 122).
+function T.png_values_are_the_stored_ones()
+  local row16 = "\0" .. string.pack(">I2I2I2I2I2I2", 0x8080, 0x1234, 0xFFFF, 0x00FF, 0xA0FF, 0x0100)
+  write(tmp .. "/sixteen.png", png_bytes(2, 1, 16, 2, {row16}))
+  check.same_table(U.load_img(tmp .. "/sixteen.png"):totable(), {{{128, 18, 255}, {0, 160, 1}}}, 0, "16-bit RGB")
+  local gray16 = "\0" .. string.pack(">I2I2I2", 0x8080, 0x3FFF, 0xC000)
+  write(tmp .. "/gray16.png", png_bytes(3, 1, 16, 0, {gray16}))
+  check.same_table(U.load_img(tmp .. "/gray16.png", {color_mode = "grayscale"}):totable(), {{{128}, {63}, {192}}}, 0,
+    "16-bit gray")
+  local row8 = "\0" .. string.char(50, 13, 200, 0, 128, 255)
+  write(tmp .. "/gamma.png", png_bytes(2, 1, 8, 2, {row8}, {"gAMA", string.pack(">I4", 100000)}))
+  check.same_table(U.load_img(tmp .. "/gamma.png"):totable(), {{{50, 13, 200}, {0, 128, 255}}}, 0,
+    "8-bit RGB with gAMA 1.0")
+  local rgba = "\0" .. string.char(10, 20, 30, 40, 250, 251, 252, 0)
+  write(tmp .. "/rgba.png", png_bytes(2, 1, 8, 6, {rgba}, {"gAMA", string.pack(">I4", 55556)}))
+  check.same_table(U.load_img(tmp .. "/rgba.png", {color_mode = "rgba"}):totable(), {{{10, 20, 30, 40},
+    {250, 251, 252, 0}}}, 0, "RGBA with gAMA 1/1.8")
+end
+
 function T.hostile_files_are_errors_naming_the_file()
   U.save_img(tmp .. "/ok.png", pixels(16, 16, 3))
   U.save_img(tmp .. "/ok.jpg", pixels(16, 16, 3))
