@@ -103,12 +103,16 @@ static lunet_tensor *project(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *kern
   return h;
 }
 
-/* mask (N, T, S) as (N, 1, T, S), times `scale` plus `shift`: -1e9 where
- * masked (scale 1e9, shift -1e9) or the mask itself (1, 0); off the tape. */
-static lunet_tensor *mask_heads(lunet_ctx *ctx, lunet_tensor *mask, float scale, float shift) {
-  lunet_tensor *a = lunet_op_unary(ctx, LUNET_UNARY_AFFINE, mask, scale, shift);
+/* mask (N, T, S) viewed as (N, 1, T, S), broadcast over the heads; off the tape. */
+static lunet_tensor *mask_heads(lunet_ctx *ctx, lunet_tensor *mask) {
   int64_t shape[4] = {lunet_tensor_dim(mask, 0), 1, lunet_tensor_dim(mask, 1), lunet_tensor_dim(mask, 2)};
-  lunet_tensor *r = a ? lunet_op_reshape(ctx, a, 4, shape) : NULL;
+  return lunet_op_reshape(ctx, mask, 4, shape);
+}
+
+/* -1e9 where the mask is 0, as (N, 1, T, S); off the tape. */
+static lunet_tensor *mask_adder(lunet_ctx *ctx, lunet_tensor *mask) {
+  lunet_tensor *a = lunet_op_unary(ctx, LUNET_UNARY_AFFINE, mask, 1e9f, -1e9f);
+  lunet_tensor *r = a ? mask_heads(ctx, a) : NULL;
   layers_release(a);
   return r;
 }
@@ -141,11 +145,11 @@ lunet_tensor *layers_attention_graph(lunet_ctx *ctx, const layers_attention *a, 
   static const int kt_perm[4] = {0, 1, 3, 2};
   lunet_tensor *kt = qs ? lunet_permute(ctx, k, kt_perm) : NULL;
   lunet_tensor *sc = kt ? lunet_matmul(ctx, qs, kt) : NULL; /* (N, H, T, S) */
-  lunet_tensor *adder = sc && mask ? mask_heads(ctx, mask, 1e9f, -1e9f) : NULL;
+  lunet_tensor *adder = sc && mask ? mask_adder(ctx, mask) : NULL;
   lunet_tensor *masked = adder ? lunet_add(ctx, sc, adder) : sc ? lunet_tensor_retain(sc) : NULL;
   lunet_tensor *soft = masked ? lunet_softmax(ctx, masked, false) : NULL;
   bool zero_rows = mask && a->whole_rows;
-  lunet_tensor *m4 = soft && zero_rows ? mask_heads(ctx, mask, 1, 0) : NULL;
+  lunet_tensor *m4 = soft && zero_rows ? mask_heads(ctx, mask) : NULL;
   lunet_tensor *probs = m4 ? lunet_mul(ctx, soft, m4) : soft && !zero_rows ? lunet_tensor_retain(soft) : NULL;
   lunet_tensor *keep = probs && a->training && d->dropout > 0 ? lunet_op_dropout_mask(ctx, probs, d->dropout) : NULL;
   lunet_tensor *dropped = keep ? lunet_mul(ctx, probs, keep) : probs ? lunet_tensor_retain(probs) : NULL;
