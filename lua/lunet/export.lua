@@ -823,7 +823,7 @@ function Graph:attention(q, v, k, w, prefix, h, dk, dv, adder, keep)
 end
 
 -- What is added to the scores (N, H, T, S): -1e9 where the product of the
--- masks is 0, as lunet's layers_attention_mask and mask_heads make it, and
+-- masks is 0, as lunet's layers_attention_mask and mask_adder make it, and
 -- that product (N, 1, T, S), which multiplies the softmax; nil when none
 -- (the causal mask alone leaves no row masked whole: no product then).
 -- parts: {full = attention_mask (N, T, S), rows = {query masks (N, T)},
