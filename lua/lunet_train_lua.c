@@ -60,6 +60,8 @@ static lunet_optimizer_config read_config(lua_State *L, int idx) {
   c.learning_rate = field(L, idx, "learning_rate", c.learning_rate);
   c.momentum = field(L, idx, "momentum", c.momentum);
   c.nesterov = field(L, idx, "nesterov", 0) != 0;
+  c.amsgrad = field(L, idx, "amsgrad", 0) != 0;
+  c.centered = field(L, idx, "centered", 0) != 0;
   c.beta_1 = field(L, idx, "beta_1", c.beta_1);
   c.beta_2 = field(L, idx, "beta_2", c.beta_2);
   c.rho = field(L, idx, "rho", c.rho);

@@ -181,12 +181,13 @@ LUNET_HIDDEN lunet_status lunet_metric_absorb(lunet_ctx *ctx, struct lunet_metri
 LUNET_HIDDEN bool lunet_metric_needs_probabilities(const struct lunet_metric *m);
 
 /* The optimizers built from the core's tensor ops (Adagrad, Adadelta,
- * Adamax, Nadam, Lion; optimizer_ops.c): one update of p from g with the
- * slots s1, s2 at 1-based step `step`. */
+ * Adamax, Nadam, Lion, Adam with amsgrad, centered RMSprop;
+ * optimizer_ops.c): one update of p from g with the optimizer's slots of
+ * p (as many as lunet_optimizer_slot_count) at 1-based step `step`. */
 struct lunet_optimizer_config;
 lunet_status lunet_optimizer_update_by_ops(lunet_ctx *ctx, const struct lunet_optimizer_config *c,
-                                           lunet_tensor *p, const lunet_tensor *g, lunet_tensor *s1,
-                                           lunet_tensor *s2, int64_t step);
+                                           lunet_tensor *p, const lunet_tensor *g,
+                                           lunet_tensor *const *slots, int64_t step);
 
 /* Weight constraints (constraints.c): a "<w>_constraint" spec checked
  * when set, and every constrained weight of a layer projected in place

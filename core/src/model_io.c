@@ -215,6 +215,8 @@ static cJSON *optimizer_json(const lunet_optimizer *opt) {
   cJSON_AddNumberToObject(o, "clipnorm", c->clipnorm);
   cJSON_AddNumberToObject(o, "global_clipnorm", c->global_clipnorm);
   cJSON_AddNumberToObject(o, "initial_accumulator_value", c->initial_accumulator_value);
+  if (c->amsgrad) cJSON_AddBoolToObject(o, "amsgrad", true);
+  if (c->centered) cJSON_AddBoolToObject(o, "centered", true);
   cJSON_AddNumberToObject(o, "iterations", (double)lunet_optimizer_iterations(opt));
   return o;
 }
@@ -648,6 +650,8 @@ static lunet_optimizer *read_optimizer(reader *r, const cJSON *o) {
     *nums[i].field = v->valuedouble;
   }
   c.nesterov = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "nesterov"));
+  c.amsgrad = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "amsgrad"));
+  c.centered = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "centered"));
   int64_t it = 0;
   const cJSON *iters = cJSON_GetObjectItemCaseSensitive(o, "iterations");
   if (iters && !get_int(iters, 0, INT64_C(1) << 52, &it)) {

@@ -7,7 +7,7 @@
 #include "internal.h"
 #include "lunet/model.h"
 
-#define MAX_SLOTS 2
+#define MAX_SLOTS 3
 
 struct lunet_optimizer {
   int refcount;
@@ -91,6 +91,12 @@ static lunet_status check_config(lunet_ctx *ctx, const lunet_optimizer_config *c
       c->beta_2 >= 1 || c->rho < 0 || c->rho >= 1)
     return lunet_error(ctx, LUNET_ERR_ARG,
                        "optimizer: momentum, beta_1, beta_2 and rho must be in [0, 1)");
+  if (c->amsgrad && c->kind != LUNET_OPT_ADAM)
+    return lunet_error(ctx, LUNET_ERR_ARG, "optimizer: amsgrad is an argument of Adam and AdamW, not of %s",
+                       lunet_optimizer_kind_name(c->kind));
+  if (c->centered && c->kind != LUNET_OPT_RMSPROP)
+    return lunet_error(ctx, LUNET_ERR_ARG, "optimizer: centered is an argument of RMSprop, not of %s",
+                       lunet_optimizer_kind_name(c->kind));
   return LUNET_OK;
 }
 
@@ -148,10 +154,10 @@ int lunet_optimizer_slot_count(const lunet_optimizer *o) {
   switch (o->cfg.kind) {
   case LUNET_OPT_SGD:
     return o->cfg.momentum > 0 ? 1 : 0;
-  case LUNET_OPT_ADAM:
-    return 2;
-  case LUNET_OPT_RMSPROP:
-    return o->cfg.momentum > 0 ? 2 : 1;
+  case LUNET_OPT_ADAM: /* m, v and, with amsgrad, the largest v */
+    return o->cfg.amsgrad ? 3 : 2;
+  case LUNET_OPT_RMSPROP: /* velocity, the momentum, the mean gradient when centered */
+    return 1 + (o->cfg.momentum > 0) + o->cfg.centered;
   case LUNET_OPT_ADAGRAD:
   case LUNET_OPT_LION:
     return 1;
@@ -335,16 +341,18 @@ static lunet_status clip(lunet_ctx *ctx, const lunet_optimizer_config *c, int n,
 static lunet_status update_one(lunet_ctx *ctx, lunet_optimizer *o, int i, lunet_tensor *p,
                                lunet_tensor *g, int64_t step) {
   int nslots = lunet_optimizer_slot_count(o);
-  lunet_tensor *s1 = NULL, *s2 = NULL;
-  if (nslots > 0 && !(s1 = slot_for(ctx, o, i, 0, p))) return ctx->status;
-  if (nslots > 1 && !(s2 = slot_for(ctx, o, i, 1, p))) return ctx->status;
-  return lunet_optimizer_update_by_ops(ctx, &o->cfg, p, g, s1, s2, step);
+  lunet_tensor *slots[MAX_SLOTS] = {0};
+  for (int k = 0; k < nslots; k++)
+    if (!(slots[k] = slot_for(ctx, o, i, k, p))) return ctx->status;
+  return lunet_optimizer_update_by_ops(ctx, &o->cfg, p, g, slots, step);
 }
 
-/* The backend's fused update of kind, -1 for one run by the core's ops. */
-static int fused_kind(lunet_optimizer_kind kind) {
-  return kind == LUNET_OPT_SGD ? LUNET_UPDATE_SGD : kind == LUNET_OPT_ADAM ? LUNET_UPDATE_ADAM
-       : kind == LUNET_OPT_RMSPROP ? LUNET_UPDATE_RMSPROP : -1;
+/* The backend's fused update for a configuration, -1 for one run by the
+ * core's ops (amsgrad and centered have no kernel). */
+static int fused_kind(const lunet_optimizer_config *c) {
+  if (c->amsgrad || c->centered) return -1;
+  return c->kind == LUNET_OPT_SGD ? LUNET_UPDATE_SGD : c->kind == LUNET_OPT_ADAM ? LUNET_UPDATE_ADAM
+       : c->kind == LUNET_OPT_RMSPROP ? LUNET_UPDATE_RMSPROP : -1;
 }
 
 /* Every parameter with a gradient in one lunet_op_update_multi (one
@@ -352,7 +360,7 @@ static int fused_kind(lunet_optimizer_kind kind) {
 static lunet_status update_fused(lunet_ctx *ctx, lunet_optimizer *o, int n, lunet_tensor *const *params,
                                  lunet_tensor *const *g, int64_t step) {
   const lunet_optimizer_config *c = &o->cfg;
-  lunet_update_desc u = {.kind = (lunet_update_kind)fused_kind(c->kind), .lr = (float)c->learning_rate,
+  lunet_update_desc u = {.kind = (lunet_update_kind)fused_kind(c), .lr = (float)c->learning_rate,
                          .beta1 = (float)c->beta_1, .beta2 = (float)c->beta_2, .rho = (float)c->rho,
                          .momentum = (float)c->momentum, .epsilon = (float)c->epsilon,
                          .weight_decay = (float)c->weight_decay, .nesterov = c->nesterov, .step = step};
@@ -388,7 +396,7 @@ lunet_status lunet_optimizer_apply(lunet_ctx *ctx, lunet_optimizer *o, int n,
     if (!s) s = clip(ctx, &o->cfg, n, g);
   }
   int64_t step = o->iterations + 1;
-  if (!s && fused_kind(o->cfg.kind) >= 0) s = update_fused(ctx, o, n, params, g, step);
+  if (!s && fused_kind(&o->cfg) >= 0) s = update_fused(ctx, o, n, params, g, step);
   else
     for (int i = 0; !s && i < n; i++)
       if (g[i]) s = update_one(ctx, o, i, params[i], g[i], step);

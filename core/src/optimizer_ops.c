@@ -15,6 +15,13 @@
  *             m^ = mu_{t+1} m / (1 - P_t mu_{t+1}) + (1 - mu_t) g / (1 - P_t)
  *             p -= lr m^ / (sqrt(v / (1 - b2^t)) + eps)
  *   Lion      p -= lr sign(b1 m + (1-b1) g);   m = b2 m + (1-b2) g
+ *   Adam with amsgrad (the fused kernel's Adam otherwise)
+ *             m += (g - m)(1-b1);  v += (g^2 - v)(1-b2);  v^ = max(v^, v)
+ *             p -= lr sqrt(1-b2^t)/(1-b1^t) m / (sqrt(v^) + eps)
+ *   RMSprop centered (no weight decay, as the fused kernel's RMSprop)
+ *             v = rho v + (1-rho) g^2;  a = rho a + (1-rho) g
+ *             i = lr g / sqrt(v - a^2 + eps)
+ *             with momentum: mom = momentum mom + i; p -= mom;  else p -= i
  *
  * Every temporary is released on every path; the slots are updated in
  * place (their buffers are the optimizer's).
@@ -85,11 +92,11 @@ static double nadam_product(double b1, int64_t t) {
 }
 
 lunet_status lunet_optimizer_update_by_ops(lunet_ctx *ctx, const lunet_optimizer_config *c, lunet_tensor *p,
-                                           const lunet_tensor *g, lunet_tensor *s1, lunet_tensor *s2,
-                                           int64_t step) {
+                                           const lunet_tensor *g, lunet_tensor *const *slots, int64_t step) {
   temps T = {.ctx = ctx};
   double lr = c->learning_rate, eps = c->epsilon, b1 = c->beta_1, b2 = c->beta_2, t = (double)step;
-  if (c->weight_decay > 0) add_into(&T, p, affine(&T, p, -lr * c->weight_decay, 0));
+  lunet_tensor *s1 = slots[0], *s2 = slots[1];
+  if (c->weight_decay > 0 && c->kind != LUNET_OPT_RMSPROP) add_into(&T, p, affine(&T, p, -lr * c->weight_decay, 0));
   lunet_tensor *g2 = c->kind == LUNET_OPT_LION || c->kind == LUNET_OPT_ADAMAX ? NULL : unary(&T, LUNET_UNARY_SQUARE, g);
   switch (c->kind) {
   case LUNET_OPT_ADAGRAD: {
@@ -124,6 +131,37 @@ lunet_status lunet_optimizer_update_by_ops(lunet_ctx *ctx, const lunet_optimizer
                                  affine(&T, g, (1 - mu_t) / (1 - prod), 0));
     lunet_tensor *den = affine(&T, unary(&T, LUNET_UNARY_SQRT, affine(&T, s2, 1 / (1 - pow(b2, t)), 0)), 1, eps);
     add_into(&T, p, affine(&T, binary(&T, LUNET_BINARY_DIV, affine(&T, m_hat, lr, 0), den), -1, 0));
+    break;
+  }
+  case LUNET_OPT_ADAM: {
+    add_into(&T, s1, affine(&T, binary(&T, LUNET_BINARY_SUB, g, s1), 1 - b1, 0));
+    add_into(&T, s2, affine(&T, binary(&T, LUNET_BINARY_SUB, g2, s2), 1 - b2, 0));
+    lunet_tensor *v = s2;
+    if (c->amsgrad) {
+      assign(&T, slots[2], binary(&T, LUNET_BINARY_MAX, slots[2], s2));
+      v = slots[2];
+    }
+    double alpha = lr * sqrt(1 - pow(b2, t)) / (1 - pow(b1, t));
+    lunet_tensor *den = affine(&T, unary(&T, LUNET_UNARY_SQRT, v), 1, eps);
+    add_into(&T, p, binary(&T, LUNET_BINARY_DIV, affine(&T, s1, -alpha, 0), den));
+    break;
+  }
+  case LUNET_OPT_RMSPROP: {
+    double rho = c->rho;
+    lunet_tensor *mom = c->momentum > 0 ? s2 : NULL, *avg = c->centered ? slots[mom ? 2 : 1] : NULL;
+    assign(&T, s1, binary(&T, LUNET_BINARY_ADD, affine(&T, s1, rho, 0), affine(&T, g2, 1 - rho, 0)));
+    lunet_tensor *den = s1;
+    if (avg) {
+      assign(&T, avg, binary(&T, LUNET_BINARY_ADD, affine(&T, avg, rho, 0), affine(&T, g, 1 - rho, 0)));
+      den = binary(&T, LUNET_BINARY_SUB, s1, unary(&T, LUNET_UNARY_SQUARE, avg));
+    }
+    lunet_tensor *inc = binary(&T, LUNET_BINARY_DIV, affine(&T, g, lr, 0),
+                               unary(&T, LUNET_UNARY_SQRT, affine(&T, den, 1, eps)));
+    if (mom) {
+      assign(&T, mom, binary(&T, LUNET_BINARY_ADD, affine(&T, mom, c->momentum, 0), inc));
+      inc = mom;
+    }
+    add_into(&T, p, affine(&T, inc, -1, 0));
     break;
   }
   case LUNET_OPT_LION: {

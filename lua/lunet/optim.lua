@@ -41,7 +41,7 @@ M.check_fields = check_fields
 -- Keras's gradient clipping, accepted by every optimizer (0: off).
 local clipping = { clipvalue = 0, clipnorm = 0, global_clipnorm = 0 }
 local hyper_names = { "learning_rate", "momentum", "nesterov", "beta_1", "beta_2", "epsilon", "rho", "weight_decay",
-  "clipvalue", "clipnorm", "global_clipnorm", "initial_accumulator_value" }
+  "clipvalue", "clipnorm", "global_clipnorm", "initial_accumulator_value", "amsgrad", "centered" }
 
 local function make(kind, name, defaults, opts, handle)
   local allowed = {}
@@ -52,6 +52,9 @@ local function make(kind, name, defaults, opts, handle)
   for k, v in pairs(defaults) do
     local val = opts[k]
     if val == nil then val = v end
+    if type(v) == "boolean" and type(val) ~= "boolean" then
+      error(string.format("bad argument '%s' to '%s' (boolean expected, got %s)", k, name, type(val)), 3)
+    end
     self[k] = val
   end
   for k, v in pairs(clipping) do
@@ -75,7 +78,7 @@ local function make(kind, name, defaults, opts, handle)
     momentum = self.momentum, nesterov = self.nesterov, beta_1 = self.beta_1, beta_2 = self.beta_2,
     epsilon = self.epsilon, rho = self.rho, weight_decay = self.weight_decay, clipvalue = self.clipvalue,
     clipnorm = self.clipnorm, global_clipnorm = self.global_clipnorm,
-    initial_accumulator_value = self.initial_accumulator_value })
+    initial_accumulator_value = self.initial_accumulator_value, amsgrad = self.amsgrad, centered = self.centered })
   if not ok then error(string.format("bad argument to '%s' (%s)", name, handle), 3) end
   self.handle = handle
   return setmetatable(self, Optimizer)
@@ -85,9 +88,11 @@ end
 -- clipping arguments every optimizer takes).
 local defaults = {
   SGD = { kind = "sgd", learning_rate = 0.01, momentum = 0.0, nesterov = false, weight_decay = 0 },
-  Adam = { kind = "adam", learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7, weight_decay = 0 },
-  AdamW = { kind = "adam", learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7, weight_decay = 0.004 },
-  RMSprop = { kind = "rmsprop", learning_rate = 0.001, rho = 0.9, momentum = 0.0, epsilon = 1e-7 },
+  Adam = { kind = "adam", learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7, weight_decay = 0,
+    amsgrad = false },
+  AdamW = { kind = "adam", learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7, weight_decay = 0.004,
+    amsgrad = false },
+  RMSprop = { kind = "rmsprop", learning_rate = 0.001, rho = 0.9, momentum = 0.0, epsilon = 1e-7, centered = false },
   Adagrad = { kind = "adagrad", learning_rate = 0.001, initial_accumulator_value = 0.1, epsilon = 1e-7, weight_decay = 0 },
   Adadelta = { kind = "adadelta", learning_rate = 0.001, rho = 0.95, epsilon = 1e-7, weight_decay = 0 },
   Adamax = { kind = "adamax", learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7, weight_decay = 0 },

@@ -1,6 +1,7 @@
 -- Every optimizer: six updates against torch.optim configured to Keras's
 -- formulas (SGD with momentum and Nesterov, RMSprop with and without
--- momentum, Adam, AdamW, Adagrad, Adadelta, Adamax), four schedules against
+-- momentum and centered, Adam with and without amsgrad, AdamW, Adagrad,
+-- Adadelta, Adamax), four schedules against
 -- torch's schedulers (Nadam: Keras's formula in
 -- float64, torch 1.13's NAdam being off; fixture make_torch_optimizers.py),
 -- Lion and decoupled weight decay against the formula in plain Lua, saved
@@ -25,7 +26,8 @@ end
 
 function T.updates_match_torch_configured_as_keras()
   for _, name in ipairs{"Adadelta", "Adagrad", "Adamax", "Nadam", "SGD", "SGD_nesterov", "RMSprop",
-                        "RMSprop_momentum", "Adam", "AdamW"} do
+                        "RMSprop_momentum", "RMSprop_centered", "RMSprop_centered_momentum", "Adam", "Adam_amsgrad",
+                        "AdamW"} do
     local case = F[name]
     run(nn.optimizers[name:match("^[^_]+")](case.args), F.p0, F.grads, function(i, got)
       check.same_table(got, case.steps[i], 2e-6, name .. " step " .. i)
@@ -87,11 +89,14 @@ end
 -- A model compiled with each new optimizer trains, saves its state and,
 -- loaded, continues exactly where the original does.
 function T.state_is_saved_and_resumes_exactly()
-  for _, name in ipairs{"adagrad", "adadelta", "adamax", "nadam", "lion"} do
+  local amsgrad = function() return nn.optimizers.Adam{learning_rate = 0.01, amsgrad = true} end
+  local centered = function() return nn.optimizers.RMSprop{centered = true, momentum = 0.5} end
+  for _, name in ipairs{"adagrad", "adadelta", "adamax", "nadam", "lion", amsgrad, centered} do
     nn.seed(3)
     local x, y = nn.randn(32, 4), nn.randn(32, 1)
     local m = nn.Sequential{nn.Dense{8, activation = "tanh", input_shape = {4}}, nn.Dense(1)}
-    m:compile{optimizer = name, loss = "mse"}
+    m:compile{optimizer = type(name) == "function" and name() or name, loss = "mse"}
+    name = type(name) == "string" and name or m.optimizer.name .. (m.optimizer.amsgrad and " amsgrad" or " centered")
     local first = m:fit(x, y, {epochs = 3, batch_size = 8, shuffle = false, verbose = 0})
     assert(first.loss[3] < first.loss[1], name .. " did not lower the loss: " .. first.loss[1] .. " -> " .. first.loss[3])
     local path = os.tmpname()
@@ -99,6 +104,8 @@ function T.state_is_saved_and_resumes_exactly()
     local back = nn.load_model(path)
     os.remove(path)
     check.eq(back.optimizer.name, m.optimizer.name, name .. ": the optimizer comes back")
+    check.eq(back.optimizer.amsgrad, m.optimizer.amsgrad, name .. ": amsgrad comes back")
+    check.eq(back.optimizer.centered, m.optimizer.centered, name .. ": centered comes back")
     m:fit(x, y, {epochs = 1, batch_size = 8, shuffle = false, verbose = 0})
     back:fit(x, y, {epochs = 1, batch_size = 8, shuffle = false, verbose = 0})
     check.same_table(back:predict(x):totable(), m:predict(x):totable(), 0, name .. ": resumed training")
@@ -112,6 +119,12 @@ function T.names_and_bad_arguments()
   check.fails(function() nn.optimizers.get("adamx") end, "valid: sgd, adam, adamw, rmsprop, adagrad, adadelta")
   check.fails(function() nn.optimizers.Lion{rho = 0.9} end, "rho")
   check.fails(function() nn.optimizers.Adagrad{initial_accumulator_value = -1} end, "initial_accumulator_value must be >= 0")
+  check.fails(function() nn.optimizers.Adam{amsgrad = 1} end, "'amsgrad' to 'Adam' (boolean expected, got number)")
+  check.fails(function() nn.optimizers.SGD{centered = true} end, "unknown argument")
+  check.eq(nn.optimizers.AdamW{amsgrad = true}.amsgrad, true, "AdamW takes amsgrad")
+  -- the core refuses the flags on another kind (the C API has no argument lists)
+  check.fails(function() nn._C.optimizer_new{kind = "sgd", amsgrad = true} end, "amsgrad is an argument of Adam")
+  check.fails(function() nn._C.optimizer_new{kind = "adam", centered = true} end, "centered is an argument of RMSprop")
   -- clipping works on the new ones too: a clipvalue of 0 ... 1e-3 caps Adagrad's first step
   local p = nn.tensor{10.0}:requires_grad(true)
   ;(p * nn.tensor{1000.0}):sum():backward()

@@ -114,16 +114,20 @@ function T.preprocessing_layers_agree_with_the_cpu()
   end
 end
 
--- The optimizers written with tensor ops run on Vulkan as on the CPU.
+-- The optimizers written with tensor ops (Adam with amsgrad and centered
+-- RMSprop among them) run on Vulkan as on the CPU.
 function T.op_written_optimizers_agree_with_the_cpu()
-  for _, name in ipairs{"Adagrad", "Adadelta", "Adamax", "Nadam", "Lion"} do
+  local extra = {Adam = {amsgrad = true, weight_decay = 0.01}, RMSprop = {centered = true, momentum = 0.5}}
+  for _, name in ipairs{"Adagrad", "Adadelta", "Adamax", "Nadam", "Lion", "Adam", "RMSprop"} do
     local results = {}
     for _, backend in ipairs{"cpu", "vulkan"} do
       nn.use("cpu")
       nn.seed(9)
       local p0, gs = nn.randn(5, 3), {nn.randn(5, 3), nn.randn(5, 3), nn.randn(5, 3)}
       local p = p0:to(backend):requires_grad(true)
-      local opt = nn.optimizers[name]{learning_rate = 0.05, weight_decay = 0.01}
+      local args = extra[name] or {weight_decay = 0.01}
+      args.learning_rate = 0.05
+      local opt = nn.optimizers[name](args)
       for _, g in ipairs(gs) do
         (p * g:to(backend)):sum():backward()
         opt:apply({p})

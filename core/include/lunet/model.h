@@ -61,6 +61,8 @@ typedef struct lunet_optimizer_config {
   double weight_decay;  /* decoupled: p -= lr * weight_decay * p (all but RMSprop) */
   double clipvalue, clipnorm, global_clipnorm;
   double initial_accumulator_value; /* Adagrad */
+  bool amsgrad;  /* Adam: divide by the largest second moment seen so far */
+  bool centered; /* RMSprop: divide by the variance, not the second moment */
 } lunet_optimizer_config;
 
 typedef struct lunet_optimizer lunet_optimizer;
@@ -85,7 +87,7 @@ LUNET_API void lunet_optimizer_reset(lunet_optimizer *o);
 /* Updates done so far (Adam's bias correction counts from it). */
 LUNET_API int64_t lunet_optimizer_iterations(const lunet_optimizer *o);
 LUNET_API void lunet_optimizer_set_iterations(lunet_optimizer *o, int64_t n);
-/* Slots per parameter for this configuration (0, 1 or 2). */
+/* Slots per parameter for this configuration (0 to 3). */
 LUNET_API int lunet_optimizer_slot_count(const lunet_optimizer *o);
 /* Slot k of parameter i, NULL before its first update; borrowed. */
 LUNET_API lunet_tensor *lunet_optimizer_slot(const lunet_optimizer *o, int i, int k);
