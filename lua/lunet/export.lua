@@ -216,10 +216,17 @@ local function pair(v)
   return { v, v }
 end
 
-local function conv_pads(l, spatial, k, s)
+-- Pads of a convolution with kernel k, strides s and dilation d (nil: 1),
+-- the padding computed on the dilated extent (k - 1) d + 1 as the layer does.
+local function conv_pads(l, spatial, k, s, d)
   local pad = l.args.padding
   local n = #k
   local p = {}
+  if d then
+    local ext = {}
+    for i = 1, n do ext[i] = (k[i] - 1) * d[i] + 1 end
+    k = ext
+  end
   if pad == "same" then
     local b, e = same_pads(spatial, k, s)
     for i = 1, n do p[i], p[n + i] = b[i], e[i] end
@@ -240,19 +247,21 @@ end
 
 emit.Conv2D = function(g, l, ins, w)
   local x = g:cf(ins[1])
-  local k, s = pair(l.args.kernel_size), pair(l.args.strides)
+  local k, s, d = pair(l.args.kernel_size), pair(l.args.strides), pair(l.args.dilation_rate or 1)
   local inputs = { x.name, g:tensor(w.kernel:permute({ 4, 3, 1, 2 }), "kernel") }
   if w.bias then inputs[3] = g:tensor(w.bias, "bias") end
-  local y = g:node("Conv", inputs, { kernel_shape = k, strides = s, pads = conv_pads(l, spatial_of(l), k, s) })
+  local y = g:node("Conv", inputs, { kernel_shape = k, strides = s, dilations = d,
+    pads = conv_pads(l, spatial_of(l), k, s, d) })
   return g:activation(value(y, 4, true), l.args.activation)
 end
 
 emit.Conv1D = function(g, l, ins, w)
   local x = g:cf(ins[1])
-  local k, s = { l.args.kernel_size }, { l.args.strides }
+  local k, s, d = { l.args.kernel_size }, { l.args.strides }, { l.args.dilation_rate or 1 }
   local inputs = { x.name, g:tensor(w.kernel:permute({ 3, 2, 1 }), "kernel") }
   if w.bias then inputs[3] = g:tensor(w.bias, "bias") end
-  local y = g:node("Conv", inputs, { kernel_shape = k, strides = s, pads = conv_pads(l, spatial_of(l), k, s) })
+  local y = g:node("Conv", inputs, { kernel_shape = k, strides = s, dilations = d,
+    pads = conv_pads(l, spatial_of(l), k, s, d) })
   return g:activation(value(y, 3, true), l.args.activation)
 end
 

@@ -5,7 +5,9 @@
  * (N, 1, T, C) and (1, k, C, F), so it has every backend's fast 2-D
  * convolution.  Padding "valid", "same" or "causal" (k - 1 zeros before
  * the first step and none after: step t sees only steps <= t; out = ceil(in
- * / stride), as Keras's).
+ * / stride), as Keras's).  A dilation_rate d > 1 (strides 1) spaces the
+ * kernel's taps d steps apart and runs on the d interleaved sub-sequences
+ * (atrous.c); causal padding is then d (k - 1) zeros.
  * MaxPooling1D, below, works the same way on MaxPooling2D's ops.
  */
 #include "layers.h"
@@ -13,8 +15,10 @@
 enum { KERNEL = 0, BIAS = 1 };
 
 typedef struct conv1d_state {
-  lunet_tensor *x; /* (N, 1, T, C), kept for the kernel gradient */
+  lunet_tensor *x; /* (N, 1, T, C), kept for the kernel gradient (dilated: the sub-sequences) */
   lunet_conv2d_desc d;
+  layers_atrous a; /* a dilated forward's plan */
+  bool dilated;
 } conv1d_state;
 
 static const lunet_arg_schema conv1d_args[] = {
@@ -25,6 +29,8 @@ static const lunet_arg_schema conv1d_args[] = {
      .doc = "\"valid\": no padding; \"same\": pad so that out = ceil(in / stride); \"causal\": pad only "
             "before, so step t sees steps <= t",
      .choices = "valid|same|causal"},
+    {"dilation_rate", LUNET_ARG_INT, LUNET_ARG_DEFAULT, .def = {.i = 1},
+     .doc = "spacing of the kernel's taps (WaveNet's dilated causal convolutions); above 1 needs strides 1"},
     {"activation", LUNET_ARG_STRING, LUNET_ARG_NIL,
      .doc = "activation applied to the output (\"relu\", ...); nil: linear"},
     {"use_bias", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = true},
@@ -45,34 +51,48 @@ static const lunet_arg_schema conv1d_args[] = {
 
 static bool causal(const lunet_layer *l) { return lunet_layer_get_string(l, "padding")[0] == 'c'; }
 
-/* The 2-D geometry of n sequences (t, c): height 1, width t. */
+/* The 2-D geometry of n sequences (t, c): height 1, width t.  Dilated, the
+ * padding and output are those of the kernel's extent d (k - 1) + 1, kw its
+ * own length, and `a` (when not NULL) gets the plan. */
 static lunet_status desc_fill(const lunet_layer *l, lunet_ctx *ctx, int64_t n, int64_t t, int64_t c,
-                              lunet_conv2d_desc *d) {
+                              lunet_conv2d_desc *d, layers_atrous *a) {
+  int64_t k = lunet_layer_get_int(l, "kernel_size"), r = lunet_layer_get_int(l, "dilation_rate");
   *d = (lunet_conv2d_desc){.n = n, .h = 1, .w = t, .c = c, .f = lunet_layer_get_int(l, "filters"),
-                           .kh = 1, .kw = lunet_layer_get_int(l, "kernel_size"), .sh = 1,
+                           .kh = 1, .kw = r * (k - 1) + 1, .sh = 1,
                            .sw = lunet_layer_get_int(l, "strides")};
-  if (!causal(l)) return lunet_conv2d_geometry(ctx, d, layers_padding(l));
-  /* k - 1 zeros on the left, none on the right */
-  d->pad_top = 0;
-  d->pad_left = d->kw - 1;
-  d->oh = 1;
-  d->ow = (t - 1) / d->sw + 1;
-  return LUNET_OK;
+  lunet_status st = LUNET_OK;
+  if (!causal(l)) {
+    st = lunet_conv2d_geometry(ctx, d, layers_padding(l));
+  } else { /* extent - 1 zeros on the left, none on the right */
+    d->pad_top = 0;
+    d->pad_left = d->kw - 1;
+    d->oh = 1;
+    d->ow = (t - 1) / d->sw + 1;
+  }
+  d->kw = k;
+  if (st == LUNET_OK && r > 1 && a) st = layers_atrous_plan(ctx, d, 1, r, a);
+  return st;
 }
 
 static lunet_status conv1d_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
   int64_t f = lunet_layer_get_int(l, "filters"), k = lunet_layer_get_int(l, "kernel_size");
-  int64_t s = lunet_layer_get_int(l, "strides");
-  if (f <= 0 || k <= 0 || s <= 0)
-    return lunet_layer_error(l, LUNET_ERR_ARG, "filters, kernel_size and strides must be positive");
+  int64_t s = lunet_layer_get_int(l, "strides"), r = lunet_layer_get_int(l, "dilation_rate");
+  if (f <= 0 || k <= 0 || s <= 0 || r <= 0)
+    return lunet_layer_error(l, LUNET_ERR_ARG, "filters, kernel_size, strides and dilation_rate must be positive");
+  if (r > 1 && s > 1)
+    return lunet_layer_error(l, LUNET_ERR_ARG,
+                             "dilation_rate %lld with strides %lld: a dilated convolution takes strides 1 "
+                             "(as Keras's); follow it with a pooling layer to shorten the sequence",
+                             (long long)r, (long long)s);
   if (in[0].ndim != 2) return layers_rank_error(l, "2 (steps, channels)", &in[0]);
-  if (!causal(l) && layers_padding(l) == LUNET_PAD_VALID && k > in[0].dims[0])
+  int64_t extent = r * (k - 1) + 1;
+  if (!causal(l) && layers_padding(l) == LUNET_PAD_VALID && extent > in[0].dims[0])
     return lunet_layer_error(l, LUNET_ERR_SHAPE,
-                             "kernel_size %lld is longer than the input's %lld steps with padding "
-                             "\"valid\"; use padding = \"same\" or a smaller kernel",
-                             (long long)k, (long long)in[0].dims[0]);
+                             "kernel_size %lld%s spans %lld steps, longer than the input's %lld with "
+                             "padding \"valid\"; use padding = \"same\" or a smaller kernel",
+                             (long long)k, r > 1 ? " dilated" : "", (long long)extent, (long long)in[0].dims[0]);
   lunet_conv2d_desc d;
-  if (desc_fill(l, lunet_layer_ctx(l), 1, in[0].dims[0], in[0].dims[1], &d)) return layers_failed(l);
+  if (desc_fill(l, lunet_layer_ctx(l), 1, in[0].dims[0], in[0].dims[1], &d, NULL)) return layers_failed(l);
   int64_t kshape[3] = {k, in[0].dims[1], f};
   if (lunet_layer_add_weight(l, "kernel", 3, kshape, lunet_layer_get_string(l, "kernel_initializer"), true) < 0)
     return layers_failed(l);
@@ -97,20 +117,27 @@ static lunet_status conv1d_forward(lunet_layer *l, lunet_call *c, int nin, lunet
   conv1d_state *st = lunet_call_state(c);
   int64_t n = lunet_tensor_dim(x[0], 0), t = lunet_tensor_dim(x[0], 1), ch = lunet_tensor_dim(x[0], 2);
   lunet_conv2d_desc d;
-  if (desc_fill(l, ctx, n, t, ch, &d)) return layers_call_failed(c);
+  layers_atrous a;
+  bool dil = lunet_layer_get_int(l, "dilation_rate") > 1;
+  if (desc_fill(l, ctx, n, t, ch, &d, &a)) return layers_call_failed(c);
   int64_t x4s[4] = {n, 1, t, ch}, y3s[3] = {n, d.ow, d.f};
   lunet_tensor *x4 = lunet_op_reshape(ctx, x[0], 4, x4s), *w4 = x4 ? kernel4(ctx, l) : NULL;
   lunet_tensor *b = lunet_layer_get_bool(l, "use_bias") ? lunet_layer_weight(l, BIAS) : NULL;
-  lunet_tensor *y4 = w4 ? lunet_op_conv2d(ctx, x4, w4, b, &d) : NULL;
+  lunet_tensor *kept = NULL, *y4 = NULL;
+  if (w4 && dil) y4 = layers_atrous_forward(ctx, &a, x4, w4, b, &kept);
+  else if (w4 && (y4 = lunet_op_conv2d(ctx, x4, w4, b, &d))) kept = lunet_tensor_retain(x4);
   y[0] = y4 ? lunet_op_reshape(ctx, y4, 3, y3s) : NULL;
   layers_release(w4);
   layers_release(y4);
-  layers_set(&st->x, y[0] ? x4 : NULL);
+  layers_release(x4);
+  layers_set(&st->x, y[0] ? kept : NULL);
   if (!y[0]) {
-    layers_release(x4);
+    layers_release(kept);
     return layers_call_failed(c);
   }
   st->d = d;
+  st->a = a;
+  st->dilated = dil;
   return LUNET_OK;
 }
 
@@ -127,13 +154,20 @@ static lunet_status conv1d_backward(lunet_layer *l, lunet_call *c, lunet_tensor 
   lunet_tensor *dy4 = lunet_op_reshape(ctx, dy[0], 4, dy4s), *dw4 = NULL, *dw = NULL, *db = NULL;
   lunet_tensor *w4 = NULL, *dx4 = NULL;
   lunet_status s = dy4 ? LUNET_OK : layers_call_failed(c);
-  if (!s && !(dw4 = lunet_op_conv2d_backward_filter(ctx, dy4, st->x, &st->d, bias ? &db : NULL)))
+  bool needs_dx = lunet_call_needs_dx(c, 0);
+  if (!s && st->dilated) {
+    if (!(w4 = kernel4(ctx, l)) ||
+        layers_atrous_backward(ctx, &st->a, dy4, st->x, w4, &dw4, bias ? &db : NULL, needs_dx ? &dx4 : NULL))
+      s = layers_call_failed(c);
+  } else if (!s && !(dw4 = lunet_op_conv2d_backward_filter(ctx, dy4, st->x, &st->d, bias ? &db : NULL))) {
     s = layers_call_failed(c);
+  }
   if (!s && !(dw = lunet_op_reshape(ctx, dw4, 3, lunet_tensor_shape(w)))) s = layers_call_failed(c);
   if (!s) s = lunet_call_accumulate_grad(c, KERNEL, dw);
   if (!s && bias) s = lunet_call_accumulate_grad(c, BIAS, db);
-  if (!s && lunet_call_needs_dx(c, 0)) {
-    if (!(w4 = kernel4(ctx, l)) || !(dx4 = lunet_op_conv2d_backward_data(ctx, dy4, w4, &st->d)) ||
+  if (!s && needs_dx) {
+    if ((!w4 && !(w4 = kernel4(ctx, l))) ||
+        (!dx4 && !(dx4 = lunet_op_conv2d_backward_data(ctx, dy4, w4, &st->d))) ||
         !(dx[0] = lunet_op_reshape(ctx, dx4, 3, dx3s)))
       s = layers_call_failed(c);
   }
@@ -163,6 +197,10 @@ static const lunet_layer_test conv1d_tests[] = {
      LAYERS_INPUTS({2, {5, 2}}), 2, 2e-2f},
     {LAYERS_ARGS({"filters", {.i = 2}}, {"kernel_size", {.i = 4}}, {"strides", {.i = 2}}, {"padding", {.s = "causal"}}),
      LAYERS_INPUTS({2, {3, 2}}), 2, 2e-2f},
+    {LAYERS_ARGS({"filters", {.i = 2}}, {"kernel_size", {.i = 2}}, {"dilation_rate", {.i = 3}}, {"padding", {.s = "causal"}}),
+     LAYERS_INPUTS({2, {7, 2}}), 2, 2e-2f},
+    {LAYERS_ARGS({"filters", {.i = 3}}, {"kernel_size", {.i = 3}}, {"dilation_rate", {.i = 2}}),
+     LAYERS_INPUTS({2, {8, 2}}), 2, 2e-2f},
 };
 
 LAYERS_HIDDEN const lunet_layer_type layers_conv1d = {

@@ -1,11 +1,14 @@
-/* Conv2D: 2-D convolution over NHWC images, Keras's kernel layout (KH,KW,C,F). */
+/* Conv2D: 2-D convolution over NHWC images, Keras's kernel layout (KH,KW,C,F);
+ * a dilation_rate above 1 runs on the sub-grids (atrous.c). */
 #include "layers.h"
 
 enum { KERNEL = 0, BIAS = 1 };
 
 typedef struct conv2d_state {
-  lunet_tensor *x;     /* (N,H,W,C), kept for the filter gradient */
+  lunet_tensor *x;     /* (N,H,W,C), kept for the filter gradient (dilated: the sub-grids) */
   lunet_conv2d_desc d; /* geometry of that forward */
+  layers_atrous a;     /* a dilated forward's plan */
+  bool dilated;
 } conv2d_state;
 
 static const lunet_arg_schema conv2d_args[] = {
@@ -16,6 +19,8 @@ static const lunet_arg_schema conv2d_args[] = {
     {"padding", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "valid"},
      .doc = "\"valid\": no padding; \"same\": pad so that out = ceil(in / stride)",
      .choices = "valid|same"},
+    {"dilation_rate", LUNET_ARG_INT2, LUNET_ARG_DEFAULT, .def = {.n = 1, .v = {1}},
+     .doc = "spacing of the kernel's taps: d or {dh, dw}; above 1 needs strides 1"},
     {"activation", LUNET_ARG_STRING, LUNET_ARG_NIL,
      .doc = "activation applied to the output (\"relu\", ...); nil: linear"},
     {"use_bias", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = true},
@@ -34,44 +39,65 @@ static const lunet_arg_schema conv2d_args[] = {
     LAYERS_ARG_NAME,
 };
 
+/* The layer's dilation {dh, dw} in r; whether either is above 1. */
+static bool dilated(const lunet_layer *l, int64_t r[2]) {
+  lunet_layer_get_int2(l, "dilation_rate", r);
+  return r[0] > 1 || r[1] > 1;
+}
+
 /* Fills d for a batch of n images (h, w, c) from the layer's arguments; f,
  * kh, kw come from the arguments too, so build() can use it before the
- * kernel exists.  The arguments are those conv2d_check() accepted. */
+ * kernel exists.  Dilated, the padding and output are those of the kernel's
+ * extent r (k - 1) + 1, kh and kw its own size, and `a` (when not NULL)
+ * gets the plan.  The arguments are those conv2d_check() accepted. */
 static lunet_status conv2d_desc_fill(const lunet_layer *l, lunet_ctx *ctx, int64_t n, int64_t h,
-                                     int64_t w, int64_t c, lunet_conv2d_desc *d) {
-  int64_t k[2], s[2];
+                                     int64_t w, int64_t c, lunet_conv2d_desc *d, layers_atrous *a) {
+  int64_t k[2], s[2], r[2];
   lunet_layer_get_int2(l, "kernel_size", k);
   lunet_layer_get_int2(l, "strides", s);
+  bool dil = dilated(l, r);
   *d = (lunet_conv2d_desc){.n = n,
                            .h = h,
                            .w = w,
                            .c = c,
                            .f = lunet_layer_get_int(l, "filters"),
-                           .kh = k[0],
-                           .kw = k[1],
+                           .kh = r[0] * (k[0] - 1) + 1,
+                           .kw = r[1] * (k[1] - 1) + 1,
                            .sh = s[0],
                            .sw = s[1]};
-  return lunet_conv2d_geometry(ctx, d, layers_padding(l));
+  lunet_status st = lunet_conv2d_geometry(ctx, d, layers_padding(l));
+  d->kh = k[0], d->kw = k[1];
+  if (st == LUNET_OK && dil && a) st = layers_atrous_plan(ctx, d, r[0], r[1], a);
+  return st;
 }
 
 /* Checks the arguments against one sample (H, W, C). */
 static lunet_status conv2d_check(lunet_layer *l, const lunet_shape *in) {
-  int64_t f = lunet_layer_get_int(l, "filters"), k[2], s[2];
+  int64_t f = lunet_layer_get_int(l, "filters"), k[2], s[2], r[2];
   if (f <= 0)
     return lunet_layer_error(l, LUNET_ERR_ARG, "filters must be positive, got %lld", (long long)f);
   if (in->ndim != 3) return layers_rank_error(l, "3 (H, W, C)", in);
   lunet_layer_get_int2(l, "kernel_size", k);
   lunet_layer_get_int2(l, "strides", s);
+  bool dil = dilated(l, r);
   lunet_status st = layers_check_pair(l, "kernel_size", k);
   if (st == LUNET_OK) st = layers_check_pair(l, "strides", s);
+  if (st == LUNET_OK) st = layers_check_pair(l, "dilation_rate", r);
   if (st != LUNET_OK) return st;
-  if (layers_padding(l) == LUNET_PAD_VALID && (k[0] > in->dims[0] || k[1] > in->dims[1]))
+  if (dil && (s[0] > 1 || s[1] > 1))
+    return lunet_layer_error(l, LUNET_ERR_ARG,
+                             "dilation_rate {%lld, %lld} with strides {%lld, %lld}: a dilated "
+                             "convolution takes strides 1 (as Keras's); follow it with a pooling "
+                             "layer to shrink the image",
+                             (long long)r[0], (long long)r[1], (long long)s[0], (long long)s[1]);
+  int64_t ek[2] = {r[0] * (k[0] - 1) + 1, r[1] * (k[1] - 1) + 1};
+  if (layers_padding(l) == LUNET_PAD_VALID && (ek[0] > in->dims[0] || ek[1] > in->dims[1]))
     return lunet_layer_error(l, LUNET_ERR_SHAPE,
-                             "kernel_size {%lld, %lld} is larger than the input (%lld, %lld) "
-                             "with padding \"valid\"; use padding = \"same\" or a smaller "
-                             "kernel",
-                             (long long)k[0], (long long)k[1], (long long)in->dims[0],
-                             (long long)in->dims[1]);
+                             "kernel_size {%lld, %lld}%s spans {%lld, %lld}, larger than the input "
+                             "(%lld, %lld) with padding \"valid\"; use padding = \"same\" or a "
+                             "smaller kernel",
+                             (long long)k[0], (long long)k[1], dil ? " dilated" : "", (long long)ek[0],
+                             (long long)ek[1], (long long)in->dims[0], (long long)in->dims[1]);
   return LUNET_OK;
 }
 
@@ -80,7 +106,7 @@ static lunet_status conv2d_build(lunet_layer *l, int nin, const lunet_shape *in,
   if (s != LUNET_OK) return s;
   lunet_conv2d_desc d;
   const int64_t *hwc = in[0].dims;
-  if (conv2d_desc_fill(l, lunet_layer_ctx(l), 1, hwc[0], hwc[1], hwc[2], &d) != LUNET_OK)
+  if (conv2d_desc_fill(l, lunet_layer_ctx(l), 1, hwc[0], hwc[1], hwc[2], &d, NULL) != LUNET_OK)
     return layers_failed(l);
   int64_t kshape[4] = {d.kh, d.kw, d.c, d.f};
   if (lunet_layer_add_weight(l, "kernel", 4, kshape,
@@ -103,13 +129,21 @@ static lunet_status conv2d_forward(lunet_layer *l, lunet_call *c, int nin, lunet
   lunet_tensor *w = lunet_layer_weight(l, KERNEL);
   if (layers_check_images(c, x[0], lunet_tensor_dim(w, 2))) return LUNET_ERR_SHAPE;
   lunet_conv2d_desc d;
+  layers_atrous a;
+  int64_t r[2];
+  bool dil = dilated(l, r);
   if (conv2d_desc_fill(l, ctx, lunet_tensor_dim(x[0], 0), lunet_tensor_dim(x[0], 1),
-                       lunet_tensor_dim(x[0], 2), lunet_tensor_dim(x[0], 3), &d) != LUNET_OK)
+                       lunet_tensor_dim(x[0], 2), lunet_tensor_dim(x[0], 3), &d, &a) != LUNET_OK)
     return layers_call_failed(c);
   lunet_tensor *b = lunet_layer_get_bool(l, "use_bias") ? lunet_layer_weight(l, BIAS) : NULL;
-  if (!(y[0] = lunet_op_conv2d(ctx, x[0], w, b, &d))) return layers_call_failed(c);
-  layers_set(&st->x, lunet_tensor_retain(x[0]));
+  lunet_tensor *kept = NULL;
+  if (dil) y[0] = layers_atrous_forward(ctx, &a, x[0], w, b, &kept);
+  else if ((y[0] = lunet_op_conv2d(ctx, x[0], w, b, &d))) kept = lunet_tensor_retain(x[0]);
+  if (!y[0]) return layers_call_failed(c);
+  layers_set(&st->x, kept);
   st->d = d;
+  st->a = a;
+  st->dilated = dil;
   return LUNET_OK;
 }
 
@@ -121,13 +155,17 @@ static lunet_status conv2d_backward(lunet_layer *l, lunet_call *c, lunet_tensor 
   dx[0] = NULL;
   if (!st->x) return layers_no_forward(c);
   bool bias = lunet_layer_get_bool(l, "use_bias");
-  lunet_tensor *dw = NULL, *db = NULL;
-  if (!(dw = lunet_op_conv2d_backward_filter(ctx, dy[0], st->x, &st->d, bias ? &db : NULL)))
+  lunet_tensor *dw = NULL, *db = NULL, *w = lunet_layer_weight(l, KERNEL);
+  bool needs_dx = lunet_call_needs_dx(c, 0);
+  if (st->dilated) {
+    if (layers_atrous_backward(ctx, &st->a, dy[0], st->x, w, &dw, bias ? &db : NULL, needs_dx ? &dx[0] : NULL))
+      goto fail;
+  } else if (!(dw = lunet_op_conv2d_backward_filter(ctx, dy[0], st->x, &st->d, bias ? &db : NULL))) {
     goto fail;
+  }
   if (lunet_call_accumulate_grad(c, KERNEL, dw) != LUNET_OK) goto fail;
   if (bias && lunet_call_accumulate_grad(c, BIAS, db) != LUNET_OK) goto fail;
-  if (lunet_call_needs_dx(c, 0) &&
-      !(dx[0] = lunet_op_conv2d_backward_data(ctx, dy[0], lunet_layer_weight(l, KERNEL), &st->d)))
+  if (needs_dx && !st->dilated && !(dx[0] = lunet_op_conv2d_backward_data(ctx, dy[0], w, &st->d)))
     goto fail;
   lunet_tensor_release(dw);
   layers_release(db);
@@ -136,6 +174,7 @@ static lunet_status conv2d_backward(lunet_layer *l, lunet_call *c, lunet_tensor 
 fail:
   layers_release(dw);
   layers_release(db);
+  layers_set(&dx[0], NULL);
   return layers_call_failed(c);
 }
 
@@ -158,6 +197,12 @@ static const lunet_layer_test conv2d_tests[] = {
     {LAYERS_ARGS({"filters", {.i = 2}}, {"kernel_size", {.n = 1, .v = {3}}},
                  {"padding", {.s = "same"}}),
      LAYERS_INPUTS({3, {4, 4, 3}}), 1, 2e-2f},
+    {LAYERS_ARGS({"filters", {.i = 2}}, {"kernel_size", {.n = 2, .v = {3, 2}}},
+                 {"dilation_rate", {.n = 2, .v = {2, 3}}}),
+     LAYERS_INPUTS({3, {7, 6, 2}}), 2, 2e-2f},
+    {LAYERS_ARGS({"filters", {.i = 3}}, {"kernel_size", {.n = 1, .v = {3}}},
+                 {"dilation_rate", {.n = 1, .v = {2}}}, {"padding", {.s = "same"}}),
+     LAYERS_INPUTS({3, {5, 4, 2}}), 2, 2e-2f},
 };
 
 LAYERS_HIDDEN const lunet_layer_type layers_conv2d = {

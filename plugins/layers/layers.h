@@ -600,4 +600,30 @@ LAYERS_HIDDEN lunet_tensor *layers_dense_graph(lunet_ctx *ctx, lunet_tensor *x, 
 LAYERS_HIDDEN lunet_tensor *layers_layernorm_graph(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *gamma,
                                                    lunet_tensor *beta, float epsilon);
 
+/* ---- dilated convolutions (atrous.c): Conv2D's and Conv1D's
+ * dilation_rate, as an undilated convolution over the dh x dw sub-grids
+ * stacked on the batch axis ---- */
+
+typedef struct layers_atrous {
+  int64_t dh, dw;              /* the dilation */
+  int64_t top, left, h, w;     /* the input's padding and size */
+  int64_t oh, ow;              /* the output's size */
+  lunet_conv2d_desc inner;     /* the convolution run on the sub-grids */
+} layers_atrous;
+
+/* From the geometry of the dilated convolution (kh, kw the kernel's own
+ * size; pad_top, pad_left, oh, ow those of the dilated extent d (k - 1) + 1;
+ * strides 1). */
+LAYERS_HIDDEN lunet_status layers_atrous_plan(lunet_ctx *ctx, const lunet_conv2d_desc *outer, int64_t dh,
+                                              int64_t dw, layers_atrous *a);
+/* y (N, oh, ow, F) from x (N, h, w, C); *xs gets the sub-grids, kept for
+ * the kernel's gradient.  NULL on error. */
+LAYERS_HIDDEN lunet_tensor *layers_atrous_forward(lunet_ctx *ctx, const layers_atrous *a, lunet_tensor *x,
+                                                  lunet_tensor *w, lunet_tensor *b, lunet_tensor **xs);
+/* The kernel's gradient (*db the bias's when db is not NULL) and, when dx
+ * is not NULL, the input's. */
+LAYERS_HIDDEN lunet_status layers_atrous_backward(lunet_ctx *ctx, const layers_atrous *a, lunet_tensor *dy,
+                                                  lunet_tensor *xs, lunet_tensor *w, lunet_tensor **dw,
+                                                  lunet_tensor **db, lunet_tensor **dx);
+
 #endif

@@ -101,20 +101,46 @@ local function built(kind, args, x)
   return layer
 end
 
+-- One convolution case: output and the gradients of sum(y * g).
+local function conv_matches(kind, c, what)
+  local x = nn.tensor(c.x):requires_grad(true)
+  local layer = built(kind, c.args, x)
+  layer:set_weights({nn.tensor(c.kernel), nn.tensor(c.bias)})
+  local y = layer(x)
+  check.same_table(y:totable(), c.y, 1e-4, what .. " output")
+  ;(y * nn.tensor(c.g)):sum():backward()
+  check.same_table(x.grad:totable(), c.dx, 1e-4, what .. " input gradient")
+  local w = layer:weights()
+  check.same_table(w[1].tensor.grad:totable(), c.dkernel, 1e-4, what .. " kernel gradient")
+  check.same_table(w[2].tensor.grad:totable(), c.dbias, 1e-4, what .. " bias gradient")
+end
+
 function T.conv2d_configurations_match_torch()
   for i, c in ipairs(layers_ref.conv) do
-    local what = string.format("conv case %d (%s, strides %d)", i, c.args.padding, c.args.strides[1])
-    local x = nn.tensor(c.x):requires_grad(true)
-    local layer = built("Conv2D", c.args, x)
-    layer:set_weights({nn.tensor(c.kernel), nn.tensor(c.bias)})
-    local y = layer(x)
-    check.same_table(y:totable(), c.y, 1e-4, what .. " output")
-    ;(y * nn.tensor(c.g)):sum():backward()
-    check.same_table(x.grad:totable(), c.dx, 1e-4, what .. " input gradient")
-    local w = layer:weights()
-    check.same_table(w[1].tensor.grad:totable(), c.dkernel, 1e-4, what .. " kernel gradient")
-    check.same_table(w[2].tensor.grad:totable(), c.dbias, 1e-4, what .. " bias gradient")
+    conv_matches("Conv2D", c, string.format("conv case %d (%s, strides %d)", i, c.args.padding, c.args.strides[1]))
   end
+end
+
+-- Keras's dilation_rate against F.conv2d / F.conv1d with `dilation`
+-- ("valid", "same" and, for Conv1D, "causal"; rates 2 to 4, unequal ones).
+function T.dilated_convolutions_match_torch()
+  for i, c in ipairs(layers_ref.conv_dilated) do
+    local r = c.args.dilation_rate
+    conv_matches("Conv2D", c, string.format("dilated conv case %d (%s, rate {%d, %d})", i, c.args.padding, r[1], r[2]))
+  end
+  for i, c in ipairs(layers_ref.conv1d_dilated) do
+    conv_matches("Conv1D", c, string.format("dilated Conv1D case %d (%s, rate %d)", i, c.args.padding, c.args.dilation_rate))
+  end
+  -- Keras's rule: no dilation with strides; a dilated kernel wider than a "valid" input
+  check.fails(function() nn.Sequential{nn.Conv2D{2, 3, strides = 2, dilation_rate = 2, input_shape = {9, 9, 1}}} end,
+    "a dilated convolution takes strides 1")
+  check.fails(function() nn.Sequential{nn.Conv1D{2, 3, strides = 2, dilation_rate = 2, input_shape = {9, 1}}} end,
+    "a dilated convolution takes strides 1")
+  check.fails(function() nn.Sequential{nn.Conv2D{2, 3, dilation_rate = {1, 4}, input_shape = {9, 8, 1}}} end,
+    "kernel_size {3, 3} dilated spans {3, 9}, larger than the input (9, 8)")
+  check.fails(function() nn.Sequential{nn.Conv1D{2, 4, dilation_rate = 3, input_shape = {9, 1}}} end,
+    "kernel_size 4 dilated spans 10 steps, longer than the input's 9")
+  check.fails(function() nn.Sequential{nn.Conv2D{2, 3, dilation_rate = 0, input_shape = {9, 8, 1}}} end, "dilation_rate")
 end
 
 function T.pooling_configurations_match_torch()

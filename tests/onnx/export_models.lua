@@ -49,6 +49,7 @@ local function case(name, build) cases[#cases + 1] = { name = name, build = buil
 case("cnn", function()
   local m = nn.Sequential{
     nn.Conv2D{ 6, 3, padding = "same", activation = "relu", input_shape = { 11, 10, 3 } },
+    nn.Conv2D{ 6, { 3, 2 }, dilation_rate = { 2, 3 }, padding = "same" },
     nn.Conv2D{ 5, { 3, 2 }, strides = 2, padding = "valid", activation = "elu" },
     nn.MaxPooling2D{ 3, strides = 2, padding = "same" },
     nn.BatchNormalization{},
@@ -162,6 +163,8 @@ end)
 case("conv1d", function()
   local m = nn.Sequential{
     nn.Conv1D{ 4, 3, padding = "causal", activation = "relu", input_shape = { 12, 3 } },
+    nn.Conv1D{ 4, 2, dilation_rate = 4, padding = "causal" },
+    nn.Conv1D{ 4, 3, dilation_rate = 2 },
     nn.Conv1D{ 5, 3, strides = 2, padding = "same" },
     nn.MaxPooling1D{ 2, padding = "same" },
     nn.Conv1D{ 3, 2 },
