@@ -274,12 +274,12 @@ local function depthwise_kernel(g, t)
 end
 
 local function depthwise(g, l, x, w, bias)
-  local k, s = pair(l.args.kernel_size), pair(l.args.strides)
+  local k, s, d = pair(l.args.kernel_size), pair(l.args.strides), pair(l.args.dilation_rate or 1)
   local kernel, c = depthwise_kernel(g, w.depthwise_kernel)
   local inputs = { x.name, kernel }
   if bias then inputs[3] = g:tensor(bias, "bias") end
-  return value(g:node("Conv", inputs, { kernel_shape = k, strides = s, group = c,
-    pads = conv_pads(l, spatial_of(l), k, s) }), 4, true)
+  return value(g:node("Conv", inputs, { kernel_shape = k, strides = s, group = c, dilations = d,
+    pads = conv_pads(l, spatial_of(l), k, s, d) }), 4, true)
 end
 
 emit.DepthwiseConv2D = function(g, l, ins, w)

@@ -85,11 +85,27 @@ static lunet_tensor *merge(lunet_ctx *ctx, const layers_atrous *a, lunet_tensor 
   return y;
 }
 
+lunet_tensor *layers_atrous_input(lunet_ctx *ctx, const layers_atrous *a, lunet_tensor *x) {
+  return split(ctx, a, x, a->top, a->left, a->inner.h, a->inner.w);
+}
+
+lunet_tensor *layers_atrous_output(lunet_ctx *ctx, const layers_atrous *a, lunet_tensor *ys) {
+  return merge(ctx, a, ys, 0, 0, a->oh, a->ow);
+}
+
+lunet_tensor *layers_atrous_output_grad(lunet_ctx *ctx, const layers_atrous *a, lunet_tensor *dy) {
+  return split(ctx, a, dy, 0, 0, a->inner.oh, a->inner.ow);
+}
+
+lunet_tensor *layers_atrous_input_grad(lunet_ctx *ctx, const layers_atrous *a, lunet_tensor *dxs) {
+  return merge(ctx, a, dxs, a->top, a->left, a->h, a->w);
+}
+
 lunet_tensor *layers_atrous_forward(lunet_ctx *ctx, const layers_atrous *a, lunet_tensor *x, lunet_tensor *w,
                                     lunet_tensor *b, lunet_tensor **xs) {
-  *xs = split(ctx, a, x, a->top, a->left, a->inner.h, a->inner.w);
+  *xs = layers_atrous_input(ctx, a, x);
   lunet_tensor *ys = *xs ? lunet_op_conv2d(ctx, *xs, w, b, &a->inner) : NULL;
-  lunet_tensor *y = ys ? merge(ctx, a, ys, 0, 0, a->oh, a->ow) : NULL;
+  lunet_tensor *y = ys ? layers_atrous_output(ctx, a, ys) : NULL;
   lunet_tensor_release(ys);
   if (!y) {
     lunet_tensor_release(*xs);
@@ -100,11 +116,11 @@ lunet_tensor *layers_atrous_forward(lunet_ctx *ctx, const layers_atrous *a, lune
 
 lunet_status layers_atrous_backward(lunet_ctx *ctx, const layers_atrous *a, lunet_tensor *dy, lunet_tensor *xs,
                                     lunet_tensor *w, lunet_tensor **dw, lunet_tensor **db, lunet_tensor **dx) {
-  lunet_tensor *dys = split(ctx, a, dy, 0, 0, a->inner.oh, a->inner.ow), *dxs = NULL;
+  lunet_tensor *dys = layers_atrous_output_grad(ctx, a, dy), *dxs = NULL;
   *dw = dys ? lunet_op_conv2d_backward_filter(ctx, dys, xs, &a->inner, db) : NULL;
   if (*dw && dx) {
     dxs = lunet_op_conv2d_backward_data(ctx, dys, w, &a->inner);
-    *dx = dxs ? merge(ctx, a, dxs, a->top, a->left, a->h, a->w) : NULL;
+    *dx = dxs ? layers_atrous_input_grad(ctx, a, dxs) : NULL;
   }
   bool ok = *dw && (!dx || *dx);
   lunet_tensor_release(dys);
@@ -118,4 +134,31 @@ lunet_status layers_atrous_backward(lunet_ctx *ctx, const layers_atrous *a, lune
   }
   return lunet_ctx_status(ctx) ? lunet_ctx_status(ctx)
                                 : lunet_error(ctx, LUNET_ERR_DEVICE, "dilated convolution: an op failed without a message");
+}
+
+lunet_status layers_check_window(lunet_layer *l, const lunet_shape *in) {
+  int64_t k[2], s[2], r[2];
+  lunet_layer_get_int2(l, "kernel_size", k);
+  lunet_layer_get_int2(l, "strides", s);
+  lunet_layer_get_int2(l, "dilation_rate", r);
+  lunet_status st = layers_check_pair(l, "kernel_size", k);
+  if (st == LUNET_OK) st = layers_check_pair(l, "strides", s);
+  if (st == LUNET_OK) st = layers_check_pair(l, "dilation_rate", r);
+  if (st != LUNET_OK) return st;
+  bool dil = r[0] > 1 || r[1] > 1;
+  if (dil && (s[0] > 1 || s[1] > 1))
+    return lunet_layer_error(l, LUNET_ERR_ARG,
+                             "dilation_rate {%lld, %lld} with strides {%lld, %lld}: a dilated "
+                             "convolution takes strides 1 (as Keras's); follow it with a pooling "
+                             "layer to shrink the image",
+                             (long long)r[0], (long long)r[1], (long long)s[0], (long long)s[1]);
+  int64_t ek[2] = {r[0] * (k[0] - 1) + 1, r[1] * (k[1] - 1) + 1};
+  if (layers_padding(l) == LUNET_PAD_VALID && (ek[0] > in->dims[0] || ek[1] > in->dims[1]))
+    return lunet_layer_error(l, LUNET_ERR_SHAPE,
+                             "kernel_size {%lld, %lld}%s spans {%lld, %lld}, larger than the input "
+                             "(%lld, %lld) with padding \"valid\"; use padding = \"same\" or a "
+                             "smaller kernel",
+                             (long long)k[0], (long long)k[1], dil ? " dilated" : "", (long long)ek[0],
+                             (long long)ek[1], (long long)in->dims[0], (long long)in->dims[1]);
+  return LUNET_OK;
 }

@@ -73,32 +73,11 @@ static lunet_status conv2d_desc_fill(const lunet_layer *l, lunet_ctx *ctx, int64
 
 /* Checks the arguments against one sample (H, W, C). */
 static lunet_status conv2d_check(lunet_layer *l, const lunet_shape *in) {
-  int64_t f = lunet_layer_get_int(l, "filters"), k[2], s[2], r[2];
+  int64_t f = lunet_layer_get_int(l, "filters");
   if (f <= 0)
     return lunet_layer_error(l, LUNET_ERR_ARG, "filters must be positive, got %lld", (long long)f);
   if (in->ndim != 3) return layers_rank_error(l, "3 (H, W, C)", in);
-  lunet_layer_get_int2(l, "kernel_size", k);
-  lunet_layer_get_int2(l, "strides", s);
-  bool dil = dilated(l, r);
-  lunet_status st = layers_check_pair(l, "kernel_size", k);
-  if (st == LUNET_OK) st = layers_check_pair(l, "strides", s);
-  if (st == LUNET_OK) st = layers_check_pair(l, "dilation_rate", r);
-  if (st != LUNET_OK) return st;
-  if (dil && (s[0] > 1 || s[1] > 1))
-    return lunet_layer_error(l, LUNET_ERR_ARG,
-                             "dilation_rate {%lld, %lld} with strides {%lld, %lld}: a dilated "
-                             "convolution takes strides 1 (as Keras's); follow it with a pooling "
-                             "layer to shrink the image",
-                             (long long)r[0], (long long)r[1], (long long)s[0], (long long)s[1]);
-  int64_t ek[2] = {r[0] * (k[0] - 1) + 1, r[1] * (k[1] - 1) + 1};
-  if (layers_padding(l) == LUNET_PAD_VALID && (ek[0] > in->dims[0] || ek[1] > in->dims[1]))
-    return lunet_layer_error(l, LUNET_ERR_SHAPE,
-                             "kernel_size {%lld, %lld}%s spans {%lld, %lld}, larger than the input "
-                             "(%lld, %lld) with padding \"valid\"; use padding = \"same\" or a "
-                             "smaller kernel",
-                             (long long)k[0], (long long)k[1], dil ? " dilated" : "", (long long)ek[0],
-                             (long long)ek[1], (long long)in->dims[0], (long long)in->dims[1]);
-  return LUNET_OK;
+  return layers_check_window(l, in);
 }
 
 static lunet_status conv2d_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {

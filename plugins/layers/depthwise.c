@@ -9,7 +9,8 @@
  * The depthwise part runs one convolution per channel on the backends'
  * convolution kernels (slice, convolve, concatenate), so it is exact and
  * runs on every backend, but it is not fast for many channels: a fused
- * depthwise kernel is future work.
+ * depthwise kernel is future work.  A dilation_rate above 1 (strides 1)
+ * runs it on the input's sub-grids (atrous.c), as Conv2D does.
  */
 #include <stdlib.h>
 
@@ -19,15 +20,29 @@
 
 /* ---- the depthwise part ---- */
 
-/* The per-channel convolution's geometry for a batch (n, h, w, *). */
+/* The per-channel convolution's geometry for a batch (n, h, w, *): d has
+ * the padding and output of the kernel's extent r (k - 1) + 1 (r the
+ * dilation) and the kernel's own kh, kw; dilated, `a` runs it. */
+typedef struct channel_geom {
+  lunet_conv2d_desc d;
+  layers_atrous a;
+  bool dilated;
+} channel_geom;
+
 static lunet_status channel_desc(const lunet_layer *l, lunet_ctx *ctx, int64_t n, int64_t h, int64_t w,
-                                 lunet_conv2d_desc *d) {
-  int64_t k[2], s[2];
+                                 channel_geom *g) {
+  int64_t k[2], s[2], r[2];
   lunet_layer_get_int2(l, "kernel_size", k);
   lunet_layer_get_int2(l, "strides", s);
+  lunet_layer_get_int2(l, "dilation_rate", r);
+  lunet_conv2d_desc *d = &g->d;
   *d = (lunet_conv2d_desc){.n = n, .h = h, .w = w, .c = 1, .f = lunet_layer_get_int(l, "depth_multiplier"),
-                           .kh = k[0], .kw = k[1], .sh = s[0], .sw = s[1]};
-  return lunet_conv2d_geometry(ctx, d, layers_padding(l));
+                           .kh = r[0] * (k[0] - 1) + 1, .kw = r[1] * (k[1] - 1) + 1, .sh = s[0], .sw = s[1]};
+  lunet_status st = lunet_conv2d_geometry(ctx, d, layers_padding(l));
+  d->kh = k[0], d->kw = k[1];
+  g->dilated = r[0] > 1 || r[1] > 1;
+  if (!st && g->dilated) st = layers_atrous_plan(ctx, d, r[0], r[1], &g->a);
+  return st;
 }
 
 /* Axis `axis` of t, [from, from + count): a new tensor. */
@@ -92,17 +107,49 @@ static lunet_status depthwise_backward(lunet_ctx *ctx, const lunet_tensor *dy, c
   return ok ? LUNET_OK : lunet_ctx_status(ctx);
 }
 
+/* The depthwise output of x; *kept gets what the gradient needs (x, or
+ * its sub-grids when dilated). */
+static lunet_tensor *channel_apply(lunet_ctx *ctx, const channel_geom *g, lunet_tensor *x, const lunet_tensor *k,
+                                   lunet_tensor **kept) {
+  *kept = NULL;
+  if (!g->dilated) {
+    lunet_tensor *y = depthwise(ctx, x, k, &g->d);
+    if (y) *kept = lunet_tensor_retain(x);
+    return y;
+  }
+  lunet_tensor *xs = layers_atrous_input(ctx, &g->a, x);
+  lunet_tensor *ys = xs ? depthwise(ctx, xs, k, &g->a.inner) : NULL;
+  lunet_tensor *y = ys ? layers_atrous_output(ctx, &g->a, ys) : NULL;
+  layers_release(ys);
+  if (y) *kept = xs;
+  else layers_release(xs);
+  return y;
+}
+
+/* channel_apply's gradients: *dk and, when dx is not NULL, *dx. */
+static lunet_status channel_grad(lunet_ctx *ctx, const channel_geom *g, lunet_tensor *dy, const lunet_tensor *kept,
+                                 const lunet_tensor *k, lunet_tensor **dk, lunet_tensor **dx) {
+  if (!g->dilated) return depthwise_backward(ctx, dy, kept, k, &g->d, dk, dx);
+  lunet_tensor *dys = layers_atrous_output_grad(ctx, &g->a, dy), *dxs = NULL;
+  lunet_status s = dys ? depthwise_backward(ctx, dys, kept, k, &g->a.inner, dk, dx ? &dxs : NULL)
+                       : lunet_ctx_status(ctx);
+  if (!s && dx && !(*dx = layers_atrous_input_grad(ctx, &g->a, dxs))) {
+    s = lunet_ctx_status(ctx);
+    layers_set(dk, NULL);
+  }
+  layers_release(dys);
+  layers_release(dxs);
+  return s;
+}
+
 /* Checks the shared arguments against a sample (H, W, C). */
 static lunet_status check_args(lunet_layer *l, const lunet_shape *in) {
-  int64_t k[2], s[2], m = lunet_layer_get_int(l, "depth_multiplier");
+  int64_t m = lunet_layer_get_int(l, "depth_multiplier");
   if (in->ndim != 3) return layers_rank_error(l, "3 (H, W, C)", in);
   if (in->dims[2] > MAX_CHANNELS)
     return lunet_layer_error(l, LUNET_ERR_ARG, "at most %d channels, got %lld", MAX_CHANNELS, (long long)in->dims[2]);
   if (m < 1) return lunet_layer_error(l, LUNET_ERR_ARG, "depth_multiplier must be positive, got %lld", (long long)m);
-  lunet_layer_get_int2(l, "kernel_size", k);
-  lunet_layer_get_int2(l, "strides", s);
-  lunet_status st = layers_check_pair(l, "kernel_size", k);
-  return st ? st : layers_check_pair(l, "strides", s);
+  return layers_check_window(l, in);
 }
 
 #define SHARED_ARGS(kernel_doc)                                                                    \
@@ -113,6 +160,8 @@ static lunet_status check_args(lunet_layer *l, const lunet_shape *in) {
        .doc = "\"valid\" or \"same\" (out = ceil(in / stride))", .choices = "valid|same"},         \
       {"depth_multiplier", LUNET_ARG_INT, LUNET_ARG_DEFAULT, .def = {.i = 1},                      \
        .doc = "filters per input channel"},                                                        \
+      {"dilation_rate", LUNET_ARG_INT2, LUNET_ARG_DEFAULT, .def = {.n = 1, .v = {1}},              \
+       .doc = "spacing of the kernel's taps: d or {dh, dw}; above 1 needs strides 1"},             \
       {"activation", LUNET_ARG_STRING, LUNET_ARG_NIL, .doc = "activation applied to the output"},  \
       {"use_bias", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = true}, .doc = "add a bias"},    \
       {"depthwise_initializer", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "glorot_uniform"}, \
@@ -129,8 +178,8 @@ static lunet_status check_args(lunet_layer *l, const lunet_shape *in) {
 enum { DW_KERNEL = 0, DW_BIAS = 1 };
 
 typedef struct dw_state {
-  lunet_tensor *x;
-  lunet_conv2d_desc d;
+  lunet_tensor *x; /* the input (dilated: its sub-grids) */
+  channel_geom g;
 } dw_state;
 
 static const lunet_arg_schema depthwise_args[] = {
@@ -142,8 +191,9 @@ static const lunet_arg_schema depthwise_args[] = {
 static lunet_status dw_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
   lunet_status st = check_args(l, &in[0]);
   if (st) return st;
-  lunet_conv2d_desc d;
-  if (channel_desc(l, lunet_layer_ctx(l), 1, in[0].dims[0], in[0].dims[1], &d)) return layers_failed(l);
+  channel_geom g;
+  if (channel_desc(l, lunet_layer_ctx(l), 1, in[0].dims[0], in[0].dims[1], &g)) return layers_failed(l);
+  const lunet_conv2d_desc d = g.d;
   int64_t kshape[4] = {d.kh, d.kw, in[0].dims[2], d.f}, nout = in[0].dims[2] * d.f;
   if (lunet_layer_add_weight(l, "depthwise_kernel", 4, kshape,
                              layers_initializer(l, "depthwise_initializer", "glorot_uniform"), true) < 0)
@@ -161,16 +211,19 @@ static lunet_status dw_forward(lunet_layer *l, lunet_call *c, int nin, lunet_ten
   dw_state *st = lunet_call_state(c);
   lunet_tensor *k = lunet_layer_weight(l, DW_KERNEL);
   if (layers_check_images(c, x[0], lunet_tensor_dim(k, 2))) return LUNET_ERR_SHAPE;
-  lunet_conv2d_desc d;
-  if (channel_desc(l, ctx, lunet_tensor_dim(x[0], 0), lunet_tensor_dim(x[0], 1), lunet_tensor_dim(x[0], 2), &d))
+  channel_geom g;
+  if (channel_desc(l, ctx, lunet_tensor_dim(x[0], 0), lunet_tensor_dim(x[0], 1), lunet_tensor_dim(x[0], 2), &g))
     return layers_call_failed(c);
-  lunet_tensor *z = depthwise(ctx, x[0], k, &d);
+  lunet_tensor *kept, *z = channel_apply(ctx, &g, x[0], k, &kept);
   y[0] = z && lunet_layer_get_bool(l, "use_bias") ? lunet_op_binary(ctx, LUNET_BINARY_ADD, z, lunet_layer_weight(l, DW_BIAS))
                                                  : (z ? lunet_tensor_retain(z) : NULL);
   layers_release(z);
-  if (!y[0]) return layers_call_failed(c);
-  layers_set(&st->x, lunet_tensor_retain(x[0]));
-  st->d = d;
+  if (!y[0]) {
+    layers_release(kept);
+    return layers_call_failed(c);
+  }
+  layers_set(&st->x, kept);
+  st->g = g;
   return LUNET_OK;
 }
 
@@ -180,8 +233,8 @@ static lunet_status dw_backward(lunet_layer *l, lunet_call *c, lunet_tensor *con
   dx[0] = NULL;
   if (!st->x) return layers_no_forward(c);
   lunet_tensor *dk = NULL, *db = NULL;
-  lunet_status s = depthwise_backward(ctx, dy[0], st->x, lunet_layer_weight(l, DW_KERNEL), &st->d, &dk,
-                                      lunet_call_needs_dx(c, 0) ? dx : NULL);
+  lunet_status s = channel_grad(ctx, &st->g, dy[0], st->x, lunet_layer_weight(l, DW_KERNEL), &dk,
+                                lunet_call_needs_dx(c, 0) ? dx : NULL);
   if (!s) s = lunet_call_accumulate_grad(c, DW_KERNEL, dk);
   if (!s && lunet_layer_get_bool(l, "use_bias")) {
     int64_t nout = lunet_tensor_dim(dy[0], 3);
@@ -203,6 +256,9 @@ static const lunet_layer_test dw_tests[] = {
     {LAYERS_ARGS({"kernel_size", {.n = 2, .v = {2, 3}}}, {"strides", {.n = 1, .v = {2}}}, {"padding", {.s = "same"}},
                  {"depth_multiplier", {.i = 2}}),
      LAYERS_INPUTS({3, {5, 4, 3}}), 2, 2e-2f},
+    {LAYERS_ARGS({"kernel_size", {.n = 2, .v = {3, 2}}}, {"dilation_rate", {.n = 2, .v = {2, 3}}},
+                 {"padding", {.s = "same"}}, {"depth_multiplier", {.i = 2}}),
+     LAYERS_INPUTS({3, {6, 7, 2}}), 2, 2e-2f},
 };
 
 LAYERS_HIDDEN const lunet_layer_type layers_depthwise_conv2d = {
@@ -226,8 +282,9 @@ LAYERS_HIDDEN const lunet_layer_type layers_depthwise_conv2d = {
 enum { SEP_DEPTHWISE = 0, SEP_POINTWISE = 1, SEP_BIAS = 2 };
 
 typedef struct sep_state {
-  lunet_tensor *x, *z; /* the input and the depthwise output */
-  lunet_conv2d_desc d, p; /* the per-channel and the pointwise geometry */
+  lunet_tensor *x, *z; /* the input (dilated: its sub-grids) and the depthwise output */
+  channel_geom g;      /* the per-channel geometry */
+  lunet_conv2d_desc p; /* the pointwise one */
 } sep_state;
 
 static const lunet_arg_schema separable_args[] = {
@@ -252,8 +309,9 @@ static lunet_status sep_build(lunet_layer *l, int nin, const lunet_shape *in, lu
   int64_t f = lunet_layer_get_int(l, "filters");
   if (!st && f < 1) st = lunet_layer_error(l, LUNET_ERR_ARG, "filters must be positive, got %lld", (long long)f);
   if (st) return st;
-  lunet_conv2d_desc d;
-  if (channel_desc(l, lunet_layer_ctx(l), 1, in[0].dims[0], in[0].dims[1], &d)) return layers_failed(l);
+  channel_geom g;
+  if (channel_desc(l, lunet_layer_ctx(l), 1, in[0].dims[0], in[0].dims[1], &g)) return layers_failed(l);
+  const lunet_conv2d_desc d = g.d;
   int64_t cm = in[0].dims[2] * d.f;
   int64_t dshape[4] = {d.kh, d.kw, in[0].dims[2], d.f}, pshape[4] = {1, 1, cm, f};
   if (lunet_layer_add_weight(l, "depthwise_kernel", 4, dshape,
@@ -274,20 +332,22 @@ static lunet_status sep_forward(lunet_layer *l, lunet_call *c, int nin, lunet_te
   sep_state *st = lunet_call_state(c);
   lunet_tensor *k = lunet_layer_weight(l, SEP_DEPTHWISE), *pk = lunet_layer_weight(l, SEP_POINTWISE);
   if (layers_check_images(c, x[0], lunet_tensor_dim(k, 2))) return LUNET_ERR_SHAPE;
-  lunet_conv2d_desc d, p;
-  if (channel_desc(l, ctx, lunet_tensor_dim(x[0], 0), lunet_tensor_dim(x[0], 1), lunet_tensor_dim(x[0], 2), &d) ||
-      pointwise_desc(ctx, d.n, d.oh, d.ow, lunet_tensor_dim(pk, 2), lunet_tensor_dim(pk, 3), &p))
+  channel_geom g;
+  lunet_conv2d_desc p;
+  if (channel_desc(l, ctx, lunet_tensor_dim(x[0], 0), lunet_tensor_dim(x[0], 1), lunet_tensor_dim(x[0], 2), &g) ||
+      pointwise_desc(ctx, g.d.n, g.d.oh, g.d.ow, lunet_tensor_dim(pk, 2), lunet_tensor_dim(pk, 3), &p))
     return layers_call_failed(c);
-  lunet_tensor *z = depthwise(ctx, x[0], k, &d);
+  lunet_tensor *kept, *z = channel_apply(ctx, &g, x[0], k, &kept);
   lunet_tensor *b = lunet_layer_get_bool(l, "use_bias") ? lunet_layer_weight(l, SEP_BIAS) : NULL;
   y[0] = z ? lunet_op_conv2d(ctx, z, pk, b, &p) : NULL;
   if (!y[0]) {
     layers_release(z);
+    layers_release(kept);
     return layers_call_failed(c);
   }
-  layers_set(&st->x, lunet_tensor_retain(x[0]));
+  layers_set(&st->x, kept);
   layers_set(&st->z, z);
-  st->d = d;
+  st->g = g;
   st->p = p;
   return LUNET_OK;
 }
@@ -301,8 +361,8 @@ static lunet_status sep_backward(lunet_layer *l, lunet_call *c, lunet_tensor *co
   lunet_tensor *db = NULL, *dpk = lunet_op_conv2d_backward_filter(ctx, dy[0], st->z, &st->p, bias ? &db : NULL);
   lunet_tensor *dz = dpk ? lunet_op_conv2d_backward_data(ctx, dy[0], lunet_layer_weight(l, SEP_POINTWISE), &st->p) : NULL;
   lunet_tensor *dk = NULL;
-  lunet_status s = dz ? depthwise_backward(ctx, dz, st->x, lunet_layer_weight(l, SEP_DEPTHWISE), &st->d, &dk,
-                                           lunet_call_needs_dx(c, 0) ? dx : NULL)
+  lunet_status s = dz ? channel_grad(ctx, &st->g, dz, st->x, lunet_layer_weight(l, SEP_DEPTHWISE), &dk,
+                                     lunet_call_needs_dx(c, 0) ? dx : NULL)
                       : lunet_ctx_status(ctx);
   if (!s) s = lunet_call_accumulate_grad(c, SEP_DEPTHWISE, dk);
   if (!s) s = lunet_call_accumulate_grad(c, SEP_POINTWISE, dpk);
@@ -327,6 +387,8 @@ static const lunet_layer_test sep_tests[] = {
     {LAYERS_ARGS({"filters", {.i = 2}}, {"kernel_size", {.n = 1, .v = {2}}}, {"strides", {.n = 1, .v = {2}}},
                  {"padding", {.s = "same"}}, {"depth_multiplier", {.i = 2}}, {"use_bias", {.b = false}}),
      LAYERS_INPUTS({3, {5, 5, 2}}), 2, 2e-2f},
+    {LAYERS_ARGS({"filters", {.i = 2}}, {"kernel_size", {.n = 1, .v = {2}}}, {"dilation_rate", {.n = 1, .v = {2}}}),
+     LAYERS_INPUTS({3, {5, 6, 2}}), 2, 2e-2f},
 };
 
 LAYERS_HIDDEN const lunet_layer_type layers_separable_conv2d = {

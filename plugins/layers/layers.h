@@ -616,6 +616,19 @@ typedef struct layers_atrous {
  * strides 1). */
 LAYERS_HIDDEN lunet_status layers_atrous_plan(lunet_ctx *ctx, const lunet_conv2d_desc *outer, int64_t dh,
                                               int64_t dw, layers_atrous *a);
+/* Checks a 2-D window's kernel_size, strides and dilation_rate against a
+ * sample (H, W, C): positive pairs, strides 1 when dilated (Keras's rule),
+ * and a "valid" window's dilated extent within the image. */
+LAYERS_HIDDEN lunet_status layers_check_window(lunet_layer *l, const lunet_shape *in);
+/* The four maps, for a layer that runs its own op on the sub-grids
+ * (DepthwiseConv2D): the input x (N, h, w, C) as the padded sub-grids
+ * (dh dw N, inner.h, inner.w, C); the op's output on them back as
+ * (N, oh, ow, F); and their adjoints, the output's gradient to the
+ * sub-grids' and the sub-grids' input gradient to the input's. */
+LAYERS_HIDDEN lunet_tensor *layers_atrous_input(lunet_ctx *ctx, const layers_atrous *a, lunet_tensor *x);
+LAYERS_HIDDEN lunet_tensor *layers_atrous_output(lunet_ctx *ctx, const layers_atrous *a, lunet_tensor *ys);
+LAYERS_HIDDEN lunet_tensor *layers_atrous_output_grad(lunet_ctx *ctx, const layers_atrous *a, lunet_tensor *dy);
+LAYERS_HIDDEN lunet_tensor *layers_atrous_input_grad(lunet_ctx *ctx, const layers_atrous *a, lunet_tensor *dxs);
 /* y (N, oh, ow, F) from x (N, h, w, C); *xs gets the sub-grids, kept for
  * the kernel's gradient.  NULL on error. */
 LAYERS_HIDDEN lunet_tensor *layers_atrous_forward(lunet_ctx *ctx, const layers_atrous *a, lunet_tensor *x,

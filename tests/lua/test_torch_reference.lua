@@ -174,7 +174,7 @@ function T.batchnorm_both_modes_match_torch()
 end
 
 -- DepthwiseConv2D and SeparableConv2D against torch's grouped and 1x1
--- conv2d (fixture make_torch_depthwise.py): outputs, input and weight
+-- conv2d, dilated too (fixture make_torch_depthwise.py): outputs, input and weight
 -- gradients.
 function T.depthwise_and_separable_match_torch()
   local cases = dofile(here .. "../fixtures/torch_depthwise.lua")
