@@ -250,7 +250,7 @@ emit.Conv2D = function(g, l, ins, w)
   local k, s, d = pair(l.args.kernel_size), pair(l.args.strides), pair(l.args.dilation_rate or 1)
   local inputs = { x.name, g:tensor(w.kernel:permute({ 4, 3, 1, 2 }), "kernel") }
   if w.bias then inputs[3] = g:tensor(w.bias, "bias") end
-  local y = g:node("Conv", inputs, { kernel_shape = k, strides = s, dilations = d,
+  local y = g:node("Conv", inputs, { kernel_shape = k, strides = s, dilations = d, group = l.args.groups or 1,
     pads = conv_pads(l, spatial_of(l), k, s, d) })
   return g:activation(value(y, 4, true), l.args.activation)
 end

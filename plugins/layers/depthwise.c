@@ -10,7 +10,8 @@
  * convolution kernels (slice, convolve, concatenate), so it is exact and
  * runs on every backend, but it is not fast for many channels: a fused
  * depthwise kernel is future work.  A dilation_rate above 1 (strides 1)
- * runs it on the input's sub-grids (atrous.c), as Conv2D does.
+ * runs it on the input's sub-grids (atrous.c), as Conv2D does.  The same
+ * per-group loop serves Conv2D's `groups` (layers_grouped_conv).
  */
 #include <stdlib.h>
 
@@ -59,39 +60,37 @@ static void release_list(lunet_tensor **t, int64_t n) {
   free(t);
 }
 
-/* x (N,H,W,C), k (KH,KW,C,m) -> (N,OH,OW,C*m), or NULL with the error set. */
-static lunet_tensor *depthwise(lunet_ctx *ctx, const lunet_tensor *x, const lunet_tensor *k,
-                               const lunet_conv2d_desc *d) {
-  int64_t c = lunet_tensor_dim(x, 3);
-  lunet_tensor **ys = calloc((size_t)c, sizeof *ys), *y = NULL;
+lunet_tensor *layers_grouped_conv(lunet_ctx *ctx, const lunet_tensor *x, const lunet_tensor *k,
+                                  const lunet_conv2d_desc *d, int64_t groups, int kaxis) {
+  int64_t cg = lunet_tensor_dim(x, 3) / groups, ks = lunet_tensor_dim(k, kaxis) / groups;
+  lunet_tensor **ys = calloc((size_t)groups, sizeof *ys), *y = NULL;
   bool ok = ys != NULL;
   if (!ok) lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
-  for (int64_t i = 0; ok && i < c; i++) {
-    lunet_tensor *xc = part(ctx, x, 3, i, 1), *kc = part(ctx, k, 2, i, 1);
+  for (int64_t i = 0; ok && i < groups; i++) {
+    lunet_tensor *xc = part(ctx, x, 3, i * cg, cg), *kc = part(ctx, k, kaxis, i * ks, ks);
     ys[i] = xc && kc ? lunet_op_conv2d(ctx, xc, kc, NULL, d) : NULL;
     ok = ys[i] != NULL;
     layers_release(xc);
     layers_release(kc);
   }
-  if (ok) y = lunet_op_concat(ctx, ys, (int)c, 3);
-  if (ys) release_list(ys, c);
+  if (ok) y = lunet_op_concat(ctx, ys, (int)groups, 3);
+  if (ys) release_list(ys, groups);
   return y;
 }
 
-/* dy (N,OH,OW,C*m) -> *dk (KH,KW,C,m) and, when dx is not NULL, *dx (N,H,W,C). */
-static lunet_status depthwise_backward(lunet_ctx *ctx, const lunet_tensor *dy, const lunet_tensor *x,
-                                       const lunet_tensor *k, const lunet_conv2d_desc *d, lunet_tensor **dk,
-                                       lunet_tensor **dx) {
-  int64_t c = lunet_tensor_dim(x, 3), m = d->f;
-  lunet_tensor **dks = calloc((size_t)c, sizeof *dks), **dxs = calloc((size_t)c, sizeof *dxs);
+lunet_status layers_grouped_conv_backward(lunet_ctx *ctx, const lunet_tensor *dy, const lunet_tensor *x,
+                                          const lunet_tensor *k, const lunet_conv2d_desc *d, int64_t groups,
+                                          int kaxis, lunet_tensor **dk, lunet_tensor **dx) {
+  int64_t cg = lunet_tensor_dim(x, 3) / groups, ks = lunet_tensor_dim(k, kaxis) / groups, m = d->f;
+  lunet_tensor **dks = calloc((size_t)groups, sizeof *dks), **dxs = calloc((size_t)groups, sizeof *dxs);
   bool ok = dks && dxs;
   if (!ok) lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
-  for (int64_t i = 0; ok && i < c; i++) {
-    lunet_tensor *dyc = part(ctx, dy, 3, i * m, m), *xc = part(ctx, x, 3, i, 1);
+  for (int64_t i = 0; ok && i < groups; i++) {
+    lunet_tensor *dyc = part(ctx, dy, 3, i * m, m), *xc = part(ctx, x, 3, i * cg, cg);
     dks[i] = dyc && xc ? lunet_op_conv2d_backward_filter(ctx, dyc, xc, d, NULL) : NULL;
     ok = dks[i] != NULL;
     if (ok && dx) {
-      lunet_tensor *kc = part(ctx, k, 2, i, 1);
+      lunet_tensor *kc = part(ctx, k, kaxis, i * ks, ks);
       dxs[i] = kc ? lunet_op_conv2d_backward_data(ctx, dyc, kc, d) : NULL;
       ok = dxs[i] != NULL;
       layers_release(kc);
@@ -99,12 +98,25 @@ static lunet_status depthwise_backward(lunet_ctx *ctx, const lunet_tensor *dy, c
     layers_release(dyc);
     layers_release(xc);
   }
-  *dk = ok ? lunet_op_concat(ctx, dks, (int)c, 2) : NULL;
-  if (dx) *dx = ok && *dk ? lunet_op_concat(ctx, dxs, (int)c, 3) : NULL;
+  *dk = ok ? lunet_op_concat(ctx, dks, (int)groups, kaxis) : NULL;
+  if (dx) *dx = ok && *dk ? lunet_op_concat(ctx, dxs, (int)groups, 3) : NULL;
   ok = *dk && (!dx || *dx);
-  if (dks) release_list(dks, c);
-  if (dxs) release_list(dxs, c);
+  if (dks) release_list(dks, groups);
+  if (dxs) release_list(dxs, groups);
   return ok ? LUNET_OK : lunet_ctx_status(ctx);
+}
+
+/* x (N,H,W,C), k (KH,KW,C,m) -> (N,OH,OW,C*m), or NULL with the error set. */
+static lunet_tensor *depthwise(lunet_ctx *ctx, const lunet_tensor *x, const lunet_tensor *k,
+                               const lunet_conv2d_desc *d) {
+  return layers_grouped_conv(ctx, x, k, d, lunet_tensor_dim(x, 3), 2);
+}
+
+/* dy (N,OH,OW,C*m) -> *dk (KH,KW,C,m) and, when dx is not NULL, *dx (N,H,W,C). */
+static lunet_status depthwise_backward(lunet_ctx *ctx, const lunet_tensor *dy, const lunet_tensor *x,
+                                       const lunet_tensor *k, const lunet_conv2d_desc *d, lunet_tensor **dk,
+                                       lunet_tensor **dx) {
+  return layers_grouped_conv_backward(ctx, dy, x, k, d, lunet_tensor_dim(x, 3), 2, dk, dx);
 }
 
 /* The depthwise output of x; *kept gets what the gradient needs (x, or

@@ -600,6 +600,19 @@ LAYERS_HIDDEN lunet_tensor *layers_dense_graph(lunet_ctx *ctx, lunet_tensor *x, 
 LAYERS_HIDDEN lunet_tensor *layers_layernorm_graph(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *gamma,
                                                    lunet_tensor *beta, float epsilon);
 
+/* ---- grouped convolutions (depthwise.c): x's channels in `groups`
+ * equal parts, part i convolved with the kernel's part i along axis
+ * `kaxis` (DepthwiseConv2D: groups = C, kaxis 2, kernel (KH,KW,C,m);
+ * Conv2D's groups: kaxis 3, kernel (KH,KW,C/G,F)); d is one part's
+ * convolution (c and f per part); the parts' outputs concatenated. ---- */
+LAYERS_HIDDEN lunet_tensor *layers_grouped_conv(lunet_ctx *ctx, const lunet_tensor *x, const lunet_tensor *k,
+                                                const lunet_conv2d_desc *d, int64_t groups, int kaxis);
+/* Its gradients: *dk and, when dx is not NULL, *dx. */
+LAYERS_HIDDEN lunet_status layers_grouped_conv_backward(lunet_ctx *ctx, const lunet_tensor *dy,
+                                                        const lunet_tensor *x, const lunet_tensor *k,
+                                                        const lunet_conv2d_desc *d, int64_t groups, int kaxis,
+                                                        lunet_tensor **dk, lunet_tensor **dx);
+
 /* ---- dilated convolutions (atrous.c): Conv2D's and Conv1D's
  * dilation_rate, as an undilated convolution over the dh x dw sub-grids
  * stacked on the batch axis ---- */

@@ -122,8 +122,9 @@ function T.conv2d_configurations_match_torch()
 end
 
 -- Keras's dilation_rate against F.conv2d / F.conv1d with `dilation`
--- ("valid", "same" and, for Conv1D, "causal"; rates 2 to 4, unequal ones).
-function T.dilated_convolutions_match_torch()
+-- ("valid", "same" and, for Conv1D, "causal"; rates 2 to 4, unequal ones),
+-- and Conv2D's groups against F.conv2d's (strided, dilated too).
+function T.dilated_and_grouped_convolutions_match_torch()
   for i, c in ipairs(layers_ref.conv_dilated) do
     local r = c.args.dilation_rate
     conv_matches("Conv2D", c, string.format("dilated conv case %d (%s, rate {%d, %d})", i, c.args.padding, r[1], r[2]))
@@ -131,6 +132,11 @@ function T.dilated_convolutions_match_torch()
   for i, c in ipairs(layers_ref.conv1d_dilated) do
     conv_matches("Conv1D", c, string.format("dilated Conv1D case %d (%s, rate %d)", i, c.args.padding, c.args.dilation_rate))
   end
+  for i, c in ipairs(layers_ref.conv_grouped) do
+    conv_matches("Conv2D", c, string.format("grouped conv case %d (%d groups, %s)", i, c.args.groups, c.args.padding))
+  end
+  check.fails(function() nn.Sequential{nn.Conv2D{4, 3, groups = 3, input_shape = {9, 9, 6}}} end,
+    "groups = 3 must divide both the input's 6 channels and filters = 4")
   -- Keras's rule: no dilation with strides; a dilated kernel wider than a "valid" input
   check.fails(function() nn.Sequential{nn.Conv2D{2, 3, strides = 2, dilation_rate = 2, input_shape = {9, 9, 1}}} end,
     "a dilated convolution takes strides 1")

@@ -50,6 +50,7 @@ case("cnn", function()
   local m = nn.Sequential{
     nn.Conv2D{ 6, 3, padding = "same", activation = "relu", input_shape = { 11, 10, 3 } },
     nn.Conv2D{ 6, { 3, 2 }, dilation_rate = { 2, 3 }, padding = "same" },
+    nn.Conv2D{ 6, 3, groups = 3, padding = "same" },
     nn.Conv2D{ 5, { 3, 2 }, strides = 2, padding = "valid", activation = "elu" },
     nn.MaxPooling2D{ 3, strides = 2, padding = "same" },
     nn.BatchNormalization{},
