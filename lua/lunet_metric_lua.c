@@ -46,11 +46,12 @@ static int l_metric_new(lua_State *L) {
   return 2;
 }
 
-/* C.metric_update(m, y_true, y_pred) */
+/* C.metric_update(m, y_true, y_pred [, sample_weight]) */
 static int l_metric_update(lua_State *L) {
   lunet_metric *m = check_metric(L, 1);
   lunet_tensor *y = lunetL_checktensor(L, 2), *p = lunetL_checktensor(L, 3);
-  if (lunet_metric_update(lunetL_ctx(L), m, p, y)) return lunetL_error(L, NULL);
+  lunet_tensor *w = lua_isnoneornil(L, 4) ? NULL : lunetL_checktensor(L, 4);
+  if (lunet_metric_update_weighted(lunetL_ctx(L), m, p, y, w)) return lunetL_error(L, NULL);
   return 0;
 }
 

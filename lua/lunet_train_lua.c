@@ -290,16 +290,22 @@ static int l_loss_function(lua_State *L) {
 }
 
 /* C.model_compile(m, { {loss=, from_logits=, weight=, delta=, label_smoothing=, fn=}, ... },
- * {metric names}, optimizer); fn: a C.loss_function handle (loss is then ignored) */
+ * {metric names}, optimizer [, {weighted metric names}]); fn: a C.loss_function
+ * handle (loss is then ignored) */
 static int l_model_compile(lua_State *L) {
   lunet_model *m = check_model(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   luaL_checktype(L, 3, LUA_TTABLE);
   lunet_optimizer *opt = check_opt(L, 4);
   lunet_loss_spec specs[MAX_IO];
-  const char *metrics[MAX_IO];
-  int nl = (int)luaL_len(L, 2), nm = (int)luaL_len(L, 3);
-  if (nl > MAX_IO || nm > MAX_IO) luaL_error(L, "at most %d losses and %d metrics", MAX_IO, MAX_IO);
+  const char *metrics[MAX_IO], *weighted[MAX_IO];
+  int nl = (int)luaL_len(L, 2), nm = (int)luaL_len(L, 3), nw = 0;
+  if (!lua_isnoneornil(L, 5)) {
+    luaL_checktype(L, 5, LUA_TTABLE);
+    nw = (int)luaL_len(L, 5);
+  }
+  if (nl > MAX_IO || nm > MAX_IO || nw > MAX_IO)
+    luaL_error(L, "at most %d losses, %d metrics and %d weighted metrics", MAX_IO, MAX_IO, MAX_IO);
   for (int i = 0; i < nl; i++) {
     lua_geti(L, 2, i + 1);
     lua_getfield(L, -1, "fn");
@@ -320,13 +326,13 @@ static int l_model_compile(lua_State *L) {
     specs[i].label_smoothing = luaL_optnumber(L, -1, 0);
     lua_pop(L, 6);
   }
-  for (int i = 0; i < nm; i++) {
-    lua_geti(L, 3, i + 1);
-    metrics[i] = luaL_checkstring(L, -1);
+  for (int i = 0; i < nm + nw; i++) {
+    lua_geti(L, i < nm ? 3 : 5, (i < nm ? i : i - nm) + 1);
+    *(i < nm ? &metrics[i] : &weighted[i - nm]) = luaL_checkstring(L, -1);
     lua_pop(L, 1); /* the table keeps the string */
   }
-  lunet_compile_opts o = {
-      .nlosses = nl, .losses = specs, .optimizer = opt, .nmetrics = nm, .metrics = metrics};
+  lunet_compile_opts o = {.nlosses = nl, .losses = specs, .optimizer = opt, .nmetrics = nm, .metrics = metrics,
+                          .nweighted_metrics = nw, .weighted_metrics = weighted};
   if (lunet_model_compile(lunetL_ctx(L), m, &o)) lunetL_error(L, NULL);
   return 0;
 }
@@ -702,6 +708,12 @@ static int l_model_describe(lua_State *L) {
       lua_rawseti(L, -2, k + 1);
     }
     lua_setfield(L, -2, "metrics");
+    lua_createtable(L, lunet_model_compiled_weighted_metric_count(m), 0);
+    for (int k = 0; k < lunet_model_compiled_weighted_metric_count(m); k++) {
+      lua_pushstring(L, lunet_model_compiled_weighted_metric(m, k));
+      lua_rawseti(L, -2, k + 1);
+    }
+    lua_setfield(L, -2, "weighted_metrics");
   }
   return 1;
 }

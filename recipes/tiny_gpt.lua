@@ -95,7 +95,7 @@ recipe.main("tiny_gpt.lua", function()
   model:summary()
   local bits = function(nats) return nats / math.log(2) end
   local report = nn.callbacks.LambdaCallback{ on_epoch_end = function(_, epoch, logs)
-    print(string.format("epoch %d: held-out bits_per_char %.4f", epoch, bits(logs.val_loss)))
+    print(string.format("epoch %d: held-out bits_per_char %.4f", epoch + 1, bits(logs.val_loss)))
   end }
   local t0 = os.time()
   model:fit(x, y, { epochs = o.epochs, batch_size = o.batch_size, validation_data = { xt, yt }, verbose = o.verbose,

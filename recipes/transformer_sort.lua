@@ -76,7 +76,7 @@ recipe.main("transformer_sort.lua", function()
     loss = "sparse_categorical_crossentropy", metrics = { "accuracy" } }
   model:summary()
   local report = nn.callbacks.LambdaCallback{ on_epoch_end = function(_, epoch)
-    print(string.format("epoch %d: held-out exact match %.4f", epoch, exact_match(model, xt, yt)))
+    print(string.format("epoch %d: held-out exact match %.4f", epoch + 1, exact_match(model, xt, yt)))
   end }
   model:fit(x, y, { epochs = o.epochs, batch_size = o.batch_size, verbose = o.verbose, callbacks = { report } })
   local acc = exact_match(model, xt, yt)

@@ -169,15 +169,19 @@ LUNET_HIDDEN lunet_status lunet_backward_hooked(lunet_ctx *ctx, lunet_tensor *ro
 /* Records out = copy of in (any backends) when in needs grad. */
 LUNET_HIDDEN lunet_tensor *lunet_record_copy(lunet_ctx *ctx, lunet_tensor *out, lunet_tensor *in);
 
-/* metric.c: one batch's additive statistics as a 1-D float tensor on the
+/* metric.c: one batch's additive statistics (weighted by one weight per
+ * sample or position when weights is not NULL) as a 1-D float tensor on the
  * predictions' device (NULL with an error), then added to the state once
  * read back; and whether the metric reads probabilities (so a softmax may
  * not be fused into the loss). */
 struct lunet_metric;
 LUNET_HIDDEN struct lunet_tensor *lunet_metric_batch(lunet_ctx *ctx, struct lunet_metric *m,
-                                                     lunet_tensor *y_pred, lunet_tensor *y_true);
+                                                     lunet_tensor *y_pred, lunet_tensor *y_true,
+                                                     const lunet_tensor *weights);
+/* nweights: the count of the weights the batch was computed with (0:
+ * unweighted; its vector then lacks the weights' sum). */
 LUNET_HIDDEN lunet_status lunet_metric_absorb(lunet_ctx *ctx, struct lunet_metric *m, const float *v,
-                                              int64_t n, const lunet_tensor *y_pred);
+                                              int64_t n, const lunet_tensor *y_pred, int64_t nweights);
 LUNET_HIDDEN bool lunet_metric_needs_probabilities(const struct lunet_metric *m);
 
 /* The optimizers built from the core's tensor ops (Adagrad, Adadelta,

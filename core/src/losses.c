@@ -56,17 +56,19 @@ static lunet_tensor *constant(lunet_ctx *ctx, const lunet_tensor *like, int ndim
 }
 
 /* The batch's loss from the loss terms e: their mean without sample
- * weights (as before weights existed); with weights w (one per sample),
- * Keras's sum_over_batch_size: each row's loss (a per-element e first
- * averaged over its last axis) times its sample's weight, summed and
- * divided by the number of rows (not by the sum of the weights). */
+ * weights (as before weights existed); with weights w (one per sample, or
+ * one per row: a sequence's positions), Keras's sum_over_batch_size: each
+ * row's loss (a per-element e first averaged over its last axis) times its
+ * weight, summed and divided by the number of rows (not by the sum of the
+ * weights). */
 static lunet_tensor *reduce_terms(lunet_ctx *ctx, lunet_tensor *e, bool per_element, const lunet_tensor *w) {
   if (!e) return NULL;
   if (!w) return lunet_reduce(ctx, LUNET_REDUCE_MEAN, e, LUNET_ALL_AXES, false);
   lunet_tensor *rows = per_element && e->ndim > 1 ? lunet_reduce(ctx, LUNET_REDUCE_MEAN, e, -1, false)
                                                   : lunet_tensor_retain(e);
   int64_t shape[LUNET_MAX_DIMS];
-  for (int i = 0; rows && i < rows->ndim; i++) shape[i] = i ? 1 : rows->shape[0];
+  bool per_row = rows && w->numel == rows->numel;
+  for (int i = 0; rows && i < rows->ndim; i++) shape[i] = per_row || !i ? rows->shape[i] : 1;
   lunet_tensor *wb = rows ? lunet_tensor_alias(ctx, (lunet_tensor *)w, rows->ndim, shape) : NULL;
   lunet_tensor *prod = wb ? lunet_mul(ctx, rows, wb) : NULL;
   lunet_tensor *loss = prod ? lunet_reduce(ctx, LUNET_REDUCE_MEAN, prod, LUNET_ALL_AXES, false) : NULL;
@@ -311,15 +313,20 @@ static lunet_tensor *loss(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *pr
                           lunet_tensor *truth, bool from_logits, const lunet_tensor *w, float delta);
 
 /* Sample weights as float32 (N) with one per sample of pred, or an error. */
-static lunet_tensor *sample_weights(lunet_ctx *ctx, const lunet_tensor *pred, const lunet_tensor *w) {
-  if (w->numel != pred->shape[0] || (w->ndim > 1 && w->numel != w->shape[0])) {
+/* The weights w as a flat float32 vector: one per sample (N), or one per
+ * row of `rows` positions (a sequence output's (N, T) positions, as the
+ * model weighs a padding mask). */
+static lunet_tensor *sample_weights(lunet_ctx *ctx, const lunet_tensor *pred, const lunet_tensor *w, int64_t rows) {
+  bool per_sample = w->numel == pred->shape[0] && (w->ndim <= 1 || w->numel == w->shape[0]);
+  if (!per_sample && w->numel != rows) {
     char a[128], b[128];
     lunet_error(ctx, LUNET_ERR_SHAPE, "sample_weight has shape %s, but y_pred %s: give one weight per sample",
                 lunet_shape_str(w->ndim, w->shape, a, sizeof a), lunet_shape_str(pred->ndim, pred->shape, b, sizeof b));
     return NULL;
   }
+  int64_t n = w->numel;
   lunet_tensor *f = w->dtype == LUNET_F32 ? lunet_tensor_retain((lunet_tensor *)w) : lunet_op_cast(ctx, w, LUNET_F32);
-  lunet_tensor *flat = f ? lunet_tensor_alias(ctx, f, 1, &pred->shape[0]) : NULL;
+  lunet_tensor *flat = f ? lunet_tensor_alias(ctx, f, 1, &n) : NULL;
   lunet_tensor_release(f);
   return flat;
 }
@@ -329,7 +336,7 @@ static lunet_tensor *sample_weights(lunet_ctx *ctx, const lunet_tensor *pred, co
  * must not broadcast into an (N, N) loss. */
 lunet_tensor *lunet_loss_mean_rows(lunet_ctx *ctx, lunet_tensor *rows, const lunet_tensor *sample_weight) {
   if (!sample_weight) return reduce_terms(ctx, rows, false, NULL);
-  lunet_tensor *w = sample_weights(ctx, rows, sample_weight);
+  lunet_tensor *w = sample_weights(ctx, rows, sample_weight, rows->numel);
   lunet_tensor *loss = w ? reduce_terms(ctx, rows, false, w) : NULL;
   lunet_tensor_release(w);
   return loss;
@@ -392,7 +399,8 @@ lunet_tensor *lunet_loss_ex(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *
     lunet_tensor_release(t);
     t = s;
   }
-  lunet_tensor *w = t && sample_weight ? sample_weights(ctx, pred, sample_weight) : NULL;
+  int64_t positions = pred->ndim > 1 ? pred->numel / pred->shape[pred->ndim - 1] : pred->shape[0];
+  lunet_tensor *w = t && sample_weight ? sample_weights(ctx, pred, sample_weight, positions) : NULL;
   float delta = opts->delta > 0 ? (float)opts->delta : 1.0f;
   lunet_tensor *l = t && (w || !sample_weight) ? loss(ctx, kind, pred, t, from_logits, w, delta) : NULL;
   lunet_tensor_release(t);

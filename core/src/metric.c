@@ -21,6 +21,15 @@
  *   MAE, RMSE         [sum |e|] or [sum e^2]
  *   R2                [sum y (K), sum y^2 (K), sum (y - pred)^2 (K)]
  * The sample, row or element counts come from the shapes, on the host.
+ *
+ * Weighted (Keras's sample_weight, and a padding mask on a sequence output
+ * as the model passes it): one weight per sample or per position (the
+ * prediction's shape without its last axis) multiplies every count and sum
+ * of its rows or elements, and the batch vector ends with the sum of the
+ * weights, from which the weighted count follows (a weight stands for its
+ * sample's or position's rows or elements): a weighted mean is
+ * sum(w v) / sum(w), as Keras's Mean with sample_weight.  The checks that
+ * labels are class ids still count rows, unweighted.
  */
 #include <ctype.h>
 #include <math.h>
@@ -477,8 +486,9 @@ double lunet_metric_result(const lunet_metric *m) {
  * helper passes NULL through (an earlier op failed; ctx holds the error). */
 typedef struct scratch {
   lunet_ctx *ctx;
-  lunet_tensor *t[48];
+  lunet_tensor *t[64];
   int n;
+  lunet_tensor *w; /* the weights, flat (one per sample or position); NULL: unweighted */
 } scratch;
 
 static lunet_tensor *keep(scratch *s, lunet_tensor *t) {
@@ -575,6 +585,16 @@ static lunet_tensor *total(scratch *s, lunet_tensor *x) {
   return t ? flat(s, t) : NULL;
 }
 
+/* x (sample-major: each weight's rows or elements together) times its
+ * weights, in x's shape; x itself unweighted. */
+static lunet_tensor *weigh(scratch *s, lunet_tensor *x) {
+  if (!x || !s->w) return x;
+  int64_t wn = s->w->numel, shape[2] = {wn, x->numel / wn}, col[2] = {wn, 1};
+  lunet_tensor *prod = bin(s, LUNET_BINARY_MUL, keep(s, lunet_op_reshape(s->ctx, x, 2, shape)),
+                           keep(s, lunet_op_reshape(s->ctx, s->w, 2, col)));
+  return prod ? keep(s, lunet_op_reshape(s->ctx, prod, x->ndim, x->shape)) : NULL;
+}
+
 static lunet_tensor *concat(scratch *s, lunet_tensor **parts, int n) {
   for (int i = 0; i < n; i++)
     if (!(parts[i] = flat(s, parts[i]))) return NULL;
@@ -592,7 +612,7 @@ static lunet_tensor *batch_accuracy(scratch *s, lunet_metric *m, lunet_tensor *p
   }
   if (!a || !b) return NULL;
   if (a->numel != b->numel) return shape_error(s, m, p, y, "one label per prediction");
-  return total(s, bin(s, LUNET_BINARY_EQ, flat(s, a), flat(s, b)));
+  return total(s, weigh(s, bin(s, LUNET_BINARY_EQ, flat(s, a), flat(s, b))));
 }
 
 /* The predictions counted positive and the positive targets, as 0/1. */
@@ -612,7 +632,8 @@ static lunet_tensor *batch_precision_recall(scratch *s, lunet_metric *m, lunet_t
   }
   lunet_tensor *pos = bin(s, LUNET_BINARY_GT, p2, scalar(s, p2, m->cfg.threshold));
   lunet_tensor *act = bin(s, LUNET_BINARY_GT, un(s, LUNET_UNARY_ABS, y2), scalar(s, y2, 0));
-  lunet_tensor *parts[3] = {total(s, bin(s, LUNET_BINARY_MUL, pos, act)), total(s, pos), total(s, act)};
+  lunet_tensor *parts[3] = {total(s, weigh(s, bin(s, LUNET_BINARY_MUL, pos, act))), total(s, weigh(s, pos)),
+                            total(s, weigh(s, act))};
   return parts[0] && parts[1] && parts[2] ? concat(s, parts, 3) : NULL;
 }
 
@@ -626,7 +647,10 @@ static lunet_tensor *batch_auc(scratch *s, lunet_metric *m, lunet_tensor *p, lun
   lunet_tensor *act = bin(s, LUNET_BINARY_GT, un(s, LUNET_UNARY_ABS, reshape2(s, y2, p2->numel, 1)),
                           scalar(s, y2, 0));
   lunet_tensor *mask = th ? bin(s, LUNET_BINARY_GT, pe, th) : NULL;
-  lunet_tensor *parts[5] = {matmul(s, act, mask, true, false), sum(s, mask, 0, false), total(s, act),
+  /* weighted: tp = (w act)^T mask, pp = w^T mask (a column of weights per element) */
+  lunet_tensor *ones = s->w ? weigh(s, bin(s, LUNET_BINARY_EQ, pe, pe)) : NULL;
+  lunet_tensor *parts[5] = {matmul(s, weigh(s, act), mask, true, false),
+                            s->w ? matmul(s, ones, mask, true, false) : sum(s, mask, 0, false), total(s, weigh(s, act)),
                             flat(s, reduce(s, LUNET_REDUCE_MIN, p)), flat(s, reduce(s, LUNET_REDUCE_MAX, p))};
   for (int i = 0; i < 5; i++)
     if (!parts[i]) return NULL;
@@ -648,7 +672,7 @@ static lunet_tensor *batch_top_k(scratch *s, lunet_metric *m, lunet_tensor *p, l
   lunet_tensor *hot = ids && p2 ? one_hot(s, m, ids, k) : NULL;
   lunet_tensor *score = sum(s, bin(s, LUNET_BINARY_MUL, hot, p2), 1, true);
   lunet_tensor *above = sum(s, bin(s, LUNET_BINARY_GT, p2, score), 1, false);
-  lunet_tensor *parts[2] = {total(s, bin(s, LUNET_BINARY_LT, above, scalar(s, p2, (float)m->cfg.top_k))),
+  lunet_tensor *parts[2] = {total(s, weigh(s, bin(s, LUNET_BINARY_LT, above, scalar(s, p2, (float)m->cfg.top_k)))),
                             total(s, hot)};
   return parts[0] && parts[1] ? concat(s, parts, 2) : NULL;
 }
@@ -668,8 +692,8 @@ static lunet_tensor *batch_f1(scratch *s, lunet_metric *m, lunet_tensor *p, lune
   } else {
     pos = bin(s, LUNET_BINARY_GT, p2, scalar(s, p2, m->cfg.threshold));
   }
-  lunet_tensor *parts[3] = {sum(s, bin(s, LUNET_BINARY_MUL, pos, y2), 0, false), sum(s, pos, 0, false),
-                            sum(s, y2, 0, false)};
+  lunet_tensor *parts[3] = {sum(s, weigh(s, bin(s, LUNET_BINARY_MUL, pos, y2)), 0, false),
+                            sum(s, weigh(s, pos), 0, false), sum(s, weigh(s, y2), 0, false)};
   return parts[0] && parts[1] && parts[2] ? concat(s, parts, 3) : NULL;
 }
 
@@ -692,8 +716,9 @@ static lunet_status iou_layout(scratch *s, lunet_metric *m, lunet_tensor *p, lun
   return LUNET_OK;
 }
 
-/* The confusion matrix (K, K) = one_hot(true)^T one_hot(pred), plus the
- * rows that had a class in range on both sides. */
+/* The confusion matrix (K, K) = one_hot(true)^T one_hot(pred) (weighted:
+ * one_hot(true)^T (w one_hot(pred)), then the unweighted count of the rows
+ * that had a class in range on both sides, for the check). */
 static lunet_tensor *batch_iou(scratch *s, lunet_metric *m, lunet_tensor *p, lunet_tensor *y) {
   int64_t k = m->cfg.num_classes;
   bool ps, ys;
@@ -701,33 +726,59 @@ static lunet_tensor *batch_iou(scratch *s, lunet_metric *m, lunet_tensor *p, lun
   lunet_tensor *pi = ps ? keep(s, lunet_op_argmax(s->ctx, reshape2(s, p, p->numel / k, k))) : p;
   lunet_tensor *yi = ys ? keep(s, lunet_op_argmax(s->ctx, reshape2(s, y, y->numel / k, k))) : y;
   if (pi) m->positions = pi->numel;
-  lunet_tensor *cm = pi && yi ? matmul(s, one_hot(s, m, yi, k), one_hot(s, m, pi, k), true, false) : NULL;
-  lunet_tensor *parts[1] = {cm};
-  return cm ? concat(s, parts, 1) : NULL;
+  lunet_tensor *yh = pi && yi ? one_hot(s, m, yi, k) : NULL, *ph = yh ? one_hot(s, m, pi, k) : NULL;
+  lunet_tensor *cm = ph ? matmul(s, yh, weigh(s, ph), true, false) : NULL;
+  lunet_tensor *parts[2] = {cm, s->w && cm ? total(s, matmul(s, yh, ph, true, false)) : NULL};
+  if (s->w && !parts[1]) return NULL;
+  return cm ? concat(s, parts, s->w ? 2 : 1) : NULL;
 }
 
 static lunet_tensor *batch_error(scratch *s, lunet_metric *m, lunet_tensor *p, lunet_tensor *y) {
   if (y->numel != p->numel) return shape_error(s, m, p, y, "one target per prediction");
   lunet_tensor *d = bin(s, LUNET_BINARY_SUB, flat(s, p), flat(s, y));
-  return total(s, un(s, m->cfg.kind == LUNET_METRIC_MEAN_ABSOLUTE_ERROR ? LUNET_UNARY_ABS : LUNET_UNARY_SQUARE, d));
+  return total(s, weigh(s, un(s, m->cfg.kind == LUNET_METRIC_MEAN_ABSOLUTE_ERROR ? LUNET_UNARY_ABS : LUNET_UNARY_SQUARE, d)));
 }
 
 static lunet_tensor *batch_r2(scratch *s, lunet_metric *m, lunet_tensor *p, lunet_tensor *y) {
   if (y->numel != p->numel) return shape_error(s, m, p, y, "one target per prediction");
   int64_t k = last_dim(p), rows = p->numel / k;
   lunet_tensor *y2 = reshape2(s, y, rows, k), *p2 = reshape2(s, p, rows, k);
-  lunet_tensor *parts[3] = {sum(s, y2, 0, false), sum(s, un(s, LUNET_UNARY_SQUARE, y2), 0, false),
-                            sum(s, un(s, LUNET_UNARY_SQUARE, bin(s, LUNET_BINARY_SUB, y2, p2)), 0, false)};
+  lunet_tensor *parts[3] = {sum(s, weigh(s, y2), 0, false), sum(s, weigh(s, un(s, LUNET_UNARY_SQUARE, y2)), 0, false),
+                            sum(s, weigh(s, un(s, LUNET_UNARY_SQUARE, bin(s, LUNET_BINARY_SUB, y2, p2))), 0, false)};
   return parts[0] && parts[1] && parts[2] ? concat(s, parts, 3) : NULL;
 }
 
-lunet_tensor *lunet_metric_batch(lunet_ctx *ctx, lunet_metric *m, lunet_tensor *y_pred, lunet_tensor *y_true) {
+/* The predictions' positions: the shape without its last axis (a 1-D
+ * prediction: one per sample). */
+static int64_t positions_of(const lunet_tensor *p) { return p->ndim >= 2 ? p->numel / last_dim(p) : p->numel; }
+
+lunet_tensor *lunet_metric_batch(lunet_ctx *ctx, lunet_metric *m, lunet_tensor *y_pred, lunet_tensor *y_true,
+                                 const lunet_tensor *weights) {
   if (m->cfg.kind == LUNET_METRIC_MEAN) {
     lunet_error(ctx, LUNET_ERR_ARG, "metric '%s' is a mean: give it values with lunet_metric_add", m->name);
     return NULL;
   }
+  int64_t n = y_pred->ndim ? y_pred->shape[0] : 1;
+  if (weights && weights->numel != n && weights->numel != positions_of(y_pred)) {
+    char a[128], b[128];
+    lunet_error(ctx, LUNET_ERR_SHAPE, "%s: sample_weight has shape %s for predictions %s: give one weight per sample",
+                m->name, lunet_shape_str(weights->ndim, weights->shape, a, sizeof a),
+                lunet_shape_str(y_pred->ndim, y_pred->shape, b, sizeof b));
+    return NULL;
+  }
   bool prev = lunet_set_grad_enabled(ctx, false);
   scratch s = {.ctx = ctx};
+  if (weights) {
+    int64_t wn = weights->numel;
+    lunet_tensor *wf = weights->dtype == LUNET_F32 ? (lunet_tensor *)weights
+                                                  : keep(&s, lunet_op_cast(ctx, weights, LUNET_F32));
+    s.w = wf ? keep(&s, lunet_op_reshape(ctx, wf, 1, &wn)) : NULL;
+    if (!s.w) {
+      lunet_set_grad_enabled(ctx, prev);
+      for (int i = 0; i < s.n; i++) lunet_tensor_release(s.t[i]);
+      return NULL;
+    }
+  }
   lunet_tensor *p = y_pred, *y = y_true;
   if (p->dtype != LUNET_F32) p = keep(&s, lunet_op_cast(ctx, p, LUNET_F32));
   if (y->dtype != LUNET_F32) y = keep(&s, lunet_op_cast(ctx, y, LUNET_F32));
@@ -748,6 +799,10 @@ lunet_tensor *lunet_metric_batch(lunet_ctx *ctx, lunet_metric *m, lunet_tensor *
     case LUNET_METRIC_R2: v = batch_r2(&s, m, p, y); break;
     default: v = batch_accuracy(&s, m, p, y);
     }
+  if (v && s.w) { /* the weights' sum closes the vector */
+    lunet_tensor *parts[2] = {v, total(&s, s.w)};
+    v = parts[1] ? concat(&s, parts, 2) : NULL;
+  }
   if (v) lunet_tensor_retain(v);
   for (int i = 0; i < s.n; i++) lunet_tensor_release(s.t[i]);
   lunet_set_grad_enabled(ctx, prev);
@@ -771,11 +826,15 @@ static int64_t batch_len(const lunet_metric *m, const lunet_tensor *p) {
 }
 
 lunet_status lunet_metric_absorb(lunet_ctx *ctx, lunet_metric *m, const float *v, int64_t n,
-                                 const lunet_tensor *y_pred) {
+                                 const lunet_tensor *y_pred, int64_t nweights) {
   int64_t k = last_dim(y_pred), rows = k ? y_pred->numel / k : 0;
-  if (n != batch_len(m, y_pred))
+  bool iou = m->cfg.kind == LUNET_METRIC_MEAN_IOU;
+  int64_t expect = batch_len(m, y_pred) + (nweights > 0 ? (iou ? 2 : 1) : 0);
+  if (n != expect)
     return lunet_error(ctx, LUNET_ERR_SHAPE, "%s: a batch of %lld statistics, expected %lld", m->name,
-                       (long long)n, (long long)batch_len(m, y_pred));
+                       (long long)n, (long long)expect);
+  double wsum = nweights > 0 ? v[n - 1] : 0;
+  n = batch_len(m, y_pred);
   double count = (double)rows; /* rows: one prediction per position of (N, ..., K) */
   switch (m->cfg.kind) {
   case LUNET_METRIC_BINARY_ACCURACY:
@@ -810,9 +869,10 @@ lunet_status lunet_metric_absorb(lunet_ctx *ctx, lunet_metric *m, const float *v
                          m->name, (long long)(rows - (int64_t)v[1]), (long long)rows, (long long)k);
     n = 1;
   }
-  if (m->cfg.kind == LUNET_METRIC_MEAN_IOU) {
+  if (iou) {
     double seen = 0;
     for (int64_t i = 0; i < n; i++) seen += v[i];
+    if (nweights > 0) seen = v[n]; /* the unweighted count, after the matrix */
     int64_t expect = m->positions;
     if (seen != (double)expect)
       return lunet_error(ctx, LUNET_ERR_ARG,
@@ -822,18 +882,25 @@ lunet_status lunet_metric_absorb(lunet_ctx *ctx, lunet_metric *m, const float *v
                          m->cfg.num_classes);
     count = (double)expect;
   }
+  /* weighted: each weight stands for count / nweights rows or elements */
+  if (nweights > 0) count = wsum * (count / (double)nweights);
   for (int64_t i = 0; i < n; i++) m->state[i] += v[i];
   m->count += count;
   return LUNET_OK;
 }
 
 lunet_status lunet_metric_update(lunet_ctx *ctx, lunet_metric *m, lunet_tensor *y_pred, lunet_tensor *y_true) {
-  lunet_tensor *t = lunet_metric_batch(ctx, m, y_pred, y_true);
+  return lunet_metric_update_weighted(ctx, m, y_pred, y_true, NULL);
+}
+
+lunet_status lunet_metric_update_weighted(lunet_ctx *ctx, lunet_metric *m, lunet_tensor *y_pred, lunet_tensor *y_true,
+                                          const lunet_tensor *sample_weight) {
+  lunet_tensor *t = lunet_metric_batch(ctx, m, y_pred, y_true, sample_weight);
   if (!t) return ctx->status;
   float small[8], *v = t->numel <= 8 ? small : malloc(sizeof *v * (size_t)t->numel);
   lunet_status s = v ? lunet_tensor_read(ctx, t, v, sizeof *v * (size_t)t->numel)
                      : lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory for a metric");
-  if (!s) s = lunet_metric_absorb(ctx, m, v, t->numel, y_pred);
+  if (!s) s = lunet_metric_absorb(ctx, m, v, t->numel, y_pred, sample_weight ? sample_weight->numel : 0);
   if (v != small) free(v);
   lunet_tensor_release(t);
   return s;

@@ -1,6 +1,7 @@
 /* Models: a graph of layer calls, and the training step over it. */
 #include <cjson/cJSON.h>
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,12 +54,15 @@ struct lunet_model {
   lunet_metric **metrics; /* loss, per-output losses, then accuracies */
   int nmetrics, nloss_metrics;
   int *metric_output; /* the output each accuracy reads */
+  bool *metric_weighted; /* compiled as a weighted metric: sample weights reach it */
   lunet_grad_ready_fn grad_ready;
   void *grad_ready_user;
   lunet_grad_transform_fn transform;
   void *transform_user;
   char **metric_names; /* as compiled ("accuracy", ...) */
   int ncompiled_metrics;
+  char **weighted_names; /* compile's weighted_metrics */
+  int ncompiled_weighted;
   char **meta; /* key, value, key, value, ...: a loaded file's metadata */
   int nmeta;
   char **class_names; /* from the "class_names" metadata (a JSON list of strings) */
@@ -85,8 +89,10 @@ static void free_metrics(lunet_model *m) {
   for (int i = 0; i < m->nmetrics; i++) lunet_metric_free(m->metrics[i]);
   free(m->metrics);
   free(m->metric_output);
+  free(m->metric_weighted);
   m->metrics = NULL;
   m->metric_output = NULL;
+  m->metric_weighted = NULL;
   m->nmetrics = m->nloss_metrics = 0;
 }
 
@@ -98,6 +104,7 @@ static void free_strings(char **v, int n) {
 void lunet_model_release(lunet_model *m) {
   if (!m || __atomic_sub_fetch(&m->refcount, 1, __ATOMIC_ACQ_REL) > 0) return;
   free_strings(m->metric_names, m->ncompiled_metrics);
+  free_strings(m->weighted_names, m->ncompiled_weighted);
   free_strings(m->meta, 2 * m->nmeta);
   free_strings(m->class_names, m->nclasses);
   for (int i = 0; i < m->ncalls; i++) lunet_layer_release(m->calls[i].layer);
@@ -451,10 +458,11 @@ static lunet_metric_kind accuracy_kind(const lunet_model *m, int out, const char
 }
 
 static lunet_status add_metric(lunet_ctx *ctx, lunet_model *m, const char *name,
-                               const lunet_metric_config *cfg, int out) {
+                               const lunet_metric_config *cfg, int out, bool weighted) {
   lunet_metric *x = lunet_metric_new_config(ctx, name, cfg);
   if (!x) return ctx->status;
   m->metrics[m->nmetrics] = x;
+  m->metric_weighted[m->nmetrics] = weighted;
   m->metric_output[m->nmetrics++] = out;
   return LUNET_OK;
 }
@@ -495,6 +503,54 @@ static void metric_name(const lunet_model *m, int out, const char *what, char *b
     snprintf(buf, n, "%s_%s", m->values[m->outputs[out]].name, what);
 }
 
+static bool metric_named(const lunet_model *m, const char *name) {
+  for (int i = 0; i < m->nmetrics; i++)
+    if (!strcmp(lunet_metric_name(m->metrics[i]), name)) return true;
+  return false;
+}
+
+/* Compile's metrics (weighted: its weighted_metrics) for every output.  A
+ * weighted metric whose name an unweighted one took logs as "weighted_"
+ * and its name (Keras 3's CompileMetrics.result). */
+static lunet_status add_compiled_metrics(lunet_ctx *ctx, lunet_model *m, int n, const char *const *specs,
+                                         bool weighted) {
+  lunet_status s = LUNET_OK;
+  char name[160];
+  for (int k = 0; !s && k < n; k++)
+    for (int j = 0; !s && j < m->noutputs; j++) {
+      lunet_metric_config cfg;
+      char base[64], prefixed[80];
+      s = metric_config(ctx, m, j, specs[k], &cfg, base, sizeof base);
+      if (s) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", lunet_ctx_error(ctx));
+        return lunet_error(ctx, s, "compile: %s", why);
+      }
+      /* logged under the name the user wrote ("acc" stays "acc", as in Keras) */
+      metric_name(m, j, base, name, sizeof name);
+      if (weighted && metric_named(m, name)) {
+        snprintf(prefixed, sizeof prefixed, "weighted_%s", base);
+        metric_name(m, j, prefixed, name, sizeof name);
+      }
+      if (metric_named(m, name))
+        return lunet_error(ctx, LUNET_ERR_ARG, "compile: two metrics log as '%s' (give one a name: %s(name=...))",
+                           name, specs[k]);
+      s = add_metric(ctx, m, name, &cfg, j, weighted);
+    }
+  return s;
+}
+
+/* A copy of n strings, NULL when out of memory. */
+static char **copy_strings(int n, const char *const *v) {
+  char **out = calloc((size_t)(n ? n : 1), sizeof *out);
+  for (int k = 0; out && k < n; k++)
+    if (!(out[k] = strdup(v[k]))) {
+      free_strings(out, k);
+      out = NULL;
+    }
+  return out;
+}
+
 lunet_status lunet_model_compile(lunet_ctx *ctx, lunet_model *m, const lunet_compile_opts *o) {
   if (check_sealed(ctx, m)) return ctx->status;
   if (!o->optimizer) return lunet_error(ctx, LUNET_ERR_ARG, "compile: an optimizer is required");
@@ -513,59 +569,44 @@ lunet_status lunet_model_compile(lunet_ctx *ctx, lunet_model *m, const lunet_com
   }
   for (int j = 0; j < m->noutputs; j++) m->losses[j] = o->losses[o->nlosses == 1 ? 0 : j];
   free_metrics(m);
-  int cap = 1 + m->noutputs + o->nmetrics * m->noutputs;
+  int nweighted = o->nweighted_metrics > 0 ? o->nweighted_metrics : 0;
+  int cap = 1 + m->noutputs + (o->nmetrics + nweighted) * m->noutputs;
   m->metrics = calloc((size_t)cap, sizeof *m->metrics);
   m->metric_output = calloc((size_t)cap, sizeof *m->metric_output);
-  if (!m->metrics || !m->metric_output) {
+  m->metric_weighted = calloc((size_t)cap, sizeof *m->metric_weighted);
+  if (!m->metrics || !m->metric_output || !m->metric_weighted) {
     free_metrics(m);
     return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
   }
   char name[160];
   lunet_metric_config mean = lunet_metric_config_defaults(LUNET_METRIC_MEAN);
-  lunet_status s = add_metric(ctx, m, "loss", &mean, -1);
+  lunet_status s = add_metric(ctx, m, "loss", &mean, -1, false);
   for (int j = 0; !s && m->noutputs > 1 && j < m->noutputs; j++) {
     metric_name(m, j, "loss", name, sizeof name);
-    s = add_metric(ctx, m, name, &mean, j);
+    s = add_metric(ctx, m, name, &mean, j, false);
   }
   m->nloss_metrics = m->nmetrics;
-  for (int k = 0; !s && k < o->nmetrics; k++)
-    for (int j = 0; !s && j < m->noutputs; j++) {
-      lunet_metric_config cfg;
-      char base[64];
-      s = metric_config(ctx, m, j, o->metrics[k], &cfg, base, sizeof base);
-      if (s) {
-        char why[512];
-        snprintf(why, sizeof why, "%s", lunet_ctx_error(ctx));
-        s = lunet_error(ctx, s, "compile: %s", why);
-        break;
-      }
-      /* logged under the name the user wrote ("acc" stays "acc", as in Keras) */
-      metric_name(m, j, base, name, sizeof name);
-      for (int i = 0; i < m->nmetrics; i++)
-        if (!strcmp(lunet_metric_name(m->metrics[i]), name))
-          s = lunet_error(ctx, LUNET_ERR_ARG, "compile: two metrics log as '%s' (give one a name: %s(name=...))",
-                          name, o->metrics[k]);
-      if (!s) s = add_metric(ctx, m, name, &cfg, j);
-    }
+  if (!s) s = add_compiled_metrics(ctx, m, o->nmetrics, o->metrics, false);
+  if (!s) s = add_compiled_metrics(ctx, m, nweighted, o->weighted_metrics, true);
   if (s) {
     free_metrics(m);
     m->compiled = false;
     return s;
   }
-  char **names = calloc((size_t)(o->nmetrics ? o->nmetrics : 1), sizeof *names);
-  for (int k = 0; names && k < o->nmetrics; k++)
-    if (!(names[k] = strdup(o->metrics[k]))) {
-      free_strings(names, k);
-      names = NULL;
-    }
-  if (!names) {
+  char **names = copy_strings(o->nmetrics, o->metrics), **wnames = copy_strings(nweighted, o->weighted_metrics);
+  if (!names || !wnames) {
+    if (names) free_strings(names, o->nmetrics);
+    if (wnames) free_strings(wnames, nweighted);
     free_metrics(m);
     m->compiled = false;
     return lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
   }
   free_strings(m->metric_names, m->ncompiled_metrics);
+  free_strings(m->weighted_names, m->ncompiled_weighted);
   m->metric_names = names;
   m->ncompiled_metrics = o->nmetrics;
+  m->weighted_names = wnames;
+  m->ncompiled_weighted = nweighted;
   /* the trainable weights as they are now; an optimizer that has state for
    * another set of weights starts afresh, as Keras's does on recompile */
   if (!params_current(m)) {
@@ -586,6 +627,10 @@ lunet_loss_spec lunet_model_loss(const lunet_model *m, int j) {
   return m->compiled && j >= 0 && j < m->noutputs ? m->losses[j] : none;
 }
 int lunet_model_compiled_metric_count(const lunet_model *m) { return m->ncompiled_metrics; }
+int lunet_model_compiled_weighted_metric_count(const lunet_model *m) { return m->ncompiled_weighted; }
+const char *lunet_model_compiled_weighted_metric(const lunet_model *m, int k) {
+  return k >= 0 && k < m->ncompiled_weighted ? m->weighted_names[k] : NULL;
+}
 const char *lunet_model_compiled_metric(const lunet_model *m, int k) {
   return k >= 0 && k < m->ncompiled_metrics ? m->metric_names[k] : NULL;
 }
@@ -757,11 +802,12 @@ struct lunet_model_session {
 
 static lunet_tensor *add_scalar(lunet_ctx *ctx, lunet_tensor *total, lunet_tensor *t);
 
-/* Runs the live calls; out[j] receives output j.  fused[j] (may be NULL)
- * leaves out output j's softmax.  Masks travel with the values.  With a
- * session, each call runs as its next step (lunet_layer_step). */
+/* Runs the live calls; out[j] receives output j and, when out_masks is
+ * not NULL, out_masks[j] its padding mask (NULL: none).  fused[j] (may be
+ * NULL) leaves out output j's softmax.  Masks travel with the values.  With
+ * a session, each call runs as its next step (lunet_layer_step). */
 static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, bool training,
-                        const bool *fused, lunet_tensor **out, lunet_model_session *ss,
+                        const bool *fused, lunet_tensor **out, lunet_tensor **out_masks, lunet_model_session *ss,
                         lunet_tensor **activity) {
   lunet_tensor **vals = calloc((size_t)m->nvalues * 2, sizeof *vals), **masks = vals + m->nvalues;
   /* left[v]: readers of value v still to run; relu_after[r] (after them):
@@ -810,7 +856,10 @@ static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, 
         vals[k->in[i]] = masks[k->in[i]] = NULL;
       }
   }
-  for (int j = 0; j < m->noutputs; j++) out[j] = s ? NULL : lunet_tensor_retain(vals[m->outputs[j]]);
+  for (int j = 0; j < m->noutputs; j++) {
+    out[j] = s ? NULL : lunet_tensor_retain(vals[m->outputs[j]]);
+    if (out_masks) out_masks[j] = s ? NULL : lunet_tensor_retain(masks[m->outputs[j]]);
+  }
   for (int i = 0; i < 2 * m->nvalues; i++) lunet_tensor_release(vals[i]);
   free(vals);
   free(left);
@@ -857,7 +906,7 @@ lunet_status lunet_model_session_feed(lunet_ctx *ctx, lunet_model_session *ss, i
   for (int i = 0; i < nx; i++)
     if (x[i]->ndim < 2 || x[i]->shape[0] != x[0]->shape[0] || x[i]->shape[1] != x[0]->shape[1])
       return lunet_error(ctx, LUNET_ERR_SHAPE, "a session's inputs are (N, steps, ...) with one N and one number of steps");
-  lunet_status s = run(ctx, m, x, false, NULL, out, ss, NULL);
+  lunet_status s = run(ctx, m, x, false, NULL, out, NULL, ss, NULL);
   if (!s) ss->length += x[0]->shape[1];
   return s;
 }
@@ -875,14 +924,14 @@ void lunet_model_session_free(lunet_model_session *s) {
 lunet_status lunet_model_forward(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *const *x,
                                  bool training, lunet_tensor **out) {
   if (check_inputs(ctx, m, nx, x)) return ctx->status;
-  return run(ctx, m, x, training, NULL, out, NULL, NULL);
+  return run(ctx, m, x, training, NULL, out, NULL, NULL, NULL);
 }
 
 lunet_status lunet_model_predict(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *const *x,
                                  lunet_tensor **out) {
   if (check_inputs(ctx, m, nx, x)) return ctx->status;
   bool prev = lunet_set_grad_enabled(ctx, false);
-  lunet_status s = run(ctx, m, x, false, NULL, out, NULL, NULL);
+  lunet_status s = run(ctx, m, x, false, NULL, out, NULL, NULL, NULL);
   lunet_set_grad_enabled(ctx, prev);
   return s;
 }
@@ -933,14 +982,75 @@ static lunet_tensor *function_loss(lunet_ctx *ctx, const lunet_loss_spec *ls, lu
   return loss;
 }
 
+/* Whether output pred's padding mask covers its positions (N, ..., the
+ * prediction's shape without its last axis): a sequence output. */
+static bool mask_fits(const lunet_tensor *pred, const lunet_tensor *mask) {
+  return mask && pred->ndim >= 2 && mask->ndim >= 1 && mask->shape[0] == pred->shape[0] &&
+         mask->numel == pred->numel / pred->shape[pred->ndim - 1];
+}
+
+/* mask (N, ...) as float32 of n elements, times `scale` (a scalar tensor,
+ * or NULL), times the sample weights sw (one per sample, or NULL), flat. */
+static lunet_tensor *masked_weights(lunet_ctx *ctx, const lunet_tensor *mask, const lunet_tensor *scale,
+                                    const lunet_tensor *sw) {
+  int64_t n = mask->numel, rows[2] = {mask->shape[0], mask->numel / mask->shape[0]}, col[2] = {mask->shape[0], 1};
+  lunet_tensor *f = mask->dtype == LUNET_F32 ? lunet_tensor_retain((lunet_tensor *)mask) : lunet_op_cast(ctx, mask, LUNET_F32);
+  lunet_tensor *w = f ? lunet_op_reshape(ctx, f, 2, rows) : NULL;
+  lunet_tensor_release(f);
+  if (w && scale) {
+    lunet_tensor *t = lunet_op_binary(ctx, LUNET_BINARY_MUL, w, scale);
+    lunet_tensor_release(w);
+    w = t;
+  }
+  if (w && sw) {
+    lunet_tensor *swf = sw->dtype == LUNET_F32 ? lunet_tensor_retain((lunet_tensor *)sw) : lunet_op_cast(ctx, sw, LUNET_F32);
+    lunet_tensor *c = swf && swf->numel == col[0] ? lunet_op_reshape(ctx, swf, 2, col) : NULL;
+    if (swf && !c)
+      lunet_error(ctx, LUNET_ERR_SHAPE, "sample_weight has %lld values for %lld samples: give one weight per sample",
+                  (long long)swf->numel, (long long)col[0]);
+    lunet_tensor *t = c ? lunet_op_binary(ctx, LUNET_BINARY_MUL, w, c) : NULL;
+    lunet_tensor_release(swf);
+    lunet_tensor_release(c);
+    lunet_tensor_release(w);
+    w = t;
+  }
+  lunet_tensor *flat = w ? lunet_op_reshape(ctx, w, 1, &n) : NULL;
+  lunet_tensor_release(w);
+  return flat;
+}
+
+/* The weights of output j's loss, as Keras 3 merges a padding mask on the
+ * prediction into the sample weights (losses.loss.apply_mask): each valid
+ * position weighs total / valid (so that the mean over all positions is the
+ * mean over the valid ones), a masked one 0, times its sample's weight; a
+ * new reference, or sw itself (retained, may be NULL) without a mask that
+ * covers the output's positions.  *failed on an op's failure. */
+static lunet_tensor *loss_weights(lunet_ctx *ctx, const lunet_tensor *pred, const lunet_tensor *mask,
+                                  const lunet_tensor *sw, bool *failed) {
+  if (!mask_fits(pred, mask)) return lunet_tensor_retain((lunet_tensor *)sw);
+  lunet_tensor *f = mask->dtype == LUNET_F32 ? lunet_tensor_retain((lunet_tensor *)mask) : lunet_op_cast(ctx, mask, LUNET_F32);
+  lunet_tensor *valid = f ? lunet_op_reduce(ctx, LUNET_REDUCE_SUM, f, LUNET_ALL_AXES, false) : NULL;
+  lunet_tensor *den = valid ? lunet_op_unary(ctx, LUNET_UNARY_AFFINE, valid, 1.0f, 1e-7f) : NULL; /* Keras's epsilon */
+  lunet_tensor *total = den ? lunet_scalar_like(ctx, den, (float)mask->numel) : NULL;
+  lunet_tensor *scale = total ? lunet_op_binary(ctx, LUNET_BINARY_DIV, total, den) : NULL;
+  lunet_tensor *w = scale ? masked_weights(ctx, f, scale, sw) : NULL;
+  lunet_tensor_release(f);
+  lunet_tensor_release(valid);
+  lunet_tensor_release(den);
+  lunet_tensor_release(total);
+  lunet_tensor_release(scale);
+  if (!w) *failed = true;
+  return w;
+}
+
 static lunet_tensor *total_loss(lunet_ctx *ctx, lunet_model *m, lunet_tensor **pred,
-                                lunet_tensor *const *y, const bool *fused, const lunet_tensor *sw,
+                                lunet_tensor *const *y, const bool *fused, lunet_tensor *const *sw,
                                 lunet_tensor **parts) {
   lunet_tensor *total = NULL;
   for (int j = 0; j < m->noutputs; j++) {
     const lunet_loss_spec *ls = &m->losses[j];
-    lunet_loss_options lo = {ls->from_logits || fused[j], ls->delta, ls->label_smoothing, sw};
-    parts[j] = ls->fn ? function_loss(ctx, ls, pred[j], y[j], sw) : lunet_loss_ex(ctx, ls->kind, pred[j], y[j], &lo);
+    lunet_loss_options lo = {ls->from_logits || fused[j], ls->delta, ls->label_smoothing, sw[j]};
+    parts[j] = ls->fn ? function_loss(ctx, ls, pred[j], y[j], sw[j]) : lunet_loss_ex(ctx, ls->kind, pred[j], y[j], &lo);
     if (!parts[j]) goto fail;
     lunet_tensor *w = lunet_tensor_retain(parts[j]);
     if (ls->weight != 1) {
@@ -986,12 +1096,41 @@ static lunet_tensor *metric_input(lunet_ctx *ctx, lunet_model *m, int i, lunet_t
   return probs[j];
 }
 
+/* Whether Keras 3 applies a prediction's padding mask to a metric of this
+ * kind: its MeanMetricWrapper ones (the accuracies, top-k, MAE); the
+ * confusion-matrix metrics, RMSE and R2 count every position. */
+static bool metric_masked(lunet_metric_kind k) {
+  switch (k) {
+  case LUNET_METRIC_SPARSE_CATEGORICAL_ACCURACY:
+  case LUNET_METRIC_CATEGORICAL_ACCURACY:
+  case LUNET_METRIC_BINARY_ACCURACY:
+  case LUNET_METRIC_TOP_K_CATEGORICAL_ACCURACY:
+  case LUNET_METRIC_SPARSE_TOP_K_CATEGORICAL_ACCURACY:
+  case LUNET_METRIC_MEAN_ABSOLUTE_ERROR: return true;
+  default: return false;
+  }
+}
+
+/* Metric i's weights (a new reference, or NULL: unweighted): the sample
+ * weights for a weighted metric, the output's padding mask (unscaled, Keras's
+ * apply_mask with reduction "sum") for a masked kind, or their product. */
+static lunet_tensor *metric_weights(lunet_ctx *ctx, const lunet_model *m, int i, const lunet_tensor *pred,
+                                    const lunet_tensor *mask, const lunet_tensor *sw, bool *failed) {
+  const lunet_tensor *w = m->metric_weighted[i] ? sw : NULL;
+  if (!mask_fits(pred, mask) || !metric_masked(lunet_metric_kind_get(m->metrics[i])))
+    return lunet_tensor_retain((lunet_tensor *)w);
+  lunet_tensor *r = masked_weights(ctx, mask, NULL, w);
+  if (!r) *failed = true;
+  return r;
+}
+
 static lunet_status update_metrics(lunet_ctx *ctx, lunet_model *m, lunet_tensor *loss,
                                    lunet_tensor **parts, lunet_tensor **pred, const bool *fused,
-                                   lunet_tensor *const *y, double *loss_out) {
+                                   lunet_tensor *const *y, lunet_tensor *const *masks, const lunet_tensor *sw,
+                                   double *loss_out) {
   int n = m->nmetrics;
   lunet_tensor **vecs = calloc((size_t)n, sizeof *vecs), *probs[MAX_IO] = {0};
-  int64_t *len = calloc((size_t)n, sizeof *len), total = 0;
+  int64_t *len = calloc((size_t)n * 2, sizeof *len), *nw = len ? len + n : NULL, total = 0;
   lunet_status s = vecs && len ? LUNET_OK : lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
   for (int i = 0; !s && i < n; i++) {
     int j = m->metric_output[i];
@@ -1000,9 +1139,17 @@ static lunet_status update_metrics(lunet_ctx *ctx, lunet_model *m, lunet_tensor 
       s = ctx->status;
       break;
     }
+    bool failed = false;
+    lunet_tensor *w = i < m->nloss_metrics ? NULL : metric_weights(ctx, m, i, pred[j], masks[j], sw, &failed);
+    if (failed) {
+      s = ctx->status ? ctx->status : lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory weighing a metric");
+      break;
+    }
+    nw[i] = w ? w->numel : 0;
     lunet_tensor *t = i == 0                   ? lunet_tensor_retain(loss)
                       : i < m->nloss_metrics ? lunet_tensor_retain(parts[j])
-                                               : lunet_metric_batch(ctx, m->metrics[i], p, y[j]);
+                                               : lunet_metric_batch(ctx, m->metrics[i], p, y[j], w);
+    lunet_tensor_release(w);
     if (t) len[i] = t->numel, total += t->numel;
     vecs[i] = t ? lunet_op_reshape(ctx, t, 1, &len[i]) : NULL;
     lunet_tensor_release(t);
@@ -1020,7 +1167,7 @@ static lunet_status update_metrics(lunet_ctx *ctx, lunet_model *m, lunet_tensor 
     if (i < m->nloss_metrics)
       lunet_metric_add(m->metrics[i], v[at] * batch, batch);
     else
-      s = lunet_metric_absorb(ctx, m->metrics[i], v + at, len[i], metric_input(ctx, m, i, pred, fused, probs));
+      s = lunet_metric_absorb(ctx, m->metrics[i], v + at, len[i], metric_input(ctx, m, i, pred, fused, probs), nw[i]);
     at += len[i];
   }
   if (!s) *loss_out = v[0];
@@ -1076,12 +1223,17 @@ static lunet_status step(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *c
                          (long long)x[0]->shape[0]);
   bool fused[MAX_IO];
   for (int j = 0; j < m->noutputs; j++) fused[j] = fuses(m, j);
-  lunet_tensor *pred[MAX_IO] = {0}, *parts[MAX_IO] = {0}, *loss = NULL;
+  lunet_tensor *pred[MAX_IO] = {0}, *parts[MAX_IO] = {0}, *masks[MAX_IO] = {0}, *lw[MAX_IO] = {0}, *loss = NULL;
   bool prev = lunet_set_grad_enabled(ctx, training);
   if (training) zero_grads(m);
   lunet_tensor *activity = NULL;
-  lunet_status s = run(ctx, m, x, training, fused, pred, NULL, &activity);
-  if (!s) s = (loss = total_loss(ctx, m, pred, y, fused, sw, parts)) ? LUNET_OK : ctx->status;
+  lunet_status s = run(ctx, m, x, training, fused, pred, masks, NULL, &activity);
+  bool failed = false;
+  lunet_set_grad_enabled(ctx, false);
+  for (int j = 0; !s && j < m->noutputs; j++) lw[j] = loss_weights(ctx, pred[j], masks[j], sw, &failed);
+  lunet_set_grad_enabled(ctx, training);
+  if (!s && failed) s = ctx->status ? ctx->status : lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory weighing the loss");
+  if (!s) s = (loss = total_loss(ctx, m, pred, y, fused, lw, parts)) ? LUNET_OK : ctx->status;
   if (!s && activity) s = (loss = add_scalar(ctx, loss, activity)) ? LUNET_OK : ctx->status;
   else lunet_tensor_release(activity);
   bool function_loss = false;
@@ -1094,10 +1246,11 @@ static lunet_status step(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *c
   if (!s && training && loss->grad_fn)
     s = m->grad_ready ? lunet_backward_hooked(ctx, loss, leaf_done, m) : lunet_backward(ctx, loss, NULL);
   lunet_set_grad_enabled(ctx, false);
-  if (!s) s = update_metrics(ctx, m, loss, parts, pred, fused, y, loss_out);
-  if (!s && training && !(*loss_out == *loss_out))
+  if (!s) s = update_metrics(ctx, m, loss, parts, pred, fused, y, masks, sw, loss_out);
+  if (!s && training && !isfinite(*loss_out))
     s = lunet_error(ctx, LUNET_ERR_ARG,
-                    "the loss became NaN (lower the learning rate?); the weights were not updated");
+                    "the loss became NaN or infinite (%s loss; lower the learning rate?); the weights were not updated",
+                    isnan(*loss_out) ? "a NaN" : "an infinite");
   if (!s && training) s = update(ctx, m);
   if (training) zero_grads(m);
   lunet_set_grad_enabled(ctx, prev);
@@ -1105,6 +1258,8 @@ static lunet_status step(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *c
   for (int j = 0; j < m->noutputs; j++) {
     lunet_tensor_release(pred[j]);
     lunet_tensor_release(parts[j]);
+    lunet_tensor_release(masks[j]);
+    lunet_tensor_release(lw[j]);
   }
   return s;
 }

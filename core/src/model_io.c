@@ -195,6 +195,10 @@ static cJSON *compile_json(const lunet_model *m) {
   }
   for (int k = 0; metrics && k < lunet_model_compiled_metric_count(m); k++)
     cJSON_AddItemToArray(metrics, cJSON_CreateString(lunet_model_compiled_metric(m, k)));
+  int nw = lunet_model_compiled_weighted_metric_count(m);
+  cJSON *weighted = o && nw ? cJSON_AddArrayToObject(o, "weighted_metrics") : NULL;
+  for (int k = 0; weighted && k < nw; k++)
+    cJSON_AddItemToArray(weighted, cJSON_CreateString(lunet_model_compiled_weighted_metric(m, k)));
   return o;
 }
 
@@ -668,8 +672,10 @@ static lunet_status read_compile(reader *r, lunet_model *m, const lunet_safetens
   const cJSON *losses = list(r, comp, "losses", 16), *metrics = losses ? list(r, comp, "metrics", 16) : NULL;
   if (!metrics) return r->ctx->status;
   lunet_loss_spec specs[16];
-  const char *names[16];
-  int nl = 0, nm = 0;
+  const char *names[16], *wnames[16];
+  int nl = 0, nm = 0, nw = 0;
+  const cJSON *weighted = cJSON_GetObjectItemCaseSensitive(comp, "weighted_metrics");
+  if (weighted && !(weighted = list(r, comp, "weighted_metrics", 16))) return r->ctx->status;
   for (const cJSON *l = losses->child; l; l = l->next, nl++) {
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(l, "loss");
     const cJSON *w = cJSON_GetObjectItemCaseSensitive(l, "weight");
@@ -691,9 +697,14 @@ static lunet_status read_compile(reader *r, lunet_model *m, const lunet_safetens
     if (!cJSON_IsString(x)) return bad(r, "metrics[%d] must be a name", nm);
     names[nm] = x->valuestring;
   }
+  for (const cJSON *x = weighted ? weighted->child : NULL; x; x = x->next, nw++) {
+    if (!cJSON_IsString(x)) return bad(r, "weighted_metrics[%d] must be a name", nw);
+    wnames[nw] = x->valuestring;
+  }
   lunet_optimizer *opt = read_optimizer(r, oj);
   if (!opt) return r->ctx->status;
-  lunet_compile_opts co = {.nlosses = nl, .losses = specs, .optimizer = opt, .nmetrics = nm, .metrics = names};
+  lunet_compile_opts co = {.nlosses = nl, .losses = specs, .optimizer = opt, .nmetrics = nm, .metrics = names,
+                           .nweighted_metrics = nw, .weighted_metrics = wnames};
   lunet_status s = lunet_model_compile(r->ctx, m, &co);
   for (int p = 0; !s && p < lunet_model_param_count(m); p++)
     for (int k = 0; !s && k < lunet_optimizer_slot_count(opt); k++) {

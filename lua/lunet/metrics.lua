@@ -142,12 +142,11 @@ local function as_tensor(v, what)
   error(string.format("%s: a tensor or a list expected, got %s", what, type(v)), 3)
 end
 
+-- sample_weight (Keras's): one weight per sample, or per position of a
+-- sequence's predictions; a mean becomes sum(w v) / sum(w), counts weigh w.
 function Metric:update_state(y_true, y_pred, sample_weight)
-  if sample_weight ~= nil then -- refused, not ignored: a weighted result would be silently unweighted
-    error(string.format("%s:update_state: sample_weight is not supported (lunet's metrics are unweighted, as "
-      .. "Keras's compiled `metrics`): leave out the samples weighted 0, or weight the loss instead", self.name), 2)
-  end
-  C.metric_update(self.handle, as_tensor(y_true, self.name .. " (y_true)"), as_tensor(y_pred, self.name .. " (y_pred)"))
+  C.metric_update(self.handle, as_tensor(y_true, self.name .. " (y_true)"), as_tensor(y_pred, self.name .. " (y_pred)"),
+    sample_weight ~= nil and as_tensor(sample_weight, self.name .. " (sample_weight)") or nil)
   return self
 end
 function Metric:result() return C.metric_result(self.handle) end

@@ -292,12 +292,8 @@ local function noutputs(self) return self.outputs and #self.outputs or 1 end
 
 function Model:compile(o)
   if type(o) ~= "table" then error("bad argument #1 to 'compile' (table expected)", 2) end
-  for k in pairs(o) do
-    if k ~= "optimizer" and k ~= "loss" and k ~= "metrics" and k ~= "loss_weights" then
-      error(string.format("bad argument '%s' to 'compile' (unknown; valid: optimizer, loss, metrics, loss_weights)",
-        tostring(k)), 2)
-    end
-  end
+  optim.check_fields("compile", o, { optimizer = true, loss = true, metrics = true, loss_weights = true,
+    weighted_metrics = true })
   self.optimizer = optim.optimizers.get(o.optimizer or "rmsprop")
   if o.loss == nil then error("bad argument 'loss' to 'compile' (a loss is required)", 2) end
   -- one loss for every output, or a list with one per output
@@ -316,11 +312,14 @@ function Model:compile(o)
     error(string.format("bad argument 'loss_weights' to 'compile' (a list of %d numbers >= 0, one per output)",
       noutputs(self)), 2)
   end
-  self.metrics = {}
-  for _, m in ipairs(o.metrics or {}) do
-    local ok, spec = pcall(metrics.spec, m)
-    if not ok then error("bad argument 'metrics' to 'compile' (" .. spec .. ")", 2) end
-    self.metrics[#self.metrics + 1] = spec
+  for _, key in ipairs{"metrics", "weighted_metrics"} do
+    local specs = {}
+    for _, m in ipairs(o[key] or {}) do
+      local ok, spec = pcall(metrics.spec, m)
+      if not ok then error(string.format("bad argument '%s' to 'compile' (%s)", key, spec), 2) end
+      specs[#specs + 1] = spec
+    end
+    self[key] = specs
   end
   self.compiled = false
   return self
@@ -338,7 +337,7 @@ local function ensure_compiled(self, x)
     specs[j] = { loss = l.name, from_logits = l.from_logits, weight = self.loss_weights and self.loss_weights[j] or 1,
       delta = l.delta, label_smoothing = l.label_smoothing, fn = l.handle }
   end
-  C.model_compile(self.handle, specs, self.metrics, self.optimizer.handle)
+  C.model_compile(self.handle, specs, self.metrics, self.optimizer.handle, self.weighted_metrics)
   self.metric_keys = C.model_metric_names(self.handle)
   self.compiled = true
 end
@@ -620,6 +619,33 @@ local function call_cbs(cbs, name, ...)
   end
 end
 
+-- The hooks fit calls (Keras's names; epochs and batches from 0, as
+-- Keras's): a callback with another on_* method is an error, not a hook
+-- that never runs.  on_batch_begin/end are Keras's aliases of
+-- on_train_batch_begin/end.
+local hooks = { on_train_begin = true, on_train_end = true, on_epoch_begin = true, on_epoch_end = true,
+  on_train_batch_begin = true, on_train_batch_end = true, on_batch_begin = true, on_batch_end = true,
+  on_test_begin = true, on_test_end = true }
+local function check_callbacks(cbs)
+  if type(cbs) ~= "table" then error("bad argument 'callbacks' to 'fit' (a list of callbacks expected)", 3) end
+  local per_batch = false
+  for i, cb in ipairs(cbs) do
+    if type(cb) ~= "table" then error(string.format("fit: callbacks[%d] is a %s, not a callback", i, type(cb)), 3) end
+    for k, v in pairs(cb) do
+      if type(k) == "string" and k:match("^on_") and type(v) == "function" and not hooks[k] then
+        local names = {}
+        for h in pairs(hooks) do names[#names + 1] = h end
+        table.sort(names)
+        error(string.format("fit: callbacks[%d] has a method '%s' that fit never calls (hooks: %s)", i, k,
+          table.concat(names, ", ")), 3)
+      end
+    end
+    per_batch = per_batch or cb.on_train_batch_begin ~= nil or cb.on_train_batch_end ~= nil
+      or cb.on_batch_begin ~= nil or cb.on_batch_end ~= nil
+  end
+  return per_batch
+end
+
 local function split_rows(list, first, count)
   local out = {}
   for i, t in ipairs(list) do out[i] = C.take_rows(t, first, count) end
@@ -719,15 +745,22 @@ fit_impl = function(self, x, y, o)
     xv, yv = check_xy(self, o.validation_data[1], o.validation_data[2], "fit (validation_data)")
     wv = sample_weights(self, yv, nsamples(xv[1]), o.validation_data[3], nil, "fit (validation_data)")
   elseif o.validation_split and o.validation_split > 0 then
-    local nv = math.floor(n * o.validation_split)
+    -- Keras's split: the first floor(n (1 - split)) rows train
+    local nv = n - math.floor(n * (1 - o.validation_split))
     if nv < 1 or nv >= n then error("fit: validation_split leaves no training or no validation samples", 2) end
     xv, yv = split_rows(xs, n - nv + 1, nv), split_rows(ys, n - nv + 1, nv)
     xs, ys = split_rows(xs, 1, n - nv), split_rows(ys, 1, n - nv)
-    if w then wv, w = C.take_rows(w, n - nv + 1, nv), C.take_rows(w, 1, n - nv) end
+    if w then
+      -- validation takes the sample weights alone: class_weight weighs training only, as Keras's
+      local sw = o.class_weight and o.sample_weight and sample_weights(self, ys, n, o.sample_weight, nil, "fit") or nil
+      wv = (not o.class_weight or sw) and C.take_rows(sw or w, n - nv + 1, nv) or nil
+      w = C.take_rows(w, 1, n - nv)
+    end
     n = n - nv
   end
   local aug = o.augment
   local cbs = o.callbacks or {}
+  local per_batch = check_callbacks(cbs)
   ensure_compiled(self, x)
   local opt, h = self.optimizer, self.handle
   opt:claim(self, 2)
@@ -760,7 +793,7 @@ fit_impl = function(self, x, y, o)
   self.stop_training = false
   local steps = (n + bs - 1) // bs
   if dist then _, steps = dist.shard(nil, n, bs) end
-  local nan_stop, terminated = false, false
+  local nan_stop, last_logs = false, nil
   for _, cb in ipairs(cbs) do nan_stop = nan_stop or cb.terminate_on_nan == true end
   -- Keras's History: .history holds the per-epoch lists (the same tables
   -- as the flat fields), .epoch the epochs run, .params fit's settings
@@ -775,7 +808,7 @@ fit_impl = function(self, x, y, o)
   local copy = self.device ~= "cpu" and host_copy(self) or nil
   for epoch = first_epoch, epochs do
     if verbose ~= 0 then print(string.format("Epoch %d/%d", epoch, epochs)) end
-    call_cbs(cbs, "on_epoch_begin", self, epoch)
+    call_cbs(cbs, "on_epoch_begin", self, epoch - 1)
     local order -- nil: the samples in their order (shuffle = false)
     if ds then order = ds:order(epoch) elseif o.shuffle ~= false then order = permutation(n) end
     local sizes, totals -- under MPI: this rank's shard of each global batch (rank 0's order), all ranks' counts
@@ -795,6 +828,10 @@ fit_impl = function(self, x, y, o)
     local ok, err = pcall(function()
       for s = 1, steps do
         local xb, yb, wb = next_batch(s)
+        if per_batch then
+          call_cbs(cbs, "on_train_batch_begin", self, s - 1, logs)
+          call_cbs(cbs, "on_batch_begin", self, s - 1, logs)
+        end
         C.optimizer_set_lr(opt.handle, opt:current_lr())
         if sync then sync:count(sizes[s], totals[s]) end
         local stepped, msg = pcall(C.model_train_step, h, xb, yb, epoch, order, (s - 1) * own + 1, wb)
@@ -803,14 +840,21 @@ fit_impl = function(self, x, y, o)
         free_batch(xb)
         free_batch(yb)
         if wb then wb:free() end
-        if not stepped and nan_stop and tostring(msg):find("the loss became NaN", 1, true) then
-          -- TerminateOnNaN: stop here, the weights as the last good step left them
+        if not stepped and nan_stop and tostring(msg):find("the loss became NaN or infinite", 1, true) then
+          -- TerminateOnNaN: stop here, the weights as the last good step left them; the epoch
+          -- ends as Keras's does (validation, on_epoch_end, history), its loss the invalid one
           print(string.format("Epoch %d, step %d: invalid loss, terminating training", epoch, s))
-          self.stop_training, terminated = true, true
+          self.stop_training = true
+          C.model_logs(h, logs)
+          logs.loss = tostring(msg):find("infinite loss", 1, true) and math.huge or 0 / 0
           return
         end
         if not stepped then error(string.format("%s (epoch %d, step %d)", msg, epoch, s), 0) end
         C.model_logs(h, logs)
+        if per_batch then
+          call_cbs(cbs, "on_train_batch_end", self, s - 1, logs)
+          call_cbs(cbs, "on_batch_end", self, s - 1, logs)
+        end
         bar:update(s, logs, keys, false)
         if C.interrupted() then error("interrupted", 0) end
       end
@@ -828,7 +872,9 @@ fit_impl = function(self, x, y, o)
     end
     if ok and xv then
       local vl
+      call_cbs(cbs, "on_test_begin", self)
       ok, vl = pcall(run_eval, self, xv, yv, bs, wv)
+      if ok then call_cbs(cbs, "on_test_end", self, vl) end
       if ok then
         for _, k in ipairs(keys) do logs["val_" .. k] = vl[k] end
       else
@@ -851,19 +897,21 @@ fit_impl = function(self, x, y, o)
     for _, k in ipairs(keys) do all[#all + 1] = k end
     if xv then for _, k in ipairs(keys) do all[#all + 1] = "val_" .. k end end
     bar:update(steps, logs, all, true)
-    if terminated then break end
+    self.epoch = epoch
+    call_cbs(cbs, "on_epoch_end", self, epoch - 1, logs)
+    -- the history last, as Keras's History callback: it records what the
+    -- callbacks added (ReduceLROnPlateau's learning_rate)
     for k, v in pairs(logs) do
       if not history[k] then history[k] = {}; history.history[k] = history[k] end
       table.insert(history[k], v)
     end
-    table.insert(history.epoch, epoch)
-    self.epoch = epoch
-    call_cbs(cbs, "on_epoch_end", self, epoch, logs)
+    table.insert(history.epoch, epoch - 1)
+    last_logs = logs
     if copy then copy = host_copy(self) end
     collectgarbage("step")
     if self.stop_training then break end
   end
-  call_cbs(cbs, "on_train_end", self)
+  call_cbs(cbs, "on_train_end", self, last_logs)
   if sync then
     self.sync_stats = sync:stats()
     sync:detach()
@@ -1279,7 +1327,7 @@ local function wrap(h)
         label_smoothing = l.label_smoothing })
       weights[j], weighted = l.weight, weighted or l.weight ~= 1
     end
-    self.loss, self.metrics = self.losses[1], d.metrics
+    self.loss, self.metrics, self.weighted_metrics = self.losses[1], d.metrics, d.weighted_metrics
     self.loss_weights = weighted and weights or nil
     self.optimizer = loaded_optimizer(h)
     self.compiled, self.metric_keys = true, C.model_metric_names(h)

@@ -413,6 +413,8 @@ end
 
 -- ---- callbacks ----
 
+-- Callbacks get Keras's arguments: (model, epoch, logs) with epochs
+-- counted from 0, (model, batch, logs) for the batch hooks.
 local Callback = {}
 Callback.__index = Callback
 function Callback:on_train_begin() end
@@ -424,10 +426,28 @@ local function callback(fields)
   return setmetatable(fields, Callback)
 end
 
+-- Keras's comparison (max: v - d > best; min: v + d < best), the best
+-- starting at -inf / +inf so that a NaN never counts as an improvement.
 local function improved(self, value)
-  if self.best == nil then return true end
-  if self.mode == "max" then return value > self.best + self.min_delta end
-  return value < self.best - self.min_delta
+  local best = self.best
+  if best == nil then best = self.mode == "max" and -math.huge or math.huge end
+  if self.mode == "max" then return value - self.min_delta > best end
+  return value + self.min_delta < best
+end
+
+-- Python's repr of a float: the shortest form that reads back the same.
+local function shortest(v)
+  if math.type(v) == "integer" then return tostring(v) end
+  if v ~= v then return "nan" end
+  if v == math.huge then return "inf" elseif v == -math.huge then return "-inf" end
+  for p = 1, 17 do
+    local text = string.format("%." .. p .. "g", v)
+    if tonumber(text) == v then
+      if not text:find("[%.eEn]") then text = text .. ".0" end -- 1.0, as Python writes it
+      return text
+    end
+  end
+  return string.format("%.17g", v)
 end
 
 -- The monitored value of this epoch's logs; a key never logged warns once
@@ -449,7 +469,9 @@ end
 
 -- A checkpoint path with Keras's format fields: {epoch}, {epoch:02d},
 -- {val_loss:.2f}, ... (Python's format specs d, f, e, g with width and
--- precision).  A field that is not logged is an error naming the logged ones.
+-- precision; a bare float as Python's str).  epoch is the 1-based number
+-- (Keras formats epoch + 1).  A field that is not logged is an error naming
+-- the logged ones.
 local function checkpoint_name(path, epoch, logs)
   return (path:gsub("{([%w_]+):?([^}]*)}", function(name, spec)
     local v = name == "epoch" and epoch or logs[name]
@@ -460,7 +482,7 @@ local function checkpoint_name(path, epoch, logs)
       error(string.format("ModelCheckpoint: the path names {%s}, which is not logged (logged: epoch, %s)", name,
         table.concat(keys, ", ")), 0)
     end
-    if spec == "" then return name == "epoch" and string.format("%d", v) or tostring(v) end
+    if spec == "" then return name == "epoch" and string.format("%d", v) or shortest(v) end
     if not spec:match("^0?%d*%.?%d*[dfeg]$") then
       error(string.format("ModelCheckpoint: unsupported format '{%s:%s}' (use d, f, e or g with a width and precision, like {epoch:02d} or {val_loss:.2f})", name, spec), 0)
     end
@@ -480,19 +502,39 @@ function M.check_save_path(path, what)
   end
 end
 
-local function monitor_mode(monitor, mode)
-  if mode and mode ~= "auto" then return mode end
-  return (monitor:find("acc") or monitor:find("auc")) and "max" or "min"
+-- "auto": the direction of the metric monitored (Keras 3 reads the
+-- metric's _direction: up for the accuracies, AUC, precision, recall,
+-- F-scores, R2 and IoU; down for losses and errors).
+local rising = { "acc", "auc", "precision", "recall", "f1", "fbeta", "r2", "io_u", "iou" }
+local function monitor_mode(monitor, mode, what)
+  if mode and mode ~= "auto" then
+    if mode ~= "min" and mode ~= "max" then
+      error(string.format("bad argument 'mode' to '%s' (\"auto\", \"min\" or \"max\")", what), 3)
+    end
+    return mode
+  end
+  local name = monitor:gsub("^val_", "")
+  for _, r in ipairs(rising) do if name:find(r, 1, true) then return "max" end end
+  return "min"
+end
+
+-- min_delta's magnitude (Keras takes abs(min_delta)).
+local function delta(v, what)
+  if v == nil then return nil end
+  if type(v) ~= "number" then error(string.format("bad argument 'min_delta' to '%s' (a number)", what), 3) end
+  return math.abs(v)
 end
 
 function M.callbacks.EarlyStopping(o)
   o = check_fields("EarlyStopping", o, { monitor = true, min_delta = true, patience = true, mode = true,
     restore_best_weights = true, verbose = true })
-  local self = callback({ monitor = o.monitor or "val_loss", min_delta = o.min_delta or 0, patience = o.patience or 0,
-    restore_best_weights = o.restore_best_weights or false, verbose = o.verbose })
-  self.mode = monitor_mode(self.monitor, o.mode)
-  function self:on_train_begin() self.wait, self.best, self.best_weights, self.stopped_epoch = 0, nil, nil, nil end
-  function self:on_epoch_end(model, epoch, logs)
+  local self = callback({ monitor = o.monitor or "val_loss", min_delta = delta(o.min_delta, "EarlyStopping") or 0,
+    patience = o.patience or 0, restore_best_weights = o.restore_best_weights or false, verbose = o.verbose or 0 })
+  self.mode = monitor_mode(self.monitor, o.mode, "EarlyStopping")
+  function self:on_train_begin()
+    self.wait, self.best, self.best_weights, self.stopped_epoch, self.best_epoch = 0, nil, nil, 0, 0
+  end
+  function self:on_epoch_end(model, epoch, logs) -- epoch from 0, as Keras's
     local v = watched(self, "EarlyStopping", logs)
     if v == nil then return end
     if improved(self, v) then
@@ -500,18 +542,21 @@ function M.callbacks.EarlyStopping(o)
       if self.restore_best_weights then self.best_weights = model:get_weights() end
     else
       self.wait = self.wait + 1
-      if self.wait >= self.patience then
+      if self.wait >= self.patience and epoch > 0 then
         self.stopped_epoch = epoch
         model.stop_training = true
       end
     end
   end
   function self:on_train_end(model)
+    if self.stopped_epoch > 0 and self.verbose > 0 then
+      print(string.format("Epoch %d: early stopping", self.stopped_epoch + 1))
+    end
     if self.restore_best_weights and self.best_weights then
-      model:set_weights(self.best_weights)
-      if self.verbose ~= 0 and self.stopped_epoch then
-        print(string.format("Restoring model weights from the end of the best epoch: %d.", self.best_epoch))
+      if self.verbose > 0 then
+        print(string.format("Restoring model weights from the end of the best epoch: %d.", self.best_epoch + 1))
       end
+      model:set_weights(self.best_weights)
     end
   end
   return self
@@ -526,15 +571,15 @@ function M.callbacks.ModelCheckpoint(o)
   M.check_save_path(path, "ModelCheckpoint")
   local self = callback({ path = path, monitor = o.monitor or "val_loss", save_best_only = o.save_best_only or false,
     min_delta = 0, verbose = o.verbose })
-  self.mode = monitor_mode(self.monitor, o.mode)
-  function self:on_epoch_end(model, epoch, logs)
+  self.mode = monitor_mode(self.monitor, o.mode, "ModelCheckpoint")
+  function self:on_epoch_end(model, epoch, logs) -- epoch from 0; files and saves number it from 1
     local v = self.save_best_only and watched(self, "ModelCheckpoint", logs)
-    local file = checkpoint_name(self.path, epoch, logs)
-    if self.save_best_only then
-      if v == nil or not improved(self, v) then return end
+    local file = checkpoint_name(self.path, epoch + 1, logs)
+    if self.save_best_only and v ~= nil then -- (an unlogged monitor saves every epoch, as Keras's, with its warning)
+      if not improved(self, v) then return end
       self.best = v
     end
-    model:save(file, { epoch = epoch })
+    model:save(file, { epoch = epoch + 1 })
     if self.verbose and self.verbose ~= 0 then print("saved " .. file) end
   end
   return self
@@ -617,8 +662,8 @@ function M.callbacks.BackupAndRestore(o)
       print(string.format("BackupAndRestore: resuming after epoch %d from %s", back.epoch, file))
     end
   end
-  function self:on_epoch_end(model, epoch)
-    model:save(file, { epoch = epoch, rng_ranks = gather_rank_rng() })
+  function self:on_epoch_end(model, epoch) -- from 0; the file holds the epochs done
+    model:save(file, { epoch = epoch + 1, rng_ranks = gather_rank_rng() })
   end
   function self:on_train_end(model)
     local dist = require "lunet.distributed"
@@ -634,13 +679,15 @@ function M.callbacks.ReduceLROnPlateau(o)
   o = check_fields("ReduceLROnPlateau", o, { monitor = true, factor = true, patience = true, mode = true,
     min_delta = true, cooldown = true, min_lr = true, verbose = true })
   local self = callback({ monitor = o.monitor or "val_loss", factor = o.factor or 0.1, patience = o.patience or 10,
-    min_delta = o.min_delta or 1e-4, cooldown = o.cooldown or 0, min_lr = o.min_lr or 0, verbose = o.verbose })
+    min_delta = delta(o.min_delta, "ReduceLROnPlateau") or 1e-4, cooldown = o.cooldown or 0, min_lr = o.min_lr or 0,
+    verbose = o.verbose })
   if not (type(self.factor) == "number" and self.factor > 0 and self.factor < 1) then
     error("bad argument 'factor' to 'ReduceLROnPlateau' (a number in (0, 1))", 2)
   end
-  self.mode = monitor_mode(self.monitor, o.mode)
+  self.mode = monitor_mode(self.monitor, o.mode, "ReduceLROnPlateau")
   function self:on_train_begin() self.wait, self.best, self.cool = 0, nil, 0 end
-  function self:on_epoch_end(model, epoch, logs)
+  function self:on_epoch_end(model, epoch, logs) -- epoch from 0
+    logs.learning_rate = model.optimizer:current_lr() -- as Keras's, into the logs and the history
     local v = watched(self, "ReduceLROnPlateau", logs)
     if v == nil then return end
     if self.cool > 0 then self.cool = self.cool - 1; self.wait = 0 end
@@ -658,7 +705,7 @@ function M.callbacks.ReduceLROnPlateau(o)
         if new < old then
           opt.learning_rate = new
           if self.verbose and self.verbose ~= 0 then
-            print(string.format("Epoch %d: ReduceLROnPlateau reducing learning rate to %g.", epoch, new))
+            print(string.format("Epoch %d: ReduceLROnPlateau reducing learning rate to %s.", epoch + 1, shortest(new)))
           end
         end
         self.cool, self.wait = self.cooldown, 0
@@ -687,8 +734,8 @@ function M.callbacks.CSVLogger(filename, o)
       local size = self.file:seek("end")
       if size == 0 then self.file:write("epoch", self.sep, table.concat(self.keys, self.sep), "\n") end
     end
-    local row = { tostring(epoch - 1) } -- Keras numbers epochs from 0
-    for _, k in ipairs(self.keys) do row[#row + 1] = logs[k] ~= nil and string.format("%.17g", logs[k]) or "" end
+    local row = { tostring(epoch) } -- from 0, as Keras's
+    for _, k in ipairs(self.keys) do row[#row + 1] = logs[k] ~= nil and shortest(logs[k]) or "" end
     self.file:write(table.concat(row, self.sep), "\n")
     self.file:flush()
   end
@@ -699,29 +746,51 @@ function M.callbacks.CSVLogger(filename, o)
   return self
 end
 
--- Keras's TerminateOnNaN: a NaN loss stops training (the weights as the
--- last good step left them) instead of failing fit.
+-- Keras's TerminateOnNaN: a NaN or infinite loss stops training (the
+-- weights as the last good step left them) instead of failing fit; the
+-- epoch it happens in still ends (validation, on_epoch_end, history).
 function M.callbacks.TerminateOnNaN()
   return callback({ terminate_on_nan = true })
 end
 
-function M.callbacks.LearningRateScheduler(fn)
+-- Keras's LearningRateScheduler: fn(epoch from 0, lr) sets the rate at
+-- each epoch's start; verbose 1 prints it.  An optimizer whose rate is a
+-- schedule is an error, as Keras's (the rate is not settable).
+function M.callbacks.LearningRateScheduler(fn, verbose)
   if type(fn) ~= "function" then error("bad argument #1 to 'LearningRateScheduler' (function(epoch, lr) expected)", 2) end
-  local self = callback({})
+  local self = callback({ verbose = verbose or 0 })
   function self:on_epoch_begin(model, epoch)
     local opt = model.optimizer
-    opt.learning_rate = fn(epoch - 1, opt:current_lr())
+    if type(opt.learning_rate) ~= "number" then
+      error("LearningRateScheduler: the optimizer's learning rate is a schedule, which a scheduler cannot set; "
+        .. "give the optimizer a number", 0)
+    end
+    local lr = fn(epoch, opt:current_lr())
+    if type(lr) ~= "number" then
+      error(string.format("LearningRateScheduler: the schedule function returned a %s, not a number", type(lr)), 0)
+    end
+    opt.learning_rate = lr
+    if self.verbose > 0 then
+      print(string.format("Epoch %d: LearningRateScheduler setting learning rate to %s.", epoch + 1, shortest(lr)))
+    end
   end
+  function self:on_epoch_end(model, _, logs) logs.learning_rate = model.optimizer:current_lr() end
   return self
 end
 
--- A callback from plain functions: nn.callbacks.LambdaCallback{on_epoch_end = function(model, epoch, logs) end}
+-- A callback from plain functions (Keras's LambdaCallback, the model first):
+-- nn.callbacks.LambdaCallback{on_epoch_end = function(model, epoch, logs) end}
+local lambda_hooks = { on_train_begin = true, on_train_end = true, on_epoch_begin = true, on_epoch_end = true,
+  on_train_batch_begin = true, on_train_batch_end = true, on_batch_begin = true, on_batch_end = true,
+  on_test_begin = true, on_test_end = true }
 function M.callbacks.LambdaCallback(fns)
   local self = callback({})
   for name, fn in pairs(fns or {}) do
-    if not Callback[name] then
-      error(string.format("bad argument '%s' to 'LambdaCallback' (valid: on_train_begin, on_epoch_begin, "
-        .. "on_epoch_end, on_train_end)", tostring(name)), 2)
+    if not lambda_hooks[name] then
+      local names = {}
+      for h in pairs(lambda_hooks) do names[#names + 1] = h end
+      table.sort(names)
+      error(string.format("bad argument '%s' to 'LambdaCallback' (valid: %s)", tostring(name), table.concat(names, ", ")), 2)
     end
     self[name] = function(_, ...) return fn(...) end
   end

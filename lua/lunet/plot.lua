@@ -190,7 +190,7 @@ function M.history(hist, path, o)
   for i, name in ipairs(names) do
     local train, val = logs[name], logs["val_" .. name]
     local xs = {}
-    for e = 1, #train do xs[e] = epochs and epochs[e] or e end
+    for e = 1, #train do xs[e] = epochs and epochs[e] + 1 or e end -- History.epoch counts from 0; the plot from 1
     local px, py = ((i - 1) % cols) * pw, top + ((i - 1) // cols) * ph
     local xr = { xs[1], math.max(xs[#xs], xs[1] + 1) }
     local fx, fy = axes(cv, { x = px + 70, y = py + 36, w = pw - 95, h = ph - 90 }, xr, range({ train, val or {} }),

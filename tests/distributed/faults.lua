@@ -19,7 +19,7 @@ f:write(tostring(stat:read("n"))) -- this process's id
 stat:close()
 f:close()
 local boom = {on_epoch_end = function(_, _, epoch)
-  if mode == "error" and dist.rank == 1 and epoch == 2 then error("boom in a callback on purpose") end
+  if mode == "error" and dist.rank == 1 and epoch == 1 then error("boom in a callback on purpose") end
 end}
 if mode == "mismatch" and dist.rank == 1 then x, y = x[{{1, 500}}], y[{{1, 500}}] end
 m:fit(x, y, {epochs = mode == "kill" and 100000 or 4, batch_size = 8, verbose = 0, distributed = true,

@@ -23,7 +23,7 @@ m:compile{optimizer = "adam", loss = "sparse_categorical_crossentropy"}
 local callbacks = {}
 if mode == "interrupted" then
   callbacks[#callbacks + 1] = {on_epoch_end = function(_, _, epoch)
-    if epoch == 2 then error("stopped on purpose at the end of epoch 2") end
+    if epoch == 1 then error("stopped on purpose at the end of epoch 2") end -- epochs from 0
   end}
 end
 if mode ~= "full" then callbacks[#callbacks + 1] = nn.callbacks.BackupAndRestore{backup_dir = out .. "/backup", verbose = 0} end

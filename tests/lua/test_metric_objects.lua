@@ -400,7 +400,67 @@ function T.metrics_reading_probabilities_leave_the_fused_loss_alone()
       check.near(logs[metrics[1]], m:result(), 1e-6, metrics[1] .. " from the probabilities")
     end
   end
-  check.fails(function() nn.metrics.AUC():update_state(y, y, nn.tensor{1, 0}) end, "sample_weight is not supported")
+end
+
+-- Weighted metrics (Keras's sample_weight): whole-number weights give what
+-- the same metric gives on the rows repeated that many times (0: left out),
+-- for every kind; a fractional weight the weighted mean written out; one
+-- weight per position of a sequence the same as its rows flattened.
+function T.sample_weights_count_as_repeated_rows()
+  local labels, scores, onehot = data(40, 4, 21)
+  local reps = {}
+  for i = 1, 40 do reps[i] = (i * 7) % 4 end -- 0 to 3
+  local function repeated(rows)
+    local out = {}
+    for i, r in ipairs(rows) do for _ = 1, reps[i] do out[#out + 1] = r end end
+    return out
+  end
+  local makers = {
+    {function() return nn.metrics.Precision() end, onehot}, {function() return nn.metrics.Recall{class_id = 2} end, onehot},
+    {function() return nn.metrics.AUC() end, onehot}, {function() return nn.metrics.AUC{curve = "PR"} end, onehot},
+    {function() return nn.metrics.SparseTopKCategoricalAccuracy{k = 2} end, labels},
+    {function() return nn.metrics.F1Score{average = "macro"} end, onehot},
+    {function() return nn.metrics.F1Score{average = "weighted", threshold = 0.5} end, onehot},
+    {function() return nn.metrics.MeanIoU(4) end, labels},
+    {function() return nn.metrics.SparseCategoricalAccuracy() end, labels},
+    {function() return nn.metrics.BinaryAccuracy() end, onehot},
+    {function() return nn.metrics.MeanAbsoluteError() end, onehot},
+    {function() return nn.metrics.RootMeanSquaredError() end, onehot},
+    {function() return nn.metrics.R2Score() end, onehot},
+  }
+  for _, mk in ipairs(makers) do
+    local make, y = mk[1], mk[2]
+    local weighted, plain = make(), make()
+    weighted:update_state(nn.tensor(y), nn.tensor(scores), nn.tensor(reps))
+    plain:update_state(nn.tensor(repeated(y)), nn.tensor(repeated(scores)))
+    local a, b = weighted:result(), plain:result()
+    check.near(type(a) == "table" and a[1] or a, type(b) == "table" and b[1] or b, 1e-6, weighted.name .. " weighted")
+  end
+  -- fractional weights: sum(w * correct) / sum(w) and MAE sum(w * mean|e|) / sum(w)
+  local w, num, den, mae = {}, 0, 0, 0
+  for i = 1, 40 do
+    w[i] = (i % 5) * 0.3
+    local best = 1
+    for c = 2, 4 do if scores[i][c] > scores[i][best] then best = c end end
+    num, den = num + w[i] * (best - 1 == labels[i] and 1 or 0), den + w[i]
+    local e = 0
+    for c = 1, 4 do e = e + math.abs(scores[i][c] - onehot[i][c]) / 4 end
+    mae = mae + w[i] * e
+  end
+  local acc = nn.metrics.SparseCategoricalAccuracy()
+  acc:update_state(nn.tensor(labels), nn.tensor(scores), nn.tensor(w))
+  check.near(acc:result(), num / den, 1e-6, "weighted accuracy")
+  local m = nn.metrics.MeanAbsoluteError()
+  m:update_state(nn.tensor(onehot), nn.tensor(scores), nn.tensor(w))
+  check.near(m:result(), mae / den, 1e-6, "weighted MAE")
+  -- a (5, 8) sequence of predictions weighted per position = its 40 rows
+  local seq = nn.metrics.AUC()
+  seq:update_state(nn.tensor(onehot):reshape{5, 8, 4}, nn.tensor(scores):reshape{5, 8, 4}, nn.tensor(reps):reshape{5, 8})
+  local rows = nn.metrics.AUC()
+  rows:update_state(nn.tensor(onehot), nn.tensor(scores), nn.tensor(reps))
+  check.near(seq:result(), rows:result(), 1e-6, "per-position weights")
+  check.fails(function() nn.metrics.AUC():update_state(nn.tensor(onehot), nn.tensor(scores), nn.tensor{1, 0}) end,
+    "give one weight per sample")
 end
 
 function T.vulkan_agrees_with_the_cpu()

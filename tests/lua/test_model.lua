@@ -248,19 +248,105 @@ function T.backup_and_restore_resumes_exactly()
   local whole = make()
   whole:fit(x, y, {epochs = 5, batch_size = 8, verbose = 0})
   local cut = make()
-  local crash = nn.callbacks.LambdaCallback{on_epoch_end = function(_, epoch) if epoch == 2 then error("power cut") end end}
+  local crash = nn.callbacks.LambdaCallback{on_epoch_end = function(_, epoch) if epoch == 1 then error("power cut") end end}
   local ok, err = pcall(cut.fit, cut, x, y, {epochs = 5, batch_size = 8, verbose = 0,
     callbacks = {nn.callbacks.BackupAndRestore{backup_dir = dir, verbose = 0}, crash}})
   assert(not ok and tostring(err):find("power cut"), "the fit was not cut: " .. tostring(err))
   local again = make()
   local h = again:fit(x, y, {epochs = 5, batch_size = 8, verbose = 0,
     callbacks = {nn.callbacks.BackupAndRestore{backup_dir = dir, verbose = 0}}})
-  check.same_table(h.epoch, {3, 4, 5}, 0, "the epochs run after resuming")
+  check.same_table(h.epoch, {2, 3, 4}, 0, "the epochs run after resuming (from 0, as Keras's History.epoch)")
   for i, w in ipairs(again:get_weights()) do
     check.same_table(w:totable(), whole:get_weights()[i]:totable(), 0, "weight " .. i)
   end
   assert(io.open(dir .. "/latest.safetensors") == nil, "the backup is deleted when fit completes")
   os.execute("rm -rf " .. dir)
+end
+
+-- The callback rules of Keras 3 (keras/src/callbacks/, trainers/): each
+-- check below is one an audit found lunet doing otherwise.
+function T.callbacks_follow_keras_3()
+  nn.seed(12)
+  local x, labels = nn.randn(10, 3), {}
+  for i = 1, 10 do labels[i] = i % 2 end
+  local y = nn.tensor(labels)
+  local function model()
+    nn.seed(3)
+    local m = nn.Sequential{nn.Dense{2, activation = "softmax", input_shape = {3}}}
+    m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "sparse_categorical_crossentropy",
+      metrics = {"accuracy"}}
+    return m
+  end
+  -- validation_split: the first floor(10 * 0.75) = 7 train, the last 3 validate, unweighted by class_weight
+  local m = model()
+  local seen_val
+  local h = m:fit(x, y, {epochs = 1, batch_size = 10, verbose = 0, validation_split = 0.25, shuffle = false,
+    class_weight = {[0] = 1, [1] = 4},
+    callbacks = {{on_test_end = function(_, _, logs) seen_val = logs end}}})
+  local xv, yv = nn._C.take_rows(x, 8, 3), nn._C.take_rows(y, 8, 3)
+  check.near(h.val_loss[1], m:evaluate(xv, yv, {verbose = 0}).loss, 1e-6, "validation: the last 3, unweighted")
+  check.near(seen_val.loss, h.val_loss[1], 1e-12, "on_test_end gets the validation logs")
+  -- epochs from 0; batch hooks; the history after the callbacks (learning_rate)
+  local epochs, batches = {}, {}
+  local spy = {on_epoch_end = function(_, _, epoch) epochs[#epochs + 1] = epoch end,
+    on_train_batch_end = function(_, _, b, logs) batches[#batches + 1] = b; assert(logs.loss, "batch logs") end}
+  h = model():fit(x, y, {epochs = 3, batch_size = 4, verbose = 0, initial_epoch = 1,
+    callbacks = {nn.callbacks.ReduceLROnPlateau{monitor = "loss", patience = 100}, spy}})
+  check.same_table(epochs, {1, 2}, 0, "epochs from 0 (initial_epoch 1 of 3)")
+  check.same_table(h.epoch, {1, 2}, 0, "History.epoch")
+  check.same_table(batches, {0, 1, 2, 0, 1, 2}, 0, "batches from 0, 3 a epoch")
+  check.same_table(h.learning_rate, {0.1, 0.1}, 1e-7, "learning_rate in the history")
+  check.fails(function() model():fit(x, y, {verbose = 0, callbacks = {{on_epoch_ends = function() end}}}) end,
+    "has a method 'on_epoch_ends' that fit never calls")
+  -- mode "auto" and min_delta's magnitude
+  for name, mode in pairs{val_precision = "max", val_recall = "max", val_f1_score = "max", val_r2_score = "max",
+      val_mean_io_u = "max", val_auc = "max", acc = "max", val_loss = "min", val_mae = "min"} do
+    check.eq(nn.callbacks.EarlyStopping{monitor = name}.mode, mode, name)
+  end
+  local es = nn.callbacks.EarlyStopping{monitor = "val_loss", min_delta = -0.1, patience = 1}
+  check.eq(es.min_delta, 0.1, "abs(min_delta)")
+  local stub = {}
+  es:on_train_begin(stub)
+  for epoch, v in ipairs{1.0, 1.05, 1.1} do
+    if not stub.stop_training then es:on_epoch_end(stub, epoch - 1, {val_loss = v}) end
+  end
+  check.eq(stub.stop_training, true, "a worse value is no improvement")
+  check.eq(es.stopped_epoch, 1, "stopped at the second epoch, from 0")
+  local nan = nn.callbacks.EarlyStopping{monitor = "val_loss", patience = 1}
+  nan:on_train_begin(stub)
+  nan:on_epoch_end(stub, 0, {val_loss = 0 / 0})
+  nan:on_epoch_end(stub, 1, {val_loss = 5})
+  check.eq(nan.best, 5, "a NaN never counts as the best")
+  -- a scheduler cannot set a schedule's rate
+  local sm = nn.Sequential{nn.Dense{2, input_shape = {3}}}
+  sm:compile{optimizer = nn.optimizers.SGD{learning_rate = nn.schedules.ExponentialDecay(0.1, 1, 0.5)}, loss = "mse"}
+  check.fails(function()
+    sm:fit(x, nn.randn(10, 2), {verbose = 0, callbacks = {nn.callbacks.LearningRateScheduler(function(_, lr) return lr end)}})
+  end, "the optimizer's learning rate is a schedule")
+  -- save_best_only on a value never logged: every epoch saved, as Keras
+  local dir = os.tmpname()
+  os.remove(dir)
+  os.execute("mkdir -p " .. dir)
+  local old = io.stderr
+  io.stderr = {write = function() end}
+  model():fit(x, y, {epochs = 2, verbose = 0, callbacks = {nn.callbacks.ModelCheckpoint{
+    path = dir .. "/m-{epoch}.safetensors", monitor = "val_nothing", save_best_only = true}}})
+  io.stderr = old
+  for e = 1, 2 do
+    local f = io.open(string.format("%s/m-%d.safetensors", dir, e), "rb")
+    assert(f, "epoch " .. e .. " saved")
+    f:close()
+  end
+  os.execute("rm -rf " .. dir)
+  -- TerminateOnNaN: an infinite loss stops too, and its epoch still ends
+  local big = nn.Sequential{nn.Dense{2, input_shape = {3}}}
+  big:compile{optimizer = "sgd", loss = "mse"}
+  local ended = {}
+  h = big:fit(nn.tensor{{1, 1, 1}, {1, 1, 1}}, nn.tensor{{1e30, 0}, {0, 1}}, {epochs = 3, verbose = 0,
+    callbacks = {nn.callbacks.TerminateOnNaN(), {on_epoch_end = function(_, _, e) ended[#ended + 1] = e end}}})
+  check.same_table(ended, {0}, 0, "the epoch it stopped in ended")
+  check.eq(#h.loss, 1, "and is in the history")
+  check.eq(h.loss[1], math.huge, "with its infinite loss")
 end
 
 -- Keras's History (.history, .params), ReduceLROnPlateau, CSVLogger and
@@ -278,9 +364,15 @@ function T.history_and_more_callbacks()
   for line in io.lines(csv) do lines[#lines + 1] = line end
   os.remove(csv)
   check.eq(lines[1], "epoch,accuracy,loss", "CSV header")
+  -- values as Python's repr: the shortest text that reads back the same (k/16 accuracies in at most 6 characters)
+  for i = 2, 4 do
+    local acc, loss = lines[i]:match("^%d+,([^,]+),([^,]+)$")
+    check.eq(tonumber(acc), h.accuracy[i - 1], "accuracy read back")
+    check.eq(tonumber(loss), h.loss[i - 1], "loss read back exactly")
+    assert(#acc <= 6, "not the shortest form: " .. acc)
+  end
   check.eq(#lines, 4, "one row per epoch")
   assert(lines[2]:match("^0,[%d.e-]+,[%d.e-]+$") and lines[4]:match("^2,"), lines[2])
-  check.near(tonumber(lines[4]:match(",([^,]+)$")), h.loss[3], 1e-12, "the logged loss")
   -- ReduceLROnPlateau on a value that stops improving
   local opt = nn.optimizers.SGD{learning_rate = 0.1}
   local stub = {optimizer = opt}
@@ -299,7 +391,8 @@ function T.history_and_more_callbacks()
   assert(not ok and tostring(err):find("the loss became NaN", 1, true), tostring(err))
   local w0 = m:get_weights()[1]:totable()
   local h2 = m:fit(bad, nn.tensor{0, 1}, {epochs = 2, verbose = 0, callbacks = {nn.callbacks.TerminateOnNaN()}})
-  check.eq(#h2.loss, 0, "no epoch finished")
+  check.eq(#h2.loss, 1, "the epoch it stopped in ends, as Keras's")
+  assert(h2.loss[1] ~= h2.loss[1], "with the NaN loss")
   check.same_table(m:get_weights()[1]:totable(), w0, 0, "weights untouched")
 end
 
@@ -725,7 +818,8 @@ function T.callbacks_and_schedules()
   local h = m:fit(x, y, {epochs = 30, batch_size = 16, validation_split = 0.25, verbose = 0,
     callbacks = {stopper, logger}})
   assert(#h.loss < 30, "EarlyStopping stopped the run early")
-  check.eq(#h.loss, stopper.best_epoch + 1, "stops after patience epochs without improvement (Keras)")
+  check.eq(#h.loss, stopper.best_epoch + 2, "stops after patience epochs without improvement (Keras; epochs from 0)")
+  check.eq(stopper.stopped_epoch, #h.loss - 1, "the epoch it stopped at, from 0")
   local best = math.huge
   for _, v in pairs(seen) do best = math.min(best, v) end
   check.eq(stopper.best, best, "best val_loss")
@@ -811,7 +905,7 @@ function T.nan_loss_stops_fit_without_update()
   local before = m:get_weights()[1]:totable()
   local x = nn.tensor{{1, 2}, {0 / 0, 1}}
   check.fails(function() m:fit(x, nn.zeros(2, 1), {verbose = 0, batch_size = 2}) end,
-    "the loss became NaN (lower the learning rate?); the weights were not updated (epoch 1, step 1)")
+    "the loss became NaN or infinite (a NaN loss; lower the learning rate?); the weights were not updated (epoch 1, step 1)")
   check.same_table(m:get_weights()[1]:totable(), before, 0, "weights unchanged")
 end
 

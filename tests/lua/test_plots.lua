@@ -164,8 +164,8 @@ function T.live_plot_rewrites_the_curves_each_epoch()
     if f then f:close() end
   end}
   m:fit(x, y, {epochs = 3, batch_size = 8, verbose = 0, validation_split = 0.25, callbacks = {live, spy}})
-  check.eq(seen[1] ~= nil and seen[3] ~= nil, true, "written at each epoch's end")
-  check.eq(seen[1] ~= seen[3], true, "and rewritten as training goes")
+  check.eq(seen[0] ~= nil and seen[2] ~= nil, true, "written at each epoch's end")
+  check.eq(seen[0] ~= seen[2], true, "and rewritten as training goes")
   check.eq(#live.history.loss, 3, "history kept")
   check.eq(#live.history.val_mae, 3, "validation metrics kept")
   local img = load(dir .. "/live.png")

@@ -191,4 +191,87 @@ function T.bad_weights_say_what_is_wrong()
     "give one weight per sample")
 end
 
+-- A padding mask on a sequence output (Embedding{mask_zero} -> SimpleRNN
+-- with return_sequences -> Dense) keeps the padded steps out of the loss as
+-- Keras 3 does (losses.loss.apply_mask): sum(l * w * mask) / valid steps,
+-- and out of the accuracies and MAE (its MeanMetricWrapper metrics, which
+-- apply the mask unscaled); RMSE counts every step, as Keras's.  Targets at
+-- padded steps change nothing, loss nor weights.
+function T.a_padding_mask_keeps_padded_steps_out_of_the_loss()
+  local ids = nn.tensor{{1, 2, 3, 0, 0}, {4, 5, 0, 0, 0}, {2, 2, 2, 2, 1}}
+  local function model()
+    nn.seed(1)
+    local m = nn.Sequential{nn.Embedding{6, 3, mask_zero = true, input_shape = {5}},
+      nn.SimpleRNN{4, return_sequences = true}, nn.Dense(1)}
+    m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "mse", metrics = {"mae", "root_mean_squared_error"}}
+    return m
+  end
+  local y1 = {{{1}, {0}, {1}, {5}, {5}}, {{0}, {1}, {5}, {5}, {5}}, {{1}, {1}, {0}, {0}, {1}}}
+  local y2 = {{{1}, {0}, {1}, {-9}, {7}}, {{0}, {1}, {3}, {-2}, {0}}, {{1}, {1}, {0}, {0}, {1}}} -- other padding targets
+  local sw = {0.5, 2, 1}
+  local m = model()
+  local p, idt = m:predict(ids):totable(), ids:totable()
+  local valid, se, ae, all, wse = 0, 0, 0, 0, 0
+  for i = 1, 3 do
+    for t = 1, 5 do
+      local e = p[i][t][1] - y1[i][t][1]
+      all = all + e * e
+      if idt[i][t] ~= 0 then valid, se, ae, wse = valid + 1, se + e * e, ae + math.abs(e), wse + sw[i] * e * e end
+    end
+  end
+  local r = m:evaluate(ids, nn.tensor(y1), {verbose = 0})
+  check.near(r.loss, se / valid, 1e-5, "masked loss: the mean over the valid steps")
+  check.near(r.mae, ae / valid, 1e-5, "masked MAE")
+  check.near(r.root_mean_squared_error, math.sqrt(all / 15), 1e-5, "RMSE counts every step, as Keras's")
+  r = m:evaluate(ids, nn.tensor(y1), {verbose = 0, sample_weight = nn.tensor(sw)})
+  check.near(r.loss, wse / valid, 1e-5, "masked and weighted: sum(w l m) / valid")
+  -- training: the padded steps' targets do not matter
+  local a, b = model(), model()
+  local ha = a:fit(ids, nn.tensor(y1), {epochs = 2, batch_size = 3, shuffle = false, verbose = 0})
+  local hb = b:fit(ids, nn.tensor(y2), {epochs = 2, batch_size = 3, shuffle = false, verbose = 0})
+  check.same_table(hb.loss, ha.loss, 1e-6, "losses with other padding targets")
+  check.same_table(b:predict(ids):totable(), a:predict(ids):totable(), 1e-6, "weights with other padding targets")
+end
+
+-- compile{weighted_metrics}: sample_weight and class_weight reach them
+-- (metrics stay unweighted); one weighted under a taken name logs as
+-- "weighted_" and the name, as Keras 3; uneven batches add up to the
+-- metric over the whole set; the file keeps them.
+function T.weighted_metrics_see_the_weights()
+  nn.seed(2)
+  local x = nn.randn(40, 5)
+  local labels, w = {}, {}
+  for i = 1, 40 do labels[i], w[i] = i % 3, (i % 4) * 0.5 end
+  local y = nn.tensor(labels)
+  local m = nn.Sequential{nn.Dense{3, activation = "softmax", input_shape = {5}}}
+  m:compile{optimizer = "sgd", loss = "sparse_categorical_crossentropy", metrics = {"accuracy"},
+    weighted_metrics = {"accuracy", nn.metrics.AUC{name = "wauc"}}}
+  local r = m:evaluate(x, y, {sample_weight = nn.tensor(w), batch_size = 7, verbose = 0})
+  local p = m:predict(x)
+  local acc, wacc, auc = nn.metrics.SparseCategoricalAccuracy(), nn.metrics.SparseCategoricalAccuracy(), nn.metrics.AUC()
+  acc:update_state(y, p)
+  wacc:update_state(y, p, nn.tensor(w))
+  auc:update_state(nn.utils.to_categorical(y, 3), p, nn.tensor(w))
+  check.near(r.accuracy, acc:result(), 1e-6, "accuracy stays unweighted")
+  check.near(r.weighted_accuracy, wacc:result(), 1e-6, "weighted accuracy")
+  check.near(r.wauc, auc:result(), 1e-6, "weighted AUC")
+  assert(math.abs(r.weighted_accuracy - r.accuracy) > 1e-3, "the weights changed nothing")
+  -- class_weight reaches them too (Keras turns it into sample weights)
+  local cw, cws = {[0] = 1, [1] = 3, [2] = 0.5}, {}
+  for i = 1, 40 do cws[i] = cw[labels[i]] end
+  local h = m:fit(x, y, {epochs = 1, batch_size = 40, shuffle = false, class_weight = cw, verbose = 0})
+  local want = nn.metrics.SparseCategoricalAccuracy()
+  want:update_state(y, p, nn.tensor(cws)) -- the predictions before the step: fit logs them
+  check.near(h.weighted_accuracy[1], want:result(), 1e-6, "class weights in the weighted metric")
+  local path = os.tmpname()
+  m:save(path)
+  local back = nn.load_model(path)
+  os.remove(path)
+  local rb = back:evaluate(x, y, {sample_weight = nn.tensor(w), verbose = 0})
+  check.near(rb.weighted_accuracy, m:evaluate(x, y, {sample_weight = nn.tensor(w), verbose = 0}).weighted_accuracy, 1e-6,
+    "weighted metrics saved")
+  check.fails(function() m:compile{optimizer = "sgd", loss = "mse", weighted_metrics = {"nonsense"}} end,
+    "bad argument 'weighted_metrics' to 'compile'")
+end
+
 check.run(T)

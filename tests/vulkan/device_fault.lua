@@ -36,7 +36,7 @@ end
 -- the weights and Adam's slots at the end of epoch 1, on the CPU
 local at_epoch1
 local keep = nn.callbacks.LambdaCallback{on_epoch_end = function(m, epoch)
-  if epoch == 1 then
+  if epoch == 0 then -- the first, counted from 0
     at_epoch1 = {}
     for i, w in ipairs(m:get_weights()) do at_epoch1[i] = w:to("cpu"):totable() end
   end

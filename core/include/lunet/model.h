@@ -163,6 +163,11 @@ LUNET_API const lunet_metric_config *lunet_metric_config_get(const lunet_metric 
  * (one download).  y_pred (N, ...), y_true as the kind expects. */
 LUNET_API lunet_status lunet_metric_update(lunet_ctx *ctx, lunet_metric *m, lunet_tensor *y_pred,
                                            lunet_tensor *y_true);
+/* The same with Keras's sample_weight: one weight per sample, or per
+ * position (y_pred's shape without its last axis); every count and sum is
+ * weighted, a mean becomes sum(w v) / sum(w).  NULL: unweighted. */
+LUNET_API lunet_status lunet_metric_update_weighted(lunet_ctx *ctx, lunet_metric *m, lunet_tensor *y_pred,
+                                                    lunet_tensor *y_true, const lunet_tensor *sample_weight);
 /* The mean and the accuracies: adds `total` over `count` samples (a mean
  * adds value * count). */
 LUNET_API void lunet_metric_add(lunet_metric *m, double total, double count);
@@ -268,6 +273,11 @@ typedef struct lunet_compile_opts {
   lunet_optimizer *optimizer;
   int nmetrics;
   const char *const *metrics;
+  /* Keras's weighted_metrics: metrics that sample_weight (and class_weight)
+   * reach; logged under their names, or "weighted_" and the name when an
+   * unweighted one has it. */
+  int nweighted_metrics;
+  const char *const *weighted_metrics;
 } lunet_compile_opts;
 
 LUNET_API lunet_status lunet_model_compile(lunet_ctx *ctx, lunet_model *m,
@@ -279,6 +289,8 @@ LUNET_API lunet_loss_spec lunet_model_loss(const lunet_model *m, int j);
 /* The metric names given to compile. */
 LUNET_API int lunet_model_compiled_metric_count(const lunet_model *m);
 LUNET_API const char *lunet_model_compiled_metric(const lunet_model *m, int k);
+LUNET_API int lunet_model_compiled_weighted_metric_count(const lunet_model *m);
+LUNET_API const char *lunet_model_compiled_weighted_metric(const lunet_model *m, int k);
 
 /* Hooks of the training step, called on the calling thread:
  * grad_ready(user, i, grad) as soon as parameter i's gradient is complete
