@@ -37,7 +37,8 @@ function M.sample(scores, o, random)
   end
   local idx = {}
   for i = 1, v do idx[i] = i end
-  table.sort(idx, function(a, b) return scores[a] > scores[b] end)
+  -- by score, ties by the lower id (as tf/jax top_k)
+  table.sort(idx, function(a, b) return scores[a] > scores[b] or (scores[a] == scores[b] and a < b) end)
   local keep = o.top_k and math.min(o.top_k, v) or v
   local top = scores[idx[1]] / o.temperature
   local w, total = {}, 0

@@ -1169,8 +1169,13 @@ local function decoder_shape(self)
     error(string.format("generate: the model maps %s to %s; a decoder maps ids (None, L) to scores (None, L, vocabulary)",
       graph.shape_str(ins), graph.shape_str(outs)), 3)
   end
+  -- probabilities: a softmax activation, or a Softmax layer over the vocabulary axis (its scores are not
+  -- logits: taking them for logits would sample from a second softmax)
   local last = self.outputs[1].node and self.outputs[1].node.layer
-  return ins[1], outs[2], last and last.args and last.args.activation == "softmax"
+  local args = last and last.args or {}
+  local probs = args.activation == "softmax"
+    or (last ~= nil and last.type == "Softmax" and (args.axis == nil or args.axis == -1 or args.axis == 2))
+  return ins[1], outs[2], probs
 end
 
 -- model:generate(prompt, {max_new_tokens = 20, temperature = 1, top_k,

@@ -199,6 +199,9 @@ function TextVectorization:adapt(texts)
   for _, s in ipairs(texts) do
     for _, w in ipairs(self:tokens(s)) do count[w] = (count[w] or 0) + 1 end
   end
+  -- the padding "" and "[UNK]" are the vocabulary's first two entries, never counted words (Keras's
+  -- finalize_state removes the special tokens from the counts)
+  count[""], count["[UNK]"] = nil, nil
   local words = {}
   for w in pairs(count) do words[#words + 1] = w end
   table.sort(words, function(a, b)

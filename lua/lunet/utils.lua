@@ -11,15 +11,20 @@ local M = {}
 function M.to_categorical(y, num_classes)
   local ids = C.is_tensor(y) and y:reshape(-1):totable() or y
   if type(ids) ~= "table" then error("bad argument #1 to 'to_categorical' (class ids: a tensor or a list)", 2) end
+  for i, v in ipairs(ids) do
+    if type(v) ~= "number" or math.tointeger(v) == nil or v < 0 then
+      error(string.format("to_categorical: entry %d is %s, not a class id (a whole number >= 0)", i, tostring(v)), 2)
+    end
+  end
   local k = num_classes
-  if k == nil then
+  if k == nil then -- Keras's: the largest id + 1
     k = 0
-    for _, v in ipairs(ids) do k = math.max(k, v + 1) end
+    for _, v in ipairs(ids) do k = math.max(k, math.tointeger(v) + 1) end
   end
   if math.type(k) ~= "integer" or k < 1 then error("bad argument #2 to 'to_categorical' (a positive integer)", 2) end
   local rows = {}
   for i, v in ipairs(ids) do
-    if math.tointeger(v) == nil or v < 0 or v >= k then
+    if v >= k then
       error(string.format("to_categorical: entry %d is %s, not a class id in [0, %d)", i, tostring(v), k), 2)
     end
     local r = {}
@@ -27,7 +32,13 @@ function M.to_categorical(y, num_classes)
     r[math.tointeger(v) + 1] = 1
     rows[i] = r
   end
-  return C.tensor(rows)
+  if #rows == 0 then error("bad argument #1 to 'to_categorical' (no class ids)", 2) end
+  local out = C.tensor(rows)
+  -- Keras's shape: the ids' shape and the class axis, a trailing axis of 1 dropped
+  local shape = C.is_tensor(y) and y:shape() or { #ids }
+  if #shape > 1 and shape[#shape] == 1 then table.remove(shape) end
+  shape[#shape + 1] = k
+  return out:reshape(shape)
 end
 
 -- train_test_split(x, y, {test_size = 0.25, shuffle = true, seed = 0}):
@@ -295,7 +306,10 @@ function M.image_dataset_from_directory(dir, o)
   local skipped = {}
   if labels == "inferred" then
     class_names = {}
-    for _, e in ipairs(C.listdir(dir)) do if e.dir then class_names[#class_names + 1] = e.name end end
+    -- one class per folder, hidden ones (.ipynb_checkpoints) skipped as Keras's index_directory does
+    for _, e in ipairs(C.listdir(dir)) do
+      if e.dir and e.name:sub(1, 1) ~= "." then class_names[#class_names + 1] = e.name end
+    end
     if o.class_names then
       local have = {}
       for _, c in ipairs(class_names) do have[c] = true end

@@ -221,6 +221,35 @@ function T.sampling_rules()
   check.near(counts[1] / 4000, 0.5 / 0.8, 0.03, "renormalized")
   check.eq(gen.sample(scores, {temperature = 1, top_k = 1}, r), 0, "top_k = 1")
   check.eq(gen.sample(scores, {temperature = 0}, r), 0, "temperature 0")
+  -- ties at the top-k boundary go to the lower ids (as tf and jax's top_k)
+  for _ = 1, 200 do
+    assert(gen.sample({0, 0, 0, 0}, {temperature = 1, top_k = 2}, r) <= 1, "a tie broken by the lower id")
+  end
+end
+
+-- A decoder ending in a Softmax layer gives probabilities, as one whose
+-- Dense has activation = "softmax": generate samples the same tokens from
+-- both (same weights, same seeds), not from a second softmax over them.
+function T.generate_reads_a_softmax_layer_as_probabilities()
+  local function build(softmax_layer)
+    nn.seed(5)
+    local inp = nn.Input{shape = {4}}
+    local e = nn.Embedding{5, 8}(inp)
+    local out = softmax_layer and nn.Softmax{}(nn.Dense{5}(e)) or nn.Dense{5, activation = "softmax"}(e)
+    return nn.Model{inputs = inp, outputs = out}
+  end
+  local a, b = build(false), build(true)
+  local w = a:get_weights()
+  w[2] = w[2] * 20 -- a peaked distribution: a second softmax would flatten it visibly
+  a:set_weights(w)
+  b:set_weights(w)
+  local same, differs = 0, 0
+  for seed = 1, 200 do
+    local ta = a:generate({1, 2}, {max_new_tokens = 3, seed = seed})
+    local tb = b:generate({1, 2}, {max_new_tokens = 3, seed = seed})
+    if table.concat(ta, ",") == table.concat(tb, ",") then same = same + 1 else differs = differs + 1 end
+  end
+  check.eq(differs, 0, "the same samples from both models")
 end
 
 function T.mha_bad_input_is_named()

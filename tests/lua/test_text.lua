@@ -37,6 +37,10 @@ function T.text_vectorization_follows_keras()
   local ragged = nn.text.TextVectorization{standardize = "none"}
   ragged:adapt({"A b", "b"})
   check.same_table(ragged({"b A", "b"}):totable(), {{2, 3}, {2, 0}}, 0, "longest text sets the length")
+  -- "[UNK]" in the text is the out-of-vocabulary entry, never a second one (Keras drops the special tokens' counts)
+  local unk = nn.text.TextVectorization{standardize = "none"}
+  unk:adapt({"[UNK] [UNK] b", "b a"})
+  check.same_table(unk:get_vocabulary(), {"", "[UNK]", "b", "a"}, 0, "one [UNK]")
   check.fails(function() nn.text.TextVectorization{standardize = "upper"} end, "bad argument 'standardize'")
   check.fails(function() nn.text.TextVectorization{}({"x"}) end, "call adapt(texts)")
 end
