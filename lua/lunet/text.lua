@@ -130,14 +130,22 @@ local standardizers = {
 
 -- nn.text.TextVectorization{max_tokens, output_sequence_length,
 -- standardize = "lower_and_strip_punctuation", split = "whitespace",
--- vocabulary}: Keras's layer with output_mode "int".  Index 0 is padding,
--- 1 is "[UNK]" (any word outside the vocabulary), then the adapted words
--- by falling frequency, ties in reverse byte order (Keras sorts by count,
--- then token, and reverses: np.lexsort((tokens, counts))[::-1]); max_tokens
--- counts the two reserved entries, as in Keras.
+-- ngrams, output_mode = "int", vocabulary, idf_weights}: Keras's layer.
+-- output_mode "int": ids (N, L), index 0 padding, 1 "[UNK]" (any word
+-- outside the vocabulary), then the adapted words by falling frequency,
+-- ties in reverse byte order (Keras sorts by count, then token, and
+-- reverses: np.lexsort((tokens, counts))[::-1]).  "multi_hot", "count" and
+-- "tf_idf": one row of vocabulary size per text (N, V), index 0 "[UNK]" (no
+-- padding entry, as Keras's), a word's presence, its count, or its count
+-- times its idf, log(1 + documents / (1 + documents holding it)) from
+-- adapt ("[UNK]" weighs the mean idf, as Keras's).  max_tokens counts the
+-- reserved entries, as in Keras.  ngrams = n adds the 2..n-grams of
+-- consecutive words ("the cat"), a list {2, 3} those sizes only.
+local output_modes = { int = true, multi_hot = true, count = true, tf_idf = true }
+
 function M.TextVectorization_new(o)
   o = check_fields("TextVectorization", o, { max_tokens = true, output_sequence_length = true, standardize = true,
-    split = true, vocabulary = true })
+    split = true, vocabulary = true, output_mode = true, ngrams = true, idf_weights = true })
   local st = o.standardize == nil and "lower_and_strip_punctuation" or o.standardize
   if st ~= false and st ~= "none" and not standardizers[st] then
     error(string.format("bad argument 'standardize' to 'TextVectorization' (valid: lower_and_strip_punctuation, lower, strip_punctuation, none; got %s)", tostring(st)), 2)
@@ -146,42 +154,75 @@ function M.TextVectorization_new(o)
   if split ~= "whitespace" and split ~= "character" then
     error(string.format("bad argument 'split' to 'TextVectorization' (valid: whitespace, character; got %s)", tostring(split)), 2)
   end
+  local mode = o.output_mode or "int"
+  if not output_modes[mode] then
+    error(string.format("bad argument 'output_mode' to 'TextVectorization' (valid: int, multi_hot, count, tf_idf; got %s)",
+      tostring(mode)), 2)
+  end
   for _, k in ipairs{ "max_tokens", "output_sequence_length" } do
     if o[k] ~= nil and (math.type(o[k]) ~= "integer" or o[k] < 1) then
       error(string.format("bad argument '%s' to 'TextVectorization' (a positive integer)", k), 2)
     end
   end
-  if o.max_tokens and o.max_tokens < 3 then
-    error("bad argument 'max_tokens' to 'TextVectorization' (at least 3: padding, [UNK] and one word)", 2)
+  if o.output_sequence_length and mode ~= "int" then
+    error("bad argument 'output_sequence_length' to 'TextVectorization' (only for output_mode = \"int\", as Keras's)", 2)
+  end
+  local reserved = mode == "int" and 2 or 1
+  if o.max_tokens and o.max_tokens < reserved + 1 then
+    error(string.format("bad argument 'max_tokens' to 'TextVectorization' (at least %d: %s and one word)", reserved + 1,
+      mode == "int" and "padding, [UNK]" or "[UNK]"), 2)
+  end
+  local ngrams = o.ngrams
+  if ngrams ~= nil then
+    local sizes = type(ngrams) == "table" and ngrams or nil
+    if math.type(ngrams) == "integer" and ngrams >= 1 then
+      sizes = {}
+      for n = 1, ngrams do sizes[n] = n end
+    end
+    for _, n in ipairs(sizes or {}) do if math.type(n) ~= "integer" or n < 1 then sizes = nil break end end
+    if not sizes or #sizes == 0 then
+      error("bad argument 'ngrams' to 'TextVectorization' (a positive integer n, or a list of sizes such as {1, 2})", 2)
+    end
+    ngrams = sizes
   end
   local self = setmetatable({ kind = "TextVectorization", max_tokens = o.max_tokens,
-    output_sequence_length = o.output_sequence_length, standardize = st == false and "none" or st, split = split }, TextVectorization)
-  if o.vocabulary then self:set_vocabulary(o.vocabulary) end
+    output_sequence_length = o.output_sequence_length, standardize = st == false and "none" or st, split = split,
+    output_mode = mode, ngrams = ngrams, reserved = reserved }, TextVectorization)
+  if o.vocabulary then self:set_vocabulary(o.vocabulary, o.idf_weights) end
   return self
 end
 
 setmetatable(TextVectorization, { __call = function(_, o) return M.TextVectorization_new(o) end })
 
--- The words of one string after standardization and splitting.
+-- The words of one string after standardization, splitting and n-grams.
 function TextVectorization:tokens(s)
   if type(s) ~= "string" then error("TextVectorization: texts must be strings, got " .. type(s), 3) end
   local f = standardizers[self.standardize]
   if f then s = f(s) end
-  local out = {}
+  local words = {}
   if self.split == "character" then
-    for _, cp in utf8.codes(s) do out[#out + 1] = utf8.char(cp) end
+    for _, cp in utf8.codes(s) do words[#words + 1] = utf8.char(cp) end
   else
-    for w in s:gmatch("%S+") do out[#out + 1] = w end
+    for w in s:gmatch("%S+") do words[#words + 1] = w end
+  end
+  if not self.ngrams then return words end
+  local out = {} -- Keras's order: every n-gram of the first size, then of the next, ...
+  for _, n in ipairs(self.ngrams) do
+    for i = 1, #words - n + 1 do out[#out + 1] = table.concat(words, " ", i, i + n - 1) end
   end
   return out
 end
 
--- vocabulary: the words, without the two reserved entries (or with them,
--- as get_vocabulary returns them).
-function TextVectorization:set_vocabulary(words)
+-- vocabulary: the words, without the reserved entries (or with them, as
+-- get_vocabulary returns them); idf_weights (tf_idf): one per entry of the
+-- vocabulary as given.
+function TextVectorization:set_vocabulary(words, idf_weights)
   if type(words) ~= "table" then error("TextVectorization: the vocabulary must be a list of words", 3) end
-  local start = (words[1] == "" and words[2] == "[UNK]") and 3 or 1
-  self.vocab = { "", "[UNK]" }
+  local int = self.output_mode == "int"
+  local start = 1
+  if int and words[1] == "" and words[2] == "[UNK]" then start = 3 end
+  if not int and words[1] == "[UNK]" then start = 2 end
+  self.vocab = int and { "", "[UNK]" } or { "[UNK]" }
   self.index = {}
   for i = start, #words do
     local w = words[i]
@@ -190,16 +231,36 @@ function TextVectorization:set_vocabulary(words)
     self.vocab[#self.vocab + 1] = w
     self.index[w] = #self.vocab - 1
   end
+  self.idf = nil
+  if self.output_mode == "tf_idf" then
+    if type(idf_weights) ~= "table" or (#idf_weights ~= #words and #idf_weights ~= #self.vocab) then
+      error(string.format("TextVectorization: output_mode \"tf_idf\" needs idf_weights, one per vocabulary entry "
+        .. "(%d), with the vocabulary (or adapt)", #words), 3)
+    end
+    self.idf = {}
+    local mean, n = 0, 0
+    for i = 1, #words - start + 1 do
+      local v = idf_weights[#idf_weights == #self.vocab and i + 1 or i + start - 1]
+      if type(v) ~= "number" then error("TextVectorization: idf_weights must be numbers", 3) end
+      self.idf[i + 1], mean, n = v, mean + v, n + 1
+    end
+    -- "[UNK]": the given weight, or the words' mean (Keras's)
+    self.idf[1] = #idf_weights == #self.vocab and idf_weights[1] or (n > 0 and mean / n or 0)
+  end
   return self
 end
 
 function TextVectorization:adapt(texts)
   if type(texts) ~= "table" or #texts == 0 then error("TextVectorization:adapt expects a non-empty list of strings", 2) end
-  local count = {}
+  local count, docs = {}, {}
   for _, s in ipairs(texts) do
-    for _, w in ipairs(self:tokens(s)) do count[w] = (count[w] or 0) + 1 end
+    local seen = {}
+    for _, w in ipairs(self:tokens(s)) do
+      count[w] = (count[w] or 0) + 1
+      if not seen[w] then seen[w], docs[w] = true, (docs[w] or 0) + 1 end
+    end
   end
-  -- the padding "" and "[UNK]" are the vocabulary's first two entries, never counted words (Keras's
+  -- the padding "" and "[UNK]" are the vocabulary's reserved entries, never counted words (Keras's
   -- finalize_state removes the special tokens from the counts)
   count[""], count["[UNK]"] = nil, nil
   local words = {}
@@ -209,9 +270,14 @@ function TextVectorization:adapt(texts)
     return a > b
   end)
   if self.max_tokens then
-    for i = #words, self.max_tokens - 1, -1 do words[i] = nil end
+    for i = #words, self.max_tokens - self.reserved + 1, -1 do words[i] = nil end
   end
-  return self:set_vocabulary(words)
+  local idf
+  if self.output_mode == "tf_idf" then
+    idf = {}
+    for i, w in ipairs(words) do idf[i] = math.log(1 + #texts / (1 + docs[w])) end
+  end
+  return self:set_vocabulary(words, idf)
 end
 
 function TextVectorization:vocabulary_size() return self.vocab and #self.vocab or 0 end
@@ -219,11 +285,25 @@ function TextVectorization:get_vocabulary() return { table.unpack(self.vocab or 
 
 -- texts (a string or a list of strings) -> int32 ids (N, L): L is
 -- output_sequence_length (padding with 0 at the end, or cutting), or the
--- longest text's length.
+-- longest text's length; in the other modes float32 (N, V).
 function TextVectorization:__call(texts)
   if not self.vocab then error("TextVectorization: call adapt(texts) (or give a vocabulary) before vectorizing", 2) end
   if type(texts) == "string" then texts = { texts } end
   if type(texts) ~= "table" or #texts == 0 then error("TextVectorization expects a string or a non-empty list of strings", 2) end
+  if self.output_mode ~= "int" then
+    local rows, v, mode = {}, #self.vocab, self.output_mode
+    for i, s in ipairs(texts) do
+      local row = {}
+      for k = 1, v do row[k] = 0 end
+      for _, w in ipairs(self:tokens(s)) do
+        local k = (self.index[w] or 0) + 1
+        row[k] = mode == "multi_hot" and 1 or row[k] + 1
+      end
+      if mode == "tf_idf" then for k = 1, v do row[k] = row[k] * self.idf[k] end end
+      rows[i] = row
+    end
+    return C.tensor(rows)
+  end
   local rows, longest = {}, 1
   for i, s in ipairs(texts) do
     local ids = {}
@@ -241,7 +321,9 @@ end
 
 function TextVectorization:config()
   return { kind = "TextVectorization", max_tokens = self.max_tokens, output_sequence_length = self.output_sequence_length,
-    standardize = self.standardize, split = self.split, vocabulary = self.vocab and { table.unpack(self.vocab, 3) } or nil }
+    standardize = self.standardize, split = self.split, output_mode = self.output_mode ~= "int" and self.output_mode or nil,
+    ngrams = self.ngrams, idf_weights = self.idf,
+    vocabulary = self.vocab and { table.unpack(self.vocab, self.reserved + 1) } or nil }
 end
 
 -- A tokenizer from its config() (a model file's preprocessor).
@@ -250,7 +332,8 @@ function M.from_config(cfg)
   if cfg.kind == "CharTokenizer" then return M.CharTokenizer_new{ vocabulary = cfg.vocabulary, unknown = cfg.unknown } end
   if cfg.kind == "TextVectorization" then
     return M.TextVectorization_new{ max_tokens = cfg.max_tokens, output_sequence_length = cfg.output_sequence_length,
-      standardize = cfg.standardize, split = cfg.split, vocabulary = cfg.vocabulary or {} }
+      standardize = cfg.standardize, split = cfg.split, output_mode = cfg.output_mode, ngrams = cfg.ngrams,
+      vocabulary = cfg.vocabulary or {}, idf_weights = cfg.idf_weights }
   end
   error("unknown text preprocessor kind '" .. tostring(cfg.kind) .. "'", 2)
 end

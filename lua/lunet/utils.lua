@@ -41,6 +41,64 @@ function M.to_categorical(y, num_classes)
   return out:reshape(shape)
 end
 
+-- pad_sequences(sequences, {maxlen, padding = "pre", truncating = "pre",
+-- value = 0, dtype = "int32"}): Keras's: a list of id lists to one (N,
+-- maxlen) tensor, maxlen by default the longest; shorter ones padded with
+-- value before ("pre", Keras's default) or after ("post"), longer ones cut
+-- at the start ("pre": the last maxlen kept) or at the end ("post").
+function M.pad_sequences(sequences, o)
+  if type(sequences) ~= "table" or getmetatable(sequences) then
+    error("bad argument #1 to 'pad_sequences' (a list of sequences, each a list of numbers)", 2)
+  end
+  o = o or {}
+  for k in pairs(o) do
+    if k ~= "maxlen" and k ~= "padding" and k ~= "truncating" and k ~= "value" and k ~= "dtype" then
+      error(string.format("bad argument '%s' to 'pad_sequences' (valid: maxlen, padding, truncating, value, dtype)",
+        tostring(k)), 2)
+    end
+  end
+  local padding, truncating = o.padding or "pre", o.truncating or "pre"
+  for name, v in pairs{padding = padding, truncating = truncating} do
+    if v ~= "pre" and v ~= "post" then
+      error(string.format("bad argument '%s' to 'pad_sequences' (\"pre\" or \"post\", got %s)", name, tostring(v)), 2)
+    end
+  end
+  local dtype, value = o.dtype or "int32", o.value or 0
+  if dtype ~= "int32" and dtype ~= "float32" then
+    error("bad argument 'dtype' to 'pad_sequences' (\"int32\" or \"float32\")", 2)
+  end
+  if type(value) ~= "number" then error("bad argument 'value' to 'pad_sequences' (a number)", 2) end
+  local maxlen = o.maxlen
+  for i, seq in ipairs(sequences) do
+    if type(seq) ~= "table" then
+      error(string.format("pad_sequences: sequence %d is a %s, not a list of numbers", i, type(seq)), 2)
+    end
+    for j, v in ipairs(seq) do
+      if type(v) ~= "number" then error(string.format("pad_sequences: sequence %d, entry %d is not a number", i, j), 2) end
+    end
+  end
+  if maxlen == nil then
+    maxlen = 0
+    for _, seq in ipairs(sequences) do maxlen = math.max(maxlen, #seq) end
+  end
+  if math.type(maxlen) ~= "integer" or maxlen < 1 then
+    error("bad argument 'maxlen' to 'pad_sequences' (a positive integer; the sequences are all empty?)", 2)
+  end
+  if #sequences == 0 then error("bad argument #1 to 'pad_sequences' (no sequences)", 2) end
+  local rows = {}
+  for i, seq in ipairs(sequences) do
+    local n = #seq
+    local first = n > maxlen and truncating == "pre" and n - maxlen + 1 or 1 -- the kept part: seq[first .. first + keep - 1]
+    local keep = math.min(n, maxlen)
+    local row, pad = {}, maxlen - keep
+    local at = padding == "pre" and pad or 0
+    for k = 1, maxlen do row[k] = value end
+    for k = 1, keep do row[at + k] = seq[first + k - 1] end
+    rows[i] = row
+  end
+  return C.tensor(rows, dtype)
+end
+
 -- train_test_split(x, y, {test_size = 0.25, shuffle = true, seed = 0}):
 -- x_train, x_test, y_train, y_test (sklearn's order); the same rows of x
 -- and y go together; the order is fixed by the seed.

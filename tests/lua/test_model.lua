@@ -448,6 +448,15 @@ function T.utils_categorical_and_split()
   check.same_table(nn.utils.to_categorical(nn.tensor{2, 0}):totable(), {{0, 0, 1}, {1, 0, 0}}, 0, "from a tensor")
   check.same_table(nn.utils.to_categorical(nn.tensor{{0, 1}, {1, 1}, {2, 0}}):shape(), {3, 2, 3}, 0, "(N, T, K)")
   check.same_table(nn.utils.to_categorical(nn.tensor{{1}, {0}}):shape(), {2, 2}, 0, "a trailing 1 dropped")
+  -- pad_sequences as Keras's: padding and truncating "pre" by default
+  local seqs = {{1, 2, 3}, {4, 5}, {6, 7, 8, 9, 10}}
+  check.same_table(nn.utils.pad_sequences(seqs, {maxlen = 4}):totable(), {{0, 1, 2, 3}, {0, 0, 4, 5}, {7, 8, 9, 10}}, 0,
+    "pre")
+  check.same_table(nn.utils.pad_sequences(seqs, {maxlen = 4, padding = "post", truncating = "post", value = -1}):totable(),
+    {{1, 2, 3, -1}, {4, 5, -1, -1}, {6, 7, 8, 9}}, 0, "post")
+  check.same_table(nn.utils.pad_sequences({{1}, {}, {2, 3}}):shape(), {3, 2}, 0, "maxlen: the longest")
+  check.eq(nn.utils.pad_sequences({{1}}):dtype(), "int32", "int32 by default")
+  check.fails(function() nn.utils.pad_sequences(seqs, {padding = "left"}) end, "\"pre\" or \"post\"")
   local x = nn.arange(0, 10):reshape(10, 1)
   local y = nn.arange(100, 110)
   local xt, xv, yt, yv = nn.utils.train_test_split(x, y, {test_size = 0.3, seed = 4})

@@ -56,6 +56,50 @@ function T.windows_pair_each_step_with_the_next()
   check.fails(function() nn.text.windows(nn.tensor{1, 2, 3}, 1) end, "ids must be a 1-D int32 tensor")
 end
 
+-- output_mode multi_hot / count / tf_idf and ngrams, against Keras's rules
+-- worked by hand: "[UNK]" first (no padding entry), idf = log(1 + docs /
+-- (1 + docs holding the word)), "[UNK]" weighing the words' mean idf; and a
+-- bag-of-words classifier that keeps its vectorizer (idf weights too) in
+-- its file.
+function T.text_vectorization_bag_of_words_modes()
+  local texts = {"the cat sat", "the dog", "a cat"}
+  local tv = nn.text.TextVectorization{output_mode = "tf_idf", ngrams = 2}
+  tv:adapt(texts)
+  check.same_table(tv:get_vocabulary(), {"[UNK]", "the", "cat", "the dog", "the cat", "sat", "dog", "cat sat", "a cat", "a"},
+    0, "unigrams and bigrams, by count then reverse order")
+  local two, one = math.log(1 + 3 / 3), math.log(1 + 3 / 2) -- in two documents, in one
+  local unk = (2 * two + 7 * one) / 9
+  check.same_table(tv({"the cat ran", "zz"}):totable(),
+    {{2 * unk, two, two, 0, one, 0, 0, 0, 0, 0}, {unk, 0, 0, 0, 0, 0, 0, 0, 0, 0}}, 1e-6, "tf_idf")
+  local count = nn.text.TextVectorization{output_mode = "count", max_tokens = 3}
+  count:adapt(texts)
+  check.same_table(count:get_vocabulary(), {"[UNK]", "the", "cat"}, 0, "max_tokens counts [UNK]")
+  check.same_table(count({"cat cat the x"}):totable(), {{1, 1, 2}}, 0, "count")
+  local hot = nn.text.TextVectorization{output_mode = "multi_hot", vocabulary = {"cat", "the"}}
+  check.same_table(hot({"cat cat the x y"}):totable(), {{1, 1, 1}}, 0, "multi_hot")
+  local grams = nn.text.TextVectorization{ngrams = {2}, vocabulary = {"a b"}}
+  check.same_table(grams({"a b c"}):totable(), {{2, 1}}, 0, "bigrams only")
+  check.fails(function() nn.text.TextVectorization{output_mode = "count", output_sequence_length = 4} end,
+    "only for output_mode")
+  check.fails(function() nn.text.TextVectorization{output_mode = "tf_idf", vocabulary = {"a"}} end, "needs idf_weights")
+  -- a classifier on tf_idf rows; the file keeps vocabulary and weights
+  nn.seed(3)
+  local docs = {"good fun film", "bad dull film", "fun and good", "dull and bad"}
+  local v = nn.text.TextVectorization{output_mode = "tf_idf"}
+  v:adapt(docs)
+  local m = nn.Sequential{nn.Dense{2, activation = "softmax", input_shape = {v:vocabulary_size()}}}
+  m:set_preprocessor(v)
+  m:compile{optimizer = nn.optimizers.Adam{learning_rate = 0.1}, loss = "sparse_categorical_crossentropy", metrics = {"accuracy"}}
+  m:fit(docs, nn.tensor{1, 0, 1, 0}, {epochs = 40, batch_size = 4, verbose = 0})
+  check.eq(m:evaluate(docs, nn.tensor{1, 0, 1, 0}).accuracy, 1, "learns")
+  local path = os.tmpname()
+  m:save(path)
+  local back = nn.load_model(path)
+  os.remove(path)
+  check.same_table(back:predict({"fun film", "so dull"}):totable(), m:predict({"fun film", "so dull"}):totable(), 0,
+    "the loaded model vectorizes and predicts the same")
+end
+
 -- A classifier on texts: the vectorizer travels in the model file, and the
 -- loaded model takes texts and predicts what the saved one did.
 function T.a_model_keeps_its_text_preprocessor()
