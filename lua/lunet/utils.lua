@@ -99,6 +99,69 @@ function M.pad_sequences(sequences, o)
   return C.tensor(rows, dtype)
 end
 
+--- timeseries_dataset_from_array(data, targets, sequence_length,
+-- {sequence_stride = 1, sampling_rate = 1, batch_size = 128, shuffle =
+-- false, seed, start_index = 0, end_index}) -> a dataset of windows, as
+-- Keras's: window p (from 0, every sequence_stride) takes data rows
+-- start_index + p, + sampling_rate, ... (sequence_length of them; indices
+-- from 0, end_index exclusive) and its target is targets[start_index + p];
+-- with shuffle the windows are shuffled once, by the seed (Keras shuffles the
+-- start positions once).  targets nil: windows alone (forecasting pairs
+-- come from data and targets offset by the horizon, as in Keras's examples).
+function M.timeseries_dataset_from_array(data, targets, sequence_length, o)
+  local function bad(msg) error("timeseries_dataset_from_array: " .. msg, 3) end
+  o = o or {}
+  local valid = {sequence_stride = true, sampling_rate = true, batch_size = true, shuffle = true, seed = true,
+    start_index = true, end_index = true}
+  for k in pairs(o) do if not valid[k] then bad(string.format("unknown option '%s'", tostring(k))) end end
+  if not C.is_tensor(data) then
+    if type(data) ~= "table" then bad("data must be a tensor or a list") end
+    data = C.tensor(data)
+  end
+  if targets ~= nil and not C.is_tensor(targets) then
+    if type(targets) ~= "table" then bad("targets must be a tensor, a list or nil") end
+    targets = C.tensor(targets)
+  end
+  local shape = data:shape()
+  local t = shape[1]
+  local L, stride, rate = sequence_length, o.sequence_stride or 1, o.sampling_rate or 1
+  for name, v in pairs{sequence_length = L, sequence_stride = stride, sampling_rate = rate, batch_size = o.batch_size or 1} do
+    if math.type(v) ~= "integer" or v < 1 then bad(name .. " must be a positive integer") end
+  end
+  local first, last = o.start_index or 0, o.end_index or t
+  if math.type(first) ~= "integer" or first < 0 or first >= t then bad(string.format("start_index must be in [0, %d)", t)) end
+  if math.type(last) ~= "integer" or last <= first or last > t then
+    bad(string.format("end_index must be in (start_index, %d]", t))
+  end
+  local n = last - first - (L - 1) * rate -- Keras's count of start positions
+  if targets then n = math.min(n, targets:shape()[1]) end
+  if n <= 0 then
+    bad(string.format("no window fits: %d rows from start_index to end_index, and a window spans %d",
+      last - first, (L - 1) * rate + 1))
+  end
+  local starts = {}
+  for p = 0, n - 1, stride do starts[#starts + 1] = p end
+  if o.shuffle then
+    local perm = dataset.permutation(#starts, o.seed or C.rng_take(1), 0)
+    local shuffled = {}
+    for i, k in ipairs(perm) do shuffled[i] = starts[k] end
+    starts = shuffled
+  end
+  local rows, at = {}, {}
+  for i, p in ipairs(starts) do
+    for j = 0, L - 1 do rows[#rows + 1] = first + p + j * rate end
+    at[i] = first + p
+  end
+  local win = {#starts, L}
+  for i = 2, #shape do win[#win + 1] = shape[i] end
+  local x = data:index_select(1, rows):reshape(win)
+  local y = targets and targets:index_select(1, at) or nil
+  if targets and first + starts[#starts] >= targets:shape()[1] then
+    bad("targets has fewer rows than the windows need (the target of window p is targets[start_index + p])")
+  end
+  return dataset.from_tensor_slices(x, y, {batch_size = o.batch_size or 128})
+end
+
 -- train_test_split(x, y, {test_size = 0.25, shuffle = true, seed = 0}):
 -- x_train, x_test, y_train, y_test (sklearn's order); the same rows of x
 -- and y go together; the order is fixed by the seed.

@@ -457,6 +457,38 @@ function T.utils_categorical_and_split()
   check.same_table(nn.utils.pad_sequences({{1}, {}, {2, 3}}):shape(), {3, 2}, 0, "maxlen: the longest")
   check.eq(nn.utils.pad_sequences({{1}}):dtype(), "int32", "int32 by default")
   check.fails(function() nn.utils.pad_sequences(seqs, {padding = "left"}) end, "\"pre\" or \"post\"")
+  -- timeseries_dataset_from_array: the examples of Keras's docstring
+  local idx = {}
+  for i = 0, 98 do idx[i + 1] = i end
+  local ds = nn.utils.timeseries_dataset_from_array(idx, nil, 10, {sampling_rate = 2, sequence_stride = 3, batch_size = 100})
+  local xw = ds:batch(1, ds:order(0))
+  local w = xw:totable()
+  check.eq(#w, 27, "windows (starts 0, 3, ..., 78)")
+  check.same_table(w[1], {0, 2, 4, 6, 8, 10, 12, 14, 16, 18}, 0, "first sequence")
+  check.same_table(w[2], {3, 5, 7, 9, 11, 13, 15, 17, 19, 21}, 0, "second sequence")
+  check.same_table(w[27], {78, 80, 82, 84, 86, 88, 90, 92, 94, 96}, 0, "last sequence")
+  local series, future = {}, {}
+  for i = 0, 89 do series[#series + 1] = i end
+  for i = 10, 99 do future[#future + 1] = i end
+  local pairs_ds = nn.utils.timeseries_dataset_from_array(series, future, 10, {batch_size = 128})
+  local xs, ys = pairs_ds:batch(1, pairs_ds:order(0))
+  check.same_table(xs:totable()[1], {0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, 0, "input of the first pair")
+  check.eq(ys:totable()[1], 10, "its target: the next value")
+  check.eq(pairs_ds.n, 81, "windows within the series")
+  local tail = nn.utils.timeseries_dataset_from_array(series, future, 10, {start_index = 5, end_index = 30})
+  local tx, ty = tail:batch(1, tail:order(0))
+  check.same_table({tx:totable()[1][1], ty:totable()[1], tail.n}, {5, 15, 16}, 0, "start_index and end_index")
+  check.fails(function() nn.utils.timeseries_dataset_from_array(series, nil, 100) end, "no window fits")
+  -- end to end: next-value forecasts of a sine from its last 8 values (a linear recurrence a Dense layer can learn)
+  local wave, nextv = {}, {}
+  for i = 0, 399 do wave[#wave + 1] = {math.sin(i * 0.3)} end
+  for i = 8, 407 do nextv[#nextv + 1] = math.sin(i * 0.3) end
+  local train = nn.utils.timeseries_dataset_from_array(wave, nextv, 8, {batch_size = 32, shuffle = true, seed = 3})
+  nn.seed(8)
+  local m = nn.Sequential{nn.Flatten{input_shape = {8, 1}}, nn.Dense(1)}
+  m:compile{optimizer = nn.optimizers.Adam{learning_rate = 0.02}, loss = "mse"}
+  local h = m:fit(train, nil, {epochs = 30, verbose = 0})
+  assert(h.loss[#h.loss] < 1e-3, "forecasts the sine: loss " .. h.loss[#h.loss])
   local x = nn.arange(0, 10):reshape(10, 1)
   local y = nn.arange(100, 110)
   local xt, xv, yt, yv = nn.utils.train_test_split(x, y, {test_size = 0.3, seed = 4})
