@@ -302,8 +302,14 @@ emit.Conv2DTranspose = function(g, l, ins, w)
   local x = g:cf(ins[1])
   local k, s = pair(l.args.kernel_size), pair(l.args.strides)
   local pads, extra = { 0, 0, 0, 0 }, { 0, 0 }
+  local op, size = l.args.output_padding and pair(l.args.output_padding), spatial_of(l)
   for i = 1, 2 do
-    if k[i] < s[i] then
+    if op then -- Keras's exact size; the window where TensorFlow's SAME conv_transpose starts it
+      local full = (size[i] - 1) * s[i] + k[i]
+      local out = full - 2 * (l.args.padding == "same" and k[i] // 2 or 0) + op[i]
+      local cut = full - out
+      if cut >= 0 then pads[i], pads[2 + i] = cut // 2, cut - cut // 2 else extra[i] = -cut end
+    elseif k[i] < s[i] then
       extra[i] = s[i] - k[i]
     elseif l.args.padding == "same" then
       local total = k[i] - s[i]

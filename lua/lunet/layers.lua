@@ -60,6 +60,11 @@ end
 local positive_ok = { axis = true, seed = true, padding = true }
 
 -- Checks one value against its schema entry; returns the value to store.
+-- The pair arguments that count rows and columns added or cut, where 0
+-- is a value (ZeroPadding2D's padding, Cropping2D's cropping,
+-- Conv2DTranspose's output_padding); every other pair is a size or a step.
+local zero_ok = { padding = true, cropping = true, output_padding = true }
+
 local function check_arg(tname, s, v, argpos)
   local where = argpos and ("#" .. argpos) or ("'" .. s.name .. "'")
   -- level 5: bad, check_arg, parse_args, new, then the caller (constructors tail-call new)
@@ -93,7 +98,10 @@ local function check_arg(tname, s, v, argpos)
     if #vals < 1 or #vals > 2 then bad(string.format("%s must be an integer or a pair {h, w}", s.name)) end
     for _, x in ipairs(vals) do
       if math.type(x) ~= "integer" then bad(string.format("%s must hold integers, got %s", s.name, describe(x))) end
-      if x < 1 then bad(string.format("%s must be positive, got %d", s.name, x)) end
+      -- sizes and steps are positive; paddings and croppings may be 0
+      if x < (zero_ok[s.name] and 0 or 1) then
+        bad(string.format("%s must be %s, got %d", s.name, zero_ok[s.name] and ">= 0" or "positive", x))
+      end
     end
   elseif t == "shape" then
     if type(v) ~= "table" then bad(string.format("%s must be a list of sizes like {28, 28, 1}", s.name)) end

@@ -9,7 +9,11 @@
  * deconv_output_length): "valid" gives OH = H * sh + max(KH - sh, 0), that
  * is (H - 1) * sh + KH unless the kernel is smaller than the stride,
  * "same" gives OH = H * sh, the padding of the matching convolution split
- * as Keras splits it (the odd pixel at the bottom and right).
+ * as Keras splits it (the odd pixel at the bottom and right).  With
+ * output_padding op (below the stride), OH is exactly (H - 1) sh + KH -
+ * 2 pad + op, pad = KH / 2 for "same" (Keras's deconv_output_length), the
+ * matching convolution's padding taken as TensorFlow's SAME conv_transpose
+ * takes it for that size.
  */
 #include "layers.h"
 
@@ -28,6 +32,8 @@ static const lunet_arg_schema transpose_args[] = {
     {"padding", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "valid"},
      .doc = "\"valid\": out = in * stride + max(kernel - stride, 0); \"same\": out = in * stride",
      .choices = "valid|same"},
+    {"output_padding", LUNET_ARG_INT2, LUNET_ARG_NIL,
+     .doc = "extra rows and columns of the output: p or {ph, pw}, each below its stride; nil: Keras's inferred size"},
     {"activation", LUNET_ARG_STRING, LUNET_ARG_NIL, .doc = "activation applied to the output; nil: linear"},
     {"use_bias", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = true}, .doc = "add a learned bias per filter"},
     {"kernel_initializer", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "glorot_uniform"},
@@ -54,6 +60,12 @@ static lunet_status transpose_desc(const lunet_layer *l, lunet_ctx *ctx, int64_t
   bool same = layers_padding(l) == LUNET_PAD_SAME;
   int64_t oh = h * s[0] + (same || k[0] < s[0] ? 0 : k[0] - s[0]);
   int64_t ow = w * s[1] + (same || k[1] < s[1] ? 0 : k[1] - s[1]);
+  if (lunet_layer_arg_is_set(l, "output_padding")) {
+    int64_t op[2];
+    lunet_layer_get_int2(l, "output_padding", op);
+    oh = (h - 1) * s[0] + k[0] - 2 * (same ? k[0] / 2 : 0) + op[0];
+    ow = (w - 1) * s[1] + k[1] - 2 * (same ? k[1] / 2 : 0) + op[1];
+  }
   *d = (lunet_conv2d_desc){.n = n, .h = oh, .w = ow, .c = lunet_layer_get_int(l, "filters"), .f = c,
                            .kh = k[0], .kw = k[1], .sh = s[0], .sw = s[1]};
   lunet_status st = lunet_conv2d_geometry(ctx, d, layers_padding(l));
@@ -72,6 +84,14 @@ static lunet_status transpose_build(lunet_layer *l, int nin, const lunet_shape *
   lunet_status st = layers_check_pair(l, "kernel_size", k);
   if (st == LUNET_OK) st = layers_check_pair(l, "strides", s);
   if (st != LUNET_OK) return st;
+  if (lunet_layer_arg_is_set(l, "output_padding")) {
+    int64_t op[2];
+    lunet_layer_get_int2(l, "output_padding", op);
+    if (op[0] < 0 || op[1] < 0 || op[0] >= s[0] || op[1] >= s[1])
+      return lunet_layer_error(l, LUNET_ERR_ARG,
+                               "output_padding {%lld, %lld} must be >= 0 and below the strides {%lld, %lld} (as Keras's)",
+                               (long long)op[0], (long long)op[1], (long long)s[0], (long long)s[1]);
+  }
   lunet_conv2d_desc d;
   if (transpose_desc(l, lunet_layer_ctx(l), 1, in[0].dims[0], in[0].dims[1], in[0].dims[2], &d)) return layers_failed(l);
   int64_t kshape[4] = {d.kh, d.kw, d.c, d.f};
@@ -147,6 +167,9 @@ static const lunet_layer_test transpose_tests[] = {
     {LAYERS_ARGS({"filters", {.i = 2}}, {"kernel_size", {.n = 2, .v = {2, 3}}}, {"strides", {.n = 2, .v = {2, 1}}},
                  {"use_bias", {.b = false}}),
      LAYERS_INPUTS({3, {2, 3, 1}}), 2, 2e-2f},
+    {LAYERS_ARGS({"filters", {.i = 2}}, {"kernel_size", {.n = 1, .v = {3}}}, {"strides", {.n = 1, .v = {2}}},
+                 {"padding", {.s = "same"}}, {"output_padding", {.n = 1, .v = {1}}}),
+     LAYERS_INPUTS({3, {3, 2, 2}}), 2, 2e-2f},
 };
 
 LAYERS_HIDDEN const lunet_layer_type layers_conv2d_transpose = {

@@ -61,7 +61,8 @@ function T.generic_autograd_path_matches_torch()
 end
 
 -- Conv2DTranspose against torch's conv_transpose2d (fixture
--- make_torch_conv_transpose.py: "valid" and "same", strides, rectangles):
+-- make_torch_conv_transpose.py: "valid" and "same", strides, rectangles,
+-- output_padding):
 -- outputs and the gradients of the input, kernel and bias.
 function T.conv2d_transpose_matches_torch()
   local cases = dofile(here .. "../fixtures/torch_conv_transpose.lua")
@@ -82,6 +83,11 @@ function T.conv2d_transpose_matches_torch()
     check.same_table(w[1].tensor.grad:totable(), c.dkernel, 1e-4, "case " .. i .. " kernel gradient")
     check.same_table(w[2].tensor.grad:totable(), c.dbias, 1e-4, "case " .. i .. " bias gradient")
   end
+  check.fails(function() nn.Sequential{nn.Conv2DTranspose{2, 3, strides = 2, output_padding = 2, input_shape = {3, 3, 1}}} end,
+    "output_padding {2, 2} must be >= 0 and below the strides {2, 2}")
+  -- pairs that count added or cut rows may be 0 (sizes and steps may not)
+  check.same_table(nn.ZeroPadding2D{{0, 2}, input_shape = {3, 3, 1}}.output_shape, {3, 7, 1}, 0, "padding {0, 2}")
+  check.fails(function() nn.Conv2D{2, {0, 3}} end, "kernel_size must be positive, got 0")
 end
 
 -- Conv2D, MaxPooling2D, AveragePooling2D and BatchNormalization
