@@ -425,17 +425,29 @@ int lunet_layer_get_shape(const lunet_layer *l, const char *arg, int64_t *out, i
 
 /* ---- weights ---- */
 
+/* A standard normal from the counters c and c + 1 (Box-Muller). */
 static float normal(uint64_t seed, uint64_t c) {
-  float u1 = lunet_philox_uniform(seed, 2 * c), u2 = lunet_philox_uniform(seed, 2 * c + 1);
+  float u1 = lunet_philox_uniform(seed, c), u2 = lunet_philox_uniform(seed, c + 1);
   return sqrtf(-2.0f * logf(1.0f - u1)) * cosf(6.28318530718f * u2);
 }
 
-/* Keras's truncated normal: redraw beyond two standard deviations. */
-static float truncated_normal(uint64_t seed, uint64_t *c) {
-  for (;;) {
-    float z = normal(seed, (*c)++);
+/* Counters a weight of n values reserves: 4 each (a uniform takes one, an
+ * orthogonal matrix's normals two), 8 for the truncated normals (4 draws of
+ * two), so that every value has its own and no weight's draws reach into
+ * the next one's. */
+#define INIT_COUNTERS 8
+#define UNIFORM_COUNTERS 4
+
+/* Keras's truncated normal for value i of a weight whose counters start at
+ * c: redraw beyond two standard deviations, up to 4 draws in the value's own
+ * counters (all 4 beyond: p = 4e-6, the last one clipped). */
+static float truncated_normal(uint64_t seed, uint64_t c, int64_t i) {
+  float z = 0;
+  for (int j = 0; j < INIT_COUNTERS / 2; j++) {
+    z = normal(seed, c + (uint64_t)i * INIT_COUNTERS + 2 * (uint64_t)j);
     if (fabsf(z) <= 2.0f) return z;
   }
+  return z > 0 ? 2.0f : -2.0f;
 }
 
 /* Keras's Orthogonal (gain 1): the weight seen as (rows, cols) = (all but
@@ -448,7 +460,7 @@ static bool orthogonal(float *v, int ndim, const int64_t *shape, uint64_t seed, 
   int64_t n = rows > cols ? rows : cols, k = rows > cols ? cols : rows;
   double *q = malloc(sizeof(double) * (size_t)(n * k));
   if (!q) return false;
-  for (int64_t i = 0; i < n * k; i++) q[i] = normal(seed, c + (uint64_t)i); /* q[r * k + j] */
+  for (int64_t i = 0; i < n * k; i++) q[i] = normal(seed, c + 2 * (uint64_t)i); /* q[r * k + j] */
   for (int64_t j = 0; j < k; j++) {
     for (int64_t p = 0; p < j; p++) {
       double dot = 0;
@@ -473,7 +485,8 @@ static lunet_status init_values(lunet_layer *l, const char *init, float *v, int 
   for (int i = 0; i + 2 < ndim; i++) rec *= shape[i];
   double fan_in = ndim >= 2 ? (double)(shape[ndim - 2] * rec) : (double)(ndim ? shape[0] : 1);
   double fan_out = ndim >= 2 ? (double)(shape[ndim - 1] * rec) : fan_in;
-  uint64_t seed = l->ctx->seed, c = lunet_rng_take(l->ctx, (uint64_t)n * 4);
+  bool truncated = strstr(init, "_normal") != NULL;
+  uint64_t seed = l->ctx->seed, c = lunet_rng_take(l->ctx, (uint64_t)n * (truncated ? INIT_COUNTERS : UNIFORM_COUNTERS));
   if (!strcmp(init, "zeros") || !strcmp(init, "ones")) {
     for (int64_t i = 0; i < n; i++) v[i] = init[0] == 'o' ? 1.0f : 0.0f;
   } else if (!strcmp(init, "uniform")) { /* Keras's "uniform": U(-0.05, 0.05) */
@@ -492,7 +505,7 @@ static lunet_status init_values(lunet_layer *l, const char *init, float *v, int 
                  : init[0] == 'h' ? 2.0 / fan_in
                                   : 1.0 / fan_in;
     float sd = (float)(sqrt(var) / 0.87962566103423978);
-    for (int64_t i = 0; i < n; i++) v[i] = sd * truncated_normal(seed, &c);
+    for (int64_t i = 0; i < n; i++) v[i] = sd * truncated_normal(seed, c, i);
   } else if (!strcmp(init, "orthogonal")) {
     if (!orthogonal(v, ndim, shape, seed, c))
       return lunet_layer_error(l, LUNET_ERR_NOMEM, "out of host memory initializing a weight");

@@ -3,7 +3,7 @@
  *
  * config (format_version 2):
  *   {"format_version": 2, "class": "Functional" | "Sequential", "name": "...",
- *    "layers": [{"type": "Dense", "args": {"units": 10, ...}}, ...],
+ *    "layers": [{"type": "Dense", "args": {"units": 10, ...}, "trainable": false (frozen only)}, ...],
  *      (a layer made under the mixed_bfloat16 policy adds
  *      "dtype_policy": "mixed_bfloat16"; without it a layer is float32,
  *      whatever the policy when the file is read)
@@ -91,6 +91,7 @@ static cJSON *layer_json(const lunet_layer *l) {
     cJSON_AddStringToObject(args, "name", lunet_layer_name(l));
   if (lunet_layer_precision(l) != LUNET_PRECISION_FLOAT32)
     cJSON_AddStringToObject(o, "dtype_policy", lunet_precision_policy_name(lunet_layer_precision(l)));
+  if (!lunet_layer_trainable(l)) cJSON_AddBoolToObject(o, "trainable", false); /* Keras's config keeps it */
   return o;
 }
 
@@ -493,8 +494,14 @@ static lunet_layer *read_layer(reader *r, const cJSON *j, int idx) {
     return NULL;
   }
   if (policy && !strcmp(policy->valuestring, "mixed_bfloat16")) prec = LUNET_PRECISION_BFLOAT16;
+  const cJSON *trainable = cJSON_GetObjectItemCaseSensitive(j, "trainable");
+  if (trainable && !cJSON_IsBool(trainable)) {
+    bad(r, "layers[%d] (%s): \"trainable\" must be true or false", idx, t->name);
+    return NULL;
+  }
   lunet_layer *l = lunet_layer_new(r->ctx, t);
   if (l) lunet_layer_set_precision(l, prec);
+  if (l && cJSON_IsFalse(trainable)) lunet_layer_set_trainable(l, false); /* a frozen layer stays frozen */
   for (const cJSON *a = l ? args->child : NULL; a; a = a->next) {
     int k = 0;
     while (k < t->nargs && strcmp(t->args[k].name, a->string)) k++;

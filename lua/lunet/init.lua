@@ -104,10 +104,13 @@ nn.constraints.UnitNorm, nn.constraints.MinMaxNorm = nn.constraints.unit_norm, n
 nn.regularizers = {}
 function nn.regularizers.l1(v) return { kind = "l1", l1 = v or 0.01, l2 = 0 } end
 function nn.regularizers.l2(v) return { kind = "l2", l1 = 0, l2 = v or 0.01 } end
+-- Keras's L1L2 (and its alias l1_l2): each factor 0 unless given
+-- (l1_l2{l2 = 1e-4} has no L1 term)
 function nn.regularizers.l1_l2(a, b)
   if type(a) == "table" then a, b = a.l1, a.l2 end
-  return { kind = "l1_l2", l1 = a or 0.01, l2 = b or 0.01 }
+  return { kind = "l1_l2", l1 = a or 0, l2 = b or 0 }
 end
+nn.regularizers.L1L2 = nn.regularizers.l1_l2
 
 local layers = require "lunet.layers"
 layers.install(nn)

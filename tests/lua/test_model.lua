@@ -263,6 +263,51 @@ function T.backup_and_restore_resumes_exactly()
   os.execute("rm -rf " .. dir)
 end
 
+-- A weight's initial values come from its own reserved random counters (8
+-- per value): he_normal's truncated normals rebuilt here from the Philox
+-- stream at exactly those counters, Box-Muller and Keras's redraw beyond 2
+-- standard deviations -- so no weight shares draws with the next one.
+-- And Keras's L1L2 defaults: a factor not given is 0.
+function T.initializers_draw_from_their_own_counters()
+  local C = nn._C
+  nn.seed(7)
+  local c0 = C.rng_take(0)
+  local d = nn.Dense{5, kernel_initializer = "he_normal", use_bias = false, input_shape = {3}}
+  nn.Sequential{d}
+  check.eq(C.rng_take(0) - c0, 15 * 8, "8 counters a value")
+  local w, seed, sd = d:get_weights()[1]:totable(), C.seed(), math.sqrt(2 / 3) / 0.87962566103423978
+  for r = 1, 3 do
+    for col = 1, 5 do
+      local i, z = (r - 1) * 5 + col - 1, nil
+      for j = 0, 3 do
+        local u1, u2 = C.philox(seed, c0 + i * 8 + 2 * j), C.philox(seed, c0 + i * 8 + 2 * j + 1)
+        z = math.sqrt(-2 * math.log(1 - u1)) * math.cos(6.28318530718 * u2)
+        if math.abs(z) <= 2 then break end
+      end
+      check.near(w[r][col], sd * z, 1e-5, "kernel value " .. i)
+    end
+  end
+  -- a frozen layer stays frozen in its file (Keras's config keeps trainable): its weights do not move after loading
+  nn.seed(1)
+  local m = nn.Sequential{nn.Dense{4, input_shape = {3}}, nn.BatchNormalization(), nn.Dense(2)}
+  m.layers[1].trainable, m.layers[2].trainable = false, false
+  m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.5}, loss = "mse"}
+  local x, y = nn.randn(8, 3), nn.randn(8, 2)
+  local path = os.tmpname()
+  m:save(path)
+  local back = nn.load_model(path)
+  os.remove(path)
+  check.same_table({back.layers[1].trainable, back.layers[2].trainable, back.layers[3].trainable}, {false, false, true}, 0,
+    "trainable flags")
+  local before = back:get_weights()
+  back:train_on_batch(x, y)
+  local after = back:get_weights()
+  for i = 1, 6 do check.same_table(after[i]:totable(), before[i]:totable(), 0, "frozen weight " .. i .. " unmoved") end
+  assert(math.abs(after[7]:totable()[1][1] - before[7]:totable()[1][1]) > 0, "the trainable layer trains")
+  local reg = nn.regularizers.l1_l2{l2 = 1e-4}
+  check.same_table({reg.l1, reg.l2}, {0, 1e-4}, 0, "L1L2: no L1 term unless given")
+end
+
 -- The callback rules of Keras 3 (keras/src/callbacks/, trainers/): each
 -- check below is one an audit found lunet doing otherwise.
 function T.callbacks_follow_keras_3()
