@@ -750,7 +750,9 @@ static lunet_tensor *batch_r2(scratch *s, lunet_metric *m, lunet_tensor *p, lune
 
 /* The predictions' positions: the shape without its last axis (a 1-D
  * prediction: one per sample). */
-static int64_t positions_of(const lunet_tensor *p) { return p->ndim >= 2 ? p->numel / last_dim(p) : p->numel; }
+static int64_t positions_of(const lunet_tensor *p) {
+  return p->ndim >= 2 && last_dim(p) > 0 ? p->numel / last_dim(p) : p->numel;
+}
 
 lunet_tensor *lunet_metric_batch(lunet_ctx *ctx, lunet_metric *m, lunet_tensor *y_pred, lunet_tensor *y_true,
                                  const lunet_tensor *weights) {
@@ -759,7 +761,8 @@ lunet_tensor *lunet_metric_batch(lunet_ctx *ctx, lunet_metric *m, lunet_tensor *
     return NULL;
   }
   int64_t n = y_pred->ndim ? y_pred->shape[0] : 1;
-  if (weights && weights->numel != n && weights->numel != positions_of(y_pred)) {
+  if (weights && weights->numel == 0 && y_pred->numel == 0) weights = NULL; /* an empty batch: nothing to weigh */
+  if (weights && (weights->numel == 0 || (weights->numel != n && weights->numel != positions_of(y_pred)))) {
     char a[128], b[128];
     lunet_error(ctx, LUNET_ERR_SHAPE, "%s: sample_weight has shape %s for predictions %s: give one weight per sample",
                 m->name, lunet_shape_str(weights->ndim, weights->shape, a, sizeof a),

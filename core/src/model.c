@@ -955,8 +955,11 @@ static lunet_tensor *add_scalar(lunet_ctx *ctx, lunet_tensor *total, lunet_tenso
 /* A caller's loss: its scalar, or the (weighted) mean of its per-sample
  * or per-row values. */
 static lunet_tensor *function_loss(lunet_ctx *ctx, const lunet_loss_spec *ls, lunet_tensor *pred, lunet_tensor *y,
-                                   const lunet_tensor *sw) {
+                                   const lunet_tensor *sw, const lunet_tensor *masked) {
   lunet_tensor *r = ls->fn(ls->fn_user, ctx, y, pred);
+  /* a padding mask's weights (masked) apply to one value per position; a
+   * per-sample or scalar result takes the caller's weights alone */
+  if (r && masked && masked != sw && r->numel == masked->numel && r->ndim >= 2) sw = masked;
   if (!r) {
     if (!ctx->status) lunet_error(ctx, LUNET_ERR_ARG, "the loss function gave no tensor");
     return NULL;
@@ -1002,9 +1005,11 @@ static lunet_tensor *masked_weights(lunet_ctx *ctx, const lunet_tensor *mask, co
     lunet_tensor_release(w);
     w = t;
   }
-  if (w && sw) {
+  if (w && sw) { /* one weight per sample (a column), or per position (the mask's shape) */
     lunet_tensor *swf = sw->dtype == LUNET_F32 ? lunet_tensor_retain((lunet_tensor *)sw) : lunet_op_cast(ctx, sw, LUNET_F32);
-    lunet_tensor *c = swf && swf->numel == col[0] ? lunet_op_reshape(ctx, swf, 2, col) : NULL;
+    lunet_tensor *c = swf && swf->numel == col[0]   ? lunet_op_reshape(ctx, swf, 2, col)
+                      : swf && swf->numel == n && n != col[0] ? lunet_op_reshape(ctx, swf, 2, rows)
+                                                              : NULL;
     if (swf && !c)
       lunet_error(ctx, LUNET_ERR_SHAPE, "sample_weight has %lld values for %lld samples: give one weight per sample",
                   (long long)swf->numel, (long long)col[0]);
@@ -1044,13 +1049,13 @@ static lunet_tensor *loss_weights(lunet_ctx *ctx, const lunet_tensor *pred, cons
 }
 
 static lunet_tensor *total_loss(lunet_ctx *ctx, lunet_model *m, lunet_tensor **pred,
-                                lunet_tensor *const *y, const bool *fused, lunet_tensor *const *sw,
-                                lunet_tensor **parts) {
+                                lunet_tensor *const *y, const bool *fused, const lunet_tensor *sw,
+                                lunet_tensor *const *lw, lunet_tensor **parts) {
   lunet_tensor *total = NULL;
   for (int j = 0; j < m->noutputs; j++) {
     const lunet_loss_spec *ls = &m->losses[j];
-    lunet_loss_options lo = {ls->from_logits || fused[j], ls->delta, ls->label_smoothing, sw[j]};
-    parts[j] = ls->fn ? function_loss(ctx, ls, pred[j], y[j], sw[j]) : lunet_loss_ex(ctx, ls->kind, pred[j], y[j], &lo);
+    lunet_loss_options lo = {ls->from_logits || fused[j], ls->delta, ls->label_smoothing, lw[j]};
+    parts[j] = ls->fn ? function_loss(ctx, ls, pred[j], y[j], sw, lw[j]) : lunet_loss_ex(ctx, ls->kind, pred[j], y[j], &lo);
     if (!parts[j]) goto fail;
     lunet_tensor *w = lunet_tensor_retain(parts[j]);
     if (ls->weight != 1) {
@@ -1233,7 +1238,7 @@ static lunet_status step(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *c
   for (int j = 0; !s && j < m->noutputs; j++) lw[j] = loss_weights(ctx, pred[j], masks[j], sw, &failed);
   lunet_set_grad_enabled(ctx, training);
   if (!s && failed) s = ctx->status ? ctx->status : lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory weighing the loss");
-  if (!s) s = (loss = total_loss(ctx, m, pred, y, fused, lw, parts)) ? LUNET_OK : ctx->status;
+  if (!s) s = (loss = total_loss(ctx, m, pred, y, fused, sw, lw, parts)) ? LUNET_OK : ctx->status;
   if (!s && activity) s = (loss = add_scalar(ctx, loss, activity)) ? LUNET_OK : ctx->status;
   else lunet_tensor_release(activity);
   bool function_loss = false;

@@ -133,6 +133,17 @@ lunet_status lunet_optimizer_configure(lunet_ctx *ctx, lunet_optimizer *o,
                                        const lunet_optimizer_config *cfg) {
   if (cfg->kind != o->cfg.kind)
     return lunet_error(ctx, LUNET_ERR_ARG, "optimizer: the kind of an optimizer cannot change");
+  /* what decides the slots (amsgrad, centered, momentum on or off) stays once there are slots: a
+   * slot would otherwise be read as another (the mean gradient as the momentum) */
+  bool layout = cfg->amsgrad != o->cfg.amsgrad || cfg->centered != o->cfg.centered ||
+                ((cfg->momentum > 0) != (o->cfg.momentum > 0) && cfg->kind != LUNET_OPT_ADAM);
+  bool has_slots = false;
+  for (int i = 0; i < o->nparams && !has_slots; i++)
+    for (int k = 0; k < MAX_SLOTS; k++) has_slots |= o->slots[i][k] != NULL;
+  if (layout && has_slots)
+    return lunet_error(ctx, LUNET_ERR_ARG,
+                       "optimizer: amsgrad, centered and whether momentum is on cannot change once the optimizer has "
+                       "state; make a new optimizer (and compile again)");
   lunet_status s = check_config(ctx, cfg);
   if (!s) o->cfg = *cfg;
   return s;

@@ -945,6 +945,42 @@ local mask_rules = {
 }
 local function rnn_mask(_, l, ins) return { l.args.return_sequences and ins[1].mask or nil } end
 mask_rules.LSTM, mask_rules.GRU, mask_rules.SimpleRNN = rnn_mask, rnn_mask, rnn_mask
+-- layers without Keras's supports_masking drop the mask (lunet's layers_drop_mask)
+for _, t in ipairs{ "Conv1D", "MaxPooling1D", "Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D",
+  "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "ZeroPadding2D", "Cropping2D",
+  "UpSampling2D", "Flatten", "Reshape", "Permute", "CenterCrop", "Resizing", "SpatialDropout2D" } do
+  mask_rules[t] = function() return {} end
+end
+-- the element-wise merges: the AND (a product) of the masks there are
+local function merge_mask(g, _, ins)
+  local m
+  for _, x in ipairs(ins) do
+    if x.mask then m = m and g:node("Mul", { m, x.mask }) or x.mask end
+  end
+  return { m }
+end
+for _, t in ipairs{ "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum" } do mask_rules[t] = merge_mask end
+-- Concatenate: on the features, the OR when every input has a mask (else
+-- none); on the steps, the masks joined
+mask_rules.Concatenate = function(g, l, ins)
+  local any, all = false, true
+  for _, x in ipairs(ins) do any, all = any or x.mask ~= nil, all and x.mask ~= nil end
+  if not any then return {} end
+  local rank = ins[1].rank - 1 -- a sample's axes
+  local axis = l.args.axis < 0 and l.args.axis + rank + 1 or l.args.axis
+  if axis == rank then
+    if not all then return {} end
+    local m = ins[1].mask
+    for i = 2, #ins do m = g:node("Max", { m, ins[i].mask }) end
+    return { m }
+  end
+  if not all then
+    fail(string.format("layer %s: joining a masked and an unmasked sequence along the steps is not exported", l.name))
+  end
+  local names = {}
+  for i, x in ipairs(ins) do names[i] = x.mask end
+  return { g:node("Concat", names, { axis = axis }) }
+end
 
 M.layer_types = function()
   local out = {}

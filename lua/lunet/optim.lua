@@ -435,19 +435,33 @@ local function improved(self, value)
   return value + self.min_delta < best
 end
 
--- Python's repr of a float: the shortest form that reads back the same.
+-- Python's repr of a float: the shortest digits that read back the same,
+-- in fixed notation for decimal exponents from -4 to 15 (100.0, 0.0001),
+-- else in exponent form (1e+16, 1e-05).
 local function shortest(v)
   if math.type(v) == "integer" then return tostring(v) end
   if v ~= v then return "nan" end
   if v == math.huge then return "inf" elseif v == -math.huge then return "-inf" end
+  if v == 0 then return 1 / v < 0 and "-0.0" or "0.0" end
   for p = 1, 17 do
-    local text = string.format("%." .. p .. "g", v)
-    if tonumber(text) == v then
-      if not text:find("[%.eEn]") then text = text .. ".0" end -- 1.0, as Python writes it
+    local e = string.format("%." .. (p - 1) .. "e", v)
+    if tonumber(e) == v then
+      local exp = tonumber(e:match("e([-+]%d+)$"))
+      if exp < -4 or exp >= 16 then return e:gsub("%.?0*e", "e") end
+      local text = string.format("%." .. math.max(p - 1 - exp, 0) .. "f", v)
+      if not text:find("%.") then text = text .. ".0" end
       return text
     end
   end
   return string.format("%.17g", v)
+end
+
+M.float_repr = shortest -- (for the tests)
+
+-- A callback's verbose: 0, 1, true or false (as Keras's int; true is 1).
+local function verbosity(v)
+  if v == true then return 1 elseif v == false or v == nil then return 0 end
+  return tonumber(v) or 0
 end
 
 -- The monitored value of this epoch's logs; a key never logged warns once
@@ -529,7 +543,7 @@ function M.callbacks.EarlyStopping(o)
   o = check_fields("EarlyStopping", o, { monitor = true, min_delta = true, patience = true, mode = true,
     restore_best_weights = true, verbose = true })
   local self = callback({ monitor = o.monitor or "val_loss", min_delta = delta(o.min_delta, "EarlyStopping") or 0,
-    patience = o.patience or 0, restore_best_weights = o.restore_best_weights or false, verbose = o.verbose or 0 })
+    patience = o.patience or 0, restore_best_weights = o.restore_best_weights or false, verbose = verbosity(o.verbose) })
   self.mode = monitor_mode(self.monitor, o.mode, "EarlyStopping")
   function self:on_train_begin()
     self.wait, self.best, self.best_weights, self.stopped_epoch, self.best_epoch = 0, nil, nil, 0, 0
@@ -758,7 +772,7 @@ end
 -- schedule is an error, as Keras's (the rate is not settable).
 function M.callbacks.LearningRateScheduler(fn, verbose)
   if type(fn) ~= "function" then error("bad argument #1 to 'LearningRateScheduler' (function(epoch, lr) expected)", 2) end
-  local self = callback({ verbose = verbose or 0 })
+  local self = callback({ verbose = verbosity(verbose) })
   function self:on_epoch_begin(model, epoch)
     local opt = model.optimizer
     if type(opt.learning_rate) ~= "number" then

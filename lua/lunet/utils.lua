@@ -154,11 +154,14 @@ function M.timeseries_dataset_from_array(data, targets, sequence_length, o)
   end
   local win = {#starts, L}
   for i = 2, #shape do win[#win + 1] = shape[i] end
+  local last_start = 0
+  for _, p in ipairs(starts) do last_start = math.max(last_start, p) end
+  if targets and first + last_start >= targets:shape()[1] then
+    bad(string.format("targets has %d rows, but window %d needs targets[%d] (the target of window p is "
+      .. "targets[start_index + p])", targets:shape()[1], last_start, first + last_start))
+  end
   local x = data:index_select(1, rows):reshape(win)
   local y = targets and targets:index_select(1, at) or nil
-  if targets and first + starts[#starts] >= targets:shape()[1] then
-    bad("targets has fewer rows than the windows need (the target of window p is targets[start_index + p])")
-  end
   return dataset.from_tensor_slices(x, y, {batch_size = o.batch_size or 128})
 end
 

@@ -334,4 +334,5 @@ LAYERS_HIDDEN const lunet_layer_type layers_resizing = {
     .build = resizing_build,
     .forward = resizing_forward,
     .backward = no_input_gradient,
+    .compute_mask = layers_drop_mask,
 };

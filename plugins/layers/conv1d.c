@@ -217,6 +217,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_conv1d = {
     .release = conv1d_release,
     .tests = conv1d_tests,
     .ntests = sizeof conv1d_tests / sizeof conv1d_tests[0],
+    .compute_mask = layers_drop_mask,
 };
 
 /* ---- MaxPooling1D: x (N, T, C) -> (N, T', C), as MaxPooling2D's ops on
@@ -315,4 +316,5 @@ LAYERS_HIDDEN const lunet_layer_type layers_max_pooling1d = {
     .release = max_pool1d_release,
     .tests = max_pool1d_tests,
     .ntests = sizeof max_pool1d_tests / sizeof max_pool1d_tests[0],
+    .compute_mask = layers_drop_mask,
 };

@@ -233,4 +233,5 @@ LAYERS_HIDDEN const lunet_layer_type layers_conv2d = {
     .release = conv2d_release,
     .tests = conv2d_tests,
     .ntests = sizeof conv2d_tests / sizeof conv2d_tests[0],
+    .compute_mask = layers_drop_mask,
 };

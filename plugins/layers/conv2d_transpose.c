@@ -186,4 +186,5 @@ LAYERS_HIDDEN const lunet_layer_type layers_conv2d_transpose = {
     .release = transpose_release,
     .tests = transpose_tests,
     .ntests = sizeof transpose_tests / sizeof transpose_tests[0],
+    .compute_mask = layers_drop_mask,
 };

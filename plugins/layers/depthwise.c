@@ -287,6 +287,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_depthwise_conv2d = {
     .release = dw_release,
     .tests = dw_tests,
     .ntests = sizeof dw_tests / sizeof dw_tests[0],
+    .compute_mask = layers_drop_mask,
 };
 
 /* ---- SeparableConv2D ---- */
@@ -417,4 +418,5 @@ LAYERS_HIDDEN const lunet_layer_type layers_separable_conv2d = {
     .release = sep_release,
     .tests = sep_tests,
     .ntests = sizeof sep_tests / sizeof sep_tests[0],
+    .compute_mask = layers_drop_mask,
 };

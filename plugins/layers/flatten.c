@@ -63,4 +63,5 @@ LAYERS_HIDDEN const lunet_layer_type layers_flatten = {
     .release = NULL,
     .tests = flatten_tests,
     .ntests = sizeof flatten_tests / sizeof flatten_tests[0],
+    .compute_mask = layers_drop_mask,
 };

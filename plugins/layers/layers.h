@@ -652,4 +652,12 @@ LAYERS_HIDDEN lunet_status layers_atrous_backward(lunet_ctx *ctx, const layers_a
                                                   lunet_tensor *xs, lunet_tensor *w, lunet_tensor **dw,
                                                   lunet_tensor **db, lunet_tensor **dx);
 
+/* ---- masks (plugin.c) ---- */
+
+/* compute_mask of a layer that does not carry a padding mask on (Keras's
+ * supports_masking = False: convolutions, poolings, Flatten, Reshape, ...):
+ * its outputs have none, as Keras drops it there. */
+LAYERS_HIDDEN lunet_status layers_drop_mask(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                                            lunet_tensor **mask_out);
+
 #endif

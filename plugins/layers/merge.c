@@ -179,6 +179,24 @@ static lunet_status merge_backward(lunet_call *c, merge_kind k, lunet_tensor *dy
 
 static void merge_release(lunet_layer *l, lunet_call *c) { merge_clear(lunet_call_state(c)); }
 
+/* Keras's Merge.compute_mask: the AND of the inputs' masks (those that
+ * have one); no mask when none has.  Masks are 0/1 floats: AND is a
+ * product. */
+static lunet_status merge_mask(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                               lunet_tensor **mask_out) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  lunet_tensor *m = NULL;
+  for (int i = 0; i < nin; i++) {
+    lunet_tensor *mi = lunet_call_mask(c, i);
+    if (!mi) continue;
+    lunet_tensor *next = m ? lunet_op_binary(ctx, LUNET_BINARY_MUL, m, mi) : lunet_tensor_retain(mi);
+    layers_release(m);
+    if (!(m = next)) return layers_call_failed(c);
+  }
+  mask_out[0] = m;
+  return LUNET_OK;
+}
+
 /* Each type passes its kind down. */
 static lunet_status add_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
                                 lunet_tensor **y, bool training) {
@@ -273,6 +291,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_add = {
     .forward = add_forward,
     .backward = add_backward,
     .release = merge_release,
+    .compute_mask = merge_mask,
     .tests = merge_tests,
     .ntests = sizeof merge_tests / sizeof merge_tests[0],
 };
@@ -292,6 +311,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_subtract = {
     .forward = subtract_forward,
     .backward = subtract_backward,
     .release = merge_release,
+    .compute_mask = merge_mask,
     .tests = subtract_tests,
     .ntests = sizeof subtract_tests / sizeof subtract_tests[0],
 };
@@ -311,6 +331,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_multiply = {
     .forward = multiply_forward,
     .backward = multiply_backward,
     .release = merge_release,
+    .compute_mask = merge_mask,
     .tests = merge_tests,
     .ntests = sizeof merge_tests / sizeof merge_tests[0],
 };
@@ -330,6 +351,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_average = {
     .forward = average_forward,
     .backward = average_backward,
     .release = merge_release,
+    .compute_mask = merge_mask,
     .tests = merge_tests,
     .ntests = sizeof merge_tests / sizeof merge_tests[0],
 };
@@ -349,6 +371,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_maximum = {
     .forward = maximum_forward,
     .backward = maximum_backward,
     .release = merge_release,
+    .compute_mask = merge_mask,
     .tests = extreme_tests,
     .ntests = sizeof extreme_tests / sizeof extreme_tests[0],
 };
@@ -368,6 +391,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_minimum = {
     .forward = minimum_forward,
     .backward = minimum_backward,
     .release = merge_release,
+    .compute_mask = merge_mask,
     .tests = extreme_tests,
     .ntests = sizeof extreme_tests / sizeof extreme_tests[0],
 };
@@ -467,6 +491,51 @@ static lunet_status concat_backward(lunet_layer *l, lunet_call *c, lunet_tensor 
   return LUNET_OK;
 }
 
+/* Keras's Concatenate.compute_mask: an input without a mask counts as all
+ * present.  Along the last (feature) axis the step is present when any
+ * input has it (so one unmasked input leaves no mask); along another axis
+ * the masks are joined along it. */
+static lunet_status concat_mask(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
+                                lunet_tensor **mask_out) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  int rank = lunet_tensor_ndim(x[0]) - 1, axis = concat_batch_axis(lunet_layer_get_int(l, "axis"), rank);
+  bool any = false, all = true;
+  for (int i = 0; i < nin; i++) {
+    any |= lunet_call_mask(c, i) != NULL;
+    all &= lunet_call_mask(c, i) != NULL;
+  }
+  if (!any || axis < 0) return LUNET_OK;
+  if (axis == rank) { /* the feature axis: OR of the masks, none when one input has none */
+    if (!all) return LUNET_OK;
+    lunet_tensor *m = lunet_tensor_retain(lunet_call_mask(c, 0));
+    for (int i = 1; m && i < nin; i++) {
+      lunet_tensor *next = lunet_op_binary(ctx, LUNET_BINARY_MAX, m, lunet_call_mask(c, i));
+      layers_release(m);
+      m = next;
+    }
+    if (!m) return layers_call_failed(c);
+    mask_out[0] = m;
+    return LUNET_OK;
+  }
+  /* another axis (steps): the masks joined along it, ones for an input without */
+  lunet_tensor *parts[LUNET_LAYER_MAX_INPUTS] = {0};
+  lunet_status st = LUNET_OK;
+  for (int i = 0; !st && i < nin; i++) {
+    lunet_tensor *mi = lunet_call_mask(c, i);
+    if (mi) {
+      parts[i] = lunet_tensor_retain(mi);
+      continue;
+    }
+    int64_t shape[LUNET_MAX_DIMS];
+    for (int d = 0; d < rank; d++) shape[d] = lunet_tensor_dim(x[i], d); /* the input's shape but its last axis */
+    parts[i] = lunet_op_new(ctx, x[i], LUNET_F32, rank, shape);
+    if (!parts[i] || lunet_op_fill(ctx, parts[i], 1.0f)) st = layers_call_failed(c);
+  }
+  if (!st && !(mask_out[0] = lunet_op_concat(ctx, parts, nin, axis))) st = layers_call_failed(c);
+  for (int i = 0; i < nin; i++) layers_release(parts[i]);
+  return st;
+}
+
 static const lunet_layer_test concat_tests[] = {
     /* the last axis, by default */
     {NULL, 0, LAYERS_INPUTS({2, {2, 3}}, {2, {2, 1}}), 2, 1e-2f},
@@ -490,6 +559,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_concatenate = {
     .forward = concat_forward,
     .backward = concat_backward,
     .release = NULL,
+    .compute_mask = concat_mask,
     .tests = concat_tests,
     .ntests = sizeof concat_tests / sizeof concat_tests[0],
 };

@@ -152,6 +152,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_max_pooling2d = {
     .release = pool2d_release,
     .tests = pool2d_tests,
     .ntests = sizeof pool2d_tests / sizeof pool2d_tests[0],
+    .compute_mask = layers_drop_mask,
 };
 
 LAYERS_HIDDEN const lunet_layer_type layers_average_pooling2d = {
@@ -169,6 +170,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_average_pooling2d = {
     .release = pool2d_release,
     .tests = pool2d_tests,
     .ntests = sizeof pool2d_tests / sizeof pool2d_tests[0],
+    .compute_mask = layers_drop_mask,
 };
 
 /* ---- GlobalAveragePooling2D ---- */
@@ -262,4 +264,5 @@ LAYERS_HIDDEN const lunet_layer_type layers_global_average_pooling2d = {
     .release = NULL,
     .tests = gap_tests,
     .ntests = sizeof gap_tests / sizeof gap_tests[0],
+    .compute_mask = layers_drop_mask,
 };

@@ -233,4 +233,5 @@ LAYERS_HIDDEN const lunet_layer_type layers_center_crop = {
     .backward = center_crop_backward,
     .tests = center_crop_tests,
     .ntests = sizeof center_crop_tests / sizeof center_crop_tests[0],
+    .compute_mask = layers_drop_mask,
 };

@@ -124,6 +124,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_reshape = {
     .release = NULL,
     .tests = reshape_tests,
     .ntests = sizeof reshape_tests / sizeof reshape_tests[0],
+    .compute_mask = layers_drop_mask,
 };
 
 /* ---- Permute ---- */
@@ -209,6 +210,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_permute = {
     .release = NULL,
     .tests = permute_tests,
     .ntests = sizeof permute_tests / sizeof permute_tests[0],
+    .compute_mask = layers_drop_mask,
 };
 
 /* ---- Reverse ---- */

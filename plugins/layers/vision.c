@@ -27,7 +27,9 @@ static lunet_status images_only(lunet_layer *l, const lunet_shape *in) {
   return in->ndim == 3 ? LUNET_OK : layers_rank_error(l, "3 (height, width, channels)", in);
 }
 
-#define GRAPH_TYPE(sym, tname, tdoc, targs, tbuild, tfwd, ttests)                                                     \
+#define GRAPH_TYPE(sym, tname, tdoc, targs, tbuild, tfwd, ttests) GRAPH_TYPE_M(sym, tname, tdoc, targs, tbuild, tfwd, ttests, NULL)
+/* maskfn: the layer's compute_mask (NULL: the input's mask passes, as for Keras's element-wise layers) */
+#define GRAPH_TYPE_M(sym, tname, tdoc, targs, tbuild, tfwd, ttests, maskfn)                                          \
   LAYERS_HIDDEN const lunet_layer_type sym = {                                                                     \
       .struct_size = sizeof(lunet_layer_type),                                                                     \
       .name = tname,                                                                                               \
@@ -40,6 +42,7 @@ static lunet_status images_only(lunet_layer *l, const lunet_shape *in) {
       .forward = tfwd,                                                                                             \
       .backward = layers_graph_backward_member,                                                                    \
       .release = layers_graph_release_member,                                                                      \
+      .compute_mask = maskfn,                                                                                      \
       .tests = ttests,                                                                                             \
       .ntests = sizeof ttests / sizeof ttests[0],                                                                  \
   }
@@ -77,8 +80,8 @@ static const lunet_layer_test gmp_tests[] = {
     {LAYERS_ARGS({"keepdims", {.b = true}}), LAYERS_INPUTS({3, {2, 3, 2}}), 2, 1e-2f},
 };
 
-GRAPH_TYPE(layers_global_max_pooling2d, "GlobalMaxPooling2D", "The maximum of each channel over H and W", gmp_args,
-           gmp_build, gmp_forward, gmp_tests);
+GRAPH_TYPE_M(layers_global_max_pooling2d, "GlobalMaxPooling2D", "The maximum of each channel over H and W", gmp_args,
+           gmp_build, gmp_forward, gmp_tests, layers_drop_mask);
 
 /* ---- LeakyReLU, ReLU, Softmax ---- */
 
@@ -231,8 +234,8 @@ static const lunet_layer_test pad_tests[] = {
     {LAYERS_ARGS({"padding", {.n = 2, .v = {1, 2}}}), LAYERS_INPUTS({3, {2, 3, 2}}), 2, 1e-2f},
 };
 
-GRAPH_TYPE(layers_zero_padding2d, "ZeroPadding2D", "Zeros around the height and width of images", pad_args,
-           pad_build, pad_forward, pad_tests);
+GRAPH_TYPE_M(layers_zero_padding2d, "ZeroPadding2D", "Zeros around the height and width of images", pad_args,
+           pad_build, pad_forward, pad_tests, layers_drop_mask);
 
 static const lunet_arg_schema crop_args[] = {
     {"cropping", LUNET_ARG_INT2, LUNET_ARG_DEFAULT, .def = {.n = 1, .v = {0}},
@@ -273,8 +276,8 @@ static const lunet_layer_test crop_tests[] = {
     {LAYERS_ARGS({"cropping", {.n = 2, .v = {1, 2}}}), LAYERS_INPUTS({3, {4, 6, 2}}), 2, 1e-2f},
 };
 
-GRAPH_TYPE(layers_cropping2d, "Cropping2D", "Cuts rows and columns from the sides of images", crop_args, crop_build,
-           crop_forward, crop_tests);
+GRAPH_TYPE_M(layers_cropping2d, "Cropping2D", "Cuts rows and columns from the sides of images", crop_args, crop_build,
+           crop_forward, crop_tests, layers_drop_mask);
 
 static const lunet_arg_schema up_args[] = {
     {"size", LUNET_ARG_INT2, LUNET_ARG_DEFAULT, .def = {.n = 1, .v = {2}},
@@ -325,8 +328,8 @@ static const lunet_layer_test up_tests[] = {
     {LAYERS_ARGS({"size", {.n = 2, .v = {2, 3}}}), LAYERS_INPUTS({3, {2, 2, 2}}), 2, 1e-2f},
 };
 
-GRAPH_TYPE(layers_up_sampling2d, "UpSampling2D", "Repeats each pixel size times (nearest neighbour)", up_args,
-           up_build, up_forward, up_tests);
+GRAPH_TYPE_M(layers_up_sampling2d, "UpSampling2D", "Repeats each pixel size times (nearest neighbour)", up_args,
+           up_build, up_forward, up_tests, layers_drop_mask);
 
 /* ---- PReLU: a learned slope below 0 ---- */
 
@@ -454,4 +457,5 @@ LAYERS_HIDDEN const lunet_layer_type layers_spatial_dropout2d = {
     .release = layers_graph_release_member,
     .tests = sdrop_tests,
     .ntests = sizeof sdrop_tests / sizeof sdrop_tests[0],
+    .compute_mask = layers_drop_mask,
 };

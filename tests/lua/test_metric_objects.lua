@@ -461,6 +461,10 @@ function T.sample_weights_count_as_repeated_rows()
   check.near(seq:result(), rows:result(), 1e-6, "per-position weights")
   check.fails(function() nn.metrics.AUC():update_state(nn.tensor(onehot), nn.tensor(scores), nn.tensor{1, 0}) end,
     "give one weight per sample")
+  -- an empty batch with its empty weights adds nothing (and does not crash)
+  local empty = nn.metrics.BinaryAccuracy()
+  empty:update_state(nn.zeros(0), nn.zeros(0), nn.zeros(0))
+  check.eq(empty:result(), 0, "nothing seen")
 end
 
 function T.vulkan_agrees_with_the_cpu()

@@ -383,6 +383,22 @@ function T.callbacks_follow_keras_3()
     f:close()
   end
   os.execute("rm -rf " .. dir)
+  -- Python's repr, as CSVLogger and file names write floats
+  local repr = require("lunet.optim").float_repr
+  for _, case in ipairs{{100.0, "100.0"}, {1200.0, "1200.0"}, {0.1, "0.1"}, {1e16, "1e+16"}, {1e-05, "1e-05"},
+      {0.0001, "0.0001"}, {1 / 3, "0.3333333333333333"}, {2.5e-07, "2.5e-07"}, {123456.789, "123456.789"},
+      {-0.5, "-0.5"}, {0.6931471805599453, "0.6931471805599453"}} do
+    check.eq(repr(case[1]), case[2], "repr of " .. case[2]) -- (float keys of a table would turn into integers)
+  end
+  -- verbose = true is verbose = 1
+  local said = {}
+  local old_print = print
+  print = function(s) said[#said + 1] = s end
+  local ok_verbose, why = pcall(model().fit, model(), x, y, {epochs = 3, verbose = 0,
+    callbacks = {nn.callbacks.EarlyStopping{monitor = "loss", mode = "max", patience = 0, verbose = true}}})
+  print = old_print
+  assert(ok_verbose, tostring(why))
+  assert(said[1] and said[1]:find("early stopping", 1, true), "verbose = true prints")
   -- TerminateOnNaN: an infinite loss stops too, and its epoch still ends
   local big = nn.Sequential{nn.Dense{2, input_shape = {3}}}
   big:compile{optimizer = "sgd", loss = "mse"}
@@ -524,6 +540,8 @@ function T.utils_categorical_and_split()
   local tx, ty = tail:batch(1, tail:order(0))
   check.same_table({tx:totable()[1][1], ty:totable()[1], tail.n}, {5, 15, 16}, 0, "start_index and end_index")
   check.fails(function() nn.utils.timeseries_dataset_from_array(series, nil, 100) end, "no window fits")
+  check.fails(function() nn.utils.timeseries_dataset_from_array(series, {1, 2, 3}, 4, {start_index = 2}) end,
+    "targets has 3 rows, but window")
   -- end to end: next-value forecasts of a sine from its last 8 values (a linear recurrence a Dense layer can learn)
   local wave, nextv = {}, {}
   for i = 0, 399 do wave[#wave + 1] = {math.sin(i * 0.3)} end

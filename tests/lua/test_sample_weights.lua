@@ -225,6 +225,25 @@ function T.a_padding_mask_keeps_padded_steps_out_of_the_loss()
   check.near(r.root_mean_squared_error, math.sqrt(all / 15), 1e-5, "RMSE counts every step, as Keras's")
   r = m:evaluate(ids, nn.tensor(y1), {verbose = 0, sample_weight = nn.tensor(sw)})
   check.near(r.loss, wse / valid, 1e-5, "masked and weighted: sum(w l m) / valid")
+  -- a loss function of one value per step is masked too; one giving a number or one per sample is not
+  local fm = model()
+  fm:compile{optimizer = "sgd", loss = function(yt, yp) return (yp - yt):square():mean(-1) end}
+  check.near(fm:evaluate(ids, nn.tensor(y1), {verbose = 0}).loss, se / valid, 1e-5, "a per-step loss function, masked")
+  fm:compile{optimizer = "sgd", loss = function(yt, yp) return (yp - yt):square():mean() end}
+  check.near(fm:evaluate(ids, nn.tensor(y1), {verbose = 0}).loss, all / 15, 1e-5, "a scalar loss function runs")
+  fm:compile{optimizer = "sgd", loss = function(yt, yp) return (yp - yt):square():mean(-1):mean(-1) end}
+  check.near(fm:evaluate(ids, nn.tensor(y1), {verbose = 0}).loss, all / 15, 1e-5, "a per-sample loss function runs")
+  -- weights per step (the C API's per-position sample weights) with the mask
+  local ws, wsum = {}, 0
+  for i = 1, 3 do
+    ws[i] = {}
+    for t = 1, 5 do
+      ws[i][t] = i + t / 10
+      if idt[i][t] ~= 0 then wsum = wsum + ws[i][t] * (p[i][t][1] - y1[i][t][1]) ^ 2 end
+    end
+  end
+  local h = nn._C.model_test_step(m.handle, {ids}, {nn.tensor(y1)}, nil, nil, nil, nn.tensor(ws))
+  check.near(h, wsum / valid, 1e-5, "per-step weights and the mask")
   -- training: the padded steps' targets do not matter
   local a, b = model(), model()
   local ha = a:fit(ids, nn.tensor(y1), {epochs = 2, batch_size = 3, shuffle = false, verbose = 0})

@@ -552,6 +552,35 @@ function T.causal_conv1d_sees_only_the_past()
     "out = ceil(in / stride)")
 end
 
+-- Masks through layers as Keras 3 carries them: a layer without
+-- supports_masking (Conv1D, MaxPooling1D, Flatten, Reshape, ...) drops the
+-- mask; the element-wise merges take the AND of their inputs' masks (in
+-- any order); Concatenate counts an unmasked input as present (along the
+-- features: no mask left) and joins masks along the steps.
+function T.masks_through_layers_as_keras()
+  nn.seed(6)
+  local ids = nn.tensor{{1, 2, 0, 0, 0}, {3, 1, 2, 0, 0}}
+  local other = nn.tensor{{1, 2, 3, 0, 0}, {3, 1, 0, 0, 0}}
+  local emb = nn.Embedding{5, 3, mask_zero = true}
+  local e, f = emb(ids), emb(other)
+  local conv = nn.Conv1D{3, 3, padding = "same"}
+  assert(nn.mask_of(conv(e)) == nil, "Conv1D drops the mask")
+  assert(nn.mask_of(nn.MaxPooling1D(2)(e)) == nil, "MaxPooling1D drops the mask")
+  assert(nn.mask_of(nn.Flatten()(e)) == nil, "Flatten drops the mask")
+  assert(nn.mask_of(nn.Dense(2)(e)) ~= nil, "Dense carries it")
+  local both = {{1, 1, 0, 0, 0}, {1, 1, 0, 0, 0}} -- the AND of the two masks
+  check.same_table(nn.mask_of(nn.Add()({e, f})):totable(), both, 0, "Add: AND")
+  check.same_table(nn.mask_of(nn.Add()({f, e})):totable(), both, 0, "Add: AND, either order")
+  assert(nn.mask_of(nn.Concatenate()({e, nn.Dense(3)(nn.randn(2, 5, 3))})) == nil,
+    "Concatenate on the features with an unmasked input: no mask")
+  check.same_table(nn.mask_of(nn.Concatenate{axis = 1}({e, f})):totable(),
+    {{1, 1, 0, 0, 0, 1, 1, 1, 0, 0}, {1, 1, 1, 0, 0, 1, 1, 0, 0, 0}}, 0, "Concatenate on the steps joins the masks")
+  -- so GlobalAveragePooling1D after a Conv1D averages every step, as Keras's
+  local pooled = nn.GlobalAveragePooling1D()(conv(e)):totable()
+  local full = conv(e):mean(2):totable()
+  check.same_table(pooled, full, 1e-6, "the mean over every step after a Conv1D")
+end
+
 -- Dilated causal convolutions (WaveNet's stack, kernel 2, rates 1, 2, 4)
 -- see 8 steps back: they learn y[t] = x[t - 6], which the same stack
 -- undilated (4 steps back) cannot, as its held-out loss shows.

@@ -219,6 +219,26 @@ case("masked", function()
     { 3, 5, 0, 7, 1, 0, 0 }, { 11, 2, 4, 9, 8, 6, 10 }, { 4, 0, 0, 0, 0, 0, 0 } }) }
 end)
 
+-- masks stop at a convolution and merge as Keras's (AND; Concatenate on the steps joins them)
+case("mask_rules", function()
+  local a, b = nn.Input{ 7 }, nn.Input{ 7 }
+  local ea = nn.Embedding{ 9, 4, mask_zero = true }(a)
+  local eb = nn.Embedding{ 9, 4, mask_zero = true }(b)
+  local conv = nn.GlobalAveragePooling1D{}(nn.Conv1D{ 3, 3, padding = "same" }(ea))
+  local sum = nn.GlobalAveragePooling1D{}(nn.Add{}{ ea, eb })
+  local steps = nn.GlobalAveragePooling1D{}(nn.Concatenate{ axis = 1 }{ ea, eb })
+  -- padded at different lengths, so that the AND differs from either input's mask
+  local pa, pb = {}, {}
+  for i = 1, N do
+    pa[i], pb[i] = {}, {}
+    for j = 1, 7 do
+      pa[i][j] = j <= 7 - (i % 4) and math.random(1, 8) or 0
+      pb[i][j] = j <= 6 - (i % 3) and math.random(1, 8) or 0
+    end
+  end
+  return nn.Model{ inputs = { a, b }, outputs = nn.Concatenate{}{ conv, sum, steps } }, { nn.tensor(pa), nn.tensor(pb) }
+end)
+
 case("attention_mask", function()
   local q, v, mask = nn.Input{ 4, 6 }, nn.Input{ 5, 3 }, nn.Input{ 4, 5 }
   local out = nn.MultiHeadAttention{ num_heads = 3, key_dim = 2, use_bias = false }(q, v, { attention_mask = mask })

@@ -187,8 +187,10 @@ typedef struct lunet_layer_type {
                            lunet_tensor **dx);
   /* Releases what the call's state holds (NULL: nothing to release). */
   void (*release)(lunet_layer *l, lunet_call *c);
-  /* The outputs' masks from the inputs' (lunet_call_mask); NULL: the first
-   * input's mask passes to every output. */
+  /* The outputs' masks from the inputs' (lunet_call_mask); mask_out starts
+   * all NULL (no mask), so a layer that drops masks (Keras's
+   * supports_masking = False) sets nothing.  NULL: the first input's mask
+   * passes to every output. */
   lunet_status (*compute_mask)(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
                                lunet_tensor **mask_out);
 
