@@ -44,7 +44,7 @@ local shape_str = graph.shape_str
 
 function M.Sequential(list, opts)
   local self = setmetatable({ kind = "sequential", layers = {}, built = false, epoch = 0,
-    name = (opts and opts.name) or "sequential" }, Model)
+    name = (opts and opts.name) or layers.auto_name("Sequential") }, Model) -- sequential, sequential_1, ... as Keras
   for i, l in ipairs(list or {}) do
     if not layers.is_layer(l) then
       error(string.format("bad argument #1 to 'Sequential' (entry %d is a %s, not a layer)", i, type(l)), 2)
@@ -116,7 +116,7 @@ function M.Model(o)
     end
   end
   local nodes = walk(ins, outs)
-  local self = setmetatable({ kind = "functional", name = o.name or "functional", epoch = 0, built = false,
+  local self = setmetatable({ kind = "functional", name = o.name or layers.auto_name("Functional"), epoch = 0, built = false,
     inputs = ins, outputs = outs, nodes = nodes, single_input = single_in, single_output = single_out,
     layers = {} }, Model)
   local seen = {}

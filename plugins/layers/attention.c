@@ -411,6 +411,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_multi_head_attention = {
     .doc = "Attention of a query sequence over a value sequence with several heads (Keras's)",
     .args = mha_args,
     .nargs = sizeof mha_args / sizeof mha_args[0],
+    .positional = 2, /* MultiHeadAttention{num_heads, key_dim}, as Keras's */
     .min_inputs = 2,
     .max_inputs = 4,
     .noutputs = 2,

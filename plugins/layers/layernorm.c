@@ -69,6 +69,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_layer_normalization = {
     .doc = "Normalizes each position over the last axis, then scales by gamma and shifts by beta",
     .args = layernorm_args,
     .nargs = sizeof layernorm_args / sizeof layernorm_args[0],
+    .positional = 2, /* LayerNormalization{axis, epsilon}, as Keras's */
     .call_state_size = sizeof(layers_graph),
     .build = layernorm_build,
     .forward = layernorm_forward,

@@ -236,7 +236,7 @@ function T.lambda_layers_train_and_refuse_to_be_saved()
   check.same_table(sym.shape, {2, 2}, 0, "traced output shape")
   -- a model holding one is not saved, naming the layer; its weights are
   check.fails(function() a:save(tmp()) end,
-    "cannot save model 'functional': layer 'double' (Lambda) runs host-language code")
+    "cannot save model '" .. a.name .. "': layer 'double' (Lambda) runs host-language code")
   local path = tmp()
   a:save_weights(path)
   b:load_weights(path)

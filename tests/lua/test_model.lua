@@ -304,6 +304,12 @@ function T.initializers_draw_from_their_own_counters()
   local after = back:get_weights()
   for i = 1, 6 do check.same_table(after[i]:totable(), before[i]:totable(), 0, "frozen weight " .. i .. " unmoved") end
   assert(math.abs(after[7]:totable()[1][1] - before[7]:totable()[1][1]) > 0, "the trainable layer trains")
+  -- Keras's positional arguments and model names
+  local mha = nn.MultiHeadAttention{2, 8}
+  check.same_table({mha.args.num_heads, mha.args.key_dim}, {2, 8}, 0, "MultiHeadAttention{num_heads, key_dim}")
+  check.eq(nn.LayerNormalization{-1, 1e-5}.args.epsilon, 1e-5, "LayerNormalization{axis, epsilon}")
+  local first, second = nn.Sequential{nn.Dense(1)}, nn.Sequential{nn.Dense(1)}
+  assert(first.name:match("^sequential") and second.name ~= first.name, "numbered model names: " .. second.name)
   local reg = nn.regularizers.l1_l2{l2 = 1e-4}
   check.same_table({reg.l1, reg.l2}, {0, 1e-4}, 0, "L1L2: no L1 term unless given")
 end
@@ -894,7 +900,7 @@ function T.bad_input_errors()
   check.fails(function() m:fit(nn.ones(4, 4), nn.tensor{0, 1, 2, 7}, {verbose = 0}) end,
     "fit: y holds label 7 for sample 4, outside the model's 3 classes [0, 3)")
   check.fails(function() m:fit(nn.ones(4, 5), nn.zeros(4), {verbose = 0}) end,
-    "sequential: expected input of shape (None, 4), got (4, 5)")
+    m.name .. ": expected input of shape (None, 4), got (4, 5)")
   check.fails(function() m:fit(nn.ones(4, 4), nn.zeros(4), {epoch = 2}) end, "unknown option; valid:")
   check.fails(function() m:evaluate(nn.ones(4, 4), nn.zeros(4), {batchsize = 2}) end,
     "bad argument 'batchsize' to 'evaluate' (unknown option; valid: batch_size, return_dict, sample_weight, verbose)")
