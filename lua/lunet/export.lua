@@ -607,6 +607,18 @@ emit.Embedding = function(g, l, ins, w)
   return y
 end
 
+-- Keras's Masking: present = 1 - min(x == mask_value) over the features;
+-- y = x * present, and present (without the feature axis) is the mask.
+emit.Masking = function(g, l, ins)
+  local x = g:cl(ins[1])
+  local eq = g:node("Cast", { g:node("Equal", { x.name, g:scalar(l.args.mask_value, "mask_value") }) }, { to = 1 })
+  local all = g:node("ReduceMin", { eq }, { axes = { -1 }, keepdims = 1 })
+  local present = g:node("Sub", { g:scalar(1, "one"), all })
+  local y = value(g:node("Mul", { x.name, present }), x.rank, false)
+  y.mask = g:node("Squeeze", { present, g:ints({ -1 }) })
+  return y
+end
+
 -- A constant (T, D) table broadcast to x's shape (N, T, D).
 local function broadcast_table(g, x, table_name)
   local shape = g:node("Shape", { x.name })
@@ -932,6 +944,7 @@ end
 -- them; a layer without a rule passes its first input's mask to each output.
 local mask_rules = {
   Embedding = function(_, _, _, outs) return { outs[1].mask } end,
+  Masking = function(_, _, _, outs) return { outs[1].mask } end,
   MultiHeadAttention = function(_, _, ins) return { ins[1].mask } end,
   GlobalAveragePooling1D = function() return {} end,
   GlobalMaxPooling1D = function() return {} end,

@@ -110,6 +110,7 @@ extern LAYERS_HIDDEN const lunet_layer_type layers_global_max_pooling2d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_leaky_relu;
 extern LAYERS_HIDDEN const lunet_layer_type layers_relu;
 extern LAYERS_HIDDEN const lunet_layer_type layers_softmax;
+extern LAYERS_HIDDEN const lunet_layer_type layers_masking;
 extern LAYERS_HIDDEN const lunet_layer_type layers_zero_padding2d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_cropping2d;
 extern LAYERS_HIDDEN const lunet_layer_type layers_up_sampling2d;

@@ -40,6 +40,7 @@ static const lunet_layer_type *const layer_types[] = {
     &layers_leaky_relu,
     &layers_relu,
     &layers_softmax,
+    &layers_masking,
     &layers_zero_padding2d,
     &layers_cropping2d,
     &layers_up_sampling2d,

@@ -552,6 +552,31 @@ function T.causal_conv1d_sees_only_the_past()
     "out = ceil(in / stride)")
 end
 
+-- Keras's Masking: a step whose every feature is mask_value is zeroed and
+-- masked, so an LSTM over zero-padded sequences gives what it gives on the
+-- sequences without the padding (the same weights), and the loss skips it.
+function T.masking_pads_float_sequences()
+  nn.seed(3)
+  local seq = nn.randn(2, 5, 3):totable()
+  for t = 4, 5 do seq[1][t] = {0, 0, 0} end
+  seq[2][5] = {0, 0, 0}
+  seq[2][2] = {0, 0.5, 0} -- a step with one feature not 0 stays
+  local lstm = nn.LSTM{4}
+  local m = nn.Sequential{nn.Masking{input_shape = {5, 3}}, lstm}
+  local y = m:predict(nn.tensor(seq)):totable()
+  for i, n in ipairs{3, 4} do
+    local rows = {}
+    for t = 1, n do rows[t] = seq[i][t] end
+    local short = nn.LSTM{4}
+    short(nn.tensor({rows}))
+    short:set_weights(lstm:get_weights())
+    check.same_table(y[i], short(nn.tensor({rows})):totable()[1], 1e-6, "sequence " .. i .. " without its padding")
+  end
+  local masked = nn.Masking{mask_value = 0.5}(nn.tensor{{{0.5, 0.5}, {0.5, 1}}})
+  check.same_table(masked:totable(), {{{0, 0}, {0.5, 1}}}, 0, "zeroed where every feature is mask_value")
+  check.same_table(nn.mask_of(masked):totable(), {{0, 1}}, 0, "and masked there")
+end
+
 -- Masks through layers as Keras 3 carries them: a layer without
 -- supports_masking (Conv1D, MaxPooling1D, Flatten, Reshape, ...) drops the
 -- mask; the element-wise merges take the AND of their inputs' masks (in

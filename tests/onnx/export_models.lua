@@ -219,6 +219,17 @@ case("masked", function()
     { 3, 5, 0, 7, 1, 0, 0 }, { 11, 2, 4, 9, 8, 6, 10 }, { 4, 0, 0, 0, 0, 0, 0 } }) }
 end)
 
+-- Keras's Masking on float sequences padded with zero steps, into an LSTM and a masked mean
+case("masking", function()
+  local x = nn.Input{ 6, 3 }
+  local m = nn.Masking{}(x)
+  local h = nn.LSTM{ 4, return_sequences = true }(m)
+  local y = nn.Concatenate{}{ nn.GlobalAveragePooling1D{}(h), nn.LSTM{ 2 }(m) }
+  local data = normal(6, 3):totable()
+  for i = 1, N do for t = 7 - i, 6 do data[i][t] = { 0, 0, 0 } end end
+  return nn.Model{ inputs = x, outputs = y }, { nn.tensor(data) }
+end)
+
 -- masks stop at a convolution and merge as Keras's (AND; Concatenate on the steps joins them)
 case("mask_rules", function()
   local a, b = nn.Input{ 7 }, nn.Input{ 7 }

@@ -80,7 +80,7 @@ end
 
 function T.every_builtin_layer_agrees_with_the_cpu()
   for _, name in ipairs{"Dense", "Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
-      "Flatten", "Dropout", "BatchNormalization", "Activation", "Add", "Concatenate", "LSTM", "GRU", "LayerNormalization", "SimpleRNN", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Conv1D", "MaxPooling1D", "PositionEmbedding", "SinePositionEncoding", "MultiHeadAttention", "TransformerEncoder", "TransformerDecoder", "Reverse", "Embedding", "Rescaling", "CenterCrop", "GlobalMaxPooling2D", "LeakyReLU", "ReLU", "Softmax", "ZeroPadding2D", "Cropping2D", "UpSampling2D", "PReLU", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "Conv2DTranspose", "ActivityRegularization", "DepthwiseConv2D", "SeparableConv2D"} do
+      "Flatten", "Dropout", "BatchNormalization", "Activation", "Add", "Concatenate", "LSTM", "GRU", "LayerNormalization", "SimpleRNN", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Conv1D", "MaxPooling1D", "PositionEmbedding", "SinePositionEncoding", "MultiHeadAttention", "TransformerEncoder", "TransformerDecoder", "Reverse", "Embedding", "Rescaling", "CenterCrop", "GlobalMaxPooling2D", "LeakyReLU", "ReLU", "Softmax", "ZeroPadding2D", "Cropping2D", "UpSampling2D", "PReLU", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "Conv2DTranspose", "ActivityRegularization", "DepthwiseConv2D", "SeparableConv2D", "Masking"} do
     for _, r in ipairs(nn.check_plugin(name)) do
       local v = r.backends.vulkan
       assert(v, name .. ": no Vulkan comparison")
