@@ -127,6 +127,10 @@ LUNET_HIDDEN lunet_tensor *lunet_tensor_alias(lunet_ctx *ctx, lunet_tensor *t, i
                                               const int64_t *shape);
 LUNET_HIDDEN int64_t lunet_shape_numel(int ndim, const int64_t *shape);
 LUNET_HIDDEN bool lunet_shape_equal(const lunet_tensor *a, const lunet_tensor *b);
+/* A prediction's positions: its shape without the last (class or feature)
+ * axis, (N, T, K) -> N T; a 1-D one has one per sample.  The count sample
+ * weights, padding masks and metrics weigh by. */
+LUNET_HIDDEN int64_t lunet_tensor_positions(const lunet_tensor *t);
 
 /* layer.c: "(None, 28, 28, 1)", one sample's shape with Keras's batch
  * placeholder, into buf; returns buf. */

@@ -399,8 +399,7 @@ lunet_tensor *lunet_loss_ex(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tensor *
     lunet_tensor_release(t);
     t = s;
   }
-  int64_t positions = pred->ndim > 1 ? pred->numel / pred->shape[pred->ndim - 1] : pred->shape[0];
-  lunet_tensor *w = t && sample_weight ? sample_weights(ctx, pred, sample_weight, positions) : NULL;
+  lunet_tensor *w = t && sample_weight ? sample_weights(ctx, pred, sample_weight, lunet_tensor_positions(pred)) : NULL;
   float delta = opts->delta > 0 ? (float)opts->delta : 1.0f;
   lunet_tensor *l = t && (w || !sample_weight) ? loss(ctx, kind, pred, t, from_logits, w, delta) : NULL;
   lunet_tensor_release(t);

@@ -748,12 +748,6 @@ static lunet_tensor *batch_r2(scratch *s, lunet_metric *m, lunet_tensor *p, lune
   return parts[0] && parts[1] && parts[2] ? concat(s, parts, 3) : NULL;
 }
 
-/* The predictions' positions: the shape without its last axis (a 1-D
- * prediction: one per sample). */
-static int64_t positions_of(const lunet_tensor *p) {
-  return p->ndim >= 2 && last_dim(p) > 0 ? p->numel / last_dim(p) : p->numel;
-}
-
 lunet_tensor *lunet_metric_batch(lunet_ctx *ctx, lunet_metric *m, lunet_tensor *y_pred, lunet_tensor *y_true,
                                  const lunet_tensor *weights) {
   if (m->cfg.kind == LUNET_METRIC_MEAN) {
@@ -762,7 +756,7 @@ lunet_tensor *lunet_metric_batch(lunet_ctx *ctx, lunet_metric *m, lunet_tensor *
   }
   int64_t n = y_pred->ndim ? y_pred->shape[0] : 1;
   if (weights && weights->numel == 0 && y_pred->numel == 0) weights = NULL; /* an empty batch: nothing to weigh */
-  if (weights && (weights->numel == 0 || (weights->numel != n && weights->numel != positions_of(y_pred)))) {
+  if (weights && (weights->numel == 0 || (weights->numel != n && weights->numel != lunet_tensor_positions(y_pred)))) {
     char a[128], b[128];
     lunet_error(ctx, LUNET_ERR_SHAPE, "%s: sample_weight has shape %s for predictions %s: give one weight per sample",
                 m->name, lunet_shape_str(weights->ndim, weights->shape, a, sizeof a),
@@ -873,9 +867,9 @@ lunet_status lunet_metric_absorb(lunet_ctx *ctx, lunet_metric *m, const float *v
     n = 1;
   }
   if (iou) {
-    double seen = 0;
-    for (int64_t i = 0; i < n; i++) seen += v[i];
-    if (nweights > 0) seen = v[n]; /* the unweighted count, after the matrix */
+    double seen = 0; /* weighted: the unweighted count follows the matrix */
+    if (nweights > 0) seen = v[n];
+    else for (int64_t i = 0; i < n; i++) seen += v[i];
     int64_t expect = m->positions;
     if (seen != (double)expect)
       return lunet_error(ctx, LUNET_ERR_ARG,

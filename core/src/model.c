@@ -989,7 +989,7 @@ static lunet_tensor *function_loss(lunet_ctx *ctx, const lunet_loss_spec *ls, lu
  * prediction's shape without its last axis): a sequence output. */
 static bool mask_fits(const lunet_tensor *pred, const lunet_tensor *mask) {
   return mask && pred->ndim >= 2 && mask->ndim >= 1 && mask->shape[0] == pred->shape[0] &&
-         mask->numel == pred->numel / pred->shape[pred->ndim - 1];
+         mask->numel == lunet_tensor_positions(pred);
 }
 
 /* mask (N, ...) as float32 of n elements, times `scale` (a scalar tensor,
@@ -1118,15 +1118,17 @@ static bool metric_masked(lunet_metric_kind k) {
 
 /* Metric i's weights (a new reference, or NULL: unweighted): the sample
  * weights for a weighted metric, the output's padding mask (unscaled, Keras's
- * apply_mask with reduction "sum") for a masked kind, or their product. */
+ * apply_mask with reduction "sum") for a masked kind, or their product --
+ * made once per output and step in cache[weighted] and shared by the
+ * metrics that read it. */
 static lunet_tensor *metric_weights(lunet_ctx *ctx, const lunet_model *m, int i, const lunet_tensor *pred,
-                                    const lunet_tensor *mask, const lunet_tensor *sw, bool *failed) {
-  const lunet_tensor *w = m->metric_weighted[i] ? sw : NULL;
+                                    const lunet_tensor *mask, const lunet_tensor *sw, lunet_tensor **cache,
+                                    bool *failed) {
+  bool weighted = m->metric_weighted[i];
   if (!mask_fits(pred, mask) || !metric_masked(lunet_metric_kind_get(m->metrics[i])))
-    return lunet_tensor_retain((lunet_tensor *)w);
-  lunet_tensor *r = masked_weights(ctx, mask, NULL, w);
-  if (!r) *failed = true;
-  return r;
+    return lunet_tensor_retain(weighted ? (lunet_tensor *)sw : NULL);
+  if (!cache[weighted] && !(cache[weighted] = masked_weights(ctx, mask, NULL, weighted ? sw : NULL))) *failed = true;
+  return lunet_tensor_retain(cache[weighted]);
 }
 
 static lunet_status update_metrics(lunet_ctx *ctx, lunet_model *m, lunet_tensor *loss,
@@ -1134,7 +1136,7 @@ static lunet_status update_metrics(lunet_ctx *ctx, lunet_model *m, lunet_tensor 
                                    lunet_tensor *const *y, lunet_tensor *const *masks, const lunet_tensor *sw,
                                    double *loss_out) {
   int n = m->nmetrics;
-  lunet_tensor **vecs = calloc((size_t)n, sizeof *vecs), *probs[MAX_IO] = {0};
+  lunet_tensor **vecs = calloc((size_t)n, sizeof *vecs), *probs[MAX_IO] = {0}, *masked[MAX_IO][2] = {{0}};
   int64_t *len = calloc((size_t)n * 2, sizeof *len), *nw = len ? len + n : NULL, total = 0;
   lunet_status s = vecs && len ? LUNET_OK : lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
   for (int i = 0; !s && i < n; i++) {
@@ -1145,7 +1147,7 @@ static lunet_status update_metrics(lunet_ctx *ctx, lunet_model *m, lunet_tensor 
       break;
     }
     bool failed = false;
-    lunet_tensor *w = i < m->nloss_metrics ? NULL : metric_weights(ctx, m, i, pred[j], masks[j], sw, &failed);
+    lunet_tensor *w = i < m->nloss_metrics ? NULL : metric_weights(ctx, m, i, pred[j], masks[j], sw, masked[j], &failed);
     if (failed) {
       s = ctx->status ? ctx->status : lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory weighing a metric");
       break;
@@ -1176,7 +1178,11 @@ static lunet_status update_metrics(lunet_ctx *ctx, lunet_model *m, lunet_tensor 
     at += len[i];
   }
   if (!s) *loss_out = v[0];
-  for (int j = 0; j < MAX_IO; j++) lunet_tensor_release(probs[j]);
+  for (int j = 0; j < MAX_IO; j++) {
+    lunet_tensor_release(probs[j]);
+    lunet_tensor_release(masked[j][0]);
+    lunet_tensor_release(masked[j][1]);
+  }
   for (int i = 0; vecs && i < n; i++) lunet_tensor_release(vecs[i]);
   free(vecs);
   free(len);

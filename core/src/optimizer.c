@@ -137,8 +137,8 @@ lunet_status lunet_optimizer_configure(lunet_ctx *ctx, lunet_optimizer *o,
    * slot would otherwise be read as another (the mean gradient as the momentum) */
   bool layout = cfg->amsgrad != o->cfg.amsgrad || cfg->centered != o->cfg.centered ||
                 ((cfg->momentum > 0) != (o->cfg.momentum > 0) && cfg->kind != LUNET_OPT_ADAM);
-  bool has_slots = false;
-  for (int i = 0; i < o->nparams && !has_slots; i++)
+  bool has_slots = false; /* (looked for only when the layout would change: set_lr calls this every step) */
+  for (int i = 0; layout && i < o->nparams && !has_slots; i++)
     for (int k = 0; k < MAX_SLOTS; k++) has_slots |= o->slots[i][k] != NULL;
   if (layout && has_slots)
     return lunet_error(ctx, LUNET_ERR_ARG,

@@ -35,6 +35,11 @@ bool lunet_shape_equal(const lunet_tensor *a, const lunet_tensor *b) {
   return true;
 }
 
+int64_t lunet_tensor_positions(const lunet_tensor *t) {
+  int64_t last = t->ndim >= 2 ? t->shape[t->ndim - 1] : 0;
+  return last > 0 ? t->numel / last : t->ndim ? t->shape[0] : 1;
+}
+
 char *lunet_shape_str(int ndim, const int64_t *shape, char *buf, size_t n) {
   size_t len = (size_t)snprintf(buf, n, "(");
   for (int i = 0; i < ndim && len < n; i++)

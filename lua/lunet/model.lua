@@ -619,25 +619,18 @@ local function call_cbs(cbs, name, ...)
   end
 end
 
--- The hooks fit calls (Keras's names; epochs and batches from 0, as
--- Keras's): a callback with another on_* method is an error, not a hook
--- that never runs.  on_batch_begin/end are Keras's aliases of
--- on_train_batch_begin/end.
-local hooks = { on_train_begin = true, on_train_end = true, on_epoch_begin = true, on_epoch_end = true,
-  on_train_batch_begin = true, on_train_batch_end = true, on_batch_begin = true, on_batch_end = true,
-  on_test_begin = true, on_test_end = true }
+-- A callback with an on_* method that is not one of the hooks fit calls
+-- (optim.callback_hooks) is an error, not a hook that never runs; returns
+-- whether any callback has a per-batch hook.
 local function check_callbacks(cbs)
   if type(cbs) ~= "table" then error("bad argument 'callbacks' to 'fit' (a list of callbacks expected)", 3) end
   local per_batch = false
   for i, cb in ipairs(cbs) do
     if type(cb) ~= "table" then error(string.format("fit: callbacks[%d] is a %s, not a callback", i, type(cb)), 3) end
     for k, v in pairs(cb) do
-      if type(k) == "string" and k:match("^on_") and type(v) == "function" and not hooks[k] then
-        local names = {}
-        for h in pairs(hooks) do names[#names + 1] = h end
-        table.sort(names)
+      if type(k) == "string" and k:match("^on_") and type(v) == "function" and not optim.callback_hooks[k] then
         error(string.format("fit: callbacks[%d] has a method '%s' that fit never calls (hooks: %s)", i, k,
-          table.concat(names, ", ")), 3)
+          table.concat(optim.callback_hook_names, ", ")), 3)
       end
     end
     per_batch = per_batch or cb.on_train_batch_begin ~= nil or cb.on_train_batch_end ~= nil

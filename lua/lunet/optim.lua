@@ -792,19 +792,24 @@ function M.callbacks.LearningRateScheduler(fn, verbose)
   return self
 end
 
--- A callback from plain functions (Keras's LambdaCallback, the model first):
--- nn.callbacks.LambdaCallback{on_epoch_end = function(model, epoch, logs) end}
-local lambda_hooks = { on_train_begin = true, on_train_end = true, on_epoch_begin = true, on_epoch_end = true,
+-- The hooks fit calls (Keras's names; epochs and batches from 0, as
+-- Keras's; on_batch_begin/end are Keras's aliases of on_train_batch_*),
+-- and their names as a sorted list for the errors that name them.
+M.callback_hooks = { on_train_begin = true, on_train_end = true, on_epoch_begin = true, on_epoch_end = true,
   on_train_batch_begin = true, on_train_batch_end = true, on_batch_begin = true, on_batch_end = true,
   on_test_begin = true, on_test_end = true }
+M.callback_hook_names = {}
+for h in pairs(M.callback_hooks) do M.callback_hook_names[#M.callback_hook_names + 1] = h end
+table.sort(M.callback_hook_names)
+
+-- A callback from plain functions (Keras's LambdaCallback, the model first):
+-- nn.callbacks.LambdaCallback{on_epoch_end = function(model, epoch, logs) end}
 function M.callbacks.LambdaCallback(fns)
   local self = callback({})
   for name, fn in pairs(fns or {}) do
-    if not lambda_hooks[name] then
-      local names = {}
-      for h in pairs(lambda_hooks) do names[#names + 1] = h end
-      table.sort(names)
-      error(string.format("bad argument '%s' to 'LambdaCallback' (valid: %s)", tostring(name), table.concat(names, ", ")), 2)
+    if not M.callback_hooks[name] then
+      error(string.format("bad argument '%s' to 'LambdaCallback' (valid: %s)", tostring(name),
+        table.concat(M.callback_hook_names, ", ")), 2)
     end
     self[name] = function(_, ...) return fn(...) end
   end

@@ -2,6 +2,7 @@
 -- image_dataset_from_directory.
 local C = require "lunet.core"
 local dataset = require "lunet.dataset"
+local check_fields = require("lunet.optim").check_fields
 
 local M = {}
 
@@ -50,13 +51,8 @@ function M.pad_sequences(sequences, o)
   if type(sequences) ~= "table" or getmetatable(sequences) then
     error("bad argument #1 to 'pad_sequences' (a list of sequences, each a list of numbers)", 2)
   end
-  o = o or {}
-  for k in pairs(o) do
-    if k ~= "maxlen" and k ~= "padding" and k ~= "truncating" and k ~= "value" and k ~= "dtype" then
-      error(string.format("bad argument '%s' to 'pad_sequences' (valid: maxlen, padding, truncating, value, dtype)",
-        tostring(k)), 2)
-    end
-  end
+  o = check_fields("pad_sequences", o, {maxlen = true, padding = true, truncating = true, value = true, dtype = true},
+    "option", 2)
   local padding, truncating = o.padding or "pre", o.truncating or "pre"
   for name, v in pairs{padding = padding, truncating = truncating} do
     if v ~= "pre" and v ~= "post" then
@@ -110,10 +106,8 @@ end
 -- come from data and targets offset by the horizon, as in Keras's examples).
 function M.timeseries_dataset_from_array(data, targets, sequence_length, o)
   local function bad(msg) error("timeseries_dataset_from_array: " .. msg, 3) end
-  o = o or {}
-  local valid = {sequence_stride = true, sampling_rate = true, batch_size = true, shuffle = true, seed = true,
-    start_index = true, end_index = true}
-  for k in pairs(o) do if not valid[k] then bad(string.format("unknown option '%s'", tostring(k))) end end
+  o = check_fields("timeseries_dataset_from_array", o, {sequence_stride = true, sampling_rate = true,
+    batch_size = true, shuffle = true, seed = true, start_index = true, end_index = true}, "option", 4)
   if not C.is_tensor(data) then
     if type(data) ~= "table" then bad("data must be a tensor or a list") end
     data = C.tensor(data)
