@@ -1,6 +1,13 @@
 /* BatchNormalization over the last axis (channels of NHWC images, features
  * of vectors), Keras's semantics: batch statistics in training with the
- * moving ones updated by `momentum`, moving statistics in inference. */
+ * moving ones updated by `momentum`, moving statistics in inference.
+ *
+ * With a padding mask in training (a sequence after Embedding{mask_zero}
+ * or Masking), Keras 3's weighted moments: the statistics are those of the
+ * valid positions only,
+ *   mean = sum(m x) / (sum(m) + 1e-7),  var = sum(m (m x - mean)^2) / (sum(m) + 1e-7),
+ * every position normalized by them; that path is built from tape ops
+ * (layers_graph), so its gradient is the graph's, on every backend. */
 #include <string.h>
 #include "layers.h"
 
@@ -8,10 +15,15 @@
 enum { GAMMA = 0, BETA = 1, MOVING_MEAN = 2, MOVING_VAR = 3 };
 
 typedef struct bn_state {
+  layers_graph g;           /* the masked path's graph (first: layers_graph_* read it) */
   lunet_tensor *x;          /* (N, ..., C) of the last forward */
   lunet_batchnorm_state bn; /* save_mean/save_invstd (C) owned here, reused */
   bool training;            /* the mode of the last forward */
+  bool masked;              /* the last forward took the masked path */
 } bn_state;
+
+/* Keras's backend epsilon, added to the count of valid positions. */
+#define BN_COUNT_EPSILON 1e-7f
 
 static const lunet_arg_schema bn_args[] = {
     {"axis", LUNET_ARG_INT, LUNET_ARG_DEFAULT, .def = {.i = -1},
@@ -88,10 +100,96 @@ static lunet_status bn_stats(lunet_call *c, const lunet_tensor *x, lunet_batchno
   return bn->save_mean && bn->save_invstd ? LUNET_OK : layers_call_failed(c);
 }
 
+/* The call's mask as (M, 1) float32 weights for x viewed as (M, C): the
+ * mask must have x's shape without its last axis.  NULL with the error set. */
+static lunet_tensor *bn_mask_weights(lunet_call *c, lunet_tensor *x, lunet_tensor *mask, int64_t m) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  int nd = lunet_tensor_ndim(x);
+  bool fits = lunet_tensor_ndim(mask) == nd - 1;
+  for (int i = 0; fits && i < nd - 1; i++) fits = lunet_tensor_dim(mask, i) == lunet_tensor_dim(x, i);
+  if (!fits) {
+    char a[64], b[64];
+    lunet_call_error(c, LUNET_ERR_SHAPE, "a mask of shape %s for input %s: it must be the input's shape without its last axis",
+                     lunet_shape_str(lunet_tensor_ndim(mask), lunet_tensor_shape(mask), a, sizeof a),
+                     lunet_shape_str(nd, lunet_tensor_shape(x), b, sizeof b));
+    return NULL;
+  }
+  int64_t shape[2] = {m, 1};
+  lunet_tensor *mf = layers_as_f32(ctx, mask);
+  lunet_tensor *w = mf ? lunet_op_reshape(ctx, mf, 2, shape) : NULL;
+  layers_release(mf);
+  if (!w) layers_call_failed(c);
+  return w;
+}
+
+/* moving = moving * momentum + batch * (1 - momentum), in place, off the tape. */
+static lunet_status bn_move(lunet_ctx *ctx, lunet_tensor *moving, lunet_tensor *batch, float momentum) {
+  int64_t ch = lunet_tensor_numel(moving), start = 0, step = 1;
+  lunet_tensor *a = lunet_op_unary(ctx, LUNET_UNARY_AFFINE, moving, momentum, 0.0f);
+  lunet_tensor *b = a ? lunet_op_unary(ctx, LUNET_UNARY_AFFINE, batch, 1.0f - momentum, 0.0f) : NULL;
+  lunet_tensor *sum = b ? lunet_op_binary(ctx, LUNET_BINARY_ADD, a, b) : NULL;
+  lunet_status s = sum ? lunet_op_assign_slice(ctx, moving, &start, &ch, &step, sum) : lunet_ctx_status(ctx);
+  layers_release(a);
+  layers_release(b);
+  layers_release(sum);
+  return s;
+}
+
+/* Training with a mask: Keras 3's weighted moments on the tape. */
+static lunet_status bn_forward_masked(lunet_layer *l, lunet_call *c, bn_state *st, lunet_tensor *x,
+                                      lunet_tensor *mask, lunet_tensor **y) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  int64_t ch = lunet_tensor_dim(x, -1), m = ch ? lunet_tensor_numel(x) / ch : 0, flat[2] = {m, ch};
+  lunet_tensor *w = bn_mask_weights(c, x, mask, m);
+  if (!w) return lunet_ctx_status(ctx);
+  lunet_status s = layers_graph_begin(c, l, &st->g, x, 2);
+  if (s) {
+    layers_release(w);
+    return s;
+  }
+  float eps = (float)lunet_layer_get_float(l, "epsilon"), momentum = (float)lunet_layer_get_float(l, "momentum");
+  bool prev = lunet_set_grad_enabled(ctx, false);
+  lunet_tensor *wsum = lunet_op_reduce(ctx, LUNET_REDUCE_SUM, w, LUNET_ALL_AXES, false);
+  lunet_tensor *count = wsum ? lunet_op_unary(ctx, LUNET_UNARY_AFFINE, wsum, 1.0f, BN_COUNT_EPSILON) : NULL;
+  lunet_set_grad_enabled(ctx, prev);
+  enum { XF, XW, SUM, MEAN, DIFF, SQ, WSQ, SSQ, VAR, VE, SD, INV, XC, XN, SC, OUT, NT };
+  lunet_tensor *t[NT] = {0};
+  bool ok = count && (t[XF] = lunet_reshape(ctx, st->g.x[0], 2, flat)) && (t[XW] = lunet_mul(ctx, t[XF], w)) &&
+            (t[SUM] = lunet_reduce(ctx, LUNET_REDUCE_SUM, t[XW], 0, true)) &&
+            (t[MEAN] = lunet_div(ctx, t[SUM], count)) && (t[DIFF] = lunet_sub(ctx, t[XW], t[MEAN])) &&
+            (t[SQ] = lunet_mul(ctx, t[DIFF], t[DIFF])) && (t[WSQ] = lunet_mul(ctx, t[SQ], w)) &&
+            (t[SSQ] = lunet_reduce(ctx, LUNET_REDUCE_SUM, t[WSQ], 0, true)) &&
+            (t[VAR] = lunet_div(ctx, t[SSQ], count)) &&
+            (t[VE] = lunet_unary(ctx, LUNET_UNARY_AFFINE, t[VAR], 1.0f, eps)) &&
+            (t[SD] = lunet_unary(ctx, LUNET_UNARY_SQRT, t[VE], 0.0f, 0.0f)) &&
+            (t[INV] = lunet_unary(ctx, LUNET_UNARY_RECIP, t[SD], 0.0f, 0.0f)) &&
+            (t[XC] = lunet_sub(ctx, t[XF], t[MEAN])) && (t[XN] = lunet_mul(ctx, t[XC], t[INV])) &&
+            (t[SC] = lunet_mul(ctx, t[XN], st->g.w[GAMMA])) && (t[OUT] = lunet_add(ctx, t[SC], st->g.w[BETA]));
+  lunet_tensor *out = ok ? lunet_reshape(ctx, t[OUT], lunet_tensor_ndim(x), lunet_tensor_shape(x)) : NULL;
+  /* the moving statistics follow the batch's (weighted) ones */
+  if (out) {
+    prev = lunet_set_grad_enabled(ctx, false);
+    if (bn_move(ctx, lunet_layer_weight(l, MOVING_MEAN), t[MEAN], momentum) ||
+        bn_move(ctx, lunet_layer_weight(l, MOVING_VAR), t[VAR], momentum))
+      layers_set(&out, NULL);
+    lunet_set_grad_enabled(ctx, prev);
+  }
+  for (int i = 0; i < NT; i++) layers_release(t[i]);
+  layers_release(w);
+  layers_release(wsum);
+  layers_release(count);
+  st->masked = true;
+  return layers_graph_end(c, &st->g, out, y);
+}
+
 /* x (N, ..., C), gamma/beta (C) -> y (N, ..., C) */
 static lunet_status bn_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
                                lunet_tensor **y, bool training) {
   bn_state *st = lunet_call_state(c);
+  layers_graph_release(&st->g);
+  st->masked = false;
+  lunet_tensor *mask = training ? lunet_call_mask(c, 0) : NULL;
+  if (mask) return bn_forward_masked(l, c, st, x[0], mask, y);
   if (training && bn_stats(c, x[0], &st->bn) != LUNET_OK) return layers_call_failed(c);
   st->bn.running_mean = lunet_layer_weight(l, MOVING_MEAN);
   st->bn.running_var = lunet_layer_weight(l, MOVING_VAR);
@@ -155,6 +253,7 @@ static lunet_status bn_backward(lunet_layer *l, lunet_call *c, lunet_tensor *con
   bn_state *st = lunet_call_state(c);
   lunet_tensor *dgamma = NULL, *dbeta = NULL, *d;
   dx[0] = NULL;
+  if (st->masked) return layers_graph_backward(c, &st->g, dy, dx);
   if (!st->x) return layers_no_forward(c);
   d = st->training ? bn_dx_training(l, c, dy[0], &dgamma, &dbeta)
                    : bn_dx_inference(l, c, dy[0], &dgamma, &dbeta);
@@ -177,6 +276,7 @@ static lunet_status bn_backward(lunet_layer *l, lunet_call *c, lunet_tensor *con
 
 static void bn_release(lunet_layer *l, lunet_call *c) {
   bn_state *st = lunet_call_state(c);
+  layers_graph_release(&st->g);
   layers_set(&st->x, NULL);
   layers_set(&st->bn.save_mean, NULL);
   layers_set(&st->bn.save_invstd, NULL);

@@ -577,6 +577,56 @@ function T.masking_pads_float_sequences()
   check.same_table(nn.mask_of(masked):totable(), {{0, 1}}, 0, "and masked there")
 end
 
+-- Keras 3's BatchNormalization under a padding mask: in training its batch
+-- statistics are the valid steps' (weighted moments), so a training step of
+-- Masking -> BatchNormalization -> Dense on zero-padded sequences, with the
+-- masked loss, is the step of BatchNormalization -> Dense on the valid steps
+-- alone taken as a batch of vectors: the same loss, gradients (gamma, beta,
+-- the Dense) and moving statistics.  Inference uses the moving ones.
+function T.batchnorm_statistics_leave_masked_steps_out()
+  nn.seed(8)
+  local seq = (nn.randn(3, 4, 2) * 2 + 1):totable()
+  local target = nn.randn(3, 4, 1):totable()
+  local pad = {{3, 4}, {4}, {}}
+  for i, steps in ipairs(pad) do for _, t in ipairs(steps) do seq[i][t] = {0, 0} end end
+  local rows, want = {}, {}
+  for i = 1, 3 do
+    for t = 1, 4 do
+      if seq[i][t][1] ~= 0 then rows[#rows + 1], want[#want + 1] = seq[i][t], target[i][t] end
+    end
+  end
+  local function compile(m)
+    m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.5}, loss = "mse"}
+    return m
+  end
+  local padded = compile(nn.Sequential{nn.Masking{input_shape = {4, 2}}, nn.BatchNormalization{momentum = 0.5},
+    nn.Dense(1)})
+  local flat = compile(nn.Sequential{nn.BatchNormalization{momentum = 0.5, input_shape = {2}}, nn.Dense(1)})
+  flat:set_weights(padded:get_weights())
+  for step = 1, 2 do
+    local la = padded:train_on_batch(nn.tensor(seq), nn.tensor(target))
+    local lb = flat:train_on_batch(nn.tensor(rows), nn.tensor(want))
+    check.near(la, lb, 1e-5, "step " .. step .. ": the loss over the valid steps")
+    local wa, wb = padded:get_weights(), flat:get_weights()
+    for k = 1, #wb do
+      check.same_table(wa[k]:totable(), wb[k]:totable(), 1e-5, "step " .. step .. ": weight " .. k ..
+        " (gamma, beta, moving mean, moving variance, kernel, bias)")
+    end
+  end
+  -- inference normalizes every step by the moving statistics
+  local ya = padded:predict(nn.tensor(seq)):totable()
+  local yb = flat:predict(nn.tensor(rows)):totable()
+  local r = 0
+  for i = 1, 3 do
+    for t = 1, 4 do
+      if seq[i][t][1] ~= 0 then
+        r = r + 1
+        check.near(ya[i][t][1], yb[r][1], 1e-5, "inference at a valid step")
+      end
+    end
+  end
+end
+
 -- Masks through layers as Keras 3 carries them: a layer without
 -- supports_masking (Conv1D, MaxPooling1D, Flatten, Reshape, ...) drops the
 -- mask; the element-wise merges take the AND of their inputs' masks (in

@@ -114,6 +114,27 @@ function T.preprocessing_layers_agree_with_the_cpu()
   end
 end
 
+-- BatchNormalization under a padding mask (its weighted moments are tape
+-- ops): a training step on Vulkan gives the CPU's weights.
+function T.masked_batchnorm_trains_as_on_the_cpu()
+  local weights = {}
+  for _, backend in ipairs{"cpu", "vulkan"} do
+    nn.use("cpu")
+    nn.seed(5)
+    local x = nn.randn(3, 4, 2):totable()
+    x[1][4], x[2][3], x[2][4] = {0, 0}, {0, 0}, {0, 0}
+    local m = nn.Sequential{nn.Masking{input_shape = {4, 2}}, nn.BatchNormalization{momentum = 0.5}, nn.Dense(1)}
+    m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.5}, loss = "mse"}
+    m:to(backend)
+    m:train_on_batch(nn.tensor(x):to(backend), nn.randn(3, 4, 1):to(backend))
+    weights[backend] = m:get_weights()
+  end
+  nn.use("cpu")
+  for k, w in ipairs(weights.cpu) do
+    check.same_table(weights.vulkan[k]:to("cpu"):totable(), w:totable(), 1e-5, "weight " .. k .. " on Vulkan")
+  end
+end
+
 -- The optimizers written with tensor ops (Adam with amsgrad and centered
 -- RMSprop among them) run on Vulkan as on the CPU.
 function T.op_written_optimizers_agree_with_the_cpu()
