@@ -297,10 +297,12 @@ end
 -- Keras's deconv_output_length: "valid" (H-1)s + K (H s when K < s), "same"
 -- H s; the full transposed convolution is cropped by the pads of the
 -- matching convolution (the odd pixel at the end), or extended by
--- output_padding when the kernel is smaller than the stride.
+-- output_padding when the kernel is smaller than the stride; K is the
+-- dilated extent d (K - 1) + 1 with a dilation_rate.
 emit.Conv2DTranspose = function(g, l, ins, w)
   local x = g:cf(ins[1])
-  local k, s = pair(l.args.kernel_size), pair(l.args.strides)
+  local kernel, s, d = pair(l.args.kernel_size), pair(l.args.strides), pair(l.args.dilation_rate or 1)
+  local k = { d[1] * (kernel[1] - 1) + 1, d[2] * (kernel[2] - 1) + 1 } -- the dilated extent sizes the output
   local pads, extra = { 0, 0, 0, 0 }, { 0, 0 }
   local op, size = l.args.output_padding and pair(l.args.output_padding), spatial_of(l)
   for i = 1, 2 do
@@ -318,7 +320,8 @@ emit.Conv2DTranspose = function(g, l, ins, w)
   end
   local inputs = { x.name, g:tensor(w.kernel:permute({ 4, 3, 1, 2 }), "kernel") }
   if w.bias then inputs[3] = g:tensor(w.bias, "bias") end
-  local y = g:node("ConvTranspose", inputs, { kernel_shape = k, strides = s, pads = pads, output_padding = extra })
+  local y = g:node("ConvTranspose", inputs,
+    { kernel_shape = kernel, strides = s, dilations = d, pads = pads, output_padding = extra })
   return g:activation(value(y, 4, true), l.args.activation)
 end
 

@@ -136,7 +136,7 @@ lunet_status layers_atrous_backward(lunet_ctx *ctx, const layers_atrous *a, lune
                                 : lunet_error(ctx, LUNET_ERR_DEVICE, "dilated convolution: an op failed without a message");
 }
 
-lunet_status layers_check_window(lunet_layer *l, const lunet_shape *in) {
+lunet_status layers_check_window_args(lunet_layer *l, const char *instead) {
   int64_t k[2], s[2], r[2];
   lunet_layer_get_int2(l, "kernel_size", k);
   lunet_layer_get_int2(l, "strides", s);
@@ -145,13 +145,21 @@ lunet_status layers_check_window(lunet_layer *l, const lunet_shape *in) {
   if (st == LUNET_OK) st = layers_check_pair(l, "strides", s);
   if (st == LUNET_OK) st = layers_check_pair(l, "dilation_rate", r);
   if (st != LUNET_OK) return st;
-  bool dil = r[0] > 1 || r[1] > 1;
-  if (dil && (s[0] > 1 || s[1] > 1))
+  if ((r[0] > 1 || r[1] > 1) && (s[0] > 1 || s[1] > 1))
     return lunet_layer_error(l, LUNET_ERR_ARG,
                              "dilation_rate {%lld, %lld} with strides {%lld, %lld}: a dilated "
-                             "convolution takes strides 1 (as Keras's); follow it with a pooling "
-                             "layer to shrink the image",
-                             (long long)r[0], (long long)r[1], (long long)s[0], (long long)s[1]);
+                             "convolution takes strides 1 (as Keras's); %s",
+                             (long long)r[0], (long long)r[1], (long long)s[0], (long long)s[1], instead);
+  return LUNET_OK;
+}
+
+lunet_status layers_check_window(lunet_layer *l, const lunet_shape *in) {
+  lunet_status st = layers_check_window_args(l, "follow it with a pooling layer to shrink the image");
+  if (st != LUNET_OK) return st;
+  int64_t k[2], r[2];
+  lunet_layer_get_int2(l, "kernel_size", k);
+  lunet_layer_get_int2(l, "dilation_rate", r);
+  bool dil = r[0] > 1 || r[1] > 1;
   int64_t ek[2] = {r[0] * (k[0] - 1) + 1, r[1] * (k[1] - 1) + 1};
   if (layers_padding(l) == LUNET_PAD_VALID && (ek[0] > in->dims[0] || ek[1] > in->dims[1]))
     return lunet_layer_error(l, LUNET_ERR_SHAPE,

@@ -14,14 +14,22 @@
  * 2 pad + op, pad = KH / 2 for "same" (Keras's deconv_output_length), the
  * matching convolution's padding taken as TensorFlow's SAME conv_transpose
  * takes it for that size.
+ *
+ * dilation_rate (strides 1, as Keras requires) is the transpose of the
+ * dilated convolution: that convolution runs on the d x d sub-grids
+ * (atrous.c), so this layer runs its transpose there, x split as that
+ * convolution's output gradient and the result merged as its input
+ * gradient; sizes as above with the dilated extent d (k - 1) + 1.
  */
 #include "layers.h"
 
 enum { KERNEL = 0, BIAS = 1 };
 
 typedef struct transpose_state {
-  lunet_tensor *x; /* (N,H,W,C), for the kernel gradient */
-  lunet_conv2d_desc d;
+  lunet_tensor *x;     /* (N,H,W,C), for the kernel gradient (dilated: its sub-grids) */
+  lunet_conv2d_desc d; /* the matching convolution (dilated: the sub-grids') */
+  layers_atrous a;     /* a dilated forward's plan */
+  bool dilated;
 } transpose_state;
 
 static const lunet_arg_schema transpose_args[] = {
@@ -32,6 +40,8 @@ static const lunet_arg_schema transpose_args[] = {
     {"padding", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, .def = {.s = "valid"},
      .doc = "\"valid\": out = in * stride + max(kernel - stride, 0); \"same\": out = in * stride",
      .choices = "valid|same"},
+    {"dilation_rate", LUNET_ARG_INT2, LUNET_ARG_DEFAULT, .def = {.n = 1, .v = {1}},
+     .doc = "spacing of the kernel's taps: d or {dh, dw}; above 1 needs strides 1 (as Keras's)"},
     {"output_padding", LUNET_ARG_INT2, LUNET_ARG_NIL,
      .doc = "extra rows and columns of the output: p or {ph, pw}, each below its stride; nil: Keras's inferred size"},
     {"activation", LUNET_ARG_STRING, LUNET_ARG_NIL, .doc = "activation applied to the output; nil: linear"},
@@ -51,12 +61,15 @@ static const lunet_arg_schema transpose_args[] = {
 };
 
 /* The convolution from the output back to an input of (h, w, c): its desc
- * reads "input" as this layer's output. */
+ * reads "input" as this layer's output; with a dilation, *a its plan on
+ * the sub-grids (when a is not NULL). */
 static lunet_status transpose_desc(const lunet_layer *l, lunet_ctx *ctx, int64_t n, int64_t h, int64_t w, int64_t c,
-                                   lunet_conv2d_desc *d) {
-  int64_t k[2], s[2];
-  lunet_layer_get_int2(l, "kernel_size", k);
+                                   lunet_conv2d_desc *d, layers_atrous *a) {
+  int64_t kernel[2], s[2], r[2], k[2];
+  lunet_layer_get_int2(l, "kernel_size", kernel);
   lunet_layer_get_int2(l, "strides", s);
+  lunet_layer_get_int2(l, "dilation_rate", r);
+  k[0] = r[0] * (kernel[0] - 1) + 1, k[1] = r[1] * (kernel[1] - 1) + 1; /* the dilated extent */
   bool same = layers_padding(l) == LUNET_PAD_SAME;
   int64_t oh = h * s[0] + (same || k[0] < s[0] ? 0 : k[0] - s[0]);
   int64_t ow = w * s[1] + (same || k[1] < s[1] ? 0 : k[1] - s[1]);
@@ -72,17 +85,17 @@ static lunet_status transpose_desc(const lunet_layer *l, lunet_ctx *ctx, int64_t
   if (st == LUNET_OK && (d->oh != h || d->ow != w))
     st = lunet_error(ctx, LUNET_ERR_SHAPE, "Conv2DTranspose: the geometry does not invert (%lld x %lld -> %lld x %lld)",
                      (long long)h, (long long)w, (long long)d->oh, (long long)d->ow);
+  d->kh = kernel[0], d->kw = kernel[1];
+  if (st == LUNET_OK && a && (r[0] > 1 || r[1] > 1)) st = layers_atrous_plan(ctx, d, r[0], r[1], a);
   return st;
 }
 
 static lunet_status transpose_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
-  int64_t f = lunet_layer_get_int(l, "filters"), k[2], s[2];
+  int64_t f = lunet_layer_get_int(l, "filters"), s[2];
   if (f <= 0) return lunet_layer_error(l, LUNET_ERR_ARG, "filters must be positive, got %lld", (long long)f);
   if (in[0].ndim != 3) return layers_rank_error(l, "3 (H, W, C)", &in[0]);
-  lunet_layer_get_int2(l, "kernel_size", k);
   lunet_layer_get_int2(l, "strides", s);
-  lunet_status st = layers_check_pair(l, "kernel_size", k);
-  if (st == LUNET_OK) st = layers_check_pair(l, "strides", s);
+  lunet_status st = layers_check_window_args(l, "upsample with strides, then dilate in a later layer");
   if (st != LUNET_OK) return st;
   if (lunet_layer_arg_is_set(l, "output_padding")) {
     int64_t op[2];
@@ -93,7 +106,8 @@ static lunet_status transpose_build(lunet_layer *l, int nin, const lunet_shape *
                                (long long)op[0], (long long)op[1], (long long)s[0], (long long)s[1]);
   }
   lunet_conv2d_desc d;
-  if (transpose_desc(l, lunet_layer_ctx(l), 1, in[0].dims[0], in[0].dims[1], in[0].dims[2], &d)) return layers_failed(l);
+  if (transpose_desc(l, lunet_layer_ctx(l), 1, in[0].dims[0], in[0].dims[1], in[0].dims[2], &d, NULL))
+    return layers_failed(l);
   int64_t kshape[4] = {d.kh, d.kw, d.c, d.f};
   if (lunet_layer_add_weight(l, "kernel", 4, kshape, layers_initializer(l, "kernel_initializer", "glorot_uniform"),
                              true) < 0)
@@ -113,19 +127,30 @@ static lunet_status transpose_forward(lunet_layer *l, lunet_call *c, int nin, lu
   lunet_tensor *w = lunet_layer_weight(l, KERNEL);
   if (layers_check_images(c, x[0], lunet_tensor_dim(w, 3))) return LUNET_ERR_SHAPE;
   lunet_conv2d_desc d;
+  layers_atrous a = {0};
   if (transpose_desc(l, ctx, lunet_tensor_dim(x[0], 0), lunet_tensor_dim(x[0], 1), lunet_tensor_dim(x[0], 2),
-                     lunet_tensor_dim(x[0], 3), &d))
+                     lunet_tensor_dim(x[0], 3), &d, &a))
     return layers_call_failed(c);
-  lunet_tensor *up = lunet_op_conv2d_backward_data(ctx, x[0], w, &d);
+  bool dil = a.dh > 1 || a.dw > 1;
+  if (dil) d = a.inner;
+  lunet_tensor *xin = dil ? layers_atrous_output_grad(ctx, &a, x[0]) : lunet_tensor_retain(x[0]);
+  lunet_tensor *upin = xin ? lunet_op_conv2d_backward_data(ctx, xin, w, &d) : NULL;
+  lunet_tensor *up = upin && dil ? layers_atrous_input_grad(ctx, &a, upin) : (upin ? lunet_tensor_retain(upin) : NULL);
+  layers_release(upin);
   if (up && lunet_layer_get_bool(l, "use_bias")) {
     y[0] = lunet_op_binary(ctx, LUNET_BINARY_ADD, up, lunet_layer_weight(l, BIAS));
     layers_release(up);
   } else {
     y[0] = up;
   }
-  if (!y[0]) return layers_call_failed(c);
-  layers_set(&st->x, lunet_tensor_retain(x[0]));
+  if (!y[0]) {
+    layers_release(xin);
+    return layers_call_failed(c);
+  }
+  layers_set(&st->x, xin);
   st->d = d;
+  st->a = a;
+  st->dilated = dil;
   return LUNET_OK;
 }
 
@@ -136,19 +161,28 @@ static lunet_status transpose_backward(lunet_layer *l, lunet_call *c, lunet_tens
   transpose_state *st = lunet_call_state(c);
   dx[0] = NULL;
   if (!st->x) return layers_no_forward(c);
-  lunet_tensor *dw = lunet_op_conv2d_backward_filter(ctx, st->x, dy[0], &st->d, NULL), *db = NULL;
+  /* the matching convolution's input is dy: on the sub-grids when dilated */
+  lunet_tensor *dyin = st->dilated ? layers_atrous_input(ctx, &st->a, dy[0]) : lunet_tensor_retain(dy[0]);
+  lunet_tensor *dw = dyin ? lunet_op_conv2d_backward_filter(ctx, st->x, dyin, &st->d, NULL) : NULL, *db = NULL;
+  lunet_tensor *dxin = NULL;
   if (!dw || lunet_call_accumulate_grad(c, KERNEL, dw) != LUNET_OK) goto fail;
   if (lunet_layer_get_bool(l, "use_bias")) {
     int64_t f = st->d.c;
     if (!(db = lunet_op_sum_to(ctx, dy[0], 1, &f)) || lunet_call_accumulate_grad(c, BIAS, db) != LUNET_OK) goto fail;
   }
-  if (lunet_call_needs_dx(c, 0) && !(dx[0] = lunet_op_conv2d(ctx, dy[0], lunet_layer_weight(l, KERNEL), NULL, &st->d)))
-    goto fail;
+  if (lunet_call_needs_dx(c, 0)) {
+    if (!(dxin = lunet_op_conv2d(ctx, dyin, lunet_layer_weight(l, KERNEL), NULL, &st->d))) goto fail;
+    if (!(dx[0] = st->dilated ? layers_atrous_output(ctx, &st->a, dxin) : lunet_tensor_retain(dxin))) goto fail;
+  }
+  layers_release(dyin);
+  layers_release(dxin);
   layers_release(dw);
   layers_release(db);
   layers_set(&st->x, NULL);
   return LUNET_OK;
 fail:
+  layers_release(dyin);
+  layers_release(dxin);
   layers_release(dw);
   layers_release(db);
   return layers_call_failed(c);
@@ -170,6 +204,11 @@ static const lunet_layer_test transpose_tests[] = {
     {LAYERS_ARGS({"filters", {.i = 2}}, {"kernel_size", {.n = 1, .v = {3}}}, {"strides", {.n = 1, .v = {2}}},
                  {"padding", {.s = "same"}}, {"output_padding", {.n = 1, .v = {1}}}),
      LAYERS_INPUTS({3, {3, 2, 2}}), 2, 2e-2f},
+    {LAYERS_ARGS({"filters", {.i = 2}}, {"kernel_size", {.n = 2, .v = {3, 2}}}, {"dilation_rate", {.n = 2, .v = {2, 3}}}),
+     LAYERS_INPUTS({3, {3, 2, 2}}), 2, 2e-2f},
+    {LAYERS_ARGS({"filters", {.i = 3}}, {"kernel_size", {.n = 1, .v = {3}}}, {"dilation_rate", {.n = 1, .v = {2}}},
+                 {"padding", {.s = "same"}}),
+     LAYERS_INPUTS({3, {4, 5, 2}}), 2, 2e-2f},
 };
 
 LAYERS_HIDDEN const lunet_layer_type layers_conv2d_transpose = {

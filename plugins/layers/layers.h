@@ -634,6 +634,9 @@ LAYERS_HIDDEN lunet_status layers_atrous_plan(lunet_ctx *ctx, const lunet_conv2d
  * sample (H, W, C): positive pairs, strides 1 when dilated (Keras's rule),
  * and a "valid" window's dilated extent within the image. */
 LAYERS_HIDDEN lunet_status layers_check_window(lunet_layer *l, const lunet_shape *in);
+/* The same without the image: the pairs and the strides-1 rule (instead:
+ * what to do otherwise, for the message). */
+LAYERS_HIDDEN lunet_status layers_check_window_args(lunet_layer *l, const char *instead);
 /* The four maps, for a layer that runs its own op on the sub-grids
  * (DepthwiseConv2D): the input x (N, h, w, C) as the padded sub-grids
  * (dh dw N, inner.h, inner.w, C); the op's output on them back as

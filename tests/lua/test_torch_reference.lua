@@ -61,7 +61,7 @@ function T.generic_autograd_path_matches_torch()
 end
 
 -- Conv2DTranspose against torch's conv_transpose2d (fixture
--- make_torch_conv_transpose.py: "valid" and "same", strides, rectangles,
+-- make_torch_conv_transpose.py: "valid" and "same", strides, rectangles, dilation_rate,
 -- output_padding):
 -- outputs and the gradients of the input, kernel and bias.
 function T.conv2d_transpose_matches_torch()
