@@ -87,6 +87,11 @@ static lunet_status check_config(lunet_ctx *ctx, const lunet_optimizer_config *c
   if (c->clipvalue < 0 || c->clipnorm < 0 || c->global_clipnorm < 0)
     return lunet_error(ctx, LUNET_ERR_ARG,
                        "optimizer: clipvalue, clipnorm and global_clipnorm must be >= 0 (0 is off)");
+  if ((c->clipvalue > 0) + (c->clipnorm > 0) + (c->global_clipnorm > 0) > 1)
+    return lunet_error(ctx, LUNET_ERR_ARG,
+                       "optimizer: only one of clipnorm, clipvalue and global_clipnorm can be set (as Keras's); "
+                       "got clipnorm = %g, clipvalue = %g, global_clipnorm = %g",
+                       c->clipnorm, c->clipvalue, c->global_clipnorm);
   if (c->momentum < 0 || c->momentum >= 1 || c->beta_1 < 0 || c->beta_1 >= 1 || c->beta_2 < 0 ||
       c->beta_2 >= 1 || c->rho < 0 || c->rho >= 1)
     return lunet_error(ctx, LUNET_ERR_ARG,
@@ -309,8 +314,9 @@ static bool clips(const lunet_optimizer_config *c) {
   return c->clipvalue > 0 || c->clipnorm > 0 || c->global_clipnorm > 0;
 }
 
-/* g[i] clipped in Keras's order: clipvalue, clipnorm, then global_clipnorm.
- * g holds references of the caller's that are replaced by clipped ones. */
+/* g[i] clipped by the one clipping option set (configure refuses more, as
+ * Keras does).  g holds references of the caller's that are replaced by
+ * clipped ones. */
 static lunet_status clip(lunet_ctx *ctx, const lunet_optimizer_config *c, int n,
                          lunet_tensor **g) {
   lunet_status s = LUNET_OK;
@@ -397,6 +403,15 @@ static lunet_status update_fused(lunet_ctx *ctx, lunet_optimizer *o, int n, lune
 lunet_status lunet_optimizer_apply(lunet_ctx *ctx, lunet_optimizer *o, int n,
                                    lunet_tensor *const *params, lunet_tensor *const *grads) {
   if (grow(ctx, o, n)) return ctx->status;
+  /* as Keras: a step with no gradient at all is an error, not an update
+   * (it would count for the bias corrections and the schedule) */
+  bool any = false;
+  for (int i = 0; i < n && !any; i++) any = grads[i] != NULL;
+  if (n > 0 && !any)
+    return lunet_error(ctx, LUNET_ERR_ARG,
+                       "optimizer: no gradients provided for any of the %d parameters (run backward on a loss that "
+                       "depends on them first)",
+                       n);
   lunet_tensor **g = (lunet_tensor **)grads;
   lunet_status s = LUNET_OK;
   bool prev = lunet_set_grad_enabled(ctx, false);

@@ -57,12 +57,19 @@ local function make(kind, name, defaults, opts, handle)
     end
     self[k] = val
   end
+  local clips = 0
   for k, v in pairs(clipping) do
     local val = opts[k] or v
     if type(val) ~= "number" or val < 0 then
       error(string.format("bad argument '%s' to '%s' (a number >= 0 expected, 0 is off)", k, name), 3)
     end
     self[k] = val
+    if val > 0 then clips = clips + 1 end
+  end
+  if clips > 1 then
+    error(string.format("%s: only one of clipnorm, clipvalue and global_clipnorm can be set (as Keras's); got " ..
+      "clipnorm = %g, clipvalue = %g, global_clipnorm = %g", name, self.clipnorm, self.clipvalue,
+      self.global_clipnorm), 3)
   end
   local lr = self.learning_rate
   if type(lr) == "table" and lr.schedule then lr = M.schedules.from_config(lr) self.learning_rate = lr end

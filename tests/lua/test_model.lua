@@ -1010,6 +1010,27 @@ function T.gradient_clipping_matches_keras()
   check.same_table(a, { 6 / g, -8 / g, 1 / g }, 1e-6, "global_clipnorm")
   check.same_table(b, { 24 / g, 0, -10 / g }, 1e-6, "global_clipnorm")
   check.fails(function() nn.optimizers.Adam{clipnorm = -1} end, "clipnorm")
+  -- Keras takes one clipping option at a time
+  check.fails(function() nn.optimizers.SGD{clipnorm = 1, clipvalue = 0.5} end,
+    "only one of clipnorm, clipvalue and global_clipnorm can be set")
+  check.fails(function() nn.optimizers.Adam{clipnorm = 1, global_clipnorm = 2} end, "only one of clipnorm")
+end
+
+-- A step with no gradient at all is an error and counts nothing (Keras's
+-- "No gradients provided for any variable"): the bias corrections and the
+-- schedule's step stay where they were.
+function T.an_update_without_gradients_is_an_error()
+  local w = nn.tensor{1, 2}:requires_grad(true)
+  local opt = nn.optimizers.Adam{learning_rate = 0.1}
+  w:square():sum():backward()
+  opt:apply({w})
+  local after_one = w:totable()
+  check.fails(function() opt:apply({w}) end, "no gradients provided for any of the 1 parameters")
+  check.eq(opt.iterations, 1, "the failed step is not counted")
+  check.same_table(w:totable(), after_one, 0, "nor applied")
+  w:square():sum():backward()
+  opt:apply({w})
+  check.eq(opt.iterations, 2, "the next step is the second")
 end
 
 -- A NaN loss updates nothing and names where it happened.
