@@ -955,7 +955,7 @@ local mask_rules = {
   TransformerDecoder = function(_, _, ins) return { ins[1].mask } end,
   Reverse = function(g, l, ins)
     local m = ins[1].mask
-    if not m or l.args.axis ~= 1 then return { m } end
+    if not m or l.args.axis ~= 1 or l.args.flip_mask == false then return { m } end
     return { g:node("Slice", { m, g:ints({ -1 }), g:ints({ INT64_MIN }), g:ints({ 1 }), g:ints({ -1 }) }) }
   end,
 }

@@ -523,7 +523,11 @@ function M.make_bidirectional(layer, o)
   if back == nil then
     local args = {}
     for k, v in pairs(fargs) do if k ~= "name" and k ~= "input_shape" then args[k] = v end end
-    args.go_backwards = not fargs.go_backwards
+    if fargs.go_backwards then
+      error("bad argument #1 to 'Bidirectional' (the forward layer has go_backwards = true; Bidirectional " ..
+        "makes the backward direction itself: give it a layer with go_backwards = false)", 3)
+    end
+    args.go_backwards = true
     args.name = "backward_" .. layer.name
     back = M.new(layer.type, args)
   elseif getmetatable(back) ~= Layer or back.type ~= layer.type then
@@ -538,12 +542,21 @@ function M.make_bidirectional(layer, o)
     if C.layer_built(back.handle) then
       error("bad argument 'backward_layer' to 'Bidirectional' (the layer was already called; give a fresh one)", 2)
     end
+    if (bargs.go_backwards == true) == (fargs.go_backwards == true) then
+      error("bad argument 'backward_layer' to 'Bidirectional' (the forward and backward layers both have " ..
+        "go_backwards = " .. tostring(fargs.go_backwards == true) .. "; the backward layer needs go_backwards = " ..
+        tostring(fargs.go_backwards ~= true) .. ", as Keras requires)", 2)
+    end
     back:fix_arg("zero_output_for_mask", zero_masked)
   end
   local self = setmetatable({ type = "Bidirectional", name = o.name or M.auto_name("Bidirectional"),
     forward_layer = layer, backward_layer = back, merge_mode = mode, args = { merge_mode = mode },
     sequences = fargs.return_sequences, states = fargs.return_state }, Bidirectional)
-  if self.sequences then self.reverse = M.new("Reverse", { axis = 1, name = self.name .. "_reverse" }) end
+  -- the backward output back in order; its mask stays the input's (Keras's
+  -- Bidirectional.compute_mask: the backward layer's is not reversed)
+  if self.sequences then
+    self.reverse = M.new("Reverse", { axis = 1, flip_mask = false, name = self.name .. "_reverse" })
+  end
   if merges[mode] then self.merge = M.new(merges[mode], { name = self.name .. "_" .. mode }) end
   if fargs.input_shape then
     self.args.input_shape = fargs.input_shape

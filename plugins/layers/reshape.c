@@ -218,6 +218,9 @@ LAYERS_HIDDEN const lunet_layer_type layers_permute = {
 static const lunet_arg_schema reverse_args[] = {
     {"axis", LUNET_ARG_INT, LUNET_ARG_DEFAULT, .def = {.i = 1},
      .doc = "the sample axis to reverse, numbered from 1 (1: the steps of a sequence)"},
+    {"flip_mask", LUNET_ARG_BOOL, LUNET_ARG_DEFAULT, .def = {.b = true},
+     .doc = "reverse a padding mask with the steps; false keeps it (Bidirectional: the backward direction's "
+            "output, put back in order, has the input's mask)"},
     LAYERS_ARG_INPUT_SHAPE,
     LAYERS_ARG_NAME,
 };
@@ -267,14 +270,15 @@ static lunet_status reverse_backward(lunet_layer *l, lunet_call *c, lunet_tensor
   return LUNET_OK;
 }
 
-/* A mask (N, T) reversed with the steps when the steps are reversed. */
+/* A mask (N, T) reversed with the steps when the steps are reversed (and
+ * flip_mask is on). */
 static lunet_status reverse_mask(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
                                  lunet_tensor **mask_out) {
   lunet_tensor *m = lunet_call_mask(c, 0);
   int axis = (int)lunet_layer_get_int(l, "axis");
   mask_out[0] = NULL;
   if (!m) return LUNET_OK;
-  if (axis >= lunet_tensor_ndim(m)) {
+  if (axis >= lunet_tensor_ndim(m) || !lunet_layer_get_bool(l, "flip_mask")) {
     mask_out[0] = lunet_tensor_retain(m);
     return LUNET_OK;
   }

@@ -390,6 +390,39 @@ function T.bidirectional_zeros_the_masked_steps()
   end
   check.eq(require("lunet.core").layer_args(bi.forward_layer.handle).zero_output_for_mask, true,
     "set on the forward layer")
+  -- the output's mask is the input's, for every merge (Keras's compute_mask),
+  -- so what comes after skips the same steps: a pooled average over the
+  -- valid steps written out
+  local want_mask = {}
+  for n = 1, 2 do
+    want_mask[n] = {}
+    for t = 1, 7 do want_mask[n][t] = idt[n][t] ~= 0 and 1 or 0 end
+  end
+  local ee = emb(ids)
+  for _, mode in ipairs{"concat", "sum", "mul", "ave"} do
+    local m = nn.Bidirectional(nn.GRU{2, return_sequences = true}, {merge_mode = mode})
+    check.same_table(nn.mask_of(m(ee)):totable(), want_mask, 0, mode .. ": the input's mask")
+  end
+  local fwd, bwd = nn.Bidirectional(nn.GRU{2, return_sequences = true}, {merge_mode = "none"})(ee)
+  check.same_table(nn.mask_of(fwd):totable(), want_mask, 0, "none: the forward output's mask")
+  check.same_table(nn.mask_of(bwd):totable(), want_mask, 0, "none: the backward output's mask")
+  local pooled = nn.Model{inputs = x, outputs = nn.GlobalAveragePooling1D{}(bi(e))}:predict(ids, {verbose = 0})
+  for n, p in ipairs(pooled:totable()) do
+    local sum, count = {0, 0, 0, 0, 0, 0, 0, 0}, 0
+    for t = 1, 7 do
+      if idt[n][t] ~= 0 then
+        count = count + 1
+        for k = 1, 8 do sum[k] = sum[k] + got[n][t][k] end
+      end
+    end
+    for k = 1, 8 do sum[k] = sum[k] / count end
+    check.same_table(p, sum, 1e-6, "pooled over the valid steps, sample " .. n)
+  end
+  -- Keras's rule: the two directions run opposite ways
+  check.fails(function() nn.Bidirectional(nn.LSTM{3, go_backwards = true}) end,
+    "the forward layer has go_backwards = true")
+  check.fails(function() nn.Bidirectional(nn.LSTM{3}, {backward_layer = nn.LSTM{3}}) end,
+    "the backward layer needs go_backwards = true")
   -- a saved model keeps it (it shows as its parts when read back)
   model:compile{optimizer = "sgd", loss = "mse"}
   local path = os.tmpname()

@@ -215,8 +215,11 @@ case("masked", function()
   local l2 = nn.LSTM{ 2, go_backwards = true }(e)
   -- Bidirectional's sequence: zeros at the masked steps (Keras's)
   local bi = nn.Flatten{}(nn.Bidirectional(nn.GRU{ 2, return_sequences = true })(e))
+  -- whose mask is the input's (not reversed with the backward half): a pooling after it
+  local bi_pooled = nn.GlobalAveragePooling1D{}(nn.Bidirectional(nn.GRU{ 2, return_sequences = true },
+    { merge_mode = "sum" })(e))
   -- and attention's padded query steps (their rows attend to nothing)
-  local y = nn.Concatenate{}{ pooled, last, h, l2, bi, nn.Flatten{}(att) }
+  local y = nn.Concatenate{}{ pooled, last, h, l2, bi, nn.Flatten{}(att), bi_pooled }
   return nn.Model{ inputs = tokens, outputs = y }, { nn.tensor({
     { 3, 5, 0, 7, 1, 0, 0 }, { 11, 2, 4, 9, 8, 6, 10 }, { 4, 0, 0, 0, 0, 0, 0 } }) }
 end)
