@@ -190,19 +190,28 @@ static lunet_tensor *release_then(lunet_tensor *keep, int n, lunet_tensor **drop
   return keep;
 }
 
-/* 0/1 labels read as -1/1, as Keras's hinge losses do (other values kept). */
+/* Labels that are all 0 or 1 read as -1/1, as Keras's hinge losses do
+ * (convert_binary_labels_to_hinge; any other value: all kept as they are). */
 static lunet_tensor *signed_labels(lunet_ctx *ctx, lunet_tensor *t) {
-  lunet_tensor *mn = lunet_reduce(ctx, LUNET_REDUCE_MIN, t, LUNET_ALL_AXES, false);
+  bool prev = lunet_set_grad_enabled(ctx, false);
+  lunet_tensor *one = lunet_scalar_like(ctx, t, 1.0f), *zero = lunet_scalar_like(ctx, t, 0.0f);
+  lunet_tensor *is1 = one ? lunet_op_binary(ctx, LUNET_BINARY_EQ, t, one) : NULL;
+  lunet_tensor *is0 = zero ? lunet_op_binary(ctx, LUNET_BINARY_EQ, t, zero) : NULL;
+  lunet_tensor *either = is1 && is0 ? lunet_op_binary(ctx, LUNET_BINARY_ADD, is1, is0) : NULL;
+  lunet_tensor *all = either ? lunet_op_reduce(ctx, LUNET_REDUCE_MIN, either, LUNET_ALL_AXES, false) : NULL;
+  lunet_set_grad_enabled(ctx, prev);
   double lo = 0;
-  bool binary = mn && !lunet_tensor_item(ctx, mn, 0, &lo) && lo >= 0;
-  lunet_tensor_release(mn);
+  bool binary = all && !lunet_tensor_item(ctx, all, 0, &lo) && lo > 0;
+  lunet_tensor *tmp[] = {one, zero, is1, is0, either, all};
+  for (size_t i = 0; i < sizeof tmp / sizeof tmp[0]; i++) lunet_tensor_release(tmp[i]);
   return binary ? lunet_unary(ctx, LUNET_UNARY_AFFINE, t, 2.0f, -1.0f) : lunet_tensor_retain(t);
 }
 
 static lunet_tensor *l2_normalized(lunet_ctx *ctx, lunet_tensor *x) {
   lunet_tensor *sq = u(ctx, LUNET_UNARY_SQUARE, x, 0, 0);
   lunet_tensor *s = sq ? lunet_reduce(ctx, LUNET_REDUCE_SUM, sq, -1, true) : NULL;
-  lunet_tensor *c = u(ctx, LUNET_UNARY_CLIP, s, 1e-12f, 3.4e38f), *r = u(ctx, LUNET_UNARY_SQRT, c, 0, 0);
+  /* Keras's normalize: the norm at least its epsilon 1e-7 */
+  lunet_tensor *c = u(ctx, LUNET_UNARY_CLIP, s, 1e-14f, 3.4e38f), *r = u(ctx, LUNET_UNARY_SQRT, c, 0, 0);
   lunet_tensor *y = r ? lunet_div(ctx, x, r) : NULL;
   return release_then(y, 4, (lunet_tensor *[]){sq, s, c, r});
 }

@@ -57,7 +57,8 @@ static const struct {
   const char *string, *class_name, *log_name;
   lunet_metric_kind kind;
 } known[] = {
-    {"accuracy", "Accuracy", "accuracy", LUNET_METRIC_BINARY_ACCURACY}, /* resolved by compile */
+    {"accuracy", NULL, "accuracy", LUNET_METRIC_BINARY_ACCURACY}, /* resolved by compile */
+    {NULL, "Accuracy", "accuracy", LUNET_METRIC_ACCURACY},         /* the class: exact equality */
     {"sparse_categorical_accuracy", "SparseCategoricalAccuracy", "sparse_categorical_accuracy",
      LUNET_METRIC_SPARSE_CATEGORICAL_ACCURACY},
     {"categorical_accuracy", "CategoricalAccuracy", "categorical_accuracy",
@@ -138,7 +139,8 @@ static lunet_status set_option(lunet_ctx *ctx, const char *spec, lunet_metric_co
     if (!strcmp(v, "none")) c->average = LUNET_AVERAGE_NONE;
     else if (!strcmp(v, "micro")) c->average = LUNET_AVERAGE_MICRO;
     else if (!strcmp(v, "macro") || !strcmp(v, "uniform_average")) c->average = LUNET_AVERAGE_MACRO;
-    else if (!strcmp(v, "weighted") || !strcmp(v, "variance_weighted")) c->average = LUNET_AVERAGE_WEIGHTED;
+    else if (!strcmp(v, "weighted") || !strcmp(v, "variance_weighted") || !strcmp(v, "variance_weighted_average"))
+      c->average = LUNET_AVERAGE_WEIGHTED;
     else bad = 1;
     if (c->kind == LUNET_METRIC_R2 && c->average == LUNET_AVERAGE_MICRO) bad = 1;
   } else if (!strcmp(k, "sparse_y_true")) {
@@ -190,7 +192,8 @@ lunet_status lunet_metric_parse(lunet_ctx *ctx, const char *spec, lunet_metric_c
   char *head = trim(buf);
   int which = -1;
   for (int i = 0; i < NKNOWN && which < 0; i++)
-    if (!strcmp(head, known[i].string) || (known[i].class_name && !strcmp(head, known[i].class_name)))
+    if ((known[i].string && !strcmp(head, known[i].string)) ||
+        (known[i].class_name && !strcmp(head, known[i].class_name)))
       which = i;
   if (which < 0)
     return lunet_error(ctx, LUNET_ERR_ARG,
@@ -200,7 +203,8 @@ lunet_status lunet_metric_parse(lunet_ctx *ctx, const char *spec, lunet_metric_c
                        "their Keras class names)",
                        head);
   *out = lunet_metric_config_defaults(known[which].kind);
-  snprintf(name, name_len, "%s", !strcmp(head, known[which].string) ? head : known[which].log_name);
+  bool as_string = known[which].string && !strcmp(head, known[which].string);
+  snprintf(name, name_len, "%s", as_string ? head : known[which].log_name);
   for (char *kv = args ? strtok(args, ",") : NULL; kv; kv = strtok(NULL, ",")) {
     char *eq = strchr(kv, '=');
     if (!eq) return bad_spec(ctx, spec, "options are key=value, separated by commas");
@@ -418,17 +422,18 @@ static int f1_results(const lunet_metric *m, double *out, int n) {
 static int r2_results(const lunet_metric *m, double *out, int n) {
   int k = m->classes;
   const double *sy = m->state, *syy = m->state + k, *res = m->state + 2 * k;
-  double sum = 0, tot_all = 0, res_all = 0;
+  double sum = 0, tot_all = 0, weighted = 0;
   for (int c = 0; c < k; c++) {
     double tot = syy[c] - (m->count > 0 ? sy[c] * sy[c] / m->count : 0);
     double r2 = tot > 0 ? 1 - res[c] / tot : 0; /* a constant target: Keras gives 0 */
     if (m->cfg.average == LUNET_AVERAGE_NONE && c < n) out[c] = r2;
     sum += r2;
-    tot_all += tot;
-    res_all += res[c];
+    /* Keras's variance weighting: sum(tot r2) / sum(tot), so a constant
+     * column (tot 0) weighs nothing, its residual included */
+    if (tot > 0) tot_all += tot, weighted += tot * r2;
   }
   if (m->cfg.average == LUNET_AVERAGE_NONE) return k;
-  double r = m->cfg.average == LUNET_AVERAGE_MACRO ? ratio(sum, k) : (tot_all > 0 ? 1 - res_all / tot_all : 0);
+  double r = m->cfg.average == LUNET_AVERAGE_MACRO ? ratio(sum, k) : ratio(weighted, tot_all);
   if (n > 0) out[0] = r;
   return 1;
 }
@@ -606,6 +611,9 @@ static lunet_tensor *batch_accuracy(scratch *s, lunet_metric *m, lunet_tensor *p
   if (m->cfg.kind == LUNET_METRIC_BINARY_ACCURACY) {
     a = bin(s, LUNET_BINARY_GT, p, scalar(s, p, m->cfg.threshold));
     b = y;
+  } else if (m->cfg.kind == LUNET_METRIC_ACCURACY) { /* Keras's Accuracy: equal values */
+    a = p;
+    b = y;
   } else {
     a = keep(s, lunet_op_argmax(s->ctx, p));
     b = m->cfg.kind == LUNET_METRIC_CATEGORICAL_ACCURACY ? keep(s, lunet_op_argmax(s->ctx, y)) : y;
@@ -651,7 +659,9 @@ static lunet_tensor *batch_auc(scratch *s, lunet_metric *m, lunet_tensor *p, lun
   lunet_tensor *ones = s->w ? weigh(s, bin(s, LUNET_BINARY_EQ, pe, pe)) : NULL;
   lunet_tensor *parts[5] = {matmul(s, weigh(s, act), mask, true, false),
                             s->w ? matmul(s, ones, mask, true, false) : sum(s, mask, 0, false), total(s, weigh(s, act)),
-                            flat(s, reduce(s, LUNET_REDUCE_MIN, p)), flat(s, reduce(s, LUNET_REDUCE_MAX, p))};
+                            flat(s, reduce(s, LUNET_REDUCE_MIN, keep(s, lunet_where(s->ctx, bin(s, LUNET_BINARY_EQ, p, p), p,
+                                                                                         scalar(s, p, -INFINITY))))),
+                            flat(s, reduce(s, LUNET_REDUCE_MAX, p))};
   for (int i = 0; i < 5; i++)
     if (!parts[i]) return NULL;
   return concat(s, parts, 5);
@@ -670,10 +680,18 @@ static lunet_tensor *batch_top_k(scratch *s, lunet_metric *m, lunet_tensor *p, l
     ids = y;
   }
   lunet_tensor *hot = ids && p2 ? one_hot(s, m, ids, k) : NULL;
-  lunet_tensor *score = sum(s, bin(s, LUNET_BINARY_MUL, hot, p2), 1, true);
+  /* the label's score picked exactly (hot * p would make 0 * inf a NaN) */
+  lunet_tensor *score = hot ? sum(s, keep(s, lunet_where(s->ctx, hot, p2, scalar(s, p2, 0))), 1, true) : NULL;
   lunet_tensor *above = sum(s, bin(s, LUNET_BINARY_GT, p2, score), 1, false);
-  lunet_tensor *parts[2] = {total(s, weigh(s, bin(s, LUNET_BINARY_LT, above, scalar(s, p2, (float)m->cfg.top_k)))),
-                            total(s, hot)};
+  /* a row with a NaN or an infinity is a miss (tf.math.in_top_k): x - x == 0 only where finite */
+  lunet_tensor *finite = p2 ? keep(s, lunet_op_reduce(s->ctx, LUNET_REDUCE_MIN,
+                                                      bin(s, LUNET_BINARY_EQ, bin(s, LUNET_BINARY_SUB, p2, p2),
+                                                          scalar(s, p2, 0)),
+                                                      1, false))
+                            : NULL;
+  lunet_tensor *hit = bin(s, LUNET_BINARY_MUL, bin(s, LUNET_BINARY_LT, above, scalar(s, p2, (float)m->cfg.top_k)),
+                          finite);
+  lunet_tensor *parts[2] = {total(s, weigh(s, hit)), total(s, hot)};
   return parts[0] && parts[1] ? concat(s, parts, 2) : NULL;
 }
 
@@ -704,8 +722,8 @@ static lunet_status iou_layout(scratch *s, lunet_metric *m, lunet_tensor *p, lun
   bool p_fits = last_dim(p) == k && k > 1;
   *p_scores = m->cfg.sparse_y_pred == 0 || (m->cfg.sparse_y_pred < 0 && p_fits && p->numel != y->numel);
   *y_scores = m->cfg.sparse_y_true == 0;
-  if (m->cfg.sparse_y_pred < 0 && m->cfg.sparse_y_true < 0 && p_fits && p->numel == y->numel)
-    *p_scores = *y_scores = true; /* scores against one-hot targets */
+  /* predictions and targets of one shape are ids on both sides unless said
+   * otherwise (Keras's defaults, sparse_y_true = sparse_y_pred = true) */
   int64_t pn = *p_scores ? p->numel / k : p->numel, yn = *y_scores ? y->numel / k : y->numel;
   if (pn != yn) {
     shape_error(s, m, p, y,
@@ -740,6 +758,8 @@ static lunet_tensor *batch_error(scratch *s, lunet_metric *m, lunet_tensor *p, l
 }
 
 static lunet_tensor *batch_r2(scratch *s, lunet_metric *m, lunet_tensor *p, lunet_tensor *y) {
+  if (p->ndim < 2)
+    return shape_error(s, m, p, y, "2-D (samples, outputs) predictions, as Keras's R2Score: reshape (N) to (N, 1)");
   if (y->numel != p->numel) return shape_error(s, m, p, y, "one target per prediction");
   int64_t k = last_dim(p), rows = p->numel / k;
   lunet_tensor *y2 = reshape2(s, y, rows, k), *p2 = reshape2(s, p, rows, k);
@@ -835,6 +855,7 @@ lunet_status lunet_metric_absorb(lunet_ctx *ctx, lunet_metric *m, const float *v
   double count = (double)rows; /* rows: one prediction per position of (N, ..., K) */
   switch (m->cfg.kind) {
   case LUNET_METRIC_BINARY_ACCURACY:
+  case LUNET_METRIC_ACCURACY:
   case LUNET_METRIC_AUC:
   case LUNET_METRIC_PRECISION:
   case LUNET_METRIC_RECALL:
@@ -851,6 +872,8 @@ lunet_status lunet_metric_absorb(lunet_ctx *ctx, lunet_metric *m, const float *v
   if (m->cfg.kind == LUNET_METRIC_AUC) {
     int t = m->cfg.num_thresholds;
     float lo = v[2 * t + 1], hi = v[2 * t + 2];
+    if (isinf(lo) || isinf(hi))
+      return lunet_error(ctx, LUNET_ERR_ARG, "%s: predictions that are NaN or infinite (the model diverged?)", m->name);
     if (!(lo >= 0 && hi <= 1))
       return lunet_error(ctx, LUNET_ERR_ARG,
                          "%s: predictions from %g to %g, outside [0, 1] (AUC thresholds probabilities: "

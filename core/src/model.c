@@ -488,7 +488,8 @@ static lunet_status metric_config(lunet_ctx *ctx, const lunet_model *m, int out,
                        spec);
   const lunet_loss_spec *ls = &m->losses[out];
   if (cfg->kind == LUNET_METRIC_BINARY_ACCURACY) {
-    if (ls->from_logits) cfg->threshold = 0.0f; /* sigmoid(x) > 0.5 where x > 0 */
+    /* sigmoid(x) > t where x > log(t / (1 - t)): 0 for Keras's 0.5 */
+    if (ls->from_logits) cfg->threshold = cfg->threshold == 0.5f ? 0.0f : logf(cfg->threshold / (1.0f - cfg->threshold));
   } else if (ls->from_logits) {
     cfg->logits = ls->kind == LUNET_LOSS_BINARY_CE ? 1 : 2;
   }
@@ -1109,6 +1110,7 @@ static bool metric_masked(lunet_metric_kind k) {
   case LUNET_METRIC_SPARSE_CATEGORICAL_ACCURACY:
   case LUNET_METRIC_CATEGORICAL_ACCURACY:
   case LUNET_METRIC_BINARY_ACCURACY:
+  case LUNET_METRIC_ACCURACY:
   case LUNET_METRIC_TOP_K_CATEGORICAL_ACCURACY:
   case LUNET_METRIC_SPARSE_TOP_K_CATEGORICAL_ACCURACY:
   case LUNET_METRIC_MEAN_ABSOLUTE_ERROR: return true;

@@ -160,8 +160,11 @@ Metric.__tostring = function(self) return string.format("<metric %s: %s>", self.
 
 function M.is_metric(v) return getmetatable(v) == Metric end
 
-local function option_value(v)
-  if v == false then return "none" end
+-- false is "none" for the options that take it (F1's threshold, average),
+-- a boolean elsewhere (sparse_y_true, sparse_y_pred, from_logits)
+local none_options = { threshold = true, average = true, class_aggregation = true }
+local function option_value(v, key)
+  if v == false and none_options[key] then return "none" end
   if type(v) == "boolean" then return tostring(v) end
   if math.type(v) == "float" then return string.format("%.9g", v) end
   return tostring(v)
@@ -186,7 +189,7 @@ local function class(class_name, keys, positional)
     for key in pairs(keys) do sorted[#sorted + 1] = key end
     table.sort(sorted)
     for _, key in ipairs(sorted) do
-      if o[key] ~= nil then parts[#parts + 1] = key .. "=" .. option_value(o[key]) end
+      if o[key] ~= nil then parts[#parts + 1] = key .. "=" .. option_value(o[key], key) end
     end
     local spec = #parts > 0 and class_name .. "(" .. table.concat(parts, ",") .. ")" or class_name
     local ok, h, name = pcall(C.metric_new, spec)
@@ -213,6 +216,7 @@ M.MeanAbsoluteError = class("MeanAbsoluteError", with {})
 M.RootMeanSquaredError = class("RootMeanSquaredError", with {})
 M.R2Score = class("R2Score", with { class_aggregation = true }, "class_aggregation")
 M.BinaryAccuracy = class("BinaryAccuracy", with { threshold = true }, "threshold")
+M.Accuracy = class("Accuracy", with {}) -- Keras's: the fraction of predictions equal to their targets
 M.CategoricalAccuracy = class("CategoricalAccuracy", with {})
 M.SparseCategoricalAccuracy = class("SparseCategoricalAccuracy", with {})
 

@@ -706,7 +706,9 @@ function M.callbacks.ReduceLROnPlateau(o)
     error("bad argument 'factor' to 'ReduceLROnPlateau' (a number in (0, 1))", 2)
   end
   self.mode = monitor_mode(self.monitor, o.mode, "ReduceLROnPlateau")
-  function self:on_train_begin() self.wait, self.best, self.cool = 0, nil, 0 end
+  -- as Keras 3's (MonitorCallback): a new fit resets the waiting and the
+  -- cooldown but keeps the best value seen, so a reused callback goes on
+  function self:on_train_begin() self.wait, self.cool = 0, 0 end
   function self:on_epoch_end(model, epoch, logs) -- epoch from 0
     logs.learning_rate = model.optimizer:current_lr() -- as Keras's, into the logs and the history
     local v = watched(self, "ReduceLROnPlateau", logs)

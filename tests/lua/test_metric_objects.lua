@@ -484,4 +484,60 @@ function T.vulkan_agrees_with_the_cpu()
   end
 end
 
+-- Edge cases where a number could look right and be wrong (the ninth
+-- audit, each against Keras 3's formula worked by hand):
+function T.metrics_and_losses_at_keras_edges()
+  -- top-k: a label's score is picked exactly (0 * -inf made it NaN, and
+  -- nothing ranks above a NaN: a hit), and a row with a NaN or an
+  -- infinity is a miss (tf.math.in_top_k)
+  local topk = nn.metrics.SparseTopKCategoricalAccuracy{k = 1}
+  topk:update_state({2, 2, 1, 0}, {{2, -math.huge, 1, 0.5}, {0.1, 0 / 0, 0.2, 0.3}, {0.1, 0.9, 0.2, 0.3},
+    {0 / 0, 1, 2, 3}})
+  check.near(topk:result(), 1 / 4, 1e-7, "top-1 over rows with -inf and NaN")
+  -- Keras's Accuracy: equal values, element by element
+  local exact = nn.metrics.Accuracy()
+  exact:update_state({1, 2, 3, 4}, {1, 2, 0, 4})
+  check.near(exact:result(), 0.75, 1e-7, "Accuracy: exact equality")
+  -- R2: Keras's variance weighting leaves a constant column out (its
+  -- residual too); 1-D inputs are refused as Keras's R2Score does
+  local r2 = nn.metrics.R2Score{class_aggregation = "variance_weighted_average"}
+  r2:update_state({{1, 5}, {2, 5}, {3, 5}}, {{1.1, 4}, {1.9, 6}, {3.2, 5}})
+  check.near(r2:result(), 1 - 0.06 / 2, 1e-6, "variance-weighted R2 with a constant column")
+  check.fails(function() nn.metrics.R2Score():update_state({1, 2, 3}, {1, 2, 2}) end, "2-D (samples, outputs)")
+  -- MeanIoU: predictions and targets of one shape are ids, as Keras's defaults
+  local iou = nn.metrics.MeanIoU{num_classes = 2}
+  iou:update_state({0, 1}, {1, 1})
+  check.near(iou:result(), (0 + 1 / 2) / 2, 1e-7, "ids on both sides")
+  local scores = nn.metrics.MeanIoU{num_classes = 2, sparse_y_pred = false}
+  scores:update_state({0, 1}, {{0.2, 0.8}, {0.3, 0.7}})
+  check.near(scores:result(), 0.25, 1e-7, "sparse_y_pred = false: argmax of the scores")
+  -- AUC of NaN predictions is an error, not 0
+  check.fails(function() nn.metrics.AUC():update_state({0, 1}, {0.3, 0 / 0}) end, "NaN or infinite")
+  -- hinge: only labels that are all 0 or 1 read as -1/1 (soft labels stay)
+  local yp = nn.tensor{{0.3, -0.6}, {0.9, 0.2}}
+  local function hinge(y, p)
+    local s = 0
+    for i = 1, 2 do for j = 1, 2 do s = s + math.max(0, 1 - y[i][j] * p[i][j]) / 4 end end
+    return s
+  end
+  local soft = {{0.2, 0.7}, {1, 0}}
+  check.near(nn.losses.Hinge()(nn.tensor(soft), yp):item(), hinge(soft, yp:totable()), 1e-6, "hinge, soft labels kept")
+  check.near(nn.losses.Hinge()(nn.tensor{{0, 1}, {1, 0}}, yp):item(), hinge({{-1, 1}, {1, -1}}, yp:totable()), 1e-6,
+    "hinge, 0/1 labels as -1/1")
+  -- cosine similarity: Keras's normalize floors the norm at 1e-7, not its square
+  check.near(nn.losses.CosineSimilarity()(nn.tensor{{1, 0}}, nn.tensor{{5e-7, 0}}):item(), -1, 1e-6,
+    "a tiny prediction is still a direction")
+end
+
+-- BinaryAccuracy's threshold is on the probabilities, also when the loss
+-- reads logits: the model's logits are compared with log(t / (1 - t)).
+function T.binary_accuracy_threshold_with_a_logits_loss()
+  local m = nn.Sequential{nn.Dense{1, use_bias = false, kernel_initializer = "ones", input_shape = {1}}}
+  m:compile{optimizer = "sgd", loss = nn.losses.BinaryCrossentropy{from_logits = true},
+    metrics = {nn.metrics.BinaryAccuracy{threshold = 0.7}}}
+  -- sigmoid: 0.62, 0.69, 0.88: above 0.7 only the last
+  local r = m:evaluate(nn.tensor{{0.5}, {0.8}, {2.0}}, nn.tensor{{0}, {0}, {1}}, {verbose = 0})
+  check.near(r.binary_accuracy, 1, 1e-7, "threshold 0.7 on the probabilities")
+end
+
 check.run(T)

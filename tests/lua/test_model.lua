@@ -452,6 +452,16 @@ function T.history_and_more_callbacks()
   end
   -- as Keras: the cooldown epoch also counts toward the next patience
   check.same_table(lrs, {0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.02, 0.02, 0.02}, 1e-12, "reduced on plateaus")
+  -- a second fit with the same callback keeps the best value seen (Keras 3's
+  -- MonitorCallback): 0.95 is no improvement on 0.9, so after patience 2 it reduces
+  opt.learning_rate = 0.1
+  cb:on_train_begin(stub)
+  lrs = {}
+  for epoch, v in ipairs{0.95, 0.95, 0.95} do
+    cb:on_epoch_end(stub, epoch, {val_loss = v})
+    lrs[epoch] = opt.learning_rate
+  end
+  check.same_table(lrs, {0.1, 0.05, 0.05}, 1e-12, "the best value carried into the next fit")
   -- TerminateOnNaN stops instead of failing
   local bad = nn.tensor{{0 / 0, 1, 2}, {1, 2, 3}}
   local ok, err = pcall(m.fit, m, bad, nn.tensor{0, 1}, {epochs = 2, verbose = 0})

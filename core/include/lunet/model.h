@@ -114,6 +114,7 @@ typedef enum lunet_metric_kind {
   LUNET_METRIC_MEAN_ABSOLUTE_ERROR,
   LUNET_METRIC_ROOT_MEAN_SQUARED_ERROR,
   LUNET_METRIC_R2,                       /* coefficient of determination per column */
+  LUNET_METRIC_ACCURACY,                 /* pred == target exactly, per element (Keras's Accuracy) */
   LUNET_METRIC_KIND_COUNT
 } lunet_metric_kind;
 
@@ -122,7 +123,7 @@ typedef enum lunet_metric_average {
   LUNET_AVERAGE_NONE = 0, /* one value per class */
   LUNET_AVERAGE_MICRO,    /* F1: from the counts summed over classes */
   LUNET_AVERAGE_MACRO,    /* the plain mean (R2: "uniform_average") */
-  LUNET_AVERAGE_WEIGHTED  /* F1: by support; R2: by variance ("variance_weighted") */
+  LUNET_AVERAGE_WEIGHTED  /* F1: by support; R2: by variance ("variance_weighted_average") */
 } lunet_metric_average;
 
 /* What a metric computes and its options; lunet_metric_config_defaults
