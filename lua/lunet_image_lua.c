@@ -5,6 +5,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,11 +175,26 @@ static int l_images_wait(lua_State *L) {
   return 1;
 }
 
-/* C.image_save(path, t (H, W, C), quality) */
+/* Keras's array_to_img then astype("uint8"): with scale, x - min(x)
+ * stretched so its largest value is 255; every value then truncated to a
+ * whole number (the saver clamps to 0..255). */
+static void keras_pixels(float *px, size_t n, bool scale) {
+  if (scale && n) {
+    float lo = px[0], hi;
+    for (size_t i = 1; i < n; i++) lo = px[i] < lo ? px[i] : lo;
+    hi = 0;
+    for (size_t i = 0; i < n; i++) hi = px[i] - lo > hi ? px[i] - lo : hi;
+    for (size_t i = 0; i < n; i++) px[i] = hi > 0 ? (px[i] - lo) / hi * 255.0f : px[i] - lo;
+  }
+  for (size_t i = 0; i < n; i++) px[i] = truncf(px[i]);
+}
+
+/* C.image_save(path, t (H, W, C), quality, scale) */
 static int l_image_save(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   lunet_tensor *t = lunetL_checktensor(L, 2);
   int quality = (int)luaL_optinteger(L, 3, 95);
+  bool scale = lua_toboolean(L, 4);
   if (lunet_tensor_ndim(t) != 3) return luaL_error(L, "save_img: expected an image (height, width, channels)");
   lunet_ctx *ctx = lunetL_ctx(L);
   size_t count = (size_t)lunet_tensor_numel(t);
@@ -186,9 +202,11 @@ static int l_image_save(lua_State *L) {
   lunet_tensor *f = lunet_tensor_dtype(t) == LUNET_F32 ? lunet_tensor_retain(t) : lunet_op_cast(ctx, t, LUNET_F32);
   lunet_status st = !px ? lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory")
                     : !f ? lunet_ctx_status(ctx) : lunet_tensor_read(ctx, f, px, sizeof(float) * count);
-  if (!st)
+  if (!st) {
+    keras_pixels(px, count, scale);
     st = lunet_image_save(ctx, path, px, lunet_tensor_dim(t, 0), lunet_tensor_dim(t, 1), (int)lunet_tensor_dim(t, 2),
                           quality);
+  }
   free(px);
   lunet_tensor_release(f);
   if (st) return lunetL_error(L, NULL);

@@ -240,7 +240,10 @@ static void fetch(const pixels *px, int64_t y, int64_t x, int channels, float *v
   const unsigned char *s = px->p + ((size_t)y * (size_t)px->w + (size_t)x) * (size_t)px->c;
   float r = s[0], g = px->c > 1 ? s[1] : s[0], b = px->c > 1 ? s[2] : s[0];
   if (channels == 1) {
-    v[0] = px->c == 1 || px->gray ? r : (float)lrintf(0.299f * r + 0.587f * g + 0.114f * b);
+    /* TensorFlow's PNG decoder (Keras's image_dataset_from_directory):
+     * libpng's png_set_rgb_to_gray(png, 1, 0.299, 0.587), whose fixed
+     * point (15 bits) truncates; JPEG comes as libjpeg's luma already */
+    v[0] = px->c == 1 || px->gray ? r : (float)((9797u * s[0] + 19234u * s[1] + 3737u * s[2]) >> 15);
     return;
   }
   v[0] = r, v[1] = g, v[2] = b;

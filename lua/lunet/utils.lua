@@ -305,21 +305,38 @@ end
 
 -- ---- single images (keras.utils.load_img / save_img) ----
 
---- save_img(path, x, {quality = 95}): x (H, W, C) with values 0..255 (or
--- (1, H, W, C)); PNG or JPEG by the name's extension.
+--- save_img(path, x, {scale = true, quality = 95}): x (H, W, C) (or
+-- (1, H, W, C)); PNG or JPEG by the name's extension.  As Keras's
+-- save_img (array_to_img): with scale (the default) the values are
+-- shifted to start at 0 and stretched so the largest is 255; then each is
+-- cut to a whole number (truncated, as NumPy's astype("uint8")); without
+-- scale they must be 0..255 already.
 function M.save_img(path, x, o)
   if type(path) ~= "string" then error("bad argument #1 to 'save_img' (a file name)", 2) end
   if not C.is_tensor(x) then error("bad argument #2 to 'save_img' (an image tensor (H, W, C))", 2) end
+  o = check_fields("save_img", o, {scale = true, quality = true})
   if x:dim() == 4 and x:shape()[1] == 1 then x = x:reshape(table.unpack(x:shape(), 2)) end
-  C.image_save(path, x, o and o.quality or 95)
+  C.image_save(path, x, o.quality or 95, o.scale ~= false)
   return path
 end
 
 --- load_img(path, {target_size = {h, w}, color_mode = "rgb",
--- crop_to_aspect_ratio}) -> float32 (H, W, C), 0..255; without
--- target_size the file's own size.
+-- crop_to_aspect_ratio (Keras's keep_aspect_ratio), interpolation =
+-- "bilinear"}) -> float32 (H, W, C), 0..255; without target_size the
+-- file's own size.
 function M.load_img(path, o)
-  o = o or {}
+  o = check_fields("load_img", o, {target_size = true, color_mode = true, crop_to_aspect_ratio = true,
+    keep_aspect_ratio = true, interpolation = true})
+  if o.interpolation ~= nil and o.interpolation ~= "bilinear" then
+    error(string.format("load_img: interpolation %q is not offered; only \"bilinear\" (Keras's load_img " ..
+      "defaults to \"nearest\", lunet's readers resize bilinearly)", tostring(o.interpolation)), 2)
+  end
+  if o.keep_aspect_ratio ~= nil then
+    if o.crop_to_aspect_ratio ~= nil and o.crop_to_aspect_ratio ~= o.keep_aspect_ratio then
+      error("load_img: keep_aspect_ratio and crop_to_aspect_ratio disagree (they are the same option)", 2)
+    end
+    o.crop_to_aspect_ratio = o.keep_aspect_ratio
+  end
   local channels = ({rgb = 3, grayscale = 1, rgba = 4})[o.color_mode or "rgb"]
   if not channels then error("load_img: color_mode must be rgb, grayscale or rgba", 2) end
   local size = o.target_size

@@ -46,7 +46,7 @@ for _, c in ipairs({1, 3, 4}) do
   local x = (nn.rand({5, 7, c}) * 255)
   for _, ext in ipairs({"png", "jpg"}) do
     if not (ext == "jpg" and c == 4) then
-      nn.utils.save_img(tmp .. "." .. ext, x)
+      nn.utils.save_img(tmp .. "." .. ext, x, {scale = false})
       local f = assert(io.open(tmp .. "." .. ext, "rb"))
       write("image", string.format("c%d.%s", c, ext), f:read("a"))
       f:close()

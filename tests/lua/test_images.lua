@@ -32,13 +32,13 @@ function T.png_round_trip_is_exact_and_jpeg_close()
   for _, c in ipairs{1, 3, 4} do
     local x = pixels(7, 9, c, c)
     local mode = ({[1] = "grayscale", [3] = "rgb", [4] = "rgba"})[c]
-    U.save_img(tmp .. "/a.png", x)
+    U.save_img(tmp .. "/a.png", x, {scale = false})
     check.eq(max_diff(U.load_img(tmp .. "/a.png", {color_mode = mode}), x), 0, c .. " channels through PNG")
   end
   -- a smooth picture through JPEG at quality 100
   local g = nn.arange(0, 64):reshape(8, 8, 1) * 3
   local smooth = nn.cat({g, g, g}, 3)
-  U.save_img(tmp .. "/b.jpg", smooth, {quality = 100})
+  U.save_img(tmp .. "/b.jpg", smooth, {quality = 100, scale = false})
   assert(max_diff(U.load_img(tmp .. "/b.jpg"), smooth) <= 4, "JPEG quality 100 is off by more than 4 levels")
   local i = require("lunet.core").image_info(tmp .. "/b.jpg")
   check.eq(i.format, "jpeg", "format from the bytes")
@@ -47,7 +47,7 @@ end
 
 function T.load_resizes_as_the_resizing_layer()
   local x = pixels(13, 10, 3, 5)
-  U.save_img(tmp .. "/r.png", x)
+  U.save_img(tmp .. "/r.png", x, {scale = false})
   for _, c in ipairs{{5, 7}, {20, 16}, {13, 10}, {6, 6, true}, {4, 9, true}} do
     local got = U.load_img(tmp .. "/r.png", {target_size = {c[1], c[2]}, crop_to_aspect_ratio = c[3]})
     local want = nn.Sequential{nn.Resizing{c[1], c[2], crop_to_aspect_ratio = c[3] or false, input_shape = {13, 10, 3}}}(
@@ -59,15 +59,16 @@ end
 
 function T.channels_convert()
   local rgb = pixels(3, 4, 3, 9)
-  U.save_img(tmp .. "/c.png", rgb)
+  U.save_img(tmp .. "/c.png", rgb, {scale = false})
   local gray = U.load_img(tmp .. "/c.png", {color_mode = "grayscale"}):totable()
   local px = rgb:totable()
   for y = 1, 3 do for x = 1, 4 do
     local p = px[y][x]
-    check.eq(gray[y][x][1], math.floor(0.299 * p[1] + 0.587 * p[2] + 0.114 * p[3] + 0.5), "gray of an RGB PNG")
+    -- TensorFlow's PNG decoder: libpng's png_set_rgb_to_gray(png, 1, 0.299, 0.587), 15-bit fixed point, truncated
+    check.eq(gray[y][x][1], (9797 * p[1] + 19234 * p[2] + 3737 * p[3]) >> 15, "gray of an RGB PNG")
   end end
   local g = pixels(3, 4, 1, 10)
-  U.save_img(tmp .. "/g.png", g)
+  U.save_img(tmp .. "/g.png", g, {scale = false})
   local as_rgb = U.load_img(tmp .. "/g.png"):totable()
   local gv = g:totable()
   for y = 1, 3 do for x = 1, 4 do
@@ -75,6 +76,30 @@ function T.channels_convert()
   end end
   check.same_table(U.load_img(tmp .. "/g.png", {color_mode = "rgba"}):totable()[1][1], {gv[1][1][1], gv[1][1][1],
     gv[1][1][1], 255}, 0, "opaque alpha added")
+end
+
+-- Keras's save_img scales by default (array_to_img: x - min, stretched
+-- to a largest value of 255) and truncates to whole numbers (astype
+-- "uint8"); scale = false keeps the values, truncated.  load_img takes
+-- Keras's options and refuses what it does not do.
+function T.save_img_scales_and_load_img_checks_options()
+  U.save_img(tmp .. "/s.png", nn.tensor{{{10.7}, {100.2}, {200.6}}})
+  check.same_table(U.load_img(tmp .. "/s.png", {color_mode = "grayscale"}):reshape(3):totable(),
+    {0, math.floor((100.2 - 10.7) / (200.6 - 10.7) * 255), 255}, 0, "scaled to 0..255, truncated")
+  U.save_img(tmp .. "/s.png", nn.tensor{{{10.7}, {100.2}, {200.6}}}, {scale = false})
+  check.same_table(U.load_img(tmp .. "/s.png", {color_mode = "grayscale"}):reshape(3):totable(), {10, 100, 200}, 0,
+    "scale = false: truncated")
+  U.save_img(tmp .. "/flat.png", nn.full(2, 2, 1, 7))
+  check.eq(U.load_img(tmp .. "/flat.png", {color_mode = "grayscale"}):max():item(), 0, "a constant image scales to 0")
+  check.fails(function() U.save_img(tmp .. "/s.png", nn.zeros(2, 2, 3), {scales = true}) end, "unknown")
+  local x = pixels(4, 6, 3, 5)
+  U.save_img(tmp .. "/k.png", x, {scale = false})
+  check.same_table(U.load_img(tmp .. "/k.png", {target_size = {2, 2}, keep_aspect_ratio = true}):totable(),
+    U.load_img(tmp .. "/k.png", {target_size = {2, 2}, crop_to_aspect_ratio = true}):totable(), 0,
+    "keep_aspect_ratio is crop_to_aspect_ratio")
+  check.fails(function() U.load_img(tmp .. "/k.png", {target_size = {2, 2}, interpolation = "nearest"}) end,
+    "only \"bilinear\"")
+  check.fails(function() U.load_img(tmp .. "/k.png", {grayscale = true}) end, "unknown")
 end
 
 -- A PNG written here byte by byte (deflate's stored blocks, so no zlib):
@@ -147,7 +172,7 @@ local function folder(name, classes, n)
     os.execute(("mkdir -p '%s/%s/sub'"):format(dir, c))
     for i = 1, n do
       local where = i == n and (dir .. "/" .. c .. "/sub") or (dir .. "/" .. c)
-      U.save_img(("%s/%02d.%s"):format(where, i, i % 2 == 0 and "png" or "jpg"), nn.full(6 + i, 5 + k, 3, 40 * k))
+      U.save_img(("%s/%02d.%s"):format(where, i, i % 2 == 0 and "png" or "jpg"), nn.full(6 + i, 5 + k, 3, 40 * k), {scale = false})
     end
     write(dir .. "/" .. c .. "/notes.txt", "not an image")
     write(dir .. "/" .. c .. "/anim.gif", "GIF89a")
@@ -211,7 +236,7 @@ function T.file_order_links_and_thin_images()
   local dir = tmp .. "/order"
   os.execute(("mkdir -p '%s/a/sub'"):format(dir))
   for _, name in ipairs{"a/z.png", "a/sub/b.png", "a/c.png", "top.png"} do
-    U.save_img(dir .. "/" .. name, nn.full(4, 4, 3, 9))
+    U.save_img(dir .. "/" .. name, nn.full(4, 4, 3, 9), {scale = false})
   end
   os.execute(("ln -s .. '%s/a/loop'"):format(dir))
   local ds = U.image_dataset_from_directory(dir, {labels = {0, 1, 2, 3}, image_size = {2, 2}, shuffle = false,
@@ -226,7 +251,7 @@ function T.file_order_links_and_thin_images()
   local _, yva = va:batch(1, va:order(0))
   check.eq(ytr:shape()[2], 4, "training one-hot width")
   check.eq(yva:shape()[2], 4, "validation one-hot width")
-  U.save_img(tmp .. "/thin.png", nn.full(1, 2, 3, 50))
+  U.save_img(tmp .. "/thin.png", nn.full(1, 2, 3, 50), {scale = false})
   check.same_table(U.load_img(tmp .. "/thin.png", {target_size = {100, 300}, crop_to_aspect_ratio = true}):shape(),
     {100, 300, 3}, 0, "a one-row window")
 end

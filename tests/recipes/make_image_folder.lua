@@ -26,6 +26,6 @@ for _, kind in ipairs(kinds) do
       end
       img[y] = row
     end
-    nn.utils.save_img(string.format("%s/%s/%03d.%s", dir, kind, i, i % 2 == 1 and "png" or "jpg"), nn.tensor(img))
+    nn.utils.save_img(string.format("%s/%s/%03d.%s", dir, kind, i, i % 2 == 1 and "png" or "jpg"), nn.tensor(img), {scale = false})
   end
 end

@@ -13,9 +13,10 @@
  *
  * Channels: 1 (grayscale), 3 (RGB) or 4 (RGBA), whatever the file holds:
  * a gray file is repeated into RGB, an alpha channel dropped (RGB) or set
- * to 255 (RGBA from a file without one); color to gray is libjpeg's luma
- * for JPEG and 0.299 R + 0.587 G + 0.114 B for PNG.  libpng corrects a PNG
- * whose gAMA chunk is not sRGB's to sRGB.
+ * to 255 (RGBA from a file without one); color to gray is TensorFlow's:
+ * libjpeg's luma for JPEG, (9797 R + 19234 G + 3737 B) >> 15 for PNG
+ * (libpng's png_set_rgb_to_gray(png, 1, 0.299, 0.587)).  Pixels are the
+ * stored values (a 16-bit sample's high byte, a gAMA chunk ignored).
  */
 #ifndef LUNET_IMAGE_H
 #define LUNET_IMAGE_H
