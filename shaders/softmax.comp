@@ -66,12 +66,13 @@ void xent(uint r) {
     label = 0.0;
   }
   uint li = uint(label);
-  float m = row_max(base), lse = m + log(row_sumexp(base, m));
+  // relative to the row's maximum: m + log(s) would drop log(s) next to a large m
+  float m = row_max(base), s = row_sumexp(base, m), inv_s = 1.0 / s;
   if (gl_LocalInvocationID.x == 0u)
-    outv[r] = ok ? lse - inv[base + li] : uintBitsToFloat(0x7fc00000u);
+    outv[r] = ok ? (m - inv[base + li]) + log(s) : uintBitsToFloat(0x7fc00000u);
   if (pc.has_d != 0u)
     for (uint j = gl_LocalInvocationID.x; j < pc.cols; j += gl_WorkGroupSize.x)
-      dv[base + j] = exp(inv[base + j] - lse) - (ok && j == li ? 1.0 : 0.0);
+      dv[base + j] = exp(inv[base + j] - m) * inv_s - (ok && j == li ? 1.0 : 0.0);
 }
 
 void main() {

@@ -33,10 +33,10 @@ static void softmax_task(void *arg, int64_t begin, int64_t end, int chunk) {
     const float *restrict x = j->x + r * n;
     float *restrict y = j->y + r * n;
     float m = row_max(x, n), sum = 0.0f;
-    if (j->log) {
+    if (j->log) { /* (x - m) - log(sum): m + log(sum) would drop log(sum) next to a large m */
       for (int64_t k = 0; k < n; k++) sum += expf(x[k] - m);
-      float lse = m + logf(sum);
-      for (int64_t k = 0; k < n; k++) y[k] = x[k] - lse;
+      float ls = logf(sum);
+      for (int64_t k = 0; k < n; k++) y[k] = (x[k] - m) - ls;
     } else {
       for (int64_t k = 0; k < n; k++) {
         y[k] = expf(x[k] - m);
@@ -88,11 +88,11 @@ static void xent_task(void *arg, int64_t begin, int64_t end, int chunk) {
     int64_t label = (int64_t)j->labels[r];
     float m = row_max(x, n), sum = 0.0f;
     for (int64_t k = 0; k < n; k++) sum += expf(x[k] - m);
-    float lse = m + logf(sum);
-    j->loss[r] = lse - x[label];
+    /* relative to the row's maximum, so large logits keep their digits */
+    j->loss[r] = (m - x[label]) + logf(sum);
     if (!j->dx) continue;
-    float *restrict d = j->dx + r * n;
-    for (int64_t k = 0; k < n; k++) d[k] = expf(x[k] - lse);
+    float *restrict d = j->dx + r * n, inv = 1.0f / sum;
+    for (int64_t k = 0; k < n; k++) d[k] = expf(x[k] - m) * inv;
     d[label] -= 1.0f;
   }
 }

@@ -367,6 +367,18 @@ function M.mask_of(t) return eager_masks[t] end
 -- per output), or adds a call to a functional model's graph when x holds
 -- symbolic tensors (nn.Input, other layers' outputs).
 function Layer:apply(x, training)
+  -- layer(x, true), or Keras's keyword as a table: layer(x, {training = true})
+  if type(training) == "table" and getmetatable(training) == nil then
+    for k in pairs(training) do
+      if k ~= "training" then
+        error(string.format("%s: unknown call option '%s' (valid: training)", self.name, tostring(k)), 3)
+      end
+    end
+    training = training.training
+  end
+  if training ~= nil and type(training) ~= "boolean" then
+    error(string.format("%s: training must be true or false, got %s", self.name, type(training)), 3)
+  end
   local xs, listed = graph.symbolic_list(x, self.name)
   if xs then return graph.call(self, xs, listed) end
   local masks = {}

@@ -473,6 +473,27 @@ function T.history_and_more_callbacks()
   check.same_table(m:get_weights()[1]:totable(), w0, 0, "weights untouched")
 end
 
+-- A layer called directly takes Keras's training flag as a boolean or as
+-- {training = ...}: {training = false} is inference (BatchNormalization
+-- reads and keeps its moving statistics, Dropout passes the input), and
+-- an option it does not know is an error, not a training call.
+function T.direct_calls_take_the_training_flag()
+  local x = nn.tensor{{1, 2}, {3, 6}}
+  for _, flag in ipairs{false, {training = false}} do
+    local bn = nn.BatchNormalization{}
+    local y = bn(x, flag):totable()
+    check.same_table(y, {{1 / math.sqrt(1.001), 2 / math.sqrt(1.001)}, {3 / math.sqrt(1.001), 6 / math.sqrt(1.001)}},
+      1e-6, "inference: the moving statistics (0, 1)")
+    check.same_table(bn:get_weights()[3]:totable(), {0, 0}, 0, "moving mean untouched")
+    check.same_table(nn.Dropout(0.5)(nn.ones(1, 8), flag):totable(), {{1, 1, 1, 1, 1, 1, 1, 1}}, 0, "dropout off")
+  end
+  local bn = nn.BatchNormalization{momentum = 0.5}
+  bn(x, {training = true})
+  check.same_table(bn:get_weights()[3]:totable(), {1, 2}, 1e-6, "{training = true} trains: the moving mean moves")
+  check.fails(function() nn.Dropout(0.5)(x, {mask = x}) end, "unknown call option 'mask'")
+  check.fails(function() nn.Dropout(0.5)(x, 1) end, "training must be true or false")
+end
+
 -- The small vision layers' values against the definitions (the self-tests
 -- check their gradients and Vulkan).
 function T.vision_layers_values()

@@ -244,4 +244,24 @@ function T.cross_entropy_gradient_from_logits()
   end
 end
 
+-- log_softmax and the fused cross-entropy keep their digits at large
+-- logits (log(sum) added to a large maximum was rounded away): values
+-- worked out by hand, on every backend there is.
+function T.log_softmax_of_large_logits()
+  local e = math.exp(1)
+  for _, dev in ipairs(check.vulkan() and {"cpu", "vulkan"} or {"cpu"}) do
+    local x = nn.tensor{{1e8, 1e8}, {1000, 1001}}:to(dev):requires_grad(true)
+    local y = x:log_softmax()
+    check.same_table(y:to("cpu"):totable(), {{-math.log(2), -math.log(2)}, {-math.log(1 + e), -math.log(1 + 1 / e)}},
+      1e-6, dev .. ": log_softmax")
+    ;(y * nn.tensor{{1, 0}, {0.5, 2}}:to(dev)):sum():backward()
+    local p = 1 / (1 + e) -- softmax of 1000 in {1000, 1001}
+    check.same_table(x.grad:to("cpu"):totable(), {{0.5, -0.5}, {0.5 - 2.5 * p, 2 - 2.5 * (1 - p)}}, 1e-6,
+      dev .. ": its gradient, g - softmax * sum(g)")
+    local loss = nn.losses.SparseCategoricalCrossentropy{from_logits = true}(nn.tensor{0, 1}:to(dev),
+      nn.tensor{{1000, 1001, 997}, {1e8, 1e8, 0}}:to(dev))
+    check.near(loss:item(), (math.log(1 + e + math.exp(-3)) + math.log(2)) / 2, 1e-6, dev .. ": fused cross-entropy")
+  end
+end
+
 check.run(T)
