@@ -156,14 +156,18 @@ static int t_clip(lua_State *L) {
   return unary(L, LUNET_UNARY_CLIP, (float)luaL_checknumber(L, 2), (float)luaL_checknumber(L, 3));
 }
 
-static int t_softmax(lua_State *L) {
-  lunetL_pushtensor(L, lunet_softmax(lunetL_ctx(L), lunetL_checktensor(L, 1), false));
+/* t:softmax([axis]): the last axis only (-1, or its number counted from 1) */
+static int softmax_on(lua_State *L, bool log) {
+  lunet_tensor *t = lunetL_checktensor(L, 1);
+  lua_Integer axis = luaL_optinteger(L, 2, -1);
+  if (axis != -1 && axis != lunet_tensor_ndim(t))
+    return luaL_error(L, "%s: over the last axis only (-1 or %d), got axis %d; permute the axis last first",
+                      log ? "log_softmax" : "softmax", lunet_tensor_ndim(t), (int)axis);
+  lunetL_pushtensor(L, lunet_softmax(lunetL_ctx(L), t, log));
   return 1;
 }
-static int t_log_softmax(lua_State *L) {
-  lunetL_pushtensor(L, lunet_softmax(lunetL_ctx(L), lunetL_checktensor(L, 1), true));
-  return 1;
-}
+static int t_softmax(lua_State *L) { return softmax_on(L, false); }
+static int t_log_softmax(lua_State *L) { return softmax_on(L, true); }
 
 static int t_matmul(lua_State *L) {
   lunetL_pushtensor(

@@ -29,8 +29,8 @@ float apply(float x, float z) {
   case SUB: return x - z;
   case MUL: return x * z;
   case DIV: return x / z;
-  case MAX: return x > z ? x : z;
-  case MIN: return x < z ? x : z;
+  case MAX: return x > z || isnan(x) ? x : z; // NaN on either side: NaN
+  case MIN: return x < z || isnan(x) ? x : z;
   case POW: return powf_(x, z);
   case EQ: return x == z ? 1.0 : 0.0;
   case GT: return x > z ? 1.0 : 0.0;

@@ -143,7 +143,7 @@ void store(uint bi, uint r, uint col, float acc) {
     uint i = uint(int(bi) * pc.sc) + r * pc.N + col;
     float v = pc.alpha * acc + (pc.beta == 0.0 ? 0.0 : pc.beta * cv[i]);
     if (pc.has_bias != 0u) v = v + bias[col];
-    if (pc.relu != 0u) v = v > 0.0 ? v : 0.0;
+    if (pc.relu != 0u) v = v > 0.0 || isnan(v) ? v : 0.0;
     if (pc.relu_mask != 0u) v = mask[i] > 0.0 ? v : 0.0; // as the ReLU's gradient
     cv[i] = v;
   }

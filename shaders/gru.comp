@@ -22,7 +22,7 @@ const uint RELU = 6u, SIGMOID = 7u, TANH = 8u;
 float f_act(uint op, float x) {
   if (op == SIGMOID) return x >= 0.0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x));
   if (op == TANH) return tanh(clamp(x, -10.0, 10.0));
-  if (op == RELU) return max(x, 0.0);
+  if (op == RELU) return x > 0.0 || isnan(x) ? x : 0.0;
   return x;
 }
 

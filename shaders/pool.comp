@@ -45,7 +45,7 @@ float forward(int e) {
   if (MODE == 0 || MODE == 4) {
     int p = window_argmax(n, oy, ox, ch);
     float m = p < 0 ? 0.0 : x[p * pc.c + ch];
-    return MODE == 4 ? (m > 0.0 ? m : 0.0) : m; // the ReLU as the CPU's: NaN -> 0
+    return MODE == 4 ? (m > 0.0 || isnan(m) ? m : 0.0) : m; // the ReLU as the CPU's: a NaN stays
   }
   float sum = 0.0;
   for (int ky = 0; ky < pc.kh; ky++)

@@ -28,10 +28,19 @@ shared uint ridx[gl_WorkGroupSize.x];
 
 float init() { return pc.op == 2u ? -INF : pc.op == 3u ? INF : 0.0; }
 
+// max and min: a NaN anywhere gives NaN (PyTorch's), once acc is NaN no
+// comparison replaces it
 float combine(float acc, float v) {
-  if (pc.op == 2u) return v > acc ? v : acc;
-  if (pc.op == 3u) return v < acc ? v : acc;
+  if (pc.op == 2u) return v > acc || isnan(v) ? v : acc;
+  if (pc.op == 3u) return v < acc || isnan(v) ? v : acc;
   return acc + v;
+}
+
+// Whether v at index i comes before best at index bi as an argmax: larger,
+// a NaN (the first NaN wins, as torch.argmax), or equal at a lower index.
+bool before(float v, uint i, float best, uint bi) {
+  if (isnan(best)) return isnan(v) && i < bi;
+  return isnan(v) || v > best || (v == best && i < bi);
 }
 
 float finish_op(float acc) {
@@ -42,7 +51,7 @@ float finish_op(float acc) {
 float finish(float acc, uint o) {
   float v = finish_op(acc);
   if (pc.bias_cols != 0u) v = v + bias[o % pc.bias_cols];
-  if (pc.relu != 0u) v = v > 0.0 ? v : 0.0;
+  if (pc.relu != 0u) v = v > 0.0 || isnan(v) ? v : 0.0;
   if (pc.has_mask != 0u) v = mask[o] > 0.0 ? v : 0.0;
   return v;
 }
@@ -59,7 +68,7 @@ void reduce_groups() {
       if (t == 0u) y[o] = finish(total, o);
       continue;
     }
-    // max and min: a tree with combine's NaN rule (a NaN met first stays)
+    // max and min: a tree with combine's NaN rule
     red[t] = acc;
     barrier();
     for (uint s = gl_WorkGroupSize.x / 2u; s > 0u; s >>= 1) {
@@ -78,7 +87,7 @@ void argmax_rows() {
     uint bi = 0xffffffffu;
     for (uint j = t; j < pc.len; j += gl_WorkGroupSize.x) {
       float v = x[r * pc.len + j];
-      if (bi == 0xffffffffu || v > best) { best = v; bi = j; }
+      if (bi == 0xffffffffu || before(v, j, best, bi)) { best = v; bi = j; }
     }
     red[t] = best;
     ridx[t] = bi;
@@ -87,9 +96,8 @@ void argmax_rows() {
       if (t < s) {
         float v = red[t + s];
         uint i = ridx[t + s];
-        // The first maximum: ties go to the lower index.
-        if (i != 0xffffffffu &&
-            (ridx[t] == 0xffffffffu || v > red[t] || (v == red[t] && i < ridx[t]))) {
+        // The first maximum (or NaN): ties go to the lower index.
+        if (i != 0xffffffffu && (ridx[t] == 0xffffffffu || before(v, i, red[t], ridx[t]))) {
           red[t] = v;
           ridx[t] = i;
         }

@@ -35,7 +35,7 @@ float forward(float x) {
   case SQRT: return sqrt(x);
   case ABS: return abs(x);
   case SQUARE: return x * x;
-  case RELU: return x > 0.0 ? x : 0.0;
+  case RELU: return x > 0.0 || isnan(x) ? x : 0.0; // a NaN stays NaN
   case SIGMOID:
     // Two forms so that exp never overflows.
     if (x >= 0.0) return 1.0 / (1.0 + exp(-x));
@@ -46,7 +46,7 @@ float forward(float x) {
   case GELU: return 0.5 * x * (1.0 + erf_(x * 0.70710678118654752));
   case LEAKY_RELU: return x > 0.0 ? x : pc.alpha * x;
   case AFFINE: return pc.alpha * x + pc.beta;
-  case CLIP: return min(max(x, pc.alpha), pc.beta);
+  case CLIP: return isnan(x) ? x : min(max(x, pc.alpha), pc.beta);
   case RECIP: return 1.0 / x;
   case SIGN: return x > 0.0 ? 1.0 : x < 0.0 ? -1.0 : 0.0;
   case SIN: return sin(x);

@@ -58,7 +58,7 @@ static void epilogue(float *c, int64_t rows, int64_t cols, int64_t ldc, const fl
     if (bias)
       for (int64_t j = 0; j < cols; j++) row[j] = row[j] + bias[j];
     if (relu)
-      for (int64_t j = 0; j < cols; j++) row[j] = row[j] > 0.0f ? row[j] : 0.0f;
+      for (int64_t j = 0; j < cols; j++) row[j] = !(row[j] <= 0.0f) ? row[j] : 0.0f; /* NaN stays */
     if (mask) /* as the ReLU's gradient: x > 0 ? dy : 0 */
       for (int64_t j = 0, at = r * ldc; j < cols; j++) row[j] = mask[at + j] > 0.0f ? row[j] : 0.0f;
   }

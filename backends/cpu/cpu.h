@@ -378,8 +378,8 @@ static inline float lunet_cpu_unary_one(lunet_unary_op op, float alpha, float be
     return fabsf(x);
   case LUNET_UNARY_SQUARE:
     return x * x;
-  case LUNET_UNARY_RELU:
-    return x > 0.0f ? x : 0.0f;
+  case LUNET_UNARY_RELU: /* a NaN stays NaN (PyTorch's): !(x <= 0) holds for it */
+    return !(x <= 0.0f) ? x : 0.0f;
   case LUNET_UNARY_SIGMOID:
     /* Two forms so that exp never overflows. */
     if (x >= 0.0f)
@@ -396,8 +396,8 @@ static inline float lunet_cpu_unary_one(lunet_unary_op op, float alpha, float be
     return x > 0.0f ? x : alpha * x;
   case LUNET_UNARY_AFFINE:
     return alpha * x + beta;
-  case LUNET_UNARY_CLIP:
-    return fminf(fmaxf(x, alpha), beta);
+  case LUNET_UNARY_CLIP: /* a NaN stays NaN (fmaxf would take the bound) */
+    return x != x ? x : fminf(fmaxf(x, alpha), beta);
   case LUNET_UNARY_RECIP:
     return 1.0f / x;
   case LUNET_UNARY_SIGN:
@@ -468,10 +468,10 @@ static inline float lunet_cpu_binary_one(lunet_binary_op op, float a, float b) {
     return a * b;
   case LUNET_BINARY_DIV:
     return a / b;
-  case LUNET_BINARY_MAX:
-    return a > b ? a : b;
+  case LUNET_BINARY_MAX: /* a NaN on either side gives NaN, as torch.maximum */
+    return a > b || a != a ? a : b;
   case LUNET_BINARY_MIN:
-    return a < b ? a : b;
+    return a < b || a != a ? a : b;
   case LUNET_BINARY_POW:
     return powf(a, b);
   case LUNET_BINARY_EQ:

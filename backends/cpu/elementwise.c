@@ -54,8 +54,8 @@ static inline __attribute__((always_inline)) void unary_range_body(lunet_unary_o
                                                                     float *restrict y, const float *restrict x,
                                                                     int64_t n) {
   switch (op) {
-  case LUNET_UNARY_RELU:
-    for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+  case LUNET_UNARY_RELU: /* !(x <= 0): a NaN stays NaN */
+    for (int64_t i = 0; i < n; i++) y[i] = !(x[i] <= 0.0f) ? x[i] : 0.0f;
     return;
   case LUNET_UNARY_NEG:
     for (int64_t i = 0; i < n; i++) y[i] = -x[i];
@@ -292,11 +292,13 @@ typedef struct red_job {
 
 static double reduce_contig(lunet_reduce_op op, const float *restrict x, int64_t n) {
   if (op == LUNET_REDUCE_MAX || op == LUNET_REDUCE_MIN) {
+    /* a NaN anywhere makes the result NaN (PyTorch's): once m is NaN no
+     * comparison replaces it */
     float m = op == LUNET_REDUCE_MAX ? -INFINITY : INFINITY;
     if (op == LUNET_REDUCE_MAX)
-      for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+      for (int64_t i = 0; i < n; i++) m = x[i] > m || x[i] != x[i] ? x[i] : m;
     else
-      for (int64_t i = 0; i < n; i++) m = x[i] < m ? x[i] : m;
+      for (int64_t i = 0; i < n; i++) m = x[i] < m || x[i] != x[i] ? x[i] : m;
     return m;
   }
   double acc[8] = {0};
@@ -319,10 +321,10 @@ static void reduce_cols(const red_job *j, int64_t o, int64_t i0, int64_t i1) {
     for (int64_t i = 0; i < w; i++) y[i] = mx ? -INFINITY : INFINITY;
     for (int64_t r = 0; r < j->len; r++) {
       const float *restrict xr = x + r * j->inner;
-      if (mx)
-        for (int64_t i = 0; i < w; i++) y[i] = xr[i] > y[i] ? xr[i] : y[i];
+      if (mx) /* NaN propagates, as above */
+        for (int64_t i = 0; i < w; i++) y[i] = xr[i] > y[i] || xr[i] != xr[i] ? xr[i] : y[i];
       else
-        for (int64_t i = 0; i < w; i++) y[i] = xr[i] < y[i] ? xr[i] : y[i];
+        for (int64_t i = 0; i < w; i++) y[i] = xr[i] < y[i] || xr[i] != xr[i] ? xr[i] : y[i];
     }
     return;
   }
@@ -377,8 +379,8 @@ static void argmax_task(void *arg, int64_t begin, int64_t end, int chunk) {
   for (int64_t r = begin; r < end; r++) {
     const float *xr = j->x + r * j->cols;
     int64_t best = 0;
-    for (int64_t c = 1; c < j->cols; c++)
-      if (xr[c] > xr[best]) best = c;
+    for (int64_t c = 1; c < j->cols; c++) /* the first NaN wins, as torch.argmax */
+      if (xr[c] > xr[best] || (xr[c] != xr[c] && xr[best] == xr[best])) best = c;
     j->y[r] = (float)best;
   }
 }

@@ -87,9 +87,9 @@ static int naive_reduce(lunet_backend *be, lunet_reduce_op op, lunet_buf y, lune
       for (size_t j = 0; j < len; j++) {
         float v = px[(o * len + j) * inner + i];
         if (op == LUNET_REDUCE_MAX)
-          acc = v > acc ? v : acc;
+          acc = v > acc || v != v ? v : acc;
         else if (op == LUNET_REDUCE_MIN)
-          acc = v < acc ? v : acc;
+          acc = v < acc || v != v ? v : acc;
         else
           acc += v;
       }
@@ -106,7 +106,9 @@ static int naive_argmax(lunet_backend *be, lunet_buf y, lunet_cbuf x, size_t row
   for (size_t r = 0; r < rows; r++) {
     size_t best = 0;
     for (size_t j = 1; j < cols; j++)
-      if (px[r * cols + j] > px[r * cols + best]) best = j;
+      if (px[r * cols + j] > px[r * cols + best] || (px[r * cols + j] != px[r * cols + j] &&
+                                                    px[r * cols + best] == px[r * cols + best]))
+        best = j;
     py[r] = (float)best;
   }
   return 0;
@@ -156,7 +158,7 @@ static int naive_linear(lunet_backend *be, int64_t m, int64_t n, int64_t k, lune
   const float *pb = bias;
   for (int64_t i = 0; !rc && pb && i < m; i++)
     for (int64_t j = 0; j < n; j++) pc[i * n + j] += pb[j];
-  for (int64_t i = 0; !rc && relu && i < m * n; i++) pc[i] = pc[i] > 0.0f ? pc[i] : 0.0f;
+  for (int64_t i = 0; !rc && relu && i < m * n; i++) pc[i] = !(pc[i] <= 0.0f) ? pc[i] : 0.0f;
   return rc;
 }
 
@@ -371,7 +373,7 @@ static int naive_pool2d_backward(lunet_backend *be, lunet_pool_mode mode, lunet_
 static int naive_max_pool2d_relu(lunet_backend *be, lunet_buf y, lunet_cbuf x, const lunet_pool2d_desc *d) {
   int rc = naive_pool2d(be, LUNET_POOL_MAX, y, x, d);
   float *py = y;
-  for (int64_t i = 0; !rc && i < d->n * d->oh * d->ow * d->c; i++) py[i] = py[i] > 0.0f ? py[i] : 0.0f;
+  for (int64_t i = 0; !rc && i < d->n * d->oh * d->ow * d->c; i++) py[i] = !(py[i] <= 0.0f) ? py[i] : 0.0f;
   return rc;
 }
 

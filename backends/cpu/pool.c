@@ -44,7 +44,7 @@ static inline __attribute__((always_inline)) void max2x2_any_body(int64_t ow, in
     float *restrict o = yr + ox * c;
     for (int64_t k = 0; k < c; k++) {
       float m = max4(a[k], b[k], e[k], f[k]);
-      o[k] = relu ? (m > 0.0f ? m : 0.0f) : m; /* the ReLU as lunet's: NaN -> 0 */
+      o[k] = relu ? (!(m <= 0.0f) ? m : 0.0f) : m; /* the ReLU as lunet's: a NaN stays */
     }
   }
 }
@@ -176,7 +176,7 @@ static void pool_task(void *arg, int64_t begin, int64_t end, int chunk) {
         for (int64_t k = 0; k < c; k++) o[k] *= inv;
       }
       if (j->relu)
-        for (int64_t k = 0; k < c; k++) o[k] = o[k] > 0.0f ? o[k] : 0.0f;
+        for (int64_t k = 0; k < c; k++) o[k] = !(o[k] <= 0.0f) ? o[k] : 0.0f;
     }
   }
 }

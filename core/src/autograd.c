@@ -409,24 +409,33 @@ static lunet_status binary_backward(lunet_ctx *ctx, lunet_node *n, lunet_tensor 
     }
     break;
   }
-  case LUNET_BINARY_POW: { /* y = a^b: da = dy b a^(b-1) (finite at a = 0), db = dy y ln a */
+  case LUNET_BINARY_POW: {
+    /* y = a^b: da = dy b a^(b-1), db = dy y ln a, with PyTorch's zeros
+     * where the formula is 0 * inf: da where b = 0 (a^(b-1) taken as a^0
+     * there, times b = 0), db where a = 0 and b >= 0 (ln a taken as ln 1) */
     lunet_tensor *y = n->saved[0];
-    lunet_tensor *dyy = bin(ctx, LUNET_BINARY_MUL, dy, y);
-    if (need_a && dyy) {
-      lunet_tensor *bm1 = lunet_op_unary(ctx, LUNET_UNARY_AFFINE, b, 1, -1);
+    lunet_tensor *dyy = bin(ctx, LUNET_BINARY_MUL, dy, y), *zero = lunet_scalar_like(ctx, a, 0.0f);
+    if (need_a && dyy && zero) {
+      lunet_tensor *b0 = bin(ctx, LUNET_BINARY_EQ, b, zero), *b1 = b0 ? bin(ctx, LUNET_BINARY_ADD, b, b0) : NULL;
+      lunet_tensor *bm1 = b1 ? lunet_op_unary(ctx, LUNET_UNARY_AFFINE, b1, 1, -1) : NULL;
       lunet_tensor *p = bm1 ? bin(ctx, LUNET_BINARY_POW, a, bm1) : NULL;
       lunet_tensor *bp = p ? bin(ctx, LUNET_BINARY_MUL, b, p) : NULL;
       ga = bp ? bin(ctx, LUNET_BINARY_MUL, dy, bp) : NULL;
-      lunet_tensor_release(bm1);
-      lunet_tensor_release(p);
-      lunet_tensor_release(bp);
+      lunet_tensor *tmp[] = {b0, b1, bm1, p, bp};
+      for (size_t i = 0; i < sizeof tmp / sizeof tmp[0]; i++) lunet_tensor_release(tmp[i]);
     }
-    if (need_b && dyy) {
-      lunet_tensor *la = lunet_op_unary(ctx, LUNET_UNARY_LOG, a, 0, 0);
+    if (need_b && dyy && zero) {
+      lunet_tensor *a0 = bin(ctx, LUNET_BINARY_EQ, a, zero), *bneg = bin(ctx, LUNET_BINARY_LT, b, zero);
+      lunet_tensor *bpos = bneg ? lunet_op_unary(ctx, LUNET_UNARY_AFFINE, bneg, -1, 1) : NULL;
+      lunet_tensor *z = a0 && bpos ? bin(ctx, LUNET_BINARY_MUL, a0, bpos) : NULL;
+      lunet_tensor *a1 = z ? bin(ctx, LUNET_BINARY_ADD, a, z) : NULL;
+      lunet_tensor *la = a1 ? lunet_op_unary(ctx, LUNET_UNARY_LOG, a1, 0, 0) : NULL;
       gb = la ? bin(ctx, LUNET_BINARY_MUL, dyy, la) : NULL;
-      lunet_tensor_release(la);
+      lunet_tensor *tmp[] = {a0, bneg, bpos, z, a1, la};
+      for (size_t i = 0; i < sizeof tmp / sizeof tmp[0]; i++) lunet_tensor_release(tmp[i]);
     }
     lunet_tensor_release(dyy);
+    lunet_tensor_release(zero);
     break;
   }
   case LUNET_BINARY_MAX:

@@ -32,6 +32,7 @@
  * labels are class ids still count rows, unweighted.
  */
 #include <ctype.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -616,7 +617,12 @@ static lunet_tensor *batch_accuracy(scratch *s, lunet_metric *m, lunet_tensor *p
     b = y;
   } else {
     a = keep(s, lunet_op_argmax(s->ctx, p));
-    b = m->cfg.kind == LUNET_METRIC_CATEGORICAL_ACCURACY ? keep(s, lunet_op_argmax(s->ctx, y)) : y;
+    /* categorical with one label per row ((N) or (N, 1) ids against (N, K)
+     * scores) reads the ids, as Keras's "accuracy" picks sparse from the
+     * shapes: the argmax of a one-column target would be 0 for every row */
+    int64_t k = last_dim(p);
+    bool ids = k > 1 && y->numel * k == p->numel;
+    b = m->cfg.kind == LUNET_METRIC_CATEGORICAL_ACCURACY && !ids ? keep(s, lunet_op_argmax(s->ctx, y)) : y;
   }
   if (!a || !b) return NULL;
   if (a->numel != b->numel) return shape_error(s, m, p, y, "one label per prediction");
@@ -657,14 +663,14 @@ static lunet_tensor *batch_auc(scratch *s, lunet_metric *m, lunet_tensor *p, lun
   lunet_tensor *mask = th ? bin(s, LUNET_BINARY_GT, pe, th) : NULL;
   /* weighted: tp = (w act)^T mask, pp = w^T mask (a column of weights per element) */
   lunet_tensor *ones = s->w ? weigh(s, bin(s, LUNET_BINARY_EQ, pe, pe)) : NULL;
-  lunet_tensor *parts[5] = {matmul(s, weigh(s, act), mask, true, false),
+  lunet_tensor *parts[6] = {matmul(s, weigh(s, act), mask, true, false),
                             s->w ? matmul(s, ones, mask, true, false) : sum(s, mask, 0, false), total(s, weigh(s, act)),
-                            flat(s, reduce(s, LUNET_REDUCE_MIN, keep(s, lunet_where(s->ctx, bin(s, LUNET_BINARY_EQ, p, p), p,
-                                                                                         scalar(s, p, -INFINITY))))),
-                            flat(s, reduce(s, LUNET_REDUCE_MAX, p))};
-  for (int i = 0; i < 5; i++)
+                            flat(s, reduce(s, LUNET_REDUCE_MIN, p)), flat(s, reduce(s, LUNET_REDUCE_MAX, p)),
+                            /* the finite predictions (x - x == 0), checked against the count */
+                            total(s, bin(s, LUNET_BINARY_EQ, bin(s, LUNET_BINARY_SUB, p, p), scalar(s, p, 0)))};
+  for (int i = 0; i < 6; i++)
     if (!parts[i]) return NULL;
-  return concat(s, parts, 5);
+  return concat(s, parts, 6);
 }
 
 /* The true class's score, and how many classes score above it: the label is
@@ -680,8 +686,10 @@ static lunet_tensor *batch_top_k(scratch *s, lunet_metric *m, lunet_tensor *p, l
     ids = y;
   }
   lunet_tensor *hot = ids && p2 ? one_hot(s, m, ids, k) : NULL;
-  /* the label's score picked exactly (hot * p would make 0 * inf a NaN) */
-  lunet_tensor *score = hot ? sum(s, keep(s, lunet_where(s->ctx, hot, p2, scalar(s, p2, 0))), 1, true) : NULL;
+  /* the label's score: hot * p with p's infinities clipped to the largest
+   * floats, so 0 * inf makes no NaN (a row with one is a miss below) */
+  lunet_tensor *pc = p2 ? keep(s, lunet_op_unary(s->ctx, LUNET_UNARY_CLIP, p2, -FLT_MAX, FLT_MAX)) : NULL;
+  lunet_tensor *score = sum(s, bin(s, LUNET_BINARY_MUL, hot, pc), 1, true);
   lunet_tensor *above = sum(s, bin(s, LUNET_BINARY_GT, p2, score), 1, false);
   /* a row with a NaN or an infinity is a miss (tf.math.in_top_k): x - x == 0 only where finite */
   lunet_tensor *finite = p2 ? keep(s, lunet_op_reduce(s->ctx, LUNET_REDUCE_MIN,
@@ -832,7 +840,7 @@ static int64_t batch_len(const lunet_metric *m, const lunet_tensor *p) {
   switch (m->cfg.kind) {
   case LUNET_METRIC_PRECISION:
   case LUNET_METRIC_RECALL: return 3;
-  case LUNET_METRIC_AUC: return 2 * (int64_t)m->cfg.num_thresholds + 3;
+  case LUNET_METRIC_AUC: return 2 * (int64_t)m->cfg.num_thresholds + 4;
   case LUNET_METRIC_TOP_K_CATEGORICAL_ACCURACY:
   case LUNET_METRIC_SPARSE_TOP_K_CATEGORICAL_ACCURACY: return 2;
   case LUNET_METRIC_F1:
@@ -871,8 +879,8 @@ lunet_status lunet_metric_absorb(lunet_ctx *ctx, lunet_metric *m, const float *v
   }
   if (m->cfg.kind == LUNET_METRIC_AUC) {
     int t = m->cfg.num_thresholds;
-    float lo = v[2 * t + 1], hi = v[2 * t + 2];
-    if (isinf(lo) || isinf(hi))
+    float lo = v[2 * t + 1], hi = v[2 * t + 2], finite = v[2 * t + 3];
+    if (finite != (float)y_pred->numel)
       return lunet_error(ctx, LUNET_ERR_ARG, "%s: predictions that are NaN or infinite (the model diverged?)", m->name);
     if (!(lo >= 0 && hi <= 1))
       return lunet_error(ctx, LUNET_ERR_ARG,

@@ -754,18 +754,54 @@ static lunet_status check_inputs(lunet_ctx *ctx, const lunet_model *m, int nx,
   return LUNET_OK;
 }
 
-/* A call whose only reader is output j with a cross-entropy on a softmax:
- * the softmax is left out and the loss takes logits (one fused, stable op). */
+/* The activation a loss can take over from call c: the layer's own
+ * `activation` argument, or the whole layer when it is an Activation or
+ * Softmax layer (*whole then set).  NULL: none. */
+static const char *final_activation(const lunet_model *m, int c, bool *whole) {
+  lunet_layer *l = m->calls[c].layer;
+  const char *t = lunet_layer_type_name(l);
+  *whole = false;
+  if (!strcmp(t, "Softmax")) {
+    *whole = true;
+    return "softmax"; /* its build allows the last axis only */
+  }
+  if (!strcmp(t, "Activation")) {
+    *whole = true;
+    return lunet_layer_get_string(l, "activation");
+  }
+  return lunet_layer_activation(l);
+}
+
+/* Whether call c is fused away whole (an Activation or Softmax layer that
+ * the loss of an output takes over). */
+static bool fused_whole(const lunet_model *m, const bool *fused, int c) {
+  bool whole = false;
+  for (int j = 0; fused && j < m->noutputs; j++)
+    if (fused[j] && m->outputs[j] == m->calls[c].out) {
+      final_activation(m, c, &whole);
+      return whole;
+    }
+  return false;
+}
+
+/* A call whose only reader is output j with a cross-entropy on a softmax,
+ * or a binary cross-entropy on a sigmoid (Keras on TensorFlow: the loss
+ * reads the activation's _keras_logits): the activation is left out and
+ * the loss takes logits (one fused, stable op), also when it is a layer of
+ * its own (Activation, Softmax). */
 static bool fuses(const lunet_model *m, int j) {
   const value *v = &m->values[m->outputs[j]];
   const lunet_loss_spec *ls = &m->losses[j];
   if (v->call < 0 || m->calls[v->call].nout != 1 || v->uses != 1 || ls->from_logits || ls->fn) return false;
-  if (ls->kind != LUNET_LOSS_SPARSE_CATEGORICAL_CE && ls->kind != LUNET_LOSS_CATEGORICAL_CE)
-    return false;
-  /* an activity regularizer sees the softmax's output, which fusion skips */
+  const char *want = ls->kind == LUNET_LOSS_SPARSE_CATEGORICAL_CE || ls->kind == LUNET_LOSS_CATEGORICAL_CE ? "softmax"
+                     : ls->kind == LUNET_LOSS_BINARY_CE                                                     ? "sigmoid"
+                                                                                                            : NULL;
+  if (!want) return false;
+  /* an activity regularizer sees the activation's output, which fusion skips */
   if (lunet_layer_arg_is_set(m->calls[v->call].layer, "activity_regularizer")) return false;
-  const char *act = lunet_layer_activation(m->calls[v->call].layer);
-  return act && !strcmp(act, "softmax");
+  bool whole;
+  const char *act = final_activation(m, v->call, &whole);
+  return act && !strcmp(act, want);
 }
 
 /* The call that applies call c's ReLU instead of c, or -1.  max(relu(a),
@@ -831,6 +867,16 @@ static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, 
     if (!k->live) continue;
     bool skip_act = false;
     for (int j = 0; fused && j < m->noutputs; j++) skip_act |= fused[j] && m->outputs[j] == k->out;
+    if (skip_act && !ss && fused_whole(m, fused, c)) { /* an Activation or Softmax layer the loss takes over */
+      vals[k->out] = lunet_tensor_retain(vals[k->in[0]]);
+      masks[k->out] = masks[k->in[0]] ? lunet_tensor_retain(masks[k->in[0]]) : NULL;
+      if (--left[k->in[0]] == 0) {
+        lunet_tensor_release(vals[k->in[0]]);
+        lunet_tensor_release(masks[k->in[0]]);
+        vals[k->in[0]] = masks[k->in[0]] = NULL;
+      }
+      continue;
+    }
     int later = k->live && !ss ? relu_moves_to(m, c) : -1;
     if (later >= 0) {
       skip_act = true;
@@ -1098,7 +1144,9 @@ static lunet_tensor *metric_input(lunet_ctx *ctx, lunet_model *m, int i, lunet_t
                                   lunet_tensor **probs) {
   int j = m->metric_output[i];
   if (!fused[j] || !lunet_metric_needs_probabilities(m->metrics[i])) return pred[j];
-  if (!probs[j]) probs[j] = lunet_op_softmax(ctx, pred[j], false);
+  if (!probs[j])
+    probs[j] = m->losses[j].kind == LUNET_LOSS_BINARY_CE ? lunet_op_unary(ctx, LUNET_UNARY_SIGMOID, pred[j], 0, 0)
+                                                         : lunet_op_softmax(ctx, pred[j], false);
   return probs[j];
 }
 

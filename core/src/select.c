@@ -221,40 +221,29 @@ lunet_tensor *lunet_cumsum(lunet_ctx *ctx, lunet_tensor *x, int axis) {
     lunet_error(ctx, LUNET_ERR_ARG, "cumsum: axis %d is out of range for a tensor of rank %d", axis, x->ndim);
     return NULL;
   }
-  /* along the last axis: x @ U with U[i][j] = (i <= j) */
-  int perm[LUNET_MAX_DIMS], nd = x->ndim;
-  for (int i = 0, k = 0; i < nd; i++)
-    if (i != a) perm[k++] = i;
-  perm[nd - 1] = a;
-  int64_t n = x->shape[a], shape[2] = {n, n};
-  float *u = malloc(sizeof *u * (size_t)(n * n > 0 ? n * n : 1));
-  if (!u) {
-    lunet_error(ctx, LUNET_ERR_NOMEM, "cumsum: out of host memory");
-    return NULL;
-  }
-  for (int64_t i = 0; i < n; i++)
-    for (int64_t j = 0; j < n; j++) u[i * n + j] = i <= j ? 1.0f : 0.0f;
-  lunet_tensor *tri = lunet_tensor_on(ctx, x->buf->be, LUNET_F32, 2, shape);
-  lunet_status s = tri ? lunet_tensor_write(ctx, tri, u, sizeof *u * (size_t)(n * n)) : ctx->status;
-  free(u);
-  lunet_tensor *xf = !s && x->dtype != LUNET_F32 ? lunet_op_cast(ctx, x, LUNET_F32) : NULL;
-  lunet_tensor *src = xf ? xf : x;
-  if (nd == 1) { /* a vector: one row */
-    int64_t row[2] = {1, n};
-    lunet_tensor *r = s ? NULL : lunet_reshape(ctx, src, 2, row);
-    lunet_tensor *y = r ? lunet_matmul(ctx, r, tri) : NULL;
-    lunet_tensor *v = y ? lunet_reshape(ctx, y, 1, &n) : NULL;
-    lunet_tensor *tmp[] = {tri, xf, r, y};
+  /* A scan of log2(n) rounds (Hillis and Steele): y += y shifted by k
+   * along the axis, k = 1, 2, 4, ...; tape ops, so every backend runs it
+   * and the gradient is theirs.  Each position only ever adds earlier
+   * ones, so a NaN or an infinity reaches the positions after it only (a
+   * product with a 0/1 triangle, as before, made 0 * inf = NaN of them). */
+  int nd = x->ndim;
+  int64_t n = x->shape[a];
+  lunet_tensor *y = x->dtype != LUNET_F32 ? lunet_op_cast(ctx, x, LUNET_F32) : NULL;
+  lunet_tensor *cur = y ? lunet_copy(ctx, y) : lunet_copy(ctx, x);
+  lunet_tensor_release(y);
+  for (int64_t k = 1; cur && k < n; k *= 2) {
+    int64_t start[LUNET_MAX_DIMS], stop[LUNET_MAX_DIMS], step[LUNET_MAX_DIMS], zshape[LUNET_MAX_DIMS];
+    for (int i = 0; i < nd; i++) start[i] = 0, stop[i] = zshape[i] = x->shape[i], step[i] = 1;
+    stop[a] = n - k;
+    zshape[a] = k;
+    lunet_tensor *head = lunet_op_new(ctx, cur, LUNET_F32, nd, zshape);
+    lunet_tensor *body = head && !lunet_op_fill(ctx, head, 0.0f) ? lunet_slice(ctx, cur, start, stop, step) : NULL;
+    lunet_tensor *parts[2] = {head, body};
+    lunet_tensor *shifted = body ? lunet_concat(ctx, parts, 2, a) : NULL;
+    lunet_tensor *next = shifted ? lunet_add(ctx, cur, shifted) : NULL;
+    lunet_tensor *tmp[] = {head, body, shifted, cur};
     for (size_t i = 0; i < sizeof tmp / sizeof tmp[0]; i++) lunet_tensor_release(tmp[i]);
-    return v;
+    cur = next;
   }
-  bool last = a == nd - 1;
-  lunet_tensor *xp = s ? NULL : last ? lunet_tensor_retain(src) : lunet_permute(ctx, src, perm);
-  lunet_tensor *yp = xp ? lunet_matmul(ctx, xp, tri) : NULL;
-  int inv[LUNET_MAX_DIMS];
-  for (int i = 0; i < nd; i++) inv[perm[i]] = i;
-  lunet_tensor *y = !yp ? NULL : last ? lunet_tensor_retain(yp) : lunet_permute(ctx, yp, inv);
-  lunet_tensor *tmp[] = {tri, xf, xp, yp};
-  for (size_t i = 0; i < sizeof tmp / sizeof tmp[0]; i++) lunet_tensor_release(tmp[i]);
-  return y;
+  return cur;
 }

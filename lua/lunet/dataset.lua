@@ -78,18 +78,20 @@ local function indices(self, step, order)
   return idx
 end
 
---- ds:batch(step, order) -> x, y, indices: batch `step` (1-based) of an
--- epoch's order (the one ds:prefetch started, when it did).
+--- ds:batch(step, order) -> x, y, indices, sample_weight: batch `step`
+-- (1-based) of an epoch's order (the one ds:prefetch started, when it
+-- did); the weights are what the loader returns third (Keras's
+-- (x, y, sample_weight) batches), or nil.
 function Dataset:batch(step, order)
   local p = self.pending
   if p and p.step == step and p.order == order then
     self.pending = nil
-    local x, y = p.finish()
-    return x, y, p.idx
+    local x, y, w = p.finish()
+    return x, y, p.idx, w
   end
   local idx = indices(self, step, order)
-  local x, y = self.load(idx)
-  return x, y, idx
+  local x, y, w = self.load(idx)
+  return x, y, idx, w
 end
 
 --- ds:prefetch(step, order): starts reading batch `step` in the background

@@ -505,6 +505,17 @@ local function on_device(t, device)
   return out
 end
 
+-- A dataset batch's sample weights (its loader's third value), as a
+-- float32 tensor on the device, or nil.
+local function dataset_weights(w, device)
+  if w == nil then return nil end
+  if type(w) == "table" and not C.is_tensor(w) then w = C.tensor(w) end
+  if not C.is_tensor(w) then
+    error("the dataset's loader returned a third value that is not sample weights (a tensor or a list)", 0)
+  end
+  return w:to(device)
+end
+
 local function run_eval(self, xs, ys, batch_size, w)
   local h = self.handle
   if dataset.is(xs) then
@@ -516,10 +527,11 @@ local function run_eval(self, xs, ys, batch_size, w)
       for i = 1, count do order[i] = first + i - 1 end
     end
     for step = 1, (#order + xs.batch_size - 1) // xs.batch_size do
-      local xb, yb = xs:batch(step, order)
+      local xb, yb, _, wb = xs:batch(step, order)
       xs:prefetch(step + 1, order)
       if yb == nil then error("the dataset has no targets (labels = false?): nothing to evaluate against", 0) end
-      C.model_test_step(h, unlist(on_device(xb, self.device)), unlist(on_device(yb, self.device)))
+      C.model_test_step(h, unlist(on_device(xb, self.device)), unlist(on_device(yb, self.device)), nil, nil, nil,
+        dataset_weights(wb, self.device))
       if C.interrupted() then error("interrupted", 0) end
     end
     if distributed.active then distributed.reduce_metrics(h) end
@@ -559,7 +571,7 @@ local function batch_source(xs, ys, order, n, bs, aug, epoch, device, w)
   if dataset.is(xs) then
     return function(step)
       if step == nil then return end
-      local xb, yb, idx = xs:batch(step, order)
+      local xb, yb, idx, wb = xs:batch(step, order)
       xs:prefetch(step + 1, order) -- read the next batch while this one trains
       if yb == nil then error("the dataset has no targets (labels = false?): nothing to train against", 0) end
       xb, yb = on_device(xb, device), on_device(yb, device)
@@ -568,7 +580,7 @@ local function batch_source(xs, ys, order, n, bs, aug, epoch, device, w)
         for i, v in ipairs(idx) do indices[i] = v - 1 end
         xb[1] = aug:apply(xb[1], { epoch = epoch, indices = indices })
       end
-      return unlist(xb), unlist(yb)
+      return unlist(xb), unlist(yb), dataset_weights(wb, device)
     end
   end
   local x, y = xs[1], ys[1]
@@ -699,6 +711,9 @@ fit_impl = function(self, x, y, o)
     return history
   end
   optim.check_fields("fit", o, fit_options, "option", 3)
+  if o.shuffle ~= nil and type(o.shuffle) ~= "boolean" and o.shuffle ~= "batch" then
+    error(string.format("fit: shuffle must be true, false or \"batch\", got %s", tostring(o.shuffle)), 2)
+  end
   if not self.optimizer then error("fit: call model:compile{optimizer = ..., loss = ...} first", 2) end
   local ds = dataset.is(x) and x or nil
   local dist = (o.distributed or distributed.active) and distributed.init() or nil
@@ -803,7 +818,17 @@ fit_impl = function(self, x, y, o)
     if verbose ~= 0 then print(string.format("Epoch %d/%d", epoch, epochs)) end
     call_cbs(cbs, "on_epoch_begin", self, epoch - 1)
     local order -- nil: the samples in their order (shuffle = false)
-    if ds then order = ds:order(epoch) elseif o.shuffle ~= false then order = permutation(n) end
+    if ds then
+      order = ds:order(epoch)
+    elseif o.shuffle == "batch" then -- Keras's: the batches in order, each one's samples shuffled
+      order = {}
+      for first = 1, n, bs do
+        local count = math.min(bs, n - first + 1)
+        for i, v in ipairs(permutation(count)) do order[first + i - 1] = first + v - 1 end
+      end
+    elseif o.shuffle ~= false then
+      order = permutation(n)
+    end
     local sizes, totals -- under MPI: this rank's shard of each global batch (rank 0's order), all ranks' counts
     local count = n
     if dist then
@@ -999,9 +1024,11 @@ function Model:predict(x, o)
 end
 
 -- Keras's single-batch calls: one step on (x, y) with the metrics of that
--- batch alone; returns the loss and the logs.
+-- batch alone; returns the loss and the logs (with return_dict, the logs
+-- alone, the loss among them, as Keras's dict).
 function Model:train_on_batch(x, y, o)
   if not self.optimizer then error("train_on_batch: call model:compile{optimizer = ..., loss = ...} first", 2) end
+  o = optim.check_fields("train_on_batch", o, { sample_weight = true, class_weight = true, return_dict = true })
   ensure_built(self, x)
   local xs, ys = check_xy(self, x, y, "train_on_batch")
   ensure_compiled(self, x)
@@ -1009,20 +1036,22 @@ function Model:train_on_batch(x, y, o)
   opt:claim(self, 2)
   opt:sync()
   C.model_reset_metrics(self.handle)
-  o = o or {}
   local w = sample_weights(self, ys, nsamples(xs[1]), o.sample_weight, o.class_weight, "train_on_batch")
   local loss = C.model_train_step(self.handle, unlist(xs), unlist(ys), nil, nil, nil, w and w:to(self.device))
+  if o.return_dict then return C.model_logs(self.handle) end
   return loss, C.model_logs(self.handle)
 end
 
 function Model:test_on_batch(x, y, o)
   if not self.optimizer then error("test_on_batch: call model:compile{...} first", 2) end
+  o = optim.check_fields("test_on_batch", o, { sample_weight = true, return_dict = true })
   ensure_built(self, x)
   local xs, ys = check_xy(self, x, y, "test_on_batch")
   ensure_compiled(self, x)
   C.model_reset_metrics(self.handle)
-  local w = sample_weights(self, ys, nsamples(xs[1]), o and o.sample_weight, nil, "test_on_batch")
+  local w = sample_weights(self, ys, nsamples(xs[1]), o.sample_weight, nil, "test_on_batch")
   local loss = C.model_test_step(self.handle, unlist(xs), unlist(ys), nil, nil, nil, w and w:to(self.device))
+  if o.return_dict then return C.model_logs(self.handle) end
   return loss, C.model_logs(self.handle)
 end
 

@@ -74,17 +74,19 @@ static lunet_status act_unknown_call(lunet_call *c) {
   return lunet_call_error(c, LUNET_ERR_ARG, "called with an unknown activation (not built?)");
 }
 
-/* elu(x) = relu(x) + exp(min(x, 0)) - 1; keeps e = exp(min(x, 0)) = elu'(x). */
+/* elu(x) = relu(x) + (exp(min(x, 0)) - 1), the 1 taken off before the sum
+ * so that x > 0 comes out exactly (x + 1 - 1 rounds small x); keeps
+ * e = exp(min(x, 0)) = elu'(x). */
 static lunet_tensor *elu_forward(lunet_ctx *ctx, const lunet_tensor *x, lunet_tensor **e) {
   lunet_tensor *neg = lunet_op_unary(ctx, LUNET_UNARY_CLIP, x, -FLT_MAX, 0.0f);
-  lunet_tensor *r = NULL, *sum = NULL, *y = NULL;
+  lunet_tensor *r = NULL, *em1 = NULL, *y = NULL;
   if (neg && (*e = lunet_op_unary(ctx, LUNET_UNARY_EXP, neg, 0.0f, 0.0f)) &&
       (r = lunet_op_unary(ctx, LUNET_UNARY_RELU, x, 0.0f, 0.0f)) &&
-      (sum = lunet_op_binary(ctx, LUNET_BINARY_ADD, r, *e)))
-    y = lunet_op_unary(ctx, LUNET_UNARY_AFFINE, sum, 1.0f, -1.0f);
+      (em1 = lunet_op_unary(ctx, LUNET_UNARY_AFFINE, *e, 1.0f, -1.0f)))
+    y = lunet_op_binary(ctx, LUNET_BINARY_ADD, r, em1);
   layers_release(neg);
   layers_release(r);
-  layers_release(sum);
+  layers_release(em1);
   return y;
 }
 

@@ -5,7 +5,9 @@ local M = {}
 function M.near(a, b, tol, what)
   if type(a) ~= "number" or type(b) ~= "number" then return M.eq(a, b, what) end
   tol = tol or 1e-5
-  if math.abs(a - b) > tol * math.max(1, math.abs(b)) then
+  if a == b or (a ~= a and b ~= b) then return end -- equal (infinities too), or NaN where NaN is expected
+  -- written so that a NaN fails: every comparison with one is false
+  if not (math.abs(a - b) <= tol * math.max(1, math.abs(b))) then
     error(string.format("%s: got %.9g, expected %.9g", what or "value", a, b), 2)
   end
 end

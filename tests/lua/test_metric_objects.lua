@@ -402,6 +402,38 @@ function T.metrics_reading_probabilities_leave_the_fused_loss_alone()
   end
 end
 
+-- Keras on TensorFlow reads a sigmoid's or softmax's logits in the
+-- cross-entropies (_keras_logits), also when the activation is a layer of
+-- its own: a saturated unit's loss is the logits' (40, not the clipped
+-- -log 1e-7 = 16.1) and its gradient sigmoid(z) - t moves it.  The metrics
+-- still read probabilities.
+function T.cross_entropies_read_the_logits_of_a_final_activation()
+  local cases = {
+    {"Dense sigmoid", function() return {nn.Dense{1, activation = "sigmoid", input_shape = {1}}} end,
+      "binary_crossentropy", nn.tensor{{0}}, {40}},
+    {"Activation sigmoid", function() return {nn.Dense{1, input_shape = {1}}, nn.Activation("sigmoid")} end,
+      "binary_crossentropy", nn.tensor{{0}}, {40}},
+    {"Softmax layer", function() return {nn.Dense{2, input_shape = {1}}, nn.Softmax{}} end,
+      "sparse_categorical_crossentropy", nn.tensor{0}, {0, 40}},
+    {"Activation softmax", function() return {nn.Dense{2, input_shape = {1}}, nn.Activation("softmax")} end,
+      "sparse_categorical_crossentropy", nn.tensor{0}, {0, 40}},
+  }
+  for _, c in ipairs(cases) do
+    local name, layers, loss, y, bias = c[1], c[2](), c[3], c[4], c[5]
+    local model = nn.Sequential(layers)
+    local d = layers[1]
+    d:set_weights{nn.zeros(1, #bias), nn.tensor(bias)}
+    model:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = loss, metrics = {"auc"}}
+    local r = model:evaluate(nn.tensor{{1}}, y, {verbose = 0})
+    check.near(r.loss, 40, 1e-4, name .. ": the logits' loss")
+    check.near(r.auc, 0, 1e-6, name .. ": AUC from the probabilities (no error for values outside [0, 1])")
+    model:train_on_batch(nn.tensor{{1}}, y)
+    -- d loss / d z = p - t: 1 for the sigmoid, (1, -1) for the softmax's two units
+    local want = #bias == 1 and {40 - 0.1} or {0 + 0.1, 40 - 0.1}
+    check.same_table(d:get_weights()[2]:totable(), want, 1e-4, name .. ": the step moves the saturated unit")
+  end
+end
+
 -- Weighted metrics (Keras's sample_weight): whole-number weights give what
 -- the same metric gives on the rows repeated that many times (0: left out),
 -- for every kind; a fractional weight the weighted mean written out; one

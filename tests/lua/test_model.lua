@@ -494,6 +494,44 @@ function T.direct_calls_take_the_training_flag()
   check.fails(function() nn.Dropout(0.5)(x, 1) end, "training must be true or false")
 end
 
+-- Keras's train_on_batch/test_on_batch options (unknown ones are errors,
+-- return_dict gives the logs), shuffle = "batch" (the batches in order,
+-- each one shuffled inside: the same SGD steps as no shuffle for a model
+-- whose loss is a mean over the batch), and "accuracy" under a loss that
+-- does not say which: sparse labels of shape (N, 1) are read as ids.
+function T.single_batch_calls_shuffle_batch_and_accuracy_from_shapes()
+  nn.seed(2)
+  local x, y = nn.randn(10, 3), nn.randn(10, 1)
+  local function model()
+    nn.seed(5)
+    local m = nn.Sequential{nn.Dense{1, input_shape = {3}}}
+    m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "mse", metrics = {"mae"}}
+    return m
+  end
+  local m = model()
+  check.fails(function() m:train_on_batch(x, y, {sample_weights = {1}}) end, "bad argument 'sample_weights'")
+  check.fails(function() m:test_on_batch(x, y, {class_weight = {}}) end, "bad argument 'class_weight'")
+  local logs = m:test_on_batch(x, y, {return_dict = true})
+  check.near(logs.loss, m:test_on_batch(x, y), 1e-7, "return_dict: the logs, the loss among them")
+  assert(logs.mae, "and the metrics")
+  local a, b = model(), model()
+  a:fit(x, y, {epochs = 2, batch_size = 4, shuffle = "batch", verbose = 0})
+  b:fit(x, y, {epochs = 2, batch_size = 4, shuffle = false, verbose = 0})
+  check.same_table(a:get_weights()[1]:totable(), b:get_weights()[1]:totable(), 1e-6, "shuffle = \"batch\"")
+  check.fails(function() a:fit(x, y, {shuffle = "yes", verbose = 0}) end, "shuffle must be true, false or \"batch\"")
+  -- "accuracy" with a loss of one's own: (N, 1) class ids against (N, 3) scores
+  local c = nn.Sequential{nn.Dense{3, input_shape = {2}}}
+  c:compile{optimizer = "sgd", loss = function(t, p) return (p - p):sum() end, metrics = {"accuracy"}}
+  local xs = nn.tensor{{1, 0}, {0, 1}, {1, 1}, {2, -1}, {-1, 2}}
+  local ids = c:predict(xs, {verbose = 0}):argmax(-1):totable()
+  local labels, right = {}, 0
+  for i, v in ipairs(ids) do
+    labels[i] = {(i % 2 == 0) and v or (v + 1) % 3}
+    if labels[i][1] == v then right = right + 1 end
+  end
+  check.near(c:evaluate(xs, nn.tensor(labels), {verbose = 0}).accuracy, right / 5, 1e-7, "ids of shape (N, 1)")
+end
+
 -- The small vision layers' values against the definitions (the self-tests
 -- check their gradients and Vulkan).
 function T.vision_layers_values()

@@ -293,4 +293,30 @@ function T.weighted_metrics_see_the_weights()
     "bad argument 'weighted_metrics' to 'compile'")
 end
 
+-- A dataset's loader may return (x, y, sample_weight), Keras's weighted
+-- batches: fit and evaluate weigh by them as they weigh tensors' weights.
+function T.a_dataset_loader_gives_sample_weights()
+  nn.seed(4)
+  local x, y = nn.randn(6, 3), nn.randn(6, 1)
+  local w = {0, 1, 2, 0.5, 0, 3}
+  local function model()
+    nn.seed(9)
+    local m = nn.Sequential{nn.Dense{1, input_shape = {3}}}
+    m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "mse"}
+    return m
+  end
+  local ds = nn.data.new{n = 6, batch_size = 4, shuffle = false, load = function(idx)
+    local ws = {}
+    for i, k in ipairs(idx) do ws[i] = w[k] end
+    return x:index_select(1, (function() local z = {} for i, k in ipairs(idx) do z[i] = k - 1 end return z end)()),
+      y:index_select(1, (function() local z = {} for i, k in ipairs(idx) do z[i] = k - 1 end return z end)()), ws
+  end}
+  local a, b = model(), model()
+  check.near(a:evaluate(ds, nil, {verbose = 0}).loss, b:evaluate(x, y, {batch_size = 4, sample_weight = nn.tensor(w),
+    verbose = 0}).loss, 1e-6, "evaluate weighs a dataset's batches")
+  a:fit(ds, nil, {epochs = 2, verbose = 0})
+  b:fit(x, y, {epochs = 2, batch_size = 4, shuffle = false, sample_weight = nn.tensor(w), verbose = 0})
+  check.same_table(a:get_weights()[1]:totable(), b:get_weights()[1]:totable(), 1e-6, "fit weighs them too")
+end
+
 check.run(T)

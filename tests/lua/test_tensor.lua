@@ -264,4 +264,63 @@ function T.log_softmax_of_large_logits()
   end
 end
 
+-- cumsum: a NaN or an infinity reaches only the positions after it (a
+-- product with a 0/1 triangle made 0 * inf = NaN of the earlier ones);
+-- finite values and the gradient (the reversed cumulative sum) as before.
+-- pow's gradients take PyTorch's zeros where the formula is 0 * inf.
+function T.cumsum_and_pow_at_the_edges()
+  local inf = math.huge
+  local y = nn.tensor{1, inf, 2, 3}:cumsum(1):totable()
+  check.same_table(y, {1, inf, inf, inf}, 0, "cumsum past an infinity")
+  local z = nn.tensor{1, 2, 0 / 0, 3}:cumsum(1):totable()
+  check.same_table({z[1], z[2]}, {1, 3}, 0, "cumsum before a NaN")
+  assert(z[3] ~= z[3] and z[4] ~= z[4], "NaN after it")
+  local x = nn.tensor{{1, 2, 3}, {4, 5, 6}}:requires_grad(true)
+  local c = x:cumsum(2)
+  check.same_table(c:totable(), {{1, 3, 6}, {4, 9, 15}}, 0, "rows")
+  ;(c * nn.tensor{{1, 10, 100}, {2, 20, 200}}):sum():backward()
+  check.same_table(x.grad:totable(), {{111, 110, 100}, {222, 220, 200}}, 0, "gradient: the reversed sums")
+  check.same_table(nn.tensor{{1, 2}, {3, 4}, {5, 6}}:cumsum(1):totable(), {{1, 2}, {4, 6}, {9, 12}}, 0, "axis 1")
+  -- pow at base 0: d(a^0)/da = 0 and d(0^b)/db = 0 for b >= 0 (PyTorch's)
+  local a = nn.tensor{0, 0, 2}:requires_grad(true)
+  local b = nn.tensor{0, 2, 3}:requires_grad(true)
+  a:pow(b):sum():backward()
+  check.same_table(a.grad:totable(), {0, 0, 12}, 1e-6, "d/da: 0 where b = 0, b a^(b-1) elsewhere")
+  check.same_table(b.grad:totable(), {0, 0, 8 * math.log(2)}, 1e-5, "d/db: 0 where a = 0, a^b ln a elsewhere")
+end
+
+-- A NaN propagates as in PyTorch: through max/min (reductions and
+-- maximum/minimum), argmax (the first NaN), clip and ReLU (plain and fused
+-- into a Dense), on every backend there is; so a diverged value cannot be
+-- hidden behind a ReLU or a maximum.  elu is exact for small positive x.
+function T.nan_propagates_as_in_pytorch()
+  local nan = 0 / 0
+  local function isnan(v) return v ~= v end
+  for _, dev in ipairs(check.vulkan() and {"cpu", "vulkan"} or {"cpu"}) do
+    local x = nn.tensor{1, nan, 3}:to(dev)
+    assert(isnan(x:max():item()) and isnan(x:min():item()), dev .. ": max and min of a NaN")
+    local rows = nn.tensor{{1, nan, 3}, {2, 5, 1}}:to(dev)
+    local m = rows:max(-1):to("cpu"):totable()
+    assert(isnan(m[1]) and m[2] == 5, dev .. ": max along an axis")
+    check.same_table(rows:argmax(-1):to("cpu"):totable(), {1, 1}, 0, dev .. ": argmax, the first NaN")
+    check.same_table(nn.tensor{{nan, 1, nan}}:to(dev):argmax(-1):to("cpu"):totable(), {0}, 0, dev .. ": first of two")
+    local r = nn.tensor{-1, nan, 2}:to(dev):relu():to("cpu"):totable()
+    assert(r[1] == 0 and isnan(r[2]) and r[3] == 2, dev .. ": relu")
+    local c = nn.tensor{-1, nan, 2}:to(dev):clip(0, 1):to("cpu"):totable()
+    assert(c[1] == 0 and isnan(c[2]) and c[3] == 1, dev .. ": clip")
+    local a, b = nn.tensor{nan, 0, 1}:to(dev), nn.tensor{0, nan, 2}:to(dev)
+    for _, v in ipairs({a:maximum(b):to("cpu"):totable(), b:maximum(a):to("cpu"):totable()}) do
+      assert(isnan(v[1]) and isnan(v[2]) and v[3] == 2, dev .. ": maximum with a NaN on either side")
+    end
+    local d = nn.Dense{2, activation = "relu", kernel_initializer = "ones", input_shape = {2}}
+    local y = nn.Sequential{d}:to(dev)(nn.tensor{{nan, 1}, {-3, 1}}:to(dev)):to("cpu"):totable()
+    assert(isnan(y[1][1]) and isnan(y[1][2]) and y[2][1] == 0, dev .. ": a Dense's fused ReLU")
+  end
+  local e = nn.Activation("elu")(nn.tensor{1e-8, 1e-6, -1}):totable()
+  check.same_table({e[1], e[2]}, {1e-8, 1e-6}, 1e-12, "elu: small positive x exactly")
+  check.near(e[3], math.exp(-1) - 1, 1e-6, "elu(-1)")
+  check.fails(function() nn.tensor{{1, 2}, {3, 4}}:softmax(1) end, "over the last axis only")
+  check.same_table(nn.tensor{{0, 0}}:softmax(2):totable(), {{0.5, 0.5}}, 1e-7, "softmax(last axis)")
+end
+
 check.run(T)
