@@ -237,10 +237,10 @@ static lunet_tensor *regression(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tens
   }
   case LUNET_LOSS_LOG_COSH: { /* x + log(1 + exp(-2x)) - log 2, stably: |x| + log(1 + exp(-2|x|)) - log 2 */
     lunet_tensor *d = lunet_sub(ctx, p, t), *a = u(ctx, LUNET_UNARY_ABS, d, 0, 0);
-    lunet_tensor *e = u(ctx, LUNET_UNARY_EXP, u(ctx, LUNET_UNARY_AFFINE, a, -2.0f, 0.0f), 0, 0);
-    lunet_tensor *l = u(ctx, LUNET_UNARY_LOG, u(ctx, LUNET_UNARY_AFFINE, e, 1.0f, 1.0f), 0, 0);
+    lunet_tensor *m2 = u(ctx, LUNET_UNARY_AFFINE, a, -2.0f, 0.0f), *e = u(ctx, LUNET_UNARY_EXP, m2, 0, 0);
+    lunet_tensor *e1 = u(ctx, LUNET_UNARY_AFFINE, e, 1.0f, 1.0f), *l = u(ctx, LUNET_UNARY_LOG, e1, 0, 0);
     lunet_tensor *s = l ? lunet_add(ctx, a, l) : NULL, *y = u(ctx, LUNET_UNARY_AFFINE, s, 1.0f, -0.69314718f);
-    return release_then(elem(y), 6, (lunet_tensor *[]){d, a, e, l, s, y});
+    return release_then(elem(y), 8, (lunet_tensor *[]){d, a, m2, e, e1, l, s, y});
   }
   case LUNET_LOSS_KL_DIVERGENCE: {
     lunet_tensor *tc = u(ctx, LUNET_UNARY_CLIP, t, 1e-7f, 1.0f), *pc = u(ctx, LUNET_UNARY_CLIP, p, 1e-7f, 1.0f);
@@ -252,17 +252,17 @@ static lunet_tensor *regression(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tens
   case LUNET_LOSS_HINGE:
   case LUNET_LOSS_SQUARED_HINGE: {
     lunet_tensor *ts = signed_labels(ctx, t), *m = ts ? lunet_mul(ctx, ts, p) : NULL;
-    lunet_tensor *h = u(ctx, LUNET_UNARY_RELU, u(ctx, LUNET_UNARY_AFFINE, m, -1.0f, 1.0f), 0, 0);
+    lunet_tensor *om = u(ctx, LUNET_UNARY_AFFINE, m, -1.0f, 1.0f), *h = u(ctx, LUNET_UNARY_RELU, om, 0, 0);
     lunet_tensor *h2 = kind == LUNET_LOSS_SQUARED_HINGE ? u(ctx, LUNET_UNARY_SQUARE, h, 0, 0) : (h ? lunet_tensor_retain(h) : NULL);
-    return release_then(elem(h2), 4, (lunet_tensor *[]){ts, m, h, h2});
+    return release_then(elem(h2), 5, (lunet_tensor *[]){ts, m, om, h, h2});
   }
   case LUNET_LOSS_CATEGORICAL_HINGE: {
     lunet_tensor *tp = lunet_mul(ctx, t, p), *pos = tp ? lunet_reduce(ctx, LUNET_REDUCE_SUM, tp, -1, false) : NULL;
     lunet_tensor *nt = u(ctx, LUNET_UNARY_AFFINE, t, -1.0f, 1.0f), *np = nt ? lunet_mul(ctx, nt, p) : NULL;
     lunet_tensor *neg = np ? lunet_reduce(ctx, LUNET_REDUCE_MAX, np, -1, false) : NULL;
     lunet_tensor *d = neg && pos ? lunet_sub(ctx, neg, pos) : NULL;
-    lunet_tensor *h = u(ctx, LUNET_UNARY_RELU, u(ctx, LUNET_UNARY_AFFINE, d, 1.0f, 1.0f), 0, 0);
-    return release_then(row(h), 7, (lunet_tensor *[]){tp, pos, nt, np, neg, d, h});
+    lunet_tensor *d1 = u(ctx, LUNET_UNARY_AFFINE, d, 1.0f, 1.0f), *h = u(ctx, LUNET_UNARY_RELU, d1, 0, 0);
+    return release_then(row(h), 8, (lunet_tensor *[]){tp, pos, nt, np, neg, d, d1, h});
   }
   case LUNET_LOSS_COSINE_SIMILARITY: {
     lunet_tensor *a = l2_normalized(ctx, t), *b = l2_normalized(ctx, p), *m = a && b ? lunet_mul(ctx, a, b) : NULL;

@@ -513,6 +513,9 @@ static lunet_tensor *bin(scratch *s, lunet_binary_op op, lunet_tensor *a, lunet_
 static lunet_tensor *un(scratch *s, lunet_unary_op op, lunet_tensor *x) {
   return x ? keep(s, lunet_op_unary(s->ctx, op, x, 0, 0)) : NULL;
 }
+static lunet_tensor *affine(scratch *s, lunet_tensor *x, float a, float b) {
+  return x ? keep(s, lunet_op_unary(s->ctx, LUNET_UNARY_AFFINE, x, a, b)) : NULL;
+}
 static lunet_tensor *sum(scratch *s, lunet_tensor *x, int axis, bool keepdims) {
   return x ? keep(s, lunet_op_reduce(s->ctx, LUNET_REDUCE_SUM, x, axis, keepdims)) : NULL;
 }
@@ -666,8 +669,9 @@ static lunet_tensor *batch_auc(scratch *s, lunet_metric *m, lunet_tensor *p, lun
   lunet_tensor *parts[6] = {matmul(s, weigh(s, act), mask, true, false),
                             s->w ? matmul(s, ones, mask, true, false) : sum(s, mask, 0, false), total(s, weigh(s, act)),
                             flat(s, reduce(s, LUNET_REDUCE_MIN, p)), flat(s, reduce(s, LUNET_REDUCE_MAX, p)),
-                            /* the finite predictions (x - x == 0), checked against the count */
-                            total(s, bin(s, LUNET_BINARY_EQ, bin(s, LUNET_BINARY_SUB, p, p), scalar(s, p, 0)))};
+                            /* the predictions that are not finite (x - x is NaN there): any is an error */
+                            total(s, affine(s, bin(s, LUNET_BINARY_EQ, bin(s, LUNET_BINARY_SUB, p, p), scalar(s, p, 0)),
+                                            -1.0f, 1.0f))};
   for (int i = 0; i < 6; i++)
     if (!parts[i]) return NULL;
   return concat(s, parts, 6);
@@ -879,8 +883,8 @@ lunet_status lunet_metric_absorb(lunet_ctx *ctx, lunet_metric *m, const float *v
   }
   if (m->cfg.kind == LUNET_METRIC_AUC) {
     int t = m->cfg.num_thresholds;
-    float lo = v[2 * t + 1], hi = v[2 * t + 2], finite = v[2 * t + 3];
-    if (finite != (float)y_pred->numel)
+    float lo = v[2 * t + 1], hi = v[2 * t + 2], nonfinite = v[2 * t + 3];
+    if (nonfinite != 0)
       return lunet_error(ctx, LUNET_ERR_ARG, "%s: predictions that are NaN or infinite (the model diverged?)", m->name);
     if (!(lo >= 0 && hi <= 1))
       return lunet_error(ctx, LUNET_ERR_ARG,
@@ -905,9 +909,14 @@ lunet_status lunet_metric_absorb(lunet_ctx *ctx, lunet_metric *m, const float *v
     if (seen != (double)expect)
       return lunet_error(ctx, LUNET_ERR_ARG,
                          "%s: %lld of %lld positions have a label or prediction that is not a class id in "
-                         "[0, %d) (num_classes = %d)",
+                         "[0, %d) (num_classes = %d)%s",
                          m->name, (long long)(expect - (int64_t)seen), (long long)expect, m->cfg.num_classes,
-                         m->cfg.num_classes);
+                         m->cfg.num_classes,
+                         k == m->cfg.num_classes
+                             ? "; predictions and targets of one shape are read as ids (Keras's defaults): for "
+                               "per-class scores say sparse_y_pred = false, and sparse_y_true = false for one-hot "
+                               "targets"
+                             : "");
     count = (double)expect;
   }
   /* weighted: each weight stands for count / nweights rows or elements */

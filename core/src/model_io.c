@@ -660,6 +660,18 @@ static lunet_optimizer *read_optimizer(reader *r, const cJSON *o) {
     }
     *nums[i].field = v->valuedouble;
   }
+  /* files of lunet 0.2 may set several clipping options (they were chained);
+   * Keras, and lunet since, take one: keep the first of global_clipnorm,
+   * clipnorm, clipvalue and say so (the Lua side keeps the same one) */
+  if ((c.clipvalue > 0) + (c.clipnorm > 0) + (c.global_clipnorm > 0) > 1) {
+    const char *kept = c.global_clipnorm > 0 ? "global_clipnorm" : "clipnorm";
+    fprintf(stderr,
+            "lunet: the model file's optimizer sets clipnorm = %g, clipvalue = %g, global_clipnorm = %g; one "
+            "clipping option is allowed (as Keras's): keeping %s\n",
+            c.clipnorm, c.clipvalue, c.global_clipnorm, kept);
+    if (c.global_clipnorm > 0) c.clipnorm = 0;
+    c.clipvalue = 0;
+  }
   c.nesterov = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "nesterov"));
   c.amsgrad = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "amsgrad"));
   c.centered = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "centered"));

@@ -228,8 +228,8 @@ lunet_tensor *lunet_cumsum(lunet_ctx *ctx, lunet_tensor *x, int axis) {
    * product with a 0/1 triangle, as before, made 0 * inf = NaN of them). */
   int nd = x->ndim;
   int64_t n = x->shape[a];
-  lunet_tensor *y = x->dtype != LUNET_F32 ? lunet_op_cast(ctx, x, LUNET_F32) : NULL;
-  lunet_tensor *cur = y ? lunet_copy(ctx, y) : lunet_copy(ctx, x);
+  lunet_tensor *y = x->dtype != LUNET_F32 ? lunet_op_cast(ctx, x, LUNET_F32) : lunet_tensor_retain(x);
+  lunet_tensor *cur = y ? lunet_copy(ctx, y) : NULL;
   lunet_tensor_release(y);
   for (int64_t k = 1; cur && k < n; k *= 2) {
     int64_t start[LUNET_MAX_DIMS], stop[LUNET_MAX_DIMS], step[LUNET_MAX_DIMS], zshape[LUNET_MAX_DIMS];

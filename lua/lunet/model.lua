@@ -1310,6 +1310,14 @@ local function loaded_optimizer(h)
   for k, v in pairs(cfg) do
     if optim.optimizers.takes(name, k) then args[k] = v end
   end
+  -- a file of lunet 0.2 may set several clipping options: the one the core
+  -- kept (the first of global_clipnorm, clipnorm, clipvalue; it said so)
+  for i, k in ipairs{ "global_clipnorm", "clipnorm", "clipvalue" } do
+    if (args[k] or 0) > 0 then
+      for j = i + 1, 3 do args[({ "global_clipnorm", "clipnorm", "clipvalue" })[j]] = 0 end
+      break
+    end
+  end
   return optim.optimizers[name](args, handle)
 end
 

@@ -24,6 +24,22 @@ local ds = nn.utils.image_dataset_from_directory(dir, {image_size = {8, 8}, batc
 local c = nn.Sequential{nn.Rescaling{1 / 255, input_shape = {8, 8, 3}}, nn.Flatten(), nn.Dense{2, activation = "softmax"}}
 c:compile{optimizer = "nadam", loss = "sparse_categorical_crossentropy"}
 c:fit(ds, nil, {epochs = 1, verbose = 0})
+-- the losses built from chains of ops (hinge, log_cosh) and the new paths of
+-- this session: a masked BatchNormalization, a dilated Conv2DTranspose,
+-- cumsum, a fused sigmoid cross-entropy
+for _, loss in ipairs{"hinge", "squared_hinge", "categorical_hinge", "log_cosh"} do
+  local r = nn.Sequential{nn.Dense{3, input_shape = {4}}}
+  r:compile{optimizer = "sgd", loss = loss}
+  r:train_on_batch(nn.rand(5, 4), nn.tensor{{0, 1, 0}, {1, 0, 0}, {0, 0, 1}, {0, 1, 0}, {1, 0, 0}})
+end
+local mb = nn.Sequential{nn.Masking{input_shape = {4, 2}}, nn.BatchNormalization{}, nn.Dense{1, activation = "sigmoid"}}
+mb:compile{optimizer = "sgd", loss = "binary_crossentropy"}
+mb:train_on_batch(nn.tensor{{{1, 2}, {0, 0}, {3, 1}, {0, 0}}}, nn.tensor{{{1}, {0}, {1}, {0}}})
+local ct = nn.Sequential{nn.Conv2DTranspose{2, 3, dilation_rate = 2, padding = "same", input_shape = {4, 4, 1}}}
+ct:compile{optimizer = "sgd", loss = "mse"}
+ct:train_on_batch(nn.rand(2, 4, 4, 1), nn.rand(2, 4, 4, 2))
+local cs = nn.tensor{1, 2, 3}:requires_grad(true)
+cs:cumsum(1):sum():backward()
 local path = dir .. "/m.safetensors"
 m:save(path)
 local back = nn.load_model(path)

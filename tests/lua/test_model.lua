@@ -496,8 +496,7 @@ end
 
 -- Keras's train_on_batch/test_on_batch options (unknown ones are errors,
 -- return_dict gives the logs), shuffle = "batch" (the batches in order,
--- each one shuffled inside: the same SGD steps as no shuffle for a model
--- whose loss is a mean over the batch), and "accuracy" under a loss that
+-- each one shuffled inside), and "accuracy" under a loss that
 -- does not say which: sparse labels of shape (N, 1) are read as ids.
 function T.single_batch_calls_shuffle_batch_and_accuracy_from_shapes()
   nn.seed(2)
@@ -514,11 +513,30 @@ function T.single_batch_calls_shuffle_batch_and_accuracy_from_shapes()
   local logs = m:test_on_batch(x, y, {return_dict = true})
   check.near(logs.loss, m:test_on_batch(x, y), 1e-7, "return_dict: the logs, the loss among them")
   assert(logs.mae, "and the metrics")
-  local a, b = model(), model()
-  a:fit(x, y, {epochs = 2, batch_size = 4, shuffle = "batch", verbose = 0})
-  b:fit(x, y, {epochs = 2, batch_size = 4, shuffle = false, verbose = 0})
-  check.same_table(a:get_weights()[1]:totable(), b:get_weights()[1]:totable(), 1e-6, "shuffle = \"batch\"")
-  check.fails(function() a:fit(x, y, {shuffle = "yes", verbose = 0}) end, "shuffle must be true, false or \"batch\"")
+  -- the rows each step sees, by their targets (ids 1..10): a loss of one's own records them
+  local seen = {}
+  local ids = nn.arange(1, 11):reshape(10, 1)
+  local rec = nn.Sequential{nn.Dense{1, input_shape = {3}}}
+  rec:compile{optimizer = "sgd", loss = function(t, p)
+    local rows = {}
+    for i, r in ipairs(t:totable()) do rows[i] = r[1] end
+    seen[#seen + 1] = rows
+    return (p - t):square():mean()
+  end}
+  rec:fit(x, ids, {epochs = 3, batch_size = 4, shuffle = "batch", verbose = 0})
+  check.eq(#seen, 9, "3 steps an epoch")
+  local moved = false
+  for s, rows in ipairs(seen) do
+    local first = ((s - 1) % 3) * 4 + 1
+    local sorted = {table.unpack(rows)}
+    table.sort(sorted)
+    local want = {}
+    for i = first, math.min(first + 3, 10) do want[#want + 1] = i end
+    check.same_table(sorted, want, 0, "step " .. s .. ": the batch's own rows")
+    for i, v in ipairs(rows) do moved = moved or v ~= sorted[i] end
+  end
+  assert(moved, "shuffled inside the batches")
+  check.fails(function() rec:fit(x, ids, {shuffle = "yes", verbose = 0}) end, "shuffle must be true, false or \"batch\"")
   -- "accuracy" with a loss of one's own: (N, 1) class ids against (N, 3) scores
   local c = nn.Sequential{nn.Dense{3, input_shape = {2}}}
   c:compile{optimizer = "sgd", loss = function(t, p) return (p - p):sum() end, metrics = {"accuracy"}}
@@ -1083,6 +1101,24 @@ function T.gradient_clipping_matches_keras()
   check.fails(function() nn.optimizers.SGD{clipnorm = 1, clipvalue = 0.5} end,
     "only one of clipnorm, clipvalue and global_clipnorm can be set")
   check.fails(function() nn.optimizers.Adam{clipnorm = 1, global_clipnorm = 2} end, "only one of clipnorm")
+  -- a file of lunet 0.2 with two of them still loads, keeping one (it says which)
+  local m = nn.Sequential{nn.Dense{1, input_shape = {2}}}
+  m:compile{optimizer = nn.optimizers.SGD{clipnorm = 1}, loss = "mse"}
+  local path = os.tmpname()
+  m:save(path)
+  local f = assert(io.open(path, "rb"))
+  local bytes = f:read("a")
+  f:close()
+  local patched, count = bytes:gsub('\\"clipvalue\\":0,', '\\"clipvalue\\":5,') -- the JSON is escaped in the header
+  assert(count >= 1, "the file records clipvalue")
+  f = assert(io.open(path, "wb"))
+  f:write(patched)
+  f:close()
+  local back = nn.load_model(path)
+  os.remove(path)
+  check.eq(back.optimizer.clipnorm, 1, "clipnorm kept")
+  check.eq(back.optimizer.clipvalue, 0, "clipvalue dropped")
+  back:train_on_batch(nn.ones(2, 2), nn.ones(2, 1))
 end
 
 -- A step with no gradient at all is an error and counts nothing (Keras's
