@@ -322,10 +322,24 @@ static int t_on_host(lua_State *L) {
   return 1;
 }
 
-/* The tensor's elements as doubles on the host (caller frees). */
+/* The tensor's elements as doubles on the host (caller frees); int32 read
+ * as they are (through float32 they would round above 2^24). */
 static double *host_values(lua_State *L, lunet_tensor *t) {
   lunet_ctx *ctx = lunetL_ctx(L);
   int64_t n = lunet_tensor_numel(t);
+  if (lunet_tensor_dtype(t) == LUNET_I32) {
+    int32_t *ib = malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
+    double *out = malloc(sizeof(double) * (size_t)(n ? n : 1));
+    if (!ib || !out || lunet_tensor_read(ctx, t, ib, sizeof(int32_t) * (size_t)n)) {
+      free(ib);
+      free(out);
+      if (lunet_ctx_status(ctx) == LUNET_OK) luaL_error(L, "out of host memory");
+      lunetL_error(L, NULL);
+    }
+    for (int64_t i = 0; i < n; i++) out[i] = ib[i];
+    free(ib);
+    return out;
+  }
   lunet_tensor *f = lunet_tensor_dtype(t) == LUNET_F32 ? lunet_tensor_retain(t)
                                                        : lunet_op_cast(ctx, t, LUNET_F32);
   float *buf = malloc(sizeof(float) * (size_t)(n ? n : 1));
@@ -774,7 +788,9 @@ static void nested_shape(lua_State *L, int idx, int64_t *shape, int *nd) {
   lua_pop(L, 1);
 }
 
-static void fill_nested(lua_State *L, int idx, const int64_t *shape, int nd, int d, float *out,
+/* out: float32 values, or int32 ones when i32 (exact for every int32: a
+ * fraction is cut toward zero, as the cast; outside int32 is an error) */
+static void fill_nested(lua_State *L, int idx, const int64_t *shape, int nd, int d, void *out, bool i32,
                         int64_t *pos) {
   if ((int64_t)luaL_len(L, idx) != shape[d])
     luaL_error(L, "tensor: ragged nested table (axis %d has lengths %d and %d)", d + 1,
@@ -783,14 +799,20 @@ static void fill_nested(lua_State *L, int idx, const int64_t *shape, int nd, int
     lua_geti(L, idx, i);
     if (d + 1 < nd) {
       if (!lua_istable(L, -1)) luaL_error(L, "tensor: ragged nested table at axis %d", d + 2);
-      fill_nested(L, lua_gettop(L), shape, nd, d + 1, out, pos);
+      fill_nested(L, lua_gettop(L), shape, nd, d + 1, out, i32, pos);
     } else {
       int ok;
       lua_Number v = lua_tonumberx(L, -1, &ok);
       if (!ok)
         luaL_error(L, "tensor: element %d is a %s, not a number", (int)(*pos + 1),
                    luaL_typename(L, -1));
-      out[(*pos)++] = (float)v;
+      if (!i32) {
+        ((float *)out)[(*pos)++] = (float)v;
+      } else {
+        if (!(v > -2147483649.0 && v < 2147483648.0))
+          luaL_error(L, "tensor: element %d (%f) does not fit int32", (int)(*pos + 1), (double)v);
+        ((int32_t *)out)[(*pos)++] = (int32_t)v;
+      }
     }
     lua_pop(L, 1);
   }
@@ -815,12 +837,15 @@ static int l_tensor(lua_State *L) {
   nested_shape(L, 1, shape, &nd);
   int64_t n = 1;
   for (int i = 0; i < nd; i++) n *= shape[i];
-  /* Scratch as a userdata: the collector frees it if fill_nested raises. */
-  float *data = lua_newuserdatauv(L, sizeof(float) * (size_t)(n ? n : 1), 0);
-  if (n) fill_nested(L, 1, shape, nd, 0, data, &pos);
-  lunet_tensor *t = lunet_tensor_from_data(ctx, LUNET_F32, nd, shape, data);
+  /* Scratch as a userdata: the collector frees it if fill_nested raises.
+   * int32 is filled as it is (through float32 it would round above 2^24);
+   * uint8 through float32 and the cast (exact: 0..255). */
+  bool i32 = dt == LUNET_I32;
+  void *data = lua_newuserdatauv(L, 4 * (size_t)(n ? n : 1), 0);
+  if (n) fill_nested(L, 1, shape, nd, 0, data, i32, &pos);
+  lunet_tensor *t = lunet_tensor_from_data(ctx, i32 ? LUNET_I32 : LUNET_F32, nd, shape, data);
   lua_pop(L, 1);
-  if (t && dt != LUNET_F32) {
+  if (t && dt != LUNET_F32 && !i32) {
     lunet_tensor *c = lunet_op_cast(ctx, t, dt);
     lunet_tensor_release(t);
     t = c;

@@ -157,7 +157,7 @@ static bool file_size_value(const cJSON *j, size_t max, size_t *out) {
 
 static lunet_status read_entry(lunet_ctx *ctx, const char *path, cJSON *e,
                                const unsigned char *data, size_t dlen, size_t *used,
-                               lunet_tensor **out) {
+                               lunet_tensor **out, size_t range[2]) {
   cJSON *dt = cJSON_GetObjectItem(e, "dtype"), *shape = cJSON_GetObjectItem(e, "shape");
   cJSON *offs = cJSON_GetObjectItem(e, "data_offsets");
   if (!cJSON_IsString(dt) || !cJSON_IsArray(shape) || cJSON_GetArraySize(offs) != 2)
@@ -197,6 +197,7 @@ static lunet_status read_entry(lunet_ctx *ctx, const char *path, cJSON *e,
                        "entries); the file is corrupt",
                        path);
   *used += nb;
+  range[0] = a, range[1] = b;
   *out = lunet_tensor_from_data(ctx, t, nd, sh, data + a);
   return *out ? LUNET_OK : ctx->status;
 }
@@ -219,6 +220,34 @@ static unsigned char *slurp(lunet_ctx *ctx, const char *path, size_t *len) {
   fclose(f);
   *len = (size_t)size;
   return buf;
+}
+
+static int cmp_ranges(const void *a, const void *b) {
+  const size_t *x = a, *y = b;
+  return x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : x[1] < y[1] ? -1 : x[1] > y[1];
+}
+
+/* safetensors' rule: the entries' byte ranges tile the data exactly, from
+ * 0 to its end, with no gap, overlap or trailing bytes; anything else is a
+ * corrupt file (a header length off by one would otherwise read every
+ * tensor shifted, an entry pointing at another's bytes load its values). */
+static lunet_status tiled(lunet_ctx *ctx, const char *path, size_t (*r)[2], int n, size_t dlen) {
+  qsort(r, (size_t)n, sizeof *r, cmp_ranges);
+  size_t at = 0;
+  for (int i = 0; i < n; i++) {
+    if (r[i][0] != at)
+      return lunet_error(ctx, LUNET_ERR_FORMAT,
+                         "%s: the tensors' data %s at byte %zu (safetensors entries must cover the data exactly, "
+                         "in order): the file is corrupt",
+                         path, r[i][0] > at ? "has a gap" : "overlaps", at);
+    at = r[i][1];
+  }
+  if (at != dlen)
+    return lunet_error(ctx, LUNET_ERR_FORMAT,
+                       "%s: %zu bytes after the last tensor's data (the header's length or offsets are wrong): the "
+                       "file is corrupt",
+                       path, dlen - at);
+  return LUNET_OK;
 }
 
 static int cmp_names(const void *a, const void *b) {
@@ -265,7 +294,8 @@ static lunet_status parse(lunet_ctx *ctx, const char *path, const unsigned char 
                        : lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
   if (!s) s = unique_names(ctx, path, root, count);
   cJSON *e;
-  size_t used = 0;
+  size_t used = 0, (*ranges)[2] = s ? NULL : calloc((size_t)count + 1, sizeof *ranges);
+  if (!s && !ranges) s = lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
   cJSON_ArrayForEach(e, root) {
     if (s) break;
     if (!strcmp(e->string, "__metadata__")) {
@@ -290,9 +320,11 @@ static lunet_status parse(lunet_ctx *ctx, const char *path, const unsigned char 
       }
       continue;
     }
-    s = read_entry(ctx, path, e, buf + 8 + hlen, len - 8 - hlen, &used, &st->tensors[st->n]);
+    s = read_entry(ctx, path, e, buf + 8 + hlen, len - 8 - hlen, &used, &st->tensors[st->n], ranges[st->n]);
     if (!s && !(st->names[st->n++] = strdup(e->string))) s = lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
   }
+  if (!s) s = tiled(ctx, path, ranges, st->n, len - 8 - hlen);
+  free(ranges);
   cJSON_Delete(root);
   return s;
 }

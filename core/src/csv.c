@@ -114,8 +114,14 @@ lunet_csv *lunet_csv_read(lunet_ctx *ctx, const char *path, char delimiter, bool
   reader r = {c, ctx, path, 0, 0, false};
   char buf[65536];
   size_t n;
+  bool first = true;
   while (!r.failed && (n = fread(buf, 1, sizeof buf, f)) > 0) {
-    if (csv_parse(&p, buf, n, on_field, on_record, &r) != n && !r.failed) {
+    const char *at = buf;
+    /* a UTF-8 byte-order mark (spreadsheets write one) is not part of the
+     * first field, as pandas reads it */
+    if (first && n >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0) at += 3, n -= 3;
+    first = false;
+    if (csv_parse(&p, at, n, on_field, on_record, &r) != n && !r.failed) {
       r.failed = true;
       lunet_error(ctx, LUNET_ERR_FORMAT, "%s: record %lld: %s (a quote that does not open or close a field?)",
                   path, (long long)r.records + 1, csv_strerror(csv_error(&p)));

@@ -261,6 +261,20 @@ static void free_entries(entries *e) {
 
 static const char *const reserved[] = {"format", "lunet_version", "config", "compile", "optimizer"};
 
+/* The layer and weight that parameter p is (by identity); false if none. */
+static bool param_home(lunet_model *m, int p, int *layer, int *weight) {
+  lunet_tensor *t = lunet_model_param(m, p);
+  for (int i = 0; i < lunet_model_layer_count(m); i++) {
+    lunet_layer *l = lunet_model_layer(m, i);
+    for (int w = 0; w < lunet_layer_weight_count(l); w++)
+      if (lunet_layer_weight(l, w) == t) {
+        *layer = i, *weight = w;
+        return true;
+      }
+  }
+  return false;
+}
+
 lunet_status lunet_model_save(lunet_ctx *ctx, lunet_model *m, const char *path, int nmeta,
                               const char *const *meta_keys, const char *const *meta_values) {
   if (lunet_model_output_count(m) == 0)
@@ -294,10 +308,18 @@ lunet_status lunet_model_save(lunet_ctx *ctx, lunet_model *m, const char *path, 
   }
   lunet_optimizer *opt = lunet_model_optimizer(m);
   int nslots = opt ? lunet_optimizer_slot_count(opt) : 0;
-  for (int p = 0; ok && p < lunet_model_param_count(m); p++)
+  /* optimizer state by the weight it belongs to (optimizer.layers.<i>.<w>.<k>),
+   * so a file saved after a trainable change still gives each weight its own */
+  for (int p = 0; ok && p < lunet_model_param_count(m); p++) {
+    int li, wi;
+    if (!param_home(m, p, &li, &wi)) continue;
     for (int k = 0; ok && k < nslots; k++)
-      if (lunet_optimizer_slot(opt, p, k))
-        ok = add_entry(&e, lunet_optimizer_slot(opt, p, k), "optimizer.%d.%d", p + 1, NULL, k + 1);
+      if (lunet_optimizer_slot(opt, p, k)) {
+        char wk[96];
+        snprintf(wk, sizeof wk, "%s.%d", lunet_layer_weight_name(lunet_model_layer(m, li), wi), k + 1);
+        ok = add_entry(&e, lunet_optimizer_slot(opt, p, k), "optimizer.layers.%d.%s", li, wk, 0);
+      }
+  }
   cJSON *cfg = ok ? config_json(m) : NULL;
   cJSON *comp = cfg && lunet_model_compiled(m) ? compile_json(m) : NULL;
   cJSON *oj = comp && opt ? optimizer_json(opt) : NULL;
@@ -725,10 +747,22 @@ static lunet_status read_compile(reader *r, lunet_model *m, const lunet_safetens
   lunet_compile_opts co = {.nlosses = nl, .losses = specs, .optimizer = opt, .nmetrics = nm, .metrics = names,
                            .nweighted_metrics = nw, .weighted_metrics = wnames};
   lunet_status s = lunet_model_compile(r->ctx, m, &co);
+  /* each weight's state by its name; files before 0.3 number the
+   * parameters instead (optimizer.<p>.<k>) */
+  bool by_name = false;
+  for (int i = 0; i < lunet_safetensors_count(st); i++)
+    by_name = by_name || !strncmp(lunet_safetensors_name(st, i), "optimizer.layers.", 17);
   for (int p = 0; !s && p < lunet_model_param_count(m); p++)
     for (int k = 0; !s && k < lunet_optimizer_slot_count(opt); k++) {
-      char name[64];
-      snprintf(name, sizeof name, "optimizer.%d.%d", p + 1, k + 1);
+      char name[160];
+      int li, wi;
+      if (!by_name)
+        snprintf(name, sizeof name, "optimizer.%d.%d", p + 1, k + 1);
+      else if (param_home(m, p, &li, &wi))
+        snprintf(name, sizeof name, "optimizer.layers.%d.%s.%d", li,
+                 lunet_layer_weight_name(lunet_model_layer(m, li), wi), k + 1);
+      else
+        continue;
       for (int i = 0; i < lunet_safetensors_count(st); i++)
         if (!strcmp(lunet_safetensors_name(st, i), name)) {
           if (!lunet_shape_equal(lunet_safetensors_tensor(st, i), lunet_model_param(m, p)) ||

@@ -1038,6 +1038,16 @@ function M.onnx(model, path, o)
     if not ok then fail("the model is not built and its input shape is unknown: " .. tostring(err)) end
   end
   -- every layer first, so that an unsupported one is named before any work
+  local mixed = {}
+  for _, n in ipairs(model.nodes) do
+    if n.layer.dtype_policy == "mixed_bfloat16" then mixed[#mixed + 1] = n.layer.name end
+  end
+  if #mixed > 0 then -- the graph computes in float32: said, not silent
+    io.stderr:write(string.format("export.onnx: %d layer%s (%s%s) compute their products in bfloat16 in lunet; the "
+      .. "ONNX graph computes them in float32, so its outputs differ from lunet's by bfloat16's rounding "
+      .. "(about 3 significant digits)\n", #mixed, #mixed == 1 and "" or "s", table.concat(mixed, ", ", 1,
+      math.min(#mixed, 3)), #mixed > 3 and ", ..." or ""))
+  end
   for _, n in ipairs(model.nodes) do
     if not emit[n.layer.type] then
       local what = n.layer.type == "Lambda" and "a Lambda (a Lua function) cannot be written to a file"

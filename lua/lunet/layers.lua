@@ -380,7 +380,13 @@ function Layer:apply(x, training)
     error(string.format("%s: training must be true or false, got %s", self.name, type(training)), 3)
   end
   local xs, listed = graph.symbolic_list(x, self.name)
-  if xs then return graph.call(self, xs, listed) end
+  if xs then
+    if training ~= nil then -- Keras's always-on dropout (Monte Carlo) in a graph: not built, so refused
+      error(string.format("%s: a training flag on a call in a model's graph is not supported (the model's " ..
+        "predict and fit decide the mode); for dropout at prediction time call the layers directly", self.name), 3)
+    end
+    return graph.call(self, xs, listed)
+  end
   local masks = {}
   for i, t in ipairs(C.is_tensor(x) and { x } or x) do masks[i] = eager_masks[t] or false end
   local outs, out_masks = C.layer_call_masked(self.handle, x, training or false, false, masks)

@@ -1280,12 +1280,21 @@ function Model:load_weights(path)
   local entries = C.load_safetensors(path)
   local by = {}
   for _, e in ipairs(entries) do by[e.name] = e.tensor end
+  local mine = {}
   for _, e in ipairs(weight_entries(self)) do
+    mine[e.name] = true
     local src = by[e.name]
     if not src then error(string.format("%s does not belong to this model: it has no weight '%s'", path, e.name), 2) end
     local a, b = table.concat(e.tensor:shape(), ", "), table.concat(src:shape(), ", ")
     if a ~= b then
       error(string.format("%s belongs to another model: '%s' has shape (%s), this model expects (%s)", path, e.name, b, a), 2)
+    end
+  end
+  -- and every layer weight of the file is one of this model's (a bigger model's file is not half loaded)
+  for _, e in ipairs(entries) do
+    if e.name:match("^layers%.") and not mine[e.name] then
+      error(string.format("%s belongs to another model: it has the weight '%s', which this model lacks", path,
+        e.name), 2)
     end
   end
   for _, e in ipairs(weight_entries(self)) do C.assign(e.tensor, by[e.name]) end

@@ -676,6 +676,10 @@ function M.callbacks.BackupAndRestore(o)
         for k, t in pairs(slots) do C.optimizer_set_slot(model.optimizer.handle, i, k, t) end
       end
       model.optimizer.iterations = back.optimizer.iterations
+      -- a rate lowered during training (by hand or ReduceLROnPlateau) resumes lowered, as Keras's
+      if type(back.optimizer.learning_rate) == "number" and type(model.optimizer.learning_rate) == "number" then
+        model.optimizer.learning_rate = back.optimizer.learning_rate
+      end
     end
     model.resume_epoch = back.epoch
     restore_rank_rng(back)

@@ -247,9 +247,13 @@ end
 -- of the column, sorted (text, or numbers), its id its position from 0.
 function Table:encode(name)
   local v = column(self, name, "encode")
-  local vals = C.is_tensor(v) and v:totable() or v
+  -- numbers as read (doubles) where float32 would merge them (ids above 2^24)
+  local vals = self.exact and self.exact[name] or (C.is_tensor(v) and v:totable() or v)
   local seen, classes = {}, {}
-  for _, x in ipairs(vals) do
+  for i, x in ipairs(vals) do
+    if x ~= x then
+      error(string.format("encode: column '%s' is empty (NaN) at row %d; fill or drop such rows first", name, i), 2)
+    end
     if not seen[x] then seen[x] = true classes[#classes + 1] = x end
   end
   table.sort(classes)
@@ -280,22 +284,44 @@ end
 --- csv_dataset(path, {label = name, features = {names}, batch_size = 32,
 -- shuffle = true, seed, header, delimiter}) -> a dataset of (features,
 -- label) batches: the numeric feature columns (default: every numeric
--- column but the label) as float32 (N, k); a text label becomes class ids
--- (ds.class_names), a numeric one stays as it is.
+-- column but the label; the text columns left out are named unless
+-- verbose = false) as float32 (N, k); a text label becomes class ids
+-- (ds.class_names), a numeric one stays as it is (an empty one is an error).
 function M.csv_dataset(path, o)
-  o = o or {}
+  o = check_fields("csv_dataset", o, {label = true, features = true, batch_size = true, shuffle = true, seed = true,
+    header = true, delimiter = true, verbose = true})
   local tbl = M.read_csv(path, {header = o.header, delimiter = o.delimiter})
   local features = o.features
   if not features then
     features = {}
+    local text = {}
     for _, c in ipairs(tbl.columns) do
-      if c ~= o.label and C.is_tensor(tbl.data[c]) then features[#features + 1] = c end
+      if c ~= o.label then
+        if C.is_tensor(tbl.data[c]) then features[#features + 1] = c else text[#text + 1] = "'" .. c .. "'" end
+      end
+    end
+    -- said, not silent: a column with one word in it is text and stays out
+    if #text > 0 and o.verbose ~= false then
+      print(string.format("csv_dataset: leaving out the text column%s %s (features are numeric; give features = " ..
+        "{...}, or encode a category with read_csv(...):encode(name))", #text == 1 and "" or "s",
+        table.concat(text, ", ")))
     end
   end
   local x = tbl:tensor(features)
   local y, classes
   if o.label then
-    if C.is_tensor(column(tbl, o.label, "csv_dataset")) then y = tbl.data[o.label] else y, classes = tbl:encode(o.label) end
+    if C.is_tensor(column(tbl, o.label, "csv_dataset")) then
+      y = tbl.data[o.label]
+      local labels = y:totable()
+      for i, v in ipairs(labels) do
+        if v ~= v then
+          error(string.format("csv_dataset: the label '%s' is empty (NaN) at row %d; fill or drop such rows first",
+            o.label, i), 2)
+        end
+      end
+    else
+      y, classes = tbl:encode(o.label)
+    end
   end
   local ds = dataset.from_tensor_slices(x, y, {batch_size = o.batch_size, shuffle = o.shuffle ~= false,
     seed = o.seed or C.rng_take(1)})

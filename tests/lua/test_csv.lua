@@ -83,4 +83,28 @@ function T.a_csv_dataset_trains()
   assert(m:evaluate(ds).accuracy > 0.95, "the blobs were not told apart")
 end
 
+-- pandas's reading where a number could silently change: a UTF-8 BOM is
+-- not part of the first name, pandas's missing-value words are NaN (one
+-- "NA" no longer turns a column into text), hexadecimal stays text,
+-- classes of ids above 2^24 stay apart, int32 tensors from Lua are exact,
+-- and an empty label or category is an error naming its row.
+function T.csv_reads_as_pandas_does()
+  local t = U.read_csv(file("bom.csv", "\xEF\xBB\xBFa,b\n1,2\n"))
+  check.same_table(t.columns, {"a", "b"}, 0, "the BOM is not in the name")
+  check.same_table(t.data.a:totable(), {1}, 0, "first column read")
+  t = U.read_csv(file("na.csv", "x,y,h\n1,NA,0x10\n2,N/A,0x20\n3,4,1\n4,null,2\n5,#N/A,3\n"))
+  local y = t.data.y:totable()
+  assert(y[1] ~= y[1] and y[2] ~= y[2] and y[3] == 4 and y[4] ~= y[4] and y[5] ~= y[5], "NA words are NaN")
+  check.same_table(t.data.h, {"0x10", "0x20", "1", "2", "3"}, 0, "hexadecimal is text")
+  t = U.read_csv(file("ids.csv", "id\n16777216\n16777217\n20000001\n20000002\n16777217\n"))
+  local ids, classes = t:encode("id")
+  check.same_table(ids:totable(), {0, 1, 2, 3, 1}, 0, "four classes")
+  check.same_table(classes, {16777216, 16777217, 20000001, 20000002}, 0, "their values as read")
+  check.eq(nn.tensor({16777217, -2147483647}, "int32"):totable()[1], 16777217, "int32 from Lua is exact")
+  check.fails(function() nn.tensor({2 ^ 31}, "int32") end, "does not fit int32")
+  check.fails(function() U.read_csv(file("nanc.csv", "c,d\n1,a\n,b\n2,c\n")):encode("c") end, "empty (NaN) at row 2")
+  check.fails(function() U.csv_dataset(file("nanl.csv", "x,label\n1,0\n2,\n3,1\n"), {label = "label"}) end,
+    "the label 'label' is empty (NaN) at row 2")
+end
+
 check.run(T)

@@ -93,6 +93,17 @@ function T.save_and_load_resume_exactly()
   f:write(bytes:sub(1, #bytes - 100))
   f:close()
   check.fails(function() nn.load_model(cut) end, "truncated or corrupt")
+  -- the tensors must tile the data exactly (safetensors' rule): bytes
+  -- appended, or a header length one short (the header ends in padding, so
+  -- its JSON still parses, and every tensor would be read a byte off), are
+  -- errors, not wrong weights
+  local hlen = string.unpack("<I8", bytes)
+  for _, mangled in ipairs{bytes .. "\0\0\0\0", string.pack("<I8", hlen - 1) .. bytes:sub(9)} do
+    f = io.open(cut, "wb")
+    f:write(mangled)
+    f:close()
+    check.fails(function() nn.load_model(cut) end, "the file is corrupt")
+  end
   local other = nn.Sequential{nn.Dense{2, input_shape = {5}}}
   check.fails(function() other:load_weights(path) end, "belongs to another model: 'layers.0.kernel' has shape (3, 3, 1, 4), this model expects (5, 2)")
   os.remove(path)
@@ -1136,6 +1147,61 @@ function T.an_update_without_gradients_is_an_error()
   w:square():sum():backward()
   opt:apply({w})
   check.eq(opt.iterations, 2, "the next step is the second")
+end
+
+-- The optimizer's state is saved by the weight it belongs to, so a model
+-- saved after a trainable change (before compiling again) reads back each
+-- weight's own moments: the frozen layer's are left out, the others keep
+-- theirs, and a newly trainable weight starts fresh.
+function T.optimizer_state_follows_its_weights_through_a_file()
+  local C = require "lunet.core"
+  nn.seed(18)
+  local x, y = nn.randn(32, 4), nn.randn(32, 4)
+  local m = nn.Sequential{nn.Dense{4, input_shape = {4}}, nn.Dense{4}, nn.Dense{4}}
+  m:compile{optimizer = nn.optimizers.Adam{learning_rate = 0.01}, loss = "mse"}
+  m:fit(x, y, {epochs = 2, verbose = 0})
+  local before = C.optimizer_slots(m.optimizer.handle, #m.params)
+  m.layers[1].trainable = false
+  local path = os.tmpname()
+  m:save(path)
+  local back = nn.load_model(path)
+  os.remove(path)
+  local after = C.optimizer_slots(back.optimizer.handle, #back.params)
+  check.eq(#back.params, 4, "the frozen layer's weights are not parameters")
+  for p = 1, 4 do -- back's parameter p is m's parameter p + 2 (layers 2 and 3)
+    for k = 1, 2 do
+      check.same_table(after[p][k]:totable(), before[p + 2][k]:totable(), 0, "parameter " .. p .. " slot " .. k)
+    end
+  end
+end
+
+-- BackupAndRestore brings back a learning rate lowered during training;
+-- load_weights refuses a bigger model's file (it loaded it in part); a
+-- training flag on a call in a model's graph is refused (it was dropped).
+function T.restores_and_weight_files_keep_everything()
+  nn.seed(3)
+  local x, y = nn.randn(16, 2), nn.randn(16, 1)
+  local dir = check.tmpdir()
+  local function model()
+    nn.seed(4)
+    local m = nn.Sequential{nn.Dense{1, input_shape = {2}}}
+    m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "mse"}
+    return m
+  end
+  local lower = nn.callbacks.LambdaCallback{on_epoch_end = function(m) m.optimizer.learning_rate = 0.05 end}
+  local a = model()
+  a:fit(x, y, {epochs = 1, verbose = 0, callbacks = {lower, nn.callbacks.BackupAndRestore{backup_dir = dir,
+    delete_checkpoint = false}}})
+  local b = model()
+  b:fit(x, y, {epochs = 1, verbose = 0, callbacks = {nn.callbacks.BackupAndRestore{backup_dir = dir}}})
+  check.eq(b.optimizer.learning_rate, 0.05, "the lowered rate resumes")
+  local big = nn.Sequential{nn.Dense{2, input_shape = {2}}, nn.Dense{1}}
+  local small = nn.Sequential{nn.Dense{2, input_shape = {2}}}
+  local path = dir .. "/w.safetensors"
+  big:save_weights(path)
+  check.fails(function() small:load_weights(path) end, "it has the weight 'layers.1.kernel', which this model lacks")
+  check.fails(function() nn.Dropout(0.5)(nn.Input{shape = {2}}, {training = true}) end,
+    "a training flag on a call in a model's graph is not supported")
 end
 
 -- A NaN loss updates nothing and names where it happened.
