@@ -323,35 +323,28 @@ static int t_on_host(lua_State *L) {
 }
 
 /* The tensor's elements as doubles on the host (caller frees); int32 read
- * as they are (through float32 they would round above 2^24). */
+ * as they are (through float32 they would round above 2^24), the other
+ * types through float32.  Both are 4 bytes an element. */
 static double *host_values(lua_State *L, lunet_tensor *t) {
   lunet_ctx *ctx = lunetL_ctx(L);
   int64_t n = lunet_tensor_numel(t);
-  if (lunet_tensor_dtype(t) == LUNET_I32) {
-    int32_t *ib = malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
-    double *out = malloc(sizeof(double) * (size_t)(n ? n : 1));
-    if (!ib || !out || lunet_tensor_read(ctx, t, ib, sizeof(int32_t) * (size_t)n)) {
-      free(ib);
-      free(out);
-      if (lunet_ctx_status(ctx) == LUNET_OK) luaL_error(L, "out of host memory");
-      lunetL_error(L, NULL);
-    }
-    for (int64_t i = 0; i < n; i++) out[i] = ib[i];
-    free(ib);
-    return out;
-  }
-  lunet_tensor *f = lunet_tensor_dtype(t) == LUNET_F32 ? lunet_tensor_retain(t)
-                                                       : lunet_op_cast(ctx, t, LUNET_F32);
-  float *buf = malloc(sizeof(float) * (size_t)(n ? n : 1));
+  bool i32 = lunet_tensor_dtype(t) == LUNET_I32;
+  lunet_tensor *f = i32 || lunet_tensor_dtype(t) == LUNET_F32 ? lunet_tensor_retain(t)
+                                                              : lunet_op_cast(ctx, t, LUNET_F32);
+  void *buf = malloc(4 * (size_t)(n ? n : 1));
   double *out = malloc(sizeof(double) * (size_t)(n ? n : 1));
-  if (!f || !buf || !out || lunet_tensor_read(ctx, f, buf, sizeof(float) * (size_t)n)) {
+  if (!f || !buf || !out || lunet_tensor_read(ctx, f, buf, 4 * (size_t)n)) {
     lunet_tensor_release(f);
     free(buf);
     free(out);
     if (lunet_ctx_status(ctx) == LUNET_OK) luaL_error(L, "out of host memory");
     lunetL_error(L, NULL);
   }
-  for (int64_t i = 0; i < n; i++) out[i] = buf[i];
+  /* two loops: one ?: of int32 and float would make both float */
+  if (i32)
+    for (int64_t i = 0; i < n; i++) out[i] = ((const int32_t *)buf)[i];
+  else
+    for (int64_t i = 0; i < n; i++) out[i] = ((const float *)buf)[i];
   lunet_tensor_release(f);
   free(buf);
   return out;

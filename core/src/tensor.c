@@ -283,7 +283,13 @@ lunet_status lunet_tensor_item(lunet_ctx *ctx, const lunet_tensor *t, int64_t i,
   int rc = download_waits(be) ? 0 : PROFILED(ctx, be, "synchronize", 0, be->i->synchronize(be->state));
   if (!rc) rc = PROFILED(ctx, be, "buffer_download", 0, be->i->buffer_download(be->state, t->buf->handle, (size_t)i * es, &v, es));
   if (lunet_be_check(ctx, be, rc, "download")) return ctx->status;
-  *out = t->dtype == LUNET_F32 ? v.f : t->dtype == LUNET_I32 ? v.i : v.u;
+  /* not one ?: chain: its float arm would turn the int32 into a float (16777217 -> 16777216) */
+  if (t->dtype == LUNET_F32)
+    *out = v.f;
+  else if (t->dtype == LUNET_I32)
+    *out = v.i;
+  else
+    *out = v.u;
   return LUNET_OK;
 }
 

@@ -101,6 +101,7 @@ function T.csv_reads_as_pandas_does()
   check.same_table(ids:totable(), {0, 1, 2, 3, 1}, 0, "four classes")
   check.same_table(classes, {16777216, 16777217, 20000001, 20000002}, 0, "their values as read")
   check.eq(nn.tensor({16777217, -2147483647}, "int32"):totable()[1], 16777217, "int32 from Lua is exact")
+  check.eq(nn.tensor({16777217}, "int32"):item(), 16777217, "and its item")
   check.fails(function() nn.tensor({2 ^ 31}, "int32") end, "does not fit int32")
   check.fails(function() U.read_csv(file("nanc.csv", "c,d\n1,a\n,b\n2,c\n")):encode("c") end, "empty (NaN) at row 2")
   check.fails(function() U.csv_dataset(file("nanl.csv", "x,label\n1,0\n2,\n3,1\n"), {label = "label"}) end,
