@@ -273,9 +273,23 @@ function Model:summary(print_fn)
     if i < #rows then print_fn(line) end
   end
   print_fn(string.rep("═", width))
-  print_fn(string.format("Total params: %s (%s)", fmt_int(total), fmt_bytes(total * 4)))
+  -- once the optimizer has stepped (Keras's optimizer.built), its variables
+  -- count too, as Keras 3 prints them: the slots, the iteration count
+  -- (int64) and the learning rate (float32)
+  local opt_count, opt_bytes
+  local opt = self.optimizer
+  if opt and opt.handle and self.params then
+    local n, built = 0, opt.iterations > 0
+    for _, slots in ipairs(C.optimizer_slots(opt.handle, #self.params)) do
+      for _, t in pairs(slots) do n, built = n + t:numel(), true end
+    end
+    if built then opt_count, opt_bytes = n + 2, n * 4 + 12 end
+  end
+  print_fn(string.format("Total params: %s (%s)", fmt_int(total + (opt_count or 0)),
+    fmt_bytes(total * 4 + (opt_bytes or 0))))
   print_fn(string.format("Trainable params: %s (%s)", fmt_int(trainable), fmt_bytes(trainable * 4)))
   print_fn(string.format("Non-trainable params: %s (%s)", fmt_int(total - trainable), fmt_bytes((total - trainable) * 4)))
+  if opt_count then print_fn(string.format("Optimizer params: %s (%s)", fmt_int(opt_count), fmt_bytes(opt_bytes))) end
   print_fn(line)
 end
 

@@ -816,6 +816,16 @@ function T.summary_counts_the_seed_cnn()
   assert(text:find("Total params: 361,034 (1.38 MB)", 1, true), text)
   assert(text:find("Non-trainable params: 0 (0.00 B)", 1, true), text)
   assert(text:find("(None, 2, 2, 128)", 1, true), text)
+  -- once trained, Keras 3 counts the optimizer's variables too: Adam's two
+  -- slots per parameter, its iteration count (int64) and learning rate
+  local small = nn.Sequential{nn.Dense{4, input_shape = {3}}, nn.Dense{2}}
+  small:compile{optimizer = "adam", loss = "mse"}
+  small:fit(nn.randn(8, 3), nn.randn(8, 2), {epochs = 1, verbose = 0})
+  lines = {}
+  small:summary(function(s) lines[#lines + 1] = s end)
+  text = table.concat(lines, "\n")
+  assert(text:find("Optimizer params: 54 (220.00 B)", 1, true), text)
+  assert(text:find("Total params: 80 (324.00 B)", 1, true), text)
 end
 
 -- Regularizers on the bias and on the output (activity), and the
@@ -1193,7 +1203,7 @@ function T.restores_and_weight_files_keep_everything()
   a:fit(x, y, {epochs = 1, verbose = 0, callbacks = {lower, nn.callbacks.BackupAndRestore{backup_dir = dir,
     delete_checkpoint = false}}})
   local b = model()
-  b:fit(x, y, {epochs = 1, verbose = 0, callbacks = {nn.callbacks.BackupAndRestore{backup_dir = dir}}})
+  b:fit(x, y, {epochs = 1, verbose = 0, callbacks = {nn.callbacks.BackupAndRestore{backup_dir = dir, verbose = 0}}})
   check.eq(b.optimizer.learning_rate, 0.05, "the lowered rate resumes")
   local big = nn.Sequential{nn.Dense{2, input_shape = {2}}, nn.Dense{1}}
   local small = nn.Sequential{nn.Dense{2, input_shape = {2}}}
