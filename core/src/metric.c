@@ -525,6 +525,10 @@ static lunet_tensor *reduce(scratch *s, lunet_reduce_op op, lunet_tensor *x) {
 static lunet_tensor *scalar(scratch *s, lunet_tensor *like, float v) {
   return like ? keep(s, lunet_scalar_like(s->ctx, like, v)) : NULL;
 }
+/* 1 where x is finite, 0 at a NaN or an infinity (x - x is NaN there). */
+static lunet_tensor *finite_mask(scratch *s, lunet_tensor *x) {
+  return bin(s, LUNET_BINARY_EQ, bin(s, LUNET_BINARY_SUB, x, x), scalar(s, x, 0));
+}
 static lunet_tensor *reshape2(scratch *s, lunet_tensor *x, int64_t rows, int64_t cols) {
   int64_t shape[2] = {rows, cols};
   return x ? keep(s, lunet_op_reshape(s->ctx, x, 2, shape)) : NULL;
@@ -670,8 +674,7 @@ static lunet_tensor *batch_auc(scratch *s, lunet_metric *m, lunet_tensor *p, lun
                             s->w ? matmul(s, ones, mask, true, false) : sum(s, mask, 0, false), total(s, weigh(s, act)),
                             flat(s, reduce(s, LUNET_REDUCE_MIN, p)), flat(s, reduce(s, LUNET_REDUCE_MAX, p)),
                             /* the predictions that are not finite (x - x is NaN there): any is an error */
-                            total(s, affine(s, bin(s, LUNET_BINARY_EQ, bin(s, LUNET_BINARY_SUB, p, p), scalar(s, p, 0)),
-                                            -1.0f, 1.0f))};
+                            total(s, affine(s, finite_mask(s, p), -1.0f, 1.0f))};
   for (int i = 0; i < 6; i++)
     if (!parts[i]) return NULL;
   return concat(s, parts, 6);
@@ -695,14 +698,11 @@ static lunet_tensor *batch_top_k(scratch *s, lunet_metric *m, lunet_tensor *p, l
   lunet_tensor *pc = p2 ? keep(s, lunet_op_unary(s->ctx, LUNET_UNARY_CLIP, p2, -FLT_MAX, FLT_MAX)) : NULL;
   lunet_tensor *score = sum(s, bin(s, LUNET_BINARY_MUL, hot, pc), 1, true);
   lunet_tensor *above = sum(s, bin(s, LUNET_BINARY_GT, p2, score), 1, false);
-  /* a row with a NaN or an infinity is a miss (tf.math.in_top_k): x - x == 0 only where finite */
-  lunet_tensor *finite = p2 ? keep(s, lunet_op_reduce(s->ctx, LUNET_REDUCE_MIN,
-                                                      bin(s, LUNET_BINARY_EQ, bin(s, LUNET_BINARY_SUB, p2, p2),
-                                                          scalar(s, p2, 0)),
-                                                      1, false))
-                            : NULL;
+  /* a row with a NaN or an infinity is a miss (tf.math.in_top_k) */
+  lunet_tensor *fin = finite_mask(s, p2);
+  lunet_tensor *row_ok = fin ? keep(s, lunet_op_reduce(s->ctx, LUNET_REDUCE_MIN, fin, 1, false)) : NULL;
   lunet_tensor *hit = bin(s, LUNET_BINARY_MUL, bin(s, LUNET_BINARY_LT, above, scalar(s, p2, (float)m->cfg.top_k)),
-                          finite);
+                          row_ok);
   lunet_tensor *parts[2] = {total(s, weigh(s, hit)), total(s, hot)};
   return parts[0] && parts[1] ? concat(s, parts, 2) : NULL;
 }
