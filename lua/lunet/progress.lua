@@ -1,5 +1,6 @@
 -- Keras's training progress: "Epoch e/E", then one line redrawn in place on
--- a terminal (throttled), or one line per epoch when not a terminal.
+-- a terminal (throttled), or one line per epoch when not a terminal; verbose
+-- 2 writes Keras's "32/32 - 1s - 10ms/step - loss: ..." once an epoch.
 local C = require "lunet.core"
 
 local Progress = {}
@@ -50,7 +51,15 @@ function Progress:update(step, logs, keys, final)
   local per = step > 0 and elapsed / step or 0
   local w = #tostring(self.steps)
   local time = final and fmt_time(elapsed) or ("ETA: " .. fmt_time(per * (self.steps - step)))
-  local line = string.format("%" .. w .. "d/%d %s %s %s%s", step, self.steps, self:bar(step), time, fmt_step(per),
+  local line
+  if self.verbose == 2 then -- Keras's one line an epoch: no bar, nothing redrawn
+    line = string.format("%" .. w .. "d/%d - %s - %s%s", step, self.steps, time, fmt_step(per),
+      self:metrics_text(logs, keys))
+    self.out:write(line, "\n")
+    self.out:flush()
+    return
+  end
+  line = string.format("%" .. w .. "d/%d %s %s %s%s", step, self.steps, self:bar(step), time, fmt_step(per),
     self:metrics_text(logs, keys))
   if self.tty then
     self.out:write("\r\27[K", line)

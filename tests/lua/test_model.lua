@@ -427,6 +427,33 @@ function T.callbacks_follow_keras_3()
   check.eq(h.loss[1], math.huge, "with its infinite loss")
 end
 
+-- The progress lines: verbose 2 is Keras's one plain line an epoch
+-- ("4/4 - 0s - 5ms/step - loss: 1.5000"), without the bar or a terminal's
+-- escapes even on a terminal (under mpirun rank 0's stdout is one); verbose 1
+-- off a terminal draws the bar in ASCII once, at the end.
+function T.progress_lines()
+  local Progress = require "lunet.progress"
+  local function lines(verbose, tty)
+    local buf = {}
+    local out = { write = function(self, ...) for _, v in ipairs{...} do buf[#buf + 1] = v end end, flush = function() end }
+    local p = Progress.new(4, verbose, out)
+    p.tty = tty
+    for step = 1, 4 do
+      p.last = -1 -- not throttled
+      p:update(step, { loss = 1.5 }, { "loss" }, step == 4)
+    end
+    return table.concat(buf)
+  end
+  for _, tty in ipairs{ true, false } do
+    local two = lines(2, tty)
+    assert(two:match("^4/4 %- %d+s %- %d+[mu]?s/step %- loss: 1%.5000\n$"), "verbose 2, tty " .. tostring(tty) .. ": " .. two)
+  end
+  local one = lines(1, false)
+  assert(one:match("^4/4 =+ %d+s %d+[mu]?s/step %- loss: 1%.5000\n$"), "verbose 1 off a terminal: " .. one)
+  local bar = lines(1, true)
+  assert(bar:find("\27[K", 1, true) and select(2, bar:gsub("\r", "")) == 4, "verbose 1 on a terminal redraws: " .. bar)
+end
+
 -- Keras's History (.history, .params), ReduceLROnPlateau, CSVLogger and
 -- TerminateOnNaN.
 function T.history_and_more_callbacks()
