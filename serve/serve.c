@@ -31,6 +31,8 @@
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <float.h>
+#include <math.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -67,6 +69,14 @@ typedef struct io_spec {
   int64_t per; /* values per sample */
 } io_spec;
 
+/* What a model takes and gives.  A reload may rename a lone input or
+ * output, so the request threads and the worker read it under the model's
+ * lock, into a copy of their own. */
+typedef struct signature {
+  int nin, nout;
+  io_spec in[MAX_IO], out[MAX_IO];
+} signature;
+
 #define NBUCKETS 12
 static const double latency_bounds[NBUCKETS] = {0.0005, 0.001, 0.002, 0.005, 0.01, 0.02,
                                                 0.05,   0.1,   0.2,   0.5,   1,    5};
@@ -88,9 +98,9 @@ typedef struct served {
   unsigned long latency[NBUCKETS + 1];
   double latency_sum;
   unsigned long batches, batch_sizes[8]; /* <=1, 2, 4, 8, 16, 32, 64, more */
+  unsigned long long batch_samples;
   unsigned long reloads, reload_failures;
-  int nin, nout;
-  io_spec in[MAX_IO], out[MAX_IO];
+  signature sig; /* under mu */
 } served;
 
 static served models[MAX_MODELS];
@@ -154,22 +164,47 @@ static served *find_model(const char *name, size_t n) {
 
 /* ---- JSON <-> tensors ---- */
 
+/* What a JSON value is, for errors: "a string", "true", "an object"... */
+static const char *json_kind(const cJSON *v) {
+  return cJSON_IsString(v) ? "a string"
+         : cJSON_IsArray(v) ? "a list"
+         : cJSON_IsObject(v) ? "an object"
+         : cJSON_IsTrue(v) ? "true"
+         : cJSON_IsFalse(v) ? "false"
+         : cJSON_IsNull(v) ? "null"
+                            : "a number";
+}
+
 /* Walks one instance (nested lists of numbers) of shape dims[0..nd) into
- * out; the path (e.g. "instances[3][0][1]") names where it went wrong. */
+ * out; the path (e.g. "instances[3][0][1]") names where it went wrong.  A
+ * number float32 cannot hold is an error, as in TF Serving: beyond its
+ * range, or a whole number of int64's range that it would round (above
+ * 2^24: token ids). */
 static int read_values(const cJSON *v, const int64_t *dims, int nd, float **out, char *why, size_t n,
                        const char *path) {
   if (nd == 0) {
     if (!cJSON_IsNumber(v)) {
-      snprintf(why, n, "%s is %s, not a number", path, cJSON_IsString(v) ? "a string" : cJSON_IsArray(v) ? "a list"
-                                                                                       : "not a number");
+      snprintf(why, n, "%s is %s, not a number", path, json_kind(v));
       return -1;
     }
-    *(*out)++ = (float)v->valuedouble;
+    double d = v->valuedouble;
+    if (!(fabs(d) <= FLT_MAX)) {
+      snprintf(why, n, "%s is %g, beyond float32's range (the model's inputs are float32)", path, d);
+      return -1;
+    }
+    if (d == floor(d) && fabs(d) < 0x1p63 && (double)(float)d != d) { /* TF's rule for int64 literals */
+      snprintf(why, n, "%s is %.17g, a whole number float32 cannot hold exactly (the nearest is %.9g)", path, d,
+               (double)(float)d);
+      return -1;
+    }
+    *(*out)++ = (float)d;
     return 0;
   }
   if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != dims[0]) {
-    snprintf(why, n, "%s should be a list of %lld, got %s%d", path, (long long)dims[0],
-             cJSON_IsArray(v) ? "a list of " : "no list: ", cJSON_IsArray(v) ? cJSON_GetArraySize(v) : 0);
+    char got[32];
+    if (cJSON_IsArray(v)) snprintf(got, sizeof got, "a list of %d", cJSON_GetArraySize(v));
+    snprintf(why, n, "%s should be a list of %lld, got %s", path, (long long)dims[0],
+             cJSON_IsArray(v) ? got : json_kind(v));
     return -1;
   }
   int i = 0;
@@ -181,8 +216,16 @@ static int read_values(const cJSON *v, const int64_t *dims, int nd, float **out,
   return 0;
 }
 
+/* An output value: a number, or TF Serving's NaN, Infinity and -Infinity
+ * (which cJSON would write as null). */
+static cJSON *json_number(float x) {
+  if (isnan(x)) return cJSON_CreateRaw("NaN");
+  if (isinf(x)) return cJSON_CreateRaw(x > 0 ? "Infinity" : "-Infinity");
+  return cJSON_CreateNumber((double)x);
+}
+
 static cJSON *write_values(const float **v, const int64_t *dims, int nd) {
-  if (nd == 0) return cJSON_CreateNumber((double)*(*v)++);
+  if (nd == 0) return json_number(*(*v)++);
   cJSON *a = cJSON_CreateArray();
   for (int64_t i = 0; i < dims[0]; i++) cJSON_AddItemToArray(a, write_values(v, dims + 1, nd - 1));
   return a;
@@ -209,19 +252,18 @@ static const char *io_names(const io_spec *io, int n, char *buf, size_t len) {
 
 /* Input k of the model in the JSON object o, or NULL with `why` set;
  * members that name no input are an error too. */
-static const cJSON *member(const served *m, const cJSON *o, int k, const char *where, char *why, size_t n) {
+static const cJSON *member(const char *model, const signature *s, const cJSON *o, int k, const char *where, char *why, size_t n) {
   for (const cJSON *e = o->child; e; e = e->next) {
     bool known = false;
-    for (int i = 0; i < m->nin; i++) known = known || (e->string && !strcmp(e->string, m->in[i].name));
+    for (int i = 0; i < s->nin; i++) known = known || (e->string && !strcmp(e->string, s->in[i].name));
     if (!known) {
-      char names[512];
-      snprintf(why, n, "%s has '%s', which is not an input of model '%s' (its inputs: %s)", where,
-               e->string ? e->string : "?", m->name, io_names(m->in, m->nin, names, sizeof names));
+      snprintf(why, n, "%s has '%s', which is not an input of model '%s'", where, e->string ? e->string : "?",
+               model);
       return NULL;
     }
   }
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, m->in[k].name);
-  if (!v) snprintf(why, n, "%s has no input '%s'", where, m->in[k].name);
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, s->in[k].name);
+  if (!v) snprintf(why, n, "%s has no input '%s'", where, s->in[k].name);
   return v;
 }
 
@@ -229,7 +271,7 @@ static const cJSON *member(const served *m, const cJSON *o, int k, const char *w
  * `why` set.  Rows: instances[i] is the sample (one input) or {name:
  * sample}.  Columns: inputs is the list of samples (one input) or {name:
  * list}. */
-static int read_request(served *m, const cJSON *inst, const cJSON *inputs, job *j, char *why, size_t n) {
+static int read_request(const char *model, const signature *s, const cJSON *inst, const cJSON *inputs, job *j, char *why, size_t n) {
   const cJSON *lists[MAX_IO] = {0};
   int64_t count = -1;
   if (inst) {
@@ -239,37 +281,37 @@ static int read_request(served *m, const cJSON *inst, const cJSON *inputs, job *
     }
     count = cJSON_GetArraySize(inst);
   } else if (cJSON_IsArray(inputs)) {
-    if (m->nin != 1) {
-      snprintf(why, n, "model '%s' has %d inputs: give \"inputs\" as an object {\"%s\": [...], ...}", m->name, m->nin,
-               m->in[0].name);
+    if (s->nin != 1) {
+      snprintf(why, n, "model '%s' has %d inputs: give \"inputs\" as an object {\"%s\": [...], ...}", model, s->nin,
+               s->in[0].name);
       return -1;
     }
     lists[0] = inputs;
   } else if (cJSON_IsObject(inputs)) {
-    for (int k = 0; k < m->nin; k++)
-      if (!(lists[k] = member(m, inputs, k, "\"inputs\"", why, n))) return -1;
+    for (int k = 0; k < s->nin; k++)
+      if (!(lists[k] = member(model, s, inputs, k, "\"inputs\"", why, n))) return -1;
   } else {
     snprintf(why, n, "\"inputs\" must be a list of samples or an object of lists");
     return -1;
   }
-  for (int k = 0; !inst && k < m->nin; k++) {
+  for (int k = 0; !inst && k < s->nin; k++) {
     int64_t c = cJSON_IsArray(lists[k]) ? cJSON_GetArraySize(lists[k]) : -1;
     if (c < 1) {
-      snprintf(why, n, "\"inputs\"%s%s must be a non-empty list of samples", m->nin > 1 ? "." : "",
-               m->nin > 1 ? m->in[k].name : "");
+      snprintf(why, n, "\"inputs\"%s%s must be a non-empty list of samples", s->nin > 1 ? "." : "",
+               s->nin > 1 ? s->in[k].name : "");
       return -1;
     }
     if (count >= 0 && c != count) {
       snprintf(why, n, "\"inputs\".%s has %lld samples, \"inputs\".%s %lld: every input needs one per sample",
-               m->in[k].name, (long long)c, m->in[0].name, (long long)count);
+               s->in[k].name, (long long)c, s->in[0].name, (long long)count);
       return -1;
     }
     count = c;
   }
   j->n = count;
   float *w[MAX_IO];
-  for (int k = 0; k < m->nin; k++) {
-    if (!(w[k] = j->x[k] = malloc(sizeof(float) * (size_t)(count * m->in[k].per)))) {
+  for (int k = 0; k < s->nin; k++) {
+    if (!(w[k] = j->x[k] = malloc(sizeof(float) * (size_t)(count * s->in[k].per)))) {
       snprintf(why, n, "out of memory for %lld samples", (long long)count);
       return -2;
     }
@@ -280,29 +322,29 @@ static int read_request(served *m, const cJSON *inst, const cJSON *inputs, job *
     for (const cJSON *e = inst->child; e; e = e->next, i++) {
       snprintf(path, sizeof path, "instances[%d]", i);
       if (!cJSON_IsObject(e)) {
-        if (m->nin != 1) {
-          snprintf(why, n, "%s: model '%s' has %d inputs: give each instance as {\"%s\": ..., ...}", path, m->name,
-                   m->nin, m->in[0].name);
+        if (s->nin != 1) {
+          snprintf(why, n, "%s: model '%s' has %d inputs: give each instance as {\"%s\": ..., ...}", path, model,
+                   s->nin, s->in[0].name);
           return -1;
         }
-        if (read_values(e, m->in[0].shape, m->in[0].ndim, &w[0], why, n, path)) return -1;
+        if (read_values(e, s->in[0].shape, s->in[0].ndim, &w[0], why, n, path)) return -1;
         continue;
       }
-      for (int k = 0; k < m->nin; k++) {
-        const cJSON *v = member(m, e, k, path, why, n);
+      for (int k = 0; k < s->nin; k++) {
+        const cJSON *v = member(model, s, e, k, path, why, n);
         char sub[224];
-        snprintf(sub, sizeof sub, "%s.%s", path, m->in[k].name);
-        if (!v || read_values(v, m->in[k].shape, m->in[k].ndim, &w[k], why, n, sub)) return -1;
+        snprintf(sub, sizeof sub, "%s.%s", path, s->in[k].name);
+        if (!v || read_values(v, s->in[k].shape, s->in[k].ndim, &w[k], why, n, sub)) return -1;
       }
     }
     return 0;
   }
-  for (int k = 0; k < m->nin; k++) {
+  for (int k = 0; k < s->nin; k++) {
     int i = 0;
     for (const cJSON *e = lists[k]->child; e; e = e->next, i++) {
-      if (m->nin > 1) snprintf(path, sizeof path, "inputs.%s[%d]", m->in[k].name, i);
+      if (s->nin > 1) snprintf(path, sizeof path, "inputs.%s[%d]", s->in[k].name, i);
       else snprintf(path, sizeof path, "inputs[%d]", i);
-      if (read_values(e, m->in[k].shape, m->in[k].ndim, &w[k], why, n, path)) return -1;
+      if (read_values(e, s->in[k].shape, s->in[k].ndim, &w[k], why, n, path)) return -1;
     }
   }
   return 0;
@@ -310,16 +352,16 @@ static int read_request(served *m, const cJSON *inst, const cJSON *inputs, job *
 
 /* The answer: "predictions" (rows) or "outputs" (columns), one output as
  * it is, several by name. */
-static cJSON *answer(const served *m, const job *j, bool rows) {
+static cJSON *answer(const signature *s, const job *j, bool rows) {
   cJSON *resp = cJSON_CreateObject();
-  if (m->nout == 1 || !rows) {
-    cJSON *holder = m->nout == 1 ? NULL : cJSON_CreateObject();
-    for (int k = 0; k < m->nout; k++) {
+  if (s->nout == 1 || !rows) {
+    cJSON *holder = s->nout == 1 ? NULL : cJSON_CreateObject();
+    for (int k = 0; k < s->nout; k++) {
       int64_t shape[LUNET_MAX_DIMS + 1] = {j->n};
-      memcpy(shape + 1, m->out[k].shape, sizeof *shape * (size_t)m->out[k].ndim);
+      memcpy(shape + 1, s->out[k].shape, sizeof *shape * (size_t)s->out[k].ndim);
       const float *r = j->y[k];
-      cJSON *v = write_values(&r, shape, m->out[k].ndim + 1);
-      if (holder) cJSON_AddItemToObject(holder, m->out[k].name, v);
+      cJSON *v = write_values(&r, shape, s->out[k].ndim + 1);
+      if (holder) cJSON_AddItemToObject(holder, s->out[k].name, v);
       else cJSON_AddItemToObject(resp, rows ? "predictions" : "outputs", v);
     }
     if (holder) cJSON_AddItemToObject(resp, "outputs", holder);
@@ -328,9 +370,9 @@ static cJSON *answer(const served *m, const job *j, bool rows) {
   cJSON *list = cJSON_CreateArray();
   for (int64_t i = 0; i < j->n; i++) {
     cJSON *o = cJSON_CreateObject();
-    for (int k = 0; k < m->nout; k++) {
-      const float *r = j->y[k] + i * m->out[k].per;
-      cJSON_AddItemToObject(o, m->out[k].name, write_values(&r, m->out[k].shape, m->out[k].ndim));
+    for (int k = 0; k < s->nout; k++) {
+      const float *r = j->y[k] + i * s->out[k].per;
+      cJSON_AddItemToObject(o, s->out[k].name, write_values(&r, s->out[k].shape, s->out[k].ndim));
     }
     cJSON_AddItemToArray(list, o);
   }
@@ -338,28 +380,59 @@ static cJSON *answer(const served *m, const job *j, bool rows) {
   return resp;
 }
 
+/* The status a failed model call answers: the request's values (an id
+ * outside an Embedding's table) 400, memory 503, the rest 500. */
+static unsigned model_error_status(lunet_status st) {
+  return st == LUNET_ERR_ARG || st == LUNET_ERR_SHAPE ? 400 : st == LUNET_ERR_NOMEM ? 503 : 500;
+}
+
 /* POST /v1/models/NAME:predict */
 static enum MHD_Result predict(struct MHD_Connection *c, served *m, const char *body, size_t len) {
-  cJSON *req = cJSON_ParseWithLength(body, len);
-  if (!req || !cJSON_IsObject(req)) {
+  const char *end = NULL;
+  cJSON *req = cJSON_ParseWithLengthOpts(body, len, &end, false);
+  size_t at = end ? (size_t)(end - body) : 0;
+  if (req) /* rapidjson's rule: nothing but spaces after the value */
+    while (at < len && (body[at] == ' ' || body[at] == '\t' || body[at] == '\r' || body[at] == '\n')) at++;
+  if (!req || at < len) {
     cJSON_Delete(req);
-    return send_error(c, 400, "the body is not a JSON object (send {\"instances\": [...]} or {\"inputs\": [...]})");
+    char near[24] = "";
+    if (at < len) snprintf(near, sizeof near, ", near '%.*s'", (int)(len - at < 12 ? len - at : 12), body + at);
+    return send_error(c, 400, "the body is not %s (at byte %zu of %zu%s); send {\"instances\": [...]} or "
+                      "{\"inputs\": [...]}", req ? "one JSON value: more follows it" : "valid JSON", at, len, near);
   }
-  const cJSON *inst = cJSON_GetObjectItemCaseSensitive(req, "instances");
-  const cJSON *inputs = inst ? NULL : cJSON_GetObjectItemCaseSensitive(req, "inputs");
-  char names[512], why[512];
-  if (!inst && !inputs) {
+  if (!cJSON_IsObject(req)) {
     cJSON_Delete(req);
-    return send_error(c, 400, "no \"instances\" (or \"inputs\"): a non-empty list of samples expected (model '%s' "
-                      "takes %s)", m->name, io_names(m->in, m->nin, names, sizeof names));
+    return send_error(c, 400, "the body is JSON but not an object (send {\"instances\": [...]} or "
+                      "{\"inputs\": [...]})");
+  }
+  signature s;
+  pthread_mutex_lock(&m->mu);
+  s = m->sig;
+  pthread_mutex_unlock(&m->mu);
+  const cJSON *inst = cJSON_GetObjectItemCaseSensitive(req, "instances");
+  const cJSON *inputs = cJSON_GetObjectItemCaseSensitive(req, "inputs");
+  const cJSON *sig = cJSON_GetObjectItemCaseSensitive(req, "signature_name");
+  char names[512], why[512] = "";
+  if (sig && !(cJSON_IsString(sig) && (!*sig->valuestring || !strcmp(sig->valuestring, "serving_default"))))
+    snprintf(why, sizeof why, "model '%s' has one signature, \"serving_default\"; \"signature_name\" is %s%s%s",
+             m->name, cJSON_IsString(sig) ? "\"" : "", cJSON_IsString(sig) ? sig->valuestring : json_kind(sig),
+             cJSON_IsString(sig) ? "\"" : "");
+  else if (inst && inputs)
+    snprintf(why, sizeof why, "give one of \"instances\" (rows) and \"inputs\" (columns), not both");
+  else if (!inst && !inputs)
+    snprintf(why, sizeof why, "no \"instances\" (or \"inputs\"): a non-empty list of samples expected (model '%s' "
+             "takes %s)", m->name, io_names(s.in, s.nin, names, sizeof names));
+  if (*why) {
+    cJSON_Delete(req);
+    return send_error(c, 400, "%s", why);
   }
   job j = {0};
-  int bad = read_request(m, inst, inputs, &j, why, sizeof why);
+  int bad = read_request(m->name, &s, inst, inputs, &j, why, sizeof why);
   cJSON_Delete(req);
   if (bad) {
     free_job(&j);
     if (bad == -2) return send_error(c, 503, "%s", why);
-    return send_error(c, 400, "%s (model '%s' takes %s)", why, m->name, io_names(m->in, m->nin, names, sizeof names));
+    return send_error(c, 400, "%s (model '%s' takes %s)", why, m->name, io_names(s.in, s.nin, names, sizeof names));
   }
   pthread_mutex_lock(&m->mu);
   if (m->queued >= max_queue) {
@@ -377,9 +450,9 @@ static enum MHD_Result predict(struct MHD_Connection *c, served *m, const char *
   pthread_mutex_unlock(&m->mu);
   if (j.status) {
     free_job(&j);
-    return send_error(c, j.status == LUNET_ERR_NOMEM ? 503 : 500, "model '%s': %s", m->name, j.err);
+    return send_error(c, model_error_status(j.status), "model '%s': %s", m->name, j.err);
   }
-  cJSON *resp = answer(m, &j, inst != NULL);
+  cJSON *resp = answer(&s, &j, inst != NULL);
   free_job(&j);
   return send_json(c, 200, resp);
 }
@@ -393,20 +466,25 @@ static void timeout_at(struct timespec *t, double seconds) {
   t->tv_nsec = ns % 1000000000L;
 }
 
-/* Runs the jobs batch[0..n) as one model call and fills their outputs.
- * The batch is padded with zero rows to a power of two (up to
- * --max-batch; a larger single request runs as it is), as TF Serving's
- * allowed_batch_sizes: a handful of shapes, whose buffers the backend's
- * pool reuses, instead of fresh memory (page faults) for every size. */
-static void run_batch(served *m, job **batch, int n, int64_t total) {
+/* Runs the jobs batch[0..n) as one model call and fills their outputs (or
+ * their status and error).  The batch is padded with zero rows to a power
+ * of two (up to --max-batch; a larger single request runs as it is), as TF
+ * Serving's allowed_batch_sizes: a handful of shapes, whose buffers the
+ * backend's pool reuses, instead of fresh memory (page faults) for every
+ * size. */
+static void call_model(served *m, job **batch, int n, int64_t total) {
   int64_t rows = 1;
   while (rows < total) rows *= 2;
   if (rows > max_batch) rows = total > max_batch ? total : max_batch;
   lunet_tensor *t[MAX_IO] = {0}, *y[MAX_IO] = {0};
   float *out[MAX_IO] = {0};
   lunet_status st = LUNET_OK;
-  for (int k = 0; k < m->nin && !st; k++) {
-    const io_spec *in = &m->in[k];
+  pthread_mutex_lock(&m->mu); /* the model pointer (a reload swaps it) and what it takes */
+  lunet_model *model = lunet_model_retain(m->model);
+  const signature s = m->sig;
+  pthread_mutex_unlock(&m->mu);
+  for (int k = 0; k < s.nin && !st; k++) {
+    const io_spec *in = &s.in[k];
     float *x = calloc((size_t)(rows * in->per), sizeof *x);
     if (!x) {
       st = LUNET_ERR_NOMEM;
@@ -419,42 +497,52 @@ static void run_batch(served *m, job **batch, int n, int64_t total) {
     if (!(t[k] = lunet_tensor_from_data(m->ctx, LUNET_F32, in->ndim + 1, shape, x))) st = lunet_ctx_status(m->ctx);
     free(x);
   }
-  pthread_mutex_lock(&m->mu); /* the model pointer (a reload swaps it) */
-  lunet_model *model = lunet_model_retain(m->model);
-  pthread_mutex_unlock(&m->mu);
-  if (!st) st = lunet_model_predict(m->ctx, model, m->nin, t, y);
-  for (int k = 0; k < m->nout && !st; k++) {
-    size_t bytes = sizeof(float) * (size_t)(rows * m->out[k].per);
+  if (!st) st = lunet_model_predict(m->ctx, model, s.nin, t, y);
+  for (int k = 0; k < s.nout && !st; k++) {
+    size_t bytes = sizeof(float) * (size_t)(rows * s.out[k].per);
     if (!(out[k] = malloc(bytes))) st = LUNET_ERR_NOMEM;
     else st = lunet_tensor_read(m->ctx, y[k], out[k], bytes);
   }
   char err[512];
-  snprintf(err, sizeof err, "%s", st == LUNET_ERR_NOMEM && !lunet_ctx_error(m->ctx)[0] ? "out of memory" : lunet_ctx_error(m->ctx));
+  snprintf(err, sizeof err, "%s",
+           st == LUNET_ERR_NOMEM && !lunet_ctx_error(m->ctx)[0] ? "out of memory" : lunet_ctx_error(m->ctx));
   lunet_clear_error(m->ctx);
   for (int k = 0; k < MAX_IO; k++) {
     lunet_tensor_release(t[k]);
     lunet_tensor_release(y[k]);
   }
   lunet_model_release(model);
-  pthread_mutex_lock(&m->mu);
   for (int i = 0, at = 0; i < n; at += (int)batch[i]->n, i++) {
     job *j = batch[i];
     j->status = st;
-    for (int k = 0; k < m->nout && !j->status; k++) {
-      size_t bytes = sizeof(float) * (size_t)(j->n * m->out[k].per);
-      if ((j->y[k] = malloc(bytes))) memcpy(j->y[k], out[k] + (int64_t)at * m->out[k].per, bytes);
+    for (int k = 0; k < s.nout && !j->status; k++) {
+      size_t bytes = sizeof(float) * (size_t)(j->n * s.out[k].per);
+      if ((j->y[k] = malloc(bytes))) memcpy(j->y[k], out[k] + (int64_t)at * s.out[k].per, bytes);
       else j->status = LUNET_ERR_NOMEM;
     }
     snprintf(j->err, sizeof j->err, "%s", j->status && !st ? "out of memory" : err);
-    j->done = true;
   }
+  for (int k = 0; k < MAX_IO; k++) free(out[k]);
+  pthread_mutex_lock(&m->mu);
   m->batches++;
+  m->batch_samples += (unsigned long long)total;
   int b = 0;
   for (int64_t v = total; v > 1 && b < 7; v = (v + 1) / 2) b++;
   m->batch_sizes[b]++;
+  pthread_mutex_unlock(&m->mu);
+}
+
+/* The jobs batch[0..n) answered.  A merged call that fails for the values
+ * of one request (an Embedding's id out of range) runs each request again
+ * alone, so that only that one fails, with its own error. */
+static void run_batch(served *m, job **batch, int n, int64_t total) {
+  call_model(m, batch, n, total);
+  if (n > 1 && batch[0]->status && batch[0]->status != LUNET_ERR_NOMEM)
+    for (int i = 0; i < n; i++) call_model(m, batch + i, 1, batch[i]->n);
+  pthread_mutex_lock(&m->mu);
+  for (int i = 0; i < n; i++) batch[i]->done = true;
   pthread_cond_broadcast(&m->done);
   pthread_mutex_unlock(&m->mu);
-  for (int k = 0; k < MAX_IO; k++) free(out[k]);
 }
 
 static void *worker_main(void *arg) {
@@ -521,16 +609,19 @@ static cJSON *tensor_info(const char *name, int nd, const int64_t *s) {
 }
 
 static enum MHD_Result metadata(struct MHD_Connection *c, served *m) {
+  pthread_mutex_lock(&m->mu);
+  const signature s = m->sig;
+  pthread_mutex_unlock(&m->mu);
   cJSON *o = cJSON_CreateObject(), *spec = cJSON_CreateObject();
   cJSON_AddStringToObject(spec, "name", m->name);
   cJSON_AddStringToObject(spec, "signature_name", "");
   cJSON_AddStringToObject(spec, "version", "1");
   cJSON_AddItemToObject(o, "model_spec", spec);
   cJSON *sig = cJSON_CreateObject(), *inputs = cJSON_CreateObject(), *outputs = cJSON_CreateObject();
-  for (int k = 0; k < m->nin; k++)
-    cJSON_AddItemToObject(inputs, m->in[k].name, tensor_info(m->in[k].name, m->in[k].ndim, m->in[k].shape));
-  for (int k = 0; k < m->nout; k++)
-    cJSON_AddItemToObject(outputs, m->out[k].name, tensor_info(m->out[k].name, m->out[k].ndim, m->out[k].shape));
+  for (int k = 0; k < s.nin; k++)
+    cJSON_AddItemToObject(inputs, s.in[k].name, tensor_info(s.in[k].name, s.in[k].ndim, s.in[k].shape));
+  for (int k = 0; k < s.nout; k++)
+    cJSON_AddItemToObject(outputs, s.out[k].name, tensor_info(s.out[k].name, s.out[k].ndim, s.out[k].shape));
   cJSON_AddItemToObject(sig, "inputs", inputs);
   cJSON_AddItemToObject(sig, "outputs", outputs);
   cJSON_AddStringToObject(sig, "method_name", "tensorflow/serving/predict");
@@ -624,8 +715,9 @@ static enum MHD_Result metrics(struct MHD_Connection *c) {
       OUT("lunet_batch_size_bucket{model=\"%s\",le=\"%d\"} %lu\n", m->name, 1 << b, sum);
     }
     sum += m->batch_sizes[7];
-    OUT("lunet_batch_size_bucket{model=\"%s\",le=\"+Inf\"} %lu\nlunet_batch_size_count{model=\"%s\"} %lu\n",
-        m->name, sum, m->name, m->batches);
+    OUT("lunet_batch_size_bucket{model=\"%s\",le=\"+Inf\"} %lu\nlunet_batch_size_sum{model=\"%s\"} %llu\n"
+        "lunet_batch_size_count{model=\"%s\"} %lu\n",
+        m->name, sum, m->name, m->batch_samples, m->name, m->batches);
     pthread_mutex_unlock(&m->mu);
   }
   OUT("# HELP lunet_queue_depth Requests waiting for their model.\n# TYPE lunet_queue_depth gauge\n");
@@ -636,10 +728,13 @@ static enum MHD_Result metrics(struct MHD_Connection *c) {
   }
   OUT("# HELP lunet_model_reloads_total Reloads on SIGHUP, and those that failed (the old model kept).\n"
       "# TYPE lunet_model_reloads_total counter\n");
-  for (int i = 0; i < nmodels; i++)
+  for (int i = 0; i < nmodels; i++) {
+    pthread_mutex_lock(&models[i].mu);
     OUT("lunet_model_reloads_total{model=\"%s\",result=\"ok\"} %lu\n"
         "lunet_model_reloads_total{model=\"%s\",result=\"failed\"} %lu\n",
         models[i].name, models[i].reloads, models[i].name, models[i].reload_failures);
+    pthread_mutex_unlock(&models[i].mu);
+  }
 #undef OUT
   if (len >= cap) len = cap - 1;
   struct MHD_Response *r = MHD_create_response_from_buffer(len, t, MHD_RESPMEM_MUST_FREE);
@@ -648,6 +743,42 @@ static enum MHD_Result metrics(struct MHD_Connection *c) {
   MHD_destroy_response(r);
   return ok;
 }
+
+/* A model's URL taken apart: /v1/models/NAME[/versions/N|/labels/L][REST],
+ * REST being "", "/metadata" or ":VERB" (TF Serving's paths). */
+typedef struct model_url {
+  served *m;           /* NULL: no model of that name */
+  const char *name;    /* and its length */
+  size_t n;
+  const char *version; /* N or L, or NULL; and its length */
+  size_t vn;
+  bool label;
+  const char *rest;
+} model_url;
+
+static bool parse_model_url(const char *url, model_url *u) {
+  const char *prefix = "/v1/models/";
+  if (strncmp(url, prefix, strlen(prefix))) return false;
+  *u = (model_url){.name = url + strlen(prefix)};
+  u->n = strcspn(u->name, ":/");
+  u->m = find_model(u->name, u->n);
+  u->rest = u->name + u->n;
+  const char *kinds[2] = {"/versions/", "/labels/"};
+  for (int k = 0; k < 2; k++)
+    if (!strncmp(u->rest, kinds[k], strlen(kinds[k]))) {
+      u->version = u->rest + strlen(kinds[k]);
+      u->vn = strcspn(u->version, ":/");
+      u->label = k == 1;
+      u->rest = u->version + u->vn;
+    }
+  return true;
+}
+
+/* Open requests (headers read, answer not yet sent), and whether SIGTERM
+ * came: the server stops once the open ones are answered. */
+static pthread_mutex_t open_mu = PTHREAD_MUTEX_INITIALIZER;
+static int open_requests;
+static bool stopping;
 
 static enum MHD_Result route(struct MHD_Connection *c, const char *url, const char *method, body *b) {
   bool post = !strcmp(method, "POST"), get = !strcmp(method, "GET");
@@ -661,21 +792,23 @@ static enum MHD_Result route(struct MHD_Connection *c, const char *url, const ch
     if (!get) return send_error(c, 405, "%s /metrics: use GET", method);
     return metrics(c);
   }
-  const char *prefix = "/v1/models/";
-  if (strncmp(url, prefix, strlen(prefix)))
+  model_url u;
+  if (!parse_model_url(url, &u))
     return send_error(c, 404, "no such path: %s (try /v1/models/NAME:predict, /v1/models/NAME, /healthz)", url);
-  const char *name = url + strlen(prefix);
-  size_t n = strcspn(name, ":/");
-  served *m = find_model(name, n);
+  served *m = u.m;
   if (!m) {
     char list[512] = "";
     for (int i = 0; i < nmodels; i++) {
       strncat(list, i ? ", " : "", sizeof list - strlen(list) - 1);
       strncat(list, models[i].name, sizeof list - strlen(list) - 1);
     }
-    return send_error(c, 404, "no model '%.*s' (served: %s)", (int)n, name, list);
+    return send_error(c, 404, "no model '%.*s' (served: %s)", (int)u.n, u.name, list);
   }
-  const char *rest = name + n;
+  if (u.version && (u.label || u.vn != 1 || *u.version != '1'))
+    return send_error(c, 404, "model '%s' has no %s '%.*s': lunet serve serves one version of each model, "
+                      "version 1 (/v1/models/%s or /v1/models/%s/versions/1)", m->name, u.label ? "label" : "version",
+                      (int)u.vn, u.version, m->name, m->name);
+  const char *rest = u.rest;
   if (!strcmp(rest, ":predict")) {
     if (!post) return send_error(c, 405, "%s %s: use POST", method, url);
     enum MHD_Result r = b->too_big ? send_error(c, 413, "the body is over %zu bytes (--max-body)", max_body)
@@ -684,10 +817,12 @@ static enum MHD_Result route(struct MHD_Connection *c, const char *url, const ch
     count_request(m, last_status, now_s() - b->start);
     return r;
   }
+  if (!strcmp(rest, ":classify") || !strcmp(rest, ":regress"))
+    return send_error(c, 501, "%s: lunet serve answers :predict only (TF Serving's %s takes tf.Example inputs); "
+                      "POST /v1/models/%s:predict", url, rest, m->name);
+  if (*rest && strcmp(rest, "/metadata")) return send_error(c, 404, "no such path: %s", url);
   if (!get) return send_error(c, 405, "%s %s: use GET", method, url);
-  if (!*rest) return status_of(c, m);
-  if (!strcmp(rest, "/metadata")) return metadata(c, m);
-  return send_error(c, 404, "no such path: %s", url);
+  return *rest ? metadata(c, m) : status_of(c, m);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -698,15 +833,34 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (!(b = calloc(1, sizeof *b))) return MHD_NO;
     b->start = now_s();
     *state = b;
-    const char *prefix = "/v1/models/", *colon = strstr(url, ":predict");
-    served *m = !strcmp(method, "POST") && colon && !strncmp(url, prefix, strlen(prefix))
-                    ? find_model(url + strlen(prefix), (size_t)(colon - url - strlen(prefix)))
-                    : NULL;
+    pthread_mutex_lock(&open_mu);
+    open_requests++;
+    bool late = stopping;
+    pthread_mutex_unlock(&open_mu);
+    if (late) { /* a keep-alive connection's next request, after SIGTERM */
+      struct MHD_Response *r = MHD_create_response_from_buffer(
+          strlen("{\"error\": \"the server is stopping\"}"), "{\"error\": \"the server is stopping\"}",
+          MHD_RESPMEM_PERSISTENT);
+      MHD_add_response_header(r, "Content-Type", "application/json");
+      MHD_add_response_header(r, "Connection", "close");
+      enum MHD_Result ok = MHD_queue_response(c, 503, r);
+      MHD_destroy_response(r);
+      return ok;
+    }
+    model_url u;
+    served *m = !strcmp(method, "POST") && parse_model_url(url, &u) && !strcmp(u.rest, ":predict") ? u.m : NULL;
     if (m) { /* on its way: the batching worker may wait for it */
       pthread_mutex_lock(&m->mu);
       m->pending++;
       pthread_mutex_unlock(&m->mu);
       b->counted = m;
+    }
+    /* a body declared over the limit is refused now, before the client
+     * sends it (no "100 Continue") */
+    const char *declared = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (declared && strtoull(declared, NULL, 10) > max_body) {
+      b->too_big = true;
+      return route(c, url, method, b);
     }
     return MHD_YES;
   }
@@ -738,6 +892,9 @@ static void on_done(void *cls, struct MHD_Connection *c, void **state, enum MHD_
     uncount(b); /* a client that left before its request was read */
     free(b->data);
     free(b);
+    pthread_mutex_lock(&open_mu);
+    open_requests--;
+    pthread_mutex_unlock(&open_mu);
   }
   *state = NULL;
 }
@@ -752,18 +909,18 @@ typedef struct retired {
 } retired;
 static retired *retired_ctxs;
 
-/* The inputs and outputs of model `model` into m; 0, or -1 with `why`. */
-static int signature(lunet_model *model, served *m, char *why, size_t n) {
-  m->nin = lunet_model_input_count(model);
-  m->nout = lunet_model_output_count(model);
-  if (m->nin > MAX_IO || m->nout > MAX_IO) {
-    snprintf(why, n, "the model has %d inputs and %d outputs; lunet serve serves at most %d of each", m->nin, m->nout,
+/* The inputs and outputs of model `model` into s; 0, or -1 with `why`. */
+static int read_signature(lunet_model *model, signature *s, char *why, size_t n) {
+  s->nin = lunet_model_input_count(model);
+  s->nout = lunet_model_output_count(model);
+  if (s->nin > MAX_IO || s->nout > MAX_IO) {
+    snprintf(why, n, "the model has %d inputs and %d outputs; lunet serve serves at most %d of each", s->nin, s->nout,
              MAX_IO);
     return -1;
   }
-  for (int k = 0; k < m->nin + m->nout; k++) {
-    io_spec *io = k < m->nin ? &m->in[k] : &m->out[k - m->nin];
-    int id = k < m->nin ? lunet_model_input_id(model, k) : lunet_model_output_id(model, k - m->nin);
+  for (int k = 0; k < s->nin + s->nout; k++) {
+    io_spec *io = k < s->nin ? &s->in[k] : &s->out[k - s->nin];
+    int id = k < s->nin ? lunet_model_input_id(model, k) : lunet_model_output_id(model, k - s->nin);
     io->ndim = lunet_model_value_shape(model, id, io->shape);
     snprintf(io->name, sizeof io->name, "%s", lunet_model_value_name(model, id));
     io->per = 1;
@@ -776,7 +933,7 @@ static int signature(lunet_model *model, served *m, char *why, size_t n) {
  * same shapes, and the same names where requests or answers use them
  * (several inputs, several outputs; a lone one's name may change, as
  * lunet's automatic names do from one script to the next). */
-static bool same_signature(const served *a, const served *b) {
+static bool same_signature(const signature *a, const signature *b) {
   if (a->nin != b->nin || a->nout != b->nout) return false;
   for (int k = 0; k < a->nin + a->nout; k++) {
     bool in = k < a->nin;
@@ -795,14 +952,14 @@ static void reload(served *m) {
   lunet_ctx *ctx = lunet_ctx_new();
   lunet_model *fresh = NULL;
   char why[512] = "no context";
+  signature now;
   if (ctx && backend_name && lunet_use(ctx, backend_name)) snprintf(why, sizeof why, "%s", lunet_ctx_error(ctx));
   else if (ctx && !(fresh = lunet_model_load(ctx, m->path))) snprintf(why, sizeof why, "%s", lunet_ctx_error(ctx));
   if (fresh) {
-    served now;
-    if (signature(fresh, &now, why, sizeof why)) {
+    if (read_signature(fresh, &now, why, sizeof why)) {
       lunet_model_release(fresh);
       fresh = NULL;
-    } else if (!same_signature(&now, m)) {
+    } else if (!same_signature(&now, &m->sig)) {
       snprintf(why, sizeof why, "its inputs or outputs (names, shapes) differ from the model being served");
       lunet_model_release(fresh);
       fresh = NULL;
@@ -812,6 +969,7 @@ static void reload(served *m) {
   lunet_model *old = fresh ? m->model : NULL;
   if (fresh) {
     m->model = fresh;
+    m->sig = now; /* a lone input's or output's new name */
     m->reloads++;
   } else {
     m->reload_failures++;
@@ -854,6 +1012,12 @@ static int load(served *m, const char *spec, const char *backend) {
     return -1;
   }
   snprintf(m->name, sizeof m->name, "%.*s", (int)(eq - spec), spec);
+  for (const char *p = m->name; *p; p++)
+    if (strchr(":/\"\\", *p) || (unsigned char)*p < 32) {
+      fprintf(stderr, "lunet serve: --model %s: a model's name may not hold ':', '/', '\"', '\\' or control "
+              "characters (they end it in a URL or a metric's label)\n", spec);
+      return -1;
+    }
   snprintf(m->path, sizeof m->path, "%s", eq + 1);
   if (find_model(m->name, strlen(m->name))) { /* the models loaded before this one */
     fprintf(stderr, "lunet serve: two models named '%s'\n", m->name);
@@ -869,7 +1033,7 @@ static int load(served *m, const char *spec, const char *backend) {
     return -1;
   }
   char why[256];
-  if (signature(m->model, m, why, sizeof why)) {
+  if (read_signature(m->model, &m->sig, why, sizeof why)) {
     fprintf(stderr, "lunet serve: %s: %s\n", m->path, why);
     return -1;
   }
@@ -881,22 +1045,21 @@ static int load(served *m, const char *spec, const char *backend) {
     return -1;
   }
   char names[512];
-  fprintf(stderr, "lunet serve: model '%s' from %s, input%s %s\n", m->name, m->path, m->nin > 1 ? "s" : "",
-          io_names(m->in, m->nin, names, sizeof names));
+  fprintf(stderr, "lunet serve: model '%s' from %s, input%s %s\n", m->name, m->path, m->sig.nin > 1 ? "s" : "",
+          io_names(m->sig.in, m->sig.nin, names, sizeof names));
   return 0;
 }
 
 static int serve_main(int argc, char **argv) {
-  const char *host = "127.0.0.1", *backend = NULL;
-  int port = 8501, threads = 256;
+  const char *host = "127.0.0.1", *specs[MAX_MODELS];
+  int port = 8501, threads = 256, nspecs = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage(NULL), 0;
     if (!v) return usage("an option without its value");
     if (!strcmp(a, "--model")) {
-      if (nmodels == MAX_MODELS) return usage("too many models");
-      if (load(&models[nmodels], v, backend)) return 1;
-      nmodels++;
+      if (nspecs == MAX_MODELS) return usage("too many models");
+      specs[nspecs++] = v;
     } else if (!strcmp(a, "--port")) {
       port = atoi(v);
       if (port < 0 || port > 65535) return usage("--port takes 0 to 65535");
@@ -908,7 +1071,7 @@ static int serve_main(int argc, char **argv) {
     } else if (!strcmp(a, "--max-body")) {
       if (!(max_body = parse_size(v))) return usage("--max-body takes a size such as 16MB");
     } else if (!strcmp(a, "--backend")) {
-      backend = backend_name = v;
+      backend_name = v;
     } else if (!strcmp(a, "--max-batch")) {
       max_batch = atoi(v);
       if (max_batch < 1 || max_batch > 1 << 20) return usage("--max-batch takes 1 or more (1: no merging)");
@@ -923,7 +1086,11 @@ static int serve_main(int argc, char **argv) {
     }
     i++;
   }
-  if (!nmodels) return usage("no --model given");
+  if (!nspecs) return usage("no --model given");
+  for (int i = 0; i < nspecs; i++) { /* after every option: --backend applies wherever it stands */
+    if (load(&models[nmodels], specs[i], backend_name)) return 1;
+    nmodels++;
+  }
   struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
   if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) return usage("--host takes an IPv4 address");
   sigset_t stop;
@@ -949,8 +1116,19 @@ static int serve_main(int argc, char **argv) {
   while (sigwait(&stop, &sig) == 0 && sig == SIGHUP)
     for (int i = 0; i < nmodels; i++) reload(&models[i]);
   fprintf(stderr, "lunet serve: %s: finishing the requests in flight\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-  MHD_quiesce_daemon(d);
-  MHD_stop_daemon(d); /* waits for the connections' threads, so every request is answered */
+  MHD_quiesce_daemon(d); /* no new connections */
+  /* the open requests answered (queued ones included) before the daemon
+   * stops: stopping closes every connection, answered or not.  A client
+   * that sends nothing is timed out after 30 s (MHD's connection timeout). */
+  pthread_mutex_lock(&open_mu);
+  stopping = true;
+  for (int waited = 0; open_requests > 0 && waited < 40000; waited += 5) {
+    pthread_mutex_unlock(&open_mu);
+    nanosleep(&(struct timespec){.tv_nsec = 5000000}, NULL);
+    pthread_mutex_lock(&open_mu);
+  }
+  pthread_mutex_unlock(&open_mu);
+  MHD_stop_daemon(d);
   for (int i = 0; i < nmodels; i++) {
     served *m = &models[i];
     pthread_mutex_lock(&m->mu);

@@ -33,4 +33,22 @@ f = assert(io.open(out .. "/pair.json", "w"))
 f:write(require("lunet.core").json_encode({image = x:totable(), extra = xe:totable(), probs = py[1]:totable(),
   aux = py[2]:totable()}))
 f:close()
+-- the CNN again with its lone input and output renamed (a reload takes the
+-- new names); token ids through an Embedding (a bad id is one request's
+-- error); a Dense whose outputs are inf, -inf and NaN
+local pixels = nn.Input{shape = {6, 6, 1}, name = "pixels"}
+local renamed = nn.Model{inputs = pixels, outputs = nn.Dense{3, activation = "softmax", name = "scores"}(
+  nn.Flatten()(nn.Conv2D{4, 3, activation = "relu"}(nn.Rescaling{1 / 255}(pixels))))}
+renamed:save(out .. "/cnn_renamed.lunet")
+local emb = nn.Sequential{nn.Embedding{10, 2, input_shape = {3}}, nn.Flatten()}
+emb:build()
+emb:save(out .. "/emb.lunet")
+local ids = nn.tensor{{0, 1, 2}, {9, 8, 7}, {3, 3, 3}}
+f = assert(io.open(out .. "/emb.json", "w"))
+f:write(require("lunet.core").json_encode({ids = ids:totable(), outputs = emb:predict(ids):totable()}))
+f:close()
+local over = nn.Sequential{nn.Dense{1, use_bias = false, input_shape = {1}}, nn.Dense{3, use_bias = false}}
+over:build()
+over:set_weights{nn.tensor{{1e30}}, nn.tensor{{1, -1, 0}}} -- 1e30: inf, -inf, inf * 0
+over:save(out .. "/overflow.lunet")
 print("model: ok")

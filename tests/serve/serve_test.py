@@ -3,7 +3,10 @@ TensorFlow Serving's request and response shapes, every bad request answered
 with its status and a JSON error (and the next one still served), concurrent
 clients merged into batches and split back right, /metrics, a slow and a
 vanishing client, a full queue, the model file replaced and reloaded on
-SIGHUP (a broken file keeps the old model), and SIGTERM ending it with 0.
+SIGHUP (a broken file keeps the old model, a renamed lone input is taken),
+SIGTERM ending it with 0 after answering a request still arriving, numbers
+float32 cannot hold, non-finite answers, and one client's bad token id failing
+that request alone.
     serve_test.py LUNET WORK_DIR   (WORK_DIR holds cnn.lunet, reference.json)
 """
 import json, os, shutil, signal, socket, subprocess, sys, threading, time, urllib.request
@@ -64,7 +67,26 @@ close(body["outputs"], ref["outputs"][:2], "outputs")
 
 bad_shape = [[[1.0]] * 6] * 5  # (5, 1) rows instead of (6, 1)
 cases = [
-    ("POST", "/v1/models/cnn:predict", b'{"instances": [[', 400, "not a JSON object"),
+    ("POST", "/v1/models/cnn:predict", b'{"instances": [[', 400, "not valid JSON (at byte 15 of 16"),
+    ("POST", "/v1/models/cnn:predict", json.dumps({"instances": [ref["inputs"][0]]}).encode() + b" x", 400,
+     "not one JSON value: more follows it"),
+    ("POST", "/v1/models/cnn:predict", b'[1, 2]', 400, "JSON but not an object"),
+    ("POST", "/v1/models/cnn:predict", json.dumps({"instances": ref["inputs"][:1], "signature_name": "other"}).encode(),
+     400, 'one signature, "serving_default"; "signature_name" is "other"'),
+    ("POST", "/v1/models/cnn:predict", json.dumps({"instances": ref["inputs"][:1], "inputs": ref["inputs"]}).encode(),
+     400, 'one of "instances" (rows) and "inputs" (columns), not both'),
+    ("POST", "/v1/models/cnn:predict", json.dumps({"instances": [[[[True]] * 6] * 6]}).encode(), 400,
+     "instances[0][0][0][0] is true, not a number"),
+    ("POST", "/v1/models/cnn:predict", json.dumps({"instances": [[7] * 6]}).encode(), 400,
+     "instances[0][0] should be a list of 6, got a number"),
+    ("POST", "/v1/models/cnn:predict", json.dumps({"instances": [[[[1e39]] * 6] * 6]}).encode(), 400,
+     "instances[0][0][0][0] is 1e+39, beyond float32's range"),
+    ("POST", "/v1/models/cnn:predict", json.dumps({"instances": [[[[16777217]] * 6] * 6]}).encode(), 400,
+     "is 16777217, a whole number float32 cannot hold exactly"),
+    ("POST", "/v1/models/cnn/versions/2:predict", b'{}', 404, "model 'cnn' has no version '2'"),
+    ("POST", "/v1/models/cnn/labels/stable:predict", b'{}', 404, "model 'cnn' has no label 'stable'"),
+    ("POST", "/v1/models/cnn:classify", b'{}', 501, "answers :predict only"),
+    ("POST", "/v1/models/cnn:what", b'{}', 404, "no such path: /v1/models/cnn:what"),
     ("POST", "/v1/models/cnn:predict", json.dumps({"instances": [bad_shape]}).encode(), 400,
      "instances[0] should be a list of 6, got a list of 5"),
     ("POST", "/v1/models/cnn:predict", json.dumps({"instances": [[[["x"]] * 6] * 6]}).encode(), 400,
@@ -83,6 +105,12 @@ for method, path, data, want, text in cases:
 
 status, body = req("GET", "/v1/models/cnn")
 assert body["model_version_status"][0]["state"] == "AVAILABLE", body
+assert req("GET", "/v1/models/cnn/versions/1") == (status, body)
+# TF Serving's versioned path, and "signature_name" as it names the one signature
+status, body = req("POST", "/v1/models/cnn/versions/1:predict",
+                   json.dumps({"signature_name": "serving_default", "instances": ref["inputs"][:2]}).encode())
+assert status == 200, (status, body)
+close(body["predictions"], ref["outputs"][:2], "versioned predictions")
 status, body = req("GET", "/v1/models/cnn/metadata")
 sig = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
 dims = [d["size"] for d in list(sig["inputs"].values())[0]["tensor_shape"]["dim"]]
@@ -117,12 +145,14 @@ def metric(name):
     raise AssertionError("no %s in /metrics:\n%s" % (name, metrics))
 answered = metric('lunet_requests_total{model="cnn",code="200"}')
 assert answered >= 82, answered
-assert metric('lunet_requests_total{model="cnn",code="400"}') == 4, metrics
+bad_predicts = sum(1 for c in cases if c[3] == 400 and c[1] == "/v1/models/cnn:predict")
+assert metric('lunet_requests_total{model="cnn",code="400"}') == bad_predicts, metrics
 assert metric('lunet_requests_total{model="cnn",code="413"}') == 1, metrics
 calls = metric('lunet_batch_size_count{model="cnn"}')
 assert calls < answered, "no two requests were merged into one model call (%d calls, %d answers)" % (calls, answered)
 assert metric('lunet_request_seconds_count{model="cnn"}') == metric('lunet_request_seconds_bucket{model="cnn",le="+Inf"}')
 assert metric('lunet_queue_depth{model="cnn"}') == 0
+assert metric('lunet_batch_size_sum{model="cnn"}') >= 2 * answered, metrics  # every 200 had 2 rows or more
 
 # the model file replaced, then SIGHUP: the new weights answer; a broken
 # file keeps them
@@ -138,14 +168,90 @@ server.send_signal(signal.SIGHUP)
 for _ in range(100):
     if "not reloaded" in server.stderr.readline(): break
 good(key="outputs_v2")
+# a lone input and output renamed in the new file: the new names answer
+shutil.copy(os.path.join(work, "cnn_renamed.lunet"), served + ".tmp")
+os.replace(served + ".tmp", served)
+server.send_signal(signal.SIGHUP)
+for _ in range(100):
+    if "reloaded" in server.stderr.readline(): break
+sig = req("GET", "/v1/models/cnn/metadata")[1]["metadata"]["signature_def"]["signature_def"]["serving_default"]
+assert list(sig["inputs"]) == ["pixels"] and list(sig["outputs"]) == ["scores"], sig
+status, body = req("POST", "/v1/models/cnn:predict", json.dumps({"instances": [{"pixels": ref["inputs"][0]}]}).encode())
+assert status == 200 and len(body["predictions"][0]) == 3, (status, body)
 
+# SIGTERM while a request is still arriving: it is answered (right), then
+# the server exits 0
+raw = json.dumps({"instances": ref["inputs"]}).encode()
+late = socket.create_connection(("127.0.0.1", port))
+late.sendall(b"POST /v1/models/cnn:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             b"Content-Length: %d\r\n\r\n" % len(raw) + raw[:100])
+time.sleep(0.3)
 server.send_signal(signal.SIGTERM)
+time.sleep(0.3)
+late.sendall(raw[100:])
+late.settimeout(20)
+answer = b""
+while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < int(
+        answer.lower().split(b"content-length:")[1].split(b"\r\n")[0] if b"content-length:" in answer.lower() else 1 << 30):
+    chunk = late.recv(65536)
+    assert chunk, "the connection closed after SIGTERM before its answer: %r" % answer[:200]
+    answer += chunk
+assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+renamed_out = json.loads(answer.split(b"\r\n\r\n", 1)[1])["predictions"]
+assert len(renamed_out) == len(ref["inputs"]), renamed_out
+late.close()
 try:
     code = server.wait(timeout=20)
 except subprocess.TimeoutExpired:
     server.kill()
     raise SystemExit("SIGTERM did not stop the server within 20 s")
 assert code == 0, "exit status %d after SIGTERM: %s" % (code, server.stderr.read())
+
+# options: --backend applies wherever it stands (here after --model, and
+# refused); a name a URL cannot reach is refused; a body declared over the
+# limit is refused before it is sent (no 100 Continue)
+for extra, text in ((["--model", "cnn=" + served, "--backend", "nosuch"], "nosuch"),
+                    (["--model", "a:b=" + served], "may not hold ':'")):
+    p = subprocess.run([lunet, "serve", "--port", "0", *extra], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and text in p.stderr, (extra, p.returncode, p.stderr)
+token, token_base = start(model="emb=" + os.path.join(work, "emb.lunet"))
+token_port = int(token_base.rsplit(":", 1)[1])
+big = socket.create_connection(("127.0.0.1", token_port))
+big.sendall(b"POST /v1/models/emb:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n"
+            b"Expect: 100-continue\r\n\r\n")
+big.settimeout(5)
+head = big.recv(4096)
+assert head.startswith(b"HTTP/1.1 413") and b"over 65536 bytes" in head, head
+big.close()
+
+# token ids: one client's id outside the Embedding's table fails that
+# request alone (400, its own error), never the others merged with it;
+# ids above 2^24 would be rounded by float32 and are refused
+eref = json.load(open(os.path.join(work, "emb.json")))
+results = {}
+def token_client(k):
+    ids = [[0, 1, 99]] if k == 3 else [eref["ids"][k % 3]]
+    results[k] = req("POST", "/v1/models/emb:predict", json.dumps({"instances": ids}).encode(), url=token_base)
+threads = [threading.Thread(target=token_client, args=(k,)) for k in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+for k, (status, body) in results.items():
+    if k == 3:
+        assert status == 400 and "id 99" in body["error"], body
+    else:
+        assert status == 200, (k, status, body)
+        close(body["predictions"], [eref["outputs"][k % 3]], "embedding client %d" % k)
+token.send_signal(signal.SIGTERM)
+assert token.wait(timeout=20) == 0
+
+# outputs that are not finite: TF Serving's NaN, Infinity, -Infinity (not null)
+over, over_base = start(model="over=" + os.path.join(work, "overflow.lunet"))
+r = urllib.request.Request(over_base + "/v1/models/over:predict", data=b'{"instances": [[1e30]]}', method="POST")
+with urllib.request.urlopen(r, timeout=30) as f:
+    text = f.read().decode()
+assert text == '{"predictions":[[Infinity,-Infinity,NaN]]}', text
+over.send_signal(signal.SIGTERM)
+assert over.wait(timeout=20) == 0
 # a full queue: 503 with Retry-After, never a wrong answer
 shutil.copy(os.path.join(work, "cnn.lunet"), served)
 small, small_base = start("--max-queue", "1", "--max-batch", "1", "--max-body", "16MB")
