@@ -914,7 +914,7 @@ fit_impl = function(self, x, y, o)
       end
     end
     if not ok then
-      if bar.tty then io.stdout:write("\n") end
+      if bar.tty and bar.verbose == 1 and bar.last >= 0 then io.stdout:write("\n") end -- past a bar drawn in place
       local status = C.last_error_status()
       if copy and (status == "device error" or status == "out of memory") then
         local device = self.device

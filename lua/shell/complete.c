@@ -181,6 +181,7 @@ static int find_matches(lua_State *L, const char *word, size_t wlen) {
       if (sep && *sep == ':') return -1; /* a.b:c.d is no name path */
       sep = word + i;
     }
+  if (sep == word) return -1; /* ("abc"):, t[1]. or f(). -- no name path before the separator */
   const char *part = sep ? sep + 1 : word;
   size_t plen = wlen - (size_t)(part - word);
   lua_newtable(L);

@@ -90,9 +90,15 @@ int shell_msghandler(lua_State *L) {
 
 static lua_State *running_state;
 
+/* The Ctrl-C delivered as an error, once: the core's flag is cleared with
+ * it, so what runs after a pcall that caught it (an evaluate after an
+ * interrupted fit) is not stopped again.  The hook runs at the first Lua
+ * step (a C function's return included), so C loops polling the flag have
+ * seen it by then. */
 static void stop_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   lua_sethook(L, NULL, 0, 0);
+  lunet_interrupt_clear();
   luaL_error(L, "interrupted!");
 }
 
@@ -111,7 +117,10 @@ static int docall(lua_State *L, int narg, int nres) {
   lua_pushcfunction(L, shell_msghandler);
   lua_insert(L, base);
   running_state = L;
-  signal(SIGINT, on_sigint);
+  /* as stock lua: no SA_RESTART, so a blocking read (io.read) is cut short */
+  struct sigaction sa = {.sa_handler = on_sigint};
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
   int status = lua_pcall(L, narg, nres, base);
   signal(SIGINT, SIG_DFL);
   lua_remove(L, base);

@@ -58,9 +58,12 @@ static volatile sig_atomic_t presses; /* Ctrl-C presses since the code started *
  * setting line_cancelled alone would leave the main thread in read(). */
 static int cancel_pipe[2] = {-1, -1};
 
+/* The Ctrl-C as an error, once: the core's flag is cleared with it (as in
+ * main.c's stop_hook). */
 static void interrupt_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   lua_sethook(L, NULL, 0, 0);
+  lunet_interrupt_clear();
   lua_pushliteral(L, "interrupted");
   lua_error(L);
 }
@@ -92,7 +95,7 @@ static void install_sigint(void) {
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_sigint;
-  sa.sa_flags = SA_RESTART; /* as stock lua: running code's reads are not cut short */
+  sa.sa_flags = 0; /* as stock lua: a blocking read of running code (io.read) is cut short */
   sigemptyset(&sa.sa_mask);
   if (cancel_pipe[0] < 0 && pipe(cancel_pipe) == 0) {
     for (int i = 0; i < 2; i++) {
@@ -292,6 +295,10 @@ static int read_chunk(lua_State *L, reader *r) {
     lua_pop(L, 1);
     return -LINE_CANCELLED; /* an empty line: just a new prompt */
   }
+  if (lua_tostring(L, -1)[0] == '=') { /* "=expr" is "return expr", also over several lines */
+    lua_pushfstring(L, "return %s", lua_tostring(L, -1) + 1);
+    lua_remove(L, -2);
+  }
   int status = try_expression(L);
   while (status != LUA_OK) {
     size_t len;
@@ -345,9 +352,16 @@ static void print_interrupted(const char *msg) {
   fflush(stderr);
 }
 
-/* All arguments through tostring(), tab-separated, on one line. */
+/* The results through the global print, as stock lua (a user's own print
+ * included); without one, all through tostring(), tab-separated. */
 static int print_values(lua_State *L) {
   int n = lua_gettop(L);
+  if (lua_getglobal(L, "print") == LUA_TFUNCTION) {
+    lua_insert(L, 1);
+    lua_call(L, n, 0);
+    return 0;
+  }
+  lua_pop(L, 1);
   for (int i = 1; i <= n; i++) {
     size_t len;
     const char *s = luaL_tolstring(L, i, &len);
@@ -377,7 +391,7 @@ static void run_chunk(lua_State *L) {
   if (status != LUA_OK) {
     const char *msg = lua_tostring(L, -1);
     if (msg == NULL) msg = "(error object is not a string)";
-    if (lunet_interrupted())
+    if (presses > 0) /* a Ctrl-C while it ran */
       print_interrupted(msg);
     else
       print_error(msg);

@@ -124,6 +124,18 @@ def case_expression(exe, home):
     assert m.group(1) == "", "a statement printed %r" % m.group(1)
     s.send("x\r")
     s.expect(r"\n5\n")
+    s.prompt()
+    # "=expr" over two lines, as stock lua ("return 1 +" continues)
+    s.send("=1 +\r")
+    s.expect(r"\n>> $")
+    s.send("2\r")
+    s.expect(r"\n3\n")
+    s.prompt()
+    # results go through the global print, a user's own included
+    s.send("print = function(...) io.write('P:', table.concat({...}, ','), '\\n') end\r")
+    s.prompt()
+    s.send("1, 2\r")
+    s.expect(r"\nP:1,2\n")
     assert s.close() == 0
 
 
@@ -206,6 +218,16 @@ def case_complete(exe, home):
     s.prompt()
     s.send("trap.a.b\t\x05\x15calls\r")
     s.expect(r"\n0\n")
+    s.prompt()
+    # after a call, a string or an index there is no name path: a Tab there
+    # offers nothing (it had completed globals: ('abc'):pr -> ('abc'):print)
+    s.send("('abc'):pri\t()\r")
+    s.expect(r"method 'pri'")
+    s.prompt()
+    s.send("tt = {{pa = 7}}\r")
+    s.prompt()
+    s.send("tt[1].pa\t\r")
+    s.expect(r"\n7\n")
     assert s.close() == 0
 
 
@@ -219,6 +241,19 @@ def case_interrupt(exe, home):
     s.prompt()
     s.send("1+1\r")
     s.expect(r"\n2\n")
+    s.prompt()
+    # A Ctrl-C caught by pcall is spent: the rest of the line runs, and the
+    # core's flag (which fit and evaluate poll) is clear.
+    s.send("ok = pcall(function() while true do end end) print('went on', ok, require('lunet.core').interrupted())\r")
+    time.sleep(0.5)
+    s.send("\x03")
+    s.expect(r"went on\tfalse\tfalse\n")
+    s.prompt()
+    # Ctrl-C cuts a blocking read short, as stock lua
+    s.send("print('got', io.read())\r")
+    time.sleep(0.5)
+    s.send("\x03")
+    s.expect(r"\ninterrupted\n")
     s.prompt()
     # At the prompt, Ctrl-C drops the line typed so far.
     s.send("abc")

@@ -116,6 +116,45 @@ def case_interrupt(exe, home):
     assert proc.returncode == 1 and "interrupted!" in err, \
         "rc=%d stderr=%r" % (proc.returncode, err)
 
+    # Ctrl-C during a blocking read stops it at once, as stock lua (no
+    # SA_RESTART): the pipe below is never written to
+    script = write(home, "read.lua", "print(io.read())\n")
+    proc = subprocess.Popen([exe, script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.stdin.close()  # the read returns, and the test fails
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 1 and "interrupted!" in err, \
+        "a read went on after Ctrl-C: rc=%d stdout=%r stderr=%r" % (proc.returncode, out, err)
+
+    # A Ctrl-C caught by pcall is spent: the script goes on to evaluate
+    # (before, every later fit and evaluate failed "interrupted")
+    script = write(home, "caught.lua", """local nn = require "lunet"
+local x, y = nn.randn(64, 4), nn.randn(64, 1)
+local m = nn.Sequential{nn.Dense{1, input_shape = {4}}}
+m:compile{optimizer = "sgd", loss = "mse"}
+local told = false
+local cb = nn.callbacks.LambdaCallback{on_epoch_end = function()
+  if not told then told = true; io.stdout:write("running\\n"); io.stdout:flush() end
+end}
+local ok, err = pcall(m.fit, m, x, y, {epochs = 10000000, batch_size = 8, verbose = 0, callbacks = {cb}})
+print("fit", ok, tostring(err):match("interrupted") ~= nil)
+print("evaluate", type(m:evaluate(x, y, {verbose = 0}).loss))
+print("fit again", #m:fit(x, y, {epochs = 2, verbose = 0}).loss)
+""")
+    proc = subprocess.Popen([exe, script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    line = proc.stdout.readline()
+    assert line == "running\n", line + proc.stderr.read()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0 and out == "fit\tfalse\ttrue\nevaluate\tnumber\nfit again\t2\n", \
+        "rc=%d stdout=%r stderr=%r" % (proc.returncode, out, err)
+
 
 def main():
     exe, case = os.path.abspath(sys.argv[1]), sys.argv[2]
