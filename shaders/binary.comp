@@ -13,14 +13,25 @@ layout(push_constant, std430) uniform PC {
 const uint ADD = 0u, SUB = 1u, MUL = 2u, DIV = 3u, MAX = 4u, MIN = 5u, POW = 6u, EQ = 7u,
            GT = 8u, LT = 9u;
 
-// C's powf for the cases GLSL's pow leaves undefined (x <= 0).
+// C's powf (C99 Annex F), where GLSL's pow is undefined (x <= 0, NaN,
+// infinities) or inexact (pow(10, 2) = 99.999992 on lavapipe: exp2 of a
+// log2): NaN propagates except x^0 = 1^e = 1, (-1)^+-inf = 1, signed zeros
+// and infinities for odd integer exponents; squares, square roots and
+// reciprocals exactly.
 float powf_(float x, float e) {
-  if (x > 0.0) return pow(x, e);
-  if (e == 0.0) return 1.0;
-  if (x == 0.0) return e > 0.0 ? 0.0 : uintBitsToFloat(0x7f800000u);
-  if (e != trunc(e)) return uintBitsToFloat(0x7fc00000u);
-  float m = pow(-x, e);
-  return mod(e, 2.0) == 1.0 ? -m : m;
+  const float INF = uintBitsToFloat(0x7f800000u), NAN = uintBitsToFloat(0x7fc00000u);
+  if (e == 0.0 || x == 1.0) return 1.0;
+  if (isnan(x) || isnan(e)) return NAN;
+  bool odd = e == trunc(e) && mod(e, 2.0) == 1.0; // an odd integer (none past 2^24)
+  float ax = abs(x);
+  if (isinf(e)) return ax == 1.0 ? 1.0 : (ax > 1.0) == (e > 0.0) ? INF : 0.0;
+  if (isinf(x) || x == 0.0) { // |x| ^ e is inf or 0; an odd e keeps x's sign
+    float m = (e > 0.0) == isinf(x) ? INF : 0.0;
+    return odd && (x < 0.0 || (x == 0.0 && floatBitsToUint(x) != 0u)) ? -m : m;
+  }
+  if (x < 0.0 && e != trunc(e)) return NAN;
+  float m = e == 1.0 ? ax : e == 2.0 ? ax * ax : e == 0.5 ? sqrt(ax) : e == -1.0 ? 1.0 / ax : pow(ax, e);
+  return x < 0.0 && odd ? -m : m;
 }
 
 float apply(float x, float z) {

@@ -1,4 +1,6 @@
 #version 450
+#extension GL_GOOGLE_include_directive : require
+#include "tanh.glsl"
 // The fused GRU cell, reset_after (lunet_backend_i.gru_cell): one
 // invocation per (row, unit).  MODE 0: xs, hs (n, 3u) [z r h] parts, h
 // (n, u) -> hn (n, u) and gates (n, 3u) [z r g].  MODE 1: dhn, gates, hs,
@@ -21,7 +23,7 @@ const uint RELU = 6u, SIGMOID = 7u, TANH = 8u;
 
 float f_act(uint op, float x) {
   if (op == SIGMOID) return x >= 0.0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x));
-  if (op == TANH) return tanh(clamp(x, -10.0, 10.0));
+  if (op == TANH) return tanh_(x);
   if (op == RELU) return x > 0.0 || isnan(x) ? x : 0.0;
   return x;
 }

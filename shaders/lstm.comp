@@ -1,4 +1,6 @@
 #version 450
+#extension GL_GOOGLE_include_directive : require
+#include "tanh.glsl"
 // The fused LSTM cell (lunet_backend_i.lstm_cell): one invocation per
 // (row, unit).  MODE 0: z (n, 4u) [i f c o] pre-activations, cp (n, u) ->
 // hc (n, 2u) [h c] and gates (n, 4u) [i f g o].  MODE 1: dhc (n, 2u), hc,
@@ -20,7 +22,7 @@ const uint RELU = 6u, SIGMOID = 7u, TANH = 8u;
 
 float f_act(uint op, float x) {
   if (op == SIGMOID) return x >= 0.0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x));
-  if (op == TANH) return tanh(clamp(x, -10.0, 10.0));
+  if (op == TANH) return tanh_(x);
   if (op == RELU) return x > 0.0 || isnan(x) ? x : 0.0;
   return x;
 }

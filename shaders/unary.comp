@@ -1,4 +1,6 @@
 #version 450
+#extension GL_GOOGLE_include_directive : require
+#include "tanh.glsl"
 // Elementwise unary ops and their gradients (op numbers: lunet_unary_op).
 // MODE 0: y (n) = f(x).  MODE 1: dx (n) = dy * f'(x), with y = f(x) where
 // the derivative is cheaper from y; x or y may be absent (has_x, has_y).
@@ -40,9 +42,7 @@ float forward(float x) {
     // Two forms so that exp never overflows.
     if (x >= 0.0) return 1.0 / (1.0 + exp(-x));
     else { float e = exp(x); return e / (1.0 + e); }
-  // tanh(x) is exactly +-1 in float32 past |x| = 9; clamping keeps drivers
-  // that compute it from exp away from inf/inf.
-  case TANH: return tanh(clamp(x, -10.0, 10.0));
+  case TANH: return tanh_(x);
   case GELU: return 0.5 * x * (1.0 + erf_(x * 0.70710678118654752));
   case LEAKY_RELU: return x > 0.0 ? x : pc.alpha * x;
   case AFFINE: return pc.alpha * x + pc.beta;

@@ -323,4 +323,47 @@ function T.nan_propagates_as_in_pytorch()
   check.same_table(nn.tensor{{0, 0}}:softmax(2):totable(), {{0.5, 0.5}}, 1e-7, "softmax(last axis)")
 end
 
+-- pow's special values are C's (C99 Annex F, Lua's own ^ as the
+-- reference) and tanh keeps a NaN and the digits near 0, on every backend:
+-- Vulkan's pow turned NaN^2 into 0 (so a custom squared error hid a NaN)
+-- and inf^0 into NaN, and its tanh(NaN) was -1 (plain, and in the LSTM and
+-- GRU cells).
+function T.pow_and_tanh_edges_on_every_backend()
+  local nan, inf = 0 / 0, math.huge
+  local xs = {nan, nan, nan, inf, 1, 1, -1, -0.0, -0.0, 0.0, -inf, -inf, 0, 2, -2, -2, 10, -3, 0.5, 4, 4}
+  local es = {2, 3, inf, 0, inf, nan, -inf, -1, 3, -2, 0.5, 3, nan, -inf, 3, 0.5, 2, -1, -inf, 0.5, -1}
+  local function same(a, b) -- the same value, NaN for NaN, and the sign of a zero
+    if a ~= a or b ~= b then return a ~= a and b ~= b end
+    return a == b and (a ~= 0 or 1 / a == 1 / b)
+  end
+  for _, dev in ipairs(check.vulkan() and {"cpu", "vulkan"} or {"cpu"}) do
+    local got = nn.tensor(xs):to(dev):pow(nn.tensor(es):to(dev)):to("cpu"):totable()
+    for i = 1, #xs do
+      local want = xs[i] ^ es[i]
+      assert(same(got[i], want) or math.abs(got[i] - want) <= 1e-6 * math.abs(want),
+        string.format("%s: pow(%g, %g) is %g, C says %g", dev, xs[i], es[i], got[i], want))
+    end
+    local se = (nn.tensor{1, nan, 3}:to(dev) - nn.tensor{1, 2, 3}:to(dev)):pow(2):mean():item()
+    assert(se ~= se, dev .. ": a squared error over a NaN is NaN")
+    local t = nn.tensor{nan, 1e-7, 1e-20, -0.3, 0.7, 12}:to(dev):tanh():to("cpu"):totable()
+    assert(t[1] ~= t[1], dev .. ": tanh(NaN) is NaN")
+    local function tanh(x) local e = math.exp(2 * x) return (e - 1) / (e + 1) end
+    check.near(t[2], 1e-7, 1e-14, dev .. ": tanh(1e-7) is 1e-7")
+    check.near(t[3], 1e-20, 1e-26, dev .. ": tanh(1e-20) is 1e-20")
+    check.same_table({t[4], t[5], t[6]}, {tanh(-0.3), tanh(0.7), 1}, 2e-7, dev .. ": tanh")
+    -- the cells' own tanh: an LSTM's NaN cell state reaches h only through
+    -- tanh(c) (its gates see finite values); a GRU's NaN state through the
+    -- candidate's tanh
+    nn.seed(3)
+    local x, h0, c0 = nn.Input{shape = {1, 1}}, nn.Input{shape = {2}}, nn.Input{shape = {2}}
+    local lstm = nn.Model{inputs = {x, h0, c0}, outputs = nn.LSTM{2}(x, {initial_state = {h0, c0}})}:to(dev)
+    local gru = nn.Model{inputs = {x, h0}, outputs = nn.GRU{2}(x, {initial_state = {h0}})}:to(dev)
+    local x1, zero, bad = nn.tensor{{{0.5}}}:to(dev), nn.zeros(1, 2):to(dev), nn.tensor{{nan, nan}}:to(dev)
+    for name, h in pairs{LSTM = lstm:predict{x1, zero, bad}, GRU = gru:predict{x1, bad}} do
+      h = h:to("cpu"):totable()[1]
+      assert(h[1] ~= h[1] and h[2] ~= h[2], dev .. ": " .. name .. " with a NaN state gives NaN, got " .. h[1])
+    end
+  end
+end
+
 check.run(T)
