@@ -9,8 +9,11 @@
 #include <string.h>
 #include "cpu.h"
 
+/* The block size for nbytes; SIZE_MAX when rounding up would wrap (the
+ * allocation below then refuses it). */
 static size_t round_size(size_t nbytes) {
   if (nbytes == 0) nbytes = 1;
+  if (nbytes > SIZE_MAX - LUNET_CPU_ALIGN) return SIZE_MAX;
   return (nbytes + LUNET_CPU_ALIGN - 1) & ~(size_t)(LUNET_CPU_ALIGN - 1);
 }
 

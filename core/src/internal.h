@@ -126,6 +126,10 @@ LUNET_HIDDEN lunet_tensor *lunet_tensor_on(lunet_ctx *ctx, lunet_be *be, lunet_d
 LUNET_HIDDEN lunet_tensor *lunet_tensor_alias(lunet_ctx *ctx, lunet_tensor *t, int ndim,
                                               const int64_t *shape);
 LUNET_HIDDEN int64_t lunet_shape_numel(int ndim, const int64_t *shape);
+/* Elements of one sample (a layer's output, a model's input), at most: more
+ * is broken (sizes beyond this overflow once a batch multiplies them). */
+#define LUNET_MAX_SAMPLE_ELEMENTS (INT64_C(1) << 40)
+LUNET_HIDDEN bool lunet_sample_shape_ok(int ndim, const int64_t *dims);
 LUNET_HIDDEN bool lunet_shape_equal(const lunet_tensor *a, const lunet_tensor *b);
 /* A prediction's positions: its shape without the last (class or feature)
  * axis, (N, T, K) -> N T; a 1-D one has one per sample.  The count sample

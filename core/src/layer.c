@@ -125,6 +125,10 @@ static void free_args(lunet_layer *l) {
 }
 
 lunet_layer *lunet_layer_new(lunet_ctx *ctx, const lunet_layer_type *t) {
+  if (!t) { /* lunet_layer_type_find's NULL passed on: its error (a misspelt name) stays the message */
+    if (!ctx->status) lunet_error(ctx, LUNET_ERR_ARG, "lunet_layer_new: no layer type (NULL)");
+    return NULL;
+  }
   lunet_layer *l = calloc(1, sizeof *l);
   if (l) l->args = calloc((size_t)(t->nargs ? t->nargs : 1), sizeof *l->args);
   if (!l || !l->args) {
@@ -204,14 +208,11 @@ lunet_status lunet_layer_error(lunet_layer *l, lunet_status s, const char *fmt, 
   return lunet_error(l->ctx, s, "%s: %s", lunet_layer_name(l), msg);
 }
 
-/* Elements of one sample of a layer's output, at most: a build declaring
- * more is broken (sizes beyond this overflow once a batch multiplies them). */
-#define LUNET_MAX_SAMPLE_ELEMENTS (INT64_C(1) << 40)
-
-/* Whether a plugin's sizes make a sample shape: fewer than LUNET_MAX_DIMS
- * axes, each at least 1, at most LUNET_MAX_SAMPLE_ELEMENTS in all (the
- * product checked as it grows, before it could overflow). */
-static bool sample_shape_ok(int ndim, const int64_t *dims) {
+/* Whether sizes make a sample shape (a plugin's output, a model's input):
+ * fewer than LUNET_MAX_DIMS axes, each at least 1, at most
+ * LUNET_MAX_SAMPLE_ELEMENTS in all (the product checked as it grows, before
+ * it could overflow). */
+bool lunet_sample_shape_ok(int ndim, const int64_t *dims) {
   if (ndim < 0 || ndim >= LUNET_MAX_DIMS || (ndim > 0 && !dims)) return false;
   int64_t numel = 1;
   for (int d = 0; d < ndim; d++) {
@@ -238,6 +239,11 @@ static lunet_status plugin_bug(lunet_ctx *ctx, const lunet_layer *l, lunet_statu
 /* ---- arguments ---- */
 
 static arg_value *slot(lunet_layer *l, const char *arg, lunet_status *s) {
+  if (l->built) { /* its weights and output shape come from the arguments it was built with */
+    *s = lunet_error(l->ctx, LUNET_ERR_ARG, "%s: '%s' cannot change once the layer is built (make a new layer)",
+                     lunet_layer_name(l), arg);
+    return NULL;
+  }
   int i = arg_index(l, arg);
   if (i < 0) {
     *s = lunet_error(l->ctx, LUNET_ERR_ARG, "%s has no argument '%s'", l->type->name, arg);
@@ -525,7 +531,7 @@ int lunet_layer_add_weight(lunet_layer *l, const char *name, int ndim, const int
     lunet_layer_error(l, LUNET_ERR_ARG, "at most %d weights per layer", MAX_WEIGHTS);
     return -1;
   }
-  if (!name || !name[0] || !sample_shape_ok(ndim, shape)) {
+  if (!name || !name[0] || !lunet_sample_shape_ok(ndim, shape)) {
     plugin_bug(l->ctx, l, LUNET_ERR_SHAPE, "add_weight '%s': a name, fewer than %d axes, sizes of at least 1 and at "
                "most %lld elements are required", name ? name : "(null)", LUNET_MAX_DIMS, (long long)LUNET_MAX_SAMPLE_ELEMENTS);
     return -1;
@@ -740,7 +746,7 @@ lunet_status lunet_layer_build(lunet_ctx *ctx, lunet_layer *l, int nin, const lu
   lunet_status s = l->type->build(l, nin, in, out);
   if (s && ctx->status == LUNET_OK) s = plugin_bug(ctx, l, s, "build failed without a message");
   for (int j = 0; !s && j < nout; j++) {
-    if (!sample_shape_ok(out[j].ndim, out[j].dims))
+    if (!lunet_sample_shape_ok(out[j].ndim, out[j].dims))
       s = plugin_bug(ctx, l, LUNET_ERR_SHAPE,
                      "build declared output %d with %d dimensions, a size below 1 or more than %lld elements per "
                      "sample", j + 1, out[j].ndim, (long long)LUNET_MAX_SAMPLE_ELEMENTS);

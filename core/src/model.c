@@ -157,11 +157,17 @@ int lunet_model_input(lunet_ctx *ctx, lunet_model *m, const char *name, int ndim
     return -1;
   }
   for (int i = 0; i < ndim; i++)
-    if (shape[i] < 1) {
-      lunet_error(ctx, LUNET_ERR_SHAPE, "model '%s': input sizes must be positive, got %lld",
-                  m->name, (long long)shape[i]);
+    if (shape[i] < 1 || shape[i] > INT32_MAX) { /* a model file holds sizes up to INT32_MAX */
+      lunet_error(ctx, LUNET_ERR_SHAPE, "model '%s': input sizes must be 1 to %d, got %lld", m->name, INT32_MAX,
+                  (long long)shape[i]);
       return -1;
     }
+  if (!lunet_sample_shape_ok(ndim, shape)) {
+    char s[128];
+    lunet_error(ctx, LUNET_ERR_SHAPE, "model '%s': an input of shape %s has more than %lld elements a sample",
+                m->name, lunet_shape_str(ndim, shape, s, sizeof s), (long long)LUNET_MAX_SAMPLE_ELEMENTS);
+    return -1;
+  }
   value *v = new_value(ctx, m);
   if (!v) return -1;
   v->ndim = ndim;
@@ -648,17 +654,34 @@ const char *lunet_model_class_name(const lunet_model *m, int i) {
   return i >= 0 && i < m->nclasses ? m->class_names[i] : NULL;
 }
 
-/* "class_names": a JSON list of strings, one per class of the output. */
-static lunet_status set_class_names(lunet_ctx *ctx, lunet_model *m, const char *json) {
+/* "class_names" parsed: a JSON list of strings, one per class of the
+ * output; NULL with the error set when it is not. */
+static cJSON *class_names_json(lunet_ctx *ctx, const lunet_model *m, const char *json, int *count) {
   cJSON *a = cJSON_Parse(json);
   int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : -1;
   for (cJSON *e = a ? a->child : NULL; n > 0 && e; e = e->next)
     if (!cJSON_IsString(e)) n = -1;
   if (n < 1) {
     cJSON_Delete(a);
-    return lunet_error(ctx, LUNET_ERR_ARG, "model '%s': class_names must be a JSON list of strings, got %.60s",
-                       m->name, json);
+    lunet_error(ctx, LUNET_ERR_ARG, "model '%s': class_names must be a JSON list of strings, got %.60s", m->name,
+                json);
+    return NULL;
   }
+  *count = n;
+  return a;
+}
+
+LUNET_HIDDEN lunet_status lunet_model_check_class_names(lunet_ctx *ctx, const lunet_model *m, const char *json) {
+  int n;
+  cJSON *a = class_names_json(ctx, m, json, &n);
+  cJSON_Delete(a);
+  return a ? LUNET_OK : ctx->status;
+}
+
+static lunet_status set_class_names(lunet_ctx *ctx, lunet_model *m, const char *json) {
+  int n;
+  cJSON *a = class_names_json(ctx, m, json, &n);
+  if (!a) return ctx->status;
   char **names = calloc((size_t)n, sizeof *names);
   int k = 0;
   for (cJSON *e = a->child; names && e && (names[k] = strdup(e->valuestring)); e = e->next) k++;

@@ -28,6 +28,10 @@
 #include "lunet/checkpoint.h"
 #include "lunet/model.h"
 
+/* model.c: 0 when json is a class_names value a model file may hold (a JSON
+ * list of strings), else the error. */
+LUNET_HIDDEN lunet_status lunet_model_check_class_names(lunet_ctx *ctx, const lunet_model *m, const char *json);
+
 #define CONFIG_FORMAT 2
 #define MAX_DEPTH 32
 #define MAX_ENTRIES 10000 /* layers or calls in one config */
@@ -279,11 +283,15 @@ lunet_status lunet_model_save(lunet_ctx *ctx, lunet_model *m, const char *path, 
                               const char *const *meta_keys, const char *const *meta_values) {
   if (lunet_model_output_count(m) == 0)
     return lunet_error(ctx, LUNET_ERR_ARG, "model '%s' has no outputs yet", lunet_model_name(m));
-  for (int i = 0; i < nmeta; i++)
+  for (int i = 0; i < nmeta; i++) {
     for (size_t r = 0; r < sizeof reserved / sizeof reserved[0]; r++)
       if (!strcmp(meta_keys[i], reserved[r]))
         return lunet_error(ctx, LUNET_ERR_ARG, "save: the metadata key '%s' is lunet's own",
                            meta_keys[i]);
+    /* what load would refuse is not written */
+    if (!strcmp(meta_keys[i], "class_names") && lunet_model_check_class_names(ctx, m, meta_values[i]))
+      return ctx->status;
+  }
   for (int j = 0; lunet_model_compiled(m) && j < lunet_model_output_count(m); j++)
     if (lunet_model_loss(m, j).fn)
       return lunet_error(ctx, LUNET_ERR_ARG,

@@ -77,7 +77,14 @@ lunet_tensor *lunet_tensor_on(lunet_ctx *ctx, lunet_be *be, lunet_dtype dt, int 
                               const int64_t *shape) {
   lunet_tensor *t = header(ctx, dt, ndim, shape);
   if (!t) return NULL;
-  size_t nbytes = (size_t)t->numel * lunet_dtype_size(dt);
+  size_t nbytes;
+  if (t->numel == INT64_MAX || __builtin_mul_overflow((size_t)t->numel, lunet_dtype_size(dt), &nbytes)) {
+    char s[128];
+    lunet_error(ctx, LUNET_ERR_NOMEM, "a %s tensor of shape %s has more bytes than any memory holds",
+                lunet_dtype_name(dt), lunet_shape_str(ndim, shape, s, sizeof s));
+    free(t);
+    return NULL;
+  }
   t->buf = calloc(1, sizeof *t->buf);
   if (t->buf) t->buf->handle = be->i->buffer_alloc(be->state, nbytes ? nbytes : 4);
   if (!t->buf || !t->buf->handle) {

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "lunet/backend.h"
 #include "lunet/model.h"
@@ -315,6 +316,52 @@ START_TEST(test_graph_errors_are_clear) {
 }
 END_TEST
 
+/* Sizes that overflow and arguments changed after a build are errors (a
+ * tensor of 2^62 elements reported 64 bytes and was read past its end; a
+ * model file's input of 2^31 x 2^31 x 3 loaded and crashed predict; an
+ * activation set after the build was saved but not run). */
+START_TEST(test_sizes_and_built_layers_are_checked) {
+  int64_t huge[2] = {4, (INT64_C(1) << 60) + 4};
+  ck_assert_ptr_null(lunet_tensor_new(ctx, LUNET_F32, 2, huge));
+  ck_assert_int_eq(lunet_ctx_status(ctx), LUNET_ERR_NOMEM);
+  ck_assert_str_eq(lunet_ctx_error(ctx),
+                   "a float32 tensor of shape (4, 1152921504606846980) has more bytes than any memory holds");
+  lunet_model *m = lunet_model_new(ctx, "big");
+  int64_t wide[3] = {INT32_MAX, INT32_MAX, 3}, over = INT64_C(1) << 31;
+  ck_assert_int_eq(lunet_model_input(ctx, m, "x", 3, wide), -1);
+  ck_assert_str_eq(lunet_ctx_error(ctx), "model 'big': an input of shape (2147483647, 2147483647, 3) has more "
+                                         "than 1099511627776 elements a sample");
+  ck_assert_int_eq(lunet_model_input(ctx, m, "x", 1, &over), -1);
+  ck_assert_str_eq(lunet_ctx_error(ctx), "model 'big': input sizes must be 1 to 2147483647, got 2147483648");
+  lunet_model_release(m);
+  m = mlp();
+  lunet_layer *first = lunet_model_layer(m, 0);
+  ck_assert_ptr_nonnull(first);
+  ck_assert_int_eq(lunet_layer_set_string(first, "activation", "linear"), LUNET_ERR_ARG);
+  ck_assert_msg(strstr(lunet_ctx_error(ctx), "'activation' cannot change once the layer is built"), "%s",
+                lunet_ctx_error(ctx));
+  ck_assert_int_eq(lunet_layer_set_int(first, "units", 4), LUNET_ERR_ARG);
+  /* the README's idiom with a misspelt type: an error, not a crash */
+  ck_assert_ptr_null(lunet_layer_new(ctx, lunet_layer_type_find(ctx, "Conv2d")));
+  ck_assert_msg(strstr(lunet_ctx_error(ctx), "Conv2d"), "%s", lunet_ctx_error(ctx));
+  /* save writes no class_names that load would refuse */
+  char path[] = "/tmp/lunet_meta_XXXXXX";
+  int fd = mkstemp(path);
+  ck_assert_int_ge(fd, 0);
+  close(fd);
+  const char *keys[1] = {"class_names"}, *bad[1] = {"[1,2]"}, *good[1] = {"[\"a\",\"b\"]"};
+  ck_assert_int_eq(lunet_model_save(ctx, m, path, 1, keys, bad), LUNET_ERR_ARG);
+  ck_assert_str_eq(lunet_ctx_error(ctx), "model 'mlp': class_names must be a JSON list of strings, got [1,2]");
+  ck_assert_int_eq(lunet_model_save(ctx, m, path, 1, keys, good), LUNET_OK);
+  lunet_model *back = lunet_model_load(ctx, path);
+  ck_assert_msg(back != NULL, "%s", lunet_ctx_error(ctx));
+  ck_assert_int_eq(lunet_model_class_count(back), 2);
+  lunet_model_release(back);
+  unlink(path);
+  lunet_model_release(m);
+}
+END_TEST
+
 /* Two threads, each with its own context, predict with one model at the
  * same time: they must meet inside the Barrier layer's forward, which a
  * model-wide or layer-wide lock would prevent. */
@@ -575,6 +622,7 @@ static Suite *model_suite(void) {
   tcase_add_test(tc, test_grad_transform_runs_before_the_update);
   tcase_add_test(tc, test_metrics_update_merge_reset);
   tcase_add_test(tc, test_graph_errors_are_clear);
+  tcase_add_test(tc, test_sizes_and_built_layers_are_checked);
   tcase_add_test(tc, test_two_threads_run_one_model_at_once);
   tcase_add_test(tc, test_plugins_of_other_abis_are_refused);
   tcase_add_test(tc, test_host_code_layers_run_one_call_at_a_time);
