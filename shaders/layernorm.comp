@@ -18,6 +18,7 @@ layout(std430, binding = 7) readonly buffer MR { float mr[]; };    // MODE 1, 2:
 layout(push_constant, std430) uniform PC {
   uint rows, cols, has_dgamma, has_dbeta;
   float eps;
+  uint r0, r1; // MODE 2: the rows [r0, r1) this dispatch sums, added to the earlier ones' when r0 > 0
 } pc;
 
 void main() {
@@ -45,12 +46,12 @@ void main() {
   } else {
     if (i >= c) return;
     float dg = 0.0, db = 0.0;
-    for (uint r = 0u; r < pc.rows; r++) {
+    for (uint r = pc.r0; r < pc.r1; r++) {
       float d = dy[r * c + i];
       dg += d * (x[r * c + i] - mr[r]) * mr[pc.rows + r];
       db += d;
     }
-    if (pc.has_dgamma != 0u) out0[i] = dg;
-    if (pc.has_dbeta != 0u) out1[i] = db;
+    if (pc.has_dgamma != 0u) out0[i] = pc.r0 > 0u ? out0[i] + dg : dg;
+    if (pc.has_dbeta != 0u) out1[i] = pc.r0 > 0u ? out1[i] + db : db;
   }
 }

@@ -899,6 +899,13 @@ static int cmp_scatter(const void *a, const void *b) {
   return p->src < q->src ? -1 : p->src > q->src;
 }
 
+/* Sources one invocation of scatter.comp (and layernorm.comp's column
+ * sums) adds in one dispatch, at most: lavapipe ends every shader loop
+ * after 65,535 iterations (LP_MAX_TGSI_LOOP_ITERATIONS, shared by the loops
+ * of an invocation) without an error, so a longer loop would leave a sum
+ * short.  Longer runs are split over several dispatches. */
+#define VK_LOOP_CHUNK 32768
+
 static int vk_scatter_add_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, const int64_t *idx, size_t n,
                                size_t cols) {
   int rc = too_big((int64_t)(n * cols), "scatter_add_rows");
@@ -912,33 +919,48 @@ static int vk_scatter_add_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, con
   }
   for (size_t i = 0; i < n; i++) s[i] = (scatter_src){idx[i], i};
   qsort(s, n, sizeof *s, cmp_scatter);
-  size_t u = 0;
-  for (size_t i = 0; i < n; i++)
-    if (i == 0 || s[i].target != s[i - 1].target) u++;
-  /* targets (u), offsets (u + 1), sources (n) */
-  size_t t = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (i == 0 || s[i].target != s[i - 1].target) {
-      plan[t] = (int32_t)s[i].target;
-      plan[u + t] = (int32_t)i;
-      t++;
-    }
-    plan[2 * u + 1 + i] = (int32_t)s[i].src;
+  size_t most = 0; /* the most sources of one target */
+  for (size_t i = 0, run = 0; i < n; i++) {
+    run = i > 0 && s[i].target == s[i - 1].target ? run + 1 : 1;
+    if (run > most) most = run;
   }
-  plan[2 * u] = (int32_t)n;
+  /* round r adds each target's sources r * VK_LOOP_CHUNK onwards, up to
+   * VK_LOOP_CHUNK of them: one round unless a target has more */
+  for (size_t r = 0; !rc && r * VK_LOOP_CHUNK < most; r++) {
+    size_t u = 0, m = 0; /* targets and sources of this round */
+    for (size_t i = 0, run = 0; i < n; i++) {
+      run = i > 0 && s[i].target == s[i - 1].target ? run + 1 : 0;
+      if (run < r * VK_LOOP_CHUNK || run >= (r + 1) * VK_LOOP_CHUNK) continue;
+      if (run == r * VK_LOOP_CHUNK) u++;
+      m++;
+    }
+    /* targets (u), offsets (u + 1), sources (m) */
+    size_t t = 0, k = 0;
+    for (size_t i = 0, run = 0; i < n; i++) {
+      run = i > 0 && s[i].target == s[i - 1].target ? run + 1 : 0;
+      if (run < r * VK_LOOP_CHUNK || run >= (r + 1) * VK_LOOP_CHUNK) continue;
+      if (run == r * VK_LOOP_CHUNK) {
+        plan[t] = (int32_t)s[i].target;
+        plan[u + t] = (int32_t)k;
+        t++;
+      }
+      plan[2 * u + 1 + k++] = (int32_t)s[i].src;
+    }
+    plan[2 * u] = (int32_t)m;
+    size_t bytes = (2 * u + 1 + m) * sizeof *plan;
+    lunet_buf p = lunet_vk_buffer_alloc(be, bytes);
+    rc = p ? lunet_vk_buffer_upload(be, p, 0, plan, bytes)
+           : lunet_vk_error(LUNET_ERR_NOMEM, "scatter_add_rows: out of device memory");
+    struct {
+      uint32_t u, cols;
+    } pc = {(uint32_t)u, (uint32_t)cols};
+    if (!rc)
+      rc = lunet_vk_dispatch(be, VK_SH_SCATTER, 0, (lunet_cbuf[]){y, x, p}, 3, &pc, sizeof pc,
+                             lunet_vk_groups(be, u * cols), 1, 1);
+    if (p) lunet_vk_buffer_free(be, p);
+  }
   free(s);
-  size_t bytes = (2 * u + 1 + n) * sizeof *plan;
-  lunet_buf p = lunet_vk_buffer_alloc(be, bytes);
-  rc = p ? lunet_vk_buffer_upload(be, p, 0, plan, bytes)
-         : lunet_vk_error(LUNET_ERR_NOMEM, "scatter_add_rows: out of device memory");
   free(plan);
-  struct {
-    uint32_t u, cols;
-  } pc = {(uint32_t)u, (uint32_t)cols};
-  if (!rc)
-    rc = lunet_vk_dispatch(be, VK_SH_SCATTER, 0, (lunet_cbuf[]){y, x, p}, 3, &pc, sizeof pc,
-                           lunet_vk_groups(be, u * cols), 1, 1);
-  if (p) lunet_vk_buffer_free(be, p);
   return rc;
 }
 
@@ -991,13 +1013,14 @@ static int vk_gru_cell_backward(lunet_backend *be, lunet_buf dxs, lunet_buf dhs,
 typedef struct layernorm_pc {
   uint32_t rows, cols, has_dgamma, has_dbeta;
   float eps;
+  uint32_t r0, r1; /* the column sums' rows in one dispatch */
 } layernorm_pc;
 
 static int vk_layernorm(lunet_backend *be, lunet_buf y, lunet_buf mean, lunet_buf rstd, lunet_cbuf x,
                         lunet_cbuf gamma, lunet_cbuf beta, size_t rows, size_t cols, float eps) {
   int rc = too_big((int64_t)(rows * cols), "layernorm");
   if (rc || rows * cols == 0) return rc;
-  layernorm_pc pc = {(uint32_t)rows, (uint32_t)cols, 0, 0, eps};
+  layernorm_pc pc = {(uint32_t)rows, (uint32_t)cols, 0, 0, eps, 0, 0};
   return lunet_vk_dispatch(be, VK_SH_LAYERNORM, 0, (lunet_cbuf[]){y, mean, rstd, x, gamma, beta}, 6, &pc, sizeof pc,
                            lunet_vk_groups(be, rows), 1, 1);
 }
@@ -1013,13 +1036,16 @@ static int vk_layernorm_backward(lunet_backend *be, lunet_buf dx, lunet_buf dgam
   if (!mr) return lunet_vk_error(LUNET_ERR_NOMEM, "layernorm_backward: out of device memory");
   rc = lunet_vk_buffer_copy(be, mr, 0, mean, 0, rows * sizeof(float));
   if (!rc) rc = lunet_vk_buffer_copy(be, mr, rows * sizeof(float), rstd, 0, rows * sizeof(float));
-  layernorm_pc pc = {(uint32_t)rows, (uint32_t)cols, dgamma != NULL, dbeta != NULL, 0};
+  layernorm_pc pc = {(uint32_t)rows, (uint32_t)cols, dgamma != NULL, dbeta != NULL, 0, 0, 0};
   if (!rc && dx)
     rc = lunet_vk_dispatch(be, VK_SH_LAYERNORM, 1, (lunet_cbuf[]){dx, NULL, NULL, x, gamma, NULL, dy, mr}, 8, &pc,
                            sizeof pc, lunet_vk_groups(be, rows), 1, 1);
-  if (!rc && (dgamma || dbeta))
+  for (size_t r0 = 0; !rc && (dgamma || dbeta) && r0 < rows; r0 += VK_LOOP_CHUNK) { /* lavapipe's loop limit */
+    pc.r0 = (uint32_t)r0;
+    pc.r1 = (uint32_t)(rows - r0 < VK_LOOP_CHUNK ? rows : r0 + VK_LOOP_CHUNK);
     rc = lunet_vk_dispatch(be, VK_SH_LAYERNORM, 2, (lunet_cbuf[]){dgamma, dbeta, NULL, x, gamma, NULL, dy, mr}, 8,
                            &pc, sizeof pc, lunet_vk_groups(be, cols), 1, 1);
+  }
   lunet_vk_buffer_free(be, mr);
   return rc;
 }

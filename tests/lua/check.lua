@@ -41,6 +41,18 @@ function M.vulkan()
   return false
 end
 
+-- A test file of Vulkan alone: exits 77 (ctest's skip) with the reason
+-- where no Vulkan device can be used.
+function M.require_vulkan()
+  local nn = require "lunet"
+  local vk
+  for _, b in ipairs(nn.backends()) do if b.name == "vulkan" then vk = b end end
+  if not (vk and vk.available) then
+    print("SKIP: no usable Vulkan device: " .. (vk and vk.detail or "the backend is not built"))
+    os.exit(77)
+  end
+end
+
 -- A fresh empty folder, removed when M.run ends.
 local made = {}
 function M.tmpdir()
@@ -52,8 +64,10 @@ function M.tmpdir()
 end
 
 function M.run(tests)
-  local names = {}
-  for name in pairs(tests) do names[#names + 1] = name end
+  local names, only = {}, os.getenv("CHECK_ONLY") -- CHECK_ONLY=name runs that test alone (by hand)
+  for name in pairs(tests) do
+    if not only or name == only then names[#names + 1] = name end
+  end
   table.sort(names)
   local passed, failed = 0, 0
   for _, name in ipairs(names) do

@@ -5,13 +5,9 @@
 --   lunet device_fault.lua EPOCHS [val]          train on Vulkan (no fault expected)
 --   lunet device_fault.lua fail lost|oom [val]   expect the fault in epoch 2 (its
 --                                                 validation, with val)
+package.path = arg[0]:gsub("[^/]+$", "") .. "../lua/?.lua;" .. package.path
 local nn = require "lunet"
-local vk
-for _, b in ipairs(nn.backends()) do if b.name == "vulkan" then vk = b end end
-if not (vk and vk.available) then
-  print("device fault: no usable Vulkan device: " .. (vk and vk.detail or "the backend is not built"))
-  os.exit(77)
-end
+require("check").require_vulkan()
 
 nn.seed(5)
 local x_cpu, labels = nn.rand({96, 8, 8, 1}), {}

@@ -5,12 +5,7 @@ package.path = arg[0]:gsub("[^/]+$", "") .. "../lua/?.lua;" .. package.path
 local check = require "check"
 local nn = require "lunet"
 
-local vk
-for _, b in ipairs(nn.backends()) do if b.name == "vulkan" then vk = b end end
-if not (vk and vk.available) then
-  print("SKIP: no usable Vulkan device: " .. (vk and vk.detail or "the backend is not built"))
-  os.exit(77)
-end
+check.require_vulkan()
 
 local T = {}
 
@@ -227,6 +222,8 @@ function T.generation_with_the_cache_on_vulkan()
 end
 
 function T.devices_are_listed()
+  local vk
+  for _, b in ipairs(nn.backends()) do if b.name == "vulkan" then vk = b end end
   assert(#vk.devices >= 1, "at least one device")
   local in_use = 0
   for _, d in ipairs(vk.devices) do
