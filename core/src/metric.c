@@ -229,6 +229,18 @@ lunet_metric *lunet_metric_new_config(lunet_ctx *ctx, const char *name, const lu
     lunet_error(ctx, LUNET_ERR_ARG, "metric '%s': MeanIoU needs num_classes", name ? name : "mean_io_u");
     return NULL;
   }
+  /* the limits lunet_metric_parse puts on a spec, for a config made in C */
+  lunet_metric_kind k = cfg->kind;
+  bool top = k == LUNET_METRIC_TOP_K_CATEGORICAL_ACCURACY || k == LUNET_METRIC_SPARSE_TOP_K_CATEGORICAL_ACCURACY;
+  const char *bad = top && cfg->top_k < 1 ? "top_k must be at least 1"
+                    : k == LUNET_METRIC_MEAN_IOU && cfg->num_classes > 4096 ? "num_classes must be 1 to 4096"
+                    : k == LUNET_METRIC_AUC && (cfg->num_thresholds < 3 || cfg->num_thresholds > 100000)
+                        ? "num_thresholds must be 3 to 100000"
+                        : NULL;
+  if (bad) {
+    lunet_error(ctx, LUNET_ERR_ARG, "metric '%s': %s", name ? name : "metric", bad);
+    return NULL;
+  }
   lunet_metric *m = calloc(1, sizeof *m);
   int n = 0; /* the state's size, when the kind alone fixes it */
   switch (cfg->kind) {
@@ -343,7 +355,8 @@ static bool same_config(const lunet_metric_config *a, const lunet_metric_config 
   return a->kind == b->kind && (a->threshold == b->threshold || (isnan(a->threshold) && isnan(b->threshold))) &&
          a->top_k == b->top_k && a->num_classes == b->num_classes &&
          a->num_thresholds == b->num_thresholds && a->class_id == b->class_id &&
-         a->pr_curve == b->pr_curve && a->average == b->average;
+         a->pr_curve == b->pr_curve && a->average == b->average && a->logits == b->logits &&
+         a->sparse_y_true == b->sparse_y_true && a->sparse_y_pred == b->sparse_y_pred;
 }
 
 lunet_status lunet_metric_merge(lunet_ctx *ctx, lunet_metric *dst, const lunet_metric *src) {

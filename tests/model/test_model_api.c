@@ -217,6 +217,26 @@ START_TEST(test_metrics_update_merge_reset) {
   ck_assert_str_eq(lunet_ctx_error(ctx), "metric: cannot merge 'loss' into 'accuracy' (another kind or options)");
   lunet_metric_reset(a);
   ck_assert_double_eq(lunet_metric_result(a), 0);
+  /* a config made in C has the limits of a parsed spec (MeanIoU over 65536
+   * classes overflowed its state's size and crashed in result) */
+  lunet_metric_config c = lunet_metric_config_defaults(LUNET_METRIC_MEAN_IOU);
+  c.num_classes = 65536;
+  ck_assert_ptr_null(lunet_metric_new_config(ctx, "iou", &c));
+  ck_assert_str_eq(lunet_ctx_error(ctx), "metric 'iou': num_classes must be 1 to 4096");
+  c = lunet_metric_config_defaults(LUNET_METRIC_AUC);
+  c.num_thresholds = 1;
+  ck_assert_ptr_null(lunet_metric_new_config(ctx, "auc", &c));
+  c = lunet_metric_config_defaults(LUNET_METRIC_TOP_K_CATEGORICAL_ACCURACY);
+  c.top_k = 0;
+  ck_assert_ptr_null(lunet_metric_new_config(ctx, "top", &c));
+  /* metrics of logits and of probabilities do not merge */
+  c = lunet_metric_config_defaults(LUNET_METRIC_PRECISION);
+  lunet_metric *probs_m = lunet_metric_new_config(ctx, "p", &c);
+  c.logits = 1;
+  lunet_metric *logits_m = lunet_metric_new_config(ctx, "p", &c);
+  ck_assert_int_eq(lunet_metric_merge(ctx, probs_m, logits_m), LUNET_ERR_ARG);
+  lunet_metric_free(probs_m);
+  lunet_metric_free(logits_m);
   lunet_tensor_release(p);
   lunet_tensor_release(l);
   lunet_metric_free(a);
