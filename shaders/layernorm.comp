@@ -25,14 +25,16 @@ void main() {
   uint i = gl_GlobalInvocationID.x, c = pc.cols;
   if (MODE == 0) {
     if (i >= pc.rows) return;
-    float s = 0.0;
-    for (uint k = 0u; k < c; k++) s += x[i * c + k];
-    float m = s / float(c), q = 0.0;
-    for (uint k = 0u; k < c; k++) q += (x[i * c + k] - m) * (x[i * c + k] - m);
+    // float sums shifted by the row's first value, as batchnorm.comp's: a
+    // row far from 0 loses no digits to its mean
+    float x0 = x[i * c], s = 0.0;
+    for (uint k = 0u; k < c; k++) s += x[i * c + k] - x0;
+    float dm = s / float(c), q = 0.0;
+    for (uint k = 0u; k < c; k++) q += ((x[i * c + k] - x0) - dm) * ((x[i * c + k] - x0) - dm);
     float rs = 1.0 / sqrt(q / float(c) + pc.eps);
-    out1[i] = m;
+    out1[i] = x0 + dm;
     out2[i] = rs;
-    for (uint k = 0u; k < c; k++) out0[i * c + k] = (x[i * c + k] - m) * rs * gamma[k] + beta[k];
+    for (uint k = 0u; k < c; k++) out0[i * c + k] = ((x[i * c + k] - x0) - dm) * rs * gamma[k] + beta[k];
   } else if (MODE == 1) {
     if (i >= pc.rows) return;
     float m = mr[i], rs = mr[pc.rows + i], sg = 0.0, sgx = 0.0;
