@@ -18,7 +18,9 @@ layout(std430, binding = 3) readonly buffer MASK { float mask[]; };
 // bias_cols, relu, has_mask: an epilogue on each output o (split-K's sum
 // for linear or gemm_relu_mask): + bias[o % bias_cols] (0: none), then the
 // ReLU, then the ReLU's gradient: mask[o] > 0 ? v : 0.
-layout(push_constant, std430) uniform PC { uint outer, len, inner, op, bias_cols, relu, has_mask; } pc;
+// j0, j1: MODE 0 sums the elements [j0, j1) of each output's len (a part of
+// a reduction too long for one dispatch on lavapipe) into y[yoff + o]
+layout(push_constant, std430) uniform PC { uint outer, len, inner, op, bias_cols, relu, has_mask, j0, j1, yoff; } pc;
 
 shared float red[gl_WorkGroupSize.x];
 shared uint ridx[gl_WorkGroupSize.x];
@@ -61,11 +63,11 @@ void reduce_groups() {
   for (uint o = gl_WorkGroupID.x; o < outs; o += gl_NumWorkGroups.x) {
     uint base = (o / pc.inner) * pc.len * pc.inner + o % pc.inner;
     float acc = init();
-    for (uint j = t; j < pc.len; j += gl_WorkGroupSize.x) acc = combine(acc, x[base + j * pc.inner]);
+    for (uint j = pc.j0 + t; j < pc.j1; j += gl_WorkGroupSize.x) acc = combine(acc, x[base + j * pc.inner]);
     if (pc.op <= 1u) {
       // sum and mean: group.glsl's (subgroups where the device has them)
       float total = group_reduce(acc, 0u);
-      if (t == 0u) y[o] = finish(total, o);
+      if (t == 0u) y[pc.yoff + o] = finish(total, o);
       continue;
     }
     // max and min: a tree with combine's NaN rule
@@ -75,7 +77,7 @@ void reduce_groups() {
       if (t < s) red[t] = combine(red[t], red[t + s]);
       barrier();
     }
-    if (t == 0u) y[o] = finish(red[0], o);
+    if (t == 0u) y[pc.yoff + o] = finish(red[0], o);
     barrier();
   }
 }

@@ -221,6 +221,14 @@ static int vk_binary(lunet_backend *be, lunet_binary_op op, lunet_buf y, lunet_c
 
 /* ---- reductions ---- */
 
+/* The iterations one invocation of a shader's long loop (scatter.comp's
+ * sources, layernorm.comp's column sums, reduce.comp's share of a row) runs
+ * in one dispatch, at most: lavapipe ends every shader loop
+ * after 65,535 iterations (LP_MAX_TGSI_LOOP_ITERATIONS, shared by the loops
+ * of an invocation) without an error, so a longer loop would leave a sum
+ * short.  Longer runs are split over several dispatches. */
+#define VK_LOOP_CHUNK 32768
+
 /* An epilogue on a reduction's outputs (split-K's sum of slices for
  * linear): + bias[o % bias_cols] (bias_cols 0: none), then the ReLU. */
 typedef struct reduce_epilogue {
@@ -234,14 +242,34 @@ static int reduce_dispatch_ep(lunet_backend *be, int op, lunet_buf y, lunet_cbuf
   int rc = too_big((int64_t)(outer * len * inner), argmax ? "argmax" : "reduce");
   if (!rc) rc = too_big((int64_t)(outer * inner), argmax ? "argmax" : "reduce");
   if (rc || outer * inner == 0) return rc;
-  uint32_t pc[7] = {(uint32_t)outer, (uint32_t)len, (uint32_t)inner, (uint32_t)op, ep.bias_cols, ep.relu,
-                    ep.mask != NULL};
+  uint32_t pc[10] = {(uint32_t)outer, (uint32_t)len, (uint32_t)inner, (uint32_t)op, ep.bias_cols, ep.relu,
+                     ep.mask != NULL, 0, (uint32_t)len, 0};
   size_t outs = outer * inner;
   /* Many short reductions: one invocation each; else a workgroup each. */
   int mode = argmax ? 1 : (len <= 64 || outs >= 16384) ? 2 : 0;
   uint32_t groups = mode == 2 ? lunet_vk_groups(be, outs) : min_u32(outs, 65535);
-  return lunet_vk_dispatch(be, VK_SH_REDUCE, mode, (lunet_cbuf[]){y, x, ep.bias, ep.mask}, 4, pc, sizeof pc,
-                           groups, 1, 1);
+  /* A workgroup's invocations each add len / workgroup size elements: past
+   * VK_LOOP_CHUNK of them (lavapipe's loop limit) the sum goes in parts,
+   * each into its slot of a buffer, then the parts are reduced (a mean's
+   * parts divided by the whole length first, so they add up to it). */
+  size_t part = (size_t)VK_LOOP_CHUNK * be->wg;
+  if (mode != 0 || len <= part || (outs + 65534) / 65535 > 1)
+    return lunet_vk_dispatch(be, VK_SH_REDUCE, mode, (lunet_cbuf[]){y, x, ep.bias, ep.mask}, 4, pc, sizeof pc,
+                             groups, 1, 1);
+  size_t nparts = (len + part - 1) / part;
+  lunet_buf ws = lunet_vk_buffer_alloc(be, nparts * outs * sizeof(float));
+  if (!ws) return lunet_vk_error(LUNET_ERR_NOMEM, "reduce: out of device memory for %zu partial sums", nparts * outs);
+  pc[4] = pc[5] = pc[6] = 0; /* the epilogue goes to the sum of the parts */
+  for (size_t q = 0; !rc && q < nparts; q++) {
+    pc[7] = (uint32_t)(q * part);
+    pc[8] = (uint32_t)(len - q * part < part ? len : (q + 1) * part);
+    pc[9] = (uint32_t)(q * outs);
+    rc = lunet_vk_dispatch(be, VK_SH_REDUCE, 0, (lunet_cbuf[]){ws, x, NULL, NULL}, 4, pc, sizeof pc, groups, 1, 1);
+  }
+  if (!rc)
+    rc = reduce_dispatch_ep(be, op == LUNET_REDUCE_MEAN ? LUNET_REDUCE_SUM : op, y, ws, 1, nparts, outs, false, ep);
+  lunet_vk_buffer_free(be, ws);
+  return rc;
 }
 
 static int reduce_dispatch(lunet_backend *be, int op, lunet_buf y, lunet_cbuf x, size_t outer, size_t len,
@@ -898,13 +926,6 @@ static int cmp_scatter(const void *a, const void *b) {
   if (p->target != q->target) return p->target < q->target ? -1 : 1;
   return p->src < q->src ? -1 : p->src > q->src;
 }
-
-/* Sources one invocation of scatter.comp (and layernorm.comp's column
- * sums) adds in one dispatch, at most: lavapipe ends every shader loop
- * after 65,535 iterations (LP_MAX_TGSI_LOOP_ITERATIONS, shared by the loops
- * of an invocation) without an error, so a longer loop would leave a sum
- * short.  Longer runs are split over several dispatches. */
-#define VK_LOOP_CHUNK 32768
 
 static int vk_scatter_add_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, const int64_t *idx, size_t n,
                                size_t cols) {

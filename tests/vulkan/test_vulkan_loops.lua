@@ -1,4 +1,5 @@
--- Sums longer than one shader loop may run, on Vulkan against the CPU.
+-- Sums longer than one shader loop may run on lavapipe, on Vulkan against
+-- the CPU or exact values.
 -- Without the validation layer (tests/vulkan/test_vulkan.lua runs under it):
 -- its synchronization checks over these 80,000-row batches take minutes.
 -- Exits 77 (skipped) where no Vulkan device exists.
@@ -41,6 +42,19 @@ function T.long_sums_are_whole_on_vulkan()
     return {w[1]:to("cpu"):totable()[1], w[2]:to("cpu"):totable()[1]}
   end
   check.same_table(ln_step("vulkan"), ln_step("cpu"), 1e-5, "LayerNormalization's gamma and beta over 70,000 rows")
+end
+
+-- A reduction of one output over more than 256 x 32,768 elements (each of a
+-- workgroup's invocations would loop past lavapipe's limit) goes in parts:
+-- nn.ones(2^24):sum() was 1,048,560.
+function T.long_reductions_are_whole_on_vulkan()
+  local n = 2 ^ 24 + 6
+  local x = nn.ones(n):to("vulkan")
+  check.eq(x:sum():item(), 16777222, "the sum of 2^24 + 6 ones")
+  check.eq(x:mean():item(), 1, "their mean")
+  local rows = (nn.ones(2, 9000000) * nn.tensor{{1}, {-2}}):to("vulkan")
+  check.same_table(rows:sum(2):to("cpu"):totable(), {9000000, -18000000}, 0, "row sums")
+  check.same_table(rows:max(2):to("cpu"):totable(), {1, -2}, 0, "row maxima")
 end
 
 check.run(T)
