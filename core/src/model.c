@@ -858,6 +858,7 @@ struct lunet_model_session {
   lunet_model *m;
   lunet_call **calls;
   int64_t length;
+  int64_t n; /* the samples of the first feed, which every later feed keeps */
 };
 
 static lunet_tensor *add_scalar(lunet_ctx *ctx, lunet_tensor *total, lunet_tensor *t);
@@ -971,13 +972,35 @@ lunet_model_session *lunet_model_session_new(lunet_ctx *ctx, lunet_model *m) {
 lunet_status lunet_model_session_feed(lunet_ctx *ctx, lunet_model_session *ss, int nx, lunet_tensor *const *x,
                                       lunet_tensor **out) {
   lunet_model *m = ss->m;
+  lunet_clear_error(ctx);
   if (nx != m->ninputs)
     return lunet_error(ctx, LUNET_ERR_ARG, "model '%s' takes %d inputs, got %d", m->name, m->ninputs, nx);
-  for (int i = 0; i < nx; i++)
-    if (x[i]->ndim < 2 || x[i]->shape[0] != x[0]->shape[0] || x[i]->shape[1] != x[0]->shape[1])
-      return lunet_error(ctx, LUNET_ERR_SHAPE, "a session's inputs are (N, steps, ...) with one N and one number of steps");
+  /* checked whole before any layer runs: a feed that failed half way would
+   * leave some layers' caches a step ahead of the others */
+  for (int i = 0; i < nx; i++) {
+    const value *v = &m->values[m->inputs[i]];
+    bool ok = x[i] && x[i]->ndim == v->ndim + 1 && x[i]->ndim >= 2;
+    for (int d = 1; ok && d < v->ndim; d++) ok = x[i]->shape[d + 1] == v->shape[d];
+    if (!ok || x[i]->shape[0] != x[0]->shape[0] || x[i]->shape[1] != x[0]->shape[1]) {
+      char a[128], b[128];
+      return lunet_error(ctx, LUNET_ERR_SHAPE,
+                         "model '%s': a session's input '%s' is (N, steps%s with one N and one number of steps "
+                         "for all inputs, got %s",
+                         m->name, v->name, /* "(None, 4)" past its "(None": ", 4)" */
+                         v->ndim > 1 ? lunet_batch_shape_str(v->ndim - 1, v->shape + 1, a, sizeof a) + 5 : ")",
+                         x[i] ? lunet_shape_str(x[i]->ndim, x[i]->shape, b, sizeof b) : "nothing");
+    }
+  }
+  if (x[0]->shape[1] < 1)
+    return lunet_error(ctx, LUNET_ERR_SHAPE, "model '%s': a session's feed needs at least one step", m->name);
+  if (ss->length > 0 && x[0]->shape[0] != ss->n)
+    return lunet_error(ctx, LUNET_ERR_SHAPE, "model '%s': the session runs %lld samples, this feed has %lld (one "
+                       "session per batch)", m->name, (long long)ss->n, (long long)x[0]->shape[0]);
   lunet_status s = run(ctx, m, x, false, NULL, out, NULL, ss, NULL);
-  if (!s) ss->length += x[0]->shape[1];
+  if (!s) {
+    ss->n = x[0]->shape[0];
+    ss->length += x[0]->shape[1];
+  }
   return s;
 }
 

@@ -382,6 +382,46 @@ START_TEST(test_sizes_and_built_layers_are_checked) {
 }
 END_TEST
 
+/* A session's feed is checked whole before any layer runs (a wrong width
+ * failed half way, leaving the layers' caches a step ahead and the session
+ * unusable), and keeps the session's number of samples. */
+START_TEST(test_session_feeds_are_checked_first) {
+  lunet_model *m = lunet_model_new(ctx, "dec");
+  int64_t st = 4, se[2] = {4, 2};
+  int tok = lunet_model_input(ctx, m, "tok", 1, &st), extra = lunet_model_input(ctx, m, "extra", 2, se);
+  lunet_layer *emb = lunet_layer_new(ctx, lunet_layer_type_find(ctx, "Embedding"));
+  lunet_layer_set_int(emb, "input_dim", 5);
+  lunet_layer_set_int(emb, "output_dim", 2);
+  lunet_layer *add = lunet_layer_new(ctx, lunet_layer_type_find(ctx, "Add"));
+  int e = lunet_model_add(ctx, m, emb, 1, &tok);
+  int h = lunet_model_add(ctx, m, add, 2, (int[]){e, extra});
+  ck_assert_int_ge(h, 0);
+  lunet_layer_release(emb);
+  lunet_layer_release(add);
+  ck_assert_int_eq(lunet_model_set_outputs(ctx, m, 1, &h), LUNET_OK);
+  lunet_model_session *ss = lunet_model_session_new(ctx, m);
+  float ids[2] = {1, 2}, ex[6] = {0};
+  int64_t s1[2] = {2, 1}, s2[3] = {2, 1, 2}, wide[3] = {2, 1, 3}, one[3] = {1, 1, 2};
+  lunet_tensor *t = lunet_tensor_from_data(ctx, LUNET_F32, 2, s1, ids);
+  lunet_tensor *x = lunet_tensor_from_data(ctx, LUNET_F32, 3, s2, ex);
+  lunet_tensor *bad = lunet_tensor_from_data(ctx, LUNET_F32, 3, wide, ex);
+  lunet_tensor *y = NULL;
+  ck_assert_int_eq(lunet_model_session_feed(ctx, ss, 2, (lunet_tensor *[]){t, bad}, &y), LUNET_ERR_SHAPE);
+  ck_assert_str_eq(lunet_ctx_error(ctx), "model 'dec': a session's input 'extra' is (N, steps, 2) with one N and "
+                                         "one number of steps for all inputs, got (2, 1, 3)");
+  ck_assert_int_eq(lunet_model_session_length(ss), 0);
+  ck_assert_int_eq(lunet_model_session_feed(ctx, ss, 2, (lunet_tensor *[]){t, x}, &y), LUNET_OK);
+  ck_assert_int_eq(lunet_model_session_length(ss), 1);
+  lunet_tensor_release(y);
+  lunet_tensor *x1 = lunet_tensor_from_data(ctx, LUNET_F32, 3, one, ex), *t1 = lunet_tensor_from_data(ctx, LUNET_F32, 2, (int64_t[]){1, 1}, ids);
+  ck_assert_int_eq(lunet_model_session_feed(ctx, ss, 2, (lunet_tensor *[]){t1, x1}, &y), LUNET_ERR_SHAPE);
+  ck_assert_str_eq(lunet_ctx_error(ctx), "model 'dec': the session runs 2 samples, this feed has 1 (one session per batch)");
+  for (lunet_tensor **p = (lunet_tensor *[]){t, x, bad, x1, t1, NULL}; *p; p++) lunet_tensor_release(*p);
+  lunet_model_session_free(ss);
+  lunet_model_release(m);
+}
+END_TEST
+
 /* Two threads, each with its own context, predict with one model at the
  * same time: they must meet inside the Barrier layer's forward, which a
  * model-wide or layer-wide lock would prevent. */
@@ -643,6 +683,7 @@ static Suite *model_suite(void) {
   tcase_add_test(tc, test_metrics_update_merge_reset);
   tcase_add_test(tc, test_graph_errors_are_clear);
   tcase_add_test(tc, test_sizes_and_built_layers_are_checked);
+  tcase_add_test(tc, test_session_feeds_are_checked_first);
   tcase_add_test(tc, test_two_threads_run_one_model_at_once);
   tcase_add_test(tc, test_plugins_of_other_abis_are_refused);
   tcase_add_test(tc, test_host_code_layers_run_one_call_at_a_time);
