@@ -17,8 +17,9 @@ layout(push_constant, std430) uniform PC {
   int n, h, w, c, kh, kw, sh, sw, pt, pl, oh, ow;
 } pc;
 
-// Flat input pixel of the first maximum of window (n, oy, ox), channel ch;
-// -1 for a window of padding only.
+// Flat input pixel of the first maximum of window (n, oy, ox), channel ch
+// (the last NaN, if any: PyTorch's max_pool2d); -1 for a window of padding
+// only.
 int window_argmax(int n, int oy, int ox, int ch) {
   int best = -1;
   float bv = 0.0;
@@ -28,7 +29,7 @@ int window_argmax(int n, int oy, int ox, int ch) {
       if (iy < 0 || iy >= pc.h || ix < 0 || ix >= pc.w) continue;
       int p = (n * pc.h + iy) * pc.w + ix;
       float v = x[p * pc.c + ch];
-      if (best < 0 || v > bv) { best = p; bv = v; }
+      if (best < 0 || v > bv || isnan(v)) { best = p; bv = v; } // a NaN wins, as the CPU's
     }
   return best;
 }

@@ -343,6 +343,11 @@ int lunet_cpu_affine_resample(lunet_backend *be, lunet_buf y, lunet_cbuf x, cons
                               lunet_fill_mode mode, float fill);
 
 /* ---- scalar definitions shared by fast and naive kernels ---- */
+/* Whether v takes the place of the maximum so far, best, in a max pooling
+ * scanned in order: larger, or a NaN (PyTorch's max_pool2d: a NaN in the
+ * window is the output, and the last one takes the gradient). */
+static inline bool lunet_cpu_pool_beats(float v, float best) { return v > best || v != v; }
+
 /* tanh in float32 to a few units in the last place, without libm's slow
  * expm1 path: an odd polynomial (Taylor to x^15) under 0.5, 1 - 2 / (1 +
  * e^2|x|) above, exactly +-1 past 9: within 3 ulp of tanh (checked over

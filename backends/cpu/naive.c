@@ -291,7 +291,7 @@ static int64_t pool_argmax(const float *x, const lunet_pool2d_desc *d, int64_t n
       int64_t iy = oy * d->sh - d->pad_top + ky, ix = ox * d->sw - d->pad_left + kx;
       if (iy < 0 || iy >= d->h || ix < 0 || ix >= d->w) continue;
       int64_t p = (n * d->h + iy) * d->w + ix;
-      if (best < 0 || x[p * d->c + c] > x[best * d->c + c]) best = p;
+      if (best < 0 || lunet_cpu_pool_beats(x[p * d->c + c], x[best * d->c + c])) best = p;
     }
   return best;
 }

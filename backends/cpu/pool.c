@@ -31,9 +31,23 @@ static bool is_2x2(const lunet_pool2d_desc *d) {
  * windows of c channels.  Compiled for each instruction set (the baseline
  * build is SSE2, 4 lanes; measured: the first pooling of the CIFAR CNN at
  * batch 256, 1.45 ms, was a quarter of the memory's bandwidth). */
+/* All ones where v is a NaN. */
+static inline __attribute__((always_inline)) uint32_t nan_bits(float v) {
+  uint32_t u;
+  memcpy(&u, &v, sizeof u);
+  return -(uint32_t)((u & 0x7fffffffu) > 0x7f800000u);
+}
+/* The window's maximum, NaN when it holds one (lunet_cpu_pool_beats's
+ * value): the ordered maximum with a NaN's bits ORed in, in integer ops the
+ * vector code keeps (compares and selects for the NaN cost a third of the
+ * speed, or the vector code altogether). */
 static inline __attribute__((always_inline)) float max4(float a, float b, float e, float f) {
-  float m0 = b > a ? b : a, m1 = f > e ? f : e;
-  return m1 > m0 ? m1 : m0;
+  float m0 = b > a ? b : a, m1 = f > e ? f : e, m = m1 > m0 ? m1 : m0;
+  uint32_t bits;
+  memcpy(&bits, &m, sizeof bits);
+  bits |= nan_bits(a) | nan_bits(b) | nan_bits(e) | nan_bits(f);
+  memcpy(&m, &bits, sizeof m);
+  return m;
 }
 static inline __attribute__((always_inline)) void max2x2_any_body(int64_t ow, int64_t c, const float *restrict r0,
                                                                   const float *restrict r1, float *restrict yr,
@@ -92,9 +106,14 @@ static inline __attribute__((always_inline)) void max2x2_back_any_body(ROW_ARGS,
       float va = a[k], vb = b[k], ve = e[k], vf = f[k];
       uint32_t gv = gb[k];
       if (relu) gv &= -(uint32_t)(max4(va, vb, ve, vf) > 0.0f);
-      uint32_t ta = -(uint32_t)((va >= vb) & (va >= ve) & (va >= vf));
-      uint32_t tb = ~ta & -(uint32_t)((vb >= ve) & (vb >= vf));
-      uint32_t te = ~ta & ~tb & -(uint32_t)(ve >= vf);
+      /* each where no later value beats it (max4's choice: a NaN wins),
+       * in bitwise ops (a || here made branches: training at half speed) */
+      uint32_t nb = -(uint32_t)(vb != vb), ne = -(uint32_t)(ve != ve), nf = -(uint32_t)(vf != vf);
+      uint32_t b_a = -(uint32_t)(vb > va) | nb, e_a = -(uint32_t)(ve > va) | ne, f_a = -(uint32_t)(vf > va) | nf;
+      uint32_t e_b = -(uint32_t)(ve > vb) | ne, f_b = -(uint32_t)(vf > vb) | nf, f_e = -(uint32_t)(vf > ve) | nf;
+      uint32_t ta = ~(b_a | e_a | f_a);
+      uint32_t tb = ~ta & ~(e_b | f_b);
+      uint32_t te = ~ta & ~tb & ~f_e;
       oa[k] = gv & ta;
       ob[k] = gv & tb;
       oe[k] = gv & te;
@@ -167,7 +186,7 @@ static void pool_task(void *arg, int64_t begin, int64_t end, int chunk) {
         for (int64_t ix = iy == y0 ? x0 + 1 : x0; ix < x1; ix++) {
           const float *restrict v = xn + (iy * d->w + ix) * c;
           if (j->mode == LUNET_POOL_MAX)
-            for (int64_t k = 0; k < c; k++) o[k] = v[k] > o[k] ? v[k] : o[k];
+            for (int64_t k = 0; k < c; k++) o[k] = lunet_cpu_pool_beats(v[k], o[k]) ? v[k] : o[k];
           else
             for (int64_t k = 0; k < c; k++) o[k] += v[k];
         }
@@ -212,7 +231,7 @@ static void pool_back_task(void *arg, int64_t begin, int64_t end, int chunk) {
           int64_t best = y0 * d->w + x0;
           for (int64_t iy = y0; iy < y1; iy++)
             for (int64_t ix = x0; ix < x1; ix++)
-              if (xn[(iy * d->w + ix) * c + k] > xn[best * c + k]) best = iy * d->w + ix;
+              if (lunet_cpu_pool_beats(xn[(iy * d->w + ix) * c + k], xn[best * c + k])) best = iy * d->w + ix;
           if (!j->relu || xn[best * c + k] > 0.0f) dxn[best * c + k] += g[k];
         }
       }

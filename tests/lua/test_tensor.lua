@@ -366,6 +366,38 @@ function T.pow_and_tanh_edges_on_every_backend()
   end
 end
 
+-- Max pooling propagates a NaN as PyTorch's max_pool2d does: the window's
+-- output is NaN and the last NaN in scan order takes the gradient (torch
+-- 2.x gave these values: y and x.grad), in the 2x2 fast path and the
+-- general one, on every backend.  Before, a NaN after the window's first
+-- value was dropped and the 2x2 gradient went to a value not chosen.
+function T.max_pooling_propagates_nan_as_pytorch()
+  local nan = 0 / 0
+  local rows = {{3, 2, 5, 0}, {nan, 1, nan, 7}, {4, nan, 1, 1}, {0, 0, 0, 0}}
+  local want = {
+    [2] = {y = {nan, nan, nan, 1}, grad = {0, 0, 0, 0, 1, 0, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0}},
+    [3] = {y = {nan, nan, nan, nan}, grad = {0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0}},
+  }
+  local img = {}
+  for r = 1, 4 do
+    img[r] = {}
+    for c = 1, 4 do img[r][c] = {rows[r][c]} end
+  end
+  for _, dev in ipairs(check.vulkan() and {"cpu", "vulkan"} or {"cpu"}) do
+    for size, w in pairs(want) do
+      local x = nn.tensor{img}:to(dev):requires_grad(true)
+      local y = nn.MaxPooling2D{size, strides = size == 2 and 2 or 1}(x)
+      y:sum():backward()
+      local yf, gf = y:reshape(4):to("cpu"):totable(), x.grad:reshape(16):to("cpu"):totable()
+      for i = 1, 4 do
+        local a, b = yf[i], w.y[i]
+        assert(a == b or (a ~= a and b ~= b), string.format("%s, pool %d: y[%d] is %s, torch %s", dev, size, i, a, b))
+      end
+      check.same_table(gf, w.grad, 0, string.format("%s, pool %d: the gradient", dev, size))
+    end
+  end
+end
+
 -- BatchNormalization's and LayerNormalization's statistics keep their
 -- digits far from 0 on every backend (Vulkan's float sums lost them to the
 -- mean: a constant channel of 10000.1 normalized to -0.03, not 0; rows at
