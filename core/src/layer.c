@@ -238,7 +238,20 @@ static lunet_status plugin_bug(lunet_ctx *ctx, const lunet_layer *l, lunet_statu
 
 /* ---- arguments ---- */
 
-static arg_value *slot(lunet_layer *l, const char *arg, lunet_status *s) {
+/* The argument types a setter takes (bits of lunet_arg_type). */
+#define TAKES(t) (1u << (t))
+#define TAKES_ANY 0xffffffffu
+
+static const char *arg_type_name(lunet_arg_type t) {
+  static const char *names[] = {"an integer", "a number", "a boolean", "a string", "an integer or a pair",
+                                "a list of integers", "a regularizer", "a number or a pair {lo, hi}"};
+  return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "?";
+}
+
+/* Argument arg's value to set, cleared; NULL with *s set when the layer is
+ * built, has no such argument, or the argument is of a type the setter
+ * (what it takes: `takes`, named `given`) does not give. */
+static arg_value *slot_of(lunet_layer *l, const char *arg, unsigned takes, const char *given, lunet_status *s) {
   if (l->built) { /* its weights and output shape come from the arguments it was built with */
     *s = lunet_error(l->ctx, LUNET_ERR_ARG, "%s: '%s' cannot change once the layer is built (make a new layer)",
                      lunet_layer_name(l), arg);
@@ -249,6 +262,11 @@ static arg_value *slot(lunet_layer *l, const char *arg, lunet_status *s) {
     *s = lunet_error(l->ctx, LUNET_ERR_ARG, "%s has no argument '%s'", l->type->name, arg);
     return NULL;
   }
+  lunet_arg_type t = l->type->args[i].type;
+  if (!(takes & TAKES(t))) {
+    *s = lunet_error(l->ctx, LUNET_ERR_ARG, "%s: %s takes %s, got %s", l->type->name, arg, arg_type_name(t), given);
+    return NULL;
+  }
   *s = LUNET_OK;
   arg_value *v = &l->args[i];
   free(v->s);
@@ -256,6 +274,8 @@ static arg_value *slot(lunet_layer *l, const char *arg, lunet_status *s) {
   v->set = true;
   return v;
 }
+
+static arg_value *slot(lunet_layer *l, const char *arg, lunet_status *s) { return slot_of(l, arg, TAKES_ANY, "", s); }
 
 lunet_status lunet_layer_set_nil(lunet_layer *l, const char *arg) {
   lunet_status s;
@@ -269,15 +289,24 @@ lunet_status lunet_layer_set_int(lunet_layer *l, const char *arg, int64_t x) {
 }
 
 lunet_status lunet_layer_set_float(lunet_layer *l, const char *arg, double x) {
+  int i = arg_index(l, arg);
+  lunet_arg_type t = i >= 0 ? l->type->args[i].type : LUNET_ARG_FLOAT;
+  if (t == LUNET_ARG_INT || t == LUNET_ARG_INT2 || t == LUNET_ARG_SHAPE) { /* a whole number serves */
+    if (!(x == floor(x) && fabs(x) < 0x1p62))
+      return lunet_error(l->ctx, LUNET_ERR_ARG, "%s: %s takes %s, got %g", l->type->name, arg, arg_type_name(t), x);
+    return lunet_layer_set_int(l, arg, (int64_t)x);
+  }
   lunet_status s;
-  arg_value *v = slot(l, arg, &s);
+  char given[48];
+  snprintf(given, sizeof given, "the number %g", x);
+  arg_value *v = slot_of(l, arg, TAKES(LUNET_ARG_FLOAT) | TAKES(LUNET_ARG_RANGE), given, &s);
   if (v) v->f = x;
   return s;
 }
 
 lunet_status lunet_layer_set_bool(lunet_layer *l, const char *arg, bool x) {
   lunet_status s;
-  arg_value *v = slot(l, arg, &s);
+  arg_value *v = slot_of(l, arg, TAKES(LUNET_ARG_BOOL), "a boolean", &s);
   if (v) v->b = x;
   return s;
 }
@@ -294,17 +323,23 @@ lunet_status lunet_layer_set_string(lunet_layer *l, const char *arg, const char 
   size_t n = strlen(arg);
   if (x && n > 11 && !strcmp(arg + n - 11, "_constraint") && lunet_constraint_check(l->ctx, l->type->name, arg, x))
     return l->ctx->status;
-  arg_value *v = slot(l, arg, &s);
+  if (!x) return lunet_error(l->ctx, LUNET_ERR_ARG, "%s: %s given NULL (lunet_layer_set_nil unsets it)", l->type->name, arg);
+  char given[96];
+  snprintf(given, sizeof given, "the string \"%.60s\"", x);
+  arg_value *v = slot_of(l, arg, TAKES(LUNET_ARG_STRING), given, &s);
   if (v && !(v->s = strdup(x))) return lunet_error(l->ctx, LUNET_ERR_NOMEM, "out of memory");
   return s;
 }
 
 lunet_status lunet_layer_set_ints(lunet_layer *l, const char *arg, int n, const int64_t *x) {
   lunet_status s;
-  if (n > LUNET_MAX_DIMS)
-    return lunet_error(l->ctx, LUNET_ERR_ARG, "%s: %s has more than %d values", l->type->name, arg,
-                       LUNET_MAX_DIMS);
-  arg_value *v = slot(l, arg, &s);
+  if (n < 0 || n > LUNET_MAX_DIMS || (n > 0 && !x))
+    return lunet_error(l->ctx, LUNET_ERR_ARG, "%s: %s takes 0 to %d values, got %d%s", l->type->name, arg,
+                       LUNET_MAX_DIMS, n, n > 0 && !x ? " and no array" : "");
+  arg_value *v = slot_of(l, arg,
+                         TAKES(LUNET_ARG_INT) | TAKES(LUNET_ARG_INT2) | TAKES(LUNET_ARG_SHAPE) |
+                             (n == 1 ? TAKES(LUNET_ARG_FLOAT) | TAKES(LUNET_ARG_RANGE) : 0),
+                         n == 1 ? "an integer" : "a list of integers", &s);
   if (v) {
     v->n = n;
     memcpy(v->ints, x, sizeof(int64_t) * (size_t)n);

@@ -361,6 +361,20 @@ START_TEST(test_sizes_and_built_layers_are_checked) {
   ck_assert_msg(strstr(lunet_ctx_error(ctx), "'activation' cannot change once the layer is built"), "%s",
                 lunet_ctx_error(ctx));
   ck_assert_int_eq(lunet_layer_set_int(first, "units", 4), LUNET_ERR_ARG);
+  /* a setter of another type than the argument's is an error (units = "12"
+   * became 0, units = 3.7 became 3, a count of -1 crashed in memcpy) */
+  lunet_layer *fresh = dense(4, NULL);
+  ck_assert_int_eq(lunet_layer_set_string(fresh, "units", "12"), LUNET_ERR_ARG);
+  ck_assert_str_eq(lunet_ctx_error(ctx), "Dense: units takes an integer, got the string \"12\"");
+  ck_assert_int_eq(lunet_layer_set_float(fresh, "units", 3.7), LUNET_ERR_ARG);
+  ck_assert_str_eq(lunet_ctx_error(ctx), "Dense: units takes an integer, got 3.7");
+  ck_assert_int_eq(lunet_layer_set_float(fresh, "units", 6), LUNET_OK);
+  ck_assert_int_eq(lunet_layer_get_int(fresh, "units"), 6);
+  ck_assert_int_eq(lunet_layer_set_bool(fresh, "units", true), LUNET_ERR_ARG);
+  ck_assert_int_eq(lunet_layer_set_ints(fresh, "units", -1, NULL), LUNET_ERR_ARG);
+  ck_assert_int_eq(lunet_layer_set_string(fresh, "activation", NULL), LUNET_ERR_ARG);
+  ck_assert_int_eq(lunet_layer_set_int(fresh, "use_bias", 1), LUNET_ERR_ARG);
+  lunet_layer_release(fresh);
   /* the README's idiom with a misspelt type: an error, not a crash */
   ck_assert_ptr_null(lunet_layer_new(ctx, lunet_layer_type_find(ctx, "Conv2d")));
   ck_assert_msg(strstr(lunet_ctx_error(ctx), "Conv2d"), "%s", lunet_ctx_error(ctx));
