@@ -430,6 +430,7 @@ lunet_tensor *lunet_model_param(const lunet_model *m, int i) {
 /* ---- compile ---- */
 
 static lunet_status check_sealed(lunet_ctx *ctx, const lunet_model *m) {
+  if (!m) return lunet_error(ctx, LUNET_ERR_ARG, "no model (NULL: did lunet_model_new or lunet_model_load fail?)");
   if (!m->sealed)
     return lunet_error(ctx, LUNET_ERR_ARG,
                        "model '%s' has no outputs yet (lunet_model_set_outputs)", m->name);
@@ -560,6 +561,7 @@ static char **copy_strings(int n, const char *const *v) {
 
 lunet_status lunet_model_compile(lunet_ctx *ctx, lunet_model *m, const lunet_compile_opts *o) {
   if (check_sealed(ctx, m)) return ctx->status;
+  if (!o) return lunet_error(ctx, LUNET_ERR_ARG, "compile: no options (NULL)");
   if (!o->optimizer) return lunet_error(ctx, LUNET_ERR_ARG, "compile: an optimizer is required");
   if (o->nlosses != 1 && o->nlosses != m->noutputs)
     return lunet_error(ctx, LUNET_ERR_ARG,
@@ -751,9 +753,9 @@ static lunet_status check_inputs(lunet_ctx *ctx, const lunet_model *m, int nx,
                                  lunet_tensor *const *x) {
   lunet_clear_error(ctx);
   if (check_sealed(ctx, m)) return ctx->status;
-  if (nx != m->ninputs)
-    return lunet_error(ctx, LUNET_ERR_ARG, "model '%s' takes %d input%s, got %d", m->name,
-                       m->ninputs, m->ninputs == 1 ? "" : "s", nx);
+  if (nx != m->ninputs || (nx > 0 && !x))
+    return lunet_error(ctx, LUNET_ERR_ARG, "model '%s' takes %d input%s, got %d%s", m->name,
+                       m->ninputs, m->ninputs == 1 ? "" : "s", nx, nx > 0 && !x ? " and no array" : "");
   for (int i = 0; i < nx; i++) {
     const value *v = &m->values[m->inputs[i]];
     bool ok = x[i] && x[i]->ndim == v->ndim + 1;
@@ -1023,6 +1025,7 @@ lunet_status lunet_model_forward(lunet_ctx *ctx, lunet_model *m, int nx, lunet_t
 lunet_status lunet_model_predict(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *const *x,
                                  lunet_tensor **out) {
   if (check_inputs(ctx, m, nx, x)) return ctx->status;
+  if (!out) return lunet_error(ctx, LUNET_ERR_ARG, "predict: no place for the outputs (out is NULL)");
   bool prev = lunet_set_grad_enabled(ctx, false);
   lunet_status s = run(ctx, m, x, false, NULL, out, NULL, NULL, NULL);
   lunet_set_grad_enabled(ctx, prev);

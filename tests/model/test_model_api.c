@@ -375,6 +375,18 @@ START_TEST(test_sizes_and_built_layers_are_checked) {
   ck_assert_int_eq(lunet_layer_set_string(fresh, "activation", NULL), LUNET_ERR_ARG);
   ck_assert_int_eq(lunet_layer_set_int(fresh, "use_bias", 1), LUNET_ERR_ARG);
   lunet_layer_release(fresh);
+  /* NULL where a model, options, inputs or a place for outputs go: errors */
+  lunet_tensor *none = NULL;
+  ck_assert_int_eq(lunet_model_predict(ctx, NULL, 1, &none, &none), LUNET_ERR_ARG);
+  ck_assert_msg(strstr(lunet_ctx_error(ctx), "no model (NULL"), "%s", lunet_ctx_error(ctx));
+  ck_assert_int_eq(lunet_model_train_step(ctx, NULL, 1, &none, 1, &none, NULL), LUNET_ERR_ARG);
+  ck_assert_int_eq(lunet_model_compile(ctx, m, NULL), LUNET_ERR_ARG);
+  ck_assert_int_eq(lunet_model_predict(ctx, m, 1, NULL, &none), LUNET_ERR_ARG);
+  int64_t three = 3;
+  float zeros[3] = {0};
+  lunet_tensor *x3 = lunet_tensor_from_data(ctx, LUNET_F32, 2, (int64_t[]){1, three}, zeros);
+  ck_assert_int_eq(lunet_model_predict(ctx, m, 1, &x3, NULL), LUNET_ERR_ARG);
+  lunet_tensor_release(x3);
   /* the README's idiom with a misspelt type: an error, not a crash */
   ck_assert_ptr_null(lunet_layer_new(ctx, lunet_layer_type_find(ctx, "Conv2d")));
   ck_assert_msg(strstr(lunet_ctx_error(ctx), "Conv2d"), "%s", lunet_ctx_error(ctx));
