@@ -837,16 +837,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     open_requests++;
     bool late = stopping;
     pthread_mutex_unlock(&open_mu);
-    if (late) { /* a keep-alive connection's next request, after SIGTERM */
-      struct MHD_Response *r = MHD_create_response_from_buffer(
-          strlen("{\"error\": \"the server is stopping\"}"), "{\"error\": \"the server is stopping\"}",
-          MHD_RESPMEM_PERSISTENT);
-      MHD_add_response_header(r, "Content-Type", "application/json");
-      MHD_add_response_header(r, "Connection", "close");
-      enum MHD_Result ok = MHD_queue_response(c, 503, r);
-      MHD_destroy_response(r);
-      return ok;
-    }
+    if (late) /* a keep-alive connection's next request, after SIGTERM (MHD closes it after) */
+      return send_error(c, 503, "the server is stopping");
     model_url u;
     served *m = !strcmp(method, "POST") && parse_model_url(url, &u) && !strcmp(u.rest, ":predict") ? u.m : NULL;
     if (m) { /* on its way: the batching worker may wait for it */

@@ -919,6 +919,7 @@ static int vk_affine_resample(lunet_backend *be, lunet_buf y, lunet_cbuf x, cons
 typedef struct scatter_src {
   int64_t target;
   size_t src;
+  size_t run; /* its place among its target's sources, set after the sort */
 } scatter_src;
 
 static int cmp_scatter(const void *a, const void *b) {
@@ -938,29 +939,27 @@ static int vk_scatter_add_rows(lunet_backend *be, lunet_buf y, lunet_cbuf x, con
     free(plan);
     return lunet_vk_error(LUNET_ERR_NOMEM, "scatter_add_rows: out of host memory");
   }
-  for (size_t i = 0; i < n; i++) s[i] = (scatter_src){idx[i], i};
+  for (size_t i = 0; i < n; i++) s[i] = (scatter_src){idx[i], i, 0};
   qsort(s, n, sizeof *s, cmp_scatter);
   size_t most = 0; /* the most sources of one target */
-  for (size_t i = 0, run = 0; i < n; i++) {
-    run = i > 0 && s[i].target == s[i - 1].target ? run + 1 : 1;
-    if (run > most) most = run;
+  for (size_t i = 0; i < n; i++) {
+    s[i].run = i > 0 && s[i].target == s[i - 1].target ? s[i - 1].run + 1 : 0;
+    if (s[i].run + 1 > most) most = s[i].run + 1;
   }
   /* round r adds each target's sources r * VK_LOOP_CHUNK onwards, up to
    * VK_LOOP_CHUNK of them: one round unless a target has more */
   for (size_t r = 0; !rc && r * VK_LOOP_CHUNK < most; r++) {
     size_t u = 0, m = 0; /* targets and sources of this round */
-    for (size_t i = 0, run = 0; i < n; i++) {
-      run = i > 0 && s[i].target == s[i - 1].target ? run + 1 : 0;
-      if (run < r * VK_LOOP_CHUNK || run >= (r + 1) * VK_LOOP_CHUNK) continue;
-      if (run == r * VK_LOOP_CHUNK) u++;
+    for (size_t i = 0; i < n; i++) {
+      if (s[i].run < r * VK_LOOP_CHUNK || s[i].run >= (r + 1) * VK_LOOP_CHUNK) continue;
+      if (s[i].run == r * VK_LOOP_CHUNK) u++;
       m++;
     }
     /* targets (u), offsets (u + 1), sources (m) */
     size_t t = 0, k = 0;
-    for (size_t i = 0, run = 0; i < n; i++) {
-      run = i > 0 && s[i].target == s[i - 1].target ? run + 1 : 0;
-      if (run < r * VK_LOOP_CHUNK || run >= (r + 1) * VK_LOOP_CHUNK) continue;
-      if (run == r * VK_LOOP_CHUNK) {
+    for (size_t i = 0; i < n; i++) {
+      if (s[i].run < r * VK_LOOP_CHUNK || s[i].run >= (r + 1) * VK_LOOP_CHUNK) continue;
+      if (s[i].run == r * VK_LOOP_CHUNK) {
         plan[t] = (int32_t)s[i].target;
         plan[u + t] = (int32_t)k;
         t++;

@@ -31,12 +31,17 @@ function M.fails(f, pattern)
   end
 end
 
+-- The Vulkan entry of nn.backends(), or nil where it is not built.
+local function vulkan_backend()
+  for _, b in ipairs(require("lunet").backends()) do
+    if b.name == "vulkan" then return b end
+  end
+end
+
 -- Whether a Vulkan device is there (lavapipe counts); says so when not.
 function M.vulkan()
-  local nn = require "lunet"
-  for _, b in ipairs(nn.backends()) do
-    if b.name == "vulkan" and b.available then return true end
-  end
+  local vk = vulkan_backend()
+  if vk and vk.available then return true end
   print("  (no Vulkan device: skipped)")
   return false
 end
@@ -44,9 +49,7 @@ end
 -- A test file of Vulkan alone: exits 77 (ctest's skip) with the reason
 -- where no Vulkan device can be used.
 function M.require_vulkan()
-  local nn = require "lunet"
-  local vk
-  for _, b in ipairs(nn.backends()) do if b.name == "vulkan" then vk = b end end
+  local vk = vulkan_backend()
   if not (vk and vk.available) then
     print("SKIP: no usable Vulkan device: " .. (vk and vk.detail or "the backend is not built"))
     os.exit(77)

@@ -180,14 +180,34 @@ status, body = req("POST", "/v1/models/cnn:predict", json.dumps({"instances": [{
 assert status == 200 and len(body["predictions"][0]) == 3, (status, body)
 
 # SIGTERM while a request is still arriving: it is answered (right), then
-# the server exits 0
+# the server exits 0; a keep-alive connection's next request, sent after
+# SIGTERM, is refused with 503 and the connection closed
 raw = json.dumps({"instances": ref["inputs"]}).encode()
+idle = socket.create_connection(("127.0.0.1", port))
+idle.settimeout(20)
+idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+first = b""
+while b"\r\n\r\n" not in first or len(first.split(b"\r\n\r\n", 1)[1]) < int(
+        first.lower().split(b"content-length:")[1].split(b"\r\n")[0]):
+    first += idle.recv(65536)
+assert first.startswith(b"HTTP/1.1 200"), first[:200]
 late = socket.create_connection(("127.0.0.1", port))
 late.sendall(b"POST /v1/models/cnn:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
              b"Content-Length: %d\r\n\r\n" % len(raw) + raw[:100])
 time.sleep(0.3)
 server.send_signal(signal.SIGTERM)
 time.sleep(0.3)
+idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+refused = b""
+while True:  # all of it: the server closes the connection after
+    chunk = idle.recv(65536)
+    if not chunk:
+        break
+    refused += chunk
+head, _, text = refused.partition(b"\r\n\r\n")
+assert head.startswith(b"HTTP/1.1 503") and b"connection: close" in head.lower(), refused[:300]
+assert json.loads(text) == {"error": "the server is stopping"}, text
+idle.close()
 late.sendall(raw[100:])
 late.settimeout(20)
 answer = b""
