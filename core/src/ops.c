@@ -351,9 +351,9 @@ lunet_tensor *lunet_op_matmul(lunet_ctx *ctx, const lunet_tensor *a, const lunet
   }
   int64_t m = a->shape[a->ndim - (ta ? 1 : 2)], k = a->shape[a->ndim - (ta ? 2 : 1)];
   int64_t k2 = b->shape[b->ndim - (tb ? 1 : 2)], n = b->shape[b->ndim - (tb ? 2 : 1)];
-  int64_t ma = a->shape[a->ndim - 1] * a->shape[a->ndim - 2];
-  int64_t mb = b->shape[b->ndim - 1] * b->shape[b->ndim - 2];
-  int64_t ba = ma > 0 ? a->numel / ma : 1, bb = mb > 0 ? b->numel / mb : 1;
+  int64_t ba = 1, bb = 1; /* the batch sizes, from the shapes (numel says nothing when a matrix is empty) */
+  for (int i = 0; i < a->ndim - 2; i++) ba *= a->shape[i];
+  for (int i = 0; i < b->ndim - 2; i++) bb *= b->shape[i];
   bool batch_ok = a->ndim == 2 || b->ndim == 2 || a->ndim == b->ndim;
   for (int i = 0; batch_ok && a->ndim > 2 && b->ndim > 2 && i < a->ndim - 2; i++)
     batch_ok = a->shape[i] == b->shape[i];
@@ -379,7 +379,7 @@ lunet_tensor *lunet_op_matmul(lunet_ctx *ctx, const lunet_tensor *a, const lunet
   shape[nd - 1] = n;
   int64_t batch = ba > bb ? ba : bb;
   lunet_tensor *c = lunet_tensor_on(ctx, be, LUNET_F32, nd, shape);
-  if (!c) return NULL;
+  if (!c || c->numel == 0) return c; /* an empty product: nothing to compute */
   return done(ctx, be,
               PROFILED(ctx, be, bf16 ? "gemm_bf16" : "gemm", 2.0 * (double)m * (double)n * (double)k * (double)batch, (bf16 ? be->i->gemm_bf16 : be->i->gemm)(be->state, ta, tb, m, n, k, 1.0f, a->buf->handle, ba > 1 ? m * k : 0,
                           b->buf->handle, bb > 1 ? k * n : 0, 0.0f, c->buf->handle, m * n, batch)),

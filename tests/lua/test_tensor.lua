@@ -366,6 +366,42 @@ function T.pow_and_tanh_edges_on_every_backend()
   end
 end
 
+-- A product with an empty side is numpy's and PyTorch's: an empty result,
+-- or zeros where only the inner size is 0 (a sum of nothing), batched or
+-- not, with gradients of the operands' shapes, on every backend.  Before,
+-- a batched product of inner size 0 computed the first batch entry alone
+-- (the rest kept what the memory held: 2.5e19 in a sum) and a batched
+-- product with 0 rows or columns was an error on the CPU.
+function T.empty_products_on_every_backend()
+  local cases = { -- a's shape, b's shape, the result's
+    {{5, 0}, {0, 4}, {5, 4}}, {{3, 5, 0}, {3, 0, 4}, {3, 5, 4}}, {{3, 5, 0}, {0, 4}, {3, 5, 4}},
+    {{5, 0}, {3, 0, 4}, {3, 5, 4}}, {{3, 0, 2}, {3, 2, 4}, {3, 0, 4}}, {{3, 5, 2}, {3, 2, 0}, {3, 5, 0}},
+    {{0, 5, 2}, {0, 2, 4}, {0, 5, 4}}, {{0, 2}, {2, 4}, {0, 4}},
+  }
+  for _, dev in ipairs(check.vulkan() and {"cpu", "vulkan"} or {"cpu"}) do
+    for _, c in ipairs(cases) do
+      local what = string.format("%s: (%s) @ (%s)", dev, table.concat(c[1], "x"), table.concat(c[2], "x"))
+      for _ = 1, 3 do -- memory a finished tensor held, for the result to reuse
+        local dirty = (nn.ones(c[3]):to(dev) * 7):sum():item()
+        assert(dirty == dirty)
+      end
+      local a = nn.ones(c[1]):to(dev):requires_grad(true)
+      local b = nn.ones(c[2]):to(dev):requires_grad(true)
+      local y = a:matmul(b)
+      check.same_table(y:shape(), c[3], 0, what .. ": shape")
+      local t = y:to("cpu"):reshape(-1):totable()
+      for i = 1, #t do assert(t[i] == 0, string.format("%s: element %d is %g, not 0", what, i, t[i])) end
+      ;(y * 2):sum():backward()
+      check.same_table(a.grad:shape(), c[1], 0, what .. ": a's gradient")
+      check.same_table(b.grad:shape(), c[2], 0, what .. ": b's gradient")
+      for _, g in ipairs{a.grad, b.grad} do -- the operands' elements meet nothing: 0
+        local gt = g:to("cpu"):reshape(-1):totable()
+        for i = 1, #gt do assert(gt[i] == 0, string.format("%s: a gradient element is %g", what, gt[i])) end
+      end
+    end
+  end
+end
+
 -- Max pooling propagates a NaN as PyTorch's max_pool2d does: the window's
 -- output is NaN and the last NaN in scan order takes the gradient (torch
 -- 2.x gave these values: y and x.grad), in the 2x2 fast path and the
