@@ -12,8 +12,10 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <zlib.h>
 
 #include "lunet/data.h"
+#include "internal.h"
 
 #define REC_BYTES 3073
 #define PIXELS 1024 /* 32 x 32 */
@@ -175,6 +177,30 @@ static lunet_status archive_fail(lunet_ctx *ctx, struct archive *a, const char *
                      msg ? msg : "unknown error");
 }
 
+/* The archive's bytes come through zlib's gzread, not libarchive's gzip
+ * filter: libarchive never checks the gzip trailer's CRC and length, so a
+ * corrupted download that still inflates would load as wrong pixels.
+ * gzread checks them at the end of each member (drained after the tar's
+ * end) and passes a file that is not gzip through unchanged, for
+ * libarchive's other filters. */
+struct gz_in {
+  gzFile g;
+  const char *path;
+  unsigned char buf[1 << 16];
+};
+
+static la_ssize_t gz_in_read(struct archive *a, void *in, const void **buf) {
+  struct gz_in *z = in;
+  int n = gzread(z->g, z->buf, sizeof z->buf);
+  if (n < 0) {
+    int err;
+    archive_set_error(a, EIO, "%s", lunet_gz_message(z->g, z->path, &err));
+    return ARCHIVE_FATAL;
+  }
+  *buf = z->buf;
+  return n;
+}
+
 static long long archive_source_read(void *a, void *buf, size_t len) {
   return (long long)archive_read_data(a, buf, len);
 }
@@ -186,12 +212,25 @@ static lunet_status archive_source_fail(lunet_ctx *ctx, const struct source *s) 
 static lunet_status read_archive(lunet_ctx *ctx, const char *path, struct cifar_read *rd) {
   struct archive *a = archive_read_new();
   if (!a) return lunet_error(ctx, LUNET_ERR_NOMEM, "cifar10: out of memory");
+  struct gz_in *z = malloc(sizeof *z);
+  if (z) {
+    z->g = gzopen(path, "rb");
+    z->path = path;
+  }
+  if (!z || !z->g) {
+    free(z);
+    archive_read_free(a);
+    return lunet_error(ctx, z ? LUNET_ERR_IO : LUNET_ERR_NOMEM, "cifar10: %s: %s", path,
+                       z ? strerror(errno) : "out of memory");
+  }
   archive_read_support_filter_all(a);
   archive_read_support_format_tar(a);
   lunet_status st = LUNET_OK;
-  if (archive_read_open_filename(a, path, 1 << 16) != ARCHIVE_OK) {
+  if (archive_read_open(a, z, NULL, gz_in_read, NULL) != ARCHIVE_OK) {
     st = archive_fail(ctx, a, path);
     archive_read_free(a);
+    gzclose(z->g);
+    free(z);
     return st;
   }
   struct source from = {archive_source_read, archive_source_fail, a, path};
@@ -214,7 +253,19 @@ static lunet_status read_archive(lunet_ctx *ctx, const char *path, struct cifar_
     if (st == LUNET_OK) st = read_records(ctx, &from, idx, size, rd);
   }
   if (st == LUNET_OK && r != ARCHIVE_EOF) st = archive_fail(ctx, a, path);
+  while (st == LUNET_OK) { /* past the tar's end, to the gzip trailer */
+    int n = gzread(z->g, z->buf, sizeof z->buf);
+    if (n > 0) continue;
+    int err;
+    if (n < 0)
+      st = lunet_error(ctx, LUNET_ERR_FORMAT,
+                       "cifar10: %s: corrupt archive (%s); delete it and download it again", path,
+                       lunet_gz_message(z->g, path, &err));
+    break;
+  }
   archive_read_free(a);
+  gzclose(z->g);
+  free(z);
   return st;
 }
 

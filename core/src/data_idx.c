@@ -7,6 +7,7 @@
 #include <zlib.h>
 
 #include "lunet/data.h"
+#include "internal.h"
 
 /* A header may not promise more than this (a corrupt one would ask for TBs). */
 #define IDX_MAX_BYTES ((int64_t)1 << 34)
@@ -37,13 +38,18 @@ static int64_t gz_read_all(gzFile g, uint8_t *buf, int64_t n) {
   return got;
 }
 
+const char *lunet_gz_message(gzFile g, const char *path, int *err) {
+  const char *msg = gzerror(g, err);
+  size_t plen = strlen(path); /* zlib puts the path in front; we already do */
+  if (strncmp(msg, path, plen) == 0 && strncmp(msg + plen, ": ", 2) == 0) msg += plen + 2;
+  return msg;
+}
+
 /* After a short read: a gzip error (corrupt or cut stream) or a plain EOF. */
 static lunet_status short_read(lunet_ctx *ctx, gzFile g, const char *path, const char *what,
                                int64_t want, int64_t got) {
   int err = Z_OK;
-  const char *msg = gzerror(g, &err);
-  size_t plen = strlen(path); /* zlib puts the path in front; we already do */
-  if (strncmp(msg, path, plen) == 0 && strncmp(msg + plen, ": ", 2) == 0) msg += plen + 2;
+  const char *msg = lunet_gz_message(g, path, &err);
   if (err != Z_OK && err != Z_STREAM_END)
     return lunet_error(ctx, LUNET_ERR_FORMAT,
                        "%s: corrupt or truncated gzip data (%s); delete the file and download "

@@ -217,4 +217,9 @@ LUNET_HIDDEN const char *lunet_weight_arg(const lunet_layer *l, int i, const cha
  * or with sample weights (N) Keras's sum(w * loss) / rows (losses.c). */
 LUNET_HIDDEN lunet_tensor *lunet_loss_mean_rows(lunet_ctx *ctx, lunet_tensor *rows, const lunet_tensor *sample_weight);
 
+/* zlib's message for gzFile g (a struct gzFile_s *) opened on path, without
+ * the "path: " zlib puts in front (data_idx.c); *err gets zlib's code. */
+struct gzFile_s;
+LUNET_HIDDEN const char *lunet_gz_message(struct gzFile_s *g, const char *path, int *err);
+
 #endif

@@ -401,6 +401,9 @@ local function check_xy(self, x, y, what)
   local xs = tensors(self, x, #self.inputs, 1, what, "input")
   local ys = tensors(self, y, noutputs(self), 2, what, "target")
   local n = nsamples(xs[1])
+  if n == 0 then -- no loss or metric is defined on nothing (Keras: "Expected input data to be non-empty")
+    error(string.format("%s: x has 0 samples (give at least one)", what), 3)
+  end
   for _, t in ipairs(xs) do
     if nsamples(t) ~= n then
       error(string.format("%s: the inputs have %d and %d samples (they must have the same first dimension)", what, n,
@@ -1023,7 +1026,7 @@ function Model:predict(x, o)
     return { C.model_predict(self.handle, xs[1]) }
   end
   local parts = {}
-  for first = 1, n, bs do
+  for first = 1, math.max(n, 1), bs do -- once for no samples: outputs of 0 rows, on any device
     local xb = rows_of(xs, first, math.min(bs, n - first + 1), self.device)
     local outs = { C.model_predict(self.handle, unlist(xb)) }
     for j, t in ipairs(outs) do

@@ -24,8 +24,8 @@ static lunet_status flatten_build(lunet_layer *l, int nin, const lunet_shape *in
 static lunet_status flatten_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
                                     lunet_tensor **y, bool training) {
   flatten_state *st = lunet_call_state(c);
-  int64_t n = lunet_tensor_dim(x[0], 0);
-  int64_t shape[2] = {n, n > 0 ? lunet_tensor_numel(x[0]) / n : 0};
+  int64_t shape[2] = {lunet_tensor_dim(x[0], 0), 1}; /* from the dims: numel / N says nothing at N = 0 */
+  for (int i = 1; i < lunet_tensor_ndim(x[0]); i++) shape[1] *= lunet_tensor_dim(x[0], i);
   if (!(y[0] = lunet_op_reshape(lunet_call_ctx(c), x[0], 2, shape))) return layers_call_failed(c);
   st->ndim = lunet_tensor_ndim(x[0]);
   for (int i = 0; i < st->ndim; i++) st->shape[i] = lunet_tensor_dim(x[0], i);

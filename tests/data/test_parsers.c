@@ -542,6 +542,63 @@ START_TEST(cifar_corrupt_gzip) {
 }
 END_TEST
 
+/* The bytes of `path`; *n gets their count. */
+static uint8_t *slurp(const char *path, long *n) {
+  FILE *f = fopen(path, "rb");
+  ck_assert_ptr_nonnull(f);
+  fseek(f, 0, SEEK_END);
+  *n = ftell(f);
+  rewind(f);
+  uint8_t *buf = malloc((size_t)*n);
+  ck_assert_int_eq(fread(buf, 1, (size_t)*n, f), *n);
+  fclose(f);
+  return buf;
+}
+
+/* A download whose gzip trailer does not match its data (the CRC, then the
+ * length) is refused, though every deflate block still inflates: the pixels
+ * could be wrong.  libarchive alone skips the trailer.  Twice: as written,
+ * and with 256 KiB of zeros after the tar's end (tar readers stop at its
+ * end marker, so the trailer lies past what the tar reader asks for). */
+START_TEST(cifar_gzip_trailer_checked) {
+  char *good = path_of("trailer.tar.gz");
+  write_cifar_tgz(good, NULL, NULL);
+  for (int padded = 0; padded < 2; padded++) {
+    if (padded) { /* the same tar and the zeros, gzipped again */
+      gzFile in = gzopen(good, "rb");
+      static uint8_t tar[1 << 22];
+      int len = gzread(in, tar, sizeof tar);
+      gzclose(in);
+      ck_assert_int_gt(len, 0);
+      ck_assert_int_lt(len + (1 << 18), (int)sizeof tar);
+      memset(tar + len, 0, 1 << 18);
+      gzFile out = gzopen(good, "wb");
+      ck_assert_int_eq(gzwrite(out, tar, (unsigned)len + (1u << 18)), len + (1 << 18));
+      gzclose(out);
+      lunet_array a, b, c, d; /* still good */
+      ck_assert_int_eq(lunet_read_cifar10(ctx, good, &a, &b, &c, &d), LUNET_OK);
+      free4(&a, &b, &c, &d);
+    }
+    long n;
+    uint8_t *buf = slurp(good, &n);
+    static const char *const what[2] = {"incorrect data check", "incorrect length check"};
+    for (int i = 0; i < 2; i++) {
+      buf[n - 8 + 4 * i] ^= 0x01; /* the CRC-32's first byte, then ISIZE's */
+      char name[64];
+      snprintf(name, sizeof name, "bad_%s%s.tar.gz", i ? "length" : "crc", padded ? "_padded" : "");
+      char *p = path_of(name);
+      write_raw(p, buf, (size_t)n);
+      buf[n - 8 + 4 * i] ^= 0x01;
+      char want[800];
+      snprintf(want, sizeof want,
+               "cifar10: %s: corrupt archive (%s); delete it and download it again", p, what[i]);
+      ck_assert_str_eq(cifar_error(p, LUNET_ERR_FORMAT), want);
+    }
+    free(buf);
+  }
+}
+END_TEST
+
 START_TEST(cifar_missing_path) {
   char *p = path_of("no-such.tar.gz");
   char want[800];
@@ -576,6 +633,7 @@ int main(void) {
   tcase_add_test(tc, cifar_missing_batch);
   tcase_add_test(tc, cifar_path_traversal);
   tcase_add_test(tc, cifar_corrupt_gzip);
+  tcase_add_test(tc, cifar_gzip_trailer_checked);
   tcase_add_test(tc, cifar_missing_path);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);

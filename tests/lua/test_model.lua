@@ -1439,4 +1439,31 @@ function T.relu_gradient_folds_only_where_one_gradient_arrives()
   end
 end
 
+-- No samples: predict gives outputs of 0 rows through every kind of layer
+-- (Flatten took its width from numel / N, nothing at N = 0) on every
+-- backend (off the CPU, predict returned an empty Lua table); fit,
+-- evaluate and the single-batch calls say there is nothing to learn from
+-- (fit said "batches: need one of x", and on Vulkan returned a loss of 0).
+function T.no_samples()
+  for _, be in ipairs(backends_here()) do
+    nn.seed(3)
+    local x = nn.Input{shape = {6, 6, 2}}
+    local h = nn.Conv2D{4, 3, activation = "relu"}(x)
+    h = nn.BatchNormalization{}(nn.MaxPooling2D{2}(h))
+    local y = nn.Dense{3}(nn.Flatten{}(h))
+    local m = nn.Model{inputs = x, outputs = y}
+    m:compile{optimizer = "adam", loss = "mse"}
+    if be ~= "cpu" then m:to(be) end
+    local p = m:predict(nn.randn(0, 6, 6, 2))
+    check.eq(nn.is_tensor(p), true, be .. ": predict gives a tensor")
+    check.same_table(p:shape(), {0, 3}, 0, be .. ": predict's shape")
+    check.same_table(m:predict(nn.randn(2, 6, 6, 2)):shape(), {2, 3}, 0, be .. ": and then 2 rows")
+    local x0, y0 = nn.randn(0, 6, 6, 2), nn.randn(0, 3)
+    check.fails(function() m:fit(x0, y0, {verbose = 0}) end, "fit: x has 0 samples (give at least one)")
+    check.fails(function() m:evaluate(x0, y0, {verbose = 0}) end, "evaluate: x has 0 samples (give at least one)")
+    check.fails(function() m:train_on_batch(x0, y0) end, "train_on_batch: x has 0 samples (give at least one)")
+    check.fails(function() m:test_on_batch(x0, y0) end, "test_on_batch: x has 0 samples (give at least one)")
+  end
+end
+
 check.run(T)
