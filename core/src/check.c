@@ -1,5 +1,6 @@
 /* The plugin self-test: a layer type's shipped cases, checked by finite
  * differences on the CPU and against the CPU on every other backend. */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,7 +11,10 @@
 
 #define AGREEMENT 1e-3 /* relative, another backend against the CPU */
 #define EPS 5e-3       /* finite-difference step */
-#define PROBES 48      /* elements probed per tensor (every one of a smaller tensor) */
+#define ALL_BELOW 512  /* a tensor of at most this many elements: every one probed */
+#define PROBES 96      /* else at least this many, and as many as its largest dimension, */
+#define MAX_PROBES 2048 /* up to this */
+#define NOISE_ULPS 4   /* the float32 rounding of the loss, in ulps of its partial sums */
 
 typedef struct probe {
   lunet_layer *layer;
@@ -95,32 +99,74 @@ static bool loss_at(lunet_ctx *ctx, probe *p, lunet_tensor *t, float *v, int64_t
   return ok;
 }
 
-/* The largest relative error of backward's gradient of t against central
- * differences, over a spread of its elements; -1 on error.  An element
- * where the loss has a kink within the step (two max-pool candidates
- * closer than it, a ReLU at 0) has no derivative to compare: the two
- * one-sided differences disagree there, and it is skipped; if every
+/* Element `i` of a probe sweep over a tensor of shape `dims`: along axis
+ * a, index (i + c * (a + 1)) mod dims[a], c = i / dims[a].  Every run of
+ * dims[a] probes takes each index of axis a once, so `count` >= the largest
+ * dimension reaches every row and every column (a gradient wrong in one
+ * column cannot fall between probes), and the shifts between runs reach
+ * entries off the diagonal (a transposed gradient shows). */
+static int64_t sweep_index(const lunet_tensor *t, int64_t i) {
+  int64_t k = 0;
+  for (int a = 0; a < t->ndim; a++) {
+    int64_t d = t->shape[a];
+    k = k * d + (i + i / d * (a + 1)) % d;
+  }
+  return k;
+}
+
+/* The largest error of backward's gradient of t against central
+ * differences, over every element of a small tensor and a sweep that
+ * reaches every index of every axis of a larger one; -1 on error.  The
+ * error of an element is |numeric - analytic| / max(|numeric|, |analytic|,
+ * a tenth of the largest gradient of t, floor): relative, except where the
+ * gradient is small next to the tensor's own (a zero where 0.01 belongs is
+ * an error of 1 there, whatever the scale), or below `floor`, where float32
+ * differences of the loss no longer resolve it (noise_floor).  A non-finite loss or gradient is an error.  An
+ * element where the loss has a kink within the step (two max-pool
+ * candidates closer than it, a ReLU at 0) has no derivative to compare: the
+ * two one-sided differences disagree there, and it is skipped; if every
  * element is skipped, that is an error. */
-static double fd_error(lunet_ctx *ctx, probe *p, lunet_tensor *t) {
+static double fd_error(lunet_ctx *ctx, probe *p, lunet_tensor *t, double floor) {
   float *v = read_all(ctx, t), *g = t->grad ? read_all(ctx, t->grad) : NULL;
-  double worst = 0, base = 0;
   bool ok = v && (g || !t->grad);
-  int64_t step = t->numel / PROBES > 0 ? t->numel / PROBES : 1, compared = 0;
+  int64_t maxdim = 1;
+  for (int a = 0; a < t->ndim; a++) maxdim = t->shape[a] > maxdim ? t->shape[a] : maxdim;
+  int64_t count = t->numel <= ALL_BELOW ? t->numel : maxdim > PROBES ? maxdim : PROBES;
+  if (count > MAX_PROBES) count = MAX_PROBES;
+  double *num = malloc(sizeof(double) * (size_t)(count ? count : 1)),
+         *ana = malloc(sizeof(double) * (size_t)(count ? count : 1));
+  if (ok && (!num || !ana)) ok = !lunet_error(ctx, LUNET_ERR_NOMEM, "out of host memory");
+  double worst = 0, base = 0, largest = 0;
+  int64_t compared = 0;
   bool prev = lunet_set_grad_enabled(ctx, false);
   lunet_tensor *l0 = ok ? probe_loss(ctx, p) : NULL;
   ok = l0 && !lunet_tensor_item(ctx, l0, 0, &base);
   lunet_tensor_release(l0);
-  for (int64_t k = 0; ok && k < t->numel; k += step) {
+  if (ok && !isfinite(base))
+    ok = !lunet_error(ctx, LUNET_ERR_ARG, "the forward gives a non-finite output (the loss is %g)", base);
+  for (int64_t i = 0; ok && i < count; i++) {
+    int64_t k = t->numel <= ALL_BELOW ? i : sweep_index(t, i);
     double up, down;
     ok = loss_at(ctx, p, t, v, k, v[k] + (float)EPS, &up) &&
          loss_at(ctx, p, t, v, k, v[k] - (float)EPS, &down);
     if (!ok) break;
+    double a = g ? g[k] : 0;
+    if (!isfinite(a) || !isfinite(up) || !isfinite(down)) {
+      ok = !lunet_error(ctx, LUNET_ERR_ARG, "a non-finite %s at element %lld (%g)",
+                        isfinite(a) ? "output near the inputs" : "gradient", (long long)k,
+                        isfinite(a) ? (isfinite(up) ? down : up) : a);
+      break;
+    }
     double right = up - base, left = base - down;
     if (fabs(right - left) > 0.5 * fmax(fabs(right), fabs(left)) + 1e-4) continue;
+    num[compared] = (up - down) / (2 * EPS);
+    ana[compared] = a;
+    largest = fmax(largest, fmax(fabs(num[compared]), fabs(a)));
     compared++;
-    double num = (up - down) / (2 * EPS), ana = g ? g[k] : 0;
-    double err = fabs(num - ana) / fmax(1.0, fmax(fabs(num), fabs(ana)));
-    if (err > worst) worst = err;
+  }
+  for (int64_t i = 0; ok && i < compared; i++) {
+    double scale = fmax(fmax(fabs(num[i]), fabs(ana[i])), fmax(0.1 * largest, floor));
+    worst = fmax(worst, fabs(num[i] - ana[i]) / scale);
   }
   ok = ok && !lunet_tensor_write(ctx, t, v, sizeof(float) * (size_t)t->numel);
   if (ok && compared == 0) {
@@ -131,7 +177,38 @@ static double fd_error(lunet_ctx *ctx, probe *p, lunet_tensor *t) {
   lunet_set_grad_enabled(ctx, prev);
   free(v);
   free(g);
+  free(num);
+  free(ana);
   return ok ? worst : -1;
+}
+
+/* The gradient size below which differences are noise, for a case of
+ * `tolerance`: the loss sum(y * r) is rounded to float32 at the size of its
+ * partial sums, at most |sum| + sqrt(sum (y r)^2) (the sum, and the random
+ * walk of its terms) = M, so a difference over 2 EPS carries an error of
+ * about NOISE_ULPS * FLT_EPSILON * M / (2 EPS); the floor is where that
+ * error is `tolerance` of the gradient.  -1 on error. */
+static double noise_floor(lunet_ctx *ctx, probe *p, double tolerance) {
+  ctx->seed = p->seed;
+  ctx->rng_counter = p->counter;
+  lunet_tensor *y[LUNET_LAYER_MAX_OUTPUTS] = {0};
+  bool prev = lunet_set_grad_enabled(ctx, false);
+  double sum = 0, squares = 0;
+  bool ok = !lunet_layer_apply(ctx, p->layer, NULL, p->nin, p->x, NULL, p->training, false, y, NULL);
+  for (int j = 0; ok && j < p->nout; j++) {
+    float *vy = read_all(ctx, y[j]), *vr = read_all(ctx, p->r[j]);
+    ok = vy && vr;
+    for (int64_t k = 0; ok && k < y[j]->numel; k++) {
+      double term = (double)vy[k] * vr[k];
+      sum += term;
+      squares += term * term;
+    }
+    free(vy);
+    free(vr);
+  }
+  release_all(y, p->nout);
+  lunet_set_grad_enabled(ctx, prev);
+  return ok ? NOISE_ULPS * FLT_EPSILON * (fabs(sum) + sqrt(squares)) / (2 * EPS * tolerance) : -1;
 }
 
 static double max_diff(lunet_ctx *ctx, const lunet_tensor *a, const lunet_tensor *b) {
@@ -258,14 +335,16 @@ static void check_case(lunet_ctx *ctx, const lunet_layer_type *t, int i, bool tr
   p.seed = ctx->seed;
   p.counter = ctx->rng_counter;
   ok = ok && !run_probe(ctx, &p, y);
+  double floor = ok ? noise_floor(ctx, &p, c->tolerance) : -1;
+  ok = floor >= 0;
   for (int k = 0; ok && k < p.nin; k++) {
-    double e = fd_error(ctx, &p, p.x[k]);
+    double e = fd_error(ctx, &p, p.x[k], floor);
     ok = e >= 0;
     r.max_error = fmax(r.max_error, e);
   }
   for (int w = 0; ok && w < lunet_layer_weight_count(p.layer); w++) {
     if (!lunet_layer_weight_trainable(p.layer, w)) continue;
-    double e = fd_error(ctx, &p, lunet_layer_weight(p.layer, w));
+    double e = fd_error(ctx, &p, lunet_layer_weight(p.layer, w), floor);
     ok = e >= 0;
     r.max_error = fmax(r.max_error, e);
   }

@@ -680,7 +680,12 @@ end
 -- error =, backends = {vulkan = {max_diff =, ok =, error =}}}.
 function M.check_plugin(tname)
   if type(tname) ~= "string" then error("bad argument #1 to 'check_plugin' (a layer type name expected)", 2) end
-  return C.check_layer(tname)
+  local results = C.check_layer(tname)
+  if #results == 0 then -- an empty list would read as "nothing failed"
+    error(string.format("check_plugin: layer type '%s' ships no test cases (its lunet_layer_type has ntests = 0), " ..
+      "so nothing was checked; add lunet_layer_test entries to check it", tname), 2)
+  end
+  return results
 end
 
 function M.help(what)

@@ -79,4 +79,34 @@ function T.check_plugin_reports()
   end
 end
 
+-- Gradients of the right shape but wrong, each a failed result with what
+-- was wrong: a NaN (its error was NaN, which no comparison rejected); twice
+-- the true gradient where it is 0.003 x (the error was measured against 1,
+-- so 0.003 passed a tolerance of 0.01); one column of a (32, 24) weight
+-- zeroed (a probe every numel / 48 elements met columns 0, 8 and 16 alone).
+-- The control of the same shape passes.
+function T.check_plugin_finds_wrong_gradients()
+  for _, r in ipairs(nn.check_plugin("HonestGrid")) do
+    assert(r.ok, "HonestGrid: " .. tostring(r.error) .. " " .. tostring(r.max_error))
+  end
+  local function cpu_results(name)
+    local out = {}
+    for _, r in ipairs(nn.check_plugin(name)) do if r.backend == nil or r.backend == "" then out[#out + 1] = r end end
+    check.eq(#out, 2, name .. ": inference and training")
+    return out
+  end
+  check.fails(function() nn.check_plugin("Embedding") end,
+    "check_plugin: layer type 'Embedding' ships no test cases (its lunet_layer_type has ntests = 0), so nothing was checked")
+  for _, r in ipairs(cpu_results("NaNGradient")) do
+    check.eq(r.ok, false, "NaNGradient passed")
+    check.fails(function() error(r.error) end, "a non-finite gradient at element 0 (nan)")
+  end
+  for _, name in ipairs{"SmallDoubled", "ColumnGradient"} do
+    for _, r in ipairs(cpu_results(name)) do
+      check.eq(r.ok, false, name .. " passed with error " .. tostring(r.max_error))
+      assert(r.max_error > 0.3, name .. ": max error " .. r.max_error)
+    end
+  end
+end
+
 check.run(T)
