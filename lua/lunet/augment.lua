@@ -257,13 +257,33 @@ function augment.Sequential(t)
     end
     steps[i] = t[i]
   end
-  local seed = t.seed or 0
-  if math.type(seed) ~= "integer" then
+  local seed = t.seed -- nil: nn.seed's, when the pipeline runs
+  if seed ~= nil and math.type(seed) ~= "integer" then
     fail("Sequential", 1, "seed must be an integer, got " .. show(seed))
   end
   local ok, handle = pcall(core.augment_new, steps)
   if not ok then fail("Sequential", 1, tostring(handle)) end
   return setmetatable({steps = steps, seed = seed, handle = handle}, Sequential)
+end
+
+--- aug:key_seed(): the seed its draws are keyed by: its own, or nn.seed's
+-- (so an unseeded pipeline changes with nn.seed, as Keras's layers with the
+-- global seed).
+function Sequential:key_seed()
+  return self.seed or core.seed()
+end
+
+--- augment.pipeline(v, fname): v as a pipeline: an augment.Sequential, one
+-- step, or a list of steps (wrapped); anything else is an error of fname.
+function augment.pipeline(v, fname)
+  if getmetatable(v) == Sequential then return v end
+  if getmetatable(v) == Step then return augment.Sequential{v} end
+  local steps = type(v) == "table" and getmetatable(v) == nil and #v > 0
+  for k, s in pairs(steps and v or {}) do steps = steps and math.type(k) == "integer" and getmetatable(s) == Step end
+  if steps then return augment.Sequential(v) end
+  error(string.format("bad argument 'augment' to '%s' (nn.augment.Sequential{step, ..., seed = n}, one augment " ..
+    "step or a list of them expected, got %s)", fname,
+    type(v) == "table" and getmetatable(v) == nil and "a table that is not a list of augment steps" or show(v)), 3)
 end
 
 --- aug:apply(x, {seed =, epoch =, first_index =, indices =, count =}) -> a new tensor.
@@ -282,7 +302,7 @@ function Sequential:apply(x, opts)
   if opts.indices ~= nil and type(opts.indices) ~= "table" then
     fail("apply", 2, "indices must be a list of sample indices, got " .. show(opts.indices))
   end
-  return core.augment_apply(self.handle, x, opts.seed or self.seed, opts.epoch or 0,
+  return core.augment_apply(self.handle, x, opts.seed or self:key_seed(), opts.epoch or 0,
                             opts.indices or opts.first_index or 0, opts.count)
 end
 
@@ -294,7 +314,7 @@ function Sequential:output_shape(h, w, c)
 end
 
 function Sequential:__tostring()
-  local lines = {"augment.Sequential (seed " .. self.seed .. ")"}
+  local lines = {"augment.Sequential (seed " .. (self.seed or "of nn.seed") .. ")"}
   for i, s in ipairs(self.steps) do lines[i + 1] = "  " .. tostring(s) end
   return table.concat(lines, "\n")
 end

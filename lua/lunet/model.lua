@@ -38,6 +38,7 @@ end
 
 local dataset = require "lunet.dataset"
 local distributed = require "lunet.distributed"
+local augment = require "lunet.augment"
 local shape_str = graph.shape_str
 
 -- ---- construction ----
@@ -608,7 +609,7 @@ local function batch_source(xs, ys, order, n, bs, aug, epoch, device, w)
       order = {}
       for i = 1, n do order[i] = i end
     end
-    local b = C.batches_new(x, y, order, bs, aug and aug.handle, aug and aug.seed or 0, epoch, device)
+    local b = C.batches_new(x, y, order, bs, aug and aug.handle, aug and aug:key_seed() or 0, epoch, device)
     return function(step)
       if step == nil then return C.batches_close(b) end
       return C.batches_next(b)
@@ -783,7 +784,7 @@ fit_impl = function(self, x, y, o)
     end
     n = n - nv
   end
-  local aug = o.augment
+  local aug = o.augment ~= nil and augment.pipeline(o.augment, "fit") or nil
   local cbs = o.callbacks or {}
   local per_batch = check_callbacks(cbs)
   ensure_compiled(self, x)
@@ -829,6 +830,14 @@ fit_impl = function(self, x, y, o)
   -- BackupAndRestore sets resume_epoch in on_train_begin
   local first_epoch = math.max(o.initial_epoch or 0, self.resume_epoch or 0) + 1
   self.resume_epoch = nil
+  -- An epoch's random draws (augmentation, random layers, a dataset's
+  -- shuffle) are keyed by its number plus key_base: a fit numbering its
+  -- epochs again over ones this model trained (fit called twice without
+  -- initial_epoch) continues the keys instead of replaying them, as Keras's
+  -- seed generators advance; one resuming at initial_epoch = model.epoch
+  -- keeps them (key_base is saved with the model).
+  if first_epoch <= self.epoch then self.key_base = (self.key_base or 0) + self.epoch - first_epoch + 1 end
+  local key_base = self.key_base or 0
   if dist then dist.agree("fit (resuming from a backup)", { first_epoch = first_epoch }) end
   local copy = self.device ~= "cpu" and host_copy(self) or nil
   for epoch = first_epoch, epochs do
@@ -836,7 +845,7 @@ fit_impl = function(self, x, y, o)
     call_cbs(cbs, "on_epoch_begin", self, epoch - 1)
     local order -- nil: the samples in their order (shuffle = false)
     if ds then
-      order = ds:order(epoch)
+      order = ds:order(epoch + key_base)
     elseif o.shuffle == "batch" then -- Keras's: the batches in order, each one's samples shuffled
       order = {}
       for first = 1, n, bs do
@@ -856,7 +865,7 @@ fit_impl = function(self, x, y, o)
     local own = sizes and sizes[1] or bs -- this rank's batch (with balance, its share)
     local bar = Progress.new(steps, verbose)
     local logs = {}
-    local next_batch = batch_source(xs, ys, order, count, own, aug, epoch, self.device, w)
+    local next_batch = batch_source(xs, ys, order, count, own, aug, epoch + key_base, self.device, w)
     local measured, upto -- balance: sync's counters after the epoch's first step and its last full one
     local full = balance and math.min(steps, n // balance.g) or 0
     C.model_reset_metrics(h)
@@ -869,7 +878,7 @@ fit_impl = function(self, x, y, o)
         end
         C.optimizer_set_lr(opt.handle, opt:current_lr())
         if sync then sync:count(sizes[s], totals[s]) end
-        local stepped, msg = pcall(C.model_train_step, h, xb, yb, epoch, order, (s - 1) * own + 1, wb)
+        local stepped, msg = pcall(C.model_train_step, h, xb, yb, epoch + key_base, order, (s - 1) * own + 1, wb)
         if balance and s == 1 then measured = sync:stats() end
         if balance and s == full then upto = sync:stats() end
         free_batch(xb)
@@ -1189,6 +1198,7 @@ function Model:save(path, o)
   if self.optimizer then ensure_compiled(self) end
   local class_names = M.check_class_names(self, "save")
   C.model_save(self.handle, path, { epoch = tostring((o and o.epoch) or self.epoch), rng_seed = tostring(C.seed()),
+    epoch_key_base = self.key_base and tostring(self.key_base) or nil,
     class_names = class_names,
     rng_counter = tostring(C.rng_take(0)),
     lua_optimizer = self.optimizer and C.json_encode(self.optimizer:config()) or nil, rng_ranks = o and o.rng_ranks,
@@ -1402,6 +1412,7 @@ function M.load_model(path)
   if not ok then error(tostring(model), 2) end
   local h = model.handle
   model.epoch = math.tointeger(tonumber(C.model_meta(h, "epoch"))) or 0
+  model.key_base = math.tointeger(tonumber(C.model_meta(h, "epoch_key_base") or "")) -- nil: 0
   local names = C.model_meta(h, "class_names")
   if names then model.class_names = C.json_decode(names, "the class names") end
   local pre = C.model_meta(h, "preprocessor")

@@ -682,6 +682,7 @@ function M.callbacks.BackupAndRestore(o)
       end
     end
     model.resume_epoch = back.epoch
+    model.key_base = back.key_base -- the random draws' keys go on as in the run that stopped
     restore_rank_rng(back)
     if self.verbose ~= 0 then
       print(string.format("BackupAndRestore: resuming after epoch %d from %s", back.epoch, file))

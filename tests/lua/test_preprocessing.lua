@@ -106,10 +106,11 @@ function T.inside_fit_the_keys_are_fits()
       check.eq(max_diff(seen[k], want[{{first, first + count - 1}}]), 0, ("epoch %d, batch %d"):format(epoch, k))
     end
   end
-  -- shuffled: every sample seen equals the augment pipeline's image of one dataset row
+  -- shuffled: every sample seen equals the augment pipeline's image of one
+  -- dataset row (this second fit's epoch 1 draws as the model's third)
   seen = {}
   m:fit(x, y, {epochs = 1, batch_size = bs, verbose = 0})
-  local want = aug:apply(x, {epoch = 1}):totable()
+  local want = aug:apply(x, {epoch = 3}):totable()
   local rows = {}
   for _, b in ipairs(seen) do for _, r in ipairs(b:totable()) do rows[#rows + 1] = r end end
   check.eq(#rows, n, "samples seen")
@@ -257,6 +258,110 @@ function T.bad_arguments_say_what_is_wrong()
   m:compile{optimizer = "sgd", loss = "mse"}
   check.fails(function() m:fit(nn.rand(4, 4, 4, 1), nn.rand(4, 1), {verbose = 0}) end,
     "put the preprocessing layers first in the model")
+end
+
+-- fit{augment = ...} takes one step or a list of steps as augment.Sequential
+-- of them (it trained without augmentation, silently), and anything else is
+-- an error (augment = true failed on indexing a boolean).
+local function trained(augment, extra)
+  nn.seed(6)
+  local x, y = nn.rand(8, 6, 6, 1), nn.rand(8, 1)
+  local m = nn.Sequential{nn.Flatten{input_shape = {6, 6, 1}}, nn.Dense{1}}
+  m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "mse"}
+  local o = {epochs = 1, batch_size = 8, shuffle = false, verbose = 0, augment = augment}
+  for k, v in pairs(extra or {}) do o[k] = v end
+  m:fit(x, y, o)
+  return m:get_weights()[1]:totable()
+end
+
+function T.fit_takes_a_step_or_a_list()
+  local flip = function() return A.RandomTranslation(0.4, 0.4, {fill_mode = "constant"}) end
+  local none, seq = trained(nil), trained(A.Sequential{flip()})
+  local differs = false
+  for i, row in ipairs(none) do differs = differs or row[1] ~= seq[i][1] end
+  check.eq(differs, true, "augmentation changes the step")
+  check.same_table(trained(flip()), seq, 0, "one step")
+  check.same_table(trained({flip()}), seq, 0, "a list of steps")
+  check.fails(function() trained(true) end,
+    "bad argument 'augment' to 'fit' (nn.augment.Sequential{step, ..., seed = n}, one augment step or a list of them expected, got true)")
+  check.fails(function() trained({1, 2}) end, "got a table that is not a list of augment steps)")
+end
+
+-- A pipeline without a seed draws by nn.seed's, as Keras's layers by the
+-- global seed (it drew by seed 0 whatever nn.seed said).
+function T.unseeded_pipeline_follows_nn_seed()
+  local x = nn.rand(4, 6, 6, 1)
+  local aug = A.Sequential{A.RandomTranslation(0.4, 0.4, {fill_mode = "constant"})}
+  local function run(seed) nn.seed(seed) return aug:apply(x, {epoch = 1}) end
+  check.eq(max_diff(run(1), run(1)), 0, "the same nn.seed, the same draws")
+  assert(max_diff(run(1), run(2)) > 0, "another nn.seed, other draws")
+  check.eq(max_diff(run(7), A.Sequential{A.RandomTranslation(0.4, 0.4, {fill_mode = "constant"}), seed = 7}:apply(x,
+    {epoch = 1})), 0, "nn.seed(7) draws as seed = 7")
+end
+
+-- Each fit call's epochs are numbered from initial_epoch + 1, and the
+-- random draws were keyed by that number: fit called again replayed the
+-- same augmentation, random-layer draws and dataset order.  Now the keys
+-- go on, so two fits of one epoch train as one fit of two (augmentation
+-- and a random layer in the model), a fit resuming at initial_epoch =
+-- model.epoch from a saved file as well, and after a save and load the keys go on.
+function T.fit_calls_continue_the_random_draws()
+  local function build()
+    nn.seed(9)
+    -- named: an unseeded random layer draws by its name, and auto-names count up
+    local m = nn.Sequential{nn.RandomFlip{"horizontal", name = "flip", input_shape = {6, 6, 1}}, nn.Flatten{}, nn.Dense{1}}
+    m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.1}, loss = "mse"}
+    return m
+  end
+  nn.seed(10)
+  local x, y = nn.rand(8, 6, 6, 1), nn.rand(8, 1)
+  local aug = A.Sequential{A.RandomTranslation(0.4, 0.4, {fill_mode = "constant"}), seed = 3}
+  local o = {batch_size = 4, shuffle = false, verbose = 0, augment = aug}
+  local function fit(m, epochs, initial, callbacks)
+    local oo = {epochs = epochs, initial_epoch = initial, callbacks = callbacks}
+    for k, v in pairs(o) do oo[k] = v end
+    m:fit(x, y, oo)
+    return m:get_weights()[1]:totable()
+  end
+  local whole = fit(build(), 2)
+  local twice = build()
+  fit(twice, 1)
+  check.same_table(fit(twice, 1), whole, 0, "fit of one epoch twice = fit of two")
+  local resumed = build()
+  fit(resumed, 1)
+  local path = check.tmpdir() .. "/keys.safetensors"
+  resumed:save(path)
+  check.same_table(fit(nn.load_model(path), 2, 1), whole, 0, "resumed from a file at initial_epoch = 1")
+  -- the third call's keys are the third epoch's: a model saved after two
+  -- calls (key base 1) and loaded trains on as the one that did not stop
+  local path2 = check.tmpdir() .. "/keys2.safetensors"
+  twice:save(path2)
+  local reloaded = nn.load_model(path2)
+  check.same_table(fit(reloaded, 1), fit(twice, 1), 0, "a third fit after save and load")
+  -- BackupAndRestore brings the keys back: a second fit cut after its
+  -- second epoch, run again in a fresh model, ends as the one not cut
+  local function second_fit(m, callbacks) return fit(m, 3, nil, callbacks) end
+  local ref = build()
+  fit(ref, 1)
+  local want = second_fit(ref)
+  local dir = check.tmpdir() .. "/backup"
+  local cut = build()
+  fit(cut, 1)
+  local crash = nn.callbacks.LambdaCallback{on_epoch_end = function(_, e) if e == 1 then error("power cut") end end}
+  check.fails(function() second_fit(cut, {nn.callbacks.BackupAndRestore{backup_dir = dir, verbose = 0}, crash}) end,
+    "power cut")
+  check.same_table(second_fit(build(), {nn.callbacks.BackupAndRestore{backup_dir = dir, verbose = 0}}), want, 0,
+    "resumed by BackupAndRestore")
+  -- a dataset's shuffled order goes on too
+  local ds = nn.data.from_tensor_slices(x, y, {batch_size = 4, shuffle = true, seed = 2})
+  local function fit_ds(m, epochs)
+    m:fit(ds, nil, {epochs = epochs, verbose = 0})
+    return m:get_weights()[1]:totable()
+  end
+  local ds_whole = fit_ds(build(), 2)
+  local ds_twice = build()
+  fit_ds(ds_twice, 1)
+  check.same_table(fit_ds(ds_twice, 1), ds_whole, 0, "a dataset: fit of one epoch twice = fit of two")
 end
 
 check.run(T)
