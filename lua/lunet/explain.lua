@@ -7,7 +7,8 @@
 --   overlay(x, maps, path, {alpha = 0.5})   the maps over the images, as a PNG grid
 -- The gradients are of the class's logit, before the output's softmax (or
 -- sigmoid): the model runs layer by layer on the tape with the last
--- layer's activation left out.  `class` is a number for every image or a
+-- layer's activation left out (the whole layer when it is a Softmax or an
+-- Activation layer).  `class` is a number for every image or a
 -- list with one per image (0-based); by default the predicted class.
 local C = require "lunet.core"
 local plot = require "lunet.plot"
@@ -30,6 +31,14 @@ local function inputs(model, x, fn)
   return x:device() == device and x or x:to(device)
 end
 
+-- A layer that is an activation alone: a Softmax layer over the last axis,
+-- or an Activation layer (the output layer's activation, as Dense{...,
+-- activation = "softmax"} has it, left out all the same).
+local function output_activation(layer, out)
+  local axis = layer.args and layer.args.axis
+  return layer.type == "Activation" or layer.type == "Softmax" and (axis == nil or axis == -1 or axis == #out.shape)
+end
+
 -- Runs the model's graph on the tape: returns the logits (the output
 -- layer without its activation) and, when `at` names a layer, that layer's
 -- output, replaced by a leaf that collects its gradient (or by `value`).
@@ -41,7 +50,12 @@ local function forward(model, x, at, value)
     local ins = {}
     for i, s in ipairs(n.inputs) do ins[i] = map[s] end
     local skip = n.outputs[1] == last and #n.outputs == 1
-    local outs = { C.layer_call(n.layer.handle, n.listed and ins or ins[1], false, skip) }
+    local outs
+    if skip and output_activation(n.layer, last) then
+      outs = { ins[1] } -- the whole layer is the activation left out
+    else
+      outs = { C.layer_call(n.layer.handle, n.listed and ins or ins[1], false, skip) }
+    end
     if type(outs[1]) == "table" and not C.is_tensor(outs[1]) then outs = outs[1] end
     for j, s in ipairs(n.outputs) do map[s] = outs[j] end
     if at and n.layer == at then

@@ -243,4 +243,35 @@ function T.overlay_writes_a_picture_that_shows_the_map()
   check.fails(function() nn.explain.overlay(x, nn.zeros(1, 4, 4), path) end, "maps (1, 4, 4) do not match images")
 end
 
+-- The output's softmax as a layer of its own (Softmax, or Activation
+-- "softmax"/"sigmoid") is left out as the Dense layer's activation is: the
+-- logits, gradients and maps equal those of the same model with the
+-- activation in its Dense layer (they were of the probabilities).
+function T.a_softmax_layer_at_the_end_is_left_out()
+  local function build(last)
+    nn.seed(11)
+    local x = nn.Input{shape = {6, 6, 2}}
+    local h = nn.Flatten()(nn.Conv2D{3, 3, activation = "tanh"}(x))
+    local y
+    if last == "dense" then
+      y = nn.Dense{3, activation = "softmax"}(h)
+    else
+      y = nn.Dense{3}(h)
+      y = last == "softmax" and nn.Softmax{}(y) or nn.Activation{last}(y)
+    end
+    return nn.Model{inputs = x, outputs = y}
+  end
+  nn.seed(3)
+  local x = nn.randn(2, 6, 6, 2)
+  local want = nn.explain.logits(build("dense"), x):totable()
+  local wantg = nn.explain.gradients(build("dense"), x, {class = 1}):totable()
+  for _, last in ipairs{"softmax", "sigmoid"} do
+    local m = build(last)
+    check.same_table(nn.explain.logits(m, x):totable(), want, 0, last .. " layer: logits")
+    check.same_table(nn.explain.gradients(m, x, {class = 1}):totable(), wantg, 0, last .. " layer: gradients")
+  end
+  local probs = build("softmax"):predict(x):totable()
+  check.near(probs[1][1] + probs[1][2] + probs[1][3], 1, 1e-5, "predict still gives probabilities")
+end
+
 check.run(T)
