@@ -367,6 +367,23 @@ static int exec_serve(char **argv) {
   return EXIT_FAILURE;
 }
 
+/* Sanitizer builds: Lua's C modules (lunet.core ...) stay loaded through
+ * lua_close, which would dlclose them, so that a leak report names their
+ * frames instead of "<unknown module>". */
+static void keep_c_modules(lua_State *L) {
+#if defined(__SANITIZE_ADDRESS__)
+  lua_getfield(L, LUA_REGISTRYINDEX, "_CLIBS");
+  if (lua_getmetatable(L, -1)) {
+    lua_pushnil(L);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+#else
+  (void)L;
+#endif
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && !strcmp(argv[1], "serve")) return exec_serve(argv);
   setlocale(LC_CTYPE, ""); /* libedit edits multibyte (UTF-8) lines */
@@ -381,6 +398,7 @@ int main(int argc, char **argv) {
   int status = lua_pcall(L, 2, 1, 0);
   int ok = lua_toboolean(L, -1);
   report(L, status);
+  keep_c_modules(L);
   lua_close(L);
   return (ok && status == LUA_OK) ? EXIT_SUCCESS : EXIT_FAILURE;
 }
