@@ -59,11 +59,14 @@ static void add_searched(const char *dir) {
 
 /* Calls fn(path) for every *.so in the folders of the colon-separated `env`
  * variable, then in <libdir>/<sub>. */
-static void scan(const char *env, const char *sub, void (*fn)(const char *)) {
+static void scan(const char *env, const char *sub, bool own_first, void (*fn)(const char *)) {
   char dirs[4096] = "", own[512];
   const char *e = getenv(env);
   libdir(own, sizeof own);
-  snprintf(dirs, sizeof dirs, "%s%s%s/%s", e ? e : "", e ? ":" : "", own, sub);
+  if (own_first)
+    snprintf(dirs, sizeof dirs, "%s/%s%s%s", own, sub, e ? ":" : "", e ? e : "");
+  else
+    snprintf(dirs, sizeof dirs, "%s%s%s/%s", e ? e : "", e ? ":" : "", own, sub);
   for (char *save = NULL, *dir = strtok_r(dirs, ":", &save); dir;
        dir = strtok_r(NULL, ":", &save)) {
     add_searched(dir);
@@ -184,7 +187,7 @@ static void scan_backends(void) {
   snprintf(reg.searched, sizeof reg.searched, "(none: the backends are built in)");
   register_backend(lunet_backend_entry(), "(built in)", NULL);
 #else
-  scan("LUNET_BACKEND_PATH", "lunet/backends", load_backend);
+  scan("LUNET_BACKEND_PATH", "lunet/backends", false, load_backend); /* first found wins: yours first */
 #endif
 }
 
@@ -326,8 +329,50 @@ uint64_t lunet_fallback_count(lunet_ctx *ctx) { return ctx->fallbacks; }
 
 /* ---- layer plugins ---- */
 
-/* Adds the plugin of descriptor d (from `path`) after checking its ABI;
- * `dl` (may be NULL) is closed when it is refused. */
+/* Whether plugin d's types can all be registered: each complete (a name
+ * and build, forward and backward, of ABI 2.0 or later), none named as
+ * another of d's or as a type already registered (a plugin cannot replace
+ * a layer type: nn.Dense from another plugin would change every model that
+ * names it), and room for them all.  Checked before any is registered, so
+ * a refused plugin leaves nothing behind. */
+static lunet_status check_types(lunet_ctx *ctx, const lunet_plugin_desc *d, const char *path) {
+  if (d->ntypes < 0 || (d->ntypes > 0 && !d->types))
+    return lunet_error(ctx, LUNET_ERR_ABI, "plugin %s declares %d layer types but no list of them", path,
+                       d->ntypes);
+  if (reg.ntypes + d->ntypes > MAX_TYPES)
+    return lunet_error(ctx, LUNET_ERR_ARG, "plugin %s: too many layer types (%d more than the %d lunet holds)",
+                       path, reg.ntypes + d->ntypes - MAX_TYPES, MAX_TYPES);
+  for (int i = 0; i < d->ntypes; i++) {
+    const lunet_layer_type *t = d->types[i];
+    if (!t || t->struct_size < LUNET_LAYER_TYPE_SIZE_2_0)
+      return lunet_error(ctx, LUNET_ERR_ABI,
+                         "plugin %s: layer type %d is %s; rebuild the plugin against this lunet's headers", path,
+                         i + 1, t ? "smaller than plugin ABI 2.0's lunet_layer_type" : "NULL");
+    const char *missing = !t->name || !t->name[0] ? "name"
+                          : !t->build             ? "build function"
+                          : !t->forward           ? "forward function"
+                          : !t->backward          ? "backward function"
+                                                  : NULL;
+    if (missing)
+      return lunet_error(ctx, LUNET_ERR_ABI, "plugin %s: layer type %d%s%s%s has no %s", path, i + 1,
+                         t->name ? " ('" : "", t->name ? t->name : "", t->name ? "')" : "", missing);
+    for (int j = 0; j < i; j++)
+      if (strcmp(d->types[j]->name, t->name) == 0)
+        return lunet_error(ctx, LUNET_ERR_ABI, "plugin %s defines layer type '%s' twice", path, t->name);
+    for (int j = 0; j < reg.ntypes; j++)
+      if (strcmp(reg.types[j]->name, t->name) == 0) {
+        const plugin_entry *e = &reg.plugins[reg.type_plugin[j]];
+        return lunet_error(ctx, LUNET_ERR_ARG,
+                           "plugin %s: layer type '%s' is already defined by plugin '%s' (%s); a plugin cannot "
+                           "replace a layer type: give yours another name",
+                           path, t->name, e->desc->name ? e->desc->name : "?", e->path);
+      }
+  }
+  return LUNET_OK;
+}
+
+/* Adds the plugin of descriptor d (from `path`) after checking its ABI and
+ * its types; `dl` (may be NULL) is closed when it is refused. */
 static lunet_status register_plugin(lunet_ctx *ctx, const lunet_plugin_desc *d, const char *path, void *dl) {
   if (d->abi_major != LUNET_PLUGIN_ABI_MAJOR || d->abi_minor > LUNET_PLUGIN_ABI_MINOR ||
       d->struct_size < sizeof *d) {
@@ -341,18 +386,17 @@ static lunet_status register_plugin(lunet_ctx *ctx, const lunet_plugin_desc *d, 
     if (dl) dlclose(dl);
     return s;
   }
+  lunet_status s = check_types(ctx, d, path);
+  if (s) {
+    if (dl) dlclose(dl);
+    return s;
+  }
   int p = reg.nplugins++;
   reg.plugins[p].desc = d;
   snprintf(reg.plugins[p].path, sizeof reg.plugins[p].path, "%s", path);
-  for (int i = 0; i < d->ntypes && reg.ntypes < MAX_TYPES; i++) {
-    const lunet_layer_type *t = d->types[i];
-    if (t->struct_size < LUNET_LAYER_TYPE_SIZE_2_0) continue;
-    int slot = reg.ntypes;
-    for (int j = 0; j < reg.ntypes; j++)
-      if (strcmp(reg.types[j]->name, t->name) == 0) slot = j; /* later plugin replaces */
-    if (slot == reg.ntypes) reg.ntypes++;
-    reg.types[slot] = t;
-    reg.type_plugin[slot] = p;
+  for (int i = 0; i < d->ntypes; i++) {
+    reg.types[reg.ntypes] = d->types[i];
+    reg.type_plugin[reg.ntypes++] = p;
   }
   return LUNET_OK;
 }
@@ -374,6 +418,9 @@ static lunet_status add_plugin(lunet_ctx *ctx, const char *path) {
   const lunet_plugin_desc *d = entry ? entry() : NULL;
   if (!d) {
     dlclose(h);
+    if (entry)
+      return lunet_error(ctx, LUNET_ERR_ABI, "plugin %s: its %s() returned NULL (it must return its descriptor)",
+                         path, LUNET_PLUGIN_ENTRY_NAME);
     return lunet_error(ctx, LUNET_ERR_ABI,
                        "%s is not a lunet plugin: it exports no %s() (build it against "
                        "lunet/plugin.h; see plugins/example)",
@@ -385,7 +432,8 @@ static lunet_status add_plugin(lunet_ctx *ctx, const char *path) {
 
 static lunet_ctx *scan_ctx;
 static void scan_plugin(const char *path) {
-  if (add_plugin(scan_ctx, path) != LUNET_OK) {
+  char real[4096]; /* one file reached by two paths loads once */
+  if (add_plugin(scan_ctx, realpath(path, real) ? real : path) != LUNET_OK) {
     fprintf(stderr, "lunet: skipping plugin: %s\n", lunet_ctx_error(scan_ctx));
     lunet_clear_error(scan_ctx);
   }
@@ -399,7 +447,7 @@ static void scan_plugins(lunet_ctx *ctx) {
   (void)scan_plugin;
   if (register_plugin(ctx, lunet_plugin_entry(), "(built in)", NULL)) lunet_clear_error(ctx);
 #else
-  scan("LUNET_PLUGIN_PATH", "lunet/plugins", scan_plugin);
+  scan("LUNET_PLUGIN_PATH", "lunet/plugins", true, scan_plugin); /* the built-in layers first: they keep their names */
 #endif
 }
 

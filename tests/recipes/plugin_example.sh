@@ -23,8 +23,13 @@ local nn = require "lunet"
 local ok, err = pcall(nn.load_plugin, "$work/example/future.so")
 assert(not ok and tostring(err):find("built for plugin ABI 3.", 1, true)
   and tostring(err):find("this lunet has plugin ABI 2.", 1, true), tostring(err))
-nn.load_plugin("$work/example/example.so")
-nn.load_plugin("$work/example-cmake/example.so") -- the CMake build: same types, loads too
+local plugin = arg[1]
+nn.load_plugin(plugin)
+nn.load_plugin(plugin) -- again: already loaded, nothing happens
+-- the other build defines Scale too: refused whole (a plugin cannot replace a type)
+local other = plugin:find("cmake", 1, true) and "$work/example/example.so" or "$work/example-cmake/example.so"
+ok, err = pcall(nn.load_plugin, other)
+assert(not ok and tostring(err):find("layer type 'Scale' is already defined by plugin 'example' (", 1, true), tostring(err))
 nn.seed(1)
 local x = nn.randn(64, 3)
 local y = x * nn.tensor{2, -1, 0.5} + 1
@@ -34,4 +39,5 @@ local h = m:fit(x, y, {epochs = 40, batch_size = 16, verbose = 0})
 assert(h.loss[#h.loss] < 1e-3, "loss " .. h.loss[#h.loss])
 print("example plugin trained, final loss " .. h.loss[#h.loss])
 LUA
-"$build/bin/lunet" "$work/train.lua"
+"$build/bin/lunet" "$work/train.lua" "$work/example/example.so"
+"$build/bin/lunet" "$work/train.lua" "$work/example-cmake/example.so" # the CMake build

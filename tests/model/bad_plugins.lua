@@ -1,0 +1,54 @@
+-- The registry refuses a plugin whole when one of its layer types is
+-- incomplete or takes a name already registered (bad_plugin.c, one fault
+-- per build): an error naming the plugin and the fault, nothing of it
+-- registered, never a crash (a NULL forward or name crashed) and never a
+-- built-in replaced (a plugin's "Dense" replaced nn.Dense silently).
+-- Usage: lunet bad_plugins.lua DIR LUNET_SHELL
+local here = arg[0]:gsub("[^/]+$", "")
+package.path = here .. "../lua/?.lua;" .. package.path
+local check = require "check"
+local nn = require "lunet"
+local dir, shell = arg[1], arg[2]
+
+local T = {}
+
+local function refused(file, message)
+  local path = dir .. "/" .. file .. ".so"
+  check.fails(function() nn.load_plugin(path) end, "plugin " .. path .. message)
+end
+
+function T.faults_are_errors()
+  refused("builtin_name", ": layer type 'Dense' is already defined by plugin 'layers' (")
+  refused("no_name", ": layer type 1 has no name")
+  refused("no_forward", ": layer type 1 ('Echo') has no forward function")
+  refused("twice", " defines layer type 'Echo' twice")
+  refused("null_entry", ": its lunet_plugin_entry() returned NULL (it must return its descriptor)")
+  check.fails(function() return nn.Echo{} end, "lunet has no layer or class 'Echo'") -- nothing of them registered
+  -- nn.Dense is still the built-in: 3 units, a kernel and a bias
+  local d = nn.Dense{3}
+  check.same_table(d(nn.ones(2, 4)):shape(), {2, 3}, 0, "Dense")
+  check.eq(#d:get_weights(), 2, "the built-in's weights")
+end
+
+function T.the_control_loads_and_then_owns_its_name()
+  nn.load_plugin(dir .. "/control.so")
+  local e = nn.Echo{}
+  check.same_table(e(nn.tensor{{1, 2}}):totable(), {{1, 2}}, 0, "Echo")
+  -- the same file again is no conflict
+  nn.load_plugin(dir .. "/control.so")
+end
+
+-- From LUNET_PLUGIN_PATH: the built-in layers load first and keep their
+-- names; the plugin that takes one is skipped with a message, and the
+-- others in the folder load.
+function T.plugin_path_keeps_the_builtins()
+  local cmd = string.format("LUNET_PLUGIN_PATH=%s %s -e %s 2>&1", dir, shell,
+    "'local nn = require \"lunet\"; local d = nn.Dense{3}; d(nn.ones(1, 4)); print(#d:get_weights(), nn.Echo ~= nil)'")
+  local p = assert(io.popen(cmd))
+  local out = p:read("a")
+  p:close()
+  check.fails(function() error(out) end, "lunet: skipping plugin: plugin " .. dir .. "/builtin_name.so: layer type 'Dense' is already defined by plugin 'layers' (")
+  check.fails(function() error(out) end, "2\ttrue")
+end
+
+check.run(T)
