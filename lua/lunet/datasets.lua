@@ -11,7 +11,8 @@
 --   sha256  replaces the published checksum (for MNIST-style sets: a table
 --           keyed by file name)
 --   path    a local copy (CIFAR: the .tar.gz or its folder; MNIST-style: a
---           folder of the four IDX files); format checks apply, no checksum
+--           folder of the four IDX files); format checks apply, and sha256
+--           when given
 --   dir     the cache folder (default $LUNET_DATA_DIR or ~/.cache/lunet/datasets)
 --   limit   keep only the first `limit` training samples
 --   verbose false: no progress output; true: also say what the cache does
@@ -98,6 +99,14 @@ local function exists(path)
   return f ~= nil
 end
 
+local function is_dir(path)
+  local f = io.open(path, "rb")
+  if not f then return false end
+  local _, _, code = f:read(1) -- a folder opens, and reading it fails with EISDIR (21)
+  f:close()
+  return code == 21
+end
+
 local function cache_dir(opts)
   if opts.dir then return opts.dir end
   local env = os.getenv("LUNET_DATA_DIR")
@@ -176,8 +185,9 @@ local function fetch(set, file, opts)
   if exists(dest) then
     local ok, why = check(dest, want)
     if ok then return dest end
+    -- not removed here: the download replaces it under its lock, where
+    -- another process may just have put a good copy
     note(opts, "%s: cached %s has %s; downloading it again", set.name, dest, why)
-    os.remove(dest)
   end
   local urls = urls_for(set, file, opts)
   local mirrors = { table.unpack(urls, 2) }
@@ -194,11 +204,42 @@ end
 
 -- One checksum for several files would fail all but one of them (and move
 -- each aside as .corrupt), so such sets take a table keyed by file name.
+-- Each checksum is 64 hexadecimal digits (an empty one would check
+-- nothing; a malformed one would only fail after the whole download).
 local function sha256_error(set, opts)
-  if #set.files < 2 or opts.sha256 == nil or type(opts.sha256) == "table" then return nil end
-  return string.format("sha256 must be a table keyed by file name for the %d files of %s, " ..
-                       "e.g. { [\"%s\"] = \"<hex>\", ... }; got a %s",
-                       #set.files, set.name, set.files[1].name, type(opts.sha256))
+  local sums = opts.sha256
+  if sums == nil then return nil end
+  if #set.files > 1 and type(sums) ~= "table" then
+    return string.format("sha256 must be a table keyed by file name for the %d files of %s, " ..
+                         "e.g. { [\"%s\"] = \"<hex>\", ... } (a recipe's --sha256 %s=<hex>,...); got a %s",
+                         #set.files, set.name, set.files[1].name, set.files[1].name, type(sums))
+  end
+  if type(sums) ~= "table" then sums = { [set.files[1].name] = sums } end
+  local known = {}
+  for _, file in ipairs(set.files) do known[file.name] = true end
+  for name, hex in pairs(sums) do
+    if not known[name] then
+      local names = {}
+      for _, file in ipairs(set.files) do names[#names + 1] = file.name end
+      return string.format("sha256 names '%s', which is not a file of %s (%s)", tostring(name), set.name,
+                           table.concat(names, ", "))
+    end
+    if type(hex) ~= "string" or not hex:match("^" .. ("%x"):rep(64) .. "$") then
+      return string.format("sha256 of %s must be 64 hexadecimal digits, got %s", name,
+                           type(hex) == "string" and string.format("%q", hex) or type(hex))
+    end
+  end
+  return nil
+end
+
+-- A local copy checked against the user's sha256, when one is given for it.
+local function check_local(set, file, path, opts)
+  local user = opts.sha256
+  if type(user) == "table" then user = user[file.name] end
+  if not user then return path end
+  local ok, why = check(path, { sha256 = user })
+  if not ok then error(string.format("lunet.datasets.%s: %s has %s", set.name, path, why), 0) end
+  return path
 end
 
 local function check_opts(set, opts)
@@ -225,6 +266,12 @@ local function load_cifar10(opts)
   local set = M.registry.cifar10
   opts = check_opts(set, opts)
   local path = opts.path or fetch(set, set.files[1], opts)
+  if opts.path and opts.sha256 then
+    if is_dir(path) then
+      error(string.format("lunet.datasets.%s: sha256 checks the .tar.gz; path %s is a folder", set.name, path), 0)
+    end
+    check_local(set, set.files[1], path, opts)
+  end
   return C.read_cifar10(path, opts.limit)
 end
 
@@ -242,7 +289,8 @@ local function load_idx(set, opts)
   opts = check_opts(set, opts)
   local paths = {}
   for i, file in ipairs(set.files) do
-    paths[i] = opts.path and idx_in_folder(set, opts.path, file.name) or fetch(set, file, opts)
+    paths[i] = opts.path and check_local(set, file, idx_in_folder(set, opts.path, file.name), opts)
+      or fetch(set, file, opts)
   end
   local x_train, n_xtr = C.read_idx(paths[1], opts.limit, true)
   -- Labels are range-checked here: a bad one would only fail deep in training.

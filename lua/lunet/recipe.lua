@@ -8,7 +8,8 @@ usage: %s [options]
   --backend NAME      compute backend (default: cpu; see nn.backends())
   --threads N         CPU threads (default: all cores, or $LUNET_THREADS)
   --data PATH|URL     a local copy (archive or folder) or a mirror URL of the dataset
-  --sha256 HEX        the checksum the download must have (with a URL)
+  --sha256 HEX        the checksum the download (or --data file) must have;
+                      NAME=HEX,NAME=HEX for a set of several files
   --limit N           train on the first N training samples only
   --seed N            random seed (default 1)
   --augment           random augmentation during training%s
@@ -88,6 +89,13 @@ function M.data_options(o)
     if o.data:match("^%a[%w+.-]*://") then d.url = o.data else d.path = o.data end
   end
   d.sha256 = o.sha256
+  if o.sha256 and o.sha256:find("=", 1, true) then -- NAME=HEX,NAME=HEX: one per file (MNIST-style sets)
+    d.sha256 = {}
+    for item in o.sha256:gmatch("[^,]+") do
+      local name, hex = item:match("^%s*(.-)%s*=%s*(.-)%s*$")
+      d.sha256[name] = hex
+    end
+  end
   return d
 end
 

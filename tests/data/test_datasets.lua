@@ -17,9 +17,9 @@ local here = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
 local work = arg and arg[1] or os.tmpname() .. ".d"
 -- Start clean, removing only what this test creates.
 os.execute(string.format("rm -rf '%s/srv' '%s/cache' '%s/cache2' '%s/cache3' '%s/cache4' " ..
-                         "'%s/cache5' '%s/badlabels' '%s/empty-cache' && mkdir -p '%s/srv' " ..
+                         "'%s/cache5' '%s/cache6' '%s/badlabels' '%s/empty-cache' && mkdir -p '%s/srv' " ..
                          "'%s/badlabels'",
-                         work, work, work, work, work, work, work, work, work, work))
+                         work, work, work, work, work, work, work, work, work, work, work))
 
 local failures = 0
 local function check(cond, fmt, ...)
@@ -179,6 +179,47 @@ check(shell(string.format("test -e '%s/cache5' && echo yes || echo no", work)) =
 expect_error(function() ds.verify("mnist", { dir = cache, sha256 = "00" }) end,
              { "bad argument #2 to 'verify' (sha256 must be a table keyed by file name" },
              "verify sha256 string")
+
+-- A checksum is 64 hex digits, checked before anything is fetched (an
+-- empty one checked nothing; a malformed one failed after the download),
+-- and it names files of the set.
+local zeros = string.rep("0", 64)
+for _, case in ipairs {
+  { { sha256 = "" }, 'sha256 of cifar-10-binary.tar.gz must be 64 hexadecimal digits, got ""' },
+  { { sha256 = "c4a38c50" }, 'sha256 of cifar-10-binary.tar.gz must be 64 hexadecimal digits, got "c4a38c50"' },
+  { { sha256 = zeros:sub(2) .. "g" }, "sha256 of cifar-10-binary.tar.gz must be 64 hexadecimal digits" },
+} do
+  case[1].url, case[1].dir, case[1].verbose = base .. "/ok/c6/cifar-10-binary.tar.gz", work .. "/cache6", false
+  expect_error(function() ds.cifar10.load_data(case[1]) end, { "bad argument #1 to 'cifar10.load_data' (" .. case[2] },
+               "cifar sha256 " .. case[1].sha256)
+end
+expect_error(function()
+  ds.mnist.load_data { url = base .. "/ok/m6", dir = work .. "/cache6", sha256 = { ["train-images.gz"] = zeros } }
+end, { "sha256 names 'train-images.gz', which is not a file of mnist (train-images-idx3-ubyte.gz, " }, "mnist name")
+check(shell(string.format("test -e '%s/cache6' && echo yes || echo no", work)) == "no",
+      "bad sha256: the cache was touched")
+
+-- With path =, a sha256 given checks the local copy too (it was ignored).
+local tgz = work .. "/srv/cifar-10-binary.tar.gz"
+expect_error(function() ds.cifar10.load_data { path = tgz, sha256 = zeros } end,
+             { "lunet.datasets.cifar10: " .. tgz .. " has sha256 " .. cifar_sha .. ", expected " .. zeros },
+             "cifar path + wrong sha256")
+same_shape(ds.cifar10.load_data { path = tgz, sha256 = cifar_sha, limit = 3 }, { 3, 32, 32, 3 }, "cifar path + sha256")
+expect_error(function() ds.cifar10.load_data { path = work .. "/srv", sha256 = cifar_sha } end,
+             { "sha256 checks the .tar.gz; path " .. work .. "/srv is a folder" }, "cifar folder + sha256")
+local wrong = {}
+for k, v in pairs(mnist_sha) do wrong[k] = v end
+wrong["t10k-labels-idx1-ubyte.gz"] = zeros
+expect_error(function() ds.mnist.load_data { path = work .. "/srv", sha256 = wrong } end,
+             { work .. "/srv/t10k-labels-idx1-ubyte.gz has sha256 " }, "mnist path + a wrong sha256")
+same_shape(ds.mnist.load_data { path = work .. "/srv", sha256 = mnist_sha }, { 6, 28, 28, 1 }, "mnist path + sha256")
+-- a recipe's --sha256 NAME=HEX,NAME=HEX is that table
+local recipe = require "lunet.recipe"
+local opts = recipe.data_options { data = work .. "/srv",
+  sha256 = "train-images-idx3-ubyte.gz=" .. zeros .. ", t10k-labels-idx1-ubyte.gz = " .. cifar_sha }
+check(opts.sha256["train-images-idx3-ubyte.gz"] == zeros and opts.sha256["t10k-labels-idx1-ubyte.gz"] == cifar_sha,
+      "recipe --sha256 NAME=HEX,...")
+check(recipe.data_options { sha256 = cifar_sha }.sha256 == cifar_sha, "recipe --sha256 HEX")
 
 -- A label outside 0..9 is caught when loading, naming file, record and value.
 for _, name in ipairs { "train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz",
