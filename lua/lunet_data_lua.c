@@ -7,7 +7,9 @@
  *            rows in the file; max_label: a labels file with values 0..max_label
  *   read_cifar10(path [, limit]) -> x_train, y_train, x_test, y_test
  */
+#include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -39,6 +41,21 @@ static lua_Number opt_number(lua_State *L, int t, const char *key, lua_Number de
     luaL_error(L, "bad argument #1 to 'download' (field '%s' must be a number, got %s)", key,
                luaL_typename(L, -1));
   lua_pop(L, 1);
+  return v;
+}
+
+/* A number field within [lo, hi] (NaN is not), else an error naming it:
+ * a fraction of a second given to an int field would truncate, and 0.5 s
+ * of stall_timeout became 0, which libcurl takes as no limit at all. */
+static lua_Number opt_bounded(lua_State *L, int t, const char *key, lua_Number def, lua_Number lo, lua_Number hi,
+                              const char *unit) {
+  lua_Number v = opt_number(L, t, key, def);
+  if (!(v >= lo && v <= hi)) {
+    char msg[256]; /* lua_pushfstring has no %g */
+    snprintf(msg, sizeof msg, "bad argument #1 to 'download' (field '%s' must be %g to %g%s, got %g)", key, lo, hi,
+             unit, v);
+    luaL_error(L, "%s", msg);
+  }
   return v;
 }
 
@@ -85,12 +102,13 @@ static int l_download(lua_State *L) {
   o.md5 = opt_string(L, 1, "md5");
   o.sha256 = opt_string(L, 1, "sha256");
   o.label = opt_string(L, 1, "label");
-  o.size = (int64_t)opt_number(L, 1, "size", 0);
-  o.retries = (int)opt_number(L, 1, "retries", o.retries);
-  o.backoff_ms = (int)(opt_number(L, 1, "backoff", o.backoff_ms / 1000.0) * 1000);
-  o.connect_timeout_s = (int)opt_number(L, 1, "connect_timeout", o.connect_timeout_s);
-  o.stall_timeout_s = (int)opt_number(L, 1, "stall_timeout", o.stall_timeout_s);
-  o.stall_bytes_per_s = (int)opt_number(L, 1, "stall_speed", o.stall_bytes_per_s);
+  o.size = (int64_t)opt_bounded(L, 1, "size", 0, 0, 0x1p53, " bytes");
+  o.retries = (int)opt_bounded(L, 1, "retries", o.retries, 0, 1000, "");
+  o.backoff_ms = (int)(opt_bounded(L, 1, "backoff", o.backoff_ms / 1000.0, 0, 3600, " seconds") * 1000);
+  /* whole seconds for libcurl: a fraction rounds up */
+  o.connect_timeout_s = (int)ceil(opt_bounded(L, 1, "connect_timeout", o.connect_timeout_s, 0.001, 3600, " seconds"));
+  o.stall_timeout_s = (int)ceil(opt_bounded(L, 1, "stall_timeout", o.stall_timeout_s, 0.001, 86400, " seconds"));
+  o.stall_bytes_per_s = (int)opt_bounded(L, 1, "stall_speed", o.stall_bytes_per_s, 0, 1e9, " bytes per second");
   o.progress = opt_progress(L, 1);
   o.mirrors = opt_mirrors(L, 1);
   lunet_ctx *ctx = lunetL_ctx(L);

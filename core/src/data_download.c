@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -587,10 +588,17 @@ static lunet_status download_locked(lunet_ctx *ctx, const lunet_download_opts *o
   bool dead[MAX_URLS] = {false};
   int fd = -1;
   lunet_status st;
+  /* A file size limit (ulimit -f) raises SIGXFSZ, which kills the process
+   * before write() can fail with EFBIG and the part be kept with a message
+   * saying what happened: ignored while we write, unless someone handles it. */
+  struct sigaction ignore = {.sa_handler = SIG_IGN}, before;
+  bool ignoring = sigaction(SIGXFSZ, NULL, &before) == 0 && before.sa_handler == SIG_DFL &&
+                  sigaction(SIGXFSZ, &ignore, NULL) == 0;
   if (!part || !lock || !last)
     st = lunet_error(ctx, LUNET_ERR_NOMEM, "out of memory");
   else if ((st = take_lock(ctx, o, lock, &fd)) == LUNET_OK)
     st = dest_is_good(ctx, o) ? LUNET_OK : download_rounds(ctx, o, part, urls, n, last, dead);
+  if (ignoring) sigaction(SIGXFSZ, &before, NULL);
   if (fd >= 0) close(fd); /* the lock file stays: removing it would race a waiter */
   free(last);
   free(lock);

@@ -17,9 +17,9 @@ local here = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
 local work = arg and arg[1] or os.tmpname() .. ".d"
 -- Start clean, removing only what this test creates.
 os.execute(string.format("rm -rf '%s/srv' '%s/cache' '%s/cache2' '%s/cache3' '%s/cache4' " ..
-                         "'%s/cache5' '%s/cache6' '%s/badlabels' '%s/empty-cache' && mkdir -p '%s/srv' " ..
+                         "'%s/cache5' '%s/cache6' '%s/cache7' '%s/badlabels' '%s/empty-cache' && mkdir -p '%s/srv' " ..
                          "'%s/badlabels'",
-                         work, work, work, work, work, work, work, work, work, work, work))
+                         work, work, work, work, work, work, work, work, work, work, work, work))
 
 local failures = 0
 local function check(cond, fmt, ...)
@@ -198,6 +198,21 @@ expect_error(function()
 end, { "sha256 names 'train-images.gz', which is not a file of mnist (train-images-idx3-ubyte.gz, " }, "mnist name")
 check(shell(string.format("test -e '%s/cache6' && echo yes || echo no", work)) == "no",
       "bad sha256: the cache was touched")
+
+-- The downloader's numbers are checked; a fraction of a second of
+-- stall_timeout rounds up (0.5 truncated to 0, which libcurl takes as no
+-- limit: a stalled server hung the download).
+expect_error(function()
+  ds.cifar10.load_data { url = base .. "/ok/c7/cifar-10-binary.tar.gz", dir = work .. "/cache7", stall_timeout = 0 }
+end, { "field 'stall_timeout' must be 0.001 to 86400 seconds, got 0" }, "stall_timeout 0")
+expect_error(function()
+  ds.cifar10.load_data { url = base .. "/ok/c7/cifar-10-binary.tar.gz", dir = work .. "/cache7", retries = -1 }
+end, { "field 'retries' must be 0 to 1000, got -1" }, "retries -1")
+local t0 = os.time()
+local stalled, why = pcall(C.download, { url = base .. "/stall/s1/cifar-10-binary.tar.gz",
+  dest = work .. "/cache7/stall.bin", stall_timeout = 0.5, stall_speed = 1000, retries = 0, progress = "none" })
+check(not stalled and tostring(why):find("/stall/s1/", 1, true) and os.time() - t0 <= 10,
+      "stall_timeout = 0.5 ends a stalled download (after %d s): %s", os.time() - t0, tostring(why))
 
 -- With path =, a sha256 given checks the local copy too (it was ignored).
 local tgz = work .. "/srv/cifar-10-binary.tar.gz"
