@@ -273,6 +273,15 @@ static int augment_apply(lua_State *L) {
   if (count > n) count = n; /* "at most count samples" */
   if (listed && (lua_Integer)luaL_len(L, 5) < count)
     return luaL_argerror(L, 5, "fewer sample indices than samples");
+  for (int64_t i = 0; listed && i < count; i++) { /* before anything is allocated */
+    lua_geti(L, 5, i + 1);
+    int whole;
+    lua_Integer v = lua_tointegerx(L, -1, &whole);
+    if (!whole || v < 0)
+      return luaL_argerror(L, 5, lua_pushfstring(L, "sample index %d is %s (indices are whole numbers >= 0)",
+                                                 (int)i + 1, luaL_tolstring(L, -1, NULL)));
+    lua_pop(L, 1);
+  }
   lunet_ctx *ctx = lunetL_ctx(L);
   int64_t oh, ow, oc;
   lunet_augment_output_shape(a, h, w, c, &oh, &ow, &oc);

@@ -296,6 +296,9 @@ lunet_status lunet_layer_set_float(lunet_layer *l, const char *arg, double x) {
       return lunet_error(l->ctx, LUNET_ERR_ARG, "%s: %s takes %s, got %g", l->type->name, arg, arg_type_name(t), x);
     return lunet_layer_set_int(l, arg, (int64_t)x);
   }
+  if (!isfinite(x)) /* Rescaling{nan} made every output NaN; no argument means anything by one */
+    return lunet_error(l->ctx, LUNET_ERR_ARG, "%s: %s must be a finite number, got %s", l->type->name, arg,
+                       isnan(x) ? "nan" : x > 0 ? "inf" : "-inf");
   lunet_status s;
   char given[48];
   snprintf(given, sizeof given, "the number %g", x);

@@ -28,9 +28,10 @@ local core = require "lunet.core"
 local augment = {}
 
 -- Raises Lua's "bad argument" error at the caller of the constructor that
--- calls this (level 3: fail, constructor, caller).
-local function fail(fname, n, msg)
-  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), 3)
+-- calls this (level 3: fail, constructor, caller; `deeper` for a helper
+-- of the constructor).
+local function fail(fname, n, msg, deeper)
+  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), 3 + (deeper or 0))
 end
 
 local function show(v)
@@ -108,7 +109,9 @@ local function fill_options(opts, s, extra)
       end
       s.fill_mode = v
     elseif k == "fill_value" then
-      if not math.type(v) then return nil, "fill_value must be a number, got " .. show(v) end
+      if not math.type(v) or v ~= v or v == math.huge or v == -math.huge then
+        return nil, "fill_value must be a finite number, got " .. show(v)
+      end
       s.fill_value = v
     elseif k == "interpolation" then
       if v ~= "bilinear" then
@@ -140,13 +143,41 @@ function augment.RandomFlip(mode)
   return step{kind = "RandomFlip", mode = mode}
 end
 
+-- A step called with one table as its layer is: nn.RandomZoom{0.2, 0.3,
+-- fill_mode = "nearest"} (the factors by position or by name, and the
+-- options).  Returns true, the factors in `names`' order and the options;
+-- false for any other call.  A bare pair {a, b} of numbers is a range for a
+-- one-factor step; for a two-factor one it could mean either (the layer's
+-- height a and width b, or the range [a, b] for the height), so it is an
+-- error of fname.
+local function layer_form(fname, names, nargs, t)
+  if nargs ~= 1 or type(t) ~= "table" or getmetatable(t) ~= nil then return false end
+  local named = false
+  for k in pairs(t) do named = named or type(k) == "string" end
+  if not named and #t == 2 and type(t[1]) == "number" and type(t[2]) == "number" then
+    if #names == 1 then return false end
+    fail(fname, 1, string.format("{%s, %s} could mean height %s and width %s (as nn.%s{%s, %s}) or the range " ..
+      "[%s, %s]: write %s(%s, %s) or %s{height_factor = %s, width_factor = %s} for the first, " ..
+      "%s{height_factor = {%s, %s}} for the second", show(t[1]), show(t[2]), show(t[1]), show(t[2]), fname,
+      show(t[1]), show(t[2]), show(t[1]), show(t[2]), fname, show(t[1]), show(t[2]), fname, show(t[1]), show(t[2]),
+      fname, show(t[1]), show(t[2])), 1)
+  end
+  if not named and #t ~= 1 then return false end
+  local factors, opts = {}, {}
+  for i, name in ipairs(names) do factors[i] = t[name] == nil and t[i] or t[name] end
+  for k, v in pairs(t) do
+    if type(k) == "string" and k ~= names[1] and k ~= names[2] then opts[k] = v end
+  end
+  return true, factors, next(opts) ~= nil and opts or nil
+end
+
 --- RandomRotation(factor, opts) or RandomRotation{factor = ..., fill_mode = ...}:
 -- turns by a random fraction of a full turn in [-factor, factor] (or in a
 -- {lo, hi} pair); opts: fill_mode ("reflect"), fill_value (0).
-function augment.RandomRotation(factor, opts)
-  if type(factor) == "table" and factor.factor ~= nil then
-    opts, factor = factor, factor.factor
-  end
+function augment.RandomRotation(...)
+  local factor, opts = ...
+  local layer, factors, named = layer_form("RandomRotation", {"factor"}, select("#", ...), factor)
+  if layer then factor, opts = factors[1], named end
   local r, err = factor_range("factor", factor, false, -1, 1, false)
   if not r then fail("RandomRotation", 1, err) end
   local s, oerr = fill_options(opts, step{kind = "RandomRotation", factor = r},
@@ -158,10 +189,10 @@ end
 --- RandomTranslation(height_factor, width_factor, opts), or the same names
 -- in one table: shifts by random fractions of the height and width; a
 -- number f means [-f, f], a pair {lo, hi} a range (positive: down, right).
-function augment.RandomTranslation(h, w, opts)
-  if type(h) == "table" and h.height_factor ~= nil then
-    opts, h, w = h, h.height_factor, h.width_factor
-  end
+function augment.RandomTranslation(...)
+  local h, w, opts = ...
+  local layer, factors, named = layer_form("RandomTranslation", {"height_factor", "width_factor"}, select("#", ...), h)
+  if layer then h, w, opts = factors[1], factors[2], named end
   local hr, herr = factor_range("height_factor", h, false, -1, 1, false)
   if not hr then fail("RandomTranslation", 1, herr) end
   local wr, werr = factor_range("width_factor", w, false, -1, 1, false)
@@ -203,9 +234,11 @@ end
 -- table: zooms by 1 + a random value in [-f, f] (or a {lo, hi} pair); a
 -- positive value zooms out (Keras).  width_factor nil: the width zooms as
 -- much as the height, keeping the aspect.
-function augment.RandomZoom(h, w, opts)
-  if type(h) == "table" and h.height_factor ~= nil then
-    opts, h, w = h, h.height_factor, h.width_factor
+function augment.RandomZoom(...)
+  local h, w, opts = ...
+  local layer, factors, named = layer_form("RandomZoom", {"height_factor", "width_factor"}, select("#", ...), h)
+  if layer then
+    h, w, opts = factors[1], factors[2], named
   elseif opts == nil and is_options(w) then
     opts, w = w, nil
   end
@@ -301,6 +334,11 @@ function Sequential:apply(x, opts)
   end
   if opts.indices ~= nil and type(opts.indices) ~= "table" then
     fail("apply", 2, "indices must be a list of sample indices, got " .. show(opts.indices))
+  end
+  for i, v in ipairs(opts.indices or {}) do -- a fraction was taken as 0, silently
+    if math.tointeger(v) == nil or v < 0 then
+      fail("apply", 2, string.format("indices[%d] is %s; sample indices are whole numbers >= 0 (0-based)", i, show(v)))
+    end
   end
   return core.augment_apply(self.handle, x, opts.seed or self:key_seed(), opts.epoch or 0,
                             opts.indices or opts.first_index or 0, opts.count)

@@ -288,41 +288,71 @@ function Layer:count_params()
   return total, trainable
 end
 
+local function number_text(v) return v ~= v and "nan" or tostring(v) end
+
 -- layer:adapt(x) (Normalization): learns each feature's mean and
--- variance over every sample and position of x (a tensor, any dtype), in
--- chunks merged exactly (Chan's formula), and keeps them in the layer's
--- weights, so they are saved with the model.  Returns the layer.
+-- variance over every sample and position of x (a tensor, any dtype, or a
+-- dataset, whose batches' x are read), in chunks merged exactly (Chan's
+-- formula), and keeps them in the layer's weights, so they are saved with
+-- the model.  Returns the layer.
 function Layer:adapt(x, o)
   if self.type ~= "Normalization" then
     error(string.format("%s: adapt is for Normalization layers (TextVectorization has its own)", self.name), 2)
   end
-  if not C.is_tensor(x) or x:dim() < 2 then
-    error(string.format("%s: adapt expects a batch of samples (a tensor with a batch axis)", self.name), 2)
+  local ds = require("lunet.dataset").is(x) and x or nil
+  if not ds and (not C.is_tensor(x) or x:dim() < 2) then
+    error(string.format("%s: adapt expects a batch of samples (a tensor with a batch axis, or a dataset), got %s",
+      self.name, C.is_tensor(x) and ("a tensor of shape (" .. table.concat(x:shape(), ", ") .. ")") or type(x)), 2)
   end
-  local shape = x:shape()
-  local sample = { table.unpack(shape, 2) }
-  if not C.layer_built(self.handle) then self:build(sample) end
-  local c = shape[#shape]
-  local n_total, mean, m2 = 0, {}, {}
-  for k = 1, c do mean[k], m2[k] = 0, 0 end
-  local bs = (o and o.batch_size) or 1024
+  local n_total, mean, m2, c = 0, {}, {}, nil
   local prev = C.set_no_grad(true)
-  for first = 1, shape[1], bs do
-    local rows = C.take_rows(x, first, math.min(bs, shape[1] - first + 1)):float()
-    local flat = rows:reshape(-1, c)
-    local n = flat:shape()[1]
-    local bm = flat:mean(1):totable()
-    local bv = (flat - flat:mean(1, true)):square():mean(1):totable()
-    for k = 1, c do
-      local delta, total = bm[k] - mean[k], n_total + n
-      mean[k] = mean[k] + delta * n / total
-      m2[k] = m2[k] + bv[k] * n + delta * delta * n_total * n / total
+  -- merges the rows of t (N, ..., C) into the running moments
+  local function add(t)
+    local shape = t:shape()
+    if not c then
+      c = shape[#shape]
+      if not C.layer_built(self.handle) then self:build({ table.unpack(shape, 2) }) end
+      local have = self:weights()[1].tensor:shape()[1]
+      if have ~= c then
+        error(string.format("%s: adapt got %d features (x of shape (%s)), the layer was built for %d", self.name, c,
+          table.concat(shape, ", "), have), 0)
+      end
+      for k = 1, c do mean[k], m2[k] = 0, 0 end
     end
-    n_total = n_total + n
+    local bs = (o and o.batch_size) or 1024
+    for first = 1, shape[1], bs do
+      local flat = C.take_rows(t, first, math.min(bs, shape[1] - first + 1)):float():reshape(-1, c)
+      local n = flat:shape()[1]
+      local bm = flat:mean(1):totable()
+      local bv = (flat - flat:mean(1, true)):square():mean(1):totable()
+      for k = 1, c do
+        local delta, total = bm[k] - mean[k], n_total + n
+        mean[k] = mean[k] + delta * n / total
+        m2[k] = m2[k] + bv[k] * n + delta * delta * n_total * n / total
+      end
+      n_total = n_total + n
+    end
   end
+  local ok, err = pcall(function()
+    if ds then
+      local order = ds:order(1)
+      for step = 1, #ds do add((ds:batch(step, order))) end
+    else
+      add(x)
+    end
+  end)
   C.set_no_grad(prev)
+  if not ok then error(err, 0) end
+  if n_total == 0 then error(string.format("%s: adapt got no samples", self.name), 2) end
   local var = {}
-  for k = 1, c do var[k] = m2[k] / n_total end
+  for k = 1, c do
+    var[k] = m2[k] / n_total
+    if mean[k] ~= mean[k] or var[k] ~= var[k] or math.abs(mean[k]) == math.huge or var[k] == math.huge then
+      error(string.format("%s: adapt: feature %d has NaN or infinite values (mean %s, variance %s); clean the data " ..
+        "first (a NaN statistic would make every output NaN)", self.name, k - 1, number_text(mean[k]),
+        number_text(var[k])), 2)
+    end
+  end
   self:set_weights({ C.tensor(mean), C.tensor(var), C.tensor({ n_total }) })
   return self
 end

@@ -20,7 +20,7 @@ local function pairs_of_layers(shape)
     {nn.RandomRotation{0.2, fill_mode = "nearest", seed = 3, input_shape = shape},
      A.RandomRotation(0.2, {fill_mode = "nearest"})},
     {nn.RandomTranslation{0.2, {-0.1, 0.3}, seed = 3, input_shape = shape}, A.RandomTranslation(0.2, {-0.1, 0.3})},
-    {nn.RandomZoom{{-0.3, 0.2}, seed = 3, input_shape = shape}, A.RandomZoom({-0.3, 0.2})},
+    {nn.RandomZoom{{-0.3, 0.2}, seed = 3, input_shape = shape}, A.RandomZoom{height_factor = {-0.3, 0.2}}},
     {nn.RandomZoom{0.2, {0.1, 0.4}, fill_mode = "wrap", seed = 3, input_shape = shape},
      A.RandomZoom(0.2, {0.1, 0.4}, {fill_mode = "wrap"})},
     {nn.RandomCrop{5, 4, padding = 2, seed = 3, input_shape = shape}, A.RandomCrop{5, 4, padding = 2}},
@@ -362,6 +362,48 @@ function T.fit_calls_continue_the_random_draws()
   local ds_twice = build()
   fit_ds(ds_twice, 1)
   check.same_table(fit_ds(ds_twice, 1), ds_whole, 0, "a dataset: fit of one epoch twice = fit of two")
+end
+
+-- Numbers that would go wrong silently are errors: a NaN or infinite layer
+-- argument (Rescaling{nan} made every output NaN) or fill value, a
+-- fractional sample index (taken as 0), data with NaN given to adapt
+-- (NaN statistics), a feature count other than the layer's (an internal
+-- message); an augment step's {a, b} that means the range [a, b] to the
+-- step and height a, width b to the layer of the same name is an error
+-- saying so, and the layer's table form works for the steps.  A zoom far
+-- beyond the image resamples (its source index was cast out of range).
+function T.bad_numbers_are_errors()
+  check.fails(function() nn.Rescaling{0 / 0} end, "Rescaling: scale must be a finite number, got nan")
+  check.fails(function() nn.Rescaling{1, offset = math.huge} end, "Rescaling: offset must be a finite number, got inf")
+  check.fails(function() A.RandomRotation(0.1, {fill_value = 0 / 0}) end, "fill_value must be a finite number, got")
+  check.fails(function() A.RandomZoom{0.2, 0.3} end,
+    "{0.2, 0.3} could mean height 0.2 and width 0.3 (as nn.RandomZoom{0.2, 0.3}) or the range [0.2, 0.3]")
+  check.fails(function() A.RandomTranslation{0.1, 0.2} end, "could mean height 0.1 and width 0.2")
+  check.eq(tostring(A.RandomZoom{0.2, 0.3, fill_mode = "nearest"}), tostring(A.RandomZoom(0.2, 0.3, {fill_mode = "nearest"})),
+    "RandomZoom's layer form")
+  check.eq(tostring(A.RandomRotation{0.1, fill_mode = "nearest"}), tostring(A.RandomRotation(0.1, {fill_mode = "nearest"})),
+    "RandomRotation's layer form")
+  check.eq(tostring(A.RandomRotation{-0.1, 0.2}), "RandomRotation(factor = {-0.1, 0.2}, fill_mode = 'reflect', fill_value = 0)",
+    "one factor: a pair is its range")
+  local aug = A.Sequential{A.RandomFlip(), seed = 1}
+  check.fails(function() aug:apply(nn.rand(2, 4, 4, 1), {indices = {0, 1.5}}) end,
+    "bad argument #2 to 'apply' (indices[2] is 1.5; sample indices are whole numbers >= 0 (0-based))")
+  local norm = nn.Normalization{}
+  check.fails(function() norm:adapt(nn.tensor{{1, 2}, {0 / 0, 3}}) end,
+    norm.name .. ": adapt: feature 0 has NaN or infinite values (mean nan, variance nan)")
+  norm:adapt(nn.tensor{{1, 2}, {3, 5}})
+  check.fails(function() norm:adapt(nn.tensor{{1, 2, 3}}) end,
+    norm.name .. ": adapt got 3 features (x of shape (1, 3)), the layer was built for 2")
+  -- a dataset adapts as its tensor does
+  local x = nn.tensor{{1, 2}, {3, 5}, {5, 8}}
+  local from_ds = nn.Normalization{}:adapt(nn.data.from_tensor_slices(x, nn.tensor{0, 1, 0}, {batch_size = 2}))
+  local from_x = nn.Normalization{}:adapt(x)
+  for i = 1, 3 do
+    check.same_table(from_ds:get_weights()[i]:totable(), from_x:get_weights()[i]:totable(), 1e-6, "weight " .. i)
+  end
+  local zoom = nn.Sequential{nn.RandomZoom{{1e30, 1e30}, fill_mode = "constant", input_shape = {4, 4, 1}}}
+  local out = zoom(nn.rand(2, 4, 4, 1), true)
+  check.eq(out:abs():max():item(), 0, "zoomed out beyond the image: all fill")
 end
 
 check.run(T)

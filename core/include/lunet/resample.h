@@ -38,8 +38,10 @@ static inline void lunet_resample_one(float *y, const float *x, const float m[6]
                                       lunet_fill_mode mode, float fill) {
   for (size_t oy = 0; oy < oh; oy++) {
     for (size_t ox = 0; ox < ow; ox++) {
-      float sx = m[0] * (float)ox + m[1] * (float)oy + m[2];
-      float sy = m[3] * (float)ox + m[4] * (float)oy + m[5];
+      /* far outside (a zoom of 1e30, or NaN) stays far outside: the cast
+       * to long below is undefined beyond its range */
+      float sx = fminf(fmaxf(m[0] * (float)ox + m[1] * (float)oy + m[2], -1e9f), 1e9f);
+      float sy = fminf(fmaxf(m[3] * (float)ox + m[4] * (float)oy + m[5], -1e9f), 1e9f);
       float fx = floorf(sx), fy = floorf(sy);
       float ax = sx - fx, ay = sy - fy;
       long x0 = (long)fx, y0 = (long)fy;
