@@ -207,10 +207,22 @@ function M.types()
 end
 
 -- Keras's automatic names: "dense", "dense_1", ...
+-- Names given so far, by the user or by auto_name: an automatic name
+-- skips them (a user's "dense_1" and the second automatic Dense would
+-- otherwise share a name, which a model refuses).
+local taken_names = {}
+
+function M.take_name(name) taken_names[name] = true end
+
 function M.auto_name(tname)
   local base = snake(tname)
-  counters[base] = (counters[base] or 0) + 1
-  return counters[base] == 1 and base or base .. "_" .. (counters[base] - 1)
+  local name
+  repeat
+    counters[base] = (counters[base] or 0) + 1
+    name = counters[base] == 1 and base or base .. "_" .. (counters[base] - 1)
+  until not taken_names[name]
+  taken_names[name] = true
+  return name
 end
 
 function M.new(tname, ...)
@@ -218,6 +230,7 @@ function M.new(tname, ...)
   if not info then error(string.format("no layer type '%s'", tname), 2) end
   local args = parse_args(info, ...)
   local name = args.name or M.auto_name(tname)
+  taken_names[name] = true
   -- the core names the layer in its errors and metrics as summary() does
   -- the core's own checks (an unknown activation) point at the caller too
   -- (level 2: the constructors tail-call new)

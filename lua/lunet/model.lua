@@ -43,6 +43,21 @@ local shape_str = graph.shape_str
 
 -- ---- construction ----
 
+-- Layer names are unique in a model, as Keras requires: they name its
+-- weights in files and its layers in summaries, profiles and errors.
+-- Returns the message for the first name used twice, or nil.
+local function duplicate_name(self)
+  local at = {}
+  for i, l in ipairs(self.layers) do
+    local j = at[l.name]
+    if j and self.layers[j] ~= l then
+      return string.format("%s: the name '%s' is used by layers %d and %d; layer names must be unique in a model " ..
+        "(they name its weights in files): give one of them another name = ...", self.name, l.name, j, i)
+    end
+    at[l.name] = at[l.name] or i
+  end
+end
+
 function M.Sequential(list, opts)
   local self = setmetatable({ kind = "sequential", layers = {}, built = false, epoch = 0,
     name = (opts and opts.name) or layers.auto_name("Sequential") }, Model) -- sequential, sequential_1, ... as Keras
@@ -50,7 +65,8 @@ function M.Sequential(list, opts)
     if not layers.is_layer(l) then
       error(string.format("bad argument #1 to 'Sequential' (entry %d is a %s, not a layer)", i, type(l)), 2)
     end
-    self:add(l)
+    local ok, err = pcall(self.add, self, l)
+    if not ok then error(err, 2) end
   end
   -- built at once when the first layer names its input, as in Keras
   if self.layers[1] and self.layers[1].args.input_shape then
@@ -127,6 +143,8 @@ function M.Model(o)
       self.layers[#self.layers + 1] = n.layer
     end
   end
+  local why = duplicate_name(self)
+  if why then error(why, 2) end
   local ok, err = pcall(self.build, self)
   if not ok then error(err, 2) end
   return self
@@ -142,6 +160,11 @@ end
 function Model:add(layer)
   if self.kind ~= "sequential" then error("add: only a Sequential model grows layer by layer", 2) end
   self.layers[#self.layers + 1] = layer
+  local why = duplicate_name(self)
+  if why then
+    self.layers[#self.layers] = nil
+    error(why, 2)
+  end
   self.built = false
   return self
 end

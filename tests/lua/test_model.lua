@@ -1466,4 +1466,30 @@ function T.no_samples()
   end
 end
 
+-- Layer names are unique in a model, as Keras requires (they name the
+-- weights in files, and profiles group by them): two layers of one name
+-- are an error naming both; an automatic name skips names already given
+-- (a user's "dense_7" and the next automatic Dense shared a name).
+function T.layer_names_are_unique()
+  check.fails(function() nn.Sequential{nn.Dense{4, name = "x", input_shape = {3}}, nn.Dense{2, name = "x"}} end,
+    "the name 'x' is used by layers 1 and 2; layer names must be unique in a model")
+  local i = nn.Input{shape = {3}}
+  check.fails(function() nn.Model{inputs = i, outputs = nn.Dense{2, name = "y"}(nn.Dense{2, name = "y"}(i))} end,
+    "the name 'y' is used by layers 1 and 2")
+  local m = nn.Sequential{nn.Dense{2, input_shape = {3}}}
+  check.fails(function() m:add(nn.Dense{2, name = m.layers[1].name}) end, "is used by layers 1 and 2")
+  check.eq(#m.layers, 1, "the refused layer is not added")
+  -- a shared layer is one layer, not two names
+  local shared = nn.Dense{3, name = "shared"}
+  local a = nn.Input{shape = {3}}
+  nn.Model{inputs = a, outputs = shared(shared(a))}
+  -- automatic names skip a given one
+  local probe = nn.Dense{1}
+  local n = tonumber(probe.name:match("_(%d+)$") or "0")
+  local given = nn.Dense{1, name = "dense_" .. (n + 1)}
+  local auto = nn.Dense{1}
+  assert(auto.name ~= given.name, "the automatic name " .. auto.name .. " is the given one")
+  check.eq(auto.name, "dense_" .. (n + 2), "the next free automatic name")
+end
+
 check.run(T)
