@@ -12,6 +12,7 @@
 -- list with one per image (0-based); by default the predicted class.
 local C = require "lunet.core"
 local plot = require "lunet.plot"
+local optim = require "lunet.optim"
 
 local M = {}
 
@@ -24,7 +25,7 @@ local function inputs(model, x, fn)
   if x:dim() ~= 4 then
     fail(fn, string.format("images (N, H, W, C) expected, got %d axes (one image: x:reshape{1, H, W, C})", x:dim()))
   end
-  if not model.built then model:build(x:shape()) end
+  if not model.built then model:build({ table.unpack(x:shape(), 2) }) end -- one sample's shape
   if model.inputs and #model.inputs ~= 1 then fail(fn, "a model with one input expected") end
   local device = model.device or "cpu"
   x = x:dtype() == "float32" and x or x:float()
@@ -134,7 +135,7 @@ local function max_abs(g) return g:abs():max(4) end
 
 --- saliency(model, x, {class}) -> maps (N, H, W), classes
 function M.saliency(model, x, o)
-  o = o or {}
+  o = optim.check_fields("nn.explain.saliency", o, { class = true }, "option", 3)
   x = inputs(model, x, "saliency")
   local g, cls = input_gradient(model, x, o.class, "saliency")
   return max_abs(g), cls
@@ -146,11 +147,14 @@ end
 -- channels (Smilkov et al. 2017).  The noise comes from lunet's generator
 -- (nn.seed makes it repeatable).
 function M.smoothgrad(model, x, o)
-  o = o or {}
+  o = optim.check_fields("nn.explain.smoothgrad", o, { class = true, samples = true, noise = true }, "option", 3)
   x = inputs(model, x, "smoothgrad")
   local n = x:shape()[1]
   local samples, level = o.samples or 25, o.noise or 0.15
   if math.type(samples) ~= "integer" or samples < 1 then fail("smoothgrad", "samples must be a positive integer") end
+  if type(level) ~= "number" or not (level >= 0 and level < math.huge) then
+    fail("smoothgrad", "noise must be a number >= 0 (a fraction of each image's range), got " .. tostring(level))
+  end
   local cls = chosen(model, x, o.class, "smoothgrad") -- the classes of the clean images
   local host = x:to("cpu")
   local s = host:shape()
@@ -173,7 +177,7 @@ end
 -- small; raise steps if not).  The path integral by the midpoint rule
 -- (which never evaluates a ReLU exactly at its kink at the baseline).
 function M.integrated_gradients(model, x, o)
-  o = o or {}
+  o = optim.check_fields("nn.explain.integrated_gradients", o, { class = true, baseline = true, steps = true }, "option", 3)
   x = inputs(model, x, "integrated_gradients")
   local steps = o.steps or 64
   if math.type(steps) ~= "integer" or steps < 1 then fail("integrated_gradients", "steps must be a positive integer") end
@@ -183,6 +187,11 @@ function M.integrated_gradients(model, x, o)
   elseif type(base) == "number" then base = C.full(x:shape(), base)
   elseif not C.is_tensor(base) then fail("integrated_gradients", "baseline: a number or a tensor like x expected") end
   base = base:to("cpu"):float()
+  local bs, xs = base:shape(), x:shape()
+  if table.concat(bs, ",") ~= table.concat(xs, ",") then
+    fail("integrated_gradients", string.format("baseline of shape (%s), the images (%s): give one of theirs or a number",
+      table.concat(bs, ", "), table.concat(xs, ", ")))
+  end
   local host = x:to("cpu")
   local cls = chosen(model, x, o.class, "integrated_gradients")
   local sum
@@ -225,7 +234,7 @@ end
 -- that layer's output replaced by the tensor given (to probe the rest of
 -- the model).
 function M.logits(model, x, o)
-  o = o or {}
+  o = optim.check_fields("nn.explain.logits", o, { layer = true, activation = true }, "option", 3)
   x = inputs(model, x, "logits")
   local layer = o.layer and find_layer(model, o.layer, "logits")
   local prev = C.set_no_grad(true)
@@ -239,7 +248,7 @@ end
 -- with respect to the input (or to the layer's output), on the CPU, with
 -- the layer's output and the classes: what the maps are made from.
 function M.gradients(model, x, o)
-  o = o or {}
+  o = optim.check_fields("nn.explain.gradients", o, { class = true, layer = true }, "option", 3)
   x = inputs(model, x, "gradients")
   if not o.layer then
     local g, cls = input_gradient(model, x, o.class, "gradients")
@@ -300,7 +309,7 @@ end
 -- logit over their positions, summed, through ReLU, resized to the input
 -- and divided by each map's maximum (a map that is all zero stays zero).
 function M.grad_cam(model, x, o)
-  o = o or {}
+  o = optim.check_fields("nn.explain.grad_cam", o, { class = true, layer = true }, "option", 3)
   x = inputs(model, x, "grad_cam")
   local layer = o.layer and find_layer(model, o.layer, "grad_cam") or last_spatial(model)
   if not layer then fail("grad_cam", "the model has no layer with an image output (H, W, C) before its output") end
@@ -337,7 +346,7 @@ end
 -- each image with its map over it (scaled to [0, 1] per map; signed maps by
 -- their absolute value), next to the image alone, as a PNG (or SVG) grid.
 function M.overlay(x, maps, path, o)
-  o = o or {}
+  o = optim.check_fields("nn.explain.overlay", o, { alpha = true, cols = true, labels = true, class_names = true, title = true, max = true }, "option", 4)
   if type(path) ~= "string" then fail("overlay", "a file path (.png or .svg) expected") end
   if not C.is_tensor(x) or x:dim() ~= 4 then fail("overlay", "images (N, H, W, C) expected") end
   if not C.is_tensor(maps) or maps:dim() ~= 3 then fail("overlay", "maps (N, H, W) expected") end

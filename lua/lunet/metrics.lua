@@ -41,6 +41,8 @@ local function class_ids(v, what)
   return ids
 end
 
+M.class_ids = class_ids
+
 local function counts(y_true, y_pred, o, what)
   o = o or {}
   local t, p = class_ids(y_true, what .. " (y_true)"), class_ids(y_pred, what .. " (y_pred)")

@@ -29,12 +29,19 @@ function M.write(model, history, x, y, dir, o)
   local function add(p) paths[#paths + 1] = p end
   if history then add(plot.history(history, dir .. "/curves.png", { title = o.title })) end
   local p = model:predict(x, { verbose = 0 })
-  local pred = p:to("cpu"):argmax(-1):totable()
-  local truth = y:to("cpu"):reshape({ y:numel() }):totable()
-  local cm = metrics.confusion_matrix(truth, p, { num_classes = p:shape()[2] })
+  local k = p:shape()[2]
+  if k == 1 then -- a binary classifier: one score per image, its probability of class 1
+    local last = model.outputs and model.outputs[1].node and model.outputs[1].node.layer
+    local sigmoid = last and last.args.activation == "sigmoid" -- a Dense layer's, or an Activation layer
+    if not sigmoid then p = p:sigmoid() end -- logits (a loss from_logits)
+    k = 2
+  end
+  -- the labels as class ids: ids (N) or (N, 1), or one-hot (N, K) by argmax
+  local pred, truth = metrics.class_ids(p, "report (predictions)"), metrics.class_ids(y, "report (labels)")
+  local cm = metrics.confusion_matrix(truth, pred, { num_classes = k })
   add(plot.confusion_matrix(cm, names, dir .. "/confusion_matrix.png"))
   local lines = {}
-  metrics.classification_report(truth, p, { target_names = names, num_classes = p:shape()[2],
+  metrics.classification_report(truth, pred, { target_names = names, num_classes = k,
     print = function(line) lines[#lines + 1] = line or "" end })
   local f = assert(io.open(dir .. "/report.txt", "w"))
   f:write(table.concat(lines, "\n"), "\n")

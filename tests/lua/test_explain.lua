@@ -274,4 +274,20 @@ function T.a_softmax_layer_at_the_end_is_left_out()
   check.near(probs[1][1] + probs[1][2] + probs[1][3], 1, 1e-5, "predict still gives probabilities")
 end
 
+-- Options are checked (an unknown one was ignored, a bad one failed deep
+-- inside), and an unbuilt model is built from one image's shape (it was
+-- given the batch's, so the first layer refused its input).
+function T.options_are_checked_and_unbuilt_models_build()
+  local m = nn.Sequential{nn.Flatten{}, nn.Dense{3}}
+  local x = nn.rand(2, 4, 4, 1)
+  check.same_table(nn.explain.saliency(m, x):shape(), {2, 4, 4}, 0, "an unbuilt model")
+  check.fails(function() nn.explain.saliency(m, x, {clas = 1}) end,
+    "bad argument 'clas' to 'nn.explain.saliency' (unknown option; valid: class)")
+  check.fails(function() nn.explain.smoothgrad(m, x, {noise = "lots"}) end,
+    "nn.explain.smoothgrad: noise must be a number >= 0 (a fraction of each image's range), got lots")
+  check.fails(function() nn.explain.integrated_gradients(m, x, {baseline = nn.zeros(1, 4, 4, 1)}) end,
+    "nn.explain.integrated_gradients: baseline of shape (1, 4, 4, 1), the images (2, 4, 4, 1)")
+  check.fails(function() nn.explain.grad_cam(m, x, {layers = "dense"}) end, "unknown option; valid: class, layer")
+end
+
 check.run(T)

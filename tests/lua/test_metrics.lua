@@ -67,4 +67,44 @@ function T.input_forms_and_errors()
     "1 target_names for 2 classes")
 end
 
+-- nn.plot.report reads one-hot labels as class ids (it flattened them:
+-- N*K "labels") and a binary classifier's one score per image as class 1's
+-- probability, or its logit where the model has no sigmoid (it took the
+-- argmax of one column: class 0 always).
+function T.report_takes_one_hot_labels_and_binary_scores()
+  local dir = check.tmpdir()
+  local function report_text(model, x, y, sub)
+    nn.plot.report(model, nil, x, y, dir .. "/" .. sub, {verbose = 0, samples = 2})
+    local f = assert(io.open(dir .. "/" .. sub .. "/report.txt"))
+    local text = f:read("a")
+    f:close()
+    return text
+  end
+  nn.seed(4)
+  local x = nn.rand(12, 4, 4, 1)
+  local m = nn.Sequential{nn.Conv2D{2, 3, padding = "same", input_shape = {4, 4, 1}}, nn.Flatten(),
+    nn.Dense{3, activation = "softmax"}}
+  local ids = {0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2}
+  local y = nn.tensor(ids)
+  check.eq(report_text(m, x, nn.utils.to_categorical(y, 3), "onehot"), report_text(m, x, y, "ids"), "one-hot = ids")
+  -- binary: the report's accuracy against one counted here
+  for _, logits in ipairs{false, true} do
+    nn.seed(5)
+    local b = nn.Sequential{nn.Conv2D{2, 3, padding = "same", input_shape = {4, 4, 1}}, nn.Flatten(),
+      nn.Dense{1, activation = not logits and "sigmoid" or nil}}
+    local yb = {}
+    for i = 1, 12 do yb[i] = i % 2 end
+    local scores = b:predict(x):totable()
+    local right = 0
+    for i = 1, 12 do
+      local class = (logits and scores[i][1] > 0 or not logits and scores[i][1] > 0.5) and 1 or 0
+      if class == yb[i] then right = right + 1 end
+    end
+    local text = report_text(b, x, nn.tensor(yb), logits and "logits" or "sigmoid")
+    local acc = tonumber(text:match("accuracy%s+([%d.]+)"))
+    check.near(acc, right / 12, 0.006, (logits and "logits" or "sigmoid") .. ": accuracy in report.txt")
+    assert(text:find("\n%s+1%s"), "two classes in the report:\n" .. text)
+  end
+end
+
 check.run(T)
