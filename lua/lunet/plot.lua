@@ -133,7 +133,21 @@ end
 function M.curve(xs, ys, path, o)
   check_path("curve", path)
   o = o or {}
+  if type(xs) ~= "table" or #xs < 1 then error("nn.plot.curve: xs must be a list of numbers", 2) end
+  if type(ys) ~= "table" or #ys < 1 then error("nn.plot.curve: ys must be a list of numbers or of series", 2) end
   local series = type(ys[1]) == "table" and ys or { { values = ys } }
+  for i, s in ipairs(series) do
+    if type(s.values) ~= "table" or #s.values ~= #xs then
+      error(string.format("nn.plot.curve: %s has %s values for %d xs (one y per x)",
+        #series > 1 and ("series " .. i) or "ys", type(s.values) == "table" and #s.values or "no", #xs), 2)
+    end
+  end
+  for i, x in ipairs(xs) do
+    if type(x) ~= "number" or x ~= x or (o.log_x and x <= 0) then
+      error(string.format("nn.plot.curve: xs[%d] is %s (%s)", i, tostring(x),
+        o.log_x and "a log axis takes numbers > 0" or "a number expected"), 2)
+    end
+  end
   local colors = { TRAIN, VALID, "#2ca02c", "#9467bd", "#8c564b" }
   local lists = {}
   for i, s in ipairs(series) do lists[i] = s.values end

@@ -3,6 +3,7 @@
 --   as fastai's lr_find and Keras-tuner recipes run it).
 local C = require "lunet.core"
 local plot = require "lunet.plot"
+local optim = require "lunet.optim"
 
 local M = {}
 
@@ -61,7 +62,8 @@ end
 -- the optimizer's state are restored afterwards, whatever happens.  With
 -- `path`, the curve is plotted there (PNG or SVG) with the suggestion marked.
 function M.lr_find(model, x, y, o)
-  o = o or {}
+  o = optim.check_fields("lr_find", o, { min_lr = true, max_lr = true, steps = true, batch_size = true,
+    smoothing = true, stop_factor = true, seed = true, path = true, verbose = true }, "option", 4)
   if type(model) ~= "table" or not model.train_on_batch then error("lr_find: a model expected", 2) end
   if not model.optimizer then error("lr_find: call model:compile{optimizer = ..., loss = ...} first", 2) end
   if not C.is_tensor(x) or not C.is_tensor(y) then error("lr_find: x and y tensors expected", 2) end
@@ -72,9 +74,15 @@ function M.lr_find(model, x, y, o)
   local n = x:shape()[1]
   if y:shape()[1] ~= n then error(string.format("lr_find: %d samples in x but %d in y", n, y:shape()[1]), 2) end
   local beta, stop = o.smoothing or 0.98, o.stop_factor or 4
-  -- one shuffled pass after another, never the same batch twice in a row
-  local rng = math.random
-  math.randomseed(o.seed or 0)
+  if math.type(bs) ~= "integer" or bs < 1 then error("lr_find: batch_size must be a positive integer", 2) end
+  -- one shuffled pass after another, never the same batch twice in a row,
+  -- from a generator of its own (math.random and lunet's stay as they were)
+  local state = (math.tointeger(o.seed or 0) or 0) * 2 + 1
+  local function rng(k) -- 1..k, a 64-bit LCG's high bits
+    state = state * 6364136223846793005 + 1442695040888963407
+    return (state >> 33) % k + 1
+  end
+  local seed0, counter0 = C.seed(), C.rng_take(0) -- dropout draws in the steps: put back after
   local order, at = {}, n + 1
   local function next_batch()
     if at + math.min(bs, n) - 1 > n then
@@ -113,12 +121,15 @@ function M.lr_find(model, x, y, o)
     if o.verbose ~= 0 then io.write("\n") end
   end)
   restore(model, saved)
+  C.seed(seed0)
+  C.rng_take(counter0)
   if not ok then error(err, 0) end
   if #result.lrs < 3 then error("lr_find: the loss diverged at once: lower min_lr", 2) end
   -- the last point is the one that diverged: leave it out of the choice
   local lrs, losses = {}, {}
   for i = 1, #result.lrs - (#result.lrs < steps and 1 or 0) do lrs[i], losses[i] = result.lrs[i], result.losses[i] end
   result.suggestion, result.min_loss_lr = steepest(lrs, losses)
+  result.suggestion = math.max(result.suggestion, min_lr) -- the fallback, a tenth of the best, may fall below
   if o.verbose ~= 0 then
     print(string.format("lr_find: suggested learning rate %.2e (steepest fall; lowest loss at %.2e)",
       result.suggestion, result.min_loss_lr))

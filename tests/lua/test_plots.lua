@@ -213,12 +213,46 @@ function T.lr_find_sweeps_and_restores_the_model()
   check.same_table(fresh:get_weights()[1]:totable(), w0, 0, "fresh weights")
   check.eq(fresh.optimizer.iterations, 0, "fresh optimizer")
   check.fails(function() nn.tools.lr_find(fresh, x, y, {min_lr = 1, max_lr = 0.1}) end, "0 < min_lr < max_lr expected")
+  check.fails(function() nn.tools.lr_find(fresh, x, y, {steps = 20, verbos = 0}) end,
+    "bad argument 'verbos' to 'lr_find' (unknown option; valid: batch_size, max_lr")
+  -- no trace in the random generators: math.random's sequence and lunet's
+  -- (dropout draws during the sweep) go on as if it had not run (it
+  -- reseeded math.random with 0)
+  local drop = nn.Sequential{nn.Dense{4, input_shape = {4}}, nn.Dropout{0.5}, nn.Dense{2, activation = "softmax"}}
+  drop:compile{optimizer = "adam", loss = "sparse_categorical_crossentropy"}
+  drop:build()
+  math.randomseed(77)
+  nn.seed(78)
+  local want_math, want_nn = math.random(), nn.rand(3):totable()
+  math.randomseed(77)
+  nn.seed(78)
+  nn.tools.lr_find(drop, x, y, {steps = 10, verbose = 0})
+  check.eq(math.random(), want_math, "math.random after lr_find")
+  check.same_table(nn.rand(3):totable(), want_nn, 0, "lunet's generator after lr_find")
+  -- a sweep whose loss never falls suggests no rate below min_lr (a tenth
+  -- of the best point was)
+  local r2 = nn.tools.lr_find(fresh, x, y, {steps = 5, min_lr = 1, max_lr = 2, stop_factor = 1e9, verbose = 0})
+  check.eq(r2.suggestion >= 1, true, "suggestion " .. r2.suggestion .. " >= min_lr")
 end
 
 function T.ticks_are_round()
   check.same_table(nn.plot.ticks(0, 1, 5), {0, 0.2, 0.4, 0.6, 0.8, 1}, 1e-12, "0..1")
   check.same_table(nn.plot.ticks(1.93, 2.87, 5), {2, 2.2, 2.4, 2.6, 2.8}, 1e-12, "1.93..2.87")
   check.same_table(nn.plot.ticks(-3, 48, 5), {0, 20, 40}, 1e-12, "-3..48: steps of 1, 2 or 5 x 10^k")
+end
+
+-- nn.plot.curve checks its data: xs and ys of other lengths, a non-list,
+-- or a 0 on a log axis were drawn wrong or failed inside.
+function T.curve_checks_its_data()
+  local path = check.tmpdir() .. "/c.png"
+  nn.plot.curve({1, 2, 3}, {3, 1, 2}, path)
+  check.eq(#load(path), 420, "a curve")
+  check.fails(function() nn.plot.curve({1, 2}, {3, 1, 2}, path) end, "nn.plot.curve: ys has 3 values for 2 xs")
+  check.fails(function() nn.plot.curve({1, 2, 3}, {{values = {1, 2, 3}}, {values = {1}}}, path) end,
+    "series 2 has 1 values for 3 xs")
+  check.fails(function() nn.plot.curve(5, {1}, path) end, "xs must be a list of numbers")
+  check.fails(function() nn.plot.curve({0, 1, 10}, {1, 2, 3}, path, {log_x = true}) end,
+    "xs[1] is 0 (a log axis takes numbers > 0)")
 end
 
 check.run(T)
