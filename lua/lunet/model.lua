@@ -744,6 +744,10 @@ end
 
 fit_impl = function(self, x, y, o)
   o = o or {}
+  if o.profile ~= nil and type(o.profile) ~= "boolean" and type(o.profile) ~= "table" then
+    error(string.format("bad argument 'profile' to 'fit' (true, or nn.profile's options {trace = ..., ...}, " ..
+      "expected; got %s)", type(o.profile) == "string" and string.format("%q", o.profile) or type(o.profile)), 2)
+  end
   if o.profile then -- fit{profile = true} or {profile = {trace = ...}}: the whole fit under nn.profile
     local rest = {}
     for k, v in pairs(o) do if k ~= "profile" then rest[k] = v end end
@@ -1136,9 +1140,24 @@ function Model:__call(x, training)
   if type(training) == "table" then
     -- {training = true, epoch =, first_index = | indices = }: the keys the
     -- random preprocessing layers draw with, as in aug:apply (0-based)
-    local o = training
+    local o = optim.check_fields(self.name, training, { training = true, epoch = true, first_index = true,
+      indices = true }, "call option", 2)
+    for _, k in ipairs{ "epoch", "first_index" } do -- a negative one wrapped to 2^64 - 1 in C
+      if o[k] ~= nil and (math.tointeger(o[k]) == nil or o[k] < 0) then
+        error(string.format("%s: %s must be a whole number >= 0, got %s", self.name, k, tostring(o[k])), 2)
+      end
+    end
+    if o.indices ~= nil and type(o.indices) ~= "table" then
+      error(string.format("%s: indices must be a list of sample indices (0-based)", self.name), 2)
+    end
     local order = o.indices and {}
-    for i, v in ipairs(o.indices or {}) do order[i] = v + 1 end
+    for i, v in ipairs(o.indices or {}) do
+      if math.tointeger(v) == nil or v < 0 then
+        error(string.format("%s: indices[%d] is %s; sample indices are whole numbers >= 0 (0-based)", self.name, i,
+          tostring(v)), 2)
+      end
+      order[i] = v + 1
+    end
     return C.model_forward(self.handle, x, o.training or false, o.training and (o.epoch or 0) or nil, order,
                            order and 1 or (o.first_index or 0) + 1)
   end

@@ -1492,4 +1492,21 @@ function T.layer_names_are_unique()
   check.eq(auto.name, "dense_" .. (n + 2), "the next free automatic name")
 end
 
+-- A model's call options and fit's profile are checked: a negative epoch
+-- or index wrapped to 2^64 - 1 in C, a fraction was cut, an unknown key
+-- was ignored, and profile = "yes" ran as true.
+function T.call_options_are_checked()
+  local m = nn.Sequential{nn.RandomFlip{"horizontal", input_shape = {2, 2, 1}}, nn.Flatten(), nn.Dense{1}}
+  m:compile{optimizer = "sgd", loss = "mse"}
+  local x = nn.rand(2, 2, 2, 1)
+  check.fails(function() m(x, {training = true, epoch = -1}) end, m.name .. ": epoch must be a whole number >= 0, got -1")
+  check.fails(function() m(x, {training = true, first_index = 1.5}) end, "first_index must be a whole number >= 0, got 1.5")
+  check.fails(function() m(x, {training = true, indices = {0, 0.5}}) end, "indices[2] is 0.5; sample indices are whole numbers")
+  check.fails(function() m(x, {training = true, epok = 1}) end,
+    "bad argument 'epok' to '" .. m.name .. "' (unknown call option; valid: epoch, first_index, indices, training)")
+  check.same_table(m(x, {training = true, epoch = 2, indices = {1, 0}}):shape(), {2, 1}, 0, "a good call")
+  check.fails(function() m:fit(x, nn.rand(2, 1), {verbose = 0, profile = "yes"}) end,
+    "bad argument 'profile' to 'fit' (true, or nn.profile's options {trace = ..., ...}, expected; got \"yes\")")
+end
+
 check.run(T)
