@@ -119,6 +119,8 @@ LUNET_HIDDEN lunet_be *lunet_registry_backend(lunet_ctx *ctx, const char *name);
 LUNET_HIDDEN lunet_be *lunet_registry_default(lunet_ctx *ctx);
 /* "plugin 'NAME' (PATH)" of the plugin that registered t, into buf. */
 LUNET_HIDDEN const char *lunet_registry_plugin_of(const lunet_layer_type *t, char *buf, size_t n);
+/* The name of the plugin that registered t (its descriptor's), or NULL. */
+LUNET_HIDDEN const char *lunet_registry_plugin_name(const lunet_layer_type *t);
 
 /* tensor.c */
 LUNET_HIDDEN lunet_tensor *lunet_tensor_on(lunet_ctx *ctx, lunet_be *be, lunet_dtype dt, int ndim,

@@ -86,6 +86,10 @@ static cJSON *layer_json(const lunet_layer *l) {
     return NULL;
   }
   cJSON_AddStringToObject(o, "type", t->name);
+  /* a plugin's type names its plugin, so that a reader without it can say
+   * which to load (readers before this ignore the key) */
+  const char *plugin = lunet_registry_plugin_name(t);
+  if (plugin && strcmp(plugin, "layers") != 0) cJSON_AddStringToObject(o, "plugin", plugin);
   for (int i = 0; i < t->nargs; i++) {
     lunet_arg_value v;
     if (!lunet_layer_arg_value(l, i, &v)) continue;
@@ -508,8 +512,13 @@ static lunet_layer *read_layer(reader *r, const cJSON *j, int idx) {
   }
   const lunet_layer_type *t = lunet_layer_type_find(r->ctx, type->valuestring);
   if (!t) {
-    bad(r, "layers[%d] has the unknown type '%.64s' (a plugin not loaded? load it first)", idx,
-        type->valuestring);
+    const cJSON *plugin = cJSON_GetObjectItemCaseSensitive(j, "plugin");
+    if (cJSON_IsString(plugin))
+      bad(r, "layers[%d] has the type '%.64s' of plugin '%.64s', which is not loaded: load it first "
+             "(nn.load_plugin(path), or put it in LUNET_PLUGIN_PATH)", idx, type->valuestring, plugin->valuestring);
+    else
+      bad(r, "layers[%d] has the unknown type '%.64s' (a plugin not loaded? load it first)", idx,
+          type->valuestring);
     return NULL;
   }
   if (t->flags & LUNET_LAYER_HOST_CODE) {

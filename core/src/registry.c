@@ -523,6 +523,15 @@ const char *lunet_registry_plugin_of(const lunet_layer_type *t, char *buf, size_
   return buf;
 }
 
+const char *lunet_registry_plugin_name(const lunet_layer_type *t) {
+  const char *name = NULL;
+  pthread_mutex_lock(&reg.lock);
+  for (int i = 0; i < reg.ntypes && !name; i++)
+    if (reg.types[i] == t) name = reg.plugins[reg.type_plugin[i]].desc->name;
+  pthread_mutex_unlock(&reg.lock);
+  return name;
+}
+
 const lunet_layer_type *lunet_layer_type_find(lunet_ctx *ctx, const char *name) {
   const lunet_layer_type *t;
   for (int i = 0; (t = lunet_layer_type_at(ctx, i, NULL)); i++)

@@ -37,7 +37,13 @@ local m = nn.Sequential{nn.Scale{input_shape = {3}}}
 m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.2}, loss = "mse"}
 local h = m:fit(x, y, {epochs = 40, batch_size = 16, verbose = 0})
 assert(h.loss[#h.loss] < 1e-3, "loss " .. h.loss[#h.loss])
+m:save("$work/scale.safetensors")
+assert(nn.load_model("$work/scale.safetensors"):predict(x):totable()[1][1] == m:predict(x):totable()[1][1], "reloaded")
 print("example plugin trained, final loss " .. h.loss[#h.loss])
 LUA
 "$build/bin/lunet" "$work/train.lua" "$work/example/example.so"
 "$build/bin/lunet" "$work/train.lua" "$work/example-cmake/example.so" # the CMake build
+# a model file names the plugin of its types: a process without it says which to load
+"$build/bin/lunet" -e "local nn = require 'lunet'
+local ok, err = pcall(nn.load_model, '$work/scale.safetensors')
+assert(not ok and tostring(err):find(\"layers[0] has the type 'Scale' of plugin 'example', which is not loaded\", 1, true), tostring(err))"
