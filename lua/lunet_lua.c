@@ -51,6 +51,9 @@ int lunetL_error(lua_State *L, const char *what) {
   lunet_ctx *ctx = lunetL_ctx(L);
   const char *msg = lunet_ctx_error(ctx);
   last_status = lunet_ctx_status(ctx);
+  /* an error that reports the Ctrl-C takes it: the shell's hook then lets
+   * this message through instead of its plain "interrupted" */
+  if (last_status == LUNET_ERR_INTERRUPTED) lunet_interrupt_clear();
   if (what)
     lua_pushfstring(L, "%s: %s", what, msg);
   else

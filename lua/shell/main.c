@@ -98,6 +98,10 @@ static lua_State *running_state;
 static void stop_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   lua_sethook(L, NULL, 0, 0);
+  /* a C function that stopped for it raised its own error and took the
+   * flag (a download's "interrupted; kept N bytes, run again to resume"):
+   * that error is the one to show */
+  if (!lunet_interrupted()) return;
   lunet_interrupt_clear();
   luaL_error(L, "interrupted!");
 }

@@ -63,6 +63,7 @@ static int cancel_pipe[2] = {-1, -1};
 static void interrupt_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   lua_sethook(L, NULL, 0, 0);
+  if (!lunet_interrupted()) return; /* taken by a C function's own error, as in main.c */
   lunet_interrupt_clear();
   lua_pushliteral(L, "interrupted");
   lua_error(L);

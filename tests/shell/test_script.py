@@ -156,6 +156,40 @@ print("fit again", #m:fit(x, y, {epochs = 2, verbose = 0}).loss)
         "rc=%d stdout=%r stderr=%r" % (proc.returncode, out, err)
 
 
+def case_interrupt_download(exe, home):
+    """Ctrl-C during a dataset download: the download's own message (the
+    part kept, how to resume) reaches the user, not a bare "interrupted!"
+    (the shell's hook replaced it at the next Lua step)."""
+    srv = os.path.join(home, "srv")
+    os.mkdir(srv)
+    with open(os.path.join(srv, "cifar-10-binary.tar.gz"), "wb") as f:
+        f.write(b"\0" * (1 << 20))  # 25 s at the server's 4 KiB per 100 ms
+    server_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "http_server.py")
+    server = subprocess.Popen([sys.executable, server_py, srv, "--timeout", "60"], stdout=subprocess.PIPE, text=True)
+    try:
+        port = server.stdout.readline().strip()
+        script = write(home, "fetch.lua", """local nn = require "lunet"
+io.stdout:write("fetching\\n"); io.stdout:flush()
+nn.datasets.cifar10.load_data{url = "http://127.0.0.1:%s/slow/x/cifar-10-binary.tar.gz", dir = "%s/cache",
+  sha256 = string.rep("0", 64), verbose = false}
+""" % (port, home))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LUA_")}
+        env.update(HOME=home)
+        proc = subprocess.Popen([exe, script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        line = proc.stdout.readline()
+        assert line == "fetching\n", line + proc.stderr.read()
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 1 and "interrupted; " in err and "run again to resume" in err \
+            and "interrupted!" not in err, "rc=%d stderr=%r" % (proc.returncode, err)
+        part = os.path.join(home, "cache", "cifar10", "cifar-10-binary.tar.gz.part")
+        assert os.path.getsize(part) > 0, "the part is kept"
+    finally:
+        server.kill()
+        server.communicate()
+
+
 def main():
     exe, case = os.path.abspath(sys.argv[1]), sys.argv[2]
     home = tempfile.mkdtemp(prefix="lunet_script_")
