@@ -225,6 +225,16 @@ local function ensure_built(self, x)
   self:build(s)
 end
 
+-- What an unbuilt model is built for under fit{augment}: images of the
+-- pipeline's output shape (a crop makes them smaller), as a tensor of one
+-- sample; x itself without augmentation.
+local function augmented_like(x, aug)
+  if aug == nil or not C.is_tensor(x) or x:dim() ~= 4 then return x end
+  local s = x:shape()
+  local h, w, c = augment.pipeline(aug, "fit"):output_shape(s[2], s[3], s[4])
+  return C.zeros(1, h, w, c)
+end
+
 -- ---- summary ----
 
 local function fmt_int(n)
@@ -769,7 +779,7 @@ fit_impl = function(self, x, y, o)
     end
     -- one batch builds the model and checks its shapes against the data
     local x1, y1 = ds:batch(1, ds:order(0))
-    ensure_built(self, x1)
+    ensure_built(self, augmented_like(x1, o.augment))
     check_xy(self, x1, y1, "fit (the dataset's first batch)")
     ensure_compiled(self, x1)
     x, y = x1, y1
@@ -779,7 +789,7 @@ fit_impl = function(self, x, y, o)
     o = setmetatable({ validation_data = { preprocess(self, o.validation_data[1], "fit"), o.validation_data[2],
       o.validation_data[3] } }, { __index = o })
   end
-  ensure_built(self, x)
+  ensure_built(self, augmented_like(x, o.augment))
   local xs, ys = check_xy(self, x, y, "fit")
   check_labels(self, ys, "fit")
   local epochs, bs = o.epochs or 1, ds and ds.batch_size or o.batch_size or 32

@@ -406,4 +406,14 @@ function T.bad_numbers_are_errors()
   check.eq(out:abs():max():item(), 0, "zoomed out beyond the image: all fill")
 end
 
+-- An unbuilt model trained with a crop in fit{augment} is built for the
+-- cropped images (it was built for the raw ones, then refused every
+-- augmented batch).
+function T.fit_builds_for_the_augmented_shape()
+  local m = nn.Sequential{nn.Flatten{}, nn.Dense{2}}
+  m:compile{optimizer = "sgd", loss = "mse"}
+  m:fit(nn.rand(8, 6, 6, 1), nn.rand(8, 2), {verbose = 0, augment = A.Sequential{A.RandomCrop{4, 4}}})
+  check.same_table(m:get_weights()[1]:shape(), {16, 2}, 0, "Dense over 4 x 4 crops")
+end
+
 check.run(T)
