@@ -97,6 +97,10 @@ local function check_arg(tname, s, v, argpos)
     local vals = type(v) == "table" and v or { v }
     if #vals < 1 or #vals > 2 then bad(string.format("%s must be an integer or a pair {h, w}", s.name)) end
     for _, x in ipairs(vals) do
+      if type(x) == "table" and zero_ok[s.name] then -- Keras's ((top, bottom), (left, right))
+        bad(string.format("%s: one size per side ((top, bottom), (left, right)) is not supported yet; give " ..
+          "{height, width}, the same on both sides of each axis", s.name))
+      end
       if math.type(x) ~= "integer" then bad(string.format("%s must hold integers, got %s", s.name, describe(x))) end
       -- sizes and steps are positive; paddings and croppings may be 0
       if x < (zero_ok[s.name] and 0 or 1) then

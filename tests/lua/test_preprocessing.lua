@@ -246,6 +246,8 @@ function T.bad_arguments_say_what_is_wrong()
   check.fails(function() nn.RandomRotation{{0.3, 0.1}} end, "factor pair {0.3, 0.1} is reversed")
   check.fails(function() nn.RandomRotation{"a"} end, "factor must be a number or a pair {lo, hi}")
   check.fails(function() nn.RandomFlip{"sideways"} end, "mode must be one of horizontal, vertical")
+  check.fails(function() nn.ZeroPadding2D{{{0, 1}, {0, 1}}} end,
+    "padding: one size per side ((top, bottom), (left, right)) is not supported yet")
   check.fails(function() nn.RandomZoom{0.2, fill_mode = "mirror"} end, "fill_mode must be one of reflect")
   check.fails(function() nn.Sequential{nn.RandomRotation{1.5, input_shape = {4, 4, 1}}} end, "factor must be in [-1, 1]")
   check.fails(function() nn.Sequential{nn.RandomCrop{6, 6, input_shape = {4, 4, 1}}} end, "does not fit")
