@@ -99,8 +99,8 @@ static bool loss_at(lunet_ctx *ctx, probe *p, lunet_tensor *t, float *v, int64_t
   return ok;
 }
 
-/* Element `i` of a probe sweep over a tensor of shape `dims`: along axis
- * a, index (i + c * (a + 1)) mod dims[a], c = i / dims[a].  Every run of
+/* Element `i` of a probe sweep over tensor t: along axis a of size d,
+ * index (i + c * (a + 1)) mod d, c = i / d.  Every run of
  * dims[a] probes takes each index of axis a once, so `count` >= the largest
  * dimension reaches every row and every column (a gradient wrong in one
  * column cannot fall between probes), and the shifts between runs reach
@@ -121,11 +121,11 @@ static int64_t sweep_index(const lunet_tensor *t, int64_t i) {
  * a tenth of the largest gradient of t, floor): relative, except where the
  * gradient is small next to the tensor's own (a zero where 0.01 belongs is
  * an error of 1 there, whatever the scale), or below `floor`, where float32
- * differences of the loss no longer resolve it (noise_floor).  A non-finite loss or gradient is an error.  An
- * element where the loss has a kink within the step (two max-pool
- * candidates closer than it, a ReLU at 0) has no derivative to compare: the
- * two one-sided differences disagree there, and it is skipped; if every
- * element is skipped, that is an error. */
+ * differences of the loss no longer resolve it (noise_floor).  A non-finite
+ * loss or gradient is an error.  An element where the loss has a kink
+ * within the step (two max-pool candidates closer than it, a ReLU at 0) has
+ * no derivative to compare: the two one-sided differences disagree there,
+ * and it is skipped; if every element is skipped, that is an error. */
 static double fd_error(lunet_ctx *ctx, probe *p, lunet_tensor *t, double floor) {
   float *v = read_all(ctx, t), *g = t->grad ? read_all(ctx, t->grad) : NULL;
   bool ok = v && (g || !t->grad);
@@ -208,6 +208,7 @@ static double noise_floor(lunet_ctx *ctx, probe *p, double tolerance) {
   }
   release_all(y, p->nout);
   lunet_set_grad_enabled(ctx, prev);
+  if (!(tolerance > 0)) tolerance = 1e-2; /* a case of tolerance 0 would make every difference noise */
   return ok ? NOISE_ULPS * FLT_EPSILON * (fabs(sum) + sqrt(squares)) / (2 * EPS * tolerance) : -1;
 }
 
