@@ -331,7 +331,9 @@ function M.verify(name, opts)
   local problems = {}
   for _, file in ipairs(set.files) do
     local path = cache_dir(opts) .. "/" .. set.name .. "/" .. file.name
-    if not exists(path) then
+    if not exists(path) and local_copy(set, file, { sha256 = opts.sha256 }) then
+      -- load_data reads the Debian copy, checked against its checksums: nothing to download
+    elseif not exists(path) then
       problems[#problems + 1] = path .. ": not downloaded"
     else
       local ok, why = check(path, expected(file, opts))

@@ -261,6 +261,8 @@ if f then
   same_shape(fyt, { 10000 }, "fashion y_test")
   -- The first training label of Fashion-MNIST is 9 (Ankle boot).
   check(value_at(fy, 0) == 9, "fashion y_train[0] = %s", value_at(fy, 0))
+  -- verify counts the Debian copy load_data reads (it said "not downloaded")
+  check(ds.verify("fashion_mnist", { dir = work .. "/empty-cache" }) == true, "verify with the Debian copy")
 end
 
 pcall(C.download, { url = base .. "/_quit", dest = work .. "/quit.txt", retries = 0,
