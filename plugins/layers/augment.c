@@ -73,16 +73,23 @@ static lunet_fill_mode fill_mode(const lunet_layer *l) {
                                   : LUNET_FILL_REFLECT;
 }
 
-/* A factor as Keras reads it: a number f is [-f, f]. */
-static void factor(const lunet_layer *l, const char *arg, double *lo, double *hi) {
+/* A factor as Keras reads it: a number f >= 0 is [-f, f] (a negative one
+ * is an error, as in Keras and nn.augment; it was taken as |f|). */
+static lunet_status factor(lunet_ctx *ctx, const lunet_layer *l, const char *arg, double *lo, double *hi) {
   double r[2];
   if (lunet_layer_get_range(l, arg, r) == 1) {
-    *lo = -fabs(r[0]);
-    *hi = fabs(r[0]);
+    if (r[0] < 0)
+      return lunet_error(ctx, LUNET_ERR_ARG,
+                         "%s: %s must be >= 0 when a number (f means [-f, f]; a pair {lo, hi} gives another "
+                         "range), got %g",
+                         lunet_layer_type_name((lunet_layer *)l), arg, r[0]);
+    *lo = -r[0];
+    *hi = r[0];
   } else {
     *lo = r[0];
     *hi = r[1];
   }
+  return LUNET_OK;
 }
 
 /* The layer's one-step pipeline (the same C step fit{augment} runs). */
@@ -98,18 +105,18 @@ static lunet_status add_step(lunet_ctx *ctx, const lunet_layer *l, lunet_augment
                                                                    : LUNET_FLIP_HORIZONTAL_AND_VERTICAL);
   }
   if (!strcmp(t, "RandomRotation")) {
-    factor(l, "factor", &lo, &hi);
+    if (factor(ctx, l, "factor", &lo, &hi)) return lunet_ctx_status(ctx);
     return lunet_augment_add_rotation(ctx, a, lo, hi, mode, fill);
   }
   if (!strcmp(t, "RandomTranslation")) {
-    factor(l, "height_factor", &lo, &hi);
-    factor(l, "width_factor", &wlo, &whi);
+    if (factor(ctx, l, "height_factor", &lo, &hi) || factor(ctx, l, "width_factor", &wlo, &whi))
+      return lunet_ctx_status(ctx);
     return lunet_augment_add_translation(ctx, a, lo, hi, wlo, whi, mode, fill);
   }
   if (!strcmp(t, "RandomZoom")) {
     bool same = !lunet_layer_arg_is_set(l, "width_factor");
-    factor(l, "height_factor", &lo, &hi);
-    if (!same) factor(l, "width_factor", &wlo, &whi);
+    if (factor(ctx, l, "height_factor", &lo, &hi) || (!same && factor(ctx, l, "width_factor", &wlo, &whi)))
+      return lunet_ctx_status(ctx);
     return lunet_augment_add_zoom(ctx, a, lo, hi, same, wlo, whi, mode, fill);
   }
   return lunet_augment_add_crop(ctx, a, lunet_layer_get_int(l, "height"), lunet_layer_get_int(l, "width"),

@@ -250,6 +250,9 @@ function T.bad_arguments_say_what_is_wrong()
     "padding: one size per side ((top, bottom), (left, right)) is not supported yet")
   check.fails(function() nn.RandomZoom{0.2, fill_mode = "mirror"} end, "fill_mode must be one of reflect")
   check.fails(function() nn.Sequential{nn.RandomRotation{1.5, input_shape = {4, 4, 1}}} end, "factor must be in [-1, 1]")
+  -- a negative number was taken as its magnitude (Keras and nn.augment refuse it)
+  check.fails(function() nn.Sequential{nn.RandomRotation{-0.2, input_shape = {4, 4, 1}}} end,
+    "RandomRotation: factor must be >= 0 when a number (f means [-f, f]; a pair {lo, hi} gives another range), got -0.2")
   check.fails(function() nn.Sequential{nn.RandomCrop{6, 6, input_shape = {4, 4, 1}}} end, "does not fit")
   -- a crop larger than the images fits once padded; at inference Keras's rule resizes up
   local big = nn.Sequential{nn.RandomCrop{6, 6, padding = 2, input_shape = {4, 4, 1}}}
