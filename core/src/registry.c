@@ -58,7 +58,7 @@ static void add_searched(const char *dir) {
 }
 
 /* Calls fn(path) for every *.so in the folders of the colon-separated `env`
- * variable, then in <libdir>/<sub>. */
+ * variable, then in <libdir>/<sub> (with own_first, <libdir>/<sub> first). */
 static void scan(const char *env, const char *sub, bool own_first, void (*fn)(const char *)) {
   char dirs[4096] = "", own[512];
   const char *e = getenv(env);
