@@ -335,6 +335,14 @@ function Sequential:apply(x, opts)
   if opts.indices ~= nil and type(opts.indices) ~= "table" then
     fail("apply", 2, "indices must be a list of sample indices, got " .. show(opts.indices))
   end
+  if opts.indices ~= nil and core.is_tensor(x) then
+    local n = x:dim() == 4 and x:shape()[1] or 1
+    local want = opts.count and math.min(opts.count, n) or n
+    if #opts.indices < want then
+      fail("apply", 2, string.format("indices has %d entries for %d samples (one dataset index per sample)",
+        #opts.indices, want))
+    end
+  end
   for i, v in ipairs(opts.indices or {}) do -- a fraction was taken as 0, silently
     if math.tointeger(v) == nil or v < 0 then
       fail("apply", 2, string.format("indices[%d] is %s; sample indices are whole numbers >= 0 (0-based)", i, show(v)))

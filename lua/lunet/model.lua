@@ -1160,6 +1160,11 @@ function Model:__call(x, training)
     if o.indices ~= nil and type(o.indices) ~= "table" then
       error(string.format("%s: indices must be a list of sample indices (0-based)", self.name), 2)
     end
+    local n = C.is_tensor(x) and x:shape()[1] or nil
+    if o.indices ~= nil and n and #o.indices ~= n then
+      error(string.format("%s: indices has %d entries for a batch of %d (one dataset index per sample)", self.name,
+        #o.indices, n), 2)
+    end
     local order = o.indices and {}
     for i, v in ipairs(o.indices or {}) do
       if math.tointeger(v) == nil or v < 0 then

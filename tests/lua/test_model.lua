@@ -1502,6 +1502,8 @@ function T.call_options_are_checked()
   check.fails(function() m(x, {training = true, epoch = -1}) end, m.name .. ": epoch must be a whole number >= 0, got -1")
   check.fails(function() m(x, {training = true, first_index = 1.5}) end, "first_index must be a whole number >= 0, got 1.5")
   check.fails(function() m(x, {training = true, indices = {0, 0.5}}) end, "indices[2] is 0.5; sample indices are whole numbers")
+  check.fails(function() m(x, {training = true, indices = {0}}) end,
+    m.name .. ": indices has 1 entries for a batch of 2 (one dataset index per sample)")
   check.fails(function() m(x, {training = true, epok = 1}) end,
     "bad argument 'epok' to '" .. m.name .. "' (unknown call option; valid: epoch, first_index, indices, training)")
   check.same_table(m(x, {training = true, epoch = 2, indices = {1, 0}}):shape(), {2, 1}, 0, "a good call")

@@ -393,6 +393,8 @@ function T.bad_numbers_are_errors()
   local aug = A.Sequential{A.RandomFlip(), seed = 1}
   check.fails(function() aug:apply(nn.rand(2, 4, 4, 1), {indices = {0, 1.5}}) end,
     "bad argument #2 to 'apply' (indices[2] is 1.5; sample indices are whole numbers >= 0 (0-based))")
+  check.fails(function() aug:apply(nn.rand(2, 4, 4, 1), {indices = {0}}) end,
+    "bad argument #2 to 'apply' (indices has 1 entries for 2 samples (one dataset index per sample))")
   local norm = nn.Normalization{}
   check.fails(function() norm:adapt(nn.tensor{{1, 2}, {0 / 0, 3}}) end,
     norm.name .. ": adapt: feature 0 has NaN or infinite values (mean nan, variance nan)")
