@@ -510,24 +510,28 @@ const lunet_layer_type *lunet_layer_type_at(lunet_ctx *ctx, int i, const char **
   return t;
 }
 
+/* The plugin that registered t, or NULL; the caller holds reg.lock. */
+static const plugin_entry *plugin_of_type(const lunet_layer_type *t) {
+  for (int i = 0; i < reg.ntypes; i++)
+    if (reg.types[i] == t) return &reg.plugins[reg.type_plugin[i]];
+  return NULL;
+}
+
 const char *lunet_registry_plugin_of(const lunet_layer_type *t, char *buf, size_t n) {
   pthread_mutex_lock(&reg.lock);
-  snprintf(buf, n, "an unregistered layer type");
-  for (int i = 0; i < reg.ntypes; i++)
-    if (reg.types[i] == t) {
-      const plugin_entry *e = &reg.plugins[reg.type_plugin[i]];
-      snprintf(buf, n, "plugin '%s' (%s)", e->desc->name, e->path);
-      break;
-    }
+  const plugin_entry *e = plugin_of_type(t);
+  if (e)
+    snprintf(buf, n, "plugin '%s' (%s)", e->desc->name, e->path);
+  else
+    snprintf(buf, n, "an unregistered layer type");
   pthread_mutex_unlock(&reg.lock);
   return buf;
 }
 
 const char *lunet_registry_plugin_name(const lunet_layer_type *t) {
-  const char *name = NULL;
   pthread_mutex_lock(&reg.lock);
-  for (int i = 0; i < reg.ntypes && !name; i++)
-    if (reg.types[i] == t) name = reg.plugins[reg.type_plugin[i]].desc->name;
+  const plugin_entry *e = plugin_of_type(t);
+  const char *name = e ? e->desc->name : NULL;
   pthread_mutex_unlock(&reg.lock);
   return name;
 }

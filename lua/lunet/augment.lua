@@ -156,11 +156,10 @@ local function layer_form(fname, names, nargs, t)
   for k in pairs(t) do named = named or type(k) == "string" end
   if not named and #t == 2 and type(t[1]) == "number" and type(t[2]) == "number" then
     if #names == 1 then return false end
-    fail(fname, 1, string.format("{%s, %s} could mean height %s and width %s (as nn.%s{%s, %s}) or the range " ..
-      "[%s, %s]: write %s(%s, %s) or %s{height_factor = %s, width_factor = %s} for the first, " ..
-      "%s{height_factor = {%s, %s}} for the second", show(t[1]), show(t[2]), show(t[1]), show(t[2]), fname,
-      show(t[1]), show(t[2]), show(t[1]), show(t[2]), fname, show(t[1]), show(t[2]), fname, show(t[1]), show(t[2]),
-      fname, show(t[1]), show(t[2])), 1)
+    local a, b = show(t[1]), show(t[2])
+    local msg = ("{A, B} could mean height A and width B (as nn.F{A, B}) or the range [A, B]: write F(A, B) or " ..
+      "F{height_factor = A, width_factor = B} for the first, F{height_factor = {A, B}} for the second")
+    fail(fname, 1, (msg:gsub("[ABF]", { A = a, B = b, F = fname })), 1)
   end
   if not named and #t ~= 1 then return false end
   local factors, opts = {}, {}

@@ -120,9 +120,15 @@ end
 
 -- What a file must hash to: the user's sha256 replaces the published
 -- checksums (and the size, which belongs to the published file).
-local function expected(file, opts)
+-- The user's sha256 for `file` (one string, or a table by file name), or nil.
+local function user_sha256(file, opts)
   local user = opts.sha256
   if type(user) == "table" then user = user[file.name] end
+  return user
+end
+
+local function expected(file, opts)
+  local user = user_sha256(file, opts)
   if user then return { sha256 = user } end
   return { sha256 = file.sha256, md5 = file.md5, size = file.size }
 end
@@ -215,12 +221,10 @@ local function sha256_error(set, opts)
                          #set.files, set.name, set.files[1].name, set.files[1].name, type(sums))
   end
   if type(sums) ~= "table" then sums = { [set.files[1].name] = sums } end
-  local known = {}
-  for _, file in ipairs(set.files) do known[file.name] = true end
+  local known, names = {}, {}
+  for i, file in ipairs(set.files) do known[file.name], names[i] = true, file.name end
   for name, hex in pairs(sums) do
     if not known[name] then
-      local names = {}
-      for _, file in ipairs(set.files) do names[#names + 1] = file.name end
       return string.format("sha256 names '%s', which is not a file of %s (%s)", tostring(name), set.name,
                            table.concat(names, ", "))
     end
@@ -234,8 +238,7 @@ end
 
 -- A local copy checked against the user's sha256, when one is given for it.
 local function check_local(set, file, path, opts)
-  local user = opts.sha256
-  if type(user) == "table" then user = user[file.name] end
+  local user = user_sha256(file, opts)
   if not user then return path end
   local ok, why = check(path, { sha256 = user })
   if not ok then error(string.format("lunet.datasets.%s: %s has %s", set.name, path, why), 0) end

@@ -216,8 +216,6 @@ end
 -- otherwise share a name, which a model refuses).
 local taken_names = {}
 
-function M.take_name(name) taken_names[name] = true end
-
 function M.auto_name(tname)
   local base = snake(tname)
   local name
