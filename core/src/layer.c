@@ -1128,6 +1128,9 @@ static lunet_status outputs_fit(lunet_ctx *ctx, const lunet_layer *l, int64_t ba
                                 lunet_tensor **y) {
   for (int j = 0; j < l->nout; j++) {
     if (!y[j]) return plugin_bug(ctx, l, LUNET_ERR_ARG, "forward returned no output %d", j + 1);
+    if (y[j]->dtype != LUNET_F32)
+      return plugin_bug(ctx, l, LUNET_ERR_ARG, "forward returned output %d as %s, but layers return float32", j + 1,
+                        lunet_dtype_name(y[j]->dtype));
     const lunet_shape *o = &l->out[j];
     bool ok = y[j]->ndim == o->ndim + 1 && y[j]->shape[0] == batch;
     for (int d = 0; ok && d < o->ndim; d++) ok = y[j]->shape[d + 1] == o->dims[d];
@@ -1330,6 +1333,9 @@ lunet_status lunet_layer_step(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, 
   for (int j = 0; !s && j < nout; j++)
     if (!y[j] || y[j]->ndim != l->out[j].ndim + 1 || y[j]->shape[0] != c->batch)
       s = plugin_bug(ctx, l, LUNET_ERR_SHAPE, "a step returned output %d of the wrong rank or batch", j + 1);
+    else if (y[j]->dtype != LUNET_F32)
+      s = plugin_bug(ctx, l, LUNET_ERR_ARG, "a step returned output %d as %s, but layers return float32", j + 1,
+                     lunet_dtype_name(y[j]->dtype));
   if (!s) s = fresh_outputs(ctx, nin, x, nout, y, false);
   if (!s && nout == 1 && l->act != ACT_NONE) s = activate(ctx, l, y);
   if (t0) lunet_prof_layer(ctx, lunet_layer_name(l), "forward", t0);

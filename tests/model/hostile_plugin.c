@@ -59,6 +59,11 @@ static lunet_status wide_forward(lunet_layer *l, lunet_call *c, int nin, lunet_t
   *y = lunet_op_concat(lunet_call_ctx(c), parts, 2, 1);
   return *y ? LUNET_OK : lunet_ctx_status(lunet_call_ctx(c));
 }
+static lunet_status int_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
+                                bool training) {
+  *y = lunet_op_cast(lunet_call_ctx(c), x[0], LUNET_I32);
+  return *y ? LUNET_OK : lunet_ctx_status(lunet_call_ctx(c));
+}
 static lunet_status null_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
                                  bool training) {
   return LUNET_OK;
@@ -229,6 +234,7 @@ TYPE(NegativeOutput, "build declares a negative size", negative_build, copy_forw
 TYPE(ManyDims, "build declares 99 dimensions", many_dims_build, copy_forward, pass_backward)
 TYPE(BadWeight, "build declares a weight of negative size", bad_weight_build, copy_forward, pass_backward)
 TYPE(WideForward, "forward returns twice the declared width", same_build, wide_forward, pass_backward)
+TYPE(IntForward, "forward returns int32 where layers return float32", same_build, int_forward, pass_backward)
 TYPE(NullForward, "forward returns success and no output", same_build, null_forward, pass_backward)
 TYPE(SilentForward, "forward fails without a message", same_build, silent_forward, pass_backward)
 TYPE(NullBackward, "backward returns no input gradient", same_build, copy_forward, null_backward)
@@ -255,10 +261,10 @@ WRONG(ColumnGradient, "the weight gradient's column 5 is zero", grid_forward, co
 WRONG(HonestGrid, "y = x w, done right (the control)", grid_forward, honest_backward, large_tests)
 
 static const lunet_layer_type *const types[] = {
-    &RefusingBuild_type, &SilentBuild_type,   &HugeOutput_type,    &NegativeOutput_type, &ManyDims_type,
-    &BadWeight_type,     &WideForward_type,   &NullForward_type,   &SilentForward_type,  &NullBackward_type,
-    &WideBackward_type,  &SilentBackward_type, &BadWeightGrad_type, &Honest_type,         &NaNGradient_type,
-    &SmallDoubled_type,  &ColumnGradient_type, &HonestGrid_type,
+    &RefusingBuild_type, &SilentBuild_type,   &HugeOutput_type,  &NegativeOutput_type, &ManyDims_type,
+    &BadWeight_type,     &WideForward_type,   &IntForward_type,  &NullForward_type,    &SilentForward_type,
+    &NullBackward_type,  &WideBackward_type,  &SilentBackward_type, &BadWeightGrad_type, &Honest_type,
+    &NaNGradient_type,   &SmallDoubled_type,  &ColumnGradient_type, &HonestGrid_type,
 };
 
 static const lunet_plugin_desc desc = {LUNET_PLUGIN_ABI_MAJOR, LUNET_PLUGIN_ABI_MINOR, sizeof(lunet_plugin_desc),

@@ -37,6 +37,8 @@ function T.forward_faults()
   check.fails(function() model("WideForward"):predict(x) end,
     "forward returned output 1 of shape (4, 6), but build declared (None, 3) for a batch of 4 " .. BLAME)
   check.fails(function() model("NullForward"):predict(x) end, "forward returned no output 1 " .. BLAME)
+  check.fails(function() model("IntForward"):predict(x) end,
+    "forward returned output 1 as int32, but layers return float32 " .. BLAME)
   check.fails(function() model("SilentForward"):predict(x) end, "forward failed without a message")
 end
 
@@ -65,7 +67,7 @@ end
 -- failed result (or an error naming the fault), never a crash.
 function T.check_plugin_reports()
   for _, r in ipairs(nn.check_plugin("Honest")) do assert(r.ok, "Honest: " .. tostring(r.error)) end
-  for _, name in ipairs({"WideForward", "NullForward", "SilentForward", "NullBackward", "WideBackward",
+  for _, name in ipairs({"WideForward", "IntForward", "NullForward", "SilentForward", "NullBackward", "WideBackward",
                          "SilentBackward", "BadWeightGrad", "SilentBuild", "HugeOutput"}) do
     local ok, results = pcall(nn.check_plugin, name)
     if ok then
