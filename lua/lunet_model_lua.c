@@ -49,7 +49,7 @@ static int layer_gc(lua_State *L) {
 
 static const char *arg_type_name(lunet_arg_type t) {
   static const char *const names[] = {"int",  "float", "bool",        "string",
-                                      "int2", "shape", "regularizer", "range"};
+                                      "int2", "shape", "regularizer", "range", "sides"};
   return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "?";
 }
 
@@ -71,6 +71,20 @@ static void push_value(lua_State *L, lunet_arg_type t, const lunet_arg_value *v)
     else
       lua_pushnil(L);
     return;
+  case LUNET_ARG_SIDES:
+    if (v->n == 4) { /* {{top, bottom}, {left, right}} */
+      lua_createtable(L, 2, 0);
+      for (int k = 0; k < 2; k++) {
+        lua_createtable(L, 2, 0);
+        for (int i = 0; i < 2; i++) {
+          lua_pushinteger(L, v->v[2 * k + i]);
+          lua_rawseti(L, -2, i + 1);
+        }
+        lua_rawseti(L, -2, k + 1);
+      }
+      return;
+    }
+    __attribute__((fallthrough));
   case LUNET_ARG_INT2:
     if (v->n == 1) {
       lua_pushinteger(L, v->v[0]);
@@ -125,7 +139,8 @@ static void push_default_text(lua_State *L, const lunet_arg_schema *s) {
     luaL_addvalue(&b);
   } else if (s->type == LUNET_ARG_BOOL) {
     luaL_addstring(&b, v->b ? "true" : "false");
-  } else if ((s->type == LUNET_ARG_INT2 && v->n != 1) || s->type == LUNET_ARG_SHAPE) {
+  } else if (((s->type == LUNET_ARG_INT2 || s->type == LUNET_ARG_SIDES) && v->n != 1) ||
+             s->type == LUNET_ARG_SHAPE) { /* a SIDES default of four shows flat */
     luaL_addchar(&b, '{');
     for (int i = 0; i < v->n && i < LUNET_MAX_DIMS; i++) {
       if (i) luaL_addstring(&b, ", ");
@@ -133,7 +148,7 @@ static void push_default_text(lua_State *L, const lunet_arg_schema *s) {
       luaL_addvalue(&b);
     }
     luaL_addchar(&b, '}');
-  } else if (s->type == LUNET_ARG_INT2) {
+  } else if (s->type == LUNET_ARG_INT2 || s->type == LUNET_ARG_SIDES) {
     lua_pushinteger(L, v->v[0]);
     luaL_addvalue(&b);
   } else if (s->type == LUNET_ARG_RANGE) {
@@ -235,9 +250,23 @@ static lunet_status set_arg(lua_State *L, lunet_layer *l, const lunet_arg_schema
   case LUNET_ARG_STRING:
     return lunet_layer_set_string(l, s->name, lua_tostring(L, -1));
   case LUNET_ARG_INT2:
-  case LUNET_ARG_SHAPE: {
+  case LUNET_ARG_SHAPE:
+  case LUNET_ARG_SIDES: {
     int64_t v[LUNET_MAX_DIMS];
-    int n = read_ints(L, lua_gettop(L), v, tn, s->name);
+    int top = lua_gettop(L), n = 0;
+    if (s->type == LUNET_ARG_SIDES && lua_istable(L, top) && lua_geti(L, top, 1) == LUA_TTABLE) {
+      lua_pop(L, 1); /* {{top, bottom}, {left, right}} */
+      for (int k = 1; k <= 2; k++) {
+        lua_geti(L, top, k);
+        if (!lua_istable(L, -1) || read_ints(L, lua_gettop(L), v + n, tn, s->name) != 2)
+          luaL_error(L, "%s: %s takes {{top, bottom}, {left, right}}", tn, s->name);
+        lua_pop(L, 1);
+        n += 2;
+      }
+    } else {
+      if (s->type == LUNET_ARG_SIDES && lua_istable(L, top)) lua_pop(L, 1);
+      n = read_ints(L, top, v, tn, s->name);
+    }
     return lunet_layer_set_ints(l, s->name, n, v);
   }
   case LUNET_ARG_RANGE:

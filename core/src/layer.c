@@ -103,6 +103,7 @@ static void set_default(arg_value *v, const lunet_arg_schema *a) {
     break;
   case LUNET_ARG_INT2:
   case LUNET_ARG_SHAPE:
+  case LUNET_ARG_SIDES:
     v->n = d->n < 0 ? 0 : d->n > LUNET_MAX_DIMS ? LUNET_MAX_DIMS : d->n;
     memcpy(v->ints, d->v, sizeof(int64_t) * (size_t)v->n);
     v->f = v->n ? (double)v->ints[0] : 0;
@@ -244,7 +245,8 @@ static lunet_status plugin_bug(lunet_ctx *ctx, const lunet_layer *l, lunet_statu
 
 static const char *arg_type_name(lunet_arg_type t) {
   static const char *names[] = {"an integer", "a number", "a boolean", "a string", "an integer or a pair",
-                                "a list of integers", "a regularizer", "a number or a pair {lo, hi}"};
+                                "a list of integers", "a regularizer", "a number or a pair {lo, hi}",
+                                "a number, a pair {h, w} or {{top, bottom}, {left, right}}"};
   return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "?";
 }
 
@@ -291,7 +293,7 @@ lunet_status lunet_layer_set_int(lunet_layer *l, const char *arg, int64_t x) {
 lunet_status lunet_layer_set_float(lunet_layer *l, const char *arg, double x) {
   int i = arg_index(l, arg);
   lunet_arg_type t = i >= 0 ? l->type->args[i].type : LUNET_ARG_FLOAT;
-  if (t == LUNET_ARG_INT || t == LUNET_ARG_INT2 || t == LUNET_ARG_SHAPE) { /* a whole number serves */
+  if (t == LUNET_ARG_INT || t == LUNET_ARG_INT2 || t == LUNET_ARG_SHAPE || t == LUNET_ARG_SIDES) { /* a whole number serves */
     if (!(x == floor(x) && fabs(x) < 0x1p62))
       return lunet_error(l->ctx, LUNET_ERR_ARG, "%s: %s takes %s, got %g", l->type->name, arg, arg_type_name(t), x);
     return lunet_layer_set_int(l, arg, (int64_t)x);
@@ -339,8 +341,12 @@ lunet_status lunet_layer_set_ints(lunet_layer *l, const char *arg, int n, const 
   if (n < 0 || n > LUNET_MAX_DIMS || (n > 0 && !x))
     return lunet_error(l->ctx, LUNET_ERR_ARG, "%s: %s takes 0 to %d values, got %d%s", l->type->name, arg,
                        LUNET_MAX_DIMS, n, n > 0 && !x ? " and no array" : "");
+  int i = arg_index(l, arg);
+  if (i >= 0 && l->type->args[i].type == LUNET_ARG_SIDES && n != 1 && n != 2 && n != 4)
+    return lunet_error(l->ctx, LUNET_ERR_ARG, "%s: %s takes %s, got %d values", l->type->name, arg,
+                       arg_type_name(LUNET_ARG_SIDES), n);
   arg_value *v = slot_of(l, arg,
-                         TAKES(LUNET_ARG_INT) | TAKES(LUNET_ARG_INT2) | TAKES(LUNET_ARG_SHAPE) |
+                         TAKES(LUNET_ARG_INT) | TAKES(LUNET_ARG_INT2) | TAKES(LUNET_ARG_SHAPE) | TAKES(LUNET_ARG_SIDES) |
                              (n == 1 ? TAKES(LUNET_ARG_FLOAT) | TAKES(LUNET_ARG_RANGE) : 0),
                          n == 1 ? "an integer" : "a list of integers", &s);
   if (v) {
@@ -393,6 +399,7 @@ lunet_status lunet_layer_set_value(lunet_layer *l, const char *arg, const lunet_
     return v->s ? lunet_layer_set_string(l, arg, v->s) : lunet_layer_set_nil(l, arg);
   case LUNET_ARG_INT2:
   case LUNET_ARG_SHAPE:
+  case LUNET_ARG_SIDES:
     return lunet_layer_set_ints(l, arg, v->n, v->v);
   case LUNET_ARG_REGULARIZER:
     return lunet_layer_set_regularizer(l, arg, v->f, v->f2);
@@ -451,6 +458,12 @@ void lunet_layer_get_int2(const lunet_layer *l, const char *arg, int64_t out[2])
   const arg_value *v = get(l, arg);
   out[0] = v && v->n ? v->ints[0] : 0;
   out[1] = v && v->n > 1 ? v->ints[1] : out[0];
+}
+
+void lunet_layer_get_sides(const lunet_layer *l, const char *arg, int64_t out[4]) {
+  const arg_value *v = get(l, arg);
+  int n = v ? v->n : 0;
+  for (int i = 0; i < 4; i++) out[i] = n == 4 ? v->ints[i] : n == 2 ? v->ints[i / 2] : n ? v->ints[0] : 0;
 }
 
 int lunet_layer_get_range(const lunet_layer *l, const char *arg, double out[2]) {

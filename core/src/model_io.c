@@ -49,6 +49,17 @@ static cJSON *arg_json(const lunet_arg_schema *s, const lunet_arg_value *v) {
     return cJSON_CreateBool(v->b);
   case LUNET_ARG_STRING:
     return cJSON_CreateString(v->s ? v->s : "");
+  case LUNET_ARG_SIDES:
+    if (v->n == 4) { /* Keras's [[top, bottom], [left, right]] */
+      cJSON *a = cJSON_CreateArray();
+      for (int k = 0; a && k < 2; k++) {
+        cJSON *pair = cJSON_CreateArray();
+        cJSON_AddItemToArray(a, pair);
+        for (int i = 0; pair && i < 2; i++) cJSON_AddItemToArray(pair, cJSON_CreateNumber((double)v->v[2 * k + i]));
+      }
+      return a;
+    }
+    __attribute__((fallthrough));
   case LUNET_ARG_INT2:
     if (v->n == 1) return cJSON_CreateNumber((double)v->v[0]);
     __attribute__((fallthrough));
@@ -453,12 +464,22 @@ static lunet_status set_arg(reader *r, lunet_layer *l, int idx, const lunet_arg_
     break;
   case LUNET_ARG_INT2:
   case LUNET_ARG_SHAPE:
-    if (s->type == LUNET_ARG_INT2 && cJSON_IsNumber(j)) {
+  case LUNET_ARG_SIDES:
+    if (s->type != LUNET_ARG_SHAPE && cJSON_IsNumber(j)) {
       v.n = 1;
       ok = get_int(j, INT32_MIN, INT32_MAX, &v.v[0]);
       break;
     }
-    ok = cJSON_IsArray(j) && cJSON_GetArraySize(j) <= (s->type == LUNET_ARG_INT2 ? 2 : LUNET_MAX_DIMS);
+    ok = cJSON_IsArray(j) && cJSON_GetArraySize(j) <= (s->type == LUNET_ARG_SHAPE ? LUNET_MAX_DIMS : 2);
+    if (ok && s->type == LUNET_ARG_SIDES && cJSON_IsArray(j->child)) { /* [[top, bottom], [left, right]] */
+      ok = cJSON_GetArraySize(j) == 2;
+      for (const cJSON *pair = ok ? j->child : NULL; ok && pair; pair = pair->next) {
+        ok = cJSON_IsArray(pair) && cJSON_GetArraySize(pair) == 2;
+        for (const cJSON *c = ok ? pair->child : NULL; ok && c; c = c->next)
+          ok = get_int(c, INT32_MIN, INT32_MAX, &v.v[v.n++]);
+      }
+      break;
+    }
     for (const cJSON *c = ok ? j->child : NULL; ok && c; c = c->next)
       ok = get_int(c, INT32_MIN, INT32_MAX, &v.v[v.n++]);
     break;

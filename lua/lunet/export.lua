@@ -216,6 +216,14 @@ local function pair(v)
   return { v, v }
 end
 
+-- A "sides" argument (n, {h, w} or {{top, bottom}, {left, right}}) as
+-- {top, bottom, left, right}.
+local function sides(v)
+  if type(v) == "table" and type(v[1]) == "table" then return { v[1][1], v[1][2], v[2][1], v[2][2] } end
+  local p = pair(v)
+  return { p[1], p[1], p[2], p[2] }
+end
+
 -- Pads of a convolution with kernel k, strides s and dilation d (nil: 1),
 -- the padding computed on the dilated extent (k - 1) d + 1 as the layer does.
 local function conv_pads(l, spatial, k, s, d)
@@ -525,18 +533,18 @@ end
 
 emit.ZeroPadding2D = function(g, l, ins)
   local x = ins[1]
-  local p = pair(l.args.padding)
+  local p = sides(l.args.padding)
   local pads = {}
   for i = 1, 8 do pads[i] = 0 end
   local h, w = onnx_axis(x, 1), onnx_axis(x, 2)
-  pads[h + 1], pads[w + 1], pads[4 + h + 1], pads[4 + w + 1] = p[1], p[2], p[1], p[2]
+  pads[h + 1], pads[4 + h + 1], pads[w + 1], pads[4 + w + 1] = p[1], p[2], p[3], p[4]
   return like(x, g:node("Pad", { x.name, g:ints(pads) }, { mode = "constant" }))
 end
 
 emit.Cropping2D = function(g, l, ins)
-  local c = pair(l.args.cropping)
+  local c = sides(l.args.cropping)
   local s = l.input_shape
-  return g:slice(ins[1], { 1, 2 }, { c[1], c[2] }, { s[1] - c[1], s[2] - c[2] })
+  return g:slice(ins[1], { 1, 2 }, { c[1], c[3] }, { s[1] - c[2], s[2] - c[4] })
 end
 
 -- Keras's (height - target) // 2 from the top and the left.

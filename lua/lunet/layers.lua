@@ -42,8 +42,19 @@ local function snake(name)
   return (name:gsub("(%l)(%u)", "%1_%2"):lower())
 end
 
-local function describe(v)
+local function describe(v, depth)
   if type(v) == "string" then return string.format("'%s'", v) end
+  if type(v) == "table" and getmetatable(v) == nil and (depth or 0) < 2 then -- {1, {2, 3}}
+    local parts, n = {}, #v
+    for i = 1, n do parts[i] = describe(v[i], (depth or 0) + 1) end
+    for k, x in pairs(v) do
+      if not (math.type(k) == "integer" and k >= 1 and k <= n) then
+        parts[#parts + 1] = tostring(k) .. " = " .. describe(x, (depth or 0) + 1)
+      end
+    end
+    if #parts > 8 then parts = { table.concat(parts, ", ", 1, 8), "..." } end
+    return "{" .. table.concat(parts, ", ") .. "}"
+  end
   return tostring(v)
 end
 
@@ -60,10 +71,10 @@ end
 local positive_ok = { axis = true, seed = true, padding = true }
 
 -- Checks one value against its schema entry; returns the value to store.
--- The pair arguments that count rows and columns added or cut, where 0
--- is a value (ZeroPadding2D's padding, Cropping2D's cropping,
--- Conv2DTranspose's output_padding); every other pair is a size or a step.
-local zero_ok = { padding = true, cropping = true, output_padding = true }
+-- The pair arguments that count rows and columns added, where 0 is a
+-- value (Conv2DTranspose's output_padding); every other pair is a size or
+-- a step.  (Paddings and croppings per side are "sides" arguments.)
+local zero_ok = { output_padding = true }
 
 local function check_arg(tname, s, v, argpos)
   local where = argpos and ("#" .. argpos) or ("'" .. s.name .. "'")
@@ -93,14 +104,26 @@ local function check_arg(tname, s, v, argpos)
         bad(string.format("%s must be one of %s, got '%s'", s.name, s.choices:gsub("|", ", "), v))
       end
     end
+  elseif t == "sides" then -- counts per side, 0 allowed: n, {h, w} or {{top, bottom}, {left, right}}
+    local form = "an integer, a pair {h, w} or a pair of pairs {{top, bottom}, {left, right}}"
+    local vals = type(v) == "table" and v or { v }
+    if type(vals[1]) == "table" then
+      local function pair(p) return type(p) == "table" and #p == 2 and next(p, 2) == nil end
+      if not (#vals == 2 and next(vals, 2) == nil and pair(vals[1]) and pair(vals[2])) then
+        bad(string.format("%s must be %s, got %s", s.name, form, describe(v)))
+      end
+      vals = { vals[1][1], vals[1][2], vals[2][1], vals[2][2] }
+    elseif #vals < 1 or #vals > 2 or next(vals, #vals) ~= nil then
+      bad(string.format("%s must be %s, got %s", s.name, form, describe(v)))
+    end
+    for _, x in ipairs(vals) do
+      if math.type(x) ~= "integer" then bad(string.format("%s must hold integers, got %s", s.name, describe(x))) end
+      if x < 0 then bad(string.format("%s must be >= 0, got %d", s.name, x)) end
+    end
   elseif t == "int2" then
     local vals = type(v) == "table" and v or { v }
     if #vals < 1 or #vals > 2 then bad(string.format("%s must be an integer or a pair {h, w}", s.name)) end
     for _, x in ipairs(vals) do
-      if type(x) == "table" and zero_ok[s.name] then -- Keras's ((top, bottom), (left, right))
-        bad(string.format("%s: one size per side ((top, bottom), (left, right)) is not supported yet; give " ..
-          "{height, width}, the same on both sides of each axis", s.name))
-      end
       if math.type(x) ~= "integer" then bad(string.format("%s must hold integers, got %s", s.name, describe(x))) end
       -- sizes and steps are positive; paddings and croppings may be 0
       if x < (zero_ok[s.name] and 0 or 1) then

@@ -6,9 +6,9 @@
  *   LeakyReLU{negative_slope=0.3}  x, or slope * x below 0
  *   ReLU{max_value, negative_slope=0}
  *   Softmax{axis=-1}
- *   ZeroPadding2D{padding=1}       zeros around H and W ({h, w} or one number)
+ *   ZeroPadding2D{padding=1}       zeros around H and W (n, {h, w} or {{top, bottom}, {left, right}})
  *   UpSampling2D{size=2}           nearest: each pixel repeated size times
- *   Cropping2D{cropping=0}         rows and columns cut from each side
+ *   Cropping2D{cropping=0}         rows and columns cut from each side (as padding)
  */
 #include <stdlib.h>
 
@@ -186,41 +186,57 @@ GRAPH_TYPE(layers_softmax, "Softmax", "The softmax over the last axis", softmax_
 /* ---- ZeroPadding2D, Cropping2D, UpSampling2D ---- */
 
 static const lunet_arg_schema pad_args[] = {
-    {"padding", LUNET_ARG_INT2, LUNET_ARG_DEFAULT, .def = {.n = 1, .v = {1}},
-     .doc = "zeros added above and below (h) and left and right (w): a number or {h, w}"},
+    {"padding", LUNET_ARG_SIDES, LUNET_ARG_DEFAULT, .def = {.n = 1, .v = {1}},
+     .doc = "zeros added on each side: a number, {h, w} (above and below, left and right) or "
+            "{{top, bottom}, {left, right}}"},
     LAYERS_ARG_INPUT_SHAPE,
     LAYERS_ARG_NAME,
 };
 
 static lunet_status pad_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
-  int64_t p[2];
+  int64_t p[4]; /* top, bottom, left, right */
   if (images_only(l, &in[0])) return lunet_ctx_status(lunet_layer_ctx(l));
-  lunet_layer_get_int2(l, "padding", p);
-  if (p[0] < 0 || p[1] < 0) return lunet_layer_error(l, LUNET_ERR_ARG, "padding must be >= 0");
-  out[0] = (lunet_shape){3, {in[0].dims[0] + 2 * p[0], in[0].dims[1] + 2 * p[1], in[0].dims[2]}};
+  lunet_layer_get_sides(l, "padding", p);
+  if (p[0] < 0 || p[1] < 0 || p[2] < 0 || p[3] < 0) return lunet_layer_error(l, LUNET_ERR_ARG, "padding must be >= 0");
+  out[0] = (lunet_shape){3, {in[0].dims[0] + p[0] + p[1], in[0].dims[1] + p[2] + p[3], in[0].dims[2]}};
   return LUNET_OK;
 }
 
-/* [zeros(p), x, zeros(p)] along `axis`, on the tape. */
-static lunet_tensor *pad_axis(lunet_ctx *ctx, lunet_tensor *x, int axis, int64_t p) {
-  if (p == 0) return lunet_tensor_retain(x);
+/* zeros of x's shape but `n` along `axis` (NULL with n 0: nothing to add). */
+static lunet_tensor *zeros_along(lunet_ctx *ctx, lunet_tensor *x, int axis, int64_t n, bool *failed) {
+  if (n == 0) return NULL;
   int64_t shape[4];
   for (int i = 0; i < 4; i++) shape[i] = lunet_tensor_dim(x, i);
-  shape[axis] = p;
+  shape[axis] = n;
   lunet_tensor *z = lunet_op_new(ctx, x, LUNET_F32, 4, shape);
-  if (!z || lunet_op_fill(ctx, z, 0.0f)) {
+  if (z && lunet_op_fill(ctx, z, 0.0f)) {
     layers_release(z);
-    return NULL;
+    z = NULL;
   }
-  lunet_tensor *y = lunet_concat(ctx, (lunet_tensor *[]){z, x, z}, 3, axis);
-  layers_release(z);
+  *failed = *failed || !z;
+  return z;
+}
+
+/* [zeros(before), x, zeros(after)] along `axis`, on the tape. */
+static lunet_tensor *pad_axis(lunet_ctx *ctx, lunet_tensor *x, int axis, int64_t before, int64_t after) {
+  if (before == 0 && after == 0) return lunet_tensor_retain(x);
+  bool failed = false;
+  lunet_tensor *zb = zeros_along(ctx, x, axis, before, &failed), *za = zeros_along(ctx, x, axis, after, &failed);
+  lunet_tensor *parts[3];
+  int n = 0;
+  if (zb) parts[n++] = zb;
+  parts[n++] = x;
+  if (za) parts[n++] = za;
+  lunet_tensor *y = failed ? NULL : lunet_concat(ctx, parts, n, axis);
+  layers_release(zb);
+  layers_release(za);
   return y;
 }
 
 static lunet_tensor *pad_body(lunet_layer *l, lunet_ctx *ctx, lunet_tensor *x) {
-  int64_t p[2];
-  lunet_layer_get_int2(l, "padding", p);
-  lunet_tensor *a = pad_axis(ctx, x, 1, p[0]), *b = a ? pad_axis(ctx, a, 2, p[1]) : NULL;
+  int64_t p[4];
+  lunet_layer_get_sides(l, "padding", p);
+  lunet_tensor *a = pad_axis(ctx, x, 1, p[0], p[1]), *b = a ? pad_axis(ctx, a, 2, p[2], p[3]) : NULL;
   layers_release(a);
   return b;
 }
@@ -232,36 +248,39 @@ static lunet_status pad_forward(lunet_layer *l, lunet_call *c, int nin, lunet_te
 
 static const lunet_layer_test pad_tests[] = {
     {LAYERS_ARGS({"padding", {.n = 2, .v = {1, 2}}}), LAYERS_INPUTS({3, {2, 3, 2}}), 2, 1e-2f},
+    {LAYERS_ARGS({"padding", {.n = 4, .v = {0, 2, 3, 1}}}), LAYERS_INPUTS({3, {2, 3, 2}}), 2, 1e-2f},
 };
 
 GRAPH_TYPE_M(layers_zero_padding2d, "ZeroPadding2D", "Zeros around the height and width of images", pad_args,
            pad_build, pad_forward, pad_tests, layers_drop_mask);
 
 static const lunet_arg_schema crop_args[] = {
-    {"cropping", LUNET_ARG_INT2, LUNET_ARG_DEFAULT, .def = {.n = 1, .v = {0}},
-     .doc = "rows cut from the top and the bottom (h) and columns from each side (w): a number or {h, w}"},
+    {"cropping", LUNET_ARG_SIDES, LUNET_ARG_DEFAULT, .def = {.n = 1, .v = {0}},
+     .doc = "rows and columns cut from each side: a number, {h, w} (top and bottom, left and right) or "
+            "{{top, bottom}, {left, right}}"},
     LAYERS_ARG_INPUT_SHAPE,
     LAYERS_ARG_NAME,
 };
 
 static lunet_status crop_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
-  int64_t p[2];
+  int64_t p[4]; /* top, bottom, left, right */
   if (images_only(l, &in[0])) return lunet_ctx_status(lunet_layer_ctx(l));
-  lunet_layer_get_int2(l, "cropping", p);
-  if (p[0] < 0 || p[1] < 0 || 2 * p[0] >= in[0].dims[0] || 2 * p[1] >= in[0].dims[1]) {
+  lunet_layer_get_sides(l, "cropping", p);
+  if (p[0] < 0 || p[1] < 0 || p[2] < 0 || p[3] < 0 || p[0] + p[1] >= in[0].dims[0] || p[2] + p[3] >= in[0].dims[1]) {
     char buf[128];
-    return lunet_layer_error(l, LUNET_ERR_ARG, "cropping {%lld, %lld} leaves nothing of images %s", (long long)p[0],
-                             (long long)p[1], layers_sample_str(&in[0], buf, sizeof buf));
+    return lunet_layer_error(l, LUNET_ERR_ARG, "cropping {{%lld, %lld}, {%lld, %lld}} leaves nothing of images %s",
+                             (long long)p[0], (long long)p[1], (long long)p[2], (long long)p[3],
+                             layers_sample_str(&in[0], buf, sizeof buf));
   }
-  out[0] = (lunet_shape){3, {in[0].dims[0] - 2 * p[0], in[0].dims[1] - 2 * p[1], in[0].dims[2]}};
+  out[0] = (lunet_shape){3, {in[0].dims[0] - p[0] - p[1], in[0].dims[1] - p[2] - p[3], in[0].dims[2]}};
   return LUNET_OK;
 }
 
 static lunet_tensor *crop_body(lunet_layer *l, lunet_ctx *ctx, lunet_tensor *x) {
-  int64_t p[2];
-  lunet_layer_get_int2(l, "cropping", p);
-  int64_t start[4] = {0, p[0], p[1], 0};
-  int64_t stop[4] = {lunet_tensor_dim(x, 0), lunet_tensor_dim(x, 1) - p[0], lunet_tensor_dim(x, 2) - p[1],
+  int64_t p[4];
+  lunet_layer_get_sides(l, "cropping", p);
+  int64_t start[4] = {0, p[0], p[2], 0};
+  int64_t stop[4] = {lunet_tensor_dim(x, 0), lunet_tensor_dim(x, 1) - p[1], lunet_tensor_dim(x, 2) - p[3],
                      lunet_tensor_dim(x, 3)};
   int64_t step[4] = {1, 1, 1, 1};
   return lunet_slice(ctx, x, start, stop, step);
@@ -274,6 +293,7 @@ static lunet_status crop_forward(lunet_layer *l, lunet_call *c, int nin, lunet_t
 
 static const lunet_layer_test crop_tests[] = {
     {LAYERS_ARGS({"cropping", {.n = 2, .v = {1, 2}}}), LAYERS_INPUTS({3, {4, 6, 2}}), 2, 1e-2f},
+    {LAYERS_ARGS({"cropping", {.n = 4, .v = {0, 2, 3, 1}}}), LAYERS_INPUTS({3, {4, 6, 2}}), 2, 1e-2f},
 };
 
 GRAPH_TYPE_M(layers_cropping2d, "Cropping2D", "Cuts rows and columns from the sides of images", crop_args, crop_build,

@@ -604,6 +604,38 @@ function T.vision_layers_values()
   local cr = nn.Cropping2D{{1, 2}}(big):reshape(3, 2):totable()
   check.same_table(cr, {{8, 9}, {14, 15}, {20, 21}}, 0, "cropped")
   check.same_table(nn.GlobalMaxPooling2D()(x):totable(), {{10, 11}}, 0, "global max")
+  -- per side, as Keras's ((top, bottom), (left, right)): against loops
+  local xt = x:totable()[1]
+  local ps = nn.ZeroPadding2D{{{0, 2}, {3, 1}}}(x)
+  check.same_table(ps:shape(), {1, 4, 7, 2}, 0, "padded per side")
+  local pst = ps:totable()[1]
+  for h = 1, 4 do for w = 1, 7 do for c = 1, 2 do
+    local ih, iw = h, w - 3 -- no row above, three columns on the left
+    local want = (ih >= 1 and ih <= 2 and iw >= 1 and iw <= 3) and xt[ih][iw][c] or 0
+    check.eq(pst[h][w][c], want, string.format("padded per side at %d, %d, %d", h, w, c))
+  end end end
+  local bt = big:totable()[1]
+  local cs = nn.Cropping2D{cropping = {{2, 0}, {1, 3}}}(big)
+  check.same_table(cs:shape(), {1, 3, 2, 1}, 0, "cropped per side")
+  local cst = cs:totable()[1]
+  for h = 1, 3 do for w = 1, 2 do check.eq(cst[h][w][1], bt[h + 2][w + 1][1], "cropped per side") end end
+  -- the per-side form survives a file, and the layer shows it as given
+  local m = nn.Sequential{nn.ZeroPadding2D{{{0, 2}, {3, 1}}, input_shape = {2, 3, 2}},
+                          nn.Cropping2D{{{1, 0}, {0, 2}}}}
+  local path = os.tmpname()
+  m:save(path)
+  local back = nn.load_model(path)
+  os.remove(path)
+  check.same_table(back.layers[1].args.padding, {{0, 2}, {3, 1}}, 0, "padding read back")
+  check.same_table(back.layers[2].args.cropping, {{1, 0}, {0, 2}}, 0, "cropping read back")
+  check.same_table(back:predict(x):totable(), m:predict(x):totable(), 0, "the file's model")
+  check.same_table(back:predict(x):shape(), {1, 3, 5, 2}, 0, "2 + 2 - 1 rows, 3 + 4 - 2 columns")
+  check.fails(function() nn.ZeroPadding2D{{{0, 1}, 2}} end,
+    "padding must be an integer, a pair {h, w} or a pair of pairs {{top, bottom}, {left, right}}, got {{0, 1}, 2}")
+  check.fails(function() nn.ZeroPadding2D{{{0, 1}, {2, 3, 4}}} end, "got {{0, 1}, {2, 3, 4}}")
+  check.fails(function() nn.Cropping2D{{{0, -1}, {2, 3}}} end, "cropping must be >= 0, got -1")
+  check.fails(function() nn.Cropping2D{{{3, 2}, {0, 0}}}(big) end,
+    "cropping {{3, 2}, {0, 0}} leaves nothing of images (None, 5, 6, 1)")
   local v = nn.tensor{{-2, -0.5, 0.5, 3}}
   check.same_table(nn.LeakyReLU()(v):totable(), {{-0.6, -0.15, 0.5, 3}}, 1e-6, "LeakyReLU 0.3")
   check.same_table(nn.ReLU{max_value = 1}(v):totable(), {{0, 0, 0.5, 1}}, 0, "ReLU max_value")

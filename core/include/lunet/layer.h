@@ -31,6 +31,8 @@ LUNET_API lunet_status lunet_layer_set_int(lunet_layer *l, const char *arg, int6
 LUNET_API lunet_status lunet_layer_set_float(lunet_layer *l, const char *arg, double v);
 LUNET_API lunet_status lunet_layer_set_bool(lunet_layer *l, const char *arg, bool v);
 LUNET_API lunet_status lunet_layer_set_string(lunet_layer *l, const char *arg, const char *v);
+/* INT, INT2, SHAPE and SIDES arguments (SIDES: n 1, 2 or 4, the four as
+ * top, bottom, left, right). */
 LUNET_API lunet_status lunet_layer_set_ints(lunet_layer *l, const char *arg, int n,
                                             const int64_t *v);
 LUNET_API lunet_status lunet_layer_set_regularizer(lunet_layer *l, const char *arg, double l1,

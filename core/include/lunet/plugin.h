@@ -59,7 +59,7 @@ extern "C" {
 #endif
 
 #define LUNET_PLUGIN_ABI_MAJOR 2
-#define LUNET_PLUGIN_ABI_MINOR 2
+#define LUNET_PLUGIN_ABI_MINOR 3
 #define LUNET_PLUGIN_ENTRY lunet_plugin_entry
 #define LUNET_PLUGIN_ENTRY_NAME "lunet_plugin_entry"
 
@@ -80,8 +80,12 @@ typedef enum lunet_arg_type {
   LUNET_ARG_INT2,    /* an integer or a pair {h, w}: value.n (1 or 2), value.v */
   LUNET_ARG_SHAPE,   /* a list of integers: value.n, value.v */
   LUNET_ARG_REGULARIZER, /* value.f (l1) and value.f2 (l2) */
-  LUNET_ARG_RANGE        /* (ABI 2.2) a number or a pair {lo, hi}: value.n (1 or 2), value.f
+  LUNET_ARG_RANGE,       /* (ABI 2.2) a number or a pair {lo, hi}: value.n (1 or 2), value.f
                           * (the number, or lo) and value.f2 (hi) */
+  LUNET_ARG_SIDES        /* (ABI 2.3) counts per side of height and width, as Keras's
+                          * padding and cropping: a number (every side), a pair {h, w}
+                          * (both sides of each axis) or {{top, bottom}, {left, right}}:
+                          * value.n 1, 2 or 4, value.v (n 4: top, bottom, left, right) */
 } lunet_arg_type;
 
 /* A typed argument value; the members of the argument's type are read. */
@@ -242,6 +246,8 @@ LUNET_API void lunet_layer_get_int2(const lunet_layer *l, const char *arg, int64
  * (out = {lo, hi}), 0 when nil; the layer decides what a number means
  * (Keras: a factor f is the range [-f, f]). */
 LUNET_API int lunet_layer_get_range(const lunet_layer *l, const char *arg, double out[2]);
+/* (ABI 2.3) A SIDES argument as {top, bottom, left, right}. */
+LUNET_API void lunet_layer_get_sides(const lunet_layer *l, const char *arg, int64_t out[4]);
 /* Returns the count, writes up to max values. */
 LUNET_API int lunet_layer_get_shape(const lunet_layer *l, const char *arg, int64_t *out, int max);
 
