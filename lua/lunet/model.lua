@@ -739,6 +739,32 @@ local function restore_on_cpu(self, copy)
   self.epoch = copy.epoch
 end
 
+-- After a failed step or host copy: a device that failed (lost, out of
+-- memory) brings the model back on the CPU from the last copy, and says
+-- so; any other error goes up as it is.  Raises in every case, blaming
+-- the caller of fit (`level` counts from this function).
+local function fit_failed(self, copy, err, level)
+  local status = C.last_error_status()
+  if copy and (status == "device error" or status == "out of memory") then
+    local device = self.device
+    restore_on_cpu(self, copy)
+    error(string.format("fit: %s; the model is back on the CPU as it was at the end of epoch %d (weights and "
+      .. "optimizer state): fit again with CPU tensors to go on there, or restart lunet to use %s again",
+      tostring(err), copy.epoch, device), level)
+  end
+  error(err == "interrupted" and err or ("fit: " .. tostring(err)), err == "interrupted" and 0 or level)
+end
+
+-- A fresh host copy; when reading the device fails, the model comes back
+-- from the previous one (nil before the first epoch: nothing to come back to).
+local function next_host_copy(self, previous)
+  local ok, copy = pcall(host_copy, self)
+  if not ok then
+    fit_failed(self, previous, string.format("%s (reading the model back from %s)", tostring(copy), self.device), 4)
+  end
+  return copy
+end
+
 local fit_impl
 
 function Model:fit(x, y, o)
@@ -876,7 +902,7 @@ fit_impl = function(self, x, y, o)
   if first_epoch <= self.epoch then self.key_base = (self.key_base or 0) + self.epoch - first_epoch + 1 end
   local key_base = self.key_base or 0
   if dist then dist.agree("fit (resuming from a backup)", { first_epoch = first_epoch }) end
-  local copy = self.device ~= "cpu" and host_copy(self) or nil
+  local copy = self.device ~= "cpu" and next_host_copy(self, nil) or nil
   for epoch = first_epoch, epochs do
     if verbose ~= 0 then print(string.format("Epoch %d/%d", epoch, epochs)) end
     call_cbs(cbs, "on_epoch_begin", self, epoch - 1)
@@ -964,15 +990,7 @@ fit_impl = function(self, x, y, o)
     end
     if not ok then
       if bar.tty and bar.verbose == 1 and bar.last >= 0 then io.stdout:write("\n") end -- past a bar drawn in place
-      local status = C.last_error_status()
-      if copy and (status == "device error" or status == "out of memory") then
-        local device = self.device
-        restore_on_cpu(self, copy)
-        error(string.format("fit: %s; the model is back on the CPU as it was at the end of epoch %d (weights and "
-          .. "optimizer state): fit again with CPU tensors to go on there, or restart lunet to use %s again",
-          tostring(err), copy.epoch, device), 2)
-      end
-      error(err == "interrupted" and err or ("fit: " .. tostring(err)), err == "interrupted" and 0 or 2)
+      fit_failed(self, copy, err, 3)
     end
     local all = {}
     for _, k in ipairs(keys) do all[#all + 1] = k end
@@ -988,7 +1006,7 @@ fit_impl = function(self, x, y, o)
     end
     table.insert(history.epoch, epoch - 1)
     last_logs = logs
-    if copy then copy = host_copy(self) end
+    if copy then copy = next_host_copy(self, copy) end
     collectgarbage("step")
     if self.stop_training then break end
   end
