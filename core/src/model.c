@@ -42,6 +42,7 @@ struct lunet_model {
   int ncalls, cap_calls;
   int inputs[MAX_IO], ninputs;
   int outputs[MAX_IO], noutputs;
+  char output_names[MAX_IO][80]; /* the logs' prefixes: unique (the values' names may repeat) */
   bool sealed;
   param *params;
   int nparams;
@@ -349,6 +350,25 @@ static lunet_status seal(lunet_ctx *ctx, lunet_model *m) {
   return LUNET_OK;
 }
 
+/* The outputs' names in the logs ("<name>_loss"): their values' names,
+ * made unique as tf.keras's _set_output_names does (a shared layer's two
+ * calls "sh" and "sh_1", a second LSTM "lstm_1" beside the first one's
+ * output "lstm_1" as "lstm_1_1"), or one output's loss would overwrite
+ * another's. */
+static void name_outputs(lunet_model *m) {
+  int count[MAX_IO] = {0}; /* per output whose name was proposed again */
+  for (int j = 0; j < m->noutputs; j++) {
+    const char *base = m->values[m->outputs[j]].name;
+    char *name = m->output_names[j];
+    snprintf(name, sizeof m->output_names[j], "%s", base);
+    for (bool taken = true; taken;) {
+      taken = false;
+      for (int k = 0; k < j && !taken; k++) taken = !strcmp(m->output_names[k], name);
+      if (taken) snprintf(name, sizeof m->output_names[j], "%s_%d", base, ++count[j]);
+    }
+  }
+}
+
 lunet_status lunet_model_set_outputs(lunet_ctx *ctx, lunet_model *m, int n, const int *ids) {
   if (check_open(ctx, m)) return ctx->status;
   if (n < 1 || n > MAX_IO)
@@ -366,6 +386,7 @@ lunet_status lunet_model_set_outputs(lunet_ctx *ctx, lunet_model *m, int n, cons
   }
   memcpy(m->outputs, ids, sizeof(int) * (size_t)n);
   m->noutputs = n;
+  name_outputs(m);
   lunet_status s = seal(ctx, m);
   if (s) {
     m->noutputs = m->nlayers = m->nparams = 0;
@@ -508,7 +529,7 @@ static void metric_name(const lunet_model *m, int out, const char *what, char *b
   if (m->noutputs == 1)
     snprintf(buf, n, "%s", what);
   else
-    snprintf(buf, n, "%s_%s", m->values[m->outputs[out]].name, what);
+    snprintf(buf, n, "%s_%s", m->output_names[out], what);
 }
 
 static bool metric_named(const lunet_model *m, const char *name) {

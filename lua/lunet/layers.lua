@@ -404,22 +404,41 @@ function Layer:get_weights()
   return out
 end
 
+-- list[first], list[first + 1], ... as tensors for the weights ws of this
+-- layer, every shape checked before anything is assigned; nil and the
+-- message when one does not fit (`k0`: the entries' numbering before first).
+function Layer:weights_from(ws, list, first, k0)
+  local out = {}
+  for i, w in ipairs(ws) do
+    local src, at = list[first + i - 1], (k0 or 0) + i
+    if type(src) == "table" and getmetatable(src) == nil then
+      local ok, t = pcall(C.tensor, src)
+      if not ok then return nil, string.format("%s: entry %d for weight %d (%s): %s", self.name, at, i, w.name, t) end
+      src = t
+    end
+    if not C.is_tensor(src) then
+      return nil, string.format("%s: entry %d for weight %d (%s) is %s, not a tensor", self.name, at, i, w.name,
+        type(src))
+    end
+    local a, b = w.tensor:shape(), src:shape()
+    if table.concat(a, ",") ~= table.concat(b, ",") then
+      return nil, string.format("%s: weight %d (%s) has shape (%s), got (%s) (entry %d)", self.name, i, w.name,
+        table.concat(a, ", "), table.concat(b, ", "), at)
+    end
+    out[i] = src
+  end
+  return out
+end
+
 function Layer:set_weights(list)
   local ws = self:weights()
   if type(list) ~= "table" or #list ~= #ws then
     error(string.format("%s: set_weights expects %d tensors, got %s", self.name, #ws,
       type(list) == "table" and #list or type(list)), 2)
   end
-  for i, w in ipairs(ws) do
-    local src = list[i]
-    if type(src) == "table" then src = C.tensor(src) end
-    local a, b = w.tensor:shape(), src:shape()
-    if table.concat(a, ",") ~= table.concat(b, ",") then
-      error(string.format("%s: weight %d (%s) has shape (%s), got (%s)", self.name, i, w.name,
-        table.concat(a, ", "), table.concat(b, ", ")), 2)
-    end
-    C.assign(w.tensor, src)
-  end
+  local src, err = self:weights_from(ws, list, 1)
+  if not src then error(err, 2) end
+  for i, w in ipairs(ws) do C.assign(w.tensor, src[i]) end
 end
 
 -- The padding masks of tensors that direct calls made (Embedding with
@@ -446,6 +465,10 @@ function Layer:apply(x, training)
   end
   if training ~= nil and type(training) ~= "boolean" then
     error(string.format("%s: training must be true or false, got %s", self.name, type(training)), 3)
+  end
+  if type(x) ~= "table" and type(x) ~= "userdata" then
+    error(string.format("%s: called on %s; give a tensor, a model's symbolic tensor, or a list of them", self.name,
+      x == nil and "nil" or type(x)), 3)
   end
   local xs, listed = graph.symbolic_list(x, self.name)
   if xs then

@@ -62,8 +62,8 @@ function M.Sequential(list, opts)
   local self = setmetatable({ kind = "sequential", layers = {}, built = false, epoch = 0,
     name = (opts and opts.name) or layers.auto_name("Sequential") }, Model) -- sequential, sequential_1, ... as Keras
   for i, l in ipairs(list or {}) do
-    if not layers.is_layer(l) then
-      error(string.format("bad argument #1 to 'Sequential' (entry %d is a %s, not a layer)", i, type(l)), 2)
+    if not layers.is_layer(l) and getmetatable(l) ~= Model then
+      error(string.format("bad argument #1 to 'Sequential' (entry %d is a %s, not a layer or a model)", i, type(l)), 2)
     end
     local ok, err = pcall(self.add, self, l)
     if not ok then error(err, 2) end
@@ -157,8 +157,28 @@ function Model:__tostring()
     table.concat(names, ", "), self.device and (", on " .. self.device) or "")
 end
 
+-- A Sequential model added is added as its layers, the same layer objects
+-- (its weights are shared with it, as Keras's nested model's are).
 function Model:add(layer)
   if self.kind ~= "sequential" then error("add: only a Sequential model grows layer by layer", 2) end
+  if getmetatable(layer) == Model then
+    if layer.kind ~= "sequential" then
+      error("add: a functional model inside a Sequential is not supported; call it on a symbolic tensor in a "
+        .. "functional model (nn.Input, nn.Model)", 2)
+    end
+    local n = #self.layers
+    for _, l in ipairs(layer.layers) do
+      local ok, err = pcall(self.add, self, l)
+      if not ok then
+        for i = #self.layers, n + 1, -1 do self.layers[i] = nil end -- as it was
+        error(err, 2)
+      end
+    end
+    return self
+  end
+  if not layers.is_layer(layer) then
+    error(string.format("bad argument #1 to 'add' (a layer or a Sequential model expected, got %s)", type(layer)), 2)
+  end
   self.layers[#self.layers + 1] = layer
   local why = duplicate_name(self)
   if why then
@@ -342,6 +362,24 @@ function Model:compile(o)
   if type(o) ~= "table" then error("bad argument #1 to 'compile' (table expected)", 2) end
   optim.check_fields("compile", o, { optimizer = true, loss = true, metrics = true, loss_weights = true,
     weighted_metrics = true })
+  -- Keras's dicts keyed by output name are not taken (their entries were
+  -- dropped: metrics = {out_a = "mae"} compiled no metric)
+  for _, key in ipairs{"loss", "loss_weights", "metrics", "weighted_metrics"} do
+    local v = o[key]
+    if type(v) == "table" and getmetatable(v) == nil and v.name == nil then
+      for k in pairs(v) do
+        if math.type(k) ~= "integer" or k < 1 or k > #v then
+          error(string.format("bad argument '%s' to 'compile' (a table keyed by %s: give a list%s)", key,
+            type(k) == "string" and ("'" .. k .. "'") or tostring(k), key:find("metrics") and " of metrics; each applies to every output"
+              or ", one entry per output in the order of the model's outputs"), 2)
+        end
+        if key:find("metrics") and type(v[k]) == "table" and getmetatable(v[k]) == nil and v[k].name == nil then
+          error(string.format("bad argument '%s' to 'compile' (entry %d is a list: per-output metric lists are " ..
+            "not supported; metrics apply to every output)", key, k), 2)
+        end
+      end
+    end
+  end
   self.optimizer = optim.optimizers.get(o.optimizer or "rmsprop")
   if o.loss == nil then error("bad argument 'loss' to 'compile' (a loss is required)", 2) end
   -- one loss for every output, or a list with one per output
@@ -1217,17 +1255,43 @@ function Model:get_weights()
   return out
 end
 
+-- Keras's model.trainable_weights: the tensors an optimizer updates (the
+-- weights themselves, not copies; frozen layers' and statistics left out),
+-- in get_weights' order.
+function Model:trainable_weights()
+  ensure_built(self)
+  local out = {}
+  for _, l in ipairs(self.layers) do
+    for _, w in ipairs(l:weights()) do
+      if w.trainable then out[#out + 1] = w.tensor end
+    end
+  end
+  return out
+end
+
+-- Every count and shape is checked before any weight changes (a wrong
+-- list leaves the model as it was).
 function Model:set_weights(list)
   ensure_built(self)
-  local k = 0
-  for _, l in ipairs(self.layers) do
-    local n = #l:weights()
-    local part = {}
-    for i = 1, n do part[i] = list[k + i] end
-    k = k + n
-    l:set_weights(part)
+  if type(list) ~= "table" or getmetatable(list) ~= nil then
+    error(string.format("set_weights: a list of tensors expected, got %s", type(list)), 2)
   end
-  if k ~= #list then error(string.format("set_weights: the model has %d weights, got %d", k, #list), 2) end
+  local per, total = {}, 0
+  for i, l in ipairs(self.layers) do
+    per[i] = l:weights()
+    total = total + #per[i]
+  end
+  if total ~= #list then error(string.format("set_weights: the model has %d weights, got %d", total, #list), 2) end
+  local src, k = {}, 0
+  for i, l in ipairs(self.layers) do
+    local err
+    src[i], err = l:weights_from(per[i], list, k + 1, k)
+    if not src[i] then error("set_weights: " .. err, 2) end
+    k = k + #per[i]
+  end
+  for i, ws in ipairs(per) do
+    for j, w in ipairs(ws) do C.assign(w.tensor, src[i][j]) end
+  end
 end
 
 -- ---- checkpoints (safetensors; the config is JSON, written by the core) ----

@@ -167,16 +167,37 @@ end
 -- An optimizer belongs to the first model (or parameter list) it trains.
 function Optimizer:claim(owner, level)
   if self.owner and not same_owner(self.owner, owner) then
-    error(self.name .. " optimizer already trains another model's weights: give each model its own "
-      .. "optimizer (nn.optimizers." .. self.name .. "{...})", level + 1)
+    local lists = getmetatable(self.owner) == nil and getmetatable(owner) == nil
+    error(self.name .. " optimizer already trains another model's weights" .. (lists and " (another list: "
+      .. "its state is kept per position, so give the same tensors in the same order every step)" or "")
+      .. ": give each model its own optimizer (nn.optimizers." .. self.name .. "{...})", level + 1)
   end
   self.owner = owner
 end
 
 -- One update of every parameter from its .grad (cleared afterwards): the
--- step of a custom training loop.
+-- step of a custom training loop.  `params`: a list of tensors, or a model
+-- (its trainable weights).
 function Optimizer:apply(params)
-  self:claim(params, 2)
+  local owner = params
+  if type(params) == "table" and getmetatable(params) ~= nil and type(params.trainable_weights) == "function" then
+    params = params:trainable_weights()
+    if #params == 0 then error("apply: the model has no trainable weights (every layer frozen?)", 2) end
+  elseif type(params) ~= "table" or getmetatable(params) ~= nil then
+    error(string.format("bad argument #1 to 'apply' (a list of tensors or a model expected, got %s)",
+      C.is_tensor(params) and "a tensor (put it in a list)" or type(params)), 2)
+  else
+    if #params == 0 or next(params, #params) ~= nil then
+      error("bad argument #1 to 'apply' (a list of tensors expected, got " ..
+        (next(params) == nil and "an empty table" or "a table with other keys") .. ")", 2)
+    end
+    for i, p in ipairs(params) do
+      if not C.is_tensor(p) then
+        error(string.format("bad argument #1 to 'apply' (entry %d is a %s, not a tensor)", i, type(p)), 2)
+      end
+    end
+  end
+  self:claim(owner, 2)
   self:sync()
   C.optimizer_apply(self.handle, params)
 end

@@ -145,6 +145,94 @@ function T.shared_layers_share_weights_and_count_once()
   check.same_table(m:predict({x, x}):totable(), (shared(x) * 2):totable(), 1e-6, "one set of weights")
 end
 
+-- Two outputs of one name (a shared layer's two calls; a layer of several
+-- outputs "lstm_1", "lstm_2" beside a layer named "lstm_1") log under
+-- names made unique as tf.keras's: each output's loss its own, against
+-- the loss computed from predict.
+function T.outputs_of_one_name_log_apart()
+  nn.seed(4)
+  local mse = function(p, y) return (p - y):square():mean():item() end
+  local sh = nn.Dense{2, name = "sh"}
+  local x1, x2 = nn.Input{shape = {3}}, nn.Input{shape = {3}}
+  local m = nn.Model{inputs = {x1, x2}, outputs = {sh(x1), sh(x2), sh(nn.Add()({x1, x2}))}}
+  m:compile{optimizer = "sgd", loss = "mse", metrics = {"mae"}}
+  local X1, X2, Y = nn.randn(8, 3), nn.randn(8, 3), {nn.randn(8, 2), nn.randn(8, 2), nn.randn(8, 2)}
+  local r, p = m:evaluate({X1, X2}, Y, {verbose = 0}), m:predict({X1, X2})
+  for j, name in ipairs{"sh", "sh_1", "sh_2"} do
+    check.near(r[name .. "_loss"], mse(p[j], Y[j]), 1e-5, name .. "_loss")
+    check.near(r[name .. "_mae"], (p[j] - Y[j]):abs():mean():item(), 1e-5, name .. "_mae")
+  end
+  check.near(r.loss, mse(p[1], Y[1]) + mse(p[2], Y[2]) + mse(p[3], Y[3]), 1e-5, "the total")
+  local list = m:evaluate({X1, X2}, Y, {verbose = 0, return_dict = false})
+  check.eq(#list, 7, "loss, three losses, three maes")
+  check.near(list[3], r.sh_1_loss, 0, "the list in the logs' order")
+  local s = nn.Input{shape = {4, 3}}
+  local _, h = nn.LSTM{2, return_sequences = true, return_state = true, name = "lstm"}(s)
+  local m2 = nn.Model{inputs = s, outputs = {h, nn.Dense{2, name = "lstm_1"}(h)}}
+  m2:compile{optimizer = "sgd", loss = "mse"}
+  local xs, ys = nn.randn(5, 4, 3), {nn.randn(5, 2), nn.randn(5, 2)}
+  local r2, p2 = m2:evaluate(xs, ys, {verbose = 0}), m2:predict(xs)
+  check.near(r2.lstm_2_loss, mse(p2[1], ys[1]), 1e-5, "the LSTM's state h (its output 2)")
+  check.near(r2.lstm_1_loss, mse(p2[2], ys[2]), 1e-5, "the Dense named lstm_1")
+  -- Keras's dicts keyed by output name were dropped without a word
+  check.fails(function() m:compile{optimizer = "sgd", loss = "mse", metrics = {sh = "mae"}} end,
+    "bad argument 'metrics' to 'compile' (a table keyed by 'sh': give a list of metrics; each applies to every output)")
+  check.fails(function() m:compile{optimizer = "sgd", loss = {sh = "mse"}} end, "a table keyed by 'sh'")
+  check.fails(function() m:compile{optimizer = "sgd", loss = "mse", loss_weights = {sh = 1}} end, "keyed by 'sh'")
+  check.fails(function() m:compile{optimizer = "sgd", loss = "mse", metrics = {{"mae"}, {"mse"}}} end,
+    "entry 1 is a list: per-output metric lists are not supported")
+end
+
+-- set_weights checks the whole list before it changes anything (a list one
+-- too long overwrote every layer, then failed).
+function T.set_weights_changes_nothing_on_a_bad_list()
+  nn.seed(5)
+  local m = nn.Sequential{nn.Dense{3, input_shape = {2}, name = "d1"}, nn.Dense{1, name = "d2"}}
+  local w = m:get_weights()
+  local function unchanged(what)
+    for i, t in ipairs(m:get_weights()) do check.same_table(t:totable(), w[i]:totable(), 0, what .. ": weight " .. i) end
+  end
+  check.fails(function() m:set_weights({nn.zeros(2, 3), nn.zeros(3), nn.zeros(3, 1), nn.zeros(1), nn.zeros(1)}) end,
+    "set_weights: the model has 4 weights, got 5")
+  unchanged("one too many")
+  check.fails(function() m:set_weights({nn.zeros(2, 3), nn.zeros(3), nn.zeros(3, 2), nn.zeros(1)}) end,
+    "set_weights: d2: weight 1 (kernel) has shape (3, 1), got (3, 2) (entry 3)")
+  unchanged("a bad shape in the second layer")
+  check.fails(function() m:set_weights({nn.zeros(2, 3), nn.zeros(3), nn.zeros(3, 1), "q"}) end,
+    "entry 4 for weight 2 (bias) is string, not a tensor")
+  check.fails(function() m:set_weights("x") end, "set_weights: a list of tensors expected, got string")
+  check.fails(function() m.layers[1]:set_weights({nn.zeros(2, 3), nn.zeros(4)}) end, "weight 2 (bias) has shape (3), got (4)")
+  unchanged("a layer's bad bias")
+  m:set_weights({nn.zeros(2, 3), {1, 1, 1}, nn.ones(3, 1), {0.5}})
+  check.near(m:predict(nn.ones(1, 2)):item(), 3.5, 1e-6, "tables serve as tensors")
+end
+
+-- A Sequential inside a Sequential: its layers, the same objects (summary,
+-- get/set_weights and the values work; a functional model is refused).
+function T.sequential_models_nest_in_sequential_ones()
+  nn.seed(6)
+  local inner = nn.Sequential{nn.Dense{3, input_shape = {2}, name = "in1"}, nn.Dense{2, name = "in2"}}
+  local outer = nn.Sequential{nn.Dense{2, input_shape = {2}, name = "first"}, inner}
+  outer:add(nn.Dense{1, name = "last"})
+  check.eq(#outer.layers, 4, "first, in1, in2, last")
+  check.eq(outer.layers[2], inner.layers[1], "the inner model's own layer")
+  check.eq(outer:count_params(), 6 + 9 + 8 + 3)
+  local lines = {}
+  outer:summary(function(l) lines[#lines + 1] = l end)
+  assert(table.concat(lines, "\n"):find("Total params: 26", 1, true), table.concat(lines, "\n"))
+  outer:set_weights(outer:get_weights())
+  local x = nn.randn(4, 2)
+  local ref = outer.layers[4](inner.layers[2](inner.layers[1](outer.layers[1](x))))
+  check.same_table(outer:predict(x):totable(), ref:totable(), 1e-6, "the composition")
+  local i0 = nn.Input{shape = {2}}
+  check.fails(function() outer:add(nn.Model{inputs = i0, outputs = nn.Dense{2}(i0)}) end,
+    "a functional model inside a Sequential is not supported")
+  check.fails(function() outer:add(nn.Sequential{nn.Dense{1, name = "fresh"}, nn.Dense{1, name = "first"}}) end,
+    "first")
+  check.eq(#outer.layers, 4, "a refused model adds nothing")
+  check.fails(function() outer:add(5) end, "a layer or a Sequential model expected, got number")
+end
+
 function T.nested_models_share_their_layers()
   nn.seed(9)
   local inner_in = nn.Input{shape = {4}}

@@ -140,4 +140,39 @@ function T.names_and_bad_arguments()
   check.near(p:totable()[1], 10 - 0.001 / math.sqrt(0.1 + 1e-6 + 1e-7), 1e-6, "clipped gradient")
 end
 
+-- opt:apply(model) updates the model's trainable weights (it took the
+-- model for an empty list: no weight moved, the step still counted);
+-- anything but a non-empty list of tensors is an error.
+function T.apply_takes_a_model_or_a_list_of_tensors()
+  nn.seed(2)
+  local m = nn.Sequential{nn.Dense{3, input_shape = {2}}, nn.Dense{1}}
+  m.layers[2].trainable = false
+  local x, y = nn.randn(8, 2), nn.randn(8, 1)
+  local opt = nn.optimizers.SGD{learning_rate = 0.1}
+  local before = m:get_weights()
+  ;(m(x, true) - y):square():mean():backward()
+  local tw = m:trainable_weights()
+  check.eq(#tw, 2, "the first layer's kernel and bias; the frozen one's left out")
+  local grads = {tw[1].grad:clone(), tw[2].grad:clone()}
+  opt:apply(m)
+  local after = m:get_weights()
+  for i = 1, 2 do
+    check.same_table(after[i]:totable(), (before[i] - grads[i] * 0.1):totable(), 1e-7, "w - lr g, weight " .. i)
+    assert((after[i] - before[i]):abs():max():item() > 1e-4, "weight " .. i .. " did not move")
+  end
+  for i = 3, 4 do check.same_table(after[i]:totable(), before[i]:totable(), 0, "frozen weight " .. i) end
+  check.eq(opt.iterations, 1, "one step")
+  check.eq(tw[1].grad, nil, "the gradients cleared")
+  check.fails(function() opt:apply({}) end, "a list of tensors expected, got an empty table")
+  check.fails(function() opt:apply(after[1]) end, "got a tensor (put it in a list)")
+  check.fails(function() opt:apply({after[1], 3}) end, "entry 2 is a number, not a tensor")
+  check.eq(opt.iterations, 1, "no step counted for the refused calls")
+  local a, b = nn.zeros(2):requires_grad(true), nn.zeros(2):requires_grad(true)
+  local own = nn.optimizers.SGD{}
+  ;(a:sum() + b:sum()):backward()
+  own:apply({a, b})
+  ;(a:sum() + b:sum()):backward()
+  check.fails(function() own:apply({b, a}) end, "its state is kept per position, so give the same tensors in the same order")
+end
+
 check.run(T)
