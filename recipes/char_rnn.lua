@@ -26,8 +26,14 @@ local function one_hot(ids, vocab)
   return ids:reshape(n, SEQ, 1):eq(nn.arange(vocab):reshape(1, 1, vocab))
 end
 
--- Draws an index from probabilities p (a Lua list) sharpened by temperature.
+-- Draws an index from probabilities p (a Lua list) sharpened by temperature
+-- (0: the likeliest, as generate does).
 local function sample(p, temperature)
+  if temperature == 0 then
+    local best = 1
+    for i, v in ipairs(p) do if v > p[best] then best = i end end
+    return best
+  end
   local w, total = {}, 0
   for i, v in ipairs(p) do
     w[i] = math.exp(math.log(math.max(v, 1e-12)) / temperature)
@@ -42,17 +48,22 @@ local function sample(p, temperature)
 end
 
 recipe.main("char_rnn.lua", function()
-  local o = recipe.parse(arg, { epochs = 10, batch_size = 128, augment = false }, "char_rnn.lua", {
+  local o = recipe.parse(arg, { epochs = 10, batch_size = 128, limit = "train on the first N windows only" }, "char_rnn.lua", {
     { "--text", "text", "PATH", "a text file to learn", "/usr/share/common-licenses/GPL-3" },
     { "--units", "units", "N", "LSTM units", "128" },
     { "--temperature", "temperature", "T", "sampling temperature", "0.5" },
   })
+  local temperature = recipe.number(o, "temperature", 0) -- 0: the likeliest character each time
+  local units = recipe.integer(o, "units", 1)
   recipe.setup(nn, o)
   local f, err = io.open(o.text, "rb")
   if not f then error("cannot read --text " .. tostring(err), 0) end
   local text = f:read("a")
   f:close()
-  if #text < 10 * SEQ then error(string.format("%s has %d characters; at least %d are needed", o.text, #text, 10 * SEQ), 0) end
+  -- the held-out tenth must hold a window and its next character
+  if #text < 10 * (SEQ + 1) then
+    error(string.format("%s has %d characters; at least %d are needed", o.text, #text, 10 * (SEQ + 1)), 0)
+  end
   local chars, index = {}, {}
   for ch in text:gmatch(".") do
     if not index[ch] then chars[#chars + 1], index[ch] = ch, true end
@@ -70,7 +81,7 @@ recipe.main("char_rnn.lua", function()
   print(string.format("%s: %d characters, %d distinct; %d training and %d held-out windows of %d", o.text, #text,
     vocab, x:shape()[1], xv:shape()[1], SEQ))
   local model = nn.Sequential{
-    nn.LSTM{math.tointeger(tonumber(o.units)) or error("--units needs an integer", 0), input_shape = {SEQ, vocab}},
+    nn.LSTM{units, input_shape = {SEQ, vocab}},
     nn.Dense{vocab, activation = "softmax"},
   }
   model:compile{optimizer = nn.optimizers.Adam{learning_rate = 1e-2, global_clipnorm = 5},
@@ -88,7 +99,6 @@ recipe.main("char_rnn.lua", function()
   local window = {}
   for k = 1, SEQ do window[k] = ids[split + k] end
   local out = {}
-  local temperature = tonumber(o.temperature) or error("--temperature needs a number", 0)
   for _ = 1, 200 do
     local p = model:predict(one_hot(nn.tensor({ window }), vocab)):totable()[1]
     local next_id = sample(p, temperature) - 1
@@ -97,6 +107,9 @@ recipe.main("char_rnn.lua", function()
     window[SEQ] = next_id
   end
   print(string.format("sample at temperature %s:\n%s", o.temperature, table.concat(out)))
+  -- the characters of the output units, saved with the model (its input is
+  -- one-hot over the same list): model.class_names[i] is unit i's
+  model.class_names = chars
   if o.save then model:save(o.save) end
   print(string.format("test bits_per_char: %.4f", result))
 end)

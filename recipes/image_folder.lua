@@ -14,15 +14,15 @@ local nn = require "lunet"
 local recipe = require "lunet.recipe"
 
 recipe.main("image_folder.lua", function()
-  local o = recipe.parse(arg, { epochs = 10, batch_size = 32, augment = true }, "image_folder.lua", {
+  local o = recipe.parse(arg, { epochs = 10, batch_size = 32, augment = true, limit = false }, "image_folder.lua", {
     { "--dir", "dir", "PATH", "the folder: one sub-folder of images per class", nil },
     { "--size", "size", "N", "images are resized to N x N", "64" },
     { "--validation-split", "split", "F", "the fraction held out", "0.2" },
   })
   recipe.setup(nn, o)
   if not o.dir then error("--dir PATH is required: a folder with one sub-folder of images per class", 0) end
-  local size = math.tointeger(tonumber(o.size)) or error("--size needs an integer", 0)
-  local split = tonumber(o.split) or error("--validation-split needs a number", 0)
+  local size = recipe.integer(o, "size", 8)
+  local split = recipe.number(o, "split", 0, 0.9)
   local train, val = nn.utils.image_dataset_from_directory(o.dir, {
     image_size = { size, size }, batch_size = o.batch_size, validation_split = split, subset = "both", seed = o.seed })
   local k = #train.class_names

@@ -14,9 +14,20 @@ local recipe = require "lunet.recipe"
 local FORTUNES = "/usr/share/games/fortunes"
 
 -- The fortunes of one file: entries separated by lines holding "%".
-local function fortunes(path)
+local function fortunes(dir, name)
+  local path = dir .. "/" .. name
   local f = io.open(path, "rb")
-  if not f then error(string.format("cannot read %s (install Debian's fortunes package: apt-get install fortunes)", path), 0) end
+  if not f then
+    -- a misspelt class, or no fortunes at all
+    local p = io.popen("ls -1 '" .. dir:gsub("'", "'\\''") .. "' 2>/dev/null")
+    local names = {}
+    for n in p:lines() do if not n:find("%.") then names[#names + 1] = n end end
+    p:close()
+    if #names == 0 then
+      error(string.format("cannot read %s (install Debian's fortunes package: apt-get install fortunes)", path), 0)
+    end
+    error(string.format("--classes: no fortune file '%s' in %s; there are: %s", name, dir, table.concat(names, ", ")), 0)
+  end
   local out, cur = {}, {}
   for line in f:lines() do
     if line == "%" then
@@ -32,7 +43,7 @@ local function fortunes(path)
 end
 
 recipe.main("text_classify.lua", function()
-  local o = recipe.parse(arg, { epochs = 8, batch_size = 32, augment = false }, "text_classify.lua", {
+  local o = recipe.parse(arg, { epochs = 8, batch_size = 32, limit = "train on the first N texts only" }, "text_classify.lua", {
     { "--dir", "dir", "PATH", "the folder of fortune files", FORTUNES },
     { "--classes", "classes", "LIST", "the files to tell apart", "computers,food,law,science,songs-poems" },
     { "--model", "model", "NAME", "transformer or lstm", "transformer" },
@@ -40,11 +51,14 @@ recipe.main("text_classify.lua", function()
   })
   recipe.setup(nn, o)
   if o.model ~= "transformer" and o.model ~= "lstm" then error("--model must be transformer or lstm, got " .. o.model, 0) end
-  local len = math.tointeger(tonumber(o.length)) or error("--length needs an integer", 0)
+  local len = recipe.integer(o, "length", 1)
   local names, texts, labels = {}, {}, {}
+  local seen = {}
   for name in o.classes:gmatch("[^,]+") do
+    if seen[name] then error("--classes names '" .. name .. "' twice (its texts would take two labels)", 0) end
+    seen[name] = true
     names[#names + 1] = name
-    for _, t in ipairs(fortunes(o.dir .. "/" .. name)) do
+    for _, t in ipairs(fortunes(o.dir, name)) do
       texts[#texts + 1], labels[#labels + 1] = t, #names - 1
     end
   end

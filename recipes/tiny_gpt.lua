@@ -43,7 +43,8 @@ local function read_text(path)
 end
 
 recipe.main("tiny_gpt.lua", function()
-  local o = recipe.parse(arg, { epochs = 4, batch_size = 32, augment = false }, "tiny_gpt.lua", {
+  local o = recipe.parse(arg, { epochs = 4, batch_size = 32,
+    limit = "train on the first N windows and hold out N/8 only" }, "tiny_gpt.lua", {
     { "--text", "text", "PATH", "a text file, or a folder of fortune files", FORTUNES },
     { "--context", "context", "N", "characters the model sees", "64" },
     { "--width", "width", "N", "embedding width", "128" },
@@ -53,13 +54,15 @@ recipe.main("tiny_gpt.lua", function()
     { "--temperature", "temperature", "T", "sampling temperature", "0.8" },
   })
   recipe.setup(nn, o)
-  local function int(name)
-    return math.tointeger(tonumber(o[name])) or error("--" .. name .. " needs an integer", 0)
-  end
-  local ctx, width, nlayers, heads = int("context"), int("width"), int("layers"), int("heads")
+  local ctx, width = recipe.integer(o, "context", 2), recipe.integer(o, "width", 1)
+  local nlayers, heads = recipe.integer(o, "layers", 1), recipe.integer(o, "heads", 1)
+  local temperature = recipe.number(o, "temperature", 0) -- 0: the likeliest character each time
   local text = read_text(o.text)
   local tok = nn.text.CharTokenizer()
   tok:adapt(text)
+  -- the prompt is read after training: a character the text lacks fails now
+  local ok, err = pcall(tok.encode, tok, o.prompt)
+  if not ok then error("--prompt: " .. tostring(err), 0) end
   local ids = tok:encode(text)
   local n = ids:shape()[1]
   local split = math.floor(n * 0.9)
@@ -103,7 +106,6 @@ recipe.main("tiny_gpt.lua", function()
   local seconds = os.time() - t0
   local result = bits(model:evaluate(xt, yt, { batch_size = 64 }).loss)
   print(string.format("%.0f s per epoch", seconds / math.max(1, o.epochs)))
-  local temperature = tonumber(o.temperature) or error("--temperature needs a number", 0)
   local sample = model:generate(o.prompt, { max_new_tokens = 200, temperature = temperature, top_k = 20, seed = o.seed })
   print(string.format("sample at temperature %s:\n%s", o.temperature, sample))
   if o.save then model:save(o.save) end

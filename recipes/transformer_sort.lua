@@ -43,7 +43,8 @@ local function exact_match(model, x, y)
 end
 
 recipe.main("transformer_sort.lua", function()
-  local o = recipe.parse(arg, { epochs = 6, batch_size = 64, augment = false }, "transformer_sort.lua", {
+  local o = recipe.parse(arg, { epochs = 6, batch_size = 64,
+    limit = "train on N generated sequences (at most --train)" }, "transformer_sort.lua", {
     { "--task", "task", "NAME", "sort or reverse", "sort" },
     { "--length", "length", "N", "digits per sequence", "8" },
     { "--train", "train", "N", "training sequences", "20000" },
@@ -51,12 +52,9 @@ recipe.main("transformer_sort.lua", function()
   })
   recipe.setup(nn, o)
   if o.task ~= "sort" and o.task ~= "reverse" then error("--task must be sort or reverse, got " .. o.task, 0) end
-  local len = math.tointeger(tonumber(o.length)) or error("--length needs an integer", 0)
-  local ntrain = math.tointeger(tonumber(o.train)) or error("--train needs an integer", 0)
-  local width = math.tointeger(tonumber(o.width)) or error("--width needs an integer", 0)
-  if len < 2 then error("--length must be at least 2", 0) end
+  local len, ntrain, width = recipe.integer(o, "length", 2), recipe.integer(o, "train", 1), recipe.integer(o, "width", 1)
   math.randomseed(o.seed)
-  local x, y = make(o.limit or ntrain, len, o.task)
+  local x, y = make(math.min(o.limit or ntrain, ntrain), len, o.task)
   local xt, yt = make(2000, len, o.task)
   print(string.format("%s %d-digit sequences: %d for training, %d held out", o.task, len, x:shape()[1], xt:shape()[1]))
 
