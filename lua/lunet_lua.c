@@ -963,8 +963,12 @@ static int l_philox(lua_State *L) {
 
 static int l_threads(lua_State *L) {
   lunet_ctx *ctx = lunetL_ctx(L);
-  if (!lua_isnoneornil(L, 1) && lunet_set_threads(ctx, (int)luaL_checkinteger(L, 1)))
-    lunetL_error(L, "threads");
+  if (!lua_isnoneornil(L, 1)) {
+    lua_Integer n = luaL_checkinteger(L, 1); /* checked before the cast: 2^32 + 3 was 3 */
+    if (n < 1 || n > LUNET_MAX_THREADS)
+      return luaL_error(L, "threads must be from 1 to %d, got %I", LUNET_MAX_THREADS, n);
+    if (lunet_set_threads(ctx, (int)n)) lunetL_error(L, "threads");
+  }
   lua_pushinteger(L, lunet_get_threads(ctx));
   return 1;
 }

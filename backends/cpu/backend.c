@@ -7,6 +7,7 @@
  * threads busy-wait after a call and would fight the pool's threads (im2col,
  * pooling, elementwise) for the same cores.
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,15 +32,23 @@ const char *lunet_cpu_last_error(lunet_backend *be) {
   return error_msg;
 }
 
-static int default_threads(void) {
+/* LUNET_THREADS, else every core; 0 (with the message in err) when
+ * LUNET_THREADS is not a whole number from 1 to 1024 (it was ignored). */
+static int default_threads(char *err, size_t err_len) {
   const char *env = getenv("LUNET_THREADS");
   if (env && *env) {
     char *end;
+    errno = 0;
     long v = strtol(env, &end, 10);
-    if (*end == '\0' && v > 0 && v <= 1024) return (int)v;
+    if (*end != '\0' || errno || v < 1 || v > 1024 || !(*env >= '0' && *env <= '9')) {
+      snprintf(err, err_len, "cpu: LUNET_THREADS=%.40s: expected a whole number from 1 to 1024 (or unset it for "
+               "every core)", env);
+      return 0;
+    }
+    return (int)v;
   }
   long n = sysconf(_SC_NPROCESSORS_ONLN);
-  return n > 0 ? (int)n : 1;
+  return n > 0 ? (int)(n > 1024 ? 1024 : n) : 1;
 }
 
 /* "AMD EPYC" from /proc/cpuinfo's first "model name" line. */
@@ -85,7 +94,8 @@ static void cpu_describe(lunet_backend *be, lunet_backend_info *info) {
 }
 
 static int cpu_set_threads(lunet_backend *be, int n) {
-  if (n <= 0) n = default_threads();
+  char why[160];
+  if (n <= 0 && !(n = default_threads(why, sizeof why))) return lunet_cpu_error(LUNET_ERR_ARG, "%s", why);
   if (n > 1024) return lunet_cpu_error(LUNET_ERR_ARG, "cpu: %d threads requested, at most 1024", n);
   if (n == be->pool.n) return 0;
   lunet_cpu_pool_stop(&be->pool);
@@ -115,7 +125,17 @@ static lunet_backend *cpu_init(int threads, int device, char *err, size_t err_le
     return NULL;
   }
   pthread_mutex_init(&be->mem_mu, NULL);
-  if (threads <= 0) threads = default_threads();
+  if (threads <= 0 && !(threads = default_threads(err, err_len))) {
+    pthread_mutex_destroy(&be->mem_mu);
+    free(be);
+    return NULL;
+  }
+  if (threads > 1024) {
+    snprintf(err, err_len, "cpu: %d threads requested, at most 1024", threads);
+    pthread_mutex_destroy(&be->mem_mu);
+    free(be);
+    return NULL;
+  }
   if (lunet_cpu_pool_start(&be->pool, threads) != 0) {
     snprintf(err, err_len, "cpu: could not start %d threads", threads);
     pthread_mutex_destroy(&be->mem_mu);

@@ -249,10 +249,20 @@ lunet_status lunet_use_device(lunet_ctx *ctx, const char *name, int device) {
                     "pick the device before creating %s tensors",
                     name, info.device_index, info.device, live, live == 1 ? "" : "s", name);
   } else if (be && be->desc && (!be->state || info.device_index != device)) {
+    /* a device that does not start leaves the backend as it was (a typo
+     * of the index shut down a working backend, the CPU's too) */
+    bool running = be->state != NULL;
+    int was = running ? info.device_index : be->device;
     if (be->state) be->desc->shutdown(be->state);
     be->state = NULL;
     be->device = device;
     start(be);
+    if (!be->state) {
+      s = lunet_error(ctx, LUNET_ERR_ARG, "backend '%s' cannot use device %d: %s (it stays on %s)", name, device,
+                      be->why, running ? "its device" : "its default device");
+      be->device = was;
+      if (running) start(be);
+    }
   }
   pthread_mutex_unlock(&reg.lock);
   return s ? s : lunet_use(ctx, name);
@@ -306,19 +316,33 @@ int lunet_backend_bf16(lunet_ctx *ctx, const char *name) {
 }
 
 lunet_status lunet_set_threads(lunet_ctx *ctx, int n) {
-  if (n < 1) return lunet_error(ctx, LUNET_ERR_ARG, "threads must be at least 1, got %d", n);
+  if (n < 1 || n > LUNET_MAX_THREADS)
+    return lunet_error(ctx, LUNET_ERR_ARG, "threads must be from 1 to %d, got %d", LUNET_MAX_THREADS, n);
   pthread_mutex_lock(&reg.lock);
   scan_backends();
-  reg.threads = n; /* for backends that start later */
-  for (int i = 0; i < reg.nbackends; i++)
-    if (reg.backends[i].state) reg.backends[i].i->set_threads(reg.backends[i].state, n);
+  lunet_status s = LUNET_OK;
+  for (int i = 0; !s && i < reg.nbackends; i++) {
+    lunet_be *be = &reg.backends[i];
+    int r = be->state ? be->i->set_threads(be->state, n) : 0;
+    if (r) { /* its own words: the pool could not start (it runs on 1 thread then) */
+      const char *why = be->i->last_error ? be->i->last_error(be->state) : NULL;
+      s = lunet_error(ctx, (lunet_status)r, "%s", why && *why ? why : "the backend refused the thread count");
+    }
+  }
+  if (!s) reg.threads = n; /* for backends that start later */
   pthread_mutex_unlock(&reg.lock);
-  return LUNET_OK;
+  return s;
 }
 
+/* The CPU's threads (a GPU backend's count is 1): the figure nn.threads(n)
+ * sets, whatever the default backend. */
 int lunet_get_threads(lunet_ctx *ctx) {
   lunet_be *be = lunet_registry_default(ctx);
-  if (!be) return 0;
+  pthread_mutex_lock(&reg.lock);
+  lunet_be *cpu = find("cpu");
+  pthread_mutex_unlock(&reg.lock);
+  if (cpu && cpu->state) be = cpu;
+  if (!be || !be->state) return 0;
   lunet_backend_info info;
   memset(&info, 0, sizeof info);
   be->i->describe(be->state, &info);

@@ -38,8 +38,15 @@ function M.init(o)
   mpi = mod
   M.rank, M.size, M.local_rank, M.local_size = mpi.init(C.version)
   M.active = true
-  local threads = o.threads or tonumber(os.getenv("LUNET_THREADS") or "")
-  C.threads(math.tointeger(threads) or math.max(1, cores() // M.local_size))
+  -- LUNET_THREADS read as the CPU backend reads it (0x4 was 4 here, an error there)
+  local env, threads = os.getenv("LUNET_THREADS"), o.threads
+  if threads == nil and env and env ~= "" then
+    threads = env:match("^%d+$") and math.tointeger(tonumber(env))
+    if not threads or threads < 1 or threads > 1024 then
+      error("LUNET_THREADS=" .. env .. ": expected a whole number from 1 to 1024 (or unset it)", 2)
+    end
+  end
+  C.threads(threads or math.max(1, cores() // M.local_size))
   C.seed(C.seed() + M.rank)
   -- MPI_Finalize when the Lua state closes (a normal exit)
   M.closer = setmetatable({}, { __gc = function() mpi.finalize() end })

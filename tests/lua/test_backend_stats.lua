@@ -173,4 +173,42 @@ function T.errors()
   check.fails(function() nn.backend_stats() end, "bad argument #1")
 end
 
+-- Thread counts and devices: a bad figure is an error that changes nothing
+-- (2^32 + 3 was taken as 3; a missing device shut the working backend
+-- down), and LUNET_THREADS must be a whole number (it was ignored).
+function T.threads_and_devices()
+  local n = nn.threads()
+  check.fails(function() nn.threads(2000) end, "threads must be from 1 to 1024, got 2000")
+  check.fails(function() nn.threads(2 ^ 32 + 3) end, "threads must be from 1 to 1024, got 4294967299")
+  check.fails(function() nn.threads(0) end, "threads must be from 1 to 1024, got 0")
+  check.eq(nn.threads(), n, "unchanged")
+  check.eq(nn.threads(1), 1, "one thread")
+  check.eq(nn.threads(n), n, "back")
+  collectgarbage() -- the other tests' tensors (a device is picked while none live)
+  check.fails(function() nn.use("cpu", { device = 5 }) end, "backend 'cpu' cannot use device 5")
+  check.eq(nn.ones(3):sum():item(), 3, "the CPU still runs")
+  check.eq(nn.threads(), n, "with its threads")
+  local vulkan = false
+  for _, b in ipairs(nn.backends()) do vulkan = vulkan or (b.name == "vulkan" and b.available) end
+  if vulkan then
+    check.fails(function() nn.use("vulkan", { device = 99 }) end, "backend 'vulkan' cannot use device 99")
+    local x = nn.ones(2):to("vulkan")
+    check.eq((x + x):to("cpu"):sum():item(), 4, "vulkan still works")
+    nn.use("cpu")
+  end
+  local function run(env)
+    local p = io.popen(string.format("%s %s -e 'local nn = require \"lunet\"; print(nn.ones(2):sum():item())' 2>&1",
+      env, arg[-1]))
+    local out = p:read("a")
+    p:close()
+    return out
+  end
+  for _, bad in ipairs{ "abc", "0x4", "0", "4096", "-2", "3 " } do
+    local out = run("LUNET_THREADS='" .. bad .. "'")
+    assert(out:find("LUNET_THREADS=" .. bad .. ": expected a whole number from 1 to 1024", 1, true), bad .. ": " .. out)
+  end
+  local out = run("LUNET_THREADS=2")
+  assert(out:find("^2"), out)
+end
+
 check.run(T)

@@ -246,8 +246,11 @@ function T.bad_arguments_say_what_is_wrong()
   check.fails(function() nn.RandomRotation{{0.3, 0.1}} end, "factor pair {0.3, 0.1} is reversed")
   check.fails(function() nn.RandomRotation{"a"} end, "factor must be a number or a pair {lo, hi}")
   check.fails(function() nn.RandomFlip{"sideways"} end, "mode must be one of horizontal, vertical")
-  check.fails(function() nn.ZeroPadding2D{{{0, 1}, {0, 1}}} end,
-    "padding: one size per side ((top, bottom), (left, right)) is not supported yet")
+  -- the per-side form works (its values are tested in test_model.lua); a malformed one is an error
+  check.same_table(nn.Sequential{nn.ZeroPadding2D{{{0, 1}, {2, 0}}, input_shape = {4, 4, 1}}}(nn.ones(1, 4, 4, 1)):shape(),
+    {1, 5, 6, 1}, 0, "per-side padding")
+  check.fails(function() nn.ZeroPadding2D{{{0, 1, 2}, {0, 1}}} end,
+    "padding must be an integer, a pair {h, w} or a pair of pairs {{top, bottom}, {left, right}}, got {{0, 1, 2}, {0, 1}}")
   check.fails(function() nn.RandomZoom{0.2, fill_mode = "mirror"} end, "fill_mode must be one of reflect")
   check.fails(function() nn.Sequential{nn.RandomRotation{1.5, input_shape = {4, 4, 1}}} end, "factor must be in [-1, 1]")
   -- a negative number was taken as its magnitude (Keras and nn.augment refuse it)

@@ -133,6 +133,10 @@ LUNET_API lunet_status lunet_use(lunet_ctx *ctx, const char *name);
  * for another device is an error. */
 LUNET_API lunet_status lunet_use_device(lunet_ctx *ctx, const char *name, int device);
 LUNET_API const char *lunet_default_backend(lunet_ctx *ctx);
+#define LUNET_MAX_THREADS 1024
+/* 1 to LUNET_MAX_THREADS CPU threads (an error names the backend's
+ * refusal); lunet_get_threads: the CPU's count once it runs, else the
+ * default backend's. */
 LUNET_API lunet_status lunet_set_threads(lunet_ctx *ctx, int n);
 LUNET_API int lunet_get_threads(lunet_ctx *ctx);
 /* Operations run on the CPU because the tensor's backend lacks them. */
