@@ -7,7 +7,9 @@
  *   ./classify MODEL [--labels a,b,c,...] [--threads N] IMAGE...
  *
  * The class names come from --labels, else from the model itself (saved
- * with model.class_names in Lua), else the class numbers are printed.
+ * with model.class_names in Lua), else the class numbers are printed.  A
+ * model with one output (a sigmoid unit, Keras's binary classifier) reads
+ * as two classes, {1 - p, p}; an output outside [0, 1] is an error there.
  *
  * The model takes 0..255 pixels (its own Rescaling layer does the rest, as
  * the recipes' models do).  --threads N classifies the files on N threads at
@@ -26,7 +28,7 @@
 
 static lunet_model *model;
 static int64_t height, width;
-static int channels, classes;
+static int channels, classes, outputs; /* outputs 1: a sigmoid's p, classes 2 */
 static char *labels[MAX_LABELS];
 static int nlabels;
 
@@ -53,10 +55,17 @@ static char *classify(lunet_ctx *ctx, const char *file) {
   lunet_status s = lunet_image_load(ctx, file, height, width, channels, false, pixels);
   if (!s) s = (x = lunet_tensor_from_data(ctx, LUNET_F32, 4, shape, pixels)) ? LUNET_OK : lunet_ctx_status(ctx);
   if (!s) s = lunet_model_predict(ctx, model, 1, &x, &y);
-  if (!s) s = lunet_tensor_read(ctx, y, probs, sizeof *probs * (size_t)classes);
+  if (!s) s = lunet_tensor_read(ctx, y, probs, sizeof *probs * (size_t)outputs);
   if (s) {
     snprintf(line, 512, "%s: error: %s", file, lunet_ctx_error(ctx));
+  } else if (outputs == 1 && !(probs[0] >= 0 && probs[0] <= 1)) {
+    snprintf(line, 512, "%s: error: the model's one output is %g, not a probability (give it a sigmoid)", file,
+             probs[0]);
   } else {
+    if (outputs == 1) { /* the sigmoid's p is class 1's */
+      probs[1] = probs[0];
+      probs[0] = 1 - probs[1];
+    }
     int best[3] = {-1, -1, -1};
     for (int k = 0; k < 3 && k < classes; k++)
       for (int c = 0; c < classes; c++) {
@@ -125,7 +134,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "classify: %s does not take one image (H, W, 1 or 3) to one score per class\n", argv[1]);
     return 1;
   }
-  height = in[0], width = in[1], channels = (int)in[2], classes = (int)out[0];
+  height = in[0], width = in[1], channels = (int)in[2], outputs = (int)out[0];
+  classes = outputs == 1 ? 2 : outputs;
   for (int k = 0; !nlabels && k < lunet_model_class_count(model) && k < MAX_LABELS; k++)
     labels[k] = (char *)lunet_model_class_name(model, k);
   if (!nlabels) nlabels = lunet_model_class_count(model) < MAX_LABELS ? lunet_model_class_count(model) : MAX_LABELS;

@@ -127,6 +127,16 @@ static int l_read_csv(lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg functions[] = {{"read_csv", l_read_csv}, {NULL, NULL}};
+/* csv_missing(s): whether a field is empty or a missing-value word
+ * ("NA", "nan", ...: pandas's NaN), in a text column too, where encode
+ * refuses it rather than make it a class. */
+static int l_csv_missing(lua_State *L) {
+  double v;
+  const char *s = luaL_checkstring(L, 1);
+  lua_pushboolean(L, number(s, &v) && v != v);
+  return 1;
+}
+
+static const luaL_Reg functions[] = {{"read_csv", l_read_csv}, {"csv_missing", l_csv_missing}, {NULL, NULL}};
 
 void lunetL_open_csv(lua_State *L) { luaL_setfuncs(L, functions, 0); }

@@ -395,8 +395,17 @@ static enum MHD_Result predict(struct MHD_Connection *c, served *m, const char *
     while (at < len && (body[at] == ' ' || body[at] == '\t' || body[at] == '\r' || body[at] == '\n')) at++;
   if (!req || at < len) {
     cJSON_Delete(req);
-    char near[24] = "";
-    if (at < len) snprintf(near, sizeof near, ", near '%.*s'", (int)(len - at < 12 ? len - at : 12), body + at);
+    /* the bytes there, printable ASCII as it is and the rest as \xNN (raw
+     * bytes made the error itself invalid JSON) */
+    char near[64] = "";
+    if (at < len) {
+      size_t k = (size_t)snprintf(near, sizeof near, ", near '");
+      for (size_t i = at; i < len && i < at + 12; i++) {
+        unsigned char b = (unsigned char)body[i];
+        k += (size_t)snprintf(near + k, sizeof near - k, b >= 32 && b < 127 && b != '\\' ? "%c" : "\\x%02x", b);
+      }
+      snprintf(near + k, sizeof near - k, "'");
+    }
     return send_error(c, 400, "the body is not %s (at byte %zu of %zu%s); send {\"instances\": [...]} or "
                       "{\"inputs\": [...]}", req ? "one JSON value: more follows it" : "valid JSON", at, len, near);
   }
@@ -921,6 +930,31 @@ static int read_signature(lunet_model *model, signature *s, char *why, size_t n)
   return 0;
 }
 
+/* One sample of zeros through the model (the zero rows serve pads batches
+ * with): a model that cannot predict at all (a Normalization never
+ * adapted) is refused at load, not answered with a 400 that blames every
+ * client. */
+static int trial_predict(lunet_ctx *ctx, lunet_model *model, const signature *s, char *why, size_t n) {
+  lunet_tensor *t[MAX_IO] = {0}, *y[MAX_IO] = {0};
+  lunet_status st = LUNET_OK;
+  for (int k = 0; k < s->nin && !st; k++) {
+    int64_t shape[LUNET_MAX_DIMS + 1] = {1};
+    memcpy(shape + 1, s->in[k].shape, sizeof *shape * (size_t)s->in[k].ndim);
+    float *zeros = calloc((size_t)s->in[k].per, sizeof *zeros);
+    if (!zeros) st = LUNET_ERR_NOMEM;
+    else if (!(t[k] = lunet_tensor_from_data(ctx, LUNET_F32, s->in[k].ndim + 1, shape, zeros))) st = lunet_ctx_status(ctx);
+    free(zeros);
+  }
+  if (!st) st = lunet_model_predict(ctx, model, s->nin, t, y);
+  if (st) snprintf(why, n, "the model cannot predict (tried on one sample of zeros): %s", lunet_ctx_error(ctx));
+  lunet_clear_error(ctx);
+  for (int k = 0; k < MAX_IO; k++) {
+    lunet_tensor_release(t[k]);
+    lunet_tensor_release(y[k]);
+  }
+  return st ? -1 : 0;
+}
+
 /* Whether a reloaded model answers the requests the served one did: the
  * same shapes, and the same names where requests or answers use them
  * (several inputs, several outputs; a lone one's name may change, as
@@ -948,7 +982,7 @@ static void reload(served *m) {
   if (ctx && backend_name && lunet_use(ctx, backend_name)) snprintf(why, sizeof why, "%s", lunet_ctx_error(ctx));
   else if (ctx && !(fresh = lunet_model_load(ctx, m->path))) snprintf(why, sizeof why, "%s", lunet_ctx_error(ctx));
   if (fresh) {
-    if (read_signature(fresh, &now, why, sizeof why)) {
+    if (read_signature(fresh, &now, why, sizeof why) || trial_predict(ctx, fresh, &now, why, sizeof why)) {
       lunet_model_release(fresh);
       fresh = NULL;
     } else if (!same_signature(&now, &m->sig)) {
@@ -1025,7 +1059,7 @@ static int load(served *m, const char *spec, const char *backend) {
     return -1;
   }
   char why[256];
-  if (read_signature(m->model, &m->sig, why, sizeof why)) {
+  if (read_signature(m->model, &m->sig, why, sizeof why) || trial_predict(m->ctx, m->model, &m->sig, why, sizeof why)) {
     fprintf(stderr, "lunet serve: %s: %s\n", m->path, why);
     return -1;
   }

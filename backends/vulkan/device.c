@@ -5,6 +5,7 @@
  * the error slot.
  */
 #include <dlfcn.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -517,8 +518,55 @@ static void parse_fault(lunet_backend *be) {
           lunet_vk_result_name(be->fault_result));
 }
 
+/* The LUNET_VULKAN_* switches hold one of their values or are unset: a
+ * typo (LUNET_VULKAN_FLUSH=eight, LUNET_VULKAN_TILE=4) was read as a
+ * default or as 0 and changed the backend without a word.  0 with the
+ * message in err when one is wrong. */
+static int check_env(char *err, size_t err_len) {
+  static const char *const switches[] = {"LUNET_VULKAN_VALIDATION", "LUNET_VULKAN_SUBGROUPS",
+                                         "LUNET_VULKAN_MULTI_TENSOR", "LUNET_VULKAN_LEVELS",
+                                         "LUNET_VULKAN_PUSH_DESCRIPTORS"};
+  for (size_t i = 0; i < sizeof switches / sizeof *switches; i++) {
+    const char *v = getenv(switches[i]);
+    if (v && *v && strcmp(v, "0") != 0 && strcmp(v, "1") != 0) {
+      snprintf(err, err_len, "vulkan: %s=%.40s: expected 0 or 1 (or unset it)", switches[i], v);
+      return -1;
+    }
+  }
+  const char *tile = getenv("LUNET_VULKAN_TILE");
+  if (tile && *tile && strcmp(tile, "8") != 0 && strcmp(tile, "16") != 0) {
+    snprintf(err, err_len, "vulkan: LUNET_VULKAN_TILE=%.40s: expected 8 or 16 (or unset it)", tile);
+    return -1;
+  }
+  const char *flush = getenv("LUNET_VULKAN_FLUSH");
+  if (flush && *flush) {
+    char *end;
+    errno = 0;
+    long n = strtol(flush, &end, 10);
+    if (*end || errno || n < 0 || n > 1000000 || !(*flush >= '0' && *flush <= '9')) {
+      snprintf(err, err_len,
+               "vulkan: LUNET_VULKAN_FLUSH=%.40s: expected a whole number of commands from 0 to 1000000 (or unset "
+               "it for 32)", flush);
+      return -1;
+    }
+  }
+  const char *fault = getenv("LUNET_VULKAN_FAULT");
+  long n;
+  char kind[8] = "lost", extra;
+  int got = fault && *fault ? sscanf(fault, "submit:%ld:%7[a-z]%c", &n, kind, &extra) : 0;
+  if (fault && *fault && strcmp(fault, "count") != 0 &&
+      (got < 1 || got > 2 || n < 1 || (strcmp(kind, "lost") != 0 && strcmp(kind, "oom") != 0) ||
+       (got == 1 && strspn(fault + 7, "0123456789") != strlen(fault + 7)))) {
+    snprintf(err, err_len, "vulkan: LUNET_VULKAN_FAULT=%.40s: expected count or submit:N[:lost|oom] (tests only)",
+             fault);
+    return -1;
+  }
+  return 0;
+}
+
 lunet_backend *lunet_vk_init(int threads, int device, char *err, size_t err_len) {
   (void)threads;
+  if (check_env(err, err_len)) return NULL;
   if (lunet_vk_load(err, err_len)) return NULL;
   lunet_backend *be = calloc(1, sizeof *be);
   if (!be) {

@@ -276,6 +276,11 @@ static lunet_status parse(lunet_ctx *ctx, const char *path, const unsigned char 
   if (len < 8) return bad(ctx, path, "shorter than its 8-byte header length");
   uint64_t hlen = 0;
   for (int i = 0; i < 8; i++) hlen |= (uint64_t)buf[i] << (8 * i);
+  /* a header is JSON, "{" first: anything else is another kind of file (an
+   * ONNX file, an image), not a damaged one */
+  if (len > 8 && buf[8] != '{')
+    return bad(ctx, path, "not a safetensors file (as model:save and save_weights write: an 8-byte header length, "
+                          "then a JSON header); is it another kind of file?");
   if (hlen > len - 8) return bad(ctx, path, "the header runs past the end (truncated?)");
   cJSON *root = cJSON_ParseWithLength((const char *)buf + 8, (size_t)hlen);
   if (!cJSON_IsObject(root)) {

@@ -18,11 +18,16 @@
 
 /* ---- the pixel limit ---- */
 
+/* LUNET_IMAGE_MAX_PIXELS, else the default; -1 when it is not a whole
+ * number of at least 1 (it was ignored: a lowered limit given as "1e6"
+ * let the default's larger images through). */
 static int64_t max_pixels(void) {
   const char *e = getenv("LUNET_IMAGE_MAX_PIXELS");
+  if (!e || !*e) return LUNET_IMAGE_MAX_PIXELS;
   char *end;
-  long long v = e ? strtoll(e, &end, 10) : 0;
-  return e && *e && !*end && v > 0 ? (int64_t)v : LUNET_IMAGE_MAX_PIXELS;
+  errno = 0;
+  long long v = strtoll(e, &end, 10);
+  return *e >= '0' && *e <= '9' && !*end && !errno && v > 0 ? (int64_t)v : -1;
 }
 
 static lunet_status check_size(lunet_ctx *ctx, const char *path, int64_t w, int64_t h) {
@@ -30,6 +35,10 @@ static lunet_status check_size(lunet_ctx *ctx, const char *path, int64_t w, int6
     return lunet_error(ctx, LUNET_ERR_FORMAT, "%s: the header gives an empty image (%lld x %lld)", path,
                        (long long)w, (long long)h);
   int64_t limit = max_pixels();
+  if (limit < 0)
+    return lunet_error(ctx, LUNET_ERR_ARG,
+                       "%s: LUNET_IMAGE_MAX_PIXELS=%.40s is not a whole number of pixels (at least 1; unset it for "
+                       "%lld)", path, getenv("LUNET_IMAGE_MAX_PIXELS"), (long long)LUNET_IMAGE_MAX_PIXELS);
   if (w > limit / h)
     return lunet_error(ctx, LUNET_ERR_FORMAT,
                        "%s: %lld x %lld pixels is over the limit of %lld (not decoded); raise "

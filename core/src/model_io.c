@@ -875,7 +875,10 @@ lunet_model *lunet_model_load(lunet_ctx *ctx, const char *path) {
   const char *version = meta_get(st, "lunet_version");
   lunet_model *m = NULL;
   cJSON *cfg = NULL, *comp = NULL, *oj = NULL;
-  if (!format || strcmp(format, "lunet") || !config) {
+  if (format && !strcmp(format, "lunet_weights")) {
+    bad(&r, "a weights file (model:save_weights): it holds no model; build the model in code and call "
+            "model:load_weights(path), or save it with model:save(path)");
+  } else if (!format || strcmp(format, "lunet") || !config) {
     bad(&r, "the file holds no lunet model config (was it saved by model:save?)");
   } else if (config[0] == '{' && (config[1] == '[' || config[1] == '}')) {
     bad(&r, "saved by lunet %s with a model config in Lua source (config format 1), which this "

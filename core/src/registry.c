@@ -221,6 +221,11 @@ lunet_be *lunet_registry_default(lunet_ctx *ctx) {
   const char *name = getenv("LUNET_BACKEND");
   lunet_be *be = lunet_registry_backend(ctx, name && *name ? name : "cpu");
   if (be) ctx->backend = (int)(be - reg.backends);
+  else if (name && *name) { /* the variable named: the user never typed the name into this program */
+    char why[sizeof ctx->msg];
+    snprintf(why, sizeof why, "%s", ctx->msg);
+    lunet_error(ctx, ctx->status, "LUNET_BACKEND=%.40s: %s (unset it for the cpu)", name, why);
+  }
   return be;
 }
 

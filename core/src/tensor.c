@@ -89,6 +89,17 @@ lunet_tensor *lunet_tensor_on(lunet_ctx *ctx, lunet_be *be, lunet_dtype dt, int 
   if (t->buf) t->buf->handle = be->i->buffer_alloc(be->state, nbytes ? nbytes : 4);
   if (!t->buf || !t->buf->handle) {
     char s[128];
+    /* a device that is lost (not out of memory) fails its synchronize and
+     * says so: its words, not advice about batch sizes */
+    if (t->buf && be->i->synchronize(be->state) != 0) {
+      const char *why = be->i->last_error(be->state);
+      lunet_error(ctx, LUNET_ERR_DEVICE, "backend '%s' could not allocate a %s tensor of shape %s: %s", be->name,
+                  lunet_dtype_name(dt), lunet_shape_str(ndim, shape, s, sizeof s),
+                  why && *why ? why : "its device failed");
+      free(t->buf);
+      free(t);
+      return NULL;
+    }
     lunet_error(ctx, LUNET_ERR_NOMEM,
                 "out of memory on backend '%s' allocating %zu bytes for a %s tensor of "
                 "shape %s (use a smaller batch size or model)",

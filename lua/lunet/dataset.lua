@@ -34,6 +34,8 @@ function M.new(o)
   if math.type(bs) ~= "integer" or bs < 1 then fail("batch_size must be a positive integer") end
   if type(o.load) ~= "function" then fail("load must be a function(indices) returning x, y") end
   if o.seed ~= nil and math.type(o.seed) ~= "integer" then fail("seed must be an integer") end
+  -- "no" and 1 shuffled
+  if o.shuffle ~= nil and type(o.shuffle) ~= "boolean" then fail("shuffle must be true or false") end
   local ds = {}
   for k, v in pairs(o) do ds[k] = v end
   ds.batch_size, ds.seed, ds.shuffle = bs, o.seed or 0, o.shuffle or false
@@ -82,16 +84,35 @@ end
 -- (1-based) of an epoch's order (the one ds:prefetch started, when it
 -- did); the weights are what the loader returns third (Keras's
 -- (x, y, sample_weight) batches), or nil.
+-- One row per index in each tensor a loader returned: more or fewer put
+-- predictions beside the wrong samples (predict gave 9 rows for 5).
+local function check_rows(idx, x, y, w)
+  for _, part in ipairs{{"x", x}, {"y", y}, {"sample_weight", w}} do
+    local v = part[2]
+    local list = core.is_tensor(v) and { v } or type(v) == "table" and v or {}
+    local rows = type(list[1]) == "number" and #list or nil -- weights as a list of numbers
+    for _, t in ipairs(list) do
+      if rows then break end
+      if core.is_tensor(t) and t:shape()[1] ~= #idx then rows = t:shape()[1] end
+    end
+    if rows and rows ~= #idx then
+      error(string.format("dataset: load returned %d rows of %s for the %d indices it was given (one row per index)",
+        rows, part[1], #idx), 0)
+    end
+  end
+  return x, y, idx, w
+end
+
 function Dataset:batch(step, order)
   local p = self.pending
   if p and p.step == step and p.order == order then
     self.pending = nil
     local x, y, w = p.finish()
-    return x, y, p.idx, w
+    return check_rows(p.idx, x, y, w)
   end
   local idx = indices(self, step, order)
   local x, y, w = self.load(idx)
-  return x, y, idx, w
+  return check_rows(idx, x, y, w)
 end
 
 --- ds:prefetch(step, order): starts reading batch `step` in the background
@@ -125,10 +146,19 @@ end
 -- dataset.
 function M.from_tensor_slices(x, y, o)
   o = o or {}
+  if type(o) ~= "table" then fail("options must be a table {batch_size =, shuffle =, seed =}") end
+  for k in pairs(o) do -- a misspelt shuffle did not shuffle
+    if k ~= "batch_size" and k ~= "shuffle" and k ~= "seed" then
+      fail(string.format("unknown option '%s' (valid: batch_size, shuffle, seed)", tostring(k)))
+    end
+  end
   local xs = core.is_tensor(x) and { x } or x
   if type(xs) ~= "table" or not core.is_tensor(xs[1]) then fail("x must be a tensor or a list of tensors") end
   local n = xs[1]:shape()[1]
   local ys = y == nil and {} or core.is_tensor(y) and { y } or y
+  if type(ys) ~= "table" or (y ~= nil and not core.is_tensor(ys[1])) then
+    fail("y must be a tensor or a list of tensors (nn.tensor{...} makes one from numbers)")
+  end
   for _, t in ipairs(xs) do if t:shape()[1] ~= n then fail("the tensors of x have different numbers of rows") end end
   for _, t in ipairs(ys) do if t:shape()[1] ~= n then fail("x and y have different numbers of rows") end end
   local function rows(list, idx)

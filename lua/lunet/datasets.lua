@@ -17,6 +17,8 @@
 --   limit   keep only the first `limit` training samples
 --   verbose false: no progress output; true: also say what the cache does
 --   retries, backoff, stall_timeout: passed on to the downloader
+--   advice  replaces the "Options: ..." line of a failed download's error
+--           (a program naming its own flags for url, path and sha256)
 
 local C = require "lunet.core"
 
@@ -154,7 +156,11 @@ local function urls_for(set, file, opts)
   return { base .. file.name }
 end
 
-local function download_error(set, file, urls, err, dir)
+local function download_error(set, file, urls, err, dir, opts)
+  if opts.advice then -- a program's own words for the same choices (a recipe's --data and --sha256)
+    return string.format("lunet.datasets.%s: cannot download %s\n  %s\n  %s", set.name, file.name,
+      (tostring(err):gsub("\n", "\n  ")), opts.advice)
+  end
   return string.format(
     "lunet.datasets.%s: cannot download %s\n  %s\n" ..
     "  Options: url = <a mirror or local server%s>, path = <a local copy: %s>,\n" ..
@@ -204,7 +210,7 @@ local function fetch(set, file, opts)
     progress = opts.verbose == false and "none" or "auto",
     retries = opts.retries, backoff = opts.backoff, stall_timeout = opts.stall_timeout,
   })
-  if not ok then error(download_error(set, file, urls, err, dir), 0) end
+  if not ok then error(download_error(set, file, urls, err, dir, opts), 0) end
   return dest
 end
 
@@ -250,6 +256,15 @@ local function check_opts(set, opts)
   if type(opts) ~= "table" then
     error(string.format("bad argument #1 to '%s.load_data' (table expected, got %s)",
                         set.name, type(opts)), 3)
+  end
+  -- a misspelt option was ignored (limt = 100 loaded all 60000)
+  local valid = { url = true, sha256 = true, path = true, dir = true, limit = true, verbose = true, retries = true,
+    backoff = true, stall_timeout = true, advice = true }
+  for k in pairs(opts) do
+    if not valid[k] then
+      error(string.format("bad argument #1 to '%s.load_data' (unknown option '%s'; valid: advice, backoff, dir, " ..
+        "limit, path, retries, sha256, stall_timeout, url, verbose)", set.name, tostring(k)), 3)
+    end
   end
   local why = sha256_error(set, opts)
   if why then error(string.format("bad argument #1 to '%s.load_data' (%s)", set.name, why), 3) end

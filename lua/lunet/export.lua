@@ -175,7 +175,7 @@ function Graph:activation(v, name)
   fail(string.format("activation '%s' has no ONNX translation", name))
 end
 
-local rnn_acts = { tanh = "Tanh", sigmoid = "Sigmoid", relu = "Relu" }
+local rnn_acts = { tanh = "Tanh", sigmoid = "Sigmoid", relu = "Relu", linear = "Affine" } -- Affine: alpha 1, beta 0
 
 -- ---- layers: emit[type](g, layer, ins, w) -> outputs (values) ----
 
@@ -420,6 +420,11 @@ end
 
 -- (x - mean) / max(sqrt(variance), 1e-7) per feature of the last axis.
 emit.Normalization = function(g, l, ins, w)
+  -- not adapted: lunet refuses to predict; the graph would pass the data through
+  if w.count and tolist(w.count)[1] == 0 then
+    fail(string.format("layer %s: Normalization is not adapted (call layer:adapt(data) before exporting, or give it " ..
+      "mean and variance)", l.name))
+  end
   local mean, var = tolist(w.mean), tolist(w.variance)
   local scale, shift = {}, {}
   for i = 1, #mean do
@@ -801,6 +806,12 @@ local function recurrent(op, ngates, order, nstates)
     if op == "LSTM" then attrs.activations = { ract, act, act }
     elseif op == "GRU" then attrs.activations = { ract, act }
     else attrs.activations = { act } end
+    -- an Affine's alpha and beta, in the order of the Affines (the others take none)
+    local alpha, beta = {}, {}
+    for _, a in ipairs(attrs.activations) do
+      if a == "Affine" then alpha[#alpha + 1], beta[#beta + 1] = 1.0, 0.0 end -- floats: FLOATS attributes
+    end
+    if #alpha > 0 then attrs.activation_alpha, attrs.activation_beta = alpha, beta end
     if op == "GRU" then attrs.linear_before_reset = l.args.reset_after and 1 or 0 end
     local outs = { g:node(op, inputs, attrs, 1 + nstates) }
     local result
@@ -1056,6 +1067,11 @@ function M.onnx(model, path, o)
       .. "(about 3 significant digits)\n", #mixed, #mixed == 1 and "" or "s", table.concat(mixed, ", ", 1,
       math.min(#mixed, 3)), #mixed > 3 and ", ..." or ""))
   end
+  if model.preprocessor then -- the graph starts at the token ids: said, not silent
+    io.stderr:write(string.format("export.onnx: %s's text preprocessor (%s) is not part of the ONNX graph, which " ..
+      "takes its token ids; its settings and vocabulary are in the metadata as lunet_preprocessor\n", model.name,
+      tostring(model.preprocessor.kind)))
+  end
   for _, n in ipairs(model.nodes) do
     if not emit[n.layer.type] then
       local what = n.layer.type == "Lambda" and "a Lambda (a Lua function) cannot be written to a file"
@@ -1112,10 +1128,12 @@ function M.onnx(model, path, o)
   end
   local meta = { lunet_model = model.name,
     class_names = require("lunet.model").check_class_names(model, "nn.export.onnx") }
+  if model.preprocessor then meta.lunet_preprocessor = C.json_encode(model.preprocessor:config()) end
   for k, v in pairs(opts.metadata or {}) do meta[tostring(k)] = tostring(v) end
-  local bytes = writer.write(path, { opset = opset, producer_version = C.version, name = model.name,
+  local written, bytes = pcall(writer.write, path, { opset = opset, producer_version = C.version, name = model.name,
     doc = string.format("%s, exported by lunet %s", model.name, C.version), inputs = g.inputs,
     outputs = g.outputs, initializers = g.initializers, nodes = g.nodes, metadata = meta })
+  if not written then fail(tostring(bytes):gsub("^[^:]*%.lua:%d+: ", "")) end
   return { nodes = #g.nodes, initializers = #g.initializers, bytes = bytes, inputs = g.inputs, outputs = g.outputs }
 end
 

@@ -834,6 +834,15 @@ fit_impl = function(self, x, y, o)
     error(string.format("fit: shuffle must be true, false or \"batch\", got %s", tostring(o.shuffle)), 2)
   end
   if not self.optimizer then error("fit: call model:compile{optimizer = ..., loss = ...} first", 2) end
+  -- a loaded model resuming at the epoch it was saved at: the RNG's seed and
+  -- position then too (load_model keeps them aside); a first fit of any
+  -- other kind leaves them (stale after it)
+  local rng = self.rng_state
+  self.rng_state = nil
+  if rng and o.initial_epoch ~= nil and o.initial_epoch == self.epoch then
+    C.seed(rng.seed)
+    C.rng_take(rng.counter)
+  end
   local ds = dataset.is(x) and x or nil
   local dist = (o.distributed or distributed.active) and distributed.init() or nil
   if ds then
@@ -847,6 +856,18 @@ fit_impl = function(self, x, y, o)
     check_xy(self, x1, y1, "fit (the dataset's first batch)")
     ensure_compiled(self, x1)
     x, y = x1, y1
+  end
+  local split = o.validation_split
+  -- Keras: 0 or none means no split, else a number in (0, 1) (NaN and -0.5
+  -- trained without validation, silently; a string failed in a comparison)
+  if split ~= nil and split ~= 0 and not (type(split) == "number" and split > 0 and split < 1) then
+    error(string.format("bad argument 'validation_split' to 'fit' (a number in (0, 1) expected, got %s)",
+      tostring(split)), 2)
+  end
+  if o.validation_data ~= nil and not dataset.is(o.validation_data) and
+     (type(o.validation_data) ~= "table" or getmetatable(o.validation_data) ~= nil or o.validation_data[1] == nil) then
+    error("bad argument 'validation_data' to 'fit' ({x, y} or {x, y, sample_weight}, or a dataset, expected, got " ..
+      (C.is_tensor(o.validation_data) and "a tensor" or type(o.validation_data)) .. ")", 2)
   end
   x = preprocess(self, x, "fit")
   if o.validation_data and not dataset.is(o.validation_data) then
@@ -871,9 +892,9 @@ fit_impl = function(self, x, y, o)
   elseif o.validation_data then
     xv, yv = check_xy(self, o.validation_data[1], o.validation_data[2], "fit (validation_data)")
     wv = sample_weights(self, yv, nsamples(xv[1]), o.validation_data[3], nil, "fit (validation_data)")
-  elseif o.validation_split and o.validation_split > 0 then
+  elseif split and split > 0 then
     -- Keras's split: the first floor(n (1 - split)) rows train
-    local nv = n - math.floor(n * (1 - o.validation_split))
+    local nv = n - math.floor(n * (1 - split))
     if nv < 1 or nv >= n then error("fit: validation_split leaves no training or no validation samples", 2) end
     xv, yv = split_rows(xs, n - nv + 1, nv), split_rows(ys, n - nv + 1, nv)
     xs, ys = split_rows(xs, 1, n - nv), split_rows(ys, 1, n - nv)
@@ -1556,10 +1577,13 @@ function M.load_model(path)
   if names then model.class_names = C.json_decode(names, "the class names") end
   local pre = C.model_meta(h, "preprocessor")
   if pre then model.preprocessor = text.from_config(C.json_decode(pre, "the text preprocessor")) end
+  -- the RNG's seed and position when saved: fit{initial_epoch = model.epoch}
+  -- takes them up (training resumes exactly); loading alone leaves nn.seed's
+  -- stream as the user set it (it replaced it: two seeds, the same dropout)
   local seed = C.model_meta(h, "rng_seed")
   if seed then
-    C.seed(math.tointeger(tonumber(seed)) or 0)
-    C.rng_take(math.tointeger(tonumber(C.model_meta(h, "rng_counter"))) or 0)
+    model.rng_state = { seed = math.tointeger(tonumber(seed)) or 0,
+      counter = math.tointeger(tonumber(C.model_meta(h, "rng_counter"))) or 0 }
   end
   return model
 end

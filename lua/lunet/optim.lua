@@ -646,7 +646,7 @@ local function gather_rank_rng()
   return C.json_encode(all)
 end
 
--- After load_model (which set rank 0's RNG state everywhere): this rank's
+-- After rank 0's RNG state is set everywhere from the backup: this rank's
 -- own, when the backup has one per rank of this job; with another number
 -- of ranks, rank 0's seed plus the rank (streams apart, as init keys them).
 local function restore_rank_rng(back)
@@ -689,7 +689,9 @@ function M.callbacks.BackupAndRestore(o)
     local f = io.open(file, "rb")
     if not f then return end
     f:close()
-    local back = require("lunet.model").load_model(file) -- restores the RNG's seed and position too
+    local back = require("lunet.model").load_model(file)
+    C.seed(back.rng_state.seed) -- the RNG's seed and position at the backup too
+    C.rng_take(back.rng_state.counter)
     model:set_weights(back:get_weights())
     if back.optimizer and model.optimizer then
       local n = #model.params

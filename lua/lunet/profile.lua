@@ -33,7 +33,9 @@ local function by_name(events, keep)
 end
 
 -- Each op's innermost enclosing layer pass (by time: a layer's pass spans
--- the ops it ran), so that layers get their flops; returns the time inside
+-- the ops it ran), so that layers get their flops, and each pass the time
+-- of the passes nested in it (a sub-model's layers, the layers a Lambda
+-- calls), so that layers get their own time; returns the time inside
 -- top-level layer passes.
 local function attribute(events)
   local sorted = {}
@@ -49,7 +51,7 @@ local function attribute(events)
     if e.kind == "op" then
       if top then top.inner_flops = (top.inner_flops or 0) + e.flops end
     else
-      if not top then inside = inside + e.dur end
+      if not top then inside = inside + e.dur else top.nested_us = (top.nested_us or 0) + e.dur end
       stack[#stack + 1] = e
     end
   end
@@ -66,9 +68,12 @@ local function layer_rows(events)
         index[e.name] = r
         rows[#rows + 1] = r
       end
-      if e.kind == "forward" then r.fcalls, r.fus = r.fcalls + 1, r.fus + e.dur
-      elseif e.kind == "backward" then r.bcalls, r.bus = r.bcalls + 1, r.bus + e.dur
-      else r.bus = r.bus + e.dur end -- its activation's gradient: part of its backward, not a pass of its own
+      -- its own time: a nested layer's passes count on that layer's row (they
+      -- counted on both, and the shares added up to more than the run)
+      local own = e.dur - (e.nested_us or 0)
+      if e.kind == "forward" then r.fcalls, r.fus = r.fcalls + 1, r.fus + own
+      elseif e.kind == "backward" then r.bcalls, r.bus = r.bcalls + 1, r.bus + own
+      else r.bus = r.bus + own end -- its activation's gradient: part of its backward, not a pass of its own
       r.flops = r.flops + (e.inner_flops or 0)
     end
   end

@@ -147,7 +147,9 @@ end
 
 -- The dataset options for load_data from the parsed command line.
 function M.data_options(o)
-  local d = { limit = o.limit, verbose = true }
+  local d = { limit = o.limit, verbose = true,
+    advice = "Options: --data <a mirror URL or a local copy>, --sha256 <the checksum of the file at --data>; " ..
+      "LUNET_DATA_DIR=<the cache folder>" }
   if o.data then
     if o.data:match("^%a[%w+.-]*://") then d.url = o.data else d.path = o.data end
   end

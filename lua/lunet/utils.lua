@@ -214,7 +214,11 @@ end
 local function column(self, name, what)
   local v = self.data[name]
   if v == nil then
-    error(string.format("%s: no column '%s' (columns: %s)", what, tostring(name), table.concat(self.columns, ", ")), 3)
+    -- a number for a column named by a number (header = false names them "1", "2", ...)
+    local hint = type(name) == "number" and self.data[tostring(math.tointeger(name) or name)] ~= nil
+      and string.format("; names are strings: '%s'", tostring(math.tointeger(name) or name)) or ""
+    error(string.format("%s: no column %s (columns: %s%s)", what, type(name) == "string" and "'" .. name .. "'"
+      or tostring(name), table.concat(self.columns, ", "), hint), 3)
   end
   return v
 end
@@ -251,8 +255,10 @@ function Table:encode(name)
   local vals = self.exact and self.exact[name] or (C.is_tensor(v) and v:totable() or v)
   local seen, classes = {}, {}
   for i, x in ipairs(vals) do
-    if x ~= x then
-      error(string.format("encode: column '%s' is empty (NaN) at row %d; fill or drop such rows first", name, i), 2)
+    -- a text column's "" or "NA" too (it became a class, and shifted every id after it)
+    if x ~= x or (type(x) == "string" and C.csv_missing(x)) then
+      error(string.format("encode: column '%s' is empty (%s) at row %d; fill or drop such rows first", name,
+        x ~= x and "NaN" or "'" .. x .. "', a missing value", i), 2)
     end
     if not seen[x] then seen[x] = true classes[#classes + 1] = x end
   end
@@ -447,7 +453,7 @@ function M.image_dataset_from_directory(dir, o)
   end
   local shuffle = o.shuffle ~= false
   local split, subset = o.validation_split, o.subset
-  if split ~= nil and (type(split) ~= "number" or split <= 0 or split >= 1) then
+  if split ~= nil and (type(split) ~= "number" or not (split > 0 and split < 1)) then -- NaN too (it gave 0 files)
     bad("validation_split must be a number in (0, 1)")
   end
   if (split == nil) ~= (subset == nil) then bad("validation_split and subset go together") end
@@ -472,10 +478,17 @@ function M.image_dataset_from_directory(dir, o)
       if e.dir and e.name:sub(1, 1) ~= "." then class_names[#class_names + 1] = e.name end
     end
     if o.class_names then
-      local have = {}
+      if type(o.class_names) ~= "table" or #o.class_names == 0 then
+        bad("class_names must be a list of folder names, got " .. tostring(o.class_names))
+      end
+      local have, named = {}, {}
       for _, c in ipairs(class_names) do have[c] = true end
       for _, c in ipairs(o.class_names) do
+        if type(c) ~= "string" then bad("class_names must be a list of folder names, got " .. tostring(c)) end
         if not have[c] then bad(string.format("class_names names '%s', which is not a folder of %s", c, dir)) end
+        -- twice: each of its files loaded twice, under two labels
+        if named[c] then bad(string.format("class_names names '%s' twice", c)) end
+        named[c] = true
       end
       class_names = o.class_names
     end
@@ -486,6 +499,7 @@ function M.image_dataset_from_directory(dir, o)
       end
     end
   else
+    if o.class_names ~= nil then bad("class_names goes with labels = 'inferred' (the labels given are the ids)") end
     image_files(dir, files, skipped, o.follow_links)
     if type(labels) == "table" then
       if #labels ~= #files then

@@ -193,6 +193,10 @@ for _, case in ipairs {
   expect_error(function() ds.cifar10.load_data(case[1]) end, { "bad argument #1 to 'cifar10.load_data' (" .. case[2] },
                "cifar sha256 " .. case[1].sha256)
 end
+-- a misspelt option is an error (limt = 100 loaded every sample)
+expect_error(function() ds.mnist.load_data { url = base .. "/ok/m6", dir = work .. "/cache6", limt = 100 } end,
+             { "bad argument #1 to 'mnist.load_data' (unknown option 'limt'; valid: advice, backoff, dir, limit," },
+             "misspelt option")
 expect_error(function()
   ds.mnist.load_data { url = base .. "/ok/m6", dir = work .. "/cache6", sha256 = { ["train-images.gz"] = zeros } }
 end, { "sha256 names 'train-images.gz', which is not a file of mnist (train-images-idx3-ubyte.gz, " }, "mnist name")

@@ -66,6 +66,16 @@ function M.tmpdir()
   return d
 end
 
+-- The output (stdout and stderr) of this lunet running a chunk of Lua,
+-- with environment assignments before it ("LUNET_THREADS=2"); the code
+-- goes in single quotes.
+function M.lunet(env, code)
+  local p = io.popen(string.format("%s %s -e '%s' 2>&1", env, arg[-1], code))
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
 function M.run(tests)
   local names, only = {}, os.getenv("CHECK_ONLY") -- CHECK_ONLY=name runs that test alone (by hand)
   for name in pairs(tests) do

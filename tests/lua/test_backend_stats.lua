@@ -196,19 +196,16 @@ function T.threads_and_devices()
     check.eq((x + x):to("cpu"):sum():item(), 4, "vulkan still works")
     nn.use("cpu")
   end
-  local function run(env)
-    local p = io.popen(string.format("%s %s -e 'local nn = require \"lunet\"; print(nn.ones(2):sum():item())' 2>&1",
-      env, arg[-1]))
-    local out = p:read("a")
-    p:close()
-    return out
-  end
+  local function run(env) return check.lunet(env, 'print(require("lunet").ones(2):sum():item())') end
   for _, bad in ipairs{ "abc", "0x4", "0", "4096", "-2", "3 " } do
     local out = run("LUNET_THREADS='" .. bad .. "'")
     assert(out:find("LUNET_THREADS=" .. bad .. ": expected a whole number from 1 to 1024", 1, true), bad .. ": " .. out)
   end
   local out = run("LUNET_THREADS=2")
   assert(out:find("^2"), out)
+  -- a backend named in the environment says so (the name was never typed into the program)
+  out = run("LUNET_BACKEND=vulcan")
+  assert(out:find("LUNET_BACKEND=vulcan: no backend named 'vulcan'", 1, true), out)
 end
 
 check.run(T)

@@ -106,6 +106,17 @@ function T.csv_reads_as_pandas_does()
   check.fails(function() U.read_csv(file("nanc.csv", "c,d\n1,a\n,b\n2,c\n")):encode("c") end, "empty (NaN) at row 2")
   check.fails(function() U.csv_dataset(file("nanl.csv", "x,label\n1,0\n2,\n3,1\n"), {label = "label"}) end,
     "the label 'label' is empty (NaN) at row 2")
+  -- a text label that is empty or a missing-value word is no class (it became
+  -- class 0 and moved "cat" and "dog" to 2 and 3)
+  check.fails(function() U.csv_dataset(file("nant.csv", "f,kind\n1,cat\n2,\n3,dog\n4,NA\n"), {label = "kind"}) end,
+    "column 'kind' is empty ('', a missing value) at row 2")
+  check.fails(function() U.read_csv(file("nant2.csv", "f,kind\n1,cat\n2,dog\n3,n/a\n")):encode("kind") end,
+    "column 'kind' is empty ('n/a', a missing value) at row 3")
+  check.fails(function() U.csv_dataset(file("nh.csv", "1,2,0\n3,4,1\n"), {header = false, label = 3}) end,
+    "no column 3 (columns: 1, 2, 3; names are strings: '3')")
+  local ids2, classes2 = U.read_csv(file("nant3.csv", "f,kind\n1,cat\n2,NAB\n3,dog\n")):encode("kind")
+  check.same_table(classes2, {"NAB", "cat", "dog"}, 0, "a word that is not a missing value is a class")
+  check.same_table(ids2:totable(), {1, 0, 2}, 0, "and its ids")
 end
 
 check.run(T)

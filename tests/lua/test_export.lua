@@ -98,13 +98,21 @@ function T.errors()
   check.fails(function() nn.export.onnx(m, dir .. "/o.onnx", {opst = 17}) end, "unknown option 'opst'")
   check.fails(function() nn.export.onnx(m) end, "a file path expected")
   check.fails(function() nn.export.onnx({}, dir .. "/o.onnx") end, "a model expected")
-  check.fails(function() nn.export.onnx(m, dir .. "/no/such/dir/o.onnx") end, "cannot write")
+  -- the message is the exporter's, not a Lua source line's
+  check.fails(function() nn.export.onnx(m, dir .. "/no/such/dir/o.onnx") end, "nn.export.onnx: cannot write")
+  local ok, err = pcall(nn.export.onnx, m, dir .. "/no/such/dir/o.onnx")
+  assert(not ok and not tostring(err):find("%.lua:%d+:"), tostring(err))
   check.eq(slurp(dir .. "/no/such/dir/o.onnx.part"), nil, "no temporary file")
 
   -- a layer type the exporter does not know (a plugin's own) is named
   rawset(m.layers[1], "type", "MyPluginLayer")
   check.fails(function() nn.export.onnx(m, dir .. "/p.onnx") end,
     "layer d: layer type 'MyPluginLayer' has no ONNX translation")
+
+  -- a Normalization never adapted: lunet refuses to predict; the graph passed the data through
+  local raw = nn.Input{shape = {3}}
+  local un = nn.Model{inputs = raw, outputs = nn.Dense{2}(nn.Normalization{name = "norm"}(raw))}
+  check.fails(function() nn.export.onnx(un, dir .. "/n.onnx") end, "layer norm: Normalization is not adapted")
 
   local junk = dir .. "/junk.onnx"
   local f = assert(io.open(junk, "wb"))
@@ -130,6 +138,22 @@ function T.class_names()
   bin.class_names = {"no", "yes"} -- one sigmoid unit: two classes
   bin:save(dir .. "/bin.lunet")
   check.same_table(nn.load_model(dir .. "/bin.lunet").class_names, {"no", "yes"}, nil, "binary class names")
+end
+
+-- A text preprocessor is not in the graph: said on stderr, and kept in the
+-- metadata (it was dropped without a word)
+function T.text_preprocessor_in_the_metadata()
+  local dir = check.tmpdir()
+  local tv = nn.text.TextVectorization{max_tokens = 20, output_sequence_length = 5}
+  tv:adapt({"the cat ran", "the dog sat"})
+  local m = nn.Sequential{nn.Embedding{20, 4, input_shape = {5}}, nn.GlobalAveragePooling1D{}, nn.Dense{2}}
+  m:set_preprocessor(tv)
+  nn.export.onnx(m, dir .. "/t.onnx")
+  local meta = nn.export.read_onnx(dir .. "/t.onnx").metadata
+  local cfg = nn._C.json_decode(meta.lunet_preprocessor, "the preprocessor")
+  check.eq(cfg.kind, "TextVectorization", "its kind")
+  check.eq(cfg.vocabulary[1], "the", "its vocabulary, the likeliest first")
+  check.eq(#cfg.vocabulary, 5, "its 5 words")
 end
 
 function T.unbuilt_model_needs_a_shape()

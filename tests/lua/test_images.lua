@@ -161,6 +161,10 @@ function T.hostile_files_are_errors_naming_the_file()
   -- over the pixel limit (1e6 here): refused from the header, before decoding
   U.save_img(tmp .. "/big.png", nn.zeros(1001, 1000, 1))
   check.fails(function() U.load_img(tmp .. "/big.png") end, "1000 x 1001 pixels is over the limit of 1000000")
+  -- a limit that is not a whole number is an error (it was ignored: "1e3" let in 134 million pixels)
+  local out = check.lunet("LUNET_IMAGE_MAX_PIXELS=1e3", string.format('require("lunet").utils.load_img("%s")',
+    tmp .. "/ok.png"))
+  assert(out:find("ok.png: LUNET_IMAGE_MAX_PIXELS=1e3 is not a whole number of pixels", 1, true), out)
   check.fails(function() U.save_img(tmp .. "/x.gif", pixels(2, 2, 3)) end, "name the file .png, .jpg or .jpeg")
 end
 
@@ -284,6 +288,38 @@ function T.from_tensor_slices_trains_as_tensors()
   end
   check.same_table(train(nn.data.from_tensor_slices(x, y, {batch_size = 6})), train(), 0, "the same updates")
   check.fails(function() nn.data.from_tensor_slices(x, nn.zeros(3, 2)) end, "x and y have different numbers of rows")
+  -- a misspelt option did not shuffle; a list of numbers as y crashed
+  check.fails(function() nn.data.from_tensor_slices(x, y, {shufle = true}) end, "unknown option 'shufle'")
+  check.fails(function() nn.data.from_tensor_slices(x, {0, 1, 2}) end, "y must be a tensor or a list of tensors")
+  check.fails(function() nn.data.new{n = 4, shuffle = "no", load = function() end} end, "shuffle must be true or false")
+end
+
+-- A loader returning more or fewer rows than the indices it was given is
+-- an error (predict gave 9 rows for 5 samples, beside the wrong ones).
+function T.loaders_return_one_row_per_index()
+  nn.seed(3)
+  local m = nn.Sequential{nn.Dense{1, input_shape = {1}}}
+  m:compile{optimizer = "sgd", loss = "mse"}
+  local more = nn.data.new{n = 5, batch_size = 2, load = function()
+    return nn.tensor({{1}, {2}, {3}}), nn.tensor({{1}, {2}, {3}}) end}
+  check.fails(function() m:predict(more) end, "load returned 3 rows of x for the 2 indices it was given")
+  check.fails(function() m:evaluate(more) end, "load returned 3 rows of x")
+  check.fails(function() m:fit(more, nil, {verbose = 0}) end, "load returned 3 rows of x")
+  local fewer_y = nn.data.new{n = 4, batch_size = 2, load = function(idx)
+    local rows = {}
+    for i, v in ipairs(idx) do rows[i] = {v} end
+    return nn.tensor(rows), nn.tensor({{0}})
+  end}
+  check.fails(function() m:fit(fewer_y, nil, {verbose = 0}) end, "load returned 1 rows of y for the 2 indices")
+  local w = nn.data.new{n = 2, batch_size = 2, load = function() return nn.ones(2, 1), nn.ones(2, 1), {1, 1, 1} end}
+  check.fails(function() m:fit(w, nil, {verbose = 0}) end, "load returned 3 rows of sample_weight")
+  -- and one that keeps to it predicts a row per sample
+  local right = nn.data.new{n = 5, batch_size = 2, load = function(idx)
+    local rows = {}
+    for i, v in ipairs(idx) do rows[i] = {v} end
+    return nn.tensor(rows), nn.tensor(rows)
+  end}
+  check.eq(m:predict(right):shape()[1], 5, "five predictions")
 end
 
 function T.bad_options_say_what_is_wrong()
@@ -293,6 +329,14 @@ function T.bad_options_say_what_is_wrong()
   check.fails(function() f(dir, {imagesize = {4, 4}}) end, "unknown option 'imagesize'")
   check.fails(function() f(dir, {color_mode = "cmyk"}) end, "color_mode must be rgb, grayscale or rgba")
   check.fails(function() f(dir, {class_names = {"x", "z"}, verbose = false}) end, "names 'z', which is not a folder")
+  -- a repeated name loaded each of its files twice, under two labels
+  check.fails(function() f(dir, {class_names = {"x", "x"}, verbose = false}) end, "class_names names 'x' twice")
+  check.fails(function() f(dir, {class_names = "x", verbose = false}) end, "class_names must be a list of folder names")
+  check.fails(function() f(dir, {labels = {0, 1, 0, 1}, class_names = {"x", "y"}, verbose = false}) end,
+    "class_names goes with labels = 'inferred'")
+  -- NaN passed the range check and gave an empty subset
+  check.fails(function() f(dir, {validation_split = 0 / 0, subset = "training", seed = 1, verbose = false}) end,
+    "validation_split must be a number in (0, 1)")
   check.fails(function() f(tmp .. "/nowhere") end, "No such file or directory")
   check.fails(function() f(dir, {label_mode = "binary", class_names = {"x"}, verbose = false}) end,
     "label_mode 'binary' needs 2 classes")

@@ -84,6 +84,17 @@ function T.save_and_load_resume_exactly()
   check.near(m2:evaluate(x, y).loss, before.loss, 1e-6, "loaded model's loss")
   local h2 = m2:fit(x, y, {epochs = 3, initial_epoch = m2.epoch, batch_size = 16, verbose = 0})
   check.near(h2.loss[1], h1.loss[1], 1e-6, "resumed training loss")
+  -- loading alone leaves the user's seed (it replaced it: nn.seed(7) and
+  -- nn.seed(8) then drew the same numbers)
+  nn.seed(7)
+  nn.load_model(path)
+  local after7 = nn.rand(3):totable()
+  nn.seed(8)
+  nn.load_model(path)
+  local after8 = nn.rand(3):totable()
+  nn.seed(8)
+  check.same_table(after8, nn.rand(3):totable(), 0, "seed 8's stream, loaded or not")
+  assert(after7[1] ~= after8[1], "two seeds, two streams")
   -- a truncated checkpoint and one from another model are refused
   local f = io.open(path, "rb")
   local bytes = f:read("a")
@@ -106,6 +117,14 @@ function T.save_and_load_resume_exactly()
   end
   local other = nn.Sequential{nn.Dense{2, input_shape = {5}}}
   check.fails(function() other:load_weights(path) end, "belongs to another model: 'layers.0.kernel' has shape (3, 3, 1, 4), this model expects (5, 2)")
+  -- a weights file and a file of another kind say what they are (they said
+  -- "no lunet model config" and "truncated?")
+  other:save_weights(cut)
+  check.fails(function() nn.load_model(cut) end, "a weights file (model:save_weights): it holds no model")
+  f = io.open(cut, "wb")
+  f:write("\137PNG\r\n\26\n\0\0\0\rIHDR\0\0\0\1")
+  f:close()
+  check.fails(function() nn.load_model(cut) end, "not a safetensors file")
   os.remove(path)
   os.remove(cut)
 end
@@ -1069,6 +1088,14 @@ function T.bad_input_errors()
   check.fails(function() m:fit(nn.ones(4, 5), nn.zeros(4), {verbose = 0}) end,
     m.name .. ": expected input of shape (None, 4), got (4, 5)")
   check.fails(function() m:fit(nn.ones(4, 4), nn.zeros(4), {epoch = 2}) end, "unknown option; valid:")
+  -- NaN and -0.5 trained without validation, silently; a string failed in a comparison
+  for _, bad in ipairs{0 / 0, -0.5, 1, "0.5"} do
+    check.fails(function() m:fit(nn.ones(4, 4), nn.zeros(4), {validation_split = bad, verbose = 0}) end,
+      "bad argument 'validation_split' to 'fit' (a number in (0, 1) expected, got " .. tostring(bad))
+  end
+  check.eq(m:fit(nn.ones(4, 4), nn.zeros(4), {validation_split = 0, verbose = 0}).val_loss, nil, "0: no split")
+  check.fails(function() m:fit(nn.ones(4, 4), nn.zeros(4), {validation_data = nn.ones(2, 4), verbose = 0}) end,
+    "bad argument 'validation_data' to 'fit' ({x, y} or {x, y, sample_weight}, or a dataset, expected, got a tensor)")
   check.fails(function() m:evaluate(nn.ones(4, 4), nn.zeros(4), {batchsize = 2}) end,
     "bad argument 'batchsize' to 'evaluate' (unknown option; valid: batch_size, return_dict, sample_weight, verbose)")
   check.fails(function() m:predict(nn.ones(4, 4), {batchsize = 2}) end,

@@ -201,4 +201,31 @@ function T.errors()
     "cannot write the trace")
 end
 
+-- A layer a Lambda calls: its passes count on its own row and not again on
+-- the Lambda's (whose pass spans them), so the rows and (outside layers)
+-- add up to the run and no more.
+function T.nested_passes_count_once()
+  nn.seed(6)
+  local big = nn.Dense{256, activation = "relu", name = "big"}
+  local inner = nn.Lambda(function(t) return big(t) end, {name = "inner"})
+  local x = nn.Input{shape = {256}}
+  local m = nn.Model{inputs = x, outputs = nn.Dense{2, name = "head"}(inner(x))}
+  m:compile{optimizer = "sgd", loss = "mse"}
+  local xs, ys = nn.randn(256, 256), nn.randn(256, 2)
+  local report = nn.profile(function() m:fit(xs, ys, {epochs = 1, batch_size = 64, verbose = 0}) end,
+    {print = false})
+  local sum = report.outside_share
+  for _, r in ipairs(report.layers) do sum = sum + r.share end
+  check.eq(sum <= 1 + 1e-6, true, string.format("the shares add up to %.3f of the run", sum))
+  local b, i = layer(report, "big"), layer(report, "inner")
+  check.eq(b.fcalls, 4, "big's forward passes")
+  -- the product is big's; the sub-model's own time is what it adds around it
+  check.eq(i.fus < b.fus, true, string.format("inner's own forward %.0f us, big's %.0f us", i.fus, b.fus))
+  local spans = 0
+  for _, e in ipairs(report.events) do
+    if e.kind == "forward" and e.name == "inner" then spans = spans + e.dur end
+  end
+  check.eq(math.abs(i.fus + b.fus - spans) <= 1, true, "inner's span is its own time and big's")
+end
+
 check.run(T)

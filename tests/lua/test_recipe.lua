@@ -122,4 +122,18 @@ function T.recipes_fail_before_training()
   assert(out:find("--data PATH|URL", 1, true) and out:find("--no-augment", 1, true) and out:find("--report", 1, true), out)
 end
 
+-- A failed download names the recipe's flags (it named load_data's table
+-- fields url, path and sha256, which a recipe's user cannot pass).
+function T.download_errors_name_the_flags()
+  local nn = require "lunet"
+  local d = recipe.data_options({ data = "http://127.0.0.1:1/cifar-10-binary.tar.gz" })
+  d.retries, d.verbose, d.dir = 0, false, check.tmpdir()
+  local ok, err = pcall(nn.datasets.cifar10.load_data, d)
+  assert(not ok, "no server listens on port 1")
+  err = tostring(err)
+  assert(err:find("cannot download cifar-10-binary.tar.gz", 1, true), err)
+  assert(err:find("Options: --data <a mirror URL or a local copy>, --sha256", 1, true), err)
+  assert(not err:find("url = ", 1, true), err)
+end
+
 check.run(T)

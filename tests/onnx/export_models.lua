@@ -164,7 +164,10 @@ case("rnn", function()
   local init = nn.Dense{ 2 }(r)
   local g2 = nn.GRU{ 2 }(g, { initial_state = { init } })
   local bi = nn.Bidirectional(nn.LSTM{ 3 })(x)
-  local y = nn.Concatenate{}{ r, o, hs, cs, g2, bi }
+  -- linear activations (ONNX's Affine with alpha 1, beta 0)
+  local lin = nn.Concatenate{}{ nn.SimpleRNN{ 2, activation = "linear" }(x), nn.LSTM{ 2, activation = "linear" }(x),
+    nn.GRU{ 2, activation = "linear", recurrent_activation = "sigmoid" }(x) }
+  local y = nn.Concatenate{}{ r, o, hs, cs, g2, bi, lin }
   return nn.Model{ inputs = x, outputs = y }, { normal(7, 3) }
 end)
 

@@ -24,6 +24,28 @@ if mode == "make" then
   f = assert(io.open(dir .. "/labels", "w"))
   f:write(table.concat(names, ","))
   f:close()
+  -- a binary classifier: one sigmoid unit, two class names (P(dog) = p)
+  local b = nn.Sequential{nn.Rescaling{1 / 255, input_shape = {20, 24, 3}}, nn.Flatten(),
+    nn.Dense{1, activation = "sigmoid"}}
+  b:build()
+  b.class_names = {"cat", "dog"}
+  b:save(dir .. "/binary.lunet")
+  return
+end
+if mode == "binary" then -- DIR/binary.txt: classify's answers for the binary model
+  local m = nn.load_model(dir .. "/binary.lunet")
+  local n = 0
+  for line in io.lines(dir .. "/binary.txt") do
+    local file, a, pa, b, pb = line:match("^(.-): (%S+) (%S+) (%S+) (%S+)$")
+    if not file then error("classify's line for the binary model: " .. line) end
+    local p = m:predict(nn.utils.load_img(file):reshape(1, 20, 24, 3)):item()
+    local want = p > 0.5 and {"dog", p, "cat", 1 - p} or {"cat", 1 - p, "dog", p}
+    if a ~= want[1] or b ~= want[3] or math.abs(tonumber(pa) - want[2]) > 1e-4 or math.abs(tonumber(pb) - want[4]) > 1e-4 then
+      error(string.format("%s: classify says %s %s %s %s, lunet %s %.4f %s %.4f", file, a, pa, b, pb, table.unpack(want)))
+    end
+    n = n + 1
+  end
+  if n ~= 12 then error(n .. " files classified by the binary model, expected 12") end
   return
 end
 local m = nn.load_model(dir .. "/model.lunet")

@@ -21,6 +21,9 @@ cc -std=gnu11 -O2 -Wall -Wextra -Werror "$src/examples/classify.c" $(pkg-config 
 "$work/classify" "$work/model.lunet" --labels "$(cat "$work/labels")" --threads 4 $(cat "$work/files") > "$work/four.txt"
 cmp "$work/one.txt" "$work/four.txt" || { echo "4 threads on one model gave other answers than 1"; exit 1; }
 "$lunet" "$src/tests/recipes/classify_check.lua" check "$work"
+# one sigmoid unit: two classes, {1 - p, p} (it refused the two names)
+"$work/classify" "$work/binary.lunet" $(cat "$work/files") > "$work/binary.txt"
+"$lunet" "$src/tests/recipes/classify_check.lua" binary "$work"
 head -n 3 "$work/one.txt"
 
 # the minimal build: exactly these libraries, and the same answers (the

@@ -51,4 +51,7 @@ local over = nn.Sequential{nn.Dense{1, use_bias = false, input_shape = {1}}, nn.
 over:build()
 over:set_weights{nn.tensor{{1e30}}, nn.tensor{{1, -1, 0}}} -- 1e30: inf, -inf, inf * 0
 over:save(out .. "/overflow.lunet")
+-- a Normalization never adapted: lunet serve refuses it at load
+local raw = nn.Input{shape = {3}}
+nn.Model{inputs = raw, outputs = nn.Dense{2}(nn.Normalization{}(raw))}:save(out .. "/unadapted.lunet")
 print("model: ok")

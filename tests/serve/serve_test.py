@@ -96,6 +96,8 @@ cases = [
     ("GET", "/v2/elsewhere", None, 404, "no such path: /v2/elsewhere"),
     ("GET", "/v1/models/cnn:predict", None, 405, "use POST"),
     ("POST", "/v1/models/cnn:predict", b"[" + b"0," * 40000 + b"0]", 413, "over 65536 bytes"),
+    # bytes that are not UTF-8 are written \xNN in the error (they made it invalid JSON)
+    ("POST", "/v1/models/cnn:predict", b"\xff\xfe{", 400, "near '\\xff\\xfe{'"),
 ]
 for method, path, data, want, text in cases:
     status, body = req(method, path, data)
@@ -231,7 +233,10 @@ assert code == 0, "exit status %d after SIGTERM: %s" % (code, server.stderr.read
 # refused); a name a URL cannot reach is refused; a body declared over the
 # limit is refused before it is sent (no 100 Continue)
 for extra, text in ((["--model", "cnn=" + served, "--backend", "nosuch"], "nosuch"),
-                    (["--model", "a:b=" + served], "may not hold ':'")):
+                    (["--model", "a:b=" + served], "may not hold ':'"),
+                    # a Normalization never adapted: refused at load (every request was a 400)
+                    (["--model", "raw=" + os.path.join(work, "unadapted.lunet")],
+                     "the model cannot predict (tried on one sample of zeros)")):
     p = subprocess.run([lunet, "serve", "--port", "0", *extra], capture_output=True, text=True, timeout=30)
     assert p.returncode == 1 and text in p.stderr, (extra, p.returncode, p.stderr)
 token, token_base = start(model="emb=" + os.path.join(work, "emb.lunet"))

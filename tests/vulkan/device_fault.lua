@@ -63,6 +63,11 @@ for i, w in ipairs(model:get_weights()) do
   end
   same(got, exp)
 end
+-- a new tensor on the lost device names the loss (it said "out of memory ... use a smaller batch size")
+if arg[2] == "lost" then
+  local ok2, e2 = pcall(function() return nn.ones(4):to("vulkan") end)
+  assert(not ok2 and tostring(e2):find("the Vulkan device was lost", 1, true), "a new vulkan tensor: " .. tostring(e2))
+end
 -- and it trains on the CPU from there
 nn.use("cpu")
 local p = model:predict(x_cpu)

@@ -235,4 +235,30 @@ function T.devices_are_listed()
   check.eq(in_use, 1, "devices in use")
 end
 
+-- A LUNET_VULKAN_* switch with a value it does not take makes the backend
+-- unavailable, saying which (a typo was read as the default or as 0).
+function T.bad_switches_are_errors()
+  local function run(env)
+    return check.lunet(env, 'local nn = require "lunet"; print((nn.ones(2):to("vulkan") * 2):to("cpu"):sum():item())')
+  end
+  local cases = {
+    {"LUNET_VULKAN_FLUSH=eight", "LUNET_VULKAN_FLUSH=eight: expected a whole number of commands"},
+    {"LUNET_VULKAN_FLUSH=-1", "LUNET_VULKAN_FLUSH=-1: expected"},
+    {"LUNET_VULKAN_TILE=4", "LUNET_VULKAN_TILE=4: expected 8 or 16"},
+    {"LUNET_VULKAN_VALIDATION=yes", "LUNET_VULKAN_VALIDATION=yes: expected 0 or 1"},
+    {"LUNET_VULKAN_SUBGROUPS=off", "LUNET_VULKAN_SUBGROUPS=off: expected 0 or 1"},
+    {"LUNET_VULKAN_FAULT=submit:3:gone", "LUNET_VULKAN_FAULT=submit:3:gone: expected count or submit:N[:lost|oom]"},
+    {"LUNET_VULKAN_FAULT=submit:3x", "LUNET_VULKAN_FAULT=submit:3x: expected"},
+  }
+  for _, c in ipairs(cases) do
+    local out = run(c[1])
+    assert(out:find(c[2], 1, true), c[1] .. ": " .. out)
+  end
+  for _, good in ipairs{"LUNET_VULKAN_FLUSH=0", "LUNET_VULKAN_TILE=8", "LUNET_VULKAN_SUBGROUPS=0",
+                        "LUNET_VULKAN_FAULT=submit:100000:oom"} do
+    local out = run(good)
+    assert(out:find("^4") or out:find("\n4"), good .. ": " .. out)
+  end
+end
+
 check.run(T)
