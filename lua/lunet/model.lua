@@ -449,8 +449,36 @@ end
 
 -- x (or y) as a list of tensors, one per model input (output); errors
 -- at `level` (the user's call counted from here).
+-- A table keyed by the model's input or output names (Keras's dicts) as
+-- the list in the model's order; other values as they are.
+local function by_name(self, v, noun, what, level)
+  if type(v) ~= "table" or v[1] ~= nil or next(v) == nil then return v end
+  local syms = noun == "input" and self.inputs or self.outputs
+  if not syms then return v end
+  local pos, names = {}, {}
+  for i, sym in ipairs(syms) do
+    if pos[sym.name] then
+      error(string.format("%s: two %ss are named '%s': give a list in the model's order", what, noun, sym.name), level)
+    end
+    pos[sym.name], names[i] = i, sym.name
+  end
+  local list = {}
+  for k, t in pairs(v) do
+    if not pos[k] then
+      error(string.format("%s: no %s named '%s' (the model's %ss: %s)", what, noun, tostring(k), noun,
+        table.concat(names, ", ")), level)
+    end
+    list[pos[k]] = t
+  end
+  for i, name in ipairs(names) do
+    if list[i] == nil then error(string.format("%s: no tensor for the %s '%s'", what, noun, name), level) end
+  end
+  return list
+end
+
 local function tensors(self, v, n, argn, what, noun, level)
   level = level or 4
+  v = by_name(self, v, noun, what, level + 1)
   local list = C.is_tensor(v) and { v } or v
   if type(list) ~= "table" then
     error(string.format("bad argument #%d to '%s' (a tensor or a list of tensors expected, got %s)", argn, what, type(v)), level)
@@ -518,7 +546,14 @@ local function sample_weights(self, ys, n, sw, cw, what)
   if sw == nil and cw == nil then return nil end
   local w
   if sw ~= nil then
-    if type(sw) == "table" and not C.is_tensor(sw) then sw = C.tensor(sw) end
+    if type(sw) == "table" and not C.is_tensor(sw) then
+      if C.is_tensor(sw[1]) or (sw[1] == nil and next(sw) ~= nil) then -- Keras's per-output weights
+        error(string.format("%s: sample_weight is one weight per sample, for every output (a tensor or a list of " ..
+          "numbers); weights per output are not supported (weigh an output's loss with compile's loss_weights)",
+          what), 3)
+      end
+      sw = C.tensor(sw)
+    end
     if not C.is_tensor(sw) then error(string.format("%s: sample_weight must be a tensor or a list of numbers", what), 3) end
     if sw:numel() ~= n or (sw:dim() > 1 and sw:shape()[1] ~= n) then
       error(string.format("%s: sample_weight has %d values for %d samples: give one weight per sample", what,

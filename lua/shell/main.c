@@ -38,6 +38,7 @@ typedef struct options {
 
 static void print_usage(FILE *f) {
   fprintf(f, "usage: " PROGNAME " [options] [script [args]]\n"
+             "       " PROGNAME " serve --model NAME=PATH ...  (the HTTP server: " PROGNAME " serve --help)\n"
              "Available options are:\n"
              "  -e stat   execute string 'stat'\n"
              "  -i        enter interactive mode after executing 'script'\n"
@@ -46,7 +47,7 @@ static void print_usage(FILE *f) {
              "  -v        show version information\n"
              "  -E        ignore environment variables\n"
              "  -W        turn warnings on\n"
-             "  -h        show this help\n"
+             "  -h        show this help (also --help; --version is -v)\n"
              "  --        stop handling options\n"
              "  -         stop handling options and execute stdin\n"
              "With no arguments: the REPL on a terminal, else the program on stdin.\n"
@@ -174,6 +175,14 @@ static int collect_options(int argc, char **argv, options *o) {
     if (strcmp(a, "--") == 0) {
       i++;
       break;
+    }
+    if (strcmp(a, "--help") == 0) { /* GNU's long forms, as people type them */
+      print_usage(stdout);
+      exit(EXIT_SUCCESS);
+    }
+    if (strcmp(a, "--version") == 0) {
+      o->has_v = 1;
+      continue;
     }
     switch (a[1]) {
     case 'i':

@@ -126,6 +126,17 @@ function T.two_inputs_two_outputs_train_save_and_reload()
   check.fails(function() m:fit(xa, {ycls, yreg}, {verbose = 0}) end,
     "fit: the model has 2 inputs but 1 was given (give a list of 2 tensors)")
   check.fails(function() m:fit({xa, xb}, ycls, {verbose = 0}) end, "fit: the model has 2 targets but 1 was given")
+  -- Keras's dicts keyed by input and output names, in any order (they were
+  -- taken as no tensors at all)
+  local byname = m:predict({b = xb, a = xa})
+  check.same_table(byname[1]:totable(), p[1]:totable(), 0, "inputs by name")
+  check.near(m:evaluate({b = xb, a = xa}, {reg = yreg, cls = ycls}).loss, logs.loss, 1e-6, "targets by name")
+  check.fails(function() m:predict({a = xa, c = xb}) end, "predict: no input named 'c' (the model's inputs: a, b)")
+  check.fails(function() m:predict({a = xa}) end, "predict: no tensor for the input 'b'")
+  check.fails(function() m:fit({xa, xb}, {cls = ycls}, {verbose = 0}) end, "fit: no tensor for the target 'reg'")
+  -- weights per output are refused, saying so (a raw tensor error before)
+  check.fails(function() m:fit({xa, xb}, {ycls, yreg}, {verbose = 0, sample_weight = {nn.ones(n), nn.ones(n)}}) end,
+    "fit: sample_weight is one weight per sample, for every output")
 end
 
 function T.shared_layers_share_weights_and_count_once()

@@ -83,6 +83,13 @@ def case_version(exe, home):
                                              p.stdout), "-v prints both versions", p)
     p = run(exe, home, ["-h"])
     check(p.returncode == 0 and p.stdout.startswith("usage: lunet "), "-h", p)
+    # the long forms people type (--help was "unrecognized")
+    p = run(exe, home, ["--help"])
+    check(p.returncode == 0 and p.stdout.startswith("usage: lunet ") and "lunet serve" in p.stdout
+          and not p.stderr, "--help", p)
+    p = run(exe, home, ["--version"])
+    check(p.returncode == 0 and re.fullmatch(r"lunet \d+\.\d+\.\d+\S* \(Lua 5\.4\.\d+\)\n", p.stdout),
+          "--version", p)
     p = run(exe, home, ["-Z"])
     check(p.returncode == 1 and "unrecognized option '-Z'" in p.stderr, "a bad option", p)
 
