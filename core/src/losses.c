@@ -279,14 +279,18 @@ static lunet_tensor *regression(lunet_ctx *ctx, lunet_loss_kind kind, lunet_tens
 #undef elem
 #undef row
 
-/* Keras: logits: max(x,0) - x*z + log(1 + exp(-|x|)); else clipped logs. */
+/* Keras: logits: max(x,0) - x*z + log(1 + exp(-|x|)); else clipped logs.
+ * max(x, 0) is written (x + |x|) / 2: the same value, and with |x|'s
+ * gradient 0 at 0 the sum's gradient there is sigmoid(0) - z = 0.5 - z (as
+ * relu, whose gradient at 0 is 0, it was -z: a Dense started at zeros took
+ * a wrong first step). */
 static lunet_tensor *binary_xent(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *z,
                                  bool from_logits, const lunet_tensor *w) {
-  lunet_tensor *t[8] = {0}, *loss = NULL;
+  lunet_tensor *t[9] = {0}, *loss = NULL;
   if (from_logits) {
-    if ((t[0] = lunet_unary(ctx, LUNET_UNARY_RELU, x, 0, 0)) && (t[1] = lunet_mul(ctx, x, z)) &&
+    if ((t[3] = lunet_unary(ctx, LUNET_UNARY_ABS, x, 0, 0)) && (t[8] = lunet_add(ctx, x, t[3])) &&
+        (t[0] = lunet_unary(ctx, LUNET_UNARY_AFFINE, t[8], 0.5f, 0)) && (t[1] = lunet_mul(ctx, x, z)) &&
         (t[2] = lunet_sub(ctx, t[0], t[1])) &&
-        (t[3] = lunet_unary(ctx, LUNET_UNARY_ABS, x, 0, 0)) &&
         (t[4] = lunet_unary(ctx, LUNET_UNARY_AFFINE, t[3], -1, 0)) &&
         (t[5] = lunet_unary(ctx, LUNET_UNARY_EXP, t[4], 0, 0)) &&
         (t[6] = lunet_unary(ctx, LUNET_UNARY_AFFINE, t[5], 1, 1)) &&
@@ -304,7 +308,7 @@ static lunet_tensor *binary_xent(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *
         (t[7] = reduce_terms(ctx, t[6], true, w)))
       loss = lunet_unary(ctx, LUNET_UNARY_NEG, t[7], 0, 0);
   }
-  for (int i = 0; i < 8; i++) lunet_tensor_release(t[i]);
+  for (int i = 0; i < 9; i++) lunet_tensor_release(t[i]);
   return loss;
 }
 

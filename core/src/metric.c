@@ -439,7 +439,7 @@ static int r2_results(const lunet_metric *m, double *out, int n) {
   double sum = 0, tot_all = 0, weighted = 0;
   for (int c = 0; c < k; c++) {
     double tot = syy[c] - (m->count > 0 ? sy[c] * sy[c] / m->count : 0);
-    double r2 = tot > 0 ? 1 - res[c] / tot : 0; /* a constant target: Keras gives 0 */
+    double r2 = tot > 0 ? 1 - res[c] / tot : 0; /* a constant target: Keras gives 0 (NaN when res is 0 too) */
     if (m->cfg.average == LUNET_AVERAGE_NONE && c < n) out[c] = r2;
     sum += r2;
     /* Keras's variance weighting: sum(tot r2) / sum(tot), so a constant

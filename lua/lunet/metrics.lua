@@ -80,7 +80,9 @@ end
 -- num_classes =, digits = 2, print = true}]) -> { classes = {{name, precision,
 -- recall, f1, support}, ...}, accuracy, macro_avg, weighted_avg }, and the
 -- table printed.  A class never predicted has precision 0, one never
--- present recall 0 (scikit-learn's zero_division = 0).
+-- present recall 0 (scikit-learn's zero_division = 0).  Without
+-- num_classes or target_names the classes are those seen in y_true or
+-- y_pred, as scikit-learn's.
 function M.classification_report(y_true, y_pred, o)
   o = o or {}
   local cm, k, n = counts(y_true, y_pred, o, "classification_report")
@@ -88,11 +90,20 @@ function M.classification_report(y_true, y_pred, o)
   if o.target_names and #names ~= k then
     error(string.format("classification_report: %d target_names for %d classes", #names, k), 2)
   end
+  -- the classes reported: those in y_true or y_pred, as scikit-learn's
+  -- unique_labels (an id in neither diluted the macro average); all K when
+  -- num_classes or target_names says what they are
+  local listed = {}
+  for c = 1, k do
+    local seen = o.num_classes ~= nil or o.target_names ~= nil
+    for j = 1, k do seen = seen or cm[c][j] > 0 or cm[j][c] > 0 end
+    if seen then listed[#listed + 1] = c end
+  end
   local report = { classes = {}, accuracy = 0 }
   local macro = { precision = 0, recall = 0, f1 = 0, support = n }
   local weighted = { precision = 0, recall = 0, f1 = 0, support = n }
   local correct = 0
-  for c = 1, k do
+  for _, c in ipairs(listed) do
     local tp, predicted, support = cm[c][c], 0, 0
     for j = 1, k do
       predicted = predicted + cm[j][c]
@@ -102,10 +113,10 @@ function M.classification_report(y_true, y_pred, o)
     local precision = predicted > 0 and tp / predicted or 0
     local recall = support > 0 and tp / support or 0
     local f1 = precision + recall > 0 and 2 * precision * recall / (precision + recall) or 0
-    report.classes[c] = { name = names[c] or tostring(c - 1), precision = precision, recall = recall, f1 = f1,
-      support = support }
+    report.classes[#report.classes + 1] = { name = names[c] or tostring(c - 1), precision = precision,
+      recall = recall, f1 = f1, support = support }
     for key, v in pairs({ precision = precision, recall = recall, f1 = f1 }) do
-      macro[key] = macro[key] + v / k
+      macro[key] = macro[key] + v / #listed
       weighted[key] = weighted[key] + (n > 0 and v * support / n or 0)
     end
   end

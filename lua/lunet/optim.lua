@@ -146,6 +146,11 @@ end
 -- Hands the hyperparameters to the core optimizer (fit does it once, then
 -- sets the learning rate before each update).
 function Optimizer:sync()
+  -- set on the object after construction (which refuses it): its kernels
+  -- have no decay, and it was ignored where Keras's RMSprop decays
+  if self.kind == "rmsprop" and (self.weight_decay or 0) ~= 0 then
+    error("RMSprop: weight_decay is not supported by lunet's RMSprop (use AdamW, or SGD{weight_decay = ...})", 0)
+  end
   local cfg = { kind = self.kind, learning_rate = self:current_lr() }
   for _, k in ipairs(hyper_names) do
     if k ~= "learning_rate" then cfg[k] = self[k] end

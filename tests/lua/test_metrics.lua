@@ -26,6 +26,19 @@ function T.hand_counted_case()
     {0, 0, 0, 0}, 0, "empty classes")
   check.near(r2.classes[1].precision, 1 / 3, 1e-12, "class 0 precision")
   check.near(r2.weighted_avg.recall, (0.5 * 2 + 0 * 2) / 4, 1e-12, "weighted recall")
+  -- an id in neither y_true nor y_pred (1 here) is no class of the report, as
+  -- scikit-learn's unique_labels (it counted in the macro average as zeros);
+  -- with num_classes it is
+  local r3 = nn.metrics.classification_report({0, 2, 2, 0}, {0, 2, 0, 0}, {print = false})
+  check.eq(#r3.classes, 2, "classes 0 and 2")
+  check.same_table({r3.classes[1].name, r3.classes[2].name}, {"0", "2"}, 0, "their names")
+  -- class 0: P 2/3, R 1, F1 0.8; class 2: P 1, R 1/2, F1 2/3
+  check.near(r3.macro_avg.precision, (2 / 3 + 1) / 2, 1e-12, "macro precision")
+  check.near(r3.macro_avg.recall, (1 + 0.5) / 2, 1e-12, "macro recall")
+  check.near(r3.macro_avg.f1, (0.8 + 2 / 3) / 2, 1e-12, "macro f1")
+  local r4 = nn.metrics.classification_report({0, 2, 2, 0}, {0, 2, 0, 0}, {print = false, num_classes = 3})
+  check.eq(#r4.classes, 3, "num_classes lists every class")
+  check.near(r4.macro_avg.f1, (0.8 + 0 + 2 / 3) / 3, 1e-12, "macro f1 over 3")
 end
 
 function T.random_case_against_pairwise_counts()

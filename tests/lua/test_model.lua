@@ -772,6 +772,37 @@ end
 
 -- Keras's other losses against their formulas in plain Lua: an identity
 -- Dense passes x through, so evaluate's loss is loss(x, y).
+-- Binary cross-entropy on logits: its gradient is sigmoid(x) - z, at a
+-- logit of exactly 0 too (relu's gradient there made it -z: a Dense started
+-- at zeros took a wrong first step), directly and fused with a sigmoid Dense.
+function T.binary_crossentropy_gradient_at_zero_logits()
+  local sig = function(v) return 1 / (1 + math.exp(-v)) end
+  local xs, zs = {0, 0, 2, -3, 0}, {1, 0, 1, 0, 0.3}
+  local rows = {}
+  for i, v in ipairs(xs) do rows[i] = {v} end
+  local x = nn.tensor(rows):requires_grad(true)
+  local zr = {}
+  for i, v in ipairs(zs) do zr[i] = {v} end
+  nn.losses.BinaryCrossentropy{from_logits = true}(nn.tensor(zr), x):backward()
+  local g = x.grad:reshape(-1):totable()
+  for i = 1, #xs do check.near(g[i], (sig(xs[i]) - zs[i]) / #xs, 1e-6, "gradient at logit " .. xs[i]) end
+  -- one SGD step of a zero-initialized logistic regression: w -= X^T (sigmoid(0) - y) / n
+  local X, y = {{1, 2}, {3, -1}, {0.5, 0.5}, {2, 2}}, {1, 0, 0, 1}
+  local m = nn.Sequential{nn.Dense{1, activation = "sigmoid", kernel_initializer = "zeros", input_shape = {2}}}
+  m:compile{optimizer = nn.optimizers.SGD{learning_rate = 1}, loss = "binary_crossentropy"}
+  local yt = {}
+  for i, v in ipairs(y) do yt[i] = {v} end
+  m:train_on_batch(nn.tensor(X), nn.tensor(yt))
+  local want, wb = {0, 0}, 0
+  for i = 1, 4 do
+    for j = 1, 2 do want[j] = want[j] - X[i][j] * (0.5 - y[i]) / 4 end
+    wb = wb - (0.5 - y[i]) / 4
+  end
+  local w = m:get_weights()
+  check.same_table(w[1]:reshape(-1):totable(), want, 1e-6, "the kernel after one step")
+  check.near(w[2]:item(), wb, 1e-6, "the bias after one step")
+end
+
 function T.more_losses_follow_keras()
   math.randomseed(11)
   local n, k = 6, 4

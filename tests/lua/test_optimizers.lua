@@ -121,6 +121,12 @@ function T.names_and_bad_arguments()
   check.fails(function() nn.optimizers.Adagrad{initial_accumulator_value = -1} end, "initial_accumulator_value must be >= 0")
   check.fails(function() nn.optimizers.Adam{amsgrad = 1} end, "'amsgrad' to 'Adam' (boolean expected, got number)")
   check.fails(function() nn.optimizers.SGD{centered = true} end, "unknown argument")
+  -- a decay set on RMSprop after construction was ignored (Keras's decays)
+  local rms = nn.optimizers.RMSprop{learning_rate = 0.1}
+  rms.weight_decay = 0.5
+  local w = nn.tensor({1.0}):requires_grad(true)
+  ;(w * nn.tensor({0.0})):sum():backward()
+  check.fails(function() rms:apply({w}) end, "weight_decay is not supported by lunet's RMSprop")
   check.eq(nn.optimizers.AdamW{amsgrad = true}.amsgrad, true, "AdamW takes amsgrad")
   -- once it has state, what decides its slots stays (a centered mean gradient is no momentum)
   local w = nn.tensor{1.0, 2.0}:requires_grad(true)
