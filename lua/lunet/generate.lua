@@ -118,9 +118,31 @@ end
 local Session = {}
 Session.__index = Session
 
+-- Why the model's calls cannot run step by step although their layers can
+-- (nil when they can): the cache carries no padding masks (a 0 id is a
+-- masked key without it, an ordinary one with it: the two disagreed), and
+-- attention steps only as causal self-attention (it failed at the first
+-- step instead of falling back).
+local function cannot_step(model)
+  for _, n in ipairs(model.nodes or {}) do
+    local l, a = n.layer, n.layer.args or {}
+    local self_attention = true
+    for _, x in ipairs(n.inputs or {}) do self_attention = self_attention and x == n.inputs[1] end
+    if (l.type == "Embedding" and a.mask_zero) or l.type == "Masking" then
+      return string.format("layer %s makes a padding mask, which the key/value cache does not carry", l.name)
+    elseif l.type == "TransformerDecoder" and (a.use_causal_mask == false or #(n.inputs or {}) > 1) then
+      return string.format("layer %s is not a causal decoder without an encoder sequence", l.name)
+    elseif l.type == "MultiHeadAttention" and (not a.use_causal_mask or not self_attention) then
+      return string.format("layer %s is not causal self-attention", l.name)
+    end
+  end
+end
+
 -- The step-by-step session for a model (its layers' key/value caches),
 -- or nil and the reason when a layer cannot run step by step.
 function M.session(model, steps)
+  local why = cannot_step(model)
+  if why then return nil, why end
   local ok, h = pcall(C.session_new, model.handle)
   if not ok then return nil, h end
   return setmetatable({ model = model, handle = h, steps = steps }, Session)

@@ -719,6 +719,7 @@ end
 Bidirectional.count_params = Layer.count_params
 Bidirectional.get_weights = Layer.get_weights
 Bidirectional.set_weights = Layer.set_weights
+Bidirectional.weights_from = Layer.weights_from -- set_weights' (and a model's) checks
 
 function Bidirectional:__tostring()
   return string.format("Bidirectional(name=%s, %s)", self.name, self.forward_layer.type)

@@ -204,6 +204,24 @@ function T.generation_with_the_cache_equals_without()
   check.fails(function() lm:generate({1, 7}) end, "prompt entry 2 is 7, outside the vocabulary of 5")
   check.fails(function() lm:generate({1}, {top_p = 2}) end, "bad argument 'top_p' to 'generate' (a number in (0, 1])")
   check.fails(function() lm:generate({}) end, "the prompt is empty")
+  -- a padding mask (Embedding mask_zero): the cache carried none, so a 0 id
+  -- was a masked key without it and an ordinary one with it; now such a
+  -- model generates uncached (the same tokens), and use_cache = true says why
+  local function decoder(mask_zero, causal)
+    nn.seed(5)
+    local x = nn.Input{shape = {8}}
+    local h = nn.TransformerDecoder{16, 2, use_causal_mask = causal}(nn.Embedding{6, 8, mask_zero = mask_zero}(x))
+    return nn.Model{inputs = x, outputs = nn.Dense{6}(h)}
+  end
+  local masked = decoder(true, true)
+  local prompt = {3, 0, 2, 4, 1, 0}
+  local want = masked:generate(prompt, {max_new_tokens = 6, temperature = 0.8, seed = 3, use_cache = false})
+  check.same_table(masked:generate(prompt, {max_new_tokens = 6, temperature = 0.8, seed = 3}), want, 0, "masked: uncached")
+  check.fails(function() masked:generate(prompt, {use_cache = true}) end, "makes a padding mask, which the key/value cache")
+  -- a decoder that is not causal cannot step: it falls back (it failed at the first step)
+  local open = decoder(false, false)
+  check.eq(#open:generate({1, 2}, {max_new_tokens = 2}), 4, "non-causal: uncached fallback")
+  check.fails(function() open:generate({1, 2}, {use_cache = true}) end, "is not a causal decoder")
 end
 
 -- Sampling follows the distribution: top_k = 1 is greedy, top_p keeps the

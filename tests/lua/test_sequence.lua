@@ -470,6 +470,17 @@ function T.bidirectional_joins_both_directions()
   local sum = nn.Bidirectional(nn.GRU{3, return_state = true}, {merge_mode = "sum"})
   local out, hf, hb = sum(x)
   check.same_table(out:totable(), (hf + hb):totable(), 1e-6, "sum of the last states")
+  -- set_weights on it and on a model holding it (both raised "attempt to call a nil value")
+  local copy = nn.Bidirectional(nn.LSTM{4, return_sequences = true})
+  copy(x)
+  copy:set_weights(ws)
+  check.same_table(copy(x):totable(), got, 0, "set_weights copies both directions")
+  local inp = nn.Input{shape = {5, 3}}
+  local m = nn.Model{inputs = inp, outputs = nn.Dense{1}(nn.Bidirectional(nn.GRU{2})(inp))}
+  local mw = m:get_weights()
+  for i, w in ipairs(mw) do mw[i] = w * 0 + i end
+  m:set_weights(mw)
+  for i, w in ipairs(m:get_weights()) do check.eq(w:reshape(-1):totable()[1], i, "model weight " .. i) end
   check.fails(function() nn.Bidirectional(nn.Dense{3}) end, "an nn.LSTM, nn.GRU or nn.SimpleRNN layer expected")
   check.fails(function() nn.Bidirectional(nn.LSTM{3}, {merge_mode = "max"}) end, "concat, sum, mul, ave or none")
 end
