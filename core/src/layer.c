@@ -661,9 +661,12 @@ lunet_tensor *lunet_layer_weight(lunet_layer *l, int i) {
   return i >= 0 && i < l->nweights ? l->w[i].t : NULL;
 }
 int lunet_layer_weight_count(const lunet_layer *l) { return l->nweights; }
-const char *lunet_layer_weight_name(const lunet_layer *l, int i) { return l->w[i].name; }
+/* NULL and false past the weights (they read past them, or crashed) */
+const char *lunet_layer_weight_name(const lunet_layer *l, int i) {
+  return i >= 0 && i < l->nweights ? l->w[i].name : NULL;
+}
 bool lunet_layer_weight_trainable(const lunet_layer *l, int i) {
-  return l->w[i].trainable && !l->frozen;
+  return i >= 0 && i < l->nweights && l->w[i].trainable && !l->frozen;
 }
 
 void lunet_layer_set_trainable(lunet_layer *l, bool on) {

@@ -584,6 +584,17 @@ lunet_status lunet_model_compile(lunet_ctx *ctx, lunet_model *m, const lunet_com
   if (check_sealed(ctx, m)) return ctx->status;
   if (!o) return lunet_error(ctx, LUNET_ERR_ARG, "compile: no options (NULL)");
   if (!o->optimizer) return lunet_error(ctx, LUNET_ERR_ARG, "compile: an optimizer is required");
+  /* the arrays their counts promise, each name given (NULL crashed) */
+  if (!o->losses) return lunet_error(ctx, LUNET_ERR_ARG, "compile: losses is NULL");
+  if (o->nmetrics < 0 || o->nweighted_metrics < 0 || (o->nmetrics > 0 && !o->metrics) ||
+      (o->nweighted_metrics > 0 && !o->weighted_metrics))
+    return lunet_error(ctx, LUNET_ERR_ARG, "compile: %d metrics and %d weighted_metrics, with %s and %s arrays",
+                       o->nmetrics, o->nweighted_metrics, o->metrics ? "non-NULL" : "NULL",
+                       o->weighted_metrics ? "non-NULL" : "NULL");
+  for (int k = 0; k < o->nmetrics + o->nweighted_metrics; k++)
+    if (!(k < o->nmetrics ? o->metrics[k] : o->weighted_metrics[k - o->nmetrics]))
+      return lunet_error(ctx, LUNET_ERR_ARG, "compile: %s %d is NULL", k < o->nmetrics ? "metric" : "weighted metric",
+                         k < o->nmetrics ? k : k - o->nmetrics);
   if (o->nlosses != 1 && o->nlosses != m->noutputs)
     return lunet_error(ctx, LUNET_ERR_ARG,
                        "compile: %d losses for a model with %d outputs (give one loss, or one per "
@@ -998,6 +1009,8 @@ lunet_status lunet_model_session_feed(lunet_ctx *ctx, lunet_model_session *ss, i
   lunet_clear_error(ctx);
   if (nx != m->ninputs)
     return lunet_error(ctx, LUNET_ERR_ARG, "model '%s' takes %d inputs, got %d", m->name, m->ninputs, nx);
+  if (!x || !out) /* as predict's checks (they crashed here) */
+    return lunet_error(ctx, LUNET_ERR_ARG, "session feed: %s is NULL", !x ? "the inputs array" : "out");
   /* checked whole before any layer runs: a feed that failed half way would
    * leave some layers' caches a step ahead of the others */
   for (int i = 0; i < nx; i++) {
@@ -1040,6 +1053,7 @@ void lunet_model_session_free(lunet_model_session *s) {
 lunet_status lunet_model_forward(lunet_ctx *ctx, lunet_model *m, int nx, lunet_tensor *const *x,
                                  bool training, lunet_tensor **out) {
   if (check_inputs(ctx, m, nx, x)) return ctx->status;
+  if (!out) return lunet_error(ctx, LUNET_ERR_ARG, "forward: no place for the outputs (out is NULL)");
   return run(ctx, m, x, training, NULL, out, NULL, NULL, NULL);
 }
 

@@ -317,6 +317,16 @@ lunet_tensor *lunet_op_sum_to(lunet_ctx *ctx, const lunet_tensor *x, int ndim,
       cur = next;
     }
   }
+  /* a target the shape does not broadcast to: an error, not the input back
+   * (a result of the target's size in other axes, which autograd's
+   * reduce_like views as the target, is fine) */
+  if (cur && cur->numel != lunet_shape_numel(ndim, shape)) {
+    char a[96], b[96];
+    lunet_error(ctx, LUNET_ERR_SHAPE, "sum_to: %s does not broadcast to %s", lunet_shape_str(x->ndim, x->shape, a, sizeof a),
+                lunet_shape_str(ndim, shape, b, sizeof b));
+    lunet_tensor_release(cur);
+    return NULL;
+  }
   return cur;
 }
 

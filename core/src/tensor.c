@@ -49,6 +49,14 @@ char *lunet_shape_str(int ndim, const int64_t *shape, char *buf, size_t n) {
 }
 
 static lunet_tensor *header(lunet_ctx *ctx, lunet_dtype dt, int ndim, const int64_t *shape) {
+  if ((unsigned)dt > LUNET_I32) { /* it made a tensor whose values nothing could read */
+    lunet_error(ctx, LUNET_ERR_ARG, "unknown dtype %d (LUNET_F32, LUNET_U8 or LUNET_I32)", (int)dt);
+    return NULL;
+  }
+  if (ndim > 0 && !shape) {
+    lunet_error(ctx, LUNET_ERR_ARG, "a tensor of %d dimensions needs its shape (NULL given)", ndim);
+    return NULL;
+  }
   if (ndim < 0 || ndim > LUNET_MAX_DIMS) {
     lunet_error(ctx, LUNET_ERR_SHAPE, "tensors have at most %d dimensions, got %d", LUNET_MAX_DIMS,
                 ndim);

@@ -9,6 +9,7 @@
 
 #include "lunet/backend.h"
 #include "lunet/model.h"
+#include "lunet/ops.h"
 
 static lunet_ctx *ctx;
 
@@ -386,6 +387,42 @@ START_TEST(test_sizes_and_built_layers_are_checked) {
   float zeros[3] = {0};
   lunet_tensor *x3 = lunet_tensor_from_data(ctx, LUNET_F32, 2, (int64_t[]){1, three}, zeros);
   ck_assert_int_eq(lunet_model_predict(ctx, m, 1, &x3, NULL), LUNET_ERR_ARG);
+  ck_assert_int_eq(lunet_model_forward(ctx, m, 1, &x3, false, NULL), LUNET_ERR_ARG); /* it crashed */
+  /* compile's arrays as their counts promise (NULL ones crashed) */
+  lunet_optimizer_config oc = lunet_optimizer_defaults(LUNET_OPT_SGD);
+  lunet_optimizer *opt = lunet_optimizer_new(ctx, &oc);
+  lunet_loss_spec mse = {.kind = LUNET_LOSS_MSE, .weight = 1};
+  lunet_compile_opts co = {.nlosses = 1, .losses = NULL, .optimizer = opt};
+  ck_assert_int_eq(lunet_model_compile(ctx, m, &co), LUNET_ERR_ARG);
+  ck_assert_str_eq(lunet_ctx_error(ctx), "compile: losses is NULL");
+  co = (lunet_compile_opts){.nlosses = 1, .losses = &mse, .optimizer = opt, .nmetrics = 2};
+  ck_assert_int_eq(lunet_model_compile(ctx, m, &co), LUNET_ERR_ARG);
+  co = (lunet_compile_opts){.nlosses = 1, .losses = &mse, .optimizer = opt, .nmetrics = -4};
+  ck_assert_int_eq(lunet_model_compile(ctx, m, &co), LUNET_ERR_ARG);
+  co = (lunet_compile_opts){.nlosses = 1, .losses = &mse, .optimizer = opt, .nmetrics = 1,
+                            .metrics = (const char *const[]){NULL}};
+  ck_assert_int_eq(lunet_model_compile(ctx, m, &co), LUNET_ERR_ARG);
+  ck_assert_str_eq(lunet_ctx_error(ctx), "compile: metric 0 is NULL");
+  lunet_optimizer_release(opt);
+  /* a weight index past the layer's weights: NULL (it read past them) */
+  lunet_layer *d0 = lunet_model_layer(m, 0);
+  ck_assert_int_eq(lunet_layer_weight_count(d0), 2);
+  ck_assert_ptr_nonnull(lunet_layer_weight_name(d0, 1));
+  ck_assert_ptr_null(lunet_layer_weight_name(d0, 2));
+  ck_assert_ptr_null(lunet_layer_weight_name(d0, -1));
+  ck_assert(!lunet_layer_weight_trainable(d0, 100000));
+  /* an unknown dtype, a missing shape, a sum_to target the shape does not
+   * broadcast to: errors (they made unreadable tensors, crashed, or gave
+   * the input back with status OK) */
+  ck_assert_ptr_null(lunet_tensor_new(ctx, (lunet_dtype)7, 1, &three));
+  ck_assert_str_eq(lunet_ctx_error(ctx), "unknown dtype 7 (LUNET_F32, LUNET_U8 or LUNET_I32)");
+  ck_assert_ptr_null(lunet_tensor_new(ctx, LUNET_F32, 2, NULL));
+  ck_assert_ptr_null(lunet_op_sum_to(ctx, x3, 2, (int64_t[]){5, 5}));
+  ck_assert_str_eq(lunet_ctx_error(ctx), "sum_to: (1, 3) does not broadcast to (5, 5)");
+  lunet_tensor *col = lunet_op_sum_to(ctx, x3, 2, (int64_t[]){1, 1});
+  ck_assert_msg(col != NULL, "%s", lunet_ctx_error(ctx));
+  ck_assert_int_eq(lunet_tensor_ndim(col), 2);
+  lunet_tensor_release(col);
   lunet_tensor_release(x3);
   /* the README's idiom with a misspelt type: an error, not a crash */
   ck_assert_ptr_null(lunet_layer_new(ctx, lunet_layer_type_find(ctx, "Conv2d")));
@@ -436,6 +473,9 @@ START_TEST(test_session_feeds_are_checked_first) {
   ck_assert_str_eq(lunet_ctx_error(ctx), "model 'dec': a session's input 'extra' is (N, steps, 2) with one N and "
                                          "one number of steps for all inputs, got (2, 1, 3)");
   ck_assert_int_eq(lunet_model_session_length(ss), 0);
+  /* NULL inputs or out: errors, as predict's (they crashed) */
+  ck_assert_int_eq(lunet_model_session_feed(ctx, ss, 2, NULL, &y), LUNET_ERR_ARG);
+  ck_assert_int_eq(lunet_model_session_feed(ctx, ss, 2, (lunet_tensor *[]){t, x}, NULL), LUNET_ERR_ARG);
   ck_assert_int_eq(lunet_model_session_feed(ctx, ss, 2, (lunet_tensor *[]){t, x}, &y), LUNET_OK);
   ck_assert_int_eq(lunet_model_session_length(ss), 1);
   lunet_tensor_release(y);
