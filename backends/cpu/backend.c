@@ -7,13 +7,13 @@
  * threads busy-wait after a call and would fight the pool's threads (im2col,
  * pooling, elementwise) for the same cores.
  */
-#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include "cpu.h"
+#include "lunet/env.h"
 
 #define CPU_EXPORT __attribute__((visibility("default")))
 
@@ -36,19 +36,17 @@ const char *lunet_cpu_last_error(lunet_backend *be) {
  * LUNET_THREADS is not a whole number from 1 to 1024 (it was ignored). */
 static int default_threads(char *err, size_t err_len) {
   const char *env = getenv("LUNET_THREADS");
+  long long v;
   if (env && *env) {
-    char *end;
-    errno = 0;
-    long v = strtol(env, &end, 10);
-    if (*end != '\0' || errno || v < 1 || v > 1024 || !(*env >= '0' && *env <= '9')) {
-      snprintf(err, err_len, "cpu: LUNET_THREADS=%.40s: expected a whole number from 1 to 1024 (or unset it for "
-               "every core)", env);
+    if (!lunet_env_whole(env, 1, LUNET_MAX_THREADS, &v)) {
+      snprintf(err, err_len, "cpu: LUNET_THREADS=%.40s: expected a whole number from 1 to %d (or unset it for "
+               "every core)", env, LUNET_MAX_THREADS);
       return 0;
     }
     return (int)v;
   }
   long n = sysconf(_SC_NPROCESSORS_ONLN);
-  return n > 0 ? (int)(n > 1024 ? 1024 : n) : 1;
+  return n > 0 ? (int)(n > LUNET_MAX_THREADS ? LUNET_MAX_THREADS : n) : 1;
 }
 
 /* "AMD EPYC" from /proc/cpuinfo's first "model name" line. */
@@ -96,7 +94,8 @@ static void cpu_describe(lunet_backend *be, lunet_backend_info *info) {
 static int cpu_set_threads(lunet_backend *be, int n) {
   char why[160];
   if (n <= 0 && !(n = default_threads(why, sizeof why))) return lunet_cpu_error(LUNET_ERR_ARG, "%s", why);
-  if (n > 1024) return lunet_cpu_error(LUNET_ERR_ARG, "cpu: %d threads requested, at most 1024", n);
+  if (n > LUNET_MAX_THREADS)
+    return lunet_cpu_error(LUNET_ERR_ARG, "cpu: %d threads requested, at most %d", n, LUNET_MAX_THREADS);
   if (n == be->pool.n) return 0;
   lunet_cpu_pool_stop(&be->pool);
   if (lunet_cpu_pool_start(&be->pool, n) != 0) {
@@ -130,8 +129,8 @@ static lunet_backend *cpu_init(int threads, int device, char *err, size_t err_le
     free(be);
     return NULL;
   }
-  if (threads > 1024) {
-    snprintf(err, err_len, "cpu: %d threads requested, at most 1024", threads);
+  if (threads > LUNET_MAX_THREADS) {
+    snprintf(err, err_len, "cpu: %d threads requested, at most %d", threads, LUNET_MAX_THREADS);
     pthread_mutex_destroy(&be->mem_mu);
     free(be);
     return NULL;

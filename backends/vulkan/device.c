@@ -5,12 +5,12 @@
  * the error slot.
  */
 #include <dlfcn.h>
-#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "lunet/env.h"
 #include "vk.h"
 
 #define LUNET_VK_DEFINE(name) PFN_##name name;
@@ -539,11 +539,9 @@ static int check_env(char *err, size_t err_len) {
     return -1;
   }
   const char *flush = getenv("LUNET_VULKAN_FLUSH");
+  long long cmds;
   if (flush && *flush) {
-    char *end;
-    errno = 0;
-    long n = strtol(flush, &end, 10);
-    if (*end || errno || n < 0 || n > 1000000 || !(*flush >= '0' && *flush <= '9')) {
+    if (!lunet_env_whole(flush, 0, 1000000, &cmds)) {
       snprintf(err, err_len,
                "vulkan: LUNET_VULKAN_FLUSH=%.40s: expected a whole number of commands from 0 to 1000000 (or unset "
                "it for 32)", flush);

@@ -14,6 +14,7 @@
 #include <jerror.h>
 #include <png.h>
 
+#include "lunet/env.h"
 #include "lunet/image.h"
 
 /* ---- the pixel limit ---- */
@@ -23,11 +24,9 @@
  * let the default's larger images through). */
 static int64_t max_pixels(void) {
   const char *e = getenv("LUNET_IMAGE_MAX_PIXELS");
+  long long v;
   if (!e || !*e) return LUNET_IMAGE_MAX_PIXELS;
-  char *end;
-  errno = 0;
-  long long v = strtoll(e, &end, 10);
-  return *e >= '0' && *e <= '9' && !*end && !errno && v > 0 ? (int64_t)v : -1;
+  return lunet_env_whole(e, 1, INT64_MAX, &v) ? (int64_t)v : -1;
 }
 
 static lunet_status check_size(lunet_ctx *ctx, const char *path, int64_t w, int64_t h) {
