@@ -23,11 +23,13 @@ void lunet_ctx_free(lunet_ctx *ctx) {
   free(ctx);
 }
 
+/* A NULL context is lunet_ctx_new's failure: out of host memory. */
 const char *lunet_ctx_error(const lunet_ctx *ctx) {
+  if (!ctx) return "no context (NULL): lunet_ctx_new returned NULL, out of host memory";
   return ctx->status == LUNET_OK ? "no error" : ctx->msg;
 }
 
-lunet_status lunet_ctx_status(const lunet_ctx *ctx) { return ctx->status; }
+lunet_status lunet_ctx_status(const lunet_ctx *ctx) { return ctx ? ctx->status : LUNET_ERR_NOMEM; }
 
 lunet_status lunet_error(lunet_ctx *ctx, lunet_status status, const char *fmt, ...) {
   va_list ap;
@@ -80,7 +82,10 @@ int64_t *lunet_sample_keys_buffer(lunet_ctx *ctx, uint64_t epoch, int64_t n) {
 }
 
 lunet_status lunet_set_sample_keys(lunet_ctx *ctx, uint64_t epoch, const int64_t *indices, int64_t n) {
-  if (!indices || n <= 0) {
+  if (n < 0 || (!indices && n > 0))
+    return lunet_error(ctx, LUNET_ERR_ARG, "sample keys: %lld indices at %s (indices NULL or n 0 clears them)",
+                       (long long)n, indices ? "an array" : "NULL");
+  if (n == 0 || !indices) {
     ctx->nkeys = 0;
     return LUNET_OK;
   }

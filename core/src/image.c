@@ -232,6 +232,7 @@ static lunet_status decode(lunet_ctx *ctx, const char *path, int channels, pixel
 }
 
 lunet_status lunet_image_info_read(lunet_ctx *ctx, const char *path, lunet_image_info *info) {
+  if (!path || !info) return lunet_error(ctx, LUNET_ERR_ARG, "image: no %s (NULL)", path ? "info to fill" : "path");
   pixels px;
   lunet_status st = decode(ctx, path, 3, &px, true, &info->format);
   if (st) return st;
@@ -292,15 +293,24 @@ static void resize(const pixels *px, int64_t top, int64_t left, int64_t ch, int6
   }
 }
 
-lunet_status lunet_image_load(lunet_ctx *ctx, const char *path, int64_t height, int64_t width, int channels,
-                              bool crop_to_aspect_ratio, float *out) {
+/* What the readers decode into: a size, 1, 3 or 4 channels, a buffer. */
+static lunet_status check_target(lunet_ctx *ctx, int64_t height, int64_t width, int channels, const float *out) {
   if (height <= 0 || width <= 0 || (channels != 1 && channels != 3 && channels != 4))
     return lunet_error(ctx, LUNET_ERR_ARG,
                        "image: the size must be positive and channels 1, 3 or 4, got %lld x %lld x %d",
                        (long long)height, (long long)width, channels);
+  if (!out) return lunet_error(ctx, LUNET_ERR_ARG, "image: no buffer (NULL) to decode into");
+  return LUNET_OK;
+}
+
+lunet_status lunet_image_load(lunet_ctx *ctx, const char *path, int64_t height, int64_t width, int channels,
+                              bool crop_to_aspect_ratio, float *out) {
+  if (!path) return lunet_error(ctx, LUNET_ERR_ARG, "image: no path (NULL)");
+  lunet_status st = check_target(ctx, height, width, channels, out);
+  if (st) return st;
   pixels px;
   const char *format;
-  lunet_status st = decode(ctx, path, channels, &px, false, &format);
+  st = decode(ctx, path, channels, &px, false, &format);
   if (st) return st;
   int64_t box[4] = {0, 0, px.h, px.w};
   if (crop_to_aspect_ratio) lunet_aspect_window(px.h, px.w, height, width, box);
@@ -362,6 +372,11 @@ static void *work(void *arg) {
 
 lunet_status lunet_images_load(lunet_ctx *ctx, const char *const *paths, int64_t n, int64_t height, int64_t width,
                                int channels, bool crop_to_aspect_ratio, int threads, float *out) {
+  if (n < 0 || (n > 0 && !paths))
+    return lunet_error(ctx, LUNET_ERR_ARG, "images: %lld files at %s", (long long)n, paths ? "a list" : "NULL");
+  if (n == 0) return LUNET_OK;
+  lunet_status st = check_target(ctx, height, width, channels, out);
+  if (st) return st;
   if (threads <= 0) {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     threads = cores > 0 ? (int)cores : 1;
@@ -396,11 +411,15 @@ static bool ends_with(const char *s, const char *suffix) {
 
 lunet_status lunet_image_save(lunet_ctx *ctx, const char *path, const float *pixels, int64_t height, int64_t width,
                               int channels, int quality) {
+  if (!path || !pixels) return lunet_error(ctx, LUNET_ERR_ARG, "image: no %s (NULL)", path ? "pixels" : "path");
   bool png = ends_with(path, ".png"), jpeg = ends_with(path, ".jpg") || ends_with(path, ".jpeg");
   if (!png && !jpeg) return lunet_error(ctx, LUNET_ERR_ARG, "%s: name the file .png, .jpg or .jpeg", path);
   if (height <= 0 || width <= 0 || (channels != 1 && channels != 3 && channels != 4) || quality < 1 || quality > 100)
     return lunet_error(ctx, LUNET_ERR_ARG, "%s: %lld x %lld x %d pixels (channels 1, 3 or 4), quality %d (1..100)",
                        path, (long long)height, (long long)width, channels, quality);
+  if (height > LUNET_IMAGE_MAX_PIXELS / width)
+    return lunet_error(ctx, LUNET_ERR_ARG, "%s: %lld x %lld pixels is more than %lld, the most an image holds", path,
+                       (long long)height, (long long)width, (long long)LUNET_IMAGE_MAX_PIXELS);
   size_t count = (size_t)(height * width * channels);
   unsigned char *u8 = malloc(count);
   if (!u8) return lunet_error(ctx, LUNET_ERR_NOMEM, "%s: out of memory", path);

@@ -123,6 +123,7 @@ const char *lunet_model_name(const lunet_model *m) { return m->name; }
 /* ---- construction ---- */
 
 static lunet_status check_open(lunet_ctx *ctx, const lunet_model *m) {
+  if (!m) return lunet_error(ctx, LUNET_ERR_ARG, "no model (NULL: did lunet_model_new fail?)");
   if (m->sealed)
     return lunet_error(ctx, LUNET_ERR_ARG,
                        "model '%s': its outputs are set; the graph cannot grow any more", m->name);
@@ -155,6 +156,10 @@ int lunet_model_input(lunet_ctx *ctx, lunet_model *m, const char *name, int ndim
   if (ndim < 0 || ndim >= LUNET_MAX_DIMS) {
     lunet_error(ctx, LUNET_ERR_SHAPE, "model '%s': an input has %d dimensions (at most %d besides the batch)",
                 m->name, ndim, LUNET_MAX_DIMS - 1);
+    return -1;
+  }
+  if (!shape && ndim > 0) {
+    lunet_error(ctx, LUNET_ERR_ARG, "model '%s': an input of %d dimensions with no shape (NULL)", m->name, ndim);
     return -1;
   }
   for (int i = 0; i < ndim; i++)
@@ -242,9 +247,9 @@ static lunet_status grow_calls(lunet_ctx *ctx, lunet_model *m) {
 
 int lunet_model_add(lunet_ctx *ctx, lunet_model *m, lunet_layer *l, int nin, const int *in) {
   if (check_open(ctx, m)) return -1;
-  if (nin < 1 || nin > MAX_CALL_INPUTS) {
-    lunet_error(ctx, LUNET_ERR_ARG, "model '%s': a layer call takes 1 to %d inputs, got %d", m->name,
-                MAX_CALL_INPUTS, nin);
+  if (nin < 1 || nin > MAX_CALL_INPUTS || !in || !l) {
+    lunet_error(ctx, LUNET_ERR_ARG, "model '%s': a layer call takes a layer and 1 to %d inputs, got %s and %d%s",
+                m->name, MAX_CALL_INPUTS, l ? "a layer" : "no layer (NULL)", nin, in ? "" : " (NULL)");
     return -1;
   }
   for (int i = 0; i < nin; i++)
@@ -371,8 +376,9 @@ static void name_outputs(lunet_model *m) {
 
 lunet_status lunet_model_set_outputs(lunet_ctx *ctx, lunet_model *m, int n, const int *ids) {
   if (check_open(ctx, m)) return ctx->status;
-  if (n < 1 || n > MAX_IO)
-    return lunet_error(ctx, LUNET_ERR_ARG, "model '%s': 1 to %d outputs, got %d", m->name, MAX_IO, n);
+  if (n < 1 || n > MAX_IO || !ids)
+    return lunet_error(ctx, LUNET_ERR_ARG, "model '%s': 1 to %d outputs, got %d%s", m->name, MAX_IO, n,
+                       ids ? "" : " (NULL)");
   if (m->ninputs == 0)
     return lunet_error(ctx, LUNET_ERR_ARG, "model '%s' has no inputs", m->name);
   for (int j = 0; j < n; j++) {

@@ -682,8 +682,9 @@ static lunet_status fill_from(reader *r, const lunet_safetensors *st, const char
     lunet_tensor *src = lunet_safetensors_tensor(st, i);
     if (!lunet_shape_equal(src, t) || src->dtype != t->dtype) {
       char a[128], b[128];
-      return bad(r, "'%s' has shape %s in the file, the model expects %s", name,
-                 lunet_shape_str(src->ndim, src->shape, a, sizeof a), lunet_shape_str(t->ndim, t->shape, b, sizeof b));
+      return bad(r, "'%s' is %s %s in the file, the model expects %s %s", name, lunet_dtype_name(src->dtype),
+                 lunet_shape_str(src->ndim, src->shape, a, sizeof a), lunet_dtype_name(t->dtype),
+                 lunet_shape_str(t->ndim, t->shape, b, sizeof b));
     }
     size_t nb = (size_t)t->numel * lunet_dtype_size(t->dtype);
     void *buf = malloc(nb ? nb : 1);

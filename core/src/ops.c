@@ -861,6 +861,14 @@ lunet_tensor *lunet_op_permute(lunet_ctx *ctx, const lunet_tensor *x, const int 
   return strided(ctx, y, x, &d, "permute");
 }
 
+/* Elements start, start + step, ... below stop (step >= 1; no overflow for
+ * any step), and the stride between them, `stride` times the step. */
+static int64_t slice_len(int64_t start, int64_t stop, int64_t step, int64_t stride, int64_t *step_stride) {
+  int64_t len = stop > start ? (stop - start - 1) / step + 1 : 0;
+  *step_stride = len > 1 ? stride * step : stride; /* one element: the step never moves */
+  return len;
+}
+
 lunet_tensor *lunet_op_slice(lunet_ctx *ctx, const lunet_tensor *x, const int64_t *start,
                              const int64_t *stop, const int64_t *step) {
   int64_t xs[LUNET_MAX_DIMS];
@@ -875,9 +883,7 @@ lunet_tensor *lunet_op_slice(lunet_ctx *ctx, const lunet_tensor *x, const int64_
                   (long long)x->shape[i]);
       return NULL;
     }
-    int64_t len = stop[i] > start[i] ? (stop[i] - start[i] + step[i] - 1) / step[i] : 0;
-    d.shape[i] = len;
-    d.x_strides[i] = xs[i] * step[i];
+    d.shape[i] = slice_len(start[i], stop[i], step[i], xs[i], &d.x_strides[i]);
     d.x_offset += start[i] * xs[i];
   }
   lunet_tensor *y = lunet_tensor_on(ctx, x->buf->be, x->dtype, x->ndim, d.shape);
@@ -904,8 +910,7 @@ lunet_status lunet_op_assign_slice(lunet_ctx *ctx, lunet_tensor *dst, const int6
       return lunet_error(ctx, LUNET_ERR_ARG, "slice %lld:%lld is out of range for axis %d of size "
                          "%lld", (long long)start[i], (long long)stop[i], i + 1,
                          (long long)dst->shape[i]);
-    d.shape[i] = stop[i] > start[i] ? (stop[i] - start[i] + step[i] - 1) / step[i] : 0;
-    d.y_strides[i] = ds[i] * step[i];
+    d.shape[i] = slice_len(start[i], stop[i], step[i], ds[i], &d.y_strides[i]);
     d.y_offset += start[i] * ds[i];
   }
   int64_t n = lunet_shape_numel(dst->ndim, d.shape);

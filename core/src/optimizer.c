@@ -365,9 +365,9 @@ static lunet_status update_one(lunet_ctx *ctx, lunet_optimizer *o, int i, lunet_
 }
 
 /* The backend's fused update for a configuration, -1 for one run by the
- * core's ops (amsgrad and centered have no kernel). */
+ * core's ops (amsgrad, centered and RMSprop's weight decay have no kernel). */
 static int fused_kind(const lunet_optimizer_config *c) {
-  if (c->amsgrad || c->centered) return -1;
+  if (c->amsgrad || c->centered || (c->kind == LUNET_OPT_RMSPROP && c->weight_decay > 0)) return -1;
   return c->kind == LUNET_OPT_SGD ? LUNET_UPDATE_SGD : c->kind == LUNET_OPT_ADAM ? LUNET_UPDATE_ADAM
        : c->kind == LUNET_OPT_RMSPROP ? LUNET_UPDATE_RMSPROP : -1;
 }

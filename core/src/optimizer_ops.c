@@ -18,7 +18,7 @@
  *   Adam with amsgrad (the fused kernel's Adam otherwise)
  *             m += (g - m)(1-b1);  v += (g^2 - v)(1-b2);  v^ = max(v^, v)
  *             p -= lr sqrt(1-b2^t)/(1-b1^t) m / (sqrt(v^) + eps)
- *   RMSprop centered (no weight decay, as the fused kernel's RMSprop)
+ *   RMSprop centered, or with weight decay (the fused kernel's RMSprop has neither)
  *             v = rho v + (1-rho) g^2;  a = rho a + (1-rho) g
  *             i = lr g / sqrt(v - a^2 + eps)
  *             with momentum: mom = momentum mom + i; p -= mom;  else p -= i
@@ -96,7 +96,7 @@ lunet_status lunet_optimizer_update_by_ops(lunet_ctx *ctx, const lunet_optimizer
   temps T = {.ctx = ctx};
   double lr = c->learning_rate, eps = c->epsilon, b1 = c->beta_1, b2 = c->beta_2, t = (double)step;
   lunet_tensor *s1 = slots[0], *s2 = slots[1];
-  if (c->weight_decay > 0 && c->kind != LUNET_OPT_RMSPROP) add_into(&T, p, affine(&T, p, -lr * c->weight_decay, 0));
+  if (c->weight_decay > 0) add_into(&T, p, affine(&T, p, -lr * c->weight_decay, 0));
   lunet_tensor *g2 = c->kind == LUNET_OPT_LION || c->kind == LUNET_OPT_ADAMAX ? NULL : unary(&T, LUNET_UNARY_SQUARE, g);
   switch (c->kind) {
   case LUNET_OPT_ADAGRAD: {

@@ -192,6 +192,10 @@ static void scan_backends(void) {
 }
 
 lunet_be *lunet_registry_backend(lunet_ctx *ctx, const char *name) {
+  if (!name) {
+    lunet_error(ctx, LUNET_ERR_ARG, "no backend name (NULL): give one, e.g. \"cpu\"");
+    return NULL;
+  }
   pthread_mutex_lock(&reg.lock);
   scan_backends();
   lunet_be *found = find(name);
@@ -239,7 +243,10 @@ lunet_status lunet_use(lunet_ctx *ctx, const char *name) {
 /* Picks the device of backend `name`: before the backend starts, or while
  * no tensor lives on it, it (re)starts on that device. */
 lunet_status lunet_use_device(lunet_ctx *ctx, const char *name, int device) {
-  if (device < 0) return lunet_use(ctx, name);
+  if (device < -1)
+    return lunet_error(ctx, LUNET_ERR_ARG, "backend '%s': device %d (an index from 0, or -1 for the backend's choice)",
+                       name ? name : "(NULL)", device);
+  if (device < 0 || !name) return lunet_use(ctx, name);
   pthread_mutex_lock(&reg.lock);
   scan_backends();
   lunet_be *be = find(name);

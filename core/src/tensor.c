@@ -270,7 +270,9 @@ const void *lunet_tensor_host_data(const lunet_tensor *t) {
   return t->buf->be->desc->caps & LUNET_BACKEND_HOST_VISIBLE ? t->buf->handle : NULL;
 }
 
-static lunet_status check_size(lunet_ctx *ctx, const lunet_tensor *t, size_t nbytes) {
+static lunet_status check_size(lunet_ctx *ctx, const lunet_tensor *t, const void *host, size_t nbytes) {
+  if (!t) return lunet_error(ctx, LUNET_ERR_ARG, "no tensor (NULL) to read or write");
+  if (!host && nbytes) return lunet_error(ctx, LUNET_ERR_ARG, "no host buffer (NULL) for %zu bytes", nbytes);
   if (nbytes != t->buf->nbytes && !(t->numel == 0 && nbytes == 0))
     return lunet_error(ctx, LUNET_ERR_ARG, "tensor holds %zu bytes, got a buffer of %zu",
                        t->buf->nbytes, nbytes);
@@ -281,7 +283,7 @@ static lunet_status check_size(lunet_ctx *ctx, const lunet_tensor *t, size_t nby
 static bool download_waits(const lunet_be *be) { return be->desc && (be->desc->caps & LUNET_BACKEND_DOWNLOAD_WAITS); }
 
 lunet_status lunet_tensor_read(lunet_ctx *ctx, const lunet_tensor *t, void *dst, size_t nbytes) {
-  if (check_size(ctx, t, nbytes)) return ctx->status;
+  if (check_size(ctx, t, dst, nbytes)) return ctx->status;
   lunet_be *be = t->buf->be;
   int rc = nbytes && download_waits(be) ? 0 : PROFILED(ctx, be, "synchronize", 0, be->i->synchronize(be->state));
   if (!rc && nbytes) rc = PROFILED(ctx, be, "buffer_download", 0, be->i->buffer_download(be->state, t->buf->handle, 0, dst, nbytes));
@@ -289,7 +291,7 @@ lunet_status lunet_tensor_read(lunet_ctx *ctx, const lunet_tensor *t, void *dst,
 }
 
 lunet_status lunet_tensor_write(lunet_ctx *ctx, lunet_tensor *t, const void *src, size_t nbytes) {
-  if (check_size(ctx, t, nbytes)) return ctx->status;
+  if (check_size(ctx, t, src, nbytes)) return ctx->status;
   lunet_be *be = t->buf->be;
   int rc = nbytes ? PROFILED(ctx, be, "buffer_upload", 0, be->i->buffer_upload(be->state, t->buf->handle, 0, src, nbytes)) : 0;
   return lunet_be_check(ctx, be, rc, "upload");

@@ -99,7 +99,8 @@ local defaults = {
     amsgrad = false },
   AdamW = { kind = "adam", learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7, weight_decay = 0.004,
     amsgrad = false },
-  RMSprop = { kind = "rmsprop", learning_rate = 0.001, rho = 0.9, momentum = 0.0, epsilon = 1e-7, centered = false },
+  RMSprop = { kind = "rmsprop", learning_rate = 0.001, rho = 0.9, momentum = 0.0, epsilon = 1e-7, centered = false,
+    weight_decay = 0 },
   Adagrad = { kind = "adagrad", learning_rate = 0.001, initial_accumulator_value = 0.1, epsilon = 1e-7, weight_decay = 0 },
   Adadelta = { kind = "adadelta", learning_rate = 0.001, rho = 0.95, epsilon = 1e-7, weight_decay = 0 },
   Adamax = { kind = "adamax", learning_rate = 0.001, beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7, weight_decay = 0 },
@@ -146,11 +147,6 @@ end
 -- Hands the hyperparameters to the core optimizer (fit does it once, then
 -- sets the learning rate before each update).
 function Optimizer:sync()
-  -- set on the object after construction (which refuses it): its kernels
-  -- have no decay, and it was ignored where Keras's RMSprop decays
-  if self.kind == "rmsprop" and (self.weight_decay or 0) ~= 0 then
-    error("RMSprop: weight_decay is not supported by lunet's RMSprop (use AdamW, or SGD{weight_decay = ...})", 0)
-  end
   local cfg = { kind = self.kind, learning_rate = self:current_lr() }
   for _, k in ipairs(hyper_names) do
     if k ~= "learning_rate" then cfg[k] = self[k] end

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "lunet/backend.h"
+#include "lunet/image.h"
 #include "lunet/model.h"
 #include "lunet/ops.h"
 
@@ -445,6 +446,85 @@ START_TEST(test_sizes_and_built_layers_are_checked) {
 }
 END_TEST
 
+/* NULL pointers and counts out of range in the rest of the C API: errors
+ * that say so (each crashed, or read as something else, before). */
+START_TEST(test_null_and_out_of_range_arguments) {
+  ck_assert_msg(strstr(lunet_ctx_error(NULL), "lunet_ctx_new returned NULL"), "%s", lunet_ctx_error(NULL));
+  ck_assert_int_eq(lunet_ctx_status(NULL), LUNET_ERR_NOMEM);
+  int64_t keys[2] = {4, 5};
+  ck_assert_int_eq(lunet_set_sample_keys(ctx, 1, keys, -1), LUNET_ERR_ARG); /* cleared them silently */
+  ck_assert_int_eq(lunet_set_sample_keys(ctx, 1, NULL, 2), LUNET_ERR_ARG);
+  ck_assert_int_eq(lunet_set_sample_keys(ctx, 1, keys, 2), LUNET_OK);
+  ck_assert_int_eq(lunet_set_sample_keys(ctx, 1, NULL, 0), LUNET_OK);
+  float v[3] = {1, 2, 3};
+  int64_t three = 3;
+  lunet_tensor *t = lunet_tensor_from_data(ctx, LUNET_F32, 1, &three, v);
+  ck_assert_int_eq(lunet_tensor_read(ctx, NULL, v, sizeof v), LUNET_ERR_ARG);
+  ck_assert_int_eq(lunet_tensor_read(ctx, t, NULL, sizeof v), LUNET_ERR_ARG);
+  ck_assert_str_eq(lunet_ctx_error(ctx), "no host buffer (NULL) for 12 bytes");
+  ck_assert_int_eq(lunet_tensor_write(ctx, t, NULL, sizeof v), LUNET_ERR_ARG);
+  ck_assert_int_eq(lunet_use(ctx, NULL), LUNET_ERR_ARG);
+  ck_assert_int_eq(lunet_use_device(ctx, "cpu", -2), LUNET_ERR_ARG); /* was the default device */
+  ck_assert_msg(strstr(lunet_ctx_error(ctx), "device -2"), "%s", lunet_ctx_error(ctx));
+  ck_assert_int_eq(lunet_use_device(ctx, "cpu", -1), LUNET_OK);
+  /* a step past the axis takes its first element (the length overflowed) */
+  int64_t start = 1, stop = 3, huge = INT64_MAX;
+  lunet_tensor *one = lunet_op_slice(ctx, t, &start, &stop, &huge);
+  ck_assert_msg(one != NULL, "%s", lunet_ctx_error(ctx));
+  ck_assert_int_eq(lunet_tensor_numel(one), 1);
+  float got = 0;
+  ck_assert_int_eq(lunet_tensor_read(ctx, one, &got, sizeof got), LUNET_OK);
+  ck_assert(got == 2.0f);
+  lunet_tensor_release(one);
+  start = 0;
+  int64_t two = 2;
+  lunet_tensor *pair = lunet_op_slice(ctx, t, &start, &stop, &two);
+  ck_assert_int_eq(lunet_tensor_numel(pair), 2);
+  float gp[2];
+  ck_assert_int_eq(lunet_tensor_read(ctx, pair, gp, sizeof gp), LUNET_OK);
+  ck_assert(gp[0] == 1.0f && gp[1] == 3.0f);
+  lunet_tensor_release(pair);
+  lunet_tensor_release(t);
+  /* graph building */
+  ck_assert_int_eq(lunet_model_input(ctx, NULL, "x", 1, &three), -1);
+  ck_assert_msg(strstr(lunet_ctx_error(ctx), "no model (NULL"), "%s", lunet_ctx_error(ctx));
+  lunet_model *m = lunet_model_new(ctx, "g");
+  ck_assert_int_eq(lunet_model_input(ctx, m, "x", 1, NULL), -1);
+  int x = lunet_model_input(ctx, m, "x", 1, &three);
+  ck_assert_int_ge(x, 0);
+  lunet_layer *d = dense(2, NULL);
+  ck_assert_int_eq(lunet_model_add(ctx, m, NULL, 1, &x), -1);
+  ck_assert_int_eq(lunet_model_add(ctx, m, d, 1, NULL), -1);
+  ck_assert_int_eq(lunet_model_set_outputs(ctx, m, 1, NULL), LUNET_ERR_ARG);
+  int y = lunet_model_add(ctx, m, d, 1, &x);
+  ck_assert_msg(y >= 0, "%s", lunet_ctx_error(ctx));
+  ck_assert_int_eq(lunet_model_set_outputs(ctx, m, 1, &y), LUNET_OK);
+  lunet_layer_release(d);
+  lunet_model_release(m);
+  /* the image readers and writer */
+  float px[4 * 4 * 3] = {0};
+  lunet_image_info info;
+  ck_assert_int_eq(lunet_image_info_read(ctx, NULL, &info), LUNET_ERR_ARG);
+  ck_assert_int_eq(lunet_image_info_read(ctx, "x.png", NULL), LUNET_ERR_ARG);
+  ck_assert_int_eq(lunet_image_load(ctx, NULL, 4, 4, 3, false, px), LUNET_ERR_ARG);
+  ck_assert_int_eq(lunet_image_save(ctx, NULL, px, 4, 4, 3, 90), LUNET_ERR_ARG);
+  ck_assert_int_eq(lunet_image_save(ctx, "/tmp/big.png", px, INT64_MAX / 2, 4, 3, 90), LUNET_ERR_ARG);
+  ck_assert_msg(strstr(lunet_ctx_error(ctx), "the most an image holds"), "%s", lunet_ctx_error(ctx));
+  char path[] = "/tmp/lunet_img_XXXXXX.png";
+  int fd = mkstemps(path, 4);
+  ck_assert_int_ge(fd, 0);
+  close(fd);
+  ck_assert_int_eq(lunet_image_save(ctx, path, px, 4, 4, 3, 90), LUNET_OK);
+  ck_assert_int_eq(lunet_image_load(ctx, path, 4, 4, 3, false, NULL), LUNET_ERR_ARG);
+  const char *paths[1] = {path};
+  ck_assert_int_eq(lunet_images_load(ctx, paths, -1, 4, 4, 3, false, 1, px), LUNET_ERR_ARG);
+  ck_assert_int_eq(lunet_images_load(ctx, NULL, 1, 4, 4, 3, false, 1, px), LUNET_ERR_ARG);
+  ck_assert_int_eq(lunet_images_load(ctx, paths, 1, 4, 4, 3, false, 1, NULL), LUNET_ERR_ARG);
+  ck_assert_int_eq(lunet_images_load(ctx, paths, 1, 4, 4, 3, false, 1, px), LUNET_OK);
+  unlink(path);
+}
+END_TEST
+
 /* A session's feed is checked whole before any layer runs (a wrong width
  * failed half way, leaving the layers' caches a step ahead and the session
  * unusable), and keeps the session's number of samples. */
@@ -749,6 +829,7 @@ static Suite *model_suite(void) {
   tcase_add_test(tc, test_metrics_update_merge_reset);
   tcase_add_test(tc, test_graph_errors_are_clear);
   tcase_add_test(tc, test_sizes_and_built_layers_are_checked);
+  tcase_add_test(tc, test_null_and_out_of_range_arguments);
   tcase_add_test(tc, test_session_feeds_are_checked_first);
   tcase_add_test(tc, test_two_threads_run_one_model_at_once);
   tcase_add_test(tc, test_plugins_of_other_abis_are_refused);

@@ -84,7 +84,8 @@ LUNET_API double lunet_rng_uniform(lunet_ctx *ctx);
  * sample's dataset index (0-based) and the epoch before every step, so that
  * random preprocessing layers (nn.RandomFlip ...) draw exactly what
  * fit{augment = ...} would draw for the same samples.  Copies the indices;
- * indices NULL (or n 0) clears them. */
+ * n 0 clears them (indices may then be NULL); n < 0, or NULL indices with
+ * n > 0, is an error. */
 LUNET_API lunet_status lunet_set_sample_keys(lunet_ctx *ctx, uint64_t epoch, const int64_t *indices,
                                              int64_t n);
 /* Room for n keys, filled by the caller, that become the batch's keys (no
@@ -128,7 +129,8 @@ typedef struct lunet_backend_info {
 LUNET_API int lunet_backends(lunet_ctx *ctx, lunet_backend_info *out, int max);
 /* Makes `name` the default backend of new tensors in this context. */
 LUNET_API lunet_status lunet_use(lunet_ctx *ctx, const char *name);
-/* Same, on device `device` of that backend (-1: its choice).  The backend
+/* Same, on device `device` of that backend (-1: its choice; below -1 an
+ * error).  The backend
  * restarts on that device when no tensor lives on it yet; otherwise asking
  * for another device is an error. */
 LUNET_API lunet_status lunet_use_device(lunet_ctx *ctx, const char *name, int device);
