@@ -520,6 +520,12 @@ static lunet_status metric_config(lunet_ctx *ctx, const lunet_model *m, int out,
                        "metric '%s' gives one value per class, and a log holds one number: use another "
                        "average (macro, micro, weighted), or run the metric on model:predict's output",
                        spec);
+  const value *v = &m->values[m->outputs[out]];
+  int64_t classes = v->ndim ? v->shape[v->ndim - 1] : 1;
+  if (cfg->class_id >= 0 && cfg->class_id >= classes) /* it failed at the first step of fit */
+    return lunet_error(ctx, LUNET_ERR_ARG, "metric '%s': class_id %d, but output '%s' has %lld class%s (ids 0 to %lld)",
+                       spec, cfg->class_id, m->output_names[out], (long long)classes, classes == 1 ? "" : "es",
+                       (long long)classes - 1);
   const lunet_loss_spec *ls = &m->losses[out];
   if (cfg->kind == LUNET_METRIC_BINARY_ACCURACY) {
     /* sigmoid(x) > t where x > log(t / (1 - t)): 0 for Keras's 0.5 */

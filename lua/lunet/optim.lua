@@ -496,16 +496,17 @@ end
 -- The monitored value of this epoch's logs; a key never logged warns once
 -- (on stderr, naming the logged keys), as Keras warns, instead of doing
 -- nothing silently.
-local function watched(self, what, logs)
+local function watched(self, what, logs, instead)
   local v = logs[self.monitor]
   if v == nil and not self.warned then
     self.warned = true
     local keys = {}
     for k in pairs(logs) do keys[#keys + 1] = k end
     table.sort(keys)
-    io.stderr:write(string.format("warning: %s watches '%s', which is not logged (logged: %s)%s; it does nothing\n",
+    io.stderr:write(string.format("warning: %s watches '%s', which is not logged (logged: %s)%s; %s\n",
       what, self.monitor, table.concat(keys, ", "),
-      self.monitor:match("^val_") and "; give fit validation_data or validation_split" or ""))
+      self.monitor:match("^val_") and "; give fit validation_data or validation_split" or "",
+      instead or "it does nothing"))
   end
   return v
 end
@@ -616,7 +617,7 @@ function M.callbacks.ModelCheckpoint(o)
     min_delta = 0, verbose = o.verbose })
   self.mode = monitor_mode(self.monitor, o.mode, "ModelCheckpoint")
   function self:on_epoch_end(model, epoch, logs) -- epoch from 0; files and saves number it from 1
-    local v = self.save_best_only and watched(self, "ModelCheckpoint", logs)
+    local v = self.save_best_only and watched(self, "ModelCheckpoint", logs, "it saves every epoch")
     local file = checkpoint_name(self.path, epoch + 1, logs)
     if self.save_best_only and v ~= nil then -- (an unlogged monitor saves every epoch, as Keras's, with its warning)
       if not improved(self, v) then return end

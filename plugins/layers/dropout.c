@@ -250,6 +250,7 @@ LAYERS_HIDDEN const lunet_layer_type layers_activity_regularization = {
     .doc = "The identity; l1 * sum|y| + l2 * sum(y^2) of its output joins the loss",
     .args = activity_args,
     .nargs = sizeof activity_args / sizeof activity_args[0],
+    .positional = 2, /* Keras's ActivityRegularization(l1, l2) */
     .build = activity_build,
     .forward = activity_forward,
     .backward = activity_backward,

@@ -369,6 +369,13 @@ function T.compile_with_a_fused_softmax_and_sparse_labels()
     model:compile{optimizer = "adam", loss = "mse", metrics = {"auc", "auc"}}
     model:evaluate(x, nn.randn(50, 3), {verbose = 0})
   end, "two metrics log as 'auc' (give one a name: auc(name=...))")
+  -- a class_id past the output's classes is a compile error (fit failed at its first step)
+  check.fails(function()
+    model:compile{optimizer = "adam", loss = "mse", metrics = {nn.metrics.Recall{class_id = 3}}}
+    model:evaluate(x, nn.randn(50, 3), {verbose = 0})
+  end, "metric 'Recall(class_id=3)': class_id 3, but output '" .. model.layers[1].name .. "' has 3 classes (ids 0 to 2)")
+  model:compile{optimizer = "adam", loss = "mse", metrics = {nn.metrics.Recall{class_id = 2}}}
+  model:evaluate(x, nn.randn(50, 3), {verbose = 0})
 end
 
 -- The metrics never change the loss: a saturated softmax (logits 0 and 40)

@@ -193,6 +193,19 @@ function T.callbacks_say_what_they_cannot_do()
   check.eq(#said, 1, "warned once")
   assert(said[1]:find("EarlyStopping watches 'val_loss', which is not logged (logged: accuracy, loss)", 1, true), said[1])
   assert(said[1]:find("give fit validation_data", 1, true), said[1])
+  assert(said[1]:find("; it does nothing", 1, true), said[1])
+  -- save_best_only on an unlogged value saves every epoch, and says so
+  local every = os.tmpname()
+  said = {}
+  io.stderr = {write = function(_, s) said[#said + 1] = s end}
+  ok, err = pcall(m.fit, m, x, y, {epochs = 2, verbose = 0,
+    callbacks = {nn.callbacks.ModelCheckpoint{path = every .. "-{epoch}.safetensors", save_best_only = true}}})
+  io.stderr = real
+  assert(ok, err)
+  assert(#said == 1 and said[1]:find("which is not logged (logged: accuracy, loss); give fit validation_data or "
+    .. "validation_split; it saves every epoch", 1, true), said[1])
+  for e = 1, 2 do check.eq(os.remove(every .. "-" .. e .. ".safetensors"), true, "checkpoint of epoch " .. e) end
+  os.remove(every)
   local dir = os.tmpname()
   os.remove(dir)
   os.execute("mkdir -p " .. dir)
@@ -945,7 +958,7 @@ function T.bias_and_activity_regularizers()
   local x, y = nn.randn(6, 3), nn.randn(6, 2)
   local m = nn.Sequential{nn.Dense{2, input_shape = {3}, kernel_regularizer = nn.regularizers.l1(0.01),
     bias_regularizer = nn.regularizers.l2(0.3), activity_regularizer = nn.regularizers.l1_l2(0.02, 0.05)},
-    nn.ActivityRegularization{l1 = 0.1}}
+    nn.ActivityRegularization{0.1}} -- l1 by position, as Keras's ActivityRegularization(0.1)
   m:compile{optimizer = "sgd", loss = "mse"}
   local kb = m:get_weights()
   kb[2] = nn.tensor{0.5, -1.5}
@@ -974,6 +987,9 @@ function T.bias_and_activity_regularizers()
   local bp, br = plain:get_weights()[2]:totable(), reg:get_weights()[2]:totable()
   for j = 1, 2 do check.near(bp[j] - br[j], 2 * 0.3 * B[j], 1e-5, "bias gradient " .. j) end
   check.fails(function() nn.ActivityRegularization{l1 = -1}:build({3}) end, "l1 and l2 must be >= 0")
+  local both = nn._C.layer_args(nn.ActivityRegularization{0.25, 0.5}.handle)
+  check.eq(both.l1, 0.25, "l1 first")
+  check.eq(both.l2, 0.5, "l2 second")
   -- Keras's names for a depthwise kernel: depthwise_regularizer, depthwise_constraint
   local dw = nn.Sequential{nn.DepthwiseConv2D{3, input_shape = {4, 4, 2}, use_bias = false,
     depthwise_regularizer = nn.regularizers.l2(0.1), depthwise_constraint = nn.constraints.non_neg()}, nn.Flatten()}
