@@ -7,16 +7,30 @@
  * valid positions only,
  *   mean = sum(m x) / (sum(m) + 1e-7),  var = sum(m (m x - mean)^2) / (sum(m) + 1e-7),
  * every position normalized by them; that path is built from tape ops
- * (layers_graph), so its gradient is the graph's, on every backend. */
+ * (layers_graph), so its gradient is the graph's, on every backend.
+ *
+ * The weights in Keras's get_weights() order: gamma (only with scale =
+ * true), beta (only with center = true), moving_mean, moving_variance; a
+ * switched-off gamma or beta is a constant 1 or 0. */
 #include <string.h>
 #include "layers.h"
 
-/* Keras's get_weights() order. */
-enum { GAMMA = 0, BETA = 1, MOVING_MEAN = 2, MOVING_VAR = 3 };
+/* The indices of gamma and beta (-1: absent) and of the moving statistics. */
+typedef struct bn_weights {
+  int gamma, beta, mean, var;
+} bn_weights;
+
+static bn_weights bn_weight_indices(lunet_layer *l) {
+  bn_weights w;
+  w.mean = layers_norm_affine(l, &w.gamma, &w.beta);
+  w.var = w.mean + 1;
+  return w;
+}
 
 typedef struct bn_state {
   layers_graph g;           /* the masked path's graph (first: layers_graph_* read it) */
   lunet_tensor *x;          /* (N, ..., C) of the last forward */
+  lunet_tensor *gamma;      /* gamma of the last forward (ones when scale is off) */
   lunet_batchnorm_state bn; /* save_mean/save_invstd (C) owned here, reused */
   bool training;            /* the mode of the last forward */
   bool masked;              /* the last forward took the masked path */
@@ -69,13 +83,12 @@ static lunet_status bn_build(lunet_layer *l, int nin, const lunet_shape *in, lun
   if (in[0].ndim < 1) return layers_rank_error(l, "1 or more (..., C)", &in[0]);
   lunet_status s = bn_check_args(l, in[0].ndim);
   if (s != LUNET_OK) return s;
-  bool scale = lunet_layer_get_bool(l, "scale"), center = lunet_layer_get_bool(l, "center");
   const int64_t *c = &in[0].dims[in[0].ndim - 1];
-  /* Without scale/center, gamma/beta stay at 1/0 and out of training. */
-  const char *gi = scale ? layers_initializer(l, "gamma_initializer", "ones") : "ones";
-  const char *bi = center ? layers_initializer(l, "beta_initializer", "zeros") : "zeros";
-  if (lunet_layer_add_weight(l, "gamma", 1, c, gi, scale) < 0 ||
-      lunet_layer_add_weight(l, "beta", 1, c, bi, center) < 0 ||
+  bn_weights w = bn_weight_indices(l);
+  if ((w.gamma >= 0 && lunet_layer_add_weight(l, "gamma", 1, c, layers_initializer(l, "gamma_initializer", "ones"),
+                                              true) < 0) ||
+      (w.beta >= 0 && lunet_layer_add_weight(l, "beta", 1, c, layers_initializer(l, "beta_initializer", "zeros"),
+                                             true) < 0) ||
       lunet_layer_add_weight(l, "moving_mean", 1, c,
                              layers_initializer(l, "moving_mean_initializer", "zeros"),
                              false) < 0 ||
@@ -142,7 +155,8 @@ static lunet_status bn_forward_masked(lunet_layer *l, lunet_call *c, bn_state *s
   int64_t ch = lunet_tensor_dim(x, -1), m = ch ? lunet_tensor_numel(x) / ch : 0, flat[2] = {m, ch};
   lunet_tensor *w = bn_mask_weights(c, x, mask, m);
   if (!w) return lunet_ctx_status(ctx);
-  lunet_status s = layers_graph_begin(c, l, &st->g, x, 2);
+  bn_weights iw = bn_weight_indices(l);
+  lunet_status s = layers_graph_begin(c, l, &st->g, x, iw.mean);
   if (s) {
     layers_release(w);
     return s;
@@ -152,7 +166,7 @@ static lunet_status bn_forward_masked(lunet_layer *l, lunet_call *c, bn_state *s
   lunet_tensor *wsum = lunet_op_reduce(ctx, LUNET_REDUCE_SUM, w, LUNET_ALL_AXES, false);
   lunet_tensor *count = wsum ? lunet_op_unary(ctx, LUNET_UNARY_AFFINE, wsum, 1.0f, BN_COUNT_EPSILON) : NULL;
   lunet_set_grad_enabled(ctx, prev);
-  enum { XF, XW, SUM, MEAN, DIFF, SQ, WSQ, SSQ, VAR, VE, SD, INV, XC, XN, SC, OUT, NT };
+  enum { XF, XW, SUM, MEAN, DIFF, SQ, WSQ, SSQ, VAR, VE, SD, INV, XC, XN, SC, SH, NT };
   lunet_tensor *t[NT] = {0};
   bool ok = count && (t[XF] = lunet_reshape(ctx, st->g.x[0], 2, flat)) && (t[XW] = lunet_mul(ctx, t[XF], w)) &&
             (t[SUM] = lunet_reduce(ctx, LUNET_REDUCE_SUM, t[XW], 0, true)) &&
@@ -164,13 +178,15 @@ static lunet_status bn_forward_masked(lunet_layer *l, lunet_call *c, bn_state *s
             (t[SD] = lunet_unary(ctx, LUNET_UNARY_SQRT, t[VE], 0.0f, 0.0f)) &&
             (t[INV] = lunet_unary(ctx, LUNET_UNARY_RECIP, t[SD], 0.0f, 0.0f)) &&
             (t[XC] = lunet_sub(ctx, t[XF], t[MEAN])) && (t[XN] = lunet_mul(ctx, t[XC], t[INV])) &&
-            (t[SC] = lunet_mul(ctx, t[XN], st->g.w[GAMMA])) && (t[OUT] = lunet_add(ctx, t[SC], st->g.w[BETA]));
-  lunet_tensor *out = ok ? lunet_reshape(ctx, t[OUT], lunet_tensor_ndim(x), lunet_tensor_shape(x)) : NULL;
+            (iw.gamma < 0 || (t[SC] = lunet_mul(ctx, t[XN], st->g.w[iw.gamma]))) &&
+            (iw.beta < 0 || (t[SH] = lunet_add(ctx, t[SC] ? t[SC] : t[XN], st->g.w[iw.beta])));
+  lunet_tensor *last = t[SH] ? t[SH] : t[SC] ? t[SC] : t[XN];
+  lunet_tensor *out = ok ? lunet_reshape(ctx, last, lunet_tensor_ndim(x), lunet_tensor_shape(x)) : NULL;
   /* the moving statistics follow the batch's (weighted) ones */
   if (out) {
     prev = lunet_set_grad_enabled(ctx, false);
-    if (bn_move(ctx, lunet_layer_weight(l, MOVING_MEAN), t[MEAN], momentum) ||
-        bn_move(ctx, lunet_layer_weight(l, MOVING_VAR), t[VAR], momentum))
+    if (bn_move(ctx, lunet_layer_weight(l, iw.mean), t[MEAN], momentum) ||
+        bn_move(ctx, lunet_layer_weight(l, iw.var), t[VAR], momentum))
       layers_set(&out, NULL);
     lunet_set_grad_enabled(ctx, prev);
   }
@@ -191,12 +207,18 @@ static lunet_status bn_forward(lunet_layer *l, lunet_call *c, int nin, lunet_ten
   lunet_tensor *mask = training ? lunet_call_mask(c, 0) : NULL;
   if (mask) return bn_forward_masked(l, c, st, x[0], mask, y);
   if (training && bn_stats(c, x[0], &st->bn) != LUNET_OK) return layers_call_failed(c);
-  st->bn.running_mean = lunet_layer_weight(l, MOVING_MEAN);
-  st->bn.running_var = lunet_layer_weight(l, MOVING_VAR);
+  bn_weights w = bn_weight_indices(l);
+  int64_t ch = lunet_tensor_dim(x[0], -1);
+  st->bn.running_mean = lunet_layer_weight(l, w.mean);
+  st->bn.running_var = lunet_layer_weight(l, w.var);
   st->bn.momentum = (float)lunet_layer_get_float(l, "momentum");
   st->bn.epsilon = (float)lunet_layer_get_float(l, "epsilon");
-  y[0] = lunet_op_batchnorm(lunet_call_ctx(c), x[0], lunet_layer_weight(l, GAMMA),
-                            lunet_layer_weight(l, BETA), &st->bn, training);
+  layers_set(&st->gamma, w.gamma >= 0 ? lunet_tensor_retain(lunet_layer_weight(l, w.gamma))
+                                      : layers_filled(c, x[0], ch, 1.0f));
+  lunet_tensor *zero = w.beta < 0 ? layers_filled(c, x[0], ch, 0.0f) : NULL;
+  lunet_tensor *beta = w.beta < 0 ? zero : lunet_layer_weight(l, w.beta);
+  y[0] = st->gamma && beta ? lunet_op_batchnorm(lunet_call_ctx(c), x[0], st->gamma, beta, &st->bn, training) : NULL;
+  layers_release(zero);
   if (!y[0]) return layers_call_failed(c);
   layers_set(&st->x, lunet_tensor_retain(x[0]));
   st->training = training;
@@ -207,9 +229,9 @@ static lunet_status bn_forward(lunet_layer *l, lunet_call *c, int nin, lunet_ten
 static lunet_status bn_weight_grads(lunet_layer *l, lunet_call *c, lunet_tensor *dgamma,
                                     lunet_tensor *dbeta) {
   lunet_status s = LUNET_OK;
-  if (lunet_layer_get_bool(l, "scale")) s = lunet_call_accumulate_grad(c, GAMMA, dgamma);
-  if (s == LUNET_OK && lunet_layer_get_bool(l, "center"))
-    s = lunet_call_accumulate_grad(c, BETA, dbeta);
+  bn_weights w = bn_weight_indices(l);
+  if (w.gamma >= 0) s = lunet_call_accumulate_grad(c, w.gamma, dgamma);
+  if (s == LUNET_OK && w.beta >= 0) s = lunet_call_accumulate_grad(c, w.beta, dbeta);
   layers_release(dgamma);
   layers_release(dbeta);
   return s == LUNET_OK ? LUNET_OK : layers_call_failed(c);
@@ -219,8 +241,7 @@ static lunet_status bn_weight_grads(lunet_layer *l, lunet_call *c, lunet_tensor 
 static lunet_tensor *bn_dx_training(lunet_layer *l, lunet_call *c, lunet_tensor *dy,
                                     lunet_tensor **dgamma, lunet_tensor **dbeta) {
   bn_state *st = lunet_call_state(c);
-  return lunet_op_batchnorm_backward(lunet_call_ctx(c), dy, st->x, lunet_layer_weight(l, GAMMA),
-                                     &st->bn, dgamma, dbeta);
+  return lunet_op_batchnorm_backward(lunet_call_ctx(c), dy, st->x, st->gamma, &st->bn, dgamma, dbeta);
 }
 
 /* After an inference forward the statistics are constants:
@@ -236,7 +257,7 @@ static lunet_tensor *bn_dx_inference(lunet_layer *l, lunet_call *c, lunet_tensor
   if ((v = lunet_op_unary(ctx, LUNET_UNARY_AFFINE, st->bn.running_var, 1.0f, st->bn.epsilon)) &&
       (sd = lunet_op_unary(ctx, LUNET_UNARY_SQRT, v, 0.0f, 0.0f)) &&
       (inv = lunet_op_unary(ctx, LUNET_UNARY_RECIP, sd, 0.0f, 0.0f)) &&
-      (g = lunet_op_binary(ctx, LUNET_BINARY_MUL, lunet_layer_weight(l, GAMMA), inv)) &&
+      (g = lunet_op_binary(ctx, LUNET_BINARY_MUL, st->gamma, inv)) &&
       (xc = lunet_op_binary(ctx, LUNET_BINARY_SUB, st->x, st->bn.running_mean)) &&
       (xh = lunet_op_binary(ctx, LUNET_BINARY_MUL, xc, inv)) &&
       (p = lunet_op_binary(ctx, LUNET_BINARY_MUL, dy, xh)) &&
@@ -278,6 +299,7 @@ static void bn_release(lunet_layer *l, lunet_call *c) {
   bn_state *st = lunet_call_state(c);
   layers_graph_release(&st->g);
   layers_set(&st->x, NULL);
+  layers_set(&st->gamma, NULL);
   layers_set(&st->bn.save_mean, NULL);
   layers_set(&st->bn.save_invstd, NULL);
 }
@@ -288,6 +310,7 @@ static const lunet_layer_test bn_tests[] = {
     {LAYERS_ARGS({"momentum", {.f = 0.9}}, {"epsilon", {.f = 0.01}}, {"center", {.b = false}}),
      LAYERS_INPUTS({1, {4}}), 5, 5e-2f},
     {LAYERS_ARGS({"scale", {.b = false}}), LAYERS_INPUTS({2, {2, 3}}), 3, 5e-2f},
+    {LAYERS_ARGS({"scale", {.b = false}}, {"center", {.b = false}}), LAYERS_INPUTS({1, {4}}), 5, 5e-2f},
 };
 
 LAYERS_HIDDEN const lunet_layer_type layers_batch_normalization = {

@@ -4,11 +4,11 @@
  * (biased) variance over the last axis; gamma (C) and beta (C) as
  * PyTorch's nn.LayerNorm weight and bias.  Forward is the core's fused
  * lunet_layernorm on the tape (layers_graph), one kernel forward and one
- * backward on every backend.
+ * backward on every backend.  As Keras's, gamma is a weight only with
+ * scale = true and beta only with center = true; a switched-off one is a
+ * constant 1 or 0.
  */
 #include "layers.h"
-
-enum { GAMMA = 0, BETA = 1 };
 
 static const lunet_arg_schema layernorm_args[] = {
     {"axis", LUNET_ARG_INT, LUNET_ARG_DEFAULT, .def = {.i = -1},
@@ -30,10 +30,10 @@ static lunet_status layernorm_build(lunet_layer *l, int nin, const lunet_shape *
   if (lunet_layer_get_float(l, "epsilon") <= 0)
     return lunet_layer_error(l, LUNET_ERR_ARG, "epsilon must be positive");
   int64_t c = in[0].dims[in[0].ndim - 1];
-  /* the weights are always there (Keras omits the switched-off ones; here
-   * they stay at 1 and 0 and out of training) */
-  if (lunet_layer_add_weight(l, "gamma", 1, &c, "ones", lunet_layer_get_bool(l, "scale")) < 0 ||
-      lunet_layer_add_weight(l, "beta", 1, &c, "zeros", lunet_layer_get_bool(l, "center")) < 0)
+  int gi, bi;
+  layers_norm_affine(l, &gi, &bi);
+  if ((gi >= 0 && lunet_layer_add_weight(l, "gamma", 1, &c, "ones", true) < 0) ||
+      (bi >= 0 && lunet_layer_add_weight(l, "beta", 1, &c, "zeros", true) < 0))
     return layers_failed(l);
   out[0] = in[0];
   return LUNET_OK;
@@ -48,18 +48,27 @@ static lunet_status layernorm_forward(lunet_layer *l, lunet_call *c, int nin, lu
                                       lunet_tensor **y, bool training) {
   layers_graph *st = lunet_call_state(c);
   layers_graph_release(st);
-  lunet_status s = layers_graph_begin(c, l, st, x[0], 2);
-  return s ? s
-           : layers_graph_end(c, st,
-                              layers_layernorm_graph(lunet_call_ctx(c), st->x[0], st->w[GAMMA], st->w[BETA],
-                                                     (float)lunet_layer_get_float(l, "epsilon")),
-                              y);
+  int gi, bi, nw = layers_norm_affine(l, &gi, &bi);
+  lunet_status s = layers_graph_begin(c, l, st, x[0], nw);
+  if (s) return s;
+  int64_t ch = lunet_tensor_dim(x[0], -1);
+  lunet_tensor *one = gi < 0 ? layers_filled(c, x[0], ch, 1.0f) : NULL;
+  lunet_tensor *zero = bi < 0 ? layers_filled(c, x[0], ch, 0.0f) : NULL;
+  lunet_tensor *gamma = gi < 0 ? one : st->w[gi], *beta = bi < 0 ? zero : st->w[bi];
+  lunet_tensor *out = gamma && beta ? layers_layernorm_graph(lunet_call_ctx(c), st->x[0], gamma, beta,
+                                                             (float)lunet_layer_get_float(l, "epsilon"))
+                                    : NULL;
+  layers_release(one);
+  layers_release(zero);
+  return layers_graph_end(c, st, out, y);
 }
 
 static const lunet_layer_test layernorm_tests[] = {
     {NULL, 0, LAYERS_INPUTS({1, {5}}), 3, 1e-2f},
     {LAYERS_ARGS({"epsilon", {.f = 1e-5}}), LAYERS_INPUTS({2, {3, 4}}), 2, 1e-2f},
     {LAYERS_ARGS({"center", {.b = false}}), LAYERS_INPUTS({1, {6}}), 2, 1e-2f},
+    {LAYERS_ARGS({"scale", {.b = false}}), LAYERS_INPUTS({2, {2, 3}}), 2, 1e-2f},
+    {LAYERS_ARGS({"scale", {.b = false}}, {"center", {.b = false}}), LAYERS_INPUTS({1, {4}}), 2, 1e-2f},
 };
 
 LAYERS_HIDDEN const lunet_layer_type layers_layer_normalization = {

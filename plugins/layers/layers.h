@@ -151,6 +151,26 @@ static inline lunet_status layers_call_failed(lunet_call *c) {
                           "a tensor op failed without a message (a core bug; please report it)");
 }
 
+/* A normalization's gamma and beta, Keras's: weights only while `scale`
+ * and `center` are on (then first, gamma before beta).  Their indices, -1
+ * for a switched-off one; returns how many there are. */
+static inline int layers_norm_affine(lunet_layer *l, int *gamma, int *beta) {
+  bool scale = lunet_layer_get_bool(l, "scale"), center = lunet_layer_get_bool(l, "center");
+  *gamma = scale ? 0 : -1;
+  *beta = center ? (scale ? 1 : 0) : -1;
+  return scale + center;
+}
+
+/* (n) float32 `value`s on like's backend, off the tape (a switched-off
+ * gamma's ones, beta's zeros); NULL with the call's error set. */
+static inline lunet_tensor *layers_filled(lunet_call *c, const lunet_tensor *like, int64_t n, float value) {
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  lunet_tensor *t = lunet_op_new(ctx, like, LUNET_F32, 1, &n);
+  if (t && lunet_op_fill(ctx, t, value)) layers_set(&t, NULL);
+  if (!t) layers_call_failed(c);
+  return t;
+}
+
 /* backward() found nothing saved: the core called it without a forward. */
 static inline lunet_status layers_no_forward(lunet_call *c) {
   return lunet_call_error(c, LUNET_ERR_ARG, "backward called before forward");

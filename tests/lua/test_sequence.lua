@@ -627,7 +627,7 @@ end
 -- masked loss, is the step of BatchNormalization -> Dense on the valid steps
 -- alone taken as a batch of vectors: the same loss, gradients (gamma, beta,
 -- the Dense) and moving statistics.  Inference uses the moving ones.
-function T.batchnorm_statistics_leave_masked_steps_out()
+local function masked_batchnorm(o)
   nn.seed(8)
   local seq = (nn.randn(3, 4, 2) * 2 + 1):totable()
   local target = nn.randn(3, 4, 1):totable()
@@ -643,9 +643,10 @@ function T.batchnorm_statistics_leave_masked_steps_out()
     m:compile{optimizer = nn.optimizers.SGD{learning_rate = 0.5}, loss = "mse"}
     return m
   end
-  local padded = compile(nn.Sequential{nn.Masking{input_shape = {4, 2}}, nn.BatchNormalization{momentum = 0.5},
-    nn.Dense(1)})
-  local flat = compile(nn.Sequential{nn.BatchNormalization{momentum = 0.5, input_shape = {2}}, nn.Dense(1)})
+  local padded = compile(nn.Sequential{nn.Masking{input_shape = {4, 2}},
+    nn.BatchNormalization{momentum = 0.5, scale = o.scale, center = o.center}, nn.Dense(1)})
+  local flat = compile(nn.Sequential{nn.BatchNormalization{momentum = 0.5, input_shape = {2}, scale = o.scale,
+    center = o.center}, nn.Dense(1)})
   flat:set_weights(padded:get_weights())
   for step = 1, 2 do
     local la = padded:train_on_batch(nn.tensor(seq), nn.tensor(target))
@@ -654,7 +655,7 @@ function T.batchnorm_statistics_leave_masked_steps_out()
     local wa, wb = padded:get_weights(), flat:get_weights()
     for k = 1, #wb do
       check.same_table(wa[k]:totable(), wb[k]:totable(), 1e-5, "step " .. step .. ": weight " .. k ..
-        " (gamma, beta, moving mean, moving variance, kernel, bias)")
+        " (gamma, beta, moving mean, moving variance, kernel, bias; without the switched-off ones)")
     end
   end
   -- inference normalizes every step by the moving statistics
@@ -669,6 +670,10 @@ function T.batchnorm_statistics_leave_masked_steps_out()
       end
     end
   end
+end
+
+function T.batchnorm_statistics_leave_masked_steps_out()
+  for _, o in ipairs{{}, {scale = false}, {center = false}} do masked_batchnorm(o) end
 end
 
 -- Masks through layers as Keras 3 carries them: a layer without

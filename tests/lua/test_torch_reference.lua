@@ -185,6 +185,68 @@ function T.batchnorm_both_modes_match_torch()
   end
 end
 
+-- scale = false / center = false: gamma / beta are no weights (Keras's
+-- get_weights and parameter counts), and the layer computes what the full
+-- one (held to torch above) computes with gamma 1 and beta 0.
+function T.switched_off_gamma_and_beta_are_no_weights()
+  local function names(layer)
+    local out = {}
+    for _, w in ipairs(layer:weights()) do out[#out + 1] = w.name end
+    return table.concat(out, ",")
+  end
+  for _, c in ipairs(layers_ref.batchnorm) do
+    local n = #c.gamma
+    local ones, zeros = {}, {}
+    for i = 1, n do ones[i], zeros[i] = 1, 0 end
+    for _, o in ipairs{{scale = false}, {center = false}, {scale = false, center = false}} do
+      local what = string.format("batch norm (scale %s, center %s, training %s)", tostring(o.scale ~= false),
+        tostring(o.center ~= false), tostring(c.training))
+      local x1, x2 = nn.tensor(c.x):requires_grad(true), nn.tensor(c.x):requires_grad(true)
+      local full, part = built("BatchNormalization", {}, x1), built("BatchNormalization", o, x2)
+      local gamma = o.scale == false and ones or c.gamma
+      local beta = o.center == false and zeros or c.beta
+      full:set_weights({nn.tensor(gamma), nn.tensor(beta), nn.tensor(c.moving_mean), nn.tensor(c.moving_variance)})
+      local ws = {}
+      if o.scale ~= false then ws[#ws + 1] = nn.tensor(c.gamma) end
+      if o.center ~= false then ws[#ws + 1] = nn.tensor(c.beta) end
+      ws[#ws + 1], ws[#ws + 2] = nn.tensor(c.moving_mean), nn.tensor(c.moving_variance)
+      part:set_weights(ws)
+      check.eq(names(part), (o.scale ~= false and "gamma," or "") .. (o.center ~= false and "beta," or "")
+        .. "moving_mean,moving_variance", what .. ": Keras's weights")
+      local y1, y2 = full:apply(x1, c.training), part:apply(x2, c.training)
+      check.same_table(y2:totable(), y1:totable(), 1e-6, what .. " output")
+      ;(y1 * nn.tensor(c.g)):sum():backward()
+      ;(y2 * nn.tensor(c.g)):sum():backward()
+      check.same_table(x2.grad:totable(), x1.grad:totable(), 1e-6, what .. " input gradient")
+      local by_name = {}
+      for _, w in ipairs(full:weights()) do by_name[w.name] = w end
+      for _, w in ipairs(part:weights()) do
+        local f = by_name[w.name]
+        check.same_table(w.tensor:totable(), f.tensor:totable(), 1e-6, what .. " " .. w.name)
+        if w.trainable then check.same_table(w.tensor.grad:totable(), f.tensor.grad:totable(), 1e-6, what .. " d" .. w.name) end
+      end
+    end
+  end
+  local m = nn.Sequential{nn.Dense{6, input_shape = {4}}, nn.BatchNormalization{scale = false},
+    nn.LayerNormalization{center = false}, nn.BatchNormalization{center = false, scale = false},
+    nn.LayerNormalization{scale = false, center = false}, nn.Dense{2}}
+  check.eq(#m:get_weights(), 2 + 3 + 1 + 2 + 0 + 2, "Keras's get_weights")
+  check.eq(m:count_params(), 30 + 18 + 6 + 12 + 0 + 14, "Keras's parameter count")
+  check.eq(names(m.layers[3]), "gamma", "LayerNormalization without beta")
+  -- LayerNormalization without gamma and beta: (x - mean) / sqrt(var + eps), written out
+  local x = nn.randn(3, 6)
+  local y = nn.Sequential{nn.LayerNormalization{scale = false, center = false, input_shape = {6}}}:predict(x)
+  local want = {}
+  for i, r in ipairs(x:totable()) do
+    local mean, var = 0, 0
+    for _, v in ipairs(r) do mean = mean + v / #r end
+    for _, v in ipairs(r) do var = var + (v - mean) ^ 2 / #r end
+    want[i] = {}
+    for j, v in ipairs(r) do want[i][j] = (v - mean) / math.sqrt(var + 1e-3) end
+  end
+  check.same_table(y:totable(), want, 1e-5, "LayerNormalization, neither gamma nor beta")
+end
+
 -- DepthwiseConv2D and SeparableConv2D against torch's grouped and 1x1
 -- conv2d, dilated too (fixture make_torch_depthwise.py): outputs, input and weight
 -- gradients.

@@ -56,6 +56,7 @@ case("cnn", function()
     nn.BatchNormalization{},
     nn.Conv2D{ 4, 2, strides = { 1, 2 }, padding = "same", use_bias = false },
     nn.AveragePooling2D{ 2, padding = "same" },
+    nn.BatchNormalization{ center = false }, -- gamma, no beta (Keras's weights)
     nn.SpatialDropout2D{ 0.3 },
     nn.Flatten{},
     nn.Dropout{ 0.5 },
@@ -149,7 +150,7 @@ case("images_merge", function()
   local s = nn.Add{}{ c, x }
   local m = nn.Maximum{}{ x, c, s }
   local cat = nn.Concatenate{ axis = 3 }{ c, x }
-  local bn = nn.BatchNormalization{}(cat)
+  local bn = nn.BatchNormalization{ scale = false }(cat) -- beta, no gamma
   return nn.Model{ inputs = x, outputs = { m, bn } }, { normal(6, 6, 2) }
 end)
 
