@@ -1319,8 +1319,15 @@ static lunet_status step_inputs_fit(lunet_ctx *ctx, const lunet_layer *l, int ni
 
 lunet_status lunet_layer_step(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, int64_t offset, int nin,
                               lunet_tensor *const *x, lunet_tensor **y) {
+  return lunet_layer_step_masked(ctx, l, keep, offset, nin, x, NULL, y, NULL);
+}
+
+lunet_status lunet_layer_step_masked(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, int64_t offset, int nin,
+                                     lunet_tensor *const *x, lunet_tensor *const *masks, lunet_tensor **y,
+                                     lunet_tensor **mask_out) {
   int nout = lunet_layer_output_count(l);
   for (int j = 0; j < nout; j++) y[j] = NULL;
+  for (int j = 0; mask_out && j < nout; j++) mask_out[j] = NULL;
   if (!keep || keep->layer != l)
     return lunet_error(ctx, LUNET_ERR_ARG, "%s: a step needs the layer's own kept call record", lunet_layer_name(l));
   if (!l->built) return lunet_error(ctx, LUNET_ERR_ARG, "%s: build the layer before running it step by step", lunet_layer_name(l));
@@ -1337,7 +1344,7 @@ lunet_status lunet_layer_step(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, 
   c->recording = false;
   for (int i = 0; i < LUNET_LAYER_MAX_INPUTS; i++) {
     lunet_tensor_release(c->mask[i]);
-    c->mask[i] = NULL;
+    c->mask[i] = masks && i < nin && masks[i] ? lunet_tensor_retain(masks[i]) : NULL;
   }
   if (!enter(ctx, l)) return ctx->status;
   bool prev = lunet_set_grad_enabled(ctx, false);
@@ -1356,6 +1363,7 @@ lunet_status lunet_layer_step(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, 
   if (!s && nout == 1 && l->act != ACT_NONE) s = activate(ctx, l, y);
   if (t0) lunet_prof_layer(ctx, lunet_layer_name(l), "forward", t0);
   lunet_set_grad_enabled(ctx, prev);
+  if (!s && mask_out) s = output_masks(ctx, l, c, nin, x, mask_out);
   if (s) release_all(y, nout);
   return s;
 }

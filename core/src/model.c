@@ -957,7 +957,8 @@ static lunet_status run(lunet_ctx *ctx, lunet_model *m, lunet_tensor *const *x, 
       xs[i] = vals[k->in[i]];
       ms[i] = masks[k->in[i]];
     }
-    s = ss ? lunet_layer_step(ctx, k->layer, ss->calls[c], ss->length, k->nin, xs, vals + k->out)
+    s = ss ? lunet_layer_step_masked(ctx, k->layer, ss->calls[c], ss->length, k->nin, xs, ms, vals + k->out,
+                                     masks + k->out)
            : lunet_layer_apply_relu(ctx, k->layer, NULL, k->nin, xs, ms, training, skip_act, relu_after[c] != 0,
                                     vals + k->out, masks + k->out);
     /* activity regularizers: a penalty on each output, into the step's loss */

@@ -128,8 +128,8 @@ local function cannot_step(model)
     local l, a = n.layer, n.layer.args or {}
     local self_attention = true
     for _, x in ipairs(n.inputs or {}) do self_attention = self_attention and x == n.inputs[1] end
-    if (l.type == "Embedding" and a.mask_zero) or l.type == "Masking" then
-      return string.format("layer %s makes a padding mask, which the key/value cache does not carry", l.name)
+    if l.type == "Masking" then
+      return string.format("layer %s masks whole steps of floats, which a step-by-step run does not take", l.name)
     elseif l.type == "TransformerDecoder" and (a.use_causal_mask == false or #(n.inputs or {}) > 1) then
       return string.format("layer %s is not a causal decoder without an encoder sequence", l.name)
     elseif l.type == "MultiHeadAttention" and (not a.use_causal_mask or not self_attention) then

@@ -342,6 +342,7 @@ lunet_status layers_kv_cache_start(lunet_call *c, layers_kv_cache *cache, layers
   if (offset == 0) { /* a new sequence */
     layers_set(&cache->k, NULL);
     layers_set(&cache->v, NULL);
+    layers_set(&cache->mask, NULL);
   }
   int64_t have = cache->k ? lunet_tensor_dim(cache->k, 2) : 0;
   if (have != offset)
@@ -352,6 +353,29 @@ lunet_status layers_kv_cache_start(lunet_call *c, layers_kv_cache *cache, layers
   return LUNET_OK;
 }
 
+lunet_status layers_kv_cache_mask(lunet_call *c, layers_kv_cache *cache, const lunet_tensor *x, lunet_tensor *mask,
+                                  int64_t past, lunet_tensor **out) {
+  *out = NULL;
+  if (!cache || (!mask && !cache->mask)) {
+    *out = mask ? lunet_tensor_retain(mask) : NULL;
+    return LUNET_OK;
+  }
+  lunet_ctx *ctx = lunet_call_ctx(c);
+  int64_t now[2] = {lunet_tensor_dim(x, 0), lunet_tensor_dim(x, 1)}, before[2] = {now[0], past};
+  lunet_tensor *cur = mask ? mask_as(c, mask, 2, now) : layers_filled(c, x, 2, now, 1.0f);
+  lunet_tensor *prev = cache->mask ? lunet_tensor_retain(cache->mask)
+                       : past > 0  ? layers_filled(c, x, 2, before, 1.0f)
+                                   : NULL;
+  lunet_tensor *all = !cur || (past > 0 && !prev) ? NULL
+                      : prev                      ? lunet_op_concat(ctx, (lunet_tensor *[]){prev, cur}, 2, 1)
+                                                  : lunet_tensor_retain(cur);
+  layers_release(cur);
+  layers_release(prev);
+  if (!all) return layers_call_failed(c);
+  layers_set(&cache->mask, lunet_tensor_retain(all));
+  *out = all;
+  return LUNET_OK;
+}
 
 static lunet_status mha_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
                                 bool training) {
@@ -369,11 +393,15 @@ static lunet_status mha_forward(lunet_layer *l, lunet_call *c, int nin, lunet_te
   layers_kv_cache *cache;
   int64_t past;
   if ((s = layers_kv_cache_start(c, &ms->cache, &cache, &past))) return s;
-  lunet_tensor *mask = NULL;
-  s = layers_attention_mask(c, x[0], x[1], nin > 3 ? x[3] : NULL, lunet_call_mask(c, 0), lunet_call_mask(c, 1),
-                            nin > 2 ? lunet_call_mask(c, 2) : NULL, causal, past, &mask);
+  lunet_tensor *mask = NULL, *value_mask = NULL;
+  /* step by step the query is the value and the key: one mask, of every step so far */
+  if ((s = layers_kv_cache_mask(c, cache, x[1], lunet_call_mask(c, 1), past, &value_mask))) return s;
+  lunet_tensor *key_mask = nin > 2 && !cache ? lunet_call_mask(c, 2) : NULL;
+  s = layers_attention_mask(c, x[0], x[1], nin > 3 ? x[3] : NULL, lunet_call_mask(c, 0), value_mask, key_mask, causal,
+                            past, &mask);
+  bool whole_rows = nin > 3 || lunet_call_mask(c, 0) || value_mask || key_mask;
+  layers_release(value_mask);
   if (s) return s;
-  bool whole_rows = nin > 3 || lunet_call_mask(c, 0) || lunet_call_mask(c, 1) || (nin > 2 && lunet_call_mask(c, 2));
   layers_attention a = {.dims = mha_dims(l, 0, NULL), .training = training, .whole_rows = whole_rows};
   s = layers_graph_begin_many(c, l, st, nqvk, x, layers_attention_weight_count(a.dims.use_bias));
   if (s) {

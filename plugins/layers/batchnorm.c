@@ -214,8 +214,8 @@ static lunet_status bn_forward(lunet_layer *l, lunet_call *c, int nin, lunet_ten
   st->bn.momentum = (float)lunet_layer_get_float(l, "momentum");
   st->bn.epsilon = (float)lunet_layer_get_float(l, "epsilon");
   layers_set(&st->gamma, w.gamma >= 0 ? lunet_tensor_retain(lunet_layer_weight(l, w.gamma))
-                                      : layers_filled(c, x[0], ch, 1.0f));
-  lunet_tensor *zero = w.beta < 0 ? layers_filled(c, x[0], ch, 0.0f) : NULL;
+                                      : layers_filled(c, x[0], 1, &ch, 1.0f));
+  lunet_tensor *zero = w.beta < 0 ? layers_filled(c, x[0], 1, &ch, 0.0f) : NULL;
   lunet_tensor *beta = w.beta < 0 ? zero : lunet_layer_weight(l, w.beta);
   y[0] = st->gamma && beta ? lunet_op_batchnorm(lunet_call_ctx(c), x[0], st->gamma, beta, &st->bn, training) : NULL;
   layers_release(zero);

@@ -52,8 +52,8 @@ static lunet_status layernorm_forward(lunet_layer *l, lunet_call *c, int nin, lu
   lunet_status s = layers_graph_begin(c, l, st, x[0], nw);
   if (s) return s;
   int64_t ch = lunet_tensor_dim(x[0], -1);
-  lunet_tensor *one = gi < 0 ? layers_filled(c, x[0], ch, 1.0f) : NULL;
-  lunet_tensor *zero = bi < 0 ? layers_filled(c, x[0], ch, 0.0f) : NULL;
+  lunet_tensor *one = gi < 0 ? layers_filled(c, x[0], 1, &ch, 1.0f) : NULL;
+  lunet_tensor *zero = bi < 0 ? layers_filled(c, x[0], 1, &ch, 0.0f) : NULL;
   lunet_tensor *gamma = gi < 0 ? one : st->w[gi], *beta = bi < 0 ? zero : st->w[bi];
   lunet_tensor *out = gamma && beta ? layers_layernorm_graph(lunet_call_ctx(c), st->x[0], gamma, beta,
                                                              (float)lunet_layer_get_float(l, "epsilon"))

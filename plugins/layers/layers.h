@@ -161,11 +161,13 @@ static inline int layers_norm_affine(lunet_layer *l, int *gamma, int *beta) {
   return scale + center;
 }
 
-/* (n) float32 `value`s on like's backend, off the tape (a switched-off
- * gamma's ones, beta's zeros); NULL with the call's error set. */
-static inline lunet_tensor *layers_filled(lunet_call *c, const lunet_tensor *like, int64_t n, float value) {
+/* A float32 tensor of `shape` full of `value` on like's backend, off the
+ * tape (a switched-off gamma's ones, beta's zeros); NULL with the call's
+ * error set. */
+static inline lunet_tensor *layers_filled(lunet_call *c, const lunet_tensor *like, int ndim, const int64_t *shape,
+                                          float value) {
   lunet_ctx *ctx = lunet_call_ctx(c);
-  lunet_tensor *t = lunet_op_new(ctx, like, LUNET_F32, 1, &n);
+  lunet_tensor *t = lunet_op_new(ctx, like, LUNET_F32, ndim, shape);
   if (t && lunet_op_fill(ctx, t, value)) layers_set(&t, NULL);
   if (!t) layers_call_failed(c);
   return t;
@@ -572,9 +574,10 @@ LAYERS_HIDDEN void layers_attention_views(layers_attention *a, lunet_tensor *con
 LAYERS_HIDDEN lunet_status layers_attention_check(lunet_layer *l, int64_t heads, int64_t key_dim,
                                                   int64_t value_dim, double dropout);
 /* Keys and values (N, H, steps, d) of the steps a step-by-step call has
- * seen so far. */
+ * seen so far, and their padding mask (N, steps) float32 once a step had
+ * one (NULL before). */
 typedef struct layers_kv_cache {
-  lunet_tensor *k, *v;
+  lunet_tensor *k, *v, *mask;
 } layers_kv_cache;
 
 /* The call state of an attention layer: its graph and, step by step, its
@@ -590,12 +593,20 @@ static inline void layers_cached_graph_release_member(lunet_layer *l, lunet_call
   layers_graph_release(&st->g);
   layers_set(&st->cache.k, NULL);
   layers_set(&st->cache.v, NULL);
+  layers_set(&st->cache.mask, NULL);
 }
 
 /* In a lunet_layer_step (offset >= 0): *use = cache (emptied at offset 0),
  * *past = the steps it holds; otherwise *use = NULL, *past = 0. */
 LAYERS_HIDDEN lunet_status layers_kv_cache_start(lunet_call *c, layers_kv_cache *cache, layers_kv_cache **use,
                                                  int64_t *past);
+/* The keys' padding mask for this call: without a cache, `mask` (N, T) of
+ * the keys x (N, T, ...), or NULL; with one, the mask of every step so far
+ * (N, past + T), the cache's followed by `mask` (ones stand for steps
+ * without one), kept in the cache, and NULL while no step had one.  A new
+ * reference in *out. */
+LAYERS_HIDDEN lunet_status layers_kv_cache_mask(lunet_call *c, layers_kv_cache *cache, const lunet_tensor *x,
+                                                lunet_tensor *mask, int64_t past, lunet_tensor **out);
 /* The block's output (N, T, Dout) on the tape; *scores (N, H, T, S) too
  * when scores is not NULL.  mask (N, T, S) float32, 1 = may attend, or
  * NULL.  With a cache, the keys and values of earlier steps come before

@@ -231,10 +231,12 @@ static lunet_status transformer_forward(lunet_layer *l, lunet_call *c, int nin, 
   layers_kv_cache *cache;
   int64_t past;
   lunet_status s = layers_kv_cache_start(c, &ts->cache, &cache, &past);
-  lunet_tensor *self_mask = NULL, *cross_mask = NULL;
-  /* padding masks the keys, as KerasHub's padding_mask */
-  if (!s)
-    s = layers_attention_mask(c, x[0], x[0], NULL, NULL, lunet_call_mask(c, 0), NULL, causal, past, &self_mask);
+  lunet_tensor *self_mask = NULL, *cross_mask = NULL, *keys_mask = NULL;
+  /* padding masks the keys, as KerasHub's padding_mask (step by step: every step's so far) */
+  if (!s) s = layers_kv_cache_mask(c, cache, x[0], lunet_call_mask(c, 0), past, &keys_mask);
+  if (!s) s = layers_attention_mask(c, x[0], x[0], NULL, NULL, keys_mask, NULL, causal, past, &self_mask);
+  bool self_whole_rows = keys_mask != NULL;
+  layers_release(keys_mask);
   if (!s && cross && lunet_call_mask(c, 1))
     s = layers_attention_mask(c, x[0], x[1], NULL, NULL, lunet_call_mask(c, 1), NULL, false, 0, &cross_mask);
   if (!s) s = layers_graph_begin_many(c, l, st, nin, x, w.count);
@@ -247,7 +249,7 @@ static lunet_status transformer_forward(lunet_layer *l, lunet_call *c, int nin, 
   block_ctx b = {ctx, lunet_layer_get_bool(l, "normalize_first"), training,
                  (float)lunet_layer_get_float(l, "dropout"), (float)lunet_layer_get_float(l, "layer_norm_epsilon")};
   layers_attention self = {.dims = block_dims(l, hidden, hidden), .training = training,
-                           .whole_rows = lunet_call_mask(c, 0) != NULL};
+                           .whole_rows = self_whole_rows};
   layers_attention_views(&self, st->w + w.self);
   attend_arg sa = {&self, NULL, self_mask, cache};
   lunet_tensor *h = residual(&b, st->x[0], st->w[w.self_norm], st->w[w.self_norm + 1], attend, &sa);

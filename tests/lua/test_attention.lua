@@ -146,9 +146,9 @@ end
 
 -- A small GPT: Embedding + PositionEmbedding, a pre-LN and a post-LN
 -- decoder, a raw causal MultiHeadAttention with a residual, a softmax head.
-local function tiny_gpt(L, V)
+local function tiny_gpt(L, V, mask_zero)
   local inp = nn.Input{shape = {L}}
-  local e = nn.Embedding{V, 16}(inp)
+  local e = nn.Embedding{V, 16, mask_zero = mask_zero}(inp)
   local h = nn.Add()({e, nn.PositionEmbedding{L}(e)})
   h = nn.TransformerDecoder{32, 2, normalize_first = true}(h)
   h = nn.TransformerDecoder{32, 4}(h)
@@ -160,11 +160,10 @@ end
 
 -- Step by step, the cache gives every position the outputs of the whole
 -- sequence run at once.
-function T.cached_steps_match_the_full_sequence()
+local function cached_steps_match(mask_zero, ids)
   nn.seed(21)
   local L, V = 8, 11
-  local m = tiny_gpt(L, V)
-  local ids = {{3, 1, 4, 1, 5, 9, 2, 6}, {2, 7, 1, 8, 2, 8, 1, 8}}
+  local m = tiny_gpt(L, V, mask_zero)
   local full = m:predict(nn.tensor(ids, "int32")):totable()
   local session = require("lunet.generate").session(m, L)
   -- three steps at once, then one at a time
@@ -174,13 +173,23 @@ function T.cached_steps_match_the_full_sequence()
     for n = 1, 2 do rows[n] = {table.unpack(ids[n], p[1], p[2])} end
     local y = nn._C.session_feed(session.handle, nn.tensor(rows, "int32")):totable()
     for n = 1, 2 do
-      for k = p[1], p[2] do check.same_table(y[n][k - p[1] + 1], full[n][k], 1e-5, "position " .. k) end
+      for k = p[1], p[2] do
+        check.same_table(y[n][k - p[1] + 1], full[n][k], 1e-5, "position " .. k .. (mask_zero and ", masked" or ""))
+      end
     end
   end
   check.eq(session:length(), 8, "steps fed")
   check.fails(function() nn._C.session_feed(session.handle, nn.tensor({{1}, {2}}, "int32")) end,
     "position 8 is past the position table's 8 (sequence_length)")
   session:close()
+end
+
+-- With a padding mask (Embedding mask_zero) the cache keeps the keys' mask:
+-- 0 ids (padding) at the start, inside and at the end of the rows, in
+-- other places in each row, are masked keys step by step as at once.
+function T.cached_steps_match_the_full_sequence()
+  cached_steps_match(false, {{3, 1, 4, 1, 5, 9, 2, 6}, {2, 7, 1, 8, 2, 8, 1, 8}})
+  cached_steps_match(true, {{3, 0, 4, 1, 0, 9, 2, 0}, {0, 0, 1, 8, 2, 8, 0, 8}})
 end
 
 function T.generation_with_the_cache_equals_without()
@@ -204,9 +213,8 @@ function T.generation_with_the_cache_equals_without()
   check.fails(function() lm:generate({1, 7}) end, "prompt entry 2 is 7, outside the vocabulary of 5")
   check.fails(function() lm:generate({1}, {top_p = 2}) end, "bad argument 'top_p' to 'generate' (a number in (0, 1])")
   check.fails(function() lm:generate({}) end, "the prompt is empty")
-  -- a padding mask (Embedding mask_zero): the cache carried none, so a 0 id
-  -- was a masked key without it and an ordinary one with it; now such a
-  -- model generates uncached (the same tokens), and use_cache = true says why
+  -- a padding mask (Embedding mask_zero): the cache keeps the keys' mask,
+  -- so a 0 id is a masked key with it as without (it was an ordinary key)
   local function decoder(mask_zero, causal)
     nn.seed(5)
     local x = nn.Input{shape = {8}}
@@ -216,8 +224,13 @@ function T.generation_with_the_cache_equals_without()
   local masked = decoder(true, true)
   local prompt = {3, 0, 2, 4, 1, 0}
   local want = masked:generate(prompt, {max_new_tokens = 6, temperature = 0.8, seed = 3, use_cache = false})
-  check.same_table(masked:generate(prompt, {max_new_tokens = 6, temperature = 0.8, seed = 3}), want, 0, "masked: uncached")
-  check.fails(function() masked:generate(prompt, {use_cache = true}) end, "makes a padding mask, which the key/value cache")
+  check.same_table(masked:generate(prompt, {max_new_tokens = 6, temperature = 0.8, seed = 3, use_cache = true}), want, 0,
+    "masked: cached as uncached")
+  local gpt = tiny_gpt(8, 11, true)
+  for _, p in ipairs{{0, 3, 0}, {5, 0, 0, 2, 0, 1, 0, 4, 0, 7}} do
+    check.same_table(gpt:generate(p, {max_new_tokens = 9, temperature = 0.7, seed = 4, use_cache = true}),
+      gpt:generate(p, {max_new_tokens = 9, temperature = 0.7, seed = 4, use_cache = false}), 0, "masked attention")
+  end
   -- a decoder that is not causal cannot step: it falls back (it failed at the first step)
   local open = decoder(false, false)
   check.eq(#open:generate({1, 2}, {max_new_tokens = 2}), 4, "non-causal: uncached fallback")

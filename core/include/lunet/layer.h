@@ -104,6 +104,13 @@ LUNET_API lunet_status lunet_layer_apply(lunet_ctx *ctx, lunet_layer *l, lunet_c
  * what earlier parts left.  Nothing is recorded; no masks. */
 LUNET_API lunet_status lunet_layer_step(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, int64_t offset, int nin,
                                         lunet_tensor *const *x, lunet_tensor **y);
+/* The same with the inputs' padding masks of these steps (masks NULL, or
+ * masks[i] NULL: none) and, when mask_out is not NULL, the outputs' masks
+ * of these steps (NULL: none), as lunet_layer_apply carries them.  An
+ * attention layer keeps the masks of earlier steps with their keys. */
+LUNET_API lunet_status lunet_layer_step_masked(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, int64_t offset,
+                                               int nin, lunet_tensor *const *x, lunet_tensor *const *masks,
+                                               lunet_tensor **y, lunet_tensor **mask_out);
 LUNET_API lunet_tensor *lunet_layer_call(lunet_ctx *ctx, lunet_layer *l, lunet_tensor *x,
                                          bool training, bool skip_activation);
 /* The activation name ("softmax", ...) or NULL. */
