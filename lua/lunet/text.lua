@@ -214,39 +214,46 @@ function TextVectorization:tokens(s)
 end
 
 -- vocabulary: the words, without the reserved entries (or with them, as
--- get_vocabulary returns them); idf_weights (tf_idf): one per entry of the
--- vocabulary as given.
+-- get_vocabulary returns them), max_tokens at most with the reserved ones;
+-- idf_weights (tf_idf): one per entry of the vocabulary as given ("[UNK]"
+-- takes the words' mean when the list does not start with it), as Keras's.
 function TextVectorization:set_vocabulary(words, idf_weights)
   if type(words) ~= "table" then error("TextVectorization: the vocabulary must be a list of words", 3) end
   local int = self.output_mode == "int"
   local start = 1
   if int and words[1] == "" and words[2] == "[UNK]" then start = 3 end
   if not int and words[1] == "[UNK]" then start = 2 end
-  self.vocab = int and { "", "[UNK]" } or { "[UNK]" }
-  self.index = {}
+  -- built aside: a bad list leaves the layer as it was
+  local vocab, index = int and { "", "[UNK]" } or { "[UNK]" }, {}
   for i = start, #words do
     local w = words[i]
     if type(w) ~= "string" or w == "" then error(string.format("TextVectorization: vocabulary entry %d must be a non-empty string", i), 3) end
-    if self.index[w] then error(string.format("TextVectorization: the word %q is in the vocabulary twice", w), 3) end
-    self.vocab[#self.vocab + 1] = w
-    self.index[w] = #self.vocab - 1
+    if index[w] then error(string.format("TextVectorization: the word %q is in the vocabulary twice", w), 3) end
+    vocab[#vocab + 1] = w
+    index[w] = #vocab - 1
   end
-  self.idf = nil
+  if self.max_tokens and #vocab > self.max_tokens then
+    error(string.format("TextVectorization: a vocabulary of %d entries with the reserved ones (%s) is more than "
+      .. "max_tokens = %d", #vocab, int and "\"\" and \"[UNK]\"" or "\"[UNK]\"", self.max_tokens), 3)
+  end
+  local idf
   if self.output_mode == "tf_idf" then
-    if type(idf_weights) ~= "table" or (#idf_weights ~= #words and #idf_weights ~= #self.vocab) then
+    if type(idf_weights) ~= "table" or #idf_weights ~= #words then
       error(string.format("TextVectorization: output_mode \"tf_idf\" needs idf_weights, one per vocabulary entry "
-        .. "(%d), with the vocabulary (or adapt)", #words), 3)
+        .. "as given (%d, got %s), with the vocabulary (or adapt)", #words,
+        type(idf_weights) == "table" and #idf_weights or "none"), 3)
     end
-    self.idf = {}
+    idf = {}
     local mean, n = 0, 0
-    for i = 1, #words - start + 1 do
-      local v = idf_weights[#idf_weights == #self.vocab and i + 1 or i + start - 1]
+    for i = start, #words do
+      local v = idf_weights[i]
       if type(v) ~= "number" then error("TextVectorization: idf_weights must be numbers", 3) end
-      self.idf[i + 1], mean, n = v, mean + v, n + 1
+      idf[i - start + 2], mean, n = v, mean + v, n + 1
     end
-    -- "[UNK]": the given weight, or the words' mean (Keras's)
-    self.idf[1] = #idf_weights == #self.vocab and idf_weights[1] or (n > 0 and mean / n or 0)
+    -- "[UNK]": its weight when the list starts with it, else the words' mean (Keras's)
+    idf[1] = start == 2 and idf_weights[1] or (n > 0 and mean / n or 0)
   end
+  self.vocab, self.index, self.idf = vocab, index, idf
   return self
 end
 
@@ -331,9 +338,14 @@ function M.from_config(cfg)
   if type(cfg) ~= "table" then error("a text preprocessor's config must be a table", 2) end
   if cfg.kind == "CharTokenizer" then return M.CharTokenizer_new{ vocabulary = cfg.vocabulary, unknown = cfg.unknown } end
   if cfg.kind == "TextVectorization" then
+    -- the file keeps the words without "[UNK]" and the weights with it, first
+    local words = cfg.vocabulary or {}
+    if type(cfg.idf_weights) == "table" and type(words) == "table" and #cfg.idf_weights == #words + 1 then
+      words = { "[UNK]", table.unpack(words) }
+    end
     return M.TextVectorization_new{ max_tokens = cfg.max_tokens, output_sequence_length = cfg.output_sequence_length,
       standardize = cfg.standardize, split = cfg.split, output_mode = cfg.output_mode, ngrams = cfg.ngrams,
-      vocabulary = cfg.vocabulary or {}, idf_weights = cfg.idf_weights }
+      vocabulary = words, idf_weights = cfg.idf_weights }
   end
   error("unknown text preprocessor kind '" .. tostring(cfg.kind) .. "'", 2)
 end

@@ -101,8 +101,9 @@ end
 -- Keras's: window p (from 0, every sequence_stride) takes data rows
 -- start_index + p, + sampling_rate, ... (sequence_length of them; indices
 -- from 0, end_index exclusive) and its target is targets[start_index + p];
--- with shuffle the windows are shuffled once, by the seed (Keras shuffles the
--- start positions once).  targets nil: windows alone (forecasting pairs
+-- with shuffle the windows are shuffled by the seed, and again every epoch
+-- (Keras shuffles the start positions once, then the dataset each time it
+-- is iterated).  targets nil: windows alone (forecasting pairs
 -- come from data and targets offset by the horizon, as in Keras's examples).
 function M.timeseries_dataset_from_array(data, targets, sequence_length, o)
   local function bad(msg) error("timeseries_dataset_from_array: " .. msg, 3) end
@@ -156,7 +157,8 @@ function M.timeseries_dataset_from_array(data, targets, sequence_length, o)
   end
   local x = data:index_select(1, rows):reshape(win)
   local y = targets and targets:index_select(1, at) or nil
-  return dataset.from_tensor_slices(x, y, {batch_size = o.batch_size or 128})
+  return dataset.from_tensor_slices(x, y, {batch_size = o.batch_size or 128, shuffle = o.shuffle and true or nil,
+    seed = o.shuffle and o.seed or nil})
 end
 
 -- train_test_split(x, y, {test_size = 0.25, shuffle = true, seed = 0}):

@@ -735,6 +735,22 @@ function T.utils_categorical_and_split()
   local tx, ty = tail:batch(1, tail:order(0))
   check.same_table({tx:totable()[1][1], ty:totable()[1], tail.n}, {5, 15, 16}, 0, "start_index and end_index")
   check.fails(function() nn.utils.timeseries_dataset_from_array(series, nil, 100) end, "no window fits")
+  -- shuffle: every window once an epoch, in another order each epoch (it was the same every epoch), by the seed
+  local function epoch_targets(d, e)
+    local out = {}
+    for _, _, yb in d:batches(e) do for _, v in ipairs(yb:totable()) do out[#out + 1] = v end end
+    return out
+  end
+  local sh = nn.utils.timeseries_dataset_from_array(series, future, 10, {batch_size = 16, shuffle = true, seed = 3})
+  local e1, e2 = epoch_targets(sh, 1), epoch_targets(sh, 2)
+  check.eq(table.concat(e1, ",") ~= table.concat(e2, ","), true, "another order in epoch 2")
+  check.same_table(epoch_targets(nn.utils.timeseries_dataset_from_array(series, future, 10,
+    {batch_size = 16, shuffle = true, seed = 3}), 2), e2, 0, "the same seed, the same orders")
+  for _, e in ipairs{e1, e2} do
+    table.sort(e)
+    check.eq(#e, 81, "every window")
+    for i, v in ipairs(e) do check.eq(v, i + 9, "window " .. i .. " once") end
+  end
   check.fails(function() nn.utils.timeseries_dataset_from_array(series, {1, 2, 3}, 4, {start_index = 2}) end,
     "targets has 3 rows, but window")
   -- end to end: next-value forecasts of a sine from its last 8 values (a linear recurrence a Dense layer can learn)

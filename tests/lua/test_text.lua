@@ -82,6 +82,20 @@ function T.text_vectorization_bag_of_words_modes()
   check.fails(function() nn.text.TextVectorization{output_mode = "count", output_sequence_length = 4} end,
     "only for output_mode")
   check.fails(function() nn.text.TextVectorization{output_mode = "tf_idf", vocabulary = {"a"}} end, "needs idf_weights")
+  -- Keras's set_vocabulary: idf_weights as long as the vocabulary given (one more was taken as [UNK]'s),
+  -- [UNK]'s weight the words' mean unless the list starts with [UNK]; a vocabulary within max_tokens
+  check.fails(function()
+    nn.text.TextVectorization{output_mode = "tf_idf", vocabulary = {"a", "b"}, idf_weights = {9, 1, 2}}
+  end, "one per vocabulary entry as given (2, got 3)")
+  local given = nn.text.TextVectorization{output_mode = "tf_idf", vocabulary = {"a", "b"}, idf_weights = {1, 2}}
+  check.same_table(given({"a b z"}):totable(), {{1.5, 1, 2}}, 0, "[UNK] takes the mean")
+  local with_unk = nn.text.TextVectorization{output_mode = "tf_idf", vocabulary = {"[UNK]", "a"}, idf_weights = {7, 1}}
+  check.same_table(with_unk({"a z"}):totable(), {{7, 1}}, 0, "[UNK]'s own weight")
+  check.fails(function() nn.text.TextVectorization{max_tokens = 3, vocabulary = {"a", "b", "c"}} end,
+    "a vocabulary of 5 entries with the reserved ones (\"\" and \"[UNK]\") is more than max_tokens = 3")
+  local kept = nn.text.TextVectorization{max_tokens = 4, vocabulary = {"a", "b"}}
+  check.fails(function() kept:set_vocabulary({"a", "b", "c"}) end, "more than max_tokens = 4")
+  check.same_table(kept:get_vocabulary(), {"", "[UNK]", "a", "b"}, 0, "a refused vocabulary leaves the old one")
   -- a classifier on tf_idf rows; the file keeps vocabulary and weights
   nn.seed(3)
   local docs = {"good fun film", "bad dull film", "fun and good", "dull and bad"}
