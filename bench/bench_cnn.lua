@@ -35,11 +35,12 @@
 local nn = require "lunet"
 local C = nn._C
 
+local USAGE = "usage: lunet bench/bench_cnn.lua [--backend NAME] [--threads N] [--batches 32,64,128]\n"
+  .. "       [--seconds S] [--repeats R] [--infer-batch B] [--json] [--stats [--gpu h200|laptop]]\n"
+  .. "       [--policy float32|mixed_bfloat16]\n"
+
 local function usage(msg)
-  io.stderr:write("bench_cnn.lua: ", msg, "\n",
-    "usage: lunet bench/bench_cnn.lua [--backend NAME] [--threads N] [--batches 32,64,128]\n",
-    "       [--seconds S] [--repeats R] [--infer-batch B] [--json] [--stats [--gpu h200|laptop]]\n",
-    "       [--policy float32|mixed_bfloat16]\n")
+  io.stderr:write("bench_cnn.lua: ", msg, "\n", USAGE)
   os.exit(2)
 end
 
@@ -74,7 +75,9 @@ local function parse_args(argv)
         if not n or n < 1 then usage("--batches takes positive integers separated by commas, e.g. 32,64,128") end
         o.batches[#o.batches + 1] = n
       end
-    elseif a == "-h" or a == "--help" then usage("help")
+    elseif a == "-h" or a == "--help" then
+      io.stdout:write(USAGE)
+      os.exit(0)
     else usage("unknown argument '" .. a .. "'") end
     i = i + 1
   end
@@ -199,7 +202,10 @@ end
 
 local function main(argv)
   local o = parse_args(argv)
-  if o.backend then nn.use(o.backend) end
+  if o.backend then
+    local ok, err = pcall(nn.use, o.backend)
+    if not ok then usage("--backend " .. o.backend .. ": " .. tostring(err):gsub("^[^:\n]*%.lua:%d+: ", "")) end
+  end
   if o.threads then nn.threads(o.threads) end
   if o.policy then nn.mixed_precision.set_global_policy(o.policy) end
   nn.seed(1)

@@ -13,12 +13,24 @@
 --    min(peak, intensity * bandwidth); then the step's time by kind of op.
 local nn = require "lunet"
 
+local USAGE = "usage: lunet bench/roofline.lua [--batch N] [--steps N] [--threads N]\n"
+local function usage(msg)
+  io.stderr:write("roofline.lua: ", msg, "\n", USAGE)
+  os.exit(2)
+end
 local o = { batch = 64, steps = 5 }
 local i = 1
 while arg[i] do
+  if arg[i] == "-h" or arg[i] == "--help" then
+    io.stdout:write(USAGE)
+    os.exit(0)
+  end
   local k, v = arg[i]:match("^%-%-(%w+)$"), arg[i + 1]
-  if not k or not v then error("usage: lunet bench/roofline.lua [--batch N] [--steps N] [--threads N]", 0) end
-  o[k] = math.tointeger(tonumber(v)) or error("--" .. k .. " takes an integer", 0)
+  if not (k == "batch" or k == "steps" or k == "threads") then usage("unknown argument '" .. arg[i] .. "'") end
+  if not v then usage("--" .. k .. " needs a value") end
+  local n = math.tointeger(tonumber(v))
+  if not n or n < 1 then usage("--" .. k .. " takes a whole number of at least 1, got '" .. v .. "'") end
+  o[k] = n
   i = i + 2
 end
 if o.threads then nn.threads(o.threads) end

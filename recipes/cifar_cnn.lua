@@ -7,7 +7,7 @@ local recipe = require "lunet.recipe"
 local seed_cnn = dofile(arg[0]:gsub("[^/]*$", "") .. "seed_cnn.lua")
 
 recipe.main("cifar_cnn.lua", function()
-  local o = recipe.parse(arg, { epochs = 10, batch_size = 64, augment = false, report = true, dataset = true }, "cifar_cnn.lua")
+  local o = recipe.parse(arg, { epochs = 10, batch_size = 64, augment = false, report = true, dataset = "archive" }, "cifar_cnn.lua")
   o.class_names = nn.datasets.registry.cifar10.classes
   recipe.setup(nn, o)
   local x_train, y_train, x_test, y_test = nn.datasets.cifar10.load_data(recipe.data_options(o))

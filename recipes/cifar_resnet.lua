@@ -8,7 +8,7 @@ local recipe = require "lunet.recipe"
 local resnet = dofile(arg[0]:gsub("[^/]*$", "") .. "resnet.lua")
 
 recipe.main("cifar_resnet.lua", function()
-  local o = recipe.parse(arg, { epochs = 10, batch_size = 64, augment = false, report = true, dataset = true }, "cifar_resnet.lua")
+  local o = recipe.parse(arg, { epochs = 10, batch_size = 64, augment = false, report = true, dataset = "archive" }, "cifar_resnet.lua")
   o.class_names = nn.datasets.registry.cifar10.classes
   recipe.setup(nn, o)
   local x_train, y_train, x_test, y_test = nn.datasets.cifar10.load_data(recipe.data_options(o))

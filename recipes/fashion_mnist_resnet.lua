@@ -7,7 +7,7 @@ local recipe = require "lunet.recipe"
 local resnet = dofile(arg[0]:gsub("[^/]*$", "") .. "resnet.lua")
 
 recipe.main("fashion_mnist_resnet.lua", function()
-  local o = recipe.parse(arg, { epochs = 2, batch_size = 32, augment = false, report = true, dataset = true }, "fashion_mnist_resnet.lua")
+  local o = recipe.parse(arg, { epochs = 2, batch_size = 32, augment = false, report = true, dataset = "folder" }, "fashion_mnist_resnet.lua")
   o.class_names = nn.datasets.registry.fashion_mnist.classes
   recipe.setup(nn, o)
   local x_train, y_train, x_test, y_test = nn.datasets.fashion_mnist.load_data(recipe.data_options(o))

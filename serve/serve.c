@@ -44,6 +44,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "lunet/env.h"
 #include "lunet/lunet.h"
 #include "lunet/model.h"
 
@@ -1012,8 +1013,16 @@ static void reload(served *m) {
   }
 }
 
-static int usage(const char *why) {
-  if (why) fprintf(stderr, "lunet serve: %s\n", why);
+static int usage(const char *why, ...) __attribute__((format(printf, 1, 2)));
+static int usage(const char *why, ...) {
+  if (why) {
+    va_list ap;
+    va_start(ap, why);
+    fprintf(stderr, "lunet serve: ");
+    vfprintf(stderr, why, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+  }
   fprintf(stderr, "usage: lunet serve --model NAME=PATH [--model NAME=PATH ...] [--port 8501] [--host 127.0.0.1]\n"
                   "                   [--threads N] [--max-body 16MB] [--backend NAME]\n"
                   "                   [--max-batch 64] [--batch-timeout-ms 2] [--max-queue 1024]\n");
@@ -1076,49 +1085,66 @@ static int load(served *m, const char *spec, const char *backend) {
   return 0;
 }
 
+/* A whole-number option's value, from lo to hi (digits only: "8x01" was
+ * port 8, "abc" port 0). */
+static bool whole(const char *v, long long lo, long long hi, int *out) {
+  long long x;
+  if (!lunet_env_whole(v, lo, hi, &x)) return false;
+  *out = (int)x;
+  return true;
+}
+
+static const char *const options[] = {"--model",     "--port",      "--host",             "--threads",   "--max-body",
+                                      "--backend",   "--max-batch", "--batch-timeout-ms", "--max-queue", NULL};
+
 static int serve_main(int argc, char **argv) {
   const char *host = "127.0.0.1", *specs[MAX_MODELS];
   int port = 8501, threads = 256, nspecs = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage(NULL), 0;
-    if (!v) return usage("an option without its value");
+    bool known = false;
+    for (int k = 0; options[k] && !known; k++) {
+      size_t n = strlen(options[k]);
+      known = !strcmp(a, options[k]);
+      if (!strncmp(a, options[k], n) && a[n] == '=')
+        return usage("write '%s %s' (the value after a space), not '%s'", options[k], a + n + 1, a);
+    }
+    if (!known) return usage("unknown option '%s'", a);
+    if (!v) return usage("%s needs a value", a);
     if (!strcmp(a, "--model")) {
       if (nspecs == MAX_MODELS) return usage("too many models");
       specs[nspecs++] = v;
     } else if (!strcmp(a, "--port")) {
-      port = atoi(v);
-      if (port < 0 || port > 65535) return usage("--port takes 0 to 65535");
+      if (!whole(v, 0, 65535, &port)) return usage("--port takes a whole number from 0 to 65535, got '%s'", v);
     } else if (!strcmp(a, "--host")) {
-      host = v;
+      host = !strcmp(v, "localhost") ? "127.0.0.1" : v;
     } else if (!strcmp(a, "--threads")) {
-      threads = atoi(v);
-      if (threads < 1 || threads > 1024) return usage("--threads takes 1 to 1024");
+      if (!whole(v, 1, 1024, &threads)) return usage("--threads takes a whole number from 1 to 1024, got '%s'", v);
     } else if (!strcmp(a, "--max-body")) {
-      if (!(max_body = parse_size(v))) return usage("--max-body takes a size such as 16MB");
+      if (!(max_body = parse_size(v))) return usage("--max-body takes a size such as 16MB, got '%s'", v);
     } else if (!strcmp(a, "--backend")) {
       backend_name = v;
     } else if (!strcmp(a, "--max-batch")) {
-      max_batch = atoi(v);
-      if (max_batch < 1 || max_batch > 1 << 20) return usage("--max-batch takes 1 or more (1: no merging)");
+      if (!whole(v, 1, 1 << 20, &max_batch))
+        return usage("--max-batch takes a whole number from 1 (no merging) to %d, got '%s'", 1 << 20, v);
     } else if (!strcmp(a, "--batch-timeout-ms")) {
-      batch_timeout_ms = atoi(v);
-      if (batch_timeout_ms < 0 || batch_timeout_ms > 60000) return usage("--batch-timeout-ms takes 0 to 60000");
+      if (!whole(v, 0, 60000, &batch_timeout_ms))
+        return usage("--batch-timeout-ms takes a whole number from 0 to 60000, got '%s'", v);
     } else if (!strcmp(a, "--max-queue")) {
-      max_queue = atoi(v);
-      if (max_queue < 1) return usage("--max-queue takes 1 or more");
-    } else {
-      return usage("unknown option");
+      if (!whole(v, 1, 1 << 30, &max_queue)) return usage("--max-queue takes a whole number from 1, got '%s'", v);
     }
     i++;
   }
   if (!nspecs) return usage("no --model given");
+  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  /* before the models load (a typo waited for every model) */
+  if (inet_pton(AF_INET, host, &addr.sin_addr) != 1)
+    return usage("--host takes an IPv4 address (127.0.0.1, 0.0.0.0) or localhost, got '%s'", host);
   for (int i = 0; i < nspecs; i++) { /* after every option: --backend applies wherever it stands */
     if (load(&models[nmodels], specs[i], backend_name)) return 1;
     nmodels++;
   }
-  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-  if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) return usage("--host takes an IPv4 address");
   sigset_t stop;
   sigemptyset(&stop);
   sigaddset(&stop, SIGTERM);

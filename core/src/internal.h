@@ -116,6 +116,8 @@ LUNET_HIDDEN lunet_status lunet_layer_apply_relu(lunet_ctx *ctx, lunet_layer *l,
 
 /* registry.c */
 LUNET_HIDDEN lunet_be *lunet_registry_backend(lunet_ctx *ctx, const char *name);
+/* Whether v is one of an argument's choices ("valid|same"). */
+LUNET_HIDDEN bool lunet_arg_choice_ok(const char *choices, const char *v);
 LUNET_HIDDEN lunet_be *lunet_registry_default(lunet_ctx *ctx);
 /* "plugin 'NAME' (PATH)" of the plugin that registered t, into buf. */
 LUNET_HIDDEN const char *lunet_registry_plugin_of(const lunet_layer_type *t, char *buf, size_t n);

@@ -738,6 +738,17 @@ static lunet_status parse_activation(lunet_layer *l) {
   return LUNET_OK;
 }
 
+bool lunet_arg_choice_ok(const char *choices, const char *v) {
+  size_t n = strlen(v);
+  for (const char *p = choices; *p;) {
+    const char *e = strchr(p, '|');
+    size_t len = e ? (size_t)(e - p) : strlen(p);
+    if (len == n && !strncmp(p, v, n)) return true;
+    p += len + (e ? 1 : 0);
+  }
+  return false;
+}
+
 static int min_inputs(const lunet_layer_type *t) { return t->min_inputs > 0 ? t->min_inputs : 1; }
 static int max_inputs(const lunet_layer_type *t) {
   int n = t->max_inputs > 0 ? t->max_inputs : min_inputs(t);

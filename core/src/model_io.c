@@ -507,20 +507,9 @@ static lunet_status set_arg(reader *r, lunet_layer *l, int idx, const lunet_arg_
   if (!ok)
     return bad(r, "layers[%d] (%s): argument '%s' has the wrong type or is out of range", idx,
                lunet_layer_type_get(l)->name, s->name);
-  if (s->type == LUNET_ARG_STRING && s->choices) {
-    size_t n = strlen(v.s);
-    const char *p = s->choices;
-    bool found = false;
-    while (*p && !found) {
-      const char *e = strchr(p, '|');
-      size_t len = e ? (size_t)(e - p) : strlen(p);
-      found = len == n && !strncmp(p, v.s, n);
-      p += len + (e ? 1 : 0);
-    }
-    if (!found)
-      return bad(r, "layers[%d] (%s): '%s' must be one of %s, got '%s'", idx,
-                 lunet_layer_type_get(l)->name, s->name, s->choices, v.s);
-  }
+  if (s->type == LUNET_ARG_STRING && s->choices && !lunet_arg_choice_ok(s->choices, v.s))
+    return bad(r, "layers[%d] (%s): '%s' must be one of %s, got '%s'", idx, lunet_layer_type_get(l)->name, s->name,
+               s->choices, v.s);
   return lunet_layer_set_value(l, s->name, &v) ? r->ctx->status : LUNET_OK;
 }
 
@@ -532,13 +521,15 @@ static lunet_layer *read_layer(reader *r, const cJSON *j, int idx) {
     return NULL;
   }
   const lunet_layer_type *t = lunet_layer_type_find(r->ctx, type->valuestring);
-  if (!t) {
+  if (!t) { /* named by the file's index from 0 and the layer's name (Lua's model.layers counts from 1) */
     const cJSON *plugin = cJSON_GetObjectItemCaseSensitive(j, "plugin");
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(args, "name");
+    const char *n = cJSON_IsString(name) ? name->valuestring : "?";
     if (cJSON_IsString(plugin))
-      bad(r, "layers[%d] has the type '%.64s' of plugin '%.64s', which is not loaded: load it first "
-             "(nn.load_plugin(path), or put it in LUNET_PLUGIN_PATH)", idx, type->valuestring, plugin->valuestring);
+      bad(r, "layers[%d] ('%.64s') has the type '%.64s' of plugin '%.64s', which is not loaded: load it first "
+             "(nn.load_plugin(path), or put it in LUNET_PLUGIN_PATH)", idx, n, type->valuestring, plugin->valuestring);
     else
-      bad(r, "layers[%d] has the unknown type '%.64s' (a plugin not loaded? load it first)", idx,
+      bad(r, "layers[%d] ('%.64s') has the unknown type '%.64s' (a plugin not loaded? load it first)", idx, n,
           type->valuestring);
     return NULL;
   }

@@ -7,6 +7,8 @@
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <errno.h>
+#include <sys/stat.h>
 #include <dlfcn.h>
 #include <libgen.h>
 #include <stdarg.h>
@@ -57,33 +59,47 @@ static void add_searched(const char *dir) {
   snprintf(reg.searched + len, sizeof reg.searched - len, "%s%s", len ? ", " : "", dir);
 }
 
-/* Calls fn(path) for every *.so in the folders of the colon-separated `env`
- * variable, then in <libdir>/<sub> (with own_first, <libdir>/<sub> first). */
+/* Calls fn(path) for every *.so in folder `dir`; an entry of the
+ * environment variable `env` may also be a .so file itself, and one that
+ * is neither is named on stderr (it was skipped without a word). */
+static void scan_one(const char *env, const char *dir, bool from_env, void (*fn)(const char *)) {
+  add_searched(dir);
+  struct stat st;
+  if (from_env && stat(dir, &st) == 0 && S_ISREG(st.st_mode)) {
+    fn(dir);
+    return;
+  }
+  struct dirent **names;
+  int n = scandir(dir, &names, NULL, alphasort); /* a stable order: cpu before vulkan */
+  if (n < 0 && from_env)
+    fprintf(stderr, "lunet: %s names '%s': %s (a folder of .so files, or a .so file, is expected); skipped\n", env,
+            dir, errno == ENOTDIR ? "not a folder or a .so file" : strerror(errno));
+  for (int k = 0; k < n; k++) {
+    const char *f = names[k]->d_name;
+    size_t len = strlen(f);
+    if (len >= 4 && strcmp(f + len - 3, ".so") == 0) {
+      char path[1024];
+      snprintf(path, sizeof path, "%s/%s", dir, f);
+      fn(path);
+    }
+    free(names[k]);
+  }
+  if (n >= 0) free(names);
+}
+
+/* Calls fn(path) for every *.so in the folders (or files) of the
+ * colon-separated `env` variable, then in <libdir>/<sub> (with own_first,
+ * <libdir>/<sub> first). */
 static void scan(const char *env, const char *sub, bool own_first, void (*fn)(const char *)) {
-  char dirs[4096] = "", own[512];
+  char dirs[4096], own[512], mine[1024];
   const char *e = getenv(env);
   libdir(own, sizeof own);
-  if (own_first)
-    snprintf(dirs, sizeof dirs, "%s/%s%s%s", own, sub, e ? ":" : "", e ? e : "");
-  else
-    snprintf(dirs, sizeof dirs, "%s%s%s/%s", e ? e : "", e ? ":" : "", own, sub);
-  for (char *save = NULL, *dir = strtok_r(dirs, ":", &save); dir;
-       dir = strtok_r(NULL, ":", &save)) {
-    add_searched(dir);
-    struct dirent **names;
-    int n = scandir(dir, &names, NULL, alphasort); /* a stable order: cpu before vulkan */
-    for (int k = 0; k < n; k++) {
-      const char *f = names[k]->d_name;
-      size_t len = strlen(f);
-      if (len >= 4 && strcmp(f + len - 3, ".so") == 0) {
-        char path[1024];
-        snprintf(path, sizeof path, "%s/%s", dir, f);
-        fn(path);
-      }
-      free(names[k]);
-    }
-    if (n >= 0) free(names);
-  }
+  snprintf(mine, sizeof mine, "%s/%s", own, sub);
+  snprintf(dirs, sizeof dirs, "%s", e ? e : "");
+  if (own_first) scan_one(env, mine, false, fn);
+  for (char *save = NULL, *dir = strtok_r(dirs, ":", &save); dir; dir = strtok_r(NULL, ":", &save))
+    scan_one(env, dir, true, fn);
+  if (!own_first) scan_one(env, mine, false, fn);
 }
 
 #endif
@@ -365,6 +381,35 @@ uint64_t lunet_fallback_count(lunet_ctx *ctx) { return ctx->fallbacks; }
 
 /* ---- layer plugins ---- */
 
+/* What is wrong with type t's declared inputs and arguments, written into
+ * why; false when nothing (the core would otherwise refuse the user's
+ * every call, blaming the user: "takes 3 to 2 inputs", "factor is
+ * required" for an argument declared twice, a default outside its choices). */
+static bool schema_fault(const lunet_layer_type *t, char *why, size_t n) {
+  int lo = t->min_inputs > 0 ? t->min_inputs : 1, hi = t->max_inputs > 0 ? t->max_inputs : lo;
+  if (t->min_inputs < 0 || t->max_inputs < 0 || hi < lo)
+    return snprintf(why, n, "min_inputs %d and max_inputs %d (0 means 1; max_inputs must be at least min_inputs)",
+                    t->min_inputs, t->max_inputs), true;
+  if (t->nargs < 0 || (t->nargs > 0 && !t->args))
+    return snprintf(why, n, "nargs %d with %s", t->nargs, t->args ? "a list" : "no list of arguments"), true;
+  if (t->positional < 0 || t->positional > t->nargs)
+    return snprintf(why, n, "positional %d with %d arguments", t->positional, t->nargs), true;
+  for (int i = 0; i < t->nargs; i++) {
+    const lunet_arg_schema *a = &t->args[i];
+    if (!a->name || !a->name[0]) return snprintf(why, n, "argument %d without a name", i + 1), true;
+    if ((unsigned)a->type > LUNET_ARG_SIDES || (unsigned)a->presence > LUNET_ARG_DEFAULT)
+      return snprintf(why, n, "argument '%s' of unknown type %d or presence %d", a->name, (int)a->type,
+                      (int)a->presence), true;
+    for (int j = 0; j < i; j++)
+      if (!strcmp(t->args[j].name, a->name)) return snprintf(why, n, "argument '%s' declared twice", a->name), true;
+    if (a->type == LUNET_ARG_STRING && a->choices && a->presence == LUNET_ARG_DEFAULT && a->def.s &&
+        !lunet_arg_choice_ok(a->choices, a->def.s))
+      return snprintf(why, n, "argument '%s' defaulting to '%s', not one of its choices %s", a->name, a->def.s,
+                      a->choices), true;
+  }
+  return false;
+}
+
 /* Whether plugin d's types can all be registered: each complete (a name
  * and build, forward and backward, of ABI 2.0 or later), none named as
  * another of d's or as a type already registered (a plugin cannot replace
@@ -372,7 +417,9 @@ uint64_t lunet_fallback_count(lunet_ctx *ctx) { return ctx->fallbacks; }
  * names it), and room for them all.  Checked before any is registered, so
  * a refused plugin leaves nothing behind. */
 static lunet_status check_types(lunet_ctx *ctx, const lunet_plugin_desc *d, const char *path) {
-  if (d->ntypes < 0 || (d->ntypes > 0 && !d->types))
+  if (d->ntypes < 0)
+    return lunet_error(ctx, LUNET_ERR_ABI, "plugin %s declares %d layer types (a count from 0)", path, d->ntypes);
+  if (d->ntypes > 0 && !d->types)
     return lunet_error(ctx, LUNET_ERR_ABI, "plugin %s declares %d layer types but no list of them", path,
                        d->ntypes);
   if (reg.ntypes + d->ntypes > MAX_TYPES)
@@ -383,7 +430,7 @@ static lunet_status check_types(lunet_ctx *ctx, const lunet_plugin_desc *d, cons
     if (!t || t->struct_size < LUNET_LAYER_TYPE_SIZE_2_0)
       return lunet_error(ctx, LUNET_ERR_ABI,
                          "plugin %s: layer type %d is %s; rebuild the plugin against this lunet's headers", path,
-                         i + 1, t ? "smaller than plugin ABI 2.0's lunet_layer_type" : "NULL");
+                         i + 1, t ? "smaller than plugin ABI 2.0's lunet_layer_type" : "NULL (is ntypes the list's length?)");
     const char *missing = !t->name || !t->name[0] ? "name"
                           : !t->build             ? "build function"
                           : !t->forward           ? "forward function"
@@ -392,6 +439,9 @@ static lunet_status check_types(lunet_ctx *ctx, const lunet_plugin_desc *d, cons
     if (missing)
       return lunet_error(ctx, LUNET_ERR_ABI, "plugin %s: layer type %d%s%s%s has no %s", path, i + 1,
                          t->name ? " ('" : "", t->name ? t->name : "", t->name ? "')" : "", missing);
+    char why[256];
+    if (schema_fault(t, why, sizeof why))
+      return lunet_error(ctx, LUNET_ERR_ABI, "plugin %s: layer type '%s' has a bad schema: %s", path, t->name, why);
     for (int j = 0; j < i; j++)
       if (strcmp(d->types[j]->name, t->name) == 0)
         return lunet_error(ctx, LUNET_ERR_ABI, "plugin %s defines layer type '%s' twice", path, t->name);

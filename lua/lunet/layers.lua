@@ -730,12 +730,22 @@ function M.is_layer(l)
   return mt == Layer or mt == Bidirectional
 end
 
+-- The constructors made for layer types (nn.Dense ...) and their types'
+-- names, to tell them from the rest of nn's API.
+local constructors = setmetatable({}, { __mode = "k" })
+
+local function constructor(name)
+  local ctor = function(...) return M.new(name, ...) end
+  constructors[ctor] = name
+  return ctor
+end
+
 function M.install(nn)
   local mt = {}
   function mt.__index(t, k)
     local info = type(k) == "string" and M.types()[k]
     if info then
-      local ctor = function(...) return M.new(k, ...) end
+      local ctor = constructor(k)
       rawset(t, k, ctor)
       return ctor
     end
@@ -752,13 +762,28 @@ function M.install(nn)
 end
 
 function M.load_plugin(path)
+  local before = {}
+  for name in pairs(M.types()) do before[name] = true end
   C.load_plugin(path)
   load_types()
   local nn = package.loaded.lunet
   if nn then
+    local clash = {}
     for name, info in pairs(types) do
-      -- types of the program itself (nn.Lambda) keep their own constructors
-      if info.plugin ~= "lua" then rawset(nn, name, function(...) return M.new(name, ...) end) end
+      -- types of the program itself (nn.Lambda) keep their own constructors,
+      -- and nn's functions stay (a type named Sequential replaced nn.Sequential)
+      local have = rawget(nn, name)
+      if info.plugin ~= "lua" and (have == nil or constructors[have]) then
+        rawset(nn, name, constructor(name))
+      elseif info.plugin ~= "lua" and not before[name] then
+        clash[#clash + 1] = name
+      end
+    end
+    if #clash > 0 then
+      table.sort(clash)
+      error(string.format("load_plugin: %s: the layer type%s %s ha%s the name of nn.%s, which stay%s lunet's; "
+        .. "rename the type in the plugin", tostring(path), #clash > 1 and "s" or "", table.concat(clash, ", "),
+        #clash > 1 and "ve" or "s", table.concat(clash, ", nn."), #clash > 1 and "" or "s"), 2)
     end
   end
   return true
@@ -799,8 +824,13 @@ function M.help(what)
     print("see nn.help(\"Conv2D\") for a layer's arguments, and README.md for the whole API")
     return
   end
+  if constructors[what] then what = constructors[what] end -- nn.help(nn.Dense)
+  if type(what) ~= "string" then
+    error(string.format("bad argument #1 to 'help' (a layer type's name, \"Dense\", or its constructor, nn.Dense, "
+      .. "expected, got %s)", type(what)), 2)
+  end
   local info = tps[what]
-  if not info then error("no layer type '" .. tostring(what) .. "'", 2) end
+  if not info then error("no layer type '" .. what .. "'", 2) end
   print(string.format("nn.%s: %s  [plugin %s]", info.name, info.doc, info.plugin))
   for i, s in ipairs(info.args) do
     print(string.format("  %s%-20s %-11s %-16s %s", i <= info.positional and "*" or " ", s.name, s.type,

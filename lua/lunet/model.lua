@@ -224,7 +224,8 @@ function Model:build(shape)
     local h = x
     for i, l in ipairs(self.layers) do
       local ok, out = pcall(l.__call, l, h)
-      if not ok then error(string.format("layer %d (%s): %s", i, l.name, out), 2) end
+      -- the layer's own words, without the position in lunet's Lua they were raised at
+      if not ok then error(string.format("layer %d (%s): %s", i, l.name, (tostring(out):gsub("^[^:]*%.lua:%d+: ", ""))), 2) end
       h = out
     end
     self.inputs, self.outputs = { x }, { h }

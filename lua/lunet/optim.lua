@@ -43,6 +43,22 @@ local clipping = { clipvalue = 0, clipnorm = 0, global_clipnorm = 0 }
 local hyper_names = { "learning_rate", "momentum", "nesterov", "beta_1", "beta_2", "epsilon", "rho", "weight_decay",
   "clipvalue", "clipnorm", "global_clipnorm", "initial_accumulator_value", "amsgrad", "centered" }
 
+-- Adam{learning_rate = 0.001, beta_1 = 0.9, ...} (3 updates): its
+-- arguments (clipping only when set) and how many updates it made.
+function Optimizer:__tostring()
+  local parts = {}
+  for _, k in ipairs(hyper_names) do
+    local v = rawget(self, k)
+    if v ~= nil and not (clipping[k] and v == 0) then
+      local text = type(v) == "number" and string.format("%.6g", v) or type(v) == "function" and "a function"
+        or tostring(v)
+      parts[#parts + 1] = k .. " = " .. text
+    end
+  end
+  local n = self.iterations
+  return string.format("%s{%s} (%d update%s)", self.name, table.concat(parts, ", "), n, n == 1 and "" or "s")
+end
+
 local function make(kind, name, defaults, opts, handle)
   local allowed = {}
   for k in pairs(defaults) do allowed[k] = true end
@@ -317,6 +333,14 @@ local Schedule = {}
 Schedule.__index = Schedule
 function Schedule:__call(step) return self.fn(self.cfg, step) end
 function Schedule:config() return self.cfg end
+-- ExponentialDecay{decay_rate = 0.9, decay_steps = 10, initial_learning_rate = 0.1}
+function Schedule:__tostring()
+  local keys = {}
+  for k in pairs(self.cfg) do if k ~= "schedule" then keys[#keys + 1] = k end end
+  table.sort(keys)
+  for i, k in ipairs(keys) do keys[i] = k .. " = " .. tostring(self.cfg[k]) end
+  return self.cfg.schedule .. "{" .. table.concat(keys, ", ") .. "}"
+end
 
 local extra_schedules
 local schedule_fns = {

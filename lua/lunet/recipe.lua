@@ -10,7 +10,7 @@ usage: %s [options]
   --backend NAME      compute backend (default: cpu; see nn.backends())
   --threads N         CPU threads (default: all cores, or $LUNET_THREADS)]]
 local usage_dataset = [[
-  --data PATH|URL     a local copy (archive or folder) or a mirror URL of the dataset
+  --data PATH|URL     a local copy (%s) or a mirror URL of the dataset
   --sha256 HEX        the checksum the download (or --data file) must have;
                       NAME=HEX,NAME=HEX for a set of several files]]
 local usage_tail = [[
@@ -39,9 +39,14 @@ local function writable(path)
   return true
 end
 
+-- The command-line flag of each recipe option's key ("split" is
+-- --validation-split), for the messages about its value.
+local flag_of = {}
+
 -- Parses `argv` into a table.  defaults: epochs, batch_size; augment (true
 -- or false: the recipe augments, --augment / --no-augment are offered);
--- dataset (true: --data and --sha256); limit (the text of --limit, or
+-- dataset (--data and --sha256: "archive" for a one-file set, "folder"
+-- for a set of several files, what its local copy is); limit (the text of --limit, or
 -- false when the recipe has none); report (true: --report DIR).
 -- extra: a recipe's own options, {{"--text", "text", "PATH", "doc", default}, ...}
 -- (string values).  Every value is checked here, before any data loads.
@@ -50,7 +55,10 @@ function M.parse(argv, defaults, prog, extra)
   local limit_doc = defaults.limit == nil and "train on the first N training samples only" or defaults.limit
   local function text()
     local lines = { string.format(usage_head, prog, defaults.epochs, defaults.batch_size) }
-    if defaults.dataset then lines[#lines + 1] = usage_dataset end
+    if defaults.dataset then
+      lines[#lines + 1] = string.format(usage_dataset, defaults.dataset == "folder"
+        and "a folder holding its files, gzipped or not" or "the archive, e.g. the .tar.gz")
+    end
     if limit_doc then lines[#lines + 1] = string.format("  %-19s %s", "--limit N", limit_doc) end
     if defaults.augment ~= nil then
       lines[#lines + 1] = string.format("  --augment           random augmentation during training%s\n" ..
@@ -75,6 +83,7 @@ function M.parse(argv, defaults, prog, extra)
   for _, e in ipairs(extra or {}) do
     strings[e[1]] = e[2]
     o[e[2]] = e[5]
+    flag_of[e[2]] = e[1]
   end
   local flags = { ["--distributed"] = { "distributed", true }, ["--balance"] = { "balance", true } }
   if defaults.augment ~= nil then
@@ -132,7 +141,7 @@ end
 function M.number(o, name, lo, hi)
   local v = tonumber(o[name])
   if not v or v ~= v or (lo and v < lo) or (hi and v > hi) then
-    error(string.format("--%s needs a number%s, got '%s'", name, lo and hi and string.format(" from %g to %g", lo, hi)
+    error(string.format("%s needs a number%s, got '%s'", flag_of[name] or "--" .. name, lo and hi and string.format(" from %g to %g", lo, hi)
       or lo and string.format(" of at least %g", lo) or "", tostring(o[name])), 0)
   end
   return v
@@ -141,7 +150,10 @@ end
 -- A recipe's own option as an integer of at least lo.
 function M.integer(o, name, lo)
   local v = math.tointeger(tonumber(o[name]))
-  if not v or v < lo then error(string.format("--%s needs an integer of at least %d, got '%s'", name, lo, tostring(o[name])), 0) end
+  if not v or v < lo then
+    error(string.format("%s needs an integer of at least %d, got '%s'", flag_of[name] or "--" .. name, lo,
+      tostring(o[name])), 0)
+  end
   return v
 end
 
@@ -170,7 +182,8 @@ end
 function M.main(prog, body)
   local ok, err = xpcall(body, function(e)
     if os.getenv("LUNET_TRACEBACK") == "1" then return debug.traceback(tostring(e), 2) end
-    return tostring(e)
+    -- the message alone: a position in the recipe's or lunet's Lua ("cifar_cnn.lua:13:") says nothing to its user
+    return (tostring(e):gsub("^[^:\n]*%.lua:%d+: ", ""))
   end)
   if not ok then
     local dist = require "lunet.distributed"

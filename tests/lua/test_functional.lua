@@ -410,7 +410,7 @@ function T.hostile_model_files_are_refused_quickly()
       "the config's 'layers' must be a list"},
     {'{"format_version": 7, "class": "Functional"}', "config format_version 7, this lunet reads 2"},
     {'{"format_version": 2, "layers": [{"type": "Teleport", "args": {}}], "inputs": [], "nodes": [], "outputs": []}',
-      "layers[0] has the unknown type 'Teleport'"},
+      "layers[0] ('?') has the unknown type 'Teleport'"},
     {dense_config('"ten"'), "layers[0] (Dense): argument 'units' has the wrong type or is out of range"},
     {dense_config("1e999"), "layers[0] (Dense): argument 'units' has the wrong type or is out of range"},
     {dense_config("1e12"), "layers[0] (Dense): argument 'units' has the wrong type or is out of range"},

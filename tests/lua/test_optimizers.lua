@@ -158,6 +158,10 @@ function T.names_and_bad_arguments()
   check.fails(function() nn.optimizers.Adam{amsgrad = 1} end, "'amsgrad' to 'Adam' (boolean expected, got number)")
   check.fails(function() nn.optimizers.SGD{centered = true} end, "unknown argument")
   check.eq(nn.optimizers.AdamW{amsgrad = true}.amsgrad, true, "AdamW takes amsgrad")
+  -- printed with its arguments (it was a table address)
+  check.eq(tostring(nn.optimizers.SGD{learning_rate = nn.schedules.ExponentialDecay(0.1, 10, 0.9), clipnorm = 1}),
+    "SGD{learning_rate = ExponentialDecay{decay_rate = 0.9, decay_steps = 10, initial_learning_rate = 0.1}, "
+    .. "momentum = 0, nesterov = false, weight_decay = 0, clipnorm = 1} (0 updates)", "an optimizer's text")
   -- once it has state, what decides its slots stays (a centered mean gradient is no momentum)
   local w = nn.tensor{1.0, 2.0}:requires_grad(true)
   local rms = nn.optimizers.RMSprop{centered = true}

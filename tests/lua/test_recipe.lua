@@ -8,7 +8,7 @@ local recipe = require "lunet.recipe"
 
 local T = {}
 
-local DATASET = { epochs = 2, batch_size = 32, augment = false, report = true, dataset = true }
+local DATASET = { epochs = 2, batch_size = 32, augment = false, report = true, dataset = "folder" }
 local TEXT = { epochs = 4, batch_size = 32, limit = "train on the first N windows only" }
 local function parse(argv, defaults, extra) return recipe.parse(argv, defaults, "r.lua", extra) end
 
@@ -84,6 +84,9 @@ function T.own_options_as_numbers()
   check.fails(function() recipe.number({ t = "nan" }, "t", 0) end, "got 'nan'")
   check.fails(function() recipe.number({ split = "1" }, "split", 0, 0.9) end, "--split needs a number from 0 to 0.9")
   check.fails(function() recipe.integer({ context = "1" }, "context", 2) end, "--context needs an integer of at least 2, got '1'")
+  -- a recipe's option is named by its flag (image_folder's --validation-split was "--split")
+  local o = parse({ "--validation-split", "1.5" }, TEXT, { { "--validation-split", "split", "F", "held out", "0.2" } })
+  check.fails(function() recipe.number(o, "split", 0, 0.9) end, "--validation-split needs a number from 0 to 0.9, got '1.5'")
 end
 
 -- The recipes themselves: a bad temperature fails before any training (it
@@ -120,6 +123,13 @@ function T.recipes_fail_before_training()
   assert(not out:find("--augment", 1, true) and not out:find("--data", 1, true), out)
   out = run(src .. "fashion_mnist_cnn.lua --help")
   assert(out:find("--data PATH|URL", 1, true) and out:find("--no-augment", 1, true) and out:find("--report", 1, true), out)
+  assert(out:find("a local copy (a folder holding its files, gzipped or not)", 1, true), out)
+  out = run(src .. "cifar_cnn.lua --help")
+  assert(out:find("a local copy (the archive, e.g. the .tar.gz)", 1, true), out)
+  -- a library's error reaches the user without a position in Lua ("fashion_mnist_cnn.lua:13:")
+  out = run(src .. "fashion_mnist_cnn.lua --sha256 abc --epochs 1")
+  assert(out:find("fashion_mnist_cnn.lua: bad argument #1 to 'fashion_mnist.load_data' (sha256 must be a table", 1, true)
+    and not out:find("%.lua:%d+:") and out:find("status 1", 1, true), out)
 end
 
 -- A failed download names the recipe's flags (it named load_data's table

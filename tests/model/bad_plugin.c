@@ -23,12 +23,21 @@ static lunet_status echo_backward(lunet_layer *l, lunet_call *c, lunet_tensor *c
   return dx[0] ? LUNET_OK : lunet_ctx_status(lunet_call_ctx(c));
 }
 
-static const lunet_arg_schema args[] = {{"name", LUNET_ARG_STRING, LUNET_ARG_NIL, {0}, "the layer's name", NULL}};
+static const lunet_arg_schema args[] = {
+    {"name", LUNET_ARG_STRING, LUNET_ARG_NIL, {0}, "the layer's name", NULL},
+#if defined(BAD_ARG_TWICE)
+    {"name", LUNET_ARG_STRING, LUNET_ARG_NIL, {0}, "the layer's name again", NULL},
+#elif defined(BAD_DEFAULT_CHOICE)
+    {"mode", LUNET_ARG_STRING, LUNET_ARG_DEFAULT, {.s = "zz"}, "a default outside its choices", "a|b"},
+#endif
+};
 
 #if defined(BAD_BUILTIN_NAME)
 #define NAME "Dense" /* the built-in's */
 #elif defined(BAD_NO_NAME)
 #define NAME NULL
+#elif defined(BAD_NN_NAME)
+#define NAME "Sequential" /* nn.Sequential, not a layer type */
 #else
 #define NAME "Echo"
 #endif
@@ -38,7 +47,11 @@ static const lunet_layer_type echo_type = {
     .name = NAME,
     .doc = "y = x",
     .args = args,
-    .nargs = 1,
+    .nargs = sizeof args / sizeof args[0],
+#if defined(BAD_INPUTS)
+    .min_inputs = 3,
+    .max_inputs = 2,
+#endif
     .build = echo_build,
 #if !defined(BAD_NO_FORWARD)
     .forward = echo_forward,
@@ -52,8 +65,14 @@ static const lunet_layer_type *const types[] = {&echo_type, &echo_type};
 static const lunet_layer_type *const types[] = {&echo_type};
 #endif
 
+#if defined(BAD_NEGATIVE_COUNT)
+#define NTYPES -1
+#else
+#define NTYPES (int)(sizeof types / sizeof types[0])
+#endif
+
 __attribute__((unused)) static const lunet_plugin_desc desc = {LUNET_PLUGIN_ABI_MAJOR, LUNET_PLUGIN_ABI_MINOR, sizeof(lunet_plugin_desc),
-                                       "bad", "1", types, (int)(sizeof types / sizeof types[0])};
+                                       "bad", "1", types, NTYPES};
 
 __attribute__((visibility("default"))) const lunet_plugin_desc *lunet_plugin_entry(void) {
 #if defined(BAD_NULL_ENTRY)

@@ -27,6 +27,9 @@ local T = {}
 function T.build_faults()
   check.fails(function() model("RefusingBuild") end, "refusing_build: refuses to build, as a test")
   check.fails(function() model("SilentBuild") end, "build failed without a message " .. BLAME)
+  -- in a Sequential: the layer's position and the plugin's words, no position in lunet's Lua
+  local ok, err = pcall(function() return nn.Sequential{nn.Dense{3, input_shape = {3}}, nn.SilentBuild{}} end)
+  assert(not ok and err:find("^layer 2 %(silent_build[_%d]*%): silent_build[_%d]*: build failed without a message"), err)
   check.fails(function() model("HugeOutput") end, "build declared output 1 with 3 dimensions, a size below 1 or more than")
   check.fails(function() model("NegativeOutput") end, "a size below 1")
   check.fails(function() model("ManyDims") end, "build declared output 1 with 99 dimensions")

@@ -46,4 +46,4 @@ LUA
 # a model file names the plugin of its types: a process without it says which to load
 "$build/bin/lunet" -e "local nn = require 'lunet'
 local ok, err = pcall(nn.load_model, '$work/scale.safetensors')
-assert(not ok and tostring(err):find(\"layers[0] has the type 'Scale' of plugin 'example', which is not loaded\", 1, true), tostring(err))"
+assert(not ok and tostring(err):find(\"layers[0] ('scale') has the type 'Scale' of plugin 'example', which is not loaded\", 1, true), tostring(err))"

@@ -239,6 +239,19 @@ for extra, text in ((["--model", "cnn=" + served, "--backend", "nosuch"], "nosuc
                      "the model cannot predict (tried on one sample of zeros)")):
     p = subprocess.run([lunet, "serve", "--port", "0", *extra], capture_output=True, text=True, timeout=30)
     assert p.returncode == 1 and text in p.stderr, (extra, p.returncode, p.stderr)
+# numbers are whole values in range ("8x01" listened on port 8, "abc" on a
+# random port), options are named, the host is checked before any model loads
+for args, text in ((["--port", "8x01"], "--port takes a whole number from 0 to 65535, got '8x01'"),
+                   (["--port", ""], "--port takes a whole number from 0 to 65535, got ''"),
+                   (["--threads", "2.5"], "--threads takes a whole number from 1 to 1024, got '2.5'"),
+                   (["--max-batch", "4abc"], "--max-batch takes a whole number from 1 (no merging)"),
+                   (["--batch-timeout-ms", "abc"], "--batch-timeout-ms takes a whole number from 0 to 60000"),
+                   (["--bogus", "x"], "unknown option '--bogus'"),
+                   (["--port=0"], "write '--port 0' (the value after a space), not '--port=0'"),
+                   (["--max-queue"], "--max-queue needs a value"),
+                   (["--host", "nowhere"], "--host takes an IPv4 address (127.0.0.1, 0.0.0.0) or localhost, got 'nowhere'")):
+    p = subprocess.run([lunet, "serve", "--model", "cnn=" + served, *args], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and text in p.stderr and "model 'cnn'" not in p.stderr, (args, p.returncode, p.stderr)
 token, token_base = start(model="emb=" + os.path.join(work, "emb.lunet"))
 token_port = int(token_base.rsplit(":", 1)[1])
 big = socket.create_connection(("127.0.0.1", token_port))
