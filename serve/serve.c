@@ -387,6 +387,18 @@ static unsigned model_error_status(lunet_status st) {
   return st == LUNET_ERR_ARG || st == LUNET_ERR_SHAPE ? 400 : st == LUNET_ERR_NOMEM ? 503 : 500;
 }
 
+/* The request key ("instances", "inputs", "signature_name") that obj
+ * names more than once, or NULL: JSON readers differ on which of two
+ * counts, and cJSON's lookup took the first.  One pass, whatever the body. */
+static const char *key_twice(const cJSON *obj) {
+  static const char *const keys[] = {"instances", "inputs", "signature_name"};
+  int seen[3] = {0};
+  for (const cJSON *a = obj->child; a; a = a->next)
+    for (int k = 0; k < 3; k++)
+      if (a->string && !strcmp(a->string, keys[k]) && ++seen[k] > 1) return keys[k];
+  return NULL;
+}
+
 /* POST /v1/models/NAME:predict */
 static enum MHD_Result predict(struct MHD_Connection *c, served *m, const char *body, size_t len) {
   const char *end = NULL;
@@ -423,7 +435,10 @@ static enum MHD_Result predict(struct MHD_Connection *c, served *m, const char *
   const cJSON *inputs = cJSON_GetObjectItemCaseSensitive(req, "inputs");
   const cJSON *sig = cJSON_GetObjectItemCaseSensitive(req, "signature_name");
   char names[512], why[512] = "";
-  if (sig && !(cJSON_IsString(sig) && (!*sig->valuestring || !strcmp(sig->valuestring, "serving_default"))))
+  const char *dup = key_twice(req);
+  if (dup)
+    snprintf(why, sizeof why, "the body names \"%s\" twice; give it once", dup);
+  else if (sig && !(cJSON_IsString(sig) && (!*sig->valuestring || !strcmp(sig->valuestring, "serving_default"))))
     snprintf(why, sizeof why, "model '%s' has one signature, \"serving_default\"; \"signature_name\" is %s%s%s",
              m->name, cJSON_IsString(sig) ? "\"" : "", cJSON_IsString(sig) ? sig->valuestring : json_kind(sig),
              cJSON_IsString(sig) ? "\"" : "");

@@ -75,6 +75,9 @@ cases = [
      400, 'one signature, "serving_default"; "signature_name" is "other"'),
     ("POST", "/v1/models/cnn:predict", json.dumps({"instances": ref["inputs"][:1], "inputs": ref["inputs"]}).encode(),
      400, 'one of "instances" (rows) and "inputs" (columns), not both'),
+    # a key twice: readers differ on which counts (the first was served)
+    ("POST", "/v1/models/cnn:predict", ('{"instances": %s, "instances": %s}' % (json.dumps(ref["inputs"][:1]),
+     json.dumps(ref["inputs"][1:2]))).encode(), 400, 'the body names "instances" twice; give it once'),
     ("POST", "/v1/models/cnn:predict", json.dumps({"instances": [[[[True]] * 6] * 6]}).encode(), 400,
      "instances[0][0][0][0] is true, not a number"),
     ("POST", "/v1/models/cnn:predict", json.dumps({"instances": [[7] * 6]}).encode(), 400,
