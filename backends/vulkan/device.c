@@ -501,19 +501,36 @@ static int open_device(lunet_backend *be, int device, char *err, size_t err_len)
 static const long *counted_submits;
 static void print_submits(void) { fprintf(stderr, "lunet: vulkan: %ld submits\n", *counted_submits); }
 
-/* LUNET_VULKAN_FAULT=submit:N[:lost|oom]: the fault a test injects. */
+/* LUNET_VULKAN_FAULT's value v: "count" (*count), or submit:N[:lost|oom]
+ * (N >= 1, lost by default: *n and *result); false when it is neither. */
+static bool read_fault(const char *v, bool *count, long *n, VkResult *result) {
+  char kind[8] = "lost", extra;
+  if ((*count = strcmp(v, "count") == 0)) return true;
+  int got = sscanf(v, "submit:%ld:%7[a-z]%c", n, kind, &extra);
+  if (got < 1 || got > 2 || *n < 1 || (strcmp(kind, "lost") != 0 && strcmp(kind, "oom") != 0) ||
+      (got == 1 && strspn(v + 7, "0123456789") != strlen(v + 7)))
+    return false;
+  *result = strcmp(kind, "oom") == 0 ? VK_ERROR_OUT_OF_DEVICE_MEMORY : VK_ERROR_DEVICE_LOST;
+  return true;
+}
+
+/* LUNET_VULKAN_FAULT=submit:N[:lost|oom]: the fault a test injects
+ * (check_env refused a malformed value before). */
 static void parse_fault(lunet_backend *be) {
   const char *v = getenv("LUNET_VULKAN_FAULT");
-  char kind[8] = "lost";
-  long n = 0;
-  if (v && strcmp(v, "count") == 0 && !counted_submits) {
-    counted_submits = &be->submits;
-    atexit(print_submits);
+  bool count;
+  long n;
+  VkResult result;
+  if (!v || !*v || !read_fault(v, &count, &n, &result)) return;
+  if (count) {
+    if (!counted_submits) {
+      counted_submits = &be->submits;
+      atexit(print_submits);
+    }
     return;
   }
-  if (!v || sscanf(v, "submit:%ld:%7s", &n, kind) < 1 || n < 1) return;
   be->fault_submit = n;
-  be->fault_result = strcmp(kind, "oom") == 0 ? VK_ERROR_OUT_OF_DEVICE_MEMORY : VK_ERROR_DEVICE_LOST;
+  be->fault_result = result;
   fprintf(stderr, "lunet: vulkan: LUNET_VULKAN_FAULT: submit %ld will fail with %s\n", n,
           lunet_vk_result_name(be->fault_result));
 }
@@ -549,12 +566,10 @@ static int check_env(char *err, size_t err_len) {
     }
   }
   const char *fault = getenv("LUNET_VULKAN_FAULT");
+  bool count;
   long n;
-  char kind[8] = "lost", extra;
-  int got = fault && *fault ? sscanf(fault, "submit:%ld:%7[a-z]%c", &n, kind, &extra) : 0;
-  if (fault && *fault && strcmp(fault, "count") != 0 &&
-      (got < 1 || got > 2 || n < 1 || (strcmp(kind, "lost") != 0 && strcmp(kind, "oom") != 0) ||
-       (got == 1 && strspn(fault + 7, "0123456789") != strlen(fault + 7)))) {
+  VkResult result;
+  if (fault && *fault && !read_fault(fault, &count, &n, &result)) {
     snprintf(err, err_len, "vulkan: LUNET_VULKAN_FAULT=%.40s: expected count or submit:N[:lost|oom] (tests only)",
              fault);
     return -1;
