@@ -488,6 +488,25 @@ static int l_model_metric_names(lua_State *L) {
   return 1;
 }
 
+/* C.model_metric_modes(m) -> {name = "max" | "min"}: the way each compiled
+ * metric improves (Keras's _direction: up for the accuracies, precision,
+ * recall, AUC, F1, IoU and R2, down for the errors), for the callbacks'
+ * mode "auto"; the loss trackers are left out. */
+static int l_model_metric_modes(lua_State *L) {
+  lunet_model *m = check_model(L, 1);
+  int n = lunet_model_metric_count(m);
+  lua_createtable(L, 0, n);
+  for (int i = 0; i < n; i++) {
+    const lunet_metric *x = lunet_model_metric(m, i);
+    lunet_metric_kind k = lunet_metric_kind_get(x);
+    if (k == LUNET_METRIC_MEAN) continue;
+    bool down = k == LUNET_METRIC_MEAN_ABSOLUTE_ERROR || k == LUNET_METRIC_ROOT_MEAN_SQUARED_ERROR;
+    lua_pushstring(L, down ? "min" : "max");
+    lua_setfield(L, -2, lunet_metric_name(x));
+  }
+  return 1;
+}
+
 static int l_model_reset_metrics(lua_State *L) {
   lunet_model_reset_metrics(check_model(L, 1));
   return 0;
@@ -778,6 +797,7 @@ static const luaL_Reg functions[] = {{"optimizer_new", l_optimizer_new},
                                      {"model_test_step", l_model_test_step},
                                      {"model_logs", l_model_logs},
                                      {"model_metric_names", l_model_metric_names},
+                                     {"model_metric_modes", l_model_metric_modes},
                                      {"model_metric_states", l_model_metric_states},
                                      {"model_set_metric_states", l_model_set_metric_states},
                                      {"model_reset_metrics", l_model_reset_metrics},

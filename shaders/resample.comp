@@ -12,19 +12,19 @@ layout(push_constant, std430) uniform PC {
   float fill;
 } pc;
 
+// v modulo p in [0, p), p > 0: GLSL leaves % undefined for a negative
+// operand, so a negative v is folded with non-negative ones only.
+int pmod(int v, int p) { return v >= 0 ? v % p : p - 1 - (-v - 1) % p; }
+
 // Maps v into [0, n) by the fill mode; -1 for "outside" (constant fill).
 int index_of(int v, int n) {
   if (v >= 0 && v < n) return v;
   if (pc.mode == 0) {
-    int period = 2 * n, r = v % period;
-    if (r < 0) r += period;
+    int period = 2 * n, r = pmod(v, period);
     return r < n ? r : period - 1 - r;
   }
   if (pc.mode == 2) return v < 0 ? 0 : n - 1;
-  if (pc.mode == 3) {
-    int r = v % n;
-    return r < 0 ? r + n : r;
-  }
+  if (pc.mode == 3) return pmod(v, n);
   return -1;
 }
 

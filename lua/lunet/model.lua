@@ -1059,6 +1059,9 @@ fit_impl = function(self, x, y, o)
         end
         bar:update(s, logs, keys, false)
         if C.interrupted() then error("interrupted", 0) end
+        -- a callback's stop_training ends the epoch after this step, as Keras's (it ran the epoch out);
+        -- under MPI every rank must run the same steps, so the epoch ends first
+        if self.stop_training and not dist then return end
       end
     end)
     next_batch(nil) -- stops the prefetch thread, on success or error

@@ -481,9 +481,11 @@ end
 
 -- Keras's comparison (max: v - d > best; min: v + d < best), the best
 -- starting at -inf / +inf so that a NaN never counts as an improvement.
+-- The first value seen is the best so far (Keras's reference None; a NaN
+-- too, after which nothing improves on it).
 local function improved(self, value)
   local best = self.best
-  if best == nil then best = self.mode == "max" and -math.huge or math.huge end
+  if best == nil then return true end
   if self.mode == "max" then return value - self.min_delta > best end
   return value + self.min_delta < best
 end
@@ -570,20 +572,31 @@ function M.check_save_path(path, what)
   end
 end
 
--- "auto": the direction of the metric monitored (Keras 3 reads the
--- metric's _direction: up for the accuracies, AUC, precision, recall,
--- F-scores, R2 and IoU; down for losses and errors).
-local rising = { "acc", "auc", "precision", "recall", "f1", "fbeta", "r2", "io_u", "iou" }
+-- A callback's mode: "min", "max", or "auto", settled by settle_mode.
 local function monitor_mode(monitor, mode, what)
-  if mode and mode ~= "auto" then
-    if mode ~= "min" and mode ~= "max" then
-      error(string.format("bad argument 'mode' to '%s' (\"auto\", \"min\" or \"max\")", what), 3)
-    end
-    return mode
+  if mode == nil then return "auto" end
+  if mode ~= "auto" and mode ~= "min" and mode ~= "max" then
+    error(string.format("bad argument 'mode' to '%s' (\"auto\", \"min\" or \"max\")", what), 3)
   end
-  local name = monitor:gsub("^val_", "")
-  for _, r in ipairs(rising) do if name:find(r, 1, true) then return "max" end end
-  return "min"
+  return mode
+end
+
+-- "auto", once the monitored value is logged, as Keras 3 settles it: a
+-- loss falls; a compiled metric goes the way its kind improves (the
+-- metric's _direction, by its logged name, so a custom name such as
+-- AUC{name = "roc"} is found and an output's loss named "decoder2_loss" is
+-- no R2); anything else is an error asking for the mode (it was read from
+-- the name's letters).
+local function settle_mode(self, model, what)
+  if self.mode ~= "auto" then return end
+  local name = self.monitor:gsub("^val_", "")
+  local mode = (name == "loss" or name:match("_loss$")) and "min"
+    or (model.handle and C.model_metric_modes(model.handle)[name])
+  if not mode then
+    error(string.format("%s: cannot tell whether '%s' should rise or fall (it is no loss and no compiled metric); "
+      .. "give mode = \"max\" or \"min\"", what, self.monitor), 0)
+  end
+  self.mode = mode
 end
 
 -- min_delta's magnitude (Keras takes abs(min_delta)).
@@ -605,6 +618,7 @@ function M.callbacks.EarlyStopping(o)
   function self:on_epoch_end(model, epoch, logs) -- epoch from 0, as Keras's
     local v = watched(self, "EarlyStopping", logs)
     if v == nil then return end
+    settle_mode(self, model, "EarlyStopping")
     if improved(self, v) then
       self.best, self.wait, self.best_epoch = v, 0, epoch
       if self.restore_best_weights then self.best_weights = model:get_weights() end
@@ -644,6 +658,7 @@ function M.callbacks.ModelCheckpoint(o)
     local v = self.save_best_only and watched(self, "ModelCheckpoint", logs, "it saves every epoch")
     local file = checkpoint_name(self.path, epoch + 1, logs)
     if self.save_best_only and v ~= nil then -- (an unlogged monitor saves every epoch, as Keras's, with its warning)
+      settle_mode(self, model, "ModelCheckpoint")
       if not improved(self, v) then return end
       self.best = v
     end
@@ -767,6 +782,7 @@ function M.callbacks.ReduceLROnPlateau(o)
     logs.learning_rate = model.optimizer:current_lr() -- as Keras's, into the logs and the history
     local v = watched(self, "ReduceLROnPlateau", logs)
     if v == nil then return end
+    settle_mode(self, model, "ReduceLROnPlateau")
     if self.cool > 0 then self.cool = self.cool - 1; self.wait = 0 end
     if improved(self, v) then
       self.best, self.wait = v, 0

@@ -392,11 +392,47 @@ function T.callbacks_follow_keras_3()
   check.same_table(h.learning_rate, {0.1, 0.1}, 1e-7, "learning_rate in the history")
   check.fails(function() model():fit(x, y, {verbose = 0, callbacks = {{on_epoch_ends = function() end}}}) end,
     "has a method 'on_epoch_ends' that fit never calls")
-  -- mode "auto" and min_delta's magnitude
-  for name, mode in pairs{val_precision = "max", val_recall = "max", val_f1_score = "max", val_r2_score = "max",
-      val_mean_io_u = "max", val_auc = "max", acc = "max", val_loss = "min", val_mae = "min"} do
-    check.eq(nn.callbacks.EarlyStopping{monitor = name}.mode, mode, name)
+  -- stop_training set in a batch hook ends the epoch after that step, as Keras's (the epoch ran out)
+  local ran = {}
+  h = model():fit(x, y, {epochs = 3, batch_size = 4, verbose = 0, callbacks = {{on_train_batch_end =
+    function(_, mdl, b) ran[#ran + 1] = b; mdl.stop_training = true end}}})
+  check.same_table(ran, {0}, 0, "one step")
+  check.same_table(h.epoch, {0}, 0, "one epoch in the history")
+  -- mode "auto", settled from the model once the value is logged (as Keras 3: a metric's direction by its
+  -- logged name; it was guessed from the name's letters, so a custom AUC name was minimized and a loss
+  -- named decoder2_loss maximized as an R2)
+  local am = nn.Sequential{nn.Dense{2, activation = "softmax", input_shape = {3}}}
+  am:compile{optimizer = "sgd", loss = "sparse_categorical_crossentropy",
+    metrics = {"accuracy", nn.metrics.AUC{name = "roc"}, nn.metrics.Precision{name = "prec"}}}
+  local watch = {}
+  for _, name in ipairs{"val_roc", "prec", "val_accuracy", "val_loss"} do
+    watch[name] = nn.callbacks.EarlyStopping{monitor = name, patience = 100}
   end
+  local list = {}
+  for _, cb in pairs(watch) do list[#list + 1] = cb end
+  am:fit(x, y, {epochs = 1, verbose = 0, validation_data = {x, y}, callbacks = list})
+  for name, mode in pairs{val_roc = "max", prec = "max", val_accuracy = "max", val_loss = "min"} do
+    check.eq(watch[name].mode, mode, name)
+  end
+  local reg = nn.Sequential{nn.Dense{1, input_shape = {3}}}
+  reg:compile{optimizer = "sgd", loss = "mse", metrics = {"mae", nn.metrics.R2Score()}}
+  reg:fit(x, nn.randn(10, 1), {epochs = 1, verbose = 0}) -- the compiled metrics exist once fit has run
+  for name, mode in pairs{val_mae = "min", r2_score = "max"} do
+    local cb = nn.callbacks.ReduceLROnPlateau{monitor = name}
+    cb:on_train_begin(reg)
+    cb:on_epoch_end(reg, 0, {[name] = 1})
+    check.eq(cb.mode, mode, name)
+  end
+  local out_loss = nn.callbacks.ReduceLROnPlateau{monitor = "val_decoder2_loss"}
+  out_loss:on_train_begin(am)
+  out_loss:on_epoch_end(am, 0, {val_decoder2_loss = 1})
+  check.eq(out_loss.mode, "min", "an output's loss falls")
+  check.fails(function()
+    am:fit(x, y, {epochs = 1, verbose = 0, callbacks = {
+      {on_epoch_end = function(_, _, _, logs) logs.score = 1 end}, nn.callbacks.EarlyStopping{monitor = "score"}}})
+  end, "EarlyStopping: cannot tell whether 'score' should rise or fall (it is no loss and no compiled metric); "
+    .. "give mode = \"max\" or \"min\"")
+  check.eq(nn.callbacks.EarlyStopping{monitor = "score", mode = "max"}.mode, "max", "a mode given")
   local es = nn.callbacks.EarlyStopping{monitor = "val_loss", min_delta = -0.1, patience = 1}
   check.eq(es.min_delta, 0.1, "abs(min_delta)")
   local stub = {}
@@ -407,10 +443,12 @@ function T.callbacks_follow_keras_3()
   check.eq(stub.stop_training, true, "a worse value is no improvement")
   check.eq(es.stopped_epoch, 1, "stopped at the second epoch, from 0")
   local nan = nn.callbacks.EarlyStopping{monitor = "val_loss", patience = 1}
+  stub = {}
   nan:on_train_begin(stub)
   nan:on_epoch_end(stub, 0, {val_loss = 0 / 0})
   nan:on_epoch_end(stub, 1, {val_loss = 5})
-  check.eq(nan.best, 5, "a NaN never counts as the best")
+  check.eq(nan.best ~= nan.best, true, "the first value is the best so far, a NaN too (Keras's reference None)")
+  check.eq(stub.stop_training, true, "nothing improves on a NaN")
   -- a scheduler cannot set a schedule's rate
   local sm = nn.Sequential{nn.Dense{2, input_shape = {3}}}
   sm:compile{optimizer = nn.optimizers.SGD{learning_rate = nn.schedules.ExponentialDecay(0.1, 1, 0.5)}, loss = "mse"}
