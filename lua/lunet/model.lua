@@ -1027,8 +1027,10 @@ fit_impl = function(self, x, y, o)
     local measured, upto -- balance: sync's counters after the epoch's first step and its last full one
     local full = balance and math.min(steps, n // balance.g) or 0
     C.model_reset_metrics(h)
+    local ran = steps -- fewer when a callback or TerminateOnNaN stops the epoch
     local ok, err = pcall(function()
       for s = 1, steps do
+        ran = s
         local xb, yb, wb = next_batch(s)
         if per_batch then
           call_cbs(cbs, "on_train_batch_begin", self, s - 1, logs)
@@ -1093,7 +1095,7 @@ fit_impl = function(self, x, y, o)
     local all = {}
     for _, k in ipairs(keys) do all[#all + 1] = k end
     if xv then for _, k in ipairs(keys) do all[#all + 1] = "val_" .. k end end
-    bar:update(steps, logs, all, true)
+    bar:update(ran, logs, all, true)
     self.epoch = epoch
     call_cbs(cbs, "on_epoch_end", self, epoch - 1, logs)
     -- the history last, as Keras's History callback: it records what the
