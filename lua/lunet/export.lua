@@ -482,15 +482,25 @@ end
 
 -- ---- merging ----
 
-local function same_layout(g, ins)
+-- The inputs of an elementwise merge in the first one's layout.  Inputs of
+-- one rank broadcast as ONNX does (size-1 axes); a shorter one would align
+-- at the batch axis in ONNX where lunet and Keras put its size-1 axes after
+-- it, so it is refused rather than exported wrong.
+local function same_layout(g, ins, l)
+  for i = 2, #ins do
+    if l and ins[i].rank ~= ins[1].rank then
+      fail(string.format("layer %s: inputs of ranks %d and %d (a merge broadcasting a shorter input) do not export "
+        .. "yet; give the shorter one its size-1 axes with nn.Reshape first", l.name, ins[1].rank, ins[i].rank))
+    end
+  end
   local out = { ins[1] }
   for i = 2, #ins do out[i] = ins[1].cf and g:cf(ins[i]) or g:cl(ins[i]) end
   return out
 end
 
 local function chain(op)
-  return function(g, _, ins)
-    local xs = same_layout(g, ins)
+  return function(g, l, ins)
+    local xs = same_layout(g, ins, l)
     local y = xs[1].name
     for i = 2, #xs do y = g:node(op, { y, xs[i].name }) end
     return like(xs[1], y)
@@ -501,8 +511,8 @@ emit.Subtract = chain("Sub")
 emit.Multiply = chain("Mul")
 
 local function variadic(op)
-  return function(g, _, ins)
-    local xs = same_layout(g, ins)
+  return function(g, l, ins)
+    local xs = same_layout(g, ins, l)
     local names = {}
     for i, x in ipairs(xs) do names[i] = x.name end
     return like(xs[1], g:node(op, names))

@@ -93,6 +93,15 @@ local function as_list(v, what, check)
 end
 
 -- The calls between the inputs and the outputs, each after its inputs.
+-- A model's input_shape or output_shape, as Keras's: one value's shape,
+-- or the list of them when there are several.
+local function io_shapes(values)
+  if #values == 1 then return values[1].shape end
+  local out = {}
+  for i, v in ipairs(values) do out[i] = v.shape end
+  return out
+end
+
 local function walk(inputs, outputs)
   local is_input, order, seen = {}, {}, {}
   for _, x in ipairs(inputs) do is_input[x] = true end
@@ -205,8 +214,7 @@ local function make_core(self)
   C.model_outputs(h, outs)
   self.handle, self.compiled = h, false
   self.params = C.model_params(h)
-  self.input_shape = self.inputs[1].shape
-  self.output_shape = self.outputs[1].shape
+  self.input_shape, self.output_shape = io_shapes(self.inputs), io_shapes(self.outputs)
   self.built = true
   -- the model's device: where its weights live (batches are moved there)
   self.device = self.params[1] and self.params[1]:device() or C.default_backend()
@@ -287,8 +295,12 @@ local function functional_rows(self)
     end
     local params = counted[n.layer] and 0 or n.layer:count_params()
     counted[n.layer] = true
-    rows[#rows + 1] = { string.format("%s (%s)", n.layer.name, n.layer.type), shape_str(n.outputs[1].shape),
-      fmt_int(params), table.concat(from, ", ") }
+    -- every output's shape, as Keras's [(None, 6, 4), (None, 4)] (an LSTM's states too)
+    local shapes = {}
+    for j, y in ipairs(n.outputs) do shapes[j] = shape_str(y.shape) end
+    local shown = #shapes == 1 and shapes[1] or "[" .. table.concat(shapes, ", ") .. "]"
+    rows[#rows + 1] = { string.format("%s (%s)", n.layer.name, n.layer.type), shown, fmt_int(params),
+      table.concat(from, ", ") }
   end
   return rows
 end
@@ -1589,7 +1601,7 @@ local function wrap(h)
   self.nodes = walk(ins, outs)
   self.handle, self.built = h, true
   self.params = C.model_params(h)
-  self.input_shape, self.output_shape = ins[1].shape, outs[1].shape
+  self.input_shape, self.output_shape = io_shapes(ins), io_shapes(outs)
   self.device = self.params[1] and self.params[1]:device() or C.default_backend()
   if d.compiled then
     self.losses = {}

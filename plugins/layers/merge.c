@@ -1,6 +1,8 @@
 /* Keras's merge layers: Add, Subtract, Multiply, Average, Maximum and
- * Minimum combine inputs of one shape elementwise; Concatenate joins inputs
- * along one axis. */
+ * Minimum combine inputs elementwise, broadcasting as Keras's do (the
+ * sample shapes aligned at their last axes, a size of 1 stretching, a
+ * shorter shape taking size-1 axes after the batch axis); Concatenate
+ * joins inputs along one axis. */
 #include "layers.h"
 
 typedef enum merge_kind {
@@ -14,35 +16,50 @@ typedef enum merge_kind {
 
 typedef struct merge_state {
   int n;                                   /* inputs of the last forward */
-  lunet_tensor *x[LUNET_LAYER_MAX_INPUTS]; /* (N, ...) each: Multiply, Maximum, Minimum */
+  lunet_tensor *x[LUNET_LAYER_MAX_INPUTS]; /* each at the output's rank: Multiply, Maximum, Minimum */
   lunet_tensor *y;                         /* (N, ...): Maximum, Minimum */
+  lunet_shape in[LUNET_LAYER_MAX_INPUTS];  /* each input's shape, batch axis included */
 } merge_state;
 
 static const lunet_arg_schema merge_args[] = {
     LAYERS_ARG_NAME,
 };
 
-static bool same_shape(const lunet_shape *a, const lunet_shape *b) {
-  if (a->ndim != b->ndim) return false;
-  for (int i = 0; i < a->ndim; i++)
-    if (a->dims[i] != b->dims[i]) return false;
-  return true;
-}
-
-/* Every input has the first one's shape, and so has the output. */
+/* Keras's _compute_elemwise_op_output_shape over every input. */
 static lunet_status merge_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
   if (nin < 2) return lunet_layer_error(l, LUNET_ERR_ARG, "needs 2 or more inputs, got %d", nin);
-  for (int i = 1; i < nin; i++)
-    if (!same_shape(&in[i], &in[0])) {
-      char a[128], b[128];
-      return lunet_layer_error(l, LUNET_ERR_SHAPE,
-                               "input %d has shape %s but input 1 has %s; a merge needs equal "
-                               "shapes",
-                               i + 1, layers_sample_str(&in[i], a, sizeof a),
-                               layers_sample_str(&in[0], b, sizeof b));
+  lunet_shape o = in[0];
+  for (int i = 1; i < nin; i++) {
+    lunet_shape a = o.ndim >= in[i].ndim ? o : in[i];
+    const lunet_shape *b = o.ndim >= in[i].ndim ? &in[i] : &o;
+    int off = a.ndim - b->ndim;
+    for (int d = 0; d < b->ndim; d++) {
+      int64_t p = a.dims[off + d], q = b->dims[d];
+      if (p != q && p != 1 && q != 1) {
+        char s1[128], s2[128], which[32];
+        snprintf(which, sizeof which, i == 1 ? "input 1's" : "inputs 1 to %d's", i);
+        return lunet_layer_error(l, LUNET_ERR_SHAPE,
+                                 "input %d has shape %s, which does not broadcast with %s %s: aligned at their last "
+                                 "axes, sizes must match or be 1",
+                                 i + 1, layers_sample_str(&in[i], s1, sizeof s1), which,
+                                 layers_sample_str(&o, s2, sizeof s2));
+      }
+      a.dims[off + d] = p == 1 ? q : p;
     }
-  out[0] = in[0];
+    o = a;
+  }
+  out[0] = o;
   return LUNET_OK;
+}
+
+/* x (N, d...) at rank `nd` (batch included): size-1 axes after the batch
+ * axis, as Keras's expand_dims(x, 1); a new reference. */
+static lunet_tensor *at_rank(lunet_ctx *ctx, lunet_tensor *x, int nd) {
+  int xd = lunet_tensor_ndim(x);
+  int64_t shape[LUNET_MAX_DIMS];
+  shape[0] = lunet_tensor_dim(x, 0);
+  for (int i = 1; i < nd; i++) shape[i] = i < nd - xd + 1 ? 1 : lunet_tensor_dim(x, i - (nd - xd));
+  return lunet_op_reshape(ctx, x, nd, shape);
 }
 
 /* Drops what a forward kept (a kept call record brings the last one's). */
@@ -72,20 +89,55 @@ static lunet_status merge_forward(lunet_call *c, merge_kind k, int nin, lunet_te
   };
   lunet_ctx *ctx = lunet_call_ctx(c);
   merge_state *st = lunet_call_state(c);
-  lunet_tensor *r = merge_fold(ctx, ops[k], nin, x);
+  merge_clear(st);
+  int nd = 0;
+  for (int i = 0; i < nin; i++) nd = lunet_tensor_ndim(x[i]) > nd ? lunet_tensor_ndim(x[i]) : nd;
+  lunet_tensor *xs[LUNET_LAYER_MAX_INPUTS] = {0};
+  bool ok = true;
+  for (int i = 0; i < nin; i++) {
+    st->in[i].ndim = lunet_tensor_ndim(x[i]);
+    for (int d = 0; d < st->in[i].ndim; d++) st->in[i].dims[d] = lunet_tensor_dim(x[i], d);
+    ok = ok && (xs[i] = at_rank(ctx, x[i], nd));
+  }
+  lunet_tensor *r = ok ? merge_fold(ctx, ops[k], nin, xs) : NULL;
   if (r && k == MERGE_AVG) {
     lunet_tensor *mean = lunet_op_unary(ctx, LUNET_UNARY_AFFINE, r, 1.0f / (float)nin, 0.0f);
     lunet_tensor_release(r);
     r = mean;
   }
+  if (r && (k == MERGE_MUL || k == MERGE_MAX || k == MERGE_MIN))
+    for (int i = 0; i < nin; i++) st->x[i] = lunet_tensor_retain(xs[i]);
+  for (int i = 0; i < nin; i++) layers_release(xs[i]);
   if (!r) return layers_call_failed(c);
-  merge_clear(st);
   st->n = nin;
-  if (k == MERGE_MUL || k == MERGE_MAX || k == MERGE_MIN)
-    for (int i = 0; i < nin; i++) st->x[i] = lunet_tensor_retain(x[i]);
   if (k == MERGE_MAX || k == MERGE_MIN) st->y = lunet_tensor_retain(r);
   y[0] = r;
   return LUNET_OK;
+}
+
+static int64_t numel_of(const lunet_shape *s) {
+  int64_t n = 1;
+  for (int d = 0; d < s->ndim; d++) n *= s->dims[d];
+  return n;
+}
+
+/* A gradient of the output's shape back to input i's (summed over the
+ * axes it was stretched along); takes the reference. */
+static lunet_tensor *to_input(lunet_ctx *ctx, const merge_state *st, lunet_tensor *g, int i) {
+  if (!g || lunet_tensor_numel(g) == numel_of(&st->in[i])) {
+    lunet_tensor *r = g ? lunet_op_reshape(ctx, g, st->in[i].ndim, st->in[i].dims) : NULL;
+    layers_release(g);
+    return r;
+  }
+  int nd = lunet_tensor_ndim(g), xd = st->in[i].ndim;
+  int64_t shape[LUNET_MAX_DIMS];
+  shape[0] = st->in[i].dims[0];
+  for (int d = 1; d < nd; d++) shape[d] = d < nd - xd + 1 ? 1 : st->in[i].dims[d - (nd - xd)];
+  lunet_tensor *s = lunet_op_sum_to(ctx, g, nd, shape);
+  layers_release(g);
+  lunet_tensor *r = s ? lunet_op_reshape(ctx, s, xd, st->in[i].dims) : NULL;
+  layers_release(s);
+  return r;
 }
 
 /* dy (N, ...) times every input but x[skip] (n >= 2, so at least one). */
@@ -144,7 +196,7 @@ static lunet_status extreme_backward(lunet_call *c, const merge_state *st, lunet
       if (!rest) goto fail;
       layers_set(&left, rest);
     }
-    if (lunet_call_needs_dx(c, i) && !(dx[i] = lunet_op_binary(ctx, LUNET_BINARY_MUL, dy, mask)))
+    if (lunet_call_needs_dx(c, i) && !(dx[i] = to_input(ctx, st, lunet_op_binary(ctx, LUNET_BINARY_MUL, dy, mask), i)))
       goto fail;
     layers_set(&mask, NULL);
   }
@@ -168,7 +220,8 @@ static lunet_status merge_backward(lunet_call *c, merge_kind k, lunet_tensor *dy
     s = extreme_backward(c, st, dy, dx);
   } else {
     for (int i = 0; s == LUNET_OK && i < st->n; i++)
-      if (lunet_call_needs_dx(c, i) && !(dx[i] = merge_dx(lunet_call_ctx(c), k, st, dy, i)))
+      if (lunet_call_needs_dx(c, i) &&
+          !(dx[i] = to_input(lunet_call_ctx(c), st, merge_dx(lunet_call_ctx(c), k, st, dy, i), i)))
         s = layers_call_failed(c);
   }
   if (s != LUNET_OK)
@@ -258,15 +311,18 @@ static lunet_status minimum_backward(lunet_layer *l, lunet_call *c, lunet_tensor
   return merge_backward(c, MERGE_MIN, dy[0], dx);
 }
 
-/* Two and three inputs, rank 2 and rank 1. */
+/* Two and three inputs, rank 2 and rank 1, and broadcast ones (a size 1,
+ * a shorter shape). */
 static const lunet_layer_test merge_tests[] = {
     {NULL, 0, LAYERS_INPUTS({2, {2, 3}}, {2, {2, 3}}), 2, 1e-2f},
     {NULL, 0, LAYERS_INPUTS({1, {4}}, {1, {4}}, {1, {4}}), 3, 1e-2f},
+    {NULL, 0, LAYERS_INPUTS({2, {2, 3}}, {2, {1, 3}}, {1, {3}}), 2, 1e-2f},
 };
 
 static const lunet_layer_test subtract_tests[] = {
     {NULL, 0, LAYERS_INPUTS({2, {2, 3}}, {2, {2, 3}}), 2, 1e-2f},
     {NULL, 0, LAYERS_INPUTS({1, {4}}, {1, {4}}), 3, 1e-2f},
+    {NULL, 0, LAYERS_INPUTS({1, {3}}, {2, {2, 3}}), 2, 1e-2f},
 };
 
 /* Few elements: the finite differences must not step across a tie (with
@@ -274,6 +330,7 @@ static const lunet_layer_test subtract_tests[] = {
 static const lunet_layer_test extreme_tests[] = {
     {NULL, 0, LAYERS_INPUTS({1, {4}}, {1, {4}}), 2, 1e-2f},
     {NULL, 0, LAYERS_INPUTS({2, {1, 3}}, {2, {1, 3}}, {2, {1, 3}}), 2, 1e-2f},
+    {NULL, 0, LAYERS_INPUTS({2, {2, 3}}, {1, {3}}), 2, 1e-2f},
 };
 
 LAYERS_HIDDEN const lunet_layer_type layers_add = {

@@ -40,6 +40,35 @@ function T.merge_layers_compute_what_keras_does()
   check.same_table(nn.Minimum()({a, b, c}):totable(), each(math.min), 1e-6, "Minimum")
   check.same_table(nn.Concatenate()({a, c}):totable(),
     {{1, -2, 3, 0, 1, 1}, {0.5, 4, -1, 1, 0, 2}}, 1e-6, "Concatenate")
+  -- broadcasting as Keras's merges (it was "a merge needs equal shapes"): a size 1 stretches, a shorter
+  -- sample shape takes size-1 axes after the batch axis: (2, 2, 3) + (2, 1, 3) + (2, 3)
+  local p = nn.tensor{{{1, 2, 3}, {4, 5, 6}}, {{-1, -2, -3}, {0, 1, 0}}}
+  local q = nn.tensor{{{10, 20, 30}}, {{1, 1, 1}}}
+  local r = nn.tensor{{100, 200, 300}, {2, 3, 4}}
+  local want, most = {}, {}
+  local pv, qv, rv = p:totable(), q:totable(), r:totable()
+  for n = 1, 2 do
+    want[n], most[n] = {}, {}
+    for t = 1, 2 do
+      want[n][t], most[n][t] = {}, {}
+      for k = 1, 3 do
+        want[n][t][k] = pv[n][t][k] + qv[n][1][k] + rv[n][k]
+        most[n][t][k] = math.max(pv[n][t][k], rv[n][k])
+      end
+    end
+  end
+  check.same_table(nn.Add()({p, q, r}):totable(), want, 1e-4, "Add broadcast")
+  check.same_table(nn.Maximum()({p, r}):totable(), most, 1e-6, "Maximum broadcast")
+  local i3, i13 = nn.Input{shape = {2, 3}}, nn.Input{shape = {3}}
+  check.same_table(nn.Model{inputs = {i3, i13}, outputs = nn.Multiply()({i3, i13})}.output_shape, {2, 3}, 0,
+    "the broadcast shape")
+  check.fails(function() nn.Add()({nn.Input{shape = {5, 3}}, nn.Input{shape = {4}}}) end,
+    "input 2 has shape (None, 4), which does not broadcast with input 1's (None, 5, 3)")
+  -- the gradient of a stretched input is summed over the axes it was stretched along
+  local qg, rg = q:requires_grad(true), r:requires_grad(true)
+  nn.Add()({p, qg, rg}):sum():backward()
+  check.same_table(qg.grad:totable(), {{{2, 2, 2}}, {{2, 2, 2}}}, 0, "d/dq: two steps each")
+  check.same_table(rg.grad:totable(), {{2, 2, 2}, {2, 2, 2}}, 0, "d/dr")
   check.same_table(nn.Concatenate{axis = 1}({a, c}):shape(), {2, 6}, 0, "Concatenate axis 1 = first sample axis")
   check.same_table(nn.Reshape{{3, 1}}(a):totable(), {{{1}, {-2}, {3}}, {{0.5}, {4}, {-1}}}, 1e-6, "Reshape")
   local x = nn.tensor{{{1, 2, 3}, {4, 5, 6}}}
@@ -154,6 +183,20 @@ function T.shared_layers_share_weights_and_count_once()
   -- both calls use one kernel: x and x give twice the single call
   local x = nn.tensor{{1, 2, 3}}
   check.same_table(m:predict({x, x}):totable(), (shared(x) * 2):totable(), 1e-6, "one set of weights")
+  -- several inputs or outputs: a list of shapes, as Keras's (it was the first one's alone), also loaded
+  check.same_table(m.input_shape, {{3}, {3}}, 0, "two inputs")
+  local s = nn.Input{shape = {6, 3}}
+  local y, h = nn.LSTM{4, return_sequences = true, return_state = true}(s)
+  local two = nn.Model{inputs = s, outputs = {y, nn.Dense{5}(h)}}
+  check.same_table(two.output_shape, {{6, 4}, {5}}, 0, "two outputs")
+  local path = os.tmpname()
+  two:save(path)
+  check.same_table(nn.load_model(path).output_shape, {{6, 4}, {5}}, 0, "two outputs, loaded")
+  os.remove(path)
+  lines = {}
+  two:summary(function(l) lines[#lines + 1] = l end)
+  text = table.concat(lines, "\n")
+  assert(text:find("[(None, 6, 4), (None, 4), (None, 4)]", 1, true), "every output of the LSTM: " .. text)
 end
 
 -- Two outputs of one name (a shared layer's two calls; a layer of several
@@ -381,7 +424,7 @@ function T.bad_graphs_are_clear_errors()
   check.fails(function() nn.Model{inputs = {a, a}, outputs = y} end, "input 'a' is listed twice")
   check.fails(function() nn.Model{inputs = {a, b}, outputs = y} end, "input 'b' is not used by any output")
   check.fails(function() nn.Model{inputs = y, outputs = y} end, "is the output of dense")
-  check.fails(function() nn.Add()({a, b}) end, "input 2 has shape (None, 4) but input 1 has (None, 3)")
+  check.fails(function() nn.Add()({a, b}) end, "input 2 has shape (None, 4), which does not broadcast with input 1's (None, 3)")
   local d = nn.Dense{2, name = "d3"}
   d(a)
   check.fails(function() d(b) end, "d3: built for input (None, 3) but got (None, 4) (input from b with shape (None, 4))")

@@ -132,14 +132,15 @@ case("dense", function()
 end)
 
 case("merge", function()
-  local a, b = nn.Input{ 4, 5 }, nn.Input{ 4, 5 }
+  local a, b, row = nn.Input{ 4, 5 }, nn.Input{ 4, 5 }, nn.Input{ 1, 5 }
   local outs = {
     nn.Add{}{ a, b }, nn.Subtract{}{ a, b }, nn.Multiply{}{ a, b }, nn.Average{}{ a, b },
     nn.Maximum{}{ a, b }, nn.Minimum{}{ a, b },
+    nn.Add{}{ a, row }, nn.Maximum{}{ row, b }, -- a size-1 axis broadcast, as Keras's merges
   }
   local cat = nn.Concatenate{ axis = 1 }(outs)
   local cat2 = nn.Concatenate{ axis = -1 }{ a, b }
-  return nn.Model{ inputs = { a, b }, outputs = { cat, cat2 } }, { normal(4, 5), normal(4, 5) }
+  return nn.Model{ inputs = { a, b, row }, outputs = { cat, cat2 } }, { normal(4, 5), normal(4, 5), normal(1, 5) }
 end)
 
 case("images_merge", function()
