@@ -566,6 +566,7 @@ end
 emit.CenterCrop = function(g, l, ins)
   local s = l.input_shape
   local h, w = l.args.height, l.args.width
+  if h > s[1] or w > s[2] then return g:resize(ins[1], s, h, w, true) end -- smaller images: smart_resize
   local top, left = (s[1] - h) // 2, (s[2] - w) // 2
   return g:slice(ins[1], { 1, 2 }, { top, left }, { top + h, left + w })
 end

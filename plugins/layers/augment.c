@@ -137,7 +137,7 @@ static lunet_augment *pipeline(lunet_ctx *ctx, const lunet_layer *l) {
 /* x (N,H,W,C) -> (N,oh,ow,C) float32: the window is cut first (edges clamp
  * at the window, as Keras's crop then resize), then each axis maps output
  * pixel i to (i + 0.5) * in / out - 0.5.  A new tensor or NULL. */
-static lunet_tensor *resize_images(lunet_ctx *ctx, lunet_tensor *x, int64_t oh, int64_t ow, bool crop) {
+lunet_tensor *layers_resize_images(lunet_ctx *ctx, lunet_tensor *x, int64_t oh, int64_t ow, bool crop) {
   int64_t n = lunet_tensor_dim(x, 0), b[4] = {0, 0, lunet_tensor_dim(x, 1), lunet_tensor_dim(x, 2)};
   if (crop) lunet_aspect_window(b[2], b[3], oh, ow, b);
   int64_t start[4] = {0, b[0], b[1], 0}, stop[4] = {n, b[0] + b[2], b[1] + b[3], lunet_tensor_dim(x, 3)};
@@ -184,7 +184,7 @@ static bool is_identity(const float *m) {
  * centred window of the crop's aspect ratio, resized to height x width. */
 static lunet_tensor *centre(lunet_ctx *ctx, const lunet_layer *l, lunet_tensor *x) {
   if (strcmp(lunet_layer_type_name((lunet_layer *)l), "RandomCrop") != 0) return layers_reshape_like(ctx, x, x);
-  return resize_images(ctx, x, lunet_layer_get_int(l, "height"), lunet_layer_get_int(l, "width"), true);
+  return layers_resize_images(ctx, x, lunet_layer_get_int(l, "height"), lunet_layer_get_int(l, "width"), true);
 }
 
 static lunet_status random_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
@@ -228,7 +228,7 @@ static lunet_status random_forward(lunet_layer *l, lunet_call *c, int nin, lunet
 }
 
 /* Only what comes before the layer could want a gradient: refuse it. */
-static lunet_status no_input_gradient(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy, lunet_tensor **dx) {
+lunet_status layers_no_input_gradient(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy, lunet_tensor **dx) {
   dx[0] = NULL;
   if (!lunet_call_needs_dx(c, 0)) return LUNET_OK;
   return lunet_call_error(c, LUNET_ERR_UNSUPPORTED,
@@ -291,7 +291,7 @@ static const lunet_arg_schema crop_args[] = {
       .positional = npos,                                                                          \
       .build = random_build,                                                                       \
       .forward = random_forward,                                                                   \
-      .backward = no_input_gradient,                                                               \
+      .backward = layers_no_input_gradient,                                                               \
   }
 
 RANDOM_LAYER(layers_random_flip, "RandomFlip", flip_args, 1,
@@ -303,7 +303,8 @@ RANDOM_LAYER(layers_random_translation, "RandomTranslation", translation_args, 2
 RANDOM_LAYER(layers_random_zoom, "RandomZoom", zoom_args, 2,
              "Zooms images at random in training; unchanged at inference");
 RANDOM_LAYER(layers_random_crop, "RandomCrop", crop_args, 2,
-             "A random height x width window in training, the centre window at inference");
+             "A random height x width window in training; at inference the largest centred window of its aspect, "
+             "resized (Keras's smart_resize)");
 
 /* ---- Resizing ---- */
 
@@ -326,7 +327,7 @@ static lunet_status resizing_build(lunet_layer *l, int nin, const lunet_shape *i
 /* Resizing's forward: the layer's height, width and crop_to_aspect_ratio. */
 static lunet_status resizing_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x, lunet_tensor **y,
                                      bool training) {
-  y[0] = resize_images(lunet_call_ctx(c), x[0], lunet_layer_get_int(l, "height"), lunet_layer_get_int(l, "width"),
+  y[0] = layers_resize_images(lunet_call_ctx(c), x[0], lunet_layer_get_int(l, "height"), lunet_layer_get_int(l, "width"),
                        lunet_layer_get_bool(l, "crop_to_aspect_ratio"));
   return y[0] ? LUNET_OK : layers_call_failed(c);
 }
@@ -340,6 +341,6 @@ LAYERS_HIDDEN const lunet_layer_type layers_resizing = {
     .positional = 2,
     .build = resizing_build,
     .forward = resizing_forward,
-    .backward = no_input_gradient,
+    .backward = layers_no_input_gradient,
     .compute_mask = layers_drop_mask,
 };

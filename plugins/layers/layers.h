@@ -173,6 +173,15 @@ static inline lunet_tensor *layers_filled(lunet_call *c, const lunet_tensor *lik
   return t;
 }
 
+/* Images x (N, H, W, C) resized to (N, oh, ow, C), bilinear with half-pixel
+ * centres, after cutting the largest centred window of that aspect when
+ * crop (Keras's smart_resize); a new float32 tensor or NULL. */
+LAYERS_HIDDEN lunet_tensor *layers_resize_images(lunet_ctx *ctx, lunet_tensor *x, int64_t oh, int64_t ow, bool crop);
+/* The backward of a layer whose resample has none: an error when an
+ * earlier layer wants the gradient. */
+LAYERS_HIDDEN lunet_status layers_no_input_gradient(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy,
+                                                    lunet_tensor **dx);
+
 /* backward() found nothing saved: the core called it without a forward. */
 static inline lunet_status layers_no_forward(lunet_call *c) {
   return lunet_call_error(c, LUNET_ERR_ARG, "backward called before forward");

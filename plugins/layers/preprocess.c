@@ -162,11 +162,7 @@ static const lunet_arg_schema center_crop_args[] = {
 static lunet_status center_crop_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
   int64_t h = lunet_layer_get_int(l, "height"), w = lunet_layer_get_int(l, "width");
   if (in[0].ndim != 3) return layers_rank_error(l, "3 (height, width, channels)", &in[0]);
-  if (h < 1 || w < 1 || h > in[0].dims[0] || w > in[0].dims[1]) {
-    char buf[128];
-    return lunet_layer_error(l, LUNET_ERR_SHAPE, "a %lld x %lld crop does not fit images %s", (long long)h,
-                             (long long)w, layers_sample_str(&in[0], buf, sizeof buf));
-  }
+  if (h < 1 || w < 1) return lunet_layer_error(l, LUNET_ERR_ARG, "a %lld x %lld crop", (long long)h, (long long)w);
   out[0] = (lunet_shape){3, {h, w, in[0].dims[2]}};
   return LUNET_OK;
 }
@@ -184,15 +180,24 @@ static void crop_box(const lunet_layer *l, const lunet_tensor *x, int64_t *start
 typedef struct center_crop_state {
   int64_t shape[4]; /* the input's, for the gradient */
   int64_t start[4], stop[4];
+  bool resized; /* images smaller than the crop: resized instead */
 } center_crop_state;
 
+/* The window, or, for images smaller than the crop on an axis, Keras's
+ * smart_resize: the largest centred window of the crop's aspect, resized. */
 static lunet_status center_crop_forward(lunet_layer *l, lunet_call *c, int nin, lunet_tensor *const *x,
                                         lunet_tensor **y, bool training) {
   center_crop_state *st = lunet_call_state(c);
   int64_t *start = st->start, *stop = st->stop, step[4] = {1, 1, 1, 1};
-  crop_box(l, x[0], start, stop);
+  int64_t h = lunet_layer_get_int(l, "height"), w = lunet_layer_get_int(l, "width");
   memcpy(st->shape, lunet_tensor_shape(x[0]), sizeof st->shape);
-  y[0] = lunet_op_slice(lunet_call_ctx(c), x[0], start, stop, step);
+  st->resized = h > st->shape[1] || w > st->shape[2];
+  if (st->resized) {
+    y[0] = layers_resize_images(lunet_call_ctx(c), x[0], h, w, true);
+  } else {
+    crop_box(l, x[0], start, stop);
+    y[0] = lunet_op_slice(lunet_call_ctx(c), x[0], start, stop, step);
+  }
   return y[0] ? LUNET_OK : layers_call_failed(c);
 }
 
@@ -202,6 +207,7 @@ static lunet_status center_crop_backward(lunet_layer *l, lunet_call *c, lunet_te
   dx[0] = NULL;
   if (!lunet_call_needs_dx(c, 0)) return LUNET_OK;
   center_crop_state *st = lunet_call_state(c);
+  if (st->resized) return layers_no_input_gradient(l, c, dy, dx);
   lunet_tensor *g = lunet_op_new(ctx, dy[0], LUNET_F32, 4, st->shape);
   if (!g || lunet_op_fill(ctx, g, 0.0f)) {
     layers_release(g);
@@ -223,7 +229,7 @@ static const lunet_layer_test center_crop_tests[] = {
 LAYERS_HIDDEN const lunet_layer_type layers_center_crop = {
     .struct_size = sizeof(lunet_layer_type),
     .name = "CenterCrop",
-    .doc = "The centre height x width window of each image (N, H, W, C)",
+    .doc = "The centre height x width window of each image (N, H, W, C); smaller images are resized (smart_resize)",
     .args = center_crop_args,
     .nargs = sizeof center_crop_args / sizeof center_crop_args[0],
     .positional = 2,

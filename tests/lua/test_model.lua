@@ -272,6 +272,16 @@ function T.preprocessing_layers_live_in_the_model()
   local img = nn.arange(0, 30):reshape(1, 5, 6, 1)
   local crop = nn.CenterCrop{2, 3}(img):reshape(2, 3):totable()
   check.same_table(crop, {{7, 8, 9}, {13, 14, 15}}, 0, "centre window")
+  -- a crop larger than the images on an axis: Keras's smart_resize (it was an error), as Resizing with
+  -- crop_to_aspect_ratio; on Vulkan too
+  local up = nn.Sequential{nn.CenterCrop{8, 2, input_shape = {5, 6, 1}}}
+  check.same_table(up.output_shape, {8, 2, 1}, 0, "the crop's size")
+  local want = nn.Sequential{nn.Resizing{8, 2, crop_to_aspect_ratio = true, input_shape = {5, 6, 1}}}:predict(img)
+  check.same_table(up:predict(img):totable(), want:totable(), 1e-6, "smart_resize")
+  if check.vulkan() then
+    up:to("vulkan")
+    check.same_table(up:predict(img:to("vulkan")):to("cpu"):totable(), want:totable(), 1e-5, "smart_resize on Vulkan")
+  end
 end
 
 -- BackupAndRestore: a fit cut short after epoch 2 and run again ends with

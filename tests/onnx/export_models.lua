@@ -105,6 +105,7 @@ case("resize", function()
     nn.Resizing{ 6, 7, crop_to_aspect_ratio = true },
     nn.Resizing{ 9, 5 },
     nn.RandomCrop{ 5, 4 },
+    nn.CenterCrop{ 7, 3 }, -- larger than the images: smart_resize
     nn.GaussianNoise{ 0.1 },
     nn.Flatten{},
   }
