@@ -11,6 +11,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "lunet/json_number.h"
 #include "lunet_lua.h"
 
 #define JSON_BOX "lunet.JSON"
@@ -122,7 +123,9 @@ static void add_json(lua_State *L, int idx, cJSON *parent, const char *key, int 
   case LUA_TNUMBER: {
     double v = lua_tonumber(L, idx);
     if (!isfinite(v)) luaL_error(L, "cannot save the number %f in a model config", v);
-    item = cJSON_CreateNumber(v);
+    char text[LUNET_JSON_NUMBER_MAX]; /* exact: cJSON's printer rounds by an ulp */
+    lunet_json_number(v, text);
+    item = cJSON_CreateRaw(text);
     break;
   }
   case LUA_TSTRING:

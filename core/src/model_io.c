@@ -26,6 +26,7 @@
 
 #include "internal.h"
 #include "lunet/checkpoint.h"
+#include "lunet/json_number.h"
 #include "lunet/model.h"
 
 /* model.c: 0 when json is a class_names value a model file may hold (a JSON
@@ -39,12 +40,21 @@ LUNET_HIDDEN lunet_status lunet_model_check_class_names(lunet_ctx *ctx, const lu
 
 /* ---- writing ---- */
 
+/* A float value that reads back bit for bit (cJSON's own printer rounds by
+ * an ulp); NULL for a value JSON cannot hold. */
+static cJSON *number(double v) {
+  if (!isfinite(v)) return cJSON_CreateNull();
+  char text[LUNET_JSON_NUMBER_MAX];
+  lunet_json_number(v, text);
+  return cJSON_CreateRaw(text);
+}
+
 static cJSON *arg_json(const lunet_arg_schema *s, const lunet_arg_value *v) {
   switch (s->type) {
   case LUNET_ARG_INT:
     return cJSON_CreateNumber((double)v->i);
   case LUNET_ARG_FLOAT:
-    return cJSON_CreateNumber(v->f);
+    return number(v->f);
   case LUNET_ARG_BOOL:
     return cJSON_CreateBool(v->b);
   case LUNET_ARG_STRING:
@@ -69,19 +79,19 @@ static cJSON *arg_json(const lunet_arg_schema *s, const lunet_arg_value *v) {
     return a;
   }
   case LUNET_ARG_RANGE: {
-    if (v->n == 1) return cJSON_CreateNumber(v->f);
+    if (v->n == 1) return number(v->f);
     cJSON *a = cJSON_CreateArray();
     if (a) {
-      cJSON_AddItemToArray(a, cJSON_CreateNumber(v->f));
-      cJSON_AddItemToArray(a, cJSON_CreateNumber(v->f2));
+      cJSON_AddItemToArray(a, number(v->f));
+      cJSON_AddItemToArray(a, number(v->f2));
     }
     return a;
   }
   case LUNET_ARG_REGULARIZER: {
     cJSON *o = cJSON_CreateObject();
     if (o) {
-      cJSON_AddNumberToObject(o, "l1", v->f);
-      cJSON_AddNumberToObject(o, "l2", v->f2);
+      cJSON_AddItemToObject(o, "l1", number(v->f));
+      cJSON_AddItemToObject(o, "l2", number(v->f2));
     }
     return o;
   }
@@ -209,9 +219,9 @@ static cJSON *compile_json(const lunet_model *m) {
     cJSON_AddItemToArray(losses, l);
     cJSON_AddStringToObject(l, "loss", lunet_loss_name(s.kind));
     cJSON_AddBoolToObject(l, "from_logits", s.from_logits);
-    cJSON_AddNumberToObject(l, "weight", s.weight);
-    if (s.delta > 0) cJSON_AddNumberToObject(l, "delta", s.delta);
-    if (s.label_smoothing > 0) cJSON_AddNumberToObject(l, "label_smoothing", s.label_smoothing);
+    cJSON_AddItemToObject(l, "weight", number(s.weight));
+    if (s.delta > 0) cJSON_AddItemToObject(l, "delta", number(s.delta));
+    if (s.label_smoothing > 0) cJSON_AddItemToObject(l, "label_smoothing", number(s.label_smoothing));
   }
   for (int k = 0; metrics && k < lunet_model_compiled_metric_count(m); k++)
     cJSON_AddItemToArray(metrics, cJSON_CreateString(lunet_model_compiled_metric(m, k)));
@@ -227,18 +237,18 @@ static cJSON *optimizer_json(const lunet_optimizer *opt) {
   cJSON *o = cJSON_CreateObject();
   if (!o) return NULL;
   cJSON_AddStringToObject(o, "kind", lunet_optimizer_kind_name(c->kind));
-  cJSON_AddNumberToObject(o, "learning_rate", c->learning_rate);
-  cJSON_AddNumberToObject(o, "momentum", c->momentum);
+  cJSON_AddItemToObject(o, "learning_rate", number(c->learning_rate));
+  cJSON_AddItemToObject(o, "momentum", number(c->momentum));
   cJSON_AddBoolToObject(o, "nesterov", c->nesterov);
-  cJSON_AddNumberToObject(o, "beta_1", c->beta_1);
-  cJSON_AddNumberToObject(o, "beta_2", c->beta_2);
-  cJSON_AddNumberToObject(o, "rho", c->rho);
-  cJSON_AddNumberToObject(o, "epsilon", c->epsilon);
-  cJSON_AddNumberToObject(o, "weight_decay", c->weight_decay);
-  cJSON_AddNumberToObject(o, "clipvalue", c->clipvalue);
-  cJSON_AddNumberToObject(o, "clipnorm", c->clipnorm);
-  cJSON_AddNumberToObject(o, "global_clipnorm", c->global_clipnorm);
-  cJSON_AddNumberToObject(o, "initial_accumulator_value", c->initial_accumulator_value);
+  cJSON_AddItemToObject(o, "beta_1", number(c->beta_1));
+  cJSON_AddItemToObject(o, "beta_2", number(c->beta_2));
+  cJSON_AddItemToObject(o, "rho", number(c->rho));
+  cJSON_AddItemToObject(o, "epsilon", number(c->epsilon));
+  cJSON_AddItemToObject(o, "weight_decay", number(c->weight_decay));
+  cJSON_AddItemToObject(o, "clipvalue", number(c->clipvalue));
+  cJSON_AddItemToObject(o, "clipnorm", number(c->clipnorm));
+  cJSON_AddItemToObject(o, "global_clipnorm", number(c->global_clipnorm));
+  cJSON_AddItemToObject(o, "initial_accumulator_value", number(c->initial_accumulator_value));
   if (c->amsgrad) cJSON_AddBoolToObject(o, "amsgrad", true);
   if (c->centered) cJSON_AddBoolToObject(o, "centered", true);
   cJSON_AddNumberToObject(o, "iterations", (double)lunet_optimizer_iterations(opt));

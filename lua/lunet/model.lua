@@ -1530,9 +1530,16 @@ function Model:load_weights(path)
       error(string.format("%s belongs to another model: '%s' has shape (%s), this model expects (%s)", path, e.name, b, a), 2)
     end
   end
-  -- and every layer weight of the file is one of this model's (a bigger model's file is not half loaded)
+  -- and every layer weight of the file is one of this model's (a bigger model's file is not half loaded),
+  -- but a normalization's switched-off gamma or beta, a frozen weight in files before 0.3
+  local function switched_off(name)
+    local i, w = name:match("^layers%.(%d+)%.(%a+)$")
+    local l = i and self.layers[tonumber(i) + 1]
+    return l and (l.type == "BatchNormalization" or l.type == "LayerNormalization")
+      and ((w == "gamma" and l.args.scale == false) or (w == "beta" and l.args.center == false))
+  end
   for _, e in ipairs(entries) do
-    if e.name:match("^layers%.") and not mine[e.name] then
+    if e.name:match("^layers%.") and not mine[e.name] and not switched_off(e.name) then
       error(string.format("%s belongs to another model: it has the weight '%s', which this model lacks", path,
         e.name), 2)
     end
@@ -1551,7 +1558,8 @@ local function loaded_optimizer(h)
   local cfg = lua_cfg and C.json_decode(lua_cfg, "the optimizer settings")
     or C.json_decode(C.model_meta(h, "optimizer") or "{}", "the optimizer config")
   local name = lua_cfg and cfg.name or optim.optimizers.by_kind[cfg.kind]
-  if name == "Adam" and cfg.weight_decay and cfg.weight_decay > 0 then name = "AdamW" end
+  -- the core's config alone says "adam": with decay, AdamW (an Adam{weight_decay} keeps its name in lua_optimizer)
+  if not lua_cfg and name == "Adam" and cfg.weight_decay and cfg.weight_decay > 0 then name = "AdamW" end
   if not optim.optimizers.takes(name, "learning_rate") then
     error(string.format("unknown optimizer '%s'", tostring(name)), 0)
   end

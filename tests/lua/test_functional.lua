@@ -168,6 +168,32 @@ function T.two_inputs_two_outputs_train_save_and_reload()
     "fit: sample_weight is one weight per sample, for every output")
 end
 
+-- Numbers in a model file come back bit for bit (cJSON's printer accepted
+-- a text an ulp off: about 18% of random doubles changed): layer
+-- arguments, the optimizer's settings, and the Lua side's records.
+function T.saved_numbers_come_back_exactly()
+  local eps, slope, lr = 1.6094379124341003e-3, 0.30000000000000004, 1.6094379124341003e-3
+  local m = nn.Sequential{nn.Dense{2, input_shape = {3}}, nn.BatchNormalization{epsilon = eps},
+    nn.LeakyReLU{negative_slope = slope}}
+  m:compile{optimizer = nn.optimizers.RMSprop{learning_rate = nn.schedules.ExponentialDecay(lr, 7, 0.1 + 0.2)},
+    loss = "mse"}
+  m:fit(nn.randn(4, 3), nn.randn(4, 2), {epochs = 1, verbose = 0})
+  local path = tmp()
+  m:save(path)
+  local back = nn.load_model(path)
+  os.remove(path)
+  check.eq(back.layers[2].args.epsilon, eps, "a layer's float")
+  check.eq(back.layers[3].args.negative_slope, slope, "another")
+  check.eq(back.optimizer.learning_rate:config().initial_learning_rate, lr, "a schedule's rate (the Lua record)")
+  check.eq(back.optimizer.learning_rate:config().decay_rate, 0.1 + 0.2, "and its decay")
+  math.randomseed(11)
+  for i = 1, 2000 do
+    local v = (math.random() - 0.5) * 10 ^ math.random(-30, 30)
+    local got = nn._C.json_decode(nn._C.json_encode({v}), "test")[1]
+    if got ~= v then error(string.format("%.17g came back as %.17g", v, got)) end
+  end
+end
+
 function T.shared_layers_share_weights_and_count_once()
   local a, b = nn.Input{shape = {3}}, nn.Input{shape = {3}}
   local shared = nn.Dense{2, name = "shared"}

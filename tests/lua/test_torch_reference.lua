@@ -233,6 +233,15 @@ function T.switched_off_gamma_and_beta_are_no_weights()
   check.eq(#m:get_weights(), 2 + 3 + 1 + 2 + 0 + 2, "Keras's get_weights")
   check.eq(m:count_params(), 30 + 18 + 6 + 12 + 0 + 14, "Keras's parameter count")
   check.eq(names(m.layers[3]), "gamma", "LayerNormalization without beta")
+  -- a weights file of before (the switched-off gamma and beta saved as frozen weights) still loads
+  local path = os.tmpname()
+  local full = nn.Sequential{nn.Dense{6, input_shape = {4}}, nn.BatchNormalization{}, nn.LayerNormalization{}, nn.Dense{2}}
+  full:save_weights(path)
+  local part = nn.Sequential{nn.Dense{6, input_shape = {4}}, nn.BatchNormalization{scale = false},
+    nn.LayerNormalization{center = false}, nn.Dense{2}}
+  part:load_weights(path)
+  os.remove(path)
+  check.same_table(part:get_weights()[1]:totable(), full:get_weights()[1]:totable(), 0, "the kernel came")
   -- LayerNormalization without gamma and beta: (x - mean) / sqrt(var + eps), written out
   local x = nn.randn(3, 6)
   local y = nn.Sequential{nn.LayerNormalization{scale = false, center = false, input_shape = {6}}}:predict(x)
