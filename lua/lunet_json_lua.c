@@ -128,9 +128,14 @@ static void add_json(lua_State *L, int idx, cJSON *parent, const char *key, int 
     item = cJSON_CreateRaw(text);
     break;
   }
-  case LUA_TSTRING:
-    item = cJSON_CreateString(lua_tostring(L, idx));
+  case LUA_TSTRING: {
+    size_t len;
+    const char *s = lua_tolstring(L, idx, &len);
+    if (strlen(s) != len) /* JSON text here ends a string at its NUL: the rest was lost on save */
+      luaL_error(L, "cannot save the string \"%s\\0...\" in a model config: it holds a NUL character", s);
+    item = cJSON_CreateString(s);
     break;
+  }
   case LUA_TTABLE: {
     lua_Integer n = luaL_len(L, idx);
     bool array = is_array(L, idx, n) || (n == 0 && is_empty(L, idx));

@@ -83,9 +83,9 @@ int64_t *lunet_sample_keys_buffer(lunet_ctx *ctx, uint64_t epoch, int64_t n) {
 
 lunet_status lunet_set_sample_keys(lunet_ctx *ctx, uint64_t epoch, const int64_t *indices, int64_t n) {
   if (n < 0 || (!indices && n > 0))
-    return lunet_error(ctx, LUNET_ERR_ARG, "sample keys: %lld indices at %s (indices NULL or n 0 clears them)",
-                       (long long)n, indices ? "an array" : "NULL");
-  if (n == 0 || !indices) {
+    return lunet_error(ctx, LUNET_ERR_ARG, "sample keys: %lld indices at %s (n 0 clears them)", (long long)n,
+                       indices ? "an array" : "NULL");
+  if (n == 0) {
     ctx->nkeys = 0;
     return LUNET_OK;
   }

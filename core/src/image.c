@@ -417,9 +417,9 @@ lunet_status lunet_image_save(lunet_ctx *ctx, const char *path, const float *pix
   if (height <= 0 || width <= 0 || (channels != 1 && channels != 3 && channels != 4) || quality < 1 || quality > 100)
     return lunet_error(ctx, LUNET_ERR_ARG, "%s: %lld x %lld x %d pixels (channels 1, 3 or 4), quality %d (1..100)",
                        path, (long long)height, (long long)width, channels, quality);
-  if (height > LUNET_IMAGE_MAX_PIXELS / width)
-    return lunet_error(ctx, LUNET_ERR_ARG, "%s: %lld x %lld pixels is more than %lld, the most an image holds", path,
-                       (long long)height, (long long)width, (long long)LUNET_IMAGE_MAX_PIXELS);
+  if (height > INT64_MAX / 4 / width / channels) /* the count below would overflow */
+    return lunet_error(ctx, LUNET_ERR_ARG, "%s: %lld x %lld x %d pixels is more than memory holds", path,
+                       (long long)height, (long long)width, channels);
   size_t count = (size_t)(height * width * channels);
   unsigned char *u8 = malloc(count);
   if (!u8) return lunet_error(ctx, LUNET_ERR_NOMEM, "%s: out of memory", path);

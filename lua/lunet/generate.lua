@@ -119,10 +119,9 @@ local Session = {}
 Session.__index = Session
 
 -- Why the model's calls cannot run step by step although their layers can
--- (nil when they can): the cache carries no padding masks (a 0 id is a
--- masked key without it, an ordinary one with it: the two disagreed), and
--- attention steps only as causal self-attention (it failed at the first
--- step instead of falling back).
+-- (nil when they can): Masking takes whole steps of floats, and attention
+-- steps only as causal self-attention (it failed at the first step instead
+-- of falling back).  Embedding{mask_zero}'s mask steps with the tokens.
 local function cannot_step(model)
   for _, n in ipairs(model.nodes or {}) do
     local l, a = n.layer, n.layer.args or {}

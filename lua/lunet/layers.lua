@@ -761,6 +761,10 @@ function M.install(nn)
   for name in pairs(M.types()) do local _ = nn[name] end
 end
 
+-- A plugin file's types named as nn's functions: the message, said again
+-- each time the file is loaded (the registry keeps the plugin).
+local clashed = {}
+
 function M.load_plugin(path)
   local before = {}
   for name in pairs(M.types()) do before[name] = true end
@@ -781,11 +785,12 @@ function M.load_plugin(path)
     end
     if #clash > 0 then
       table.sort(clash)
-      error(string.format("load_plugin: %s: the layer type%s %s ha%s the name of nn.%s, which stay%s lunet's; "
-        .. "rename the type in the plugin", tostring(path), #clash > 1 and "s" or "", table.concat(clash, ", "),
-        #clash > 1 and "ve" or "s", table.concat(clash, ", nn."), #clash > 1 and "" or "s"), 2)
+      clashed[path] = string.format("load_plugin: %s: the layer type%s %s ha%s the name of nn.%s, which stay%s "
+        .. "lunet's; rename the type in the plugin", tostring(path), #clash > 1 and "s" or "", table.concat(clash, ", "),
+        #clash > 1 and "ve" or "s", table.concat(clash, ", nn."), #clash > 1 and "" or "s")
     end
   end
+  if clashed[path] then error(clashed[path], 2) end
   return true
 end
 

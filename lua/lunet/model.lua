@@ -1389,9 +1389,9 @@ function M.check_class_names(self, what)
   if names == nil then return nil end
   local ok = type(names) == "table" and #names > 0
   for k, v in pairs(ok and names or {}) do
-    if math.type(k) ~= "integer" or type(v) ~= "string" then ok = false end
+    if math.type(k) ~= "integer" or type(v) ~= "string" or v:find("\0", 1, true) then ok = false end
   end
-  if not ok then error(string.format("%s: class_names must be a list of strings", what), 3) end
+  if not ok then error(string.format("%s: class_names must be a list of strings (without NUL characters)", what), 3) end
   local out = self.outputs and #self.outputs == 1 and self.outputs[1].shape
   local k = out and out[#out]
   if k and #names ~= k and not (k == 1 and #names == 2) then
@@ -1410,12 +1410,17 @@ function Model:save(path, o)
   ensure_built(self)
   if self.optimizer then ensure_compiled(self) end
   local class_names = M.check_class_names(self, "save")
+  local function encode(v) -- its refusal (a string holding a NUL) at the caller's line, before any file is written
+    local ok, text = pcall(C.json_encode, v)
+    if not ok then error("save: " .. tostring(text):gsub("^[^:\n]*%.lua:%d+: ", ""), 3) end
+    return text
+  end
   C.model_save(self.handle, path, { epoch = tostring((o and o.epoch) or self.epoch), rng_seed = tostring(C.seed()),
     epoch_key_base = self.key_base and tostring(self.key_base) or nil,
     class_names = class_names,
     rng_counter = tostring(C.rng_take(0)),
-    lua_optimizer = self.optimizer and C.json_encode(self.optimizer:config()) or nil, rng_ranks = o and o.rng_ranks,
-    preprocessor = self.preprocessor and C.json_encode(self.preprocessor:config()) or nil })
+    lua_optimizer = self.optimizer and encode(self.optimizer:config()) or nil, rng_ranks = o and o.rng_ranks,
+    preprocessor = self.preprocessor and encode(self.preprocessor:config()) or nil })
 end
 
 -- ---- generation (lunet/generate.lua holds the sampling) ----

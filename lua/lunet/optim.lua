@@ -731,9 +731,18 @@ function M.callbacks.BackupAndRestore(o)
     if not f then return end
     f:close()
     local back = require("lunet.model").load_model(file)
+    -- the optimizer that made the state, with the same slots, before anything changes (an Adam backup
+    -- became a Nadam's state, or failed for an SGD after the weights were already replaced)
+    local a, b = back.optimizer, model.optimizer
+    local function slots_of(o) return string.format("%s%s%s", o.name, o.amsgrad and " amsgrad" or "",
+      o.centered and " centered" or "") .. ((o.momentum or 0) ~= 0 and " with momentum" or "") end
+    if a and b and slots_of(a) ~= slots_of(b) then
+      error(string.format("BackupAndRestore: %s was made by a model trained with %s; this one trains with %s (delete "
+        .. "the backup, or give another backup_dir)", file, slots_of(a), slots_of(b)), 0)
+    end
+    model:set_weights(back:get_weights()) -- all or nothing: another model's weights are refused here
     C.seed(back.rng_state.seed) -- the RNG's seed and position at the backup too
     C.rng_take(back.rng_state.counter)
-    model:set_weights(back:get_weights())
     if back.optimizer and model.optimizer then
       local n = #model.params
       for i, slots in ipairs(C.optimizer_slots(back.optimizer.handle, n)) do

@@ -343,9 +343,12 @@ function M.from_config(cfg)
     if type(cfg.idf_weights) == "table" and type(words) == "table" and #cfg.idf_weights == #words + 1 then
       words = { "[UNK]", table.unpack(words) }
     end
-    return M.TextVectorization_new{ max_tokens = cfg.max_tokens, output_sequence_length = cfg.output_sequence_length,
+    -- max_tokens after the vocabulary: a file of before may hold a given vocabulary longer than it
+    local tv = M.TextVectorization_new{ output_sequence_length = cfg.output_sequence_length,
       standardize = cfg.standardize, split = cfg.split, output_mode = cfg.output_mode, ngrams = cfg.ngrams,
       vocabulary = words, idf_weights = cfg.idf_weights }
+    tv.max_tokens = cfg.max_tokens
+    return tv
   end
   error("unknown text preprocessor kind '" .. tostring(cfg.kind) .. "'", 2)
 end

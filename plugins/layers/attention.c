@@ -138,6 +138,10 @@ lunet_tensor *layers_attention_graph(lunet_ctx *ctx, const layers_attention *a, 
   if (cache && v) { /* step by step: the keys and values of earlier steps come first */
     k = extend(ctx, &cache->k, k);
     v = k ? extend(ctx, &cache->v, v) : (layers_release(v), NULL);
+    if (v && cache->pending) { /* their mask with them */
+      layers_set(&cache->mask, cache->pending);
+      cache->pending = NULL;
+    }
   }
   /* Keras scales the query before the product */
   lunet_tensor *qs = v ? lunet_unary(ctx, LUNET_UNARY_AFFINE, q, (float)(1.0 / sqrt((double)d->key_dim)), 0)
@@ -344,6 +348,7 @@ lunet_status layers_kv_cache_start(lunet_call *c, layers_kv_cache *cache, layers
     layers_set(&cache->v, NULL);
     layers_set(&cache->mask, NULL);
   }
+  layers_set(&cache->pending, NULL); /* a failed call's */
   int64_t have = cache->k ? lunet_tensor_dim(cache->k, 2) : 0;
   if (have != offset)
     return lunet_call_error(c, LUNET_ERR_ARG, "the key/value cache holds %lld steps but this part starts at step %lld",
@@ -372,7 +377,7 @@ lunet_status layers_kv_cache_mask(lunet_call *c, layers_kv_cache *cache, const l
   layers_release(cur);
   layers_release(prev);
   if (!all) return layers_call_failed(c);
-  layers_set(&cache->mask, lunet_tensor_retain(all));
+  layers_set(&cache->pending, lunet_tensor_retain(all));
   *out = all;
   return LUNET_OK;
 }

@@ -584,9 +584,11 @@ LAYERS_HIDDEN lunet_status layers_attention_check(lunet_layer *l, int64_t heads,
                                                   int64_t value_dim, double dropout);
 /* Keys and values (N, H, steps, d) of the steps a step-by-step call has
  * seen so far, and their padding mask (N, steps) float32 once a step had
- * one (NULL before). */
+ * one (NULL before); `pending`, this call's mask of every step, joins them
+ * when the keys and values are extended (a failure in between leaves the
+ * three alike). */
 typedef struct layers_kv_cache {
-  lunet_tensor *k, *v, *mask;
+  lunet_tensor *k, *v, *mask, *pending;
 } layers_kv_cache;
 
 /* The call state of an attention layer: its graph and, step by step, its
@@ -603,6 +605,7 @@ static inline void layers_cached_graph_release_member(lunet_layer *l, lunet_call
   layers_set(&st->cache.k, NULL);
   layers_set(&st->cache.v, NULL);
   layers_set(&st->cache.mask, NULL);
+  layers_set(&st->cache.pending, NULL);
 }
 
 /* In a lunet_layer_step (offset >= 0): *use = cache (emptied at offset 0),
@@ -612,8 +615,8 @@ LAYERS_HIDDEN lunet_status layers_kv_cache_start(lunet_call *c, layers_kv_cache 
 /* The keys' padding mask for this call: without a cache, `mask` (N, T) of
  * the keys x (N, T, ...), or NULL; with one, the mask of every step so far
  * (N, past + T), the cache's followed by `mask` (ones stand for steps
- * without one), kept in the cache, and NULL while no step had one.  A new
- * reference in *out. */
+ * without one), the cache's once layers_attention_graph extends its keys,
+ * and NULL while no step had one.  A new reference in *out. */
 LAYERS_HIDDEN lunet_status layers_kv_cache_mask(lunet_call *c, layers_kv_cache *cache, const lunet_tensor *x,
                                                 lunet_tensor *mask, int64_t past, lunet_tensor **out);
 /* The block's output (N, T, Dout) on the tape; *scores (N, H, T, S) too

@@ -52,14 +52,11 @@ static lunet_status merge_build(lunet_layer *l, int nin, const lunet_shape *in, 
   return LUNET_OK;
 }
 
-/* x (N, d...) at rank `nd` (batch included): size-1 axes after the batch
- * axis, as Keras's expand_dims(x, 1); a new reference. */
-static lunet_tensor *at_rank(lunet_ctx *ctx, lunet_tensor *x, int nd) {
-  int xd = lunet_tensor_ndim(x);
-  int64_t shape[LUNET_MAX_DIMS];
-  shape[0] = lunet_tensor_dim(x, 0);
-  for (int i = 1; i < nd; i++) shape[i] = i < nd - xd + 1 ? 1 : lunet_tensor_dim(x, i - (nd - xd));
-  return lunet_op_reshape(ctx, x, nd, shape);
+/* Shape s (N, d...) at rank `nd` (batch included): size-1 axes after the
+ * batch axis, as Keras's expand_dims(x, 1). */
+static void at_rank(const lunet_shape *s, int nd, int64_t *out) {
+  out[0] = s->dims[0];
+  for (int i = 1; i < nd; i++) out[i] = i < nd - s->ndim + 1 ? 1 : s->dims[i - (nd - s->ndim)];
 }
 
 /* Drops what a forward kept (a kept call record brings the last one's). */
@@ -95,9 +92,11 @@ static lunet_status merge_forward(lunet_call *c, merge_kind k, int nin, lunet_te
   lunet_tensor *xs[LUNET_LAYER_MAX_INPUTS] = {0};
   bool ok = true;
   for (int i = 0; i < nin; i++) {
+    int64_t shape[LUNET_MAX_DIMS];
     st->in[i].ndim = lunet_tensor_ndim(x[i]);
     for (int d = 0; d < st->in[i].ndim; d++) st->in[i].dims[d] = lunet_tensor_dim(x[i], d);
-    ok = ok && (xs[i] = at_rank(ctx, x[i], nd));
+    at_rank(&st->in[i], nd, shape);
+    ok = ok && (xs[i] = lunet_op_reshape(ctx, x[i], nd, shape));
   }
   lunet_tensor *r = ok ? merge_fold(ctx, ops[k], nin, xs) : NULL;
   if (r && k == MERGE_AVG) {
@@ -129,13 +128,12 @@ static lunet_tensor *to_input(lunet_ctx *ctx, const merge_state *st, lunet_tenso
     layers_release(g);
     return r;
   }
-  int nd = lunet_tensor_ndim(g), xd = st->in[i].ndim;
+  int nd = lunet_tensor_ndim(g);
   int64_t shape[LUNET_MAX_DIMS];
-  shape[0] = st->in[i].dims[0];
-  for (int d = 1; d < nd; d++) shape[d] = d < nd - xd + 1 ? 1 : st->in[i].dims[d - (nd - xd)];
+  at_rank(&st->in[i], nd, shape);
   lunet_tensor *s = lunet_op_sum_to(ctx, g, nd, shape);
   layers_release(g);
-  lunet_tensor *r = s ? lunet_op_reshape(ctx, s, xd, st->in[i].dims) : NULL;
+  lunet_tensor *r = s ? lunet_op_reshape(ctx, s, st->in[i].ndim, st->in[i].dims) : NULL;
   layers_release(s);
   return r;
 }

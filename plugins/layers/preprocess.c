@@ -162,7 +162,9 @@ static const lunet_arg_schema center_crop_args[] = {
 static lunet_status center_crop_build(lunet_layer *l, int nin, const lunet_shape *in, lunet_shape *out) {
   int64_t h = lunet_layer_get_int(l, "height"), w = lunet_layer_get_int(l, "width");
   if (in[0].ndim != 3) return layers_rank_error(l, "3 (height, width, channels)", &in[0]);
-  if (h < 1 || w < 1) return lunet_layer_error(l, LUNET_ERR_ARG, "a %lld x %lld crop", (long long)h, (long long)w);
+  if (h < 1 || w < 1)
+    return lunet_layer_error(l, LUNET_ERR_ARG, "height and width must be at least 1, got %lld x %lld", (long long)h,
+                             (long long)w);
   out[0] = (lunet_shape){3, {h, w, in[0].dims[2]}};
   return LUNET_OK;
 }

@@ -305,6 +305,15 @@ function T.backup_and_restore_resumes_exactly()
   local ok, err = pcall(cut.fit, cut, x, y, {epochs = 5, batch_size = 8, verbose = 0,
     callbacks = {nn.callbacks.BackupAndRestore{backup_dir = dir, verbose = 0}, crash}})
   assert(not ok and tostring(err):find("power cut"), "the fit was not cut: " .. tostring(err))
+  -- a model trained by another optimizer is refused before anything changes (an Adam backup became a
+  -- Nadam's state; into an SGD it failed after replacing the weights)
+  local other = make()
+  other:compile{optimizer = nn.optimizers.SGD{momentum = 0.9}, loss = "mse"}
+  local before = other:get_weights()[1]:totable()
+  check.fails(function() other:fit(x, y, {epochs = 5, batch_size = 8, verbose = 0,
+    callbacks = {nn.callbacks.BackupAndRestore{backup_dir = dir, verbose = 0}}}) end,
+    "was made by a model trained with Adam; this one trains with SGD with momentum")
+  check.same_table(other:get_weights()[1]:totable(), before, 0, "its weights as they were")
   local again = make()
   local h = again:fit(x, y, {epochs = 5, batch_size = 8, verbose = 0,
     callbacks = {nn.callbacks.BackupAndRestore{backup_dir = dir, verbose = 0}}})

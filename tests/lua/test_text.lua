@@ -96,6 +96,19 @@ function T.text_vectorization_bag_of_words_modes()
   local kept = nn.text.TextVectorization{max_tokens = 4, vocabulary = {"a", "b"}}
   check.fails(function() kept:set_vocabulary({"a", "b", "c"}) end, "more than max_tokens = 4")
   check.same_table(kept:get_vocabulary(), {"", "[UNK]", "a", "b"}, 0, "a refused vocabulary leaves the old one")
+  -- a NUL inside a word cannot go into the file's JSON: refused at save (the word was cut there, and a
+  -- CharTokenizer's file could not be loaded); so is a class name holding one
+  local nul = nn.text.TextVectorization{standardize = "none"}
+  nul:adapt{"x\0y c c", "d"}
+  local holder = nn.Sequential{nn.Embedding{10, 2, input_shape = {3}}}
+  holder:set_preprocessor(nul)
+  local path = os.tmpname()
+  check.fails(function() holder:save(path) end, "save: cannot save the string \"x\\0...\" in a model config")
+  holder:set_preprocessor(nn.text.CharTokenizer{}:adapt("ab\0c"))
+  check.fails(function() holder:save(path) end, "it holds a NUL character")
+  holder.preprocessor, holder.class_names = nil, {"a\0b", "c", "d"}
+  check.fails(function() holder:save(path) end, "class_names must be a list of strings (without NUL characters)")
+  os.remove(path)
   -- a classifier on tf_idf rows; the file keeps vocabulary and weights
   nn.seed(3)
   local docs = {"good fun film", "bad dull film", "fun and good", "dull and bad"}

@@ -48,8 +48,10 @@ end
 -- A type named as one of nn's functions: the function stays (nn.Sequential
 -- was replaced by the type's constructor), and loading says so.
 function T.nn_functions_stay()
-  check.fails(function() nn.load_plugin(dir .. "/nn_name.so") end,
-    "nn_name.so: the layer type Sequential has the name of nn.Sequential, which stays lunet's; rename the type")
+  for _ = 1, 2 do -- loading it again says it again (the registry keeps the plugin)
+    check.fails(function() nn.load_plugin(dir .. "/nn_name.so") end,
+      "nn_name.so: the layer type Sequential has the name of nn.Sequential, which stays lunet's; rename the type")
+  end
   local m = nn.Sequential{nn.Dense{2, input_shape = {3}}}
   check.same_table(m:predict(nn.ones(1, 3)):shape(), {1, 2}, 0, "nn.Sequential is lunet's")
   check.fails(function() nn.help(print) end, "a layer type's name, \"Dense\", or its constructor, nn.Dense")

@@ -101,7 +101,8 @@ LUNET_API lunet_status lunet_layer_apply(lunet_ctx *ctx, lunet_layer *l, lunet_c
 /* Runs a LUNET_LAYER_STEPWISE layer on the next part of a sequence in
  * inference mode: x[i] as built but for the steps axis, the first step at
  * position `offset`; `keep` (the layer's own record, lunet_call_new) holds
- * what earlier parts left.  Nothing is recorded; no masks. */
+ * what earlier parts left.  Nothing is recorded; no masks (see
+ * lunet_layer_step_masked). */
 LUNET_API lunet_status lunet_layer_step(lunet_ctx *ctx, lunet_layer *l, lunet_call *keep, int64_t offset, int nin,
                                         lunet_tensor *const *x, lunet_tensor **y);
 /* The same with the inputs' padding masks of these steps (masks NULL, or

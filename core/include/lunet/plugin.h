@@ -146,7 +146,10 @@ typedef struct lunet_layer_test {
  * lunet_call_step_offset(c).  Per-position layers qualify as they are;
  * layers that mix positions keep what earlier steps left in the call
  * record (attention's keys and values), and position embeddings read the
- * offset. */
+ * offset.  lunet_call_mask(c, i) is then the padding mask of this part's
+ * steps only (a model session carries masks since 0.3): a layer that
+ * mixes positions keeps the earlier steps' masks itself, as attention
+ * keeps them beside its keys. */
 #define LUNET_LAYER_STEPWISE 8u
 /* (ABI 2.2) The layer's FLOAT arguments "l1" and "l2" regularize its output
  * (Keras's ActivityRegularization); any layer may instead declare a
