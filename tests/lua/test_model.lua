@@ -417,6 +417,12 @@ function T.callbacks_follow_keras_3()
     function(_, mdl, b) ran[#ran + 1] = b; mdl.stop_training = true end}}})
   check.same_table(ran, {0}, 0, "one step")
   check.same_table(h.epoch, {0}, 0, "one epoch in the history")
+  local line = check.lunet("", [[local nn = require "lunet"
+    local m = nn.Sequential{nn.Dense{1, input_shape = {3}}}
+    m:compile{optimizer = "sgd", loss = "mse"}
+    m:fit(nn.randn(64, 3), nn.randn(64, 1), {epochs = 3, batch_size = 8, verbose = 2, callbacks = {{on_train_batch_end =
+      function(_, mdl, b) if b == 2 then mdl.stop_training = true end end}}})]])
+  assert(line:find("\n3/8 - ", 1, true) and not line:find("Epoch 2", 1, true), "the steps run, 3 of 8: " .. line)
   -- mode "auto", settled from the model once the value is logged (as Keras 3: a metric's direction by its
   -- logged name; it was guessed from the name's letters, so a custom AUC name was minimized and a loss
   -- named decoder2_loss maximized as an R2)
