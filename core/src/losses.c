@@ -300,9 +300,12 @@ static lunet_tensor *binary_xent(lunet_ctx *ctx, lunet_tensor *x, lunet_tensor *
       lunet_tensor_release(sum);
     }
   } else {
-    /* -(z log p + (1 - z) log(1 - p)) */
-    if ((t[0] = log_clipped(ctx, x)) && (t[1] = lunet_unary(ctx, LUNET_UNARY_AFFINE, x, -1, 1)) &&
-        (t[2] = log_clipped(ctx, t[1])) && (t[3] = lunet_mul(ctx, z, t[0])) &&
+    /* -(z log p + (1 - z) log(1 - p)), p clipped to [eps, 1 - eps] first, as Keras's: at p = 1 the second
+     * term is log(1 - float32(1 - 1e-7)) = log(1.19e-7), not log(1e-7) */
+    if ((t[8] = lunet_unary(ctx, LUNET_UNARY_CLIP, x, EPS, 1.0f - EPS)) &&
+        (t[0] = lunet_unary(ctx, LUNET_UNARY_LOG, t[8], 0, 0)) &&
+        (t[1] = lunet_unary(ctx, LUNET_UNARY_AFFINE, t[8], -1, 1)) &&
+        (t[2] = lunet_unary(ctx, LUNET_UNARY_LOG, t[1], 0, 0)) && (t[3] = lunet_mul(ctx, z, t[0])) &&
         (t[4] = lunet_unary(ctx, LUNET_UNARY_AFFINE, z, -1, 1)) &&
         (t[5] = lunet_mul(ctx, t[4], t[2])) && (t[6] = lunet_add(ctx, t[3], t[5])) &&
         (t[7] = reduce_terms(ctx, t[6], true, w)))

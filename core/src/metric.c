@@ -405,9 +405,12 @@ static double auc_result(const lunet_metric *m) {
   return area;
 }
 
+/* Keras's FBetaScore (beta 1) with its epsilons: they show where the counts
+ * are small, as under small sample weights (0.5 became 0.49995). */
+#define F1_EPSILON 1e-7
 static double f1_of(double tp, double pp, double ap) {
-  double p = ratio(tp, pp), r = ratio(tp, ap);
-  return ratio(2 * p * r, p + r);
+  double p = tp / (pp + F1_EPSILON), r = tp / (ap + F1_EPSILON);
+  return 2 * p * r / (p + r + F1_EPSILON);
 }
 
 /* F1 per class (average none) or averaged; returns how many values. */
@@ -427,7 +430,7 @@ static int f1_results(const lunet_metric *m, double *out, int n) {
   }
   double r = m->cfg.average == LUNET_AVERAGE_MICRO ? f1_of(stp, spp, sap)
              : m->cfg.average == LUNET_AVERAGE_MACRO ? ratio(sum, k)
-                                                     : ratio(weighted, sap);
+                                                     : weighted / (sap + F1_EPSILON);
   if (n > 0) out[0] = r;
   return 1;
 }

@@ -215,23 +215,32 @@ function T.f1_per_class_and_averages()
         if pos and onehot[i][c] == 1 then tp[c] = tp[c] + 1 end
       end
     end
+    -- Keras's FBetaScore, with its epsilons of 1e-7
+    local function f1_of(t, p_, a_)
+      local p, r = t / (p_ + 1e-7), t / (a_ + 1e-7)
+      return 2 * p * r / (p + r + 1e-7)
+    end
     local f1, macro, weighted, n = {}, 0, 0, #scores
     local stp, spp, sap = 0, 0, 0
     for c = 1, 4 do
-      local p, r = ratio(tp[c], pp[c]), ratio(tp[c], ap[c])
-      f1[c] = ratio(2 * p * r, p + r)
-      macro, weighted = macro + f1[c] / 4, weighted + f1[c] * ap[c] / n
+      f1[c] = f1_of(tp[c], pp[c], ap[c])
+      macro, weighted = macro + f1[c] / 4, weighted + f1[c] * ap[c] / (n + 1e-7)
       stp, spp, sap = stp + tp[c], spp + pp[c], sap + ap[c]
     end
-    local mp, mr = stp / spp, stp / sap
     local t = th or nil
     check.same_table(feed(nn.metrics.F1Score{average = false, threshold = t}, onehot, scores), f1, 1e-12, "per class")
     check.near(feed(nn.metrics.F1Score{threshold = t}, onehot, scores), macro, 1e-12, "macro")
     check.near(feed(nn.metrics.F1Score{average = "weighted", threshold = t}, labels, scores), weighted, 1e-12,
       "weighted, from class ids")
-    check.near(feed(nn.metrics.F1Score{average = "micro", threshold = t}, onehot, scores), 2 * mp * mr / (mp + mr),
+    check.near(feed(nn.metrics.F1Score{average = "micro", threshold = t}, onehot, scores), f1_of(stp, spp, sap),
       1e-12, "micro")
   end
+  -- the epsilons show under small weights: Keras's 0.49995, not 0.5
+  local small = nn.metrics.F1Score{threshold = 0.5}
+  small:update_state(nn.tensor{{1, 0}, {0, 0}}, nn.tensor{{0.6, 0.2}, {0.2, 0.3}}, nn.tensor{0.001, 0.001})
+  local p = 0.001 / (0.001 + 1e-7)
+  check.near(small:result(), (2 * p * p / (2 * p + 1e-7)) / 2, 1e-9, "macro F1 under weights of 0.001")
+  assert(math.abs(small:result() - 0.5) > 2e-5, "the epsilons count: " .. small:result())
 end
 
 function T.mean_iou_from_ids_and_scores()
@@ -566,6 +575,20 @@ function T.metrics_and_losses_at_keras_edges()
   -- cosine similarity: Keras's normalize floors the norm at 1e-7, not its square
   check.near(nn.losses.CosineSimilarity()(nn.tensor{{1, 0}}, nn.tensor{{5e-7, 0}}):item(), -1, 1e-6,
     "a tiny prediction is still a direction")
+  -- binary cross-entropy clips p to [eps, 1 - eps] in float32 before both logs, as Keras's: at p = 1 with target 0
+  -- the term is -log(1 - float32(1 - 1e-7)) = 15.94 (it was -log(1e-7) = 16.12)
+  local function f32(v) return (string.unpack("f", string.pack("f", v))) end
+  local hi, lo = f32(1 - 1e-7), f32(1e-7)
+  local function bce(z, p)
+    local c = math.min(math.max(p, lo), hi)
+    return -(z * math.log(c) + (1 - z) * math.log(f32(1 - c)))
+  end
+  local zs, ps = {0, 1, 0, 1}, {1, 0, 0, 1}
+  local want = 0
+  for i = 1, 4 do want = want + bce(zs[i], ps[i]) / 4 end
+  check.near(nn.losses.BinaryCrossentropy()(nn.tensor{{0}, {1}, {0}, {1}}, nn.tensor{{1}, {0}, {0}, {1}}):item(), want,
+    1e-5, "saturated probabilities")
+  assert(math.abs(want - 8.0151196) < 1e-5, "Keras's value: " .. want)
 end
 
 -- BinaryAccuracy's threshold is on the probabilities, also when the loss
