@@ -250,6 +250,12 @@ END_TEST
 /* Specs as compile and the Lua objects write them; the additive state of a
  * metric sized by its data survives a round trip through a plain vector
  * (what a reduction across processes does). */
+/* Keras's FBetaScore (beta 1) from counts: true, predicted and actual positives. */
+static double f1_keras(double tp, double pp, double ap) {
+  double p = tp / (pp + 1e-7), r = tp / (ap + 1e-7);
+  return 2 * p * r / (p + r + 1e-7);
+}
+
 START_TEST(test_metric_specs_and_state_vectors) {
   lunet_metric_config c;
   char name[64];
@@ -276,18 +282,20 @@ START_TEST(test_metric_specs_and_state_vectors) {
   lunet_tensor *p = lunet_tensor_from_data(ctx, LUNET_F32, 2, shape, probs);
   lunet_tensor *y = lunet_tensor_from_data(ctx, LUNET_F32, 2, shape, hot);
   ck_assert_int_eq(lunet_metric_update(ctx, f, p, y), LUNET_OK);
-  /* class 0: tp 1, predicted 2, actual 1 -> p 1/2, r 1, F1 2/3; class 1: tp 1, 1, 2 -> 2/3 */
+  /* class 0: tp 1, predicted 2, actual 1 -> p 1/2, r 1, F1 2/3; class 1: tp 1, 1, 2 -> 2/3 (with Keras's
+   * epsilons of 1e-7 in p, r and F1: f1_keras) */
   double v[2], state[16];
   ck_assert_int_eq(lunet_metric_results(f, v, 2), 2);
-  ck_assert_double_eq_tol(v[0], 2.0 / 3.0, 1e-12);
-  ck_assert_double_eq_tol(v[1], 2.0 / 3.0, 1e-12);
+  ck_assert_double_eq_tol(v[0], f1_keras(1, 2, 1), 1e-12);
+  ck_assert_double_eq_tol(v[1], f1_keras(1, 1, 2), 1e-12);
+  ck_assert_double_eq_tol(v[0], 2.0 / 3.0, 1e-6);
   ck_assert_int_eq(lunet_metric_state_vector(g, state, 16), 0); /* not sized yet */
   int n = lunet_metric_state_vector(f, state, 16);
   ck_assert_int_eq(n, 7); /* tp, predicted, actual for 2 classes, then the count */
   ck_assert_double_eq(state[6], 3);
   ck_assert_int_eq(lunet_metric_set_state_vector(ctx, g, state, n), LUNET_OK);
   ck_assert_int_eq(lunet_metric_results(g, v, 2), 2);
-  ck_assert_double_eq_tol(v[1], 2.0 / 3.0, 1e-12);
+  ck_assert_double_eq_tol(v[1], f1_keras(1, 1, 2), 1e-12);
   ck_assert_int_eq(lunet_metric_set_state_vector(ctx, g, state, 4), LUNET_ERR_ARG);
   lunet_tensor_release(p);
   lunet_tensor_release(y);
