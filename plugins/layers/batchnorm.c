@@ -31,6 +31,7 @@ typedef struct bn_state {
   layers_graph g;           /* the masked path's graph (first: layers_graph_* read it) */
   lunet_tensor *x;          /* (N, ..., C) of the last forward */
   lunet_tensor *gamma;      /* gamma of the last forward (ones when scale is off) */
+  lunet_tensor *one, *zero; /* the constant gamma and beta of a switched-off scale or center, kept */
   lunet_batchnorm_state bn; /* save_mean/save_invstd (C) owned here, reused */
   bool training;            /* the mode of the last forward */
   bool masked;              /* the last forward took the masked path */
@@ -213,12 +214,10 @@ static lunet_status bn_forward(lunet_layer *l, lunet_call *c, int nin, lunet_ten
   st->bn.running_var = lunet_layer_weight(l, w.var);
   st->bn.momentum = (float)lunet_layer_get_float(l, "momentum");
   st->bn.epsilon = (float)lunet_layer_get_float(l, "epsilon");
-  layers_set(&st->gamma, w.gamma >= 0 ? lunet_tensor_retain(lunet_layer_weight(l, w.gamma))
-                                      : layers_filled(c, x[0], 1, &ch, 1.0f));
-  lunet_tensor *zero = w.beta < 0 ? layers_filled(c, x[0], 1, &ch, 0.0f) : NULL;
-  lunet_tensor *beta = w.beta < 0 ? zero : lunet_layer_weight(l, w.beta);
-  y[0] = st->gamma && beta ? lunet_op_batchnorm(lunet_call_ctx(c), x[0], st->gamma, beta, &st->bn, training) : NULL;
-  layers_release(zero);
+  lunet_tensor *gamma = w.gamma >= 0 ? lunet_layer_weight(l, w.gamma) : layers_constant(c, &st->one, x[0], ch, 1.0f);
+  lunet_tensor *beta = w.beta >= 0 ? lunet_layer_weight(l, w.beta) : layers_constant(c, &st->zero, x[0], ch, 0.0f);
+  layers_set(&st->gamma, gamma ? lunet_tensor_retain(gamma) : NULL);
+  y[0] = gamma && beta ? lunet_op_batchnorm(lunet_call_ctx(c), x[0], gamma, beta, &st->bn, training) : NULL;
   if (!y[0]) return layers_call_failed(c);
   layers_set(&st->x, lunet_tensor_retain(x[0]));
   st->training = training;
@@ -300,6 +299,8 @@ static void bn_release(lunet_layer *l, lunet_call *c) {
   layers_graph_release(&st->g);
   layers_set(&st->x, NULL);
   layers_set(&st->gamma, NULL);
+  layers_set(&st->one, NULL);
+  layers_set(&st->zero, NULL);
   layers_set(&st->bn.save_mean, NULL);
   layers_set(&st->bn.save_invstd, NULL);
 }

@@ -182,6 +182,17 @@ LAYERS_HIDDEN lunet_tensor *layers_resize_images(lunet_ctx *ctx, lunet_tensor *x
 LAYERS_HIDDEN lunet_status layers_no_input_gradient(lunet_layer *l, lunet_call *c, lunet_tensor *const *dy,
                                                     lunet_tensor **dx);
 
+/* A (n) constant of `value` kept in a call's state slot: the one made by an
+ * earlier forward while it has n elements on like's backend, else a new
+ * one (no allocation a step for a switched-off gamma or beta).  Borrowed;
+ * NULL with the call's error set. */
+static inline lunet_tensor *layers_constant(lunet_call *c, lunet_tensor **slot, const lunet_tensor *like, int64_t n,
+                                            float value) {
+  if (!*slot || lunet_tensor_numel(*slot) != n || strcmp(lunet_tensor_backend(*slot), lunet_tensor_backend(like)))
+    layers_set(slot, layers_filled(c, like, 1, &n, value));
+  return *slot;
+}
+
 /* backward() found nothing saved: the core called it without a forward. */
 static inline lunet_status layers_no_forward(lunet_call *c) {
   return lunet_call_error(c, LUNET_ERR_ARG, "backward called before forward");
